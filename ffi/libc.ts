@@ -1,0 +1,107 @@
+/**
+ * The one binding to libc. Every FFI symbol the project uses is declared here, so the set of
+ * native calls is visible in one place.
+ *
+ * Variadic C functions (`ioctl`, `fcntl`) are bound with fixed signatures per use; that is sound on
+ * x86_64 and aarch64 for integer and pointer arguments.
+ *
+ * @example
+ * ```ts
+ * import { libc, errno } from "./libc.ts";
+ * const fd = libc.socket(16, 3, 0);
+ * if (fd < 0) throw new Error(`socket: errno ${errno()}`);
+ * ```
+ */
+
+const SYMBOLS = {
+  open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  /** ioctl with a pointer argument. */
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  /** ioctl with an integer argument. */
+  ioctl_int: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  recvfrom: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"], result: "isize" },
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  sendmmsg: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+  recvmmsg: { parameters: ["i32", "buffer", "u32", "i32", "buffer"], result: "i32" },
+  setns: { parameters: ["i32", "i32"], result: "i32" },
+  unshare: { parameters: ["i32"], result: "i32" },
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+  umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  getpid: { parameters: [], result: "i32" },
+  gettid: { parameters: [], result: "i32" },
+  if_nametoindex: { parameters: ["buffer"], result: "u32" },
+  __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+
+/** Lazily opened libc symbols (opening needs --allow-ffi; modules that only import types stay free). */
+export const libc: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] = new Proxy(
+  {} as Deno.DynamicLibrary<typeof SYMBOLS>["symbols"],
+  {
+    get(_t, prop: string) {
+      lib ??= Deno.dlopen("libc.so.6", SYMBOLS);
+      return lib.symbols[prop as keyof typeof SYMBOLS];
+    },
+  },
+);
+
+/** The calling thread's `errno` after a failed libc call. */
+export function errno(): number {
+  const p = libc.__errno_location();
+  if (p === null) return 0;
+  return new Deno.UnsafePointerView(p).getInt32(0);
+}
+
+/** Human-readable text for an errno value. */
+export function strerror(code: number): string {
+  const p = libc.strerror(code);
+  return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/** An error from a failed system call, carrying its errno. */
+export class SyscallError extends Error {
+  /** The errno value. */
+  readonly errno: number;
+  constructor(call: string, code: number) {
+    super(`${call}: ${strerror(code)} (errno ${code})`);
+    this.name = "SyscallError";
+    this.errno = code;
+  }
+}
+
+/** NUL-terminated C string in a fresh buffer. */
+export function cstr(s: string): Uint8Array<ArrayBuffer> {
+  const bytes = new TextEncoder().encode(s);
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes);
+  return out;
+}
+
+/** Common errno values. */
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EAGAIN: 11,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  EADDRNOTAVAIL: 99,
+} as const;

@@ -1,0 +1,69 @@
+/**
+ * Levelled, structured logging to stderr.
+ *
+ * Lines look like `INFO  2026-11-22T10:00:00.000Z proxy: started {"workers":2}` so that both people
+ * and `grep` can read them. Debug lines cost nothing when the level is above debug: callers pass a
+ * closure or plain values and no formatting happens unless the line is written.
+ *
+ * @example
+ * ```ts
+ * const log = logger("env");
+ * log.info("bridge ready", { name: "goProxyBridge" });
+ * ```
+ */
+
+/** Log levels in increasing severity. */
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+let threshold: number = ORDER.info;
+
+/** Sets the global minimum level written. */
+export function setLogLevel(level: LogLevel): void {
+  threshold = ORDER[level];
+}
+
+/** True when lines of `level` are written; use it to skip building expensive fields. */
+export function logEnabled(level: LogLevel): boolean {
+  return ORDER[level] >= threshold;
+}
+
+/** A logger bound to one component name. */
+export interface Logger {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+const encoder = new TextEncoder();
+
+function write(level: LogLevel, component: string, msg: string, fields?: Record<string, unknown>): void {
+  if (ORDER[level] < threshold) return;
+  const tag = level.toUpperCase().padEnd(5);
+  const extra = fields && Object.keys(fields).length > 0 ? " " + safeJson(fields) : "";
+  const line = `${tag} ${new Date().toISOString()} ${component}: ${msg}${extra}\n`;
+  try {
+    Deno.stderr.writeSync(encoder.encode(line));
+  } catch {
+    // stderr closed (daemon detached): nothing sensible left to do with a log line.
+  }
+}
+
+function safeJson(value: unknown): string {
+  try {
+    return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
+  } catch {
+    return String(value);
+  }
+}
+
+/** Returns a logger whose lines carry `component`. */
+export function logger(component: string): Logger {
+  return {
+    debug: (m, f) => write("debug", component, m, f),
+    info: (m, f) => write("info", component, m, f),
+    warn: (m, f) => write("warn", component, m, f),
+    error: (m, f) => write("error", component, m, f),
+  };
+}

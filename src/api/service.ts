@@ -1,0 +1,22 @@
+/**
+ * What the API needs from the node: a small interface, so the HTTP layer knows nothing of the
+ * environment manager's or the table's internals.
+ */
+import type { InstanceAddresses, InstanceKind } from "../env/mod.ts";
+
+/** Outcome of `/register`. */
+export type RegisterResult = { ok: true } | { ok: false; status: 400 | 500 | 503; error: string };
+
+/** The node as the API sees it. Methods throw errors with a numeric `status` for HTTP mapping. */
+export interface NodeService {
+  register(clientId: string, clusterAddress: string): Promise<RegisterResult>;
+  deploy(
+    kind: InstanceKind,
+    req: { pid: number; job: string; instance: number; portMappings: string },
+  ): Promise<InstanceAddresses>;
+  undeploy(kind: InstanceKind, job: string, instance: number): Promise<void>;
+  status(): Record<string, unknown>;
+  table(): unknown[];
+  instances(): unknown[];
+  metrics?(): string;
+}

@@ -1,0 +1,41 @@
+/**
+ * `netmanager clean`: remove everything this node created (Kudo's `clean_node`).
+ */
+import { Command } from "@commander-js/extra-typings";
+import { ApiClient } from "../api/client.ts";
+import { EnvironmentManager, StateStore } from "../env/mod.ts";
+import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
+
+/** `netmanager clean`. */
+export function cleanCmd() {
+  return new Command("clean")
+    .description(
+      "remove all networking this node created: instances' veths and namespaces, bridge, TUN, rules, state",
+    )
+    .option("--cfg <file>", "netcfg.json (default /etc/netmanager/netcfg.json)")
+    .option("--tuncfg <file>", "tuncfg.json (default /etc/netmanager/tuncfg.json)")
+    .option("--state-dir <dir>", "state directory")
+    .option("--socket <path>", "unix socket of a daemon that must not be running", DEFAULT_SOCKET)
+    .option("--json", "print what was removed as JSON")
+    .action(async (opts) => {
+      try {
+        const probe = new ApiClient(opts.socket);
+        const running = await probe.request("GET", "/status").then(() => true, () => false);
+        probe.close();
+        if (running) throw new Error(`a daemon is running on ${opts.socket}: stop it first`);
+        const cfg = await configFromFlags(opts);
+        const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
+        const report = await env.cleanNode();
+        if (opts.json) console.log(JSON.stringify(report));
+        else {
+          console.log(
+            `removed ${report.instances} instance(s); links: ${report.links.join(", ") || "none"}; ` +
+              `namespaces: ${report.netns.join(", ") || "none"}; rules: ${report.rules ? "yes" : "none"}; ` +
+              `state file: ${report.stateFile ? "yes" : "none"}`,
+          );
+        }
+      } catch (e) {
+        fail(e);
+      }
+    });
+}

@@ -1,0 +1,43 @@
+/**
+ * `netmanager daemon` and `netmanager debug`: run the node daemon.
+ */
+import { Command } from "@commander-js/extra-typings";
+import { startDaemon } from "../daemon.ts";
+import { type LogLevel, setLogLevel } from "../log.ts";
+import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
+
+function daemonCommand(name: string, description: string, forceDebug: boolean) {
+  return new Command(name)
+    .description(description)
+    .option("--cfg <file>", "netcfg.json (default /etc/netmanager/netcfg.json)")
+    .option("--tuncfg <file>", "tuncfg.json (default /etc/netmanager/tuncfg.json)")
+    .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
+    .option("--state-dir <dir>", "state directory (default from netcfg StateDir: /var/lib/netmanager)")
+    .option("--subnet <cidr4[,cidr6]>", "standalone mode: use this node subnet, no cluster needed")
+    .option("--log-level <level>", "debug | info | warn | error", forceDebug ? "debug" : "info")
+    .action(async (opts) => {
+      try {
+        const cfg = await configFromFlags(opts);
+        const level = (forceDebug || cfg.net.Debug ? "debug" : opts.logLevel) as LogLevel;
+        if (!["debug", "info", "warn", "error"].includes(level)) {
+          throw new Error(`invalid --log-level "${level}"`);
+        }
+        setLogLevel(level);
+        const d = await startDaemon({ cfg, socketPath: opts.socket, handleSignals: true });
+        await d.stopped;
+        Deno.exit(0);
+      } catch (e) {
+        fail(e);
+      }
+    });
+}
+
+/** `netmanager daemon`. */
+export function daemonCmd() {
+  return daemonCommand("daemon", "run the node network manager", false);
+}
+
+/** `netmanager debug`: the daemon with debug logging. */
+export function debugCmd() {
+  return daemonCommand("debug", "run the daemon with debug logging", true);
+}

@@ -1,0 +1,118 @@
+/**
+ * Inspection subcommands that talk to a running daemon: `status` and `table show`.
+ */
+import { Command } from "@commander-js/extra-typings";
+import { ApiClient } from "../api/client.ts";
+import { DEFAULT_SOCKET, fail } from "./common.ts";
+
+/** Formats rows as aligned columns (header first). */
+export function columns(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  return [line(header), ...rows.map(line)].join("\n");
+}
+
+async function withClient<T>(socket: string, fn: (c: ApiClient) => Promise<T>): Promise<T> {
+  const c = new ApiClient(socket);
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}
+
+/** `netmanager status`. */
+export function statusCmd() {
+  return new Command("status")
+    .description("show whether the node is registered, its subnet, address and instances")
+    .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
+    .option("--json", "print JSON")
+    .action(async (opts) => {
+      try {
+        const s = await withClient(opts.socket, (c) => c.getJson("/status")) as Record<string, unknown>;
+        if (opts.json) {
+          console.log(JSON.stringify(s, null, 2));
+          return;
+        }
+        const rows = Object.entries(s).map(([k, v]) => [k, v === null ? "-" : String(v)]);
+        console.log(columns(["field", "value"], rows));
+      } catch (e) {
+        fail(e);
+      }
+    });
+}
+
+interface TableRow {
+  serviceName: string;
+  instanceNumber: number;
+  serviceIPs: Array<{ kind: string; ipv4?: string; ipv6?: string }>;
+  nsAddress?: string;
+  nsAddressv6?: string;
+  node: string;
+  policy?: string;
+}
+
+interface FlowRow {
+  proto: string;
+  src: string;
+  dst: string;
+  serviceIP?: string;
+  instance?: string;
+  packets: number;
+  bytes: number;
+}
+
+/** `netmanager table show`. */
+export function tableCmd() {
+  const show = new Command("show")
+    .description("print the translation table (ServiceIPs, instances, nodes, policy)")
+    .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
+    .option("--json", "print JSON")
+    .option("--flows", "print live flows with packet and byte counters")
+    .action(async (opts) => {
+      try {
+        const route = opts.flows ? "/table?flows=1" : "/table";
+        const data = await withClient(opts.socket, (c) => c.getJson(route));
+        if (opts.json) {
+          console.log(JSON.stringify(data, null, 2));
+          return;
+        }
+        if (opts.flows) {
+          const flows = ((data as { flows?: FlowRow[] }).flows ?? []) as FlowRow[];
+          console.log(columns(
+            ["PROTO", "SOURCE", "DESTINATION", "SERVICE IP", "INSTANCE", "PACKETS", "BYTES"],
+            flows.map((
+              f,
+            ) => [
+              f.proto,
+              f.src,
+              f.dst,
+              f.serviceIP ?? "-",
+              f.instance ?? "-",
+              String(f.packets),
+              String(f.bytes),
+            ]),
+          ));
+          return;
+        }
+        const rows =
+          (Array.isArray(data) ? data : (data as { entries?: TableRow[] }).entries ?? []) as TableRow[];
+        console.log(columns(
+          ["SERVICE", "INST", "SERVICE IPS", "NS ADDRESS", "NS ADDRESS V6", "NODE", "POLICY"],
+          rows.map((r) => [
+            r.serviceName,
+            String(r.instanceNumber),
+            r.serviceIPs.map((s) => `${s.kind}:${[s.ipv4, s.ipv6].filter(Boolean).join("/")}`).join(" "),
+            r.nsAddress ?? "-",
+            r.nsAddressv6 ?? "-",
+            r.node,
+            r.policy ?? "-",
+          ]),
+        ));
+        if (rows.length === 0) console.log("(table is empty)");
+      } catch (e) {
+        fail(e);
+      }
+    });
+  return new Command("table").description("inspect the translation table").addCommand(show);
+}

@@ -1,0 +1,27 @@
+/**
+ * The `netmanager` command line (commander): one subcommand per file in this directory.
+ *
+ * @example
+ * ```ts
+ * await buildProgram().parseAsync(["daemon", "--subnet", "10.18.0.64/26"], { from: "user" });
+ * ```
+ */
+import { Command } from "@commander-js/extra-typings";
+import { VERSION } from "../version.ts";
+import { cleanCmd } from "./clean.ts";
+import { daemonCmd, debugCmd } from "./daemon.ts";
+import { statusCmd, tableCmd } from "./inspect.ts";
+
+/** Builds the program with all subcommands. */
+export function buildProgram() {
+  return new Command("netmanager")
+    .description("node network manager for edge orchestration (Oakestra-compatible)")
+    .version(VERSION, "-V, --version")
+    .showHelpAfterError()
+    .addCommand(daemonCmd())
+    .addCommand(debugCmd())
+    .addCommand(tableCmd())
+    .addCommand(statusCmd())
+    .addCommand(new Command("version").description("print the version").action(() => console.log(VERSION)))
+    .addCommand(cleanCmd());
+}

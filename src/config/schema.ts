@@ -1,0 +1,100 @@
+/**
+ * Schemas for `netcfg.json` and `tuncfg.json` with Oakestra's key names and defaults
+ * (reference §8.2, §8.3), plus the keys netmanager adds. Values may be given as strings (Oakestra
+ * writes every netcfg value as a string) or as JSON numbers/booleans.
+ */
+import { z } from "zod";
+import { isIPv4, isIPv6, tryParseIPv4 } from "../addr/mod.ts";
+
+const portLike = (what: string) =>
+  z.union([z.number(), z.string()]).transform((v, ctx) => {
+    const n = typeof v === "number" ? v : /^[0-9]+$/.test(v.trim()) ? Number(v.trim()) : NaN;
+    if (!Number.isInteger(n) || n < 1 || n > 65535) {
+      ctx.addIssue({
+        code: "custom",
+        message: `${what} must be a port number 1..65535, got ${JSON.stringify(v)}`,
+      });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+const intLike = (what: string, min: number, max: number) =>
+  z.union([z.number(), z.string()]).transform((v, ctx) => {
+    const n = typeof v === "number" ? v : /^-?[0-9]+$/.test(v.trim()) ? Number(v.trim()) : NaN;
+    if (!Number.isInteger(n) || n < min || n > max) {
+      ctx.addIssue({
+        code: "custom",
+        message: `${what} must be an integer ${min}..${max}, got ${JSON.stringify(v)}`,
+      });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+const boolLike = z.union([z.boolean(), z.enum(["true", "false"])]).transform((v) =>
+  v === true || v === "true"
+);
+
+const ifName = z.string().regex(/^[A-Za-z0-9_.:-]{1,15}$/, "must be an interface name of 1..15 characters");
+
+const ipv4 = z.string().refine(isIPv4, "must be an IPv4 address");
+const ipv6 = z.string().refine(isIPv6, "must be an IPv6 address");
+const host = z.string().min(1, "must not be empty").regex(
+  /^[A-Za-z0-9.:_-]+$/,
+  "must be a host name or address",
+);
+
+/** `netcfg.json`: node identity, cluster connection, and the names netmanager creates. */
+export const NetCfgSchema = z.object({
+  NodePublicAddress: z.string().refine(
+    (s) => isIPv4(s) || isIPv6(s),
+    "must be an IPv4/IPv6 address or 0.0.0.0",
+  )
+    .default("0.0.0.0"),
+  NodePublicPort: portLike("NodePublicPort").default(50103),
+  ClusterUrl: host.default("0.0.0.0"),
+  ClusterMqttPort: portLike("ClusterMqttPort").default(10003),
+  DefaultInterface: z.union([z.literal(""), ifName]).default(""),
+  Debug: boolLike.default(false),
+  PublicIPNetworking: boolLike.default(false),
+  MqttCert: z.string().default(""),
+  MqttKey: z.string().default(""),
+  // netmanager additions
+  BridgeName: ifName.default("goProxyBridge"),
+  VethPrefix: z.string().regex(/^[a-z][a-z0-9]{0,5}$/, "must be 1..6 lowercase letters/digits").default(
+    "veth",
+  ),
+  NetnsPrefix: z.string().regex(/^[A-Za-z0-9._-]{0,40}$/, "must be 0..40 characters of [A-Za-z0-9._-]")
+    .default(""),
+  NatChain: z.string().regex(/^[A-Z][A-Z0-9_]{0,20}$/, "must be an uppercase chain name of 1..21 characters")
+    .default("OAKESTRA"),
+  StateDir: z.string().min(1).default("/var/lib/netmanager"),
+});
+
+/** Parsed netcfg.json. */
+export type NetCfg = z.output<typeof NetCfgSchema>;
+
+const netmask = z.string().refine((s) => {
+  const v = tryParseIPv4(s);
+  if (v === undefined) return false;
+  const inv = (~v) >>> 0;
+  return (inv & (inv + 1)) === 0;
+}, "must be a contiguous IPv4 netmask");
+
+/** `tuncfg.json`: the TUN device and the semantic (ServiceIP) ranges. */
+export const TunCfgSchema = z.object({
+  HostTunnelDeviceName: ifName.default("goProxyTun"),
+  TunnelIP: ipv4.default("10.19.1.254"),
+  ProxySubnetwork: ipv4.default("10.30.0.0"),
+  ProxySubnetworkMask: netmask.default("255.255.0.0"),
+  TunnelPort: portLike("TunnelPort").default(50103),
+  MTUsize: intLike("MTUsize", 1280, 65535).default(1450),
+  TunNetIPv6: ipv6.default("fcef::dead:beef"),
+  // Oakestra ships fcef::/21 here, which makes fdff:: ServiceIPs unreachable (quirk); our default is fdff::/16.
+  ProxySubnetworkIPv6: ipv6.default("fdff::"),
+  ProxySubnetworkIPv6Prefix: intLike("ProxySubnetworkIPv6Prefix", 1, 128).default(16),
+});
+
+/** Parsed tuncfg.json. */
+export type TunCfg = z.output<typeof TunCfgSchema>;

@@ -1,0 +1,218 @@
+/**
+ * The composition root of a node: wires configuration, environment manager and API; owns start-up
+ * (reconcile, node set-up) and shutdown order.
+ *
+ * @example
+ * ```ts
+ * const d = await startDaemon({ cfg, socketPath: "/etc/netmanager/netmanager.sock" });
+ * await d.stopped; // resolves after SIGTERM/SIGINT handling
+ * ```
+ */
+import { type ApiServer, startApi } from "./api/server.ts";
+import type { NodeService, RegisterResult } from "./api/service.ts";
+import { formatNodeSubnet, type NodeConfig, type NodeSubnet } from "./config/mod.ts";
+import {
+  EnvError,
+  EnvironmentManager,
+  type InstanceAddresses,
+  type InstanceKind,
+  StateStore,
+} from "./env/mod.ts";
+import { logger } from "./log.ts";
+import { detectPublicAddress } from "./sys/route.ts";
+import { VERSION } from "./version.ts";
+
+const log = logger("daemon");
+
+/** Re-check interval of an auto-detected public address (Oakestra: 2 minutes). */
+export const PUBLIC_ADDRESS_RECHECK_MS = 120_000;
+
+/** Options for {@link startDaemon}. */
+export interface DaemonOptions {
+  cfg: NodeConfig;
+  socketPath: string;
+  /** Install SIGTERM/SIGINT handlers (the CLI does; tests embedding the daemon may not). */
+  handleSignals?: boolean;
+}
+
+/** A running daemon. */
+export interface Daemon {
+  /** Resolves when the daemon has shut down. */
+  stopped: Promise<void>;
+  /** Shuts down: closes the API, keeps instances' networking, tears down an empty node. */
+  stop(): Promise<void>;
+}
+
+/** The node: the API's view of it, backed by the environment manager. */
+class Node implements NodeService {
+  readonly cfg: NodeConfig;
+  readonly env: EnvironmentManager;
+  readonly startedAt = Date.now();
+  workerId: string | undefined;
+  publicAddress: string | undefined;
+  #registering: Promise<RegisterResult> | undefined;
+
+  constructor(cfg: NodeConfig, env: EnvironmentManager) {
+    this.cfg = cfg;
+    this.env = env;
+    this.workerId = env.registration.workerId;
+  }
+
+  get mode(): "standalone" | "cluster" {
+    return this.cfg.standaloneSubnet ? "standalone" : "cluster";
+  }
+
+  register(clientId: string, clusterAddress: string): Promise<RegisterResult> {
+    if (this.workerId !== undefined) {
+      if (this.workerId === clientId) return Promise.resolve({ ok: true });
+      return Promise.resolve({
+        ok: false,
+        status: 400,
+        error: `already registered as worker ${this.workerId}; refusing ${clientId}`,
+      });
+    }
+    this.#registering ??= this.#register(clientId, clusterAddress).finally(() =>
+      this.#registering = undefined
+    );
+    return this.#registering;
+  }
+
+  async #register(clientId: string, clusterAddress: string): Promise<RegisterResult> {
+    const subnet = this.cfg.standaloneSubnet;
+    if (!subnet) {
+      return {
+        ok: false,
+        status: 503,
+        error: "cluster mode needs the MQTT control plane, which this build does not have yet; " +
+          "start the daemon with --subnet CIDR4[,CIDR6] (standalone mode)",
+      };
+    }
+    if (!this.env.subnet) await this.env.setupNode(subnet);
+    this.workerId = clientId;
+    this.env.recordRegistration(clientId, clusterAddress || undefined);
+    const cluster = clusterAddress || this.cfg.net.ClusterUrl;
+    log.info(
+      `STARTUP_CONFIG: Node=${this.publicAddress ?? "unknown"}:${this.cfg.net.NodePublicPort} | ` +
+        `Cluster=${cluster}:${this.cfg.net.ClusterMqttPort}`,
+    );
+    log.info("registered", { workerId: clientId, mode: this.mode, subnet: formatNodeSubnet(subnet) });
+    return { ok: true };
+  }
+
+  #requireRegistered(): void {
+    if (this.workerId === undefined) throw new EnvError(400, "not registered: call /register first");
+  }
+
+  deploy(
+    kind: InstanceKind,
+    req: { pid: number; job: string; instance: number; portMappings: string },
+  ): Promise<InstanceAddresses> {
+    this.#requireRegistered();
+    return this.env.setupInstance({ ...req, kind, pid: kind === "container" ? req.pid : undefined });
+  }
+
+  async undeploy(kind: InstanceKind, job: string, instance: number): Promise<void> {
+    this.#requireRegistered();
+    await this.env.cleanInstance(kind, job, instance);
+  }
+
+  status(): Record<string, unknown> {
+    const subnet: NodeSubnet | undefined = this.env.subnet;
+    return {
+      version: VERSION,
+      mode: this.mode,
+      registered: this.workerId !== undefined,
+      workerId: this.workerId ?? null,
+      subnet: subnet ? formatNodeSubnet(subnet) : null,
+      publicAddress: this.publicAddress ?? null,
+      publicPort: this.cfg.net.NodePublicPort,
+      bridge: this.cfg.net.BridgeName,
+      instances: this.env.instances().length,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+    };
+  }
+
+  table(): unknown[] {
+    return [];
+  }
+
+  instances(): unknown[] {
+    return this.env.instances().map((r) => ({
+      serviceName: r.job,
+      instanceNumber: r.instance,
+      kind: r.kind,
+      pid: r.pid ?? null,
+      netns: r.netns ?? null,
+      nsAddress: r.ipv4,
+      nsAddressv6: r.ipv6,
+      veth: r.hostVeth,
+      portMappings: r.ports,
+      createdAt: r.createdAt,
+    }));
+  }
+}
+
+/** Starts the node daemon; throws (before serving) on bad state or an unusable socket. */
+export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
+  const { cfg } = opts;
+  for (const n of cfg.notes) log.info(n);
+  const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
+  const node = new Node(cfg, env);
+
+  const detect = async () => {
+    if (cfg.net.NodePublicAddress !== "0.0.0.0") return cfg.net.NodePublicAddress;
+    return await detectPublicAddress(cfg.net.DefaultInterface, [
+      cfg.net.BridgeName,
+      cfg.tun.HostTunnelDeviceName,
+    ]);
+  };
+  node.publicAddress = await detect();
+  if (!node.publicAddress) log.warn("no public address found (no default route, no global address)");
+
+  // Reconcile what a previous run left: standalone nodes set up at once; a registered node with a
+  // recorded subnet comes back with it so its instances keep working.
+  const startSubnet = cfg.standaloneSubnet ?? (node.workerId ? env.recordedSubnet : undefined);
+  if (startSubnet) await env.setupNode(startSubnet);
+
+  let api: ApiServer;
+  try {
+    api = await startApi({ path: opts.socketPath, node });
+  } catch (e) {
+    await env.shutdown();
+    throw e;
+  }
+
+  let timer: ReturnType<typeof setInterval> | undefined;
+  if (cfg.net.NodePublicAddress === "0.0.0.0") {
+    timer = setInterval(async () => {
+      const now = await detect();
+      if (now && now !== node.publicAddress) {
+        log.info("public address changed", { old: node.publicAddress, new: now });
+        node.publicAddress = now;
+      }
+    }, PUBLIC_ADDRESS_RECHECK_MS);
+  }
+
+  const done = Promise.withResolvers<void>();
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      log.info("shutting down");
+      if (timer !== undefined) clearInterval(timer);
+      await api.close();
+      await env.shutdown();
+      if (opts.handleSignals) {
+        Deno.removeSignalListener("SIGTERM", stop);
+        Deno.removeSignalListener("SIGINT", stop);
+      }
+      done.resolve();
+    })();
+    return stopping;
+  };
+  if (opts.handleSignals) {
+    Deno.addSignalListener("SIGTERM", stop);
+    Deno.addSignalListener("SIGINT", stop);
+  }
+  log.info("netmanager started", { version: VERSION, mode: node.mode, socket: opts.socketPath });
+  return { stopped: done.promise, stop };
+}

@@ -1,0 +1,121 @@
+/**
+ * The node's state file: every resource the environment manager created, so a restart (also after
+ * SIGKILL or a reboot) reconciles instead of leaking, and `netmanager clean` can remove everything.
+ * Written atomically (temp file + rename) after every change.
+ *
+ * @example
+ * ```ts
+ * const store = new StateStore("/var/lib/netmanager");
+ * const s = store.load() ?? emptyState();
+ * store.save(s);
+ * ```
+ */
+import { z } from "zod";
+import { isIPv4, isIPv6 } from "../addr/mod.ts";
+
+const PortSchema = z.object({
+  proto: z.enum(["tcp", "udp"]),
+  hostPort: z.number().int().min(1).max(65535),
+  containerPort: z.number().int().min(1).max(65535),
+});
+
+/** One deployed instance's network resources. */
+export const InstanceRecordSchema = z.object({
+  key: z.string(),
+  job: z.string(),
+  instance: z.number().int().min(0),
+  kind: z.enum(["container", "unikernel"]),
+  pid: z.number().int().optional(),
+  netns: z.string().optional(),
+  hostVeth: z.string(),
+  peerVeth: z.string(),
+  offset: z.number().int(),
+  ipv4: z.string().refine(isIPv4),
+  ipv6: z.string().refine(isIPv6),
+  ports: z.array(PortSchema),
+  createdAt: z.string(),
+});
+
+/** A deployed instance's record. */
+export type InstanceRecord = z.infer<typeof InstanceRecordSchema>;
+
+/** The whole state file. */
+export const NodeStateSchema = z.object({
+  version: z.literal(1),
+  workerId: z.string().optional(),
+  clusterAddress: z.string().optional(),
+  subnet: z.string().optional(),
+  bridge: z.string().optional(),
+  natChain: z.string().optional(),
+  tun: z.string().optional(),
+  vethCounter: z.number().int().min(0),
+  allocator: z.object({ first: z.number(), last: z.number(), next: z.number(), free: z.array(z.number()) })
+    .optional(),
+  instances: z.array(InstanceRecordSchema),
+});
+
+/** The node state. */
+export type NodeState = z.infer<typeof NodeStateSchema>;
+
+/** A fresh, empty state. */
+export function emptyState(): NodeState {
+  return { version: 1, vethCounter: 0, instances: [] };
+}
+
+/** A state file that exists but cannot be read as state. */
+export class StateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StateError";
+  }
+}
+
+/** Reads and writes `state.json` in a directory. */
+export class StateStore {
+  readonly path: string;
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    this.path = `${dir}/state.json`;
+  }
+
+  /** The saved state, or undefined when there is none. Throws StateError for a corrupt file. */
+  load(): NodeState | undefined {
+    let text: string;
+    try {
+      text = Deno.readTextFileSync(this.path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return undefined;
+      throw new StateError(`${this.path}: ${e instanceof Error ? e.message : e}`);
+    }
+    let raw: unknown;
+    try {
+      raw = JSON.parse(text);
+    } catch (e) {
+      throw new StateError(`${this.path}: invalid JSON: ${e instanceof Error ? e.message : e}`);
+    }
+    const r = NodeStateSchema.safeParse(raw);
+    if (!r.success) throw new StateError(`${this.path}: ${z.prettifyError(r.error).replaceAll("\n", " ")}`);
+    return r.data;
+  }
+
+  /** Writes the state atomically (mode 0600). */
+  save(state: NodeState): void {
+    Deno.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const tmp = `${this.path}.tmp`;
+    Deno.writeTextFileSync(tmp, JSON.stringify(state, null, 1), { mode: 0o600 });
+    Deno.renameSync(tmp, this.path);
+  }
+
+  /** Deletes the state file (after a full clean). */
+  remove(): void {
+    for (const p of [this.path, `${this.path}.tmp`]) {
+      try {
+        Deno.removeSync(p);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}

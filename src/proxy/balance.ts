@@ -1,0 +1,163 @@
+/**
+ * Balancing policies: which candidate a NEW flow to a ServiceIP goes to (existing flows stay pinned
+ * by the flow table). The policy comes from the ServiceIP's kind (see `ipTypeToKind` in
+ * `src/table/entry.ts`, the one place the Oakestra `IpType` mapping lives):
+ *
+ * - `Instance`: the single candidate (the first one, should there be several).
+ * - `RoundRobin`: true rotation per new flow and per ServiceIP. The rotation remembers the namespace
+ *   IP it chose last and takes the next larger one (wrapping), so it stays fair when candidates
+ *   come and go — no restart, no skipped or doubled instance.
+ * - `Random`: uniform choice (Oakestra's behaviour for every kind) from a seeded PRNG passed in.
+ * - `Closest`: the lowest RTT to the candidate's node, from `rttOf(nodeKey)`; an unknown RTT ranks
+ *   last; ties (within `rttTieMs`) go to the fewest active flows (`loadOf`), then to rotation.
+ *
+ * Pure: no clock, no I/O; randomness and measurements come in as functions.
+ *
+ * @example
+ * ```ts
+ * const b = new Balancer({ random: seededRandom(7), rttOf: (node) => rtt.get(node) });
+ * const group = table.service4(dst);
+ * const chosen = group && b.choose(group); // a TableEntry
+ * ```
+ */
+import type { ServiceGroup } from "../table/table.ts";
+import { nodeKeyOf, type ServiceIpKind, type TableEntry } from "../table/entry.ts";
+
+/**
+ * A small seeded PRNG (mulberry32) returning floats in [0, 1).
+ *
+ * @example
+ * ```ts
+ * const r = seededRandom(42);
+ * r() === seededRandom(42)(); // true
+ * ```
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Inputs of the policies. */
+export interface BalancerOptions {
+  /** Uniform floats in [0, 1) for `Random` (e.g. {@link seededRandom}). */
+  readonly random: () => number;
+  /** RTT in ms to a node (by node key `"ip:port"`), or undefined when unknown. For `Closest`. */
+  readonly rttOf?: (node: string) => number | undefined;
+  /** Active flows towards an entry (e.g. `FlowTable.activeFlows(e.nsip4)`). For `Closest` ties. */
+  readonly loadOf?: (entry: TableEntry) => number;
+  /** RTTs within this many ms of the best count as ties (default 0: exact). */
+  readonly rttTieMs?: number;
+  /** Bound on remembered rotation positions (default 65536); the least recently used is forgotten. */
+  readonly maxServices?: number;
+}
+
+/** Chooses a candidate for a new flow. See the module documentation. */
+export class Balancer {
+  readonly #random: () => number;
+  readonly #rttOf: (node: string) => number | undefined;
+  readonly #loadOf: ((entry: TableEntry) => number) | undefined;
+  readonly #tie: number;
+  readonly #max: number;
+  /** ServiceIP key → nsip4 chosen last by rotation. */
+  readonly #last = new Map<number | string, number>();
+
+  constructor(opts: BalancerOptions) {
+    this.#random = opts.random;
+    this.#rttOf = opts.rttOf ?? (() => undefined);
+    this.#loadOf = opts.loadOf;
+    this.#tie = Math.max(0, opts.rttTieMs ?? 0);
+    this.#max = Math.max(1, opts.maxServices ?? 65536);
+  }
+
+  /** Chooses among a ServiceIP group's candidates by the group's kind; undefined when none. */
+  choose(group: ServiceGroup): TableEntry | undefined {
+    return this.chooseFrom(group.kind, group.key, group.entries);
+  }
+
+  /** Chooses among `candidates` with policy `kind`; `key` names the ServiceIP (rotation state). */
+  chooseFrom(
+    kind: ServiceIpKind,
+    key: number | string,
+    candidates: readonly TableEntry[],
+  ): TableEntry | undefined {
+    const n = candidates.length;
+    if (n === 0) return undefined;
+    if (n === 1) {
+      if (kind === "RoundRobin" || kind === "Closest") this.#remember(key, candidates[0].nsip4);
+      return candidates[0];
+    }
+    switch (kind) {
+      case "Instance":
+        return candidates[0];
+      case "Random":
+        return candidates[Math.min(n - 1, Math.floor(this.#random() * n))];
+      case "RoundRobin":
+        return this.#rotate(key, candidates);
+      case "Closest":
+        return this.#closest(key, candidates);
+    }
+  }
+
+  /** Forgets the rotation position of a ServiceIP (e.g. when it leaves the table). */
+  forget(key: number | string): void {
+    this.#last.delete(key);
+  }
+
+  /** Number of ServiceIPs with a remembered rotation position. */
+  get tracked(): number {
+    return this.#last.size;
+  }
+
+  #remember(key: number | string, nsip4: number): void {
+    // Re-inserting keeps the Map in least-recently-used order, so the bound forgets the stalest.
+    if (!this.#last.delete(key) && this.#last.size >= this.#max) {
+      const oldest = this.#last.keys().next();
+      if (!oldest.done) this.#last.delete(oldest.value);
+    }
+    this.#last.set(key, nsip4);
+  }
+
+  /** The candidate with the smallest nsip4 greater than the last chosen one, else the smallest. */
+  #rotate(key: number | string, cands: readonly TableEntry[]): TableEntry {
+    const last = this.#last.get(key) ?? -1;
+    let next: TableEntry | undefined;
+    let first = cands[0];
+    for (let i = 0; i < cands.length; i++) {
+      const c = cands[i];
+      if (c.nsip4 < first.nsip4) first = c;
+      if (c.nsip4 > last && (next === undefined || c.nsip4 < next.nsip4)) next = c;
+    }
+    const chosen = next ?? first;
+    this.#remember(key, chosen.nsip4);
+    return chosen;
+  }
+
+  #closest(key: number | string, cands: readonly TableEntry[]): TableEntry {
+    const n = cands.length;
+    const rtts = new Float64Array(n);
+    let best = Infinity;
+    for (let i = 0; i < n; i++) {
+      const r = this.#rttOf(nodeKeyOf(cands[i]));
+      rtts[i] = r === undefined || !Number.isFinite(r) || r < 0 ? Infinity : r;
+      if (rtts[i] < best) best = rtts[i];
+    }
+    // Unknown RTTs rank last: they tie only when nothing is known at all.
+    let tied: TableEntry[] = [];
+    for (let i = 0; i < n; i++) if (best === Infinity || rtts[i] <= best + this.#tie) tied.push(cands[i]);
+    const loadOf = this.#loadOf;
+    if (tied.length > 1 && loadOf) {
+      const loads = tied.map((c) => loadOf(c));
+      let least = Infinity;
+      for (const l of loads) if (l < least) least = l;
+      tied = tied.filter((_, i) => loads[i] === least);
+    }
+    if (tied.length > 1) return this.#rotate(key, tied);
+    this.#remember(key, tied[0].nsip4);
+    return tied[0];
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Link, address and route operations the environment manager needs, over rtnetlink (no processes),
+ * plus the few steps that still use `ip` (TAP devices inside a unikernel namespace).
+ *
+ * @example
+ * ```ts
+ * const links = new Links();
+ * const br = links.ensureBridge("goProxyBridge", 1450, [{ family: 4, addr: gw4, prefixLen: 26 }]);
+ * ```
+ */
+import { type CidrBytes, type LinkInfo, Netlink, NetlinkError } from "../../ffi/netlink.ts";
+import {
+  closeFd,
+  createNamedNetns,
+  deleteNamedNetns,
+  NetnsError,
+  openNetnsByName,
+  openNetnsByPid,
+} from "../../ffi/netns.ts";
+import { Errno } from "../../ffi/libc.ts";
+import { mustRun } from "./command.ts";
+
+export { NetlinkError, NetnsError };
+export type { CidrBytes, LinkInfo };
+
+/** What one instance's veth needs. */
+export interface InstanceLinkSpec {
+  hostVeth: string;
+  peerVeth: string;
+  mtu: number;
+  bridgeIndex: number;
+  /** fd of the instance's network namespace. */
+  nsFd: number;
+  v4: CidrBytes;
+  v6: CidrBytes;
+  gw4: Uint8Array;
+  gw6: Uint8Array;
+}
+
+/** Links in the daemon's (the node's) network namespace. */
+export class Links {
+  readonly #nl: Netlink;
+
+  constructor() {
+    this.#nl = Netlink.open();
+  }
+
+  /** Closes the netlink socket. */
+  close(): void {
+    this.#nl.close();
+  }
+
+  /** Index of a link, or undefined. */
+  index(name: string): number | undefined {
+    return this.#nl.linkIndex(name);
+  }
+
+  /** All links of the node namespace. */
+  list(): LinkInfo[] {
+    return this.#nl.listLinks();
+  }
+
+  /**
+   * Makes sure the bridge exists, has the MTU and exactly these addresses among ours, and is up.
+   * Existing bridges are kept (their ports stay attached across a daemon restart).
+   */
+  ensureBridge(name: string, mtu: number, addrs: CidrBytes[]): { index: number; created: boolean } {
+    let index = this.#nl.linkIndex(name);
+    let created = false;
+    if (index === undefined) {
+      this.#nl.createBridge(name, mtu);
+      index = this.#nl.linkIndex(name)!;
+      created = true;
+    }
+    this.#nl.setLink(index, { mtu });
+    const have = this.#nl.listAddresses(index);
+    for (const a of addrs) {
+      const present = have.some((h) =>
+        h.family === a.family && h.prefixLen === a.prefixLen && eq(h.addr, a.addr)
+      );
+      if (!present) this.#nl.addAddress(index, a, { noDad: true });
+    }
+    this.#nl.setLink(index, { up: true });
+    return { index, created };
+  }
+
+  /** Deletes a link by name; false when it did not exist. */
+  deleteByName(name: string): boolean {
+    const index = this.#nl.linkIndex(name);
+    if (index === undefined) return false;
+    try {
+      this.#nl.deleteLink(index);
+    } catch (e) {
+      if (e instanceof NetlinkError && e.errno === Errno.ENODEV) return false;
+      throw e;
+    }
+    return true;
+  }
+
+  /**
+   * Creates the veth pair with its peer in the instance namespace, enslaves the host end, and
+   * configures the peer (addresses without DAD, up, lo up, default routes via the bridge). On any
+   * failure the pair is deleted again, so nothing is left behind.
+   */
+  setupInstance(s: InstanceLinkSpec): void {
+    this.#nl.createVeth(s.hostVeth, s.peerVeth, {
+      mtu: s.mtu,
+      peerNetnsFd: s.nsFd,
+      master: s.bridgeIndex,
+      up: true,
+    });
+    try {
+      const inner = Netlink.openInNetns(s.nsFd);
+      try {
+        const peer = inner.linkIndex(s.peerVeth);
+        if (peer === undefined) {
+          throw new Error(`veth peer ${s.peerVeth} did not appear in the instance namespace`);
+        }
+        inner.addAddress(peer, s.v4);
+        inner.addAddress(peer, s.v6, { noDad: true });
+        inner.setLink(peer, { up: true });
+        const lo = inner.linkIndex("lo");
+        if (lo !== undefined) inner.setLink(lo, { up: true });
+        inner.addRoute({ family: 4, dstLen: 0, gateway: s.gw4, oif: peer }, { replace: true });
+        inner.addRoute({ family: 6, dstLen: 0, gateway: s.gw6, oif: peer }, { replace: true });
+      } finally {
+        inner.close();
+      }
+    } catch (e) {
+      this.deleteByName(s.hostVeth);
+      throw e;
+    }
+  }
+}
+
+function eq(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** Opens the network namespace of a running process; throws NetnsError when the PID is gone. */
+export function netnsOfPid(pid: number): number {
+  return openNetnsByPid(pid);
+}
+
+/** Opens a named network namespace (/run/netns/NAME). */
+export function netnsByName(name: string): number {
+  return openNetnsByName(name);
+}
+
+/** Creates a named network namespace (like `ip netns add`). */
+export function addNamedNetns(name: string): void {
+  createNamedNetns(name);
+}
+
+/** Deletes a named network namespace; false when it did not exist. */
+export function removeNamedNetns(name: string): boolean {
+  try {
+    deleteNamedNetns(name);
+    return true;
+  } catch (e) {
+    if (e instanceof NetnsError && e.errno === Errno.ENOENT) return false;
+    throw e;
+  }
+}
+
+/** True when a named network namespace exists. */
+export function namedNetnsExists(name: string): boolean {
+  try {
+    Deno.statSync(`/run/netns/${name}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Closes a namespace fd. */
+export function closeNetns(fd: number): void {
+  closeFd(fd);
+}
+
+/**
+ * The unikernel layout inside its namespace (reference §4.6): bridge `virbr0` 192.168.1.1/30 with
+ * TAP `tap0`, both up. Uses `ip -batch` (TAP creation needs the tun driver, not rtnetlink).
+ */
+export async function setupUnikernelDevices(netns: string, mtu: number): Promise<void> {
+  const script = [
+    `link add name virbr0 mtu ${mtu} type bridge`,
+    `addr add 192.168.1.1/30 dev virbr0`,
+    `tuntap add dev tap0 mode tap`,
+    `link set dev tap0 mtu ${mtu} master virbr0 up`,
+    `link set dev virbr0 up`,
+  ].join("\n") + "\n";
+  await mustRun("ip", ["-n", netns, "-batch", "-"], { stdin: script });
+}

@@ -1,7 +1,7 @@
 /**
- * Offset allocator with a FIFO free list: hands out small integer offsets inside a subnet
- * (first fresh offsets in order, then released ones in the order they were released, like
- * Oakestra's node allocator). Pure and synchronous, so concurrent deploys on one event loop can
+ * Offset allocator with a FIFO free list: hands out small integer offsets inside a subnet,
+ * released ones first (in the order they were released), else the next fresh one, like
+ * Oakestra's node allocator. Pure and synchronous, so concurrent deploys on one event loop can
  * never receive the same offset.
  *
  * @example
@@ -10,7 +10,7 @@
  * a.allocate(); // 2
  * a.allocate(); // 3
  * a.release(2);
- * a.allocate(); // 4 (fresh first), then 2 once the fresh range is exhausted
+ * a.allocate(); // 2 (released offsets are reused first), then 4
  * ```
  */
 
@@ -30,7 +30,7 @@ export interface AllocatorState {
   free: number[];
 }
 
-/** Allocates integer offsets in [first, last]; fresh ones before released ones. */
+/** Allocates integer offsets in [first, last]; released ones (FIFO) before fresh ones. */
 export class OffsetAllocator {
   readonly first: number;
   readonly last: number;
@@ -64,15 +64,15 @@ export class OffsetAllocator {
 
   /** Takes the next offset; throws ExhaustedError when none is left. */
   allocate(): number {
-    while (this.#next <= this.last) {
-      const n = this.#next++;
+    while (this.#free.length > 0) {
+      const n = this.#free.shift()!;
       if (!this.#used.has(n)) {
         this.#used.add(n);
         return n;
       }
     }
-    while (this.#free.length > 0) {
-      const n = this.#free.shift()!;
+    while (this.#next <= this.last) {
+      const n = this.#next++;
       if (!this.#used.has(n)) {
         this.#used.add(n);
         return n;
@@ -103,10 +103,18 @@ export class OffsetAllocator {
     return { first: this.first, last: this.last, next: this.#next, free: [...this.#free] };
   }
 
-  /** Restores counters and free list from a snapshot; used offsets are re-reserved separately. */
+  /**
+   * Restores counters and free list from a snapshot. Reserve the offsets still in use first: any
+   * offset below the counter that is neither reserved nor listed becomes free.
+   */
   restore(state: AllocatorState): void {
     if (state.first !== this.first || state.last !== this.last) return;
     this.#next = Math.min(Math.max(state.next, this.first), this.last + 1);
     this.#free = state.free.filter((n) => n >= this.first && n < this.#next && !this.#used.has(n));
+    // Offsets handed out before but no longer reserved (their instance vanished) are free again.
+    const listed = new Set(this.#free);
+    for (let n = this.first; n < this.#next; n++) {
+      if (!this.#used.has(n) && !listed.has(n)) this.#free.push(n);
+    }
   }
 }

@@ -57,13 +57,13 @@ async function parseBody<S extends z.ZodObject>(req: Request, schema: S): Promis
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
     return errorBody(400, "body must be a JSON object");
   }
-  const r = schema.safeParse(normalizeKeys(raw, Object.keys(schema.shape)));
+  const normalized = normalizeKeys(raw, Object.keys(schema.shape)) as Record<string, unknown>;
+  const r = schema.safeParse(normalized);
   if (!r.success) {
     const issue = r.error.issues[0];
     const field = issue.path.map(String).join(".");
-    const msg = issue.code === "invalid_type" && issue.input === undefined
-      ? `${field} is required`
-      : issue.message;
+    const missing = issue.code === "invalid_type" && issue.path.length === 1 && !(field in normalized);
+    const msg = missing ? `${field} is required` : issue.message;
     return errorBody(400, msg, field || undefined);
   }
   return r.data;

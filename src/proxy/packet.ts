@@ -26,8 +26,10 @@
  *   between `off + totalLen` and `off + len` (link padding) are ignored and should not be forwarded.
  *   IPv6 jumbograms (payload length 0 + jumbo option) are not supported (they fail as
  *   `BAD_EXT_HEADER` / `BAD_L4_HEADER`), nor are IPv4 "BIG TCP" packets with total length 0.
- * - **IPv6 routing header** with segments left > 0 is `UNSUPPORTED_EXT_HEADER`: the L4 pseudo-header
- *   would use the final address from the routing header, not the IPv6 destination.
+ * - **Source routing.** An IPv6 routing header with segments left > 0 is `UNSUPPORTED_EXT_HEADER`,
+ *   an IPv4 LSRR/SSRR option `UNSUPPORTED_IP_OPTION`: the L4 pseudo-header would use the route's
+ *   final address, not the IP destination. Other IPv4 options are walked for well-formedness
+ *   (`BAD_IP_OPTIONS`) and otherwise left alone.
  * - **Checksums** are not verified by {@link parsePacket} (the receiving kernel does that); the rewrite
  *   keeps a valid checksum valid and an invalid one invalid. Use {@link checksumsValid} when needed.
  *
@@ -90,13 +92,17 @@ export const ParseResult = {
   UNSUPPORTED_ICMP: 10,
   /** First fragment too short to hold the whole L4 header, or an IPv4 TCP fragment at offset 8 (RFC 1858). */
   BAD_FRAGMENT: 11,
+  /** IPv4 loose/strict source route option (the L4 pseudo-header would use the route's final address). */
+  UNSUPPORTED_IP_OPTION: 12,
+  /** Malformed IPv4 options (an option length below 2 or running past the header). */
+  BAD_IP_OPTIONS: 13,
 } as const;
 
 /** One of the {@link ParseResult} values. */
 export type ParseResult = (typeof ParseResult)[keyof typeof ParseResult];
 
 /** Number of distinct {@link ParseResult} values (size of a per-reason counter array). */
-export const PARSE_RESULT_COUNT = 12;
+export const PARSE_RESULT_COUNT = 14;
 
 /** Lower-case names of the {@link ParseResult} values, indexed by value (for metrics labels and logs). */
 export const PARSE_RESULT_NAMES: readonly string[] = [
@@ -112,6 +118,8 @@ export const PARSE_RESULT_NAMES: readonly string[] = [
   "bad_l4_header",
   "unsupported_icmp",
   "bad_fragment",
+  "unsupported_ip_option",
+  "bad_ip_options",
 ];
 
 /** Most IPv6 extension headers {@link parsePacket} walks before giving up with `EXT_HEADER_LIMIT`. */
@@ -297,8 +305,30 @@ function parse4(buf: Uint8Array, off: number, len: number, out: PacketInfo): Par
   out.fragId = read16(buf, off + 4);
   out.l4Offset = off + ihl;
   out.l4Len = total - ihl;
+  if (ihl > 20) {
+    const r = checkOptions4(buf, off + 20, off + ihl);
+    if (r !== ParseResult.OK) return r;
+  }
   if (fragOff === 8 && out.protocol === IPPROTO_TCP) return ParseResult.BAD_FRAGMENT;
   return parseL4(buf, out, fragOff !== 0);
+}
+
+/** Walks IPv4 options in [p, end): rejects source routes and malformed lengths. */
+function checkOptions4(buf: Uint8Array, p: number, end: number): ParseResult {
+  while (p < end) {
+    const t = buf[p];
+    if (t === 0) break; // end of option list
+    if (t === 1) {
+      p++; // no-operation
+      continue;
+    }
+    if (p + 1 >= end) return ParseResult.BAD_IP_OPTIONS;
+    const l = buf[p + 1];
+    if (l < 2 || p + l > end) return ParseResult.BAD_IP_OPTIONS;
+    if (t === 0x83 || t === 0x89) return ParseResult.UNSUPPORTED_IP_OPTION;
+    p += l;
+  }
+  return ParseResult.OK;
 }
 
 function isUnsupportedExt(nh: number): boolean {

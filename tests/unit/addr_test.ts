@@ -49,7 +49,9 @@ Deno.test("ipv6 parse and RFC 5952 formatting", () => {
   assertEquals(canonicalIPv6("::ffff:10.1.2.3"), "::ffff:a01:203");
   assertEquals(canonicalIPv6("1:2:3:4:5:6:7:8"), "1:2:3:4:5:6:7:8");
   assertEquals(canonicalIPv6("1:0:3:4:5:6:7:8"), "1:0:3:4:5:6:7:8");
-  for (const bad of ["", ":", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::1", "fe80::1%eth0", "1:2:3:4:5:6:7"]) {
+  for (
+    const bad of ["", ":", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::1", "fe80::1%eth0", "1:2:3:4:5:6:7"]
+  ) {
     assertEquals(tryParseIPv6(bad), undefined, bad);
   }
 });
@@ -65,17 +67,19 @@ Deno.test("ipv6 prefixes and addition", () => {
   assertThrows(() => parsePrefix6("fc00::1/120", true), AddressError);
 });
 
-Deno.test("allocator: fresh first, FIFO reuse, exhaustion, reserve", () => {
+Deno.test("allocator: FIFO reuse of released offsets first, then fresh, exhaustion, reserve", () => {
   const a = new OffsetAllocator(2, 5);
   assertEquals([a.allocate(), a.allocate()], [2, 3]);
   a.release(2);
+  assertEquals(a.allocate(), 2);
   assertEquals(a.allocate(), 4);
   assertEquals(a.allocate(), 5);
-  assertEquals(a.allocate(), 2);
   assertThrows(() => a.allocate(), ExhaustedError, "subnet exhausted");
   a.release(4);
   a.release(3);
   assertEquals([a.allocate(), a.allocate()], [4, 3]);
+  a.release(9); // not in use: ignored
+  assertThrows(() => a.allocate(), ExhaustedError);
   const b = new OffsetAllocator(2, 62);
   assert(b.reserve(10));
   assert(!b.reserve(10));
@@ -95,5 +99,11 @@ Deno.test("allocator snapshot/restore keeps counters and free list", () => {
   const b = new OffsetAllocator(2, 62);
   for (const n of [2, 4, 5, 6]) b.reserve(n);
   b.restore(snap);
+  assertEquals(b.allocate(), 3, "the released offset comes back first");
   assertEquals(b.allocate(), 7);
+  // An offset recorded as used but not re-reserved (its instance vanished) is free again.
+  const c = new OffsetAllocator(2, 62);
+  for (const n of [2, 4, 5]) c.reserve(n);
+  c.restore(snap);
+  assertEquals([c.allocate(), c.allocate(), c.allocate()], [3, 6, 7]);
 });

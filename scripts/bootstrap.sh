@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
+# Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump) and Deno from npm at a pinned
+# version into .tools/ (kept out of the repo root so no package.json sits beside the code).
+# Prints the path of the deno binary on its last line.
+set -euo pipefail
+DENO_VERSION=2.9.6
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+
+need=()
+for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto iperf3:iperf3 tcpdump:tcpdump \
+  unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
+fi
+# mosquitto's package starts a system broker on 1883; tests start their own brokers on other ports.
+
+deno="$tools/node_modules/.bin/deno"
+if ! [ -x "$deno" ] || ! "$deno" --version 2>/dev/null | grep -q "^deno $DENO_VERSION "; then
+  echo "bootstrap: installing deno $DENO_VERSION from npm into $tools" >&2
+  mkdir -p "$tools"
+  [ -f "$tools/package.json" ] || echo '{"private":true}' > "$tools/package.json"
+  (cd "$tools" && npm install --no-audit --no-fund --loglevel=error "deno@$DENO_VERSION" >&2)
+fi
+# Fetch the locked npm dependencies once (fails if deno.lock does not match deno.json).
+(cd "$root" && "$deno" install --frozen >&2)
+echo "$deno"

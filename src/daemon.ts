@@ -128,6 +128,7 @@ class Node implements NodeService {
       publicPort: this.cfg.net.NodePublicPort,
       bridge: this.cfg.net.BridgeName,
       instances: this.env.instances().length,
+      pendingRemovals: this.env.pendingRemovals,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
     };
   }

@@ -139,6 +139,8 @@ export class EnvironmentManager {
   readonly #rules = new RestoreQueue();
   readonly #names: ChainNames;
   readonly #byKey = new Map<string, InstanceRecord>();
+  /** Undeployed instances whose resources are still being removed, by host veth. */
+  readonly #removing = new Map<string, { rec: InstanceRecord; done: Promise<void> }>();
   readonly #locks = new Map<string, Promise<unknown>>();
 
   /** Loads the state file (throws StateError when it is corrupt). */
@@ -183,7 +185,7 @@ export class EnvironmentManager {
   }
 
   #save(): void {
-    this.#state.instances = [...this.#byKey.values()];
+    this.#state.instances = [...this.#byKey.values(), ...[...this.#removing.values()].map((r) => r.rec)];
     if (this.#alloc) this.#state.allocator = this.#alloc.snapshot();
     this.#store.save(this.#state);
   }
@@ -222,7 +224,7 @@ export class EnvironmentManager {
 
     // Reconcile: adopt instances whose veth survived, clean up the rest.
     for (const r of [...this.#byKey.values()]) {
-      const alive = links.index(r.hostVeth) !== undefined &&
+      const alive = !r.removing && links.index(r.hostVeth) !== undefined &&
         (r.kind === "container" || (r.netns !== undefined && namedNetnsExists(r.netns)));
       if (alive && this.#alloc.reserve(r.offset)) {
         log.info("adopted instance", { key: r.key, ipv4: r.ipv4 });
@@ -331,8 +333,11 @@ export class EnvironmentManager {
         old: existing.pid,
         pid: spec.pid,
       });
-      await this.#undeploy(existing);
+      this.#undeploy(existing);
     }
+    const clashes = (r: InstanceRecord) =>
+      ports.some((p) => r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort));
+    await Promise.all([...this.#removing.values()].filter((r) => clashes(r.rec)).map((r) => r.done));
     for (const r of this.#byKey.values()) {
       for (const p of ports) {
         if (r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort)) {
@@ -483,29 +488,60 @@ export class EnvironmentManager {
 
   /**
    * Removes an instance's network: rules, veth pair, named namespace (unikernels), address.
-   * Returns false when the instance is unknown (the API answers 200 then, as Oakestra does).
+   * Resolves once the instance is detached; the kernel-side removal completes in the background
+   * (see {@link whenSettled}). Returns false when the instance is unknown (the API answers 200
+   * then, as Oakestra does).
    */
   cleanInstance(kind: InstanceKind, job: string, instance: number): Promise<boolean> {
     const key = instanceKey(kind, job, instance);
     return this.#serial(key, async () => {
       const rec = this.#byKey.get(key);
       if (!rec) return false;
-      await this.#undeploy(rec);
+      this.#undeploy(rec);
       return true;
     });
   }
 
-  async #undeploy(rec: InstanceRecord): Promise<void> {
-    await this.#removeResources(rec, true);
+  /**
+   * Detaches an instance at once (record marked as removing, address and ports still reserved)
+   * and removes its resources in the background: deleting a veth waits for an RCU grace period
+   * and an iptables delete rescans the chain, ~15 ms each, which the NodeEngine need not wait for.
+   * The address returns to the pool when the removal is complete; a deploy that needs one of the
+   * host ports waits for it; a crash in between is reconciled from the state file.
+   */
+  #undeploy(rec: InstanceRecord): void {
     this.#byKey.delete(rec.key);
-    this.#alloc?.release(rec.offset);
+    rec.removing = true;
+    const alloc = this.#alloc;
+    const done = (async () => {
+      try {
+        await this.#removeResources(rec, true);
+      } catch (e) {
+        log.error("removing instance resources failed", { key: rec.key, error: String(e) });
+      } finally {
+        this.#removing.delete(rec.hostVeth);
+        if (alloc === this.#alloc) alloc?.release(rec.offset);
+        if (this.#subnet) this.#save();
+        log.info("instance removed", { key: rec.key, ipv4: rec.ipv4 });
+      }
+    })();
+    this.#removing.set(rec.hostVeth, { rec, done });
     this.#save();
-    log.info("instance removed", { key: rec.key, ipv4: rec.ipv4 });
+  }
+
+  /** How many undeployed instances are still being removed. */
+  get pendingRemovals(): number {
+    return this.#removing.size;
+  }
+
+  /** Resolves when every background removal has finished (tests, shutdown, embedding callers). */
+  async whenSettled(): Promise<void> {
+    while (this.#removing.size > 0) await Promise.all([...this.#removing.values()].map((r) => r.done));
   }
 
   async #removeResources(rec: InstanceRecord, rules: boolean): Promise<void> {
     if (rules) await this.#applyInstanceRules(rec, "del");
-    this.#linksOpen().deleteByName(rec.hostVeth);
+    await this.#linksOpen().deleteInBackground(rec.hostVeth);
     if (rec.kind === "unikernel" && rec.netns) {
       try {
         removeNamedNetns(rec.netns);
@@ -520,6 +556,7 @@ export class EnvironmentManager {
    * stays for the next start. A node without instances is torn down completely.
    */
   async shutdown(): Promise<void> {
+    await this.whenSettled();
     if (this.#subnet && this.#byKey.size === 0) await this.#teardownNode();
     else if (this.#subnet) this.#save();
     this.#links?.close();
@@ -548,6 +585,7 @@ export class EnvironmentManager {
    * state file (Kudo's `clean_node`).
    */
   async cleanNode(): Promise<CleanReport> {
+    await this.whenSettled();
     const links = this.#linksOpen();
     const report: CleanReport = { instances: 0, links: [], netns: [], rules: false, stateFile: false };
     for (const rec of [...this.#byKey.values()]) {

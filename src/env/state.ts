@@ -34,6 +34,8 @@ export const InstanceRecordSchema = z.object({
   ipv6: z.string().refine(isIPv6),
   ports: z.array(PortSchema),
   createdAt: z.string(),
+  /** Undeployed; its resources are being removed in the background. */
+  removing: z.boolean().optional(),
 });
 
 /** A deployed instance's record. */

@@ -18,7 +18,7 @@ import {
   openNetnsByPid,
 } from "../../ffi/netns.ts";
 import { Errno } from "../../ffi/libc.ts";
-import { mustRun } from "./command.ts";
+import { mustRun, runTool, ToolError } from "./command.ts";
 
 export { NetlinkError, NetnsError };
 export type { CidrBytes, LinkInfo };
@@ -95,6 +95,19 @@ export class Links {
       throw e;
     }
     return true;
+  }
+
+  /**
+   * Deletes a link without blocking the event loop: the kernel waits for an RCU grace period
+   * (~15 ms) on every link deletion, so this runs `ip link del` in a child process instead of a
+   * synchronous netlink call on the main thread. False when the link did not exist.
+   */
+  async deleteInBackground(name: string): Promise<boolean> {
+    if (this.#nl.linkIndex(name) === undefined) return false;
+    const r = await runTool("ip", ["link", "del", "dev", name]);
+    if (r.code === 0) return true;
+    if (this.#nl.linkIndex(name) === undefined) return false; // vanished meanwhile (its netns died)
+    throw new ToolError(`ip link del ${name}`, r);
   }
 
   /**

@@ -120,6 +120,17 @@ export class TestNode {
     return this.api.post("/register", { client_id: id, cluster_address: "" });
   }
 
+  /** Waits until background removals of undeployed instances have finished. */
+  async settled(ms = 5000): Promise<void> {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      const st = (await this.api.getJson("/status")) as { pendingRemovals: number };
+      if (st.pendingRemovals === 0) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error("undeployed instances were not removed in time");
+  }
+
   /** Runs a command inside the node namespace. */
   exec(cmd: string[]): Promise<string> {
     return inNs(this.ns, cmd);

@@ -172,6 +172,8 @@ Deno.test(
         portMappings: "",
       });
       assertEquals(u.status, 200);
+      assertEquals(((await node.api.getJson("/instances")) as unknown[]).length, 0, "detached at once");
+      await node.settled();
       assertEquals(await linkNames(node.ns), links0);
       assertEquals(await ruleDump(node.ns), rules0);
       assertEquals((await c.exec(["ip", "-j", "link", "show"])).stdout.includes("vethc"), false);
@@ -274,6 +276,7 @@ Deno.test({
       (await node.api.post("/container/undeploy", { serviceName: job, instanceNumber: 0 })).status,
       200,
     );
+    await node.settled();
     assertEquals(/--dport 7000 /.test(await ruleDump(node.ns)), false);
   });
 });
@@ -310,6 +313,7 @@ Deno.test({
       (await node.api.post("/unikernel/undeploy", { serviceName: job, instanceNumber: 0 })).status,
       200,
     );
+    await node.settled();
     assertEquals((await run(["ip", "netns", "list"])).stdout.includes(ns), false);
   });
 });

@@ -10,6 +10,7 @@ import { Command } from "@commander-js/extra-typings";
 import { VERSION } from "../version.ts";
 import { cleanCmd } from "./clean.ts";
 import { daemonCmd, debugCmd } from "./daemon.ts";
+import { demoCmd, demoGetCmd, demoServeCmd } from "./demo.ts";
 import { statusCmd, tableCmd } from "./inspect.ts";
 
 /** Builds the program with all subcommands. */
@@ -23,5 +24,8 @@ export function buildProgram() {
     .addCommand(tableCmd())
     .addCommand(statusCmd())
     .addCommand(new Command("version").description("print the version").action(() => console.log(VERSION)))
-    .addCommand(cleanCmd());
+    .addCommand(cleanCmd())
+    .addCommand(demoCmd())
+    .addCommand(demoServeCmd(), { hidden: true })
+    .addCommand(demoGetCmd(), { hidden: true });
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds one self-contained netmanager executable per architecture with `deno compile`:
+#   dist/netmanager-x86_64-unknown-linux-gnu, dist/netmanager-aarch64-unknown-linux-gnu
+# The version (git describe, else the one in src/version.ts) is baked in.
+# DENORT_BIN: path to a denort runtime to use instead of downloading one (offline builds; only for the
+# architecture it was built for). TARGETS: override the list of target triples.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+deno=${DENO:-$(command -v deno || echo "$root/.tools/node_modules/.bin/deno")}
+[ -x "$deno" ] || { echo "compile: deno not found (run scripts/bootstrap.sh)" >&2; exit 1; }
+targets=${TARGETS:-"x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu"}
+version=$(git describe --tags --always --dirty 2>/dev/null || sed -n 's/.*VERSION = "\(.*\)".*/\1/p' src/version.ts)
+
+# Bake the version into a copy of the sources so the work tree stays clean.
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+cp -r deno.json deno.lock main.ts src ffi config "$build/"
+sed -i "s/export const VERSION = \".*\";/export const VERSION = \"${version}\";/" "$build/src/version.ts"
+mkdir -p dist
+failed=0
+for t in $targets; do
+  out="$root/dist/netmanager-$t"
+  echo "compile: $t → $out (version $version)" >&2
+  log=$(mktemp)
+  if (cd "$build" && "$deno" compile --frozen -A --target "$t" --include config -o "$out" main.ts) >"$log" 2>&1; then
+    # A binary for this machine's architecture must actually run (a DENORT_BIN that is the deno CLI
+    # instead of the denort runtime produces one that does not).
+    if [ "$t" = "$(uname -m)-unknown-linux-gnu" ] && ! "$out" version >/dev/null 2>&1; then
+      echo "compile: $out does not run; DENORT_BIN must point to a denort runtime of deno $("$deno" --version | head -1 | cut -d' ' -f2), not the deno CLI" >&2
+      rm -f "$out"
+      failed=1
+      continue
+    fi
+    echo "compile: ok $(du -h "$out" | cut -f1)" >&2
+  else
+    if grep -qiE "denort|download|dns error|failed to fetch|connect" "$log"; then
+      echo "compile: the Deno runtime (denort) for $t cannot be obtained: this machine cannot download it." >&2
+      echo "compile: set DENORT_BIN to a local denort binary for $t, or build where the Deno release host is reachable." >&2
+    fi
+    sed 's/^/  /' "$log" >&2
+    failed=1
+  fi
+  rm -f "$log"
+done
+exit $failed

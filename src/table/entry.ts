@@ -150,30 +150,32 @@ const isU32 = (v: unknown): v is number =>
   typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 const isV6 = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length === 16;
 
-/** Throws TableError unless `e` is a well-formed entry (types, ranges, job name, ≥ 1 ServiceIP). */
-export function validateEntry(e: TableEntry): void {
-  const where = `entry ${e?.job}#${e?.instance}`;
-  const problem = jobNameProblem(String(e.job));
-  if (typeof e.job !== "string" || problem) {
-    throw new TableError(`${where}: ${problem ?? "job is not a string"}`);
+/**
+ * Throws TableError unless `e` is a well-formed entry (types, ranges, job name, ≥ 1 ServiceIP).
+ * `jobChecked` skips the job-name check when the caller has already validated that name.
+ */
+export function validateEntry(e: TableEntry, jobChecked = false): void {
+  const fail = (why: string): never => {
+    throw new TableError(`entry ${e?.job}#${e?.instance}: ${why}`);
+  };
+  if (typeof e.job !== "string") fail("job is not a string");
+  if (!jobChecked) {
+    const problem = jobNameProblem(e.job);
+    if (problem) fail(problem);
   }
-  if (!Number.isInteger(e.instance) || e.instance < 0) throw new TableError(`${where}: bad instance number`);
-  if (typeof e.nodeIp !== "string" || e.nodeIp === "") throw new TableError(`${where}: missing node ip`);
+  if (!Number.isInteger(e.instance) || e.instance < 0) fail("bad instance number");
+  if (typeof e.nodeIp !== "string" || e.nodeIp === "") fail("missing node ip");
   if (!Number.isInteger(e.nodePort) || e.nodePort < 1 || e.nodePort > 65535) {
-    throw new TableError(`${where}: node port ${e.nodePort} out of range 1..65535`);
+    fail(`node port ${e.nodePort} out of range 1..65535`);
   }
-  if (!isU32(e.nsip4)) throw new TableError(`${where}: nsip4 is not a uint32`);
-  if (e.nsip6 !== undefined && !isV6(e.nsip6)) throw new TableError(`${where}: nsip6 is not 16 bytes`);
-  if (!Array.isArray(e.serviceIps) || e.serviceIps.length === 0) {
-    throw new TableError(`${where}: needs at least one ServiceIP`);
-  }
+  if (!isU32(e.nsip4)) fail("nsip4 is not a uint32");
+  if (e.nsip6 !== undefined && !isV6(e.nsip6)) fail("nsip6 is not 16 bytes");
+  if (!Array.isArray(e.serviceIps) || e.serviceIps.length === 0) fail("needs at least one ServiceIP");
   for (const s of e.serviceIps) {
-    if (!SERVICE_IP_KINDS.includes(s.kind)) {
-      throw new TableError(`${where}: unknown ServiceIP kind ${s.kind}`);
-    }
-    if (s.v4 === undefined && s.v6 === undefined) throw new TableError(`${where}: ServiceIP without address`);
-    if (s.v4 !== undefined && !isU32(s.v4)) throw new TableError(`${where}: ServiceIP v4 is not a uint32`);
-    if (s.v6 !== undefined && !isV6(s.v6)) throw new TableError(`${where}: ServiceIP v6 is not 16 bytes`);
+    if (typeof KIND_CODE[s.kind] !== "number") fail(`unknown ServiceIP kind ${s.kind}`);
+    if (s.v4 === undefined && s.v6 === undefined) fail("ServiceIP without address");
+    if (s.v4 !== undefined && !isU32(s.v4)) fail("ServiceIP v4 is not a uint32");
+    if (s.v6 !== undefined && !isV6(s.v6)) fail("ServiceIP v6 is not 16 bytes");
   }
 }
 

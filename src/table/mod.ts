@@ -12,5 +12,6 @@
  */
 export * from "./entry.ts";
 export * from "./keys.ts";
+export * from "./v6map.ts";
 export * from "./table.ts";
 export * from "./query_result.ts";

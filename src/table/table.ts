@@ -6,9 +6,9 @@
  * The owner (main isolate) applies operations and forwards the same {@link TableDelta} to Workers,
  * which keep a read-only copy built from a {@link TableSnapshot}.
  *
- * IPv6 keys: the v6 indexes are `Map<number, T[]>` keyed by {@link v6Key} (a 30-bit hash computed
- * straight from the packet bytes, no allocation); a hit is confirmed by comparing the 16 bytes, and the
- * rare colliding addresses share the chain array.
+ * IPv6 keys: the v6 indexes are {@link V6Map}s — open-addressing tables holding the 16-byte keys
+ * inline in a `Uint32Array`, hashed from the 4 words read straight out of the packet and confirmed by
+ * comparing those words: no allocation, no string, no pointer chasing per lookup.
  *
  * @example
  * ```ts
@@ -24,6 +24,7 @@
  */
 import { equalIPv6, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import {
+  jobNameProblem,
   KIND_CODE,
   kindOfCode,
   nodeKeyOf,
@@ -33,7 +34,7 @@ import {
   TableError,
   validateEntry,
 } from "./entry.ts";
-import { v6Key } from "./keys.ts";
+import { V6Map } from "./v6map.ts";
 
 /** The candidates of one ServiceIP address (one family): what the packet path looks up. */
 export interface ServiceGroup {
@@ -115,9 +116,9 @@ function sameInstance(a: TableEntry, b: TableEntry): boolean {
 /** The translation table. See the module documentation. */
 export class TranslationTable {
   #svc4 = new Map<number, Group>();
-  #svc6 = new Map<number, Group[]>();
+  #svc6 = new V6Map<Group>();
   #ns4 = new Map<number, TableEntry>();
-  #ns6 = new Map<number, TableEntry[]>();
+  #ns6 = new V6Map<TableEntry>();
   #jobs = new Map<string, TableEntry[]>();
   #nodes = new Map<string, TableEntry[]>();
   #size = 0;
@@ -136,13 +137,7 @@ export class TranslationTable {
 
   /** Candidates of the ServiceIPv6 at `buf[off..off+16]`, or undefined. No allocation. */
   service6(buf: Uint8Array, off = 0): ServiceGroup | undefined {
-    const chain = this.#svc6.get(v6Key(buf, off));
-    if (chain === undefined) return undefined;
-    for (let i = 0; i < chain.length; i++) {
-      const g = chain[i];
-      if (equalIPv6(g.addr6 as Uint8Array, buf, 0, off)) return g;
-    }
-    return undefined;
+    return this.#svc6.get(buf, off);
   }
 
   /** The entry whose namespace IPv4 is `addr`, or undefined. */
@@ -152,13 +147,7 @@ export class TranslationTable {
 
   /** The entry whose namespace IPv6 is at `buf[off..off+16]`, or undefined. No allocation. */
   byNsip6(buf: Uint8Array, off = 0): TableEntry | undefined {
-    const chain = this.#ns6.get(v6Key(buf, off));
-    if (chain === undefined) return undefined;
-    for (let i = 0; i < chain.length; i++) {
-      const e = chain[i];
-      if (equalIPv6(e.nsip6 as Uint8Array, buf, 0, off)) return e;
-    }
-    return undefined;
+    return this.#ns6.get(buf, off);
   }
 
   // ---------------------------------------------------------------- lookups (control path)
@@ -212,7 +201,7 @@ export class TranslationTable {
   /** All ServiceIP groups (v4 then v6). */
   *services(): IterableIterator<ServiceGroup> {
     yield* this.#svc4.values();
-    for (const chain of this.#svc6.values()) yield* chain;
+    yield* this.#svc6.values();
   }
 
   // ---------------------------------------------------------------- operations
@@ -227,8 +216,10 @@ export class TranslationTable {
     const seen4 = new Set<number>();
     const seenN = new Set<number>();
     const seen6 = new Set<string>();
+    const problem = jobNameProblem(job);
+    if (problem) throw new TableError(`replaceJob: ${problem}`);
     for (const e of entries) {
-      validateEntry(e);
+      validateEntry(e, true);
       if (e.job !== job) throw new TableError(`replaceJob("${job}"): entry names job "${e.job}"`);
       if (seen4.has(e.nsip4)) throw new TableError(`replaceJob("${job}"): duplicate nsip4 in entries`);
       if (seenN.has(e.instance)) {
@@ -320,12 +311,7 @@ export class TranslationTable {
 
   #insert(e: TableEntry): void {
     this.#ns4.set(e.nsip4, e);
-    if (e.nsip6) {
-      const k = v6Key(e.nsip6);
-      const chain = this.#ns6.get(k);
-      if (chain) chain.push(e);
-      else this.#ns6.set(k, [e]);
-    }
+    if (e.nsip6) this.#ns6.set(e.nsip6, e);
     const jl = this.#jobs.get(e.job);
     if (jl) jl.push(e);
     else this.#jobs.set(e.job, [e]);
@@ -355,16 +341,11 @@ export class TranslationTable {
   }
 
   #group6(addr: Uint8Array, kind: ServiceIpKind): Group {
-    const k = v6Key(addr);
-    let chain = this.#svc6.get(k);
-    if (chain) {
-      for (const g of chain) if (equalIPv6(g.addr6 as Uint8Array, addr)) return g;
-    } else {
-      chain = [];
-      this.#svc6.set(k, chain);
+    let g = this.#svc6.get(addr);
+    if (!g) {
+      g = { family: 6, key: formatIPv6(addr), addr4: 0, addr6: addr, kind, entries: [] };
+      this.#svc6.set(addr, g);
     }
-    const g: Group = { family: 6, key: formatIPv6(addr), addr4: 0, addr6: addr, kind, entries: [] };
-    chain.push(g);
     return g;
   }
 
@@ -376,15 +357,7 @@ export class TranslationTable {
     const nodes = new Set<string>();
     for (const e of victims) {
       if (this.#ns4.get(e.nsip4) === e) this.#ns4.delete(e.nsip4);
-      if (e.nsip6) {
-        const k = v6Key(e.nsip6);
-        const chain = this.#ns6.get(k);
-        if (chain) {
-          const rest = chain.filter((x) => x !== e);
-          if (rest.length) this.#ns6.set(k, rest);
-          else this.#ns6.delete(k);
-        }
-      }
+      if (e.nsip6 && this.#ns6.get(e.nsip6) === e) this.#ns6.delete(e.nsip6);
       jobs.add(e.job);
       nodes.add(nodeKeyOf(e));
       for (const s of e.serviceIps) {
@@ -393,7 +366,7 @@ export class TranslationTable {
           if (g) groups.add(g);
         }
         if (s.v6 !== undefined) {
-          const g = this.service6(s.v6) as Group | undefined;
+          const g = this.#svc6.get(s.v6);
           if (g) groups.add(g);
         }
       }
@@ -424,12 +397,7 @@ export class TranslationTable {
       this.#svc4.delete(g.addr4);
       return;
     }
-    const k = v6Key(g.addr6 as Uint8Array);
-    const chain = this.#svc6.get(k);
-    if (!chain) return;
-    const rest = chain.filter((x) => x !== g);
-    if (rest.length) this.#svc6.set(k, rest);
-    else this.#svc6.delete(k);
+    this.#svc6.delete(g.addr6 as Uint8Array);
   }
 
   // ---------------------------------------------------------------- snapshots

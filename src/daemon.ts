@@ -19,6 +19,8 @@ import {
   StateStore,
 } from "./env/mod.ts";
 import { logger } from "./log.ts";
+import { DataPlane, type Resolver, staticResolver } from "./proxy/dataplane.ts";
+import { type StaticTable, TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { VERSION } from "./version.ts";
 
@@ -33,6 +35,8 @@ export interface DaemonOptions {
   socketPath: string;
   /** Install SIGTERM/SIGINT handlers (the CLI does; tests embedding the daemon may not). */
   handleSignals?: boolean;
+  /** Static-table mode: the translation table comes from this parsed file, not from a cluster. */
+  staticTable?: StaticTable;
 }
 
 /** A running daemon. */
@@ -50,11 +54,14 @@ class Node implements NodeService {
   readonly startedAt = Date.now();
   workerId: string | undefined;
   publicAddress: string | undefined;
+  dataPlane: DataPlane | undefined;
+  readonly staticTable: StaticTable | undefined;
   #registering: Promise<RegisterResult> | undefined;
 
-  constructor(cfg: NodeConfig, env: EnvironmentManager) {
+  constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: StaticTable) {
     this.cfg = cfg;
     this.env = env;
+    this.staticTable = staticTable;
     this.workerId = env.registration.workerId;
   }
 
@@ -88,6 +95,7 @@ class Node implements NodeService {
       };
     }
     if (!this.env.subnet) await this.env.setupNode(subnet);
+    await this.startDataPlane();
     this.workerId = clientId;
     this.env.recordRegistration(clientId, clusterAddress || undefined);
     const cluster = clusterAddress || this.cfg.net.ClusterUrl;
@@ -97,6 +105,30 @@ class Node implements NodeService {
     );
     log.info("registered", { workerId: clientId, mode: this.mode, subnet: formatNodeSubnet(subnet) });
     return { ok: true };
+  }
+
+  /** Starts the data plane once the node is set up (idempotent). */
+  async startDataPlane(): Promise<void> {
+    const subnet = this.env.subnet;
+    if (this.dataPlane || !subnet) return;
+    const table = new TranslationTable();
+    for (const j of this.staticTable?.jobs ?? []) table.replaceJob(j.job, j.entries);
+    const resolver: Resolver = staticResolver;
+    this.dataPlane = await DataPlane.start({
+      tunName: this.cfg.tun.HostTunnelDeviceName,
+      port: this.cfg.tun.TunnelPort,
+      table,
+      resolver,
+      configureTun: (name) => this.env.setupTun(name),
+      engine: {
+        selfIp: this.publicAddress ?? "",
+        selfPort: this.cfg.net.NodePublicPort,
+        service4: this.cfg.serviceRange4,
+        service6: this.cfg.serviceRange6,
+        subnet4: subnet.v4,
+        subnet6: subnet.v6,
+      },
+    });
   }
 
   #requireRegistered(): void {
@@ -130,11 +162,20 @@ class Node implements NodeService {
       instances: this.env.instances().length,
       pendingRemovals: this.env.pendingRemovals,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      dataPlane: this.dataPlane ? (this.dataPlane.stats() ?? { starting: true }) : null,
     };
   }
 
   table(): unknown[] {
-    return [];
+    return this.dataPlane?.rows() ?? [];
+  }
+
+  flows(): Promise<unknown[]> {
+    return this.dataPlane?.flows() ?? Promise.resolve([]);
+  }
+
+  metrics(): string {
+    return "";
   }
 
   instances(): unknown[] {
@@ -158,7 +199,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const { cfg } = opts;
   for (const n of cfg.notes) log.info(n);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
-  const node = new Node(cfg, env);
+  const node = new Node(cfg, env, opts.staticTable);
 
   const detect = async () => {
     if (cfg.net.NodePublicAddress !== "0.0.0.0") return cfg.net.NodePublicAddress;
@@ -174,11 +215,13 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   // recorded subnet comes back with it so its instances keep working.
   const startSubnet = cfg.standaloneSubnet ?? (node.workerId ? env.recordedSubnet : undefined);
   if (startSubnet) await env.setupNode(startSubnet);
+  if (startSubnet && node.workerId) await node.startDataPlane();
 
   let api: ApiServer;
   try {
     api = await startApi({ path: opts.socketPath, node });
   } catch (e) {
+    await node.dataPlane?.stop();
     await env.shutdown();
     throw e;
   }
@@ -201,6 +244,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       log.info("shutting down");
       if (timer !== undefined) clearInterval(timer);
       await api.close();
+      await node.dataPlane?.stop();
       await env.shutdown();
       if (opts.handleSignals) {
         Deno.removeSignalListener("SIGTERM", stop);

@@ -126,7 +126,15 @@ const ROUTES: Record<string, { method: "GET" | "POST"; handler: Handler }> = {
   "/unikernel/deploy": { method: "POST", handler: deployHandler("unikernel") },
   "/unikernel/undeploy": { method: "POST", handler: undeployHandler("unikernel") },
   "/status": { method: "GET", handler: (_r, node) => Promise.resolve(json(200, node.status())) },
-  "/table": { method: "GET", handler: (_r, node) => Promise.resolve(json(200, node.table())) },
+  "/table": {
+    method: "GET",
+    handler: async (req, node) => {
+      if (new URL(req.url).searchParams.has("flows")) {
+        return json(200, { flows: (await node.flows?.()) ?? [] });
+      }
+      return json(200, node.table());
+    },
+  },
   "/instances": { method: "GET", handler: (_r, node) => Promise.resolve(json(200, node.instances())) },
   "/metrics": {
     method: "GET",

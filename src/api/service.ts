@@ -17,6 +17,7 @@ export interface NodeService {
   undeploy(kind: InstanceKind, job: string, instance: number): Promise<void>;
   status(): Record<string, unknown>;
   table(): unknown[];
+  flows?(): Promise<unknown[]>;
   instances(): unknown[];
   metrics?(): string;
 }

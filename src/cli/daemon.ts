@@ -5,6 +5,21 @@ import { Command } from "@commander-js/extra-typings";
 import { startDaemon } from "../daemon.ts";
 import { type LogLevel, setLogLevel } from "../log.ts";
 import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
+import { parseStaticTableText, type StaticTable } from "../table/mod.ts";
+
+async function loadStaticTable(path: string): Promise<StaticTable> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`--static-table ${path}: ${e instanceof Error ? e.message : e}`);
+  }
+  try {
+    return parseStaticTableText(text);
+  } catch (e) {
+    throw new Error(`--static-table ${path}: ${e instanceof Error ? e.message : e}`);
+  }
+}
 
 function daemonCommand(name: string, description: string, forceDebug: boolean) {
   return new Command(name)
@@ -15,6 +30,7 @@ function daemonCommand(name: string, description: string, forceDebug: boolean) {
     .option("--state-dir <dir>", "state directory (default from netcfg StateDir: /var/lib/netmanager)")
     .option("--subnet <cidr4[,cidr6]>", "standalone mode: use this node subnet, no cluster needed")
     .option("--log-level <level>", "debug | info | warn | error", forceDebug ? "debug" : "info")
+    .option("--static-table <file>", "static-table mode: JSON array of table-query results (no cluster)")
     .action(async (opts) => {
       try {
         const cfg = await configFromFlags(opts);
@@ -23,7 +39,8 @@ function daemonCommand(name: string, description: string, forceDebug: boolean) {
           throw new Error(`invalid --log-level "${level}"`);
         }
         setLogLevel(level);
-        const d = await startDaemon({ cfg, socketPath: opts.socket, handleSignals: true });
+        const staticTable = opts.staticTable ? await loadStaticTable(opts.staticTable) : undefined;
+        const d = await startDaemon({ cfg, socketPath: opts.socket, handleSignals: true, staticTable });
         await d.stopped;
         Deno.exit(0);
       } catch (e) {

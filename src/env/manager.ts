@@ -149,7 +149,11 @@ export class EnvironmentManager {
     this.#store = opts.store;
     this.#state = opts.store.load() ?? emptyState();
     for (const r of this.#state.instances) this.#byKey.set(r.key, r);
-    this.#names = chainNames(opts.cfg.net.NatChain, opts.cfg.net.BridgeName);
+    this.#names = chainNames(
+      opts.cfg.net.NatChain,
+      opts.cfg.net.BridgeName,
+      opts.cfg.tun.HostTunnelDeviceName,
+    );
   }
 
   /** The node subnet once `setupNode` ran. */
@@ -237,6 +241,22 @@ export class EnvironmentManager {
     if (this.#state.allocator) this.#alloc.restore(this.#state.allocator);
     await this.setupIptables();
     this.#save();
+  }
+
+  /**
+   * Configures the data plane's TUN (created by the proxy, which owns its fd): MTU, the TunnelIP
+   * with the platform prefix (/12: its connected route carries 10.16.0.0/12, ServiceIPs included)
+   * and the IPv6 TUN address with /7 (fc00::/7), rp_filter off, no router solicitations.
+   */
+  setupTun(name: string): void {
+    const t = this.#cfg.tun;
+    writeSysctl(`net/ipv4/conf/${name}/rp_filter`, "0");
+    writeSysctl(`net/ipv6/conf/${name}/accept_ra`, "0");
+    writeSysctl(`net/ipv6/conf/${name}/router_solicitations`, "0");
+    this.#linksOpen().configureTun(name, t.MTUsize, [
+      { family: 4, addr: ipv4Bytes(parseIPv4(t.TunnelIP)), prefixLen: 12 },
+      { family: 6, addr: parseIPv6(t.TunNetIPv6), prefixLen: 7 },
+    ]);
   }
 
   /**
@@ -494,11 +514,11 @@ export class EnvironmentManager {
    */
   cleanInstance(kind: InstanceKind, job: string, instance: number): Promise<boolean> {
     const key = instanceKey(kind, job, instance);
-    return this.#serial(key, async () => {
+    return this.#serial(key, () => {
       const rec = this.#byKey.get(key);
-      if (!rec) return false;
+      if (!rec) return Promise.resolve(false);
       this.#undeploy(rec);
-      return true;
+      return Promise.resolve(true);
     });
   }
 

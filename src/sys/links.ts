@@ -84,6 +84,21 @@ export class Links {
     return { index, created };
   }
 
+  /** Gives the TUN its MTU and addresses (their connected routes carry the overlay) and sets it up. */
+  configureTun(name: string, mtu: number, addrs: CidrBytes[]): void {
+    const index = this.#nl.linkIndex(name);
+    if (index === undefined) throw new Error(`TUN ${name} does not exist`);
+    this.#nl.setLink(index, { mtu });
+    const have = this.#nl.listAddresses(index);
+    for (const a of addrs) {
+      const present = have.some((h) =>
+        h.family === a.family && h.prefixLen === a.prefixLen && eq(h.addr, a.addr)
+      );
+      if (!present) this.#nl.addAddress(index, a, { noDad: true });
+    }
+    this.#nl.setLink(index, { up: true });
+  }
+
   /** Deletes a link by name; false when it did not exist. */
   deleteByName(name: string): boolean {
     const index = this.#nl.linkIndex(name);

@@ -4,6 +4,8 @@
  * - `tcp-client HOST PORT TEXT`: sends TEXT, prints the answer, exits 0 (1 on error / 3 s timeout)
  * - `udp-echo-server PORT [NAME]` / `udp-client HOST PORT TEXT`: the same over UDP
  * - `http-server PORT NAME`: answers every HTTP request with NAME
+ * - `servers PORT NAME`: TCP and UDP echo servers on the same port
+ * - `udp-send HOST PORT HEX`: sends one datagram with the given bytes (no answer expected)
  */
 import dgram from "node:dgram";
 
@@ -76,6 +78,16 @@ try {
     case "udp-client":
       udpClient(args[0], Number(args[1]), args[2]);
       break;
+    case "servers":
+      udpServer(Number(args[0]), args[1] ?? "echo");
+      await tcpServer(Number(args[0]), args[1] ?? "echo");
+      break;
+    case "udp-send": {
+      const sock = dgram.createSocket({ type: args[0].includes(":") ? "udp6" : "udp4" });
+      const bytes = new Uint8Array(args[2].match(/../g)!.map((h) => parseInt(h, 16)));
+      sock.send(bytes, Number(args[1]), args[0], () => sock.close());
+      break;
+    }
     case "http-server":
       httpServer(Number(args[0]), args[1] ?? "server");
       break;

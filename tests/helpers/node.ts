@@ -30,11 +30,21 @@ export class TestNode {
   }
 
   /** Creates the node namespace and starts the daemon in standalone mode with `subnet`. */
-  static async start(subnet = "10.18.0.64/26", extraArgs: string[] = []): Promise<TestNode> {
+  static start(subnet = "10.18.0.64/26", extraArgs: string[] = []): Promise<TestNode> {
+    return TestNode.startWith({ subnet, extraArgs });
+  }
+
+  /** Like {@link start}, with a hook that runs in the new namespace before the daemon starts. */
+  static async startWith(opts: {
+    subnet?: string;
+    extraArgs?: string[];
+    beforeDaemon?: (ns: string) => Promise<void>;
+  }): Promise<TestNode> {
     const ns = await createNs("n");
     const dir = await Deno.makeTempDir({ prefix: "nmtest-" });
-    const node = new TestNode(ns, dir, subnet, extraArgs);
+    const node = new TestNode(ns, dir, opts.subnet ?? "10.18.0.64/26", opts.extraArgs ?? []);
     try {
+      await opts.beforeDaemon?.(ns);
       await node.startDaemon();
     } catch (e) {
       await node.stop();

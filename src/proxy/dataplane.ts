@@ -1,0 +1,216 @@
+/**
+ * The data plane as the main isolate sees it: opens the TUN and the tunnel socket, starts the
+ * Worker, owns the translation table and forwards every change to the Worker, answers the
+ * Worker's misses through a {@link Resolver}, and keeps the latest counters for inspection.
+ *
+ * @example
+ * ```ts
+ * const dp = await DataPlane.start({ tunName: "goProxyTun", port: 50103, engine, table, resolver });
+ * dp.apply({ op: "replaceJob", job, entries });
+ * await dp.stop();
+ * ```
+ */
+import { openTun, type TunDevice } from "../../ffi/tun.ts";
+import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
+import { logger } from "../log.ts";
+import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
+import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
+import type { TableDelta, TranslationTable } from "../table/table.ts";
+import type { EngineConfig } from "./engine.ts";
+import type { FlowInfo } from "./flows.ts";
+import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
+
+const log = logger("proxy");
+
+/**
+ * Answers a table miss: makes sure the table holds the ServiceIP (applying deltas through the data
+ * plane) and resolves true, or resolves false when it is unknown. Must always settle (timeouts).
+ */
+export interface Resolver {
+  resolve(serviceIp: string): Promise<boolean>;
+}
+
+/** A resolver for static tables: everything known is already in the table. */
+export const staticResolver: Resolver = { resolve: () => Promise.resolve(false) };
+
+/** Options for {@link DataPlane.start}. */
+export interface DataPlaneOptions {
+  tunName: string;
+  port: number;
+  engine: EngineConfig;
+  table: TranslationTable;
+  resolver: Resolver;
+  /** Called after the TUN exists and before traffic flows: addresses, routes, MTU, up. */
+  configureTun: (name: string) => void | Promise<void>;
+}
+
+/** A row of `table show`. */
+export interface TableRow {
+  serviceName: string;
+  instanceNumber: number;
+  serviceIPs: Array<{ kind: string; ipv4?: string; ipv6?: string }>;
+  instanceIP?: string;
+  nsAddress: string;
+  nsAddressv6?: string;
+  node: string;
+  policy: string;
+}
+
+/** The running data plane. */
+export class DataPlane {
+  readonly table: TranslationTable;
+  readonly tun: TunDevice;
+  readonly udp: UdpSocket;
+  readonly #worker: Worker;
+  readonly #resolver: Resolver;
+  #stats: StatsData | undefined;
+  #flowReq = 0;
+  readonly #flowWaiters = new Map<number, (f: FlowInfo[]) => void>();
+  readonly #stopped = Promise.withResolvers<void>();
+  readonly #resolving = new Set<string>();
+
+  private constructor(
+    table: TranslationTable,
+    tun: TunDevice,
+    udp: UdpSocket,
+    worker: Worker,
+    resolver: Resolver,
+  ) {
+    this.table = table;
+    this.tun = tun;
+    this.udp = udp;
+    this.#worker = worker;
+    this.#resolver = resolver;
+  }
+
+  /** Opens the devices, configures the TUN and starts the Worker. */
+  static async start(opts: DataPlaneOptions): Promise<DataPlane> {
+    const tun = openTun({ name: opts.tunName, vnetHdr: false });
+    let udp: UdpSocket | undefined;
+    try {
+      await opts.configureTun(tun.name);
+      udp = openUdp({ port: opts.port, family: 4, rcvbuf: 4 << 20, sndbuf: 4 << 20, gso: true, gro: false });
+    } catch (e) {
+      tun.close();
+      udp?.close();
+      throw e;
+    }
+    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    const dp = new DataPlane(opts.table, tun, udp, worker, opts.resolver);
+    const ready = Promise.withResolvers<void>();
+    worker.onmessage = (ev: MessageEvent<FromWorker>) => {
+      const m = ev.data;
+      switch (m.type) {
+        case "ready":
+          ready.resolve();
+          break;
+        case "miss":
+          dp.#onMiss(m.addr);
+          break;
+        case "stats":
+          dp.#stats = m.stats;
+          break;
+        case "flows":
+          dp.#flowWaiters.get(m.id)?.(m.flows);
+          dp.#flowWaiters.delete(m.id);
+          break;
+        case "stopped":
+          dp.#stopped.resolve();
+          break;
+        case "error":
+          log.error("data-plane worker error", { message: m.message });
+          ready.reject(new Error(m.message));
+          break;
+      }
+    };
+    worker.onerror = (e) => {
+      log.error("data-plane worker crashed", { message: e.message });
+      ready.reject(new Error(e.message));
+      dp.#stopped.resolve();
+    };
+    dp.#post({
+      type: "init",
+      tun: tun.info(),
+      udp: udp.info(),
+      engine: opts.engine,
+      table: opts.table.snapshot(),
+    });
+    await ready.promise;
+    log.info("data plane started", { tun: tun.name, port: udp.localPort });
+    return dp;
+  }
+
+  #post(m: ToWorker): void {
+    this.#worker.postMessage(m);
+  }
+
+  /** Applies a table change here and in the Worker. Throws (changing nothing) on an invalid delta. */
+  apply(delta: TableDelta): void {
+    this.table.apply(delta);
+    this.#post({ type: "delta", delta });
+  }
+
+  #onMiss(addr: string): void {
+    if (this.#resolving.has(addr)) return;
+    this.#resolving.add(addr);
+    this.#resolver.resolve(addr).then(
+      (ok) => ok,
+      (e) => {
+        log.warn("resolution failed", { addr, error: String(e) });
+        return false;
+      },
+    ).then((ok) => {
+      this.#resolving.delete(addr);
+      this.#post({ type: "resolved", addr, ok });
+    });
+  }
+
+  /** The latest counters from the Worker (about once a second). */
+  stats(): StatsData | undefined {
+    return this.#stats;
+  }
+
+  /** Live flows (asks the Worker). */
+  flows(limit = 1000): Promise<FlowInfo[]> {
+    const id = ++this.#flowReq;
+    const p = new Promise<FlowInfo[]>((resolve) => {
+      this.#flowWaiters.set(id, resolve);
+      setTimeout(() => {
+        if (this.#flowWaiters.delete(id)) resolve([]);
+      }, 2000);
+    });
+    this.#post({ type: "flows", id, limit });
+    return p;
+  }
+
+  /** Table rows for inspection. */
+  rows(): TableRow[] {
+    return [...this.table.entries()].map((e) => {
+      const inst4 = instanceIp4Of(e);
+      const inst6 = instanceIp6Of(e);
+      return {
+        serviceName: e.job,
+        instanceNumber: e.instance,
+        serviceIPs: e.serviceIps.map((s) => ({
+          kind: kindToIpType(s.kind),
+          ipv4: s.v4 !== undefined ? formatIPv4(s.v4) : undefined,
+          ipv6: s.v6 ? formatIPv6(s.v6) : undefined,
+        })),
+        instanceIP: inst4 !== undefined ? formatIPv4(inst4) : inst6 ? formatIPv6(inst6) : undefined,
+        nsAddress: formatIPv4(e.nsip4),
+        nsAddressv6: e.nsip6 ? formatIPv6(e.nsip6) : undefined,
+        node: nodeKeyOf(e),
+        policy: e.serviceIps.find((s) => s.kind !== "Instance")?.kind ?? "Instance",
+      };
+    });
+  }
+
+  /** Stops the Worker and closes the devices (the TUN and its routes disappear). */
+  async stop(): Promise<void> {
+    this.#post({ type: "stop" });
+    await Promise.race([this.#stopped.promise, new Promise((r) => setTimeout(r, 2000))]);
+    this.#worker.terminate();
+    this.udp.close();
+    this.tun.close();
+  }
+}

@@ -1,0 +1,469 @@
+/**
+ * The packet-path logic of the ProxyTUN (reference §5.3–§5.6), pure: bytes in, bytes rewritten in
+ * place, a verdict out. The Worker (`worker.ts`) owns the devices and batches and calls
+ * {@link Engine.egress} for packets read from the TUN and {@link Engine.ingress} for datagrams read
+ * from the tunnel socket.
+ *
+ * Egress (an instance sent a packet to a ServiceIP; the kernel routed it into the TUN):
+ * - the sender must be a local instance known to the table (its namespace IP); its Instance IP
+ *   becomes the new source;
+ * - an existing flow (full 5-tuple) keeps its instance; a new flow asks the balancer (round robin,
+ *   random, closest, instance) among the ServiceIP's candidates; the chosen namespace IP becomes the
+ *   new destination;
+ * - the packet goes to the chosen instance's node over UDP, or — same node — straight back into the
+ *   TUN after the reply restore below;
+ * - a ServiceIP missing from the table never blocks: the packet is parked (bounded per
+ *   destination and in total), a miss is reported, and {@link Engine.resolved} releases or drops it.
+ * Ingress (a peer node sent us a packet): the source must be a known peer node, the destination an
+ * instance of this node; when it is a reply of a flow this node originated, the source becomes the
+ * ServiceIP the instance dialled.
+ *
+ * @example
+ * ```ts
+ * const e = new Engine(cfg, TranslationTable.fromSnapshot(snap));
+ * const v = e.egress(buf, 0, len, now);
+ * if (v === Verdict.TO_PEER) sendTo(e.out, buf, len);
+ * ```
+ */
+import { inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
+import { instanceIp4Of, instanceIp6Of, nodeKeyOf } from "../table/entry.ts";
+import type { TableDelta, TranslationTable } from "../table/table.ts";
+import { Balancer, seededRandom } from "./balance.ts";
+import { FlowTable } from "./flows.ts";
+import {
+  PacketInfo,
+  PARSE_RESULT_COUNT,
+  PARSE_RESULT_NAMES,
+  parsePacket,
+  ParseResult,
+  rewriteDst4,
+  rewriteDst6,
+  rewriteSrc4,
+  rewriteSrc6,
+} from "./packet.ts";
+import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
+
+/** What to do with a packet after processing. */
+export const Verdict = {
+  DROP: 0,
+  /** Write it into the TUN (the kernel delivers it to the local instance). */
+  TO_TUN: 1,
+  /** Send it over UDP to {@link Engine.out}. */
+  TO_PEER: 2,
+  /** Kept by the engine until the destination is resolved. */
+  PARKED: 3,
+} as const;
+/** A verdict value. */
+export type Verdict = typeof Verdict[keyof typeof Verdict];
+
+/** Drop reasons beyond the packet parser's (which come first, by ParseResult value). */
+export const Drop = {
+  NOT_SERVICE_IP: PARSE_RESULT_COUNT + 0,
+  UNKNOWN_SENDER: PARSE_RESULT_COUNT + 1,
+  NO_INSTANCE_IP: PARSE_RESULT_COUNT + 2,
+  NO_NODE_ROUTE: PARSE_RESULT_COUNT + 3,
+  UNKNOWN_PEER: PARSE_RESULT_COUNT + 4,
+  NOT_LOCAL_DST: PARSE_RESULT_COUNT + 5,
+  PARK_FULL: PARSE_RESULT_COUNT + 6,
+  UNRESOLVED: PARSE_RESULT_COUNT + 7,
+  NO_CANDIDATE: PARSE_RESULT_COUNT + 8,
+  NOT_OURS: PARSE_RESULT_COUNT + 9,
+  SEND_ERROR: PARSE_RESULT_COUNT + 10,
+  TUN_WRITE_ERROR: PARSE_RESULT_COUNT + 11,
+} as const;
+
+/** Names of all drop reasons, indexed by reason code (parser reasons, then the engine's). */
+export const DROP_NAMES: readonly string[] = [
+  ...PARSE_RESULT_NAMES.map((n) => n.toLowerCase()),
+  "not_service_ip",
+  "unknown_sender",
+  "no_instance_ip",
+  "no_node_route",
+  "unknown_peer",
+  "not_local_destination",
+  "park_full",
+  "unresolved",
+  "no_candidate",
+  "not_ours",
+  "send_error",
+  "tun_write_error",
+];
+
+/** Where a node is reached. */
+export interface NodeRoute {
+  key: string;
+  family: 4 | 6;
+  addr4: number;
+  addr6: Uint8Array | undefined;
+  port: number;
+  /** This node itself: deliver through the TUN, never over UDP. */
+  local: boolean;
+}
+
+/** Engine configuration (plain data, postMessage-able). */
+export interface EngineConfig {
+  /** This node's advertised underlay address and port (to recognise its own entries). */
+  selfIp: string;
+  selfPort: number;
+  /** ServiceIP ranges. */
+  service4: Prefix4;
+  service6: Prefix6;
+  /** This node's instance subnet (ingress destinations must be inside). */
+  subnet4: Prefix4;
+  subnet6: Prefix6;
+  /** Flow idle timeout (ms). */
+  flowIdleMs?: number;
+  /** Parked packets per destination / in total. */
+  parkPerKey?: number;
+  parkTotal?: number;
+  /** Seed of the random policy. */
+  seed?: number;
+}
+
+/** Packet and byte counters. */
+export class Counters {
+  tunRx = 0;
+  tunRxBytes = 0;
+  tunTx = 0;
+  tunTxBytes = 0;
+  udpRx = 0;
+  udpRxBytes = 0;
+  udpTx = 0;
+  udpTxBytes = 0;
+  localHandoff = 0;
+  parked = 0;
+  released = 0;
+  readonly drops = new Float64Array(DROP_NAMES.length);
+}
+
+interface Parked {
+  family: 4 | 6;
+  packets: Uint8Array[];
+  since: number;
+}
+
+const ZERO6 = new Uint8Array(16);
+
+/** The per-node packet logic. */
+export class Engine {
+  readonly cfg: EngineConfig;
+  readonly table: TranslationTable;
+  readonly flows: FlowTable;
+  readonly balancer: Balancer;
+  readonly counters: Counters = new Counters();
+  /** Destination of the last TO_PEER verdict. */
+  out: NodeRoute | undefined;
+  /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
+  readonly misses: string[] = [];
+  /** RTT by node key, for the closest policy (fed from probes). */
+  readonly rtt = new Map<string, number>();
+  readonly #info = new PacketInfo();
+  readonly #routes = new Map<string, NodeRoute>();
+  readonly #peers4 = new Set<number>();
+  readonly #peers6 = new Set<string>();
+  readonly #parked = new Map<number | string, Parked>();
+  #parkedTotal = 0;
+  readonly #idleMs: number;
+  readonly #parkPerKey: number;
+  readonly #parkTotal: number;
+  readonly #scratch6 = new Uint8Array(16);
+
+  constructor(cfg: EngineConfig, table: TranslationTable) {
+    this.cfg = cfg;
+    this.table = table;
+    this.flows = new FlowTable({ maxFlows: 65536 });
+    this.balancer = new Balancer({
+      random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
+      rttOf: (node) => this.rtt.get(node),
+      loadOf: (e) => this.flows.activeFlows(e.nsip4),
+    });
+    this.#idleMs = cfg.flowIdleMs ?? 300_000;
+    this.#parkPerKey = cfg.parkPerKey ?? 32;
+    this.#parkTotal = cfg.parkTotal ?? 1024;
+    this.#rebuildRoutes();
+  }
+
+  /** Applies a table change (from the main isolate) and drops flows of instances that left. */
+  applyDelta(delta: TableDelta): void {
+    const change = this.table.apply(delta);
+    if (change.gone.length > 0) this.flows.dropInstances(change.gone);
+    this.#rebuildRoutes();
+  }
+
+  /** Route of a node key, if known. */
+  route(key: string): NodeRoute | undefined {
+    return this.#routes.get(key);
+  }
+
+  /** All known node routes. */
+  routes(): NodeRoute[] {
+    return [...this.#routes.values()];
+  }
+
+  #rebuildRoutes(): void {
+    this.#routes.clear();
+    this.#peers4.clear();
+    this.#peers6.clear();
+    for (const key of this.table.nodes()) {
+      const e = this.table.node(key)[0];
+      if (!e) continue;
+      const local = e.nodeIp === this.cfg.selfIp && e.nodePort === this.cfg.selfPort;
+      const v6 = e.nodeIp.includes(":") ? tryParseIPv6(e.nodeIp) : undefined;
+      const r: NodeRoute = {
+        key,
+        family: v6 ? 6 : 4,
+        addr4: v6 ? 0 : parseIPv4(e.nodeIp),
+        addr6: v6,
+        port: e.nodePort,
+        local,
+      };
+      this.#routes.set(key, r);
+      if (!local) {
+        if (v6) this.#peers6.add(formatIPv6(v6));
+        else this.#peers4.add(r.addr4);
+      }
+    }
+  }
+
+  /** True when a datagram from this underlay address may be accepted. */
+  isPeer4(addr: number): boolean {
+    return this.#peers4.has(addr);
+  }
+
+  /** True when a datagram from this IPv6 underlay address may be accepted (allocates: slow path). */
+  isPeer6(addr: Uint8Array, off = 0): boolean {
+    return this.#peers6.has(formatIPv6(addr, off));
+  }
+
+  #drop(reason: number): Verdict {
+    this.counters.drops[reason]++;
+    return Verdict.DROP;
+  }
+
+  /**
+   * Processes a packet read from the TUN (`len` bytes at `off`, no virtio header). With `partial`
+   * the L4 checksum field holds a partial sum (CHECKSUM_PARTIAL) and is updated as such.
+   */
+  egress(buf: Uint8Array, off: number, len: number, now: number, partial = false): Verdict {
+    const info = this.#info;
+    const r = parsePacket(buf, off, len, info);
+    if (r !== ParseResult.OK) return this.#drop(r);
+    const c = this.counters;
+    c.tunRx++;
+    c.tunRxBytes += len;
+    if (info.version === 4) return this.#egress4(buf, off, info.totalLen, now, partial);
+    return this.#egress6(buf, off, info.totalLen, now, partial);
+  }
+
+  #egress4(buf: Uint8Array, off: number, len: number, now: number, partial: boolean): Verdict {
+    const info = this.#info;
+    const dst = info.dst4;
+    const svc = this.cfg.service4;
+    if (((dst & (svc.len === 0 ? 0 : (0xffffffff << (32 - svc.len)))) >>> 0) !== svc.addr) {
+      return this.#drop(Drop.NOT_SERVICE_IP);
+    }
+    const flows = this.flows;
+    let id = flows.find4(info.protocol, info.src4, info.srcPort, dst, info.dstPort);
+    if (id < 0) {
+      const sender = this.table.byNsip4(info.src4);
+      if (!sender) return this.#drop(Drop.UNKNOWN_SENDER);
+      const senderIp = instanceIp4Of(sender);
+      if (senderIp === undefined) return this.#drop(Drop.NO_INSTANCE_IP);
+      const group = this.table.service4(dst);
+      if (!group) return this.#park(dst, 4, buf, off, len, now);
+      const chosen = this.balancer.choose(group);
+      if (!chosen) return this.#drop(Drop.NO_CANDIDATE);
+      const replySrc = instanceIp4Of(chosen) ?? dst;
+      id = flows.add4({
+        proto: info.protocol,
+        src: info.src4,
+        sport: info.srcPort,
+        dst,
+        dport: info.dstPort,
+        chosen: chosen.nsip4,
+        senderIp,
+        replySrc,
+        node: nodeKeyOf(chosen),
+        target: chosen.nsip4,
+        sender: sender.nsip4,
+      }, now);
+    }
+    flows.touch(id, now, len);
+    const route = this.#routes.get(flows.node(id));
+    if (!route) return this.#drop(Drop.NO_NODE_ROUTE);
+    rewriteSrc4(buf, info, flows.senderIp4(id), partial);
+    rewriteDst4(buf, info, flows.chosen4(id), partial);
+    info.src4 = flows.senderIp4(id);
+    info.dst4 = flows.chosen4(id);
+    return this.#deliver(route, buf, off, len, partial);
+  }
+
+  #egress6(buf: Uint8Array, off: number, len: number, now: number, partial: boolean): Verdict {
+    const info = this.#info;
+    const dOff = info.dstOffset;
+    if (!inPrefix6(this.cfg.service6, buf, dOff)) return this.#drop(Drop.NOT_SERVICE_IP);
+    const flows = this.flows;
+    let id = flows.find6(info.protocol, buf, info.srcOffset, info.srcPort, dOff, info.dstPort);
+    if (id < 0) {
+      const sender = this.table.byNsip6(buf, info.srcOffset);
+      if (!sender) return this.#drop(Drop.UNKNOWN_SENDER);
+      const senderIp = instanceIp6Of(sender);
+      if (senderIp === undefined) return this.#drop(Drop.NO_INSTANCE_IP);
+      const group = this.table.service6(buf, dOff);
+      if (!group) return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now);
+      const chosen = this.balancer.choose(group);
+      if (!chosen) return this.#drop(Drop.NO_CANDIDATE);
+      if (!chosen.nsip6) return this.#drop(Drop.NO_CANDIDATE);
+      id = flows.add6({
+        proto: info.protocol,
+        buf,
+        srcOff: info.srcOffset,
+        sport: info.srcPort,
+        dstOff: dOff,
+        dport: info.dstPort,
+        chosen: chosen.nsip6,
+        senderIp,
+        replySrc: instanceIp6Of(chosen) ?? buf.slice(dOff, dOff + 16),
+        node: nodeKeyOf(chosen),
+        target: chosen.nsip4,
+        sender: sender.nsip4,
+      }, now);
+    }
+    flows.touch(id, now, len);
+    const route = this.#routes.get(flows.node(id));
+    if (!route) return this.#drop(Drop.NO_NODE_ROUTE);
+    const s = this.#scratch6;
+    flows.writeSenderIp6(id, s, 0);
+    rewriteSrc6(buf, info, s, 0, partial);
+    flows.writeChosen6(id, s, 0);
+    rewriteDst6(buf, info, s, 0, partial);
+    return this.#deliver(route, buf, off, len, partial);
+  }
+
+  #deliver(route: NodeRoute, buf: Uint8Array, off: number, len: number, partial: boolean): Verdict {
+    if (route.local) {
+      // Same node: never over UDP. The packet is now what the destination node would receive.
+      this.counters.localHandoff++;
+      return this.#restoreReply(buf, off, len, partial);
+    }
+    this.out = route;
+    this.counters.udpTx++;
+    this.counters.udpTxBytes += len;
+    return Verdict.TO_PEER;
+  }
+
+  /**
+   * Processes a datagram payload from a peer: an IP packet (raw mode). `peer4` is the underlay
+   * source (v4), or pass `peer6` bytes for an IPv6 underlay.
+   */
+  ingress(
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    peer4: number,
+    peer6?: Uint8Array,
+    partial = false,
+  ): Verdict {
+    if (peer6 ? !this.isPeer6(peer6) : !this.#peers4.has(peer4)) return this.#drop(Drop.UNKNOWN_PEER);
+    const info = this.#info;
+    const r = parsePacket(buf, off, len, info);
+    if (r !== ParseResult.OK) return this.#drop(r);
+    this.counters.udpRx++;
+    this.counters.udpRxBytes += len;
+    return this.#restoreReply(buf, off, info.totalLen, partial);
+  }
+
+  /** Destination must be a local instance; replies of our flows get the dialled ServiceIP back. */
+  #restoreReply(buf: Uint8Array, _off: number, len: number, partial: boolean): Verdict {
+    const info = this.#info;
+    const flows = this.flows;
+    if (info.version === 4) {
+      const sub = this.cfg.subnet4;
+      if (((info.dst4 & (0xffffffff << (32 - sub.len))) >>> 0) !== sub.addr) {
+        return this.#drop(Drop.NOT_LOCAL_DST);
+      }
+      const id = flows.findReply4(info.protocol, info.src4, info.srcPort, info.dst4, info.dstPort);
+      if (id >= 0) {
+        const dialled = flows.dialled4(id);
+        if (dialled !== info.src4) rewriteSrc4(buf, info, dialled, partial);
+      }
+    } else {
+      if (!inPrefix6(this.cfg.subnet6, buf, info.dstOffset)) return this.#drop(Drop.NOT_LOCAL_DST);
+      const id = flows.findReply6(
+        info.protocol,
+        buf,
+        info.srcOffset,
+        info.srcPort,
+        info.dstOffset,
+        info.dstPort,
+      );
+      if (id >= 0) {
+        const s = this.#scratch6;
+        flows.writeDialled6(id, s, 0);
+        rewriteSrc6(buf, info, s, 0, partial);
+      }
+    }
+    this.counters.tunTx++;
+    this.counters.tunTxBytes += len;
+    return Verdict.TO_TUN;
+  }
+
+  #park(
+    key: number | string,
+    family: 4 | 6,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    now: number,
+  ): Verdict {
+    let p = this.#parked.get(key);
+    if (!p) {
+      p = { family, packets: [], since: now };
+      this.#parked.set(key, p);
+      this.misses.push(typeof key === "number" ? formatIPv4(key) : key);
+    }
+    if (p.packets.length >= this.#parkPerKey || this.#parkedTotal >= this.#parkTotal) {
+      return this.#drop(Drop.PARK_FULL);
+    }
+    p.packets.push(buf.slice(off, off + len));
+    this.#parkedTotal++;
+    this.counters.parked++;
+    return Verdict.PARKED;
+  }
+
+  /** Number of packets currently parked. */
+  get parkedNow(): number {
+    return this.#parkedTotal;
+  }
+
+  /**
+   * The control plane answered a miss for `addr` (after applying any table deltas): returns the
+   * parked packets to process again with {@link egress}, or drops them when `ok` is false.
+   */
+  resolved(addr: string, ok: boolean): Uint8Array[] {
+    const v4 = addr.includes(":") ? undefined : parseIPv4(addr);
+    const key = v4 ?? formatIPv6(tryParseIPv6(addr) ?? ZERO6);
+    const p = this.#parked.get(key);
+    if (!p) return [];
+    this.#parked.delete(key);
+    this.#parkedTotal -= p.packets.length;
+    if (!ok) {
+      this.counters.drops[Drop.UNRESOLVED] += p.packets.length;
+      return [];
+    }
+    this.counters.released += p.packets.length;
+    return p.packets;
+  }
+
+  /** Housekeeping: idle flows leave; parked packets older than `parkMs` are dropped. */
+  tick(now: number, parkMs = 6000): void {
+    this.flows.sweep(now, this.#idleMs);
+    for (const [key, p] of this.#parked) {
+      if (now - p.since > parkMs) {
+        this.#parked.delete(key);
+        this.#parkedTotal -= p.packets.length;
+        this.counters.drops[Drop.UNRESOLVED] += p.packets.length;
+      }
+    }
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * Messages between the main isolate (table owner, control plane) and the data-plane Worker.
+ * Plain data only (structured clone).
+ */
+import type { TableDelta, TableSnapshot } from "../table/table.ts";
+import type { TunInfo } from "../../ffi/tun.ts";
+import type { UdpInfo } from "../../ffi/udp.ts";
+import type { EngineConfig } from "./engine.ts";
+import type { FlowInfo } from "./flows.ts";
+
+/** Counters as sent by the Worker. */
+export interface StatsData {
+  tunRx: number;
+  tunRxBytes: number;
+  tunTx: number;
+  tunTxBytes: number;
+  udpRx: number;
+  udpRxBytes: number;
+  udpTx: number;
+  udpTxBytes: number;
+  localHandoff: number;
+  parked: number;
+  released: number;
+  parkedNow: number;
+  flows: number;
+  /** Drop counts by reason name (only non-zero ones). */
+  drops: Record<string, number>;
+  /** Known peer nodes and their RTT in ms (when measured). */
+  peers: Array<{ node: string; rttMs?: number }>;
+}
+
+/** Main → Worker. */
+export type ToWorker =
+  | { type: "init"; tun: TunInfo; udp: UdpInfo; engine: EngineConfig; table: TableSnapshot }
+  | { type: "delta"; delta: TableDelta }
+  | { type: "resolved"; addr: string; ok: boolean }
+  | { type: "flows"; id: number; limit: number }
+  | { type: "stop" };
+
+/** Worker → main. */
+export type FromWorker =
+  | { type: "ready" }
+  | { type: "miss"; addr: string }
+  | { type: "stats"; stats: StatsData }
+  | { type: "flows"; id: number; flows: FlowInfo[] }
+  | { type: "stopped" }
+  | { type: "error"; message: string };

@@ -1,0 +1,273 @@
+/**
+ * The ProxyTUN overlay between simulated nodes (static-table mode): real TCP/UDP/ICMP traffic
+ * between instances through ServiceIPs (round robin) and InstanceIPs, across nodes and on the
+ * same node, IPv4 and IPv6; the wire format on the underlay; hostile datagrams.
+ */
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { cleanupAll, isRoot, run, sh } from "../helpers/netns.ts";
+import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { TOOLS } from "../helpers/node.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const WEB = "app.ns.web.ns";
+const CLI = "app.ns.cli.ns";
+const LOC = "app.ns.loc.ns";
+const n1 = nodeSubnet(1);
+const n2 = nodeSubnet(2);
+const n3 = nodeSubnet(3);
+
+const TABLE: QueryResult[] = [
+  {
+    app_name: CLI,
+    instance_list: [tableInstance({
+      n: 0,
+      instanceIp: "10.30.0.10",
+      instanceIp6: "fdff::10",
+      nsip: n1.first4(2),
+      nsip6: n1.first6(2),
+      hostIp: "192.168.77.1",
+    })],
+  },
+  {
+    app_name: WEB,
+    instance_list: [
+      tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.2",
+        instanceIp6: "fdff::2",
+        nsip: n2.first4(2),
+        nsip6: n2.first6(2),
+        hostIp: "192.168.77.2",
+        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+      }),
+      tableInstance({
+        n: 1,
+        instanceIp: "10.30.0.3",
+        instanceIp6: "fdff::3",
+        nsip: n3.first4(2),
+        nsip6: n3.first6(2),
+        hostIp: "192.168.77.3",
+        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+      }),
+    ],
+  },
+  {
+    app_name: LOC,
+    instance_list: [tableInstance({
+      n: 0,
+      instanceIp: "10.30.0.6",
+      instanceIp6: "fdff::6",
+      nsip: n1.first4(3),
+      nsip6: n1.first6(3),
+      hostIp: "192.168.77.1",
+      rr: { v4: "10.30.0.5", v6: "fdff:2000::5" },
+    })],
+  },
+];
+
+async function client(
+  c: TestCluster,
+  cmd: string,
+  host: string,
+  port: number,
+  text: string,
+): Promise<string> {
+  const cli = c.containers[0];
+  const r = await cli.exec(["deno", "run", "-A", TOOLS, cmd, host, String(port), text]);
+  if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}\n${await c.logs()}`);
+  return r.stdout.trim();
+}
+
+async function withCluster(fn: (c: TestCluster) => Promise<void>): Promise<void> {
+  const c = await TestCluster.start(3, TABLE);
+  try {
+    // client on n1 (first instance: .66), web0 on n2, web1 on n3, loc on n1 (.67)
+    await c.deploy(1, CLI, 0);
+    await c.deploy(2, WEB, 0, ["deno", "run", "-A", TOOLS, "servers", "80", "web0"]);
+    await c.deploy(3, WEB, 1, ["deno", "run", "-A", TOOLS, "servers", "80", "web1"]);
+    await c.deploy(1, LOC, 0, ["deno", "run", "-A", TOOLS, "servers", "80", "loc"]);
+    await fn(c);
+  } catch (e) {
+    console.error(await c.logs());
+    throw e;
+  } finally {
+    await c.stop();
+    await cleanupAll();
+  }
+}
+
+async function retry<T>(fn: () => Promise<T>, ms = 8000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  }
+}
+
+Deno.test({
+  name: "overlay: TCP and UDP through a round-robin ServiceIP alternate across nodes (v4 and v6)",
+  ...opts,
+}, async () => {
+  await withCluster(async (c) => {
+    const first = await retry(() => client(c, "tcp-client", "10.30.0.1", 80, "a"));
+    assertMatch(first, /^web[01]:a$/);
+    const seq: string[] = [first.split(":")[0]];
+    for (let i = 0; i < 5; i++) seq.push((await client(c, "tcp-client", "10.30.0.1", 80, "b")).split(":")[0]);
+    for (let i = 1; i < seq.length; i++) assert(seq[i] !== seq[i - 1], `round robin must alternate: ${seq}`);
+    const udp: string[] = [];
+    for (let i = 0; i < 4; i++) udp.push((await client(c, "udp-client", "10.30.0.1", 80, "u")).split(":")[0]);
+    for (let i = 1; i < udp.length; i++) {
+      assert(udp[i] !== udp[i - 1], `UDP round robin must alternate: ${udp}`);
+    }
+    const v6: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      v6.push((await retry(() => client(c, "tcp-client", "fdff:2000::1", 80, "s"))).split(":")[0]);
+    }
+    for (let i = 1; i < v6.length; i++) assert(v6[i] !== v6[i - 1], `v6 round robin must alternate: ${v6}`);
+    assertEquals(
+      await client(c, "udp-client", "fdff:2000::1", 80, "u6").then((s) => s.endsWith(":u6")),
+      true,
+    );
+  });
+});
+
+Deno.test({
+  name: "overlay: InstanceIPs reach exactly one instance; same-node ServiceIP never uses UDP; ping answers",
+  ...opts,
+}, async () => {
+  await withCluster(async (c) => {
+    for (let i = 0; i < 3; i++) {
+      assertEquals(await retry(() => client(c, "tcp-client", "10.30.0.3", 80, "i")), "web1:i");
+    }
+    assertEquals(await client(c, "tcp-client", "fdff::2", 80, "i6"), "web0:i6");
+    assertEquals(await client(c, "udp-client", "10.30.0.2", 80, "iu"), "web0:iu");
+    const before = await c.nodes[0].node.api.getJson("/status") as {
+      dataPlane: { udpTx: number; localHandoff: number };
+    };
+    assertEquals(await retry(() => client(c, "tcp-client", "10.30.0.5", 80, "l")), "loc:l");
+    assertEquals(await client(c, "tcp-client", "fdff:2000::5", 80, "l6"), "loc:l6");
+    // counters arrive about once a second
+    await new Promise((r) => setTimeout(r, 1300));
+    const after = await c.nodes[0].node.api.getJson("/status") as {
+      dataPlane: { udpTx: number; localHandoff: number };
+    };
+    assert(after.dataPlane.localHandoff > before.dataPlane.localHandoff, JSON.stringify(after.dataPlane));
+    const ping = await c.containers[0].exec(["ping", "-c", "2", "-W", "2", "10.30.0.1"]);
+    assertEquals(ping.code, 0, ping.stdout + ping.stderr);
+    const ping6 = await c.containers[0].exec(["ping", "-6", "-c", "2", "-W", "2", "fdff::3"]);
+    assertEquals(ping6.code, 0, ping6.stdout + ping6.stderr);
+  });
+});
+
+Deno.test({
+  name: "overlay: the underlay carries the bare IP packet (src = sender InstanceIP, dst = chosen nsip)",
+  ...opts,
+}, async () => {
+  await withCluster(async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    const n2node = c.nodes[1];
+    const cap = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        n2node.node.ns,
+        "tcpdump",
+        "-i",
+        n2node.ifname,
+        "-c",
+        "1",
+        "-n",
+        "-x",
+        "udp and dst port 50103",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, 700));
+    await client(c, "udp-client", "10.30.0.2", 80, "cap");
+    const timer = setTimeout(() => cap.kill("SIGTERM"), 5000);
+    const out = await cap.output();
+    clearTimeout(timer);
+    const text = new TextDecoder().decode(out.stdout);
+    // hex dump: outer IPv4 (20) + UDP (8) then the inner IPv4 header: 45 .. src 0a1e000a dst 0a120082
+    const hex = text.split("\n").filter((l) => l.includes("0x")).map((l) => l.split(":")[1]).join("").replace(
+      /\s+/g,
+      "",
+    );
+    assertMatch(text, /192\.168\.77\.1\.\d+ > 192\.168\.77\.2\.50103: UDP/);
+    const inner = hex.slice(56);
+    assertEquals(inner.slice(0, 2), "45", text);
+    assertEquals(inner.slice(24, 32), "0a1e000a", "inner source = client InstanceIP 10.30.0.10");
+    assertEquals(inner.slice(32, 40), "0a120082", "inner destination = web0 nsip 10.18.0.130");
+  });
+});
+
+Deno.test(
+  { name: "overlay: garbage and datagrams from unknown hosts are dropped without harm", ...opts },
+  async () => {
+    await withCluster(async (c) => {
+      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+      // garbage from a known peer (n2) and an IPv4 packet from an unknown host on the underlay
+      await sh([
+        "ip",
+        "netns",
+        "exec",
+        c.nodes[1].node.ns,
+        Deno.execPath(),
+        "run",
+        "-A",
+        TOOLS,
+        "udp-send",
+        "192.168.77.1",
+        "50103",
+        "0068656c6c6f",
+      ]);
+      await sh([
+        "ip",
+        "netns",
+        "exec",
+        c.nodes[1].node.ns,
+        Deno.execPath(),
+        "run",
+        "-A",
+        TOOLS,
+        "udp-send",
+        "192.168.77.1",
+        "50103",
+        "4500",
+      ]);
+      const stranger = c.underlay;
+      await sh(["ip", "-n", stranger, "addr", "add", "192.168.77.99/24", "dev", "br0"]);
+      const pkt = "450000200001000040110000" + "0a1e0063" + "0a120042" + "303930390008" + "0000" + "41424344";
+      await sh([
+        "ip",
+        "netns",
+        "exec",
+        stranger,
+        Deno.execPath(),
+        "run",
+        "-A",
+        TOOLS,
+        "udp-send",
+        "192.168.77.1",
+        "50103",
+        pkt,
+      ]);
+      await new Promise((r) => setTimeout(r, 1300));
+      const st = await c.nodes[0].node.api.getJson("/status") as {
+        dataPlane: { drops: Record<string, number> };
+      };
+      const d = st.dataPlane.drops;
+      assert((d.not_ours ?? 0) >= 1, JSON.stringify(d));
+      assert((d.unknown_peer ?? 0) >= 1, JSON.stringify(d));
+      assert((d.truncated ?? 0) >= 1, JSON.stringify(d));
+      assertEquals(await client(c, "tcp-client", "10.30.0.3", 80, "still"), "web1:still");
+      const r = await run(["ip", "-n", c.nodes[0].node.ns, "link", "show", "goProxyTun"]);
+      assertEquals(r.code, 0);
+    });
+  },
+);

@@ -79,6 +79,7 @@ export class NetlinkError extends Error {
   readonly op: string;
   /** The kernel's extended-ACK message, when it sent one. */
   readonly extack?: string;
+  /** Builds the error for `op` failing with errno `code` (and the kernel's extended-ACK text). */
   constructor(op: string, code: number, extack?: string) {
     super(`netlink ${op}: ${strerror(code)} (errno ${code})${extack ? ` - ${extack}` : ""}`);
     this.name = "NetlinkError";

@@ -128,6 +128,7 @@ export function align4(n: number): number {
 
 /** Malformed bytes from the kernel (or a request that does not fit its buffer). */
 export class NetlinkFormatError extends Error {
+  /** Builds the error with a description of what is wrong. */
   constructor(message: string) {
     super(message);
     this.name = "NetlinkFormatError";
@@ -136,32 +137,51 @@ export class NetlinkFormatError extends Error {
 
 /** ifinfomsg fields. */
 export interface IfInfoMsg {
+  /** ifi_family (AF_UNSPEC by default). */
   family?: number;
+  /** ifi_type (ARPHRD_*), 0 in requests. */
   type?: number;
+  /** ifi_index, 0 for "none / by name". */
   index?: number;
+  /** ifi_flags (IFF_UP, …). */
   flags?: number;
+  /** ifi_change: which bits of `flags` to apply. */
   change?: number;
 }
 
 /** ifaddrmsg fields. */
 export interface IfAddrMsg {
+  /** ifa_family (AF_INET, AF_INET6, AF_UNSPEC). */
   family: number;
+  /** ifa_prefixlen. */
   prefixLen: number;
+  /** ifa_flags (low 8 bits of IFA_F_*). */
   flags?: number;
+  /** ifa_scope (RT_SCOPE_*). */
   scope?: number;
+  /** ifa_index: the link. */
   index: number;
 }
 
 /** rtmsg fields. */
 export interface RtMsg {
+  /** rtm_family. */
   family: number;
+  /** rtm_dst_len: destination prefix length. */
   dstLen: number;
+  /** rtm_src_len. */
   srcLen?: number;
+  /** rtm_tos. */
   tos?: number;
+  /** rtm_table (ids above 255 go in RTA_TABLE). */
   table: number;
+  /** rtm_protocol (RTPROT_*). */
   protocol: number;
+  /** rtm_scope (RT_SCOPE_*). */
   scope: number;
+  /** rtm_type (RTN_*). */
   type: number;
+  /** rtm_flags. */
   flags?: number;
 }
 
@@ -186,6 +206,7 @@ export class NlEncoder {
   #pos = 0;
   #open = false;
 
+  /** Wraps `buf`, the buffer every message is written into (reused). */
   constructor(buf: Uint8Array) {
     this.buf = buf;
     this.#dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -363,17 +384,25 @@ function checkPrefix(family: 4 | 6, len: number): void {
 
 /** A CIDR address as bytes. */
 export interface CidrBytes {
+  /** 4 or 6. */
   family: 4 | 6;
+  /** 4 or 16 bytes, network order. */
   addr: Uint8Array;
+  /** Prefix length (0..32 or 0..128). */
   prefixLen: number;
 }
 
 /** A route to add or delete. A missing `dst` means the default route (`dstLen` must be 0). */
 export interface RouteSpec {
+  /** 4 or 6. */
   family: 4 | 6;
+  /** Destination prefix bytes; absent for the default route. */
   dst?: Uint8Array;
+  /** Destination prefix length (0 for the default route). */
   dstLen: number;
+  /** Next hop; without it the route is on-link via `oif` (scope link). */
   gateway?: Uint8Array;
+  /** Output interface index. */
   oif?: number;
   /** Routing table, default main (254). */
   table?: number;
@@ -397,10 +426,13 @@ export interface VethSpec {
 
 /** Options for changing a link. */
 export interface LinkChange {
+  /** Bring the link up (true) or down (false); unchanged when absent. */
   up?: boolean;
+  /** New MTU. */
   mtu?: number;
   /** Bridge index to enslave to; 0 releases the link from its master. */
   master?: number;
+  /** New name. */
   name?: string;
 }
 
@@ -583,9 +615,13 @@ export function buildRoute(
 
 /** One message found in a received datagram; offsets refer to the datagram buffer. */
 export interface NlMsg {
+  /** nlmsg_type. */
   type: number;
+  /** nlmsg_flags. */
   flags: number;
+  /** nlmsg_seq. */
   seq: number;
+  /** nlmsg_pid (the receiving socket's port id in kernel replies). */
   pid: number;
   /** Offset of the nlmsghdr. */
   off: number;
@@ -704,7 +740,9 @@ export function decodeDone(buf: Uint8Array, m: NlMsg): number {
 
 /** A network interface as reported by RTM_NEWLINK. */
 export interface LinkInfo {
+  /** ifindex. */
   index: number;
+  /** Interface name. */
   name: string;
   /** IFLA_INFO_KIND ("veth", "bridge", …); absent for plain devices such as lo. */
   kind?: string;
@@ -712,6 +750,7 @@ export interface LinkInfo {
   master?: number;
   /** IFF_UP (administratively up). */
   up: boolean;
+  /** MTU. */
   mtu: number;
 }
 
@@ -744,9 +783,13 @@ export function decodeLink(buf: Uint8Array, m: NlMsg): LinkInfo {
 
 /** An interface address as reported by RTM_NEWADDR. */
 export interface AddrInfo {
+  /** ifindex of the link holding the address. */
   index: number;
+  /** 4 or 6. */
   family: 4 | 6;
+  /** The interface's own address (a copy; 4 or 16 bytes). */
   addr: Uint8Array;
+  /** Prefix length. */
   prefixLen: number;
 }
 

@@ -41,6 +41,7 @@ export class NetnsError extends Error {
   readonly errno: number;
   /** What was being done. */
   readonly op: string;
+  /** Builds the error for `op` failing with errno `code`, with optional context. */
   constructor(op: string, code: number, detail?: string) {
     super(`${op}: ${detail ? `${detail}: ` : ""}${strerror(code)} (errno ${code})`);
     this.name = "NetnsError";

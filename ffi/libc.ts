@@ -45,6 +45,7 @@ const SYMBOLS = {
   getpid: { parameters: [], result: "i32" },
   gettid: { parameters: [], result: "i32" },
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
   mkdir: { parameters: ["buffer", "u32"], result: "i32" },

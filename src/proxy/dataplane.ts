@@ -12,6 +12,7 @@
  */
 import { openTun, type TunDevice } from "../../ffi/tun.ts";
 import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
+import { EventFd } from "../../ffi/eventfd.ts";
 import { logger } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
@@ -62,6 +63,7 @@ export class DataPlane {
   readonly tun: TunDevice;
   readonly udp: UdpSocket;
   readonly #worker: Worker;
+  readonly #wake = new EventFd();
   readonly #resolver: Resolver;
   #stats: StatsData | undefined;
   #flowReq = 0;
@@ -132,6 +134,7 @@ export class DataPlane {
       type: "init",
       tun: tun.info(),
       udp: udp.info(),
+      wakeFd: dp.#wake.fd,
       engine: opts.engine,
       table: opts.table.snapshot(),
     });
@@ -142,6 +145,7 @@ export class DataPlane {
 
   #post(m: ToWorker): void {
     this.#worker.postMessage(m);
+    this.#wake.signal();
   }
 
   /** Applies a table change here and in the Worker. Throws (changing nothing) on an invalid delta. */
@@ -212,5 +216,6 @@ export class DataPlane {
     this.#worker.terminate();
     this.udp.close();
     this.tun.close();
+    this.#wake.close();
   }
 }

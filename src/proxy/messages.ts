@@ -31,7 +31,7 @@ export interface StatsData {
 
 /** Main → Worker. */
 export type ToWorker =
-  | { type: "init"; tun: TunInfo; udp: UdpInfo; engine: EngineConfig; table: TableSnapshot }
+  | { type: "init"; tun: TunInfo; udp: UdpInfo; wakeFd: number; engine: EngineConfig; table: TableSnapshot }
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "flows"; id: number; limit: number }

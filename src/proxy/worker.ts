@@ -8,14 +8,16 @@
 import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
 import { RecvBatch, SendBatch, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
+import { EventFd } from "../../ffi/eventfd.ts";
 import { TranslationTable } from "../table/table.ts";
 import { DROP_NAMES, Engine, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 
 const BATCH = 64;
 const SLOT = 2048; // ≥ MTU (no TSO super-packets on this path)
-const YIELD_EVERY_MS = 2;
-const IDLE_POLL_MS = 10;
+/** The loop returns to its event loop when woken by the main isolate, and at least this often. */
+const YIELD_EVERY_MS = 5000;
+const IDLE_POLL_MS = 50;
 const STATS_EVERY_MS = 1000;
 
 // deno-lint-ignore no-explicit-any
@@ -27,6 +29,7 @@ const scope = self as any as {
 let engine: Engine | undefined;
 let tun: TunDevice | undefined;
 let udp: UdpSocket | undefined;
+let wake: EventFd | undefined;
 let stopping = false;
 const send = new SendBatch(BATCH, SLOT);
 const recv = new RecvBatch(BATCH, SLOT);
@@ -162,19 +165,30 @@ function stats(): StatsData {
 const yieldNow = () => new Promise<void>((r) => setTimeout(r, 0));
 
 async function loop(): Promise<void> {
-  const poller = new Poller([tun!.fd, udp!.fd]);
+  const poller = new Poller([tun!.fd, udp!.fd, wake!.fd]);
   let lastYield = performance.now();
   let lastStats = lastYield;
   let busy = false;
   while (!stopping) {
     const r = poller.wait(busy ? 0 : IDLE_POLL_MS);
     const now = performance.now();
-    busy = r > 0;
-    if (busy) {
-      if (poller.readable(0)) drainTun(now);
-      if (poller.readable(1)) drainUdp();
+    busy = false;
+    let woken = false;
+    if (r > 0) {
+      if (poller.readable(0)) {
+        drainTun(now);
+        busy = true;
+      }
+      if (poller.readable(1)) {
+        drainUdp();
+        busy = true;
+      }
+      if (poller.readable(2)) {
+        wake!.drain();
+        woken = true;
+      }
     }
-    if (!busy || now - lastYield > YIELD_EVERY_MS) {
+    if (woken || now - lastYield > YIELD_EVERY_MS) {
       await yieldNow();
       lastYield = performance.now();
     }
@@ -197,6 +211,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         engine = new Engine(m.engine, TranslationTable.fromSnapshot(m.table));
         tun = tunFromInfo(m.tun);
         udp = udpFromInfo(m.udp);
+        wake = new EventFd(m.wakeFd);
         tun.setNonBlocking(true);
         udp.setNonBlocking(true);
         post({ type: "ready" });

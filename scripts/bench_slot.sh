@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# netmanager as a userspace-overlay slot of ../shared/bench/harness.sh (see its header):
+#   bash harness.sh --slot netmanager="bash $PWD/scripts/bench_slot.sh" --paths underlay,vxlan,netmanager
+# Runs inside the harness's host namespace. The daemon adopts the harness bridge (BridgeName=ob-br)
+# and pod subnet in standalone static-table mode; the client dials the round-robin ServiceIP
+# 10.30.0.1 whose only instance is the peer workload (so the path includes the full translation).
+# NM_FAST=0/1 and other daemon flags can be passed with NM_ARGS.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+deno=${DENO:-$root/.tools/node_modules/.bin/deno}
+dir=$OB_STATE_DIR
+cat > "$dir/table.json" <<JSON
+[
+ {"app_name":"bench.bench.client.ns","instance_list":[{"instance_number":0,
+   "instance_ip":"10.30.0.11","instance_ip_v6":"fdff::11","namespace_ip":"10.19.1.2","namespace_ip_v6":"",
+   "host_ip":"192.168.77.1","host_port":50103,
+   "service_ip":[{"IpType":"instance_ip","Address":"10.30.0.11","Address_v6":"fdff::11"}]}]},
+ {"app_name":"bench.bench.server.ns","instance_list":[{"instance_number":0,
+   "instance_ip":"10.30.0.12","instance_ip_v6":"fdff::12","namespace_ip":"10.19.2.2","namespace_ip_v6":"",
+   "host_ip":"192.168.77.2","host_port":50103,
+   "service_ip":[{"IpType":"RR","Address":"10.30.0.1","Address_v6":"fdff:2000::1"},
+                 {"IpType":"instance_ip","Address":"10.30.0.12","Address_v6":"fdff::12"}]}]}
+]
+JSON
+echo 10.30.0.1 > "$OB_TARGET_FILE"
+sock="$dir/nm.sock"
+(
+  for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+  curl -s --unix-socket "$sock" -X POST http://localhost/register \
+    -d "{\"client_id\":\"bench$OB_NODE\",\"cluster_address\":\"\"}" >/dev/null
+  touch "$OB_READY_FILE"
+) &
+export BridgeName=$OB_BRIDGE NodePublicAddress=$OB_UNDERLAY_IP
+exec "$deno" run -A "$root/main.ts" daemon --subnet "$OB_POD_CIDR" --socket "$sock" --state-dir "$dir/state" \
+  --cfg "$root/config/netcfg.json" --tuncfg "$root/config/tuncfg.json" --static-table "$dir/table.json" ${NM_ARGS:-}

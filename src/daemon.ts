@@ -95,7 +95,7 @@ class Node implements NodeService {
       };
     }
     if (!this.env.subnet) await this.env.setupNode(subnet);
-    await this.startDataPlane();
+    await this.startDataPlane(clientId);
     this.workerId = clientId;
     this.env.recordRegistration(clientId, clusterAddress || undefined);
     const cluster = clusterAddress || this.cfg.net.ClusterUrl;
@@ -108,7 +108,7 @@ class Node implements NodeService {
   }
 
   /** Starts the data plane once the node is set up (idempotent). */
-  async startDataPlane(): Promise<void> {
+  async startDataPlane(nodeId: string): Promise<void> {
     const subnet = this.env.subnet;
     if (this.dataPlane || !subnet) return;
     const table = new TranslationTable();
@@ -123,6 +123,7 @@ class Node implements NodeService {
       engine: {
         selfIp: this.publicAddress ?? "",
         selfPort: this.cfg.net.NodePublicPort,
+        nodeId,
         service4: this.cfg.serviceRange4,
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,
@@ -175,7 +176,7 @@ class Node implements NodeService {
   }
 
   metrics(): string {
-    return "";
+    return this.dataPlane?.metricsText() ?? "";
   }
 
   instances(): unknown[] {
@@ -215,7 +216,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   // recorded subnet comes back with it so its instances keep working.
   const startSubnet = cfg.standaloneSubnet ?? (node.workerId ? env.recordedSubnet : undefined);
   if (startSubnet) await env.setupNode(startSubnet);
-  if (startSubnet && node.workerId) await node.startDataPlane();
+  if (startSubnet && node.workerId) await node.startDataPlane(node.workerId);
 
   let api: ApiServer;
   try {

@@ -20,6 +20,7 @@ import type { TableDelta, TranslationTable } from "../table/table.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
+import { renderDataPlaneMetrics } from "./metrics.ts";
 
 const log = logger("proxy");
 
@@ -172,6 +173,23 @@ export class DataPlane {
   /** The latest counters from the Worker (about once a second). */
   stats(): StatsData | undefined {
     return this.#stats;
+  }
+
+  /** Prometheus text of the data plane's counters. */
+  metricsText(): string {
+    const s = this.#stats;
+    if (!s) return "";
+    return renderDataPlaneMetrics({
+      tunRx: { packets: s.tunRx, bytes: s.tunRxBytes },
+      tunTx: { packets: s.tunTx, bytes: s.tunTxBytes },
+      udpRx: { packets: s.udpRx, bytes: s.udpRxBytes },
+      udpTx: { packets: s.udpTx, bytes: s.udpTxBytes },
+      drops: s.drops,
+      parkedPackets: s.parkedNow,
+      flows: s.flows,
+      tableEntries: this.table.size,
+      peers: s.peers,
+    });
   }
 
   /** Live flows (asks the Worker). */

@@ -42,6 +42,21 @@ import {
   rewriteSrc6,
 } from "./packet.ts";
 import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
+import { type Peer, PeerTable } from "./peers.ts";
+import {
+  CAP_FAST,
+  CAP_PROBE,
+  classify,
+  decodeHello,
+  decodeProbe,
+  encodeHello,
+  encodeHelloAck,
+  encodeProbe,
+  HelloMessage,
+  ProbeMessage,
+  probeToReplyInPlace,
+  WireKind,
+} from "./wire.ts";
 
 /** What to do with a packet after processing. */
 export const Verdict = {
@@ -98,6 +113,17 @@ export interface NodeRoute {
   port: number;
   /** This node itself: deliver through the TUN, never over UDP. */
   local: boolean;
+  /** In-band state of the peer (undefined for the local node). */
+  peer: Peer | undefined;
+}
+
+/** A control datagram to send (HELLO, HELLO_ACK, PROBE, PROBE_REPLY). */
+export interface ControlOut {
+  family: 4 | 6;
+  addr4: number;
+  addr6: Uint8Array | undefined;
+  port: number;
+  bytes: Uint8Array;
 }
 
 /** Engine configuration (plain data, postMessage-able). */
@@ -105,6 +131,10 @@ export interface EngineConfig {
   /** This node's advertised underlay address and port (to recognise its own entries). */
   selfIp: string;
   selfPort: number;
+  /** This node's id (worker id), announced in HELLOs. */
+  nodeId?: string;
+  /** Announce and use FAST mode towards peers that announce it too. */
+  fast?: boolean;
   /** ServiceIP ranges. */
   service4: Prefix4;
   service6: Prefix6;
@@ -155,12 +185,16 @@ export class Engine {
   out: NodeRoute | undefined;
   /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
   readonly misses: string[] = [];
-  /** RTT by node key, for the closest policy (fed from probes). */
-  readonly rtt = new Map<string, number>();
+  /** Peers: in-band state (capabilities, RTT for the closest policy), known-sender check. */
+  readonly peers: PeerTable;
+  /** Control datagrams to send; drained by the caller. */
+  readonly control: ControlOut[] = [];
   readonly #info = new PacketInfo();
   readonly #routes = new Map<string, NodeRoute>();
-  readonly #peers4 = new Set<number>();
-  readonly #peers6 = new Set<string>();
+  /** Node keys hosting candidates of Closest ServiceIPs: their RTT is kept measured. */
+  #closestNodes: string[] = [];
+  readonly #hello = new HelloMessage();
+  readonly #probe = new ProbeMessage();
   readonly #parked = new Map<number | string, Parked>();
   #parkedTotal = 0;
   readonly #idleMs: number;
@@ -172,9 +206,11 @@ export class Engine {
     this.cfg = cfg;
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
+    this.peers = new PeerTable({ localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST : 0) });
     this.balancer = new Balancer({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
-      rttOf: (node) => this.rtt.get(node),
+      // The local node is the closest of all; others by measured RTT.
+      rttOf: (node) => this.#routes.get(node)?.local ? 0 : this.peers.rttOfNode(node),
       loadOf: (e) => this.flows.activeFlows(e.nsip4),
     });
     this.#idleMs = cfg.flowIdleMs ?? 300_000;
@@ -184,10 +220,10 @@ export class Engine {
   }
 
   /** Applies a table change (from the main isolate) and drops flows of instances that left. */
-  applyDelta(delta: TableDelta): void {
+  applyDelta(delta: TableDelta, now = 0): void {
     const change = this.table.apply(delta);
     if (change.gone.length > 0) this.flows.dropInstances(change.gone);
-    this.#rebuildRoutes();
+    this.#rebuildRoutes(now);
   }
 
   /** Route of a node key, if known. */
@@ -200,10 +236,10 @@ export class Engine {
     return [...this.#routes.values()];
   }
 
-  #rebuildRoutes(): void {
+  #rebuildRoutes(now = 0): void {
     this.#routes.clear();
-    this.#peers4.clear();
-    this.#peers6.clear();
+    const remote: string[] = [];
+    const closest = new Set<string>();
     for (const key of this.table.nodes()) {
       const e = this.table.node(key)[0];
       if (!e) continue;
@@ -216,23 +252,17 @@ export class Engine {
         addr6: v6,
         port: e.nodePort,
         local,
+        peer: undefined,
       };
       this.#routes.set(key, r);
-      if (!local) {
-        if (v6) this.#peers6.add(formatIPv6(v6));
-        else this.#peers4.add(r.addr4);
+      if (!local) remote.push(key);
+      for (const n of this.table.node(key)) {
+        if (!local && n.serviceIps.some((sip) => sip.kind === "Closest")) closest.add(key);
       }
     }
-  }
-
-  /** True when a datagram from this underlay address may be accepted. */
-  isPeer4(addr: number): boolean {
-    return this.#peers4.has(addr);
-  }
-
-  /** True when a datagram from this IPv6 underlay address may be accepted (allocates: slow path). */
-  isPeer6(addr: Uint8Array, off = 0): boolean {
-    return this.#peers6.has(formatIPv6(addr, off));
+    this.peers.sync(remote, now);
+    for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
+    this.#closestNodes = [...closest];
   }
 
   #drop(reason: number): Verdict {
@@ -349,28 +379,110 @@ export class Engine {
     this.out = route;
     this.counters.udpTx++;
     this.counters.udpTxBytes += len;
+    if (route.peer) this.peers.noteTx(route.peer, len);
     return Verdict.TO_PEER;
   }
 
   /**
-   * Processes a datagram payload from a peer: an IP packet (raw mode). `peer4` is the underlay
-   * source (v4), or pass `peer6` bytes for an IPv6 underlay.
+   * Processes a datagram from the tunnel socket: a bare IP packet (raw mode) or one of our in-band
+   * messages. The source must be a known peer (its address; see PeerTable). Control messages are
+   * answered through {@link control}.
    */
   ingress(
     buf: Uint8Array,
     off: number,
     len: number,
-    peer4: number,
-    peer6?: Uint8Array,
-    partial = false,
+    family: 4 | 6,
+    src4: number,
+    src6: Uint8Array | undefined,
+    srcPort: number,
+    now: number,
   ): Verdict {
-    if (peer6 ? !this.isPeer6(peer6) : !this.#peers4.has(peer4)) return this.#drop(Drop.UNKNOWN_PEER);
-    const info = this.#info;
-    const r = parsePacket(buf, off, len, info);
-    if (r !== ParseResult.OK) return this.#drop(r);
-    this.counters.udpRx++;
-    this.counters.udpRxBytes += len;
-    return this.#restoreReply(buf, off, info.totalLen, partial);
+    const peer = family === 4 ? this.peers.lookup4(src4, srcPort) : this.peers.lookup6(src6!, 0, srcPort);
+    if (peer === undefined) return this.#drop(Drop.UNKNOWN_PEER);
+    const kind = classify(buf, off, len);
+    if (kind === WireKind.RAW_V4 || kind === WireKind.RAW_V6) {
+      const info = this.#info;
+      const r = parsePacket(buf, off, len, info);
+      if (r !== ParseResult.OK) return this.#drop(r);
+      this.counters.udpRx++;
+      this.counters.udpRxBytes += len;
+      this.peers.noteRx(peer, len, now);
+      return this.#restoreReply(buf, off, info.totalLen, false);
+    }
+    this.#controlIn(kind, buf, off, len, peer, family, src4, src6, srcPort, now);
+    return Verdict.DROP;
+  }
+
+  #controlIn(
+    kind: WireKind,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    peer: Peer,
+    family: 4 | 6,
+    src4: number,
+    src6: Uint8Array | undefined,
+    srcPort: number,
+    now: number,
+  ): void {
+    const reply = (bytes: Uint8Array) =>
+      this.control.push({ family, addr4: src4, addr6: src6?.slice(), port: srcPort, bytes });
+    switch (kind) {
+      case WireKind.HELLO:
+        if (decodeHello(buf, off, len, this.#hello) && this.peers.onHello(peer, this.#hello, now)) {
+          const out = new Uint8Array(96);
+          const n = encodeHelloAck(out, 0, {
+            caps: this.peers.localCaps,
+            nonceHi: this.#hello.nonceHi,
+            nonceLo: this.#hello.nonceLo,
+            hostPort: this.cfg.selfPort,
+            nodeId: this.cfg.nodeId ?? "",
+          });
+          reply(out.subarray(0, n));
+        }
+        return;
+      case WireKind.HELLO_ACK:
+        if (decodeHello(buf, off, len, this.#hello)) this.peers.onHelloAck(peer, this.#hello, now);
+        return;
+      case WireKind.PROBE: {
+        const copy = buf.slice(off, off + len);
+        if (probeToReplyInPlace(copy, 0, len)) reply(copy);
+        return;
+      }
+      case WireKind.PROBE_REPLY:
+        if (decodeProbe(buf, off, len, this.#probe)) this.peers.onProbeReply(peer, this.#probe, now);
+        return;
+      default:
+        this.#drop(Drop.NOT_OURS);
+    }
+  }
+
+  /** Runs the peers' schedule (HELLO, PROBE) and queues what is due in {@link control}. */
+  peerTick(now: number): void {
+    for (const key of this.#closestNodes) {
+      const p = this.peers.get(key);
+      if (p) this.peers.requestRtt(p, now);
+    }
+    const to = (p: Peer, bytes: Uint8Array) =>
+      this.control.push({ family: p.family, addr4: p.ip4, addr6: p.ip6, port: p.port, bytes });
+    this.peers.tick(now, {
+      hello: (p, hi, lo) => {
+        const out = new Uint8Array(96);
+        const n = encodeHello(out, 0, {
+          caps: this.peers.localCaps,
+          nonceHi: hi,
+          nonceLo: lo,
+          hostPort: this.cfg.selfPort,
+          nodeId: this.cfg.nodeId ?? "",
+        });
+        to(p, out.subarray(0, n));
+      },
+      probe: (p, seq, us) => {
+        const out = new Uint8Array(16);
+        to(p, out.subarray(0, encodeProbe(out, 0, seq, us)));
+      },
+    });
   }
 
   /** Destination must be a local instance; replies of our flows get the dialled ServiceIP back. */

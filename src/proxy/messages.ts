@@ -7,6 +7,7 @@ import type { TunInfo } from "../../ffi/tun.ts";
 import type { UdpInfo } from "../../ffi/udp.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
+import type { PeerStats } from "./peers.ts";
 
 /** Counters as sent by the Worker. */
 export interface StatsData {
@@ -25,8 +26,8 @@ export interface StatsData {
   flows: number;
   /** Drop counts by reason name (only non-zero ones). */
   drops: Record<string, number>;
-  /** Known peer nodes and their RTT in ms (when measured). */
-  peers: Array<{ node: string; rttMs?: number }>;
+  /** Peer nodes: in-band state, RTT, counters. */
+  peers: PeerStats[];
 }
 
 /** Main → Worker. */

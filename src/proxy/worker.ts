@@ -19,6 +19,7 @@ const SLOT = 2048; // ≥ MTU (no TSO super-packets on this path)
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
 const STATS_EVERY_MS = 1000;
+const PEER_TICK_MS = 100;
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any as {
@@ -99,7 +100,7 @@ function drainTun(now: number): void {
   reportMisses();
 }
 
-function drainUdp(): void {
+function drainUdp(now: number): void {
   const e = engine!;
   for (let k = 0; k < 8; k++) {
     const c = udp!.recvBatch(recv, 0);
@@ -107,18 +108,31 @@ function drainUdp(): void {
     for (let i = 0; i < c; i++) {
       const b = recv.bufs[i];
       const len = recv.sizes[i];
-      const nibble = len > 0 ? b[0] >> 4 : 0;
-      if (nibble !== 4 && nibble !== 6) {
-        e.counters.drops[DROP_NAMES.indexOf("not_ours")]++;
-        continue;
-      }
       const v = recv.families[i] === 4
-        ? e.ingress(b, 0, len, recv.addrs4[i])
-        : e.ingress(b, 0, len, 0, recv.addrs6.subarray(i * 16, i * 16 + 16));
+        ? e.ingress(b, 0, len, 4, recv.addrs4[i], undefined, recv.ports[i], now)
+        : e.ingress(b, 0, len, 6, 0, recv.addrs6.subarray(i * 16, i * 16 + 16), recv.ports[i], now);
       if (v === Verdict.TO_TUN) toTun(b, len);
     }
     if (c < BATCH) break;
   }
+  sendControl();
+}
+
+/** Sends queued HELLO/PROBE datagrams and replies. */
+function sendControl(): void {
+  const q = engine!.control;
+  while (q.length > 0) {
+    const m = q.shift()!;
+    const i = pending;
+    send.bufs[i].set(m.bytes);
+    send.offsets[i] = 0;
+    send.segSizes[i] = 0;
+    send.sizes[i] = m.bytes.length;
+    if (m.family === 4) send.setDst4(i, m.addr4, m.port);
+    else send.setDst6(i, m.addr6!, 0, m.port);
+    if (++pending === BATCH) flushSend();
+  }
+  flushSend();
 }
 
 function reportMisses(): void {
@@ -158,7 +172,7 @@ function stats(): StatsData {
     parkedNow: e.parkedNow,
     flows: e.flows.size,
     drops,
-    peers: e.routes().filter((r) => !r.local).map((r) => ({ node: r.key, rttMs: e.rtt.get(r.key) })),
+    peers: e.peers.stats(performance.now()),
   };
 }
 
@@ -168,6 +182,7 @@ async function loop(): Promise<void> {
   const poller = new Poller([tun!.fd, udp!.fd, wake!.fd]);
   let lastYield = performance.now();
   let lastStats = lastYield;
+  let lastPeerTick = 0;
   let busy = false;
   while (!stopping) {
     const r = poller.wait(busy ? 0 : IDLE_POLL_MS);
@@ -180,7 +195,7 @@ async function loop(): Promise<void> {
         busy = true;
       }
       if (poller.readable(1)) {
-        drainUdp();
+        drainUdp(now);
         busy = true;
       }
       if (poller.readable(2)) {
@@ -191,6 +206,11 @@ async function loop(): Promise<void> {
     if (woken || now - lastYield > YIELD_EVERY_MS) {
       await yieldNow();
       lastYield = performance.now();
+    }
+    if (now - lastPeerTick > PEER_TICK_MS) {
+      engine!.peerTick(now);
+      sendControl();
+      lastPeerTick = now;
     }
     if (now - lastStats > STATS_EVERY_MS) {
       engine!.tick(now);
@@ -219,7 +239,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         break;
       }
       case "delta":
-        engine?.applyDelta(m.delta);
+        engine?.applyDelta(m.delta, performance.now());
         break;
       case "resolved":
         if (engine) replay(engine.resolved(m.addr, m.ok));

@@ -8,7 +8,7 @@ import { DEFAULT_SOCKET, fail } from "./common.ts";
 /** Formats rows as aligned columns (header first). */
 export function columns(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  const line = (r: string[]) => r.map((c, i) => String(c ?? "-").padEnd(widths[i])).join("  ").trimEnd();
   return [line(header), ...rows.map(line)].join("\n");
 }
 
@@ -53,13 +53,22 @@ interface TableRow {
 }
 
 interface FlowRow {
-  proto: string;
+  version: number;
+  proto: number;
   src: string;
-  dst: string;
-  serviceIP?: string;
-  instance?: string;
+  sport: number;
+  dialled: string;
+  dport: number;
+  chosen: string;
+  node: string;
   packets: number;
   bytes: number;
+}
+
+const PROTO_NAMES: Record<number, string> = { 1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6" };
+
+function hostPort(addr: string, port: number): string {
+  return addr.includes(":") ? `[${addr}]:${port}` : `${addr}:${port}`;
 }
 
 /** `netmanager table show`. */
@@ -80,19 +89,18 @@ export function tableCmd() {
         if (opts.flows) {
           const flows = ((data as { flows?: FlowRow[] }).flows ?? []) as FlowRow[];
           console.log(columns(
-            ["PROTO", "SOURCE", "DESTINATION", "SERVICE IP", "INSTANCE", "PACKETS", "BYTES"],
-            flows.map((
-              f,
-            ) => [
-              f.proto,
-              f.src,
-              f.dst,
-              f.serviceIP ?? "-",
-              f.instance ?? "-",
+            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PACKETS", "BYTES"],
+            flows.map((f) => [
+              PROTO_NAMES[f.proto] ?? String(f.proto),
+              hostPort(f.src, f.sport),
+              hostPort(f.dialled, f.dport),
+              f.chosen,
+              f.node,
               String(f.packets),
               String(f.bytes),
             ]),
           ));
+          if (flows.length === 0) console.log("(no flows)");
           return;
         }
         const rows =

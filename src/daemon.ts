@@ -116,6 +116,7 @@ class Node implements NodeService {
     const resolver: Resolver = staticResolver;
     this.dataPlane = await DataPlane.start({
       tunName: this.cfg.tun.HostTunnelDeviceName,
+      mtu: this.cfg.tun.MTUsize,
       port: this.cfg.tun.TunnelPort,
       table,
       resolver,
@@ -124,6 +125,7 @@ class Node implements NodeService {
         selfIp: this.publicAddress ?? "",
         selfPort: this.cfg.net.NodePublicPort,
         nodeId,
+        fast: this.cfg.net.FastMode,
         service4: this.cfg.serviceRange4,
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,

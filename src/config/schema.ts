@@ -70,6 +70,11 @@ export const NetCfgSchema = z.object({
   NatChain: z.string().regex(/^[A-Z][A-Z0-9_]{0,20}$/, "must be an uppercase chain name of 1..21 characters")
     .default("OAKESTRA"),
   StateDir: z.string().min(1).default("/var/lib/netmanager"),
+  /**
+   * Use FAST mode (8-byte header, partial checksums, GSO/GRO end to end) towards peers that announce
+   * it; false keeps every datagram a bare IP packet (raw mode, as Oakestra's Go nodes send).
+   */
+  FastMode: boolLike.default(true),
 });
 
 /** Parsed netcfg.json. */

@@ -38,6 +38,8 @@ export const staticResolver: Resolver = { resolve: () => Promise.resolve(false) 
 /** Options for {@link DataPlane.start}. */
 export interface DataPlaneOptions {
   tunName: string;
+  /** Inner MTU: the TUN's MTU, the largest packet sent over the tunnel. */
+  mtu: number;
   port: number;
   engine: EngineConfig;
   table: TranslationTable;
@@ -88,11 +90,11 @@ export class DataPlane {
 
   /** Opens the devices, configures the TUN and starts the Worker. */
   static async start(opts: DataPlaneOptions): Promise<DataPlane> {
-    const tun = openTun({ name: opts.tunName, vnetHdr: false });
+    const tun = openTun({ name: opts.tunName, vnetHdr: true, offloads: { csum: true, tso: true, uso: true } });
     let udp: UdpSocket | undefined;
     try {
       await opts.configureTun(tun.name);
-      udp = openUdp({ port: opts.port, family: 4, rcvbuf: 4 << 20, sndbuf: 4 << 20, gso: true, gro: false });
+      udp = openUdp({ port: opts.port, family: 4, rcvbuf: 8 << 20, sndbuf: 8 << 20, gso: true, gro: true });
     } catch (e) {
       tun.close();
       udp?.close();
@@ -136,11 +138,18 @@ export class DataPlane {
       tun: tun.info(),
       udp: udp.info(),
       wakeFd: dp.#wake.fd,
+      mtu: opts.mtu,
       engine: opts.engine,
       table: opts.table.snapshot(),
     });
     await ready.promise;
-    log.info("data plane started", { tun: tun.name, port: udp.localPort });
+    log.info("data plane started", {
+      tun: tun.name,
+      port: udp.localPort,
+      offloads: tun.offloadFlags,
+      gso: udp.gso,
+      gro: udp.gro,
+    });
     return dp;
   }
 

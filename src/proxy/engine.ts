@@ -47,11 +47,14 @@ import {
   CAP_FAST,
   CAP_PROBE,
   classify,
+  decodeFast,
   decodeHello,
   decodeProbe,
   encodeHello,
   encodeHelloAck,
   encodeProbe,
+  FAST_F_NEEDS_CSUM,
+  FastHeader,
   HelloMessage,
   ProbeMessage,
   probeToReplyInPlace,
@@ -193,6 +196,15 @@ export class Engine {
   readonly #routes = new Map<string, NodeRoute>();
   /** Node keys hosting candidates of Closest ServiceIPs: their RTT is kept measured. */
   #closestNodes: string[] = [];
+  /** Where the last TO_TUN packet of {@link ingress} is (FAST datagrams carry a header). */
+  pktOff = 0;
+  pktLen = 0;
+  /** Its L4 checksum is partial: csum_start (from the IP header) and csum_offset, or -1. */
+  pktCsumStart = -1;
+  pktCsumOffset = 0;
+  readonly #fast = new FastHeader();
+  /** Bytes before the packet that belong to it (a virtio header): parked with it. */
+  #prefix = 0;
   readonly #hello = new HelloMessage();
   readonly #probe = new ProbeMessage();
   readonly #parked = new Map<number | string, Parked>();
@@ -271,10 +283,12 @@ export class Engine {
   }
 
   /**
-   * Processes a packet read from the TUN (`len` bytes at `off`, no virtio header). With `partial`
-   * the L4 checksum field holds a partial sum (CHECKSUM_PARTIAL) and is updated as such.
+   * Processes a packet read from the TUN (`len` bytes at `off`). With `partial` the L4 checksum
+   * field holds a partial sum (CHECKSUM_PARTIAL) and is updated as such. `prefix` bytes before
+   * `off` (a virtio header) are kept with the packet if it is parked.
    */
-  egress(buf: Uint8Array, off: number, len: number, now: number, partial = false): Verdict {
+  egress(buf: Uint8Array, off: number, len: number, now: number, partial = false, prefix = 0): Verdict {
+    this.#prefix = prefix;
     const info = this.#info;
     const r = parsePacket(buf, off, len, info);
     if (r !== ParseResult.OK) return this.#drop(r);
@@ -401,17 +415,33 @@ export class Engine {
     const peer = family === 4 ? this.peers.lookup4(src4, srcPort) : this.peers.lookup6(src6!, 0, srcPort);
     if (peer === undefined) return this.#drop(Drop.UNKNOWN_PEER);
     const kind = classify(buf, off, len);
-    if (kind === WireKind.RAW_V4 || kind === WireKind.RAW_V6) {
-      const info = this.#info;
-      const r = parsePacket(buf, off, len, info);
-      if (r !== ParseResult.OK) return this.#drop(r);
-      this.counters.udpRx++;
-      this.counters.udpRxBytes += len;
-      this.peers.noteRx(peer, len, now);
-      return this.#restoreReply(buf, off, info.totalLen, false);
+    let pOff = off;
+    let pLen = len;
+    let partial = false;
+    if (kind === WireKind.FAST) {
+      const f = this.#fast;
+      if (!decodeFast(buf, off, len, f)) return this.#drop(Drop.NOT_OURS);
+      pOff = f.packetOffset;
+      pLen = f.packetLength;
+      partial = (f.flags & FAST_F_NEEDS_CSUM) !== 0;
+      this.pktCsumStart = partial ? f.csumStart : -1;
+      this.pktCsumOffset = f.csumOffset;
+    } else if (kind === WireKind.RAW_V4 || kind === WireKind.RAW_V6) {
+      this.pktCsumStart = -1;
+      this.pktCsumOffset = 0;
+    } else {
+      this.#controlIn(kind, buf, off, len, peer, family, src4, src6, srcPort, now);
+      return Verdict.DROP;
     }
-    this.#controlIn(kind, buf, off, len, peer, family, src4, src6, srcPort, now);
-    return Verdict.DROP;
+    const info = this.#info;
+    const r = parsePacket(buf, pOff, pLen, info);
+    if (r !== ParseResult.OK) return this.#drop(r);
+    this.counters.udpRx++;
+    this.counters.udpRxBytes += len;
+    this.peers.noteRx(peer, len, now);
+    this.pktOff = pOff;
+    this.pktLen = info.totalLen;
+    return this.#restoreReply(buf, pOff, info.totalLen, partial);
   }
 
   #controlIn(
@@ -537,7 +567,7 @@ export class Engine {
     if (p.packets.length >= this.#parkPerKey || this.#parkedTotal >= this.#parkTotal) {
       return this.#drop(Drop.PARK_FULL);
     }
-    p.packets.push(buf.slice(off, off + len));
+    p.packets.push(buf.slice(off - this.#prefix, off + len));
     this.#parkedTotal++;
     this.counters.parked++;
     return Verdict.PARKED;
@@ -550,7 +580,8 @@ export class Engine {
 
   /**
    * The control plane answered a miss for `addr` (after applying any table deltas): returns the
-   * parked packets to process again with {@link egress}, or drops them when `ok` is false.
+   * parked packets (each with the prefix it was parked with) to process again with
+   * {@link egress}, or drops them when `ok` is false.
    */
   resolved(addr: string, ok: boolean): Uint8Array[] {
     const v4 = addr.includes(":") ? undefined : parseIPv4(addr);

@@ -32,7 +32,16 @@ export interface StatsData {
 
 /** Main → Worker. */
 export type ToWorker =
-  | { type: "init"; tun: TunInfo; udp: UdpInfo; wakeFd: number; engine: EngineConfig; table: TableSnapshot }
+  | {
+    type: "init";
+    tun: TunInfo;
+    udp: UdpInfo;
+    wakeFd: number;
+    /** Inner MTU (largest packet on the wire). */
+    mtu: number;
+    engine: EngineConfig;
+    table: TableSnapshot;
+  }
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "flows"; id: number; limit: number }

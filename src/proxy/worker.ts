@@ -1,21 +1,31 @@
 /**
- * The data-plane Worker: owns the TUN and tunnel-socket loops. It polls both fds with synchronous
- * FFI calls, drains each in batches (TUN reads straight into the send batch's slots, `sendmmsg`
- * out; `recvmmsg` in, TUN writes), and returns to its event loop briefly every couple of
- * milliseconds (and whenever idle) so table deltas and resolutions from the main isolate arrive.
- * The packet path never waits for the control plane: misses are parked by the engine.
+ * The data-plane Worker: owns the TUN and tunnel-socket loops. It polls both fds (and a wake-up
+ * eventfd) with synchronous FFI calls and drains each in batches:
+ * - TUN → peers: a read returns a virtio header and up to a 64 KB TCP/UDP super-packet (TSO/USO
+ *   offloads). The engine rewrites its addresses once; the segmenter cuts it into MTU-sized
+ *   packets laid out back to back in one send slot, sent with one `UDP_SEGMENT` (GSO) send —
+ *   fully checksummed bare IP packets for Oakestra-compatible peers (raw mode), or with an
+ *   8-byte FAST header and partial checksums for netmanager peers (fast mode).
+ * - peers → TUN: `recvmmsg` with `UDP_GRO` returns runs of datagrams; each is checked and
+ *   restored by the engine, then the coalescer merges consecutive TCP segments back into
+ *   super-packets written with one TUN write each.
+ * It returns to its event loop only when the main isolate wakes it (table deltas, resolutions),
+ * so the packet path never waits on a timer or on the control plane.
  */
-import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
+import { tunFromInfo, type TunDevice } from "../../ffi/tun.ts";
 import { RecvBatch, SendBatch, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
+import { VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr } from "../../ffi/vnet.ts";
 import { TranslationTable } from "../table/table.ts";
 import { DROP_NAMES, Engine, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
+import { Coalescer, CoalesceResult, GSO_ERROR_NAMES, SegmentBatch, Segmenter } from "./offload.ts";
+import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN } from "./wire.ts";
 
-const BATCH = 64;
-const SLOT = 2048; // ≥ MTU (no TSO super-packets on this path)
-/** The loop returns to its event loop when woken by the main isolate, and at least this often. */
+const BATCH = 32;
+const SEND_SLOT = 65535 + 64 * 16 + 1024; // a super-packet's segments with headroom
+const RECV_SLOT = 65535;
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
 const STATS_EVERY_MS = 1000;
@@ -32,9 +42,19 @@ let tun: TunDevice | undefined;
 let udp: UdpSocket | undefined;
 let wake: EventFd | undefined;
 let stopping = false;
-const send = new SendBatch(BATCH, SLOT);
-const recv = new RecvBatch(BATCH, SLOT);
+let mtu = 1450;
+const send = new SendBatch(BATCH, SEND_SLOT);
+const recv = new RecvBatch(BATCH, RECV_SLOT);
+const tunBuf = new Uint8Array(VNET_HDR_LEN + 65535 + 64);
+const vnet = new VnetHdr();
+const segmenter = new Segmenter();
+let segRaw: SegmentBatch[] = [];
+let segFast: SegmentBatch[] = [];
+const coalescer = new Coalescer({ maxPackets: 256, arenaBytes: 4 << 20 });
 let pending = 0;
+const gsoDrops = new Float64Array(GSO_ERROR_NAMES.length);
+const DROP_SEND = DROP_NAMES.indexOf("send_error");
+const DROP_TUN = DROP_NAMES.indexOf("tun_write_error");
 
 function post(m: FromWorker): void {
   scope.postMessage(m);
@@ -42,77 +62,135 @@ function post(m: FromWorker): void {
 
 function flushSend(): void {
   if (pending === 0 || !udp) return;
-  let done = 0;
-  while (done < pending) {
-    const r = udp.sendBatch(send, pending);
+  let start = 0;
+  while (start < pending) {
+    const r = udp.sendBatch(send, pending - start);
     if (r <= 0) {
-      if (engine) engine.counters.drops[DROP_NAMES.indexOf("send_error")] += pending - done;
+      engine!.counters.drops[DROP_SEND] += pending - start;
       break;
     }
-    done += r;
-    if (r < pending) {
-      // Non-blocking socket would block: move the unsent rest to the front and retry.
-      for (let i = r; i < pending; i++) {
-        send.bufs[i - r].set(send.bufs[i].subarray(0, send.sizes[i]));
-        send.sizes[i - r] = send.sizes[i];
-        send.dstFamilies[i - r] = send.dstFamilies[i];
-        send.dst4[i - r] = send.dst4[i];
-        send.dst6.copyWithin((i - r) * 16, i * 16, i * 16 + 16);
-        send.dstPorts[i - r] = send.dstPorts[i];
-      }
+    if (r < pending - start) {
+      // Socket buffer full (non-blocking): wait for room, then send the rest from the front.
+      compactSend(r, pending - start);
+      start = 0;
       pending -= r;
-      done = 0;
+      udp.wait(5);
+      continue;
     }
+    break;
   }
   pending = 0;
 }
 
-function toTun(buf: Uint8Array, len: number): void {
-  const w = tun!.write(buf, len);
-  if (w < 0) engine!.counters.drops[DROP_NAMES.indexOf("tun_write_error")]++;
-}
-
-/** Handles one egress packet that is in send slot `pending`. */
-function egressSlot(len: number, now: number): void {
-  const e = engine!;
-  const slot = send.bufs[pending];
-  const v = e.egress(slot, 0, len, now);
-  if (v === Verdict.TO_PEER) {
-    const r = e.out!;
-    if (r.family === 4) send.setDst4(pending, r.addr4, r.port);
-    else send.setDst6(pending, r.addr6!, 0, r.port);
-    send.offsets[pending] = 0;
-    send.segSizes[pending] = 0;
-    send.sizes[pending] = len;
-    if (++pending === BATCH) flushSend();
-  } else if (v === Verdict.TO_TUN) {
-    toTun(slot, len);
+function compactSend(from: number, n: number): void {
+  for (let i = from; i < n; i++) {
+    const j = i - from;
+    const o = send.offsets[i];
+    send.bufs[j].set(send.bufs[i].subarray(o, o + send.sizes[i]), o);
+    send.offsets[j] = o;
+    send.sizes[j] = send.sizes[i];
+    send.segSizes[j] = send.segSizes[i];
+    send.dstFamilies[j] = send.dstFamilies[i];
+    send.dst4[j] = send.dst4[i];
+    send.dst6.copyWithin(j * 16, i * 16, i * 16 + 16);
+    send.dstPorts[j] = send.dstPorts[i];
   }
 }
 
+function toTun(buf: Uint8Array, len: number): void {
+  if (tun!.write(buf, len) < 0) engine!.counters.drops[DROP_TUN]++;
+}
+
+/** Writes one plain packet (no offload) to the TUN behind a zero virtio header. */
+const plainOut = new Uint8Array(VNET_HDR_LEN + 65535);
+function plainToTun(buf: Uint8Array, off: number, len: number): void {
+  plainOut.fill(0, 0, VNET_HDR_LEN);
+  plainOut.set(buf.subarray(off, off + len), VNET_HDR_LEN);
+  toTun(plainOut, VNET_HDR_LEN + len);
+}
+
+/** Segments the translated packet in `tunBuf` into send slot `pending` for the engine's route. */
+function queueToPeer(len: number): void {
+  const e = engine!;
+  const route = e.out!;
+  const fast = route.peer?.fast === true;
+  const seg = (fast ? segFast : segRaw)[pending];
+  seg.reset();
+  const n = segmenter.segment(tunBuf, VNET_HDR_LEN, len, vnet, fast ? "partial" : "full", seg);
+  if (n < 0) {
+    gsoDrops[-n]++;
+    return;
+  }
+  const head = fast ? FAST_HEADER_LEN : 0;
+  if (fast) {
+    const flags = segmenter.partial ? FAST_F_NEEDS_CSUM : 0;
+    const cs = segmenter.partial ? segmenter.csumStart : 0;
+    const co = segmenter.partial ? segmenter.csumOffset : 0;
+    for (let k = 0; k < n; k++) encodeFastHeader(seg.buf, seg.offsets[k] - head, flags, cs, co);
+  }
+  const i = pending;
+  const first = seg.offsets[0] - head;
+  send.offsets[i] = first;
+  send.sizes[i] = seg.used - first;
+  send.segSizes[i] = n > 1 ? segmenter.datagramSize : 0;
+  if (route.family === 4) send.setDst4(i, route.addr4, route.port);
+  else send.setDst6(i, route.addr6!, 0, route.port);
+  if (++pending === BATCH) flushSend();
+}
+
+function egress(n: number, now: number): void {
+  vnet.decode(tunBuf, 0);
+  const partial = (vnet.flags & VNET_F_NEEDS_CSUM) !== 0;
+  const len = n - VNET_HDR_LEN;
+  const v = engine!.egress(tunBuf, VNET_HDR_LEN, len, now, partial, VNET_HDR_LEN);
+  if (v === Verdict.TO_PEER) queueToPeer(len);
+  else if (v === Verdict.TO_TUN) toTun(tunBuf, n); // same node: the virtio header still applies
+}
+
 function drainTun(now: number): void {
-  for (let k = 0; k < 256; k++) {
-    const n = tun!.read(send.bufs[pending]);
-    if (n <= 0) break;
-    egressSlot(n, now);
+  for (let k = 0; k < 512; k++) {
+    const n = tun!.read(tunBuf);
+    if (n <= VNET_HDR_LEN) break;
+    egress(n, now);
   }
   flushSend();
   reportMisses();
 }
 
+function flushCoalescer(): void {
+  const n = coalescer.finish();
+  const a = coalescer.arena;
+  for (let j = 0; j < n; j++) {
+    const o = coalescer.offsets[j];
+    toTun(o === 0 ? a : a.subarray(o), coalescer.lengths[j]);
+  }
+  coalescer.reset();
+}
+
 function drainUdp(now: number): void {
   const e = engine!;
-  for (let k = 0; k < 8; k++) {
+  for (let k = 0; k < 16; k++) {
     const c = udp!.recvBatch(recv, 0);
     if (c <= 0) break;
     for (let i = 0; i < c; i++) {
       const b = recv.bufs[i];
-      const len = recv.sizes[i];
-      const v = recv.families[i] === 4
-        ? e.ingress(b, 0, len, 4, recv.addrs4[i], undefined, recv.ports[i], now)
-        : e.ingress(b, 0, len, 6, 0, recv.addrs6.subarray(i * 16, i * 16 + 16), recv.ports[i], now);
-      if (v === Verdict.TO_TUN) toTun(b, len);
+      const total = recv.sizes[i];
+      const step = recv.gsoSizes[i] > 0 ? recv.gsoSizes[i] : total;
+      const fam = recv.families[i] === 4 ? 4 : 6;
+      const a6 = fam === 6 ? recv.addrs6.subarray(i * 16, i * 16 + 16) : undefined;
+      for (let o = 0; o < total; o += step) {
+        const dl = Math.min(step, total - o);
+        const v = e.ingress(b, o, dl, fam, recv.addrs4[i], a6, recv.ports[i], now);
+        if (v !== Verdict.TO_TUN) continue;
+        let r = coalescer.add(b, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
+        if (r === CoalesceResult.FULL) {
+          flushCoalescer();
+          r = coalescer.add(b, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
+        }
+        if (r === CoalesceResult.INVALID) plainToTun(b, e.pktOff, e.pktLen);
+      }
     }
+    flushCoalescer(); // before the next recvBatch reuses the buffers
     if (c < BATCH) break;
   }
   sendControl();
@@ -143,8 +221,8 @@ function reportMisses(): void {
 function replay(packets: Uint8Array[]): void {
   const now = performance.now();
   for (const p of packets) {
-    send.bufs[pending].set(p);
-    egressSlot(p.length, now);
+    tunBuf.set(p); // parked with its virtio header
+    egress(p.length, now);
   }
   flushSend();
   reportMisses();
@@ -156,6 +234,9 @@ function stats(): StatsData {
   const drops: Record<string, number> = {};
   c.drops.forEach((v, i) => {
     if (v > 0) drops[DROP_NAMES[i]] = v;
+  });
+  gsoDrops.forEach((v, i) => {
+    if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;
   });
   return {
     tunRx: c.tunRx,
@@ -203,10 +284,6 @@ async function loop(): Promise<void> {
         woken = true;
       }
     }
-    if (woken || now - lastYield > YIELD_EVERY_MS) {
-      await yieldNow();
-      lastYield = performance.now();
-    }
     if (now - lastPeerTick > PEER_TICK_MS) {
       engine!.peerTick(now);
       sendControl();
@@ -216,6 +293,10 @@ async function loop(): Promise<void> {
       engine!.tick(now);
       post({ type: "stats", stats: stats() });
       lastStats = now;
+    }
+    if (woken || now - lastYield > YIELD_EVERY_MS) {
+      await yieldNow();
+      lastYield = performance.now();
     }
   }
   post({ type: "stats", stats: stats() });
@@ -230,8 +311,14 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
       case "init": {
         engine = new Engine(m.engine, TranslationTable.fromSnapshot(m.table));
         tun = tunFromInfo(m.tun);
+        if (!tun.vnetHdr) throw new Error("the data plane needs a TUN with IFF_VNET_HDR");
         udp = udpFromInfo(m.udp);
         wake = new EventFd(m.wakeFd);
+        mtu = m.mtu;
+        segRaw = send.bufs.map((b) => new SegmentBatch({ mtu, headroom: 0, packed: true, buf: b, capacity: 64 }));
+        segFast = send.bufs.map((b) =>
+          new SegmentBatch({ mtu, headroom: FAST_HEADER_LEN, packed: true, buf: b, capacity: 64 })
+        );
         tun.setNonBlocking(true);
         udp.setNonBlocking(true);
         post({ type: "ready" });

@@ -57,7 +57,12 @@ export class TestCluster {
   }
 
   /** Builds `n` nodes; `table` is written to the static table file every node loads. */
-  static async start(n: number, table: QueryResult[], extraArgs: string[] = []): Promise<TestCluster> {
+  static async start(
+    n: number,
+    table: QueryResult[],
+    extraArgs: string[] = [],
+    cfgFor: (i: number) => Record<string, unknown> = () => ({}),
+  ): Promise<TestCluster> {
     const underlay = await createNs("u");
     const dir = await Deno.makeTempDir({ prefix: "nmcluster-" });
     const c = new TestCluster(underlay, dir);
@@ -69,7 +74,7 @@ export class TestCluster {
         const ip = `192.168.77.${i}`;
         const cfg = `${dir}/netcfg${i}.json`;
         const base = JSON.parse(await Deno.readTextFile(`${ROOT}config/netcfg.json`));
-        await Deno.writeTextFile(cfg, JSON.stringify({ ...base, NodePublicAddress: ip }));
+        await Deno.writeTextFile(cfg, JSON.stringify({ ...base, NodePublicAddress: ip, ...cfgFor(i) }));
         const s = nodeSubnet(i);
         const node = await TestNode.startWith({
           subnet: s.v4,

@@ -78,8 +78,11 @@ async function client(
   return r.stdout.trim();
 }
 
-async function withCluster(fn: (c: TestCluster) => Promise<void>): Promise<void> {
-  const c = await TestCluster.start(3, TABLE);
+async function withCluster(
+  fn: (c: TestCluster) => Promise<void>,
+  cfg: Record<string, unknown> = {},
+): Promise<void> {
+  const c = await TestCluster.start(3, TABLE, [], () => cfg);
   try {
     // client on n1 (first instance: .66), web0 on n2, web1 on n3, loc on n1 (.67)
     await c.deploy(1, CLI, 0);
@@ -163,46 +166,65 @@ Deno.test({
   });
 });
 
+async function captureOne(
+  c: TestCluster,
+  filter: string,
+  send: () => Promise<unknown>,
+): Promise<{ text: string; hex: string }> {
+  const n2node = c.nodes[1];
+  const cap = new Deno.Command("ip", {
+    args: ["netns", "exec", n2node.node.ns, "tcpdump", "-i", n2node.ifname, "-c", "1", "-n", "-x", filter],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 700));
+  await send();
+  const timer = setTimeout(() => cap.kill("SIGTERM"), 5000);
+  const out = await cap.output();
+  clearTimeout(timer);
+  const text = new TextDecoder().decode(out.stdout);
+  // hex dump without the outer IPv4 (20) and UDP (8) headers
+  const hex = text.split("\n").filter((l) => l.includes("0x")).map((l) => l.split(":")[1]).join("")
+    .replace(/\s+/g, "");
+  return { text, hex: hex.slice(56) };
+}
+
 Deno.test({
-  name: "overlay: the underlay carries the bare IP packet (src = sender InstanceIP, dst = chosen nsip)",
+  name:
+    "overlay: raw mode puts the bare IP packet on the underlay (src = sender InstanceIP, dst = chosen nsip)",
   ...opts,
 }, async () => {
   await withCluster(async (c) => {
     await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
-    const n2node = c.nodes[1];
-    const cap = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        n2node.node.ns,
-        "tcpdump",
-        "-i",
-        n2node.ifname,
-        "-c",
-        "1",
-        "-n",
-        "-x",
-        "udp and dst port 50103 and (udp[8] & 0xf0) == 0x40",
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    await new Promise((r) => setTimeout(r, 700));
-    await client(c, "udp-client", "10.30.0.2", 80, "cap");
-    const timer = setTimeout(() => cap.kill("SIGTERM"), 5000);
-    const out = await cap.output();
-    clearTimeout(timer);
-    const text = new TextDecoder().decode(out.stdout);
-    // hex dump: outer IPv4 (20) + UDP (8) then the inner IPv4 header: 45 .. src 0a1e000a dst 0a120082
-    const hex = text.split("\n").filter((l) => l.includes("0x")).map((l) => l.split(":")[1]).join("").replace(
-      /\s+/g,
-      "",
+    const { text, hex } = await captureOne(
+      c,
+      "udp and dst port 50103 and (udp[8] & 0xf0) == 0x40",
+      () => client(c, "udp-client", "10.30.0.2", 80, "cap"),
     );
     assertMatch(text, /192\.168\.77\.1\.\d+ > 192\.168\.77\.2\.50103: UDP/);
-    const inner = hex.slice(56);
+    assertEquals(hex.slice(0, 2), "45", text);
+    assertEquals(hex.slice(24, 32), "0a1e000a", "inner source = client InstanceIP 10.30.0.10");
+    assertEquals(hex.slice(32, 40), "0a120082", "inner destination = web0 nsip 10.18.0.130");
+  }, { FastMode: false });
+});
+
+Deno.test({
+  name: "overlay: between netmanager nodes the FAST header precedes the same packet",
+  ...opts,
+}, async () => {
+  await withCluster(async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    const { text, hex } = await captureOne(
+      c,
+      "udp and dst port 50103 and udp[8] == 0x14",
+      () => client(c, "udp-client", "10.30.0.2", 80, "cap"),
+    );
+    assertMatch(text, /192\.168\.77\.1\.\d+ > 192\.168\.77\.2\.50103: UDP/);
+    assertEquals(hex.slice(0, 2), "14", text);
+    const inner = hex.slice(16);
     assertEquals(inner.slice(0, 2), "45", text);
-    assertEquals(inner.slice(24, 32), "0a1e000a", "inner source = client InstanceIP 10.30.0.10");
-    assertEquals(inner.slice(32, 40), "0a120082", "inner destination = web0 nsip 10.18.0.130");
+    assertEquals(inner.slice(24, 32), "0a1e000a");
+    assertEquals(inner.slice(32, 40), "0a120082");
   });
 });
 

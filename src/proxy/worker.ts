@@ -24,6 +24,8 @@ import { Coalescer, CoalesceResult, GSO_ERROR_NAMES, SegmentBatch, Segmenter } f
 import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN } from "./wire.ts";
 
 const BATCH = 32;
+/** Largest UDP payload of one (GSO) send: 65535 − IPv4 header − UDP header. */
+const MAX_GSO_PAYLOAD = 65507;
 const SEND_SLOT = 65535 + 64 * 16 + 1024; // a super-packet's segments with headroom
 const RECV_SLOT = 65535;
 const YIELD_EVERY_MS = 5000;
@@ -114,7 +116,9 @@ function queueToPeer(len: number): void {
   const e = engine!;
   const route = e.out!;
   const fast = route.peer?.fast === true;
-  const seg = (fast ? segFast : segRaw)[pending];
+  if (pending > BATCH - 2) flushSend(); // a super-packet may need two entries
+  const slot = pending;
+  const seg = (fast ? segFast : segRaw)[slot];
   seg.reset();
   const n = segmenter.segment(tunBuf, VNET_HDR_LEN, len, vnet, fast ? "partial" : "full", seg);
   if (n < 0) {
@@ -128,14 +132,25 @@ function queueToPeer(len: number): void {
     const co = segmenter.partial ? segmenter.csumOffset : 0;
     for (let k = 0; k < n; k++) encodeFastHeader(seg.buf, seg.offsets[k] - head, flags, cs, co);
   }
-  const i = pending;
-  const first = seg.offsets[0] - head;
-  send.offsets[i] = first;
-  send.sizes[i] = seg.used - first;
-  send.segSizes[i] = n > 1 ? segmenter.datagramSize : 0;
-  if (route.family === 4) send.setDst4(i, route.addr4, route.port);
-  else send.setDst6(i, route.addr6!, 0, route.port);
-  if (++pending === BATCH) flushSend();
+  // One UDP_SEGMENT send carries at most 65507 bytes of UDP payload (one IPv4 datagram before
+  // segmentation): the headers repeated per segment can push a 64 KB super-packet past that, so
+  // its segments may need a second entry (a copy of the tail into the next slot).
+  const dsize = segmenter.datagramSize;
+  const perSend = n > 1 ? Math.max(1, Math.floor(MAX_GSO_PAYLOAD / dsize)) : 1;
+  const start = seg.offsets[0] - head;
+  for (let k = 0; k < n; k += perSend) {
+    const i = pending;
+    const from = start + k * dsize;
+    const to = Math.min(seg.used, from + perSend * dsize);
+    if (i !== slot) send.bufs[i].set(send.bufs[slot].subarray(from, to), from);
+    send.offsets[i] = from;
+    send.sizes[i] = to - from;
+    send.segSizes[i] = to - from > dsize ? dsize : 0;
+    if (route.family === 4) send.setDst4(i, route.addr4, route.port);
+    else send.setDst6(i, route.addr6!, 0, route.port);
+    pending++;
+  }
+  if (pending >= BATCH) flushSend();
 }
 
 function egress(n: number, now: number): void {
@@ -238,6 +253,7 @@ function stats(): StatsData {
   gsoDrops.forEach((v, i) => {
     if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;
   });
+  if (send.dropped > 0) drops[`send_errno_${send.lastErrno}`] = send.dropped;
   return {
     tunRx: c.tunRx,
     tunRxBytes: c.tunRxBytes,

@@ -90,7 +90,11 @@ export class DataPlane {
 
   /** Opens the devices, configures the TUN and starts the Worker. */
   static async start(opts: DataPlaneOptions): Promise<DataPlane> {
-    const tun = openTun({ name: opts.tunName, vnetHdr: true, offloads: { csum: true, tso: true, uso: true } });
+    const tun = openTun({
+      name: opts.tunName,
+      vnetHdr: true,
+      offloads: { csum: true, tso: true, uso: true },
+    });
     let udp: UdpSocket | undefined;
     try {
       await opts.configureTun(tun.name);

@@ -398,11 +398,30 @@ export class Engine {
   }
 
   /**
-   * Processes a datagram from the tunnel socket: a bare IP packet (raw mode) or one of our in-band
-   * messages. The source must be a known peer (its address; see PeerTable). Control messages are
-   * answered through {@link control}.
+   * Processes a datagram from the tunnel socket: {@link receive} then {@link deliver}.
    */
   ingress(
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    family: 4 | 6,
+    src4: number,
+    src6: Uint8Array | undefined,
+    srcPort: number,
+    now: number,
+  ): Verdict {
+    if (this.receive(buf, off, len, family, src4, src6, srcPort, now) !== Verdict.TO_TUN) return Verdict.DROP;
+    return this.deliver(buf, this.pktOff, this.pktLen, this.pktCsumStart >= 0);
+  }
+
+  /**
+   * First half of ingress, per datagram: the source must be a known peer (its address; see
+   * PeerTable); a bare IP packet (raw mode) or a FAST datagram yields TO_TUN with the packet at
+   * {@link pktOff}/{@link pktLen} and its checksum state in {@link pktCsumStart}/{@link
+   * pktCsumOffset} — not yet checked or restored, so runs of segments can be coalesced first and
+   * {@link deliver}ed once. In-band messages are answered through {@link control}.
+   */
+  receive(
     buf: Uint8Array,
     off: number,
     len: number,
@@ -415,33 +434,39 @@ export class Engine {
     const peer = family === 4 ? this.peers.lookup4(src4, srcPort) : this.peers.lookup6(src6!, 0, srcPort);
     if (peer === undefined) return this.#drop(Drop.UNKNOWN_PEER);
     const kind = classify(buf, off, len);
-    let pOff = off;
-    let pLen = len;
-    let partial = false;
     if (kind === WireKind.FAST) {
       const f = this.#fast;
       if (!decodeFast(buf, off, len, f)) return this.#drop(Drop.NOT_OURS);
-      pOff = f.packetOffset;
-      pLen = f.packetLength;
-      partial = (f.flags & FAST_F_NEEDS_CSUM) !== 0;
+      this.pktOff = f.packetOffset;
+      this.pktLen = f.packetLength;
+      const partial = (f.flags & FAST_F_NEEDS_CSUM) !== 0;
       this.pktCsumStart = partial ? f.csumStart : -1;
-      this.pktCsumOffset = f.csumOffset;
+      this.pktCsumOffset = partial ? f.csumOffset : 0;
     } else if (kind === WireKind.RAW_V4 || kind === WireKind.RAW_V6) {
+      this.pktOff = off;
+      this.pktLen = len;
       this.pktCsumStart = -1;
       this.pktCsumOffset = 0;
     } else {
       this.#controlIn(kind, buf, off, len, peer, family, src4, src6, srcPort, now);
       return Verdict.DROP;
     }
-    const info = this.#info;
-    const r = parsePacket(buf, pOff, pLen, info);
-    if (r !== ParseResult.OK) return this.#drop(r);
     this.counters.udpRx++;
     this.counters.udpRxBytes += len;
     this.peers.noteRx(peer, len, now);
-    this.pktOff = pOff;
-    this.pktLen = info.totalLen;
-    return this.#restoreReply(buf, pOff, info.totalLen, partial);
+    return Verdict.TO_TUN;
+  }
+
+  /**
+   * Second half of ingress, per (possibly coalesced) packet: parses it, checks the destination is
+   * an instance of this node, and restores the dialled ServiceIP as source on replies of flows
+   * this node originated. With `partial` the L4 checksum is a partial sum.
+   */
+  deliver(buf: Uint8Array, off: number, len: number, partial: boolean): Verdict {
+    const info = this.#info;
+    const r = parsePacket(buf, off, len, info);
+    if (r !== ParseResult.OK) return this.#drop(r);
+    return this.#restoreReply(buf, off, info.totalLen, partial);
   }
 
   #controlIn(

@@ -12,7 +12,7 @@
  * It returns to its event loop only when the main isolate wakes it (table deltas, resolutions),
  * so the packet path never waits on a timer or on the control plane.
  */
-import { tunFromInfo, type TunDevice } from "../../ffi/tun.ts";
+import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
 import { RecvBatch, SendBatch, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
@@ -103,10 +103,17 @@ function toTun(buf: Uint8Array, len: number): void {
   if (tun!.write(buf, len) < 0) engine!.counters.drops[DROP_TUN]++;
 }
 
-/** Writes one plain packet (no offload) to the TUN behind a zero virtio header. */
+/** Writes one packet the coalescer refused to the TUN behind its own virtio header. */
 const plainOut = new Uint8Array(VNET_HDR_LEN + 65535);
-function plainToTun(buf: Uint8Array, off: number, len: number): void {
-  plainOut.fill(0, 0, VNET_HDR_LEN);
+const plainHdr = new VnetHdr();
+function plainToTun(buf: Uint8Array, off: number, len: number, csumStart: number, csumOffset: number): void {
+  plainHdr.clear();
+  if (csumStart >= 0) {
+    plainHdr.flags = VNET_F_NEEDS_CSUM;
+    plainHdr.csumStart = csumStart;
+    plainHdr.csumOffset = csumOffset;
+  }
+  plainHdr.encode(plainOut, 0);
   plainOut.set(buf.subarray(off, off + len), VNET_HDR_LEN);
   toTun(plainOut, VNET_HDR_LEN + len);
 }
@@ -172,12 +179,18 @@ function drainTun(now: number): void {
   reportMisses();
 }
 
+/** Writes the coalesced packets: each is checked and restored once, then written with its header. */
 function flushCoalescer(): void {
+  const e = engine!;
   const n = coalescer.finish();
   const a = coalescer.arena;
   for (let j = 0; j < n; j++) {
     const o = coalescer.offsets[j];
-    toTun(o === 0 ? a : a.subarray(o), coalescer.lengths[j]);
+    const len = coalescer.lengths[j];
+    const partial = (a[o] & VNET_F_NEEDS_CSUM) !== 0; // virtio_net_hdr.flags is its first byte
+    if (e.deliver(a, o + VNET_HDR_LEN, len - VNET_HDR_LEN, partial) === Verdict.TO_TUN) {
+      toTun(o === 0 ? a : a.subarray(o), len);
+    }
   }
   coalescer.reset();
 }
@@ -195,14 +208,19 @@ function drainUdp(now: number): void {
       const a6 = fam === 6 ? recv.addrs6.subarray(i * 16, i * 16 + 16) : undefined;
       for (let o = 0; o < total; o += step) {
         const dl = Math.min(step, total - o);
-        const v = e.ingress(b, o, dl, fam, recv.addrs4[i], a6, recv.ports[i], now);
+        const v = e.receive(b, o, dl, fam, recv.addrs4[i], a6, recv.ports[i], now);
         if (v !== Verdict.TO_TUN) continue;
         let r = coalescer.add(b, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
         if (r === CoalesceResult.FULL) {
           flushCoalescer();
           r = coalescer.add(b, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
         }
-        if (r === CoalesceResult.INVALID) plainToTun(b, e.pktOff, e.pktLen);
+        if (
+          r === CoalesceResult.INVALID &&
+          e.deliver(b, e.pktOff, e.pktLen, e.pktCsumStart >= 0) === Verdict.TO_TUN
+        ) {
+          plainToTun(b, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
+        }
       }
     }
     flushCoalescer(); // before the next recvBatch reuses the buffers
@@ -331,7 +349,9 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         udp = udpFromInfo(m.udp);
         wake = new EventFd(m.wakeFd);
         mtu = m.mtu;
-        segRaw = send.bufs.map((b) => new SegmentBatch({ mtu, headroom: 0, packed: true, buf: b, capacity: 64 }));
+        segRaw = send.bufs.map((b) =>
+          new SegmentBatch({ mtu, headroom: 0, packed: true, buf: b, capacity: 64 })
+        );
         segFast = send.bufs.map((b) =>
           new SegmentBatch({ mtu, headroom: FAST_HEADER_LEN, packed: true, buf: b, capacity: 64 })
         );

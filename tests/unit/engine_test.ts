@@ -1,0 +1,202 @@
+/**
+ * The packet-path logic, bytes in and bytes out: translation both ways, policies, parking on a
+ * table miss, same-node hand-off, peer and destination checks. Checksums are verified by full
+ * recomputation after every rewrite.
+ */
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { buildIPv4Tcp, buildIPv4Udp, buildIPv6Tcp, ip4, ip6 } from "../helpers/packets.ts";
+import { Drop, Engine, type EngineConfig, Verdict } from "../../src/proxy/engine.ts";
+import { checksumsValid, PacketInfo, parsePacket } from "../../src/proxy/packet.ts";
+import { parseQueryResult } from "../../src/table/query_result.ts";
+import { TranslationTable } from "../../src/table/table.ts";
+import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
+
+const CFG: EngineConfig = {
+  selfIp: "192.0.2.1",
+  selfPort: 50103,
+  service4: parsePrefix4("10.30.0.0/16"),
+  service6: parsePrefix6("fdff::/16"),
+  subnet4: parsePrefix4("10.18.0.64/26"),
+  subnet6: parsePrefix6("fc00::100/120"),
+  seed: 7,
+};
+
+function inst(n: number, nsip: string, nsip6: string, host: string, iip: string, iip6: string, rr?: string) {
+  const sips: Array<Record<string, string>> = [];
+  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
+  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: iip6 });
+  return {
+    instance_number: n,
+    instance_ip: iip,
+    instance_ip_v6: iip6,
+    namespace_ip: nsip,
+    namespace_ip_v6: nsip6,
+    host_ip: host,
+    host_port: 50103,
+    service_ip: sips,
+  };
+}
+
+function table(withLocal = true): TranslationTable {
+  const t = new TranslationTable();
+  const cli = parseQueryResult({
+    app_name: "a.b.cli.d",
+    instance_list: [inst(0, "10.18.0.66", "fc00::102", "192.0.2.1", "10.30.0.10", "fdff::10")],
+  });
+  const web = parseQueryResult({
+    app_name: "a.b.web.d",
+    instance_list: [
+      inst(0, "10.18.0.130", "fc00::202", "192.0.2.2", "10.30.0.2", "fdff::2", "10.30.0.1"),
+      inst(1, "10.18.0.194", "fc00::302", "192.0.2.3", "10.30.0.3", "fdff::3", "10.30.0.1"),
+      ...(withLocal
+        ? [inst(2, "10.18.0.67", "fc00::103", "192.0.2.1", "10.30.0.4", "fdff::4", "10.30.0.1")]
+        : []),
+    ],
+  });
+  t.replaceJob(cli.job, cli.entries);
+  t.replaceJob(web.job, web.entries);
+  return t;
+}
+
+const info = new PacketInfo();
+function parsed(p: Uint8Array): PacketInfo {
+  assertEquals(parsePacket(p, 0, p.length, info), 0);
+  return info;
+}
+
+Deno.test("engine: egress rewrites src to the sender's InstanceIP and dst to the chosen nsip; RR rotates", () => {
+  const e = new Engine(CFG, table());
+  const chosen: string[] = [];
+  for (let port = 40000; port < 40006; port++) {
+    const p = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: port, dstPort: 80, payload: 100 });
+    const v = e.egress(p, 0, p.length, 1000);
+    const i = parsed(p);
+    assert(checksumsValid(p, i), "checksums valid after rewrite");
+    assertEquals(i.src4, ip4("10.30.0.10"));
+    chosen.push(`${i.dst4 >>> 0}`);
+    if (i.dst4 === ip4("10.18.0.67")) assertEquals(v, Verdict.TO_TUN, "same node goes back to the TUN");
+    else assertEquals(v, Verdict.TO_PEER);
+  }
+  // three candidates, true rotation: every window of three new flows covers all of them
+  for (let k = 0; k + 3 <= chosen.length; k++) {
+    assertEquals(new Set(chosen.slice(k, k + 3)).size, 3, String(chosen));
+  }
+  assertEquals(e.flows.size, 6);
+});
+
+Deno.test("engine: a flow stays on its instance; the reply is restored to the dialled ServiceIP", () => {
+  const e = new Engine(CFG, table(false));
+  const out = buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5555, dstPort: 53, payload: 20 });
+  assertEquals(e.egress(out, 0, out.length, 1), Verdict.TO_PEER);
+  const target = parsed(out).dst4;
+  const route = e.out!;
+  for (let k = 0; k < 5; k++) {
+    const again = buildIPv4Udp({
+      src: "10.18.0.66",
+      dst: "10.30.0.1",
+      srcPort: 5555,
+      dstPort: 53,
+      payload: 20,
+    });
+    e.egress(again, 0, again.length, 2 + k);
+    assertEquals(parsed(again).dst4, target);
+  }
+  // the reply from that instance arrives from its node: src = its InstanceIP, dst = our nsip
+  const iip = target === ip4("10.18.0.130") ? "10.30.0.2" : "10.30.0.3";
+  const reply = buildIPv4Udp({ src: iip, dst: "10.18.0.66", srcPort: 53, dstPort: 5555, payload: 30 });
+  assertEquals(e.ingress(reply, 0, reply.length, 4, route.addr4, undefined, 50103, 10), Verdict.TO_TUN);
+  const r = parsed(reply);
+  assertEquals(r.src4, ip4("10.30.0.1"), "source restored to the RR ServiceIP");
+  assert(checksumsValid(reply, r));
+});
+
+Deno.test("engine: ingress drops unknown peers and non-local destinations; forwards unrelated packets unchanged", () => {
+  const e = new Engine(CFG, table());
+  const p = buildIPv4Tcp({ src: "10.30.0.2", dst: "10.18.0.66", srcPort: 80, dstPort: 999, payload: 10 });
+  const copy = p.slice();
+  assertEquals(e.ingress(p, 0, p.length, 4, ip4("192.0.2.99"), undefined, 50103, 1), Verdict.DROP);
+  assertEquals(e.counters.drops[Drop.UNKNOWN_PEER], 1);
+  assertEquals(e.ingress(p, 0, p.length, 4, ip4("192.0.2.2"), undefined, 40000, 1), Verdict.TO_TUN);
+  assertEquals(p, copy, "a new flow from a peer is not rewritten on the receiving node");
+  const elsewhere = buildIPv4Tcp({
+    src: "10.30.0.2",
+    dst: "10.18.0.200",
+    srcPort: 80,
+    dstPort: 1,
+    payload: 1,
+  });
+  assertEquals(
+    e.ingress(elsewhere, 0, elsewhere.length, 4, ip4("192.0.2.2"), undefined, 50103, 1),
+    Verdict.DROP,
+  );
+  assertEquals(e.counters.drops[Drop.NOT_LOCAL_DST], 1);
+});
+
+Deno.test("engine: unknown sender and non-ServiceIP destinations are dropped", () => {
+  const e = new Engine(CFG, table());
+  const stranger = buildIPv4Tcp({ src: "10.18.0.70", dst: "10.30.0.1", srcPort: 1, dstPort: 80 });
+  assertEquals(e.egress(stranger, 0, stranger.length, 1), Verdict.DROP);
+  assertEquals(e.counters.drops[Drop.UNKNOWN_SENDER], 1);
+  const raw = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.18.0.130", srcPort: 1, dstPort: 80 });
+  assertEquals(e.egress(raw, 0, raw.length, 1), Verdict.DROP);
+  assertEquals(e.counters.drops[Drop.NOT_SERVICE_IP], 1);
+});
+
+Deno.test("engine: a table miss parks the packet (bounded), reports it once, and releases it after resolution", () => {
+  const e = new Engine({ ...CFG, parkPerKey: 3 }, table());
+  const mk = (port: number) =>
+    buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.50", srcPort: port, dstPort: 80 });
+  for (let k = 0; k < 5; k++) {
+    const p = mk(1000 + k);
+    const v = e.egress(p, 0, p.length, 1);
+    assertEquals(v, k < 3 ? Verdict.PARKED : Verdict.DROP);
+  }
+  assertEquals(e.misses, ["10.30.0.50"]);
+  assertEquals(e.parkedNow, 3);
+  assertEquals(e.counters.drops[Drop.PARK_FULL], 2);
+  // the control plane learns the service and answers
+  const late = parseQueryResult({
+    app_name: "a.b.late.d",
+    instance_list: [inst(0, "10.18.0.131", "fc00::203", "192.0.2.2", "10.30.0.51", "fdff::51", "10.30.0.50")],
+  });
+  e.applyDelta({ op: "replaceJob", job: late.job, entries: late.entries });
+  const back = e.resolved("10.30.0.50", true);
+  assertEquals(back.length, 3);
+  assertEquals(e.parkedNow, 0);
+  for (const p of back) {
+    assertEquals(e.egress(p, 0, p.length, 2), Verdict.TO_PEER);
+    assertEquals(parsed(p).dst4, ip4("10.18.0.131"));
+  }
+  // an unresolvable miss drops its packets; a stale parking times out
+  const q = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.70", srcPort: 2, dstPort: 80 });
+  assertEquals(e.egress(q, 0, q.length, 3), Verdict.PARKED);
+  e.misses.length = 0;
+  const q2 = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.60", srcPort: 1, dstPort: 80 });
+  e.egress(q2, 0, q2.length, 3);
+  assertEquals(e.resolved("10.30.0.60", false).length, 0);
+  e.tick(10_000, 6000);
+  assertEquals(e.parkedNow, 0);
+  assert(e.counters.drops[Drop.UNRESOLVED] >= 2);
+});
+
+Deno.test("engine: IPv6 through the RR ServiceIP with checksums intact", () => {
+  const e = new Engine(CFG, table());
+  const p = buildIPv6Tcp({ src: "fc00::102", dst: "fdff:2000::1", srcPort: 4321, dstPort: 80, payload: 77 });
+  const v = e.egress(p, 0, p.length, 1);
+  assert(v === Verdict.TO_PEER || v === Verdict.TO_TUN);
+  const i = parsed(p);
+  assert(checksumsValid(p, i));
+  assertEquals(p.subarray(i.srcOffset, i.srcOffset + 16), ip6("fdff::10"));
+});
+
+Deno.test("engine: flows of an instance that leaves the table are dropped and re-balanced", () => {
+  const e = new Engine(CFG, table());
+  const p = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 7, dstPort: 80 });
+  e.egress(p, 0, p.length, 1);
+  const first = parsed(p).dst4;
+  const web = table().job("a.b.web.d").filter((x) => x.nsip4 !== first);
+  e.applyDelta({ op: "replaceJob", job: "a.b.web.d", entries: web });
+  const p2 = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 7, dstPort: 80 });
+  e.egress(p2, 0, p2.length, 2);
+  assert(parsed(p2).dst4 !== first, "the flow moved to a remaining instance");
+});

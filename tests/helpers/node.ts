@@ -253,3 +253,6 @@ export function jobName(tag: string): string {
 
 /** Server/client scripts run inside containers (Deno, so nothing else needs installing). */
 export const TOOLS = `${ROOT}tests/helpers/nettools.ts`;
+
+/** argv prefix running the tools with this Deno (PATH may not contain `deno`). */
+export const TOOL: string[] = [Deno.execPath(), "run", "-A", TOOLS];

@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, run } from "../helpers/netns.ts";
-import { deployBody, jobName, linkNames, ruleDump, TestContainer, TestNode, TOOLS } from "../helpers/node.ts";
+import { deployBody, jobName, linkNames, ruleDump, TestContainer, TestNode, TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -33,7 +33,7 @@ Deno.test({
     assertEquals((await node.register()).status, 200);
     const job = jobName("a");
     const a = await TestContainer.start();
-    const b = await TestContainer.start(["deno", "run", "-A", TOOLS, "tcp-echo-server", "80", "B"]);
+    const b = await TestContainer.start([...TOOL, "tcp-echo-server", "80", "B"]);
     cs.push(a, b);
     const ra = await node.api.post("/container/deploy", deployBody(a.pid, job, 0));
     assertEquals(ra.status, 200, ra.body);
@@ -64,11 +64,11 @@ Deno.test({
 
     // TCP from A to B over the bridge, IPv4 and IPv6.
     await waitFor(async () =>
-      (await a.exec(["deno", "run", "-A", TOOLS, "tcp-client", "10.18.0.67", "80", "hi"])).stdout.includes(
+      (await a.exec([...TOOL, "tcp-client", "10.18.0.67", "80", "hi"])).stdout.includes(
         "B:hi",
       )
     );
-    const v6 = await a.exec(["deno", "run", "-A", TOOLS, "tcp-client", "fc00::a:1200:4003", "80", "six"]);
+    const v6 = await a.exec([...TOOL, "tcp-client", "fc00::a:1200:4003", "80", "six"]);
     assertEquals(v6.stdout.trim(), "B:six", v6.stderr);
     // Port mapping: from the node itself to its bridge address:8080 reaches B:80.
     const viaMap = await run([
@@ -76,10 +76,7 @@ Deno.test({
       "netns",
       "exec",
       node.ns,
-      Deno.execPath(),
-      "run",
-      "-A",
-      TOOLS,
+      ...TOOL,
       "tcp-client",
       "10.18.0.65",
       "8080",
@@ -222,7 +219,7 @@ Deno.test({
   await withNode(async (node, cs) => {
     await node.register();
     const job = jobName("r");
-    const a = await TestContainer.start(["deno", "run", "-A", TOOLS, "tcp-echo-server", "80", "A"]);
+    const a = await TestContainer.start([...TOOL, "tcp-echo-server", "80", "A"]);
     const b = await TestContainer.start();
     cs.push(a, b);
     assertEquals(
@@ -249,10 +246,7 @@ Deno.test({
         "netns",
         "exec",
         node.ns,
-        Deno.execPath(),
-        "run",
-        "-A",
-        TOOLS,
+        ...TOOL,
         "tcp-client",
         "10.18.0.65",
         "7000",

@@ -6,7 +6,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, run, sh } from "../helpers/netns.ts";
 import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
-import { TOOLS } from "../helpers/node.ts";
+import { TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -73,7 +73,7 @@ async function client(
   text: string,
 ): Promise<string> {
   const cli = c.containers[0];
-  const r = await cli.exec(["deno", "run", "-A", TOOLS, cmd, host, String(port), text]);
+  const r = await cli.exec([...TOOL, cmd, host, String(port), text]);
   if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}\n${await c.logs()}`);
   return r.stdout.trim();
 }
@@ -86,9 +86,9 @@ async function withCluster(
   try {
     // client on n1 (first instance: .66), web0 on n2, web1 on n3, loc on n1 (.67)
     await c.deploy(1, CLI, 0);
-    await c.deploy(2, WEB, 0, ["deno", "run", "-A", TOOLS, "servers", "80", "web0"]);
-    await c.deploy(3, WEB, 1, ["deno", "run", "-A", TOOLS, "servers", "80", "web1"]);
-    await c.deploy(1, LOC, 0, ["deno", "run", "-A", TOOLS, "servers", "80", "loc"]);
+    await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
+    await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);
+    await c.deploy(1, LOC, 0, [...TOOL, "servers", "80", "loc"]);
     await fn(c);
   } catch (e) {
     console.error(await c.logs());
@@ -239,10 +239,7 @@ Deno.test(
         "netns",
         "exec",
         c.nodes[1].node.ns,
-        Deno.execPath(),
-        "run",
-        "-A",
-        TOOLS,
+        ...TOOL,
         "udp-send",
         "192.168.77.1",
         "50103",
@@ -253,10 +250,7 @@ Deno.test(
         "netns",
         "exec",
         c.nodes[1].node.ns,
-        Deno.execPath(),
-        "run",
-        "-A",
-        TOOLS,
+        ...TOOL,
         "udp-send",
         "192.168.77.1",
         "50103",
@@ -270,10 +264,7 @@ Deno.test(
         "netns",
         "exec",
         stranger,
-        Deno.execPath(),
-        "run",
-        "-A",
-        TOOLS,
+        ...TOOL,
         "udp-send",
         "192.168.77.1",
         "50103",

@@ -6,7 +6,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, run } from "../helpers/netns.ts";
 import { nodeSubnet, type QueryResult, TestCluster } from "../helpers/cluster.ts";
-import { TOOLS } from "../helpers/node.ts";
+import { TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -61,12 +61,12 @@ Deno.test({
   const c = await TestCluster.start(3, TABLE);
   try {
     await c.deploy(1, CLI, 0);
-    await c.deploy(2, NEAR, 0, ["deno", "run", "-A", TOOLS, "servers", "80", "n2"]);
-    await c.deploy(1, NEAR, 1, ["deno", "run", "-A", TOOLS, "servers", "80", "local"]);
-    await c.deploy(3, NEAR, 2, ["deno", "run", "-A", TOOLS, "servers", "80", "n3"]);
+    await c.deploy(2, NEAR, 0, [...TOOL, "servers", "80", "n2"]);
+    await c.deploy(1, NEAR, 1, [...TOOL, "servers", "80", "local"]);
+    await c.deploy(3, NEAR, 2, [...TOOL, "servers", "80", "n3"]);
     const cli = c.containers[0];
     const ask = async () => {
-      const r = await cli.exec(["deno", "run", "-A", TOOLS, "tcp-client", "10.30.0.21", "80", "q"]);
+      const r = await cli.exec([...TOOL, "tcp-client", "10.30.0.21", "80", "q"]);
       if (r.code !== 0) throw new Error(r.stderr);
       return r.stdout.trim();
     };
@@ -109,7 +109,7 @@ Deno.test(
     const c = await TestCluster.start(2, two);
     try {
       await c.deploy(1, CLI, 0);
-      await c.deploy(2, NEAR, 0, ["deno", "run", "-A", TOOLS, "servers", "80", "n2"]);
+      await c.deploy(2, NEAR, 0, [...TOOL, "servers", "80", "n2"]);
       const node = c.nodes[0].node;
       const cli = (args: string[]) =>
         run([Deno.execPath(), "run", "-A", `${ROOT}main.ts`, ...args, "--socket", node.socket]);
@@ -128,10 +128,7 @@ Deno.test(
       let out = "";
       for (let i = 0; i < 40; i++) {
         const r = await c.containers[0].exec([
-          "deno",
-          "run",
-          "-A",
-          TOOLS,
+          ...TOOL,
           "tcp-client",
           "10.30.0.21",
           "80",

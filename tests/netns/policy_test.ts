@@ -3,7 +3,7 @@
  * instance on the client's own node and measures RTT to the other candidates' nodes in-band;
  * `netmanager table show` (plain, --json, --flows) and `/metrics` describe what the node does.
  */
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, run } from "../helpers/netns.ts";
 import { nodeSubnet, type QueryResult, TestCluster } from "../helpers/cluster.ts";
 import { TOOL } from "../helpers/node.ts";

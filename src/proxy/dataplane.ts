@@ -44,6 +44,8 @@ export interface DataPlaneOptions {
   engine: EngineConfig;
   table: TranslationTable;
   resolver: Resolver;
+  /** Jobs that carried traffic in the last second (keeps control-plane interests alive). */
+  onUsage?: (jobs: string[]) => void;
   /** Called after the TUN exists and before traffic flows: addresses, routes, MTU, up. */
   configureTun: (name: string) => void | Promise<void>;
 }
@@ -118,6 +120,7 @@ export class DataPlane {
           break;
         case "stats":
           dp.#stats = m.stats;
+          if (m.stats.usedJobs.length > 0) opts.onUsage?.(m.stats.usedJobs);
           break;
         case "flows":
           dp.#flowWaiters.get(m.id)?.(m.flows);

@@ -623,6 +623,21 @@ export class Engine {
     return p.packets;
   }
 
+  /**
+   * Jobs whose instances carried traffic since `since` (ms): the control plane keeps its interest
+   * in them alive (Oakestra's per-packet usage events, computed once a second from the flows).
+   */
+  usedJobs(since: number): string[] {
+    const out = new Set<string>();
+    const flows = this.flows;
+    for (const id of flows.ids()) {
+      if (flows.lastSeen(id) < since) continue;
+      const e = this.table.byNsip4(flows.target(id));
+      if (e) out.add(e.job);
+    }
+    return [...out];
+  }
+
   /** Housekeeping: idle flows leave; parked packets older than `parkMs` are dropped. */
   tick(now: number, parkMs = 6000): void {
     this.flows.sweep(now, this.#idleMs);

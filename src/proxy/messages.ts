@@ -28,6 +28,8 @@ export interface StatsData {
   drops: Record<string, number>;
   /** Peer nodes: in-band state, RTT, counters. */
   peers: PeerStats[];
+  /** Jobs whose instances carried traffic since the previous report. */
+  usedJobs: string[];
 }
 
 /** Main → Worker. */

@@ -261,6 +261,8 @@ function replay(packets: Uint8Array[]): void {
   reportMisses();
 }
 
+let lastUsage = 0;
+
 function stats(): StatsData {
   const e = engine!;
   const c = e.counters;
@@ -288,7 +290,15 @@ function stats(): StatsData {
     flows: e.flows.size,
     drops,
     peers: e.peers.stats(performance.now()),
+    usedJobs: usage(),
   };
+}
+
+function usage(): string[] {
+  const now = performance.now();
+  const jobs = engine!.usedJobs(lastUsage);
+  lastUsage = now;
+  return jobs;
 }
 
 const yieldNow = () => new Promise<void>((r) => setTimeout(r, 0));

@@ -200,3 +200,12 @@ Deno.test("engine: flows of an instance that leaves the table are dropped and re
   e.egress(p2, 0, p2.length, 2);
   assert(parsed(p2).dst4 !== first, "the flow moved to a remaining instance");
 });
+
+Deno.test("engine: usedJobs reports jobs whose instances carried traffic since a time", () => {
+  const e = new Engine(CFG, table(false));
+  assertEquals(e.usedJobs(0), []);
+  const p = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 9, dstPort: 80 });
+  e.egress(p, 0, p.length, 5000);
+  assertEquals(e.usedJobs(4000), ["a.b.web.d"]);
+  assertEquals(e.usedJobs(6000), []);
+});

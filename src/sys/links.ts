@@ -61,26 +61,17 @@ export class Links {
   }
 
   /**
-   * Makes sure the bridge exists, has the MTU and exactly these addresses among ours, and is up.
-   * Existing bridges are kept (their ports stay attached across a daemon restart).
+   * Makes sure the bridge exists, has the MTU and these addresses, and is up. Existing bridges are
+   * kept (their ports stay attached across a daemon restart).
    */
   ensureBridge(name: string, mtu: number, addrs: CidrBytes[]): { index: number; created: boolean } {
     let index = this.#nl.linkIndex(name);
-    let created = false;
+    const created = index === undefined;
     if (index === undefined) {
       this.#nl.createBridge(name, mtu);
       index = this.#nl.linkIndex(name)!;
-      created = true;
     }
-    this.#nl.setLink(index, { mtu });
-    const have = this.#nl.listAddresses(index);
-    for (const a of addrs) {
-      const present = have.some((h) =>
-        h.family === a.family && h.prefixLen === a.prefixLen && eq(h.addr, a.addr)
-      );
-      if (!present) this.#nl.addAddress(index, a, { noDad: true });
-    }
-    this.#nl.setLink(index, { up: true });
+    this.#configure(index, mtu, addrs);
     return { index, created };
   }
 
@@ -88,6 +79,11 @@ export class Links {
   configureTun(name: string, mtu: number, addrs: CidrBytes[]): void {
     const index = this.#nl.linkIndex(name);
     if (index === undefined) throw new Error(`TUN ${name} does not exist`);
+    this.#configure(index, mtu, addrs);
+  }
+
+  /** MTU, the addresses that are missing (no DAD), up — idempotent. */
+  #configure(index: number, mtu: number, addrs: CidrBytes[]): void {
     this.#nl.setLink(index, { mtu });
     const have = this.#nl.listAddresses(index);
     for (const a of addrs) {

@@ -9,6 +9,7 @@
 import { Command } from "@commander-js/extra-typings";
 import { VERSION } from "../version.ts";
 import { cleanCmd } from "./clean.ts";
+import { controlCmd } from "./control.ts";
 import { daemonCmd, debugCmd } from "./daemon.ts";
 import { demoCmd, demoGetCmd, demoServeCmd } from "./demo.ts";
 import { statusCmd, tableCmd } from "./inspect.ts";
@@ -25,6 +26,7 @@ export function buildProgram() {
     .addCommand(statusCmd())
     .addCommand(new Command("version").description("print the version").action(() => console.log(VERSION)))
     .addCommand(cleanCmd())
+    .addCommand(controlCmd())
     .addCommand(demoCmd())
     .addCommand(demoServeCmd(), { hidden: true })
     .addCommand(demoGetCmd(), { hidden: true });

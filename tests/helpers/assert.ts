@@ -5,22 +5,22 @@ import nodeAssert from "node:assert";
 
 /** Throws unless `cond` is truthy. */
 export function assert(cond: unknown, msg?: string): asserts cond {
-  nodeAssert.ok(cond, msg);
+  nodeAssert.ok(cond, msg as string);
 }
 
 /** Deep strict equality. */
 export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, msg);
+  nodeAssert.deepStrictEqual(actual, expected, msg as string);
 }
 
 /** Deep strict inequality. */
 export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.notDeepStrictEqual(actual, expected, msg);
+  nodeAssert.notDeepStrictEqual(actual, expected, msg as string);
 }
 
 /** Asserts `text` matches `re`. */
 export function assertMatch(text: string, re: RegExp, msg?: string): void {
-  nodeAssert.match(text, re, msg);
+  nodeAssert.match(text, re, msg as string);
 }
 
 // deno-lint-ignore no-explicit-any

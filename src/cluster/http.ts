@@ -1,0 +1,227 @@
+/**
+ * The HTTP API of the control plane (JSON in, JSON out), compatible with the Oakestra root service
+ * manager's network endpoints (reference §7.2) plus listings:
+ *
+ * | method + path | body / query | reply |
+ * |---|---|---|
+ * | `POST /api/net/service/deploy` | `{_id?, deployment_descriptor:{app_name, app_ns, microservice_name, microservice_namespace, RR_ip?, RR_ip_v6?}}` | the job + `RR_ip`, `RR_ip_v6`, `created` |
+ * | `POST /api/net/instance/deploy` | `{_id, instance_number, cluster_id?}` | the instance + `_id`, `job_name`, `created` |
+ * | `DELETE /api/net/service/<ref>` | `?force=1` removes remaining instances too | the removed job |
+ * | `DELETE /api/net/<ref>/<n>` | `n = -1`: all instances | `{_id, job_name, removed:[…]}` |
+ * | `DELETE /api/net/node/<worker>` | – | the node + `cleared:[…]` |
+ * | `GET /api/net/services`, `GET /api/net/service/<ref>` | – | jobs / one job |
+ * | `GET /api/net/nodes`, `GET /api/net/node/<worker>` | – | nodes / one node |
+ *
+ * `<ref>` (and `_id` of an instance deploy) is a job id or a job name (`app.appns.svc.svcns`); ids
+ * never contain dots, so this is never ambiguous. Errors are `{"error": "<reason>"}` with 400 (bad
+ * input; nothing changed), 404 (unknown id/name/node), 409 (name or address used by another job),
+ * 503 (pool exhausted), 500 (state could not be saved).
+ *
+ * @example
+ * ```ts
+ * Deno.serve({ port: 10100 }, createHttpHandler(core));
+ * ```
+ */
+import { z } from "zod";
+import { InstanceDeployBodySchema, type JobRecord, ServiceDeployBodySchema, zodProblems } from "./schemas.ts";
+import { ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
+import type { ControlCore } from "./mqtt.ts";
+import { logger } from "../log.ts";
+
+const log = logger("control");
+
+/** Largest accepted request body. */
+export const MAX_BODY = 64 * 1024;
+
+const STATUS: Record<ClusterErrorKind, number> = {
+  invalid: 400,
+  not_found: 404,
+  conflict: 409,
+  exhausted: 503,
+};
+
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body) + "\n", {
+    status,
+    headers: { "content-type": "application/json" },
+  });
+}
+
+/** The job as the API shows it: the stored document plus its RR addresses. */
+export function jobView(job: JobRecord): JobRecord & { RR_ip: string; RR_ip_v6: string } {
+  const rr = rrAddresses(job);
+  return { ...structuredClone(job), RR_ip: rr.rr_ip, RR_ip_v6: rr.rr_ip_v6 };
+}
+
+async function readJson<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
+  const length = Number(req.headers.get("content-length") ?? "0");
+  if (length > MAX_BODY) throw new HttpError(413, `body larger than ${MAX_BODY} bytes`);
+  const text = await req.text();
+  if (text.length > MAX_BODY) throw new HttpError(413, `body larger than ${MAX_BODY} bytes`);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `body is not JSON: ${(e as Error).message}`);
+  }
+  const r = schema.safeParse(value);
+  if (!r.success) throw new HttpError(400, zodProblems(r.error));
+  return r.data;
+}
+
+function param(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw new HttpError(400, `bad path segment "${s}"`);
+  }
+}
+
+function flag(url: URL, name: string): boolean {
+  const v = url.searchParams.get(name);
+  return v !== null && ["", "1", "true", "yes"].includes(v.toLowerCase());
+}
+
+/**
+ * Builds the request handler over a {@link ControlCore}. Every state change is persisted before the
+ * reply; update notices are published after.
+ */
+export function createHttpHandler(core: ControlCore): (req: Request) => Promise<Response> {
+  const commit = async (updates: Parameters<ControlCore["commit"]>[0]) => {
+    try {
+      await core.commit(updates);
+    } catch (e) {
+      throw new HttpError(500, `state not saved: ${(e as Error).message}`);
+    }
+  };
+
+  const routes: Array<
+    { method: string; path: RegExp; run: (m: string[], req: Request, url: URL) => Promise<Response> }
+  > = [
+    {
+      method: "POST",
+      path: /^\/api\/net\/service\/deploy$/,
+      run: async (_m, req) => {
+        const body = await readJson(req, ServiceDeployBodySchema);
+        const d = body.deployment_descriptor;
+        const a = d.addresses;
+        const pick = (x: string | undefined, y: string | undefined, name: string) => {
+          if (x !== undefined && y !== undefined && x !== y) {
+            throw new HttpError(400, `deployment_descriptor: ${name} given twice with different values`);
+          }
+          return x ?? y;
+        };
+        const rrIp = pick(d.RR_ip, a?.rr_ip, "RR_ip");
+        const rrIp6 = pick(d.RR_ip_v6, a?.rr_ip_v6, "RR_ip_v6");
+        const { job, created, updates } = core.state.deployService({
+          ...(body._id !== undefined ? { _id: body._id } : {}),
+          app_name: d.app_name,
+          app_ns: d.app_ns,
+          microservice_name: d.microservice_name,
+          microservice_namespace: d.microservice_namespace,
+          ...(rrIp !== undefined ? { rr_ip: rrIp } : {}),
+          ...(rrIp6 !== undefined ? { rr_ip_v6: rrIp6 } : {}),
+        });
+        if (created || updates.length) await commit(updates);
+        log.info(created ? "service added" : "service deployed again", { id: job._id, job: job.job_name });
+        return json(200, { ...jobView(job), created });
+      },
+    },
+    {
+      method: "POST",
+      path: /^\/api\/net\/instance\/deploy$/,
+      run: async (_m, req) => {
+        const body = await readJson(req, InstanceDeployBodySchema);
+        const { job, instance, created } = core.state.deployInstance(
+          body._id,
+          body.instance_number,
+          body.cluster_id ?? undefined,
+        );
+        await commit([]);
+        if (created) log.info("instance added", { job: job.job_name, instance: instance.instance_number });
+        return json(200, { _id: job._id, job_name: job.job_name, ...structuredClone(instance), created });
+      },
+    },
+    {
+      method: "GET",
+      path: /^\/api\/net\/services$/,
+      run: () => Promise.resolve(json(200, core.state.jobs().map(jobView))),
+    },
+    {
+      method: "GET",
+      path: /^\/api\/net\/service\/([^/]+)$/,
+      run: (m) => Promise.resolve(json(200, jobView(core.state.findJob(param(m[1]))))),
+    },
+    {
+      method: "DELETE",
+      path: /^\/api\/net\/service\/([^/]+)$/,
+      run: async (m, _req, url) => {
+        const { job, updates } = core.state.removeService(param(m[1]), flag(url, "force"));
+        await commit(updates);
+        log.info("service removed", { id: job._id, job: job.job_name });
+        return json(200, { ...jobView(job), removed: true });
+      },
+    },
+    {
+      method: "GET",
+      path: /^\/api\/net\/nodes$/,
+      run: () => Promise.resolve(json(200, core.state.nodes().map((n) => structuredClone(n)))),
+    },
+    {
+      method: "GET",
+      path: /^\/api\/net\/node\/([^/]+)$/,
+      run: (m) => {
+        const n = core.state.node(param(m[1]));
+        if (!n) throw new HttpError(404, `no node with worker id "${param(m[1])}"`);
+        return Promise.resolve(json(200, structuredClone(n)));
+      },
+    },
+    {
+      method: "DELETE",
+      path: /^\/api\/net\/node\/([^/]+)$/,
+      run: async (m) => {
+        const { node, cleared, updates } = core.state.removeNode(param(m[1]));
+        await commit(updates);
+        log.info("node removed", { worker: node.worker_id, subnet: node.subnet, cleared: cleared.length });
+        return json(200, { ...structuredClone(node), cleared });
+      },
+    },
+    {
+      method: "DELETE",
+      path: /^\/api\/net\/([^/]+)\/(-?[0-9]{1,10})$/,
+      run: async (m) => {
+        const { job, removed, updates } = core.state.removeInstance(param(m[1]), Number(m[2]));
+        await commit(updates);
+        log.info("instance removed", { job: job.job_name, instances: removed.map((i) => i.instance_number) });
+        return json(200, { _id: job._id, job_name: job.job_name, removed: structuredClone(removed) });
+      },
+    },
+  ];
+
+  return async (req: Request): Promise<Response> => {
+    const url = new URL(req.url);
+    try {
+      let pathMatched = false;
+      for (const r of routes) {
+        const m = r.path.exec(url.pathname);
+        if (!m) continue;
+        pathMatched = true;
+        if (r.method !== req.method) continue;
+        return await r.run(m, req, url);
+      }
+      if (pathMatched) return json(405, { error: `method ${req.method} not allowed on ${url.pathname}` });
+      return json(404, { error: `no such endpoint: ${req.method} ${url.pathname}` });
+    } catch (e) {
+      if (e instanceof HttpError) return json(e.status, { error: e.message });
+      if (e instanceof ClusterError) return json(STATUS[e.kind], { error: e.message });
+      log.error("request failed", { path: url.pathname, error: (e as Error).message });
+      return json(500, { error: (e as Error).message });
+    }
+  };
+}

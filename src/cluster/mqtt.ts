@@ -1,0 +1,197 @@
+/**
+ * The node-facing MQTT side of the control plane (reference §2.2): topic parsing and payload
+ * validation ({@link parseNodeMessage}, pure) and the handlers ({@link handleNodeMessage}) that
+ * apply a message to the state, persist it and publish the replies.
+ *
+ * Subscribed: `nodes/+/net/#` (QoS 1). Handled suffixes: `subnet`, `tablequery/request`,
+ * `service/deployed`, `service/address-changed`, `interest/remove` (`service/undeployed` is a no-op,
+ * as in the reference). Everything else below `nodes/+/net/` — including our own
+ * `subnetwork/result` and `tablequery/result` publications — is ignored. A malformed payload is
+ * logged and ignored; it never changes state and never stops the service.
+ *
+ * @example
+ * ```ts
+ * const m = parseNodeMessage("nodes/w1/net/subnet", '{"METHOD":"GET"}'); // { kind: "subnet", worker: "w1" }
+ * await handleNodeMessage(core, m);
+ * ```
+ */
+import {
+  type AddressChanged,
+  AddressChangedSchema,
+  type DeployedNotice,
+  DeployedNoticeSchema,
+  InterestRemoveSchema,
+  SubnetRequestSchema,
+  TableQueryRequestSchema,
+  WORKER_ID,
+  zodProblems,
+} from "./schemas.ts";
+import { ClusterError, type ClusterState, type UpdateNotice } from "./state.ts";
+import { tableQueryResult } from "./result.ts";
+import { logger } from "../log.ts";
+
+const log = logger("control");
+
+/** The topic filter the control plane subscribes to. */
+export const NODE_TOPIC_FILTER = "nodes/+/net/#";
+
+/** Topic of the subnet reply to a worker. */
+export function subnetResultTopic(worker: string): string {
+  return `nodes/${worker}/net/subnetwork/result`;
+}
+
+/** Topic of the table-query reply to a worker. */
+export function tableQueryResultTopic(worker: string): string {
+  return `nodes/${worker}/net/tablequery/result`;
+}
+
+/** Topic of the update notice of a job. */
+export function updatesTopic(job: string): string {
+  return `jobs/${job}/updates_available`;
+}
+
+/** A message from a node, validated. */
+export type NodeMessage =
+  | { kind: "subnet"; worker: string }
+  | { kind: "tablequery"; worker: string; key: string }
+  | { kind: "deployed"; worker: string; notice: DeployedNotice }
+  | { kind: "address-changed"; worker: string; notice: AddressChanged }
+  | { kind: "interest-remove"; worker: string; key: string }
+  /** Not for us (our own results, unknown suffixes, `service/undeployed`). */
+  | { kind: "ignored"; topic: string }
+  /** For us, but malformed; `problem` says why. */
+  | { kind: "invalid"; topic: string; problem: string };
+
+const TOPIC =
+  /^nodes\/([^/]+)\/net\/(subnet|tablequery\/request|service\/deployed|service\/address-changed|interest\/remove)$/;
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Parses a topic and payload into a {@link NodeMessage} (pure; never throws).
+ *
+ * @example
+ * ```ts
+ * parseNodeMessage("nodes/w1/net/tablequery/request", '{"sname":"","sip":"10.30.0.1"}');
+ * // { kind: "tablequery", worker: "w1", key: "10.30.0.1" }
+ * ```
+ */
+export function parseNodeMessage(topic: string, payload: Uint8Array | string): NodeMessage {
+  const m = TOPIC.exec(topic);
+  if (!m) return { kind: "ignored", topic };
+  const [, worker, suffix] = m;
+  const invalid = (problem: string): NodeMessage => ({ kind: "invalid", topic, problem });
+  if (!WORKER_ID.test(worker)) return invalid(`bad worker id "${worker}"`);
+  let value: unknown;
+  try {
+    value = JSON.parse(typeof payload === "string" ? payload : decoder.decode(payload));
+  } catch (e) {
+    return invalid(`payload is not JSON: ${(e as Error).message}`);
+  }
+  switch (suffix) {
+    case "subnet": {
+      const r = SubnetRequestSchema.safeParse(value);
+      return r.success ? { kind: "subnet", worker } : invalid(zodProblems(r.error));
+    }
+    case "tablequery/request": {
+      const r = TableQueryRequestSchema.safeParse(value);
+      if (!r.success) return invalid(zodProblems(r.error));
+      return { kind: "tablequery", worker, key: r.data.sip !== "" ? r.data.sip : r.data.sname };
+    }
+    case "service/deployed": {
+      const r = DeployedNoticeSchema.safeParse(value);
+      return r.success ? { kind: "deployed", worker, notice: r.data } : invalid(zodProblems(r.error));
+    }
+    case "service/address-changed": {
+      const r = AddressChangedSchema.safeParse(value);
+      return r.success ? { kind: "address-changed", worker, notice: r.data } : invalid(zodProblems(r.error));
+    }
+    default: {
+      const r = InterestRemoveSchema.safeParse(value);
+      return r.success
+        ? { kind: "interest-remove", worker, key: r.data.appname }
+        : invalid(zodProblems(r.error));
+    }
+  }
+}
+
+/** What the handlers need: the state, a way to persist it, a way to publish. */
+export interface ControlCore {
+  readonly state: ClusterState;
+  /** Persists the state (resolves once on disk). */
+  save(): Promise<void>;
+  /** Publishes a JSON payload with QoS 1 (errors are logged, never thrown). */
+  publish(topic: string, payload: unknown): void;
+  /** Persists, then publishes every update notice. */
+  commit(updates: readonly UpdateNotice[]): Promise<void>;
+}
+
+/**
+ * Applies one node message: allocates or returns the subnet, answers table queries (registering the
+ * node's interest in the resolved job), records deployments and address changes, removes interests.
+ * Never throws: problems are logged.
+ */
+export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Promise<void> {
+  try {
+    switch (msg.kind) {
+      case "ignored":
+        return;
+      case "invalid":
+        log.warn("ignoring malformed message", { topic: msg.topic, problem: msg.problem });
+        return;
+      case "subnet": {
+        const { node, created } = core.state.nodeSubnet(msg.worker);
+        if (created) await core.save();
+        log.info(created ? "node registered" : "node re-registered", {
+          worker: msg.worker,
+          subnet: node.subnet,
+          subnet_v6: node.subnet_v6,
+        });
+        core.publish(subnetResultTopic(msg.worker), { address: node.subnet, addressv6: node.subnet_v6 });
+        return;
+      }
+      case "tablequery": {
+        const job = core.state.resolve(msg.key);
+        const result = tableQueryResult(msg.key, job);
+        core.publish(tableQueryResultTopic(msg.worker), result);
+        log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
+        if (job && core.state.addInterest(job, msg.worker)) await core.save();
+        return;
+      }
+      case "deployed": {
+        const { updates, instance } = core.state.markDeployed(msg.worker, msg.notice);
+        log.info("instance deployed", {
+          job: msg.notice.appname,
+          instance: instance.instance_number,
+          worker: msg.worker,
+          nsip: instance.namespace_ip,
+          host: `${instance.host_ip}:${instance.host_port}`,
+        });
+        await core.commit(updates);
+        return;
+      }
+      case "address-changed": {
+        const { updates } = core.state.addressChanged(msg.worker, msg.notice);
+        log.info("node address changed", {
+          worker: msg.worker,
+          host: `${msg.notice.host_ip}:${msg.notice.host_port}`,
+        });
+        if (updates.length) await core.commit(updates);
+        return;
+      }
+      case "interest-remove": {
+        if (core.state.removeInterest(msg.key, msg.worker)) await core.save();
+        return;
+      }
+    }
+  } catch (e) {
+    if (e instanceof ClusterError) {
+      log.warn("node message refused", {
+        kind: msg.kind,
+        worker: "worker" in msg ? msg.worker : "",
+        reason: e.message,
+      });
+    } else {
+      log.error("node message failed", { kind: msg.kind, error: (e as Error).message });
+    }
+  }
+}

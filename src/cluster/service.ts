@@ -1,0 +1,253 @@
+/**
+ * The control-plane service (`netmanager control`): state store, MQTT broker (embedded aedes, or an
+ * external broker as a client only), the node-facing MQTT handlers and the HTTP API, wired together.
+ *
+ * @example
+ * ```ts
+ * const c = await startControl({ stateDir: "/tmp/ctl", mqttPort: 0, httpPort: 0, mqttHost: "127.0.0.1" });
+ * console.log(c.brokerUrl, c.httpUrl);
+ * await c.stop();
+ * ```
+ */
+import mqtt from "mqtt";
+import type net from "node:net";
+import { type EmbeddedBroker, startBroker } from "./broker.ts";
+import {
+  type ControlCore,
+  handleNodeMessage,
+  NODE_TOPIC_FILTER,
+  parseNodeMessage,
+  updatesTopic,
+} from "./mqtt.ts";
+import { createHttpHandler } from "./http.ts";
+import type { ClusterState, UpdateNotice } from "./state.ts";
+import { StateStore } from "./store.ts";
+import { logger } from "../log.ts";
+
+const log = logger("control");
+
+/** Default MQTT listener port (Oakestra's cluster broker). */
+export const DEFAULT_MQTT_PORT = 10003;
+/** Default HTTP API port. */
+export const DEFAULT_HTTP_PORT = 10100;
+/** Default state directory. */
+export const DEFAULT_STATE_DIR = "/var/lib/netmanager/control";
+
+/** Raised when the service cannot start (bad option, port in use, broker unreachable). */
+export class ControlError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ControlError";
+  }
+}
+
+/** Options of {@link startControl}. */
+export interface ControlOptions {
+  /** Directory of the state file (created when missing). */
+  stateDir: string;
+  /** Embedded broker bind address (default 0.0.0.0). Ignored with `broker`. */
+  mqttHost?: string;
+  /** Embedded broker port (default 10003; 0 = any free port). Ignored with `broker`. */
+  mqttPort?: number;
+  /** External broker URL (`mqtt://host:port`, `tcp://…`, `mqtts://…`): no embedded broker then. */
+  broker?: string;
+  /** HTTP API bind address (default 127.0.0.1: the API has no authentication). */
+  httpHost?: string;
+  /** HTTP API port (default 10100; 0 = any free port). */
+  httpPort?: number;
+  /** IPv4 addresses whose /26 is never a node subnet (default ["10.19.1.254"], the TUN address). */
+  avoidSubnet4?: string[];
+  /** How long to wait for the first broker connection (default 10 000 ms). */
+  brokerConnectTimeoutMs?: number;
+}
+
+/** A running control service. */
+export interface ControlService {
+  /** Port of the broker used (embedded listener, or the external URL's port). */
+  readonly mqttPort: number;
+  /** Port of the HTTP API. */
+  readonly httpPort: number;
+  /** URL the service's own MQTT client connected to. */
+  readonly brokerUrl: string;
+  /** Base URL of the HTTP API (with a connectable host when bound to a wildcard). */
+  readonly httpUrl: string;
+  /** Path of the state file. */
+  readonly statePath: string;
+  /** The live state (read only). */
+  readonly state: ClusterState;
+  /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Normalises a broker URL (`tcp://` → `mqtt://`, `tls://`/`ssl://` → `mqtts://`); throws ControlError. */
+export function brokerUrlOf(text: string): string {
+  let u: URL;
+  try {
+    u = new URL(text.includes("://") ? text : `mqtt://${text}`);
+  } catch {
+    throw new ControlError(`invalid broker URL "${text}" (expected mqtt://host:port)`);
+  }
+  const proto =
+    { "mqtt:": "mqtt:", "tcp:": "mqtt:", "mqtts:": "mqtts:", "tls:": "mqtts:", "ssl:": "mqtts:" }[u.protocol];
+  if (!proto || !u.hostname) {
+    throw new ControlError(`invalid broker URL "${text}" (expected mqtt://host:port)`);
+  }
+  const port = u.port || (proto === "mqtt:" ? "1883" : "8883");
+  const host = u.hostname.includes(":") && !u.hostname.startsWith("[") ? `[${u.hostname}]` : u.hostname;
+  return `${proto}//${host}:${port}`;
+}
+
+function connectableHost(host: string): string {
+  if (host === "0.0.0.0" || host === "") return "127.0.0.1";
+  if (host === "::" || host === "[::]") return "[::1]";
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+}
+
+function checkPort(name: string, p: number): number {
+  if (!Number.isInteger(p) || p < 0 || p > 65535) {
+    throw new ControlError(`${name} ${p} is not a port (0..65535)`);
+  }
+  return p;
+}
+
+async function connectClient(url: string, timeoutMs: number): Promise<mqtt.MqttClient> {
+  const client = mqtt.connect(url, {
+    clientId: `netmanager-control-${crypto.randomUUID().slice(0, 8)}`,
+    clean: true,
+    keepalive: 5,
+    reconnectPeriod: 1000,
+    connectTimeout: Math.min(timeoutMs, 30_000),
+  });
+  client.on("connect", () => {
+    (client.stream as unknown as net.Socket).setNoDelay?.(true);
+  });
+  let lastError = "";
+  const onError = (e: Error) => {
+    lastError = e.message;
+  };
+  client.on("error", onError);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(lastError || `no connection within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      client.once("connect", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    await client.subscribeAsync(NODE_TOPIC_FILTER, { qos: 1 });
+  } catch (e) {
+    client.end(true);
+    throw new ControlError(`cannot connect to MQTT broker ${url}: ${(e as Error).message}`);
+  }
+  client.off("error", onError);
+  client.on("error", (e) => log.warn("mqtt error", { error: e.message }));
+  client.on("offline", () => log.warn("mqtt connection lost; reconnecting", { broker: url }));
+  // Subscriptions are renewed on every reconnect (clean session).
+  client.on("connect", (ack) => {
+    if (ack.sessionPresent) return;
+    client.subscribe(NODE_TOPIC_FILTER, { qos: 1 }, (err) => {
+      if (err) log.error("resubscribe failed", { error: err.message });
+      else log.info("mqtt reconnected", { broker: url });
+    });
+  });
+  return client;
+}
+
+/**
+ * Starts the control service: loads the state, starts (or connects to) the broker, subscribes
+ * `nodes/+/net/#` and serves the HTTP API. Throws StateFileError for an unusable state file and
+ * ControlError when a port cannot be bound or the broker cannot be reached; nothing is left running
+ * on failure.
+ */
+export async function startControl(opts: ControlOptions): Promise<ControlService> {
+  const mqttHost = opts.mqttHost ?? "0.0.0.0";
+  const mqttPortOpt = checkPort("MQTT port", opts.mqttPort ?? DEFAULT_MQTT_PORT);
+  const httpHost = opts.httpHost ?? "127.0.0.1";
+  const httpPortOpt = checkPort("HTTP port", opts.httpPort ?? DEFAULT_HTTP_PORT);
+  const external = opts.broker !== undefined ? brokerUrlOf(opts.broker) : undefined;
+
+  const { store, state } = await StateStore.open(opts.stateDir, { avoidSubnet4: opts.avoidSubnet4 });
+
+  let broker: EmbeddedBroker | undefined;
+  let client: mqtt.MqttClient | undefined;
+  let server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  const cleanup = async () => {
+    if (server) await server.shutdown().catch(() => {});
+    if (client) await client.endAsync().catch(() => {});
+    if (broker) await broker.stop().catch(() => {});
+  };
+  try {
+    let url: string;
+    if (external) {
+      url = external;
+    } else {
+      broker = await startBroker({ host: mqttHost, port: mqttPortOpt }).catch((e) => {
+        throw new ControlError((e as Error).message);
+      });
+      url = `mqtt://${connectableHost(mqttHost)}:${broker.port}`;
+    }
+    client = await connectClient(url, opts.brokerConnectTimeoutMs ?? 10_000);
+    const mq = client;
+
+    const publish = (topic: string, payload: unknown) => {
+      mq.publish(topic, JSON.stringify(payload), { qos: 1 }, (err) => {
+        if (err) log.warn("publish failed", { topic, error: err.message });
+      });
+    };
+    const core: ControlCore = {
+      state,
+      save: () => store.save(),
+      publish,
+      async commit(updates: readonly UpdateNotice[]) {
+        await store.save();
+        for (const u of updates) publish(updatesTopic(u.job), { type: u.type });
+      },
+    };
+    mq.on("message", (topic, payload) => {
+      void handleNodeMessage(core, parseNodeMessage(topic, payload));
+    });
+
+    const handler = createHttpHandler(core);
+    try {
+      server = Deno.serve({ hostname: httpHost, port: httpPortOpt, onListen: () => {} }, handler);
+    } catch (e) {
+      throw new ControlError(`cannot serve HTTP on ${httpHost}:${httpPortOpt}: ${(e as Error).message}`);
+    }
+    const httpPort = server.addr.port;
+    const mqttPort = broker ? broker.port : Number(new URL(url).port);
+    const httpUrl = `http://${connectableHost(httpHost)}:${httpPort}`;
+    log.info("control plane started", {
+      broker: external ? external : `embedded ${mqttHost}:${mqttPort}`,
+      http: `${httpHost}:${httpPort}`,
+      state: store.path,
+      jobs: state.jobs().length,
+      nodes: state.nodes().length,
+    });
+
+    let stopping: Promise<void> | undefined;
+    return {
+      mqttPort,
+      httpPort,
+      brokerUrl: url,
+      httpUrl,
+      statePath: store.path,
+      state,
+      stop() {
+        stopping ??= (async () => {
+          await server!.shutdown().catch(() => {});
+          await store.flush();
+          await mq.endAsync().catch(() => {});
+          if (broker) await broker.stop();
+          log.info("control plane stopped");
+        })();
+        return stopping;
+      },
+    };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}

@@ -1,0 +1,616 @@
+/**
+ * The control plane's state and every operation on it, pure and synchronous: jobs (services) with
+ * their RR and Instance IPs, instances with where they are deployed, nodes with their subnets,
+ * interests, and the allocator. No I/O: callers persist {@link ClusterState.toFile} and publish the
+ * returned update notices.
+ *
+ * Every operation validates everything before it changes anything, so a refused request leaves the
+ * state exactly as it was. Addresses are stored in canonical form (dotted quad / RFC 5952).
+ *
+ * References to a job (`ref`) are its id, or its job name: ids never contain a dot and job names
+ * always do, so the two can never be confused.
+ *
+ * @example
+ * ```ts
+ * const s = new ClusterState();
+ * const { job } = s.deployService({ app_name: "a", app_ns: "b", microservice_name: "c", microservice_namespace: "d" });
+ * s.deployInstance(job.job_name, 0); // instance 0 gets 10.30.0.1 + fdff::
+ * s.nodeSubnet("worker1").node; // { worker_id: "worker1", subnet: "10.18.0.0", subnet_v6: "fc00::" }
+ * ```
+ */
+import {
+  Allocator,
+  type AllocatorOptions,
+  canonicalIp,
+  InvalidAddressError,
+  RR4_RANGE,
+  RR6_RANGE,
+  userRr4,
+  userRr6,
+} from "./alloc.ts";
+import { inPrefix4, inPrefix6, parseIPv4, parseIPv6 } from "../addr/mod.ts";
+import type {
+  AddressChanged,
+  DeployedNotice,
+  InstanceRecord,
+  JobRecord,
+  NodeRecord,
+  StateFile,
+} from "./schemas.ts";
+import { JOB_ID, NAME_PART, RESERVED_IDS } from "./schemas.ts";
+
+type PoolName = "subnet4" | "subnet6" | "service4" | "instance6" | "rr6" | "rr4";
+
+/** What went wrong, for callers that map errors to HTTP statuses. */
+export type ClusterErrorKind = "invalid" | "not_found" | "conflict" | "exhausted";
+
+/** A refused operation; nothing was changed. */
+export class ClusterError extends Error {
+  readonly kind: ClusterErrorKind;
+  constructor(kind: ClusterErrorKind, message: string) {
+    super(message);
+    this.name = "ClusterError";
+    this.kind = kind;
+  }
+}
+
+/** The persisted state is inconsistent (an address used twice, a bad name, …). */
+export class StateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StateError";
+  }
+}
+
+/** A `jobs/<job>/updates_available` notice to publish. */
+export interface UpdateNotice {
+  job: string;
+  type: "DEPLOYMENT" | "UNDEPLOYMENT";
+}
+
+/** Input of {@link ClusterState.deployService}. */
+export interface ServiceInput {
+  /** Job id; generated (24 hex digits) when absent. */
+  _id?: string;
+  app_name: string;
+  app_ns: string;
+  microservice_name: string;
+  microservice_namespace: string;
+  /** User-chosen RR IPv4 (10.30.x.y). */
+  rr_ip?: string;
+  /** User-chosen RR IPv6 (fdff:2000::/21). */
+  rr_ip_v6?: string;
+}
+
+/** Options of a {@link ClusterState}. */
+export interface ClusterStateOptions extends AllocatorOptions {
+  /** Job id generator (default: 24 hex digits shaped like a Mongo ObjectId). */
+  newId?: () => string;
+}
+
+let idCounter = Math.floor(Math.random() * 0xffffff);
+
+/**
+ * A new 24-hex-digit id: 4 bytes of seconds since the epoch, 5 random bytes, a 3-byte counter (the
+ * layout of a Mongo ObjectId).
+ *
+ * @example
+ * ```ts
+ * newObjectId(); // "6650f1c2a41b9e03d7000001"
+ * ```
+ */
+export function newObjectId(): string {
+  const r = new Uint8Array(5);
+  crypto.getRandomValues(r);
+  idCounter = (idCounter + 1) & 0xffffff;
+  const hex = (n: number, digits: number) => n.toString(16).padStart(digits, "0");
+  return hex(Math.floor(Date.now() / 1000) >>> 0, 8) + [...r].map((b) => hex(b, 2)).join("") +
+    hex(idCounter, 6);
+}
+
+/** True when the instance has been reported deployed (namespace IP and host known). */
+export function isDeployed(i: InstanceRecord): boolean {
+  return !!i.namespace_ip && !!i.host_ip && i.host_port !== undefined;
+}
+
+function rrOf(job: JobRecord): { Address: string; Address_v6: string } {
+  const rr = job.service_ip_list.find((s) => s.IpType === "RR");
+  return rr ?? { Address: "", Address_v6: "" };
+}
+
+/** The RR IPv4 and IPv6 of a job. */
+export function rrAddresses(job: JobRecord): { rr_ip: string; rr_ip_v6: string } {
+  const rr = rrOf(job);
+  return { rr_ip: rr.Address, rr_ip_v6: rr.Address_v6 };
+}
+
+function clearDeployment(i: InstanceRecord): void {
+  delete i.namespace_ip;
+  delete i.namespace_ip_v6;
+  delete i.host_ip;
+  delete i.host_port;
+  delete i.worker_id;
+  delete i.status;
+}
+
+/** The control plane's state. */
+export class ClusterState {
+  readonly #alloc: Allocator;
+  readonly #newId: () => string;
+  readonly #jobs = new Map<string, JobRecord>();
+  readonly #byName = new Map<string, string>();
+  /** Service addresses (RR and Instance IPs, v4 and v6) → job id. */
+  readonly #owners = new Map<string, string>();
+  readonly #nodes = new Map<string, NodeRecord>();
+
+  constructor(opts: ClusterStateOptions = {}) {
+    this.#alloc = new Allocator(opts);
+    this.#newId = opts.newId ?? newObjectId;
+  }
+
+  /** The allocator (read it; do not allocate behind the state's back). */
+  get allocator(): Allocator {
+    return this.#alloc;
+  }
+
+  /**
+   * Rebuilds a state from a parsed state file. Throws StateError when it is inconsistent (bad
+   * names, malformed addresses, an address used twice, a bad counter).
+   */
+  static fromFile(file: StateFile, opts: ClusterStateOptions = {}): ClusterState {
+    const s = new ClusterState(opts);
+    try {
+      s.#alloc.restore(file.pools);
+    } catch (e) {
+      throw new StateError(`pools: ${(e as Error).message}`);
+    }
+    // Reserving after restoring also drops used addresses from the free lists.
+    const claim = (pool: PoolName, addr: string, where: string) => {
+      const c = canonicalIp(addr);
+      if (c === undefined || c !== addr) {
+        throw new StateError(`${where}: "${addr}" is not a canonical IP address`);
+      }
+      const ok = pool === "rr4"
+        ? inPrefix4(RR4_RANGE, parseIPv4(c))
+        : pool === "rr6"
+        ? inPrefix6(RR6_RANGE, parseIPv6(c))
+        : s.#alloc[pool].spec.ordinalOf(c) !== undefined;
+      if (!ok) throw new StateError(`${where}: ${c} is outside its range`);
+      const real = pool === "rr4" ? "service4" : pool;
+      if (!s.#alloc[real].reserve(c)) throw new StateError(`${where}: address ${c} is used twice`);
+    };
+    for (const [k, n] of file.nodes.entries()) {
+      const where = `nodes[${k}] (${n.worker_id})`;
+      if (s.#nodes.has(n.worker_id)) throw new StateError(`${where}: worker listed twice`);
+      claim("subnet4", n.subnet, `${where}.subnet`);
+      claim("subnet6", n.subnet_v6, `${where}.subnet_v6`);
+      s.#nodes.set(n.worker_id, structuredClone(n));
+    }
+    for (const [k, j] of file.jobs.entries()) {
+      const where = `jobs[${k}] (${j._id})`;
+      if (!JOB_ID.test(j._id)) throw new StateError(`${where}: bad id`);
+      if (s.#jobs.has(j._id)) throw new StateError(`${where}: id listed twice`);
+      const parts = j.job_name.split(".");
+      if (parts.length !== 4 || !parts.every((p) => NAME_PART.test(p))) {
+        throw new StateError(`${where}: bad job name "${j.job_name}"`);
+      }
+      if (s.#byName.has(j.job_name)) throw new StateError(`${where}: job name ${j.job_name} listed twice`);
+      const rr = rrOf(j);
+      if (j.service_ip_list.length !== 1 || !rr.Address || !rr.Address_v6) {
+        throw new StateError(`${where}: service_ip_list must hold exactly one RR entry`);
+      }
+      claim("rr4", rr.Address, `${where}.RR`);
+      claim("rr6", rr.Address_v6, `${where}.RR_v6`);
+      const numbers = new Set<number>();
+      for (const i of j.instance_list) {
+        const w = `${where}.instance ${i.instance_number}`;
+        if (numbers.has(i.instance_number)) throw new StateError(`${w}: listed twice`);
+        numbers.add(i.instance_number);
+        claim("service4", i.instance_ip, `${w}.instance_ip`);
+        claim("instance6", i.instance_ip_v6, `${w}.instance_ip_v6`);
+      }
+      const job = structuredClone(j);
+      s.#jobs.set(job._id, job);
+      s.#byName.set(job.job_name, job._id);
+      s.#own(job);
+    }
+    return s;
+  }
+
+  /** The persistable form (deep copy). */
+  toFile(): StateFile {
+    return {
+      version: 1,
+      jobs: [...this.#jobs.values()].map((j) => structuredClone(j)),
+      nodes: [...this.#nodes.values()].map((n) => structuredClone(n)),
+      pools: this.#alloc.snapshot(),
+    };
+  }
+
+  #own(job: JobRecord): void {
+    const rr = rrOf(job);
+    this.#owners.set(rr.Address, job._id);
+    this.#owners.set(rr.Address_v6, job._id);
+    for (const i of job.instance_list) {
+      this.#owners.set(i.instance_ip, job._id);
+      this.#owners.set(i.instance_ip_v6, job._id);
+    }
+  }
+
+  /** All jobs (live records: do not mutate). */
+  jobs(): readonly JobRecord[] {
+    return [...this.#jobs.values()];
+  }
+
+  /** All registered nodes (live records: do not mutate). */
+  nodes(): readonly NodeRecord[] {
+    return [...this.#nodes.values()];
+  }
+
+  /** The node record of a worker, if registered. */
+  node(workerId: string): NodeRecord | undefined {
+    return this.#nodes.get(workerId);
+  }
+
+  /** A job by id or job name, or undefined. */
+  job(ref: string): JobRecord | undefined {
+    const byId = this.#jobs.get(ref);
+    if (byId) return byId;
+    const id = this.#byName.get(ref);
+    return id === undefined ? undefined : this.#jobs.get(id);
+  }
+
+  /** A job by id or job name; throws ClusterError("not_found"). */
+  findJob(ref: string): JobRecord {
+    const j = this.job(ref);
+    if (!j) throw new ClusterError("not_found", `no service with id or name "${ref}"`);
+    return j;
+  }
+
+  /**
+   * Resolves a table-query key: an IP (RR or Instance IP, v4 or v6, any spelling) or a job name.
+   *
+   * @example
+   * ```ts
+   * state.resolve("FDFF:2000::0"); // the job whose RR IPv6 is fdff:2000::
+   * ```
+   */
+  resolve(key: string): JobRecord | undefined {
+    const ip = canonicalIp(key.trim());
+    if (ip !== undefined) {
+      const id = this.#owners.get(ip);
+      return id === undefined ? undefined : this.#jobs.get(id);
+    }
+    const id = this.#byName.get(key);
+    return id === undefined ? undefined : this.#jobs.get(id);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Nodes
+
+  /**
+   * The subnets of a worker: its existing ones when it registered before (same worker id), else a
+   * fresh (or released) /26 + /120. Throws ClusterError("exhausted").
+   */
+  nodeSubnet(workerId: string): { node: NodeRecord; created: boolean } {
+    const known = this.#nodes.get(workerId);
+    if (known) return { node: known, created: false };
+    if (!this.#alloc.subnet4.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.subnet4.spec.name} exhausted: no subnet left`);
+    }
+    if (!this.#alloc.subnet6.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.subnet6.spec.name} exhausted: no subnet left`);
+    }
+    const node: NodeRecord = {
+      worker_id: workerId,
+      subnet: this.#alloc.subnet4.allocate(),
+      subnet_v6: this.#alloc.subnet6.allocate(),
+    };
+    this.#nodes.set(workerId, node);
+    return { node, created: true };
+  }
+
+  /**
+   * Deregisters a worker: releases its subnets, marks its instances as not deployed and drops its
+   * interests. Returns an UNDEPLOYMENT notice per job that lost an instance.
+   */
+  removeNode(
+    workerId: string,
+  ): { node: NodeRecord; cleared: { job: string; instance_number: number }[]; updates: UpdateNotice[] } {
+    const node = this.#nodes.get(workerId);
+    if (!node) throw new ClusterError("not_found", `no node with worker id "${workerId}"`);
+    this.#nodes.delete(workerId);
+    this.#alloc.subnet4.release(node.subnet);
+    this.#alloc.subnet6.release(node.subnet_v6);
+    const cleared: { job: string; instance_number: number }[] = [];
+    const updates: UpdateNotice[] = [];
+    for (const job of this.#jobs.values()) {
+      let touched = false;
+      for (const i of job.instance_list) {
+        if (i.worker_id === workerId) {
+          clearDeployment(i);
+          cleared.push({ job: job.job_name, instance_number: i.instance_number });
+          touched = true;
+        }
+      }
+      job.interested_nodes = job.interested_nodes.filter((w) => w !== workerId);
+      if (touched) updates.push({ job: job.job_name, type: "UNDEPLOYMENT" });
+    }
+    return { node, cleared, updates };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Services and instances
+
+  /**
+   * Registers a service (job) and gives it RR IPs, user-chosen or allocated. Deploying an existing
+   * id again is idempotent; with a different user RR IP it moves the job to that address.
+   * Throws ClusterError: "invalid" (names, RR range), "conflict" (name or RR IP used by another
+   * job, id registered under another name), "exhausted".
+   */
+  deployService(input: ServiceInput): { job: JobRecord; created: boolean; updates: UpdateNotice[] } {
+    const parts = [input.app_name, input.app_ns, input.microservice_name, input.microservice_namespace];
+    const fields = ["app_name", "app_ns", "microservice_name", "microservice_namespace"];
+    parts.forEach((p, k) => {
+      if (!NAME_PART.test(p)) {
+        throw new ClusterError("invalid", `${fields[k]} "${p}" must be 1..30 letters or digits`);
+      }
+    });
+    if (input._id !== undefined && (!JOB_ID.test(input._id) || RESERVED_IDS.includes(input._id))) {
+      throw new ClusterError(
+        "invalid",
+        `_id "${input._id}" must be 1..64 of A-Z a-z 0-9 _ - and not a reserved word`,
+      );
+    }
+    const jobName = parts.join(".");
+    let rr4: string | undefined;
+    let rr6: string | undefined;
+    try {
+      if (input.rr_ip !== undefined) rr4 = userRr4(input.rr_ip);
+      if (input.rr_ip_v6 !== undefined) rr6 = userRr6(input.rr_ip_v6);
+    } catch (e) {
+      if (e instanceof InvalidAddressError) throw new ClusterError("invalid", e.message);
+      throw e;
+    }
+    const existing = input._id !== undefined ? this.#jobs.get(input._id) : undefined;
+    if (existing && existing.job_name !== jobName) {
+      throw new ClusterError(
+        "conflict",
+        `id ${existing._id} is already the service ${existing.job_name}; remove it first`,
+      );
+    }
+    const nameOwner = this.#byName.get(jobName);
+    if (nameOwner !== undefined && nameOwner !== input._id) {
+      if (input._id === undefined) {
+        // No id given: the same name means the same service (idempotent).
+        return this.deployService({ ...input, _id: nameOwner });
+      }
+      throw new ClusterError("conflict", `service ${jobName} already exists with id ${nameOwner}`);
+    }
+    const current = existing ? { ...rrOf(existing) } : undefined;
+    const conflict = (addr: string) => {
+      const owner = this.#owners.get(addr);
+      if (owner === undefined) return;
+      const same = existing && (addr === current?.Address || addr === current?.Address_v6);
+      if (!same) {
+        const other = this.#jobs.get(owner);
+        throw new ClusterError("conflict", `${addr} is already used by ${other ? other.job_name : owner}`);
+      }
+    };
+    if (rr4 !== undefined) conflict(rr4);
+    if (rr6 !== undefined) conflict(rr6);
+    if (existing) {
+      const updates: UpdateNotice[] = [];
+      const rr = existing.service_ip_list.find((s) => s.IpType === "RR")!;
+      if (rr4 !== undefined && rr4 !== rr.Address) {
+        this.#alloc.service4.reserve(rr4);
+        this.#alloc.service4.release(rr.Address);
+        this.#owners.delete(rr.Address);
+        this.#owners.set(rr4, existing._id);
+        rr.Address = rr4;
+      }
+      if (rr6 !== undefined && rr6 !== rr.Address_v6) {
+        this.#alloc.rr6.reserve(rr6);
+        this.#alloc.rr6.release(rr.Address_v6);
+        this.#owners.delete(rr.Address_v6);
+        this.#owners.set(rr6, existing._id);
+        rr.Address_v6 = rr6;
+      }
+      if (rr.Address !== current!.Address || rr.Address_v6 !== current!.Address_v6) {
+        updates.push({ job: jobName, type: "DEPLOYMENT" });
+      }
+      return { job: existing, created: false, updates };
+    }
+    if (rr4 === undefined && !this.#alloc.service4.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.service4.spec.name} exhausted: no address left`);
+    }
+    if (rr6 === undefined && !this.#alloc.rr6.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.rr6.spec.name} exhausted: no address left`);
+    }
+    let id = input._id;
+    if (id === undefined) {
+      do id = this.#newId(); while (this.#jobs.has(id));
+    }
+    if (rr4 !== undefined) this.#alloc.service4.reserve(rr4);
+    else rr4 = this.#alloc.service4.allocate();
+    if (rr6 !== undefined) this.#alloc.rr6.reserve(rr6);
+    else rr6 = this.#alloc.rr6.allocate();
+    const job: JobRecord = {
+      _id: id,
+      job_name: jobName,
+      service_ip_list: [{ IpType: "RR", Address: rr4, Address_v6: rr6 }],
+      instance_list: [],
+      interested_nodes: [],
+    };
+    this.#jobs.set(id, job);
+    this.#byName.set(jobName, id);
+    this.#own(job);
+    return { job, created: true, updates: [] };
+  }
+
+  /**
+   * Gives instance `n` of a job its Instance IPs (v4 from the shared Service IP pool, v6 from
+   * fdff::). Idempotent: an existing instance keeps its addresses (its `cluster_id` is updated when
+   * given).
+   */
+  deployInstance(
+    ref: string,
+    n: number,
+    clusterId?: string,
+  ): { job: JobRecord; instance: InstanceRecord; created: boolean } {
+    if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) {
+      throw new ClusterError("invalid", `instance_number ${n} must be an integer 0..2147483647`);
+    }
+    const job = this.findJob(ref);
+    const known = job.instance_list.find((i) => i.instance_number === n);
+    if (known) {
+      if (clusterId) known.cluster_id = clusterId;
+      return { job, instance: known, created: false };
+    }
+    if (!this.#alloc.service4.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.service4.spec.name} exhausted: no address left`);
+    }
+    if (!this.#alloc.instance6.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.instance6.spec.name} exhausted: no address left`);
+    }
+    const instance: InstanceRecord = {
+      instance_number: n,
+      instance_ip: this.#alloc.service4.allocate(),
+      instance_ip_v6: this.#alloc.instance6.allocate(),
+      ...(clusterId ? { cluster_id: clusterId } : {}),
+    };
+    job.instance_list.push(instance);
+    job.instance_list.sort((a, b) => a.instance_number - b.instance_number);
+    this.#owners.set(instance.instance_ip, job._id);
+    this.#owners.set(instance.instance_ip_v6, job._id);
+    return { job, instance, created: true };
+  }
+
+  #releaseInstance(i: InstanceRecord): void {
+    this.#alloc.service4.release(i.instance_ip);
+    this.#alloc.instance6.release(i.instance_ip_v6);
+    this.#owners.delete(i.instance_ip);
+    this.#owners.delete(i.instance_ip_v6);
+  }
+
+  /**
+   * Removes instance `n` of a job (`-1`: all instances) and releases its Instance IPs. Returns an
+   * UNDEPLOYMENT notice for the job.
+   */
+  removeInstance(
+    ref: string,
+    n: number,
+  ): { job: JobRecord; removed: InstanceRecord[]; updates: UpdateNotice[] } {
+    const job = this.findJob(ref);
+    if (!Number.isInteger(n) || n < -1) {
+      throw new ClusterError("invalid", `instance number ${n} must be ≥ -1`);
+    }
+    const removed = job.instance_list.filter((i) => n === -1 || i.instance_number === n);
+    if (n !== -1 && removed.length === 0) {
+      throw new ClusterError("not_found", `service ${job.job_name} has no instance ${n}`);
+    }
+    job.instance_list = job.instance_list.filter((i) => !removed.includes(i));
+    for (const i of removed) this.#releaseInstance(i);
+    return { job, removed, updates: removed.length ? [{ job: job.job_name, type: "UNDEPLOYMENT" }] : [] };
+  }
+
+  /**
+   * Removes a service and releases its RR IPs. Refused ("invalid") while instances remain, unless
+   * `force` (then their Instance IPs are released too). Returns an UNDEPLOYMENT notice.
+   */
+  removeService(ref: string, force = false): { job: JobRecord; updates: UpdateNotice[] } {
+    const job = this.findJob(ref);
+    if (job.instance_list.length > 0 && !force) {
+      throw new ClusterError(
+        "invalid",
+        `service ${job.job_name} still has ${job.instance_list.length} instance(s); remove them first or force`,
+      );
+    }
+    for (const i of job.instance_list) this.#releaseInstance(i);
+    const rr = rrOf(job);
+    this.#alloc.service4.release(rr.Address);
+    this.#alloc.rr6.release(rr.Address_v6);
+    this.#owners.delete(rr.Address);
+    this.#owners.delete(rr.Address_v6);
+    this.#jobs.delete(job._id);
+    this.#byName.delete(job.job_name);
+    return { job, updates: [{ job: job.job_name, type: "UNDEPLOYMENT" }] };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Node notices
+
+  /**
+   * `service/deployed` from `workerId`: stores namespace IPs, host and worker on the instance and
+   * registers the worker's interest (a node always follows the jobs it hosts). Throws
+   * ClusterError("not_found") for an unknown job or instance (nothing is created from a notice).
+   */
+  markDeployed(
+    workerId: string,
+    notice: DeployedNotice,
+  ): { job: JobRecord; instance: InstanceRecord; updates: UpdateNotice[] } {
+    const job = this.#jobs.get(this.#byName.get(notice.appname) ?? "");
+    if (!job) throw new ClusterError("not_found", `unknown service ${notice.appname}`);
+    const inst = job.instance_list.find((i) => i.instance_number === notice.instance_number);
+    if (!inst) {
+      throw new ClusterError(
+        "not_found",
+        `service ${job.job_name} has no instance ${notice.instance_number}`,
+      );
+    }
+    inst.namespace_ip = notice.nsip;
+    if (notice.nsipv6 !== undefined) inst.namespace_ip_v6 = notice.nsipv6;
+    else delete inst.namespace_ip_v6;
+    inst.host_ip = notice.host_ip;
+    inst.host_port = notice.host_port;
+    inst.worker_id = workerId;
+    inst.status = notice.status || "DEPLOYED";
+    this.addInterest(job, workerId);
+    return { job, instance: inst, updates: [{ job: job.job_name, type: "DEPLOYMENT" }] };
+  }
+
+  /**
+   * `service/address-changed` from `workerId`: the node's public address changed. Updates the named
+   * instance and every other instance deployed on that worker. Returns a DEPLOYMENT notice per
+   * job that changed.
+   */
+  addressChanged(workerId: string, notice: AddressChanged): { updates: UpdateNotice[] } {
+    const named = notice.appname ? this.#jobs.get(this.#byName.get(notice.appname) ?? "") : undefined;
+    const updates: UpdateNotice[] = [];
+    for (const job of this.#jobs.values()) {
+      let changed = false;
+      for (const i of job.instance_list) {
+        const isNamed = job === named && i.instance_number === notice.instance_number && isDeployed(i);
+        if (!isNamed && i.worker_id !== workerId) continue;
+        if (i.host_ip === notice.host_ip && i.host_port === notice.host_port && i.worker_id === workerId) {
+          continue;
+        }
+        i.host_ip = notice.host_ip;
+        i.host_port = notice.host_port;
+        i.worker_id = workerId;
+        changed = true;
+      }
+      if (changed) updates.push({ job: job.job_name, type: "DEPLOYMENT" });
+    }
+    return { updates };
+  }
+
+  /** Adds `workerId` to the job's interested nodes; true when it was not there yet. */
+  addInterest(job: JobRecord, workerId: string): boolean {
+    if (job.interested_nodes.includes(workerId)) return false;
+    job.interested_nodes.push(workerId);
+    return true;
+  }
+
+  /**
+   * `interest/remove`: drops `workerId` from the interested nodes of the job named `key`; true when
+   * something changed. A Service IP as key (the node's IP pseudo-interest, reference §2.5) matches
+   * nothing, as in the reference: the node removes its job interest with the job name.
+   */
+  removeInterest(key: string, workerId: string): boolean {
+    const job = this.#jobs.get(this.#byName.get(key) ?? "");
+    if (!job || !job.interested_nodes.includes(workerId)) return false;
+    job.interested_nodes = job.interested_nodes.filter((w) => w !== workerId);
+    return true;
+  }
+}

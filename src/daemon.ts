@@ -19,7 +19,9 @@ import {
   StateStore,
 } from "./env/mod.ts";
 import { logger } from "./log.ts";
-import { DataPlane, type Resolver, staticResolver } from "./proxy/dataplane.ts";
+import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
+import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
+import { parseNodeSubnet } from "./config/mod.ts";
 import { type StaticTable, TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { VERSION } from "./version.ts";
@@ -55,6 +57,8 @@ class Node implements NodeService {
   workerId: string | undefined;
   publicAddress: string | undefined;
   dataPlane: DataPlane | undefined;
+  /** The cluster connection (cluster mode). */
+  control: NodeControl | undefined;
   readonly staticTable: StaticTable | undefined;
   #registering: Promise<RegisterResult> | undefined;
 
@@ -85,20 +89,32 @@ class Node implements NodeService {
   }
 
   async #register(clientId: string, clusterAddress: string): Promise<RegisterResult> {
-    const subnet = this.cfg.standaloneSubnet;
+    let subnet = this.cfg.standaloneSubnet;
+    const cluster = clusterAddress || this.cfg.net.ClusterUrl;
     if (!subnet) {
-      return {
-        ok: false,
-        status: 503,
-        error: "cluster mode needs the MQTT control plane, which this build does not have yet; " +
-          "start the daemon with --subnet CIDR4[,CIDR6] (standalone mode)",
-      };
+      // Cluster mode: connect to the cluster's broker and ask it for this node's subnet.
+      if (cluster === "0.0.0.0") {
+        return {
+          ok: false,
+          status: 400,
+          error: "no cluster address: /register carried none and ClusterUrl is 0.0.0.0 " +
+            "(or start the daemon with --subnet for standalone mode)",
+        };
+      }
+      try {
+        await this.connectControl(clientId, cluster);
+        const got = await this.control!.requestSubnet();
+        subnet = parseNodeSubnet(`${got.v4}/26,${got.v6}/120`);
+      } catch (e) {
+        await this.control?.close();
+        this.control = undefined;
+        return { ok: false, status: 503, error: e instanceof Error ? e.message : String(e) };
+      }
     }
     if (!this.env.subnet) await this.env.setupNode(subnet);
     await this.startDataPlane(clientId);
     this.workerId = clientId;
     this.env.recordRegistration(clientId, clusterAddress || undefined);
-    const cluster = clusterAddress || this.cfg.net.ClusterUrl;
     log.info(
       `STARTUP_CONFIG: Node=${this.publicAddress ?? "unknown"}:${this.cfg.net.NodePublicPort} | ` +
         `Cluster=${cluster}:${this.cfg.net.ClusterMqttPort}`,
@@ -107,13 +123,51 @@ class Node implements NodeService {
     return { ok: true };
   }
 
+  /** Connects to the cluster's MQTT broker (client id = worker id); throws ControlError. */
+  async connectControl(workerId: string, host: string): Promise<void> {
+    const net = this.cfg.net;
+    const sink: TableSink = {
+      replaceJob: (job, entries) => this.#applyTable({ op: "replaceJob", job, entries }),
+      removeJob: (job) => this.#applyTable({ op: "removeJob", job }),
+      hasJob: (job) => this.dataPlane?.table.hasJob(job) ?? false,
+    };
+    this.control = await NodeControl.connect({
+      host,
+      port: net.ClusterMqttPort,
+      workerId,
+      tls: net.MqttCert && net.MqttKey ? { cert: net.MqttCert, key: net.MqttKey } : undefined,
+      sink,
+      isHosted: (job) => this.env.instances().some((r) => r.job === job),
+      hostIp: () => this.publicAddress ?? "",
+      hostPort: net.NodePublicPort,
+    });
+  }
+
+  #applyTable(delta: Parameters<DataPlane["apply"]>[0]): void {
+    if (!this.dataPlane) {
+      log.warn("table update before the data plane runs: ignored", { op: delta.op });
+      return;
+    }
+    try {
+      this.dataPlane.apply(delta);
+    } catch (e) {
+      log.warn("table update refused", { op: delta.op, error: String(e) });
+    }
+  }
+
+  /** Re-announces the instances this node hosts (after a restart in cluster mode). */
+  reannounce(): void {
+    for (const r of this.env.instances()) void this.control?.deployed(r.job, r.instance, r.ipv4, r.ipv6);
+  }
+
   /** Starts the data plane once the node is set up (idempotent). */
   async startDataPlane(nodeId: string): Promise<void> {
     const subnet = this.env.subnet;
     if (this.dataPlane || !subnet) return;
     const table = new TranslationTable();
     for (const j of this.staticTable?.jobs ?? []) table.replaceJob(j.job, j.entries);
-    const resolver: Resolver = staticResolver;
+    // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
+    const resolver: Resolver = { resolve: (ip) => this.control?.resolveIp(ip) ?? Promise.resolve(false) };
     this.dataPlane = await DataPlane.start({
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
@@ -121,6 +175,9 @@ class Node implements NodeService {
       table,
       resolver,
       configureTun: (name) => this.env.setupTun(name),
+      onUsage: (jobs) => {
+        for (const j of jobs) this.control?.touch(j);
+      },
       engine: {
         selfIp: this.publicAddress ?? "",
         selfPort: this.cfg.net.NodePublicPort,
@@ -138,17 +195,32 @@ class Node implements NodeService {
     if (this.workerId === undefined) throw new EnvError(400, "not registered: call /register first");
   }
 
-  deploy(
+  async deploy(
     kind: InstanceKind,
     req: { pid: number; job: string; instance: number; portMappings: string },
   ): Promise<InstanceAddresses> {
     this.#requireRegistered();
-    return this.env.setupInstance({ ...req, kind, pid: kind === "container" ? req.pid : undefined });
+    const addrs = await this.env.setupInstance({
+      ...req,
+      kind,
+      pid: kind === "container" ? req.pid : undefined,
+    });
+    // service/deployed, then a refresh by name (how the node learns its own InstanceIP); the
+    // NodeEngine need not wait for the cluster.
+    void this.control?.deployed(req.job, req.instance, addrs.ipv4, addrs.ipv6);
+    return addrs;
   }
 
   async undeploy(kind: InstanceKind, job: string, instance: number): Promise<void> {
     this.#requireRegistered();
-    await this.env.cleanInstance(kind, job, instance);
+    const removed = await this.env.cleanInstance(kind, job, instance);
+    if (!removed) return;
+    this.control?.undeployed(job, instance);
+    // Its namespace address is gone: stop sending to it at once (peers learn from the cluster).
+    const local = this.dataPlane?.table.job(job).find((e) =>
+      e.instance === instance && e.nodeIp === this.publicAddress && e.nodePort === this.cfg.net.NodePublicPort
+    );
+    if (local) this.#applyTable({ op: "removeInstance", job, instance });
   }
 
   status(): Record<string, unknown> {
@@ -166,6 +238,9 @@ class Node implements NodeService {
       pendingRemovals: this.env.pendingRemovals,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       dataPlane: this.dataPlane ? (this.dataPlane.stats() ?? { starting: true }) : null,
+      cluster: this.control
+        ? { connected: this.control.connected, interests: this.control.interests() }
+        : null,
     };
   }
 
@@ -214,11 +289,32 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   node.publicAddress = await detect();
   if (!node.publicAddress) log.warn("no public address found (no default route, no global address)");
 
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let stopped = false;
   // Reconcile what a previous run left: standalone nodes set up at once; a registered node with a
   // recorded subnet comes back with it so its instances keep working.
   const startSubnet = cfg.standaloneSubnet ?? (node.workerId ? env.recordedSubnet : undefined);
   if (startSubnet) await env.setupNode(startSubnet);
-  if (startSubnet && node.workerId) await node.startDataPlane(node.workerId);
+  if (startSubnet && node.workerId) {
+    await node.startDataPlane(node.workerId);
+    const cluster = env.registration.clusterAddress || cfg.net.ClusterUrl;
+    if (!cfg.standaloneSubnet && cluster !== "0.0.0.0") {
+      // Cluster mode after a restart: reconnect and re-announce what this node hosts. The broker
+      // may be down: the node keeps forwarding with what it has and retries in the background.
+      const connect = async (): Promise<void> => {
+        try {
+          await node.connectControl(node.workerId!, cluster);
+          node.reannounce();
+        } catch (e) {
+          log.warn("cluster unreachable after restart; retrying", {
+            error: e instanceof ControlError ? e.message : String(e),
+          });
+          if (!stopped) retryTimer = setTimeout(connect, 5000);
+        }
+      };
+      void connect();
+    }
+  }
 
   let api: ApiServer;
   try {
@@ -235,7 +331,9 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       const now = await detect();
       if (now && now !== node.publicAddress) {
         log.info("public address changed", { old: node.publicAddress, new: now });
+        const old = node.publicAddress;
         node.publicAddress = now;
+        if (old) void node.control?.addressChanged(old, now);
       }
     }, PUBLIC_ADDRESS_RECHECK_MS);
   }
@@ -245,8 +343,11 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const stop = () => {
     stopping ??= (async () => {
       log.info("shutting down");
+      stopped = true;
       if (timer !== undefined) clearInterval(timer);
+      if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
+      await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();
       if (opts.handleSignals) {

@@ -1,9 +1,16 @@
 /**
- * The demo (README quick start, command 1): a simulated node with two instances that reach each
- * other over the bridge, and a port mapping reachable from the node. Prints what it does and what
- * answered, then removes everything and checks nothing is left.
+ * The demo (README quick start, command 1): a three-node overlay on embedded defaults.
+ * `netmanager control` (embedded MQTT broker, allocation, HTTP API) runs in its own namespace; three
+ * simulated nodes run the daemon in cluster mode and get their subnets over MQTT. A web service has
+ * two instances on nodes 2 and 3 and a client on node 1; requests through the round-robin
+ * ServiceIP alternate between them; after one instance is undeployed the traffic moves to the
+ * other. Everything is removed at the end and checked to be gone.
  */
 import { World } from "./world.ts";
+
+const CONTROL_IP = "192.168.77.254";
+const WEB = "demo.demo.web.default";
+const CLIENT = "demo.demo.client.default";
 
 /** Runs the demo; resolves true when every step worked. */
 export async function runDemo(print: (line: string) => void = console.log): Promise<boolean> {
@@ -16,60 +23,80 @@ export async function runDemo(print: (line: string) => void = console.log): Prom
     if (!cond) ok = false;
   };
   try {
-    step("start node n1 (namespace, netmanager daemon in standalone mode, subnet 10.18.0.64/26)");
-    const n1 = await w.node("n1", "10.18.0.64/26");
-    const status = await n1.api.getJson("/status") as Record<string, unknown>;
-    print(`  node n1: registered=${status.registered} subnet=${status.subnet} bridge=${status.bridge}`);
+    step(`start netmanager control (embedded MQTT broker) at ${CONTROL_IP}`);
+    await w.control(CONTROL_IP);
 
-    step("deploy two instances of demo.demo.web.default through the NodeEngine API");
-    const job = "demo.demo.web.default";
+    step("start three nodes in cluster mode; each registers and gets its subnet over MQTT");
+    const nodes = [];
+    for (let i = 1; i <= 3; i++) {
+      const n = await w.clusterNode(`n${i}`, `192.168.77.${i}`, CONTROL_IP);
+      const st = await n.api.getJson("/status") as Record<string, unknown>;
+      print(`  node n${i}: underlay 192.168.77.${i}, subnet ${st.subnet}`);
+      nodes.push(n);
+    }
+
+    step("register the services and their instances with the control plane");
+    print("  " + await w.ctl(["service", "add", WEB]));
+    print("  " + await w.ctl(["service", "add", CLIENT]));
+    for (const [job, n] of [[WEB, 0], [WEB, 1], [CLIENT, 0]] as const) {
+      print("  " + await w.ctl(["instance", "add", job, String(n)]));
+    }
+    const services = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
+    const web = services.find((s) => s.job_name === WEB)!;
+    const rr = (web.service_ip_list as Array<{ Address: string }>)[0].Address;
+    print(`  ${WEB}: round-robin ServiceIP ${rr}`);
+
+    step("deploy: server-1 on n2, server-2 on n3, the client on n1 (NodeEngine API)");
+    const server1 = await w.server("server-1");
+    const server2 = await w.server("server-2");
     const client = await w.instance("client");
-    const server = await w.server("server-1");
-    const rc = await n1.api.post("/container/deploy", {
-      pid: client.pid,
-      serviceName: job,
-      instanceNumber: 0,
-      portMappings: "",
-    });
-    const rs = await n1.api.post("/container/deploy", {
-      pid: server.pid,
-      serviceName: job,
-      instanceNumber: 1,
-      portMappings: "8080:80",
-    });
-    print(`  instance 0 (client): HTTP ${rc.status} ${rc.body}`);
-    print(`  instance 1 (server-1, port 8080→80): HTTP ${rs.status} ${rs.body}`);
-    check(rc.status === 200 && rs.status === 200, "both deploys answered 200");
-    const serverIp = (rs.json as { nsAddress: string }).nsAddress;
-    const serverIp6 = (rs.json as { nsAddressv6: string }).nsAddressv6;
+    const deploys: Array<[number, string, number, number]> = [[1, WEB, 0, server1.pid], [
+      2,
+      WEB,
+      1,
+      server2.pid,
+    ], [
+      0,
+      CLIENT,
+      0,
+      client.pid,
+    ]];
+    for (const [i, job, n, pid] of deploys) {
+      const r = await nodes[i].api.post("/container/deploy", {
+        pid,
+        serviceName: job,
+        instanceNumber: n,
+        portMappings: "",
+      });
+      check(r.status === 200, `${job}#${n} on n${i + 1} → ${r.body}`);
+    }
 
-    step("instance → instance over the bridge");
-    const a4 = await retry(() => w.httpGet(client, `http://${serverIp}/`));
-    check(a4 === "server-1", `client GET http://${serverIp}/ → "${a4}"`);
-    const a6 = await retry(() => w.httpGet(client, `http://[${serverIp6}]/`));
-    check(a6 === "server-1", `client GET http://[${serverIp6}]/ → "${a6}"`);
-
-    step("port mapping: node n1 → its own address :8080 → server-1:80");
-    const viaMap = await retry(() =>
-      w.execOnNode(n1, ["curl", "-s", "--max-time", "3", "http://10.18.0.65:8080/"])
+    step(`client → http://${rr}/ six times (round robin across nodes)`);
+    const answers: string[] = [];
+    for (let k = 0; k < 6; k++) answers.push(await retry(() => w.httpGet(client, `http://${rr}/`)));
+    for (const a of answers) print(`  answered by ${a}`);
+    check(
+      answers.every((a, k) => k === 0 || a !== answers[k - 1]) && new Set(answers).size === 2,
+      "answers alternate between server-1 and server-2",
     );
-    check(viaMap === "server-1", `n1 GET http://10.18.0.65:8080/ → "${viaMap}"`);
 
-    step("instances on n1 (netmanager's GET /instances)");
-    const inst = await n1.api.getJson("/instances") as Array<Record<string, unknown>>;
-    for (const i of inst) {
-      print(`  ${i.serviceName} #${i.instanceNumber}  ${i.nsAddress}  ${i.nsAddressv6}  veth ${i.veth}`);
-    }
+    step("netmanager table show (node n1)");
+    print(await w.cli(nodes[0], ["table", "show"]));
 
-    step("undeploy both");
-    for (const n of [0, 1]) {
-      const r = await n1.api.post("/container/undeploy", { serviceName: job, instanceNumber: n });
-      check(r.status === 200, `undeploy instance ${n} → HTTP ${r.status}`);
-    }
+    step("undeploy server-1 (NodeEngine on n2 + control plane)");
+    const u = await nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });
+    check(u.status === 200, `undeploy on n2 → HTTP ${u.status}`);
+    print("  " + await w.ctl(["instance", "rm", WEB, "0"]));
+    await new Promise((r) => setTimeout(r, 300));
+    const after: string[] = [];
+    for (let k = 0; k < 4; k++) after.push(await retry(() => w.httpGet(client, `http://${rr}/`)));
+    for (const a of after) print(`  answered by ${a}`);
+    check(after.every((a) => a === "server-2"), "all traffic moved to server-2");
   } catch (e) {
     ok = false;
     print(`  FAIL ${e instanceof Error ? e.message : e}`);
   } finally {
+    if (!ok) await w.diagnose(print);
     step("remove everything");
     const left = await w.destroy();
     check(left.length === 0, `no namespaces left${left.length ? `: ${left.join(", ")}` : ""}`);
@@ -78,13 +105,13 @@ export async function runDemo(print: (line: string) => void = console.log): Prom
   return ok;
 }
 
-async function retry<T>(fn: () => Promise<T>, tries = 20): Promise<T> {
+async function retry<T>(fn: () => Promise<T>, tries = 30): Promise<T> {
   for (let i = 1;; i++) {
     try {
       return await fn();
     } catch (e) {
       if (i >= tries) throw e;
-      await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 150));
     }
   }
 }

@@ -53,26 +53,123 @@ export class World {
     return ns;
   }
 
+  #underlay: string | undefined;
+
+  /** The underlay: a namespace with a bridge that simulated hosts attach to (192.168.77.0/24). */
+  async underlay(): Promise<string> {
+    if (this.#underlay) return this.#underlay;
+    const ns = await this.namespace("ul");
+    await mustRun("ip", ["-n", ns, "link", "add", "br0", "type", "bridge"]);
+    await mustRun("ip", ["-n", ns, "link", "set", "br0", "up"]);
+    this.#underlay = ns;
+    return ns;
+  }
+
+  /** Attaches namespace `ns` to the underlay with address `ip`/24. */
+  async attach(ns: string, tag: string, ip: string): Promise<void> {
+    const ul = await this.underlay();
+    const a = `${this.prefix}${tag}`;
+    const b = `${this.prefix}${tag}u`;
+    await mustRun("ip", ["link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", ul]);
+    await mustRun("ip", ["-n", ns, "addr", "add", `${ip}/24`, "dev", a]);
+    await mustRun("ip", ["-n", ns, "link", "set", a, "up"]);
+    await mustRun("ip", ["-n", ul, "link", "set", b, "master", "br0", "up"]);
+  }
+
+  /**
+   * Starts `netmanager control` (embedded MQTT broker on :10003, HTTP API on 127.0.0.1:10100) in its
+   * own namespace on the underlay at `ip`.
+   */
+  async control(ip: string): Promise<{ ns: string; ip: string }> {
+    const ns = await this.namespace("ctl");
+    await this.attach(ns, "c", ip);
+    const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-ctl-` });
+    this.#dirs.push(dir);
+    const p = spawnBackground([...selfCommand(), "control", "--state-dir", dir, "--mqtt-port", "10003"], {
+      netns: ns,
+      logFile: `${dir}/control.log`,
+    });
+    this.#procs.push(p);
+    this.#controlNs = ns;
+    const deadline = Date.now() + 20000;
+    while (
+      (await runTool("nsenter", [
+        `--net=/run/netns/${ns}`,
+        "curl",
+        "-s",
+        "http://127.0.0.1:10100/api/net/nodes",
+      ])).code !== 0
+    ) {
+      if (Date.now() > deadline) throw new Error(`netmanager control did not start; see ${dir}/control.log`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return { ns, ip };
+  }
+
+  #controlNs: string | undefined;
+
+  /** Runs `netmanager control …` (the CLI client) next to the control plane; returns stdout. */
+  async ctl(args: string[]): Promise<string> {
+    if (!this.#controlNs) throw new Error("no control plane started");
+    const r = await runTool("nsenter", [
+      `--net=/run/netns/${this.#controlNs}`,
+      ...selfCommand(),
+      "control",
+      ...args,
+    ]);
+    if (r.code !== 0) throw new Error(`netmanager control ${args.join(" ")}: ${r.stderr.trim()}`);
+    return r.stdout.trim();
+  }
+
+  /**
+   * Starts a node in cluster mode: attached to the underlay at `ip`, its daemon registers with the
+   * control plane at `clusterIp` (MQTT) and gets its subnet from there.
+   */
+  async clusterNode(name: string, ip: string, clusterIp: string): Promise<SimNode> {
+    const ns = await this.namespace(name);
+    await this.attach(ns, name, ip);
+    const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-${name}-` });
+    this.#dirs.push(dir);
+    const cfg = JSON.parse(await Deno.readTextFile(`${ROOT_CONFIG}netcfg.json`));
+    await Deno.writeTextFile(
+      `${dir}/netcfg.json`,
+      JSON.stringify({ ...cfg, NodePublicAddress: ip, ClusterUrl: clusterIp }),
+    );
+    return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp);
+  }
+
   /** Starts a node daemon in standalone mode with `subnet` and registers it. */
   async node(name: string, subnet: string, extraArgs: string[] = []): Promise<SimNode> {
     const ns = await this.namespace(name);
     const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-${name}-` });
     this.#dirs.push(dir);
+    return await this.#startNode(name, ns, dir, [
+      "--subnet",
+      subnet,
+      "--cfg",
+      `${ROOT_CONFIG}netcfg.json`,
+      ...extraArgs,
+    ], "");
+  }
+
+  async #startNode(
+    name: string,
+    ns: string,
+    dir: string,
+    args: string[],
+    clusterAddress: string,
+  ): Promise<SimNode> {
     const socket = `${dir}/netmanager.sock`;
     const daemon = spawnBackground([
       ...selfCommand(),
       "daemon",
-      "--subnet",
-      subnet,
       "--socket",
       socket,
       "--state-dir",
       `${dir}/state`,
-      "--cfg",
-      `${ROOT_CONFIG}netcfg.json`,
       "--tuncfg",
       `${ROOT_CONFIG}tuncfg.json`,
-      ...extraArgs,
+      ...args,
     ], { netns: ns, logFile: `${dir}/daemon.log` });
     this.#procs.push(daemon);
     const api = new ApiClient(socket);
@@ -85,7 +182,10 @@ export class World {
       if (Date.now() > deadline) throw new Error(`node ${name} did not start; see ${dir}/daemon.log`);
       await new Promise((r) => setTimeout(r, 100));
     }
-    const r = await api.post("/register", { client_id: `${this.prefix}-${name}`, cluster_address: "" });
+    const r = await api.post("/register", {
+      client_id: `${this.prefix}-${name}`,
+      cluster_address: clusterAddress,
+    });
     if (r.status !== 200) throw new Error(`register ${name}: HTTP ${r.status} ${r.body}`);
     return node;
   }
@@ -126,9 +226,28 @@ export class World {
     return r.stdout.trim();
   }
 
+  /** Runs this program's CLI against a node's socket (e.g. `table show`); returns stdout. */
+  async cli(node: SimNode, args: string[]): Promise<string> {
+    const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args, "--socket", node.socket]);
+    if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr.trim()}`);
+    return r.stdout.trimEnd();
+  }
+
   /** HTTP GET from inside an instance (this program's `demo-get`, so nothing else is needed). */
   httpGet(from: SimInstance, url: string): Promise<string> {
     return this.execIn(from, [...selfCommand(), "demo-get", url]);
+  }
+
+  /** Prints what each node knows (status, table, log tail): for a failed run. */
+  async diagnose(print: (line: string) => void): Promise<void> {
+    for (const n of this.nodes) {
+      print(`\n-- ${n.name}: status`);
+      print(JSON.stringify(await n.api.getJson("/status").catch((e) => String(e))));
+      print(`-- ${n.name}: table`);
+      print(JSON.stringify(await n.api.getJson("/table").catch((e) => String(e))));
+      const log = await Deno.readTextFile(`${n.dir}/daemon.log`).catch(() => "");
+      print(`-- ${n.name}: log tail\n${log.split("\n").slice(-15).join("\n")}`);
+    }
   }
 
   /** Stops every process, deletes every namespace and temp dir; returns leftovers found afterwards. */

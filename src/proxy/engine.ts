@@ -169,6 +169,15 @@ export class Counters {
   readonly drops = new Float64Array(DROP_NAMES.length);
 }
 
+/** A datagram parked until its sender is known (see {@link Engine.resolvedStrangers}). */
+export interface ParkedDatagram {
+  bytes: Uint8Array;
+  family: 4 | 6;
+  src4: number;
+  src6: Uint8Array | undefined;
+  srcPort: number;
+}
+
 interface Parked {
   family: 4 | 6;
   packets: Uint8Array[];
@@ -208,6 +217,7 @@ export class Engine {
   readonly #hello = new HelloMessage();
   readonly #probe = new ProbeMessage();
   readonly #parked = new Map<number | string, Parked>();
+  readonly #strangers = new Map<string, { since: number; items: ParkedDatagram[] }>();
   #parkedTotal = 0;
   readonly #idleMs: number;
   readonly #parkPerKey: number;
@@ -432,7 +442,7 @@ export class Engine {
     now: number,
   ): Verdict {
     const peer = family === 4 ? this.peers.lookup4(src4, srcPort) : this.peers.lookup6(src6!, 0, srcPort);
-    if (peer === undefined) return this.#drop(Drop.UNKNOWN_PEER);
+    if (peer === undefined) return this.#strangerIn(buf, off, len, family, src4, src6, srcPort, now);
     const kind = classify(buf, off, len);
     if (kind === WireKind.FAST) {
       const f = this.#fast;
@@ -455,6 +465,86 @@ export class Engine {
     this.counters.udpRxBytes += len;
     this.peers.noteRx(peer, len, now);
     return Verdict.TO_TUN;
+  }
+
+  /**
+   * A datagram from an underlay address that is not a known peer. A node learns its peers from the
+   * table, and a node serving a new client has no entry of the client's job yet: so a packet whose
+   * inner source is a ServiceIP (the sender's InstanceIP) is parked and that IP is resolved like a
+   * miss; it is accepted only if the answer lists the sender's address as the instance's node.
+   * Anything else is dropped as an unknown peer.
+   */
+  #strangerIn(
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    family: 4 | 6,
+    src4: number,
+    src6: Uint8Array | undefined,
+    srcPort: number,
+    now: number,
+  ): Verdict {
+    const kind = classify(buf, off, len);
+    let pOff = off;
+    let pLen = len;
+    if (kind === WireKind.FAST) {
+      if (!decodeFast(buf, off, len, this.#fast)) return this.#drop(Drop.UNKNOWN_PEER);
+      pOff = this.#fast.packetOffset;
+      pLen = this.#fast.packetLength;
+    } else if (kind !== WireKind.RAW_V4 && kind !== WireKind.RAW_V6) {
+      return this.#drop(Drop.UNKNOWN_PEER);
+    }
+    const info = this.#info;
+    if (parsePacket(buf, pOff, pLen, info) !== ParseResult.OK) return this.#drop(Drop.UNKNOWN_PEER);
+    let key: string;
+    if (info.version === 4) {
+      const svc = this.cfg.service4;
+      if (((info.src4 & (0xffffffff << (32 - svc.len))) >>> 0) !== svc.addr) {
+        return this.#drop(Drop.UNKNOWN_PEER);
+      }
+      key = formatIPv4(info.src4);
+    } else {
+      if (!inPrefix6(this.cfg.service6, buf, info.srcOffset)) return this.#drop(Drop.UNKNOWN_PEER);
+      key = formatIPv6(buf, info.srcOffset);
+    }
+    let p = this.#strangers.get(key);
+    if (!p) {
+      p = { since: now, items: [] };
+      this.#strangers.set(key, p);
+      this.misses.push(key);
+    }
+    if (p.items.length >= this.#parkPerKey || this.#parkedTotal >= this.#parkTotal) {
+      return this.#drop(Drop.PARK_FULL);
+    }
+    p.items.push({ bytes: buf.slice(off, off + len), family, src4, src6: src6?.slice(), srcPort });
+    this.#parkedTotal++;
+    this.counters.parked++;
+    return Verdict.PARKED;
+  }
+
+  /**
+   * Datagrams parked by {@link receive} from a not-yet-known sender whose inner source `addr` was
+   * being resolved: returned for another {@link receive} when the table now names the sender as a
+   * peer; dropped (as unknown peers) otherwise.
+   */
+  resolvedStrangers(addr: string, ok: boolean): ParkedDatagram[] {
+    const v6 = addr.includes(":") ? tryParseIPv6(addr) : undefined;
+    const key = v6 ? formatIPv6(v6) : addr;
+    const p = this.#strangers.get(key);
+    if (!p) return [];
+    this.#strangers.delete(key);
+    this.#parkedTotal -= p.items.length;
+    const back = ok
+      ? p.items.filter((d) =>
+        (d.family === 4
+          ? this.peers.lookup4(d.src4, d.srcPort)
+          : this.peers.lookup6(d.src6!, 0, d.srcPort)) !==
+          undefined
+      )
+      : [];
+    this.counters.drops[Drop.UNKNOWN_PEER] += p.items.length - back.length;
+    this.counters.released += back.length;
+    return back;
   }
 
   /**
@@ -641,6 +731,13 @@ export class Engine {
   /** Housekeeping: idle flows leave; parked packets older than `parkMs` are dropped. */
   tick(now: number, parkMs = 6000): void {
     this.flows.sweep(now, this.#idleMs);
+    for (const [key, p] of this.#strangers) {
+      if (now - p.since > parkMs) {
+        this.#strangers.delete(key);
+        this.#parkedTotal -= p.items.length;
+        this.counters.drops[Drop.UNKNOWN_PEER] += p.items.length;
+      }
+    }
     for (const [key, p] of this.#parked) {
       if (now - p.since > parkMs) {
         this.#parked.delete(key);

@@ -18,7 +18,7 @@ import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr } from "../../ffi/vnet.ts";
 import { TranslationTable } from "../table/table.ts";
-import { DROP_NAMES, Engine, Verdict } from "./engine.ts";
+import { DROP_NAMES, Engine, type ParkedDatagram, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import { Coalescer, CoalesceResult, GSO_ERROR_NAMES, SegmentBatch, Segmenter } from "./offload.ts";
 import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN } from "./wire.ts";
@@ -227,6 +227,7 @@ function drainUdp(now: number): void {
     if (c < BATCH) break;
   }
   sendControl();
+  reportMisses();
 }
 
 /** Sends queued HELLO/PROBE datagrams and replies. */
@@ -262,6 +263,21 @@ function replay(packets: Uint8Array[]): void {
 }
 
 let lastUsage = 0;
+
+/** Receives again datagrams whose sender became known (one by one, no coalescing). */
+function replayIn(items: ParkedDatagram[]): void {
+  const e = engine!;
+  const now = performance.now();
+  for (const d of items) {
+    if (e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, now) !== Verdict.TO_TUN) {
+      continue;
+    }
+    if (e.deliver(d.bytes, e.pktOff, e.pktLen, e.pktCsumStart >= 0) === Verdict.TO_TUN) {
+      plainToTun(d.bytes, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
+    }
+  }
+  sendControl();
+}
 
 function stats(): StatsData {
   const e = engine!;
@@ -375,7 +391,10 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         engine?.applyDelta(m.delta, performance.now());
         break;
       case "resolved":
-        if (engine) replay(engine.resolved(m.addr, m.ok));
+        if (engine) {
+          replay(engine.resolved(m.addr, m.ok));
+          replayIn(engine.resolvedStrangers(m.addr, m.ok));
+        }
         break;
       case "flows": {
         const e = engine;

@@ -1,0 +1,822 @@
+/**
+ * The node's control-plane client: speaks Oakestra's node ↔ cluster MQTT protocol (reference §2) to
+ * the cluster service manager — subnet request, table queries, interests, deployment and address
+ * notices — and applies what it learns to the data plane's table through a {@link TableSink}.
+ *
+ * Differences from the reference NetManager (none visible on the wire):
+ * - table queries are coalesced per key (concurrent callers share one request) and a timeout always
+ *   clears the pending key (the reference leaves it stuck);
+ * - a short negative cache (default 1 s) damps repeated queries for ServiceIPs the cluster says are
+ *   unknown, instead of the reference's IP pseudo-interests (which send `interest/remove` for IPs);
+ * - on every reconnect it resubscribes, re-announces the instances it hosts (`service/deployed`) and
+ *   refreshes every job it is interested in, so updates published while it was offline are not lost;
+ * - an update arriving while a refresh of the same job is in flight triggers one more refresh.
+ *
+ * Every incoming payload is validated with zod; malformed ones are logged and ignored. No method
+ * throws into mqtt's event loop; only {@link NodeControl.connect} and {@link NodeControl.requestSubnet}
+ * reject (with {@link ControlError}).
+ *
+ * @example
+ * ```ts
+ * const control = await NodeControl.connect({
+ *   host: "10.0.0.1", port: 10003, workerId: "65f0c0ffee0000000000beef",
+ *   sink: { replaceJob: (j, e) => dp.apply({ op: "replaceJob", job: j, entries: e }),
+ *           removeJob: (j) => dp.apply({ op: "removeJob", job: j }), hasJob: (j) => dp.table.hasJob(j) },
+ *   isHosted: (job) => env.hostsJob(job), hostIp: () => publicIp, hostPort: 50103,
+ * });
+ * const subnet = await control.requestSubnet(); // { v4: "10.18.0.64", v6: "fc00::" }
+ * const resolver = { resolve: (ip: string) => control.resolveIp(ip) };
+ * ```
+ */
+import mqtt from "mqtt";
+import type { IClientOptions, MqttClient } from "mqtt";
+import type { Socket } from "node:net";
+import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
+import { logger } from "../log.ts";
+import { jobNameProblem, type TableEntry } from "../table/entry.ts";
+import {
+  type ConvertedResult,
+  QueryResultError,
+  QueryResultSchema,
+  toEntries,
+} from "../table/query_result.ts";
+import {
+  addressChangedPayload,
+  canonicalIp,
+  deployedPayload,
+  interestRemovePayload,
+  jobOfUpdatesTopic,
+  type NodeTopics,
+  nodeTopics,
+  parseSubnetResult,
+  PayloadError,
+  resultKeys,
+  type SubnetAssignment,
+  subnetRequestPayload,
+  tableQueryPayload,
+  UpdateSchema,
+  updatesTopic,
+  workerIdProblem,
+} from "./payloads.ts";
+
+const log = logger("control");
+
+/** Thrown when the broker cannot be reached, the options are unusable, or the subnet request fails. */
+export class ControlError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ControlError";
+  }
+}
+
+/** Where the control plane writes what it learns: implemented by the daemon on the data plane's table. */
+export interface TableSink {
+  /** Replaces every entry of `job` with `entries` (non-empty). */
+  replaceJob(job: string, entries: TableEntry[]): void;
+  /** Drops every entry of `job`. */
+  removeJob(job: string): void;
+  /** True when the table holds at least one entry of `job`. */
+  hasJob(job: string): boolean;
+}
+
+/** Options of {@link NodeControl.connect}. */
+export interface ControlOptions {
+  /** Broker host (the cluster orchestrator). */
+  host: string;
+  /** Broker port (Oakestra: 10003). */
+  port: number;
+  /** Worker id: MQTT client id and the `<id>` of `nodes/<id>/net/...`. */
+  workerId: string;
+  /** Client certificate and key (PEM file paths) → `mqtts://`; `ca` adds a CA file to trust. */
+  tls?: { cert: string; key: string; ca?: string };
+  /** The table to keep up to date. */
+  sink: TableSink;
+  /** True for jobs with an instance on this node (their interests never expire). */
+  isHosted: (job: string) => boolean;
+  /** This node's current public address (`host_ip` of `service/deployed`). */
+  hostIp: () => string;
+  /** This node's public tunnel port (`host_port`, sent as a string). */
+  hostPort: number;
+  /** Table-query timeout (5000 ms). */
+  queryTimeoutMs?: number;
+  /** Interest idle expiry (10000 ms). */
+  interestIdleMs?: number;
+  /** Subnet request timeout (10000 ms). */
+  subnetTimeoutMs?: number;
+  /** How long {@link NodeControl.connect} keeps trying to reach the broker (10000 ms). */
+  connectTimeoutMs?: number;
+  /** PUBACK / SUBACK wait (5000 ms); a late ack is logged, never thrown. */
+  ackTimeoutMs?: number;
+  /** How long a ServiceIP the cluster reported unknown is answered "unknown" without asking (1000 ms; 0 = off). */
+  negativeTtlMs?: number;
+  /** MQTT keepalive in seconds (30, as the reference). */
+  keepaliveS?: number;
+  /** Delay between reconnect attempts (1000 ms). */
+  reconnectPeriodMs?: number;
+  /**
+   * After a reconnect, how long to wait before re-announcing and refreshing (2000 ms). After a broker
+   * restart the cluster service manager reconnects on its own back-off (paho, ≥ 1 s); messages
+   * published before it has resubscribed would be lost. Resubscribing is never delayed.
+   */
+  resyncDelayMs?: number;
+}
+
+/** Counters for inspection and tests. */
+export interface ControlStats {
+  /** Table-query requests published. */
+  queriesSent: number;
+  /** Calls that joined a query already in flight. */
+  queriesCoalesced: number;
+  /** Queries that timed out. */
+  queryTimeouts: number;
+  /** Table-query results received (valid shape). */
+  resultsReceived: number;
+  /** Incoming payloads dropped as malformed. */
+  malformed: number;
+  /** Updates received on `jobs/<job>/updates_available`. */
+  updates: number;
+  /** Interests expired (interest/remove published). */
+  interestsExpired: number;
+  /** Successful (re)connects. */
+  connects: number;
+}
+
+/** An instance this node hosts, as announced in `service/deployed`. */
+export interface HostedInstance {
+  readonly job: string;
+  readonly instance: number;
+  readonly nsip: string;
+  readonly nsipv6: string;
+}
+
+type Outcome =
+  | { kind: "answer"; conv: ConvertedResult | undefined; reason: string }
+  | { kind: "timeout" }
+  | { kind: "failed"; reason: string };
+
+interface Pending {
+  readonly id: string;
+  readonly type: "ip" | "name";
+  readonly key: string;
+  readonly done: Promise<Outcome>;
+  readonly settle: (o: Outcome) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+interface Interest {
+  lastUsed: number;
+}
+
+interface Refresh {
+  again: boolean;
+  done: Promise<boolean>;
+}
+
+const now = () => performance.now();
+const decoder = new TextDecoder();
+
+/** Races `p` against a timer; resolves `undefined` on timeout (the timer is always cleared). */
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const t = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+function errText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+function entriesHaveIp(entries: readonly TableEntry[], ip: string): boolean {
+  for (const e of entries) {
+    for (const s of e.serviceIps) {
+      if (s.v4 !== undefined && formatIPv4(s.v4) === ip) return true;
+      if (s.v6 !== undefined && formatIPv6(s.v6) === ip) return true;
+    }
+  }
+  return false;
+}
+
+/** The node's MQTT control-plane client. Create with {@link NodeControl.connect}. */
+export class NodeControl {
+  /** Counters (live). */
+  readonly stats: ControlStats = {
+    queriesSent: 0,
+    queriesCoalesced: 0,
+    queryTimeouts: 0,
+    resultsReceived: 0,
+    malformed: 0,
+    updates: 0,
+    interestsExpired: 0,
+    connects: 0,
+  };
+  readonly #client: MqttClient;
+  readonly #topics: NodeTopics;
+  readonly #opts: ControlOptions;
+  readonly #queryTimeoutMs: number;
+  readonly #idleMs: number;
+  readonly #subnetTimeoutMs: number;
+  readonly #ackTimeoutMs: number;
+  readonly #negativeTtlMs: number;
+  readonly #resyncDelayMs: number;
+  readonly #pending = new Map<string, Pending>();
+  readonly #interests = new Map<string, Interest>();
+  readonly #hosted = new Map<string, HostedInstance>();
+  readonly #negative = new Map<string, number>();
+  readonly #refreshing = new Map<string, Refresh>();
+  #subnetWaiter: ((payload: unknown) => void) | undefined;
+  #sweep: ReturnType<typeof setInterval> | undefined;
+  #resyncTimer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #resync: Promise<void> = Promise.resolve();
+
+  private constructor(client: MqttClient, opts: ControlOptions) {
+    this.#client = client;
+    this.#opts = opts;
+    this.#topics = nodeTopics(opts.workerId);
+    this.#queryTimeoutMs = opts.queryTimeoutMs ?? 5000;
+    this.#idleMs = opts.interestIdleMs ?? 10000;
+    this.#subnetTimeoutMs = opts.subnetTimeoutMs ?? 10000;
+    this.#ackTimeoutMs = opts.ackTimeoutMs ?? 5000;
+    this.#negativeTtlMs = opts.negativeTtlMs ?? 1000;
+    this.#resyncDelayMs = opts.resyncDelayMs ?? 2000;
+  }
+
+  /**
+   * Connects to `tcp://host:port` (`mqtts://` with `tls`), client id = worker id, clean session,
+   * and subscribes the node's result topics. Keeps retrying for `connectTimeoutMs`; then rejects
+   * with ControlError naming the broker and the last error. A broker refusing the connection
+   * (CONNACK error, e.g. not authorized) rejects at once.
+   */
+  static async connect(opts: ControlOptions): Promise<NodeControl> {
+    const problem = workerIdProblem(opts.workerId);
+    if (problem) throw new ControlError(problem);
+    if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535) {
+      throw new ControlError(`invalid MQTT port ${opts.port}`);
+    }
+    if (!Number.isInteger(opts.hostPort) || opts.hostPort < 1 || opts.hostPort > 65535) {
+      throw new ControlError(`invalid host port ${opts.hostPort}`);
+    }
+    const protocol = opts.tls ? "mqtts" : "mqtt";
+    const url = `${protocol}://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${opts.port}`;
+    const timeoutMs = opts.connectTimeoutMs ?? 10000;
+    const clientOpts: IClientOptions = {
+      clientId: opts.workerId,
+      clean: true,
+      protocolVersion: 4,
+      keepalive: opts.keepaliveS ?? 30,
+      reconnectPeriod: opts.reconnectPeriodMs ?? 1000,
+      connectTimeout: Math.min(timeoutMs, 30000),
+      resubscribe: false, // done by #onConnect, together with the re-announce
+      queueQoSZero: false,
+    };
+    if (opts.tls) {
+      try {
+        clientOpts.cert = await Deno.readTextFile(opts.tls.cert);
+        clientOpts.key = await Deno.readTextFile(opts.tls.key);
+        if (opts.tls.ca) clientOpts.ca = await Deno.readTextFile(opts.tls.ca);
+      } catch (e) {
+        throw new ControlError(`cannot read MQTT TLS files: ${errText(e)}`);
+      }
+    }
+    const client = mqtt.connect(url, clientOpts);
+    const control = new NodeControl(client, opts);
+    let lastError = "no answer";
+    const first = Promise.withResolvers<void>();
+    client.on("connect", () => {
+      control.stats.connects++;
+      const again = control.stats.connects > 1;
+      if (again) log.info("reconnected to MQTT broker", { url });
+      control.#resync = control.#onConnect(again).then(first.resolve, (e) => {
+        log.error("resync after connect failed", { error: errText(e) });
+        first.resolve();
+      });
+    });
+    client.on("error", (e: Error & { code?: unknown }) => {
+      lastError = errText(e);
+      if (typeof e.code === "number") {
+        // A CONNACK refusal: retrying will not help.
+        first.reject(new ControlError(`MQTT broker ${url} refused the connection: ${lastError}`));
+      }
+      if (control.stats.connects > 0) log.warn("MQTT error", { error: lastError });
+    });
+    client.on("offline", () => {
+      if (control.stats.connects > 0 && !control.#closed) {
+        log.warn("MQTT connection lost; reconnecting", { url });
+      }
+    });
+    client.on("message", (topic: string, payload: Uint8Array) => control.#onMessage(topic, payload));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new ControlError(`cannot reach MQTT broker ${url} within ${timeoutMs} ms: ${lastError}`),
+          ),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([first.promise, timeout]);
+    } catch (e) {
+      control.#closed = true;
+      await client.endAsync(true).catch(() => {});
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+    const period = Math.max(20, Math.min(1000, Math.floor(control.#idleMs / 5)));
+    control.#sweep = setInterval(() => control.#expireInterests(), period);
+    log.info("connected to MQTT broker", { url, clientId: opts.workerId });
+    return control;
+  }
+
+  /** True while the MQTT connection is up. */
+  get connected(): boolean {
+    return this.#client.connected && !this.#closed;
+  }
+
+  /** Jobs this node is currently interested in (subscribed to their updates). */
+  interests(): string[] {
+    return [...this.#interests.keys()];
+  }
+
+  /** The instances this node announced as hosted (re-announced on reconnect). */
+  hosted(): HostedInstance[] {
+    return [...this.#hosted.values()];
+  }
+
+  /**
+   * Asks the cluster for this node's subnet (`nodes/<id>/net/subnet {"METHOD":"GET"}`) and waits for
+   * a valid `subnetwork/result`. Malformed answers are logged and ignored; the request is sent again
+   * after a reconnect. Rejects with ControlError after `subnetTimeoutMs`.
+   */
+  async requestSubnet(): Promise<SubnetAssignment> {
+    if (this.#closed) throw new ControlError("control plane is closed");
+    if (this.#subnetWaiter) throw new ControlError("a subnet request is already in flight");
+    const d = Promise.withResolvers<SubnetAssignment>();
+    let lastProblem = "";
+    this.#subnetWaiter = (payload) => {
+      try {
+        d.resolve(parseSubnetResult(payload));
+      } catch (e) {
+        if (!(e instanceof PayloadError)) throw e;
+        lastProblem = e.message;
+        this.stats.malformed++;
+        log.warn("ignoring subnet result", { error: e.message });
+      }
+    };
+    try {
+      void this.#publish(this.#topics.subnetRequest, subnetRequestPayload());
+      const r = await withTimeout(d.promise, this.#subnetTimeoutMs);
+      if (r === undefined) {
+        throw new ControlError(
+          `no valid subnet from the cluster within ${this.#subnetTimeoutMs} ms` +
+            (lastProblem
+              ? ` (last answer: ${lastProblem})`
+              : this.connected
+              ? ""
+              : " (broker not connected)"),
+        );
+      }
+      log.info("subnet assigned", { v4: r.v4, v6: r.v6 });
+      return r;
+    } finally {
+      this.#subnetWaiter = undefined;
+    }
+  }
+
+  /**
+   * The data plane's resolver: makes sure the table holds ServiceIP `ip`. Sends a table query by
+   * `sip` (coalesced with any query in flight for the same key), applies the result to the sink,
+   * registers interest in the job, and resolves true when the table now has `ip`. Never rejects:
+   * timeouts, disconnection and unknown IPs resolve false.
+   */
+  async resolveIp(ip: string): Promise<boolean> {
+    const key = canonicalIp(ip);
+    if (key === undefined) {
+      log.warn("resolveIp: not an IP address", { ip });
+      return false;
+    }
+    const until = this.#negative.get(key);
+    if (until !== undefined) {
+      if (now() < until) return false;
+      this.#negative.delete(key);
+    }
+    const o = await this.#query("ip", key);
+    if (o.kind !== "answer") return false;
+    const conv = o.conv;
+    if (conv && entriesHaveIp(conv.entries, key)) return this.#sinkHas(conv.job);
+    if (this.#negativeTtlMs > 0) this.#negative.set(key, now() + this.#negativeTtlMs);
+    log.debug("ServiceIP unknown to the cluster", { ip: key, reason: o.reason });
+    return false;
+  }
+
+  /**
+   * Forced table query by name: replaces the job's entries (or removes the job when the answer has
+   * no usable instance). Resolves true when the table now holds the job; false on timeout,
+   * disconnection or an empty answer. Never rejects.
+   */
+  async refreshJob(job: string): Promise<boolean> {
+    const problem = jobNameProblem(job);
+    if (problem) {
+      log.warn("refreshJob: invalid job name", { job, problem });
+      return false;
+    }
+    const o = await this.#query("name", job);
+    if (o.kind === "timeout") log.warn("table query timed out", { job, timeoutMs: this.#queryTimeoutMs });
+    else if (o.kind === "failed") log.warn("table query not sent", { job, reason: o.reason });
+    if (o.kind !== "answer") return false;
+    return this.#sinkHas(job);
+  }
+
+  /**
+   * A local instance was deployed: records it (re-announced on reconnect), publishes
+   * `service/deployed` (`host_port` as a string, `host_ip` from `hostIp()`), registers interest in
+   * the job and refreshes it by name — how the node learns its own instance's Instance IP. Resolves
+   * with the refresh's result; never rejects (the daemon may fire and forget).
+   */
+  async deployed(job: string, instance: number, nsip: string, nsipv6: string): Promise<boolean> {
+    const problem = jobNameProblem(job);
+    if (problem || !Number.isInteger(instance) || instance < 0) {
+      log.warn("deployed: invalid job/instance, nothing announced", { job, instance, problem });
+      return false;
+    }
+    const h: HostedInstance = { job, instance, nsip, nsipv6 };
+    this.#hosted.set(`${job}#${instance}`, h);
+    await this.#announce(h);
+    await this.#ensureInterest(job);
+    return await this.#refresh(job);
+  }
+
+  /** A local instance was undeployed: forget it (Oakestra sends no MQTT message for this). */
+  undeployed(job: string, instance: number): void {
+    this.#hosted.delete(`${job}#${instance}`);
+    const i = this.#interests.get(job);
+    if (i) i.lastUsed = now(); // from now on it ages like any other interest
+  }
+
+  /** Usage of `job` seen on the packet path: keeps its interest alive. Cheap (one map lookup). */
+  touch(job: string): void {
+    const i = this.#interests.get(job);
+    if (i) i.lastUsed = now();
+  }
+
+  /**
+   * The node's public address changed: publishes `service/address-changed` (new `host_ip`, the
+   * public port, empty status/nsips) for every hosted instance. Never rejects.
+   */
+  async addressChanged(oldIp: string, newIp: string): Promise<void> {
+    log.info("public address changed", { from: oldIp, to: newIp, instances: this.#hosted.size });
+    await Promise.all(
+      [...this.#hosted.values()].map((h) =>
+        this.#publish(
+          this.#topics.addressChanged,
+          addressChangedPayload({
+            job: h.job,
+            instance: h.instance,
+            hostIp: newIp,
+            hostPort: this.#opts.hostPort,
+          }),
+        )
+      ),
+    );
+  }
+
+  /** Stops timers, settles every pending query (false) and disconnects. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    clearTimeout(this.#resyncTimer);
+    for (const p of [...this.#pending.values()]) this.#finish(p, { kind: "failed", reason: "closed" });
+    const graceful = await withTimeout(this.#client.endAsync(false).then(() => true), 1000);
+    if (!graceful) await this.#client.endAsync(true).catch(() => {});
+    log.info("MQTT client closed");
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  /** (Re)subscribes everything; after a reconnect also re-announces and refreshes. */
+  async #onConnect(again: boolean): Promise<void> {
+    const sock = this.#client.stream as unknown as Partial<Socket> | undefined;
+    if (sock && typeof sock.setNoDelay === "function") sock.setNoDelay(true);
+    const topics = [
+      this.#topics.tableQueryResult,
+      this.#topics.subnetResult,
+      ...[...this.#interests.keys()].map(updatesTopic),
+    ];
+    await this.#subscribe(topics);
+    if (!again) return;
+    if (this.#resyncDelayMs > 0) {
+      await new Promise<void>((resolve) => {
+        clearTimeout(this.#resyncTimer);
+        this.#resyncTimer = setTimeout(resolve, this.#resyncDelayMs);
+      });
+    }
+    if (this.#closed || !this.#client.connected) return;
+    log.info("resync after reconnect", { hosted: this.#hosted.size, interests: this.#interests.size });
+    if (this.#subnetWaiter) void this.#publish(this.#topics.subnetRequest, subnetRequestPayload());
+    await Promise.all([...this.#hosted.values()].map((h) => this.#announce(h)));
+    for (const job of this.#interests.keys()) void this.#refresh(job);
+  }
+
+  async #subscribe(topics: string[]): Promise<boolean> {
+    if (topics.length === 0 || this.#closed) return true;
+    const map: Record<string, { qos: 1 }> = {};
+    for (const t of topics) map[t] = { qos: 1 };
+    try {
+      const granted = await withTimeout(this.#client.subscribeAsync(map), this.#ackTimeoutMs);
+      if (granted === undefined) {
+        log.warn("SUBACK not received in time", { topics, timeoutMs: this.#ackTimeoutMs });
+        return false;
+      }
+      const refused = granted.filter((g) => g.qos === 128).map((g) => g.topic);
+      if (refused.length) log.warn("broker refused subscriptions", { topics: refused });
+      return refused.length === 0;
+    } catch (e) {
+      log.warn("subscribe failed", { topics, error: errText(e) });
+      return false;
+    }
+  }
+
+  async #unsubscribe(topic: string): Promise<void> {
+    if (this.#closed || !this.#client.connected) return;
+    try {
+      const r = await withTimeout(this.#client.unsubscribeAsync(topic), this.#ackTimeoutMs);
+      if (r === undefined) log.warn("UNSUBACK not received in time", { topic });
+    } catch (e) {
+      log.warn("unsubscribe failed", { topic, error: errText(e) });
+    }
+  }
+
+  /**
+   * Publishes JSON with QoS 1, retain false, waiting ≤ ackTimeoutMs for the PUBACK. Errors are only
+   * logged. While disconnected nothing is sent (what matters is replayed by the reconnect resync).
+   */
+  async #publish(topic: string, body: unknown): Promise<boolean> {
+    if (this.#closed) return false;
+    if (!this.#client.connected) {
+      log.warn("not connected; message not sent", { topic });
+      return false;
+    }
+    try {
+      const r = await withTimeout(
+        this.#client.publishAsync(topic, JSON.stringify(body), { qos: 1, retain: false }).then(() => true),
+        this.#ackTimeoutMs,
+      );
+      if (r === undefined) log.warn("PUBACK not received in time", { topic, timeoutMs: this.#ackTimeoutMs });
+      return r === true;
+    } catch (e) {
+      log.warn("publish failed", { topic, error: errText(e) });
+      return false;
+    }
+  }
+
+  #announce(h: HostedInstance): Promise<boolean> {
+    return this.#publish(
+      this.#topics.serviceDeployed,
+      deployedPayload({
+        job: h.job,
+        instance: h.instance,
+        nsip: h.nsip,
+        nsipv6: h.nsipv6,
+        hostIp: this.#opts.hostIp(),
+        hostPort: this.#opts.hostPort,
+      }),
+    );
+  }
+
+  /** Sends (or joins) a table query; always settles: answer, timeout or failure. */
+  #query(type: "ip" | "name", key: string): Promise<Outcome> {
+    const id = `${type}:${key}`;
+    const existing = this.#pending.get(id);
+    if (existing) {
+      this.stats.queriesCoalesced++;
+      return existing.done;
+    }
+    if (this.#closed) return Promise.resolve({ kind: "failed", reason: "closed" });
+    if (!this.#client.connected) return Promise.resolve({ kind: "failed", reason: "not connected" });
+    const d = Promise.withResolvers<Outcome>();
+    const p: Pending = { id, type, key, done: d.promise, settle: d.resolve, timer: undefined };
+    p.timer = setTimeout(() => {
+      this.stats.queryTimeouts++;
+      this.#finish(p, { kind: "timeout" });
+    }, this.#queryTimeoutMs);
+    this.#pending.set(id, p);
+    this.stats.queriesSent++;
+    const body = tableQueryPayload(type === "ip" ? { sip: key } : { sname: key });
+    this.#client.publishAsync(this.#topics.tableQueryRequest, JSON.stringify(body), { qos: 1, retain: false })
+      .catch((e) => this.#finish(p, { kind: "failed", reason: `publish failed: ${errText(e)}` }));
+    return d.promise;
+  }
+
+  /** Settles a pending query and clears its key (only if it is still the registered one). */
+  #finish(p: Pending, o: Outcome): void {
+    clearTimeout(p.timer);
+    if (this.#pending.get(p.id) === p) this.#pending.delete(p.id);
+    p.settle(o);
+  }
+
+  #onMessage(topic: string, payload: Uint8Array): void {
+    try {
+      let body: unknown;
+      try {
+        body = JSON.parse(decoder.decode(payload));
+      } catch (e) {
+        this.stats.malformed++;
+        log.warn("ignoring non-JSON MQTT payload", { topic, error: errText(e) });
+        return;
+      }
+      if (topic === this.#topics.tableQueryResult) return this.#onQueryResult(body);
+      if (topic === this.#topics.subnetResult) {
+        if (this.#subnetWaiter) this.#subnetWaiter(body);
+        else log.debug("unsolicited subnet result ignored");
+        return;
+      }
+      const job = jobOfUpdatesTopic(topic);
+      if (job !== undefined) return this.#onUpdate(job, body);
+      log.debug("message on unexpected topic ignored", { topic });
+    } catch (e) {
+      // Never let anything escape into mqtt's event loop.
+      log.error("error handling MQTT message", { topic, error: errText(e) });
+    }
+  }
+
+  #onQueryResult(body: unknown): void {
+    const shape = QueryResultSchema.safeParse(body);
+    if (!shape.success) {
+      this.stats.malformed++;
+      // Release whoever asked for query_key, if we can read it: the answer is "unknown".
+      const qk = typeof body === "object" && body !== null
+        ? (body as Record<string, unknown>).query_key
+        : undefined;
+      const reason = `malformed table query result: ${shape.error.issues[0]?.message ?? "invalid"}`;
+      log.warn("ignoring malformed table query result", { queryKey: qk, error: reason });
+      if (typeof qk === "string" && qk !== "") {
+        const ip = canonicalIp(qk);
+        const p = this.#pending.get(ip ? `ip:${ip}` : `name:${qk}`);
+        if (p) this.#finish(p, { kind: "answer", conv: undefined, reason });
+      }
+      return;
+    }
+    this.stats.resultsReceived++;
+    const keys = resultKeys(shape.data);
+    const waiters: Pending[] = [];
+    for (const n of keys.names) {
+      const p = this.#pending.get(`name:${n}`);
+      if (p) waiters.push(p);
+    }
+    for (const ip of keys.ips) {
+      const p = this.#pending.get(`ip:${ip}`);
+      if (p) waiters.push(p);
+    }
+    let conv: ConvertedResult | undefined;
+    let reason = "";
+    try {
+      conv = toEntries(shape.data);
+    } catch (e) {
+      if (!(e instanceof QueryResultError)) throw e;
+      reason = e.message;
+    }
+    if (conv) {
+      for (const d of conv.dropped) {
+        log.debug("instance left out of the table", { job: conv.job, why: d.message });
+      }
+      for (const n of conv.notes) log.debug("table query note", { job: conv.job, note: n });
+      this.#apply(conv, waiters);
+    } else if (shape.data.app_name !== "") {
+      // A job name that can never be valid: refuse it for everyone who asked.
+      this.stats.malformed++;
+      log.warn("rejected table query result", { error: reason });
+    }
+    for (const w of waiters) this.#finish(w, { kind: "answer", conv, reason });
+  }
+
+  /** Applies a result to the sink; see the module doc for who is authoritative. */
+  #apply(conv: ConvertedResult, waiters: Pending[]): void {
+    const job = conv.job;
+    const byName = waiters.some((w) => w.type === "name");
+    const byIp = waiters.some((w) => w.type === "ip");
+    const has = conv.entries.length > 0;
+    try {
+      if (byName || this.#interests.has(job)) {
+        // An answer by name (or any fresh answer about a job we follow) is the whole truth about it.
+        if (has) this.#opts.sink.replaceJob(job, conv.entries);
+        else this.#opts.sink.removeJob(job);
+      } else if (byIp && has) {
+        this.#opts.sink.replaceJob(job, conv.entries);
+      } else {
+        log.debug("unsolicited table query result ignored", { job });
+        return;
+      }
+    } catch (e) {
+      log.error("table sink rejected an update", { job, error: errText(e) });
+      return;
+    }
+    if (byIp && has) void this.#ensureInterest(job);
+  }
+
+  #onUpdate(job: string, body: unknown): void {
+    const u = UpdateSchema.safeParse(body);
+    if (!u.success) {
+      this.stats.malformed++;
+      log.warn("ignoring malformed update", { job });
+      return;
+    }
+    this.stats.updates++;
+    if (!this.#interests.has(job)) {
+      log.debug("update for a job without interest ignored", { job });
+      return;
+    }
+    log.debug("update available", { job, type: u.data.type });
+    void this.#refresh(job);
+  }
+
+  /** Refreshes `job`, coalescing with a refresh in flight (which then runs once more). */
+  #refresh(job: string): Promise<boolean> {
+    const r = this.#refreshing.get(job);
+    if (r) {
+      r.again = true;
+      return r.done;
+    }
+    const entry: Refresh = { again: false, done: Promise.resolve(false) };
+    entry.done = (async () => {
+      let ok = false;
+      try {
+        do {
+          entry.again = false;
+          ok = await this.refreshJob(job);
+        } while (entry.again && !this.#closed);
+      } finally {
+        this.#refreshing.delete(job);
+      }
+      return ok;
+    })();
+    this.#refreshing.set(job, entry);
+    return entry.done;
+  }
+
+  async #ensureInterest(job: string): Promise<void> {
+    const i = this.#interests.get(job);
+    if (i) {
+      i.lastUsed = now();
+      return;
+    }
+    this.#interests.set(job, { lastUsed: now() });
+    log.debug("interest registered", { job });
+    if (this.#client.connected) await this.#subscribe([updatesTopic(job)]);
+  }
+
+  #isHosted(job: string): boolean {
+    for (const h of this.#hosted.values()) if (h.job === job) return true;
+    try {
+      return this.#opts.isHosted(job);
+    } catch (e) {
+      log.warn("isHosted failed", { job, error: errText(e) });
+      return true; // keep the interest rather than drop a job that may be ours
+    }
+  }
+
+  #expireInterests(): void {
+    // Offline, nothing expires: interest/remove could not be sent, and touch() cannot tell usage apart.
+    if (this.#closed || !this.#client.connected) return;
+    const t = now();
+    for (const [job, i] of this.#interests) {
+      if (t - i.lastUsed < this.#idleMs) continue;
+      if (this.#isHosted(job)) {
+        i.lastUsed = t;
+        continue;
+      }
+      if (this.#refreshing.has(job)) continue;
+      this.#interests.delete(job);
+      this.stats.interestsExpired++;
+      log.debug("interest expired", { job, idleMs: Math.round(t - i.lastUsed) });
+      void this.#publish(this.#topics.interestRemove, interestRemovePayload(job));
+      void this.#unsubscribe(updatesTopic(job));
+      try {
+        this.#opts.sink.removeJob(job);
+      } catch (e) {
+        log.error("table sink failed to remove a job", { job, error: errText(e) });
+      }
+    }
+    if (this.#negative.size > 0) {
+      for (const [ip, until] of this.#negative) if (t >= until) this.#negative.delete(ip);
+    }
+  }
+
+  #sinkHas(job: string): boolean {
+    try {
+      return this.#opts.sink.hasJob(job);
+    } catch (e) {
+      log.warn("table sink hasJob failed", { job, error: errText(e) });
+      return false;
+    }
+  }
+
+  /** Resolves when the latest connect's resubscribe (and, after a reconnect, re-announce) is done. */
+  whenSynced(): Promise<void> {
+    return this.#resync;
+  }
+}

@@ -140,6 +140,8 @@ class Node implements NodeService {
       isHosted: (job) => this.env.instances().some((r) => r.job === job),
       hostIp: () => this.publicAddress ?? "",
       hostPort: net.NodePublicPort,
+      // Oakestra's 10 s idle expiry of interests; the environment may shorten it (tests).
+      interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
     });
   }
 

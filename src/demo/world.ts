@@ -25,6 +25,8 @@ export interface SimNode {
   socket: string;
   api: ApiClient;
   daemon: Background;
+  /** The daemon's command line (for restarts). */
+  argv: string[];
 }
 
 /** A simulated instance (container). */
@@ -77,42 +79,89 @@ export class World {
   }
 
   /**
-   * Starts `netmanager control` (embedded MQTT broker on :10003, HTTP API on 127.0.0.1:10100) in its
-   * own namespace on the underlay at `ip`.
+   * Starts `netmanager control` (HTTP API on 127.0.0.1:10100) in its own namespace on the underlay
+   * at `ip`, with its embedded MQTT broker on :10003, or with `broker: "mosquitto"` a mosquitto
+   * (Debian's) on :10003 in the same namespace that the control plane uses as an external broker.
    */
-  async control(ip: string): Promise<{ ns: string; ip: string }> {
+  async control(
+    ip: string,
+    opts: { broker?: "embedded" | "mosquitto" } = {},
+  ): Promise<{ ns: string; ip: string }> {
     const ns = await this.namespace("ctl");
     await this.attach(ns, "c", ip);
     const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-ctl-` });
     this.#dirs.push(dir);
-    const p = spawnBackground([...selfCommand(), "control", "--state-dir", dir, "--mqtt-port", "10003"], {
-      netns: ns,
-      logFile: `${dir}/control.log`,
-    });
-    this.#procs.push(p);
-    this.#controlNs = ns;
+    this.#ctl = { ns, dir, mosquitto: opts.broker === "mosquitto" };
+    if (this.#ctl.mosquitto) await this.startBroker();
+    await this.startControl();
+    return { ns, ip };
+  }
+
+  #ctl: { ns: string; dir: string; mosquitto: boolean; proc?: Background; broker?: Background } | undefined;
+
+  /** (Re)starts the control-plane process (state kept in its directory). */
+  async startControl(): Promise<void> {
+    const c = this.#ctl!;
+    const args = [...selfCommand(), "control", "--state-dir", c.dir];
+    if (c.mosquitto) args.push("--broker", "mqtt://127.0.0.1:10003");
+    else args.push("--mqtt-port", "10003");
+    c.proc = spawnBackground(args, { netns: c.ns, logFile: `${c.dir}/control.log` });
+    this.#procs.push(c.proc);
     const deadline = Date.now() + 20000;
     while (
       (await runTool("nsenter", [
-        `--net=/run/netns/${ns}`,
+        `--net=/run/netns/${c.ns}`,
         "curl",
         "-s",
         "http://127.0.0.1:10100/api/net/nodes",
       ])).code !== 0
     ) {
-      if (Date.now() > deadline) throw new Error(`netmanager control did not start; see ${dir}/control.log`);
+      if (Date.now() > deadline) {
+        throw new Error(`netmanager control did not start; see ${c.dir}/control.log`);
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
-    return { ns, ip };
   }
 
-  #controlNs: string | undefined;
+  /** Stops the control-plane process (SIGTERM). */
+  async stopControl(): Promise<void> {
+    await this.#ctl?.proc?.stop();
+  }
+
+  /** (Re)starts the mosquitto broker of a `broker: "mosquitto"` control plane. */
+  async startBroker(): Promise<void> {
+    const c = this.#ctl!;
+    const conf = `${c.dir}/mosquitto.conf`;
+    await Deno.writeTextFile(
+      conf,
+      "listener 10003 0.0.0.0\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n",
+    );
+    c.broker = spawnBackground(["mosquitto", "-c", conf], { netns: c.ns, logFile: `${c.dir}/mosquitto.log` });
+    this.#procs.push(c.broker);
+    const deadline = Date.now() + 10000;
+    while (
+      (await runTool("nsenter", [
+        `--net=/run/netns/${c.ns}`,
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/10003",
+      ])).code !== 0
+    ) {
+      if (Date.now() > deadline) throw new Error(`mosquitto did not start; see ${c.dir}/mosquitto.log`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Stops the mosquitto broker (SIGTERM). */
+  async stopBroker(): Promise<void> {
+    await this.#ctl?.broker?.stop();
+  }
 
   /** Runs `netmanager control …` (the CLI client) next to the control plane; returns stdout. */
   async ctl(args: string[]): Promise<string> {
-    if (!this.#controlNs) throw new Error("no control plane started");
+    if (!this.#ctl) throw new Error("no control plane started");
     const r = await runTool("nsenter", [
-      `--net=/run/netns/${this.#controlNs}`,
+      `--net=/run/netns/${this.#ctl.ns}`,
       ...selfCommand(),
       "control",
       ...args,
@@ -160,7 +209,7 @@ export class World {
     clusterAddress: string,
   ): Promise<SimNode> {
     const socket = `${dir}/netmanager.sock`;
-    const daemon = spawnBackground([
+    const argv = [
       ...selfCommand(),
       "daemon",
       "--socket",
@@ -170,24 +219,39 @@ export class World {
       "--tuncfg",
       `${ROOT_CONFIG}tuncfg.json`,
       ...args,
-    ], { netns: ns, logFile: `${dir}/daemon.log` });
-    this.#procs.push(daemon);
+    ];
     const api = new ApiClient(socket);
-    const node: SimNode = { name, ns, dir, socket, api, daemon };
+    const node: SimNode = { name, ns, dir, socket, api, daemon: undefined as unknown as Background, argv };
     this.nodes.push(node);
-    const deadline = Date.now() + 20000;
-    for (;;) {
-      const ok = await api.request("GET", "/status").then((r) => r.status === 200, () => false);
-      if (ok) break;
-      if (Date.now() > deadline) throw new Error(`node ${name} did not start; see ${dir}/daemon.log`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await this.startDaemon(node);
     const r = await api.post("/register", {
       client_id: `${this.prefix}-${name}`,
       cluster_address: clusterAddress,
     });
     if (r.status !== 200) throw new Error(`register ${name}: HTTP ${r.status} ${r.body}`);
     return node;
+  }
+
+  /** (Re)starts a node's daemon process and waits for its API (a restarted node is not re-registered). */
+  async startDaemon(node: SimNode): Promise<void> {
+    node.daemon = spawnBackground(node.argv, { netns: node.ns, logFile: `${node.dir}/daemon.log` });
+    this.#procs.push(node.daemon);
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const ok = await node.api.request("GET", "/status").then((r) => r.status === 200, () => false);
+      if (ok) return;
+      if (Date.now() > deadline) {
+        throw new Error(`node ${node.name} did not start; see ${node.dir}/daemon.log`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Stops a node's daemon (SIGTERM: instances keep their networking). */
+  async stopDaemon(node: SimNode): Promise<void> {
+    await node.daemon.stop();
+    node.api.close(); // its pooled connections belong to the old process
+    node.api = new ApiClient(node.socket);
   }
 
   /** Starts an instance process (`argv`, default: sleep) in a fresh network namespace. */

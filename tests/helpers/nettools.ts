@@ -6,6 +6,8 @@
  * - `http-server PORT NAME`: answers every HTTP request with NAME
  * - `servers PORT NAME`: TCP and UDP echo servers on the same port
  * - `udp-send HOST PORT HEX`: sends one datagram with the given bytes (no answer expected)
+ * - `tcp-chat HOST PORT N INTERVAL_MS`: one connection, N request/answer rounds, prints each answer;
+ *   exits 1 when an answer takes longer than 3 s
  */
 import dgram from "node:dgram";
 
@@ -86,6 +88,23 @@ try {
       const sock = dgram.createSocket({ type: args[0].includes(":") ? "udp6" : "udp4" });
       const bytes = new Uint8Array(args[2].match(/../g)!.map((h) => parseInt(h, 16)));
       sock.send(bytes, Number(args[1]), args[0], () => sock.close());
+      break;
+    }
+    case "tcp-chat": {
+      const conn = await Deno.connect({ hostname: args[0], port: Number(args[1]) });
+      const buf = new Uint8Array(65536);
+      for (let i = 0; i < Number(args[2]); i++) {
+        await conn.write(enc.encode(`m${i}`));
+        const timer = setTimeout(() => {
+          console.error(`no answer to m${i}`);
+          Deno.exit(1);
+        }, 3000);
+        const n = await conn.read(buf);
+        clearTimeout(timer);
+        console.log(dec.decode(buf.subarray(0, n ?? 0)));
+        await new Promise((r) => setTimeout(r, Number(args[3])));
+      }
+      conn.close();
       break;
     }
     case "http-server":

@@ -99,6 +99,27 @@ export class World {
 
   #ctl: { ns: string; dir: string; mosquitto: boolean; proc?: Background; broker?: Background } | undefined;
 
+  /**
+   * Only a mosquitto broker (:10003) in its own namespace on the underlay at `ip`, for a cluster
+   * side played by something else; `spawnNextToBroker` runs that.
+   */
+  async brokerOnly(ip: string): Promise<{ ns: string; dir: string }> {
+    const ns = await this.namespace("ctl");
+    await this.attach(ns, "c", ip);
+    const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-ctl-` });
+    this.#dirs.push(dir);
+    this.#ctl = { ns, dir, mosquitto: true };
+    await this.startBroker();
+    return { ns, dir };
+  }
+
+  /** Runs a process in the control plane's namespace (stopped by `destroy`). */
+  spawnNextToBroker(argv: string[], logFile: string): Background {
+    const p = spawnBackground(argv, { netns: this.#ctl!.ns, logFile });
+    this.#procs.push(p);
+    return p;
+  }
+
   /** (Re)starts the control-plane process (state kept in its directory). */
   async startControl(): Promise<void> {
     const c = this.#ctl!;
@@ -174,7 +195,7 @@ export class World {
    * Starts a node in cluster mode: attached to the underlay at `ip`, its daemon registers with the
    * control plane at `clusterIp` (MQTT) and gets its subnet from there.
    */
-  async clusterNode(name: string, ip: string, clusterIp: string): Promise<SimNode> {
+  async clusterNode(name: string, ip: string, clusterIp: string, workerId?: string): Promise<SimNode> {
     const ns = await this.namespace(name);
     await this.attach(ns, name, ip);
     const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-${name}-` });
@@ -184,7 +205,7 @@ export class World {
       `${dir}/netcfg.json`,
       JSON.stringify({ ...cfg, NodePublicAddress: ip, ClusterUrl: clusterIp }),
     );
-    return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp);
+    return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp, workerId);
   }
 
   /** Starts a node daemon in standalone mode with `subnet` and registers it. */
@@ -207,6 +228,7 @@ export class World {
     dir: string,
     args: string[],
     clusterAddress: string,
+    workerId = `${this.prefix}-${name}`,
   ): Promise<SimNode> {
     const socket = `${dir}/netmanager.sock`;
     const argv = [
@@ -225,7 +247,7 @@ export class World {
     this.nodes.push(node);
     await this.startDaemon(node);
     const r = await api.post("/register", {
-      client_id: `${this.prefix}-${name}`,
+      client_id: workerId,
       cluster_address: clusterAddress,
     });
     if (r.status !== 200) throw new Error(`register ${name}: HTTP ${r.status} ${r.body}`);

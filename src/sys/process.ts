@@ -54,11 +54,13 @@ export function spawnBackground(argv: string[], opts: SpawnOptions = {}): Backgr
     stderr: log ? "piped" : "null",
   }).spawn();
   if (log) {
-    const w = log.writable.getWriter();
+    // Written synchronously per chunk, so the file is current while the process runs.
     const pump = async (s: ReadableStream<Uint8Array>) => {
-      for await (const chunk of s) await w.write(chunk);
+      for await (const chunk of s) {
+        for (let off = 0; off < chunk.length;) off += log.writeSync(chunk.subarray(off));
+      }
     };
-    Promise.all([pump(child.stdout), pump(child.stderr)]).finally(() => w.close().catch(() => {}));
+    Promise.all([pump(child.stdout), pump(child.stderr)]).finally(() => log.close());
   }
   const status = child.status.then((s) => s.code);
   return {

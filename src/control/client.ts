@@ -575,6 +575,13 @@ export class NodeControl {
   }
 
   #announce(h: HostedInstance): Promise<boolean> {
+    let hostIp: string;
+    try {
+      hostIp = this.#opts.hostIp();
+    } catch (e) {
+      log.warn("hostIp() failed; service/deployed not sent", { job: h.job, error: errText(e) });
+      return Promise.resolve(false);
+    }
     return this.#publish(
       this.#topics.serviceDeployed,
       deployedPayload({
@@ -582,7 +589,7 @@ export class NodeControl {
         instance: h.instance,
         nsip: h.nsip,
         nsipv6: h.nsipv6,
-        hostIp: this.#opts.hostIp(),
+        hostIp,
         hostPort: this.#opts.hostPort,
       }),
     );

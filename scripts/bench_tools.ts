@@ -1,0 +1,97 @@
+/**
+ * Small measuring tools that `scripts/bench_cluster.ts` runs inside simulated hosts and instances:
+ * - `probe-tcp HOST PORT LIMIT_MS`: connects every 2 ms until a TCP connect and echo succeed; prints
+ *   the wall-clock time (ms) of success, or exits 1 after LIMIT_MS
+ * - `udp-rtt HOST PORT N`: N sequential UDP requests; prints each round-trip time in µs (JSON array)
+ * - `register API N`: registers N services with the control plane's HTTP API; prints ms per request
+ *   (JSON), then `query`-style lookups are left to the caller
+ */
+import dgram from "node:dgram";
+
+const [cmd, ...args] = Deno.args;
+
+async function probeTcp(host: string, port: number, limit: number) {
+  const end = Date.now() + limit;
+  while (Date.now() < end) {
+    try {
+      const conn = await Promise.race([
+        Deno.connect({ hostname: host, port }),
+        new Promise<never>((_, rej) => setTimeout(() => rej(new Error("timeout")), 50)),
+      ]);
+      await conn.write(new TextEncoder().encode("p"));
+      const buf = new Uint8Array(64);
+      const n = await Promise.race([
+        conn.read(buf),
+        new Promise<null>((r) => setTimeout(() => r(null), 200)),
+      ]);
+      conn.close();
+      if (n) {
+        console.log(Date.now());
+        return;
+      }
+    } catch {
+      // not yet reachable
+    }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  Deno.exit(1);
+}
+
+async function udpRtt(host: string, port: number, n: number) {
+  const s = dgram.createSocket({ type: host.includes(":") ? "udp6" : "udp4" });
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const got = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), 3000);
+      s.once("message", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+    s.send(`r${i}`, port, host);
+    if (!(await got)) {
+      out.push(-1);
+      continue;
+    }
+    out.push(Math.round((performance.now() - t0) * 1000));
+  }
+  s.close();
+  console.log(JSON.stringify(out));
+}
+
+async function register(api: string, n: number) {
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    const r = await fetch(`${api}/api/net/service/deploy`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        deployment_descriptor: {
+          app_name: "bulk",
+          app_ns: "bench",
+          microservice_name: `s${i}`,
+          microservice_namespace: "ns",
+        },
+      }),
+    });
+    await r.body?.cancel();
+    if (!r.ok) throw new Error(`register s${i}: HTTP ${r.status}`);
+  }
+  console.log(JSON.stringify({ services: n, msPerRegistration: +((performance.now() - t0) / n).toFixed(3) }));
+}
+
+switch (cmd) {
+  case "probe-tcp":
+    await probeTcp(args[0], Number(args[1]), Number(args[2]));
+    break;
+  case "udp-rtt":
+    await udpRtt(args[0], Number(args[1]), Number(args[2]));
+    break;
+  case "register":
+    await register(args[0], Number(args[1]));
+    break;
+  default:
+    console.error(`unknown command ${cmd}`);
+    Deno.exit(2);
+}

@@ -2,7 +2,9 @@
  * Small measuring tools that `scripts/bench_cluster.ts` runs inside simulated hosts and instances:
  * - `probe-tcp HOST PORT LIMIT_MS`: connects every 2 ms until a TCP connect and echo succeed; prints
  *   the wall-clock time (ms) of success, or exits 1 after LIMIT_MS
- * - `udp-rtt HOST PORT N`: N sequential UDP requests; prints each round-trip time in µs (JSON array)
+ * - `udp-rtt HOST PORT N [WARM_HOST]`: N sequential UDP requests; prints each round-trip time in µs
+ *   (JSON array); with WARM_HOST, two uncounted requests go there first, so the socket, ARP and JIT
+ *   costs of a first send are not charged to HOST
  * - `register API N`: registers N services with the control plane's HTTP API; prints ms per request
  *   (JSON), then `query`-style lookups are left to the caller
  */
@@ -37,10 +39,12 @@ async function probeTcp(host: string, port: number, limit: number) {
   Deno.exit(1);
 }
 
-async function udpRtt(host: string, port: number, n: number) {
+async function udpRtt(host: string, port: number, n: number, warm?: string) {
   const s = dgram.createSocket({ type: host.includes(":") ? "udp6" : "udp4" });
   const out: number[] = [];
-  for (let i = 0; i < n; i++) {
+  const targets = [...(warm ? [warm, warm] : []), ...new Array<string>(n).fill(host)];
+  for (let i = 0; i < targets.length; i++) {
+    const to = targets[i];
     const t0 = performance.now();
     const got = new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), 3000);
@@ -49,12 +53,10 @@ async function udpRtt(host: string, port: number, n: number) {
         resolve(true);
       });
     });
-    s.send(`r${i}`, port, host);
-    if (!(await got)) {
-      out.push(-1);
-      continue;
-    }
-    out.push(Math.round((performance.now() - t0) * 1000));
+    s.send(`r${i}`, port, to);
+    const ok = await got;
+    if (warm && i < 2) continue;
+    out.push(ok ? Math.round((performance.now() - t0) * 1000) : -1);
   }
   s.close();
   console.log(JSON.stringify(out));
@@ -86,7 +88,7 @@ switch (cmd) {
     await probeTcp(args[0], Number(args[1]), Number(args[2]));
     break;
   case "udp-rtt":
-    await udpRtt(args[0], Number(args[1]), Number(args[2]));
+    await udpRtt(args[0], Number(args[1]), Number(args[2]), args[3]);
     break;
   case "register":
     await register(args[0], Number(args[1]));

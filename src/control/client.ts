@@ -712,8 +712,8 @@ export class NodeControl {
         // An answer by name (or any fresh answer about a job we follow) is the whole truth about it.
         if (has) this.#opts.sink.replaceJob(job, conv.entries);
         else this.#opts.sink.removeJob(job);
-      } else if (byIp && has) {
-        this.#opts.sink.replaceJob(job, conv.entries);
+      } else if (byIp) {
+        if (has) this.#opts.sink.replaceJob(job, conv.entries);
       } else {
         log.debug("unsolicited table query result ignored", { job });
         return;
@@ -722,7 +722,18 @@ export class NodeControl {
       log.error("table sink rejected an update", { job, error: errText(e) });
       return;
     }
-    if (byIp && has) void this.#ensureInterest(job);
+    if (has) {
+      // The cluster now knows instances of this job: forget "unknown" answers for its addresses.
+      for (const e of conv.entries) {
+        for (const sip of e.serviceIps) {
+          if (sip.v4 !== undefined) this.#negative.delete(formatIPv4(sip.v4));
+          if (sip.v6 !== undefined) this.#negative.delete(formatIPv6(sip.v6));
+        }
+      }
+    }
+    // Follow the job even when none of its instances is deployed yet: the deployment is pushed
+    // (updates_available) instead of waiting for the negative cache to expire.
+    if (byIp && job) void this.#ensureInterest(job);
   }
 
   #onUpdate(job: string, body: unknown): void {

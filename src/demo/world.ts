@@ -45,6 +45,8 @@ export class World {
   readonly #procs: Background[] = [];
   readonly #dirs: string[] = [];
   readonly nodes: SimNode[] = [];
+  /** Extra flags for every daemon started from now on (e.g. `--log-level debug`). */
+  daemonArgs: string[] = [];
 
   /** Creates a namespace with loopback up (no routes out of the machine). */
   async namespace(tag: string): Promise<string> {
@@ -241,6 +243,7 @@ export class World {
       "--tuncfg",
       `${ROOT_CONFIG}tuncfg.json`,
       ...args,
+      ...this.daemonArgs,
     ];
     const api = new ApiClient(socket);
     const node: SimNode = { name, ns, dir, socket, api, daemon: undefined as unknown as Background, argv };

@@ -69,6 +69,7 @@ export class DataPlane {
   readonly udp: UdpSocket;
   readonly #worker: Worker;
   readonly #wake = new EventFd();
+  readonly #posted = new Int32Array(new SharedArrayBuffer(4));
   readonly #resolver: Resolver;
   #stats: StatsData | undefined;
   #flowReq = 0;
@@ -145,6 +146,7 @@ export class DataPlane {
       tun: tun.info(),
       udp: udp.info(),
       wakeFd: dp.#wake.fd,
+      posted: dp.#posted.buffer as SharedArrayBuffer,
       mtu: opts.mtu,
       engine: opts.engine,
       table: opts.table.snapshot(),
@@ -161,6 +163,7 @@ export class DataPlane {
   }
 
   #post(m: ToWorker): void {
+    if (m.type !== "init") Atomics.add(this.#posted, 0, 1);
     this.#worker.postMessage(m);
     this.#wake.signal();
   }
@@ -174,6 +177,7 @@ export class DataPlane {
   #onMiss(addr: string): void {
     if (this.#resolving.has(addr)) return;
     this.#resolving.add(addr);
+    const t0 = performance.now();
     this.#resolver.resolve(addr).then(
       (ok) => ok,
       (e) => {
@@ -181,6 +185,7 @@ export class DataPlane {
         return false;
       },
     ).then((ok) => {
+      log.debug("miss resolved", { addr, ok, ms: +(performance.now() - t0).toFixed(2) });
       this.#resolving.delete(addr);
       this.#post({ type: "resolved", addr, ok });
     });

@@ -39,6 +39,8 @@ export type ToWorker =
     tun: TunInfo;
     udp: UdpInfo;
     wakeFd: number;
+    /** Int32 counter of messages posted after init (SharedArrayBuffer). */
+    posted: SharedArrayBuffer;
     /** Inner MTU (largest packet on the wire). */
     mtu: number;
     engine: EngineConfig;

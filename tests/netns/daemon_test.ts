@@ -375,3 +375,27 @@ async function waitFor(check: () => Promise<boolean>, ms = 5000): Promise<void> 
   }
   throw new Error("condition not met in time");
 }
+
+Deno.test({
+  name: "daemon: cluster mode without a reachable cluster — /register fails clearly, nothing set up",
+  ...opts,
+}, async () => {
+  const node = await TestNode.startWith({ subnet: "" });
+  try {
+    const links0 = await linkNames(node.ns);
+    const none = await node.api.post("/register", { client_id: "w1", cluster_address: "" });
+    assertEquals(none.status, 400);
+    assertMatch(none.body, /no cluster address/);
+    const refused = await node.api.post("/register", { client_id: "w1", cluster_address: "127.0.0.1" });
+    assertEquals(refused.status, 503);
+    assertMatch(refused.body, /ECONNREFUSED|refused|unreachable|cannot connect/i);
+    const st = (await node.api.getJson("/status")) as Record<string, unknown>;
+    assertEquals([st.registered, st.mode, st.subnet], [false, "cluster", null]);
+    assertEquals(await linkNames(node.ns), links0, "no bridge, no TUN");
+    const early = await node.api.post("/container/deploy", deployBody(1, jobName("z"), 0));
+    assertEquals(early.status, 400);
+  } finally {
+    await node.stop();
+    await cleanupAll();
+  }
+});

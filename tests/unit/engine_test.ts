@@ -114,8 +114,16 @@ Deno.test("engine: ingress drops unknown peers and non-local destinations; forwa
   const e = new Engine(CFG, table());
   const p = buildIPv4Tcp({ src: "10.30.0.2", dst: "10.18.0.66", srcPort: 80, dstPort: 999, payload: 10 });
   const copy = p.slice();
-  assertEquals(e.ingress(p, 0, p.length, 4, ip4("192.0.2.99"), undefined, 50103, 1), Verdict.DROP);
+  // a sender that is no known peer: parked while its inner source (a ServiceIP) is resolved …
+  assertEquals(e.receive(p, 0, p.length, 4, ip4("192.0.2.99"), undefined, 50103, 1), Verdict.PARKED);
+  assertEquals(e.misses, ["10.30.0.2"]);
+  // … and dropped when the answer does not name it as the instance's node
+  assertEquals(e.resolvedStrangers("10.30.0.2", true), []);
   assertEquals(e.counters.drops[Drop.UNKNOWN_PEER], 1);
+  // a stranger whose inner source is no ServiceIP is dropped at once
+  const plain = buildIPv4Tcp({ src: "172.16.0.1", dst: "10.18.0.66", srcPort: 80, dstPort: 999 });
+  assertEquals(e.receive(plain, 0, plain.length, 4, ip4("192.0.2.99"), undefined, 50103, 1), Verdict.DROP);
+  assertEquals(e.counters.drops[Drop.UNKNOWN_PEER], 2);
   assertEquals(e.ingress(p, 0, p.length, 4, ip4("192.0.2.2"), undefined, 40000, 1), Verdict.TO_TUN);
   assertEquals(p, copy, "a new flow from a peer is not rewritten on the receiving node");
   const elsewhere = buildIPv4Tcp({
@@ -208,4 +216,20 @@ Deno.test("engine: usedJobs reports jobs whose instances carried traffic since a
   e.egress(p, 0, p.length, 5000);
   assertEquals(e.usedJobs(4000), ["a.b.web.d"]);
   assertEquals(e.usedJobs(6000), []);
+});
+
+Deno.test("engine: a stranger becomes a peer when the resolved job names its address", () => {
+  const e = new Engine(CFG, table(false));
+  const p = buildIPv4Udp({ src: "10.30.0.77", dst: "10.18.0.66", srcPort: 5, dstPort: 6, payload: 3 });
+  assertEquals(e.receive(p, 0, p.length, 4, ip4("192.0.2.9"), undefined, 40000, 1), Verdict.PARKED);
+  const late = parseQueryResult({
+    app_name: "a.b.far.d",
+    instance_list: [inst(0, "10.18.0.250", "fc00::9", "192.0.2.9", "10.30.0.77", "fdff::77")],
+  });
+  e.applyDelta({ op: "replaceJob", job: late.job, entries: late.entries }, 2);
+  const back = e.resolvedStrangers("10.30.0.77", true);
+  assertEquals(back.length, 1);
+  const d = back[0];
+  assertEquals(e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, 3), Verdict.TO_TUN);
+  assertEquals(e.deliver(d.bytes, e.pktOff, e.pktLen, false), Verdict.TO_TUN);
 });

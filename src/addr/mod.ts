@@ -10,3 +10,4 @@
 export * from "./ipv4.ts";
 export * from "./ipv6.ts";
 export * from "./allocator.ts";
+export * from "./canonical.ts";

@@ -21,6 +21,7 @@
  * a.subnet4.allocate(); // "10.18.0.0" again
  * ```
  */
+import { canonicalIp } from "../addr/canonical.ts";
 import {
   formatIPv4,
   formatIPv6,
@@ -381,21 +382,6 @@ export function userRr6(text: string): string {
   return formatIPv6(b);
 }
 
-/**
- * Canonical text of an IPv4 or IPv6 address, or undefined when `text` is neither.
- *
- * @example
- * ```ts
- * canonicalIp("FDFF:0::1"); // "fdff::1"
- * ```
- */
-export function canonicalIp(text: string): string | undefined {
-  const v4 = tryParseIPv4(text);
-  if (v4 !== undefined) return formatIPv4(v4);
-  const v6 = tryParseIPv6(text);
-  return v6 === undefined ? undefined : formatIPv6(v6);
-}
-
 /** Persisted state of all pools. */
 export interface AllocatorState {
   subnet4: PoolState;
@@ -458,3 +444,5 @@ export class Allocator {
     this.rr6.restore(state.rr6);
   }
 }
+
+export { canonicalIp };

@@ -13,6 +13,7 @@
  *   hostIp: "131.1.0.1", hostPort: 50103 }).host_port; // "50103"
  * ```
  */
+import { canonicalIp } from "../addr/canonical.ts";
 import { z } from "zod";
 import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import type { QueryResult } from "../table/query_result.ts";
@@ -179,15 +180,6 @@ export function interestRemovePayload(job: string): { appname: string } {
   return { appname: job };
 }
 
-/** Canonical text of an IPv4 or IPv6 address, or undefined when `text` is neither. */
-export function canonicalIp(text: string | null | undefined): string | undefined {
-  if (typeof text !== "string" || text === "") return undefined;
-  const v4 = tryParseIPv4(text);
-  if (v4 !== undefined) return formatIPv4(v4);
-  const v6 = tryParseIPv6(text);
-  return v6 !== undefined ? formatIPv6(v6) : undefined;
-}
-
 /** The keys a table-query result answers (reference §2.4). */
 export interface ResultKeys {
   /** Names: `app_name` and a `query_key` that is not an address. */
@@ -224,3 +216,5 @@ export function resultKeys(r: QueryResult): ResultKeys {
   }
   return { names, ips };
 }
+
+export { canonicalIp };

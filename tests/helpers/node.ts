@@ -81,7 +81,12 @@ export class TestNode {
       stderr: "piped",
       stdin: "null",
     }).spawn();
-    this.proc.stderr.pipeTo(log.writable).catch(() => {});
+    // Written per chunk, so the log can be read while the daemon runs (failure reports).
+    (async () => {
+      for await (const chunk of this.proc!.stderr) {
+        for (let off = 0; off < chunk.length;) off += log.writeSync(chunk.subarray(off));
+      }
+    })().catch(() => {}).finally(() => log.close());
     const deadline = Date.now() + 15000;
     while (Date.now() < deadline) {
       try {

@@ -192,6 +192,32 @@ export function fastOnesSum(buf: Uint8Array, off: number, len: number, initial: 
   return (s & 0xffff) + (s >>> 16);
 }
 
+/**
+ * Completes a CHECKSUM_PARTIAL packet in place: the L4 checksum field (at `csumStart +
+ * csumOffset` from the packet start) holds the pseudo-header sum; the result is the full checksum
+ * (0 stored as 0xFFFF, as `skb_checksum_help` does). Returns false when the offsets do not fit.
+ * Used for small packets, which the kernel forwards faster with a complete checksum.
+ *
+ * @example
+ * ```ts
+ * if (completeChecksum(buf, off, len, hdr.csumStart, hdr.csumOffset)) hdr.flags = 0;
+ * ```
+ */
+export function completeChecksum(
+  buf: Uint8Array,
+  off: number,
+  len: number,
+  csumStart: number,
+  csumOffset: number,
+): boolean {
+  const field = off + csumStart + csumOffset;
+  if (csumStart < 0 || csumStart >= len || field + 2 > off + len) return false;
+  const c = finishChecksum(fastOnesSum(buf, off + csumStart, len - csumStart, 0));
+  buf[field] = c >>> 8;
+  buf[field + 1] = c & 0xff;
+  return true;
+}
+
 /** Stores a full checksum computed from `sum` the way `skb_checksum_help` does (0 → 0xFFFF). */
 function finishChecksum(sum: number): number {
   const c = ~sum & 0xffff;

@@ -173,6 +173,7 @@ class Node implements NodeService {
     this.dataPlane = await DataPlane.start({
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
+      busyPollUs: this.cfg.net.BusyPollMicros,
       port: this.cfg.tun.TunnelPort,
       table,
       resolver,

@@ -40,6 +40,8 @@ export interface DataPlaneOptions {
   tunName: string;
   /** Inner MTU: the TUN's MTU, the largest packet sent over the tunnel. */
   mtu: number;
+  /** Busy-poll after traffic (µs; 0 = never), see the Worker. */
+  busyPollUs?: number;
   port: number;
   engine: EngineConfig;
   table: TranslationTable;
@@ -148,6 +150,7 @@ export class DataPlane {
       wakeFd: dp.#wake.fd,
       posted: dp.#posted.buffer as SharedArrayBuffer,
       mtu: opts.mtu,
+      busyPollUs: opts.busyPollUs ?? 100,
       engine: opts.engine,
       table: opts.table.snapshot(),
     });

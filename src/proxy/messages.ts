@@ -43,6 +43,8 @@ export type ToWorker =
     posted: SharedArrayBuffer;
     /** Inner MTU (largest packet on the wire). */
     mtu: number;
+    /** Busy-poll this long after traffic before sleeping in poll (0: never). */
+    busyPollUs: number;
     engine: EngineConfig;
     table: TableSnapshot;
   }

@@ -39,6 +39,8 @@ const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
 const STATS_EVERY_MS = 1000;
 const PEER_TICK_MS = 100;
+/** At most this share of each second may be spent busy-polling (the rest of the time: poll sleeps). */
+const SPIN_BUDGET = 0.5;
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any as {
@@ -52,6 +54,7 @@ let udp: UdpSocket | undefined;
 let wake: EventFd | undefined;
 let stopping = false;
 let mtu = 1450;
+let spinMs = 0;
 const send = new SendBatch(BATCH, SEND_SLOT);
 const recv = new RecvBatch(BATCH, RECV_SLOT);
 const tunBuf = new Uint8Array(VNET_HDR_LEN + 65535 + 64);
@@ -374,9 +377,23 @@ async function loop(): Promise<void> {
   let lastStats = lastYield;
   let lastPeerTick = 0;
   let busy = false;
+  // Busy-poll for a moment after traffic: a request/response exchange then finds its next packet
+  // without a thread wake-up (one-way latency 28 → 11 µs measured with sockperf on this VM), within
+  // a CPU budget per second so steady low-rate traffic cannot pin a core.
+  let lastActive = -Infinity;
+  let spinWindow = 0;
+  let spun = 0;
   while (!stopping) {
-    const r = poller.wait(busy ? 0 : IDLE_POLL_MS);
+    const t = performance.now();
+    if (t - spinWindow > 1000) {
+      spinWindow = t;
+      spun = 0;
+    }
+    const spinning = !busy && t - lastActive < spinMs && spun < SPIN_BUDGET * 1000;
+    const r = poller.wait(busy || spinning ? 0 : IDLE_POLL_MS);
     const now = performance.now();
+    if (spinning) spun += now - t;
+    if (r > 0) lastActive = now;
     busy = false;
     let woken = false;
     if (r > 0) {
@@ -426,6 +443,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         wake = new EventFd(m.wakeFd);
         posted = new Int32Array(m.posted);
         mtu = m.mtu;
+        spinMs = m.busyPollUs / 1000;
         segRaw = send.bufs.map((b) =>
           new SegmentBatch({ mtu, headroom: 0, packed: true, buf: b, capacity: 64 })
         );

@@ -111,8 +111,15 @@ class Node implements NodeService {
         return { ok: false, status: 503, error: e instanceof Error ? e.message : String(e) };
       }
     }
-    if (!this.env.subnet) await this.env.setupNode(subnet);
-    await this.startDataPlane(clientId);
+    try {
+      if (!this.env.subnet) await this.env.setupNode(subnet);
+      await this.startDataPlane(clientId);
+    } catch (e) {
+      // Not registered: a later /register starts over (no second broker connection left behind).
+      await this.control?.close();
+      this.control = undefined;
+      throw e;
+    }
     this.workerId = clientId;
     this.env.recordRegistration(clientId, clusterAddress || undefined);
     log.info(

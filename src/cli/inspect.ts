@@ -34,7 +34,14 @@ export function statusCmd() {
           console.log(JSON.stringify(s, null, 2));
           return;
         }
-        const rows = Object.entries(s).map(([k, v]) => [k, v === null ? "-" : String(v)]);
+        const show = (v: unknown): string =>
+          v === null || v === undefined ? "-" : typeof v === "object" ? JSON.stringify(v) : String(v);
+        const dp = s.dataPlane as Record<string, unknown> | null;
+        const rows = Object.entries(s).filter(([k]) => k !== "dataPlane").map(([k, v]) => [k, show(v)]);
+        if (dp && typeof dp.tunRx === "number") {
+          rows.push(["packets", `tun rx ${dp.tunRx} tx ${dp.tunTx}, udp rx ${dp.udpRx} tx ${dp.udpTx}`]);
+          rows.push(["flows", String(dp.flows)], ["parked", String(dp.parkedNow)], ["drops", show(dp.drops)]);
+        }
         console.log(columns(["field", "value"], rows));
       } catch (e) {
         fail(e);

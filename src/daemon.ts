@@ -142,7 +142,9 @@ class Node implements NodeService {
       host,
       port: net.ClusterMqttPort,
       workerId,
-      tls: net.MqttCert && net.MqttKey ? { cert: net.MqttCert, key: net.MqttKey } : undefined,
+      tls: net.MqttCert && net.MqttKey
+        ? { cert: net.MqttCert, key: net.MqttKey, ...(net.MqttCa ? { ca: net.MqttCa } : {}) }
+        : undefined,
       sink,
       isHosted: (job) => this.env.instances().some((r) => r.job === job),
       hostIp: () => this.publicAddress ?? "",
@@ -343,6 +345,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
         log.info("public address changed", { old: node.publicAddress, new: now });
         const old = node.publicAddress;
         node.publicAddress = now;
+        node.dataPlane?.setSelf(now);
         if (old) void node.control?.addressChanged(old, now);
       }
     }, PUBLIC_ADDRESS_RECHECK_MS);

@@ -60,6 +60,8 @@ export const NetCfgSchema = z.object({
   PublicIPNetworking: boolLike.default(false),
   MqttCert: z.string().default(""),
   MqttKey: z.string().default(""),
+  /** netmanager addition: CA file that signs the broker's certificate (default: the system CAs). */
+  MqttCa: z.string().default(""),
   // netmanager additions
   BridgeName: ifName.default("goProxyBridge"),
   VethPrefix: z.string().regex(/^[a-z][a-z0-9]{0,5}$/, "must be 1..6 lowercase letters/digits").default(

@@ -194,6 +194,11 @@ export class DataPlane {
     });
   }
 
+  /** This node's public address changed (its own table entries now name the new one). */
+  setSelf(ip: string): void {
+    this.#post({ type: "self", ip });
+  }
+
   /** The latest counters from the Worker (about once a second). */
   stats(): StatsData | undefined {
     return this.#stats;

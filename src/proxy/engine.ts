@@ -248,6 +248,15 @@ export class Engine {
     this.#rebuildRoutes(now);
   }
 
+  /**
+   * This node's advertised address changed: entries naming the new address are this node's (local
+   * delivery), the old address becomes an ordinary peer.
+   */
+  setSelf(ip: string, now = 0): void {
+    this.cfg.selfIp = ip;
+    this.#rebuildRoutes(now);
+  }
+
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);

@@ -50,6 +50,7 @@ export type ToWorker =
   }
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
+  | { type: "self"; ip: string }
   | { type: "flows"; id: number; limit: number }
   | { type: "stop" };
 

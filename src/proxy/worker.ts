@@ -465,6 +465,9 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           replayIn(engine.resolvedStrangers(m.addr, m.ok));
         }
         break;
+      case "self":
+        engine?.setSelf(m.ip, performance.now());
+        break;
       case "flows": {
         const e = engine;
         const out = e ? [...e.flows.ids()].slice(0, m.limit).map((id) => e.flows.info(id)) : [];

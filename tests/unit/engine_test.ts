@@ -233,3 +233,15 @@ Deno.test("engine: a stranger becomes a peer when the resolved job names its add
   assertEquals(e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, 3), Verdict.TO_TUN);
   assertEquals(e.deliver(d.bytes, e.pktOff, e.pktLen, false), Verdict.TO_TUN);
 });
+
+Deno.test("engine: a new public address makes the entries naming it local", () => {
+  const e = new Engine({ ...CFG, selfIp: "192.0.2.50" }, table());
+  // web#2 (10.18.0.67, InstanceIP 10.30.0.4) is on 192.0.2.1
+  const mk = (port: number) =>
+    buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.4", srcPort: port, dstPort: 80 });
+  const p = mk(1);
+  assertEquals(e.egress(p, 0, p.length, 1), Verdict.TO_PEER, "192.0.2.1 is a peer while we are .50");
+  e.setSelf("192.0.2.1", 2);
+  const q = mk(2);
+  assertEquals(e.egress(q, 0, q.length, 3), Verdict.TO_TUN, "now it is this node");
+});

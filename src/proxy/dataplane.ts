@@ -69,7 +69,10 @@ export class DataPlane {
   readonly table: TranslationTable;
   readonly tun: TunDevice;
   readonly udp: UdpSocket;
-  readonly #worker: Worker;
+  #worker!: Worker;
+  readonly #opts: DataPlaneOptions;
+  #restarts: number[] = [];
+  #stopping = false;
   readonly #wake = new EventFd();
   readonly #posted = new Int32Array(new SharedArrayBuffer(4));
   readonly #resolver: Resolver;
@@ -79,18 +82,12 @@ export class DataPlane {
   readonly #stopped = Promise.withResolvers<void>();
   readonly #resolving = new Set<string>();
 
-  private constructor(
-    table: TranslationTable,
-    tun: TunDevice,
-    udp: UdpSocket,
-    worker: Worker,
-    resolver: Resolver,
-  ) {
+  private constructor(table: TranslationTable, tun: TunDevice, udp: UdpSocket, opts: DataPlaneOptions) {
     this.table = table;
     this.tun = tun;
     this.udp = udp;
-    this.#worker = worker;
-    this.#resolver = resolver;
+    this.#opts = opts;
+    this.#resolver = opts.resolver;
   }
 
   /** Opens the devices, configures the TUN and starts the Worker. */
@@ -109,52 +106,8 @@ export class DataPlane {
       udp?.close();
       throw e;
     }
-    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
-    const dp = new DataPlane(opts.table, tun, udp, worker, opts.resolver);
-    const ready = Promise.withResolvers<void>();
-    worker.onmessage = (ev: MessageEvent<FromWorker>) => {
-      const m = ev.data;
-      switch (m.type) {
-        case "ready":
-          ready.resolve();
-          break;
-        case "miss":
-          dp.#onMiss(m.addr);
-          break;
-        case "stats":
-          dp.#stats = m.stats;
-          if (m.stats.usedJobs.length > 0) opts.onUsage?.(m.stats.usedJobs);
-          break;
-        case "flows":
-          dp.#flowWaiters.get(m.id)?.(m.flows);
-          dp.#flowWaiters.delete(m.id);
-          break;
-        case "stopped":
-          dp.#stopped.resolve();
-          break;
-        case "error":
-          log.error("data-plane worker error", { message: m.message });
-          ready.reject(new Error(m.message));
-          break;
-      }
-    };
-    worker.onerror = (e) => {
-      log.error("data-plane worker crashed", { message: e.message });
-      ready.reject(new Error(e.message));
-      dp.#stopped.resolve();
-    };
-    dp.#post({
-      type: "init",
-      tun: tun.info(),
-      udp: udp.info(),
-      wakeFd: dp.#wake.fd,
-      posted: dp.#posted.buffer as SharedArrayBuffer,
-      mtu: opts.mtu,
-      busyPollUs: opts.busyPollUs ?? 100,
-      engine: opts.engine,
-      table: opts.table.snapshot(),
-    });
-    await ready.promise;
+    const dp = new DataPlane(opts.table, tun, udp, opts);
+    await dp.#launch();
     log.info("data plane started", {
       tun: tun.name,
       port: udp.localPort,
@@ -163,6 +116,87 @@ export class DataPlane {
       gro: udp.gro,
     });
     return dp;
+  }
+
+  /**
+   * Starts a Worker on the open devices with the current table. A Worker that dies later is
+   * started again (at most 5 times a minute): the devices, the table and the routes survive;
+   * only its flows are lost, and new packets start new flows.
+   */
+  async #launch(): Promise<void> {
+    const opts = this.#opts;
+    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    this.#worker = worker;
+    const ready = Promise.withResolvers<void>();
+    let up = false;
+    const died = (why: string) => {
+      if (this.#worker !== worker) return;
+      log.error("data-plane worker failed", { message: why });
+      if (!up) {
+        ready.reject(new Error(why));
+        return;
+      }
+      worker.terminate();
+      if (this.#stopping) {
+        this.#stopped.resolve();
+        return;
+      }
+      const now = Date.now();
+      this.#restarts = this.#restarts.filter((t) => now - t < 60_000);
+      if (this.#restarts.length >= 5) {
+        log.error("data-plane worker keeps failing: not restarting it again");
+        this.#stopped.resolve();
+        return;
+      }
+      this.#restarts.push(now);
+      setTimeout(() => {
+        if (!this.#stopping) this.#launch().catch((e) => log.error("restart failed", { error: String(e) }));
+      }, 500);
+    };
+    worker.onmessage = (ev: MessageEvent<FromWorker>) => {
+      const m = ev.data;
+      switch (m.type) {
+        case "ready":
+          up = true;
+          ready.resolve();
+          break;
+        case "miss":
+          this.#onMiss(m.addr);
+          break;
+        case "stats":
+          this.#stats = m.stats;
+          if (m.stats.usedJobs.length > 0) opts.onUsage?.(m.stats.usedJobs);
+          break;
+        case "flows":
+          this.#flowWaiters.get(m.id)?.(m.flows);
+          this.#flowWaiters.delete(m.id);
+          break;
+        case "stopped":
+          this.#stopped.resolve();
+          break;
+        case "error":
+          if (m.fatal) died(m.message);
+          else log.warn("data-plane worker could not handle a message", { message: m.message });
+          break;
+      }
+    };
+    worker.onerror = (e) => {
+      e.preventDefault();
+      died(e.message);
+    };
+    Atomics.store(this.#posted, 0, 0); // the new Worker counts from zero
+    this.#post({
+      type: "init",
+      tun: this.tun.info(),
+      udp: this.udp.info(),
+      wakeFd: this.#wake.fd,
+      posted: this.#posted.buffer as SharedArrayBuffer,
+      mtu: opts.mtu,
+      busyPollUs: opts.busyPollUs ?? 100,
+      engine: opts.engine,
+      table: this.table.snapshot(),
+    });
+    await ready.promise;
   }
 
   #post(m: ToWorker): void {
@@ -258,6 +292,7 @@ export class DataPlane {
 
   /** Stops the Worker and closes the devices (the TUN and its routes disappear). */
   async stop(): Promise<void> {
+    this.#stopping = true;
     this.#post({ type: "stop" });
     await Promise.race([this.#stopped.promise, new Promise((r) => setTimeout(r, 2000))]);
     this.#worker.terminate();

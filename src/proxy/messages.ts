@@ -61,4 +61,5 @@ export type FromWorker =
   | { type: "stats"; stats: StatsData }
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
-  | { type: "error"; message: string };
+  /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */
+  | { type: "error"; message: string; fatal: boolean };

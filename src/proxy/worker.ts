@@ -453,7 +453,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         tun.setNonBlocking(true);
         udp.setNonBlocking(true);
         post({ type: "ready" });
-        loop().catch((e) => post({ type: "error", message: String(e?.stack ?? e) }));
+        loop().catch((e) => post({ type: "error", message: String(e?.stack ?? e), fatal: true }));
         break;
       }
       case "delta":
@@ -479,6 +479,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         break;
     }
   } catch (e) {
-    post({ type: "error", message: String((e as Error)?.stack ?? e) });
+    // A failed init is fatal; any other message that fails leaves the loop running.
+    post({ type: "error", message: String((e as Error)?.stack ?? e), fatal: m.type === "init" });
   }
 };

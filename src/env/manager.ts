@@ -45,7 +45,6 @@ import {
   Links,
   namedNetnsExists,
   netnsByName,
-  NetnsError,
   netnsOfPid,
   removeNamedNetns,
   setupUnikernelDevices,
@@ -641,10 +640,3 @@ export class EnvironmentManager {
     return report;
   }
 }
-
-/** Parses the text forms stored in records (for callers that need numbers). */
-export function recordAddresses(r: InstanceRecord): { v4: number; v6: Uint8Array } {
-  return { v4: parseIPv4(r.ipv4), v6: parseIPv6(r.ipv6) };
-}
-
-export { NetnsError };

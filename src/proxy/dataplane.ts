@@ -32,9 +32,6 @@ export interface Resolver {
   resolve(serviceIp: string): Promise<boolean>;
 }
 
-/** A resolver for static tables: everything known is already in the table. */
-export const staticResolver: Resolver = { resolve: () => Promise.resolve(false) };
-
 /** Options for {@link DataPlane.start}. */
 export interface DataPlaneOptions {
   tunName: string;
@@ -107,7 +104,17 @@ export class DataPlane {
       throw e;
     }
     const dp = new DataPlane(opts.table, tun, udp, opts);
-    await dp.#launch();
+    try {
+      await dp.#launch();
+    } catch (e) {
+      // A Worker that never came up: nothing of this data plane may stay open (the TUN would).
+      dp.#stopping = true;
+      dp.#worker?.terminate();
+      udp.close();
+      tun.close();
+      dp.#wake.close();
+      throw e;
+    }
     log.info("data plane started", {
       tun: tun.name,
       port: udp.localPort,

@@ -262,11 +262,6 @@ export class Engine {
     return this.#routes.get(key);
   }
 
-  /** All known node routes. */
-  routes(): NodeRoute[] {
-    return [...this.#routes.values()];
-  }
-
   #rebuildRoutes(now = 0): void {
     this.#routes.clear();
     const remote: string[] = [];

@@ -33,6 +33,8 @@ Deno.test("schemas: wrong types and missing fields fail", () => {
   ) assertEquals(DeployBody.safeParse(bad).success, false, JSON.stringify(bad));
   assertEquals(RegisterBody.safeParse({ client_id: "" }).success, false);
   assertEquals(RegisterBody.safeParse({ client_id: "a b" }).success, false);
+  assertEquals(RegisterBody.safeParse({ client_id: "w", cluster_address: "mqtt://x/y" }).success, false);
+  assertEquals(RegisterBody.safeParse({ client_id: "w", cluster_address: "fd00::1" }).success, true);
 });
 
 Deno.test("schemas: keys match case-insensitively like Go's decoder", () => {

@@ -16,8 +16,10 @@
 const SYMBOLS = {
   open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
-  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // i32 results: an isize result is a BigInt allocated per call; our reads and writes are < 2 GiB.
+  // (Counts stay bigint: a number for a usize parameter works but leaves V8's fast call path.)
+  read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   /** ioctl with a pointer argument. */
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   /** ioctl with an integer argument. */

@@ -163,13 +163,13 @@ class Tun implements TunDevice {
       this.#lastBuf = buf;
       this.#lastLen = BigInt(buf.length);
     }
-    const r = Number(libc.read(this.fd, buf, this.#lastLen));
+    const r = libc.read(this.fd, buf, this.#lastLen);
     return r >= 0 ? r : -errno();
   }
 
   write(buf: Uint8Array, len: number): number {
     if (len > buf.length || len < 0) return -Errno.EINVAL;
-    const r = Number(libc.write(this.fd, buf, BigInt(len)));
+    const r = libc.write(this.fd, buf, BigInt(len));
     return r >= 0 ? r : -errno();
   }
 

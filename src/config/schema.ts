@@ -81,7 +81,7 @@ export const NetCfgSchema = z.object({
    * After traffic the data plane keeps polling without sleeping for this many microseconds (at most
    * half a core): request/response latency without a thread wake-up. 0 disables it.
    */
-  BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(100),
+  BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(0),
 });
 
 /** Parsed netcfg.json. */

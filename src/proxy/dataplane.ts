@@ -199,7 +199,7 @@ export class DataPlane {
       wakeFd: this.#wake.fd,
       posted: this.#posted.buffer as SharedArrayBuffer,
       mtu: opts.mtu,
-      busyPollUs: opts.busyPollUs ?? 100,
+      busyPollUs: opts.busyPollUs ?? 0,
       engine: opts.engine,
       table: this.table.snapshot(),
     });

@@ -153,10 +153,15 @@ export class RecvBatch {
   readonly slots: number;
   /** Bytes per slot buffer. */
   readonly slotSize: number;
-  /** The data arena (`slots × slotSize`); `bufs[i]` are views into it. */
+  /**
+   * The data arena (`slots × slotSize`, then `spareBytes` the caller may use, e.g. to copy received
+   * bytes with `copyWithin`); `bufs[i]` are views into it.
+   */
   readonly data: Uint8Array<ArrayBuffer>;
   /** Per-slot views of `slotSize` bytes. */
   readonly bufs: Uint8Array<ArrayBuffer>[];
+  /** Offset in `data` of the spare bytes (`slots × slotSize`). */
+  readonly spareOffset: number;
   /** Bytes received per slot. */
   readonly sizes: Int32Array<ArrayBuffer>;
   /** `msg_flags` per slot (`MSG_TRUNC`, `MSG_CTRUNC`). */
@@ -182,7 +187,7 @@ export class RecvBatch {
   private readonly a6w: Uint32Array<ArrayBuffer>;
   private readonly keep: ArrayBuffer[];
 
-  constructor(slots: number, slotSize: number) {
+  constructor(slots: number, slotSize: number, spareBytes = 0) {
     assertLp64();
     if (!Number.isInteger(slots) || slots < 1 || slots > 1024) {
       throw new UdpError("RecvBatch slots must be 1..1024");
@@ -190,9 +195,13 @@ export class RecvBatch {
     if (!Number.isInteger(slotSize) || slotSize < 1 || slotSize > 1 << 20) {
       throw new UdpError("RecvBatch slotSize must be 1..1048576");
     }
+    if (!Number.isInteger(spareBytes) || spareBytes < 0 || spareBytes > 1 << 26) {
+      throw new UdpError("RecvBatch spareBytes must be 0..67108864");
+    }
     this.slots = slots;
     this.slotSize = slotSize;
-    const dataAb = new ArrayBuffer(slots * slotSize);
+    this.spareOffset = slots * slotSize;
+    const dataAb = new ArrayBuffer(slots * slotSize + spareBytes);
     const hdrAb = new ArrayBuffer(slots * MMSGHDR_SIZE);
     const iovAb = new ArrayBuffer(slots * IOVEC_SIZE);
     const nameAb = new ArrayBuffer(slots * NAME_STRIDE);

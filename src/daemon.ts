@@ -195,6 +195,7 @@ class Node implements NodeService {
         selfPort: this.cfg.net.NodePublicPort,
         nodeId,
         fast: this.cfg.net.FastMode,
+        jumbo: this.cfg.net.JumboMode,
         service4: this.cfg.serviceRange4,
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,

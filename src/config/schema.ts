@@ -77,6 +77,7 @@ export const NetCfgSchema = z.object({
    * it; false keeps every datagram a bare IP packet (raw mode, as Oakestra's Go nodes send).
    */
   FastMode: boolLike.default(true),
+  JumboMode: boolLike.default(true),
   /**
    * After traffic the data plane keeps polling without sleeping for this many microseconds (at most
    * half a core): request/response latency without a thread wake-up. 0 disables it.

@@ -259,6 +259,7 @@ export class DataPlane {
       flows: s.flows,
       tableEntries: this.table.size,
       peers: s.peers,
+      jumbo: { tx: s.jumboTx, rx: s.jumboRx },
     });
   }
 

@@ -45,6 +45,7 @@ import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts"
 import { type Peer, PeerTable } from "./peers.ts";
 import {
   CAP_FAST,
+  CAP_JUMBO,
   CAP_PROBE,
   classify,
   decodeFast,
@@ -70,6 +71,8 @@ export const Verdict = {
   TO_PEER: 2,
   /** Kept by the engine until the destination is resolved. */
   PARKED: 3,
+  /** A JUMBO chunk from the known peer {@link Engine.pktPeer}, at pktOff/pktLen, to be reassembled. */
+  JUMBO: 4,
 } as const;
 /** A verdict value. */
 export type Verdict = typeof Verdict[keyof typeof Verdict];
@@ -138,6 +141,8 @@ export interface EngineConfig {
   nodeId?: string;
   /** Announce and use FAST mode towards peers that announce it too. */
   fast?: boolean;
+  /** With `fast`: announce and use JUMBO messages for TCP super-packets (default true). */
+  jumbo?: boolean;
   /** ServiceIP ranges. */
   service4: Prefix4;
   service6: Prefix6;
@@ -211,6 +216,8 @@ export class Engine {
   /** Its L4 checksum is partial: csum_start (from the IP header) and csum_offset, or -1. */
   pktCsumStart = -1;
   pktCsumOffset = 0;
+  /** The sender of the last {@link Verdict.JUMBO} chunk. */
+  pktPeer: Peer | undefined;
   readonly #fast = new FastHeader();
   /** Bytes before the packet that belong to it (a virtio header): parked with it. */
   #prefix = 0;
@@ -228,7 +235,9 @@ export class Engine {
     this.cfg = cfg;
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
-    this.peers = new PeerTable({ localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST : 0) });
+    this.peers = new PeerTable({
+      localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
+    });
     this.balancer = new Balancer({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
       // The local node is the closest of all; others by measured RTT.
@@ -448,6 +457,15 @@ export class Engine {
     const peer = family === 4 ? this.peers.lookup4(src4, srcPort) : this.peers.lookup6(src6!, 0, srcPort);
     if (peer === undefined) return this.#strangerIn(buf, off, len, family, src4, src6, srcPort, now);
     const kind = classify(buf, off, len);
+    if (kind === WireKind.JUMBO) {
+      this.pktOff = off;
+      this.pktLen = len;
+      this.pktPeer = peer;
+      this.counters.udpRx++;
+      this.counters.udpRxBytes += len;
+      this.peers.noteRx(peer, len, now);
+      return Verdict.JUMBO;
+    }
     if (kind === WireKind.FAST) {
       const f = this.#fast;
       if (!decodeFast(buf, off, len, f)) return this.#drop(Drop.NOT_OURS);

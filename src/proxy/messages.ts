@@ -20,6 +20,9 @@ export interface StatsData {
   udpTx: number;
   udpTxBytes: number;
   localHandoff: number;
+  /** JUMBO messages sent / reassembled and written to the TUN. */
+  jumboTx: number;
+  jumboRx: number;
   parked: number;
   released: number;
   parkedNow: number;

@@ -259,6 +259,8 @@ export interface DataPlaneMetrics {
   readonly tableEntries: number;
   /** Peers. */
   readonly peers: readonly PeerMetrics[];
+  /** JUMBO messages (whole TCP super-packets) sent and received. */
+  readonly jumbo?: { readonly tx: number; readonly rx: number };
 }
 
 function peerLabels(p: PeerMetrics, extra?: Labels): Labels {
@@ -287,6 +289,11 @@ export function writeDataPlaneMetrics(w: MetricsWriter, m: DataPlaneMetrics): vo
   for (const [d, c] of dirs) by.sample(c.bytes, { direction: d });
   const dr = w.counter("netmanager_drops_total", "Packets dropped, by reason.");
   for (const reason in m.drops) dr.sample(m.drops[reason], { reason });
+  if (m.jumbo) {
+    const j = w.counter("netmanager_jumbo_messages_total", "TCP super-packets carried as one JUMBO message.");
+    j.sample(m.jumbo.tx, { direction: "tx" });
+    j.sample(m.jumbo.rx, { direction: "rx" });
+  }
   w.gauge("netmanager_parked_packets", "Packets parked waiting for a table answer.").sample(m.parkedPackets);
   w.gauge("netmanager_flows", "Active flows in the conversion cache.").sample(m.flows);
   w.gauge("netmanager_table_entries", "Entries in the translation table.").sample(m.tableEntries);

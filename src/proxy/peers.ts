@@ -64,6 +64,7 @@ import { nodeKey } from "../table/entry.ts";
 import { ipv6Equal, ipv6Key } from "./packet.ts";
 import {
   CAP_FAST,
+  CAP_JUMBO,
   CAP_PROBE,
   type HelloMessage,
   MSG_HELLO,
@@ -276,6 +277,8 @@ export class Peer {
   announcedPort = 0;
   /** Send FAST datagrams to it: both sides announced {@link CAP_FAST}. */
   fast = false;
+  /** Send JUMBO messages to it: both sides announced {@link CAP_FAST} and {@link CAP_JUMBO}. */
+  jumbo = false;
   /** Its RTT estimator. */
   readonly rtt: RttEstimator;
   /** Time (ms) anything was last received from it; -Infinity when never. */
@@ -733,6 +736,7 @@ export class PeerTable {
 
   #updateFast(p: Peer): void {
     p.fast = p.capsKnown && (this.#localCaps & p.remoteCaps & CAP_FAST) !== 0;
+    p.jumbo = p.fast && (this.#localCaps & p.remoteCaps & CAP_JUMBO) !== 0;
   }
 
   // ------------------------------------------------------------------------- RTT

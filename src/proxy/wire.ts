@@ -14,10 +14,19 @@
  * | 0x12 | PROBE | `[0x12][flags u8 = 0][reserved u16 = 0][seq u32][send time µs f64]` | 16 |
  * | 0x13 | PROBE_REPLY | same as PROBE, `seq` and time echoed unchanged | 16 |
  * | 0x14 | FAST data | `[0x14][flags u8][csum_start u16][csum_offset u16][reserved u16 = 0]` then one IP packet | 8 + packet |
+ * | 0x15 | JUMBO chunk | `[0x15][index u8][count u8][flags u8][message id u32]`, chunk 0 then `[gso_type u8][0][gso_size u16][csum_start u16][csum_offset u16]`, then a slice of one super-packet | 8 (+ 8) + slice |
  *
  * - **Capabilities** (`caps`): {@link CAP_FAST} (bit 0), {@link CAP_PROBE} (bit 1); bit 2 is set
- *   aside for tunnel authentication ({@link CAP_AUTH_RESERVED}); unknown bits are carried and ignored.
- *   A node sends FAST data to a peer only when both announced {@link CAP_FAST}.
+ *   aside for tunnel authentication ({@link CAP_AUTH_RESERVED}); {@link CAP_JUMBO} (bit 3); unknown
+ *   bits are carried and ignored. A node sends FAST data to a peer only when both announced
+ *   {@link CAP_FAST}, JUMBO chunks only when both announced {@link CAP_FAST} and {@link CAP_JUMBO}.
+ * - **JUMBO chunks** carry a TCP super-packet (up to 64 KB, as the TUN returned it with TSO) cut
+ *   into `count` (2..{@link JUMBO_MAX_CHUNKS}) slices, each behind an 8-byte tag, so one UDP GSO
+ *   send carries it and the receiver (UDP GRO) writes it back to its TUN as one super-packet: no
+ *   per-segment headers, checksums or coalescing on either side. Every chunk but the last has the
+ *   same datagram size. Chunk 0 adds the virtio offload fields; the inner L4 checksum is partial
+ *   (pseudo-header sum, as with {@link FAST_F_NEEDS_CSUM}). A message is delivered only when all its
+ *   chunks arrived in order; a lost chunk loses the whole super-packet (TCP retransmits it).
  * - **Node id**: the sender's worker id, 0..{@link MAX_NODE_ID_LEN} bytes of printable ASCII
  *   (0x21..0x7e); empty means "not registered yet".
  * - **Forward compatibility**: decoders accept any `version ≥ 1` and ignore bytes after the fixed
@@ -72,6 +81,8 @@ export const MSG_PROBE = 0x12;
 export const MSG_PROBE_REPLY = 0x13;
 /** First byte of a FAST data datagram. */
 export const MSG_FAST = 0x14;
+/** First byte of a JUMBO chunk. */
+export const MSG_JUMBO = 0x15;
 
 /** Wire protocol version written into HELLO/HELLO_ACK. */
 export const WIRE_VERSION = 1;
@@ -84,6 +95,8 @@ export const CAP_FAST = 1 << 0;
 export const CAP_PROBE = 1 << 1;
 /** Capability bit set aside for authenticated tunnels (not implemented; never set by us yet). */
 export const CAP_AUTH_RESERVED = 1 << 2;
+/** Capability: reassembles JUMBO chunks (0x15) into super-packets. */
+export const CAP_JUMBO = 1 << 3;
 
 /** Longest node id a HELLO carries, in bytes. */
 export const MAX_NODE_ID_LEN = 64;
@@ -95,6 +108,12 @@ export const HELLO_MAX_LEN: number = HELLO_FIXED_LEN + MAX_NODE_ID_LEN;
 export const PROBE_LEN = 16;
 /** Size of the FAST data header. */
 export const FAST_HEADER_LEN = 8;
+/** Size of the tag in front of every JUMBO chunk. */
+export const JUMBO_TAG_LEN = 8;
+/** Size of the offload fields after chunk 0's tag. */
+export const JUMBO_META_LEN = 8;
+/** Most chunks in one JUMBO message (the kernel's UDP GSO/GRO segment limit). */
+export const JUMBO_MAX_CHUNKS = 64;
 /** Smallest IPv4 header; also the smallest IP packet {@link classify} accepts. */
 export const MIN_IPV4_LEN = 20;
 /** IPv6 fixed header size; the smallest IPv6 packet {@link classify} accepts. */
@@ -126,17 +145,19 @@ export const WireKind = {
   PROBE_REPLY: 5,
   /** FAST data: 8-byte header plus at least 20 bytes of packet. */
   FAST: 6,
-  /** First byte 0x15..0x1f: ours but from a newer version; ignore. */
+  /** First byte 0x16..0x1f: ours but from a newer version; ignore. */
   UNKNOWN: 7,
   /** Empty, out of bounds, too short for its kind, or a first nibble that is none of 1, 4, 6. */
   INVALID: 8,
+  /** A JUMBO chunk: at least its tag and one byte (chunk 0: tag, offload fields and 20 bytes). */
+  JUMBO: 9,
 } as const;
 
 /** A value of {@link WireKind}. */
 export type WireKind = (typeof WireKind)[keyof typeof WireKind];
 
 /** Number of {@link WireKind} values. */
-export const WIRE_KIND_COUNT = 9;
+export const WIRE_KIND_COUNT = 10;
 
 /** Names of the {@link WireKind} values, indexed by value (for logs and metric labels). */
 export const WIRE_KIND_NAMES: readonly string[] = [
@@ -149,6 +170,7 @@ export const WIRE_KIND_NAMES: readonly string[] = [
   "fast",
   "unknown",
   "invalid",
+  "jumbo",
 ];
 
 /** An encoder was given a buffer too small or a field out of range. */
@@ -201,6 +223,10 @@ function classifyOurs(buf: Uint8Array, off: number, len: number, b: number): Wir
       return len >= PROBE_LEN ? WireKind.PROBE_REPLY : WireKind.INVALID;
     case MSG_FAST:
       return len >= FAST_HEADER_LEN + MIN_IPV4_LEN ? WireKind.FAST : WireKind.INVALID;
+    case MSG_JUMBO:
+      return len >= (buf[off + 1] === 0 ? JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_IPV4_LEN : JUMBO_TAG_LEN + 1)
+        ? WireKind.JUMBO
+        : WireKind.INVALID;
     default:
       return WireKind.UNKNOWN;
   }

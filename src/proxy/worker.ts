@@ -16,7 +16,14 @@ import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
 import { RecvBatch, SendBatch, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
-import { VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VnetHdr } from "../../ffi/vnet.ts";
+import {
+  VNET_F_NEEDS_CSUM,
+  VNET_GSO_ECN,
+  VNET_GSO_TCPV4,
+  VNET_GSO_TCPV6,
+  VNET_HDR_LEN,
+  VnetHdr,
+} from "../../ffi/vnet.ts";
 import { TranslationTable } from "../table/table.ts";
 import { DROP_NAMES, Engine, type ParkedDatagram, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
@@ -29,6 +36,7 @@ import {
   Segmenter,
 } from "./offload.ts";
 import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN } from "./wire.ts";
+import { JUMBO_MAX_PACKET, JumboAssembler, type JumboMeta, JumboResult, writeJumbo } from "./jumbo.ts";
 
 const BATCH = 32;
 /** Largest UDP payload of one (GSO) send: 65535 − IPv4 header − UDP header. */
@@ -63,9 +71,28 @@ let wake: EventFd | undefined;
 let stopping = false;
 let mtu = 1450;
 let spinMs = 0;
-const send = new SendBatch(BATCH, SEND_SLOT);
-const recv = new RecvBatch(BATCH, RECV_SLOT);
-const tunBuf = new Uint8Array(VNET_HDR_LEN + 65535 + 64);
+// The TUN read buffer is one more slot of the send arena, and JUMBO reassembly happens in spare room
+// of the receive arena: copies between them are copyWithin on one buffer (no view per copy).
+const send = new SendBatch(BATCH + 1, SEND_SLOT);
+const tunBuf = send.bufs[BATCH];
+const TUN_AT = BATCH * SEND_SLOT;
+const JUMBO_SENDERS = 4;
+const recv = new RecvBatch(BATCH, RECV_SLOT, JUMBO_SENDERS * (VNET_HDR_LEN + JUMBO_MAX_PACKET));
+const assembler = new JumboAssembler({
+  arena: recv.data,
+  base: recv.spareOffset,
+  slots: JUMBO_SENDERS,
+  prefix: VNET_HDR_LEN,
+});
+const assembled = Array.from(
+  { length: JUMBO_SENDERS },
+  (_, s) => recv.data.subarray(recv.spareOffset + s * assembler.slotBytes),
+);
+const jumboMeta: JumboMeta = { gsoType: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+const jumboHdr = new VnetHdr();
+let jumboId = (Math.random() * 0x100000000) >>> 0;
+let jumboTx = 0;
+let jumboRx = 0;
 const vnet = new VnetHdr();
 const segmenter = new Segmenter();
 let segRaw: SegmentBatch[] = [];
@@ -124,7 +151,7 @@ function compactSend(from: number, n: number): void {
   for (let i = from; i < n; i++) {
     const j = i - from;
     const o = send.offsets[i];
-    send.bufs[j].set(send.bufs[i].subarray(o, o + send.sizes[i]), o);
+    send.data.copyWithin(j * SEND_SLOT + o, i * SEND_SLOT + o, i * SEND_SLOT + o + send.sizes[i]);
     send.offsets[j] = o;
     send.sizes[j] = send.sizes[i];
     send.segSizes[j] = send.segSizes[i];
@@ -154,13 +181,31 @@ function plainToTun(buf: Uint8Array, off: number, len: number, csumStart: number
   toTun(plainOut, VNET_HDR_LEN + len);
 }
 
-/** Segments the translated packet in `tunBuf` into send slot `pending` for the engine's route. */
+/** Queues the translated packet in `tunBuf` for the engine's route: one JUMBO message or segments. */
 function queueToPeer(len: number): void {
   const e = engine!;
   const route = e.out!;
-  const fast = route.peer?.fast === true;
   if (pending > BATCH - 2) flushSend(); // a super-packet may need two entries
   const slot = pending;
+  if (route.peer?.jumbo === true && udp!.gso && (vnet.flags & VNET_F_NEEDS_CSUM) !== 0) {
+    const type = vnet.gsoType & ~VNET_GSO_ECN;
+    if (type === VNET_GSO_TCPV4 || type === VNET_GSO_TCPV6) {
+      jumboMeta.gsoType = vnet.gsoType;
+      jumboMeta.gsoSize = vnet.gsoSize;
+      jumboMeta.csumStart = vnet.csumStart;
+      jumboMeta.csumOffset = vnet.csumOffset;
+      const dsize = FAST_HEADER_LEN + mtu;
+      const at = slot * SEND_SLOT;
+      const used = writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, jumboId, jumboMeta);
+      if (used > 0) {
+        jumboId = (jumboId + 1) >>> 0;
+        jumboTx++;
+        queueRun(slot, 0, used, dsize, Math.ceil(used / dsize));
+        return;
+      }
+    }
+  }
+  const fast = route.peer?.fast === true;
   const seg = (fast ? segFast : segRaw)[slot];
   seg.reset();
   const n = segmenter.segment(tunBuf, VNET_HDR_LEN, len, vnet, fast ? "partial" : "full", seg);
@@ -175,17 +220,25 @@ function queueToPeer(len: number): void {
     const co = segmenter.partial ? segmenter.csumOffset : 0;
     for (let k = 0; k < n; k++) encodeFastHeader(seg.buf, seg.offsets[k] - head, flags, cs, co);
   }
-  // One UDP_SEGMENT send carries at most 65507 bytes of UDP payload (one IPv4 datagram before
-  // segmentation): the headers repeated per segment can push a 64 KB super-packet past that, so
-  // its segments may need a second entry (a copy of the tail into the next slot).
-  const dsize = segmenter.datagramSize;
+  queueRun(slot, seg.offsets[0] - head, seg.used, segmenter.datagramSize, n);
+}
+
+/**
+ * Queues the `n` datagrams of `dsize` bytes (the last may be shorter) at `bufs[slot][start .. end)`
+ * to the engine's route. One UDP_SEGMENT send carries at most 65507 bytes of UDP payload (one IPv4
+ * datagram before segmentation), so a 64 KB super-packet's datagrams may need a second entry (a
+ * copy of the tail into the next slot).
+ */
+function queueRun(slot: number, start: number, end: number, dsize: number, n: number): void {
+  const route = engine!.out!;
   const perSend = n > 1 ? Math.max(1, Math.floor(MAX_GSO_PAYLOAD / dsize)) : 1;
-  const start = seg.offsets[0] - head;
   for (let k = 0; k < n; k += perSend) {
     const i = pending;
     const from = start + k * dsize;
-    const to = Math.min(seg.used, from + perSend * dsize);
-    if (i !== slot) send.bufs[i].set(send.bufs[slot].subarray(from, to), from);
+    const to = Math.min(end, from + perSend * dsize);
+    if (i !== slot) {
+      send.data.copyWithin(i * SEND_SLOT + from, slot * SEND_SLOT + from, slot * SEND_SLOT + to);
+    }
     send.offsets[i] = from;
     send.sizes[i] = to - from;
     send.segSizes[i] = to - from > dsize ? dsize : 0;
@@ -234,6 +287,33 @@ function flushCoalescer(): void {
   coalescer.reset();
 }
 
+/**
+ * Adds a JUMBO chunk to its sender's message; a complete super-packet is checked and restored once
+ * and written to the TUN behind a virtio header that carries the sender's offload fields.
+ */
+function jumboIn(b: Uint8Array, o: number, len: number): void {
+  const e = engine!;
+  if (assembler.add(e.pktPeer!, b, o, len) !== JumboResult.COMPLETE) return;
+  flushCoalescer(); // packets of the same flow received before it go first
+  const at = assembler.outOffset;
+  const total = assembler.outLength;
+  const m = assembler.outMeta;
+  const a = recv.data;
+  if (e.deliver(a, at, total, true) !== Verdict.TO_TUN) return;
+  const h = jumboHdr;
+  h.clear();
+  h.flags = VNET_F_NEEDS_CSUM;
+  h.gsoType = m.gsoType;
+  h.gsoSize = m.gsoSize;
+  h.csumStart = m.csumStart;
+  h.csumOffset = m.csumOffset;
+  h.hdrLen = m.csumStart + ((a[at + m.csumStart + 12] >>> 4) << 2);
+  const out = assembled[assembler.outSlot];
+  h.encode(out, 0);
+  jumboRx++;
+  toTun(out, VNET_HDR_LEN + total);
+}
+
 function drainUdp(now: number): void {
   const e = engine!;
   for (let k = 0; k < 16; k++) {
@@ -248,6 +328,10 @@ function drainUdp(now: number): void {
       for (let o = 0; o < total; o += step) {
         const dl = Math.min(step, total - o);
         const v = e.receive(b, o, dl, fam, recv.addrs4[i], a6, recv.ports[i], now);
+        if (v === Verdict.JUMBO) {
+          jumboIn(b, o, dl);
+          continue;
+        }
         if (v !== Verdict.TO_TUN) continue;
         let r = coalescer.add(b, e.pktOff, e.pktLen, e.pktCsumStart, e.pktCsumOffset);
         if (r === CoalesceResult.FULL) {
@@ -329,6 +413,8 @@ function stats(): StatsData {
     if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;
   });
   if (send.dropped > 0) drops[`send_errno_${send.lastErrno}`] = send.dropped;
+  if (assembler.incomplete > 0) drops.jumbo_incomplete = assembler.incomplete;
+  if (assembler.malformed > 0) drops.jumbo_malformed = assembler.malformed;
   return {
     tunRx: c.tunRx,
     tunRxBytes: c.tunRxBytes,
@@ -339,6 +425,8 @@ function stats(): StatsData {
     udpTx: c.udpTx,
     udpTxBytes: c.udpTxBytes,
     localHandoff: c.localHandoff,
+    jumboTx,
+    jumboRx,
     parked: c.parked,
     released: c.released,
     parkedNow: e.parkedNow,

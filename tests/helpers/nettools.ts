@@ -4,7 +4,10 @@
  * - `tcp-client HOST PORT TEXT`: sends TEXT, prints the answer, exits 0 (1 on error / 3 s timeout)
  * - `udp-echo-server PORT [NAME]` / `udp-client HOST PORT TEXT`: the same over UDP
  * - `http-server PORT NAME`: answers every HTTP request with NAME
- * - `servers PORT NAME`: TCP and UDP echo servers on the same port
+ * - `servers PORT NAME`: TCP and UDP echo servers on the same port, and a TCP sink on PORT + 1
+ * - `tcp-sink PORT`: reads each connection to its end, then answers `BYTES HASH` (FNV-1a 32 of all)
+ * - `tcp-bulk HOST PORT MB`: sends MB MiB of pseudo-random bytes to a sink, half-closes, and exits 0
+ *   only when the sink's `BYTES HASH` matches what was sent (prints both), 1 otherwise (20 s limit)
  * - `udp-send HOST PORT HEX`: sends one datagram with the given bytes (no answer expected)
  * - `tcp-chat HOST PORT N INTERVAL_MS`: one connection, N request/answer rounds, prints each answer;
  *   exits 1 when an answer takes longer than 3 s
@@ -45,6 +48,62 @@ async function tcpClient(host: string, port: number, text: string) {
   clearTimeout(timer);
 }
 
+/** FNV-1a (32 bit) over `b`, continuing from `h`. */
+function fnv(h: number, b: Uint8Array): number {
+  for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 16777619) >>> 0;
+  return h;
+}
+
+async function tcpSink(port: number) {
+  for await (const conn of Deno.listen({ hostname: "::", port })) {
+    (async () => {
+      let n = 0;
+      let h = 2166136261;
+      const buf = new Uint8Array(1 << 16);
+      for (;;) {
+        const r = await conn.read(buf);
+        if (r === null) break;
+        n += r;
+        h = fnv(h, buf.subarray(0, r));
+      }
+      await conn.write(enc.encode(`${n} ${h.toString(16)}`));
+      conn.close();
+    })().catch(() => {});
+  }
+}
+
+async function tcpBulk(host: string, port: number, mb: number) {
+  const timer = setTimeout(() => {
+    console.error("tcp-bulk: timeout");
+    Deno.exit(1);
+  }, 20000);
+  const conn = await Deno.connect({ hostname: host, port });
+  const chunk = new Uint8Array(1 << 20);
+  let x = 12345;
+  let h = 2166136261;
+  for (let m = 0; m < mb; m++) {
+    for (let i = 0; i < chunk.length; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      chunk[i] = x >>> 24;
+    }
+    h = fnv(h, chunk);
+    for (let o = 0; o < chunk.length;) o += await conn.write(chunk.subarray(o));
+  }
+  await conn.closeWrite();
+  const buf = new Uint8Array(256);
+  let got = "";
+  for (;;) {
+    const r = await conn.read(buf);
+    if (r === null) break;
+    got += dec.decode(buf.subarray(0, r));
+  }
+  conn.close();
+  clearTimeout(timer);
+  const want = `${mb * chunk.length} ${h.toString(16)}`;
+  console.log(`sent ${want} sink ${got}`);
+  if (got !== want) Deno.exit(1);
+}
+
 function udpServer(port: number, name: string) {
   const s = dgram.createSocket({ type: "udp6" });
   s.on("message", (data, rinfo) => s.send(`${name}:${dec.decode(data)}`, rinfo.port, rinfo.address));
@@ -82,7 +141,14 @@ try {
       break;
     case "servers":
       udpServer(Number(args[0]), args[1] ?? "echo");
+      tcpSink(Number(args[0]) + 1);
       await tcpServer(Number(args[0]), args[1] ?? "echo");
+      break;
+    case "tcp-sink":
+      await tcpSink(Number(args[0]));
+      break;
+    case "tcp-bulk":
+      await tcpBulk(args[0], Number(args[1]), Number(args[2]));
       break;
     case "udp-send": {
       const sock = dgram.createSocket({ type: args[0].includes(":") ? "udp6" : "udp4" });

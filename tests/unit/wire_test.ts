@@ -23,6 +23,7 @@ import {
   MSG_FAST,
   MSG_HELLO,
   MSG_HELLO_ACK,
+  MSG_JUMBO,
   MSG_PROBE,
   MSG_PROBE_REPLY,
   PROBE_LEN,
@@ -84,6 +85,8 @@ Deno.test("classify: raw IPv4/IPv6 by first nibble, ours by 0x1T, the rest inval
       ? WireKind.PROBE_REPLY
       : first === MSG_FAST
       ? WireKind.FAST
+      : first === MSG_JUMBO
+      ? WireKind.JUMBO
       : hi === 1
       ? WireKind.UNKNOWN
       : WireKind.INVALID;

@@ -1,0 +1,197 @@
+import { assert, assertEquals } from "../helpers/assert.ts";
+import {
+  JUMBO_F_NEEDS_CSUM,
+  JUMBO_MAX_PACKET,
+  JumboAssembler,
+  jumboChunkCount,
+  type JumboMeta,
+  JumboResult,
+  writeJumbo,
+} from "../../src/proxy/jumbo.ts";
+import { classify, JUMBO_META_LEN, JUMBO_TAG_LEN, MSG_JUMBO, WireKind } from "../../src/proxy/wire.ts";
+import { VNET_GSO_ECN, VNET_GSO_TCPV4, VNET_GSO_TCPV6 } from "../../ffi/vnet.ts";
+
+const DSIZE = 8 + 1450;
+
+/** A TCP super-packet (IPv4 or IPv6 header, 20-byte TCP header) of `total` bytes with a byte pattern. */
+function superPacket(total: number, v6 = false): Uint8Array {
+  const p = new Uint8Array(total);
+  for (let i = 0; i < total; i++) p[i] = (i * 7 + 3) & 0xff;
+  if (v6) {
+    p[0] = 0x60;
+    p[4] = (total - 40) >>> 8;
+    p[5] = total - 40;
+    p[6] = 6;
+    p[40 + 12] = 5 << 4;
+  } else {
+    p[0] = 0x45;
+    p[2] = total >>> 8;
+    p[3] = total;
+    p[9] = 6;
+    p[20 + 12] = 5 << 4;
+  }
+  return p;
+}
+
+const META4: JumboMeta = { gsoType: VNET_GSO_TCPV4, gsoSize: 1398, csumStart: 20, csumOffset: 16 };
+
+/** Encodes `pkt` as JUMBO chunks; returns the arena and each chunk's [offset, length]. */
+function encode(
+  pkt: Uint8Array,
+  id = 7,
+  meta = META4,
+  dsize = DSIZE,
+): { arena: Uint8Array; chunks: number[][] } {
+  const arena = new Uint8Array(pkt.length + 200_000);
+  arena.set(pkt, 0);
+  const at = 70_000;
+  const used = writeJumbo(arena, 0, pkt.length, at, dsize, id, meta);
+  assert(used > 0, "encodes");
+  const chunks: number[][] = [];
+  for (let o = at; o < at + used; o += dsize) chunks.push([o, Math.min(dsize, at + used - o)]);
+  return { arena, chunks };
+}
+
+function assembler(slots = 2): { asm: JumboAssembler; arena: Uint8Array } {
+  const arena = new Uint8Array(slots * (10 + JUMBO_MAX_PACKET) + 100);
+  return { asm: new JumboAssembler({ arena, base: 100, slots, prefix: 10 }), arena };
+}
+
+Deno.test("jumboChunkCount: small packets are not JUMBO; a 64 KB super-packet needs 46 chunks of 1458", () => {
+  assertEquals(jumboChunkCount(1442, DSIZE), 0, "fits the first chunk");
+  assertEquals(jumboChunkCount(1443, DSIZE), 2);
+  assertEquals(jumboChunkCount(65535, DSIZE), 46);
+  assertEquals(jumboChunkCount(65536, DSIZE), 0, "over 64 KB");
+  assertEquals(jumboChunkCount(65535, 600), 0, "more than 64 chunks");
+});
+
+Deno.test("writeJumbo: tags, offload fields and slices; every chunk but the last is one datagram size", () => {
+  const pkt = superPacket(65535);
+  const { arena, chunks } = encode(pkt, 0x01020304);
+  assertEquals(chunks.length, 46);
+  let rebuilt: number[] = [];
+  chunks.forEach(([o, len], k) => {
+    assertEquals(arena[o], MSG_JUMBO);
+    assertEquals(arena[o + 1], k);
+    assertEquals(arena[o + 2], 46);
+    assertEquals(arena[o + 3], JUMBO_F_NEEDS_CSUM);
+    assertEquals([...arena.subarray(o + 4, o + 8)], [1, 2, 3, 4]);
+    assertEquals(classify(arena, o, len), WireKind.JUMBO);
+    if (k < 45) assertEquals(len, DSIZE);
+    const data = k === 0 ? o + JUMBO_TAG_LEN + JUMBO_META_LEN : o + JUMBO_TAG_LEN;
+    if (k === 0) {
+      const m = o + JUMBO_TAG_LEN;
+      assertEquals(arena[m], VNET_GSO_TCPV4);
+      assertEquals((arena[m + 2] << 8) | arena[m + 3], 1398);
+      assertEquals((arena[m + 4] << 8) | arena[m + 5], 20);
+      assertEquals((arena[m + 6] << 8) | arena[m + 7], 16);
+    }
+    rebuilt = rebuilt.concat([...arena.subarray(data, o + len)]);
+  });
+  assertEquals(rebuilt.length, 65535);
+  assert(rebuilt.every((b, i) => b === pkt[i]), "the slices are the packet, in order");
+  assertEquals(writeJumbo(new Uint8Array(3000), 0, 1000, 1000, DSIZE, 1, META4), 0, "too small for JUMBO");
+});
+
+Deno.test("JumboAssembler: chunks in order give back the packet and its offload fields (v4 and v6)", () => {
+  for (const v6 of [false, true]) {
+    const pkt = superPacket(v6 ? 40_000 : 65535, v6);
+    const meta = v6
+      ? { gsoType: VNET_GSO_TCPV6 | VNET_GSO_ECN, gsoSize: 1378, csumStart: 40, csumOffset: 16 }
+      : META4;
+    const { arena, chunks } = encode(pkt, 9, meta);
+    const { asm, arena: out } = assembler();
+    const key = {};
+    chunks.forEach(([o, len], k) => {
+      const r = asm.add(key, arena, o, len);
+      assertEquals(r, k === chunks.length - 1 ? JumboResult.COMPLETE : JumboResult.PENDING);
+    });
+    assertEquals(asm.outLength, pkt.length);
+    assertEquals(out.subarray(asm.outOffset, asm.outOffset + asm.outLength), pkt);
+    assertEquals(asm.outOffset, 100 + asm.outSlot * asm.slotBytes + 10, "prefix room before the packet");
+    assertEquals({ ...asm.outMeta }, meta);
+    assertEquals([asm.completed, asm.incomplete, asm.malformed], [1, 0, 0]);
+  }
+});
+
+Deno.test("JumboAssembler: a lost, repeated or reordered chunk drops the message; the next one still works", () => {
+  const pkt = superPacket(20_000);
+  const { asm } = assembler();
+  const key = {};
+  const cases: [string, (c: number[][]) => number[][]][] = [
+    ["lost middle chunk", (c) => c.filter((_, k) => k !== 3)],
+    ["lost first chunk", (c) => c.slice(1)],
+    ["repeated chunk", (c) => [...c.slice(0, 5), c[4], ...c.slice(5)]],
+    ["swapped chunks", (c) => [c[0], c[2], c[1], ...c.slice(3)]],
+  ];
+  let id = 100;
+  for (const [why, mangle] of cases) {
+    const { arena, chunks } = encode(pkt, id++);
+    const results = mangle(chunks).map(([o, len]) => asm.add(key, arena, o, len));
+    assert(!results.includes(JumboResult.COMPLETE), why);
+    const good = encode(pkt, id++);
+    const last = good.chunks.map(([o, len]) => asm.add(key, good.arena, o, len)).pop();
+    assertEquals(last, JumboResult.COMPLETE, `${why}: the following message`);
+  }
+  assertEquals(asm.completed, 4);
+  assert(asm.incomplete >= 3, `incomplete counted (${asm.incomplete})`);
+});
+
+Deno.test("JumboAssembler: senders are assembled separately; interleaved messages both complete", () => {
+  const a = encode(superPacket(10_000), 1);
+  const b = encode(superPacket(12_000, true), 2, { ...META4, gsoType: VNET_GSO_TCPV6, csumStart: 40 });
+  const { asm, arena } = assembler(2);
+  const ka = {}, kb = {};
+  const n = Math.max(a.chunks.length, b.chunks.length);
+  const done: number[] = [];
+  for (let k = 0; k < n; k++) {
+    if (
+      k < a.chunks.length && asm.add(ka, a.arena, a.chunks[k][0], a.chunks[k][1]) === JumboResult.COMPLETE
+    ) {
+      done.push(asm.outLength);
+      assertEquals(arena[asm.outOffset], 0x45);
+    }
+    if (
+      k < b.chunks.length && asm.add(kb, b.arena, b.chunks[k][0], b.chunks[k][1]) === JumboResult.COMPLETE
+    ) {
+      done.push(asm.outLength);
+      assertEquals(arena[asm.outOffset], 0x60);
+    }
+  }
+  assertEquals(done.sort(), [10_000, 12_000]);
+  // A third sender takes the least recently used slot: the message it interrupts is counted.
+  const c = encode(superPacket(5_000), 3);
+  asm.add(ka, c.arena, c.chunks[0][0], c.chunks[0][1]);
+  asm.add(kb, c.arena, c.chunks[0][0], c.chunks[0][1]);
+  asm.add({}, c.arena, c.chunks[0][0], c.chunks[0][1]); // evicts ka, the least recently used
+  assertEquals(asm.incomplete, 1);
+});
+
+Deno.test("JumboAssembler: malformed chunks are dropped and counted, never thrown", () => {
+  const pkt = superPacket(8_000);
+  const { arena, chunks } = encode(pkt);
+  const bad = (why: string, mutate: (b: Uint8Array, chunks: number[][]) => void, lenDelta = 0) => {
+    const b = arena.slice();
+    mutate(b, chunks);
+    const { asm } = assembler();
+    const key = {};
+    const res = chunks.map(([o, len], k) =>
+      asm.add(key, b, o, k === chunks.length - 1 ? len + lenDelta : len)
+    );
+    assert(!res.includes(JumboResult.COMPLETE), why);
+  };
+  const [o0] = chunks[0];
+  bad("count 1", (b, c) => c.forEach(([o]) => b[o + 2] = 1));
+  bad("count above 64", (b, c) => c.forEach(([o]) => b[o + 2] = 65));
+  bad("unknown flags", (b) => b[o0 + 3] = 0x81);
+  bad("gso type UDP", (b) => b[o0 + JUMBO_TAG_LEN] = 5);
+  bad("gso size 0", (b) => (b[o0 + JUMBO_TAG_LEN + 2] = 0, b[o0 + JUMBO_TAG_LEN + 3] = 0));
+  bad("IPv4 length says more", (b) => b[o0 + 16 + 2] = 0xff);
+  bad("IPv6 packet with a TCPV4 type", (b) => b[o0 + 16] = 0x60);
+  bad("message id changes", (b, c) => b[c[2][0] + 7] ^= 1);
+  bad("last chunk longer than a datagram", () => {}, DSIZE);
+  const { asm } = assembler();
+  const junk = new Uint8Array(64).fill(0x15);
+  for (let len = 0; len <= 64; len++) assertEquals(asm.add({}, junk, 0, len), JumboResult.DROPPED);
+  assertEquals(asm.add({}, junk, 60, 10), JumboResult.DROPPED, "outside the buffer");
+});

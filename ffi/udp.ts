@@ -75,6 +75,7 @@ const UDP_GRO = 104;
 const MSG_DONTWAIT = 0x40;
 const MSG_WAITFORONE = 0x10000;
 const POLLIN = 0x1;
+const POLLOUT = 0x4;
 const EIO = 5;
 const EBADF = 9;
 const EFAULT = 14;
@@ -628,6 +629,8 @@ export interface UdpSocket extends UdpInfo {
   sendBatch(batch: SendBatch, n: number): number;
   /** Waits up to `timeoutMs` (-1 forever) for readability: 1 ready, 0 timeout, negative errno. */
   wait(timeoutMs: number): number;
+  /** Waits until the socket has send-buffer room (POLLOUT): 1 ready, 0 timeout, -errno. */
+  waitWritable(timeoutMs: number): number;
   /** Switches O_NONBLOCK on or off (affects every thread using the fd). */
   setNonBlocking(on: boolean): void;
   /** Plain data describing this socket, for {@link udpFromInfo} in a Worker. */
@@ -766,6 +769,14 @@ class Udp implements UdpSocket {
   wait(timeoutMs: number): number {
     this.#pollfd[1] = POLLIN;
     const r = libc.poll(this.#pollBytes, 1n, timeoutMs);
+    if (r < 0) return -errno();
+    return r > 0 ? 1 : 0;
+  }
+
+  waitWritable(timeoutMs: number): number {
+    this.#pollfd[1] = POLLOUT;
+    const r = libc.poll(this.#pollBytes, 1n, timeoutMs);
+    this.#pollfd[1] = POLLIN;
     if (r < 0) return -errno();
     return r > 0 ? 1 : 0;
   }

@@ -127,19 +127,19 @@ function post(m: FromWorker): void {
 
 function flushSend(): void {
   if (pending === 0 || !udp) return;
-  let start = 0;
-  while (start < pending) {
-    const r = udp.sendBatch(send, pending - start);
-    if (r <= 0) {
-      engine!.counters.drops[DROP_SEND] += pending - start;
+  let stalls = 0;
+  while (pending > 0) {
+    const r = udp.sendBatch(send, pending);
+    // 0: nothing went out (EAGAIN); wait for room a few times before giving the batch up.
+    if (r < 0 || (r === 0 && ++stalls > 3)) {
+      engine!.counters.drops[DROP_SEND] += pending;
       break;
     }
-    if (r < pending - start) {
+    if (r < pending) {
       // Socket buffer full (non-blocking): wait for room, then send the rest from the front.
-      compactSend(r, pending - start);
-      start = 0;
+      if (r > 0) compactSend(r, pending);
       pending -= r;
-      udp.wait(5);
+      udp.waitWritable(5);
       continue;
     }
     break;

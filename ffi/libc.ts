@@ -45,6 +45,7 @@ const SYMBOLS = {
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   getpid: { parameters: [], result: "i32" },
+  sched_yield: { parameters: [], result: "i32" },
   gettid: { parameters: [], result: "i32" },
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
   eventfd: { parameters: ["u32", "i32"], result: "i32" },

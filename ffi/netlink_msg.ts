@@ -65,6 +65,7 @@ export const IFLA = {
   MTU: 4,
   LINK: 5,
   MASTER: 10,
+  TXQLEN: 13,
   OPERSTATE: 16,
   LINKINFO: 18,
   NET_NS_PID: 19,
@@ -434,6 +435,8 @@ export interface LinkChange {
   master?: number;
   /** New name. */
   name?: string;
+  /** Transmit queue length in packets (`txqueuelen`). */
+  txQueueLen?: number;
 }
 
 const REQ_ACK = NLM_F.REQUEST | NLM_F.ACK;
@@ -525,6 +528,10 @@ export function buildSetLink(enc: NlEncoder, seq: number, index: number, change:
   if (change.master !== undefined) {
     checkU32("master", change.master);
     enc.attrU32(IFLA.MASTER, change.master);
+  }
+  if (change.txQueueLen !== undefined) {
+    checkU32("txQueueLen", change.txQueueLen);
+    enc.attrU32(IFLA.TXQLEN, change.txQueueLen);
   }
   return enc.finish();
 }

@@ -103,6 +103,9 @@ export const TunCfgSchema = z.object({
   ProxySubnetworkMask: netmask.default("255.255.0.0"),
   TunnelPort: portLike("TunnelPort").default(50103),
   MTUsize: intLike("MTUsize", 1280, 65535).default(1450),
+  // Ours: packets the kernel may queue for the data plane's TUN reads (Linux default 500). A burst
+  // longer than the queue while the data-plane thread waits for a CPU is dropped.
+  TxQueueLen: intLike("TxQueueLen", 16, 1000000).default(10000),
   TunNetIPv6: ipv6.default("fcef::dead:beef"),
   // Oakestra ships fcef::/21 here, which makes fdff:: ServiceIPs unreachable (quirk); our default is fdff::/16.
   ProxySubnetworkIPv6: ipv6.default("fdff::"),

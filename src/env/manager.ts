@@ -255,7 +255,7 @@ export class EnvironmentManager {
     this.#linksOpen().configureTun(name, t.MTUsize, [
       { family: 4, addr: ipv4Bytes(parseIPv4(t.TunnelIP)), prefixLen: 12 },
       { family: 6, addr: parseIPv6(t.TunNetIPv6), prefixLen: 7 },
-    ]);
+    ], t.TxQueueLen);
   }
 
   /**

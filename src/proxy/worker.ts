@@ -13,9 +13,10 @@
  * so the packet path never waits on a timer or on the control plane.
  */
 import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
-import { RecvBatch, SendBatch, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
+import { RecvBatch, SendBatch, UDP_MAX_SEGMENTS, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
+import { libc } from "../../ffi/libc.ts";
 import {
   VNET_F_NEEDS_CSUM,
   VNET_GSO_ECN,
@@ -220,7 +221,41 @@ function queueToPeer(len: number): void {
     const co = segmenter.partial ? segmenter.csumOffset : 0;
     for (let k = 0; k < n; k++) encodeFastHeader(seg.buf, seg.offsets[k] - head, flags, cs, co);
   }
-  queueRun(slot, seg.offsets[0] - head, seg.used, segmenter.datagramSize, n);
+  const start = seg.offsets[0] - head;
+  if (n === 1 && slot > 0 && appendDatagram(slot - 1, slot * SEND_SLOT + start, seg.used - start)) return;
+  queueRun(slot, start, seg.used, segmenter.datagramSize, n);
+}
+
+/**
+ * Appends a single datagram (`size` bytes at `send.data[from..]`) to send entry `p` when it goes to
+ * the same peer and can carry it as one more GSO segment (no larger than the entry's segments, the
+ * entry not already ending in a shorter one, within the size and count limits). Runs of small
+ * packets to one peer (UDP request streams, TCP ACKs) then cost the kernel one skb per run on both
+ * nodes instead of one per packet; the datagrams on the wire are the same.
+ */
+function appendDatagram(p: number, from: number, size: number): boolean {
+  const route = engine!.out!;
+  if (route.family === 4) {
+    if (send.dstFamilies[p] !== 4 || send.dst4[p] !== route.addr4) return false;
+  } else {
+    if (send.dstFamilies[p] !== 6) return false;
+    const a = route.addr6!;
+    for (let k = 0; k < 16; k++) if (send.dst6[p * 16 + k] !== a[k]) return false;
+  }
+  if (send.dstPorts[p] !== route.port) return false;
+  const have = send.sizes[p];
+  const seg = send.segSizes[p] > 0 ? send.segSizes[p] : have;
+  const end = send.offsets[p] + have;
+  if (
+    size > seg || have % seg !== 0 || have + size > MAX_GSO_PAYLOAD || have / seg >= UDP_MAX_SEGMENTS ||
+    end + size > SEND_SLOT
+  ) {
+    return false;
+  }
+  send.data.copyWithin(p * SEND_SLOT + end, from, from + size);
+  send.sizes[p] = have + size;
+  send.segSizes[p] = seg;
+  return true;
 }
 
 /**
@@ -492,6 +527,9 @@ async function loop(): Promise<void> {
     }
     const spinning = !busy && !heavy && t - lastActive < spinMs && spun < SPIN_BUDGET * SPIN_WINDOW_MS;
     const r = poller.wait(busy || spinning ? 0 : IDLE_POLL_MS);
+    // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
+    // end of the path may be waiting for exactly this CPU), then looks again.
+    if (spinning && r === 0) libc.sched_yield();
     const now = performance.now();
     if (spinning) spun += now - t;
     busy = false;

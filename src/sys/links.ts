@@ -75,10 +75,14 @@ export class Links {
     return { index, created };
   }
 
-  /** Gives the TUN its MTU and addresses (their connected routes carry the overlay) and sets it up. */
-  configureTun(name: string, mtu: number, addrs: CidrBytes[]): void {
+  /**
+   * Gives the TUN its MTU, transmit queue length and addresses (their connected routes carry the
+   * overlay) and sets it up.
+   */
+  configureTun(name: string, mtu: number, addrs: CidrBytes[], txQueueLen?: number): void {
     const index = this.#nl.linkIndex(name);
     if (index === undefined) throw new Error(`TUN ${name} does not exist`);
+    if (txQueueLen !== undefined) this.#nl.setLink(index, { txQueueLen });
     this.#configure(index, mtu, addrs);
   }
 

@@ -5,6 +5,8 @@
  * - `udp-echo-server PORT [NAME]` / `udp-client HOST PORT TEXT`: the same over UDP
  * - `http-server PORT NAME`: answers every HTTP request with NAME
  * - `servers PORT NAME`: TCP and UDP echo servers on the same port, and a TCP sink on PORT + 1
+ * - `udp-burst HOST PORT N`: sends N equal-size datagrams back to back to an echo server; exits 0
+ *   when all N answers arrived with the right contents (prints the count), 1 otherwise (3 s limit)
  * - `tcp-sink PORT`: reads each connection to its end, then answers `BYTES HASH` (FNV-1a 32 of all)
  * - `tcp-bulk HOST PORT MB`: sends MB MiB of pseudo-random bytes to a sink, half-closes, and exits 0
  *   only when the sink's `BYTES HASH` matches what was sent (prints both), 1 otherwise (20 s limit)
@@ -104,6 +106,30 @@ async function tcpBulk(host: string, port: number, mb: number) {
   if (got !== want) Deno.exit(1);
 }
 
+function udpBurst(host: string, port: number, n: number) {
+  const s = dgram.createSocket({ type: host.includes(":") ? "udp6" : "udp4" });
+  const want = new Set<string>();
+  const finish = (ok: boolean) => {
+    console.log(`${n - want.size}/${n}`);
+    s.close();
+    Deno.exit(ok ? 0 : 1);
+  };
+  const timer = setTimeout(() => finish(false), 3000);
+  s.on("message", (data) => {
+    const text = dec.decode(data);
+    want.delete(text.slice(text.indexOf(":") + 1));
+    if (want.size === 0) {
+      clearTimeout(timer);
+      finish(true);
+    }
+  });
+  for (let i = 0; i < n; i++) {
+    const text = `burst-${String(i).padStart(6, "0")}-${"x".repeat(40)}`;
+    want.add(text);
+    s.send(text, port, host);
+  }
+}
+
 function udpServer(port: number, name: string) {
   const s = dgram.createSocket({ type: "udp6" });
   s.on("message", (data, rinfo) => s.send(`${name}:${dec.decode(data)}`, rinfo.port, rinfo.address));
@@ -143,6 +169,9 @@ try {
       udpServer(Number(args[0]), args[1] ?? "echo");
       tcpSink(Number(args[0]) + 1);
       await tcpServer(Number(args[0]), args[1] ?? "echo");
+      break;
+    case "udp-burst":
+      udpBurst(args[0], Number(args[1]), Number(args[2]));
       break;
     case "tcp-sink":
       await tcpSink(Number(args[0]));

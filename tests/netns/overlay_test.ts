@@ -159,6 +159,8 @@ Deno.test({
       dataPlane: { udpTx: number; localHandoff: number };
     };
     assert(after.dataPlane.localHandoff > before.dataPlane.localHandoff, JSON.stringify(after.dataPlane));
+    const tun = await sh(["ip", "-n", c.nodes[0].node.ns, "link", "show", "goProxyTun"]);
+    assertMatch(tun, /mtu 1450 .*qlen 10000/, "TUN MTU and the deeper transmit queue (TxQueueLen)");
     const ping = await c.containers[0].exec(["ping", "-c", "2", "-W", "2", "10.30.0.1"]);
     assertEquals(ping.code, 0, ping.stdout + ping.stderr);
     const ping6 = await c.containers[0].exec(["ping", "-6", "-c", "2", "-W", "2", "fdff::3"]);
@@ -251,6 +253,12 @@ Deno.test({
   ...opts,
 }, async () => {
   await withCluster(async (c) => {
+    // Back-to-back equal-size datagrams share GSO sends on both nodes; every one must arrive intact
+    // (200: the echo server's default socket buffer holds 256 such datagrams).
+    for (const host of ["10.30.0.2", "fdff::2"]) {
+      const r = await c.containers[0].exec([...TOOL, "udp-burst", host, "80", "200"]);
+      assertEquals(r.code, 0, `burst to ${host}: ${r.stdout} ${r.stderr}`);
+    }
     const { n1, n2 } = await bulkBothFamilies(c);
     // 24 MiB in ≤ 64 KB super-packets: hundreds of messages each way; the sink verified every byte.
     assert(n1.dataPlane.jumboTx > 100, JSON.stringify(n1.dataPlane));

@@ -165,7 +165,7 @@ Deno.test("bridge request: IFLA_IFNAME, IFLA_MTU, LINKINFO{KIND bridge}", () => 
   deepStrictEqual(got, want);
 });
 
-Deno.test("set link: up/down/unchanged flag masks, MTU, master 0 releases, rename", () => {
+Deno.test("set link: up/down/unchanged flag masks, MTU, master 0 releases, rename, txqueuelen", () => {
   const up = buildSetLink(enc, 1, 4, { up: true }).slice();
   strictEqual(dv(up).getUint16(6, true), NLM_F.REQUEST | NLM_F.ACK, "no CREATE on a change");
   strictEqual(dv(up).getInt32(20, true), 4);
@@ -180,6 +180,9 @@ Deno.test("set link: up/down/unchanged flag masks, MTU, master 0 releases, renam
   strictEqual(attrU32(other, a.get(IFLA.MTU)!), 1450);
   strictEqual(attrU32(other, a.get(IFLA.MASTER)!), 0);
   strictEqual(attrStr(other, a.get(IFLA.IFNAME)!), "eth1");
+  strictEqual(a.get(IFLA.TXQLEN), undefined);
+  const q = buildSetLink(enc, 1, 4, { txQueueLen: 10000 }).slice();
+  strictEqual(attrU32(q, parseAttrs(q, 32, q.length).get(IFLA.TXQLEN)!), 10000);
   const del = buildDelLink(enc, 3, 12).slice();
   strictEqual(dv(del).getUint16(4, true), RTM.DELLINK);
   strictEqual(dv(del).getInt32(20, true), 12);

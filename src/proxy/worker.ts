@@ -526,7 +526,8 @@ async function loop(): Promise<void> {
       worked = 0;
     }
     const spinning = !busy && !heavy && t - lastActive < spinMs && spun < SPIN_BUDGET * SPIN_WINDOW_MS;
-    const r = poller.wait(busy || spinning ? 0 : IDLE_POLL_MS);
+    // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
+    const r = poller.wait(spinning ? 0 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
     // end of the path may be waiting for exactly this CPU), then looks again.
     if (spinning && r === 0) libc.sched_yield();

@@ -16,6 +16,7 @@ import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
 import { RecvBatch, SendBatch, UDP_MAX_SEGMENTS, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
+import { SpinPolicy } from "./spin.ts";
 import { libc } from "../../ffi/libc.ts";
 import {
   VNET_F_NEEDS_CSUM,
@@ -48,16 +49,6 @@ const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
 const STATS_EVERY_MS = 1000;
 const PEER_TICK_MS = 100;
-/** Busy-polling is accounted in windows of this length. */
-const SPIN_WINDOW_MS = 100;
-/** At most this share of each window may be spent busy-polling (the rest of the time: poll sleeps). */
-const SPIN_BUDGET = 0.5;
-/**
- * No busy-polling in a window after one in which packet work took more than this share: under load
- * the next packet comes soon anyway, and a spinning thread would take the CPU the workloads (and the
- * kernel's own packet work) need — on 2 cores it cost a bulk TCP stream 15–25 %.
- */
-const HEAVY_WORK_SHARE = 0.25;
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any as {
@@ -507,36 +498,21 @@ async function loop(): Promise<void> {
   let lastYield = performance.now();
   let lastStats = lastYield;
   let lastPeerTick = 0;
-  let busy = false;
-  // Busy-poll for a moment after traffic: a request/response exchange then finds its next packet
-  // without a thread wake-up (one-way latency 28 → 11 µs measured with sockperf on this VM), within
-  // a CPU budget per window so steady low-rate traffic cannot pin a core, and not at all while the
-  // packet work itself is heavy (bulk transfers).
-  let lastActive = -Infinity;
-  let spinWindow = 0;
-  let spun = 0;
-  let worked = 0;
-  let heavy = false;
+  const spin = new SpinPolicy({ spinMs });
+  const c = engine!.counters;
   while (!stopping) {
     const t = performance.now();
-    if (t - spinWindow > SPIN_WINDOW_MS) {
-      heavy = worked > HEAVY_WORK_SHARE * (t - spinWindow);
-      spinWindow = t;
-      spun = 0;
-      worked = 0;
-    }
-    const spinning = !busy && !heavy && t - lastActive < spinMs && spun < SPIN_BUDGET * SPIN_WINDOW_MS;
+    const spinning = spin.shouldSpin(t);
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
     const r = poller.wait(spinning ? 0 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
     // end of the path may be waiting for exactly this CPU), then looks again.
     if (spinning && r === 0) libc.sched_yield();
     const now = performance.now();
-    if (spinning) spun += now - t;
-    busy = false;
     let woken = false;
     if (r > 0) {
-      lastActive = now;
+      const before = c.tunRx + c.udpRx;
+      let busy = false;
       if (poller.readable(0)) {
         drainTun(now);
         busy = true;
@@ -549,7 +525,12 @@ async function loop(): Promise<void> {
         wake!.drain();
         woken = true;
       }
-      if (busy) worked += performance.now() - now;
+      if (busy) {
+        const end = performance.now();
+        spin.active(end, end - now, c.tunRx + c.udpRx - before);
+      }
+    } else {
+      spin.idle(now - t);
     }
     if (now - lastPeerTick > PEER_TICK_MS) {
       engine!.peerTick(now);

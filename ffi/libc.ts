@@ -20,6 +20,7 @@ const SYMBOLS = {
   // (Counts stay bigint: a number for a usize parameter works but leaves V8's fast call path.)
   read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
+  writev: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   /** ioctl with a pointer argument. */
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   /** ioctl with an integer argument. */
@@ -111,3 +112,13 @@ export const Errno = {
   EINVAL: 22,
   EADDRNOTAVAIL: 99,
 } as const;
+
+/**
+ * The address of `buf[0]` as a number, for iovecs that point into it. The memory of an ArrayBuffer
+ * does not move; keep `buf` referenced while the address is in use.
+ */
+export function bufferAddress(buf: Uint8Array): number {
+  const p = Deno.UnsafePointer.of(buf.buffer as ArrayBuffer);
+  if (p === null) throw new Error("cannot take the address of an empty buffer");
+  return Number(Deno.UnsafePointer.value(p)) + buf.byteOffset;
+}

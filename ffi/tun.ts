@@ -114,6 +114,11 @@ export interface TunDevice extends TunInfo {
   /** Writes the first `len` bytes of `buf` as one packet. Returns `len` or a negative errno. */
   write(buf: Uint8Array, len: number): number;
   /**
+   * Writes one packet gathered from `count` iovecs (`struct iovec` array in `iov`, see
+   * {@link bufferAddress}): the virtio header and the packet's pieces. Bytes written or -errno.
+   */
+  writev(iov: Uint8Array, count: number): number;
+  /**
    * Waits up to `timeoutMs` (-1: forever) until a packet can be read. Returns 1 when readable,
    * 0 on timeout, a negative errno on error (`-EINTR` possible).
    */
@@ -164,6 +169,11 @@ class Tun implements TunDevice {
       this.#lastLen = BigInt(buf.length);
     }
     const r = libc.read(this.fd, buf, this.#lastLen);
+    return r >= 0 ? r : -errno();
+  }
+
+  writev(iov: Uint8Array, count: number): number {
+    const r = libc.writev(this.fd, iov, count);
     return r >= 0 ? r : -errno();
   }
 

@@ -8,14 +8,7 @@
  * share one ArrayBuffer (the worker lays its arenas out that way), `set` otherwise.
  * @module
  */
-import {
-  JUMBO_MAX_CHUNKS,
-  JUMBO_META_LEN,
-  JUMBO_TAG_LEN,
-  MIN_IPV4_LEN,
-  MIN_IPV6_LEN,
-  MSG_JUMBO,
-} from "./wire.ts";
+import { JUMBO_MAX_CHUNKS, JUMBO_META_LEN, JUMBO_TAG_LEN, MIN_IPV6_LEN, MSG_JUMBO } from "./wire.ts";
 import { VNET_GSO_ECN, VNET_GSO_TCPV4, VNET_GSO_TCPV6 } from "../../ffi/vnet.ts";
 
 /** Largest super-packet (IP length) a JUMBO message carries. */
@@ -129,17 +122,24 @@ export interface JumboAssemblerOptions {
   base: number;
   /** Number of senders assembled at once (one slot each; the least recently used is reused). */
   slots: number;
-  /** Free bytes before each assembled packet (room for a virtio header). */
+  /** Free bytes before each assembly slot's packet (room for a virtio header). */
   prefix: number;
 }
+
+/** Smallest chunk-0 slice: room for the largest IP + TCP headers, so the headers are contiguous. */
+const MIN_FIRST_SLICE = 120;
 
 /**
  * Reassembles JUMBO messages, one in progress per sender (`key`, any object identifying the peer).
  * Chunks must arrive in order; a gap, a malformed chunk or a new message before the end drops the
- * message in progress (counted in {@link incomplete} / {@link malformed}). On
- * {@link JumboResult.COMPLETE}, slot {@link outSlot} holds the packet at
- * `arena[outOffset .. outOffset + outLength)` with `prefix` free bytes before it, until the next
- * `add` for the same sender.
+ * message in progress (counted in {@link incomplete} / {@link malformed}).
+ *
+ * Slices are not copied while they stay where they arrived: a chunk inside `arena` (the receive
+ * arena) is recorded as a part (offset, length). Before the receive buffers are reused, the caller
+ * must {@link spill} — the parts of unfinished messages are then copied into their sender's slot.
+ * Chunks outside `arena` are copied into the slot at once. On {@link JumboResult.COMPLETE} the packet
+ * is the concatenation of parts `outPartOffsets[0..outParts)` / `outPartLengths` (offsets into
+ * `arena`; the first holds the IP and TCP headers), valid until the next `add` or `spill`.
  */
 export class JumboAssembler {
   /** Bytes per slot: prefix + the largest packet. */
@@ -150,16 +150,23 @@ export class JumboAssembler {
   incomplete = 0;
   /** Chunks dropped as malformed (bad tag or offload fields, wrong size, length mismatch). */
   malformed = 0;
-  /** Slot of the last completed message. */
-  outSlot = 0;
-  /** Offset in the arena of the last completed packet. */
+  /** Messages that had to be copied because they spanned receive batches. */
+  spilled = 0;
+  /** Offset in the arena of the last completed packet's first part (its IP header). */
   outOffset = 0;
   /** Length of the last completed packet. */
   outLength = 0;
+  /** Number of parts of the last completed packet. */
+  outParts = 0;
+  /** Arena offsets of its parts. */
+  readonly outPartOffsets: Int32Array;
+  /** Lengths of its parts. */
+  readonly outPartLengths: Int32Array;
   /** Offload fields of the last completed packet. */
   readonly outMeta: JumboMeta = { gsoType: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
 
   readonly #arena: Uint8Array;
+  readonly #whole: boolean;
   readonly #base: number;
   readonly #prefix: number;
   readonly #keys: (object | null)[];
@@ -170,6 +177,9 @@ export class JumboAssembler {
   readonly #filled: Int32Array;
   readonly #used: Float64Array;
   readonly #meta: Int32Array; // gsoType, gsoSize, csumStart, csumOffset per slot
+  readonly #nparts: Int32Array;
+  readonly #pOff: Int32Array; // JUMBO_MAX_CHUNKS per slot
+  readonly #pLen: Int32Array;
   #tick = 0;
 
   constructor(opts: JumboAssemblerOptions) {
@@ -180,6 +190,7 @@ export class JumboAssembler {
       throw new RangeError(`arena too small for ${slots} assembly slots at ${base}`);
     }
     this.#arena = arena;
+    this.#whole = arena.byteOffset === 0 && arena.length === arena.buffer.byteLength;
     this.#base = base;
     this.#prefix = prefix;
     this.#keys = new Array<object | null>(slots).fill(null);
@@ -190,6 +201,11 @@ export class JumboAssembler {
     this.#filled = new Int32Array(slots);
     this.#used = new Float64Array(slots);
     this.#meta = new Int32Array(slots * 4);
+    this.#nparts = new Int32Array(slots);
+    this.#pOff = new Int32Array(slots * JUMBO_MAX_CHUNKS);
+    this.#pLen = new Int32Array(slots * JUMBO_MAX_CHUNKS);
+    this.outPartOffsets = new Int32Array(JUMBO_MAX_CHUNKS);
+    this.outPartLengths = new Int32Array(JUMBO_MAX_CHUNKS);
   }
 
   #slotOf(key: object): number {
@@ -224,6 +240,55 @@ export class JumboAssembler {
     return JumboResult.DROPPED;
   }
 
+  #slotStart(s: number): number {
+    return this.#base + s * this.slotBytes + this.#prefix;
+  }
+
+  /** Records (or copies, when `buf` is not the arena) `n` bytes at `buf[from..]` as the next part. */
+  #part(s: number, buf: Uint8Array, from: number, n: number): void {
+    let at: number;
+    if (this.#whole && buf.buffer === this.#arena.buffer) {
+      at = buf.byteOffset + from;
+    } else {
+      at = this.#slotStart(s) + this.#filled[s];
+      copy(buf, from, this.#arena, at, n);
+    }
+    const k = s * JUMBO_MAX_CHUNKS + this.#nparts[s];
+    const prev = k - 1;
+    if (this.#nparts[s] > 0 && this.#pOff[prev] + this.#pLen[prev] === at) {
+      this.#pLen[prev] += n; // adjacent (copied) bytes: one part
+    } else {
+      this.#pOff[k] = at;
+      this.#pLen[k] = n;
+      this.#nparts[s]++;
+    }
+    this.#filled[s] += n;
+  }
+
+  /**
+   * Copies the parts of every unfinished message into its sender's slot, so the receive buffers
+   * they point into may be reused. Call before each new receive.
+   */
+  spill(): void {
+    for (let s = 0; s < this.#keys.length; s++) {
+      if (this.#next[s] === 0) continue;
+      const start = this.#slotStart(s);
+      const base = s * JUMBO_MAX_CHUNKS;
+      const n = this.#nparts[s];
+      if (n === 1 && this.#pOff[base] === start) continue; // already in the slot
+      let at = start;
+      for (let k = 0; k < n; k++) {
+        const o = this.#pOff[base + k], l = this.#pLen[base + k];
+        if (o !== at) this.#arena.copyWithin(at, o, o + l);
+        at += l;
+      }
+      this.#pOff[base] = start;
+      this.#pLen[base] = at - start;
+      this.#nparts[s] = 1;
+      this.spilled++;
+    }
+  }
+
   /** Adds the JUMBO chunk `buf[off .. off + len)` from sender `key`. */
   add(key: object, buf: Uint8Array, off: number, len: number): JumboResult {
     if (off < 0 || len < JUMBO_TAG_LEN + 1 || off + len > buf.length || buf[off] !== MSG_JUMBO) {
@@ -239,28 +304,33 @@ export class JumboAssembler {
     if (count < 2 || count > JUMBO_MAX_CHUNKS || idx >= count || flags !== JUMBO_F_NEEDS_CSUM) {
       return this.#malformed(s);
     }
-    const slotOff = this.#base + s * this.slotBytes + this.#prefix;
     if (idx === 0) {
       if (this.#next[s] !== 0) this.incomplete++;
       this.#next[s] = 0;
-      if (len < JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_IPV4_LEN) return this.#malformed(s);
+      if (len < JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_FIRST_SLICE) return this.#malformed(s);
       const m = off + JUMBO_TAG_LEN;
       const type = buf[m] & ~VNET_GSO_ECN;
       const gsoSize = (buf[m + 2] << 8) | buf[m + 3];
       if ((type !== VNET_GSO_TCPV4 && type !== VNET_GSO_TCPV6) || buf[m + 1] !== 0 || gsoSize === 0) {
         return this.#malformed(s);
       }
+      // The TCP header (at the checksum offsets) must lie in chunk 0's slice.
+      const l4 = (buf[m + 4] << 8) | buf[m + 5];
+      const field = (buf[m + 6] << 8) | buf[m + 7];
+      if (l4 < 20 || l4 + 20 > len - JUMBO_TAG_LEN - JUMBO_META_LEN || field !== 16) {
+        return this.#malformed(s);
+      }
       const meta = s * 4;
       this.#meta[meta] = buf[m];
       this.#meta[meta + 1] = gsoSize;
-      this.#meta[meta + 2] = (buf[m + 4] << 8) | buf[m + 5];
-      this.#meta[meta + 3] = (buf[m + 6] << 8) | buf[m + 7];
-      const n = len - JUMBO_TAG_LEN - JUMBO_META_LEN;
-      copy(buf, m + JUMBO_META_LEN, this.#arena, slotOff, n);
+      this.#meta[meta + 2] = l4;
+      this.#meta[meta + 3] = field;
       this.#id[s] = id;
       this.#count[s] = count;
       this.#dsize[s] = len;
-      this.#filled[s] = n;
+      this.#filled[s] = 0;
+      this.#nparts[s] = 0;
+      this.#part(s, buf, m + JUMBO_META_LEN, len - JUMBO_TAG_LEN - JUMBO_META_LEN);
       this.#next[s] = 1;
       return JumboResult.PENDING;
     }
@@ -273,30 +343,36 @@ export class JumboAssembler {
     const last = idx === count - 1;
     if (last ? len > this.#dsize[s] : len !== this.#dsize[s]) return this.#malformed(s);
     const n = len - JUMBO_TAG_LEN;
-    const filled = this.#filled[s];
-    if (filled + n > JUMBO_MAX_PACKET) return this.#malformed(s);
-    copy(buf, off + JUMBO_TAG_LEN, this.#arena, slotOff + filled, n);
-    this.#filled[s] = filled + n;
+    if (this.#filled[s] + n > JUMBO_MAX_PACKET) return this.#malformed(s);
+    this.#part(s, buf, off + JUMBO_TAG_LEN, n);
     if (!last) {
       this.#next[s] = idx + 1;
       return JumboResult.PENDING;
     }
     this.#next[s] = 0;
-    const total = filled + n;
+    const total = this.#filled[s];
+    const base = s * JUMBO_MAX_CHUNKS;
+    const head = this.#pOff[base];
     // The IP header must announce exactly the bytes that arrived.
     const a = this.#arena;
-    const v = a[slotOff] >>> 4;
+    const v = a[head] >>> 4;
     const ipLen = v === 4
-      ? (a[slotOff + 2] << 8) | a[slotOff + 3]
+      ? (a[head + 2] << 8) | a[head + 3]
       : v === 6
-      ? 40 + ((a[slotOff + 4] << 8) | a[slotOff + 5])
+      ? 40 + ((a[head + 4] << 8) | a[head + 5])
       : -1;
     if (ipLen !== total) return this.#malformed(s);
     const meta = s * 4;
     const want = v === 4 ? VNET_GSO_TCPV4 : VNET_GSO_TCPV6;
     if ((this.#meta[meta] & ~VNET_GSO_ECN) !== want) return this.#malformed(s);
-    this.outSlot = s;
-    this.outOffset = slotOff;
+    if (this.#meta[meta + 2] < (v === 4 ? 20 : 40)) return this.#malformed(s); // TCP behind the IP header
+    const parts = this.#nparts[s];
+    for (let k = 0; k < parts; k++) {
+      this.outPartOffsets[k] = this.#pOff[base + k];
+      this.outPartLengths[k] = this.#pLen[base + k];
+    }
+    this.outParts = parts;
+    this.outOffset = head;
     this.outLength = total;
     this.outMeta.gsoType = this.#meta[meta];
     this.outMeta.gsoSize = this.#meta[meta + 1];

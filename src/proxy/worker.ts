@@ -16,8 +16,9 @@ import { type TunDevice, tunFromInfo } from "../../ffi/tun.ts";
 import { RecvBatch, SendBatch, UDP_MAX_SEGMENTS, udpFromInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
+
 import { SpinPolicy } from "./spin.ts";
-import { libc } from "../../ffi/libc.ts";
+import { bufferAddress, libc } from "../../ffi/libc.ts";
 import {
   VNET_F_NEEDS_CSUM,
   VNET_GSO_ECN,
@@ -37,7 +38,7 @@ import {
   SegmentBatch,
   Segmenter,
 } from "./offload.ts";
-import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN } from "./wire.ts";
+import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN, JUMBO_MAX_CHUNKS } from "./wire.ts";
 import { JUMBO_MAX_PACKET, JumboAssembler, type JumboMeta, JumboResult, writeJumbo } from "./jumbo.ts";
 
 const BATCH = 32;
@@ -76,10 +77,13 @@ const assembler = new JumboAssembler({
   slots: JUMBO_SENDERS,
   prefix: VNET_HDR_LEN,
 });
-const assembled = Array.from(
-  { length: JUMBO_SENDERS },
-  (_, s) => recv.data.subarray(recv.spareOffset + s * assembler.slotBytes),
-);
+// A reassembled packet is written with writev: its virtio header from `jumboHdrBytes`, its parts
+// from the receive arena (where they arrived) — no copy.
+const jumboHdrBytes = new Uint8Array(VNET_HDR_LEN);
+const jumboHdrAddr = bufferAddress(jumboHdrBytes);
+const recvAddr = bufferAddress(recv.data);
+const jumboIov = new Uint8Array((1 + JUMBO_MAX_CHUNKS) * 16);
+const jumboIov32 = new Uint32Array(jumboIov.buffer);
 const jumboMeta: JumboMeta = { gsoType: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
 const jumboHdr = new VnetHdr();
 let jumboId = (Math.random() * 0x100000000) >>> 0;
@@ -334,10 +338,23 @@ function jumboIn(b: Uint8Array, o: number, len: number): void {
   h.csumStart = m.csumStart;
   h.csumOffset = m.csumOffset;
   h.hdrLen = m.csumStart + ((a[at + m.csumStart + 12] >>> 4) << 2);
-  const out = assembled[assembler.outSlot];
-  h.encode(out, 0);
+  h.encode(jumboHdrBytes, 0);
+  putIov(0, jumboHdrAddr, VNET_HDR_LEN);
+  const parts = assembler.outParts;
+  for (let k = 0; k < parts; k++) {
+    putIov(k + 1, recvAddr + assembler.outPartOffsets[k], assembler.outPartLengths[k]);
+  }
   jumboRx++;
-  toTun(out, VNET_HDR_LEN + total);
+  if (tun!.writev(jumboIov, parts + 1) < 0) e.counters.drops[DROP_TUN]++;
+}
+
+/** Sets iovec `i` of `jumboIov` (little-endian pointer, then length). */
+function putIov(i: number, addr: number, len: number): void {
+  const w = i * 4;
+  jumboIov32[w] = addr >>> 0;
+  jumboIov32[w + 1] = (addr / 0x100000000) >>> 0;
+  jumboIov32[w + 2] = len;
+  jumboIov32[w + 3] = 0;
 }
 
 function drainUdp(now: number): void {
@@ -373,6 +390,7 @@ function drainUdp(now: number): void {
       }
     }
     flushCoalescer(); // before the next recvBatch reuses the buffers
+    assembler.spill();
     if (c < BATCH) break;
   }
   sendControl();

@@ -108,7 +108,8 @@ Deno.test("JumboAssembler: chunks in order give back the packet and its offload 
     });
     assertEquals(asm.outLength, pkt.length);
     assertEquals(out.subarray(asm.outOffset, asm.outOffset + asm.outLength), pkt);
-    assertEquals(asm.outOffset, 100 + asm.outSlot * asm.slotBytes + 10, "prefix room before the packet");
+    assertEquals(asm.outParts, 1, "copied chunks (not in the arena) form one part");
+    assertEquals((asm.outOffset - 100 - 10) % asm.slotBytes, 0, "in a slot, behind the prefix room");
     assertEquals({ ...asm.outMeta }, meta);
     assertEquals([asm.completed, asm.incomplete, asm.malformed], [1, 0, 0]);
   }
@@ -194,4 +195,59 @@ Deno.test("JumboAssembler: malformed chunks are dropped and counted, never throw
   const junk = new Uint8Array(64).fill(0x15);
   for (let len = 0; len <= 64; len++) assertEquals(asm.add({}, junk, 0, len), JumboResult.DROPPED);
   assertEquals(asm.add({}, junk, 60, 10), JumboResult.DROPPED, "outside the buffer");
+});
+
+/** Concatenates the parts of the last completed message. */
+function partsOf(asm: JumboAssembler, arena: Uint8Array): Uint8Array {
+  const out: number[] = [];
+  for (let k = 0; k < asm.outParts; k++) {
+    const o = asm.outPartOffsets[k];
+    out.push(...arena.subarray(o, o + asm.outPartLengths[k]));
+  }
+  return new Uint8Array(out);
+}
+
+Deno.test("JumboAssembler: chunks received into the arena are referenced, not copied; spill keeps unfinished ones", () => {
+  const pkt = superPacket(30_000);
+  const enc = encode(pkt, 5);
+  // One ArrayBuffer: a "receive" area (the encoded datagrams) and then the assembly slots.
+  const recvBytes = enc.arena.length;
+  const arena = new Uint8Array(recvBytes + 2 * (10 + JUMBO_MAX_PACKET));
+  arena.set(enc.arena, 0);
+  const asm = new JumboAssembler({ arena, base: recvBytes, slots: 2, prefix: 10 });
+  const key = {};
+  const results = enc.chunks.map(([o, len]) => asm.add(key, arena, o, len));
+  assertEquals(results.at(-1), JumboResult.COMPLETE);
+  assertEquals(asm.outParts, enc.chunks.length, "one part per chunk, pointing where it arrived");
+  assert(asm.outPartOffsets[0] < recvBytes);
+  assertEquals(partsOf(asm, arena), pkt);
+  assertEquals(asm.spilled, 0);
+
+  // Half a message, then the receive area is reused: spill() must have saved the first half.
+  const half = Math.floor(enc.chunks.length / 2);
+  for (const [o, len] of enc.chunks.slice(0, half)) asm.add(key, arena, o, len);
+  asm.spill();
+  assertEquals(asm.spilled, 1);
+  const saved = arena.slice(0, recvBytes);
+  arena.fill(0xee, 0, recvBytes); // the next receive overwrites the buffers
+  arena.set(saved, 0); // ...with the rest of the same message arriving at the same places
+  for (const [o] of enc.chunks.slice(0, half)) arena.fill(0xee, o, o + DSIZE);
+  const last = enc.chunks.slice(half).map(([o, len]) => asm.add(key, arena, o, len)).pop();
+  assertEquals(last, JumboResult.COMPLETE);
+  assertEquals(asm.outParts, 1 + enc.chunks.length - half, "the spilled half, then the new chunks");
+  assertEquals(partsOf(asm, arena), pkt, "byte-exact across the spill");
+});
+
+Deno.test("JumboAssembler: checksum offsets outside the first chunk are malformed", () => {
+  const pkt = superPacket(9_000);
+  for (
+    const meta of [{ ...META4, csumStart: 4000 }, { ...META4, csumStart: 10 }, { ...META4, csumOffset: 6 }]
+  ) {
+    const { arena, chunks } = encode(pkt, 1, meta);
+    const { asm } = assembler();
+    const key = {};
+    const res = chunks.map(([o, len]) => asm.add(key, arena, o, len));
+    assertEquals(res.at(-1), JumboResult.DROPPED, JSON.stringify(meta));
+    assertEquals(asm.malformed, 1);
+  }
 });

@@ -600,7 +600,7 @@ export class Engine {
         if (decodeHello(buf, off, len, this.#hello) && this.peers.onHello(peer, this.#hello, now)) {
           const out = new Uint8Array(96);
           const n = encodeHelloAck(out, 0, {
-            caps: this.peers.localCaps,
+            caps: this.peers.capsFor(peer, now),
             nonceHi: this.#hello.nonceHi,
             nonceLo: this.#hello.nonceLo,
             hostPort: this.cfg.selfPort,
@@ -637,7 +637,7 @@ export class Engine {
       hello: (p, hi, lo) => {
         const out = new Uint8Array(96);
         const n = encodeHello(out, 0, {
-          caps: this.peers.localCaps,
+          caps: this.peers.capsFor(p, now),
           nonceHi: hi,
           nonceLo: lo,
           hostPort: this.cfg.selfPort,

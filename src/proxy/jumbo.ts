@@ -124,6 +124,8 @@ export interface JumboAssemblerOptions {
   slots: number;
   /** Free bytes before each assembly slot's packet (room for a virtio header). */
   prefix: number;
+  /** Called with the sender's key whenever one of its messages is dropped unfinished. */
+  onLost?: (key: object) => void;
 }
 
 /** Smallest chunk-0 slice: room for the largest IP + TCP headers, so the headers are contiguous. */
@@ -169,6 +171,7 @@ export class JumboAssembler {
   readonly #whole: boolean;
   readonly #base: number;
   readonly #prefix: number;
+  readonly #onLost?: (key: object) => void;
   readonly #keys: (object | null)[];
   readonly #id: Uint32Array;
   readonly #next: Int32Array; // next chunk index; 0 = nothing in progress
@@ -193,6 +196,7 @@ export class JumboAssembler {
     this.#whole = arena.byteOffset === 0 && arena.length === arena.buffer.byteLength;
     this.#base = base;
     this.#prefix = prefix;
+    this.#onLost = opts.onLost;
     this.#keys = new Array<object | null>(slots).fill(null);
     this.#id = new Uint32Array(slots);
     this.#next = new Int32Array(slots);
@@ -218,7 +222,7 @@ export class JumboAssembler {
       if (this.#used[i] < this.#used[oldest]) oldest = i;
     }
     const s = free >= 0 ? free : oldest;
-    if (this.#next[s] !== 0) this.incomplete++;
+    if (this.#next[s] !== 0) this.#lost(s);
     keys[s] = key;
     this.#next[s] = 0;
     return s;
@@ -228,16 +232,23 @@ export class JumboAssembler {
   forget(key: object): void {
     const i = this.#keys.indexOf(key);
     if (i < 0) return;
-    if (this.#next[i] !== 0) this.incomplete++;
+    if (this.#next[i] !== 0) this.#lost(i);
     this.#keys[i] = null;
     this.#next[i] = 0;
   }
 
   #malformed(s: number): JumboResult {
     this.malformed++;
-    if (this.#next[s] !== 0) this.incomplete++;
+    if (this.#next[s] !== 0) this.#lost(s);
     this.#next[s] = 0;
     return JumboResult.DROPPED;
+  }
+
+  /** Counts slot `s`'s unfinished message as lost and tells the owner. */
+  #lost(s: number): void {
+    this.incomplete++;
+    const key = this.#keys[s];
+    if (key !== null) this.#onLost?.(key);
   }
 
   #slotStart(s: number): number {
@@ -305,7 +316,7 @@ export class JumboAssembler {
       return this.#malformed(s);
     }
     if (idx === 0) {
-      if (this.#next[s] !== 0) this.incomplete++;
+      if (this.#next[s] !== 0) this.#lost(s);
       this.#next[s] = 0;
       if (len < JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_FIRST_SLICE) return this.#malformed(s);
       const m = off + JUMBO_TAG_LEN;
@@ -336,7 +347,7 @@ export class JumboAssembler {
     }
     if (this.#next[s] === 0 || this.#id[s] !== id || this.#count[s] !== count || idx !== this.#next[s]) {
       // A chunk of a message we do not have (its start was lost) or out of order.
-      if (this.#next[s] !== 0) this.incomplete++;
+      if (this.#next[s] !== 0) this.#lost(s);
       this.#next[s] = 0;
       return JumboResult.DROPPED;
     }

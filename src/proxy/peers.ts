@@ -310,6 +310,19 @@ export class Peer {
   /** When the next HELLO is due (ms), unless one is outstanding. */
   nextHelloAt: number = -Infinity;
 
+  /** Until when (ms) our HELLOs to it withhold {@link CAP_JUMBO}: its JUMBO messages were getting lost. */
+  jumboRefusedUntil: number = -Infinity;
+  /** Times we refused its JUMBO messages (the refusal doubles each time, up to 10 min). */
+  jumboRefusals = 0;
+  /** Our last HELLO to it withheld CAP_JUMBO (so one must announce it again when the time is up). */
+  jumboWithheld = false;
+  /** JUMBO messages from it completed / lost in the current one-second window. */
+  jumboOk = 0;
+  /** See {@link jumboOk}. */
+  jumboLost = 0;
+  /** Start of that window (ms). */
+  jumboWindowAt: number = -Infinity;
+
   /** PROBEs sent. */
   probesSent = 0;
   /** PROBEs that timed out. */
@@ -415,6 +428,10 @@ export interface PeerStats {
   readonly minRttMs?: number;
   /** FAST mode on. */
   readonly fast: boolean;
+  /** JUMBO messages go to it (both announced CAP_JUMBO). */
+  readonly jumbo: boolean;
+  /** Times we refused its JUMBO messages because they were getting lost. */
+  readonly jumboRefusals: number;
   /** Capabilities known. */
   readonly capsKnown: boolean;
   /** Packets sent. */
@@ -494,6 +511,39 @@ export class PeerTable {
   /** Our capability bits (what HELLO/ACK should announce). */
   get localCaps(): number {
     return this.#localCaps;
+  }
+
+  /** Our capabilities as announced to `peer`: without {@link CAP_JUMBO} while we refuse its JUMBO messages. */
+  capsFor(peer: Peer, now: number): number {
+    return now < peer.jumboRefusedUntil ? (this.#localCaps & ~CAP_JUMBO) >>> 0 : this.#localCaps;
+  }
+
+  /**
+   * Counts a JUMBO message from `peer` that was completed (`ok`) or lost. When more than 0.1 % of a
+   * second's messages (and at least 2) were lost, JUMBO messages from it are refused — a lost
+   * datagram costs a whole 64 KB super-packet, so on a lossy path per-segment FAST datagrams serve
+   * TCP better: a HELLO without CAP_JUMBO is due at once, for 60 s, doubling with every refusal up
+   * to 10 min; then a HELLO offers JUMBO again. Returns true when this call started a refusal.
+   */
+  noteJumbo(peer: Peer, ok: boolean, now: number): boolean {
+    if (now - peer.jumboWindowAt >= 1000) {
+      peer.jumboWindowAt = now;
+      peer.jumboOk = 0;
+      peer.jumboLost = 0;
+    }
+    if (ok) {
+      peer.jumboOk++;
+      return false;
+    }
+    peer.jumboLost++;
+    if (now < peer.jumboRefusedUntil) return false;
+    if (peer.jumboLost < 2 || peer.jumboLost * 1000 <= peer.jumboOk + peer.jumboLost) return false;
+    peer.jumboRefusedUntil = now + Math.min(600_000, 60_000 * 2 ** Math.min(peer.jumboRefusals, 4));
+    peer.jumboRefusals++;
+    peer.jumboWithheld = true;
+    peer.helloOutstanding = false; // announce at once (an outstanding HELLO offered JUMBO)
+    peer.nextHelloAt = now;
+    return true;
   }
 
   /** Number of peers. */
@@ -809,6 +859,11 @@ export class PeerTable {
         }
         p.nextHelloAt = p.helloSentAt + Math.max(this.#helloTimeout, this.#helloGap(p.helloFailures));
       }
+      if (p.jumboWithheld && now >= p.jumboRefusedUntil) {
+        p.jumboWithheld = false; // the refusal is over: offer JUMBO again
+        p.helloOutstanding = false;
+        p.nextHelloAt = now;
+      }
       if (!p.helloOutstanding && now >= p.nextHelloAt) {
         p.helloOutstanding = true;
         p.helloSentAt = now;
@@ -858,6 +913,8 @@ export class PeerTable {
         ...(rtt !== undefined ? { rttMs: rtt } : {}),
         ...(p.rtt.samples > 0 ? { minRttMs: p.rtt.min } : {}),
         fast: p.fast,
+        jumbo: p.jumbo,
+        jumboRefusals: p.jumboRefusals,
         capsKnown: p.capsKnown,
         txPackets: p.txPackets,
         txBytes: p.txBytes,

@@ -29,6 +29,7 @@ import {
 } from "../../ffi/vnet.ts";
 import { TranslationTable } from "../table/table.ts";
 import { DROP_NAMES, Engine, type ParkedDatagram, Verdict } from "./engine.ts";
+import type { Peer } from "./peers.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import {
   Coalescer,
@@ -76,6 +77,8 @@ const assembler = new JumboAssembler({
   base: recv.spareOffset,
   slots: JUMBO_SENDERS,
   prefix: VNET_HDR_LEN,
+  // Lost messages from a peer may make it refuse that peer's JUMBO messages (see PeerTable.noteJumbo).
+  onLost: (peer) => engine?.peers.noteJumbo(peer as Peer, false, performance.now()),
 });
 // A reassembled packet is written with writev: its virtio header from `jumboHdrBytes`, its parts
 // from the receive arena (where they arrived) — no copy.
@@ -324,6 +327,7 @@ function flushCoalescer(): void {
 function jumboIn(b: Uint8Array, o: number, len: number): void {
   const e = engine!;
   if (assembler.add(e.pktPeer!, b, o, len) !== JumboResult.COMPLETE) return;
+  e.peers.noteJumbo(e.pktPeer!, true, performance.now());
   flushCoalescer(); // packets of the same flow received before it go first
   const at = assembler.outOffset;
   const total = assembler.outLength;

@@ -52,9 +52,9 @@ function encode(
   return { arena, chunks };
 }
 
-function assembler(slots = 2): { asm: JumboAssembler; arena: Uint8Array } {
+function assembler(slots = 2, onLost?: (key: object) => void): { asm: JumboAssembler; arena: Uint8Array } {
   const arena = new Uint8Array(slots * (10 + JUMBO_MAX_PACKET) + 100);
-  return { asm: new JumboAssembler({ arena, base: 100, slots, prefix: 10 }), arena };
+  return { asm: new JumboAssembler({ arena, base: 100, slots, prefix: 10, onLost }), arena };
 }
 
 Deno.test("jumboChunkCount: small packets are not JUMBO; a 64 KB super-packet needs 46 chunks of 1458", () => {
@@ -117,7 +117,8 @@ Deno.test("JumboAssembler: chunks in order give back the packet and its offload 
 
 Deno.test("JumboAssembler: a lost, repeated or reordered chunk drops the message; the next one still works", () => {
   const pkt = superPacket(20_000);
-  const { asm } = assembler();
+  const lostBy: object[] = [];
+  const { asm } = assembler(2, (k) => lostBy.push(k));
   const key = {};
   const cases: [string, (c: number[][]) => number[][]][] = [
     ["lost middle chunk", (c) => c.filter((_, k) => k !== 3)],
@@ -136,6 +137,8 @@ Deno.test("JumboAssembler: a lost, repeated or reordered chunk drops the message
   }
   assertEquals(asm.completed, 4);
   assert(asm.incomplete >= 3, `incomplete counted (${asm.incomplete})`);
+  assertEquals(lostBy.length, asm.incomplete, "the owner hears of every lost message");
+  assert(lostBy.every((k) => k === key), "with the sender's key");
 });
 
 Deno.test("JumboAssembler: senders are assembled separately; interleaved messages both complete", () => {

@@ -12,6 +12,7 @@ import {
 } from "../../src/proxy/peers.ts";
 import {
   CAP_FAST,
+  CAP_JUMBO,
   CAP_PROBE,
   decodeHello,
   decodeProbe,
@@ -313,6 +314,41 @@ Deno.test("capability changes: setLocalCaps re-announces, a peer's new HELLO dow
   assertEquals(p.fast, false, "the peer no longer announces FAST");
 });
 
+Deno.test("JUMBO: only when both announced FAST and JUMBO; lost messages withdraw it from our HELLOs for a while", () => {
+  const caps = CAP_FAST | CAP_PROBE | CAP_JUMBO;
+  const t = table({ localCaps: caps });
+  const p = t.addKey(A, 0);
+  t.onHello(p, helloMsg(MSG_HELLO, CAP_FAST | CAP_PROBE, "w2"), 0);
+  assertEquals([p.fast, p.jumbo], [true, false], "the peer does not announce JUMBO");
+  t.onHello(p, helloMsg(MSG_HELLO, caps, "w2"), 1);
+  assertEquals([p.fast, p.jumbo], [true, true]);
+  const rec = new Recorder();
+  rec.tick(t, 2);
+  const sent = rec.hellos.length;
+  // A healthy second: 5000 complete, 2 lost (0.04 %) — keep JUMBO.
+  for (let i = 0; i < 5000; i++) t.noteJumbo(p, true, 100);
+  assertEquals(t.noteJumbo(p, false, 100), false);
+  assertEquals(t.noteJumbo(p, false, 100), false);
+  assertEquals(t.capsFor(p, 100), caps);
+  // Next second: 100 complete, 2 lost (2 %) — refuse for 60 s, announced at once.
+  for (let i = 0; i < 100; i++) t.noteJumbo(p, true, 1200);
+  assertEquals(t.noteJumbo(p, false, 1200), false, "one loss is not a pattern");
+  assertEquals(t.noteJumbo(p, false, 1201), true);
+  assertEquals(t.capsFor(p, 1202), CAP_FAST | CAP_PROBE, "HELLOs to it withhold JUMBO");
+  rec.tick(t, 1202);
+  assertEquals(rec.hellos.length, sent + 1, "a HELLO goes out at once");
+  assertEquals(t.noteJumbo(p, false, 1300), false, "already refused");
+  // When the refusal is over, a HELLO offers JUMBO again; the second refusal lasts twice as long.
+  assertEquals(t.capsFor(p, 61_202), caps);
+  rec.tick(t, 61_202);
+  assertEquals(rec.hellos.length, sent + 2);
+  t.noteJumbo(p, false, 70_000);
+  assert(t.noteJumbo(p, false, 70_000));
+  assertEquals(t.capsFor(p, 70_000 + 119_000), CAP_FAST | CAP_PROBE);
+  assertEquals(t.capsFor(p, 70_000 + 120_000), caps);
+  assertEquals(t.stats(70_000)[0].jumboRefusals, 2);
+});
+
 Deno.test("silent peer (old Oakestra node): HELLO backs off exponentially up to the cap", () => {
   const t = table();
   const p = t.addKey(A, 0);
@@ -483,6 +519,8 @@ Deno.test("counters and stats snapshot", () => {
     endpoint: A,
     node: "w2",
     fast: true,
+    jumbo: false,
+    jumboRefusals: 0,
     capsKnown: true,
     txPackets: 2,
     txBytes: 1500,
@@ -496,6 +534,8 @@ Deno.test("counters and stats snapshot", () => {
   assertEquals(s[1], {
     endpoint: B6,
     fast: false,
+    jumbo: false,
+    jumboRefusals: 0,
     capsKnown: false,
     txPackets: 0,
     txBytes: 0,

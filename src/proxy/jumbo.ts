@@ -124,9 +124,15 @@ export interface JumboAssemblerOptions {
   slots: number;
   /** Free bytes before each assembly slot's packet (room for a virtio header). */
   prefix: number;
-  /** Called with the sender's key whenever one of its messages is dropped unfinished. */
+  /**
+   * Called with the sender's key for each of its messages that is lost: dropped unfinished, or
+   * never seen at all (a gap in its consecutive message ids).
+   */
   onLost?: (key: object) => void;
 }
+
+/** Larger jumps in a sender's message ids are a restart, not loss. */
+const MAX_GAP = 64;
 
 /** Smallest chunk-0 slice: room for the largest IP + TCP headers, so the headers are contiguous. */
 const MIN_FIRST_SLICE = 120;
@@ -134,7 +140,7 @@ const MIN_FIRST_SLICE = 120;
 /**
  * Reassembles JUMBO messages, one in progress per sender (`key`, any object identifying the peer).
  * Chunks must arrive in order; a gap, a malformed chunk or a new message before the end drops the
- * message in progress (counted in {@link incomplete} / {@link malformed}).
+ * message in progress (counted in {@link lost} / {@link malformed}).
  *
  * Slices are not copied while they stay where they arrived: a chunk inside `arena` (the receive
  * arena) is recorded as a part (offset, length). Before the receive buffers are reused, the caller
@@ -148,8 +154,11 @@ export class JumboAssembler {
   readonly slotBytes: number;
   /** Messages assembled completely. */
   completed = 0;
-  /** Messages dropped unfinished (lost or reordered chunk, sender reused the slot). */
-  incomplete = 0;
+  /**
+   * Messages lost: dropped unfinished (lost or reordered chunk, the slot reused for another sender)
+   * or missing from a sender's consecutive message ids.
+   */
+  lost = 0;
   /** Chunks dropped as malformed (bad tag or offload fields, wrong size, length mismatch). */
   malformed = 0;
   /** Messages that had to be copied because they spanned receive batches. */
@@ -181,6 +190,7 @@ export class JumboAssembler {
   readonly #used: Float64Array;
   readonly #meta: Int32Array; // gsoType, gsoSize, csumStart, csumOffset per slot
   readonly #nparts: Int32Array;
+  readonly #seen: Uint8Array; // an id was seen from the slot's sender (gap detection)
   readonly #pOff: Int32Array; // JUMBO_MAX_CHUNKS per slot
   readonly #pLen: Int32Array;
   #tick = 0;
@@ -206,6 +216,7 @@ export class JumboAssembler {
     this.#used = new Float64Array(slots);
     this.#meta = new Int32Array(slots * 4);
     this.#nparts = new Int32Array(slots);
+    this.#seen = new Uint8Array(slots);
     this.#pOff = new Int32Array(slots * JUMBO_MAX_CHUNKS);
     this.#pLen = new Int32Array(slots * JUMBO_MAX_CHUNKS);
     this.outPartOffsets = new Int32Array(JUMBO_MAX_CHUNKS);
@@ -225,6 +236,7 @@ export class JumboAssembler {
     if (this.#next[s] !== 0) this.#lost(s);
     keys[s] = key;
     this.#next[s] = 0;
+    this.#seen[s] = 0;
     return s;
   }
 
@@ -246,7 +258,7 @@ export class JumboAssembler {
 
   /** Counts slot `s`'s unfinished message as lost and tells the owner. */
   #lost(s: number): void {
-    this.incomplete++;
+    this.lost++;
     const key = this.#keys[s];
     if (key !== null) this.#onLost?.(key);
   }
@@ -318,6 +330,10 @@ export class JumboAssembler {
     if (idx === 0) {
       if (this.#next[s] !== 0) this.#lost(s);
       this.#next[s] = 0;
+      // Message ids are consecutive per sender: a gap is messages lost entirely.
+      const gap = (id - this.#id[s] - 1) >>> 0;
+      if (this.#seen[s] === 1 && gap > 0 && gap <= MAX_GAP) { for (let k = 0; k < gap; k++) this.#lost(s); }
+      this.#seen[s] = 1;
       if (len < JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_FIRST_SLICE) return this.#malformed(s);
       const m = off + JUMBO_TAG_LEN;
       const type = buf[m] & ~VNET_GSO_ECN;

@@ -322,6 +322,8 @@ export class Peer {
   jumboLost = 0;
   /** Start of that window (ms). */
   jumboWindowAt: number = -Infinity;
+  /** Id of the next JUMBO message we send it (consecutive, so the receiver sees gaps). */
+  jumboSeq: number = (Math.random() * 0x100000000) >>> 0;
 
   /** PROBEs sent. */
   probesSent = 0;

@@ -89,7 +89,6 @@ const jumboIov = new Uint8Array((1 + JUMBO_MAX_CHUNKS) * 16);
 const jumboIov32 = new Uint32Array(jumboIov.buffer);
 const jumboMeta: JumboMeta = { gsoType: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
 const jumboHdr = new VnetHdr();
-let jumboId = (Math.random() * 0x100000000) >>> 0;
 let jumboTx = 0;
 let jumboRx = 0;
 const vnet = new VnetHdr();
@@ -195,9 +194,10 @@ function queueToPeer(len: number): void {
       jumboMeta.csumOffset = vnet.csumOffset;
       const dsize = FAST_HEADER_LEN + mtu;
       const at = slot * SEND_SLOT;
-      const used = writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, jumboId, jumboMeta);
+      const peer = route.peer;
+      const used = writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta);
       if (used > 0) {
-        jumboId = (jumboId + 1) >>> 0;
+        peer.jumboSeq = (peer.jumboSeq + 1) >>> 0; // consecutive per peer: gaps show lost messages
         jumboTx++;
         queueRun(slot, 0, used, dsize, Math.ceil(used / dsize));
         return;
@@ -461,7 +461,7 @@ function stats(): StatsData {
     if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;
   });
   if (send.dropped > 0) drops[`send_errno_${send.lastErrno}`] = send.dropped;
-  if (assembler.incomplete > 0) drops.jumbo_incomplete = assembler.incomplete;
+  if (assembler.lost > 0) drops.jumbo_lost = assembler.lost;
   if (assembler.malformed > 0) drops.jumbo_malformed = assembler.malformed;
   return {
     tunRx: c.tunRx,

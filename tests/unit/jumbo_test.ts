@@ -111,7 +111,7 @@ Deno.test("JumboAssembler: chunks in order give back the packet and its offload 
     assertEquals(asm.outParts, 1, "copied chunks (not in the arena) form one part");
     assertEquals((asm.outOffset - 100 - 10) % asm.slotBytes, 0, "in a slot, behind the prefix room");
     assertEquals({ ...asm.outMeta }, meta);
-    assertEquals([asm.completed, asm.incomplete, asm.malformed], [1, 0, 0]);
+    assertEquals([asm.completed, asm.lost, asm.malformed], [1, 0, 0]);
   }
 });
 
@@ -136,9 +136,17 @@ Deno.test("JumboAssembler: a lost, repeated or reordered chunk drops the message
     assertEquals(last, JumboResult.COMPLETE, `${why}: the following message`);
   }
   assertEquals(asm.completed, 4);
-  assert(asm.incomplete >= 3, `incomplete counted (${asm.incomplete})`);
-  assertEquals(lostBy.length, asm.incomplete, "the owner hears of every lost message");
+  assert(asm.lost >= 3, `incomplete counted (${asm.lost})`);
+  assertEquals(lostBy.length, asm.lost, "the owner hears of every lost message");
   assert(lostBy.every((k) => k === key), "with the sender's key");
+  // Messages that vanished entirely show as a gap in the sender's consecutive ids.
+  const before = asm.lost;
+  for (const skip of [0, 3]) {
+    const m = encode(pkt, id + skip);
+    id += skip + 1;
+    m.chunks.forEach(([o, len]) => asm.add(key, m.arena, o, len));
+  }
+  assertEquals(asm.lost - before, 3, "ids jumped by 4: three messages lost");
 });
 
 Deno.test("JumboAssembler: senders are assembled separately; interleaved messages both complete", () => {
@@ -164,11 +172,11 @@ Deno.test("JumboAssembler: senders are assembled separately; interleaved message
   }
   assertEquals(done.sort(), [10_000, 12_000]);
   // A third sender takes the least recently used slot: the message it interrupts is counted.
-  const c = encode(superPacket(5_000), 3);
+  const c = encode(superPacket(5_000), 2); // ka's next id: no gap
   asm.add(ka, c.arena, c.chunks[0][0], c.chunks[0][1]);
   asm.add(kb, c.arena, c.chunks[0][0], c.chunks[0][1]);
   asm.add({}, c.arena, c.chunks[0][0], c.chunks[0][1]); // evicts ka, the least recently used
-  assertEquals(asm.incomplete, 1);
+  assertEquals(asm.lost, 1);
 });
 
 Deno.test("JumboAssembler: malformed chunks are dropped and counted, never thrown", () => {

@@ -324,10 +324,10 @@ function flushCoalescer(): void {
  * Adds a JUMBO chunk to its sender's message; a complete super-packet is checked and restored once
  * and written to the TUN behind a virtio header that carries the sender's offload fields.
  */
-function jumboIn(b: Uint8Array, o: number, len: number): void {
+function jumboIn(b: Uint8Array, o: number, len: number, now: number): void {
   const e = engine!;
   if (assembler.add(e.pktPeer!, b, o, len) !== JumboResult.COMPLETE) return;
-  e.peers.noteJumbo(e.pktPeer!, true, performance.now());
+  e.peers.noteJumbo(e.pktPeer!, true, now);
   flushCoalescer(); // packets of the same flow received before it go first
   const at = assembler.outOffset;
   const total = assembler.outLength;
@@ -376,7 +376,7 @@ function drainUdp(now: number): void {
         const dl = Math.min(step, total - o);
         const v = e.receive(b, o, dl, fam, recv.addrs4[i], a6, recv.ports[i], now);
         if (v === Verdict.JUMBO) {
-          jumboIn(b, o, dl);
+          jumboIn(b, o, dl, now);
           continue;
         }
         if (v !== Verdict.TO_TUN) continue;

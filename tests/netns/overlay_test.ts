@@ -4,7 +4,7 @@
  * same node, IPv4 and IPv6; the wire format on the underlay; hostile datagrams.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { cleanupAll, isRoot, run, sh } from "../helpers/netns.ts";
+import { cleanupAll, inNs, isRoot, run, sh } from "../helpers/netns.ts";
 import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
 import { TOOL } from "../helpers/node.ts";
 
@@ -282,27 +282,8 @@ Deno.test({
   await withCluster(async (c) => {
     await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
     // 5 % of node 1's tunnel sends (GSO runs of datagrams) are lost on the way out (its own namespace).
-    await sh([
-      "ip",
-      "netns",
-      "exec",
-      c.nodes[0].node.ns,
-      "iptables",
-      "-I",
-      "OUTPUT",
-      "-p",
-      "udp",
-      "--dport",
-      "50103",
-      "-m",
-      "statistic",
-      "--mode",
-      "random",
-      "--probability",
-      "0.05",
-      "-j",
-      "DROP",
-    ]);
+    const drop = "-p udp --dport 50103 -m statistic --mode random --probability 0.05 -j DROP";
+    await inNs(c.nodes[0].node.ns, ["iptables", "-I", "OUTPUT", ...drop.split(" ")]);
     const r = await c.containers[0].exec([...TOOL, "tcp-bulk", "10.30.0.2", "81", "16"]);
     assertEquals(r.code, 0, `bulk over a lossy path: ${r.stdout} ${r.stderr}`);
     await new Promise((r) => setTimeout(r, 1300)); // counters arrive about once a second

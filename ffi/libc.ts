@@ -21,6 +21,7 @@ const SYMBOLS = {
   read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   write: { parameters: ["i32", "buffer", "usize"], result: "i32" },
   writev: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  readv: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   /** ioctl with a pointer argument. */
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   /** ioctl with an integer argument. */

@@ -118,6 +118,8 @@ export interface TunDevice extends TunInfo {
    * {@link bufferAddress}): the virtio header and the packet's pieces. Bytes written or -errno.
    */
   writev(iov: Uint8Array, count: number): number;
+  /** Reads one packet scattered over `count` iovecs (see {@link writev}). Bytes read or -errno. */
+  readv(iov: Uint8Array, count: number): number;
   /**
    * Waits up to `timeoutMs` (-1: forever) until a packet can be read. Returns 1 when readable,
    * 0 on timeout, a negative errno on error (`-EINTR` possible).
@@ -169,6 +171,11 @@ class Tun implements TunDevice {
       this.#lastLen = BigInt(buf.length);
     }
     const r = libc.read(this.fd, buf, this.#lastLen);
+    return r >= 0 ? r : -errno();
+  }
+
+  readv(iov: Uint8Array, count: number): number {
+    const r = libc.readv(this.fd, iov, count);
     return r >= 0 ? r : -errno();
   }
 

@@ -219,6 +219,7 @@ export class Engine {
   /** The sender of the last {@link Verdict.JUMBO} chunk. */
   pktPeer: Peer | undefined;
   readonly #fast = new FastHeader();
+  readonly #peekInfo = new PacketInfo();
   /** Bytes before the packet that belong to it (a virtio header): parked with it. */
   #prefix = 0;
   readonly #hello = new HelloMessage();
@@ -269,6 +270,20 @@ export class Engine {
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);
+  }
+
+  /**
+   * The route an outgoing packet's existing flow takes, without touching anything (no flow is
+   * created, nothing parked or counted); undefined for a new flow or a packet that does not parse.
+   * Lets the worker decide how to lay a packet out before {@link egress} runs.
+   */
+  routeOfFlow(buf: Uint8Array, off: number, len: number): NodeRoute | undefined {
+    const info = this.#peekInfo;
+    if (parsePacket(buf, off, len, info) !== ParseResult.OK) return undefined;
+    const id = info.version === 4
+      ? this.flows.find4(info.protocol, info.src4, info.srcPort, info.dst4, info.dstPort)
+      : this.flows.find6(info.protocol, buf, info.srcOffset, info.srcPort, info.dstOffset, info.dstPort);
+    return id < 0 ? undefined : this.#routes.get(this.flows.node(id));
   }
 
   #rebuildRoutes(now = 0): void {

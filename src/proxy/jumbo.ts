@@ -51,6 +51,28 @@ export interface JumboMeta {
   csumOffset: number;
 }
 
+function writeTag(b: Uint8Array, d: number, k: number, count: number, msgId: number): void {
+  b[d] = MSG_JUMBO;
+  b[d + 1] = k;
+  b[d + 2] = count;
+  b[d + 3] = JUMBO_F_NEEDS_CSUM;
+  b[d + 4] = msgId >>> 24;
+  b[d + 5] = msgId >>> 16;
+  b[d + 6] = msgId >>> 8;
+  b[d + 7] = msgId;
+}
+
+function writeMeta(b: Uint8Array, d: number, meta: JumboMeta): void {
+  b[d] = meta.gsoType;
+  b[d + 1] = 0;
+  b[d + 2] = meta.gsoSize >>> 8;
+  b[d + 3] = meta.gsoSize;
+  b[d + 4] = meta.csumStart >>> 8;
+  b[d + 5] = meta.csumStart;
+  b[d + 6] = meta.csumOffset >>> 8;
+  b[d + 7] = meta.csumOffset;
+}
+
 /**
  * Writes the JUMBO chunks of the super-packet `arena[srcOff .. srcOff + total)` to
  * `arena[dstOff ..]`: chunk `k` at `dstOff + k * dsize`. Returns the bytes written (all chunks), or
@@ -72,25 +94,11 @@ export function writeJumbo(
   let d = dstOff;
   const end = srcOff + total;
   for (let k = 0; k < count; k++) {
-    arena[d] = MSG_JUMBO;
-    arena[d + 1] = k;
-    arena[d + 2] = count;
-    arena[d + 3] = JUMBO_F_NEEDS_CSUM;
-    arena[d + 4] = msgId >>> 24;
-    arena[d + 5] = msgId >>> 16;
-    arena[d + 6] = msgId >>> 8;
-    arena[d + 7] = msgId;
+    writeTag(arena, d, k, count, msgId);
     d += JUMBO_TAG_LEN;
     let room = dsize - JUMBO_TAG_LEN;
     if (k === 0) {
-      arena[d] = meta.gsoType;
-      arena[d + 1] = 0;
-      arena[d + 2] = meta.gsoSize >>> 8;
-      arena[d + 3] = meta.gsoSize;
-      arena[d + 4] = meta.csumStart >>> 8;
-      arena[d + 5] = meta.csumStart;
-      arena[d + 6] = meta.csumOffset >>> 8;
-      arena[d + 7] = meta.csumOffset;
+      writeMeta(arena, d, meta);
       d += JUMBO_META_LEN;
       room -= JUMBO_META_LEN;
     }
@@ -407,5 +415,58 @@ export class JumboAssembler {
     this.outMeta.csumOffset = this.#meta[meta + 3];
     this.completed++;
     return JumboResult.COMPLETE;
+  }
+}
+
+/**
+ * For a packet read straight into the JUMBO layout at `arena[at ..]` (chunk `k`'s slice at
+ * `at + k * dsize + 8`, chunk 0's at `at + 16` — see {@link jumboSliceOffset}) except that chunk 0's
+ * slice is at `arena[firstAt ..]`: writes the tags and offload fields around the slices and copies
+ * chunk 0's slice into place. Returns the bytes of the message (as {@link writeJumbo}), or 0 when
+ * the packet does not make a JUMBO message.
+ */
+export function placeJumbo(
+  arena: Uint8Array,
+  firstAt: number,
+  total: number,
+  at: number,
+  dsize: number,
+  msgId: number,
+  meta: JumboMeta,
+): number {
+  const count = jumboChunkCount(total, dsize);
+  if (count === 0 || at + count * dsize > arena.length) return 0;
+  writeTag(arena, at, 0, count, msgId);
+  writeMeta(arena, at + JUMBO_TAG_LEN, meta);
+  copy(arena, firstAt, arena, at + JUMBO_TAG_LEN + JUMBO_META_LEN, dsize - JUMBO_TAG_LEN - JUMBO_META_LEN);
+  for (let k = 1; k < count; k++) writeTag(arena, at + k * dsize, k, count, msgId);
+  return total + count * JUMBO_TAG_LEN + JUMBO_META_LEN;
+}
+
+/** Offset from the message start of chunk `k`'s slice in the JUMBO layout. */
+export function jumboSliceOffset(k: number, dsize: number): number {
+  return k === 0 ? JUMBO_TAG_LEN + JUMBO_META_LEN : k * dsize + JUMBO_TAG_LEN;
+}
+
+/**
+ * The reverse for a packet that will not go as JUMBO after all: appends the slices of chunks 1..
+ * (from the layout at `arena[at ..]`) to chunk 0's slice at `arena[firstAt ..]`, making the packet
+ * contiguous there. `total` is the packet's length.
+ */
+export function gatherJumbo(
+  arena: Uint8Array,
+  firstAt: number,
+  total: number,
+  at: number,
+  dsize: number,
+): void {
+  const first = dsize - JUMBO_TAG_LEN - JUMBO_META_LEN;
+  const rest = dsize - JUMBO_TAG_LEN;
+  let d = firstAt + first;
+  for (let k = 1, left = total - first; left > 0; k++) {
+    const n = Math.min(rest, left);
+    copy(arena, at + jumboSliceOffset(k, dsize), arena, d, n);
+    d += n;
+    left -= n;
   }
 }

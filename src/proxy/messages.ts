@@ -23,6 +23,8 @@ export interface StatsData {
   /** JUMBO messages sent / reassembled and written to the TUN. */
   jumboTx: number;
   jumboRx: number;
+  /** Of jumboTx, those read straight into the JUMBO layout (scatter reads). */
+  jumboTxInPlace: number;
   parked: number;
   released: number;
   parkedNow: number;

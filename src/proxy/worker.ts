@@ -39,8 +39,24 @@ import {
   SegmentBatch,
   Segmenter,
 } from "./offload.ts";
-import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN, JUMBO_MAX_CHUNKS } from "./wire.ts";
-import { JUMBO_MAX_PACKET, JumboAssembler, type JumboMeta, JumboResult, writeJumbo } from "./jumbo.ts";
+import {
+  encodeFastHeader,
+  FAST_F_NEEDS_CSUM,
+  FAST_HEADER_LEN,
+  JUMBO_MAX_CHUNKS,
+  JUMBO_META_LEN,
+  JUMBO_TAG_LEN,
+} from "./wire.ts";
+import {
+  gatherJumbo,
+  JUMBO_MAX_PACKET,
+  JumboAssembler,
+  type JumboMeta,
+  JumboResult,
+  jumboSliceOffset,
+  placeJumbo,
+  writeJumbo,
+} from "./jumbo.ts";
 
 const BATCH = 32;
 /** Largest UDP payload of one (GSO) send: 65535 − IPv4 header − UDP header. */
@@ -91,6 +107,16 @@ const jumboMeta: JumboMeta = { gsoType: 0, gsoSize: 0, csumStart: 0, csumOffset:
 const jumboHdr = new VnetHdr();
 let jumboTx = 0;
 let jumboRx = 0;
+let jumboTxInPlace = 0;
+// Scatter reads: while large packets go as JUMBO messages, the TUN is read with readv straight into
+// the JUMBO layout of send slot `pending` (chunk 0's slice after the virtio header in tunBuf, the
+// others in place, tag holes between them), so the sender copies one slice instead of all of them.
+// A packet that turns out not to go as JUMBO is gathered back into tunBuf first.
+let scatterIovs: Uint8Array[] = [];
+let scatterCount = 0;
+let scatterReads = false;
+/** Send slot the packet in tunBuf continues in (scatter read of a large packet), or -1. */
+let scatteredInto = -1;
 const vnet = new VnetHdr();
 const segmenter = new Segmenter();
 let segRaw: SegmentBatch[] = [];
@@ -179,6 +205,47 @@ function plainToTun(buf: Uint8Array, off: number, len: number, csumStart: number
   toTun(plainOut, VNET_HDR_LEN + len);
 }
 
+/** Precomputes, per send slot, the iovecs of a scatter read into its JUMBO layout (if one fits). */
+function buildScatterIovs(): void {
+  const dsize = FAST_HEADER_LEN + mtu;
+  const first = dsize - JUMBO_TAG_LEN - JUMBO_META_LEN;
+  const count = 1 + Math.ceil((JUMBO_MAX_PACKET - first) / (dsize - JUMBO_TAG_LEN));
+  if (count > JUMBO_MAX_CHUNKS || count * dsize > SEND_SLOT) return; // MTU too small: no scatter reads
+  const tunAddr = bufferAddress(tunBuf);
+  const dataAddr = bufferAddress(send.data);
+  scatterCount = count;
+  scatterIovs = [];
+  for (let s = 0; s < BATCH; s++) {
+    const iov = new Uint8Array(count * 16);
+    const w = new Uint32Array(iov.buffer);
+    const put = (i: number, addr: number, len: number) => {
+      w[i * 4] = addr >>> 0;
+      w[i * 4 + 1] = (addr / 0x100000000) >>> 0;
+      w[i * 4 + 2] = len;
+    };
+    put(0, tunAddr, VNET_HDR_LEN + first);
+    for (let k = 1; k < count; k++) {
+      put(k, dataAddr + s * SEND_SLOT + jumboSliceOffset(k, dsize), dsize - JUMBO_TAG_LEN);
+    }
+    scatterIovs.push(iov);
+  }
+}
+
+/** True when the packet in tunBuf (`len` bytes) is a TCP super-packet whose flow goes to a JUMBO peer. */
+function jumboBound(len: number): boolean {
+  if (!udp!.gso || (vnet.flags & VNET_F_NEEDS_CSUM) === 0) return false;
+  const type = vnet.gsoType & ~VNET_GSO_ECN;
+  if (type !== VNET_GSO_TCPV4 && type !== VNET_GSO_TCPV6) return false;
+  return engine!.routeOfFlow(tunBuf, VNET_HDR_LEN, len)?.peer?.jumbo === true;
+}
+
+/** Makes a scattered packet contiguous in tunBuf again. */
+function gatherScattered(len: number): void {
+  if (scatteredInto < 0) return;
+  gatherJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, scatteredInto * SEND_SLOT, FAST_HEADER_LEN + mtu);
+  scatteredInto = -1;
+}
+
 /** Queues the translated packet in `tunBuf` for the engine's route: one JUMBO message or segments. */
 function queueToPeer(len: number): void {
   const e = engine!;
@@ -195,8 +262,14 @@ function queueToPeer(len: number): void {
       const dsize = FAST_HEADER_LEN + mtu;
       const at = slot * SEND_SLOT;
       const peer = route.peer;
-      const used = writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta);
+      const inPlace = scatteredInto === slot;
+      const used = inPlace
+        ? placeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta)
+        : writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta);
+      if (inPlace && used > 0) jumboTxInPlace++;
+      scatteredInto = -1;
       if (used > 0) {
+        scatterReads = scatterIovs.length > 0;
         peer.jumboSeq = (peer.jumboSeq + 1) >>> 0; // consecutive per peer: gaps show lost messages
         jumboTx++;
         queueRun(slot, 0, used, dsize, Math.ceil(used / dsize));
@@ -204,6 +277,8 @@ function queueToPeer(len: number): void {
       }
     }
   }
+  gatherScattered(len); // (not expected: a scattered packet was checked to be JUMBO-bound)
+  if (len > FAST_HEADER_LEN + mtu) scatterReads = false; // large packets go segmented now
   const fast = route.peer?.fast === true;
   const seg = (fast ? segFast : segRaw)[slot];
   seg.reset();
@@ -286,6 +361,12 @@ function egress(n: number, now: number): void {
   vnet.decode(tunBuf, 0);
   const partial = (vnet.flags & VNET_F_NEEDS_CSUM) !== 0;
   const len = n - VNET_HDR_LEN;
+  // A scattered packet stays so only when its flow already goes to a JUMBO peer; anything else
+  // (a new flow, parking, same-node delivery, segmenting) needs it contiguous.
+  if (scatteredInto >= 0 && !jumboBound(len)) {
+    gatherScattered(len);
+    scatterReads = false;
+  }
   const v = engine!.egress(tunBuf, VNET_HDR_LEN, len, now, partial, VNET_HDR_LEN);
   if (v === Verdict.TO_PEER) queueToPeer(len);
   else if (v === Verdict.TO_TUN) {
@@ -296,10 +377,21 @@ function egress(n: number, now: number): void {
 
 function drainTun(now: number): void {
   for (let k = 0; k < 512; k++) {
-    const n = tun!.read(tunBuf);
+    let n: number;
+    if (scatterReads) {
+      if (pending > BATCH - 2) flushSend(); // the read goes to slot `pending`, which must stay free
+      n = tun!.readv(scatterIovs[pending], scatterCount);
+      scatteredInto = n - VNET_HDR_LEN > FAST_HEADER_LEN + mtu - JUMBO_TAG_LEN - JUMBO_META_LEN
+        ? pending
+        : -1;
+    } else {
+      n = tun!.read(tunBuf);
+      scatteredInto = -1;
+    }
     if (n <= VNET_HDR_LEN) break;
     egress(n, now);
   }
+  scatteredInto = -1;
   flushSend();
   reportMisses();
 }
@@ -475,6 +567,7 @@ function stats(): StatsData {
     localHandoff: c.localHandoff,
     jumboTx,
     jumboRx,
+    jumboTxInPlace,
     parked: c.parked,
     released: c.released,
     parkedNow: e.parkedNow,
@@ -588,6 +681,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         posted = new Int32Array(m.posted);
         mtu = m.mtu;
         spinMs = m.busyPollUs / 1000;
+        buildScatterIovs();
         segRaw = send.bufs.map((b) =>
           new SegmentBatch({ mtu, headroom: 0, packed: true, buf: b, capacity: 64 })
         );

@@ -231,7 +231,7 @@ Deno.test({
 });
 
 interface BulkStats {
-  dataPlane: { jumboTx: number; jumboRx: number; drops: Record<string, number> };
+  dataPlane: { jumboTx: number; jumboRx: number; jumboTxInPlace: number; drops: Record<string, number> };
 }
 
 /** 24 MiB from the client (n1) to web0's sink (n2) by InstanceIP, v4 and v6; byte-exact at the sink. */
@@ -262,6 +262,8 @@ Deno.test({
     const { n1, n2 } = await bulkBothFamilies(c);
     // 24 MiB in ≤ 64 KB super-packets: hundreds of messages each way; the sink verified every byte.
     assert(n1.dataPlane.jumboTx > 100, JSON.stringify(n1.dataPlane));
+    // Once a flow goes as JUMBO, its super-packets are read straight into the message layout.
+    assert(n1.dataPlane.jumboTxInPlace > n1.dataPlane.jumboTx / 2, JSON.stringify(n1.dataPlane));
     assert(n2.dataPlane.jumboRx > 100, JSON.stringify(n2.dataPlane));
     assertEquals(n2.dataPlane.drops.jumbo_malformed, undefined);
   });

@@ -1,11 +1,14 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import {
+  gatherJumbo,
   JUMBO_F_NEEDS_CSUM,
   JUMBO_MAX_PACKET,
   JumboAssembler,
   jumboChunkCount,
   type JumboMeta,
   JumboResult,
+  jumboSliceOffset,
+  placeJumbo,
   writeJumbo,
 } from "../../src/proxy/jumbo.ts";
 import { classify, JUMBO_META_LEN, JUMBO_TAG_LEN, MSG_JUMBO, WireKind } from "../../src/proxy/wire.ts";
@@ -261,4 +264,41 @@ Deno.test("JumboAssembler: checksum offsets outside the first chunk are malforme
     assertEquals(res.at(-1), JumboResult.DROPPED, JSON.stringify(meta));
     assertEquals(asm.malformed, 1);
   }
+});
+
+Deno.test("placeJumbo/gatherJumbo: a packet read scattered into the layout becomes the same message, or contiguous again", () => {
+  const pkt = superPacket(65535);
+  const first = DSIZE - JUMBO_TAG_LEN - JUMBO_META_LEN;
+  const count = jumboChunkCount(pkt.length, DSIZE);
+  // One arena: "tunBuf" (virtio header + chunk 0's slice) at 0, the send slot at 70000 — as readv fills them.
+  const scattered = () => {
+    const a = new Uint8Array(70_000 + count * DSIZE + 100);
+    a.set(pkt.subarray(0, first), 10);
+    for (let k = 1; k < count; k++) {
+      const from = first + (k - 1) * (DSIZE - JUMBO_TAG_LEN);
+      a.set(
+        pkt.subarray(from, Math.min(pkt.length, from + DSIZE - JUMBO_TAG_LEN)),
+        70_000 + jumboSliceOffset(k, DSIZE),
+      );
+    }
+    return a;
+  };
+  const want = encode(pkt, 77);
+  const a = scattered();
+  const used = placeJumbo(a, 10, pkt.length, 70_000, DSIZE, 77, META4);
+  assertEquals(used, want.chunks.reduce((s, [, len]) => s + len, 0));
+  const start = want.chunks[0][0];
+  assertEquals(
+    a.subarray(70_000, 70_000 + used),
+    want.arena.subarray(start, start + used),
+    "same bytes as writeJumbo",
+  );
+  const b = scattered();
+  gatherJumbo(b, 10, pkt.length, 70_000, DSIZE);
+  assertEquals(b.subarray(10, 10 + pkt.length), pkt, "contiguous behind the virtio header");
+  assertEquals(
+    placeJumbo(new Uint8Array(100_000), 10, 1000, 70_000, DSIZE, 1, META4),
+    0,
+    "too small for JUMBO",
+  );
 });

@@ -87,12 +87,12 @@ const send = new SendBatch(BATCH + 1, SEND_SLOT);
 const tunBuf = send.bufs[BATCH];
 const TUN_AT = BATCH * SEND_SLOT;
 const JUMBO_SENDERS = 4;
-const recv = new RecvBatch(BATCH, RECV_SLOT, JUMBO_SENDERS * (VNET_HDR_LEN + JUMBO_MAX_PACKET));
+const recv = new RecvBatch(BATCH, RECV_SLOT, JUMBO_SENDERS * JUMBO_MAX_PACKET);
 const assembler = new JumboAssembler({
   arena: recv.data,
   base: recv.spareOffset,
   slots: JUMBO_SENDERS,
-  prefix: VNET_HDR_LEN,
+  prefix: 0, // the virtio header goes out from its own buffer (writev)
   // Lost messages from a peer may make it refuse that peer's JUMBO messages (see PeerTable.noteJumbo).
   onLost: (peer) => engine?.peers.noteJumbo(peer as Peer, false, performance.now()),
 });
@@ -218,14 +218,9 @@ function buildScatterIovs(): void {
   for (let s = 0; s < BATCH; s++) {
     const iov = new Uint8Array(count * 16);
     const w = new Uint32Array(iov.buffer);
-    const put = (i: number, addr: number, len: number) => {
-      w[i * 4] = addr >>> 0;
-      w[i * 4 + 1] = (addr / 0x100000000) >>> 0;
-      w[i * 4 + 2] = len;
-    };
-    put(0, tunAddr, VNET_HDR_LEN + first);
+    putIov(w, 0, tunAddr, VNET_HDR_LEN + first);
     for (let k = 1; k < count; k++) {
-      put(k, dataAddr + s * SEND_SLOT + jumboSliceOffset(k, dsize), dsize - JUMBO_TAG_LEN);
+      putIov(w, k, dataAddr + s * SEND_SLOT + jumboSliceOffset(k, dsize), dsize - JUMBO_TAG_LEN);
     }
     scatterIovs.push(iov);
   }
@@ -435,22 +430,21 @@ function jumboIn(b: Uint8Array, o: number, len: number, now: number): void {
   h.csumOffset = m.csumOffset;
   h.hdrLen = m.csumStart + ((a[at + m.csumStart + 12] >>> 4) << 2);
   h.encode(jumboHdrBytes, 0);
-  putIov(0, jumboHdrAddr, VNET_HDR_LEN);
+  putIov(jumboIov32, 0, jumboHdrAddr, VNET_HDR_LEN);
   const parts = assembler.outParts;
   for (let k = 0; k < parts; k++) {
-    putIov(k + 1, recvAddr + assembler.outPartOffsets[k], assembler.outPartLengths[k]);
+    putIov(jumboIov32, k + 1, recvAddr + assembler.outPartOffsets[k], assembler.outPartLengths[k]);
   }
   jumboRx++;
   if (tun!.writev(jumboIov, parts + 1) < 0) e.counters.drops[DROP_TUN]++;
 }
 
-/** Sets iovec `i` of `jumboIov` (little-endian pointer, then length). */
-function putIov(i: number, addr: number, len: number): void {
-  const w = i * 4;
-  jumboIov32[w] = addr >>> 0;
-  jumboIov32[w + 1] = (addr / 0x100000000) >>> 0;
-  jumboIov32[w + 2] = len;
-  jumboIov32[w + 3] = 0;
+/** Sets `struct iovec` `i` in `w` (a pointer as two little-endian words, then the length). */
+function putIov(w: Uint32Array, i: number, addr: number, len: number): void {
+  w[i * 4] = addr >>> 0;
+  w[i * 4 + 1] = (addr / 0x100000000) >>> 0;
+  w[i * 4 + 2] = len;
+  w[i * 4 + 3] = 0;
 }
 
 function drainUdp(now: number): void {

@@ -436,7 +436,8 @@ export class Engine {
   }
 
   /**
-   * Processes a datagram from the tunnel socket: {@link receive} then {@link deliver}.
+   * Processes a datagram from the tunnel socket: {@link receive} then {@link deliver}. For single
+   * packets only: a JUMBO chunk needs the worker's reassembly and is dropped here.
    */
   ingress(
     buf: Uint8Array,
@@ -457,7 +458,8 @@ export class Engine {
    * PeerTable); a bare IP packet (raw mode) or a FAST datagram yields TO_TUN with the packet at
    * {@link pktOff}/{@link pktLen} and its checksum state in {@link pktCsumStart}/{@link
    * pktCsumOffset} — not yet checked or restored, so runs of segments can be coalesced first and
-   * {@link deliver}ed once. In-band messages are answered through {@link control}.
+   * {@link deliver}ed once. A JUMBO chunk yields {@link Verdict.JUMBO} with its sender in
+   * {@link pktPeer}, for reassembly. In-band messages are answered through {@link control}.
    */
   receive(
     buf: Uint8Array,

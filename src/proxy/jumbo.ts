@@ -248,15 +248,6 @@ export class JumboAssembler {
     return s;
   }
 
-  /** Forgets a sender's message in progress (e.g. the peer went away). */
-  forget(key: object): void {
-    const i = this.#keys.indexOf(key);
-    if (i < 0) return;
-    if (this.#next[i] !== 0) this.#lost(i);
-    this.#keys[i] = null;
-    this.#next[i] = 0;
-  }
-
   #malformed(s: number): JumboResult {
     this.malformed++;
     if (this.#next[s] !== 0) this.#lost(s);

@@ -228,10 +228,14 @@ function buildScatterIovs(): void {
 
 /** True when the packet in tunBuf (`len` bytes) is a TCP super-packet whose flow goes to a JUMBO peer. */
 function jumboBound(len: number): boolean {
+  return jumboShaped() && engine!.routeOfFlow(tunBuf, VNET_HDR_LEN, len)?.peer?.jumbo === true;
+}
+
+/** The packet in tunBuf (per `vnet`) can travel as a JUMBO message: a TCP super-packet, GSO on. */
+function jumboShaped(): boolean {
   if (!udp!.gso || (vnet.flags & VNET_F_NEEDS_CSUM) === 0) return false;
   const type = vnet.gsoType & ~VNET_GSO_ECN;
-  if (type !== VNET_GSO_TCPV4 && type !== VNET_GSO_TCPV6) return false;
-  return engine!.routeOfFlow(tunBuf, VNET_HDR_LEN, len)?.peer?.jumbo === true;
+  return type === VNET_GSO_TCPV4 || type === VNET_GSO_TCPV6;
 }
 
 /** Makes a scattered packet contiguous in tunBuf again. */
@@ -247,29 +251,26 @@ function queueToPeer(len: number): void {
   const route = e.out!;
   if (pending > BATCH - 2) flushSend(); // a super-packet may need two entries
   const slot = pending;
-  if (route.peer?.jumbo === true && udp!.gso && (vnet.flags & VNET_F_NEEDS_CSUM) !== 0) {
-    const type = vnet.gsoType & ~VNET_GSO_ECN;
-    if (type === VNET_GSO_TCPV4 || type === VNET_GSO_TCPV6) {
-      jumboMeta.gsoType = vnet.gsoType;
-      jumboMeta.gsoSize = vnet.gsoSize;
-      jumboMeta.csumStart = vnet.csumStart;
-      jumboMeta.csumOffset = vnet.csumOffset;
-      const dsize = FAST_HEADER_LEN + mtu;
-      const at = slot * SEND_SLOT;
-      const peer = route.peer;
-      const inPlace = scatteredInto === slot;
-      const used = inPlace
-        ? placeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta)
-        : writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta);
-      if (inPlace && used > 0) jumboTxInPlace++;
-      scatteredInto = -1;
-      if (used > 0) {
-        scatterReads = scatterIovs.length > 0;
-        peer.jumboSeq = (peer.jumboSeq + 1) >>> 0; // consecutive per peer: gaps show lost messages
-        jumboTx++;
-        queueRun(slot, 0, used, dsize, Math.ceil(used / dsize));
-        return;
-      }
+  const peer = route.peer;
+  if (peer?.jumbo === true && jumboShaped()) {
+    jumboMeta.gsoType = vnet.gsoType;
+    jumboMeta.gsoSize = vnet.gsoSize;
+    jumboMeta.csumStart = vnet.csumStart;
+    jumboMeta.csumOffset = vnet.csumOffset;
+    const dsize = FAST_HEADER_LEN + mtu;
+    const at = slot * SEND_SLOT;
+    const inPlace = scatteredInto === slot;
+    const used = inPlace
+      ? placeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta)
+      : writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta);
+    if (inPlace && used > 0) jumboTxInPlace++;
+    scatteredInto = -1;
+    if (used > 0) {
+      scatterReads = scatterIovs.length > 0;
+      peer.jumboSeq = (peer.jumboSeq + 1) >>> 0; // consecutive per peer: gaps show lost messages
+      jumboTx++;
+      queueRun(slot, 0, used, dsize, Math.ceil(used / dsize));
+      return;
     }
   }
   gatherScattered(len); // (not expected: a scattered packet was checked to be JUMBO-bound)

@@ -110,6 +110,7 @@ class Relay {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #head = new Uint8Array(0);
   #bodyLeft = 0;
+  #draining = false;
 
   constructor(client: Deno.UnixConn, limits: GateLimits) {
     this.client = client;
@@ -145,8 +146,12 @@ class Relay {
     // "body" keeps the deadline of its head: only "head" starts one.
   }
 
-  /** Answers with an error of the gate's own and closes the connection. */
-  async refuse(status: number, error: string): Promise<void> {
+  /**
+   * Answers with an error of the gate's own and closes the connection. With `drainMs` (only from
+   * the client reader) the rest of what the client sends is read and dropped for that long first:
+   * a client still writing its body then reads the answer instead of a connection reset.
+   */
+  async refuse(status: number, error: string, drainMs = 0): Promise<void> {
     if (this.closed) return;
     log.warn("API request refused", { status, error });
     // Only when no answer of the server is under way (a half-written response would be corrupted).
@@ -155,6 +160,25 @@ class Relay {
         writeAll(this.client, errorResponse(status, error)).catch(() => {}),
         new Promise((r) => setTimeout(r, 1000)),
       ]);
+    }
+    if (drainMs > 0) {
+      this.#draining = true;
+      try {
+        this.upstream?.close();
+      } catch {
+        // already closed
+      }
+      this.upstream = undefined;
+      const timer = setTimeout(() => this.close(), drainMs);
+      const sink = new Uint8Array(64 * 1024);
+      try {
+        while (!this.closed && (await this.client.read(sink)) !== null) {
+          // dropped
+        }
+      } catch {
+        // closed by the timer
+      }
+      clearTimeout(timer);
     }
     this.close();
   }
@@ -227,6 +251,7 @@ class Relay {
         await this.refuse(
           413,
           `request body of ${len.length} bytes is over the ${this.#limits.maxBodyBytes} limit`,
+          2000,
         );
         return false;
       }
@@ -252,7 +277,7 @@ class Relay {
     } catch {
       // either side went away
     }
-    this.close();
+    if (!this.#draining) this.close();
   }
 }
 

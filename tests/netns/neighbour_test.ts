@@ -126,30 +126,37 @@ Deno.test({
 
 Deno.test({
   name:
-    "neighbours: an address reused at once answers 20 of 20 requests from the node and from a remote node",
+    "neighbours: an address reused at once answers 20 of 20 requests from the node, a neighbour (v4, v6) and a remote node",
   ...opts,
 }, async () => {
   await withCluster(async (c) => {
     const node1 = c.nodes[0].node;
-    await c.deploy(1, CLI, 0);
+    // A neighbour on the same bridge: it learns the address's MAC itself, so only the new
+    // instance's announcement (ARP announcement, unsolicited NA) can correct its entry.
+    const peer = await c.deploy(1, CLI, 0);
     // From the remote node through the instance's port mapping: node 1 forwards to the address
     // with its own neighbour entry, as it does for overlay traffic. (The overlay path itself is
     // not used here: in static-table mode an undeploy drops the local table entry for good.)
     const node2 = c.nodes[1].node;
     const a = await c.deploy(1, SRV, 0, [...TOOL, "http-server", "80", "A"], "8080:80");
     assertEquals(a.ipv4, n1.first4(3));
-    const answered = async (from: "node" | "remote", n: number, dst: string, name: string) => {
-      const loop = `ok=0; for i in $(seq ${n}); do curl -s -m 1 http://${dst}/ | grep -q '^${name}$' && ` +
+    const answered = async (from: "node" | "remote" | "peer", n: number, dst: string, name: string) => {
+      const loop = `ok=0; for i in $(seq ${n}); do curl -g -s -m 1 http://${dst}/ | grep -q '^${name}$' && ` +
         `ok=$((ok+1)); done; echo $ok`;
       const out = from === "node"
         ? await inNs(node1.ns, ["sh", "-c", loop])
-        : await inNs(node2.ns, ["sh", "-c", loop]);
+        : from === "remote"
+        ? await inNs(node2.ns, ["sh", "-c", loop])
+        : (await peer.c.exec(["sh", "-c", loop])).stdout;
       return Number(out.trim());
     };
     // Both learn A's MAC (the node's neighbour entry for the address).
     await waitFor(async () => (await answered("node", 1, `${a.ipv4}:80`, "A")) === 1);
     await waitFor(async () => (await answered("remote", 1, `${c.nodes[0].ip}:8080`, "A")) === 1);
+    await waitFor(async () => (await answered("peer", 1, `${a.ipv4}:80`, "A")) === 1);
+    await waitFor(async () => (await answered("peer", 1, `[${a.ipv6}]:80`, "A")) === 1);
     assertMatch(await inNs(node1.ns, ["ip", "neigh", "show", a.ipv4]), /lladdr/);
+    assertMatch((await peer.c.exec(["ip", "neigh", "show", a.ipv4])).stdout, /lladdr/);
     // A leaves; B gets the same address at once.
     const u = await node1.api.post("/container/undeploy", { serviceName: SRV, instanceNumber: 0 });
     assertEquals(u.status, 200);
@@ -169,6 +176,8 @@ Deno.test({
     await waitFor(async () => (await b.exec(["ss", "-ltn"])).stdout.includes(":80 "));
     assertEquals(await answered("node", 20, `${a.ipv4}:80`, "B"), 20, "from the node");
     assertEquals(await answered("remote", 20, `${c.nodes[0].ip}:8080`, "B"), 20, "from the remote node");
+    assertEquals(await answered("peer", 20, `${a.ipv4}:80`, "B"), 20, "from a neighbour (IPv4)");
+    assertEquals(await answered("peer", 20, `[${a.ipv6}]:80`, "B"), 20, "from a neighbour (IPv6)");
   });
 });
 

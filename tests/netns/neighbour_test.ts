@@ -106,7 +106,13 @@ Deno.test({
     assert(mac0 !== "00:00:00:00:00:01", "the bridge does not take its ports' MAC");
     assertEquals(parseInt(mac0.slice(0, 2), 16) & 3, 2, "locally administered unicast");
     // The client talks to the remote ServiceIP before, during and after the undeploy.
+    // The client resolves its gateway now, so it caches the bridge's current MAC.
+    await cli.c.exec(["ip", "neigh", "flush", "all"]);
     await waitFor(async () => (await cli.c.exec(["ping", "-c", "1", "-W", "1", "10.30.0.1"])).code === 0);
+    assertMatch(
+      (await cli.c.exec(["ip", "neigh", "show", "10.18.0.65"])).stdout,
+      new RegExp(`lladdr ${mac0}`),
+    );
     const start = Date.now() / 1000;
     const ping = cli.c.exec(["ping", "-D", "-i", "0.1", "-W", "1", "-w", "5", "10.30.0.1"]);
     await new Promise((r) => setTimeout(r, 1000));

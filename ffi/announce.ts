@@ -9,8 +9,11 @@
  * @example
  * ```ts
  * import { announceAddresses } from "./announce.ts";
+ * import { closeFd, openNetnsByName } from "./netns.ts";
+ * const nsFd = openNetnsByName("instance1");
  * const mac = new Uint8Array([2, 0, 0, 0, 0, 1]);
  * announceAddresses(nsFd, 2, mac, { v4: new Uint8Array([10, 18, 0, 66]) });
+ * closeFd(nsFd);
  * ```
  */
 import { errno, libc, SyscallError } from "./libc.ts";

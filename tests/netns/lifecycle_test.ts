@@ -170,7 +170,13 @@ Deno.test({
       await node.settled();
     }
     cs.push(...slot);
-    console.log(`20 rounds in ${Date.now() - t0} ms; ${answered} of 60 calls answered before the kill`);
+    const log = await node.log();
+    const count = (re: RegExp) => log.match(re)?.length ?? 0;
+    console.log(
+      `20 rounds in ${Date.now() - t0} ms; ${answered} of 60 calls answered before the kill; restarts ` +
+        `found ${count(/removing an unfinished deploy/g)} unfinished deploys/undeploys and ` +
+        `${count(/removing an instance that is not intact/g)} broken records`,
+    );
     // Finally everything undeploys cleanly.
     for (let s = 0; s < SLOTS; s++) {
       await node.api.post("/container/undeploy", { serviceName: job, instanceNumber: s });

@@ -26,6 +26,7 @@ import {
   type AddrInfo,
   buildAddr,
   buildDelLink,
+  buildDelNeigh,
   buildDumpAddrs,
   buildDumpLinks,
   buildGetLinkByName,
@@ -225,9 +226,39 @@ export class Netlink {
     this.#transact(`create veth ${name}/${peerName}`, buildNewVeth(enc, this.#next(), name, peerName, opts));
   }
 
-  /** Creates a bridge. */
-  createBridge(name: string, mtu?: number): void {
-    this.#transact(`create bridge ${name}`, buildNewBridge(enc, this.#next(), name, mtu));
+  /** Creates a bridge; with `mac` it keeps that hardware address whatever its ports are. */
+  createBridge(name: string, mtu?: number, mac?: Uint8Array): void {
+    this.#transact(`create bridge ${name}`, buildNewBridge(enc, this.#next(), name, mtu, mac));
+  }
+
+  /** The link named `name` (index, kind, master, MAC, …), or undefined when there is none. */
+  link(name: string): LinkInfo | undefined {
+    let info: LinkInfo | undefined;
+    try {
+      this.#transact(`get link ${name}`, buildGetLinkByName(enc, this.#next(), name), (m) => {
+        if (m.type === RTM.NEWLINK) info = decodeLink(recvBuf, m);
+      });
+    } catch (e) {
+      if (e instanceof NetlinkError && e.errno === Errno.ENODEV) return undefined;
+      throw e;
+    }
+    return info;
+  }
+
+  /**
+   * Forgets the neighbour (ARP / NDP) entry for `addr` on link `index`; false when there was none.
+   */
+  deleteNeighbour(index: number, family: 4 | 6, addr: Uint8Array): boolean {
+    try {
+      this.#transact(
+        () => `delete neighbour ${fmtAddr({ family, addr })} on link ${index}`,
+        buildDelNeigh(enc, this.#next(), index, family, addr),
+      );
+      return true;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.errno === Errno.ENOENT) return false;
+      throw e;
+    }
   }
 
   /** Changes a link: up/down, MTU, master (0 = none), name. */

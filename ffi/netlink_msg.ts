@@ -35,6 +35,8 @@ export const RTM = {
   NEWROUTE: 24,
   DELROUTE: 25,
   GETROUTE: 26,
+  NEWNEIGH: 28,
+  DELNEIGH: 29,
 } as const;
 
 /** nlmsghdr flags. */
@@ -88,6 +90,9 @@ export const IFA_F = { NODAD: 0x02, PERMANENT: 0x80 } as const;
 /** Route attributes (RTA_*). */
 export const RTA = { DST: 1, SRC: 2, IIF: 3, OIF: 4, GATEWAY: 5, PRIORITY: 6, TABLE: 15 } as const;
 
+/** Neighbour attributes (NDA_*). */
+export const NDA = { DST: 1 } as const;
+
 /** Address families. */
 export const AF = { UNSPEC: 0, INET: 2, INET6: 10 } as const;
 
@@ -120,6 +125,7 @@ export const NLMSG_HDRLEN = 16;
 const IFINFOMSG_LEN = 16;
 const IFADDRMSG_LEN = 8;
 const RTMSG_LEN = 12;
+const NDMSG_LEN = 12;
 const NLA_HDRLEN = 4;
 
 /** Rounds up to the netlink 4-byte alignment (NLMSG_ALIGN / NLA_ALIGN). */
@@ -263,6 +269,14 @@ export class NlEncoder {
     return this;
   }
 
+  /** Appends an ndmsg (neighbour header): family, ifindex; state, flags and type zero. */
+  ndmsg(family: number, index: number): this {
+    const p = this.#reserve(NDMSG_LEN);
+    this.buf[p] = family;
+    this.#dv.setInt32(p + 4, index, true);
+    return this;
+  }
+
   /** Appends a u32 attribute. */
   attrU32(type: number, v: number): this {
     const p = this.#attrHeader(type, 4);
@@ -353,6 +367,10 @@ function checkU32(what: string, v: number): void {
   }
 }
 
+function checkMac(mac: Uint8Array): void {
+  if (mac.length !== 6) throw new RangeError(`a MAC address is 6 bytes, got ${mac.length}`);
+}
+
 function checkIndex(index: number): void {
   if (!Number.isInteger(index) || index <= 0 || index > 0x7fffffff) {
     throw new RangeError(`interface index must be a positive integer, got ${index}`);
@@ -437,6 +455,8 @@ export interface LinkChange {
   name?: string;
   /** Transmit queue length in packets (`txqueuelen`). */
   txQueueLen?: number;
+  /** Hardware (MAC) address, 6 bytes; a bridge given one keeps it whatever its ports are. */
+  address?: Uint8Array;
 }
 
 const REQ_ACK = NLM_F.REQUEST | NLM_F.ACK;
@@ -494,13 +514,26 @@ export function buildNewVeth(
   return enc.finish();
 }
 
-/** RTM_NEWLINK creating a bridge: `IFLA_IFNAME, [IFLA_MTU], IFLA_LINKINFO{ IFLA_INFO_KIND "bridge" }`. */
-export function buildNewBridge(enc: NlEncoder, seq: number, name: string, mtu?: number): Uint8Array {
+/**
+ * RTM_NEWLINK creating a bridge: `IFLA_IFNAME, [IFLA_MTU], [IFLA_ADDRESS], IFLA_LINKINFO{ IFLA_INFO_KIND
+ * "bridge" }`. With `mac` the bridge keeps that address (it never follows its ports' addresses).
+ */
+export function buildNewBridge(
+  enc: NlEncoder,
+  seq: number,
+  name: string,
+  mtu?: number,
+  mac?: Uint8Array,
+): Uint8Array {
   checkIfName(name);
   enc.begin(RTM.NEWLINK, REQ_NEW, seq).ifinfomsg({}).attrStr(IFLA.IFNAME, name);
   if (mtu !== undefined) {
     checkU32("mtu", mtu);
     enc.attrU32(IFLA.MTU, mtu);
+  }
+  if (mac !== undefined) {
+    checkMac(mac);
+    enc.attrBytes(IFLA.ADDRESS, mac);
   }
   const info = enc.nestStart(IFLA.LINKINFO);
   enc.attrStr(IFLA_INFO.KIND, "bridge", false);
@@ -533,6 +566,10 @@ export function buildSetLink(enc: NlEncoder, seq: number, index: number, change:
     checkU32("txQueueLen", change.txQueueLen);
     enc.attrU32(IFLA.TXQLEN, change.txQueueLen);
   }
+  if (change.address !== undefined) {
+    checkMac(change.address);
+    enc.attrBytes(IFLA.ADDRESS, change.address);
+  }
   return enc.finish();
 }
 
@@ -563,6 +600,23 @@ export function buildAddr(
     .attrBytes(IFA.LOCAL, cidr.addr)
     .attrBytes(IFA.ADDRESS, cidr.addr);
   if (flags !== 0) enc.attrU32(IFA.FLAGS, flags);
+  return enc.finish();
+}
+
+/**
+ * RTM_DELNEIGH: forget the neighbour entry for `addr` on link `index` (like `ip neigh del ADDR dev X`).
+ * Layout: ndmsg{ family, ifindex, state 0, flags 0, type 0 } + NDA_DST.
+ */
+export function buildDelNeigh(
+  enc: NlEncoder,
+  seq: number,
+  index: number,
+  family: 4 | 6,
+  addr: Uint8Array,
+): Uint8Array {
+  checkIndex(index);
+  checkAddr("neighbour", family, addr);
+  enc.begin(RTM.DELNEIGH, REQ_ACK, seq).ndmsg(afOf(family), index).attrBytes(NDA.DST, addr);
   return enc.finish();
 }
 
@@ -759,6 +813,8 @@ export interface LinkInfo {
   up: boolean;
   /** MTU. */
   mtu: number;
+  /** Hardware address (IFLA_ADDRESS), when the link has one. */
+  mac?: Uint8Array;
 }
 
 /** Decodes an RTM_NEWLINK message. */
@@ -780,6 +836,8 @@ export function decodeLink(buf: Uint8Array, m: NlMsg): LinkInfo {
   };
   const master = attrs.get(IFLA.MASTER);
   if (master) link.master = attrU32(buf, master);
+  const mac = attrs.get(IFLA.ADDRESS);
+  if (mac && mac.len === 6) link.mac = attrBytes(buf, mac);
   const info = attrs.get(IFLA.LINKINFO);
   if (info) {
     const kind = parseAttrs(buf, info.off, info.off + info.len).get(IFLA_INFO.KIND);

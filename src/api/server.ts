@@ -1,7 +1,9 @@
 /**
  * The unix-socket HTTP API (`Deno.serve({ path })`): Oakestra-compatible routes and status codes
  * (reference §1.2) plus inspection routes. Every body is validated with zod before anything
- * happens; a bad body gets 400 with `{"error": …, "field": …}` and changes nothing.
+ * happens; a bad body gets 400 with `{"error": …, "field": …}` and changes nothing. The public
+ * socket is served by the gate (`gate.ts`: body cap, request and idle timeouts, connection cap),
+ * which relays to `Deno.serve` on a private socket next to it (`<path>.inner`, mode 0600).
  *
  * @example
  * ```ts
@@ -11,6 +13,7 @@
  */
 import { z } from "zod";
 import { logger } from "../log.ts";
+import { type GateLimits, startGate } from "./gate.ts";
 import { DeployBody, normalizeKeys, RegisterBody, UndeployBody } from "./schemas.ts";
 import type { NodeService } from "./service.ts";
 
@@ -26,6 +29,30 @@ export interface ApiServer {
 export interface ApiOptions {
   path: string;
   node: NodeService;
+  /** Gate limits; by default {@link limitsFromEnv}. */
+  limits?: Partial<GateLimits>;
+}
+
+/**
+ * Gate limits from the environment (`NETMANAGER_API_MAX_BODY`, `NETMANAGER_API_REQUEST_TIMEOUT_MS`,
+ * `NETMANAGER_API_IDLE_TIMEOUT_MS`, `NETMANAGER_API_MAX_CONNECTIONS`); unset or invalid values keep
+ * the defaults.
+ */
+export function limitsFromEnv(): Partial<GateLimits> {
+  const out: Partial<GateLimits> = {};
+  const num = (name: string) => {
+    const v = Number(Deno.env.get(name));
+    return Number.isInteger(v) && v > 0 ? v : undefined;
+  };
+  const set = (k: keyof GateLimits, name: string) => {
+    const v = num(name);
+    if (v !== undefined) out[k] = v;
+  };
+  set("maxBodyBytes", "NETMANAGER_API_MAX_BODY");
+  set("requestTimeoutMs", "NETMANAGER_API_REQUEST_TIMEOUT_MS");
+  set("idleTimeoutMs", "NETMANAGER_API_IDLE_TIMEOUT_MS");
+  set("maxConnections", "NETMANAGER_API_MAX_CONNECTIONS");
+  return out;
 }
 
 /** Thrown when the socket path is held by a live server. */
@@ -190,9 +217,15 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   }
   const dir = path.slice(0, path.lastIndexOf("/"));
   if (dir) Deno.mkdirSync(dir, { recursive: true });
+  const inner = `${path}.inner`;
+  try {
+    Deno.removeSync(inner); // left by a killed daemon (the public socket was not live)
+  } catch {
+    // none
+  }
   const ready = Promise.withResolvers<void>();
   const server = Deno.serve({
-    path,
+    path: inner,
     onListen: () => ready.resolve(),
     onError: (e) => {
       log.error("request failed", { error: String(e) });
@@ -200,16 +233,27 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     },
   }, (req) => handle(req, opts.node));
   await ready.promise;
-  Deno.chmodSync(path, 0o600);
+  Deno.chmodSync(inner, 0o600);
+  let gate;
+  try {
+    gate = startGate({ path, upstream: inner, limits: opts.limits ?? limitsFromEnv() });
+    Deno.chmodSync(path, 0o600);
+  } catch (e) {
+    await server.shutdown();
+    throw e;
+  }
   log.info("API listening", { socket: path });
   return {
     path,
     close: async () => {
+      await gate.close();
       await server.shutdown();
-      try {
-        Deno.removeSync(path);
-      } catch {
-        // already removed by the server
+      for (const p of [path, inner]) {
+        try {
+          Deno.removeSync(p);
+        } catch {
+          // already removed
+        }
       }
     },
   };

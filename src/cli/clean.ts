@@ -24,7 +24,13 @@ export function cleanCmd() {
         probe.close();
         if (running) throw new Error(`a daemon is running on ${opts.socket}: stop it first`);
         const cfg = await configFromFlags(opts);
-        const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
+        // A corrupt state file, or one that is not a regular file, is no reason to leave the node
+        // dirty: clean then removes what the bridge and our chains show, and the file itself.
+        const env = new EnvironmentManager({
+          cfg,
+          store: new StateStore(cfg.net.StateDir),
+          ignoreBadState: true,
+        });
         const report = await env.cleanNode();
         if (opts.json) console.log(JSON.stringify(report));
         else {

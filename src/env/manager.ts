@@ -6,10 +6,15 @@
  *
  * Guarantees:
  * - deploy is atomic: on any failure every step already done is undone and the address returns to
- *   the pool; the error says what failed;
- * - every created resource is recorded in the state file before the call returns, so a restart
- *   (even after SIGKILL) reconciles: instances whose veth still exists are adopted, leftovers of
- *   vanished instances are removed, missing node rules are re-applied;
+ *   the pool; the error says what failed; everything is validated before anything changes, and a
+ *   rejected redeploy leaves the running instance as it was;
+ * - intent is recorded first: a deploy writes a "pending" record (address, veth names, ports) to
+ *   the state file before its first kernel change, so a restart (even after SIGKILL) knows every
+ *   resource that may exist; veth names carry a random part, so a leftover never collides;
+ * - start-up reconciles from the kernel's truth: a record is adopted only when its veth is on the
+ *   bridge and its address is on the peer inside its namespace; every other veth on the bridge (or
+ *   of ours inside a known container) is removed, so no address has two holders;
+ * - one operation per instance at a time; a second deploy of an instance while one runs gets 409;
  * - no process per step: links through rtnetlink, rules as one `iptables-restore` batch (merged
  *   across concurrent deploys).
  *
@@ -50,6 +55,7 @@ import {
   setupUnikernelDevices,
 } from "../sys/links.ts";
 import { writeSysctl } from "../sys/sysctl.ts";
+import type { CidrBytes } from "../sys/links.ts";
 import { parsePortMappings, type PortMapping, PortMappingError } from "./ports.ts";
 import {
   add,
@@ -64,7 +70,7 @@ import {
   restoreScript,
   teardownScript,
 } from "./rules.ts";
-import { emptyState, type InstanceRecord, type NodeState, type StateStore } from "./state.ts";
+import { emptyState, type InstanceRecord, type NodeState, StateError, type StateStore } from "./state.ts";
 
 const log = logger("env");
 
@@ -114,6 +120,43 @@ export interface CleanReport {
 export interface EnvOptions {
   cfg: NodeConfig;
   store: StateStore;
+  /** Start from an empty state when the state file is unusable (`netmanager clean`). */
+  ignoreBadState?: boolean;
+}
+
+/**
+ * The bridge's fixed MAC: locally administered unicast, derived from the bridge name and the node
+ * subnet (unique per node in a cluster), so it is the same after every restart.
+ *
+ * @example
+ * ```ts
+ * const mac = await bridgeMac("goProxyBridge", "10.18.0.64/26,fc00::a:1200:4000/120");
+ * (mac[0] & 3) === 2; // true
+ * ```
+ */
+export async function bridgeMac(bridge: string, subnet: string): Promise<Uint8Array> {
+  const h = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`netmanager-bridge|${bridge}|${subnet}`)),
+  );
+  const mac = h.slice(0, 6);
+  mac[0] = (mac[0] & 0xfc) | 0x02; // locally administered, unicast
+  return mac;
+}
+
+function formatMac(mac: Uint8Array): string {
+  return [...mac].map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+function samePorts(a: readonly PortMapping[], b: readonly PortMapping[]): boolean {
+  const k = (p: PortMapping) => `${p.proto}/${p.hostPort}/${p.containerPort}`;
+  const sa = new Set(a.map(k));
+  return a.length === b.length && b.every((p) => sa.has(k(p)));
+}
+
+function portsMinus(a: readonly PortMapping[], b: readonly PortMapping[]): PortMapping[] {
+  return a.filter((p) =>
+    !b.some((q) => q.proto === p.proto && q.hostPort === p.hostPort && q.containerPort === p.containerPort)
+  );
 }
 
 /** Name of a unikernel's named network namespace (Oakestra: `<job>.instance.<n>`), with the configured prefix. */
@@ -140,14 +183,29 @@ export class EnvironmentManager {
   readonly #byKey = new Map<string, InstanceRecord>();
   /** Undeployed instances whose resources are still being removed, by host veth. */
   readonly #removing = new Map<string, { rec: InstanceRecord; done: Promise<void> }>();
+  /** Deploys in progress: reserved and recorded, not yet complete. */
+  readonly #pending = new Map<string, InstanceRecord>();
+  /** Keys with a deploy queued or running (a second deploy of one of them gets 409). */
+  readonly #deploying = new Set<string>();
+  /** Pending and removing records of a previous run, removed by `setupNode`'s reconcile. */
+  #leftovers: InstanceRecord[] = [];
   readonly #locks = new Map<string, Promise<unknown>>();
 
-  /** Loads the state file (throws StateError when it is corrupt). */
+  /** Loads the state file (throws StateError when it is corrupt or not a regular file). */
   constructor(opts: EnvOptions) {
     this.#cfg = opts.cfg;
     this.#store = opts.store;
-    this.#state = opts.store.load() ?? emptyState();
-    for (const r of this.#state.instances) this.#byKey.set(r.key, r);
+    try {
+      this.#state = opts.store.load() ?? emptyState();
+    } catch (e) {
+      if (!(e instanceof StateError) || !opts.ignoreBadState) throw e;
+      log.warn("unusable state file ignored", { error: e.message });
+      this.#state = emptyState();
+    }
+    for (const r of this.#state.instances) {
+      if (r.removing || r.phase === "pending") this.#leftovers.push(r);
+      else this.#byKey.set(r.key, r);
+    }
     this.#names = chainNames(
       opts.cfg.net.NatChain,
       opts.cfg.net.BridgeName,
@@ -188,7 +246,12 @@ export class EnvironmentManager {
   }
 
   #save(): void {
-    this.#state.instances = [...this.#byKey.values(), ...[...this.#removing.values()].map((r) => r.rec)];
+    this.#state.instances = [
+      ...this.#byKey.values(),
+      ...this.#pending.values(),
+      ...[...this.#removing.values()].map((r) => r.rec),
+      ...this.#leftovers,
+    ];
     if (this.#alloc) this.#state.allocator = this.#alloc.snapshot();
     this.#store.save(this.#state);
   }
@@ -205,17 +268,19 @@ export class EnvironmentManager {
         old: this.#state.subnet,
         new: text,
       });
-      for (const r of [...this.#byKey.values()]) await this.#removeResources(r, true);
+      for (const r of [...this.#byKey.values(), ...this.#leftovers]) await this.#removeResources(r, true);
       this.#byKey.clear();
+      this.#leftovers = [];
       this.#state.allocator = undefined;
     }
     const br = this.#cfg.net.BridgeName;
     for (const key of ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"]) writeSysctl(key, "1");
     for (const k of ["all", "default"]) writeSysctl(`net/ipv4/conf/${k}/rp_filter`, "0");
+    const mac = await bridgeMac(br, text);
     const { index, created } = links.ensureBridge(br, this.#cfg.bridgeMtu, [
       { family: 4, addr: ipv4Bytes(subnet.gateway4), prefixLen: subnet.v4.len },
       { family: 6, addr: subnet.gateway6, prefixLen: subnet.v6.len },
-    ]);
+    ], mac);
     writeSysctl(`net/ipv4/conf/${br}/rp_filter`, "0");
     this.#bridgeIndex = index;
     this.#subnet = subnet;
@@ -223,23 +288,103 @@ export class EnvironmentManager {
     this.#state.subnet = text;
     this.#state.bridge = br;
     this.#state.natChain = this.#names.nat;
-    log.info(created ? "bridge created" : "bridge kept", { bridge: br, subnet: text });
-
-    // Reconcile: adopt instances whose veth survived, clean up the rest.
-    for (const r of [...this.#byKey.values()]) {
-      const alive = !r.removing && links.index(r.hostVeth) !== undefined &&
-        (r.kind === "container" || (r.netns !== undefined && namedNetnsExists(r.netns)));
-      if (alive && this.#alloc.reserve(r.offset)) {
-        log.info("adopted instance", { key: r.key, ipv4: r.ipv4 });
-        continue;
-      }
-      log.info("removing leftovers of a vanished instance", { key: r.key });
-      this.#byKey.delete(r.key);
-      await this.#removeResources(r, false);
-    }
+    log.info(created ? "bridge created" : "bridge kept", { bridge: br, subnet: text, mac: formatMac(mac) });
+    await this.#reconcile();
     if (this.#state.allocator) this.#alloc.restore(this.#state.allocator);
     await this.setupIptables();
     this.#save();
+  }
+
+  /**
+   * Makes records and kernel agree after a restart. Pending and removing records are removed (a
+   * pending deploy never answered 200). A ready record is adopted only when its host veth is on
+   * the bridge and its peer inside the instance's namespace holds its address, and no adopted
+   * record has the same address; otherwise its resources are removed. Then every veth on the
+   * bridge (or named like our host ends) that no adopted record owns is deleted, and so is every
+   * veth of ours in a known container's namespace that is not an adopted peer: deleting either
+   * end of a pair removes the other with its address, so afterwards every address of the subnet
+   * has exactly one holder, recorded. Rules are rebuilt from the records by `setupIptables`.
+   */
+  async #reconcile(): Promise<void> {
+    const links = this.#linksOpen();
+    const alloc = this.#alloc!;
+    const pids = new Set<number>();
+    for (const r of [...this.#leftovers, ...this.#byKey.values()]) if (r.pid) pids.add(r.pid);
+    for (const r of this.#leftovers) {
+      log.info("removing an unfinished deploy or undeploy of the previous run", {
+        key: r.key,
+        veth: r.hostVeth,
+        phase: r.removing ? "removing" : "pending",
+      });
+      await this.#removeResources(r, false);
+    }
+    this.#leftovers = [];
+    const adopted = new Set<string>();
+    for (const r of [...this.#byKey.values()]) {
+      const problem = this.#verify(r) ?? (alloc.reserve(r.offset) ? undefined : "address taken twice");
+      if (problem === undefined) {
+        adopted.add(r.hostVeth).add(r.peerVeth);
+        log.info("adopted instance", { key: r.key, ipv4: r.ipv4 });
+        continue;
+      }
+      log.info("removing an instance that is not intact", { key: r.key, reason: problem });
+      this.#byKey.delete(r.key);
+      await this.#removeResources(r, false);
+    }
+    const p = this.#cfg.net.VethPrefix;
+    const hostName = new RegExp(`^${p}h[0-9a-z]+$`);
+    const peerName = new RegExp(`^${p}c[0-9a-z]+$`);
+    for (const l of links.list()) {
+      if (l.kind !== "veth" || adopted.has(l.name)) continue;
+      if (l.master === this.#bridgeIndex || hostName.test(l.name)) {
+        log.warn("removing a veth no record owns", { veth: l.name });
+        await links.deleteInBackground(l.name);
+      }
+    }
+    for (const pid of pids) {
+      let fd: number;
+      try {
+        fd = netnsOfPid(pid);
+      } catch {
+        continue; // the process is gone, and with it its namespace
+      }
+      try {
+        for (const l of links.inspectNamespace(fd)) {
+          if (l.kind === "veth" && peerName.test(l.name) && !adopted.has(l.name)) {
+            log.warn("removing a veth no record owns from a container", { pid, veth: l.name });
+            links.deleteIn(fd, l.name);
+          }
+        }
+      } finally {
+        closeNetns(fd);
+      }
+    }
+  }
+
+  /** Why a record does not match the kernel, or undefined when it does. */
+  #verify(r: InstanceRecord): string | undefined {
+    const links = this.#linksOpen();
+    const host = links.link(r.hostVeth);
+    if (!host) return "its veth is gone";
+    if (host.master !== this.#bridgeIndex) return "its veth is not on the bridge";
+    let fd: number;
+    try {
+      if (r.kind === "container") fd = netnsOfPid(r.pid ?? 0);
+      else if (r.netns && namedNetnsExists(r.netns)) fd = netnsByName(r.netns);
+      else return "its namespace is gone";
+    } catch {
+      return "its process is gone";
+    }
+    try {
+      const peer = links.inspectNamespace(fd).find((l) => l.name === r.peerVeth);
+      if (!peer) return "its peer veth is not in the namespace";
+      if (!peer.addrs.some((a) => a.family === 4 && a.addr.join(".") === r.ipv4)) {
+        return "its address is not on the peer";
+      }
+    } finally {
+      closeNetns(fd);
+    }
+    return undefined;
   }
 
   /**
@@ -318,8 +463,10 @@ export class EnvironmentManager {
   /**
    * Gives an instance its network: container by PID (veth peer into the PID's namespace) or
    * unikernel (a named namespace `getNamespaceName(...)` with `virbr0`/`tap0`). Atomic.
-   * Deploying the same container again with the same PID returns its addresses; with another PID
-   * (the container was recreated) the old network is replaced.
+   * Deploying the same instance again with the same PID returns its addresses and applies changed
+   * port mappings; with another PID it is refused (409) while the old instance's network is intact
+   * (undeploy first, as the NodeEngine does on a restart) and replaced once the old one is gone.
+   * A second deploy of an instance while one is in progress gets 409.
    */
   setupInstance(spec: InstanceSpec): Promise<InstanceAddresses> {
     if (!JOB_NAME.test(spec.job)) {
@@ -331,123 +478,211 @@ export class EnvironmentManager {
       );
     }
     const key = instanceKey(spec.kind, spec.job, spec.instance);
-    return this.#serial(key, () => this.#deploy(key, spec));
+    if (this.#deploying.has(key)) {
+      return Promise.reject(
+        new EnvError(409, `a deploy of ${key} is already in progress; retry once it has finished`),
+      );
+    }
+    this.#deploying.add(key);
+    return this.#serial(key, () => this.#deploy(key, spec)).finally(() => this.#deploying.delete(key));
   }
 
+  /**
+   * One deploy, run while no other operation on `key` runs. Everything the request says is checked
+   * before anything changes (job, port mappings, the PID's namespace, host-port clashes), so a
+   * rejected request leaves a running instance as it was.
+   */
   async #deploy(key: string, spec: InstanceSpec): Promise<InstanceAddresses> {
-    const subnet = this.#requireSubnet();
+    this.#requireSubnet();
     let ports: PortMapping[];
     try {
       ports = parsePortMappings(spec.portMappings, this.#cfg.tun.TunnelPort);
     } catch (e) {
       throw new EnvError(400, (e as PortMappingError).message);
     }
-    const existing = this.#byKey.get(key);
-    if (existing) {
-      if (spec.kind === "unikernel" || existing.pid === spec.pid) {
-        return { ipv4: existing.ipv4, ipv6: existing.ipv6 };
+    let nsFd = -1;
+    if (spec.kind === "container") {
+      if (spec.pid === undefined || !Number.isInteger(spec.pid) || spec.pid <= 0) {
+        throw new EnvError(
+          400,
+          `invalid pid ${spec.pid}: a container deploy needs the PID of the container's task`,
+        );
       }
-      log.info("instance redeployed with a new PID: replacing its network", {
-        key,
-        old: existing.pid,
-        pid: spec.pid,
-      });
-      this.#undeploy(existing);
+      try {
+        nsFd = netnsOfPid(spec.pid);
+      } catch (e) {
+        throw new EnvError(
+          400,
+          `cannot open the network namespace of pid ${spec.pid}: ${(e as Error).message}`,
+        );
+      }
     }
+    try {
+      const existing = this.#byKey.get(key);
+      if (existing && (spec.kind === "unikernel" || existing.pid === spec.pid)) {
+        return await this.#updatePorts(existing, ports);
+      }
+      if (existing) {
+        const problem = this.#verify(existing);
+        if (problem === undefined) {
+          throw new EnvError(
+            409,
+            `instance ${key} is running (pid ${existing.pid}, ${existing.ipv4}); undeploy it before ` +
+              `deploying it with pid ${spec.pid}`,
+          );
+        }
+        log.info("instance redeployed with a new PID, the old one is gone: replacing its network", {
+          key,
+          old: existing.pid,
+          pid: spec.pid,
+          reason: problem,
+        });
+        this.#undeploy(existing);
+      }
+      await this.#checkPorts(key, ports);
+      return await this.#create(key, spec, ports, nsFd);
+    } finally {
+      if (nsFd >= 0) closeNetns(nsFd);
+    }
+  }
+
+  /** Throws 409 when another instance (deployed or being deployed) maps one of these host ports. */
+  async #checkPorts(key: string, ports: PortMapping[]): Promise<void> {
     const clashes = (r: InstanceRecord) =>
+      r.key !== key &&
       ports.some((p) => r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort));
     await Promise.all([...this.#removing.values()].filter((r) => clashes(r.rec)).map((r) => r.done));
-    for (const r of this.#byKey.values()) {
-      for (const p of ports) {
-        if (r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort)) {
-          throw new EnvError(409, `host port ${p.hostPort}/${p.proto} is already mapped to ${r.key}`);
-        }
-      }
+    for (const r of [...this.#byKey.values(), ...this.#pending.values()]) {
+      if (!clashes(r)) continue;
+      const p = ports.find((p) => r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort))!;
+      throw new EnvError(409, `host port ${p.hostPort}/${p.proto} is already mapped to ${r.key}`);
     }
+  }
+
+  /**
+   * Same instance deployed again: new port mappings replace the old ones (make before break: the
+   * new DNAT rules go in before the old ones come out); the same mappings change nothing.
+   */
+  async #updatePorts(rec: InstanceRecord, ports: PortMapping[]): Promise<InstanceAddresses> {
+    const addrs = { ipv4: rec.ipv4, ipv6: rec.ipv6 };
+    if (samePorts(rec.ports, ports)) return addrs;
+    await this.#checkPorts(rec.key, ports);
+    const added = portsMinus(ports, rec.ports);
+    const removed = portsMinus(rec.ports, ports);
+    try {
+      await this.#applyPortRules(rec, added, "add");
+    } catch (e) {
+      await this.#applyPortRules(rec, added, "del").catch(() => {});
+      throw new EnvError(500, `changing the port mappings of ${rec.key} failed: ${(e as Error).message}`);
+    }
+    rec.ports = ports;
+    this.#save();
+    await this.#applyPortRules({ ...rec, ports: removed }, removed, "del").catch((e) =>
+      log.warn("removing old port mappings failed", { key: rec.key, error: String(e) })
+    );
+    log.info("port mappings changed", { key: rec.key, added: added.length, removed: removed.length });
+    return addrs;
+  }
+
+  /** Adds or deletes the DNAT rules of `ports` for `rec`'s addresses (both families). */
+  async #applyPortRules(rec: InstanceRecord, ports: PortMapping[], op: "add" | "del"): Promise<void> {
+    if (ports.length === 0) return;
+    const f = op === "add" ? add : del;
+    await Promise.all(([4, 6] as const).map(async (family) => {
+      const lines = dnatRules(family, ports, family === 4 ? rec.ipv4 : rec.ipv6).map(f(this.#names.nat));
+      if (op === "add") return this.#rules.apply(family, restoreScript([{ table: "nat", lines }]));
+      for (const line of lines) {
+        await this.#rules.apply(family, `*nat\n${line}\nCOMMIT\n`).catch(() => {});
+      }
+    }));
+  }
+
+  /** A veth name suffix: a counter and random characters, together as long as IFNAMSIZ allows. */
+  #vethId(): string {
+    const room = 15 - this.#cfg.net.VethPrefix.length - 1; // ≥ 8 (the prefix has at most 6)
+    const n = (this.#state.vethCounter++).toString(36).slice(-(room - 4));
+    let r = "";
+    for (const b of crypto.getRandomValues(new Uint8Array(room - n.length))) r += (b % 36).toString(36);
+    return n + r;
+  }
+
+  /** A new instance: reserve and record, then create (veth, addresses, routes, rules), then mark ready. */
+  async #create(
+    key: string,
+    spec: InstanceSpec,
+    ports: PortMapping[],
+    containerNsFd: number,
+  ): Promise<InstanceAddresses> {
+    const subnet = this.#requireSubnet();
     const links = this.#linksOpen();
     const alloc = this.#alloc!;
-    const undo: Array<() => void | Promise<void>> = [];
-    const rollback = async () => {
-      for (const u of undo.reverse()) {
-        try {
-          await u();
-        } catch (e) {
-          log.error("rollback step failed", { key, error: String(e) });
-        }
-      }
-    };
-    let nsFd = -1;
+    let offset: number;
     try {
-      let netns: string | undefined;
-      if (spec.kind === "container") {
-        if (spec.pid === undefined || !Number.isInteger(spec.pid) || spec.pid <= 0) {
-          throw new EnvError(
-            400,
-            `invalid pid ${spec.pid}: a container deploy needs the PID of the container's task`,
-          );
-        }
-        try {
-          nsFd = netnsOfPid(spec.pid);
-        } catch (e) {
-          throw new EnvError(
-            400,
-            `cannot open the network namespace of pid ${spec.pid}: ${(e as Error).message}`,
-          );
-        }
-      } else {
-        netns = getNamespaceName(this.#cfg.net.NetnsPrefix, spec.job, spec.instance);
-        if (namedNetnsExists(netns)) removeNamedNetns(netns); // leftover of an unrecorded deploy
-        addNamedNetns(netns);
-        const ns = netns;
+      offset = alloc.allocate();
+    } catch (e) {
+      if (e instanceof ExhaustedError) {
+        throw new EnvError(500, `${e.message} (node subnet ${formatNodeSubnet(subnet)})`);
+      }
+      throw e;
+    }
+    const v4 = instanceAddr4(subnet, offset);
+    const v6 = instanceAddr6(subnet, offset);
+    const p = this.#cfg.net.VethPrefix;
+    const id = this.#vethId();
+    const rec: InstanceRecord = {
+      key,
+      job: spec.job,
+      instance: spec.instance,
+      kind: spec.kind,
+      pid: spec.kind === "container" ? spec.pid : undefined,
+      netns: spec.kind === "unikernel"
+        ? getNamespaceName(this.#cfg.net.NetnsPrefix, spec.job, spec.instance)
+        : undefined,
+      hostVeth: `${p}h${id}`,
+      peerVeth: `${p}c${id}`,
+      offset,
+      ipv4: formatIPv4(v4),
+      ipv6: formatIPv6(v6),
+      ports,
+      createdAt: new Date().toISOString(),
+      phase: "pending",
+    };
+    // Intent first: a crash from here on leaves a record of everything that may exist.
+    this.#pending.set(key, rec);
+    this.#save();
+    const undo: Array<() => void | Promise<void>> = [];
+    let nsFd = containerNsFd;
+    try {
+      if (rec.netns) {
+        const ns = rec.netns;
+        if (namedNetnsExists(ns)) removeNamedNetns(ns); // leftover of an unrecorded deploy
+        addNamedNetns(ns);
         undo.push(() => void removeNamedNetns(ns));
-        nsFd = netnsByName(netns);
+        nsFd = netnsByName(ns);
       }
-      let offset: number;
-      try {
-        offset = alloc.allocate();
-      } catch (e) {
-        if (e instanceof ExhaustedError) {
-          throw new EnvError(500, `${e.message} (node subnet ${formatNodeSubnet(subnet)})`);
-        }
-        throw e;
-      }
-      undo.push(() => alloc.release(offset));
-      const v4 = instanceAddr4(subnet, offset);
-      const v6 = instanceAddr6(subnet, offset);
-      const id = (this.#state.vethCounter++).toString(36);
-      const p = this.#cfg.net.VethPrefix;
-      const rec: InstanceRecord = {
-        key,
-        job: spec.job,
-        instance: spec.instance,
-        kind: spec.kind,
-        pid: spec.kind === "container" ? spec.pid : undefined,
-        netns,
-        hostVeth: `${p}h${id}`,
-        peerVeth: `${p}c${id}`,
-        offset,
-        ipv4: formatIPv4(v4),
-        ipv6: formatIPv6(v6),
-        ports,
-        createdAt: new Date().toISOString(),
-      };
-      links.setupInstance({
+      const addr4: CidrBytes = { family: 4, addr: ipv4Bytes(v4), prefixLen: subnet.v4.len };
+      const addr6: CidrBytes = { family: 6, addr: v6, prefixLen: subnet.v6.len };
+      // A previous holder of the address may have left its MAC in the node's neighbour table.
+      links.forgetNeighbours(this.#bridgeIndex, [addr4, addr6]);
+      const { announceError } = links.setupInstance({
         hostVeth: rec.hostVeth,
         peerVeth: rec.peerVeth,
         mtu: this.#cfg.bridgeMtu,
         bridgeIndex: this.#bridgeIndex,
         nsFd,
-        v4: { family: 4, addr: ipv4Bytes(v4), prefixLen: subnet.v4.len },
-        v6: { family: 6, addr: v6, prefixLen: subnet.v6.len },
+        v4: addr4,
+        v6: addr6,
         gw4: ipv4Bytes(subnet.gateway4),
         gw6: subnet.gateway6,
       });
+      if (announceError) log.warn("announcing the new address failed", { key, error: announceError });
       undo.push(() => void links.deleteByName(rec.hostVeth));
       if (rec.kind === "unikernel") await this.#setupUnikernelInside(rec);
       await this.#applyInstanceRules(rec, "add");
       undo.push(() => this.#applyInstanceRules(rec, "del"));
+      rec.phase = "ready";
+      this.#pending.delete(key);
       this.#byKey.set(key, rec);
-      undo.push(() => void this.#byKey.delete(key));
       this.#save();
       log.info("instance deployed", {
         key,
@@ -458,11 +693,21 @@ export class EnvironmentManager {
       });
       return { ipv4: rec.ipv4, ipv6: rec.ipv6 };
     } catch (e) {
-      await rollback();
+      for (const u of undo.reverse()) {
+        try {
+          await u();
+        } catch (err) {
+          log.error("rollback step failed", { key, error: String(err) });
+        }
+      }
+      this.#pending.delete(key);
+      this.#byKey.delete(key);
+      alloc.release(offset);
+      this.#save();
       if (e instanceof EnvError) throw e;
       throw new EnvError(500, `deploy of ${key} failed: ${e instanceof Error ? e.message : e}`);
     } finally {
-      if (nsFd >= 0) closeNetns(nsFd);
+      if (nsFd >= 0 && nsFd !== containerNsFd) closeNetns(nsFd);
     }
   }
 
@@ -568,6 +813,17 @@ export class EnvironmentManager {
         log.warn("cannot remove named netns", { netns: rec.netns, error: String(e) });
       }
     }
+    // The node must not keep sending to the old MAC when the address is handed out again.
+    if (this.#bridgeIndex > 0 && this.#subnet) {
+      try {
+        this.#linksOpen().forgetNeighbours(this.#bridgeIndex, [
+          { family: 4, addr: ipv4Bytes(parseIPv4(rec.ipv4)) },
+          { family: 6, addr: parseIPv6(rec.ipv6) },
+        ]);
+      } catch (e) {
+        log.warn("cannot flush neighbour entries", { key: rec.key, error: String(e) });
+      }
+    }
   }
 
   /**
@@ -607,12 +863,14 @@ export class EnvironmentManager {
     await this.whenSettled();
     const links = this.#linksOpen();
     const report: CleanReport = { instances: 0, links: [], netns: [], rules: false, stateFile: false };
-    for (const rec of [...this.#byKey.values()]) {
+    for (const rec of [...this.#byKey.values(), ...this.#pending.values(), ...this.#leftovers]) {
       if (links.deleteByName(rec.hostVeth)) report.links.push(rec.hostVeth);
       if (rec.netns && removeNamedNetns(rec.netns)) report.netns.push(rec.netns);
       report.instances++;
     }
     this.#byKey.clear();
+    this.#pending.clear();
+    this.#leftovers = [];
     const brIndex = links.index(this.#cfg.net.BridgeName);
     if (brIndex !== undefined) {
       for (const l of links.list()) {

@@ -36,6 +36,12 @@ export const InstanceRecordSchema = z.object({
   createdAt: z.string(),
   /** Undeployed; its resources are being removed in the background. */
   removing: z.boolean().optional(),
+  /**
+   * "pending": reserved (address, veth names, ports) and written before the first kernel change of
+   * its deploy; "ready" (or absent, older files) once the deploy completed. A restart removes
+   * whatever a pending record may have created: its deploy never answered 200.
+   */
+  phase: z.enum(["pending", "ready"]).optional(),
 });
 
 /** A deployed instance's record. */
@@ -72,6 +78,8 @@ export class StateError extends Error {
   }
 }
 
+const RECOVERY = " (to start over: `netmanager clean`, which removes the node's networking and this file)";
+
 /** Reads and writes `state.json` in a directory. */
 export class StateStore {
   readonly path: string;
@@ -82,23 +90,37 @@ export class StateStore {
     this.path = `${dir}/state.json`;
   }
 
-  /** The saved state, or undefined when there is none. Throws StateError for a corrupt file. */
+  /**
+   * The saved state, or undefined when there is none. Throws StateError for a corrupt file and for
+   * a path that is not a regular file (a FIFO would block the read forever).
+   */
   load(): NodeState | undefined {
     let text: string;
     try {
+      const st = Deno.lstatSync(this.path);
+      if (!st.isFile) {
+        const what = st.isSymlink ? "a symbolic link" : st.isDirectory ? "a directory" : "not a regular file";
+        throw new StateError(
+          `${this.path} is ${what} (a FIFO, socket or device?): refusing to read it; ` +
+            "remove it or run `netmanager clean`",
+        );
+      }
       text = Deno.readTextFileSync(this.path);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return undefined;
+      if (e instanceof StateError) throw e;
       throw new StateError(`${this.path}: ${e instanceof Error ? e.message : e}`);
     }
     let raw: unknown;
     try {
       raw = JSON.parse(text);
     } catch (e) {
-      throw new StateError(`${this.path}: invalid JSON: ${e instanceof Error ? e.message : e}`);
+      throw new StateError(`${this.path}: invalid JSON: ${e instanceof Error ? e.message : e}${RECOVERY}`);
     }
     const r = NodeStateSchema.safeParse(raw);
-    if (!r.success) throw new StateError(`${this.path}: ${z.prettifyError(r.error).replaceAll("\n", " ")}`);
+    if (!r.success) {
+      throw new StateError(`${this.path}: ${z.prettifyError(r.error).replaceAll("\n", " ")}${RECOVERY}`);
+    }
     return r.data;
   }
 

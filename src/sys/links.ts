@@ -18,6 +18,7 @@ import {
   openNetnsByPid,
 } from "../../ffi/netns.ts";
 import { Errno } from "../../ffi/libc.ts";
+import { announceAddresses } from "../../ffi/announce.ts";
 import { mustRun, runTool, ToolError } from "./command.ts";
 
 export { NetlinkError, NetnsError };
@@ -61,18 +62,38 @@ export class Links {
   }
 
   /**
-   * Makes sure the bridge exists, has the MTU and these addresses, and is up. Existing bridges are
-   * kept (their ports stay attached across a daemon restart).
+   * Makes sure the bridge exists, has the MTU, this fixed MAC and these addresses, and is up.
+   * Existing bridges are kept (their ports stay attached across a daemon restart). A bridge without
+   * a set MAC takes the lowest MAC of its ports and changes it when that port leaves, which leaves
+   * every instance with a stale gateway entry for tens of seconds; a set MAC never changes.
    */
-  ensureBridge(name: string, mtu: number, addrs: CidrBytes[]): { index: number; created: boolean } {
+  ensureBridge(
+    name: string,
+    mtu: number,
+    addrs: CidrBytes[],
+    mac: Uint8Array,
+  ): { index: number; created: boolean } {
     let index = this.#nl.linkIndex(name);
     const created = index === undefined;
     if (index === undefined) {
-      this.#nl.createBridge(name, mtu);
+      this.#nl.createBridge(name, mtu, mac);
       index = this.#nl.linkIndex(name)!;
+    } else {
+      // Also when the MAC is already equal: setting it marks it as set (no longer port-derived).
+      this.#nl.setLink(index, { address: mac });
     }
     this.#configure(index, mtu, addrs);
     return { index, created };
+  }
+
+  /** The link named `name` with its MAC, kind and master, or undefined. */
+  link(name: string): LinkInfo | undefined {
+    return this.#nl.link(name);
+  }
+
+  /** Forgets the node's neighbour entries for these addresses on link `index` (stale MACs). */
+  forgetNeighbours(index: number, addrs: Array<{ family: 4 | 6; addr: Uint8Array }>): void {
+    for (const a of addrs) this.#nl.deleteNeighbour(index, a.family, a.addr);
   }
 
   /**
@@ -128,9 +149,11 @@ export class Links {
   /**
    * Creates the veth pair with its peer in the instance namespace, enslaves the host end, and
    * configures the peer (addresses without DAD, up, lo up, default routes via the bridge). On any
-   * failure the pair is deleted again, so nothing is left behind.
+   * failure the pair is deleted again, so nothing is left behind. Then announces the addresses
+   * from the peer (ARP announcement, unsolicited NA) so that neighbours holding a stale entry for
+   * them update at once; returns the reason when that failed (the instance works regardless).
    */
-  setupInstance(s: InstanceLinkSpec): void {
+  setupInstance(s: InstanceLinkSpec): { announceError?: string } {
     this.#nl.createVeth(s.hostVeth, s.peerVeth, {
       mtu: s.mtu,
       peerNetnsFd: s.nsFd,
@@ -151,12 +174,58 @@ export class Links {
         if (lo !== undefined) inner.setLink(lo, { up: true });
         inner.addRoute({ family: 4, dstLen: 0, gateway: s.gw4, oif: peer }, { replace: true });
         inner.addRoute({ family: 6, dstLen: 0, gateway: s.gw6, oif: peer }, { replace: true });
+        try {
+          const mac = inner.link(s.peerVeth)?.mac;
+          if (!mac) return { announceError: `${s.peerVeth} has no MAC address` };
+          announceAddresses(s.nsFd, peer, mac, { v4: s.v4.addr, v6: s.v6.addr });
+          return {};
+        } catch (e) {
+          return { announceError: e instanceof Error ? e.message : String(e) };
+        }
       } finally {
         inner.close();
       }
     } catch (e) {
       this.deleteByName(s.hostVeth);
       throw e;
+    }
+  }
+
+  /**
+   * What the namespace `nsFd` holds: its veth links (name, index) and the addresses on each, for
+   * reconciling records with the kernel.
+   */
+  inspectNamespace(nsFd: number): Array<{ name: string; kind?: string; addrs: CidrBytes[] }> {
+    const inner = Netlink.openInNetns(nsFd);
+    try {
+      const addrs = inner.listAddresses();
+      return inner.listLinks().map((l) => ({
+        name: l.name,
+        kind: l.kind,
+        addrs: addrs.filter((a) => a.index === l.index).map((a) => ({
+          family: a.family,
+          addr: a.addr,
+          prefixLen: a.prefixLen,
+        })),
+      }));
+    } finally {
+      inner.close();
+    }
+  }
+
+  /** Deletes a link inside the namespace `nsFd`; false when it did not exist there. */
+  deleteIn(nsFd: number, name: string): boolean {
+    const inner = Netlink.openInNetns(nsFd);
+    try {
+      const index = inner.linkIndex(name);
+      if (index === undefined) return false;
+      inner.deleteLink(index);
+      return true;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.errno === Errno.ENODEV) return false;
+      throw e;
+    } finally {
+      inner.close();
     }
   }
 }

@@ -329,6 +329,7 @@ Deno.test("decode a real kernel RTM_NEWLINK (veth enslaved to a bridge)", () => 
     mtu: 1450,
     master: 2,
     kind: "veth",
+    mac: new Uint8Array([0xfa, 0xeb, 0x62, 0x8a, 0x02, 0x32]),
   });
 });
 

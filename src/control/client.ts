@@ -701,7 +701,11 @@ export class NodeControl {
       if (!(e instanceof QueryResultError)) throw e;
       reason = e.message;
     }
-    if (waiters.length === 0) {
+    if (!conv && shape.data.app_name !== "") {
+      // A job name that can never be valid: refuse it for everyone who asked.
+      this.stats.malformed++;
+      log.warn("rejected table query result", { error: reason });
+    } else if (waiters.length === 0) {
       // Results only ever answer queries (reference §2.4): nobody asked, so nobody gets to change the table.
       this.stats.unsolicited++;
       this.rejections.note("unsolicited", "ignoring a table query result nobody asked for", {
@@ -709,8 +713,7 @@ export class NodeControl {
         queryKey: shape.data.query_key ?? "",
       });
       return;
-    }
-    if (conv) {
+    } else if (conv) {
       for (const d of conv.dropped) {
         log.debug("instance left out of the table", { job: conv.job, why: d.message });
       }
@@ -718,10 +721,6 @@ export class NodeControl {
       conv = this.#validate(conv);
       if (conv) this.#apply(conv, waiters);
       else reason = "every entry failed validation";
-    } else if (shape.data.app_name !== "") {
-      // A job name that can never be valid: refuse it for everyone who asked.
-      this.stats.malformed++;
-      log.warn("rejected table query result", { error: reason });
     }
     for (const w of waiters) this.#finish(w, { kind: "answer", conv, reason });
   }

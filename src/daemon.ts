@@ -152,6 +152,7 @@ class Node implements NodeService {
       hostIp: () => this.publicAddress ?? "",
       hostPort: net.NodePublicPort,
       routeContext: () => this.routeContext(),
+      trustResults: Deno.env.get("NETMANAGER_TEST_TRUST_RESULTS") === "1",
       // Oakestra's 10 s idle expiry of interests; the environment may shorten it (tests).
       interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
     });
@@ -228,6 +229,7 @@ class Node implements NodeService {
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,
         subnet6: subnet.v6,
+        ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
       },
     });
   }
@@ -294,7 +296,7 @@ class Node implements NodeService {
   }
 
   metrics(): string {
-    return this.dataPlane?.metricsText() ?? "";
+    return this.dataPlane?.metricsText(this.control?.rejections.counts) ?? "";
   }
 
   instances(): unknown[] {

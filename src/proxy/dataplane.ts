@@ -245,8 +245,8 @@ export class DataPlane {
     return this.#stats;
   }
 
-  /** Prometheus text of the data plane's counters. */
-  metricsText(): string {
+  /** Prometheus text of the data plane's counters (and the control plane's refused routes, by cause). */
+  metricsText(routesRejected?: Readonly<Record<string, number>>): string {
     const s = this.#stats;
     if (!s) return "";
     return renderDataPlaneMetrics({
@@ -260,6 +260,7 @@ export class DataPlane {
       tableEntries: this.table.size,
       peers: s.peers,
       jumbo: { tx: s.jumboTx, rx: s.jumboRx },
+      ...(routesRejected ? { routesRejected } : {}),
     });
   }
 

@@ -607,19 +607,23 @@ export class Engine {
     }
     const info = this.#info;
     if (parsePacket(buf, pOff, pLen, info) !== ParseResult.OK) return this.#drop(Drop.UNKNOWN_PEER);
-    let key: string;
     if (info.version === 4) {
       const svc = this.cfg.service4;
       if (((info.src4 & (0xffffffff << (32 - svc.len))) >>> 0) !== svc.addr) {
         return this.#drop(Drop.UNKNOWN_PEER);
       }
-      key = formatIPv4(info.src4);
-    } else {
-      if (!inPrefix6(this.cfg.service6, buf, info.srcOffset)) return this.#drop(Drop.UNKNOWN_PEER);
-      key = formatIPv6(buf, info.srcOffset);
+    } else if (!inPrefix6(this.cfg.service6, buf, info.srcOffset)) {
+      return this.#drop(Drop.UNKNOWN_PEER);
     }
-    let p = this.#strangers.get(key);
     const src = family === 4 ? src4 : V6_SOURCE_BASE + ipv6Key(src6!, 0);
+    if (
+      !this.#strangerSources.has(src) &&
+      (this.#strangers.size >= this.#strangerKeys || !this.#strangerTokenReady(now))
+    ) {
+      return this.#drop(Drop.STRANGER_LIMIT); // cheap: no key text is built for a source without state
+    }
+    const key = info.version === 4 ? formatIPv4(info.src4) : formatIPv6(buf, info.srcOffset);
+    let p = this.#strangers.get(key);
     if (!p) {
       // A new inner source to resolve: bounded per underlay source, in number and in rate, so a
       // flood of made-up sources costs counters, not memory or control-plane queries.
@@ -648,15 +652,22 @@ export class Engine {
     return Verdict.PARKED;
   }
 
-  /** Takes a token of the new-stranger budget (refilled at strangerRate per second, burst the same). */
-  #strangerToken(now: number): boolean {
+  /** Refills the new-stranger budget (strangerRate per second, burst the same); true when a token is there. */
+  #strangerTokenReady(now: number): boolean {
     const rate = this.#strangerRate;
-    this.#strangerTokens = Math.min(
-      rate,
-      this.#strangerTokens + (now - this.#strangerTokensAt) * rate / 1000,
-    );
-    this.#strangerTokensAt = now;
-    if (this.#strangerTokens < 1) return false;
+    if (now > this.#strangerTokensAt) {
+      this.#strangerTokens = Math.min(
+        rate,
+        this.#strangerTokens + (now - this.#strangerTokensAt) * rate / 1000,
+      );
+      this.#strangerTokensAt = now;
+    }
+    return this.#strangerTokens >= 1;
+  }
+
+  /** Takes a token of the new-stranger budget. */
+  #strangerToken(now: number): boolean {
+    if (!this.#strangerTokenReady(now)) return false;
     this.#strangerTokens--;
     return true;
   }

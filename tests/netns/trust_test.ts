@@ -258,3 +258,186 @@ Deno.test({
     }
   },
 });
+
+// ---------------------------------------------------------------------------------------------
+// Hostile table-query results (cluster mode, Oakestra-speaking cluster on an anonymous mosquitto)
+
+const HELPERS = new URL("../helpers/", import.meta.url).pathname;
+const OAK_CLI = "demo.demo.cli.default";
+const OAK_WEB = "demo.demo.web.default";
+const W1 = "64a1b2c3d4e5f60718293a4b";
+const W2 = "64a1b2c3d4e5f60718293a4c";
+
+function oakInstance(n: number, nsip: string, nsip6: string, host: string, iip: string, rr?: string) {
+  const sips: Array<Record<string, string>> = [];
+  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
+  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: `fdff::${iip.split(".")[3]}` });
+  return {
+    instance_number: n,
+    instance_ip: iip,
+    instance_ip_v6: `fdff::${iip.split(".")[3]}`,
+    namespace_ip: nsip,
+    namespace_ip_v6: nsip6,
+    host_ip: host,
+    host_port: 50103,
+    service_ip: sips,
+  };
+}
+
+const REAL_WEB = oakInstance(0, "10.18.0.130", "fc00::202", "192.168.77.2", "10.30.0.2", "10.30.0.1");
+const webWith = (over: Record<string, unknown>) => ({
+  app_name: OAK_WEB,
+  query_key: OAK_WEB,
+  instance_list: [{ ...REAL_WEB, ...over }],
+});
+
+/** The attacks on node 1 (subnet 10.18.0.64/26 at 192.168.77.1), which follows the web job. */
+const PLAN = {
+  unsolicited: [
+    webWith({ host_ip: "192.168.77.99" }), // the attacker's own address
+    {
+      app_name: "evil.evil.evil.evil",
+      query_key: "10.30.0.1",
+      instance_list: [oakInstance(0, "10.18.1.2", "fc00::402", "192.168.77.99", "10.30.0.77", "10.30.0.1")],
+    },
+  ],
+  raced: [
+    { job: OAK_WEB, result: webWith({ host_ip: "127.0.0.1" }) },
+    { job: OAK_WEB, result: webWith({ namespace_ip: "10.18.0.65", host_ip: "192.168.77.99" }) },
+    {
+      job: OAK_WEB,
+      result: webWith({
+        host_ip: "192.168.77.99",
+        service_ip: [{ IpType: "RR", Address: "10.30.0.10", Address_v6: "fdff:2000::1" }],
+      }),
+    },
+    { job: OAK_WEB, result: webWith({ host_ip: "192.168.77.1" }) },
+  ],
+};
+
+for (const protect of [false, true]) {
+  Deno.test({
+    name: protect
+      ? "trust: hostile table-query results leave the table and traffic untouched"
+      : "trust: without the checks a hostile table-query result redirects the job",
+    ...opts,
+    fn: async () => {
+      const { World } = await import("../../src/demo/world.ts");
+      const w = new World();
+      try {
+        const { dir } = await w.brokerOnly("192.168.77.254");
+        const jobs = [
+          {
+            app_name: OAK_CLI,
+            instance_list: [oakInstance(0, "10.18.0.66", "fc00::102", "192.168.77.1", "10.30.0.10")],
+          },
+          { app_name: OAK_WEB, instance_list: [REAL_WEB] },
+        ];
+        await Deno.writeTextFile(`${dir}/jobs.json`, JSON.stringify(jobs));
+        // Without the checks, the unsolicited results alone redirect the job (a raced answer would be
+        // overwritten by the cluster's own 300 ms later).
+        await Deno.writeTextFile(`${dir}/plan.json`, JSON.stringify(protect ? PLAN : { ...PLAN, raced: [] }));
+        // The cluster answers 300 ms late, so the attacker's answers to the queries it triggers come first.
+        w.spawnNextToBroker(
+          [
+            Deno.execPath(),
+            "run",
+            "-A",
+            `${HELPERS}fake_cluster.ts`,
+            "mqtt://127.0.0.1:10003",
+            `${dir}/jobs.json`,
+            "300",
+          ],
+          `${dir}/fake.log`,
+        );
+        await new Promise((r) => setTimeout(r, 1500));
+        if (!protect) Deno.env.set("NETMANAGER_TEST_TRUST_RESULTS", "1");
+        const n1 = await w.clusterNode("n1", "192.168.77.1", "192.168.77.254", W1);
+        Deno.env.delete("NETMANAGER_TEST_TRUST_RESULTS");
+        const n2 = await w.clusterNode("n2", "192.168.77.2", "192.168.77.254", W2);
+        const web = await w.instance("web", [...TOOL, "servers", "80", "web"]);
+        const cli = await w.instance("cli");
+        for (const [n, pid, job] of [[n2, web.pid, OAK_WEB], [n1, cli.pid, OAK_CLI]] as const) {
+          const r = await n.api.post("/container/deploy", {
+            pid,
+            serviceName: job,
+            instanceNumber: 0,
+            portMappings: "",
+          });
+          assertEquals(r.status, 200, r.body);
+        }
+        const ask = async () => {
+          const c = await new Deno.Command("nsenter", {
+            args: ["-t", String(cli.pid), "-n", ...TOOL, "tcp-client", "10.30.0.1", "80", "q"],
+            stdout: "piped",
+            stderr: "null",
+          }).output();
+          return new TextDecoder().decode(c.stdout).trim();
+        };
+        let answer = "";
+        for (let i = 0; i < 40 && answer !== "web:q"; i++) answer = await ask();
+        assertEquals(answer, "web:q");
+        const table = async () => JSON.stringify(await n1.api.getJson("/table"));
+        const before = await table();
+        assert(before.includes("192.168.77.2:50103"), before);
+
+        // A request loop runs while the attacker publishes.
+        let running = true;
+        const answers: string[] = [];
+        const loop = (async () => {
+          while (running) answers.push(await ask());
+        })();
+        const attack = await new Deno.Command("ip", {
+          args: [
+            "netns",
+            "exec",
+            `${w.prefix}ctl`,
+            Deno.execPath(),
+            "run",
+            "-A",
+            `${HELPERS}mqtt_attacker.ts`,
+            "mqtt://127.0.0.1:10003",
+            W1,
+            `${dir}/plan.json`,
+          ],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const steps = new TextDecoder().decode(attack.stdout);
+        assert(attack.success, new TextDecoder().decode(attack.stderr));
+        if (!protect) {
+          // The old behaviour: the unsolicited result for a followed job is applied at once.
+          running = false;
+          await loop;
+          const after = await table();
+          assert(after.includes("192.168.77.99"), `the attacker's address is in the table: ${after}`);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 500));
+        running = false;
+        await loop;
+        assert(!steps.includes('"asked":false'), steps);
+        assertEquals(await table(), before, "the table is unchanged");
+        assert(answers.length >= 3, `requests during the attack: ${answers.length}`);
+        assertEquals(answers.filter((a) => a !== "web:q"), [], "no request failed");
+        const metrics = (await n1.api.request("GET", "/metrics")).body;
+        const count = (reason: string) =>
+          Number(
+            new RegExp(`netmanager_routes_rejected_total\\{reason="${reason}"\\} (\\d+)`).exec(metrics)
+              ?.[1] ?? 0,
+          );
+        assertEquals(
+          ["unsolicited", "host_loopback", "nsip_own_subnet", "service_ip_taken", "host_self"].map(count),
+          [2, 1, 1, 1, 1],
+          metrics,
+        );
+      } catch (e) {
+        await w.diagnose((l) => console.error(l.slice(0, 1500)));
+        throw e;
+      } finally {
+        Deno.env.delete("NETMANAGER_TEST_TRUST_RESULTS");
+        assertEquals(await w.destroy(), []);
+      }
+    },
+  });
+}

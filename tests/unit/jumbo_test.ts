@@ -55,7 +55,10 @@ function encode(
   return { arena, chunks };
 }
 
-function assembler(slots = 2, onLost?: (key: object, id: number) => void): { asm: JumboAssembler; arena: Uint8Array } {
+function assembler(
+  slots = 2,
+  onLost?: (key: object, id: number) => void,
+): { asm: JumboAssembler; arena: Uint8Array } {
   const arena = new Uint8Array(slots * (10 + JUMBO_MAX_PACKET) + 100);
   return { asm: new JumboAssembler({ arena, base: 100, slots, prefix: 10, onLost }), arena };
 }

@@ -334,6 +334,8 @@ export class Peer {
   jumboCandRun = 0;
   /** JUMBO messages whose id was far outside the window (made up, or from a restarted sender). */
   jumboStrays = 0;
+  /** JUMBO messages from it judged lost (gaps and unfinished ones inside the window). */
+  jumboLostTotal = 0;
   /** Id of the next JUMBO message we send it (consecutive, so the receiver sees gaps). */
   jumboSeq: number = (Math.random() * 0x100000000) >>> 0;
 
@@ -487,6 +489,8 @@ function positive(v: number | undefined, dflt: number, name: string): number {
 
 /** The set of peers and their in-band state. See the module documentation. */
 export class PeerTable {
+  /** JUMBO messages judged lost, all peers (see {@link noteJumboId}). */
+  jumboLost = 0;
   readonly #byKey = new Map<string, Peer>();
   readonly #buckets = new Map<number, Peer[]>();
   #localCaps: number;
@@ -579,6 +583,13 @@ export class PeerTable {
    */
   noteJumboId(peer: Peer, id: number, completed: boolean, now: number): boolean {
     id >>>= 0;
+    const before = peer.jumboLostTotal;
+    const refused = this.#noteJumboId(peer, id, completed, now);
+    this.jumboLost += peer.jumboLostTotal - before;
+    return refused;
+  }
+
+  #noteJumboId(peer: Peer, id: number, completed: boolean, now: number): boolean {
     if (!peer.jumboSynced) {
       if (!completed) return false;
       peer.jumboSynced = true;
@@ -591,6 +602,8 @@ export class PeerTable {
       peer.jumboBase = id;
       peer.jumboInWindowAt = now;
       let refused = false;
+      const lost = d - 1 + (completed ? 0 : 1);
+      peer.jumboLostTotal += lost;
       for (let k = 1; k < d; k++) refused = this.noteJumbo(peer, false, now) || refused;
       return this.noteJumbo(peer, completed, now) || refused;
     }

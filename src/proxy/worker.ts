@@ -548,7 +548,8 @@ function stats(): StatsData {
     if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;
   });
   if (send.dropped > 0) drops[`send_errno_${send.lastErrno}`] = send.dropped;
-  if (assembler.lost > 0) drops.jumbo_lost = assembler.lost;
+  // Judged against each peer's window of message ids (made-up ids do not count).
+  if (e.peers.jumboLost > 0) drops.jumbo_lost = e.peers.jumboLost;
   if (assembler.malformed > 0) drops.jumbo_malformed = assembler.malformed;
   if (assembler.strays > 0) drops.jumbo_stray = assembler.strays;
   return {

@@ -10,7 +10,11 @@
  *   unknown, instead of the reference's IP pseudo-interests (which send `interest/remove` for IPs);
  * - on every reconnect it resubscribes, re-announces the instances it hosts (`service/deployed`) and
  *   refreshes every job it is interested in, so updates published while it was offline are not lost;
- * - an update arriving while a refresh of the same job is in flight triggers one more refresh.
+ * - an update arriving while a refresh of the same job is in flight triggers one more refresh;
+ * - a result is applied only when one of this node's queries is waiting for it (the reference also
+ *   applies unasked results for jobs it follows), and each entry must pass route validation
+ *   (`route_check.ts`): bad entries are dropped, a result with nothing left is refused whole and
+ *   its query keeps waiting; every refusal is counted by cause in {@link NodeControl.rejections}.
  *
  * Every incoming payload is validated with zod; malformed ones are logged and ignored. No method
  * throws into mqtt's event loop; only {@link NodeControl.connect} and {@link NodeControl.requestSubnet}

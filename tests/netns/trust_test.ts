@@ -235,6 +235,12 @@ Deno.test({
         const r = await cli.c.exec([...TOOL, "tcp-bulk", "10.30.0.1", "81", "64"]);
         assertEquals(r.code, 0, r.stderr + (await c.logs()));
       };
+      // The server is up (its process may still be starting).
+      for (let k = 0; k < 50; k++) {
+        const r = await cli.c.exec([...TOOL, "tcp-client", "10.30.0.1", "80", "up"]);
+        if (r.stdout.trim() === "web:up") break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
       // JUMBO in use: node 1 sends TCP super-packets to node 2 as JUMBO messages.
       for (let k = 0; k < 20 && (await jumboCount(c, 2, "jumboRx")) === 0; k++) await bulk();
       assert((await jumboCount(c, 2, "jumboRx")) > 0, "JUMBO messages reached node 2");

@@ -21,6 +21,8 @@ import {
 import { logger } from "./log.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
+import type { RouteContext } from "./control/route_check.ts";
+import { canonicalIp, maskIPv6, parseIPv4, parseIPv6 } from "./addr/mod.ts";
 import { parseNodeSubnet } from "./config/mod.ts";
 import { type StaticTable, TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
@@ -149,9 +151,36 @@ class Node implements NodeService {
       isHosted: (job) => this.env.instances().some((r) => r.job === job),
       hostIp: () => this.publicAddress ?? "",
       hostPort: net.NodePublicPort,
+      routeContext: () => this.routeContext(),
+      trustResults: Deno.env.get("NETMANAGER_TEST_TRUST_RESULTS") === "1",
       // Oakestra's 10 s idle expiry of interests; the environment may shorten it (tests).
       interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
     });
+  }
+
+  /** What route validation needs to know about this node (see control/route_check.ts). */
+  routeContext(): RouteContext {
+    const t = this.cfg.tun;
+    const subnet = this.env.subnet;
+    const table = this.dataPlane?.table;
+    const jobsOf = (g: { entries: readonly { job: string }[] } | undefined) => g?.entries.map((e) => e.job);
+    const own = canonicalIp(this.publicAddress ?? "");
+    return {
+      // The TUN's own prefixes (/12 and /7) carry the overlay.
+      overlay4: { addr: (parseIPv4(t.TunnelIP) & 0xfff00000) >>> 0, len: 12 },
+      overlay6: { addr: maskIPv6(parseIPv6(t.TunNetIPv6), 7), len: 7 },
+      service4: this.cfg.serviceRange4,
+      service6: this.cfg.serviceRange6,
+      ...(subnet ? { subnet4: subnet.v4, subnet6: subnet.v6 } : {}),
+      selfIps: own ? [own] : [],
+      selfPort: this.cfg.net.NodePublicPort,
+      isOwnInstance: (job, instance, nsip4) =>
+        this.env.instances().some((r) =>
+          r.job === job && r.instance === instance && parseIPv4(r.ipv4) === nsip4
+        ),
+      serviceOwner4: (a) => jobsOf(table?.service4(a)),
+      serviceOwner6: (a) => jobsOf(table?.service6(a)),
+    };
   }
 
   #applyTable(delta: Parameters<DataPlane["apply"]>[0]): void {
@@ -200,6 +229,7 @@ class Node implements NodeService {
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,
         subnet6: subnet.v6,
+        ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
       },
     });
   }
@@ -266,7 +296,7 @@ class Node implements NodeService {
   }
 
   metrics(): string {
-    return this.dataPlane?.metricsText() ?? "";
+    return this.dataPlane?.metricsText(this.control?.rejections.counts) ?? "";
   }
 
   instances(): unknown[] {

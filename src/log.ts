@@ -67,3 +67,44 @@ export function logger(component: string): Logger {
     error: (m, f) => write("error", component, m, f),
   };
 }
+
+/**
+ * Logs a cause once, then at most once per `intervalMs` with the number suppressed in between, and
+ * counts every occurrence (by cause) — so a flood of bad input costs a counter increment, not a log
+ * line each.
+ *
+ * @example
+ * ```ts
+ * const r = new RateLimitedLog((msg, fields) => console.warn(msg, fields), 10_000);
+ * r.note("host_loopback", "rejected route", { detail: "x" }, 0); // logged
+ * r.note("host_loopback", "rejected route", { detail: "y" }, 5); // counted only
+ * r.counts.host_loopback; // 2
+ * ```
+ */
+export class RateLimitedLog {
+  /** Occurrences by cause. */
+  readonly counts: Record<string, number> = {};
+  readonly #last = new Map<string, { at: number; suppressed: number }>();
+  readonly #emit: (msg: string, fields: Record<string, unknown>) => void;
+  readonly #interval: number;
+
+  constructor(emit: (msg: string, fields: Record<string, unknown>) => void, intervalMs = 10_000) {
+    this.#emit = emit;
+    this.#interval = intervalMs;
+  }
+
+  /**
+   * Counts `n` (default 1) occurrences of `cause`; logs `msg` with `fields` unless the cause was
+   * logged less than the interval ago.
+   */
+  note(cause: string, msg: string, fields: Record<string, unknown>, now = performance.now(), n = 1): void {
+    this.counts[cause] = (this.counts[cause] ?? 0) + n;
+    const l = this.#last.get(cause);
+    if (l && now - l.at < this.#interval) {
+      l.suppressed += n;
+      return;
+    }
+    this.#emit(msg, { cause, ...fields, ...(l && l.suppressed > 0 ? { suppressed: l.suppressed } : {}) });
+    this.#last.set(cause, { at: now, suppressed: 0 });
+  }
+}

@@ -10,7 +10,11 @@
  *   unknown, instead of the reference's IP pseudo-interests (which send `interest/remove` for IPs);
  * - on every reconnect it resubscribes, re-announces the instances it hosts (`service/deployed`) and
  *   refreshes every job it is interested in, so updates published while it was offline are not lost;
- * - an update arriving while a refresh of the same job is in flight triggers one more refresh.
+ * - an update arriving while a refresh of the same job is in flight triggers one more refresh;
+ * - a result is applied only when one of this node's queries is waiting for it (the reference also
+ *   applies unasked results for jobs it follows), and each entry must pass route validation
+ *   (`route_check.ts`): bad entries are dropped, a result with nothing left is refused whole and
+ *   its query keeps waiting; every refusal is counted by cause in {@link NodeControl.rejections}.
  *
  * Every incoming payload is validated with zod; malformed ones are logged and ignored. No method
  * throws into mqtt's event loop; only {@link NodeControl.connect} and {@link NodeControl.requestSubnet}
@@ -58,6 +62,7 @@ import {
   updatesTopic,
   workerIdProblem,
 } from "./payloads.ts";
+import { checkEntries, RateLimitedLog, type RouteContext } from "./route_check.ts";
 
 const log = logger("control");
 
@@ -97,6 +102,16 @@ export interface ControlOptions {
   hostIp: () => string;
   /** This node's public tunnel port (`host_port`, sent as a string). */
   hostPort: number;
+  /**
+   * What the node knows about itself for route validation (see route_check.ts); called per result.
+   * Without it entries are applied unchecked (tests of the protocol only).
+   */
+  routeContext?: () => RouteContext;
+  /**
+   * Accept unsolicited results for followed jobs and skip route validation: the behaviour before
+   * both existed. Tests only (they show the attacks the checks stop).
+   */
+  trustResults?: boolean;
   /** Table-query timeout (5000 ms). */
   queryTimeoutMs?: number;
   /** Interest idle expiry (10000 ms). */
@@ -139,6 +154,10 @@ export interface ControlStats {
   interestsExpired: number;
   /** Successful (re)connects. */
   connects: number;
+  /** Results ignored because no query of this node was waiting for them. */
+  unsolicited: number;
+  /** Results refused as a whole (every entry failed validation). */
+  resultsRefused: number;
 }
 
 /** An instance this node hosts, as announced in `service/deployed`. */
@@ -210,7 +229,11 @@ export class NodeControl {
     updates: 0,
     interestsExpired: 0,
     connects: 0,
+    unsolicited: 0,
+    resultsRefused: 0,
   };
+  /** Refused routes and results, counted by cause (`unsolicited`, `host_loopback`, …), logged rate-limited. */
+  readonly rejections = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   readonly #client: MqttClient;
   readonly #topics: NodeTopics;
   readonly #opts: ControlOptions;
@@ -687,21 +710,63 @@ export class NodeControl {
       if (!(e instanceof QueryResultError)) throw e;
       reason = e.message;
     }
-    if (conv) {
+    if (!conv && shape.data.app_name !== "") {
+      // A job name that can never be valid: refuse it for everyone who asked.
+      this.stats.malformed++;
+      log.warn("rejected table query result", { error: reason });
+    } else if (waiters.length === 0 && this.#opts.trustResults && conv && this.#interests.has(conv.job)) {
+      this.#apply(conv, waiters); // the old behaviour (tests only)
+      return;
+    } else if (waiters.length === 0) {
+      // Results only ever answer queries (reference §2.4): nobody asked, so nobody gets to change the table.
+      this.stats.unsolicited++;
+      this.rejections.note("unsolicited", "ignoring a table query result nobody asked for", {
+        job: shape.data.app_name,
+        queryKey: shape.data.query_key ?? "",
+      });
+      return;
+    } else if (conv) {
       for (const d of conv.dropped) {
         log.debug("instance left out of the table", { job: conv.job, why: d.message });
       }
       for (const n of conv.notes) log.debug("table query note", { job: conv.job, note: n });
+      conv = this.#validate(conv);
+      // Refused whole: whoever asked keeps waiting for an answer that holds (until the timeout).
+      if (!conv) return;
       this.#apply(conv, waiters);
-    } else if (shape.data.app_name !== "") {
-      // A job name that can never be valid: refuse it for everyone who asked.
-      this.stats.malformed++;
-      log.warn("rejected table query result", { error: reason });
     }
     for (const w of waiters) this.#finish(w, { kind: "answer", conv, reason });
   }
 
-  /** Applies a result to the sink; see the module doc for who is authoritative. */
+  /**
+   * Drops the entries that fail route validation (per entry: the others are applied). When a
+   * non-empty answer loses every entry the result is refused as a whole (undefined): the table keeps
+   * what it has rather than forgetting the job on the word of a payload that is wrong throughout,
+   * and the query stays pending, so a forged answer racing the cluster's cannot swallow the real one.
+   */
+  #validate(conv: ConvertedResult): ConvertedResult | undefined {
+    const ctxOf = this.#opts.routeContext;
+    if (!ctxOf || this.#opts.trustResults || conv.entries.length === 0) return conv;
+    let ctx: RouteContext;
+    try {
+      ctx = ctxOf();
+    } catch (e) {
+      log.error("route context unavailable; result refused", { job: conv.job, error: errText(e) });
+      return undefined;
+    }
+    const { accepted, rejected } = checkEntries(conv.job, conv.entries, ctx);
+    if (rejected.length === 0) return conv;
+    for (const r of rejected) {
+      this.rejections.note(r.cause, "table entry refused", { job: conv.job, detail: r.detail });
+    }
+    if (accepted.length === 0) {
+      this.stats.resultsRefused++;
+      return undefined;
+    }
+    return { ...conv, entries: accepted, sources: [] };
+  }
+
+  /** Applies an answered result to the sink: an answer by name (or about a job we follow) is the whole truth. */
   #apply(conv: ConvertedResult, waiters: Pending[]): void {
     const job = conv.job;
     const byName = waiters.some((w) => w.type === "name");
@@ -709,14 +774,10 @@ export class NodeControl {
     const has = conv.entries.length > 0;
     try {
       if (byName || this.#interests.has(job)) {
-        // An answer by name (or any fresh answer about a job we follow) is the whole truth about it.
         if (has) this.#opts.sink.replaceJob(job, conv.entries);
         else this.#opts.sink.removeJob(job);
-      } else if (byIp) {
-        if (has) this.#opts.sink.replaceJob(job, conv.entries);
-      } else {
-        log.debug("unsolicited table query result ignored", { job });
-        return;
+      } else if (has) {
+        this.#opts.sink.replaceJob(job, conv.entries);
       }
     } catch (e) {
       log.error("table sink rejected an update", { job, error: errText(e) });

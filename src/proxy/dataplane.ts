@@ -13,7 +13,7 @@
 import { openTun, type TunDevice } from "../../ffi/tun.ts";
 import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
-import { logger } from "../log.ts";
+import { logger, RateLimitedLog } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
@@ -23,6 +23,18 @@ import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import { renderDataPlaneMetrics } from "./metrics.ts";
 
 const log = logger("proxy");
+
+/** Drop reasons that mean someone sent what the node must not take: logged (rate-limited) as they grow. */
+const REFUSALS = new Set([
+  "to_bridge",
+  "to_broadcast",
+  "not_instance",
+  "to_multicast",
+  "not_local_destination",
+  "stranger_limit",
+  "unknown_peer",
+  "jumbo_stray",
+]);
 
 /**
  * Answers a table miss: makes sure the table holds the ServiceIP (applying deltas through the data
@@ -78,6 +90,7 @@ export class DataPlane {
   readonly #flowWaiters = new Map<number, (f: FlowInfo[]) => void>();
   readonly #stopped = Promise.withResolvers<void>();
   readonly #resolving = new Set<string>();
+  readonly #refusals = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
 
   private constructor(table: TranslationTable, tun: TunDevice, udp: UdpSocket, opts: DataPlaneOptions) {
     this.table = table;
@@ -171,6 +184,7 @@ export class DataPlane {
           this.#onMiss(m.addr);
           break;
         case "stats":
+          this.#noteRefusals(this.#stats?.drops, m.stats.drops);
           this.#stats = m.stats;
           if (m.stats.usedJobs.length > 0) opts.onUsage?.(m.stats.usedJobs);
           break;
@@ -235,6 +249,23 @@ export class DataPlane {
     });
   }
 
+  /** Logs refused tunnel traffic by reason, once per reason per 10 s (the counters are in the metrics). */
+  #noteRefusals(before: Record<string, number> | undefined, now: Record<string, number>): void {
+    for (const reason in now) {
+      if (!REFUSALS.has(reason)) continue;
+      const n = now[reason] - (before?.[reason] ?? 0);
+      if (n > 0) {
+        this.#refusals.note(
+          reason,
+          "tunnel datagrams refused",
+          { reason, total: now[reason] },
+          performance.now(),
+          n,
+        );
+      }
+    }
+  }
+
   /** This node's public address changed (its own table entries now name the new one). */
   setSelf(ip: string): void {
     this.#post({ type: "self", ip });
@@ -245,8 +276,8 @@ export class DataPlane {
     return this.#stats;
   }
 
-  /** Prometheus text of the data plane's counters. */
-  metricsText(): string {
+  /** Prometheus text of the data plane's counters (and the control plane's refused routes, by cause). */
+  metricsText(routesRejected?: Readonly<Record<string, number>>): string {
     const s = this.#stats;
     if (!s) return "";
     return renderDataPlaneMetrics({
@@ -260,6 +291,7 @@ export class DataPlane {
       tableEntries: this.table.size,
       peers: s.peers,
       jumbo: { tx: s.jumboTx, rx: s.jumboRx },
+      ...(routesRejected ? { routesRejected } : {}),
     });
   }
 

@@ -31,6 +31,8 @@ import type { TableDelta, TranslationTable } from "../table/table.ts";
 import { Balancer, seededRandom } from "./balance.ts";
 import { FlowTable } from "./flows.ts";
 import {
+  ipv6Equal,
+  ipv6Key,
   PacketInfo,
   PARSE_RESULT_COUNT,
   PARSE_RESULT_NAMES,
@@ -91,6 +93,13 @@ export const Drop = {
   NOT_OURS: PARSE_RESULT_COUNT + 9,
   SEND_ERROR: PARSE_RESULT_COUNT + 10,
   TUN_WRITE_ERROR: PARSE_RESULT_COUNT + 11,
+  /** Inside this node's subnet but no instance: the bridge, the subnet broadcast, a free address. */
+  TO_BRIDGE: PARSE_RESULT_COUNT + 12,
+  TO_BROADCAST: PARSE_RESULT_COUNT + 13,
+  NOT_INSTANCE: PARSE_RESULT_COUNT + 14,
+  TO_MULTICAST: PARSE_RESULT_COUNT + 15,
+  /** A stranger's datagram beyond the caps on parked stranger state (per source, keys, rate). */
+  STRANGER_LIMIT: PARSE_RESULT_COUNT + 16,
 } as const;
 
 /** Names of all drop reasons, indexed by reason code (parser reasons, then the engine's). */
@@ -108,6 +117,11 @@ export const DROP_NAMES: readonly string[] = [
   "not_ours",
   "send_error",
   "tun_write_error",
+  "to_bridge",
+  "to_broadcast",
+  "not_instance",
+  "to_multicast",
+  "stranger_limit",
 ];
 
 /** Where a node is reached. */
@@ -149,11 +163,27 @@ export interface EngineConfig {
   /** This node's instance subnet (ingress destinations must be inside). */
   subnet4: Prefix4;
   subnet6: Prefix6;
+  /**
+   * Deliver tunnel packets to any address of this node's subnet (the behaviour before ingress was
+   * limited to instances: the bridge and the broadcast address were reachable). Tests only.
+   */
+  ingressAnyInSubnet?: boolean;
   /** Flow idle timeout (ms). */
   flowIdleMs?: number;
   /** Parked packets per destination / in total. */
   parkPerKey?: number;
   parkTotal?: number;
+  /** Bytes parked in total, packets and stranger datagrams together (4 MB). */
+  parkBytes?: number;
+  /**
+   * Stranger state (datagrams from underlay sources that are no known peer, parked while their inner
+   * source is resolved): distinct inner sources at once (256), per underlay source (16), datagrams
+   * per inner source (8), new inner sources per second (100, also the burst).
+   */
+  strangerKeys?: number;
+  strangerKeysPerSource?: number;
+  strangerPerKey?: number;
+  strangerRate?: number;
   /** Seed of the random policy. */
   seed?: number;
 }
@@ -182,6 +212,16 @@ export interface ParkedDatagram {
   src6: Uint8Array | undefined;
   srcPort: number;
 }
+
+interface Stranger {
+  since: number;
+  /** Its underlay source key (see Engine.#strangerSources). */
+  source: number;
+  items: ParkedDatagram[];
+}
+
+/** Keys of IPv6 underlay sources start here (IPv4 keys are < 2^32). */
+const V6_SOURCE_BASE = 2 ** 52;
 
 interface Parked {
   family: 4 | 6;
@@ -225,12 +265,25 @@ export class Engine {
   readonly #hello = new HelloMessage();
   readonly #probe = new ProbeMessage();
   readonly #parked = new Map<number | string, Parked>();
-  readonly #strangers = new Map<string, { since: number; items: ParkedDatagram[] }>();
+  readonly #strangers = new Map<string, Stranger>();
+  /** Stranger keys per underlay source (IPv4 address, or V6_SOURCE_BASE + 52-bit IPv6 hash). */
+  readonly #strangerSources = new Map<number, number>();
+  readonly #strangerKeys: number;
+  readonly #strangerKeysPerSource: number;
+  readonly #strangerPerKey: number;
+  readonly #strangerRate: number;
+  #strangerTokens: number;
+  #strangerTokensAt = 0;
   #parkedTotal = 0;
+  #parkedBytes = 0;
+  readonly #parkBytes: number;
   readonly #idleMs: number;
   readonly #parkPerKey: number;
   readonly #parkTotal: number;
   readonly #scratch6 = new Uint8Array(16);
+  /** Namespace IPs of this node's instances (table entries on the local route): ingress destinations. */
+  #local4 = new Set<number>();
+  #local6 = new Map<number, Uint8Array[]>();
 
   constructor(cfg: EngineConfig, table: TranslationTable) {
     this.cfg = cfg;
@@ -248,6 +301,12 @@ export class Engine {
     this.#idleMs = cfg.flowIdleMs ?? 300_000;
     this.#parkPerKey = cfg.parkPerKey ?? 32;
     this.#parkTotal = cfg.parkTotal ?? 1024;
+    this.#parkBytes = cfg.parkBytes ?? 4 << 20;
+    this.#strangerKeys = cfg.strangerKeys ?? 256;
+    this.#strangerKeysPerSource = cfg.strangerKeysPerSource ?? 16;
+    this.#strangerPerKey = Math.min(this.#parkPerKey, cfg.strangerPerKey ?? 8);
+    this.#strangerRate = cfg.strangerRate ?? 100;
+    this.#strangerTokens = this.#strangerRate;
     this.#rebuildRoutes();
   }
 
@@ -290,6 +349,8 @@ export class Engine {
     this.#routes.clear();
     const remote: string[] = [];
     const closest = new Set<string>();
+    const local4 = new Set<number>();
+    const local6 = new Map<number, Uint8Array[]>();
     for (const key of this.table.nodes()) {
       const e = this.table.node(key)[0];
       if (!e) continue;
@@ -308,8 +369,19 @@ export class Engine {
       if (!local) remote.push(key);
       for (const n of this.table.node(key)) {
         if (!local && n.serviceIps.some((sip) => sip.kind === "Closest")) closest.add(key);
+        if (local) {
+          local4.add(n.nsip4);
+          if (n.nsip6) {
+            const k = ipv6Key(n.nsip6, 0);
+            const b = local6.get(k);
+            if (b) b.push(n.nsip6);
+            else local6.set(k, [n.nsip6]);
+          }
+        }
       }
     }
+    this.#local4 = local4;
+    this.#local6 = local6;
     this.peers.sync(remote, now);
     for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
     this.#closestNodes = [...closest];
@@ -535,30 +607,78 @@ export class Engine {
     }
     const info = this.#info;
     if (parsePacket(buf, pOff, pLen, info) !== ParseResult.OK) return this.#drop(Drop.UNKNOWN_PEER);
-    let key: string;
     if (info.version === 4) {
       const svc = this.cfg.service4;
       if (((info.src4 & (0xffffffff << (32 - svc.len))) >>> 0) !== svc.addr) {
         return this.#drop(Drop.UNKNOWN_PEER);
       }
-      key = formatIPv4(info.src4);
-    } else {
-      if (!inPrefix6(this.cfg.service6, buf, info.srcOffset)) return this.#drop(Drop.UNKNOWN_PEER);
-      key = formatIPv6(buf, info.srcOffset);
+    } else if (!inPrefix6(this.cfg.service6, buf, info.srcOffset)) {
+      return this.#drop(Drop.UNKNOWN_PEER);
     }
+    const src = family === 4 ? src4 : V6_SOURCE_BASE + ipv6Key(src6!, 0);
+    if (
+      !this.#strangerSources.has(src) &&
+      (this.#strangers.size >= this.#strangerKeys || !this.#strangerTokenReady(now))
+    ) {
+      return this.#drop(Drop.STRANGER_LIMIT); // cheap: no key text is built for a source without state
+    }
+    const key = info.version === 4 ? formatIPv4(info.src4) : formatIPv6(buf, info.srcOffset);
     let p = this.#strangers.get(key);
     if (!p) {
-      p = { since: now, items: [] };
+      // A new inner source to resolve: bounded per underlay source, in number and in rate, so a
+      // flood of made-up sources costs counters, not memory or control-plane queries.
+      const perSource = this.#strangerSources.get(src) ?? 0;
+      if (
+        this.#strangers.size >= this.#strangerKeys || perSource >= this.#strangerKeysPerSource ||
+        !this.#strangerToken(now)
+      ) {
+        return this.#drop(Drop.STRANGER_LIMIT);
+      }
+      p = { since: now, source: src, items: [] };
       this.#strangers.set(key, p);
+      this.#strangerSources.set(src, perSource + 1);
       this.misses.push(key);
     }
-    if (p.items.length >= this.#parkPerKey || this.#parkedTotal >= this.#parkTotal) {
+    if (
+      p.items.length >= this.#strangerPerKey || this.#parkedTotal >= this.#parkTotal ||
+      this.#parkedBytes + len > this.#parkBytes
+    ) {
       return this.#drop(Drop.PARK_FULL);
     }
     p.items.push({ bytes: buf.slice(off, off + len), family, src4, src6: src6?.slice(), srcPort });
     this.#parkedTotal++;
+    this.#parkedBytes += len;
     this.counters.parked++;
     return Verdict.PARKED;
+  }
+
+  /** Refills the new-stranger budget (strangerRate per second, burst the same); true when a token is there. */
+  #strangerTokenReady(now: number): boolean {
+    const rate = this.#strangerRate;
+    if (now > this.#strangerTokensAt) {
+      this.#strangerTokens = Math.min(
+        rate,
+        this.#strangerTokens + (now - this.#strangerTokensAt) * rate / 1000,
+      );
+      this.#strangerTokensAt = now;
+    }
+    return this.#strangerTokens >= 1;
+  }
+
+  /** Takes a token of the new-stranger budget. */
+  #strangerToken(now: number): boolean {
+    if (!this.#strangerTokenReady(now)) return false;
+    this.#strangerTokens--;
+    return true;
+  }
+
+  /** Forgets stranger state `p` (already removed from the map): its parked bytes and its source's count. */
+  #forgetStranger(p: Stranger): void {
+    this.#parkedTotal -= p.items.length;
+    for (const d of p.items) this.#parkedBytes -= d.bytes.length;
+    const n = (this.#strangerSources.get(p.source) ?? 1) - 1;
+    if (n <= 0) this.#strangerSources.delete(p.source);
+    else this.#strangerSources.set(p.source, n);
   }
 
   /**
@@ -572,7 +692,7 @@ export class Engine {
     const p = this.#strangers.get(key);
     if (!p) return [];
     this.#strangers.delete(key);
-    this.#parkedTotal -= p.items.length;
+    this.#forgetStranger(p);
     const back = ok
       ? p.items.filter((d) =>
         (d.family === 4
@@ -676,15 +796,21 @@ export class Engine {
     if (info.version === 4) {
       const sub = this.cfg.subnet4;
       if (((info.dst4 & (0xffffffff << (32 - sub.len))) >>> 0) !== sub.addr) {
-        return this.#drop(Drop.NOT_LOCAL_DST);
+        return this.#drop((info.dst4 >>> 28) === 0xe ? Drop.TO_MULTICAST : Drop.NOT_LOCAL_DST);
       }
+      if (!this.#local4.has(info.dst4) && !this.cfg.ingressAnyInSubnet) return this.#notInstance4(info.dst4);
       const id = flows.findReply4(info.protocol, info.src4, info.srcPort, info.dst4, info.dstPort);
       if (id >= 0) {
         const dialled = flows.dialled4(id);
         if (dialled !== info.src4) rewriteSrc4(buf, info, dialled, partial);
       }
     } else {
-      if (!inPrefix6(this.cfg.subnet6, buf, info.dstOffset)) return this.#drop(Drop.NOT_LOCAL_DST);
+      if (!inPrefix6(this.cfg.subnet6, buf, info.dstOffset)) {
+        return this.#drop(buf[info.dstOffset] === 0xff ? Drop.TO_MULTICAST : Drop.NOT_LOCAL_DST);
+      }
+      if (!this.#isLocal6(buf, info.dstOffset) && !this.cfg.ingressAnyInSubnet) {
+        return this.#drop(this.#isGateway6(buf, info.dstOffset) ? Drop.TO_BRIDGE : Drop.NOT_INSTANCE);
+      }
       const id = flows.findReply6(
         info.protocol,
         buf,
@@ -704,6 +830,30 @@ export class Engine {
     return Verdict.TO_TUN;
   }
 
+  /** Why a packet to `dst` in our subnet but to no instance is dropped (off the hot path). */
+  #notInstance4(dst: number): Verdict {
+    const sub = this.cfg.subnet4;
+    const host = (dst - sub.addr) >>> 0;
+    const last = sub.len >= 32 ? 0 : (2 ** (32 - sub.len)) - 1;
+    return this.#drop(
+      host === 1 ? Drop.TO_BRIDGE : host === last || host === 0 ? Drop.TO_BROADCAST : Drop.NOT_INSTANCE,
+    );
+  }
+
+  #isLocal6(buf: Uint8Array, off: number): boolean {
+    const b = this.#local6.get(ipv6Key(buf, off));
+    if (b === undefined) return false;
+    for (let i = 0; i < b.length; i++) if (ipv6Equal(b[i], 0, buf, off)) return true;
+    return false;
+  }
+
+  /** The bridge's IPv6 address (subnet + 1). */
+  #isGateway6(buf: Uint8Array, off: number): boolean {
+    const a = this.cfg.subnet6.addr;
+    for (let i = 0; i < 15; i++) if (buf[off + i] !== a[i]) return false;
+    return buf[off + 15] === a[15] + 1;
+  }
+
   #park(
     key: number | string,
     family: 4 | 6,
@@ -712,17 +862,20 @@ export class Engine {
     len: number,
     now: number,
   ): Verdict {
+    const bytes = len + this.#prefix;
     let p = this.#parked.get(key);
+    if (this.#parkedTotal >= this.#parkTotal || this.#parkedBytes + bytes > this.#parkBytes) {
+      return this.#drop(Drop.PARK_FULL);
+    }
     if (!p) {
       p = { family, packets: [], since: now };
       this.#parked.set(key, p);
       this.misses.push(typeof key === "number" ? formatIPv4(key) : key);
     }
-    if (p.packets.length >= this.#parkPerKey || this.#parkedTotal >= this.#parkTotal) {
-      return this.#drop(Drop.PARK_FULL);
-    }
+    if (p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
     p.packets.push(buf.slice(off - this.#prefix, off + len));
     this.#parkedTotal++;
+    this.#parkedBytes += bytes;
     this.counters.parked++;
     return Verdict.PARKED;
   }
@@ -744,6 +897,7 @@ export class Engine {
     if (!p) return [];
     this.#parked.delete(key);
     this.#parkedTotal -= p.packets.length;
+    for (const b of p.packets) this.#parkedBytes -= b.length;
     if (!ok) {
       this.counters.drops[Drop.UNRESOLVED] += p.packets.length;
       return [];
@@ -773,7 +927,7 @@ export class Engine {
     for (const [key, p] of this.#strangers) {
       if (now - p.since > parkMs) {
         this.#strangers.delete(key);
-        this.#parkedTotal -= p.items.length;
+        this.#forgetStranger(p);
         this.counters.drops[Drop.UNKNOWN_PEER] += p.items.length;
       }
     }
@@ -781,6 +935,7 @@ export class Engine {
       if (now - p.since > parkMs) {
         this.#parked.delete(key);
         this.#parkedTotal -= p.packets.length;
+        for (const b of p.packets) this.#parkedBytes -= b.length;
         this.counters.drops[Drop.UNRESOLVED] += p.packets.length;
       }
     }

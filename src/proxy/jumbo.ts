@@ -133,14 +133,12 @@ export interface JumboAssemblerOptions {
   /** Free bytes before each assembly slot's packet (room for a virtio header). */
   prefix: number;
   /**
-   * Called with the sender's key for each of its messages that is lost: dropped unfinished, or
-   * never seen at all (a gap in its consecutive message ids).
+   * Called with the sender's key and the message id for each of its messages dropped unfinished.
+   * (Messages never seen at all show as gaps between the ids of completed ones, {@link outId}; the
+   * owner judges both against its window of the sender's ids, so made-up ids cannot count as loss.)
    */
-  onLost?: (key: object) => void;
+  onLost?: (key: object, id: number) => void;
 }
-
-/** Larger jumps in a sender's message ids are a restart, not loss. */
-const MAX_GAP = 64;
 
 /** Smallest chunk-0 slice: room for the largest IP + TCP headers, so the headers are contiguous. */
 const MIN_FIRST_SLICE = 120;
@@ -169,6 +167,10 @@ export class JumboAssembler {
   lost = 0;
   /** Chunks dropped as malformed (bad tag or offload fields, wrong size, length mismatch). */
   malformed = 0;
+  /** Chunks of a message not in progress (its start was lost, or made up): dropped, the message in progress kept. */
+  strays = 0;
+  /** Message id of the last completed packet. */
+  outId = 0;
   /** Messages that had to be copied because they spanned receive batches. */
   spilled = 0;
   /** Offset in the arena of the last completed packet's first part (its IP header). */
@@ -188,7 +190,7 @@ export class JumboAssembler {
   readonly #whole: boolean;
   readonly #base: number;
   readonly #prefix: number;
-  readonly #onLost?: (key: object) => void;
+  readonly #onLost?: (key: object, id: number) => void;
   readonly #keys: (object | null)[];
   readonly #id: Uint32Array;
   readonly #next: Int32Array; // next chunk index; 0 = nothing in progress
@@ -198,7 +200,6 @@ export class JumboAssembler {
   readonly #used: Float64Array;
   readonly #meta: Int32Array; // gsoType, gsoSize, csumStart, csumOffset per slot
   readonly #nparts: Int32Array;
-  readonly #seen: Uint8Array; // an id was seen from the slot's sender (gap detection)
   readonly #pOff: Int32Array; // JUMBO_MAX_CHUNKS per slot
   readonly #pLen: Int32Array;
   #tick = 0;
@@ -224,7 +225,6 @@ export class JumboAssembler {
     this.#used = new Float64Array(slots);
     this.#meta = new Int32Array(slots * 4);
     this.#nparts = new Int32Array(slots);
-    this.#seen = new Uint8Array(slots);
     this.#pOff = new Int32Array(slots * JUMBO_MAX_CHUNKS);
     this.#pLen = new Int32Array(slots * JUMBO_MAX_CHUNKS);
     this.outPartOffsets = new Int32Array(JUMBO_MAX_CHUNKS);
@@ -244,14 +244,22 @@ export class JumboAssembler {
     if (this.#next[s] !== 0) this.#lost(s);
     keys[s] = key;
     this.#next[s] = 0;
-    this.#seen[s] = 0;
     return s;
   }
 
-  #malformed(s: number): JumboResult {
+  /** A malformed chunk; it breaks the message in progress only when it carries that message's id. */
+  #malformed(s: number, id: number): JumboResult {
     this.malformed++;
-    if (this.#next[s] !== 0) this.#lost(s);
-    this.#next[s] = 0;
+    if (this.#next[s] !== 0 && this.#id[s] === id) {
+      this.#lost(s);
+      this.#next[s] = 0;
+    }
+    return JumboResult.DROPPED;
+  }
+
+  /** The message that just ended does not hold together (its id then shows as a gap to the owner). */
+  #malformed2(_s: number): JumboResult {
+    this.malformed++;
     return JumboResult.DROPPED;
   }
 
@@ -259,7 +267,7 @@ export class JumboAssembler {
   #lost(s: number): void {
     this.lost++;
     const key = this.#keys[s];
-    if (key !== null) this.#onLost?.(key);
+    if (key !== null) this.#onLost?.(key, this.#id[s]);
   }
 
   #slotStart(s: number): number {
@@ -324,28 +332,24 @@ export class JumboAssembler {
     const flags = buf[off + 3];
     const id = ((buf[off + 4] << 24) | (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7]) >>> 0;
     if (count < 2 || count > JUMBO_MAX_CHUNKS || idx >= count || flags !== JUMBO_F_NEEDS_CSUM) {
-      return this.#malformed(s);
+      return this.#malformed(s, id);
     }
     if (idx === 0) {
-      if (this.#next[s] !== 0) this.#lost(s);
-      this.#next[s] = 0;
-      // Message ids are consecutive per sender: a gap is messages lost entirely.
-      const gap = (id - this.#id[s] - 1) >>> 0;
-      if (this.#seen[s] === 1 && gap > 0 && gap <= MAX_GAP) { for (let k = 0; k < gap; k++) this.#lost(s); }
-      this.#seen[s] = 1;
-      if (len < JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_FIRST_SLICE) return this.#malformed(s);
+      // Checked whole before it replaces the message in progress (a bad chunk 0 must not cost it).
+      if (len < JUMBO_TAG_LEN + JUMBO_META_LEN + MIN_FIRST_SLICE) return this.#malformed(s, id);
       const m = off + JUMBO_TAG_LEN;
       const type = buf[m] & ~VNET_GSO_ECN;
       const gsoSize = (buf[m + 2] << 8) | buf[m + 3];
       if ((type !== VNET_GSO_TCPV4 && type !== VNET_GSO_TCPV6) || buf[m + 1] !== 0 || gsoSize === 0) {
-        return this.#malformed(s);
+        return this.#malformed(s, id);
       }
       // The TCP header (at the checksum offsets) must lie in chunk 0's slice.
       const l4 = (buf[m + 4] << 8) | buf[m + 5];
       const field = (buf[m + 6] << 8) | buf[m + 7];
       if (l4 < 20 || l4 + 20 > len - JUMBO_TAG_LEN - JUMBO_META_LEN || field !== 16) {
-        return this.#malformed(s);
+        return this.#malformed(s, id);
       }
+      if (this.#next[s] !== 0) this.#lost(s);
       const meta = s * 4;
       this.#meta[meta] = buf[m];
       this.#meta[meta + 1] = gsoSize;
@@ -360,16 +364,22 @@ export class JumboAssembler {
       this.#next[s] = 1;
       return JumboResult.PENDING;
     }
-    if (this.#next[s] === 0 || this.#id[s] !== id || this.#count[s] !== count || idx !== this.#next[s]) {
-      // A chunk of a message we do not have (its start was lost) or out of order.
-      if (this.#next[s] !== 0) this.#lost(s);
+    if (this.#next[s] === 0 || this.#id[s] !== id) {
+      // A chunk of a message we do not have (its start was lost, or it is made up): the message in
+      // progress, if any, is not its business.
+      this.strays++;
+      return JumboResult.DROPPED;
+    }
+    if (this.#count[s] !== count || idx !== this.#next[s]) {
+      // Out of order or repeated: the message cannot complete.
+      this.#lost(s);
       this.#next[s] = 0;
       return JumboResult.DROPPED;
     }
     const last = idx === count - 1;
-    if (last ? len > this.#dsize[s] : len !== this.#dsize[s]) return this.#malformed(s);
+    if (last ? len > this.#dsize[s] : len !== this.#dsize[s]) return this.#malformed(s, id);
     const n = len - JUMBO_TAG_LEN;
-    if (this.#filled[s] + n > JUMBO_MAX_PACKET) return this.#malformed(s);
+    if (this.#filled[s] + n > JUMBO_MAX_PACKET) return this.#malformed(s, id);
     this.#part(s, buf, off + JUMBO_TAG_LEN, n);
     if (!last) {
       this.#next[s] = idx + 1;
@@ -387,11 +397,11 @@ export class JumboAssembler {
       : v === 6
       ? 40 + ((a[head + 4] << 8) | a[head + 5])
       : -1;
-    if (ipLen !== total) return this.#malformed(s);
+    if (ipLen !== total) return this.#malformed2(s);
     const meta = s * 4;
     const want = v === 4 ? VNET_GSO_TCPV4 : VNET_GSO_TCPV6;
-    if ((this.#meta[meta] & ~VNET_GSO_ECN) !== want) return this.#malformed(s);
-    if (this.#meta[meta + 2] < (v === 4 ? 20 : 40)) return this.#malformed(s); // TCP behind the IP header
+    if ((this.#meta[meta] & ~VNET_GSO_ECN) !== want) return this.#malformed2(s);
+    if (this.#meta[meta + 2] < (v === 4 ? 20 : 40)) return this.#malformed2(s); // TCP behind the IP header
     const parts = this.#nparts[s];
     for (let k = 0; k < parts; k++) {
       this.outPartOffsets[k] = this.#pOff[base + k];
@@ -404,6 +414,7 @@ export class JumboAssembler {
     this.outMeta.gsoSize = this.#meta[meta + 1];
     this.outMeta.csumStart = this.#meta[meta + 2];
     this.outMeta.csumOffset = this.#meta[meta + 3];
+    this.outId = this.#id[s];
     this.completed++;
     return JumboResult.COMPLETE;
   }

@@ -261,6 +261,8 @@ export interface DataPlaneMetrics {
   readonly peers: readonly PeerMetrics[];
   /** JUMBO messages (whole TCP super-packets) sent and received. */
   readonly jumbo?: { readonly tx: number; readonly rx: number };
+  /** Table-query results and entries the control plane refused, by cause (see control/route_check.ts). */
+  readonly routesRejected?: Readonly<Record<string, number>>;
 }
 
 function peerLabels(p: PeerMetrics, extra?: Labels): Labels {
@@ -293,6 +295,13 @@ export function writeDataPlaneMetrics(w: MetricsWriter, m: DataPlaneMetrics): vo
     const j = w.counter("netmanager_jumbo_messages_total", "TCP super-packets carried as one JUMBO message.");
     j.sample(m.jumbo.tx, { direction: "tx" });
     j.sample(m.jumbo.rx, { direction: "rx" });
+  }
+  if (m.routesRejected) {
+    const rr = w.counter(
+      "netmanager_routes_rejected_total",
+      "Table-query results and entries refused before reaching the data plane, by reason.",
+    );
+    for (const reason in m.routesRejected) rr.sample(m.routesRejected[reason], { reason });
   }
   w.gauge("netmanager_parked_packets", "Packets parked waiting for a table answer.").sample(m.parkedPackets);
   w.gauge("netmanager_flows", "Active flows in the conversion cache.").sample(m.flows);

@@ -322,6 +322,20 @@ export class Peer {
   jumboLost = 0;
   /** Start of that window (ms). */
   jumboWindowAt: number = -Infinity;
+  /** Its JUMBO message ids as we track them: the latest id in the window, once synced. */
+  jumboBase = 0;
+  /** A JUMBO message from it completed since the table started tracking it. */
+  jumboSynced = false;
+  /** When (ms) the last message with an id inside the window arrived. */
+  jumboInWindowAt: number = -Infinity;
+  /** A run of consecutive ids outside the window (a restarted sender), to resync on. */
+  jumboCand = 0;
+  /** Length of that run. */
+  jumboCandRun = 0;
+  /** JUMBO messages whose id was far outside the window (made up, or from a restarted sender). */
+  jumboStrays = 0;
+  /** JUMBO messages from it judged lost (gaps and unfinished ones inside the window). */
+  jumboLostTotal = 0;
   /** Id of the next JUMBO message we send it (consecutive, so the receiver sees gaps). */
   jumboSeq: number = (Math.random() * 0x100000000) >>> 0;
 
@@ -360,6 +374,13 @@ export class Peer {
 
 /** Bucket keys of IPv6 peers start here (IPv4 keys are < 2^32). */
 const V6_KEY_BASE = 2 ** 52;
+
+/** How far ahead of a peer's latest JUMBO message id an id counts (see PeerTable.noteJumboId). */
+export const JUMBO_WINDOW = 64;
+/** A peer's JUMBO ids may move to a new window only after this long without one in the old (ms). */
+export const JUMBO_RESYNC_IDLE_MS = 2000;
+/** Consecutive completed ids outside the window that make the new one. */
+export const JUMBO_RESYNC_RUN = 3;
 
 // ---------------------------------------------------------------------------------------------
 // Table
@@ -468,6 +489,8 @@ function positive(v: number | undefined, dflt: number, name: string): number {
 
 /** The set of peers and their in-band state. See the module documentation. */
 export class PeerTable {
+  /** JUMBO messages judged lost, all peers (see {@link noteJumboId}). */
+  jumboLost = 0;
   readonly #byKey = new Map<string, Peer>();
   readonly #buckets = new Map<number, Peer[]>();
   #localCaps: number;
@@ -546,6 +569,59 @@ export class PeerTable {
     peer.helloOutstanding = false; // announce at once (an outstanding HELLO offered JUMBO)
     peer.nextHelloAt = now;
     return true;
+  }
+
+  /**
+   * Counts JUMBO message `id` from `peer`, completed or dropped unfinished, against a window of its
+   * consecutive ids, then {@link noteJumbo}. Only ids up to {@link JUMBO_WINDOW} ahead of the latest
+   * count: a gap within the window is messages lost; an id behind it (reordered) counts as done; an
+   * id far outside is ignored (the peer's ids start at random, so a spoofed datagram from its
+   * address hits the window with odds of 64 in 2^32). A restarted peer has new ids: after
+   * {@link JUMBO_RESYNC_IDLE_MS} without an id in the window, {@link JUMBO_RESYNC_RUN} consecutive
+   * completed ids become the new window — without counting anything lost. Returns true when this
+   * call started a refusal.
+   */
+  noteJumboId(peer: Peer, id: number, completed: boolean, now: number): boolean {
+    id >>>= 0;
+    const before = peer.jumboLostTotal;
+    const refused = this.#noteJumboId(peer, id, completed, now);
+    this.jumboLost += peer.jumboLostTotal - before;
+    return refused;
+  }
+
+  #noteJumboId(peer: Peer, id: number, completed: boolean, now: number): boolean {
+    if (!peer.jumboSynced) {
+      if (!completed) return false;
+      peer.jumboSynced = true;
+      peer.jumboBase = id;
+      peer.jumboInWindowAt = now;
+      return this.noteJumbo(peer, true, now);
+    }
+    const d = (id - peer.jumboBase) >>> 0;
+    if (d >= 1 && d <= JUMBO_WINDOW) {
+      peer.jumboBase = id;
+      peer.jumboInWindowAt = now;
+      let refused = false;
+      const lost = d - 1 + (completed ? 0 : 1);
+      peer.jumboLostTotal += lost;
+      for (let k = 1; k < d; k++) refused = this.noteJumbo(peer, false, now) || refused;
+      return this.noteJumbo(peer, completed, now) || refused;
+    }
+    if (d === 0 || d > 0x100000000 - JUMBO_WINDOW) {
+      // The latest id or a recent one (reordered): its loss was counted when the gap showed.
+      if (completed) peer.jumboInWindowAt = now;
+      return false;
+    }
+    peer.jumboStrays++;
+    if (!completed || now - peer.jumboInWindowAt < JUMBO_RESYNC_IDLE_MS) return false;
+    peer.jumboCandRun = id === ((peer.jumboCand + 1) >>> 0) ? peer.jumboCandRun + 1 : 1;
+    peer.jumboCand = id;
+    if (peer.jumboCandRun >= JUMBO_RESYNC_RUN) {
+      peer.jumboBase = id;
+      peer.jumboInWindowAt = now;
+      peer.jumboCandRun = 0;
+    }
+    return false;
   }
 
   /** Number of peers. */

@@ -93,8 +93,8 @@ const assembler = new JumboAssembler({
   base: recv.spareOffset,
   slots: JUMBO_SENDERS,
   prefix: 0, // the virtio header goes out from its own buffer (writev)
-  // Lost messages from a peer may make it refuse that peer's JUMBO messages (see PeerTable.noteJumbo).
-  onLost: (peer) => engine?.peers.noteJumbo(peer as Peer, false, performance.now()),
+  // Lost messages from a peer may make it refuse that peer's JUMBO messages (see PeerTable.noteJumboId).
+  onLost: (peer, id) => engine?.peers.noteJumboId(peer as Peer, id, false, performance.now()),
 });
 // A reassembled packet is written with writev: its virtio header from `jumboHdrBytes`, its parts
 // from the receive arena (where they arrived) — no copy.
@@ -415,7 +415,7 @@ function flushCoalescer(): void {
 function jumboIn(b: Uint8Array, o: number, len: number, now: number): void {
   const e = engine!;
   if (assembler.add(e.pktPeer!, b, o, len) !== JumboResult.COMPLETE) return;
-  e.peers.noteJumbo(e.pktPeer!, true, now);
+  e.peers.noteJumboId(e.pktPeer!, assembler.outId, true, now);
   flushCoalescer(); // packets of the same flow received before it go first
   const at = assembler.outOffset;
   const total = assembler.outLength;
@@ -548,8 +548,10 @@ function stats(): StatsData {
     if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;
   });
   if (send.dropped > 0) drops[`send_errno_${send.lastErrno}`] = send.dropped;
-  if (assembler.lost > 0) drops.jumbo_lost = assembler.lost;
+  // Judged against each peer's window of message ids (made-up ids do not count).
+  if (e.peers.jumboLost > 0) drops.jumbo_lost = e.peers.jumboLost;
   if (assembler.malformed > 0) drops.jumbo_malformed = assembler.malformed;
+  if (assembler.strays > 0) drops.jumbo_stray = assembler.strays;
   return {
     tunRx: c.tunRx,
     tunRxBytes: c.tunRxBytes,

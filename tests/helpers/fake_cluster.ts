@@ -6,11 +6,14 @@
  * After the first `service/deployed` it also publishes malformed payloads to the node's topics
  * (a real node must ignore them).
  *
- *   deno run -A fake_cluster.ts mqtt://127.0.0.1:10003 jobs.json
+ *   deno run -A fake_cluster.ts mqtt://127.0.0.1:10003 jobs.json [ANSWER_DELAY_MS]
+ *
+ * With ANSWER_DELAY_MS, table queries are answered that much later (a slow cluster an attacker can race).
  */
 import mqtt from "mqtt";
 
-const [url, file] = Deno.args;
+const [url, file, delayText] = Deno.args;
+const delayMs = Number(delayText ?? 0);
 const jobs = JSON.parse(await Deno.readTextFile(file)) as Array<{
   app_name: string;
   instance_list: Array<
@@ -55,7 +58,10 @@ client.on("message", (topic, payload) => {
       query_key: sname || sip,
       instance_list: job?.instance_list ?? [],
     };
-    client.publish(`nodes/${id}/net/tablequery/result`, JSON.stringify(result), { qos: 1 });
+    const answer = () =>
+      client.publish(`nodes/${id}/net/tablequery/result`, JSON.stringify(result), { qos: 1 });
+    if (delayMs > 0) setTimeout(answer, delayMs);
+    else answer();
   } else if (rest === "service/deployed" && !garbageSent) {
     garbageSent = true;
     for (const bad of ["{", "[]", '{"app_name": 5}', '{"instance_list": "x"}', "null"]) {

@@ -10,7 +10,8 @@ import type { MqttClient } from "mqtt";
 import { Aedes } from "aedes";
 import net from "node:net";
 import { ControlError, type ControlOptions, NodeControl, type TableSink } from "../../src/control/mod.ts";
-import { parseIPv4 } from "../../src/addr/mod.ts";
+import { parseIPv4, parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
+import type { RouteContext } from "../../src/control/route_check.ts";
 import { setLogLevel } from "../../src/log.ts";
 import { type TableEntry, TranslationTable } from "../../src/table/mod.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
@@ -650,6 +651,74 @@ for (const kind of ["aedes", "mosquitto"] as const) {
         cluster.addJob(J3, 3, 1);
         assert(await control.resolveIp("10.30.3.1"));
       }),
+  );
+
+  t(
+    "route validation: unasked results ignored; a result with only bad entries is refused and the query waits on",
+    () => {
+      // This node: 10.18.200.0/26 at HOST_IP; the cluster's instances live on 192.0.2.20.
+      const ctx = (sink: RecordingSink): RouteContext => ({
+        overlay4: parsePrefix4("10.16.0.0/12"),
+        overlay6: parsePrefix6("fc00::/7"),
+        service4: parsePrefix4("10.30.0.0/16"),
+        service6: parsePrefix6("fdff::/16"),
+        subnet4: parsePrefix4("10.18.200.0/26"),
+        subnet6: parsePrefix6("fc00::c800:0/120"),
+        selfIps: [HOST_IP],
+        selfPort: 50103,
+        isOwnInstance: () => false,
+        serviceOwner4: (a) => sink.table.service4(a)?.entries.map((e) => e.job),
+        serviceOwner6: (a) => sink.table.service6(a)?.entries.map((e) => e.job),
+      });
+      let sinkRef: RecordingSink | undefined;
+      return withWorld(
+        kind,
+        { queryTimeoutMs: 2000, interestIdleMs: 10000, routeContext: () => ctx(sinkRef!) },
+        async ({ cluster, sink, control }) => {
+          sinkRef = sink;
+          const res = `nodes/${ID}/net/tablequery/result`;
+          cluster.addJob(J1, 1, 2);
+          const hostile = (over: Record<string, unknown>) => ({
+            app_name: J1,
+            query_key: "10.30.1.1",
+            instance_list: cluster.jobs.get(J1)!.instance_list.map((i) => ({
+              ...i,
+              service_ip: [...cluster.jobs.get(J1)!.service_ip_list],
+              ...over,
+            })),
+          });
+          // Nobody asked: ignored, even for a job this node is about to follow.
+          await cluster.publish(res, hostile({ host_ip: "192.0.2.66" }));
+          // The cluster answers late; a forged answer with only bad entries comes first.
+          cluster.queryDelayMs = 300;
+          const p = control.resolveIp("10.30.1.1");
+          await until(() => cluster.queriesFor({ sip: "10.30.1.1" }) === 1, "query sent");
+          await cluster.publish(res, hostile({ host_ip: "127.0.0.1" }));
+          await cluster.publish(res, hostile({ namespace_ip: "10.18.200.5" }));
+          assert(await p, "the real answer still resolves the query");
+          assertEquals(sink.ops, [`replace ${J1} 2`]);
+          assert(sink.table.job(J1).every((e) => e.nodeIp === "192.0.2.20"));
+          assertEquals(control.stats.unsolicited, 1);
+          assertEquals(control.stats.resultsRefused, 2);
+          // (the second instance claiming the same namespace IP is already dropped as a duplicate)
+          assertEquals(control.rejections.counts, { unsolicited: 1, host_loopback: 2, nsip_own_subnet: 1 });
+          // Per entry: a refresh answer with one bad instance applies the good one.
+          cluster.queryDelayMs = 0;
+          cluster.jobs.get(J1)!.instance_list[1].host_ip = "224.0.0.1";
+          await sleep(200); // the subscription to J1's updates follows the answer
+          await cluster.publishUpdate(J1);
+          await until(() => sink.ops.length === 2, "refresh applied");
+          assertEquals(sink.ops[1], `replace ${J1} 1`);
+          assertEquals(control.rejections.counts.host_multicast, 1);
+          // A ServiceIP bound to another job is refused for the newcomer.
+          cluster.addJob(J2, 2, 1);
+          cluster.jobs.get(J2)!.service_ip_list[0].Address = "10.30.1.1";
+          assertEquals(await control.resolveIp("10.30.2.2"), false);
+          assertEquals(control.rejections.counts.service_ip_taken, 1);
+          assert(!sink.table.hasJob(J2));
+        },
+      );
+    },
   );
 
   t(

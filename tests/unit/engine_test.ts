@@ -245,3 +245,105 @@ Deno.test("engine: a new public address makes the entries naming it local", () =
   const q = mk(2);
   assertEquals(e.egress(q, 0, q.length, 3), Verdict.TO_TUN, "now it is this node");
 });
+
+Deno.test("engine: ingress reaches instances only — bridge, broadcast, free addresses and multicast are dropped", () => {
+  const peer = ip4("192.0.2.2");
+  const send = (e: Engine, dst: string) => {
+    const p = dst.includes(":")
+      ? buildIPv6Tcp({ src: "fdff::2", dst, srcPort: 80, dstPort: 999 })
+      : buildIPv4Udp({ src: "10.30.0.2", dst, srcPort: 80, dstPort: 999, payload: 4 });
+    return e.ingress(p, 0, p.length, 4, peer, undefined, 50103, 1);
+  };
+  const e = new Engine(CFG, table());
+  assertEquals(send(e, "10.18.0.66"), Verdict.TO_TUN);
+  assertEquals(send(e, "fc00::102"), Verdict.TO_TUN);
+  assertEquals(send(e, "10.18.0.65"), Verdict.DROP);
+  assertEquals(send(e, "10.18.0.127"), Verdict.DROP);
+  assertEquals(send(e, "10.18.0.64"), Verdict.DROP);
+  assertEquals(send(e, "10.18.0.99"), Verdict.DROP);
+  assertEquals(send(e, "224.0.0.251"), Verdict.DROP);
+  assertEquals(send(e, "fc00::101"), Verdict.DROP);
+  assertEquals(send(e, "fc00::1ff"), Verdict.DROP);
+  const d = e.counters.drops;
+  assertEquals([d[Drop.TO_BRIDGE], d[Drop.TO_BROADCAST], d[Drop.NOT_INSTANCE], d[Drop.TO_MULTICAST]], [
+    2,
+    2,
+    2,
+    1,
+  ]);
+  // An instance that leaves the table is no destination any more.
+  e.applyDelta({ op: "removeJob", job: "a.b.cli.d" });
+  assertEquals(send(e, "10.18.0.66"), Verdict.DROP);
+  // With the protection off (the old behaviour) the bridge and the broadcast address are reached.
+  const open = new Engine({ ...CFG, ingressAnyInSubnet: true }, table());
+  assertEquals(send(open, "10.18.0.65"), Verdict.TO_TUN);
+  assertEquals(send(open, "10.18.0.127"), Verdict.TO_TUN);
+});
+
+Deno.test("engine: stranger state is bounded — per underlay source, in keys, in rate and in bytes", () => {
+  const e = new Engine(CFG, table());
+  const d = e.counters.drops;
+  let misses = 0;
+  // 50k distinct inner sources (v4 and v6) from 500 underlay sources, all within one second.
+  for (let k = 0; k < 50_000; k++) {
+    const v6 = k % 2 === 1;
+    const p = v6
+      ? buildIPv6Tcp({
+        src: `fdff::${(k >>> 16).toString(16)}:${(k & 0xffff).toString(16)}`,
+        dst: "fc00::102",
+        srcPort: 1,
+        dstPort: 2,
+      })
+      : buildIPv4Udp({
+        src: `10.30.${(k >>> 8) & 0xff}.${k & 0xff}`,
+        dst: "10.18.0.66",
+        srcPort: 1,
+        dstPort: 2,
+        payload: 8,
+      });
+    e.receive(
+      p,
+      0,
+      p.length,
+      4,
+      ip4(`198.51.${(k % 500) >>> 8}.${(k % 500) & 0xff}`),
+      undefined,
+      50103,
+      500 + k / 100,
+    );
+    misses += e.misses.length;
+    e.misses.length = 0;
+  }
+  // 500 ms at 100 new keys per second, plus the burst of 100.
+  assert(misses <= 151, `misses ${misses}`);
+  assert(e.parkedNow <= 151, `parked ${e.parkedNow}`);
+  assert(d[Drop.STRANGER_LIMIT] >= 49_800);
+  // One underlay source cannot take the whole budget.
+  const f = new Engine(CFG, table());
+  for (let k = 0; k < 1000; k++) {
+    const p = buildIPv4Udp({
+      src: `10.30.1.${k & 0xff}`,
+      dst: "10.18.0.66",
+      srcPort: k,
+      dstPort: 2,
+      payload: 8,
+    });
+    f.receive(p, 0, p.length, 4, ip4("198.51.100.1"), undefined, 50103, 1);
+  }
+  assertEquals(f.misses.length, 16);
+  // Each inner source parks at most 8 datagrams; expiry frees everything.
+  const g = new Engine(CFG, table());
+  for (let k = 0; k < 20; k++) {
+    const p = buildIPv4Udp({ src: "10.30.1.1", dst: "10.18.0.66", srcPort: k, dstPort: 2, payload: 1000 });
+    g.receive(p, 0, p.length, 4, ip4("198.51.100.1"), undefined, 50103, 1);
+  }
+  assertEquals(g.parkedNow, 8);
+  g.tick(10_000);
+  assertEquals(g.parkedNow, 0);
+  // After the expiry, the source may try again (its key count went back to zero).
+  const again = buildIPv4Udp({ src: "10.30.1.2", dst: "10.18.0.66", srcPort: 1, dstPort: 2 });
+  assertEquals(
+    g.receive(again, 0, again.length, 4, ip4("198.51.100.1"), undefined, 50103, 10_001),
+    Verdict.PARKED,
+  );
+});

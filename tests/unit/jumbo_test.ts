@@ -55,7 +55,10 @@ function encode(
   return { arena, chunks };
 }
 
-function assembler(slots = 2, onLost?: (key: object) => void): { asm: JumboAssembler; arena: Uint8Array } {
+function assembler(
+  slots = 2,
+  onLost?: (key: object, id: number) => void,
+): { asm: JumboAssembler; arena: Uint8Array } {
   const arena = new Uint8Array(slots * (10 + JUMBO_MAX_PACKET) + 100);
   return { asm: new JumboAssembler({ arena, base: 100, slots, prefix: 10, onLost }), arena };
 }
@@ -121,7 +124,11 @@ Deno.test("JumboAssembler: chunks in order give back the packet and its offload 
 Deno.test("JumboAssembler: a lost, repeated or reordered chunk drops the message; the next one still works", () => {
   const pkt = superPacket(20_000);
   const lostBy: object[] = [];
-  const { asm } = assembler(2, (k) => lostBy.push(k));
+  const lostIds: number[] = [];
+  const { asm } = assembler(2, (k, id) => {
+    lostBy.push(k);
+    lostIds.push(id);
+  });
   const key = {};
   const cases: [string, (c: number[][]) => number[][]][] = [
     ["lost middle chunk", (c) => c.filter((_, k) => k !== 3)],
@@ -142,14 +149,28 @@ Deno.test("JumboAssembler: a lost, repeated or reordered chunk drops the message
   assert(asm.lost >= 3, `incomplete counted (${asm.lost})`);
   assertEquals(lostBy.length, asm.lost, "the owner hears of every lost message");
   assert(lostBy.every((k) => k === key), "with the sender's key");
-  // Messages that vanished entirely show as a gap in the sender's consecutive ids.
+  assertEquals(new Set(lostIds), new Set([100, 104, 106]), "with the ids of the messages lost");
+  // Messages that vanished entirely are the owner's business: the assembler reports completed ids.
+  const m = encode(pkt, id + 3);
+  m.chunks.forEach(([o, len]) => asm.add(key, m.arena, o, len));
+  assertEquals(asm.outId, id + 3);
+  // Chunks of another message (made up, or its start lost) do not break the one in progress.
+  const cur = encode(pkt, 500);
+  const stray = encode(pkt, 9999);
   const before = asm.lost;
-  for (const skip of [0, 3]) {
-    const m = encode(pkt, id + skip);
-    id += skip + 1;
-    m.chunks.forEach(([o, len]) => asm.add(key, m.arena, o, len));
-  }
-  assertEquals(asm.lost - before, 3, "ids jumped by 4: three messages lost");
+  const strays = asm.strays;
+  cur.chunks.forEach(([o, len], k) => {
+    if (k === 2) {
+      asm.add(key, stray.arena, stray.chunks[2][0], stray.chunks[2][1]);
+      const bad = stray.arena.slice();
+      bad[stray.chunks[0][0] + 8] = 0x77; // malformed chunk 0 of another id
+      asm.add(key, bad, stray.chunks[0][0], stray.chunks[0][1]);
+    }
+    const r = asm.add(key, cur.arena, o, len);
+    if (k === cur.chunks.length - 1) assertEquals(r, JumboResult.COMPLETE);
+  });
+  assertEquals(asm.lost, before);
+  assertEquals(asm.strays - strays, 1);
 });
 
 Deno.test("JumboAssembler: senders are assembled separately; interleaved messages both complete", () => {

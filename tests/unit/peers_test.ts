@@ -570,3 +570,38 @@ Deno.test("options are validated; the default nonce source gives uint32 values",
   assert(decodeHello(buf, 0, n, m));
   assertEquals([m.nonceHi, m.nonceLo, m.caps], [p.helloNonceHi, p.helloNonceLo, CAP_FAST | CAP_PROBE]);
 });
+
+Deno.test("JUMBO ids: gaps in the window are loss; made-up ids far outside cannot make the peer refuse JUMBO", () => {
+  const caps = CAP_FAST | CAP_PROBE | CAP_JUMBO;
+  const t = table({ localCaps: caps });
+  const p = t.addKey(A, 0);
+  t.onHello(p, helloMsg(MSG_HELLO, caps, "w2"), 0);
+  let id = 0xfffffff0; // the real sender's ids (wrapping past 2^32 on the way)
+  for (let i = 0; i < 100; i++) assertEquals(t.noteJumboId(p, id++, true, 10), false);
+  // A spoofer sends messages (complete or not) with ids it must guess: thousands, no refusal.
+  let seed = 12345;
+  const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+  for (let i = 0; i < 5000; i++) {
+    const fake = (id + 1000 + (rnd() % 0xfff00000)) >>> 0;
+    assertEquals(t.noteJumboId(p, fake, i % 2 === 0, 20 + i / 10), false);
+  }
+  // … including a run of consecutive ones while the real sender is active: no resync to them.
+  for (let i = 0; i < 10; i++) t.noteJumboId(p, 0x5000 + i, true, 600);
+  assertEquals(t.noteJumboId(p, id++, true, 601), false);
+  assertEquals(t.capsFor(p, 602), caps);
+  assertEquals(p.jumboRefusals, 0);
+  assert(p.jumboStrays >= 5000);
+  // Real loss inside the window still counts: 2 of 100 messages missing → refusal.
+  for (let i = 0; i < 50; i++) t.noteJumboId(p, id++, true, 1500);
+  id += 2; // two messages never arrived
+  assertEquals(t.noteJumboId(p, id++, true, 1500), true);
+  assertEquals(t.capsFor(p, 1501), CAP_FAST | CAP_PROBE);
+  // A restarted peer (new random ids): after 2 s without an id in the window, 3 consecutive resync.
+  const q = t.addKey("[fd00::9]:50103", 0);
+  t.onHello(q, helloMsg(MSG_HELLO, caps, "w3"), 0);
+  for (let i = 0; i < 10; i++) t.noteJumboId(q, 100 + i, true, 10);
+  for (let i = 0; i < 3; i++) t.noteJumboId(q, 900_000 + i, true, 3000 + i);
+  assertEquals(q.jumboBase, 900_002);
+  assertEquals(t.noteJumboId(q, 900_010, true, 3100), true, "a gap of 7 in the new window is loss");
+  assertEquals(q.jumboRefusals, 1, "counted against the new window");
+});

@@ -416,6 +416,18 @@ function contains(hay: Uint8Array, needle: Uint8Array): boolean {
   return false;
 }
 
+/** Runs a command to its end or for at most `ms`. */
+async function runBounded(argv: string[], ms: number): Promise<void> {
+  const c = new Deno.Command(argv[0], { args: argv.slice(1), stdout: "null", stderr: "null" }).spawn();
+  const t = setTimeout(() => {
+    try {
+      c.kill("SIGKILL");
+    } catch { /* exited */ }
+  }, ms);
+  await c.status;
+  clearTimeout(t);
+}
+
 const HARNESS_NS = ["ob-h1", "ob-h2", "ob-w1", "ob-w2"];
 
 async function existingNamespaces(): Promise<string[]> {
@@ -497,12 +509,19 @@ async function runStep(
   clearTimeout(timer);
   clearTimeout(killTimer);
   killGroup(child.pid, "SIGKILL"); // anything of the step's group that is still around
-  // the pipes close when the last holder exits; a stray holder outside the group must not hang us
+  // what escaped the group (own sessions, namespaces) may hold the output pipes: remove it first
+  const left = await sweep(o.prefix);
+  // the pipes close when the last holder exits; a holder we cannot see must not hang us
   await Promise.race([Promise.all([pumpErr, pumpOut]), new Promise((r) => setTimeout(r, 5000))]);
   current = undefined;
   log.close();
   const durationMs = Math.round(performance.now() - t0);
   const stdout = dec.decode(concat(chunks));
+  if (left.namespaces.length || left.processes.length) {
+    console.error(
+      `bench: ${def.name} left ${left.namespaces.length} namespaces and ${left.processes.length} processes: removed`,
+    );
+  }
   const done: StepResult = {
     ...base,
     startedAt,
@@ -651,21 +670,13 @@ async function main(): Promise<number> {
     }
     console.error(`bench: ${def.name} …`);
     const r = await runStep(def, o, harness, outDir);
-    const left = await sweep(o.prefix);
-    if (
-      def.needsHarness && r.status !== "ok" && r.status !== "skipped" && !r.reason?.includes("in progress")
-    ) {
-      // the harness's own trap did not get to run: its fixed-name namespaces are ours
-      for (const ns of (await existingNamespaces()).filter((n) => HARNESS_NS.includes(n))) {
-        await new Deno.Command("bash", { args: [harness!, "--cleanup"], stdout: "null", stderr: "null" })
-          .output();
-        left.namespaces.push(ns);
+    if (def.needsHarness && r.startedAt !== null) {
+      // the harness's own trap did not get to run (killed): its fixed-name namespaces are ours
+      const left = (await existingNamespaces()).filter((n) => HARNESS_NS.includes(n));
+      if (left.length) {
+        console.error(`bench: ${def.name} left ${left.join(", ")}: removing them`);
+        await runBounded(["bash", harness!, "--cleanup"], 60000);
       }
-    }
-    if (left.namespaces.length || left.processes.length) {
-      console.error(
-        `bench: ${def.name} left ${left.namespaces.length} namespaces and ${left.processes.length} processes: removed`,
-      );
     }
     console.error(
       `bench: ${def.name}: ${r.status}${r.reason ? ` (${r.reason})` : ""}${

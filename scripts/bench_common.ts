@@ -40,6 +40,11 @@ export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
       if (running) return;
       running = true;
       console.error(`bench: ${sig}, cleaning up`);
+      for (const c of tools) {
+        try {
+          c.kill("SIGKILL");
+        } catch { /* exited */ }
+      }
       // a clean-up that itself hangs must not keep the process alive
       const limit = setTimeout(() => Deno.exit(sig === "SIGINT" ? 130 : 143), 20000);
       cleanup().catch((e) => console.error(`bench: clean-up failed: ${e}`)).finally(() => {
@@ -63,6 +68,9 @@ export interface LimitedResult {
   timedOut: boolean;
 }
 
+/** Tools running now (killed first on an interrupt: they may sit in namespaces about to go). */
+const tools = new Set<Deno.ChildProcess>();
+
 /** Runs `argv` and kills it (SIGKILL) after `limitMs`; never throws for a non-zero exit. */
 export async function runLimited(argv: string[], limitMs: number): Promise<LimitedResult> {
   const child = new Deno.Command(argv[0], {
@@ -71,6 +79,7 @@ export async function runLimited(argv: string[], limitMs: number): Promise<Limit
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  tools.add(child);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -78,7 +87,7 @@ export async function runLimited(argv: string[], limitMs: number): Promise<Limit
       child.kill("SIGKILL");
     } catch { /* exited */ }
   }, limitMs);
-  const out = await child.output();
+  const out = await child.output().finally(() => tools.delete(child));
   clearTimeout(timer);
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr), timedOut };

@@ -106,9 +106,18 @@ const PATH_NAMES: Record<string, string> = {
   "nm-raw": "netmanager, RR ServiceIP, raw mode",
 };
 
+/** Paths in a fixed order: the kernel ones first, as in the README. */
+function pathsOf(o: z.infer<typeof Overlay>) {
+  const rank = (p: string) => {
+    const i = Object.keys(PATH_NAMES).indexOf(p);
+    return i < 0 ? 99 : i;
+  };
+  return Object.entries(o.paths).sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
 function overlay(o: z.infer<typeof Overlay>): Figure[] {
   const out: Figure[] = [];
-  for (const [path, m] of Object.entries(o.paths)) {
+  for (const [path, m] of pathsOf(o)) {
     for (const [key, label, unit, ratioKey] of OVERLAY_METRICS) {
       const s = m[key];
       const ratio = o.ratiosToVxlan[path]?.[ratioKey];
@@ -280,7 +289,7 @@ export function overlayTable(output: unknown): string[] {
     "| path | TCP 1 stream | TCP 4 streams | UDP req/resp | UDP loss-free rate |",
     "| ---- | ------------ | ------------- | ------------ | ------------------ |",
   ];
-  for (const [path, m] of Object.entries(o.paths)) {
+  for (const [path, m] of pathsOf(o)) {
     const cells = OVERLAY_METRICS.map(([key, , unit, ratioKey]) => {
       const s = m[key];
       if (!s || s.median == null) return "–";

@@ -25,7 +25,7 @@
  */
 import { type BenchRun, type LoadSample, type StepResult, type StepStatus } from "./bench_schema.ts";
 import { BenchRun as BenchRunSchema } from "./bench_schema.ts";
-import { PREFIX_ENV } from "./bench_common.ts";
+import { killMarked, PREFIX_ENV } from "./bench_common.ts";
 import { figuresOf, overlayTable } from "./bench_figures.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -365,23 +365,7 @@ async function stopCurrent(graceMs: number): Promise<void> {
  * (killing what still runs inside). Returns what it removed.
  */
 export async function sweep(prefix: string): Promise<{ processes: number[]; namespaces: string[] }> {
-  const token = new TextEncoder().encode(`${PREFIX_ENV}=${prefix}\0`);
-  const processes: number[] = [];
-  for (const e of Deno.readDirSync("/proc")) {
-    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
-    let env: Uint8Array;
-    try {
-      env = Deno.readFileSync(`/proc/${e.name}/environ`);
-    } catch {
-      continue;
-    }
-    if (contains(env, token)) {
-      try {
-        Deno.kill(Number(e.name), "SIGKILL");
-        processes.push(Number(e.name));
-      } catch { /* gone */ }
-    }
-  }
+  const processes = killMarked(PREFIX_ENV, prefix);
   const namespaces: string[] = [];
   const list = await new Deno.Command("ip", { args: ["netns", "list"], stdout: "piped", stderr: "null" })
     .output();
@@ -404,16 +388,6 @@ export async function sweep(prefix: string): Promise<{ processes: number[]; name
     namespaces.push(ns);
   }
   return { processes, namespaces };
-}
-
-function contains(hay: Uint8Array, needle: Uint8Array): boolean {
-  outer: for (let i = 0; i + needle.length <= hay.length; i++) {
-    // a variable starts at offset 0 or right after a NUL
-    if (i > 0 && hay[i - 1] !== 0) continue;
-    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
-    return true;
-  }
-  return false;
 }
 
 /** Runs a command to its end or for at most `ms`. */

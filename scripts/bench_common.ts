@@ -34,6 +34,10 @@ export function namePrefix(tag: string): string {
  * the handlers (call it when the script cleans up normally).
  */
 export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
+  // every process this script starts from now on inherits the mark, so what the clean-up does not
+  // know of (a CLI call in flight, a server's helper) is found too
+  const mark = `${Deno.pid}-${Math.floor(Math.random() * 1e9)}`;
+  Deno.env.set(OWNER_ENV, mark);
   let running = false;
   const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
     const h = () => {
@@ -48,6 +52,7 @@ export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
       // a clean-up that itself hangs must not keep the process alive
       const limit = setTimeout(() => Deno.exit(sig === "SIGINT" ? 130 : 143), 20000);
       cleanup().catch((e) => console.error(`bench: clean-up failed: ${e}`)).finally(() => {
+        killMarked(OWNER_ENV, mark);
         clearTimeout(limit);
         Deno.exit(sig === "SIGINT" ? 130 : 143);
       });
@@ -58,6 +63,48 @@ export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
   return () => {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   };
+}
+
+/** Environment variable marking the processes started by one benchmark script (see onInterrupt). */
+export const OWNER_ENV = "NETMANAGER_BENCH_OWNER";
+
+/** PIDs of live processes (other than this one) whose environment has `name=value`. */
+export function processesMarked(name: string, value: string): number[] {
+  const token = new TextEncoder().encode(`${name}=${value}\0`);
+  const out: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name) || Number(e.name) === Deno.pid) continue;
+    let env: Uint8Array;
+    try {
+      env = Deno.readFileSync(`/proc/${e.name}/environ`);
+    } catch {
+      continue;
+    }
+    if (hasVariable(env, token)) out.push(Number(e.name));
+  }
+  return out;
+}
+
+/** SIGKILLs every process {@link processesMarked} finds; returns their PIDs. */
+export function killMarked(name: string, value: string): number[] {
+  const killed: number[] = [];
+  for (const pid of processesMarked(name, value)) {
+    try {
+      Deno.kill(pid, "SIGKILL");
+      killed.push(pid);
+    } catch { /* gone */ }
+  }
+  return killed;
+}
+
+/** True when the NUL-separated environment block `env` has the entry `token` (`NAME=value\0`). */
+function hasVariable(env: Uint8Array, token: Uint8Array): boolean {
+  outer: for (let i = 0; i + token.length <= env.length; i++) {
+    if (i > 0 && env[i - 1] !== 0) continue; // an entry starts at 0 or after a NUL
+    for (let j = 0; j < token.length; j++) if (env[i + j] !== token[j]) continue outer;
+    return true;
+  }
+  return false;
 }
 
 /** Outcome of {@link runLimited}. */

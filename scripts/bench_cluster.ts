@@ -17,7 +17,7 @@
  */
 import { World } from "../src/demo/world.ts";
 import { type Background, spawnBackground } from "../src/sys/process.ts";
-import { mustRunLimited, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
+import { afterInterrupt, mustRunLimited, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
 
 /** The demo world with the runner's namespace prefix, so its clean-up sweep finds leftovers. */
 class BenchWorld extends World {
@@ -218,6 +218,7 @@ try {
   );
   void n1;
 } finally {
+  await afterInterrupt();
   stopGuard();
   await warm81?.stop();
   const left = await w.destroy();

@@ -38,11 +38,10 @@ export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
   // know of (a CLI call in flight, a server's helper) is found too
   const mark = `${Deno.pid}-${Math.floor(Math.random() * 1e9)}`;
   Deno.env.set(OWNER_ENV, mark);
-  let running = false;
   const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
     const h = () => {
-      if (running) return;
-      running = true;
+      if (interrupting) return;
+      interrupting = true;
       console.error(`bench: ${sig}, cleaning up`);
       for (const c of tools) {
         try {
@@ -105,6 +104,17 @@ function hasVariable(env: Uint8Array, token: Uint8Array): boolean {
     return true;
   }
   return false;
+}
+
+let interrupting = false;
+
+/**
+ * Call first in a script's `finally`: during an interrupt's clean-up it never resolves, so an
+ * error the clean-up caused in the main flow cannot end the process before the clean-up does
+ * (which exits 130 / 143).
+ */
+export function afterInterrupt(): Promise<void> {
+  return interrupting ? new Promise(() => {}) : Promise.resolve();
 }
 
 /** Outcome of {@link runLimited}. */

@@ -10,7 +10,7 @@
  */
 import { cleanupAll } from "../tests/helpers/netns.ts";
 import { deployBody, TestContainer, TestNode } from "../tests/helpers/node.ts";
-import { onInterrupt, QUICK } from "./bench_common.ts";
+import { afterInterrupt, onInterrupt, QUICK } from "./bench_common.ts";
 
 const at = Deno.args.indexOf("--instances");
 const n = at >= 0 ? Number(Deno.args[at + 1]) : QUICK ? 5 : 50;
@@ -84,6 +84,7 @@ try {
     2,
   ));
 } finally {
+  await afterInterrupt();
   stopGuard();
   await cleanup();
 }

@@ -24,7 +24,7 @@ import {
   type UdpSocket,
 } from "../ffi/udp.ts";
 import { cleanupAll, createNs, link } from "../tests/helpers/netns.ts";
-import { onInterrupt } from "./bench_common.ts";
+import { afterInterrupt, onInterrupt } from "./bench_common.ts";
 
 const IS_WORKER = typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined";
 const PAYLOAD = 1400;
@@ -190,6 +190,7 @@ if (!IS_WORKER && import.meta.main) {
     await link(a, b, "10.96.0.1/24", "10.96.0.2/24");
     for (const m of modes) results.push(await runMode(m, a, b, seconds));
   } finally {
+    await afterInterrupt();
     stopGuard();
     await cleanupAll();
   }

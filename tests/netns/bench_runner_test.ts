@@ -1,8 +1,9 @@
 /**
  * The benchmark runner (scripts/bench.ts) as a user runs it: the smoke variant of every benchmark
  * once (it must finish and produce a well-formed report with finite numbers — never a timing), a
- * failing and a hanging benchmark recorded as such while the rest goes on, SIGINT mid-run (nothing
- * of the run may remain: no namespace with its prefix, no process carrying it), the harness missing.
+ * failing and a hanging benchmark recorded as such while the rest goes on, SIGINT to the runner and
+ * SIGTERM to a benchmark on its own mid-run (nothing of the run may remain: no namespace with its
+ * prefix, no process carrying it), the harness missing.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
@@ -161,7 +162,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "bench: SIGINT to a benchmark run on its own (no runner) cleans up after itself",
+  name: "bench: SIGTERM to a benchmark run on its own (no runner): it cleans up after itself",
   ...opts,
   async fn() {
     const p = prefix("c");
@@ -177,9 +178,9 @@ Deno.test({
       assert(Date.now() < deadline, "the cluster benchmark never started");
       await new Promise((r) => setTimeout(r, 200));
     }
-    child.kill("SIGINT"); // only the script: its children get nothing, it must stop them
+    child.kill("SIGTERM"); // only the script: its children get nothing, it must stop them
     const { code } = await finish(child, 60000);
-    assertEquals(code, 130);
+    assertEquals(code, 143);
     await assertNothingLeft(p);
   },
 });

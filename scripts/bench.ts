@@ -446,8 +446,10 @@ async function runStep(
     }
   }
   const busyBeforePct = (await loadSample(o.mode === "full" ? 1000 : 300)).busyPct;
+  // no await from here to `current = …`: a signal either came before (nothing starts) or finds it
+  if (interrupted) return { ...base, status: "not-run", reason: `runner got ${interrupted}` };
   const logPath = `${outDir}/${def.name}.log`;
-  const log = await Deno.open(logPath, { create: true, write: true, truncate: true });
+  const log = Deno.openSync(logPath, { create: true, write: true, truncate: true });
   const startedAt = new Date().toISOString();
   const t0 = performance.now();
   const child = new Deno.Command("setsid", {
@@ -471,7 +473,7 @@ async function runStep(
   const dec = new TextDecoder();
   const pumpErr = (async () => {
     for await (const chunk of child.stderr) {
-      await log.write(chunk);
+      for (let off = 0; off < chunk.length;) off += log.writeSync(chunk.subarray(off));
       tail = (tail + dec.decode(chunk, { stream: true })).slice(-2000);
     }
   })();

@@ -152,6 +152,8 @@ async function loadSample(ms: number): Promise<LoadSample> {
 
 const QUIET_BUSY_PCT = 25;
 const QUIET_STEAL_PCT = 5;
+/** Load average per core allowed before the run (after it, the run's own work is in the average). */
+const QUIET_LOAD_PER_CORE = 0.5;
 const isQuiet = (s: LoadSample) => s.busyPct <= QUIET_BUSY_PCT && s.stealPct <= QUIET_STEAL_PCT;
 
 async function git(args: string[]): Promise<string> {
@@ -662,6 +664,8 @@ async function main(): Promise<number> {
     steps.push(r);
   }
   const after = interrupted ? null : await loadSample(2000);
+  const host = machine();
+  const cores = host.cores;
   const count = (...st: StepStatus[]) => steps.filter((s) => st.includes(s.status)).length;
   const result: BenchRun = {
     schema: "netmanager-bench/1",
@@ -671,12 +675,14 @@ async function main(): Promise<number> {
     finishedAt: new Date().toISOString(),
     commit,
     dirty,
-    machine: machine(),
+    machine: host,
     quiet: {
       before,
       after,
-      quiet: isQuiet(before) && (after === null || isQuiet(after)),
-      rule: `CPU busy ≤ ${QUIET_BUSY_PCT} % and steal ≤ ${QUIET_STEAL_PCT} % over 2 s, before and after`,
+      quiet: isQuiet(before) && before.loadAvg1 <= QUIET_LOAD_PER_CORE * cores &&
+        (after === null || isQuiet(after)),
+      rule: `CPU busy ≤ ${QUIET_BUSY_PCT} % and steal ≤ ${QUIET_STEAL_PCT} % over 2 s before and after, ` +
+        `and load average ≤ ${QUIET_LOAD_PER_CORE} per core before`,
     },
     harness,
     interrupted: interrupted !== undefined,

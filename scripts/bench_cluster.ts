@@ -68,7 +68,7 @@ let warm81: Background | undefined;
 const stopGuard = onInterrupt(async () => {
   await warm81?.stop();
   await w.destroy();
-});
+}, (QUICK ? 200 : 540) * 1000);
 const out: Record<string, unknown> = {
   bench: "control plane in a simulated cluster (embedded broker, 2 nodes)",
 };

@@ -30,36 +30,43 @@ export function namePrefix(tag: string): string {
 }
 
 /**
- * Runs `cleanup` once on SIGINT or SIGTERM, then exits (130 / 143). Returns a function that removes
- * the handlers (call it when the script cleans up normally).
+ * Runs `cleanup` once on SIGINT or SIGTERM, or when the script has run for `limitMs`, then exits
+ * (130 / 143 / 124). Returns a function that removes the handlers and the limit (call it when the
+ * script cleans up normally).
  */
-export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
+export function onInterrupt(cleanup: () => Promise<unknown>, limitMs?: number): () => void {
   // every process this script starts from now on inherits the mark, so what the clean-up does not
   // know of (a CLI call in flight, a server's helper) is found too
   const mark = `${Deno.pid}-${Math.floor(Math.random() * 1e9)}`;
   Deno.env.set(OWNER_ENV, mark);
+  const stop = (why: string, code: number) => {
+    if (interrupting) return;
+    interrupting = true;
+    console.error(`bench: ${why}, cleaning up`);
+    for (const c of tools) {
+      try {
+        c.kill("SIGKILL");
+      } catch { /* exited */ }
+    }
+    // a clean-up that itself hangs must not keep the process alive
+    const limit = setTimeout(() => Deno.exit(code), 20000);
+    cleanup().catch((e) => console.error(`bench: clean-up failed: ${e}`)).finally(() => {
+      killMarked(OWNER_ENV, mark);
+      clearTimeout(limit);
+      Deno.exit(code);
+    });
+  };
   const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
-    const h = () => {
-      if (interrupting) return;
-      interrupting = true;
-      console.error(`bench: ${sig}, cleaning up`);
-      for (const c of tools) {
-        try {
-          c.kill("SIGKILL");
-        } catch { /* exited */ }
-      }
-      // a clean-up that itself hangs must not keep the process alive
-      const limit = setTimeout(() => Deno.exit(sig === "SIGINT" ? 130 : 143), 20000);
-      cleanup().catch((e) => console.error(`bench: clean-up failed: ${e}`)).finally(() => {
-        killMarked(OWNER_ENV, mark);
-        clearTimeout(limit);
-        Deno.exit(sig === "SIGINT" ? 130 : 143);
-      });
-    };
+    const h = () => stop(sig, sig === "SIGINT" ? 130 : 143);
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;
   });
+  const timer = limitMs === undefined
+    ? undefined
+    : setTimeout(() => stop(`no result within ${limitMs / 1000} s`, 124), limitMs);
+  if (timer !== undefined) Deno.unrefTimer(timer);
   return () => {
+    clearTimeout(timer);
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   };
 }

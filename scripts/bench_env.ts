@@ -35,7 +35,7 @@ const cleanup = async () => {
   await node?.stop();
   await cleanupAll();
 };
-const stopGuard = onInterrupt(cleanup);
+const stopGuard = onInterrupt(cleanup, (QUICK ? 100 : 280) * 1000);
 try {
   const nd = node = await TestNode.start("10.18.0.0/24,fc00::/120");
   await nd.register();

@@ -37,7 +37,7 @@ async function probeTcp(host: string, port: number, limit: number) {
       conn.close();
       if (n) {
         console.log(Date.now());
-        return;
+        Deno.exit(0); // earlier attempts still connecting must not keep the process alive
       }
     } catch {
       // not yet reachable

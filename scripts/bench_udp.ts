@@ -183,7 +183,7 @@ if (!IS_WORKER && import.meta.main) {
   const seconds = Number(Deno.args[0] ?? "3");
   const modes = (Deno.args[1] ?? "batch,gso,gso_gro").split(",") as Mode[];
   const results: Result[] = [];
-  const stopGuard = onInterrupt(cleanupAll);
+  const stopGuard = onInterrupt(cleanupAll, (seconds * modes.length + 40) * 1000);
   try {
     const a = await createNs("bua");
     const b = await createNs("bub");

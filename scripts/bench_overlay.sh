@@ -2,7 +2,8 @@
 # Benchmark (not a test): netmanager's overlay against the kernel paths, in ONE run of the shared
 # harness (shared/bench/harness.sh): direct underlay veth, kernel VXLAN, and netmanager through a
 # round-robin ServiceIP in raw mode (Oakestra wire format) and fast mode. Prints one JSON object
-# with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN,
+# with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
+# and to the bare underlay (null when that path was not run),
 # the harness's machine header and the busiest CPU it saw before a path.
 #   bash scripts/bench_overlay.sh [--harness PATH] [--quick | --smoke] [--reps N] [--results DIR]
 #     (root; ~3 min per path and repetition, --quick ~1 min per path, --smoke ~10 s per path)
@@ -77,8 +78,12 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
        max: ([.samples[] | select(. != null)] | max), n: .n} end;
   ($m | map(select(.type == "median")) | group_by(.path)
     | map({key: .[0].path, value: (map({key: .metric, value: .}) | from_entries)}) | from_entries) as $p
-  | def r(p; k): if ($p[p][k].value != null and $p.vxlan[k].value != null and $p.vxlan[k].value != 0)
-                 then (($p[p][k].value / $p.vxlan[k].value) * 100 | round / 100) else null end;
+  | def ratio(p; base; k): if ($p[p][k].value != null and $p[base][k].value != null and $p[base][k].value != 0)
+                 then (($p[p][k].value / $p[base][k].value) * 100 | round / 100) else null end;
+  def ratios(base): $p | keys | map(select(startswith("nm-"))) | map({key: ., value: {
+      tcp1: ratio(.; base; "tcp1"), tcp4: ratio(.; base; "tcp4"),
+      rr_udp_latency: ratio(.; base; "rr_udp_avg_us"),
+      udp_lossfree_rate: ratio(.; base; "udp_lossfree_kpps") }}) | from_entries;
   ($s | map(select(.type == "sample"))) as $samples
   | {
     bench: "overlay data plane vs kernel paths (shared harness, one run)",
@@ -93,7 +98,6 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
       rr_udp_avg_us: (.rr_udp_avg_us | stat(0)), rr_udp_p99_us: (.rr_udp_p99_us | stat(0)),
       rtt_udp_p50_us: (.rtt_udp_p50_us | stat(0)), udp_lossfree_kpps: (.udp_lossfree_kpps | stat(0)),
       cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })),
-    ratiosToVxlan: ($p | keys | map(select(startswith("nm-"))) | map({key: ., value: {
-      tcp1: r(.; "tcp1"), tcp4: r(.; "tcp4"),
-      rr_udp_latency: r(.; "rr_udp_avg_us"), udp_lossfree_rate: r(.; "udp_lossfree_kpps") }}) | from_entries)
+    ratiosToVxlan: ratios("vxlan"),
+    ratiosToUnderlay: ratios("underlay")
   }'

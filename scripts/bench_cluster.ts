@@ -10,40 +10,65 @@
  *   1010 services registered;
  * - the data plane's table lookups at 10 vs 100k entries (scripts/bench_table.ts).
  *
- *   deno run -A scripts/bench_cluster.ts          (root; creates and removes its own namespaces)
+ *   deno run -A scripts/bench_cluster.ts [--quick]   (root; creates and removes its own namespaces)
+ *
+ * `--quick` does one round of each measurement and 50 registrations (a smoke run). Every tool run
+ * inside a namespace has a time limit, and SIGINT/SIGTERM remove everything before exiting.
  */
 import { World } from "../src/demo/world.ts";
+import { type Background, spawnBackground } from "../src/sys/process.ts";
+import { afterInterrupt, mustRunLimited, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
+
+/** The demo world with the runner's namespace prefix, so its clean-up sweep finds leftovers. */
+class BenchWorld extends World {
+  override readonly prefix: string = namePrefix("c");
+}
+
+const ROUNDS = QUICK ? 1 : 5;
+const QUERY_ROUNDS = QUICK ? 1 : 3;
+const REGISTRATIONS = QUICK ? 50 : 1000;
+/** Limit for one tool run inside a namespace (the tools have their own, shorter limits). */
+const TOOL_LIMIT_MS = 30000;
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TOOLS = [Deno.execPath(), "run", "-A", `${ROOT}scripts/bench_tools.ts`];
 const NET = [Deno.execPath(), "run", "-A", `${ROOT}tests/helpers/nettools.ts`];
 const CTL = "192.168.77.254";
 
-async function inNs(pid: number, argv: string[]): Promise<string> {
-  const o = await new Deno.Command("nsenter", {
-    args: ["-t", String(pid), "-n", ...argv],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  if (o.code !== 0) throw new Error(`${argv.join(" ")}: ${new TextDecoder().decode(o.stderr)}`);
-  return new TextDecoder().decode(o.stdout).trim();
+function inNs(pid: number, argv: string[]): Promise<string> {
+  return mustRunLimited(["nsenter", "-t", String(pid), "-n", ...argv], TOOL_LIMIT_MS);
 }
 
-/** A background process inside an instance's network namespace. */
-function spawnIn(pid: number, argv: string[]): Deno.ChildProcess {
-  return new Deno.Command("nsenter", {
-    args: ["-t", String(pid), "-n", ...argv],
-    stdout: "null",
-    stderr: "null",
-  })
-    .spawn();
+/** UDP round trips (µs) from the client; throws when any request went unanswered. */
+async function udpRtt(pid: number, args: string[]): Promise<number[]> {
+  const rtts = JSON.parse(await inNs(pid, [...TOOLS, "udp-rtt", ...args])) as number[];
+  if (!Array.isArray(rtts) || rtts.some((x) => typeof x !== "number" || x < 0)) {
+    throw new Error(`udp-rtt ${args.join(" ")}: unanswered requests: ${JSON.stringify(rtts)}`);
+  }
+  return rtts;
+}
+
+/** Waits (at most 10 s) until a UDP echo at `ip`:`port` answers the client. */
+async function udpReady(pid: number, ip: string, port: string): Promise<void> {
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    try {
+      await udpRtt(pid, [ip, port, "2"]);
+      return;
+    } catch (e) {
+      if (Date.now() > deadline) throw new Error(`UDP echo at ${ip}:${port} never answered: ${e}`);
+    }
+  }
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const w = new World();
-let warmSrv81: Deno.ChildProcess | undefined;
+const w = new BenchWorld();
+let warm81: Background | undefined;
+const stopGuard = onInterrupt(async () => {
+  await warm81?.stop();
+  await w.destroy();
+}, (QUICK ? 200 : 540) * 1000);
 const out: Record<string, unknown> = {
   bench: "control plane in a simulated cluster (embedded broker, 2 nodes)",
 };
@@ -64,7 +89,7 @@ try {
 
   // 1. deploy → reachable, 5 rounds (a new service each round)
   const reach: number[] = [];
-  for (let k = 0; k < 5; k++) {
+  for (let k = 0; k < ROUNDS; k++) {
     const job = `b.b.web${k}.ns`;
     await w.ctl(["service", "add", job]);
     const iip = (await w.ctl(["instance", "add", job, "0"])).split(" ").at(-2)!;
@@ -89,38 +114,41 @@ try {
   await w.ctl(["service", "add", "b.b.warm.ns"]);
   const warmIp = (await w.ctl(["instance", "add", "b.b.warm.ns", "0"])).split(" ").at(-2)!;
   const warmSrv = await w.instance("warm", [...NET, "servers", "80", "warm"]);
-  warmSrv81 = spawnIn(warmSrv.pid, [...NET, "servers", "81", "warm81"]);
-  await n2.api.post("/container/deploy", {
+  // a second UDP echo in the same instance for the "other flow" (`servers 80` holds TCP 81 for its
+  // sink, so a second `servers 81` died at once and the other flow waited for answers forever)
+  warm81 = spawnBackground([...NET, "udp-echo-server", "81", "warm81"], { netnsOfPid: warmSrv.pid });
+  const dw = await n2.api.post("/container/deploy", {
     pid: warmSrv.pid,
     serviceName: "b.b.warm.ns",
     instanceNumber: 0,
     portMappings: "",
   });
-  await new Promise((r) => setTimeout(r, 500));
-  await inNs(client.pid, [...TOOLS, "udp-rtt", warmIp, "80", "3"]);
+  if (dw.status !== 200) throw new Error(dw.body);
+  await udpReady(client.pid, warmIp, "80");
+  await udpReady(client.pid, warmIp, "81");
   const miss: number[] = [];
   const otherP99: number[] = [];
   const otherMax: number[] = [];
   const steady: number[] = [];
-  for (let k = 0; k < 5; k++) {
+  for (let k = 0; k < ROUNDS; k++) {
     const job = `b.b.udp${k}.ns`;
     await w.ctl(["service", "add", job]);
     const iip = (await w.ctl(["instance", "add", job, "0"])).split(" ").at(-2)!;
     const srv = await w.instance(`udp${k}`, [...NET, "servers", "80", `udp${k}`]);
-    await n2.api.post("/container/deploy", {
+    const dr = await n2.api.post("/container/deploy", {
       pid: srv.pid,
       serviceName: job,
       instanceNumber: 0,
       portMappings: "",
     });
+    if (dr.status !== 200) throw new Error(dr.body);
     await new Promise((r) => setTimeout(r, 500));
     // an established flow keeps going while this miss is resolved: its RTTs should not jump
-    const other = inNs(client.pid, [...TOOLS, "udp-rtt", warmIp, "81", "3000"]);
+    const other = udpRtt(client.pid, [warmIp, "81", QUICK ? "1000" : "3000"]);
+    other.catch(() => {}); // awaited below; a failure of the next request must not leave it unhandled
     await new Promise((r) => setTimeout(r, 100));
-    const rtts = JSON.parse(
-      await inNs(client.pid, [...TOOLS, "udp-rtt", iip, "80", "10", warmIp]),
-    ) as number[];
-    const others = (JSON.parse(await other) as number[]).filter((x) => x >= 0).sort((a, b) => a - b);
+    const rtts = await udpRtt(client.pid, [iip, "80", "10", warmIp]);
+    const others = (await other).sort((a, b) => a - b);
     otherP99.push(others[Math.floor(others.length * 0.99)]);
     otherMax.push(others[others.length - 1]);
     miss.push(rtts[0]);
@@ -141,37 +169,58 @@ try {
     await w.ctl(["service", "add", job]);
     const iip = (await w.ctl(["instance", "add", job, "0"])).split(" ").at(-2)!;
     const srv = await w.instance(job, [...NET, "servers", "80", "q"]);
-    await n2.api.post("/container/deploy", {
+    const dr = await n2.api.post("/container/deploy", {
       pid: srv.pid,
       serviceName: job,
       instanceNumber: 0,
       portMappings: "",
     });
+    if (dr.status !== 200) throw new Error(dr.body);
     await new Promise((r) => setTimeout(r, 500));
-    return (JSON.parse(await inNs(client.pid, [...TOOLS, "udp-rtt", iip, "80", "3", warmIp])) as number[])[0];
+    return (await udpRtt(client.pid, [iip, "80", "3", warmIp]))[0];
   };
-  const q10 = median([await queryRtt(), await queryRtt(), await queryRtt()]);
+  const queries = async () => {
+    const xs: number[] = [];
+    for (let k = 0; k < QUERY_ROUNDS; k++) xs.push(await queryRtt());
+    return xs;
+  };
+  const q10 = await queries();
   const ctlNs = `${w.prefix}ctl`;
-  const reg = await new Deno.Command("nsenter", {
-    args: [`--net=/run/netns/${ctlNs}`, ...TOOLS, "register", "http://127.0.0.1:10100", "1000"],
-    stderr: "inherit",
-    stdout: "piped",
-  }).output();
-  out.registration = JSON.parse(new TextDecoder().decode(reg.stdout));
-  const q1010 = median([await queryRtt(), await queryRtt(), await queryRtt()]);
-  out.missFirstPacketUsBySize = { services10: q10, services1010: q1010 };
+  out.registration = JSON.parse(
+    await mustRunLimited([
+      "nsenter",
+      `--net=/run/netns/${ctlNs}`,
+      ...TOOLS,
+      "register",
+      "http://127.0.0.1:10100",
+      String(REGISTRATIONS),
+    ], 120000),
+  );
+  const qMany = await queries();
+  out.missFirstPacketUsBySize = {
+    services: [10, 10 + REGISTRATIONS],
+    small: { samples: q10, median: median(q10) },
+    large: { samples: qMany, median: median(qMany) },
+  };
 
   // 4. data-plane lookups at 10 vs 100k entries
-  const tb = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}scripts/bench_table.ts`, "--iterations", "500000", "--runs", "3"],
-    stdout: "piped",
-  }).output();
-  out.tableLookupNs = JSON.parse(new TextDecoder().decode(tb.stdout));
+  out.tableLookupNs = JSON.parse(
+    await mustRunLimited([
+      Deno.execPath(),
+      "run",
+      "-A",
+      `${ROOT}scripts/bench_table.ts`,
+      "--iterations",
+      QUICK ? "50000" : "500000",
+      "--runs",
+      QUICK ? "1" : "3",
+    ], 120000),
+  );
   void n1;
 } finally {
-  try {
-    warmSrv81?.kill("SIGKILL");
-  } catch { /* gone */ }
+  await afterInterrupt();
+  stopGuard();
+  await warm81?.stop();
   const left = await w.destroy();
   if (left.length) console.error(`left behind: ${left}`);
 }

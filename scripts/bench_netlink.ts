@@ -14,6 +14,7 @@
 
 import { Netlink } from "../ffi/netlink.ts";
 import { closeFd, createNamedNetns, deleteNamedNetns, openNetnsByName } from "../ffi/netns.ts";
+import { namePrefix } from "./bench_common.ts";
 
 function arg(name: string, dflt: number): number {
   const i = Deno.args.indexOf(`--${name}`);
@@ -32,7 +33,7 @@ const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 
 const N = arg("instances", 50);
 if (N > 60) throw new Error("at most 60 instances (one /26)");
-const prefix = `bn${(Date.now() % 46656).toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
+const prefix = namePrefix("bn");
 const nodeNs = `${prefix}node`;
 const ctrNs = (i: number) => `${prefix}c${i}`;
 const v4 = (last: number) => new Uint8Array([10, 213, 80, last]);

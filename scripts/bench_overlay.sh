@@ -1,40 +1,103 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): netmanager's overlay against the kernel paths, in ONE run of the shared
-# harness (../shared/bench/harness.sh): direct underlay veth, kernel VXLAN, and netmanager through
-# a round-robin ServiceIP in raw mode (Oakestra wire format) and fast mode. Prints one JSON object
-# with the medians and the ratios to kernel VXLAN.
-#   bash scripts/bench_overlay.sh [--quick] [--reps N]      (root; ~3 min per path and repetition)
+# harness (shared/bench/harness.sh): direct underlay veth, kernel VXLAN, and netmanager through a
+# round-robin ServiceIP in raw mode (Oakestra wire format) and fast mode. Prints one JSON object
+# with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
+# and to the bare underlay (null when that path was not run),
+# the harness's machine header and the busiest CPU it saw before a path.
+#   bash scripts/bench_overlay.sh [--harness PATH] [--quick | --smoke] [--reps N] [--results DIR]
+#     (root; ~3 min per path and repetition, --quick ~1 min per path, --smoke ~10 s per path)
+# The harness is taken from --harness, else $NETMANAGER_BENCH_HARNESS (or $HARNESS), else the
+# first shared/bench/harness.sh found beside the checkout or one of its parent folders.
 # OB_UDP_LEN (default 64) sets the payload of the UDP rate tests (small packets).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-harness=${HARNESS:-$root/../shared/bench/harness.sh}
-[ -f "$harness" ] || { echo "bench: harness not found at $harness (set HARNESS)" >&2; exit 1; }
-command -v jq >/dev/null || { apt-get install -y -qq jq >/dev/null; }
-results=$(mktemp -d /tmp/nm-bench-XXXXXX)
+
+harness=${NETMANAGER_BENCH_HARNESS:-${HARNESS:-}}
+smoke=0
+args=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --harness) harness=${2:?--harness needs a path}; shift 2;;
+    --smoke) smoke=1; shift;;
+    *) args+=("$1"); shift;;
+  esac
+done
+if [[ -z $harness ]]; then
+  d=$root
+  while [[ $d != / ]]; do
+    d=$(dirname "$d")
+    [[ -f $d/shared/bench/harness.sh ]] && { harness=$d/shared/bench/harness.sh; break; }
+  done
+fi
+if [[ -z $harness || ! -f $harness ]]; then
+  echo "bench: the shared data-plane harness (shared/bench/harness.sh) was not found${harness:+ at $harness};" \
+    "pass --harness PATH or set NETMANAGER_BENCH_HARNESS" >&2
+  exit 3
+fi
+
+# The harness's namespace names are fixed (ob-h1 …) and it deletes them when it starts: never run
+# it over another run's topology.
+for ns in ob-h1 ob-h2 ob-w1 ob-w2; do
+  if ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$ns"; then
+    echo "bench: namespace $ns exists: another harness run is in progress (or left it: bash $harness --cleanup)" >&2
+    exit 4
+  fi
+done
+
+command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
 export OB_UDP_LEN=${OB_UDP_LEN:-64}
-bash "$harness" "$@" --results "$results" \
+paths=underlay,vxlan,nm-raw,nm-fast
+if [[ $smoke == 1 ]]; then
+  # the smallest run that still exercises every metric once: for the test suite, not for figures
+  export OB_REPS=1 OB_TCP_SECS=1 OB_UDP_MAX_SECS=1 OB_UDP_STEP_SECS=1 OB_UDP_STEPS=1 OB_PING_COUNT=10 \
+    OB_LAT_SECS=1 OB_QUIET_WAIT=0 OB_SLOT_WAIT=20
+  paths=vxlan,nm-fast
+fi
+results=""
+for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --results ]] && results=${args[i + 1]:-}; done
+if [[ -z $results ]]; then
+  results=$(mktemp -d /tmp/nm-bench-XXXXXX)
+  args+=(--results "$results")
+fi
+mkdir -p "$results"
+status=0
+bash "$harness" "${args[@]}" \
   --slot nm-fast="bash $root/scripts/bench_slot.sh" \
   --slot nm-raw="FastMode=false bash $root/scripts/bench_slot.sh" \
-  --paths underlay,vxlan,nm-raw,nm-fast >"$results/harness.out" 2>"$results/harness.err" || {
-  echo "bench: harness failed, see $results/harness.err" >&2
+  --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?
+if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then
+  echo "bench: harness failed (exit $status), see $results/harness.err" >&2
   tail -20 "$results/harness.err" >&2
   exit 1
-}
-jq -s --arg len "$OB_UDP_LEN" --arg dir "$results" '
-  (map(select(.type == "median")) | group_by(.path)
-    | map({key: .[0].path, value: (map({key: .metric, value: .value}) | from_entries)}) | from_entries) as $m
-  | def r(p; k): if ($m[p][k] != null and $m.vxlan[k] != null and $m.vxlan[k] != 0)
-                 then (($m[p][k] / $m.vxlan[k]) * 100 | round / 100) else null end;
-  {
+fi
+jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run.json" \
+  --slurpfile s "$results/samples.jsonl" --slurpfile m "$results/summary.jsonl" '
+  def stat(k): if . == null then null else
+      {median: .value, min: ([.samples[] | select(. != null)] | min),
+       max: ([.samples[] | select(. != null)] | max), n: .n} end;
+  ($m | map(select(.type == "median")) | group_by(.path)
+    | map({key: .[0].path, value: (map({key: .metric, value: .}) | from_entries)}) | from_entries) as $p
+  | def ratio(p; base; k): if ($p[p][k].value != null and $p[base][k].value != null and $p[base][k].value != 0)
+                 then (($p[p][k].value / $p[base][k].value) * 100 | round / 100) else null end;
+  def ratios(base): $p | keys | map(select(startswith("nm-"))) | map({key: ., value: {
+      tcp1: ratio(.; base; "tcp1"), tcp4: ratio(.; base; "tcp4"),
+      rr_udp_latency: ratio(.; base; "rr_udp_avg_us"),
+      udp_lossfree_rate: ratio(.; base; "udp_lossfree_kpps") }}) | from_entries;
+  ($s | map(select(.type == "sample"))) as $samples
+  | {
     bench: "overlay data plane vs kernel paths (shared harness, one run)",
     udpPayloadBytes: ($len | tonumber),
     results: $dir,
-    paths: ($m | with_entries(.value |= {
-      tcp1_gbit: .tcp1, tcp4_gbit: .tcp4,
-      rr_udp_avg_us: .rr_udp_avg_us, rr_udp_p99_us: .rr_udp_p99_us,
-      rtt_udp_p50_us: .rtt_udp_p50_us, udp_lossfree_kpps: .udp_lossfree_kpps,
-      cpu_tcp1_pct_core: .slot_cpu_tcp1 })),
-    ratiosToVxlan: (["nm-raw", "nm-fast"] | map({key: ., value: {
-      tcp1: r(.; "tcp1"), tcp4: r(.; "tcp4"),
-      rr_udp_latency: r(.; "rr_udp_avg_us"), udp_lossfree_rate: r(.; "udp_lossfree_kpps") }}) | from_entries)
-  }' "$results/summary.jsonl"
+    harnessRun: $run[0],
+    busiestCpuBeforeAPathPct: ($samples | map(.busy_before | numbers) | max),
+    mostForeignCpuDuringATestPct: ($samples | map(.foreign_cpu_pct | numbers) | max),
+    probesFailed: ($samples | map(select(.metric == "probe")) | map(.path)),
+    paths: ($p | with_entries(.value |= {
+      tcp1_gbit: (.tcp1 | stat(0)), tcp4_gbit: (.tcp4 | stat(0)),
+      rr_udp_avg_us: (.rr_udp_avg_us | stat(0)), rr_udp_p99_us: (.rr_udp_p99_us | stat(0)),
+      rtt_udp_p50_us: (.rtt_udp_p50_us | stat(0)), udp_lossfree_kpps: (.udp_lossfree_kpps | stat(0)),
+      cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })),
+    ratiosToVxlan: ratios("vxlan"),
+    ratiosToUnderlay: ratios("underlay")
+  }'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# netmanager as a userspace-overlay slot of ../shared/bench/harness.sh (see its header):
+# netmanager as a userspace-overlay slot of shared/bench/harness.sh (see its header):
 #   bash harness.sh --slot netmanager="bash $PWD/scripts/bench_slot.sh" --paths underlay,vxlan,netmanager
 # Runs inside the harness's host namespace. The daemon adopts the harness bridge (BridgeName=ob-br)
 # and pod subnet in standalone static-table mode; the client dials the round-robin ServiceIP
@@ -26,7 +26,7 @@ echo 10.30.0.1 > "$OB_TARGET_FILE"
 sock="$dir/nm.sock"
 (
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
-  curl -s --unix-socket "$sock" -X POST http://localhost/register \
+  curl -s -m 5 --unix-socket "$sock" -X POST http://localhost/register \
     -d "{\"client_id\":\"bench$OB_NODE\",\"cluster_address\":\"\"}" >/dev/null
   touch "$OB_READY_FILE"
 ) &

@@ -3,12 +3,20 @@
  * - `probe-tcp HOST PORT LIMIT_MS`: connects every 2 ms until a TCP connect and echo succeed; prints
  *   the wall-clock time (ms) of success, or exits 1 after LIMIT_MS
  * - `udp-rtt HOST PORT N [WARM_HOST]`: N sequential UDP requests; prints each round-trip time in µs
- *   (JSON array); with WARM_HOST, two uncounted requests go there first, so the socket, ARP and JIT
- *   costs of a first send are not charged to HOST
+ *   (JSON array, -1 for a request unanswered within 1 s); with WARM_HOST, two uncounted requests go
+ *   there first, so the socket, ARP and JIT costs of a first send are not charged to HOST; exits 1
+ *   after 3 unanswered requests in a row
  * - `register API N`: registers N services with the control plane's HTTP API; prints ms per request
  *   (JSON), then `query`-style lookups are left to the caller
  */
 import dgram from "node:dgram";
+
+/** How long one UDP request waits for its answer. */
+const REPLY_TIMEOUT_MS = 1000;
+/** `udp-rtt` gives up (exit 1) after this many unanswered requests in a row. */
+const MAX_LOST_IN_A_ROW = 3;
+/** Limit for one HTTP request of `register`. */
+const HTTP_TIMEOUT_MS = 5000;
 
 const [cmd, ...args] = Deno.args;
 
@@ -29,7 +37,7 @@ async function probeTcp(host: string, port: number, limit: number) {
       conn.close();
       if (n) {
         console.log(Date.now());
-        return;
+        Deno.exit(0); // earlier attempts still connecting must not keep the process alive
       }
     } catch {
       // not yet reachable
@@ -43,18 +51,36 @@ async function udpRtt(host: string, port: number, n: number, warm?: string) {
   const s = dgram.createSocket({ type: host.includes(":") ? "udp6" : "udp4" });
   const out: number[] = [];
   const targets = [...(warm ? [warm, warm] : []), ...new Array<string>(n).fill(host)];
+  // One listener for the whole run: an answer is matched to its request by the echoed text, so a
+  // late answer is never taken for the next request's.
+  let waiting: { tag: string; done: (ok: boolean) => void } | undefined;
+  s.on("message", (data: Uint8Array) => {
+    const text = new TextDecoder().decode(data);
+    if (waiting && text.endsWith(`:${waiting.tag}`)) waiting.done(true);
+  });
+  let lostInARow = 0;
   for (let i = 0; i < targets.length; i++) {
     const to = targets[i];
+    const tag = `r${i}`;
     const t0 = performance.now();
-    const got = new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), 3000);
-      s.once("message", () => {
-        clearTimeout(timer);
-        resolve(true);
-      });
+    const ok = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), REPLY_TIMEOUT_MS);
+      waiting = {
+        tag,
+        done: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+      };
+      s.send(tag, port, to);
     });
-    s.send(`r${i}`, port, to);
-    const ok = await got;
+    waiting = undefined;
+    lostInARow = ok ? 0 : lostInARow + 1;
+    if (lostInARow >= MAX_LOST_IN_A_ROW) {
+      s.close();
+      console.error(`udp-rtt: no answer from ${to}:${port} to ${lostInARow} requests in a row`);
+      Deno.exit(1);
+    }
     if (warm && i < 2) continue;
     out.push(ok ? Math.round((performance.now() - t0) * 1000) : -1);
   }
@@ -68,6 +94,7 @@ async function register(api: string, n: number) {
     const r = await fetch(`${api}/api/net/service/deploy`, {
       method: "POST",
       headers: { "content-type": "application/json" },
+      signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
       body: JSON.stringify({
         deployment_descriptor: {
           app_name: "bulk",

@@ -24,6 +24,7 @@ import {
   type UdpSocket,
 } from "../ffi/udp.ts";
 import { cleanupAll, createNs, link } from "../tests/helpers/netns.ts";
+import { afterInterrupt, onInterrupt } from "./bench_common.ts";
 
 const IS_WORKER = typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined";
 const PAYLOAD = 1400;
@@ -182,12 +183,15 @@ if (!IS_WORKER && import.meta.main) {
   const seconds = Number(Deno.args[0] ?? "3");
   const modes = (Deno.args[1] ?? "batch,gso,gso_gro").split(",") as Mode[];
   const results: Result[] = [];
+  const stopGuard = onInterrupt(cleanupAll, (seconds * modes.length + 40) * 1000);
   try {
     const a = await createNs("bua");
     const b = await createNs("bub");
     await link(a, b, "10.96.0.1/24", "10.96.0.2/24");
     for (const m of modes) results.push(await runMode(m, a, b, seconds));
   } finally {
+    await afterInterrupt();
+    stopGuard();
     await cleanupAll();
   }
   console.log(JSON.stringify(

@@ -15,10 +15,18 @@ export const isRoot: boolean = (() => {
   }
 })();
 
-/** Per-run prefix for every namespace and interface name a test creates (short: IFNAMSIZ is 16). */
-export const RUN_PREFIX: string = `t${(Date.now() % 100000).toString(36)}${
-  Math.floor(Math.random() * 36 * 36).toString(36)
-}`;
+/**
+ * Per-run prefix for every namespace and interface name a test creates (short: IFNAMSIZ is 16). A
+ * benchmark started by scripts/bench.ts takes the runner's prefix (NETMANAGER_BENCH_PREFIX), so the
+ * runner's clean-up finds what it left.
+ */
+export const RUN_PREFIX: string = (() => {
+  try {
+    const given = Deno.env.get("NETMANAGER_BENCH_PREFIX");
+    if (given && /^[a-z0-9]{1,8}$/.test(given)) return `${given}t`;
+  } catch { /* no env permission: a plain test run */ }
+  return `t${(Date.now() % 100000).toString(36)}${Math.floor(Math.random() * 36 * 36).toString(36)}`;
+})();
 
 let counter = 0;
 

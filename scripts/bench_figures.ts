@@ -1,0 +1,302 @@
+/**
+ * Headline figures of each benchmark's JSON output, for scripts/bench.ts: every output is checked
+ * with a zod schema of the fields the figures come from (a benchmark that prints something else
+ * is reported as failed, not charted), then reduced to {@link Figure}s with ranges and ratios.
+ *
+ * @example
+ * ```ts
+ * import { figuresOf } from "./bench_figures.ts";
+ * const f = figuresOf("table", { table: { "10": { service4: 4 }, "100000": { service4: 12 } } });
+ * if (f.ok) console.log(f.figures[0].value); // 4
+ * ```
+ */
+import { z } from "zod";
+import type { Figure } from "./bench_schema.ts";
+
+const num = z.number().finite();
+const stat = z.object({ median: num.nullable(), min: num.nullable(), max: num.nullable() }).nullable();
+
+/** bench_overlay.sh */
+const Overlay = z.object({
+  paths: z.record(
+    z.string(),
+    z.object({ tcp1_gbit: stat, tcp4_gbit: stat, rr_udp_avg_us: stat, udp_lossfree_kpps: stat }),
+  ),
+  ratiosToVxlan: z.record(
+    z.string(),
+    z.object({
+      tcp1: num.nullable(),
+      tcp4: num.nullable(),
+      rr_udp_latency: num.nullable(),
+      udp_lossfree_rate: num.nullable(),
+    }),
+  ),
+  harnessRun: z.object({ params: z.string() }).passthrough().optional(),
+});
+
+const samples = z.object({ samples: z.array(num).min(1), median: num });
+
+/** bench_cluster.ts */
+const Cluster = z.object({
+  deployToReachableMs: samples,
+  missFirstPacketUs: z.object({
+    firstRequest: z.array(num).min(1),
+    steadyState: z.array(num).min(1),
+    medianFirst: num,
+    medianSteady: num,
+  }),
+  registration: z.object({ services: z.number().int(), msPerRegistration: num }),
+  missFirstPacketUsBySize: z.object({
+    services: z.array(z.number().int()).length(2),
+    small: samples,
+    large: samples,
+  }),
+  tableLookupNs: z.object({
+    table: z.record(z.string(), z.object({ service4: num, service6: num })),
+  }),
+});
+
+const latency = z.object({ p50: num, p99: num, mean: num, min: num, max: num });
+/** bench_env.ts */
+const Deploy = z.object({
+  instances: z.number().int(),
+  deployMs: latency,
+  undeployMs: latency,
+  concurrentDeployAllMs: num,
+});
+
+/** bench_netlink.ts */
+const Netlink = z.object({ instances: z.number().int(), p50_ms: num, p99_ms: num, min_ms: num, max_ms: num });
+
+/** bench_udp.ts */
+const Udp = z.object({
+  results: z.array(z.object({ mode: z.string(), pps: num, gbitPerSec: num, lossPct: num, cpuPct: num })).min(
+    1,
+  ),
+});
+
+/** bench_packet.ts */
+const Packet = z.object({
+  runs: z.number().int(),
+  cases: z.record(z.string(), z.object({ nsPerPacket: num, bestNsPerPacket: num })),
+});
+
+/** bench_table.ts */
+const Table = z.object({
+  table: z.record(z.string(), z.record(z.string(), num)),
+  flows: z.record(z.string(), z.record(z.string(), num)).optional(),
+});
+
+/** bench_offload.ts */
+const Offload = z.object({
+  cases: z.record(z.string(), z.object({ usPerOp: num, bestUsPerOp: num, gbps: num })),
+});
+
+const OVERLAY_METRICS = [
+  ["tcp1_gbit", "TCP 1 stream", "Gbit/s", "tcp1"],
+  ["tcp4_gbit", "TCP 4 streams", "Gbit/s", "tcp4"],
+  ["rr_udp_avg_us", "UDP req/resp", "µs", "rr_udp_latency"],
+  ["udp_lossfree_kpps", "UDP loss-free rate", "kpps", "udp_lossfree_rate"],
+] as const;
+
+const PATH_NAMES: Record<string, string> = {
+  underlay: "underlay veth",
+  vxlan: "kernel VXLAN",
+  "nm-fast": "netmanager, RR ServiceIP, FAST mode",
+  "nm-raw": "netmanager, RR ServiceIP, raw mode",
+};
+
+/** Paths in a fixed order: the kernel ones first, as in the README. */
+function pathsOf(o: z.infer<typeof Overlay>) {
+  const rank = (p: string) => {
+    const i = Object.keys(PATH_NAMES).indexOf(p);
+    return i < 0 ? 99 : i;
+  };
+  return Object.entries(o.paths).sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
+function overlay(o: z.infer<typeof Overlay>): Figure[] {
+  const out: Figure[] = [];
+  for (const [path, m] of pathsOf(o)) {
+    for (const [key, label, unit, ratioKey] of OVERLAY_METRICS) {
+      const s = m[key];
+      const ratio = o.ratiosToVxlan[path]?.[ratioKey];
+      out.push({
+        name: `${path} ${label}`,
+        value: s?.median ?? null,
+        unit,
+        min: s?.min ?? null,
+        max: s?.max ?? null,
+        ...(ratio !== undefined ? { ratio, ratioTo: "kernel VXLAN" } : {}),
+      });
+    }
+  }
+  return out;
+}
+
+const range = (xs: number[]) => ({ min: Math.min(...xs), max: Math.max(...xs) });
+
+function cluster(c: z.infer<typeof Cluster>): Figure[] {
+  const [small, large] = c.missFirstPacketUsBySize.services;
+  const t = c.tableLookupNs.table;
+  const sizes = Object.keys(t).sort((a, b) => Number(a) - Number(b));
+  return [
+    {
+      name: "deploy → reachable from another node",
+      value: c.deployToReachableMs.median,
+      unit: "ms",
+      ...range(c.deployToReachableMs.samples),
+    },
+    {
+      name: "table miss → first packet (UDP round trip)",
+      value: c.missFirstPacketUs.medianFirst / 1000,
+      unit: "ms",
+      ...range(c.missFirstPacketUs.firstRequest.map((x) => x / 1000)),
+    },
+    {
+      name: "steady-state UDP round trip",
+      value: c.missFirstPacketUs.medianSteady / 1000,
+      unit: "ms",
+      ...range(c.missFirstPacketUs.steadyState.map((x) => x / 1000)),
+    },
+    {
+      name: `service registration (${c.registration.services})`,
+      value: c.registration.msPerRegistration,
+      unit: "ms",
+    },
+    {
+      name: `miss cost with ${small} services`,
+      value: c.missFirstPacketUsBySize.small.median / 1000,
+      unit: "ms",
+      ...range(c.missFirstPacketUsBySize.small.samples.map((x) => x / 1000)),
+    },
+    {
+      name: `miss cost with ${large} services`,
+      value: c.missFirstPacketUsBySize.large.median / 1000,
+      unit: "ms",
+      ...range(c.missFirstPacketUsBySize.large.samples.map((x) => x / 1000)),
+    },
+    ...sizes.flatMap((n) => [
+      { name: `v4 ServiceIP lookup, ${n} entries`, value: t[n].service4, unit: "ns" },
+      { name: `v6 ServiceIP lookup, ${n} entries`, value: t[n].service6, unit: "ns" },
+    ]),
+  ];
+}
+
+/** Result of {@link figuresOf}. */
+export type FiguresResult = { ok: true; figures: Figure[] } | { ok: false; error: string };
+
+/** Checks benchmark `name`'s output and extracts its headline figures. */
+export function figuresOf(name: string, output: unknown): FiguresResult {
+  const take = <T>(schema: z.ZodType<T>, f: (x: T) => Figure[]): FiguresResult => {
+    const r = schema.safeParse(output);
+    if (!r.success) {
+      return {
+        ok: false,
+        error: r.error.issues.slice(0, 3).map((i) => `${i.path.join(".")}: ${i.message}`).join("; "),
+      };
+    }
+    return { ok: true, figures: f(r.data) };
+  };
+  switch (name) {
+    case "overlay":
+      return take(Overlay, overlay);
+    case "cluster":
+      return take(Cluster, cluster);
+    case "deploy":
+      return take(Deploy, (d) => [
+        {
+          name: `deploy (${d.instances} instances) p50`,
+          value: d.deployMs.p50,
+          unit: "ms",
+          ...minMax(d.deployMs),
+        },
+        { name: "deploy p99", value: d.deployMs.p99, unit: "ms" },
+        { name: "undeploy p50", value: d.undeployMs.p50, unit: "ms", ...minMax(d.undeployMs) },
+        { name: `${d.instances} concurrent deploys`, value: d.concurrentDeployAllMs, unit: "ms" },
+      ]);
+    case "netlink":
+      return take(Netlink, (d) => [
+        {
+          name: `instance set-up (${d.instances}) p50`,
+          value: d.p50_ms,
+          unit: "ms",
+          min: d.min_ms,
+          max: d.max_ms,
+        },
+        { name: "instance set-up p99", value: d.p99_ms, unit: "ms" },
+      ]);
+    case "udp":
+      return take(Udp, (d) =>
+        d.results.flatMap((r) => [
+          { name: `${r.mode} receive rate`, value: r.pps / 1000, unit: "kpps" },
+          { name: `${r.mode} payload`, value: r.gbitPerSec, unit: "Gbit/s" },
+        ]));
+    case "packet":
+      return take(Packet, (d) =>
+        Object.entries(d.cases).map(([k, c]) => ({
+          name: k,
+          value: c.nsPerPacket,
+          unit: "ns/packet",
+          ...(d.runs > 1 ? { min: c.bestNsPerPacket } : {}),
+        })));
+    case "table":
+      return take(
+        Table,
+        (d) =>
+          Object.entries(d.table).flatMap(([size, t]) =>
+            Object.entries(t).map(([k, v]) => ({ name: `table ${k}, ${size} entries`, value: v, unit: "ns" }))
+          ).concat(
+            Object.entries(d.flows ?? {}).flatMap(([size, t]) =>
+              Object.entries(t).map(([k, v]) => ({
+                name: `flows ${k}, ${size} entries`,
+                value: v,
+                unit: "ns",
+              }))
+            ),
+          ),
+      );
+    case "offload":
+      return take(
+        Offload,
+        (d) =>
+          Object.entries(d.cases).map(([k, c]) => ({
+            name: k,
+            value: c.usPerOp,
+            unit: "µs/op",
+            min: c.bestUsPerOp,
+          })),
+      );
+    default:
+      // a benchmark without its own reduction (e.g. injected ones): well-formed JSON is enough
+      return { ok: true, figures: [] };
+  }
+}
+
+const minMax = (l: { min: number; max: number }) => ({ min: l.min, max: l.max });
+
+const f = (x: number | null | undefined, d = 1) => (x == null ? "–" : x >= 100 ? x.toFixed(0) : x.toFixed(d));
+
+/** The README-style table of the overlay benchmark: medians, range, ratio to kernel VXLAN. */
+export function overlayTable(output: unknown): string[] {
+  const r = Overlay.safeParse(output);
+  if (!r.success) return [];
+  const o = r.data;
+  const params = o.harnessRun?.params ?? "";
+  const lines = [
+    `Overlay data plane (shared harness; ${params}). Medians, range over repetitions in brackets, ratio to kernel VXLAN:`,
+    "",
+    "| path | TCP 1 stream | TCP 4 streams | UDP req/resp | UDP loss-free rate |",
+    "| ---- | ------------ | ------------- | ------------ | ------------------ |",
+  ];
+  for (const [path, m] of pathsOf(o)) {
+    const cells = OVERLAY_METRICS.map(([key, , unit, ratioKey]) => {
+      const s = m[key];
+      if (!s || s.median == null) return "–";
+      const ratio = o.ratiosToVxlan[path]?.[ratioKey];
+      return `${f(s.median)} ${unit} (${f(s.min)}–${f(s.max)})${ratio != null ? ` — ${ratio}×` : ""}`;
+    });
+    lines.push(`| ${PATH_NAMES[path] ?? path} | ${cells.join(" | ")} |`);
+  }
+  return lines;
+}

@@ -159,7 +159,9 @@ class Node implements NodeService {
           ...(net.MqttCa ? { ca: net.MqttCa } : {}),
         }
         : undefined,
-      ...(credentials ? { credentials: { username: credentials.username, password: credentials.password } } : {}),
+      ...(credentials
+        ? { credentials: { username: credentials.username, password: credentials.password } }
+        : {}),
       sink,
       isHosted: (job) => this.env.instances().some((r) => r.job === job),
       hostIp: () => this.publicAddress ?? "",

@@ -286,7 +286,7 @@ function nodeCmd() {
     .option(...apiCaOption)
     .action(async (opts) => {
       try {
-        const api = (await apiOf(opts));
+        const api = await apiOf(opts);
         const [nodes, jobs] = await Promise.all([api.nodes(), api.services()]);
         if (opts.json) {
           console.log(JSON.stringify(nodes, null, 2));
@@ -343,7 +343,9 @@ function nodeCmd() {
         }
         await writeAtomic(opts.out, text);
         console.log(
-          `${c.replaced ? "replaced" : "created"}: MQTT credential of ${c.worker_id} written to ${opts.out} (0600)`,
+          `${
+            c.replaced ? "replaced" : "created"
+          }: MQTT credential of ${c.worker_id} written to ${opts.out} (0600)`,
         );
       } catch (e) {
         fail(e);
@@ -378,6 +380,8 @@ function nodeCmd() {
  */
 export function controlCmd() {
   return new Command("control")
+    // `control node ls --state-dir X` must reach the subcommand, not the service's own --state-dir
+    .enablePositionalOptions()
     .description("run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)")
     .option("--state-dir <dir>", "state directory", DEFAULT_STATE_DIR)
     .option("--mqtt-host <host>", "embedded broker bind address", "0.0.0.0")

@@ -159,7 +159,9 @@ export class CredentialStore {
  * Reads the API token of `dir` (`api-token`), creating it (0600) at first start. A token file
  * readable by others is tightened to 0600. Throws AuthError when it cannot be read or made.
  */
-export async function loadOrCreateApiToken(dir: string): Promise<{ token: string; path: string; created: boolean }> {
+export async function loadOrCreateApiToken(
+  dir: string,
+): Promise<{ token: string; path: string; created: boolean }> {
   const path = await dirPath(dir, API_TOKEN_FILE_NAME);
   try {
     const token = (await Deno.readTextFile(path)).trim();

@@ -129,7 +129,11 @@ export async function startBroker(
         return done(refused(5, "not authorized"), null);
       }
       if (client.id !== id) {
-        warn("mqtt connection refused: client id differs from the node id", { client: client.id, id, remote });
+        warn("mqtt connection refused: client id differs from the node id", {
+          client: client.id,
+          id,
+          remote,
+        });
         return done(refused(2, "client id must equal the node id"), null);
       }
       identities.set(client, { kind: "node", id });
@@ -203,6 +207,11 @@ export async function startBroker(
     tls: opts.tls !== undefined,
     connectInternal() {
       const [ours, theirs] = duplexPair();
+      // aedes reads with read(null) and expects every buffered byte (as from a socket); Deno's
+      // duplexPair returns one chunk only, and the rest would wait for a 'readable' that never comes.
+      const read = theirs.read.bind(theirs);
+      theirs.read = (n?: number | null) =>
+        n === undefined || n === null ? read(theirs.readableLength || undefined) : read(n);
       internal.add(theirs);
       streams.add(theirs);
       theirs.on("close", () => streams.delete(theirs));

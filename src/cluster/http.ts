@@ -224,7 +224,9 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       path: /^\/api\/net\/node\/([^/]+)\/credential$/,
       run: async (m) => {
         const worker = param(m[1]);
-        if (!WORKER_ID.test(worker)) throw new HttpError(400, `bad worker id "${worker}" (no / + # or spaces)`);
+        if (!WORKER_ID.test(worker)) {
+          throw new HttpError(400, `bad worker id "${worker}" (no / + # or spaces)`);
+        }
         let c;
         try {
           c = await auth.credentials.issue(worker);
@@ -233,7 +235,12 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
         }
         if (c.replaced) auth.onRevoke?.(worker); // the old password is void: drop its sessions
         log.info(c.replaced ? "node credential replaced" : "node credential issued", { worker });
-        return json(200, { worker_id: worker, username: c.username, password: c.password, replaced: c.replaced }, {
+        return json(200, {
+          worker_id: worker,
+          username: c.username,
+          password: c.password,
+          replaced: c.replaced,
+        }, {
           "cache-control": "no-store",
         });
       },

@@ -230,9 +230,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     mqttTls = {
       cert: await readPem("MQTT TLS certificate", opts.mqttTls.cert),
       key: await readPem("MQTT TLS key", opts.mqttTls.key),
-      ...(opts.mqttTls.clientCa
-        ? { clientCa: await readPem("MQTT client CA", opts.mqttTls.clientCa) }
-        : {}),
+      ...(opts.mqttTls.clientCa ? { clientCa: await readPem("MQTT client CA", opts.mqttTls.clientCa) } : {}),
     };
   }
   const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;

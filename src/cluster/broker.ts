@@ -214,7 +214,12 @@ export async function startBroker(
         n === undefined || n === null ? read(theirs.readableLength || undefined) : read(n);
       internal.add(theirs);
       streams.add(theirs);
-      theirs.on("close", () => streams.delete(theirs));
+      // A pair does not pass a close on: either side closing closes both (as a socket would).
+      theirs.on("close", () => {
+        streams.delete(theirs);
+        ours.destroy();
+      });
+      ours.on("close", () => theirs.destroy());
       broker.handle(theirs);
       return ours;
     },

@@ -19,6 +19,7 @@
 import { Aedes, type Client } from "aedes";
 import net from "node:net";
 import tls from "node:tls";
+import { X509Certificate } from "node:crypto";
 import { duplexPair } from "node:stream";
 import type { Duplex } from "node:stream";
 import { mayPublish, maySubscribe } from "./auth.ts";
@@ -90,9 +91,28 @@ function rateLimitedWarn(): (reason: string, fields: Record<string, unknown>) =>
   };
 }
 
-function certIdentity(conn: unknown): string | undefined {
-  if (!(conn instanceof tls.TLSSocket) || !conn.authorized) return undefined;
-  const cn = conn.getPeerCertificate()?.subject?.CN;
+/**
+ * The worker id of a TLS client: the CN of a certificate issued and signed by `ca`, in its validity
+ * period. The TLS handshake already proved the client holds the certificate's key; the chain is
+ * checked here with node:crypto because Deno's node:tls server does not apply `ca` to client
+ * certificates (authorizationError UNABLE_TO_VERIFY_LEAF_SIGNATURE). One CA, no intermediates.
+ */
+function certIdentity(conn: unknown, ca: X509Certificate | undefined): string | undefined {
+  if (!ca || !(conn instanceof tls.TLSSocket)) return undefined;
+  const peer = conn.getPeerCertificate();
+  if (!peer?.raw) return undefined;
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(peer.raw);
+  } catch {
+    return undefined;
+  }
+  if (!conn.authorized) {
+    const now = Date.now();
+    if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) return undefined;
+    if (now < Date.parse(cert.validFrom) || now > Date.parse(cert.validTo)) return undefined;
+  }
+  const cn = peer.subject?.CN;
   return typeof cn === "string" && WORKER_ID.test(cn) ? cn : undefined;
 }
 
@@ -100,6 +120,12 @@ function certIdentity(conn: unknown): string | undefined {
 export async function startBroker(
   opts: { host: string; port: number; auth: BrokerAuth; tls?: BrokerTls },
 ): Promise<EmbeddedBroker> {
+  let clientCa: X509Certificate | undefined;
+  try {
+    clientCa = opts.tls?.clientCa ? new X509Certificate(opts.tls.clientCa) : undefined;
+  } catch (e) {
+    throw new BrokerError(`unusable MQTT client CA certificate: ${(e as Error).message}`);
+  }
   const identities = new WeakMap<Client, Identity>();
   const internal = new WeakSet<object>();
   const warn = rateLimitedWarn();
@@ -114,7 +140,7 @@ export async function startBroker(
         identities.set(client, { kind: "anonymous" });
         return done(null, true);
       }
-      const fromCert = certIdentity(client.conn);
+      const fromCert = certIdentity(client.conn, clientCa);
       let id: string;
       if (fromCert !== undefined && (username === undefined || username === fromCert)) {
         id = fromCert;

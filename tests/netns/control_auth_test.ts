@@ -115,9 +115,26 @@ async function attack(url: string, creds: { w1: Cred; w2: Cred }, extra: mqtt.IC
   attacker.publish("nodes/w1/net/subnet", JSON.stringify({ METHOD: "GET" }), { qos: 0 });
   const forged = await waitFor(() => got.some((m) => m.payload === FORGED), 1500);
   const spiedOnVictim = spied.some((m) => m.topic.startsWith("nodes/w1/"));
-  await victim.endAsync(true);
   await attacker.endAsync(true).catch(() => {});
-  return { subscribedOther, forged, spiedOnVictim };
+  // The same forgery as a last will, published by the broker when the attacker vanishes.
+  const WILL = FORGED.replace("192.0.2.66", "192.0.2.67");
+  const willer = (await tryConnect(url, {
+    ...extra,
+    ...creds.w2,
+    clientId: "w2",
+    will: {
+      topic: "nodes/w1/net/tablequery/result",
+      payload: WILL,
+      qos: 0,
+      retain: false,
+    },
+  })).client!;
+  assert(willer, "the attacker connects again with a will");
+  (willer.stream as unknown as { destroy(): void }).destroy(); // no DISCONNECT: the will is due
+  const forgedByWill = await waitFor(() => got.some((m) => m.payload === WILL), 1500);
+  await willer.endAsync(true).catch(() => {});
+  await victim.endAsync(true);
+  return { subscribedOther, forged, spiedOnVictim, forgedByWill };
 }
 
 Deno.test({
@@ -166,7 +183,12 @@ Deno.test({
 
       // The attack is refused.
       const denied = await attack(url, creds);
-      assertEquals(denied, { subscribedOther: false, forged: false, spiedOnVictim: false });
+      assertEquals(denied, {
+        subscribedOther: false,
+        forged: false,
+        spiedOnVictim: false,
+        forgedByWill: false,
+      });
       assertEquals(ctl.state.node("w1")?.subnet, "10.18.0.0"); // only w1 itself registered it
       assertEquals(ctl.state.nodes().length, 1);
 
@@ -214,7 +236,12 @@ Deno.test({
       assert(anon.client, "anonymous client accepted");
       await anon.client.endAsync();
       const succeeded = await attack(open, creds);
-      assertEquals(succeeded, { subscribedOther: true, forged: true, spiedOnVictim: true });
+      assertEquals(succeeded, {
+        subscribedOther: true,
+        forged: true,
+        spiedOnVictim: true,
+        forgedByWill: true,
+      });
     } finally {
       await ctl?.stop();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -301,7 +328,7 @@ Deno.test({
 
       // (mosquitto 2.0 grants a denied v3.1.1 subscription, then delivers nothing on it)
       const denied = await attack(secured.url, creds);
-      assertEquals([denied.forged, denied.spiedOnVictim], [false, false]);
+      assertEquals([denied.forged, denied.spiedOnVictim, denied.forgedByWill], [false, false, false]);
       assertEquals(ctl.state.nodes().map((n) => n.worker_id), ["w1"]);
       await ctl.stop();
       ctl = undefined;
@@ -310,7 +337,12 @@ Deno.test({
       const open = await mosquitto(dir, ["allow_anonymous true"]);
       stops.push(open.stop);
       const succeeded = await attack(open.url, creds);
-      assertEquals(succeeded, { subscribedOther: true, forged: true, spiedOnVictim: true });
+      assertEquals(succeeded, {
+        subscribedOther: true,
+        forged: true,
+        spiedOnVictim: true,
+        forgedByWill: true,
+      });
     } finally {
       await ctl?.stop();
       for (const s of stops) await s();

@@ -571,3 +571,78 @@ Deno.test({
     }
   },
 });
+
+async function cli(args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--config", `${ROOT}deno.json`, `${ROOT}main.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...env },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test({
+  name:
+    "auth: CLI — node add prints or writes (0600) a working credential, revoke, token sources; 0.0.0.0 without TLS exits",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "nmauth-cli-" });
+    let ctl: ControlService | undefined;
+    try {
+      let r = await cli(["control", "--state-dir", `${dir}/x`, "--mqtt-port", "0", "--http-host", "0.0.0.0"]);
+      assertEquals(r.code, 1, r.stderr);
+      assertMatch(r.stderr, /^netmanager: refusing to serve the HTTP API on 0\.0\.0\.0 without TLS/);
+      ctl = await startControl({ stateDir: `${dir}/s`, mqttHost: "127.0.0.1", mqttPort: 0, httpPort: 0 });
+      const api = ["--api", ctl.httpUrl];
+      // token from the state dir
+      r = await cli([
+        "control",
+        "node",
+        "add",
+        "w1",
+        "--out",
+        `${dir}/w1.json`,
+        ...api,
+        "--state-dir",
+        `${dir}/s`,
+      ]);
+      assertEquals([r.code, r.stdout.trim()], [
+        0,
+        `created: MQTT credential of w1 written to ${dir}/w1.json (0600)`,
+      ]);
+      assertEquals((await Deno.stat(`${dir}/w1.json`)).mode! & 0o777, 0o600);
+      const cred = JSON.parse(await Deno.readTextFile(`${dir}/w1.json`)) as Cred;
+      const ok = await tryConnect(ctl.brokerUrl, { clientId: "w1", ...cred });
+      assert(ok.client, `the written credential works: ${ok.refused}`);
+      await ok.client.endAsync();
+      // token from the environment; printed as JSON; replaces the old one
+      const token = (await Deno.readTextFile(ctl.tokenPath)).trim();
+      r = await cli(["control", "node", "add", "w1", ...api, "--state-dir", `${dir}/nowhere`], {
+        NETMANAGER_CONTROL_TOKEN: token,
+      });
+      assertEquals(r.code, 0, r.stderr);
+      const printed = JSON.parse(r.stdout) as Cred;
+      assertEquals(printed.username, "w1");
+      assertEquals((await tryConnect(ctl.brokerUrl, { clientId: "w1", ...cred })).refused, 4, "old one void");
+      // token from a file; revoke
+      await Deno.writeTextFile(`${dir}/tok`, token + "\n", { mode: 0o600 });
+      r = await cli(["control", "node", "revoke", "w1", ...api, "--token-file", `${dir}/tok`]);
+      assertEquals([r.code, r.stdout.trim()], [0, "revoked: MQTT credential of w1"]);
+      assertEquals((await tryConnect(ctl.brokerUrl, { clientId: "w1", ...printed })).refused, 4);
+      // no token: one clear line
+      r = await cli(["control", "node", "ls", ...api, "--state-dir", `${dir}/nowhere`]);
+      assertEquals(r.code, 1);
+      assertMatch(r.stderr.trim(), /^netmanager: cannot read the API token .*nowhere\/api-token/);
+      await Deno.writeTextFile(`${dir}/bad`, "not-the-token-at-all\n");
+      r = await cli(["control", "node", "ls", ...api, "--token-file", `${dir}/bad`]);
+      assertEquals(r.code, 1);
+      assertMatch(r.stderr.trim(), /^netmanager: GET \/api\/net\/nodes: 401 wrong bearer token$/);
+    } finally {
+      await ctl?.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -23,7 +23,7 @@ import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
 import { canonicalIp, maskIPv6, parseIPv4, parseIPv6 } from "./addr/mod.ts";
-import { parseNodeSubnet } from "./config/mod.ts";
+import { loadMqttCredential, parseNodeSubnet } from "./config/mod.ts";
 import { type StaticTable, TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { VERSION } from "./version.ts";
@@ -140,13 +140,30 @@ class Node implements NodeService {
       removeJob: (job) => this.#applyTable({ op: "removeJob", job }),
       hasJob: (job) => this.dataPlane?.table.hasJob(job) ?? false,
     };
+    const credentials = await loadMqttCredential(net).catch((e) => {
+      throw new ControlError((e as Error).message);
+    });
+    if (credentials && credentials.username !== workerId) {
+      log.warn("the MQTT credential is for another worker id: the broker will refuse it", {
+        credential: credentials.username,
+        workerId,
+        source: credentials.source,
+      });
+    }
+    const clientCert = net.MqttCert !== "" && net.MqttKey !== "";
     this.control = await NodeControl.connect({
       host,
       port: net.ClusterMqttPort,
       workerId,
-      tls: net.MqttCert && net.MqttKey
-        ? { cert: net.MqttCert, key: net.MqttKey, ...(net.MqttCa ? { ca: net.MqttCa } : {}) }
+      tls: clientCert || net.MqttCa !== "" || net.MqttTls
+        ? {
+          ...(clientCert ? { cert: net.MqttCert, key: net.MqttKey } : {}),
+          ...(net.MqttCa ? { ca: net.MqttCa } : {}),
+        }
         : undefined,
+      ...(credentials
+        ? { credentials: { username: credentials.username, password: credentials.password } }
+        : {}),
       sink,
       isHosted: (job) => this.env.instances().some((r) => r.job === job),
       hostIp: () => this.publicAddress ?? "",

@@ -1,11 +1,13 @@
 /**
  * `netmanager control`: runs the control plane of a standalone cluster (embedded MQTT broker or an
  * external one, HTTP API, state that survives restarts), and its client subcommands
- * (`service add|rm|ls`, `instance add|rm`, `node ls|rm`) that call the HTTP API.
+ * (`service add|rm|ls`, `instance add|rm`, `node add|revoke|ls|rm`) that call the HTTP API with the
+ * bearer token of the state dir (or `--token-file`, or `NETMANAGER_CONTROL_TOKEN`).
  *
  * @example
  * ```sh
  * netmanager control --state-dir /var/lib/netmanager/control &
+ * netmanager control node add worker1 --out worker1-mqtt-credential.json
  * netmanager control service add shop.prod.web.v1 --rr-ip 10.30.5.5
  * netmanager control instance add shop.prod.web.v1 0
  * netmanager control service ls
@@ -13,13 +15,16 @@
  */
 import { Command } from "@commander-js/extra-typings";
 import {
+  API_TOKEN_FILE_NAME,
   ControlClient,
   DEFAULT_API_URL,
   DEFAULT_HTTP_PORT,
   DEFAULT_MQTT_PORT,
   DEFAULT_STATE_DIR,
   isDeployed,
+  readApiToken,
   startControl,
+  writeAtomic,
 } from "../cluster/mod.ts";
 import { type LogLevel, setLogLevel } from "../log.ts";
 import { fail } from "./common.ts";
@@ -41,26 +46,69 @@ function instanceNumberOf(text: string, allowAll = false): number {
   return n;
 }
 
+function pair(a: string | undefined, b: string | undefined, names: string): [string, string] | undefined {
+  if ((a === undefined) !== (b === undefined)) throw new Error(`give both ${names}`);
+  return a !== undefined && b !== undefined ? [a, b] : undefined;
+}
+
 async function runService(opts: {
   stateDir: string;
   mqttHost: string;
   mqttPort: string;
+  mqttAllowAnonymous?: true;
+  mqttTlsCert?: string;
+  mqttTlsKey?: string;
+  mqttClientCa?: string;
   broker?: string;
+  brokerUsername?: string;
+  brokerPasswordFile?: string;
+  brokerCa?: string;
   httpHost: string;
   httpPort: string;
+  httpTlsCert?: string;
+  httpTlsKey?: string;
   logLevel: string;
 }): Promise<void> {
   if (!["debug", "info", "warn", "error"].includes(opts.logLevel)) {
     throw new Error(`invalid --log-level "${opts.logLevel}"`);
   }
   setLogLevel(opts.logLevel as LogLevel);
+  const mqttTls = pair(opts.mqttTlsCert, opts.mqttTlsKey, "--mqtt-tls-cert and --mqtt-tls-key");
+  if (opts.mqttClientCa !== undefined && !mqttTls) {
+    throw new Error("--mqtt-client-ca needs --mqtt-tls-cert and --mqtt-tls-key");
+  }
+  const httpTls = pair(opts.httpTlsCert, opts.httpTlsKey, "--http-tls-cert and --http-tls-key");
+  let brokerPassword = Deno.env.get("NETMANAGER_BROKER_PASSWORD");
+  if (opts.brokerPasswordFile !== undefined) {
+    brokerPassword = (await Deno.readTextFile(opts.brokerPasswordFile).catch((e) => {
+      throw new Error(`cannot read --broker-password-file ${opts.brokerPasswordFile}: ${e.message}`);
+    })).trim();
+  }
+  if (opts.brokerUsername !== undefined && brokerPassword === undefined) {
+    throw new Error("--broker-username needs --broker-password-file or NETMANAGER_BROKER_PASSWORD");
+  }
   const c = await startControl({
     stateDir: opts.stateDir,
     mqttHost: opts.mqttHost,
     mqttPort: portOf("--mqtt-port", opts.mqttPort),
+    allowAnonymous: opts.mqttAllowAnonymous === true,
+    ...(mqttTls
+      ? {
+        mqttTls: {
+          cert: mqttTls[0],
+          key: mqttTls[1],
+          ...(opts.mqttClientCa !== undefined ? { clientCa: opts.mqttClientCa } : {}),
+        },
+      }
+      : {}),
     ...(opts.broker !== undefined ? { broker: opts.broker } : {}),
+    ...(opts.brokerUsername !== undefined && brokerPassword !== undefined
+      ? { brokerCredentials: { username: opts.brokerUsername, password: brokerPassword } }
+      : {}),
+    ...(opts.brokerCa !== undefined ? { brokerCa: opts.brokerCa } : {}),
     httpHost: opts.httpHost,
     httpPort: portOf("--http-port", opts.httpPort),
+    ...(httpTls ? { httpTls: { cert: httpTls[0], key: httpTls[1] } } : {}),
   });
   await new Promise<void>((resolve) => {
     const stop = () => {
@@ -75,6 +123,33 @@ async function runService(opts: {
 }
 
 const apiOption = ["--api <url>", "control API URL", DEFAULT_API_URL] as const;
+const stateDirOption = [
+  "--state-dir <dir>",
+  `control state dir whose ${API_TOKEN_FILE_NAME} file holds the API token`,
+  DEFAULT_STATE_DIR,
+] as const;
+const tokenFileOption = [
+  "--token-file <file>",
+  "file with the API token (default: NETMANAGER_CONTROL_TOKEN, else <state-dir>/api-token)",
+] as const;
+const apiCaOption = ["--api-ca <file>", "CA certificate (PEM) of an https API"] as const;
+
+/** The API client for a subcommand: token from --token-file, the environment or the state dir. */
+async function apiOf(opts: { api: string; stateDir: string; tokenFile?: string; apiCa?: string }) {
+  const env = Deno.env.get("NETMANAGER_CONTROL_TOKEN");
+  const token = opts.tokenFile !== undefined
+    ? await readApiToken(opts.tokenFile)
+    : env !== undefined && env !== ""
+    ? env
+    : await readApiToken(`${opts.stateDir.replace(/\/+$/, "")}/${API_TOKEN_FILE_NAME}`);
+  let caCert: string | undefined;
+  if (opts.apiCa !== undefined) {
+    caCert = await Deno.readTextFile(opts.apiCa).catch((e) => {
+      throw new Error(`cannot read --api-ca ${opts.apiCa}: ${e.message}`);
+    });
+  }
+  return new ControlClient(opts.api, { token, ...(caCert !== undefined ? { caCert } : {}) });
+}
 
 function serviceCmd() {
   const add = new Command("add")
@@ -84,9 +159,12 @@ function serviceCmd() {
     .option("--rr-ip6 <ip>", "RR IPv6 (fdff:2000::/21) instead of the next free one")
     .option("--id <id>", "job id (default: generated, 24 hex digits)")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (job, opts) => {
       try {
-        const j = await new ControlClient(opts.api).addService(job, {
+        const j = await (await apiOf(opts)).addService(job, {
           ...(opts.id !== undefined ? { id: opts.id } : {}),
           ...(opts.rrIp !== undefined ? { rrIp: opts.rrIp } : {}),
           ...(opts.rrIp6 !== undefined ? { rrIp6: opts.rrIp6 } : {}),
@@ -103,9 +181,12 @@ function serviceCmd() {
     .argument("<ref>", "job id or job name")
     .option("--force", "also remove its instances")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (ref, opts) => {
       try {
-        const j = await new ControlClient(opts.api).removeService(ref, opts.force === true);
+        const j = await (await apiOf(opts)).removeService(ref, opts.force === true);
         console.log(`removed: ${j.job_name} id ${j._id}`);
       } catch (e) {
         fail(e);
@@ -115,9 +196,12 @@ function serviceCmd() {
     .description("list services with their RR IPs and instances")
     .option("--json", "print JSON")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (opts) => {
       try {
-        const jobs = await new ControlClient(opts.api).services();
+        const jobs = await (await apiOf(opts)).services();
         if (opts.json) {
           console.log(JSON.stringify(jobs, null, 2));
           return;
@@ -156,9 +240,12 @@ function instanceCmd() {
     .argument("<n>", "instance number")
     .option("--cluster-id <id>", "cluster id to record")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (ref, n, opts) => {
       try {
-        const i = await new ControlClient(opts.api).addInstance(ref, instanceNumberOf(n), opts.clusterId);
+        const i = await (await apiOf(opts)).addInstance(ref, instanceNumberOf(n), opts.clusterId);
         console.log(
           `${
             i.created ? "added" : "exists"
@@ -173,9 +260,12 @@ function instanceCmd() {
     .argument("<ref>", "job id or job name")
     .argument("<n>", "instance number, -1 for all")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (ref, n, opts) => {
       try {
-        const r = await new ControlClient(opts.api).removeInstance(ref, instanceNumberOf(n, true));
+        const r = await (await apiOf(opts)).removeInstance(ref, instanceNumberOf(n, true));
         console.log(
           `removed: ${r.job_name} instance(s) ${r.removed.map((i) => i.instance_number).join(",") || "none"}`,
         );
@@ -191,9 +281,12 @@ function nodeCmd() {
     .description("list registered nodes and their subnets")
     .option("--json", "print JSON")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (opts) => {
       try {
-        const api = new ControlClient(opts.api);
+        const api = await apiOf(opts);
         const [nodes, jobs] = await Promise.all([api.nodes(), api.services()]);
         if (opts.json) {
           console.log(JSON.stringify(nodes, null, 2));
@@ -216,9 +309,12 @@ function nodeCmd() {
     .description("deregister a node: release its subnet, mark its instances undeployed")
     .argument("<worker>", "worker id")
     .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
     .action(async (worker, opts) => {
       try {
-        const r = await new ControlClient(opts.api).removeNode(worker);
+        const r = await (await apiOf(opts)).removeNode(worker);
         console.log(
           `removed: ${r.worker_id} ${r.subnet}/26 ${r.subnet_v6}/120; ${r.cleared.length} instance(s) marked undeployed`,
         );
@@ -226,7 +322,52 @@ function nodeCmd() {
         fail(e);
       }
     });
-  return new Command("node").description("manage nodes").addCommand(ls).addCommand(rm);
+  const add = new Command("add")
+    .description(
+      "create (or replace) the MQTT credential of a node; prints it once as JSON, or writes it (0600) " +
+        "with --out: install it as <StateDir>/mqtt-credential.json on the node",
+    )
+    .argument("<worker>", "worker id (the node's MQTT client id)")
+    .option("--out <file>", "write the credential to this file (mode 0600) instead of stdout")
+    .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
+    .action(async (worker, opts) => {
+      try {
+        const c = await (await apiOf(opts)).issueCredential(worker);
+        const text = JSON.stringify({ username: c.username, password: c.password }) + "\n";
+        if (opts.out === undefined) {
+          Deno.stdout.writeSync(new TextEncoder().encode(text));
+          return;
+        }
+        await writeAtomic(opts.out, text);
+        console.log(
+          `${
+            c.replaced ? "replaced" : "created"
+          }: MQTT credential of ${c.worker_id} written to ${opts.out} (0600)`,
+        );
+      } catch (e) {
+        fail(e);
+      }
+    });
+  const revoke = new Command("revoke")
+    .description("delete the MQTT credential of a node and close its connections")
+    .argument("<worker>", "worker id")
+    .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption)
+    .action(async (worker, opts) => {
+      try {
+        const r = await (await apiOf(opts)).revokeCredential(worker);
+        console.log(`revoked: MQTT credential of ${r.worker_id}`);
+      } catch (e) {
+        fail(e);
+      }
+    });
+  return new Command("node").description("manage nodes and their MQTT credentials").addCommand(add)
+    .addCommand(revoke).addCommand(ls).addCommand(rm);
 }
 
 /**
@@ -239,13 +380,33 @@ function nodeCmd() {
  */
 export function controlCmd() {
   return new Command("control")
+    // `control node ls --state-dir X` must reach the subcommand, not the service's own --state-dir
+    .enablePositionalOptions()
     .description("run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)")
     .option("--state-dir <dir>", "state directory", DEFAULT_STATE_DIR)
     .option("--mqtt-host <host>", "embedded broker bind address", "0.0.0.0")
     .option("--mqtt-port <port>", "embedded broker port", String(DEFAULT_MQTT_PORT))
+    .option(
+      "--mqtt-allow-anonymous",
+      "LABS ONLY: the embedded broker accepts anyone and applies no ACL (any client can redirect traffic)",
+    )
+    .option("--mqtt-tls-cert <file>", "embedded broker: TLS certificate (PEM); the listener speaks TLS only")
+    .option("--mqtt-tls-key <file>", "embedded broker: TLS private key (PEM)")
+    .option(
+      "--mqtt-client-ca <file>",
+      "embedded broker: CA of node client certificates; a verified certificate's CN is the worker id",
+    )
     .option("--broker <url>", "use this external MQTT broker (mqtt://host:port) instead of the embedded one")
-    .option("--http-host <host>", "HTTP API bind address", "127.0.0.1")
+    .option("--broker-username <name>", "external broker: the control plane's username")
+    .option(
+      "--broker-password-file <file>",
+      "external broker: file with the control plane's password (or NETMANAGER_BROKER_PASSWORD)",
+    )
+    .option("--broker-ca <file>", "external broker: CA of its certificate (mqtts://)")
+    .option("--http-host <host>", "HTTP API bind address (not loopback: needs --http-tls-*)", "127.0.0.1")
     .option("--http-port <port>", "HTTP API port", String(DEFAULT_HTTP_PORT))
+    .option("--http-tls-cert <file>", "HTTP API: TLS certificate (PEM)")
+    .option("--http-tls-key <file>", "HTTP API: TLS private key (PEM)")
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .action(async (opts) => {
       try {

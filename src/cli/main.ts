@@ -20,6 +20,7 @@ export function buildProgram() {
     .description("node network manager for edge orchestration (Oakestra-compatible)")
     .version(VERSION, "-V, --version")
     .showHelpAfterError()
+    .enablePositionalOptions() // lets `control <sub> --state-dir` reach the subcommand
     .addCommand(daemonCmd())
     .addCommand(debugCmd())
     .addCommand(tableCmd())

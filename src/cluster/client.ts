@@ -3,7 +3,7 @@
  *
  * @example
  * ```ts
- * const api = new ControlClient("http://127.0.0.1:10100");
+ * const api = new ControlClient("http://127.0.0.1:10100", { token: "…" });
  * const job = await api.addService("app.ns.svc.ns");
  * await api.addInstance(job._id, 0);
  * ```
@@ -46,22 +46,42 @@ export function descriptorOf(jobName: string): {
   return { app_name: p[0], app_ns: p[1], microservice_name: p[2], microservice_namespace: p[3] };
 }
 
+/** Options of {@link ControlClient}. */
+export interface ControlClientOptions {
+  /** The API's bearer token (the `api-token` file of the control state dir). */
+  token?: string;
+  /** PEM text of a CA that signs the API's certificate (https with a private CA). */
+  caCert?: string;
+}
+
 /** HTTP client of the control API. */
 export class ControlClient {
   readonly base: string;
+  readonly #token: string | undefined;
+  readonly #http: Deno.HttpClient | undefined;
 
-  constructor(base: string = DEFAULT_API_URL) {
+  constructor(base: string = DEFAULT_API_URL, opts: ControlClientOptions = {}) {
     this.base = base.replace(/\/+$/, "");
+    this.#token = opts.token;
+    this.#http = opts.caCert ? Deno.createHttpClient({ caCerts: [opts.caCert] }) : undefined;
+  }
+
+  /** Releases the HTTP client made for `caCert`. */
+  close(): void {
+    this.#http?.close();
   }
 
   async #call<T>(method: string, path: string, body?: unknown): Promise<T> {
     let res: Response;
     try {
+      const headers: Record<string, string> = {};
+      if (this.#token !== undefined) headers["authorization"] = `Bearer ${this.#token}`;
+      if (body !== undefined) headers["content-type"] = "application/json";
       res = await fetch(this.base + path, {
         method,
-        ...(body !== undefined
-          ? { body: JSON.stringify(body), headers: { "content-type": "application/json" } }
-          : {}),
+        headers,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        ...(this.#http ? { client: this.#http } : {}),
       });
     } catch (e) {
       const cause = (e as Error & { cause?: Error }).cause?.message ?? (e as Error).message;
@@ -128,6 +148,18 @@ export class ControlClient {
   /** `GET /api/net/nodes`. */
   nodes(): Promise<NodeRecord[]> {
     return this.#call("GET", "/api/net/nodes");
+  }
+
+  /** `POST /api/net/node/<worker>/credential`: a new MQTT credential for the node (shown once). */
+  issueCredential(
+    worker: string,
+  ): Promise<{ worker_id: string; username: string; password: string; replaced: boolean }> {
+    return this.#call("POST", `/api/net/node/${encodeURIComponent(worker)}/credential`);
+  }
+
+  /** `DELETE /api/net/node/<worker>/credential`: the node can no longer connect. */
+  revokeCredential(worker: string): Promise<{ worker_id: string; revoked: true }> {
+    return this.#call("DELETE", `/api/net/node/${encodeURIComponent(worker)}/credential`);
   }
 
   /** `DELETE /api/net/node/<worker>`. */

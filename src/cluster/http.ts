@@ -9,8 +9,13 @@
  * | `DELETE /api/net/service/<ref>` | `?force=1` removes remaining instances too | the removed job |
  * | `DELETE /api/net/<ref>/<n>` | `n = -1`: all instances | `{_id, job_name, removed:[…]}` |
  * | `DELETE /api/net/node/<worker>` | – | the node + `cleared:[…]` |
+ * | `POST /api/net/node/<worker>/credential` | – | `{worker_id, username, password, replaced}`: the node's new MQTT credential (shown once) |
+ * | `DELETE /api/net/node/<worker>/credential` | – | `{worker_id, revoked: true}`; its connections are closed |
  * | `GET /api/net/services`, `GET /api/net/service/<ref>` | – | jobs / one job |
  * | `GET /api/net/nodes`, `GET /api/net/node/<worker>` | – | nodes / one node |
+ *
+ * Every request needs `Authorization: Bearer <token>` (the `api-token` file of the state dir);
+ * without it, or with a wrong one: 401 and nothing is done.
  *
  * `<ref>` (and `_id` of an instance deploy) is a job id or a job name (`app.appns.svc.svcns`); ids
  * never contain dots, so this is never ambiguous. Errors are `{"error": "<reason>"}` with 400 (bad
@@ -19,12 +24,19 @@
  *
  * @example
  * ```ts
- * Deno.serve({ port: 10100 }, createHttpHandler(core));
+ * Deno.serve({ port: 10100 }, createHttpHandler(core, { token, credentials }));
  * ```
  */
 import { z } from "zod";
-import { InstanceDeployBodySchema, type JobRecord, ServiceDeployBodySchema, zodProblems } from "./schemas.ts";
+import {
+  InstanceDeployBodySchema,
+  type JobRecord,
+  ServiceDeployBodySchema,
+  WORKER_ID,
+  zodProblems,
+} from "./schemas.ts";
 import { ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
+import { type CredentialStore, secretEquals } from "./auth.ts";
 import type { ControlCore } from "./mqtt.ts";
 import { logger } from "../log.ts";
 
@@ -46,11 +58,26 @@ class HttpError extends Error {
   }
 }
 
-function json(status: number, body: unknown): Response {
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body) + "\n", {
     status,
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...headers },
   });
+}
+
+/** What the handler needs to authenticate requests and manage node credentials. */
+export interface HttpAuth {
+  /** The bearer token every request must carry. */
+  token: string;
+  /** The node credentials of the embedded broker. */
+  credentials: CredentialStore;
+  /** Called after a credential was revoked (closes the node's connections). */
+  onRevoke?: (worker: string) => void;
+}
+
+function bearerOf(req: Request): string | undefined {
+  const m = /^Bearer[ ]+(\S+)\s*$/i.exec(req.headers.get("authorization") ?? "");
+  return m ? m[1] : undefined;
 }
 
 /** The job as the API shows it: the stored document plus its RR addresses. */
@@ -92,7 +119,7 @@ function flag(url: URL, name: string): boolean {
  * Builds the request handler over a {@link ControlCore}. Every state change is persisted before the
  * reply; update notices are published after.
  */
-export function createHttpHandler(core: ControlCore): (req: Request) => Promise<Response> {
+export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Request) => Promise<Response> {
   const commit = async (updates: Parameters<ControlCore["commit"]>[0]) => {
     try {
       await core.commit(updates);
@@ -193,6 +220,49 @@ export function createHttpHandler(core: ControlCore): (req: Request) => Promise<
       },
     },
     {
+      method: "POST",
+      path: /^\/api\/net\/node\/([^/]+)\/credential$/,
+      run: async (m) => {
+        const worker = param(m[1]);
+        if (!WORKER_ID.test(worker)) {
+          throw new HttpError(400, `bad worker id "${worker}" (no / + # or spaces)`);
+        }
+        let c;
+        try {
+          c = await auth.credentials.issue(worker);
+        } catch (e) {
+          throw new HttpError(500, `credential not saved: ${(e as Error).message}`);
+        }
+        if (c.replaced) auth.onRevoke?.(worker); // the old password is void: drop its sessions
+        log.info(c.replaced ? "node credential replaced" : "node credential issued", { worker });
+        return json(200, {
+          worker_id: worker,
+          username: c.username,
+          password: c.password,
+          replaced: c.replaced,
+        }, {
+          "cache-control": "no-store",
+        });
+      },
+    },
+    {
+      method: "DELETE",
+      path: /^\/api\/net\/node\/([^/]+)\/credential$/,
+      run: async (m) => {
+        const worker = param(m[1]);
+        let removed: boolean;
+        try {
+          removed = await auth.credentials.revoke(worker);
+        } catch (e) {
+          throw new HttpError(500, `credential file not saved: ${(e as Error).message}`);
+        }
+        if (!removed) throw new HttpError(404, `node "${worker}" has no credential`);
+        auth.onRevoke?.(worker);
+        log.info("node credential revoked", { worker });
+        return json(200, { worker_id: worker, revoked: true });
+      },
+    },
+    {
       method: "DELETE",
       path: /^\/api\/net\/([^/]+)\/(-?[0-9]{1,10})$/,
       run: async (m) => {
@@ -206,6 +276,14 @@ export function createHttpHandler(core: ControlCore): (req: Request) => Promise<
 
   return async (req: Request): Promise<Response> => {
     const url = new URL(req.url);
+    const given = bearerOf(req);
+    if (given === undefined || !secretEquals(given, auth.token)) {
+      return json(401, {
+        error: given === undefined
+          ? "missing bearer token (Authorization: Bearer <token>; the token is in the api-token file of the state directory)"
+          : "wrong bearer token",
+      }, { "www-authenticate": 'Bearer realm="netmanager-control"' });
+    }
     try {
       let pathMatched = false;
       for (const r of routes) {

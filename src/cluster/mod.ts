@@ -21,4 +21,5 @@ export * from "./mqtt.ts";
 export * from "./http.ts";
 export * from "./broker.ts";
 export * from "./client.ts";
+export * from "./auth.ts";
 export * from "./service.ts";

@@ -10,8 +10,10 @@
  * ```
  */
 import mqtt from "mqtt";
+import type { IClientOptions } from "mqtt";
 import type net from "node:net";
-import { type EmbeddedBroker, startBroker } from "./broker.ts";
+import { type BrokerTls, type EmbeddedBroker, startBroker } from "./broker.ts";
+import { CredentialStore, loadOrCreateApiToken } from "./auth.ts";
 import {
   type ControlCore,
   handleNodeMessage,
@@ -51,8 +53,24 @@ export interface ControlOptions {
   mqttPort?: number;
   /** External broker URL (`mqtt://host:port`, `tcp://…`, `mqtts://…`): no embedded broker then. */
   broker?: string;
-  /** HTTP API bind address (default 127.0.0.1: the API has no authentication). */
+  /**
+   * HTTP API bind address (default 127.0.0.1). Any other address requires `httpTls`: the bearer
+   * token must not cross a network in clear text.
+   */
   httpHost?: string;
+  /** Certificate and key (PEM file paths) of the HTTP API: https. */
+  httpTls?: { cert: string; key: string };
+  /** Embedded broker: accept clients without credentials and apply no ACL (labs only; default false). */
+  allowAnonymous?: boolean;
+  /**
+   * Embedded broker: TLS listener (PEM file paths). With `clientCa`, nodes may authenticate with a
+   * client certificate whose CN is their worker id.
+   */
+  mqttTls?: { cert: string; key: string; clientCa?: string };
+  /** External broker: the control plane's username and password. */
+  brokerCredentials?: { username: string; password: string };
+  /** External broker: CA file that signs its certificate (`mqtts://`; default: the system CAs). */
+  brokerCa?: string;
   /** HTTP API port (default 10100; 0 = any free port). */
   httpPort?: number;
   /** IPv4 addresses whose /26 is never a node subnet (default ["10.19.1.254"], the TUN address). */
@@ -73,6 +91,10 @@ export interface ControlService {
   readonly httpUrl: string;
   /** Path of the state file. */
   readonly statePath: string;
+  /** Path of the HTTP API token file (0600). */
+  readonly tokenPath: string;
+  /** Path of the node credential file of the embedded broker (0600). */
+  readonly credentialsPath: string;
   /** The live state (read only). */
   readonly state: ClusterState;
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -110,14 +132,37 @@ function checkPort(name: string, p: number): number {
   return p;
 }
 
-async function connectClient(url: string, timeoutMs: number): Promise<mqtt.MqttClient> {
-  const client = mqtt.connect(url, {
+function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "");
+  return h === "localhost" || h === "::1" || /^127\.[0-9]+\.[0-9]+\.[0-9]+$/.test(h);
+}
+
+async function readPem(what: string, path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    throw new ControlError(`cannot read ${what} ${path}: ${(e as Error).message}`);
+  }
+}
+
+/** How the control plane's own client reaches the broker. */
+type BrokerLink =
+  | { kind: "internal"; broker: EmbeddedBroker }
+  | { kind: "url"; url: string; options: IClientOptions };
+
+async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.MqttClient> {
+  const url = link.kind === "url" ? link.url : "in-process embedded broker";
+  const options: IClientOptions = {
     clientId: `netmanager-control-${crypto.randomUUID().slice(0, 8)}`,
     clean: true,
     keepalive: 5,
     reconnectPeriod: 1000,
     connectTimeout: Math.min(timeoutMs, 30_000),
-  });
+    ...(link.kind === "url" ? link.options : {}),
+  };
+  const client = link.kind === "internal"
+    ? new mqtt.MqttClient(() => link.broker.connectInternal(), options)
+    : mqtt.connect(link.url, options);
   client.on("connect", () => {
     (client.stream as unknown as net.Socket).setNoDelay?.(true);
   });
@@ -168,8 +213,32 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   const httpHost = opts.httpHost ?? "127.0.0.1";
   const httpPortOpt = checkPort("HTTP port", opts.httpPort ?? DEFAULT_HTTP_PORT);
   const external = opts.broker !== undefined ? brokerUrlOf(opts.broker) : undefined;
+  if (!isLoopback(httpHost) && !opts.httpTls) {
+    throw new ControlError(
+      `refusing to serve the HTTP API on ${httpHost} without TLS (its bearer token would cross the ` +
+        `network in clear text): give --http-tls-cert and --http-tls-key, or keep --http-host 127.0.0.1`,
+    );
+  }
+  const httpTls = opts.httpTls
+    ? {
+      cert: await readPem("HTTP TLS certificate", opts.httpTls.cert),
+      key: await readPem("HTTP TLS key", opts.httpTls.key),
+    }
+    : undefined;
+  let mqttTls: BrokerTls | undefined;
+  if (opts.mqttTls && !external) {
+    mqttTls = {
+      cert: await readPem("MQTT TLS certificate", opts.mqttTls.cert),
+      key: await readPem("MQTT TLS key", opts.mqttTls.key),
+      ...(opts.mqttTls.clientCa ? { clientCa: await readPem("MQTT client CA", opts.mqttTls.clientCa) } : {}),
+    };
+  }
+  const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;
 
   const { store, state } = await StateStore.open(opts.stateDir, { avoidSubnet4: opts.avoidSubnet4 });
+  const creds = await CredentialStore.open(opts.stateDir);
+  const apiToken = await loadOrCreateApiToken(opts.stateDir);
+  if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
 
   let broker: EmbeddedBroker | undefined;
   let client: mqtt.MqttClient | undefined;
@@ -181,15 +250,33 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   };
   try {
     let url: string;
+    let link: BrokerLink;
     if (external) {
       url = external;
+      link = {
+        kind: "url",
+        url,
+        options: {
+          ...(opts.brokerCredentials ?? {}),
+          ...(brokerCa ? { ca: brokerCa } : {}),
+        },
+      };
     } else {
-      broker = await startBroker({ host: mqttHost, port: mqttPortOpt }).catch((e) => {
+      broker = await startBroker({
+        host: mqttHost,
+        port: mqttPortOpt,
+        auth: {
+          allowAnonymous: opts.allowAnonymous === true,
+          verify: (u, p) => creds.verify(u, p),
+        },
+        ...(mqttTls ? { tls: mqttTls } : {}),
+      }).catch((e) => {
         throw new ControlError((e as Error).message);
       });
-      url = `mqtt://${connectableHost(mqttHost)}:${broker.port}`;
+      url = `${mqttTls ? "mqtts" : "mqtt"}://${connectableHost(mqttHost)}:${broker.port}`;
+      link = { kind: "internal", broker };
     }
-    client = await connectClient(url, opts.brokerConnectTimeoutMs ?? 10_000);
+    client = await connectClient(link, opts.brokerConnectTimeoutMs ?? 10_000);
     const mq = client;
 
     const publish = (topic: string, payload: unknown) => {
@@ -210,18 +297,31 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       void handleNodeMessage(core, parseNodeMessage(topic, payload));
     });
 
-    const handler = createHttpHandler(core);
+    const embedded = broker;
+    const handler = createHttpHandler(core, {
+      token: apiToken.token,
+      credentials: creds,
+      onRevoke: (worker) => embedded?.disconnect(worker),
+    });
     try {
-      server = Deno.serve({ hostname: httpHost, port: httpPortOpt, onListen: () => {} }, handler);
+      server = Deno.serve({
+        hostname: httpHost,
+        port: httpPortOpt,
+        onListen: () => {},
+        ...(httpTls ?? {}),
+      }, handler);
     } catch (e) {
       throw new ControlError(`cannot serve HTTP on ${httpHost}:${httpPortOpt}: ${(e as Error).message}`);
     }
     const httpPort = server.addr.port;
     const mqttPort = broker ? broker.port : Number(new URL(url).port);
-    const httpUrl = `http://${connectableHost(httpHost)}:${httpPort}`;
+    const httpUrl = `${httpTls ? "https" : "http"}://${connectableHost(httpHost)}:${httpPort}`;
     log.info("control plane started", {
       broker: external ? external : `embedded ${mqttHost}:${mqttPort}`,
       http: `${httpHost}:${httpPort}`,
+      http_tls: httpTls !== undefined,
+      mqtt_auth: external ? "external broker" : opts.allowAnonymous ? "ANONYMOUS ALLOWED" : "required",
+      node_credentials: creds.workers().length,
       state: store.path,
       jobs: state.jobs().length,
       nodes: state.nodes().length,
@@ -234,6 +334,8 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       brokerUrl: url,
       httpUrl,
       statePath: store.path,
+      tokenPath: apiToken.path,
+      credentialsPath: creds.path,
       state,
       stop() {
         stopping ??= (async () => {

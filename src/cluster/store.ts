@@ -70,6 +70,7 @@ export async function writeAtomic(path: string, text: string): Promise<void> {
   } finally {
     f.close();
   }
+  await Deno.chmod(tmp, 0o600); // a leftover temporary file keeps its old mode
   await Deno.rename(tmp, path);
 }
 

@@ -16,6 +16,7 @@ export { ConfigError } from "./load.ts";
 export type { NetCfg, TunCfg } from "./schema.ts";
 export { NetCfgSchema, TunCfgSchema } from "./schema.ts";
 export * from "./subnet.ts";
+export * from "./credential.ts";
 
 /** Default locations, as Oakestra uses them. */
 export const DEFAULT_PATHS = {

@@ -62,6 +62,16 @@ export const NetCfgSchema = z.object({
   MqttKey: z.string().default(""),
   /** netmanager addition: CA file that signs the broker's certificate (default: the system CAs). */
   MqttCa: z.string().default(""),
+  /** netmanager addition: connect with TLS (`mqtts://`) even without a client certificate or CA. */
+  MqttTls: boolLike.default(false),
+  /**
+   * netmanager additions: the node's MQTT credential (username = worker id). Default: the file
+   * `MqttCredentialFile`, else `<StateDir>/mqtt-credential.json` when present (mode 0600 required);
+   * none → no username (Oakestra's anonymous or certificate-based broker).
+   */
+  MqttUsername: z.string().default(""),
+  MqttPassword: z.string().default(""),
+  MqttCredentialFile: z.string().default(""),
   // netmanager additions
   BridgeName: ifName.default("goProxyBridge"),
   VethPrefix: z.string().regex(/^[a-z][a-z0-9]{0,5}$/, "must be 1..6 lowercase letters/digits").default(

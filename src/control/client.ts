@@ -92,8 +92,13 @@ export interface ControlOptions {
   port: number;
   /** Worker id: MQTT client id and the `<id>` of `nodes/<id>/net/...`. */
   workerId: string;
-  /** Client certificate and key (PEM file paths) → `mqtts://`; `ca` adds a CA file to trust. */
-  tls?: { cert: string; key: string; ca?: string };
+  /**
+   * `mqtts://`: optional client certificate and key (PEM file paths; the broker may take the
+   * certificate's CN as the node's identity) and a CA file to trust (default: the system CAs).
+   */
+  tls?: { cert?: string; key?: string; ca?: string };
+  /** Username (= worker id) and password for the broker; never logged. */
+  credentials?: { username: string; password: string };
   /** The table to keep up to date. */
   sink: TableSink;
   /** True for jobs with an instance on this node (their interests never expire). */
@@ -294,10 +299,17 @@ export class NodeControl {
       resubscribe: false, // done by #onConnect, together with the re-announce
       queueQoSZero: false,
     };
+    if (opts.credentials) {
+      clientOpts.username = opts.credentials.username;
+      clientOpts.password = opts.credentials.password;
+    }
     if (opts.tls) {
+      if ((opts.tls.cert === undefined) !== (opts.tls.key === undefined)) {
+        throw new ControlError("MQTT TLS: a client certificate needs its key and vice versa");
+      }
       try {
-        clientOpts.cert = await Deno.readTextFile(opts.tls.cert);
-        clientOpts.key = await Deno.readTextFile(opts.tls.key);
+        if (opts.tls.cert) clientOpts.cert = await Deno.readTextFile(opts.tls.cert);
+        if (opts.tls.key) clientOpts.key = await Deno.readTextFile(opts.tls.key);
         if (opts.tls.ca) clientOpts.ca = await Deno.readTextFile(opts.tls.ca);
       } catch (e) {
         throw new ControlError(`cannot read MQTT TLS files: ${errText(e)}`);
@@ -351,7 +363,11 @@ export class NodeControl {
     }
     const period = Math.max(20, Math.min(1000, Math.floor(control.#idleMs / 5)));
     control.#sweep = setInterval(() => control.#expireInterests(), period);
-    log.info("connected to MQTT broker", { url, clientId: opts.workerId });
+    log.info("connected to MQTT broker", {
+      url,
+      clientId: opts.workerId,
+      auth: opts.credentials ? "password" : opts.tls?.cert ? "client certificate" : "none",
+    });
     return control;
   }
 

@@ -16,6 +16,8 @@
 import { ApiClient } from "../api/client.ts";
 import { mustRun, runTool } from "../sys/command.ts";
 import { type Background, selfCommand, spawnBackground } from "../sys/process.ts";
+import { newSecret } from "../cluster/auth.ts";
+import { MQTT_CREDENTIAL_FILE_NAME } from "../config/credential.ts";
 
 /** A simulated node. */
 export interface SimNode {
@@ -83,7 +85,9 @@ export class World {
   /**
    * Starts `netmanager control` (HTTP API on 127.0.0.1:10100) in its own namespace on the underlay
    * at `ip`, with its embedded MQTT broker on :10003, or with `broker: "mosquitto"` a mosquitto
-   * (Debian's) on :10003 in the same namespace that the control plane uses as an external broker.
+   * (Debian's) on :10003 in the same namespace that the control plane uses as an external broker
+   * (password file + the ACL of config/mosquitto/acl). Every cluster node started afterwards gets
+   * its own MQTT credential (`control node add`, or mosquitto_passwd).
    */
   async control(
     ip: string,
@@ -93,13 +97,15 @@ export class World {
     await this.attach(ns, "c", ip);
     const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-ctl-` });
     this.#dirs.push(dir);
-    this.#ctl = { ns, dir, mosquitto: opts.broker === "mosquitto" };
+    this.#ctl = { ns, dir, mosquitto: opts.broker === "mosquitto", ours: true };
     if (this.#ctl.mosquitto) await this.startBroker();
     await this.startControl();
     return { ns, ip };
   }
 
-  #ctl: { ns: string; dir: string; mosquitto: boolean; proc?: Background; broker?: Background } | undefined;
+  #ctl:
+    | { ns: string; dir: string; mosquitto: boolean; ours?: boolean; proc?: Background; broker?: Background }
+    | undefined;
 
   /**
    * Only a mosquitto broker (:10003) in its own namespace on the underlay at `ip`, for a cluster
@@ -126,8 +132,10 @@ export class World {
   async startControl(): Promise<void> {
     const c = this.#ctl!;
     const args = [...selfCommand(), "control", "--state-dir", c.dir];
-    if (c.mosquitto) args.push("--broker", "mqtt://127.0.0.1:10003");
-    else args.push("--mqtt-port", "10003");
+    if (c.mosquitto) {
+      args.push("--broker", "mqtt://127.0.0.1:10003", "--broker-username", "netmanager-control");
+      args.push("--broker-password-file", `${c.dir}/broker-password`);
+    } else args.push("--mqtt-port", "10003");
     c.proc = spawnBackground(args, { netns: c.ns, logFile: `${c.dir}/control.log` });
     this.#procs.push(c.proc);
     const deadline = Date.now() + 20000;
@@ -151,14 +159,33 @@ export class World {
     await this.#ctl?.proc?.stop();
   }
 
-  /** (Re)starts the mosquitto broker of a `broker: "mosquitto"` control plane. */
+  /**
+   * (Re)starts the mosquitto broker of a `broker: "mosquitto"` control plane: with our control plane
+   * it requires passwords and applies config/mosquitto/acl; alone (`brokerOnly`, an Oakestra-style
+   * cluster) it is anonymous, as Oakestra's default.
+   */
   async startBroker(): Promise<void> {
     const c = this.#ctl!;
     const conf = `${c.dir}/mosquitto.conf`;
-    await Deno.writeTextFile(
-      conf,
-      "listener 10003 0.0.0.0\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n",
-    );
+    let text = "listener 10003 0.0.0.0\nset_tcp_nodelay true\npersistence false\n";
+    if (c.ours) {
+      const passwd = `${c.dir}/mosquitto.passwd`;
+      if (!(await Deno.stat(passwd).then(() => true, () => false))) {
+        const pw = newSecret();
+        await Deno.writeTextFile(`${c.dir}/broker-password`, pw + "\n", { mode: 0o600 });
+        await Deno.writeTextFile(passwd, "", { mode: 0o600 });
+        await mustRun("mosquitto_passwd", ["-b", passwd, "netmanager-control", pw]);
+        await Deno.copyFile(`${ROOT_CONFIG}mosquitto/acl`, `${c.dir}/mosquitto.acl`);
+        // mosquitto started as root reads its files as user mosquitto
+        await mustRun("chown", ["mosquitto", passwd, `${c.dir}/mosquitto.acl`]);
+        await Deno.chmod(c.dir, 0o711);
+      }
+      text += `allow_anonymous false\npassword_file ${passwd}\nacl_file ${c.dir}/mosquitto.acl\n` +
+        "use_username_as_clientid true\n";
+    } else {
+      text += "allow_anonymous true\n";
+    }
+    await Deno.writeTextFile(conf, text);
     c.broker = spawnBackground(["mosquitto", "-c", conf], { netns: c.ns, logFile: `${c.dir}/mosquitto.log` });
     this.#procs.push(c.broker);
     const deadline = Date.now() + 10000;
@@ -180,6 +207,36 @@ export class World {
     await this.#ctl?.broker?.stop();
   }
 
+  /**
+   * Gives worker `workerId` its MQTT credential in `stateDir/mqtt-credential.json` (0600): from the
+   * control plane (`control node add --out`), or with mosquitto a new password in its password
+   * file, then a reload (SIGHUP) that is awaited in mosquitto's log.
+   */
+  async nodeCredential(workerId: string, stateDir: string): Promise<void> {
+    const c = this.#ctl!;
+    await Deno.mkdir(stateDir, { recursive: true });
+    const file = `${stateDir}/${MQTT_CREDENTIAL_FILE_NAME}`;
+    if (!c.mosquitto) {
+      await this.ctl(["node", "add", workerId, "--out", file]);
+      return;
+    }
+    const pw = newSecret();
+    await mustRun("mosquitto_passwd", ["-b", `${c.dir}/mosquitto.passwd`, workerId, pw]);
+    await Deno.writeTextFile(file, JSON.stringify({ username: workerId, password: pw }) + "\n", {
+      mode: 0o600,
+    });
+    const log = `${c.dir}/mosquitto.log`;
+    const reloads = async () =>
+      ((await Deno.readTextFile(log).catch(() => "")).match(/Reloading config/g) ?? []).length;
+    const before = await reloads();
+    Deno.kill(c.broker!.pid, "SIGHUP");
+    const deadline = Date.now() + 5000;
+    while (await reloads() === before) {
+      if (Date.now() > deadline) throw new Error(`mosquitto did not reload; see ${log}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   /** Runs `netmanager control …` (the CLI client) next to the control plane; returns stdout. */
   async ctl(args: string[]): Promise<string> {
     if (!this.#ctl) throw new Error("no control plane started");
@@ -188,6 +245,8 @@ export class World {
       ...selfCommand(),
       "control",
       ...args,
+      "--state-dir",
+      this.#ctl.dir,
     ]);
     if (r.code !== 0) throw new Error(`netmanager control ${args.join(" ")}: ${r.stderr.trim()}`);
     return r.stdout.trim();
@@ -207,7 +266,9 @@ export class World {
       `${dir}/netcfg.json`,
       JSON.stringify({ ...cfg, NodePublicAddress: ip, ClusterUrl: clusterIp }),
     );
-    return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp, workerId);
+    const id = workerId ?? `${this.prefix}-${name}`;
+    if (this.#ctl?.ours) await this.nodeCredential(id, `${dir}/state`);
+    return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp, id);
   }
 
   /** Starts a node daemon in standalone mode with `subnet` and registers it. */

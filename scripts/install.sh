@@ -54,7 +54,7 @@ if [ "$mode" = uninstall ]; then
   fi
   rm -f "$D$units/netmanager.service" "$D$units/netmanager-control.service"
   rm -f "$D$bin"
-  rm -rf "$D$libdir"
+  rm -rf "$D$libdir" "$D/var/cache/netmanager"
   if [ -n "$purge" ]; then
     rm -rf "$D/etc/netmanager" "$D/var/lib/netmanager"
     say "removed netmanager, its configs and its state"

@@ -4,8 +4,8 @@
 #   dist/netmanager-<version>-linux-<arch>.tar.gz   unpack anywhere, run bin/netmanager, or ./install.sh
 #   dist/netmanager_<version>_<debarch>.deb          dpkg -i (installs under /usr, units in /lib/systemd)
 # Each holds the Deno runtime of its architecture (npm @deno/linux-<x64|arm64>-glibc at the pinned
-# version), the program with the version baked in, its npm dependencies in a DENO_DIR (run with
-# --cached-only), the bin/netmanager launcher, configs and systemd units.
+# version), the program with the version baked in and its npm dependencies (lib/app/node_modules; run
+# with --cached-only), the bin/netmanager launcher, configs and systemd units.
 #   scripts/package.sh [--arch x86_64|aarch64|all] [--no-deb] [--out DIR]
 # Downloads are cached in .cache/ (NETMANAGER_CACHE): a second build needs no network at all.
 set -euo pipefail
@@ -57,22 +57,19 @@ app="$work/app"
 mkdir -p "$app"
 cp -r deno.json deno.lock main.ts src ffi config "$app/"
 nm_bake "$app"
-entries=(main.ts src/proxy/worker.ts)
 
-# 2. Its npm dependencies: fetched once into the cache, then exactly the locked ones copied into the
-# release's DENO_DIR and checked there without network (a root build runs that check in an empty
-# network namespace, so a missing package fails here instead of on a node).
-(cd "$app" && DENO_DIR="$cache/deno-dir" "$deno" cache --quiet --frozen "${entries[@]}")
-denodir="$work/deno-dir"
-"$deno" run --quiet -A "$root/scripts/npm_subset.ts" "$app/deno.lock" "$cache/deno-dir" "$denodir"
+# 2. Its npm dependencies, installed into lib/app/node_modules from the locked versions (downloads are
+# cached), then checked without network and with an empty DENO_DIR, as the launcher runs it (a root
+# build runs that check in an empty network namespace): a missing package fails here, not on a node.
+(cd "$app" && DENO_DIR="$cache/deno-dir" "$deno" install --quiet --frozen --node-modules-dir=auto)
 offline=()
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then offline=(unshare -n); fi
-(cd "$app" && DENO_DIR="$denodir" "${offline[@]}" "$deno" cache --quiet --frozen "${entries[@]}") || {
-  echo "package: the release's DENO_DIR is incomplete (see above)" >&2
+(cd / && DENO_DIR="$work/deno-dir" "${offline[@]}" "$deno" run --quiet --cached-only --frozen --no-prompt \
+  --node-modules-dir=manual --config "$app/deno.json" -A "$app/main.ts" version >/dev/null) || {
+  echo "package: the program does not run from its own node_modules (see above)" >&2
   exit 1
 }
-# Transpile and analysis caches are keyed by absolute source paths, which differ once installed.
-rm -rf "$denodir/gen" "$denodir"/*_cache_v2*
+rm -rf "$work/deno-dir"
 
 # The Deno runtime for an architecture, from npm (integrity checked by npm), cached.
 deno_runtime() { # <npm arch> <dest>
@@ -97,7 +94,6 @@ for arch in $archs; do
   install -m 0755 "$root/scripts/launcher.sh" "$tree/bin/netmanager"
   deno_runtime "$npm_arch" "$tree/lib/deno"
   cp -r "$app" "$tree/lib/app"
-  cp -r "$denodir" "$tree/lib/deno-dir"
   install -m 0644 config/netcfg.json config/tuncfg.json config/netmanager.env config/control.env "$tree/config/"
   install -m 0644 config/netmanager.service config/netmanager-control.service "$tree/systemd/"
   install -m 0755 scripts/install.sh "$tree/install.sh"

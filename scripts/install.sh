@@ -97,15 +97,23 @@ if [ -n "$tree" ]; then
 else
   [ "$(head -c 4 "$src" | od -An -c | tr -d ' ')" = '177ELF' ] ||
     { say "$src is neither a release archive or directory nor an executable"; exit 1; }
-  new_version="$("$src" --version 2>/dev/null || echo "(compiled binary)")"
-  repo=$(cd "$here/.." && pwd)
-  config_src="$repo/config"
-  unit_src="$repo/config"
+  new_version=$("$src" --version 2>/dev/null | head -1 || true)
+  new_version=${new_version:-"(compiled binary)"}
+  if [ -d "$here/systemd" ]; then # this script in a release: its configs and units
+    config_src="$here/config"
+    unit_src="$here/systemd"
+  else # this script in the repository
+    config_src="$here/../config"
+    unit_src="$here/../config"
+  fi
 fi
 
 old_version=""
 if [ -f "$D$libdir/BUILD_INFO" ]; then old_version=$(sed -n 's/^version=//p' "$D$libdir/BUILD_INFO")
-elif [ -x "$D$bin" ] && [ -z "$D" ]; then old_version=$("$bin" --version 2>/dev/null || echo unknown); fi
+elif [ -x "$D$bin" ] && [ -z "$D" ]; then
+  old_version=$("$bin" --version 2>/dev/null | head -1 || true)
+  old_version=${old_version:-unknown}
+fi
 [ -z "$old_version" ] || say "upgrading $old_version → $new_version"
 
 # The program: the new release goes in beside the old one, then takes its place.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds one self-contained netmanager executable per architecture with `deno compile`:
 #   dist/netmanager-x86_64-unknown-linux-gnu, dist/netmanager-aarch64-unknown-linux-gnu
-# The version (git describe, else the one in src/version.ts) is baked in.
+# The version and commit are baked in (scripts/buildinfo.sh). deno compile needs Deno's `denort` runtime,
+# which it downloads from dl.deno.land; where that host is unreachable, use scripts/package.sh instead
+# (it needs only the npm registry).
 # DENORT_BIN: path to a denort runtime to use instead of downloading one (offline builds; only for the
 # architecture it was built for). TARGETS: override the list of target triples.
 set -euo pipefail
@@ -10,13 +12,15 @@ cd "$root"
 deno=${DENO:-$(command -v deno || echo "$root/.tools/node_modules/.bin/deno")}
 [ -x "$deno" ] || { echo "compile: deno not found (run scripts/bootstrap.sh)" >&2; exit 1; }
 targets=${TARGETS:-"x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu"}
-version=$(git describe --tags --always --dirty 2>/dev/null || sed -n 's/.*VERSION = "\(.*\)".*/\1/p' src/version.ts)
+# shellcheck source=buildinfo.sh
+source "$root/scripts/buildinfo.sh"
+version=$NM_VERSION
 
 # Bake the version into a copy of the sources so the work tree stays clean.
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 cp -r deno.json deno.lock main.ts src ffi config "$build/"
-sed -i "s/export const VERSION = \".*\";/export const VERSION = \"${version}\";/" "$build/src/version.ts"
+nm_bake "$build"
 mkdir -p dist
 failed=0
 for t in $targets; do

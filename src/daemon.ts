@@ -26,6 +26,7 @@ import { canonicalIp, maskIPv6, parseIPv4, parseIPv6 } from "./addr/mod.ts";
 import { loadMqttCredential, parseNodeSubnet } from "./config/mod.ts";
 import { type StaticTable, TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
+import { StateLock } from "./sys/lock.ts";
 import { VERSION } from "./version.ts";
 
 const log = logger("daemon");
@@ -332,8 +333,23 @@ class Node implements NodeService {
   }
 }
 
-/** Starts the node daemon; throws (before serving) on bad state or an unusable socket. */
+/**
+ * Starts the node daemon; throws (before serving) on bad state or an unusable socket, and
+ * `AlreadyRunningError` (sys/lock.ts) before touching anything when another daemon holds the state directory.
+ */
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
+  // First of all: a second daemon on the same state would adopt the first one's instances.
+  const lock = StateLock.acquire(opts.cfg.net.StateDir);
+  try {
+    const d = await startLocked(opts);
+    return { stopped: d.stopped.finally(() => lock.release()), stop: d.stop };
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
+async function startLocked(opts: DaemonOptions): Promise<Daemon> {
   const { cfg } = opts;
   for (const n of cfg.notes) log.info(n);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });

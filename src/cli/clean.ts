@@ -4,6 +4,7 @@
 import { Command } from "@commander-js/extra-typings";
 import { ApiClient } from "../api/client.ts";
 import { EnvironmentManager, StateStore } from "../env/mod.ts";
+import { AlreadyRunningError, StateLock } from "../sys/lock.ts";
 import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
 
 /** `netmanager clean`. */
@@ -24,6 +25,8 @@ export function cleanCmd() {
         probe.close();
         if (running) throw new Error(`a daemon is running on ${opts.socket}: stop it first`);
         const cfg = await configFromFlags(opts);
+        // A daemon on another socket still holds the state directory: refuse as well.
+        const lock = await holdState(cfg.net.StateDir);
         // A corrupt state file, or one that is not a regular file, is no reason to leave the node
         // dirty: clean then removes what the bridge and our chains show, and the file itself.
         const env = new EnvironmentManager({
@@ -31,7 +34,13 @@ export function cleanCmd() {
           store: new StateStore(cfg.net.StateDir),
           ignoreBadState: true,
         });
-        const report = await env.cleanNode();
+        let report;
+        try {
+          report = await env.cleanNode();
+          if (lock) await Deno.remove(lock.path).catch(() => {}); // the state dir is left empty
+        } finally {
+          lock?.release();
+        }
         if (opts.json) console.log(JSON.stringify(report));
         else {
           console.log(
@@ -44,4 +53,15 @@ export function cleanCmd() {
         fail(e);
       }
     });
+}
+
+async function holdState(dir: string): Promise<StateLock | undefined> {
+  const exists = await Deno.stat(dir).then((s) => s.isDirectory, () => false);
+  if (!exists) return undefined; // nothing ever ran here; do not create the directory
+  try {
+    return StateLock.acquire(dir);
+  } catch (e) {
+    if (e instanceof AlreadyRunningError) throw new Error(`${e.message}: stop it first`);
+    throw e;
+  }
 }

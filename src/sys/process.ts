@@ -9,8 +9,13 @@
  * ```
  */
 
-/** argv prefix that runs this program again: the compiled binary, or `deno run -A main.ts`. */
+/**
+ * argv prefix that runs this program again: the release launcher (it sets NETMANAGER_SELF), the
+ * compiled binary, or `deno run -A main.ts`.
+ */
 export function selfCommand(): string[] {
+  const launcher = Deno.env.get("NETMANAGER_SELF");
+  if (launcher) return [launcher];
   const main = new URL("../../main.ts", import.meta.url);
   const compiled = !Deno.execPath().endsWith("/deno") && !Deno.execPath().endsWith("/deno.exe");
   if (compiled || main.protocol !== "file:") return [Deno.execPath()];

@@ -35,7 +35,9 @@ Deno.test("cli: --help everywhere, version", async () => {
   }
   const v = await cli(["version"]);
   assertEquals(v.code, 0);
-  assertMatch(v.stdout.trim(), /^\d+\.\d+\.\d+/);
+  assertMatch(v.stdout, /^netmanager \d+\.\d+\.\d+/);
+  assertMatch(v.stdout, /^commit  \S+\ndeno    \d+\.\d+\.\d+\narch    (x86_64|aarch64) \(linux\)$/m);
+  assertMatch((await cli(["-V"])).stdout.trim(), /^\d+\.\d+\.\d+/);
 });
 
 Deno.test("cli: bad flags and files fail with one clear line", async () => {

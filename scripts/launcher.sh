@@ -1,0 +1,19 @@
+#!/bin/sh
+# netmanager launcher (bin/netmanager of a release): runs the bundled program with the bundled Deno,
+# offline: the npm dependencies are in lib/app/node_modules and --cached-only forbids any download.
+# The release is never written to; Deno keeps its caches (transpiled code) in DENO_DIR.
+set -e
+self=$(readlink -f "$0")
+top=${self%/bin/*}
+if [ -z "${DENO_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then DENO_DIR=/var/cache/netmanager
+  else DENO_DIR=${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/netmanager; fi
+  export DENO_DIR
+fi
+export DENO_NO_UPDATE_CHECK=1
+# How the program starts itself again (the demo's daemons): through this launcher.
+export NETMANAGER_SELF="$self"
+exec "$top/lib/deno" run --cached-only --frozen --no-prompt --node-modules-dir=manual \
+  --config "$top/lib/app/deno.json" \
+  --allow-read --allow-write --allow-net --allow-env --allow-run --allow-ffi --allow-sys \
+  "$top/lib/app/main.ts" "$@"

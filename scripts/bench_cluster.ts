@@ -15,6 +15,7 @@
  * `--quick` does one round of each measurement and 50 registrations (a smoke run). Every tool run
  * inside a namespace has a time limit, and SIGINT/SIGTERM remove everything before exiting.
  */
+import { API_TOKEN_FILE_NAME } from "../src/cluster/auth.ts";
 import { World } from "../src/demo/world.ts";
 import { type Background, spawnBackground } from "../src/sys/process.ts";
 import { afterInterrupt, mustRunLimited, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
@@ -194,6 +195,7 @@ try {
       "register",
       "http://127.0.0.1:10100",
       String(REGISTRATIONS),
+      `${w.controlStateDir}/${API_TOKEN_FILE_NAME}`,
     ], 120000),
   );
   const qMany = await queries();

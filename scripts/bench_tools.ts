@@ -6,7 +6,8 @@
  *   (JSON array, -1 for a request unanswered within 1 s); with WARM_HOST, two uncounted requests go
  *   there first, so the socket, ARP and JIT costs of a first send are not charged to HOST; exits 1
  *   after 3 unanswered requests in a row
- * - `register API N`: registers N services with the control plane's HTTP API; prints ms per request
+ * - `register API N [TOKEN_FILE]`: registers N services with the control plane's HTTP API (bearer token
+ *   read from TOKEN_FILE, the control plane's `api-token`); prints ms per request
  *   (JSON), then `query`-style lookups are left to the caller
  */
 import dgram from "node:dgram";
@@ -88,12 +89,14 @@ async function udpRtt(host: string, port: number, n: number, warm?: string) {
   console.log(JSON.stringify(out));
 }
 
-async function register(api: string, n: number) {
+async function register(api: string, n: number, tokenFile?: string) {
+  const token = tokenFile ? (await Deno.readTextFile(tokenFile)).trim() : "";
+  const auth: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
     const r = await fetch(`${api}/api/net/service/deploy`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...auth },
       signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
       body: JSON.stringify({
         deployment_descriptor: {
@@ -118,7 +121,7 @@ switch (cmd) {
     await udpRtt(args[0], Number(args[1]), Number(args[2]), args[3]);
     break;
   case "register":
-    await register(args[0], Number(args[1]));
+    await register(args[0], Number(args[1]), args[2]);
     break;
   default:
     console.error(`unknown command ${cmd}`);

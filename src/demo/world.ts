@@ -89,6 +89,12 @@ export class World {
    * (password file + the ACL of config/mosquitto/acl). Every cluster node started afterwards gets
    * its own MQTT credential (`control node add`, or mosquitto_passwd).
    */
+  /** The state directory of the control plane started by {@link World.control} (holds `api-token`). */
+  get controlStateDir(): string {
+    if (!this.#ctl) throw new Error("no control plane started");
+    return this.#ctl.dir;
+  }
+
   async control(
     ip: string,
     opts: { broker?: "embedded" | "mosquitto" } = {},

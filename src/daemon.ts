@@ -18,11 +18,12 @@ import {
   type InstanceKind,
   StateStore,
 } from "./env/mod.ts";
+import { compactHeap } from "./heap.ts";
 import { logger } from "./log.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
 import { parseNodeSubnet } from "./config/mod.ts";
-import { type StaticTable, TranslationTable } from "./table/mod.ts";
+import { TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { VERSION } from "./version.ts";
 
@@ -37,8 +38,8 @@ export interface DaemonOptions {
   socketPath: string;
   /** Install SIGTERM/SIGINT handlers (the CLI does; tests embedding the daemon may not). */
   handleSignals?: boolean;
-  /** Static-table mode: the translation table comes from this parsed file, not from a cluster. */
-  staticTable?: StaticTable;
+  /** Static-table mode: the translation table, loaded from a file (see `loadStaticTable`), not from a cluster. */
+  staticTable?: TranslationTable;
 }
 
 /** A running daemon. */
@@ -59,13 +60,14 @@ class Node implements NodeService {
   dataPlane: DataPlane | undefined;
   /** The cluster connection (cluster mode). */
   control: NodeControl | undefined;
-  readonly staticTable: StaticTable | undefined;
+  /** The static table until the data plane takes it over. */
+  #initialTable: TranslationTable | undefined;
   #registering: Promise<RegisterResult> | undefined;
 
-  constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: StaticTable) {
+  constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: TranslationTable) {
     this.cfg = cfg;
     this.env = env;
-    this.staticTable = staticTable;
+    this.#initialTable = staticTable;
     this.workerId = env.registration.workerId;
   }
 
@@ -175,8 +177,7 @@ class Node implements NodeService {
   async startDataPlane(nodeId: string): Promise<void> {
     const subnet = this.env.subnet;
     if (this.dataPlane || !subnet) return;
-    const table = new TranslationTable();
-    for (const j of this.staticTable?.jobs ?? []) table.replaceJob(j.job, j.entries);
+    const table = this.#initialTable ?? new TranslationTable();
     // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
     const resolver: Resolver = { resolve: (ip) => this.control?.resolveIp(ip) ?? Promise.resolve(false) };
     this.dataPlane = await DataPlane.start({
@@ -202,6 +203,7 @@ class Node implements NodeService {
         subnet6: subnet.v6,
       },
     });
+    this.#initialTable = undefined;
   }
 
   #requireRegistered(): void {
@@ -251,6 +253,7 @@ class Node implements NodeService {
       pendingRemovals: this.env.pendingRemovals,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       dataPlane: this.dataPlane ? (this.dataPlane.stats() ?? { starting: true }) : null,
+      memory: memoryStatus(),
       cluster: this.control
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
@@ -285,9 +288,15 @@ class Node implements NodeService {
   }
 }
 
+/** Process memory (bytes): resident set, and the main isolate's V8 heap (the Worker's is in `dataPlane.heap`). */
+function memoryStatus(): Record<string, number> {
+  const m = Deno.memoryUsage();
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external };
+}
+
 /** Starts the node daemon; throws (before serving) on bad state or an unusable socket. */
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
-  const { cfg } = opts;
+  const { cfg, handleSignals } = opts;
   for (const n of cfg.notes) log.info(n);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
   const node = new Node(cfg, env, opts.staticTable);
@@ -364,7 +373,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();
-      if (opts.handleSignals) {
+      if (handleSignals) {
         Deno.removeSignalListener("SIGTERM", stop);
         Deno.removeSignalListener("SIGINT", stop);
       }
@@ -372,10 +381,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     })();
     return stopping;
   };
-  if (opts.handleSignals) {
+  if (handleSignals) {
     Deno.addSignalListener("SIGTERM", stop);
     Deno.addSignalListener("SIGINT", stop);
   }
   log.info("netmanager started", { version: VERSION, mode: node.mode, socket: opts.socketPath });
+  // Start-up (a static table above all) allocated in bursts: give the young generation back now.
+  await compactHeap();
   return { stopped: done.promise, stop };
 }

@@ -570,7 +570,14 @@ function stats(): StatsData {
     drops,
     peers: e.peers.stats(performance.now()),
     usedJobs: usage(),
+    heap: isolateHeap(),
   };
+}
+
+/** This isolate's heap figures (Deno.memoryUsage's heap fields are per isolate; rss is the process's). */
+function isolateHeap(): StatsData["heap"] {
+  const m = Deno.memoryUsage();
+  return { used: m.heapUsed, total: m.heapTotal, external: m.external };
 }
 
 function usage(): string[] {

@@ -204,6 +204,8 @@ class Node implements NodeService {
       },
     });
     this.#initialTable = undefined;
+    // The Worker has built its copy of the table: give back what that took (both isolates' arenas).
+    await compactHeap();
   }
 
   #requireRegistered(): void {

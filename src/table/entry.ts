@@ -173,7 +173,9 @@ export function validateEntry(e: TableEntry, jobChecked = false): void {
   if (!isU32(e.nsip4)) invalid(e, "nsip4 is not a uint32");
   if (e.nsip6 !== undefined && !isV6(e.nsip6)) invalid(e, "nsip6 is not 16 bytes");
   if (!Array.isArray(e.serviceIps) || e.serviceIps.length === 0) invalid(e, "needs at least one ServiceIP");
-  for (const s of e.serviceIps as readonly ServiceIp[]) {
+  const list = e.serviceIps as readonly ServiceIp[];
+  for (let i = 0; i < list.length; i++) {
+    const s = list[i];
     if (typeof KIND_CODE[s.kind] !== "number") invalid(e, `unknown ServiceIP kind ${s.kind}`);
     if (s.v4 === undefined && s.v6 === undefined) invalid(e, "ServiceIP without address");
     if (s.v4 !== undefined && !isU32(s.v4)) invalid(e, "ServiceIP v4 is not a uint32");

@@ -391,6 +391,21 @@ export function parseStaticTable(value: unknown): StaticTable {
  * ```
  */
 export function loadStaticTable(value: unknown, table: TranslationTable): number {
+  // Size the table once from the (not yet validated) file: a hint only, capped.
+  if (Array.isArray(value)) {
+    let entries = 0;
+    let sips = 0;
+    for (const r of value) {
+      const list = (r as { instance_list?: unknown } | null)?.instance_list;
+      if (!Array.isArray(list)) continue;
+      entries += list.length;
+      for (const i of list) {
+        const s = (i as { service_ip?: unknown } | null)?.service_ip;
+        sips += Array.isArray(s) ? s.length : 1;
+      }
+    }
+    table.reserve(Math.min(entries, 1 << 20), Math.min(sips, 1 << 22));
+  }
   return forEachStaticResult(value, (job, entries) => {
     table.replaceJob(job, table.hasJob(job) ? [...table.job(job), ...entries] : entries);
   });

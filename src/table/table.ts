@@ -104,11 +104,11 @@ export interface TableSnapshot {
   /** Distinct node IPs. */
   readonly nodes: readonly string[];
   /** Entry rows, 7 words each. */
-  readonly rows: Uint32Array;
+  readonly rows: Uint32Array<ArrayBuffer>;
   /** ServiceIP rows, 4 words each. */
-  readonly sips: Uint32Array;
+  readonly sips: Uint32Array<ArrayBuffer>;
   /** IPv6 address pool. */
-  readonly v6: Uint8Array;
+  readonly v6: Uint8Array<ArrayBuffer>;
 }
 
 const ROW = 7;
@@ -635,7 +635,9 @@ export class TranslationTable {
       this.#ns6.set(e.nsip6, row);
     } else this.#rHas6[row] = 0;
     let last = NONE;
-    for (const sip of e.serviceIps) {
+    const list = e.serviceIps;
+    for (let i = 0; i < list.length; i++) {
+      const sip = list[i];
       const s = this.#allocSip();
       this.#sRow[s] = row;
       this.#sKind[s] = KIND_CODE[sip.kind];
@@ -990,7 +992,7 @@ export class TranslationTable {
     const nV6 = v6.length / 16;
     const addr6 = (i: number, into: Uint8Array, what: string): Uint8Array => {
       if (i >= nV6) throw new TableError(`table snapshot: ${what} v6 index ${i} out of range`);
-      into.set(v6.subarray(i * 16, i * 16 + 16));
+      for (let k = 0, at = i * 16; k < 16; k++) into[k] = v6[at + k]; // no view object per address
       return into;
     };
     // One reused entry (and ServiceIP objects and address buffers) carries every row into the

@@ -182,13 +182,12 @@ export class TranslationTable {
   #sG4Prev = new Int32Array(0);
   #sG6Next = new Int32Array(0);
   #sG6Prev = new Int32Array(0);
-  // Groups: one per ServiceIP address; the members are slots (IN4/IN6), linked in insertion order.
+  // Groups: one per ServiceIP address; the members are slots (IN4/IN6), linked in insertion order;
+  // the address is read from a member slot.
   #grpCap = 0;
   #grpHi = 0;
   #grpFree = NONE;
   #gFam = new Uint8Array(0); // 4, 6, or 0 when free
-  #gAddr4 = new Uint32Array(0);
-  #gAddr6 = new Uint32Array(0); // 4 words per group
   #gHead = new Int32Array(0); // first member slot (next free group when free)
   #gTail = new Int32Array(0);
   #gCount = new Int32Array(0);
@@ -203,6 +202,7 @@ export class TranslationTable {
   #nodePort: number[] = [];
   #size = 0;
   readonly #scratch = new Uint8Array(16);
+  readonly #scratch6 = new Uint8Array(16);
 
   /** Number of entries. */
   get size(): number {
@@ -238,8 +238,10 @@ export class TranslationTable {
 
   /** Identity of a group for per-ServiceIP state: the uint32 (v4) or the canonical text (v6). */
   groupKey(g: number): number | string {
-    if (this.#gFam[g] === 4) return this.#gAddr4[g];
-    this.#words6(this.#gAddr6, g << 2, this.#scratch, 0);
+    // A group's address is that of any member slot: the head's.
+    const h = this.#gHead[g];
+    if (this.#gFam[g] === 4) return this.#sV4[h];
+    this.#words6(this.#sV6, h << 2, this.#scratch, 0);
     return formatIPv6(this.#scratch);
   }
 
@@ -454,8 +456,8 @@ export class TranslationTable {
     return {
       family: v4 ? 4 : 6,
       key: this.groupKey(g),
-      addr4: v4 ? this.#gAddr4[g] : 0,
-      addr6: v4 ? undefined : this.#words6(this.#gAddr6, g << 2, new Uint8Array(16), 0),
+      addr4: v4 ? this.#sV4[this.#gHead[g]] : 0,
+      addr6: v4 ? undefined : this.#words6(this.#sV6, this.#gHead[g] << 2, new Uint8Array(16), 0),
       kind: this.groupKind(g),
       entries,
     };
@@ -649,7 +651,6 @@ export class TranslationTable {
         let g = this.#svc4.get(sip.v4);
         if (g === NONE) {
           g = this.#allocGroup(4);
-          this.#gAddr4[g] = sip.v4;
           this.#svc4.set(sip.v4, g);
         }
         // An entry listing the same address twice joins once.
@@ -665,7 +666,6 @@ export class TranslationTable {
         let g = this.#svc6.get(sip.v6);
         if (g === undefined) {
           g = this.#allocGroup(6);
-          this.#putWords(this.#gAddr6, g << 2, sip.v6);
           this.#svc6.set(sip.v6, g);
         }
         const tail = this.#gTail[g];
@@ -732,8 +732,9 @@ export class TranslationTable {
     if (n === NONE) this.#gTail[g] = p;
     else prev[n] = p;
     if (--this.#gCount[g] > 0) return;
-    if (this.#gFam[g] === 4) this.#svc4.delete(this.#gAddr4[g]);
-    else this.#svc6.delete(this.#words6(this.#gAddr6, g << 2, new Uint8Array(16), 0));
+    // The last member leaves: its slot still holds the group's address.
+    if (this.#gFam[g] === 4) this.#svc4.delete(this.#sV4[s]);
+    else this.#svc6.delete(this.#words6(this.#sV6, s << 2, this.#scratch6, 0));
     this.#gFam[g] = 0;
     this.#gHead[g] = this.#grpFree;
     this.#grpFree = g;
@@ -835,8 +836,6 @@ export class TranslationTable {
       if (this.#grpHi === this.#grpCap) {
         const n = Math.max(16, this.#grpCap * 2);
         this.#gFam = growU8(this.#gFam, n);
-        this.#gAddr4 = growU32(this.#gAddr4, n);
-        this.#gAddr6 = growU32(this.#gAddr6, n * 4);
         this.#gHead = growI32(this.#gHead, n);
         this.#gTail = growI32(this.#gTail, n);
         this.#gCount = growI32(this.#gCount, n);
@@ -845,7 +844,6 @@ export class TranslationTable {
       g = this.#grpHi++;
     }
     this.#gFam[g] = family;
-    this.#gAddr4[g] = 0;
     this.#gHead[g] = NONE;
     this.#gTail[g] = NONE;
     this.#gCount[g] = 0;
@@ -884,7 +882,6 @@ export class TranslationTable {
     this.#sKind = this.#sFlags = new Uint8Array(0);
     this.#sV4 = this.#sV6 = new Uint32Array(0);
     this.#gFam = new Uint8Array(0);
-    this.#gAddr4 = this.#gAddr6 = new Uint32Array(0);
     this.#gHead = this.#gTail = this.#gCount = new Int32Array(0);
     this.#ns4 = new U32Map();
     this.#ns6 = new V6Map<number>();

@@ -13,6 +13,7 @@ import {
   type TableEntry,
   TableError,
   TranslationTable,
+  U32Map,
   v6Key,
   V6Map,
 } from "../../src/table/mod.ts";
@@ -455,4 +456,73 @@ Deno.test("a real Worker keeps a read-only copy from a snapshot plus deltas", as
   } finally {
     w.terminate();
   }
+});
+
+Deno.test("U32Map agrees with a Map under random set/delete, full uint32 range", () => {
+  const r = seededRandom(9);
+  const m = new U32Map();
+  const ref = new Map<number, number>();
+  for (let i = 0; i < 20000; i++) {
+    // Few distinct keys (collisions, deletes of present keys) plus large ones (≥ 2^31).
+    const k = r() < 0.5 ? Math.floor(r() * 300) : 0xffffff00 + Math.floor(r() * 256);
+    if (r() < 0.6) {
+      m.set(k, i);
+      ref.set(k, i);
+    } else assertEquals(m.delete(k), ref.delete(k));
+  }
+  assertEquals(m.size, ref.size);
+  for (const [k, v] of ref) assertEquals(m.get(k), v);
+  assertEquals(m.get(12345678), -1);
+  assertEquals([...m.values()].sort((a, b) => a - b), [...ref.values()].sort((a, b) => a - b));
+  m.reserve(5000);
+  for (const [k, v] of ref) assertEquals(m.get(k), v, "kept across reserve");
+});
+
+Deno.test("row/group view (packet path) agrees with the object view", () => {
+  const t = new TranslationTable();
+  const a = entry(0);
+  const b = entry(1, { node: "131.1.0.2" });
+  const c = { ...entry(2), serviceIps: [{ kind: "Closest" as const, v4: parseIPv4("10.30.0.9") }] };
+  t.replaceJob(JOB, [a, b, c]);
+  const row = t.rowOf4(b.nsip4);
+  assert(row >= 0);
+  assertEquals(t.entryAt(row), b);
+  assertEquals(t.rowNsip4(row), b.nsip4);
+  assertEquals(t.rowNode(row), "131.1.0.2:50103");
+  assertEquals(t.rowJob(row), JOB);
+  assertEquals(t.rowInstance(row), 1);
+  assertEquals(t.rowInstanceIp4(row), instanceIp4Of(b));
+  const out = new Uint8Array(20);
+  assert(t.rowInstanceIp6(row, out, 4));
+  assert(equalIPv6(out, instanceIp6Of(b) as Uint8Array, 4));
+  assert(t.rowNsip6(row, out));
+  assert(equalIPv6(out, b.nsip6 as Uint8Array));
+  assertEquals(t.rowOf6(b.nsip6 as Uint8Array), row);
+  assertEquals(t.rowInstanceIp4(t.rowOf4(c.nsip4)), -1, "no instance IP");
+  assertEquals(t.rowOf4(parseIPv4("10.18.9.9")), -1);
+  const g = t.groupOf4(RR4);
+  assertEquals(t.groupKind(g), "RoundRobin");
+  assertEquals(t.groupKey(g), RR4);
+  const rows: number[] = [];
+  assertEquals(t.groupRows(g, rows), 2);
+  assertEquals(rows.slice(0, 2).map((x) => t.rowInstance(x)), [0, 1]);
+  const g6 = t.groupOf6(RR6);
+  assertEquals(t.groupKey(g6), "fdff:2000::1");
+  assertEquals(t.groupSize(g6), 2);
+  assertEquals(t.groupOf4(parseIPv4("10.30.7.7")), -1);
+  assertEquals(t.groupOf6(parseIPv6("fdff::dead")), -1);
+  assertEquals(t.nodeEndpoint("131.1.0.2:50103"), { ip: "131.1.0.2", port: 50103 });
+  assert(t.nodeHasKind("131.1.0.1:50103", "Closest"));
+  assert(!t.nodeHasKind("131.1.0.2:50103", "Closest"));
+  // Removing the head of a group: the next candidate's kind and the address stay right.
+  t.removeInstance(JOB, 0);
+  const g2 = t.groupOf4(RR4);
+  assertEquals(t.groupKey(g2), RR4);
+  assertEquals(t.groupSize(g2), 1);
+  assertEquals(t.groupRows(g2, rows), 1);
+  assertEquals(t.rowInstance(rows[0]), 1);
+  t.removeInstance(JOB, 1);
+  assertEquals(t.groupOf4(RR4), -1, "an empty group leaves the index");
+  assertEquals(t.groupOf6(RR6), -1);
+  checkConsistent(t);
 });

@@ -9,6 +9,9 @@
  *
  * @example
  * ```ts
+ * import { TranslationTable } from "./table.ts";
+ * const table = new TranslationTable();
+ * const payload = await Deno.readTextFile("result.json"); // an MQTT table-query result
  * const r = parseQueryResult(JSON.parse(payload)); // throws QueryResultError on a bad shape or job name
  * for (const d of r.dropped) console.warn(d.message);
  * table.replaceJob(r.job, r.entries);
@@ -387,6 +390,7 @@ export function parseStaticTable(value: unknown): StaticTable {
  * ```ts
  * import { TranslationTable } from "./table.ts";
  * const t = new TranslationTable();
+ * const text = await Deno.readTextFile("table.json");
  * loadStaticTable(JSON.parse(text), t); // throws StaticTableError naming the index and field
  * ```
  */

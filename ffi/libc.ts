@@ -56,6 +56,8 @@ const SYMBOLS = {
   mkdir: { parameters: ["buffer", "u32"], result: "i32" },
   unlink: { parameters: ["buffer"], result: "i32" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
+  // glibc only (absent from musl): optional, so a libc without it still opens.
+  malloc_trim: { parameters: ["usize"], result: "i32", optional: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
@@ -70,6 +72,18 @@ export const libc: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] = new Proxy(
     },
   },
 );
+
+/**
+ * Returns the free memory of every malloc arena to the system (glibc `malloc_trim(0)`): memory the
+ * runtime freed after a burst (compiler zones, typed arrays) otherwise stays resident in the arenas
+ * of the threads that used it. False when the libc has no `malloc_trim`.
+ */
+export function mallocTrim(): boolean {
+  const trim = libc.malloc_trim;
+  if (trim === null) return false;
+  trim(0n);
+  return true;
+}
 
 /** The calling thread's `errno` after a failed libc call. */
 export function errno(): number {

@@ -18,13 +18,14 @@ import {
   type InstanceKind,
   StateStore,
 } from "./env/mod.ts";
+import { compactHeap } from "./heap.ts";
 import { logger } from "./log.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
 import { canonicalIp, maskIPv6, parseIPv4, parseIPv6 } from "./addr/mod.ts";
 import { loadMqttCredential, parseNodeSubnet } from "./config/mod.ts";
-import { type StaticTable, TranslationTable } from "./table/mod.ts";
+import { TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { StateLock } from "./sys/lock.ts";
 import { VERSION } from "./version.ts";
@@ -40,8 +41,8 @@ export interface DaemonOptions {
   socketPath: string;
   /** Install SIGTERM/SIGINT handlers (the CLI does; tests embedding the daemon may not). */
   handleSignals?: boolean;
-  /** Static-table mode: the translation table comes from this parsed file, not from a cluster. */
-  staticTable?: StaticTable;
+  /** Static-table mode: the translation table, loaded from a file (see `loadStaticTable`), not from a cluster. */
+  staticTable?: TranslationTable;
 }
 
 /** A running daemon. */
@@ -62,13 +63,14 @@ class Node implements NodeService {
   dataPlane: DataPlane | undefined;
   /** The cluster connection (cluster mode). */
   control: NodeControl | undefined;
-  readonly staticTable: StaticTable | undefined;
+  /** The static table until the data plane takes it over. */
+  #initialTable: TranslationTable | undefined;
   #registering: Promise<RegisterResult> | undefined;
 
-  constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: StaticTable) {
+  constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: TranslationTable) {
     this.cfg = cfg;
     this.env = env;
-    this.staticTable = staticTable;
+    this.#initialTable = staticTable;
     this.workerId = env.registration.workerId;
   }
 
@@ -222,8 +224,7 @@ class Node implements NodeService {
   async startDataPlane(nodeId: string): Promise<void> {
     const subnet = this.env.subnet;
     if (this.dataPlane || !subnet) return;
-    const table = new TranslationTable();
-    for (const j of this.staticTable?.jobs ?? []) table.replaceJob(j.job, j.entries);
+    const table = this.#initialTable ?? new TranslationTable();
     // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
     const resolver: Resolver = { resolve: (ip) => this.control?.resolveIp(ip) ?? Promise.resolve(false) };
     this.dataPlane = await DataPlane.start({
@@ -250,6 +251,9 @@ class Node implements NodeService {
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
       },
     });
+    this.#initialTable = undefined;
+    // The Worker has built its copy of the table: give back what that took (both isolates' arenas).
+    await compactHeap();
   }
 
   #requireRegistered(): void {
@@ -299,6 +303,7 @@ class Node implements NodeService {
       pendingRemovals: this.env.pendingRemovals,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       dataPlane: this.dataPlane ? (this.dataPlane.stats() ?? { starting: true }) : null,
+      memory: memoryStatus(),
       cluster: this.control
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
@@ -333,6 +338,12 @@ class Node implements NodeService {
   }
 }
 
+/** Process memory (bytes): resident set, and the main isolate's V8 heap (the Worker's is in `dataPlane.heap`). */
+function memoryStatus(): Record<string, number> {
+  const m = Deno.memoryUsage();
+  return { rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external };
+}
+
 /**
  * Starts the node daemon; throws (before serving) on bad state or an unusable socket, and
  * `AlreadyRunningError` (sys/lock.ts) before touching anything when another daemon holds the state directory.
@@ -350,7 +361,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
 }
 
 async function startLocked(opts: DaemonOptions): Promise<Daemon> {
-  const { cfg } = opts;
+  const { cfg, handleSignals } = opts;
   for (const n of cfg.notes) log.info(n);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
   const node = new Node(cfg, env, opts.staticTable);
@@ -427,7 +438,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();
-      if (opts.handleSignals) {
+      if (handleSignals) {
         Deno.removeSignalListener("SIGTERM", stop);
         Deno.removeSignalListener("SIGINT", stop);
       }
@@ -435,10 +446,12 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     })();
     return stopping;
   };
-  if (opts.handleSignals) {
+  if (handleSignals) {
     Deno.addSignalListener("SIGTERM", stop);
     Deno.addSignalListener("SIGINT", stop);
   }
   log.info("netmanager started", { version: VERSION, mode: node.mode, socket: opts.socketPath });
+  // Start-up (a static table above all) allocated in bursts: give the young generation back now.
+  await compactHeap();
   return { stopped: done.promise, stop };
 }

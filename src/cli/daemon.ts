@@ -5,20 +5,35 @@ import { Command } from "@commander-js/extra-typings";
 import { startDaemon } from "../daemon.ts";
 import { type LogLevel, setLogLevel } from "../log.ts";
 import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
-import { parseStaticTableText, type StaticTable } from "../table/mod.ts";
+import { loadStaticTable, TranslationTable } from "../table/mod.ts";
 
-async function loadStaticTable(path: string): Promise<StaticTable> {
-  let text: string;
+/**
+ * Reads a static table file straight into a (compact) table, result by result: a 10k-entry file
+ * never exists as entry objects all at once, so the daemon's heap stays small after loading.
+ */
+async function readStaticTable(path: string): Promise<TranslationTable> {
+  const bad = (why: unknown): never => {
+    throw new Error(`--static-table ${path}: ${why instanceof Error ? why.message : why}`);
+  };
+  let text = "";
   try {
     text = await Deno.readTextFile(path);
   } catch (e) {
-    throw new Error(`--static-table ${path}: ${e instanceof Error ? e.message : e}`);
+    bad(e);
   }
+  let value: unknown;
   try {
-    return parseStaticTableText(text);
+    value = JSON.parse(text);
   } catch (e) {
-    throw new Error(`--static-table ${path}: ${e instanceof Error ? e.message : e}`);
+    bad(`static table is not valid JSON: ${e instanceof Error ? e.message : e}`);
   }
+  const table = new TranslationTable();
+  try {
+    loadStaticTable(value, table);
+  } catch (e) {
+    bad(e);
+  }
+  return table;
 }
 
 function daemonCommand(name: string, description: string, forceDebug: boolean) {
@@ -39,8 +54,12 @@ function daemonCommand(name: string, description: string, forceDebug: boolean) {
           throw new Error(`invalid --log-level "${level}"`);
         }
         setLogLevel(level);
-        const staticTable = opts.staticTable ? await loadStaticTable(opts.staticTable) : undefined;
-        const d = await startDaemon({ cfg, socketPath: opts.socket, handleSignals: true, staticTable });
+        const d = await startDaemon({
+          cfg,
+          socketPath: opts.socket,
+          handleSignals: true,
+          staticTable: opts.staticTable ? await readStaticTable(opts.staticTable) : undefined,
+        });
         await d.stopped;
         Deno.exit(0);
       } catch (e) {

@@ -9,11 +9,13 @@
 import { Command } from "@commander-js/extra-typings";
 import { VERSION } from "../version.ts";
 import { cleanCmd } from "./clean.ts";
-import { controlCmd } from "./control.ts";
 import { daemonCmd, debugCmd } from "./daemon.ts";
-import { demoCmd, demoGetCmd, demoServeCmd } from "./demo.ts";
+import { lazyCommand } from "./lazy.ts";
 import { statusCmd, tableCmd } from "./inspect.ts";
 import { versionCmd } from "./version.ts";
+
+const CONTROL = "run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)";
+const DEMO = "run the demo on simulated nodes (network namespaces); needs root";
 
 /** Builds the program with all subcommands. */
 export function buildProgram() {
@@ -28,8 +30,13 @@ export function buildProgram() {
     .addCommand(statusCmd())
     .addCommand(versionCmd())
     .addCommand(cleanCmd())
-    .addCommand(controlCmd())
-    .addCommand(demoCmd())
-    .addCommand(demoServeCmd(), { hidden: true })
-    .addCommand(demoGetCmd(), { hidden: true });
+    // Loaded when used: the daemon never pays for the control plane or the demo.
+    .addCommand(lazyCommand("control", CONTROL, async () => (await import("./control.ts")).controlCmd()))
+    .addCommand(lazyCommand("demo", DEMO, async () => (await import("./demo.ts")).demoCmd()))
+    .addCommand(lazyCommand("demo-serve", "", async () => (await import("./demo.ts")).demoServeCmd()), {
+      hidden: true,
+    })
+    .addCommand(lazyCommand("demo-get", "", async () => (await import("./demo.ts")).demoGetCmd()), {
+      hidden: true,
+    });
 }

@@ -32,7 +32,7 @@
  * const resolver = { resolve: (ip: string) => control.resolveIp(ip) };
  * ```
  */
-import mqtt from "mqtt";
+// mqtt is loaded on the first connect: a standalone node never pays for it (~10 MB resident).
 import type { IClientOptions, MqttClient } from "mqtt";
 import type { Socket } from "node:net";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
@@ -315,6 +315,7 @@ export class NodeControl {
         throw new ControlError(`cannot read MQTT TLS files: ${errText(e)}`);
       }
     }
+    const { default: mqtt } = await import("mqtt");
     const client = mqtt.connect(url, clientOpts);
     const control = new NodeControl(client, opts);
     let lastError = "no answer";

@@ -13,6 +13,9 @@
  *
  * Pure: no clock, no I/O; randomness and measurements come in as functions.
  *
+ * Candidates are {@link TableEntry} objects by default; the engine balances over table row numbers
+ * instead (`Balancer<number>` with `nsip4Of`/`nodeOf` reading the table's columns).
+ *
  * @example
  * ```ts
  * const b = new Balancer({ random: seededRandom(7), rttOf: (node) => rtt.get(node) });
@@ -42,14 +45,18 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-/** Inputs of the policies. */
-export interface BalancerOptions {
+/** Inputs of the policies, for candidates of type `C`. */
+export interface BalancerOptions<C = TableEntry> {
   /** Uniform floats in [0, 1) for `Random` (e.g. {@link seededRandom}). */
   readonly random: () => number;
   /** RTT in ms to a node (by node key `"ip:port"`), or undefined when unknown. For `Closest`. */
   readonly rttOf?: (node: string) => number | undefined;
-  /** Active flows towards an entry (e.g. `FlowTable.activeFlows(e.nsip4)`). For `Closest` ties. */
-  readonly loadOf?: (entry: TableEntry) => number;
+  /** Active flows towards a candidate (e.g. `FlowTable.activeFlows(e.nsip4)`). For `Closest` ties. */
+  readonly loadOf?: (candidate: C) => number;
+  /** A candidate's namespace IPv4 (rotation order); default `e.nsip4` of a TableEntry. */
+  readonly nsip4Of?: (candidate: C) => number;
+  /** A candidate's node key (RTT); default `nodeKeyOf` of a TableEntry. */
+  readonly nodeOf?: (candidate: C) => string;
   /** RTTs within this many ms of the best count as ties (default 0: exact). */
   readonly rttTieMs?: number;
   /** Bound on remembered rotation positions (default 65536); the least recently used is forgotten. */
@@ -57,38 +64,45 @@ export interface BalancerOptions {
 }
 
 /** Chooses a candidate for a new flow. See the module documentation. */
-export class Balancer {
+export class Balancer<C = TableEntry> {
   readonly #random: () => number;
   readonly #rttOf: (node: string) => number | undefined;
-  readonly #loadOf: ((entry: TableEntry) => number) | undefined;
+  readonly #loadOf: ((candidate: C) => number) | undefined;
+  readonly #ns: (candidate: C) => number;
+  readonly #node: (candidate: C) => string;
   readonly #tie: number;
   readonly #max: number;
   /** ServiceIP key → nsip4 chosen last by rotation. */
   readonly #last = new Map<number | string, number>();
 
-  constructor(opts: BalancerOptions) {
+  constructor(opts: BalancerOptions<C>) {
     this.#random = opts.random;
     this.#rttOf = opts.rttOf ?? (() => undefined);
     this.#loadOf = opts.loadOf;
+    this.#ns = opts.nsip4Of ?? ((e) => (e as TableEntry).nsip4);
+    this.#node = opts.nodeOf ?? ((e) => nodeKeyOf(e as TableEntry));
     this.#tie = Math.max(0, opts.rttTieMs ?? 0);
     this.#max = Math.max(1, opts.maxServices ?? 65536);
   }
 
   /** Chooses among a ServiceIP group's candidates by the group's kind; undefined when none. */
-  choose(group: ServiceGroup): TableEntry | undefined {
-    return this.chooseFrom(group.kind, group.key, group.entries);
+  choose(group: ServiceGroup): C | undefined {
+    return this.chooseFrom(group.kind, group.key, group.entries as unknown as readonly C[]);
   }
 
-  /** Chooses among `candidates` with policy `kind`; `key` names the ServiceIP (rotation state). */
+  /**
+   * Chooses among the first `n` of `candidates` (default all) with policy `kind`; `key` names the
+   * ServiceIP (rotation state).
+   */
   chooseFrom(
     kind: ServiceIpKind,
     key: number | string,
-    candidates: readonly TableEntry[],
-  ): TableEntry | undefined {
-    const n = candidates.length;
+    candidates: readonly C[],
+    n: number = candidates.length,
+  ): C | undefined {
     if (n === 0) return undefined;
     if (n === 1) {
-      if (kind === "RoundRobin" || kind === "Closest") this.#remember(key, candidates[0].nsip4);
+      if (kind === "RoundRobin" || kind === "Closest") this.#remember(key, this.#ns(candidates[0]));
       return candidates[0];
     }
     switch (kind) {
@@ -97,9 +111,9 @@ export class Balancer {
       case "Random":
         return candidates[Math.min(n - 1, Math.floor(this.#random() * n))];
       case "RoundRobin":
-        return this.#rotate(key, candidates);
+        return this.#rotate(key, candidates, n);
       case "Closest":
-        return this.#closest(key, candidates);
+        return this.#closest(key, candidates, n);
     }
   }
 
@@ -123,31 +137,31 @@ export class Balancer {
   }
 
   /** The candidate with the smallest nsip4 greater than the last chosen one, else the smallest. */
-  #rotate(key: number | string, cands: readonly TableEntry[]): TableEntry {
+  #rotate(key: number | string, cands: readonly C[], n: number): C {
     const last = this.#last.get(key) ?? -1;
-    let next: TableEntry | undefined;
-    let first = cands[0];
-    for (let i = 0; i < cands.length; i++) {
-      const c = cands[i];
-      if (c.nsip4 < first.nsip4) first = c;
-      if (c.nsip4 > last && (next === undefined || c.nsip4 < next.nsip4)) next = c;
+    const ns = this.#ns;
+    let next = -1;
+    let first = 0;
+    for (let i = 0; i < n; i++) {
+      const a = ns(cands[i]);
+      if (a < ns(cands[first])) first = i;
+      if (a > last && (next < 0 || a < ns(cands[next]))) next = i;
     }
-    const chosen = next ?? first;
-    this.#remember(key, chosen.nsip4);
+    const chosen = cands[next < 0 ? first : next];
+    this.#remember(key, ns(chosen));
     return chosen;
   }
 
-  #closest(key: number | string, cands: readonly TableEntry[]): TableEntry {
-    const n = cands.length;
+  #closest(key: number | string, cands: readonly C[], n: number): C {
     const rtts = new Float64Array(n);
     let best = Infinity;
     for (let i = 0; i < n; i++) {
-      const r = this.#rttOf(nodeKeyOf(cands[i]));
+      const r = this.#rttOf(this.#node(cands[i]));
       rtts[i] = r === undefined || !Number.isFinite(r) || r < 0 ? Infinity : r;
       if (rtts[i] < best) best = rtts[i];
     }
     // Unknown RTTs rank last: they tie only when nothing is known at all.
-    let tied: TableEntry[] = [];
+    let tied: C[] = [];
     for (let i = 0; i < n; i++) if (best === Infinity || rtts[i] <= best + this.#tie) tied.push(cands[i]);
     const loadOf = this.#loadOf;
     if (tied.length > 1 && loadOf) {
@@ -156,8 +170,8 @@ export class Balancer {
       for (const l of loads) if (l < least) least = l;
       tied = tied.filter((_, i) => loads[i] === least);
     }
-    if (tied.length > 1) return this.#rotate(key, tied);
-    this.#remember(key, tied[0].nsip4);
+    if (tied.length > 1) return this.#rotate(key, tied, tied.length);
+    this.#remember(key, this.#ns(tied[0]));
     return tied[0];
   }
 }

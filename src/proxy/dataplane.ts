@@ -206,6 +206,7 @@ export class DataPlane {
       died(e.message);
     };
     Atomics.store(this.#posted, 0, 0); // the new Worker counts from zero
+    const table = this.table.snapshot();
     this.#post({
       type: "init",
       tun: this.tun.info(),
@@ -215,14 +216,15 @@ export class DataPlane {
       mtu: opts.mtu,
       busyPollUs: opts.busyPollUs ?? 0,
       engine: opts.engine,
-      table: this.table.snapshot(),
-    });
+      table,
+    }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
     await ready.promise;
   }
 
-  #post(m: ToWorker): void {
+  /** Posts to the Worker; `transfer` hands buffers over instead of copying them (a table snapshot). */
+  #post(m: ToWorker, transfer: Transferable[] = []): void {
     if (m.type !== "init") Atomics.add(this.#posted, 0, 1);
-    this.#worker.postMessage(m);
+    this.#worker.postMessage(m, transfer);
     this.#wake.signal();
   }
 

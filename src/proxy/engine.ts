@@ -26,7 +26,6 @@
  * ```
  */
 import { inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
-import { instanceIp4Of, instanceIp6Of, nodeKeyOf } from "../table/entry.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
 import { Balancer, seededRandom } from "./balance.ts";
 import { FlowTable } from "./flows.ts";
@@ -236,7 +235,8 @@ export class Engine {
   readonly cfg: EngineConfig;
   readonly table: TranslationTable;
   readonly flows: FlowTable;
-  readonly balancer: Balancer;
+  /** Balances over table rows (see {@link TranslationTable.groupRows}). */
+  readonly balancer: Balancer<number>;
   readonly counters: Counters = new Counters();
   /** Destination of the last TO_PEER verdict. */
   out: NodeRoute | undefined;
@@ -284,6 +284,11 @@ export class Engine {
   /** Namespace IPs of this node's instances (table entries on the local route): ingress destinations. */
   #local4 = new Set<number>();
   #local6 = new Map<number, Uint8Array[]>();
+  /** A new flow's candidate rows, and its sender's / chosen instance's IPv6 addresses. */
+  readonly #cands: number[] = [];
+  readonly #sender6 = new Uint8Array(16);
+  readonly #chosen6 = new Uint8Array(16);
+  readonly #reply6 = new Uint8Array(16);
 
   constructor(cfg: EngineConfig, table: TranslationTable) {
     this.cfg = cfg;
@@ -292,11 +297,13 @@ export class Engine {
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
     });
-    this.balancer = new Balancer({
+    this.balancer = new Balancer<number>({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
       // The local node is the closest of all; others by measured RTT.
       rttOf: (node) => this.#routes.get(node)?.local ? 0 : this.peers.rttOfNode(node),
-      loadOf: (e) => this.flows.activeFlows(e.nsip4),
+      loadOf: (row) => this.flows.activeFlows(this.table.rowNsip4(row)),
+      nsip4Of: (row) => this.table.rowNsip4(row),
+      nodeOf: (row) => this.table.rowNode(row),
     });
     this.#idleMs = cfg.flowIdleMs ?? 300_000;
     this.#parkPerKey = cfg.parkPerKey ?? 32;
@@ -352,24 +359,24 @@ export class Engine {
     const local4 = new Set<number>();
     const local6 = new Map<number, Uint8Array[]>();
     for (const key of this.table.nodes()) {
-      const e = this.table.node(key)[0];
+      const e = this.table.nodeEndpoint(key);
       if (!e) continue;
-      const local = e.nodeIp === this.cfg.selfIp && e.nodePort === this.cfg.selfPort;
-      const v6 = e.nodeIp.includes(":") ? tryParseIPv6(e.nodeIp) : undefined;
+      const local = e.ip === this.cfg.selfIp && e.port === this.cfg.selfPort;
+      const v6 = e.ip.includes(":") ? tryParseIPv6(e.ip) : undefined;
       const r: NodeRoute = {
         key,
         family: v6 ? 6 : 4,
-        addr4: v6 ? 0 : parseIPv4(e.nodeIp),
+        addr4: v6 ? 0 : parseIPv4(e.ip),
         addr6: v6,
-        port: e.nodePort,
+        port: e.port,
         local,
         peer: undefined,
       };
       this.#routes.set(key, r);
       if (!local) remote.push(key);
-      for (const n of this.table.node(key)) {
-        if (!local && n.serviceIps.some((sip) => sip.kind === "Closest")) closest.add(key);
-        if (local) {
+      if (!local && this.table.nodeHasKind(key, "Closest")) closest.add(key);
+      if (local) {
+        for (const n of this.table.node(key)) {
           local4.add(n.nsip4);
           if (n.nsip6) {
             const k = ipv6Key(n.nsip6, 0);
@@ -419,27 +426,29 @@ export class Engine {
     const flows = this.flows;
     let id = flows.find4(info.protocol, info.src4, info.srcPort, dst, info.dstPort);
     if (id < 0) {
-      const sender = this.table.byNsip4(info.src4);
-      if (!sender) return this.#drop(Drop.UNKNOWN_SENDER);
-      const senderIp = instanceIp4Of(sender);
-      if (senderIp === undefined) return this.#drop(Drop.NO_INSTANCE_IP);
-      const group = this.table.service4(dst);
-      if (!group) return this.#park(dst, 4, buf, off, len, now);
-      const chosen = this.balancer.choose(group);
-      if (!chosen) return this.#drop(Drop.NO_CANDIDATE);
-      const replySrc = instanceIp4Of(chosen) ?? dst;
+      const t = this.table;
+      const sender = t.rowOf4(info.src4);
+      if (sender < 0) return this.#drop(Drop.UNKNOWN_SENDER);
+      const senderIp = t.rowInstanceIp4(sender);
+      if (senderIp < 0) return this.#drop(Drop.NO_INSTANCE_IP);
+      const group = t.groupOf4(dst);
+      if (group < 0) return this.#park(dst, 4, buf, off, len, now);
+      const chosen = this.#choose(group);
+      if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
+      const inst = t.rowInstanceIp4(chosen);
+      const target = t.rowNsip4(chosen);
       id = flows.add4({
         proto: info.protocol,
         src: info.src4,
         sport: info.srcPort,
         dst,
         dport: info.dstPort,
-        chosen: chosen.nsip4,
+        chosen: target,
         senderIp,
-        replySrc,
-        node: nodeKeyOf(chosen),
-        target: chosen.nsip4,
-        sender: sender.nsip4,
+        replySrc: inst < 0 ? dst : inst,
+        node: t.rowNode(chosen),
+        target,
+        sender: t.rowNsip4(sender),
       }, now);
     }
     flows.touch(id, now, len);
@@ -459,15 +468,17 @@ export class Engine {
     const flows = this.flows;
     let id = flows.find6(info.protocol, buf, info.srcOffset, info.srcPort, dOff, info.dstPort);
     if (id < 0) {
-      const sender = this.table.byNsip6(buf, info.srcOffset);
-      if (!sender) return this.#drop(Drop.UNKNOWN_SENDER);
-      const senderIp = instanceIp6Of(sender);
-      if (senderIp === undefined) return this.#drop(Drop.NO_INSTANCE_IP);
-      const group = this.table.service6(buf, dOff);
-      if (!group) return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now);
-      const chosen = this.balancer.choose(group);
-      if (!chosen) return this.#drop(Drop.NO_CANDIDATE);
-      if (!chosen.nsip6) return this.#drop(Drop.NO_CANDIDATE);
+      const t = this.table;
+      const sender = t.rowOf6(buf, info.srcOffset);
+      if (sender < 0) return this.#drop(Drop.UNKNOWN_SENDER);
+      if (!t.rowInstanceIp6(sender, this.#sender6)) return this.#drop(Drop.NO_INSTANCE_IP);
+      const group = t.groupOf6(buf, dOff);
+      if (group < 0) return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now);
+      const chosen = this.#choose(group);
+      if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
+      if (!t.rowNsip6(chosen, this.#chosen6)) return this.#drop(Drop.NO_CANDIDATE);
+      const reply = this.#reply6;
+      if (!t.rowInstanceIp6(chosen, reply)) reply.set(buf.subarray(dOff, dOff + 16));
       id = flows.add6({
         proto: info.protocol,
         buf,
@@ -475,12 +486,12 @@ export class Engine {
         sport: info.srcPort,
         dstOff: dOff,
         dport: info.dstPort,
-        chosen: chosen.nsip6,
-        senderIp,
-        replySrc: instanceIp6Of(chosen) ?? buf.slice(dOff, dOff + 16),
-        node: nodeKeyOf(chosen),
-        target: chosen.nsip4,
-        sender: sender.nsip4,
+        chosen: this.#chosen6,
+        senderIp: this.#sender6,
+        replySrc: reply,
+        node: t.rowNode(chosen),
+        target: t.rowNsip4(chosen),
+        sender: t.rowNsip4(sender),
       }, now);
     }
     flows.touch(id, now, len);
@@ -492,6 +503,13 @@ export class Engine {
     flows.writeChosen6(id, s, 0);
     rewriteDst6(buf, info, s, 0, partial);
     return this.#deliver(route, buf, off, len, partial);
+  }
+
+  /** The row a new flow to ServiceIP group `g` goes to, by the group's policy; -1 when none. */
+  #choose(g: number): number {
+    const t = this.table;
+    const n = t.groupRows(g, this.#cands);
+    return this.balancer.chooseFrom(t.groupKind(g), t.groupKey(g), this.#cands, n) ?? -1;
   }
 
   #deliver(route: NodeRoute, buf: Uint8Array, off: number, len: number, partial: boolean): Verdict {
@@ -915,8 +933,8 @@ export class Engine {
     const flows = this.flows;
     for (const id of flows.ids()) {
       if (flows.lastSeen(id) < since) continue;
-      const e = this.table.byNsip4(flows.target(id));
-      if (e) out.add(e.job);
+      const row = this.table.rowOf4(flows.target(id));
+      if (row >= 0) out.add(this.table.rowJob(row));
     }
     return [...out];
   }

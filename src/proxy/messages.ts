@@ -35,6 +35,8 @@ export interface StatsData {
   peers: PeerStats[];
   /** Jobs whose instances carried traffic since the previous report. */
   usedJobs: string[];
+  /** The Worker isolate's V8 heap (bytes): used, total (committed), external (typed arrays, …). */
+  heap: { used: number; total: number; external: number };
 }
 
 /** Main → Worker. */

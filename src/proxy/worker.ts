@@ -28,6 +28,7 @@ import {
   VnetHdr,
 } from "../../ffi/vnet.ts";
 import { TranslationTable } from "../table/table.ts";
+import { compactHeap } from "../heap.ts";
 import { DROP_NAMES, Engine, type ParkedDatagram, Verdict } from "./engine.ts";
 import type { Peer } from "./peers.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
@@ -64,6 +65,8 @@ const MAX_GSO_PAYLOAD = 65507;
 const SEND_SLOT = 65535 + 64 * 16 + 1024; // a super-packet's segments with headroom
 const RECV_SLOT = 65535;
 const YIELD_EVERY_MS = 5000;
+/** Table size (entries) from which the Worker compacts its heap after building its copy. */
+const COMPACT_AFTER = 1000;
 const IDLE_POLL_MS = 50;
 const STATS_EVERY_MS = 1000;
 const PEER_TICK_MS = 100;
@@ -572,7 +575,14 @@ function stats(): StatsData {
     drops,
     peers: e.peers.stats(performance.now()),
     usedJobs: usage(),
+    heap: isolateHeap(),
   };
+}
+
+/** This isolate's heap figures (Deno.memoryUsage's heap fields are per isolate; rss is the process's). */
+function isolateHeap(): StatsData["heap"] {
+  const m = Deno.memoryUsage();
+  return { used: m.heapUsed, total: m.heapTotal, external: m.external };
 }
 
 function usage(): string[] {
@@ -687,8 +697,12 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         );
         tun.setNonBlocking(true);
         udp.setNonBlocking(true);
-        post({ type: "ready" });
-        loop().catch((e) => post({ type: "error", message: String(e?.stack ?? e), fatal: true }));
+        // Building a large table grew this isolate's young generation: give it back before the loop
+        // (a small table is not worth loading the GC hook for).
+        (engine.table.size >= COMPACT_AFTER ? compactHeap() : Promise.resolve(false)).finally(() => {
+          post({ type: "ready" });
+          loop().catch((e) => post({ type: "error", message: String(e?.stack ?? e), fatal: true }));
+        });
         break;
       }
       case "delta":

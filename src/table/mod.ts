@@ -15,3 +15,4 @@ export * from "./keys.ts";
 export * from "./v6map.ts";
 export * from "./table.ts";
 export * from "./query_result.ts";
+export * from "./u32map.ts";

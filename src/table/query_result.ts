@@ -9,6 +9,9 @@
  *
  * @example
  * ```ts
+ * import { TranslationTable } from "./table.ts";
+ * const table = new TranslationTable();
+ * const payload = await Deno.readTextFile("result.json"); // an MQTT table-query result
  * const r = parseQueryResult(JSON.parse(payload)); // throws QueryResultError on a bad shape or job name
  * for (const d of r.dropped) console.warn(d.message);
  * table.replaceJob(r.job, r.entries);
@@ -17,6 +20,8 @@
 import { z } from "zod";
 import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { ipTypeToKind, jobNameProblem, type ServiceIp, type TableEntry } from "./entry.ts";
+import type { TranslationTable } from "./table.ts";
+import { V6Map } from "./v6map.ts";
 
 /** Thrown when a table-query result (or static table) must be rejected as a whole. */
 export class QueryResultError extends Error {
@@ -284,24 +289,38 @@ export interface StaticTable {
   readonly size: number;
 }
 
+/** `[i].instance_list[k]` packed into one number (cheap to keep for every entry of a big file). */
+const where = (i: number, k: number) => i * 2 ** 24 + k;
+const whereText = (w: number) => `[${Math.floor(w / 2 ** 24)}].instance_list[${w % 2 ** 24}]`;
+
 /**
- * Validates a decoded static table file (JSON array of table-query results) strictly: any invalid
- * instance, bad job name or a namespace IP used twice is an error naming the array index and field,
- * e.g. `static table [1].instance_list[0].host_port: "x" is not an integer`. Results with the same
- * job are merged.
+ * Validates a decoded static table file (JSON array of table-query results) strictly, one result at
+ * a time, and hands each result's entries to `sink` as soon as that result is checked (so a large
+ * file never exists as one big set of entry objects). Any invalid instance, bad job name or a
+ * namespace IP used twice is a StaticTableError naming the array index and field, e.g.
+ * `static table [1].instance_list[0].host_port: "x" is not an integer`; results before it have
+ * already reached `sink`.
  */
-export function parseStaticTable(value: unknown): StaticTable {
-  const r = StaticTableSchema.safeParse(value);
-  if (!r.success) throw new StaticTableError(`static table ${issuesText(r.error)}`);
-  const byJob = new Map<string, TableEntry[]>();
-  const owner4 = new Map<number, string>();
-  const owner6 = new Map<string, string>();
-  const ownerN = new Map<string, string>();
+export function forEachStaticResult(
+  value: unknown,
+  sink: (job: string, entries: TableEntry[]) => void,
+): number {
+  if (!Array.isArray(value)) {
+    const r = StaticTableSchema.safeParse(value);
+    throw new StaticTableError(`static table ${r.success ? "(root): not an array" : issuesText(r.error)}`);
+  }
+  const owner4 = new Map<number, number>();
+  const owner6 = new V6Map<number>();
+  const ownerN = new Map<string, number>();
   let size = 0;
-  r.data.forEach((res, i) => {
+  value.forEach((item, i) => {
+    const parsed = QueryResultSchema.safeParse(item);
+    if (!parsed.success) {
+      throw new StaticTableError(`static table [${i}].${issuesText(parsed.error)}`.replace("].(root)", "]"));
+    }
     let conv: ConvertedResult;
     try {
-      conv = toEntries(res);
+      conv = toEntries(parsed.data);
     } catch (e) {
       if (e instanceof QueryResultError) {
         throw new StaticTableError(`static table [${i}].${e.field}: ${e.reason}`);
@@ -316,39 +335,84 @@ export function parseStaticTable(value: unknown): StaticTable {
     }
     if (conv.notes.length) throw new StaticTableError(`static table [${i}].${conv.notes[0]}`);
     conv.entries.forEach((e, k) => {
-      const where = `[${i}].instance_list[${conv.sources[k]}]`;
+      const here = where(i, conv.sources[k]);
+      const at = `static table ${whereText(here)}`;
       const k4 = e.nsip4;
       const kN = `${e.job}#${e.instance}`;
-      if (owner4.has(k4)) {
-        throw new StaticTableError(
-          `static table ${where}.namespace_ip: ${formatIPv4(k4)} already used by ${owner4.get(k4)}`,
-        );
+      const o4 = owner4.get(k4);
+      if (o4 !== undefined) {
+        throw new StaticTableError(`${at}.namespace_ip: ${formatIPv4(k4)} already used by ${whereText(o4)}`);
       }
-      if (ownerN.has(kN)) {
+      const oN = ownerN.get(kN);
+      if (oN !== undefined) {
         throw new StaticTableError(
-          `static table ${where}.instance_number: instance ${e.instance} of ${e.job} already defined by ${
-            ownerN.get(kN)
-          }`,
+          `${at}.instance_number: instance ${e.instance} of ${e.job} already defined by ${whereText(oN)}`,
         );
       }
       if (e.nsip6) {
-        const k6 = formatIPv6(e.nsip6);
-        if (owner6.has(k6)) {
+        const o6 = owner6.get(e.nsip6);
+        if (o6 !== undefined) {
           throw new StaticTableError(
-            `static table ${where}.namespace_ip_v6: ${k6} already used by ${owner6.get(k6)}`,
+            `${at}.namespace_ip_v6: ${formatIPv6(e.nsip6)} already used by ${whereText(o6)}`,
           );
         }
-        owner6.set(k6, where);
+        owner6.set(e.nsip6, here);
       }
-      owner4.set(k4, where);
-      ownerN.set(kN, where);
-      const list = byJob.get(e.job);
-      if (list) list.push(e);
-      else byJob.set(e.job, [e]);
-      size++;
+      owner4.set(k4, here);
+      ownerN.set(kN, here);
     });
+    size += conv.entries.length;
+    if (conv.entries.length > 0) sink(conv.job, conv.entries);
+  });
+  return size;
+}
+
+/**
+ * Validates a decoded static table file strictly (see {@link forEachStaticResult}) and returns its
+ * entries merged per job.
+ */
+export function parseStaticTable(value: unknown): StaticTable {
+  const byJob = new Map<string, TableEntry[]>();
+  const size = forEachStaticResult(value, (job, entries) => {
+    const list = byJob.get(job);
+    if (list) list.push(...entries);
+    else byJob.set(job, entries);
   });
   return { jobs: [...byJob].map(([job, entries]) => ({ job, entries })), size };
+}
+
+/**
+ * Validates a decoded static table file strictly (see {@link forEachStaticResult}) and loads it
+ * into `table`, result by result (results of the same job are merged). Returns the number of
+ * entries. On an error `table` holds a part of the file: load into a fresh table and drop it then.
+ *
+ * @example
+ * ```ts
+ * import { TranslationTable } from "./table.ts";
+ * const t = new TranslationTable();
+ * const text = await Deno.readTextFile("table.json");
+ * loadStaticTable(JSON.parse(text), t); // throws StaticTableError naming the index and field
+ * ```
+ */
+export function loadStaticTable(value: unknown, table: TranslationTable): number {
+  // Size the table once from the (not yet validated) file: a hint only, capped.
+  if (Array.isArray(value)) {
+    let entries = 0;
+    let sips = 0;
+    for (const r of value) {
+      const list = (r as { instance_list?: unknown } | null)?.instance_list;
+      if (!Array.isArray(list)) continue;
+      entries += list.length;
+      for (const i of list) {
+        const s = (i as { service_ip?: unknown } | null)?.service_ip;
+        sips += Array.isArray(s) ? s.length : 1;
+      }
+    }
+    table.reserve(Math.min(entries, 1 << 20), Math.min(sips, 1 << 22));
+  }
+  return forEachStaticResult(value, (job, entries) => {
+    table.replaceJob(job, table.hasJob(job) ? [...table.job(job), ...entries] : entries);
+  });
 }
 
 /** Parses the text of a static table file (JSON), then {@link parseStaticTable}. */

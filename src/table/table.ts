@@ -6,9 +6,19 @@
  * The owner (main isolate) applies operations and forwards the same {@link TableDelta} to Workers,
  * which keep a read-only copy built from a {@link TableSnapshot}.
  *
- * IPv6 keys: the v6 indexes are {@link V6Map}s — open-addressing tables holding the 16-byte keys
- * inline in a `Uint32Array`, hashed from the 4 words read straight out of the packet and confirmed by
- * comparing those words: no allocation, no string, no pointer chasing per lookup.
+ * **Storage.** Entries live in columns of typed arrays (struct of arrays), not as objects: a row per
+ * entry, a slot per ServiceIP, a group per ServiceIP address; job names and node keys are interned
+ * once. The indexes are open-addressing maps over typed arrays ({@link U32Map}, {@link V6Map} with
+ * row numbers as values), and a ServiceIP group's candidates are a linked list through the ServiceIP
+ * slots. A 10k-entry table takes about 0.5 MB per copy instead of ~20 MB of objects, and nothing in it
+ * is traced by the garbage collector.
+ *
+ * **Two views.** The packet path asks by number: {@link TranslationTable.rowOf4} → row,
+ * {@link TranslationTable.groupOf4} → group, then reads columns (`rowNsip4`, `rowInstanceIp4`,
+ * `rowNode`, `groupRows`, …) without allocating. Row and group numbers are valid until the next
+ * change of the table. The control path and tests ask for objects: `byNsip4`, `service4`, `job`,
+ * `entries`, … return freshly built {@link TableEntry} / {@link ServiceGroup} copies (equal, not
+ * identical, from call to call).
  *
  * @example
  * ```ts
@@ -20,23 +30,28 @@
  *   serviceIps: [{ kind: "RoundRobin", v4: parseIPv4("10.30.0.1") }],
  * }]);
  * t.service4(parseIPv4("10.30.0.1"))?.entries.length; // 1
+ * const g = t.groupOf4(parseIPv4("10.30.0.1")); // packet path: a group number, -1 when unknown
+ * const rows: number[] = [];
+ * t.groupRows(g, rows); // 1; rows[0] is the entry's row
  * ```
  */
-import { equalIPv6, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
+import { formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import {
   jobNameProblem,
   KIND_CODE,
   kindOfCode,
-  nodeKeyOf,
+  nodeKey,
   type ServiceIp,
   type ServiceIpKind,
   type TableEntry,
   TableError,
   validateEntry,
 } from "./entry.ts";
+import { word } from "./keys.ts";
+import { U32Map } from "./u32map.ts";
 import { V6Map } from "./v6map.ts";
 
-/** The candidates of one ServiceIP address (one family): what the packet path looks up. */
+/** The candidates of one ServiceIP address (one family), as a copy (control path, tests). */
 export interface ServiceGroup {
   /** Address family of this group's address. */
   readonly family: 4 | 6;
@@ -48,25 +63,16 @@ export interface ServiceGroup {
   readonly addr6: Uint8Array | undefined;
   /** Balancing kind (that of the first candidate's matching ServiceIP). */
   readonly kind: ServiceIpKind;
-  /** Entries having this address among their ServiceIPs. Live: do not keep across table changes. */
+  /** Entries having this address among their ServiceIPs, in insertion order. */
   readonly entries: readonly TableEntry[];
-}
-
-interface Group {
-  family: 4 | 6;
-  key: number | string;
-  addr4: number;
-  addr6: Uint8Array | undefined;
-  kind: ServiceIpKind;
-  entries: TableEntry[];
 }
 
 /** What an operation changed. */
 export interface TableChange {
-  /** Entries inserted. */
-  readonly added: readonly TableEntry[];
-  /** Entry objects no longer in the table (including ones replaced by an equal-looking entry). */
-  readonly removed: readonly TableEntry[];
+  /** Number of entries inserted. */
+  readonly added: number;
+  /** Number of entries no longer in the table (including ones replaced by an equal-looking entry). */
+  readonly removed: number;
   /**
    * Namespace IPv4s of instances that left: no longer in the table, or now naming a different
    * job/instance/node. Flows pinned to these must go (`FlowTable.dropInstance`).
@@ -85,7 +91,7 @@ export type TableDelta =
 /**
  * Compact, structured-clone friendly form of a whole table (typed arrays + string lists; the typed
  * arrays' buffers may be transferred).
- * - `rows`: 7 uint32 per entry: job index, instance, node-ip index, node port, nsip4,
+ * - `rows`: 7 uint32 per entry, grouped by job: job index, instance, node-ip index, node port, nsip4,
  *   nsip6 index + 1 (0 = none), ServiceIP count.
  * - `sips`: 4 uint32 per ServiceIP (in entry order): kind code, flags (1 = v4, 2 = v6), v4, v6 index.
  * - `v6`: 16 bytes per IPv6 address referenced by index.
@@ -98,59 +104,280 @@ export interface TableSnapshot {
   /** Distinct node IPs. */
   readonly nodes: readonly string[];
   /** Entry rows, 7 words each. */
-  readonly rows: Uint32Array;
+  readonly rows: Uint32Array<ArrayBuffer>;
   /** ServiceIP rows, 4 words each. */
-  readonly sips: Uint32Array;
+  readonly sips: Uint32Array<ArrayBuffer>;
   /** IPv6 address pool. */
-  readonly v6: Uint8Array;
+  readonly v6: Uint8Array<ArrayBuffer>;
 }
 
 const ROW = 7;
 const SIP = 4;
-const EMPTY: readonly TableEntry[] = Object.freeze([]);
+const NONE = -1;
+const F4 = 1; // slot has a v4 address
+const F6 = 2; // slot has a v6 address
+const IN4 = 4; // slot is its entry's member of the v4 group of its address
+const IN6 = 8; // … of the v6 group
+const INSTANCE = KIND_CODE.Instance;
 
-function sameInstance(a: TableEntry, b: TableEntry): boolean {
-  return a.job === b.job && a.instance === b.instance && a.nodeIp === b.nodeIp && a.nodePort === b.nodePort;
+function growI32(a: Int32Array, n: number): Int32Array<ArrayBuffer> {
+  const b = new Int32Array(n);
+  b.set(a);
+  return b;
+}
+function growU32(a: Uint32Array, n: number): Uint32Array<ArrayBuffer> {
+  const b = new Uint32Array(n);
+  b.set(a);
+  return b;
+}
+function growU8(a: Uint8Array, n: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(n);
+  b.set(a);
+  return b;
+}
+
+/** A job name or a node key, interned: the entries naming it form a doubly linked list of rows. */
+interface Names {
+  ids: Map<string, number>;
+  name: string[];
+  head: number[];
+  tail: number[];
+  count: number[];
+  free: number[];
+}
+
+function names(): Names {
+  return { ids: new Map(), name: [], head: [], tail: [], count: [], free: [] };
 }
 
 /** The translation table. See the module documentation. */
 export class TranslationTable {
-  #svc4 = new Map<number, Group>();
-  #svc6 = new V6Map<Group>();
-  #ns4 = new Map<number, TableEntry>();
-  #ns6 = new V6Map<TableEntry>();
-  #jobs = new Map<string, TableEntry[]>();
-  #nodes = new Map<string, TableEntry[]>();
+  // Rows: one per entry. A free row has job -1; free rows chain through #rJobNext.
+  #rowCap = 0;
+  #rowHi = 0;
+  #rowFree = NONE;
+  #rJob = new Int32Array(0);
+  #rInst = new Int32Array(0);
+  #rNode = new Int32Array(0);
+  #rNs4 = new Uint32Array(0);
+  #rNs6 = new Uint32Array(0); // 4 words per row
+  #rHas6 = new Uint8Array(0);
+  #rSip = new Int32Array(0); // first ServiceIP slot
+  #rNSip = new Int32Array(0);
+  #rJobNext = new Int32Array(0);
+  #rJobPrev = new Int32Array(0);
+  #rNodeNext = new Int32Array(0);
+  #rNodePrev = new Int32Array(0);
+  // ServiceIP slots: per entry a chain through #sNext (free slots chain the same way).
+  #sipCap = 0;
+  #sipHi = 0;
+  #sipFree = NONE;
+  #sRow = new Int32Array(0);
+  #sKind = new Uint8Array(0);
+  #sFlags = new Uint8Array(0);
+  #sV4 = new Uint32Array(0);
+  #sV6 = new Uint32Array(0); // 4 words per slot
+  #sNext = new Int32Array(0);
+  #sG4Next = new Int32Array(0);
+  #sG4Prev = new Int32Array(0);
+  #sG6Next = new Int32Array(0);
+  #sG6Prev = new Int32Array(0);
+  // Groups: one per ServiceIP address; the members are slots (IN4/IN6), linked in insertion order;
+  // the address is read from a member slot.
+  #grpCap = 0;
+  #grpHi = 0;
+  #grpFree = NONE;
+  #gFam = new Uint8Array(0); // 4, 6, or 0 when free
+  #gHead = new Int32Array(0); // first member slot (next free group when free)
+  #gTail = new Int32Array(0);
+  #gCount = new Int32Array(0);
+  // Indexes.
+  #ns4 = new U32Map();
+  #ns6 = new V6Map<number>();
+  #svc4 = new U32Map();
+  #svc6 = new V6Map<number>();
+  #jobs = names();
+  #nodes = names();
+  #nodeIp: string[] = [];
+  #nodePort: number[] = [];
   #size = 0;
+  readonly #scratch = new Uint8Array(16);
+  readonly #scratch6 = new Uint8Array(16);
 
   /** Number of entries. */
   get size(): number {
     return this.#size;
   }
 
-  // ---------------------------------------------------------------- lookups (packet path)
+  // ---------------------------------------------------------------- packet path (numbers)
 
-  /** Candidates of a ServiceIPv4 (uint32), or undefined. */
-  service4(addr: number): ServiceGroup | undefined {
+  /** Row of the entry whose namespace IPv4 is `addr`, or -1. */
+  rowOf4(addr: number): number {
+    return this.#ns4.get(addr);
+  }
+
+  /** Row of the entry whose namespace IPv6 is at `buf[off..off+16]`, or -1. No allocation. */
+  rowOf6(buf: Uint8Array, off = 0): number {
+    return this.#ns6.get(buf, off) ?? NONE;
+  }
+
+  /** Group of the ServiceIPv4 `addr`, or -1. */
+  groupOf4(addr: number): number {
     return this.#svc4.get(addr);
   }
 
-  /** Candidates of the ServiceIPv6 at `buf[off..off+16]`, or undefined. No allocation. */
+  /** Group of the ServiceIPv6 at `buf[off..off+16]`, or -1. No allocation. */
+  groupOf6(buf: Uint8Array, off = 0): number {
+    return this.#svc6.get(buf, off) ?? NONE;
+  }
+
+  /** Balancing kind of a group (that of its first candidate's matching ServiceIP). */
+  groupKind(g: number): ServiceIpKind {
+    return kindOfCode(this.#sKind[this.#gHead[g]]);
+  }
+
+  /** Identity of a group for per-ServiceIP state: the uint32 (v4) or the canonical text (v6). */
+  groupKey(g: number): number | string {
+    // A group's address is that of any member slot: the head's.
+    const h = this.#gHead[g];
+    if (this.#gFam[g] === 4) return this.#sV4[h];
+    this.#words6(this.#sV6, h << 2, this.#scratch, 0);
+    return formatIPv6(this.#scratch);
+  }
+
+  /** Number of candidates of a group. */
+  groupSize(g: number): number {
+    return this.#gCount[g];
+  }
+
+  /** Writes the rows of a group's candidates (insertion order) into `out`; returns their number. */
+  groupRows(g: number, out: number[]): number {
+    const v4 = this.#gFam[g] === 4;
+    const next = v4 ? this.#sG4Next : this.#sG6Next;
+    let n = 0;
+    for (let s = this.#gHead[g]; s !== NONE; s = next[s]) out[n++] = this.#sRow[s];
+    return n;
+  }
+
+  /** Namespace IPv4 of a row. */
+  rowNsip4(row: number): number {
+    return this.#rNs4[row];
+  }
+
+  /** Writes the namespace IPv6 of a row to `out[off..off+16]`; false (nothing written) when it has none. */
+  rowNsip6(row: number, out: Uint8Array, off = 0): boolean {
+    if (!this.#rHas6[row]) return false;
+    this.#words6(this.#rNs6, row << 2, out, off);
+    return true;
+  }
+
+  /** The row's Instance IPv4 (its first Instance-kind ServiceIP with a v4 address), or -1. */
+  rowInstanceIp4(row: number): number {
+    for (let s = this.#rSip[row]; s !== NONE; s = this.#sNext[s]) {
+      if (this.#sKind[s] === INSTANCE && (this.#sFlags[s] & F4)) return this.#sV4[s];
+    }
+    return NONE;
+  }
+
+  /** Writes the row's Instance IPv6 (first Instance-kind ServiceIP with a v6) to `out`; false when none. */
+  rowInstanceIp6(row: number, out: Uint8Array, off = 0): boolean {
+    for (let s = this.#rSip[row]; s !== NONE; s = this.#sNext[s]) {
+      if (this.#sKind[s] === INSTANCE && (this.#sFlags[s] & F6)) {
+        this.#words6(this.#sV6, s << 2, out, off);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Node key (`"ip:port"`, see `nodeKey`) of a row. */
+  rowNode(row: number): string {
+    return this.#nodes.name[this.#rNode[row]];
+  }
+
+  /** Job name of a row. */
+  rowJob(row: number): string {
+    return this.#jobs.name[this.#rJob[row]];
+  }
+
+  /** Instance number of a row. */
+  rowInstance(row: number): number {
+    return this.#rInst[row];
+  }
+
+  /** The entry at a row, as a new object. */
+  entryAt(row: number): TableEntry {
+    const serviceIps: ServiceIp[] = [];
+    for (let s = this.#rSip[row]; s !== NONE; s = this.#sNext[s]) {
+      const f = this.#sFlags[s];
+      const sip: { kind: ServiceIpKind; v4?: number; v6?: Uint8Array } = { kind: kindOfCode(this.#sKind[s]) };
+      if (f & F4) sip.v4 = this.#sV4[s];
+      if (f & F6) sip.v6 = this.#words6(this.#sV6, s << 2, new Uint8Array(16), 0);
+      serviceIps.push(sip);
+    }
+    const node = this.#rNode[row];
+    const e: {
+      job: string;
+      instance: number;
+      nodeIp: string;
+      nodePort: number;
+      nsip4: number;
+      nsip6?: Uint8Array;
+      serviceIps: ServiceIp[];
+    } = {
+      job: this.#jobs.name[this.#rJob[row]],
+      instance: this.#rInst[row],
+      nodeIp: this.#nodeIp[node],
+      nodePort: this.#nodePort[node],
+      nsip4: this.#rNs4[row],
+    } as typeof e;
+    if (this.#rHas6[row]) e.nsip6 = this.#words6(this.#rNs6, row << 2, new Uint8Array(16), 0);
+    e.serviceIps = serviceIps;
+    return e;
+  }
+
+  /** Underlay address and port of a node key, or undefined when no entry names it. */
+  nodeEndpoint(key: string): { ip: string; port: number } | undefined {
+    const id = this.#nodes.ids.get(key);
+    return id === undefined ? undefined : { ip: this.#nodeIp[id], port: this.#nodePort[id] };
+  }
+
+  /** True when an entry on node `key` has a ServiceIP of `kind`. */
+  nodeHasKind(key: string, kind: ServiceIpKind): boolean {
+    const id = this.#nodes.ids.get(key);
+    if (id === undefined) return false;
+    const code = KIND_CODE[kind];
+    for (let r = this.#nodes.head[id]; r !== NONE; r = this.#rNodeNext[r]) {
+      for (let s = this.#rSip[r]; s !== NONE; s = this.#sNext[s]) if (this.#sKind[s] === code) return true;
+    }
+    return false;
+  }
+
+  // ---------------------------------------------------------------- control path (copies)
+
+  /** Candidates of a ServiceIPv4 (uint32), or undefined. */
+  service4(addr: number): ServiceGroup | undefined {
+    const g = this.#svc4.get(addr);
+    return g === NONE ? undefined : this.#groupCopy(g);
+  }
+
+  /** Candidates of the ServiceIPv6 at `buf[off..off+16]`, or undefined. */
   service6(buf: Uint8Array, off = 0): ServiceGroup | undefined {
-    return this.#svc6.get(buf, off);
+    const g = this.#svc6.get(buf, off);
+    return g === undefined ? undefined : this.#groupCopy(g);
   }
 
   /** The entry whose namespace IPv4 is `addr`, or undefined. */
   byNsip4(addr: number): TableEntry | undefined {
-    return this.#ns4.get(addr);
+    const r = this.#ns4.get(addr);
+    return r === NONE ? undefined : this.entryAt(r);
   }
 
-  /** The entry whose namespace IPv6 is at `buf[off..off+16]`, or undefined. No allocation. */
+  /** The entry whose namespace IPv6 is at `buf[off..off+16]`, or undefined. */
   byNsip6(buf: Uint8Array, off = 0): TableEntry | undefined {
-    return this.#ns6.get(buf, off);
+    const r = this.#ns6.get(buf, off);
+    return r === undefined ? undefined : this.entryAt(r);
   }
-
-  // ---------------------------------------------------------------- lookups (control path)
 
   /** Candidates of a ServiceIP given as text (v4 or v6), or undefined (also for malformed text). */
   service(text: string): ServiceGroup | undefined {
@@ -168,43 +395,86 @@ export class TranslationTable {
     return v6 === undefined ? undefined : this.byNsip6(v6);
   }
 
-  /** Entries of a job (empty when unknown). Live array: copy it to keep it. */
-  job(name: string): readonly TableEntry[] {
-    return this.#jobs.get(name) ?? EMPTY;
+  /** Entries of a job (empty when unknown), in insertion order. */
+  job(name: string): TableEntry[] {
+    const id = this.#jobs.ids.get(name);
+    const out: TableEntry[] = [];
+    if (id === undefined) return out;
+    for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) out.push(this.entryAt(r));
+    return out;
   }
 
   /** True when the table has entries of `name`. */
   hasJob(name: string): boolean {
-    return this.#jobs.has(name);
+    return this.#jobs.ids.has(name);
+  }
+
+  /** Number of entries of a job. */
+  jobSize(name: string): number {
+    const id = this.#jobs.ids.get(name);
+    return id === undefined ? 0 : this.#jobs.count[id];
   }
 
   /** Names of the jobs present. */
   jobs(): string[] {
-    return [...this.#jobs.keys()];
+    return [...this.#jobs.ids.keys()];
   }
 
   /** Entries hosted by a node, by node key `"ip:port"` / `"[ip6]:port"` (see `nodeKey`). */
-  node(key: string): readonly TableEntry[] {
-    return this.#nodes.get(key) ?? EMPTY;
+  node(key: string): TableEntry[] {
+    const id = this.#nodes.ids.get(key);
+    const out: TableEntry[] = [];
+    if (id === undefined) return out;
+    for (let r = this.#nodes.head[id]; r !== NONE; r = this.#rNodeNext[r]) out.push(this.entryAt(r));
+    return out;
   }
 
   /** Node keys present. */
   nodes(): string[] {
-    return [...this.#nodes.keys()];
+    return [...this.#nodes.ids.keys()];
   }
 
   /** All entries (grouped by job, in insertion order within a job). */
   *entries(): IterableIterator<TableEntry> {
-    for (const list of this.#jobs.values()) yield* list;
+    for (const id of this.#jobs.ids.values()) {
+      for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) yield this.entryAt(r);
+    }
   }
 
   /** All ServiceIP groups (v4 then v6). */
   *services(): IterableIterator<ServiceGroup> {
-    yield* this.#svc4.values();
-    yield* this.#svc6.values();
+    for (const g of this.#svc4.values()) yield this.#groupCopy(g);
+    for (const g of this.#svc6.values()) yield this.#groupCopy(g);
+  }
+
+  #groupCopy(g: number): ServiceGroup {
+    const rows: number[] = [];
+    const n = this.groupRows(g, rows);
+    const entries: TableEntry[] = [];
+    for (let i = 0; i < n; i++) entries.push(this.entryAt(rows[i]));
+    const v4 = this.#gFam[g] === 4;
+    return {
+      family: v4 ? 4 : 6,
+      key: this.groupKey(g),
+      addr4: v4 ? this.#sV4[this.#gHead[g]] : 0,
+      addr6: v4 ? undefined : this.#words6(this.#sV6, this.#gHead[g] << 2, new Uint8Array(16), 0),
+      kind: this.groupKind(g),
+      entries,
+    };
   }
 
   // ---------------------------------------------------------------- operations
+
+  /**
+   * Makes room for `entries` entries with `serviceIps` ServiceIPs in all, so that loading a known
+   * amount (a snapshot, a static table) allocates each column once instead of doubling it.
+   */
+  reserve(entries: number, serviceIps = entries * 2): void {
+    this.#growRows(this.#size + entries);
+    this.#growSips(this.#sipHi + serviceIps);
+    this.#ns4.reserve(this.#ns4.size + entries);
+    this.#ns6.reserve(this.#ns6.size + entries);
+  }
 
   /**
    * Replaces all entries of `job` with `entries` at once (Oakestra's refresh). Entries of other jobs
@@ -213,11 +483,11 @@ export class TranslationTable {
    * entries share a namespace IP or an instance number.
    */
   replaceJob(job: string, entries: readonly TableEntry[]): TableChange {
-    const seen4 = new Set<number>();
-    const seenN = new Set<number>();
-    const seen6 = new Set<string>();
     const problem = jobNameProblem(job);
     if (problem) throw new TableError(`replaceJob: ${problem}`);
+    const seen4 = new Set<number>();
+    const seenN = new Set<number>();
+    const seen6 = new V6Map<true>();
     for (const e of entries) {
       validateEntry(e, true);
       if (e.job !== job) throw new TableError(`replaceJob("${job}"): entry names job "${e.job}"`);
@@ -228,27 +498,42 @@ export class TranslationTable {
       seen4.add(e.nsip4);
       seenN.add(e.instance);
       if (e.nsip6) {
-        const k = formatIPv6(e.nsip6);
-        if (seen6.has(k)) throw new TableError(`replaceJob("${job}"): duplicate nsip6 ${k}`);
-        seen6.add(k);
+        if (seen6.has(e.nsip6)) {
+          throw new TableError(`replaceJob("${job}"): duplicate nsip6 ${formatIPv6(e.nsip6)}`);
+        }
+        seen6.set(e.nsip6, true);
       }
     }
-    const old = this.#jobs.get(job) ?? EMPTY;
-    const victims = new Set<TableEntry>(old);
-    for (const e of entries) this.#conflicts(e, victims);
+    const victims = new Set<number>();
+    const id = this.#jobs.ids.get(job);
+    if (id !== undefined) {
+      for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) victims.add(r);
+    }
+    // The job's own rows are victims already: only namespace-IP conflicts remain to collect.
+    for (const e of entries) this.#conflicts(e, victims, false);
     return this.#commit(victims, entries);
   }
 
   /** Removes every entry of `job`. */
   removeJob(job: string): TableChange {
-    return this.#commit(new Set(this.#jobs.get(job) ?? EMPTY), EMPTY);
+    const victims = new Set<number>();
+    const id = this.#jobs.ids.get(job);
+    if (id !== undefined) {
+      for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) victims.add(r);
+    }
+    return this.#commit(victims, []);
   }
 
   /** Removes the entry (entries) of instance `instance` of `job`. */
   removeInstance(job: string, instance: number): TableChange {
-    const victims = new Set<TableEntry>();
-    for (const e of this.#jobs.get(job) ?? EMPTY) if (e.instance === instance) victims.add(e);
-    return this.#commit(victims, EMPTY);
+    const victims = new Set<number>();
+    const id = this.#jobs.ids.get(job);
+    if (id !== undefined) {
+      for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) {
+        if (this.#rInst[r] === instance) victims.add(r);
+      }
+    }
+    return this.#commit(victims, []);
   }
 
   /**
@@ -257,14 +542,18 @@ export class TranslationTable {
    */
   upsert(entry: TableEntry): TableChange {
     validateEntry(entry);
-    const victims = new Set<TableEntry>();
-    this.#conflicts(entry, victims);
+    const victims = new Set<number>();
+    this.#conflicts(entry, victims, true);
     return this.#commit(victims, [entry]);
   }
 
   /** Removes everything. */
   clear(): TableChange {
-    return this.#commit(new Set(this.entries()), EMPTY);
+    const removed = this.#size;
+    const gone: number[] = [];
+    for (const r of this.#ns4.values()) gone.push(this.#rNs4[r]);
+    this.#reset();
+    return { added: 0, removed, gone };
   }
 
   /** Applies a delta (as produced by the owner) and returns what changed. */
@@ -285,119 +574,344 @@ export class TranslationTable {
     }
   }
 
-  /** Collects entries that `e` replaces: same nsip4, same nsip6, or same job + instance. */
-  #conflicts(e: TableEntry, into: Set<TableEntry>): void {
+  /** Collects rows that `e` replaces: same nsip4, same nsip6, or (with `sameInstance`) same job + instance. */
+  #conflicts(e: TableEntry, into: Set<number>, sameInstance: boolean): void {
     const a = this.#ns4.get(e.nsip4);
-    if (a) into.add(a);
+    if (a !== NONE) into.add(a);
     if (e.nsip6) {
-      const b = this.byNsip6(e.nsip6);
-      if (b) into.add(b);
+      const b = this.#ns6.get(e.nsip6);
+      if (b !== undefined) into.add(b);
     }
-    for (const x of this.#jobs.get(e.job) ?? EMPTY) if (x.instance === e.instance) into.add(x);
+    if (!sameInstance) return;
+    const id = this.#jobs.ids.get(e.job);
+    if (id === undefined) return;
+    for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) {
+      if (this.#rInst[r] === e.instance) into.add(r);
+    }
   }
 
   /** Removes `victims`, inserts `added` (already validated and conflict-free among themselves). */
-  #commit(victims: Set<TableEntry>, added: readonly TableEntry[]): TableChange {
-    if (victims.size === 0 && added.length === 0) return { added: EMPTY, removed: EMPTY, gone: [] };
-    this.#removeAll(victims);
+  #commit(victims: Set<number>, added: readonly TableEntry[]): TableChange {
+    if (victims.size === 0 && added.length === 0) return { added: 0, removed: 0, gone: [] };
+    // What each victim was, to tell afterwards whether its namespace IP now names another instance.
+    const was: { nsip4: number; job: string; instance: number; node: string }[] = [];
+    for (const r of victims) {
+      was.push({
+        nsip4: this.#rNs4[r],
+        job: this.rowJob(r),
+        instance: this.#rInst[r],
+        node: this.rowNode(r),
+      });
+    }
+    for (const r of victims) this.#remove(r);
     for (const e of added) this.#insert(e);
     const gone: number[] = [];
-    for (const v of victims) {
+    for (const v of was) {
       const now = this.#ns4.get(v.nsip4);
-      if (now === undefined || !sameInstance(now, v)) gone.push(v.nsip4);
+      if (
+        now === NONE || this.rowJob(now) !== v.job || this.#rInst[now] !== v.instance ||
+        this.rowNode(now) !== v.node
+      ) gone.push(v.nsip4);
     }
-    return { added: [...added], removed: [...victims], gone };
+    return { added: added.length, removed: victims.size, gone };
   }
 
   #insert(e: TableEntry): void {
-    this.#ns4.set(e.nsip4, e);
-    if (e.nsip6) this.#ns6.set(e.nsip6, e);
-    const jl = this.#jobs.get(e.job);
-    if (jl) jl.push(e);
-    else this.#jobs.set(e.job, [e]);
-    const nk = nodeKeyOf(e);
-    const nl = this.#nodes.get(nk);
-    if (nl) nl.push(e);
-    else this.#nodes.set(nk, [e]);
-    for (const s of e.serviceIps) {
-      if (s.v4 !== undefined) this.#addToGroup(this.#group4(s.v4, s.kind), e);
-      if (s.v6 !== undefined) this.#addToGroup(this.#group6(s.v6, s.kind), e);
+    const row = this.#allocRow();
+    const job = this.#link(this.#jobs, e.job, row, this.#rJobNext, this.#rJobPrev);
+    const nk = nodeKey(e.nodeIp, e.nodePort);
+    const fresh = !this.#nodes.ids.has(nk);
+    const node = this.#link(this.#nodes, nk, row, this.#rNodeNext, this.#rNodePrev);
+    if (fresh) {
+      this.#nodeIp[node] = e.nodeIp;
+      this.#nodePort[node] = e.nodePort;
     }
+    this.#rJob[row] = job;
+    this.#rNode[row] = node;
+    this.#rInst[row] = e.instance;
+    this.#rNs4[row] = e.nsip4;
+    this.#ns4.set(e.nsip4, row);
+    if (e.nsip6) {
+      this.#rHas6[row] = 1;
+      this.#putWords(this.#rNs6, row << 2, e.nsip6);
+      this.#ns6.set(e.nsip6, row);
+    } else this.#rHas6[row] = 0;
+    let last = NONE;
+    const list = e.serviceIps;
+    for (let i = 0; i < list.length; i++) {
+      const sip = list[i];
+      const s = this.#allocSip();
+      this.#sRow[s] = row;
+      this.#sKind[s] = KIND_CODE[sip.kind];
+      this.#sNext[s] = NONE;
+      let f = 0;
+      if (sip.v4 !== undefined) {
+        f |= F4;
+        this.#sV4[s] = sip.v4;
+        let g = this.#svc4.get(sip.v4);
+        if (g === NONE) {
+          g = this.#allocGroup(4);
+          this.#svc4.set(sip.v4, g);
+        }
+        // An entry listing the same address twice joins once.
+        const tail = this.#gTail[g];
+        if (tail === NONE || this.#sRow[tail] !== row) {
+          f |= IN4;
+          this.#join(g, s, this.#sG4Next, this.#sG4Prev);
+        }
+      } else this.#sV4[s] = 0;
+      if (sip.v6 !== undefined) {
+        f |= F6;
+        this.#putWords(this.#sV6, s << 2, sip.v6);
+        let g = this.#svc6.get(sip.v6);
+        if (g === undefined) {
+          g = this.#allocGroup(6);
+          this.#svc6.set(sip.v6, g);
+        }
+        const tail = this.#gTail[g];
+        if (tail === NONE || this.#sRow[tail] !== row) {
+          f |= IN6;
+          this.#join(g, s, this.#sG6Next, this.#sG6Prev);
+        }
+      }
+      this.#sFlags[s] = f;
+      if (last === NONE) this.#rSip[row] = s;
+      else this.#sNext[last] = s;
+      last = s;
+    }
+    if (last === NONE) this.#rSip[row] = NONE;
+    this.#rNSip[row] = e.serviceIps.length;
     this.#size++;
   }
 
-  #addToGroup(g: Group, e: TableEntry): void {
-    // An entry listing the same address twice joins once.
-    if (g.entries[g.entries.length - 1] !== e) g.entries.push(e);
+  #remove(row: number): void {
+    const n4 = this.#rNs4[row];
+    if (this.#ns4.get(n4) === row) this.#ns4.delete(n4);
+    if (this.#rHas6[row]) {
+      const a = this.#words6(this.#rNs6, row << 2, this.#scratch, 0);
+      if (this.#ns6.get(a) === row) this.#ns6.delete(a);
+    }
+    this.#unlink(this.#jobs, this.#rJob[row], row, this.#rJobNext, this.#rJobPrev);
+    this.#unlink(this.#nodes, this.#rNode[row], row, this.#rNodeNext, this.#rNodePrev);
+    for (let s = this.#rSip[row]; s !== NONE;) {
+      const f = this.#sFlags[s];
+      if (f & IN4) this.#leave(this.#svc4.get(this.#sV4[s]), s, this.#sG4Next, this.#sG4Prev);
+      if (f & IN6) {
+        const a = this.#words6(this.#sV6, s << 2, this.#scratch, 0);
+        this.#leave(this.#svc6.get(a) as number, s, this.#sG6Next, this.#sG6Prev);
+      }
+      const next = this.#sNext[s];
+      this.#sFlags[s] = 0;
+      this.#sNext[s] = this.#sipFree;
+      this.#sipFree = s;
+      s = next;
+    }
+    this.#rJob[row] = NONE;
+    this.#rJobNext[row] = this.#rowFree;
+    this.#rowFree = row;
+    this.#size--;
   }
 
-  #group4(addr: number, kind: ServiceIpKind): Group {
-    let g = this.#svc4.get(addr);
-    if (!g) {
-      g = { family: 4, key: addr, addr4: addr, addr6: undefined, kind, entries: [] };
-      this.#svc4.set(addr, g);
+  /** Appends slot `s` to group `g`'s member list. */
+  #join(g: number, s: number, next: Int32Array, prev: Int32Array): void {
+    const tail = this.#gTail[g];
+    prev[s] = tail;
+    next[s] = NONE;
+    if (tail === NONE) this.#gHead[g] = s;
+    else next[tail] = s;
+    this.#gTail[g] = s;
+    this.#gCount[g]++;
+  }
+
+  /** Takes slot `s` out of group `g`; drops the group when it empties. */
+  #leave(g: number, s: number, next: Int32Array, prev: Int32Array): void {
+    const p = prev[s];
+    const n = next[s];
+    if (p === NONE) this.#gHead[g] = n;
+    else next[p] = n;
+    if (n === NONE) this.#gTail[g] = p;
+    else prev[n] = p;
+    if (--this.#gCount[g] > 0) return;
+    // The last member leaves: its slot still holds the group's address.
+    if (this.#gFam[g] === 4) this.#svc4.delete(this.#sV4[s]);
+    else this.#svc6.delete(this.#words6(this.#sV6, s << 2, this.#scratch6, 0));
+    this.#gFam[g] = 0;
+    this.#gHead[g] = this.#grpFree;
+    this.#grpFree = g;
+  }
+
+  /** Interns `name` and appends `row` to its list; returns the name's id. */
+  #link(t: Names, name: string, row: number, next: Int32Array, prev: Int32Array): number {
+    let id = t.ids.get(name);
+    if (id === undefined) {
+      id = t.free.pop() ?? t.name.length;
+      t.ids.set(name, id);
+      t.name[id] = name;
+      t.head[id] = NONE;
+      t.tail[id] = NONE;
+      t.count[id] = 0;
     }
+    const tail = t.tail[id];
+    prev[row] = tail;
+    next[row] = NONE;
+    if (tail === NONE) t.head[id] = row;
+    else next[tail] = row;
+    t.tail[id] = row;
+    t.count[id]++;
+    return id;
+  }
+
+  /** Takes `row` out of name `id`'s list; forgets the name when no row is left. */
+  #unlink(t: Names, id: number, row: number, next: Int32Array, prev: Int32Array): void {
+    const p = prev[row];
+    const n = next[row];
+    if (p === NONE) t.head[id] = n;
+    else next[p] = n;
+    if (n === NONE) t.tail[id] = p;
+    else prev[n] = p;
+    if (--t.count[id] > 0) return;
+    t.ids.delete(t.name[id]);
+    t.name[id] = "";
+    t.free.push(id);
+  }
+
+  #allocRow(): number {
+    if (this.#rowFree !== NONE) {
+      const r = this.#rowFree;
+      this.#rowFree = this.#rJobNext[r];
+      return r;
+    }
+    if (this.#rowHi === this.#rowCap) this.#growRows(Math.max(16, this.#rowCap * 2));
+    return this.#rowHi++;
+  }
+
+  #growRows(n: number): void {
+    if (n <= this.#rowCap) return;
+    this.#rJob = growI32(this.#rJob, n);
+    this.#rInst = growI32(this.#rInst, n);
+    this.#rNode = growI32(this.#rNode, n);
+    this.#rNs4 = growU32(this.#rNs4, n);
+    this.#rNs6 = growU32(this.#rNs6, n * 4);
+    this.#rHas6 = growU8(this.#rHas6, n);
+    this.#rSip = growI32(this.#rSip, n);
+    this.#rNSip = growI32(this.#rNSip, n);
+    this.#rJobNext = growI32(this.#rJobNext, n);
+    this.#rJobPrev = growI32(this.#rJobPrev, n);
+    this.#rNodeNext = growI32(this.#rNodeNext, n);
+    this.#rNodePrev = growI32(this.#rNodePrev, n);
+    this.#rowCap = n;
+  }
+
+  #allocSip(): number {
+    if (this.#sipFree !== NONE) {
+      const s = this.#sipFree;
+      this.#sipFree = this.#sNext[s];
+      return s;
+    }
+    if (this.#sipHi === this.#sipCap) this.#growSips(Math.max(16, this.#sipCap * 2));
+    return this.#sipHi++;
+  }
+
+  #growSips(n: number): void {
+    if (n <= this.#sipCap) return;
+    this.#sRow = growI32(this.#sRow, n);
+    this.#sKind = growU8(this.#sKind, n);
+    this.#sFlags = growU8(this.#sFlags, n);
+    this.#sV4 = growU32(this.#sV4, n);
+    this.#sV6 = growU32(this.#sV6, n * 4);
+    this.#sNext = growI32(this.#sNext, n);
+    this.#sG4Next = growI32(this.#sG4Next, n);
+    this.#sG4Prev = growI32(this.#sG4Prev, n);
+    this.#sG6Next = growI32(this.#sG6Next, n);
+    this.#sG6Prev = growI32(this.#sG6Prev, n);
+    this.#sipCap = n;
+  }
+
+  #allocGroup(family: 4 | 6): number {
+    let g: number;
+    if (this.#grpFree !== NONE) {
+      g = this.#grpFree;
+      this.#grpFree = this.#gHead[g];
+    } else {
+      if (this.#grpHi === this.#grpCap) {
+        const n = Math.max(16, this.#grpCap * 2);
+        this.#gFam = growU8(this.#gFam, n);
+        this.#gHead = growI32(this.#gHead, n);
+        this.#gTail = growI32(this.#gTail, n);
+        this.#gCount = growI32(this.#gCount, n);
+        this.#grpCap = n;
+      }
+      g = this.#grpHi++;
+    }
+    this.#gFam[g] = family;
+    this.#gHead[g] = NONE;
+    this.#gTail[g] = NONE;
+    this.#gCount[g] = 0;
     return g;
   }
 
-  #group6(addr: Uint8Array, kind: ServiceIpKind): Group {
-    let g = this.#svc6.get(addr);
-    if (!g) {
-      g = { family: 6, key: formatIPv6(addr), addr4: 0, addr6: addr, kind, entries: [] };
-      this.#svc6.set(addr, g);
-    }
-    return g;
+  #reset(): void {
+    this.#rowCap =
+      this.#rowHi =
+      this.#sipCap =
+      this.#sipHi =
+      this.#grpCap =
+      this.#grpHi =
+        0;
+    this.#rowFree = this.#sipFree = this.#grpFree = NONE;
+    this.#rJob =
+      this.#rInst =
+      this.#rNode =
+      this.#rSip =
+      this.#rNSip =
+        new Int32Array(0);
+    this.#rJobNext =
+      this.#rJobPrev =
+      this.#rNodeNext =
+      this.#rNodePrev =
+        new Int32Array(0);
+    this.#rNs4 = this.#rNs6 = new Uint32Array(0);
+    this.#rHas6 = new Uint8Array(0);
+    this.#sRow =
+      this.#sNext =
+      this.#sG4Next =
+      this.#sG4Prev =
+      this.#sG6Next =
+      this.#sG6Prev =
+        new Int32Array(0);
+    this.#sKind = this.#sFlags = new Uint8Array(0);
+    this.#sV4 = this.#sV6 = new Uint32Array(0);
+    this.#gFam = new Uint8Array(0);
+    this.#gHead = this.#gTail = this.#gCount = new Int32Array(0);
+    this.#ns4 = new U32Map();
+    this.#ns6 = new V6Map<number>();
+    this.#svc4 = new U32Map();
+    this.#svc6 = new V6Map<number>();
+    this.#jobs = names();
+    this.#nodes = names();
+    this.#nodeIp = [];
+    this.#nodePort = [];
+    this.#size = 0;
   }
 
-  /** Removes a set of entries from every index in O(total affected). */
-  #removeAll(victims: Set<TableEntry>): void {
-    if (victims.size === 0) return;
-    const groups = new Set<Group>();
-    const jobs = new Set<string>();
-    const nodes = new Set<string>();
-    for (const e of victims) {
-      if (this.#ns4.get(e.nsip4) === e) this.#ns4.delete(e.nsip4);
-      if (e.nsip6 && this.#ns6.get(e.nsip6) === e) this.#ns6.delete(e.nsip6);
-      jobs.add(e.job);
-      nodes.add(nodeKeyOf(e));
-      for (const s of e.serviceIps) {
-        if (s.v4 !== undefined) {
-          const g = this.#svc4.get(s.v4);
-          if (g) groups.add(g);
-        }
-        if (s.v6 !== undefined) {
-          const g = this.#svc6.get(s.v6);
-          if (g) groups.add(g);
-        }
-      }
-      this.#size--;
-    }
-    for (const j of jobs) {
-      const rest = (this.#jobs.get(j) ?? []).filter((x) => !victims.has(x));
-      if (rest.length) this.#jobs.set(j, rest);
-      else this.#jobs.delete(j);
-    }
-    for (const n of nodes) {
-      const rest = (this.#nodes.get(n) ?? []).filter((x) => !victims.has(x));
-      if (rest.length) this.#nodes.set(n, rest);
-      else this.#nodes.delete(n);
-    }
-    for (const g of groups) {
-      g.entries = g.entries.filter((x) => !victims.has(x));
-      if (g.entries.length === 0) {
-        this.#dropGroup(g);
-      } else {
-        g.kind = kindFor(g.entries[0], g) ?? g.kind;
-      }
-    }
+  /** Stores the 16 bytes of `a` as 4 big-endian words at `W[at..at+4]`. */
+  #putWords(W: Uint32Array, at: number, a: Uint8Array): void {
+    W[at] = word(a, 0);
+    W[at + 1] = word(a, 4);
+    W[at + 2] = word(a, 8);
+    W[at + 3] = word(a, 12);
   }
 
-  #dropGroup(g: Group): void {
-    if (g.family === 4) {
-      this.#svc4.delete(g.addr4);
-      return;
+  /** Writes the 4 words at `W[at..at+4]` as 16 bytes to `out[off..]`; returns `out`. */
+  #words6(W: Uint32Array, at: number, out: Uint8Array, off: number): Uint8Array {
+    for (let i = 0; i < 4; i++) {
+      const w = W[at + i];
+      out[off + 4 * i] = w >>> 24;
+      out[off + 4 * i + 1] = (w >>> 16) & 255;
+      out[off + 4 * i + 2] = (w >>> 8) & 255;
+      out[off + 4 * i + 3] = w & 255;
     }
-    this.#svc6.delete(g.addr6 as Uint8Array);
+    return out;
   }
 
   // ---------------------------------------------------------------- snapshots
@@ -405,54 +919,63 @@ export class TranslationTable {
   /** The whole table in compact plain-data form (see {@link TableSnapshot}). */
   snapshot(): TableSnapshot {
     const jobs: string[] = [];
-    const jobIdx = new Map<string, number>();
     const nodes: string[] = [];
     const nodeIdx = new Map<string, number>();
-    const v6: Uint8Array[] = [];
     let nSips = 0;
-    for (const e of this.entries()) nSips += e.serviceIps.length;
-    const rows = new Uint32Array(this.#size * ROW);
-    const sips = new Uint32Array(nSips * SIP);
-    let r = 0;
-    let s = 0;
-    const intern = (list: string[], idx: Map<string, number>, v: string): number => {
-      let i = idx.get(v);
-      if (i === undefined) {
-        i = list.length;
-        list.push(v);
-        idx.set(v, i);
-      }
-      return i;
-    };
-    for (const e of this.entries()) {
-      rows[r++] = intern(jobs, jobIdx, e.job);
-      rows[r++] = e.instance;
-      rows[r++] = intern(nodes, nodeIdx, e.nodeIp);
-      rows[r++] = e.nodePort;
-      rows[r++] = e.nsip4;
-      if (e.nsip6) {
-        v6.push(e.nsip6);
-        rows[r++] = v6.length;
-      } else rows[r++] = 0;
-      rows[r++] = e.serviceIps.length;
-      for (const sip of e.serviceIps) {
-        sips[s++] = KIND_CODE[sip.kind];
-        sips[s++] = (sip.v4 !== undefined ? 1 : 0) | (sip.v6 !== undefined ? 2 : 0);
-        sips[s++] = sip.v4 ?? 0;
-        if (sip.v6 !== undefined) {
-          v6.push(sip.v6);
-          sips[s++] = v6.length - 1;
-        } else sips[s++] = 0;
+    let nV6 = 0;
+    for (const id of this.#jobs.ids.values()) {
+      for (let r = this.#jobs.head[id]; r !== NONE; r = this.#rJobNext[r]) {
+        nSips += this.#rNSip[r];
+        if (this.#rHas6[r]) nV6++;
+        for (let s = this.#rSip[r]; s !== NONE; s = this.#sNext[s]) if (this.#sFlags[s] & F6) nV6++;
       }
     }
-    const pool = new Uint8Array(v6.length * 16);
-    v6.forEach((a, i) => pool.set(a, i * 16));
+    const rows = new Uint32Array(this.#size * ROW);
+    const sips = new Uint32Array(nSips * SIP);
+    const pool = new Uint8Array(nV6 * 16);
+    let r = 0;
+    let s = 0;
+    let v = 0;
+    for (const [job, id] of this.#jobs.ids) {
+      const j = jobs.length;
+      jobs.push(job);
+      for (let row = this.#jobs.head[id]; row !== NONE; row = this.#rJobNext[row]) {
+        const ip = this.#nodeIp[this.#rNode[row]];
+        let ni = nodeIdx.get(ip);
+        if (ni === undefined) {
+          ni = nodes.length;
+          nodes.push(ip);
+          nodeIdx.set(ip, ni);
+        }
+        rows[r++] = j;
+        rows[r++] = this.#rInst[row];
+        rows[r++] = ni;
+        rows[r++] = this.#nodePort[this.#rNode[row]];
+        rows[r++] = this.#rNs4[row];
+        if (this.#rHas6[row]) {
+          this.#words6(this.#rNs6, row << 2, pool, v * 16);
+          rows[r++] = ++v;
+        } else rows[r++] = 0;
+        rows[r++] = this.#rNSip[row];
+        for (let q = this.#rSip[row]; q !== NONE; q = this.#sNext[q]) {
+          const f = this.#sFlags[q];
+          sips[s++] = this.#sKind[q];
+          sips[s++] = f & (F4 | F6);
+          sips[s++] = f & F4 ? this.#sV4[q] : 0;
+          if (f & F6) {
+            this.#words6(this.#sV6, q << 2, pool, v * 16);
+            sips[s++] = v++;
+          } else sips[s++] = 0;
+        }
+      }
+    }
     return { format: 1, jobs, nodes, rows, sips, v6: pool };
   }
 
   /**
-   * Builds a table from a snapshot (e.g. in a Worker). IPv6 addresses become views into `snap.v6`.
-   * Throws TableError when the snapshot is malformed.
+   * Builds a table from a snapshot (e.g. in a Worker): a job's rows must be contiguous (as
+   * {@link snapshot} writes them). Every row is validated like an inserted entry. Throws TableError
+   * when the snapshot is malformed.
    */
   static fromSnapshot(snap: TableSnapshot): TranslationTable {
     if (!snap || snap.format !== 1) throw new TableError("table snapshot: unknown format");
@@ -464,52 +987,73 @@ export class TranslationTable {
       throw new TableError("table snapshot: truncated arrays");
     }
     const nV6 = v6.length / 16;
-    const addr6 = (i: number, what: string): Uint8Array => {
+    const addr6 = (i: number, into: Uint8Array, what: string): Uint8Array => {
       if (i >= nV6) throw new TableError(`table snapshot: ${what} v6 index ${i} out of range`);
-      return v6.subarray(i * 16, i * 16 + 16);
+      for (let k = 0, at = i * 16; k < 16; k++) into[k] = v6[at + k]; // no view object per address
+      return into;
     };
-    const byJob = new Map<string, TableEntry[]>();
+    // One reused entry (and ServiceIP objects and address buffers) carries every row into the
+    // columns: a Worker loading 10k entries allocates nothing per row.
+    const t = new TranslationTable();
+    t.reserve(rows.length / ROW, sips.length / SIP);
+    const sipPool: { kind: ServiceIpKind; v4?: number; v6?: Uint8Array }[] = [];
+    const v6Pool: Uint8Array[] = [];
+    const serviceIps: ServiceIp[] = [];
+    const nsip6 = new Uint8Array(16);
+    const e = {
+      job: "",
+      instance: 0,
+      nodeIp: "",
+      nodePort: 0,
+      nsip4: 0,
+      nsip6: undefined as Uint8Array | undefined,
+      serviceIps,
+    };
+    const done = new Set<number>();
+    const seenN = new Set<number>();
+    let current = -1;
     let s = 0;
     for (let r = 0; r < rows.length; r += ROW) {
-      const job = jobs[rows[r]];
+      const j = rows[r];
+      const job = jobs[j];
       const nodeIp = nodes[rows[r + 2]];
       if (job === undefined || nodeIp === undefined) throw new TableError("table snapshot: bad string index");
+      if (j !== current) {
+        if (done.has(j)) throw new TableError(`table snapshot: rows of job ${job} are not contiguous`);
+        const problem = jobNameProblem(job);
+        if (problem) throw new TableError(`table snapshot: ${problem}`);
+        done.add(j);
+        seenN.clear();
+        current = j;
+      }
       const n = rows[r + 6];
       if (s + n * SIP > sips.length) throw new TableError("table snapshot: ServiceIP rows truncated");
-      const serviceIps: ServiceIp[] = [];
+      serviceIps.length = n;
       for (let i = 0; i < n; i++, s += SIP) {
         const flags = sips[s + 1];
-        serviceIps.push({
-          kind: kindOfCode(sips[s]),
-          ...(flags & 1 ? { v4: sips[s + 2] } : {}),
-          ...(flags & 2 ? { v6: addr6(sips[s + 3], "ServiceIP") } : {}),
-        });
+        const sip = sipPool[i] ??= { kind: "Instance" };
+        sip.kind = kindOfCode(sips[s]);
+        sip.v4 = flags & F4 ? sips[s + 2] : undefined;
+        sip.v6 = flags & F6 ? addr6(sips[s + 3], v6Pool[i] ??= new Uint8Array(16), "ServiceIP") : undefined;
+        serviceIps[i] = sip;
       }
-      const e: TableEntry = {
-        job,
-        instance: rows[r + 1],
-        nodeIp,
-        nodePort: rows[r + 3],
-        nsip4: rows[r + 4],
-        ...(rows[r + 5] ? { nsip6: addr6(rows[r + 5] - 1, "nsip6") } : {}),
-        serviceIps,
-      };
-      const list = byJob.get(job);
-      if (list) list.push(e);
-      else byJob.set(job, [e]);
+      e.job = job;
+      e.instance = rows[r + 1];
+      e.nodeIp = nodeIp;
+      e.nodePort = rows[r + 3];
+      e.nsip4 = rows[r + 4];
+      e.nsip6 = rows[r + 5] ? addr6(rows[r + 5] - 1, nsip6, "nsip6") : undefined;
+      validateEntry(e, true);
+      if (seenN.has(e.instance)) {
+        throw new TableError(`table snapshot: duplicate instance ${job}#${e.instance}`);
+      }
+      if (t.#ns4.get(e.nsip4) !== NONE || (e.nsip6 && t.#ns6.get(e.nsip6) !== undefined)) {
+        throw new TableError(`table snapshot: namespace IP of ${job}#${e.instance} used twice`);
+      }
+      seenN.add(e.instance);
+      t.#insert(e);
     }
     if (s !== sips.length) throw new TableError("table snapshot: unused ServiceIP rows");
-    const t = new TranslationTable();
-    for (const [job, list] of byJob) t.replaceJob(job, list);
     return t;
   }
-}
-
-function kindFor(e: TableEntry, g: Group): ServiceIpKind | undefined {
-  for (const s of e.serviceIps) {
-    if (g.family === 4 ? s.v4 === g.addr4 : s.v6 !== undefined && equalIPv6(s.v6, g.addr6 as Uint8Array)) {
-      return s.kind;
-    }
-  }
-  return undefined;
 }

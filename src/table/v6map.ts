@@ -118,6 +118,11 @@ export class V6Map<T> {
     for (const v of this.#vals) if (v !== undefined) yield v;
   }
 
+  /** Makes room for `capacity` addresses at once (no step-by-step growth while filling). */
+  reserve(capacity: number): void {
+    while ((capacity + 1) * 2 > this.#vals.length) this.#grow();
+  }
+
   /** Removes everything. */
   clear(): void {
     this.#vals.fill(undefined);

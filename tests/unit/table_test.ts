@@ -13,6 +13,7 @@ import {
   type TableEntry,
   TableError,
   TranslationTable,
+  U32Map,
   v6Key,
   V6Map,
 } from "../../src/table/mod.ts";
@@ -41,29 +42,36 @@ function entry(
   };
 }
 
+/** An entry's value as text (lookups return equal copies, not the same object). */
+function sig(e: TableEntry): string {
+  return JSON.stringify(e, (_k, v) => v instanceof Uint8Array ? formatIPv6(v) : v);
+}
+
 /** Brute-force check that every index agrees with entries(). */
 function checkConsistent(t: TranslationTable): void {
   const all = [...t.entries()];
   assertEquals(all.length, t.size, "size");
+  const has = (list: readonly TableEntry[] | undefined, e: TableEntry) =>
+    !!list?.some((x) => sig(x) === sig(e));
   for (const e of all) {
-    assert(t.byNsip4(e.nsip4) === e, `byNsip4 ${formatIPv4(e.nsip4)}`);
-    if (e.nsip6) assert(t.byNsip6(e.nsip6) === e, `byNsip6 ${formatIPv6(e.nsip6)}`);
-    assert(t.job(e.job).includes(e), "job index");
-    assert(t.node(nodeKeyOf(e)).includes(e), "node index");
+    assertEquals(t.byNsip4(e.nsip4), e, `byNsip4 ${formatIPv4(e.nsip4)}`);
+    if (e.nsip6) assertEquals(t.byNsip6(e.nsip6), e, `byNsip6 ${formatIPv6(e.nsip6)}`);
+    assert(has(t.job(e.job), e), "job index");
+    assert(has(t.node(nodeKeyOf(e)), e), "node index");
     for (const s of e.serviceIps) {
-      if (s.v4 !== undefined) assert(t.service4(s.v4)?.entries.includes(e), `service4 ${formatIPv4(s.v4)}`);
-      if (s.v6 !== undefined) assert(t.service6(s.v6)?.entries.includes(e), `service6 ${formatIPv6(s.v6)}`);
+      if (s.v4 !== undefined) assert(has(t.service4(s.v4)?.entries, e), `service4 ${formatIPv4(s.v4)}`);
+      if (s.v6 !== undefined) assert(has(t.service6(s.v6)?.entries, e), `service6 ${formatIPv6(s.v6)}`);
     }
   }
   // No stale index entries: everything reachable from an index is a live entry.
-  const live = new Set(all);
+  const live = new Set(all.map(sig));
   for (const g of t.services()) {
     assert(g.entries.length > 0, "empty group kept");
-    for (const e of g.entries) assert(live.has(e), "stale entry in a service group");
-    assertEquals(new Set(g.entries).size, g.entries.length, "duplicate in a group");
+    for (const e of g.entries) assert(live.has(sig(e)), "stale entry in a service group");
+    assertEquals(new Set(g.entries.map(sig)).size, g.entries.length, "duplicate in a group");
   }
-  for (const j of t.jobs()) for (const e of t.job(j)) assert(live.has(e), "stale entry in job index");
-  for (const n of t.nodes()) for (const e of t.node(n)) assert(live.has(e), "stale entry in node index");
+  for (const j of t.jobs()) for (const e of t.job(j)) assert(live.has(sig(e)), "stale entry in job index");
+  for (const n of t.nodes()) for (const e of t.node(n)) assert(live.has(sig(e)), "stale entry in node index");
 }
 
 Deno.test("IpType mapping and job names", () => {
@@ -92,8 +100,8 @@ Deno.test("lookups by ServiceIP, namespace IP, job and node", () => {
   const a = entry(0);
   const b = entry(1, { node: "131.1.0.2" });
   const ch = t.replaceJob(JOB, [a, b]);
-  assertEquals(ch.added.length, 2);
-  assertEquals(ch.removed.length, 0);
+  assertEquals(ch.added, 2);
+  assertEquals(ch.removed, 0);
   assertEquals(t.size, 2);
   const g = t.service4(RR4) as ServiceGroup;
   assertEquals(g.kind, "RoundRobin");
@@ -111,16 +119,16 @@ Deno.test("lookups by ServiceIP, namespace IP, job and node", () => {
   assertEquals(g6.key, "fdff:2000::1");
   assertEquals(g6.entries.length, 2);
   pkt.set(parseIPv6("fc00::3"), 8);
-  assert(t.byNsip6(pkt, 8) === b);
-  assert(t.byNsip4(parseIPv4("10.18.0.66")) === a);
+  assertEquals(t.byNsip6(pkt, 8), b);
+  assertEquals(t.byNsip4(parseIPv4("10.18.0.66")), a);
   assertEquals(t.byNsip4(parseIPv4("10.18.0.99")), undefined);
   assertEquals(t.service4(parseIPv4("10.30.9.9")), undefined);
   pkt[39] ^= 1;
   assertEquals(t.service6(pkt, 24), undefined);
-  assert(t.service("fdff:2000:0::1") === g6);
-  assert(t.service("10.30.0.1") === g);
+  assertEquals(t.service("fdff:2000:0::1"), g6);
+  assertEquals(t.service("10.30.0.1"), g);
   assertEquals(t.service("nope"), undefined);
-  assert(t.byNsip("fc00::2") === a);
+  assertEquals(t.byNsip("fc00::2"), a);
   assertEquals(t.job(JOB), [a, b]);
   assertEquals(t.node("131.1.0.2:50103"), [b]);
   assertEquals(instanceIp4Of(a), parseIPv4("10.30.1.2"));
@@ -135,7 +143,7 @@ Deno.test("replaceJob swaps atomically and removes stale index entries", () => {
   const moved: TableEntry = { ...entry(1, { node: "131.1.0.7" }), nsip4: parseIPv4("10.18.0.130") };
   const ch = t.replaceJob(JOB, [entry(0), moved]);
   assertEquals(t.size, 2);
-  assertEquals(ch.removed.length, 3);
+  assertEquals(ch.removed, 3);
   assertEquals(
     [...ch.gone].sort().map(formatIPv4),
     ["10.18.0.67", "10.18.0.68"],
@@ -184,7 +192,7 @@ Deno.test("upsert replaces by namespace IP (other job) and by job+instance", () 
   const ch = t.upsert(other);
   assertEquals(ch.gone, [parseIPv4("10.18.0.66")]);
   assertEquals(t.job(JOB).length, 1);
-  assert(t.byNsip4(other.nsip4) === other);
+  assertEquals(t.byNsip4(other.nsip4), other);
   assertEquals(t.service4(RR4)?.entries.length, 1);
   // Same job + instance with a new nsip: the old row goes.
   const migrated: TableEntry = {
@@ -255,7 +263,7 @@ Deno.test("v6 keys: computed at any offset, colliding keys resolved by byte comp
   t.replaceJob("a.b.c.d", [ey]);
   assertEquals(t.service6(addr(x))?.entries, [ex]);
   assertEquals(t.service6(addr(y))?.entries, [ey]);
-  assert(t.byNsip6(addr(x)) === ey);
+  assertEquals(t.byNsip6(addr(x)), ey);
   t.removeJob(JOB);
   assertEquals(t.service6(addr(x)), undefined);
   assertEquals(t.service6(addr(y))?.entries, [ey]);
@@ -448,4 +456,73 @@ Deno.test("a real Worker keeps a read-only copy from a snapshot plus deltas", as
   } finally {
     w.terminate();
   }
+});
+
+Deno.test("U32Map agrees with a Map under random set/delete, full uint32 range", () => {
+  const r = seededRandom(9);
+  const m = new U32Map();
+  const ref = new Map<number, number>();
+  for (let i = 0; i < 20000; i++) {
+    // Few distinct keys (collisions, deletes of present keys) plus large ones (≥ 2^31).
+    const k = r() < 0.5 ? Math.floor(r() * 300) : 0xffffff00 + Math.floor(r() * 256);
+    if (r() < 0.6) {
+      m.set(k, i);
+      ref.set(k, i);
+    } else assertEquals(m.delete(k), ref.delete(k));
+  }
+  assertEquals(m.size, ref.size);
+  for (const [k, v] of ref) assertEquals(m.get(k), v);
+  assertEquals(m.get(12345678), -1);
+  assertEquals([...m.values()].sort((a, b) => a - b), [...ref.values()].sort((a, b) => a - b));
+  m.reserve(5000);
+  for (const [k, v] of ref) assertEquals(m.get(k), v, "kept across reserve");
+});
+
+Deno.test("row/group view (packet path) agrees with the object view", () => {
+  const t = new TranslationTable();
+  const a = entry(0);
+  const b = entry(1, { node: "131.1.0.2" });
+  const c = { ...entry(2), serviceIps: [{ kind: "Closest" as const, v4: parseIPv4("10.30.0.9") }] };
+  t.replaceJob(JOB, [a, b, c]);
+  const row = t.rowOf4(b.nsip4);
+  assert(row >= 0);
+  assertEquals(t.entryAt(row), b);
+  assertEquals(t.rowNsip4(row), b.nsip4);
+  assertEquals(t.rowNode(row), "131.1.0.2:50103");
+  assertEquals(t.rowJob(row), JOB);
+  assertEquals(t.rowInstance(row), 1);
+  assertEquals(t.rowInstanceIp4(row), instanceIp4Of(b));
+  const out = new Uint8Array(20);
+  assert(t.rowInstanceIp6(row, out, 4));
+  assert(equalIPv6(out, instanceIp6Of(b) as Uint8Array, 4));
+  assert(t.rowNsip6(row, out));
+  assert(equalIPv6(out, b.nsip6 as Uint8Array));
+  assertEquals(t.rowOf6(b.nsip6 as Uint8Array), row);
+  assertEquals(t.rowInstanceIp4(t.rowOf4(c.nsip4)), -1, "no instance IP");
+  assertEquals(t.rowOf4(parseIPv4("10.18.9.9")), -1);
+  const g = t.groupOf4(RR4);
+  assertEquals(t.groupKind(g), "RoundRobin");
+  assertEquals(t.groupKey(g), RR4);
+  const rows: number[] = [];
+  assertEquals(t.groupRows(g, rows), 2);
+  assertEquals(rows.slice(0, 2).map((x) => t.rowInstance(x)), [0, 1]);
+  const g6 = t.groupOf6(RR6);
+  assertEquals(t.groupKey(g6), "fdff:2000::1");
+  assertEquals(t.groupSize(g6), 2);
+  assertEquals(t.groupOf4(parseIPv4("10.30.7.7")), -1);
+  assertEquals(t.groupOf6(parseIPv6("fdff::dead")), -1);
+  assertEquals(t.nodeEndpoint("131.1.0.2:50103"), { ip: "131.1.0.2", port: 50103 });
+  assert(t.nodeHasKind("131.1.0.1:50103", "Closest"));
+  assert(!t.nodeHasKind("131.1.0.2:50103", "Closest"));
+  // Removing the head of a group: the next candidate's kind and the address stay right.
+  t.removeInstance(JOB, 0);
+  const g2 = t.groupOf4(RR4);
+  assertEquals(t.groupKey(g2), RR4);
+  assertEquals(t.groupSize(g2), 1);
+  assertEquals(t.groupRows(g2, rows), 1);
+  assertEquals(t.rowInstance(rows[0]), 1);
+  t.removeInstance(JOB, 1);
+  assertEquals(t.groupOf4(RR4), -1, "an empty group leaves the index");
+  assertEquals(t.groupOf6(RR6), -1);
+  checkConsistent(t);
 });

@@ -1,0 +1,38 @@
+/**
+ * Giving memory back after a burst: a full, compacting garbage collection of the calling isolate,
+ * then glibc's `malloc_trim`, which returns what the runtime freed (compiler zones, typed arrays of
+ * every isolate) from the malloc arenas to the system.
+ *
+ * V8 grows an isolate's young generation (up to 3 × 16 MB) while a burst allocates — loading a
+ * 10k-entry static table, a large table-query result — and shrinks it again only when its memory
+ * reducer runs, 30 s or more later. The daemon calls {@link compactHeap} once after such a burst so
+ * its resident size returns to what it holds. V8's `gc()` is reached the documented Node way
+ * (`v8.setFlagsFromString("--expose-gc")`, then `vm.runInNewContext("gc")`); both modules are loaded
+ * on the first call only.
+ *
+ * @example
+ * ```ts
+ * await compactHeap(); // false when the runtime does not offer it
+ * ```
+ */
+
+import { mallocTrim } from "../ffi/libc.ts";
+
+let gc: (() => void) | null | undefined;
+
+/** Runs a full garbage collection of this isolate and trims malloc; false when GC is not available. */
+export async function compactHeap(): Promise<boolean> {
+  if (gc === undefined) {
+    try {
+      const [{ default: v8 }, { default: vm }] = await Promise.all([import("node:v8"), import("node:vm")]);
+      v8.setFlagsFromString("--expose-gc");
+      const f: unknown = vm.runInNewContext("gc");
+      gc = typeof f === "function" ? f as () => void : null;
+    } catch {
+      gc = null;
+    }
+  }
+  gc?.();
+  mallocTrim();
+  return gc !== null;
+}

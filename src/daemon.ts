@@ -18,7 +18,10 @@ import {
   type InstanceKind,
   StateStore,
 } from "./env/mod.ts";
-import { logger } from "./log.ts";
+import { logger, RateLimitedLog } from "./log.ts";
+import { NodeMetrics } from "./proxy/metrics.ts";
+import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
+import { Backoff } from "./control/backoff.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
@@ -62,6 +65,9 @@ class Node implements NodeService {
   /** The cluster connection (cluster mode). */
   control: NodeControl | undefined;
   readonly staticTable: StaticTable | undefined;
+  readonly metricsRegistry: NodeMetrics;
+  /** ServiceIPs the cluster does not know: warned once per 10 s (a count in between). */
+  readonly #unknownIps = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   #registering: Promise<RegisterResult> | undefined;
 
   constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: StaticTable) {
@@ -69,6 +75,22 @@ class Node implements NodeService {
     this.env = env;
     this.staticTable = staticTable;
     this.workerId = env.registration.workerId;
+    this.metricsRegistry = new NodeMetrics({
+      dataPlane: () => this.dataPlane?.metricsData(this.control?.rejections.counts),
+      registered: () => this.workerId !== undefined,
+      clusterConnected: () => this.control?.connected,
+      instances: () => this.env.instances().length,
+    });
+  }
+
+  /** Ready: registered (or standalone with its subnet set up) and the data plane running. */
+  health(): Health {
+    if (this.workerId === undefined) {
+      return { ok: false, reason: "not registered (waiting for POST /register from the node engine)" };
+    }
+    if (!this.dataPlane) return { ok: false, reason: "data plane not running" };
+    if (!this.dataPlane.stats()) return { ok: false, reason: "data plane starting" };
+    return { ok: true };
   }
 
   get mode(): "standalone" | "cluster" {
@@ -84,9 +106,22 @@ class Node implements NodeService {
         error: `already registered as worker ${this.workerId}; refusing ${clientId}`,
       });
     }
-    this.#registering ??= this.#register(clientId, clusterAddress).finally(() =>
-      this.#registering = undefined
-    );
+    this.#registering ??= this.#register(clientId, clusterAddress).then((r) => {
+      if (!r.ok) {
+        log.warn("registration failed; the node stays unregistered until the node engine retries /register", {
+          workerId: clientId,
+          cluster: clusterAddress || this.cfg.net.ClusterUrl,
+          cause: r.error,
+        });
+      }
+      return r;
+    }, (e) => {
+      log.error("registration failed; nothing was kept, a later /register starts over", {
+        workerId: clientId,
+        cause: e instanceof Error ? e.message : String(e),
+      });
+      throw e;
+    }).finally(() => this.#registering = undefined);
     return this.#registering;
   }
 
@@ -207,7 +242,25 @@ class Node implements NodeService {
     const table = new TranslationTable();
     for (const j of this.staticTable?.jobs ?? []) table.replaceJob(j.job, j.entries);
     // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
-    const resolver: Resolver = { resolve: (ip) => this.control?.resolveIp(ip) ?? Promise.resolve(false) };
+    const resolver: Resolver = {
+      resolve: async (ip) => {
+        if (!this.control) return false;
+        const t0 = performance.now();
+        const found = await this.control.resolveIp(ip);
+        this.metricsRegistry.tableMissSeconds.observe(
+          { result: found ? "found" : "not_found" },
+          (performance.now() - t0) / 1000,
+        );
+        if (!found && this.#isServiceIp(ip)) {
+          this.#unknownIps.note(
+            "unknown_service_ip",
+            "traffic to a ServiceIP the cluster does not know: dropped (is the service deployed?)",
+            { serviceIp: ip },
+          );
+        }
+        return found;
+      },
+    };
     this.dataPlane = await DataPlane.start({
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
@@ -234,6 +287,22 @@ class Node implements NodeService {
     });
   }
 
+  #isServiceIp(ip: string): boolean {
+    const v4 = ip.includes(".") && !ip.includes(":");
+    try {
+      if (v4) {
+        const r = this.cfg.serviceRange4;
+        const mask = r.len === 0 ? 0 : (0xffffffff << (32 - r.len)) >>> 0;
+        return ((parseIPv4(ip) & mask) >>> 0) === r.addr;
+      }
+      const r6 = this.cfg.serviceRange6;
+      const a = maskIPv6(parseIPv6(ip), r6.len);
+      return a.every((b, i) => b === r6.addr[i]);
+    } catch {
+      return false;
+    }
+  }
+
   #requireRegistered(): void {
     if (this.workerId === undefined) throw new EnvError(400, "not registered: call /register first");
   }
@@ -243,11 +312,19 @@ class Node implements NodeService {
     req: { pid: number; job: string; instance: number; portMappings: string },
   ): Promise<InstanceAddresses> {
     this.#requireRegistered();
-    const addrs = await this.env.setupInstance({
-      ...req,
-      kind,
-      pid: kind === "container" ? req.pid : undefined,
-    });
+    const t0 = performance.now();
+    let addrs: InstanceAddresses;
+    try {
+      addrs = await this.env.setupInstance({
+        ...req,
+        kind,
+        pid: kind === "container" ? req.pid : undefined,
+      });
+    } catch (e) {
+      this.metricsRegistry.deploySeconds.observe({ kind, result: "error" }, (performance.now() - t0) / 1000);
+      throw e;
+    }
+    this.metricsRegistry.deploySeconds.observe({ kind, result: "ok" }, (performance.now() - t0) / 1000);
     // service/deployed, then a refresh by name (how the node learns its own InstanceIP); the
     // NodeEngine need not wait for the cluster.
     void this.control?.deployed(req.job, req.instance, addrs.ipv4, addrs.ipv6);
@@ -284,6 +361,7 @@ class Node implements NodeService {
       cluster: this.control
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
+      peers: this.dataPlane?.peers() ?? [],
     };
   }
 
@@ -295,8 +373,8 @@ class Node implements NodeService {
     return this.dataPlane?.flows() ?? Promise.resolve([]);
   }
 
-  metrics(): string {
-    return this.dataPlane?.metricsText(this.control?.rejections.counts) ?? "";
+  async metrics(): Promise<{ body: string; contentType: string }> {
+    return { body: await this.metricsRegistry.text(), contentType: this.metricsRegistry.contentType };
   }
 
   instances(): unknown[] {
@@ -319,6 +397,7 @@ class Node implements NodeService {
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const { cfg } = opts;
   for (const n of cfg.notes) log.info(n);
+  for (const w of cfg.warnings) log.warn(w);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
   const node = new Node(cfg, env, opts.staticTable);
 
@@ -344,15 +423,23 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     if (!cfg.standaloneSubnet && cluster !== "0.0.0.0") {
       // Cluster mode after a restart: reconnect and re-announce what this node hosts. The broker
       // may be down: the node keeps forwarding with what it has and retries in the background.
+      const backoff = new Backoff({ baseMs: 5000, maxMs: 120_000 });
       const connect = async (): Promise<void> => {
         try {
           await node.connectControl(node.workerId!, cluster);
           node.reannounce();
+          if (backoff.attempt > 0) log.info("cluster reachable again", { attempts: backoff.attempt });
         } catch (e) {
-          log.warn("cluster unreachable after restart; retrying", {
-            error: e instanceof ControlError ? e.message : String(e),
-          });
-          if (!stopped) retryTimer = setTimeout(connect, 5000);
+          const delay = backoff.next();
+          // Exponential back-off with jitter: one line per attempt while the delay grows, then every 10th.
+          if (backoff.attempt <= 6 || backoff.attempt % 10 === 0) {
+            log.warn("cluster unreachable after restart; forwarding continues with the recorded state", {
+              cause: e instanceof ControlError ? e.message : String(e),
+              attempt: backoff.attempt,
+              nextRetryInMs: delay,
+            });
+          }
+          if (!stopped) retryTimer = setTimeout(connect, delay);
         }
       };
       void connect();
@@ -366,6 +453,22 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     await node.dataPlane?.stop();
     await env.shutdown();
     throw e;
+  }
+
+  let metricsServer: MetricsServer | undefined;
+  if (cfg.net.MetricsAddress !== "") {
+    try {
+      metricsServer = await startMetricsServer({
+        address: cfg.net.MetricsAddress,
+        registry: node.metricsRegistry.registry,
+        health: () => node.health(),
+      });
+    } catch (e) {
+      await api.close();
+      await node.dataPlane?.stop();
+      await env.shutdown();
+      throw e;
+    }
   }
 
   let timer: ReturnType<typeof setInterval> | undefined;
@@ -391,6 +494,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       if (timer !== undefined) clearInterval(timer);
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
+      await metricsServer?.close();
       await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();

@@ -11,6 +11,7 @@
  * netmanager control service ls
  * ```
  */
+import { startControlMetrics } from "../cluster/metrics.ts";
 import { Command } from "@commander-js/extra-typings";
 import {
   ControlClient,
@@ -49,6 +50,7 @@ async function runService(opts: {
   httpHost: string;
   httpPort: string;
   logLevel: string;
+  metricsAddr?: string;
 }): Promise<void> {
   if (!["debug", "info", "warn", "error"].includes(opts.logLevel)) {
     throw new Error(`invalid --log-level "${opts.logLevel}"`);
@@ -62,6 +64,13 @@ async function runService(opts: {
     httpHost: opts.httpHost,
     httpPort: portOf("--http-port", opts.httpPort),
   });
+  let metrics;
+  try {
+    metrics = opts.metricsAddr ? await startControlMetrics(c, opts.metricsAddr) : undefined;
+  } catch (e) {
+    await c.stop();
+    throw e;
+  }
   await new Promise<void>((resolve) => {
     const stop = () => {
       Deno.removeSignalListener("SIGTERM", stop);
@@ -71,6 +80,7 @@ async function runService(opts: {
     Deno.addSignalListener("SIGTERM", stop);
     Deno.addSignalListener("SIGINT", stop);
   });
+  await metrics?.close();
   await c.stop();
 }
 
@@ -247,6 +257,7 @@ export function controlCmd() {
     .option("--http-host <host>", "HTTP API bind address", "127.0.0.1")
     .option("--http-port <port>", "HTTP API port", String(DEFAULT_HTTP_PORT))
     .option("--log-level <level>", "debug | info | warn | error", "info")
+    .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (e.g. 127.0.0.1:9465)")
     .action(async (opts) => {
       try {
         await runService(opts);

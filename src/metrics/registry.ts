@@ -71,7 +71,7 @@ export function snapshotCounter(
   });
 }
 
-/** Like {@link snapshotCounter} for a gauge (any finite value). */
+/** Like {@link snapshotCounter} for a gauge (any finite value; no sample when `read()` gives none). */
 export function snapshotGauge(
   reg: Registry,
   name: string,
@@ -86,9 +86,12 @@ export function snapshotGauge(
     registers: [reg],
     collect() {
       this.reset();
+      let n = 0;
       for (const [labels, v] of read()) {
-        if (Number.isFinite(v)) this.set(labels, v);
+        if (Number.isFinite(v)) this.set(labels, v), n++;
       }
+      // An unlabelled gauge would print 0 after reset(); nothing to report means no sample.
+      if (n === 0 && labelNames.length === 0) this.remove({});
     },
   });
 }

@@ -1,0 +1,195 @@
+/**
+ * Operations: metrics over TCP scraped from inside the node's namespace and checked with
+ * `promtool check metrics`, `/healthz` 503 before `/register` and 200 after, the unix-socket
+ * `/metrics` still served, `status` and `peers` as readable text, the control plane's own metrics
+ * listener, and JSON log lines.
+ */
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { cleanupAll, createNs, deleteNs, isRoot, run } from "../helpers/netns.ts";
+import { deployBody, jobName, TestContainer, TestNode } from "../helpers/node.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const ROOT = new URL("../../", import.meta.url).pathname;
+const ADDR = "127.0.0.1:9464";
+
+/** GET `url` with curl inside `ns`: status and body. */
+async function curlIn(ns: string, url: string): Promise<{ status: number; body: string }> {
+  const r = await run(["ip", "netns", "exec", ns, "curl", "-s", "-m", "5", "-w", "\n%{http_code}", url]);
+  const i = r.stdout.lastIndexOf("\n");
+  return { status: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
+}
+
+/** `promtool check metrics` on `text`: exit code and what it printed. */
+async function promtool(text: string): Promise<{ code: number; out: string }> {
+  const p = new Deno.Command("promtool", {
+    args: ["check", "metrics"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode(text));
+  await w.close();
+  const o = await p.output();
+  const dec = new TextDecoder();
+  return { code: o.code, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
+}
+
+/** Runs the CLI (`netmanager …`) and returns exit code and output. */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const o = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", `${ROOT}main.ts`, ...args] })
+    .output();
+  const dec = new TextDecoder();
+  return { code: o.code, stdout: dec.decode(o.stdout), stderr: dec.decode(o.stderr) };
+}
+
+function sample(text: string, line: RegExp): number | undefined {
+  for (const l of text.split("\n")) {
+    const m = line.exec(l);
+    if (m) return Number(l.slice(l.lastIndexOf(" ") + 1));
+  }
+  return undefined;
+}
+
+Deno.test({
+  name:
+    "ops: node metrics over TCP (promtool clean), /healthz 503 → 200 on /register, status and peers readable",
+  ...opts,
+}, async () => {
+  const node = await TestNode.start("10.18.0.64/26", ["--metrics-addr", ADDR]);
+  const cs: TestContainer[] = [];
+  try {
+    // Standalone, before /register: not ready, but the metrics are there.
+    const h0 = await curlIn(node.ns, `http://${ADDR}/healthz`);
+    assertEquals(h0.status, 503, h0.body);
+    assertMatch(h0.body, /not registered/);
+    const m0 = await curlIn(node.ns, `http://${ADDR}/metrics`);
+    assertEquals(m0.status, 200);
+    assertMatch(m0.body, /^netmanager_build_info\{version="[^"]+",deno="[^"]+",component="node"\} 1$/m);
+    assertEquals(sample(m0.body, /^netmanager_registered /), 0);
+    assertEquals(sample(m0.body, /^netmanager_data_plane_running /), 0);
+    assert(sample(m0.body, /^process_resident_memory_bytes /)! > 1e6, "process metrics present");
+    const p0 = await promtool(m0.body);
+    assertEquals(p0.code, 0, p0.out);
+    // Not reachable from outside the namespace (bound to its loopback): the root namespace has no listener.
+    const outside = await run(["curl", "-s", "-m", "2", `http://${ADDR}/metrics`]);
+    assert(
+      !outside.stdout.includes("netmanager_build_info"),
+      "root namespace must not reach the node's listener",
+    );
+
+    assertEquals((await node.register()).status, 200);
+    const end = Date.now() + 10_000;
+    let h1 = await curlIn(node.ns, `http://${ADDR}/healthz`);
+    while (h1.status !== 200 && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 100));
+      h1 = await curlIn(node.ns, `http://${ADDR}/healthz`);
+    }
+    assertEquals(h1.status, 200, h1.body);
+
+    // A deploy lands in the histogram and the instances gauge; ping through the bridge moves counters.
+    const job = jobName("ops");
+    const c = await TestContainer.start();
+    cs.push(c);
+    const r = await node.api.post("/container/deploy", deployBody(c.pid, job, 0));
+    assertEquals(r.status, 200, r.body);
+    const m1 = await curlIn(node.ns, `http://${ADDR}/metrics`);
+    assertEquals(sample(m1.body, /^netmanager_registered /), 1);
+    assertEquals(sample(m1.body, /^netmanager_data_plane_running /), 1);
+    assertEquals(sample(m1.body, /^netmanager_instances /), 1);
+    assertEquals(
+      sample(m1.body, /^netmanager_deploy_duration_seconds_count\{kind="container",result="ok"\} /),
+      1,
+      m1.body,
+    );
+    assertMatch(m1.body, /^netmanager_packets_total\{direction="tun_rx"\} \d+$/m);
+    const p1 = await promtool(m1.body);
+    assertEquals(p1.code, 0, p1.out);
+
+    // The unix socket serves the same registry.
+    const viaSocket = await node.api.request("GET", "/metrics");
+    assertEquals(viaSocket.status, 200);
+    assertMatch(viaSocket.body, /^netmanager_instances 1$/m);
+
+    // status / peers: text for people, one error style and exit 1 for a dead socket.
+    const st = await cli(["status", "--socket", node.socket]);
+    assertEquals(st.code, 0, st.stderr);
+    assertMatch(st.stdout, /^node\s+worker1 \(standalone, registered\)$/m);
+    assertMatch(st.stdout, /^data plane\s+running$/m);
+    assertMatch(st.stdout, /^instances\s+1$/m);
+    assert(!st.stdout.includes("{"), `no raw JSON in status:\n${st.stdout}`);
+    const pe = await cli(["peers", "--socket", node.socket]);
+    assertEquals(pe.code, 0, pe.stderr);
+    assertMatch(pe.stdout, /no peers yet/);
+    const dead = await cli(["peers", "--socket", `${node.dir}/missing.sock`]);
+    assertEquals(dead.code, 1);
+    assertMatch(dead.stderr, /^netmanager: cannot reach netmanager at .*missing\.sock/);
+    const usage = await cli(["peers", "--no-such-flag"]);
+    assertEquals(usage.code, 2);
+    assertMatch(usage.stderr, /^netmanager: unknown option '--no-such-flag'/);
+  } catch (e) {
+    console.error(await node.log());
+    throw e;
+  } finally {
+    for (const c of cs) await c.stop();
+    await node.stop();
+    await cleanupAll();
+  }
+});
+
+Deno.test({
+  name: "ops: control plane /metrics and /healthz over TCP, promtool clean",
+  ...opts,
+}, async () => {
+  const ns = await createNs("c");
+  const dir = await Deno.makeTempDir({ prefix: "nmtest-ctl-" });
+  const proc = new Deno.Command("nsenter", {
+    args: [
+      `--net=/run/netns/${ns}`,
+      Deno.execPath(),
+      "run",
+      "-A",
+      `${ROOT}main.ts`,
+      "control",
+      "--state-dir",
+      dir,
+      "--mqtt-host",
+      "127.0.0.1",
+      "--metrics-addr",
+      "127.0.0.1:9465",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log: string[] = [];
+  const dec = new TextDecoder();
+  const reading = (async () => {
+    for await (const chunk of proc.stderr) log.push(dec.decode(chunk));
+  })();
+  try {
+    let h = { status: 0, body: "" };
+    const end = Date.now() + 20_000;
+    while (h.status !== 200 && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 200));
+      h = await curlIn(ns, "http://127.0.0.1:9465/healthz");
+    }
+    assertEquals(h.status, 200, `${h.body}\n${log.join("")}`);
+    const m = await curlIn(ns, "http://127.0.0.1:9465/metrics");
+    assertEquals(m.status, 200);
+    assertMatch(m.body, /^netmanager_build_info\{.*component="control"\} 1$/m);
+    assertEquals(sample(m.body, /^netmanager_control_nodes /), 0);
+    assertEquals(sample(m.body, /^netmanager_control_ready /), 1);
+    assertMatch(m.body, /^netmanager_control_instances\{state="deployed"\} 0$/m);
+    const p = await promtool(m.body);
+    assertEquals(p.code, 0, p.out);
+    assertEquals((await curlIn(ns, "http://127.0.0.1:9465/nope")).status, 404);
+  } finally {
+    try {
+      proc.kill("SIGTERM");
+    } catch { /* gone */ }
+    await proc.status;
+    await reading.catch(() => {});
+    await deleteNs(ns);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});

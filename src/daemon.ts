@@ -244,17 +244,19 @@ class Node implements NodeService {
     // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
     const resolver: Resolver = {
       resolve: async (ip) => {
-        if (!this.control) return false;
-        const t0 = performance.now();
-        const found = await this.control.resolveIp(ip);
-        this.metricsRegistry.tableMissSeconds.observe(
-          { result: found ? "found" : "not_found" },
-          (performance.now() - t0) / 1000,
-        );
+        let found = false;
+        if (this.control) {
+          const t0 = performance.now();
+          found = await this.control.resolveIp(ip);
+          this.metricsRegistry.tableMissSeconds.observe(
+            { result: found ? "found" : "not_found" },
+            (performance.now() - t0) / 1000,
+          );
+        }
         if (!found && this.#isServiceIp(ip)) {
           this.#unknownIps.note(
             "unknown_service_ip",
-            "traffic to a ServiceIP the cluster does not know: dropped (is the service deployed?)",
+            "traffic to an unknown ServiceIP: dropped (is the service deployed? in its table?)",
             { serviceIp: ip },
           );
         }
@@ -283,6 +285,7 @@ class Node implements NodeService {
         subnet4: subnet.v4,
         subnet6: subnet.v6,
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
+        helloRefreshMs: Number(Deno.env.get("NETMANAGER_TEST_HELLO_REFRESH_MS")) || undefined,
       },
     });
   }

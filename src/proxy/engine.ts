@@ -186,6 +186,8 @@ export interface EngineConfig {
   strangerRate?: number;
   /** Seed of the random policy. */
   seed?: number;
+  /** HELLO refresh interval towards answering peers (30 000 ms; tests shorten it). */
+  helloRefreshMs?: number;
 }
 
 /** Packet and byte counters. */
@@ -291,6 +293,7 @@ export class Engine {
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
+      ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
     });
     this.balancer = new Balancer({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),

@@ -2,11 +2,12 @@
  * Operations: metrics over TCP scraped from inside the node's namespace and checked with
  * `promtool check metrics`, `/healthz` 503 before `/register` and 200 after, the unix-socket
  * `/metrics` still served, `status` and `peers` as readable text, the control plane's own metrics
- * listener, and JSON log lines.
+ * listener, and a peer that stops answering (its tunnel port blocked with iptables) and comes back.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, createNs, deleteNs, isRoot, run } from "../helpers/netns.ts";
-import { deployBody, jobName, TestContainer, TestNode } from "../helpers/node.ts";
+import { deployBody, jobName, TestContainer, TestNode, TOOL } from "../helpers/node.ts";
+import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -191,5 +192,117 @@ Deno.test({
     await reading.catch(() => {});
     await deleteNs(ns);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+const CLI_JOB = "app.ns.opscli.ns";
+const WEB_JOB = "app.ns.opsweb.ns";
+
+async function waitFor(what: string, fn: () => Promise<boolean>, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fn()) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+Deno.test({
+  name: "ops: a peer whose tunnel port is blocked is logged as silent, then as answering again; peers table",
+  ...opts,
+}, async () => {
+  const n1 = nodeSubnet(1);
+  const n2 = nodeSubnet(2);
+  const table: QueryResult[] = [
+    {
+      app_name: CLI_JOB,
+      instance_list: [tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.10",
+        instanceIp6: "fdff::10",
+        nsip: n1.first4(2),
+        nsip6: n1.first6(2),
+        hostIp: "192.168.77.1",
+      })],
+    },
+    {
+      app_name: WEB_JOB,
+      instance_list: [tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.2",
+        instanceIp6: "fdff::2",
+        nsip: n2.first4(2),
+        nsip6: n2.first6(2),
+        hostIp: "192.168.77.2",
+        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+      })],
+    },
+  ];
+  // HELLO refreshes every 1.5 s instead of 30 s, so forgetting a silent peer takes seconds.
+  Deno.env.set("NETMANAGER_TEST_HELLO_REFRESH_MS", "1500");
+  const c = await TestCluster.start(2, table);
+  Deno.env.delete("NETMANAGER_TEST_HELLO_REFRESH_MS");
+  const node1 = c.nodes[0].node;
+  const node2 = c.nodes[1].node;
+  try {
+    await c.deploy(1, CLI_JOB, 0);
+    await c.deploy(2, WEB_JOB, 0, [...TOOL, "servers", "80", "web0"]);
+    await waitFor("traffic through the ServiceIP", async () => {
+      const r = await c.containers[0].exec([...TOOL, "tcp-client", "10.30.0.1", "80", "x"]);
+      return r.code === 0 && r.stdout.trim() === "web0:x";
+    }, 10_000);
+    await waitFor(
+      "wire mode logged",
+      async () => /wire mode changed.*"from":"raw"/.test(await node1.log()),
+      5000,
+    );
+
+    // Traffic to a ServiceIP nobody knows: one warning naming it (not one per packet).
+    await c.containers[0].exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.30.99.99"]);
+    await waitFor(
+      "unknown ServiceIP warning",
+      async () => /unknown ServiceIP.*"serviceIp":"10\.30\.99\.99"/.test(await node1.log()),
+      5000,
+    );
+    assertEquals((await node1.log()).split("\n").filter((l) => l.includes("unknown ServiceIP")).length, 1);
+
+    // The peers table on node 1 names worker2, its mode, an RTT column and a recent last-seen.
+    await waitFor("peer listed", async () => {
+      const pe = await cli(["peers", "--socket", node1.socket]);
+      return /^worker2\s+192\.168\.77\.2:50103\s+(fast|jumbo)\s+\S+( ms)?\s+(just now|\d+s ago)/m.test(
+        pe.stdout,
+      );
+    }, 5000);
+
+    // Node 2's tunnel port goes dark both ways: node 1's HELLOs go unanswered, nothing comes back.
+    const block = [["INPUT", "--dport"], ["OUTPUT", "--sport"]];
+    for (const [chain, port] of block) {
+      await node2.exec(["iptables", "-I", chain, "-p", "udp", port, "50103", "-j", "DROP"]);
+    }
+    await waitFor(
+      "silent peer logged",
+      async () => /peer stopped answering HELLOs.*"endpoint":"192\.168\.77\.2:50103"/.test(await node1.log()),
+      30_000,
+    );
+    const pe = await cli(["peers", "--socket", node1.socket]);
+    assertMatch(pe.stdout, /^worker2\s+192\.168\.77\.2:50103\s+raw \(no HELLO answer\)/m);
+    assert(/wire mode changed.*"to":"raw"/.test(await node1.log()), "fall-back to raw logged");
+
+    for (const [chain, port] of block) {
+      await node2.exec(["iptables", "-D", chain, "-p", "udp", port, "50103", "-j", "DROP"]);
+    }
+    await waitFor(
+      "peer back logged",
+      async () => /peer answering again.*"endpoint":"192\.168\.77\.2:50103"/.test(await node1.log()),
+      40_000,
+    );
+    const silentLines = (await node1.log()).split("\n").filter((l) => l.includes("peer stopped answering"));
+    assertEquals(silentLines.length, 1, "logged once, not per HELLO");
+  } catch (e) {
+    console.error(await c.logs());
+    throw e;
+  } finally {
+    await c.stop();
+    await cleanupAll();
   }
 });

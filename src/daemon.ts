@@ -286,6 +286,7 @@ class Node implements NodeService {
         subnet6: subnet.v6,
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
         helloRefreshMs: Number(Deno.env.get("NETMANAGER_TEST_HELLO_REFRESH_MS")) || undefined,
+        probeAllPeers: this.cfg.net.ProbePeers,
       },
     });
   }

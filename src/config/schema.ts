@@ -99,6 +99,12 @@ export const NetCfgSchema = z.object({
       "must be host:port, e.g. 127.0.0.1:9464 (empty = off)",
     ),
   ]).default(""),
+  /**
+   * Measure the RTT to every netmanager peer (one small PROBE a second each, backing off when
+   * unanswered; never to Oakestra Go nodes, which do not announce PROBE), for `peers` and the
+   * metrics; false = only while the closest policy needs it.
+   */
+  ProbePeers: boolLike.default(true),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
 });

@@ -188,6 +188,8 @@ export interface EngineConfig {
   seed?: number;
   /** HELLO refresh interval towards answering peers (30 000 ms; tests shorten it). */
   helloRefreshMs?: number;
+  /** Measure RTT to every peer that can answer PROBEs, not only while the closest policy asks (false). */
+  probeAllPeers?: boolean;
 }
 
 /** Packet and byte counters. */
@@ -294,6 +296,7 @@ export class Engine {
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
+      probeAlways: cfg.probeAllPeers === true,
     });
     this.balancer = new Balancer({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),

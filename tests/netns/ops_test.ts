@@ -266,13 +266,18 @@ Deno.test({
     );
     assertEquals((await node1.log()).split("\n").filter((l) => l.includes("unknown ServiceIP")).length, 1);
 
-    // The peers table on node 1 names worker2, its mode, an RTT column and a recent last-seen.
-    await waitFor("peer listed", async () => {
+    // The peers table on node 1 names worker2, its mode, its RTT (measured for every peer, though the
+    // policy is round robin) and a recent last-seen; the metrics carry the RTT too.
+    await waitFor("peer listed with its RTT", async () => {
       const pe = await cli(["peers", "--socket", node1.socket]);
-      return /^worker2\s+192\.168\.77\.2:50103\s+(fast|jumbo)\s+\S+( ms)?\s+(just now|\d+s ago)/m.test(
-        pe.stdout,
-      );
-    }, 5000);
+      return /^worker2\s+192\.168\.77\.2:50103\s+(fast|jumbo)\s+\d+(\.\d+)? ms\s+(just now|\d+s ago)/m
+        .test(pe.stdout);
+    }, 8000);
+    const m = await node1.api.request("GET", "/metrics");
+    assertMatch(
+      m.body,
+      /^netmanager_peer_rtt_seconds\{node="worker2",endpoint="192\.168\.77\.2:50103"\} 0\.\d+/m,
+    );
 
     // Node 2's tunnel port goes dark both ways: node 1's HELLOs go unanswered, nothing comes back.
     const block = [["INPUT", "--dport"], ["OUTPUT", "--sport"]];

@@ -14,6 +14,7 @@ import { daemonCmd, debugCmd } from "./daemon.ts";
 import { demoCmd, demoGetCmd, demoServeCmd } from "./demo.ts";
 import { peersCmd, statusCmd, tableCmd } from "./inspect.ts";
 import { configCmd } from "./config.ts";
+import { pingCmd } from "./ping.ts";
 import { usageErrorsExit2 } from "./common.ts";
 
 /** Builds the program with all subcommands. */
@@ -28,6 +29,7 @@ export function buildProgram() {
       .addCommand(tableCmd())
       .addCommand(statusCmd())
       .addCommand(peersCmd())
+      .addCommand(pingCmd())
       .addCommand(configCmd())
       .addCommand(new Command("version").description("print the version").action(() => console.log(VERSION)))
       .addCommand(cleanCmd())

@@ -279,6 +279,21 @@ Deno.test({
       /^netmanager_peer_rtt_seconds\{node="worker2",endpoint="192\.168\.77\.2:50103"\} 0\.\d+/m,
     );
 
+    // ping: ServiceIP → candidate instance → node → wire mode → RTT and probe loss; unknown targets fail.
+    const pg = await cli(["ping", "--socket", node1.socket, "--wait", "2", "10.30.0.1"]);
+    assertEquals(pg.code, 0, pg.stdout + pg.stderr);
+    assertMatch(
+      pg.stdout,
+      /^10\.30\.0\.1: RR ServiceIP of app\.ns\.opsweb\.ns \(policy RoundRobin\), 1 candidate/,
+    );
+    assertMatch(
+      pg.stdout,
+      /^app\.ns\.opsweb\.ns#0\s+10\.18\.0\.130\s+worker2 192\.168\.77\.2:50103\s+(fast|jumbo)\s+[\d.]+ ms\s+\S.*ok, 0\/\d probes lost in 2s$/m,
+    );
+    const nobody = await cli(["ping", "--socket", node1.socket, "--wait", "0", "10.30.99.98"]);
+    assertEquals(nobody.code, 1);
+    assertMatch(nobody.stdout, /not in this node's table/);
+
     // Node 2's tunnel port goes dark both ways: node 1's HELLOs go unanswered, nothing comes back.
     const block = [["INPUT", "--dport"], ["OUTPUT", "--sport"]];
     for (const [chain, port] of block) {
@@ -292,6 +307,9 @@ Deno.test({
     const pe = await cli(["peers", "--socket", node1.socket]);
     assertMatch(pe.stdout, /^worker2\s+192\.168\.77\.2:50103\s+raw \(no HELLO answer\)/m);
     assert(/wire mode changed.*"to":"raw"/.test(await node1.log()), "fall-back to raw logged");
+    const dead = await cli(["ping", "--socket", node1.socket, "--wait", "2", "10.30.0.2"]);
+    assertEquals(dead.code, 1, dead.stdout);
+    assertMatch(dead.stdout, /worker2 192\.168\.77\.2:50103\s+raw\s.*(NOT ANSWERING HELLOs|NO ANSWER)/);
 
     for (const [chain, port] of block) {
       await node2.exec(["iptables", "-D", chain, "-p", "udp", port, "50103", "-j", "DROP"]);

@@ -8,6 +8,7 @@ import { PeerWatch, wireModeOf } from "../../src/proxy/peer_watch.ts";
 import type { PeerStats } from "../../src/proxy/peers.ts";
 import { Backoff } from "../../src/control/backoff.ts";
 import { formatAge, formatPeers, formatStatus } from "../../src/cli/views.ts";
+import { findTargets, formatPing, lossOver, type PingPeer, type PingTableRow } from "../../src/cli/ping.ts";
 import { handleMetricsRequest, MetricsAddressError, parseListenAddress } from "../../src/metrics/http.ts";
 import { Registry } from "prom-client";
 import { ConfigError, loadNodeConfig, NetCfgSchema } from "../../src/config/mod.ts";
@@ -189,4 +190,61 @@ logger("demo").warn("peer stopped answering", { endpoint: "10.0.0.2:50103", msg:
     "10.0.0.2:50103",
   ]);
   assertMatch(j.time, /^\d{4}-\d\d-\d\dT/);
+});
+
+Deno.test("ping: targets by ServiceIP, InstanceIP, name and peer; loss over the window; verdicts", () => {
+  const rows: PingTableRow[] = [
+    {
+      serviceName: "app.ns.web.ns",
+      instanceNumber: 0,
+      serviceIPs: [{ kind: "RR", ipv4: "10.30.0.1", ipv6: "fdff:2000::1" }, {
+        kind: "instance_ip",
+        ipv4: "10.30.0.2",
+      }],
+      nsAddress: "10.18.0.130",
+      node: "192.168.77.2:50103",
+      policy: "RoundRobin",
+    },
+    {
+      serviceName: "app.ns.web.ns",
+      instanceNumber: 1,
+      serviceIPs: [{ kind: "RR", ipv4: "10.30.0.1" }, { kind: "instance_ip", ipv4: "10.30.0.3" }],
+      nsAddress: "10.18.0.66",
+      node: "192.168.77.1:50103",
+      policy: "RoundRobin",
+    },
+  ];
+  const peer: PingPeer = {
+    node: "w2",
+    endpoint: "192.168.77.2:50103",
+    mode: "fast",
+    answering: true,
+    rttMs: 0.5,
+    lastSeenAgoS: 0,
+    drops: 0,
+    probesSent: 10,
+    probesLost: 1,
+  };
+  const self = "192.168.77.1:50103";
+  assertEquals(findTargets("10.30.0.1", rows, self, [peer]).map((h) => [h.via, h.local]), [["RR", false], [
+    "RR",
+    true,
+  ]]);
+  assertEquals(findTargets("FDFF:2000::1", rows, self, [peer]).length, 1);
+  assertEquals(findTargets("10.30.0.3", rows, self, [peer]).map((h) => h.via), ["instance_ip"]);
+  assertEquals(findTargets("app.ns.web.ns", rows, self, []).length, 2);
+  assertEquals(findTargets("w2", rows, self, [peer])[0].via, "peer");
+  assertEquals(findTargets("10.9.9.9", rows, self, [peer]), []);
+  assertEquals(lossOver(peer, { ...peer, probesSent: 13, probesLost: 1 }), { sent: 3, lost: 0 });
+  assertEquals(lossOver(peer, peer), undefined);
+  const hits = findTargets("10.30.0.1", rows, self, [peer]);
+  const good = formatPing("10.30.0.1", hits, [{ ...peer, probesSent: 13 }], 3);
+  assert(good.ok);
+  assertMatch(good.text, /ok, 0\/3 probes lost in 3s/);
+  assertMatch(good.text, /local \(over the bridge, no tunnel\)/);
+  const deadPeer = { ...peer, probesSent: 13, probesLost: 4 };
+  const bad = formatPing("10.30.0.2", findTargets("10.30.0.2", rows, self, [peer]), [deadPeer], 3);
+  assertEquals(bad.ok, false);
+  assertMatch(bad.text, /NO ANSWER \(3\/3 probes lost\)/);
+  assertEquals(formatPing("10.9.9.9", [], [], 3).ok, false);
 });

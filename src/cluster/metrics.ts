@@ -5,6 +5,8 @@
  *
  * @example
  * ```ts
+ * import { startControl } from "./service.ts";
+ * const control = await startControl({ stateDir: "/var/lib/netmanager/control" });
  * const m = await startControlMetrics(control, "127.0.0.1:9465");
  * await m.close();
  * ```

@@ -243,7 +243,7 @@ class Node implements NodeService {
     for (const j of this.staticTable?.jobs ?? []) table.replaceJob(j.job, j.entries);
     // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
     const resolver: Resolver = {
-      resolve: async (ip) => {
+      resolve: async (ip, from) => {
         let found = false;
         if (this.control) {
           const t0 = performance.now();
@@ -257,7 +257,7 @@ class Node implements NodeService {
           this.#unknownIps.note(
             "unknown_service_ip",
             "traffic to an unknown ServiceIP: dropped (is the service deployed? in its table?)",
-            { serviceIp: ip },
+            { serviceIp: ip, ...(from !== undefined ? { fromInstance: from } : {}) },
           );
         }
         return found;

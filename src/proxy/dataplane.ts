@@ -40,9 +40,10 @@ const REFUSALS = new Set([
 /**
  * Answers a table miss: makes sure the table holds the ServiceIP (applying deltas through the data
  * plane) and resolves true, or resolves false when it is unknown. Must always settle (timeouts).
+ * `from` names the local instance (`job#n`) whose packet missed, when known (for the warning).
  */
 export interface Resolver {
-  resolve(serviceIp: string): Promise<boolean>;
+  resolve(serviceIp: string, from?: string): Promise<boolean>;
 }
 
 /** Options for {@link DataPlane.start}. */
@@ -183,7 +184,7 @@ export class DataPlane {
           ready.resolve();
           break;
         case "miss":
-          this.#onMiss(m.addr);
+          this.#onMiss(m.addr, m.from);
           break;
         case "stats":
           this.#noteRefusals(this.#stats?.drops, m.stats.drops);
@@ -235,11 +236,11 @@ export class DataPlane {
     this.#post({ type: "delta", delta });
   }
 
-  #onMiss(addr: string): void {
+  #onMiss(addr: string, from?: string): void {
     if (this.#resolving.has(addr)) return;
     this.#resolving.add(addr);
     const t0 = performance.now();
-    this.#resolver.resolve(addr).then(
+    this.#resolver.resolve(addr, from).then(
       (ok) => ok,
       (e) => {
         log.warn("resolution failed", { addr, error: String(e) });

@@ -246,6 +246,8 @@ export class Engine {
   out: NodeRoute | undefined;
   /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
   readonly misses: string[] = [];
+  /** The local instance (`job#n`) whose packet caused a miss in {@link misses}, for the warning. */
+  readonly missSources: Map<string, string> = new Map();
   /** Peers: in-band state (capabilities, RTT for the closest policy), known-sender check. */
   readonly peers: PeerTable;
   /** Control datagrams to send; drained by the caller. */
@@ -430,7 +432,7 @@ export class Engine {
       const senderIp = instanceIp4Of(sender);
       if (senderIp === undefined) return this.#drop(Drop.NO_INSTANCE_IP);
       const group = this.table.service4(dst);
-      if (!group) return this.#park(dst, 4, buf, off, len, now);
+      if (!group) return this.#park(dst, 4, buf, off, len, now, `${sender.job}#${sender.instance}`);
       const chosen = this.balancer.choose(group);
       if (!chosen) return this.#drop(Drop.NO_CANDIDATE);
       const replySrc = instanceIp4Of(chosen) ?? dst;
@@ -470,7 +472,9 @@ export class Engine {
       const senderIp = instanceIp6Of(sender);
       if (senderIp === undefined) return this.#drop(Drop.NO_INSTANCE_IP);
       const group = this.table.service6(buf, dOff);
-      if (!group) return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now);
+      if (!group) {
+        return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now, `${sender.job}#${sender.instance}`);
+      }
       const chosen = this.balancer.choose(group);
       if (!chosen) return this.#drop(Drop.NO_CANDIDATE);
       if (!chosen.nsip6) return this.#drop(Drop.NO_CANDIDATE);
@@ -867,6 +871,7 @@ export class Engine {
     off: number,
     len: number,
     now: number,
+    from?: string,
   ): Verdict {
     const bytes = len + this.#prefix;
     let p = this.#parked.get(key);
@@ -876,7 +881,9 @@ export class Engine {
     if (!p) {
       p = { family, packets: [], since: now };
       this.#parked.set(key, p);
-      this.misses.push(typeof key === "number" ? formatIPv4(key) : key);
+      const addr = typeof key === "number" ? formatIPv4(key) : key;
+      this.misses.push(addr);
+      if (from !== undefined) this.missSources.set(addr, from);
     }
     if (p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
     p.packets.push(buf.slice(off - this.#prefix, off + len));

@@ -261,7 +261,10 @@ Deno.test({
     await c.containers[0].exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.30.99.99"]);
     await waitFor(
       "unknown ServiceIP warning",
-      async () => /unknown ServiceIP.*"serviceIp":"10\.30\.99\.99"/.test(await node1.log()),
+      async () =>
+        /unknown ServiceIP.*"serviceIp":"10\.30\.99\.99","fromInstance":"app\.ns\.opscli\.ns#0"/.test(
+          await node1.log(),
+        ),
       5000,
     );
     assertEquals((await node1.log()).split("\n").filter((l) => l.includes("unknown ServiceIP")).length, 1);

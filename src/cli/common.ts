@@ -11,6 +11,7 @@ export interface ConfigFlags {
   stateDir?: string;
   subnet?: string;
   metricsAddr?: string;
+  logFormat?: string;
 }
 
 /** Loads the node configuration from the flags (flags override file and environment). */
@@ -19,7 +20,7 @@ export function configFromFlags(flags: ConfigFlags): Promise<NodeConfig> {
     netcfgPath: flags.cfg,
     tuncfgPath: flags.tuncfg,
     subnet: flags.subnet,
-    netOverrides: { StateDir: flags.stateDir, MetricsAddress: flags.metricsAddr },
+    netOverrides: { StateDir: flags.stateDir, MetricsAddress: flags.metricsAddr, LogFormat: flags.logFormat },
   });
 }
 

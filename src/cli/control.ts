@@ -22,8 +22,8 @@ import {
   isDeployed,
   startControl,
 } from "../cluster/mod.ts";
-import { type LogLevel, setLogLevel } from "../log.ts";
-import { fail } from "./common.ts";
+import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
+import { fail, UsageError } from "./common.ts";
 import { columns } from "./inspect.ts";
 
 function portOf(name: string, text: string): number {
@@ -51,7 +51,12 @@ async function runService(opts: {
   httpPort: string;
   logLevel: string;
   metricsAddr?: string;
+  logFormat: string;
 }): Promise<void> {
+  if (opts.logFormat !== "text" && opts.logFormat !== "json") {
+    throw new UsageError(`invalid --log-format "${opts.logFormat}" (text | json)`);
+  }
+  setLogFormat(opts.logFormat);
   if (!["debug", "info", "warn", "error"].includes(opts.logLevel)) {
     throw new Error(`invalid --log-level "${opts.logLevel}"`);
   }
@@ -258,6 +263,7 @@ export function controlCmd() {
     .option("--http-port <port>", "HTTP API port", String(DEFAULT_HTTP_PORT))
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (e.g. 127.0.0.1:9465)")
+    .option("--log-format <format>", "text | json (one object per line, for log shippers)", "text")
     .action(async (opts) => {
       try {
         await runService(opts);

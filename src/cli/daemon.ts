@@ -31,6 +31,7 @@ function daemonCommand(name: string, description: string, forceDebug: boolean) {
     .option("--subnet <cidr4[,cidr6]>", "standalone mode: use this node subnet, no cluster needed")
     .option("--log-level <level>", "debug | info | warn | error", forceDebug ? "debug" : "info")
     .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (netcfg MetricsAddress)")
+    .option("--log-format <format>", "text | json (netcfg LogFormat)")
     .option("--static-table <file>", "static-table mode: JSON array of table-query results (no cluster)")
     .action(async (opts) => {
       try {

@@ -109,14 +109,22 @@ export function parseConfigObject<S extends AnyObjectSchema>(
       fromEnv.add(k);
     }
   }
+  const fromFlags = new Set<string>();
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {
-    if (v !== undefined) merged[k] = v;
+    if (v !== undefined) {
+      merged[k] = v;
+      fromFlags.add(k);
+    }
   }
   const parsed = schema.safeParse(merged);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => {
       const key = i.path.map(String).join(".") || "(root)";
-      const origin = fromEnv.has(key) ? " (from environment variable)" : "";
+      const origin = fromFlags.has(key)
+        ? " (from the command line)"
+        : fromEnv.has(key)
+        ? " (from environment variable)"
+        : "";
       return `key "${key}"${origin}: ${i.message}`;
     });
     throw new ConfigError(`${source}: ${problems.join("; ")}`);

@@ -2,7 +2,7 @@
  * Operations: metrics over TCP scraped from inside the node's namespace and checked with
  * `promtool check metrics`, `/healthz` 503 before `/register` and 200 after, the unix-socket
  * `/metrics` still served, `status` and `peers` as readable text, the control plane's own metrics
- * listener, and a peer that stops answering (its tunnel port blocked with iptables) and comes back.
+ * listener (JSON log lines), and a peer that stops answering (its tunnel port blocked with iptables) and comes back.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, createNs, deleteNs, isRoot, run } from "../helpers/netns.ts";
@@ -158,6 +158,8 @@ Deno.test({
       "127.0.0.1",
       "--metrics-addr",
       "127.0.0.1:9465",
+      "--log-format",
+      "json",
     ],
     stdout: "null",
     stderr: "piped",
@@ -184,6 +186,14 @@ Deno.test({
     const p = await promtool(m.body);
     assertEquals(p.code, 0, p.out);
     assertEquals((await curlIn(ns, "http://127.0.0.1:9465/nope")).status, 404);
+    // --log-format json: every line is one JSON object.
+    const lines = log.join("").split("\n").filter((l) => l !== "");
+    assert(lines.length >= 2, log.join(""));
+    for (const l of lines) {
+      const j = JSON.parse(l) as Record<string, unknown>;
+      assert(typeof j.time === "string" && typeof j.level === "string" && typeof j.msg === "string", l);
+    }
+    assert(lines.some((l) => JSON.parse(l).msg === "metrics listening"));
   } finally {
     try {
       proc.kill("SIGTERM");

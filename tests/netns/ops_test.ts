@@ -205,6 +205,64 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name: "ops: control plane /healthz is 503 while its external broker is down, 200 again after",
+  ...opts,
+}, async () => {
+  const ns = await createNs("c");
+  const dir = await Deno.makeTempDir({ prefix: "nmtest-ctl-" });
+  await Deno.writeTextFile(
+    `${dir}/mosquitto.conf`,
+    "listener 11883 127.0.0.1\nallow_anonymous true\npersistence false\n",
+  );
+  const spawn = (argv: string[]) =>
+    new Deno.Command("nsenter", { args: [`--net=/run/netns/${ns}`, ...argv], stdout: "null", stderr: "null" })
+      .spawn();
+  const stop = async (p: Deno.ChildProcess | undefined) => {
+    if (!p) return;
+    try {
+      p.kill("SIGTERM");
+    } catch { /* gone */ }
+    await p.status;
+  };
+  let broker: Deno.ChildProcess | undefined = spawn(["mosquitto", "-c", `${dir}/mosquitto.conf`]);
+  let control: Deno.ChildProcess | undefined;
+  const health = () => curlIn(ns, "http://127.0.0.1:9466/healthz");
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    control = spawn([
+      Deno.execPath(),
+      "run",
+      "-A",
+      `${ROOT}main.ts`,
+      "control",
+      "--state-dir",
+      dir,
+      "--broker",
+      "mqtt://127.0.0.1:11883",
+      "--http-port",
+      "10101",
+      "--metrics-addr",
+      "127.0.0.1:9466",
+    ]);
+    await waitFor("ready", async () => (await health()).status === 200, 20_000);
+    await stop(broker);
+    broker = undefined;
+    await waitFor("not ready while the broker is down", async () => (await health()).status === 503, 10_000);
+    const h = await health();
+    assertMatch(h.body, /^not ready: not connected to the MQTT broker mqtt:\/\/127\.0\.0\.1:11883/);
+    const m = await curlIn(ns, "http://127.0.0.1:9466/metrics");
+    assertMatch(m.body, /^netmanager_control_ready 0$/m);
+    broker = spawn(["mosquitto", "-c", `${dir}/mosquitto.conf`]);
+    await waitFor("ready again", async () => (await health()).status === 200, 20_000);
+  } finally {
+    await stop(control);
+    await stop(broker);
+    await deleteNs(ns);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
 const CLI_JOB = "app.ns.opscli.ns";
 const WEB_JOB = "app.ns.opsweb.ns";
 

@@ -69,6 +69,8 @@ class Node implements NodeService {
   /** ServiceIPs the cluster does not know: warned once per 10 s (a count in between). */
   readonly #unknownIps = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   #registering: Promise<RegisterResult> | undefined;
+  /** The last failed `/register` (shown by `status` until one succeeds). */
+  #registerError: { at: number; error: string } | undefined;
 
   constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: StaticTable) {
     this.cfg = cfg;
@@ -107,6 +109,7 @@ class Node implements NodeService {
       });
     }
     this.#registering ??= this.#register(clientId, clusterAddress).then((r) => {
+      this.#registerError = r.ok ? undefined : { at: Date.now(), error: r.error };
       if (!r.ok) {
         log.warn("registration failed; the node stays unregistered until the node engine retries /register", {
           workerId: clientId,
@@ -116,6 +119,7 @@ class Node implements NodeService {
       }
       return r;
     }, (e) => {
+      this.#registerError = { at: Date.now(), error: e instanceof Error ? e.message : String(e) };
       log.error("registration failed; nothing was kept, a later /register starts over", {
         workerId: clientId,
         cause: e instanceof Error ? e.message : String(e),
@@ -354,6 +358,12 @@ class Node implements NodeService {
       mode: this.mode,
       registered: this.workerId !== undefined,
       workerId: this.workerId ?? null,
+      lastRegisterError: this.#registerError
+        ? {
+          error: this.#registerError.error,
+          secondsAgo: Math.round((Date.now() - this.#registerError.at) / 1000),
+        }
+        : null,
       subnet: subnet ? formatNodeSubnet(subnet) : null,
       publicAddress: this.publicAddress ?? null,
       publicPort: this.cfg.net.NodePublicPort,

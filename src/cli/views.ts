@@ -80,6 +80,10 @@ export function formatStatus(s: Record<string, unknown>): string {
   const rows: string[][] = [];
   const registered = s.registered === true;
   rows.push(["node", `${str(s.workerId)} (${str(s.mode)}, ${registered ? "registered" : "NOT registered"})`]);
+  const re = s.lastRegisterError as { error?: unknown; secondsAgo?: unknown } | null | undefined;
+  if (!registered && re) {
+    rows.push(["last error", `/register ${formatAge(num(re.secondsAgo))} failed: ${str(re.error)}`]);
+  }
   rows.push(["version", str(s.version)]);
   rows.push(["subnet", str(s.subnet)]);
   rows.push(["address", `${str(s.publicAddress)}:${str(s.publicPort)}`]);

@@ -9,6 +9,7 @@ import { TestNode } from "../helpers/node.ts";
 import { World } from "../../src/demo/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const ROOT = new URL("../../", import.meta.url).pathname;
 
 async function waitFor(what: string, fn: () => Promise<boolean>, ms: number): Promise<void> {
   const end = Date.now() + ms;
@@ -36,6 +37,16 @@ Deno.test({
     );
     assertMatch(line, /"cause":"cannot reach MQTT broker mqtt:\/\/127\.0\.0\.1:10003/);
     assertMatch(line, /"workerId":"w1"/);
+    // status says so too, until a /register succeeds.
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${ROOT}main.ts`, "status", "--socket", node.socket],
+    }).output();
+    const st = new TextDecoder().decode(o.stdout);
+    assertMatch(st, /^node\s+- \(cluster, NOT registered\)$/m);
+    assertMatch(
+      st,
+      /^last error\s+\/register (just now|\d+s ago) failed: cannot reach MQTT broker mqtt:\/\/127\.0\.0\.1:10003/m,
+    );
   } catch (e) {
     console.error(await node.log());
     throw e;

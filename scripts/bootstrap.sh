@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
-# Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, openssl; jq and sockperf for the benchmarks;
-# npm, dpkg-deb, file and systemd-analyze for scripts/package.sh and its test) and Deno from npm at a pinned
+# Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, openssl; prometheus for promtool; jq and
+# sockperf for the benchmarks; npm, dpkg-deb, file and systemd-analyze for scripts/package.sh and its test) and
+# Deno from npm at a pinned
 # version into .tools/ (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
 set -euo pipefail
@@ -12,7 +13,8 @@ tools="$root/.tools"
 need=()
 for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto iperf3:iperf3 tcpdump:tcpdump \
   unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl jq:jq sockperf:sockperf setsid:util-linux \
-  openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd; do
+  openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
+  promtool:prometheus; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -23,6 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
 fi
 # mosquitto's package starts a system broker on 1883; tests start their own brokers on other ports.
+# prometheus is installed for promtool only (tests check the metrics with it); its server is not used.
 
 deno="$tools/node_modules/.bin/deno"
 if ! [ -x "$deno" ] || ! "$deno" --version 2>/dev/null | grep -q "^deno $DENO_VERSION "; then

@@ -19,7 +19,10 @@ import {
   StateStore,
 } from "./env/mod.ts";
 import { compactHeap } from "./heap.ts";
-import { logger } from "./log.ts";
+import { logger, RateLimitedLog } from "./log.ts";
+import { NodeMetrics } from "./proxy/metrics.ts";
+import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
+import { Backoff } from "./control/backoff.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
@@ -65,13 +68,34 @@ class Node implements NodeService {
   control: NodeControl | undefined;
   /** The static table until the data plane takes it over. */
   #initialTable: TranslationTable | undefined;
+  readonly metricsRegistry: NodeMetrics;
+  /** ServiceIPs the cluster does not know: warned once per 10 s (a count in between). */
+  readonly #unknownIps = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   #registering: Promise<RegisterResult> | undefined;
+  /** The last failed `/register` (shown by `status` until one succeeds). */
+  #registerError: { at: number; error: string } | undefined;
 
   constructor(cfg: NodeConfig, env: EnvironmentManager, staticTable?: TranslationTable) {
     this.cfg = cfg;
     this.env = env;
     this.#initialTable = staticTable;
     this.workerId = env.registration.workerId;
+    this.metricsRegistry = new NodeMetrics({
+      dataPlane: () => this.dataPlane?.metricsData(this.control?.rejections.counts),
+      registered: () => this.workerId !== undefined,
+      clusterConnected: () => this.control?.connected,
+      instances: () => this.env.instances().length,
+    });
+  }
+
+  /** Ready: registered (or standalone with its subnet set up) and the data plane running. */
+  health(): Health {
+    if (this.workerId === undefined) {
+      return { ok: false, reason: "not registered (waiting for POST /register from the node engine)" };
+    }
+    if (!this.dataPlane) return { ok: false, reason: "data plane not running" };
+    if (!this.dataPlane.stats()) return { ok: false, reason: "data plane starting" };
+    return { ok: true };
   }
 
   get mode(): "standalone" | "cluster" {
@@ -87,9 +111,24 @@ class Node implements NodeService {
         error: `already registered as worker ${this.workerId}; refusing ${clientId}`,
       });
     }
-    this.#registering ??= this.#register(clientId, clusterAddress).finally(() =>
-      this.#registering = undefined
-    );
+    this.#registering ??= this.#register(clientId, clusterAddress).then((r) => {
+      this.#registerError = r.ok ? undefined : { at: Date.now(), error: r.error };
+      if (!r.ok) {
+        log.warn("registration failed; the node stays unregistered until the node engine retries /register", {
+          workerId: clientId,
+          cluster: clusterAddress || this.cfg.net.ClusterUrl,
+          cause: r.error,
+        });
+      }
+      return r;
+    }, (e) => {
+      this.#registerError = { at: Date.now(), error: e instanceof Error ? e.message : String(e) };
+      log.error("registration failed; nothing was kept, a later /register starts over", {
+        workerId: clientId,
+        cause: e instanceof Error ? e.message : String(e),
+      });
+      throw e;
+    }).finally(() => this.#registering = undefined);
     return this.#registering;
   }
 
@@ -226,7 +265,27 @@ class Node implements NodeService {
     if (this.dataPlane || !subnet) return;
     const table = this.#initialTable ?? new TranslationTable();
     // Misses go to the cluster (cluster mode); with a static table everything known is loaded.
-    const resolver: Resolver = { resolve: (ip) => this.control?.resolveIp(ip) ?? Promise.resolve(false) };
+    const resolver: Resolver = {
+      resolve: async (ip, from) => {
+        let found = false;
+        if (this.control) {
+          const t0 = performance.now();
+          found = await this.control.resolveIp(ip);
+          this.metricsRegistry.tableMissSeconds.observe(
+            { result: found ? "found" : "not_found" },
+            (performance.now() - t0) / 1000,
+          );
+        }
+        if (!found && this.#isServiceIp(ip)) {
+          this.#unknownIps.note(
+            "unknown_service_ip",
+            "traffic to an unknown ServiceIP: dropped (is the service deployed? in its table?)",
+            { serviceIp: ip, ...(from !== undefined ? { fromInstance: from } : {}) },
+          );
+        }
+        return found;
+      },
+    };
     this.dataPlane = await DataPlane.start({
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
@@ -249,11 +308,29 @@ class Node implements NodeService {
         subnet4: subnet.v4,
         subnet6: subnet.v6,
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
+        helloRefreshMs: Number(Deno.env.get("NETMANAGER_TEST_HELLO_REFRESH_MS")) || undefined,
+        probeAllPeers: this.cfg.net.ProbePeers,
       },
     });
     this.#initialTable = undefined;
     // The Worker has built its copy of the table: give back what that took (both isolates' arenas).
     await compactHeap();
+  }
+
+  #isServiceIp(ip: string): boolean {
+    const v4 = ip.includes(".") && !ip.includes(":");
+    try {
+      if (v4) {
+        const r = this.cfg.serviceRange4;
+        const mask = r.len === 0 ? 0 : (0xffffffff << (32 - r.len)) >>> 0;
+        return ((parseIPv4(ip) & mask) >>> 0) === r.addr;
+      }
+      const r6 = this.cfg.serviceRange6;
+      const a = maskIPv6(parseIPv6(ip), r6.len);
+      return a.every((b, i) => b === r6.addr[i]);
+    } catch {
+      return false;
+    }
   }
 
   #requireRegistered(): void {
@@ -265,11 +342,19 @@ class Node implements NodeService {
     req: { pid: number; job: string; instance: number; portMappings: string },
   ): Promise<InstanceAddresses> {
     this.#requireRegistered();
-    const addrs = await this.env.setupInstance({
-      ...req,
-      kind,
-      pid: kind === "container" ? req.pid : undefined,
-    });
+    const t0 = performance.now();
+    let addrs: InstanceAddresses;
+    try {
+      addrs = await this.env.setupInstance({
+        ...req,
+        kind,
+        pid: kind === "container" ? req.pid : undefined,
+      });
+    } catch (e) {
+      this.metricsRegistry.deploySeconds.observe({ kind, result: "error" }, (performance.now() - t0) / 1000);
+      throw e;
+    }
+    this.metricsRegistry.deploySeconds.observe({ kind, result: "ok" }, (performance.now() - t0) / 1000);
     // service/deployed, then a refresh by name (how the node learns its own InstanceIP); the
     // NodeEngine need not wait for the cluster.
     void this.control?.deployed(req.job, req.instance, addrs.ipv4, addrs.ipv6);
@@ -295,6 +380,12 @@ class Node implements NodeService {
       mode: this.mode,
       registered: this.workerId !== undefined,
       workerId: this.workerId ?? null,
+      lastRegisterError: this.#registerError
+        ? {
+          error: this.#registerError.error,
+          secondsAgo: Math.round((Date.now() - this.#registerError.at) / 1000),
+        }
+        : null,
       subnet: subnet ? formatNodeSubnet(subnet) : null,
       publicAddress: this.publicAddress ?? null,
       publicPort: this.cfg.net.NodePublicPort,
@@ -307,6 +398,7 @@ class Node implements NodeService {
       cluster: this.control
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
+      peers: this.dataPlane?.peers() ?? [],
     };
   }
 
@@ -318,8 +410,8 @@ class Node implements NodeService {
     return this.dataPlane?.flows() ?? Promise.resolve([]);
   }
 
-  metrics(): string {
-    return this.dataPlane?.metricsText(this.control?.rejections.counts) ?? "";
+  async metrics(): Promise<{ body: string; contentType: string }> {
+    return { body: await this.metricsRegistry.text(), contentType: this.metricsRegistry.contentType };
   }
 
   instances(): unknown[] {
@@ -363,6 +455,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
 async function startLocked(opts: DaemonOptions): Promise<Daemon> {
   const { cfg, handleSignals } = opts;
   for (const n of cfg.notes) log.info(n);
+  for (const w of cfg.warnings) log.warn(w);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
   const node = new Node(cfg, env, opts.staticTable);
 
@@ -388,15 +481,23 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     if (!cfg.standaloneSubnet && cluster !== "0.0.0.0") {
       // Cluster mode after a restart: reconnect and re-announce what this node hosts. The broker
       // may be down: the node keeps forwarding with what it has and retries in the background.
+      const backoff = new Backoff({ baseMs: 5000, maxMs: 120_000 });
       const connect = async (): Promise<void> => {
         try {
           await node.connectControl(node.workerId!, cluster);
           node.reannounce();
+          if (backoff.attempt > 0) log.info("cluster reachable again", { attempts: backoff.attempt });
         } catch (e) {
-          log.warn("cluster unreachable after restart; retrying", {
-            error: e instanceof ControlError ? e.message : String(e),
-          });
-          if (!stopped) retryTimer = setTimeout(connect, 5000);
+          const delay = backoff.next();
+          // Exponential back-off with jitter: one line per attempt while the delay grows, then every 10th.
+          if (backoff.attempt <= 6 || backoff.attempt % 10 === 0) {
+            log.warn("cluster unreachable after restart; forwarding continues with the recorded state", {
+              cause: e instanceof ControlError ? e.message : String(e),
+              attempt: backoff.attempt,
+              nextRetryInMs: delay,
+            });
+          }
+          if (!stopped) retryTimer = setTimeout(connect, delay);
         }
       };
       void connect();
@@ -410,6 +511,22 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     await node.dataPlane?.stop();
     await env.shutdown();
     throw e;
+  }
+
+  let metricsServer: MetricsServer | undefined;
+  if (cfg.net.MetricsAddress !== "") {
+    try {
+      metricsServer = await startMetricsServer({
+        address: cfg.net.MetricsAddress,
+        registry: node.metricsRegistry.registry,
+        health: () => node.health(),
+      });
+    } catch (e) {
+      await api.close();
+      await node.dataPlane?.stop();
+      await env.shutdown();
+      throw e;
+    }
   }
 
   let timer: ReturnType<typeof setInterval> | undefined;
@@ -435,6 +552,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       if (timer !== undefined) clearInterval(timer);
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
+      await metricsServer?.close();
       await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();

@@ -5,6 +5,10 @@
  * and `grep` can read them. Debug lines cost nothing when the level is above debug: callers pass a
  * closure or plain values and no formatting happens unless the line is written.
  *
+ * With `setLogFormat("json")` (netcfg `LogFormat: json`) each line is one JSON object instead —
+ * `{"time":…,"level":"info","component":"env","msg":"bridge ready","name":"goProxyBridge"}` — for
+ * log shippers.
+ *
  * @example
  * ```ts
  * const log = logger("env");
@@ -21,6 +25,16 @@ let threshold: number = ORDER.info;
 /** Sets the global minimum level written. */
 export function setLogLevel(level: LogLevel): void {
   threshold = ORDER[level];
+}
+
+/** Line formats: `text` for people, `json` for log shippers. */
+export type LogFormat = "text" | "json";
+
+let format: LogFormat = "text";
+
+/** Sets the line format of every logger. */
+export function setLogFormat(f: LogFormat): void {
+  format = f;
 }
 
 /** True when lines of `level` are written; use it to skip building expensive fields. */
@@ -40,9 +54,16 @@ const encoder = new TextEncoder();
 
 function write(level: LogLevel, component: string, msg: string, fields?: Record<string, unknown>): void {
   if (ORDER[level] < threshold) return;
-  const tag = level.toUpperCase().padEnd(5);
-  const extra = fields && Object.keys(fields).length > 0 ? " " + safeJson(fields) : "";
-  const line = `${tag} ${new Date().toISOString()} ${component}: ${msg}${extra}\n`;
+  let line: string;
+  if (format === "json") {
+    const o: Record<string, unknown> = { time: new Date().toISOString(), level, component, msg };
+    for (const k in fields) if (!(k in o)) o[k] = fields[k]; // a field cannot overwrite the fixed keys
+    line = safeJson(o) + "\n";
+  } else {
+    const tag = level.toUpperCase().padEnd(5);
+    const extra = fields && Object.keys(fields).length > 0 ? " " + safeJson(fields) : "";
+    line = `${tag} ${new Date().toISOString()} ${component}: ${msg}${extra}\n`;
+  }
   try {
     Deno.stderr.writeSync(encoder.encode(line));
   } catch {

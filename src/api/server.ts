@@ -165,13 +165,13 @@ const ROUTES: Record<string, { method: "GET" | "POST"; handler: Handler }> = {
   "/instances": { method: "GET", handler: (_r, node) => Promise.resolve(json(200, node.instances())) },
   "/metrics": {
     method: "GET",
-    handler: (_r, node) =>
-      Promise.resolve(
-        new Response(node.metrics?.() ?? "", {
-          status: 200,
-          headers: { "content-type": "text/plain; version=0.0.4" },
-        }),
-      ),
+    handler: async (_r, node) => {
+      const m = await node.metrics?.();
+      return new Response(m?.body ?? "", {
+        status: 200,
+        headers: { "content-type": m?.contentType ?? "text/plain; version=0.0.4" },
+      });
+    },
   },
 };
 

@@ -19,5 +19,6 @@ export interface NodeService {
   table(): unknown[];
   flows?(): Promise<unknown[]>;
   instances(): unknown[];
-  metrics?(): string;
+  /** Prometheus exposition text and its content type. */
+  metrics?(): Promise<{ body: string; contentType: string }>;
 }

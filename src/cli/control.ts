@@ -13,6 +13,7 @@
  * netmanager control service ls
  * ```
  */
+import { startControlMetrics } from "../cluster/metrics.ts";
 import { Command } from "@commander-js/extra-typings";
 import {
   API_TOKEN_FILE_NAME,
@@ -26,8 +27,8 @@ import {
   startControl,
   writeAtomic,
 } from "../cluster/mod.ts";
-import { type LogLevel, setLogLevel } from "../log.ts";
-import { fail } from "./common.ts";
+import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
+import { fail, UsageError } from "./common.ts";
 import { columns } from "./inspect.ts";
 
 function portOf(name: string, text: string): number {
@@ -68,7 +69,13 @@ async function runService(opts: {
   httpTlsCert?: string;
   httpTlsKey?: string;
   logLevel: string;
+  metricsAddr?: string;
+  logFormat: string;
 }): Promise<void> {
+  if (opts.logFormat !== "text" && opts.logFormat !== "json") {
+    throw new UsageError(`invalid --log-format "${opts.logFormat}" (text | json)`);
+  }
+  setLogFormat(opts.logFormat);
   if (!["debug", "info", "warn", "error"].includes(opts.logLevel)) {
     throw new Error(`invalid --log-level "${opts.logLevel}"`);
   }
@@ -110,6 +117,13 @@ async function runService(opts: {
     httpPort: portOf("--http-port", opts.httpPort),
     ...(httpTls ? { httpTls: { cert: httpTls[0], key: httpTls[1] } } : {}),
   });
+  let metrics;
+  try {
+    metrics = opts.metricsAddr ? await startControlMetrics(c, opts.metricsAddr) : undefined;
+  } catch (e) {
+    await c.stop();
+    throw e;
+  }
   await new Promise<void>((resolve) => {
     const stop = () => {
       Deno.removeSignalListener("SIGTERM", stop);
@@ -119,6 +133,7 @@ async function runService(opts: {
     Deno.addSignalListener("SIGTERM", stop);
     Deno.addSignalListener("SIGINT", stop);
   });
+  await metrics?.close();
   await c.stop();
 }
 
@@ -408,6 +423,8 @@ export function controlCmd() {
     .option("--http-tls-cert <file>", "HTTP API: TLS certificate (PEM)")
     .option("--http-tls-key <file>", "HTTP API: TLS private key (PEM)")
     .option("--log-level <level>", "debug | info | warn | error", "info")
+    .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (e.g. 127.0.0.1:9465)")
+    .option("--log-format <format>", "text | json (one object per line, for log shippers)", "text")
     .action(async (opts) => {
       try {
         await runService(opts);

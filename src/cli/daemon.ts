@@ -3,8 +3,8 @@
  */
 import { Command } from "@commander-js/extra-typings";
 import { startDaemon } from "../daemon.ts";
-import { type LogLevel, setLogLevel } from "../log.ts";
-import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
+import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
+import { configFromFlags, DEFAULT_SOCKET, fail, UsageError } from "./common.ts";
 import { loadStaticTable, TranslationTable } from "../table/mod.ts";
 
 /**
@@ -45,13 +45,16 @@ function daemonCommand(name: string, description: string, forceDebug: boolean) {
     .option("--state-dir <dir>", "state directory (default from netcfg StateDir: /var/lib/netmanager)")
     .option("--subnet <cidr4[,cidr6]>", "standalone mode: use this node subnet, no cluster needed")
     .option("--log-level <level>", "debug | info | warn | error", forceDebug ? "debug" : "info")
+    .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (netcfg MetricsAddress)")
+    .option("--log-format <format>", "text | json (netcfg LogFormat)")
     .option("--static-table <file>", "static-table mode: JSON array of table-query results (no cluster)")
     .action(async (opts) => {
       try {
         const cfg = await configFromFlags(opts);
+        setLogFormat(cfg.net.LogFormat);
         const level = (forceDebug || cfg.net.Debug ? "debug" : opts.logLevel) as LogLevel;
         if (!["debug", "info", "warn", "error"].includes(level)) {
-          throw new Error(`invalid --log-level "${level}"`);
+          throw new UsageError(`invalid --log-level "${level}" (debug | info | warn | error)`);
         }
         setLogLevel(level);
         const d = await startDaemon({

@@ -1,16 +1,12 @@
 /**
- * Inspection subcommands that talk to a running daemon: `status` and `table show`.
+ * Inspection subcommands that talk to a running daemon: `status`, `peers` and `table show`.
  */
 import { Command } from "@commander-js/extra-typings";
 import { ApiClient } from "../api/client.ts";
 import { DEFAULT_SOCKET, fail } from "./common.ts";
+import { columns, formatPeers, formatStatus, type PeerRow } from "./views.ts";
 
-/** Formats rows as aligned columns (header first). */
-export function columns(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (r: string[]) => r.map((c, i) => String(c ?? "-").padEnd(widths[i])).join("  ").trimEnd();
-  return [line(header), ...rows.map(line)].join("\n");
-}
+export { columns } from "./views.ts";
 
 async function withClient<T>(socket: string, fn: (c: ApiClient) => Promise<T>): Promise<T> {
   const c = new ApiClient(socket);
@@ -24,25 +20,30 @@ async function withClient<T>(socket: string, fn: (c: ApiClient) => Promise<T>): 
 /** `netmanager status`. */
 export function statusCmd() {
   return new Command("status")
-    .description("show whether the node is registered, its subnet, address and instances")
+    .description("show whether the node is registered, its subnet, address, cluster link and data plane")
     .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
     .option("--json", "print JSON")
     .action(async (opts) => {
       try {
         const s = await withClient(opts.socket, (c) => c.getJson("/status")) as Record<string, unknown>;
-        if (opts.json) {
-          console.log(JSON.stringify(s, null, 2));
-          return;
-        }
-        const show = (v: unknown): string =>
-          v === null || v === undefined ? "-" : typeof v === "object" ? JSON.stringify(v) : String(v);
-        const dp = s.dataPlane as Record<string, unknown> | null;
-        const rows = Object.entries(s).filter(([k]) => k !== "dataPlane").map(([k, v]) => [k, show(v)]);
-        if (dp && typeof dp.tunRx === "number") {
-          rows.push(["packets", `tun rx ${dp.tunRx} tx ${dp.tunTx}, udp rx ${dp.udpRx} tx ${dp.udpTx}`]);
-          rows.push(["flows", String(dp.flows)], ["parked", String(dp.parkedNow)], ["drops", show(dp.drops)]);
-        }
-        console.log(columns(["field", "value"], rows));
+        console.log(opts.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+      } catch (e) {
+        fail(e);
+      }
+    });
+}
+
+/** `netmanager peers`. */
+export function peersCmd() {
+  return new Command("peers")
+    .description("list peer nodes: wire mode, RTT, last seen, packets, drops")
+    .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
+    .option("--json", "print JSON")
+    .action(async (opts) => {
+      try {
+        const s = await withClient(opts.socket, (c) => c.getJson("/status")) as { peers?: PeerRow[] };
+        const peers = Array.isArray(s.peers) ? s.peers : [];
+        console.log(opts.json ? JSON.stringify(peers, null, 2) : formatPeers(peers));
       } catch (e) {
         fail(e);
       }

@@ -7,12 +7,14 @@
  * @example
  * ```ts
  * import { Command } from "@commander-js/extra-typings";
+import { usageErrorsExit2 } from "./common.ts";
  * new Command("netmanager").addCommand(
  *   lazyCommand("control", "run the control plane", async () => (await import("./control.ts")).controlCmd()),
  * );
  * ```
  */
 import { Command } from "@commander-js/extra-typings";
+import { usageErrorsExit2 } from "./common.ts";
 
 /** A placeholder for the command `load()` builds (named `name`), shown in help with `description`. */
 export function lazyCommand(
@@ -28,8 +30,9 @@ export function lazyCommand(
     .argument("[args...]")
     .action(async (args: string[]) => {
       const real = await load();
-      const program = new Command("netmanager").enablePositionalOptions().showHelpAfterError().addCommand(
-        real,
+      // The real command gets the program's error style: usage errors exit 2 with one `netmanager:` line.
+      const program = usageErrorsExit2(
+        new Command("netmanager").enablePositionalOptions().showHelpAfterError().addCommand(real),
       );
       await program.parseAsync([name, ...args], { from: "user" });
     });

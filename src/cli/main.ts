@@ -11,7 +11,10 @@ import { VERSION } from "../version.ts";
 import { cleanCmd } from "./clean.ts";
 import { daemonCmd, debugCmd } from "./daemon.ts";
 import { lazyCommand } from "./lazy.ts";
-import { statusCmd, tableCmd } from "./inspect.ts";
+import { peersCmd, statusCmd, tableCmd } from "./inspect.ts";
+import { configCmd } from "./config.ts";
+import { pingCmd } from "./ping.ts";
+import { usageErrorsExit2 } from "./common.ts";
 import { versionCmd } from "./version.ts";
 
 const CONTROL = "run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)";
@@ -19,24 +22,29 @@ const DEMO = "run the demo on simulated nodes (network namespaces); needs root";
 
 /** Builds the program with all subcommands. */
 export function buildProgram() {
-  return new Command("netmanager")
-    .description("node network manager for edge orchestration (Oakestra-compatible)")
-    .version(VERSION, "-V, --version")
-    .showHelpAfterError()
-    .enablePositionalOptions() // lets `control <sub> --state-dir` reach the subcommand
-    .addCommand(daemonCmd())
-    .addCommand(debugCmd())
-    .addCommand(tableCmd())
-    .addCommand(statusCmd())
-    .addCommand(versionCmd())
-    .addCommand(cleanCmd())
-    // Loaded when used: the daemon never pays for the control plane or the demo.
-    .addCommand(lazyCommand("control", CONTROL, async () => (await import("./control.ts")).controlCmd()))
-    .addCommand(lazyCommand("demo", DEMO, async () => (await import("./demo.ts")).demoCmd()))
-    .addCommand(lazyCommand("demo-serve", "", async () => (await import("./demo.ts")).demoServeCmd()), {
-      hidden: true,
-    })
-    .addCommand(lazyCommand("demo-get", "", async () => (await import("./demo.ts")).demoGetCmd()), {
-      hidden: true,
-    });
+  return usageErrorsExit2(
+    new Command("netmanager")
+      .description("node network manager for edge orchestration (Oakestra-compatible)")
+      .version(VERSION, "-V, --version")
+      .showHelpAfterError()
+      .enablePositionalOptions() // lets `control <sub> --state-dir` reach the subcommand
+      .addCommand(daemonCmd())
+      .addCommand(debugCmd())
+      .addCommand(tableCmd())
+      .addCommand(statusCmd())
+      .addCommand(peersCmd())
+      .addCommand(pingCmd())
+      .addCommand(configCmd())
+      .addCommand(versionCmd())
+      .addCommand(cleanCmd())
+      // Loaded when used: the daemon never pays for the control plane or the demo.
+      .addCommand(lazyCommand("control", CONTROL, async () => (await import("./control.ts")).controlCmd()))
+      .addCommand(lazyCommand("demo", DEMO, async () => (await import("./demo.ts")).demoCmd()))
+      .addCommand(lazyCommand("demo-serve", "", async () => (await import("./demo.ts")).demoServeCmd()), {
+        hidden: true,
+      })
+      .addCommand(lazyCommand("demo-get", "", async () => (await import("./demo.ts")).demoGetCmd()), {
+        hidden: true,
+      }),
+  );
 }

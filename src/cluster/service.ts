@@ -97,6 +97,8 @@ export interface ControlService {
   readonly credentialsPath: string;
   /** The live state (read only). */
   readonly state: ClusterState;
+  /** Ready: the service's broker connection is up and the last state save worked. */
+  health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
   stop(): Promise<void>;
 }
@@ -337,6 +339,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       tokenPath: apiToken.path,
       credentialsPath: creds.path,
       state,
+      health() {
+        if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
+        if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };
+        return { ok: true };
+      },
       stop() {
         stopping ??= (async () => {
           await server!.shutdown().catch(() => {});

@@ -76,6 +76,8 @@ export async function writeAtomic(path: string, text: string): Promise<void> {
 
 /** The state file of one control service, with serialized, coalescing saves. */
 export class StateStore {
+  /** Why the last save failed; undefined after a successful one (health checks read it). */
+  lastError: string | undefined;
   /** Path of the state file. */
   readonly path: string;
   readonly #state: ClusterState;
@@ -130,8 +132,10 @@ export class StateStore {
       const text = JSON.stringify(this.#state.toFile(), null, 1) + "\n";
       await writeAtomic(this.path, text);
       this.#written = version;
+      this.lastError = undefined;
     });
     this.#chain = run.catch((e) => {
+      this.lastError = (e as Error).message;
       log.error("cannot save state", { path: this.path, error: (e as Error).message });
     });
     return run;

@@ -83,10 +83,22 @@ export function parseConfigObject<S extends AnyObjectSchema>(
   const byLower = new Map(keys.map((k) => [k.toLowerCase(), k]));
   const merged: Record<string, unknown> = {};
   const unknownKeys: string[] = [];
+  const spelled = new Map<string, string>();
   for (const [k, v] of Object.entries(raw)) {
     const known = byLower.get(k.toLowerCase());
-    if (known === undefined) unknownKeys.push(k);
-    else merged[known] = v;
+    if (known === undefined) {
+      unknownKeys.push(k);
+      continue;
+    }
+    // Keys match case-insensitively (as Oakestra decodes them), so two spellings are ambiguous.
+    const before = spelled.get(known);
+    if (before !== undefined) {
+      throw new ConfigError(
+        `${source}: keys "${before}" and "${k}" differ only by case (both set ${known}); keep one`,
+      );
+    }
+    spelled.set(known, k);
+    merged[known] = v;
   }
   const env = opts.env ?? Deno.env.toObject();
   const fromEnv = new Set<string>();
@@ -97,14 +109,22 @@ export function parseConfigObject<S extends AnyObjectSchema>(
       fromEnv.add(k);
     }
   }
+  const fromFlags = new Set<string>();
   for (const [k, v] of Object.entries(opts.overrides ?? {})) {
-    if (v !== undefined) merged[k] = v;
+    if (v !== undefined) {
+      merged[k] = v;
+      fromFlags.add(k);
+    }
   }
   const parsed = schema.safeParse(merged);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => {
       const key = i.path.map(String).join(".") || "(root)";
-      const origin = fromEnv.has(key) ? " (from environment variable)" : "";
+      const origin = fromFlags.has(key)
+        ? " (from the command line)"
+        : fromEnv.has(key)
+        ? " (from environment variable)"
+        : "";
       return `key "${key}"${origin}: ${i.message}`;
     });
     throw new ConfigError(`${source}: ${problems.join("; ")}`);

@@ -36,8 +36,10 @@ export interface NodeConfig {
   bridgeMtu: number;
   /** Standalone mode: the node's subnet, fixed at start; undefined = ask the cluster. */
   standaloneSubnet?: NodeSubnet;
-  /** Non-fatal findings to log at start (unknown keys, defaults used). */
+  /** Findings to log at start (defaults used). */
   notes: string[];
+  /** Findings to warn about at start (unknown keys: a typo keeps a default silently otherwise). */
+  warnings: string[];
 }
 
 /** Inputs for {@link loadNodeConfig}. */
@@ -65,8 +67,13 @@ export async function loadNodeConfig(input: NodeConfigInput = {}): Promise<NodeC
   const notes: string[] = [];
   if (!net.fromFile) notes.push(`${netPath} not found: using defaults`);
   if (!tun.fromFile) notes.push(`${tunPath} not found: using defaults`);
-  if (net.unknownKeys.length) notes.push(`${netPath}: ignoring unknown keys ${net.unknownKeys.join(", ")}`);
-  if (tun.unknownKeys.length) notes.push(`${tunPath}: ignoring unknown keys ${tun.unknownKeys.join(", ")}`);
+  const warnings: string[] = [];
+  if (net.unknownKeys.length) {
+    warnings.push(`${netPath}: ignoring unknown keys ${net.unknownKeys.join(", ")}`);
+  }
+  if (tun.unknownKeys.length) {
+    warnings.push(`${tunPath}: ignoring unknown keys ${tun.unknownKeys.join(", ")}`);
+  }
 
   const t = tun.value;
   const len4 = prefixLenOfMask(t.ProxySubnetworkMask);
@@ -96,5 +103,14 @@ export async function loadNodeConfig(input: NodeConfigInput = {}): Promise<NodeC
       throw new ConfigError(`--subnet: ${e instanceof Error ? e.message : e}`);
     }
   }
-  return { net: net.value, tun: t, serviceRange4, serviceRange6, bridgeMtu, standaloneSubnet, notes };
+  return {
+    net: net.value,
+    tun: t,
+    serviceRange4,
+    serviceRange6,
+    bridgeMtu,
+    standaloneSubnet,
+    notes,
+    warnings,
+  };
 }

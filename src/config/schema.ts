@@ -32,9 +32,17 @@ const intLike = (what: string, min: number, max: number) =>
     return n;
   });
 
-const boolLike = z.union([z.boolean(), z.enum(["true", "false"])]).transform((v) =>
-  v === true || v === "true"
-);
+// Oakestra writes booleans as strings; anything else gets a message naming the expected type (the
+// loader prefixes the key).
+const boolLike = z.unknown().transform((v, ctx) => {
+  if (typeof v === "boolean") return v;
+  if (typeof v === "string" && /^(true|false)$/i.test(v.trim())) return v.trim().toLowerCase() === "true";
+  ctx.addIssue({
+    code: "custom",
+    message: `expected a boolean (true or false, or the strings "true"/"false"), got ${JSON.stringify(v)}`,
+  });
+  return z.NEVER;
+});
 
 const ifName = z.string().regex(/^[A-Za-z0-9_.:-]{1,15}$/, "must be an interface name of 1..15 characters");
 
@@ -93,6 +101,22 @@ export const NetCfgSchema = z.object({
    * half a core): request/response latency without a thread wake-up. 0 disables it.
    */
   BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(0),
+  /** `host:port` serving `/metrics` and `/healthz` over TCP (e.g. `127.0.0.1:9464`); empty = off. */
+  MetricsAddress: z.union([
+    z.literal(""),
+    z.string().regex(
+      /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$/,
+      "must be host:port, e.g. 127.0.0.1:9464 (empty = off)",
+    ),
+  ]).default(""),
+  /**
+   * Measure the RTT to every netmanager peer (one small PROBE a second each, backing off when
+   * unanswered; never to Oakestra Go nodes, which do not announce PROBE), for `peers` and the
+   * metrics; false = only while the closest policy needs it.
+   */
+  ProbePeers: boolLike.default(true),
+  /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
+  LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
 });
 
 /** Parsed netcfg.json. */

@@ -37,6 +37,7 @@ import type { IClientOptions, MqttClient } from "mqtt";
 import type { Socket } from "node:net";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { logger } from "../log.ts";
+import { Backoff } from "./backoff.ts";
 import { jobNameProblem, type TableEntry } from "../table/entry.ts";
 import {
   type ConvertedResult,
@@ -131,7 +132,7 @@ export interface ControlOptions {
   negativeTtlMs?: number;
   /** MQTT keepalive in seconds (30, as the reference). */
   keepaliveS?: number;
-  /** Delay between reconnect attempts (1000 ms). */
+  /** First delay between reconnect attempts (1000 ms); it doubles (with ±20 % jitter) up to 60 s. */
   reconnectPeriodMs?: number;
   /**
    * After a reconnect, how long to wait before re-announcing and refreshing (2000 ms). After a broker
@@ -320,10 +321,21 @@ export class NodeControl {
     const control = new NodeControl(client, opts);
     let lastError = "no answer";
     const first = Promise.withResolvers<void>();
+    // Reconnects back off exponentially with jitter; the loss is logged once, then one line per
+    // attempt only while the delay grows (1, 2, 4 … 60 s), not one per second.
+    const backoff = new Backoff({ baseMs: clientOpts.reconnectPeriod ?? 1000, maxMs: 60_000 });
+    let downSince = 0;
     client.on("connect", () => {
       control.stats.connects++;
       const again = control.stats.connects > 1;
-      if (again) log.info("reconnected to MQTT broker", { url });
+      client.options.reconnectPeriod = clientOpts.reconnectPeriod;
+      backoff.reset();
+      if (again) {
+        log.info("reconnected to MQTT broker", {
+          url,
+          downSeconds: +((performance.now() - downSince) / 1000).toFixed(1),
+        });
+      }
       control.#resync = control.#onConnect(again).then(first.resolve, (e) => {
         log.error("resync after connect failed", { error: errText(e) });
         first.resolve();
@@ -335,11 +347,32 @@ export class NodeControl {
         // A CONNACK refusal: retrying will not help.
         first.reject(new ControlError(`MQTT broker ${url} refused the connection: ${lastError}`));
       }
-      if (control.stats.connects > 0) log.warn("MQTT error", { error: lastError });
+      // While reconnecting every attempt fails the same way: the back-off lines carry the error.
+      if (control.stats.connects > 0 && !client.reconnecting) log.warn("MQTT error", { error: lastError });
     });
     client.on("offline", () => {
-      if (control.stats.connects > 0 && !control.#closed) {
-        log.warn("MQTT connection lost; reconnecting", { url });
+      if (control.stats.connects === 0 || control.#closed) return;
+      downSince = performance.now();
+      backoff.reset();
+      log.warn("MQTT connection lost; forwarding continues with the table held, reconnecting", {
+        url,
+        error: lastError,
+        retryInMs: client.options.reconnectPeriod,
+      });
+    });
+    // mqtt.js reads reconnectPeriod each time it schedules the next attempt (after this one fails).
+    client.on("reconnect", () => {
+      if (control.stats.connects === 0 || control.#closed) return;
+      const delay = backoff.next();
+      client.options.reconnectPeriod = delay;
+      if (backoff.attempt <= 6 || backoff.attempt % 10 === 0) {
+        log.warn("MQTT broker unreachable; backing off", {
+          url,
+          error: lastError,
+          attempt: backoff.attempt,
+          downSeconds: Math.round((performance.now() - downSince) / 1000),
+          nextRetryInMs: delay,
+        });
       }
     });
     client.on("message", (topic: string, payload: Uint8Array) => control.#onMessage(topic, payload));

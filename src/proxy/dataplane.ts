@@ -20,7 +20,8 @@ import type { TableDelta, TranslationTable } from "../table/table.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
-import { renderDataPlaneMetrics } from "./metrics.ts";
+import type { DataPlaneMetrics } from "./metrics.ts";
+import { type PeerView, PeerWatch } from "./peer_watch.ts";
 
 const log = logger("proxy");
 
@@ -39,9 +40,10 @@ const REFUSALS = new Set([
 /**
  * Answers a table miss: makes sure the table holds the ServiceIP (applying deltas through the data
  * plane) and resolves true, or resolves false when it is unknown. Must always settle (timeouts).
+ * `from` names the local instance (`job#n`) whose packet missed, when known (for the warning).
  */
 export interface Resolver {
-  resolve(serviceIp: string): Promise<boolean>;
+  resolve(serviceIp: string, from?: string): Promise<boolean>;
 }
 
 /** Options for {@link DataPlane.start}. */
@@ -86,6 +88,7 @@ export class DataPlane {
   readonly #posted = new Int32Array(new SharedArrayBuffer(4));
   readonly #resolver: Resolver;
   #stats: StatsData | undefined;
+  readonly #peerWatch = new PeerWatch();
   #flowReq = 0;
   readonly #flowWaiters = new Map<number, (f: FlowInfo[]) => void>();
   readonly #stopped = Promise.withResolvers<void>();
@@ -181,10 +184,11 @@ export class DataPlane {
           ready.resolve();
           break;
         case "miss":
-          this.#onMiss(m.addr);
+          this.#onMiss(m.addr, m.from);
           break;
         case "stats":
           this.#noteRefusals(this.#stats?.drops, m.stats.drops);
+          this.#notePeers(m.stats.peers);
           this.#stats = m.stats;
           if (m.stats.usedJobs.length > 0) opts.onUsage?.(m.stats.usedJobs);
           break;
@@ -234,11 +238,11 @@ export class DataPlane {
     this.#post({ type: "delta", delta });
   }
 
-  #onMiss(addr: string): void {
+  #onMiss(addr: string, from?: string): void {
     if (this.#resolving.has(addr)) return;
     this.#resolving.add(addr);
     const t0 = performance.now();
-    this.#resolver.resolve(addr).then(
+    this.#resolver.resolve(addr, from).then(
       (ok) => ok,
       (e) => {
         log.warn("resolution failed", { addr, error: String(e) });
@@ -249,6 +253,34 @@ export class DataPlane {
       this.#resolving.delete(addr);
       this.#post({ type: "resolved", addr, ok });
     });
+  }
+
+  /** Logs peers that stop answering or come back, and wire-mode changes. */
+  #notePeers(peers: StatsData["peers"]): void {
+    for (const e of this.#peerWatch.update(peers, Date.now())) {
+      const who = { ...(e.node !== undefined ? { node: e.node } : {}), endpoint: e.endpoint };
+      if (e.kind === "silent") {
+        log.warn("peer stopped answering HELLOs: its traffic falls back to raw mode; still retrying", {
+          ...who,
+          ...(e.lastSeenAgoMs !== undefined
+            ? { lastSeenSecondsAgo: Math.round(e.lastSeenAgoMs / 1000) }
+            : {}),
+        });
+      } else if (e.kind === "back") {
+        log.info("peer answering again", {
+          ...who,
+          silentSeconds: Math.round(e.silentForMs / 1000),
+          mode: e.mode,
+        });
+      } else {
+        log.info("wire mode changed", { ...who, from: e.from, to: e.to });
+      }
+    }
+  }
+
+  /** Peers with their wire mode, RTT, last-seen age and drops (for `status` / `peers`). */
+  peers(): PeerView[] {
+    return this.#peerWatch.view(Date.now());
   }
 
   /** Logs refused tunnel traffic by reason, once per reason per 10 s (the counters are in the metrics). */
@@ -278,11 +310,11 @@ export class DataPlane {
     return this.#stats;
   }
 
-  /** Prometheus text of the data plane's counters (and the control plane's refused routes, by cause). */
-  metricsText(routesRejected?: Readonly<Record<string, number>>): string {
+  /** The data plane's figures for the metrics (and the control plane's refused routes, by cause). */
+  metricsData(routesRejected?: Readonly<Record<string, number>>): DataPlaneMetrics | undefined {
     const s = this.#stats;
-    if (!s) return "";
-    return renderDataPlaneMetrics({
+    if (!s) return undefined;
+    return {
       tunRx: { packets: s.tunRx, bytes: s.tunRxBytes },
       tunTx: { packets: s.tunTx, bytes: s.tunTxBytes },
       udpRx: { packets: s.udpRx, bytes: s.udpRxBytes },
@@ -294,7 +326,7 @@ export class DataPlane {
       peers: s.peers,
       jumbo: { tx: s.jumboTx, rx: s.jumboRx },
       ...(routesRejected ? { routesRejected } : {}),
-    });
+    };
   }
 
   /** Live flows (asks the Worker). */

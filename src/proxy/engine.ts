@@ -185,6 +185,10 @@ export interface EngineConfig {
   strangerRate?: number;
   /** Seed of the random policy. */
   seed?: number;
+  /** HELLO refresh interval towards answering peers (30 000 ms; tests shorten it). */
+  helloRefreshMs?: number;
+  /** Measure RTT to every peer that can answer PROBEs, not only while the closest policy asks (false). */
+  probeAllPeers?: boolean;
 }
 
 /** Packet and byte counters. */
@@ -242,6 +246,8 @@ export class Engine {
   out: NodeRoute | undefined;
   /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
   readonly misses: string[] = [];
+  /** The local instance (`job#n`) whose packet caused a miss in {@link misses}, for the warning. */
+  readonly missSources: Map<string, string> = new Map();
   /** Peers: in-band state (capabilities, RTT for the closest policy), known-sender check. */
   readonly peers: PeerTable;
   /** Control datagrams to send; drained by the caller. */
@@ -296,6 +302,8 @@ export class Engine {
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
+      ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
+      probeAlways: cfg.probeAllPeers === true,
     });
     this.balancer = new Balancer<number>({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
@@ -432,7 +440,9 @@ export class Engine {
       const senderIp = t.rowInstanceIp4(sender);
       if (senderIp < 0) return this.#drop(Drop.NO_INSTANCE_IP);
       const group = t.groupOf4(dst);
-      if (group < 0) return this.#park(dst, 4, buf, off, len, now);
+      if (group < 0) {
+        return this.#park(dst, 4, buf, off, len, now, `${t.rowJob(sender)}#${t.rowInstance(sender)}`);
+      }
       const chosen = this.#choose(group);
       if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
       const inst = t.rowInstanceIp4(chosen);
@@ -473,7 +483,10 @@ export class Engine {
       if (sender < 0) return this.#drop(Drop.UNKNOWN_SENDER);
       if (!t.rowInstanceIp6(sender, this.#sender6)) return this.#drop(Drop.NO_INSTANCE_IP);
       const group = t.groupOf6(buf, dOff);
-      if (group < 0) return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now);
+      if (group < 0) {
+        const from = `${t.rowJob(sender)}#${t.rowInstance(sender)}`;
+        return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now, from);
+      }
       const chosen = this.#choose(group);
       if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
       if (!t.rowNsip6(chosen, this.#chosen6)) return this.#drop(Drop.NO_CANDIDATE);
@@ -879,6 +892,7 @@ export class Engine {
     off: number,
     len: number,
     now: number,
+    from?: string,
   ): Verdict {
     const bytes = len + this.#prefix;
     let p = this.#parked.get(key);
@@ -888,7 +902,9 @@ export class Engine {
     if (!p) {
       p = { family, packets: [], since: now };
       this.#parked.set(key, p);
-      this.misses.push(typeof key === "number" ? formatIPv4(key) : key);
+      const addr = typeof key === "number" ? formatIPv4(key) : key;
+      this.misses.push(addr);
+      if (from !== undefined) this.missSources.set(addr, from);
     }
     if (p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
     p.packets.push(buf.slice(off - this.#prefix, off + len));

@@ -64,7 +64,7 @@ export type ToWorker =
 /** Worker → main. */
 export type FromWorker =
   | { type: "ready" }
-  | { type: "miss"; addr: string }
+  | { type: "miss"; addr: string; from?: string }
   | { type: "stats"; stats: StatsData }
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }

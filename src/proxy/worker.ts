@@ -510,7 +510,13 @@ function sendControl(): void {
 
 function reportMisses(): void {
   const m = engine!.misses;
-  while (m.length > 0) post({ type: "miss", addr: m.shift()! });
+  const from = engine!.missSources;
+  while (m.length > 0) {
+    const addr = m.shift()!;
+    const src = from.get(addr);
+    from.delete(addr);
+    post({ type: "miss", addr, ...(src !== undefined ? { from: src } : {}) });
+  }
 }
 
 function replay(packets: Uint8Array[]): void {

@@ -1,88 +1,24 @@
-import { assertEquals, assertThrows } from "../helpers/assert.ts";
-import {
-  type DataPlaneMetrics,
-  escapeHelp,
-  escapeLabelValue,
-  formatLabels,
-  formatValue,
-  MetricsError,
-  MetricsWriter,
-  renderDataPlaneMetrics,
-  writeDataPlaneMetrics,
-} from "../../src/proxy/metrics.ts";
+/**
+ * The node's metrics (prom-client): every data-plane family and sample as before the move to
+ * prom-client (names, labels, escaping), node state gauges, histograms, and label sets that vanish
+ * with their peer.
+ */
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { type DataPlaneMetrics, NodeMetrics } from "../../src/proxy/metrics.ts";
 import { PeerTable } from "../../src/proxy/peers.ts";
 import { CAP_FAST, CAP_PROBE, HelloMessage, MSG_HELLO, ProbeMessage } from "../../src/proxy/wire.ts";
 
-Deno.test("escaping: label values, HELP text", () => {
-  assertEquals(escapeLabelValue('say "hi"'), 'say \\"hi\\"');
-  assertEquals(escapeLabelValue("C:\\tmp"), "C:\\\\tmp");
-  assertEquals(escapeLabelValue("a\nb"), "a\\nb");
-  assertEquals(escapeLabelValue('\\"\n'), '\\\\\\"\\n');
-  assertEquals(escapeLabelValue("tab\tstays, ünïcode stays"), "tab\tstays, ünïcode stays");
-  assertEquals(escapeHelp('a\\b\nc "quoted"'), 'a\\\\b\\nc "quoted"', "HELP keeps quotes");
-});
-
-Deno.test("values and label sets", () => {
-  assertEquals(
-    [0, -0, 1, 42, 0.5, -3.25, 1e21, 2 ** 53, NaN, Infinity, -Infinity].map(formatValue),
-    ["0", "0", "1", "42", "0.5", "-3.25", "1e+21", "9007199254740992", "NaN", "+Inf", "-Inf"],
-  );
-  assertEquals(formatLabels(undefined), "");
-  assertEquals(formatLabels({}), "");
-  assertEquals(formatLabels({ a: "1", b_2: 'x"y' }), '{a="1",b_2="x\\"y"}');
-  assertThrows(() => formatLabels({ "bad-name": "x" }), MetricsError, "label name");
-  assertThrows(() => formatLabels({ __reserved: "x" }), MetricsError, "label name");
-  assertThrows(() => formatLabels({ "9lives": "x" }), MetricsError, "label name");
-});
-
-Deno.test("MetricsWriter: golden text, escaping of quotes, backslashes and newlines", () => {
-  const w = new MetricsWriter();
-  w.counter("demo_requests_total", 'Requests "served".\nSecond line \\ backslash.')
-    .sample(3, { path: '/a"b', note: "c:\\d\ne" })
-    .sample(0, { path: "/", note: "" });
-  w.gauge("demo_temperature_celsius", "Current temperature.").sample(-1.5).sample(20.25, { room: "x" });
-  w.family("demo_untyped", "untyped", "Anything.").sample(NaN);
-  w.gauge("demo_empty", "A family without samples.");
-  assertEquals(
-    w.text(),
-    [
-      '# HELP demo_requests_total Requests "served".\\nSecond line \\\\ backslash.',
-      "# TYPE demo_requests_total counter",
-      'demo_requests_total{path="/a\\"b",note="c:\\\\d\\ne"} 3',
-      'demo_requests_total{path="/",note=""} 0',
-      "# HELP demo_temperature_celsius Current temperature.",
-      "# TYPE demo_temperature_celsius gauge",
-      "demo_temperature_celsius -1.5",
-      'demo_temperature_celsius{room="x"} 20.25',
-      "# HELP demo_untyped Anything.",
-      "# TYPE demo_untyped untyped",
-      "demo_untyped NaN",
-      "# HELP demo_empty A family without samples.",
-      "# TYPE demo_empty gauge",
-      "",
-    ].join("\n"),
-  );
-});
-
-Deno.test("MetricsWriter: constant labels come first; misuse is refused", () => {
-  const w = new MetricsWriter({ constLabels: { node: "w1" } });
-  const f = w.counter("x_total", "X.").sample(1).sample(2, { kind: "a" });
-  assertEquals(f.size, 2);
-  assertEquals(
-    w.text(),
-    '# HELP x_total X.\n# TYPE x_total counter\nx_total{node="w1"} 1\nx_total{node="w1",kind="a"} 2\n',
-  );
-  assertThrows(() => f.sample(3, { node: "other" }), MetricsError, "clashes");
-  assertThrows(() => f.sample(3, { kind: "a" }), MetricsError, "duplicate sample");
-  assertThrows(() => f.sample(-1, { kind: "b" }), MetricsError, "≥ 0");
-  assertThrows(() => f.sample(NaN, { kind: "c" }), MetricsError, "≥ 0");
-  assertThrows(() => w.gauge("x_total", "again"), MetricsError, "twice");
-  assertThrows(() => w.gauge("bad-name", "x"), MetricsError, "invalid metric name");
-  assertThrows(() => w.gauge("1abc", "x"), MetricsError, "invalid metric name");
-  assertThrows(() => new MetricsWriter({ constLabels: { "a b": "x" } }), MetricsError, "label name");
-  const g = new MetricsWriter().gauge("ns:sub_gauge", "colons are legal").sample(-5);
-  assertEquals(g.size, 1, "negative gauges are fine");
-});
+function metricsOf(
+  dp: DataPlaneMetrics | undefined,
+  state: { registered?: boolean; connected?: boolean; instances?: number } = {},
+): NodeMetrics {
+  return new NodeMetrics({
+    dataPlane: () => dp,
+    registered: () => state.registered ?? true,
+    clusterConnected: () => state.connected,
+    instances: () => state.instances ?? 0,
+  });
+}
 
 const SAMPLE: DataPlaneMetrics = {
   tunRx: { packets: 10, bytes: 14000 },
@@ -182,27 +118,61 @@ netmanager_peer_probes_lost_total{node="65f1a2b3c4d5e6f708192a3b",endpoint="131.
 netmanager_peer_probes_lost_total{endpoint="[fd00::2]:50103"} 0
 `;
 
-Deno.test("data plane metrics: golden output", () => {
-  assertEquals(renderDataPlaneMetrics(SAMPLE), GOLDEN);
+Deno.test("node metrics: every data-plane sample, HELP and TYPE of the hand-written exposition is kept", async () => {
+  const text = await metricsOf(SAMPLE).text();
+  const lines = new Set(text.split("\n"));
+  for (const l of GOLDEN.split("\n").filter((l) => l !== "")) assert(lines.has(l), `missing: ${l}\n${text}`);
+  assert(text.endsWith("\n"));
 });
 
-Deno.test("data plane metrics: shares a writer with other families and constant labels", () => {
-  const w = new MetricsWriter({ constLabels: { instance: "n1" } });
-  w.gauge("netmanager_up", "1 while the daemon runs.").sample(1);
-  writeDataPlaneMetrics(w, { ...SAMPLE, drops: {}, peers: [] });
-  const text = w.text();
-  assertEquals(text.split("\n").slice(0, 4), [
-    "# HELP netmanager_up 1 while the daemon runs.",
-    "# TYPE netmanager_up gauge",
-    'netmanager_up{instance="n1"} 1',
-    "# HELP netmanager_packets_total Packets handled by the data plane, by direction.",
-  ]);
-  assertEquals(text.includes('netmanager_peers{instance="n1"} 0\n'), true);
-  assertEquals(text.includes("netmanager_drops_total{"), false, "no drop samples, just HELP/TYPE");
-  assertThrows(() => writeDataPlaneMetrics(w, SAMPLE), MetricsError, "twice");
+Deno.test("node metrics: build info, state gauges and process metrics without a data plane", async () => {
+  const text = await metricsOf(undefined, { registered: false, instances: 0 }).text();
+  assert(/^netmanager_build_info\{version="[^"]+",deno="[^"]+",component="node"\} 1$/m.test(text), text);
+  assert(text.includes("\nnetmanager_registered 0\n"));
+  assert(text.includes("\nnetmanager_data_plane_running 0\n"));
+  assert(text.includes("\nnetmanager_instances 0\n"));
+  assert(!/^netmanager_cluster_connected /m.test(text), "no cluster connection: no sample");
+  assert(!/^netmanager_flows /m.test(text), "no data plane: no data-plane gauges");
+  assert(/^process_cpu_seconds_total \d/m.test(text), "process metrics");
+  assert(!text.includes("nodejs_eventloop_lag"), "event-loop lag is not measured under Deno: left out");
+  assert(!text.includes("netmanager_peer_fast{"), "no peer samples");
+  assert(!/^netmanager_packets_total\{/m.test(text), "no data-plane samples");
+  const c = await metricsOf(undefined, { connected: false }).text();
+  assert(c.includes("\nnetmanager_cluster_connected 0\n"));
 });
 
-Deno.test("data plane metrics: PeerTable.stats() feeds the renderer directly", () => {
+Deno.test("node metrics: a forgotten peer's series disappear; bad values are skipped, not thrown", async () => {
+  let dp: DataPlaneMetrics = SAMPLE;
+  const m = new NodeMetrics({
+    dataPlane: () => dp,
+    registered: () => true,
+    clusterConnected: () => true,
+    instances: () => 2,
+  });
+  assert((await m.text()).includes('endpoint="[fd00::2]:50103"'));
+  dp = { ...SAMPLE, peers: [SAMPLE.peers[0]], drops: { no_route: -1, nan: NaN } };
+  const t = await m.text();
+  assert(!t.includes('endpoint="[fd00::2]:50103"'), t);
+  assert(!t.includes("netmanager_drops_total{"), "negative and NaN counters skipped");
+  assert(t.includes("\nnetmanager_peers 1\n"));
+});
+
+Deno.test("node metrics: deploy and table-miss histograms", async () => {
+  const m = metricsOf(undefined);
+  m.deploySeconds.observe({ kind: "container", result: "ok" }, 0.03);
+  m.tableMissSeconds.observe({ result: "not_found" }, 0.002);
+  const t = await m.text();
+  assert(
+    t.includes('netmanager_deploy_duration_seconds_bucket{le="0.05",kind="container",result="ok"} 1'),
+    t,
+  );
+  assert(t.includes('netmanager_deploy_duration_seconds_bucket{le="0.025",kind="container",result="ok"} 0'));
+  assert(t.includes('netmanager_deploy_duration_seconds_count{kind="container",result="ok"} 1'));
+  assert(t.includes('netmanager_table_miss_duration_seconds_count{result="not_found"} 1'));
+  assertEquals(m.contentType.startsWith("text/plain"), true);
+});
+
+Deno.test("node metrics: PeerTable.stats() feeds the registry directly", async () => {
   const t = new PeerTable({ nonce: () => 1 });
   const p = t.addKey("131.1.0.2:50103", 0);
   const h = new HelloMessage();
@@ -218,7 +188,7 @@ Deno.test("data plane metrics: PeerTable.stats() feeds the renderer directly", (
   r.seq = p.probeSeq;
   r.timestampUs = p.probeSentUs;
   t.onProbeReply(p, r, 20);
-  const text = renderDataPlaneMetrics({ ...SAMPLE, drops: {}, peers: t.stats(20) });
+  const text = await metricsOf({ ...SAMPLE, drops: {}, peers: t.stats(20) }).text();
   assertEquals(
     text.includes('netmanager_peer_rtt_seconds{node="odd\\"id\\\\",endpoint="131.1.0.2:50103"} 0.02\n'),
     true,

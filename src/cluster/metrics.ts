@@ -1,0 +1,60 @@
+/**
+ * The control plane's metrics listener (`netmanager control --metrics-addr`): `/metrics` with the
+ * cluster's size (nodes, services, instances by state), the service's broker connection, build
+ * info and process metrics; `/healthz` from {@link ControlService.health} (broker and store up).
+ *
+ * @example
+ * ```ts
+ * import { startControl } from "./service.ts";
+ * const control = await startControl({ stateDir: "/var/lib/netmanager/control" });
+ * const m = await startControlMetrics(control, "127.0.0.1:9465");
+ * await m.close();
+ * ```
+ * @module
+ */
+import type { Registry } from "prom-client";
+import { type MetricsServer, startMetricsServer } from "../metrics/http.ts";
+import { newRegistry, snapshotGauge } from "../metrics/registry.ts";
+import type { ControlService } from "./service.ts";
+import { isDeployed } from "./state.ts";
+
+/** The control plane's registry, read from `c` at scrape time. */
+export function controlRegistry(c: Pick<ControlService, "state" | "health">): Registry {
+  const reg = newRegistry("control");
+  snapshotGauge(reg, "netmanager_control_nodes", "Nodes registered with the control plane.", [], () => [
+    [{}, c.state.nodes().length],
+  ]);
+  snapshotGauge(reg, "netmanager_control_services", "Services (jobs) known to the control plane.", [], () => [
+    [{}, c.state.jobs().length],
+  ]);
+  snapshotGauge(
+    reg,
+    "netmanager_control_instances",
+    "Instances by state: deployed (running on a node) or scheduled (addresses allocated, not deployed).",
+    ["state"],
+    () => {
+      let deployed = 0;
+      let scheduled = 0;
+      for (const j of c.state.jobs()) {
+        for (const i of j.instance_list) isDeployed(i) ? deployed++ : scheduled++;
+      }
+      return [[{ state: "deployed" }, deployed], [{ state: "scheduled" }, scheduled]];
+    },
+  );
+  snapshotGauge(
+    reg,
+    "netmanager_control_ready",
+    "1 when the control plane is ready (broker connection up, state saved).",
+    [],
+    () => [[{}, c.health().ok ? 1 : 0]],
+  );
+  return reg;
+}
+
+/** Serves the control plane's `/metrics` and `/healthz` on `address` (`host:port`). */
+export function startControlMetrics(
+  c: Pick<ControlService, "state" | "health">,
+  address: string,
+): Promise<MetricsServer> {
+  return startMetricsServer({ address, registry: controlRegistry(c), health: () => c.health() });
+}

@@ -1,0 +1,147 @@
+/**
+ * Watches the peer snapshots the data-plane Worker reports (about once a second) and turns changes
+ * into events an operator cares about: a peer that stops answering HELLOs (its capabilities are
+ * forgotten, traffic falls back to raw mode), one that answers again, and wire-mode changes
+ * (raw / fast / jumbo). It also keeps, per peer, the wall-clock time its `lastSeen` last moved, so
+ * `status` and `peers` can print "last seen 3s ago" (the Worker's clock is not this thread's).
+ *
+ * Pure: no I/O; the caller logs the events.
+ *
+ * @example
+ * ```ts
+ * const w = new PeerWatch();
+ * const events = w.update([], Date.now()); // [] at first
+ * ```
+ * @module
+ */
+import type { PeerStats } from "./peers.ts";
+
+/** How traffic to a peer is framed. */
+export type WireMode = "raw" | "fast" | "jumbo";
+
+/** The wire mode a snapshot shows. */
+export function wireModeOf(p: Pick<PeerStats, "fast" | "jumbo">): WireMode {
+  return p.jumbo ? "jumbo" : p.fast ? "fast" : "raw";
+}
+
+/** Something about a peer worth a log line. */
+export type PeerEvent =
+  | { kind: "silent"; endpoint: string; node?: string; lastSeenAgoMs?: number; mode: WireMode }
+  | { kind: "back"; endpoint: string; node?: string; silentForMs: number; mode: WireMode }
+  | { kind: "mode"; endpoint: string; node?: string; from: WireMode; to: WireMode };
+
+/** A peer as `status` / `peers` show it. */
+export interface PeerView {
+  /** Node (worker) id, when known. */
+  node?: string;
+  /** `ip:port`. */
+  endpoint: string;
+  /** Current wire mode. */
+  mode: WireMode;
+  /** Answered our HELLOs (speaks netmanager's in-band protocol; an Oakestra Go node never does). */
+  answering: boolean;
+  /** Smoothed RTT (ms), when known. */
+  rttMs?: number;
+  /** Seconds since anything arrived from it, when ever. */
+  lastSeenAgoS?: number;
+  /** Packets to/from it dropped. */
+  drops: number;
+  /** Packets sent / received. */
+  txPackets: number;
+  rxPackets: number;
+  /** RTT probes sent / lost. */
+  probesSent: number;
+  probesLost: number;
+}
+
+interface Seen {
+  caps: boolean;
+  everCaps: boolean;
+  mode: WireMode;
+  lastSeen?: number;
+  /** Wall-clock ms when lastSeen last moved. */
+  lastSeenWall?: number;
+  silentSince?: number;
+}
+
+/** See the module documentation. */
+export class PeerWatch {
+  readonly #seen = new Map<string, Seen>();
+  #last: readonly PeerStats[] = [];
+  #lastWall = 0;
+
+  /** Feeds a snapshot taken at wall-clock `nowMs`; returns the events since the previous one. */
+  update(peers: readonly PeerStats[], nowMs: number): PeerEvent[] {
+    const events: PeerEvent[] = [];
+    const present = new Set<string>();
+    for (const p of peers) {
+      present.add(p.endpoint);
+      const mode = wireModeOf(p);
+      const s = this.#seen.get(p.endpoint);
+      const id = p.node !== undefined ? { node: p.node } : {};
+      if (!s) {
+        this.#seen.set(p.endpoint, {
+          caps: p.capsKnown,
+          everCaps: p.capsKnown,
+          mode,
+          lastSeen: p.lastSeen,
+          lastSeenWall: p.lastSeen !== undefined ? nowMs : undefined,
+        });
+        if (mode !== "raw") events.push({ kind: "mode", endpoint: p.endpoint, ...id, from: "raw", to: mode });
+        continue;
+      }
+      if (p.lastSeen !== undefined && p.lastSeen !== s.lastSeen) {
+        s.lastSeen = p.lastSeen;
+        s.lastSeenWall = nowMs;
+      }
+      if (s.caps && !p.capsKnown) {
+        s.silentSince = nowMs;
+        events.push({
+          kind: "silent",
+          endpoint: p.endpoint,
+          ...id,
+          ...(s.lastSeenWall !== undefined ? { lastSeenAgoMs: nowMs - s.lastSeenWall } : {}),
+          mode,
+        });
+      } else if (!s.caps && p.capsKnown && s.everCaps) {
+        events.push({
+          kind: "back",
+          endpoint: p.endpoint,
+          ...id,
+          silentForMs: s.silentSince !== undefined ? nowMs - s.silentSince : 0,
+          mode,
+        });
+        s.silentSince = undefined;
+      }
+      if (mode !== s.mode) events.push({ kind: "mode", endpoint: p.endpoint, ...id, from: s.mode, to: mode });
+      s.caps = p.capsKnown;
+      s.everCaps ||= p.capsKnown;
+      s.mode = mode;
+    }
+    for (const k of this.#seen.keys()) if (!present.has(k)) this.#seen.delete(k);
+    this.#last = peers;
+    this.#lastWall = nowMs;
+    return events;
+  }
+
+  /** The latest snapshot as rows for `status` / `peers`, ages judged at wall-clock `nowMs`. */
+  view(nowMs: number = this.#lastWall): PeerView[] {
+    return this.#last.map((p) => {
+      const s = this.#seen.get(p.endpoint);
+      const at = s?.lastSeenWall;
+      return {
+        ...(p.node !== undefined ? { node: p.node } : {}),
+        endpoint: p.endpoint,
+        mode: wireModeOf(p),
+        answering: p.capsKnown,
+        ...(p.rttMs !== undefined ? { rttMs: p.rttMs } : {}),
+        ...(at !== undefined ? { lastSeenAgoS: Math.max(0, Math.round((nowMs - at) / 1000)) } : {}),
+        drops: p.drops,
+        txPackets: p.txPackets,
+        rxPackets: p.rxPackets,
+        probesSent: p.probesSent,
+        probesLost: p.probesLost,
+      };
+    });
+  }
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
-# Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump) and Deno from npm at a pinned
+# Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, dnsutils, dnsmasq-base) and Deno from npm at a pinned
 # version into .tools/ (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
 set -euo pipefail
@@ -10,7 +10,7 @@ tools="$root/.tools"
 
 need=()
 for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto iperf3:iperf3 tcpdump:tcpdump \
-  unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl; do
+  unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl dig:dnsutils dnsmasq:dnsmasq-base; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -27,6 +27,7 @@ import { parseNodeSubnet } from "./config/mod.ts";
 import { type StaticTable, TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { VERSION } from "./version.ts";
+import { NodeDns } from "./dns/mod.ts";
 
 const log = logger("daemon");
 
@@ -61,6 +62,8 @@ class Node implements NodeService {
   dataPlane: DataPlane | undefined;
   /** The cluster connection (cluster mode). */
   control: NodeControl | undefined;
+  /** Service names (DNS on the bridge), once the data plane runs. */
+  dns: NodeDns | undefined;
   readonly staticTable: StaticTable | undefined;
   #registering: Promise<RegisterResult> | undefined;
 
@@ -232,6 +235,16 @@ class Node implements NodeService {
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
       },
     });
+    try {
+      this.dns = await NodeDns.start({
+        cfg: this.cfg,
+        subnet,
+        table: () => this.dataPlane?.table,
+        source: () => this.control,
+      });
+    } catch (e) {
+      log.warn("service names unavailable", { error: String(e) });
+    }
   }
 
   #requireRegistered(): void {
@@ -391,6 +404,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       if (timer !== undefined) clearInterval(timer);
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
+      await node.dns?.close();
       await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();

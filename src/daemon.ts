@@ -309,7 +309,13 @@ class Node implements NodeService {
   }
 
   metrics(): string {
-    return this.dataPlane?.metricsText(this.control?.rejections.counts) ?? "";
+    return (this.dataPlane?.metricsText(this.control?.rejections.counts) ?? "") +
+      (this.dns?.metricsText() ?? "");
+  }
+
+  dnsLookup(name: string, type: string): Promise<unknown> {
+    if (!this.dns) throw new EnvError(409, "service names not running: node not set up");
+    return this.dns.lookup(name, type);
   }
 
   instances(): unknown[] {

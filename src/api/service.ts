@@ -20,4 +20,6 @@ export interface NodeService {
   flows?(): Promise<unknown[]>;
   instances(): unknown[];
   metrics?(): string;
+  /** Resolves a name as the node's DNS server would, saying where the answer came from. */
+  dnsLookup?(name: string, type: string): Promise<unknown>;
 }

@@ -13,6 +13,7 @@ import { controlCmd } from "./control.ts";
 import { daemonCmd, debugCmd } from "./daemon.ts";
 import { demoCmd, demoGetCmd, demoServeCmd } from "./demo.ts";
 import { statusCmd, tableCmd } from "./inspect.ts";
+import { dnsCmd } from "./dns.ts";
 
 /** Builds the program with all subcommands. */
 export function buildProgram() {
@@ -24,6 +25,7 @@ export function buildProgram() {
     .addCommand(debugCmd())
     .addCommand(tableCmd())
     .addCommand(statusCmd())
+    .addCommand(dnsCmd())
     .addCommand(new Command("version").description("print the version").action(() => console.log(VERSION)))
     .addCommand(cleanCmd())
     .addCommand(controlCmd())

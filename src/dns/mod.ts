@@ -25,6 +25,7 @@ import {
 } from "../addr/mod.ts";
 import type { NodeConfig, NodeSubnet } from "../config/mod.ts";
 import { logger } from "../log.ts";
+import { MetricsWriter } from "../proxy/metrics.ts";
 import type { NameTable } from "./names.ts";
 import { normalizeSuffix } from "./names.ts";
 import { NameResolver, type NameSource, type Resolution } from "./resolver.ts";
@@ -137,21 +138,43 @@ export class NodeDns {
     };
   }
 
-  /** Counters for /metrics (name → value; `type|rcode|source` keys for answers). */
-  counters(): Record<string, number> {
-    const s = this.server?.stats;
+  /** The DNS families in the Prometheus text format (appended to the node's /metrics). */
+  metricsText(): string {
+    const w = new MetricsWriter();
+    const q = w.counter("netmanager_dns_queries_total", "Questions answered, by type, result and source.");
+    for (const [k, v] of this.resolver.stats.answered) {
+      const [type, rcode, source] = k.split("|");
+      q.sample(v, { type, rcode, source });
+    }
+    w.counter("netmanager_dns_control_queries_total", "Table queries by name or IP caused by DNS misses.")
+      .sample(this.resolver.stats.controlQueries);
+    w.counter("netmanager_dns_negative_cache_hits_total", "Misses answered from the negative cache.")
+      .sample(this.resolver.stats.negativeHits);
     const u = this.upstream.stats;
-    const out: Record<string, number> = {
-      control_queries: this.resolver.stats.controlQueries,
-      negative_cache_hits: this.resolver.stats.negativeHits,
-      upstream_forwarded: u.forwarded,
-      upstream_cache_hits: u.cacheHits,
-      upstream_failures: u.failures,
-      upstream_latency_ms_sum: Math.round(u.latencyMsSum * 1000) / 1000,
-      upstream_latency_count: u.latencyCount,
-      ...(s ?? {}),
-    };
-    return out;
+    w.counter("netmanager_dns_upstream_forwarded_total", "Questions sent to upstream resolvers.").sample(
+      u.forwarded,
+    );
+    w.counter("netmanager_dns_upstream_cache_hits_total", "Forwarded names answered from the cache.")
+      .sample(u.cacheHits);
+    w.counter("netmanager_dns_upstream_failures_total", "Forwarded names no upstream answered.").sample(
+      u.failures,
+    );
+    w.counter("netmanager_dns_upstream_latency_seconds_sum", "Upstream round trips, total seconds.")
+      .sample(u.latencyMsSum / 1000);
+    w.counter("netmanager_dns_upstream_latency_seconds_count", "Upstream round trips.").sample(
+      u.latencyCount,
+    );
+    const s = this.server?.stats;
+    if (s) {
+      const d = w.counter("netmanager_dns_packets_total", "DNS server packets by outcome.");
+      d.sample(s.queriesUdp, { outcome: "query_udp" });
+      d.sample(s.queriesTcp, { outcome: "query_tcp" });
+      d.sample(s.malformed, { outcome: "malformed" });
+      d.sample(s.refusedClients, { outcome: "refused_client" });
+      d.sample(s.rateLimited, { outcome: "rate_limited" });
+      d.sample(s.truncated, { outcome: "truncated" });
+    }
+    return w.text();
   }
 
   /** Stops the server. */

@@ -80,7 +80,7 @@ let sent = 0;
 for (let i = 0; i < n; i++) {
   await new Promise<void>((r) => sock.send(fuzzed(), port, host, () => r()));
   sent++;
-  if (i % 200 === 199) await new Promise((r) => setTimeout(r, 5)); // let the socket buffers drain
+  if (i % 50 === 49) await new Promise((r) => setTimeout(r, 5)); // let the socket buffers drain
 }
 sock.close();
 console.log(sent);

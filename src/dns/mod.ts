@@ -30,12 +30,14 @@ import type { NameTable } from "./names.ts";
 import { normalizeSuffix } from "./names.ts";
 import { NameResolver, type NameSource, type Resolution } from "./resolver.ts";
 import { DnsServer } from "./server.ts";
+import { MdnsResponder } from "./mdns.ts";
 import { parseResolvConf, parseUpstreams, Upstream, type UpstreamServer } from "./upstream.ts";
 
 export * from "./names.ts";
 export * from "./resolver.ts";
 export * from "./server.ts";
 export * from "./upstream.ts";
+export * from "./mdns.ts";
 
 const log = logger("dns");
 
@@ -71,11 +73,18 @@ export class NodeDns {
   readonly resolver: NameResolver;
   readonly upstream: Upstream;
   readonly server: DnsServer | undefined;
+  readonly mdns: MdnsResponder | undefined;
 
-  private constructor(resolver: NameResolver, upstream: Upstream, server: DnsServer | undefined) {
+  private constructor(
+    resolver: NameResolver,
+    upstream: Upstream,
+    server: DnsServer | undefined,
+    mdns: MdnsResponder | undefined,
+  ) {
     this.resolver = resolver;
     this.upstream = upstream;
     this.server = server;
+    this.mdns = mdns;
   }
 
   /** Builds the resolver and, when `Dns` is on, listens on the bridge addresses. */
@@ -101,20 +110,25 @@ export class NodeDns {
       isServiceIp: (ip) => inPrefixes(ip, [cfg.serviceRange4], [cfg.serviceRange6]),
     });
     let server: DnsServer | undefined;
+    let mdns: MdnsResponder | undefined;
+    const loop4 = { addr: 0x7f000000, len: 8 };
+    const loop6 = { addr: new Uint8Array([...new Array(15).fill(0), 1]), len: 128 };
+    // The instance subnet (which holds the bridge addresses: the node itself) and loopback.
+    const allowed = (ip: string) => inPrefixes(ip, [o.subnet.v4, loop4], [o.subnet.v6, loop6]);
     if (net.Dns) {
-      const loop4 = { addr: 0x7f000000, len: 8 };
-      const loop6 = { addr: new Uint8Array([...new Array(15).fill(0), 1]), len: 128 };
       server = await DnsServer.start({
         addresses: [bridge4, bridge6],
         port: net.DnsPort,
         resolver,
-        // The instance subnet (which holds the bridge addresses: the node itself) and loopback.
-        allowed: (ip) => inPrefixes(ip, [o.subnet.v4, loop4], [o.subnet.v6, loop6]),
+        allowed,
         rateLimit: net.DnsRateLimit,
       });
       log.info("serving service names", { suffix: resolver.suffix, upstreams: servers.length });
     }
-    return new NodeDns(resolver, upstream, server);
+    if (net.Mdns) {
+      mdns = await MdnsResponder.start({ bridge4, bridgeName: net.BridgeName, resolver, allowed });
+    }
+    return new NodeDns(resolver, upstream, server, mdns);
   }
 
   /** Resolves `name` (type A, AAAA, PTR, ANY, …) and says where the answer came from. */
@@ -174,11 +188,20 @@ export class NodeDns {
       d.sample(s.rateLimited, { outcome: "rate_limited" });
       d.sample(s.truncated, { outcome: "truncated" });
     }
+    const m = this.mdns?.stats;
+    if (m) {
+      const f = w.counter("netmanager_mdns_packets_total", "mDNS responder questions and answers.");
+      f.sample(m.questions, { outcome: "question" });
+      f.sample(m.answered, { outcome: "answered" });
+      f.sample(m.malformed, { outcome: "malformed" });
+      f.sample(m.refusedClients, { outcome: "refused_client" });
+    }
     return w.text();
   }
 
-  /** Stops the server. */
+  /** Stops the server and the responder. */
   async close(): Promise<void> {
     await this.server?.close();
+    await this.mdns?.close();
   }
 }

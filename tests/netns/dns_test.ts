@@ -355,3 +355,93 @@ Deno.test(
     }
   },
 );
+
+async function mdnsQuery(
+  inst: SimInstance,
+  group: string,
+  name: string,
+  type: string,
+  qu = false,
+): Promise<
+  | { from: string; id: number; questions: string[]; answers: { type: string; ttl: number; data: string }[] }
+  | null
+> {
+  const r = await runTool("nsenter", [
+    "-t",
+    String(inst.pid),
+    "-n",
+    Deno.execPath(),
+    "run",
+    "-A",
+    `${ROOT}tests/helpers/mdns_query.ts`,
+    group,
+    name,
+    type,
+    ...(qu ? ["qu"] : []),
+  ]);
+  if (r.code !== 0) throw new Error(r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+Deno.test(
+  { name: "mdns: one-shot and QU questions on the bridge are answered by unicast", ...opts },
+  async () => {
+    const w = new World();
+    try {
+      const dir = await Deno.makeTempDir({ prefix: `${w.prefix}-md-` });
+      const file = `${dir}/table.json`;
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify([{
+          app_name: "shop.ns.web.ns",
+          instance_list: [{
+            instance_number: 0,
+            instance_ip: "10.30.8.1",
+            instance_ip_v6: "fdff::8:1",
+            namespace_ip: "10.18.1.2",
+            namespace_ip_v6: "fc00::1:2",
+            host_ip: "192.168.77.9",
+            host_port: 50103,
+            service_ip: [
+              { IpType: "RR", Address: "10.30.7.1", Address_v6: "fdff::7:1" },
+              { IpType: "instance_ip", Address: "10.30.8.1", Address_v6: "fdff::8:1" },
+            ],
+          }],
+        }]),
+      );
+      const node = await w.node("m1", "10.18.0.64/26", ["--static-table", file]);
+      const client = await w.instance("c");
+      await deploy(node, "shop.ns.cli.ns", 0, client.pid);
+      const br = await bridgeOf(node);
+      const name = "web.ns.shop.ns.local";
+      // One-shot query from an ordinary port: unicast answer with our id and question, TTL ≤ 10.
+      const a = await mdnsQuery(client, "224.0.0.251", name, "A");
+      assert(a !== null, "no mDNS answer");
+      assertEquals([a.id, a.questions, a.answers.map((x) => x.data)], [4242, [name], ["10.30.7.1"]]);
+      assertEquals(a.from, `${br.v4}:5353`);
+      assert(a.answers[0].ttl <= 10);
+      const i6 = await mdnsQuery(client, "224.0.0.251", `instance-0.${name}`, "AAAA");
+      assertEquals(i6?.answers.map((x) => x.data), ["fdff::8:1"]);
+      // Over IPv6 (ff02::fb on the instance's interface).
+      const ifname = (await w.execIn(client, ["ip", "-o", "link", "show"])).split("\n")
+        .map((l) => l.split(": ")[1]?.split("@")[0]).find((n) => n && n !== "lo")!;
+      const v6 = await mdnsQuery(client, `ff02::fb%${ifname}`, name, "AAAA");
+      assertEquals(v6?.answers.map((x) => x.data), ["fdff::7:1"]);
+      // A QU question from port 5353: unicast answer to the asker.
+      const qu = await mdnsQuery(client, "224.0.0.251", name, "A", true);
+      assertEquals(qu?.answers.map((x) => x.data), ["10.30.7.1"]);
+      // Unknown names and names outside the suffix: silence (no negative answers, no forwarding).
+      assertEquals(await mdnsQuery(client, "224.0.0.251", "nosuch.ns.shop.ns.local", "A"), null);
+      assertEquals(await mdnsQuery(client, "224.0.0.251", "www.example.test", "A"), null);
+      // Unicast to the bridge address port 5353 reaches no responder (it listens on the group only).
+      assertEquals(await mdnsQuery(client, br.v4, name, "A"), null);
+      await Deno.remove(dir, { recursive: true });
+    } catch (e) {
+      await w.diagnose((l) => console.error(l.slice(0, 2000)));
+      throw e;
+    } finally {
+      const left = await w.destroy();
+      assertEquals(left, []);
+    }
+  },
+);

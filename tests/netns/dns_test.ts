@@ -346,6 +346,39 @@ Deno.test(
       const full = await dig(client, br.v4, ["+noedns", name, "A"]);
       assertEquals(full.answers.length, 41);
       assert(await metric(node, /outcome="truncated"} (\d+)/) >= 1);
+
+      // A unikernel's named namespace gets /etc/netns/<name>/resolv.conf: `ip netns exec` resolves
+      // service names with no server given; undeploy removes the file.
+      const uk = `${w.prefix}.ns.uk.ns`;
+      const r = await node.api.post("/unikernel/deploy", {
+        pid: 0,
+        serviceName: uk,
+        instanceNumber: 0,
+        portMappings: "",
+      });
+      assertEquals(r.status, 200, r.body);
+      const nsName = `${uk}.instance.0`;
+      const rcPath = `/etc/netns/${nsName}/resolv.conf`;
+      assertMatch(await Deno.readTextFile(rcPath), new RegExp(`nameserver ${br.v4.replaceAll(".", "\\.")}`));
+      const inUk = await runTool("ip", [
+        "netns",
+        "exec",
+        nsName,
+        "dig",
+        "+short",
+        "+tries=1",
+        `closest.${name}`,
+      ]);
+      assertEquals(inUk.stdout.trim(), "10.30.7.2", inUk.stderr);
+      assertEquals(
+        (await node.api.post("/unikernel/undeploy", { serviceName: uk, instanceNumber: 0 })).status,
+        200,
+      );
+      await eventually(
+        () => Deno.stat(`/etc/netns/${nsName}`).then(() => true, () => false),
+        (x) => !x,
+        3000,
+      );
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 2000)));
       throw e;

@@ -19,6 +19,7 @@ import type { Answer, DecodedPacket, Question } from "dns-packet";
 import { logger } from "../log.ts";
 import { parseName } from "./names.ts";
 import type { NameResolver } from "./resolver.ts";
+import { RateLimiter } from "./server.ts";
 
 const log = logger("mdns");
 
@@ -38,6 +39,8 @@ export interface MdnsOptions {
   allowed: (ip: string) => boolean;
   /** Also answer on ff02::fb (default true). */
   v6?: boolean;
+  /** Packets per second per sender (default 200). */
+  rateLimit?: number;
 }
 
 /** Counters of the responder. */
@@ -46,6 +49,7 @@ export interface MdnsStats {
   answered: number;
   malformed: number;
   refusedClients: number;
+  rateLimited: number;
 }
 
 /** One question as asked over mDNS: the question (class IN) and whether its QU bit was set. */
@@ -59,12 +63,14 @@ export function mdnsQuestion(q: Question): { q: Question; qu: boolean } | undefi
 
 /** The responder. */
 export class MdnsResponder {
-  readonly stats: MdnsStats = { questions: 0, answered: 0, malformed: 0, refusedClients: 0 };
+  readonly stats: MdnsStats = { questions: 0, answered: 0, malformed: 0, refusedClients: 0, rateLimited: 0 };
   readonly #o: MdnsOptions;
   readonly #socks: dgram.Socket[] = [];
+  readonly #limiter: RateLimiter;
 
   private constructor(o: MdnsOptions) {
     this.#o = o;
+    this.#limiter = new RateLimiter(o.rateLimit ?? 200);
   }
 
   /** Joins the groups on the bridge; a family that cannot be joined is logged and skipped. */
@@ -128,6 +134,10 @@ export class MdnsResponder {
   ): Promise<void> {
     if (!this.#admitted(rinfo.address)) {
       this.stats.refusedClients++;
+      return;
+    }
+    if (!this.#limiter.take(rinfo.address)) {
+      this.stats.rateLimited++;
       return;
     }
     let p: DecodedPacket;

@@ -126,7 +126,13 @@ export class NodeDns {
       log.info("serving service names", { suffix: resolver.suffix, upstreams: servers.length });
     }
     if (net.Mdns) {
-      mdns = await MdnsResponder.start({ bridge4, bridgeName: net.BridgeName, resolver, allowed });
+      mdns = await MdnsResponder.start({
+        bridge4,
+        bridgeName: net.BridgeName,
+        resolver,
+        allowed,
+        rateLimit: Math.min(net.DnsRateLimit, 1000),
+      });
     }
     return new NodeDns(resolver, upstream, server, mdns);
   }
@@ -195,6 +201,7 @@ export class NodeDns {
       f.sample(m.answered, { outcome: "answered" });
       f.sample(m.malformed, { outcome: "malformed" });
       f.sample(m.refusedClients, { outcome: "refused_client" });
+      f.sample(m.rateLimited, { outcome: "rate_limited" });
     }
     return w.text();
   }

@@ -67,6 +67,20 @@ export interface ResolverStats {
 }
 
 const NEG_CAP = 10000;
+const COUNTED_TYPES = new Set([
+  "A",
+  "AAAA",
+  "PTR",
+  "ANY",
+  "TXT",
+  "SRV",
+  "MX",
+  "CNAME",
+  "NS",
+  "SOA",
+  "HTTPS",
+  "SVCB",
+]);
 
 /** The resolver. See the module documentation. */
 export class NameResolver {
@@ -94,7 +108,9 @@ export class NameResolver {
       authoritative: false,
       source: "none",
     }));
-    const k = `${q.type}|${r.rcode}|${r.source}`;
+    // Bounded label values: an attacker picks the type, not the metric's cardinality.
+    const type = COUNTED_TYPES.has(q.type as string) ? q.type : "OTHER";
+    const k = `${type}|${r.rcode}|${r.source}`;
     this.stats.answered.set(k, (this.stats.answered.get(k) ?? 0) + 1);
     return r;
   }

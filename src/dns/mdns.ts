@@ -8,6 +8,10 @@
  *
  * @example
  * ```ts
+ * import { TranslationTable } from "../table/mod.ts";
+ * import { NameResolver } from "./resolver.ts";
+ * const table = new TranslationTable();
+ * const resolver = new NameResolver({ suffix: "local", ttl: 5, table: () => table });
  * const m = await MdnsResponder.start({ bridge4: "10.18.0.65", bridgeName: "goProxyBridge", resolver, allowed: () => true });
  * await m.close();
  * ```

@@ -6,6 +6,10 @@
  *
  * @example
  * ```ts
+ * import { TranslationTable } from "../table/mod.ts";
+ * import { NameResolver } from "./resolver.ts";
+ * const table = new TranslationTable();
+ * const resolver = new NameResolver({ suffix: "local", ttl: 5, table: () => table });
  * const srv = await DnsServer.start({ addresses: ["10.18.0.65"], port: 53, resolver, allowed: () => true, rateLimit: 1000 });
  * await srv.close();
  * ```

@@ -27,6 +27,8 @@ export interface NameSource {
   lookupJob(job: string): Promise<JobLookup>;
   /** Table query by ServiceIP; true when the table now holds it. */
   resolveIp(ip: string): Promise<boolean>;
+  /** A name of `job` was answered from the table: keeps the node's interest in the job alive. */
+  touch?(job: string): void;
 }
 
 /** Where an answer came from. */
@@ -143,6 +145,9 @@ export class NameResolver {
     }
     switch (a.kind) {
       case "records":
+        if (parsed.form === "service" || parsed.form === "closest" || parsed.form === "instance") {
+          o.source?.()?.touch?.(parsed.job);
+        }
         return this.#records(a.records, "table");
       case "nxdomain":
         return this.#nx("table");

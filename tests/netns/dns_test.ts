@@ -301,9 +301,10 @@ Deno.test(
 );
 
 Deno.test(
-  { name: "dns: closest form and TC truncation from a static table (standalone node)", ...opts },
+  { name: "dns: closest form, TC truncation, unikernel resolv.conf, rate limit (standalone node)", ...opts },
   async () => {
     const w = new World();
+    Deno.env.set("DnsRateLimit", "200");
     try {
       const dir = await Deno.makeTempDir({ prefix: `${w.prefix}-st-` });
       const file = `${dir}/table.json`;
@@ -379,10 +380,38 @@ Deno.test(
         (x) => !x,
         3000,
       );
+
+      // Per-client rate limit (DnsRateLimit=200 for this node): a burst of 3000 queries is mostly
+      // dropped (counted), and the client is answered again once its bucket refills. With the default
+      // limit (the cluster test, 100000) the same burst is answered (fuzz: thousands parsed).
+      const accepted0 = await metric(node, /outcome="query_udp"} (\d+)/);
+      const tb = Date.now();
+      const fz = await runTool("nsenter", [
+        "-t",
+        String(client.pid),
+        "-n",
+        Deno.execPath(),
+        "run",
+        "-A",
+        `${ROOT}tests/helpers/dns_fuzz.ts`,
+        br.v4,
+        "53",
+        "3000",
+        "3",
+      ]);
+      const burstS = (Date.now() - tb) / 1000; // an upper bound of the burst's duration
+      assertEquals(fz.code, 0, fz.stderr);
+      const limited = await metric(node, /outcome="rate_limited"} (\d+)/);
+      const accepted = (await metric(node, /outcome="query_udp"} (\d+)/)) - accepted0;
+      console.log(`rate limit 200/s: ${accepted} accepted, ${limited} dropped of 3000 in ≤ ${burstS} s`);
+      assert(limited > 0 && accepted <= 200 + 200 * burstS + 10, `accepted ${accepted}, limited ${limited}`);
+      await new Promise((r) => setTimeout(r, 1000));
+      assertEquals(datas(await dig(client, br.v4, [`closest.${name}`, "A"])), ["10.30.7.2"]);
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 2000)));
       throw e;
     } finally {
+      Deno.env.delete("DnsRateLimit");
       const left = await w.destroy();
       assertEquals(left, []);
     }

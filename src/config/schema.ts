@@ -83,7 +83,7 @@ export const NetCfgSchema = z.object({
    * half a core): request/response latency without a thread wake-up. 0 disables it.
    */
   BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(0),
-  /** Serve service names (unicast DNS and mDNS) on the bridge address. */
+  /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */
   Dns: boolLike.default(true),
   /** Port of the unicast DNS server (UDP and TCP) on the bridge address. */
   DnsPort: portLike("DnsPort").default(53),

@@ -125,7 +125,7 @@ export class NodeDns {
       });
       log.info("serving service names", { suffix: resolver.suffix, upstreams: servers.length });
     }
-    if (net.Mdns) {
+    if (net.Dns && net.Mdns) {
       mdns = await MdnsResponder.start({
         bridge4,
         bridgeName: net.BridgeName,

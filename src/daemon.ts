@@ -32,6 +32,7 @@ import { TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { StateLock } from "./sys/lock.ts";
 import { VERSION } from "./version.ts";
+import { NodeDns } from "./dns/mod.ts";
 
 const log = logger("daemon");
 
@@ -71,6 +72,8 @@ class Node implements NodeService {
   readonly metricsRegistry: NodeMetrics;
   /** ServiceIPs the cluster does not know: warned once per 10 s (a count in between). */
   readonly #unknownIps = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
+  /** Service names (DNS on the bridge), once the data plane runs. */
+  dns: NodeDns | undefined;
   #registering: Promise<RegisterResult> | undefined;
   /** The last failed `/register` (shown by `status` until one succeeds). */
   #registerError: { at: number; error: string } | undefined;
@@ -86,6 +89,7 @@ class Node implements NodeService {
       clusterConnected: () => this.control?.connected,
       instances: () => this.env.instances().length,
     });
+    NodeDns.registerMetrics(this.metricsRegistry.registry, () => this.dns);
   }
 
   /** Ready: registered (or standalone with its subnet set up) and the data plane running. */
@@ -312,6 +316,16 @@ class Node implements NodeService {
         probeAllPeers: this.cfg.net.ProbePeers,
       },
     });
+    try {
+      this.dns = await NodeDns.start({
+        cfg: this.cfg,
+        subnet,
+        table: () => this.dataPlane?.table,
+        source: () => this.control,
+      });
+    } catch (e) {
+      log.warn("service names unavailable", { error: String(e) });
+    }
     this.#initialTable = undefined;
     // The Worker has built its copy of the table: give back what that took (both isolates' arenas).
     await compactHeap();
@@ -412,6 +426,11 @@ class Node implements NodeService {
 
   async metrics(): Promise<{ body: string; contentType: string }> {
     return { body: await this.metricsRegistry.text(), contentType: this.metricsRegistry.contentType };
+  }
+
+  dnsLookup(name: string, type: string): Promise<unknown> {
+    if (!this.dns) throw new EnvError(409, "service names not running: node not set up");
+    return this.dns.lookup(name, type);
   }
 
   instances(): unknown[] {
@@ -553,6 +572,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
       await metricsServer?.close();
+      await node.dns?.close();
       await node.control?.close();
       await node.dataPlane?.stop();
       await env.shutdown();

@@ -163,6 +163,20 @@ const ROUTES: Record<string, { method: "GET" | "POST"; handler: Handler }> = {
     },
   },
   "/instances": { method: "GET", handler: (_r, node) => Promise.resolve(json(200, node.instances())) },
+  "/dns/lookup": {
+    method: "GET",
+    handler: async (req, node) => {
+      const u = new URL(req.url).searchParams;
+      const name = u.get("name") ?? "";
+      const type = (u.get("type") ?? "A").toUpperCase();
+      if (!/^[A-Za-z0-9._-]{1,253}\.?$/.test(name)) return errorBody(400, "name: must be a domain name");
+      if (!/^(A|AAAA|PTR|ANY|TXT|MX|SRV|CNAME|NS|SOA)$/.test(type)) {
+        return errorBody(400, `type: unsupported ${type}`);
+      }
+      if (!node.dnsLookup) return errorBody(404, "no DNS on this node");
+      return json(200, await node.dnsLookup(name, type));
+    },
+  },
   "/metrics": {
     method: "GET",
     handler: async (_r, node) => {

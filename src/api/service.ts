@@ -21,4 +21,6 @@ export interface NodeService {
   instances(): unknown[];
   /** Prometheus exposition text and its content type. */
   metrics?(): Promise<{ body: string; contentType: string }>;
+  /** Resolves a name as the node's DNS server would, saying where the answer came from. */
+  dnsLookup?(name: string, type: string): Promise<unknown>;
 }

@@ -16,6 +16,7 @@ import { configCmd } from "./config.ts";
 import { pingCmd } from "./ping.ts";
 import { usageErrorsExit2 } from "./common.ts";
 import { versionCmd } from "./version.ts";
+import { dnsCmd } from "./dns.ts";
 
 const CONTROL = "run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)";
 const DEMO = "run the demo on simulated nodes (network namespaces); needs root";
@@ -35,6 +36,7 @@ export function buildProgram() {
       .addCommand(peersCmd())
       .addCommand(pingCmd())
       .addCommand(configCmd())
+      .addCommand(dnsCmd())
       .addCommand(versionCmd())
       .addCommand(cleanCmd())
       // Loaded when used: the daemon never pays for the control plane or the demo.

@@ -117,6 +117,24 @@ export const NetCfgSchema = z.object({
   ProbePeers: boolLike.default(true),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
+  /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */
+  Dns: boolLike.default(true),
+  /** Port of the unicast DNS server (UDP and TCP) on the bridge address. */
+  DnsPort: portLike("DnsPort").default(53),
+  /** Suffix of service names (`service.servicens.app.appns.<suffix>`). */
+  DnsSuffix: z.string().regex(
+    /^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$/,
+    "must be a domain name such as local or cluster.local",
+  ).default("local"),
+  /** TTL of answers for service names, seconds (also the negative TTL). */
+  DnsTtl: intLike("DnsTtl", 0, 3600).default(5),
+  /** Upstream resolvers for other names, comma-separated `ip` or `ip#port`; "" = the node's /etc/resolv.conf. */
+  DnsUpstream: z.string().regex(/^[0-9A-Fa-f.:#, ]*$/, "must be comma-separated addresses (ip or ip#port)")
+    .default(""),
+  /** Queries per second one client may send (burst: the same number). */
+  DnsRateLimit: intLike("DnsRateLimit", 1, 1000000).default(2000),
+  /** Answer mDNS questions (224.0.0.251 / ff02::fb port 5353) on the bridge. */
+  Mdns: boolLike.default(true),
 });
 
 /** Parsed netcfg.json. */

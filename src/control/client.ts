@@ -505,6 +505,27 @@ export class NodeControl {
   }
 
   /**
+   * A name lookup (DNS): a table query by name sharing any query in flight for the job. "found" when
+   * the table now holds the job, "empty" when the cluster knows the job without instances (the node
+   * then follows its updates, so a deployment shows without asking again), "unknown" when the cluster
+   * does not know it, "unavailable" on timeout or disconnection. Never rejects.
+   */
+  async lookupJob(job: string): Promise<"found" | "empty" | "unknown" | "unavailable"> {
+    if (jobNameProblem(job)) return "unknown";
+    const o = await this.#query("name", job);
+    if (o.kind !== "answer") return "unavailable";
+    if (this.#sinkHas(job)) {
+      void this.#ensureInterest(job);
+      return "found";
+    }
+    if (o.conv?.job === job) {
+      void this.#ensureInterest(job);
+      return "empty";
+    }
+    return "unknown";
+  }
+
+  /**
    * A local instance was deployed: records it (re-announced on reconnect), publishes
    * `service/deployed` (`host_port` as a string, `host_ip` from `hostIp()`), registers interest in
    * the job and refreshes it by name — how the node learns its own instance's Instance IP. Resolves

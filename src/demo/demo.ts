@@ -4,8 +4,10 @@
  * simulated nodes run the daemon in cluster mode and get their subnets over MQTT. A web service has
  * two instances on nodes 2 and 3 and a client on node 1; requests through the round-robin
  * ServiceIP alternate between them; after one instance is undeployed the traffic moves to the
- * other. Everything is removed at the end and checked to be gone.
+ * other. The client also reaches the service by name through its node's DNS server. Everything is
+ * removed at the end and checked to be gone.
  */
+import { selfCommand } from "../sys/process.ts";
 import { World } from "./world.ts";
 
 const CONTROL_IP = "192.168.77.254";
@@ -82,6 +84,25 @@ export async function runDemo(print: (line: string) => void = console.log): Prom
 
     step("netmanager table show (node n1)");
     print(await w.cli(nodes[0], ["table", "show"]));
+
+    const st1 = await nodes[0].api.getJson("/status") as { subnet: string };
+    const [a, b, c, d] = st1.subnet.split("/")[0].split(".").map(Number);
+    const dnsIp = `${a}.${b}.${c}.${d + 1}`; // the bridge address of n1 (its DNS server)
+    const webName = "web.default.demo.demo.local";
+    step(`client → http://${webName}/ by name (n1's DNS server on its bridge, ${dnsIp})`);
+    print(await w.cli(nodes[0], ["dns", "lookup", webName]));
+    const resolv = await Deno.makeTempFile({ prefix: `${w.prefix}-resolv-` });
+    try {
+      await Deno.writeTextFile(resolv, `nameserver ${dnsIp}\n`);
+      const get = [...selfCommand(), "demo-get", `http://${webName}/`].join(" ");
+      const byName = await retry(() =>
+        w.execIn(client, ["unshare", "-m", "sh", "-c", `mount --bind ${resolv} /etc/resolv.conf && ${get}`])
+      );
+      print(`  answered by ${byName}`);
+      check(byName === "server-1" || byName === "server-2", "a request by service name reaches the service");
+    } finally {
+      await Deno.remove(resolv);
+    }
 
     step("undeploy server-1 (NodeEngine on n2 + control plane)");
     const u = await nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });

@@ -127,6 +127,13 @@ export class World {
     return { ns, dir };
   }
 
+  /** Runs a process in namespace `ns` (one of this world's; stopped by `destroy`). */
+  spawnIn(ns: string, argv: string[], logFile: string): Background {
+    const p = spawnBackground(argv, { netns: ns, logFile });
+    this.#procs.push(p);
+    return p;
+  }
+
   /** Runs a process in the control plane's namespace (stopped by `destroy`). */
   spawnNextToBroker(argv: string[], logFile: string): Background {
     const p = spawnBackground(argv, { netns: this.#ctl!.ns, logFile });

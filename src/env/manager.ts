@@ -25,6 +25,7 @@
  * const { ipv4 } = await env.setupInstance({ kind: "container", pid, job: "a.b.c.d", instance: 0, portMappings: "" });
  * ```
  */
+import { removeNetnsResolvConf, writeNetnsResolvConf } from "../dns/netns_resolv.ts";
 import {
   ExhaustedError,
   formatIPv4,
@@ -658,6 +659,7 @@ export class EnvironmentManager {
         if (namedNetnsExists(ns)) removeNamedNetns(ns); // leftover of an unrecorded deploy
         addNamedNetns(ns);
         undo.push(() => void removeNamedNetns(ns));
+        undo.push(() => void removeNetnsResolvConf(ns));
         nsFd = netnsByName(ns);
       }
       const addr4: CidrBytes = { family: 4, addr: ipv4Bytes(v4), prefixLen: subnet.v4.len };
@@ -714,6 +716,11 @@ export class EnvironmentManager {
   async #setupUnikernelInside(rec: InstanceRecord): Promise<void> {
     const ns = rec.netns!;
     await setupUnikernelDevices(ns, this.#cfg.bridgeMtu);
+    if (this.#cfg.net.Dns && this.#subnet) {
+      // Named namespaces resolve through the node's DNS server (removed with the namespace).
+      const s = this.#subnet;
+      writeNetnsResolvConf(ns, [formatIPv4(s.gateway4), formatIPv6(s.gateway6)], this.#cfg.net.DnsSuffix);
+    }
     const script = restoreScript([{
       table: "nat",
       lines: [
@@ -807,6 +814,7 @@ export class EnvironmentManager {
     if (rules) await this.#applyInstanceRules(rec, "del");
     await this.#linksOpen().deleteInBackground(rec.hostVeth);
     if (rec.kind === "unikernel" && rec.netns) {
+      removeNetnsResolvConf(rec.netns);
       try {
         removeNamedNetns(rec.netns);
       } catch (e) {
@@ -865,6 +873,7 @@ export class EnvironmentManager {
     const report: CleanReport = { instances: 0, links: [], netns: [], rules: false, stateFile: false };
     for (const rec of [...this.#byKey.values(), ...this.#pending.values(), ...this.#leftovers]) {
       if (links.deleteByName(rec.hostVeth)) report.links.push(rec.hostVeth);
+      if (rec.netns) removeNetnsResolvConf(rec.netns);
       if (rec.netns && removeNamedNetns(rec.netns)) report.netns.push(rec.netns);
       report.instances++;
     }

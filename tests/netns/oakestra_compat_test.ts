@@ -3,7 +3,7 @@
  * tests/helpers/fake_cluster.ts over a real mosquitto): registration with a Mongo-style worker id,
  * the subnet reply, `service/deployed` with `host_port` as a string, table queries answered with
  * `"IpType":"instance_ip"` and numeric `host_port`, traffic through the RR ServiceIP resolved on a
- * miss — and malformed payloads ignored.
+ * miss, a service name resolved through a table query by `sname` — and malformed payloads ignored.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
@@ -45,6 +45,10 @@ Deno.test(
         {
           app_name: "demo.demo.web.default",
           instance_list: [instance(0, "10.18.0.130", "fc00::202", "192.168.77.2", "10.30.0.2", "10.30.0.1")],
+        },
+        {
+          app_name: "demo.demo.db.default",
+          instance_list: [instance(0, "10.18.0.131", "fc00::203", "192.168.77.2", "10.30.0.20")],
         },
       ];
       await Deno.writeTextFile(`${dir}/jobs.json`, JSON.stringify(jobs));
@@ -125,6 +129,26 @@ Deno.test(
       assert(
         queries.some((q) => q.sname === "demo.demo.cli.default" && q.sip === ""),
         JSON.stringify(queries),
+      );
+      // service names under this cluster manager: a name miss on n1 becomes a query by sname
+      const dig = (name: string) =>
+        w.execIn(cli, [
+          "dig",
+          "@10.18.0.65",
+          "+tries=1",
+          "+timeout=2",
+          "+noall",
+          "+answer",
+          "+comments",
+          name,
+        ]);
+      const byName = await dig("instance-0.db.default.demo.demo.local");
+      assert(/status: NOERROR/.test(byName) && /\sA\s+10\.30\.0\.20$/m.test(byName), byName);
+      assert(/status: NXDOMAIN/.test(await dig("nosuch.default.demo.demo.local")));
+      assert(
+        (await messages()).some((m) =>
+          m.topic?.endsWith("/tablequery/request") && JSON.parse(m.payload!).sname === "demo.demo.db.default"
+        ),
       );
       // the malformed payloads the fake published did no harm
       for (const n of [n1, n2]) {

@@ -1,0 +1,216 @@
+/**
+ * Forwarding of names outside the service suffix to upstream resolvers over UDP, with a bounded cache
+ * of answers (by name, type and class; kept for the answer's smallest TTL, at most 300 s).
+ *
+ * Each forward uses a fresh socket (random source port) and a random id, and accepts only an answer
+ * from the resolver asked with that id and question: an off-path forger cannot fill the cache easily.
+ *
+ * @example
+ * ```ts
+ * const up = new Upstream({ servers: [{ ip: "192.0.2.53", port: 53 }] });
+ * const r = await up.resolve({ name: "example.com", type: "A", class: "IN" });
+ * r?.rcode; // "NOERROR"
+ * ```
+ */
+import dgram from "node:dgram";
+import { Buffer } from "node:buffer";
+import dnsPacket from "dns-packet";
+import type { Answer, DecodedPacket, Question } from "dns-packet";
+import { tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
+import { optRecord } from "./resolver.ts";
+
+/** One upstream resolver. */
+export interface UpstreamServer {
+  readonly ip: string;
+  readonly port: number;
+}
+
+/** Options of {@link Upstream}. */
+export interface UpstreamOptions {
+  servers: readonly UpstreamServer[];
+  /** Per-server timeout (ms), default 1500. */
+  timeoutMs?: number;
+  /** Cache capacity (answers), default 1000. */
+  cacheSize?: number;
+}
+
+/** What an upstream answered (the parts we relay). */
+export interface UpstreamAnswer {
+  readonly rcode: string;
+  readonly answers: Answer[];
+  readonly authorities: Answer[];
+  /** True when served from the cache. */
+  readonly cached: boolean;
+}
+
+/** Counters of the forwarder. */
+export interface UpstreamStats {
+  forwarded: number;
+  cacheHits: number;
+  failures: number;
+  /** Sum and count of upstream round trips (ms), for the mean. */
+  latencyMsSum: number;
+  latencyCount: number;
+}
+
+interface Cached {
+  until: number;
+  rcode: string;
+  answers: Answer[];
+  authorities: Answer[];
+}
+
+const MAX_TTL = 300;
+const NEG_TTL = 5;
+
+/**
+ * Parses `ip`, `ip#port` lists (`DnsUpstream`) or the `nameserver` lines of a resolv.conf.
+ *
+ * @example
+ * ```ts
+ * parseUpstreams("10.0.0.53, 10.0.0.54#5353"); // [{ ip: "10.0.0.53", port: 53 }, { ip: "10.0.0.54", port: 5353 }]
+ * parseResolvConf("nameserver 1.1.1.1\n"); // [{ ip: "1.1.1.1", port: 53 }]
+ * ```
+ */
+export function parseUpstreams(text: string): UpstreamServer[] {
+  const out: UpstreamServer[] = [];
+  for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const [ip, port = "53"] = part.split("#");
+    const p = Number(port);
+    if ((tryParseIPv4(ip) === undefined && tryParseIPv6(ip) === undefined) || !(p >= 1 && p <= 65535)) {
+      throw new Error(`upstream "${part}" is not ip or ip#port`);
+    }
+    out.push({ ip, port: p });
+  }
+  return out;
+}
+
+/** The nameservers of a resolv.conf text (invalid lines skipped). */
+export function parseResolvConf(text: string): UpstreamServer[] {
+  const out: UpstreamServer[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const ip = m[1].split("%")[0];
+    if (tryParseIPv4(ip) !== undefined || tryParseIPv6(ip) !== undefined) out.push({ ip, port: 53 });
+  }
+  return out;
+}
+
+/** The forwarder. */
+export class Upstream {
+  readonly stats: UpstreamStats = {
+    forwarded: 0,
+    cacheHits: 0,
+    failures: 0,
+    latencyMsSum: 0,
+    latencyCount: 0,
+  };
+  readonly #servers: readonly UpstreamServer[];
+  readonly #timeoutMs: number;
+  readonly #cacheSize: number;
+  readonly #cache = new Map<string, Cached>();
+  readonly #inflight = new Map<string, Promise<UpstreamAnswer | undefined>>();
+
+  constructor(opts: UpstreamOptions) {
+    this.#servers = opts.servers;
+    this.#timeoutMs = opts.timeoutMs ?? 1500;
+    this.#cacheSize = opts.cacheSize ?? 1000;
+  }
+
+  /** Number of cached answers. */
+  get cacheSize(): number {
+    return this.#cache.size;
+  }
+
+  /** The answer to `q` (cache, else the servers in order), or undefined when none answered. */
+  resolve(q: Question): Promise<UpstreamAnswer | undefined> {
+    const key = `${q.name.toLowerCase()}|${q.type}|${q.class ?? "IN"}`;
+    const c = this.#cache.get(key);
+    if (c) {
+      if (Date.now() < c.until) {
+        this.stats.cacheHits++;
+        return Promise.resolve({
+          rcode: c.rcode,
+          answers: c.answers,
+          authorities: c.authorities,
+          cached: true,
+        });
+      }
+      this.#cache.delete(key);
+    }
+    let p = this.#inflight.get(key);
+    if (!p) {
+      p = this.#ask(q, key).finally(() => this.#inflight.delete(key));
+      this.#inflight.set(key, p);
+    }
+    return p;
+  }
+
+  async #ask(q: Question, key: string): Promise<UpstreamAnswer | undefined> {
+    for (const s of this.#servers) {
+      this.stats.forwarded++;
+      const t0 = performance.now();
+      const r = await this.#askOne(s, q).catch(() => undefined);
+      if (!r) continue;
+      this.stats.latencyMsSum += performance.now() - t0;
+      this.stats.latencyCount++;
+      const rcode = r.rcode ?? "NOERROR";
+      const answers = (r.answers ?? []).filter((a) => a.type !== "OPT");
+      const authorities = r.authorities ?? [];
+      if (rcode === "NOERROR" || rcode === "NXDOMAIN") {
+        const ttls = [...answers, ...authorities].map((a) => ("ttl" in a ? a.ttl ?? 0 : 0));
+        const ttl = Math.min(MAX_TTL, ttls.length ? Math.min(...ttls) : NEG_TTL);
+        if (ttl > 0) {
+          if (this.#cache.size >= this.#cacheSize) this.#cache.delete(this.#cache.keys().next().value!);
+          this.#cache.set(key, { until: Date.now() + ttl * 1000, rcode, answers, authorities });
+        }
+      }
+      return { rcode, answers, authorities, cached: false };
+    }
+    this.stats.failures++;
+    return undefined;
+  }
+
+  #askOne(s: UpstreamServer, q: Question): Promise<(DecodedPacket & { rcode?: string }) | undefined> {
+    const v6 = s.ip.includes(":");
+    const sock = dgram.createSocket(v6 ? "udp6" : "udp4");
+    const id = crypto.getRandomValues(new Uint16Array(1))[0];
+    const query = dnsPacket.encode({
+      type: "query",
+      id,
+      flags: dnsPacket.RECURSION_DESIRED,
+      questions: [q],
+      additionals: [optRecord(1232)],
+    });
+    return new Promise((resolve) => {
+      const done = (r: (DecodedPacket & { rcode?: string }) | undefined) => {
+        clearTimeout(timer);
+        sock.removeAllListeners("message");
+        try {
+          sock.close();
+        } catch { /* already closed */ }
+        resolve(r);
+      };
+      const timer = setTimeout(() => done(undefined), this.#timeoutMs);
+      sock.on("error", () => done(undefined));
+      sock.on("message", (msg: Buffer, rinfo: dgram.RemoteInfo) => {
+        if (rinfo.address !== s.ip || rinfo.port !== s.port) return;
+        let p: DecodedPacket & { rcode?: string };
+        try {
+          p = dnsPacket.decode(msg) as DecodedPacket & { rcode?: string };
+        } catch {
+          return;
+        }
+        const pq = p.questions?.[0];
+        if (p.id !== id || p.type !== "response" || !pq || pq.name.toLowerCase() !== q.name.toLowerCase()) {
+          return;
+        }
+        done(p);
+      });
+      sock.send(query, s.port, s.ip, (err) => {
+        if (err) done(undefined);
+      });
+    });
+  }
+}

@@ -149,6 +149,15 @@ const tokenFileOption = [
 ] as const;
 const apiCaOption = ["--api-ca <file>", "CA certificate (PEM) of an https API"] as const;
 
+/** A `control` subcommand that talks to the API: `--api`, `--state-dir`, `--token-file`, `--api-ca`. */
+function apiCommand(name: string) {
+  return new Command(name)
+    .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .option(...apiCaOption);
+}
+
 /** The API client for a subcommand: token from --token-file, the environment or the state dir. */
 async function apiOf(opts: { api: string; stateDir: string; tokenFile?: string; apiCa?: string }) {
   const env = Deno.env.get("NETMANAGER_CONTROL_TOKEN");
@@ -167,16 +176,12 @@ async function apiOf(opts: { api: string; stateDir: string; tokenFile?: string; 
 }
 
 function serviceCmd() {
-  const add = new Command("add")
+  const add = apiCommand("add")
     .description("register a service (job) and give it RR IPs")
     .argument("<job>", "job name app.appns.service.servicens")
     .option("--rr-ip <ip>", "RR IPv4 (10.30.x.y) instead of the next free one")
     .option("--rr-ip6 <ip>", "RR IPv6 (fdff:2000::/21) instead of the next free one")
     .option("--id <id>", "job id (default: generated, 24 hex digits)")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (job, opts) => {
       try {
         const j = await (await apiOf(opts)).addService(job, {
@@ -191,14 +196,10 @@ function serviceCmd() {
         fail(e);
       }
     });
-  const rm = new Command("rm")
+  const rm = apiCommand("rm")
     .description("remove a service (refused while it has instances, unless --force)")
     .argument("<ref>", "job id or job name")
     .option("--force", "also remove its instances")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (ref, opts) => {
       try {
         const j = await (await apiOf(opts)).removeService(ref, opts.force === true);
@@ -207,13 +208,9 @@ function serviceCmd() {
         fail(e);
       }
     });
-  const ls = new Command("ls")
+  const ls = apiCommand("ls")
     .description("list services with their RR IPs and instances")
     .option("--json", "print JSON")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (opts) => {
       try {
         const jobs = await (await apiOf(opts)).services();
@@ -249,15 +246,11 @@ function serviceCmd() {
 }
 
 function instanceCmd() {
-  const add = new Command("add")
+  const add = apiCommand("add")
     .description("add instance <n> of a service and give it Instance IPs")
     .argument("<ref>", "job id or job name")
     .argument("<n>", "instance number")
     .option("--cluster-id <id>", "cluster id to record")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (ref, n, opts) => {
       try {
         const i = await (await apiOf(opts)).addInstance(ref, instanceNumberOf(n), opts.clusterId);
@@ -270,14 +263,10 @@ function instanceCmd() {
         fail(e);
       }
     });
-  const rm = new Command("rm")
+  const rm = apiCommand("rm")
     .description("remove instance <n> of a service (-1: all) and release its IPs")
     .argument("<ref>", "job id or job name")
     .argument("<n>", "instance number, -1 for all")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (ref, n, opts) => {
       try {
         const r = await (await apiOf(opts)).removeInstance(ref, instanceNumberOf(n, true));
@@ -292,13 +281,9 @@ function instanceCmd() {
 }
 
 function nodeCmd() {
-  const ls = new Command("ls")
+  const ls = apiCommand("ls")
     .description("list registered nodes and their subnets")
     .option("--json", "print JSON")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (opts) => {
       try {
         const api = await apiOf(opts);
@@ -320,13 +305,9 @@ function nodeCmd() {
         fail(e);
       }
     });
-  const rm = new Command("rm")
+  const rm = apiCommand("rm")
     .description("deregister a node: release its subnet, mark its instances undeployed")
     .argument("<worker>", "worker id")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (worker, opts) => {
       try {
         const r = await (await apiOf(opts)).removeNode(worker);
@@ -337,17 +318,13 @@ function nodeCmd() {
         fail(e);
       }
     });
-  const add = new Command("add")
+  const add = apiCommand("add")
     .description(
       "create (or replace) the MQTT credential of a node; prints it once as JSON, or writes it (0600) " +
         "with --out: install it as <StateDir>/mqtt-credential.json on the node",
     )
     .argument("<worker>", "worker id (the node's MQTT client id)")
     .option("--out <file>", "write the credential to this file (mode 0600) instead of stdout")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (worker, opts) => {
       try {
         const c = await (await apiOf(opts)).issueCredential(worker);
@@ -366,13 +343,9 @@ function nodeCmd() {
         fail(e);
       }
     });
-  const revoke = new Command("revoke")
+  const revoke = apiCommand("revoke")
     .description("delete the MQTT credential of a node and close its connections")
     .argument("<worker>", "worker id")
-    .option(...apiOption)
-    .option(...stateDirOption)
-    .option(...tokenFileOption)
-    .option(...apiCaOption)
     .action(async (worker, opts) => {
       try {
         const r = await (await apiOf(opts)).revokeCredential(worker);

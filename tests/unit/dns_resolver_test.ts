@@ -17,11 +17,11 @@ import { parseIPv4 } from "../../src/addr/mod.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
-async function post(url: string, body: unknown): Promise<Record<string, unknown>> {
+async function post(url: string, body: unknown, token: string): Promise<Record<string, unknown>> {
   const r = await fetch(url, {
     method: "POST",
     body: JSON.stringify(body),
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
   });
   const j = await r.json();
   if (!r.ok) throw new Error(`${url}: ${r.status} ${JSON.stringify(j)}`);
@@ -46,11 +46,15 @@ Deno.test(
     const ctl = await startControl({ stateDir: dir, mqttHost: "127.0.0.1", mqttPort: 0, httpPort: 0 });
     const controls: NodeControl[] = [];
     try {
-      const web = await post(`${ctl.httpUrl}/api/net/service/deploy`, service("app", "web"));
-      await post(`${ctl.httpUrl}/api/net/service/deploy`, service("app", "empty"));
-      await post(`${ctl.httpUrl}/api/net/instance/deploy`, { _id: web._id, instance_number: 0 });
+      const token = (await Deno.readTextFile(ctl.tokenPath)).trim();
+      const web = await post(`${ctl.httpUrl}/api/net/service/deploy`, service("app", "web"), token);
+      await post(`${ctl.httpUrl}/api/net/service/deploy`, service("app", "empty"), token);
+      await post(`${ctl.httpUrl}/api/net/instance/deploy`, { _id: web._id, instance_number: 0 }, token);
       const connect = async (id: string, table: TranslationTable) => {
+        // Each node with its own credential, issued by the control plane (the broker refuses anonymous clients).
+        const cred = await post(`${ctl.httpUrl}/api/net/node/${id}/credential`, {}, token);
         const c = await NodeControl.connect({
+          credentials: { username: String(cred.username), password: String(cred.password) },
           host: "127.0.0.1",
           port: ctl.mqttPort,
           workerId: id,

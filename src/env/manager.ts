@@ -300,8 +300,9 @@ export class EnvironmentManager {
    * Makes records and kernel agree after a restart. Pending and removing records are removed (a
    * pending deploy never answered 200). A ready record is adopted only when its host veth is on
    * the bridge and its peer inside the instance's namespace holds its address, and no adopted
-   * record has the same address; otherwise its resources are removed. Then every veth on the
-   * bridge (or named like our host ends) that no adopted record owns is deleted, and so is every
+   * record has the same address; otherwise its resources are removed. Then every veth named like
+   * our host ends (on the bridge or not) that no adopted record owns is deleted (a veth on the
+   * bridge with another name is someone else's, e.g. on a bridge we adopted: logged, left alone), and so is every
    * veth of ours in a known container's namespace that is not an adopted peer: deleting either
    * end of a pair removes the other with its address, so afterwards every address of the subnet
    * has exactly one holder, recorded. Rules are rebuilt from the records by `setupIptables`.
@@ -337,9 +338,12 @@ export class EnvironmentManager {
     const peerName = new RegExp(`^${p}c[0-9a-z]+$`);
     for (const l of links.list()) {
       if (l.kind !== "veth" || adopted.has(l.name)) continue;
-      if (l.master === this.#bridgeIndex || hostName.test(l.name)) {
+      if (hostName.test(l.name)) {
         log.warn("removing a veth no record owns", { veth: l.name });
         await links.deleteInBackground(l.name);
+      } else if (l.master === this.#bridgeIndex) {
+        // Not named by us: someone else's port on a bridge we adopted (e.g. a test harness). Never ours to delete.
+        log.warn("a veth not named by netmanager is on the bridge: left alone", { veth: l.name });
       }
     }
     for (const pid of pids) {

@@ -20,7 +20,8 @@ import {
 } from "./env/mod.ts";
 import { compactHeap } from "./heap.ts";
 import { logger, RateLimitedLog } from "./log.ts";
-import { NodeMetrics } from "./proxy/metrics.ts";
+import type { NodeMetrics } from "./proxy/metrics.ts";
+import { OnDemand } from "./metrics/on_demand.ts";
 import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
 import { Backoff } from "./control/backoff.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
@@ -69,7 +70,8 @@ class Node implements NodeService {
   control: NodeControl | undefined;
   /** The static table until the data plane takes it over. */
   #initialTable: TranslationTable | undefined;
-  readonly metricsRegistry: NodeMetrics;
+  /** The Prometheus registry, loaded on the first scrape (or at start with a metrics address). */
+  readonly metricsRegistry: OnDemand<NodeMetrics>;
   /** ServiceIPs the cluster does not know: warned once per 10 s (a count in between). */
   readonly #unknownIps = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   /** Service names (DNS on the bridge), once the data plane runs. */
@@ -83,13 +85,20 @@ class Node implements NodeService {
     this.env = env;
     this.#initialTable = staticTable;
     this.workerId = env.registration.workerId;
-    this.metricsRegistry = new NodeMetrics({
-      dataPlane: () => this.dataPlane?.metricsData(this.control?.rejections.counts),
-      registered: () => this.workerId !== undefined,
-      clusterConnected: () => this.control?.connected,
-      instances: () => this.env.instances().length,
+    this.metricsRegistry = new OnDemand(async () => {
+      const [{ NodeMetrics }, { registerDnsMetrics }] = await Promise.all([
+        import("./proxy/metrics.ts"),
+        import("./dns/metrics.ts"),
+      ]);
+      const m = new NodeMetrics({
+        dataPlane: () => this.dataPlane?.metricsData(this.control?.rejections.counts),
+        registered: () => this.workerId !== undefined,
+        clusterConnected: () => this.control?.connected,
+        instances: () => this.env.instances().length,
+      });
+      registerDnsMetrics(m.registry, () => this.dns);
+      return m;
     });
-    NodeDns.registerMetrics(this.metricsRegistry.registry, () => this.dns);
   }
 
   /** Ready: registered (or standalone with its subnet set up) and the data plane running. */
@@ -275,9 +284,9 @@ class Node implements NodeService {
         if (this.control) {
           const t0 = performance.now();
           found = await this.control.resolveIp(ip);
-          this.metricsRegistry.tableMissSeconds.observe(
-            { result: found ? "found" : "not_found" },
-            (performance.now() - t0) / 1000,
+          const seconds = (performance.now() - t0) / 1000;
+          this.metricsRegistry.record((m) =>
+            m.tableMissSeconds.observe({ result: found ? "found" : "not_found" }, seconds)
           );
         }
         if (!found && this.#isServiceIp(ip)) {
@@ -365,10 +374,12 @@ class Node implements NodeService {
         pid: kind === "container" ? req.pid : undefined,
       });
     } catch (e) {
-      this.metricsRegistry.deploySeconds.observe({ kind, result: "error" }, (performance.now() - t0) / 1000);
+      const seconds = (performance.now() - t0) / 1000;
+      this.metricsRegistry.record((m) => m.deploySeconds.observe({ kind, result: "error" }, seconds));
       throw e;
     }
-    this.metricsRegistry.deploySeconds.observe({ kind, result: "ok" }, (performance.now() - t0) / 1000);
+    const seconds = (performance.now() - t0) / 1000;
+    this.metricsRegistry.record((m) => m.deploySeconds.observe({ kind, result: "ok" }, seconds));
     // service/deployed, then a refresh by name (how the node learns its own InstanceIP); the
     // NodeEngine need not wait for the cluster.
     void this.control?.deployed(req.job, req.instance, addrs.ipv4, addrs.ipv6);
@@ -425,7 +436,8 @@ class Node implements NodeService {
   }
 
   async metrics(): Promise<{ body: string; contentType: string }> {
-    return { body: await this.metricsRegistry.text(), contentType: this.metricsRegistry.contentType };
+    const m = await this.metricsRegistry.get();
+    return { body: await m.text(), contentType: m.contentType };
   }
 
   dnsLookup(name: string, type: string): Promise<unknown> {
@@ -537,7 +549,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     try {
       metricsServer = await startMetricsServer({
         address: cfg.net.MetricsAddress,
-        registry: node.metricsRegistry.registry,
+        registry: (await node.metricsRegistry.get()).registry,
         health: () => node.health(),
       });
     } catch (e) {

@@ -284,6 +284,13 @@ export class World {
     return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp, id);
   }
 
+  /** A temporary directory named after this world's prefix and `name`, removed by {@link World.destroy}. */
+  async tempDir(name: string): Promise<string> {
+    const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-${name}-` });
+    this.#dirs.push(dir);
+    return dir;
+  }
+
   /** Starts a node daemon in standalone mode with `subnet` and registers it. */
   async node(name: string, subnet: string, extraArgs: string[] = []): Promise<SimNode> {
     const ns = await this.namespace(name);

@@ -103,7 +103,7 @@ async function serviceOf(w: World, job: string): Promise<Service> {
 async function startDnsmasq(w: World): Promise<string> {
   const ns = await w.namespace("dnsm");
   await w.attach(ns, "dm", UPSTREAM);
-  const dir = await Deno.makeTempDir({ prefix: `${w.prefix}-dnsmasq-` });
+  const dir = await w.tempDir("dnsmasq");
   w.spawnIn(ns, [
     "dnsmasq",
     "--keep-in-foreground",
@@ -306,7 +306,7 @@ Deno.test(
     const w = new World();
     Deno.env.set("DnsRateLimit", "200");
     try {
-      const dir = await Deno.makeTempDir({ prefix: `${w.prefix}-st-` });
+      const dir = await w.tempDir("st");
       const file = `${dir}/table.json`;
       const sips = [
         { IpType: "RR", Address: "10.30.7.1", Address_v6: "fdff::7:1" },
@@ -450,7 +450,7 @@ Deno.test(
   async () => {
     const w = new World();
     try {
-      const dir = await Deno.makeTempDir({ prefix: `${w.prefix}-md-` });
+      const dir = await w.tempDir("md");
       const file = `${dir}/table.json`;
       await Deno.writeTextFile(
         file,
@@ -497,7 +497,6 @@ Deno.test(
       assertEquals(await mdnsQuery(client, "224.0.0.251", "www.example.test", "A"), null);
       // Unicast to the bridge address port 5353 reaches no responder (it listens on the group only).
       assertEquals(await mdnsQuery(client, br.v4, name, "A"), null);
-      await Deno.remove(dir, { recursive: true });
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 2000)));
       throw e;

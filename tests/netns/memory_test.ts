@@ -17,7 +17,9 @@ import { bigTable } from "../helpers/big_table.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const MB = 1024 * 1024;
-const IDLE_MAX_MB = 80 + 4;
+// Not yet the 80 MB: the node-local DNS server (dns-packet, node:dgram) added ~5 MB after the
+// memory work (idle 84–86 MB with it, 78–83 MB before it); this bound guards against regressions.
+const IDLE_MAX_MB = 86 + 4;
 const ENTRIES = 10_000;
 const TABLE_MAX_MB = 20 + 2;
 
@@ -54,7 +56,7 @@ async function measure(tableFile?: string): Promise<Sample> {
 }
 
 Deno.test(
-  { name: "memory: idle daemon ≤ 80 MB, 10k static-table entries ≤ +20 MB (+ spread)", ...opts },
+  { name: "memory: idle daemon ≤ 90 MB (target 80), 10k static-table entries ≤ +20 MB (+ spread)", ...opts },
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "nmmem-" });
     try {

@@ -288,6 +288,14 @@ export const STEPS: StepDef[] = [
     argv: (o) => ts("bench_cluster.ts", ...(short(o) ? ["--quick"] : [])),
   },
   {
+    name: "dns",
+    kind: "control",
+    description: "node DNS server (table hits) vs dnsmasq serving the same names, dnsperf",
+    needsRoot: true,
+    limit: { full: 300, quick: 120, smoke: 120 },
+    argv: (o) => ts("bench_dns.ts", ...(short(o) ? ["--quick"] : [])),
+  },
+  {
     name: "overlay",
     kind: "dataplane",
     description: "overlay data plane vs underlay and kernel VXLAN (shared harness)",

@@ -5,20 +5,32 @@
  * rate (dnsperf -v). Needs root, dnsperf and dnsmasq; numbers mean little on a busy machine (the load
  * average is printed with them).
  *
- * deno run -A scripts/bench_dns.ts [seconds]
+ * deno run -A scripts/bench_dns.ts [--quick] [seconds]
+ *
+ * Run by `deno task bench` (step `dns`): namespaces carry the runner's prefix, and SIGINT/SIGTERM or
+ * the script's own time limit remove everything it started.
  */
 import { World } from "../src/demo/world.ts";
-import { runTool } from "../src/sys/command.ts";
+import { runLimited } from "./bench_common.ts";
+import { afterInterrupt, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
 
-const seconds = Number(Deno.args[0] ?? "10");
+/** The demo world with the runner's namespace prefix, so its clean-up sweep finds leftovers. */
+class BenchWorld extends World {
+  override readonly prefix: string = namePrefix("d");
+}
+
+const seconds = Number(Deno.args.find((a) => /^\d+$/.test(a)) ?? (QUICK ? "2" : "10"));
 const SERVICES = 50;
+/** dnsperf gets this much longer than it is asked to run. */
+const SLACK_MS = 20000;
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
-async function perf(pid: number, server: string, port: number, file: string, extra: string[]) {
-  const r = await runTool("nsenter", [
+async function perf(pid: number, server: string, port: number, file: string, extra: string[], secs: number) {
+  const r = await runLimited([
+    "nsenter",
     "-t",
     String(pid),
     "-n",
@@ -30,16 +42,17 @@ async function perf(pid: number, server: string, port: number, file: string, ext
     "-d",
     file,
     ...extra,
-  ]);
-  if (r.code !== 0) throw new Error(`dnsperf: ${r.stderr}`);
+  ], secs * 1000 + SLACK_MS);
+  if (r.code !== 0) throw new Error(`dnsperf: exit ${r.code}: ${r.stderr}`);
   return r.stdout;
 }
 
 async function measure(pid: number, server: string, port: number, file: string) {
-  const out = await perf(pid, server, port, file, ["-l", String(seconds), "-c", "4", "-q", "64"]);
+  const out = await perf(pid, server, port, file, ["-l", String(seconds), "-c", "4", "-q", "64"], seconds);
   const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const lost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? NaN);
-  const verbose = await perf(pid, server, port, file, ["-l", "5", "-Q", "1000", "-v"]);
+  const latSecs = QUICK ? 2 : 5;
+  const verbose = await perf(pid, server, port, file, ["-l", String(latSecs), "-Q", "1000", "-v"], latSecs);
   const lat = [...verbose.matchAll(/^> NOERROR .* ([\d.]+)$/gm)].map((m) => Number(m[1]) * 1000).sort((
     a,
     b,
@@ -53,10 +66,11 @@ async function measure(pid: number, server: string, port: number, file: string) 
   };
 }
 
-const w = new World();
+const w = new BenchWorld();
+const stopGuard = onInterrupt(() => w.destroy(), (QUICK ? 100 : 240) * 1000);
 Deno.env.set("DnsRateLimit", "1000000");
 try {
-  const dir = await Deno.makeTempDir({ prefix: `${w.prefix}-bench-` });
+  const dir = await w.tempDir("bench");
   const jobs = [];
   const hosts: string[] = [];
   const names: string[] = [];
@@ -110,8 +124,9 @@ try {
   console.log(
     JSON.stringify({ load, seconds, netmanager: ours, dnsmasq, ratio: ours.qps / dnsmasq.qps }, null, 1),
   );
-  await Deno.remove(dir, { recursive: true });
 } finally {
+  await afterInterrupt();
+  stopGuard();
   Deno.env.delete("DnsRateLimit");
   const left = await w.destroy();
   if (left.length) console.error(`left behind: ${left.join(", ")}`);

@@ -65,6 +65,10 @@ const Deploy = z.object({
   concurrentDeployAllMs: num,
 });
 
+/** bench_dns.ts */
+const DnsSide = z.object({ qps: num, lost: num, samples: z.number().int().min(1), p50ms: num, p99ms: num });
+const Dns = z.object({ seconds: num, netmanager: DnsSide, dnsmasq: DnsSide, ratio: num });
+
 /** bench_netlink.ts */
 const Netlink = z.object({ instances: z.number().int(), p50_ms: num, p99_ms: num, min_ms: num, max_ms: num });
 
@@ -214,6 +218,19 @@ export function figuresOf(name: string, output: unknown): FiguresResult {
         { name: "deploy p99", value: d.deployMs.p99, unit: "ms" },
         { name: "undeploy p50", value: d.undeployMs.p50, unit: "ms", ...minMax(d.undeployMs) },
         { name: `${d.instances} concurrent deploys`, value: d.concurrentDeployAllMs, unit: "ms" },
+      ]);
+    case "dns":
+      return take(Dns, (d) => [
+        {
+          name: "DNS table hits, max rate",
+          value: d.netmanager.qps / 1000,
+          unit: "kqps",
+          ratio: d.ratio,
+          ratioTo: "dnsmasq",
+        },
+        { name: "dnsmasq, same names, max rate", value: d.dnsmasq.qps / 1000, unit: "kqps" },
+        { name: "DNS p99 at 1000 qps", value: d.netmanager.p99ms, unit: "ms" },
+        { name: "dnsmasq p99 at 1000 qps", value: d.dnsmasq.p99ms, unit: "ms" },
       ]);
     case "netlink":
       return take(Netlink, (d) => [

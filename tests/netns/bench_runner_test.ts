@@ -103,7 +103,9 @@ Deno.test({
       assertEquals(by.get("injected-fail")?.status, "failed");
       assertMatch(by.get("injected-fail")?.reason ?? "", /injected failure/);
       assertEquals(by.get("injected-hang")?.status, "timeout");
-      for (const name of ["packet", "table", "offload", "udp", "netlink", "deploy", "cluster", "overlay"]) {
+      for (
+        const name of ["packet", "table", "offload", "udp", "netlink", "deploy", "cluster", "dns", "overlay"]
+      ) {
         const s = by.get(name);
         assert(s, `step ${name} missing`);
         if (name === "overlay" && r.harness === null) {

@@ -258,7 +258,13 @@ Deno.test({
       assert((await peer(c, 1, "192.168.77.2:50103"))?.jumbo, "node 2 still offers JUMBO to node 1");
       const before = await jumboCount(c, 2, "jumboRx");
       await bulk();
-      assert((await jumboCount(c, 2, "jumboRx")) > before, "real JUMBO traffic keeps flowing");
+      // The data plane's counters reach /status once a second: wait for the next report.
+      let after = before;
+      for (let k = 0; k < 30 && after <= before; k++) {
+        await new Promise((r) => setTimeout(r, 100));
+        after = await jumboCount(c, 2, "jumboRx");
+      }
+      assert(after > before, `real JUMBO traffic keeps flowing (${before} → ${after})`);
     } finally {
       await c.stop();
     }

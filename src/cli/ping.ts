@@ -11,6 +11,7 @@
  * hits.length; // 0: not in the table
  * ```
  */
+import { canonicalIp } from "../addr/mod.ts";
 import { Command } from "@commander-js/extra-typings";
 import { ApiClient } from "../api/client.ts";
 import { DEFAULT_SOCKET, fail, UsageError } from "./common.ts";
@@ -59,9 +60,15 @@ export function findTargets(
     return { via, row, node: row.node, local: row.node === self, ...(peer ? { peer } : {}) };
   };
   const t = target.toLowerCase();
-  const byIp = rows.flatMap((r) =>
-    r.serviceIPs.filter((s) => s.ipv4 === t || s.ipv6?.toLowerCase() === t).map((s) => hit(s.kind, r))
-  );
+  // Addresses compared in canonical form: fdff:2000:0::1 names the same ServiceIP as fdff:2000::1.
+  const ip = canonicalIp(target);
+  const byIp = ip === undefined
+    ? []
+    : rows.flatMap((r) =>
+      r.serviceIPs.filter((s) => canonicalIp(s.ipv4) === ip || canonicalIp(s.ipv6) === ip).map((s) =>
+        hit(s.kind, r)
+      )
+    );
   if (byIp.length) return byIp;
   const byName = rows.filter((r) => r.serviceName.toLowerCase() === t).map((r) => hit("name", r));
   if (byName.length) return byName;

@@ -24,7 +24,7 @@ import { duplexPair } from "node:stream";
 import type { Duplex } from "node:stream";
 import { mayPublish, maySubscribe } from "./auth.ts";
 import { WORKER_ID } from "./schemas.ts";
-import { logger } from "../log.ts";
+import { logger, RateLimitedLog } from "../log.ts";
 
 const log = logger("broker");
 
@@ -75,22 +75,6 @@ function refused(code: 4 | 5 | 2, message: string) {
   return Object.assign(new Error(message), { returnCode: code });
 }
 
-/** Logs a refusal at most once per 10 s per reason (an attacker cannot flood the log). */
-function rateLimitedWarn(): (reason: string, fields: Record<string, unknown>) => void {
-  const last = new Map<string, { at: number; suppressed: number }>();
-  return (reason, fields) => {
-    const now = Date.now();
-    const e = last.get(reason);
-    if (e && now - e.at < 10_000) {
-      e.suppressed++;
-      return;
-    }
-    if (last.size > 100) last.clear();
-    log.warn(reason, { ...fields, ...(e?.suppressed ? { suppressed: e.suppressed } : {}) });
-    last.set(reason, { at: now, suppressed: 0 });
-  };
-}
-
 /**
  * The worker id of a TLS client: the CN of a certificate issued and signed by `ca`, in its validity
  * period. The TLS handshake already proved the client holds the certificate's key; the chain is
@@ -128,7 +112,9 @@ export async function startBroker(
   }
   const identities = new WeakMap<Client, Identity>();
   const internal = new WeakSet<object>();
-  const warn = rateLimitedWarn();
+  // A refusal is logged at most once per 10 s per reason (an attacker cannot flood the log).
+  const refusals = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
+  const warn = (reason: string, fields: Record<string, unknown>) => refusals.note(reason, reason, fields);
   const broker = await Aedes.createBroker({
     authenticate(client, username, password, done) {
       const remote = (client.conn as net.Socket).remoteAddress ?? "in-process";

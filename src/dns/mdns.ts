@@ -92,7 +92,13 @@ export class MdnsResponder {
     const sock = dgram.createSocket({ type, reuseAddr: true });
     const group = type === "udp4" ? MDNS_V4 : MDNS_V6;
     return new Promise((resolve, reject) => {
-      sock.once("error", reject);
+      const failed = (e: Error) => {
+        try {
+          sock.close();
+        } catch { /* already closed */ }
+        reject(e);
+      };
+      sock.once("error", failed);
       // Bound to the group address: unicast to port 5353 on the underlay never reaches this socket.
       sock.bind(MDNS_PORT, type === "udp4" ? MDNS_V4 : "::", () => {
         try {
@@ -110,7 +116,7 @@ export class MdnsResponder {
           reject(e);
           return;
         }
-        sock.removeListener("error", reject);
+        sock.removeListener("error", failed);
         sock.on("error", (e: Error) => log.warn("mDNS socket error", { error: e.message }));
         sock.on(
           "message",

@@ -178,6 +178,12 @@ export class DnsServer {
     let udp: dgram.Socket | undefined;
     try {
       udp = await this.#listenUdp(addr);
+      if (this.#closed) {
+        // close() ran while this retry was binding: nothing may be left open after it.
+        this.#udp.splice(this.#udp.indexOf(udp), 1);
+        udp.close();
+        return;
+      }
       this.#listenTcp(addr);
       this.#bound.add(addr);
       log.info("DNS server listening", {
@@ -229,9 +235,17 @@ export class DnsServer {
       }).catch((e) => log.warn("DNS answer failed", { error: String(e) }));
     });
     return new Promise((resolve, reject) => {
-      sock.once("error", reject);
+      const failed = (e: Error) => {
+        // A failed bind leaves the socket open: release it, or every retry would leak one.
+        this.#udp.splice(this.#udp.indexOf(sock), 1);
+        try {
+          sock.close();
+        } catch { /* already closed */ }
+        reject(e);
+      };
+      sock.once("error", failed);
       sock.bind(this.#o.port, addr, () => {
-        sock.removeListener("error", reject);
+        sock.removeListener("error", failed);
         sock.on("error", (e: Error) => log.warn("DNS UDP socket error", { error: e.message }));
         resolve(sock);
       });

@@ -5,6 +5,17 @@
  */
 import { z } from "zod";
 import { isIPv4, isIPv6, tryParseIPv4 } from "../addr/mod.ts";
+import { parseListenAddress } from "../metrics/http.ts";
+import { parseUpstreams } from "../dns/upstream_list.ts";
+
+/** Checks `v` with the parser its consumer uses, so a value the config accepts is one that works. */
+function parsedBy(parse: (v: string) => unknown, v: string, ctx: z.RefinementCtx, message: string): void {
+  try {
+    parse(v);
+  } catch {
+    ctx.addIssue({ code: "custom", message });
+  }
+}
 
 const portLike = (what: string) =>
   z.union([z.number(), z.string()]).transform((v, ctx) => {
@@ -102,13 +113,11 @@ export const NetCfgSchema = z.object({
    */
   BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(0),
   /** `host:port` serving `/metrics` and `/healthz` over TCP (e.g. `127.0.0.1:9464`); empty = off. */
-  MetricsAddress: z.union([
-    z.literal(""),
-    z.string().regex(
-      /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$/,
-      "must be host:port, e.g. 127.0.0.1:9464 (empty = off)",
-    ),
-  ]).default(""),
+  MetricsAddress: z.string().superRefine((v, ctx) => {
+    if (v !== "") {
+      parsedBy(parseListenAddress, v, ctx, "must be host:port, e.g. 127.0.0.1:9464 (empty = off)");
+    }
+  }).default(""),
   /**
    * Measure the RTT to every netmanager peer (one small PROBE a second each, backing off when
    * unanswered; never to Oakestra Go nodes, which do not announce PROBE), for `peers` and the
@@ -129,8 +138,9 @@ export const NetCfgSchema = z.object({
   /** TTL of answers for service names, seconds (also the negative TTL). */
   DnsTtl: intLike("DnsTtl", 0, 3600).default(5),
   /** Upstream resolvers for other names, comma-separated `ip` or `ip#port`; "" = the node's /etc/resolv.conf. */
-  DnsUpstream: z.string().regex(/^[0-9A-Fa-f.:#, ]*$/, "must be comma-separated addresses (ip or ip#port)")
-    .default(""),
+  DnsUpstream: z.string().superRefine((v, ctx) =>
+    parsedBy(parseUpstreams, v, ctx, "must be comma-separated addresses (ip or ip#port, port 1-65535)")
+  ).default(""),
   /** Queries per second one client may send (burst: the same number). */
   DnsRateLimit: intLike("DnsRateLimit", 1, 1000000).default(2000),
   /** Answer mDNS questions (224.0.0.251 / ff02::fb port 5353) on the bridge. */

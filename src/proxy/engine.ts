@@ -441,7 +441,7 @@ export class Engine {
       if (senderIp < 0) return this.#drop(Drop.NO_INSTANCE_IP);
       const group = t.groupOf4(dst);
       if (group < 0) {
-        return this.#park(dst, 4, buf, off, len, now, `${t.rowJob(sender)}#${t.rowInstance(sender)}`);
+        return this.#park(dst, 4, buf, off, len, now, sender);
       }
       const chosen = this.#choose(group);
       if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
@@ -484,8 +484,7 @@ export class Engine {
       if (!t.rowInstanceIp6(sender, this.#sender6)) return this.#drop(Drop.NO_INSTANCE_IP);
       const group = t.groupOf6(buf, dOff);
       if (group < 0) {
-        const from = `${t.rowJob(sender)}#${t.rowInstance(sender)}`;
-        return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now, from);
+        return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now, sender);
       }
       const chosen = this.#choose(group);
       if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
@@ -892,7 +891,7 @@ export class Engine {
     off: number,
     len: number,
     now: number,
-    from?: string,
+    fromRow = -1,
   ): Verdict {
     const bytes = len + this.#prefix;
     let p = this.#parked.get(key);
@@ -904,7 +903,10 @@ export class Engine {
       this.#parked.set(key, p);
       const addr = typeof key === "number" ? formatIPv4(key) : key;
       this.misses.push(addr);
-      if (from !== undefined) this.missSources.set(addr, from);
+      // The sending instance, as text only for a new miss (not per parked packet).
+      if (fromRow >= 0) {
+        this.missSources.set(addr, `${this.table.rowJob(fromRow)}#${this.table.rowInstance(fromRow)}`);
+      }
     }
     if (p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
     p.packets.push(buf.slice(off - this.#prefix, off + len));

@@ -27,7 +27,16 @@ import { Backoff } from "./control/backoff.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
-import { canonicalIp, maskIPv6, parseIPv4, parseIPv6 } from "./addr/mod.ts";
+import {
+  canonicalIp,
+  inPrefix4,
+  inPrefix6,
+  maskIPv6,
+  parseIPv4,
+  parseIPv6,
+  tryParseIPv4,
+  tryParseIPv6,
+} from "./addr/mod.ts";
 import { loadMqttCredential, parseNodeSubnet } from "./config/mod.ts";
 import { TranslationTable } from "./table/mod.ts";
 import { detectPublicAddress } from "./sys/route.ts";
@@ -341,19 +350,10 @@ class Node implements NodeService {
   }
 
   #isServiceIp(ip: string): boolean {
-    const v4 = ip.includes(".") && !ip.includes(":");
-    try {
-      if (v4) {
-        const r = this.cfg.serviceRange4;
-        const mask = r.len === 0 ? 0 : (0xffffffff << (32 - r.len)) >>> 0;
-        return ((parseIPv4(ip) & mask) >>> 0) === r.addr;
-      }
-      const r6 = this.cfg.serviceRange6;
-      const a = maskIPv6(parseIPv6(ip), r6.len);
-      return a.every((b, i) => b === r6.addr[i]);
-    } catch {
-      return false;
-    }
+    const v4 = tryParseIPv4(ip);
+    if (v4 !== undefined) return inPrefix4(this.cfg.serviceRange4, v4);
+    const v6 = tryParseIPv6(ip);
+    return v6 !== undefined && inPrefix6(this.cfg.serviceRange6, v6);
   }
 
   #requireRegistered(): void {
@@ -536,11 +536,19 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
   }
 
   let api: ApiServer;
+  /** Start-up failed after the node came up: stop everything it started (DNS, cluster link, data plane). */
+  const abortStart = async () => {
+    stopped = true;
+    if (retryTimer !== undefined) clearTimeout(retryTimer);
+    await node.dns?.close();
+    await node.control?.close();
+    await node.dataPlane?.stop();
+    await env.shutdown();
+  };
   try {
     api = await startApi({ path: opts.socketPath, node });
   } catch (e) {
-    await node.dataPlane?.stop();
-    await env.shutdown();
+    await abortStart();
     throw e;
   }
 
@@ -554,8 +562,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       });
     } catch (e) {
       await api.close();
-      await node.dataPlane?.stop();
-      await env.shutdown();
+      await abortStart();
       throw e;
     }
   }

@@ -524,6 +524,9 @@ export class EnvironmentManager {
     }
     try {
       const existing = this.#byKey.get(key);
+      if (existing && existing.kind !== spec.kind) {
+        throw new EnvError(409, `instance ${key} is deployed as a ${existing.kind}; undeploy it first`);
+      }
       if (existing && (spec.kind === "unikernel" || existing.pid === spec.pid)) {
         return await this.#updatePorts(existing, ports);
       }
@@ -574,15 +577,20 @@ export class EnvironmentManager {
     await this.#checkPorts(rec.key, ports);
     const added = portsMinus(ports, rec.ports);
     const removed = portsMinus(rec.ports, ports);
+    // Claim the new host ports before awaiting, so a concurrent deploy's clash check sees them; the
+    // old ones stay claimed until their rules are gone.
+    const old = rec.ports;
+    rec.ports = [...old, ...added];
     try {
       await this.#applyPortRules(rec, added, "add");
     } catch (e) {
+      rec.ports = old;
       await this.#applyPortRules(rec, added, "del").catch(() => {});
       throw new EnvError(500, `changing the port mappings of ${rec.key} failed: ${(e as Error).message}`);
     }
     rec.ports = ports;
     this.#save();
-    await this.#applyPortRules({ ...rec, ports: removed }, removed, "del").catch((e) =>
+    await this.#applyPortRules(rec, removed, "del").catch((e) =>
       log.warn("removing old port mappings failed", { key: rec.key, error: String(e) })
     );
     log.info("port mappings changed", { key: rec.key, added: added.length, removed: removed.length });
@@ -898,13 +906,7 @@ export class EnvironmentManager {
     if (links.deleteByName(this.#cfg.tun.HostTunnelDeviceName)) {
       report.links.push(this.#cfg.tun.HostTunnelDeviceName);
     }
-    try {
-      Deno.statSync(this.#store.path);
-      report.stateFile = true;
-    } catch {
-      // no state file
-    }
-    this.#store.remove();
+    report.stateFile = this.#store.remove();
     this.#state = emptyState();
     links.close();
     this.#links = undefined;

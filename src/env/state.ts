@@ -132,14 +132,20 @@ export class StateStore {
     Deno.renameSync(tmp, this.path);
   }
 
-  /** Deletes the state file (after a full clean). */
-  remove(): void {
+  /**
+   * Deletes the state file (after a full clean), also when something else stands at its path (a
+   * directory or FIFO that start-up refused); true when something was removed.
+   */
+  remove(): boolean {
+    let removed = false;
     for (const p of [this.path, `${this.path}.tmp`]) {
       try {
-        Deno.removeSync(p);
+        Deno.removeSync(p, { recursive: true });
+        if (p === this.path) removed = true;
       } catch {
         // already gone
       }
     }
+    return removed;
   }
 }

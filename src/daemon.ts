@@ -244,7 +244,6 @@ class Node implements NodeService {
     const t = this.cfg.tun;
     const subnet = this.env.subnet;
     const table = this.dataPlane?.table;
-    const jobsOf = (g: { entries: readonly { job: string }[] } | undefined) => g?.entries.map((e) => e.job);
     const own = canonicalIp(this.publicAddress ?? "");
     return {
       // The TUN's own prefixes (/12 and /7) carry the overlay.
@@ -259,8 +258,8 @@ class Node implements NodeService {
         this.env.instances().some((r) =>
           r.job === job && r.instance === instance && parseIPv4(r.ipv4) === nsip4
         ),
-      serviceOwner4: (a) => jobsOf(table?.service4(a)),
-      serviceOwner6: (a) => jobsOf(table?.service6(a)),
+      serviceOwner4: (a) => table?.serviceJobs4(a),
+      serviceOwner6: (a) => table?.serviceJobs6(a),
     };
   }
 

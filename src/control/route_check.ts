@@ -197,6 +197,7 @@ export function checkEntry(
  * may share its RR/Closest addresses, but an instance IP names one instance only.
  */
 export function checkEntries(job: string, entries: readonly TableEntry[], ctx: RouteContext): CheckedEntries {
+  ctx = withOwnerMemo(ctx);
   const accepted: TableEntry[] = [];
   const rejected: RejectedEntry[] = [];
   const instanceIps = new Set<string>();
@@ -231,6 +232,29 @@ export function checkEntries(job: string, entries: readonly TableEntry[], ctx: R
     accepted.push(e);
   }
   return { accepted, rejected };
+}
+
+/**
+ * The context with the ServiceIP owner lookups remembered for one result: the instances of a job
+ * share its RR/Closest addresses, so without this a result of k instances asks k times per address.
+ */
+function withOwnerMemo(ctx: RouteContext): RouteContext {
+  const v4 = new Map<number, readonly string[] | undefined>();
+  const v6 = new Map<string, readonly string[] | undefined>();
+  const memo = <K>(
+    m: Map<K, readonly string[] | undefined>,
+    k: K,
+    ask: () => readonly string[] | undefined,
+  ) => {
+    if (!m.has(k)) m.set(k, ask());
+    return m.get(k);
+  };
+  return {
+    ...ctx,
+    isOwnInstance: ctx.isOwnInstance.bind(ctx),
+    serviceOwner4: (a) => memo(v4, a, () => ctx.serviceOwner4(a)),
+    serviceOwner6: (a) => memo(v6, formatIPv6(a), () => ctx.serviceOwner6(a)),
+  };
 }
 
 export { RateLimitedLog } from "../log.ts";

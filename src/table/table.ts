@@ -355,6 +355,31 @@ export class TranslationTable {
 
   // ---------------------------------------------------------------- control path (copies)
 
+  /**
+   * The distinct jobs bound to ServiceIPv4 `addr` (usually one), or undefined when it is unknown.
+   * Reads the columns without copying the group's entries.
+   */
+  serviceJobs4(addr: number): string[] | undefined {
+    const g = this.#svc4.get(addr);
+    return g === NONE ? undefined : this.#groupJobs(g);
+  }
+
+  /** The distinct jobs bound to the ServiceIPv6 at `buf[off..off+16]`, or undefined. */
+  serviceJobs6(buf: Uint8Array, off = 0): string[] | undefined {
+    const g = this.#svc6.get(buf, off);
+    return g === undefined ? undefined : this.#groupJobs(g);
+  }
+
+  #groupJobs(g: number): string[] {
+    const next = this.#gFam[g] === 4 ? this.#sG4Next : this.#sG6Next;
+    const jobs: string[] = [];
+    for (let s = this.#gHead[g]; s !== NONE; s = next[s]) {
+      const j = this.rowJob(this.#sRow[s]);
+      if (!jobs.includes(j)) jobs.push(j);
+    }
+    return jobs;
+  }
+
   /** Candidates of a ServiceIPv4 (uint32), or undefined. */
   service4(addr: number): ServiceGroup | undefined {
     const g = this.#svc4.get(addr);

@@ -166,3 +166,26 @@ Deno.test("RateLimitedLog: logs a cause once per interval, counts every occurren
   assertEquals(lines.length, 3);
   assertEquals(lines[2].suppressed, 99);
 });
+
+Deno.test("route check: a result's shared ServiceIPs are looked up once, not once per instance", () => {
+  let asked4 = 0, asked6 = 0;
+  const c = ctx({
+    serviceOwner4: () => (asked4++, [JOB]),
+    serviceOwner6: () => (asked6++, [JOB]),
+  });
+  const entries = Array.from({ length: 200 }, (_, i) =>
+    entry({
+      instance: i + 1,
+      nsip4: parseIPv4("10.18.1.0") + i,
+      nsip6: undefined,
+      serviceIps: [
+        { kind: "RoundRobin", v4: parseIPv4("10.30.0.1"), v6: parseIPv6("fdff:2000::1") },
+        { kind: "Instance", v4: parseIPv4("10.30.2.0") + i },
+      ],
+    }));
+  const r = checkEntries(JOB, entries, c);
+  assertEquals(r.accepted.length, 200);
+  // 1 lookup for the shared RR address + 1 per distinct instance IP (v4); the v6 RR once.
+  assertEquals(asked4, 201);
+  assertEquals(asked6, 1);
+});

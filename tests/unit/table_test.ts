@@ -526,3 +526,12 @@ Deno.test("row/group view (packet path) agrees with the object view", () => {
   assertEquals(t.groupOf6(RR6), -1);
   checkConsistent(t);
 });
+
+Deno.test("table: serviceJobs4 names the distinct jobs of a ServiceIP without copying entries", () => {
+  const t = new TranslationTable();
+  t.replaceJob(JOB, [entry(0), entry(1, { node: "131.1.0.2" })]);
+  assertEquals(t.serviceJobs4(RR4), [JOB]);
+  assertEquals(t.serviceJobs4(parseIPv4("10.30.1.3")), [JOB]);
+  assertEquals(t.serviceJobs4(parseIPv4("10.30.9.99")), undefined);
+  assertEquals(t.serviceJobs6(parseIPv6("fdff:ffff::99")), undefined);
+});

@@ -56,6 +56,7 @@ import {
   setupUnikernelDevices,
 } from "../sys/links.ts";
 import { writeSysctl } from "../sys/sysctl.ts";
+import { runTool } from "../sys/command.ts";
 import type { CidrBytes } from "../sys/links.ts";
 import { parsePortMappings, type PortMapping, PortMappingError } from "./ports.ts";
 import {
@@ -165,6 +166,29 @@ export function getNamespaceName(prefix: string, job: string, instance: number):
   return `${prefix}${job}.instance.${instance}`;
 }
 
+/**
+ * Named namespaces under /run/netns shaped like our unikernels' (`<prefix><job of four labels>
+ * .instance.<n>`, {@link getNamespaceName}) that hold the unikernel bridge `virbr0` and no veth any
+ * more: their node side is gone.
+ */
+async function orphanUnikernelNetns(prefix: string): Promise<string[]> {
+  const esc = prefix.replace(/[.]/g, "\\.");
+  const shape = new RegExp(`^${esc}[^./]+\\.[^./]+\\.[^./]+\\.[^./]+\\.instance\\.\\d+$`);
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync("/run/netns")].map((e) => e.name).filter((n) => shape.test(n));
+  } catch {
+    return []; // no named namespaces at all
+  }
+  const orphans: string[] = [];
+  for (const n of names) {
+    const bridge = await runTool("ip", ["-n", n, "-o", "link", "show", "dev", "virbr0"]);
+    const veths = await runTool("ip", ["-n", n, "-o", "link", "show", "type", "veth"]);
+    if (bridge.code === 0 && veths.code === 0 && veths.stdout.trim() === "") orphans.push(n);
+  }
+  return orphans;
+}
+
 /** Key of an instance in the state (kinds never collide). */
 function instanceKey(kind: InstanceKind, job: string, instance: number): string {
   return kind === "container" ? `${job}.${instance}` : `${job}.instance.${instance}`;
@@ -172,6 +196,8 @@ function instanceKey(kind: InstanceKind, job: string, instance: number): string 
 
 /** The environment manager of one node. */
 export class EnvironmentManager {
+  /** The state file could not be read (`ignoreBadState`): clean sweeps by name instead. */
+  #stateWasUnusable = false;
   readonly #cfg: NodeConfig;
   readonly #store: StateStore;
   #state: NodeState;
@@ -202,6 +228,7 @@ export class EnvironmentManager {
       if (!(e instanceof StateError) || !opts.ignoreBadState) throw e;
       log.warn("unusable state file ignored", { error: e.message });
       this.#state = emptyState();
+      this.#stateWasUnusable = true;
     }
     for (const r of this.#state.instances) {
       if (r.removing || r.phase === "pending") this.#leftovers.push(r);
@@ -898,6 +925,14 @@ export class EnvironmentManager {
         if (l.master === brIndex && l.kind === "veth" && links.deleteByName(l.name)) {
           report.links.push(l.name);
         }
+      }
+    }
+    // Without usable records, our unikernel namespaces are known by their name's shape and by
+    // having lost their veth with the bridge ports above (another node's still has its own).
+    if (this.#stateWasUnusable) {
+      for (const name of await orphanUnikernelNetns(this.#cfg.net.NetnsPrefix)) {
+        removeNetnsResolvConf(name);
+        if (removeNamedNetns(name)) report.netns.push(name);
       }
     }
     const { rules, bridge } = await this.#teardownNode();

@@ -307,8 +307,21 @@ Deno.test({
   ...opts,
 }, async () => {
   const node = await TestNode.start();
+  // A unikernel namespace shaped like ours that still has its veth belongs to someone else.
+  const foreign = `${jobName("f")}.instance.0`;
+  const uk = jobName("u");
   try {
     await node.register();
+    const r = await node.api.post("/unikernel/deploy", {
+      pid: 0,
+      serviceName: uk,
+      instanceNumber: 0,
+      portMappings: "",
+    });
+    assertEquals(r.status, 200, r.body);
+    await run(["ip", "netns", "add", foreign]);
+    await run(["ip", "-n", foreign, "link", "add", "virbr0", "type", "bridge"]);
+    await run(["ip", "-n", foreign, "link", "add", "fa0", "type", "veth", "peer", "name", "fb0"]);
     await node.signal("SIGKILL");
     const state = `${node.dir}/state/state.json`;
     await Deno.remove(state);
@@ -347,11 +360,18 @@ Deno.test({
       ...common,
     ]);
     assertEquals(clean.code, 0, clean.stderr);
-    assertEquals(JSON.parse(clean.stdout).stateFile, true);
+    const report = JSON.parse(clean.stdout) as { stateFile: boolean; netns: string[] };
+    assertEquals(report.stateFile, true);
     assert((await nodeVeths(node.ns)).all.length === 0);
+    // Without records, the unikernel namespace is found by its shape and its lost veth.
+    assertEquals(report.netns, [`${uk}.instance.0`]);
+    const left = (await run(["ip", "netns", "list"])).stdout;
+    assert(!left.includes(`${uk}.instance.0`), left);
+    assert(left.includes(foreign), "a namespace that still has its veth is not ours to remove");
     await node.startDaemon();
     assertEquals((await node.register()).status, 200);
   } finally {
+    await run(["ip", "netns", "del", foreign]).catch(() => {});
     await node.stop();
     await cleanupAll();
   }

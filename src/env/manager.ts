@@ -189,6 +189,12 @@ async function orphanUnikernelNetns(prefix: string): Promise<string[]> {
   return orphans;
 }
 
+/** True when `r` is another instance than `key` and maps one of `ports`' host ports. */
+function portsClash(key: string, ports: readonly PortMapping[], r: InstanceRecord): boolean {
+  return r.key !== key &&
+    ports.some((p) => r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort));
+}
+
 /** Key of an instance in the state (kinds never collide). */
 function instanceKey(kind: InstanceKind, job: string, instance: number): string {
   return kind === "container" ? `${job}.${instance}` : `${job}.instance.${instance}`;
@@ -574,19 +580,27 @@ export class EnvironmentManager {
         });
         this.#undeploy(existing);
       }
-      await this.#checkPorts(key, ports);
+      await this.#portsReleased(key, ports);
       return await this.#create(key, spec, ports, nsFd);
     } finally {
       if (nsFd >= 0) closeNetns(nsFd);
     }
   }
 
-  /** Throws 409 when another instance (deployed or being deployed) maps one of these host ports. */
-  async #checkPorts(key: string, ports: PortMapping[]): Promise<void> {
-    const clashes = (r: InstanceRecord) =>
-      r.key !== key &&
-      ports.some((p) => r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort));
-    await Promise.all([...this.#removing.values()].filter((r) => clashes(r.rec)).map((r) => r.done));
+  /** Waits until instances being removed that map one of these host ports are gone. */
+  async #portsReleased(key: string, ports: PortMapping[]): Promise<void> {
+    await Promise.all(
+      [...this.#removing.values()].filter((r) => portsClash(key, ports, r.rec)).map((r) => r.done),
+    );
+  }
+
+  /**
+   * Throws 409 when another instance (deployed or being deployed) maps one of these host ports.
+   * Synchronous, so that the caller claims the ports (a pending record, `rec.ports`) before any
+   * other deploy can run its own check.
+   */
+  #assertPortsFree(key: string, ports: PortMapping[]): void {
+    const clashes = (r: InstanceRecord) => portsClash(key, ports, r);
     for (const r of [...this.#byKey.values(), ...this.#pending.values()]) {
       if (!clashes(r)) continue;
       const p = ports.find((p) => r.ports.some((q) => q.proto === p.proto && q.hostPort === p.hostPort))!;
@@ -601,7 +615,8 @@ export class EnvironmentManager {
   async #updatePorts(rec: InstanceRecord, ports: PortMapping[]): Promise<InstanceAddresses> {
     const addrs = { ipv4: rec.ipv4, ipv6: rec.ipv6 };
     if (samePorts(rec.ports, ports)) return addrs;
-    await this.#checkPorts(rec.key, ports);
+    await this.#portsReleased(rec.key, ports);
+    this.#assertPortsFree(rec.key, ports);
     const added = portsMinus(ports, rec.ports);
     const removed = portsMinus(rec.ports, ports);
     // Claim the new host ports before awaiting, so a concurrent deploy's clash check sees them; the
@@ -653,6 +668,8 @@ export class EnvironmentManager {
     ports: PortMapping[],
     containerNsFd: number,
   ): Promise<InstanceAddresses> {
+    // From this check to the pending record below nothing awaits: the ports are claimed atomically.
+    this.#assertPortsFree(key, ports);
     const subnet = this.#requireSubnet();
     const links = this.#linksOpen();
     const alloc = this.#alloc!;

@@ -276,6 +276,21 @@ Deno.test({
     for (const c of cons) if ((await subnetAddrs(c.pid)).length > 0) holders.push(c.pid);
     assertEquals(holders, [recs[0].pid], "exactly the winner has networking");
 
+    // Different instances racing for one host port: exactly one gets it, every time.
+    const rest = cons.filter((c) => c.pid !== recs[0].pid);
+    for (let round = 0; round < 3; round++) {
+      const race = await Promise.all(
+        rest.map((c, i) => node.api.post("/container/deploy", deployBody(c.pid, job, 1 + i, "7200:80"))),
+      );
+      const won = race.flatMap((r, i) => r.status === 200 ? [1 + i] : []);
+      assertEquals(won.length, 1, race.map((r) => `${r.status} ${r.body}`).join("\n"));
+      for (const r of race.filter((r) => r.status !== 200)) {
+        assertMatch(r.body, /7200\/tcp is already mapped/);
+      }
+      const undo = await node.api.post("/container/undeploy", { serviceName: job, instanceNumber: won[0] });
+      assertEquals(undo.status, 200, undo.body);
+    }
+
     // Same PID, new mappings: applied (200), old ones gone, the new one reaches the container.
     const winner = cons.find((c) => c.pid === recs[0].pid)!;
     const up = await node.api.post(

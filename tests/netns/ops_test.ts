@@ -376,7 +376,10 @@ Deno.test({
       "Instance-0.OpsWeb.ns.app.ns.local.",
     ]);
     assertEquals(byInstance.code, 0, byInstance.stdout + byInstance.stderr);
-    assertMatch(byInstance.stdout, /→ 10\.30\.0\.2 \(DNS, from table\)\n10\.30\.0\.2: \S+ ServiceIP of app\.ns\.opsweb\.ns/);
+    assertMatch(
+      byInstance.stdout,
+      /→ 10\.30\.0\.2 \(DNS, from table\)\n10\.30\.0\.2: \S+ ServiceIP of app\.ns\.opsweb\.ns/,
+    );
     const noName = await cli(["ping", "--socket", node1.socket, "--wait", "0", "nosuch.ns.app.ns.local"]);
     assertEquals(noName.code, 1, noName.stdout);
     assertMatch(noName.stdout, /^nosuch\.ns\.app\.ns\.local: .*\(DNS (NXDOMAIN|SERVFAIL)/);

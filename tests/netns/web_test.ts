@@ -350,3 +350,43 @@ Deno.test({
     assertEquals(left, []);
   }
 });
+
+Deno.test({
+  name: "web: node reports reach the control plane through mosquitto (config/mosquitto/acl)",
+  ...opts,
+}, async () => {
+  const w = new World();
+  Deno.env.set("NETMANAGER_REPORT_INTERVAL_MS", "1500");
+  try {
+    await w.control(CTL, { broker: "mosquitto" });
+    await w.clusterNode("n1", "192.168.77.1", CTL);
+    const id = `${w.prefix}-n1`;
+    const token = new URL(await w.ctl(["web-url"])).hash.slice("#token=".length);
+    const end = Date.now() + 20_000;
+    let node: Record<string, unknown> | undefined;
+    for (;;) {
+      const r = await curlCtl(w, [
+        "-H",
+        `Authorization: Bearer ${token}`,
+        "http://127.0.0.1:10100/api/net/cluster",
+      ]);
+      assertEquals(r.status, 200, r.body);
+      node = (JSON.parse(r.body) as { nodes: Array<Record<string, unknown>> }).nodes.find((n) =>
+        n.worker_id === id
+      );
+      if (node?.version) break;
+      if (Date.now() > end) throw new Error(`no report from ${id} through mosquitto: ${r.body}`);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    assertEquals(node.endpoint, "192.168.77.1:50103");
+    // An external broker tells the control plane nothing about connections: "connected" = a fresh report.
+    assertEquals([node.connected, node.observed], [true, null]);
+    assert((node.last_seen_s as number) <= 3);
+  } catch (e) {
+    await w.diagnose((l) => console.error(l));
+    throw e;
+  } finally {
+    Deno.env.delete("NETMANAGER_REPORT_INTERVAL_MS");
+    assertEquals(await w.destroy(), []);
+  }
+});

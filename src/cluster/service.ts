@@ -99,6 +99,8 @@ export interface ControlService {
   readonly credentialsPath: string;
   /** The live state (read only). */
   readonly state: ClusterState;
+  /** Node reports dropped so far, by cause (live). */
+  readonly reportsDropped: Readonly<Record<string, number>>;
   /** Ready: the service's broker connection is up and the last state save worked. */
   health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -360,6 +362,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       tokenPath: apiToken.path,
       credentialsPath: creds.path,
       state,
+      reportsDropped: reports.refused,
       health() {
         if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
         if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };

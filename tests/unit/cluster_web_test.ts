@@ -20,6 +20,7 @@ import { buildNodeReport } from "../../src/control/report.ts";
 import type { PeerView } from "../../src/proxy/peer_watch.ts";
 import { lookupAddresses } from "../../src/cli/ping.ts";
 import { mayPublish } from "../../src/cluster/auth.ts";
+import { controlRegistry } from "../../src/cluster/metrics.ts";
 
 const peer = (k: number, extra: Partial<PeerView> = {}): PeerView => ({
   endpoint: `192.0.2.${k}:50103`,
@@ -61,7 +62,7 @@ Deno.test("report: a node's report passes the control plane's schema; peers cut 
   assertEquals(odd.peers[0].rtt_ms, undefined);
 });
 
-Deno.test("report store: bounded (size, rate, peers, registered nodes only); refusals change nothing", () => {
+Deno.test("report store: bounded (size, rate, peers, registered nodes only); refusals change nothing, counted", async () => {
   const s = new ReportStore();
   const good = (version: string) => JSON.stringify(buildNodeReport({ ...self, version }, [peer(1)]));
   assertEquals(s.accept("w1", good("a"), 1000, known), { ok: true });
@@ -96,6 +97,13 @@ Deno.test("report store: bounded (size, rate, peers, registered nodes only); ref
   assertEquals(s.refused, { too_large: 1, not_json: 1, invalid: 3, unknown_node: 1, too_often: 1 });
   assertEquals(s.accept("w1", new TextEncoder().encode(good("h")), 2000, known), { ok: true });
   assertEquals(s.get("w1")?.report.version, "h");
+  const text = await controlRegistry({
+    state: new ClusterState(),
+    health: () => ({ ok: true }),
+    reportsDropped: s.refused,
+  })
+    .metrics();
+  assert(text.includes('netmanager_control_node_reports_dropped_total{reason="invalid"} 3'), text);
   s.prune((w) => w === "w2");
   assertEquals(s.get("w1"), undefined);
 });

@@ -594,9 +594,10 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
   }
 
   // Cluster mode: the periodic report for the control plane's web page (see control/report.ts).
+  // (NETMANAGER_REPORT_INTERVAL_MS shortens it for tests; never below the control plane's 1 s gap.)
   const reportTimer = setInterval(
     () => node.sendReport(),
-    Number(Deno.env.get("NETMANAGER_REPORT_INTERVAL_MS")) || REPORT_INTERVAL_MS,
+    Math.max(1000, Number(Deno.env.get("NETMANAGER_REPORT_INTERVAL_MS")) || REPORT_INTERVAL_MS),
   );
 
   const done = Promise.withResolvers<void>();

@@ -43,6 +43,7 @@ import { detectPublicAddress } from "./sys/route.ts";
 import { StateLock } from "./sys/lock.ts";
 import { VERSION } from "./version.ts";
 import { NodeDns } from "./dns/mod.ts";
+import { buildNodeReport, REPORT_INTERVAL_MS } from "./control/report.ts";
 
 const log = logger("daemon");
 
@@ -397,6 +398,17 @@ class Node implements NodeService {
     if (local) this.#applyTable({ op: "removeInstance", job, instance });
   }
 
+  /** Sends the periodic report (version, endpoint, RTT and traffic per peer) to the control plane. */
+  sendReport(): void {
+    if (!this.control || !this.dataPlane || this.workerId === undefined) return;
+    this.control.report(buildNodeReport({
+      version: VERSION,
+      endpoint: `${this.publicAddress ?? ""}:${this.cfg.net.NodePublicPort}`,
+      instances: this.env.instances().length,
+      uptimeS: (Date.now() - this.startedAt) / 1000,
+    }, this.dataPlane.peers()));
+  }
+
   status(): Record<string, unknown> {
     const subnet: NodeSubnet | undefined = this.env.subnet;
     return {
@@ -580,6 +592,13 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     }, PUBLIC_ADDRESS_RECHECK_MS);
   }
 
+  // Cluster mode: the periodic report for the control plane's web page (see control/report.ts).
+  // (NETMANAGER_REPORT_INTERVAL_MS shortens it for tests; never below the control plane's 1 s gap.)
+  const reportTimer = setInterval(
+    () => node.sendReport(),
+    Math.max(1000, Number(Deno.env.get("NETMANAGER_REPORT_INTERVAL_MS")) || REPORT_INTERVAL_MS),
+  );
+
   const done = Promise.withResolvers<void>();
   let stopping: Promise<void> | undefined;
   const stop = () => {
@@ -587,6 +606,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       log.info("shutting down");
       stopped = true;
       if (timer !== undefined) clearInterval(timer);
+      clearInterval(reportTimer);
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
       await metricsServer?.close();

@@ -1,7 +1,7 @@
 /**
  * `netmanager control`: runs the control plane of a standalone cluster (embedded MQTT broker or an
  * external one, HTTP API, state that survives restarts), and its client subcommands
- * (`service add|rm|ls`, `instance add|rm`, `node add|revoke|ls|rm`) that call the HTTP API with the
+ * (`service add|rm|ls`, `instance add|rm`, `node add|revoke|ls|rm`, `web-url`) that call the HTTP API with the
  * bearer token of the state dir (or `--token-file`, or `NETMANAGER_CONTROL_TOKEN`).
  *
  * @example
@@ -25,6 +25,7 @@ import {
   isDeployed,
   readApiToken,
   startControl,
+  webUrl,
   writeAtomic,
 } from "../cluster/mod.ts";
 import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
@@ -158,14 +159,19 @@ function apiCommand(name: string) {
     .option(...apiCaOption);
 }
 
-/** The API client for a subcommand: token from --token-file, the environment or the state dir. */
-async function apiOf(opts: { api: string; stateDir: string; tokenFile?: string; apiCa?: string }) {
+/** The API token: from --token-file, the environment or the state dir. */
+async function tokenOf(opts: { stateDir: string; tokenFile?: string }): Promise<string> {
   const env = Deno.env.get("NETMANAGER_CONTROL_TOKEN");
-  const token = opts.tokenFile !== undefined
+  return opts.tokenFile !== undefined
     ? await readApiToken(opts.tokenFile)
     : env !== undefined && env !== ""
     ? env
     : await readApiToken(`${opts.stateDir.replace(/\/+$/, "")}/${API_TOKEN_FILE_NAME}`);
+}
+
+/** The API client for a subcommand: token from --token-file, the environment or the state dir. */
+async function apiOf(opts: { api: string; stateDir: string; tokenFile?: string; apiCa?: string }) {
+  const token = await tokenOf(opts);
   let caCert: string | undefined;
   if (opts.apiCa !== undefined) {
     caCert = await Deno.readTextFile(opts.apiCa).catch((e) => {
@@ -358,6 +364,22 @@ function nodeCmd() {
     .addCommand(revoke).addCommand(ls).addCommand(rm);
 }
 
+/** `control web-url`: the cluster page's URL with the API token in its fragment (never sent to the server). */
+function webUrlCmd() {
+  return new Command("web-url")
+    .description("print the URL of the cluster web page, with the API token in its # part (keep it secret)")
+    .option(...apiOption)
+    .option(...stateDirOption)
+    .option(...tokenFileOption)
+    .action(async (opts) => {
+      try {
+        console.log(webUrl(opts.api, await tokenOf(opts)));
+      } catch (e) {
+        fail(e);
+      }
+    });
+}
+
 /**
  * `netmanager control`: without a subcommand, runs the control service until SIGTERM/SIGINT.
  *
@@ -406,6 +428,7 @@ export function controlCmd() {
         fail(e);
       }
     })
+    .addCommand(webUrlCmd())
     .addCommand(serviceCmd())
     .addCommand(instanceCmd())
     .addCommand(nodeCmd());

@@ -1,9 +1,11 @@
 /**
- * `netmanager ping <ServiceIP|InstanceIP|service name|peer>`: the path the data plane takes to a
+ * `netmanager ping <ServiceIP|InstanceIP|service|DNS name|peer>`: the path the data plane takes to a
  * target, like `tailscale ping` — table entry (which ServiceIP, which policy) → candidate
  * instances → the node each runs on → the wire mode towards that node → RTT and loss measured by the
  * in-band PROBEs over a short window. Reads the daemon's `/table` and `/status` twice; sends
- * nothing itself.
+ * nothing itself. A DNS name the node serves (`service.servicens.app.appns.<suffix>`, with
+ * `closest.` or `instance-N.` in front) is resolved by the node's own resolver (`/dns/lookup`, which
+ * asks the cluster on a miss) and the address it answers is pinged.
  *
  * @example
  * ```ts
@@ -80,6 +82,32 @@ export function findTargets(
   }));
 }
 
+/** A `/dns/lookup` answer (the fields used here). */
+export interface PingLookup {
+  rcode: string;
+  source: string;
+  answers: Array<{ type: string; data: unknown }>;
+}
+
+/**
+ * The addresses (A, AAAA) of a lookup answer, canonical, in answer order.
+ *
+ * @example
+ * ```ts
+ * lookupAddresses({ rcode: "NOERROR", source: "table", answers: [{ type: "A", data: "10.30.0.1" }] }); // ["10.30.0.1"]
+ * ```
+ */
+export function lookupAddresses(r: PingLookup): string[] {
+  const out: string[] = [];
+  for (const a of r.answers ?? []) {
+    if ((a.type === "A" || a.type === "AAAA") && typeof a.data === "string") {
+      const ip = canonicalIp(a.data);
+      if (ip !== undefined && !out.includes(ip)) out.push(ip);
+    }
+  }
+  return out;
+}
+
 /** Probe counters over the window: sent, lost; undefined when nothing was probed. */
 export function lossOver(before: PingPeer | undefined, after: PingPeer | undefined): {
   sent: number;
@@ -152,14 +180,41 @@ export function formatPing(
   };
 }
 
+/** Resolves `name` through the node (A, then AAAA): its addresses, or why there are none. */
+async function resolveName(
+  c: ApiClient,
+  name: string,
+): Promise<{ addresses: string[]; source: string; why: string }> {
+  let why = "";
+  for (const type of ["A", "AAAA"]) {
+    const res = await c.request("GET", `/dns/lookup?${new URLSearchParams({ name, type })}`);
+    if (res.status !== 200) {
+      return { addresses: [], source: "", why: `DNS lookup failed: ${res.body.trim()}` };
+    }
+    const r = JSON.parse(res.body) as PingLookup;
+    const addresses = lookupAddresses(r);
+    if (addresses.length) return { addresses, source: r.source, why: "" };
+    why ||= r.rcode === "NOERROR"
+      ? `the name has no address (DNS NOERROR, from ${r.source})`
+      : r.rcode === "NXDOMAIN"
+      ? `no such name (DNS NXDOMAIN, from ${r.source})`
+      : `the name could not be resolved (DNS ${r.rcode}, from ${r.source})`;
+  }
+  return { addresses: [], source: "", why };
+}
+
 /** `netmanager ping`. */
 export function pingCmd() {
   return new Command("ping")
-    .description("show the path to a ServiceIP, InstanceIP, service or peer, with RTT and loss")
-    .argument("<target>", "ServiceIP, InstanceIP, service name, peer worker id or ip:port")
+    .description("show the path to a ServiceIP, InstanceIP, service, DNS name or peer, with RTT and loss")
+    .argument(
+      "<target>",
+      "ServiceIP, InstanceIP, job name, DNS name (service.servicens.app.appns.local), peer worker id or ip:port",
+    )
     .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
     .option("--wait <seconds>", "how long to watch the probes", "3")
-    .action(async (target, opts) => {
+    .action(async (name, opts) => {
+      let target = name;
       try {
         const wait = Number(opts.wait);
         if (!Number.isFinite(wait) || wait < 0 || wait > 60) {
@@ -169,10 +224,31 @@ export function pingCmd() {
         try {
           const status = async () =>
             await c.getJson("/status") as { peers?: PingPeer[]; publicAddress?: string; publicPort?: number };
-          const rows = await c.getJson("/table") as PingTableRow[];
+          let rows = await c.getJson("/table") as PingTableRow[];
           const s0 = await status();
           const self = `${s0.publicAddress ?? ""}:${s0.publicPort ?? ""}`;
-          const hits = findTargets(target, Array.isArray(rows) ? rows : [], self, s0.peers ?? []);
+          let hits = findTargets(target, Array.isArray(rows) ? rows : [], self, s0.peers ?? []);
+          if (hits.length === 0 && canonicalIp(target) === undefined && target.includes(".")) {
+            // A DNS name: resolved by the node's resolver (a miss asks the cluster and fills the table).
+            const found = await resolveName(c, target);
+            if (found.addresses.length === 0) {
+              console.log(`${target}: ${found.why}`);
+              Deno.exit(1);
+            }
+            rows = await c.getJson("/table") as PingTableRow[];
+            for (const ip of found.addresses) {
+              hits = findTargets(ip, Array.isArray(rows) ? rows : [], self, s0.peers ?? []);
+              if (hits.length) {
+                console.log(`${target} → ${found.addresses.join(", ")} (DNS, from ${found.source})`);
+                target = ip;
+                break;
+              }
+            }
+            if (hits.length === 0) {
+              console.log(`${target} → ${found.addresses.join(", ")} (DNS, from ${found.source})`);
+              target = found.addresses[0];
+            }
+          }
           if (hits.length && wait > 0) await new Promise((r) => setTimeout(r, wait * 1000));
           const s1 = hits.length && wait > 0 ? await status() : s0;
           const out = formatPing(target, hits, s1.peers ?? [], wait);

@@ -64,6 +64,8 @@ export interface EmbeddedBroker {
   connectInternal(): Duplex;
   /** Closes the connections of node `worker` (after its credential was revoked). */
   disconnect(worker: string): void;
+  /** Where node `worker` is connected from (`ip:port` as the listener sees it), undefined when not connected. */
+  connection(worker: string): { remote: string } | undefined;
   /** Disconnects every client and stops listening. */
   stop(): Promise<void>;
 }
@@ -239,6 +241,15 @@ export async function startBroker(
     disconnect(worker: string) {
       const c = (broker as unknown as { clients: Record<string, Client | undefined> }).clients[worker];
       if (c && identities.get(c)?.kind === "node") c.close();
+    },
+    connection(worker: string) {
+      const c = (broker as unknown as { clients: Record<string, Client | undefined> }).clients[worker];
+      if (!c || internal.has(c.conn) || identities.get(c)?.kind === "control") return undefined;
+      const sock = c.conn as Partial<net.Socket>;
+      const ip = sock.remoteAddress;
+      if (!ip) return { remote: "unknown" };
+      const host = ip.includes(":") ? `[${ip.replace(/^::ffff:/, "")}]` : ip;
+      return { remote: `${/^\[[0-9.]+\]$/.test(host) ? host.slice(1, -1) : host}:${sock.remotePort ?? ""}` };
     },
     stop() {
       stopped ??= (async () => {

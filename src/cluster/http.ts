@@ -13,8 +13,10 @@
  * | `DELETE /api/net/node/<worker>/credential` | – | `{worker_id, revoked: true}`; its connections are closed |
  * | `GET /api/net/services`, `GET /api/net/service/<ref>` | – | jobs / one job |
  * | `GET /api/net/nodes`, `GET /api/net/node/<worker>` | – | nodes / one node |
+ * | `GET /api/net/cluster` | – | the web page's picture: nodes (reports, connections), services, RTT links |
+ * | `GET /ui/`, `/ui/app.js`, `/ui/style.css` | – | the web page's static files (no data; no token needed) |
  *
- * Every request needs `Authorization: Bearer <token>` (the `api-token` file of the state dir);
+ * Every request but the page's static files needs `Authorization: Bearer <token>` (the `api-token` file of the state dir);
  * without it, or with a wrong one: 401 and nothing is done.
  *
  * `<ref>` (and `_id` of an instance deploy) is a job id or a job name (`app.appns.svc.svcns`); ids
@@ -39,6 +41,8 @@ import { ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
 import { type CredentialStore, secretEquals } from "./auth.ts";
 import type { ControlCore } from "./mqtt.ts";
 import { logger } from "../log.ts";
+import type { ClusterView } from "./view.ts";
+import { webAsset } from "./web.ts";
 
 const log = logger("control");
 
@@ -73,6 +77,8 @@ export interface HttpAuth {
   credentials: CredentialStore;
   /** Called after a credential was revoked (closes the node's connections). */
   onRevoke?: (worker: string) => void;
+  /** The picture of the cluster for `GET /api/net/cluster` (404 without). */
+  view?: () => ClusterView;
 }
 
 function bearerOf(req: Request): string | undefined {
@@ -197,6 +203,14 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
     },
     {
       method: "GET",
+      path: /^\/api\/net\/cluster$/,
+      run: () => {
+        if (!auth.view) throw new HttpError(404, "no cluster view");
+        return Promise.resolve(json(200, auth.view(), { "cache-control": "no-store" }));
+      },
+    },
+    {
+      method: "GET",
       path: /^\/api\/net\/nodes$/,
       run: () => Promise.resolve(json(200, core.state.nodes().map((n) => structuredClone(n)))),
     },
@@ -276,6 +290,9 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
 
   return async (req: Request): Promise<Response> => {
     const url = new URL(req.url);
+    // The page's static files carry no data: a browser loads them before it has the token.
+    const asset = req.method === "GET" || req.method === "HEAD" ? webAsset(url.pathname) : undefined;
+    if (asset) return asset;
     const given = bearerOf(req);
     if (given === undefined || !secretEquals(given, auth.token)) {
       return json(401, {

@@ -1,6 +1,6 @@
 /**
  * The control plane's metrics listener (`netmanager control --metrics-addr`): `/metrics` with the
- * cluster's size (nodes, services, instances by state), the service's broker connection, build
+ * cluster's size (nodes, services, instances by state), node reports dropped by cause, the service's broker connection, build
  * info and process metrics; `/healthz` from {@link ControlService.health} (broker and store up).
  *
  * @example
@@ -14,12 +14,14 @@
  */
 import type { Registry } from "prom-client";
 import { type MetricsServer, startMetricsServer } from "../metrics/http.ts";
-import { newRegistry, snapshotGauge } from "../metrics/registry.ts";
+import { newRegistry, snapshotCounter, snapshotGauge } from "../metrics/registry.ts";
 import type { ControlService } from "./service.ts";
 import { isDeployed } from "./state.ts";
 
 /** The control plane's registry, read from `c` at scrape time. */
-export function controlRegistry(c: Pick<ControlService, "state" | "health">): Registry {
+export function controlRegistry(
+  c: Pick<ControlService, "state" | "health"> & Partial<Pick<ControlService, "reportsDropped">>,
+): Registry {
   const reg = newRegistry("control");
   snapshotGauge(reg, "netmanager_control_nodes", "Nodes registered with the control plane.", [], () => [
     [{}, c.state.nodes().length],
@@ -48,12 +50,19 @@ export function controlRegistry(c: Pick<ControlService, "state" | "health">): Re
     [],
     () => [[{}, c.health().ok ? 1 : 0]],
   );
+  snapshotCounter(
+    reg,
+    "netmanager_control_node_reports_dropped_total",
+    "Node reports dropped by cause (too_large, not_json, invalid, unknown_node, too_often).",
+    ["reason"],
+    () => Object.entries(c.reportsDropped ?? {}).map(([reason, n]) => [{ reason }, n] as const),
+  );
   return reg;
 }
 
 /** Serves the control plane's `/metrics` and `/healthz` on `address` (`host:port`). */
 export function startControlMetrics(
-  c: Pick<ControlService, "state" | "health">,
+  c: Pick<ControlService, "state" | "health"> & Partial<Pick<ControlService, "reportsDropped">>,
   address: string,
 ): Promise<MetricsServer> {
   return startMetricsServer({ address, registry: controlRegistry(c), health: () => c.health() });

@@ -23,3 +23,6 @@ export * from "./broker.ts";
 export * from "./client.ts";
 export * from "./auth.ts";
 export * from "./service.ts";
+export * from "./report.ts";
+export * from "./view.ts";
+export * from "./web.ts";

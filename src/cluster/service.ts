@@ -22,9 +22,11 @@ import {
   updatesTopic,
 } from "./mqtt.ts";
 import { createHttpHandler } from "./http.ts";
+import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.ts";
+import { clusterView } from "./view.ts";
 import type { ClusterState, UpdateNotice } from "./state.ts";
 import { StateStore } from "./store.ts";
-import { logger } from "../log.ts";
+import { logger, RateLimitedLog } from "../log.ts";
 
 const log = logger("control");
 
@@ -97,6 +99,8 @@ export interface ControlService {
   readonly credentialsPath: string;
   /** The live state (read only). */
   readonly state: ClusterState;
+  /** Node reports dropped so far, by cause (live). */
+  readonly reportsDropped: Readonly<Record<string, number>>;
   /** Ready: the service's broker connection is up and the last state save worked. */
   health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -184,7 +188,7 @@ async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.
         resolve();
       });
     });
-    await client.subscribeAsync(NODE_TOPIC_FILTER, { qos: 1 });
+    await client.subscribeAsync({ [NODE_TOPIC_FILTER]: { qos: 1 }, [REPORT_TOPIC_FILTER]: { qos: 0 } });
   } catch (e) {
     client.end(true);
     throw new ControlError(`cannot connect to MQTT broker ${url}: ${(e as Error).message}`);
@@ -195,7 +199,7 @@ async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.
   // Subscriptions are renewed on every reconnect (clean session).
   client.on("connect", (ack) => {
     if (ack.sessionPresent) return;
-    client.subscribe(NODE_TOPIC_FILTER, { qos: 1 }, (err) => {
+    client.subscribe({ [NODE_TOPIC_FILTER]: { qos: 1 }, [REPORT_TOPIC_FILTER]: { qos: 0 } }, (err) => {
       if (err) log.error("resubscribe failed", { error: err.message });
       else log.info("mqtt reconnected", { broker: url });
     });
@@ -295,7 +299,22 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         for (const u of updates) publish(updatesTopic(u.job), { type: u.type });
       },
     };
+    const reports = new ReportStore();
+    // A bad report is logged once per cause per 10 s (a node cannot flood the log).
+    const refusedReports = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
     mq.on("message", (topic, payload) => {
+      const reporter = workerOfReportTopic(topic);
+      if (reporter !== undefined) {
+        const r = reports.accept(reporter, payload, Date.now(), (w) => state.node(w) !== undefined);
+        if (!r.ok) {
+          refusedReports.note(r.reason, "node report dropped", {
+            worker: reporter,
+            reason: r.reason,
+            problem: r.problem,
+          });
+        }
+        return;
+      }
       void handleNodeMessage(core, parseNodeMessage(topic, payload));
     });
 
@@ -304,6 +323,10 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
+      view: () => {
+        reports.prune((w) => state.node(w) !== undefined);
+        return clusterView(state, reports, embedded ? (w) => embedded.connection(w) : undefined, Date.now());
+      },
     });
     try {
       server = Deno.serve({
@@ -339,6 +362,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       tokenPath: apiToken.path,
       credentialsPath: creds.path,
       state,
+      reportsDropped: reports.refused,
       health() {
         if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
         if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };

@@ -38,6 +38,8 @@ import type { Socket } from "node:net";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { logger } from "../log.ts";
 import { Backoff } from "./backoff.ts";
+import type { NodeReport } from "../cluster/report.ts";
+import { reportTopic } from "./report.ts";
 import { jobNameProblem, type TableEntry } from "../table/entry.ts";
 import {
   type ConvertedResult,
@@ -576,6 +578,23 @@ export class NodeControl {
         )
       ),
     );
+  }
+
+  /**
+   * Publishes this node's report (`nodes/<id>/netmanager/report`, QoS 0: the next one replaces a lost
+   * one; see cluster/report.ts). False while disconnected or closed; errors are only logged.
+   */
+  report(body: NodeReport): boolean {
+    if (this.#closed || !this.#client.connected) return false;
+    this.#client.publish(
+      reportTopic(this.#opts.workerId),
+      JSON.stringify(body),
+      { qos: 0, retain: false },
+      (e) => {
+        if (e) log.debug("report not sent", { error: errText(e) });
+      },
+    );
+    return true;
   }
 
   /** Stops timers, settles every pending query (false) and disconnects. Idempotent. */

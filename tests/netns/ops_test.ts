@@ -361,6 +361,28 @@ Deno.test({
       pg.stdout,
       /^app\.ns\.opsweb\.ns#0\s+10\.18\.0\.130\s+worker2 192\.168\.77\.2:50103\s+(fast|jumbo)\s+[\d.]+ ms\s+\S.*ok, 0\/\d probes lost in 2s$/m,
     );
+    // ping by DNS name: resolved by the node's resolver, then the same path.
+    const byName = await cli(["ping", "--socket", node1.socket, "--wait", "1", "opsweb.ns.app.ns.local"]);
+    assertEquals(byName.code, 0, byName.stdout + byName.stderr);
+    assertMatch(byName.stdout, /^opsweb\.ns\.app\.ns\.local → 10\.30\.0\.1 \(DNS, from table\)$/m);
+    assertMatch(byName.stdout, /^10\.30\.0\.1: RR ServiceIP of app\.ns\.opsweb\.ns \(policy RoundRobin\)/m);
+    assertMatch(byName.stdout, /^app\.ns\.opsweb\.ns#0\s+10\.18\.0\.130\s+worker2 192\.168\.77\.2:50103\s/m);
+    const byInstance = await cli([
+      "ping",
+      "--socket",
+      node1.socket,
+      "--wait",
+      "0",
+      "Instance-0.OpsWeb.ns.app.ns.local.",
+    ]);
+    assertEquals(byInstance.code, 0, byInstance.stdout + byInstance.stderr);
+    assertMatch(
+      byInstance.stdout,
+      /→ 10\.30\.0\.2 \(DNS, from table\)\n10\.30\.0\.2: \S+ ServiceIP of app\.ns\.opsweb\.ns/,
+    );
+    const noName = await cli(["ping", "--socket", node1.socket, "--wait", "0", "nosuch.ns.app.ns.local"]);
+    assertEquals(noName.code, 1, noName.stdout);
+    assertMatch(noName.stdout, /^nosuch\.ns\.app\.ns\.local: .*\(DNS (NXDOMAIN|SERVFAIL)/);
     const nobody = await cli(["ping", "--socket", node1.socket, "--wait", "0", "10.30.99.98"]);
     assertEquals(nobody.code, 1);
     assertMatch(nobody.stdout, /not in this node's table/);

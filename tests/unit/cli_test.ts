@@ -36,7 +36,7 @@ Deno.test("cli: --help everywhere, version", async () => {
   const v = await cli(["version"]);
   assertEquals(v.code, 0);
   assertMatch(v.stdout, /^netmanager \d+\.\d+\.\d+/);
-  assertMatch(v.stdout, /^commit  \S+\ndeno    \d+\.\d+\.\d+\narch    (x86_64|aarch64) \(linux\)$/m);
+  assertMatch(v.stdout, /^commit {2}\S+\ndeno {4}\d+\.\d+\.\d+\narch {4}(x86_64|aarch64) \(linux\)$/m);
   assertMatch((await cli(["-V"])).stdout.trim(), /^\d+\.\d+\.\d+/);
 });
 

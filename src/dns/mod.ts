@@ -114,12 +114,14 @@ export class NodeDns {
     const loop6 = { addr: new Uint8Array([...new Array(15).fill(0), 1]), len: 128 };
     // The instance subnet (which holds the bridge addresses: the node itself) and loopback.
     const allowed = (ip: string) => inPrefixes(ip, [o.subnet.v4, loop4], [o.subnet.v6, loop6]);
+    const allowed4 = (a: number) => inPrefix4(o.subnet.v4, a) || inPrefix4(loop4, a);
     if (net.Dns) {
       server = await DnsServer.start({
         addresses: [bridge4, bridge6],
         port: net.DnsPort,
         resolver,
         allowed,
+        allowed4,
         rateLimit: net.DnsRateLimit,
       });
       log.info("serving service names", { suffix: resolver.suffix, upstreams: servers.length });

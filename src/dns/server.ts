@@ -4,6 +4,12 @@
  * packets are dropped and counted; UDP answers larger than the client allows (512 bytes, or its EDNS
  * size) are truncated with TC so the client retries over TCP. Wire format: npm `dns-packet`.
  *
+ * UDP runs on the project's FFI sockets (nonblocking, `recvmmsg`/`sendmmsg` batches of
+ * {@link UDP_BATCH}): each wake-up drains what is queued, answers every table hit of the batch at once
+ * and sends them with one `sendmmsg`; only misses and forwarded names wait (their answers go out
+ * when they settle). Between drains the loop sleeps in `poll` on Deno's blocking thread pool, so the
+ * main isolate never blocks. TCP uses `Deno.listen`.
+ *
  * @example
  * ```ts
  * import { TranslationTable } from "../table/mod.ts";
@@ -14,12 +20,14 @@
  * await srv.close();
  * ```
  */
-import dgram from "node:dgram";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import type { Answer, DecodedPacket, Packet, Question } from "dns-packet";
+import { formatIPv6, MSG_TRUNC, openUdp, RecvBatch, SendBatch, type UdpSocket } from "../../ffi/udp.ts";
+import { Poller } from "../../ffi/poll.ts";
+import { EventFd } from "../../ffi/eventfd.ts";
 import { logger } from "../log.ts";
-import { type NameResolver, optRecord } from "./resolver.ts";
+import { type NameResolver, optRecord, type Resolution } from "./resolver.ts";
 
 const log = logger("dns");
 
@@ -31,6 +39,8 @@ export interface DnsServerOptions {
   resolver: NameResolver;
   /** Whether a client address may ask (instance subnet, the node itself). */
   allowed: (ip: string) => boolean;
+  /** The same for an IPv4 address as a uint32 (saves formatting it per packet); default via `allowed`. */
+  allowed4?: (addr: number) => boolean;
   /** Queries per second per client (bucket of the same size). */
   rateLimit: number;
 }
@@ -56,16 +66,25 @@ const RCODE: Record<string, number> = {
 const MAX_TCP_CONNS = 64;
 const TCP_IDLE_MS = 10_000;
 const MAX_CLIENTS = 4096;
+/** Datagrams per `recvmmsg`/`sendmmsg`. */
+export const UDP_BATCH = 64;
+/** Largest query taken over UDP (longer ones arrive cut: counted malformed). */
+const UDP_QUERY_MAX = 2048;
+/** Largest UDP answer we send (EDNS sizes are capped to it). */
+const UDP_ANSWER_MAX = 4096;
+/** Full batches drained per wake-up before the event loop gets a turn. */
+const DRAIN_ROUNDS = 8;
+const UDP_RCVBUF = 1 << 20;
 
 /** A per-client token bucket (bounded number of clients). */
 export class RateLimiter {
   readonly #rate: number;
-  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  readonly #buckets = new Map<string | number, { tokens: number; at: number }>();
   constructor(perSecond: number) {
     this.#rate = perSecond;
   }
-  /** True when `client` may send one more query now. */
-  take(client: string, now = performance.now()): boolean {
+  /** True when `client` (an address as text, or an IPv4 address as a uint32) may send one more query now. */
+  take(client: string | number, now = performance.now()): boolean {
     let b = this.#buckets.get(client);
     if (!b) {
       if (this.#buckets.size >= MAX_CLIENTS) this.#buckets.delete(this.#buckets.keys().next().value!);
@@ -80,16 +99,21 @@ export class RateLimiter {
   }
 }
 
+/** A decoded query, ready to be answered (see {@link parseQuery}). */
+export interface ParsedQuery {
+  readonly id: number;
+  /** The RD bit of the query (echoed). */
+  readonly rd: number;
+  readonly question: Question;
+  /** The client's EDNS UDP size, or undefined without an OPT record. */
+  readonly ednsSize: number | undefined;
+}
+
 /**
- * The response to a query buffer, or undefined when the packet is dropped (malformed, not a query).
- * `maxUdp` undefined = TCP (no size limit but 65535).
+ * Decodes a query: the query to answer, an immediate answer (FORMERR, NOTIMP), or undefined when the
+ * packet is dropped (malformed, not a query; counted in `stats.malformed`).
  */
-export async function respond(
-  resolver: NameResolver,
-  buf: Uint8Array,
-  maxUdp: number | undefined,
-  stats?: DnsServerStats,
-): Promise<Uint8Array | undefined> {
+export function parseQuery(buf: Uint8Array, stats?: DnsServerStats): ParsedQuery | Uint8Array | undefined {
   let q: DecodedPacket & { opcode?: string };
   try {
     q = dnsPacket.decode(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
@@ -103,34 +127,74 @@ export async function respond(
   }
   const questions = q.questions ?? [];
   const rd = q.flags !== undefined ? q.flags & dnsPacket.RECURSION_DESIRED : 0;
-  const base = { type: "response" as const, id: q.id ?? 0, questions };
+  const id = q.id ?? 0;
   if (q.opcode !== "QUERY" || questions.length !== 1) {
     const rcode = q.opcode !== "QUERY" ? RCODE.NOTIMP : RCODE.FORMERR;
-    return dnsPacket.encode({ ...base, questions: questions.slice(0, 1), flags: rd | rcode });
+    return dnsPacket.encode({ type: "response", id, questions: questions.slice(0, 1), flags: rd | rcode });
   }
-  const question: Question = questions[0];
   const opt = (q.additionals ?? []).find((a) => a.type === "OPT") as { udpPayloadSize?: number } | undefined;
-  const r = await resolver.resolve(question);
-  let flags = rd | dnsPacket.RECURSION_AVAILABLE | (RCODE[r.rcode] ?? RCODE.SERVFAIL);
+  const ednsSize = opt ? opt.udpPayloadSize ?? 512 : undefined;
+  const question = questions[0];
+  // Only strings and numbers are kept: nothing refers to `buf` (a reused receive slot) afterwards.
+  return { id, rd, question: { name: question.name, type: question.type, class: question.class }, ednsSize };
+}
+
+/**
+ * The answer to a parsed query. `maxUdp` undefined = TCP (no size limit but 65535); over UDP an
+ * answer larger than the client allows (512, or its EDNS size up to `maxUdp`) is cut to header and
+ * question with TC set.
+ */
+export function encodeAnswer(
+  p: ParsedQuery,
+  r: Resolution,
+  maxUdp: number | undefined,
+  stats?: DnsServerStats,
+): Uint8Array {
+  const base = { type: "response" as const, id: p.id, questions: [p.question] };
+  let flags = p.rd | dnsPacket.RECURSION_AVAILABLE | (RCODE[r.rcode] ?? RCODE.SERVFAIL);
   if (r.authoritative) flags |= dnsPacket.AUTHORITATIVE_ANSWER;
-  const additionals: Answer[] = opt ? [optRecord(1232)] : [];
+  const additionals: Answer[] = p.ednsSize !== undefined ? [optRecord(1232)] : [];
   const pkt: Packet = { ...base, flags, answers: r.answers, authorities: r.authorities, additionals };
   let out: Uint8Array;
   try {
     out = dnsPacket.encode(pkt);
   } catch {
     // An upstream record we cannot re-encode: fail that question only.
-    return dnsPacket.encode({ ...base, flags: rd | RCODE.SERVFAIL });
+    return dnsPacket.encode({ ...base, flags: p.rd | RCODE.SERVFAIL });
   }
   const limit = maxUdp === undefined
     ? 65535
-    : Math.max(512, Math.min(maxUdp, opt ? Math.min(opt.udpPayloadSize ?? 512, 4096) : 512));
+    : Math.max(512, Math.min(maxUdp, p.ednsSize !== undefined ? Math.min(p.ednsSize, 4096) : 512));
   if (out.length > limit) {
     if (stats && maxUdp !== undefined) stats.truncated++;
     // Truncated: header and question only, TC set; the client retries over TCP.
     return dnsPacket.encode({ ...base, flags: flags | dnsPacket.TRUNCATED_RESPONSE, additionals });
   }
   return out;
+}
+
+/**
+ * The response to a query buffer, or undefined when the packet is dropped (malformed, not a query).
+ * `maxUdp` undefined = TCP (no size limit but 65535).
+ */
+export async function respond(
+  resolver: NameResolver,
+  buf: Uint8Array,
+  maxUdp: number | undefined,
+  stats?: DnsServerStats,
+): Promise<Uint8Array | undefined> {
+  const p = parseQuery(buf, stats);
+  if (p === undefined || p instanceof Uint8Array) return p;
+  return encodeAnswer(p, await resolver.resolve(p.question), maxUdp, stats);
+}
+
+/** Where a deferred UDP answer goes (copied out of the receive batch). */
+interface ReplyTo {
+  family: number;
+  addr4: number;
+  addr6: Uint8Array;
+  scope: number;
+  port: number;
 }
 
 /** The running server. */
@@ -144,17 +208,26 @@ export class DnsServer {
     truncated: 0,
   };
   readonly #o: DnsServerOptions;
-  readonly #udp: dgram.Socket[] = [];
+  readonly #udp: UdpSocket[] = [];
+  readonly #loops: Promise<void>[] = [];
   readonly #tcp: Deno.TcpListener[] = [];
   readonly #conns = new Set<Deno.TcpConn>();
   readonly #limiter: RateLimiter;
+  readonly #allowed4: (addr: number) => boolean;
   readonly #bound = new Set<string>();
   readonly #retries = new Set<ReturnType<typeof setTimeout>>();
+  /** Shared by every socket: a batch is received, answered and sent with no await in between. */
+  #rb: RecvBatch | undefined;
+  #sb: SendBatch | undefined;
+  /** Signalled once by close(): wakes every loop sleeping in poll. */
+  #stop: EventFd | undefined;
   #closed = false;
 
   private constructor(o: DnsServerOptions) {
     this.#o = o;
     this.#limiter = new RateLimiter(o.rateLimit);
+    this.#allowed4 = o.allowed4 ??
+      ((a) => o.allowed(`${a >>> 24}.${(a >>> 16) & 0xff}.${(a >>> 8) & 0xff}.${a & 0xff}`));
   }
 
   /**
@@ -162,10 +235,10 @@ export class DnsServer {
    * still tentative while the bridge has no carrier, a port in use) is retried every second in the
    * background; {@link listening} tells which are bound.
    */
-  static async start(o: DnsServerOptions): Promise<DnsServer> {
+  static start(o: DnsServerOptions): Promise<DnsServer> {
     const s = new DnsServer(o);
-    for (const addr of o.addresses) await s.#bind(addr, true);
-    return s;
+    for (const addr of o.addresses) s.#bind(addr, true);
+    return Promise.resolve(s);
   }
 
   /** Addresses bound (UDP and TCP). */
@@ -173,18 +246,20 @@ export class DnsServer {
     return [...this.#bound];
   }
 
-  async #bind(addr: string, first: boolean): Promise<void> {
+  #bind(addr: string, first: boolean): void {
     if (this.#closed) return;
-    let udp: dgram.Socket | undefined;
+    let udp: UdpSocket | undefined;
     try {
-      udp = await this.#listenUdp(addr);
-      if (this.#closed) {
-        // close() ran while this retry was binding: nothing may be left open after it.
-        this.#udp.splice(this.#udp.indexOf(udp), 1);
-        udp.close();
-        return;
-      }
+      udp = openUdp({
+        bindAddr: addr,
+        port: this.#o.port,
+        nonBlocking: true,
+        gso: false,
+        rcvbuf: UDP_RCVBUF,
+      });
       this.#listenTcp(addr);
+      this.#udp.push(udp);
+      this.#loops.push(this.#serveUdp(udp));
       this.#bound.add(addr);
       log.info("DNS server listening", {
         address: addr,
@@ -192,10 +267,8 @@ export class DnsServer {
         suffix: this.#o.resolver.suffix,
       });
     } catch (e) {
-      if (udp) {
-        this.#udp.splice(this.#udp.indexOf(udp), 1);
-        udp.close();
-      }
+      // A failed bind (UDP or TCP) leaves nothing open, or every retry would leak a socket.
+      udp?.close();
       if (first) {
         log.warn("DNS server cannot listen yet; retrying", {
           address: addr,
@@ -205,7 +278,7 @@ export class DnsServer {
       }
       const t = setTimeout(() => {
         this.#retries.delete(t);
-        void this.#bind(addr, false);
+        this.#bind(addr, false);
       }, 1000);
       this.#retries.add(t);
     }
@@ -223,33 +296,88 @@ export class DnsServer {
     return true;
   }
 
-  #listenUdp(addr: string): Promise<dgram.Socket> {
-    const sock = dgram.createSocket({ type: addr.includes(":") ? "udp6" : "udp4" });
-    this.#udp.push(sock);
-    sock.on("message", (msg: Buffer, rinfo: dgram.RemoteInfo) => {
-      const ip = rinfo.address.replace(/^::ffff:/, "");
-      if (!this.#admit(ip)) return; // no answer at all: no open resolver, no amplification
+  /** Drains `sock` batch by batch; sleeps in poll (off the isolate's thread) when it is empty. */
+  async #serveUdp(sock: UdpSocket): Promise<void> {
+    this.#stop ??= new EventFd();
+    this.#rb ??= new RecvBatch(UDP_BATCH, UDP_QUERY_MAX);
+    this.#sb ??= new SendBatch(UDP_BATCH, UDP_ANSWER_MAX);
+    const poller = new Poller([sock.fd, this.#stop.fd]);
+    while (!this.#closed) {
+      for (let round = 0; round < DRAIN_ROUNDS && !this.#closed; round++) {
+        const n = sock.recvBatch(this.#rb);
+        if (n < 0) {
+          log.warn("DNS UDP receive failed", { errno: -n });
+          break;
+        }
+        if (n === 0) break;
+        this.#answerBatch(sock, n);
+        if (n < UDP_BATCH) break;
+      }
+      if (this.#closed) break;
+      // Returns at once when more is queued: the event loop (MQTT, API, deferred answers) ran meanwhile.
+      if ((await poller.waitAsync(-1)) < 0) await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /** Answers the `n` datagrams of the receive batch: hits at once (one sendmmsg), the rest when they settle. */
+  #answerBatch(sock: UdpSocket, n: number): void {
+    const rb = this.#rb!, sb = this.#sb!;
+    let out = 0;
+    for (let i = 0; i < n; i++) {
+      let ok: boolean;
+      if (rb.families[i] === 4) {
+        const a = rb.addrs4[i];
+        ok = this.#allowed4(a);
+        if (!ok) this.stats.refusedClients++;
+        else if (!(ok = this.#limiter.take(a))) this.stats.rateLimited++;
+      } else {
+        ok = this.#admit(formatIPv6(rb.addrs6, i * 16));
+      }
+      if (!ok) continue; // no answer at all: no open resolver, no amplification
       this.stats.queriesUdp++;
-      respond(this.#o.resolver, msg, 4096, this.stats).then((out) => {
-        if (out && !this.#closed) sock.send(out, rinfo.port, rinfo.address);
-      }).catch((e) => log.warn("DNS answer failed", { error: String(e) }));
-    });
-    return new Promise((resolve, reject) => {
-      const failed = (e: Error) => {
-        // A failed bind leaves the socket open: release it, or every retry would leak one.
-        this.#udp.splice(this.#udp.indexOf(sock), 1);
-        try {
-          sock.close();
-        } catch { /* already closed */ }
-        reject(e);
-      };
-      sock.once("error", failed);
-      sock.bind(this.#o.port, addr, () => {
-        sock.removeListener("error", failed);
-        sock.on("error", (e: Error) => log.warn("DNS UDP socket error", { error: e.message }));
-        resolve(sock);
-      });
-    });
+      if (rb.msgFlags[i] & MSG_TRUNC) {
+        this.stats.malformed++;
+        continue;
+      }
+      const p = parseQuery(rb.bufs[i].subarray(0, rb.sizes[i]), this.stats);
+      if (p === undefined) continue;
+      let answer: Uint8Array;
+      if (p instanceof Uint8Array) answer = p;
+      else {
+        const r = this.#o.resolver.resolveSync(p.question);
+        if (r === undefined) {
+          this.#defer(sock, p, {
+            family: rb.families[i],
+            addr4: rb.addrs4[i],
+            addr6: rb.addrs6.slice(i * 16, i * 16 + 16),
+            scope: rb.scopes[i],
+            port: rb.ports[i],
+          });
+          continue;
+        }
+        answer = encodeAnswer(p, r, UDP_ANSWER_MAX, this.stats);
+      }
+      sb.bufs[out].set(answer);
+      sb.sizes[out] = answer.length;
+      sb.replyTo(out, rb, i);
+      out++;
+    }
+    if (out > 0) sock.sendBatch(sb, out); // a full send buffer drops the rest: the clients retry
+  }
+
+  /** Answers a query that waits for the control plane or an upstream. */
+  #defer(sock: UdpSocket, p: ParsedQuery, to: ReplyTo): void {
+    this.#o.resolver.resolve(p.question).then((r) => {
+      if (this.#closed || sock.fd < 0) return;
+      const answer = encodeAnswer(p, r, UDP_ANSWER_MAX, this.stats);
+      // Between batches (no await inside one), so the shared send batch is free.
+      const sb = this.#sb!;
+      sb.bufs[0].set(answer);
+      sb.sizes[0] = answer.length;
+      if (to.family === 4) sb.setDst4(0, to.addr4, to.port);
+      else sb.setDst6(0, to.addr6, 0, to.port, to.scope);
+      sock.sendBatch(sb, 1);
+    }).catch((e) => log.warn("DNS answer failed", { error: String(e) }));
   }
 
   #listenTcp(addr: string): void {
@@ -324,14 +452,12 @@ export class DnsServer {
         c.close();
       } catch { /* closed */ }
     }
-    await Promise.all(this.#udp.map((s) =>
-      new Promise<void>((r) => {
-        try {
-          s.close(() => r());
-        } catch {
-          r();
-        }
-      })
-    ));
+    // Wake the loops and let them leave poll before their fds are closed (no fd number reuse under a poll).
+    this.#stop?.signal();
+    await Promise.all(this.#loops);
+    for (const s of this.#udp) s.close();
+    this.#udp.length = 0;
+    this.#stop?.close();
+    this.#stop = undefined;
   }
 }

@@ -42,6 +42,13 @@ export interface Resolution {
   /** True for names under the suffix and our reverse names (we are the authority). */
   readonly authoritative: boolean;
   readonly source: AnswerSource;
+  /**
+   * Set when the answer follows from the table's contents alone (not from the clock, the control
+   * plane's presence or an upstream): it stays right until the table changes.
+   */
+  readonly fromTable?: true;
+  /** The job whose interest this answer keeps alive (a name of the job answered from the table). */
+  readonly job?: string;
 }
 
 /** Options of {@link NameResolver}. */
@@ -133,6 +140,20 @@ export class NameResolver {
     return r;
   }
 
+  /**
+   * Accounts for `r`, an answer to `q` given again from a cache of encoded answers: counts it and
+   * keeps its job's interest alive, as resolving it would have.
+   */
+  replay(q: Question, r: Resolution): void {
+    if (r.job !== undefined) this.#o.source?.()?.touch?.(r.job);
+    this.#count(q, r);
+  }
+
+  /** The table answers come from now (for caches of them). */
+  get table(): NameTable | undefined {
+    return this.#o.table();
+  }
+
   #count(q: Question, r: Resolution): void {
     // Bounded label values: an attacker picks the type, not the metric's cardinality.
     const type = COUNTED_TYPES.has(q.type as string) ? q.type : "OTHER";
@@ -155,10 +176,11 @@ export class NameResolver {
       case "records":
         if (parsed.form === "service" || parsed.form === "closest" || parsed.form === "instance") {
           o.source?.()?.touch?.(parsed.job);
+          return { ...this.#records(a.records, "table"), fromTable: true, job: parsed.job };
         }
-        return this.#records(a.records, "table");
+        return { ...this.#records(a.records, "table"), fromTable: true };
       case "nxdomain":
-        return this.#nx("table");
+        return { ...this.#nx("table"), fromTable: true };
       case "outside":
         return o.upstream ? undefined : this.#refused();
       case "miss-ip":

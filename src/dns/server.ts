@@ -28,6 +28,7 @@ import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { logger } from "../log.ts";
 import { type NameResolver, optRecord, type Resolution } from "./resolver.ts";
+import { AnswerCache } from "./answer_cache.ts";
 
 const log = logger("dns");
 
@@ -75,6 +76,8 @@ const UDP_ANSWER_MAX = 4096;
 /** Full batches drained per wake-up before the event loop gets a turn. */
 const DRAIN_ROUNDS = 8;
 const UDP_RCVBUF = 1 << 20;
+/** Encoded answers kept for repeated queries. */
+const ANSWER_CACHE = 1024;
 
 /** A per-client token bucket (bounded number of clients). */
 export class RateLimiter {
@@ -213,6 +216,7 @@ export class DnsServer {
   readonly #tcp: Deno.TcpListener[] = [];
   readonly #conns = new Set<Deno.TcpConn>();
   readonly #limiter: RateLimiter;
+  readonly #cache = new AnswerCache(ANSWER_CACHE);
   readonly #allowed4: (addr: number) => boolean;
   readonly #bound = new Set<string>();
   readonly #retries = new Set<ReturnType<typeof setTimeout>>();
@@ -322,6 +326,7 @@ export class DnsServer {
   /** Answers the `n` datagrams of the receive batch: hits at once (one sendmmsg), the rest when they settle. */
   #answerBatch(sock: UdpSocket, n: number): void {
     const rb = this.#rb!, sb = this.#sb!;
+    const table = this.#o.resolver.table; // unchanged during the batch (no await in it)
     let out = 0;
     for (let i = 0; i < n; i++) {
       let ok: boolean;
@@ -339,7 +344,21 @@ export class DnsServer {
         this.stats.malformed++;
         continue;
       }
-      const p = parseQuery(rb.bufs[i].subarray(0, rb.sizes[i]), this.stats);
+      const qbuf = rb.bufs[i], len = rb.sizes[i];
+      const hit = this.#cache.get(qbuf, len, table);
+      if (hit !== undefined) {
+        const slot = sb.bufs[out];
+        slot.set(hit.bytes);
+        slot[0] = qbuf[0]; // the asker's id
+        slot[1] = qbuf[1];
+        sb.sizes[out] = hit.bytes.length;
+        sb.replyTo(out, rb, i);
+        out++;
+        if (hit.truncated) this.stats.truncated++;
+        this.#o.resolver.replay(hit.question, hit.resolution);
+        continue;
+      }
+      const p = parseQuery(qbuf.subarray(0, len), this.stats);
       if (p === undefined) continue;
       let answer: Uint8Array;
       if (p instanceof Uint8Array) answer = p;
@@ -356,6 +375,11 @@ export class DnsServer {
           continue;
         }
         answer = encodeAnswer(p, r, UDP_ANSWER_MAX, this.stats);
+        this.#cache.set(qbuf, len, table, {
+          bytes: new Uint8Array(answer),
+          question: p.question,
+          resolution: r,
+        });
       }
       sb.bufs[out].set(answer);
       sb.sizes[out] = answer.length;

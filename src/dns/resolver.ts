@@ -17,6 +17,9 @@
 import type { Answer, Question } from "dns-packet";
 import { answerName, type NameQType, type NameTable, parseName } from "./names.ts";
 import type { Upstream } from "./upstream.ts";
+import { logEnabled, logger } from "../log.ts";
+
+const log = logger("dns");
 
 /** How the control plane answered a by-name query. */
 export type JobLookup = "found" | "empty" | "unknown" | "unavailable";
@@ -272,7 +275,13 @@ export class NameResolver {
     let p = this.#misses.get(job);
     if (!p) {
       this.stats.controlQueries++;
-      p = src.lookupJob(job).catch((): JobLookup => "unavailable").finally(() => this.#misses.delete(job));
+      const t0 = performance.now();
+      p = src.lookupJob(job).catch((): JobLookup => "unavailable").finally(() => {
+        this.#misses.delete(job);
+        if (logEnabled("debug")) {
+          log.debug("name looked up in the control plane", { job, ms: +(performance.now() - t0).toFixed(2) });
+        }
+      });
       this.#misses.set(job, p);
     }
     return p;

@@ -225,7 +225,7 @@ Deno.test(
 
       // A newly deployed service resolves on the first query (miss → control plane), fast.
       const times: number[] = [];
-      for (const k of [1, 2, 3]) {
+      for (const k of [1, 2, 3, 4, 5]) {
         const job = `app.ns.new${k}.ns`;
         await w.ctl(["service", "add", job]);
         await w.ctl(["instance", "add", job, "0"]);
@@ -241,8 +241,11 @@ Deno.test(
       console.log(
         `dig query time (ms): misses via the control plane ${times.join(", ")}; hits ${hits.join(", ")}`,
       );
-      // Target ≤ 20 ms on a quiet machine (benchmark); this shared machine (load ~7 on 2 cores) gets a loose bound.
-      assert(Math.min(...times) <= 100, `miss latency ${times}`);
+      // Target ≤ 20 ms (issue 13). A single miss is four processes and two MQTT hops, so under the full
+      // suite's load on 2 cores one of them can wait for a CPU: the median of five fresh names must
+      // hold 20 ms, every one of them 100 ms.
+      const sorted = [...times].sort((a, b) => a - b);
+      assert(sorted[2] <= 20 && sorted[4] <= 100, `miss latency (ms) ${times}: median ${sorted[2]}`);
 
       // Undeploy instance 1: its name disappears within TTL + 1 s; the service name stays.
       const t0 = Date.now();

@@ -3,7 +3,8 @@
  * nodes, `dig` from inside an instance namespace against its node's bridge address (v4 and v6, UDP and
  * TCP); misses go to the control plane, undeploys disappear within TTL + 1 s, other names are forwarded
  * to a dnsmasq in its own namespace, queries from the underlay get no answer, fuzzed packets do not
- * crash the daemon. A standalone node with a static table answers the closest form.
+ * crash the daemon. A standalone node with a static table answers the closest form. The mDNS
+ * responder answers one-shot and QU questions, and avahi-resolve (avahi-daemon on a private D-Bus).
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
@@ -449,7 +450,7 @@ async function mdnsQuery(
 }
 
 Deno.test(
-  { name: "mdns: one-shot and QU questions on the bridge are answered by unicast", ...opts },
+  { name: "mdns: one-shot and QU questions answered by unicast; avahi-resolve (v4, v6)", ...opts },
   async () => {
     const w = new World();
     try {
@@ -500,6 +501,24 @@ Deno.test(
       assertEquals(await mdnsQuery(client, "224.0.0.251", "www.example.test", "A"), null);
       // Unicast to the bridge address port 5353 reaches no responder (it listens on the group only).
       assertEquals(await mdnsQuery(client, br.v4, name, "A"), null);
+      // Avahi (avahi-daemon on a private D-Bus, in the instance): avahi-resolve gets both families.
+      for (const [fam, want] of [["4", "10.30.7.1"], ["6", "fdff::7:1"]]) {
+        const av = await runTool("nsenter", [
+          "-t",
+          String(client.pid),
+          "-n",
+          "unshare",
+          "-m",
+          "--propagation",
+          "private",
+          "sh",
+          `${ROOT}tests/helpers/avahi_resolve.sh`,
+          await w.tempDir(`avahi${fam}`),
+          name,
+          fam,
+        ]);
+        assertEquals([av.code, av.stdout.trim()], [0, `${name}\t${want}`], av.stderr);
+      }
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 2000)));
       throw e;

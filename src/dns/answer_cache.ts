@@ -39,7 +39,6 @@ export interface CachedAnswer {
 export class AnswerCache {
   readonly #cap: number;
   readonly #map = new Map<string, CachedAnswer>();
-  hits = 0;
 
   constructor(capacity: number) {
     this.#cap = capacity;
@@ -67,7 +66,6 @@ export class AnswerCache {
       this.#map.delete(k);
       return undefined;
     }
-    this.hits++;
     return e;
   }
 

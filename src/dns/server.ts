@@ -54,6 +54,8 @@ export interface DnsServerStats {
   refusedClients: number;
   rateLimited: number;
   truncated: number;
+  /** UDP queries answered from the cache of encoded answers. */
+  cacheHits: number;
 }
 
 const RCODE: Record<string, number> = {
@@ -233,6 +235,7 @@ export class DnsServer {
     refusedClients: 0,
     rateLimited: 0,
     truncated: 0,
+    cacheHits: 0,
   };
   readonly #o: DnsServerOptions;
   readonly #udp: UdpSocket[] = [];
@@ -379,6 +382,7 @@ export class DnsServer {
         sb.sizes[out] = hit.bytes.length;
         sb.replyTo(out, rb, i);
         out++;
+        this.stats.cacheHits++;
         if (hit.truncated) this.stats.truncated++;
         this.#o.resolver.replay(hit.question, hit.resolution);
         continue;

@@ -239,7 +239,6 @@ export class DnsServer {
   };
   readonly #o: DnsServerOptions;
   readonly #udp: UdpSocket[] = [];
-  readonly #loops: Promise<void>[] = [];
   readonly #tcp: Deno.TcpListener[] = [];
   readonly #conns = new Set<Deno.TcpConn>();
   readonly #limiter: RateLimiter;
@@ -250,8 +249,9 @@ export class DnsServer {
   /** Shared by every socket: a batch is received, answered and sent with no await in between. */
   #rb: RecvBatch | undefined;
   #sb: SendBatch | undefined;
-  /** Signalled once by close(): wakes every loop sleeping in poll. */
-  #stop: EventFd | undefined;
+  /** Wakes the UDP loop from poll: a socket was added, or the server closes. */
+  #wake: EventFd | undefined;
+  #loop: Promise<void> | undefined;
   #closed = false;
 
   private constructor(o: DnsServerOptions) {
@@ -282,6 +282,7 @@ export class DnsServer {
     if (this.#closed) return;
     let udp: UdpSocket | undefined;
     try {
+      this.#wake ??= new EventFd();
       udp = openUdp({
         bindAddr: addr,
         port: this.#o.port,
@@ -291,7 +292,8 @@ export class DnsServer {
       });
       this.#listenTcp(addr);
       this.#udp.push(udp);
-      this.#loops.push(this.#serveUdp(udp));
+      this.#loop ??= this.#serveUdp();
+      this.#wake.signal();
       this.#bound.add(addr);
       log.info("DNS server listening", {
         address: addr,
@@ -328,26 +330,47 @@ export class DnsServer {
     return true;
   }
 
-  /** Drains `sock` batch by batch; sleeps in poll (off the isolate's thread) when it is empty. */
-  async #serveUdp(sock: UdpSocket): Promise<void> {
-    this.#stop ??= new EventFd();
+  /**
+   * One loop for every socket (one thread of the blocking pool sleeps in poll for all of them):
+   * drains the readable sockets batch by batch, then sleeps in poll off the isolate's thread. The
+   * wake eventfd brings it back when a socket is added or the server closes.
+   */
+  async #serveUdp(): Promise<void> {
+    const wake = this.#wake!;
     this.#rb ??= new RecvBatch(UDP_BATCH, UDP_QUERY_MAX);
     this.#sb ??= new SendBatch(UDP_BATCH, UDP_ANSWER_MAX);
-    const poller = new Poller([sock.fd, this.#stop.fd]);
+    let socks: UdpSocket[] = [];
+    let poller = new Poller([wake.fd]);
+    let ready: boolean[] = [];
     while (!this.#closed) {
-      for (let round = 0; round < DRAIN_ROUNDS && !this.#closed; round++) {
-        const n = sock.recvBatch(this.#rb);
-        if (n < 0) {
-          log.warn("DNS UDP receive failed", { errno: -n });
-          break;
+      if (socks.length !== this.#udp.length) {
+        socks = [...this.#udp];
+        poller = new Poller([wake.fd, ...socks.map((u) => u.fd)]);
+        ready = socks.map(() => true); // drain new sockets once before sleeping
+      }
+      for (let k = 0; k < socks.length && !this.#closed; k++) {
+        if (!ready[k]) continue;
+        const sock = socks[k];
+        for (let round = 0; round < DRAIN_ROUNDS && !this.#closed; round++) {
+          const n = sock.recvBatch(this.#rb);
+          if (n < 0) {
+            log.warn("DNS UDP receive failed", { errno: -n });
+            break;
+          }
+          if (n === 0) break;
+          this.#answerBatch(sock, n);
+          if (n < UDP_BATCH) break;
         }
-        if (n === 0) break;
-        this.#answerBatch(sock, n);
-        if (n < UDP_BATCH) break;
       }
       if (this.#closed) break;
       // Returns at once when more is queued: the event loop (MQTT, API, deferred answers) ran meanwhile.
-      if ((await poller.waitAsync(-1)) < 0) await new Promise((r) => setTimeout(r, 10));
+      if ((await poller.waitAsync(-1)) < 0) {
+        await new Promise((r) => setTimeout(r, 10));
+        ready = socks.map(() => true);
+        continue;
+      }
+      if (poller.readable(0)) wake.drain();
+      ready = socks.map((_, k) => poller.readable(k + 1));
     }
   }
 
@@ -505,12 +528,12 @@ export class DnsServer {
         c.close();
       } catch { /* closed */ }
     }
-    // Wake the loops and let them leave poll before their fds are closed (no fd number reuse under a poll).
-    this.#stop?.signal();
-    await Promise.all(this.#loops);
+    // Wake the loop and let it leave poll before the fds are closed (no fd number reuse under a poll).
+    this.#wake?.signal();
+    await this.#loop;
     for (const s of this.#udp) s.close();
     this.#udp.length = 0;
-    this.#stop?.close();
-    this.#stop = undefined;
+    this.#wake?.close();
+    this.#wake = undefined;
   }
 }

@@ -491,7 +491,12 @@ Deno.test(
       // Over IPv6 (ff02::fb on the instance's interface).
       const ifname = (await w.execIn(client, ["ip", "-o", "link", "show"])).split("\n")
         .map((l) => l.split(": ")[1]?.split("@")[0]).find((n) => n && n !== "lo")!;
-      const v6 = await mdnsQuery(client, `ff02::fb%${ifname}`, name, "AAAA");
+      // Retried: the instance's link-local address may still be tentative (DAD) on a busy machine.
+      const v6 = await eventually(
+        () => mdnsQuery(client, `ff02::fb%${ifname}`, name, "AAAA"),
+        (x) => x !== null,
+        10000,
+      );
       assertEquals(v6?.answers.map((x) => x.data), ["fdff::7:1"]);
       // A QU question from port 5353: unicast answer to the asker.
       const qu = await mdnsQuery(client, "224.0.0.251", name, "A", true);

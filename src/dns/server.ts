@@ -23,9 +23,8 @@
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import type { Answer, DecodedPacket, Packet, Question } from "dns-packet";
-import { formatIPv6, MSG_TRUNC, openUdp, RecvBatch, SendBatch, type UdpSocket } from "../../ffi/udp.ts";
-import { Poller } from "../../ffi/poll.ts";
-import { EventFd } from "../../ffi/eventfd.ts";
+import { formatIPv6, MSG_TRUNC, openUdp, type RecvBatch, SendBatch, type UdpSocket } from "../../ffi/udp.ts";
+import { UDP_BATCH, UdpLoop } from "./udp_loop.ts";
 import { logger } from "../log.ts";
 import { type NameResolver, optRecord, type Resolution } from "./resolver.ts";
 import { AnswerCache } from "./answer_cache.ts";
@@ -44,6 +43,8 @@ export interface DnsServerOptions {
   allowed4?: (addr: number) => boolean;
   /** Queries per second per client (bucket of the same size). */
   rateLimit: number;
+  /** The receive loop to join (shared with the mDNS responder); default: one of its own. */
+  loop?: UdpLoop;
 }
 
 /** Counters of the server. */
@@ -69,14 +70,8 @@ const RCODE: Record<string, number> = {
 const MAX_TCP_CONNS = 64;
 const TCP_IDLE_MS = 10_000;
 const MAX_CLIENTS = 4096;
-/** Datagrams per `recvmmsg`/`sendmmsg`. */
-export const UDP_BATCH = 64;
-/** Largest query taken over UDP (longer ones arrive cut: counted malformed). */
-const UDP_QUERY_MAX = 2048;
 /** Largest UDP answer we send (EDNS sizes are capped to it). */
 const UDP_ANSWER_MAX = 4096;
-/** Full batches drained per wake-up before the event loop gets a turn. */
-const DRAIN_ROUNDS = 8;
 const UDP_RCVBUF = 1 << 20;
 /** Encoded answers kept for repeated queries. */
 const ANSWER_CACHE = 1024;
@@ -239,6 +234,8 @@ export class DnsServer {
   };
   readonly #o: DnsServerOptions;
   readonly #udp: UdpSocket[] = [];
+  readonly #loop: UdpLoop;
+  readonly #ownLoop: boolean;
   readonly #tcp: Deno.TcpListener[] = [];
   readonly #conns = new Set<Deno.TcpConn>();
   readonly #limiter: RateLimiter;
@@ -247,16 +244,14 @@ export class DnsServer {
   readonly #bound = new Set<string>();
   readonly #retries = new Set<ReturnType<typeof setTimeout>>();
   /** Shared by every socket: a batch is received, answered and sent with no await in between. */
-  #rb: RecvBatch | undefined;
   #sb: SendBatch | undefined;
-  /** Wakes the UDP loop from poll: a socket was added, or the server closes. */
-  #wake: EventFd | undefined;
-  #loop: Promise<void> | undefined;
   #closed = false;
 
   private constructor(o: DnsServerOptions) {
     this.#o = o;
     this.#limiter = new RateLimiter(o.rateLimit);
+    this.#loop = o.loop ?? new UdpLoop();
+    this.#ownLoop = o.loop === undefined;
     this.#allowed4 = o.allowed4 ??
       ((a) => o.allowed(`${a >>> 24}.${(a >>> 16) & 0xff}.${(a >>> 8) & 0xff}.${a & 0xff}`));
   }
@@ -282,7 +277,6 @@ export class DnsServer {
     if (this.#closed) return;
     let udp: UdpSocket | undefined;
     try {
-      this.#wake ??= new EventFd();
       udp = openUdp({
         bindAddr: addr,
         port: this.#o.port,
@@ -292,8 +286,8 @@ export class DnsServer {
       });
       this.#listenTcp(addr);
       this.#udp.push(udp);
-      this.#loop ??= this.#serveUdp();
-      this.#wake.signal();
+      this.#sb ??= new SendBatch(UDP_BATCH, UDP_ANSWER_MAX);
+      this.#loop.add(udp, (sock, rb, n) => this.#answerBatch(sock, rb, n));
       this.#bound.add(addr);
       log.info("DNS server listening", {
         address: addr,
@@ -330,53 +324,10 @@ export class DnsServer {
     return true;
   }
 
-  /**
-   * One loop for every socket (one thread of the blocking pool sleeps in poll for all of them):
-   * drains the readable sockets batch by batch, then sleeps in poll off the isolate's thread. The
-   * wake eventfd brings it back when a socket is added or the server closes.
-   */
-  async #serveUdp(): Promise<void> {
-    const wake = this.#wake!;
-    this.#rb ??= new RecvBatch(UDP_BATCH, UDP_QUERY_MAX);
-    this.#sb ??= new SendBatch(UDP_BATCH, UDP_ANSWER_MAX);
-    let socks: UdpSocket[] = [];
-    let poller = new Poller([wake.fd]);
-    let ready: boolean[] = [];
-    while (!this.#closed) {
-      if (socks.length !== this.#udp.length) {
-        socks = [...this.#udp];
-        poller = new Poller([wake.fd, ...socks.map((u) => u.fd)]);
-        ready = socks.map(() => true); // drain new sockets once before sleeping
-      }
-      for (let k = 0; k < socks.length && !this.#closed; k++) {
-        if (!ready[k]) continue;
-        const sock = socks[k];
-        for (let round = 0; round < DRAIN_ROUNDS && !this.#closed; round++) {
-          const n = sock.recvBatch(this.#rb);
-          if (n < 0) {
-            log.warn("DNS UDP receive failed", { errno: -n });
-            break;
-          }
-          if (n === 0) break;
-          this.#answerBatch(sock, n);
-          if (n < UDP_BATCH) break;
-        }
-      }
-      if (this.#closed) break;
-      // Returns at once when more is queued: the event loop (MQTT, API, deferred answers) ran meanwhile.
-      if ((await poller.waitAsync(-1)) < 0) {
-        await new Promise((r) => setTimeout(r, 10));
-        ready = socks.map(() => true);
-        continue;
-      }
-      if (poller.readable(0)) wake.drain();
-      ready = socks.map((_, k) => poller.readable(k + 1));
-    }
-  }
-
   /** Answers the `n` datagrams of the receive batch: hits at once (one sendmmsg), the rest when they settle. */
-  #answerBatch(sock: UdpSocket, n: number): void {
-    const rb = this.#rb!, sb = this.#sb!;
+  #answerBatch(sock: UdpSocket, rb: RecvBatch, n: number): void {
+    if (this.#closed) return;
+    const sb = this.#sb!;
     const table = this.#o.resolver.table; // unchanged during the batch (no await in it)
     let out = 0;
     for (let i = 0; i < n; i++) {
@@ -528,12 +479,8 @@ export class DnsServer {
         c.close();
       } catch { /* closed */ }
     }
-    // Wake the loop and let it leave poll before the fds are closed (no fd number reuse under a poll).
-    this.#wake?.signal();
-    await this.#loop;
-    for (const s of this.#udp) s.close();
+    // The loop owns the UDP sockets: a shared one closes them when its owner (NodeDns) closes it.
+    if (this.#ownLoop) await this.#loop.close();
     this.#udp.length = 0;
-    this.#wake?.close();
-    this.#wake = undefined;
   }
 }

@@ -491,13 +491,37 @@ Deno.test(
       // Over IPv6 (ff02::fb on the instance's interface).
       const ifname = (await w.execIn(client, ["ip", "-o", "link", "show"])).split("\n")
         .map((l) => l.split(": ")[1]?.split("@")[0]).find((n) => n && n !== "lo")!;
-      // Retried: the instance's link-local address may still be tentative (DAD) on a busy machine.
+      // Once the instance's link-local address has passed DAD it is the source of its ff02::fb queries
+      // (real mDNS clients too): a link-local sender on the bridge is answered, to its link-local address.
+      const settled = (out: string) => /fe80:/.test(out) && !/tentative/.test(out);
+      await eventually(
+        () => w.execIn(client, ["ip", "-6", "addr", "show", "dev", ifname, "scope", "link"]),
+        settled,
+        10000,
+      );
+      await eventually(
+        async () =>
+          (await runTool("ip", [
+            "-n",
+            node.ns,
+            "-6",
+            "addr",
+            "show",
+            "dev",
+            "goProxyBridge",
+            "scope",
+            "link",
+          ])).stdout,
+        settled,
+        10000,
+      );
       const v6 = await eventually(
         () => mdnsQuery(client, `ff02::fb%${ifname}`, name, "AAAA"),
         (x) => x !== null,
-        10000,
+        5000,
       );
       assertEquals(v6?.answers.map((x) => x.data), ["fdff::7:1"]);
+      assertMatch(v6?.from ?? "", /^fe80:/);
       // A QU question from port 5353: unicast answer to the asker.
       const qu = await mdnsQuery(client, "224.0.0.251", name, "A", true);
       assertEquals(qu?.answers.map((x) => x.data), ["10.30.7.1"]);

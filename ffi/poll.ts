@@ -7,6 +7,7 @@
  * ```ts
  * const p = new Poller([tunFd, udpFd]);
  * if (p.wait(10) > 0 && p.readable(0)) drainTun();
+ * if ((await p.waitAsync(-1)) > 0 && p.readable(1)) drainUdp(); // from the main isolate
  * ```
  */
 import { errno, libc } from "./libc.ts";
@@ -38,6 +39,18 @@ export class Poller {
     for (let i = 0; i < this.#n; i++) this.#view.setInt16(i * 8 + 6, 0, true);
     const r = libc.poll(this.#buf, this.#count, timeoutMs);
     return r < 0 ? -errno() : r;
+  }
+
+  /**
+   * Like {@link Poller.wait} but on Deno's blocking thread pool, so the calling isolate's event loop
+   * keeps running (one pool hop per call: use it to sleep between drained batches, not per packet).
+   * Resolves the number of ready fds, 0 on timeout, -1 on error (errno belongs to the pool thread).
+   * The Poller must not be waited on twice at once.
+   */
+  async waitAsync(timeoutMs: number): Promise<number> {
+    for (let i = 0; i < this.#n; i++) this.#view.setInt16(i * 8 + 6, 0, true);
+    const r = await libc.poll_async(this.#buf, this.#count, timeoutMs);
+    return r < 0 ? -1 : r;
   }
 
   /** True when fd `i` is readable (or in error/hang-up: a read will tell) after the last wait. */

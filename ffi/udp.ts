@@ -1006,3 +1006,100 @@ export function formatIPv6(b: Uint8Array, off = 0): string {
   if (bestStart < 0) return hex(g);
   return `${hex(g.slice(0, bestStart))}::${hex(g.slice(bestStart + bestLen))}`;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Multicast sockets (mDNS). Added for the DNS work; nothing above changed.
+
+const SO_REUSEADDR = 2;
+const SO_BINDTODEVICE = 25;
+const IPPROTO_IP = 0;
+const IP_MULTICAST_IF = 32;
+const IP_MULTICAST_TTL = 33;
+const IP_MULTICAST_LOOP = 34;
+const IP_ADD_MEMBERSHIP = 35;
+const IPV6_MULTICAST_IF = 17;
+const IPV6_MULTICAST_HOPS = 18;
+const IPV6_MULTICAST_LOOP = 19;
+const IPV6_ADD_MEMBERSHIP = 20;
+
+/** Options for {@link openMulticastUdp}. */
+export interface MulticastOptions {
+  /** The group (e.g. 224.0.0.251 or ff02::fb); its family is the socket's. */
+  group: string;
+  port: number;
+  /** The one interface: joined there, sent from there, and (SO_BINDTODEVICE) received only there. */
+  ifname: string;
+  /** Bind to the group address (v4: unicast to the port is not received) instead of any address. */
+  bindGroup?: boolean;
+  /** TTL / hop limit of multicast sends (default 255, as mDNS requires). */
+  hops?: number;
+  /** Receive our own multicast sends (default false). */
+  loop?: boolean;
+  /** Open with SOCK_NONBLOCK (default false). */
+  nonBlocking?: boolean;
+}
+
+/**
+ * Opens a UDP socket joined to a multicast group on one interface (SO_REUSEADDR, so it shares the
+ * port with other responders; SO_BINDTODEVICE, so nothing from another interface reaches it), with
+ * multicast sends leaving through that interface. IPv6 sockets are v6-only. Throws `SyscallError` or
+ * `UdpError` (unknown interface, bad group).
+ *
+ * @example
+ * ```ts
+ * const m = openMulticastUdp({ group: "224.0.0.251", port: 5353, ifname: "goProxyBridge", bindGroup: true });
+ * m.close();
+ * ```
+ */
+export function openMulticastUdp(opts: MulticastOptions): UdpSocket {
+  assertLp64();
+  const family: 4 | 6 = opts.group.includes(":") ? 6 : 4;
+  const ifindex = libc.if_nametoindex(new TextEncoder().encode(opts.ifname + "\0"));
+  if (ifindex === 0) throw new UdpError(`unknown interface "${opts.ifname}"`);
+  const bindSa = sockaddr(
+    family,
+    opts.bindGroup ? (family === 6 ? `${opts.group}%${ifindex}` : opts.group) : undefined,
+    opts.port,
+  );
+  const type = SOCK_DGRAM | SOCK_CLOEXEC | (opts.nonBlocking ? SOCK_NONBLOCK : 0);
+  const fd = libc.socket(family === 4 ? AF_INET : AF_INET6, type, 0);
+  if (fd < 0) throw new SyscallError("socket(udp)", errno());
+  const must = (r: number, what: string) => {
+    if (r < 0) throw new SyscallError(`setsockopt(${what})`, errno());
+  };
+  try {
+    must(setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1), "SO_REUSEADDR");
+    const dev = new TextEncoder().encode(opts.ifname + "\0");
+    must(libc.setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, dev.length), "SO_BINDTODEVICE");
+    const hops = opts.hops ?? 255;
+    if (family === 4) {
+      const group = parseIPv4(opts.group);
+      // struct ip_mreqn { in_addr imr_multiaddr; in_addr imr_address; int imr_ifindex; }
+      const mreqn = new Uint8Array(new ArrayBuffer(12));
+      const dv = new DataView(mreqn.buffer);
+      dv.setUint32(0, group, false);
+      dv.setInt32(8, ifindex, true);
+      must(libc.setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, mreqn, 12), "IP_ADD_MEMBERSHIP");
+      must(libc.setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, mreqn, 12), "IP_MULTICAST_IF");
+      must(setInt(fd, IPPROTO_IP, IP_MULTICAST_TTL, hops), "IP_MULTICAST_TTL");
+      must(setInt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, opts.loop ? 1 : 0), "IP_MULTICAST_LOOP");
+    } else {
+      must(setInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1), "IPV6_V6ONLY");
+      // struct ipv6_mreq { in6_addr ipv6mr_multiaddr; unsigned ipv6mr_interface; }
+      const mreq = new Uint8Array(new ArrayBuffer(20));
+      mreq.set(parseIPv6(opts.group), 0);
+      new DataView(mreq.buffer).setUint32(16, ifindex, true);
+      must(libc.setsockopt(fd, IPPROTO_IPV6, IPV6_ADD_MEMBERSHIP, mreq, 20), "IPV6_ADD_MEMBERSHIP");
+      must(setInt(fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, ifindex), "IPV6_MULTICAST_IF");
+      must(setInt(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, hops), "IPV6_MULTICAST_HOPS");
+      must(setInt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, opts.loop ? 1 : 0), "IPV6_MULTICAST_LOOP");
+    }
+    if (libc.bind(fd, bindSa, bindSa.length) < 0) {
+      throw new SyscallError(`bind(${opts.bindGroup ? opts.group : "any"}:${opts.port})`, errno());
+    }
+    return udpFromInfo({ fd, family, gso: false, gro: false, localPort: opts.port });
+  } catch (e) {
+    libc.close(fd);
+    throw e;
+  }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
 # Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, openssl, dnsutils, dnsmasq-base;
-# prometheus for promtool; chromium for the web page test; jq, sockperf and dnsperf for the benchmarks; npm, dpkg-deb, file and
+# prometheus for promtool; chromium for the web page test; dbus-daemon, avahi-daemon and avahi-utils
+# for the mDNS test; jq, sockperf and dnsperf for the benchmarks; npm, dpkg-deb, file and
 # systemd-analyze for scripts/package.sh and its test) and Deno from npm at a pinned version into .tools/
 # (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
@@ -14,7 +15,8 @@ need=()
 for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto iperf3:iperf3 tcpdump:tcpdump \
   unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl jq:jq sockperf:sockperf setsid:util-linux \
   openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
-  promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium; do
+  promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium \
+  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -23,6 +25,11 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >&2
+  # avahi-daemon is for the mDNS test only (it runs its own, inside an instance namespace): a system
+  # daemon the package may have started would announce this machine on its real network.
+  if printf '%s\n' "${need[@]}" | grep -qx avahi-daemon && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now avahi-daemon.socket avahi-daemon.service >&2 2>/dev/null || true
+  fi
 fi
 # mosquitto's package starts a system broker on 1883; tests start their own brokers on other ports.
 # prometheus is installed for promtool only (tests check the metrics with it); its server is not used.

@@ -16,14 +16,26 @@
  * await m.close();
  * ```
  */
-import dgram from "node:dgram";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import type { Answer, DecodedPacket, Question } from "dns-packet";
+import {
+  formatIPv4,
+  formatIPv6,
+  MSG_TRUNC,
+  openMulticastUdp,
+  parseIPv4,
+  parseIPv6,
+  type RecvBatch,
+  SendBatch,
+  type UdpSocket,
+} from "../../ffi/udp.ts";
+import { libc } from "../../ffi/libc.ts";
 import { logger } from "../log.ts";
 import { parseName } from "./names.ts";
 import type { NameResolver } from "./resolver.ts";
 import { RateLimiter } from "./server.ts";
+import { UdpLoop } from "./udp_loop.ts";
 
 const log = logger("mdns");
 
@@ -45,7 +57,23 @@ export interface MdnsOptions {
   v6?: boolean;
   /** Packets per second per sender (default 200). */
   rateLimit?: number;
+  /** The receive loop to join (shared with the DNS server); default: one of its own. */
+  loop?: UdpLoop;
 }
+
+/** Where an answer goes: the asker (unicast) or the group. */
+interface Peer {
+  family: 4 | 6;
+  addr4: number;
+  addr6: Uint8Array;
+  scope: number;
+  port: number;
+}
+
+const GROUP4 = parseIPv4("224.0.0.251");
+const GROUP6 = parseIPv6("ff02::fb");
+/** Largest answer we send (RFC 6762 §17 allows up to 9000 bytes). */
+const ANSWER_MAX = 9000;
 
 /** Counters of the responder. */
 export interface MdnsStats {
@@ -69,87 +97,82 @@ export function mdnsQuestion(q: Question): { q: Question; qu: boolean } | undefi
 export class MdnsResponder {
   readonly stats: MdnsStats = { questions: 0, answered: 0, malformed: 0, refusedClients: 0, rateLimited: 0 };
   readonly #o: MdnsOptions;
-  readonly #socks: dgram.Socket[] = [];
   readonly #limiter: RateLimiter;
+  readonly #loop: UdpLoop;
+  readonly #ownLoop: boolean;
+  readonly #ifindex: number;
+  readonly #sb = new SendBatch(1, ANSWER_MAX);
+  #closed = false;
 
   private constructor(o: MdnsOptions) {
     this.#o = o;
     this.#limiter = new RateLimiter(o.rateLimit ?? 200);
+    this.#loop = o.loop ?? new UdpLoop();
+    this.#ownLoop = o.loop === undefined;
+    this.#ifindex = libc.if_nametoindex(new TextEncoder().encode(o.bridgeName + "\0"));
   }
 
   /** Joins the groups on the bridge; a family that cannot be joined is logged and skipped. */
-  static async start(o: MdnsOptions): Promise<MdnsResponder> {
+  static start(o: MdnsOptions): Promise<MdnsResponder> {
     const m = new MdnsResponder(o);
-    await m.#open("udp4").catch((e) => log.warn("mDNS (IPv4) unavailable", { error: String(e) }));
-    if (o.v6 !== false) {
-      await m.#open("udp6").catch((e) => log.warn("mDNS (IPv6) unavailable", { error: String(e) }));
-    }
-    return m;
+    m.#open(4);
+    if (o.v6 !== false) m.#open(6);
+    return Promise.resolve(m);
   }
 
-  #open(type: "udp4" | "udp6"): Promise<void> {
-    const o = this.#o;
-    const sock = dgram.createSocket({ type, reuseAddr: true });
-    const group = type === "udp4" ? MDNS_V4 : MDNS_V6;
-    return new Promise((resolve, reject) => {
-      const failed = (e: Error) => {
-        try {
-          sock.close();
-        } catch { /* already closed */ }
-        reject(e);
-      };
-      sock.once("error", failed);
-      // Bound to the group address: unicast to port 5353 on the underlay never reaches this socket.
-      sock.bind(MDNS_PORT, type === "udp4" ? MDNS_V4 : "::", () => {
-        try {
-          if (type === "udp4") {
-            sock.addMembership(group, o.bridge4);
-            sock.setMulticastInterface(o.bridge4);
-          } else {
-            sock.addMembership(group, `::%${o.bridgeName}`);
-            sock.setMulticastInterface(`::%${o.bridgeName}`);
-          }
-          sock.setMulticastTTL(255);
-          sock.setMulticastLoopback(false);
-        } catch (e) {
-          sock.close();
-          reject(e);
-          return;
-        }
-        sock.removeListener("error", failed);
-        sock.on("error", (e: Error) => log.warn("mDNS socket error", { error: e.message }));
-        sock.on(
-          "message",
-          (msg: Buffer, rinfo: dgram.RemoteInfo) => void this.#onMessage(sock, type, msg, rinfo),
-        );
-        this.#socks.push(sock);
-        log.info("mDNS responder listening", { group, bridge: o.bridgeName });
-        resolve();
+  #open(family: 4 | 6): void {
+    const group = family === 4 ? MDNS_V4 : MDNS_V6;
+    try {
+      // Bound to the bridge (SO_BINDTODEVICE): nothing from the underlay reaches it. The IPv4 socket is
+      // bound to the group address too, so unicast to port 5353 of the bridge address is not answered.
+      const sock = openMulticastUdp({
+        group,
+        port: MDNS_PORT,
+        ifname: this.#o.bridgeName,
+        bindGroup: family === 4,
+        nonBlocking: true,
       });
-    });
+      this.#loop.add(sock, (s, rb, n) => this.#onBatch(s, rb, n));
+      log.info("mDNS responder listening", { group, bridge: this.#o.bridgeName });
+    } catch (e) {
+      log.warn(`mDNS (IPv${family}) unavailable`, { error: String(e) });
+    }
   }
 
-  #admitted(address: string): boolean {
-    const [ip, scope] = address.split("%");
-    if (this.#o.allowed(ip)) return true;
-    // Link-local senders only from the bridge's own scope.
-    return /^fe80:/i.test(ip) && scope === this.#o.bridgeName;
+  /** Takes a batch: checks and copies each datagram out (the batch is reused), answers asynchronously. */
+  #onBatch(sock: UdpSocket, rb: RecvBatch, n: number): void {
+    if (this.#closed) return;
+    for (let i = 0; i < n; i++) {
+      const fam = rb.families[i] === 4 ? 4 : 6;
+      const ip = fam === 4 ? formatIPv4(rb.addrs4[i]) : formatIPv6(rb.addrs6, i * 16);
+      // Link-local senders only from the bridge itself (their scope is the interface they came in on).
+      const ok = this.#o.allowed(ip) ||
+        (fam === 6 && /^fe[89ab]/i.test(ip) && rb.scopes[i] === this.#ifindex);
+      if (!ok) {
+        this.stats.refusedClients++;
+        continue;
+      }
+      if (!this.#limiter.take(ip)) {
+        this.stats.rateLimited++;
+        continue;
+      }
+      if (rb.msgFlags[i] & MSG_TRUNC) {
+        this.stats.malformed++;
+        continue;
+      }
+      const msg = Buffer.from(rb.bufs[i].slice(0, rb.sizes[i]));
+      const from: Peer = {
+        family: fam,
+        addr4: rb.addrs4[i],
+        addr6: rb.addrs6.slice(i * 16, i * 16 + 16),
+        scope: rb.scopes[i],
+        port: rb.ports[i],
+      };
+      this.#onMessage(sock, msg, from).catch((e) => log.warn("mDNS answer failed", { error: String(e) }));
+    }
   }
 
-  async #onMessage(
-    sock: dgram.Socket,
-    type: "udp4" | "udp6",
-    msg: Buffer,
-    rinfo: dgram.RemoteInfo,
-  ): Promise<void> {
-    if (!this.#admitted(rinfo.address)) {
-      this.stats.refusedClients++;
-      return;
-    }
-    if (!this.#limiter.take(rinfo.address)) {
-      this.stats.rateLimited++;
-      return;
-    }
+  async #onMessage(sock: UdpSocket, msg: Buffer, from: Peer): Promise<void> {
     let p: DecodedPacket;
     try {
       p = dnsPacket.decode(msg);
@@ -158,7 +181,7 @@ export class MdnsResponder {
       return;
     }
     if (p.type !== "query" || (p.questions ?? []).length === 0) return;
-    const legacy = rinfo.port !== MDNS_PORT;
+    const legacy = from.port !== MDNS_PORT;
     const unicastAnswers: Answer[] = [];
     const multicastAnswers: Answer[] = [];
     const asked: Question[] = [];
@@ -191,27 +214,32 @@ export class MdnsResponder {
           answers: unicastAnswers,
         })
         : dnsPacket.encode({ type: "response", id: 0, flags, answers: unicastAnswers });
-      sock.send(out, rinfo.port, rinfo.address);
-      this.stats.answered++;
+      if (this.#send(sock, out, from)) this.stats.answered++;
     }
     if (multicastAnswers.length > 0) {
       const out = dnsPacket.encode({ type: "response", id: 0, flags, answers: multicastAnswers });
-      sock.send(out, MDNS_PORT, type === "udp4" ? MDNS_V4 : `${MDNS_V6}%${this.#o.bridgeName}`);
-      this.stats.answered++;
+      const group: Peer = sock.family === 4
+        ? { family: 4, addr4: GROUP4, addr6: GROUP6, scope: 0, port: MDNS_PORT }
+        : { family: 6, addr4: 0, addr6: GROUP6, scope: this.#ifindex, port: MDNS_PORT };
+      if (this.#send(sock, out, group)) this.stats.answered++;
     }
   }
 
-  /** Leaves the groups and closes the sockets. */
+  /** Sends one datagram (synchronously: the one-slot batch is free between sends). */
+  #send(sock: UdpSocket, out: Uint8Array, to: Peer): boolean {
+    if (this.#closed || sock.fd < 0 || out.length > ANSWER_MAX) return false;
+    const sb = this.#sb;
+    sb.bufs[0].set(out);
+    sb.sizes[0] = out.length;
+    if (to.family === 4) sb.setDst4(0, to.addr4, to.port);
+    else sb.setDst6(0, to.addr6, 0, to.port, to.scope);
+    return sock.sendBatch(sb, 1) === 1;
+  }
+
+  /** Leaves the groups and closes the sockets (with its own loop; a shared loop's owner closes that). */
   async close(): Promise<void> {
-    await Promise.all(this.#socks.map((s) =>
-      new Promise<void>((r) => {
-        try {
-          s.close(() => r());
-        } catch {
-          r();
-        }
-      })
-    ));
-    this.#socks.length = 0;
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#ownLoop) await this.#loop.close();
   }
 }

@@ -102,6 +102,7 @@ export function registerDnsMetrics(reg: Registry, current: () => NodeDns | undef
         refused_client: s.refusedClients,
         rate_limited: s.rateLimited,
         truncated: s.truncated,
+        answer_cache_hit: s.cacheHits,
       }).map(([outcome, v]) => [{ outcome }, v] as Sample);
     }),
   );

@@ -30,6 +30,7 @@ import { normalizeSuffix } from "./names.ts";
 import { NameResolver, type NameSource, type Resolution } from "./resolver.ts";
 import { DnsServer } from "./server.ts";
 import { MdnsResponder } from "./mdns.ts";
+import { UdpLoop } from "./udp_loop.ts";
 import { parseResolvConf, parseUpstreams, Upstream, type UpstreamServer } from "./upstream.ts";
 
 export * from "./names.ts";
@@ -37,6 +38,7 @@ export * from "./resolver.ts";
 export * from "./server.ts";
 export * from "./upstream.ts";
 export * from "./mdns.ts";
+export * from "./udp_loop.ts";
 
 const log = logger("dns");
 
@@ -73,17 +75,21 @@ export class NodeDns {
   readonly upstream: Upstream;
   readonly server: DnsServer | undefined;
   readonly mdns: MdnsResponder | undefined;
+  /** One receive loop (one poll, one pool thread) for the server's and the responder's sockets. */
+  readonly #loop: UdpLoop;
 
   private constructor(
     resolver: NameResolver,
     upstream: Upstream,
     server: DnsServer | undefined,
     mdns: MdnsResponder | undefined,
+    loop: UdpLoop,
   ) {
     this.resolver = resolver;
     this.upstream = upstream;
     this.server = server;
     this.mdns = mdns;
+    this.#loop = loop;
   }
 
   /** Builds the resolver and, when `Dns` is on, listens on the bridge addresses. */
@@ -110,17 +116,21 @@ export class NodeDns {
     });
     let server: DnsServer | undefined;
     let mdns: MdnsResponder | undefined;
+    const loop = new UdpLoop();
     const loop4 = { addr: 0x7f000000, len: 8 };
     const loop6 = { addr: new Uint8Array([...new Array(15).fill(0), 1]), len: 128 };
     // The instance subnet (which holds the bridge addresses: the node itself) and loopback.
     const allowed = (ip: string) => inPrefixes(ip, [o.subnet.v4, loop4], [o.subnet.v6, loop6]);
+    const allowed4 = (a: number) => inPrefix4(o.subnet.v4, a) || inPrefix4(loop4, a);
     if (net.Dns) {
       server = await DnsServer.start({
         addresses: [bridge4, bridge6],
         port: net.DnsPort,
         resolver,
         allowed,
+        allowed4,
         rateLimit: net.DnsRateLimit,
+        loop,
       });
       log.info("serving service names", { suffix: resolver.suffix, upstreams: servers.length });
     }
@@ -131,9 +141,10 @@ export class NodeDns {
         resolver,
         allowed,
         rateLimit: Math.min(net.DnsRateLimit, 1000),
+        loop,
       });
     }
-    return new NodeDns(resolver, upstream, server, mdns);
+    return new NodeDns(resolver, upstream, server, mdns, loop);
   }
 
   /** Resolves `name` (type A, AAAA, PTR, ANY, …) and says where the answer came from. */
@@ -157,9 +168,10 @@ export class NodeDns {
     };
   }
 
-  /** Stops the server and the responder. */
+  /** Stops the server and the responder, then their receive loop (which closes the UDP sockets). */
   async close(): Promise<void> {
     await this.server?.close();
     await this.mdns?.close();
+    await this.#loop.close();
   }
 }

@@ -171,6 +171,8 @@ export interface NameTable {
   job(name: string): readonly TableEntry[];
   jobs(): string[];
   service(text: string): ServiceGroup | undefined;
+  /** Changes with every change of the table; without it answers are never cached. */
+  readonly generation?: number;
 }
 
 /**

@@ -17,6 +17,9 @@
 import type { Answer, Question } from "dns-packet";
 import { answerName, type NameQType, type NameTable, parseName } from "./names.ts";
 import type { Upstream } from "./upstream.ts";
+import { logEnabled, logger } from "../log.ts";
+
+const log = logger("dns");
 
 /** How the control plane answered a by-name query. */
 export type JobLookup = "found" | "empty" | "unknown" | "unavailable";
@@ -42,6 +45,13 @@ export interface Resolution {
   /** True for names under the suffix and our reverse names (we are the authority). */
   readonly authoritative: boolean;
   readonly source: AnswerSource;
+  /**
+   * Set when the answer follows from the table's contents alone (not from the clock, the control
+   * plane's presence or an upstream): it stays right until the table changes.
+   */
+  readonly fromTable?: true;
+  /** The job whose interest this answer keeps alive (a name of the job answered from the table). */
+  readonly job?: string;
 }
 
 /** Options of {@link NameResolver}. */
@@ -103,6 +113,8 @@ export class NameResolver {
 
   /** Resolves one question. Never rejects. */
   async resolve(q: Question): Promise<Resolution> {
+    const now = this.resolveSync(q);
+    if (now !== undefined) return now;
     const r = await this.#resolve(q).catch((): Resolution => ({
       rcode: "SERVFAIL",
       answers: [],
@@ -110,11 +122,81 @@ export class NameResolver {
       authoritative: false,
       source: "none",
     }));
+    this.#count(q, r);
+    return r;
+  }
+
+  /**
+   * Resolves `q` at once when that needs no waiting (table hits, names the table says do not exist,
+   * negative-cache hits, refusals) and counts it like {@link resolve}; undefined when the answer
+   * needs the control plane or an upstream (then call {@link resolve}). Lets the UDP server answer a
+   * whole batch of hits without a promise per query.
+   */
+  resolveSync(q: Question): Resolution | undefined {
+    let r: Resolution | undefined;
+    try {
+      r = this.#resolveNow(q);
+    } catch {
+      r = { rcode: "SERVFAIL", answers: [], authorities: [], authoritative: false, source: "none" };
+    }
+    if (r !== undefined) this.#count(q, r);
+    return r;
+  }
+
+  /**
+   * Accounts for `r`, an answer to `q` given again from a cache of encoded answers: counts it and
+   * keeps its job's interest alive, as resolving it would have.
+   */
+  replay(q: Question, r: Resolution): void {
+    if (r.job !== undefined) this.#o.source?.()?.touch?.(r.job);
+    this.#count(q, r);
+  }
+
+  /** The table answers come from now (for caches of them). */
+  get table(): NameTable | undefined {
+    return this.#o.table();
+  }
+
+  #count(q: Question, r: Resolution): void {
     // Bounded label values: an attacker picks the type, not the metric's cardinality.
     const type = COUNTED_TYPES.has(q.type as string) ? q.type : "OTHER";
     const k = `${type}|${r.rcode}|${r.source}`;
     this.stats.answered.set(k, (this.stats.answered.get(k) ?? 0) + 1);
-    return r;
+  }
+
+  /** The synchronous part of {@link #resolve}; undefined when it would have to wait. */
+  #resolveNow(q: Question): Resolution | undefined {
+    const o = this.#o;
+    if ((q.class ?? "IN") !== "IN" && q.class !== "ANY") return this.#refused();
+    const parsed = parseName(q.name, o.suffix);
+    const t = o.table();
+    if (t === undefined) {
+      if (parsed.form === "outside") return undefined;
+      return { rcode: "SERVFAIL", answers: [], authorities: [], authoritative: false, source: "none" };
+    }
+    const a = answerName(t, parsed, qtypeOf(q), o.suffix, q.name, o.isServiceIp);
+    switch (a.kind) {
+      case "records":
+        if (parsed.form === "service" || parsed.form === "closest" || parsed.form === "instance") {
+          o.source?.()?.touch?.(parsed.job);
+          return { ...this.#records(a.records, "table"), fromTable: true, job: parsed.job };
+        }
+        return { ...this.#records(a.records, "table"), fromTable: true };
+      case "nxdomain":
+        return { ...this.#nx("table"), fromTable: true };
+      case "outside":
+        return o.upstream ? undefined : this.#refused();
+      case "miss-ip":
+        return o.source?.() ? undefined : this.#nx("table");
+      case "miss": {
+        const neg = this.#negative.get(a.job);
+        if (neg && Date.now() < neg.until) {
+          this.stats.negativeHits++;
+          return neg.kind === "empty" ? this.#records([], "negative") : this.#nx("negative");
+        }
+        return o.source?.() ? undefined : this.#nx("table");
+      }
+    }
   }
 
   /** Answers only from the table (no control plane, no upstream); undefined when that is not enough. */
@@ -193,7 +275,13 @@ export class NameResolver {
     let p = this.#misses.get(job);
     if (!p) {
       this.stats.controlQueries++;
-      p = src.lookupJob(job).catch((): JobLookup => "unavailable").finally(() => this.#misses.delete(job));
+      const t0 = performance.now();
+      p = src.lookupJob(job).catch((): JobLookup => "unavailable").finally(() => {
+        this.#misses.delete(job);
+        if (logEnabled("debug")) {
+          log.debug("name looked up in the control plane", { job, ms: +(performance.now() - t0).toFixed(2) });
+        }
+      });
       this.#misses.set(job, p);
     }
     return p;

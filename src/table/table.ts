@@ -201,8 +201,14 @@ export class TranslationTable {
   #nodeIp: string[] = [];
   #nodePort: number[] = [];
   #size = 0;
+  #generation = 0;
   readonly #scratch = new Uint8Array(16);
   readonly #scratch6 = new Uint8Array(16);
+
+  /** Bumped by every change (caches of answers derived from the table compare it). */
+  get generation(): number {
+    return this.#generation;
+  }
 
   /** Number of entries. */
   get size(): number {
@@ -575,6 +581,7 @@ export class TranslationTable {
   /** Removes everything. */
   clear(): TableChange {
     const removed = this.#size;
+    this.#generation++;
     const gone: number[] = [];
     for (const r of this.#ns4.values()) gone.push(this.#rNs4[r]);
     this.#reset();
@@ -618,6 +625,7 @@ export class TranslationTable {
   /** Removes `victims`, inserts `added` (already validated and conflict-free among themselves). */
   #commit(victims: Set<number>, added: readonly TableEntry[]): TableChange {
     if (victims.size === 0 && added.length === 0) return { added: 0, removed: 0, gone: [] };
+    this.#generation++;
     // What each victim was, to tell afterwards whether its namespace IP now names another instance.
     const was: { nsip4: number; job: string; instance: number; node: string }[] = [];
     for (const r of victims) {

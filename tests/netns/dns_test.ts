@@ -3,7 +3,8 @@
  * nodes, `dig` from inside an instance namespace against its node's bridge address (v4 and v6, UDP and
  * TCP); misses go to the control plane, undeploys disappear within TTL + 1 s, other names are forwarded
  * to a dnsmasq in its own namespace, queries from the underlay get no answer, fuzzed packets do not
- * crash the daemon. A standalone node with a static table answers the closest form.
+ * crash the daemon. A standalone node with a static table answers the closest form. The mDNS
+ * responder answers one-shot and QU questions, and avahi-resolve (avahi-daemon on a private D-Bus).
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
@@ -225,7 +226,7 @@ Deno.test(
 
       // A newly deployed service resolves on the first query (miss → control plane), fast.
       const times: number[] = [];
-      for (const k of [1, 2, 3]) {
+      for (const k of [1, 2, 3, 4, 5]) {
         const job = `app.ns.new${k}.ns`;
         await w.ctl(["service", "add", job]);
         await w.ctl(["instance", "add", job, "0"]);
@@ -241,8 +242,11 @@ Deno.test(
       console.log(
         `dig query time (ms): misses via the control plane ${times.join(", ")}; hits ${hits.join(", ")}`,
       );
-      // Target ≤ 20 ms on a quiet machine (benchmark); this shared machine (load ~7 on 2 cores) gets a loose bound.
-      assert(Math.min(...times) <= 100, `miss latency ${times}`);
+      // Target ≤ 20 ms (issue 13). A single miss is four processes and two MQTT hops, so under the full
+      // suite's load on 2 cores one of them can wait for a CPU: the median of five fresh names must
+      // hold 20 ms, every one of them 100 ms.
+      const sorted = [...times].sort((a, b) => a - b);
+      assert(sorted[2] <= 20 && sorted[4] <= 100, `miss latency (ms) ${times}: median ${sorted[2]}`);
 
       // Undeploy instance 1: its name disappears within TTL + 1 s; the service name stays.
       const t0 = Date.now();
@@ -446,7 +450,7 @@ async function mdnsQuery(
 }
 
 Deno.test(
-  { name: "mdns: one-shot and QU questions on the bridge are answered by unicast", ...opts },
+  { name: "mdns: one-shot and QU questions answered by unicast; avahi-resolve (v4, v6)", ...opts },
   async () => {
     const w = new World();
     try {
@@ -487,8 +491,37 @@ Deno.test(
       // Over IPv6 (ff02::fb on the instance's interface).
       const ifname = (await w.execIn(client, ["ip", "-o", "link", "show"])).split("\n")
         .map((l) => l.split(": ")[1]?.split("@")[0]).find((n) => n && n !== "lo")!;
-      const v6 = await mdnsQuery(client, `ff02::fb%${ifname}`, name, "AAAA");
+      // Once the instance's link-local address has passed DAD it is the source of its ff02::fb queries
+      // (real mDNS clients too): a link-local sender on the bridge is answered, to its link-local address.
+      const settled = (out: string) => /fe80:/.test(out) && !/tentative/.test(out);
+      await eventually(
+        () => w.execIn(client, ["ip", "-6", "addr", "show", "dev", ifname, "scope", "link"]),
+        settled,
+        10000,
+      );
+      await eventually(
+        async () =>
+          (await runTool("ip", [
+            "-n",
+            node.ns,
+            "-6",
+            "addr",
+            "show",
+            "dev",
+            "goProxyBridge",
+            "scope",
+            "link",
+          ])).stdout,
+        settled,
+        10000,
+      );
+      const v6 = await eventually(
+        () => mdnsQuery(client, `ff02::fb%${ifname}`, name, "AAAA"),
+        (x) => x !== null,
+        5000,
+      );
       assertEquals(v6?.answers.map((x) => x.data), ["fdff::7:1"]);
+      assertMatch(v6?.from ?? "", /^fe80:/);
       // A QU question from port 5353: unicast answer to the asker.
       const qu = await mdnsQuery(client, "224.0.0.251", name, "A", true);
       assertEquals(qu?.answers.map((x) => x.data), ["10.30.7.1"]);
@@ -497,6 +530,24 @@ Deno.test(
       assertEquals(await mdnsQuery(client, "224.0.0.251", "www.example.test", "A"), null);
       // Unicast to the bridge address port 5353 reaches no responder (it listens on the group only).
       assertEquals(await mdnsQuery(client, br.v4, name, "A"), null);
+      // Avahi (avahi-daemon on a private D-Bus, in the instance): avahi-resolve gets both families.
+      for (const [fam, want] of [["4", "10.30.7.1"], ["6", "fdff::7:1"]]) {
+        const av = await runTool("nsenter", [
+          "-t",
+          String(client.pid),
+          "-n",
+          "unshare",
+          "-m",
+          "--propagation",
+          "private",
+          "sh",
+          `${ROOT}tests/helpers/avahi_resolve.sh`,
+          await w.tempDir(`avahi${fam}`),
+          name,
+          fam,
+        ]);
+        assertEquals([av.code, av.stdout.trim()], [0, `${name}\t${want}`], av.stderr);
+      }
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 2000)));
       throw e;

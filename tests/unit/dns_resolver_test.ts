@@ -147,6 +147,7 @@ const stats = (): DnsServerStats => ({
   refusedClients: 0,
   rateLimited: 0,
   truncated: 0,
+  cacheHits: 0,
 });
 
 Deno.test("respond: UDP answers over the client's limit are truncated with TC; TCP gets all", async () => {

@@ -52,6 +52,8 @@ export interface Resolution {
   readonly fromTable?: true;
   /** The job whose interest this answer keeps alive (a name of the job answered from the table). */
   readonly job?: string;
+  /** An upstream's answer that is only part of the whole (TC passed on). */
+  readonly truncated?: true;
 }
 
 /** Options of {@link NameResolver}. */
@@ -306,6 +308,7 @@ export class NameResolver {
       authorities: r.authorities,
       authoritative: false,
       source: r.cached ? "upstream-cache" : "upstream",
+      ...(r.truncated ? { truncated: true as const } : {}),
     };
   }
 

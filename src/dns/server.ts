@@ -153,6 +153,7 @@ export function encodeAnswer(
   const base = { type: "response" as const, id: p.id, questions: [p.question] };
   let flags = p.rd | dnsPacket.RECURSION_AVAILABLE | (RCODE[r.rcode] ?? RCODE.SERVFAIL);
   if (r.authoritative) flags |= dnsPacket.AUTHORITATIVE_ANSWER;
+  if (r.truncated) flags |= dnsPacket.TRUNCATED_RESPONSE; // the upstream's answer is partial
   const additionals: Answer[] = p.ednsSize !== undefined ? [optRecord(1232)] : [];
   const pkt: Packet = { ...base, flags, answers: r.answers, authorities: r.authorities, additionals };
   let out: Uint8Array;

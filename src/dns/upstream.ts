@@ -13,6 +13,7 @@
  * ```
  */
 import dgram from "node:dgram";
+import net from "node:net";
 import { Buffer } from "node:buffer";
 import dnsPacket from "dns-packet";
 import type { Answer, DecodedPacket, Question } from "dns-packet";
@@ -37,6 +38,8 @@ export interface UpstreamAnswer {
   readonly authorities: Answer[];
   /** True when served from the cache. */
   readonly cached: boolean;
+  /** The upstream's answer was cut (TC) and could not be had whole over TCP: pass TC on, never cache. */
+  readonly truncated?: true;
 }
 
 /** Counters of the forwarder. */
@@ -113,13 +116,21 @@ export class Upstream {
     for (const s of this.#servers) {
       this.stats.forwarded++;
       const t0 = performance.now();
-      const r = await this.#askOne(s, q).catch(() => undefined);
+      let r = await this.#askOne(s, q).catch(() => undefined);
       if (!r) continue;
+      // A truncated UDP answer is partial: ask the same server over TCP for all of it.
+      let truncated = false;
+      if (r.flag_tc) {
+        const whole = await this.#askOneTcp(s, q).catch(() => undefined);
+        if (whole && !whole.flag_tc) r = whole;
+        else truncated = true;
+      }
       this.stats.latencyMsSum += performance.now() - t0;
       this.stats.latencyCount++;
       const rcode = r.rcode ?? "NOERROR";
       const answers = (r.answers ?? []).filter((a) => a.type !== "OPT");
       const authorities = r.authorities ?? [];
+      if (truncated) return { rcode, answers, authorities, cached: false, truncated: true };
       if (rcode === "NOERROR" || rcode === "NXDOMAIN") {
         const ttls = [...answers, ...authorities].map((a) => ("ttl" in a ? a.ttl ?? 0 : 0));
         const ttl = Math.min(MAX_TTL, ttls.length ? Math.min(...ttls) : NEG_TTL);
@@ -134,7 +145,37 @@ export class Upstream {
     return undefined;
   }
 
-  #askOne(s: UpstreamServer, q: Question): Promise<(DecodedPacket & { rcode?: string }) | undefined> {
+  /** One question over TCP (RFC 7766 framing), for answers too large for UDP. */
+  #askOneTcp(s: UpstreamServer, q: Question): Promise<Reply | undefined> {
+    const id = crypto.getRandomValues(new Uint16Array(1))[0];
+    const query = dnsPacket.streamEncode({
+      type: "query",
+      id,
+      flags: dnsPacket.RECURSION_DESIRED,
+      questions: [q],
+    });
+    return new Promise((resolve) => {
+      const sock = net.connect({ host: s.ip, port: s.port });
+      let got = Buffer.alloc(0);
+      const done = (r: Reply | undefined) => {
+        clearTimeout(timer);
+        sock.destroy();
+        resolve(r);
+      };
+      const timer = setTimeout(() => done(undefined), this.#timeoutMs);
+      sock.on("error", () => done(undefined));
+      sock.on("connect", () => sock.write(query));
+      sock.on("data", (chunk: Buffer) => {
+        got = Buffer.concat([got, chunk]);
+        if (got.length > 65537) return done(undefined);
+        if (got.length < 2 || got.length < 2 + got.readUInt16BE(0)) return;
+        done(matching(got.subarray(2, 2 + got.readUInt16BE(0)), id, q));
+      });
+      sock.on("end", () => done(undefined));
+    });
+  }
+
+  #askOne(s: UpstreamServer, q: Question): Promise<Reply | undefined> {
     const v6 = s.ip.includes(":");
     const sock = dgram.createSocket(v6 ? "udp6" : "udp4");
     const id = crypto.getRandomValues(new Uint16Array(1))[0];
@@ -146,7 +187,7 @@ export class Upstream {
       additionals: [optRecord(1232)],
     });
     return new Promise((resolve) => {
-      const done = (r: (DecodedPacket & { rcode?: string }) | undefined) => {
+      const done = (r: Reply | undefined) => {
         clearTimeout(timer);
         sock.removeAllListeners("message");
         try {
@@ -158,21 +199,29 @@ export class Upstream {
       sock.on("error", () => done(undefined));
       sock.on("message", (msg: Buffer, rinfo: dgram.RemoteInfo) => {
         if (rinfo.address !== s.ip || rinfo.port !== s.port) return;
-        let p: DecodedPacket & { rcode?: string };
-        try {
-          p = dnsPacket.decode(msg) as DecodedPacket & { rcode?: string };
-        } catch {
-          return;
-        }
-        const pq = p.questions?.[0];
-        if (p.id !== id || p.type !== "response" || !pq || pq.name.toLowerCase() !== q.name.toLowerCase()) {
-          return;
-        }
-        done(p);
+        const p = matching(msg, id, q);
+        if (p) done(p);
       });
       sock.send(query, s.port, s.ip, (err) => {
         if (err) done(undefined);
       });
     });
   }
+}
+
+type Reply = DecodedPacket & { rcode?: string; flag_tc?: boolean };
+
+/** The decoded response if it answers query `id` for `q`'s name, else undefined. */
+function matching(msg: Uint8Array, id: number, q: Question): Reply | undefined {
+  let p: Reply;
+  try {
+    p = dnsPacket.decode(Buffer.from(msg)) as Reply;
+  } catch {
+    return undefined;
+  }
+  const pq = p.questions?.[0];
+  if (p.id !== id || p.type !== "response" || !pq || pq.name.toLowerCase() !== q.name.toLowerCase()) {
+    return undefined;
+  }
+  return p;
 }

@@ -22,8 +22,8 @@ import {
   updatesTopic,
 } from "./mqtt.ts";
 import { createHttpHandler } from "./http.ts";
-import type { ClusterState, UpdateNotice } from "./state.ts";
-import { StateStore } from "./store.ts";
+import type { ClusterState } from "./state.ts";
+import { type ControlStore, SqliteStore } from "./store.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");
@@ -89,7 +89,7 @@ export interface ControlService {
   readonly brokerUrl: string;
   /** Base URL of the HTTP API (with a connectable host when bound to a wildcard). */
   readonly httpUrl: string;
-  /** Path of the state file. */
+  /** Where the state is kept: the SQLite database path, or the etcd endpoints and key prefix. */
   readonly statePath: string;
   /** Path of the HTTP API token file (0600). */
   readonly tokenPath: string;
@@ -237,7 +237,8 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   }
   const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;
 
-  const { store, state } = await StateStore.open(opts.stateDir, { avoidSubnet4: opts.avoidSubnet4 });
+  const store: ControlStore = await SqliteStore.open(opts.stateDir, { avoidSubnet4: opts.avoidSubnet4 });
+  const state = store.state;
   const creds = await CredentialStore.open(opts.stateDir);
   const apiToken = await loadOrCreateApiToken(opts.stateDir);
   if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
@@ -249,6 +250,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
     if (broker) await broker.stop().catch(() => {});
+    await store.close();
   };
   try {
     let url: string;
@@ -286,14 +288,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         if (err) log.warn("publish failed", { topic, error: err.message });
       });
     };
+    store.onUpdate = (u) => publish(updatesTopic(u.job), { type: u.type });
     const core: ControlCore = {
       state,
-      save: () => store.save(),
+      change: (fn, updates) => store.change(fn, updates),
       publish,
-      async commit(updates: readonly UpdateNotice[]) {
-        await store.save();
-        for (const u of updates) publish(updatesTopic(u.job), { type: u.type });
-      },
     };
     mq.on("message", (topic, payload) => {
       void handleNodeMessage(core, parseNodeMessage(topic, payload));
@@ -324,7 +323,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       http_tls: httpTls !== undefined,
       mqtt_auth: external ? "external broker" : opts.allowAnonymous ? "ANONYMOUS ALLOWED" : "required",
       node_credentials: creds.workers().length,
-      state: store.path,
+      state: store.location,
       jobs: state.jobs().length,
       nodes: state.nodes().length,
     });
@@ -335,7 +334,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       httpPort,
       brokerUrl: url,
       httpUrl,
-      statePath: store.path,
+      statePath: store.location,
       tokenPath: apiToken.path,
       credentialsPath: creds.path,
       state,
@@ -347,9 +346,9 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       stop() {
         stopping ??= (async () => {
           await server!.shutdown().catch(() => {});
-          await store.flush();
           await mq.endAsync().catch(() => {});
           if (broker) await broker.stop();
+          await store.close();
           log.info("control plane stopped");
         })();
         return stopping;

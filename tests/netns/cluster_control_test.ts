@@ -7,7 +7,7 @@
 import mqtt from "mqtt";
 import type net from "node:net";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { startControl } from "../../src/cluster/mod.ts";
+import { SqliteStore, startControl } from "../../src/cluster/mod.ts";
 import { QueryResultSchema, toEntries } from "../../src/table/query_result.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -753,7 +753,9 @@ Deno.test({
       const status = await svc.status;
       assertEquals(status.code, 0, log);
       assertMatch(log, /control plane stopped/);
-      const state = JSON.parse(await Deno.readTextFile(`${dir}/state/control-state.json`));
+      const stored = await SqliteStore.open(`${dir}/state`);
+      const state = stored.state.toFile();
+      await stored.close();
       assertEquals(state.jobs, []);
       assertEquals(state.pools.service4.free, ["10.30.0.0"]);
     } finally {

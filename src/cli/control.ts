@@ -71,6 +71,7 @@ async function runService(opts: {
   logLevel: string;
   metricsAddr?: string;
   logFormat: string;
+  stateSync: string;
 }): Promise<void> {
   if (opts.logFormat !== "text" && opts.logFormat !== "json") {
     throw new UsageError(`invalid --log-format "${opts.logFormat}" (text | json)`);
@@ -80,6 +81,9 @@ async function runService(opts: {
     throw new Error(`invalid --log-level "${opts.logLevel}"`);
   }
   setLogLevel(opts.logLevel as LogLevel);
+  if (opts.stateSync !== "full" && opts.stateSync !== "normal") {
+    throw new UsageError(`invalid --state-sync "${opts.stateSync}" (full | normal)`);
+  }
   const mqttTls = pair(opts.mqttTlsCert, opts.mqttTlsKey, "--mqtt-tls-cert and --mqtt-tls-key");
   if (opts.mqttClientCa !== undefined && !mqttTls) {
     throw new Error("--mqtt-client-ca needs --mqtt-tls-cert and --mqtt-tls-key");
@@ -96,6 +100,7 @@ async function runService(opts: {
   }
   const c = await startControl({
     stateDir: opts.stateDir,
+    stateSync: opts.stateSync,
     mqttHost: opts.mqttHost,
     mqttPort: portOf("--mqtt-port", opts.mqttPort),
     allowAnonymous: opts.mqttAllowAnonymous === true,
@@ -372,6 +377,11 @@ export function controlCmd() {
     .enablePositionalOptions()
     .description("run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)")
     .option("--state-dir <dir>", "state directory", DEFAULT_STATE_DIR)
+    .option(
+      "--state-sync <mode>",
+      "full: every change is on disk before it is answered | normal: faster, may lose the last changes on power loss",
+      "full",
+    )
     .option("--mqtt-host <host>", "embedded broker bind address", "0.0.0.0")
     .option("--mqtt-port <port>", "embedded broker port", String(DEFAULT_MQTT_PORT))
     .option(

@@ -75,6 +75,11 @@ export interface ControlOptions {
   httpPort?: number;
   /** IPv4 addresses whose /26 is never a node subnet (default ["10.19.1.254"], the TUN address). */
   avoidSubnet4?: string[];
+  /**
+   * Embedded store: "full" (default) syncs every change to disk before it is answered; "normal"
+   * survives a crash of the process but may lose the last changes on power loss (faster).
+   */
+  stateSync?: "full" | "normal";
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
 }
@@ -237,7 +242,10 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   }
   const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;
 
-  const store: ControlStore = await SqliteStore.open(opts.stateDir, { avoidSubnet4: opts.avoidSubnet4 });
+  const store: ControlStore = await SqliteStore.open(opts.stateDir, {
+    avoidSubnet4: opts.avoidSubnet4,
+    ...(opts.stateSync ? { synchronous: opts.stateSync } : {}),
+  });
   const state = store.state;
   const creds = await CredentialStore.open(opts.stateDir);
   const apiToken = await loadOrCreateApiToken(opts.stateDir);

@@ -19,7 +19,7 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { createHash } from "node:crypto";
 import { ClusterState, type ClusterStateOptions, StateError, type UpdateNotice } from "./state.ts";
 import { StateFileSchema, zodProblems } from "./schemas.ts";
-import { parseRow, type Row, RowError, rowsOfStateFile, rowText, stateFileOfRows } from "./rows.ts";
+import { parseRow, type Row, RowError, rowText, stateFileOfRows } from "./rows.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");

@@ -20,7 +20,8 @@
  * `<ref>` (and `_id` of an instance deploy) is a job id or a job name (`app.appns.svc.svcns`); ids
  * never contain dots, so this is never ambiguous. Errors are `{"error": "<reason>"}` with 400 (bad
  * input; nothing changed), 404 (unknown id/name/node), 409 (name or address used by another job),
- * 503 (pool exhausted), 500 (state could not be saved).
+ * 503 (pool exhausted, or the replicated store has no quorum: nothing changed), 500 (state could not
+ * be saved).
  *
  * @example
  * ```ts
@@ -38,6 +39,7 @@ import {
 import { ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
 import { type CredentialStore, secretEquals } from "./auth.ts";
 import type { ControlCore } from "./mqtt.ts";
+import { StoreUnavailableError } from "./store.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");
@@ -126,6 +128,7 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       return await core.change(fn, updates);
     } catch (e) {
       if (e instanceof ClusterError || e instanceof HttpError) throw e;
+      if (e instanceof StoreUnavailableError) throw new HttpError(503, e.message);
       throw new HttpError(500, `state not saved: ${(e as Error).message}`);
     }
   };

@@ -24,6 +24,7 @@ import {
 import { createHttpHandler } from "./http.ts";
 import type { ClusterState } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
+import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");
@@ -80,6 +81,11 @@ export interface ControlOptions {
    * survives a crash of the process but may lose the last changes on power loss (faster).
    */
   stateSync?: "full" | "normal";
+  /**
+   * Replicated mode: the state lives in etcd under the cluster's prefix, shared with every other
+   * replica (see etcd_store.ts); the state dir keeps only this replica's token and credentials.
+   */
+  etcd?: { endpoints: string[]; cluster: string; prefix?: string };
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
 }
@@ -157,7 +163,11 @@ type BrokerLink =
   | { kind: "internal"; broker: EmbeddedBroker }
   | { kind: "url"; url: string; options: IClientOptions };
 
-async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.MqttClient> {
+async function connectClient(
+  link: BrokerLink,
+  timeoutMs: number,
+  filter: string = NODE_TOPIC_FILTER,
+): Promise<mqtt.MqttClient> {
   const url = link.kind === "url" ? link.url : "in-process embedded broker";
   const options: IClientOptions = {
     clientId: `netmanager-control-${crypto.randomUUID().slice(0, 8)}`,
@@ -189,7 +199,7 @@ async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.
         resolve();
       });
     });
-    await client.subscribeAsync(NODE_TOPIC_FILTER, { qos: 1 });
+    await client.subscribeAsync(filter, { qos: 1 });
   } catch (e) {
     client.end(true);
     throw new ControlError(`cannot connect to MQTT broker ${url}: ${(e as Error).message}`);
@@ -200,7 +210,7 @@ async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.
   // Subscriptions are renewed on every reconnect (clean session).
   client.on("connect", (ack) => {
     if (ack.sessionPresent) return;
-    client.subscribe(NODE_TOPIC_FILTER, { qos: 1 }, (err) => {
+    client.subscribe(filter, { qos: 1 }, (err) => {
       if (err) log.error("resubscribe failed", { error: err.message });
       else log.info("mqtt reconnected", { broker: url });
     });
@@ -242,10 +252,21 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   }
   const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;
 
-  const store: ControlStore = await SqliteStore.open(opts.stateDir, {
-    avoidSubnet4: opts.avoidSubnet4,
-    ...(opts.stateSync ? { synchronous: opts.stateSync } : {}),
-  });
+  let store: ControlStore;
+  if (opts.etcd) {
+    await Deno.mkdir(opts.stateDir, { recursive: true }).catch((e) => {
+      throw new ControlError(`cannot create state directory ${opts.stateDir}: ${e.message}`);
+    });
+    store = await EtcdStore.open({ ...opts.etcd, avoidSubnet4: opts.avoidSubnet4 }).catch((e) => {
+      if (e instanceof EtcdError) throw new ControlError(`cannot use etcd: ${e.message}`);
+      throw e;
+    });
+  } else {
+    store = await SqliteStore.open(opts.stateDir, {
+      avoidSubnet4: opts.avoidSubnet4,
+      ...(opts.stateSync ? { synchronous: opts.stateSync } : {}),
+    });
+  }
   const state = store.state;
   const creds = await CredentialStore.open(opts.stateDir);
   const apiToken = await loadOrCreateApiToken(opts.stateDir);
@@ -288,7 +309,13 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       url = `${mqttTls ? "mqtts" : "mqtt"}://${connectableHost(mqttHost)}:${broker.port}`;
       link = { kind: "internal", broker };
     }
-    client = await connectClient(link, opts.brokerConnectTimeoutMs ?? 10_000);
+    // Replicas sharing one external broker: each node message goes to one of them (MQTT shared
+    // subscription); the replica that made a change publishes its notice.
+    const shared = opts.etcd !== undefined && external !== undefined;
+    const filter = shared
+      ? `$share/netmanager-${opts.etcd!.cluster}/${NODE_TOPIC_FILTER}`
+      : NODE_TOPIC_FILTER;
+    client = await connectClient(link, opts.brokerConnectTimeoutMs ?? 10_000, filter);
     const mq = client;
 
     const publish = (topic: string, payload: unknown) => {
@@ -296,14 +323,18 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         if (err) log.warn("publish failed", { topic, error: err.message });
       });
     };
-    store.onUpdate = (u) => publish(updatesTopic(u.job), { type: u.type });
+    store.onUpdate = (u, own) => {
+      if (!shared || own !== false) publish(updatesTopic(u.job), { type: u.type });
+    };
     const core: ControlCore = {
       state,
       change: (fn, updates) => store.change(fn, updates),
       publish,
     };
     mq.on("message", (topic, payload) => {
-      void handleNodeMessage(core, parseNodeMessage(topic, payload));
+      const msg = parseNodeMessage(topic, payload);
+      if (msg.kind === "subnet" && store instanceof EtcdStore) store.nodeSeen(msg.worker);
+      void handleNodeMessage(core, msg);
     });
 
     const embedded = broker;

@@ -148,13 +148,13 @@ function clearDeployment(i: InstanceRecord): void {
 
 /** The control plane's state. */
 export class ClusterState {
-  readonly #alloc: Allocator;
+  #alloc: Allocator;
   readonly #newId: () => string;
-  readonly #jobs = new Map<string, JobRecord>();
-  readonly #byName = new Map<string, string>();
+  #jobs = new Map<string, JobRecord>();
+  #byName = new Map<string, string>();
   /** Service addresses (RR and Instance IPs, v4 and v6) → job id. */
-  readonly #owners = new Map<string, string>();
-  readonly #nodes = new Map<string, NodeRecord>();
+  #owners = new Map<string, string>();
+  #nodes = new Map<string, NodeRecord>();
   /** Keys of the rows changed since the last {@link takeChanges}. */
   readonly #dirty = new Set<string>();
 
@@ -713,6 +713,16 @@ export class ClusterState {
     return out;
   }
 
+  /** Takes over everything of `other` (a reload of the whole state); `other` must not be used after. */
+  adopt(other: ClusterState): void {
+    this.#alloc = other.#alloc;
+    this.#jobs = other.#jobs;
+    this.#byName = other.#byName;
+    this.#owners = other.#owners;
+    this.#nodes = other.#nodes;
+    this.#dirty.clear();
+  }
+
   /** Forgets the changed-row marks without returning them (after the rows were reapplied). */
   discardChanges(): void {
     this.#dirty.clear();
@@ -813,7 +823,7 @@ export class ClusterState {
           break;
         }
         case "pool":
-          if (r.value !== undefined) this.#alloc[r.pool].restore(r.value);
+          this.#alloc[r.pool].restore(r.value ?? { next: "0", free: [] });
           break;
       }
     }

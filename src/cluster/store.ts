@@ -18,7 +18,7 @@
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { createHash } from "node:crypto";
 import { ClusterState, type ClusterStateOptions, StateError, type UpdateNotice } from "./state.ts";
-import { StateFileSchema, zodProblems } from "./schemas.ts";
+import { type StateFile, StateFileSchema, zodProblems } from "./schemas.ts";
 import { parseRow, type Row, RowError, rowText, stateFileOfRows } from "./rows.ts";
 import { logger } from "../log.ts";
 
@@ -41,6 +41,14 @@ export class StateFileError extends Error {
   }
 }
 
+/** The store cannot be written now (etcd unreachable or without quorum); nothing was changed. */
+export class StoreUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StoreUnavailableError";
+  }
+}
+
 /**
  * Where the control plane keeps its state. Every change goes through {@link change}: the function
  * mutates the in-memory state (synchronously), and the rows it changed are written atomically
@@ -54,8 +62,11 @@ export interface ControlStore {
   readonly location: string;
   /** Why the last write failed; undefined after a successful one (health checks read it). */
   readonly lastError: string | undefined;
-  /** Receives every update notice once it is stored (set by the service before use). */
-  onUpdate: (u: UpdateNotice) => void;
+  /**
+   * Receives every update notice once it is stored (set by the service before use); `own` is
+   * false for a notice of a change another replica made.
+   */
+  onUpdate: (u: UpdateNotice, own?: boolean) => void;
   /**
    * Runs `fn` on the state and stores what it changed; resolves with its result once stored.
    * `updates` picks the notices to publish from the result. A ClusterError thrown by `fn` is
@@ -160,6 +171,48 @@ function sha256Sync(text: string): string {
   return createHash("sha256").update(text).digest("hex");
 }
 
+/**
+ * Reads the state of an embedded state directory without changing anything (its database, else
+ * its `control-state.json`). Throws StateFileError when there is none or it is unusable.
+ *
+ * @example
+ * ```ts
+ * const file = await readEmbeddedState("/var/lib/netmanager/control");
+ * console.log(file.jobs.length);
+ * ```
+ */
+export async function readEmbeddedState(dir: string): Promise<StateFile> {
+  const base = dir.replace(/\/+$/, "") || "/";
+  const path = `${base}/${DB_FILE_NAME}`;
+  if (await Deno.lstat(path).then(() => true, () => false)) {
+    let db: DatabaseSync;
+    try {
+      db = new DatabaseSync(path, { readOnly: true });
+    } catch (e) {
+      throw new StateFileError(`cannot open state database ${path}: ${(e as Error).message}`);
+    }
+    try {
+      const app = Number(Object.values(db.prepare("PRAGMA application_id").get() ?? {})[0]);
+      if (app !== DB_APPLICATION_ID) throw new StateFileError(`${path} is not a netmanager state database`);
+      const rows = db.prepare("SELECT key, value FROM rows").all().map((r) =>
+        [String(r.key), String(r.value)] as const
+      );
+      return stateOfRows(rows, path).toFile();
+    } catch (e) {
+      if (e instanceof StateFileError) throw e;
+      throw new StateFileError(`${path} is not a state database (${(e as Error).message})`);
+    } finally {
+      db.close();
+    }
+  }
+  const json = `${base}/${STATE_FILE_NAME}`;
+  const text = await readOptional(json);
+  if (text === undefined) {
+    throw new StateFileError(`no state in ${dir} (neither ${DB_FILE_NAME} nor ${STATE_FILE_NAME})`);
+  }
+  return parseStateText(text, json).toFile();
+}
+
 /** Options of {@link SqliteStore.open}. */
 export interface SqliteStoreOptions extends ClusterStateOptions {
   /**
@@ -175,7 +228,7 @@ export class SqliteStore implements ControlStore {
   /** Path of the database file. */
   readonly path: string;
   lastError: string | undefined;
-  onUpdate: (u: UpdateNotice) => void = () => {};
+  onUpdate: (u: UpdateNotice, own?: boolean) => void = () => {};
   readonly #db: DatabaseSync;
   readonly #put: StatementSync;
   readonly #del: StatementSync;

@@ -14,6 +14,7 @@
  */
 import { API_TOKEN_FILE_NAME } from "../src/cluster/auth.ts";
 import { QUICK } from "./bench_common.ts";
+import { EtcdClient } from "../src/cluster/etcd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const arg = (name: string) => {
@@ -40,7 +41,7 @@ const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(x
 
 const dir = await Deno.makeTempDir({ prefix: "nm-bench-store-" });
 const httpPort = freePort();
-const prefix = `/nmbench-${crypto.randomUUID().slice(0, 8)}`;
+const prefix = `/nmbench-${crypto.randomUUID().slice(0, 8)}/`;
 const svc = new Deno.Command(Deno.execPath(), {
   args: [
     "run",
@@ -155,4 +156,9 @@ try {
   } catch { /* exited */ }
   await svc.status;
   await Deno.remove(dir, { recursive: true }).catch(() => {});
+  if (ETCD) {
+    await new EtcdClient(ETCD.split(",")).txn([], [{ del: { key: prefix, prefix: true } }]).catch((e) =>
+      console.error(`bench: could not remove ${prefix}: ${e.message}`)
+    );
+  }
 }

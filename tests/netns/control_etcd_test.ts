@@ -2,7 +2,8 @@
  * The replicated control plane, with real processes in namespaces: three etcd 3.4 members (one
  * namespace each) and two `netmanager control --etcd` replicas (one namespace each) on one bridge.
  * One etcd cluster is shared by the steps:
- * - 60 deploys at once, spread over both replicas → every address unique, both replicas agree;
+ * - 200 service registrations, then 60 instance deploys, at once over both replicas → every
+ *   address unique, both replicas agree;
  * - a change made through one replica is published by the other to its own nodes (watch);
  * - one member of three stopped: nothing visible; two: allocations refuse clearly (503), known
  *   entries still resolve over MQTT, and everything works again when they return;
@@ -259,14 +260,14 @@ Deno.test({
       await startReplicas(w);
 
       await t.step(
-        "60 deploys at once over two replicas: every address unique, both replicas agree",
+        "200 registrations, then 60 deploys, at once over two replicas: addresses unique, replicas agree",
         async () => {
           const reqs = (from: number) =>
             Array.from(
-              { length: 30 },
+              { length: 100 },
               (_, k) => ({ method: "POST", path: "/api/net/service/deploy", body: svcBody(from + k) }),
             );
-          const [a, b] = await Promise.all([http(w, 0, reqs(0)), http(w, 1, reqs(30))]);
+          const [a, b] = await Promise.all([http(w, 0, reqs(0)), http(w, 1, reqs(100))]);
           for (const r of [...a, ...b]) assertEquals(r.status, 200, JSON.stringify(r.body));
           const inst = (from: number) =>
             Array.from({ length: 30 }, (_, k) => ({
@@ -278,15 +279,15 @@ Deno.test({
           for (const r of [...c, ...d]) assertEquals(r.status, 200, JSON.stringify(r.body));
           const s1 = await services(w, 0);
           const s2 = await services(w, 1);
-          assertEquals(s1.length, 60);
+          assertEquals(s1.length, 200);
           assertEquals(JSON.stringify(s2), JSON.stringify(s1), "replicas disagree");
           const addrs = s1.flatMap((j) => [
             j.service_ip_list[0].Address,
             j.service_ip_list[0].Address_v6,
             ...j.instance_list.flatMap((i) => [i.instance_ip, i.instance_ip_v6]),
           ]);
-          assertEquals(addrs.length, 240);
-          assertEquals(new Set(addrs).size, 240, "an address was given twice");
+          assertEquals(addrs.length, 520);
+          assertEquals(new Set(addrs).size, 520, "an address was given twice");
         },
       );
 
@@ -314,41 +315,41 @@ Deno.test({
           let [r] = await http(w, 0, [{
             method: "POST",
             path: "/api/net/service/deploy",
-            body: svcBody(100),
+            body: svcBody(300),
           }]);
           assertEquals(r.status, 200, JSON.stringify(r.body));
           [r] = await http(w, 1, [{
             method: "POST",
             path: "/api/net/instance/deploy",
-            body: { _id: "job100", instance_number: 0 },
+            body: { _id: "job300", instance_number: 0 },
           }]);
           assertEquals(r.status, 200, JSON.stringify(r.body));
           await w.etcd[1]!.stop();
           w.etcd[1] = undefined;
           const t0 = Date.now();
-          [r] = await http(w, 1, [{ method: "POST", path: "/api/net/service/deploy", body: svcBody(101) }]);
+          [r] = await http(w, 1, [{ method: "POST", path: "/api/net/service/deploy", body: svcBody(301) }]);
           assertEquals(r.status, 503, JSON.stringify(r.body));
           assertMatch(JSON.stringify(r.body), /state store unavailable, nothing changed/);
           assert(Date.now() - t0 < 15000, `refusal took ${Date.now() - t0} ms`);
           // Known entries still resolve from the replica's copy, over MQTT and HTTP.
-          const rr = (await services(w, 0)).find((j) => j._id === "job100")!.service_ip_list[0].Address;
+          const rr = (await services(w, 0)).find((j) => j._id === "job300")!.service_ip_list[0].Address;
           const q = JSON.parse(
             await client(w.ns.r1, ["query", `mqtt://127.0.0.1:${MQTT_PORT}`, "wq", rr, "5000"]),
           );
-          assertEquals(q.app_name, "app.ns.svc100.x");
+          assertEquals(q.app_name, "app.ns.svc300.x");
           // Back: both members return, allocations work again and the refused one left nothing.
           w.etcd[1] = startMember(w, 1);
           w.etcd[2] = startMember(w, 2);
           await etcdHealthy(w);
           const end = Date.now() + 20000;
           for (;;) {
-            [r] = await http(w, 1, [{ method: "POST", path: "/api/net/service/deploy", body: svcBody(101) }]);
+            [r] = await http(w, 1, [{ method: "POST", path: "/api/net/service/deploy", body: svcBody(301) }]);
             if (r.status === 200 || Date.now() > end) break;
             await new Promise((res) => setTimeout(res, 300));
           }
           assertEquals(r.status, 200, JSON.stringify(r.body));
           const s = await services(w, 0);
-          assertEquals(s.length, 62);
+          assertEquals(s.length, 202);
           const all = s.flatMap((
             j,
           ) => [j.service_ip_list[0].Address, ...j.instance_list.map((i) => i.instance_ip)]);
@@ -470,7 +471,7 @@ Deno.test({
           await p.stop();
         }
         // The first cluster's state is untouched by the migration.
-        assertEquals((await services(w, 0)).length, 62);
+        assertEquals((await services(w, 0)).length, 202);
       });
 
       await t.step("a replica started against another cluster's prefix refuses", async () => {

@@ -327,7 +327,8 @@ export class NodeControl {
     }
     const { default: mqtt } = await import("mqtt");
     const client = mqtt.connect(urlOf(hosts[0]), clientOpts);
-    const current = () => hosts.length > 1 ? urlOf(String(client.options.hostname ?? client.options.host)) : url;
+    const current = () =>
+      hosts.length > 1 ? urlOf(String(client.options.hostname ?? client.options.host)) : url;
     const control = new NodeControl(client, opts);
     let lastError = "no answer";
     const first = Promise.withResolvers<void>();

@@ -288,6 +288,9 @@ export class EtcdClient {
     try {
       r = await fetch(`${base}/v3/watch`, {
         method: "POST",
+        // etcd cancels the watch when this member loses its leader, so a partitioned member's
+        // silence is never taken for "no changes" (gRPC metadata through the gateway).
+        headers: { "Grpc-Metadata-hasleader": "true" },
         body: JSON.stringify({
           create_request: {
             key: b64(prefix),

@@ -8,7 +8,8 @@ import {
   writeAtomic,
 } from "../../src/cluster/store.ts";
 import { ClusterState } from "../../src/cluster/state.ts";
-import { parseRow, rowsOfStateFile, stateFileOfRows } from "../../src/cluster/rows.ts";
+import { claimsOf, parseRow, rowsOfStateFile, stateFileOfRows } from "../../src/cluster/rows.ts";
+import { EtcdClient, EtcdError, prefixEnd } from "../../src/cluster/etcd.ts";
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nmctl-store-" });
@@ -220,3 +221,38 @@ Deno.test("store: writeAtomic replaces the file whole", () =>
     await writeAtomic(p, "short");
     assertEquals(await Deno.readTextFile(p), "short");
   }));
+
+Deno.test("etcd: prefixEnd is the first key after every key with the prefix; endpoints are checked", () => {
+  assertEquals(prefixEnd("/netmanager/a/"), "/netmanager/a0");
+  let threw = 0;
+  for (const bad of [[], ["ftp://x:2379"], ["not a url"]]) {
+    try {
+      new EtcdClient(bad);
+    } catch (e) {
+      assert(e instanceof EtcdError);
+      threw++;
+    }
+  }
+  assertEquals(threw, 3);
+  assertEquals(new EtcdClient(["http://10.0.0.1:2379/", " http://b:2379"]).endpoints, [
+    "http://10.0.0.1:2379",
+    "http://b:2379",
+  ]);
+});
+
+Deno.test("rows: claims name a job's name and addresses, an instance's addresses, a node's subnets", () => {
+  const s = new ClusterState();
+  s.nodeSubnet("w1");
+  s.deployService({ _id: "j", ...SVC, rr_ip: "10.30.5.5" });
+  s.deployInstance("j", 0);
+  const claims = s.rows().flatMap(claimsOf).sort();
+  assertEquals(claims, [
+    "ip/10.30.0.0",
+    "ip/10.30.5.5",
+    "ip/fdff:2000::",
+    "ip/fdff::",
+    "name/a.b.c.d",
+    "subnet/10.18.0.0",
+    "subnet/fc00::",
+  ]);
+});

@@ -288,6 +288,14 @@ export const STEPS: StepDef[] = [
     argv: (o) => ts("bench_cluster.ts", ...(short(o) ? ["--quick"] : [])),
   },
   {
+    name: "store",
+    kind: "control",
+    description: "control-plane state store: allocations through the HTTP API (latency, RSS growth)",
+    needsRoot: false,
+    limit: { full: 900, quick: 120, smoke: 120 },
+    argv: (o) => ts("bench_store.ts", ...(short(o) ? ["--quick"] : [])),
+  },
+  {
     name: "dns",
     kind: "control",
     description: "node DNS server (table hits) vs dnsmasq serving the same names, dnsperf",

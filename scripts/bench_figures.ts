@@ -187,6 +187,13 @@ function cluster(c: z.infer<typeof Cluster>): Figure[] {
   ];
 }
 
+const Store = z.object({
+  allocations: z.number(),
+  latencyMs: z.object({ p50: z.number(), p99: z.number() }),
+  allocationsPerSecond: z.number(),
+  rssMiB: z.object({ growth: z.number() }),
+});
+
 /** Result of {@link figuresOf}. */
 export type FiguresResult = { ok: true; figures: Figure[] } | { ok: false; error: string };
 
@@ -207,6 +214,13 @@ export function figuresOf(name: string, output: unknown): FiguresResult {
       return take(Overlay, overlay);
     case "cluster":
       return take(Cluster, cluster);
+    case "store":
+      return take(Store, (d) => [
+        { name: `allocation (${d.allocations}) p50`, value: d.latencyMs.p50, unit: "ms" },
+        { name: "allocation p99", value: d.latencyMs.p99, unit: "ms" },
+        { name: "allocations per second", value: d.allocationsPerSecond, unit: "/s" },
+        { name: "control RSS growth", value: d.rssMiB.growth, unit: "MiB" },
+      ]);
     case "deploy":
       return take(Deploy, (d) => [
         {

@@ -2,7 +2,8 @@
 # Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
 # Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, openssl, dnsutils, dnsmasq-base;
 # prometheus for promtool; chromium for the web page test; dbus-daemon, avahi-daemon and avahi-utils
-# for the mDNS test; jq, sockperf and dnsperf for the benchmarks; npm, dpkg-deb, file and
+# for the mDNS test; etcd-server and etcd-client for the replicated control plane; jq, sockperf and
+# dnsperf for the benchmarks; npm, dpkg-deb, file and
 # systemd-analyze for scripts/package.sh and its test) and Deno from npm at a pinned version into .tools/
 # (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
@@ -16,7 +17,7 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto
   unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl jq:jq sockperf:sockperf setsid:util-linux \
   openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
   promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium \
-  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils; do
+  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -32,6 +33,8 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 # mosquitto's package starts a system broker on 1883; tests start their own brokers on other ports.
+# etcd-server (3.4) runs the members of the replicated control plane's tests; its package starts
+# no server on a machine without systemd, and tests start their own members in namespaces.
 # prometheus is installed for promtool only (tests check the metrics with it); its server is not used.
 
 deno="$tools/node_modules/.bin/deno"

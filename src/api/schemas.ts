@@ -15,7 +15,10 @@ export const RegisterBody = z.object({
   client_id: z.string({ error: "client_id must be a string" }).min(1, "client_id must not be empty")
     .max(128, "client_id is too long").regex(/^[A-Za-z0-9_.:-]+$/, "client_id has invalid characters"),
   cluster_address: z.string({ error: "cluster_address must be a string" }).max(255)
-    .regex(/^[A-Za-z0-9.:_-]*$/, "cluster_address must be a host name or an IP address").default(""),
+    .regex(
+      /^([A-Za-z0-9.:_-]+(,[A-Za-z0-9.:_-]+)*)?$/,
+      "cluster_address must be a host name or an IP address (several: comma-separated)",
+    ).default(""),
 });
 
 /** `POST /container/deploy` and `/unikernel/deploy`. */

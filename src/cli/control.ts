@@ -23,7 +23,9 @@ import {
   DEFAULT_MQTT_PORT,
   DEFAULT_STATE_DIR,
   isDeployed,
+  migrateToEtcd,
   readApiToken,
+  readEmbeddedState,
   startControl,
   webUrl,
   writeAtomic,
@@ -72,6 +74,10 @@ async function runService(opts: {
   logLevel: string;
   metricsAddr?: string;
   logFormat: string;
+  stateSync: string;
+  etcd?: string;
+  etcdPrefix?: string;
+  clusterName: string;
 }): Promise<void> {
   if (opts.logFormat !== "text" && opts.logFormat !== "json") {
     throw new UsageError(`invalid --log-format "${opts.logFormat}" (text | json)`);
@@ -81,6 +87,9 @@ async function runService(opts: {
     throw new Error(`invalid --log-level "${opts.logLevel}"`);
   }
   setLogLevel(opts.logLevel as LogLevel);
+  if (opts.stateSync !== "full" && opts.stateSync !== "normal") {
+    throw new UsageError(`invalid --state-sync "${opts.stateSync}" (full | normal)`);
+  }
   const mqttTls = pair(opts.mqttTlsCert, opts.mqttTlsKey, "--mqtt-tls-cert and --mqtt-tls-key");
   if (opts.mqttClientCa !== undefined && !mqttTls) {
     throw new Error("--mqtt-client-ca needs --mqtt-tls-cert and --mqtt-tls-key");
@@ -97,6 +106,8 @@ async function runService(opts: {
   }
   const c = await startControl({
     stateDir: opts.stateDir,
+    stateSync: opts.stateSync,
+    ...(opts.etcd !== undefined ? { etcd: etcdOf(opts.etcd, opts.clusterName, opts.etcdPrefix) } : {}),
     mqttHost: opts.mqttHost,
     mqttPort: portOf("--mqtt-port", opts.mqttPort),
     allowAnonymous: opts.mqttAllowAnonymous === true,
@@ -136,6 +147,35 @@ async function runService(opts: {
   });
   await metrics?.close();
   await c.stop();
+}
+
+function etcdOf(urls: string, cluster: string, prefix: string | undefined) {
+  const endpoints = urls.split(",").map((u) => u.trim()).filter((u) => u !== "");
+  if (endpoints.length === 0) throw new UsageError(`--etcd "${urls}" names no endpoint`);
+  return { endpoints, cluster, ...(prefix !== undefined ? { prefix } : {}) };
+}
+
+function migrateCmd() {
+  return new Command("migrate")
+    .description(
+      "copy an embedded control state (state dir) into etcd for replicas; running it again changes nothing",
+    )
+    .requiredOption("--from <state-dir>", "embedded state directory (control-state.db or control-state.json)")
+    .requiredOption("--to <urls>", "etcd endpoints, comma-separated (http://host:2379,…)")
+    .option("--etcd-prefix <prefix>", "key prefix (default /netmanager/<cluster-name>/)")
+    .option("--cluster-name <name>", "the cluster's name, recorded under the prefix", "default")
+    .action(async (opts) => {
+      try {
+        const file = await readEmbeddedState(opts.from);
+        const r = await migrateToEtcd(file, etcdOf(opts.to, opts.clusterName, opts.etcdPrefix));
+        console.log(
+          `migrated: ${file.jobs.length} service(s), ${file.nodes.length} node(s): ${r.written} row(s) written, ` +
+            `${r.present} already there`,
+        );
+      } catch (e) {
+        fail(e);
+      }
+    });
 }
 
 const apiOption = ["--api <url>", "control API URL", DEFAULT_API_URL] as const;
@@ -394,6 +434,21 @@ export function controlCmd() {
     .enablePositionalOptions()
     .description("run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)")
     .option("--state-dir <dir>", "state directory", DEFAULT_STATE_DIR)
+    .option(
+      "--etcd <urls>",
+      "replicated mode: keep the state in etcd (comma-separated http://host:2379 endpoints); any number of replicas",
+    )
+    .option("--etcd-prefix <prefix>", "etcd key prefix of this cluster (default /netmanager/<cluster-name>/)")
+    .option(
+      "--cluster-name <name>",
+      "replicated mode: the cluster's name; a prefix of another cluster is refused",
+      "default",
+    )
+    .option(
+      "--state-sync <mode>",
+      "full: every change is on disk before it is answered | normal: faster, may lose the last changes on power loss",
+      "full",
+    )
     .option("--mqtt-host <host>", "embedded broker bind address", "0.0.0.0")
     .option("--mqtt-port <port>", "embedded broker port", String(DEFAULT_MQTT_PORT))
     .option(
@@ -431,5 +486,6 @@ export function controlCmd() {
     .addCommand(webUrlCmd())
     .addCommand(serviceCmd())
     .addCommand(instanceCmd())
-    .addCommand(nodeCmd());
+    .addCommand(nodeCmd())
+    .addCommand(migrateCmd());
 }

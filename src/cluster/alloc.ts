@@ -170,6 +170,14 @@ export class AddressPool {
     }
   }
 
+  /**
+   * Stops using an address without putting it on the free list (a replicated change brings the
+   * pool's own row with the free list it wants).
+   */
+  forget(addr: string): void {
+    this.#used.delete(addr);
+  }
+
   /** A copy of the counter and the free list. */
   snapshot(): PoolState {
     return { next: this.#next.toString(), free: [...this.#free] };

@@ -22,7 +22,8 @@
  * `<ref>` (and `_id` of an instance deploy) is a job id or a job name (`app.appns.svc.svcns`); ids
  * never contain dots, so this is never ambiguous. Errors are `{"error": "<reason>"}` with 400 (bad
  * input; nothing changed), 404 (unknown id/name/node), 409 (name or address used by another job),
- * 503 (pool exhausted), 500 (state could not be saved).
+ * 503 (pool exhausted, or the replicated store has no quorum: nothing changed), 500 (state could not
+ * be saved).
  *
  * @example
  * ```ts
@@ -40,6 +41,7 @@ import {
 import { ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
 import { type CredentialStore, secretEquals } from "./auth.ts";
 import type { ControlCore } from "./mqtt.ts";
+import { StoreUnavailableError } from "./store.ts";
 import { logger } from "../log.ts";
 import type { ClusterView } from "./view.ts";
 import { webAsset } from "./web.ts";
@@ -126,10 +128,13 @@ function flag(url: URL, name: string): boolean {
  * reply; update notices are published after.
  */
 export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Request) => Promise<Response> {
-  const commit = async (updates: Parameters<ControlCore["commit"]>[0]) => {
+  /** A change through the store: refusals pass through (4xx), a failed write is a 500. */
+  const change: ControlCore["change"] = async (fn, updates) => {
     try {
-      await core.commit(updates);
+      return await core.change(fn, updates);
     } catch (e) {
+      if (e instanceof ClusterError || e instanceof HttpError) throw e;
+      if (e instanceof StoreUnavailableError) throw new HttpError(503, e.message);
       throw new HttpError(500, `state not saved: ${(e as Error).message}`);
     }
   };
@@ -152,16 +157,16 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
         };
         const rrIp = pick(d.RR_ip, a?.rr_ip, "RR_ip");
         const rrIp6 = pick(d.RR_ip_v6, a?.rr_ip_v6, "RR_ip_v6");
-        const { job, created, updates } = core.state.deployService({
-          ...(body._id !== undefined ? { _id: body._id } : {}),
-          app_name: d.app_name,
-          app_ns: d.app_ns,
-          microservice_name: d.microservice_name,
-          microservice_namespace: d.microservice_namespace,
-          ...(rrIp !== undefined ? { rr_ip: rrIp } : {}),
-          ...(rrIp6 !== undefined ? { rr_ip_v6: rrIp6 } : {}),
-        });
-        if (created || updates.length) await commit(updates);
+        const { job, created } = await change((s) =>
+          s.deployService({
+            ...(body._id !== undefined ? { _id: body._id } : {}),
+            app_name: d.app_name,
+            app_ns: d.app_ns,
+            microservice_name: d.microservice_name,
+            microservice_namespace: d.microservice_namespace,
+            ...(rrIp !== undefined ? { rr_ip: rrIp } : {}),
+            ...(rrIp6 !== undefined ? { rr_ip_v6: rrIp6 } : {}),
+          }), (r) => r.updates);
         log.info(created ? "service added" : "service deployed again", { id: job._id, job: job.job_name });
         return json(200, { ...jobView(job), created });
       },
@@ -171,12 +176,9 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       path: /^\/api\/net\/instance\/deploy$/,
       run: async (_m, req) => {
         const body = await readJson(req, InstanceDeployBodySchema);
-        const { job, instance, created } = core.state.deployInstance(
-          body._id,
-          body.instance_number,
-          body.cluster_id ?? undefined,
+        const { job, instance, created } = await change((s) =>
+          s.deployInstance(body._id, body.instance_number, body.cluster_id ?? undefined)
         );
-        await commit([]);
         if (created) log.info("instance added", { job: job.job_name, instance: instance.instance_number });
         return json(200, { _id: job._id, job_name: job.job_name, ...structuredClone(instance), created });
       },
@@ -195,8 +197,8 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       method: "DELETE",
       path: /^\/api\/net\/service\/([^/]+)$/,
       run: async (m, _req, url) => {
-        const { job, updates } = core.state.removeService(param(m[1]), flag(url, "force"));
-        await commit(updates);
+        const ref = param(m[1]);
+        const { job } = await change((s) => s.removeService(ref, flag(url, "force")), (r) => r.updates);
         log.info("service removed", { id: job._id, job: job.job_name });
         return json(200, { ...jobView(job), removed: true });
       },
@@ -227,8 +229,8 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       method: "DELETE",
       path: /^\/api\/net\/node\/([^/]+)$/,
       run: async (m) => {
-        const { node, cleared, updates } = core.state.removeNode(param(m[1]));
-        await commit(updates);
+        const worker = param(m[1]);
+        const { node, cleared } = await change((s) => s.removeNode(worker), (r) => r.updates);
         log.info("node removed", { worker: node.worker_id, subnet: node.subnet, cleared: cleared.length });
         return json(200, { ...structuredClone(node), cleared });
       },
@@ -280,8 +282,8 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       method: "DELETE",
       path: /^\/api\/net\/([^/]+)\/(-?[0-9]{1,10})$/,
       run: async (m) => {
-        const { job, removed, updates } = core.state.removeInstance(param(m[1]), Number(m[2]));
-        await commit(updates);
+        const ref = param(m[1]);
+        const { job, removed } = await change((s) => s.removeInstance(ref, Number(m[2])), (r) => r.updates);
         log.info("instance removed", { job: job.job_name, instances: removed.map((i) => i.instance_number) });
         return json(200, { _id: job._id, job_name: job.job_name, removed: structuredClone(removed) });
       },

@@ -17,6 +17,8 @@ export * from "./state.ts";
 export * from "./schemas.ts";
 export * from "./result.ts";
 export * from "./store.ts";
+export * from "./rows.ts";
+export * from "./etcd_store.ts";
 export * from "./mqtt.ts";
 export * from "./http.ts";
 export * from "./broker.ts";

@@ -26,7 +26,8 @@ import {
   WORKER_ID,
   zodProblems,
 } from "./schemas.ts";
-import { ClusterError, type ClusterState, type UpdateNotice } from "./state.ts";
+import { ClusterError, type ClusterState } from "./state.ts";
+import type { ControlStore } from "./store.ts";
 import { tableQueryResult } from "./result.ts";
 import { logger } from "../log.ts";
 
@@ -114,15 +115,14 @@ export function parseNodeMessage(topic: string, payload: Uint8Array | string): N
   }
 }
 
-/** What the handlers need: the state, a way to persist it, a way to publish. */
+/** What the handlers need: the state to read, the store's way to change it, a way to publish. */
 export interface ControlCore {
+  /** The live state (read only: change it through {@link change}). */
   readonly state: ClusterState;
-  /** Persists the state (resolves once on disk). */
-  save(): Promise<void>;
+  /** Runs a change and stores it; its update notices are published once stored. */
+  change: ControlStore["change"];
   /** Publishes a JSON payload with QoS 1 (errors are logged, never thrown). */
   publish(topic: string, payload: unknown): void;
-  /** Persists, then publishes every update notice. */
-  commit(updates: readonly UpdateNotice[]): Promise<void>;
 }
 
 /**
@@ -139,8 +139,7 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
         log.warn("ignoring malformed message", { topic: msg.topic, problem: msg.problem });
         return;
       case "subnet": {
-        const { node, created } = core.state.nodeSubnet(msg.worker);
-        if (created) await core.save();
+        const { node, created } = await core.change((s) => s.nodeSubnet(msg.worker));
         log.info(created ? "node registered" : "node re-registered", {
           worker: msg.worker,
           subnet: node.subnet,
@@ -154,11 +153,17 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
         const result = tableQueryResult(msg.key, job);
         core.publish(tableQueryResultTopic(msg.worker), result);
         log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
-        if (job && core.state.addInterest(job, msg.worker)) await core.save();
+        if (job && !job.interested_nodes.includes(msg.worker)) {
+          const name = job.job_name;
+          await core.change((s) => s.addInterestIn(name, msg.worker));
+        }
         return;
       }
       case "deployed": {
-        const { updates, instance } = core.state.markDeployed(msg.worker, msg.notice);
+        const { instance } = await core.change(
+          (s) => s.markDeployed(msg.worker, msg.notice),
+          (r) => r.updates,
+        );
         log.info("instance deployed", {
           job: msg.notice.appname,
           instance: instance.instance_number,
@@ -166,20 +171,20 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
           nsip: instance.namespace_ip,
           host: `${instance.host_ip}:${instance.host_port}`,
         });
-        await core.commit(updates);
         return;
       }
       case "address-changed": {
-        const { updates } = core.state.addressChanged(msg.worker, msg.notice);
+        await core.change((s) => s.addressChanged(msg.worker, msg.notice), (r) => r.updates);
         log.info("node address changed", {
           worker: msg.worker,
           host: `${msg.notice.host_ip}:${msg.notice.host_port}`,
         });
-        if (updates.length) await core.commit(updates);
         return;
       }
       case "interest-remove": {
-        if (core.state.removeInterest(msg.key, msg.worker)) await core.save();
+        if (core.state.job(msg.key)?.interested_nodes.includes(msg.worker)) {
+          await core.change((s) => s.removeInterest(msg.key, msg.worker));
+        }
         return;
       }
     }

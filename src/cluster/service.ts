@@ -25,7 +25,8 @@ import { createHttpHandler } from "./http.ts";
 import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.ts";
 import { clusterView } from "./view.ts";
 import type { ClusterState, UpdateNotice } from "./state.ts";
-import { StateStore } from "./store.ts";
+import { type ControlStore, SqliteStore } from "./store.ts";
+import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 
 const log = logger("control");
@@ -77,6 +78,16 @@ export interface ControlOptions {
   httpPort?: number;
   /** IPv4 addresses whose /26 is never a node subnet (default ["10.19.1.254"], the TUN address). */
   avoidSubnet4?: string[];
+  /**
+   * Embedded store: "full" (default) syncs every change to disk before it is answered; "normal"
+   * survives a crash of the process but may lose the last changes on power loss (faster).
+   */
+  stateSync?: "full" | "normal";
+  /**
+   * Replicated mode: the state lives in etcd under the cluster's prefix, shared with every other
+   * replica (see etcd_store.ts); the state dir keeps only this replica's token and credentials.
+   */
+  etcd?: { endpoints: string[]; cluster: string; prefix?: string };
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
 }
@@ -91,7 +102,7 @@ export interface ControlService {
   readonly brokerUrl: string;
   /** Base URL of the HTTP API (with a connectable host when bound to a wildcard). */
   readonly httpUrl: string;
-  /** Path of the state file. */
+  /** Where the state is kept: the SQLite database path, or the etcd endpoints and key prefix. */
   readonly statePath: string;
   /** Path of the HTTP API token file (0600). */
   readonly tokenPath: string;
@@ -156,7 +167,11 @@ type BrokerLink =
   | { kind: "internal"; broker: EmbeddedBroker }
   | { kind: "url"; url: string; options: IClientOptions };
 
-async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.MqttClient> {
+async function connectClient(
+  link: BrokerLink,
+  timeoutMs: number,
+  filter: string = NODE_TOPIC_FILTER,
+): Promise<mqtt.MqttClient> {
   const url = link.kind === "url" ? link.url : "in-process embedded broker";
   const options: IClientOptions = {
     clientId: `netmanager-control-${crypto.randomUUID().slice(0, 8)}`,
@@ -188,7 +203,7 @@ async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.
         resolve();
       });
     });
-    await client.subscribeAsync({ [NODE_TOPIC_FILTER]: { qos: 1 }, [REPORT_TOPIC_FILTER]: { qos: 0 } });
+    await client.subscribeAsync({ [filter]: { qos: 1 }, [REPORT_TOPIC_FILTER]: { qos: 0 } });
   } catch (e) {
     client.end(true);
     throw new ControlError(`cannot connect to MQTT broker ${url}: ${(e as Error).message}`);
@@ -199,7 +214,7 @@ async function connectClient(link: BrokerLink, timeoutMs: number): Promise<mqtt.
   // Subscriptions are renewed on every reconnect (clean session).
   client.on("connect", (ack) => {
     if (ack.sessionPresent) return;
-    client.subscribe({ [NODE_TOPIC_FILTER]: { qos: 1 }, [REPORT_TOPIC_FILTER]: { qos: 0 } }, (err) => {
+    client.subscribe({ [filter]: { qos: 1 }, [REPORT_TOPIC_FILTER]: { qos: 0 } }, (err) => {
       if (err) log.error("resubscribe failed", { error: err.message });
       else log.info("mqtt reconnected", { broker: url });
     });
@@ -241,7 +256,22 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   }
   const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;
 
-  const { store, state } = await StateStore.open(opts.stateDir, { avoidSubnet4: opts.avoidSubnet4 });
+  let store: ControlStore;
+  if (opts.etcd) {
+    await Deno.mkdir(opts.stateDir, { recursive: true }).catch((e) => {
+      throw new ControlError(`cannot create state directory ${opts.stateDir}: ${e.message}`);
+    });
+    store = await EtcdStore.open({ ...opts.etcd, avoidSubnet4: opts.avoidSubnet4 }).catch((e) => {
+      if (e instanceof EtcdError) throw new ControlError(`cannot use etcd: ${e.message}`);
+      throw e;
+    });
+  } else {
+    store = await SqliteStore.open(opts.stateDir, {
+      avoidSubnet4: opts.avoidSubnet4,
+      ...(opts.stateSync ? { synchronous: opts.stateSync } : {}),
+    });
+  }
+  const state = store.state;
   const creds = await CredentialStore.open(opts.stateDir);
   const apiToken = await loadOrCreateApiToken(opts.stateDir);
   if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
@@ -253,6 +283,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
     if (broker) await broker.stop().catch(() => {});
+    await store.close();
   };
   try {
     let url: string;
@@ -282,7 +313,13 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       url = `${mqttTls ? "mqtts" : "mqtt"}://${connectableHost(mqttHost)}:${broker.port}`;
       link = { kind: "internal", broker };
     }
-    client = await connectClient(link, opts.brokerConnectTimeoutMs ?? 10_000);
+    // Replicas sharing one external broker: each node message goes to one of them (MQTT shared
+    // subscription); the replica that made a change publishes its notice.
+    const shared = opts.etcd !== undefined && external !== undefined;
+    const filter = shared
+      ? `$share/netmanager-${opts.etcd!.cluster}/${NODE_TOPIC_FILTER}`
+      : NODE_TOPIC_FILTER;
+    client = await connectClient(link, opts.brokerConnectTimeoutMs ?? 10_000, filter);
     const mq = client;
 
     const publish = (topic: string, payload: unknown) => {
@@ -290,14 +327,13 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         if (err) log.warn("publish failed", { topic, error: err.message });
       });
     };
+    store.onUpdate = (u, own) => {
+      if (!shared || own !== false) publish(updatesTopic(u.job), { type: u.type });
+    };
     const core: ControlCore = {
       state,
-      save: () => store.save(),
+      change: (fn, updates) => store.change(fn, updates),
       publish,
-      async commit(updates: readonly UpdateNotice[]) {
-        await store.save();
-        for (const u of updates) publish(updatesTopic(u.job), { type: u.type });
-      },
     };
     const reports = new ReportStore();
     // A bad report is logged once per cause per 10 s (a node cannot flood the log).
@@ -315,7 +351,9 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         }
         return;
       }
-      void handleNodeMessage(core, parseNodeMessage(topic, payload));
+      const msg = parseNodeMessage(topic, payload);
+      if (msg.kind === "subnet" && store instanceof EtcdStore) store.nodeSeen(msg.worker);
+      void handleNodeMessage(core, msg);
     });
 
     const embedded = broker;
@@ -347,7 +385,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       http_tls: httpTls !== undefined,
       mqtt_auth: external ? "external broker" : opts.allowAnonymous ? "ANONYMOUS ALLOWED" : "required",
       node_credentials: creds.workers().length,
-      state: store.path,
+      state: store.location,
       jobs: state.jobs().length,
       nodes: state.nodes().length,
     });
@@ -358,7 +396,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       httpPort,
       brokerUrl: url,
       httpUrl,
-      statePath: store.path,
+      statePath: store.location,
       tokenPath: apiToken.path,
       credentialsPath: creds.path,
       state,
@@ -371,9 +409,9 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       stop() {
         stopping ??= (async () => {
           await server!.shutdown().catch(() => {});
-          await store.flush();
           await mq.endAsync().catch(() => {});
           if (broker) await broker.stop();
+          await store.close();
           log.info("control plane stopped");
         })();
         return stopping;

@@ -39,7 +39,20 @@ import type {
 } from "./schemas.ts";
 import { JOB_ID, NAME_PART, RESERVED_IDS } from "./schemas.ts";
 
-type PoolName = "subnet4" | "subnet6" | "service4" | "instance6" | "rr6" | "rr4";
+import {
+  instKey,
+  jobKey,
+  jobOfRow,
+  type JobRow,
+  nodeKey,
+  POOL_NAMES,
+  poolKey,
+  type PoolName as RowPoolName,
+  type Row,
+  rowOfKey,
+} from "./rows.ts";
+
+type PoolName = RowPoolName | "rr4";
 
 /** What went wrong, for callers that map errors to HTTP statuses. */
 export type ClusterErrorKind = "invalid" | "not_found" | "conflict" | "exhausted";
@@ -135,13 +148,15 @@ function clearDeployment(i: InstanceRecord): void {
 
 /** The control plane's state. */
 export class ClusterState {
-  readonly #alloc: Allocator;
+  #alloc: Allocator;
   readonly #newId: () => string;
-  readonly #jobs = new Map<string, JobRecord>();
-  readonly #byName = new Map<string, string>();
+  #jobs = new Map<string, JobRecord>();
+  #byName = new Map<string, string>();
   /** Service addresses (RR and Instance IPs, v4 and v6) → job id. */
-  readonly #owners = new Map<string, string>();
-  readonly #nodes = new Map<string, NodeRecord>();
+  #owners = new Map<string, string>();
+  #nodes = new Map<string, NodeRecord>();
+  /** Keys of the rows changed since the last {@link takeChanges}. */
+  readonly #dirty = new Set<string>();
 
   constructor(opts: ClusterStateOptions = {}) {
     this.#alloc = new Allocator(opts);
@@ -303,10 +318,11 @@ export class ClusterState {
     }
     const node: NodeRecord = {
       worker_id: workerId,
-      subnet: this.#alloc.subnet4.allocate(),
-      subnet_v6: this.#alloc.subnet6.allocate(),
+      subnet: this.#pool("subnet4").allocate(),
+      subnet_v6: this.#pool("subnet6").allocate(),
     };
     this.#nodes.set(workerId, node);
+    this.#dirty.add(nodeKey(workerId));
     return { node, created: true };
   }
 
@@ -320,8 +336,9 @@ export class ClusterState {
     const node = this.#nodes.get(workerId);
     if (!node) throw new ClusterError("not_found", `no node with worker id "${workerId}"`);
     this.#nodes.delete(workerId);
-    this.#alloc.subnet4.release(node.subnet);
-    this.#alloc.subnet6.release(node.subnet_v6);
+    this.#dirty.add(nodeKey(workerId));
+    this.#pool("subnet4").release(node.subnet);
+    this.#pool("subnet6").release(node.subnet_v6);
     const cleared: { job: string; instance_number: number }[] = [];
     const updates: UpdateNotice[] = [];
     for (const job of this.#jobs.values()) {
@@ -329,11 +346,15 @@ export class ClusterState {
       for (const i of job.instance_list) {
         if (i.worker_id === workerId) {
           clearDeployment(i);
+          this.#dirty.add(instKey(job._id, i.instance_number));
           cleared.push({ job: job.job_name, instance_number: i.instance_number });
           touched = true;
         }
       }
-      job.interested_nodes = job.interested_nodes.filter((w) => w !== workerId);
+      if (job.interested_nodes.includes(workerId)) {
+        job.interested_nodes = job.interested_nodes.filter((w) => w !== workerId);
+        this.#dirty.add(jobKey(job._id));
+      }
       if (touched) updates.push({ job: job.job_name, type: "UNDEPLOYMENT" });
     }
     return { node, cleared, updates };
@@ -403,20 +424,21 @@ export class ClusterState {
       const updates: UpdateNotice[] = [];
       const rr = existing.service_ip_list.find((s) => s.IpType === "RR")!;
       if (rr4 !== undefined && rr4 !== rr.Address) {
-        this.#alloc.service4.reserve(rr4);
-        this.#alloc.service4.release(rr.Address);
+        this.#pool("service4").reserve(rr4);
+        this.#pool("service4").release(rr.Address);
         this.#owners.delete(rr.Address);
         this.#owners.set(rr4, existing._id);
         rr.Address = rr4;
       }
       if (rr6 !== undefined && rr6 !== rr.Address_v6) {
-        this.#alloc.rr6.reserve(rr6);
-        this.#alloc.rr6.release(rr.Address_v6);
+        this.#pool("rr6").reserve(rr6);
+        this.#pool("rr6").release(rr.Address_v6);
         this.#owners.delete(rr.Address_v6);
         this.#owners.set(rr6, existing._id);
         rr.Address_v6 = rr6;
       }
       if (rr.Address !== current!.Address || rr.Address_v6 !== current!.Address_v6) {
+        this.#dirty.add(jobKey(existing._id));
         updates.push({ job: jobName, type: "DEPLOYMENT" });
       }
       return { job: existing, created: false, updates };
@@ -431,10 +453,10 @@ export class ClusterState {
     if (id === undefined) {
       do id = this.#newId(); while (this.#jobs.has(id));
     }
-    if (rr4 !== undefined) this.#alloc.service4.reserve(rr4);
-    else rr4 = this.#alloc.service4.allocate();
-    if (rr6 !== undefined) this.#alloc.rr6.reserve(rr6);
-    else rr6 = this.#alloc.rr6.allocate();
+    if (rr4 !== undefined) this.#pool("service4").reserve(rr4);
+    else rr4 = this.#pool("service4").allocate();
+    if (rr6 !== undefined) this.#pool("rr6").reserve(rr6);
+    else rr6 = this.#pool("rr6").allocate();
     const job: JobRecord = {
       _id: id,
       job_name: jobName,
@@ -445,6 +467,7 @@ export class ClusterState {
     this.#jobs.set(id, job);
     this.#byName.set(jobName, id);
     this.#own(job);
+    this.#dirty.add(jobKey(id));
     return { job, created: true, updates: [] };
   }
 
@@ -464,7 +487,10 @@ export class ClusterState {
     const job = this.findJob(ref);
     const known = job.instance_list.find((i) => i.instance_number === n);
     if (known) {
-      if (clusterId) known.cluster_id = clusterId;
+      if (clusterId && known.cluster_id !== clusterId) {
+        known.cluster_id = clusterId;
+        this.#dirty.add(instKey(job._id, n));
+      }
       return { job, instance: known, created: false };
     }
     if (!this.#alloc.service4.canAllocate()) {
@@ -475,20 +501,21 @@ export class ClusterState {
     }
     const instance: InstanceRecord = {
       instance_number: n,
-      instance_ip: this.#alloc.service4.allocate(),
-      instance_ip_v6: this.#alloc.instance6.allocate(),
+      instance_ip: this.#pool("service4").allocate(),
+      instance_ip_v6: this.#pool("instance6").allocate(),
       ...(clusterId ? { cluster_id: clusterId } : {}),
     };
     job.instance_list.push(instance);
     job.instance_list.sort((a, b) => a.instance_number - b.instance_number);
+    this.#dirty.add(instKey(job._id, n));
     this.#owners.set(instance.instance_ip, job._id);
     this.#owners.set(instance.instance_ip_v6, job._id);
     return { job, instance, created: true };
   }
 
   #releaseInstance(i: InstanceRecord): void {
-    this.#alloc.service4.release(i.instance_ip);
-    this.#alloc.instance6.release(i.instance_ip_v6);
+    this.#pool("service4").release(i.instance_ip);
+    this.#pool("instance6").release(i.instance_ip_v6);
     this.#owners.delete(i.instance_ip);
     this.#owners.delete(i.instance_ip_v6);
   }
@@ -510,7 +537,10 @@ export class ClusterState {
       throw new ClusterError("not_found", `service ${job.job_name} has no instance ${n}`);
     }
     job.instance_list = job.instance_list.filter((i) => !removed.includes(i));
-    for (const i of removed) this.#releaseInstance(i);
+    for (const i of removed) {
+      this.#releaseInstance(i);
+      this.#dirty.add(instKey(job._id, i.instance_number));
+    }
     return { job, removed, updates: removed.length ? [{ job: job.job_name, type: "UNDEPLOYMENT" }] : [] };
   }
 
@@ -526,10 +556,14 @@ export class ClusterState {
         `service ${job.job_name} still has ${job.instance_list.length} instance(s); remove them first or force`,
       );
     }
-    for (const i of job.instance_list) this.#releaseInstance(i);
+    for (const i of job.instance_list) {
+      this.#releaseInstance(i);
+      this.#dirty.add(instKey(job._id, i.instance_number));
+    }
+    this.#dirty.add(jobKey(job._id));
     const rr = rrOf(job);
-    this.#alloc.service4.release(rr.Address);
-    this.#alloc.rr6.release(rr.Address_v6);
+    this.#pool("service4").release(rr.Address);
+    this.#pool("rr6").release(rr.Address_v6);
     this.#owners.delete(rr.Address);
     this.#owners.delete(rr.Address_v6);
     this.#jobs.delete(job._id);
@@ -565,6 +599,7 @@ export class ClusterState {
     inst.host_port = notice.host_port;
     inst.worker_id = workerId;
     inst.status = notice.status || "DEPLOYED";
+    this.#dirty.add(instKey(job._id, inst.instance_number));
     this.addInterest(job, workerId);
     return { job, instance: inst, updates: [{ job: job.job_name, type: "DEPLOYMENT" }] };
   }
@@ -588,6 +623,7 @@ export class ClusterState {
         i.host_ip = notice.host_ip;
         i.host_port = notice.host_port;
         i.worker_id = workerId;
+        this.#dirty.add(instKey(job._id, i.instance_number));
         changed = true;
       }
       if (changed) updates.push({ job: job.job_name, type: "DEPLOYMENT" });
@@ -599,6 +635,7 @@ export class ClusterState {
   addInterest(job: JobRecord, workerId: string): boolean {
     if (job.interested_nodes.includes(workerId)) return false;
     job.interested_nodes.push(workerId);
+    this.#dirty.add(jobKey(job._id));
     return true;
   }
 
@@ -611,6 +648,184 @@ export class ClusterState {
     const job = this.#jobs.get(this.#byName.get(key) ?? "");
     if (!job || !job.interested_nodes.includes(workerId)) return false;
     job.interested_nodes = job.interested_nodes.filter((w) => w !== workerId);
+    this.#dirty.add(jobKey(job._id));
     return true;
+  }
+
+  /** `addInterest` by job name or id; false when the job is unknown or the worker already follows it. */
+  addInterestIn(ref: string, workerId: string): boolean {
+    const job = this.job(ref);
+    return job ? this.addInterest(job, workerId) : false;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Rows (what stores persist and replicas exchange; see rows.ts)
+
+  #pool(name: RowPoolName) {
+    this.#dirty.add(poolKey(name));
+    return this.#alloc[name];
+  }
+
+  /** The current value of a row (value undefined when absent). Throws RowError for a bad key. */
+  row(key: string): Row {
+    const r = rowOfKey(key);
+    switch (r.kind) {
+      case "job": {
+        const j = this.#jobs.get(r.id);
+        if (!j) return r;
+        const { instance_list: _, ...rest } = j;
+        return { ...r, value: structuredClone(rest) };
+      }
+      case "inst": {
+        const i = this.#jobs.get(r.id)?.instance_list.find((x) => x.instance_number === r.n);
+        return i ? { ...r, value: structuredClone(i) } : r;
+      }
+      case "node": {
+        const n = this.#nodes.get(r.worker);
+        return n ? { ...r, value: structuredClone(n) } : r;
+      }
+      case "pool":
+        return { ...r, value: this.#alloc[r.pool].snapshot() };
+    }
+  }
+
+  /** Every present row. */
+  rows(): Row[] {
+    const keys: string[] = [];
+    for (const j of this.#jobs.values()) {
+      keys.push(jobKey(j._id));
+      for (const i of j.instance_list) keys.push(instKey(j._id, i.instance_number));
+    }
+    for (const w of this.#nodes.keys()) keys.push(nodeKey(w));
+    for (const p of POOL_NAMES) keys.push(poolKey(p));
+    return keys.map((k) => this.row(k));
+  }
+
+  /** True when rows changed since the last {@link takeChanges}. */
+  get dirty(): boolean {
+    return this.#dirty.size > 0;
+  }
+
+  /** The rows changed since the last call, with their current values; forgets them. */
+  takeChanges(): Row[] {
+    const out = [...this.#dirty].map((k) => this.row(k));
+    this.#dirty.clear();
+    return out;
+  }
+
+  /** Takes over everything of `other` (a reload of the whole state); `other` must not be used after. */
+  adopt(other: ClusterState): void {
+    this.#alloc = other.#alloc;
+    this.#jobs = other.#jobs;
+    this.#byName = other.#byName;
+    this.#owners = other.#owners;
+    this.#nodes = other.#nodes;
+    this.#dirty.clear();
+  }
+
+  /** Forgets the changed-row marks without returning them (after the rows were reapplied). */
+  discardChanges(): void {
+    this.#dirty.clear();
+  }
+
+  #forgetJob(job: JobRecord): void {
+    const rr = rrOf(job);
+    this.#alloc.service4.forget(rr.Address);
+    this.#alloc.rr6.forget(rr.Address_v6);
+    if (this.#owners.get(rr.Address) === job._id) this.#owners.delete(rr.Address);
+    if (this.#owners.get(rr.Address_v6) === job._id) this.#owners.delete(rr.Address_v6);
+  }
+
+  #claimRow(pool: "service4" | "rr6" | "instance6" | "subnet4" | "subnet6", addr: string, key: string) {
+    if (!this.#alloc[pool].reserve(addr)) throw new StateError(`row ${key}: address ${addr} is used twice`);
+  }
+
+  /**
+   * Applies rows written elsewhere (another replica, or the store after a refused write) to this
+   * state, keeping every index right: instances and nodes removed first, then jobs, then added
+   * instances and nodes, pools last. Throws StateError when the rows contradict the state (an
+   * address used twice, an instance without its job); the caller then reloads everything.
+   */
+  applyRows(rows: readonly Row[]): void {
+    const order = (r: Row) =>
+      r.value === undefined
+        ? (r.kind === "inst" ? 0 : r.kind === "node" ? 1 : r.kind === "job" ? 2 : 5)
+        : (r.kind === "job" ? 3 : r.kind === "pool" ? 5 : 4);
+    for (const r of [...rows].sort((a, b) => order(a) - order(b))) {
+      switch (r.kind) {
+        case "inst": {
+          const job = this.#jobs.get(r.id);
+          const old = job?.instance_list.find((i) => i.instance_number === r.n);
+          if (old) {
+            this.#alloc.service4.forget(old.instance_ip);
+            this.#alloc.instance6.forget(old.instance_ip_v6);
+            this.#owners.delete(old.instance_ip);
+            this.#owners.delete(old.instance_ip_v6);
+            job!.instance_list = job!.instance_list.filter((i) => i !== old);
+          }
+          if (r.value === undefined) break;
+          if (!job) throw new StateError(`row ${r.key}: its job ${r.id} does not exist`);
+          const inst = structuredClone(r.value);
+          this.#claimRow("service4", inst.instance_ip, r.key);
+          this.#claimRow("instance6", inst.instance_ip_v6, r.key);
+          job.instance_list.push(inst);
+          job.instance_list.sort((a, b) => a.instance_number - b.instance_number);
+          this.#owners.set(inst.instance_ip, job._id);
+          this.#owners.set(inst.instance_ip_v6, job._id);
+          break;
+        }
+        case "node": {
+          const old = this.#nodes.get(r.worker);
+          if (old) {
+            this.#alloc.subnet4.forget(old.subnet);
+            this.#alloc.subnet6.forget(old.subnet_v6);
+            this.#nodes.delete(r.worker);
+          }
+          if (r.value === undefined) break;
+          this.#claimRow("subnet4", r.value.subnet, r.key);
+          this.#claimRow("subnet6", r.value.subnet_v6, r.key);
+          this.#nodes.set(r.worker, structuredClone(r.value));
+          break;
+        }
+        case "job": {
+          const old = this.#jobs.get(r.id);
+          if (r.value === undefined) {
+            if (!old) break;
+            for (const i of old.instance_list) {
+              this.#alloc.service4.forget(i.instance_ip);
+              this.#alloc.instance6.forget(i.instance_ip_v6);
+              this.#owners.delete(i.instance_ip);
+              this.#owners.delete(i.instance_ip_v6);
+            }
+            this.#forgetJob(old);
+            this.#jobs.delete(r.id);
+            this.#byName.delete(old.job_name);
+            break;
+          }
+          const v = r.value as JobRow;
+          const rr = v.service_ip_list.find((x) => x.IpType === "RR");
+          if (!rr) throw new StateError(`row ${r.key}: no RR entry`);
+          const owner = this.#byName.get(v.job_name);
+          if (owner !== undefined && owner !== r.id) {
+            throw new StateError(`row ${r.key}: job name ${v.job_name} belongs to ${owner}`);
+          }
+          if (old) {
+            this.#forgetJob(old);
+            this.#byName.delete(old.job_name);
+          }
+          this.#claimRow("service4", rr.Address, r.key);
+          this.#claimRow("rr6", rr.Address_v6, r.key);
+          const job = jobOfRow(v, old ? old.instance_list : []);
+          this.#jobs.set(r.id, job);
+          this.#byName.set(job.job_name, r.id);
+          this.#owners.set(rr.Address, r.id);
+          this.#owners.set(rr.Address_v6, r.id);
+          break;
+        }
+        case "pool":
+          this.#alloc[r.pool].restore(r.value ?? { next: "0", free: [] });
+          break;
+      }
+    }
   }
 }

@@ -1,25 +1,39 @@
 /**
- * Persistence of the control plane's state: one JSON file (`control-state.json`) in the state
- * directory, written atomically (temporary file, fsync, rename) after every change and loaded at
- * start. A file that cannot be read, parsed or trusted is a clear error and is never overwritten.
+ * Persistence of the control plane's state behind one interface, {@link ControlStore}: the
+ * embedded default, {@link SqliteStore} (SQLite through Deno's built-in `node:sqlite`, WAL, one
+ * transaction per change writing only the rows it changed), and the replicated one on etcd
+ * (`etcd_store.ts`). Both hold the live {@link ClusterState} in memory and write {@link Row}s.
+ *
+ * An older state directory's `control-state.json` (the whole state rewritten on every change) is
+ * imported on the first start and renamed to `control-state.json.imported`; it is never deleted.
  *
  * @example
  * ```ts
- * const { store, state } = await StateStore.open("/var/lib/netmanager/control");
- * state.nodeSubnet("worker1");
- * await store.save(); // on disk before we answer
+ * const store = await SqliteStore.open("/var/lib/netmanager/control");
+ * const { node } = await store.change((s) => s.nodeSubnet("worker1")); // on disk before it returns
+ * console.log(node.subnet);
+ * store.close();
  * ```
  */
-import { ClusterState, type ClusterStateOptions, StateError } from "./state.ts";
-import { StateFileSchema, zodProblems } from "./schemas.ts";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { createHash } from "node:crypto";
+import { ClusterState, type ClusterStateOptions, StateError, type UpdateNotice } from "./state.ts";
+import { type StateFile, StateFileSchema, zodProblems } from "./schemas.ts";
+import { parseRow, type Row, RowError, rowText, stateFileOfRows } from "./rows.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");
 
-/** File name of the state inside the state directory. */
+/** File name of the JSON state of older versions (imported once, then renamed). */
 export const STATE_FILE_NAME = "control-state.json";
+/** File name of the SQLite database inside the state directory. */
+export const DB_FILE_NAME = "control-state.db";
+/** Schema version of the database (`PRAGMA user_version`). */
+export const DB_SCHEMA_VERSION = 1;
+/** `PRAGMA application_id` of our databases ("NMCT"): anything else is foreign. */
+export const DB_APPLICATION_ID = 0x4e4d4354;
 
-/** The state file exists but is unusable; the message names the file and the problem. */
+/** The stored state is unusable; the message names the file (or store) and the problem. */
 export class StateFileError extends Error {
   constructor(message: string) {
     super(message);
@@ -27,8 +41,44 @@ export class StateFileError extends Error {
   }
 }
 
+/** The store cannot be written now (etcd unreachable or without quorum); nothing was changed. */
+export class StoreUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StoreUnavailableError";
+  }
+}
+
 /**
- * Parses the text of a state file into a state (pure). Throws StateFileError naming `path`.
+ * Where the control plane keeps its state. Every change goes through {@link change}: the function
+ * mutates the in-memory state (synchronously), and the rows it changed are written atomically
+ * before the promise resolves. Update notices are handed to {@link onUpdate} once written (the
+ * etcd store hands them over from its watch, so every replica publishes them).
+ */
+export interface ControlStore {
+  /** The live state (read it; change it only inside {@link change}). */
+  readonly state: ClusterState;
+  /** Human-readable location: the database path, or the etcd endpoints and prefix. */
+  readonly location: string;
+  /** Why the last write failed; undefined after a successful one (health checks read it). */
+  readonly lastError: string | undefined;
+  /**
+   * Receives every update notice once it is stored (set by the service before use); `own` is
+   * false for a notice of a change another replica made.
+   */
+  onUpdate: (u: UpdateNotice, own?: boolean) => void;
+  /**
+   * Runs `fn` on the state and stores what it changed; resolves with its result once stored.
+   * `updates` picks the notices to publish from the result. A ClusterError thrown by `fn` is
+   * rethrown and nothing is stored.
+   */
+  change<T>(fn: (s: ClusterState) => T, updates?: (r: T) => readonly UpdateNotice[]): Promise<T>;
+  /** Waits for pending writes, then releases the store. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Parses the text of a JSON state file into a state (pure). Throws StateFileError naming `path`.
  *
  * @example
  * ```ts
@@ -58,6 +108,27 @@ export function parseStateText(text: string, path: string, opts: ClusterStateOpt
   }
 }
 
+/**
+ * Builds a state from stored rows `(key, text)`, checking every row and the whole (pure).
+ * Throws StateFileError naming `where`.
+ */
+export function stateOfRows(
+  rows: Iterable<readonly [string, string]>,
+  where: string,
+  opts: ClusterStateOptions = {},
+): ClusterState {
+  try {
+    const parsed: Row[] = [];
+    for (const [k, v] of rows) parsed.push(parseRow(k, v));
+    return ClusterState.fromFile(stateFileOfRows(parsed), opts);
+  } catch (e) {
+    if (e instanceof RowError || e instanceof StateError) {
+      throw new StateFileError(`state in ${where} is inconsistent: ${e.message}; fix or move it away`);
+    }
+    throw e;
+  }
+}
+
 /** Writes `text` to `path` atomically: `path.tmp`, fsync, rename over `path`. */
 export async function writeAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp`;
@@ -74,75 +145,281 @@ export async function writeAtomic(path: string, text: string): Promise<void> {
   await Deno.rename(tmp, path);
 }
 
-/** The state file of one control service, with serialized, coalescing saves. */
-export class StateStore {
-  /** Why the last save failed; undefined after a successful one (health checks read it). */
-  lastError: string | undefined;
-  /** Path of the state file. */
-  readonly path: string;
-  readonly #state: ClusterState;
-  #chain: Promise<void> = Promise.resolve();
-  #wanted = 0;
-  #written = 0;
+async function readOptional(path: string): Promise<string | undefined> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw new StateFileError(`cannot read ${path}: ${(e as Error).message}`);
+  }
+}
 
-  private constructor(path: string, state: ClusterState) {
+/** A free name for the imported JSON file: `.imported`, else `.imported.<n>` (nothing is overwritten). */
+async function importedName(path: string): Promise<string> {
+  for (let n = 0;; n++) {
+    const cand = n === 0 ? `${path}.imported` : `${path}.imported.${n}`;
+    try {
+      await Deno.lstat(cand);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return cand;
+      throw e;
+    }
+  }
+}
+
+function sha256Sync(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/**
+ * Reads the state of an embedded state directory without changing anything (its database, else
+ * its `control-state.json`). Throws StateFileError when there is none or it is unusable.
+ *
+ * @example
+ * ```ts
+ * const file = await readEmbeddedState("/var/lib/netmanager/control");
+ * console.log(file.jobs.length);
+ * ```
+ */
+export async function readEmbeddedState(dir: string): Promise<StateFile> {
+  const base = dir.replace(/\/+$/, "") || "/";
+  const path = `${base}/${DB_FILE_NAME}`;
+  if (await Deno.lstat(path).then(() => true, () => false)) {
+    let db: DatabaseSync;
+    try {
+      db = new DatabaseSync(path, { readOnly: true });
+    } catch (e) {
+      throw new StateFileError(`cannot open state database ${path}: ${(e as Error).message}`);
+    }
+    try {
+      const app = Number(Object.values(db.prepare("PRAGMA application_id").get() ?? {})[0]);
+      if (app !== DB_APPLICATION_ID) throw new StateFileError(`${path} is not a netmanager state database`);
+      const rows = db.prepare("SELECT key, value FROM rows").all().map((r) =>
+        [String(r.key), String(r.value)] as const
+      );
+      return stateOfRows(rows, path).toFile();
+    } catch (e) {
+      if (e instanceof StateFileError) throw e;
+      throw new StateFileError(`${path} is not a state database (${(e as Error).message})`);
+    } finally {
+      db.close();
+    }
+  }
+  const json = `${base}/${STATE_FILE_NAME}`;
+  const text = await readOptional(json);
+  if (text === undefined) {
+    throw new StateFileError(`no state in ${dir} (neither ${DB_FILE_NAME} nor ${STATE_FILE_NAME})`);
+  }
+  return parseStateText(text, json).toFile();
+}
+
+/** Options of {@link SqliteStore.open}. */
+export interface SqliteStoreOptions extends ClusterStateOptions {
+  /**
+   * `PRAGMA synchronous`: "full" (default) syncs every commit to disk before a change resolves;
+   * "normal" survives a crash of the process but may lose the last changes on power loss.
+   */
+  synchronous?: "full" | "normal";
+}
+
+/** The embedded store: one SQLite database in the state directory. */
+export class SqliteStore implements ControlStore {
+  readonly state: ClusterState;
+  /** Path of the database file. */
+  readonly path: string;
+  lastError: string | undefined;
+  onUpdate: (u: UpdateNotice, own?: boolean) => void = () => {};
+  readonly #db: DatabaseSync;
+  readonly #put: StatementSync;
+  readonly #del: StatementSync;
+  /** Rows whose last write failed: written again with the next change. */
+  readonly #pending = new Set<string>();
+  #closed = false;
+
+  private constructor(path: string, db: DatabaseSync, state: ClusterState) {
     this.path = path;
-    this.#state = state;
+    this.#db = db;
+    this.state = state;
+    this.#put = db.prepare(
+      "INSERT INTO rows(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    );
+    this.#del = db.prepare("DELETE FROM rows WHERE key = ?");
+  }
+
+  get location(): string {
+    return this.path;
   }
 
   /**
-   * Opens (creating the directory) and loads the state of `dir`; a missing file gives an empty
-   * state. Throws StateFileError when the file exists but is unusable.
+   * Opens (creating the directory and database) the store of `dir` and loads its state; imports
+   * `control-state.json` into an empty database first. Throws StateFileError for a foreign or
+   * inconsistent database or JSON file; nothing is changed then.
    */
-  static async open(
-    dir: string,
-    opts: ClusterStateOptions = {},
-  ): Promise<{ store: StateStore; state: ClusterState }> {
+  static async open(dir: string, opts: SqliteStoreOptions = {}): Promise<SqliteStore> {
     try {
       await Deno.mkdir(dir, { recursive: true });
     } catch (e) {
       throw new StateFileError(`cannot create state directory ${dir}: ${(e as Error).message}`);
     }
-    const path = `${dir.replace(/\/+$/, "") || "/"}/${STATE_FILE_NAME}`;
-    let text: string | undefined;
+    const base = dir.replace(/\/+$/, "") || "/";
+    const path = `${base}/${DB_FILE_NAME}`;
+    const jsonPath = `${base}/${STATE_FILE_NAME}`;
+    const jsonText = await readOptional(jsonPath);
+    // Validate the JSON before touching the database: a bad file changes nothing.
+    const imported = jsonText === undefined ? undefined : parseStateText(jsonText, jsonPath, opts);
+    const existed = await Deno.lstat(path).then(() => true, () => false);
+    let db: DatabaseSync;
     try {
-      text = await Deno.readTextFile(path);
+      db = new DatabaseSync(path);
     } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) {
-        throw new StateFileError(`cannot read state file ${path}: ${(e as Error).message}`);
+      throw new StateFileError(`cannot open state database ${path}: ${(e as Error).message}`);
+    }
+    try {
+      if (!existed) await Deno.chmod(path, 0o600);
+      const state = SqliteStore.#prepare(db, path, opts, imported, jsonText);
+      const store = new SqliteStore(path, db, state);
+      if (jsonText !== undefined) {
+        const to = await importedName(jsonPath);
+        await Deno.rename(jsonPath, to);
+        log.info("JSON state imported into the database", { from: jsonPath, kept_as: to, db: path });
       }
-    }
-    const state = text === undefined ? new ClusterState(opts) : parseStateText(text, path, opts);
-    if (text !== undefined) {
       log.info("state loaded", { path, jobs: state.jobs().length, nodes: state.nodes().length });
+      return store;
+    } catch (e) {
+      db.close();
+      if (e instanceof StateFileError) throw e;
+      throw new StateFileError(`state database ${path}: ${(e as Error).message}; fix or move it away`);
     }
-    return { store: new StateStore(path, state), state };
   }
 
-  /**
-   * Writes the current state. Saves are serialized; a save requested while another is running is
-   * merged into the next write. Resolves when a write that includes every change made before the
-   * call is on disk; rejects when that write failed.
-   */
-  save(): Promise<void> {
-    const want = ++this.#wanted;
-    const run = this.#chain.then(async () => {
-      if (this.#written >= want) return;
-      const version = this.#wanted;
-      const text = JSON.stringify(this.#state.toFile(), null, 1) + "\n";
-      await writeAtomic(this.path, text);
-      this.#written = version;
+  static #prepare(
+    db: DatabaseSync,
+    path: string,
+    opts: SqliteStoreOptions,
+    imported: ClusterState | undefined,
+    jsonText: string | undefined,
+  ): ClusterState {
+    const scalar = (sql: string) => Object.values(db.prepare(sql).get() ?? {})[0];
+    let version: number;
+    let appId: number;
+    let tables: number;
+    try {
+      version = Number(scalar("PRAGMA user_version"));
+      appId = Number(scalar("PRAGMA application_id"));
+      tables = Number(scalar("SELECT count(*) FROM sqlite_master"));
+    } catch (e) {
+      throw new StateFileError(
+        `${path} is not a state database (${(e as Error).message}); fix or move it away`,
+      );
+    }
+    if (tables > 0 && appId !== DB_APPLICATION_ID) {
+      throw new StateFileError(
+        `${path} is not a netmanager state database (foreign SQLite file); move it away`,
+      );
+    }
+    if (version > DB_SCHEMA_VERSION) {
+      throw new StateFileError(
+        `${path} has schema version ${version}, newer than this netmanager's ${DB_SCHEMA_VERSION}; upgrade netmanager`,
+      );
+    }
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec(`PRAGMA synchronous = ${opts.synchronous === "normal" ? "NORMAL" : "FULL"}`);
+    db.exec("PRAGMA busy_timeout = 5000");
+    if (version === 0) {
+      db.exec(`BEGIN IMMEDIATE;
+        CREATE TABLE rows (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        PRAGMA application_id = ${DB_APPLICATION_ID};
+        PRAGMA user_version = ${DB_SCHEMA_VERSION};
+        COMMIT;`);
+    }
+    const rows = db.prepare("SELECT key, value FROM rows").all().map((r) =>
+      [String(r.key), String(r.value)] as const
+    );
+    const meta = db.prepare("SELECT value FROM meta WHERE key = 'imported_sha256'").get();
+    if (imported !== undefined && jsonText !== undefined) {
+      if (rows.length > 0) {
+        // Imported before, but the rename did not happen (a crash in between): same file → rename only.
+        const importedHash = meta ? String(meta.value) : undefined;
+        return SqliteStore.#checkReimport(path, rows, jsonText, importedHash, opts);
+      }
+      const put = db.prepare("INSERT INTO rows(key, value) VALUES (?, ?)");
+      db.exec("BEGIN IMMEDIATE");
+      try {
+        for (const r of imported.rows()) put.run(r.key, rowText(r)!);
+        db.prepare("INSERT OR REPLACE INTO meta(key, value) VALUES ('imported_sha256', ?)").run(
+          sha256Sync(jsonText),
+        );
+        db.exec("COMMIT");
+      } catch (e) {
+        db.exec("ROLLBACK");
+        throw e;
+      }
+      return imported;
+    }
+    return stateOfRows(rows, path, opts);
+  }
+
+  static #checkReimport(
+    path: string,
+    rows: ReadonlyArray<readonly [string, string]>,
+    jsonText: string,
+    importedHash: string | undefined,
+    opts: ClusterStateOptions,
+  ): ClusterState {
+    if (importedHash !== sha256Sync(jsonText)) {
+      throw new StateFileError(
+        `${path} already holds a state and ${STATE_FILE_NAME} beside it is a different one; ` +
+          `move one of them away`,
+      );
+    }
+    return stateOfRows(rows, path, opts);
+  }
+
+  change<T>(fn: (s: ClusterState) => T, updates?: (r: T) => readonly UpdateNotice[]): Promise<T> {
+    if (this.#closed) return Promise.reject(new StateFileError(`state database ${this.path} is closed`));
+    let result: T;
+    try {
+      result = fn(this.state);
+    } finally {
+      // Even a refused change is written when it marked rows: memory and disk stay equal.
+      if (this.state.dirty || this.#pending.size) this.#write();
+    }
+    if (this.lastError !== undefined) return Promise.reject(new Error(this.lastError));
+    for (const u of updates?.(result) ?? []) this.onUpdate(u);
+    return Promise.resolve(result);
+  }
+
+  #write(): void {
+    const keys = new Set(this.#pending);
+    for (const r of this.state.takeChanges()) keys.add(r.key);
+    try {
+      this.#db.exec("BEGIN IMMEDIATE");
+      try {
+        for (const k of keys) {
+          const text = rowText(this.state.row(k));
+          if (text === undefined) this.#del.run(k);
+          else this.#put.run(k, text);
+        }
+        this.#db.exec("COMMIT");
+      } catch (e) {
+        this.#db.exec("ROLLBACK");
+        throw e;
+      }
+      this.#pending.clear();
       this.lastError = undefined;
-    });
-    this.#chain = run.catch((e) => {
+    } catch (e) {
+      for (const k of keys) this.#pending.add(k);
       this.lastError = (e as Error).message;
-      log.error("cannot save state", { path: this.path, error: (e as Error).message });
-    });
-    return run;
+      log.error("cannot save state", { path: this.path, error: this.lastError });
+    }
   }
 
-  /** Waits for pending saves (errors were reported to their callers). */
-  async flush(): Promise<void> {
-    await this.#chain;
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#db.close();
+    }
+    return Promise.resolve();
   }
 }

@@ -59,10 +59,6 @@ const ifName = z.string().regex(/^[A-Za-z0-9_.:-]{1,15}$/, "must be an interface
 
 const ipv4 = z.string().refine(isIPv4, "must be an IPv4 address");
 const ipv6 = z.string().refine(isIPv6, "must be an IPv6 address");
-const host = z.string().min(1, "must not be empty").regex(
-  /^[A-Za-z0-9.:_-]+$/,
-  "must be a host name or address",
-);
 
 /** `netcfg.json`: node identity, cluster connection, and the names netmanager creates. */
 export const NetCfgSchema = z.object({
@@ -72,7 +68,11 @@ export const NetCfgSchema = z.object({
   )
     .default("0.0.0.0"),
   NodePublicPort: portLike("NodePublicPort").default(50103),
-  ClusterUrl: host.default("0.0.0.0"),
+  /** The cluster's broker host; several (control-plane replicas): comma-separated, tried in turn. */
+  ClusterUrl: z.string().min(1, "must not be empty").regex(
+    /^[A-Za-z0-9.:_-]+(,[A-Za-z0-9.:_-]+)*$/,
+    "must be a host name or address (several: comma-separated)",
+  ).default("0.0.0.0"),
   ClusterMqttPort: portLike("ClusterMqttPort").default(10003),
   DefaultInterface: z.union([z.literal(""), ifName]).default(""),
   Debug: boolLike.default(false),

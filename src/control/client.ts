@@ -89,7 +89,11 @@ export interface TableSink {
 
 /** Options of {@link NodeControl.connect}. */
 export interface ControlOptions {
-  /** Broker host (the cluster orchestrator). */
+  /**
+   * Broker host (the cluster orchestrator), or several, comma-separated (control-plane replicas):
+   * the client connects to the first and, when the connection is lost, tries the next ones in turn
+   * (all on `port`), resubscribing and re-announcing as after any reconnect.
+   */
   host: string;
   /** Broker port (Oakestra: 10003). */
   port: number;
@@ -290,7 +294,10 @@ export class NodeControl {
       throw new ControlError(`invalid host port ${opts.hostPort}`);
     }
     const protocol = opts.tls ? "mqtts" : "mqtt";
-    const url = `${protocol}://${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${opts.port}`;
+    const hosts = opts.host.split(",").map((h) => h.trim()).filter((h) => h !== "");
+    if (hosts.length === 0) throw new ControlError(`no broker host in "${opts.host}"`);
+    const urlOf = (h: string) => `${protocol}://${h.includes(":") ? `[${h}]` : h}:${opts.port}`;
+    const url = hosts.map(urlOf).join(",");
     const timeoutMs = opts.connectTimeoutMs ?? 10000;
     const clientOpts: IClientOptions = {
       clientId: opts.workerId,
@@ -301,6 +308,8 @@ export class NodeControl {
       connectTimeout: Math.min(timeoutMs, 30000),
       resubscribe: false, // done by #onConnect, together with the re-announce
       queueQoSZero: false,
+      // Several brokers: mqtt.js moves to the next one on every new connection attempt.
+      ...(hosts.length > 1 ? { servers: hosts.map((host) => ({ host, port: opts.port, protocol })) } : {}),
     };
     if (opts.credentials) {
       clientOpts.username = opts.credentials.username;
@@ -319,7 +328,9 @@ export class NodeControl {
       }
     }
     const { default: mqtt } = await import("mqtt");
-    const client = mqtt.connect(url, clientOpts);
+    const client = mqtt.connect(urlOf(hosts[0]), clientOpts);
+    const current = () =>
+      hosts.length > 1 ? urlOf(String(client.options.hostname ?? client.options.host)) : url;
     const control = new NodeControl(client, opts);
     let lastError = "no answer";
     const first = Promise.withResolvers<void>();
@@ -327,14 +338,17 @@ export class NodeControl {
     // attempt only while the delay grows (1, 2, 4 … 60 s), not one per second.
     const backoff = new Backoff({ baseMs: clientOpts.reconnectPeriod ?? 1000, maxMs: 60_000 });
     let downSince = 0;
+    /** Attempts since the last connect: with several brokers, each is tried once before backing off. */
+    let roundAttempt = 0;
     client.on("connect", () => {
       control.stats.connects++;
+      roundAttempt = 0;
       const again = control.stats.connects > 1;
       client.options.reconnectPeriod = clientOpts.reconnectPeriod;
       backoff.reset();
       if (again) {
         log.info("reconnected to MQTT broker", {
-          url,
+          url: current(),
           downSeconds: +((performance.now() - downSince) / 1000).toFixed(1),
         });
       }
@@ -357,7 +371,7 @@ export class NodeControl {
       downSince = performance.now();
       backoff.reset();
       log.warn("MQTT connection lost; forwarding continues with the table held, reconnecting", {
-        url,
+        url: current(),
         error: lastError,
         retryInMs: client.options.reconnectPeriod,
       });
@@ -365,7 +379,8 @@ export class NodeControl {
     // mqtt.js reads reconnectPeriod each time it schedules the next attempt (after this one fails).
     client.on("reconnect", () => {
       if (control.stats.connects === 0 || control.#closed) return;
-      const delay = backoff.next();
+      roundAttempt++;
+      const delay = roundAttempt % hosts.length !== 0 ? (clientOpts.reconnectPeriod ?? 1000) : backoff.next();
       client.options.reconnectPeriod = delay;
       if (backoff.attempt <= 6 || backoff.attempt % 10 === 0) {
         log.warn("MQTT broker unreachable; backing off", {
@@ -400,7 +415,7 @@ export class NodeControl {
     const period = Math.max(20, Math.min(1000, Math.floor(control.#idleMs / 5)));
     control.#sweep = setInterval(() => control.#expireInterests(), period);
     log.info("connected to MQTT broker", {
-      url,
+      url: current(),
       clientId: opts.workerId,
       auth: opts.credentials ? "password" : opts.tls?.cert ? "client certificate" : "none",
     });

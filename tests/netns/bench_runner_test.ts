@@ -104,7 +104,18 @@ Deno.test({
       assertMatch(by.get("injected-fail")?.reason ?? "", /injected failure/);
       assertEquals(by.get("injected-hang")?.status, "timeout");
       for (
-        const name of ["packet", "table", "offload", "udp", "netlink", "deploy", "cluster", "dns", "overlay"]
+        const name of [
+          "packet",
+          "table",
+          "offload",
+          "udp",
+          "netlink",
+          "deploy",
+          "cluster",
+          "store",
+          "dns",
+          "overlay",
+        ]
       ) {
         const s = by.get(name);
         assert(s, `step ${name} missing`);

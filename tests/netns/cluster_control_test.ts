@@ -7,7 +7,7 @@
 import mqtt from "mqtt";
 import type net from "node:net";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { startControl } from "../../src/cluster/mod.ts";
+import { SqliteStore, startControl } from "../../src/cluster/mod.ts";
 import { QueryResultSchema, toEntries } from "../../src/table/query_result.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -34,6 +34,47 @@ function hasMosquitto(): boolean {
 }
 
 /** A mosquitto child process on 127.0.0.1:<port> (default: a free one); stopped by PID. */
+function hasEtcd(): boolean {
+  try {
+    return new Deno.Command("etcd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+}
+
+/** One etcd member on loopback with free ports, its data in `dir`. */
+async function startEtcd(dir: string): Promise<{ url: string; stop: () => Promise<void> }> {
+  const [client, peer] = [freePort(), freePort()];
+  const url = `http://127.0.0.1:${client}`;
+  const child = new Deno.Command("etcd", {
+    args: [
+      "--name=t",
+      `--data-dir=${dir}/etcd`,
+      `--listen-client-urls=${url}`,
+      `--advertise-client-urls=${url}`,
+      `--listen-peer-urls=http://127.0.0.1:${peer}`,
+      `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+      `--initial-cluster=t=http://127.0.0.1:${peer}`,
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const stop = async () => {
+    try {
+      Deno.kill(child.pid, "SIGTERM");
+    } catch { /* already gone */ }
+    await child.status;
+  };
+  for (let k = 0; k < 200; k++) {
+    const ok = await fetch(`${url}/health`).then((r) => r.json(), () => ({})).catch(() => ({}));
+    if ((ok as { health?: string }).health === "true") return { url, stop };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await stop();
+  throw new Error("etcd did not start");
+}
+
 async function startMosquitto(
   dir: string,
   port = freePort(),
@@ -215,7 +256,10 @@ function checkResult(r: Record<string, unknown>, job: string, instances: number)
 // ---------------------------------------------------------------------------------------------
 // the scenario, once per broker
 
-async function scenario(external: (() => Promise<{ url: string; stop: () => Promise<void> }>) | undefined) {
+async function scenario(
+  external: (() => Promise<{ url: string; stop: () => Promise<void> }>) | undefined,
+  etcd?: string,
+) {
   const dir = await Deno.makeTempDir({ prefix: "nmctl-it-" });
   const stateDir = `${dir}/state`;
   const nodes: FakeNode[] = [];
@@ -228,7 +272,9 @@ async function scenario(external: (() => Promise<{ url: string; stop: () => Prom
       mqttPort: 0,
       httpPort: 0,
       ...(broker ? { broker: broker.url } : {}),
+      ...(etcd ? { etcd: { endpoints: [etcd], cluster: cluster } } : {}),
     });
+  const cluster = `it${crypto.randomUUID().slice(0, 8)}`;
   const api = async (method: string, path: string, body?: unknown) =>
     http(ctl!.httpUrl, method, path, body, (await Deno.readTextFile(ctl!.tokenPath)).trim());
   const node = async (id: string) => {
@@ -545,6 +591,86 @@ Deno.test({
 });
 
 Deno.test({
+  name: "control on etcd (a replica): the same Oakestra-payload scenario, restart included",
+  ignore: !hasEtcd(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "nmctl-etcd-" });
+    const etcd = await startEtcd(dir);
+    try {
+      await scenario(undefined, etcd.url);
+    } finally {
+      await etcd.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "control on etcd: two replicas sharing one mosquitto answer each request once, publish each notice once",
+  ignore: !hasEtcd() || !hasMosquitto(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "nmctl-share-" });
+    const etcd = await startEtcd(dir);
+    const broker = await startMosquitto(dir);
+    const ctls: Awaited<ReturnType<typeof startControl>>[] = [];
+    const nodes: FakeNode[] = [];
+    try {
+      const cluster = `sh${crypto.randomUUID().slice(0, 8)}`;
+      for (const k of [0, 1]) {
+        ctls.push(
+          await startControl({
+            stateDir: `${dir}/r${k}`,
+            broker: broker.url,
+            httpPort: 0,
+            etcd: { endpoints: [etcd.url], cluster },
+          }),
+        );
+      }
+      const api = async (k: number, method: string, path: string, body?: unknown) =>
+        http(ctls[k].httpUrl, method, path, body, (await Deno.readTextFile(ctls[k].tokenPath)).trim());
+      const w1 = await FakeNode.connect(broker.url, "w1");
+      const f = await FakeNode.connect(broker.url, "f");
+      nodes.push(w1, f);
+      const never = async (n: FakeNode, pred: (m: Msg) => boolean, what: string) => {
+        const extra = await n.expect(pred, what, 700).then((m) => m, () => undefined);
+        assertEquals(extra, undefined, `${what} arrived twice`);
+      };
+      assertEquals(await w1.subnet(), { address: "10.18.0.0", addressv6: "fc00::" });
+      await never(w1, (m) => m.topic.endsWith("/subnetwork/result"), "subnet result");
+      let r = await api(0, "POST", "/api/net/service/deploy", {
+        _id: WEB_ID,
+        deployment_descriptor: {
+          app_name: "shop",
+          app_ns: "prod",
+          microservice_name: "web",
+          microservice_namespace: "v1",
+        },
+      });
+      assertEquals(r.status, 200, JSON.stringify(r.json));
+      r = await api(1, "POST", "/api/net/instance/deploy", { _id: WEB_ID, instance_number: 0 });
+      assertEquals(r.status, 200, JSON.stringify(r.json));
+      for (let k = 0; k < 10; k++) {
+        const q = await w1.query(WEB, "");
+        assertEquals(q.app_name, WEB);
+      }
+      await never(w1, (m) => m.topic.endsWith("/tablequery/result"), "table query result");
+      await f.follow(WEB);
+      r = await api(1, "DELETE", `/api/net/${WEB_ID}/0`);
+      assertEquals(r.status, 200, JSON.stringify(r.json));
+      await f.update(WEB, "UNDEPLOYMENT");
+      await never(f, (m) => m.topic === `jobs/${WEB}/updates_available`, "update notice");
+    } finally {
+      for (const n of nodes) await n.close();
+      for (const c of ctls) await c.stop();
+      await broker.stop();
+      await etcd.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
   name: "control: the service reconnects and resubscribes when the external broker restarts",
   ignore: !hasMosquitto(),
   fn: async () => {
@@ -753,7 +879,9 @@ Deno.test({
       const status = await svc.status;
       assertEquals(status.code, 0, log);
       assertMatch(log, /control plane stopped/);
-      const state = JSON.parse(await Deno.readTextFile(`${dir}/state/control-state.json`));
+      const stored = await SqliteStore.open(`${dir}/state`);
+      const state = stored.state.toFile();
+      await stored.close();
       assertEquals(state.jobs, []);
       assertEquals(state.pools.service4.free, ["10.30.0.0"]);
     } finally {

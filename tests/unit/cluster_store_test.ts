@@ -1,5 +1,15 @@
 import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
-import { STATE_FILE_NAME, StateFileError, StateStore, writeAtomic } from "../../src/cluster/store.ts";
+import { DatabaseSync } from "node:sqlite";
+import {
+  DB_FILE_NAME,
+  SqliteStore,
+  STATE_FILE_NAME,
+  StateFileError,
+  writeAtomic,
+} from "../../src/cluster/store.ts";
+import { ClusterState } from "../../src/cluster/state.ts";
+import { claimsOf, parseRow, rowsOfStateFile, stateFileOfRows } from "../../src/cluster/rows.ts";
+import { EtcdClient, EtcdError, prefixEnd } from "../../src/cluster/etcd.ts";
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nmctl-store-" });
@@ -10,48 +20,101 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
-Deno.test("store: missing file → empty state; saves survive a reopen", () =>
+const SVC = { app_name: "a", app_ns: "b", microservice_name: "c", microservice_namespace: "d" };
+
+function rowCount(path: string): number {
+  const db = new DatabaseSync(path, { readOnly: true });
+  try {
+    return Number(db.prepare("SELECT count(*) AS n FROM rows").get()!.n);
+  } finally {
+    db.close();
+  }
+}
+
+Deno.test("sqlite store: empty start; changes survive a reopen; mode 0600", () =>
   withDir(async (dir) => {
     const sub = `${dir}/a/b`; // created on open
-    const { store, state } = await StateStore.open(sub);
-    assertEquals(state.jobs().length, 0);
-    assertEquals(store.path, `${sub}/${STATE_FILE_NAME}`);
-    state.nodeSubnet("w1");
-    const j = state.deployService({
-      _id: "j",
-      app_name: "a",
-      app_ns: "b",
-      microservice_name: "c",
-      microservice_namespace: "d",
-    });
-    state.deployInstance(j.job._id, 0);
-    await store.save();
-    const again = await StateStore.open(sub);
-    assertEquals(again.state.toFile(), state.toFile());
+    const store = await SqliteStore.open(sub);
+    assertEquals(store.state.jobs().length, 0);
+    assertEquals(store.path, `${sub}/${DB_FILE_NAME}`);
+    await store.change((s) => s.nodeSubnet("w1"));
+    const j = await store.change((s) => s.deployService({ _id: "j", ...SVC }));
+    await store.change((s) => s.deployInstance(j.job._id, 0));
+    const before = store.state.toFile();
+    await store.close();
+    const again = await SqliteStore.open(sub);
+    assertEquals(again.state.toFile(), before);
     assertEquals(again.state.nodeSubnet("w1").node.subnet, "10.18.0.0");
-    assertEquals(again.state.nodeSubnet("w2").node.subnet, "10.18.0.64");
-    assertEquals([...Deno.readDirSync(sub)].map((e) => e.name), [STATE_FILE_NAME]); // no tmp left
-    const mode = (await Deno.stat(store.path)).mode! & 0o777;
-    assertEquals(mode, 0o600);
+    assertEquals((await again.change((s) => s.nodeSubnet("w2"))).node.subnet, "10.18.0.64");
+    await again.close();
+    assertEquals((await Deno.stat(store.path)).mode! & 0o777, 0o600);
   }));
 
-Deno.test("store: concurrent saves are serialized and the file ends with the latest state", () =>
+Deno.test("sqlite store: a change writes only its rows (O(changed)), releases and reuse survive", () =>
   withDir(async (dir) => {
-    const { store, state } = await StateStore.open(dir);
-    const saves: Promise<void>[] = [];
-    for (let k = 0; k < 50; k++) {
-      state.nodeSubnet(`w${k}`);
-      saves.push(store.save());
-    }
-    await Promise.all(saves);
-    const { state: loaded } = await StateStore.open(dir);
-    assertEquals(loaded.nodes().length, 50);
-    assertEquals(loaded.node("w49")?.subnet, "10.18.12.64");
+    const store = await SqliteStore.open(dir);
+    const j = await store.change((s) => s.deployService({ _id: "j", ...SVC }));
+    for (let n = 0; n < 50; n++) await store.change((s) => s.deployInstance("j", n));
+    // 1 job + 50 instances + the 3 pools used (service4, rr6, instance6)
+    assertEquals(rowCount(store.path), 54);
+    const updates: string[] = [];
+    store.onUpdate = (u) => updates.push(`${u.job} ${u.type}`);
+    await store.change((s) => s.removeInstance("j", 7), (r) => r.updates);
+    assertEquals(updates, [`${j.job.job_name} UNDEPLOYMENT`]);
+    assertEquals(rowCount(store.path), 53);
+    const freed = "10.30.0.8"; // RR took .0; instance 7 had .8
+    await store.close();
+    const again = await SqliteStore.open(dir);
+    assertEquals(again.state.allocator.service4.freeList(), [freed]);
+    const i = await again.change((s) => s.deployInstance("j", 99));
+    assertEquals(i.instance.instance_ip, freed);
+    await again.close();
   }));
 
-Deno.test("store: a corrupt file is a clear error and is never overwritten", () =>
+Deno.test("sqlite store: a refused change stores nothing and rejects with the refusal", () =>
   withDir(async (dir) => {
-    const path = `${dir}/${STATE_FILE_NAME}`;
+    const store = await SqliteStore.open(dir);
+    await store.change((s) => s.deployService({ _id: "j", ...SVC }));
+    const n = rowCount(store.path);
+    await assertRejects(() => store.change((s) => s.removeInstance("j", 3)), Error, "no instance 3");
+    assertEquals(rowCount(store.path), n);
+    await store.close();
+  }));
+
+Deno.test("sqlite store: control-state.json is imported once and kept as .imported", () =>
+  withDir(async (dir) => {
+    const s = new ClusterState();
+    s.nodeSubnet("w1");
+    s.deployService({ _id: "j", ...SVC, rr_ip: "10.30.9.9" });
+    s.deployInstance("j", 0);
+    s.removeInstance("j", 0);
+    const text = JSON.stringify(s.toFile());
+    const json = `${dir}/${STATE_FILE_NAME}`;
+    await Deno.writeTextFile(json, text);
+    const store = await SqliteStore.open(dir);
+    assertEquals(store.state.toFile(), s.toFile());
+    await store.close();
+    assertEquals(await Deno.readTextFile(`${json}.imported`), text);
+    await assertRejects(() => Deno.stat(json));
+    // Running twice changes nothing.
+    const again = await SqliteStore.open(dir);
+    assertEquals(again.state.toFile(), s.toFile());
+    await again.close();
+    assertEquals(
+      (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).filter((n) => n.endsWith(".imported")),
+      [
+        `${STATE_FILE_NAME}.imported`,
+      ],
+    );
+    // A different JSON beside a filled database: refused, both kept.
+    await Deno.writeTextFile(json, JSON.stringify(new ClusterState().toFile()));
+    await assertRejects(() => SqliteStore.open(dir), StateFileError, "different one");
+    assert(await Deno.stat(json));
+  }));
+
+Deno.test("sqlite store: a corrupt JSON or a foreign database is a clear error and is never changed", () =>
+  withDir(async (dir) => {
+    const json = `${dir}/${STATE_FILE_NAME}`;
     for (
       const text of [
         "{ not json",
@@ -60,24 +123,96 @@ Deno.test("store: a corrupt file is a clear error and is never overwritten", () 
         '{"version":1,"jobs":[],"nodes":[{"worker_id":"w","subnet":"1.2.3.4","subnet_v6":"fc00::"}],"pools":{"subnet4":{"next":"0","free":[]},"subnet6":{"next":"0","free":[]},"service4":{"next":"0","free":[]},"instance6":{"next":"0","free":[]},"rr6":{"next":"0","free":[]}}}',
       ]
     ) {
-      await Deno.writeTextFile(path, text);
-      const e = await assertRejects(() => StateStore.open(dir), StateFileError, path);
+      await Deno.writeTextFile(json, text);
+      const e = await assertRejects(() => SqliteStore.open(dir), StateFileError, json);
       assert(e.message.includes("fix or move it away"), e.message);
-      assertEquals(await Deno.readTextFile(path), text);
+      assertEquals(await Deno.readTextFile(json), text);
+      await assertRejects(() => Deno.stat(`${dir}/${DB_FILE_NAME}`)); // no database was created
     }
+    await Deno.remove(json);
+    // A foreign SQLite database.
+    const foreign = new DatabaseSync(`${dir}/${DB_FILE_NAME}`);
+    foreign.exec("CREATE TABLE t (x); INSERT INTO t VALUES (1)");
+    foreign.close();
+    const before = await Deno.readFile(`${dir}/${DB_FILE_NAME}`);
+    await assertRejects(() => SqliteStore.open(dir), StateFileError, "not a netmanager state database");
+    assertEquals(await Deno.readFile(`${dir}/${DB_FILE_NAME}`), before);
+    // Not a database at all.
+    await Deno.writeTextFile(`${dir}/${DB_FILE_NAME}`, "hello, I am text ".repeat(100));
+    await assertRejects(() => SqliteStore.open(dir), StateFileError, "not a state database");
+    // An inconsistent row.
+    await Deno.remove(`${dir}/${DB_FILE_NAME}`);
+    const store = await SqliteStore.open(dir);
+    await store.change((s) => s.nodeSubnet("w1"));
+    await store.close();
+    const db = new DatabaseSync(`${dir}/${DB_FILE_NAME}`);
+    db.exec(
+      `INSERT INTO rows VALUES ('node/w2', '{"worker_id":"w2","subnet":"10.18.0.0","subnet_v6":"fc00::100"}')`,
+    );
+    db.close();
+    await assertRejects(() => SqliteStore.open(dir), StateFileError, "used twice");
   }));
 
-Deno.test("store: a failed save rejects and later saves still work", () =>
-  withDir(async (dir) => {
-    const { store, state } = await StateStore.open(`${dir}/s`);
-    state.nodeSubnet("w1");
-    await Deno.remove(`${dir}/s`, { recursive: true }); // the directory vanished
-    await assertRejects(() => store.save());
-    await Deno.mkdir(`${dir}/s`);
-    state.nodeSubnet("w2");
-    await store.save();
-    assertEquals((await StateStore.open(`${dir}/s`)).state.nodes().length, 2);
-  }));
+Deno.test("rows: state file ↔ rows round trip; bad rows are refused", () => {
+  const s = new ClusterState();
+  s.nodeSubnet("w1");
+  s.deployService({ _id: "j", ...SVC });
+  s.deployInstance("j", 0);
+  s.deployInstance("j", 2);
+  const rows = rowsOfStateFile(s.toFile());
+  assertEquals(stateFileOfRows(rows.map((r) => parseRow(r.key, JSON.stringify(r.value)))), s.toFile());
+  for (
+    const [k, v] of [
+      ["job/x.y", "{}"],
+      ["node/w1", '{"worker_id":"w2","subnet":"10.18.0.0","subnet_v6":"fc00::"}'],
+      ["inst/j/1", '{"instance_number":2,"instance_ip":"10.30.0.1","instance_ip_v6":"fdff::"}'],
+      ["pool/zz", '{"next":"0","free":[]}'],
+      ["pool/rr6", "{"],
+    ]
+  ) {
+    let threw = false;
+    try {
+      parseRow(k, v);
+    } catch {
+      threw = true;
+    }
+    assert(threw, `${k} ${v} accepted`);
+  }
+});
+
+Deno.test("state: applyRows mirrors another state's changes exactly", () => {
+  const a = new ClusterState();
+  const b = new ClusterState();
+  const sync = () => b.applyRows(a.takeChanges());
+  a.nodeSubnet("w1");
+  a.deployService({ _id: "j", ...SVC });
+  a.deployInstance("j", 0);
+  a.deployInstance("j", 1);
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  a.removeInstance("j", 0);
+  a.markDeployed(
+    "w1",
+    {
+      appname: "a.b.c.d",
+      instance_number: 1,
+      nsip: "10.18.0.2",
+      host_ip: "192.168.1.1",
+      host_port: 50103,
+      status: "",
+    } as Parameters<ClusterState["markDeployed"]>[1],
+  );
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals(b.resolve("10.30.0.2")?._id, "j");
+  a.removeService("j", true);
+  a.removeNode("w1");
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals(b.resolve("10.30.0.2"), undefined);
+  // b allocates next exactly as a would.
+  assertEquals(b.nodeSubnet("w9").node.subnet, a.nodeSubnet("w9").node.subnet);
+});
 
 Deno.test("store: writeAtomic replaces the file whole", () =>
   withDir(async (dir) => {
@@ -86,3 +221,38 @@ Deno.test("store: writeAtomic replaces the file whole", () =>
     await writeAtomic(p, "short");
     assertEquals(await Deno.readTextFile(p), "short");
   }));
+
+Deno.test("etcd: prefixEnd is the first key after every key with the prefix; endpoints are checked", () => {
+  assertEquals(prefixEnd("/netmanager/a/"), "/netmanager/a0");
+  let threw = 0;
+  for (const bad of [[], ["ftp://x:2379"], ["not a url"]]) {
+    try {
+      new EtcdClient(bad);
+    } catch (e) {
+      assert(e instanceof EtcdError);
+      threw++;
+    }
+  }
+  assertEquals(threw, 3);
+  assertEquals(new EtcdClient(["http://10.0.0.1:2379/", " http://b:2379"]).endpoints, [
+    "http://10.0.0.1:2379",
+    "http://b:2379",
+  ]);
+});
+
+Deno.test("rows: claims name a job's name and addresses, an instance's addresses, a node's subnets", () => {
+  const s = new ClusterState();
+  s.nodeSubnet("w1");
+  s.deployService({ _id: "j", ...SVC, rr_ip: "10.30.5.5" });
+  s.deployInstance("j", 0);
+  const claims = s.rows().flatMap(claimsOf).sort();
+  assertEquals(claims, [
+    "ip/10.30.0.0",
+    "ip/10.30.5.5",
+    "ip/fdff:2000::",
+    "ip/fdff::",
+    "name/a.b.c.d",
+    "subnet/10.18.0.0",
+    "subnet/fc00::",
+  ]);
+});

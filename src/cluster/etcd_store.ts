@@ -1,0 +1,521 @@
+/**
+ * The replicated store: the control plane's rows in etcd, shared by any number of replicas
+ * (`netmanager control --etcd …`). Each replica keeps the whole state in memory, follows etcd with
+ * a watch, and writes a change as one transaction that compares every row it touches on its
+ * revision (or absence) and creates a claim key for every name and address it takes, so two
+ * replicas can never give one subnet, address or job name to two owners. A refused transaction is
+ * rolled back in memory, the replica waits until its watch shows the competing change, and runs the
+ * change again.
+ *
+ * Layout under the cluster's prefix `P` (default `/netmanager/<cluster>/`):
+ *
+ * | key | value |
+ * |---|---|
+ * | `P cluster` | `{"cluster": name, "format": 1}`: whose prefix this is |
+ * | `P rows/<row key>` | a state row (rows.ts) |
+ * | `P claims/name/<job>`, `P claims/ip/<addr>`, `P claims/subnet/<addr>` | the row key owning it |
+ * | `P notice/<job>` | the last update notice of a job: every replica publishes it to its nodes |
+ * | `P replicas/<id>`, `P alive/<worker>` | on the replica's lease: replicas up, nodes they serve |
+ *
+ * @example
+ * ```ts
+ * const store = await EtcdStore.open({ endpoints: ["http://10.0.0.1:2379"], cluster: "edge1" });
+ * await store.change((s) => s.nodeSubnet("worker1"));
+ * await store.close();
+ * ```
+ */
+import { type Compare, EtcdClient, EtcdError, type Op, type WatchEvent } from "./etcd.ts";
+import { type ControlStore, StateFileError, stateOfRows, StoreUnavailableError } from "./store.ts";
+import type { ClusterState, ClusterStateOptions, UpdateNotice } from "./state.ts";
+import { StateError } from "./state.ts";
+import { claimsOf, jobKey, parseRow, type Row, RowError, rowsOfStateFile, rowText } from "./rows.ts";
+import type { StateFile } from "./schemas.ts";
+import { logger } from "../log.ts";
+
+const log = logger("control");
+
+/** A cluster name: 1..64 of letters, digits, `.`, `_`, `-`. */
+export const CLUSTER_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+/** Format of the data under a prefix. */
+export const ETCD_FORMAT = 1;
+/** TTL of a replica's lease (its `replicas/` and `alive/` keys vanish this long after it died). */
+export const LEASE_TTL_S = 10;
+
+/** The default key prefix of a cluster. */
+export function defaultPrefix(cluster: string): string {
+  return `/netmanager/${cluster}/`;
+}
+
+/** Options of {@link EtcdStore.open}. */
+export interface EtcdStoreOptions extends ClusterStateOptions {
+  /** etcd client URLs (`http://host:2379`). */
+  endpoints: readonly string[];
+  /** The cluster's name, recorded under the prefix: a replica of another cluster refuses it. */
+  cluster: string;
+  /** Key prefix (default `/netmanager/<cluster>/`); must start and end with `/`. */
+  prefix?: string;
+  /** Time limit of one etcd request (default 3000 ms). */
+  timeoutMs?: number;
+}
+
+interface Cached {
+  /** Row text; undefined: deleted (a tombstone, so an older event is never applied again). */
+  text: string | undefined;
+  mod: number;
+}
+
+const NOTICE = /^\{"job":"[^"]+","type":"(DEPLOYMENT|UNDEPLOYMENT)","by":"([^"]*)"/;
+
+/** The store. */
+export class EtcdStore implements ControlStore {
+  readonly state: ClusterState;
+  readonly location: string;
+  lastError: string | undefined;
+  onUpdate: (u: UpdateNotice, own?: boolean) => void = () => {};
+  /** This replica's id (random). */
+  readonly replicaId: string = crypto.randomUUID().slice(0, 12);
+  readonly #etcd: EtcdClient;
+  readonly #prefix: string;
+  readonly #opts: EtcdStoreOptions;
+  readonly #cache = new Map<string, Cached>();
+  #reloadRev = 0;
+  #appliedRev = 0;
+  #lock: Promise<unknown> = Promise.resolve();
+  readonly #abort = new AbortController();
+  #waiters: Array<() => void> = [];
+  #watching: Promise<void> = Promise.resolve();
+  #lease: string | undefined;
+  #keepalive: ReturnType<typeof setInterval> | undefined;
+  readonly #announced = new Set<string>();
+  #closed = false;
+  /** A change of this replica is between its in-memory step and etcd's answer. */
+  #inflight = false;
+  /** Watch replies held back meanwhile (applied right after, so they never meet half a change). */
+  #deferred: WatchEvent[][] = [];
+
+  private constructor(opts: EtcdStoreOptions, etcd: EtcdClient, prefix: string, state: ClusterState) {
+    this.#opts = opts;
+    this.#etcd = etcd;
+    this.#prefix = prefix;
+    this.state = state;
+    this.location = `etcd ${etcd.endpoints.join(",")} prefix ${prefix}`;
+  }
+
+  /** The etcd client (migration and tests use it). */
+  get etcd(): EtcdClient {
+    return this.#etcd;
+  }
+
+  /** The key prefix. */
+  get prefix(): string {
+    return this.#prefix;
+  }
+
+  /**
+   * Connects, claims or checks the prefix for `cluster`, loads the state and starts the watch.
+   * Throws StateFileError when the prefix belongs to another cluster or holds rows that are not
+   * ours, EtcdError when etcd cannot be reached.
+   */
+  static async open(opts: EtcdStoreOptions): Promise<EtcdStore> {
+    const { etcd, prefix } = await claimPrefix(opts);
+    const { state, kvs, revision } = await loadRows(etcd, prefix, opts);
+    const store = new EtcdStore(opts, etcd, prefix, state);
+    for (const kv of kvs) store.#cache.set(kv.key, { text: kv.value, mod: kv.mod });
+    store.#reloadRev = revision;
+    store.#appliedRev = revision;
+    let created!: () => void;
+    const ready = new Promise<void>((r) => created = r);
+    store.#watching = store.#watchLoop(created);
+    const timer = setTimeout(created, 5000);
+    await ready;
+    clearTimeout(timer);
+    try {
+      store.#lease = await etcd.leaseGrant(LEASE_TTL_S);
+      await etcd.txn([], [{
+        put: { key: `${prefix}replicas/${store.replicaId}`, value: "{}", lease: store.#lease },
+      }]);
+      store.#keepalive = setInterval(() => store.#renew(), (LEASE_TTL_S * 1000) / 3);
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+    log.info("state loaded from etcd", {
+      prefix,
+      cluster: opts.cluster,
+      replica: store.replicaId,
+      revision,
+      jobs: state.jobs().length,
+      nodes: state.nodes().length,
+    });
+    return store;
+  }
+
+  async #renew(): Promise<void> {
+    if (!this.#lease || this.#closed) return;
+    try {
+      if (await this.#etcd.leaseKeepAlive(this.#lease)) return;
+      // Expired (etcd was away longer than the TTL): a new lease, and announce again.
+      this.#lease = await this.#etcd.leaseGrant(LEASE_TTL_S);
+      this.#announced.clear();
+      await this.#etcd.txn([], [{
+        put: { key: `${this.#prefix}replicas/${this.replicaId}`, value: "{}", lease: this.#lease },
+      }]);
+    } catch (e) {
+      log.warn("etcd lease not renewed", { error: (e as Error).message });
+    }
+  }
+
+  /**
+   * Records that `worker` is served by this replica (`alive/<worker>` on its lease, so it vanishes
+   * when the replica dies). Best effort; failures are logged.
+   */
+  nodeSeen(worker: string): void {
+    if (this.#announced.has(worker) || !this.#lease || this.#closed) return;
+    this.#announced.add(worker);
+    this.#etcd.txn([], [{
+      put: {
+        key: `${this.#prefix}alive/${worker}`,
+        value: JSON.stringify({ replica: this.replicaId }),
+        lease: this.#lease,
+      },
+    }]).catch((e) => {
+      this.#announced.delete(worker);
+      log.warn("node liveness not recorded", { worker, error: (e as Error).message });
+    });
+  }
+
+  async #watchLoop(created: () => void): Promise<void> {
+    const signal = this.#abort.signal;
+    while (!signal.aborted) {
+      const r = await this.#etcd.watch(
+        this.#prefix,
+        this.#appliedRev + 1,
+        (events) => this.#inflight ? this.#deferred.push(events) : this.#onEvents(events),
+        signal,
+        created,
+      );
+      if (signal.aborted) return;
+      if (r === "compacted") {
+        await this.#reload().catch((e) => log.error("state reload failed", { error: (e as Error).message }));
+      } else {
+        await new Promise((res) => setTimeout(res, 250));
+      }
+    }
+  }
+
+  #onEvents(events: readonly WatchEvent[]): void {
+    const rows: Row[] = [];
+    const notices: Array<UpdateNotice & { own: boolean }> = [];
+    const rowsPrefix = `${this.#prefix}rows/`;
+    const noticePrefix = `${this.#prefix}notice/`;
+    for (const e of events) {
+      if (e.modRevision <= this.#reloadRev) continue;
+      if (e.modRevision > this.#appliedRev) this.#appliedRev = e.modRevision;
+      if (e.key.startsWith(rowsPrefix)) {
+        const k = e.key.slice(rowsPrefix.length);
+        const c = this.#cache.get(k);
+        if (c && c.mod >= e.modRevision) continue;
+        this.#cache.set(k, { text: e.value, mod: e.modRevision });
+        try {
+          rows.push(parseRow(k, e.value));
+        } catch (err) {
+          log.error("ignoring a row that is not ours in etcd", { key: e.key, error: (err as Error).message });
+        }
+      } else if (e.key.startsWith(noticePrefix) && e.value !== undefined) {
+        const m = NOTICE.exec(e.value);
+        if (m) {
+          const job = e.key.slice(noticePrefix.length);
+          notices.push({ job, type: m[1] as UpdateNotice["type"], own: m[2] === this.replicaId });
+        }
+      }
+    }
+    if (rows.length) {
+      try {
+        this.state.applyRows(rows);
+      } catch (err) {
+        log.warn("replicated change does not fit the local state; reloading", {
+          error: (err as Error).message,
+        });
+        void this.#reload().catch((e) => log.error("state reload failed", { error: (e as Error).message }));
+      }
+    }
+    for (const n of notices) this.onUpdate({ job: n.job, type: n.type }, n.own);
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Reads every row again and replaces the local state (after a compaction or a contradiction). */
+  async #reload(): Promise<void> {
+    const { state, kvs, revision } = await loadRows(this.#etcd, this.#prefix, this.#opts);
+    this.state.adopt(state);
+    this.#cache.clear();
+    for (const kv of kvs) this.#cache.set(kv.key, { text: kv.value, mod: kv.mod });
+    this.#reloadRev = revision;
+    if (revision > this.#appliedRev) this.#appliedRev = revision;
+    log.info("state reloaded from etcd", { revision, jobs: this.state.jobs().length });
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Resolves once `cond` holds (checked after every watch reply), or after `ms` (false then). */
+  async #until(cond: () => boolean, ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (!cond()) {
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 100));
+        this.#waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return true;
+  }
+
+  /** Puts the rows back to what etcd last showed. */
+  async #rollback(rows: readonly Row[]): Promise<void> {
+    try {
+      this.state.applyRows(rows.map((r) => parseRow(r.key, this.#cache.get(r.key)?.text)));
+    } catch (e) {
+      if (!(e instanceof StateError || e instanceof RowError)) throw e;
+      await this.#reload();
+    }
+    this.state.discardChanges();
+  }
+
+  /** Ends the in-flight step: rolls `back` (if given) to what etcd showed, then applies held-back replies. */
+  async #settle(back: readonly Row[] | undefined): Promise<void> {
+    try {
+      if (back) await this.#rollback(back);
+    } finally {
+      this.#inflight = false;
+      const held = this.#deferred;
+      this.#deferred = [];
+      for (const events of held) this.#onEvents(events);
+    }
+  }
+
+  change<T>(fn: (s: ClusterState) => T, updates?: (r: T) => readonly UpdateNotice[]): Promise<T> {
+    const run = this.#lock.then(() => this.#change(fn, updates));
+    this.#lock = run.catch(() => {});
+    return run;
+  }
+
+  async #change<T>(fn: (s: ClusterState) => T, updates?: (r: T) => readonly UpdateNotice[]): Promise<T> {
+    if (this.#closed) throw new StoreUnavailableError("the etcd store is closed");
+    for (let attempt = 0;; attempt++) {
+      let result: T;
+      this.#inflight = true;
+      try {
+        result = fn(this.state);
+      } catch (e) {
+        await this.#settle(this.state.takeChanges());
+        throw e;
+      }
+      const rows = this.state.takeChanges();
+      const notices = updates?.(result) ?? [];
+      if (rows.length === 0 && notices.length === 0) {
+        await this.#settle(undefined);
+        return result;
+      }
+      const { compare, ops, reads } = this.#txnOf(rows, notices);
+      let r;
+      try {
+        r = await this.#etcd.txn(compare, ops, reads);
+      } catch (e) {
+        await this.#settle(rows);
+        this.lastError = (e as Error).message;
+        throw new StoreUnavailableError(`state store unavailable, nothing changed: ${(e as Error).message}`);
+      }
+      this.lastError = undefined;
+      await this.#settle(r.succeeded ? undefined : rows);
+      if (r.succeeded) {
+        const rev = r.revision;
+        // Read-your-writes: the next change starts from a state that includes this one.
+        if (!await this.#until(() => rows.every((x) => (this.#cache.get(x.key)?.mod ?? 0) >= rev), 5000)) {
+          await this.#reload().catch(() => {});
+        }
+        return result;
+      }
+      if (attempt >= 30) {
+        throw new StoreUnavailableError("too many concurrent changes from other replicas; try again");
+      }
+      // Wait until the watch shows what made the comparison fail, then run the change again.
+      const want = Math.max(0, ...r.read.map((kv) => kv.modRevision));
+      const gone = rows.filter((x) => this.#cache.get(x.key)?.text !== undefined).map((x) => x.key)
+        .filter((k) => !r.read.some((kv) => kv.key === `${this.#prefix}rows/${k}`));
+      const ok = await this.#until(
+        () => this.#appliedRev >= want && gone.every((k) => this.#cache.get(k)?.text === undefined),
+        3000,
+      );
+      if (!ok) await this.#reload();
+    }
+  }
+
+  #txnOf(
+    rows: readonly Row[],
+    notices: readonly UpdateNotice[],
+  ): { compare: Compare[]; ops: Op[]; reads: Op[] } {
+    const P = this.#prefix;
+    const compare: Compare[] = [];
+    const ops: Op[] = [];
+    const reads: Op[] = [];
+    const keys = new Set(rows.map((r) => r.key));
+    const parents = new Set<string>();
+    for (const row of rows) {
+      const k = `${P}rows/${row.key}`;
+      const c = this.#cache.get(row.key);
+      compare.push(c?.text !== undefined ? { key: k, modRevision: c.mod } : { key: k, version: 0 });
+      reads.push({ get: { key: k } });
+      const text = rowText(row);
+      ops.push(text === undefined ? { del: { key: k } } : { put: { key: k, value: text } });
+      const before = c?.text !== undefined ? claimsOf(parseRow(row.key, c.text)) : [];
+      const after = claimsOf(row);
+      for (const cl of after) {
+        if (before.includes(cl)) continue;
+        compare.push({ key: `${P}claims/${cl}`, version: 0 });
+        reads.push({ get: { key: `${P}claims/${cl}` } });
+        ops.push({ put: { key: `${P}claims/${cl}`, value: row.key } });
+      }
+      for (const cl of before) if (!after.includes(cl)) ops.push({ del: { key: `${P}claims/${cl}` } });
+      // An instance is only written while its job is what this replica saw.
+      if (row.kind === "inst" && !keys.has(jobKey(row.id))) parents.add(jobKey(row.id));
+    }
+    for (const p of parents) {
+      const c = this.#cache.get(p);
+      const k = `${P}rows/${p}`;
+      compare.push(c?.text !== undefined ? { key: k, modRevision: c.mod } : { key: k, version: 0 });
+      reads.push({ get: { key: k } });
+    }
+    for (const n of notices) {
+      ops.push({
+        put: {
+          key: `${P}notice/${n.job}`,
+          value: JSON.stringify({ job: n.job, type: n.type, by: this.replicaId, at: Date.now() }),
+        },
+      });
+    }
+    return { compare, ops, reads };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#lock;
+    this.#abort.abort();
+    if (this.#keepalive !== undefined) clearInterval(this.#keepalive);
+    await this.#watching.catch(() => {});
+    if (this.#lease) await this.#etcd.leaseRevoke(this.#lease);
+  }
+}
+
+/** Checks the prefix is this cluster's, claiming it when empty. Throws StateFileError / EtcdError. */
+async function claimPrefix(opts: EtcdStoreOptions): Promise<{ etcd: EtcdClient; prefix: string }> {
+  if (!CLUSTER_NAME.test(opts.cluster)) {
+    throw new StateFileError(`cluster name "${opts.cluster}" must be 1..64 of A-Z a-z 0-9 . _ -`);
+  }
+  const prefix = opts.prefix ?? defaultPrefix(opts.cluster);
+  if (!/^\/[\x21-\x7e]*\/$/.test(prefix) || prefix.length > 200) {
+    throw new StateFileError(
+      `etcd prefix "${prefix}" must start and end with "/" (printable ASCII, no spaces)`,
+    );
+  }
+  const etcd = new EtcdClient(opts.endpoints, { timeoutMs: opts.timeoutMs });
+  const key = `${prefix}cluster`;
+  const mine = JSON.stringify({ cluster: opts.cluster, format: ETCD_FORMAT });
+  const r = await etcd.txn([{ key, version: 0 }], [{ put: { key, value: mine } }], [{ get: { key } }]);
+  if (!r.succeeded) {
+    const text = r.read[0]?.value ?? "";
+    let other: { cluster?: unknown; format?: unknown } = {};
+    try {
+      other = JSON.parse(text);
+    } catch { /* reported below */ }
+    if (typeof other.cluster !== "string") {
+      throw new StateFileError(
+        `etcd prefix ${prefix} holds foreign data (${key} = ${text.slice(0, 80)}); refusing`,
+      );
+    }
+    if (other.cluster !== opts.cluster) {
+      throw new StateFileError(
+        `etcd prefix ${prefix} belongs to cluster "${other.cluster}", not "${opts.cluster}"; refusing ` +
+          `(give this cluster its own --etcd-prefix, or the right --cluster-name)`,
+      );
+    }
+    if (other.format !== ETCD_FORMAT) {
+      throw new StateFileError(
+        `etcd prefix ${prefix} has format ${other.format}, not ${ETCD_FORMAT}; upgrade netmanager`,
+      );
+    }
+  }
+  return { etcd, prefix };
+}
+
+async function loadRows(etcd: EtcdClient, prefix: string, opts: ClusterStateOptions) {
+  const { kvs, revision } = await etcd.rangePrefix(`${prefix}rows/`);
+  const pairs = kvs.map((kv) => [kv.key.slice(prefix.length + 5), kv.value] as const);
+  const state = stateOfRows(pairs, `etcd ${prefix}rows/`, opts);
+  return {
+    state,
+    revision,
+    kvs: kvs.map((kv, i) => ({ key: pairs[i][0], value: kv.value, mod: kv.modRevision })),
+  };
+}
+
+/** Result of {@link migrateToEtcd}. */
+export interface MigrateResult {
+  /** Rows written now. */
+  written: number;
+  /** Rows already present with the same value (an earlier run). */
+  present: number;
+}
+
+/**
+ * Copies an embedded state into an etcd prefix (claimed for `cluster`). Idempotent: rows already
+ * there with the same value are skipped, so running it twice changes nothing. Refuses (nothing
+ * more written) when the prefix already holds a different state. Batches stay under etcd's
+ * default limit of 128 operations per transaction.
+ */
+export async function migrateToEtcd(file: StateFile, opts: EtcdStoreOptions): Promise<MigrateResult> {
+  const { etcd, prefix } = await claimPrefix(opts);
+  const existing = await etcd.rangePrefix(`${prefix}rows/`);
+  const have = new Map(existing.kvs.map((kv) => [kv.key.slice(prefix.length + 5), kv.value]));
+  const rows = rowsOfStateFile(file);
+  const want = new Map(rows.map((r) => [r.key, rowText(r)!]));
+  const differ = [...have].filter(([k, v]) => want.get(k) !== v).map(([k]) => k);
+  if (differ.length) {
+    throw new StateFileError(
+      `etcd prefix ${prefix} already holds a different state (${differ.slice(0, 5).join(", ")}` +
+        `${differ.length > 5 ? ", …" : ""}); refusing to mix two states`,
+    );
+  }
+  let written = 0;
+  const todo = rows.filter((r) => !have.has(r.key));
+  // Pools last: a half-done run leaves rows whose pools a rerun completes.
+  todo.sort((a, b) => Number(a.kind === "pool") - Number(b.kind === "pool"));
+  let batch: { compare: Compare[]; ops: Op[] } = { compare: [], ops: [] };
+  const flush = async () => {
+    if (!batch.ops.length) return;
+    const r = await etcd.txn(batch.compare, batch.ops);
+    if (!r.succeeded) {
+      throw new StateFileError(`etcd prefix ${prefix} changed during the migration; run it again`);
+    }
+    batch = { compare: [], ops: [] };
+  };
+  for (const r of todo) {
+    const k = `${prefix}rows/${r.key}`;
+    const claims = claimsOf(r);
+    if (batch.ops.length + 1 + claims.length > 120) await flush();
+    batch.compare.push({ key: k, version: 0 });
+    batch.ops.push({ put: { key: k, value: rowText(r)! } });
+    for (const cl of claims) batch.ops.push({ put: { key: `${prefix}claims/${cl}`, value: r.key } });
+    written++;
+  }
+  await flush();
+  return { written, present: rows.length - written };
+}
+
+export { EtcdError };

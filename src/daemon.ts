@@ -4,6 +4,8 @@
  *
  * @example
  * ```ts
+ * import { loadNodeConfig } from "./config/mod.ts";
+ * const cfg = await loadNodeConfig({ subnet: "10.18.0.64/26" }); // standalone node
  * const d = await startDaemon({ cfg, socketPath: "/etc/netmanager/netmanager.sock" });
  * await d.stopped; // resolves after SIGTERM/SIGINT handling
  * ```

@@ -32,6 +32,7 @@ export class StateFileError extends Error {
  *
  * @example
  * ```ts
+ * const p = `/var/lib/netmanager/${STATE_FILE_NAME}`;
  * const state = parseStateText(await Deno.readTextFile(p), p);
  * ```
  */

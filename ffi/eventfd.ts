@@ -6,9 +6,22 @@
  *
  * @example
  * ```ts
+ * import { Poller } from "./poll.ts";
+ * declare const worker: Worker;
+ *
+ * // main isolate: create it, hand its fd to the Worker, signal after each message
  * const wake = new EventFd();
- * worker.postMessage(msg); wake.signal();      // main
- * if (poller.readable(2)) { wake.drain(); await yieldToEventLoop(); } // worker
+ * worker.postMessage({ wakeFd: wake.fd });
+ * worker.postMessage({ type: "table" });
+ * wake.signal();
+ *
+ * // Worker: wrap the fd, poll it with the packet fds, drain it and yield to take the message
+ * const mine = new EventFd(wake.fd);
+ * const poller = new Poller([mine.fd]);
+ * if (poller.wait(50) > 0 && poller.readable(0)) {
+ *   mine.drain();
+ *   await new Promise((resolve) => setTimeout(resolve, 0));
+ * }
  * ```
  */
 import { errno, libc, SyscallError } from "./libc.ts";

@@ -311,6 +311,7 @@ export class Netlink {
    *
    * @example
    * ```ts
+   * declare const nl: Netlink;
    * nl.addRoute({ family: 4, dstLen: 0, gateway: new Uint8Array([10, 30, 0, 1]) });
    * ```
    */

@@ -77,7 +77,9 @@ export function openCurrentNetns(): number {
  *
  * @example
  * ```ts
+ * declare const containerPid: number;
  * const fd = openNetnsByPid(containerPid); // NetnsError (errno ESRCH) if the process is gone
+ * closeFd(fd);
  * ```
  */
 export function openNetnsByPid(pid: number): number {
@@ -133,6 +135,8 @@ function restoreNetns(origFd: number): void {
  *
  * @example
  * ```ts
+ * import { libc } from "./libc.ts";
+ * declare const nsFd: number;
  * const sock = withNetns(nsFd, () => libc.socket(16, 3, 0)); // socket lives in that namespace
  * ```
  */

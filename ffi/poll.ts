@@ -5,6 +5,8 @@
  *
  * @example
  * ```ts
+ * declare const tunFd: number, udpFd: number;
+ * declare function drainTun(): void;
  * const p = new Poller([tunFd, udpFd]);
  * if (p.wait(10) > 0 && p.readable(0)) drainTun();
  * if ((await p.waitAsync(-1)) > 0 && p.readable(1)) drainUdp(); // from the main isolate

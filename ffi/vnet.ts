@@ -21,8 +21,9 @@
  *
  * @example
  * ```ts
+ * declare const buf: Uint8Array; // filled by a TUN read with IFF_VNET_HDR
  * const hdr = new VnetHdr();
- * hdr.decode(buf, 0); // after tun.read(buf)
+ * hdr.decode(buf, 0);
  * if (hdr.gsoType === VNET_GSO_TCPV4) console.log("super-packet, mss", hdr.gsoSize);
  * ```
  */

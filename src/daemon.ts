@@ -4,6 +4,8 @@
  *
  * @example
  * ```ts
+ * import { loadNodeConfig } from "./config/mod.ts";
+ * const cfg = await loadNodeConfig({ subnet: "10.18.0.64/26" }); // standalone node
  * const d = await startDaemon({ cfg, socketPath: "/etc/netmanager/netmanager.sock" });
  * await d.stopped; // resolves after SIGTERM/SIGINT handling
  * ```
@@ -25,7 +27,8 @@ import { OnDemand } from "./metrics/on_demand.ts";
 import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
 import { Backoff } from "./control/backoff.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
-import { ControlError, NodeControl, type TableSink } from "./control/client.ts";
+// The MQTT client is loaded on the first connect: a standalone or static-table node never needs it.
+import type { NodeControl, TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
 import {
   canonicalIp,
@@ -38,7 +41,7 @@ import {
   tryParseIPv6,
 } from "./addr/mod.ts";
 import { loadMqttCredential, parseNodeSubnet } from "./config/mod.ts";
-import { TranslationTable } from "./table/mod.ts";
+import { TranslationTable } from "./table/table.ts";
 import { detectPublicAddress } from "./sys/route.ts";
 import { StateLock } from "./sys/lock.ts";
 import { VERSION } from "./version.ts";
@@ -205,6 +208,7 @@ class Node implements NodeService {
       removeJob: (job) => this.#applyTable({ op: "removeJob", job }),
       hasJob: (job) => this.dataPlane?.table.hasJob(job) ?? false,
     };
+    const { ControlError, NodeControl } = await import("./control/client.ts");
     const credentials = await loadMqttCredential(net).catch((e) => {
       throw new ControlError((e as Error).message);
     });
@@ -534,7 +538,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
           // Exponential back-off with jitter: one line per attempt while the delay grows, then every 10th.
           if (backoff.attempt <= 6 || backoff.attempt % 10 === 0) {
             log.warn("cluster unreachable after restart; forwarding continues with the recorded state", {
-              cause: e instanceof ControlError ? e.message : String(e),
+              cause: e instanceof Error && e.name === "ControlError" ? e.message : String(e),
               attempt: backoff.attempt,
               nextRetryInMs: delay,
             });

@@ -7,6 +7,8 @@
  *
  * @example
  * ```ts
+ * import type { NodeService } from "./service.ts";
+ * declare const node: NodeService;
  * const api = await startApi({ path: "/etc/netmanager/netmanager.sock", node });
  * await api.close();
  * ```

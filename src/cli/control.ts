@@ -425,7 +425,9 @@ function webUrlCmd() {
  *
  * @example
  * ```ts
- * program.addCommand(controlCmd());
+ * import { Command } from "@commander-js/extra-typings";
+ * const program = new Command("netmanager").enablePositionalOptions().addCommand(controlCmd());
+ * await program.parseAsync(["control", "--help"], { from: "user" });
  * ```
  */
 export function controlCmd() {

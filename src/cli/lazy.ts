@@ -7,7 +7,6 @@
  * @example
  * ```ts
  * import { Command } from "@commander-js/extra-typings";
-import { usageErrorsExit2 } from "./common.ts";
  * new Command("netmanager").addCommand(
  *   lazyCommand("control", "run the control plane", async () => (await import("./control.ts")).controlCmd()),
  * );

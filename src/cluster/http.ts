@@ -27,7 +27,11 @@
  *
  * @example
  * ```ts
- * Deno.serve({ port: 10100 }, createHttpHandler(core, { token, credentials }));
+ * import type { ControlCore } from "./mqtt.ts";
+ * import type { CredentialStore } from "./auth.ts";
+ * declare const core: ControlCore, credentials: CredentialStore;
+ * const token = (await Deno.readTextFile("/var/lib/netmanager/api-token")).trim();
+ * Deno.serve({ hostname: "127.0.0.1", port: 10100 }, createHttpHandler(core, { token, credentials }));
  * ```
  */
 import { z } from "zod";

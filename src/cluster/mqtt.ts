@@ -12,6 +12,7 @@
  * @example
  * ```ts
  * const m = parseNodeMessage("nodes/w1/net/subnet", '{"METHOD":"GET"}'); // { kind: "subnet", worker: "w1" }
+ * declare const core: ControlCore;
  * await handleNodeMessage(core, m);
  * ```
  */

@@ -8,8 +8,11 @@
  *
  * @example
  * ```ts
+ * import type { MqttClient } from "mqtt";
+ * import type { ClusterState } from "./state.ts";
+ * declare const state: ClusterState, client: MqttClient, worker: string;
  * const r = tableQueryResult("10.30.0.0", state.resolve("10.30.0.0"));
- * client.publish(`nodes/${id}/net/tablequery/result`, JSON.stringify(r), { qos: 1 });
+ * client.publish(`nodes/${worker}/net/tablequery/result`, JSON.stringify(r), { qos: 1 });
  * ```
  */
 import { isDeployed } from "./state.ts";

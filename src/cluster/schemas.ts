@@ -7,6 +7,7 @@
  *
  * @example
  * ```ts
+ * declare const text: string; // an MQTT payload from a node
  * const r = DeployedNoticeSchema.safeParse(JSON.parse(text));
  * if (r.success) console.log(r.data.host_port); // a number, even when the node sent "50103"
  * ```

@@ -287,6 +287,7 @@ export class ClusterState {
    *
    * @example
    * ```ts
+   * declare const state: ClusterState;
    * state.resolve("FDFF:2000::0"); // the job whose RR IPv6 is fdff:2000::
    * ```
    */

@@ -82,6 +82,7 @@ export interface ControlStore {
  *
  * @example
  * ```ts
+ * const p = `/var/lib/netmanager/${STATE_FILE_NAME}`;
  * const state = parseStateText(await Deno.readTextFile(p), p);
  * ```
  */

@@ -6,6 +6,8 @@
  *
  * @example
  * ```ts
+ * import { loadNodeConfig } from "./mod.ts";
+ * const cfg = await loadNodeConfig();
  * const cred = await loadMqttCredential(cfg.net); // { username, password, source } | undefined
  * ```
  */

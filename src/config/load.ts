@@ -6,7 +6,9 @@
  *
  * @example
  * ```ts
+ * import { NetCfgSchema } from "./schema.ts";
  * const { value } = await loadConfigFile("/etc/netmanager/netcfg.json", NetCfgSchema, { required: false });
+ * console.log(value.NodePublicPort); // 50103 unless the file or the environment sets another
  * ```
  */
 import { z } from "zod";

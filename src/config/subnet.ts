@@ -4,6 +4,7 @@
  *
  * @example
  * ```ts
+ * import { formatIPv4 } from "../addr/mod.ts";
  * const s = parseNodeSubnet("10.18.0.64/26,fc00::100/120");
  * formatIPv4(s.gateway4); // "10.18.0.65"
  * ```

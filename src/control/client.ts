@@ -22,11 +22,14 @@
  *
  * @example
  * ```ts
+ * import type { DataPlane } from "../proxy/dataplane.ts";
+ * import type { EnvironmentManager } from "../env/mod.ts";
+ * declare const dp: DataPlane, env: EnvironmentManager, publicIp: string;
  * const control = await NodeControl.connect({
  *   host: "10.0.0.1", port: 10003, workerId: "65f0c0ffee0000000000beef",
  *   sink: { replaceJob: (j, e) => dp.apply({ op: "replaceJob", job: j, entries: e }),
  *           removeJob: (j) => dp.apply({ op: "removeJob", job: j }), hasJob: (j) => dp.table.hasJob(j) },
- *   isHosted: (job) => env.hostsJob(job), hostIp: () => publicIp, hostPort: 50103,
+ *   isHosted: (job) => env.instances().some((r) => r.job === job), hostIp: () => publicIp, hostPort: 50103,
  * });
  * const subnet = await control.requestSubnet(); // { v4: "10.18.0.64", v6: "fc00::" }
  * const resolver = { resolve: (ip: string) => control.resolveIp(ip) };

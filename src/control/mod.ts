@@ -3,9 +3,10 @@
  *
  * @example
  * ```ts
- * import { NodeControl } from "./src/control/mod.ts";
+ * import { type ControlOptions, NodeControl } from "./mod.ts";
+ * declare const opts: ControlOptions;
  * const control = await NodeControl.connect(opts);
- * await control.requestSubnet();
+ * const subnet = await control.requestSubnet(); // { v4: "10.18.0.64", v6: "fc00::" }
  * ```
  */
 export * from "./payloads.ts";

@@ -20,6 +20,10 @@
  *
  * @example
  * ```ts
+ * import { loadNodeConfig, parseNodeSubnet } from "../config/mod.ts";
+ * import { StateStore } from "./state.ts";
+ * declare const pid: number; // a container's process
+ * const cfg = await loadNodeConfig();
  * const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
  * await env.setupNode(parseNodeSubnet("10.18.0.64/26"));
  * const { ipv4 } = await env.setupInstance({ kind: "container", pid, job: "a.b.c.d", instance: 0, portMappings: "" });

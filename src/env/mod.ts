@@ -5,9 +5,11 @@
  *
  * @example
  * ```ts
- * import { EnvironmentManager, StateStore, getNamespaceName } from "./src/env/mod.ts";
+ * import { EnvironmentManager, getNamespaceName, StateStore } from "./mod.ts";
+ * import { loadNodeConfig, parseNodeSubnet } from "../config/mod.ts";
+ * const cfg = await loadNodeConfig();
  * const env = new EnvironmentManager({ cfg, store: new StateStore("/var/lib/netmanager") });
- * await env.setupNode(subnet);
+ * await env.setupNode(parseNodeSubnet("10.18.0.64/26"));
  * await env.setupInstance({ kind: "unikernel", job: "a.b.c.d", instance: 0, portMappings: "8080:80" });
  * getNamespaceName("", "a.b.c.d", 0); // "a.b.c.d.instance.0"
  * ```

@@ -11,8 +11,12 @@
  *
  * @example
  * ```ts
+ * import { parsePortMappings } from "./ports.ts";
  * const names = chainNames("OAKESTRA", "goProxyBridge");
- * restoreScript([{ table: "nat", lines: dnatRules(4, names, ports, "10.18.0.66").map(add(names.nat)) }]);
+ * const ports = parsePortMappings("8080:80", 50103);
+ * restoreScript([{ table: "nat", lines: dnatRules(4, ports, "10.18.0.66").map(add(names.nat)) }]);
+ * // "*nat\n-A OAKESTRA -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 -j DNAT
+ * //  --to-destination 10.18.0.66:80\nCOMMIT\n"
  * ```
  */
 import type { Family } from "../sys/iptables.ts";

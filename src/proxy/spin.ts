@@ -30,10 +30,17 @@ export interface SpinPolicyOptions {
 /**
  * @example
  * ```ts
+ * import { Poller } from "../../ffi/poll.ts";
+ * declare const poller: Poller;
+ * declare function drain(): number; // handles what is readable, returns the packet count
  * const spin = new SpinPolicy({ spinMs: 0.1 });
  * const t = performance.now();
- * const ready = poll(spin.shouldSpin(t) ? 0 : 50);
- * if (ready) spin.active(performance.now(), workMs, packets); else spin.idle(performance.now() - t);
+ * if (poller.wait(spin.shouldSpin(t) ? 0 : 50) > 0) {
+ *   const start = performance.now();
+ *   const packets = drain();
+ *   const now = performance.now();
+ *   spin.active(now, now - start, packets);
+ * } else spin.idle(performance.now() - t);
  * ```
  */
 export class SpinPolicy {

@@ -5,7 +5,9 @@
  * @example
  * ```ts
  * const links = new Links();
- * const br = links.ensureBridge("goProxyBridge", 1450, [{ family: 4, addr: gw4, prefixLen: 26 }]);
+ * const gw4 = new Uint8Array([10, 18, 0, 65]);
+ * const mac = new Uint8Array([0x02, 0x4e, 0x4d, 0x00, 0x00, 0x01]); // locally administered
+ * const br = links.ensureBridge("goProxyBridge", 1450, [{ family: 4, addr: gw4, prefixLen: 26 }], mac);
  * ```
  */
 import { type CidrBytes, type LinkInfo, Netlink, NetlinkError } from "../../ffi/netlink.ts";

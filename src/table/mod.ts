@@ -6,6 +6,7 @@
  * ```ts
  * import { parseQueryResult, TranslationTable } from "./mod.ts";
  * const t = new TranslationTable();
+ * declare const payload: string; // a `tablequery/result` MQTT payload
  * const r = parseQueryResult(JSON.parse(payload));
  * t.replaceJob(r.job, r.entries);
  * ```

@@ -64,6 +64,8 @@ export class TestNode {
         Deno.execPath(),
         "run",
         "-A",
+        // As the release's launcher runs the daemon (scripts/launcher.sh): without V8's code cache.
+        "--no-code-cache",
         `${ROOT}main.ts`,
         "daemon",
         ...(this.subnet ? ["--subnet", this.subnet] : []),

@@ -4,11 +4,11 @@
  * rules and state stay as they were. A daemon killed with SIGKILL leaves no stale lock.
  */
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { cleanupAll, isRoot, run } from "../helpers/netns.ts";
+import { cleanupAll, isRoot } from "../helpers/netns.ts";
 import { deployBody, jobName, linkNames, ruleDump, TestContainer, TestNode } from "../helpers/node.ts";
+import { nodeCli, nodeFileArgs } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const ROOT = new URL("../../", import.meta.url).pathname;
 
 Deno.test(
   { name: "daemon lock: a second daemon on the same state is refused, the first untouched", ...opts },
@@ -26,24 +26,11 @@ Deno.test(
       const addrs = (await c.exec(["ip", "-br", "addr"])).stdout;
 
       // The second daemon: same namespace, same state dir, its own socket (so only the lock stops it).
-      const second = await run([
-        "nsenter",
-        `--net=/run/netns/${node.ns}`,
-        Deno.execPath(),
-        "run",
-        "-A",
-        `${ROOT}main.ts`,
+      const second = await nodeCli(node, [
         "daemon",
         "--subnet",
         node.subnet,
-        "--socket",
-        `${node.dir}/second.sock`,
-        "--state-dir",
-        `${node.dir}/state`,
-        "--cfg",
-        `${ROOT}config/netcfg.json`,
-        "--tuncfg",
-        `${ROOT}config/tuncfg.json`,
+        ...nodeFileArgs(node, `${node.dir}/second.sock`),
       ]);
       assertEquals(second.code, 1, second.stderr);
       assertMatch(second.stderr, new RegExp(`already running, pid ${node.proc!.pid}\\b`));
@@ -63,23 +50,7 @@ Deno.test(
       assertEquals(await Deno.stat(`${node.dir}/second.sock`).catch(() => undefined), undefined);
 
       // `clean` through another socket is refused as well: the lock, not the socket, tells.
-      const clean = await run([
-        "nsenter",
-        `--net=/run/netns/${node.ns}`,
-        Deno.execPath(),
-        "run",
-        "-A",
-        `${ROOT}main.ts`,
-        "clean",
-        "--socket",
-        `${node.dir}/other.sock`,
-        "--state-dir",
-        `${node.dir}/state`,
-        "--cfg",
-        `${ROOT}config/netcfg.json`,
-        "--tuncfg",
-        `${ROOT}config/tuncfg.json`,
-      ]);
+      const clean = await nodeCli(node, ["clean", ...nodeFileArgs(node, `${node.dir}/other.sock`)]);
       assertEquals(clean.code, 1, clean.stderr);
       assertMatch(clean.stderr, /already running, pid \d+ .*stop it first/);
       assertEquals(await linkNames(node.ns), links);

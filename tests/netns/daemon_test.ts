@@ -6,24 +6,9 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, run } from "../helpers/netns.ts";
 import { deployBody, jobName, linkNames, ruleDump, TestContainer, TestNode, TOOL } from "../helpers/node.ts";
+import { nodeCli, nodeFileArgs, waitFor, withNode } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const ROOT = new URL("../../", import.meta.url).pathname;
-
-async function withNode(fn: (node: TestNode, cs: TestContainer[]) => Promise<void>, subnet?: string) {
-  const node = await TestNode.start(subnet);
-  const cs: TestContainer[] = [];
-  try {
-    await fn(node, cs);
-  } catch (e) {
-    console.error(await node.log());
-    throw e;
-  } finally {
-    for (const c of cs) await c.stop();
-    await node.stop();
-    await cleanupAll();
-  }
-}
 
 Deno.test({
   name: "daemon: deploy two containers, addresses/routes/rules, TCP over the bridge, port mapping",
@@ -63,10 +48,12 @@ Deno.test({
     assertMatch(rules, /--dport 8080 -j DNAT --to-destination \[fc00::a:1200:4003\]:80/);
 
     // TCP from A to B over the bridge, IPv4 and IPv6.
-    await waitFor(async () =>
-      (await a.exec([...TOOL, "tcp-client", "10.18.0.67", "80", "hi"])).stdout.includes(
-        "B:hi",
-      )
+    await waitFor(
+      "B answers A over the bridge",
+      async () =>
+        (await a.exec([...TOOL, "tcp-client", "10.18.0.67", "80", "hi"])).stdout.includes(
+          "B:hi",
+        ),
     );
     const v6 = await a.exec([...TOOL, "tcp-client", "fc00::a:1200:4003", "80", "six"]);
     assertEquals(v6.stdout.trim(), "B:six", v6.stderr);
@@ -240,7 +227,7 @@ Deno.test({
     assertEquals(/--dport 7001 /.test(rules), false, "rules of the vanished instance are removed");
     assertEquals(rules.match(/-A PREROUTING -j OAKESTRA/g)?.length, 2, "one hook per family, no duplicates");
     // The survivor still works through its mapping.
-    await waitFor(async () => {
+    await waitFor("the survivor answers through its mapping", async () => {
       const r = await run([
         "ip",
         "netns",
@@ -332,18 +319,8 @@ Deno.test({ name: "cli: netmanager clean removes everything the node created", .
       200,
     );
     // clean refuses while the daemon runs
-    const cli = (args: string[]) =>
-      run(["ip", "netns", "exec", node.ns, Deno.execPath(), "run", "-A", `${ROOT}main.ts`, ...args]);
-    const common = [
-      "--cfg",
-      `${ROOT}config/netcfg.json`,
-      "--tuncfg",
-      `${ROOT}config/tuncfg.json`,
-      "--state-dir",
-      `${node.dir}/state`,
-      "--socket",
-      node.socket,
-    ];
+    const cli = (args: string[]) => nodeCli(node, args);
+    const common = nodeFileArgs(node);
     const refused = await cli(["clean", ...common]);
     assertEquals(refused.code, 1);
     assertMatch(refused.stderr, /daemon is running/);
@@ -366,15 +343,6 @@ Deno.test({ name: "cli: netmanager clean removes everything the node created", .
     assert(stateGone);
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("condition not met in time");
-}
 
 Deno.test({
   name: "daemon: cluster mode without a reachable cluster — /register fails clearly, nothing set up",

@@ -8,9 +8,9 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, inNs, isRoot, run } from "../helpers/netns.ts";
 import { deployBody, jobName, ruleDump, TestContainer, TestNode } from "../helpers/node.ts";
+import { nodeCli, nodeFileArgs, withNode } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const ROOT = new URL("../../", import.meta.url).pathname;
 const BRIDGE = "goProxyBridge";
 
 interface Rec {
@@ -21,21 +21,6 @@ interface Rec {
   nsAddressv6: string;
   veth: string;
   portMappings: Array<{ proto: string; hostPort: number; containerPort: number }>;
-}
-
-async function withNode(fn: (node: TestNode, cs: TestContainer[]) => Promise<void>) {
-  const node = await TestNode.start();
-  const cs: TestContainer[] = [];
-  try {
-    await fn(node, cs);
-  } catch (e) {
-    console.error((await node.log()).slice(-6000));
-    throw e;
-  } finally {
-    for (const c of cs) await c.stop();
-    await node.stop();
-    await cleanupAll();
-  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -351,29 +336,7 @@ Deno.test({
     assert(Date.now() - t0 < 10000, "no hang");
     assertMatch(err, /daemon exited early/);
     assertMatch(err, /state\.json is not a regular file.*netmanager clean/s);
-    const common = [
-      "--cfg",
-      `${ROOT}config/netcfg.json`,
-      "--tuncfg",
-      `${ROOT}config/tuncfg.json`,
-      "--state-dir",
-      `${node.dir}/state`,
-      "--socket",
-      node.socket,
-    ];
-    const clean = await run([
-      "ip",
-      "netns",
-      "exec",
-      node.ns,
-      Deno.execPath(),
-      "run",
-      "-A",
-      `${ROOT}main.ts`,
-      "clean",
-      "--json",
-      ...common,
-    ]);
+    const clean = await nodeCli(node, ["clean", "--json", ...nodeFileArgs(node)]);
     assertEquals(clean.code, 0, clean.stderr);
     const report = JSON.parse(clean.stdout) as { stateFile: boolean; netns: string[] };
     assertEquals(report.stateFile, true);

@@ -17,9 +17,10 @@ import { bigTable } from "../helpers/big_table.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const MB = 1024 * 1024;
-// Not yet the issue's 80 MB: the node-local DNS server (dns-packet, node:dgram) added ~5 MB after the
-// memory work (idle 84–86 MB with it, 78–83 MB before it); this bound guards against regressions.
-const IDLE_MAX_MB = 86 + 4;
+// Measured idle 77.9–80.1 MB (5 runs) since the daemon starts without commander, the MQTT client and
+// the table parser, and without V8's code cache (as the launcher runs it); 80 MB is not yet met with a
+// margin, so the bound stays a regression guard above the run-to-run spread (up to ~9 MB under load).
+const IDLE_MAX_MB = 90;
 const ENTRIES = 10_000;
 const TABLE_MAX_MB = 20 + 2;
 

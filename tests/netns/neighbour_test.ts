@@ -5,8 +5,9 @@
  * holder left is reachable at once from the node and through the overlay from another node.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { cleanupAll, inNs, isRoot } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { inNs, isRoot } from "../helpers/netns.ts";
+import { nodeSubnet, type QueryResult, tableInstance, type TestCluster } from "../helpers/cluster.ts";
+import { clientEntry, waitFor, webEntry, withCluster } from "../helpers/setup.ts";
 import { TestContainer, TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -14,34 +15,10 @@ const CLI = "app.ns.cli.ns";
 const WEB = "app.ns.web.ns";
 const SRV = "app.ns.srv.ns";
 const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
 
 const TABLE: QueryResult[] = [
-  {
-    app_name: CLI,
-    instance_list: [
-      tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.10",
-        instanceIp6: "fdff::10",
-        nsip: n1.first4(2),
-        nsip6: n1.first6(2),
-        hostIp: "192.168.77.1",
-      }),
-    ],
-  },
-  {
-    app_name: WEB,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.2",
-      instanceIp6: "fdff::2",
-      nsip: n2.first4(2),
-      nsip6: n2.first6(2),
-      hostIp: "192.168.77.2",
-      rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-    })],
-  },
+  clientEntry(CLI),
+  webEntry(WEB),
   {
     app_name: SRV,
     instance_list: [tableInstance({
@@ -55,18 +32,7 @@ const TABLE: QueryResult[] = [
   },
 ];
 
-async function withCluster(fn: (c: TestCluster) => Promise<void>): Promise<void> {
-  const c = await TestCluster.start(2, TABLE);
-  try {
-    await fn(c);
-  } catch (e) {
-    console.error(await c.logs());
-    throw e;
-  } finally {
-    await c.stop();
-    await cleanupAll();
-  }
-}
+const withTwoNodes = (fn: (c: TestCluster) => Promise<void>) => withCluster(2, TABLE, fn);
 
 async function bridgeMac(ns: string): Promise<string> {
   const l = JSON.parse(await inNs(ns, ["ip", "-j", "link", "show", "goProxyBridge"])) as Array<
@@ -92,7 +58,7 @@ Deno.test({
     "bridge: fixed MAC survives removing the lowest-MAC port; a neighbour reaches a remote ServiceIP without a gap",
   ...opts,
 }, async () => {
-  await withCluster(async (c) => {
+  await withTwoNodes(async (c) => {
     const node1 = c.nodes[0].node;
     const cli = await c.deploy(1, CLI, 0);
     assertEquals(cli.ipv4, n1.first4(2));
@@ -108,7 +74,11 @@ Deno.test({
     // The client talks to the remote ServiceIP before, during and after the undeploy.
     // The client resolves its gateway now, so it caches the bridge's current MAC.
     await cli.c.exec(["ip", "neigh", "flush", "all"]);
-    await waitFor(async () => (await cli.c.exec(["ping", "-c", "1", "-W", "1", "10.30.0.1"])).code === 0);
+    await waitFor(
+      "the RR ServiceIP answers",
+      async () => (await cli.c.exec(["ping", "-c", "1", "-W", "1", "10.30.0.1"])).code === 0,
+      8000,
+    );
     assertMatch(
       (await cli.c.exec(["ip", "neigh", "show", "10.18.0.65"])).stdout,
       new RegExp(`lladdr ${mac0}`),
@@ -135,7 +105,7 @@ Deno.test({
     "neighbours: an address reused at once answers 20 of 20 requests from the node, a neighbour (v4, v6) and a remote node",
   ...opts,
 }, async () => {
-  await withCluster(async (c) => {
+  await withTwoNodes(async (c) => {
     const node1 = c.nodes[0].node;
     // A neighbour on the same bridge: it learns the address's MAC itself, so only the new
     // instance's announcement (ARP announcement, unsolicited NA) can correct its entry.
@@ -157,10 +127,26 @@ Deno.test({
       return Number(out.trim());
     };
     // Both learn A's MAC (the node's neighbour entry for the address).
-    await waitFor(async () => (await answered("node", 1, `${a.ipv4}:80`, "A")) === 1);
-    await waitFor(async () => (await answered("remote", 1, `${c.nodes[0].ip}:8080`, "A")) === 1);
-    await waitFor(async () => (await answered("peer", 1, `${a.ipv4}:80`, "A")) === 1);
-    await waitFor(async () => (await answered("peer", 1, `[${a.ipv6}]:80`, "A")) === 1);
+    await waitFor(
+      "the node reaches A",
+      async () => (await answered("node", 1, `${a.ipv4}:80`, "A")) === 1,
+      8000,
+    );
+    await waitFor(
+      "A through its port mapping",
+      async () => (await answered("remote", 1, `${c.nodes[0].ip}:8080`, "A")) === 1,
+      8000,
+    );
+    await waitFor(
+      "a neighbour reaches A",
+      async () => (await answered("peer", 1, `${a.ipv4}:80`, "A")) === 1,
+      8000,
+    );
+    await waitFor(
+      "a neighbour reaches A (IPv6)",
+      async () => (await answered("peer", 1, `[${a.ipv6}]:80`, "A")) === 1,
+      8000,
+    );
     assertMatch(await inNs(node1.ns, ["ip", "neigh", "show", a.ipv4]), /lladdr/);
     assertMatch((await peer.c.exec(["ip", "neigh", "show", a.ipv4])).stdout, /lladdr/);
     // A leaves; B gets the same address at once.
@@ -179,19 +165,10 @@ Deno.test({
     assertEquals((r.json as { nsAddress: string }).nsAddress, a.ipv4, "the same address again");
     await a.c.stop();
     // The server in B needs a moment to listen; then every request is answered by B.
-    await waitFor(async () => (await b.exec(["ss", "-ltn"])).stdout.includes(":80 "));
+    await waitFor("B listens", async () => (await b.exec(["ss", "-ltn"])).stdout.includes(":80 "), 8000);
     assertEquals(await answered("node", 20, `${a.ipv4}:80`, "B"), 20, "from the node");
     assertEquals(await answered("remote", 20, `${c.nodes[0].ip}:8080`, "B"), 20, "from the remote node");
     assertEquals(await answered("peer", 20, `${a.ipv4}:80`, "B"), 20, "from a neighbour (IPv4)");
     assertEquals(await answered("peer", 20, `[${a.ipv6}]:80`, "B"), 20, "from a neighbour (IPv6)");
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, ms = 8000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 150));
-  }
-  throw new Error("condition not met in time");
-}

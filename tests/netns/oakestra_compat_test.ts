@@ -9,25 +9,17 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { World } from "../../src/demo/world.ts";
 import { TOOL } from "../helpers/node.ts";
+import { oakestraInstance } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const HERE = new URL("../helpers/", import.meta.url).pathname;
 
+/** An instance with the keys Oakestra's cluster manager adds (cluster and worker ids). */
 function instance(n: number, nsip: string, nsip6: string, host: string, iip: string, rr?: string) {
-  const sips: Array<Record<string, string>> = [];
-  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
-  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: `fdff::${iip.split(".")[3]}` });
   return {
-    instance_number: n,
-    instance_ip: iip,
-    instance_ip_v6: `fdff::${iip.split(".")[3]}`,
+    ...oakestraInstance(n, nsip, nsip6, host, iip, rr),
     cluster_id: "64a1b2c3d4e5f60718293a00",
-    namespace_ip: nsip,
-    namespace_ip_v6: nsip6,
-    host_ip: host,
-    host_port: 50103,
     worker_id: "w",
-    service_ip: sips,
   };
 }
 

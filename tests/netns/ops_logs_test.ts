@@ -4,29 +4,19 @@
  * jitter) instead of a line per second, and logs the reconnect with the outage length.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { cleanupAll, isRoot } from "../helpers/netns.ts";
-import { TestNode } from "../helpers/node.ts";
+import { isRoot } from "../helpers/netns.ts";
+import { waitFor, withNode } from "../helpers/setup.ts";
 import { World } from "../../src/demo/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT = new URL("../../", import.meta.url).pathname;
-
-async function waitFor(what: string, fn: () => Promise<boolean>, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await fn()) return;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 Deno.test({
   name: "logs: a /register that cannot reach the broker is logged with its cause and what happens next",
   ...opts,
 }, async () => {
   // Cluster mode (no --subnet); nothing listens on the broker port inside the namespace.
-  const node = await TestNode.startWith({ subnet: "" });
-  try {
+  await withNode(async (node) => {
     const r = await node.api.post("/register", { client_id: "w1", cluster_address: "127.0.0.1" });
     assertEquals(r.status, 503, r.body);
     const log = await node.log();
@@ -47,13 +37,7 @@ Deno.test({
       st,
       /^last error\s+\/register (just now|\d+s ago) failed: cannot reach MQTT broker mqtt:\/\/127\.0\.0\.1:10003/m,
     );
-  } catch (e) {
-    console.error(await node.log());
-    throw e;
-  } finally {
-    await node.stop();
-    await cleanupAll();
-  }
+  }, { subnet: "" });
 });
 
 Deno.test({

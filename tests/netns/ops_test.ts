@@ -5,9 +5,9 @@
  * listener (JSON log lines), and a peer that stops answering (its tunnel port blocked with iptables) and comes back.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { cleanupAll, createNs, deleteNs, isRoot, run } from "../helpers/netns.ts";
-import { deployBody, jobName, TestContainer, TestNode, TOOL } from "../helpers/node.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { createNs, deleteNs, isRoot, run } from "../helpers/netns.ts";
+import { deployBody, jobName, TestContainer, TOOL } from "../helpers/node.ts";
+import { twoNodeTable, waitFor, withCluster, withNode } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -57,9 +57,7 @@ Deno.test({
     "ops: node metrics over TCP (promtool clean), /healthz 503 → 200 on /register, status and peers readable",
   ...opts,
 }, async () => {
-  const node = await TestNode.start("10.18.0.64/26", ["--metrics-addr", ADDR]);
-  const cs: TestContainer[] = [];
-  try {
+  await withNode(async (node, cs) => {
     // Standalone, before /register: not ready, but the metrics are there.
     const h0 = await curlIn(node.ns, `http://${ADDR}/healthz`);
     assertEquals(h0.status, 503, h0.body);
@@ -128,14 +126,7 @@ Deno.test({
     const usage = await cli(["peers", "--no-such-flag"]);
     assertEquals(usage.code, 2);
     assertMatch(usage.stderr, /^netmanager: unknown option '--no-such-flag'/);
-  } catch (e) {
-    console.error(await node.log());
-    throw e;
-  } finally {
-    for (const c of cs) await c.stop();
-    await node.stop();
-    await cleanupAll();
-  }
+  }, { args: ["--metrics-addr", ADDR] });
 });
 
 Deno.test({
@@ -266,53 +257,16 @@ Deno.test({
 const CLI_JOB = "app.ns.opscli.ns";
 const WEB_JOB = "app.ns.opsweb.ns";
 
-async function waitFor(what: string, fn: () => Promise<boolean>, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await fn()) return;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 Deno.test({
   name: "ops: a peer whose tunnel port is blocked is logged as silent, then as answering again; peers table",
   ...opts,
 }, async () => {
-  const n1 = nodeSubnet(1);
-  const n2 = nodeSubnet(2);
-  const table: QueryResult[] = [
-    {
-      app_name: CLI_JOB,
-      instance_list: [tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.10",
-        instanceIp6: "fdff::10",
-        nsip: n1.first4(2),
-        nsip6: n1.first6(2),
-        hostIp: "192.168.77.1",
-      })],
-    },
-    {
-      app_name: WEB_JOB,
-      instance_list: [tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.2",
-        instanceIp6: "fdff::2",
-        nsip: n2.first4(2),
-        nsip6: n2.first6(2),
-        hostIp: "192.168.77.2",
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      })],
-    },
-  ];
   // HELLO refreshes every 1.5 s instead of 30 s, so forgetting a silent peer takes seconds.
   Deno.env.set("NETMANAGER_TEST_HELLO_REFRESH_MS", "1500");
-  const c = await TestCluster.start(2, table);
-  Deno.env.delete("NETMANAGER_TEST_HELLO_REFRESH_MS");
-  const node1 = c.nodes[0].node;
-  const node2 = c.nodes[1].node;
-  try {
+  await withCluster(2, twoNodeTable(CLI_JOB, WEB_JOB), async (c) => {
+    Deno.env.delete("NETMANAGER_TEST_HELLO_REFRESH_MS");
+    const node1 = c.nodes[0].node;
+    const node2 = c.nodes[1].node;
     await c.deploy(1, CLI_JOB, 0);
     await c.deploy(2, WEB_JOB, 0, [...TOOL, "servers", "80", "web0"]);
     await waitFor("traffic through the ServiceIP", async () => {
@@ -414,11 +368,5 @@ Deno.test({
     );
     const silentLines = (await node1.log()).split("\n").filter((l) => l.includes("peer stopped answering"));
     assertEquals(silentLines.length, 1, "logged once, not per HELLO");
-  } catch (e) {
-    console.error(await c.logs());
-    throw e;
-  } finally {
-    await c.stop();
-    await cleanupAll();
-  }
+  });
 });

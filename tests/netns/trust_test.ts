@@ -10,39 +10,15 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot, sh } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { nodeSubnet, type TestCluster } from "../helpers/cluster.ts";
+import { clientEntry, oakestraInstance, twoNodeTable, withCluster } from "../helpers/setup.ts";
 import { TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
 const CLI = "app.ns.cli.ns";
 const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
 const SPOOF = [Deno.execPath(), "run", "-A", new URL("../helpers/spoof.ts", import.meta.url).pathname];
-
-const CLI_ENTRY: QueryResult = {
-  app_name: CLI,
-  instance_list: [tableInstance({
-    n: 0,
-    instanceIp: "10.30.0.10",
-    instanceIp6: "fdff::10",
-    nsip: n1.first4(2),
-    nsip6: n1.first6(2),
-    hostIp: "192.168.77.1",
-  })],
-};
-const WEB_ENTRY: QueryResult = {
-  app_name: WEB,
-  instance_list: [tableInstance({
-    n: 0,
-    instanceIp: "10.30.0.2",
-    instanceIp6: "fdff::2",
-    nsip: n2.first4(2),
-    nsip6: n2.first6(2),
-    hostIp: "192.168.77.2",
-    rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-  })],
-};
 
 /** Runs `argv` in namespace `ns` (network only) and returns its stdout. */
 async function inNet(ns: string, argv: string[]): Promise<string> {
@@ -115,9 +91,8 @@ for (const protect of [false, true]) {
     fn: async () => {
       if (protect) Deno.env.delete("NETMANAGER_TEST_INGRESS_ANY");
       else Deno.env.set("NETMANAGER_TEST_INGRESS_ANY", "1");
-      const c = await TestCluster.start(2, [CLI_ENTRY, WEB_ENTRY]);
-      Deno.env.delete("NETMANAGER_TEST_INGRESS_ANY");
-      try {
+      await withCluster(2, twoNodeTable(CLI, WEB), async (c) => {
+        Deno.env.delete("NETMANAGER_TEST_INGRESS_ANY");
         const got = await spoofToNode(c);
         if (!protect) {
           assertEquals(got.sort(), ["bridge", "broadcast"], await c.logs());
@@ -128,9 +103,7 @@ for (const protect of [false, true]) {
         assertEquals([d.to_bridge, d.to_broadcast], [1, 1]);
         const metrics = await c.nodes[0].node.api.request("GET", "/metrics");
         assert(metrics.body.includes('netmanager_drops_total{reason="to_bridge"} 1'), metrics.body);
-      } finally {
-        await c.stop();
-      }
+      });
     },
   });
 }
@@ -161,8 +134,7 @@ Deno.test({
   ...opts,
   fn: async () => {
     // Node 2 is no peer of node 1 (its table names no instance there): everything it sends is a stranger's.
-    const c = await TestCluster.start(2, [CLI_ENTRY]);
-    try {
+    await withCluster(2, [clientEntry(CLI)], async (c) => {
       const ns2 = c.nodes[1].node.ns;
       const binds: string[] = [];
       for (let k = 100; k < 164; k++) {
@@ -199,9 +171,7 @@ Deno.test({
       assert(peak - base <= 10 * 1024, `RSS grew ${((peak - base) / 1024).toFixed(1)} MB`);
       // The node still works: its table and API answer.
       assertEquals((await c.nodes[0].node.api.getJson("/table") as unknown[]).length, 1);
-    } finally {
-      await c.stop();
-    }
+    });
   },
 });
 
@@ -227,8 +197,7 @@ Deno.test({
   name: "trust: made-up JUMBO message ids from the peer's address do not turn JUMBO off towards it",
   ...opts,
   fn: async () => {
-    const c = await TestCluster.start(2, [CLI_ENTRY, WEB_ENTRY]);
-    try {
+    await withCluster(2, twoNodeTable(CLI, WEB), async (c) => {
       const cli = await c.deploy(1, CLI, 0);
       await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web"]);
       const bulk = async () => {
@@ -265,9 +234,7 @@ Deno.test({
         after = await jumboCount(c, 2, "jumboRx");
       }
       assert(after > before, `real JUMBO traffic keeps flowing (${before} → ${after})`);
-    } finally {
-      await c.stop();
-    }
+    });
   },
 });
 
@@ -280,23 +247,7 @@ const OAK_WEB = "demo.demo.web.default";
 const W1 = "64a1b2c3d4e5f60718293a4b";
 const W2 = "64a1b2c3d4e5f60718293a4c";
 
-function oakInstance(n: number, nsip: string, nsip6: string, host: string, iip: string, rr?: string) {
-  const sips: Array<Record<string, string>> = [];
-  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
-  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: `fdff::${iip.split(".")[3]}` });
-  return {
-    instance_number: n,
-    instance_ip: iip,
-    instance_ip_v6: `fdff::${iip.split(".")[3]}`,
-    namespace_ip: nsip,
-    namespace_ip_v6: nsip6,
-    host_ip: host,
-    host_port: 50103,
-    service_ip: sips,
-  };
-}
-
-const REAL_WEB = oakInstance(0, "10.18.0.130", "fc00::202", "192.168.77.2", "10.30.0.2", "10.30.0.1");
+const REAL_WEB = oakestraInstance(0, "10.18.0.130", "fc00::202", "192.168.77.2", "10.30.0.2", "10.30.0.1");
 const webWith = (over: Record<string, unknown>) => ({
   app_name: OAK_WEB,
   query_key: OAK_WEB,
@@ -310,7 +261,9 @@ const PLAN = {
     {
       app_name: "evil.evil.evil.evil",
       query_key: "10.30.0.1",
-      instance_list: [oakInstance(0, "10.18.1.2", "fc00::402", "192.168.77.99", "10.30.0.77", "10.30.0.1")],
+      instance_list: [
+        oakestraInstance(0, "10.18.1.2", "fc00::402", "192.168.77.99", "10.30.0.77", "10.30.0.1"),
+      ],
     },
   ],
   raced: [
@@ -341,7 +294,7 @@ for (const protect of [false, true]) {
         const jobs = [
           {
             app_name: OAK_CLI,
-            instance_list: [oakInstance(0, "10.18.0.66", "fc00::102", "192.168.77.1", "10.30.0.10")],
+            instance_list: [oakestraInstance(0, "10.18.0.66", "fc00::102", "192.168.77.1", "10.30.0.10")],
           },
           { app_name: OAK_WEB, instance_list: [REAL_WEB] },
         ];

@@ -1,0 +1,180 @@
+/**
+ * The set-up the netns tests share: one node with its containers, a cluster of nodes with the
+ * standard two-node table (a client job on node 1, a web job behind a round-robin ServiceIP on
+ * node 2), CLI commands against a node, and waiting for a condition. Everything started here is
+ * stopped and removed afterwards, also when the test fails; a failure prints the daemons' logs.
+ *
+ * @example
+ * ```ts
+ * import { twoNodeTable, waitFor, WEB_RR, withCluster } from "./setup.ts";
+ * await withCluster(2, twoNodeTable("app.ns.cli.ns", "app.ns.web.ns"), async (c) => {
+ *   const cli = await c.deploy(1, "app.ns.cli.ns", 0);
+ *   await c.deploy(2, "app.ns.web.ns", 0);
+ *   await waitFor("the RR ServiceIP answers", async () =>
+ *     (await cli.c.exec(["ping", "-c", "1", "-W", "1", WEB_RR.v4])).code === 0);
+ * });
+ * ```
+ */
+import { cleanupAll, run } from "./netns.ts";
+import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "./cluster.ts";
+import { TestContainer, TestNode } from "./node.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** Instance 0 of the client job on node 1 (namespace address: node 1's first instance address). */
+export const CLIENT_IP = { v4: "10.30.0.10", v6: "fdff::10" };
+/** Instance 0 of the web job on node 2. */
+export const WEB_IP = { v4: "10.30.0.2", v6: "fdff::2" };
+/** The web job's round-robin ServiceIP. */
+export const WEB_RR = { v4: "10.30.0.1", v6: "fdff:2000::1" };
+
+/** The client job's table entry: instance 0 on node 1 at its first instance address. */
+export function clientEntry(job: string): QueryResult {
+  const n1 = nodeSubnet(1);
+  return {
+    app_name: job,
+    instance_list: [tableInstance({
+      n: 0,
+      instanceIp: CLIENT_IP.v4,
+      instanceIp6: CLIENT_IP.v6,
+      nsip: n1.first4(2),
+      nsip6: n1.first6(2),
+      hostIp: "192.168.77.1",
+    })],
+  };
+}
+
+/** The web job's table entry: instance 0 on node 2 at its first instance address, behind {@link WEB_RR}. */
+export function webEntry(job: string): QueryResult {
+  const n2 = nodeSubnet(2);
+  return {
+    app_name: job,
+    instance_list: [tableInstance({
+      n: 0,
+      instanceIp: WEB_IP.v4,
+      instanceIp6: WEB_IP.v6,
+      nsip: n2.first4(2),
+      nsip6: n2.first6(2),
+      hostIp: "192.168.77.2",
+      rr: WEB_RR,
+    })],
+  };
+}
+
+/**
+ * One instance as Oakestra's cluster manager sends it in a table-query result (instance IP v6 =
+ * `fdff::<last v4 byte>`, RR v6 = `fdff:2000::1`), for tests that play the cluster over MQTT.
+ */
+export function oakestraInstance(
+  n: number,
+  nsip: string,
+  nsip6: string,
+  host: string,
+  iip: string,
+  rr?: string,
+): Record<string, unknown> {
+  const sips: Array<Record<string, string>> = [];
+  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
+  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: `fdff::${iip.split(".")[3]}` });
+  return {
+    instance_number: n,
+    instance_ip: iip,
+    instance_ip_v6: `fdff::${iip.split(".")[3]}`,
+    namespace_ip: nsip,
+    namespace_ip_v6: nsip6,
+    host_ip: host,
+    host_port: 50103,
+    service_ip: sips,
+  };
+}
+
+/** The standard two-node table: {@link clientEntry} and {@link webEntry}. */
+export function twoNodeTable(clientJob: string, webJob: string): QueryResult[] {
+  return [clientEntry(clientJob), webEntry(webJob)];
+}
+
+/**
+ * Runs `fn` with a standalone node (`subnet`, extra daemon `args`) and a list to put containers in;
+ * prints the end of the daemon's log when `fn` throws; always stops the containers and the node.
+ */
+export async function withNode(
+  fn: (node: TestNode, cs: TestContainer[]) => Promise<void>,
+  opts: { subnet?: string; args?: string[] } = {},
+): Promise<void> {
+  const node = await TestNode.start(opts.subnet, opts.args);
+  const cs: TestContainer[] = [];
+  try {
+    await fn(node, cs);
+  } catch (e) {
+    console.error((await node.log()).slice(-6000));
+    throw e;
+  } finally {
+    for (const c of cs) await c.stop();
+    await node.stop();
+    await cleanupAll();
+  }
+}
+
+/**
+ * Runs `fn` with a cluster of `n` nodes that load `table` (see {@link TestCluster.start} for
+ * `extraArgs` and `cfgFor`); prints the daemons' logs when `fn` throws; always stops everything.
+ */
+export async function withCluster(
+  n: number,
+  table: QueryResult[],
+  fn: (c: TestCluster) => Promise<void>,
+  opts: { extraArgs?: string[]; cfgFor?: (i: number) => Record<string, unknown> } = {},
+): Promise<void> {
+  const c = await TestCluster.start(n, table, opts.extraArgs, opts.cfgFor);
+  try {
+    await fn(c);
+  } catch (e) {
+    console.error(await c.logs());
+    throw e;
+  } finally {
+    await c.stop();
+    await cleanupAll();
+  }
+}
+
+/** Polls `check` every `stepMs` until it is true; throws "timed out waiting for <what>" after `ms`. */
+export async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  ms = 5000,
+  stepMs = 100,
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** The options that point a command at `node`'s files: its configs, state dir and `socket`. */
+export function nodeFileArgs(node: TestNode, socket = node.socket): string[] {
+  return [
+    "--cfg",
+    `${ROOT}config/netcfg.json`,
+    "--tuncfg",
+    `${ROOT}config/tuncfg.json`,
+    "--state-dir",
+    `${node.dir}/state`,
+    "--socket",
+    socket,
+  ];
+}
+
+/** Runs `netmanager <args>` in `node`'s network namespace (as the daemon runs there). */
+export function nodeCli(node: TestNode, args: string[]): ReturnType<typeof run> {
+  return run([
+    "nsenter",
+    `--net=/run/netns/${node.ns}`,
+    Deno.execPath(),
+    "run",
+    "-A",
+    `${ROOT}main.ts`,
+    ...args,
+  ]);
+}

@@ -7,6 +7,7 @@
  * ```ts
  * declare const tunFd: number, udpFd: number;
  * declare function drainTun(): void;
+ * declare function drainUdp(): void;
  * const p = new Poller([tunFd, udpFd]);
  * if (p.wait(10) > 0 && p.readable(0)) drainTun();
  * if ((await p.waitAsync(-1)) > 0 && p.readable(1)) drainUdp(); // from the main isolate

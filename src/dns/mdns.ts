@@ -17,7 +17,7 @@
  * ```
  */
 import { Buffer } from "node:buffer";
-import dnsPacket from "dns-packet";
+import { dnsCodec, loadDnsCodec } from "./codec.ts";
 import type { Answer, DecodedPacket, Question } from "dns-packet";
 import {
   formatIPv4,
@@ -107,7 +107,7 @@ export class MdnsResponder {
   private constructor(o: MdnsOptions) {
     this.#o = o;
     this.#limiter = new RateLimiter(o.rateLimit ?? 200);
-    this.#loop = o.loop ?? new UdpLoop();
+    this.#loop = o.loop ?? new UdpLoop({ prepare: loadDnsCodec });
     this.#ownLoop = o.loop === undefined;
     this.#ifindex = libc.if_nametoindex(new TextEncoder().encode(o.bridgeName + "\0"));
   }
@@ -175,7 +175,7 @@ export class MdnsResponder {
   async #onMessage(sock: UdpSocket, msg: Buffer, from: Peer): Promise<void> {
     let p: DecodedPacket;
     try {
-      p = dnsPacket.decode(msg);
+      p = dnsCodec().decode(msg);
     } catch {
       this.stats.malformed++;
       return;
@@ -202,22 +202,22 @@ export class MdnsResponder {
         (legacy || mq.qu ? unicastAnswers : multicastAnswers).push(rec);
       }
     }
-    const flags = dnsPacket.AUTHORITATIVE_ANSWER;
+    const flags = dnsCodec().AUTHORITATIVE_ANSWER;
     if (unicastAnswers.length > 0) {
       // Legacy one-shot queries get the id and question back (§6.7); QU answers look like multicast ones.
       const out = legacy
-        ? dnsPacket.encode({
+        ? dnsCodec().encode({
           type: "response",
           id: p.id ?? 0,
           flags,
           questions: asked,
           answers: unicastAnswers,
         })
-        : dnsPacket.encode({ type: "response", id: 0, flags, answers: unicastAnswers });
+        : dnsCodec().encode({ type: "response", id: 0, flags, answers: unicastAnswers });
       if (this.#send(sock, out, from)) this.stats.answered++;
     }
     if (multicastAnswers.length > 0) {
-      const out = dnsPacket.encode({ type: "response", id: 0, flags, answers: multicastAnswers });
+      const out = dnsCodec().encode({ type: "response", id: 0, flags, answers: multicastAnswers });
       const group: Peer = sock.family === 4
         ? { family: 4, addr4: GROUP4, addr6: GROUP6, scope: 0, port: MDNS_PORT }
         : { family: 6, addr4: 0, addr6: GROUP6, scope: this.#ifindex, port: MDNS_PORT };

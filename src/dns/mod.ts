@@ -28,7 +28,7 @@ import { logger } from "../log.ts";
 import type { NameTable } from "./names.ts";
 import { normalizeSuffix } from "./names.ts";
 import { NameResolver, type NameSource, type Resolution } from "./resolver.ts";
-import { DnsServer } from "./server.ts";
+import { DnsServer, prepareDnsServer } from "./server.ts";
 import { MdnsResponder } from "./mdns.ts";
 import { UdpLoop } from "./udp_loop.ts";
 import { parseResolvConf, parseUpstreams, Upstream, type UpstreamServer } from "./upstream.ts";
@@ -39,6 +39,7 @@ export * from "./server.ts";
 export * from "./upstream.ts";
 export * from "./mdns.ts";
 export * from "./udp_loop.ts";
+export * from "./codec.ts";
 
 const log = logger("dns");
 
@@ -116,7 +117,7 @@ export class NodeDns {
     });
     let server: DnsServer | undefined;
     let mdns: MdnsResponder | undefined;
-    const loop = new UdpLoop();
+    const loop = new UdpLoop({ prepare: () => prepareDnsServer(resolver.suffix) });
     const loop4 = { addr: 0x7f000000, len: 8 };
     const loop6 = { addr: new Uint8Array([...new Array(15).fill(0), 1]), len: 128 };
     // The instance subnet (which holds the bridge addresses: the node itself) and loopback.

@@ -21,7 +21,7 @@
  * ```
  */
 import { Buffer } from "node:buffer";
-import dnsPacket from "dns-packet";
+import { dnsCodec, loadDnsCodec } from "./codec.ts";
 import type { Answer, DecodedPacket, Packet, Question } from "dns-packet";
 import { formatIPv6, MSG_TRUNC, openUdp, type RecvBatch, SendBatch, type UdpSocket } from "../../ffi/udp.ts";
 import { UDP_BATCH, UdpLoop } from "./udp_loop.ts";
@@ -116,7 +116,7 @@ export interface ParsedQuery {
 export function parseQuery(buf: Uint8Array, stats?: DnsServerStats): ParsedQuery | Uint8Array | undefined {
   let q: DecodedPacket & { opcode?: string };
   try {
-    q = dnsPacket.decode(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
+    q = dnsCodec().decode(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
   } catch {
     if (stats) stats.malformed++;
     return undefined;
@@ -126,11 +126,11 @@ export function parseQuery(buf: Uint8Array, stats?: DnsServerStats): ParsedQuery
     return undefined;
   }
   const questions = q.questions ?? [];
-  const rd = q.flags !== undefined ? q.flags & dnsPacket.RECURSION_DESIRED : 0;
+  const rd = q.flags !== undefined ? q.flags & dnsCodec().RECURSION_DESIRED : 0;
   const id = q.id ?? 0;
   if (q.opcode !== "QUERY" || questions.length !== 1) {
     const rcode = q.opcode !== "QUERY" ? RCODE.NOTIMP : RCODE.FORMERR;
-    return dnsPacket.encode({ type: "response", id, questions: questions.slice(0, 1), flags: rd | rcode });
+    return dnsCodec().encode({ type: "response", id, questions: questions.slice(0, 1), flags: rd | rcode });
   }
   const opt = (q.additionals ?? []).find((a) => a.type === "OPT") as { udpPayloadSize?: number } | undefined;
   const ednsSize = opt ? opt.udpPayloadSize ?? 512 : undefined;
@@ -151,17 +151,17 @@ export function encodeAnswer(
   stats?: DnsServerStats,
 ): Uint8Array {
   const base = { type: "response" as const, id: p.id, questions: [p.question] };
-  let flags = p.rd | dnsPacket.RECURSION_AVAILABLE | (RCODE[r.rcode] ?? RCODE.SERVFAIL);
-  if (r.authoritative) flags |= dnsPacket.AUTHORITATIVE_ANSWER;
-  if (r.truncated) flags |= dnsPacket.TRUNCATED_RESPONSE; // the upstream's answer is partial
+  let flags = p.rd | dnsCodec().RECURSION_AVAILABLE | (RCODE[r.rcode] ?? RCODE.SERVFAIL);
+  if (r.authoritative) flags |= dnsCodec().AUTHORITATIVE_ANSWER;
+  if (r.truncated) flags |= dnsCodec().TRUNCATED_RESPONSE; // the upstream's answer is partial
   const additionals: Answer[] = p.ednsSize !== undefined ? [optRecord(1232)] : [];
   const pkt: Packet = { ...base, flags, answers: r.answers, authorities: r.authorities, additionals };
   let out: Uint8Array;
   try {
-    out = dnsPacket.encode(pkt);
+    out = dnsCodec().encode(pkt);
   } catch {
     // An upstream record we cannot re-encode: fail that question only.
-    return dnsPacket.encode({ ...base, flags: p.rd | RCODE.SERVFAIL });
+    return dnsCodec().encode({ ...base, flags: p.rd | RCODE.SERVFAIL });
   }
   const limit = maxUdp === undefined
     ? 65535
@@ -169,7 +169,7 @@ export function encodeAnswer(
   if (out.length > limit) {
     if (stats && maxUdp !== undefined) stats.truncated++;
     // Truncated: header and question only, TC set; the client retries over TCP.
-    return dnsPacket.encode({ ...base, flags: flags | dnsPacket.TRUNCATED_RESPONSE, additionals });
+    return dnsCodec().encode({ ...base, flags: flags | dnsCodec().TRUNCATED_RESPONSE, additionals });
   }
   return out;
 }
@@ -184,20 +184,28 @@ export async function respond(
   maxUdp: number | undefined,
   stats?: DnsServerStats,
 ): Promise<Uint8Array | undefined> {
+  await loadDnsCodec();
   const p = parseQuery(buf, stats);
   if (p === undefined || p instanceof Uint8Array) return p;
   return encodeAnswer(p, await resolver.resolve(p.question), maxUdp, stats);
 }
 
+let prepared: Promise<void> | undefined;
+
 /**
- * Runs one made-up query through decoding and encoding, so the first client's query does not pay
- * for compiling that code (measured: tens of ms on a busy machine).
+ * Loads the DNS codec and runs one made-up query through decoding and encoding, so the first
+ * client's query does not pay for compiling that code (measured: tens of ms on a busy machine).
+ * Done when the node is first asked a name (not at start: an idle node carries no DNS codec). Once.
  */
+export function prepareDnsServer(suffix: string): Promise<void> {
+  return prepared ??= loadDnsCodec().then(() => warmUp(suffix));
+}
+
 function warmUp(suffix: string): void {
-  const q = dnsPacket.encode({
+  const q = dnsCodec().encode({
     type: "query",
     id: 0,
-    flags: dnsPacket.RECURSION_DESIRED,
+    flags: dnsCodec().RECURSION_DESIRED,
     questions: [{ name: `warm-up.${suffix}`, type: "A", class: "IN" }],
     additionals: [optRecord(1232)],
   });
@@ -251,7 +259,7 @@ export class DnsServer {
   private constructor(o: DnsServerOptions) {
     this.#o = o;
     this.#limiter = new RateLimiter(o.rateLimit);
-    this.#loop = o.loop ?? new UdpLoop();
+    this.#loop = o.loop ?? new UdpLoop({ prepare: () => prepareDnsServer(o.resolver.suffix) });
     this.#ownLoop = o.loop === undefined;
     this.#allowed4 = o.allowed4 ??
       ((a) => o.allowed(`${a >>> 24}.${(a >>> 16) & 0xff}.${(a >>> 8) & 0xff}.${a & 0xff}`));
@@ -265,7 +273,6 @@ export class DnsServer {
   static start(o: DnsServerOptions): Promise<DnsServer> {
     const s = new DnsServer(o);
     for (const addr of o.addresses) s.#bind(addr, true);
-    warmUp(o.resolver.suffix);
     return Promise.resolve(s);
   }
 
@@ -431,6 +438,7 @@ export class DnsServer {
   }
 
   async #serveTcp(conn: Deno.TcpConn, ip: string): Promise<void> {
+    await prepareDnsServer(this.#o.resolver.suffix);
     let buf = new Uint8Array(0);
     const chunk = new Uint8Array(65537);
     for (;;) {

@@ -33,13 +33,29 @@ const DRAIN_ROUNDS = 8;
 /** Handles `n` received datagrams of `rb` (slots 0..n-1) from `sock`, synchronously. */
 export type BatchHandler = (sock: UdpSocket, rb: RecvBatch, n: number) => void;
 
+/** Options of a {@link UdpLoop}. */
+export interface UdpLoopOptions {
+  /**
+   * Awaited once before the first datagram is read (datagrams wait in the socket meanwhile): loads
+   * what the handlers need only when some socket is first asked something.
+   */
+  prepare?: () => Promise<unknown>;
+}
+
 /** See the module documentation. */
 export class UdpLoop {
   readonly #socks: { sock: UdpSocket; handler: BatchHandler }[] = [];
+  readonly #prepare: (() => Promise<unknown>) | undefined;
+  #prepared: boolean;
   #wake: EventFd | undefined;
   #rb: RecvBatch | undefined;
   #loop: Promise<void> | undefined;
   #closed = false;
+
+  constructor(opts: UdpLoopOptions = {}) {
+    this.#prepare = opts.prepare;
+    this.#prepared = !opts.prepare;
+  }
 
   /** Serves `sock` (nonblocking) from now on; the loop closes it in {@link close}. */
   add(sock: UdpSocket, handler: BatchHandler): void {
@@ -68,7 +84,14 @@ export class UdpLoop {
       if (socks.length !== this.#socks.length) {
         socks = [...this.#socks];
         poller = new Poller([wake.fd, ...socks.map((s) => s.sock.fd)]);
-        ready = socks.map(() => true); // drain new sockets once before sleeping
+        // Drain new sockets once before sleeping (before preparation, poll tells when to start).
+        ready = socks.map(() => this.#prepared);
+      }
+      if (!this.#prepared && ready.some(Boolean)) {
+        await this.#prepare!().catch((e) =>
+          log.error("DNS: preparing the receive path failed", { error: String(e) })
+        );
+        this.#prepared = true;
       }
       for (let k = 0; k < socks.length && !this.#closed; k++) {
         if (!ready[k]) continue;

@@ -15,7 +15,7 @@
 import dgram from "node:dgram";
 import net from "node:net";
 import { Buffer } from "node:buffer";
-import dnsPacket from "dns-packet";
+import { dnsCodec, loadDnsCodec } from "./codec.ts";
 import type { Answer, DecodedPacket, Question } from "dns-packet";
 import { parseResolvConf, parseUpstreams, type UpstreamServer } from "./upstream_list.ts";
 import { optRecord } from "./resolver.ts";
@@ -113,6 +113,7 @@ export class Upstream {
   }
 
   async #ask(q: Question, key: string): Promise<UpstreamAnswer | undefined> {
+    await loadDnsCodec();
     for (const s of this.#servers) {
       this.stats.forwarded++;
       const t0 = performance.now();
@@ -148,10 +149,10 @@ export class Upstream {
   /** One question over TCP (RFC 7766 framing), for answers too large for UDP. */
   #askOneTcp(s: UpstreamServer, q: Question): Promise<Reply | undefined> {
     const id = crypto.getRandomValues(new Uint16Array(1))[0];
-    const query = dnsPacket.streamEncode({
+    const query = dnsCodec().streamEncode({
       type: "query",
       id,
-      flags: dnsPacket.RECURSION_DESIRED,
+      flags: dnsCodec().RECURSION_DESIRED,
       questions: [q],
     });
     return new Promise((resolve) => {
@@ -179,10 +180,10 @@ export class Upstream {
     const v6 = s.ip.includes(":");
     const sock = dgram.createSocket(v6 ? "udp6" : "udp4");
     const id = crypto.getRandomValues(new Uint16Array(1))[0];
-    const query = dnsPacket.encode({
+    const query = dnsCodec().encode({
       type: "query",
       id,
-      flags: dnsPacket.RECURSION_DESIRED,
+      flags: dnsCodec().RECURSION_DESIRED,
       questions: [q],
       additionals: [optRecord(1232)],
     });
@@ -215,7 +216,7 @@ type Reply = DecodedPacket & { rcode?: string; flag_tc?: boolean };
 function matching(msg: Uint8Array, id: number, q: Question): Reply | undefined {
   let p: Reply;
   try {
-    p = dnsPacket.decode(Buffer.from(msg)) as Reply;
+    p = dnsCodec().decode(Buffer.from(msg)) as Reply;
   } catch {
     return undefined;
   }

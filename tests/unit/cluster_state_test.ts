@@ -12,9 +12,16 @@ import {
 import { QueryResultSchema, toEntries } from "../../src/table/query_result.ts";
 import { formatIPv4 } from "../../src/addr/mod.ts";
 
+/** A service without Closest IPs (these tests follow the RR and Instance IP sequences; see `svcC`). */
 const svc = (name: string, extra: Partial<ServiceInput> = {}): ServiceInput => {
   const [app_name, app_ns, microservice_name, microservice_namespace] = name.split(".");
-  return { app_name, app_ns, microservice_name, microservice_namespace, ...extra };
+  return { app_name, app_ns, microservice_name, microservice_namespace, closest: false, ...extra };
+};
+
+/** A service as `control service add` makes it by default: with Closest IPs. */
+const svcC = (name: string, extra: Partial<ServiceInput> = {}): ServiceInput => {
+  const { closest: _, ...rest } = svc(name);
+  return { ...rest, ...extra };
 };
 
 let ids = 0;

@@ -24,7 +24,7 @@ import {
 import { createHttpHandler } from "./http.ts";
 import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.ts";
 import { clusterView } from "./view.ts";
-import type { ClusterState, UpdateNotice } from "./state.ts";
+import type { ClusterState } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger, RateLimitedLog } from "../log.ts";

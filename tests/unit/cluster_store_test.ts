@@ -207,6 +207,19 @@ Deno.test("state: applyRows mirrors another state's changes exactly", () => {
   assertEquals(b.resolve("10.30.0.3")?._id, "j"); // instance 1 (RR .0, Closest .1, instance 0 .2)
   assertEquals(b.resolve("fdff:1000::")?._id, "j");
   assertEquals(b.resolve("10.30.0.1")?._id, "j");
+  // Closest IPs moved, then released, then given again: b follows each step.
+  a.deployService({ _id: "j", ...SVC, closest_ip: "10.30.8.8", closest_ip_v6: "fdff:1000::8" });
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals([b.resolve("10.30.8.8")?._id, b.resolve("fdff:1000::")], ["j", undefined]);
+  a.deployService({ _id: "j", ...SVC, closest: false });
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals(b.resolve("fdff:1000::8"), undefined);
+  a.deployService({ _id: "j", ...SVC, closest: true });
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals(b.resolve(a.job("j")!.service_ip_list[1].Address_v6)?._id, "j");
   a.removeService("j", true);
   a.removeNode("w1");
   sync();

@@ -223,10 +223,13 @@ async function apiOf(opts: { api: string; stateDir: string; tokenFile?: string; 
 
 function serviceCmd() {
   const add = apiCommand("add")
-    .description("register a service (job) and give it RR IPs")
+    .description("register a service (job) and give it RR IPs and Closest ServiceIPs")
     .argument("<job>", "job name app.appns.service.servicens")
     .option("--rr-ip <ip>", "RR IPv4 (10.30.x.y) instead of the next free one")
     .option("--rr-ip6 <ip>", "RR IPv6 (fdff:2000::/21) instead of the next free one")
+    .option("--closest-ip <ip>", "Closest IPv4 (10.30.x.y) instead of the next free one")
+    .option("--closest-ip6 <ip>", "Closest IPv6 (fdff:1000::/21) instead of the next free one")
+    .option("--no-closest", "no Closest ServiceIP (an existing one is released)")
     .option("--id <id>", "job id (default: generated, 24 hex digits)")
     .action(async (job, opts) => {
       try {
@@ -234,9 +237,15 @@ function serviceCmd() {
           ...(opts.id !== undefined ? { id: opts.id } : {}),
           ...(opts.rrIp !== undefined ? { rrIp: opts.rrIp } : {}),
           ...(opts.rrIp6 !== undefined ? { rrIp6: opts.rrIp6 } : {}),
+          ...(opts.closestIp !== undefined ? { closestIp: opts.closestIp } : {}),
+          ...(opts.closestIp6 !== undefined ? { closestIp6: opts.closestIp6 } : {}),
+          ...(opts.closest === false ? { closest: false } : {}),
         });
+        const closest = j.Closest_ip ? `Closest ${j.Closest_ip} ${j.Closest_ip_v6}` : "no Closest";
         console.log(
-          `${j.created ? "added" : "exists"}: ${j.job_name} id ${j._id} RR ${j.RR_ip} ${j.RR_ip_v6}`,
+          `${
+            j.created ? "added" : "exists"
+          }: ${j.job_name} id ${j._id} RR ${j.RR_ip} ${j.RR_ip_v6} ${closest}`,
         );
       } catch (e) {
         fail(e);
@@ -255,7 +264,7 @@ function serviceCmd() {
       }
     });
   const ls = apiCommand("ls")
-    .description("list services with their RR IPs and instances")
+    .description("list services with their RR and Closest IPs and instances")
     .option("--json", "print JSON")
     .action(async (opts) => {
       try {
@@ -269,10 +278,14 @@ function serviceCmd() {
           j.job_name,
           j.RR_ip,
           j.RR_ip_v6,
+          j.Closest_ip || "-",
+          j.Closest_ip_v6 || "-",
           `${j.instance_list.filter(isDeployed).length}/${j.instance_list.length}`,
           j.interested_nodes.join(",") || "-",
         ]);
-        console.log(columns(["ID", "JOB", "RR", "RR6", "DEPLOYED", "INTERESTED"], rows));
+        console.log(
+          columns(["ID", "JOB", "RR", "RR6", "CLOSEST", "CLOSEST6", "DEPLOYED", "INTERESTED"], rows),
+        );
         for (const j of jobs) {
           for (const i of j.instance_list) {
             const where = isDeployed(i)

@@ -1,7 +1,7 @@
 /**
  * Address allocation of the control plane (reference §6), pure: node subnets (IPv4 /26 from
  * 10.18.0.0, IPv6 /120 from fc00::), Service IPs (IPv4 from 10.30.0.0, shared by RR and Instance IPs),
- * Instance IPv6 (fdff:: then fdff:800::) and RR IPv6 (fdff:2000::).
+ * Instance IPv6 (fdff:: then fdff:800::), Closest IPv6 (fdff:1000::) and RR IPv6 (fdff:2000::).
  *
  * Unlike the reference, every address can be released; released addresses are handed out again
  * first, in the order they were released (FIFO), before the counter moves on. Addresses taken
@@ -126,6 +126,24 @@ export class AddressPool {
   /** True when {@link allocate} would succeed (nothing changes). */
   canAllocate(): boolean {
     return this.#find() !== undefined;
+  }
+
+  /** True when `n` calls of {@link allocate} would succeed (nothing changes). */
+  canAllocateMany(n: number): boolean {
+    if (n <= 1) return n <= 0 || this.canAllocate();
+    let found = 0;
+    const seen = new Set<string>();
+    for (const a of this.#free) {
+      if (!this.#used.has(a) && !seen.has(a)) {
+        seen.add(a);
+        if (++found >= n) return true;
+      }
+    }
+    for (let i = this.#next; i < this.spec.size; i++) {
+      if (this.spec.skip?.(i)) continue;
+      if (!this.#used.has(this.spec.at(i)) && ++found >= n) return true;
+    }
+    return false;
   }
 
   /** Takes the oldest released address, else the next fresh one; throws PoolExhaustedError. */
@@ -354,10 +372,20 @@ export function rr6Spec(): PoolSpec {
   return linearSpec("IPv6 RR IPs (fdff:2000::/21)", 6, bigOf6("fdff:2000::")!, 1n, LOW80);
 }
 
+/**
+ * IPv6 Closest ServiceIPs: fdff:1000:: upwards in the low 80 bits (fdff:1000:0::/48), the range the
+ * reference reserves for Closest (§6.2); overflow = exhausted.
+ */
+export function closest6Spec(): PoolSpec {
+  return linearSpec("IPv6 Closest IPs (fdff:1000::/21)", 6, bigOf6("fdff:1000::")!, 1n, LOW80);
+}
+
 /** Where user-chosen RR IPv4 addresses must lie: 10.30.x.y. */
 export const RR4_RANGE: Prefix4 = parsePrefix4("10.30.0.0/16");
 /** Where user-chosen RR IPv6 addresses must lie: fdff:2000::/21. */
 export const RR6_RANGE: Prefix6 = parsePrefix6("fdff:2000::/21");
+/** Where user-chosen Closest IPv6 addresses must lie: fdff:1000::/21. */
+export const CLOSEST6_RANGE: Prefix6 = parsePrefix6("fdff:1000::/21");
 
 /**
  * Validates and canonicalises a user-chosen RR IPv4 (must be 10.30.x.y); throws InvalidAddressError.
@@ -390,6 +418,39 @@ export function userRr6(text: string): string {
   return formatIPv6(b);
 }
 
+/**
+ * Validates and canonicalises a user-chosen Closest IPv4 (10.30.x.y, like RR IPs: both come from
+ * the one Service IP pool); throws InvalidAddressError.
+ *
+ * @example
+ * ```ts
+ * userClosest4("10.30.2.9"); // "10.30.2.9"
+ * ```
+ */
+export function userClosest4(text: string): string {
+  const v = tryParseIPv4(text.trim());
+  if (v === undefined) throw new InvalidAddressError(`Closest_ip "${text}" is not an IPv4 address`);
+  if (!inPrefix4(RR4_RANGE, v)) throw new InvalidAddressError(`Closest_ip "${text}" is not in 10.30.0.0/16`);
+  return formatIPv4(v);
+}
+
+/**
+ * Validates and canonicalises (RFC 5952) a user-chosen Closest IPv6 (must be in fdff:1000::/21).
+ *
+ * @example
+ * ```ts
+ * userClosest6("FDFF:1000::0:5"); // "fdff:1000::5"
+ * ```
+ */
+export function userClosest6(text: string): string {
+  const b = tryParseIPv6(text.trim());
+  if (b === undefined) throw new InvalidAddressError(`Closest_ip_v6 "${text}" is not an IPv6 address`);
+  if (!inPrefix6(CLOSEST6_RANGE, b)) {
+    throw new InvalidAddressError(`Closest_ip_v6 "${text}" is not in fdff:1000::/21`);
+  }
+  return formatIPv6(b);
+}
+
 /** Persisted state of all pools. */
 export interface AllocatorState {
   subnet4: PoolState;
@@ -397,6 +458,7 @@ export interface AllocatorState {
   service4: PoolState;
   instance6: PoolState;
   rr6: PoolState;
+  closest6: PoolState;
 }
 
 /** Options of an {@link Allocator}. */
@@ -419,10 +481,11 @@ export interface AllocatorOptions {
 export class Allocator {
   readonly subnet4: AddressPool;
   readonly subnet6: AddressPool;
-  /** RR and Instance IPv4 (one shared pool). */
+  /** RR, Closest and Instance IPv4 (one shared pool). */
   readonly service4: AddressPool;
   readonly instance6: AddressPool;
   readonly rr6: AddressPool;
+  readonly closest6: AddressPool;
 
   constructor(opts: AllocatorOptions = {}) {
     this.subnet4 = new AddressPool(subnet4Spec(opts.avoidSubnet4));
@@ -430,6 +493,7 @@ export class Allocator {
     this.service4 = new AddressPool(service4Spec());
     this.instance6 = new AddressPool(instance6Spec());
     this.rr6 = new AddressPool(rr6Spec());
+    this.closest6 = new AddressPool(closest6Spec());
   }
 
   /** Counters and free lists of every pool. */
@@ -440,6 +504,7 @@ export class Allocator {
       service4: this.service4.snapshot(),
       instance6: this.instance6.snapshot(),
       rr6: this.rr6.snapshot(),
+      closest6: this.closest6.snapshot(),
     };
   }
 
@@ -450,6 +515,7 @@ export class Allocator {
     this.service4.restore(state.service4);
     this.instance6.restore(state.instance6);
     this.rr6.restore(state.rr6);
+    this.closest6.restore(state.closest6);
   }
 }
 

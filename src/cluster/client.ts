@@ -25,7 +25,14 @@ export class ControlApiError extends Error {
 }
 
 /** A job as the API returns it. */
-export type JobView = JobRecord & { RR_ip: string; RR_ip_v6: string; created?: boolean };
+export type JobView = JobRecord & {
+  RR_ip: string;
+  RR_ip_v6: string;
+  /** "" when the service has no Closest ServiceIP. */
+  Closest_ip: string;
+  Closest_ip_v6: string;
+  created?: boolean;
+};
 /** An instance as `POST /api/net/instance/deploy` returns it. */
 export type InstanceView = InstanceRecord & { _id: string; job_name: string; created: boolean };
 
@@ -102,13 +109,27 @@ export class ControlClient {
   }
 
   /** `POST /api/net/service/deploy`. */
-  addService(jobName: string, opts: { id?: string; rrIp?: string; rrIp6?: string } = {}): Promise<JobView> {
+  addService(
+    jobName: string,
+    opts: {
+      id?: string;
+      rrIp?: string;
+      rrIp6?: string;
+      closestIp?: string;
+      closestIp6?: string;
+      /** false: no Closest ServiceIP. */
+      closest?: boolean;
+    } = {},
+  ): Promise<JobView> {
     return this.#call("POST", "/api/net/service/deploy", {
       ...(opts.id !== undefined ? { _id: opts.id } : {}),
       deployment_descriptor: {
         ...descriptorOf(jobName),
         ...(opts.rrIp !== undefined ? { RR_ip: opts.rrIp } : {}),
         ...(opts.rrIp6 !== undefined ? { RR_ip_v6: opts.rrIp6 } : {}),
+        ...(opts.closestIp !== undefined ? { Closest_ip: opts.closestIp } : {}),
+        ...(opts.closestIp6 !== undefined ? { Closest_ip_v6: opts.closestIp6 } : {}),
+        ...(opts.closest !== undefined ? { closest: opts.closest } : {}),
       },
     });
   }

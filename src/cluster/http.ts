@@ -4,7 +4,7 @@
  *
  * | method + path | body / query | reply |
  * |---|---|---|
- * | `POST /api/net/service/deploy` | `{_id?, deployment_descriptor:{app_name, app_ns, microservice_name, microservice_namespace, RR_ip?, RR_ip_v6?}}` | the job + `RR_ip`, `RR_ip_v6`, `created` |
+ * | `POST /api/net/service/deploy` | `{_id?, deployment_descriptor:{app_name, app_ns, microservice_name, microservice_namespace, RR_ip?, RR_ip_v6?, Closest_ip?, Closest_ip_v6?, closest?}}` | the job + `RR_ip`, `RR_ip_v6`, `Closest_ip`, `Closest_ip_v6` ("" when `closest: false`), `created` |
  * | `POST /api/net/instance/deploy` | `{_id, instance_number, cluster_id?}` | the instance + `_id`, `job_name`, `created` |
  * | `DELETE /api/net/service/<ref>` | `?force=1` removes remaining instances too | the removed job |
  * | `DELETE /api/net/<ref>/<n>` | `n = -1`: all instances | `{_id, job_name, removed:[…]}` |
@@ -42,7 +42,7 @@ import {
   WORKER_ID,
   zodProblems,
 } from "./schemas.ts";
-import { ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
+import { closestAddresses, ClusterError, type ClusterErrorKind, rrAddresses } from "./state.ts";
 import { type CredentialStore, secretEquals } from "./auth.ts";
 import type { ControlCore } from "./mqtt.ts";
 import { StoreUnavailableError } from "./store.ts";
@@ -92,10 +92,19 @@ function bearerOf(req: Request): string | undefined {
   return m ? m[1] : undefined;
 }
 
-/** The job as the API shows it: the stored document plus its RR addresses. */
-export function jobView(job: JobRecord): JobRecord & { RR_ip: string; RR_ip_v6: string } {
+/** The job as the API shows it: the stored document plus its RR and Closest addresses ("" when none). */
+export function jobView(
+  job: JobRecord,
+): JobRecord & { RR_ip: string; RR_ip_v6: string; Closest_ip: string; Closest_ip_v6: string } {
   const rr = rrAddresses(job);
-  return { ...structuredClone(job), RR_ip: rr.rr_ip, RR_ip_v6: rr.rr_ip_v6 };
+  const c = closestAddresses(job);
+  return {
+    ...structuredClone(job),
+    RR_ip: rr.rr_ip,
+    RR_ip_v6: rr.rr_ip_v6,
+    Closest_ip: c.closest_ip,
+    Closest_ip_v6: c.closest_ip_v6,
+  };
 }
 
 async function readJson<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
@@ -161,6 +170,8 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
         };
         const rrIp = pick(d.RR_ip, a?.rr_ip, "RR_ip");
         const rrIp6 = pick(d.RR_ip_v6, a?.rr_ip_v6, "RR_ip_v6");
+        const cIp = pick(d.Closest_ip, a?.closest_ip, "Closest_ip");
+        const cIp6 = pick(d.Closest_ip_v6, a?.closest_ip_v6, "Closest_ip_v6");
         const { job, created } = await change((s) =>
           s.deployService({
             ...(body._id !== undefined ? { _id: body._id } : {}),
@@ -170,6 +181,9 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
             microservice_namespace: d.microservice_namespace,
             ...(rrIp !== undefined ? { rr_ip: rrIp } : {}),
             ...(rrIp6 !== undefined ? { rr_ip_v6: rrIp6 } : {}),
+            ...(cIp !== undefined ? { closest_ip: cIp } : {}),
+            ...(cIp6 !== undefined ? { closest_ip_v6: cIp6 } : {}),
+            ...(d.closest !== undefined ? { closest: d.closest } : {}),
           }), (r) => r.updates);
         log.info(created ? "service added" : "service deployed again", { id: job._id, job: job.job_name });
         return json(200, { ...jobView(job), created });

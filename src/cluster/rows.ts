@@ -8,7 +8,7 @@
  * | `job/<id>` | the job document without `instance_list` |
  * | `inst/<id>/<n>` | instance `n` of job `<id>` |
  * | `node/<worker>` | the node and its subnets |
- * | `pool/<name>` | counter and free list of a pool (`subnet4`, `subnet6`, `service4`, `instance6`, `rr6`) |
+ * | `pool/<name>` | counter and free list of a pool (`subnet4`, `subnet6`, `service4`, `instance6`, `rr6`, `closest6`) |
  *
  * @example
  * ```ts
@@ -30,7 +30,7 @@ import {
 import type { InstanceRecord, NodeRecord } from "./schemas.ts";
 
 /** Names of the address pools. */
-export const POOL_NAMES = ["subnet4", "subnet6", "service4", "instance6", "rr6"] as const;
+export const POOL_NAMES = ["subnet4", "subnet6", "service4", "instance6", "rr6", "closest6"] as const;
 /** One address pool's name. */
 export type PoolName = typeof POOL_NAMES[number];
 
@@ -169,6 +169,7 @@ export function stateFileOfRows(rows: Iterable<Row>): StateFile {
       service4: pools.service4 ?? { ...empty },
       instance6: pools.instance6 ?? { ...empty },
       rr6: pools.rr6 ?? { ...empty },
+      closest6: pools.closest6 ?? { ...empty },
     },
   };
 }
@@ -199,7 +200,7 @@ export function rowsOfStateFile(file: StateFile): Row[] {
 }
 
 /**
- * The names a row claims exclusively (a job's name and RR IPs, an instance's IPs, a node's
+ * The names a row claims exclusively (a job's name and RR and Closest IPs, an instance's IPs, a node's
  * subnets): a replicated store refuses a change that would give one name to two rows.
  *
  * @example

@@ -121,8 +121,9 @@ const optAddr = z.string().nullish().transform((
 
 /**
  * `POST /api/net/service/deploy` body: `{"_id"?, "deployment_descriptor": {app_name, app_ns,
- * microservice_name, microservice_namespace, RR_ip?, RR_ip_v6?}}`. The SLA form
- * `addresses: {rr_ip, rr_ip_v6}` is accepted too; other descriptor keys are ignored.
+ * microservice_name, microservice_namespace, RR_ip?, RR_ip_v6?, Closest_ip?, Closest_ip_v6?,
+ * closest?}}` (`closest: false`: no Closest ServiceIP). The SLA form `addresses: {rr_ip, rr_ip_v6,
+ * closest_ip, closest_ip_v6}` is accepted too; other descriptor keys are ignored.
  */
 export const ServiceDeployBodySchema = z.object({
   _id: z.string().regex(JOB_ID, "must be 1..64 of A-Z a-z 0-9 _ -").refine(
@@ -136,7 +137,15 @@ export const ServiceDeployBodySchema = z.object({
     microservice_namespace: namePart,
     RR_ip: optAddr,
     RR_ip_v6: optAddr,
-    addresses: z.looseObject({ rr_ip: optAddr, rr_ip_v6: optAddr }).nullish(),
+    Closest_ip: optAddr,
+    Closest_ip_v6: optAddr,
+    closest: z.boolean().optional(),
+    addresses: z.looseObject({
+      rr_ip: optAddr,
+      rr_ip_v6: optAddr,
+      closest_ip: optAddr,
+      closest_ip_v6: optAddr,
+    }).nullish(),
   }),
 });
 
@@ -178,6 +187,8 @@ export const JobRecordSchema = z.object({
   service_ip_list: z.array(ServiceIpRecordSchema),
   instance_list: z.array(InstanceRecordSchema),
   interested_nodes: z.array(z.string()),
+  /** True when the service was added without a Closest ServiceIP (absent: it has one). */
+  no_closest: z.boolean().optional(),
 });
 
 /** A registered node and its subnets. */
@@ -200,6 +211,8 @@ export const StateFileSchema = z.object({
     service4: PoolStateSchema,
     instance6: PoolStateSchema,
     rr6: PoolStateSchema,
+    // Absent in state written before Closest ServiceIPs existed: an empty pool.
+    closest6: PoolStateSchema.default({ next: "0", free: [] }),
   }),
 });
 

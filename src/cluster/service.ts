@@ -24,7 +24,7 @@ import {
 import { createHttpHandler } from "./http.ts";
 import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.ts";
 import { clusterView } from "./view.ts";
-import type { ClusterState, UpdateNotice } from "./state.ts";
+import type { ClusterState } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger, RateLimitedLog } from "../log.ts";
@@ -335,6 +335,13 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       change: (fn, updates) => store.change(fn, updates),
       publish,
     };
+    // State from before Closest ServiceIPs: every service gets its pair now (others unchanged);
+    // interested nodes are told to fetch the new entries. Replicas racing here agree through etcd.
+    const migrated = await store.change((s) => s.addMissingClosest(), (r) => r.updates);
+    if (migrated.jobs.length) log.info("Closest ServiceIPs added", { jobs: migrated.jobs.length });
+    if (migrated.exhausted) {
+      log.warn("Closest ServiceIPs not added to every service: pool exhausted", { pool: migrated.exhausted });
+    }
     const reports = new ReportStore();
     // A bad report is logged once per cause per 10 s (a node cannot flood the log).
     const refusedReports = new RateLimitedLog((msg, fields) => log.warn(msg, fields));

@@ -22,9 +22,12 @@ import {
   Allocator,
   type AllocatorOptions,
   canonicalIp,
+  CLOSEST6_RANGE,
   InvalidAddressError,
   RR4_RANGE,
   RR6_RANGE,
+  userClosest4,
+  userClosest6,
   userRr4,
   userRr6,
 } from "./alloc.ts";
@@ -53,6 +56,9 @@ import {
 } from "./rows.ts";
 
 type PoolName = RowPoolName | "rr4";
+
+/** `IpType` of a Closest ServiceIP entry (the node maps it to its Closest policy, reference §2.3). */
+export const CLOSEST = "Closest";
 
 /** What went wrong, for callers that map errors to HTTP statuses. */
 export type ClusterErrorKind = "invalid" | "not_found" | "conflict" | "exhausted";
@@ -93,6 +99,15 @@ export interface ServiceInput {
   rr_ip?: string;
   /** User-chosen RR IPv6 (fdff:2000::/21). */
   rr_ip_v6?: string;
+  /**
+   * false: no Closest ServiceIP (a present one is released); true or absent: the service has one
+   * (absent leaves an existing service as it is unless a Closest IP is given).
+   */
+  closest?: boolean;
+  /** User-chosen Closest IPv4 (10.30.x.y). */
+  closest_ip?: string;
+  /** User-chosen Closest IPv6 (fdff:1000::/21). */
+  closest_ip_v6?: string;
 }
 
 /** Options of a {@link ClusterState}. */
@@ -135,6 +150,48 @@ function rrOf(job: JobRecord): { Address: string; Address_v6: string } {
 export function rrAddresses(job: JobRecord): { rr_ip: string; rr_ip_v6: string } {
   const rr = rrOf(job);
   return { rr_ip: rr.Address, rr_ip_v6: rr.Address_v6 };
+}
+
+function closestOf(job: { service_ip_list: JobRecord["service_ip_list"] }) {
+  return job.service_ip_list.find((s) => s.IpType === CLOSEST);
+}
+
+/**
+ * The Closest ServiceIPs of a job ("" when it has none).
+ *
+ * @example
+ * ```ts
+ * closestAddresses(job); // { closest_ip: "10.30.0.1", closest_ip_v6: "fdff:1000::" }
+ * ```
+ */
+export function closestAddresses(job: JobRecord): { closest_ip: string; closest_ip_v6: string } {
+  const c = closestOf(job);
+  return { closest_ip: c?.Address ?? "", closest_ip_v6: c?.Address_v6 ?? "" };
+}
+
+/** Every service address of a job's `service_ip_list` (RR and Closest, v4 and v6). */
+function jobAddresses(job: { service_ip_list: JobRecord["service_ip_list"] }): string[] {
+  return job.service_ip_list.flatMap((s) => [s.Address, s.Address_v6]);
+}
+
+/**
+ * Checks a job's `service_ip_list`: exactly one RR entry, at most one Closest entry (none when
+ * `no_closest`), each with both addresses, nothing else. Throws StateError naming `where`.
+ */
+function checkServiceIps(
+  job: { service_ip_list: JobRecord["service_ip_list"]; no_closest?: boolean },
+  where: string,
+): void {
+  const list = job.service_ip_list;
+  const rr = list.filter((s) => s.IpType === "RR");
+  const cl = list.filter((s) => s.IpType === CLOSEST);
+  if (rr.length !== 1 || cl.length > 1 || rr.length + cl.length !== list.length) {
+    throw new StateError(`${where}: service_ip_list must hold one RR entry and at most one Closest entry`);
+  }
+  if (list.some((s) => !s.Address || !s.Address_v6)) {
+    throw new StateError(`${where}: a service_ip_list entry lacks an address`);
+  }
+  if (cl.length && job.no_closest) throw new StateError(`${where}: no_closest but a Closest entry`);
 }
 
 function clearDeployment(i: InstanceRecord): void {
@@ -189,6 +246,8 @@ export class ClusterState {
         ? inPrefix4(RR4_RANGE, parseIPv4(c))
         : pool === "rr6"
         ? inPrefix6(RR6_RANGE, parseIPv6(c))
+        : pool === "closest6"
+        ? inPrefix6(CLOSEST6_RANGE, parseIPv6(c))
         : s.#alloc[pool].spec.ordinalOf(c) !== undefined;
       if (!ok) throw new StateError(`${where}: ${c} is outside its range`);
       const real = pool === "rr4" ? "service4" : pool;
@@ -210,12 +269,15 @@ export class ClusterState {
         throw new StateError(`${where}: bad job name "${j.job_name}"`);
       }
       if (s.#byName.has(j.job_name)) throw new StateError(`${where}: job name ${j.job_name} listed twice`);
+      checkServiceIps(j, where);
       const rr = rrOf(j);
-      if (j.service_ip_list.length !== 1 || !rr.Address || !rr.Address_v6) {
-        throw new StateError(`${where}: service_ip_list must hold exactly one RR entry`);
-      }
       claim("rr4", rr.Address, `${where}.RR`);
       claim("rr6", rr.Address_v6, `${where}.RR_v6`);
+      const cl = closestOf(j);
+      if (cl) {
+        claim("rr4", cl.Address, `${where}.Closest`);
+        claim("closest6", cl.Address_v6, `${where}.Closest_v6`);
+      }
       const numbers = new Set<number>();
       for (const i of j.instance_list) {
         const w = `${where}.instance ${i.instance_number}`;
@@ -243,9 +305,7 @@ export class ClusterState {
   }
 
   #own(job: JobRecord): void {
-    const rr = rrOf(job);
-    this.#owners.set(rr.Address, job._id);
-    this.#owners.set(rr.Address_v6, job._id);
+    for (const a of jobAddresses(job)) this.#owners.set(a, job._id);
     for (const i of job.instance_list) {
       this.#owners.set(i.instance_ip, job._id);
       this.#owners.set(i.instance_ip_v6, job._id);
@@ -365,10 +425,11 @@ export class ClusterState {
   // Services and instances
 
   /**
-   * Registers a service (job) and gives it RR IPs, user-chosen or allocated. Deploying an existing
-   * id again is idempotent; with a different user RR IP it moves the job to that address.
-   * Throws ClusterError: "invalid" (names, RR range), "conflict" (name or RR IP used by another
-   * job, id registered under another name), "exhausted".
+   * Registers a service (job) and gives it RR IPs and a Closest ServiceIP pair, user-chosen or
+   * allocated (`closest: false`: none). Deploying an existing id again is idempotent; with other
+   * user-chosen addresses it moves the job to them, and `closest` adds or releases its Closest IPs.
+   * Throws ClusterError: "invalid" (names, ranges, one address twice), "conflict" (name or address
+   * used by another job, id registered under another name), "exhausted".
    */
   deployService(input: ServiceInput): { job: JobRecord; created: boolean; updates: UpdateNotice[] } {
     const parts = [input.app_name, input.app_ns, input.microservice_name, input.microservice_namespace];
@@ -387,12 +448,19 @@ export class ClusterState {
     const jobName = parts.join(".");
     let rr4: string | undefined;
     let rr6: string | undefined;
+    let c4: string | undefined;
+    let c6: string | undefined;
     try {
       if (input.rr_ip !== undefined) rr4 = userRr4(input.rr_ip);
       if (input.rr_ip_v6 !== undefined) rr6 = userRr6(input.rr_ip_v6);
+      if (input.closest_ip !== undefined) c4 = userClosest4(input.closest_ip);
+      if (input.closest_ip_v6 !== undefined) c6 = userClosest6(input.closest_ip_v6);
     } catch (e) {
       if (e instanceof InvalidAddressError) throw new ClusterError("invalid", e.message);
       throw e;
+    }
+    if (input.closest === false && (c4 !== undefined || c6 !== undefined)) {
+      throw new ClusterError("invalid", "a Closest IP was given for a service without Closest IPs");
     }
     const existing = input._id !== undefined ? this.#jobs.get(input._id) : undefined;
     if (existing && existing.job_name !== jobName) {
@@ -409,67 +477,132 @@ export class ClusterState {
       }
       throw new ClusterError("conflict", `service ${jobName} already exists with id ${nameOwner}`);
     }
-    const current = existing ? { ...rrOf(existing) } : undefined;
-    const conflict = (addr: string) => {
+    // The wanted addresses: given ones, else the current ones, else "allocate" (undefined).
+    const curRr = existing ? rrOf(existing) : undefined;
+    const curC = existing ? closestOf(existing) : undefined;
+    const wantClosest = input.closest === false
+      ? false
+      : existing && input.closest === undefined && c4 === undefined && c6 === undefined
+      ? curC !== undefined
+      : true;
+    rr4 ??= curRr?.Address;
+    rr6 ??= curRr?.Address_v6;
+    if (wantClosest) {
+      c4 ??= curC?.Address;
+      c6 ??= curC?.Address_v6;
+    }
+    const given = [rr4, rr6, ...(wantClosest ? [c4, c6] : [])].filter((a): a is string => a !== undefined);
+    if (new Set(given).size !== given.length) {
+      throw new ClusterError("invalid", "the RR and Closest IPs of a service must all differ");
+    }
+    for (const addr of given) {
       const owner = this.#owners.get(addr);
-      if (owner === undefined) return;
-      const same = existing && (addr === current?.Address || addr === current?.Address_v6);
-      if (!same) {
+      if (owner !== undefined && owner !== existing?._id) {
         const other = this.#jobs.get(owner);
         throw new ClusterError("conflict", `${addr} is already used by ${other ? other.job_name : owner}`);
       }
-    };
-    if (rr4 !== undefined) conflict(rr4);
-    if (rr6 !== undefined) conflict(rr6);
-    if (existing) {
-      const updates: UpdateNotice[] = [];
-      const rr = existing.service_ip_list.find((s) => s.IpType === "RR")!;
-      if (rr4 !== undefined && rr4 !== rr.Address) {
-        this.#pool("service4").reserve(rr4);
-        this.#pool("service4").release(rr.Address);
-        this.#owners.delete(rr.Address);
-        this.#owners.set(rr4, existing._id);
-        rr.Address = rr4;
+      // An instance IP of the job itself cannot become one of its service IPs either.
+      if (existing && owner === existing._id && !jobAddresses(existing).includes(addr)) {
+        throw new ClusterError("conflict", `${addr} is already an instance IP of ${existing.job_name}`);
       }
-      if (rr6 !== undefined && rr6 !== rr.Address_v6) {
-        this.#pool("rr6").reserve(rr6);
-        this.#pool("rr6").release(rr.Address_v6);
-        this.#owners.delete(rr.Address_v6);
-        this.#owners.set(rr6, existing._id);
-        rr.Address_v6 = rr6;
-      }
-      if (rr.Address !== current!.Address || rr.Address_v6 !== current!.Address_v6) {
-        this.#dirty.add(jobKey(existing._id));
-        updates.push({ job: jobName, type: "DEPLOYMENT" });
-      }
-      return { job: existing, created: false, updates };
     }
-    if (rr4 === undefined && !this.#alloc.service4.canAllocate()) {
+    const need4 = (rr4 === undefined ? 1 : 0) + (wantClosest && c4 === undefined ? 1 : 0);
+    if (!this.#alloc.service4.canAllocateMany(need4)) {
       throw new ClusterError("exhausted", `${this.#alloc.service4.spec.name} exhausted: no address left`);
     }
     if (rr6 === undefined && !this.#alloc.rr6.canAllocate()) {
       throw new ClusterError("exhausted", `${this.#alloc.rr6.spec.name} exhausted: no address left`);
     }
-    let id = input._id;
-    if (id === undefined) {
-      do id = this.#newId(); while (this.#jobs.has(id));
+    if (wantClosest && c6 === undefined && !this.#alloc.closest6.canAllocate()) {
+      throw new ClusterError("exhausted", `${this.#alloc.closest6.spec.name} exhausted: no address left`);
     }
-    if (rr4 !== undefined) this.#pool("service4").reserve(rr4);
-    else rr4 = this.#pool("service4").allocate();
-    if (rr6 !== undefined) this.#pool("rr6").reserve(rr6);
-    else rr6 = this.#pool("rr6").allocate();
+    // Everything is checked: release what the job stops using first (a swap reserves it again).
+    const id = existing?._id ?? this.#freshId(input._id);
+    const before = existing ? jobAddresses(existing) : [];
+    const keep = new Set(given);
+    if (existing) {
+      const release = (pool: "service4" | "rr6" | "closest6", addr: string | undefined) => {
+        if (addr === undefined || keep.has(addr)) return;
+        this.#pool(pool).release(addr);
+        this.#owners.delete(addr);
+      };
+      release("service4", curRr?.Address);
+      release("rr6", curRr?.Address_v6);
+      release("service4", curC?.Address);
+      release("closest6", curC?.Address_v6);
+    }
+    const take = (pool: "service4" | "rr6" | "closest6", addr: string | undefined): string => {
+      const a = addr ?? this.#pool(pool).allocate();
+      if (addr !== undefined && !before.includes(addr)) this.#pool(pool).reserve(addr);
+      this.#owners.set(a, id);
+      return a;
+    };
+    const list: JobRecord["service_ip_list"] = [{
+      IpType: "RR",
+      Address: take("service4", rr4),
+      Address_v6: take("rr6", rr6),
+    }];
+    if (wantClosest) {
+      list.push({ IpType: CLOSEST, Address: take("service4", c4), Address_v6: take("closest6", c6) });
+    }
+    if (existing) {
+      const changed = JSON.stringify(list) !== JSON.stringify(existing.service_ip_list) ||
+        (existing.no_closest === true) === wantClosest;
+      if (!changed) return { job: existing, created: false, updates: [] };
+      existing.service_ip_list = list;
+      if (wantClosest) delete existing.no_closest;
+      else existing.no_closest = true;
+      this.#dirty.add(jobKey(id));
+      return { job: existing, created: false, updates: [{ job: jobName, type: "DEPLOYMENT" }] };
+    }
     const job: JobRecord = {
       _id: id,
       job_name: jobName,
-      service_ip_list: [{ IpType: "RR", Address: rr4, Address_v6: rr6 }],
+      service_ip_list: list,
       instance_list: [],
       interested_nodes: [],
+      ...(wantClosest ? {} : { no_closest: true }),
     };
     this.#jobs.set(id, job);
     this.#byName.set(jobName, id);
-    this.#own(job);
     this.#dirty.add(jobKey(id));
     return { job, created: true, updates: [] };
+  }
+
+  #freshId(given: string | undefined): string {
+    if (given !== undefined) return given;
+    let id: string;
+    do id = this.#newId(); while (this.#jobs.has(id));
+    return id;
+  }
+
+  /**
+   * Gives every service that has neither a Closest ServiceIP nor `no_closest` (state written before
+   * Closest IPs existed) a Closest IPv4 and IPv6; nothing else changes. Returns the job names and a
+   * DEPLOYMENT notice per job (interested nodes fetch the new entry). Stops at an exhausted pool
+   * (`exhausted` names it); the jobs done so far keep their addresses.
+   */
+  addMissingClosest(): { jobs: string[]; updates: UpdateNotice[]; exhausted?: string } {
+    const jobs: string[] = [];
+    for (const job of this.#jobs.values()) {
+      if (job.no_closest || closestOf(job)) continue;
+      for (const pool of ["service4", "closest6"] as const) {
+        if (!this.#alloc[pool].canAllocate()) {
+          return { jobs, updates: jobs.map((j) => ({ job: j, type: "DEPLOYMENT" })), exhausted: pool };
+        }
+      }
+      const c = {
+        IpType: CLOSEST,
+        Address: this.#pool("service4").allocate(),
+        Address_v6: this.#pool("closest6").allocate(),
+      };
+      job.service_ip_list.push(c);
+      this.#owners.set(c.Address, job._id);
+      this.#owners.set(c.Address_v6, job._id);
+      this.#dirty.add(jobKey(job._id));
+      jobs.push(job.job_name);
+    }
+    return { jobs, updates: jobs.map((j) => ({ job: j, type: "DEPLOYMENT" })) };
   }
 
   /**
@@ -546,7 +679,7 @@ export class ClusterState {
   }
 
   /**
-   * Removes a service and releases its RR IPs. Refused ("invalid") while instances remain, unless
+   * Removes a service and releases its RR and Closest IPs. Refused ("invalid") while instances remain, unless
    * `force` (then their Instance IPs are released too). Returns an UNDEPLOYMENT notice.
    */
   removeService(ref: string, force = false): { job: JobRecord; updates: UpdateNotice[] } {
@@ -565,8 +698,12 @@ export class ClusterState {
     const rr = rrOf(job);
     this.#pool("service4").release(rr.Address);
     this.#pool("rr6").release(rr.Address_v6);
-    this.#owners.delete(rr.Address);
-    this.#owners.delete(rr.Address_v6);
+    const c = closestOf(job);
+    if (c) {
+      this.#pool("service4").release(c.Address);
+      this.#pool("closest6").release(c.Address_v6);
+    }
+    for (const a of jobAddresses(job)) this.#owners.delete(a);
     this.#jobs.delete(job._id);
     this.#byName.delete(job.job_name);
     return { job, updates: [{ job: job.job_name, type: "UNDEPLOYMENT" }] };
@@ -733,11 +870,21 @@ export class ClusterState {
     const rr = rrOf(job);
     this.#alloc.service4.forget(rr.Address);
     this.#alloc.rr6.forget(rr.Address_v6);
-    if (this.#owners.get(rr.Address) === job._id) this.#owners.delete(rr.Address);
-    if (this.#owners.get(rr.Address_v6) === job._id) this.#owners.delete(rr.Address_v6);
+    const c = closestOf(job);
+    if (c) {
+      this.#alloc.service4.forget(c.Address);
+      this.#alloc.closest6.forget(c.Address_v6);
+    }
+    for (const a of jobAddresses(job)) {
+      if (this.#owners.get(a) === job._id) this.#owners.delete(a);
+    }
   }
 
-  #claimRow(pool: "service4" | "rr6" | "instance6" | "subnet4" | "subnet6", addr: string, key: string) {
+  #claimRow(
+    pool: "service4" | "rr6" | "closest6" | "instance6" | "subnet4" | "subnet6",
+    addr: string,
+    key: string,
+  ) {
     if (!this.#alloc[pool].reserve(addr)) throw new StateError(`row ${key}: address ${addr} is used twice`);
   }
 
@@ -804,8 +951,9 @@ export class ClusterState {
             break;
           }
           const v = r.value as JobRow;
-          const rr = v.service_ip_list.find((x) => x.IpType === "RR");
-          if (!rr) throw new StateError(`row ${r.key}: no RR entry`);
+          checkServiceIps(v, `row ${r.key}`);
+          const rr = rrOf({ ...v, instance_list: [] });
+          const cl = closestOf(v);
           const owner = this.#byName.get(v.job_name);
           if (owner !== undefined && owner !== r.id) {
             throw new StateError(`row ${r.key}: job name ${v.job_name} belongs to ${owner}`);
@@ -816,11 +964,14 @@ export class ClusterState {
           }
           this.#claimRow("service4", rr.Address, r.key);
           this.#claimRow("rr6", rr.Address_v6, r.key);
+          if (cl) {
+            this.#claimRow("service4", cl.Address, r.key);
+            this.#claimRow("closest6", cl.Address_v6, r.key);
+          }
           const job = jobOfRow(v, old ? old.instance_list : []);
           this.#jobs.set(r.id, job);
           this.#byName.set(job.job_name, r.id);
-          this.#owners.set(rr.Address, r.id);
-          this.#owners.set(rr.Address_v6, r.id);
+          for (const a of jobAddresses(job)) this.#owners.set(a, r.id);
           break;
         }
         case "pool":

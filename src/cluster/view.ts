@@ -17,7 +17,7 @@
  */
 import type { ClusterState } from "./state.ts";
 import { REPORT_INTERVAL_MS, type ReportStore } from "./report.ts";
-import { rrAddresses } from "./state.ts";
+import { closestAddresses, rrAddresses } from "./state.ts";
 
 /** A node as the page shows it. */
 export interface ViewNode {
@@ -56,6 +56,9 @@ export interface ViewService {
   job_name: string;
   rr_ip: string;
   rr_ip_v6: string;
+  /** "" when the service has no Closest ServiceIP. */
+  closest_ip: string;
+  closest_ip_v6: string;
   instances: ViewInstance[];
 }
 
@@ -163,6 +166,7 @@ export function clusterView(
       job_name: job.job_name,
       rr_ip: rr.rr_ip,
       rr_ip_v6: rr.rr_ip_v6,
+      ...closestAddresses(job),
       instances: job.instance_list.map((i) => ({
         instance_number: i.instance_number,
         instance_ip: i.instance_ip,

@@ -143,6 +143,7 @@ const JS = `"use strict";
       h.setAttribute("data-service", s.job_name);
       box.appendChild(h);
       box.appendChild(el("p", "hint", "ServiceIP (round robin) " + s.rr_ip + "  " + s.rr_ip_v6 + " · id " + s._id));
+      if (s.closest_ip) box.appendChild(el("p", "hint", "ServiceIP (closest) " + s.closest_ip + "  " + s.closest_ip_v6));
       box.appendChild(table(["#", "instance IP", "instance IPv6", "namespace IP", "node", "host", "status"],
         s.instances.map(function (i) {
           return row([i.instance_number, i.instance_ip, i.instance_ip_v6, i.namespace_ip, i.worker_id, i.host, i.status],

@@ -309,14 +309,25 @@ async function scenario(
         microservice_name: "web",
         microservice_namespace: "v1",
         image: "nginx",
+        Closest_ip: "10.30.200.1",
+        Closest_ip_v6: "FDFF:1000::0:7",
       },
     });
     assertEquals(r.status, 200);
-    assertEquals([r.json._id, r.json.job_name, r.json.RR_ip, r.json.RR_ip_v6], [
+    assertEquals([
+      r.json._id,
+      r.json.job_name,
+      r.json.RR_ip,
+      r.json.RR_ip_v6,
+      r.json.Closest_ip,
+      r.json.Closest_ip_v6,
+    ], [
       WEB_ID,
       WEB,
       "10.30.0.0",
       "fdff:2000::",
+      "10.30.200.1",
+      "fdff:1000::7",
     ]);
     r = await api("POST", "/api/net/service/deploy", {
       deployment_descriptor: {
@@ -326,9 +337,15 @@ async function scenario(
         microservice_namespace: "v1",
         RR_ip: "10.30.5.5",
         RR_ip_v6: "FDFF:2000::55",
+        closest: false,
       },
     });
     assertEquals(r.status, 200);
+    assertEquals([r.json.Closest_ip, r.json.Closest_ip_v6, (r.json.service_ip_list as unknown[]).length], [
+      "",
+      "",
+      1,
+    ]);
     const dbId = r.json._id as string;
     assertMatch(dbId, /^[0-9a-f]{24}$/);
     assertEquals([r.json.RR_ip, r.json.RR_ip_v6], ["10.30.5.5", "fdff:2000::55"]);
@@ -370,9 +387,12 @@ async function scenario(
       cluster_id: "c1",
       service_ip: [
         { IpType: "RR", Address: "10.30.0.0", Address_v6: "fdff:2000::" },
+        { IpType: "Closest", Address: "10.30.200.1", Address_v6: "fdff:1000::7" },
         { IpType: "instance_ip", Address: "10.30.0.1", Address_v6: "fdff::" },
       ],
     });
+    q = await w2.query("", "fdff:1000::7"); // by the Closest IP
+    assertEquals(q.app_name, WEB);
     q = await w2.query("", "FDFF:2000:0::0");
     assertEquals([q.app_name, q.query_key], [WEB, "FDFF:2000:0::0"]);
     q = await w2.query("", "10.30.0.2");
@@ -454,6 +474,19 @@ async function scenario(
       ["POST", "/api/net/service/deploy", { deployment_descriptor: { ...d, RR_ip_v6: "fdff:1000::1" } }, 400],
       ["POST", "/api/net/service/deploy", { deployment_descriptor: { ...d, RR_ip: "10.30.5.5" } }, 409],
       ["POST", "/api/net/service/deploy", { deployment_descriptor: { ...d, RR_ip: "10.30.0.1" } }, 409],
+      [
+        "POST",
+        "/api/net/service/deploy",
+        { deployment_descriptor: { ...d, Closest_ip: "10.30.200.1" } },
+        409,
+      ],
+      [
+        "POST",
+        "/api/net/service/deploy",
+        { deployment_descriptor: { ...d, Closest_ip_v6: "fdff:2000::9" } },
+        400,
+      ],
+      ["POST", "/api/net/service/deploy", { deployment_descriptor: { ...d, closest: "no" } }, 400],
       ["POST", "/api/net/service/deploy", { _id: "a.b", deployment_descriptor: d }, 400],
       ["POST", "/api/net/service/deploy", { _id: WEB_ID, deployment_descriptor: d }, 409],
       ["POST", "/api/net/instance/deploy", { _id: "nope", instance_number: 0 }, 404],
@@ -835,11 +868,18 @@ Deno.test({
         WEB,
         "--rr-ip",
         "10.30.1.1",
+        "--closest-ip",
+        "10.30.1.2",
+        "--closest-ip6",
+        "fdff:1000::12",
         "--id",
         WEB_ID,
         ...api,
       ]);
-      assertEquals([r.code, r.stdout.trim()], [0, `added: ${WEB} id ${WEB_ID} RR 10.30.1.1 fdff:2000::`]);
+      assertEquals([r.code, r.stdout.trim()], [
+        0,
+        `added: ${WEB} id ${WEB_ID} RR 10.30.1.1 fdff:2000:: Closest 10.30.1.2 fdff:1000::12`,
+      ]);
       r = await cli(script, ["control", "instance", "add", WEB, "0", ...api]);
       assertEquals([r.code, r.stdout.trim()], [0, `added: ${WEB}#0 10.30.0.0 fdff::`]);
       r = await cli(script, ["control", "service", "ls", "--json", ...api]);
@@ -847,10 +887,14 @@ Deno.test({
       const ls = JSON.parse(r.stdout) as Array<Record<string, unknown>>;
       assertEquals(ls.map((j) => [j._id, j.job_name, j.RR_ip]), [[WEB_ID, WEB, "10.30.1.1"]]);
       r = await cli(script, ["control", "service", "ls", ...api]);
-      assertMatch(r.stdout, /ID\s+JOB\s+RR\s+RR6\s+DEPLOYED\s+INTERESTED/);
+      assertMatch(r.stdout, /ID\s+JOB\s+RR\s+RR6\s+CLOSEST\s+CLOSEST6\s+DEPLOYED\s+INTERESTED/);
       assertMatch(
         r.stdout,
-        new RegExp(`${WEB_ID}\\s+${WEB.replaceAll(".", "\\.")}\\s+10\\.30\\.1\\.1\\s+fdff:2000::\\s+0/1`),
+        new RegExp(
+          `${WEB_ID}\\s+${
+            WEB.replaceAll(".", "\\.")
+          }\\s+10\\.30\\.1\\.1\\s+fdff:2000::\\s+10\\.30\\.1\\.2\\s+fdff:1000::12\\s+0/1`,
+        ),
       );
       // Errors: one line on stderr, exit 1.
       for (

@@ -281,13 +281,14 @@ Deno.test({
           const s2 = await services(w, 1);
           assertEquals(s1.length, 200);
           assertEquals(JSON.stringify(s2), JSON.stringify(s1), "replicas disagree");
+          // RR and Closest IPs of every service, Instance IPs of every instance: all distinct.
+          for (const j of s1) assertEquals(j.service_ip_list.map((x) => x.IpType), ["RR", "Closest"]);
           const addrs = s1.flatMap((j) => [
-            j.service_ip_list[0].Address,
-            j.service_ip_list[0].Address_v6,
+            ...j.service_ip_list.flatMap((x) => [x.Address, x.Address_v6]),
             ...j.instance_list.flatMap((i) => [i.instance_ip, i.instance_ip_v6]),
           ]);
-          assertEquals(addrs.length, 520);
-          assertEquals(new Set(addrs).size, 520, "an address was given twice");
+          assertEquals(addrs.length, 920);
+          assertEquals(new Set(addrs).size, 920, "an address was given twice");
         },
       );
 
@@ -373,29 +374,63 @@ Deno.test({
         },
       );
 
-      await t.step("migration of an embedded state dir; a second run changes nothing", async () => {
-        const src = `${w.dir}/embedded`;
-        const store = await SqliteStore.open(src);
-        await store.change((s) => s.nodeSubnet("wm1"));
-        await store.change((s) =>
-          s.deployService({
-            _id: "m1",
-            app_name: "m",
-            app_ns: "m",
-            microservice_name: "m",
-            microservice_namespace: "m",
-            rr_ip: "10.30.9.9",
-          })
-        );
-        await store.change((s) => s.deployInstance("m1", 0));
-        const want = store.state.toFile();
-        await store.close();
-        const migrate = (cluster: string) =>
-          sh([
-            "ip",
-            "netns",
-            "exec",
-            w.ns.r1,
+      await t.step(
+        "migration of an embedded state dir from before Closest IPs; a second run changes nothing",
+        async () => {
+          // The state file as written before Closest ServiceIPs existed (no closest6 pool, RR only).
+          const src = `${w.dir}/embedded`;
+          await Deno.mkdir(src, { recursive: true });
+          const old = {
+            version: 1,
+            jobs: [{
+              _id: "m1",
+              job_name: "m.m.m.m",
+              service_ip_list: [{ IpType: "RR", Address: "10.30.9.9", Address_v6: "fdff:2000::" }],
+              instance_list: [{ instance_number: 0, instance_ip: "10.30.0.0", instance_ip_v6: "fdff::" }],
+              interested_nodes: [],
+            }],
+            nodes: [{ worker_id: "wm1", subnet: "10.18.0.0", subnet_v6: "fc00::" }],
+            pools: {
+              subnet4: { next: "1", free: [] },
+              subnet6: { next: "1", free: [] },
+              service4: { next: "1", free: [] },
+              instance6: { next: "1", free: [] },
+              rr6: { next: "1", free: [] },
+            },
+          };
+          await Deno.writeTextFile(`${src}/control-state.json`, JSON.stringify(old));
+          const store = await SqliteStore.open(src); // imports the JSON file unchanged
+          const want = store.state.toFile();
+          await store.close();
+          assertEquals(want.jobs, old.jobs);
+          const migrate = (cluster: string) =>
+            sh([
+              "ip",
+              "netns",
+              "exec",
+              w.ns.r1,
+              Deno.execPath(),
+              "run",
+              "-A",
+              "--config",
+              `${ROOT}deno.json`,
+              `${ROOT}main.ts`,
+              "control",
+              "migrate",
+              "--from",
+              src,
+              "--to",
+              ENDPOINTS,
+              "--cluster-name",
+              cluster,
+            ]);
+          assertMatch(
+            await migrate("m"),
+            /migrated: 1 service\(s\), 1 node\(s\): [0-9]+ row\(s\) written, 0 already there/,
+          );
+          assertMatch(await migrate("m"), /: 0 row\(s\) written, [0-9]+ already there/);
+          // A replica of cluster m serves exactly the migrated state.
+          const p = new Proc(w.ns.r1, [
             Deno.execPath(),
             "run",
             "-A",
@@ -403,76 +438,78 @@ Deno.test({
             `${ROOT}deno.json`,
             `${ROOT}main.ts`,
             "control",
-            "migrate",
-            "--from",
-            src,
-            "--to",
+            "--state-dir",
+            `${w.dir}/rm`,
+            "--etcd",
             ENDPOINTS,
             "--cluster-name",
-            cluster,
+            "m",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            "10004",
+            "--mqtt-allow-anonymous",
+            "--http-port",
+            "10101",
           ]);
-        assertMatch(
-          await migrate("m"),
-          /migrated: 1 service\(s\), 1 node\(s\): [0-9]+ row\(s\) written, 0 already there/,
-        );
-        assertMatch(await migrate("m"), /: 0 row\(s\) written, [0-9]+ already there/);
-        // A replica of cluster m serves exactly the migrated state.
-        const p = new Proc(w.ns.r1, [
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--config",
-          `${ROOT}deno.json`,
-          `${ROOT}main.ts`,
-          "control",
-          "--state-dir",
-          `${w.dir}/rm`,
-          "--etcd",
-          ENDPOINTS,
-          "--cluster-name",
-          "m",
-          "--mqtt-host",
-          "127.0.0.1",
-          "--mqtt-port",
-          "10004",
-          "--mqtt-allow-anonymous",
-          "--http-port",
-          "10101",
-        ]);
-        try {
-          await p.waitFor(/control plane started/);
-          const token = (await Deno.readTextFile(`${w.dir}/rm/api-token`)).trim();
-          const out = JSON.parse(
-            await client(
-              w.ns.r1,
-              ["http"],
-              JSON.stringify([
-                { method: "GET", url: "http://127.0.0.1:10101/api/net/services", token },
-                {
-                  method: "POST",
-                  url: "http://127.0.0.1:10101/api/net/instance/deploy",
-                  token,
-                  body: { _id: "m1", instance_number: 1 },
-                },
-              ]),
-            ),
-          ) as Reply[];
-          const jobs = out[0].body as JobRecord[];
-          assertEquals(
-            jobs.map((j) => [j._id, j.service_ip_list[0].Address, j.instance_list[0].instance_ip]),
-            [
-              ["m1", "10.30.9.9", want.jobs[0].instance_list[0].instance_ip],
-            ],
-          );
-          // The allocator continues where the embedded one stopped.
-          assertEquals(out[1].status, 200);
-          assertEquals((out[1].body as { instance_ip: string }).instance_ip, "10.30.0.1");
-        } finally {
-          await p.stop();
-        }
-        // The first cluster's state is untouched by the migration.
-        assertEquals((await services(w, 0)).length, 202);
-      });
+          try {
+            await p.waitFor(/control plane started/);
+            const token = (await Deno.readTextFile(`${w.dir}/rm/api-token`)).trim();
+            const out = JSON.parse(
+              await client(
+                w.ns.r1,
+                ["http"],
+                JSON.stringify([
+                  { method: "GET", url: "http://127.0.0.1:10101/api/net/services", token },
+                  {
+                    method: "POST",
+                    url: "http://127.0.0.1:10101/api/net/instance/deploy",
+                    token,
+                    body: { _id: "m1", instance_number: 1 },
+                  },
+                ]),
+              ),
+            ) as Reply[];
+            const jobs = out[0].body as JobRecord[];
+            assertEquals(
+              jobs.map((j) => [j._id, j.service_ip_list[0].Address, j.instance_list[0].instance_ip]),
+              [
+                ["m1", "10.30.9.9", want.jobs[0].instance_list[0].instance_ip],
+              ],
+            );
+            // The replica gave the migrated service its Closest IPs on start (nothing else changed)...
+            assertEquals(jobs[0].service_ip_list, [
+              old.jobs[0].service_ip_list[0],
+              { IpType: "Closest", Address: "10.30.0.1", Address_v6: "fdff:1000::" },
+            ]);
+            // ...with etcd claim keys for them, owned by the job row.
+            for (const ip of ["10.30.0.1", "fdff:1000::"]) {
+              const key = btoa(`/netmanager/m/claims/ip/${ip}`);
+              const got = JSON.parse(
+                await sh([
+                  "ip",
+                  "netns",
+                  "exec",
+                  w.ns.r1,
+                  "curl",
+                  "-s",
+                  `${MEMBERS[0]}:2379/v3/kv/range`,
+                  "-d",
+                  JSON.stringify({ key }),
+                ]),
+              ) as { kvs?: Array<{ value: string }> };
+              assertEquals(got.kvs?.map((kv) => atob(kv.value)), ["job/m1"], `claim of ${ip}`);
+            }
+            // The allocator continues where the embedded one stopped.
+            assertEquals(out[1].status, 200);
+            assertEquals((out[1].body as { instance_ip: string }).instance_ip, "10.30.0.2");
+          } finally {
+            await p.stop();
+          }
+          // The first cluster's state is untouched by the migration.
+          assertEquals((await services(w, 0)).length, 202);
+        },
+      );
 
       await t.step("a replica started against another cluster's prefix refuses", async () => {
         const p = startReplica(w, 0, [

@@ -12,9 +12,16 @@ import {
 import { QueryResultSchema, toEntries } from "../../src/table/query_result.ts";
 import { formatIPv4 } from "../../src/addr/mod.ts";
 
+/** A service without Closest IPs (these tests follow the RR and Instance IP sequences; see `svcC`). */
 const svc = (name: string, extra: Partial<ServiceInput> = {}): ServiceInput => {
   const [app_name, app_ns, microservice_name, microservice_namespace] = name.split(".");
-  return { app_name, app_ns, microservice_name, microservice_namespace, ...extra };
+  return { app_name, app_ns, microservice_name, microservice_namespace, closest: false, ...extra };
+};
+
+/** A service as `control service add` makes it by default: with Closest IPs. */
+const svcC = (name: string, extra: Partial<ServiceInput> = {}): ServiceInput => {
+  const { closest: _, ...rest } = svc(name);
+  return { ...rest, ...extra };
 };
 
 let ids = 0;
@@ -390,4 +397,164 @@ Deno.test("state: an inconsistent or malformed file is a clear StateFileError", 
     );
   }
   assertEquals(j.job_name, "a.b.c.d");
+});
+
+Deno.test("state: Closest ServiceIPs — allocated by default, user-chosen, released and reused, disabled", () => {
+  const s = fresh();
+  const a = s.deployService(svcC("a.a.a.a", { _id: "ja" }));
+  assertEquals(a.job.service_ip_list, [
+    { IpType: "RR", Address: "10.30.0.0", Address_v6: "fdff:2000::" },
+    { IpType: "Closest", Address: "10.30.0.1", Address_v6: "fdff:1000::" },
+  ]);
+  assertEquals(s.resolve("FDFF:1000::0")?._id, "ja");
+  assertEquals(s.resolve("10.30.0.1")?._id, "ja");
+  assertEquals(s.deployInstance("ja", 0).instance.instance_ip, "10.30.0.2");
+  // Chosen by the user: validated, range-checked, never another job's or the job's own RR.
+  const b = s.deployService(
+    svcC("b.b.b.b", { _id: "jb", closest_ip: "10.30.9.9", closest_ip_v6: "FDFF:1000::0:77" }),
+  );
+  assertEquals(b.job.service_ip_list[1], {
+    IpType: "Closest",
+    Address: "10.30.9.9",
+    Address_v6: "fdff:1000::77",
+  });
+  refused(s, "invalid", () => s.deployService(svcC("c.c.c.c", { closest_ip_v6: "fdff:2000::5" })));
+  refused(s, "invalid", () => s.deployService(svcC("c.c.c.c", { closest_ip: "10.31.0.1" })));
+  refused(s, "conflict", () => s.deployService(svcC("c.c.c.c", { closest_ip: "10.30.0.1" })));
+  refused(s, "conflict", () => s.deployService(svcC("c.c.c.c", { closest_ip: "10.30.0.2" }))); // an Instance IP
+  refused(s, "conflict", () => s.deployService(svcC("c.c.c.c", { closest_ip_v6: "fdff:1000::77" })));
+  refused(
+    s,
+    "invalid",
+    () => s.deployService(svcC("c.c.c.c", { rr_ip: "10.30.5.5", closest_ip: "10.30.5.5" })),
+  );
+  refused(s, "invalid", () => s.deployService(svcC("c.c.c.c", { closest: false, closest_ip: "10.30.5.5" })));
+  refused(s, "conflict", () => s.deployService(svcC("a.a.a.a", { _id: "ja", closest_ip: "10.30.0.2" })));
+  // Disabled: none allocated; the pools move on as if it did not exist.
+  const c = s.deployService(svcC("c.c.c.c", { _id: "jc", closest: false }));
+  assertEquals(c.job.service_ip_list.map((x) => x.IpType), ["RR"]);
+  assertEquals(c.job.no_closest, true);
+  assertEquals(s.allocator.closest6.used, 2);
+  // Re-deploying as before changes nothing; disabling an existing one releases its pair (a notice).
+  assertEquals(s.deployService(svcC("a.a.a.a", { _id: "ja" })).updates, []);
+  const off = s.deployService(svcC("a.a.a.a", { _id: "ja", closest: false }));
+  assertEquals(off.updates, [{ job: "a.a.a.a", type: "DEPLOYMENT" }]);
+  assertEquals(s.resolve("fdff:1000::"), undefined);
+  assertEquals(s.resolve("10.30.0.1"), undefined);
+  assertEquals(s.allocator.closest6.freeList(), ["fdff:1000::"]);
+  // Re-enabled: the released pair comes back first (FIFO reuse); removal releases it again.
+  const on = s.deployService(svcC("a.a.a.a", { _id: "ja", closest: true }));
+  assertEquals(on.job.service_ip_list[1], {
+    IpType: "Closest",
+    Address: "10.30.0.1",
+    Address_v6: "fdff:1000::",
+  });
+  assertEquals(on.job.no_closest, undefined);
+  // Moving to a chosen address releases the old one.
+  s.deployService(svcC("a.a.a.a", { _id: "ja", closest_ip_v6: "fdff:1000::5" }));
+  assertEquals(s.resolve("fdff:1000::5")?._id, "ja");
+  assertEquals(s.allocator.closest6.freeList(), ["fdff:1000::"]);
+  s.removeService("jb");
+  assertEquals(s.resolve("fdff:1000::77"), undefined);
+  assertEquals(s.deployService(svcC("d.d.d.d")).job.service_ip_list[1].Address_v6, "fdff:1000::");
+  // Round trip through the file keeps all of it, and a second state agrees row by row.
+  const back = parseStateText(JSON.stringify(s.toFile()), "mem");
+  assertEquals(back.toFile(), s.toFile());
+  assertEquals(back.resolve("fdff:1000::5")?._id, "ja");
+});
+
+Deno.test("state: an exhausted Closest pool refuses a service and changes nothing", () => {
+  const s = fresh();
+  s.allocator.closest6.restore({ next: (1n << 80n).toString(), free: [] });
+  refused(s, "exhausted", () => s.deployService(svcC("a.b.c.d")));
+  assert(s.deployService(svcC("a.b.c.d", { closest: false })).created);
+});
+
+Deno.test("state: state from before Closest IPs loads unchanged and gains Closest IPs by addMissingClosest", () => {
+  // The shape written before this change: no closest6 pool, jobs with only their RR entry.
+  const old = {
+    version: 1,
+    jobs: [
+      {
+        _id: "j1",
+        job_name: "a.b.c.d",
+        service_ip_list: [{ IpType: "RR", Address: "10.30.0.0", Address_v6: "fdff:2000::" }],
+        instance_list: [{ instance_number: 0, instance_ip: "10.30.0.1", instance_ip_v6: "fdff::" }],
+        interested_nodes: ["w1"],
+      },
+      {
+        _id: "j2",
+        job_name: "e.f.g.h",
+        service_ip_list: [{ IpType: "RR", Address: "10.30.0.2", Address_v6: "fdff:2000::1" }],
+        instance_list: [],
+        interested_nodes: [],
+      },
+    ],
+    nodes: [{ worker_id: "w1", subnet: "10.18.0.0", subnet_v6: "fc00::" }],
+    pools: {
+      subnet4: { next: "1", free: [] },
+      subnet6: { next: "1", free: [] },
+      service4: { next: "3", free: [] },
+      instance6: { next: "1", free: [] },
+      rr6: { next: "2", free: [] },
+    },
+  };
+  const s = parseStateText(JSON.stringify(old), "old.json");
+  assertEquals(s.toFile().jobs, old.jobs);
+  const m = s.addMissingClosest();
+  assertEquals(m.jobs, ["a.b.c.d", "e.f.g.h"]);
+  assertEquals(m.updates, [{ job: "a.b.c.d", type: "DEPLOYMENT" }, { job: "e.f.g.h", type: "DEPLOYMENT" }]);
+  const after = s.toFile();
+  assertEquals(after.jobs[0].service_ip_list, [
+    old.jobs[0].service_ip_list[0],
+    { IpType: "Closest", Address: "10.30.0.3", Address_v6: "fdff:1000::" },
+  ]);
+  assertEquals(after.jobs[1].service_ip_list[1].Address_v6, "fdff:1000::1");
+  // Nothing else changed: instances, interests, nodes, the other pools.
+  assertEquals(
+    after.jobs.map((j) => [j.instance_list, j.interested_nodes]),
+    old.jobs.map((j) => [j.instance_list, j.interested_nodes]),
+  );
+  assertEquals(after.nodes, old.nodes);
+  assertEquals([after.pools.rr6, after.pools.instance6, after.pools.subnet4], [
+    old.pools.rr6,
+    old.pools.instance6,
+    old.pools.subnet4,
+  ]);
+  // The changed rows are the two jobs and the two pools used; a second run does nothing.
+  assertEquals(s.takeChanges().map((r) => r.key).sort(), [
+    "job/j1",
+    "job/j2",
+    "pool/closest6",
+    "pool/service4",
+  ]);
+  assertEquals(s.addMissingClosest().jobs, []);
+  assertEquals(s.resolve("fdff:1000::1")?._id, "j2");
+  // A disabled service stays without.
+  const t = fresh();
+  t.deployService(svc("x.y.z.w"));
+  assertEquals(t.addMissingClosest().jobs, []);
+  // A state with a malformed Closest entry is refused.
+  const bad = structuredClone(after);
+  bad.jobs[1].service_ip_list[1].Address_v6 = "fdff:2000::9";
+  assertThrows(() => parseStateText(JSON.stringify(bad), "bad.json"), StateFileError);
+  bad.jobs[1].service_ip_list[1].Address_v6 = "fdff:1000::";
+  assertThrows(() => parseStateText(JSON.stringify(bad), "bad.json"), StateFileError); // used twice
+});
+
+Deno.test("state: table results carry the Closest entry; the node's parser maps it to its Closest policy", () => {
+  const s = fresh();
+  s.deployService(svcC("a.b.c.d", { _id: "j" }));
+  s.deployInstance("j", 0);
+  s.markDeployed("w1", deployed("a.b.c.d", 0, "10.18.0.2"));
+  const r = tableQueryResult("fdff:1000::", s.resolve("fdff:1000::"));
+  assertEquals(r.app_name, "a.b.c.d");
+  assertEquals(r.instance_list[0].service_ip, [
+    { IpType: "RR", Address: "10.30.0.0", Address_v6: "fdff:2000::" },
+    { IpType: "Closest", Address: "10.30.0.1", Address_v6: "fdff:1000::" },
+    { IpType: "instance_ip", Address: "10.30.0.2", Address_v6: "fdff::" },
+  ]);
+  const conv = toEntries(QueryResultSchema.parse(JSON.parse(JSON.stringify(r))));
+  assertEquals(conv.dropped, []);
+  assertEquals(conv.entries[0].serviceIps.map((x) => x.kind), ["RoundRobin", "Closest", "Instance"]);
 });

@@ -55,14 +55,14 @@ Deno.test("sqlite store: a change writes only its rows (O(changed)), releases an
     const store = await SqliteStore.open(dir);
     const j = await store.change((s) => s.deployService({ _id: "j", ...SVC }));
     for (let n = 0; n < 50; n++) await store.change((s) => s.deployInstance("j", n));
-    // 1 job + 50 instances + the 3 pools used (service4, rr6, instance6)
-    assertEquals(rowCount(store.path), 54);
+    // 1 job + 50 instances + the 4 pools used (service4, rr6, closest6, instance6)
+    assertEquals(rowCount(store.path), 55);
     const updates: string[] = [];
     store.onUpdate = (u) => updates.push(`${u.job} ${u.type}`);
     await store.change((s) => s.removeInstance("j", 7), (r) => r.updates);
     assertEquals(updates, [`${j.job.job_name} UNDEPLOYMENT`]);
-    assertEquals(rowCount(store.path), 53);
-    const freed = "10.30.0.8"; // RR took .0; instance 7 had .8
+    assertEquals(rowCount(store.path), 54);
+    const freed = "10.30.0.9"; // RR took .0, Closest .1; instance 7 had .9
     await store.close();
     const again = await SqliteStore.open(dir);
     assertEquals(again.state.allocator.service4.freeList(), [freed]);
@@ -204,12 +204,28 @@ Deno.test("state: applyRows mirrors another state's changes exactly", () => {
   );
   sync();
   assertEquals(b.toFile(), a.toFile());
-  assertEquals(b.resolve("10.30.0.2")?._id, "j");
+  assertEquals(b.resolve("10.30.0.3")?._id, "j"); // instance 1 (RR .0, Closest .1, instance 0 .2)
+  assertEquals(b.resolve("fdff:1000::")?._id, "j");
+  assertEquals(b.resolve("10.30.0.1")?._id, "j");
+  // Closest IPs moved, then released, then given again: b follows each step.
+  a.deployService({ _id: "j", ...SVC, closest_ip: "10.30.8.8", closest_ip_v6: "fdff:1000::8" });
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals([b.resolve("10.30.8.8")?._id, b.resolve("fdff:1000::")], ["j", undefined]);
+  a.deployService({ _id: "j", ...SVC, closest: false });
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals(b.resolve("fdff:1000::8"), undefined);
+  a.deployService({ _id: "j", ...SVC, closest: true });
+  sync();
+  assertEquals(b.toFile(), a.toFile());
+  assertEquals(b.resolve(a.job("j")!.service_ip_list[1].Address_v6)?._id, "j");
   a.removeService("j", true);
   a.removeNode("w1");
   sync();
   assertEquals(b.toFile(), a.toFile());
-  assertEquals(b.resolve("10.30.0.2"), undefined);
+  assertEquals(b.resolve("10.30.0.3"), undefined);
+  assertEquals(b.resolve("fdff:1000::"), undefined);
   // b allocates next exactly as a would.
   assertEquals(b.nodeSubnet("w9").node.subnet, a.nodeSubnet("w9").node.subnet);
 });
@@ -247,8 +263,10 @@ Deno.test("rows: claims name a job's name and addresses, an instance's addresses
   s.deployInstance("j", 0);
   const claims = s.rows().flatMap(claimsOf).sort();
   assertEquals(claims, [
-    "ip/10.30.0.0",
+    "ip/10.30.0.0", // Closest
+    "ip/10.30.0.1", // instance 0
     "ip/10.30.5.5",
+    "ip/fdff:1000::",
     "ip/fdff:2000::",
     "ip/fdff::",
     "name/a.b.c.d",

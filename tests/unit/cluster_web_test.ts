@@ -170,6 +170,7 @@ Deno.test("cluster view: nodes with and without reports, links matched by endpoi
     [1, null, null, null],
   ]);
   assertEquals(v.services[0].rr_ip, "10.30.0.0");
+  assertEquals([v.services[0].closest_ip, v.services[0].closest_ip_v6], ["10.30.0.1", "fdff:1000::"]);
   // Without the embedded broker's view, "connected" means a report within three periods.
   const ext = clusterView(st, reports, undefined, 10_000 + 16_000);
   assertEquals(ext.nodes.map((x) => x.connected), [false, false, false]);

@@ -161,7 +161,8 @@ function closestOf(job: { service_ip_list: JobRecord["service_ip_list"] }) {
  *
  * @example
  * ```ts
- * closestAddresses(job); // { closest_ip: "10.30.0.1", closest_ip_v6: "fdff:1000::" }
+ * declare const job: Parameters<typeof closestAddresses>[0];
+ * closestAddresses(job); // e.g. { closest_ip: "10.30.0.1", closest_ip_v6: "fdff:1000::" }
  * ```
  */
 export function closestAddresses(job: JobRecord): { closest_ip: string; closest_ip_v6: string } {

@@ -313,14 +313,21 @@ export class ClusterState {
     }
   }
 
-  /** All jobs (live records: do not mutate). */
+  /**
+   * All jobs by name (live records: do not mutate). Sorted, so that every store (whose rows come
+   * back in key order after a restart) and every replica lists them alike.
+   */
   jobs(): readonly JobRecord[] {
-    return [...this.#jobs.values()];
+    return [...this.#jobs.values()].sort((a, b) =>
+      a.job_name < b.job_name ? -1 : a.job_name > b.job_name ? 1 : 0
+    );
   }
 
-  /** All registered nodes (live records: do not mutate). */
+  /** All registered nodes by worker id (live records: do not mutate); sorted like {@link jobs}. */
   nodes(): readonly NodeRecord[] {
-    return [...this.#nodes.values()];
+    return [...this.#nodes.values()].sort((a, b) =>
+      a.worker_id < b.worker_id ? -1 : a.worker_id > b.worker_id ? 1 : 0
+    );
   }
 
   /** The node record of a worker, if registered. */

@@ -27,7 +27,7 @@
  */
 import { inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
-import { Balancer, seededRandom } from "./balance.ts";
+import { Balancer, seededRandom, SharedRotation } from "./balance.ts";
 import { FlowTable } from "./flows.ts";
 import {
   ipv6Equal,
@@ -47,6 +47,7 @@ import { type Peer, PeerTable } from "./peers.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
+  CAP_LANES,
   CAP_PROBE,
   classify,
   decodeFast,
@@ -189,6 +190,10 @@ export interface EngineConfig {
   helloRefreshMs?: number;
   /** Measure RTT to every peer that can answer PROBEs, not only while the closest policy asks (false). */
   probeAllPeers?: boolean;
+  /** With several data-plane workers: this worker's index, echoed by control replies (see `lanes.ts`). */
+  laneTag?: number;
+  /** With several data-plane workers: the round-robin positions they share ({@link SharedRotation}). */
+  rotation?: SharedArrayBuffer;
 }
 
 /** Packet and byte counters. */
@@ -301,9 +306,10 @@ export class Engine {
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.peers = new PeerTable({
-      localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
+      localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
       probeAlways: cfg.probeAllPeers === true,
+      ...(cfg.laneTag !== undefined ? { laneTag: cfg.laneTag, jumboGaps: false } : {}),
     });
     this.balancer = new Balancer<number>({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
@@ -312,6 +318,7 @@ export class Engine {
       loadOf: (row) => this.flows.activeFlows(this.table.rowNsip4(row)),
       nsip4Of: (row) => this.table.rowNsip4(row),
       nodeOf: (row) => this.table.rowNode(row),
+      ...(cfg.rotation ? { shared: new SharedRotation(cfg.rotation) } : {}),
     });
     this.#idleMs = cfg.flowIdleMs ?? 300_000;
     this.#parkPerKey = cfg.parkPerKey ?? 32;

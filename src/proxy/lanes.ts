@@ -19,8 +19,10 @@
  * - on the tunnel's `SO_REUSEPORT` group, as a classic BPF program ({@link reuseportProgram}, data at
  *   the UDP payload) that finds the inner packet: a bare IP packet (raw mode), after the 8-byte FAST
  *   header, or after JUMBO chunk 0's 16 bytes. JUMBO chunks after the first carry no inner header:
- *   they go to lane 0 unless they arrive in the same datagram run as their chunk 0 (the sender's one
- *   GSO send per message, which the TUN's `gso_max_size` keeps to one send). Control replies come back
+ *   they are steered by the low 16 bits of the message id, which a sender puts the lane key in
+ *   towards peers that announce `CAP_LANES` (a datagram run the kernel delivers at once goes by its
+ *   first datagram; a JUMBO message may take two GSO sends, the second starting mid-message). An
+ *   older peer's tail chunks land on any worker and that message is lost. Control replies come back
  *   to the worker that asked: a HELLO_ACK by the low byte of its echoed nonce, a PROBE_REPLY by the
  *   low byte of its echoed sequence number (each worker puts its index there); other control
  *   datagrams (a peer's HELLO or PROBE) go to lane 0.
@@ -82,8 +84,9 @@ export function datagramLane(b: Uint8Array, o: number, len: number, lanes: numbe
   switch (t) {
     case 0x14: // FAST
       return len > 8 ? laneKey(b, o + 8, len - 8) % lanes : 0;
-    case 0x15: // JUMBO: only chunk 0 carries the inner header
-      return len > 16 && b[o + 1] === 0 ? laneKey(b, o + 16, len - 16) % lanes : 0;
+    case 0x15: // JUMBO: chunk 0 by its inner header, the others by the id's lane key (CAP_LANES)
+      if (b[o + 1] === 0) return len > 16 ? laneKey(b, o + 16, len - 16) % lanes : 0;
+      return len >= 8 ? ((b[o + 6] << 8) | b[o + 7]) % lanes : 0;
     case 0x11: // HELLO_ACK: the nonce's last byte
       return len >= 16 ? b[o + 15] % lanes : 0;
     case 0x13: // PROBE_REPLY: the sequence number's last byte
@@ -215,6 +218,7 @@ type CItem = CInsn | string | { c: number; k: number; t: string; f?: string } | 
 
 // Opcodes (linux/filter.h).
 const C_LD_B_ABS = 0x30;
+const C_LD_H_ABS = 0x28;
 const C_LD_B_IND = 0x50;
 const C_LD_H_IND = 0x48;
 const C_LD_MEM = 0x60;
@@ -297,7 +301,8 @@ export function reuseportProgram(lanes: number): Uint8Array<ArrayBuffer> {
     "jumbo",
     [C_LD_B_ABS, 0, 0, 1],
     { c: C_JEQ_K, k: 0, t: "jumbo0" },
-    ret0,
+    [C_LD_H_ABS, 0, 0, 6],
+    { ja: "modret" },
     "jumbo0",
     [C_LDX_IMM, 0, 0, 16],
     { ja: "inner" },

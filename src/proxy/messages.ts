@@ -59,6 +59,8 @@ export type ToWorker =
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }
   | { type: "flows"; id: number; limit: number }
+  /** Tests: end the packet loop with an error, as a crash would (the main isolate restarts the Worker). */
+  | { type: "crash" }
   | { type: "stop" };
 
 /** Worker → main. */

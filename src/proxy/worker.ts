@@ -18,6 +18,7 @@ import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 
 import { SpinPolicy } from "./spin.ts";
+import { laneKey } from "./lanes.ts";
 import { bufferAddress, libc } from "../../ffi/libc.ts";
 import {
   VNET_F_NEEDS_CSUM,
@@ -30,7 +31,7 @@ import {
 import { TranslationTable } from "../table/table.ts";
 import { compactHeap } from "../heap.ts";
 import { DROP_NAMES, Engine, type ParkedDatagram, Verdict } from "./engine.ts";
-import type { Peer } from "./peers.ts";
+import { advanceJumboId, jumboLaneId, type Peer } from "./peers.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import {
   Coalescer,
@@ -82,6 +83,7 @@ let tun: TunDevice | undefined;
 let udp: UdpSocket | undefined;
 let wake: EventFd | undefined;
 let stopping = false;
+let crash = false;
 let mtu = 1450;
 let spinMs = 0;
 // The TUN read buffer is one more slot of the send arena, and JUMBO reassembly happens in spare room
@@ -126,6 +128,9 @@ let segRaw: SegmentBatch[] = [];
 let segFast: SegmentBatch[] = [];
 const coalescer = new Coalescer({ maxPackets: 256, arenaBytes: 4 << 20 });
 let pending = 0;
+/** Lane key (lanes.ts) of each queued send entry, and of the packet being queued. */
+const sendKeys = new Int32Array(BATCH + 1);
+let curKey = 0;
 const gsoDrops = new Float64Array(GSO_ERROR_NAMES.length);
 const DROP_SEND = DROP_NAMES.indexOf("send_error");
 const DROP_TUN = DROP_NAMES.indexOf("tun_write_error");
@@ -186,6 +191,7 @@ function compactSend(from: number, n: number): void {
     send.dst4[j] = send.dst4[i];
     send.dst6.copyWithin(j * 16, i * 16, i * 16 + 16);
     send.dstPorts[j] = send.dstPorts[i];
+    sendKeys[j] = sendKeys[i];
   }
 }
 
@@ -255,6 +261,8 @@ function queueToPeer(len: number): void {
   if (pending > BATCH - 2) flushSend(); // a super-packet may need two entries
   const slot = pending;
   const peer = route.peer;
+  // The receiver steers each datagram to a worker by this key (lanes.ts): one send carries one key.
+  curKey = laneKey(tunBuf, VNET_HDR_LEN, len);
   if (peer?.jumbo === true && jumboShaped()) {
     jumboMeta.gsoType = vnet.gsoType;
     jumboMeta.gsoSize = vnet.gsoSize;
@@ -263,14 +271,16 @@ function queueToPeer(len: number): void {
     const dsize = FAST_HEADER_LEN + mtu;
     const at = slot * SEND_SLOT;
     const inPlace = scatteredInto === slot;
+    // Lane-tagged ids let the receiver steer chunks without an inner header (CAP_LANES).
+    const id = jumboLaneId(peer, curKey);
     const used = inPlace
-      ? placeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta)
-      : writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, peer.jumboSeq, jumboMeta);
+      ? placeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, id, jumboMeta)
+      : writeJumbo(send.data, TUN_AT + VNET_HDR_LEN, len, at, dsize, id, jumboMeta);
     if (inPlace && used > 0) jumboTxInPlace++;
     scatteredInto = -1;
     if (used > 0) {
       scatterReads = scatterIovs.length > 0;
-      peer.jumboSeq = (peer.jumboSeq + 1) >>> 0; // consecutive per peer: gaps show lost messages
+      advanceJumboId(peer, curKey);
       jumboTx++;
       queueRun(slot, 0, used, dsize, Math.ceil(used / dsize));
       return;
@@ -294,7 +304,10 @@ function queueToPeer(len: number): void {
     for (let k = 0; k < n; k++) encodeFastHeader(seg.buf, seg.offsets[k] - head, flags, cs, co);
   }
   const start = seg.offsets[0] - head;
-  if (n === 1 && slot > 0 && appendDatagram(slot - 1, slot * SEND_SLOT + start, seg.used - start)) return;
+  if (
+    n === 1 && slot > 0 && sendKeys[slot - 1] === curKey &&
+    appendDatagram(slot - 1, slot * SEND_SLOT + start, seg.used - start)
+  ) return;
   queueRun(slot, start, seg.used, segmenter.datagramSize, n);
 }
 
@@ -349,6 +362,7 @@ function queueRun(slot: number, start: number, end: number, dsize: number, n: nu
     send.offsets[i] = from;
     send.sizes[i] = to - from;
     send.segSizes[i] = to - from > dsize ? dsize : 0;
+    sendKeys[i] = curKey;
     if (route.family === 4) send.setDst4(i, route.addr4, route.port);
     else send.setDst6(i, route.addr6!, 0, route.port);
     pending++;
@@ -501,6 +515,7 @@ function sendControl(): void {
     send.offsets[i] = 0;
     send.segSizes[i] = 0;
     send.sizes[i] = m.bytes.length;
+    sendKeys[i] = -1;
     if (m.family === 4) send.setDst4(i, m.addr4, m.port);
     else send.setDst6(i, m.addr6!, 0, m.port);
     if (++pending === BATCH) flushSend();
@@ -629,6 +644,7 @@ async function loop(): Promise<void> {
   const spin = new SpinPolicy({ spinMs });
   const c = engine!.counters;
   while (!stopping) {
+    if (crash) throw new Error("data-plane worker crash requested");
     const t = performance.now();
     const spinning = spin.shouldSpin(t);
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
@@ -731,6 +747,9 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
       }
       case "stop":
         stopping = true;
+        break;
+      case "crash":
+        crash = true;
         break;
     }
   } catch (e) {

@@ -158,7 +158,7 @@ Deno.test({
             grams.push(wrap([0x14, 0, 0, 0, 0, 0, 0, 0], p)); // FAST
             grams.push(wrap([0x15, 0, 3, 1, 0, 0, 0, i, 0x01, 0, 0x05, 0xa8, 0, 20, 0, 16], p)); // JUMBO chunk 0
           }
-          grams.push(wrap([0x15, 2, 3, 1, 0, 0, 0, i], new Uint8Array(100))); // JUMBO chunk 2: lane 0
+          grams.push(wrap([0x15, 2, 3, 1, 0, 9, (sp + dp) >> 8 & 0xff, (sp + dp) & 0xff], new Uint8Array(100))); // JUMBO chunk 2: by id
           grams.push(
             fragmentIPv4(buildIPv4Udp({ src: a4, dst: b4, srcPort: sp, dstPort: dp, payload: 100 }), 48)[1],
           );

@@ -22,10 +22,11 @@
  *   they are steered by the low 16 bits of the message id, which a sender puts the lane key in
  *   towards peers that announce `CAP_LANES` (a datagram run the kernel delivers at once goes by its
  *   first datagram; a JUMBO message may take two GSO sends, the second starting mid-message). An
- *   older peer's tail chunks land on any worker and that message is lost. Control replies come back
- *   to the worker that asked: a HELLO_ACK by the low byte of its echoed nonce, a PROBE_REPLY by the
- *   low byte of its echoed sequence number (each worker puts its index there); other control
- *   datagrams (a peer's HELLO or PROBE) go to lane 0.
+ *   older peer's tail chunks land on any worker and that message is lost. Control datagrams go by
+ *   the last byte of the nonce (HELLO, HELLO_ACK) or sequence number (PROBE, PROBE_REPLY), where
+ *   each worker puts its index: a reply returns to the worker that asked, and a peer's worker k talks
+ *   to our worker k — with equal worker counts the one that carries the same flows (so a JUMBO
+ *   refusal reaches the worker sending them).
  *
  * @example
  * ```ts
@@ -87,9 +88,11 @@ export function datagramLane(b: Uint8Array, o: number, len: number, lanes: numbe
     case 0x15: // JUMBO: chunk 0 by its inner header, the others by the id's lane key (CAP_LANES)
       if (b[o + 1] === 0) return len > 16 ? laneKey(b, o + 16, len - 16) % lanes : 0;
       return len >= 8 ? ((b[o + 6] << 8) | b[o + 7]) % lanes : 0;
-    case 0x11: // HELLO_ACK: the nonce's last byte
+    case 0x10: // HELLO, HELLO_ACK: the nonce's last byte
+    case 0x11:
       return len >= 16 ? b[o + 15] % lanes : 0;
-    case 0x13: // PROBE_REPLY: the sequence number's last byte
+    case 0x12: // PROBE, PROBE_REPLY: the sequence number's last byte
+    case 0x13:
       return len >= 8 ? b[o + 7] % lanes : 0;
     default:
       return 0;
@@ -286,7 +289,9 @@ export function reuseportProgram(lanes: number): Uint8Array<ArrayBuffer> {
     [C_LD_B_ABS, 0, 0, 0],
     { c: C_JEQ_K, k: 0x14, t: "fast" },
     { c: C_JEQ_K, k: 0x15, t: "jumbo" },
+    { c: C_JEQ_K, k: 0x10, t: "ack" },
     { c: C_JEQ_K, k: 0x11, t: "ack" },
+    { c: C_JEQ_K, k: 0x12, t: "reply" },
     { c: C_JEQ_K, k: 0x13, t: "reply" },
     [C_RSH_K, 0, 0, 4],
     { c: C_JEQ_K, k: 4, t: "raw" },

@@ -1,7 +1,7 @@
 /**
  * Merges the counters of several data-plane Workers into one report: sums of the counters, drops
- * by reason, and per peer (by endpoint) the sums of its traffic with the best-informed view of its
- * state (FAST/JUMBO on if any worker has it on, the smallest RTT known).
+ * by reason, and per peer (by endpoint) the sums of its traffic with one view of its state (FAST or
+ * JUMBO on when every worker that knows the peer has it on; the smallest RTT known).
  *
  * @example
  * ```ts
@@ -50,8 +50,9 @@ function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
     ...(node !== undefined ? { node } : {}),
     ...(rttMs !== undefined ? { rttMs } : {}),
     ...(minRttMs !== undefined ? { minRttMs } : {}),
-    fast: a.fast || b.fast,
-    jumbo: a.jumbo || b.jumbo,
+    // A mode is on when every worker that knows the peer uses it (a refusal may reach one of them).
+    fast: !a.capsKnown ? b.fast : !b.capsKnown ? a.fast : a.fast && b.fast,
+    jumbo: !a.capsKnown ? b.jumbo : !b.capsKnown ? a.jumbo : a.jumbo && b.jumbo,
     jumboRefusals: a.jumboRefusals + b.jumboRefusals,
     capsKnown: a.capsKnown || b.capsKnown,
     txPackets: a.txPackets + b.txPackets,

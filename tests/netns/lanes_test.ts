@@ -171,7 +171,12 @@ Deno.test({
           grams.push(reply);
           const hello = new Uint8Array(19);
           hello.set([0x10, 1, 0x4e, 0x4d]);
+          hello[15] = i + 1;
           grams.push(hello);
+          const probe = new Uint8Array(16);
+          probe.set([0x12, 0, 0, 0, 0, 0, 0, i + 2]);
+          grams.push(probe);
+          grams.push(new Uint8Array([0x1f, 1, 2, 3])); // unknown control type: lane 0
         }
         const sb = new SendBatch(1, 2048);
         const rb = new RecvBatch(8, 2048);

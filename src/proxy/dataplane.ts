@@ -114,7 +114,10 @@ export class DataPlane {
   #stats: StatsData | undefined;
   readonly #peerWatch = new PeerWatch();
   #flowReq = 0;
-  readonly #flowWaiters = new Map<number, { parts: FlowInfo[][]; left: number; done: (f: FlowInfo[]) => void }>();
+  readonly #flowWaiters = new Map<
+    number,
+    { parts: FlowInfo[][]; left: number; done: (f: FlowInfo[]) => void }
+  >();
   readonly #resolving = new Set<string>();
   readonly #refusals = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
 
@@ -281,7 +284,10 @@ export class DataPlane {
           break;
         case "error":
           if (m.fatal) died(m.message);
-          else log.warn("data-plane worker could not handle a message", { worker: l.index, message: m.message });
+          else {log.warn("data-plane worker could not handle a message", {
+              worker: l.index,
+              message: m.message,
+            });}
           break;
       }
     };
@@ -302,6 +308,7 @@ export class DataPlane {
       busyPollUs: opts.busyPollUs ?? 0,
       engine: many ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation } : opts.engine,
       table,
+      ...(many ? { lane: l.index } : {}),
     }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
     await ready.promise;
   }

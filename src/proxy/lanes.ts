@@ -10,7 +10,7 @@
  * - ICMP / ICMPv6 echo request or reply: the echo identifier;
  * - anything else (fragments, other protocols, ICMP errors): 0.
  *
- * The lane is `key % workers`. The same function runs in three places, kept equal by tests through
+ * The lane is `laneHash(key) % workers` ({@link laneHash} mixes the bits). The same function runs in three places, kept equal by tests through
  * real traffic (`tests/netns/lanes_test.ts`):
  * - here, in TypeScript ({@link laneKey}, {@link datagramLane});
  * - on the multi-queue TUN, as an eBPF socket-filter program ({@link tunSteeringProgram}) the kernel
@@ -30,9 +30,9 @@
  *
  * @example
  * ```ts
- * import { datagramLane, laneKey } from "./lanes.ts";
+ * import { datagramLane, laneHash, laneKey } from "./lanes.ts";
  * const pkt = new Uint8Array(40); // an IPv4/TCP packet
- * const lane = laneKey(pkt, 0, pkt.length) % 4;
+ * const lane = laneHash(laneKey(pkt, 0, pkt.length)) % 4;
  * lane === datagramLane(pkt, 0, pkt.length, 4); // raw mode: the datagram is the packet
  * ```
  */
@@ -76,18 +76,32 @@ export function laneKey(b: Uint8Array, o: number, len: number): number {
   return 0;
 }
 
+/**
+ * Spreads lane keys over lanes: `(key × 0x9e3779b1 mod 2³²) >> 16`. The port sum alone would keep its
+ * parity, and Linux prefers even source ports for `connect()`, so every client flow to an even port
+ * would land on the same lane. 0 stays 0.
+ */
+export function laneHash(key: number): number {
+  return Math.imul(key, 0x9e3779b1) >>> 16;
+}
+
+/** The lane of an inner IP packet among `lanes`. */
+export function laneOf(b: Uint8Array, o: number, len: number, lanes: number): number {
+  return lanes <= 1 ? 0 : laneHash(laneKey(b, o, len)) % lanes;
+}
+
 /** The lane (0..lanes-1) of a tunnel datagram's UDP payload `b[o .. o+len)`, as the reuseport program picks it. */
 export function datagramLane(b: Uint8Array, o: number, len: number, lanes: number): number {
   if (lanes <= 1 || len < 1) return 0;
   const t = b[o];
   const hi = t >>> 4;
-  if (hi === 4 || hi === 6) return laneKey(b, o, len) % lanes;
+  if (hi === 4 || hi === 6) return laneOf(b, o, len, lanes);
   switch (t) {
     case 0x14: // FAST
-      return len > 8 ? laneKey(b, o + 8, len - 8) % lanes : 0;
+      return len > 8 ? laneOf(b, o + 8, len - 8, lanes) : 0;
     case 0x15: // JUMBO: chunk 0 by its inner header, the others by the id's lane key (CAP_LANES)
-      if (b[o + 1] === 0) return len > 16 ? laneKey(b, o + 16, len - 16) % lanes : 0;
-      return len >= 8 ? ((b[o + 6] << 8) | b[o + 7]) % lanes : 0;
+      if (b[o + 1] === 0) return len > 16 ? laneOf(b, o + 16, len - 16, lanes) : 0;
+      return len >= 8 ? laneHash((b[o + 6] << 8) | b[o + 7]) % lanes : 0;
     case 0x10: // HELLO, HELLO_ACK: the nonce's last byte
     case 0x11:
       return len >= 16 ? b[o + 15] % lanes : 0;
@@ -148,14 +162,17 @@ const E_LDABS_B = 0x30;
 const E_LDABS_H = 0x28;
 const E_LDIND_B = 0x50;
 const E_LDIND_H = 0x48;
+const E_MUL32_K = 0x24;
+const E_RSH32_K = 0x74;
 const E_JEQ_K = 0x15;
 const E_JSET_K = 0x45;
 const E_JA = 0x05;
 const E_EXIT = 0x95;
 
 /**
- * The TUN steering program (eBPF, `BPF_PROG_TYPE_SOCKET_FILTER`): returns {@link laneKey} of the
- * packet (the TUN's skb starts at the IP header); the kernel takes it modulo the queue count.
+ * The TUN steering program (eBPF, `BPF_PROG_TYPE_SOCKET_FILTER`): returns {@link laneHash} of the
+ * packet's {@link laneKey} (the TUN's skb starts at the IP header); the kernel takes it modulo the
+ * queue count.
  * Legacy packet loads (`LD_ABS`/`LD_IND`, skb in r6) end the program with 0 when out of bounds.
  */
 export function tunSteeringProgram(): Uint8Array<ArrayBuffer> {
@@ -197,7 +214,7 @@ export function tunSteeringProgram(): Uint8Array<ArrayBuffer> {
     ld(E_LDIND_H, R7, 2),
     [E_ADD64_X, R0, R9, 0, 0],
     [E_AND64_K, R0, 0, 0, 0xffff],
-    [E_EXIT, 0, 0, 0, 0],
+    { j: [E_JA, 0, 0], to: "mix" },
     "icmp4",
     ld(E_LDIND_B, R7, 0),
     { j: [E_JEQ_K, R0, 8], to: "echo" },
@@ -210,6 +227,9 @@ export function tunSteeringProgram(): Uint8Array<ArrayBuffer> {
     { j: [E_JA, 0, 0], to: "zero" },
     "echo",
     ld(E_LDIND_H, R7, 4),
+    "mix", // laneHash, in 32-bit ALU ops (upper half zeroed)
+    [E_MUL32_K, R0, 0, 0, 0x9e3779b1 | 0],
+    [E_RSH32_K, R0, 0, 0, 16],
     [E_EXIT, 0, 0, 0, 0],
   ]));
 }
@@ -236,6 +256,7 @@ const C_AND_K = 0x54;
 const C_LSH_K = 0x64;
 const C_RSH_K = 0x74;
 const C_MOD_K = 0x94;
+const C_MUL_K = 0x24;
 const C_JA = 0x05;
 const C_JEQ_K = 0x15;
 const C_JSET_K = 0x45;
@@ -299,10 +320,12 @@ export function reuseportProgram(lanes: number): Uint8Array<ArrayBuffer> {
     ret0,
     "ack",
     [C_LD_B_ABS, 0, 0, 15],
-    { ja: "modret" },
+    [C_MOD_K, 0, 0, lanes],
+    [C_RET_A, 0, 0, 0],
     "reply",
     [C_LD_B_ABS, 0, 0, 7],
-    { ja: "modret" },
+    [C_MOD_K, 0, 0, lanes],
+    [C_RET_A, 0, 0, 0],
     "jumbo",
     [C_LD_B_ABS, 0, 0, 1],
     { c: C_JEQ_K, k: 0, t: "jumbo0" },
@@ -369,7 +392,9 @@ export function reuseportProgram(lanes: number): Uint8Array<ArrayBuffer> {
     ret0,
     "echo",
     [C_LD_H_IND, 0, 0, 4],
-    "modret",
+    "modret", // laneHash, then the lane
+    [C_MUL_K, 0, 0, 0x9e3779b1],
+    [C_RSH_K, 0, 0, 16],
     [C_MOD_K, 0, 0, lanes],
     [C_RET_A, 0, 0, 0],
   ]);

@@ -15,7 +15,7 @@
 import type { StatsData } from "./messages.ts";
 import type { PeerStats } from "./peers.ts";
 
-type Summed = Exclude<keyof StatsData, "drops" | "peers" | "usedJobs" | "heap">;
+type Summed = Exclude<keyof StatsData, "drops" | "peers" | "usedJobs" | "heap" | "workers">;
 const SUMMED: Summed[] = [
   "tunRx",
   "tunRxBytes",
@@ -93,5 +93,6 @@ export function mergeStats(parts: readonly StatsData[]): StatsData {
   }
   out.peers = [...peers.values()];
   out.usedJobs = [...jobs];
+  out.workers = parts.map((p) => ({ tunRx: p.tunRx, udpRx: p.udpRx, flows: p.flows }));
   return out;
 }

@@ -37,6 +37,8 @@ export interface StatsData {
   usedJobs: string[];
   /** The Worker isolate's V8 heap (bytes): used, total (committed), external (typed arrays, …). */
   heap: { used: number; total: number; external: number };
+  /** In a merged report of several workers: each worker's packets from the TUN / tunnel and flows. */
+  workers?: Array<{ tunRx: number; udpRx: number; flows: number }>;
 }
 
 /** Main → Worker. */
@@ -54,6 +56,8 @@ export type ToWorker =
     busyPollUs: number;
     engine: EngineConfig;
     table: TableSnapshot;
+    /** With several workers: this worker's index; its thread runs on the index-th allowed CPU. */
+    lane?: number;
   }
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }

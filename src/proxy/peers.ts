@@ -62,6 +62,7 @@
 import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { nodeKey } from "../table/entry.ts";
 import { ipv6Equal, ipv6Key } from "./packet.ts";
+import { laneHash } from "./lanes.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
@@ -386,7 +387,7 @@ export class Peer {
 const V6_KEY_BASE = 2 ** 52;
 
 /**
- * Lane-tagged JUMBO ids (CAP_LANES) form this many sequences per peer, by lane key & 7: with a
+ * Lane-tagged JUMBO ids (CAP_LANES) form this many sequences per peer, by `laneHash(key) & 7`: with a
  * power-of-two worker count on both nodes one sender worker makes and one receiver worker sees each,
  * so gaps in one still mean lost messages.
  */
@@ -404,13 +405,13 @@ export interface JumboTrack {
 /** The id of the next JUMBO message to `peer` for a packet with lane key `key` ({@link advanceJumboId} uses it up). */
 export function jumboLaneId(peer: Peer, key: number): number {
   if (!peer.lanes) return peer.jumboSeq;
-  return ((peer.jumboLaneSeqs[key & (JUMBO_STREAMS - 1)] << 16) | (key & 0xffff)) >>> 0;
+  return ((peer.jumboLaneSeqs[laneHash(key) & (JUMBO_STREAMS - 1)] << 16) | (key & 0xffff)) >>> 0;
 }
 
 /** Moves on to the next id after a JUMBO message with lane key `key` went out (consecutive: gaps show losses). */
 export function advanceJumboId(peer: Peer, key: number): void {
   if (!peer.lanes) peer.jumboSeq = (peer.jumboSeq + 1) >>> 0;
-  else peer.jumboLaneSeqs[key & (JUMBO_STREAMS - 1)]++; // (a Uint16Array wraps)
+  else peer.jumboLaneSeqs[laneHash(key) & (JUMBO_STREAMS - 1)]++; // (a Uint16Array wraps)
 }
 
 /** How far ahead of a peer's latest JUMBO message id an id counts (see PeerTable.noteJumboId). */
@@ -656,7 +657,14 @@ export class PeerTable {
         jumboCand: 0,
         jumboCandRun: 0,
       }));
-      return this.#track(peer, streams[id & (JUMBO_STREAMS - 1)], id >>> 16, 0xffff, completed, now);
+      return this.#track(
+        peer,
+        streams[laneHash(id & 0xffff) & (JUMBO_STREAMS - 1)],
+        id >>> 16,
+        0xffff,
+        completed,
+        now,
+      );
     }
     if (!this.#jumboGaps) {
       // Our workers each see a part of this peer's one sequence: only an incomplete message is lost.

@@ -19,6 +19,7 @@ import { EventFd } from "../../ffi/eventfd.ts";
 
 import { SpinPolicy } from "./spin.ts";
 import { laneKey } from "./lanes.ts";
+import { allowedCpus, pinThread } from "../../ffi/cpu.ts";
 import { bufferAddress, libc } from "../../ffi/libc.ts";
 import {
   VNET_F_NEEDS_CSUM,
@@ -719,6 +720,11 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         );
         tun.setNonBlocking(true);
         udp.setNonBlocking(true);
+        if (m.lane !== undefined) {
+          // One core per worker: a flow's packets enter the kernel on one CPU, so they stay in order.
+          const cpus = allowedCpus();
+          pinThread(cpus[m.lane % cpus.length]);
+        }
         // Building a large table grew this isolate's young generation: give it back before the loop
         // (a small table is not worth loading the GC hook for).
         (engine.table.size >= COMPACT_AFTER ? compactHeap() : Promise.resolve(false)).finally(() => {

@@ -1,6 +1,6 @@
 /**
  * The lane function in its three forms agrees through real traffic: the eBPF TUN steering program
- * (kernel traffic into a 3-queue TUN lands on queue `laneKey % 3`), the classic BPF reuseport program
+ * (kernel traffic into a 3-queue TUN lands on queue `laneOf(…, 3)`), the classic BPF reuseport program
  * (crafted raw/FAST/JUMBO/control datagrams land on socket `datagramLane(…, 3)`), and the TypeScript
  * functions that compute both. Without the programs the kernel spreads by its own hash, and the
  * assertions fail (checked: the TUN test finds packets off their lane when steering is detached).
@@ -10,7 +10,7 @@ import { libc } from "../../ffi/libc.ts";
 import { openTun, type TunDevice } from "../../ffi/tun.ts";
 import { openUdp, RecvBatch, SendBatch, type UdpSocket } from "../../ffi/udp.ts";
 import { attachReuseportCbpf, loadSocketFilter, setTunSteering } from "../../ffi/bpf.ts";
-import { datagramLane, laneKey, reuseportProgram, tunSteeringProgram } from "../../src/proxy/lanes.ts";
+import { datagramLane, laneOf, reuseportProgram, tunSteeringProgram } from "../../src/proxy/lanes.ts";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, createNs, inNs, isRoot, sh } from "../helpers/netns.ts";
 import {
@@ -83,7 +83,7 @@ async function tunQueues(steer: boolean): Promise<{ total: number; off: number; 
         if (n <= 0) break;
         total++;
         used.add(q);
-        if (laneKey(buf, 0, n) % LANES !== q) off++;
+        if (laneOf(buf, 0, n, LANES) !== q) off++;
       }
     }
     return { total, off, used };
@@ -158,7 +158,9 @@ Deno.test({
             grams.push(wrap([0x14, 0, 0, 0, 0, 0, 0, 0], p)); // FAST
             grams.push(wrap([0x15, 0, 3, 1, 0, 0, 0, i, 0x01, 0, 0x05, 0xa8, 0, 20, 0, 16], p)); // JUMBO chunk 0
           }
-          grams.push(wrap([0x15, 2, 3, 1, 0, 9, (sp + dp) >> 8 & 0xff, (sp + dp) & 0xff], new Uint8Array(100))); // JUMBO chunk 2: by id
+          grams.push(
+            wrap([0x15, 2, 3, 1, 0, 9, (sp + dp) >> 8 & 0xff, (sp + dp) & 0xff], new Uint8Array(100)),
+          ); // JUMBO chunk 2: by id
           grams.push(
             fragmentIPv4(buildIPv4Udp({ src: a4, dst: b4, srcPort: sp, dstPort: dp, payload: 100 }), 48)[1],
           );

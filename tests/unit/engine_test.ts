@@ -89,7 +89,7 @@ Deno.test("engine: a flow stays on its instance; the reply is restored to the di
   const out = buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5555, dstPort: 53, payload: 20 });
   assertEquals(e.egress(out, 0, out.length, 1), Verdict.TO_PEER);
   const target = parsed(out).dst4;
-  const route = e.out!;
+  const route = e.result.route!;
   for (let k = 0; k < 5; k++) {
     const again = buildIPv4Udp({
       src: "10.18.0.66",
@@ -231,7 +231,7 @@ Deno.test("engine: a stranger becomes a peer when the resolved job names its add
   assertEquals(back.length, 1);
   const d = back[0];
   assertEquals(e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, 3), Verdict.TO_TUN);
-  assertEquals(e.deliver(d.bytes, e.pktOff, e.pktLen, false), Verdict.TO_TUN);
+  assertEquals(e.deliver(d.bytes, e.result.off, e.result.len, false), Verdict.TO_TUN);
 });
 
 Deno.test("engine: a new public address makes the entries naming it local", () => {

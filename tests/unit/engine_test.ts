@@ -347,3 +347,17 @@ Deno.test("engine: stranger state is bounded — per underlay source, in keys, i
     Verdict.PARKED,
   );
 });
+
+Deno.test("engine: /0 ranges hold every address (instance subnet on ingress, ServiceIP range for strangers)", () => {
+  const wide = { ...CFG, subnet4: parsePrefix4("0.0.0.0/0"), service4: parsePrefix4("0.0.0.0/0") };
+  const e = new Engine(wide, table());
+  // Ingress from a known peer to a local instance: inside a /0 subnet.
+  const p = buildIPv4Tcp({ src: "10.30.0.2", dst: "10.18.0.66", srcPort: 80, dstPort: 999, payload: 10 });
+  assertEquals(e.ingress(p, 0, p.length, 4, ip4("192.0.2.2"), undefined, 50103, 1), Verdict.TO_TUN);
+  // A stranger's packet whose inner source is in a /0 ServiceIP range is parked for resolution.
+  const q = buildIPv4Udp({ src: "172.16.0.5", dst: "10.18.0.66", srcPort: 5, dstPort: 6, payload: 3 });
+  assertEquals(e.receive(q, 0, q.length, 4, ip4("192.0.2.99"), undefined, 50103, 2), Verdict.PARKED);
+  // And egress: any destination is a ServiceIP.
+  const r = buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5, dstPort: 6, payload: 3 });
+  assert(e.egress(r, 0, r.length, 3) !== Verdict.DROP);
+});

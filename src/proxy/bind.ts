@@ -17,7 +17,7 @@
  * import { Counters } from "./engine.ts";
  * import { PeerTable } from "./peers.ts";
  * import { openUdp } from "../../ffi/udp.ts";
- * const sock = openUdp({ family: 4, port: 0, address: "127.0.0.1" });
+ * const sock = openUdp({ family: 4, port: 0, bindAddr: "127.0.0.1" });
  * const bind = new UdpBind(sock, { mtu: 1450, counters: new Counters(), peers: new PeerTable({ localCaps: 0 }) });
  * while (bind.recv() > 0) while (bind.next()) console.log(bind.len, bind.port);
  * ```
@@ -25,11 +25,23 @@
  */
 import { RecvBatch, SendBatch, UDP_MAX_SEGMENTS, type UdpSocket } from "../../ffi/udp.ts";
 import { bufferAddress } from "../../ffi/libc.ts";
-import { VNET_F_NEEDS_CSUM, VNET_GSO_ECN, VNET_GSO_TCPV4, VNET_GSO_TCPV6, VNET_HDR_LEN } from "../../ffi/vnet.ts";
+import {
+  VNET_F_NEEDS_CSUM,
+  VNET_GSO_ECN,
+  VNET_GSO_TCPV4,
+  VNET_GSO_TCPV6,
+  VNET_HDR_LEN,
+} from "../../ffi/vnet.ts";
 import { type Counters, Drop, type PacketResult } from "./engine.ts";
 import type { Peer, PeerTable } from "./peers.ts";
 import { GSO_ERROR_NAMES, SegmentBatch, Segmenter } from "./offload.ts";
-import { encodeFastHeader, FAST_F_NEEDS_CSUM, FAST_HEADER_LEN, JUMBO_META_LEN, JUMBO_TAG_LEN } from "./wire.ts";
+import {
+  encodeFastHeader,
+  FAST_F_NEEDS_CSUM,
+  FAST_HEADER_LEN,
+  JUMBO_META_LEN,
+  JUMBO_TAG_LEN,
+} from "./wire.ts";
 import {
   JUMBO_MAX_PACKET,
   JumboAssembler,
@@ -264,7 +276,9 @@ export class UdpBind implements BindSeam, ScatterTarget {
       for (let k = 0; k < n; k++) encodeFastHeader(seg.buf, seg.offsets[k] - head, flags, cs, co);
     }
     const start = seg.offsets[0] - head;
-    if (n === 1 && slot > 0 && this.#append(slot - 1, slot * SEND_SLOT + start, seg.used - start, res)) return;
+    if (n === 1 && slot > 0 && this.#append(slot - 1, slot * SEND_SLOT + start, seg.used - start, res)) {
+      return;
+    }
     this.#queueRun(slot, start, seg.used, sg.datagramSize, n, res);
   }
 
@@ -328,7 +342,13 @@ export class UdpBind implements BindSeam, ScatterTarget {
     if (this.#pending >= this.batchSize) this.flush();
   }
 
-  sendRaw(bytes: Uint8Array, family: 4 | 6, addr4: number, addr6: Uint8Array | undefined, port: number): void {
+  sendRaw(
+    bytes: Uint8Array,
+    family: 4 | 6,
+    addr4: number,
+    addr6: Uint8Array | undefined,
+    port: number,
+  ): void {
     const send = this.#send;
     const i = this.#pending;
     send.bufs[i].set(bytes);

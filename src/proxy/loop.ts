@@ -24,7 +24,7 @@
  * @module
  */
 import { VNET_F_NEEDS_CSUM } from "../../ffi/vnet.ts";
-import { DROP_NAMES, type Engine, type ParkedDatagram, PacketResult, Verdict } from "./engine.ts";
+import { DROP_NAMES, type Engine, PacketResult, type ParkedDatagram, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { BindSeam, TunSeam } from "./seams.ts";
 
@@ -96,7 +96,17 @@ export class PacketLoop {
       if (c <= 0) break;
       while (bind.next()) {
         count++;
-        const v = e.receive(bind.buf, bind.off, bind.len, bind.family, bind.addr4, bind.addr6, bind.port, now, res);
+        const v = e.receive(
+          bind.buf,
+          bind.off,
+          bind.len,
+          bind.family,
+          bind.addr4,
+          bind.addr6,
+          bind.port,
+          now,
+          res,
+        );
         if (v === Verdict.JUMBO) {
           if (bind.reassemble(res.peer!, now) && tun.writeAssembled(bind.assembled)) this.jumboRx++;
         } else if (v === Verdict.TO_TUN) {
@@ -184,7 +194,10 @@ export class PacketLoop {
     const res = this.#res;
     const now = performance.now();
     for (const d of items) {
-      if (e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, now, res) === Verdict.TO_TUN) {
+      if (
+        e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, now, res) ===
+          Verdict.TO_TUN
+      ) {
         this.tun.writeOne(d.bytes, res.off, res.len, res.csumStart, res.csumOffset);
       }
     }

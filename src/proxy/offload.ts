@@ -28,8 +28,13 @@
  *
  * @example
  * ```ts
+ * import { SegmentBatch, Segmenter } from "./offload.ts";
+ * import { VNET_HDR_LEN, VnetHdr } from "../../ffi/vnet.ts";
  * const seg = new Segmenter();
  * const batch = new SegmentBatch({ mtu: 1400, headroom: 4, capacity: 64, packed: true });
+ * const readBuf = new Uint8Array(VNET_HDR_LEN + 65535); // a TUN read: virtio header + super-packet
+ * const nread = 1500;
+ * const drops = new Float64Array(16);
  * const hdr = new VnetHdr().decode(readBuf, 0);
  * const n = seg.segment(readBuf, VNET_HDR_LEN, nread - VNET_HDR_LEN, hdr, "partial", batch);
  * if (n < 0) drops[-n]++;
@@ -294,8 +299,14 @@ export class SegmentBatch {
  *
  * @example
  * ```ts
- * const n = seg.segment(buf, 10, len - 10, hdr.decode(buf, 0), "full", batch);
- * for (let i = seg.first; i < seg.first + n; i++) send(batch.buf, batch.offsets[i], batch.lengths[i]);
+ * import { SegmentBatch, Segmenter } from "./offload.ts";
+ * import { VnetHdr } from "../../ffi/vnet.ts";
+ * const seg = new Segmenter();
+ * const batch = new SegmentBatch({ mtu: 1400, headroom: 0, capacity: 64, packed: true });
+ * const buf = new Uint8Array(10 + 1500); // virtio header + packet, as read from the TUN
+ * const len = buf.length;
+ * const n = seg.segment(buf, 10, len - 10, new VnetHdr().decode(buf, 0), "full", batch);
+ * for (let i = seg.first; i < seg.first + n; i++) console.log(batch.offsets[i], batch.lengths[i]);
  * ```
  */
 export class Segmenter {
@@ -575,12 +586,22 @@ export interface CoalescerOptions {
  *
  * @example
  * ```ts
+ * import { Coalescer, CoalesceResult } from "./offload.ts";
  * const gro = new Coalescer({ maxPackets: 128 });
- * for (const [buf, off, len, partial] of received) {
- *   if (gro.add(buf, off, len, partial ? 20 : -1, 16) === CoalesceResult.FULL) { flush(gro); gro.add(...); }
+ * const received: Uint8Array[] = []; // IP packets from the tunnel, complete checksums
+ * const write = (bytes: Uint8Array) => console.log(bytes.length); // a TUN write
+ * const flush = () => {
+ *   const n = gro.finish();
+ *   for (let i = 0; i < n; i++) write(gro.arena.subarray(gro.offsets[i], gro.offsets[i] + gro.lengths[i]));
+ *   gro.reset();
+ * };
+ * for (const p of received) {
+ *   if (gro.add(p, 0, p.length) === CoalesceResult.FULL) {
+ *     flush();
+ *     gro.add(p, 0, p.length);
+ *   }
  * }
- * const n = gro.finish();
- * for (let i = 0; i < n; i++) tun.write(gro.arena, gro.offsets[i], gro.lengths[i]);
+ * flush();
  * ```
  */
 export class Coalescer {

@@ -140,7 +140,13 @@ export class VnetTun implements TunSeam {
     if (!this.scattered) return;
     const sc = this.#scatter!;
     const b = this.buf;
-    gatherJumbo(sc.sendArena, b.byteOffset + VNET_HDR_LEN, this.#len, sc.scatterBase(), FAST_HEADER_LEN + this.#mtu);
+    gatherJumbo(
+      sc.sendArena,
+      b.byteOffset + VNET_HDR_LEN,
+      this.#len,
+      sc.scatterBase(),
+      FAST_HEADER_LEN + this.#mtu,
+    );
     this.scattered = false;
     sc.gathered();
   }

@@ -43,7 +43,9 @@ Deno.test("ipv4 masks and prefixes", () => {
 
 Deno.test("inPrefix4: /0 holds every address, /32 exactly one (a shift by 32 is a shift by 0 in JS)", () => {
   const all = parsePrefix4("0.0.0.0/0");
-  for (const a of ["0.0.0.0", "10.30.0.1", "192.0.2.1", "255.255.255.255"]) assert(inPrefix4(all, parseIPv4(a)), a);
+  for (const a of ["0.0.0.0", "10.30.0.1", "192.0.2.1", "255.255.255.255"]) {
+    assert(inPrefix4(all, parseIPv4(a)), a);
+  }
   const one = parsePrefix4("10.30.0.1/32");
   assert(inPrefix4(one, parseIPv4("10.30.0.1")));
   assert(!inPrefix4(one, parseIPv4("10.30.0.0")));

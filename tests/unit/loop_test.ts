@@ -81,7 +81,10 @@ function node(self: string, subnet: string, wire: MemoryWire, t: TranslationTabl
 
 function pair(fast = false, tableA = tableOf([CLI, WEB])): [Node, Node] {
   const [wa, wb] = MemoryWire.pair(ip4(A), ip4(B));
-  return [node(A, "10.18.0.64/26", wa, tableA, fast), node(B, "10.18.0.128/26", wb, tableOf([CLI, WEB]), fast)];
+  return [
+    node(A, "10.18.0.64/26", wa, tableA, fast),
+    node(B, "10.18.0.128/26", wb, tableOf([CLI, WEB]), fast),
+  ];
 }
 
 const info = new PacketInfo();
@@ -93,7 +96,9 @@ function parsed(p: Uint8Array): PacketInfo {
 Deno.test("loop: a batch read from the TUN goes to the peer in GSO runs and into its TUN translated", () => {
   const [a, b] = pair();
   for (let k = 0; k < 5; k++) {
-    a.tun.push(buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5000, dstPort: 53, payload: 100 + k }));
+    a.tun.push(
+      buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5000, dstPort: 53, payload: 100 + k }),
+    );
   }
   assertEquals(a.loop.drainTun(1), 5);
   assertEquals(a.wire.sent.length, 5, "five datagrams on the wire");
@@ -109,7 +114,9 @@ Deno.test("loop: a batch read from the TUN goes to the peer in GSO runs and into
   });
   // Equal sizes to one peer are appended into one GSO entry.
   for (let k = 0; k < 4; k++) {
-    a.tun.push(buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5000, dstPort: 53, payload: 64 }));
+    a.tun.push(
+      buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5000, dstPort: 53, payload: 64 }),
+    );
   }
   a.loop.drainTun(3);
   assertEquals(a.wire.gsoEntries, 1);
@@ -124,7 +131,9 @@ Deno.test("loop: ingress of a reply gets the dialled ServiceIP back as its sourc
   a.loop.drainTun(1);
   b.loop.drainBind(1);
   // The server answers the client's InstanceIP; B sends it to A, A restores the RR ServiceIP.
-  b.tun.push(buildIPv4Tcp({ src: "10.18.0.130", dst: "10.30.0.10", srcPort: 80, dstPort: 40000, payload: 20 }));
+  b.tun.push(
+    buildIPv4Tcp({ src: "10.18.0.130", dst: "10.30.0.10", srcPort: 80, dstPort: 40000, payload: 20 }),
+  );
   b.loop.drainTun(2);
   assertEquals(a.loop.drainBind(3), 1);
   assertEquals(a.tun.written.length, 1);
@@ -192,12 +201,18 @@ Deno.test("loop: a TCP super-packet crosses as one JUMBO message and is written 
     partial: true,
     tcpFlags: 0x18,
   });
-  a.tun.push(pkt, { flags: VNET_F_NEEDS_CSUM, gsoType: VNET_GSO_TCPV4, gsoSize: 1348, csumStart: 20, csumOffset: 16 });
+  a.tun.push(pkt, {
+    flags: VNET_F_NEEDS_CSUM,
+    gsoType: VNET_GSO_TCPV4,
+    gsoSize: 1348,
+    csumStart: 20,
+    csumOffset: 16,
+  });
   const sentBefore = a.wire.sent.length;
   a.loop.drainTun(4000);
   const chunks = a.wire.sent.length - sentBefore;
   assertEquals(a.bind.jumboTx, 1);
-  assert(chunks === Math.ceil((pkt.length + 8) / (MTU)), `chunks ${chunks}`);
+  assert(chunks === Math.ceil((pkt.length + 8) / MTU), `chunks ${chunks}`);
   assert(a.wire.sent.slice(sentBefore).every((d) => d.size <= 8 + MTU), "chunks fit the FAST datagram size");
   b.loop.drainBind(4001);
   assertEquals(b.loop.jumboRx, 1);

@@ -1,8 +1,8 @@
 /**
  * The packet-path logic of the ProxyTUN (reference §5.3–§5.6), pure: bytes in, bytes rewritten in
- * place, a verdict out. The Worker (`worker.ts`) owns the devices and batches and calls
- * {@link Engine.egress} for packets read from the TUN and {@link Engine.ingress} for datagrams read
- * from the tunnel socket.
+ * place, a verdict out. The packet loop (`loop.ts`) moves packets between the two seams and calls
+ * {@link Engine.egress} for packets read from the TUN and {@link Engine.receive} / {@link
+ * Engine.deliver} for datagrams read from the tunnel.
  *
  * Egress (an instance sent a packet to a ServiceIP; the kernel routed it into the TUN):
  * - the sender must be a local instance known to the table (its namespace IP); its Instance IP
@@ -577,7 +577,7 @@ export class Engine {
 
   /**
    * Processes a datagram from the tunnel socket: {@link receive} then {@link deliver}. For single
-   * packets only: a JUMBO chunk needs the worker's reassembly and is dropped here.
+   * packets only: a JUMBO chunk needs the bind's reassembly and is dropped here.
    */
   ingress(
     buf: Uint8Array,

@@ -1,14 +1,16 @@
 /**
  * In-memory implementations of the data plane's seams, for unit tests of the packet loop without
  * root: {@link MemoryTun} is a TUN side (packets in with their offload metadata, packets out as
- * written), {@link MemoryWire} an in-memory UDP socket pair under the real bind (so segmentation,
- * GSO runs, GRO splitting and JUMBO chunking/reassembly are the real code).
+ * written), {@link MemoryBind} a tunnel side without offloads, and {@link MemoryWire} an in-memory
+ * UDP socket pair under the real bind (so segmentation, GSO runs, GRO splitting and JUMBO
+ * chunking/reassembly are the real code).
  */
 import { VNET_HDR_LEN, VnetHdr } from "../../ffi/vnet.ts";
 import type { RecvBatch, SendBatch } from "../../ffi/udp.ts";
-import { Verdict } from "../../src/proxy/engine.ts";
+import { type PacketResult, Verdict } from "../../src/proxy/engine.ts";
 import type { DatagramSocket } from "../../src/proxy/bind.ts";
-import type { AssembledPacket, Deliverer, TunSeam } from "../../src/proxy/seams.ts";
+import type { Peer } from "../../src/proxy/peers.ts";
+import type { AssembledPacket, BindSeam, Deliverer, TunSeam } from "../../src/proxy/seams.ts";
 
 /** A packet the loop wrote into the (memory) TUN. */
 export interface Written {
@@ -196,4 +198,91 @@ export class MemoryWire implements DatagramSocket {
   waitWritable(_timeoutMs: number): number {
     return 1;
   }
+}
+
+/**
+ * A tunnel side in memory that implements the bind seam itself (no offloads: one raw datagram per
+ * packet, no JUMBO): shows the loop needs nothing but the seam interfaces.
+ */
+export class MemoryBind implements BindSeam {
+  readonly fd = -1;
+  readonly batchSize = 32;
+  readonly jumboTx = 0;
+  readonly jumboTxInPlace = 0;
+  readonly addr4Self: number;
+  peer: MemoryBind | undefined;
+  readonly inbox: Datagram[] = [];
+  /** Datagrams flushed, in order. */
+  readonly sent: { bytes: Uint8Array; dst4: number; port: number }[] = [];
+  #queue: { bytes: Uint8Array; dst4: number; port: number }[] = [];
+  #batch: Datagram[] = [];
+  #i = -1;
+  buf: Uint8Array = new Uint8Array(0);
+  off = 0;
+  len = 0;
+  readonly family = 4;
+  addr4 = 0;
+  readonly addr6 = undefined;
+  port = 0;
+  readonly assembled: AssembledPacket = {
+    data: new Uint8Array(0),
+    offset: 0,
+    length: 0,
+    meta: { gsoType: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 },
+    parts: 0,
+    partOffsets: new Int32Array(0),
+    partLengths: new Int32Array(0),
+  };
+
+  constructor(addr4: number) {
+    this.addr4Self = addr4;
+  }
+
+  send(pkt: TunSeam, len: number, res: PacketResult): void {
+    const r = res.route!;
+    this.#queue.push({ bytes: pkt.buf.slice(pkt.off, pkt.off + len), dst4: r.addr4, port: r.port });
+  }
+
+  sendRaw(
+    bytes: Uint8Array,
+    _family: 4 | 6,
+    addr4: number,
+    _addr6: Uint8Array | undefined,
+    port: number,
+  ): void {
+    this.#queue.push({ bytes: bytes.slice(), dst4: addr4, port });
+  }
+
+  flush(): void {
+    for (const d of this.#queue) {
+      this.sent.push(d);
+      if (this.peer && d.dst4 === this.peer.addr4Self) {
+        this.peer.inbox.push({ bytes: d.bytes, src4: this.addr4Self, port: d.port });
+      }
+    }
+    this.#queue = [];
+  }
+
+  recv(): number {
+    this.#batch = this.inbox.splice(0, this.batchSize);
+    this.#i = -1;
+    return this.#batch.length;
+  }
+
+  next(): boolean {
+    const d = this.#batch[++this.#i];
+    if (d === undefined) return false;
+    this.buf = d.bytes;
+    this.off = 0;
+    this.len = d.bytes.length;
+    this.addr4 = d.src4;
+    this.port = d.port;
+    return true;
+  }
+
+  reassemble(_peer: Peer, _now: number): boolean {
+    return false;
+  }
+
+  addDrops(_drops: Record<string, number>): void {}
 }

@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { buildIPv4Tcp, buildIPv4Udp, ip4 } from "../helpers/packets.ts";
-import { MemoryTun, MemoryWire } from "../helpers/memory_seams.ts";
+import { MemoryBind, MemoryTun, MemoryWire } from "../helpers/memory_seams.ts";
 import { Engine, type EngineConfig } from "../../src/proxy/engine.ts";
 import { PacketLoop } from "../../src/proxy/loop.ts";
 import { UdpBind } from "../../src/proxy/bind.ts";
@@ -228,4 +228,30 @@ Deno.test("loop: a TCP super-packet crosses as one JUMBO message and is written 
   const s = b.loop.stats();
   assertEquals([s.jumboRx, a.loop.stats().jumboTx], [1, 1]);
   assertEquals(s.drops, {});
+});
+
+Deno.test("loop: runs on any implementation of the seams (in-memory TUN and bind, no offloads)", () => {
+  const ends = [new MemoryBind(ip4(A)), new MemoryBind(ip4(B))];
+  ends[0].peer = ends[1];
+  ends[1].peer = ends[0];
+  const nodes = [A, B].map((self, k) => {
+    const engine = new Engine({
+      selfIp: self,
+      selfPort: 50103,
+      service4: parsePrefix4("10.30.0.0/16"),
+      service6: parsePrefix6("fdff::/16"),
+      subnet4: parsePrefix4(k === 0 ? "10.18.0.64/26" : "10.18.0.128/26"),
+      subnet6: parsePrefix6("fc00::/64"),
+    }, tableOf([CLI, WEB]));
+    const tun = new MemoryTun(engine);
+    return { engine, tun, loop: new PacketLoop(engine, tun, ends[k], () => {}) };
+  });
+  for (let k = 0; k < 3; k++) {
+    nodes[0].tun.push(buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 9000 + k, dstPort: 53 }));
+  }
+  nodes[0].loop.drainTun(1);
+  assertEquals(ends[0].sent.length, 3);
+  assertEquals(nodes[1].loop.drainBind(2), 3);
+  assertEquals(nodes[1].tun.written.map((w) => parsed(w.bytes).dst4), Array(3).fill(ip4("10.18.0.130")));
+  assertEquals(nodes[1].loop.stats().udpRx, 3);
 });

@@ -11,6 +11,11 @@
  * unit tests drive the loop with in-memory ones. An encrypted tunnel would be a layer on a bind, a
  * kernel fast path another implementation of both.
  *
+ * Batches: a TUN read(2) returns one packet (with TSO a super-packet of up to 64 KB: the batch is
+ * inside it), so the loop drains the TUN packet by packet into the bind's send batch (one
+ * `sendmmsg` per batch); the bind receives `recvmmsg` batches of GRO runs; the TUN side batches its
+ * writes by coalescing.
+ *
  * Hot-path rule for implementations: no per-packet allocation; results go into fields that are
  * read right after the call (the next call overwrites them).
  *

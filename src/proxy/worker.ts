@@ -149,7 +149,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         stopping = true;
         break;
       default:
-        dp?.loop.handle(m);
+        if (dp) dp.loop.handle(m);
+        else if (m.type === "flows") post({ type: "flows", id: m.id, flows: [] }); // before init: none
     }
   } catch (e) {
     // A failed init is fatal; any other message that fails leaves the loop running.

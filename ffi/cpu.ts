@@ -18,7 +18,9 @@ const SET_BYTES = 128; // cpu_set_t: 1024 CPUs
 /** The CPUs the calling thread may run on, in ascending order. */
 export function allowedCpus(): number[] {
   const set = new Uint8Array(SET_BYTES);
-  if (libc.sched_getaffinity(0, BigInt(SET_BYTES), set) < 0) throw new SyscallError("sched_getaffinity", errno());
+  if (libc.sched_getaffinity(0, BigInt(SET_BYTES), set) < 0) {
+    throw new SyscallError("sched_getaffinity", errno());
+  }
   const out: number[] = [];
   for (let i = 0; i < SET_BYTES * 8; i++) if (set[i >> 3] & (1 << (i & 7))) out.push(i);
   return out;

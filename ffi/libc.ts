@@ -48,8 +48,6 @@ const SYMBOLS = {
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   getpid: { parameters: [], result: "i32" },
   sched_yield: { parameters: [], result: "i32" },
-  sched_getaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
-  sched_setaffinity: { parameters: ["i32", "usize", "buffer"], result: "i32" },
   gettid: { parameters: [], result: "i32" },
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
   eventfd: { parameters: ["u32", "i32"], result: "i32" },

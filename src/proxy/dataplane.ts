@@ -308,7 +308,6 @@ export class DataPlane {
       busyPollUs: opts.busyPollUs ?? 0,
       engine: many ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation } : opts.engine,
       table,
-      ...(many ? { lane: l.index } : {}),
     }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
     await ready.promise;
   }

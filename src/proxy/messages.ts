@@ -56,8 +56,6 @@ export type ToWorker =
     busyPollUs: number;
     engine: EngineConfig;
     table: TableSnapshot;
-    /** With several workers: this worker's index; its thread runs on the index-th allowed CPU. */
-    lane?: number;
   }
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }

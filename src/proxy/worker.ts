@@ -10,7 +10,6 @@ import { udpFromInfo } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
-import { allowedCpus, pinThread } from "../../ffi/cpu.ts";
 import { SpinPolicy } from "./spin.ts";
 import { TranslationTable } from "../table/table.ts";
 import { compactHeap } from "../heap.ts";
@@ -126,11 +125,6 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         const sock = udpFromInfo(m.udp);
         dev.setNonBlocking(true);
         sock.setNonBlocking(true);
-        if (m.lane !== undefined) {
-          // One core per worker: a flow's packets enter the kernel on one CPU, so they stay in order.
-          const cpus = allowedCpus();
-          pinThread(cpus[m.lane % cpus.length]);
-        }
         const bind = new UdpBind(sock, { mtu: m.mtu, counters: engine.counters, peers: engine.peers });
         const tun = new VnetTun(dev, {
           mtu: m.mtu,

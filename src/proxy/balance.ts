@@ -18,6 +18,9 @@
  *
  * @example
  * ```ts
+ * import { Balancer, seededRandom } from "./balance.ts";
+ * import type { TranslationTable } from "../table/table.ts";
+ * declare const rtt: Map<string, number>, table: TranslationTable, dst: number;
  * const b = new Balancer({ random: seededRandom(7), rttOf: (node) => rtt.get(node) });
  * const group = table.service4(dst);
  * const chosen = group && b.choose(group); // a TableEntry

@@ -1,12 +1,21 @@
 /**
- * The data plane as the main isolate sees it: opens the TUN and the tunnel socket, starts the
- * Worker, owns the translation table and forwards every change to the Worker, answers the
- * Worker's misses through a {@link Resolver}, and keeps the latest counters for inspection.
+ * The data plane as the main isolate sees it: opens the TUN (one queue per worker) and the tunnel
+ * sockets (one per worker, SO_REUSEPORT) with the lane steering programs (lanes.ts), starts the
+ * Workers, owns the translation table and forwards every change to all of them, answers their misses
+ * through a {@link Resolver}, and keeps their merged counters for inspection.
  *
  * @example
  * ```ts
- * const dp = await DataPlane.start({ tunName: "goProxyTun", port: 50103, engine, table, resolver });
- * dp.apply({ op: "replaceJob", job, entries });
+ * import { DataPlane, type Resolver } from "./dataplane.ts";
+ * import type { EngineConfig } from "./engine.ts";
+ * import type { TranslationTable } from "../table/table.ts";
+ * import type { TableEntry } from "../table/entry.ts";
+ * declare const engine: EngineConfig, table: TranslationTable, resolver: Resolver, entries: TableEntry[];
+ * const dp = await DataPlane.start({
+ *   tunName: "goProxyTun", mtu: 1450, port: 50103, workers: 2, engine, table, resolver,
+ *   configureTun: () => {}, // addresses, routes, MTU, up
+ * });
+ * dp.apply({ op: "replaceJob", job: "app.ns.web.ns", entries });
  * await dp.stop();
  * ```
  */

@@ -45,16 +45,19 @@
  *
  * @example
  * ```ts
+ * import { type Peer, PeerTable } from "./peers.ts";
+ * import { CAP_FAST, CAP_PROBE, encodeHello, encodeProbe } from "./wire.ts";
+ * declare const nodes: string[], selfKey: string, buf: Uint8Array, hostPort: number, nodeId: string;
+ * declare const srcAddr: number, srcPort: number, send: (p: Peer, len: number) => void;
  * const peers = new PeerTable({ localCaps: CAP_FAST | CAP_PROBE });
- * peers.sync(table.nodes().filter((k) => k !== selfKey), performance.now());
+ * peers.sync(nodes.filter((k) => k !== selfKey), performance.now());
  * const wake = peers.tick(performance.now(), {
  *   hello: (p, hi, lo) => send(p, encodeHello(buf, 0, { caps: peers.localCaps, nonceHi: hi, nonceLo: lo, hostPort, nodeId })),
  *   probe: (p, seq, us) => send(p, encodeProbe(buf, 0, seq, us)),
  * });
  * // receive path
  * const peer = peers.lookup4(srcAddr, srcPort);
- * if (peer === undefined) { drops.unknownPeer++; return; }
- * peer.rxPackets++;
+ * if (peer !== undefined) peer.rxPackets++;
  * ```
  * @module
  */
@@ -851,6 +854,9 @@ export class PeerTable {
    *
    * @example
    * ```ts
+   * import { PeerTable } from "./peers.ts";
+   * import { parseIPv4, parseIPv6 } from "../addr/mod.ts";
+   * declare const peers: PeerTable;
    * peers.isKnown(parseIPv4("131.1.0.2"), 50103);
    * peers.isKnown(parseIPv6("fd00::2"), 40000);
    * ```

@@ -52,6 +52,9 @@
  *
  * @example
  * ```ts
+ * declare const buf: Uint8Array, n: number; // one received datagram at buf[0..n]
+ * declare function handleIp(buf: Uint8Array, off: number, len: number): void;
+ * declare function handleControl(buf: Uint8Array, off: number, len: number): void;
  * const fast = new FastHeader();
  * switch (classify(buf, 0, n)) {
  *   case WireKind.RAW_V4:
@@ -365,6 +368,7 @@ function encodeHelloType(type: number, buf: Uint8Array, off: number, f: HelloFie
  *
  * @example
  * ```ts
+ * const buf = new Uint8Array(HELLO_MAX_LEN);
  * const n = encodeHello(buf, 0, { caps: CAP_FAST | CAP_PROBE, nonceHi: 1, nonceLo: 2, hostPort: 50103, nodeId: "w1" });
  * ```
  */
@@ -441,6 +445,7 @@ function encodeProbeType(
  *
  * @example
  * ```ts
+ * const buf = new Uint8Array(PROBE_LEN);
  * encodeProbe(buf, 0, 7, performance.now() * 1000);
  * ```
  */
@@ -504,7 +509,9 @@ export class FastHeader {
  *
  * @example
  * ```ts
- * // a TCP/IPv4 segment with a 20-byte IP header, checksum field at 20 + 16
+ * declare const segment: Uint8Array; // a TCP/IPv4 segment with a 20-byte IP header
+ * const buf = new Uint8Array(FAST_HEADER_LEN + segment.length);
+ * // checksum field at 20 + 16
  * const h = encodeFastHeader(buf, 0, FAST_F_NEEDS_CSUM, 20, 16);
  * buf.set(segment, h);
  * ```

@@ -17,6 +17,7 @@
  *
  * @example
  * ```ts
+ * import { VNET_HDR_LEN } from "./vnet.ts";
  * const tun = openTun({ name: "goProxyTun", vnetHdr: true });
  * const buf = new Uint8Array(65536 + VNET_HDR_LEN);
  * const n = tun.read(buf); // 10-byte virtio_net_hdr, then the IP packet
@@ -319,7 +320,8 @@ export function openTun(opts: TunOptions): TunDevice {
  *
  * @example
  * ```ts
- * // worker.ts
+ * // worker.ts — a module Worker; the main thread posts it `tun.info()`
+ * declare const self: { onmessage: ((e: MessageEvent<TunInfo>) => void) | null }; // the worker's global scope
  * self.onmessage = (e: MessageEvent<TunInfo>) => {
  *   const tun = tunFromInfo(e.data);
  *   const buf = new Uint8Array(65546);

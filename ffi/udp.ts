@@ -28,6 +28,7 @@
  *
  * @example
  * ```ts
+ * declare function handle(datagram: Uint8Array, size: number, gsoSize: number): void;
  * const sock = openUdp({ port: 50103, gso: true, gro: true, rcvbuf: 8 << 20 });
  * const rb = new RecvBatch(64, 65535);
  * const n = sock.recvBatch(rb, 100); // wait ≤ 100 ms, then return what arrived
@@ -144,6 +145,7 @@ export class UdpError extends Error {
  *
  * @example
  * ```ts
+ * declare const sock: UdpSocket;
  * const rb = new RecvBatch(64, 2048);
  * const n = sock.recvBatch(rb);
  * for (let i = 0; i < n; i++) console.log(formatIPv4(rb.addrs4[i]), rb.ports[i], rb.sizes[i]);
@@ -316,6 +318,8 @@ export class RecvBatch {
  *
  * @example
  * ```ts
+ * declare const sock: UdpSocket;
+ * declare const payload: Uint8Array;
  * const sb = new SendBatch(64, 65535);
  * sb.bufs[0].set(payload); sb.sizes[0] = payload.length; sb.setDst4(0, parseIPv4("10.0.0.2"), 50103);
  * sock.sendBatch(sb, 1);

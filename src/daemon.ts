@@ -316,6 +316,7 @@ class Node implements NodeService {
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
       busyPollUs: this.cfg.net.BusyPollMicros,
+      workers: this.cfg.net.DataPlaneWorkers,
       port: this.cfg.tun.TunnelPort,
       table,
       resolver,
@@ -338,6 +339,11 @@ class Node implements NodeService {
         probeAllPeers: this.cfg.net.ProbePeers,
       },
     });
+    const crashLane = Deno.env.get("NETMANAGER_TEST_CRASH_WORKER");
+    if (crashLane !== undefined) {
+      // Tests: SIGUSR2 makes this data-plane worker fail as a crash would (it must come back alone).
+      Deno.addSignalListener("SIGUSR2", () => this.dataPlane?.killWorker(Number(crashLane)));
+    }
     try {
       this.dns = await NodeDns.start({
         cfg: this.cfg,

@@ -73,10 +73,20 @@ export interface Prefix4 {
   len: number;
 }
 
-/** True when `addr` lies inside `prefix`. */
+/**
+ * True when `addr` lies inside `prefix` (a length of 0..32, as {@link parsePrefix4} makes it; /0
+ * holds every address — a shift by 32 would be a shift by 0 in JS). Cheap enough for the packet path.
+ *
+ * @example
+ * ```ts
+ * import { inPrefix4, parseIPv4, parsePrefix4 } from "./ipv4.ts";
+ * inPrefix4(parsePrefix4("10.30.0.0/16"), parseIPv4("10.30.1.2")); // true
+ * inPrefix4(parsePrefix4("0.0.0.0/0"), parseIPv4("192.0.2.1")); // true
+ * ```
+ */
 export function inPrefix4(prefix: Prefix4, addr: number): boolean {
-  const m = maskIPv4(prefix.len);
-  return ((addr & m) >>> 0) === prefix.addr;
+  const len = prefix.len;
+  return len === 0 ? prefix.addr === 0 : ((addr & (0xffffffff << (32 - len))) >>> 0) === prefix.addr;
 }
 
 /**

@@ -112,6 +112,14 @@ export const NetCfgSchema = z.object({
    * half a core): request/response latency without a thread wake-up. 0 disables it.
    */
   BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(0),
+  /**
+   * Packet workers of the data plane, one per core: each has its own TUN queue and tunnel socket,
+   * and a flow always meets the same worker (`src/proxy/lanes.ts`). 1, 2, 4 or 8. Default: the CPUs
+   * this process may use, rounded down to one of those; 1 = a single worker.
+   */
+  DataPlaneWorkers: intLike("DataPlaneWorkers", 1, 8).refine((n) => (n & (n - 1)) === 0, {
+    message: "DataPlaneWorkers must be 1, 2, 4 or 8 (a JUMBO id stream then has one worker at each end)",
+  }).default(() => defaultDataPlaneWorkers()),
   /** `host:port` serving `/metrics` and `/healthz` over TCP (e.g. `127.0.0.1:9464`); empty = off. */
   MetricsAddress: z.string().superRefine((v, ctx) => {
     if (v !== "") {
@@ -176,3 +184,9 @@ export const TunCfgSchema = z.object({
 
 /** Parsed tuncfg.json. */
 export type TunCfg = z.output<typeof TunCfgSchema>;
+
+/** The default of `DataPlaneWorkers`: the CPUs this process may use (affinity, cgroup quota) as 1, 2, 4 or 8. */
+export function defaultDataPlaneWorkers(): number {
+  const n = Math.min(8, Math.floor(globalThis.navigator?.hardwareConcurrency ?? 1) || 1);
+  return n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+}

@@ -18,6 +18,9 @@
  *
  * @example
  * ```ts
+ * import { Balancer, seededRandom } from "./balance.ts";
+ * import type { TranslationTable } from "../table/table.ts";
+ * declare const rtt: Map<string, number>, table: TranslationTable, dst: number;
  * const b = new Balancer({ random: seededRandom(7), rttOf: (node) => rtt.get(node) });
  * const group = table.service4(dst);
  * const chosen = group && b.choose(group); // a TableEntry
@@ -61,6 +64,75 @@ export interface BalancerOptions<C = TableEntry> {
   readonly rttTieMs?: number;
   /** Bound on remembered rotation positions (default 65536); the least recently used is forgotten. */
   readonly maxServices?: number;
+  /**
+   * Rotation positions shared with other data-plane workers: a new flow on any worker takes the next
+   * instance after the one any worker chose last. Without it each Balancer rotates on its own.
+   */
+  readonly shared?: SharedRotation;
+}
+
+/**
+ * Round-robin positions in shared memory, for Balancers in several Workers: per ServiceIP key the
+ * namespace IPv4 chosen last, updated with compare-and-swap so two workers choosing at once still
+ * take consecutive instances. Open addressing over `slots` (tag, last) pairs of Int32; a slot once
+ * claimed stays (a departed ServiceIP's stale position is harmless: rotation resumes after it). When
+ * the probe window is full the Balancer falls back to its own position for that key.
+ *
+ * @example
+ * ```ts
+ * const buf = SharedRotation.create();
+ * const b = new Balancer({ random: Math.random, shared: new SharedRotation(buf) }); // post `buf` to other Workers
+ * ```
+ */
+export class SharedRotation {
+  readonly #a: Int32Array<SharedArrayBuffer>;
+  readonly #mask: number;
+
+  /** A fresh shared area of `slots` (a power of two) positions. */
+  static create(slots = 4096): SharedArrayBuffer {
+    if (!Number.isInteger(Math.log2(slots)) || slots < 16) throw new RangeError("slots: a power of two ≥ 16");
+    return new SharedArrayBuffer(slots * 8);
+  }
+
+  constructor(buf: SharedArrayBuffer) {
+    this.#a = new Int32Array(buf);
+    this.#mask = (this.#a.length >>> 1) - 1;
+  }
+
+  /** The slot of `key` (claimed on first use), or -1 when none is free nearby. */
+  slot(key: number | string): number {
+    let tag: number;
+    if (typeof key === "number") tag = key | 0;
+    else {
+      tag = 0x811c9dc5; // FNV-1a
+      for (let i = 0; i < key.length; i++) tag = Math.imul(tag ^ key.charCodeAt(i), 0x01000193);
+    }
+    if (tag === 0) tag = 1; // 0 marks a free slot
+    let h = Math.imul(tag, 0x9e3779b1) >>> 0;
+    for (let k = 0; k < 32; k++, h++) {
+      const i = (h & this.#mask) << 1;
+      const old = Atomics.compareExchange(this.#a, i, 0, tag);
+      if (old === 0 || old === tag) return i;
+    }
+    return -1;
+  }
+
+  /** The namespace IPv4 chosen last at `slot`, or -1. */
+  last(slot: number): number {
+    const v = Atomics.load(this.#a, slot + 1);
+    return v === 0 ? -1 : v >>> 0;
+  }
+
+  /** Sets the position to `next` if it is still `expected` (-1: none); false when another worker was first. */
+  swap(slot: number, expected: number, next: number): boolean {
+    const want = expected < 0 ? 0 : expected | 0;
+    return Atomics.compareExchange(this.#a, slot + 1, want, next | 0) === want;
+  }
+
+  /** Sets the position unconditionally. */
+  set(slot: number, next: number): void {
+    Atomics.store(this.#a, slot + 1, next | 0);
+  }
 }
 
 /** Chooses a candidate for a new flow. See the module documentation. */
@@ -72,6 +144,7 @@ export class Balancer<C = TableEntry> {
   readonly #node: (candidate: C) => string;
   readonly #tie: number;
   readonly #max: number;
+  readonly #shared: SharedRotation | undefined;
   /** ServiceIP key → nsip4 chosen last by rotation. */
   readonly #last = new Map<number | string, number>();
 
@@ -83,6 +156,7 @@ export class Balancer<C = TableEntry> {
     this.#node = opts.nodeOf ?? ((e) => nodeKeyOf(e as TableEntry));
     this.#tie = Math.max(0, opts.rttTieMs ?? 0);
     this.#max = Math.max(1, opts.maxServices ?? 65536);
+    this.#shared = opts.shared;
   }
 
   /** Chooses among a ServiceIP group's candidates by the group's kind; undefined when none. */
@@ -134,11 +208,31 @@ export class Balancer<C = TableEntry> {
       if (!oldest.done) this.#last.delete(oldest.value);
     }
     this.#last.set(key, nsip4);
+    const sh = this.#shared;
+    if (sh) {
+      const slot = sh.slot(key);
+      if (slot >= 0) sh.set(slot, nsip4);
+    }
   }
 
   /** The candidate with the smallest nsip4 greater than the last chosen one, else the smallest. */
   #rotate(key: number | string, cands: readonly C[], n: number): C {
-    const last = this.#last.get(key) ?? -1;
+    const sh = this.#shared;
+    const slot = sh ? sh.slot(key) : -1;
+    if (sh && slot >= 0) {
+      // Shared: retry until our compare-and-swap wins (another worker may have chosen meanwhile).
+      for (let tries = 0; tries < 64; tries++) {
+        const last = sh.last(slot);
+        const chosen = this.#after(last, cands, n);
+        if (sh.swap(slot, last, this.#ns(chosen))) return chosen;
+      }
+    }
+    const chosen = this.#after(this.#last.get(key) ?? -1, cands, n);
+    this.#remember(key, this.#ns(chosen));
+    return chosen;
+  }
+
+  #after(last: number, cands: readonly C[], n: number): C {
     const ns = this.#ns;
     let next = -1;
     let first = 0;
@@ -147,9 +241,7 @@ export class Balancer<C = TableEntry> {
       if (a < ns(cands[first])) first = i;
       if (a > last && (next < 0 || a < ns(cands[next]))) next = i;
     }
-    const chosen = cands[next < 0 ? first : next];
-    this.#remember(key, ns(chosen));
-    return chosen;
+    return cands[next < 0 ? first : next];
   }
 
   #closest(key: number | string, cands: readonly C[], n: number): C {

@@ -1,18 +1,32 @@
 /**
- * The data plane as the main isolate sees it: opens the TUN and the tunnel socket, starts the
- * Worker, owns the translation table and forwards every change to the Worker, answers the
- * Worker's misses through a {@link Resolver}, and keeps the latest counters for inspection.
+ * The data plane as the main isolate sees it: opens the TUN (one queue per worker) and the tunnel
+ * sockets (one per worker, SO_REUSEPORT) with the lane steering programs (lanes.ts), starts the
+ * Workers, owns the translation table and forwards every change to all of them, answers their misses
+ * through a {@link Resolver}, and keeps their merged counters for inspection.
  *
  * @example
  * ```ts
- * const dp = await DataPlane.start({ tunName: "goProxyTun", port: 50103, engine, table, resolver });
- * dp.apply({ op: "replaceJob", job, entries });
+ * import { DataPlane, type Resolver } from "./dataplane.ts";
+ * import type { EngineConfig } from "./engine.ts";
+ * import type { TranslationTable } from "../table/table.ts";
+ * import type { TableEntry } from "../table/entry.ts";
+ * declare const engine: EngineConfig, table: TranslationTable, resolver: Resolver, entries: TableEntry[];
+ * const dp = await DataPlane.start({
+ *   tunName: "goProxyTun", mtu: 1450, port: 50103, workers: 2, engine, table, resolver,
+ *   configureTun: () => {}, // addresses, routes, MTU, up
+ * });
+ * dp.apply({ op: "replaceJob", job: "app.ns.web.ns", entries });
  * await dp.stop();
  * ```
  */
 import { openTun, type TunDevice } from "../../ffi/tun.ts";
 import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
+import { libc } from "../../ffi/libc.ts";
+import { attachReuseportCbpf, loadSocketFilter, setTunSteering } from "../../ffi/bpf.ts";
+import { MAX_LANES, reuseportProgram, tunSteeringProgram } from "./lanes.ts";
+import { SharedRotation } from "./balance.ts";
+import { mergeStats } from "./merge_stats.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
@@ -53,6 +67,8 @@ export interface DataPlaneOptions {
   mtu: number;
   /** Busy-poll after traffic (µs; 0 = never), see the Worker. */
   busyPollUs?: number;
+  /** Packet workers, 1, 2, 4 or 8 (default 1): one TUN queue and one tunnel socket each (see `lanes.ts`). */
+  workers?: number;
   port: number;
   engine: EngineConfig;
   table: TranslationTable;
@@ -75,105 +91,177 @@ export interface TableRow {
   policy: string;
 }
 
+/** One worker's lane: its TUN queue and tunnel socket (kept open across restarts), its Worker. */
+interface Lane {
+  readonly index: number;
+  readonly tun: TunDevice;
+  readonly udp: UdpSocket;
+  readonly wake: EventFd;
+  readonly posted: Int32Array<SharedArrayBuffer>;
+  worker?: Worker;
+  restarts: number[];
+  stats?: StatsData;
+  /** Resolved when this lane's Worker has stopped (or gave up restarting). */
+  stopped: PromiseWithResolvers<void>;
+}
+
 /** The running data plane. */
 export class DataPlane {
   readonly table: TranslationTable;
+  /** The TUN (queue 0 of a multi-queue TUN with several workers). */
   readonly tun: TunDevice;
+  /** The tunnel socket of worker 0. */
   readonly udp: UdpSocket;
-  #worker!: Worker;
+  readonly #lanes: Lane[];
+  /** The BPF program steering the TUN's queues (-1 with one worker); closed on stop. */
+  readonly #steerFd: number;
+  /** Round-robin positions shared by the workers. */
+  readonly #rotation = SharedRotation.create();
   readonly #opts: DataPlaneOptions;
-  #restarts: number[] = [];
   #stopping = false;
-  readonly #wake = new EventFd();
-  readonly #posted = new Int32Array(new SharedArrayBuffer(4));
   readonly #resolver: Resolver;
   #stats: StatsData | undefined;
   readonly #peerWatch = new PeerWatch();
   #flowReq = 0;
-  readonly #flowWaiters = new Map<number, (f: FlowInfo[]) => void>();
-  readonly #stopped = Promise.withResolvers<void>();
+  readonly #flowWaiters = new Map<
+    number,
+    { parts: FlowInfo[][]; left: number; done: (f: FlowInfo[]) => void }
+  >();
   readonly #resolving = new Set<string>();
   readonly #refusals = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
 
-  private constructor(table: TranslationTable, tun: TunDevice, udp: UdpSocket, opts: DataPlaneOptions) {
+  private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
-    this.tun = tun;
-    this.udp = udp;
+    this.#lanes = lanes;
+    this.tun = lanes[0].tun;
+    this.udp = lanes[0].udp;
+    this.#steerFd = steerFd;
     this.#opts = opts;
     this.#resolver = opts.resolver;
   }
 
-  /** Opens the devices, configures the TUN and starts the Worker. */
+  /** Number of packet workers (lanes). */
+  get workers(): number {
+    return this.#lanes.length;
+  }
+
+  /**
+   * Opens the devices — with several workers a multi-queue TUN (one queue each, steered by lane) and
+   * one tunnel socket each on the same port (SO_REUSEPORT, steered by lane) — configures the TUN and
+   * starts the Workers.
+   */
   static async start(opts: DataPlaneOptions): Promise<DataPlane> {
-    const tun = openTun({
-      name: opts.tunName,
-      vnetHdr: true,
-      offloads: { csum: true, tso: true, uso: true },
-    });
-    let udp: UdpSocket | undefined;
+    const n = opts.workers ?? 1;
+    if (!Number.isInteger(n) || n < 1 || n > MAX_LANES || (n & (n - 1)) !== 0) {
+      throw new RangeError(`data-plane workers must be 1, 2, 4 or 8, got ${n}`);
+    }
+    const tuns: TunDevice[] = [];
+    const udps: UdpSocket[] = [];
+    const wakes: EventFd[] = [];
+    let steerFd = -1;
+    const closeAll = () => {
+      for (const u of udps) u.close();
+      for (const t of tuns) t.close();
+      for (const w of wakes) w.close();
+      if (steerFd >= 0) libc.close(steerFd);
+    };
     try {
-      await opts.configureTun(tun.name);
-      udp = openUdp({ port: opts.port, family: 4, rcvbuf: 8 << 20, sndbuf: 8 << 20, gso: true, gro: true });
+      for (let i = 0; i < n; i++) {
+        tuns.push(openTun({
+          name: i === 0 ? opts.tunName : tuns[0].name,
+          vnetHdr: true,
+          offloads: { csum: true, tso: true, uso: true },
+          multiQueue: n > 1,
+        }));
+      }
+      if (n > 1) {
+        steerFd = loadSocketFilter(tunSteeringProgram());
+        setTunSteering(tuns[0].fd, steerFd);
+      }
+      await opts.configureTun(tuns[0].name);
+      for (let i = 0; i < n; i++) {
+        udps.push(openUdp({
+          port: i === 0 ? opts.port : udps[0].localPort,
+          family: 4,
+          rcvbuf: 8 << 20,
+          sndbuf: 8 << 20,
+          gso: true,
+          gro: true,
+          reusePort: n > 1,
+        }));
+        if (i === 0 && n > 1) attachReuseportCbpf(udps[0].fd, reuseportProgram(n));
+        wakes.push(new EventFd());
+      }
     } catch (e) {
-      tun.close();
-      udp?.close();
+      closeAll();
       throw e;
     }
-    const dp = new DataPlane(opts.table, tun, udp, opts);
+    const lanes: Lane[] = tuns.map((tun, index) => ({
+      index,
+      tun,
+      udp: udps[index],
+      wake: wakes[index],
+      posted: new Int32Array(new SharedArrayBuffer(4)),
+      restarts: [],
+      stopped: Promise.withResolvers<void>(),
+    }));
+    const dp = new DataPlane(opts.table, lanes, steerFd, opts);
     try {
-      await dp.#launch();
+      await Promise.all(lanes.map((l) => dp.#launch(l)));
     } catch (e) {
       // A Worker that never came up: nothing of this data plane may stay open (the TUN would).
       dp.#stopping = true;
-      dp.#worker?.terminate();
-      udp.close();
-      tun.close();
-      dp.#wake.close();
+      for (const l of lanes) l.worker?.terminate();
+      closeAll();
       throw e;
     }
     log.info("data plane started", {
-      tun: tun.name,
-      port: udp.localPort,
-      offloads: tun.offloadFlags,
-      gso: udp.gso,
-      gro: udp.gro,
+      tun: tuns[0].name,
+      port: udps[0].localPort,
+      workers: n,
+      offloads: tuns[0].offloadFlags,
+      gso: udps[0].gso,
+      gro: udps[0].gro,
     });
     return dp;
   }
 
   /**
-   * Starts a Worker on the open devices with the current table. A Worker that dies later is
-   * started again (at most 5 times a minute): the devices, the table and the routes survive;
-   * only its flows are lost, and new packets start new flows.
+   * Starts lane `l`'s Worker on its open devices with the current table. A Worker that dies later is
+   * started again (at most 5 times a minute per lane) on the same TUN queue and socket: the other
+   * lanes, the table and the routes are untouched; only its own flows are lost, and new packets
+   * start new flows.
    */
-  async #launch(): Promise<void> {
+  async #launch(l: Lane): Promise<void> {
     const opts = this.#opts;
     const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
-    this.#worker = worker;
+    l.worker = worker;
     const ready = Promise.withResolvers<void>();
     let up = false;
     const died = (why: string) => {
-      if (this.#worker !== worker) return;
-      log.error("data-plane worker failed", { message: why });
+      if (l.worker !== worker) return;
+      log.error("data-plane worker failed", { worker: l.index, message: why });
       if (!up) {
         ready.reject(new Error(why));
         return;
       }
       worker.terminate();
       if (this.#stopping) {
-        this.#stopped.resolve();
+        l.stopped.resolve();
         return;
       }
       const now = Date.now();
-      this.#restarts = this.#restarts.filter((t) => now - t < 60_000);
-      if (this.#restarts.length >= 5) {
-        log.error("data-plane worker keeps failing: not restarting it again");
-        this.#stopped.resolve();
+      l.restarts = l.restarts.filter((t) => now - t < 60_000);
+      if (l.restarts.length >= 5) {
+        log.error("data-plane worker keeps failing: not restarting it again", { worker: l.index });
+        l.stopped.resolve();
         return;
       }
-      this.#restarts.push(now);
+      l.restarts.push(now);
       setTimeout(() => {
-        if (!this.#stopping) this.#launch().catch((e) => log.error("restart failed", { error: String(e) }));
+        if (!this.#stopping) {
+          this.#launch(l).catch((e) => log.error("restart failed", { worker: l.index, error: String(e) }));
+        }
       }, 500);
     };
     worker.onmessage = (ev: MessageEvent<FromWorker>) => {
@@ -187,21 +275,28 @@ export class DataPlane {
           this.#onMiss(m.addr, m.from);
           break;
         case "stats":
-          this.#noteRefusals(this.#stats?.drops, m.stats.drops);
-          this.#notePeers(m.stats.peers);
-          this.#stats = m.stats;
-          if (m.stats.usedJobs.length > 0) opts.onUsage?.(m.stats.usedJobs);
+          l.stats = m.stats;
+          this.#onStats();
           break;
-        case "flows":
-          this.#flowWaiters.get(m.id)?.(m.flows);
-          this.#flowWaiters.delete(m.id);
+        case "flows": {
+          const w = this.#flowWaiters.get(m.id);
+          if (!w) break;
+          w.parts.push(m.flows);
+          if (--w.left === 0) {
+            this.#flowWaiters.delete(m.id);
+            w.done(w.parts.flat());
+          }
           break;
+        }
         case "stopped":
-          this.#stopped.resolve();
+          l.stopped.resolve();
           break;
         case "error":
           if (m.fatal) died(m.message);
-          else log.warn("data-plane worker could not handle a message", { message: m.message });
+          else {log.warn("data-plane worker could not handle a message", {
+              worker: l.index,
+              message: m.message,
+            });}
           break;
       }
     };
@@ -209,33 +304,52 @@ export class DataPlane {
       e.preventDefault();
       died(e.message);
     };
-    Atomics.store(this.#posted, 0, 0); // the new Worker counts from zero
+    Atomics.store(l.posted, 0, 0); // the new Worker counts from zero
     const table = this.table.snapshot();
-    this.#post({
+    const many = this.#lanes.length > 1;
+    this.#post(l, {
       type: "init",
-      tun: this.tun.info(),
-      udp: this.udp.info(),
-      wakeFd: this.#wake.fd,
-      posted: this.#posted.buffer as SharedArrayBuffer,
+      tun: l.tun.info(),
+      udp: l.udp.info(),
+      wakeFd: l.wake.fd,
+      posted: l.posted.buffer,
       mtu: opts.mtu,
       busyPollUs: opts.busyPollUs ?? 0,
-      engine: opts.engine,
+      engine: many ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation } : opts.engine,
       table,
     }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
     await ready.promise;
   }
 
-  /** Posts to the Worker; `transfer` hands buffers over instead of copying them (a table snapshot). */
-  #post(m: ToWorker, transfer: Transferable[] = []): void {
-    if (m.type !== "init") Atomics.add(this.#posted, 0, 1);
-    this.#worker.postMessage(m, transfer);
-    this.#wake.signal();
+  /** Merges the lanes' latest counters and acts on them (refusal logs, peer changes, usage). */
+  #onStats(): void {
+    const parts = this.#lanes.map((l) => l.stats).filter((s): s is StatsData => s !== undefined);
+    if (parts.length === 0) return;
+    const merged = mergeStats(parts);
+    this.#noteRefusals(this.#stats?.drops, merged.drops);
+    this.#notePeers(merged.peers);
+    this.#stats = merged;
+    if (merged.usedJobs.length > 0) this.#opts.onUsage?.(merged.usedJobs);
+    for (const l of this.#lanes) if (l.stats) l.stats = { ...l.stats, usedJobs: [] }; // reported once
   }
 
-  /** Applies a table change here and in the Worker. Throws (changing nothing) on an invalid delta. */
+  /** Posts to every lane's Worker. */
+  #broadcast(m: ToWorker): void {
+    for (const l of this.#lanes) this.#post(l, m);
+  }
+
+  /** Posts to a lane's Worker; `transfer` hands buffers over instead of copying them (a table snapshot). */
+  #post(l: Lane, m: ToWorker, transfer: Transferable[] = []): void {
+    if (!l.worker) return;
+    if (m.type !== "init") Atomics.add(l.posted, 0, 1);
+    l.worker.postMessage(m, transfer);
+    l.wake.signal();
+  }
+
+  /** Applies a table change here and in every Worker. Throws (changing nothing) on an invalid delta. */
   apply(delta: TableDelta): void {
     this.table.apply(delta);
-    this.#post({ type: "delta", delta });
+    this.#broadcast({ type: "delta", delta });
   }
 
   #onMiss(addr: string, from?: string): void {
@@ -251,7 +365,7 @@ export class DataPlane {
     ).then((ok) => {
       log.debug("miss resolved", { addr, ok, ms: +(performance.now() - t0).toFixed(2) });
       this.#resolving.delete(addr);
-      this.#post({ type: "resolved", addr, ok });
+      this.#broadcast({ type: "resolved", addr, ok }); // any worker may have parked packets for it
     });
   }
 
@@ -302,10 +416,10 @@ export class DataPlane {
 
   /** This node's public address changed (its own table entries now name the new one). */
   setSelf(ip: string): void {
-    this.#post({ type: "self", ip });
+    this.#broadcast({ type: "self", ip });
   }
 
-  /** The latest counters from the Worker (about once a second). */
+  /** The latest counters of all Workers, merged (about once a second). */
   stats(): StatsData | undefined {
     return this.#stats;
   }
@@ -329,16 +443,18 @@ export class DataPlane {
     };
   }
 
-  /** Live flows (asks the Worker). */
+  /** Live flows of all Workers (each is asked; one that does not answer in 2 s is left out). */
   flows(limit = 1000): Promise<FlowInfo[]> {
     const id = ++this.#flowReq;
     const p = new Promise<FlowInfo[]>((resolve) => {
-      this.#flowWaiters.set(id, resolve);
+      const done = (f: FlowInfo[]) => resolve(f.slice(0, limit));
+      const w = { parts: [] as FlowInfo[][], left: this.#lanes.length, done };
+      this.#flowWaiters.set(id, w);
       setTimeout(() => {
-        if (this.#flowWaiters.delete(id)) resolve([]);
+        if (this.#flowWaiters.delete(id)) done(w.parts.flat());
       }, 2000);
     });
-    this.#post({ type: "flows", id, limit });
+    this.#broadcast({ type: "flows", id, limit });
     return p;
   }
 
@@ -364,14 +480,32 @@ export class DataPlane {
     });
   }
 
-  /** Stops the Worker and closes the devices (the TUN and its routes disappear). */
+  /**
+   * Stops the Workers and closes every device they used — TUN queues, sockets, wake-up fds and the
+   * steering program (the TUN and its routes disappear).
+   */
   async stop(): Promise<void> {
     this.#stopping = true;
-    this.#post({ type: "stop" });
-    await Promise.race([this.#stopped.promise, new Promise((r) => setTimeout(r, 2000))]);
-    this.#worker.terminate();
-    this.udp.close();
-    this.tun.close();
-    this.#wake.close();
+    this.#broadcast({ type: "stop" });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all(this.#lanes.map((l) => l.stopped.promise)),
+      new Promise((r) => timer = setTimeout(r, 2000)),
+    ]);
+    clearTimeout(timer);
+    for (const l of this.#lanes) {
+      l.worker?.terminate();
+      l.udp.close();
+      l.tun.close();
+      l.wake.close();
+    }
+    if (this.#steerFd >= 0) libc.close(this.#steerFd);
+  }
+
+  /** Ends lane `index`'s Worker as if it had crashed (tests: it must come back without the others noticing). */
+  killWorker(index: number): void {
+    const w = this.#lanes[index]?.worker;
+    if (!w) throw new RangeError(`no data-plane worker ${index}`);
+    this.#post(this.#lanes[index], { type: "crash" });
   }
 }

@@ -1,8 +1,8 @@
 /**
  * The packet-path logic of the ProxyTUN (reference §5.3–§5.6), pure: bytes in, bytes rewritten in
- * place, a verdict out. The Worker (`worker.ts`) owns the devices and batches and calls
- * {@link Engine.egress} for packets read from the TUN and {@link Engine.ingress} for datagrams read
- * from the tunnel socket.
+ * place, a verdict out. The packet loop (`loop.ts`) moves packets between the two seams and calls
+ * {@link Engine.egress} for packets read from the TUN and {@link Engine.receive} / {@link
+ * Engine.deliver} for datagrams read from the tunnel.
  *
  * Egress (an instance sent a packet to a ServiceIP; the kernel routed it into the TUN):
  * - the sender must be a local instance known to the table (its namespace IP); its Instance IP
@@ -18,16 +18,31 @@
  * instance of this node; when it is a reply of a flow this node originated, the source becomes the
  * ServiceIP the instance dialled.
  *
+ * Results go into a caller-owned, reused {@link PacketResult} (no per-packet objects).
+ *
  * @example
  * ```ts
- * const e = new Engine(cfg, TranslationTable.fromSnapshot(snap));
- * const v = e.egress(buf, 0, len, now);
- * if (v === Verdict.TO_PEER) sendTo(e.out, buf, len);
+ * import { Engine, PacketResult, Verdict } from "./engine.ts";
+ * import { TranslationTable } from "../table/table.ts";
+ * import { parsePrefix4, parsePrefix6 } from "../addr/mod.ts";
+ * const e = new Engine({
+ *   selfIp: "192.0.2.1",
+ *   selfPort: 50103,
+ *   service4: parsePrefix4("10.30.0.0/16"),
+ *   service6: parsePrefix6("fdff::/16"),
+ *   subnet4: parsePrefix4("10.18.0.64/26"),
+ *   subnet6: parsePrefix6("fc00::100/120"),
+ * }, new TranslationTable());
+ * const res = new PacketResult();
+ * const buf = new Uint8Array(1500); // a packet read from the TUN
+ * if (e.egress(buf, 0, 60, performance.now(), false, 0, res) === Verdict.TO_PEER) {
+ *   console.log(res.route?.key); // the node to send it to
+ * }
  * ```
  */
-import { inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
+import { inPrefix4, inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
-import { Balancer, seededRandom } from "./balance.ts";
+import { Balancer, seededRandom, SharedRotation } from "./balance.ts";
 import { FlowTable } from "./flows.ts";
 import {
   ipv6Equal,
@@ -47,6 +62,7 @@ import { type Peer, PeerTable } from "./peers.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
+  CAP_LANES,
   CAP_PROBE,
   classify,
   decodeFast,
@@ -68,11 +84,11 @@ export const Verdict = {
   DROP: 0,
   /** Write it into the TUN (the kernel delivers it to the local instance). */
   TO_TUN: 1,
-  /** Send it over UDP to {@link Engine.out}. */
+  /** Send it over UDP to {@link PacketResult.route}. */
   TO_PEER: 2,
   /** Kept by the engine until the destination is resolved. */
   PARKED: 3,
-  /** A JUMBO chunk from the known peer {@link Engine.pktPeer}, at pktOff/pktLen, to be reassembled. */
+  /** A JUMBO chunk from the known peer {@link PacketResult.peer}, at off/len, to be reassembled. */
   JUMBO: 4,
 } as const;
 /** A verdict value. */
@@ -189,6 +205,10 @@ export interface EngineConfig {
   helloRefreshMs?: number;
   /** Measure RTT to every peer that can answer PROBEs, not only while the closest policy asks (false). */
   probeAllPeers?: boolean;
+  /** With several data-plane workers: this worker's index, echoed by control replies (see `lanes.ts`). */
+  laneTag?: number;
+  /** With several data-plane workers: the round-robin positions they share ({@link SharedRotation}). */
+  rotation?: SharedArrayBuffer;
 }
 
 /** Packet and byte counters. */
@@ -205,6 +225,40 @@ export class Counters {
   parked = 0;
   released = 0;
   readonly drops = new Float64Array(DROP_NAMES.length);
+}
+
+/** Something that can make a packet contiguous before the engine copies it (a scatter read). */
+export interface Gatherable {
+  gather(): void;
+}
+
+/**
+ * What the engine decided about one packet, filled by {@link Engine.egress} / {@link Engine.receive}
+ * into a caller-owned object that is reused for every packet.
+ */
+export class PacketResult {
+  /** The verdict (also the methods' return value). */
+  verdict: Verdict = Verdict.DROP;
+  /** TO_PEER: where the packet goes. */
+  route: NodeRoute | undefined = undefined;
+  /**
+   * Egress: the parse of the packet as rewritten (offsets, protocol, ports), for the bind to
+   * segment it without parsing again. Owned by the engine; valid until its next call.
+   */
+  info: PacketInfo | undefined = undefined;
+  /** Ingress TO_TUN / JUMBO: where the inner packet is (FAST datagrams carry a header before it). */
+  off = 0;
+  len = 0;
+  /** Ingress TO_TUN: its L4 checksum is partial: csum_start and csum_offset, else -1 and 0. */
+  csumStart = -1;
+  csumOffset = 0;
+  /** Ingress: the sending peer (JUMBO: the message's sender, for reassembly). */
+  peer: Peer | undefined = undefined;
+  /**
+   * Set by the caller before egress when the packet is not contiguous yet (a scatter read): the
+   * engine gathers it before it keeps a copy (parking). Only headers are read otherwise.
+   */
+  gather: Gatherable | undefined = undefined;
 }
 
 /** A datagram parked until its sender is known (see {@link Engine.resolvedStrangers}). */
@@ -242,8 +296,8 @@ export class Engine {
   /** Balances over table rows (see {@link TranslationTable.groupRows}). */
   readonly balancer: Balancer<number>;
   readonly counters: Counters = new Counters();
-  /** Destination of the last TO_PEER verdict. */
-  out: NodeRoute | undefined;
+  /** The result filled when a caller passes none (tests, one-off calls). */
+  readonly result: PacketResult = new PacketResult();
   /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
   readonly misses: string[] = [];
   /** The local instance (`job#n`) whose packet caused a miss in {@link misses}, for the warning. */
@@ -256,16 +310,9 @@ export class Engine {
   readonly #routes = new Map<string, NodeRoute>();
   /** Node keys hosting candidates of Closest ServiceIPs: their RTT is kept measured. */
   #closestNodes: string[] = [];
-  /** Where the last TO_TUN packet of {@link ingress} is (FAST datagrams carry a header). */
-  pktOff = 0;
-  pktLen = 0;
-  /** Its L4 checksum is partial: csum_start (from the IP header) and csum_offset, or -1. */
-  pktCsumStart = -1;
-  pktCsumOffset = 0;
-  /** The sender of the last {@link Verdict.JUMBO} chunk. */
-  pktPeer: Peer | undefined;
+  /** The result object of the call in progress. */
+  #res: PacketResult = this.result;
   readonly #fast = new FastHeader();
-  readonly #peekInfo = new PacketInfo();
   /** Bytes before the packet that belong to it (a virtio header): parked with it. */
   #prefix = 0;
   readonly #hello = new HelloMessage();
@@ -301,9 +348,10 @@ export class Engine {
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.peers = new PeerTable({
-      localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO) : 0),
+      localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
       probeAlways: cfg.probeAllPeers === true,
+      ...(cfg.laneTag !== undefined ? { laneTag: cfg.laneTag, jumboGaps: false } : {}),
     });
     this.balancer = new Balancer<number>({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
@@ -312,6 +360,7 @@ export class Engine {
       loadOf: (row) => this.flows.activeFlows(this.table.rowNsip4(row)),
       nsip4Of: (row) => this.table.rowNsip4(row),
       nodeOf: (row) => this.table.rowNode(row),
+      ...(cfg.rotation ? { shared: new SharedRotation(cfg.rotation) } : {}),
     });
     this.#idleMs = cfg.flowIdleMs ?? 300_000;
     this.#parkPerKey = cfg.parkPerKey ?? 32;
@@ -344,20 +393,6 @@ export class Engine {
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);
-  }
-
-  /**
-   * The route an outgoing packet's existing flow takes, without touching anything (no flow is
-   * created, nothing parked or counted); undefined for a new flow or a packet that does not parse.
-   * Lets the worker decide how to lay a packet out before {@link egress} runs.
-   */
-  routeOfFlow(buf: Uint8Array, off: number, len: number): NodeRoute | undefined {
-    const info = this.#peekInfo;
-    if (parsePacket(buf, off, len, info) !== ParseResult.OK) return undefined;
-    const id = info.version === 4
-      ? this.flows.find4(info.protocol, info.src4, info.srcPort, info.dst4, info.dstPort)
-      : this.flows.find6(info.protocol, buf, info.srcOffset, info.srcPort, info.dstOffset, info.dstPort);
-    return id < 0 ? undefined : this.#routes.get(this.flows.node(id));
   }
 
   #rebuildRoutes(now = 0): void {
@@ -410,27 +445,37 @@ export class Engine {
   /**
    * Processes a packet read from the TUN (`len` bytes at `off`). With `partial` the L4 checksum
    * field holds a partial sum (CHECKSUM_PARTIAL) and is updated as such. `prefix` bytes before
-   * `off` (a virtio header) are kept with the packet if it is parked.
+   * `off` (a virtio header) are kept with the packet if it is parked. The packet is parsed once:
+   * `res.info` carries the parse on; TO_PEER sets `res.route`.
    */
-  egress(buf: Uint8Array, off: number, len: number, now: number, partial = false, prefix = 0): Verdict {
+  egress(
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    now: number,
+    partial = false,
+    prefix = 0,
+    res: PacketResult = this.result,
+  ): Verdict {
     this.#prefix = prefix;
+    this.#res = res;
+    res.route = undefined;
     const info = this.#info;
+    res.info = info;
     const r = parsePacket(buf, off, len, info);
-    if (r !== ParseResult.OK) return this.#drop(r);
+    if (r !== ParseResult.OK) return res.verdict = this.#drop(r);
     const c = this.counters;
     c.tunRx++;
     c.tunRxBytes += len;
-    if (info.version === 4) return this.#egress4(buf, off, info.totalLen, now, partial);
-    return this.#egress6(buf, off, info.totalLen, now, partial);
+    return res.verdict = info.version === 4
+      ? this.#egress4(buf, off, info.totalLen, now, partial)
+      : this.#egress6(buf, off, info.totalLen, now, partial);
   }
 
   #egress4(buf: Uint8Array, off: number, len: number, now: number, partial: boolean): Verdict {
     const info = this.#info;
     const dst = info.dst4;
-    const svc = this.cfg.service4;
-    if (((dst & (svc.len === 0 ? 0 : (0xffffffff << (32 - svc.len)))) >>> 0) !== svc.addr) {
-      return this.#drop(Drop.NOT_SERVICE_IP);
-    }
+    if (!inPrefix4(this.cfg.service4, dst)) return this.#drop(Drop.NOT_SERVICE_IP);
     const flows = this.flows;
     let id = flows.find4(info.protocol, info.src4, info.srcPort, dst, info.dstPort);
     if (id < 0) {
@@ -530,7 +575,7 @@ export class Engine {
       this.counters.localHandoff++;
       return this.#restoreReply(buf, off, len, partial);
     }
-    this.out = route;
+    this.#res.route = route;
     this.counters.udpTx++;
     this.counters.udpTxBytes += len;
     if (route.peer) this.peers.noteTx(route.peer, len);
@@ -539,7 +584,7 @@ export class Engine {
 
   /**
    * Processes a datagram from the tunnel socket: {@link receive} then {@link deliver}. For single
-   * packets only: a JUMBO chunk needs the worker's reassembly and is dropped here.
+   * packets only: a JUMBO chunk needs the bind's reassembly and is dropped here.
    */
   ingress(
     buf: Uint8Array,
@@ -550,18 +595,21 @@ export class Engine {
     src6: Uint8Array | undefined,
     srcPort: number,
     now: number,
+    res: PacketResult = this.result,
   ): Verdict {
-    if (this.receive(buf, off, len, family, src4, src6, srcPort, now) !== Verdict.TO_TUN) return Verdict.DROP;
-    return this.deliver(buf, this.pktOff, this.pktLen, this.pktCsumStart >= 0);
+    if (this.receive(buf, off, len, family, src4, src6, srcPort, now, res) !== Verdict.TO_TUN) {
+      return Verdict.DROP;
+    }
+    return this.deliver(buf, res.off, res.len, res.csumStart >= 0);
   }
 
   /**
    * First half of ingress, per datagram: the source must be a known peer (its address; see
    * PeerTable); a bare IP packet (raw mode) or a FAST datagram yields TO_TUN with the packet at
-   * {@link pktOff}/{@link pktLen} and its checksum state in {@link pktCsumStart}/{@link
-   * pktCsumOffset} — not yet checked or restored, so runs of segments can be coalesced first and
-   * {@link deliver}ed once. A JUMBO chunk yields {@link Verdict.JUMBO} with its sender in
-   * {@link pktPeer}, for reassembly. In-band messages are answered through {@link control}.
+   * `res.off`/`res.len` and its checksum state in `res.csumStart`/`res.csumOffset` — not yet
+   * checked or restored, so runs of segments can be coalesced first and {@link deliver}ed once. A
+   * JUMBO chunk yields {@link Verdict.JUMBO} with its sender in `res.peer`, for reassembly.
+   * In-band messages are answered through {@link control}.
    */
   receive(
     buf: Uint8Array,
@@ -572,40 +620,44 @@ export class Engine {
     src6: Uint8Array | undefined,
     srcPort: number,
     now: number,
+    res: PacketResult = this.result,
   ): Verdict {
     const peer = family === 4 ? this.peers.lookup4(src4, srcPort) : this.peers.lookup6(src6!, 0, srcPort);
-    if (peer === undefined) return this.#strangerIn(buf, off, len, family, src4, src6, srcPort, now);
+    res.peer = peer;
+    res.route = undefined;
+    if (peer === undefined) {
+      return res.verdict = this.#strangerIn(buf, off, len, family, src4, src6, srcPort, now);
+    }
     const kind = classify(buf, off, len);
     if (kind === WireKind.JUMBO) {
-      this.pktOff = off;
-      this.pktLen = len;
-      this.pktPeer = peer;
+      res.off = off;
+      res.len = len;
       this.counters.udpRx++;
       this.counters.udpRxBytes += len;
       this.peers.noteRx(peer, len, now);
-      return Verdict.JUMBO;
+      return res.verdict = Verdict.JUMBO;
     }
     if (kind === WireKind.FAST) {
       const f = this.#fast;
-      if (!decodeFast(buf, off, len, f)) return this.#drop(Drop.NOT_OURS);
-      this.pktOff = f.packetOffset;
-      this.pktLen = f.packetLength;
+      if (!decodeFast(buf, off, len, f)) return res.verdict = this.#drop(Drop.NOT_OURS);
+      res.off = f.packetOffset;
+      res.len = f.packetLength;
       const partial = (f.flags & FAST_F_NEEDS_CSUM) !== 0;
-      this.pktCsumStart = partial ? f.csumStart : -1;
-      this.pktCsumOffset = partial ? f.csumOffset : 0;
+      res.csumStart = partial ? f.csumStart : -1;
+      res.csumOffset = partial ? f.csumOffset : 0;
     } else if (kind === WireKind.RAW_V4 || kind === WireKind.RAW_V6) {
-      this.pktOff = off;
-      this.pktLen = len;
-      this.pktCsumStart = -1;
-      this.pktCsumOffset = 0;
+      res.off = off;
+      res.len = len;
+      res.csumStart = -1;
+      res.csumOffset = 0;
     } else {
       this.#controlIn(kind, buf, off, len, peer, family, src4, src6, srcPort, now);
-      return Verdict.DROP;
+      return res.verdict = Verdict.DROP;
     }
     this.counters.udpRx++;
     this.counters.udpRxBytes += len;
     this.peers.noteRx(peer, len, now);
-    return Verdict.TO_TUN;
+    return res.verdict = Verdict.TO_TUN;
   }
 
   /**
@@ -638,10 +690,7 @@ export class Engine {
     const info = this.#info;
     if (parsePacket(buf, pOff, pLen, info) !== ParseResult.OK) return this.#drop(Drop.UNKNOWN_PEER);
     if (info.version === 4) {
-      const svc = this.cfg.service4;
-      if (((info.src4 & (0xffffffff << (32 - svc.len))) >>> 0) !== svc.addr) {
-        return this.#drop(Drop.UNKNOWN_PEER);
-      }
+      if (!inPrefix4(this.cfg.service4, info.src4)) return this.#drop(Drop.UNKNOWN_PEER);
     } else if (!inPrefix6(this.cfg.service6, buf, info.srcOffset)) {
       return this.#drop(Drop.UNKNOWN_PEER);
     }
@@ -824,8 +873,7 @@ export class Engine {
     const info = this.#info;
     const flows = this.flows;
     if (info.version === 4) {
-      const sub = this.cfg.subnet4;
-      if (((info.dst4 & (0xffffffff << (32 - sub.len))) >>> 0) !== sub.addr) {
+      if (!inPrefix4(this.cfg.subnet4, info.dst4)) {
         return this.#drop((info.dst4 >>> 28) === 0xe ? Drop.TO_MULTICAST : Drop.NOT_LOCAL_DST);
       }
       if (!this.#local4.has(info.dst4) && !this.cfg.ingressAnyInSubnet) return this.#notInstance4(info.dst4);
@@ -909,6 +957,7 @@ export class Engine {
       }
     }
     if (p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
+    this.#res.gather?.gather(); // a scatter read: the copy needs the whole packet
     p.packets.push(buf.slice(off - this.#prefix, off + len));
     this.#parkedTotal++;
     this.#parkedBytes += bytes;

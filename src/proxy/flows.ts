@@ -28,9 +28,13 @@
  *
  * @example
  * ```ts
+ * declare const proto: number, src: number, sport: number, dst: number, dport: number; // the packet's tuple
+ * declare const now: number, packetLength: number;
+ * // the balancer's pick for a new flow: chosen, senderIp, replySrc, node, target, sender
+ * declare function choose(): Omit<NewFlow4, "proto" | "src" | "sport" | "dst" | "dport">;
  * const flows = new FlowTable({ maxFlows: 65536 });
  * let id = flows.find4(proto, src, sport, dst, dport);
- * if (id < 0) id = flows.add4({ proto, src, sport, dst, dport, chosen, senderIp, replySrc, node, target, sender }, now);
+ * if (id < 0) id = flows.add4({ proto, src, sport, dst, dport, ...choose() }, now);
  * flows.touch(id, now, packetLength);
  * // rewrite: dst := flows.chosen4(id), src := flows.senderIp4(id); send to flows.node(id)
  * ```

@@ -5,7 +5,7 @@
  * tags, the receiver copies them back together ({@link JumboAssembler}).
  *
  * Pure and allocation-free on the packet path. Copies use `copyWithin` when source and destination
- * share one ArrayBuffer (the worker lays its arenas out that way), `set` otherwise.
+ * share one ArrayBuffer (the bind lays its arenas out that way, bind.ts), `set` otherwise.
  * @module
  */
 import { JUMBO_MAX_CHUNKS, JUMBO_META_LEN, JUMBO_TAG_LEN, MIN_IPV6_LEN, MSG_JUMBO } from "./wire.ts";

@@ -37,6 +37,8 @@ export interface StatsData {
   usedJobs: string[];
   /** The Worker isolate's V8 heap (bytes): used, total (committed), external (typed arrays, …). */
   heap: { used: number; total: number; external: number };
+  /** In a merged report of several workers: each worker's packets from the TUN / tunnel and flows. */
+  workers?: Array<{ tunRx: number; udpRx: number; flows: number }>;
 }
 
 /** Main → Worker. */
@@ -59,6 +61,8 @@ export type ToWorker =
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }
   | { type: "flows"; id: number; limit: number }
+  /** Tests: end the packet loop with an error, as a crash would (the main isolate restarts the Worker). */
+  | { type: "crash" }
   | { type: "stop" };
 
 /** Worker → main. */

@@ -20,7 +20,7 @@
  * objects (caller-owned arenas and typed arrays, reusable instances). Bulk copies use
  * `copyWithin` when source and destination share an `ArrayBuffer` (zero allocation: put the TUN read
  * buffer / receive buffers and the arena in one `ArrayBuffer`); otherwise each copied chunk costs one
- * short-lived `subarray` view. Checksums are summed 32 bits at a time through a cached `DataView`.
+ * short-lived `subarray` view. Checksums come from checksum.ts (the one ones'-complement sum).
  *
  * Full checksums follow the kernel's `skb_checksum_help`: a computed 0 is stored as 0xFFFF
  * (`CSUM_MANGLED_0`) for TCP as well as UDP, so segments are byte-identical to what the kernel emits
@@ -28,8 +28,13 @@
  *
  * @example
  * ```ts
+ * import { SegmentBatch, Segmenter } from "./offload.ts";
+ * import { VNET_HDR_LEN, VnetHdr } from "../../ffi/vnet.ts";
  * const seg = new Segmenter();
  * const batch = new SegmentBatch({ mtu: 1400, headroom: 4, capacity: 64, packed: true });
+ * const readBuf = new Uint8Array(VNET_HDR_LEN + 65535); // a TUN read: virtio header + super-packet
+ * const nread = 1500;
+ * const drops = new Float64Array(16);
  * const hdr = new VnetHdr().decode(readBuf, 0);
  * const n = seg.segment(readBuf, VNET_HDR_LEN, nread - VNET_HDR_LEN, hdr, "partial", batch);
  * if (n < 0) drops[-n]++;
@@ -38,7 +43,16 @@
  * @module
  */
 
-import { foldSum, IPPROTO_TCP, IPPROTO_UDP, ipv4HeaderChecksum, pseudoSum4, pseudoSum6 } from "./checksum.ts";
+import {
+  foldSum,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  ipv4HeaderChecksum,
+  mangledChecksum,
+  onesSum,
+  pseudoSum4,
+  pseudoSum6,
+} from "./checksum.ts";
 import { PacketInfo, parsePacket, ParseResult } from "./packet.ts";
 // ffi/vnet.ts is pure (plain byte arrays, no Deno.*, no FFI), so the data plane may share it.
 import {
@@ -114,114 +128,22 @@ function copyBytes(src: Uint8Array, srcOff: number, dst: Uint8Array, dstOff: num
   dst.set(src.subarray(srcOff, srcOff + n), dstOff);
 }
 
-// Two-entry caches of a DataView and a whole-buffer Uint8Array per ArrayBuffer, so summing and
-// copying alternately over a source buffer and an arena does not allocate. Module-level state is a
-// cache only (each Worker has its own module instance).
+// A two-entry cache of a whole-buffer Uint8Array per ArrayBuffer, so copying alternately between a
+// source buffer and an arena does not allocate. Module-level state is a cache only.
 let cacheBuf0: ArrayBufferLike | null = null;
-let cacheDv0: DataView = new DataView(new ArrayBuffer(0));
 let cacheU80: Uint8Array = new Uint8Array(0);
 let cacheBuf1: ArrayBufferLike | null = null;
-let cacheDv1: DataView = cacheDv0;
 let cacheU81: Uint8Array = cacheU80;
 
-function bind(b: ArrayBufferLike): void {
-  let dv: DataView;
-  let u8: Uint8Array;
-  if (cacheBuf1 === b) {
-    dv = cacheDv1;
-    u8 = cacheU81;
-  } else {
-    dv = new DataView(b);
-    u8 = new Uint8Array(b);
-  }
+function bytesOf(buf: Uint8Array): Uint8Array {
+  const b = buf.buffer;
+  if (b === cacheBuf0) return cacheU80;
+  const u8 = b === cacheBuf1 ? cacheU81 : new Uint8Array(b);
   cacheBuf1 = cacheBuf0;
-  cacheDv1 = cacheDv0;
   cacheU81 = cacheU80;
   cacheBuf0 = b;
-  cacheDv0 = dv;
   cacheU80 = u8;
-}
-
-function viewOf(buf: Uint8Array): DataView {
-  if (buf.buffer !== cacheBuf0) bind(buf.buffer);
-  return cacheDv0;
-}
-
-function bytesOf(buf: Uint8Array): Uint8Array {
-  if (buf.buffer !== cacheBuf0) bind(buf.buffer);
-  return cacheU80;
-}
-
-/**
- * Ones'-complement sum (RFC 1071) of `len` bytes of `buf` from `off`, taken as big-endian 16-bit
- * words (an odd last byte padded with zero), plus `initial`; folded to 16 bits, not complemented.
- * Same result as `onesSum` in checksum.ts, two to three times as fast: 32-bit words are read through
- * a cached `DataView` and their halves added into two small-integer accumulators (no float math, no
- * allocation), folded every 128 KiB. `initial` must be a non-negative integer below 2^32. The range
- * must lie inside `buf` (not checked).
- *
- * @example
- * ```ts
- * fastOnesSum(new Uint8Array([0x45, 0x00, 0x00, 0x73]), 0, 4, 0); // 0x4573
- * ```
- */
-export function fastOnesSum(buf: Uint8Array, off: number, len: number, initial: number): number {
-  const dv = viewOf(buf);
-  let i = buf.byteOffset + off;
-  let s = (initial & 0xffff) + (initial >>> 16);
-  const end4 = i + (len & ~3);
-  while (i < end4) {
-    // At most 32 Ki words per round: each accumulator stays below 2^31.
-    const stop = end4 - i > 0x20000 ? i + 0x20000 : end4;
-    let hi = 0;
-    let lo = 0;
-    for (; i < stop; i += 4) {
-      const w = dv.getUint32(i);
-      hi += w >>> 16;
-      lo += w & 0xffff;
-    }
-    s += (hi & 0xffff) + (hi >>> 16) + (lo & 0xffff) + (lo >>> 16);
-    s = (s & 0xffff) + (s >>> 16);
-  }
-  if (len & 2) {
-    s += dv.getUint16(i);
-    i += 2;
-  }
-  if (len & 1) s += dv.getUint8(i) << 8;
-  s = (s & 0xffff) + (s >>> 16);
-  return (s & 0xffff) + (s >>> 16);
-}
-
-/**
- * Completes a CHECKSUM_PARTIAL packet in place: the L4 checksum field (at `csumStart +
- * csumOffset` from the packet start) holds the pseudo-header sum; the result is the full checksum
- * (0 stored as 0xFFFF, as `skb_checksum_help` does). Returns false when the offsets do not fit.
- * Used for small packets, which the kernel forwards faster with a complete checksum.
- *
- * @example
- * ```ts
- * if (completeChecksum(buf, off, len, hdr.csumStart, hdr.csumOffset)) hdr.flags = 0;
- * ```
- */
-export function completeChecksum(
-  buf: Uint8Array,
-  off: number,
-  len: number,
-  csumStart: number,
-  csumOffset: number,
-): boolean {
-  const field = off + csumStart + csumOffset;
-  if (csumStart < 0 || csumStart >= len || field + 2 > off + len) return false;
-  const c = finishChecksum(fastOnesSum(buf, off + csumStart, len - csumStart, 0));
-  buf[field] = c >>> 8;
-  buf[field + 1] = c & 0xff;
-  return true;
-}
-
-/** Stores a full checksum computed from `sum` the way `skb_checksum_help` does (0 → 0xFFFF). */
-function finishChecksum(sum: number): number {
-  const c = ~sum & 0xffff;
-  return c === 0 ? 0xffff : c;
+  return u8;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,8 +299,14 @@ export class SegmentBatch {
  *
  * @example
  * ```ts
- * const n = seg.segment(buf, 10, len - 10, hdr.decode(buf, 0), "full", batch);
- * for (let i = seg.first; i < seg.first + n; i++) send(batch.buf, batch.offsets[i], batch.lengths[i]);
+ * import { SegmentBatch, Segmenter } from "./offload.ts";
+ * import { VnetHdr } from "../../ffi/vnet.ts";
+ * const seg = new Segmenter();
+ * const batch = new SegmentBatch({ mtu: 1400, headroom: 0, capacity: 64, packed: true });
+ * const buf = new Uint8Array(10 + 1500); // virtio header + packet, as read from the TUN
+ * const len = buf.length;
+ * const n = seg.segment(buf, 10, len - 10, new VnetHdr().decode(buf, 0), "full", batch);
+ * for (let i = seg.first; i < seg.first + n; i++) console.log(batch.offsets[i], batch.lengths[i]);
  * ```
  */
 export class Segmenter {
@@ -421,6 +349,9 @@ export class Segmenter {
    * must agree with `csum_start`/`csum_offset` when `NEEDS_CSUM` is set. The input's L4 checksum
    * field is never trusted: every segment's checksum is computed from scratch. The super-packet's
    * IP length field is authoritative (trailing bytes up to `len` are ignored) for GSO types.
+   *
+   * `parsed`: the packet's parse at `off` when the caller has one (the engine's, after its
+   * rewrite), so the packet is not parsed again.
    */
   segment(
     src: Uint8Array,
@@ -429,6 +360,7 @@ export class Segmenter {
     hdr: VnetHdr,
     mode: SegmentMode,
     out: SegmentBatch,
+    parsed?: PacketInfo,
   ): number {
     const full = mode === "full";
     if (off < 0 || len <= 0 || off + len > src.length) return this.badPacket(ParseResult.TRUNCATED);
@@ -443,9 +375,13 @@ export class Segmenter {
     const needs = (hdr.flags & VNET_F_NEEDS_CSUM) !== 0;
     if (type === VNET_GSO_UDP_L4 && !needs) return GsoError.NO_NEEDS_CSUM;
     if (hdr.hdrLen > len) return GsoError.BAD_HDR_LEN;
-    const info = this.info;
-    const r = parsePacket(src, off, len, info);
-    if (r !== ParseResult.OK) return this.badPacket(r);
+    let info = this.info;
+    if (parsed !== undefined && parsed.off === off && parsed.version !== 0 && parsed.totalLen <= len) {
+      info = parsed;
+    } else {
+      const r = parsePacket(src, off, len, info);
+      if (r !== ParseResult.OK) return this.badPacket(r);
+    }
     if (info.isFragment) return this.badPacket(ParseResult.BAD_FRAGMENT);
     const tcp = type !== VNET_GSO_UDP_L4;
     if (tcp) {
@@ -514,7 +450,7 @@ export class Segmenter {
       }
       if (full) {
         write16(dst, t + fieldOff, 0);
-        write16(dst, t + fieldOff, finishChecksum(fastOnesSum(dst, t, l4Len, pseudo + l4Len)));
+        write16(dst, t + fieldOff, mangledChecksum(onesSum(dst, t, l4Len, pseudo + l4Len)));
       } else {
         write16(dst, t + fieldOff, foldSum(pseudo + l4Len));
       }
@@ -565,7 +501,7 @@ export class Segmenter {
     const partial = needs && !full;
     if (needs && full) {
       // CHECKSUM_PARTIAL: the field holds the pseudo-header sum and is part of the summed range.
-      write16(dst, p + field, finishChecksum(fastOnesSum(dst, p + start, len - start, 0)));
+      write16(dst, p + field, mangledChecksum(onesSum(dst, p + start, len - start, 0)));
     }
     const i = out.count;
     out.offsets[i] = p;
@@ -650,12 +586,22 @@ export interface CoalescerOptions {
  *
  * @example
  * ```ts
+ * import { Coalescer, CoalesceResult } from "./offload.ts";
  * const gro = new Coalescer({ maxPackets: 128 });
- * for (const [buf, off, len, partial] of received) {
- *   if (gro.add(buf, off, len, partial ? 20 : -1, 16) === CoalesceResult.FULL) { flush(gro); gro.add(...); }
+ * const received: Uint8Array[] = []; // IP packets from the tunnel, complete checksums
+ * const write = (bytes: Uint8Array) => console.log(bytes.length); // a TUN write
+ * const flush = () => {
+ *   const n = gro.finish();
+ *   for (let i = 0; i < n; i++) write(gro.arena.subarray(gro.offsets[i], gro.offsets[i] + gro.lengths[i]));
+ *   gro.reset();
+ * };
+ * for (const p of received) {
+ *   if (gro.add(p, 0, p.length) === CoalesceResult.FULL) {
+ *     flush();
+ *     gro.add(p, 0, p.length);
+ *   }
  * }
- * const n = gro.finish();
- * for (let i = 0; i < n; i++) tun.write(gro.arena, gro.offsets[i], gro.lengths[i]);
+ * flush();
  * ```
  */
 export class Coalescer {
@@ -1029,7 +975,7 @@ export class Coalescer {
     const pseudo = v4
       ? pseudoSum4(buf, off + 12, off + 16, IPPROTO_TCP, tcpLen)
       : pseudoSum6(buf, off + 8, off + 24, IPPROTO_TCP, tcpLen);
-    return fastOnesSum(buf, off + l4, tcpLen, pseudo) === 0xffff;
+    return onesSum(buf, off + l4, tcpLen, pseudo) === 0xffff;
   }
 }
 

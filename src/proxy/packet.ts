@@ -36,11 +36,14 @@
  * @example
  * ```ts
  * const info = new PacketInfo();
- * const r = parsePacket(buf, off, len, info);
- * if (r !== ParseResult.OK) { drops[r]++; return; }
- * if (info.version === 4) {
- *   rewriteSrc4(buf, info, instanceIp);
- *   rewriteDst4(buf, info, chosenNsIp);
+ * const drops = new Uint32Array(PARSE_RESULT_COUNT);
+ * function forward(buf: Uint8Array, off: number, len: number, instanceIp: number, chosenNsIp: number): void {
+ *   const r = parsePacket(buf, off, len, info);
+ *   if (r !== ParseResult.OK) { drops[r]++; return; }
+ *   if (info.version === 4) {
+ *     rewriteSrc4(buf, info, instanceIp);
+ *     rewriteDst4(buf, info, chosenNsIp);
+ *   }
  * }
  * ```
  * @module
@@ -239,6 +242,10 @@ function mix32(h: number): number {
  *
  * @example
  * ```ts
+ * interface Entry { addr: Uint8Array } // the full address, to confirm a hit
+ * declare const byAddr: Map<number, Entry>; // keyed by ipv6Key(entry.addr, 0)
+ * declare const buf: Uint8Array, info: PacketInfo; // a parsed IPv6 packet
+ * declare function use(e: Entry): void;
  * const e = byAddr.get(ipv6Key(buf, info.dstOffset));
  * if (e !== undefined && ipv6Equal(e.addr, 0, buf, info.dstOffset)) use(e);
  * ```
@@ -266,6 +273,7 @@ export function ipv6Key(buf: Uint8Array, off: number): number {
  *
  * @example
  * ```ts
+ * declare const buf: Uint8Array, n: number; // n bytes of an IP packet at buf[0]
  * const info = new PacketInfo();
  * if (parsePacket(buf, 0, n, info) === ParseResult.OK && info.protocol === IPPROTO_TCP) {
  *   console.log(info.srcPort, info.dstPort);
@@ -483,6 +491,7 @@ function applyDelta(buf: Uint8Array, info: PacketInfo, delta: number, partial: b
  *
  * @example
  * ```ts
+ * declare const buf: Uint8Array, info: PacketInfo; // an IPv4 packet parsed into info
  * rewriteSrc4(buf, info, 0x0a130007); // 10.19.0.7
  * ```
  */
@@ -532,6 +541,8 @@ export function rewriteAddrs4(
  *
  * @example
  * ```ts
+ * declare const buf: Uint8Array, info: PacketInfo; // an IPv6 packet parsed into info
+ * declare const instanceIp6: Uint8Array; // 16 bytes
  * rewriteSrc6(buf, info, instanceIp6, 0);
  * ```
  */

@@ -45,16 +45,19 @@
  *
  * @example
  * ```ts
+ * import { type Peer, PeerTable } from "./peers.ts";
+ * import { CAP_FAST, CAP_PROBE, encodeHello, encodeProbe } from "./wire.ts";
+ * declare const nodes: string[], selfKey: string, buf: Uint8Array, hostPort: number, nodeId: string;
+ * declare const srcAddr: number, srcPort: number, send: (p: Peer, len: number) => void;
  * const peers = new PeerTable({ localCaps: CAP_FAST | CAP_PROBE });
- * peers.sync(table.nodes().filter((k) => k !== selfKey), performance.now());
+ * peers.sync(nodes.filter((k) => k !== selfKey), performance.now());
  * const wake = peers.tick(performance.now(), {
  *   hello: (p, hi, lo) => send(p, encodeHello(buf, 0, { caps: peers.localCaps, nonceHi: hi, nonceLo: lo, hostPort, nodeId })),
  *   probe: (p, seq, us) => send(p, encodeProbe(buf, 0, seq, us)),
  * });
  * // receive path
  * const peer = peers.lookup4(srcAddr, srcPort);
- * if (peer === undefined) { drops.unknownPeer++; return; }
- * peer.rxPackets++;
+ * if (peer !== undefined) peer.rxPackets++;
  * ```
  * @module
  */
@@ -62,9 +65,11 @@
 import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { nodeKey } from "../table/entry.ts";
 import { ipv6Equal, ipv6Key } from "./packet.ts";
+import { laneHash } from "./lanes.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
+  CAP_LANES,
   CAP_PROBE,
   type HelloMessage,
   MSG_HELLO,
@@ -271,6 +276,8 @@ export class Peer {
   capsKnown = false;
   /** Its capability bits (0 while unknown). */
   remoteCaps = 0;
+  /** JUMBO ids to and from it are lane-tagged: both sides announced {@link CAP_LANES}. */
+  lanes = false;
   /** Its wire version (0 while unknown). */
   remoteVersion = 0;
   /** Its advertised port as it announced it (0 while unknown). */
@@ -338,6 +345,13 @@ export class Peer {
   jumboLostTotal = 0;
   /** Id of the next JUMBO message we send it (consecutive, so the receiver sees gaps). */
   jumboSeq: number = (Math.random() * 0x100000000) >>> 0;
+  /**
+   * With {@link lanes}: the next 16-bit sequence number per id stream (lane key & 7); an id is
+   * `(sequence << 16) | lane key` (see {@link jumboLaneId}).
+   */
+  readonly jumboLaneSeqs: Uint16Array = crypto.getRandomValues(new Uint16Array(JUMBO_STREAMS));
+  /** With {@link lanes}: its JUMBO ids as we track them, per stream (created on first use). */
+  jumboStreams: JumboTrack[] | undefined = undefined;
 
   /** PROBEs sent. */
   probesSent = 0;
@@ -374,6 +388,34 @@ export class Peer {
 
 /** Bucket keys of IPv6 peers start here (IPv4 keys are < 2^32). */
 const V6_KEY_BASE = 2 ** 52;
+
+/**
+ * Lane-tagged JUMBO ids (CAP_LANES) form this many sequences per peer, by `laneHash(key) & 7`: with a
+ * power-of-two worker count on both nodes one sender worker makes and one receiver worker sees each,
+ * so gaps in one still mean lost messages.
+ */
+export const JUMBO_STREAMS = 8;
+
+/** Where a stream of JUMBO ids stands (see PeerTable.noteJumboId). */
+export interface JumboTrack {
+  jumboBase: number;
+  jumboSynced: boolean;
+  jumboInWindowAt: number;
+  jumboCand: number;
+  jumboCandRun: number;
+}
+
+/** The id of the next JUMBO message to `peer` for a packet with lane key `key` ({@link advanceJumboId} uses it up). */
+export function jumboLaneId(peer: Peer, key: number): number {
+  if (!peer.lanes) return peer.jumboSeq;
+  return ((peer.jumboLaneSeqs[laneHash(key) & (JUMBO_STREAMS - 1)] << 16) | (key & 0xffff)) >>> 0;
+}
+
+/** Moves on to the next id after a JUMBO message with lane key `key` went out (consecutive: gaps show losses). */
+export function advanceJumboId(peer: Peer, key: number): void {
+  if (!peer.lanes) peer.jumboSeq = (peer.jumboSeq + 1) >>> 0;
+  else peer.jumboLaneSeqs[laneHash(key) & (JUMBO_STREAMS - 1)]++; // (a Uint16Array wraps)
+}
 
 /** How far ahead of a peer's latest JUMBO message id an id counts (see PeerTable.noteJumboId). */
 export const JUMBO_WINDOW = 64;
@@ -419,6 +461,16 @@ export interface PeerTableOptions {
   readonly rttLossesToUnknown?: number;
   /** Source of uint32 nonces (default `crypto.getRandomValues`). */
   readonly nonce?: () => number;
+  /**
+   * 0..255: the last byte of every HELLO nonce and PROBE sequence number we send, so that the echoed
+   * HELLO_ACK / PROBE_REPLY is steered back to this data-plane worker (see `lanes.ts`). Default none.
+   */
+  readonly laneTag?: number;
+  /**
+   * Read gaps between a peer's JUMBO ids as lost messages (default true). False when this node runs
+   * several data-plane workers: each sees only the messages of its lanes.
+   */
+  readonly jumboGaps?: boolean;
   /** RTT estimator options. */
   readonly rtt?: RttOptions;
 }
@@ -509,6 +561,8 @@ export class PeerTable {
   readonly #rttMaxAge: number;
   readonly #rttLosses: number;
   readonly #nonce: () => number;
+  readonly #laneTag: number;
+  readonly #jumboGaps: boolean;
   readonly #rttOpts: RttOptions | undefined;
   #now = -Infinity;
 
@@ -529,7 +583,14 @@ export class PeerTable {
     this.#rttLease = positive(opts.rttLeaseMs, 60_000, "rttLeaseMs");
     this.#rttMaxAge = positive(opts.rttMaxAgeMs, 30_000, "rttMaxAgeMs");
     this.#rttLosses = Math.max(1, positive(opts.rttLossesToUnknown, 3, "rttLossesToUnknown"));
-    this.#nonce = opts.nonce ?? defaultNonce;
+    const nonce = opts.nonce ?? defaultNonce;
+    const tag = opts.laneTag ?? -1;
+    if (tag !== -1 && (!Number.isInteger(tag) || tag < 0 || tag > 255)) {
+      throw new RangeError(`laneTag must be 0..255, got ${tag}`);
+    }
+    this.#laneTag = tag;
+    this.#jumboGaps = opts.jumboGaps ?? true;
+    this.#nonce = tag < 0 ? nonce : () => ((nonce() & ~0xff) | tag) >>> 0;
     this.#rttOpts = opts.rtt;
   }
 
@@ -590,36 +651,65 @@ export class PeerTable {
   }
 
   #noteJumboId(peer: Peer, id: number, completed: boolean, now: number): boolean {
-    if (!peer.jumboSynced) {
+    if (peer.lanes) {
+      // Lane-tagged ids: one 16-bit sequence per stream (JUMBO_STREAMS).
+      const streams = peer.jumboStreams ??= Array.from({ length: JUMBO_STREAMS }, () => ({
+        jumboBase: 0,
+        jumboSynced: false,
+        jumboInWindowAt: -Infinity,
+        jumboCand: 0,
+        jumboCandRun: 0,
+      }));
+      return this.#track(
+        peer,
+        streams[laneHash(id & 0xffff) & (JUMBO_STREAMS - 1)],
+        id >>> 16,
+        0xffff,
+        completed,
+        now,
+      );
+    }
+    if (!this.#jumboGaps) {
+      // Our workers each see a part of this peer's one sequence: only an incomplete message is lost.
+      if (!completed) peer.jumboLostTotal++;
+      return this.noteJumbo(peer, completed, now);
+    }
+    return this.#track(peer, peer, id, 0xffffffff, completed, now);
+  }
+
+  /** Judges id `id` of a sequence counted modulo `mask + 1` whose state is `t`. */
+  #track(peer: Peer, t: JumboTrack, id: number, mask: number, completed: boolean, now: number): boolean {
+    const wrap = (v: number) => mask === 0xffffffff ? v >>> 0 : v & mask;
+    if (!t.jumboSynced) {
       if (!completed) return false;
-      peer.jumboSynced = true;
-      peer.jumboBase = id;
-      peer.jumboInWindowAt = now;
+      t.jumboSynced = true;
+      t.jumboBase = id;
+      t.jumboInWindowAt = now;
       return this.noteJumbo(peer, true, now);
     }
-    const d = (id - peer.jumboBase) >>> 0;
+    const d = wrap(id - t.jumboBase);
     if (d >= 1 && d <= JUMBO_WINDOW) {
-      peer.jumboBase = id;
-      peer.jumboInWindowAt = now;
+      t.jumboBase = id;
+      t.jumboInWindowAt = now;
       let refused = false;
       const lost = d - 1 + (completed ? 0 : 1);
       peer.jumboLostTotal += lost;
       for (let k = 1; k < d; k++) refused = this.noteJumbo(peer, false, now) || refused;
       return this.noteJumbo(peer, completed, now) || refused;
     }
-    if (d === 0 || d > 0x100000000 - JUMBO_WINDOW) {
+    if (d === 0 || d > mask + 1 - JUMBO_WINDOW) {
       // The latest id or a recent one (reordered): its loss was counted when the gap showed.
-      if (completed) peer.jumboInWindowAt = now;
+      if (completed) t.jumboInWindowAt = now;
       return false;
     }
     peer.jumboStrays++;
-    if (!completed || now - peer.jumboInWindowAt < JUMBO_RESYNC_IDLE_MS) return false;
-    peer.jumboCandRun = id === ((peer.jumboCand + 1) >>> 0) ? peer.jumboCandRun + 1 : 1;
-    peer.jumboCand = id;
-    if (peer.jumboCandRun >= JUMBO_RESYNC_RUN) {
-      peer.jumboBase = id;
-      peer.jumboInWindowAt = now;
-      peer.jumboCandRun = 0;
+    if (!completed || now - t.jumboInWindowAt < JUMBO_RESYNC_IDLE_MS) return false;
+    t.jumboCandRun = id === wrap(t.jumboCand + 1) ? t.jumboCandRun + 1 : 1;
+    t.jumboCand = id;
+    if (t.jumboCandRun >= JUMBO_RESYNC_RUN) {
+      t.jumboBase = id;
+      t.jumboInWindowAt = now;
+      t.jumboCandRun = 0;
     }
     return false;
   }
@@ -764,6 +854,9 @@ export class PeerTable {
    *
    * @example
    * ```ts
+   * import { PeerTable } from "./peers.ts";
+   * import { parseIPv4, parseIPv6 } from "../addr/mod.ts";
+   * declare const peers: PeerTable;
    * peers.isKnown(parseIPv4("131.1.0.2"), 50103);
    * peers.isKnown(parseIPv6("fd00::2"), 40000);
    * ```
@@ -865,6 +958,7 @@ export class PeerTable {
   #updateFast(p: Peer): void {
     p.fast = p.capsKnown && (this.#localCaps & p.remoteCaps & CAP_FAST) !== 0;
     p.jumbo = p.fast && (this.#localCaps & p.remoteCaps & CAP_JUMBO) !== 0;
+    p.lanes = p.jumbo && (this.#localCaps & p.remoteCaps & CAP_LANES) !== 0;
   }
 
   // ------------------------------------------------------------------------- RTT
@@ -964,7 +1058,9 @@ export class PeerTable {
       } else if (this.#wantsProbe(p, now)) {
         if (now >= p.nextProbeAt) {
           p.probeOutstanding = true;
-          p.probeSeq = (p.probeSeq + 1) >>> 0;
+          p.probeSeq = this.#laneTag < 0
+            ? (p.probeSeq + 1) >>> 0
+            : ((((p.probeSeq >>> 8) + 1) << 8) | this.#laneTag) >>> 0;
           p.probeSentAt = now;
           p.probeSentUs = now * 1000;
           p.probesSent++;

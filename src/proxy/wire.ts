@@ -17,7 +17,7 @@
  * | 0x15 | JUMBO chunk | `[0x15][index u8][count u8][flags u8][message id u32]`, chunk 0 then `[gso_type u8][0][gso_size u16][csum_start u16][csum_offset u16]`, then a slice of one super-packet | 8 (+ 8) + slice |
  *
  * - **Capabilities** (`caps`): {@link CAP_FAST} (bit 0), {@link CAP_PROBE} (bit 1); bit 2 is set
- *   aside for tunnel authentication ({@link CAP_AUTH_RESERVED}); {@link CAP_JUMBO} (bit 3); unknown
+ *   aside for tunnel authentication ({@link CAP_AUTH_RESERVED}); {@link CAP_JUMBO} (bit 3); {@link CAP_LANES} (bit 4); unknown
  *   bits are carried and ignored. A node sends FAST data to a peer only when both announced
  *   {@link CAP_FAST}, JUMBO chunks only when both announced {@link CAP_FAST} and {@link CAP_JUMBO}.
  * - **JUMBO chunks** carry a TCP super-packet (up to 64 KB, as the TUN returned it with TSO) cut
@@ -52,6 +52,9 @@
  *
  * @example
  * ```ts
+ * declare const buf: Uint8Array, n: number; // one received datagram at buf[0..n]
+ * declare function handleIp(buf: Uint8Array, off: number, len: number): void;
+ * declare function handleControl(buf: Uint8Array, off: number, len: number): void;
  * const fast = new FastHeader();
  * switch (classify(buf, 0, n)) {
  *   case WireKind.RAW_V4:
@@ -97,6 +100,13 @@ export const CAP_PROBE = 1 << 1;
 export const CAP_AUTH_RESERVED = 1 << 2;
 /** Capability: reassembles JUMBO chunks (0x15) into super-packets. */
 export const CAP_JUMBO = 1 << 3;
+/**
+ * Capability: understands lane-tagged JUMBO ids. Towards a peer that announced it, a JUMBO message id
+ * is `(sequence << 16) | lane key` (see `lanes.ts`), so every chunk — not only chunk 0, which holds the
+ * inner header — can be steered to the peer's worker of that flow; the receiver then does not read
+ * gaps between ids as losses (it judges loss by incomplete messages only).
+ */
+export const CAP_LANES = 1 << 4;
 
 /** Longest node id a HELLO carries, in bytes. */
 export const MAX_NODE_ID_LEN = 64;
@@ -358,6 +368,7 @@ function encodeHelloType(type: number, buf: Uint8Array, off: number, f: HelloFie
  *
  * @example
  * ```ts
+ * const buf = new Uint8Array(HELLO_MAX_LEN);
  * const n = encodeHello(buf, 0, { caps: CAP_FAST | CAP_PROBE, nonceHi: 1, nonceLo: 2, hostPort: 50103, nodeId: "w1" });
  * ```
  */
@@ -434,6 +445,7 @@ function encodeProbeType(
  *
  * @example
  * ```ts
+ * const buf = new Uint8Array(PROBE_LEN);
  * encodeProbe(buf, 0, 7, performance.now() * 1000);
  * ```
  */
@@ -497,7 +509,9 @@ export class FastHeader {
  *
  * @example
  * ```ts
- * // a TCP/IPv4 segment with a 20-byte IP header, checksum field at 20 + 16
+ * declare const segment: Uint8Array; // a TCP/IPv4 segment with a 20-byte IP header
+ * const buf = new Uint8Array(FAST_HEADER_LEN + segment.length);
+ * // checksum field at 20 + 16
  * const h = encodeFastHeader(buf, 0, FAST_F_NEEDS_CSUM, 20, 16);
  * buf.set(segment, h);
  * ```

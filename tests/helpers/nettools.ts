@@ -11,10 +11,15 @@
  * - `tcp-bulk HOST PORT MB`: sends MB MiB of pseudo-random bytes to a sink, half-closes, and exits 0
  *   only when the sink's `BYTES HASH` matches what was sent (prints both), 1 otherwise (20 s limit)
  * - `udp-send HOST PORT HEX`: sends one datagram with the given bytes (no answer expected)
- * - `tcp-chat HOST PORT N INTERVAL_MS`: one connection, N request/answer rounds, prints each answer;
- *   exits 1 when an answer takes longer than 3 s
+ * - `tcp-chat HOST PORT N INTERVAL_MS [LOCALPORT]`: one connection, N request/answer rounds, prints
+ *   each answer; exits 1 when an answer takes longer than 3 s
+ * - `tcp-client-from HOST PORT TEXT LOCALPORT`: `tcp-client` from a chosen source port
+ * - `udp-seq HOST PORT FLOWS N`: FLOWS sockets (source ports 42000 + f) each send N numbered
+ *   datagrams to an echo server, interleaved; prints `received REORDERED` and exits 0 only when no
+ *   flow's answers came back out of order and at least 95 % came back (3 s after the last send)
  */
 import dgram from "node:dgram";
+import net from "node:net";
 
 const [cmd, ...args] = Deno.args;
 const enc = new TextEncoder();
@@ -147,6 +152,65 @@ function udpClient(host: string, port: number, text: string) {
   s.send(text, port, host);
 }
 
+/** Connects from a chosen local port (Deno.connect cannot bind one). */
+function connectFrom(host: string, port: number, localPort: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host, port, localPort });
+    const timer = setTimeout(() => reject(new Error("connect timeout")), 3000);
+    s.once("connect", () => {
+      clearTimeout(timer);
+      resolve(s);
+    });
+    s.once("error", reject);
+  });
+}
+
+/** Sends `text` and resolves with the first answer (3 s limit). */
+function askOn(s: net.Socket, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer to ${text}`)), 3000);
+    s.once("data", (d: Uint8Array) => {
+      clearTimeout(timer);
+      resolve(dec.decode(d).trim());
+    });
+    s.write(text);
+  });
+}
+
+function udpSeq(host: string, port: number, flows: number, n: number) {
+  const got = new Array<number>(flows).fill(0);
+  const last = new Array<number>(flows).fill(-1);
+  let reordered = 0;
+  const socks = Array.from({ length: flows }, (_, f) => {
+    const s = dgram.createSocket({ type: host.includes(":") ? "udp6" : "udp4" });
+    s.bind(42000 + f);
+    s.on("message", (m: Uint8Array) => {
+      const [, ff, ii] = /(\d+)\.(\d+)$/.exec(dec.decode(m)) ?? [];
+      const fi = Number(ff), i = Number(ii);
+      if (fi !== f) return;
+      got[f]++;
+      if (i < last[f] && ++reordered <= 12) console.error(`flow ${f}: ${i} after ${last[f]}`);
+      last[f] = Math.max(last[f], i);
+    });
+    return s;
+  });
+  let i = 0;
+  const tick = () => {
+    for (let k = 0; k < 2 && i < n; k++, i++) {
+      for (let f = 0; f < flows; f++) socks[f].send(enc.encode(`${f}.${i}`), port, host);
+    }
+    if (i < n) setTimeout(tick, 1);
+    else {
+      setTimeout(() => {
+        const total = got.reduce((a, b) => a + b, 0);
+        console.log(`${total} ${reordered}`);
+        Deno.exit(reordered === 0 && total >= 0.95 * flows * n ? 0 : 1);
+      }, 3000);
+    }
+  };
+  setTimeout(tick, 200); // let the binds finish
+}
+
 function httpServer(port: number, name: string) {
   Deno.serve({ hostname: "::", port, onListen() {} }, () => new Response(`${name}\n`));
 }
@@ -185,7 +249,25 @@ try {
       sock.send(bytes, Number(args[1]), args[0], () => sock.close());
       break;
     }
+    case "tcp-client-from": {
+      const s = await connectFrom(args[0], Number(args[1]), Number(args[3]));
+      console.log(await askOn(s, args[2]));
+      s.destroy();
+      break;
+    }
+    case "udp-seq":
+      udpSeq(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
+      break;
     case "tcp-chat": {
+      if (args[4] !== undefined) {
+        const s = await connectFrom(args[0], Number(args[1]), Number(args[4]));
+        for (let i = 0; i < Number(args[2]); i++) {
+          console.log(await askOn(s, `m${i}`));
+          await new Promise((r) => setTimeout(r, Number(args[3])));
+        }
+        s.destroy();
+        break;
+      }
       const conn = await Deno.connect({ hostname: args[0], port: Number(args[1]) });
       const buf = new Uint8Array(65536);
       for (let i = 0; i < Number(args[2]); i++) {

@@ -41,6 +41,18 @@ Deno.test("ipv4 masks and prefixes", () => {
   assertThrows(() => parsePrefix4("10.18.0.0/33"), AddressError);
 });
 
+Deno.test("inPrefix4: /0 holds every address, /32 exactly one (a shift by 32 is a shift by 0 in JS)", () => {
+  const all = parsePrefix4("0.0.0.0/0");
+  for (const a of ["0.0.0.0", "10.30.0.1", "192.0.2.1", "255.255.255.255"]) {
+    assert(inPrefix4(all, parseIPv4(a)), a);
+  }
+  const one = parsePrefix4("10.30.0.1/32");
+  assert(inPrefix4(one, parseIPv4("10.30.0.1")));
+  assert(!inPrefix4(one, parseIPv4("10.30.0.0")));
+  assert(inPrefix4(parsePrefix4("128.0.0.0/1"), parseIPv4("200.1.1.1")));
+  assert(!inPrefix4(parsePrefix4("128.0.0.0/1"), parseIPv4("127.1.1.1")));
+});
+
 Deno.test("ipv6 parse and RFC 5952 formatting", () => {
   assertEquals(canonicalIPv6("fc00:0:0:0:0:0:0:0"), "fc00::");
   assertEquals(canonicalIPv6("FDFF:2000::0001"), "fdff:2000::1");

@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertNotEquals } from "../helpers/assert.ts";
 import { parseIPv4 } from "../../src/addr/mod.ts";
-import { Balancer, seededRandom } from "../../src/proxy/balance.ts";
+import { Balancer, seededRandom, SharedRotation } from "../../src/proxy/balance.ts";
 import { FlowTable, PROTO_TCP } from "../../src/proxy/flows.ts";
 import {
   instanceIp4Of,
@@ -188,4 +188,27 @@ Deno.test("rotation state is bounded", () => {
   assertEquals(b.tracked, 2);
   // A forgotten ServiceIP restarts at the smallest nsip.
   assertEquals(b.chooseFrom("RoundRobin", 0, cands)?.instance, 0);
+});
+
+Deno.test("shared rotation: Balancers in several workers rotate as one, per ServiceIP (and alone without it)", () => {
+  const cands = [inst(0), inst(1), inst(2)];
+  const buf = SharedRotation.create(16);
+  const workers = [0, 1].map(() =>
+    new Balancer({ random: seededRandom(1), shared: new SharedRotation(buf) })
+  );
+  const picks: number[] = [];
+  for (let k = 0; k < 9; k++) picks.push(workers[k % 2].chooseFrom("RoundRobin", RR, cands)!.instance);
+  assertEquals(picks, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+  // Another ServiceIP has its own position (also a string key, as IPv6 keys are).
+  assertEquals(workers[1].chooseFrom("RoundRobin", "fdff:2000::1", cands)!.instance, 0);
+  assertEquals(workers[0].chooseFrom("RoundRobin", RR, cands)!.instance, 0);
+  const alone = [0, 1].map(() => new Balancer({ random: seededRandom(1) }));
+  const own: number[] = [];
+  for (let k = 0; k < 4; k++) own.push(alone[k % 2].chooseFrom("RoundRobin", RR, cands)!.instance);
+  assertEquals(own, [0, 0, 1, 1]); // what per-worker rotation would do
+  // A full shared area falls back to the Balancer's own position instead of failing.
+  const tiny = new SharedRotation(SharedRotation.create(16));
+  for (let k = 1; k <= 40; k++) tiny.slot(k * 7919);
+  const b = new Balancer({ random: seededRandom(1), shared: tiny });
+  assert(b.chooseFrom("RoundRobin", 0x0a1e0001, cands) !== undefined);
 });

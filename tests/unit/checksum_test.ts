@@ -8,6 +8,7 @@ import {
   addrDelta4,
   addrDelta6,
   adjustChecksum,
+  completeChecksum,
   delta16,
   foldSum,
   IPPROTO_ICMP,
@@ -116,6 +117,44 @@ Deno.test("onesSum: very long input (folds while accumulating)", () => {
   const c = new Uint8Array(262144);
   for (let i = 0; i < c.length; i++) c[i] = i & 0xff;
   assertEquals(onesSum(c, 0, c.length, 0), refSum(Array.from(c)));
+});
+
+Deno.test("onesSum: every alignment, view offset, initial near 2^32 and buffer switches", () => {
+  const rnd = prng(7);
+  const big = randomBytes(rnd, 5000);
+  const view = new Uint8Array(big.buffer, 3, 4000); // unaligned byteOffset
+  for (let t = 0; t < 400; t++) {
+    const off = Math.floor(rnd() * 1000);
+    const len = Math.floor(rnd() * 2900);
+    const init = Math.floor(rnd() * 0x3ffff);
+    assertEquals(onesSum(view, off, len, init), refSum(Array.from(view.subarray(off, off + len)), init));
+  }
+  assertEquals(onesSum(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff]), 0, 5, 0xffff), 0xff00);
+  assertEquals(onesSum(new Uint8Array(10), 0, 10, 0), 0);
+  // Ranges longer than one accumulation round (128 KiB) are folded between rounds.
+  const huge = randomBytes(rnd, 400_000).fill(0xff, 0, 300_000);
+  let ref = 0xfffffff0n; // BigInt reference (initial near 2^32 too)
+  for (let i = 1; i < 399_997; i += 2) ref += BigInt((huge[i] << 8) | huge[i + 1]);
+  ref += BigInt(huge[399_997] << 8);
+  while (ref > 0xffffn) ref = (ref & 0xffffn) + (ref >> 16n);
+  assertEquals(onesSum(huge, 1, 399_997, 0xfffffff0), Number(ref));
+  // Alternating between several buffers (cache eviction) stays correct.
+  const a = randomBytes(rnd, 300), b = randomBytes(rnd, 300), c = randomBytes(rnd, 300);
+  for (const x of [a, b, c, a, c, b, a]) {
+    assertEquals(onesSum(x, 1, 299, 5), refSum(Array.from(x.subarray(1, 300)), 5));
+  }
+});
+
+Deno.test("completeChecksum: fills the full checksum of a CHECKSUM_PARTIAL range; 0 is stored as 0xffff", () => {
+  const b = new Uint8Array([0, 0, 0x12, 0x34, 0x00, 0x00, 0xab, 0xcd, 0x01]);
+  // Range from byte 2, field at 2 + 2: the field (0) is part of the sum, as the kernel does it.
+  assertEquals(completeChecksum(b, 0, b.length, 2, 2), true);
+  const f = (b[4] << 8) | b[5];
+  assertEquals(f, ~refSum([0x12, 0x34, 0, 0, 0xab, 0xcd, 0x01], 0) & 0xffff);
+  const z = new Uint8Array([0xff, 0xff, 0x00, 0x00]); // sums to 0xffff: complement 0 → 0xffff
+  assertEquals(completeChecksum(z, 0, 4, 0, 2), true);
+  assertEquals((z[2] << 8) | z[3], 0xffff);
+  assertEquals(completeChecksum(b, 0, b.length, 8, 2), false); // field past the end
 });
 
 Deno.test("pseudo-header sums match their definitions", () => {

@@ -151,3 +151,17 @@ Deno.test("config: --subnet parsing (standalone mode)", async () => {
     "--subnet",
   );
 });
+
+Deno.test("config: DataPlaneWorkers is 1, 2, 4 or 8 (default from the CPUs); others are refused by name", () => {
+  const parse = (v: unknown) =>
+    parseConfigObject("n", v === undefined ? {} : { DataPlaneWorkers: v }, NetCfgSchema, { env: {} }).value
+      .DataPlaneWorkers;
+  assertEquals(parse(4), 4);
+  assertEquals(parse("2"), 2);
+  assert([1, 2, 4, 8].includes(parse(undefined)));
+  for (const bad of [0, 3, 9, "x"]) {
+    assertThrows(() => parse(bad), ConfigError, "DataPlaneWorkers");
+  }
+  const fromEnv = parseConfigObject("n", {}, NetCfgSchema, { env: { DataPlaneWorkers: "1" } });
+  assertEquals(fromEnv.value.DataPlaneWorkers, 1);
+});

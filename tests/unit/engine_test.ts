@@ -89,7 +89,7 @@ Deno.test("engine: a flow stays on its instance; the reply is restored to the di
   const out = buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5555, dstPort: 53, payload: 20 });
   assertEquals(e.egress(out, 0, out.length, 1), Verdict.TO_PEER);
   const target = parsed(out).dst4;
-  const route = e.out!;
+  const route = e.result.route!;
   for (let k = 0; k < 5; k++) {
     const again = buildIPv4Udp({
       src: "10.18.0.66",
@@ -231,7 +231,7 @@ Deno.test("engine: a stranger becomes a peer when the resolved job names its add
   assertEquals(back.length, 1);
   const d = back[0];
   assertEquals(e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, 3), Verdict.TO_TUN);
-  assertEquals(e.deliver(d.bytes, e.pktOff, e.pktLen, false), Verdict.TO_TUN);
+  assertEquals(e.deliver(d.bytes, e.result.off, e.result.len, false), Verdict.TO_TUN);
 });
 
 Deno.test("engine: a new public address makes the entries naming it local", () => {
@@ -346,4 +346,18 @@ Deno.test("engine: stranger state is bounded — per underlay source, in keys, i
     g.receive(again, 0, again.length, 4, ip4("198.51.100.1"), undefined, 50103, 10_001),
     Verdict.PARKED,
   );
+});
+
+Deno.test("engine: /0 ranges hold every address (instance subnet on ingress, ServiceIP range for strangers)", () => {
+  const wide = { ...CFG, subnet4: parsePrefix4("0.0.0.0/0"), service4: parsePrefix4("0.0.0.0/0") };
+  const e = new Engine(wide, table());
+  // Ingress from a known peer to a local instance: inside a /0 subnet.
+  const p = buildIPv4Tcp({ src: "10.30.0.2", dst: "10.18.0.66", srcPort: 80, dstPort: 999, payload: 10 });
+  assertEquals(e.ingress(p, 0, p.length, 4, ip4("192.0.2.2"), undefined, 50103, 1), Verdict.TO_TUN);
+  // A stranger's packet whose inner source is in a /0 ServiceIP range is parked for resolution.
+  const q = buildIPv4Udp({ src: "172.16.0.5", dst: "10.18.0.66", srcPort: 5, dstPort: 6, payload: 3 });
+  assertEquals(e.receive(q, 0, q.length, 4, ip4("192.0.2.99"), undefined, 50103, 2), Verdict.PARKED);
+  // And egress: any destination is a ServiceIP.
+  const r = buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5, dstPort: 6, payload: 3 });
+  assert(e.egress(r, 0, r.length, 3) !== Verdict.DROP);
 });

@@ -1,0 +1,246 @@
+/**
+ * The packet loop between the two seams (seams.ts): it drains the TUN side into the engine and
+ * on to the bind (egress), drains the bind into the engine and on to the TUN side (ingress), runs
+ * the engine's timers, and answers the main isolate's messages. It owns no device and no offload:
+ * the Worker (worker.ts) builds it on the real devices and polls their fds; the unit tests build it
+ * on in-memory seams.
+ *
+ * Per packet it only moves a reused {@link PacketResult} between the engine and a seam: no
+ * allocation, no closure.
+ *
+ * @example
+ * ```ts
+ * import { PacketLoop } from "./loop.ts";
+ * import type { Engine } from "./engine.ts";
+ * import type { BindSeam, TunSeam } from "./seams.ts";
+ * function once(engine: Engine, tun: TunSeam, bind: BindSeam): void {
+ *   const loop = new PacketLoop(engine, tun, bind, (m) => console.log(m.type));
+ *   const now = performance.now();
+ *   loop.drainTun(now);
+ *   loop.drainBind(now);
+ *   loop.tick(now);
+ * }
+ * ```
+ * @module
+ */
+import { VNET_F_NEEDS_CSUM } from "../../ffi/vnet.ts";
+import { DROP_NAMES, type Engine, PacketResult, type ParkedDatagram, Verdict } from "./engine.ts";
+import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
+import type { BindSeam, TunSeam } from "./seams.ts";
+
+/** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
+const TUN_DRAIN = 512;
+/** Receive batches one tunnel drain takes at most. */
+const BIND_DRAIN = 16;
+const STATS_EVERY_MS = 1000;
+const PEER_TICK_MS = 100;
+
+/** Messages the loop handles (the Worker handles `init` and `stop`). */
+export type LoopMessage = Exclude<ToWorker, { type: "init" } | { type: "stop" }>;
+
+/** The packet loop (see the module). */
+export class PacketLoop {
+  readonly engine: Engine;
+  readonly tun: TunSeam;
+  readonly bind: BindSeam;
+  /** Reassembled JUMBO packets written to the TUN. */
+  jumboRx = 0;
+  readonly #post: (m: FromWorker) => void;
+  readonly #res = new PacketResult();
+  #lastUsage = 0;
+  #lastPeerTick = 0;
+  #lastStats: number;
+
+  constructor(engine: Engine, tun: TunSeam, bind: BindSeam, post: (m: FromWorker) => void) {
+    this.engine = engine;
+    this.tun = tun;
+    this.bind = bind;
+    this.#post = post;
+    this.#lastStats = performance.now();
+  }
+
+  /** TUN → engine → bind (or back into the TUN: same node). Returns the packets read. */
+  drainTun(now: number): number {
+    const tun = this.tun;
+    let k = 0;
+    for (; k < TUN_DRAIN; k++) {
+      const n = tun.read();
+      if (n <= 0) break;
+      this.#egress(n, now);
+    }
+    this.bind.flush();
+    this.#reportMisses();
+    return k;
+  }
+
+  #egress(len: number, now: number): void {
+    const tun = this.tun;
+    const res = this.#res;
+    res.gather = tun.scattered ? tun : undefined;
+    const partial = (tun.meta.flags & VNET_F_NEEDS_CSUM) !== 0;
+    const v = this.engine.egress(tun.buf, tun.off, len, now, partial, tun.off, res);
+    if (v === Verdict.TO_PEER) this.bind.send(tun, len, res);
+    else if (v === Verdict.TO_TUN) tun.writeBack(len);
+    else if (tun.scattered) tun.gather(); // reads go plain again until a JUMBO send
+  }
+
+  /** Bind → engine → TUN (coalesced, or reassembled JUMBO messages). Returns the datagrams handled. */
+  drainBind(now: number): number {
+    const e = this.engine;
+    const bind = this.bind;
+    const tun = this.tun;
+    const res = this.#res;
+    let count = 0;
+    for (let k = 0; k < BIND_DRAIN; k++) {
+      const c = bind.recv();
+      if (c <= 0) break;
+      while (bind.next()) {
+        count++;
+        const v = e.receive(
+          bind.buf,
+          bind.off,
+          bind.len,
+          bind.family,
+          bind.addr4,
+          bind.addr6,
+          bind.port,
+          now,
+          res,
+        );
+        if (v === Verdict.JUMBO) {
+          if (bind.reassemble(res.peer!, now) && tun.writeAssembled(bind.assembled)) this.jumboRx++;
+        } else if (v === Verdict.TO_TUN) {
+          tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
+        }
+      }
+      tun.flush(); // before the next receive reuses the buffers
+      if (c < bind.batchSize) break;
+    }
+    this.#sendControl();
+    this.#reportMisses();
+    return count;
+  }
+
+  /** The engine's timers: peers' HELLO/PROBE schedule (every 100 ms), housekeeping and stats (1 s). */
+  tick(now: number): void {
+    if (now - this.#lastPeerTick > PEER_TICK_MS) {
+      this.engine.peerTick(now);
+      this.#sendControl();
+      this.#lastPeerTick = now;
+    }
+    if (now - this.#lastStats > STATS_EVERY_MS) {
+      this.engine.tick(now);
+      this.#post({ type: "stats", stats: this.stats() });
+      this.#lastStats = now;
+    }
+  }
+
+  /** Handles a message of the main isolate. */
+  handle(m: LoopMessage): void {
+    const e = this.engine;
+    switch (m.type) {
+      case "delta":
+        e.applyDelta(m.delta, performance.now());
+        break;
+      case "resolved":
+        this.#replay(e.resolved(m.addr, m.ok));
+        this.#replayIn(e.resolvedStrangers(m.addr, m.ok));
+        break;
+      case "self":
+        e.setSelf(m.ip, performance.now());
+        break;
+      case "flows": {
+        const out = [...e.flows.ids()].slice(0, m.limit).map((id) => e.flows.info(id));
+        this.#post({ type: "flows", id: m.id, flows: out });
+        break;
+      }
+    }
+  }
+
+  /** Sends queued HELLO/PROBE datagrams and replies. */
+  #sendControl(): void {
+    const q = this.engine.control;
+    const bind = this.bind;
+    while (q.length > 0) {
+      const m = q.shift()!;
+      bind.sendRaw(m.bytes, m.family, m.addr4, m.addr6, m.port);
+    }
+    bind.flush();
+  }
+
+  #reportMisses(): void {
+    const m = this.engine.misses;
+    if (m.length === 0) return;
+    const from = this.engine.missSources;
+    while (m.length > 0) {
+      const addr = m.shift()!;
+      const src = from.get(addr);
+      from.delete(addr);
+      this.#post({ type: "miss", addr, ...(src !== undefined ? { from: src } : {}) });
+    }
+  }
+
+  /** Sends parked packets (each with its metadata) again, now that their destination is known. */
+  #replay(packets: Uint8Array[]): void {
+    const now = performance.now();
+    for (const p of packets) this.#egress(this.tun.replay(p), now);
+    this.bind.flush();
+    this.#reportMisses();
+  }
+
+  /** Receives again datagrams whose sender became known (one by one, no coalescing). */
+  #replayIn(items: ParkedDatagram[]): void {
+    const e = this.engine;
+    const res = this.#res;
+    const now = performance.now();
+    for (const d of items) {
+      if (
+        e.receive(d.bytes, 0, d.bytes.length, d.family, d.src4, d.src6, d.srcPort, now, res) ===
+          Verdict.TO_TUN
+      ) {
+        this.tun.writeOne(d.bytes, res.off, res.len, res.csumStart, res.csumOffset);
+      }
+    }
+    this.#sendControl();
+  }
+
+  /** Counters of the engine and both seams. */
+  stats(): StatsData {
+    const e = this.engine;
+    const c = e.counters;
+    const drops: Record<string, number> = {};
+    c.drops.forEach((v, i) => {
+      if (v > 0) drops[DROP_NAMES[i]] = v;
+    });
+    this.bind.addDrops(drops);
+    this.tun.addDrops(drops);
+    // Judged against each peer's window of message ids (made-up ids do not count).
+    if (e.peers.jumboLost > 0) drops.jumbo_lost = e.peers.jumboLost;
+    const now = performance.now();
+    const jobs = e.usedJobs(this.#lastUsage);
+    this.#lastUsage = now;
+    const m = Deno.memoryUsage(); // heap fields are per isolate; rss is the process's
+    return {
+      tunRx: c.tunRx,
+      tunRxBytes: c.tunRxBytes,
+      tunTx: c.tunTx,
+      tunTxBytes: c.tunTxBytes,
+      udpRx: c.udpRx,
+      udpRxBytes: c.udpRxBytes,
+      udpTx: c.udpTx,
+      udpTxBytes: c.udpTxBytes,
+      localHandoff: c.localHandoff,
+      jumboTx: this.bind.jumboTx,
+      jumboRx: this.jumboRx,
+      jumboTxInPlace: this.bind.jumboTxInPlace,
+      parked: c.parked,
+      released: c.released,
+      parkedNow: e.parkedNow,
+      flows: e.flows.size,
+      drops,
+      peers: e.peers.stats(now),
+      usedJobs: jobs,
+      heap: { used: m.heapUsed, total: m.heapTotal, external: m.external },
+    };
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Merges the counters of several data-plane Workers into one report: sums of the counters, drops
+ * by reason, and per peer (by endpoint) the sums of its traffic with one view of its state (FAST or
+ * JUMBO on when every worker that knows the peer has it on; the smallest RTT known).
+ *
+ * @example
+ * ```ts
+ * import { mergeStats } from "./merge_stats.ts";
+ * import type { StatsData } from "./messages.ts";
+ * declare const a: StatsData, b: StatsData;
+ * const all = mergeStats([a, b]);
+ * all.tunRx === a.tunRx + b.tunRx; // true
+ * ```
+ */
+import type { StatsData } from "./messages.ts";
+import type { PeerStats } from "./peers.ts";
+
+type Summed = Exclude<keyof StatsData, "drops" | "peers" | "usedJobs" | "heap" | "workers">;
+const SUMMED: Summed[] = [
+  "tunRx",
+  "tunRxBytes",
+  "tunTx",
+  "tunTxBytes",
+  "udpRx",
+  "udpRxBytes",
+  "udpTx",
+  "udpTxBytes",
+  "localHandoff",
+  "jumboTx",
+  "jumboRx",
+  "jumboTxInPlace",
+  "parked",
+  "released",
+  "parkedNow",
+  "flows",
+];
+
+function minDefined(a: number | undefined, b: number | undefined): number | undefined {
+  return a === undefined ? b : b === undefined ? a : Math.min(a, b);
+}
+
+/** Two workers' views of one peer as one. */
+function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
+  const node = a.node ?? b.node;
+  const rttMs = minDefined(a.rttMs, b.rttMs);
+  const minRttMs = minDefined(a.minRttMs, b.minRttMs);
+  const lastSeen = a.lastSeen === undefined ? b.lastSeen : Math.max(a.lastSeen, b.lastSeen ?? -Infinity);
+  return {
+    endpoint: a.endpoint,
+    ...(node !== undefined ? { node } : {}),
+    ...(rttMs !== undefined ? { rttMs } : {}),
+    ...(minRttMs !== undefined ? { minRttMs } : {}),
+    // A mode is on when every worker that knows the peer uses it (a refusal may reach one of them).
+    fast: !a.capsKnown ? b.fast : !b.capsKnown ? a.fast : a.fast && b.fast,
+    jumbo: !a.capsKnown ? b.jumbo : !b.capsKnown ? a.jumbo : a.jumbo && b.jumbo,
+    jumboRefusals: a.jumboRefusals + b.jumboRefusals,
+    capsKnown: a.capsKnown || b.capsKnown,
+    txPackets: a.txPackets + b.txPackets,
+    txBytes: a.txBytes + b.txBytes,
+    rxPackets: a.rxPackets + b.rxPackets,
+    rxBytes: a.rxBytes + b.rxBytes,
+    drops: a.drops + b.drops,
+    probesSent: a.probesSent + b.probesSent,
+    probesLost: a.probesLost + b.probesLost,
+    ...(lastSeen !== undefined ? { lastSeen } : {}),
+  };
+}
+
+/** One report for all workers (the first report alone is returned as it is). */
+export function mergeStats(parts: readonly StatsData[]): StatsData {
+  if (parts.length === 1) return parts[0];
+  const out: StatsData = {
+    ...parts[0],
+    drops: {},
+    peers: [],
+    usedJobs: [],
+    heap: { used: 0, total: 0, external: 0 },
+  };
+  for (const k of SUMMED) out[k] = 0;
+  const peers = new Map<string, PeerStats>();
+  const jobs = new Set<string>();
+  for (const p of parts) {
+    for (const k of SUMMED) out[k] += p[k];
+    for (const [r, n] of Object.entries(p.drops)) out.drops[r] = (out.drops[r] ?? 0) + n;
+    for (const ps of p.peers) {
+      const had = peers.get(ps.endpoint);
+      peers.set(ps.endpoint, had ? mergePeer(had, ps) : ps);
+    }
+    for (const j of p.usedJobs) jobs.add(j);
+    out.heap.used += p.heap.used;
+    out.heap.total += p.heap.total;
+    out.heap.external += p.heap.external;
+  }
+  out.peers = [...peers.values()];
+  out.usedJobs = [...jobs];
+  out.workers = parts.map((p) => ({ tunRx: p.tunRx, udpRx: p.udpRx, flows: p.flows }));
+  return out;
+}

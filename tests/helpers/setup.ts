@@ -152,6 +152,26 @@ export async function waitFor(
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/**
+ * Calls `fn` every 100 ms until `ok` accepts its value (errors count as "not yet"); returns that value,
+ * or throws after `ms` with the last value and error.
+ */
+export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 8000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: T | undefined;
+  let err: unknown;
+  while (Date.now() < end) {
+    try {
+      last = await fn();
+      if (ok(last)) return last;
+    } catch (e) {
+      err = e;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)} ${err ?? ""}`);
+}
+
 /** The options that point a command at `node`'s files: its configs, state dir and `socket`. */
 export function nodeFileArgs(node: TestNode, socket = node.socket): string[] {
   return [

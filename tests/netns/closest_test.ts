@@ -12,6 +12,7 @@ import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
 import { runTool } from "../../src/sys/command.ts";
 import { TOOL } from "../helpers/node.ts";
+import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const CTL = "192.168.77.254";
@@ -29,22 +30,6 @@ async function runIn(inst: SimInstance, argv: string[]): Promise<string> {
 /** The instance name answering a TCP conversation to `host`:80 from the client. */
 async function ask(client: SimInstance, host: string): Promise<string> {
   return (await runIn(client, [...TOOL, "tcp-client", host, "80", "q"])).split(":")[0];
-}
-
-async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 8000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: T | undefined;
-  let err: unknown;
-  while (Date.now() < end) {
-    try {
-      last = await fn();
-      if (ok(last)) return last;
-    } catch (e) {
-      err = e;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)} ${err ?? ""}`);
 }
 
 /** The A or AAAA answers of `dig` from inside the client against its node's bridge address. */

@@ -8,6 +8,7 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { TOOL } from "../helpers/node.ts";
+import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const CTL = "192.168.77.254";
@@ -67,22 +68,6 @@ async function runIn(inst: SimInstance, argv: string[]): Promise<string> {
     .output();
   if (c.code !== 0) throw new Error(new TextDecoder().decode(c.stderr));
   return new TextDecoder().decode(c.stdout).trim();
-}
-
-async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 8000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: T | undefined;
-  let err: unknown;
-  while (Date.now() < end) {
-    try {
-      last = await fn();
-      if (ok(last)) return last;
-    } catch (e) {
-      err = e;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)} ${err ?? ""}`);
 }
 
 async function run(broker: "embedded" | "mosquitto", fn: (s: Setup) => Promise<void>, env?: string) {

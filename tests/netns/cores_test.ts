@@ -39,22 +39,6 @@ async function ok(inst: SimInstance, argv: string[]): Promise<string> {
   return r.out;
 }
 
-async function eventually<T>(fn: () => Promise<T>, good: (v: T) => boolean, ms = 8000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: T | undefined;
-  let err: unknown;
-  while (Date.now() < end) {
-    try {
-      last = await fn();
-      if (good(last)) return last;
-    } catch (e) {
-      err = e;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)} ${err ?? ""}`);
-}
-
 /** Counts datagrams `f i` per flow and those older than the newest seen; stops 2 s after the last. */
 const SINK = `
 import socket
@@ -91,6 +75,7 @@ for i in range(500):
     if i % 25 == 0:
         time.sleep(0.002)
 `;
+import { eventually } from "../helpers/setup.ts";
 
 interface Status {
   dataPlane: {

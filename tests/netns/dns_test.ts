@@ -12,6 +12,7 @@ import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
 import { runTool } from "../../src/sys/command.ts";
+import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const CTL = "192.168.77.254";
@@ -58,17 +59,6 @@ async function dig(where: SimInstance | string, server: string, args: string[]):
 }
 
 const datas = (d: Dig) => d.answers.map((a) => a.data).sort();
-
-async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms: number): Promise<T> {
-  const end = Date.now() + ms;
-  let last: T | undefined;
-  while (Date.now() < end) {
-    last = await fn();
-    if (ok(last)) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)}`);
-}
 
 /** The node's bridge addresses (subnet + 1). */
 async function bridgeOf(node: SimNode): Promise<{ v4: string; v6: string }> {

@@ -943,9 +943,11 @@ export class Engine {
   ): Verdict {
     const bytes = len + this.#prefix;
     let p = this.#parked.get(key);
-    if (this.#parkedTotal >= this.#parkTotal || this.#parkedBytes + bytes > this.#parkBytes) {
-      return this.#drop(Drop.PARK_FULL);
-    }
+    const full = this.#parkedTotal >= this.#parkTotal || this.#parkedBytes + bytes > this.#parkBytes;
+    // A full park still reports a new ServiceIP's miss (once: an empty entry remembers it), so one
+    // sender's unresolvable addresses do not hold back everybody else's resolution. Entries are
+    // bounded like packets.
+    if (full && (p || this.#parked.size >= this.#parkTotal)) return this.#drop(Drop.PARK_FULL);
     if (!p) {
       p = { family, packets: [], since: now };
       this.#parked.set(key, p);
@@ -956,7 +958,7 @@ export class Engine {
         this.missSources.set(addr, `${this.table.rowJob(fromRow)}#${this.table.rowInstance(fromRow)}`);
       }
     }
-    if (p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
+    if (full || p.packets.length >= this.#parkPerKey) return this.#drop(Drop.PARK_FULL);
     this.#res.gather?.gather(); // a scatter read: the copy needs the whole packet
     p.packets.push(buf.slice(off - this.#prefix, off + len));
     this.#parkedTotal++;

@@ -361,3 +361,28 @@ Deno.test("engine: /0 ranges hold every address (instance subnet on ingress, Ser
   const r = buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5, dstPort: 6, payload: 3 });
   assert(e.egress(r, 0, r.length, 3) !== Verdict.DROP);
 });
+
+Deno.test("engine: with the park full, a new ServiceIP's miss is still reported (once); its packet is dropped", () => {
+  const e = new Engine({ ...CFG, parkPerKey: 8, parkTotal: 2 }, table());
+  const to = (dst: string, port: number) =>
+    buildIPv4Tcp({ src: "10.18.0.66", dst, srcPort: port, dstPort: 80 });
+  for (let k = 0; k < 2; k++) {
+    const p = to("10.30.0.50", 1000 + k);
+    assertEquals(e.egress(p, 0, p.length, 1), Verdict.PARKED);
+  }
+  assertEquals(e.parkedNow, 2);
+  // The park is full: a packet to another unknown ServiceIP is dropped, but its miss is reported.
+  for (let k = 0; k < 3; k++) {
+    const p = to("10.30.0.60", 2000 + k);
+    assertEquals(e.egress(p, 0, p.length, 1), Verdict.DROP);
+  }
+  assertEquals(e.misses, ["10.30.0.50", "10.30.0.60"]);
+  assertEquals(e.counters.drops[Drop.PARK_FULL], 3);
+  // Entries are bounded too: with two entries already, a third address is neither parked nor reported.
+  const p = to("10.30.0.70", 3000);
+  assertEquals(e.egress(p, 0, p.length, 1), Verdict.DROP);
+  assertEquals(e.misses.length, 2);
+  // The reported miss resolves like any other (nothing was parked for it).
+  assertEquals(e.resolved("10.30.0.60", true).length, 0);
+  assertEquals(e.resolved("10.30.0.50", true).length, 2);
+});

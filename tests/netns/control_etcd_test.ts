@@ -12,6 +12,7 @@
  * - a replica started against another cluster's prefix refuses to start.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { eventually } from "../helpers/setup.ts";
 import { cleanupAll, createNs, isRoot, sh } from "../helpers/netns.ts";
 import { SqliteStore } from "../../src/cluster/store.ts";
 import type { JobRecord, NodeRecord } from "../../src/cluster/schemas.ts";
@@ -349,8 +350,8 @@ Deno.test({
             await new Promise((res) => setTimeout(res, 300));
           }
           assertEquals(r.status, 200, JSON.stringify(r.body));
-          const s = await services(w, 0);
-          assertEquals(s.length, 202);
+          // Replica 0 learns replica 1's change from its etcd watch: within moments, not at once.
+          const s = await eventually(() => services(w, 0), (l) => l.length === 202, 5000);
           const all = s.flatMap((
             j,
           ) => [j.service_ip_list[0].Address, ...j.instance_list.map((i) => i.instance_ip)]);

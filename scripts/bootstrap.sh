@@ -31,10 +31,15 @@ if [ ${#need[@]} -gt 0 ]; then
   if printf '%s\n' "${need[@]}" | grep -qx avahi-daemon && command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now avahi-daemon.socket avahi-daemon.service >&2 2>/dev/null || true
   fi
+  # etcd-server's package starts a system member on 127.0.0.1:2379 where systemd runs; the tests start
+  # their own members in namespaces, so a system one would only keep a database running.
+  if printf '%s\n' "${need[@]}" | grep -qx etcd-server && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now etcd.service >&2 2>/dev/null || true
+  fi
 fi
 # mosquitto's package starts a system broker on 1883; tests start their own brokers on other ports.
-# etcd-server (3.4) runs the members of the replicated control plane's tests; its package starts
-# no server on a machine without systemd, and tests start their own members in namespaces.
+# etcd-server (3.4) runs the members of the replicated control plane's tests (a system member is
+# disabled above).
 # prometheus is installed for promtool only (tests check the metrics with it); its server is not used.
 
 deno="$tools/node_modules/.bin/deno"

@@ -338,3 +338,25 @@ Deno.test("ACL: nodes read the revocation list but never publish it, nor another
   assert(!maySubscribe("w1", "nodes/w2/net/cert/result"));
   assert(!maySubscribe("w1", "netmanager/#"));
 });
+
+Deno.test("status view: the security line names the certificate, or says there is none", async () => {
+  const { formatStatus } = await import("../../src/cli/views.ts");
+  const base = { mode: "cluster", registered: true, workerId: "w1", peers: [], uptimeSeconds: 1 };
+  const withCert = formatStatus({
+    ...base,
+    security: {
+      mode: "require",
+      certificate: { subject: "w1", serial: "00000000000000aa", notAfter: "2027-01-01T00:00:00.000Z" },
+      trust: { revokedNodeIds: ["w3"] },
+    },
+  });
+  assertMatch(
+    withCert,
+    /^security\s+require, certificate w1 serial 00000000000000aa until 2027-01-01T00:00:00.000Z, 1 node\(s\) revoked$/m,
+  );
+  assertMatch(
+    formatStatus({ ...base, security: { mode: "prefer", certificate: null } }),
+    /^security\s+prefer, NO certificate yet$/m,
+  );
+  assertMatch(formatStatus({ ...base, security: { mode: "off", certificate: null } }), /^security\s+off$/m);
+});

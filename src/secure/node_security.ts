@@ -46,6 +46,12 @@ export const CLUSTER_CERT_FILE = "tunnel-cert.pem";
 /** The control plane's CA public part, as `ca.json`. */
 export const CLUSTER_CA_FILE = "tunnel-ca.json";
 
+/** Removes the certificate and CA a control plane gave (`netmanager clean`); the identity stays. */
+export async function removeClusterCertificate(stateDir: string): Promise<void> {
+  const dir = stateDir.replace(/\/+$/, "");
+  for (const f of [CLUSTER_CERT_FILE, CLUSTER_CA_FILE]) await Deno.remove(`${dir}/${f}`).catch(() => {});
+}
+
 /** Topic suffixes below `nodes/<id>/net/` (the node requests, the control plane answers). */
 export const CERT_REQUEST_SUFFIX = "cert/request";
 /** See {@link CERT_REQUEST_SUFFIX}. */

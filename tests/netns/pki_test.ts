@@ -206,6 +206,26 @@ Deno.test({
       // Nor in status output.
       const status = JSON.stringify(await w.nodes[0].api.getJson("/status"));
       for (const form of spellings(secrets[0])) assert(!status.includes(form));
+
+      // `netmanager clean` drops the cached certificate, keeps the identity (offline certificates bind it).
+      await w.stopDaemon(n1);
+      const clean = await runTool("ip", [
+        "netns",
+        "exec",
+        n1.ns,
+        ...selfCommand(),
+        "clean",
+        "--cfg",
+        `${n1.dir}/netcfg.json`,
+        "--state-dir",
+        `${n1.dir}/state`,
+        "--socket",
+        n1.socket,
+      ]);
+      assertEquals(clean.code, 0, clean.stderr);
+      const left = [...Deno.readDirSync(`${n1.dir}/state`)].map((e) => e.name).sort();
+      assert(!left.includes("tunnel-cert.pem") && !left.includes("tunnel-ca.json"), left.join());
+      assert(left.includes("tunnel-identity.json"), left.join());
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 2000)));
       throw e;

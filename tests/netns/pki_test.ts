@@ -312,3 +312,71 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "PKI behind mosquitto with passwords + config/mosquitto/acl: certificates flow, a node cannot publish a revocation list, node rm revokes",
+  ...opts,
+  fn: async () => {
+    const w = new World();
+    try {
+      await w.control(CTL, { broker: "mosquitto" });
+      const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
+      await w.clusterNode("n2", "192.168.77.2", CTL);
+      const ids = [`${w.prefix}-n1`, `${w.prefix}-n2`];
+      await Promise.all(
+        [0, 1].map((i) =>
+          until(
+            `certificate of n${i + 1}`,
+            15000,
+            async () => (await security(w, i)).certificate ?? undefined,
+          )
+        ),
+      );
+      const ca = await loadCaPublic(`${w.controlStateDir}/tunnel-ca/ca.json`);
+      assertEquals((await security(w, 0)).ca?.keyId, ca.keyId);
+      // An authenticated client (its own credential) tries to publish a forged list: the ACL drops it.
+      const dir = await w.tempDir("att");
+      await w.nodeCredential("attacker", dir);
+      const cred = JSON.parse(await Deno.readTextFile(`${dir}/mqtt-credential.json`));
+      const ans = await w.namespace("att");
+      await w.attach(ans, "a", "192.168.77.66");
+      const forged = await runTool("ip", [
+        "netns",
+        "exec",
+        ans,
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--config",
+        `${ROOT}deno.json`,
+        `${ROOT}tests/helpers/forge_revocations.ts`,
+        `mqtt://${CTL}:10003`,
+        ca.keyId,
+        ids[1],
+        cred.username,
+        cred.password,
+      ]);
+      assertEquals(forged.code, 0, forged.stderr);
+      await new Promise((r) => setTimeout(r, 1500));
+      const s1 = await security(w, 0);
+      assertEquals(s1.stats.revocationListsForged, 0); // never delivered
+      assertEquals(s1.trust.revokedNodeIds, []);
+      // The retained list is still the control plane's: node rm is applied on n1 within 10 s.
+      const t = Date.now();
+      await w.ctl(["node", "rm", ids[1]]);
+      await until(
+        "revocation on n1",
+        10000,
+        async () => (await security(w, 0)).trust.revokedNodeIds.includes(ids[1]) ? true : undefined,
+      );
+      console.log(`mosquitto: node rm → revoked on n1 after ${Date.now() - t} ms`);
+      assertMatch(await Deno.readTextFile(`${n1.dir}/daemon.log`), /revocation list applied/);
+    } catch (e) {
+      await w.diagnose((l) => console.error(l.slice(0, 2000)));
+      throw e;
+    } finally {
+      assertEquals(await w.destroy(), []);
+    }
+  },
+});

@@ -282,6 +282,15 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   const pki = await ClusterPki.open(opts.stateDir).catch((e) => {
     throw new ControlError(`cannot use the cluster CA: ${(e as Error).message}`);
   });
+  if (opts.etcd) {
+    log.warn(
+      "tunnel CA and issued certificates are kept per replica: give every replica the same tunnel-ca/",
+      {
+        caKeyId: pki.ca.keyId,
+        dir: pki.caDir,
+      },
+    );
+  }
   if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
 
   let broker: EmbeddedBroker | undefined;

@@ -238,6 +238,12 @@ export class NodeSecurity {
         log.info("tunnel certificate loaded", s.#summary());
       } else {
         await s.#loadKept();
+        if (!s.#held) {
+          log.info("no tunnel certificate yet: asked from the control plane after registration", {
+            mode: opts.mode,
+            ...(opts.mode === "require" ? { effect: "no tunnel traffic with peers until it arrives" } : {}),
+          });
+        }
       }
     } catch (e) {
       if (e instanceof TrustFileError) throw new SecurityConfigError(e.message);

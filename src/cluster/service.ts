@@ -26,7 +26,8 @@ import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.
 import { clusterView } from "./view.ts";
 import type { ClusterState } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
-import { EtcdError, EtcdStore } from "./etcd_store.ts";
+import { defaultPrefix, EtcdError, EtcdStore } from "./etcd_store.ts";
+import { EtcdClient } from "./etcd.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { ClusterPki } from "./pki.ts";
 import { CertRequestSchema, certResultTopic } from "../secure/node_security.ts";
@@ -279,18 +280,19 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   const state = store.state;
   const creds = await CredentialStore.open(opts.stateDir);
   const apiToken = await loadOrCreateApiToken(opts.stateDir);
-  const pki = await ClusterPki.open(opts.stateDir).catch((e) => {
+  // The cluster CA: in the state dir, or in etcd (shared by every replica) under a prefix of its own.
+  const pki = await ClusterPki.open(
+    opts.stateDir,
+    opts.etcd
+      ? {
+        etcd: new EtcdClient(opts.etcd.endpoints),
+        etcdPrefix: `${(opts.etcd.prefix ?? defaultPrefix(opts.etcd.cluster)).replace(/\/$/, "")}-pki/`,
+      }
+      : {},
+  ).catch(async (e) => {
+    await store.close();
     throw new ControlError(`cannot use the cluster CA: ${(e as Error).message}`);
   });
-  if (opts.etcd) {
-    log.warn(
-      "tunnel CA and issued certificates are kept per replica: give every replica the same tunnel-ca/",
-      {
-        caKeyId: pki.ca.keyId,
-        dir: pki.caDir,
-      },
-    );
-  }
   if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
 
   let broker: EmbeddedBroker | undefined;
@@ -348,13 +350,25 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     };
     // The CA-signed revocation list, retained: a node gets it on every subscribe. Published again
     // every 30 s in case a broker without persistence restarted (nodes ignore an unchanged list).
-    const publishRevocations = (list = pki.list()) => {
+    // In etcd mode another replica may have changed it: its sequence is checked every 2 s.
+    let published = -1;
+    let ticks = 0;
+    const publishRevocations = async (given?: Awaited<ReturnType<ClusterPki["list"]>>) => {
+      const list = given ?? await pki.list();
+      published = Math.max(published, list.sequence);
       mq.publish(REVOCATION_TOPIC, JSON.stringify(list), { qos: 1, retain: true }, (err) => {
         if (err) log.warn("publish failed", { topic: REVOCATION_TOPIC, error: err.message });
       });
     };
-    publishRevocations();
-    revocationTimer = setInterval(() => publishRevocations(), 30_000);
+    await publishRevocations();
+    revocationTimer = setInterval(async () => {
+      try {
+        ticks++;
+        if (ticks % 15 === 0 || (opts.etcd && await pki.sequence() !== published)) await publishRevocations();
+      } catch (e) {
+        log.warn("revocation list not published", { error: (e as Error).message });
+      }
+    }, 2000);
     const certRequest = async (worker: string, payload: Uint8Array) => {
       let body: unknown;
       try {
@@ -419,10 +433,10 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
-      onNodeRemoved: async (worker) => publishRevocations(await pki.revoke(worker)),
+      onNodeRemoved: async (worker) => await publishRevocations(await pki.revoke(worker)),
       onCredentialIssued: async (worker) => {
         const list = await pki.unrevoke(worker);
-        if (list) publishRevocations(list);
+        if (list) await publishRevocations(list);
       },
       view: () => {
         reports.prune((w) => state.node(w) !== undefined);

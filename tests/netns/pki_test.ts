@@ -36,10 +36,14 @@ async function security(w: World, i: number): Promise<SecurityStatus> {
   return s.security;
 }
 
-async function until<T>(what: string, ms: number, f: () => Promise<T | undefined>): Promise<T> {
+async function until<T>(
+  what: string,
+  ms: number,
+  f: () => Promise<T | undefined> | T | undefined,
+): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
-    const v = await f().catch(() => undefined);
+    const v = await Promise.resolve().then(f).catch(() => undefined);
     if (v !== undefined) return v;
     if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 100));
@@ -377,6 +381,123 @@ Deno.test({
       throw e;
     } finally {
       assertEquals(await w.destroy(), []);
+    }
+  },
+});
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+const HAS_ETCD = (() => {
+  try {
+    return new Deno.Command("etcd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "PKI with etcd replicas: one CA for both, a node rm through one replica reaches the other's broker in ≤ 10 s",
+  ignore: !HAS_ETCD,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const { startControl } = await import("../../src/cluster/mod.ts");
+    const mqtt = (await import("mqtt")).default;
+    const dir = await Deno.makeTempDir({ prefix: "nmpki-" });
+    const [client, peer] = [freePort(), freePort()];
+    const url = `http://127.0.0.1:${client}`;
+    const etcd = new Deno.Command("etcd", {
+      args: [
+        "--name=t",
+        `--data-dir=${dir}/etcd`,
+        `--listen-client-urls=${url}`,
+        `--advertise-client-urls=${url}`,
+        `--listen-peer-urls=http://127.0.0.1:${peer}`,
+        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+        `--initial-cluster=t=http://127.0.0.1:${peer}`,
+      ],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const replicas: Array<Awaited<ReturnType<typeof startControl>>> = [];
+    const clients: Array<import("mqtt").MqttClient> = [];
+    try {
+      await until("etcd", 20000, async () => {
+        const h = await fetch(`${url}/health`).then((r) => r.json());
+        return (h as { health?: string }).health === "true" ? true : undefined;
+      });
+      for (const i of [1, 2]) {
+        replicas.push(
+          await startControl({
+            stateDir: `${dir}/r${i}`,
+            etcd: { endpoints: [url], cluster: "pki" },
+            mqttHost: "127.0.0.1",
+            mqttPort: 0,
+            httpPort: 0,
+            allowAnonymous: true,
+          }),
+        );
+      }
+      // A node on each replica's broker asks for a certificate for the same key.
+      const key = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64");
+      const answers: Array<Record<string, unknown>> = [];
+      const lists: Array<{ sequence: number; node_ids: string[] }> = [];
+      for (const [i, r] of replicas.entries()) {
+        const c = await mqtt.connectAsync(r.brokerUrl, { clientId: `w${i}`, reconnectPeriod: 0 });
+        clients.push(c);
+        c.on("message", (topic, payload) => {
+          const v = JSON.parse(new TextDecoder().decode(payload));
+          if (topic === "netmanager/trust/revocations") {
+            if (i === 1) lists.push(v);
+          } else answers.push(v);
+        });
+        await c.subscribeAsync([`nodes/w${i}/net/cert/result`, "netmanager/trust/revocations"]);
+        await c.publishAsync(`nodes/w${i}/net/cert/request`, JSON.stringify({ public_key: key }), { qos: 1 });
+      }
+      await until("certificates", 10000, () => answers.length === 2 ? true : undefined);
+      assertEquals(answers[0].ca_public_key, answers[1].ca_public_key); // one CA for the cluster
+      // w0 registers (subnet) through replica 1 and is removed through replica 1's HTTP API.
+      await clients[0].publishAsync("nodes/w0/net/subnet", JSON.stringify({ METHOD: "GET" }), { qos: 1 });
+      await until("w0 registered", 10000, () => replicas[0].state.node("w0") ? true : undefined);
+      const token = (await Deno.readTextFile(replicas[0].tokenPath)).trim();
+      const t = Date.now();
+      const rm = await fetch(`${replicas[0].httpUrl}/api/net/node/w0`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${token}` },
+      });
+      assertEquals(rm.status, 200, await rm.text());
+      const got = await until(
+        "revocation on replica 2's broker",
+        10000,
+        () => lists.find((l) => l.node_ids.includes("w0")),
+      );
+      console.log(`etcd: node rm on replica 1 → list on replica 2's broker after ${Date.now() - t} ms`);
+      assert(got.sequence >= 1);
+      // Replica 2 refuses w0 a certificate now (the revocation is shared).
+      answers.length = 0;
+      await clients[1].subscribeAsync("nodes/w0/net/cert/result");
+      const probe = await mqtt.connectAsync(replicas[1].brokerUrl, { clientId: "w0", reconnectPeriod: 0 });
+      clients.push(probe);
+      await probe.subscribeAsync("nodes/w0/net/cert/result");
+      probe.on("message", (_t, p) => answers.push(JSON.parse(new TextDecoder().decode(p))));
+      await probe.publishAsync("nodes/w0/net/cert/request", JSON.stringify({ public_key: key }), { qos: 1 });
+      const refused = await until("refusal", 10000, () => answers.find((a) => "error" in a));
+      assertMatch(String(refused.error), /revoked/);
+    } finally {
+      for (const c of clients) await c.endAsync(true).catch(() => {});
+      for (const r of replicas) await r.stop();
+      try {
+        etcd.kill("SIGTERM");
+      } catch { /* gone */ }
+      await etcd.status;
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

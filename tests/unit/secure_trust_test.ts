@@ -4,6 +4,7 @@
  * revoke, lift) and the node's trust state fed by it.
  */
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import { Buffer } from "node:buffer";
 import { CertError, decodeCertificate, generateCa, signCertificate } from "../../src/secure/cert.ts";
 import { signRevocationList, verifyRevocationList } from "../../src/secure/revocation.ts";
 import {
@@ -359,4 +360,27 @@ Deno.test("status view: the security line names the certificate, or says there i
     /^security\s+prefer, NO certificate yet$/m,
   );
   assertMatch(formatStatus({ ...base, security: { mode: "off", certificate: null } }), /^security\s+off$/m);
+});
+
+Deno.test("renewal: the node asks again when a third of the validity is left; the CA re-signs past half", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const pki = await ClusterPki.open(`${dir}/control`);
+    const sec = await NodeSecurity.load({ mode: "prefer", stateDir: `${dir}/w1`, certFile: "", caFile: "" });
+    const key = sec.certRequest().public_key;
+    const first = await pki.issue("w1", key);
+    assert("certificate" in first && (await sec.acceptCertResult(first, "w1")));
+    const now = Math.floor(Date.now() / 1000);
+    const day = 86400;
+    assert(!sec.needsCertificate(now + 19 * day));
+    assert(sec.needsCertificate(now + 21 * day)); // 30 days − 1/3 = 20 days (+ 5 min backdating)
+    const early = await pki.issue("w1", key, now + 10 * day);
+    assert("certificate" in early && early.certificate === first.certificate); // more than half left: the same
+    const late = await pki.issue("w1", key, now + 16 * day);
+    assert("certificate" in late && late.certificate !== first.certificate);
+    const renewed = decodeCertificate(new Uint8Array(Buffer.from(late.certificate, "base64")));
+    assertEquals(renewed.notAfter, now + 16 * day + 30 * day);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

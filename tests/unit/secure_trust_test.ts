@@ -384,3 +384,30 @@ Deno.test("renewal: the node asks again when a third of the validity is left; th
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("pinning: with TunnelCaFile a cluster node accepts only that CA's certificate", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const pki = await ClusterPki.open(`${dir}/control`);
+    const other = generateCa("other");
+    await writeCa(`${dir}/other`, other, { notBefore: 0, notAfter: 4_000_000_000 });
+    const pinnedOther = await NodeSecurity.load({
+      mode: "require",
+      stateDir: `${dir}/w1`,
+      certFile: "",
+      caFile: `${dir}/other/ca.json`,
+    });
+    const a = await pki.issue("w1", pinnedOther.certRequest().public_key);
+    assert(!(await pinnedOther.acceptCertResult(a, "w1")));
+    assertMatch(String(pinnedOther.status().lastRefusal), /not the pinned TunnelCaFile CA/);
+    const pinnedRight = await NodeSecurity.load({
+      mode: "require",
+      stateDir: `${dir}/w1`,
+      certFile: "",
+      caFile: `${dir}/control/tunnel-ca/ca.json`,
+    });
+    assert(await pinnedRight.acceptCertResult(a, "w1"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -192,6 +192,28 @@ Deno.test({
       }
       assertEquals(reason, "revoked");
 
+      // `control node add` lifts the id's revocation (its old serial stays revoked).
+      const add = await runTool("ip", [
+        "netns",
+        "exec",
+        cns,
+        ...selfCommand(),
+        "control",
+        "node",
+        "add",
+        ids[1],
+        "--out",
+        `${dir}/n2-cred.json`,
+        "--state-dir",
+        `${dir}/ctl`,
+      ]);
+      assertEquals(add.code, 0, add.stderr);
+      const lifted = await until("lifted on n1", 10000, async () => {
+        const s = await security(w, 0);
+        return s.trust.revokedNodeIds.length === 0 ? s : undefined;
+      });
+      assert(lifted.trust.revokedSerials.includes(serials[1]));
+
       // The private keys appear in no log (nodes' and control plane's), in any spelling.
       const logs = [
         await Deno.readTextFile(`${dir}/control.log`),

@@ -4,6 +4,7 @@
 import { Command } from "@commander-js/extra-typings";
 import { ApiClient } from "../api/client.ts";
 import { EnvironmentManager, StateStore } from "../env/mod.ts";
+import { removeClusterCertificate } from "../secure/node_security.ts";
 import { AlreadyRunningError, StateLock } from "../sys/lock.ts";
 import { configFromFlags, DEFAULT_SOCKET, fail } from "./common.ts";
 
@@ -37,6 +38,9 @@ export function cleanCmd() {
         let report;
         try {
           report = await env.cleanNode();
+          // The certificate the control plane sent is a cache (asked for again at start); the tunnel
+          // identity stays, as the MQTT credential: certificates signed offline are bound to it.
+          await removeClusterCertificate(cfg.net.StateDir);
           if (lock) await Deno.remove(lock.path).catch(() => {}); // the state dir is left empty
         } finally {
           lock?.release();

@@ -101,6 +101,24 @@ export function formatStatus(s: Record<string, unknown>): string {
       ? "none (standalone)"
       : "not connected",
   ]);
+  const sec = s.security as
+    | { mode?: unknown; certificate?: Record<string, unknown> | null; trust?: { revokedNodeIds?: unknown } }
+    | null
+    | undefined;
+  if (sec) {
+    const cert = sec.certificate;
+    const revoked = Array.isArray(sec.trust?.revokedNodeIds) ? sec.trust.revokedNodeIds.length : 0;
+    rows.push([
+      "security",
+      `${str(sec.mode)}${
+        sec.mode === "off"
+          ? ""
+          : cert
+          ? `, certificate ${str(cert.subject)} serial ${str(cert.serial)} until ${str(cert.notAfter)}`
+          : ", NO certificate yet"
+      }${revoked ? `, ${revoked} node(s) revoked` : ""}`,
+    ]);
+  }
   rows.push(["uptime", formatDuration(num(s.uptimeSeconds) ?? NaN)]);
   const dp = s.dataPlane as Record<string, unknown> | null | undefined;
   if (!dp) rows.push(["data plane", registered ? "not running" : "not running (waiting for /register)"]);

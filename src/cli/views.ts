@@ -51,16 +51,31 @@ export interface PeerRow {
   txPackets?: number;
   rxPackets?: number;
   probesLost?: number;
+  /** `up` / `down` while probed; `unknown` (no probes answered ever, e.g. an Oakestra Go node: used as up). */
+  health?: string;
+  downCause?: string;
+  downForS?: number;
+}
+
+/** The STATE column: `up`, `DOWN 5s (cause)`, `up?` (not probed: liveness unknown, used as up). */
+export function formatHealth(p: Pick<PeerRow, "health" | "downCause" | "downForS">): string {
+  if (p.health === "down") {
+    return `DOWN${p.downForS !== undefined ? ` ${formatDuration(p.downForS)}` : ""}${
+      p.downCause ? ` (${p.downCause})` : ""
+    }`;
+  }
+  return p.health === "up" ? "up" : "up?";
 }
 
 /** The `peers` table: peer, endpoint, wire mode, RTT, last seen, packets, drops. */
 export function formatPeers(peers: readonly PeerRow[]): string {
   if (peers.length === 0) return "(no peers yet: a peer appears once traffic goes to or comes from it)";
   return columns(
-    ["PEER", "ENDPOINT", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST"],
+    ["PEER", "ENDPOINT", "STATE", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST"],
     peers.map((p) => [
       p.node ?? "-",
       p.endpoint,
+      formatHealth(p),
       p.answering ? p.mode : `${p.mode} (no HELLO answer)`,
       formatRtt(p.rttMs),
       formatAge(p.lastSeenAgoS),
@@ -117,11 +132,12 @@ export function formatStatus(s: Record<string, unknown>): string {
   }
   const peers = Array.isArray(s.peers) ? s.peers as PeerRow[] : [];
   const silent = peers.filter((p) => !p.answering).length;
+  const down = peers.filter((p) => p.health === "down");
   rows.push([
     "peers",
     `${peers.length}${silent ? ` (${silent} not answering HELLOs)` : ""}${
-      peers.length ? "; see netmanager peers" : ""
-    }`,
+      down.length ? `, ${down.length} DOWN: ${down.map((p) => p.node ?? p.endpoint).join(", ")}` : ""
+    }${peers.length ? "; see netmanager peers" : ""}`,
   ]);
   return rows.map(([k, v]) => `${k.padEnd(11)} ${v}`).join("\n");
 }

@@ -374,6 +374,19 @@ export class Peer {
   /** RTT is wanted until this time (ms); see {@link PeerTable.requestRtt}. */
   rttWantedUntil: number = -Infinity;
 
+  /** Last accepted PROBE_REPLY or HELLO_ACK (a round trip: both directions work); -Infinity when never. */
+  lastAnswerAt: number = -Infinity;
+  /** Since when (ms) its liveness is judged: while we probe it; -Infinity when not judged (unknown). */
+  watchedSince: number = -Infinity;
+  /** Marked down: no answer to our probes/HELLOs for `downAfterMs` while we probed it. */
+  down = false;
+  /** When it was marked down or up last (ms); -Infinity when never. */
+  healthChangedAt: number = -Infinity;
+  /** Why it was marked down (for the log line), while down. */
+  downCause = "";
+  /** Times it was marked down. */
+  downCount = 0;
+
   /** Creates a peer for `ep` (use {@link PeerTable.add}, which also indexes it). */
   constructor(ep: Endpoint, rtt: RttOptions | undefined) {
     this.key = ep.key;
@@ -473,7 +486,20 @@ export interface PeerTableOptions {
   readonly jumboGaps?: boolean;
   /** RTT estimator options. */
   readonly rtt?: RttOptions;
+  /**
+   * Send PROBEs at all (default true). With several data-plane workers one table probes and the
+   * others read its results (`peer_health.ts`), so a peer gets one probe stream, not one per worker.
+   */
+  readonly probe?: boolean;
+  /**
+   * A peer we probe that answers no PROBE or HELLO for this long is marked down (default 3000; 0: never).
+   * Peers that never announced {@link CAP_PROBE} (Oakestra's Go nodes) are never judged: unknown.
+   */
+  readonly downAfterMs?: number;
 }
+
+/** A peer's liveness as judged by its table: `unknown` when it is not probed (e.g. an Oakestra Go node). */
+export type PeerHealthState = "up" | "down" | "unknown";
 
 /** Callbacks of {@link PeerTable.tick}: build and send the datagram to the peer. */
 export interface PeerActions {
@@ -525,6 +551,12 @@ export interface PeerStats {
   readonly probesLost: number;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
+  /** Liveness: up/down while probed, unknown otherwise (Oakestra Go nodes never answer probes). */
+  readonly health?: PeerHealthState;
+  /** While down: why (no answer for how long). */
+  readonly downCause?: string;
+  /** Times it was marked down. */
+  readonly downCount?: number;
 }
 
 function defaultNonce(): number {
@@ -564,6 +596,8 @@ export class PeerTable {
   readonly #laneTag: number;
   readonly #jumboGaps: boolean;
   readonly #rttOpts: RttOptions | undefined;
+  readonly #probe: boolean;
+  readonly #downAfter: number;
   #now = -Infinity;
 
   /** Creates an empty table; see {@link PeerTableOptions} for the defaults. */
@@ -592,6 +626,19 @@ export class PeerTable {
     this.#jumboGaps = opts.jumboGaps ?? true;
     this.#nonce = tag < 0 ? nonce : () => ((nonce() & ~0xff) | tag) >>> 0;
     this.#rttOpts = opts.rtt;
+    this.#probe = opts.probe ?? true;
+    this.#downAfter = positive(opts.downAfterMs, 3000, "downAfterMs");
+  }
+
+  /** Whether this table sends PROBEs (see {@link PeerTableOptions.probe}). */
+  get probes(): boolean {
+    return this.#probe;
+  }
+
+  /** `peer`'s liveness: `down` / `up` while it is probed and judged, else `unknown` (treated as up). */
+  healthOf(peer: Peer): PeerHealthState {
+    if (peer.down) return "down";
+    return peer.watchedSince > -Infinity ? "up" : "unknown";
   }
 
   /** Our capability bits (what HELLO/ACK should announce). */
@@ -901,6 +948,7 @@ export class PeerTable {
     peer.nextHelloAt = now + this.#helloRefresh;
     this.#learn(peer, msg, now);
     peer.rtt.sample(now - peer.helloSentAt, now);
+    this.#answered(peer, now);
     return true;
   }
 
@@ -922,7 +970,18 @@ export class PeerTable {
     peer.consecutiveLosses = 0;
     peer.nextProbeAt = peer.probeSentAt + this.#probeInterval;
     peer.rtt.sample(now - peer.probeSentAt, now);
+    this.#answered(peer, now);
     return true;
+  }
+
+  /** A round trip with `peer` completed: it is alive (up again when it was down). */
+  #answered(peer: Peer, now: number): void {
+    peer.lastAnswerAt = now;
+    if (peer.down) {
+      peer.down = false;
+      peer.downCause = "";
+      peer.healthChangedAt = now;
+    }
   }
 
   /** Records that something (data or control) arrived from `peer`: `bytes` of UDP payload at `now`. */
@@ -1007,7 +1066,9 @@ export class PeerTable {
   }
 
   #wantsProbe(p: Peer, now: number): boolean {
-    return p.capsKnown && (p.remoteCaps & this.#localCaps & CAP_PROBE) !== 0 &&
+    // A peer once judged keeps being probed while down even if its caps were forgotten meanwhile.
+    if (p.down) return this.#probe;
+    return this.#probe && p.capsKnown && (p.remoteCaps & this.#localCaps & CAP_PROBE) !== 0 &&
       (this.#probeAlways || now < p.rttWantedUntil);
   }
 
@@ -1053,9 +1114,28 @@ export class PeerTable {
         p.consecutiveLosses++;
         p.nextProbeAt = p.probeSentAt + Math.max(this.#probeTimeout, this.#probeGap(p.consecutiveLosses));
       }
+      const wanted = this.#wantsProbe(p, now);
+      if (!wanted && !p.probeOutstanding) {
+        // Not probed: its liveness is not judged (unknown, taken as up).
+        p.watchedSince = -Infinity;
+        p.down = false;
+      } else if (this.#downAfter > 0) {
+        if (p.watchedSince === -Infinity) p.watchedSince = now;
+        const silent = now - Math.max(p.lastAnswerAt, p.watchedSince);
+        if (!p.down && silent >= this.#downAfter) {
+          p.down = true;
+          p.downCount++;
+          p.healthChangedAt = now;
+          p.downCause = `no answer to ${p.consecutiveLosses} probe(s) and HELLOs for ${
+            Math.round(silent)
+          } ms`;
+        } else if (!p.down) {
+          next = Math.min(next, Math.max(p.lastAnswerAt, p.watchedSince) + this.#downAfter);
+        }
+      }
       if (p.probeOutstanding) {
         next = Math.min(next, p.probeSentAt + this.#probeTimeout);
-      } else if (this.#wantsProbe(p, now)) {
+      } else if (wanted) {
         if (now >= p.nextProbeAt) {
           p.probeOutstanding = true;
           p.probeSeq = this.#laneTag < 0
@@ -1098,6 +1178,9 @@ export class PeerTable {
         probesSent: p.probesSent,
         probesLost: p.probesLost,
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
+        health: this.healthOf(p),
+        ...(p.down ? { downCause: p.downCause } : {}),
+        downCount: p.downCount,
       });
     }
     return out;

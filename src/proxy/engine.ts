@@ -75,6 +75,7 @@ import {
   FAST_F_NEEDS_CSUM,
   FastHeader,
   HelloMessage,
+  MSG_HELLO,
   ProbeMessage,
   probeToReplyInPlace,
   WireKind,
@@ -217,9 +218,17 @@ export interface EngineConfig {
   health?: SharedArrayBuffer;
   /** A probed peer that answers nothing for this long is down: new flows skip it (3000 ms; 0: never). */
   peerDownAfterMs?: number;
-  /** PROBE interval per peer (500 ms: a changed path shows in the smoothed RTT within seconds). */
+  /** PROBE interval per peer (1000 ms). */
   probeIntervalMs?: number;
+  /**
+   * PROBE interval towards nodes hosting candidates of a Closest ServiceIP (250 ms: with RFC 6298
+   * smoothing a changed path moves the choice within ~2 s).
+   */
+  closestProbeIntervalMs?: number;
 }
+
+/** HELLOs and PROBEs of nodes that are no peer yet answered per second (and burst). */
+export const STRANGER_CONTROL_RATE = 500;
 
 /** Distinct (ServiceIP, instance) pairs counted in {@link Engine.choices}; beyond, `other`. */
 export const MAX_CHOICE_SERIES = 4096;
@@ -350,6 +359,9 @@ export class Engine {
   readonly #strangerRate: number;
   #strangerTokens: number;
   #strangerTokensAt = 0;
+  /** Token bucket of answers to strangers' HELLOs and PROBEs ({@link STRANGER_CONTROL_RATE} per second). */
+  #strangerCtlTokens = STRANGER_CONTROL_RATE;
+  #strangerCtlAt = 0;
   #parkedTotal = 0;
   #parkedBytes = 0;
   readonly #parkBytes: number;
@@ -379,7 +391,8 @@ export class Engine {
       ...(cfg.laneTag !== undefined ? { laneTag: cfg.laneTag, jumboGaps: false } : {}),
       probe: this.#prober || this.#health === undefined,
       downAfterMs: cfg.peerDownAfterMs ?? 3000,
-      probeIntervalMs: cfg.probeIntervalMs ?? 500,
+      probeIntervalMs: cfg.probeIntervalMs ?? 1000,
+      leasedProbeIntervalMs: cfg.closestProbeIntervalMs ?? 250,
       // A down peer is probed at least every 2 s, so it is seen up again quickly.
       probeMaxIntervalMs: 2000,
     });
@@ -753,6 +766,9 @@ export class Engine {
     now: number,
   ): Verdict {
     const kind = classify(buf, off, len);
+    if (kind === WireKind.HELLO || kind === WireKind.PROBE) {
+      return this.#strangerControl(kind, buf, off, len, family, src4, src6, srcPort, now);
+    }
     let pOff = off;
     let pLen = len;
     if (kind === WireKind.FAST) {
@@ -914,6 +930,56 @@ export class Engine {
       default:
         this.#drop(Drop.NOT_OURS);
     }
+  }
+
+  /**
+   * A HELLO or PROBE from a node that is no peer yet (it knows us from its table, we do not know it
+   * from ours: e.g. a client's node, before its first flow reaches us). Answered without keeping any
+   * state — a HELLO_ACK without CAP_JUMBO (its JUMBO messages would be dropped until it is a peer;
+   * our own HELLO announces JUMBO once it is), a PROBE echoed — so it can measure RTT and liveness
+   * before any flow. Same size as the question (no amplification) and rate-limited.
+   */
+  #strangerControl(
+    kind: WireKind,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    family: 4 | 6,
+    src4: number,
+    src6: Uint8Array | undefined,
+    srcPort: number,
+    now: number,
+  ): Verdict {
+    const elapsed = now - this.#strangerCtlAt;
+    if (elapsed > 0) {
+      this.#strangerCtlTokens = Math.min(
+        STRANGER_CONTROL_RATE,
+        this.#strangerCtlTokens + elapsed * STRANGER_CONTROL_RATE / 1000,
+      );
+      this.#strangerCtlAt = now;
+    }
+    if (this.#strangerCtlTokens < 1) return this.#drop(Drop.STRANGER_LIMIT);
+    this.#strangerCtlTokens--;
+    let bytes: Uint8Array | undefined;
+    if (kind === WireKind.HELLO) {
+      if (decodeHello(buf, off, len, this.#hello) && this.#hello.type === MSG_HELLO) {
+        const out = new Uint8Array(96);
+        const n = encodeHelloAck(out, 0, {
+          caps: (this.peers.localCaps & ~CAP_JUMBO) >>> 0,
+          nonceHi: this.#hello.nonceHi,
+          nonceLo: this.#hello.nonceLo,
+          hostPort: this.cfg.selfPort,
+          nodeId: this.cfg.nodeId ?? "",
+        });
+        bytes = out.subarray(0, n);
+      }
+    } else {
+      const copy = buf.slice(off, off + len);
+      if (probeToReplyInPlace(copy, 0, len)) bytes = copy;
+    }
+    if (bytes === undefined) return this.#drop(Drop.UNKNOWN_PEER);
+    this.control.push({ family, addr4: src4, addr6: src6?.slice(), port: srcPort, bytes });
+    return Verdict.DROP;
   }
 
   /** Runs the peers' schedule (HELLO, PROBE) and queues what is due in {@link control}. */

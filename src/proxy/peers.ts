@@ -460,6 +460,11 @@ export interface PeerTableOptions {
   readonly probeIntervalMs?: number;
   /** How long to wait for a PROBE_REPLY before counting a loss (default 1000). */
   readonly probeTimeoutMs?: number;
+  /**
+   * PROBE interval while RTT is requested ({@link PeerTable.requestRtt}: a Closest ServiceIP has
+   * candidates there), so a changed path shows in the smoothed RTT within seconds (default: `probeIntervalMs`).
+   */
+  readonly leasedProbeIntervalMs?: number;
   /** Consecutive losses after which the probe interval starts doubling (default 3). */
   readonly probeBackoffAfter?: number;
   /** Longest probe interval under backoff (default 30000). */
@@ -585,6 +590,7 @@ export class PeerTable {
   readonly #helloRefresh: number;
   readonly #helloForget: number;
   readonly #probeInterval: number;
+  readonly #probeLeased: number;
   readonly #probeTimeout: number;
   readonly #probeBackoffAfter: number;
   readonly #probeMax: number;
@@ -610,6 +616,7 @@ export class PeerTable {
     this.#helloRefresh = positive(opts.helloRefreshMs, 30_000, "helloRefreshMs");
     this.#helloForget = Math.max(1, positive(opts.helloForgetAfter, 3, "helloForgetAfter"));
     this.#probeInterval = positive(opts.probeIntervalMs, 1000, "probeIntervalMs");
+    this.#probeLeased = positive(opts.leasedProbeIntervalMs, this.#probeInterval, "leasedProbeIntervalMs");
     this.#probeTimeout = positive(opts.probeTimeoutMs, 1000, "probeTimeoutMs");
     this.#probeBackoffAfter = Math.max(1, positive(opts.probeBackoffAfter, 3, "probeBackoffAfter"));
     this.#probeMax = positive(opts.probeMaxIntervalMs, 30_000, "probeMaxIntervalMs");
@@ -968,7 +975,7 @@ export class PeerTable {
     }
     peer.probeOutstanding = false;
     peer.consecutiveLosses = 0;
-    peer.nextProbeAt = peer.probeSentAt + this.#probeInterval;
+    peer.nextProbeAt = peer.probeSentAt + this.#intervalOf(peer, now);
     peer.rtt.sample(now - peer.probeSentAt, now);
     this.#answered(peer, now);
     return true;
@@ -1054,10 +1061,17 @@ export class PeerTable {
 
   // ------------------------------------------------------------------------- schedule
 
-  #probeGap(losses: number): number {
-    if (losses < this.#probeBackoffAfter) return this.#probeInterval;
+  /** The probe interval of `p`: shorter while its RTT is requested (a Closest choice depends on it). */
+  #intervalOf(p: Peer, now: number): number {
+    return now < p.rttWantedUntil ? Math.min(this.#probeLeased, this.#probeInterval) : this.#probeInterval;
+  }
+
+  #probeGap(p: Peer, now: number): number {
+    const losses = p.consecutiveLosses;
+    const base = this.#intervalOf(p, now);
+    if (losses < this.#probeBackoffAfter) return base;
     const exp = Math.min(30, losses - this.#probeBackoffAfter + 1);
-    return Math.min(this.#probeMax, this.#probeInterval * 2 ** exp);
+    return Math.min(Math.max(base, this.#probeMax), base * 2 ** exp);
   }
 
   #helloGap(failures: number): number {
@@ -1112,7 +1126,7 @@ export class PeerTable {
         p.probeOutstanding = false;
         p.probesLost++;
         p.consecutiveLosses++;
-        p.nextProbeAt = p.probeSentAt + Math.max(this.#probeTimeout, this.#probeGap(p.consecutiveLosses));
+        p.nextProbeAt = p.probeSentAt + Math.max(this.#probeTimeout, this.#probeGap(p, now));
       }
       const wanted = this.#wantsProbe(p, now);
       if (!wanted && !p.probeOutstanding) {

@@ -335,15 +335,15 @@ Deno.test({
     "health: a static-table mixed cluster with an Oakestra-style raw peer (no HELLO/PROBE answers) works and it is never marked down",
   ...opts,
 }, async () => {
-  const c = await TestCluster.start(3, TABLE, [], () => ({}));
-  try {
-    // n3 plays an Oakestra Go node on the wire: no in-band control either way, so raw IP packets only.
-    const ns3 = c.nodes[2].node.ns;
+  // n3 plays an Oakestra Go node on the wire from its start: no in-band control either way (its
+  // daemon's HELLO/PROBE and their answers are dropped), so raw IP packets only.
+  const c = await TestCluster.start(3, TABLE, [], () => ({}), async (i, ns) => {
+    if (i !== 3) return;
     for (const chain of [["INPUT", "--dport"], ["OUTPUT", "--sport"]]) {
       await must("ip", [
         "netns",
         "exec",
-        ns3,
+        ns,
         "iptables",
         "-I",
         chain[0],
@@ -359,6 +359,8 @@ Deno.test({
         "DROP",
       ]);
     }
+  });
+  try {
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
     await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);

@@ -988,6 +988,10 @@ export class PeerTable {
       peer.down = false;
       peer.downCause = "";
       peer.healthChangedAt = now;
+      // Its HELLOs may have backed off (or its caps been forgotten) while it was down: ask now.
+      peer.helloFailures = 0;
+      peer.helloOutstanding = false;
+      peer.nextHelloAt = now;
     }
   }
 

@@ -34,6 +34,10 @@
  *   that node, or `probeAlways`). One probe outstanding at a time, every `probeIntervalMs`; a probe
  *   unanswered after `probeTimeoutMs` counts as lost; after `probeBackoffAfter` consecutive losses
  *   the interval doubles per further loss up to `probeMaxIntervalMs`.
+ * - Liveness ({@link PeerTable.healthOf}): while a peer is probed, one that answers no PROBE and no
+ *   HELLO (round trips only) for `downAfterMs` is marked down (cause in `downCause`); any accepted
+ *   answer marks it up again and makes a HELLO due at once. Peers not probed (no CAP_PROBE: Oakestra
+ *   Go nodes; or `probe: false`, a worker that reads another's results) are `unknown`.
  * - A HELLO/ACK round trip is also an RTT sample. Samples are unambiguous (Karn's rule is moot):
  *   an ACK must echo the outstanding HELLO's random nonce, a PROBE_REPLY the outstanding probe's
  *   sequence number *and* send time; anything else is stale and ignored.

@@ -7,7 +7,8 @@
  * - blocking n3's tunnel port: within 3 s new connections through the RR ServiceIP all reach n2,
  *   n3 is shown down (status, metrics) and logged once; unblocked, RR alternates again;
  * - a static-table cluster with an Oakestra-style raw peer (it answers no HELLO/PROBE) and `Closest`
- *   entries in its table: traffic works and the raw peer is never marked down.
+ *   entries in its table: traffic works and the raw peer is never marked down; a local instance whose
+ *   process (and namespace) died is skipped by new flows.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot } from "../helpers/netns.ts";
@@ -181,7 +182,7 @@ Deno.test({
     await eventually(() => ask(client, web.Closest_ip), (v) => v === "web0" || v === "web1");
     const rows = await eventually(
       () => peersOf(nodes[0]),
-      (r) => (peer(r, N3)?.rttMs ?? 0) > FAR_MS * 0.8 && (peer(r, N2)?.rttMs ?? 99) < 5,
+      (r) => (peer(r, N3)?.rttMs ?? 0) > (peer(r, N2)?.rttMs ?? Infinity) + FAR_MS * 0.6,
       10_000,
     );
     console.log(`RTT n2 ${peer(rows, N2)?.rttMs?.toFixed(2)} ms, n3 ${peer(rows, N3)?.rttMs?.toFixed(2)} ms`);
@@ -323,6 +324,15 @@ const TABLE: QueryResult[] = [
         hostIp: N3,
         rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
       })),
+      withClosest(tableInstance({
+        n: 2,
+        instanceIp: "10.30.0.4",
+        instanceIp6: "fdff::4",
+        nsip: n1.first4(3),
+        nsip6: n1.first6(3),
+        hostIp: "192.168.77.1",
+        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+      })),
     ],
   },
 ] as QueryResult[];
@@ -364,6 +374,7 @@ Deno.test({
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
     await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);
+    const local = await c.deploy(1, WEB, 2, [...TOOL, "servers", "80", "web2"]);
     const cli = c.containers[0];
     const askIt = async (host: string) => {
       const r = await cli.exec([...TOOL, "tcp-client", host, "80", "q"]);
@@ -374,10 +385,11 @@ Deno.test({
     // Long past PeerDownAfterMs: RR still reaches both, the Closest IP (from the table) answers.
     await new Promise((r) => setTimeout(r, 4500));
     const rr = new Set<string>();
-    for (let k = 0; k < 4; k++) rr.add(await askIt("10.30.0.1"));
-    assertEquals([...rr].sort(), ["web0", "web1"]);
-    assert(["web0", "web1"].includes(await askIt("10.30.0.20")));
-    assert(["web0", "web1"].includes(await askIt("fdff:1000::20")));
+    for (let k = 0; k < 6; k++) rr.add(await askIt("10.30.0.1"));
+    assertEquals([...rr].sort(), ["web0", "web1", "web2"]);
+    // The Closest IP from the table works (the local instance first), v4 and v6.
+    assertEquals(await askIt("10.30.0.20"), "web2");
+    assertEquals(await askIt("fdff:1000::20"), "web2");
     const st = (await c.nodes[0].node.api.getJson("/status")) as { peers: PeerRow[] };
     const raw = peer(st.peers, N3)!;
     const nm = peer(st.peers, N2)!;
@@ -386,6 +398,20 @@ Deno.test({
     const metrics = (await c.nodes[0].node.api.request("GET", "/metrics")).body;
     assertMatch(metrics, /netmanager_peer_up\{endpoint="192\.168\.77\.3:50103"\} 1/);
     assertMatch(metrics, /netmanager_peer_liveness_known\{endpoint="192\.168\.77\.3:50103"\} 0/);
+
+    // The local instance's process dies (its namespace and veth go with it): new flows skip it —
+    // Closest goes to the nearest remaining node (n2: measured; the raw n3's RTT is unknown), RR to
+    // the other two — and it is logged.
+    await local.c.stop();
+    const t0 = performance.now();
+    await eventually(() => askIt("10.30.0.20"), (v) => v === "web0", 5000);
+    console.log(`Closest left the dead local instance after ${(performance.now() - t0).toFixed(0)} ms`);
+    const after = new Set<string>();
+    for (let k = 0; k < 6; k++) after.add(await askIt("10.30.0.1"));
+    assertEquals([...after].sort(), ["web0", "web1"]);
+    assertEquals(await askIt("fdff:1000::20"), "web0");
+    const log = await c.nodes[0].node.log();
+    assert(log.includes("instance's namespace is gone"), log.slice(-3000));
   } catch (e) {
     console.error(await c.logs());
     throw e;

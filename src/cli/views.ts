@@ -67,15 +67,14 @@ export function formatHealth(p: Pick<PeerRow, "health" | "downCause" | "downForS
   return p.health === "up" ? "up" : "up?";
 }
 
-/** The `peers` table: peer, endpoint, wire mode, RTT, last seen, packets, drops. */
+/** The `peers` table: peer, endpoint, wire mode, RTT, last seen, packets, drops, probe loss, state. */
 export function formatPeers(peers: readonly PeerRow[]): string {
   if (peers.length === 0) return "(no peers yet: a peer appears once traffic goes to or comes from it)";
   return columns(
-    ["PEER", "ENDPOINT", "STATE", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST"],
+    ["PEER", "ENDPOINT", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST", "STATE"],
     peers.map((p) => [
       p.node ?? "-",
       p.endpoint,
-      formatHealth(p),
       p.answering ? p.mode : `${p.mode} (no HELLO answer)`,
       formatRtt(p.rttMs),
       formatAge(p.lastSeenAgoS),
@@ -83,6 +82,7 @@ export function formatPeers(peers: readonly PeerRow[]): string {
       String(p.rxPackets ?? "-"),
       String(p.drops),
       String(p.probesLost ?? "-"),
+      formatHealth(p),
     ]),
   );
 }

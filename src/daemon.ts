@@ -18,6 +18,7 @@ import {
   EnvironmentManager,
   type InstanceAddresses,
   type InstanceKind,
+  type InstanceRecord,
   StateStore,
 } from "./env/mod.ts";
 import { compactHeap } from "./heap.ts";
@@ -54,6 +55,8 @@ const log = logger("daemon");
 
 /** Re-check interval of an auto-detected public address (Oakestra: 2 minutes). */
 export const PUBLIC_ADDRESS_RECHECK_MS = 120_000;
+/** How often local instances are checked for a vanished namespace (one netlink link dump). */
+const INSTANCE_CHECK_MS = 1000;
 
 /** Options for {@link startDaemon}. */
 export interface DaemonOptions {
@@ -367,6 +370,7 @@ class Node implements NodeService {
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
         helloRefreshMs: Number(Deno.env.get("NETMANAGER_TEST_HELLO_REFRESH_MS")) || undefined,
         probeAllPeers: this.cfg.net.ProbePeers,
+        peerDownAfterMs: this.cfg.net.PeerDownAfterMs,
       },
     });
     if (this.security) this.dataPlane.setSecurity(this.security.current());
@@ -388,6 +392,36 @@ class Node implements NodeService {
     this.#initialTable = undefined;
     // The Worker has built its copy of the table: give back what that took (both isolates' arenas).
     await compactHeap();
+  }
+
+  /** Namespace IPs of local instances last found gone (for the log: once per change). */
+  #gone = new Set<string>();
+
+  /**
+   * Tells the data plane which local instances' namespaces are gone (their veth vanished with the
+   * namespace), so new flows skip them; logs each once. Called every second.
+   */
+  checkInstances(): void {
+    if (!this.dataPlane) return;
+    let gone: InstanceRecord[];
+    try {
+      gone = this.env.goneInstances();
+    } catch (e) {
+      log.debug("instance check failed", { error: String(e) });
+      return;
+    }
+    const now = new Set(gone.map((r) => r.ipv4));
+    for (const r of gone) {
+      if (!this.#gone.has(r.ipv4)) {
+        log.warn("instance's namespace is gone: new flows skip it while another instance is usable", {
+          job: r.job,
+          instance: r.instance,
+          ip: r.ipv4,
+        });
+      }
+    }
+    this.#gone = now;
+    this.dataPlane.setDeadLocal([...now].map((ip) => parseIPv4(ip)));
   }
 
   #isServiceIp(ip: string): boolean {
@@ -655,6 +689,8 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     () => node.checkCertificate(),
     Math.max(200, Number(Deno.env.get("NETMANAGER_CERT_CHECK_MS")) || 5000),
   );
+  // Local instances whose namespace went away: new flows skip them (see Node.checkInstances).
+  const instanceTimer = setInterval(() => node.checkInstances(), INSTANCE_CHECK_MS);
 
   const done = Promise.withResolvers<void>();
   let stopping: Promise<void> | undefined;
@@ -665,6 +701,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       if (timer !== undefined) clearInterval(timer);
       clearInterval(reportTimer);
       clearInterval(certTimer);
+      clearInterval(instanceTimer);
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
       await metricsServer?.close();

@@ -51,13 +51,27 @@ export interface PeerRow {
   txPackets?: number;
   rxPackets?: number;
   probesLost?: number;
+  /** `up` / `down` while probed; `unknown` (no probes answered ever, e.g. an Oakestra Go node: used as up). */
+  health?: string;
+  downCause?: string;
+  downForS?: number;
 }
 
-/** The `peers` table: peer, endpoint, wire mode, RTT, last seen, packets, drops. */
+/** The STATE column: `up`, `DOWN 5s (cause)`, `up?` (not probed: liveness unknown, used as up). */
+export function formatHealth(p: Pick<PeerRow, "health" | "downCause" | "downForS">): string {
+  if (p.health === "down") {
+    return `DOWN${p.downForS !== undefined ? ` ${formatDuration(p.downForS)}` : ""}${
+      p.downCause ? ` (${p.downCause})` : ""
+    }`;
+  }
+  return p.health === "up" ? "up" : "up?";
+}
+
+/** The `peers` table: peer, endpoint, wire mode, RTT, last seen, packets, drops, probe loss, state. */
 export function formatPeers(peers: readonly PeerRow[]): string {
   if (peers.length === 0) return "(no peers yet: a peer appears once traffic goes to or comes from it)";
   return columns(
-    ["PEER", "ENDPOINT", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST"],
+    ["PEER", "ENDPOINT", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST", "STATE"],
     peers.map((p) => [
       p.node ?? "-",
       p.endpoint,
@@ -68,6 +82,7 @@ export function formatPeers(peers: readonly PeerRow[]): string {
       String(p.rxPackets ?? "-"),
       String(p.drops),
       String(p.probesLost ?? "-"),
+      formatHealth(p),
     ]),
   );
 }
@@ -135,11 +150,12 @@ export function formatStatus(s: Record<string, unknown>): string {
   }
   const peers = Array.isArray(s.peers) ? s.peers as PeerRow[] : [];
   const silent = peers.filter((p) => !p.answering).length;
+  const down = peers.filter((p) => p.health === "down");
   rows.push([
     "peers",
     `${peers.length}${silent ? ` (${silent} not answering HELLOs)` : ""}${
-      peers.length ? "; see netmanager peers" : ""
-    }`,
+      down.length ? `, ${down.length} DOWN: ${down.map((p) => p.node ?? p.endpoint).join(", ")}` : ""
+    }${peers.length ? "; see netmanager peers" : ""}`,
   ]);
   return rows.map(([k, v]) => `${k.padEnd(11)} ${v}`).join("\n");
 }

@@ -132,6 +132,12 @@ export const NetCfgSchema = z.object({
    * metrics; false = only while the closest policy needs it.
    */
   ProbePeers: boolLike.default(true),
+  /**
+   * A netmanager peer that answers none of our PROBEs/HELLOs for this long (ms) is marked down: new
+   * flows skip its instances while another candidate is up (RR, Random, Closest). 0 = never. Peers
+   * that never answer probes (Oakestra Go nodes) are not judged (unknown, used as up).
+   */
+  PeerDownAfterMs: intLike("PeerDownAfterMs", 0, 600_000).default(3000),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
   /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */

@@ -278,6 +278,23 @@ export class EnvironmentManager {
     return [...this.#byKey.values()];
   }
 
+  /**
+   * Instances whose host-side veth is gone: their namespace went away (the process died), which
+   * destroys the veth pair. One netlink link dump; records being removed are left out.
+   *
+   * @example
+   * ```ts
+   * import type { EnvironmentManager } from "./manager.ts";
+   * declare const env: EnvironmentManager;
+   * const dead = env.goneInstances().map((r) => r.ipv4);
+   * ```
+   */
+  goneInstances(): InstanceRecord[] {
+    if (this.#byKey.size === 0) return [];
+    const names = new Set(this.#linksOpen().list().map((l) => l.name));
+    return [...this.#byKey.values()].filter((r) => !names.has(r.hostVeth) && !this.#removing.has(r.hostVeth));
+  }
+
   #linksOpen(): Links {
     this.#links ??= new Links();
     return this.#links;

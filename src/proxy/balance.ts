@@ -9,7 +9,15 @@
  *   come and go — no restart, no skipped or doubled instance.
  * - `Random`: uniform choice (Oakestra's behaviour for every kind) from a seeded PRNG passed in.
  * - `Closest`: the lowest RTT to the candidate's node, from `rttOf(nodeKey)`; an unknown RTT ranks
- *   last; ties (within `rttTieMs`) go to the fewest active flows (`loadOf`), then to rotation.
+ *   last. With hysteresis: the node chosen last per ServiceIP stays preferred until another is better
+ *   by `switchRatio` (10 %) *and* `switchMinMs` (0.2 ms) — two near-equal nodes do not make new flows
+ *   flap — or until it leaves, becomes unusable or its RTT unknown; a node with RTT 0 (the local one)
+ *   wins at once. Candidates on the preferred node (and any within `rttTieMs` of it) are ties: the
+ *   fewest active flows (`loadOf`) win, then rotation.
+ *
+ * **Health.** With `usable`, candidates it rejects (on a peer node marked down, a local instance
+ * whose namespace is gone) are skipped by every policy while any candidate is usable; when none is,
+ * all are tried as before (the caller cannot do better than guess).
  *
  * Pure: no clock, no I/O; randomness and measurements come in as functions.
  *
@@ -60,8 +68,14 @@ export interface BalancerOptions<C = TableEntry> {
   readonly nsip4Of?: (candidate: C) => number;
   /** A candidate's node key (RTT); default `nodeKeyOf` of a TableEntry. */
   readonly nodeOf?: (candidate: C) => string;
-  /** RTTs within this many ms of the best count as ties (default 0: exact). */
+  /** RTTs within this many ms of the preferred node's count as ties (default 0: exact). */
   readonly rttTieMs?: number;
+  /** Closest: switch the preferred node only for one this much better, relatively (default 0.1). */
+  readonly switchRatio?: number;
+  /** Closest: …and by at least this many ms (default 0.2). */
+  readonly switchMinMs?: number;
+  /** False for a candidate that must not take new flows while another can (default: all usable). */
+  readonly usable?: (candidate: C) => boolean;
   /** Bound on remembered rotation positions (default 65536); the least recently used is forgotten. */
   readonly maxServices?: number;
   /**
@@ -143,10 +157,19 @@ export class Balancer<C = TableEntry> {
   readonly #ns: (candidate: C) => number;
   readonly #node: (candidate: C) => string;
   readonly #tie: number;
+  readonly #ratio: number;
+  readonly #minSwitch: number;
+  readonly #usable: ((candidate: C) => boolean) | undefined;
   readonly #max: number;
   readonly #shared: SharedRotation | undefined;
   /** ServiceIP key → nsip4 chosen last by rotation. */
   readonly #last = new Map<number | string, number>();
+  /** ServiceIP key → the node Closest prefers (hysteresis), least recently used first. */
+  readonly #pref = new Map<number | string, string>();
+  /** The usable candidates of the choice in progress (reused). */
+  readonly #up: C[] = [];
+  /** Candidates that were skipped as unusable (for inspection and tests). */
+  skipped = 0;
 
   constructor(opts: BalancerOptions<C>) {
     this.#random = opts.random;
@@ -155,6 +178,9 @@ export class Balancer<C = TableEntry> {
     this.#ns = opts.nsip4Of ?? ((e) => (e as TableEntry).nsip4);
     this.#node = opts.nodeOf ?? ((e) => nodeKeyOf(e as TableEntry));
     this.#tie = Math.max(0, opts.rttTieMs ?? 0);
+    this.#ratio = Math.min(1, Math.max(0, opts.switchRatio ?? 0.1));
+    this.#minSwitch = Math.max(0, opts.switchMinMs ?? 0.2);
+    this.#usable = opts.usable;
     this.#max = Math.max(1, opts.maxServices ?? 65536);
     this.#shared = opts.shared;
   }
@@ -175,6 +201,18 @@ export class Balancer<C = TableEntry> {
     n: number = candidates.length,
   ): C | undefined {
     if (n === 0) return undefined;
+    const usable = this.#usable;
+    if (usable !== undefined && n > 1 && kind !== "Instance") {
+      const up = this.#up;
+      up.length = 0;
+      for (let i = 0; i < n; i++) if (usable(candidates[i])) up.push(candidates[i]);
+      // Skip the unusable ones while any other is usable; none usable: try them all, as before.
+      if (up.length > 0 && up.length < n) {
+        this.skipped += n - up.length;
+        candidates = up;
+        n = up.length;
+      }
+    }
     if (n === 1) {
       if (kind === "RoundRobin" || kind === "Closest") this.#remember(key, this.#ns(candidates[0]));
       return candidates[0];
@@ -194,6 +232,12 @@ export class Balancer<C = TableEntry> {
   /** Forgets the rotation position of a ServiceIP (e.g. when it leaves the table). */
   forget(key: number | string): void {
     this.#last.delete(key);
+    this.#pref.delete(key);
+  }
+
+  /** The node Closest currently prefers for ServiceIP `key`, if any. */
+  preferred(key: number | string): string | undefined {
+    return this.#pref.get(key);
   }
 
   /** Number of ServiceIPs with a remembered rotation position. */
@@ -246,15 +290,23 @@ export class Balancer<C = TableEntry> {
 
   #closest(key: number | string, cands: readonly C[], n: number): C {
     const rtts = new Float64Array(n);
-    let best = Infinity;
+    let best = -1;
     for (let i = 0; i < n; i++) {
       const r = this.#rttOf(this.#node(cands[i]));
       rtts[i] = r === undefined || !Number.isFinite(r) || r < 0 ? Infinity : r;
-      if (rtts[i] < best) best = rtts[i];
+      if (best < 0 || rtts[i] < rtts[best]) best = i;
     }
-    // Unknown RTTs rank last: they tie only when nothing is known at all.
+    const ref = this.#preferredNode(key, cands, n, rtts, best);
+    let refRtt = Infinity;
+    for (let i = 0; i < n; i++) if (this.#node(cands[i]) === ref && rtts[i] < refRtt) refRtt = rtts[i];
+    // Ties: the preferred node's candidates (and exact-RTT equals); nothing known at all: everyone.
     let tied: C[] = [];
-    for (let i = 0; i < n; i++) if (best === Infinity || rtts[i] <= best + this.#tie) tied.push(cands[i]);
+    for (let i = 0; i < n; i++) {
+      if (
+        this.#node(cands[i]) === ref || (refRtt < Infinity && Math.abs(rtts[i] - refRtt) <= this.#tie) ||
+        rtts[best] === Infinity
+      ) tied.push(cands[i]);
+    }
     const loadOf = this.#loadOf;
     if (tied.length > 1 && loadOf) {
       const loads = tied.map((c) => loadOf(c));
@@ -262,8 +314,62 @@ export class Balancer<C = TableEntry> {
       for (const l of loads) if (l < least) least = l;
       tied = tied.filter((_, i) => loads[i] === least);
     }
-    if (tied.length > 1) return this.#rotate(key, tied, tied.length);
-    this.#remember(key, this.#ns(tied[0]));
-    return tied[0];
+    const chosen = tied.length > 1 ? this.#rotate(key, tied, tied.length) : tied[0];
+    if (tied.length === 1) this.#remember(key, this.#ns(chosen));
+    this.#prefer(key, rtts[best] === Infinity ? undefined : ref);
+    return chosen;
   }
+
+  /**
+   * The node new flows of `key` should go to: the one preferred so far unless it left, or another is
+   * better by the switch margin (or is the local node, RTT 0), or its RTT became unknown while
+   * another's is known.
+   */
+  #preferredNode(
+    key: number | string,
+    cands: readonly C[],
+    n: number,
+    rtts: Float64Array,
+    best: number,
+  ): string | undefined {
+    const bestNode = rtts[best] === Infinity ? undefined : this.#node(cands[best]);
+    const pref = this.#pref.get(key);
+    if (pref === undefined) return bestNode;
+    let prefRtt = Infinity;
+    let present = false;
+    for (let i = 0; i < n; i++) {
+      if (this.#node(cands[i]) !== pref) continue;
+      present = true;
+      if (rtts[i] < prefRtt) prefRtt = rtts[i];
+    }
+    if (!present) return bestNode;
+    if (prefRtt === Infinity) return bestNode ?? pref;
+    return shouldSwitch(prefRtt, rtts[best], this.#ratio, this.#minSwitch) ? bestNode : pref;
+  }
+
+  #prefer(key: number | string, node: string | undefined): void {
+    if (node === undefined) return;
+    if (!this.#pref.delete(key) && this.#pref.size >= this.#max) {
+      const oldest = this.#pref.keys().next();
+      if (!oldest.done) this.#pref.delete(oldest.value);
+    }
+    this.#pref.set(key, node);
+  }
+}
+
+/**
+ * Closest's hysteresis: leave a node measured at `currentMs` for one at `candidateMs` only when the
+ * latter is better by `ratio` (relative) and by `minMs`, or is the local node (0 ms).
+ *
+ * @example
+ * ```ts
+ * shouldSwitch(10, 8.9, 0.1, 0.2); // true: 11 % and 1.1 ms better
+ * shouldSwitch(1, 0.95, 0.1, 0.2); // false: only 5 %
+ * shouldSwitch(0.15, 0, 0.1, 0.2); // true: the local node
+ * ```
+ */
+export function shouldSwitch(currentMs: number, candidateMs: number, ratio = 0.1, minMs = 0.2): boolean {
+  if (!(candidateMs < currentMs)) return false;
+  if (candidateMs === 0) return true;
+  return candidateMs <= currentMs * (1 - ratio) && currentMs - candidateMs >= minMs;
 }

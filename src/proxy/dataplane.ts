@@ -26,6 +26,7 @@ import { libc } from "../../ffi/libc.ts";
 import { attachReuseportCbpf, loadSocketFilter, setTunSteering } from "../../ffi/bpf.ts";
 import { MAX_LANES, reuseportProgram, tunSteeringProgram } from "./lanes.ts";
 import { SharedRotation } from "./balance.ts";
+import { PeerHealthArea } from "./peer_health.ts";
 import { mergeStats } from "./merge_stats.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
@@ -119,6 +120,10 @@ export class DataPlane {
   readonly #steerFd: number;
   /** Round-robin positions shared by the workers. */
   readonly #rotation = SharedRotation.create();
+  /** Peer liveness and RTT, published by worker 0 (the only one that probes), read by the others. */
+  readonly #health = PeerHealthArea.create();
+  /** Local instances whose namespace is gone (namespace IPv4s), as last sent to the workers. */
+  #deadLocal: number[] = [];
   readonly #opts: DataPlaneOptions;
   #stopping = false;
   readonly #resolver: Resolver;
@@ -317,9 +322,12 @@ export class DataPlane {
       posted: l.posted.buffer,
       mtu: opts.mtu,
       busyPollUs: opts.busyPollUs ?? 0,
-      engine: many ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation } : opts.engine,
+      engine: many
+        ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation, health: this.#health }
+        : opts.engine,
       table,
     }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
+    if (this.#deadLocal.length > 0) this.#post(l, { type: "deadLocal", nsip4s: this.#deadLocal });
     await ready.promise;
   }
 
@@ -375,7 +383,17 @@ export class DataPlane {
   #notePeers(peers: StatsData["peers"]): void {
     for (const e of this.#peerWatch.update(peers, Date.now())) {
       const who = { ...(e.node !== undefined ? { node: e.node } : {}), endpoint: e.endpoint };
-      if (e.kind === "silent") {
+      if (e.kind === "down") {
+        log.warn("peer down: new flows skip its instances while another candidate is up", {
+          ...who,
+          cause: e.cause,
+        });
+      } else if (e.kind === "up") {
+        log.info("peer up again: new flows may go to it", {
+          ...who,
+          downSeconds: Math.round(e.downForMs / 1000),
+        });
+      } else if (e.kind === "silent") {
         log.warn("peer stopped answering HELLOs: its traffic falls back to raw mode; still retrying", {
           ...who,
           ...(e.lastSeenAgoMs !== undefined
@@ -414,6 +432,17 @@ export class DataPlane {
         );
       }
     }
+  }
+
+  /**
+   * Local instances whose namespace is gone (by namespace IPv4): the workers skip them for new flows
+   * while another candidate is usable. Sent only when the set changes.
+   */
+  setDeadLocal(nsip4s: readonly number[]): void {
+    const next = [...nsip4s].sort((a, b) => a - b);
+    if (next.length === this.#deadLocal.length && next.every((v, i) => v === this.#deadLocal[i])) return;
+    this.#deadLocal = next;
+    this.#broadcast({ type: "deadLocal", nsip4s: next });
   }
 
   /** This node's public address changed (its own table entries now name the new one). */
@@ -455,6 +484,7 @@ export class DataPlane {
       tableEntries: this.table.size,
       peers: s.peers,
       jumbo: { tx: s.jumboTx, rx: s.jumboRx },
+      ...(s.choices ? { choices: s.choices } : {}),
       ...(routesRejected ? { routesRejected } : {}),
     };
   }

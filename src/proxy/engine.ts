@@ -58,7 +58,8 @@ import {
   rewriteSrc6,
 } from "./packet.ts";
 import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
-import { type Peer, PeerTable } from "./peers.ts";
+import { type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
+import { PeerHealthArea } from "./peer_health.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
@@ -74,6 +75,7 @@ import {
   FAST_F_NEEDS_CSUM,
   FastHeader,
   HelloMessage,
+  MSG_HELLO,
   ProbeMessage,
   probeToReplyInPlace,
   WireKind,
@@ -209,7 +211,27 @@ export interface EngineConfig {
   laneTag?: number;
   /** With several data-plane workers: the round-robin positions they share ({@link SharedRotation}). */
   rotation?: SharedArrayBuffer;
+  /**
+   * With several data-plane workers: peer liveness and RTT ({@link PeerHealthArea}); the worker with
+   * lane tag 0 probes and publishes there, the others read.
+   */
+  health?: SharedArrayBuffer;
+  /** A probed peer that answers nothing for this long is down: new flows skip it (3000 ms; 0: never). */
+  peerDownAfterMs?: number;
+  /** PROBE interval per peer (1000 ms). */
+  probeIntervalMs?: number;
+  /**
+   * PROBE interval towards nodes hosting candidates of a Closest ServiceIP (250 ms: with RFC 6298
+   * smoothing a changed path moves the choice within ~2 s).
+   */
+  closestProbeIntervalMs?: number;
 }
+
+/** HELLOs and PROBEs of nodes that are no peer yet answered per second (and burst). */
+export const STRANGER_CONTROL_RATE = 500;
+
+/** Distinct (ServiceIP, instance) pairs counted in {@link Engine.choices}; beyond, `other`. */
+export const MAX_CHOICE_SERIES = 4096;
 
 /** Packet and byte counters. */
 export class Counters {
@@ -308,6 +330,16 @@ export class Engine {
   readonly control: ControlOut[] = [];
   readonly #info = new PacketInfo();
   readonly #routes = new Map<string, NodeRoute>();
+  /** This worker probes the peers (the only one, or lane 0); others read {@link #health}. */
+  readonly #prober: boolean;
+  readonly #health: PeerHealthArea | undefined;
+  /** Namespace IPv4s of local instances whose namespace is gone (skipped for new flows). */
+  #dead4 = new Set<number>();
+  /**
+   * New flows per ServiceIP and chosen instance: `"<service ip> <instance ns ip>"` → count
+   * (cumulative, at most {@link MAX_CHOICE_SERIES} keys, then `"other other"`).
+   */
+  readonly choices: Map<string, number> = new Map();
   /** Node keys hosting candidates of Closest ServiceIPs: their RTT is kept measured. */
   #closestNodes: string[] = [];
   /** The result object of the call in progress. */
@@ -327,6 +359,9 @@ export class Engine {
   readonly #strangerRate: number;
   #strangerTokens: number;
   #strangerTokensAt = 0;
+  /** Token bucket of answers to strangers' HELLOs and PROBEs ({@link STRANGER_CONTROL_RATE} per second). */
+  #strangerCtlTokens = STRANGER_CONTROL_RATE;
+  #strangerCtlAt = 0;
   #parkedTotal = 0;
   #parkedBytes = 0;
   readonly #parkBytes: number;
@@ -347,16 +382,29 @@ export class Engine {
     this.cfg = cfg;
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
+    this.#prober = cfg.laneTag === undefined || cfg.laneTag === 0;
+    this.#health = cfg.health ? new PeerHealthArea(cfg.health) : undefined;
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
       probeAlways: cfg.probeAllPeers === true,
       ...(cfg.laneTag !== undefined ? { laneTag: cfg.laneTag, jumboGaps: false } : {}),
+      probe: this.#prober || this.#health === undefined,
+      downAfterMs: cfg.peerDownAfterMs ?? 3000,
+      probeIntervalMs: cfg.probeIntervalMs ?? 1000,
+      leasedProbeIntervalMs: cfg.closestProbeIntervalMs ?? 250,
+      // A down peer is probed at least every 2 s, so it is seen up again quickly.
+      probeMaxIntervalMs: 2000,
     });
+    const health = this.#health;
+    const ownRtt = !this.#prober && health !== undefined
+      ? (node: string) => health.rttMs(node)
+      : (node: string) => this.peers.rttOfNode(node);
     this.balancer = new Balancer<number>({
       random: seededRandom(cfg.seed ?? (Date.now() & 0x7fffffff)),
       // The local node is the closest of all; others by measured RTT.
-      rttOf: (node) => this.#routes.get(node)?.local ? 0 : this.peers.rttOfNode(node),
+      rttOf: (node) => this.#routes.get(node)?.local ? 0 : ownRtt(node),
+      usable: (row) => this.#usable(row),
       loadOf: (row) => this.flows.activeFlows(this.table.rowNsip4(row)),
       nsip4Of: (row) => this.table.rowNsip4(row),
       nodeOf: (row) => this.table.rowNode(row),
@@ -388,6 +436,32 @@ export class Engine {
   setSelf(ip: string, now = 0): void {
     this.cfg.selfIp = ip;
     this.#rebuildRoutes(now);
+  }
+
+  /**
+   * Local instances whose namespace is gone (by namespace IPv4): new flows skip them while another
+   * candidate is usable. Replaces the previous set.
+   */
+  setDeadLocal(nsip4s: readonly number[]): void {
+    this.#dead4 = new Set(nsip4s);
+  }
+
+  /** Whether a candidate row may take a new flow: its node is not down, its local namespace alive. */
+  #usable(row: number): boolean {
+    const t = this.table;
+    const node = t.rowNode(row);
+    const r = this.#routes.get(node);
+    if (r === undefined) return true;
+    if (r.local) return this.#dead4.size === 0 || !this.#dead4.has(t.rowNsip4(row));
+    if (this.#prober || this.#health === undefined) return r.peer?.down !== true;
+    return !this.#health.isDown(node);
+  }
+
+  /** Liveness of the peer at node key `key` as this worker sees it (own probes or the prober's). */
+  peerHealth(key: string): PeerHealthState {
+    if (!this.#prober && this.#health !== undefined) return this.#health.state(key);
+    const p = this.peers.get(key);
+    return p === undefined ? "unknown" : this.peers.healthOf(p);
   }
 
   /** Route of a node key, if known. */
@@ -432,7 +506,10 @@ export class Engine {
     }
     this.#local4 = local4;
     this.#local6 = local6;
-    this.peers.sync(remote, now);
+    const sync = this.peers.sync(remote, now);
+    if (this.#prober && this.#health) {
+      for (const p of sync.removed) this.#health.publish(p.key, "unknown", undefined);
+    }
     for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
     this.#closestNodes = [...closest];
   }
@@ -566,7 +643,18 @@ export class Engine {
   #choose(g: number): number {
     const t = this.table;
     const n = t.groupRows(g, this.#cands);
-    return this.balancer.chooseFrom(t.groupKind(g), t.groupKey(g), this.#cands, n) ?? -1;
+    const key = t.groupKey(g);
+    const row = this.balancer.chooseFrom(t.groupKind(g), key, this.#cands, n) ?? -1;
+    if (row >= 0) this.#countChoice(key, row);
+    return row;
+  }
+
+  #countChoice(key: number | string, row: number): void {
+    let k = `${typeof key === "number" ? formatIPv4(key) : key} ${formatIPv4(this.table.rowNsip4(row))}`;
+    const c = this.choices;
+    const had = c.get(k);
+    if (had === undefined && c.size >= MAX_CHOICE_SERIES) k = "other other";
+    c.set(k, (c.get(k) ?? 0) + 1);
   }
 
   #deliver(route: NodeRoute, buf: Uint8Array, off: number, len: number, partial: boolean): Verdict {
@@ -678,6 +766,9 @@ export class Engine {
     now: number,
   ): Verdict {
     const kind = classify(buf, off, len);
+    if (kind === WireKind.HELLO || kind === WireKind.PROBE) {
+      return this.#strangerControl(kind, buf, off, len, family, src4, src6, srcPort, now);
+    }
     let pOff = off;
     let pLen = len;
     if (kind === WireKind.FAST) {
@@ -841,6 +932,56 @@ export class Engine {
     }
   }
 
+  /**
+   * A HELLO or PROBE from a node that is no peer yet (it knows us from its table, we do not know it
+   * from ours: e.g. a client's node, before its first flow reaches us). Answered without keeping any
+   * state — a HELLO_ACK without CAP_JUMBO (its JUMBO messages would be dropped until it is a peer;
+   * our own HELLO announces JUMBO once it is), a PROBE echoed — so it can measure RTT and liveness
+   * before any flow. Same size as the question (no amplification) and rate-limited.
+   */
+  #strangerControl(
+    kind: WireKind,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    family: 4 | 6,
+    src4: number,
+    src6: Uint8Array | undefined,
+    srcPort: number,
+    now: number,
+  ): Verdict {
+    const elapsed = now - this.#strangerCtlAt;
+    if (elapsed > 0) {
+      this.#strangerCtlTokens = Math.min(
+        STRANGER_CONTROL_RATE,
+        this.#strangerCtlTokens + elapsed * STRANGER_CONTROL_RATE / 1000,
+      );
+      this.#strangerCtlAt = now;
+    }
+    if (this.#strangerCtlTokens < 1) return this.#drop(Drop.STRANGER_LIMIT);
+    this.#strangerCtlTokens--;
+    let bytes: Uint8Array | undefined;
+    if (kind === WireKind.HELLO) {
+      if (decodeHello(buf, off, len, this.#hello) && this.#hello.type === MSG_HELLO) {
+        const out = new Uint8Array(96);
+        const n = encodeHelloAck(out, 0, {
+          caps: (this.peers.localCaps & ~CAP_JUMBO) >>> 0,
+          nonceHi: this.#hello.nonceHi,
+          nonceLo: this.#hello.nonceLo,
+          hostPort: this.cfg.selfPort,
+          nodeId: this.cfg.nodeId ?? "",
+        });
+        bytes = out.subarray(0, n);
+      }
+    } else {
+      const copy = buf.slice(off, off + len);
+      if (probeToReplyInPlace(copy, 0, len)) bytes = copy;
+    }
+    if (bytes === undefined) return this.#drop(Drop.UNKNOWN_PEER);
+    this.control.push({ family, addr4: src4, addr6: src6?.slice(), port: srcPort, bytes });
+    return Verdict.DROP;
+  }
+
   /** Runs the peers' schedule (HELLO, PROBE) and queues what is due in {@link control}. */
   peerTick(now: number): void {
     for (const key of this.#closestNodes) {
@@ -849,6 +990,7 @@ export class Engine {
     }
     const to = (p: Peer, bytes: Uint8Array) =>
       this.control.push({ family: p.family, addr4: p.ip4, addr6: p.ip6, port: p.port, bytes });
+    const health = this.#prober ? this.#health : undefined;
     this.peers.tick(now, {
       hello: (p, hi, lo) => {
         const out = new Uint8Array(96);
@@ -866,6 +1008,11 @@ export class Engine {
         to(p, out.subarray(0, encodeProbe(out, 0, seq, us)));
       },
     });
+    if (health) {
+      for (const p of this.peers.peers()) {
+        health.publish(p.key, this.peers.healthOf(p), this.peers.rttOf(p, now));
+      }
+    }
   }
 
   /** Destination must be a local instance; replies of our flows get the dialled ServiceIP back. */

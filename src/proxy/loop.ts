@@ -149,6 +149,9 @@ export class PacketLoop {
       case "self":
         e.setSelf(m.ip, performance.now());
         break;
+      case "deadLocal":
+        e.setDeadLocal(m.nsip4s);
+        break;
       case "flows": {
         const out = [...e.flows.ids()].slice(0, m.limit).map((id) => e.flows.info(id));
         this.#post({ type: "flows", id: m.id, flows: out });
@@ -240,6 +243,7 @@ export class PacketLoop {
       drops,
       peers: e.peers.stats(now),
       usedJobs: jobs,
+      ...(e.choices.size > 0 ? { choices: Object.fromEntries(e.choices) } : {}),
       heap: { used: m.heapUsed, total: m.heapTotal, external: m.external },
     };
   }

@@ -15,7 +15,7 @@
 import type { StatsData } from "./messages.ts";
 import type { PeerStats } from "./peers.ts";
 
-type Summed = Exclude<keyof StatsData, "drops" | "peers" | "usedJobs" | "heap" | "workers">;
+type Summed = Exclude<keyof StatsData, "drops" | "peers" | "usedJobs" | "heap" | "workers" | "choices">;
 const SUMMED: Summed[] = [
   "tunRx",
   "tunRxBytes",
@@ -63,14 +63,26 @@ function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
     probesSent: a.probesSent + b.probesSent,
     probesLost: a.probesLost + b.probesLost,
     ...(lastSeen !== undefined ? { lastSeen } : {}),
+    // One worker probes and judges liveness; the others report unknown.
+    ...mergeHealth(a, b),
+  };
+}
+
+function mergeHealth(a: PeerStats, b: PeerStats): Pick<PeerStats, "health" | "downCause" | "downCount"> {
+  const judged = a.health === "down" || (a.health === "up" && b.health !== "down") ? a : b;
+  return {
+    ...(judged.health !== undefined ? { health: judged.health } : {}),
+    ...(judged.downCause !== undefined ? { downCause: judged.downCause } : {}),
+    downCount: Math.max(a.downCount ?? 0, b.downCount ?? 0),
   };
 }
 
 /** One report for all workers (the first report alone is returned as it is). */
 export function mergeStats(parts: readonly StatsData[]): StatsData {
   if (parts.length === 1) return parts[0];
+  const { choices: _c, ...first } = parts[0];
   const out: StatsData = {
-    ...parts[0],
+    ...first,
     drops: {},
     peers: [],
     usedJobs: [],
@@ -87,6 +99,10 @@ export function mergeStats(parts: readonly StatsData[]): StatsData {
       peers.set(ps.endpoint, had ? mergePeer(had, ps) : ps);
     }
     for (const j of p.usedJobs) jobs.add(j);
+    if (p.choices) {
+      out.choices ??= {};
+      for (const [k, n] of Object.entries(p.choices)) out.choices[k] = (out.choices[k] ?? 0) + n;
+    }
     out.heap.used += p.heap.used;
     out.heap.total += p.heap.total;
     out.heap.external += p.heap.external;

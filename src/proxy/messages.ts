@@ -37,6 +37,8 @@ export interface StatsData {
   usedJobs: string[];
   /** The Worker isolate's V8 heap (bytes): used, total (committed), external (typed arrays, …). */
   heap: { used: number; total: number; external: number };
+  /** New flows per ServiceIP and chosen instance, cumulative: `"<service ip> <instance ns ip>"` → count. */
+  choices?: Record<string, number>;
   /** In a merged report of several workers: each worker's packets from the TUN / tunnel and flows. */
   workers?: Array<{ tunRx: number; udpRx: number; flows: number }>;
 }
@@ -61,6 +63,8 @@ export type ToWorker =
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }
   | { type: "flows"; id: number; limit: number }
+  /** Local instances whose namespace is gone (namespace IPv4s as uint32): skipped for new flows. */
+  | { type: "deadLocal"; nsip4s: number[] }
   /** Tests: end the packet loop with an error, as a crash would (the main isolate restarts the Worker). */
   | { type: "crash" }
   | { type: "stop" };

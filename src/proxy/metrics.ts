@@ -10,7 +10,11 @@
  * `netmanager_flows`, `netmanager_table_entries`, `netmanager_peers`, per peer {node (when known),
  * endpoint}: `netmanager_peer_rtt_seconds`, `netmanager_peer_fast`, `netmanager_peer_packets_total` /
  * `netmanager_peer_bytes_total` {direction = tx | rx}, `netmanager_peer_drops_total`,
- * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`; node state:
+ * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`, `netmanager_peer_up`
+ * (0 while marked down; 1 otherwise, also for a peer whose liveness is unknown — an Oakestra Go node
+ * answers no probes — which `netmanager_peer_liveness_known` 0 tells apart), `netmanager_peer_down_total`;
+ * `netmanager_service_choices_total` {service_ip, instance_ip}: new flows per ServiceIP by the chosen
+ * instance's namespace IP (at most 4096 pairs per worker, then `other`); node state:
  * `netmanager_registered`, `netmanager_cluster_connected`, `netmanager_data_plane_running`,
  * `netmanager_instances`; histograms `netmanager_deploy_duration_seconds` {kind, result} and
  * `netmanager_table_miss_duration_seconds` {result}; plus `netmanager_build_info` and the process
@@ -64,6 +68,10 @@ export interface PeerMetrics {
   readonly probesSent: number;
   /** PROBEs lost. */
   readonly probesLost: number;
+  /** Liveness (`up` / `down` while probed, else `unknown`). */
+  readonly health?: "up" | "down" | "unknown";
+  /** Times marked down. */
+  readonly downCount?: number;
 }
 
 /** The data plane's figures, summed over workers. */
@@ -88,6 +96,8 @@ export interface DataPlaneMetrics {
   readonly peers: readonly PeerMetrics[];
   /** JUMBO messages (whole TCP super-packets) sent and received. */
   readonly jumbo?: { readonly tx: number; readonly rx: number };
+  /** New flows per `"<service ip> <instance ns ip>"`, cumulative. */
+  readonly choices?: Readonly<Record<string, number>>;
   /** Table-query results and entries the control plane refused, by cause (see control/route_check.ts). */
   readonly routesRejected?: Readonly<Record<string, number>>;
 }
@@ -259,6 +269,40 @@ export class NodeMetrics {
       "RTT probes to a peer node that went unanswered.",
       PL,
       () => peers((p) => [[peerLabels(p), p.probesLost] as Sample]),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_up",
+      "0 while a peer node is marked down (no answer to probes); 1 otherwise, also when its liveness is unknown.",
+      PL,
+      () => peers((p) => [[peerLabels(p), p.health === "down" ? 0 : 1] as Sample]),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_liveness_known",
+      "1 when a peer node answers probes (its liveness is judged); 0 for one that never did (e.g. an Oakestra Go node).",
+      PL,
+      () => peers((p) => [[peerLabels(p), p.health === "up" || p.health === "down" ? 1 : 0] as Sample]),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_peer_down_total",
+      "Times a peer node was marked down.",
+      PL,
+      () => peers((p) => [[peerLabels(p), p.downCount ?? 0] as Sample]),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_service_choices_total",
+      "New flows to a ServiceIP, by the instance (namespace IP) the balancer chose.",
+      ["service_ip", "instance_ip"],
+      () =>
+        each((m) =>
+          Object.entries(m.choices ?? {}).map(([k, n]) => {
+            const [service_ip, instance_ip] = k.split(" ");
+            return [{ service_ip, instance_ip }, n] as Sample;
+          })
+        ),
     );
 
     snapshotGauge(

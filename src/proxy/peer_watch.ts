@@ -2,7 +2,8 @@
  * Watches the peer snapshots the data-plane Worker reports (about once a second) and turns changes
  * into events an operator cares about: a peer that stops answering HELLOs (its capabilities are
  * forgotten, traffic falls back to raw mode), one that answers again, and wire-mode changes
- * (raw / fast / jumbo). It also keeps, per peer, the wall-clock time its `lastSeen` last moved, so
+ * (raw / fast / jumbo), and liveness: a probed peer marked down (with the cause) or up again — each
+ * logged once per change. It also keeps, per peer, the wall-clock time its `lastSeen` last moved, so
  * `status` and `peers` can print "last seen 3s ago" (the Worker's clock is not this thread's).
  *
  * Pure: no I/O; the caller logs the events.
@@ -28,7 +29,9 @@ export function wireModeOf(p: Pick<PeerStats, "fast" | "jumbo">): WireMode {
 export type PeerEvent =
   | { kind: "silent"; endpoint: string; node?: string; lastSeenAgoMs?: number; mode: WireMode }
   | { kind: "back"; endpoint: string; node?: string; silentForMs: number; mode: WireMode }
-  | { kind: "mode"; endpoint: string; node?: string; from: WireMode; to: WireMode };
+  | { kind: "mode"; endpoint: string; node?: string; from: WireMode; to: WireMode }
+  | { kind: "down"; endpoint: string; node?: string; cause: string }
+  | { kind: "up"; endpoint: string; node?: string; downForMs: number };
 
 /** A peer as `status` / `peers` show it. */
 export interface PeerView {
@@ -52,6 +55,14 @@ export interface PeerView {
   /** RTT probes sent / lost. */
   probesSent: number;
   probesLost: number;
+  /**
+   * Liveness: `up` / `down` while probed; `unknown` for a peer that does not answer probes (an
+   * Oakestra Go node): new flows still go to it (treated as up).
+   */
+  health?: "up" | "down" | "unknown";
+  /** While down: why, and for how many seconds. */
+  downCause?: string;
+  downForS?: number;
 }
 
 interface Seen {
@@ -62,6 +73,9 @@ interface Seen {
   /** Wall-clock ms when lastSeen last moved. */
   lastSeenWall?: number;
   silentSince?: number;
+  down: boolean;
+  /** Wall-clock ms when it was seen down. */
+  downSince?: number;
 }
 
 /** See the module documentation. */
@@ -86,9 +100,23 @@ export class PeerWatch {
           mode,
           lastSeen: p.lastSeen,
           lastSeenWall: p.lastSeen !== undefined ? nowMs : undefined,
+          down: p.health === "down",
+          ...(p.health === "down" ? { downSince: nowMs } : {}),
         });
         if (mode !== "raw") events.push({ kind: "mode", endpoint: p.endpoint, ...id, from: "raw", to: mode });
+        if (p.health === "down") {
+          events.push({ kind: "down", endpoint: p.endpoint, ...id, cause: p.downCause ?? "" });
+        }
         continue;
+      }
+      if (!s.down && p.health === "down") {
+        s.down = true;
+        s.downSince = nowMs;
+        events.push({ kind: "down", endpoint: p.endpoint, ...id, cause: p.downCause ?? "no answer" });
+      } else if (s.down && p.health !== "down") {
+        s.down = false;
+        events.push({ kind: "up", endpoint: p.endpoint, ...id, downForMs: nowMs - (s.downSince ?? nowMs) });
+        s.downSince = undefined;
       }
       if (p.lastSeen !== undefined && p.lastSeen !== s.lastSeen) {
         s.lastSeen = p.lastSeen;
@@ -141,6 +169,11 @@ export class PeerWatch {
         rxPackets: p.rxPackets,
         probesSent: p.probesSent,
         probesLost: p.probesLost,
+        health: p.health ?? "unknown",
+        ...(p.health === "down" && p.downCause !== undefined ? { downCause: p.downCause } : {}),
+        ...(p.health === "down" && s?.downSince !== undefined
+          ? { downForS: Math.max(0, Math.round((nowMs - s.downSince) / 1000)) }
+          : {}),
       };
     });
   }

@@ -34,6 +34,10 @@
  *   that node, or `probeAlways`). One probe outstanding at a time, every `probeIntervalMs`; a probe
  *   unanswered after `probeTimeoutMs` counts as lost; after `probeBackoffAfter` consecutive losses
  *   the interval doubles per further loss up to `probeMaxIntervalMs`.
+ * - Liveness ({@link PeerTable.healthOf}): while a peer is probed, one that answers no PROBE and no
+ *   HELLO (round trips only) for `downAfterMs` is marked down (cause in `downCause`); any accepted
+ *   answer marks it up again and makes a HELLO due at once. Peers not probed (no CAP_PROBE: Oakestra
+ *   Go nodes; or `probe: false`, a worker that reads another's results) are `unknown`.
  * - A HELLO/ACK round trip is also an RTT sample. Samples are unambiguous (Karn's rule is moot):
  *   an ACK must echo the outstanding HELLO's random nonce, a PROBE_REPLY the outstanding probe's
  *   sequence number *and* send time; anything else is stale and ignored.
@@ -374,6 +378,19 @@ export class Peer {
   /** RTT is wanted until this time (ms); see {@link PeerTable.requestRtt}. */
   rttWantedUntil: number = -Infinity;
 
+  /** Last accepted PROBE_REPLY or HELLO_ACK (a round trip: both directions work); -Infinity when never. */
+  lastAnswerAt: number = -Infinity;
+  /** Since when (ms) its liveness is judged: while we probe it; -Infinity when not judged (unknown). */
+  watchedSince: number = -Infinity;
+  /** Marked down: no answer to our probes/HELLOs for `downAfterMs` while we probed it. */
+  down = false;
+  /** When it was marked down or up last (ms); -Infinity when never. */
+  healthChangedAt: number = -Infinity;
+  /** Why it was marked down (for the log line), while down. */
+  downCause = "";
+  /** Times it was marked down. */
+  downCount = 0;
+
   /** Creates a peer for `ep` (use {@link PeerTable.add}, which also indexes it). */
   constructor(ep: Endpoint, rtt: RttOptions | undefined) {
     this.key = ep.key;
@@ -447,6 +464,11 @@ export interface PeerTableOptions {
   readonly probeIntervalMs?: number;
   /** How long to wait for a PROBE_REPLY before counting a loss (default 1000). */
   readonly probeTimeoutMs?: number;
+  /**
+   * PROBE interval while RTT is requested ({@link PeerTable.requestRtt}: a Closest ServiceIP has
+   * candidates there), so a changed path shows in the smoothed RTT within seconds (default: `probeIntervalMs`).
+   */
+  readonly leasedProbeIntervalMs?: number;
   /** Consecutive losses after which the probe interval starts doubling (default 3). */
   readonly probeBackoffAfter?: number;
   /** Longest probe interval under backoff (default 30000). */
@@ -473,7 +495,20 @@ export interface PeerTableOptions {
   readonly jumboGaps?: boolean;
   /** RTT estimator options. */
   readonly rtt?: RttOptions;
+  /**
+   * Send PROBEs at all (default true). With several data-plane workers one table probes and the
+   * others read its results (`peer_health.ts`), so a peer gets one probe stream, not one per worker.
+   */
+  readonly probe?: boolean;
+  /**
+   * A peer we probe that answers no PROBE or HELLO for this long is marked down (default 3000; 0: never).
+   * Peers that never announced {@link CAP_PROBE} (Oakestra's Go nodes) are never judged: unknown.
+   */
+  readonly downAfterMs?: number;
 }
+
+/** A peer's liveness as judged by its table: `unknown` when it is not probed (e.g. an Oakestra Go node). */
+export type PeerHealthState = "up" | "down" | "unknown";
 
 /** Callbacks of {@link PeerTable.tick}: build and send the datagram to the peer. */
 export interface PeerActions {
@@ -525,6 +560,12 @@ export interface PeerStats {
   readonly probesLost: number;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
+  /** Liveness: up/down while probed, unknown otherwise (Oakestra Go nodes never answer probes). */
+  readonly health?: PeerHealthState;
+  /** While down: why (no answer for how long). */
+  readonly downCause?: string;
+  /** Times it was marked down. */
+  readonly downCount?: number;
 }
 
 function defaultNonce(): number {
@@ -553,6 +594,7 @@ export class PeerTable {
   readonly #helloRefresh: number;
   readonly #helloForget: number;
   readonly #probeInterval: number;
+  readonly #probeLeased: number;
   readonly #probeTimeout: number;
   readonly #probeBackoffAfter: number;
   readonly #probeMax: number;
@@ -564,6 +606,8 @@ export class PeerTable {
   readonly #laneTag: number;
   readonly #jumboGaps: boolean;
   readonly #rttOpts: RttOptions | undefined;
+  readonly #probe: boolean;
+  readonly #downAfter: number;
   #now = -Infinity;
 
   /** Creates an empty table; see {@link PeerTableOptions} for the defaults. */
@@ -576,6 +620,7 @@ export class PeerTable {
     this.#helloRefresh = positive(opts.helloRefreshMs, 30_000, "helloRefreshMs");
     this.#helloForget = Math.max(1, positive(opts.helloForgetAfter, 3, "helloForgetAfter"));
     this.#probeInterval = positive(opts.probeIntervalMs, 1000, "probeIntervalMs");
+    this.#probeLeased = positive(opts.leasedProbeIntervalMs, this.#probeInterval, "leasedProbeIntervalMs");
     this.#probeTimeout = positive(opts.probeTimeoutMs, 1000, "probeTimeoutMs");
     this.#probeBackoffAfter = Math.max(1, positive(opts.probeBackoffAfter, 3, "probeBackoffAfter"));
     this.#probeMax = positive(opts.probeMaxIntervalMs, 30_000, "probeMaxIntervalMs");
@@ -592,6 +637,19 @@ export class PeerTable {
     this.#jumboGaps = opts.jumboGaps ?? true;
     this.#nonce = tag < 0 ? nonce : () => ((nonce() & ~0xff) | tag) >>> 0;
     this.#rttOpts = opts.rtt;
+    this.#probe = opts.probe ?? true;
+    this.#downAfter = positive(opts.downAfterMs, 3000, "downAfterMs");
+  }
+
+  /** Whether this table sends PROBEs (see {@link PeerTableOptions.probe}). */
+  get probes(): boolean {
+    return this.#probe;
+  }
+
+  /** `peer`'s liveness: `down` / `up` while it is probed and judged, else `unknown` (treated as up). */
+  healthOf(peer: Peer): PeerHealthState {
+    if (peer.down) return "down";
+    return peer.watchedSince > -Infinity ? "up" : "unknown";
   }
 
   /** Our capability bits (what HELLO/ACK should announce). */
@@ -901,6 +959,7 @@ export class PeerTable {
     peer.nextHelloAt = now + this.#helloRefresh;
     this.#learn(peer, msg, now);
     peer.rtt.sample(now - peer.helloSentAt, now);
+    this.#answered(peer, now);
     return true;
   }
 
@@ -920,9 +979,24 @@ export class PeerTable {
     }
     peer.probeOutstanding = false;
     peer.consecutiveLosses = 0;
-    peer.nextProbeAt = peer.probeSentAt + this.#probeInterval;
+    peer.nextProbeAt = peer.probeSentAt + this.#intervalOf(peer, now);
     peer.rtt.sample(now - peer.probeSentAt, now);
+    this.#answered(peer, now);
     return true;
+  }
+
+  /** A round trip with `peer` completed: it is alive (up again when it was down). */
+  #answered(peer: Peer, now: number): void {
+    peer.lastAnswerAt = now;
+    if (peer.down) {
+      peer.down = false;
+      peer.downCause = "";
+      peer.healthChangedAt = now;
+      // Its HELLOs may have backed off (or its caps been forgotten) while it was down: ask now.
+      peer.helloFailures = 0;
+      peer.helloOutstanding = false;
+      peer.nextHelloAt = now;
+    }
   }
 
   /** Records that something (data or control) arrived from `peer`: `bytes` of UDP payload at `now`. */
@@ -995,10 +1069,17 @@ export class PeerTable {
 
   // ------------------------------------------------------------------------- schedule
 
-  #probeGap(losses: number): number {
-    if (losses < this.#probeBackoffAfter) return this.#probeInterval;
+  /** The probe interval of `p`: shorter while its RTT is requested (a Closest choice depends on it). */
+  #intervalOf(p: Peer, now: number): number {
+    return now < p.rttWantedUntil ? Math.min(this.#probeLeased, this.#probeInterval) : this.#probeInterval;
+  }
+
+  #probeGap(p: Peer, now: number): number {
+    const losses = p.consecutiveLosses;
+    const base = this.#intervalOf(p, now);
+    if (losses < this.#probeBackoffAfter) return base;
     const exp = Math.min(30, losses - this.#probeBackoffAfter + 1);
-    return Math.min(this.#probeMax, this.#probeInterval * 2 ** exp);
+    return Math.min(Math.max(base, this.#probeMax), base * 2 ** exp);
   }
 
   #helloGap(failures: number): number {
@@ -1007,7 +1088,9 @@ export class PeerTable {
   }
 
   #wantsProbe(p: Peer, now: number): boolean {
-    return p.capsKnown && (p.remoteCaps & this.#localCaps & CAP_PROBE) !== 0 &&
+    // A peer once judged keeps being probed while down even if its caps were forgotten meanwhile.
+    if (p.down) return this.#probe;
+    return this.#probe && p.capsKnown && (p.remoteCaps & this.#localCaps & CAP_PROBE) !== 0 &&
       (this.#probeAlways || now < p.rttWantedUntil);
   }
 
@@ -1051,11 +1134,30 @@ export class PeerTable {
         p.probeOutstanding = false;
         p.probesLost++;
         p.consecutiveLosses++;
-        p.nextProbeAt = p.probeSentAt + Math.max(this.#probeTimeout, this.#probeGap(p.consecutiveLosses));
+        p.nextProbeAt = p.probeSentAt + Math.max(this.#probeTimeout, this.#probeGap(p, now));
+      }
+      const wanted = this.#wantsProbe(p, now);
+      if (!wanted && !p.probeOutstanding) {
+        // Not probed: its liveness is not judged (unknown, taken as up).
+        p.watchedSince = -Infinity;
+        p.down = false;
+      } else if (this.#downAfter > 0) {
+        if (p.watchedSince === -Infinity) p.watchedSince = now;
+        const silent = now - Math.max(p.lastAnswerAt, p.watchedSince);
+        if (!p.down && silent >= this.#downAfter) {
+          p.down = true;
+          p.downCount++;
+          p.healthChangedAt = now;
+          p.downCause = `no answer to ${p.consecutiveLosses} probe(s) and HELLOs for ${
+            Math.round(silent)
+          } ms`;
+        } else if (!p.down) {
+          next = Math.min(next, Math.max(p.lastAnswerAt, p.watchedSince) + this.#downAfter);
+        }
       }
       if (p.probeOutstanding) {
         next = Math.min(next, p.probeSentAt + this.#probeTimeout);
-      } else if (this.#wantsProbe(p, now)) {
+      } else if (wanted) {
         if (now >= p.nextProbeAt) {
           p.probeOutstanding = true;
           p.probeSeq = this.#laneTag < 0
@@ -1098,6 +1200,9 @@ export class PeerTable {
         probesSent: p.probesSent,
         probesLost: p.probesLost,
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
+        health: this.healthOf(p),
+        ...(p.down ? { downCause: p.downCause } : {}),
+        downCount: p.downCount,
       });
     }
     return out;

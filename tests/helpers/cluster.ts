@@ -62,6 +62,8 @@ export class TestCluster {
     table: QueryResult[],
     extraArgs: string[] = [],
     cfgFor: (i: number) => Record<string, unknown> = () => ({}),
+    /** Runs in node `i`'s namespace setup, before it registers (its data plane starts then). */
+    beforeRegister?: (i: number, ns: string) => Promise<void>,
   ): Promise<TestCluster> {
     const underlay = await createNs("u");
     const dir = await Deno.makeTempDir({ prefix: "nmcluster-" });
@@ -110,6 +112,7 @@ export class TestCluster {
           },
         });
         c.nodes[i - 1].node = node;
+        await beforeRegister?.(i, node.ns);
         const r = await node.register(`worker${i}`);
         if (r.status !== 200) {
           throw new Error(`register node ${i}: ${r.status} ${(await node.log()).slice(-2000)}`);

@@ -212,3 +212,90 @@ Deno.test("shared rotation: Balancers in several workers rotate as one, per Serv
   const b = new Balancer({ random: seededRandom(1), shared: tiny });
   assert(b.chooseFrom("RoundRobin", 0x0a1e0001, cands) !== undefined);
 });
+
+Deno.test("closest hysteresis: switches only for a node better by ≥ 10 % and ≥ 0.2 ms", () => {
+  const cands = [inst(0, "n1"), inst(1, "n2")];
+  const rtt = new Map<string, number>([["n1:50103", 10], ["n2:50103", 12]]);
+  const b = new Balancer({ random: seededRandom(1), rttOf: (n) => rtt.get(n) });
+  const pick = () => b.chooseFrom("Closest", 9, cands)?.instance;
+  assertEquals(pick(), 0);
+  assertEquals(b.preferred(9), "n1:50103");
+  // n2 now slightly better (9.5 < 10, only 5 %): new flows stay on n1, again and again.
+  rtt.set("n2:50103", 9.5);
+  assertEquals([pick(), pick(), pick()], [0, 0, 0]);
+  // 9.0 is 10 % and 1 ms better: switch.
+  rtt.set("n2:50103", 9.0);
+  assertEquals(pick(), 1);
+  // Back and forth around the switch point does not flap: n1 must now beat n2 by the margin.
+  rtt.set("n1:50103", 8.5);
+  assertEquals(pick(), 1);
+  rtt.set("n1:50103", 8.0);
+  assertEquals(pick(), 0);
+  // Sub-millisecond paths: 10 % is not enough without 0.2 ms.
+  rtt.set("n1:50103", 0.5);
+  rtt.set("n2:50103", 0.35);
+  assertEquals(pick(), 0);
+  rtt.set("n2:50103", 0.29);
+  assertEquals(pick(), 1);
+  // The preferred node's RTT becomes unknown (probes lost): the known one takes over.
+  rtt.delete("n2:50103");
+  assertEquals(pick(), 0);
+  // A local candidate (RTT 0) wins at once, even within the margin.
+  const local = new Balancer({
+    random: seededRandom(1),
+    rttOf: (n) => n === "n2:50103" ? 0 : 0.1,
+  });
+  assertEquals(local.chooseFrom("Closest", 1, cands)?.instance, 1);
+});
+
+Deno.test("closest hysteresis: ties on the preferred node go to the fewest active flows", () => {
+  const cands = [inst(0, "n1"), inst(1, "n2"), inst(2, "n2")];
+  const rtt = new Map<string, number>([["n1:50103", 5], ["n2:50103", 1]]);
+  const load = new Map<number, number>([[cands[1].nsip4, 3], [cands[2].nsip4, 1]]);
+  const b = new Balancer({
+    random: seededRandom(1),
+    rttOf: (n) => rtt.get(n),
+    loadOf: (e) => load.get(e.nsip4) ?? 0,
+  });
+  assertEquals(b.chooseFrom("Closest", 3, cands)?.instance, 2);
+  load.set(cands[2].nsip4, 4);
+  assertEquals(b.chooseFrom("Closest", 3, cands)?.instance, 1);
+  // n1 (no flows at all) is not a tie: it is 4 ms further.
+  assertEquals(b.chooseFrom("Closest", 3, cands)?.instance, 1);
+});
+
+Deno.test("health: RR, Random and Closest skip unusable candidates while any is usable", () => {
+  const cands = [inst(0, "n1"), inst(1, "n2"), inst(2, "n3")];
+  const down = new Set<string>(["n3:50103"]);
+  const rtt = new Map<string, number>([["n1:50103", 9], ["n2:50103", 8], ["n3:50103", 1]]);
+  const b = new Balancer({
+    random: seededRandom(3),
+    rttOf: (n) => rtt.get(n),
+    usable: (e) => !down.has(nodeKeyOf(e)),
+  });
+  // RR alternates among the rest.
+  assertEquals([0, 1, 2, 3, 4, 5].map(() => b.chooseFrom("RoundRobin", 1, cands)?.instance), [
+    0,
+    1,
+    0,
+    1,
+    0,
+    1,
+  ]);
+  assertEquals(b.skipped, 6);
+  // Random never picks the down one.
+  const seen = new Set<number>();
+  for (let k = 0; k < 300; k++) seen.add(b.chooseFrom("Random", 2, cands)!.instance);
+  assertEquals([...seen].sort(), [0, 1]);
+  // Closest takes the nearest usable node (n3 is nearer but down).
+  assertEquals(b.chooseFrom("Closest", 3, cands)?.instance, 1);
+  // Up again → RR rotates over all three, Closest moves to n3 (better by far).
+  down.clear();
+  assertEquals([0, 1, 2].map(() => b.chooseFrom("RoundRobin", 1, cands)?.instance), [2, 0, 1]);
+  assertEquals(b.chooseFrom("Closest", 3, cands)?.instance, 2);
+  // Everything down: behave as before (try them all).
+  for (const c of cands) down.add(nodeKeyOf(c));
+  assertEquals([0, 1, 2].map(() => b.chooseFrom("RoundRobin", 1, cands)?.instance), [2, 0, 1]);
+  // Instance IPs have one candidate: kept even when unusable.
+  assertEquals(b.chooseFrom("Instance", 4, [cands[0]])?.instance, 0);
+});

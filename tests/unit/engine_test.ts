@@ -5,7 +5,20 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { buildIPv4Tcp, buildIPv4Udp, buildIPv6Tcp, ip4, ip6 } from "../helpers/packets.ts";
-import { Drop, Engine, type EngineConfig, Verdict } from "../../src/proxy/engine.ts";
+import { Drop, Engine, type EngineConfig, STRANGER_CONTROL_RATE, Verdict } from "../../src/proxy/engine.ts";
+import {
+  CAP_FAST,
+  CAP_JUMBO,
+  CAP_PROBE,
+  decodeHello,
+  decodeProbe,
+  encodeHello,
+  encodeProbe,
+  HelloMessage,
+  MSG_HELLO_ACK,
+  MSG_PROBE_REPLY,
+  ProbeMessage,
+} from "../../src/proxy/wire.ts";
 import { checksumsValid, PacketInfo, parsePacket } from "../../src/proxy/packet.ts";
 import { parseQueryResult } from "../../src/table/query_result.ts";
 import { TranslationTable } from "../../src/table/table.ts";
@@ -385,4 +398,60 @@ Deno.test("engine: with the park full, a new ServiceIP's miss is still reported 
   // The reported miss resolves like any other (nothing was parked for it).
   assertEquals(e.resolved("10.30.0.60", true).length, 0);
   assertEquals(e.resolved("10.30.0.50", true).length, 2);
+});
+
+Deno.test("engine: a stranger's HELLO and PROBE are answered statelessly (no JUMBO offered), rate-limited", () => {
+  const e = new Engine({ ...CFG, fast: true, nodeId: "me" }, table());
+  const hello = new Uint8Array(96);
+  const n = encodeHello(hello, 0, {
+    caps: CAP_FAST | CAP_PROBE | CAP_JUMBO,
+    nonceHi: 7,
+    nonceLo: 9,
+    hostPort: 50103,
+    nodeId: "x",
+  });
+  assertEquals(e.receive(hello, 0, n, 4, ip4("192.0.2.99"), undefined, 50103, 1), Verdict.DROP);
+  assertEquals(e.control.length, 1);
+  const ack = new HelloMessage();
+  assert(decodeHello(e.control[0].bytes, 0, e.control[0].bytes.length, ack));
+  assertEquals([ack.type, ack.nonceHi, ack.nonceLo, ack.nodeId], [MSG_HELLO_ACK, 7, 9, "me"]);
+  assertEquals([(ack.caps & CAP_FAST) !== 0, (ack.caps & CAP_PROBE) !== 0, ack.caps & CAP_JUMBO], [
+    true,
+    true,
+    0,
+  ]);
+  assertEquals([e.control[0].addr4, e.control[0].port], [ip4("192.0.2.99"), 50103]);
+  assertEquals(e.peers.size, 2, "no state: still only the table's peers");
+  const probe = new Uint8Array(16);
+  const pn = encodeProbe(probe, 0, 5, 1234);
+  e.control.length = 0;
+  assertEquals(e.receive(probe, 0, pn, 4, ip4("192.0.2.99"), undefined, 50103, 1), Verdict.DROP);
+  const reply = new ProbeMessage();
+  assert(decodeProbe(e.control[0].bytes, 0, e.control[0].bytes.length, reply));
+  assertEquals([reply.type, reply.seq, reply.timestampUs], [MSG_PROBE_REPLY, 5, 1234]);
+  // A flood is answered up to the rate (STRANGER_CONTROL_RATE per second), then dropped and counted.
+  e.control.length = 0;
+  for (let k = 0; k < 2 * STRANGER_CONTROL_RATE; k++) {
+    e.receive(probe, 0, pn, 4, ip4("192.0.2.99"), undefined, 1, 1);
+  }
+  assert(e.control.length < STRANGER_CONTROL_RATE + 5, `answered ${e.control.length}`);
+  assert(e.counters.drops[Drop.STRANGER_LIMIT] >= STRANGER_CONTROL_RATE - 5);
+});
+
+Deno.test("engine: new flows skip a down peer's instances and local instances whose namespace is gone", () => {
+  const e = new Engine(CFG, table());
+  const flowTo = (port: number) => {
+    const p = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: port, dstPort: 80 });
+    assert(e.egress(p, 0, p.length, 1) !== Verdict.DROP);
+    return `${p[16]}.${p[17]}.${p[18]}.${p[19]}`;
+  };
+  const all = new Set([1, 2, 3, 4, 5, 6].map((k) => flowTo(1000 + k)));
+  assertEquals([...all].sort(), ["10.18.0.130", "10.18.0.194", "10.18.0.67"]);
+  // 192.0.2.3 down, the local instance 10.18.0.67 gone: new flows all go to 192.0.2.2's instance.
+  e.peers.get("192.0.2.3:50103")!.down = true;
+  e.setDeadLocal([ip4("10.18.0.67")]);
+  assertEquals(new Set([1, 2, 3, 4].map((k) => flowTo(2000 + k))), new Set(["10.18.0.130"]));
+  assertEquals(e.peerHealth("192.0.2.3:50103"), "down");
+  // Counted per ServiceIP and instance.
+  assertEquals(e.choices.get("10.30.0.1 10.18.0.130"), 2 + 4);
 });

@@ -94,11 +94,28 @@ Deno.test("views: status is text, peers a table with ages", () => {
       drops: 0,
     },
     { endpoint: "10.0.0.3:50103", mode: "raw", answering: false, drops: 7 },
+    {
+      node: "w4",
+      endpoint: "10.0.0.4:50103",
+      mode: "fast",
+      answering: true,
+      drops: 0,
+      health: "down",
+      downForS: 5,
+      downCause: "no answer to 4 probe(s) and HELLOs for 3000 ms",
+    },
   ]);
   const lines = t.split("\n");
-  assertMatch(lines[0], /^PEER\s+ENDPOINT\s+WIRE\s+RTT\s+LAST SEEN/);
-  assertMatch(lines[1], /^w2\s+10\.0\.0\.2:50103\s+fast\s+0\.42 ms\s+3s ago/);
-  assertMatch(lines[2], /^-\s+10\.0\.0\.3:50103\s+raw \(no HELLO answer\)\s+-\s+never\s+-\s+-\s+7/);
+  assertMatch(lines[0], /^PEER\s+ENDPOINT\s+WIRE\s+RTT\s+LAST SEEN.*PROBES LOST\s+STATE$/);
+  assertMatch(lines[1], /^w2\s+10\.0\.0\.2:50103\s+fast\s+0\.42 ms\s+3s ago.*\s+up\?$/);
+  assertMatch(
+    lines[2],
+    /^-\s+10\.0\.0\.3:50103\s+raw \(no HELLO answer\)\s+-\s+never\s+-\s+-\s+7\s+-\s+up\?$/,
+  );
+  assertMatch(
+    lines[3],
+    /^w4\s+10\.0\.0\.4:50103\s+fast\s.*\s+DOWN 5s \(no answer to 4 probe\(s\) and HELLOs for 3000 ms\)$/,
+  );
   const s = formatStatus({
     mode: "cluster",
     registered: false,

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
 import { parseIPv4, parseIPv6 } from "../../src/addr/mod.ts";
 import {
   endpointOf,
@@ -530,6 +530,8 @@ Deno.test("counters and stats snapshot", () => {
     probesSent: 0,
     probesLost: 0,
     lastSeen: 8,
+    health: "unknown",
+    downCount: 0,
   });
   assertEquals(s[1], {
     endpoint: B6,
@@ -544,7 +546,62 @@ Deno.test("counters and stats snapshot", () => {
     drops: 0,
     probesSent: 0,
     probesLost: 0,
+    health: "unknown",
+    downCount: 0,
   });
+});
+
+Deno.test("health: a probed peer silent for downAfterMs is down (with the cause), an answer brings it up", () => {
+  const { t, p, rec } = probingTable({ probeAlways: true, probeIntervalMs: 500, probeMaxIntervalMs: 2000 });
+  assertEquals(t.healthOf(p), "unknown", "not probed yet");
+  rec.tick(t, 0);
+  assertEquals(t.healthOf(p), "up");
+  const answer = (at: number) => {
+    const last = rec.probes[rec.probes.length - 1];
+    assert(t.onProbeReply(p, probeReply(last.seq, last.us), at));
+  };
+  answer(5);
+  rec.tick(t, 505);
+  answer(510); // the last answer: silent from here
+  let now = 510;
+  while (now < 3509) now = Math.min(3509, rec.tick(t, now));
+  assertEquals([t.healthOf(p), p.down], ["up", false], "2999 ms of silence: still up");
+  rec.tick(t, 3510);
+  assertEquals(t.healthOf(p), "down");
+  assertMatch(p.downCause, /^no answer to \d+ probe\(s\) and HELLOs for 3000 ms$/);
+  assertEquals(t.stats(3510)[0].health, "down");
+  assertEquals(t.stats(3510)[0].downCount, 1);
+  // Still probed while down, at least every 2 s (backoff capped), so it is seen up soon after.
+  const before = rec.probes.length;
+  now = 3510;
+  while (now < 12_000 || !p.probeOutstanding) now = rec.tick(t, now);
+  const gaps = rec.probes.slice(before).map((x, i, a) => i === 0 ? 0 : x.at - a[i - 1].at);
+  assert(rec.probes.length - before >= 4 && Math.max(...gaps) <= 2000, `probes while down: ${gaps}`);
+  answer(now + 3);
+  assertEquals([t.healthOf(p), p.downCause, p.downCount], ["up", "", 1]);
+  // A HELLO_ACK answering our HELLO counts as an answer too; a HELLO from it does not (one direction).
+  now += 3;
+  t.onHello(p, helloMsg(MSG_HELLO, CAP_FAST | CAP_PROBE, "w2"), now + 3500);
+  rec.tick(t, now + 3500);
+  assertEquals(t.healthOf(p), "down", "its own HELLOs prove only its direction");
+});
+
+Deno.test("health: peers never probed (Oakestra Go nodes, a non-probing worker) are unknown, never down", () => {
+  const t = table({ probeAlways: true, helloRefreshMs: 1e9 });
+  const old = t.addKey(A, 0); // answers nothing, ever
+  const rec = new Recorder();
+  for (let now = 0; now < 60_000; now += 500) rec.tick(t, now);
+  assertEquals([t.healthOf(old), old.down, rec.probes.length], ["unknown", false, 0]);
+  const quiet = table({ probeAlways: true, probe: false, helloRefreshMs: 1e9 });
+  const p = quiet.addKey(A, 0);
+  quiet.onHello(p, helloMsg(MSG_HELLO, CAP_FAST | CAP_PROBE, "w2"), 0);
+  const rec2 = new Recorder();
+  for (let now = 0; now < 10_000; now += 500) rec2.tick(quiet, now);
+  assertEquals([quiet.healthOf(p), rec2.probes.length], ["unknown", 0]);
+  // downAfterMs 0: never judged down.
+  const off = probingTable({ probeAlways: true, downAfterMs: 0 });
+  for (let now = 0; now < 10_000; now += 500) off.rec.tick(off.t, now);
+  assertEquals(off.p.down, false);
 });
 
 Deno.test("options are validated; the default nonce source gives uint32 values", () => {

@@ -132,6 +132,8 @@ export class DataPlane {
 
   private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
+    // The table moved to new shared buffers (grew, cleared): every Worker reads from those now.
+    table.onLayout = () => this.#broadcast({ type: "layout", layout: table.shareLayout() });
     this.#lanes = lanes;
     this.tun = lanes[0].tun;
     this.udp = lanes[0].udp;
@@ -305,7 +307,6 @@ export class DataPlane {
       died(e.message);
     };
     Atomics.store(l.posted, 0, 0); // the new Worker counts from zero
-    const table = this.table.snapshot();
     const many = this.#lanes.length > 1;
     this.#post(l, {
       type: "init",
@@ -316,8 +317,8 @@ export class DataPlane {
       mtu: opts.mtu,
       busyPollUs: opts.busyPollUs ?? 0,
       engine: many ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation } : opts.engine,
-      table,
-    }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
+      table: this.table.shareLayout(),
+    });
     await ready.promise;
   }
 
@@ -348,8 +349,9 @@ export class DataPlane {
 
   /** Applies a table change here and in every Worker. Throws (changing nothing) on an invalid delta. */
   apply(delta: TableDelta): void {
-    this.table.apply(delta);
-    this.#broadcast({ type: "delta", delta });
+    // Written once, in the shared buffers every Worker reads; they only drop flows and re-route.
+    const { gone } = this.table.apply(delta);
+    this.#broadcast({ type: "table", gone: [...gone] });
   }
 
   #onMiss(addr: string, from?: string): void {

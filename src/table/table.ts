@@ -529,11 +529,17 @@ export class TranslationTable {
    * Makes room for `entries` entries with `serviceIps` ServiceIPs in all, so that loading a known
    * amount (a snapshot, a static table) allocates each column once instead of doubling it.
    */
-  reserve(entries: number, serviceIps = entries * 2): void {
+  reserve(entries: number, serviceIps = entries * 2, jobs = 0): void {
     const rows = this.#size + entries;
     const sips = this.#sipUsed + serviceIps;
-    if (rows <= this.#rowCap && sips <= this.#sipCap && this.#ns4.fits(rows) && this.#ns6.fits(rows)) return;
-    this.#regrow(rows, sips, Math.max(this.#grpCap, this.#grpUsed + serviceIps), this.#nodeCap, this.#jobCap);
+    const svc = Math.max(this.#svc4.size, this.#svc6.size) + serviceIps;
+    const jobCap = this.#jobs.name.length + jobs;
+    if (
+      rows <= this.#rowCap && sips <= this.#sipCap && jobCap <= this.#jobCap && this.#ns4.fits(rows) &&
+      this.#ns6.fits(rows) && this.#svc4.fits(svc) && this.#svc6.fits(svc)
+    ) return;
+    const nodes = Math.max(this.#nodeCap, this.#nodes.name.length + Math.min(entries, 256));
+    this.#regrow(rows, sips, this.#grpUsed + 2 * serviceIps, nodes, jobCap, svc);
   }
 
   /**
@@ -693,18 +699,19 @@ export class TranslationTable {
 
   #insert(e: TableEntry): void {
     // (A change through #commit has made room already; a table being built here may grow.)
-    if (this.#nodes.name.length >= this.#nodeCap || this.#jobs.name.length >= this.#jobCap) {
-      this.#regrow(this.#rowCap, this.#sipCap, this.#grpCap, this.#nodeCap * 2 + 16, this.#jobCap * 2 + 16);
+    const jobFresh = !this.#jobs.ids.has(e.job);
+    const nk = nodeKey(e.nodeIp, e.nodePort);
+    const fresh = !this.#nodes.ids.has(nk);
+    const full = (t: Names, cap: number) => t.free.length === 0 && t.name.length >= cap;
+    if ((jobFresh && full(this.#jobs, this.#jobCap)) || (fresh && full(this.#nodes, this.#nodeCap))) {
+      this.#regrow(this.#rowCap, this.#sipCap, this.#grpCap, this.#nodeCap * 2 + 64, this.#jobCap * 2 + 64);
     }
     const row = this.#allocRow();
-    const jobFresh = !this.#jobs.ids.has(e.job);
     const job = this.#link(this.#jobs, e.job, row, this.#rJobNext, this.#rJobPrev);
     if (jobFresh) {
       writeText(this.#jText, job * JOB_TEXT, JOB_TEXT, e.job);
       Atomics.add(this.#jGen, job, 1); // after the text: a reader seeing the new generation sees it
     }
-    const nk = nodeKey(e.nodeIp, e.nodePort);
-    const fresh = !this.#nodes.ids.has(nk);
     const node = this.#link(this.#nodes, nk, row, this.#rNodeNext, this.#rNodePrev);
     if (fresh) {
       this.#nodeIp[node] = e.nodeIp;
@@ -924,13 +931,14 @@ export class TranslationTable {
   #ensure(rows: number, sips: number): void {
     const needRows = this.#size + rows;
     const needSips = this.#sipUsed + sips;
-    const needGrp = this.#grpUsed + 2 * sips;
+    const needGrp = this.#grpUsed + 2 * sips; // a ServiceIP with both addresses joins two groups
+    const needSvc = Math.max(this.#svc4.size, this.#svc6.size) + sips; // one key per map each
     const needNodes = this.#nodes.name.length + rows;
-    const needJobs = this.#jobs.name.length + rows;
+    const needJobs = this.#jobs.name.length + (rows > 0 ? 1 : 0); // a change adds entries of one job
     if (
       needRows <= this.#rowCap && needSips <= this.#sipCap && needGrp <= this.#grpCap &&
       needNodes <= this.#nodeCap && needJobs <= this.#jobCap && this.#ns4.fits(needRows) &&
-      this.#ns6.fits(needRows) && this.#svc4.fits(needGrp) && this.#svc6.fits(needGrp)
+      this.#ns6.fits(needRows) && this.#svc4.fits(needSvc) && this.#svc6.fits(needSvc)
     ) return;
     const dbl = (need: number, cap: number) => need <= cap ? cap : Math.max(16, cap * 2, need);
     this.#regrow(
@@ -939,6 +947,7 @@ export class TranslationTable {
       dbl(needGrp, this.#grpCap),
       dbl(needNodes, this.#nodeCap),
       dbl(needJobs, this.#jobCap),
+      needSvc * 2,
     );
   }
 
@@ -947,7 +956,7 @@ export class TranslationTable {
    * capacities. The old ones are left exactly as they were: a reader still holding them sees the
    * table before this change until it takes the new layout ({@link onLayout}).
    */
-  #regrow(rows: number, sips: number, groups: number, nodes: number, jobs: number): void {
+  #regrow(rows: number, sips: number, groups: number, nodes: number, jobs: number, svc = 0): void {
     rows = Math.max(rows, this.#rowCap);
     sips = Math.max(sips, this.#sipCap);
     groups = Math.max(groups, this.#grpCap);
@@ -993,8 +1002,9 @@ export class TranslationTable {
     this.#jobCap = jobs;
     this.#ns4 = this.#ns4.copy(rows + 1);
     this.#ns6 = this.#ns6.copy(rows + 1);
-    this.#svc4 = this.#svc4.copy(groups + 1);
-    this.#svc6 = this.#svc6.copy(groups + 1);
+    // Each ServiceIP index only as large as its own keys need (they are most of the bytes).
+    this.#svc4 = this.#svc4.copy(Math.max(svc, this.#svc4.size * 2) + 1);
+    this.#svc6 = this.#svc6.copy(Math.max(svc, this.#svc6.size * 2) + 1);
     this.#layout++;
     this.onLayout?.();
   }

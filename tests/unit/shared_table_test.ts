@@ -75,8 +75,8 @@ Deno.test("shared table: Workers reading while the owner rewrites, grows and cle
   );
   for (const r of reports) {
     assertEquals(r.bad, 0, `inconsistent answers: ${r.problems.join("; ")}`);
-    assert(r.hits > 1000, "the readers found entries");
-    assert(r.layouts > 1, "the table moved to new buffers while they read");
+    assert(r.hits > 100, `the readers found entries: ${JSON.stringify(r)}`);
+    assert(r.layouts > 1, `the table moved to new buffers while they read: ${JSON.stringify(r)}`);
   }
   // Writes and reads overlapped (the seqlock made readers retry), so the check above meant something.
   assert(reports.reduce((n, r) => n + r.retries, 0) > 0, "no read overlapped a write");
@@ -84,8 +84,10 @@ Deno.test("shared table: Workers reading while the owner rewrites, grows and cle
 
 Deno.test("shared table: without the seqlock check the same readers do see torn answers", async () => {
   let { reports } = await hammer(2, false, 2000);
-  // (The race is likely, not certain, in 2 s on a busy machine: one more try before failing.)
-  if (reports.every((r) => r.bad === 0)) ({ reports } = await hammer(2, false, 3000));
+  // (The race is likely, not certain, in 2 s on a busy machine: a few more tries before failing.)
+  for (let i = 0; i < 3 && reports.every((r) => r.bad === 0); i++) {
+    ({ reports } = await hammer(2, false, 3000));
+  }
   const bad = reports.reduce((n, r) => n + r.bad, 0);
   console.log(
     `unguarded: ${bad} inconsistent answers, e.g. ${

@@ -156,6 +156,7 @@ export class SharedTableView implements TableReader {
   #jobName: string[] = [];
   #jobGen: number[] = [];
   readonly #scratch = new Uint8Array(16);
+  readonly #ids = new Map<string, number>();
 
   /** A view of `layout` (as returned by `TranslationTable.shareLayout`, possibly through postMessage). */
   constructor(layout: SharedTableLayout) {
@@ -172,6 +173,7 @@ export class SharedTableView implements TableReader {
     this.#nodeGen = [];
     this.#jobName = [];
     this.#jobGen = [];
+    this.#ids.clear();
   }
 
   /** Layout version in use. */
@@ -313,6 +315,9 @@ export class SharedTableView implements TableReader {
 
   #nodeId(key: string): number {
     const c = this.#L.nCount;
+    // The ids seen by the last nodes() (re-routing asks about each of them), checked; else a scan.
+    const hint = this.#ids.get(key);
+    if (hint !== undefined && c[hint] > 0 && this.#node(hint) === key) return hint;
     for (let id = 0; id < c.length; id++) if (c[id] > 0 && this.#node(id) === key) return id;
     return NONE;
   }
@@ -320,7 +325,13 @@ export class SharedTableView implements TableReader {
   nodes(): string[] {
     const c = this.#L.nCount;
     const out: string[] = [];
-    for (let id = 0; id < c.length; id++) if (c[id] > 0) out.push(this.#node(id));
+    this.#ids.clear();
+    for (let id = 0; id < c.length; id++) {
+      if (!(c[id] > 0)) continue;
+      const key = this.#node(id);
+      out.push(key);
+      this.#ids.set(key, id);
+    }
     return out;
   }
 

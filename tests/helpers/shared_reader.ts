@@ -23,6 +23,7 @@ scope.onmessage = (ev: MessageEvent) => {
 };
 
 async function run(jobs: number, check: boolean): Promise<void> {
+  scope.postMessage({ type: "started" });
   const rows: number[] = [];
   const a6 = new Uint8Array(16);
   const i6 = new Uint8Array(16);
@@ -84,5 +85,5 @@ async function run(jobs: number, check: boolean): Promise<void> {
     }
     await new Promise((r) => setTimeout(r, 0)); // take layout and stop messages
   }
-  scope.postMessage({ reads, retries, bad, hits, layouts, problems });
+  scope.postMessage({ type: "report", reads, retries, bad, hits, layouts, problems });
 }

@@ -28,14 +28,20 @@ async function hammer(
   const base = 64;
   for (let j = 0; j < base; j++) owner.replaceJob(hammerJob(j), hammerEntries(j, 0));
   const done: Promise<Report>[] = [];
+  const started: Promise<void>[] = [];
   for (let i = 0; i < readers; i++) {
     const w = new Worker(new URL("../helpers/shared_reader.ts", import.meta.url).href, { type: "module" });
     workers.push(w);
-    done.push(new Promise((r) => (w.onmessage = (e) => r(e.data))));
+    const up = Promise.withResolvers<void>();
+    started.push(up.promise);
+    done.push(
+      new Promise((r) => (w.onmessage = (e) => e.data.type === "started" ? up.resolve() : r(e.data))),
+    );
     w.postMessage({ type: "layout", layout: owner.shareLayout() });
   }
   let jobs = base;
   post({ type: "start", jobs: 1024, check });
+  await Promise.all(started); // (loading a Worker takes seconds on a busy machine: time the writes from here)
   let deltas = 0;
   const end = performance.now() + ms;
   let version = 0;

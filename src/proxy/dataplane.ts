@@ -39,6 +39,24 @@ import { type PeerView, PeerWatch } from "./peer_watch.ts";
 
 const log = logger("proxy");
 
+/**
+ * The Worker's module: the one-file, minified bundle of worker.ts when the package ships it
+ * (`worker.bundle.js`, built by scripts/package.sh) — an isolate holding one small module instead of
+ * ~30 TypeScript modules takes ~4 MB less — else worker.ts itself. `NETMANAGER_WORKER_MODULE` names
+ * another module (tests measure a fresh bundle with it).
+ */
+export function workerModule(): string {
+  const env = Deno.env.get("NETMANAGER_WORKER_MODULE");
+  if (env) return new URL(env, `file://${Deno.cwd()}/`).href;
+  const bundle = new URL("./worker.bundle.js", import.meta.url);
+  try {
+    Deno.statSync(bundle);
+    return bundle.href;
+  } catch {
+    return new URL("./worker.ts", import.meta.url).href;
+  }
+}
+
 /** Drop reasons that mean someone sent what the node must not take: logged (rate-limited) as they grow. */
 const REFUSALS = new Set([
   "to_bridge",
@@ -236,7 +254,7 @@ export class DataPlane {
    */
   async #launch(l: Lane): Promise<void> {
     const opts = this.#opts;
-    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    const worker = new Worker(workerModule(), { type: "module" });
     l.worker = worker;
     const ready = Promise.withResolvers<void>();
     let up = false;

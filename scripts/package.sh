@@ -57,6 +57,9 @@ app="$work/app"
 mkdir -p "$app"
 cp -r deno.json deno.lock main.ts src ffi config "$app/"
 nm_bake "$app"
+# The data-plane Worker as one minified module (src/proxy/dataplane.ts loads it when present): each
+# worker isolate then holds ~4 MB less than with its ~30 TypeScript modules.
+"$deno" bundle --quiet --minify -o "$app/src/proxy/worker.bundle.js" "$app/src/proxy/worker.ts"
 
 # 2. Its npm dependencies, installed into lib/app/node_modules from the locked versions (downloads are
 # cached), then checked without network and with an empty DENO_DIR, as the launcher runs it (a root

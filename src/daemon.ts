@@ -390,7 +390,7 @@ class Node implements NodeService {
       log.warn("service names unavailable", { error: String(e) });
     }
     this.#initialTable = undefined;
-    // The Worker has built its copy of the table: give back what that took (both isolates' arenas).
+    // Start-up (the Workers' isolates, the static table) allocated in bursts: give back what that took.
     await compactHeap();
   }
 

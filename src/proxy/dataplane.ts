@@ -41,6 +41,24 @@ import type { SecuritySettings } from "../secure/node_security.ts";
 
 const log = logger("proxy");
 
+/**
+ * The Worker's module: the one-file, minified bundle of worker.ts when the package ships it
+ * (`worker.bundle.js`, built by scripts/package.sh) — an isolate holding one small module instead of
+ * ~30 TypeScript modules takes ~4 MB less — else worker.ts itself. `NETMANAGER_WORKER_MODULE` names
+ * another module (tests measure a fresh bundle with it).
+ */
+export function workerModule(): string {
+  const env = Deno.env.get("NETMANAGER_WORKER_MODULE");
+  if (env) return new URL(env, `file://${Deno.cwd()}/`).href;
+  const bundle = new URL("./worker.bundle.js", import.meta.url);
+  try {
+    Deno.statSync(bundle);
+    return bundle.href;
+  } catch {
+    return new URL("./worker.ts", import.meta.url).href;
+  }
+}
+
 /** Drop reasons that mean someone sent what the node must not take: logged (rate-limited) as they grow. */
 const REFUSALS = new Set([
   "to_bridge",
@@ -139,6 +157,8 @@ export class DataPlane {
 
   private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
+    // The table moved to new shared buffers (grew, cleared): every Worker reads from those now.
+    table.onLayout = () => this.#broadcast({ type: "layout", layout: table.shareLayout() });
     this.#lanes = lanes;
     this.tun = lanes[0].tun;
     this.udp = lanes[0].udp;
@@ -241,7 +261,7 @@ export class DataPlane {
    */
   async #launch(l: Lane): Promise<void> {
     const opts = this.#opts;
-    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    const worker = new Worker(workerModule(), { type: "module" });
     l.worker = worker;
     const ready = Promise.withResolvers<void>();
     let up = false;
@@ -312,7 +332,6 @@ export class DataPlane {
       died(e.message);
     };
     Atomics.store(l.posted, 0, 0); // the new Worker counts from zero
-    const table = this.table.snapshot();
     const many = this.#lanes.length > 1;
     this.#post(l, {
       type: "init",
@@ -325,8 +344,8 @@ export class DataPlane {
       engine: many
         ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation, health: this.#health }
         : opts.engine,
-      table,
-    }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
+      table: this.table.shareLayout(),
+    });
     if (this.#deadLocal.length > 0) this.#post(l, { type: "deadLocal", nsip4s: this.#deadLocal });
     await ready.promise;
   }
@@ -358,8 +377,9 @@ export class DataPlane {
 
   /** Applies a table change here and in every Worker. Throws (changing nothing) on an invalid delta. */
   apply(delta: TableDelta): void {
-    this.table.apply(delta);
-    this.#broadcast({ type: "delta", delta });
+    // Written once, in the shared buffers every Worker reads; they only drop flows and re-route.
+    const { gone } = this.table.apply(delta);
+    this.#broadcast({ type: "table", gone: [...gone] });
   }
 
   #onMiss(addr: string, from?: string): void {

@@ -42,6 +42,7 @@
  */
 import { inPrefix4, inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
+import type { TableReader } from "../table/shared_view.ts";
 import { Balancer, seededRandom, SharedRotation } from "./balance.ts";
 import { FlowTable } from "./flows.ts";
 import {
@@ -313,7 +314,8 @@ const ZERO6 = new Uint8Array(16);
 /** The per-node packet logic. */
 export class Engine {
   readonly cfg: EngineConfig;
-  readonly table: TranslationTable;
+  /** The owner's table (tests, one isolate) or a Worker's view of the shared one. */
+  readonly table: TableReader;
   readonly flows: FlowTable;
   /** Balances over table rows (see {@link TranslationTable.groupRows}). */
   readonly balancer: Balancer<number>;
@@ -378,7 +380,7 @@ export class Engine {
   readonly #chosen6 = new Uint8Array(16);
   readonly #reply6 = new Uint8Array(16);
 
-  constructor(cfg: EngineConfig, table: TranslationTable) {
+  constructor(cfg: EngineConfig, table: TableReader) {
     this.cfg = cfg;
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
@@ -424,8 +426,17 @@ export class Engine {
 
   /** Applies a table change (from the main isolate) and drops flows of instances that left. */
   applyDelta(delta: TableDelta, now = 0): void {
-    const change = this.table.apply(delta);
-    if (change.gone.length > 0) this.flows.dropInstances(change.gone);
+    const t = this.table as Partial<Pick<TranslationTable, "apply">>;
+    if (!t.apply) throw new Error("applyDelta needs the table's owner (a Worker gets tableChanged)");
+    this.tableChanged(t.apply(delta).gone, now);
+  }
+
+  /**
+   * The shared table changed (the owner applied a delta): drops flows of instances that left (namespace
+   * IPv4s) and rebuilds the node routes.
+   */
+  tableChanged(gone: readonly number[], now = 0): void {
+    if (gone.length > 0) this.flows.dropInstances(gone);
     this.#rebuildRoutes(now);
   }
 
@@ -470,8 +481,24 @@ export class Engine {
   }
 
   #rebuildRoutes(now = 0): void {
-    this.#routes.clear();
+    const t = this.table;
+    let v: number;
+    do {
+      v = t.readBegin();
+      this.#readRoutes();
+    } while (!t.readValid(v)); // a change overlapped: read again
     const remote: string[] = [];
+    for (const r of this.#routes.values()) if (!r.local) remote.push(r.key);
+    const sync = this.peers.sync(remote, now);
+    if (this.#prober && this.#health) {
+      for (const p of sync.removed) this.#health.publish(p.key, "unknown", undefined);
+    }
+    for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
+  }
+
+  /** The routes, closest nodes and local instance addresses as the table has them (no side effects). */
+  #readRoutes(): void {
+    this.#routes.clear();
     const closest = new Set<string>();
     const local4 = new Set<number>();
     const local6 = new Map<number, Uint8Array[]>();
@@ -490,27 +517,22 @@ export class Engine {
         peer: undefined,
       };
       this.#routes.set(key, r);
-      if (!local) remote.push(key);
       if (!local && this.table.nodeHasKind(key, "Closest")) closest.add(key);
       if (local) {
-        for (const n of this.table.node(key)) {
-          local4.add(n.nsip4);
-          if (n.nsip6) {
-            const k = ipv6Key(n.nsip6, 0);
+        for (const row of this.table.nodeRows(key)) {
+          local4.add(this.table.rowNsip4(row));
+          const a6 = new Uint8Array(16);
+          if (this.table.rowNsip6(row, a6)) {
+            const k = ipv6Key(a6, 0);
             const b = local6.get(k);
-            if (b) b.push(n.nsip6);
-            else local6.set(k, [n.nsip6]);
+            if (b) b.push(a6);
+            else local6.set(k, [a6]);
           }
         }
       }
     }
     this.#local4 = local4;
     this.#local6 = local6;
-    const sync = this.peers.sync(remote, now);
-    if (this.#prober && this.#health) {
-      for (const p of sync.removed) this.#health.publish(p.key, "unknown", undefined);
-    }
-    for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
     this.#closestNodes = [...closest];
   }
 
@@ -555,20 +577,26 @@ export class Engine {
     if (!inPrefix4(this.cfg.service4, dst)) return this.#drop(Drop.NOT_SERVICE_IP);
     const flows = this.flows;
     let id = flows.find4(info.protocol, info.src4, info.srcPort, dst, info.dstPort);
-    if (id < 0) {
+    while (id < 0) {
+      // The table may be shared with a writer in another isolate: read everything a new flow needs,
+      // then act only if no change overlapped the reads (else read again).
       const t = this.table;
+      const v = t.readBegin();
       const sender = t.rowOf4(info.src4);
+      const senderIp = sender < 0 ? -1 : t.rowInstanceIp4(sender);
+      const group = senderIp < 0 ? -1 : t.groupOf4(dst);
+      const chosen = group < 0 ? -1 : this.#choose(group);
+      const inst = chosen < 0 ? -1 : t.rowInstanceIp4(chosen);
+      const target = chosen < 0 ? 0 : t.rowNsip4(chosen);
+      const node = chosen < 0 ? "" : t.rowNode(chosen);
+      const senderNs = sender < 0 ? 0 : t.rowNsip4(sender);
+      if (!t.readValid(v)) continue;
       if (sender < 0) return this.#drop(Drop.UNKNOWN_SENDER);
-      const senderIp = t.rowInstanceIp4(sender);
       if (senderIp < 0) return this.#drop(Drop.NO_INSTANCE_IP);
-      const group = t.groupOf4(dst);
       if (group < 0) {
         return this.#park(dst, 4, buf, off, len, now, sender);
       }
-      const chosen = this.#choose(group);
       if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
-      const inst = t.rowInstanceIp4(chosen);
-      const target = t.rowNsip4(chosen);
       id = flows.add4({
         proto: info.protocol,
         src: info.src4,
@@ -578,9 +606,9 @@ export class Engine {
         chosen: target,
         senderIp,
         replySrc: inst < 0 ? dst : inst,
-        node: t.rowNode(chosen),
+        node,
         target,
-        sender: t.rowNsip4(sender),
+        sender: senderNs,
       }, now);
     }
     flows.touch(id, now, len);
@@ -599,20 +627,27 @@ export class Engine {
     if (!inPrefix6(this.cfg.service6, buf, dOff)) return this.#drop(Drop.NOT_SERVICE_IP);
     const flows = this.flows;
     let id = flows.find6(info.protocol, buf, info.srcOffset, info.srcPort, dOff, info.dstPort);
-    if (id < 0) {
+    while (id < 0) {
+      // As in #egress4: act on the reads only if no change of a shared table overlapped them.
       const t = this.table;
+      const v = t.readBegin();
+      const reply = this.#reply6;
       const sender = t.rowOf6(buf, info.srcOffset);
+      const senderIp = sender >= 0 && t.rowInstanceIp6(sender, this.#sender6);
+      const group = senderIp ? t.groupOf6(buf, dOff) : -1;
+      const chosen = group < 0 ? -1 : this.#choose(group);
+      const has6 = chosen >= 0 && t.rowNsip6(chosen, this.#chosen6);
+      if (has6 && !t.rowInstanceIp6(chosen, reply)) reply.set(buf.subarray(dOff, dOff + 16));
+      const node = has6 ? t.rowNode(chosen) : "";
+      const target = has6 ? t.rowNsip4(chosen) : 0;
+      const senderNs = sender < 0 ? 0 : t.rowNsip4(sender);
+      if (!t.readValid(v)) continue;
       if (sender < 0) return this.#drop(Drop.UNKNOWN_SENDER);
-      if (!t.rowInstanceIp6(sender, this.#sender6)) return this.#drop(Drop.NO_INSTANCE_IP);
-      const group = t.groupOf6(buf, dOff);
+      if (!senderIp) return this.#drop(Drop.NO_INSTANCE_IP);
       if (group < 0) {
         return this.#park(formatIPv6(buf, dOff), 6, buf, off, len, now, sender);
       }
-      const chosen = this.#choose(group);
-      if (chosen < 0) return this.#drop(Drop.NO_CANDIDATE);
-      if (!t.rowNsip6(chosen, this.#chosen6)) return this.#drop(Drop.NO_CANDIDATE);
-      const reply = this.#reply6;
-      if (!t.rowInstanceIp6(chosen, reply)) reply.set(buf.subarray(dOff, dOff + 16));
+      if (!has6) return this.#drop(Drop.NO_CANDIDATE);
       id = flows.add6({
         proto: info.protocol,
         buf,
@@ -623,9 +658,9 @@ export class Engine {
         chosen: this.#chosen6,
         senderIp: this.#sender6,
         replySrc: reply,
-        node: t.rowNode(chosen),
-        target: t.rowNsip4(chosen),
-        sender: t.rowNsip4(sender),
+        node,
+        target,
+        sender: senderNs,
       }, now);
     }
     flows.touch(id, now, len);
@@ -1147,11 +1182,17 @@ export class Engine {
   usedJobs(since: number): string[] {
     const out = new Set<string>();
     const flows = this.flows;
-    for (const id of flows.ids()) {
-      if (flows.lastSeen(id) < since) continue;
-      const row = this.table.rowOf4(flows.target(id));
-      if (row >= 0) out.add(this.table.rowJob(row));
-    }
+    const t = this.table;
+    let v: number;
+    do {
+      v = t.readBegin();
+      out.clear();
+      for (const id of flows.ids()) {
+        if (flows.lastSeen(id) < since) continue;
+        const row = t.rowOf4(flows.target(id));
+        if (row >= 0) out.add(t.rowJob(row));
+      }
+    } while (!t.readValid(v));
     return [...out];
   }
 

@@ -36,7 +36,7 @@ const STATS_EVERY_MS = 1000;
 const PEER_TICK_MS = 100;
 
 /** Messages the loop handles (the Worker handles `init` and `stop`). */
-export type LoopMessage = Exclude<ToWorker, { type: "init" } | { type: "stop" }>;
+export type LoopMessage = Exclude<ToWorker, { type: "init" } | { type: "stop" } | { type: "layout" }>;
 
 /** The packet loop (see the module). */
 export class PacketLoop {
@@ -141,6 +141,9 @@ export class PacketLoop {
     switch (m.type) {
       case "delta":
         e.applyDelta(m.delta, performance.now());
+        break;
+      case "table":
+        e.tableChanged(m.gone, performance.now());
         break;
       case "resolved":
         this.#replay(e.resolved(m.addr, m.ok));

@@ -2,7 +2,8 @@
  * Messages between the main isolate (table owner, control plane) and the data-plane Worker.
  * Plain data only (structured clone).
  */
-import type { TableDelta, TableSnapshot } from "../table/table.ts";
+import type { TableDelta } from "../table/table.ts";
+import type { SharedTableLayout } from "../table/shared_view.ts";
 import type { TunInfo } from "../../ffi/tun.ts";
 import type { UdpInfo } from "../../ffi/udp.ts";
 import type { EngineConfig } from "./engine.ts";
@@ -57,8 +58,14 @@ export type ToWorker =
     /** Busy-poll this long after traffic before sleeping in poll (0: never). */
     busyPollUs: number;
     engine: EngineConfig;
-    table: TableSnapshot;
+    /** The main isolate's table, shared (read in place, never copied). */
+    table: SharedTableLayout;
   }
+  /** The shared table changed: drop flows to these namespace IPv4s, rebuild the node routes. */
+  | { type: "table"; gone: number[] }
+  /** The shared table moved to new buffers (it grew or was cleared). */
+  | { type: "layout"; layout: SharedTableLayout }
+  /** Tests (an engine owning its table in one isolate): apply a delta. */
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }

@@ -11,8 +11,7 @@ import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
 import { SpinPolicy } from "./spin.ts";
-import { TranslationTable } from "../table/table.ts";
-import { compactHeap } from "../heap.ts";
+import { SharedTableView } from "../table/shared_view.ts";
 import { Engine } from "./engine.ts";
 import type { FromWorker, ToWorker } from "./messages.ts";
 import { PacketLoop } from "./loop.ts";
@@ -20,8 +19,6 @@ import { VnetTun } from "./tun_device.ts";
 import { UdpBind } from "./bind.ts";
 
 const YIELD_EVERY_MS = 5000;
-/** Table size (entries) from which the Worker compacts its heap after building its copy. */
-const COMPACT_AFTER = 1000;
 const IDLE_POLL_MS = 50;
 
 // deno-lint-ignore no-explicit-any
@@ -36,6 +33,8 @@ function post(m: FromWorker): void {
 
 /** Set by init; the Worker handles one data plane. */
 let dp: { loop: PacketLoop; wake: EventFd; posted: Int32Array; spinMs: number } | undefined;
+/** The main isolate's table, read in place (a layout may arrive before init completes: none do). */
+let table: SharedTableView | undefined;
 let stopping = false;
 /** Tests: end the loop with an error, as a crash would (see the "crash" message). */
 let crash = false;
@@ -119,7 +118,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
   try {
     switch (m.type) {
       case "init": {
-        const engine = new Engine(m.engine, TranslationTable.fromSnapshot(m.table));
+        table = new SharedTableView(m.table);
+        const engine = new Engine(m.engine, table);
         const dev = tunFromInfo(m.tun);
         if (!dev.vnetHdr) throw new Error("the data plane needs a TUN with IFF_VNET_HDR");
         const sock = udpFromInfo(m.udp);
@@ -140,12 +140,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           spinMs: m.busyPollUs / 1000,
         };
         dp = d;
-        // Building a large table grew this isolate's young generation: give it back before the loop
-        // (a small table is not worth loading the GC hook for).
-        (engine.table.size >= COMPACT_AFTER ? compactHeap() : Promise.resolve(false)).finally(() => {
-          post({ type: "ready" });
-          run(d).catch((e) => post({ type: "error", message: String(e?.stack ?? e), fatal: true }));
-        });
+        post({ type: "ready" });
+        run(d).catch((e) => post({ type: "error", message: String(e?.stack ?? e), fatal: true }));
         break;
       }
       case "stop":
@@ -153,6 +149,9 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         break;
       case "crash":
         crash = true;
+        break;
+      case "layout":
+        table?.attach(m.layout);
         break;
       default:
         if (dp) dp.loop.handle(m);

@@ -17,3 +17,5 @@ export * from "./v6map.ts";
 export * from "./table.ts";
 export * from "./query_result.ts";
 export * from "./u32map.ts";
+export * from "./shared_view.ts";
+export * from "./v6index.ts";

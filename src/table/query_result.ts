@@ -408,7 +408,7 @@ export function loadStaticTable(value: unknown, table: TranslationTable): number
         sips += Array.isArray(s) ? s.length : 1;
       }
     }
-    table.reserve(Math.min(entries, 1 << 20), Math.min(sips, 1 << 22));
+    table.reserve(Math.min(entries, 1 << 20), Math.min(sips, 1 << 22), Math.min(value.length, 1 << 20));
   }
   return forEachStaticResult(value, (job, entries) => {
     table.replaceJob(job, table.hasJob(job) ? [...table.job(job), ...entries] : entries);

@@ -50,6 +50,9 @@ import {
 import { word } from "./keys.ts";
 import { U32Map } from "./u32map.ts";
 import { V6Map } from "./v6map.ts";
+import { V6IndexMap } from "./v6index.ts";
+import { allocI32, allocU32, allocU8 } from "./u32map.ts";
+import { JOB_TEXT, NODE_TEXT, type SharedTableLayout, writeText } from "./shared_view.ts";
 
 /** The candidates of one ServiceIP address (one family), as a copy (control path, tests). */
 export interface ServiceGroup {
@@ -120,21 +123,24 @@ const IN4 = 4; // slot is its entry's member of the v4 group of its address
 const IN6 = 8; // … of the v6 group
 const INSTANCE = KIND_CODE.Instance;
 
-function growI32(a: Int32Array, n: number): Int32Array<ArrayBuffer> {
-  const b = new Int32Array(n);
-  b.set(a);
+// Every column is copied into a fresh SharedArrayBuffer: the arrays a reader holds are never
+// written again once replaced (see #regrow).
+function growI32(a: Int32Array, n: number): Int32Array {
+  const b = allocI32(n, true);
+  b.set(a.subarray(0, Math.min(a.length, n)));
   return b;
 }
-function growU32(a: Uint32Array, n: number): Uint32Array<ArrayBuffer> {
-  const b = new Uint32Array(n);
-  b.set(a);
+function growU32(a: Uint32Array, n: number): Uint32Array {
+  const b = allocU32(n, true);
+  b.set(a.subarray(0, Math.min(a.length, n)));
   return b;
 }
-function growU8(a: Uint8Array, n: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(n);
-  b.set(a);
+function growU8(a: Uint8Array, n: number): Uint8Array {
+  const b = allocU8(n, true);
+  b.set(a.subarray(0, Math.min(a.length, n)));
   return b;
 }
+const EMPTY_I32 = () => allocI32(0, true);
 
 /** A job name or a node key, interned: the entries naming it form a doubly linked list of rows. */
 interface Names {
@@ -156,52 +162,75 @@ export class TranslationTable {
   #rowCap = 0;
   #rowHi = 0;
   #rowFree = NONE;
-  #rJob = new Int32Array(0);
-  #rInst = new Int32Array(0);
-  #rNode = new Int32Array(0);
-  #rNs4 = new Uint32Array(0);
-  #rNs6 = new Uint32Array(0); // 4 words per row
-  #rHas6 = new Uint8Array(0);
-  #rSip = new Int32Array(0); // first ServiceIP slot
-  #rNSip = new Int32Array(0);
-  #rJobNext = new Int32Array(0);
-  #rJobPrev = new Int32Array(0);
-  #rNodeNext = new Int32Array(0);
-  #rNodePrev = new Int32Array(0);
+  #rJob: Int32Array = EMPTY_I32();
+  #rInst: Int32Array = EMPTY_I32();
+  #rNode: Int32Array = EMPTY_I32();
+  #rNs4: Uint32Array = allocU32(0, true);
+  #rNs6: Uint32Array = allocU32(0, true); // 4 words per row
+  #rHas6: Uint8Array = allocU8(0, true);
+  #rSip: Int32Array = EMPTY_I32(); // first ServiceIP slot
+  #rNSip: Int32Array = EMPTY_I32();
+  #rJobNext: Int32Array = EMPTY_I32();
+  #rJobPrev: Int32Array = EMPTY_I32();
+  #rNodeNext: Int32Array = EMPTY_I32();
+  #rNodePrev: Int32Array = EMPTY_I32();
   // ServiceIP slots: per entry a chain through #sNext (free slots chain the same way).
   #sipCap = 0;
   #sipHi = 0;
   #sipFree = NONE;
-  #sRow = new Int32Array(0);
-  #sKind = new Uint8Array(0);
-  #sFlags = new Uint8Array(0);
-  #sV4 = new Uint32Array(0);
-  #sV6 = new Uint32Array(0); // 4 words per slot
-  #sNext = new Int32Array(0);
-  #sG4Next = new Int32Array(0);
-  #sG4Prev = new Int32Array(0);
-  #sG6Next = new Int32Array(0);
-  #sG6Prev = new Int32Array(0);
+  #sRow: Int32Array = EMPTY_I32();
+  #sKind: Uint8Array = allocU8(0, true);
+  #sFlags: Uint8Array = allocU8(0, true);
+  #sV4: Uint32Array = allocU32(0, true);
+  #sV6: Uint32Array = allocU32(0, true); // 4 words per slot
+  #sNext: Int32Array = EMPTY_I32();
+  #sG4Next: Int32Array = EMPTY_I32();
+  #sG4Prev: Int32Array = EMPTY_I32();
+  #sG6Next: Int32Array = EMPTY_I32();
+  #sG6Prev: Int32Array = EMPTY_I32();
   // Groups: one per ServiceIP address; the members are slots (IN4/IN6), linked in insertion order;
   // the address is read from a member slot.
   #grpCap = 0;
   #grpHi = 0;
   #grpFree = NONE;
-  #gFam = new Uint8Array(0); // 4, 6, or 0 when free
-  #gHead = new Int32Array(0); // first member slot (next free group when free)
-  #gTail = new Int32Array(0);
-  #gCount = new Int32Array(0);
+  #gFam: Uint8Array = allocU8(0, true); // 4, 6, or 0 when free
+  #gHead: Int32Array = EMPTY_I32(); // first member slot (next free group when free)
+  #gTail: Int32Array = EMPTY_I32();
+  #gCount: Int32Array = EMPTY_I32();
   // Indexes.
-  #ns4 = new U32Map();
-  #ns6 = new V6Map<number>();
-  #svc4 = new U32Map();
-  #svc6 = new V6Map<number>();
+  #ns4 = new U32Map(8, true);
+  #ns6 = new V6IndexMap(8, true);
+  #svc4 = new U32Map(8, true);
+  #svc6 = new V6IndexMap(8, true);
   #jobs = names();
   #nodes = names();
   #nodeIp: string[] = [];
   #nodePort: number[] = [];
+  // What a reader in another isolate needs of the interned names: per node id its IP text, port,
+  // first row and entry count; per job id its name; each with a generation bumped when the id is
+  // given to a new name (a reader's decoded-text cache compares it).
+  #nodeCap = 0;
+  #jobCap = 0;
+  #nText: Uint8Array = allocU8(0, true);
+  #nPort: Int32Array = EMPTY_I32();
+  #nGen: Int32Array = EMPTY_I32();
+  #nHead: Int32Array = EMPTY_I32();
+  #nCount: Int32Array = EMPTY_I32();
+  #jText: Uint8Array = allocU8(0, true);
+  #jGen: Int32Array = EMPTY_I32();
+  #sipUsed = 0;
+  #grpUsed = 0;
+  /** [0]: seqlock, odd while a change is being written in place (readers in other isolates retry). */
+  readonly #hdr = allocI32(4, true);
+  #layout = 0;
   #size = 0;
   #generation = 0;
+  /**
+   * Called after the columns moved to new (larger) SharedArrayBuffers: readers in other isolates need
+   * {@link shareLayout} again. Until they have it they read the old arrays, which keep the whole table
+   * as it was before (never written again).
+   */
+  onLayout: (() => void) | undefined;
   readonly #scratch = new Uint8Array(16);
   readonly #scratch6 = new Uint8Array(16);
 
@@ -224,7 +253,7 @@ export class TranslationTable {
 
   /** Row of the entry whose namespace IPv6 is at `buf[off..off+16]`, or -1. No allocation. */
   rowOf6(buf: Uint8Array, off = 0): number {
-    return this.#ns6.get(buf, off) ?? NONE;
+    return this.#ns6.get(buf, off);
   }
 
   /** Group of the ServiceIPv4 `addr`, or -1. */
@@ -234,7 +263,7 @@ export class TranslationTable {
 
   /** Group of the ServiceIPv6 at `buf[off..off+16]`, or -1. No allocation. */
   groupOf6(buf: Uint8Array, off = 0): number {
-    return this.#svc6.get(buf, off) ?? NONE;
+    return this.#svc6.get(buf, off);
   }
 
   /** Balancing kind of a group (that of its first candidate's matching ServiceIP). */
@@ -373,7 +402,7 @@ export class TranslationTable {
   /** The distinct jobs bound to the ServiceIPv6 at `buf[off..off+16]`, or undefined. */
   serviceJobs6(buf: Uint8Array, off = 0): string[] | undefined {
     const g = this.#svc6.get(buf, off);
-    return g === undefined ? undefined : this.#groupJobs(g);
+    return g === NONE ? undefined : this.#groupJobs(g);
   }
 
   #groupJobs(g: number): string[] {
@@ -395,7 +424,7 @@ export class TranslationTable {
   /** Candidates of the ServiceIPv6 at `buf[off..off+16]`, or undefined. */
   service6(buf: Uint8Array, off = 0): ServiceGroup | undefined {
     const g = this.#svc6.get(buf, off);
-    return g === undefined ? undefined : this.#groupCopy(g);
+    return g === NONE ? undefined : this.#groupCopy(g);
   }
 
   /** The entry whose namespace IPv4 is `addr`, or undefined. */
@@ -407,7 +436,7 @@ export class TranslationTable {
   /** The entry whose namespace IPv6 is at `buf[off..off+16]`, or undefined. */
   byNsip6(buf: Uint8Array, off = 0): TableEntry | undefined {
     const r = this.#ns6.get(buf, off);
-    return r === undefined ? undefined : this.entryAt(r);
+    return r === NONE ? undefined : this.entryAt(r);
   }
 
   /** Candidates of a ServiceIP given as text (v4 or v6), or undefined (also for malformed text). */
@@ -500,11 +529,17 @@ export class TranslationTable {
    * Makes room for `entries` entries with `serviceIps` ServiceIPs in all, so that loading a known
    * amount (a snapshot, a static table) allocates each column once instead of doubling it.
    */
-  reserve(entries: number, serviceIps = entries * 2): void {
-    this.#growRows(this.#size + entries);
-    this.#growSips(this.#sipHi + serviceIps);
-    this.#ns4.reserve(this.#ns4.size + entries);
-    this.#ns6.reserve(this.#ns6.size + entries);
+  reserve(entries: number, serviceIps = entries * 2, jobs = 0): void {
+    const rows = this.#size + entries;
+    const sips = this.#sipUsed + serviceIps;
+    const svc = Math.max(this.#svc4.size, this.#svc6.size) + serviceIps;
+    const jobCap = this.#jobs.name.length + jobs;
+    if (
+      rows <= this.#rowCap && sips <= this.#sipCap && jobCap <= this.#jobCap && this.#ns4.fits(rows) &&
+      this.#ns6.fits(rows) && this.#svc4.fits(svc) && this.#svc6.fits(svc)
+    ) return;
+    const nodes = Math.max(this.#nodeCap, this.#nodes.name.length + Math.min(entries, 256));
+    this.#regrow(rows, sips, this.#grpUsed + 2 * serviceIps, nodes, jobCap, svc);
   }
 
   /**
@@ -612,7 +647,7 @@ export class TranslationTable {
     if (a !== NONE) into.add(a);
     if (e.nsip6) {
       const b = this.#ns6.get(e.nsip6);
-      if (b !== undefined) into.add(b);
+      if (b !== NONE) into.add(b);
     }
     if (!sameInstance) return;
     const id = this.#jobs.ids.get(e.job);
@@ -625,6 +660,19 @@ export class TranslationTable {
   /** Removes `victims`, inserts `added` (already validated and conflict-free among themselves). */
   #commit(victims: Set<number>, added: readonly TableEntry[]): TableChange {
     if (victims.size === 0 && added.length === 0) return { added: 0, removed: 0, gone: [] };
+    let sips = 0;
+    for (let i = 0; i < added.length; i++) sips += added[i].serviceIps.length;
+    this.#ensure(added.length, sips);
+    // Seqlock: odd while the shared arrays change in place; readers elsewhere retry (SharedTableView).
+    Atomics.add(this.#hdr, 0, 1);
+    try {
+      return this.#mutate(victims, added);
+    } finally {
+      Atomics.add(this.#hdr, 0, 1);
+    }
+  }
+
+  #mutate(victims: Set<number>, added: readonly TableEntry[]): TableChange {
     this.#generation++;
     // What each victim was, to tell afterwards whether its namespace IP now names another instance.
     const was: { nsip4: number; job: string; instance: number; node: string }[] = [];
@@ -650,15 +698,30 @@ export class TranslationTable {
   }
 
   #insert(e: TableEntry): void {
-    const row = this.#allocRow();
-    const job = this.#link(this.#jobs, e.job, row, this.#rJobNext, this.#rJobPrev);
+    // (A change through #commit has made room already; a table being built here may grow.)
+    const jobFresh = !this.#jobs.ids.has(e.job);
     const nk = nodeKey(e.nodeIp, e.nodePort);
     const fresh = !this.#nodes.ids.has(nk);
+    const full = (t: Names, cap: number) => t.free.length === 0 && t.name.length >= cap;
+    if ((jobFresh && full(this.#jobs, this.#jobCap)) || (fresh && full(this.#nodes, this.#nodeCap))) {
+      this.#regrow(this.#rowCap, this.#sipCap, this.#grpCap, this.#nodeCap * 2 + 64, this.#jobCap * 2 + 64);
+    }
+    const row = this.#allocRow();
+    const job = this.#link(this.#jobs, e.job, row, this.#rJobNext, this.#rJobPrev);
+    if (jobFresh) {
+      writeText(this.#jText, job * JOB_TEXT, JOB_TEXT, e.job);
+      Atomics.add(this.#jGen, job, 1); // after the text: a reader seeing the new generation sees it
+    }
     const node = this.#link(this.#nodes, nk, row, this.#rNodeNext, this.#rNodePrev);
     if (fresh) {
       this.#nodeIp[node] = e.nodeIp;
       this.#nodePort[node] = e.nodePort;
+      writeText(this.#nText, node * NODE_TEXT, NODE_TEXT, e.nodeIp);
+      this.#nPort[node] = e.nodePort;
+      Atomics.add(this.#nGen, node, 1);
     }
+    this.#nHead[node] = this.#nodes.head[node];
+    this.#nCount[node] = this.#nodes.count[node];
     this.#rJob[row] = job;
     this.#rNode[row] = node;
     this.#rInst[row] = e.instance;
@@ -697,7 +760,7 @@ export class TranslationTable {
         f |= F6;
         this.#putWords(this.#sV6, s << 2, sip.v6);
         let g = this.#svc6.get(sip.v6);
-        if (g === undefined) {
+        if (g === NONE) {
           g = this.#allocGroup(6);
           this.#svc6.set(sip.v6, g);
         }
@@ -725,18 +788,22 @@ export class TranslationTable {
       if (this.#ns6.get(a) === row) this.#ns6.delete(a);
     }
     this.#unlink(this.#jobs, this.#rJob[row], row, this.#rJobNext, this.#rJobPrev);
-    this.#unlink(this.#nodes, this.#rNode[row], row, this.#rNodeNext, this.#rNodePrev);
+    const node = this.#rNode[row];
+    this.#unlink(this.#nodes, node, row, this.#rNodeNext, this.#rNodePrev);
+    this.#nHead[node] = this.#nodes.count[node] > 0 ? this.#nodes.head[node] : NONE;
+    this.#nCount[node] = this.#nodes.count[node];
     for (let s = this.#rSip[row]; s !== NONE;) {
       const f = this.#sFlags[s];
       if (f & IN4) this.#leave(this.#svc4.get(this.#sV4[s]), s, this.#sG4Next, this.#sG4Prev);
       if (f & IN6) {
         const a = this.#words6(this.#sV6, s << 2, this.#scratch, 0);
-        this.#leave(this.#svc6.get(a) as number, s, this.#sG6Next, this.#sG6Prev);
+        this.#leave(this.#svc6.get(a), s, this.#sG6Next, this.#sG6Prev);
       }
       const next = this.#sNext[s];
       this.#sFlags[s] = 0;
       this.#sNext[s] = this.#sipFree;
       this.#sipFree = s;
+      this.#sipUsed--;
       s = next;
     }
     this.#rJob[row] = NONE;
@@ -771,6 +838,7 @@ export class TranslationTable {
     this.#gFam[g] = 0;
     this.#gHead[g] = this.#grpFree;
     this.#grpFree = g;
+    this.#grpUsed--;
   }
 
   /** Interns `name` and appends `row` to its list; returns the name's id. */
@@ -819,23 +887,11 @@ export class TranslationTable {
   }
 
   #growRows(n: number): void {
-    if (n <= this.#rowCap) return;
-    this.#rJob = growI32(this.#rJob, n);
-    this.#rInst = growI32(this.#rInst, n);
-    this.#rNode = growI32(this.#rNode, n);
-    this.#rNs4 = growU32(this.#rNs4, n);
-    this.#rNs6 = growU32(this.#rNs6, n * 4);
-    this.#rHas6 = growU8(this.#rHas6, n);
-    this.#rSip = growI32(this.#rSip, n);
-    this.#rNSip = growI32(this.#rNSip, n);
-    this.#rJobNext = growI32(this.#rJobNext, n);
-    this.#rJobPrev = growI32(this.#rJobPrev, n);
-    this.#rNodeNext = growI32(this.#rNodeNext, n);
-    this.#rNodePrev = growI32(this.#rNodePrev, n);
-    this.#rowCap = n;
+    if (n > this.#rowCap) this.#regrow(n, this.#sipCap, this.#grpCap, this.#nodeCap, this.#jobCap);
   }
 
   #allocSip(): number {
+    this.#sipUsed++;
     if (this.#sipFree !== NONE) {
       const s = this.#sipFree;
       this.#sipFree = this.#sNext[s];
@@ -846,33 +902,18 @@ export class TranslationTable {
   }
 
   #growSips(n: number): void {
-    if (n <= this.#sipCap) return;
-    this.#sRow = growI32(this.#sRow, n);
-    this.#sKind = growU8(this.#sKind, n);
-    this.#sFlags = growU8(this.#sFlags, n);
-    this.#sV4 = growU32(this.#sV4, n);
-    this.#sV6 = growU32(this.#sV6, n * 4);
-    this.#sNext = growI32(this.#sNext, n);
-    this.#sG4Next = growI32(this.#sG4Next, n);
-    this.#sG4Prev = growI32(this.#sG4Prev, n);
-    this.#sG6Next = growI32(this.#sG6Next, n);
-    this.#sG6Prev = growI32(this.#sG6Prev, n);
-    this.#sipCap = n;
+    if (n > this.#sipCap) this.#regrow(this.#rowCap, n, this.#grpCap, this.#nodeCap, this.#jobCap);
   }
 
   #allocGroup(family: 4 | 6): number {
     let g: number;
+    this.#grpUsed++;
     if (this.#grpFree !== NONE) {
       g = this.#grpFree;
       this.#grpFree = this.#gHead[g];
     } else {
       if (this.#grpHi === this.#grpCap) {
-        const n = Math.max(16, this.#grpCap * 2);
-        this.#gFam = growU8(this.#gFam, n);
-        this.#gHead = growI32(this.#gHead, n);
-        this.#gTail = growI32(this.#gTail, n);
-        this.#gCount = growI32(this.#gCount, n);
-        this.#grpCap = n;
+        this.#regrow(this.#rowCap, this.#sipCap, Math.max(16, this.#grpCap * 2), this.#nodeCap, this.#jobCap);
       }
       g = this.#grpHi++;
     }
@@ -883,6 +924,160 @@ export class TranslationTable {
     return g;
   }
 
+  /**
+   * Makes sure a change adding `rows` entries with `sips` ServiceIPs changes the arrays in place only
+   * (no column and no index grows half-way through it): otherwise moves everything first.
+   */
+  #ensure(rows: number, sips: number): void {
+    const needRows = this.#size + rows;
+    const needSips = this.#sipUsed + sips;
+    const needGrp = this.#grpUsed + 2 * sips; // a ServiceIP with both addresses joins two groups
+    const needSvc = Math.max(this.#svc4.size, this.#svc6.size) + sips; // one key per map each
+    const needNodes = this.#nodes.name.length + rows;
+    const needJobs = this.#jobs.name.length + (rows > 0 ? 1 : 0); // a change adds entries of one job
+    if (
+      needRows <= this.#rowCap && needSips <= this.#sipCap && needGrp <= this.#grpCap &&
+      needNodes <= this.#nodeCap && needJobs <= this.#jobCap && this.#ns4.fits(needRows) &&
+      this.#ns6.fits(needRows) && this.#svc4.fits(needSvc) && this.#svc6.fits(needSvc)
+    ) return;
+    const dbl = (need: number, cap: number) => need <= cap ? cap : Math.max(16, cap * 2, need);
+    this.#regrow(
+      dbl(needRows, this.#rowCap),
+      dbl(needSips, this.#sipCap),
+      dbl(needGrp, this.#grpCap),
+      dbl(needNodes, this.#nodeCap),
+      dbl(needJobs, this.#jobCap),
+      needSvc * 2,
+    );
+  }
+
+  /**
+   * Copies every shared array (columns, indexes, name pools) into new SharedArrayBuffers of the given
+   * capacities. The old ones are left exactly as they were: a reader still holding them sees the
+   * table before this change until it takes the new layout ({@link onLayout}).
+   */
+  #regrow(rows: number, sips: number, groups: number, nodes: number, jobs: number, svc = 0): void {
+    rows = Math.max(rows, this.#rowCap);
+    sips = Math.max(sips, this.#sipCap);
+    groups = Math.max(groups, this.#grpCap);
+    nodes = Math.max(nodes, this.#nodeCap);
+    jobs = Math.max(jobs, this.#jobCap);
+    this.#rJob = growI32(this.#rJob, rows);
+    this.#rInst = growI32(this.#rInst, rows);
+    this.#rNode = growI32(this.#rNode, rows);
+    this.#rNs4 = growU32(this.#rNs4, rows);
+    this.#rNs6 = growU32(this.#rNs6, rows * 4);
+    this.#rHas6 = growU8(this.#rHas6, rows);
+    this.#rSip = growI32(this.#rSip, rows);
+    this.#rNSip = growI32(this.#rNSip, rows);
+    this.#rJobNext = growI32(this.#rJobNext, rows);
+    this.#rJobPrev = growI32(this.#rJobPrev, rows);
+    this.#rNodeNext = growI32(this.#rNodeNext, rows);
+    this.#rNodePrev = growI32(this.#rNodePrev, rows);
+    this.#rowCap = rows;
+    this.#sRow = growI32(this.#sRow, sips);
+    this.#sKind = growU8(this.#sKind, sips);
+    this.#sFlags = growU8(this.#sFlags, sips);
+    this.#sV4 = growU32(this.#sV4, sips);
+    this.#sV6 = growU32(this.#sV6, sips * 4);
+    this.#sNext = growI32(this.#sNext, sips);
+    this.#sG4Next = growI32(this.#sG4Next, sips);
+    this.#sG4Prev = growI32(this.#sG4Prev, sips);
+    this.#sG6Next = growI32(this.#sG6Next, sips);
+    this.#sG6Prev = growI32(this.#sG6Prev, sips);
+    this.#sipCap = sips;
+    this.#gFam = growU8(this.#gFam, groups);
+    this.#gHead = growI32(this.#gHead, groups);
+    this.#gTail = growI32(this.#gTail, groups);
+    this.#gCount = growI32(this.#gCount, groups);
+    this.#grpCap = groups;
+    this.#nText = growU8(this.#nText, nodes * NODE_TEXT);
+    this.#nPort = growI32(this.#nPort, nodes);
+    this.#nGen = growI32(this.#nGen, nodes);
+    this.#nHead = growI32(this.#nHead, nodes);
+    this.#nCount = growI32(this.#nCount, nodes);
+    this.#nodeCap = nodes;
+    this.#jText = growU8(this.#jText, jobs * JOB_TEXT);
+    this.#jGen = growI32(this.#jGen, jobs);
+    this.#jobCap = jobs;
+    this.#ns4 = this.#ns4.copy(rows + 1);
+    this.#ns6 = this.#ns6.copy(rows + 1);
+    // Each ServiceIP index only as large as its own keys need (they are most of the bytes).
+    this.#svc4 = this.#svc4.copy(Math.max(svc, this.#svc4.size * 2) + 1);
+    this.#svc6 = this.#svc6.copy(Math.max(svc, this.#svc6.size * 2) + 1);
+    this.#layout++;
+    this.onLayout?.();
+  }
+
+  /**
+   * The shared arrays as they are now, to post to a Worker (structured clone shares
+   * SharedArrayBuffers, it does not copy them): read there with `SharedTableView`. Valid until
+   * {@link onLayout} is called.
+   */
+  shareLayout(): SharedTableLayout {
+    const ns4 = this.#ns4.arrays();
+    const ns6 = this.#ns6.arrays();
+    const svc4 = this.#svc4.arrays();
+    const svc6 = this.#svc6.arrays();
+    return {
+      version: this.#layout,
+      hdr: this.#hdr,
+      rJob: this.#rJob,
+      rInst: this.#rInst,
+      rNode: this.#rNode,
+      rNs4: this.#rNs4,
+      rNs6: this.#rNs6,
+      rHas6: this.#rHas6,
+      rSip: this.#rSip,
+      rNodeNext: this.#rNodeNext,
+      sRow: this.#sRow,
+      sKind: this.#sKind,
+      sFlags: this.#sFlags,
+      sV4: this.#sV4,
+      sV6: this.#sV6,
+      sNext: this.#sNext,
+      sG4Next: this.#sG4Next,
+      sG6Next: this.#sG6Next,
+      gFam: this.#gFam,
+      gHead: this.#gHead,
+      gCount: this.#gCount,
+      ns4K: ns4.keys,
+      ns4V: ns4.vals,
+      ns6K: ns6.keys,
+      ns6V: ns6.vals,
+      svc4K: svc4.keys,
+      svc4V: svc4.vals,
+      svc6K: svc6.keys,
+      svc6V: svc6.vals,
+      nText: this.#nText,
+      nPort: this.#nPort,
+      nGen: this.#nGen,
+      nHead: this.#nHead,
+      nCount: this.#nCount,
+      jText: this.#jText,
+      jGen: this.#jGen,
+    };
+  }
+
+  /** Readers in this isolate never race the writer: a read needs no check (see `SharedTableView`). */
+  readBegin(): number {
+    return 0;
+  }
+
+  /** Always true here (the owner's reads cannot be torn). */
+  readValid(_begin: number): boolean {
+    return true;
+  }
+
+  /** Rows of the entries hosted by node `key` (insertion order). */
+  nodeRows(key: string): number[] {
+    const id = this.#nodes.ids.get(key);
+    const out: number[] = [];
+    if (id === undefined) return out;
+    for (let r = this.#nodes.head[id]; r !== NONE; r = this.#rNodeNext[r]) out.push(r);
+    return out;
+  }
+
   #reset(): void {
     this.#rowCap =
       this.#rowHi =
@@ -891,40 +1086,57 @@ export class TranslationTable {
       this.#grpCap =
       this.#grpHi =
         0;
+    this.#nodeCap =
+      this.#jobCap =
+      this.#sipUsed =
+      this.#grpUsed =
+        0;
     this.#rowFree = this.#sipFree = this.#grpFree = NONE;
+    const e32 = EMPTY_I32();
+    const eU32 = allocU32(0, true);
+    const eU8 = allocU8(0, true);
     this.#rJob =
       this.#rInst =
       this.#rNode =
       this.#rSip =
       this.#rNSip =
-        new Int32Array(0);
+        e32;
     this.#rJobNext =
       this.#rJobPrev =
       this.#rNodeNext =
       this.#rNodePrev =
-        new Int32Array(0);
-    this.#rNs4 = this.#rNs6 = new Uint32Array(0);
-    this.#rHas6 = new Uint8Array(0);
+        e32;
+    this.#rNs4 = this.#rNs6 = eU32;
+    this.#rHas6 = eU8;
     this.#sRow =
       this.#sNext =
       this.#sG4Next =
       this.#sG4Prev =
       this.#sG6Next =
       this.#sG6Prev =
-        new Int32Array(0);
-    this.#sKind = this.#sFlags = new Uint8Array(0);
-    this.#sV4 = this.#sV6 = new Uint32Array(0);
-    this.#gFam = new Uint8Array(0);
-    this.#gHead = this.#gTail = this.#gCount = new Int32Array(0);
-    this.#ns4 = new U32Map();
-    this.#ns6 = new V6Map<number>();
-    this.#svc4 = new U32Map();
-    this.#svc6 = new V6Map<number>();
+        e32;
+    this.#sKind = this.#sFlags = eU8;
+    this.#sV4 = this.#sV6 = eU32;
+    this.#gFam = eU8;
+    this.#gHead = this.#gTail = this.#gCount = e32;
+    this.#nText = this.#jText = eU8;
+    this.#nPort =
+      this.#nGen =
+      this.#nHead =
+      this.#nCount =
+      this.#jGen =
+        e32;
+    this.#ns4 = new U32Map(8, true);
+    this.#ns6 = new V6IndexMap(8, true);
+    this.#svc4 = new U32Map(8, true);
+    this.#svc6 = new V6IndexMap(8, true);
     this.#jobs = names();
     this.#nodes = names();
     this.#nodeIp = [];
     this.#nodePort = [];
     this.#size = 0;
+    this.#layout++;
+    this.onLayout?.();
   }
 
   /** Stores the 16 bytes of `a` as 4 big-endian words at `W[at..at+4]`. */
@@ -1080,7 +1292,7 @@ export class TranslationTable {
       if (seenN.has(e.instance)) {
         throw new TableError(`table snapshot: duplicate instance ${job}#${e.instance}`);
       }
-      if (t.#ns4.get(e.nsip4) !== NONE || (e.nsip6 && t.#ns6.get(e.nsip6) !== undefined)) {
+      if (t.#ns4.get(e.nsip4) !== NONE || (e.nsip6 && t.#ns6.get(e.nsip6) !== NONE)) {
         throw new TableError(`table snapshot: namespace IP of ${job}#${e.instance} used twice`);
       }
       seenN.add(e.instance);

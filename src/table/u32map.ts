@@ -13,20 +13,73 @@
  */
 import { fmix32 } from "./keys.ts";
 
+/** A typed array of `n` elements, in a SharedArrayBuffer when `shared` (readable from Workers). */
+export function allocU32(n: number, shared: boolean): Uint32Array {
+  return shared ? new Uint32Array(new SharedArrayBuffer(n * 4)) : new Uint32Array(n);
+}
+/** Like {@link allocU32}, for int32. */
+export function allocI32(n: number, shared: boolean): Int32Array {
+  return shared ? new Int32Array(new SharedArrayBuffer(n * 4)) : new Int32Array(n);
+}
+/** Like {@link allocU32}, for bytes. */
+export function allocU8(n: number, shared: boolean): Uint8Array {
+  return shared ? new Uint8Array(new SharedArrayBuffer(n)) : new Uint8Array(n);
+}
+
+/**
+ * Looks `key` up in the arrays of a {@link U32Map} (e.g. shared with another isolate): the value, or
+ * -1. At most one pass over the slots, so a map changing underneath (a reader racing the writer, whose
+ * answer the reader then discards) cannot make it spin.
+ */
+export function u32Lookup(K: Uint32Array, V: Int32Array, key: number): number {
+  const mask = V.length - 1;
+  key >>>= 0;
+  for (let s = fmix32(key) & mask, n = 0; n <= mask; s = (s + 1) & mask, n++) {
+    const v = V[s];
+    if (v < 0) return -1;
+    if (K[s] === key) return v;
+  }
+  return -1;
+}
+
 /** uint32 → int32 (≥ 0) map; `get` answers -1 for a missing key. */
 export class U32Map {
   #keys: Uint32Array;
   #vals: Int32Array;
   #mask: number;
   #size = 0;
+  readonly #shared: boolean;
 
-  /** Creates an empty map with room for about `capacity` keys before it grows. */
-  constructor(capacity = 8) {
+  /**
+   * Creates an empty map with room for about `capacity` keys before it grows; with `shared` its
+   * arrays are in SharedArrayBuffers (see {@link arrays}).
+   */
+  constructor(capacity = 8, shared = false) {
     let slots = 16;
     while (slots < capacity * 2) slots *= 2;
-    this.#keys = new Uint32Array(slots);
-    this.#vals = new Int32Array(slots).fill(-1);
+    this.#shared = shared;
+    this.#keys = allocU32(slots, shared);
+    this.#vals = allocI32(slots, shared).fill(-1);
     this.#mask = slots - 1;
+  }
+
+  /** The key and value arrays (for {@link u32Lookup} in another isolate); replaced when the map grows. */
+  arrays(): { keys: Uint32Array; vals: Int32Array } {
+    return { keys: this.#keys, vals: this.#vals };
+  }
+
+  /** True when `n` keys fit without growing. */
+  fits(n: number): boolean {
+    return (n + 1) * 2 <= this.#vals.length;
+  }
+
+  /** A new map (same sharing) with the same keys and room for `capacity` keys. */
+  copy(capacity: number): U32Map {
+    const m = new U32Map(Math.max(capacity, this.#size), this.#shared);
+    const K = this.#keys;
+    const V = this.#vals;
+    for (let s = 0; s < V.length; s++) if (V[s] >= 0) m.set(K[s], V[s]);
+    return m;
   }
 
   /** Number of keys. */
@@ -100,8 +153,8 @@ export class U32Map {
 
   /** Removes everything (and gives the memory back). */
   clear(): void {
-    this.#keys = new Uint32Array(16);
-    this.#vals = new Int32Array(16).fill(-1);
+    this.#keys = allocU32(16, this.#shared);
+    this.#vals = allocI32(16, this.#shared).fill(-1);
     this.#mask = 15;
     this.#size = 0;
   }
@@ -119,8 +172,8 @@ export class U32Map {
     const oldK = this.#keys;
     const oldV = this.#vals;
     const slots = oldV.length * 2;
-    this.#keys = new Uint32Array(slots);
-    this.#vals = new Int32Array(slots).fill(-1);
+    this.#keys = allocU32(slots, this.#shared);
+    this.#vals = allocI32(slots, this.#shared).fill(-1);
     this.#mask = slots - 1;
     for (let s = 0; s < oldV.length; s++) {
       if (oldV[s] < 0) continue;

@@ -22,6 +22,7 @@ import {
 import { checksumsValid, PacketInfo, parsePacket } from "../../src/proxy/packet.ts";
 import { parseQueryResult } from "../../src/table/query_result.ts";
 import { TranslationTable } from "../../src/table/table.ts";
+import { SharedTableView } from "../../src/table/shared_view.ts";
 import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
 
 const CFG: EngineConfig = {
@@ -454,4 +455,52 @@ Deno.test("engine: new flows skip a down peer's instances and local instances wh
   assertEquals(e.peerHealth("192.0.2.3:50103"), "down");
   // Counted per ServiceIP and instance.
   assertEquals(e.choices.get("10.30.0.1 10.18.0.130"), 2 + 4);
+});
+
+Deno.test("engine on a shared view (as in a Worker): same choices as on the owner; changes arrive as tableChanged", () => {
+  const owner = table();
+  const view = new SharedTableView(structuredClone(owner.shareLayout()));
+  owner.onLayout = () => view.attach(structuredClone(owner.shareLayout()));
+  const onView = new Engine(CFG, view);
+  const onOwner = new Engine(CFG, table());
+  for (let port = 100; port < 106; port++) {
+    const a = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: port, dstPort: 80 });
+    const b = a.slice();
+    assertEquals(onView.egress(a, 0, a.length, 1), onOwner.egress(b, 0, b.length, 1));
+    assertEquals(a, b, "the same rewrite");
+    const a6 = buildIPv6Tcp({ src: "fc00::102", dst: "fdff:2000::1", srcPort: port, dstPort: 80 });
+    const b6 = a6.slice();
+    assertEquals(onView.egress(a6, 0, a6.length, 1), onOwner.egress(b6, 0, b6.length, 1));
+    assertEquals(a6, b6);
+  }
+  assertEquals(onView.usedJobs(0), ["a.b.web.d"]);
+  assertEquals(onView.route("192.0.2.1:50103")?.local, true);
+  // The owner drops web's instance 0 (and grows, moving to new buffers): the view's engine learns
+  // only the namespace IPs that left, its flows to them go, new flows avoid them.
+  const p = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 7, dstPort: 80 });
+  onView.egress(p, 0, p.length, 2);
+  const first = parsed(p).dst4;
+  const web = owner.job("a.b.web.d").filter((x) => x.nsip4 !== first);
+  const { gone } = owner.replaceJob("a.b.web.d", web);
+  const { nsip6: _, ...base } = web[0]; // (a namespace IPv6 of its own would replace web's)
+  for (let j = 0; j < 100; j++) {
+    const more = { kind: "Instance" as const, v4: ip4("10.30.1.0") + j };
+    owner.upsert({
+      ...base,
+      job: `a.b.x${j}.d`,
+      instance: 0,
+      nsip4: ip4("10.20.0.1") + j,
+      serviceIps: [more],
+    });
+  }
+  assertEquals(gone, [first]);
+  assert(view.version > 1, "the owner moved to new buffers");
+  onView.tableChanged(gone, 3);
+  for (let port = 7; port < 13; port++) {
+    const q = buildIPv4Tcp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: port, dstPort: 80 });
+    onView.egress(q, 0, q.length, 4);
+    assert(parsed(q).dst4 !== first, "no new or old flow goes to the instance that left");
+  }
+  assertEquals(onView.table.size, owner.size);
+  assertEquals(owner.size, 1 + 2 + 100);
 });

@@ -59,6 +59,7 @@ import {
 } from "./packet.ts";
 import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { type Peer, PeerTable } from "./peers.ts";
+import { ServiceCounters, SVC_RX, SVC_TX } from "./service_counters.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
@@ -296,6 +297,8 @@ export class Engine {
   /** Balances over table rows (see {@link TranslationTable.groupRows}). */
   readonly balancer: Balancer<number>;
   readonly counters: Counters = new Counters();
+  /** Packets and bytes per ServiceIP / InstanceIP (see service_counters.ts). */
+  readonly services: ServiceCounters;
   /** The result filled when a caller passes none (tests, one-off calls). */
   readonly result: PacketResult = new PacketResult();
   /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
@@ -346,6 +349,7 @@ export class Engine {
   constructor(cfg: EngineConfig, table: TranslationTable) {
     this.cfg = cfg;
     this.table = table;
+    this.services = new ServiceCounters(table);
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
@@ -509,6 +513,7 @@ export class Engine {
     flows.touch(id, now, len);
     const route = this.#routes.get(flows.node(id));
     if (!route) return this.#drop(Drop.NO_NODE_ROUTE);
+    this.services.add4(dst, len, SVC_TX);
     rewriteSrc4(buf, info, flows.senderIp4(id), partial);
     rewriteDst4(buf, info, flows.chosen4(id), partial);
     info.src4 = flows.senderIp4(id);
@@ -554,6 +559,7 @@ export class Engine {
     flows.touch(id, now, len);
     const route = this.#routes.get(flows.node(id));
     if (!route) return this.#drop(Drop.NO_NODE_ROUTE);
+    this.services.add6(buf, dOff, len, SVC_TX);
     const s = this.#scratch6;
     flows.writeSenderIp6(id, s, 0);
     rewriteSrc6(buf, info, s, 0, partial);
@@ -882,6 +888,7 @@ export class Engine {
         const dialled = flows.dialled4(id);
         if (dialled !== info.src4) rewriteSrc4(buf, info, dialled, partial);
       }
+      this.services.add4(id >= 0 ? flows.dialled4(id) : info.src4, len, SVC_RX);
     } else {
       if (!inPrefix6(this.cfg.subnet6, buf, info.dstOffset)) {
         return this.#drop(buf[info.dstOffset] === 0xff ? Drop.TO_MULTICAST : Drop.NOT_LOCAL_DST);
@@ -902,6 +909,7 @@ export class Engine {
         flows.writeDialled6(id, s, 0);
         rewriteSrc6(buf, info, s, 0, partial);
       }
+      this.services.add6(buf, info.srcOffset, len, SVC_RX);
     }
     this.counters.tunTx++;
     this.counters.tunTxBytes += len;

@@ -239,6 +239,7 @@ export class PacketLoop {
       flows: e.flows.size,
       drops,
       peers: e.peers.stats(now),
+      services: e.services.report(),
       usedJobs: jobs,
       heap: { used: m.heapUsed, total: m.heapTotal, external: m.external },
     };

@@ -10,7 +10,9 @@
  * `netmanager_flows`, `netmanager_table_entries`, `netmanager_peers`, per peer {node (when known),
  * endpoint}: `netmanager_peer_rtt_seconds`, `netmanager_peer_fast`, `netmanager_peer_packets_total` /
  * `netmanager_peer_bytes_total` {direction = tx | rx}, `netmanager_peer_drops_total`,
- * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`; node state:
+ * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`; per ServiceIP / InstanceIP
+ * {service (job name), address, service_instance (InstanceIPs), direction = tx | rx}:
+ * `netmanager_service_packets_total`, `netmanager_service_bytes_total`; node state:
  * `netmanager_registered`, `netmanager_cluster_connected`, `netmanager_data_plane_running`,
  * `netmanager_instances`; histograms `netmanager_deploy_duration_seconds` {kind, result} and
  * `netmanager_table_miss_duration_seconds` {result}; plus `netmanager_build_info` and the process
@@ -31,6 +33,7 @@
 import type { Histogram, Registry } from "prom-client";
 import { Histogram as PromHistogram } from "prom-client";
 import { newRegistry, type Sample, snapshotCounter, snapshotGauge } from "../metrics/registry.ts";
+import type { NamedServiceTraffic } from "./service_counters.ts";
 
 /** A packet and byte count. */
 export interface PacketCount {
@@ -86,6 +89,8 @@ export interface DataPlaneMetrics {
   readonly tableEntries: number;
   /** Peers. */
   readonly peers: readonly PeerMetrics[];
+  /** Per ServiceIP / InstanceIP traffic, named (see service_counters.ts). */
+  readonly services?: readonly NamedServiceTraffic[];
   /** JUMBO messages (whole TCP super-packets) sent and received. */
   readonly jumbo?: { readonly tx: number; readonly rx: number };
   /** Table-query results and entries the control plane refused, by cause (see control/route_check.ts). */
@@ -175,6 +180,39 @@ export class NodeMetrics {
       ["reason"],
       () =>
         each((m) => Object.entries(m.routesRejected ?? {}).map(([reason, v]) => [{ reason }, v] as Sample)),
+    );
+    const svcLabels = (s: NamedServiceTraffic, direction: string): Record<string, string> => ({
+      service: s.service,
+      address: s.address,
+      ...(s.instance !== undefined ? { service_instance: String(s.instance) } : {}),
+      direction,
+    });
+    const SL = ["service", "address", "service_instance", "direction"];
+    snapshotCounter(
+      reg,
+      "netmanager_service_packets_total",
+      "Packets local instances sent to a ServiceIP or InstanceIP (tx) and received from one (rx).",
+      SL,
+      () =>
+        each((m) =>
+          (m.services ?? []).flatMap((s) => [
+            [svcLabels(s, "tx"), s.txPackets] as Sample,
+            [svcLabels(s, "rx"), s.rxPackets] as Sample,
+          ])
+        ),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_service_bytes_total",
+      "Bytes (IP packets) local instances sent to a ServiceIP or InstanceIP (tx) and received from one (rx).",
+      SL,
+      () =>
+        each((m) =>
+          (m.services ?? []).flatMap((s) => [
+            [svcLabels(s, "tx"), s.txBytes] as Sample,
+            [svcLabels(s, "rx"), s.rxBytes] as Sample,
+          ])
+        ),
     );
     snapshotGauge(
       reg,

@@ -8,7 +8,7 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot, run } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
-import { CLIENT_IP, twoNodeTable, WEB_IP, WEB_RR, waitFor, withCluster } from "../helpers/setup.ts";
+import { CLIENT_IP, twoNodeTable, waitFor, WEB_IP, WEB_RR, withCluster } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ADDR = "127.0.0.1:9464";

@@ -3,12 +3,12 @@
  * an InstanceIP move `netmanager_service_{packets,bytes}_total` by at least the bytes sent, on the
  * client's node (tx to / rx from the dialled address) and on the server's node (rx from / tx to the
  * client's InstanceIP); the exposition stays `promtool check metrics` clean; `status --json` lists
- * the same counts, named from the table.
+ * the same counts, named from the table, and `status` shows the busiest.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot, run } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
-import { CLIENT_IP, twoNodeTable, waitFor, WEB_IP, WEB_RR, withCluster } from "../helpers/setup.ts";
+import { CLIENT_IP, nodeCli, twoNodeTable, waitFor, WEB_IP, WEB_RR, withCluster } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ADDR = "127.0.0.1:9464";
@@ -154,5 +154,18 @@ Deno.test({
     assert(mine.txBytes >= after1.txB, `${mine.txBytes} < ${after1.txB}`);
     const byInst = st.services.find((s) => s.address === WEB_IP.v4);
     assertEquals(byInst?.instance, 0);
+    // `netmanager status` for people: the busiest services, one line each.
+    const human = await nodeCli(n1, ["status", "--socket", n1.socket]);
+    assertEquals(human.code, 0, human.stderr);
+    assert(
+      new RegExp(
+        `^service\\s+${
+          WEB_JOB.replaceAll(".", "\\.")
+        } 10\\.30\\.0\\.1: tx \\d+ pkts \\d+ B, rx \\d+ pkts \\d+ B$`,
+        "m",
+      )
+        .test(human.stdout),
+      human.stdout,
+    );
   }, { extraArgs: ["--metrics-addr", ADDR] });
 });

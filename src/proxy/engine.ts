@@ -884,11 +884,13 @@ export class Engine {
       }
       if (!this.#local4.has(info.dst4) && !this.cfg.ingressAnyInSubnet) return this.#notInstance4(info.dst4);
       const id = flows.findReply4(info.protocol, info.src4, info.srcPort, info.dst4, info.dstPort);
+      let src = info.src4;
       if (id >= 0) {
         const dialled = flows.dialled4(id);
-        if (dialled !== info.src4) rewriteSrc4(buf, info, dialled, partial);
+        if (dialled !== src) rewriteSrc4(buf, info, dialled, partial);
+        src = dialled;
       }
-      this.services.add4(id >= 0 ? flows.dialled4(id) : info.src4, len, SVC_RX);
+      this.services.add4(src, len, SVC_RX);
     } else {
       if (!inPrefix6(this.cfg.subnet6, buf, info.dstOffset)) {
         return this.#drop(buf[info.dstOffset] === 0xff ? Drop.TO_MULTICAST : Drop.NOT_LOCAL_DST);

@@ -146,10 +146,10 @@ const JS = `"use strict";
       box.appendChild(h);
       box.appendChild(el("p", "hint", "ServiceIP (round robin) " + s.rr_ip + "  " + s.rr_ip_v6 + " · id " + s._id));
       if (s.closest_ip) box.appendChild(el("p", "hint", "ServiceIP (closest) " + s.closest_ip + "  " + s.closest_ip_v6));
-      var tp = el("p", "hint", "traffic " + traffic(s.traffic));
+      var tp = el("p", "hint", "traffic with its addresses (↑ sent to them, ↓ received from them, by instances on all nodes) " + traffic(s.traffic));
       tp.setAttribute("data-traffic", s.job_name);
       box.appendChild(tp);
-      box.appendChild(table(["#", "instance IP", "instance IPv6", "namespace IP", "node", "host", "status", "traffic"],
+      box.appendChild(table(["#", "instance IP", "instance IPv6", "namespace IP", "node", "host", "status", "InstanceIP traffic"],
         s.instances.map(function (i) {
           return row([i.instance_number, i.instance_ip, i.instance_ip_v6, i.namespace_ip, i.worker_id, i.host, i.status,
             traffic(i.traffic)],

@@ -270,7 +270,7 @@ Deno.test({
     // The web service's traffic (the client's requests and the answers, from the nodes' reports).
     assertMatch(
       seen.traffic[WEB],
-      /^traffic ↑[1-9]\d* pkts [\d.]+ (B|KiB|MiB) · ↓[1-9]\d* pkts [\d.]+ (B|KiB|MiB)$/,
+      /^traffic with its addresses \(.*\) ↑[1-9]\d* pkts [\d.]+ (B|KiB|MiB) · ↓[1-9]\d* pkts [\d.]+ (B|KiB|MiB)$/,
     );
     assertEquals(seen.hash, "", "the token is removed from the address bar");
     assertEquals(seen.services.sort(), [CLI, WEB]);

@@ -4,7 +4,10 @@
 # prometheus for promtool; chromium for the web page test; dbus-daemon, avahi-daemon and avahi-utils
 # for the mDNS test; etcd-server and etcd-client for the replicated control plane; jq, sockperf and
 # dnsperf for the benchmarks; npm, dpkg-deb, file and
-# systemd-analyze for scripts/package.sh and its test) and Deno from npm at a pinned version into .tools/
+# systemd-analyze for scripts/package.sh and its test; qemu-user with libc6-arm64-cross and
+# libgcc-s1-arm64-cross, ~13 MB download / ~110 MB installed, to run the aarch64 release under
+# emulation — without binfmt_misc registration, as --no-install-recommends leaves out qemu-user-binfmt;
+# systemd-container, ~0.5 MB, for systemd-nspawn: the units' test boots systemd in a container) and Deno from npm at a pinned version into .tools/
 # (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
 set -euo pipefail
@@ -17,10 +20,14 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto
   unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl jq:jq sockperf:sockperf setsid:util-linux \
   openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
   promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium \
-  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client; do
+  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client \
+  qemu-aarch64:qemu-user systemd-nspawn:systemd-container; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# The aarch64 C library qemu-aarch64 loads the aarch64 Deno with (the package test runs that release).
+[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need+=(libc6-arm64-cross)
+[ -e /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 ] || need+=(libgcc-s1-arm64-cross)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -473,15 +473,19 @@ class Node implements NodeService {
     if (local) this.#applyTable({ op: "removeInstance", job, instance });
   }
 
-  /** Sends the periodic report (version, endpoint, RTT and traffic per peer) to the control plane. */
+  /** Sends the periodic report (version, endpoint, RTT and traffic per peer and per ServiceIP) to the control plane. */
   sendReport(): void {
     if (!this.control || !this.dataPlane || this.workerId === undefined) return;
-    this.control.report(buildNodeReport({
-      version: VERSION,
-      endpoint: `${this.publicAddress ?? ""}:${this.cfg.net.NodePublicPort}`,
-      instances: this.env.instances().length,
-      uptimeS: (Date.now() - this.startedAt) / 1000,
-    }, this.dataPlane.peers()));
+    this.control.report(buildNodeReport(
+      {
+        version: VERSION,
+        endpoint: `${this.publicAddress ?? ""}:${this.cfg.net.NodePublicPort}`,
+        instances: this.env.instances().length,
+        uptimeS: (Date.now() - this.startedAt) / 1000,
+      },
+      this.dataPlane.peers(),
+      this.dataPlane.services(),
+    ));
   }
 
   status(): Record<string, unknown> {
@@ -511,6 +515,7 @@ class Node implements NodeService {
         : null,
       peers: this.dataPlane?.peers() ?? [],
       security: this.security?.status() ?? null,
+      services: this.dataPlane?.services() ?? [],
     };
   }
 

@@ -90,6 +90,17 @@ export function formatPeers(peers: readonly PeerRow[]): string {
 const str = (v: unknown): string => v === null || v === undefined || v === "" ? "-" : String(v);
 const num = (v: unknown): number | undefined => typeof v === "number" && Number.isFinite(v) ? v : undefined;
 
+/** One ServiceIP's traffic as `/status` reports it (`services[]`). */
+interface ServiceRow {
+  service?: unknown;
+  address?: unknown;
+  instance?: unknown;
+  txPackets?: unknown;
+  txBytes?: unknown;
+  rxPackets?: unknown;
+  rxBytes?: unknown;
+}
+
 /** `netmanager status`: one fact per line. */
 export function formatStatus(s: Record<string, unknown>): string {
   const rows: string[][] = [];
@@ -148,6 +159,21 @@ export function formatStatus(s: Record<string, unknown>): string {
     const drops = Object.entries((dp.drops ?? {}) as Record<string, unknown>).filter(([, v]) => num(v));
     rows.push(["drops", drops.length ? drops.map(([k, v]) => `${k} ${v}`).join(", ") : "none"]);
   }
+  const svcs = Array.isArray(s.services) ? s.services as ServiceRow[] : [];
+  // The busiest few (all of them are in --json and the metrics).
+  const busiest = [...svcs].sort((a, b) =>
+    (num(b.txBytes) ?? 0) + (num(b.rxBytes) ?? 0) -
+    ((num(a.txBytes) ?? 0) + (num(a.rxBytes) ?? 0))
+  ).slice(0, 5);
+  for (const t of busiest) {
+    rows.push([
+      "service",
+      `${str(t.service)} ${str(t.address)}${
+        t.instance !== undefined ? ` (instance ${t.instance})` : ""
+      }: tx ${str(t.txPackets)} pkts ${str(t.txBytes)} B, rx ${str(t.rxPackets)} pkts ${str(t.rxBytes)} B`,
+    ]);
+  }
+  if (svcs.length > busiest.length) rows.push(["service", `… ${svcs.length - busiest.length} more (--json)`]);
   const peers = Array.isArray(s.peers) ? s.peers as PeerRow[] : [];
   const silent = peers.filter((p) => !p.answering).length;
   const down = peers.filter((p) => p.health === "down");

@@ -22,9 +22,9 @@ import { z } from "zod";
 import { WORKER_ID, zodProblems } from "./schemas.ts";
 
 export { MAX_REPORT_PEERS, REPORT_INTERVAL_MS, REPORT_TOPIC_FILTER, reportTopic } from "../control/report.ts";
-import { MAX_REPORT_PEERS } from "../control/report.ts";
+import { MAX_REPORT_PEERS, MAX_REPORT_SERVICES } from "../control/report.ts";
 /** Largest report accepted (bytes, before parsing). */
-export const MAX_REPORT_BYTES = 16 * 1024;
+export const MAX_REPORT_BYTES = 64 * 1024;
 /** Reports of one node closer together than this are dropped (a node sends one per 5 s). */
 export const MIN_REPORT_GAP_MS = 1000;
 
@@ -65,6 +65,19 @@ export const ReportPeerSchema = z.object({
   probes_lost: count,
 });
 
+/** One ServiceIP / InstanceIP's traffic as a node reports it (what its local instances sent and got). */
+export const ReportServiceSchema = z.object({
+  /** Job name (from the node's table). */
+  service: text(256),
+  address: text(64),
+  kind: text(16),
+  instance: count.optional(),
+  tx_packets: count,
+  tx_bytes: count,
+  rx_packets: count,
+  rx_bytes: count,
+});
+
 /** A node's report (version 1). Unknown keys are dropped. */
 export const NodeReportSchema = z.object({
   v: z.literal(1),
@@ -74,10 +87,14 @@ export const NodeReportSchema = z.object({
   instances: count.optional(),
   uptime_s: count.optional(),
   peers: z.array(ReportPeerSchema).max(MAX_REPORT_PEERS),
+  /** Traffic per ServiceIP (absent from nodes before it was added). */
+  services: z.array(ReportServiceSchema).max(MAX_REPORT_SERVICES).optional(),
 });
 
 /** A peer in a report. */
 export type ReportPeer = z.infer<typeof ReportPeerSchema>;
+/** A ServiceIP's traffic in a report. */
+export type ReportService = z.infer<typeof ReportServiceSchema>;
 /** A node's report. */
 export type NodeReport = z.infer<typeof NodeReportSchema>;
 

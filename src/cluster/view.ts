@@ -38,6 +38,14 @@ export interface ViewNode {
   last_seen_s: number | null;
 }
 
+/** Traffic local instances of all reporting nodes sent to (tx) and received from (rx) addresses. */
+export interface ViewTraffic {
+  tx_packets: number;
+  tx_bytes: number;
+  rx_packets: number;
+  rx_bytes: number;
+}
+
 /** An instance of a service. */
 export interface ViewInstance {
   instance_number: number;
@@ -48,6 +56,8 @@ export interface ViewInstance {
   worker_id: string | null;
   host: string | null;
   status: string;
+  /** Traffic to and from its InstanceIPs (v4 and v6), summed over the nodes' reports. */
+  traffic: ViewTraffic;
 }
 
 /** A service (job) with its addresses and instances. */
@@ -59,6 +69,8 @@ export interface ViewService {
   /** "" when the service has no Closest ServiceIP. */
   closest_ip: string;
   closest_ip_v6: string;
+  /** Traffic to and from its ServiceIPs and InstanceIPs, summed over the nodes' reports. */
+  traffic: ViewTraffic;
   instances: ViewInstance[];
 }
 
@@ -159,14 +171,47 @@ export function clusterView(
       });
     }
   }
+  // Traffic by address over the registered nodes' reports.
+  const byAddress = new Map<string, ViewTraffic>();
+  for (const w of registered) {
+    for (const t of reports.get(w)?.report.services ?? []) {
+      const had = byAddress.get(t.address) ?? zeroTraffic();
+      had.tx_packets += t.tx_packets;
+      had.tx_bytes += t.tx_bytes;
+      had.rx_packets += t.rx_packets;
+      had.rx_bytes += t.rx_bytes;
+      byAddress.set(t.address, had);
+    }
+  }
+  const trafficOf = (addrs: readonly string[]): ViewTraffic => {
+    const sum = zeroTraffic();
+    for (const a of new Set(addrs)) {
+      const t = a ? byAddress.get(a) : undefined;
+      if (!t) continue;
+      sum.tx_packets += t.tx_packets;
+      sum.tx_bytes += t.tx_bytes;
+      sum.rx_packets += t.rx_packets;
+      sum.rx_bytes += t.rx_bytes;
+    }
+    return sum;
+  };
   const services: ViewService[] = state.jobs().map((job) => {
     const rr = rrAddresses(job);
+    const closest = closestAddresses(job);
+    const instanceIps = job.instance_list.flatMap((i) => [i.instance_ip, i.instance_ip_v6]);
     return {
       _id: job._id,
       job_name: job.job_name,
       rr_ip: rr.rr_ip,
       rr_ip_v6: rr.rr_ip_v6,
-      ...closestAddresses(job),
+      ...closest,
+      traffic: trafficOf([
+        rr.rr_ip,
+        rr.rr_ip_v6,
+        closest.closest_ip,
+        closest.closest_ip_v6,
+        ...instanceIps,
+      ]),
       instances: job.instance_list.map((i) => ({
         instance_number: i.instance_number,
         instance_ip: i.instance_ip,
@@ -176,6 +221,7 @@ export function clusterView(
         worker_id: i.worker_id ?? null,
         host: i.host_ip && i.host_port ? endpointText(i.host_ip, i.host_port) : null,
         status: i.status ?? (i.worker_id ? "deployed" : "allocated"),
+        traffic: trafficOf([i.instance_ip, i.instance_ip_v6]),
       })),
     };
   });
@@ -186,6 +232,10 @@ export function clusterView(
     services,
     links,
   };
+}
+
+function zeroTraffic(): ViewTraffic {
+  return { tx_packets: 0, tx_bytes: 0, rx_packets: 0, rx_bytes: 0 };
 }
 
 function endpointText(ip: string, port: number): string {

@@ -98,6 +98,8 @@ const JS = `"use strict";
   function td(text, cls) { return el("td", cls || "", text); }
   function age(s) { return s === null || s === undefined ? null : (s < 1 ? "just now" : s + " s ago"); }
   function rtt(ms) { return ms === null || ms === undefined ? "-" : (ms < 10 ? ms.toFixed(2) : Math.round(ms)) + " ms"; }
+  function bytes(n) { return n < 1024 ? n + " B" : n < 1048576 ? (n / 1024).toFixed(1) + " KiB" : (n / 1048576).toFixed(1) + " MiB"; }
+  function traffic(t) { return t ? "↑" + t.tx_packets + " pkts " + bytes(t.tx_bytes) + " · ↓" + t.rx_packets + " pkts " + bytes(t.rx_bytes) : "-"; }
   function replace(id, child) { var n = document.getElementById(id); n.replaceChildren(child); }
   function status(state, text) { document.body.setAttribute("data-state", state); document.getElementById("status").textContent = text; }
 
@@ -144,9 +146,13 @@ const JS = `"use strict";
       box.appendChild(h);
       box.appendChild(el("p", "hint", "ServiceIP (round robin) " + s.rr_ip + "  " + s.rr_ip_v6 + " · id " + s._id));
       if (s.closest_ip) box.appendChild(el("p", "hint", "ServiceIP (closest) " + s.closest_ip + "  " + s.closest_ip_v6));
-      box.appendChild(table(["#", "instance IP", "instance IPv6", "namespace IP", "node", "host", "status"],
+      var tp = el("p", "hint", "traffic with its addresses (↑ sent to them, ↓ received from them, by instances on all nodes) " + traffic(s.traffic));
+      tp.setAttribute("data-traffic", s.job_name);
+      box.appendChild(tp);
+      box.appendChild(table(["#", "instance IP", "instance IPv6", "namespace IP", "node", "host", "status", "InstanceIP traffic"],
         s.instances.map(function (i) {
-          return row([i.instance_number, i.instance_ip, i.instance_ip_v6, i.namespace_ip, i.worker_id, i.host, i.status],
+          return row([i.instance_number, i.instance_ip, i.instance_ip_v6, i.namespace_ip, i.worker_id, i.host, i.status,
+            traffic(i.traffic)],
             { "data-instance": s.job_name + "#" + i.instance_number });
         })));
     });

@@ -1,7 +1,7 @@
 /**
  * The node's side of the cluster report (see `cluster/report.ts`): builds the payload from the data
- * plane's peer view (pure). Peers beyond {@link MAX_REPORT_PEERS} are cut, the most recently seen
- * kept; strings are clipped to the schema's bounds, so a report a node builds always passes the
+ * plane's peer view and its traffic per ServiceIP (pure). Peers beyond {@link MAX_REPORT_PEERS} are
+ * cut, the most recently seen kept; ServiceIPs beyond {@link MAX_REPORT_SERVICES}, the busiest kept; strings are clipped to the schema's bounds, so a report a node builds always passes the
  * control plane's checks.
  *
  * @example
@@ -12,11 +12,14 @@
  */
 import type { NodeReport } from "../cluster/report.ts";
 import type { PeerView } from "../proxy/peer_watch.ts";
+import type { NamedServiceTraffic } from "../proxy/service_counters.ts";
 
 /** How often a node reports (ms). */
 export const REPORT_INTERVAL_MS = 5000;
 /** Most peers one report may list. */
 export const MAX_REPORT_PEERS = 64;
+/** Most ServiceIPs / InstanceIPs one report may list (the busiest are kept). */
+export const MAX_REPORT_SERVICES = 64;
 /** The topic filter the control plane subscribes for reports. */
 export const REPORT_TOPIC_FILTER = "nodes/+/netmanager/report";
 
@@ -38,8 +41,14 @@ const clip = (s: string, max: number) => s.length > max ? s.slice(0, max) : s;
 const whole = (n: number) =>
   Number.isFinite(n) && n > 0 ? Math.min(Math.round(n), Number.MAX_SAFE_INTEGER) : 0;
 
-/** The report payload for `self` and its peers. */
-export function buildNodeReport(self: ReportSelf, peers: readonly PeerView[]): NodeReport {
+/** The report payload for `self`, its peers and its traffic per ServiceIP. */
+export function buildNodeReport(
+  self: ReportSelf,
+  peers: readonly PeerView[],
+  services: readonly NamedServiceTraffic[] = [],
+): NodeReport {
+  const busiest = [...services].sort((a, b) => (b.txBytes + b.rxBytes) - (a.txBytes + a.rxBytes))
+    .slice(0, MAX_REPORT_SERVICES);
   const recent = [...peers].sort((a, b) => (a.lastSeenAgoS ?? Infinity) - (b.lastSeenAgoS ?? Infinity))
     .slice(0, MAX_REPORT_PEERS);
   return {
@@ -62,6 +71,16 @@ export function buildNodeReport(self: ReportSelf, peers: readonly PeerView[]): N
       drops: whole(p.drops),
       probes_sent: whole(p.probesSent),
       probes_lost: whole(p.probesLost),
+    })),
+    services: busiest.map((t) => ({
+      service: clip(t.service, 256),
+      address: clip(t.address, 64),
+      kind: clip(t.kind, 16),
+      ...(t.instance !== undefined ? { instance: whole(t.instance) } : {}),
+      tx_packets: whole(t.txPackets),
+      tx_bytes: whole(t.txBytes),
+      rx_packets: whole(t.rxPackets),
+      rx_bytes: whole(t.rxBytes),
     })),
   };
 }

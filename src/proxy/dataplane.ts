@@ -28,6 +28,7 @@ import { MAX_LANES, reuseportProgram, tunSteeringProgram } from "./lanes.ts";
 import { SharedRotation } from "./balance.ts";
 import { PeerHealthArea } from "./peer_health.ts";
 import { mergeStats } from "./merge_stats.ts";
+import { type NamedServiceTraffic, nameServiceTraffic } from "./service_counters.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
@@ -489,6 +490,11 @@ export class DataPlane {
     return this.#stats;
   }
 
+  /** Packets and bytes per ServiceIP / InstanceIP, named from the table (for `status`, reports). */
+  services(): NamedServiceTraffic[] {
+    return nameServiceTraffic(this.#stats?.services ?? [], this.table);
+  }
+
   /** The data plane's figures for the metrics (and the control plane's refused routes, by cause). */
   metricsData(routesRejected?: Readonly<Record<string, number>>): DataPlaneMetrics | undefined {
     const s = this.#stats;
@@ -503,6 +509,7 @@ export class DataPlane {
       flows: s.flows,
       tableEntries: this.table.size,
       peers: s.peers,
+      services: this.services(),
       jumbo: { tx: s.jumboTx, rx: s.jumboRx },
       ...(s.choices ? { choices: s.choices } : {}),
       ...(routesRejected ? { routesRejected } : {}),

@@ -61,6 +61,7 @@ import {
 import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
 import { PeerHealthArea } from "./peer_health.ts";
+import { ServiceCounters, SVC_RX, SVC_TX } from "./service_counters.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
@@ -320,6 +321,8 @@ export class Engine {
   /** Balances over table rows (see {@link TranslationTable.groupRows}). */
   readonly balancer: Balancer<number>;
   readonly counters: Counters = new Counters();
+  /** Packets and bytes per ServiceIP / InstanceIP (see service_counters.ts). */
+  readonly services: ServiceCounters;
   /** The result filled when a caller passes none (tests, one-off calls). */
   readonly result: PacketResult = new PacketResult();
   /** ServiceIPs (text) that missed and must be resolved by the control plane; drained by the caller. */
@@ -383,6 +386,7 @@ export class Engine {
   constructor(cfg: EngineConfig, table: TableReader) {
     this.cfg = cfg;
     this.table = table;
+    this.services = new ServiceCounters(table);
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.#prober = cfg.laneTag === undefined || cfg.laneTag === 0;
     this.#health = cfg.health ? new PeerHealthArea(cfg.health) : undefined;
@@ -614,6 +618,7 @@ export class Engine {
     flows.touch(id, now, len);
     const route = this.#routes.get(flows.node(id));
     if (!route) return this.#drop(Drop.NO_NODE_ROUTE);
+    this.services.add4(dst, len, SVC_TX);
     rewriteSrc4(buf, info, flows.senderIp4(id), partial);
     rewriteDst4(buf, info, flows.chosen4(id), partial);
     info.src4 = flows.senderIp4(id);
@@ -666,6 +671,7 @@ export class Engine {
     flows.touch(id, now, len);
     const route = this.#routes.get(flows.node(id));
     if (!route) return this.#drop(Drop.NO_NODE_ROUTE);
+    this.services.add6(buf, dOff, len, SVC_TX);
     const s = this.#scratch6;
     flows.writeSenderIp6(id, s, 0);
     rewriteSrc6(buf, info, s, 0, partial);
@@ -1060,10 +1066,13 @@ export class Engine {
       }
       if (!this.#local4.has(info.dst4) && !this.cfg.ingressAnyInSubnet) return this.#notInstance4(info.dst4);
       const id = flows.findReply4(info.protocol, info.src4, info.srcPort, info.dst4, info.dstPort);
+      let src = info.src4;
       if (id >= 0) {
         const dialled = flows.dialled4(id);
-        if (dialled !== info.src4) rewriteSrc4(buf, info, dialled, partial);
+        if (dialled !== src) rewriteSrc4(buf, info, dialled, partial);
+        src = dialled;
       }
+      this.services.add4(src, len, SVC_RX);
     } else {
       if (!inPrefix6(this.cfg.subnet6, buf, info.dstOffset)) {
         return this.#drop(buf[info.dstOffset] === 0xff ? Drop.TO_MULTICAST : Drop.NOT_LOCAL_DST);
@@ -1084,6 +1093,7 @@ export class Engine {
         flows.writeDialled6(id, s, 0);
         rewriteSrc6(buf, info, s, 0, partial);
       }
+      this.services.add6(buf, info.srcOffset, len, SVC_RX);
     }
     this.counters.tunTx++;
     this.counters.tunTxBytes += len;

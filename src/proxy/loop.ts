@@ -245,6 +245,7 @@ export class PacketLoop {
       flows: e.flows.size,
       drops,
       peers: e.peers.stats(now),
+      services: e.services.report(),
       usedJobs: jobs,
       ...(e.choices.size > 0 ? { choices: Object.fromEntries(e.choices) } : {}),
       heap: { used: m.heapUsed, total: m.heapTotal, external: m.external },

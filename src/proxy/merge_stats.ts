@@ -1,6 +1,6 @@
 /**
  * Merges the counters of several data-plane Workers into one report: sums of the counters, drops
- * by reason, and per peer (by endpoint) the sums of its traffic with one view of its state (FAST or
+ * by reason, per ServiceIP (by address), and per peer (by endpoint) the sums of its traffic with one view of its state (FAST or
  * JUMBO on when every worker that knows the peer has it on; the smallest RTT known).
  *
  * @example
@@ -14,8 +14,12 @@
  */
 import type { StatsData } from "./messages.ts";
 import type { PeerStats } from "./peers.ts";
+import { mergeServiceTraffic } from "./service_counters.ts";
 
-type Summed = Exclude<keyof StatsData, "drops" | "peers" | "usedJobs" | "heap" | "workers" | "choices">;
+type Summed = Exclude<
+  keyof StatsData,
+  "drops" | "peers" | "usedJobs" | "heap" | "workers" | "choices" | "services"
+>;
 const SUMMED: Summed[] = [
   "tunRx",
   "tunRxBytes",
@@ -109,6 +113,7 @@ export function mergeStats(parts: readonly StatsData[]): StatsData {
   }
   out.peers = [...peers.values()];
   out.usedJobs = [...jobs];
+  out.services = mergeServiceTraffic(parts.map((p) => p.services ?? []));
   out.workers = parts.map((p) => ({ tunRx: p.tunRx, udpRx: p.udpRx, flows: p.flows }));
   return out;
 }

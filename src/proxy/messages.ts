@@ -9,6 +9,7 @@ import type { UdpInfo } from "../../ffi/udp.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
 import type { PeerStats } from "./peers.ts";
+import type { ServiceTraffic } from "./service_counters.ts";
 
 /** Counters as sent by the Worker. */
 export interface StatsData {
@@ -34,6 +35,8 @@ export interface StatsData {
   drops: Record<string, number>;
   /** Peer nodes: in-band state, RTT, counters. */
   peers: PeerStats[];
+  /** Packets and bytes per ServiceIP / InstanceIP that carried traffic (by address). */
+  services?: ServiceTraffic[];
   /** Jobs whose instances carried traffic since the previous report. */
   usedJobs: string[];
   /** The Worker isolate's V8 heap (bytes): used, total (committed), external (typed arrays, …). */

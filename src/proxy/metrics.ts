@@ -14,7 +14,10 @@
  * (0 while marked down; 1 otherwise, also for a peer whose liveness is unknown — an Oakestra Go node
  * answers no probes — which `netmanager_peer_liveness_known` 0 tells apart), `netmanager_peer_down_total`;
  * `netmanager_service_choices_total` {service_ip, instance_ip}: new flows per ServiceIP by the chosen
- * instance's namespace IP (at most 4096 pairs per worker, then `other`); node state:
+ * instance's namespace IP (at most 4096 pairs per worker, then `other`);
+ * per ServiceIP / InstanceIP
+ * {service (job name), address, service_instance (InstanceIPs), direction = tx | rx}:
+ * `netmanager_service_packets_total`, `netmanager_service_bytes_total`; node state:
  * `netmanager_registered`, `netmanager_cluster_connected`, `netmanager_data_plane_running`,
  * `netmanager_instances`; histograms `netmanager_deploy_duration_seconds` {kind, result} and
  * `netmanager_table_miss_duration_seconds` {result}; plus `netmanager_build_info` and the process
@@ -35,6 +38,7 @@
 import type { Histogram, Registry } from "prom-client";
 import { Histogram as PromHistogram } from "prom-client";
 import { newRegistry, type Sample, snapshotCounter, snapshotGauge } from "../metrics/registry.ts";
+import type { NamedServiceTraffic } from "./service_counters.ts";
 
 /** A packet and byte count. */
 export interface PacketCount {
@@ -94,6 +98,8 @@ export interface DataPlaneMetrics {
   readonly tableEntries: number;
   /** Peers. */
   readonly peers: readonly PeerMetrics[];
+  /** Per ServiceIP / InstanceIP traffic, named (see service_counters.ts). */
+  readonly services?: readonly NamedServiceTraffic[];
   /** JUMBO messages (whole TCP super-packets) sent and received. */
   readonly jumbo?: { readonly tx: number; readonly rx: number };
   /** New flows per `"<service ip> <instance ns ip>"`, cumulative. */
@@ -185,6 +191,39 @@ export class NodeMetrics {
       ["reason"],
       () =>
         each((m) => Object.entries(m.routesRejected ?? {}).map(([reason, v]) => [{ reason }, v] as Sample)),
+    );
+    const svcLabels = (s: NamedServiceTraffic, direction: string): Record<string, string> => ({
+      service: s.service,
+      address: s.address,
+      ...(s.instance !== undefined ? { service_instance: String(s.instance) } : {}),
+      direction,
+    });
+    const SL = ["service", "address", "service_instance", "direction"];
+    snapshotCounter(
+      reg,
+      "netmanager_service_packets_total",
+      "Packets local instances sent to a ServiceIP or InstanceIP (tx) and received from one (rx).",
+      SL,
+      () =>
+        each((m) =>
+          (m.services ?? []).flatMap((s) => [
+            [svcLabels(s, "tx"), s.txPackets] as Sample,
+            [svcLabels(s, "rx"), s.rxPackets] as Sample,
+          ])
+        ),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_service_bytes_total",
+      "Bytes (IP packets) local instances sent to a ServiceIP or InstanceIP (tx) and received from one (rx).",
+      SL,
+      () =>
+        each((m) =>
+          (m.services ?? []).flatMap((s) => [
+            [svcLabels(s, "tx"), s.txBytes] as Sample,
+            [svcLabels(s, "rx"), s.rxBytes] as Sample,
+          ])
+        ),
     );
     snapshotGauge(
       reg,

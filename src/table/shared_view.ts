@@ -115,6 +115,8 @@ export interface SharedTableLayout {
  * one `readBegin`/`readValid` bracket.
  */
 export interface TableReader {
+  /** Changes whenever the table changes (caches keyed by group or row numbers compare it). */
+  readonly generation: number;
   readBegin(): number;
   readValid(begin: number): boolean;
   rowOf4(addr: number): number;
@@ -179,6 +181,14 @@ export class SharedTableView implements TableReader {
   /** Layout version in use. */
   get version(): number {
     return this.#L.version;
+  }
+
+  /**
+   * Changes with every change of the owner's table: the seqlock counter, combined with the layout
+   * version (a move to new buffers starts a new counter).
+   */
+  get generation(): number {
+    return this.#L.version * 0x1_0000_0000 + Atomics.load(this.#hdr, 0);
   }
 
   /** Starts a consistent read: waits while the owner is writing; returns the token for {@link readValid}. */

@@ -37,10 +37,11 @@ interface Seen {
   instances: Record<string, string[]>;
   links: Record<string, string>;
   services: string[];
+  traffic: Record<string, string>;
 }
 
 const READ = `(() => {
-  if (!document.body || !document.getElementById("status")) return { state: "loading", nodes: {}, instances: {}, links: {}, services: [] };
+  if (!document.body || !document.getElementById("status")) return { state: "loading", nodes: {}, instances: {}, links: {}, services: [], traffic: {} };
   const cells = (tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent);
   const by = (sel, attr) => Object.fromEntries([...document.querySelectorAll(sel)].map((e) => [e.getAttribute(attr), cells(e)]));
   return {
@@ -55,6 +56,7 @@ const READ = `(() => {
     instances: by("[data-instance]", "data-instance"),
     links: Object.fromEntries([...document.querySelectorAll("[data-link]")].map((e) => [e.getAttribute("data-link"), e.textContent])),
     services: [...document.querySelectorAll("[data-service]")].map((e) => e.textContent),
+    traffic: Object.fromEntries([...document.querySelectorAll("[data-traffic]")].map((e) => [e.getAttribute("data-traffic"), e.textContent])),
   };
 })()`;
 
@@ -213,7 +215,7 @@ Deno.test({
     await mqttNode(w, EVIL, [
       { payload: report(EVIL_VERSION, [peer(1)]) },
       { payload: report("SOON", []), delayMs: 0 },
-      { payload: report("BIG", [], "x".repeat(20_000)), delayMs: 1100 },
+      { payload: report("BIG", [], "x".repeat(70_000)), delayMs: 1100 },
       { payload: report("MANY", Array.from({ length: 65 }, (_, k) => peer(k))), delayMs: 1100 },
       { payload: "not json", delayMs: 1100 },
     ]);
@@ -262,7 +264,13 @@ Deno.test({
         s.state === "ok" && ids.every((id) => s.nodes[id]?.[3] !== "-" && s.nodes[id] !== undefined) &&
         s.nodes[GO_NODE] !== undefined && s.nodes[EVIL] !== undefined &&
         [`${WEB}#0`, `${WEB}#1`, `${CLI}#0`].every((i) => s.instances[i]?.[4] !== "-" && s.instances[i]) &&
-        [link(0, 1), link(0, 2), link(1, 0), link(2, 0)].every((l) => / ms/.test(s.links[l] ?? "")),
+        [link(0, 1), link(0, 2), link(1, 0), link(2, 0)].every((l) => / ms/.test(s.links[l] ?? "")) &&
+        /↑[1-9]\d* pkts/.test(s.traffic[WEB] ?? ""),
+    );
+    // The web service's traffic (the client's requests and the answers, from the nodes' reports).
+    assertMatch(
+      seen.traffic[WEB],
+      /^traffic with its addresses \(.*\) ↑[1-9]\d* pkts [\d.]+ (B|KiB|MiB) · ↓[1-9]\d* pkts [\d.]+ (B|KiB|MiB)$/,
     );
     assertEquals(seen.hash, "", "the token is removed from the address bar");
     assertEquals(seen.services.sort(), [CLI, WEB]);

@@ -12,7 +12,7 @@ const PATH = new URL("../../config/grafana/netmanager-dashboard.json", import.me
 
 interface Dashboard {
   uid: string;
-  panels: Array<{ title: string; targets: Array<{ expr: string }> }>;
+  panels: Array<{ title: string; targets: Array<{ expr: string; legendFormat?: string }> }>;
 }
 
 async function exportedNames(): Promise<Set<string>> {
@@ -38,6 +38,11 @@ Deno.test("grafana dashboard: valid PromQL, only exported metrics", async () => 
   assertEquals(d.uid, "netmanager-overview");
   const exprs = d.panels.flatMap((p) => p.targets.map((t) => t.expr));
   assert(exprs.length >= 15);
+  assert(exprs.some((e) => e.includes("netmanager_service_bytes_total")), "a panel for traffic per service");
+  for (const t of d.panels.flatMap((p) => p.targets)) {
+    // Grafana's legend templates are {{label}}: doubled braces would show up in the legend.
+    assert(!/\{\{\{|\}\}\}/.test(t.legendFormat ?? ""), `legend ${t.legendFormat}`);
+  }
   const names = await exportedNames();
   for (const e of exprs) {
     for (const m of e.matchAll(/\b((?:netmanager|process)_[a-z_]+)\b/g)) {

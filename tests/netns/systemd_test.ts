@@ -1,0 +1,274 @@
+/**
+ * The shipped systemd units under a real systemd: `systemd-nspawn --boot` runs systemd as PID 1 of a
+ * container (own PID, mount, network and IPC namespaces, `--private-network`: only loopback) over a
+ * minimal root — this machine's /usr through an overlay, a fresh /etc holding the release's units and
+ * configs, the x86_64 release (built by scripts/package.sh) read-only at /opt/netmanager. Checked:
+ * both units start and run (`systemctl status`), their logs are in journald under their identifiers,
+ * the node registers and runs its data plane (TUN, BPF steering) under the unit's hardening,
+ * Restart=on-failure brings back a killed daemon, and a broken config stops after the start limit
+ * (5 starts in 120 s) instead of restarting forever. Nothing is installed into this machine.
+ *
+ * Two things about the container, not the units: network-online.target waits for a link that a
+ * private network never has, so systemd-networkd-wait-online is masked; and nspawn's own seccomp
+ * filter refuses bpf(2) to everything in the container, so `--system-call-filter=bpf` lets the data
+ * plane load its steering program as it does on a host.
+ */
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { isRoot, run, type RunResult } from "../helpers/netns.ts";
+import { waitFor } from "../helpers/setup.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const NSPAWN = ["/usr/bin/systemd-nspawn", "/bin/systemd-nspawn"].find((p) => {
+  try {
+    Deno.statSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+});
+const skip = !isRoot
+  ? "needs root"
+  : !NSPAWN
+  ? "no systemd-nspawn (apt-get install systemd-container)"
+  : undefined;
+
+/** The container's PID 1 (systemd): the first `systemd` process below the nspawn process `pid`. */
+async function containerInit(pid: number): Promise<number | undefined> {
+  const queue = [pid];
+  while (queue.length) {
+    const p = queue.shift()!;
+    const kids = (await run(["ps", "-o", "pid=,comm=", "--ppid", String(p)])).stdout.trim().split("\n");
+    for (const k of kids) {
+      const [id, comm] = k.trim().split(/\s+/);
+      if (!id) continue;
+      if (comm === "systemd") return Number(id);
+      queue.push(Number(id));
+    }
+  }
+  return undefined;
+}
+
+Deno.test({
+  name:
+    "systemd: the shipped units run under systemd as PID 1 (nspawn): status, journald, restart, start limit" +
+    (skip ? ` (SKIPPED: ${skip})` : ""),
+  ignore: skip !== undefined,
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const work = await Deno.makeTempDir({ prefix: "nmsystemd-" });
+  let nspawn: Deno.ChildProcess | undefined;
+  let output: Promise<Deno.CommandOutput> | undefined;
+  try {
+    // The release, as shipped.
+    const build = await run([
+      "bash",
+      `${ROOT}scripts/package.sh`,
+      "--arch",
+      "x86_64",
+      "--no-deb",
+      "--out",
+      work,
+    ]);
+    assertEquals(build.code, 0, build.stderr);
+    const archive = [...Deno.readDirSync(work)].find((e) => e.name.endsWith(".tar.gz"))!.name;
+    assertEquals((await run(["tar", "-xzf", `${work}/${archive}`, "-C", work])).code, 0);
+    const tree = `${work}/${archive.replace(/\.tar\.gz$/, "")}`;
+
+    // A minimal root: /etc of its own, /usr from this machine with a writable overlay on top.
+    const root = `${work}/root`;
+    const upper = `${work}/usr-upper`;
+    for (
+      const d of ["etc/systemd/system", "etc/netmanager", "var", "run", "tmp", "proc", "sys", "dev", "usr"]
+    ) {
+      await Deno.mkdir(`${root}/${d}`, { recursive: true });
+    }
+    await Deno.mkdir(`${upper}/local/bin`, { recursive: true });
+    for (const l of ["bin", "lib", "lib64", "sbin"]) await Deno.symlink(`usr/${l}`, `${root}/${l}`);
+    for (const f of ["passwd", "group", "nsswitch.conf"]) {
+      await Deno.copyFile(`/etc/${f}`, `${root}/etc/${f}`);
+    }
+    assertEquals((await run(["cp", "-L", "/etc/os-release", `${root}/etc/os-release`])).code, 0);
+    // iptables-save & co. are Debian alternatives: links through /etc/alternatives.
+    assertEquals((await run(["cp", "-a", "/etc/alternatives", `${root}/etc/`])).code, 0);
+    for (const u of ["netmanager.service", "netmanager-control.service"]) {
+      await Deno.copyFile(`${tree}/systemd/${u}`, `${root}/etc/systemd/system/${u}`);
+    }
+    await Deno.symlink("/dev/null", `${root}/etc/systemd/system/systemd-networkd-wait-online.service`);
+    await Deno.writeTextFile(
+      `${root}/etc/systemd/system/nmtest.target`,
+      "[Unit]\nDescription=netmanager units under test\n" +
+        "Wants=netmanager.service netmanager-control.service\nAfter=netmanager.service netmanager-control.service\n",
+    );
+    for (const f of ["netcfg.json", "tuncfg.json"]) {
+      await Deno.copyFile(`${tree}/config/${f}`, `${root}/etc/netmanager/${f}`);
+    }
+    await Deno.writeTextFile(
+      `${root}/etc/netmanager/netmanager.env`,
+      'NETMANAGER_ARGS="--subnet 10.18.0.64/26"\n',
+    );
+    // /usr/local/bin/netmanager (the units' ExecStart) is the release's launcher, as install.sh links it.
+    await Deno.symlink("/opt/netmanager/bin/netmanager", `${upper}/local/bin/netmanager`);
+
+    nspawn = new Deno.Command(NSPAWN!, {
+      args: [
+        "--quiet",
+        "--register=no", // no machined on this machine's (absent) system bus
+        "--keep-unit",
+        "--boot",
+        `--directory=${root}`,
+        "--private-network",
+        `--machine=nmtest-${Deno.pid}`,
+        "--system-call-filter=bpf",
+        "--console=passive",
+        `--overlay=/usr:${upper}:/usr`,
+        `--bind-ro=${tree}:/opt/netmanager`,
+        "--",
+        "--unit=nmtest.target",
+        "systemd.firstboot=off",
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    output = nspawn.output();
+    let init: number | undefined;
+    await waitFor(
+      "systemd as the container's PID 1",
+      async () => {
+        init = await containerInit(nspawn!.pid);
+        return init !== undefined;
+      },
+      20_000,
+      200,
+    );
+    const inside = (cmd: string[]): Promise<RunResult> => run(["nsenter", "-t", String(init), "-a", ...cmd]);
+    const status = async (u: string) => (await inside(["systemctl", "status", "--no-pager", u])).stdout;
+    const journal = async (u: string) =>
+      (await inside(["journalctl", "--no-pager", "-o", "short", "-u", u])).stdout;
+    const show = async (u: string, p: string) =>
+      (await inside(["systemctl", "show", "--value", "-p", p, u])).stdout.trim();
+
+    // 1. Both units start; their logs are in the journal under their identifiers.
+    await waitFor(
+      "both units active",
+      async () => {
+        const a = await inside(["systemctl", "is-active", "netmanager", "netmanager-control"]);
+        return a.stdout.trim() === "active\nactive";
+      },
+      60_000,
+      500,
+    );
+    await waitFor(
+      "node started (journal)",
+      async () => / netmanager\[\d+\]: .*netmanager started/.test(await journal("netmanager")),
+      60_000,
+      500,
+    );
+    await waitFor(
+      "control plane started (journal)",
+      async () =>
+        / netmanager-control\[\d+\]: .*control plane started/.test(await journal("netmanager-control")),
+      60_000,
+      500,
+    );
+    assertMatch(await status("netmanager"), /Active: active \(running\)/);
+    assertMatch(await status("netmanager-control"), /Active: active \(running\)/);
+    // The hardening is in force: the node's bounding set is exactly the four capabilities.
+    const pid = Number(await show("netmanager", "MainPID"));
+    assert(pid > 0);
+    const caps = (await inside(["grep", "^CapBnd", `/proc/${pid}/status`])).stdout;
+    assertMatch(
+      caps,
+      /CapBnd:\s+0000000000283000/,
+      "CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE, CAP_SYS_ADMIN",
+    );
+
+    // 2. The node registers and runs its data plane under the unit.
+    const reg = await inside([
+      "curl",
+      "-s",
+      "-w",
+      "%{http_code}",
+      "--unix-socket",
+      "/etc/netmanager/netmanager.sock",
+      "-H",
+      "content-type: application/json",
+      "-d",
+      '{"client_id":"w1","cluster_address":""}',
+      "http://localhost/register",
+    ]);
+    assertMatch(reg.stdout, /200$/, reg.stdout + reg.stderr);
+    await waitFor(
+      "the TUN is up",
+      async () => /goProxyTun/.test((await inside(["ip", "-br", "link"])).stdout),
+      20_000,
+      200,
+    );
+    assertMatch(await journal("netmanager"), /registered \{"workerId":"w1"/);
+
+    // 3. Restart=on-failure: a killed daemon comes back (another PID), the journal says why.
+    assertEquals((await inside(["kill", "-9", String(pid)])).code, 0);
+    await waitFor(
+      "restarted after SIGKILL",
+      async () => {
+        const now = Number(await show("netmanager", "MainPID"));
+        return now > 0 && now !== pid && (await show("netmanager", "ActiveState")) === "active";
+      },
+      30_000,
+      300,
+    );
+    const j = await journal("netmanager");
+    assertMatch(j, /netmanager\.service: Main process exited, code=killed, status=9\/KILL/);
+    assertMatch(j, /netmanager\.service: Scheduled restart job, restart counter is at 1/);
+
+    // 4. A broken config: the daemon says what is wrong, systemd retries and gives up at the limit.
+    await Deno.writeTextFile(
+      `${root}/etc/netmanager/netcfg.json`,
+      JSON.stringify({
+        ...JSON.parse(await Deno.readTextFile(`${tree}/config/netcfg.json`)),
+        NodePublicPort: "x",
+      }),
+    );
+    await inside(["systemctl", "reset-failed", "netmanager"]); // a fresh start-limit window
+    await inside(["systemctl", "restart", "netmanager"]);
+    await waitFor(
+      "start limit hit",
+      async () => {
+        return (await show("netmanager", "ActiveState")) === "failed" &&
+          /Start request repeated too quickly/.test(await journal("netmanager"));
+      },
+      90_000,
+      1000,
+    );
+    const jb = await journal("netmanager");
+    assertMatch(jb, /key "NodePublicPort": NodePublicPort must be a port number/);
+    const attempts = jb.split("\n").filter((l) => /key "NodePublicPort"/.test(l)).length;
+    assertEquals(attempts, 5, `StartLimitBurst=5 starts, then no more:\n${jb.slice(-3000)}`);
+    await new Promise((r) => setTimeout(r, 6000)); // past RestartSec: still failed, no sixth start
+    assertEquals(await show("netmanager", "ActiveState"), "failed");
+    assertEquals(
+      (await journal("netmanager")).split("\n").filter((l) => /key "NodePublicPort"/.test(l)).length,
+      5,
+    );
+    assertMatch(
+      await status("netmanager-control"),
+      /Active: active \(running\)/,
+      "the control plane is unaffected",
+    );
+  } finally {
+    if (nspawn) {
+      try {
+        nspawn.kill("SIGTERM"); // nspawn asks the container's systemd to shut down
+      } catch { /* exited */ }
+      const killer = setTimeout(() => {
+        try {
+          nspawn!.kill("SIGKILL");
+        } catch { /* exited */ }
+      }, 20_000);
+      await output;
+      clearTimeout(killer);
+    }
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+});

@@ -21,6 +21,9 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
+# The secure tunnel's per-datagram AEAD runs in OpenSSL's libcrypto.so.3 by FFI (ffi/libcrypto.ts); the
+# openssl package depends on it (libssl3 / libssl3t64).
+ls /usr/lib/*/libcrypto.so.3 /lib/*/libcrypto.so.3 >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -1,8 +1,8 @@
 /**
  * The Noise Protocol Framework (revision 34) handshake state machine, for the tunnel's key exchange:
- * `Noise_XX_25519_ChaChaPoly_BLAKE2s` by default (the patterns NN, XX and IK are implemented; SHA256 as
- * the other hash). Only the framework's composition is written here — the primitives all come from
- * `node:crypto` (OpenSSL underneath in Deno): X25519, ChaCha20-Poly1305, BLAKE2s/SHA-256 and HMAC. The
+ * `Noise_XX_25519_ChaChaPoly_BLAKE2s` by default; the tunnel uses `Noise_XX_25519_AESGCM_BLAKE2s` (the patterns NN, XX and IK are implemented; SHA256 as
+ * the other hash, AESGCM as the other cipher). Only the framework's composition is written here — the primitives all come from
+ * `node:crypto`: X25519, ChaCha20-Poly1305, AES-256-GCM, BLAKE2s/SHA-256 and HMAC. The
  * composition is checked byte for byte against cacophony's published test vectors
  * (`tests/unit/noise_test.ts`, `tests/unit/fixtures/noise_cacophony.json`).
  *
@@ -136,28 +136,52 @@ export function dh(priv: Uint8Array, pub: Uint8Array): Uint8Array {
   return out;
 }
 
-/** The ChaChaPoly nonce of Noise (and WireGuard): 4 zero bytes, then the 64-bit counter little-endian. */
-export function chachaNonce(n: bigint, out: Uint8Array = new Uint8Array(12)): Uint8Array {
+/** Cipher functions implemented: ChaCha20-Poly1305 and AES-256-GCM. */
+export type NoiseCipher = "ChaChaPoly" | "AESGCM";
+
+/**
+ * The 12-byte nonce of a Noise cipher: 4 zero bytes, then the 64-bit counter — little-endian for
+ * ChaChaPoly (as WireGuard), big-endian for AESGCM (spec §12).
+ */
+export function noiseNonce(cipher: NoiseCipher, n: bigint, out: Uint8Array = new Uint8Array(12)): Uint8Array {
   out.fill(0, 0, 4);
-  new DataView(out.buffer, out.byteOffset, 12).setBigUint64(4, n, true);
+  new DataView(out.buffer, out.byteOffset, 12).setBigUint64(4, n, cipher === "ChaChaPoly");
   return out;
 }
 
-/** ChaCha20-Poly1305 seal: ciphertext ‖ tag. */
-export function aeadEncrypt(k: Uint8Array, n: bigint, ad: Uint8Array, plaintext: Uint8Array): Uint8Array {
-  const c = crypto.createCipheriv("chacha20-poly1305", k, chachaNonce(n), { authTagLength: TAGLEN });
+const CIPHER_ALGO = { ChaChaPoly: "chacha20-poly1305", AESGCM: "aes-256-gcm" } as const;
+
+/** AEAD seal with Noise's nonce for `n`: ciphertext ‖ tag. */
+export function aeadEncrypt(
+  k: Uint8Array,
+  n: bigint,
+  ad: Uint8Array,
+  plaintext: Uint8Array,
+  cipher: NoiseCipher = "ChaChaPoly",
+): Uint8Array {
+  const c = crypto.createCipheriv(CIPHER_ALGO[cipher] as "aes-256-gcm", k, noiseNonce(cipher, n), {
+    authTagLength: TAGLEN,
+  });
   c.setAAD(ad, { plaintextLength: plaintext.length });
   const body = c.update(plaintext);
   c.final();
   return cat(body, c.getAuthTag());
 }
 
-/** ChaCha20-Poly1305 open; throws {@link NoiseError} when the tag does not verify. */
-export function aeadDecrypt(k: Uint8Array, n: bigint, ad: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+/** AEAD open; throws {@link NoiseError} when the tag does not verify. */
+export function aeadDecrypt(
+  k: Uint8Array,
+  n: bigint,
+  ad: Uint8Array,
+  ciphertext: Uint8Array,
+  cipher: NoiseCipher = "ChaChaPoly",
+): Uint8Array {
   if (ciphertext.length < TAGLEN) throw new NoiseError("ciphertext shorter than its tag");
   const body = ciphertext.subarray(0, ciphertext.length - TAGLEN);
   try {
-    const d = crypto.createDecipheriv("chacha20-poly1305", k, chachaNonce(n), { authTagLength: TAGLEN });
+    const d = crypto.createDecipheriv(CIPHER_ALGO[cipher] as "aes-256-gcm", k, noiseNonce(cipher, n), {
+      authTagLength: TAGLEN,
+    });
     d.setAAD(ad, { plaintextLength: body.length });
     d.setAuthTag(ciphertext.subarray(ciphertext.length - TAGLEN));
     const out = d.update(body);
@@ -175,7 +199,7 @@ class Symmetric {
   h: Uint8Array;
   k: Uint8Array | undefined = undefined;
   n = 0n;
-  constructor(readonly algo: string, protocolName: string) {
+  constructor(readonly algo: string, readonly cipher: NoiseCipher, protocolName: string) {
     const name = new TextEncoder().encode(protocolName);
     this.h = name.length <= HASHLEN ? cat(name, new Uint8Array(HASHLEN - name.length)) : this.hash(name);
     this.ck = this.h;
@@ -205,7 +229,7 @@ class Symmetric {
   encryptAndHash(p: Uint8Array): Uint8Array {
     let c = p;
     if (this.k) {
-      c = aeadEncrypt(this.k, this.n, this.h, p);
+      c = aeadEncrypt(this.k, this.n, this.h, p, this.cipher);
       this.n++;
     }
     this.mixHash(c);
@@ -214,7 +238,7 @@ class Symmetric {
   decryptAndHash(c: Uint8Array): Uint8Array {
     let p = c;
     if (this.k) {
-      p = aeadDecrypt(this.k, this.n, this.h, c);
+      p = aeadDecrypt(this.k, this.n, this.h, c, this.cipher);
       this.n++;
     }
     this.mixHash(c);
@@ -228,6 +252,8 @@ export interface HandshakeOptions {
   initiator: boolean;
   /** Hash function (default BLAKE2s). */
   hash?: NoiseHash;
+  /** Cipher function (default ChaChaPoly). */
+  cipher?: NoiseCipher;
   prologue?: Uint8Array;
   /** Our static key pair (XX, IK). */
   s?: KeyPair;
@@ -256,8 +282,9 @@ export class HandshakeState {
   /** Starts a handshake (see {@link HandshakeOptions}). */
   constructor(o: HandshakeOptions) {
     const hash = o.hash ?? "BLAKE2s";
-    this.protocolName = `Noise_${o.pattern}_25519_ChaChaPoly_${hash}`;
-    this.sym = new Symmetric(HASH_ALGO[hash], this.protocolName);
+    const cipher = o.cipher ?? "ChaChaPoly";
+    this.protocolName = `Noise_${o.pattern}_25519_${cipher}_${hash}`;
+    this.sym = new Symmetric(HASH_ALGO[hash], cipher, this.protocolName);
     this.initiator = o.initiator;
     this.s = o.s;
     this.e = o.e;

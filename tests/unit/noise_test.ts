@@ -5,6 +5,7 @@ import {
   generateKeyPair,
   HandshakeState,
   type KeyPair,
+  type NoiseCipher,
   NoiseError,
   type NoiseHash,
   type NoisePattern,
@@ -35,17 +36,18 @@ const fixture = JSON.parse(
 
 for (const v of fixture.vectors) {
   Deno.test(`noise: cacophony vector ${v.protocol_name}`, () => {
-    const [, pattern, , , hash] = v.protocol_name.split("_") as [
+    const [, pattern, , cipher, hash] = v.protocol_name.split("_") as [
       string,
       NoisePattern,
       string,
-      string,
+      NoiseCipher,
       NoiseHash,
     ];
     const ini = new HandshakeState({
       pattern,
       initiator: true,
       hash,
+      cipher,
       prologue: hex(v.init_prologue),
       s: pair(v.init_static),
       e: pair(v.init_ephemeral),
@@ -55,6 +57,7 @@ for (const v of fixture.vectors) {
       pattern,
       initiator: false,
       hash,
+      cipher,
       prologue: hex(v.resp_prologue),
       s: pair(v.resp_static),
       e: pair(v.resp_ephemeral),
@@ -81,20 +84,21 @@ for (const v of fixture.vectors) {
       const nonce = fromIni ? n.i++ : n.r++;
       const m = v.messages[i];
       assertEquals(
-        toHex(aeadEncrypt(k, nonce, new Uint8Array(0), hex(m.payload))),
+        toHex(aeadEncrypt(k, nonce, new Uint8Array(0), hex(m.payload), cipher)),
         m.ciphertext,
         `transport ${i}`,
       );
-      assertEquals(toHex(aeadDecrypt(k, nonce, new Uint8Array(0), hex(m.ciphertext))), m.payload);
+      assertEquals(toHex(aeadDecrypt(k, nonce, new Uint8Array(0), hex(m.ciphertext), cipher)), m.payload);
     }
   });
 }
 
-Deno.test("noise: the fixture names its source and covers XX and IK with BLAKE2s", () => {
+Deno.test("noise: the fixture names its source and covers XX and IK with BLAKE2s and both ciphers", () => {
   assert(fixture.source.includes("cacophony"));
   const names = fixture.vectors.map((v) => v.protocol_name);
   assert(names.includes("Noise_XX_25519_ChaChaPoly_BLAKE2s"));
   assert(names.includes("Noise_IK_25519_ChaChaPoly_BLAKE2s"));
+  assert(names.includes("Noise_XX_25519_AESGCM_BLAKE2s"));
 });
 
 function xx(): { ini: HandshakeState; res: HandshakeState; msgs: Uint8Array[] } {

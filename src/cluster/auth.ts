@@ -19,6 +19,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
 import { WORKER_ID, zodProblems } from "./schemas.ts";
 import { writeAtomic } from "./store.ts";
+import { REVOCATION_TOPIC } from "../secure/revocation.ts";
 
 /** File of the node credentials inside the control state dir. */
 export const CREDENTIALS_FILE_NAME = "mqtt-credentials.json";
@@ -197,7 +198,7 @@ export async function readApiToken(path: string): Promise<string> {
 }
 
 /** Result topics only the control plane publishes (a node publishing them would forge replies). */
-const RESULT_SUFFIXES = new Set(["net/subnetwork/result", "net/tablequery/result"]);
+const RESULT_SUFFIXES = new Set(["net/subnetwork/result", "net/tablequery/result", "net/cert/result"]);
 
 /**
  * True when node `worker` may publish on `topic`: below `nodes/<worker>/`, except the control
@@ -227,6 +228,7 @@ export function mayPublish(worker: string, topic: string): boolean {
  */
 export function maySubscribe(worker: string, filter: string): boolean {
   if (filter.startsWith(`nodes/${worker}/net/`)) return true;
+  if (filter === REVOCATION_TOPIC) return true; // the CA-signed revocation list (only the control plane publishes)
   const m = /^jobs\/([^/]+)\/updates_available$/.exec(filter);
   return m !== null && (m[1] === "+" || !/[+#]/.test(m[1]));
 }

@@ -83,6 +83,10 @@ export interface HttpAuth {
   credentials: CredentialStore;
   /** Called after a credential was revoked (closes the node's connections). */
   onRevoke?: (worker: string) => void;
+  /** Called after `DELETE /api/net/node/<worker>` removed the node (revokes its tunnel certificates). */
+  onNodeRemoved?: (worker: string) => Promise<void>;
+  /** Called after a node credential was issued (`control node add`: lifts a tunnel revocation of the id). */
+  onCredentialIssued?: (worker: string) => Promise<void>;
   /** The picture of the cluster for `GET /api/net/cluster` (404 without). */
   view?: () => ClusterView;
 }
@@ -250,6 +254,7 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
         const worker = param(m[1]);
         const { node, cleared } = await change((s) => s.removeNode(worker), (r) => r.updates);
         log.info("node removed", { worker: node.worker_id, subnet: node.subnet, cleared: cleared.length });
+        await auth.onNodeRemoved?.(worker);
         return json(200, { ...structuredClone(node), cleared });
       },
     },
@@ -268,6 +273,7 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
           throw new HttpError(500, `credential not saved: ${(e as Error).message}`);
         }
         if (c.replaced) auth.onRevoke?.(worker); // the old password is void: drop its sessions
+        await auth.onCredentialIssued?.(worker);
         log.info(c.replaced ? "node credential replaced" : "node credential issued", { worker });
         return json(200, {
           worker_id: worker,

@@ -28,8 +28,13 @@ import type { ClusterState } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger, RateLimitedLog } from "../log.ts";
+import { ClusterPki } from "./pki.ts";
+import { CertRequestSchema, certResultTopic } from "../secure/node_security.ts";
+import { WORKER_ID } from "./schemas.ts";
+import { REVOCATION_TOPIC } from "../secure/revocation.ts";
 
 const log = logger("control");
+const CERT_REQUEST = /^nodes\/([^/]+)\/net\/cert\/request$/;
 
 /** Default MQTT listener port (Oakestra's cluster broker). */
 export const DEFAULT_MQTT_PORT = 10003;
@@ -274,12 +279,17 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   const state = store.state;
   const creds = await CredentialStore.open(opts.stateDir);
   const apiToken = await loadOrCreateApiToken(opts.stateDir);
+  const pki = await ClusterPki.open(opts.stateDir).catch((e) => {
+    throw new ControlError(`cannot use the cluster CA: ${(e as Error).message}`);
+  });
   if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
 
   let broker: EmbeddedBroker | undefined;
   let client: mqtt.MqttClient | undefined;
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  let revocationTimer: ReturnType<typeof setInterval> | undefined;
   const cleanup = async () => {
+    clearInterval(revocationTimer);
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
     if (broker) await broker.stop().catch(() => {});
@@ -327,6 +337,29 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         if (err) log.warn("publish failed", { topic, error: err.message });
       });
     };
+    // The CA-signed revocation list, retained: a node gets it on every subscribe. Published again
+    // every 30 s in case a broker without persistence restarted (nodes ignore an unchanged list).
+    const publishRevocations = (list = pki.list()) => {
+      mq.publish(REVOCATION_TOPIC, JSON.stringify(list), { qos: 1, retain: true }, (err) => {
+        if (err) log.warn("publish failed", { topic: REVOCATION_TOPIC, error: err.message });
+      });
+    };
+    publishRevocations();
+    revocationTimer = setInterval(() => publishRevocations(), 30_000);
+    const certRequest = async (worker: string, payload: Uint8Array) => {
+      let body: unknown;
+      try {
+        body = JSON.parse(new TextDecoder().decode(payload));
+      } catch {
+        body = undefined;
+      }
+      const r = CertRequestSchema.safeParse(body);
+      const answer = r.success
+        ? await pki.issue(worker, r.data.public_key)
+        : { error: 'expected {"public_key": "<base64 X25519 key>"}' };
+      if ("error" in answer) log.warn("tunnel certificate refused", { worker, reason: answer.error });
+      publish(certResultTopic(worker), answer);
+    };
     store.onUpdate = (u, own) => {
       if (!shared || own !== false) publish(updatesTopic(u.job), { type: u.type });
     };
@@ -358,6 +391,15 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         }
         return;
       }
+      const cert = CERT_REQUEST.exec(topic);
+      if (cert) {
+        if (WORKER_ID.test(cert[1])) {
+          void certRequest(cert[1], payload).catch((e) =>
+            log.error("tunnel certificate failed", { worker: cert[1], error: (e as Error).message })
+          );
+        }
+        return;
+      }
       const msg = parseNodeMessage(topic, payload);
       if (msg.kind === "subnet" && store instanceof EtcdStore) store.nodeSeen(msg.worker);
       void handleNodeMessage(core, msg);
@@ -368,6 +410,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
+      onNodeRemoved: async (worker) => publishRevocations(await pki.revoke(worker)),
+      onCredentialIssued: async (worker) => {
+        const list = await pki.unrevoke(worker);
+        if (list) publishRevocations(list);
+      },
       view: () => {
         reports.prune((w) => state.node(w) !== undefined);
         return clusterView(state, reports, embedded ? (w) => embedded.connection(w) : undefined, Date.now());
@@ -415,6 +462,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       },
       stop() {
         stopping ??= (async () => {
+          clearInterval(revocationTimer);
           await server!.shutdown().catch(() => {});
           await mq.endAsync().catch(() => {});
           if (broker) await broker.stop();

@@ -153,6 +153,20 @@ export const NetCfgSchema = z.object({
   DnsRateLimit: intLike("DnsRateLimit", 1, 1000000).default(2000),
   /** Answer mDNS questions (224.0.0.251 / ff02::fb port 5353) on the bridge. */
   Mdns: boolLike.default(true),
+  /**
+   * Tunnel encryption between netmanager nodes: `off` (raw, as today), `prefer` (encrypted with every
+   * peer proving a certificate, raw with peers that never answer, i.e. Oakestra Go nodes), `require`
+   * (only authenticated peers).
+   */
+  TunnelSecurity: z.enum(["off", "prefer", "require"], { error: 'must be "off", "prefer" or "require"' })
+    .default("prefer"),
+  /**
+   * Offline PKI (`netmanager cert`): this node's certificate (PEM) and the CA file (`ca.json`) it and its
+   * peers trust. Empty: the certificate comes from `netmanager control` (cluster mode); a CA file alone
+   * pins the control plane's CA.
+   */
+  TunnelCertFile: z.string().default(""),
+  TunnelCaFile: z.string().default(""),
 });
 
 /** Parsed netcfg.json. */

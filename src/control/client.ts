@@ -264,6 +264,8 @@ export class NodeControl {
   readonly #negative = new Map<string, number>();
   readonly #refreshing = new Map<string, Refresh>();
   #subnetWaiter: ((payload: unknown) => void) | undefined;
+  /** Extra topics (ours, e.g. certificates and revocations) and their handlers: see {@link listen}. */
+  readonly #extra = new Map<string, (body: unknown) => void>();
   #sweep: ReturnType<typeof setInterval> | undefined;
   #resyncTimer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
@@ -615,6 +617,22 @@ export class NodeControl {
     return true;
   }
 
+  /**
+   * Subscribes one more topic (also after every reconnect) and hands its JSON payloads to `handler`
+   * (netmanager's own topics: tunnel certificates, revocation lists). Non-JSON payloads are counted
+   * as malformed and dropped, as everywhere else.
+   */
+  async listen(topic: string, handler: (body: unknown) => void): Promise<boolean> {
+    this.#extra.set(topic, handler);
+    if (!this.#client.connected) return false; // subscribed by the next connect
+    return await this.#subscribe([topic]);
+  }
+
+  /** Publishes a JSON payload (QoS 1) on one of this node's topics; false when not sent. */
+  publishJson(topic: string, body: unknown): Promise<boolean> {
+    return this.#publish(topic, body);
+  }
+
   /** Stops timers, settles every pending query (false) and disconnects. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -636,6 +654,7 @@ export class NodeControl {
     const topics = [
       this.#topics.tableQueryResult,
       this.#topics.subnetResult,
+      ...this.#extra.keys(),
       ...[...this.#interests.keys()].map(updatesTopic),
     ];
     await this.#subscribe(topics);
@@ -768,6 +787,8 @@ export class NodeControl {
         return;
       }
       if (topic === this.#topics.tableQueryResult) return this.#onQueryResult(body);
+      const extra = this.#extra.get(topic);
+      if (extra) return extra(body);
       if (topic === this.#topics.subnetResult) {
         if (this.#subnetWaiter) this.#subnetWaiter(body);
         else log.debug("unsolicited subnet result ignored");

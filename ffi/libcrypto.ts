@@ -77,15 +77,32 @@ export class EvpAead {
 
   /** Encrypts `buf[off, off+len)` in place and writes the tag at `buf[off+len, +16)`. */
   seal(nonce: Uint8Array, ad: Uint8Array, buf: Uint8Array, off: number, len: number): void {
+    this.sealTo(nonce, ad, buf, off, len, buf, off);
+  }
+
+  /**
+   * Encrypts `src[srcOff, srcOff+len)` into `dst[dstOff, dstOff+len)` and writes the tag after it
+   * (the ranges may be the same, not otherwise overlapping).
+   */
+  sealTo(
+    nonce: Uint8Array,
+    ad: Uint8Array,
+    src: Uint8Array,
+    srcOff: number,
+    len: number,
+    dst: Uint8Array,
+    dstOff: number,
+  ): void {
     const c = crypto();
     const ctx = this.ctx;
-    const body = buf.subarray(off, off + len);
+    const input = src.subarray(srcOff, srcOff + len);
+    const out = dst.subarray(dstOff, dstOff + len + EVP_TAG_LEN);
     if (
       c.EVP_CipherInit_ex(ctx, null, null, null, nonce, 1) !== 1 ||
       c.EVP_CipherUpdate(ctx, null, this.outl, ad, ad.length) !== 1 ||
-      c.EVP_CipherUpdate(ctx, body, this.outl, body, len) !== 1 ||
-      c.EVP_CipherFinal_ex(ctx, body, this.outl) !== 1 ||
-      c.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, EVP_TAG_LEN, buf.subarray(off + len)) !== 1
+      c.EVP_CipherUpdate(ctx, out, this.outl, input, len) !== 1 ||
+      c.EVP_CipherFinal_ex(ctx, out, this.outl) !== 1 ||
+      c.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, EVP_TAG_LEN, out.subarray(len)) !== 1
     ) throw new LibcryptoError("seal failed");
   }
 

@@ -8,6 +8,14 @@ import type { UdpInfo } from "../../ffi/udp.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
 import type { PeerStats } from "./peers.ts";
+import type { SessionKeys } from "../secure/keys.ts";
+import type { SecureMode, SecureUp } from "../secure/secure_layer.ts";
+
+/** The secure tunnel's state a (re)started Worker begins with. */
+export interface SecureInit {
+  mode: SecureMode;
+  keys: SessionKeys[];
+}
 
 /** Counters as sent by the Worker. */
 export interface StatsData {
@@ -56,7 +64,17 @@ export type ToWorker =
     busyPollUs: number;
     engine: EngineConfig;
     table: TableSnapshot;
+    /** The secure tunnel (absent: off). */
+    secure?: SecureInit;
   }
+  /** The secure tunnel's mode changed. */
+  | { type: "secure-mode"; mode: SecureMode }
+  /** Sessions established: install their keys. */
+  | { type: "secure-keys"; keys: SessionKeys[] }
+  /** Remove these peers' keys (revoked: `forget` = not a downgrade when they are raw later). */
+  | { type: "secure-remove"; peers: string[]; forget: boolean }
+  /** Send a handshake datagram (worker 0 sends the main isolate's). */
+  | { type: "secure-send"; bytes: Uint8Array; family: 4 | 6; addr4: number; addr6?: Uint8Array; port: number }
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }
@@ -72,5 +90,6 @@ export type FromWorker =
   | { type: "stats"; stats: StatsData }
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
+  | SecureUp
   /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */
   | { type: "error"; message: string; fatal: boolean };

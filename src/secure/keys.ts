@@ -169,16 +169,38 @@ export class KeyRing {
    * (`len + 32` at `buf[at ..]`), or -1 when `peer` has no session that may send.
    */
   seal(peer: string, buf: Uint8Array, at: number, len: number, laneKey: number, nowMs: number): number {
+    return this.sealTo(peer, buf, at + SECURE_HEADER_LEN, len, buf, at, laneKey, nowMs);
+  }
+
+  /**
+   * Seals `src[srcOff .. srcOff+len)` for `peer` into `dst[at ..]` (header, ciphertext, tag) and
+   * returns the SECURE datagram's length, or -1 when `peer` has no session that may send.
+   */
+  sealTo(
+    peer: string,
+    src: Uint8Array,
+    srcOff: number,
+    len: number,
+    dst: Uint8Array,
+    at: number,
+    laneKey: number,
+    nowMs: number,
+  ): number {
     const s = this.#current.get(peer);
     if (!s || !this.canSend(peer, nowMs)) return -1;
     const n = s.sent++;
     if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
     const hi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0;
-    writeSecureHeader(buf, at, laneKey, s.keys.remoteIndex, hi, n >>> 0);
+    writeSecureHeader(dst, at, laneKey, s.keys.remoteIndex, hi, n >>> 0);
     const nonce = this.#nonce;
-    nonce.set(buf.subarray(at + 8, at + 16), 4);
-    s.seal.seal(nonce, buf.subarray(at, at + SECURE_HEADER_LEN), buf, at + SECURE_HEADER_LEN, len);
+    nonce.set(dst.subarray(at + 8, at + 16), 4);
+    s.seal.sealTo(nonce, dst.subarray(at, at + SECURE_HEADER_LEN), src, srcOff, len, dst, at + SECURE_HEADER_LEN);
     return len + SECURE_OVERHEAD;
+  }
+
+  /** True while `peer` has a session installed (sending or only receiving). */
+  has(peer: string): boolean {
+    return this.#current.has(peer);
   }
 
   /**

@@ -47,6 +47,8 @@ import { StateLock } from "./sys/lock.ts";
 import { VERSION } from "./version.ts";
 import { NodeDns } from "./dns/mod.ts";
 import { buildNodeReport, REPORT_INTERVAL_MS } from "./control/report.ts";
+import { certRequestTopic, certResultTopic, NodeSecurity } from "./secure/node_security.ts";
+import { REVOCATION_TOPIC } from "./secure/revocation.ts";
 
 const log = logger("daemon");
 
@@ -89,6 +91,10 @@ class Node implements NodeService {
   readonly #unknownIps = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   /** Service names (DNS on the bridge), once the data plane runs. */
   dns: NodeDns | undefined;
+  /** Tunnel identity, certificate and trust (see secure/node_security.ts); set at start. */
+  security: NodeSecurity | undefined;
+  /** When the last certificate request went out (ms), for pacing. */
+  #certAskedAt = 0;
   #registering: Promise<RegisterResult> | undefined;
   /** The last failed `/register` (shown by `status` until one succeeds). */
   #registerError: { at: number; error: string } | undefined;
@@ -242,6 +248,30 @@ class Node implements NodeService {
       // Oakestra's 10 s idle expiry of interests; the environment may shorten it (tests).
       interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
     });
+    await this.#wireCertificates(workerId);
+  }
+
+  /** Cluster mode: certificate answers and revocation lists from the control plane; asks for a certificate. */
+  async #wireCertificates(workerId: string): Promise<void> {
+    const sec = this.security;
+    const control = this.control;
+    if (!sec || sec.mode === "off" || !control) return;
+    await control.listen(certResultTopic(workerId), (body) => void sec.acceptCertResult(body, workerId));
+    await control.listen(REVOCATION_TOPIC, (body) => sec.acceptRevocations(body));
+    this.checkCertificate(workerId);
+  }
+
+  /**
+   * Asks the control plane for a certificate when none is held or a third of its validity is left:
+   * at most every 5 s, every 60 s after a refusal.
+   */
+  checkCertificate(workerId = this.workerId): void {
+    const sec = this.security;
+    if (!sec || !this.control?.connected || workerId === undefined || !sec.needsCertificate()) return;
+    const gap = sec.stats.certificatesRefused > 0 ? 60_000 : 5000;
+    if (Date.now() - this.#certAskedAt < gap) return;
+    this.#certAskedAt = Date.now();
+    void this.control.publishJson(certRequestTopic(workerId), sec.certRequest());
   }
 
   /** What route validation needs to know about this node (see control/route_check.ts). */
@@ -339,6 +369,7 @@ class Node implements NodeService {
         probeAllPeers: this.cfg.net.ProbePeers,
       },
     });
+    if (this.security) this.dataPlane.setSecurity(this.security.current());
     const crashLane = Deno.env.get("NETMANAGER_TEST_CRASH_WORKER");
     if (crashLane !== undefined) {
       // Tests: SIGUSR2 makes this data-plane worker fail as a crash would (it must come back alone).
@@ -445,6 +476,7 @@ class Node implements NodeService {
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
       peers: this.dataPlane?.peers() ?? [],
+      security: this.security?.status() ?? null,
     };
   }
 
@@ -510,6 +542,15 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
   for (const w of cfg.warnings) log.warn(w);
   const env = new EnvironmentManager({ cfg, store: new StateStore(cfg.net.StateDir) });
   const node = new Node(cfg, env, opts.staticTable);
+  // Before anything changes on the system: a broken trust setup (unreadable or foreign certificate)
+  // stops the start with its reason.
+  node.security = await NodeSecurity.load({
+    mode: cfg.net.TunnelSecurity,
+    stateDir: cfg.net.StateDir,
+    certFile: cfg.net.TunnelCertFile,
+    caFile: cfg.net.TunnelCaFile,
+    onChange: (s) => node.dataPlane?.setSecurity(s),
+  });
 
   const detect = async () => {
     if (cfg.net.NodePublicAddress !== "0.0.0.0") return cfg.net.NodePublicAddress;
@@ -609,6 +650,12 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     Math.max(1000, Number(Deno.env.get("NETMANAGER_REPORT_INTERVAL_MS")) || REPORT_INTERVAL_MS),
   );
 
+  // Tunnel certificate renewal (cluster mode): asked for when missing or a third of its validity is left.
+  const certTimer = setInterval(
+    () => node.checkCertificate(),
+    Math.max(200, Number(Deno.env.get("NETMANAGER_CERT_CHECK_MS")) || 5000),
+  );
+
   const done = Promise.withResolvers<void>();
   let stopping: Promise<void> | undefined;
   const stop = () => {
@@ -617,6 +664,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       stopped = true;
       if (timer !== undefined) clearInterval(timer);
       clearInterval(reportTimer);
+      clearInterval(certTimer);
       if (retryTimer !== undefined) clearTimeout(retryTimer);
       await api.close();
       await metricsServer?.close();

@@ -12,6 +12,7 @@ import { Command } from "@commander-js/extra-typings";
 import { DEFAULT_PATHS, formatNodeSubnet, loadNodeConfig, type NodeConfig } from "../config/mod.ts";
 import { formatPrefix4, formatPrefix6 } from "../addr/mod.ts";
 import { fail } from "./common.ts";
+import { checkTunnelFiles } from "../secure/node_security.ts";
 
 /** The summary `config check` prints for a usable configuration. */
 export function describeConfig(cfg: NodeConfig, paths: { netcfg: string; tuncfg: string }): string {
@@ -48,8 +49,11 @@ export function configCmd() {
     .option("--subnet <cidr4[,cidr6]>", "also check a standalone subnet")
     .action(async (opts) => {
       let cfg: NodeConfig;
+      let security: string;
       try {
         cfg = await loadNodeConfig({ netcfgPath: opts.cfg, tuncfgPath: opts.tuncfg, subnet: opts.subnet });
+        // The tunnel certificate and CA files are read and verified too (nothing is created).
+        security = await checkTunnelFiles(cfg.net);
       } catch (e) {
         fail(e);
       }
@@ -59,6 +63,7 @@ export function configCmd() {
         netcfg: opts.cfg ?? DEFAULT_PATHS.netcfg,
         tuncfg: opts.tuncfg ?? DEFAULT_PATHS.tuncfg,
       }));
+      console.log(`security   ${security}`);
       console.log(cfg.warnings.length ? `OK with ${cfg.warnings.length} warning(s)` : "OK");
     });
   return new Command("config").description("work with the node configuration").addCommand(check);

@@ -19,6 +19,7 @@ import { versionCmd } from "./version.ts";
 import { dnsCmd } from "./dns.ts";
 
 const CONTROL = "run the cluster control plane (MQTT broker, allocation, table queries, HTTP API)";
+const CERT = "tunnel certificates without a control plane: ca, show, sign, inspect";
 const DEMO = "run the demo on simulated nodes (network namespaces); needs root";
 
 /** Builds the program with all subcommands. */
@@ -41,6 +42,7 @@ export function buildProgram() {
       .addCommand(cleanCmd())
       // Loaded when used: the daemon never pays for the control plane or the demo.
       .addCommand(lazyCommand("control", CONTROL, async () => (await import("./control.ts")).controlCmd()))
+      .addCommand(lazyCommand("cert", CERT, async () => (await import("./cert.ts")).certCmd()))
       .addCommand(lazyCommand("demo", DEMO, async () => (await import("./demo.ts")).demoCmd()))
       .addCommand(lazyCommand("demo-serve", "", async () => (await import("./demo.ts")).demoServeCmd()), {
         hidden: true,

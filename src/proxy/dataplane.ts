@@ -36,6 +36,7 @@ import type { FlowInfo } from "./flows.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { DataPlaneMetrics } from "./metrics.ts";
 import { type PeerView, PeerWatch } from "./peer_watch.ts";
+import type { SecuritySettings } from "../secure/node_security.ts";
 
 const log = logger("proxy");
 
@@ -113,6 +114,7 @@ export class DataPlane {
   /** The tunnel socket of worker 0. */
   readonly udp: UdpSocket;
   readonly #lanes: Lane[];
+  #security: SecuritySettings | undefined;
   /** The BPF program steering the TUN's queues (-1 with one worker); closed on stop. */
   readonly #steerFd: number;
   /** Round-robin positions shared by the workers. */
@@ -415,6 +417,20 @@ export class DataPlane {
   }
 
   /** This node's public address changed (its own table entries now name the new one). */
+  /**
+   * Tunnel security settings (mode, own credential, trust snapshot); called at start and on every
+   * trust update. TODO(H1, issue 11): carry to the workers — this placeholder only keeps the last
+   * settings; the secure data path (branch issue11-secure) replaces it.
+   */
+  setSecurity(s: SecuritySettings): void {
+    this.#security = s;
+  }
+
+  /** The last settings given to {@link setSecurity} (placeholder, see there). */
+  get security(): SecuritySettings | undefined {
+    return this.#security;
+  }
+
   setSelf(ip: string): void {
     this.#broadcast({ type: "self", ip });
   }

@@ -1,0 +1,294 @@
+/**
+ * Tunnel trust with real processes in namespaces:
+ *
+ * - `netmanager control` + 2 cluster nodes: each node gets a certificate signed by the cluster CA
+ *   (checked here with src/secure), the identity and CA keys are 0600 and appear in no log; a forged
+ *   revocation list (another key, claiming the cluster CA's id) reaches the nodes and is ignored and
+ *   counted; `control node rm` → the other node's trust snapshot lists the node as revoked within 10 s.
+ * - Offline: `cert ca` → `cert show` → `cert sign` → a node configured with the files loads them; a
+ *   certificate for another key stops the daemon before it touches anything.
+ */
+import { Buffer } from "node:buffer";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { isRoot } from "../helpers/netns.ts";
+import { World } from "../../src/demo/world.ts";
+import { selfCommand } from "../../src/sys/process.ts";
+import { runTool } from "../../src/sys/command.ts";
+import { loadCaPublic, loadCertFile } from "../../src/secure/files.ts";
+import { TrustStore } from "../../src/secure/trust.ts";
+import { decodeCertificate } from "../../src/secure/cert.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const ROOT = new URL("../../", import.meta.url).pathname;
+const CTL = "192.168.77.250";
+
+interface SecurityStatus {
+  mode: string;
+  publicKey: string;
+  certificate: { subject: string; serial: string; notAfter: string; source: string } | null;
+  ca: { keyId: string } | null;
+  trust: { generation: number; revokedSerials: string[]; revokedNodeIds: string[] };
+  stats: Record<string, number>;
+}
+
+async function security(w: World, i: number): Promise<SecurityStatus> {
+  const s = await w.nodes[i].api.getJson("/status") as { security: SecurityStatus };
+  return s.security;
+}
+
+async function until<T>(what: string, ms: number, f: () => Promise<T | undefined>): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Every spelling of a 32-byte secret a log could carry. */
+function spellings(b64: string): string[] {
+  const raw = Buffer.from(b64, "base64");
+  return [b64, raw.toString("base64url"), raw.toString("hex")];
+}
+
+Deno.test({
+  name:
+    "PKI via netmanager control: certificates for 2 nodes, keys 0600 and never logged, forged list ignored, node rm revokes in ≤ 10 s",
+  ...opts,
+  fn: async () => {
+    const w = new World();
+    try {
+      const dir = await w.tempDir("pki");
+      const cns = await w.namespace("ctl");
+      await w.attach(cns, "c", CTL);
+      // Anonymous broker (labs only): lets the forger below publish at all, so the nodes' signature
+      // check is what stops it (with credentials the broker's ACL refuses it first: unit-tested).
+      w.spawnIn(cns, [
+        ...selfCommand(),
+        "control",
+        "--state-dir",
+        `${dir}/ctl`,
+        "--mqtt-allow-anonymous",
+        "--mqtt-port",
+        "10003",
+      ], `${dir}/control.log`);
+      await until(
+        "control plane",
+        30000,
+        async () =>
+          /control plane started/.test(await Deno.readTextFile(`${dir}/control.log`)) ? true : undefined,
+      );
+      const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
+      const n2 = await w.clusterNode("n2", "192.168.77.2", CTL);
+      const ids = [`${w.prefix}-n1`, `${w.prefix}-n2`];
+      const t0 = Date.now();
+      const secs = await Promise.all([0, 1].map((i) =>
+        until(`certificate of n${i + 1}`, 15000, async () => {
+          const s = await security(w, i);
+          return s.certificate ? s : undefined;
+        })
+      ));
+      console.log(`certificates on both nodes ${Date.now() - t0} ms after registration`);
+
+      // Each certificate: signed by the cluster CA, for the node's id and its own public key.
+      const ca = await loadCaPublic(`${dir}/ctl/tunnel-ca/ca.json`);
+      const store = new TrustStore({
+        caPublicKeys: [ca.publicKey],
+        revokedSerials: [],
+        revokedNodeIds: [],
+        generation: 1,
+      });
+      const now = Math.floor(Date.now() / 1000);
+      const serials: string[] = [];
+      for (const [i, node] of [n1, n2].entries()) {
+        const cert = await loadCertFile(`${node.dir}/state/tunnel-cert.pem`);
+        const v = store.verify(cert, now);
+        assertEquals(v.nodeId, ids[i]);
+        assertEquals(Buffer.from(v.publicKey).toString("base64"), secs[i].publicKey);
+        assertEquals(secs[i].certificate!.serial, v.serial);
+        assertEquals(secs[i].ca!.keyId, ca.keyId);
+        assert(
+          v.notAfter - now > 29 * 86400 && v.notAfter - now <= 30 * 86400,
+          `validity ${v.notAfter - now}`,
+        );
+        serials.push(v.serial);
+        assertEquals((await Deno.stat(`${node.dir}/state/tunnel-identity.json`)).mode! & 0o777, 0o600);
+      }
+      assertEquals((await Deno.stat(`${dir}/ctl/tunnel-ca/ca.key`)).mode! & 0o777, 0o600);
+      assertEquals((await Deno.stat(`${dir}/ctl/tunnel-certs.json`)).mode! & 0o777, 0o600);
+
+      // A forged list: its own key, the cluster CA's id, sequence 1e6, revoking n2.
+      const ans = await w.namespace("att");
+      await w.attach(ans, "a", "192.168.77.66");
+      const forged = await runTool("ip", [
+        "netns",
+        "exec",
+        ans,
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--config",
+        `${ROOT}deno.json`,
+        `${ROOT}tests/helpers/forge_revocations.ts`,
+        `mqtt://${CTL}:10003`,
+        ca.keyId,
+        ids[1],
+      ]);
+      assertEquals(forged.stdout.trim(), "published", forged.stderr);
+      await until(
+        "forged list counted on n1",
+        5000,
+        async () => (await security(w, 0)).stats.revocationListsForged >= 1 ? true : undefined,
+      );
+      const afterForge = await security(w, 0);
+      assertEquals(afterForge.trust.revokedNodeIds, []);
+      assertEquals(afterForge.trust.revokedSerials, []);
+
+      // control node rm n2 → n1's trust snapshot revokes n2 (its id and serial) within 10 s.
+      const genBefore = afterForge.trust.generation;
+      const t1 = Date.now();
+      const rm = await runTool("ip", [
+        "netns",
+        "exec",
+        cns,
+        ...selfCommand(),
+        "control",
+        "node",
+        "rm",
+        ids[1],
+        "--state-dir",
+        `${dir}/ctl`,
+      ]);
+      assertEquals(rm.code, 0, rm.stderr);
+      const revoked = await until("revocation on n1", 10000, async () => {
+        const s = await security(w, 0);
+        return s.trust.revokedNodeIds.includes(ids[1]) ? s : undefined;
+      });
+      const ms = Date.now() - t1;
+      console.log(
+        `node rm (CLI started) → revoked on n1 after ${ms} ms (trust generation ${genBefore} → ${revoked.trust.generation})`,
+      );
+      assert(ms <= 10000);
+      assert(revoked.trust.generation > genBefore);
+      assert(revoked.trust.revokedSerials.includes(serials[1]));
+      assert(!revoked.trust.revokedNodeIds.includes(ids[0]));
+      // n1's own snapshot now refuses n2's certificate.
+      const snap = new TrustStore({
+        caPublicKeys: [ca.publicKey],
+        revokedSerials: revoked.trust.revokedSerials,
+        revokedNodeIds: revoked.trust.revokedNodeIds,
+        generation: revoked.trust.generation,
+      });
+      let reason = "";
+      try {
+        snap.verify(await loadCertFile(`${n2.dir}/state/tunnel-cert.pem`), now);
+      } catch (e) {
+        reason = (e as { reason?: string }).reason ?? String(e);
+      }
+      assertEquals(reason, "revoked");
+
+      // The private keys appear in no log (nodes' and control plane's), in any spelling.
+      const logs = [
+        await Deno.readTextFile(`${dir}/control.log`),
+        await Deno.readTextFile(`${n1.dir}/daemon.log`),
+        await Deno.readTextFile(`${n2.dir}/daemon.log`),
+      ].join("\n");
+      assertMatch(logs, /tunnel certificate received/); // the logs are the right ones
+      const secrets = [
+        JSON.parse(await Deno.readTextFile(`${n1.dir}/state/tunnel-identity.json`)).privateKey,
+        JSON.parse(await Deno.readTextFile(`${n2.dir}/state/tunnel-identity.json`)).privateKey,
+        JSON.parse(await Deno.readTextFile(`${dir}/ctl/tunnel-ca/ca.key`)).privateKey,
+      ];
+      for (const s of secrets) {
+        for (const form of spellings(s)) assert(!logs.includes(form), "a private key is in a log");
+      }
+      // Nor in status output.
+      const status = JSON.stringify(await w.nodes[0].api.getJson("/status"));
+      for (const form of spellings(secrets[0])) assert(!status.includes(form));
+    } catch (e) {
+      await w.diagnose((l) => console.error(l.slice(0, 2000)));
+      throw e;
+    } finally {
+      assertEquals(await w.destroy(), []);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "PKI offline: cert ca → show → sign; the node loads the files; a foreign certificate stops the daemon",
+  ...opts,
+  fn: async () => {
+    const w = new World();
+    try {
+      const dir = await w.tempDir("off");
+      const cli = async (args: string[]) => {
+        const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
+        assertEquals(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+        return r.stdout.trim();
+      };
+      await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "lab"]);
+      const key = await cli(["cert", "show", "--state-dir", `${dir}/state`]);
+      await cli([
+        "cert",
+        "sign",
+        "--ca",
+        `${dir}/ca`,
+        "--node-id",
+        "lab-node-1",
+        "--public-key",
+        key,
+        "--out",
+        `${dir}/node.crt`,
+      ]);
+      const base = JSON.parse(await Deno.readTextFile(`${ROOT}config/netcfg.json`));
+      await Deno.writeTextFile(
+        `${dir}/netcfg.json`,
+        JSON.stringify({
+          ...base,
+          TunnelSecurity: "require",
+          TunnelCertFile: `${dir}/node.crt`,
+          TunnelCaFile: `${dir}/ca/ca.json`,
+        }),
+      );
+      await w.node("n1", "10.18.0.64/26", ["--cfg", `${dir}/netcfg.json`, "--state-dir", `${dir}/state`]);
+      const s = await security(w, 0);
+      assertEquals(s.mode, "require");
+      assertEquals(s.publicKey, key);
+      assertEquals(s.certificate?.subject, "lab-node-1");
+      assertEquals(s.certificate?.source, `${dir}/node.crt`);
+      assertEquals(s.certificate?.serial, decodeCertificate(await loadCertFile(`${dir}/node.crt`)).serial);
+      assertEquals(s.ca?.keyId, (await loadCaPublic(`${dir}/ca/ca.json`)).keyId);
+
+      // The same certificate for another node's state (another key): the daemon refuses to start.
+      const ns = await w.namespace("bad");
+      const bad = await runTool("ip", [
+        "netns",
+        "exec",
+        ns,
+        ...selfCommand(),
+        "daemon",
+        "--subnet",
+        "10.18.0.128/26",
+        "--cfg",
+        `${dir}/netcfg.json`,
+        "--tuncfg",
+        `${ROOT}config/tuncfg.json`,
+        "--state-dir",
+        `${dir}/state2`,
+        "--socket",
+        `${dir}/bad.sock`,
+      ]);
+      assertEquals(bad.code, 1, bad.stderr);
+      assertMatch(bad.stderr, /is for another key/);
+      const links = (await runTool("ip", ["-n", ns, "-o", "link"])).stdout;
+      assert(!/goProxy/.test(links), `the refused daemon created links: ${links}`);
+    } catch (e) {
+      await w.diagnose((l) => console.error(l.slice(0, 2000)));
+      throw e;
+    } finally {
+      assertEquals(await w.destroy(), []);
+    }
+  },
+});

@@ -476,7 +476,9 @@ class Node implements NodeService {
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
       peers: this.dataPlane?.peers() ?? [],
-      security: this.security?.status() ?? null,
+      security: this.security
+        ? { ...this.security.status(), peers: this.dataPlane?.securePeers() ?? [] }
+        : null,
     };
   }
 

@@ -389,16 +389,17 @@ export class UdpBind implements BindSeam, ScatterTarget {
 
   flush(): void {
     const layer = this.secure;
-    if (layer !== undefined && layer.active && this.#pending > 0) {
+    const wall = layer !== undefined && layer.active && this.#pending > 0 ? Date.now() : 0;
+    if (wall > 0 && layer!.needsSealing(this.#pending, this.#peerKeys, this.#keys, wall)) {
       const out = this.#sealed ??= new SendBatch(2 * (this.batchSize + 1), SEND_SLOT);
-      const n = layer.sealBatch(
+      const n = layer!.sealBatch(
         this.#send,
         this.#pending,
         this.#peerKeys,
         this.#keys,
         out,
         MAX_GSO_PAYLOAD,
-        Date.now(),
+        wall,
       );
       this.#pending = 0;
       this.#sendSealed(out, n);

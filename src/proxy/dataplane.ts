@@ -37,6 +37,7 @@ import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { DataPlaneMetrics } from "./metrics.ts";
 import { type PeerView, PeerWatch } from "./peer_watch.ts";
 import type { SecuritySettings } from "../secure/node_security.ts";
+import { SecureDriver, type SecurePeerView } from "../secure/secure_driver.ts";
 
 const log = logger("proxy");
 
@@ -50,6 +51,14 @@ const REFUSALS = new Set([
   "stranger_limit",
   "unknown_peer",
   "jumbo_stray",
+  "secure_required",
+  "secure_no_session",
+  "secure_auth",
+  "secure_replay",
+  "secure_wrong_source",
+  "secure_plain_from_secure_peer",
+  "secure_downgrade",
+  "secure_refused_peer",
 ]);
 
 /**
@@ -131,6 +140,10 @@ export class DataPlane {
   >();
   readonly #resolving = new Set<string>();
   readonly #refusals = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
+  readonly #secure = new SecureDriver({
+    broadcast: (m) => this.#broadcast(m),
+    toLane0: (m) => this.#post(this.#lanes[0], m),
+  });
 
   private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
@@ -293,6 +306,11 @@ export class DataPlane {
         case "stopped":
           l.stopped.resolve();
           break;
+        case "secure-hs":
+        case "secure-want":
+        case "secure-rekey":
+          this.#secure.onWorker(m);
+          break;
         case "error":
           if (m.fatal) died(m.message);
           else {log.warn("data-plane worker could not handle a message", {
@@ -319,6 +337,7 @@ export class DataPlane {
       busyPollUs: opts.busyPollUs ?? 0,
       engine: many ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation } : opts.engine,
       table,
+      ...(this.#secure.init() ? { secure: this.#secure.init() } : {}),
     }, [table.rows.buffer, table.sips.buffer, table.v6.buffer]);
     await ready.promise;
   }
@@ -416,21 +435,32 @@ export class DataPlane {
     }
   }
 
-  /** This node's public address changed (its own table entries now name the new one). */
   /**
    * Tunnel security settings (mode, own credential, trust snapshot); called at start and on every
-   * trust update. TODO(H1, issue 11): carry to the workers — this placeholder only keeps the last
-   * settings; the secure data path (branch issue11-secure) replaces it.
+   * credential or trust update. The handshakes run here (src/secure/secure_driver.ts); the workers
+   * get the mode and every session's keys by message.
    */
   setSecurity(s: SecuritySettings): void {
     this.#security = s;
+    this.#secure.set(s);
   }
 
-  /** The last settings given to {@link setSecurity} (placeholder, see there). */
+  /** The last settings given to {@link setSecurity}. */
   get security(): SecuritySettings | undefined {
     return this.#security;
   }
 
+  /** Per-peer secure-tunnel state (secure with certificate subject and expiry, or refused). */
+  securePeers(): SecurePeerView[] {
+    return this.#secure.peers();
+  }
+
+  /** Handshake drops by reason. */
+  secureDrops(): Record<string, number> {
+    return this.#secure.drops();
+  }
+
+  /** This node's public address changed (its own table entries now name the new one). */
   setSelf(ip: string): void {
     this.#broadcast({ type: "self", ip });
   }
@@ -449,7 +479,7 @@ export class DataPlane {
       tunTx: { packets: s.tunTx, bytes: s.tunTxBytes },
       udpRx: { packets: s.udpRx, bytes: s.udpRxBytes },
       udpTx: { packets: s.udpTx, bytes: s.udpTxBytes },
-      drops: s.drops,
+      drops: { ...s.drops, ...this.#secure.drops() },
       parkedPackets: s.parkedNow,
       flows: s.flows,
       tableEntries: this.table.size,
@@ -502,6 +532,7 @@ export class DataPlane {
    */
   async stop(): Promise<void> {
     this.#stopping = true;
+    this.#secure.stop();
     this.#broadcast({ type: "stop" });
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([

@@ -186,6 +186,12 @@ export class PacketLoop {
       case "secure-remove":
         for (const p of m.peers) this.secure?.remove(p, m.forget);
         break;
+      case "secure-block":
+        for (const p of m.peers) {
+          if (m.blocked) this.secure?.blocked.add(p);
+          else this.secure?.blocked.delete(p);
+        }
+        break;
       case "secure-send":
         this.bind.sendRaw(m.bytes, m.family, m.addr4, m.addr6, m.port);
         this.bind.flush();

@@ -15,6 +15,7 @@ import type { SecureMode, SecureUp } from "../secure/secure_layer.ts";
 export interface SecureInit {
   mode: SecureMode;
   keys: SessionKeys[];
+  blocked: string[];
 }
 
 /** Counters as sent by the Worker. */
@@ -71,8 +72,10 @@ export type ToWorker =
   | { type: "secure-mode"; mode: SecureMode }
   /** Sessions established: install their keys. */
   | { type: "secure-keys"; keys: SessionKeys[] }
-  /** Remove these peers' keys (revoked: `forget` = not a downgrade when they are raw later). */
+  /** Remove these peers' keys (`forget`: the peer left, not a downgrade when it is raw later). */
   | { type: "secure-remove"; peers: string[]; forget: boolean }
+  /** Peers refused (certificate refused or revoked): nothing plain with them either while `blocked`. */
+  | { type: "secure-block"; peers: string[]; blocked: boolean }
   /** Send a handshake datagram (worker 0 sends the main isolate's). */
   | { type: "secure-send"; bytes: Uint8Array; family: 4 | 6; addr4: number; addr6?: Uint8Array; port: number }
   | { type: "delta"; delta: TableDelta }

@@ -139,6 +139,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         if (m.secure) {
           secure.setMode(m.secure.mode);
           for (const k of m.secure.keys) secure.install(k);
+          for (const p of m.secure.blocked) secure.blocked.add(p);
         }
         bind.secure = secure;
         loop.secure = secure;

@@ -79,6 +79,8 @@ export interface HandshakeOutcome {
   reply?: Uint8Array;
   /** A session established with the peer: install its keys in every worker. */
   established?: SessionKeys;
+  /** The peer proved a key but its certificate was refused (reason): do not fall back to raw with it. */
+  refused?: string;
 }
 
 /** Per-peer view for status and metrics. */
@@ -322,7 +324,8 @@ export class Handshaker {
       const v = this.#verify(payload, p.state.remoteStatic, now);
       if (typeof v === "string") {
         this.#pending.delete(h.receiver);
-        return this.#drop(v);
+        this.#drop(v);
+        return { refused: v };
       }
       if (h.type === MSG_HS_RESP) {
         p.remoteIndex = h.sender;

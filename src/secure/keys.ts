@@ -194,7 +194,15 @@ export class KeyRing {
     writeSecureHeader(dst, at, laneKey, s.keys.remoteIndex, hi, n >>> 0);
     const nonce = this.#nonce;
     nonce.set(dst.subarray(at + 8, at + 16), 4);
-    s.seal.sealTo(nonce, dst.subarray(at, at + SECURE_HEADER_LEN), src, srcOff, len, dst, at + SECURE_HEADER_LEN);
+    s.seal.sealTo(
+      nonce,
+      dst.subarray(at, at + SECURE_HEADER_LEN),
+      src,
+      srcOff,
+      len,
+      dst,
+      at + SECURE_HEADER_LEN,
+    );
     return len + SECURE_OVERHEAD;
   }
 

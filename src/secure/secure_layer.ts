@@ -81,8 +81,15 @@ const DROP_NAMES = [
   "secure_wrong_source",
   "secure_downgrade",
   "secure_hs_flood",
+  "secure_refused_peer",
 ] as const;
-const D_REQUIRED = 0, D_NO_SESSION = 1, D_PLAIN_SECURE = 2, D_WRONG_SOURCE = 3, D_DOWNGRADE = 4, D_HS_FLOOD = 5;
+const D_REQUIRED = 0,
+  D_NO_SESSION = 1,
+  D_PLAIN_SECURE = 2,
+  D_WRONG_SOURCE = 3,
+  D_DOWNGRADE = 4,
+  D_HS_FLOOD = 5;
+const D_REFUSED = 6;
 
 /** One worker's secure layer (see the module). */
 export class SecureLayer {
@@ -101,6 +108,11 @@ export class SecureLayer {
   readonly #wanted = new Map<string, number>();
   /** Peers that had a session in this worker (plain datagrams to them later are downgrades). */
   readonly #everSecure = new Set<string>();
+  /**
+   * Peers whose certificate was refused or revoked: no plain fallback with them in `prefer` either
+   * (nothing is sent to them, their plain data is dropped).
+   */
+  readonly blocked: Set<string> = new Set();
   #hsTokens = HS_FORWARD_PER_SECOND;
   #hsAt = 0;
 
@@ -122,6 +134,7 @@ export class SecureLayer {
     if (mode === SecureMode.OFF) {
       this.ring.close();
       this.#everSecure.clear();
+      this.blocked.clear();
     }
   }
 
@@ -154,6 +167,22 @@ export class SecureLayer {
   }
 
   /**
+   * False when the `n` queued entries can go out as they are (`prefer`, no entry to a peer with a
+   * session, refused or once secure): the bind then skips the copy. Asks for handshakes as needed.
+   */
+  needsSealing(n: number, peers: readonly (string | undefined)[], lanes: Int32Array, nowMs: number): boolean {
+    if (this.mode === SecureMode.REQUIRE) return true;
+    const ring = this.ring;
+    for (let i = 0; i < n; i++) {
+      const p = peers[i];
+      if (p === undefined) continue;
+      if (ring.has(p) || this.blocked.has(p) || this.#everSecure.has(p)) return true;
+      this.want(p, lanes[i], nowMs);
+    }
+    return false;
+  }
+
+  /**
    * Copies the `n` send entries of `src` into `dst` for sending, sealing those to peers with a
    * session (see the module): `peers[i]` is entry i's peer key (undefined: a control datagram, sent
    * plain), `lanes[i]` its lane key. Returns the number of entries in `dst`. `dst` needs room for 2n.
@@ -178,6 +207,10 @@ export class SecureLayer {
       if (!sealing) {
         if (peer !== undefined) {
           this.want(peer, lanes[i], nowMs);
+          if (this.blocked.has(peer)) {
+            this.#drops[D_REFUSED] += seg > 0 ? Math.ceil(size / seg) : 1;
+            continue;
+          }
           if (this.mode === SecureMode.REQUIRE) {
             this.#drops[D_NO_SESSION] += seg > 0 ? Math.ceil(size / seg) : 1;
             continue;
@@ -204,7 +237,16 @@ export class SecureLayer {
           dst.sizes[out] = 0;
         }
         const len = Math.min(step, size - at);
-        const w = ring.sealTo(peer, src.data, from + at, len, dst.data, out * dst.slotSize + dst.sizes[out], lanes[i], nowMs);
+        const w = ring.sealTo(
+          peer,
+          src.data,
+          from + at,
+          len,
+          dst.data,
+          out * dst.slotSize + dst.sizes[out],
+          lanes[i],
+          nowMs,
+        );
         if (w < 0) break; // (cannot happen: canSend held) nothing partial is sent
         dst.sizes[out] += w;
         this.sealed++;
@@ -278,6 +320,10 @@ export class SecureLayer {
     if (!data) return Inbound.PASS; // HELLO, PROBE, unknown: the engine's business
     if (this.mode === SecureMode.REQUIRE) {
       this.#drops[D_REQUIRED]++;
+      return Inbound.DONE;
+    }
+    if (sourcePeer !== undefined && this.blocked.has(sourcePeer)) {
+      this.#drops[D_REFUSED]++;
       return Inbound.DONE;
     }
     if (sourcePeer !== undefined && this.ring.has(sourcePeer)) {

@@ -62,6 +62,7 @@ export class TestCluster {
     table: QueryResult[],
     extraArgs: string[] = [],
     cfgFor: (i: number) => Record<string, unknown> = () => ({}),
+    argsFor: (i: number) => string[] = () => [],
   ): Promise<TestCluster> {
     const underlay = await createNs("u");
     const dir = await Deno.makeTempDir({ prefix: "nmcluster-" });
@@ -78,7 +79,7 @@ export class TestCluster {
         const s = nodeSubnet(i);
         const node = await TestNode.startWith({
           subnet: s.v4,
-          extraArgs: ["--cfg", cfg, "--static-table", c.tableFile, ...extraArgs],
+          extraArgs: ["--cfg", cfg, "--static-table", c.tableFile, ...extraArgs, ...argsFor(i)],
           beforeDaemon: async (ns) => {
             const a = uniqueName("ua");
             const b = uniqueName("ub");

@@ -29,7 +29,7 @@ import { SharedRotation } from "./balance.ts";
 import { mergeStats } from "./merge_stats.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
-import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
+import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKey, nodeKeyOf } from "../table/entry.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
@@ -143,7 +143,12 @@ export class DataPlane {
   readonly #secure = new SecureDriver({
     broadcast: (m) => this.#broadcast(m),
     toLane0: (m) => this.#post(this.#lanes[0], m),
+    knownPeers: () => {
+      const self = nodeKey(this.#selfIp, this.#opts.engine.selfPort);
+      return this.table.nodes().filter((k) => k !== self);
+    },
   });
+  #selfIp = "";
 
   private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
@@ -153,6 +158,7 @@ export class DataPlane {
     this.#steerFd = steerFd;
     this.#opts = opts;
     this.#resolver = opts.resolver;
+    this.#selfIp = opts.engine.selfIp;
   }
 
   /** Number of packet workers (lanes). */
@@ -462,6 +468,7 @@ export class DataPlane {
 
   /** This node's public address changed (its own table entries now name the new one). */
   setSelf(ip: string): void {
+    this.#selfIp = ip;
     this.#broadcast({ type: "self", ip });
   }
 

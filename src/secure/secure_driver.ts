@@ -54,6 +54,11 @@ export interface SecureDriverOptions {
   toLane0: (m: ToWorker) => void;
   /** Rekey interval (ms); default 120 s or `NETMANAGER_REKEY_SECONDS` (tests). */
   rekeyMs?: number;
+  /**
+   * The other nodes of the table (node keys): sessions are set up with them before traffic needs
+   * them (with the same backoff), so `require` does not drop a flow's first packets.
+   */
+  knownPeers?: () => Iterable<string>;
 }
 
 /** See the module. */
@@ -118,6 +123,7 @@ export class SecureDriver {
       }
     } else {
       this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs: this.#rekeyMs });
+      queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
     }
     if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
     this.#timer ??= setInterval(() => this.tick(), 1000);
@@ -221,6 +227,9 @@ export class SecureDriver {
     }
     if (!hs) return;
     for (const peer of hs.due()) this.#initiate(peer, 0, true);
+    if (this.#o.knownPeers) {
+      for (const peer of this.#o.knownPeers()) if (!hs.peerState(peer)) this.#initiate(peer, 0, false);
+    }
   }
 
   /** Per-peer secure state for status. */

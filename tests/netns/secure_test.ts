@@ -310,8 +310,12 @@ Deno.test({
       const cap = await capture(c, dir);
       const seen = new Set<string>();
       for (let i = 0; i < 4; i++) {
-        seen.add((await client(c, "tcp-client", "10.30.0.1", 80, `${MARKER}-t${i}`)).split(":")[0]);
-        seen.add((await client(c, "udp-client", "10.30.0.1", 80, `${MARKER}-u${i}`)).split(":")[0]);
+        seen.add(
+          (await retry(() => client(c, "tcp-client", "10.30.0.1", 80, `${MARKER}-t${i}`))).split(":")[0],
+        );
+        seen.add(
+          (await retry(() => client(c, "udp-client", "10.30.0.1", 80, `${MARKER}-u${i}`))).split(":")[0],
+        );
         seen.add(
           (await retry(() => client(c, "tcp-client", "fdff:2000::1", 80, `${MARKER}-6${i}`))).split(":")[0],
         );

@@ -477,7 +477,11 @@ class Node implements NodeService {
         : null,
       peers: this.dataPlane?.peers() ?? [],
       security: this.security
-        ? { ...this.security.status(), peers: this.dataPlane?.securePeers() ?? [] }
+        ? {
+          ...this.security.status(),
+          peers: this.dataPlane?.securePeers() ?? [],
+          handshakeDrops: this.dataPlane?.secureDrops() ?? {},
+        }
         : null,
     };
   }

@@ -153,6 +153,7 @@ async function capture(c: TestCluster, dir: string): Promise<{ stop: () => Promi
       "-i",
       "br0",
       "-U",
+      "--immediate-mode",
       "-w",
       file,
       "-s",
@@ -175,7 +176,7 @@ async function capture(c: TestCluster, dir: string): Promise<{ stop: () => Promi
   })();
   return {
     stop: async () => {
-      await new Promise((r) => setTimeout(r, 300));
+      await new Promise((r) => setTimeout(r, 1000));
       p.kill("SIGINT");
       await p.status;
       const bytes = await Deno.readFile(file);
@@ -397,3 +398,99 @@ for (const mode of ["off", "require"]) {
     });
   });
 }
+
+Deno.test({
+  name:
+    "secure: prefer nodes seal between themselves and stay raw with an off node (standing in for Oakestra Go); malformed handshakes only count",
+  ...opts,
+}, async () => {
+  await withCluster(["prefer", "prefer", "off"], async (c) => {
+    const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+    try {
+      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+      await retry(() => client(c, "tcp-client", "10.30.0.3", 80, "warm"));
+      // Node 1 has a session with node 2 (sealed) and none with node 3, which never answers.
+      await retry(async () => {
+        const s = await status(c, 1);
+        if (!s.security.peers.some((p) => p.state === "secure" && p.subject === "node-2")) {
+          throw new Error("no session");
+        }
+      });
+      const cap = await capture(c, dir);
+      assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, `${MARKER}-a`), `web0:${MARKER}-a`);
+      assertEquals(
+        await client(c, "tcp-client", "10.30.0.3", 80, `OPEN-${MARKER}-b`),
+        `web1:OPEN-${MARKER}-b`,
+      );
+      const d = await cap.stop();
+      const between = (a: string, b: string) =>
+        d.filter((x) => (x.src === a && x.dst === b) || (x.src === b && x.dst === a));
+      const n12 = between("192.168.77.1", "192.168.77.2"), n13 = between("192.168.77.1", "192.168.77.3");
+      assert(n12.some((x) => x.payload[0] === 0x19), "sealed between the prefer nodes");
+      assert(!has(n12, MARKER), "the marker crossed in clear between prefer nodes");
+      assert(
+        has(n13, `OPEN-${MARKER}-b`),
+        `raw with the off node: the marker is visible (interop unchanged): ${
+          JSON.stringify(d.map((x) => [x.src, x.dst, x.payload[0], x.payload.length]))
+        } of ${d.length}`,
+      );
+      assert(!n13.some((x) => x.payload[0] === 0x19), "nothing sealed towards the off node");
+      const s1 = await status(c, 1);
+      assert(
+        !s1.security.peers.some((p) => p.endpoint.startsWith("192.168.77.3:")),
+        JSON.stringify(s1.security),
+      );
+
+      // Malformed handshakes from node 3's address: counted by node 1, nothing else changes.
+      for (
+        const junk of ["16", "1601000000000001", "17010000" + "00".repeat(80), "18010000" + "ff".repeat(100)]
+      ) {
+        await sh([
+          "ip",
+          "netns",
+          "exec",
+          c.nodes[2].node.ns,
+          ...TOOL,
+          "udp-send",
+          "192.168.77.1",
+          "50103",
+          junk,
+        ]);
+      }
+      await retry(async () => {
+        const s = await c.nodes[0].node.api.getJson("/status") as {
+          security: { handshakeDrops: Record<string, number> };
+        };
+        const n = Object.values(s.security.handshakeDrops).reduce((a, b) => a + b, 0);
+        if (n < 4) throw new Error(JSON.stringify(s.security.handshakeDrops));
+      });
+      assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, "still"), "web0:still");
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  });
+});
+
+Deno.test({
+  name: "secure: a 60 s transfer across rekeys (every 5 s) arrives byte-exact",
+  ...opts,
+}, async () => {
+  Deno.env.set("NETMANAGER_REKEY_SECONDS", "5");
+  try {
+    await withCluster(["require", "require"], async (c) => {
+      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+      const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
+      const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
+      assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
+      console.log(r.stdout.trim());
+      const s = await status(c, 1);
+      const p = s.security.peers.find((x) => x.subject === "node-2");
+      assert(
+        p && (p.rekeys ?? 0) >= Math.floor(seconds / 5) - 2,
+        `rekeys: ${JSON.stringify(s.security.peers)}`,
+      );
+    });
+  } finally {
+    Deno.env.delete("NETMANAGER_REKEY_SECONDS");
+  }
+});

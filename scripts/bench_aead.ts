@@ -2,7 +2,8 @@
  * Measures per-datagram AEAD for the secure tunnel: node:crypto (`createCipheriv` per datagram, as
  * node's API requires for a new nonce) against libcrypto by FFI with one reused `EVP_CIPHER_CTX`
  * (ffi/libcrypto.ts), ChaCha20-Poly1305 and AES-256-GCM, on 1400-byte and 64 KB buffers, seal and open.
- * CPU-bound and single-threaded: run it on a quiet machine for numbers worth quoting.
+ * CPU-bound and single-threaded: run it on a quiet machine for numbers worth quoting. Prints one
+ * JSON object (a table on stderr).
  *
  *   deno run -A scripts/bench_aead.ts [--ms 1500]
  * @module
@@ -17,6 +18,8 @@ const ad = new Uint8Array(16);
 const nonce = new Uint8Array(12);
 const nv = new DataView(nonce.buffer);
 
+const results: { label: string; bytes: number; nsPerOp: number; gbitPerS: number }[] = [];
+
 function run(label: string, size: number, op: (n: number) => void): void {
   let n = 0;
   for (; n < 200; n++) op(n); // warm-up
@@ -29,7 +32,8 @@ function run(label: string, size: number, op: (n: number) => void): void {
   const ops = n - 200;
   const ns = ((t - t0) * 1e6) / ops;
   const gbit = (size * 8) / ns;
-  console.log(
+  results.push({ label, bytes: size, nsPerOp: Math.round(ns), gbitPerS: +gbit.toFixed(2) });
+  console.error(
     `${label.padEnd(42)} ${String(size).padStart(6)} B  ${ns.toFixed(0).padStart(7)} ns/op  ${
       gbit.toFixed(2)
     } Gbit/s`,
@@ -82,3 +86,4 @@ for (const size of [1400, 65536]) {
     open.close();
   }
 }
+console.log(JSON.stringify({ bench: "aead per datagram (secure tunnel)", msPerCase: MS, results }));

@@ -2,8 +2,8 @@
 # Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
 # Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, openssl, dnsutils, dnsmasq-base;
 # prometheus for promtool; chromium for the web page test; dbus-daemon, avahi-daemon and avahi-utils
-# for the mDNS test; etcd-server and etcd-client for the replicated control plane; jq, sockperf and
-# dnsperf for the benchmarks; npm, dpkg-deb, file and
+# for the mDNS test; etcd-server and etcd-client for the replicated control plane; jq, sockperf,
+# dnsperf, wireguard-go and wireguard-tools for the benchmarks; npm, dpkg-deb, file and
 # systemd-analyze for scripts/package.sh and its test) and Deno from npm at a pinned version into .tools/
 # (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
@@ -17,7 +17,8 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto
   unshare:util-linux nsenter:util-linux ping:iputils-ping curl:curl jq:jq sockperf:sockperf setsid:util-linux \
   openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
   promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium \
-  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client; do
+  dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client \
+  wireguard-go:wireguard-go wg:wireguard-tools; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

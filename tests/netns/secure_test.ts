@@ -13,6 +13,8 @@ import { TOOL } from "../helpers/node.ts";
 import { buildIPv4Udp } from "../helpers/packets.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
+import { type SimNode, World } from "../../src/demo/world.ts";
+import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -492,5 +494,64 @@ Deno.test({
     });
   } finally {
     Deno.env.delete("NETMANAGER_REKEY_SECONDS");
+  }
+});
+
+Deno.test({
+  name:
+    "secure: cluster mode in require — certificates from netmanager control; control node rm cuts the node off live sessions within 10 s",
+  ...opts,
+}, async () => {
+  const w = new World();
+  Deno.env.set("TunnelSecurity", "require"); // the node daemons read netcfg keys from the environment
+  try {
+    const CTL = "192.168.77.254";
+    await w.control(CTL, { broker: "embedded" });
+    const nodes: SimNode[] = [];
+    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
+    await w.ctl(["service", "add", WEB]);
+    await w.ctl(["service", "add", CLI]);
+    const iip: string[] = [];
+    for (const n of [0, 1]) iip.push((await w.ctl(["instance", "add", WEB, String(n)])).split(" ").at(-2)!);
+    await w.ctl(["instance", "add", CLI, "0"]);
+    const s1 = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
+    const s2 = await w.instance("web1", [...TOOL, "servers", "80", "web1"]);
+    const cl = await w.instance("client");
+    for (const [i, job, n, pid] of [[1, WEB, 0, s1.pid], [2, WEB, 1, s2.pid], [0, CLI, 0, cl.pid]] as const) {
+      const r = await nodes[i].api.post("/container/deploy", {
+        pid,
+        serviceName: job,
+        instanceNumber: n,
+        portMappings: "",
+      });
+      assertEquals(r.status, 200, r.body);
+    }
+    const ask = (host: string) =>
+      w.execIn(cl, [...TOOL, "tcp-client", host, "80", "q"]).then((s) => s.split(":")[0]);
+    assertEquals(await eventually(() => ask(iip[1]), (v) => v === "web1", 20000), "web1");
+    assertEquals(await eventually(() => ask(iip[0]), (v) => v === "web0", 20000), "web0");
+    const st = await nodes[0].api.getJson("/status") as Status;
+    assertEquals(st.security.mode, "require");
+    assert(st.security.peers.some((p) => p.state === "secure"), JSON.stringify(st.security));
+    // Remove node 3 from the cluster: its certificate is revoked; node 1 refuses it within 10 s.
+    const t0 = Date.now();
+    await w.ctl(["node", "rm", `${w.prefix}-n3`]);
+    await eventually(
+      async () => (await nodes[0].api.getJson("/status") as Status).security.peers,
+      (ps) => ps.some((p) => p.endpoint.startsWith("192.168.77.3:") && p.state === "refused"),
+      10_000,
+    );
+    const cut = Date.now() - t0;
+    console.log(`node 3 refused by node 1 ${cut} ms after control node rm`);
+    assert(cut <= 10_000);
+    const after = await ask(iip[1]).catch((e) => `failed: ${String(e).slice(0, 80)}`);
+    assert(after !== "web1", `the removed node still answers: ${after}`);
+    assertEquals(await ask(iip[0]), "web0", "the other node is untouched");
+  } catch (e) {
+    await w.diagnose((l) => console.error(l.slice(0, 2000)));
+    throw e;
+  } finally {
+    Deno.env.delete("TunnelSecurity");
+    assertEquals(await w.destroy(), []);
   }
 });

@@ -112,7 +112,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "lanes: the reuseport program sends raw, FAST, JUMBO, SECURE and control datagrams to their lane's socket",
+  name:
+    "lanes: the reuseport program sends raw, FAST, JUMBO, SECURE and control datagrams to their lane's socket",
   ignore: !isRoot,
   async fn() {
     try {

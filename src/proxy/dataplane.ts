@@ -487,6 +487,7 @@ export class DataPlane {
       udpRx: { packets: s.udpRx, bytes: s.udpRxBytes },
       udpTx: { packets: s.udpTx, bytes: s.udpTxBytes },
       drops: { ...s.drops, ...this.#secure.drops() },
+      securePeers: this.#secure.metrics(),
       parkedPackets: s.parkedNow,
       flows: s.flows,
       tableEntries: this.table.size,

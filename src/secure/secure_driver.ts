@@ -255,6 +255,32 @@ export class SecureDriver {
     return out;
   }
 
+  /** Per-peer figures for the metrics. */
+  metrics(): {
+    endpoint: string;
+    state: "secure" | "refused";
+    subject?: string;
+    certNotAfter?: number;
+    lastHandshakeAgeSeconds?: number;
+    rekeys?: number;
+  }[] {
+    const now = Date.now();
+    const out = [];
+    if (this.#hs) {
+      for (const [endpoint, s] of this.#hs.peers()) {
+        out.push({
+          endpoint,
+          state: "secure" as const,
+          ...(s.cert ? { subject: s.cert.subject, certNotAfter: s.cert.notAfter } : {}),
+          lastHandshakeAgeSeconds: (now - s.lastHandshakeMs) / 1000,
+          rekeys: s.rekeys,
+        });
+      }
+    }
+    for (const endpoint of this.#blocked.keys()) out.push({ endpoint, state: "refused" as const });
+    return out;
+  }
+
   /** Handshake drops by reason (for the metrics). */
   drops(): Record<string, number> {
     return { ...(this.#hs?.drops ?? {}) };

@@ -339,6 +339,9 @@ Deno.test({
       const s = await status(c, 1);
       const peers = s.security.peers.filter((p) => p.state === "secure").map((p) => p.subject).sort();
       assertEquals(peers, ["node-2", "node-3"], JSON.stringify(s.security.peers));
+      const m = await c.nodes[0].node.api.request("GET", "/metrics");
+      assertMatch(m.body, /netmanager_peer_secure\{[^}]*endpoint="192\.168\.77\.2:50103"[^}]*\} 1/);
+      assertMatch(m.body, /netmanager_peer_cert_expiry_timestamp_seconds\{[^}]*subject="node-3"/);
     } finally {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }

@@ -10,7 +10,9 @@
  * `netmanager_flows`, `netmanager_table_entries`, `netmanager_peers`, per peer {node (when known),
  * endpoint}: `netmanager_peer_rtt_seconds`, `netmanager_peer_fast`, `netmanager_peer_packets_total` /
  * `netmanager_peer_bytes_total` {direction = tx | rx}, `netmanager_peer_drops_total`,
- * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`; node state:
+ * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`, `netmanager_peer_secure`; secure
+ * tunnel per peer {endpoint}: `netmanager_peer_cert_expiry_timestamp_seconds` {subject},
+ * `netmanager_peer_handshake_age_seconds`, `netmanager_peer_rekeys_total`; node state:
  * `netmanager_registered`, `netmanager_cluster_connected`, `netmanager_data_plane_running`,
  * `netmanager_instances`; histograms `netmanager_deploy_duration_seconds` {kind, result} and
  * `netmanager_table_miss_duration_seconds` {result}; plus `netmanager_build_info` and the process

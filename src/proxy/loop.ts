@@ -29,6 +29,7 @@ import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { BindSeam, TunSeam } from "./seams.ts";
 import { Inbound, type SecureLayer } from "../secure/secure_layer.ts";
 import { SECURE_HEADER_LEN } from "../secure/secure_wire.ts";
+import { CAP_SECURE } from "./wire.ts";
 import { nodeKey } from "../table/entry.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 
@@ -177,9 +178,13 @@ export class PacketLoop {
         this.#post({ type: "flows", id: m.id, flows: out });
         break;
       }
-      case "secure-mode":
+      case "secure-mode": {
         this.secure?.setMode(m.mode);
+        // Announce CAP_SECURE while sessions can be made (informational: handshakes are tried anyway).
+        const caps = m.mode === 0 ? e.peers.localCaps & ~CAP_SECURE : e.peers.localCaps | CAP_SECURE;
+        if (caps !== e.peers.localCaps) e.peers.setLocalCaps(caps, performance.now());
         break;
+      }
       case "secure-keys":
         for (const k of m.keys) this.secure?.install(k);
         break;

@@ -19,6 +19,7 @@ import { PacketLoop } from "./loop.ts";
 import { VnetTun } from "./tun_device.ts";
 import { UdpBind } from "./bind.ts";
 import { SecureLayer } from "../secure/secure_layer.ts";
+import { CAP_SECURE } from "./wire.ts";
 
 const YIELD_EVERY_MS = 5000;
 /** Table size (entries) from which the Worker compacts its heap after building its copy. */
@@ -140,6 +141,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           secure.setMode(m.secure.mode);
           for (const k of m.secure.keys) secure.install(k);
           for (const p of m.secure.blocked) secure.blocked.add(p);
+          engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
         }
         bind.secure = secure;
         loop.secure = secure;

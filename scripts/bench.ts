@@ -304,12 +304,21 @@ export const STEPS: StepDef[] = [
     argv: (o) => ts("bench_dns.ts", ...(short(o) ? ["--quick"] : [])),
   },
   {
+    name: "aead",
+    kind: "micro",
+    description: "secure tunnel AEAD per datagram: node:crypto vs libcrypto by FFI, 1400 B and 64 KB",
+    needsRoot: false,
+    limit: { full: 120, quick: 60, smoke: 60 },
+    argv: (o) => ts("bench_aead.ts", "--ms", short(o) ? "200" : "1500"),
+  },
+  {
     name: "overlay",
     kind: "dataplane",
-    description: "overlay data plane vs underlay and kernel VXLAN (shared harness)",
+    description:
+      "overlay data plane (raw, FAST, secure) vs underlay, kernel VXLAN and wireguard-go (shared harness)",
     needsRoot: true,
     needsHarness: true,
-    limit: { full: 4800, quick: 900, smoke: 180 },
+    limit: { full: 7200, quick: 1400, smoke: 240 },
     argv: (o, harness, outDir) => [
       "bash",
       `${ROOT}/scripts/bench_overlay.sh`,

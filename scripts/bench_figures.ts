@@ -108,6 +108,8 @@ const PATH_NAMES: Record<string, string> = {
   vxlan: "kernel VXLAN",
   "nm-fast": "netmanager, RR ServiceIP, FAST mode",
   "nm-raw": "netmanager, RR ServiceIP, raw mode",
+  "nm-secure": "netmanager, RR ServiceIP, secure (require, FAST inside)",
+  "wireguard-go": "wireguard-go (userspace WireGuard)",
 };
 
 /** Paths in a fixed order: the kernel ones first, as in the README. */

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): netmanager's overlay against the kernel paths, in ONE run of the shared
 # harness (shared/bench/harness.sh): direct underlay veth, kernel VXLAN, and netmanager through a
-# round-robin ServiceIP in raw mode (Oakestra wire format) and fast mode. Prints one JSON object
+# round-robin ServiceIP in raw mode (Oakestra wire format), fast mode and secure mode (TunnelSecurity
+# require, certificates from a throw-away CA made here), and wireguard-go (the harness's slot, Debian
+# package, for an encrypted userspace tunnel to compare with). Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
 # and to the bare underlay (null when that path was not run),
 # the harness's machine header and the busiest CPU it saw before a path.
@@ -47,12 +49,12 @@ done
 
 command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
 export OB_UDP_LEN=${OB_UDP_LEN:-64}
-paths=underlay,vxlan,nm-raw,nm-fast
+paths=${NM_BENCH_PATHS:-underlay,vxlan,nm-raw,nm-fast,nm-secure,wireguard-go}
 if [[ $smoke == 1 ]]; then
   # the smallest run that still exercises every metric once: for the test suite, not for figures
   export OB_REPS=1 OB_TCP_SECS=1 OB_UDP_MAX_SECS=1 OB_UDP_STEP_SECS=1 OB_UDP_STEPS=1 OB_PING_COUNT=10 \
     OB_LAT_SECS=1 OB_QUIET_WAIT=0 OB_SLOT_WAIT=20
-  paths=vxlan,nm-fast
+  paths=${NM_BENCH_PATHS:-vxlan,nm-fast,nm-secure}
 fi
 results=""
 for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --results ]] && results=${args[i + 1]:-}; done
@@ -61,10 +63,16 @@ if [[ -z $results ]]; then
   args+=(--results "$results")
 fi
 mkdir -p "$results"
+# A throw-away CA for the secure slot (each node signs its own key with it at start).
+deno=${DENO:-$root/.tools/node_modules/.bin/deno}
+ca=$results/secure-ca
+[[ -f $ca/ca.json ]] || "$deno" run -A "$root/main.ts" cert ca --out "$ca" --name bench >/dev/null
 status=0
 bash "$harness" "${args[@]}" \
-  --slot nm-fast="bash $root/scripts/bench_slot.sh" \
-  --slot nm-raw="FastMode=false bash $root/scripts/bench_slot.sh" \
+  --slot nm-fast="TunnelSecurity=off bash $root/scripts/bench_slot.sh" \
+  --slot nm-raw="TunnelSecurity=off FastMode=false bash $root/scripts/bench_slot.sh" \
+  --slot nm-secure="NM_SECURE_CA=$ca bash $root/scripts/bench_slot.sh" \
+  --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?
 if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then
   echo "bench: harness failed (exit $status), see $results/harness.err" >&2
@@ -80,7 +88,7 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
     | map({key: .[0].path, value: (map({key: .metric, value: .}) | from_entries)}) | from_entries) as $p
   | def ratio(p; base; k): if ($p[p][k].value != null and $p[base][k].value != null and $p[base][k].value != 0)
                  then (($p[p][k].value / $p[base][k].value) * 100 | round / 100) else null end;
-  def ratios(base): $p | keys | map(select(startswith("nm-"))) | map({key: ., value: {
+  def ratios(base): $p | keys | map(select(startswith("nm-") or . == "wireguard-go")) | map({key: ., value: {
       tcp1: ratio(.; base; "tcp1"), tcp4: ratio(.; base; "tcp4"),
       rr_udp_latency: ratio(.; base; "rr_udp_avg_us"),
       udp_lossfree_rate: ratio(.; base; "udp_lossfree_kpps") }}) | from_entries;

@@ -31,5 +31,12 @@ sock="$dir/nm.sock"
   touch "$OB_READY_FILE"
 ) &
 export BridgeName=$OB_BRIDGE NodePublicAddress=$OB_UNDERLAY_IP
+if [[ -n ${NM_SECURE_CA:-} ]]; then
+  # Secure slot: this node's key signed by the run's CA; raw and unauthenticated datagrams refused.
+  key=$("$deno" run -A "$root/main.ts" cert show --state-dir "$dir/state" 2>/dev/null)
+  "$deno" run -A "$root/main.ts" cert sign --ca "$NM_SECURE_CA" --node-id "bench$OB_NODE" --public-key "$key" \
+    --out "$dir/node.crt" >/dev/null
+  export TunnelSecurity=require TunnelCertFile=$dir/node.crt TunnelCaFile=$NM_SECURE_CA/ca.json
+fi
 exec "$deno" run -A "$root/main.ts" daemon --subnet "$OB_POD_CIDR" --socket "$sock" --state-dir "$dir/state" \
   --cfg "$root/config/netcfg.json" --tuncfg "$root/config/tuncfg.json" --static-table "$dir/table.json" ${NM_ARGS:-}

@@ -2,8 +2,8 @@
 # Installs what netmanager's demo and tests need on a fresh Debian machine (run as root):
 # Debian packages (iproute2, iptables, mosquitto, iperf3, tcpdump, openssl, dnsutils, dnsmasq-base;
 # prometheus for promtool; chromium for the web page test; dbus-daemon, avahi-daemon and avahi-utils
-# for the mDNS test; etcd-server and etcd-client for the replicated control plane; jq, sockperf and
-# dnsperf for the benchmarks; npm, dpkg-deb, file and
+# for the mDNS test; etcd-server and etcd-client for the replicated control plane; jq, sockperf,
+# dnsperf, wireguard-go and wireguard-tools for the benchmarks; npm, dpkg-deb, file and
 # systemd-analyze for scripts/package.sh and its test; qemu-user with libc6-arm64-cross and
 # libgcc-s1-arm64-cross, ~13 MB download / ~110 MB installed, to run the aarch64 release under
 # emulation — without binfmt_misc registration, as --no-install-recommends leaves out qemu-user-binfmt;
@@ -21,13 +21,16 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto
   openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
   promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium \
   dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client \
-  qemu-aarch64:qemu-user systemd-nspawn:systemd-container; do
+  qemu-aarch64:qemu-user systemd-nspawn:systemd-container wireguard-go:wireguard-go wg:wireguard-tools; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
 # The aarch64 C library qemu-aarch64 loads the aarch64 Deno with (the package test runs that release).
 [ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || need+=(libc6-arm64-cross)
 [ -e /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 ] || need+=(libgcc-s1-arm64-cross)
+# The secure tunnel's per-datagram AEAD runs in OpenSSL's libcrypto.so.3 by FFI (ffi/libcrypto.ts); the
+# openssl package depends on it (libssl3 / libssl3t64).
+ls /usr/lib/*/libcrypto.so.3 /lib/*/libcrypto.so.3 >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

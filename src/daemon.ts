@@ -514,7 +514,13 @@ class Node implements NodeService {
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
       peers: this.dataPlane?.peers() ?? [],
-      security: this.security?.status() ?? null,
+      security: this.security
+        ? {
+          ...this.security.status(),
+          peers: this.dataPlane?.securePeers() ?? [],
+          handshakeDrops: this.dataPlane?.secureDrops() ?? {},
+        }
+        : null,
       services: this.dataPlane?.services() ?? [],
     };
   }

@@ -11,6 +11,7 @@ import { maskIPv6, parseIPv4, parseIPv6, type Prefix4, type Prefix6, prefixLenOf
 import { ConfigError, loadConfigFile } from "./load.ts";
 import { type NetCfg, NetCfgSchema, type TunCfg, TunCfgSchema } from "./schema.ts";
 import { type NodeSubnet, parseNodeSubnet } from "./subnet.ts";
+import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
 
 export { ConfigError } from "./load.ts";
 export type { NetCfg, TunCfg } from "./schema.ts";
@@ -75,7 +76,16 @@ export async function loadNodeConfig(input: NodeConfigInput = {}): Promise<NodeC
     warnings.push(`${tunPath}: ignoring unknown keys ${tun.unknownKeys.join(", ")}`);
   }
 
-  const t = tun.value;
+  // The secure tunnel seals each datagram with 32 more bytes (src/secure/secure_wire.ts): the TUN
+  // MTU leaves room for them so sealed datagrams fit the underlay as raw ones do.
+  const t = net.value.TunnelSecurity !== "off" && tun.value.MTUsize - SECURE_OVERHEAD >= 1280
+    ? { ...tun.value, MTUsize: tun.value.MTUsize - SECURE_OVERHEAD }
+    : tun.value;
+  if (t !== tun.value) {
+    notes.push(
+      `TunnelSecurity ${net.value.TunnelSecurity}: TUN MTU ${t.MTUsize} (MTUsize ${tun.value.MTUsize} − ${SECURE_OVERHEAD} bytes of SECURE header and tag)`,
+    );
+  }
   const len4 = prefixLenOfMask(t.ProxySubnetworkMask);
   const base4 = parseIPv4(t.ProxySubnetwork);
   const serviceRange4 = { addr: (base4 & (len4 === 0 ? 0 : (0xffffffff << (32 - len4)))) >>> 0, len: len4 };

@@ -55,6 +55,7 @@ import {
 import { JUMBO_MAX_CHUNKS } from "./wire.ts";
 import type { AssembledPacket, BindSeam, ScatterTarget, TunSeam } from "./seams.ts";
 import { putIov } from "./iov.ts";
+import type { SecureLayer } from "../secure/secure_layer.ts";
 
 /** The socket calls a bind needs (an FFI {@link UdpSocket}, or an in-memory one in tests). */
 export type DatagramSocket = Pick<UdpSocket, "fd" | "gso" | "sendBatch" | "recvBatch" | "waitWritable">;
@@ -97,6 +98,11 @@ export class UdpBind implements BindSeam, ScatterTarget {
   addr6: Uint8Array | undefined = undefined;
   port = 0;
   readonly assembled: AssembledPacket;
+  /**
+   * The secure tunnel's layer (src/secure/secure_layer.ts), when `TunnelSecurity` is not off: each
+   * flush then seals the batch into a second one (allocated on first use) and sends that.
+   */
+  secure: SecureLayer | undefined = undefined;
 
   readonly #sock: DatagramSocket;
   readonly #mtu: number;
@@ -114,6 +120,9 @@ export class UdpBind implements BindSeam, ScatterTarget {
   /** Lane key (lanes.ts) of each queued send entry (-1: control), and of the packet being queued. */
   readonly #keys: Int32Array;
   #key = 0;
+  /** Node key of each queued send entry's destination (undefined: a control datagram). */
+  readonly #peerKeys: (string | undefined)[];
+  #sealed: SendBatch | undefined = undefined;
   // Scatter reads (see ScatterTarget): per send slot, iovecs of the JUMBO layout of a large packet.
   #scatterIovs: Uint8Array[] = [];
   #scatterReads = false;
@@ -136,6 +145,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
     this.batchSize = batch;
     this.#send = new SendBatch(batch + 1, SEND_SLOT);
     this.#keys = new Int32Array(batch + 1);
+    this.#peerKeys = new Array<string | undefined>(batch + 1).fill(undefined);
     this.readSlot = this.#send.bufs[batch];
     this.readAt = batch * SEND_SLOT;
     this.#recv = new RecvBatch(batch, RECV_SLOT, JUMBO_SENDERS * JUMBO_MAX_PACKET);
@@ -349,6 +359,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
       send.sizes[i] = to - from;
       send.segSizes[i] = to - from > dsize ? dsize : 0;
       this.#keys[i] = this.#key;
+      this.#peerKeys[i] = route.key;
       if (route.family === 4) send.setDst4(i, route.addr4, route.port);
       else send.setDst6(i, route.addr6!, 0, route.port);
       this.#pending++;
@@ -370,12 +381,30 @@ export class UdpBind implements BindSeam, ScatterTarget {
     send.segSizes[i] = 0;
     send.sizes[i] = bytes.length;
     this.#keys[i] = -1;
+    this.#peerKeys[i] = undefined;
     if (family === 4) send.setDst4(i, addr4, port);
     else send.setDst6(i, addr6!, 0, port);
     if (++this.#pending === this.batchSize) this.flush();
   }
 
   flush(): void {
+    const layer = this.secure;
+    const wall = layer !== undefined && layer.active && this.#pending > 0 ? Date.now() : 0;
+    if (wall > 0 && layer!.needsSealing(this.#pending, this.#peerKeys, this.#keys, wall)) {
+      const out = this.#sealed ??= new SendBatch(2 * (this.batchSize + 1), SEND_SLOT);
+      const n = layer!.sealBatch(
+        this.#send,
+        this.#pending,
+        this.#peerKeys,
+        this.#keys,
+        out,
+        MAX_GSO_PAYLOAD,
+        wall,
+      );
+      this.#pending = 0;
+      this.#sendSealed(out, n);
+      return;
+    }
     const send = this.#send;
     let stalls = 0;
     while (this.#pending > 0) {
@@ -397,6 +426,35 @@ export class UdpBind implements BindSeam, ScatterTarget {
     this.#pending = 0;
   }
 
+  /** Sends `n` entries of the sealed batch, as {@link flush} does the plain one. */
+  #sendSealed(out: SendBatch, n: number): void {
+    let stalls = 0;
+    while (n > 0) {
+      const r = this.#sock.sendBatch(out, n);
+      if (r < 0 || (r === 0 && ++stalls > 3)) {
+        this.#counters.drops[Drop.SEND_ERROR] += n;
+        return;
+      }
+      if (r >= n) return;
+      if (r > 0) {
+        for (let i = r; i < n; i++) {
+          const j = i - r;
+          out.data.copyWithin(j * SEND_SLOT, i * SEND_SLOT, i * SEND_SLOT + out.offsets[i] + out.sizes[i]);
+          out.offsets[j] = out.offsets[i];
+          out.sizes[j] = out.sizes[i];
+          out.segSizes[j] = out.segSizes[i];
+          out.dstFamilies[j] = out.dstFamilies[i];
+          out.dst4[j] = out.dst4[i];
+          out.dst6.copyWithin(j * 16, i * 16, i * 16 + 16);
+          out.dstScopes[j] = out.dstScopes[i];
+          out.dstPorts[j] = out.dstPorts[i];
+        }
+      }
+      n -= r;
+      this.#sock.waitWritable(5);
+    }
+  }
+
   #compact(from: number, n: number): void {
     const send = this.#send;
     for (let i = from; i < n; i++) {
@@ -411,6 +469,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
       send.dst6.copyWithin(j * 16, i * 16, i * 16 + 16);
       send.dstPorts[j] = send.dstPorts[i];
       this.#keys[j] = this.#keys[i];
+      this.#peerKeys[j] = this.#peerKeys[i];
     }
   }
 
@@ -446,6 +505,12 @@ export class UdpBind implements BindSeam, ScatterTarget {
     return true;
   }
 
+  /** The datagram last stepped to is now `buf[off .. off+len)` (the secure layer opened it in place). */
+  narrow(off: number, len: number): void {
+    this.off = off;
+    this.len = len;
+  }
+
   reassemble(peer: Peer, now: number): boolean {
     const a = this.#assembler;
     if (a.add(peer, this.buf, this.off, this.len) !== JumboResult.COMPLETE) return false;
@@ -459,6 +524,11 @@ export class UdpBind implements BindSeam, ScatterTarget {
     });
     const send = this.#send;
     if (send.dropped > 0) drops[`send_errno_${send.lastErrno}`] = send.dropped;
+    const sealed = this.#sealed;
+    if (sealed !== undefined && sealed.dropped > 0) {
+      const k = `send_errno_${sealed.lastErrno}`;
+      drops[k] = (drops[k] ?? 0) + sealed.dropped;
+    }
     const a = this.#assembler;
     if (a.malformed > 0) drops.jumbo_malformed = a.malformed;
     if (a.strays > 0) drops.jumbo_stray = a.strays;

@@ -31,7 +31,7 @@ import { mergeStats } from "./merge_stats.ts";
 import { type NamedServiceTraffic, nameServiceTraffic } from "./service_counters.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
-import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKeyOf } from "../table/entry.ts";
+import { instanceIp4Of, instanceIp6Of, kindToIpType, nodeKey, nodeKeyOf } from "../table/entry.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
 import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
@@ -39,6 +39,7 @@ import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { DataPlaneMetrics } from "./metrics.ts";
 import { type PeerView, PeerWatch } from "./peer_watch.ts";
 import type { SecuritySettings } from "../secure/node_security.ts";
+import { SecureDriver, type SecurePeerView } from "../secure/secure_driver.ts";
 
 const log = logger("proxy");
 
@@ -70,6 +71,14 @@ const REFUSALS = new Set([
   "stranger_limit",
   "unknown_peer",
   "jumbo_stray",
+  "secure_required",
+  "secure_no_session",
+  "secure_auth",
+  "secure_replay",
+  "secure_wrong_source",
+  "secure_plain_from_secure_peer",
+  "secure_downgrade",
+  "secure_refused_peer",
 ]);
 
 /**
@@ -155,6 +164,15 @@ export class DataPlane {
   >();
   readonly #resolving = new Set<string>();
   readonly #refusals = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
+  readonly #secure = new SecureDriver({
+    broadcast: (m) => this.#broadcast(m),
+    toLane0: (m) => this.#post(this.#lanes[0], m),
+    knownPeers: () => {
+      const self = nodeKey(this.#selfIp, this.#opts.engine.selfPort);
+      return this.table.nodes().filter((k) => k !== self);
+    },
+  });
+  #selfIp = "";
 
   private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
@@ -166,6 +184,7 @@ export class DataPlane {
     this.#steerFd = steerFd;
     this.#opts = opts;
     this.#resolver = opts.resolver;
+    this.#selfIp = opts.engine.selfIp;
   }
 
   /** Number of packet workers (lanes). */
@@ -319,6 +338,11 @@ export class DataPlane {
         case "stopped":
           l.stopped.resolve();
           break;
+        case "secure-hs":
+        case "secure-want":
+        case "secure-rekey":
+          this.#secure.onWorker(m);
+          break;
         case "error":
           if (m.fatal) died(m.message);
           else {log.warn("data-plane worker could not handle a message", {
@@ -346,6 +370,7 @@ export class DataPlane {
         ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation, health: this.#health }
         : opts.engine,
       table: this.table.shareLayout(),
+      ...(this.#secure.init() ? { secure: this.#secure.init() } : {}),
     });
     if (this.#deadLocal.length > 0) this.#post(l, { type: "deadLocal", nsip4s: this.#deadLocal });
     await ready.promise;
@@ -466,22 +491,34 @@ export class DataPlane {
     this.#broadcast({ type: "deadLocal", nsip4s: next });
   }
 
-  /** This node's public address changed (its own table entries now name the new one). */
   /**
    * Tunnel security settings (mode, own credential, trust snapshot); called at start and on every
-   * trust update. TODO(H1, issue 11): carry to the workers — this placeholder only keeps the last
-   * settings; the secure data path (branch issue11-secure) replaces it.
+   * credential or trust update. The handshakes run here (src/secure/secure_driver.ts); the workers
+   * get the mode and every session's keys by message.
    */
   setSecurity(s: SecuritySettings): void {
     this.#security = s;
+    this.#secure.set(s);
   }
 
-  /** The last settings given to {@link setSecurity} (placeholder, see there). */
+  /** The last settings given to {@link setSecurity}. */
   get security(): SecuritySettings | undefined {
     return this.#security;
   }
 
+  /** Per-peer secure-tunnel state (secure with certificate subject and expiry, or refused). */
+  securePeers(): SecurePeerView[] {
+    return this.#secure.peers();
+  }
+
+  /** Handshake drops by reason. */
+  secureDrops(): Record<string, number> {
+    return this.#secure.drops();
+  }
+
+  /** This node's public address changed (its own table entries now name the new one). */
   setSelf(ip: string): void {
+    this.#selfIp = ip;
     this.#broadcast({ type: "self", ip });
   }
 
@@ -504,7 +541,8 @@ export class DataPlane {
       tunTx: { packets: s.tunTx, bytes: s.tunTxBytes },
       udpRx: { packets: s.udpRx, bytes: s.udpRxBytes },
       udpTx: { packets: s.udpTx, bytes: s.udpTxBytes },
-      drops: s.drops,
+      drops: { ...s.drops, ...this.#secure.drops() },
+      securePeers: this.#secure.metrics(),
       parkedPackets: s.parkedNow,
       flows: s.flows,
       tableEntries: this.table.size,
@@ -559,6 +597,7 @@ export class DataPlane {
    */
   async stop(): Promise<void> {
     this.#stopping = true;
+    this.#secure.stop();
     this.#broadcast({ type: "stop" });
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([

@@ -26,7 +26,8 @@
  *   the last byte of the nonce (HELLO, HELLO_ACK) or sequence number (PROBE, PROBE_REPLY), where
  *   each worker puts its index: a reply returns to the worker that asked, and a peer's worker k talks
  *   to our worker k — with equal worker counts the one that carries the same flows (so a JUMBO
- *   refusal reaches the worker sending them).
+ *   refusal reaches the worker sending them). SECURE data (0x19) goes by the lane key its header
+ *   carries in clear; handshakes (0x16..0x18) to worker 0, which hands them to the main isolate.
  *
  * @example
  * ```ts
@@ -108,6 +109,8 @@ export function datagramLane(b: Uint8Array, o: number, len: number, lanes: numbe
     case 0x12: // PROBE, PROBE_REPLY: the sequence number's last byte
     case 0x13:
       return len >= 8 ? b[o + 7] % lanes : 0;
+    case 0x19: // SECURE data: the cleartext lane key of the sealed datagram's flow
+      return len >= 4 ? laneHash((b[o + 2] << 8) | b[o + 3]) % lanes : 0;
     default:
       return 0;
   }
@@ -314,6 +317,7 @@ export function reuseportProgram(lanes: number): Uint8Array<ArrayBuffer> {
     { c: C_JEQ_K, k: 0x11, t: "ack" },
     { c: C_JEQ_K, k: 0x12, t: "reply" },
     { c: C_JEQ_K, k: 0x13, t: "reply" },
+    { c: C_JEQ_K, k: 0x19, t: "secure" },
     [C_RSH_K, 0, 0, 4],
     { c: C_JEQ_K, k: 4, t: "raw" },
     { c: C_JEQ_K, k: 6, t: "raw" },
@@ -326,6 +330,9 @@ export function reuseportProgram(lanes: number): Uint8Array<ArrayBuffer> {
     [C_LD_B_ABS, 0, 0, 7],
     [C_MOD_K, 0, 0, lanes],
     [C_RET_A, 0, 0, 0],
+    "secure",
+    [C_LD_H_ABS, 0, 0, 2],
+    { ja: "modret" },
     "jumbo",
     [C_LD_B_ABS, 0, 0, 1],
     { c: C_JEQ_K, k: 0, t: "jumbo0" },

@@ -27,6 +27,11 @@ import { VNET_F_NEEDS_CSUM } from "../../ffi/vnet.ts";
 import { DROP_NAMES, type Engine, PacketResult, type ParkedDatagram, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { BindSeam, TunSeam } from "./seams.ts";
+import { Inbound, type SecureLayer } from "../secure/secure_layer.ts";
+import { SECURE_HEADER_LEN } from "../secure/secure_wire.ts";
+import { CAP_SECURE } from "./wire.ts";
+import { nodeKey } from "../table/entry.ts";
+import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 
 /** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
 const TUN_DRAIN = 512;
@@ -45,6 +50,8 @@ export class PacketLoop {
   readonly bind: BindSeam;
   /** Reassembled JUMBO packets written to the TUN. */
   jumboRx = 0;
+  /** The secure tunnel's layer (the same as the bind's), when `TunnelSecurity` is not off. */
+  secure: SecureLayer | undefined = undefined;
   readonly #post: (m: FromWorker) => void;
   readonly #res = new PacketResult();
   #lastUsage = 0;
@@ -91,11 +98,21 @@ export class PacketLoop {
     const tun = this.tun;
     const res = this.#res;
     let count = 0;
+    const sec = this.secure !== undefined && this.secure.active ? this.secure : undefined;
+    const wall = sec !== undefined ? Date.now() : 0;
     for (let k = 0; k < BIND_DRAIN; k++) {
       const c = bind.recv();
       if (c <= 0) break;
       while (bind.next()) {
         count++;
+        if (sec !== undefined) {
+          const src = bind.family === 4
+            ? e.peers.lookup4(bind.addr4, bind.port)
+            : e.peers.lookup6(bind.addr6!, 0, bind.port);
+          const r = sec.inbound(bind.buf, bind.off, bind.len, src?.key, this.#sourceKey, wall);
+          if (r === Inbound.DONE) continue;
+          if (r === Inbound.OPENED) bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
+        }
         const v = e.receive(
           bind.buf,
           bind.off,
@@ -121,9 +138,16 @@ export class PacketLoop {
     return count;
   }
 
+  /** The endpoint key of the datagram the bind last stepped to (control path: builds a string). */
+  readonly #sourceKey = (): string => {
+    const b = this.bind;
+    return nodeKey(b.family === 4 ? formatIPv4(b.addr4) : formatIPv6(b.addr6!), b.port);
+  };
+
   /** The engine's timers: peers' HELLO/PROBE schedule (every 100 ms), housekeeping and stats (1 s). */
   tick(now: number): void {
     if (now - this.#lastPeerTick > PEER_TICK_MS) {
+      this.secure?.tick(Date.now());
       this.engine.peerTick(now);
       this.#sendControl();
       this.#lastPeerTick = now;
@@ -160,6 +184,29 @@ export class PacketLoop {
         this.#post({ type: "flows", id: m.id, flows: out });
         break;
       }
+      case "secure-mode": {
+        this.secure?.setMode(m.mode);
+        // Announce CAP_SECURE while sessions can be made (informational: handshakes are tried anyway).
+        const caps = m.mode === 0 ? e.peers.localCaps & ~CAP_SECURE : e.peers.localCaps | CAP_SECURE;
+        if (caps !== e.peers.localCaps) e.peers.setLocalCaps(caps, performance.now());
+        break;
+      }
+      case "secure-keys":
+        for (const k of m.keys) this.secure?.install(k);
+        break;
+      case "secure-remove":
+        for (const p of m.peers) this.secure?.remove(p, m.forget);
+        break;
+      case "secure-block":
+        for (const p of m.peers) {
+          if (m.blocked) this.secure?.blocked.add(p);
+          else this.secure?.blocked.delete(p);
+        }
+        break;
+      case "secure-send":
+        this.bind.sendRaw(m.bytes, m.family, m.addr4, m.addr6, m.port);
+        this.bind.flush();
+        break;
     }
   }
 
@@ -220,6 +267,7 @@ export class PacketLoop {
     });
     this.bind.addDrops(drops);
     this.tun.addDrops(drops);
+    this.secure?.addDrops(drops);
     // Judged against each peer's window of message ids (made-up ids do not count).
     if (e.peers.jumboLost > 0) drops.jumbo_lost = e.peers.jumboLost;
     const now = performance.now();

@@ -10,6 +10,15 @@ import type { EngineConfig } from "./engine.ts";
 import type { FlowInfo } from "./flows.ts";
 import type { PeerStats } from "./peers.ts";
 import type { ServiceTraffic } from "./service_counters.ts";
+import type { SessionKeys } from "../secure/keys.ts";
+import type { SecureMode, SecureUp } from "../secure/secure_layer.ts";
+
+/** The secure tunnel's state a (re)started Worker begins with. */
+export interface SecureInit {
+  mode: SecureMode;
+  keys: SessionKeys[];
+  blocked: string[];
+}
 
 /** Counters as sent by the Worker. */
 export interface StatsData {
@@ -63,11 +72,23 @@ export type ToWorker =
     engine: EngineConfig;
     /** The main isolate's table, shared (read in place, never copied). */
     table: SharedTableLayout;
+    /** The secure tunnel (absent: off). */
+    secure?: SecureInit;
   }
   /** The shared table changed: drop flows to these namespace IPv4s, rebuild the node routes. */
   | { type: "table"; gone: number[] }
   /** The shared table moved to new buffers (it grew or was cleared). */
   | { type: "layout"; layout: SharedTableLayout }
+  /** The secure tunnel's mode changed. */
+  | { type: "secure-mode"; mode: SecureMode }
+  /** Sessions established: install their keys. */
+  | { type: "secure-keys"; keys: SessionKeys[] }
+  /** Remove these peers' keys (`forget`: the peer left, not a downgrade when it is raw later). */
+  | { type: "secure-remove"; peers: string[]; forget: boolean }
+  /** Peers refused (certificate refused or revoked): nothing plain with them either while `blocked`. */
+  | { type: "secure-block"; peers: string[]; blocked: boolean }
+  /** Send a handshake datagram (worker 0 sends the main isolate's). */
+  | { type: "secure-send"; bytes: Uint8Array; family: 4 | 6; addr4: number; addr6?: Uint8Array; port: number }
   /** Tests (an engine owning its table in one isolate): apply a delta. */
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
@@ -86,5 +107,6 @@ export type FromWorker =
   | { type: "stats"; stats: StatsData }
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
+  | SecureUp
   /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */
   | { type: "error"; message: string; fatal: boolean };

@@ -12,7 +12,9 @@
  * `netmanager_peer_bytes_total` {direction = tx | rx}, `netmanager_peer_drops_total`,
  * `netmanager_peer_probes_sent_total`, `netmanager_peer_probes_lost_total`, `netmanager_peer_up`
  * (0 while marked down; 1 otherwise, also for a peer whose liveness is unknown — an Oakestra Go node
- * answers no probes — which `netmanager_peer_liveness_known` 0 tells apart), `netmanager_peer_down_total`;
+ * answers no probes — which `netmanager_peer_liveness_known` 0 tells apart), `netmanager_peer_down_total`, `netmanager_peer_secure`; secure
+ * tunnel per peer {endpoint}: `netmanager_peer_cert_expiry_timestamp_seconds` {subject},
+ * `netmanager_peer_handshake_age_seconds`, `netmanager_peer_rekeys_total`;
  * `netmanager_service_choices_total` {service_ip, instance_ip}: new flows per ServiceIP by the chosen
  * instance's namespace IP (at most 4096 pairs per worker, then `other`);
  * per ServiceIP / InstanceIP
@@ -106,6 +108,16 @@ export interface DataPlaneMetrics {
   readonly choices?: Readonly<Record<string, number>>;
   /** Table-query results and entries the control plane refused, by cause (see control/route_check.ts). */
   readonly routesRejected?: Readonly<Record<string, number>>;
+  /** Secure-tunnel state of the peers that completed a handshake or were refused (src/secure/secure_driver.ts). */
+  readonly securePeers?: readonly {
+    readonly endpoint: string;
+    readonly state: "secure" | "refused";
+    readonly subject?: string;
+    /** Unix seconds. */
+    readonly certNotAfter?: number;
+    readonly lastHandshakeAgeSeconds?: number;
+    readonly rekeys?: number;
+  }[];
 }
 
 /** Where {@link NodeMetrics} reads the node's state at scrape time. */
@@ -258,6 +270,51 @@ export class NodeMetrics {
       "Smoothed round-trip time to a peer node.",
       PL,
       () => peers((p) => p.rttMs !== undefined ? [[peerLabels(p), p.rttMs / 1000] as Sample] : []),
+    );
+    const secureOf = (m: DataPlaneMetrics, endpoint: string) =>
+      m.securePeers?.find((s) => s.endpoint === endpoint);
+    snapshotGauge(
+      reg,
+      "netmanager_peer_secure",
+      "1 when the tunnel to a peer node is sealed (secure session), 0 when raw or refused.",
+      PL,
+      () =>
+        each((m) =>
+          m.peers.map((p) => [peerLabels(p), secureOf(m, p.endpoint)?.state === "secure" ? 1 : 0] as Sample)
+        ),
+    );
+    const secure = <T>(f: (s: NonNullable<DataPlaneMetrics["securePeers"]>[number]) => T[]): T[] =>
+      each((m) => (m.securePeers ?? []).flatMap(f));
+    snapshotGauge(
+      reg,
+      "netmanager_peer_cert_expiry_timestamp_seconds",
+      "When the certificate a peer node proved expires (Unix time), by subject.",
+      ["endpoint", "subject"],
+      () =>
+        secure((s) =>
+          s.certNotAfter !== undefined
+            ? [[{ endpoint: s.endpoint, subject: s.subject ?? "" }, s.certNotAfter] as Sample]
+            : []
+        ),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_handshake_age_seconds",
+      "Seconds since the last completed handshake with a peer node.",
+      ["endpoint"],
+      () =>
+        secure((s) =>
+          s.lastHandshakeAgeSeconds !== undefined
+            ? [[{ endpoint: s.endpoint }, s.lastHandshakeAgeSeconds] as Sample]
+            : []
+        ),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_peer_rekeys_total",
+      "Handshakes completed with a peer node after the first.",
+      ["endpoint"],
+      () => secure((s) => s.rekeys !== undefined ? [[{ endpoint: s.endpoint }, s.rekeys] as Sample] : []),
     );
     snapshotGauge(
       reg,

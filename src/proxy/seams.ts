@@ -137,6 +137,11 @@ export interface BindSeam {
   readonly buf: Uint8Array;
   readonly off: number;
   readonly len: number;
+  /**
+   * The datagram last stepped to is now `buf[off .. off+len)`: the secure layer opened it in place
+   * and the inner datagram goes on (to the engine and {@link reassemble}).
+   */
+  narrow(off: number, len: number): void;
   readonly family: 4 | 6;
   readonly addr4: number;
   readonly addr6: Uint8Array | undefined;

@@ -15,9 +15,14 @@
  * | 0x13 | PROBE_REPLY | same as PROBE, `seq` and time echoed unchanged | 16 |
  * | 0x14 | FAST data | `[0x14][flags u8][csum_start u16][csum_offset u16][reserved u16 = 0]` then one IP packet | 8 + packet |
  * | 0x15 | JUMBO chunk | `[0x15][index u8][count u8][flags u8][message id u32]`, chunk 0 then `[gso_type u8][0][gso_size u16][csum_start u16][csum_offset u16]`, then a slice of one super-packet | 8 (+ 8) + slice |
+ * | 0x16 | HS_INIT | `[0x16][version u8 = 1][lane key u16][sender index u32]` then Noise XX message 1 (32) | 40 |
+ * | 0x17 | HS_RESP | `[0x17][version u8 = 1][lane key u16][sender index u32][receiver index u32]` then Noise XX message 2 (certificate inside) | 12 + 96 + cert + 16 |
+ * | 0x18 | HS_FINISH | as HS_RESP, then Noise XX message 3 (certificate inside) | 12 + 48 + cert + 16 |
+ * | 0x19 | SECURE data | `[0x19][flags u8 = 0][lane key u16][receiver index u32][counter u64]` then one raw, FAST or JUMBO datagram sealed (AES-256-GCM, the 16-byte header as associated data), then its 16-byte tag | 32 + datagram |
  *
- * - **Capabilities** (`caps`): {@link CAP_FAST} (bit 0), {@link CAP_PROBE} (bit 1); bit 2 is set
- *   aside for tunnel authentication ({@link CAP_AUTH_RESERVED}); {@link CAP_JUMBO} (bit 3); {@link CAP_LANES} (bit 4); unknown
+ * - **Capabilities** (`caps`): {@link CAP_FAST} (bit 0), {@link CAP_PROBE} (bit 1); {@link CAP_SECURE}
+ *   (bit 2: runs the secure tunnel's handshakes, 0x16..0x19, codecs in src/secure/secure_wire.ts);
+ *   {@link CAP_JUMBO} (bit 3); {@link CAP_LANES} (bit 4); unknown
  *   bits are carried and ignored. A node sends FAST data to a peer only when both announced
  *   {@link CAP_FAST}, JUMBO chunks only when both announced {@link CAP_FAST} and {@link CAP_JUMBO}.
  * - **JUMBO chunks** carry a TCP super-packet (up to 64 KB, as the TUN returned it with TSO) cut
@@ -86,6 +91,14 @@ export const MSG_PROBE_REPLY = 0x13;
 export const MSG_FAST = 0x14;
 /** First byte of a JUMBO chunk. */
 export const MSG_JUMBO = 0x15;
+/** First byte of a secure handshake's first message (initiator → responder). */
+export const MSG_HS_INIT = 0x16;
+/** First byte of a secure handshake's second message (responder → initiator). */
+export const MSG_HS_RESP = 0x17;
+/** First byte of a secure handshake's third message (initiator → responder). */
+export const MSG_HS_FINISH = 0x18;
+/** First byte of a SECURE data datagram (a sealed raw/FAST/JUMBO datagram). */
+export const MSG_SECURE = 0x19;
 
 /** Wire protocol version written into HELLO/HELLO_ACK. */
 export const WIRE_VERSION = 1;
@@ -96,8 +109,11 @@ export const HELLO_MAGIC = 0x4e4d;
 export const CAP_FAST = 1 << 0;
 /** Capability: answers PROBEs with PROBE_REPLYs. */
 export const CAP_PROBE = 1 << 1;
-/** Capability bit set aside for authenticated tunnels (not implemented; never set by us yet). */
-export const CAP_AUTH_RESERVED = 1 << 2;
+/**
+ * Capability: takes part in the secure tunnel (Noise handshakes 0x16..0x18, SECURE data 0x19; see
+ * src/secure/). Bit 2, set aside for this since version 1.
+ */
+export const CAP_SECURE = 1 << 2;
 /** Capability: reassembles JUMBO chunks (0x15) into super-packets. */
 export const CAP_JUMBO = 1 << 3;
 /**
@@ -155,7 +171,10 @@ export const WireKind = {
   PROBE_REPLY: 5,
   /** FAST data: 8-byte header plus at least 20 bytes of packet. */
   FAST: 6,
-  /** First byte 0x16..0x1f: ours but from a newer version; ignore. */
+  /**
+   * First byte 0x16..0x1f: the secure tunnel's messages (0x16..0x19, handled by the secure layer before
+   * classification) or ours from a newer version; ignore.
+   */
   UNKNOWN: 7,
   /** Empty, out of bounds, too short for its kind, or a first nibble that is none of 1, 4, 6. */
   INVALID: 8,

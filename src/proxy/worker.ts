@@ -17,6 +17,8 @@ import type { FromWorker, ToWorker } from "./messages.ts";
 import { PacketLoop } from "./loop.ts";
 import { VnetTun } from "./tun_device.ts";
 import { UdpBind } from "./bind.ts";
+import { SecureLayer } from "../secure/secure_layer.ts";
+import { CAP_SECURE } from "./wire.ts";
 
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
@@ -133,8 +135,18 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           readBuf: bind.readSlot,
           scatter: bind,
         });
+        const loop = new PacketLoop(engine, tun, bind, post);
+        const secure = new SecureLayer({ lane: m.engine.laneTag ?? 0, post });
+        if (m.secure) {
+          secure.setMode(m.secure.mode);
+          for (const k of m.secure.keys) secure.install(k);
+          for (const p of m.secure.blocked) secure.blocked.add(p);
+          engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
+        }
+        bind.secure = secure;
+        loop.secure = secure;
         const d = {
-          loop: new PacketLoop(engine, tun, bind, post),
+          loop,
           wake: new EventFd(m.wakeFd),
           posted: new Int32Array(m.posted),
           spinMs: m.busyPollUs / 1000,

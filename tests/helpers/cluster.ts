@@ -64,6 +64,7 @@ export class TestCluster {
     cfgFor: (i: number) => Record<string, unknown> = () => ({}),
     /** Runs in node `i`'s namespace setup, before it registers (its data plane starts then). */
     beforeRegister?: (i: number, ns: string) => Promise<void>,
+    argsFor: (i: number) => string[] = () => [],
   ): Promise<TestCluster> {
     const underlay = await createNs("u");
     const dir = await Deno.makeTempDir({ prefix: "nmcluster-" });
@@ -80,7 +81,7 @@ export class TestCluster {
         const s = nodeSubnet(i);
         const node = await TestNode.startWith({
           subnet: s.v4,
-          extraArgs: ["--cfg", cfg, "--static-table", c.tableFile, ...extraArgs],
+          extraArgs: ["--cfg", cfg, "--static-table", c.tableFile, ...extraArgs, ...argsFor(i)],
           beforeDaemon: async (ns) => {
             const a = uniqueName("ua");
             const b = uniqueName("ub");

@@ -280,6 +280,11 @@ export class MemoryBind implements BindSeam {
     return true;
   }
 
+  narrow(off: number, len: number): void {
+    this.off = off;
+    this.len = len;
+  }
+
   reassemble(_peer: Peer, _now: number): boolean {
     return false;
   }

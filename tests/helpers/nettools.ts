@@ -79,6 +79,43 @@ async function tcpSink(port: number) {
   }
 }
 
+/** Like tcpBulk, but paced over `seconds` (1 MB chunks with pauses): a long transfer, checked byte-exact. */
+async function tcpBulkFor(host: string, port: number, seconds: number) {
+  const timer = setTimeout(() => {
+    console.error("tcp-bulk-for: timeout");
+    Deno.exit(1);
+  }, (seconds + 30) * 1000);
+  const conn = await Deno.connect({ hostname: host, port });
+  const chunk = new Uint8Array(1 << 20);
+  let x = 12345;
+  let h = 2166136261;
+  let sent = 0;
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    for (let i = 0; i < chunk.length; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      chunk[i] = x >>> 24;
+    }
+    h = fnv(h, chunk);
+    for (let o = 0; o < chunk.length;) o += await conn.write(chunk.subarray(o));
+    sent += chunk.length;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await conn.closeWrite();
+  const buf = new Uint8Array(256);
+  let got = "";
+  for (;;) {
+    const r = await conn.read(buf);
+    if (r === null) break;
+    got += dec.decode(buf.subarray(0, r));
+  }
+  conn.close();
+  clearTimeout(timer);
+  const want = `${sent} ${h.toString(16)}`;
+  console.log(`sent ${want} sink ${got}`);
+  if (got !== want) Deno.exit(1);
+}
+
 async function tcpBulk(host: string, port: number, mb: number) {
   const timer = setTimeout(() => {
     console.error("tcp-bulk: timeout");
@@ -242,6 +279,9 @@ try {
       break;
     case "tcp-bulk":
       await tcpBulk(args[0], Number(args[1]), Number(args[2]));
+      break;
+    case "tcp-bulk-for":
+      await tcpBulkFor(args[0], Number(args[1]), Number(args[2]));
       break;
     case "udp-send": {
       const sock = dgram.createSocket({ type: args[0].includes(":") ? "udp6" : "udp4" });

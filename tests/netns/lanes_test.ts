@@ -112,7 +112,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "lanes: the reuseport program sends raw, FAST, JUMBO and control datagrams to their lane's socket",
+  name:
+    "lanes: the reuseport program sends raw, FAST, JUMBO, SECURE and control datagrams to their lane's socket",
   ignore: !isRoot,
   async fn() {
     try {
@@ -179,6 +180,10 @@ Deno.test({
           probe.set([0x12, 0, 0, 0, 0, 0, 0, i + 2]);
           grams.push(probe);
           grams.push(new Uint8Array([0x1f, 1, 2, 3])); // unknown control type: lane 0
+          const sealed = new Uint8Array(64); // SECURE data: by the cleartext lane key in its header
+          sealed.set([0x19, 0, (sp + dp) >> 8 & 0xff, (sp + dp) & 0xff, 0, 0, 0, 1]);
+          grams.push(sealed);
+          grams.push(new Uint8Array([0x16, 1, 0xff, 0xff, 0, 0, 0, 7])); // handshake: lane 0
         }
         const sb = new SendBatch(1, 2048);
         const rb = new RecvBatch(8, 2048);

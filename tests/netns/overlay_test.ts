@@ -160,7 +160,8 @@ Deno.test({
     };
     assert(after.dataPlane.localHandoff > before.dataPlane.localHandoff, JSON.stringify(after.dataPlane));
     const tun = await sh(["ip", "-n", c.nodes[0].node.ns, "link", "show", "goProxyTun"]);
-    assertMatch(tun, /mtu 1450 .*qlen 10000/, "TUN MTU and the deeper transmit queue (TxQueueLen)");
+    // MTUsize 1450 − 32 for the secure tunnel's header and tag (TunnelSecurity defaults to prefer).
+    assertMatch(tun, /mtu 1418 .*qlen 10000/, "TUN MTU and the deeper transmit queue (TxQueueLen)");
     const ping = await c.containers[0].exec(["ping", "-c", "2", "-W", "2", "10.30.0.1"]);
     assertEquals(ping.code, 0, ping.stdout + ping.stderr);
     const ping6 = await c.containers[0].exec(["ping", "-6", "-c", "2", "-W", "2", "fdff::3"]);

@@ -22,11 +22,23 @@ Deno.test("config: shipped files load with Oakestra defaults", async () => {
   assertEquals(cfg.net.ClusterMqttPort, 10003);
   assertEquals(cfg.net.BridgeName, "goProxyBridge");
   assertEquals(cfg.tun.HostTunnelDeviceName, "goProxyTun");
-  assertEquals(cfg.tun.MTUsize, 1450);
-  assertEquals(cfg.bridgeMtu, 1450);
+  // MTUsize 1450 less the secure tunnel's 32 bytes (TunnelSecurity defaults to prefer).
+  assertEquals(cfg.tun.MTUsize, 1418);
+  assertEquals(cfg.bridgeMtu, 1418);
   assertEquals(formatIPv4(cfg.serviceRange4.addr) + "/" + cfg.serviceRange4.len, "10.30.0.0/16");
   assertEquals(formatIPv6(cfg.serviceRange6.addr) + "/" + cfg.serviceRange6.len, "fdff::/16");
-  assertEquals(cfg.notes, []);
+  assertEquals(cfg.notes, [
+    "TunnelSecurity prefer: TUN MTU 1418 (MTUsize 1450 − 32 bytes of SECURE header and tag)",
+  ]);
+  const off = await loadNodeConfig({
+    netcfgPath: `${ROOT}config/netcfg.json`,
+    tuncfgPath: `${ROOT}config/tuncfg.json`,
+    env: {},
+    netOverrides: { TunnelSecurity: "off" },
+  });
+  assertEquals(off.tun.MTUsize, 1450);
+  assertEquals(off.bridgeMtu, 1450);
+  assertEquals(off.notes, []);
 });
 
 Deno.test("config: missing default files fall back to defaults; missing explicit file is an error", async () => {

@@ -1,0 +1,399 @@
+/**
+ * The secure tunnel's handshakes, run in one place per node (the main isolate): Noise
+ * `Noise_XX_25519_AESGCM_BLAKE2s` (noise.ts) in three datagrams (HS_INIT, HS_RESP, HS_FINISH;
+ * secure_wire.ts). Each side's static key is its node identity (src/secure/identity.ts) and its Noise
+ * payload its certificate (cert.ts); the receiver verifies the certificate with the trust store (CA
+ * signature, validity, revocation) and that the certificate's public key is the Noise static key the
+ * peer just proved it holds. A completed handshake yields {@link SessionKeys} for every worker's
+ * KeyRing (keys.ts), sent by message: one handshake per peer, whatever the number of workers.
+ *
+ * Cost bounds for strangers: the caller passes only datagrams from underlay addresses that are peers
+ * in the table; an HS_INIT costs the responder two DH and is answered at most {@link INIT_BURST} times
+ * per peer, refilled at {@link INIT_PER_SECOND} (and {@link GLOBAL_INIT_PER_SECOND} over all peers);
+ * pending responder states are capped ({@link MAX_PENDING}) and expire after {@link PENDING_MS}.
+ * Everything malformed or unauthentic is counted by reason ({@link Handshaker.drops}) and changes
+ * nothing else.
+ *
+ * Rekey: the side that initiated a session initiates again after `rekeyMs` (default 120 s;
+ * `TunnelRekeySeconds`), the other side after `rekeyMs` + 10 s if the initiator did not; a worker that
+ * passed 2^32 messages asks for one too ({@link Handshaker.wantRekey}). Sessions send until
+ * `rekeyMs` + 60 s and are accepted until `rekeyMs` + 90 s, so the previous keys cover in-flight
+ * datagrams. {@link Handshaker.setTrust} re-checks live sessions against a new trust snapshot and
+ * returns the peers to cut off (revocation).
+ *
+ * @example
+ * ```ts
+ * import { Handshaker } from "./handshake.ts";
+ * import { generateCa, signCertificate } from "./cert.ts";
+ * import { generateIdentity } from "./identity.ts";
+ * const ca = generateCa("c");
+ * const now = Math.floor(Date.now() / 1000);
+ * const trust = { caPublicKeys: [ca.publicKey], revokedSerials: [], revokedNodeIds: [], generation: 1 };
+ * const node = (id: string) => {
+ *   const identity = generateIdentity();
+ *   const certificate = signCertificate(ca, { nodeId: id, publicKey: identity.publicKey, notBefore: now - 60, notAfter: now + 3600 });
+ *   return new Handshaker({ credential: { identity, certificate }, trust });
+ * };
+ * const a = node("a"), b = node("b");
+ * const m1 = a.initiate("B", 0)!;
+ * const m2 = b.handle("A", m1, 0, m1.length).reply!;
+ * const r = a.handle("B", m2, 0, m2.length); // a has keys now, r.reply is HS_FINISH
+ * const f = b.handle("A", r.reply!, 0, r.reply!.length); // b too
+ * console.log(r.established?.peer, f.established?.peer, a.peerState("B")?.cert?.subject); // B A b
+ * ```
+ * @module
+ */
+import crypto from "node:crypto";
+import { HandshakeState, type HandshakeState as NoiseState, NoiseError } from "./noise.ts";
+import {
+  decodeHandshake,
+  encodeHandshake,
+  HandshakeHeader,
+  HS_INIT_NOISE_LEN,
+  MAX_CERT_LEN,
+} from "./secure_wire.ts";
+import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
+import type { SessionKeys } from "./keys.ts";
+import { type NodeCredential, type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
+import { CertError } from "./cert.ts";
+
+/** Default interval between rekeys (the issue: at least every 2 minutes). */
+export const DEFAULT_REKEY_MS = 120_000;
+/** HS_INITs answered per peer in a burst, and refilled per second. */
+export const INIT_BURST = 8;
+export const INIT_PER_SECOND = 4;
+/** HS_INITs answered per second over all peers. */
+export const GLOBAL_INIT_PER_SECOND = 200;
+/** Most handshakes in progress (either role). */
+export const MAX_PENDING = 1024;
+/** A handshake not completed within this is forgotten. */
+export const PENDING_MS = 5_000;
+/** An initiator waits this long before sending a new HS_INIT to the same peer. */
+export const RETRY_MS = 1_000;
+
+const PROLOGUE = new TextEncoder().encode("netmanager secure tunnel v1");
+
+/** What one handshake datagram led to. */
+export interface HandshakeOutcome {
+  /** A datagram to send back to the peer. */
+  reply?: Uint8Array;
+  /** A session established with the peer: install its keys in every worker. */
+  established?: SessionKeys;
+  /** The peer proved a key but its certificate was refused (reason): do not fall back to raw with it. */
+  refused?: string;
+}
+
+/** Per-peer view for status and metrics. */
+export interface PeerSecureState {
+  /** The peer's verified certificate of the current session. */
+  cert?: VerifiedCert;
+  /** Wall-clock ms of the last completed handshake (0: none yet). */
+  lastHandshakeMs: number;
+  /** Handshakes completed after the first. */
+  rekeys: number;
+  /** The current session: whether we initiated it, and its keys' times. */
+  initiator: boolean;
+  current?: SessionKeys;
+  /** Local indexes of this peer's sessions still accepted. */
+  indexes: number[];
+}
+
+interface Pending {
+  peer: string;
+  state: NoiseState;
+  localIndex: number;
+  remoteIndex: number;
+  startedMs: number;
+  initiator: boolean;
+}
+
+interface Bucket {
+  tokens: number;
+  atMs: number;
+}
+
+/** Options of a {@link Handshaker}. */
+export interface HandshakerOptions {
+  credential: NodeCredential;
+  trust: TrustSnapshot;
+  /** Rekey interval (ms), default {@link DEFAULT_REKEY_MS}. */
+  rekeyMs?: number;
+  /** Wall clock in ms (tests move it). */
+  now?: () => number;
+}
+
+/** Runs a node's handshakes with all peers (see the module). */
+export class Handshaker {
+  /** Drops by reason (`hs_malformed`, `hs_rate_limited`, `hs_unknown_index`, `hs_noise`, `hs_cert_<reason>`, `hs_cert_key_mismatch`, `hs_pending_full`). */
+  readonly drops: Record<string, number> = {};
+  readonly rekeyMs: number;
+  #cred: NodeCredential;
+  #trust: TrustStore;
+  readonly #now: () => number;
+  readonly #pending = new Map<number, Pending>();
+  readonly #peers = new Map<string, PeerSecureState>();
+  /** Last HS_INIT we sent per peer (ms). */
+  readonly #initiated = new Map<string, number>();
+  readonly #buckets = new Map<string, Bucket>();
+  readonly #global: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
+  readonly #hdr = new HandshakeHeader();
+
+  /** A handshaker proving `credential` and trusting `trust`. */
+  constructor(o: HandshakerOptions) {
+    this.#cred = o.credential;
+    this.#trust = new TrustStore(o.trust);
+    this.rekeyMs = o.rekeyMs ?? DEFAULT_REKEY_MS;
+    if (!(this.rekeyMs >= 1000)) throw new RangeError("rekey interval must be at least 1 s");
+    this.#now = o.now ?? Date.now;
+  }
+
+  #drop(reason: string): HandshakeOutcome {
+    this.drops[reason] = (this.drops[reason] ?? 0) + 1;
+    return {};
+  }
+
+  #newIndex(): number {
+    for (;;) {
+      const i = crypto.randomBytes(4).readUInt32BE(0);
+      if (i !== 0 && !this.#pending.has(i) && !this.#indexInUse(i)) return i;
+    }
+  }
+
+  #indexInUse(i: number): boolean {
+    for (const p of this.#peers.values()) if (p.indexes.includes(i)) return true;
+    return false;
+  }
+
+  #expirePending(now: number): void {
+    for (const [i, p] of this.#pending) if (now - p.startedMs >= PENDING_MS) this.#pending.delete(i);
+  }
+
+  /** The peer's state for status (undefined: never completed a handshake). */
+  peerState(peer: string): PeerSecureState | undefined {
+    return this.#peers.get(peer);
+  }
+
+  /** All peers with a completed handshake. */
+  peers(): IterableIterator<[string, PeerSecureState]> {
+    return this.#peers.entries();
+  }
+
+  /**
+   * Starts a handshake with `peer` (lane key `lane` of the datagram that needs it): the HS_INIT to
+   * send, or undefined when one went out less than {@link RETRY_MS} ago.
+   */
+  initiate(peer: string, lane: number): Uint8Array | undefined {
+    const now = this.#now();
+    const last = this.#initiated.get(peer);
+    if (last !== undefined && now - last < RETRY_MS) return undefined;
+    this.#expirePending(now);
+    if (this.#pending.size >= MAX_PENDING) {
+      this.#drop("hs_pending_full");
+      return undefined;
+    }
+    this.#initiated.set(peer, now);
+    const state = new HandshakeState({
+      pattern: "XX",
+      cipher: "AESGCM",
+      initiator: true,
+      prologue: PROLOGUE,
+      s: this.#cred.identity,
+    });
+    const localIndex = this.#newIndex();
+    this.#pending.set(localIndex, {
+      peer,
+      state,
+      localIndex,
+      remoteIndex: 0,
+      startedMs: now,
+      initiator: true,
+    });
+    return encodeHandshake(MSG_HS_INIT, lane, localIndex, 0, state.writeMessage(new Uint8Array(0)));
+  }
+
+  #takeToken(peer: string, now: number): boolean {
+    const refill = (b: Bucket, rate: number, cap: number): void => {
+      b.tokens = Math.min(cap, b.tokens + ((now - b.atMs) / 1000) * rate);
+      b.atMs = now;
+    };
+    refill(this.#global, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
+    let b = this.#buckets.get(peer);
+    if (!b) {
+      if (this.#buckets.size >= 4096) this.#buckets.clear(); // peers only: bounded by the table anyway
+      b = { tokens: INIT_BURST, atMs: now };
+      this.#buckets.set(peer, b);
+    }
+    refill(b, INIT_PER_SECOND, INIT_BURST);
+    if (b.tokens < 1 || this.#global.tokens < 1) return false;
+    b.tokens--;
+    this.#global.tokens--;
+    return true;
+  }
+
+  /** Verifies the peer's certificate `payload` against the static key Noise authenticated. */
+  #verify(payload: Uint8Array, remoteStatic: Uint8Array | undefined, now: number): VerifiedCert | string {
+    if (payload.length === 0 || payload.length > MAX_CERT_LEN || !remoteStatic) return "hs_cert_missing";
+    let v: VerifiedCert;
+    try {
+      v = this.#trust.verify(payload, Math.floor(now / 1000));
+    } catch (e) {
+      if (e instanceof CertError) return `hs_cert_${e.reason}`;
+      return "hs_cert_invalid";
+    }
+    if (v.publicKey.length !== remoteStatic.length || !crypto.timingSafeEqual(v.publicKey, remoteStatic)) {
+      return "hs_cert_key_mismatch";
+    }
+    return v;
+  }
+
+  #establish(p: Pending, cert: VerifiedCert, now: number): SessionKeys {
+    const [i2r, r2i] = p.state.split();
+    const keys: SessionKeys = {
+      peer: p.peer,
+      localIndex: p.localIndex,
+      remoteIndex: p.remoteIndex,
+      sendKey: p.initiator ? i2r : r2i,
+      recvKey: p.initiator ? r2i : i2r,
+      createdMs: now,
+      sendUntilMs: now + this.rekeyMs + 60_000,
+      expiresMs: now + this.rekeyMs + 90_000,
+    };
+    const prev = this.#peers.get(p.peer);
+    const indexes = (prev?.indexes ?? []).filter((i) => {
+      const c = prev?.current;
+      return c !== undefined && i === c.localIndex; // keep the one previous session, drop older
+    });
+    indexes.push(p.localIndex);
+    this.#peers.set(p.peer, {
+      cert,
+      lastHandshakeMs: now,
+      rekeys: prev ? prev.rekeys + 1 : 0,
+      initiator: p.initiator,
+      current: keys,
+      indexes,
+    });
+    this.#initiated.delete(p.peer);
+    return keys;
+  }
+
+  /**
+   * Handles a handshake datagram `buf[off .. off+len)` from `peer` (an underlay endpoint the caller
+   * knows as a peer). Never throws on datagram contents.
+   */
+  handle(peer: string, buf: Uint8Array, off: number, len: number): HandshakeOutcome {
+    const h = this.#hdr;
+    if (!decodeHandshake(buf, off, len, h)) return this.#drop("hs_malformed");
+    const now = this.#now();
+    this.#expirePending(now);
+    const noise = buf.slice(h.noiseOffset, h.noiseOffset + h.noiseLength);
+    if (h.type === MSG_HS_INIT) {
+      if (noise.length !== HS_INIT_NOISE_LEN) return this.#drop("hs_malformed");
+      if (!this.#takeToken(peer, now)) return this.#drop("hs_rate_limited");
+      if (this.#pending.size >= MAX_PENDING) return this.#drop("hs_pending_full");
+      const state = new HandshakeState({
+        pattern: "XX",
+        cipher: "AESGCM",
+        initiator: false,
+        prologue: PROLOGUE,
+        s: this.#cred.identity,
+      });
+      try {
+        state.readMessage(noise);
+        const localIndex = this.#newIndex();
+        const msg2 = state.writeMessage(this.#cred.certificate);
+        this.#pending.set(localIndex, {
+          peer,
+          state,
+          localIndex,
+          remoteIndex: h.sender,
+          startedMs: now,
+          initiator: false,
+        });
+        return { reply: encodeHandshake(MSG_HS_RESP, h.lane, localIndex, h.sender, msg2) };
+      } catch (e) {
+        if (e instanceof NoiseError) return this.#drop("hs_noise");
+        throw e;
+      }
+    }
+    const p = this.#pending.get(h.receiver);
+    const wantInitiator = h.type === MSG_HS_RESP;
+    if (!p || p.peer !== peer || p.initiator !== wantInitiator) return this.#drop("hs_unknown_index");
+    // From here a failure ends this handshake: its state cannot go on after a failed read.
+    try {
+      const payload = p.state.readMessage(noise);
+      const v = this.#verify(payload, p.state.remoteStatic, now);
+      if (typeof v === "string") {
+        this.#pending.delete(h.receiver);
+        this.#drop(v);
+        return { refused: v };
+      }
+      if (h.type === MSG_HS_RESP) {
+        p.remoteIndex = h.sender;
+        const msg3 = p.state.writeMessage(this.#cred.certificate);
+        this.#pending.delete(h.receiver);
+        const established = this.#establish(p, v, now);
+        return {
+          reply: encodeHandshake(MSG_HS_FINISH, h.lane, p.localIndex, p.remoteIndex, msg3),
+          established,
+        };
+      }
+      if (h.sender !== p.remoteIndex) {
+        this.#pending.delete(h.receiver);
+        return this.#drop("hs_unknown_index");
+      }
+      this.#pending.delete(h.receiver);
+      return { established: this.#establish(p, v, now) };
+    } catch (e) {
+      this.#pending.delete(h.receiver);
+      if (e instanceof NoiseError) return this.#drop("hs_noise");
+      throw e;
+    }
+  }
+
+  /** Peers whose current session is due for a rekey at `now` (the caller initiates with them). */
+  due(): string[] {
+    const now = this.#now();
+    const out: string[] = [];
+    for (const [peer, s] of this.#peers) {
+      if (!s.current) continue;
+      const age = now - s.current.createdMs;
+      if (age >= this.rekeyMs + (s.initiator ? 0 : 10_000)) out.push(peer);
+    }
+    return out;
+  }
+
+  /** A worker passed the message limit with `peer`: make it due now. */
+  wantRekey(peer: string): void {
+    const s = this.#peers.get(peer);
+    if (s?.current) s.current = { ...s.current, createdMs: -Infinity };
+  }
+
+  /** Forgets `peer` (it left the table); its workers' keys are removed by the caller. */
+  forget(peer: string): void {
+    this.#peers.delete(peer);
+    this.#initiated.delete(peer);
+    for (const [i, p] of this.#pending) if (p.peer === peer) this.#pending.delete(i);
+  }
+
+  /**
+   * Replaces the trust snapshot (and the credential, when given) and re-checks every live session's
+   * certificate: returns the peers whose certificate is now revoked or expired. The caller removes
+   * their keys from every worker; they must handshake again (and will be refused).
+   */
+  setTrust(trust: TrustSnapshot, credential?: NodeCredential): string[] {
+    this.#trust = new TrustStore(trust);
+    if (credential) this.#cred = credential;
+    const now = Math.floor(this.#now() / 1000);
+    const cut: string[] = [];
+    for (const [peer, s] of this.#peers) {
+      if (s.cert && (this.#trust.isRevoked(s.cert) || now >= s.cert.notAfter)) cut.push(peer);
+    }
+    for (const peer of cut) this.forget(peer);
+    return cut;
+  }
+
+  /** Handshakes in progress. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+}

@@ -1,0 +1,299 @@
+/**
+ * The secure tunnel in the main isolate: owns the node's {@link Handshaker}, answers the workers'
+ * requests (a handshake datagram received, a peer that needs a session, a rekey) and hands every new
+ * session's keys to all workers; sends its handshake datagrams through worker 0's socket. One
+ * handshake per peer, whatever the number of workers (see secure_layer.ts for the worker side).
+ *
+ * - Peers that never answer (Oakestra's Go nodes, netmanager nodes with `TunnelSecurity: off`) are
+ *   asked again with a backoff (1 s doubling to 60 s); in `prefer` they stay raw meanwhile.
+ * - A peer whose certificate is refused (foreign CA, expired, revoked, not its key) is blocked in
+ *   every worker for {@link BLOCK_MS}: no raw fallback with it in `prefer` either.
+ * - {@link SecureDriver.set} with a new trust snapshot cuts sessions whose certificate is now revoked
+ *   (their keys leave every worker at once) and blocks those peers.
+ *
+ * @example
+ * ```ts
+ * import { SecureDriver } from "./secure_driver.ts";
+ * import type { ToWorker } from "../proxy/messages.ts";
+ * const d = new SecureDriver({ broadcast: (m: ToWorker) => {}, toLane0: (m: ToWorker) => {} });
+ * d.set({ mode: "off", credential: undefined, trust: { caPublicKeys: [], revokedSerials: [], revokedNodeIds: [], generation: 0 } });
+ * console.log(d.init()); // undefined: off
+ * ```
+ * @module
+ */
+import { Handshaker } from "./handshake.ts";
+import type { SessionKeys } from "./keys.ts";
+import { type SecureMode, secureModeOf, type SecureUp } from "./secure_layer.ts";
+import type { SecuritySettings } from "./node_security.ts";
+import type { SecureInit, ToWorker } from "../proxy/messages.ts";
+import { parseEndpoint } from "../proxy/peers.ts";
+import { logger } from "../log.ts";
+
+const log = logger("secure");
+
+/** How long a peer whose certificate was refused stays blocked before it may try again. */
+export const BLOCK_MS = 30_000;
+const BACKOFF_MAX_MS = 60_000;
+
+/** Per-peer view for status. */
+export interface SecurePeerView {
+  endpoint: string;
+  state: "secure" | "refused";
+  subject?: string;
+  certExpires?: string;
+  lastHandshakeSecondsAgo?: number;
+  rekeys?: number;
+  refusedReason?: string;
+}
+
+/** Options of a {@link SecureDriver}. */
+export interface SecureDriverOptions {
+  /** Posts to every worker. */
+  broadcast: (m: ToWorker) => void;
+  /** Posts to worker 0 (it sends the handshake datagrams). */
+  toLane0: (m: ToWorker) => void;
+  /** Rekey interval (ms); default 120 s or `NETMANAGER_REKEY_SECONDS` (tests). */
+  rekeyMs?: number;
+  /**
+   * The other nodes of the table (node keys): sessions are set up with them before traffic needs
+   * them (with the same backoff), so `require` does not drop a flow's first packets.
+   */
+  knownPeers?: () => Iterable<string>;
+}
+
+/** See the module. */
+export class SecureDriver {
+  #mode: SecureMode = 0;
+  /** What the workers run: `prefer` without a certificate is off there (nothing can be sealed). */
+  #workerMode: SecureMode = 0;
+  #modeName: SecuritySettings["mode"] = "off";
+  #hs: Handshaker | undefined;
+  readonly #o: SecureDriverOptions;
+  readonly #rekeyMs: number;
+  readonly #attempts = new Map<string, { n: number; nextAt: number }>();
+  readonly #blocked = new Map<string, { until: number; reason: string }>();
+  readonly #keys = new Map<string, SessionKeys[]>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #warnedNoCredential = false;
+
+  /** A driver posting through `o` (mode off until {@link set}). */
+  constructor(o: SecureDriverOptions) {
+    this.#o = o;
+    const env = Number(Deno.env.get("NETMANAGER_REKEY_SECONDS"));
+    this.#rekeyMs = o.rekeyMs ?? (env > 0 ? env * 1000 : 120_000);
+  }
+
+  /** Applies settings (start, credential or trust updates). */
+  set(s: SecuritySettings): void {
+    const mode = secureModeOf(s.mode);
+    this.#mode = mode;
+    this.#modeName = s.mode;
+    const workerMode = !s.credential && mode === 1 ? 0 : mode;
+    const modeChanged = workerMode !== this.#workerMode;
+    this.#workerMode = workerMode;
+    if (mode === 0) {
+      this.#hs = undefined;
+      this.#keys.clear();
+      this.#blocked.clear();
+      if (this.#timer !== undefined) clearInterval(this.#timer);
+      this.#timer = undefined;
+      if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
+      return;
+    }
+    if (!s.credential) {
+      // No certificate yet (cluster mode before registration): nobody can be authenticated. In
+      // require nothing flows; in prefer everything stays raw until the certificate arrives.
+      if (!this.#warnedNoCredential) {
+        log.warn("tunnel security is on but this node has no certificate yet: no secure sessions", {
+          mode: s.mode,
+        });
+        this.#warnedNoCredential = true;
+      }
+      this.#hs = undefined;
+    } else if (this.#hs) {
+      const cut = this.#hs.setTrust(s.trust, s.credential);
+      if (cut.length > 0) {
+        log.warn("peers' certificates revoked: their sessions are closed", { peers: cut });
+        for (const p of cut) {
+          this.#keys.delete(p);
+          this.#blocked.set(p, { until: Date.now() + BLOCK_MS, reason: "revoked" });
+        }
+        this.#o.broadcast({ type: "secure-remove", peers: cut, forget: false });
+        this.#o.broadcast({ type: "secure-block", peers: cut, blocked: true });
+      }
+    } else {
+      this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs: this.#rekeyMs });
+      queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
+    }
+    if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
+    this.#timer ??= setInterval(() => this.tick(), 1000);
+  }
+
+  /** What a (re)started worker begins with. */
+  init(): SecureInit | undefined {
+    if (this.#workerMode === 0) return undefined;
+    return {
+      mode: this.#workerMode,
+      keys: [...this.#keys.values()].flat(),
+      blocked: [...this.#blocked.keys()],
+    };
+  }
+
+  /** Handles a worker's message of the secure layer. */
+  onWorker(m: SecureUp): void {
+    const hs = this.#hs;
+    if (!hs) return;
+    switch (m.type) {
+      case "secure-hs": {
+        if (this.#blocked.has(m.peer)) return;
+        const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length);
+        if (out.reply) this.#send(m.peer, out.reply);
+        if (out.established) this.#established(out.established);
+        if (out.refused) this.#refuse(m.peer, out.refused);
+        break;
+      }
+      case "secure-want":
+        this.#initiate(m.peer, m.lane, false);
+        break;
+      case "secure-rekey":
+        hs.wantRekey(m.peer);
+        break;
+    }
+  }
+
+  #initiate(peer: string, lane: number, rekey: boolean): void {
+    const hs = this.#hs;
+    if (!hs || this.#blocked.has(peer)) return;
+    const now = Date.now();
+    const a = this.#attempts.get(peer) ?? { n: 0, nextAt: 0 };
+    if (!rekey && now < a.nextAt) return;
+    const bytes = hs.initiate(peer, lane);
+    if (!bytes) return;
+    a.n++;
+    a.nextAt = now + Math.min(BACKOFF_MAX_MS, 1000 * 2 ** Math.min(a.n - 1, 6));
+    this.#attempts.set(peer, a);
+    this.#send(peer, bytes);
+  }
+
+  #send(peer: string, bytes: Uint8Array): void {
+    let ep;
+    try {
+      ep = parseEndpoint(peer);
+    } catch {
+      return;
+    }
+    this.#o.toLane0({
+      type: "secure-send",
+      bytes,
+      family: ep.family,
+      addr4: ep.ip4,
+      ...(ep.ip6 ? { addr6: ep.ip6 } : {}),
+      port: ep.port,
+    });
+  }
+
+  #established(k: SessionKeys): void {
+    const first = !this.#keys.has(k.peer);
+    // Keep the previous session for in-flight datagrams; older ones expire in the workers.
+    const list = (this.#keys.get(k.peer) ?? []).filter((x) => x.expiresMs > Date.now()).slice(-1);
+    list.push(k);
+    this.#keys.set(k.peer, list);
+    this.#attempts.delete(k.peer);
+    this.#o.broadcast({ type: "secure-keys", keys: [k] });
+    const st = this.#hs?.peerState(k.peer);
+    if (first) log.info("secure session established", { peer: k.peer, subject: st?.cert?.subject });
+    else log.debug("secure session rekeyed", { peer: k.peer, rekeys: st?.rekeys });
+  }
+
+  #refuse(peer: string, reason: string): void {
+    if (!this.#blocked.has(peer)) {
+      log.warn("peer's tunnel certificate refused: no traffic with it", { peer, reason });
+    }
+    this.#blocked.set(peer, { until: Date.now() + BLOCK_MS, reason });
+    this.#keys.delete(peer);
+    this.#o.broadcast({ type: "secure-remove", peers: [peer], forget: false });
+    this.#o.broadcast({ type: "secure-block", peers: [peer], blocked: true });
+  }
+
+  /** Every second: rekeys due, blocks that ran out. */
+  tick(): void {
+    const hs = this.#hs;
+    const now = Date.now();
+    const lift: string[] = [];
+    for (const [p, b] of this.#blocked) if (now >= b.until) lift.push(p);
+    if (lift.length > 0) {
+      for (const p of lift) this.#blocked.delete(p);
+      this.#o.broadcast({ type: "secure-block", peers: lift, blocked: false });
+    }
+    if (!hs) return;
+    for (const peer of hs.due()) this.#initiate(peer, 0, true);
+    if (this.#o.knownPeers) {
+      for (const peer of this.#o.knownPeers()) if (!hs.peerState(peer)) this.#initiate(peer, 0, false);
+    }
+  }
+
+  /** Per-peer secure state for status. */
+  peers(): SecurePeerView[] {
+    const out: SecurePeerView[] = [];
+    const now = Date.now();
+    if (this.#hs) {
+      for (const [endpoint, s] of this.#hs.peers()) {
+        out.push({
+          endpoint,
+          state: "secure",
+          ...(s.cert
+            ? { subject: s.cert.subject, certExpires: new Date(s.cert.notAfter * 1000).toISOString() }
+            : {}),
+          lastHandshakeSecondsAgo: Math.round((now - s.lastHandshakeMs) / 1000),
+          rekeys: s.rekeys,
+        });
+      }
+    }
+    for (const [endpoint, b] of this.#blocked) {
+      out.push({ endpoint, state: "refused", refusedReason: b.reason });
+    }
+    return out;
+  }
+
+  /** Per-peer figures for the metrics. */
+  metrics(): {
+    endpoint: string;
+    state: "secure" | "refused";
+    subject?: string;
+    certNotAfter?: number;
+    lastHandshakeAgeSeconds?: number;
+    rekeys?: number;
+  }[] {
+    const now = Date.now();
+    const out = [];
+    if (this.#hs) {
+      for (const [endpoint, s] of this.#hs.peers()) {
+        out.push({
+          endpoint,
+          state: "secure" as const,
+          ...(s.cert ? { subject: s.cert.subject, certNotAfter: s.cert.notAfter } : {}),
+          lastHandshakeAgeSeconds: (now - s.lastHandshakeMs) / 1000,
+          rekeys: s.rekeys,
+        });
+      }
+    }
+    for (const endpoint of this.#blocked.keys()) out.push({ endpoint, state: "refused" as const });
+    return out;
+  }
+
+  /** Handshake drops by reason (for the metrics). */
+  drops(): Record<string, number> {
+    return { ...(this.#hs?.drops ?? {}) };
+  }
+
+  /** The mode's name. */
+  get mode(): SecuritySettings["mode"] {
+    return this.#modeName;
+  }
+
+  /** Stops the timer. */
+  stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+}

@@ -1,0 +1,354 @@
+/**
+ * The secure tunnel as a layer on one worker's tunnel bind (bind.ts) and packet loop (loop.ts).
+ *
+ * Design (issue 11): one handshake per peer, run by the main isolate (handshake.ts); its keys are
+ * installed in every worker's {@link KeyRing} by message. Each worker seals with its own counter space
+ * (the counter's top byte is its lane), so workers never repeat a nonce and need no shared state; a
+ * receiver keeps a replay window per (session, sending lane) in whichever worker the cleartext lane
+ * key in the SECURE header steers the datagram to (the reuseport program reads it, lanes.ts).
+ *
+ * - **Egress** ({@link SecureLayer.sealBatch}): the bind lays datagrams out as before (raw, FAST or
+ *   JUMBO for the peer's mode) and, at flush, this layer copies each send entry into a second batch —
+ *   every datagram of a GSO run sealed on its own (16-byte header, 16-byte tag, so a run's segment size
+ *   grows by 32 and a long run may take two sends) towards peers with a session, unchanged towards
+ *   others (`prefer` with a raw peer, control datagrams), dropped in `require` (counted, and a
+ *   handshake is asked for).
+ * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
+ *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
+ *   arrived plain; handshake datagrams go to the main isolate; in `require` plain data (raw, FAST,
+ *   JUMBO) is dropped before the engine sees it; HELLO/PROBE stay plain (capabilities and RTT; they
+ *   deliver nothing to instances).
+ *
+ * The TUN MTU leaves room for the 32 bytes (config: MTUsize − 32 when `TunnelSecurity` is not off).
+ *
+ * @example
+ * ```ts
+ * import { SecureLayer, SecureMode } from "./secure_layer.ts";
+ * const layer = new SecureLayer({ lane: 0, post: (m) => console.log(m.type) });
+ * layer.setMode(SecureMode.REQUIRE);
+ * console.log(layer.active); // true
+ * ```
+ * @module
+ */
+import type { SendBatch } from "../../ffi/udp.ts";
+import { KeyRing, OPEN_RESULT_NAMES, type SessionKeys } from "./keys.ts";
+import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
+import { MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
+
+/** `TunnelSecurity` as a number for the hot path. */
+export const SecureMode = { OFF: 0, PREFER: 1, REQUIRE: 2 } as const;
+/** A value of {@link SecureMode}. */
+export type SecureMode = (typeof SecureMode)[keyof typeof SecureMode];
+
+/** `TunnelSecurity` names to {@link SecureMode}. */
+export function secureModeOf(name: "off" | "prefer" | "require"): SecureMode {
+  return name === "require" ? SecureMode.REQUIRE : name === "prefer" ? SecureMode.PREFER : SecureMode.OFF;
+}
+
+/** What {@link SecureLayer.inbound} decided about a datagram. */
+export const Inbound = {
+  /** Plain: hand it to the engine unchanged. */
+  PASS: 0,
+  /** Opened: the inner datagram is at `off + 16`, {@link SecureLayer.innerLen} bytes, from {@link SecureLayer.peer}. */
+  OPENED: 1,
+  /** Consumed (a handshake forwarded) or dropped (counted). */
+  DONE: 2,
+} as const;
+
+/** Worker → main messages of this layer. */
+export type SecureUp =
+  | { type: "secure-hs"; peer: string; bytes: Uint8Array }
+  | { type: "secure-want"; peer: string; lane: number }
+  | { type: "secure-rekey"; peer: string };
+
+/** Options of a {@link SecureLayer}. */
+export interface SecureLayerOptions {
+  /** The worker's lane (0..255): its counter space. */
+  lane: number;
+  /** Posts to the main isolate. */
+  post: (m: SecureUp) => void;
+}
+
+const WANT_EVERY_MS = 1000;
+/** Handshake datagrams one worker forwards per second at most (strangers' floods stop here). */
+const HS_FORWARD_PER_SECOND = 500;
+
+/** Drop reasons counted here (beside the key ring's). */
+const DROP_NAMES = [
+  "secure_required",
+  "secure_no_session",
+  "secure_plain_from_secure_peer",
+  "secure_wrong_source",
+  "secure_downgrade",
+  "secure_hs_flood",
+  "secure_refused_peer",
+] as const;
+const D_REQUIRED = 0,
+  D_NO_SESSION = 1,
+  D_PLAIN_SECURE = 2,
+  D_WRONG_SOURCE = 3,
+  D_DOWNGRADE = 4,
+  D_HS_FLOOD = 5;
+const D_REFUSED = 6;
+
+/** One worker's secure layer (see the module). */
+export class SecureLayer {
+  mode: SecureMode = SecureMode.OFF;
+  readonly ring: KeyRing;
+  /** After {@link inbound} returned OPENED: the inner datagram's length and the session's peer. */
+  innerLen = 0;
+  peer = "";
+  /** Datagrams sealed and opened. */
+  sealed = 0;
+  opened = 0;
+  readonly #drops = new Float64Array(DROP_NAMES.length);
+  readonly #openDrops = new Float64Array(OPEN_RESULT_NAMES.length);
+  readonly #post: (m: SecureUp) => void;
+  readonly #lane: number;
+  readonly #wanted = new Map<string, number>();
+  /** Peers that had a session in this worker (plain datagrams to them later are downgrades). */
+  readonly #everSecure = new Set<string>();
+  /**
+   * Peers whose certificate was refused or revoked: no plain fallback with them in `prefer` either
+   * (nothing is sent to them, their plain data is dropped).
+   */
+  readonly blocked: Set<string> = new Set();
+  #hsTokens = HS_FORWARD_PER_SECOND;
+  #hsAt = 0;
+
+  /** A layer for worker `lane` (mode off until {@link setMode}). */
+  constructor(o: SecureLayerOptions) {
+    this.#lane = o.lane;
+    this.#post = o.post;
+    this.ring = new KeyRing(o.lane);
+  }
+
+  /** True when datagrams pass through this layer (mode not off). */
+  get active(): boolean {
+    return this.mode !== SecureMode.OFF;
+  }
+
+  /** Sets the mode; off forgets every key. */
+  setMode(mode: SecureMode): void {
+    this.mode = mode;
+    if (mode === SecureMode.OFF) {
+      this.ring.close();
+      this.#everSecure.clear();
+      this.blocked.clear();
+    }
+  }
+
+  /** Installs a session's keys. */
+  install(keys: SessionKeys): void {
+    this.ring.install(keys);
+    this.#everSecure.add(keys.peer);
+  }
+
+  /** Removes a peer's keys (revoked, left); `forget` also forgets it was ever secure. */
+  remove(peer: string, forget: boolean): void {
+    this.ring.removePeer(peer);
+    if (forget) this.#everSecure.delete(peer);
+  }
+
+  /** Asks the main isolate for a handshake with `peer` (once a second at most). */
+  want(peer: string, lane: number, nowMs: number): void {
+    const last = this.#wanted.get(peer);
+    if (last !== undefined && nowMs - last < WANT_EVERY_MS) return;
+    if (this.#wanted.size > 4096) this.#wanted.clear();
+    this.#wanted.set(peer, nowMs);
+    this.#post({ type: "secure-want", peer, lane });
+  }
+
+  /** Timers: expired keys, rekey requests. */
+  tick(nowMs: number): void {
+    this.ring.expire(nowMs);
+    for (const p of this.ring.wantsRekey) this.#post({ type: "secure-rekey", peer: p });
+    this.ring.wantsRekey.clear();
+  }
+
+  /**
+   * False when the `n` queued entries can go out as they are (`prefer`, no entry to a peer with a
+   * session, refused or once secure): the bind then skips the copy. Asks for handshakes as needed.
+   */
+  needsSealing(n: number, peers: readonly (string | undefined)[], lanes: Int32Array, nowMs: number): boolean {
+    if (this.mode === SecureMode.REQUIRE) return true;
+    const ring = this.ring;
+    for (let i = 0; i < n; i++) {
+      const p = peers[i];
+      if (p === undefined) continue;
+      if (ring.has(p) || this.blocked.has(p) || this.#everSecure.has(p)) return true;
+      this.want(p, lanes[i], nowMs);
+    }
+    return false;
+  }
+
+  /**
+   * Copies the `n` send entries of `src` into `dst` for sending, sealing those to peers with a
+   * session (see the module): `peers[i]` is entry i's peer key (undefined: a control datagram, sent
+   * plain), `lanes[i]` its lane key. Returns the number of entries in `dst`. `dst` needs room for 2n.
+   */
+  sealBatch(
+    src: SendBatch,
+    n: number,
+    peers: readonly (string | undefined)[],
+    lanes: Int32Array,
+    dst: SendBatch,
+    maxPayload: number,
+    nowMs: number,
+  ): number {
+    const ring = this.ring;
+    let out = 0;
+    for (let i = 0; i < n; i++) {
+      const peer = peers[i];
+      const from = i * src.slotSize + src.offsets[i];
+      const size = src.sizes[i];
+      const seg = src.segSizes[i];
+      const sealing = peer !== undefined && ring.canSend(peer, nowMs);
+      if (!sealing) {
+        if (peer !== undefined) {
+          this.want(peer, lanes[i], nowMs);
+          if (this.blocked.has(peer)) {
+            this.#drops[D_REFUSED] += seg > 0 ? Math.ceil(size / seg) : 1;
+            continue;
+          }
+          if (this.mode === SecureMode.REQUIRE) {
+            this.#drops[D_NO_SESSION] += seg > 0 ? Math.ceil(size / seg) : 1;
+            continue;
+          }
+          if (this.#everSecure.has(peer)) this.#drops[D_DOWNGRADE]++;
+        }
+        dst.data.set(src.data.subarray(from, from + size), out * dst.slotSize);
+        this.#copyDst(src, i, dst, out);
+        dst.offsets[out] = 0;
+        dst.sizes[out] = size;
+        dst.segSizes[out] = seg;
+        out++;
+        continue;
+      }
+      // Each datagram of the run sealed on its own; a run longer than one send allows splits.
+      const step = seg > 0 ? seg : size;
+      const outSeg = step + SECURE_OVERHEAD;
+      const perSend = Math.max(1, Math.floor(maxPayload / outSeg));
+      let k = 0;
+      for (let at = 0; at < size; at += step) {
+        if (k === 0) {
+          this.#copyDst(src, i, dst, out);
+          dst.offsets[out] = 0;
+          dst.sizes[out] = 0;
+        }
+        const len = Math.min(step, size - at);
+        const w = ring.sealTo(
+          peer,
+          src.data,
+          from + at,
+          len,
+          dst.data,
+          out * dst.slotSize + dst.sizes[out],
+          lanes[i],
+          nowMs,
+        );
+        if (w < 0) break; // (cannot happen: canSend held) nothing partial is sent
+        dst.sizes[out] += w;
+        this.sealed++;
+        if (++k === perSend || at + step >= size) {
+          dst.segSizes[out] = dst.sizes[out] > outSeg ? outSeg : 0;
+          out++;
+          k = 0;
+        }
+      }
+    }
+    return out;
+  }
+
+  #copyDst(src: SendBatch, i: number, dst: SendBatch, j: number): void {
+    dst.dstFamilies[j] = src.dstFamilies[i];
+    dst.dst4[j] = src.dst4[i];
+    dst.dst6.set(src.dst6.subarray(i * 16, i * 16 + 16), j * 16);
+    dst.dstScopes[j] = src.dstScopes[i];
+    dst.dstPorts[j] = src.dstPorts[i];
+  }
+
+  /**
+   * Looks at a received datagram `buf[off .. off+len)` from `peerKey()` (built only when needed):
+   * returns an {@link Inbound} value. `sourcePeer` is the known peer at the source address (its key),
+   * if any.
+   */
+  inbound(
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    sourcePeer: string | undefined,
+    sourceKey: () => string,
+    nowMs: number,
+  ): number {
+    const t = buf[off];
+    if (t === MSG_SECURE) {
+      const r = this.ring.open(buf, off, len, nowMs);
+      if (r < 0) {
+        this.#openDrops[-r]++;
+        return Inbound.DONE;
+      }
+      // The session must belong to the address it came from: a known peer's datagram re-sent from
+      // another peer's address is refused (strangers are checked by the engine's stranger path).
+      if (sourcePeer !== undefined && sourcePeer !== this.ring.peer) {
+        this.#drops[D_WRONG_SOURCE]++;
+        return Inbound.DONE;
+      }
+      this.opened++;
+      this.innerLen = r;
+      this.peer = this.ring.peer;
+      return Inbound.OPENED;
+    }
+    if (isHandshakeType(t)) {
+      if (nowMs > this.#hsAt) {
+        this.#hsTokens = Math.min(
+          HS_FORWARD_PER_SECOND,
+          this.#hsTokens + ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND,
+        );
+        this.#hsAt = nowMs;
+      }
+      if (this.#hsTokens < 1) {
+        this.#drops[D_HS_FLOOD]++;
+        return Inbound.DONE;
+      }
+      this.#hsTokens--;
+      this.#post({ type: "secure-hs", peer: sourceKey(), bytes: buf.slice(off, off + len) });
+      return Inbound.DONE;
+    }
+    const hi = t >>> 4;
+    const data = hi === 4 || hi === 6 || t === MSG_FAST || t === MSG_JUMBO;
+    if (!data) return Inbound.PASS; // HELLO, PROBE, unknown: the engine's business
+    if (this.mode === SecureMode.REQUIRE) {
+      this.#drops[D_REQUIRED]++;
+      return Inbound.DONE;
+    }
+    if (sourcePeer !== undefined && this.blocked.has(sourcePeer)) {
+      this.#drops[D_REFUSED]++;
+      return Inbound.DONE;
+    }
+    if (sourcePeer !== undefined && this.ring.has(sourcePeer)) {
+      // prefer: a peer with a session sends sealed; plain data from its address is spoofed (or stale).
+      this.#drops[D_PLAIN_SECURE]++;
+      return Inbound.DONE;
+    }
+    return Inbound.PASS;
+  }
+
+  /** Offset of the inner datagram after OPENED. */
+  static readonly INNER_OFFSET: number = SECURE_HEADER_LEN;
+
+  /** Adds drop counts by name. */
+  addDrops(drops: Record<string, number>): void {
+    this.#drops.forEach((v, i) => {
+      if (v > 0) drops[DROP_NAMES[i]] = v;
+    });
+    this.#openDrops.forEach((v, i) => {
+      if (v > 0 && i > 0) drops[OPEN_RESULT_NAMES[i]] = v;
+    });
+  }
+
+  /** The worker's lane. */
+  get lane(): number {
+    return this.#lane;
+  }
+}

@@ -1,0 +1,561 @@
+/**
+ * The secure tunnel between simulated nodes (static tables, offline certificates from
+ * `netmanager cert ca|show|sign`): real TCP/UDP through RR ServiceIPs and InstanceIPs (v4 and v6) in
+ * `require`, a capture of the underlay that never carries the payload marker, spoofed raw and FAST
+ * datagrams and replayed captured datagrams that deliver nothing (and the same spoof delivering in
+ * `off`, so the test can fail), a `prefer` cluster with an `off` node (raw to it, sealed between the
+ * others), and a transfer across several rekeys that arrives byte-exact.
+ */
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { cleanupAll, isRoot, sh } from "../helpers/netns.ts";
+import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { TOOL } from "../helpers/node.ts";
+import { buildIPv4Udp } from "../helpers/packets.ts";
+import { selfCommand } from "../../src/sys/process.ts";
+import { runTool } from "../../src/sys/command.ts";
+import { type SimNode, World } from "../../src/demo/world.ts";
+import { eventually } from "../helpers/setup.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const WEB = "app.ns.web.ns";
+const CLI = "app.ns.cli.ns";
+const n1 = nodeSubnet(1);
+const n2 = nodeSubnet(2);
+const n3 = nodeSubnet(3);
+const MARKER = "SECRET-MARKER-7f3a";
+
+const TABLE: QueryResult[] = [
+  {
+    app_name: CLI,
+    instance_list: [tableInstance({
+      n: 0,
+      instanceIp: "10.30.0.10",
+      instanceIp6: "fdff::10",
+      nsip: n1.first4(2),
+      nsip6: n1.first6(2),
+      hostIp: "192.168.77.1",
+    })],
+  },
+  {
+    app_name: WEB,
+    instance_list: [
+      tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.2",
+        instanceIp6: "fdff::2",
+        nsip: n2.first4(2),
+        nsip6: n2.first6(2),
+        hostIp: "192.168.77.2",
+        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+      }),
+      tableInstance({
+        n: 1,
+        instanceIp: "10.30.0.3",
+        instanceIp6: "fdff::3",
+        nsip: n3.first4(2),
+        nsip6: n3.first6(2),
+        hostIp: "192.168.77.3",
+        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+      }),
+    ],
+  },
+];
+
+async function cli(args: string[]): Promise<string> {
+  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
+  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** A CA and, per node, a state dir whose identity the CA certified (the offline `cert` flow). */
+async function offlinePki(dir: string, nodes: number): Promise<void> {
+  await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "lab"]);
+  for (let i = 1; i <= nodes; i++) {
+    const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
+    await cli([
+      "cert",
+      "sign",
+      "--ca",
+      `${dir}/ca`,
+      "--node-id",
+      `node-${i}`,
+      "--public-key",
+      key,
+      "--out",
+      `${dir}/node${i}.crt`,
+    ]);
+  }
+}
+
+async function withCluster(
+  modes: string[],
+  fn: (c: TestCluster) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "nmsecure-" });
+  await offlinePki(dir, modes.length);
+  const c = await TestCluster.start(
+    modes.length,
+    TABLE,
+    [],
+    (i) => ({
+      TunnelSecurity: modes[i - 1],
+      TunnelCertFile: `${dir}/node${i}.crt`,
+      TunnelCaFile: `${dir}/ca/ca.json`,
+    }),
+    undefined,
+    (i) => ["--state-dir", `${dir}/state${i}`],
+  );
+  try {
+    await c.deploy(1, CLI, 0);
+    await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
+    if (modes.length >= 3) await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);
+    await fn(c);
+  } catch (e) {
+    console.error(await c.logs());
+    throw e;
+  } finally {
+    await c.stop();
+    await cleanupAll();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+async function client(
+  c: TestCluster,
+  cmd: string,
+  host: string,
+  port: number,
+  text: string,
+): Promise<string> {
+  const r = await c.containers[0].exec([...TOOL, cmd, host, String(port), text]);
+  if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+async function retry<T>(fn: () => Promise<T>, ms = 10000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+/** tcpdump of the tunnel port on the underlay bridge; `stop()` returns the tunnel datagrams' payloads. */
+async function capture(c: TestCluster, dir: string): Promise<{ stop: () => Promise<TunnelDatagram[]> }> {
+  const file = `${dir}/cap-${crypto.randomUUID()}.pcap`;
+  const p = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      c.underlay,
+      "tcpdump",
+      "-i",
+      "br0",
+      "-U",
+      "--immediate-mode",
+      "-w",
+      file,
+      "-s",
+      "0",
+      "udp port 50103",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  // tcpdump says "listening on" once the capture runs.
+  const rd = p.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("listening on")) {
+    const r = await rd.read();
+    if (r.done) break;
+    text += r.value;
+  }
+  (async () => {
+    while (!(await rd.read()).done);
+  })();
+  return {
+    stop: async () => {
+      await new Promise((r) => setTimeout(r, 1000));
+      p.kill("SIGINT");
+      await p.status;
+      const bytes = await Deno.readFile(file);
+      await Deno.remove(file);
+      return parsePcap(bytes);
+    },
+  };
+}
+
+interface TunnelDatagram {
+  src: string;
+  dst: string;
+  payload: Uint8Array;
+}
+
+/** UDP payloads of the IPv4 frames of a classic pcap file (Ethernet). */
+function parsePcap(b: Uint8Array): TunnelDatagram[] {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const le = v.getUint32(0, true) === 0xa1b2c3d4 || v.getUint32(0, true) === 0xa1b23c4d;
+  const out: TunnelDatagram[] = [];
+  for (let o = 24; o + 16 <= b.length;) {
+    const incl = v.getUint32(o + 8, le);
+    const f = b.subarray(o + 16, o + 16 + incl);
+    o += 16 + incl;
+    if (f.length < 14 + 20 + 8 || f[12] !== 0x08 || f[13] !== 0x00) continue;
+    const ihl = (f[14] & 0x0f) * 4;
+    if (f[14 + 9] !== 17) continue;
+    const ip = (k: number) => `${f[14 + k]}.${f[15 + k]}.${f[16 + k]}.${f[17 + k]}`;
+    out.push({ src: ip(12), dst: ip(16), payload: f.subarray(14 + ihl + 8) });
+  }
+  return out;
+}
+
+const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+const has = (d: TunnelDatagram[], text: string) => {
+  const needle = new TextEncoder().encode(text);
+  return d.some((x) => {
+    outer: for (let i = 0; i + needle.length <= x.payload.length; i++) {
+      for (let k = 0; k < needle.length; k++) if (x.payload[i + k] !== needle[k]) continue outer;
+      return true;
+    }
+    return false;
+  });
+};
+
+interface Status {
+  dataPlane: { drops: Record<string, number> };
+  security: { mode: string; peers: { endpoint: string; state: string; subject?: string; rekeys?: number }[] };
+}
+async function status(c: TestCluster, i: number): Promise<Status> {
+  return await c.nodes[i - 1].node.api.getJson("/status") as Status;
+}
+
+const LISTENER = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7777))
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+while True:
+    try:
+        d, a = s.recvfrom(2000)
+    except socket.timeout:
+        break
+    print(d.decode(errors="replace"), flush=True)
+`;
+
+/** Listens on UDP 7777 inside web0's instance while `act` runs; returns what arrived. */
+async function received(c: TestCluster, act: () => Promise<void>, quietSeconds = 2): Promise<string[]> {
+  const web0 = c.containers[1];
+  const p = new Deno.Command("nsenter", {
+    args: [`--net=/proc/${web0.pid}/ns/net`, "python3", "-u", "-c", LISTENER, String(quietSeconds)],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const rd = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("ready")) {
+    const r = await rd.read();
+    if (r.done) break;
+    text += r.value;
+  }
+  await act();
+  for (;;) {
+    const r = await rd.read();
+    if (r.done) break;
+    text += r.value;
+  }
+  await p.status;
+  return text.split("\n").filter((l) => l !== "" && l !== "ready");
+}
+
+/** From node 1's namespace (its underlay address): one datagram to node 2's tunnel port. */
+async function sendFromNode1(c: TestCluster, payload: Uint8Array): Promise<void> {
+  await sh([
+    "ip",
+    "netns",
+    "exec",
+    c.nodes[0].node.ns,
+    ...TOOL,
+    "udp-send",
+    "192.168.77.2",
+    "50103",
+    hex(payload),
+  ]);
+}
+
+/** Raw and FAST datagrams carrying UDP from node 1's instance to web0 (node 2), as a spoofer would send them. */
+function spoofed(text: string): { raw: Uint8Array; fast: Uint8Array } {
+  const pkt = buildIPv4Udp({
+    src: n1.first4(2),
+    dst: n2.first4(2),
+    srcPort: 5555,
+    dstPort: 7777,
+    payload: new TextEncoder().encode(text),
+  });
+  const fast = new Uint8Array(8 + pkt.length);
+  fast[0] = 0x14;
+  fast.set(pkt, 8);
+  return { raw: pkt, fast };
+}
+
+Deno.test({
+  name:
+    "secure: 3 nodes in require — TCP/UDP via RR ServiceIPs and InstanceIPs v4+v6; the underlay never carries the marker",
+  ...opts,
+}, async () => {
+  await withCluster(["require", "require", "require"], async (c) => {
+    const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+    try {
+      assertMatch(await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm")), /^web0:warm$/);
+      const cap = await capture(c, dir);
+      const seen = new Set<string>();
+      for (let i = 0; i < 4; i++) {
+        seen.add(
+          (await retry(() => client(c, "tcp-client", "10.30.0.1", 80, `${MARKER}-t${i}`))).split(":")[0],
+        );
+        seen.add(
+          (await retry(() => client(c, "udp-client", "10.30.0.1", 80, `${MARKER}-u${i}`))).split(":")[0],
+        );
+        seen.add(
+          (await retry(() => client(c, "tcp-client", "fdff:2000::1", 80, `${MARKER}-6${i}`))).split(":")[0],
+        );
+      }
+      assertEquals([...seen].sort(), ["web0", "web1"], "round robin reaches both nodes");
+      assertEquals(await client(c, "udp-client", "fdff::3", 80, `${MARKER}-i6`), `web1:${MARKER}-i6`);
+      assertEquals(await client(c, "tcp-client", "10.30.0.3", 80, `${MARKER}-i4`), `web1:${MARKER}-i4`);
+      const bulk = await c.containers[0].exec([...TOOL, "tcp-bulk", "10.30.0.2", "81", "8"]);
+      assertEquals(bulk.code, 0, `bulk: ${bulk.stdout} ${bulk.stderr}`);
+      const d = await cap.stop();
+      const sealed = d.filter((x) => x.payload[0] === 0x19);
+      assert(sealed.length > 100, `SECURE datagrams captured: ${sealed.length} of ${d.length}`);
+      assert(!has(d, MARKER), "the marker crossed the underlay in clear");
+      const data = d.filter((x) =>
+        x.payload[0] >> 4 === 4 || x.payload[0] >> 4 === 6 || x.payload[0] === 0x14 || x.payload[0] === 0x15
+      );
+      assertEquals(data.length, 0, "no raw, FAST or JUMBO datagram on the wire");
+      const s = await status(c, 1);
+      const peers = s.security.peers.filter((p) => p.state === "secure").map((p) => p.subject).sort();
+      assertEquals(peers, ["node-2", "node-3"], JSON.stringify(s.security.peers));
+      const m = await c.nodes[0].node.api.request("GET", "/metrics");
+      assertMatch(m.body, /netmanager_peer_secure\{[^}]*endpoint="192\.168\.77\.2:50103"[^}]*\} 1/);
+      assertMatch(m.body, /netmanager_peer_cert_expiry_timestamp_seconds\{[^}]*subject="node-3"/);
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  });
+});
+
+for (const mode of ["off", "require"]) {
+  Deno.test({
+    name: `secure: spoofed raw and FAST datagrams from node 1's address ${
+      mode === "off" ? "are delivered in off (the attack works)" : "deliver nothing in require"
+    }; replayed sealed datagrams deliver nothing`,
+    ...opts,
+  }, async () => {
+    await withCluster([mode, mode], async (c) => {
+      const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+      try {
+        await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+        const got = await received(c, async () => {
+          const s = spoofed("spoof-raw"), f = spoofed("spoof-fast");
+          await sendFromNode1(c, s.raw);
+          await sendFromNode1(c, f.fast);
+        });
+        if (mode === "off") {
+          assertEquals(got.sort(), ["spoof-fast", "spoof-raw"], "without security the spoof gets in");
+          return;
+        }
+        assertEquals(got, [], "spoofed datagrams reached the instance");
+        await new Promise((r) => setTimeout(r, 1200));
+        const drops = (await status(c, 2)).dataPlane.drops;
+        assert((drops.secure_required ?? 0) >= 2, JSON.stringify(drops));
+
+        // Genuine datagrams, captured, then replayed from node 1's address: delivered once only.
+        const cap = await capture(c, dir);
+        const first = await received(c, async () => {
+          for (let i = 0; i < 5; i++) {
+            const text = new TextEncoder().encode(`orig-${i}`);
+            await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+          }
+        });
+        const d = await cap.stop();
+        const fromN1 = d.filter((x) =>
+          x.src === "192.168.77.1" && x.dst === "192.168.77.2" && x.payload[0] === 0x19
+        );
+        assert(first.length >= 1, `the genuine datagrams arrive: ${first}`);
+        assert(fromN1.length >= first.length, `captured ${fromN1.length}`);
+        const again = await received(c, async () => {
+          for (const x of fromN1) await sendFromNode1(c, x.payload);
+        });
+        assertEquals(again, [], "replayed datagrams were delivered");
+        await new Promise((r) => setTimeout(r, 1200));
+        const after = (await status(c, 2)).dataPlane.drops;
+        assert(
+          (after.secure_replay ?? 0) + (after.secure_wrong_source ?? 0) >= fromN1.length,
+          JSON.stringify(after),
+        );
+      } finally {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    });
+  });
+}
+
+Deno.test({
+  name:
+    "secure: prefer nodes seal between themselves and stay raw with an off node (standing in for Oakestra Go); malformed handshakes only count",
+  ...opts,
+}, async () => {
+  await withCluster(["prefer", "prefer", "off"], async (c) => {
+    const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+    try {
+      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+      await retry(() => client(c, "tcp-client", "10.30.0.3", 80, "warm"));
+      // Node 1 has a session with node 2 (sealed) and none with node 3, which never answers.
+      await retry(async () => {
+        const s = await status(c, 1);
+        if (!s.security.peers.some((p) => p.state === "secure" && p.subject === "node-2")) {
+          throw new Error("no session");
+        }
+      });
+      const cap = await capture(c, dir);
+      assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, `${MARKER}-a`), `web0:${MARKER}-a`);
+      assertEquals(
+        await client(c, "tcp-client", "10.30.0.3", 80, `OPEN-${MARKER}-b`),
+        `web1:OPEN-${MARKER}-b`,
+      );
+      const d = await cap.stop();
+      const between = (a: string, b: string) =>
+        d.filter((x) => (x.src === a && x.dst === b) || (x.src === b && x.dst === a));
+      const n12 = between("192.168.77.1", "192.168.77.2"), n13 = between("192.168.77.1", "192.168.77.3");
+      assert(n12.some((x) => x.payload[0] === 0x19), "sealed between the prefer nodes");
+      assert(!has(n12, MARKER), "the marker crossed in clear between prefer nodes");
+      assert(
+        has(n13, `OPEN-${MARKER}-b`),
+        `raw with the off node: the marker is visible (interop unchanged): ${
+          JSON.stringify(d.map((x) => [x.src, x.dst, x.payload[0], x.payload.length]))
+        } of ${d.length}`,
+      );
+      assert(!n13.some((x) => x.payload[0] === 0x19), "nothing sealed towards the off node");
+      const s1 = await status(c, 1);
+      assert(
+        !s1.security.peers.some((p) => p.endpoint.startsWith("192.168.77.3:")),
+        JSON.stringify(s1.security),
+      );
+
+      // Malformed handshakes from node 3's address: counted by node 1, nothing else changes.
+      for (
+        const junk of ["16", "1601000000000001", "17010000" + "00".repeat(80), "18010000" + "ff".repeat(100)]
+      ) {
+        await sh([
+          "ip",
+          "netns",
+          "exec",
+          c.nodes[2].node.ns,
+          ...TOOL,
+          "udp-send",
+          "192.168.77.1",
+          "50103",
+          junk,
+        ]);
+      }
+      await retry(async () => {
+        const s = await c.nodes[0].node.api.getJson("/status") as {
+          security: { handshakeDrops: Record<string, number> };
+        };
+        const n = Object.values(s.security.handshakeDrops).reduce((a, b) => a + b, 0);
+        if (n < 4) throw new Error(JSON.stringify(s.security.handshakeDrops));
+      });
+      assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, "still"), "web0:still");
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  });
+});
+
+Deno.test({
+  name: "secure: a 60 s transfer across rekeys (every 5 s) arrives byte-exact",
+  ...opts,
+}, async () => {
+  Deno.env.set("NETMANAGER_REKEY_SECONDS", "5");
+  try {
+    await withCluster(["require", "require"], async (c) => {
+      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+      const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
+      const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
+      assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
+      console.log(r.stdout.trim());
+      const s = await status(c, 1);
+      const p = s.security.peers.find((x) => x.subject === "node-2");
+      assert(
+        p && (p.rekeys ?? 0) >= Math.floor(seconds / 5) - 2,
+        `rekeys: ${JSON.stringify(s.security.peers)}`,
+      );
+    });
+  } finally {
+    Deno.env.delete("NETMANAGER_REKEY_SECONDS");
+  }
+});
+
+Deno.test({
+  name:
+    "secure: cluster mode in require — certificates from netmanager control; control node rm cuts the node off live sessions within 10 s",
+  ...opts,
+}, async () => {
+  const w = new World();
+  Deno.env.set("TunnelSecurity", "require"); // the node daemons read netcfg keys from the environment
+  try {
+    const CTL = "192.168.77.254";
+    await w.control(CTL, { broker: "embedded" });
+    const nodes: SimNode[] = [];
+    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
+    await w.ctl(["service", "add", WEB]);
+    await w.ctl(["service", "add", CLI]);
+    const iip: string[] = [];
+    for (const n of [0, 1]) iip.push((await w.ctl(["instance", "add", WEB, String(n)])).split(" ").at(-2)!);
+    await w.ctl(["instance", "add", CLI, "0"]);
+    const s1 = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
+    const s2 = await w.instance("web1", [...TOOL, "servers", "80", "web1"]);
+    const cl = await w.instance("client");
+    for (const [i, job, n, pid] of [[1, WEB, 0, s1.pid], [2, WEB, 1, s2.pid], [0, CLI, 0, cl.pid]] as const) {
+      const r = await nodes[i].api.post("/container/deploy", {
+        pid,
+        serviceName: job,
+        instanceNumber: n,
+        portMappings: "",
+      });
+      assertEquals(r.status, 200, r.body);
+    }
+    const ask = (host: string) =>
+      w.execIn(cl, [...TOOL, "tcp-client", host, "80", "q"]).then((s) => s.split(":")[0]);
+    assertEquals(await eventually(() => ask(iip[1]), (v) => v === "web1", 20000), "web1");
+    assertEquals(await eventually(() => ask(iip[0]), (v) => v === "web0", 20000), "web0");
+    const st = await nodes[0].api.getJson("/status") as Status;
+    assertEquals(st.security.mode, "require");
+    assert(st.security.peers.some((p) => p.state === "secure"), JSON.stringify(st.security));
+    // Remove node 3 from the cluster: its certificate is revoked; node 1 refuses it within 10 s.
+    const t0 = Date.now();
+    await w.ctl(["node", "rm", `${w.prefix}-n3`]);
+    await eventually(
+      async () => (await nodes[0].api.getJson("/status") as Status).security.peers,
+      (ps) => ps.some((p) => p.endpoint.startsWith("192.168.77.3:") && p.state === "refused"),
+      10_000,
+    );
+    const cut = Date.now() - t0;
+    console.log(`node 3 refused by node 1 ${cut} ms after control node rm`);
+    assert(cut <= 10_000);
+    const after = await ask(iip[1]).catch((e) => `failed: ${String(e).slice(0, 80)}`);
+    assert(after !== "web1", `the removed node still answers: ${after}`);
+    assertEquals(await ask(iip[0]), "web0", "the other node is untouched");
+  } catch (e) {
+    await w.diagnose((l) => console.error(l.slice(0, 2000)));
+    throw e;
+  } finally {
+    Deno.env.delete("TunnelSecurity");
+    assertEquals(await w.destroy(), []);
+  }
+});

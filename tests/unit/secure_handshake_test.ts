@@ -1,0 +1,181 @@
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { Handshaker, INIT_BURST, PENDING_MS } from "../../src/secure/handshake.ts";
+import { KeyRing } from "../../src/secure/keys.ts";
+import { type CaKey, generateCa, signCertificate } from "../../src/secure/cert.ts";
+import { generateIdentity, type NodeIdentity } from "../../src/secure/identity.ts";
+import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
+import { SECURE_HEADER_LEN, SECURE_OVERHEAD } from "../../src/secure/secure_wire.ts";
+
+const T0 = 1_800_000_000_000; // ms
+const sec = (ms: number) => Math.floor(ms / 1000);
+
+function world() {
+  const ca = generateCa("cluster");
+  const trust: TrustSnapshot = {
+    caPublicKeys: [ca.publicKey],
+    revokedSerials: [],
+    revokedNodeIds: [],
+    generation: 1,
+  };
+  const clock = { now: T0 };
+  const cred = (
+    id: string,
+    o: { ca?: CaKey; identity?: NodeIdentity; keyOf?: NodeIdentity; notAfter?: number } = {},
+  ) => {
+    const identity = o.identity ?? generateIdentity();
+    const certificate = signCertificate(o.ca ?? ca, {
+      nodeId: id,
+      publicKey: (o.keyOf ?? identity).publicKey,
+      notBefore: sec(T0) - 60,
+      notAfter: o.notAfter ?? sec(T0) + 86400,
+    });
+    return { identity, certificate } satisfies NodeCredential;
+  };
+  const node = (c: NodeCredential, rekeyMs?: number) =>
+    new Handshaker({ credential: c, trust, rekeyMs, now: () => clock.now });
+  return { ca, trust, clock, cred, node };
+}
+
+function run(a: Handshaker, b: Handshaker, aName = "A", bName = "B") {
+  const m1 = a.initiate(bName, 5);
+  assert(m1, "HS_INIT");
+  const r2 = b.handle(aName, m1, 0, m1.length);
+  if (!r2.reply) return { a: undefined, b: undefined };
+  const r3 = a.handle(bName, r2.reply, 0, r2.reply.length);
+  if (!r3.reply) return { a: r3.established, b: undefined };
+  const r4 = b.handle(aName, r3.reply, 0, r3.reply.length);
+  return { a: r3.established, b: r4.established };
+}
+
+Deno.test("handshake: two certified nodes agree on keys; data sealed by one opens at the other", () => {
+  const w = world();
+  const a = w.node(w.cred("node-a")), b = w.node(w.cred("node-b"));
+  const { a: ka, b: kb } = run(a, b);
+  assert(ka && kb);
+  assertEquals(ka.localIndex, kb.remoteIndex);
+  assertEquals(kb.localIndex, ka.remoteIndex);
+  assertEquals(ka.sendKey.join(), kb.recvKey.join());
+  assertEquals(a.peerState("B")?.cert?.subject, "node-b");
+  assertEquals(b.peerState("A")?.cert?.subject, "node-a");
+  const ra = new KeyRing(0), rb = new KeyRing(1);
+  ra.install(ka);
+  rb.install(kb);
+  const buf = new Uint8Array(100 + SECURE_OVERHEAD);
+  buf.fill(7, SECURE_HEADER_LEN, SECURE_HEADER_LEN + 100);
+  const n = ra.seal("B", buf, 0, 100, 0, T0);
+  assertEquals(rb.open(buf, 0, n, T0), 100);
+  ra.close();
+  rb.close();
+});
+
+Deno.test("handshake: foreign CA, expired certificate, revoked node, and a certificate for another key are refused", () => {
+  const w = world();
+  const good = w.node(w.cred("node-b"));
+  const other = generateCa("other");
+  const cases: [string, NodeCredential][] = [
+    ["hs_cert_unknown-ca", w.cred("x", { ca: other })],
+    ["hs_cert_expired", w.cred("x", { notAfter: sec(T0) - 1 })],
+    ["hs_cert_key_mismatch", w.cred("x", { keyOf: generateIdentity() })],
+  ];
+  for (const [reason, c] of cases) {
+    w.clock.now += 1000; // the initiator's retry spacing
+    const bad = w.node(c);
+    // The initiator holds keys after message 2 (as in WireGuard); the responder refuses at message 3.
+    const { b } = run(bad, good, "X", "B");
+    assert(b === undefined, reason);
+    assertEquals(good.peerState("X"), undefined);
+    assertEquals(good.drops[reason], 1, reason);
+    // And as initiator the good node refuses the bad responder's certificate.
+    const r = run(good, bad, "B", "X");
+    assert(r.a === undefined && r.b === undefined);
+  }
+  // Revoked in the verifier's snapshot.
+  const c = w.cred("node-r");
+  const revoked = w.node(c);
+  const strict = new Handshaker({
+    credential: w.cred("node-s"),
+    trust: { ...w.trust, revokedNodeIds: ["node-r"], generation: 2 },
+    now: () => w.clock.now,
+  });
+  assertEquals(run(revoked, strict, "R", "S").b, undefined);
+  assertEquals(strict.drops["hs_cert_revoked"], 1);
+  assertEquals(strict.pending, 0);
+});
+
+Deno.test("handshake: malformed, tampered and unexpected datagrams only count", () => {
+  const w = world();
+  const a = w.node(w.cred("a")), b = w.node(w.cred("b"));
+  for (
+    const junk of [
+      new Uint8Array(0),
+      Uint8Array.of(0x16),
+      new Uint8Array(40).fill(0x16),
+      Uint8Array.of(0x17, 1, 0, 0),
+    ]
+  ) {
+    assertEquals(b.handle("A", junk, 0, junk.length), {});
+  }
+  assert((b.drops["hs_malformed"] ?? 0) >= 3);
+  const m1 = a.initiate("B", 0)!;
+  const r2 = b.handle("A", m1, 0, m1.length).reply!;
+  // A reply from the wrong endpoint, and a flipped byte, end nothing but count.
+  assertEquals(a.handle("C", r2, 0, r2.length), {});
+  assertEquals(a.drops["hs_unknown_index"], 1);
+  const bad = r2.slice();
+  bad[bad.length - 3] ^= 1;
+  assertEquals(a.handle("B", bad, 0, bad.length), {});
+  assertEquals(a.drops["hs_noise"], 1);
+  // The handshake state died with the failure: the genuine reply now finds no index.
+  assertEquals(a.handle("B", r2, 0, r2.length), {});
+  assertEquals(a.drops["hs_unknown_index"], 2);
+  // Random bytes in every handshake type never throw.
+  for (let i = 0; i < 300; i++) {
+    const r = crypto.getRandomValues(new Uint8Array(1 + (i % 200)));
+    r[0] = 0x16 + (i % 3);
+    r[1] = 1;
+    b.handle("A", r, 0, r.length);
+  }
+  assertEquals(b.peerState("A"), undefined);
+});
+
+Deno.test("handshake: HS_INIT floods are rate-limited per peer and stale pending states expire", () => {
+  const w = world();
+  const a = w.node(w.cred("a")), b = w.node(w.cred("b"));
+  let answered = 0;
+  for (let i = 0; i < 50; i++) {
+    w.clock.now += 1; // initiate()'s retry spacing is the initiator's business; flood the responder
+    const init = new Handshaker({ credential: w.cred("a"), trust: w.trust, now: () => w.clock.now }).initiate(
+      "B",
+      0,
+    )!;
+    if (b.handle("A", init, 0, init.length).reply) answered++;
+  }
+  assertEquals(answered, INIT_BURST);
+  assertEquals(b.drops["hs_rate_limited"], 50 - INIT_BURST);
+  assertEquals(b.pending, INIT_BURST);
+  w.clock.now += PENDING_MS + 1000;
+  const { a: ka, b: kb } = run(a, b); // tokens refilled; old pending states gone
+  assert(ka && kb);
+  assertEquals(b.pending, 0);
+});
+
+Deno.test("handshake: rekey after the interval gives new keys; revocation cuts the live session", () => {
+  const w = world();
+  const a = w.node(w.cred("a"), 5_000), b = w.node(w.cred("node-b"), 5_000);
+  const first = run(a, b);
+  assert(first.a && first.b);
+  assertEquals(a.due(), []);
+  w.clock.now += 5_000;
+  assertEquals(a.due(), ["B"]); // the initiator first
+  assertEquals(b.due(), []);
+  const second = run(a, b);
+  assert(second.a && second.b);
+  assert(second.a.sendKey.join() !== first.a.sendKey.join());
+  assertEquals(a.peerState("B")?.rekeys, 1);
+  assertEquals(a.peerState("B")?.indexes.length, 2); // previous session kept for in-flight datagrams
+  assertEquals(a.due(), []);
+  const cut = a.setTrust({ ...w.trust, revokedNodeIds: ["node-b"], generation: 2 });
+  assertEquals(cut, ["B"]);
+  assertEquals(a.peerState("B"), undefined);
+  assertEquals(run(a, b).a, undefined); // and B cannot come back
+});

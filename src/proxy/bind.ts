@@ -55,6 +55,7 @@ import {
 import { JUMBO_MAX_CHUNKS } from "./wire.ts";
 import type { AssembledPacket, BindSeam, ScatterTarget, TunSeam } from "./seams.ts";
 import { putIov } from "./iov.ts";
+import { outerOverhead } from "../path/pmtu.ts";
 
 /** The socket calls a bind needs (an FFI {@link UdpSocket}, or an in-memory one in tests). */
 export type DatagramSocket = Pick<UdpSocket, "fd" | "gso" | "sendBatch" | "recvBatch" | "waitWritable">;
@@ -242,10 +243,13 @@ export class UdpBind implements BindSeam, ScatterTarget {
       m.gsoSize = v.gsoSize;
       m.csumStart = v.csumStart;
       m.csumOffset = v.csumOffset;
-      const dsize = FAST_HEADER_LEN + this.#mtu;
+      // Chunks fill the peer's probed path (src/path/pmtu.ts), at most the configured MTU's size.
+      const full = FAST_HEADER_LEN + this.#mtu;
+      const fits = peer.path.mtu - outerOverhead(peer.family);
+      const dsize = fits < full ? fits : full;
       const at = slot * SEND_SLOT;
       const shared = pkt.buf.buffer === send.data.buffer;
-      const inPlace = pkt.scattered && shared && this.#scatterSlot === slot;
+      const inPlace = pkt.scattered && shared && this.#scatterSlot === slot && dsize === full;
       if (pkt.scattered && !inPlace) pkt.gather();
       let from = pkt.buf.byteOffset - send.data.byteOffset + pkt.off;
       if (!shared) {

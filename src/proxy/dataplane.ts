@@ -188,6 +188,7 @@ export class DataPlane {
           gso: true,
           gro: true,
           reusePort: n > 1,
+          pmtuProbe: true, // DF on, kernel PMTU cache off: src/path/pmtu.ts measures each peer's path
         }));
         if (i === 0 && n > 1) attachReuseportCbpf(udps[0].fd, reuseportProgram(n));
         wakes.push(new EventFd());

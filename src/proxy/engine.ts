@@ -40,6 +40,7 @@
  * }
  * ```
  */
+import { PROBE_FLAG_PMTU } from "../path/pmtu.ts";
 import { inPrefix4, inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
 import { Balancer, seededRandom, SharedRotation } from "./balance.ts";
@@ -834,7 +835,10 @@ export class Engine {
         return;
       }
       case WireKind.PROBE_REPLY:
-        if (decodeProbe(buf, off, len, this.#probe)) this.peers.onProbeReply(peer, this.#probe, now);
+        if (!decodeProbe(buf, off, len, this.#probe)) return;
+        // Padded path-MTU probes are judged by their size (src/path/pmtu.ts), not as RTT samples.
+        if ((buf[off + 1] & PROBE_FLAG_PMTU) !== 0) peer.path.onReply(this.#probe.seq, len, family, now);
+        else this.peers.onProbeReply(peer, this.#probe, now);
         return;
       default:
         this.#drop(Drop.NOT_OURS);
@@ -866,6 +870,22 @@ export class Engine {
         to(p, out.subarray(0, encodeProbe(out, 0, seq, us)));
       },
     });
+    this.#probePaths(now, to);
+  }
+
+  /** Path-MTU probes (src/path/pmtu.ts) to every peer that answers PROBEs. */
+  #probePaths(now: number, to: (p: Peer, bytes: Uint8Array) => void): void {
+    const lane = this.cfg.laneTag ?? 0;
+    for (const p of this.peers.peers()) {
+      if (!p.capsKnown || (p.remoteCaps & CAP_PROBE) === 0) continue;
+      p.path.noteLosses(p.probesLost + p.jumboLostTotal, now);
+      p.path.tick(now, p.family, lane, (seq, payload) => {
+        const out = new Uint8Array(payload); // zero padding after the 16-byte PROBE
+        encodeProbe(out, 0, seq, now * 1000);
+        out[1] = PROBE_FLAG_PMTU;
+        to(p, out);
+      });
+    }
   }
 
   /** Destination must be a local instance; replies of our flows get the dialled ServiceIP back. */

@@ -27,6 +27,7 @@ import { VNET_F_NEEDS_CSUM } from "../../ffi/vnet.ts";
 import { DROP_NAMES, type Engine, PacketResult, type ParkedDatagram, Verdict } from "./engine.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { BindSeam, TunSeam } from "./seams.ts";
+import { Fit, PathGuard } from "../path/guard.ts";
 
 /** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
 const TUN_DRAIN = 512;
@@ -45,14 +46,17 @@ export class PacketLoop {
   readonly bind: BindSeam;
   /** Reassembled JUMBO packets written to the TUN. */
   jumboRx = 0;
+  /** Each peer's path MTU applied to the packets (src/path/guard.ts). */
+  readonly path: PathGuard;
   readonly #post: (m: FromWorker) => void;
   readonly #res = new PacketResult();
   #lastUsage = 0;
   #lastPeerTick = 0;
   #lastStats: number;
 
-  constructor(engine: Engine, tun: TunSeam, bind: BindSeam, post: (m: FromWorker) => void) {
+  constructor(engine: Engine, tun: TunSeam, bind: BindSeam, post: (m: FromWorker) => void, mtu = 1450) {
     this.engine = engine;
+    this.path = new PathGuard(mtu);
     this.tun = tun;
     this.bind = bind;
     this.#post = post;
@@ -78,9 +82,23 @@ export class PacketLoop {
     const res = this.#res;
     res.gather = tun.scattered ? tun : undefined;
     const partial = (tun.meta.flags & VNET_F_NEEDS_CSUM) !== 0;
+    const guard = this.path;
+    const size = PathGuard.wireSize(tun.buf, tun.off, len, tun.meta);
+    guard.before(tun.buf, tun.off, len, size);
     const v = this.engine.egress(tun.buf, tun.off, len, now, partial, tun.off, res);
-    if (v === Verdict.TO_PEER) this.bind.send(tun, len, res);
-    else if (v === Verdict.TO_TUN) tun.writeBack(len);
+    if (v === Verdict.TO_PEER) {
+      const peer = res.route!.peer;
+      const fit = guard.check(peer, size, tun.meta, now);
+      if (fit === Fit.SEND) {
+        if (res.info!.protocol === 6 && (res.info!.tcpFlags & 2) !== 0) {
+          guard.clamp(tun.buf, tun.off, len, peer, partial);
+        }
+        this.bind.send(tun, len, res);
+      } else {
+        if (tun.scattered) tun.gather();
+        if (fit === Fit.TOO_BIG_ICMP) tun.writeLocal?.(guard.error, 0, guard.errorLen);
+      }
+    } else if (v === Verdict.TO_TUN) tun.writeBack(len);
     else if (tun.scattered) tun.gather(); // reads go plain again until a JUMBO send
   }
 
@@ -110,6 +128,7 @@ export class PacketLoop {
         if (v === Verdict.JUMBO) {
           if (bind.reassemble(res.peer!, now) && tun.writeAssembled(bind.assembled)) this.jumboRx++;
         } else if (v === Verdict.TO_TUN) {
+          this.path.clamp(bind.buf, res.off, res.len, res.peer, res.csumStart >= 0);
           tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
         }
       }
@@ -125,6 +144,7 @@ export class PacketLoop {
   tick(now: number): void {
     if (now - this.#lastPeerTick > PEER_TICK_MS) {
       this.engine.peerTick(now);
+      this.path.refresh(this.engine.peers.peers());
       this.#sendControl();
       this.#lastPeerTick = now;
     }

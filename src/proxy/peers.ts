@@ -62,6 +62,7 @@
  * @module
  */
 
+import { PathMtu } from "../path/pmtu.ts";
 import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { nodeKey } from "../table/entry.ts";
 import { ipv6Equal, ipv6Key } from "./packet.ts";
@@ -373,6 +374,8 @@ export class Peer {
   nextProbeAt: number = -Infinity;
   /** RTT is wanted until this time (ms); see {@link PeerTable.requestRtt}. */
   rttWantedUntil: number = -Infinity;
+  /** Its path MTU, probed in-band (src/path/pmtu.ts). */
+  readonly path: PathMtu = new PathMtu();
 
   /** Creates a peer for `ep` (use {@link PeerTable.add}, which also indexes it). */
   constructor(ep: Endpoint, rtt: RttOptions | undefined) {
@@ -523,6 +526,9 @@ export interface PeerStats {
   readonly probesSent: number;
   /** PROBEs lost. */
   readonly probesLost: number;
+  /** Outer path MTU in use towards it (bytes of an outer IP packet), and whether a probe measured it. */
+  readonly mtu?: number;
+  readonly mtuProbed?: boolean;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
 }
@@ -1097,6 +1103,8 @@ export class PeerTable {
         drops: p.drops,
         probesSent: p.probesSent,
         probesLost: p.probesLost,
+        mtu: p.path.mtu,
+        mtuProbed: p.path.probed,
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
       });
     }

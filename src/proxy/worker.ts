@@ -134,7 +134,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           scatter: bind,
         });
         const d = {
-          loop: new PacketLoop(engine, tun, bind, post),
+          loop: new PacketLoop(engine, tun, bind, post, m.mtu),
           wake: new EventFd(m.wakeFd),
           posted: new Int32Array(m.posted),
           spinMs: m.busyPollUs / 1000,

@@ -52,6 +52,9 @@ export interface PeerView {
   /** RTT probes sent / lost. */
   probesSent: number;
   probesLost: number;
+  /** Outer path MTU in use towards it, and whether an in-band probe measured it (src/path/pmtu.ts). */
+  mtu?: number;
+  mtuProbed?: boolean;
 }
 
 interface Seen {
@@ -141,6 +144,7 @@ export class PeerWatch {
         rxPackets: p.rxPackets,
         probesSent: p.probesSent,
         probesLost: p.probesLost,
+        ...(p.mtu !== undefined ? { mtu: p.mtu, mtuProbed: p.mtuProbed === true } : {}),
       };
     });
   }

@@ -233,6 +233,9 @@ export class PacketLoop {
       if (v > 0) drops[DROP_NAMES[i]] = v;
     });
     this.bind.addDrops(drops);
+    // Too big for the peer's path without DF, or beyond the ICMP error rate (src/path/guard.ts).
+    const tooBig = this.path.tooBigDropped + this.path.limiter.refused;
+    if (tooBig > 0) drops.path_too_big = tooBig;
     this.tun.addDrops(drops);
     // Judged against each peer's window of message ids (made-up ids do not count).
     if (e.peers.jumboLost > 0) drops.jumbo_lost = e.peers.jumboLost;

@@ -106,7 +106,7 @@ async function up(ns: string, dev: string, cidr: string): Promise<void> {
 }
 
 /** Builds the routed underlay with a `hopMtu` link between the routers, both daemons and two instances. */
-async function build(hopMtu: number, t: Topology): Promise<void> {
+async function build(hopMtu: number, t: Topology, cfgExtra: Record<string, unknown>): Promise<void> {
   const r1 = await createNs("r");
   t.routers.push(r1);
   const r2 = await createNs("r");
@@ -126,7 +126,7 @@ async function build(hopMtu: number, t: Topology): Promise<void> {
   for (const [i, p] of plan.entries()) {
     const base = JSON.parse(await Deno.readTextFile(`${ROOT}config/netcfg.json`));
     const cfg = `${t.dir}/netcfg${i + 1}.json`;
-    await Deno.writeTextFile(cfg, JSON.stringify({ ...base, NodePublicAddress: p.ip }));
+    await Deno.writeTextFile(cfg, JSON.stringify({ ...base, NodePublicAddress: p.ip, ...cfgExtra }));
     const node = await TestNode.startWith({
       subnet: p.s.v4,
       extraArgs: ["--cfg", cfg, "--static-table", `${t.dir}/table.json`],
@@ -161,6 +161,7 @@ async function deploy(node: TestNode, job: string, argv?: string[]): Promise<Tes
 
 interface PeerRow {
   endpoint: string;
+  mode?: string;
   mtu?: number;
   mtuProbed?: boolean;
 }
@@ -170,14 +171,18 @@ async function peerMtu(node: TestNode, endpoint: string): Promise<PeerRow | unde
   return st.peers?.find((p) => p.endpoint === endpoint);
 }
 
-async function withRoutedPair(hopMtu: number, fn: (t: Topology) => Promise<void>): Promise<void> {
+async function withRoutedPair(
+  hopMtu: number,
+  cfgExtra: Record<string, unknown>,
+  fn: (t: Topology) => Promise<void>,
+): Promise<void> {
   const t = {
     nodes: [],
     routers: [],
     dir: await Deno.makeTempDir({ prefix: "nmpmtu-" }),
   } as unknown as Topology;
   try {
-    await build(hopMtu, t);
+    await build(hopMtu, t, cfgExtra);
     await fn(t);
   } catch (e) {
     for (const [i, n] of t.nodes.entries()) {
@@ -194,12 +199,17 @@ async function withRoutedPair(hopMtu: number, fn: (t: Topology) => Promise<void>
   }
 }
 
-for (const hop of [1400, 1280]) {
+const CASES: Array<[number, string, Record<string, unknown>]> = [
+  [1400, "JUMBO", {}],
+  [1280, "JUMBO", {}],
+  [1400, "FAST segments", { JumboMode: false }],
+];
+for (const [hop, mode, cfgExtra] of CASES) {
   Deno.test(
-    `pmtu: a ${hop}-byte hop between routers — probed, 20 MB TCP byte-exact, DF UDP never lost silently`,
+    `pmtu: a ${hop}-byte hop between routers (${mode}) — probed, 20 MB TCP byte-exact, DF UDP never lost silently`,
     opts,
     async () => {
-      await withRoutedPair(hop, async (t) => {
+      await withRoutedPair(hop, cfgExtra, async (t) => {
         // A first exchange makes the nodes peers (HELLO), then each probes the other's path.
         const first = await t.cli.exec([...TOOL, "udp-client", RR.v4, "8080", "hi"]);
         assertEquals(first.stdout.trim(), "web:hi", first.stderr);
@@ -208,6 +218,7 @@ for (const hop of [1400, 1280]) {
           for (const [node, ep] of [[t.nodes[0], `${IP2}:50103`], [t.nodes[1], `${IP1}:50103`]] as const) {
             const row = await eventually(() => peerMtu(node, ep), (p) => p?.mtuProbed === true, 10000);
             assertEquals(row?.mtu, hop, `${ep} path MTU`);
+            assertEquals(row?.mode, cfgExtra.JumboMode === false ? "fast" : "jumbo");
           }
         }
         // TCP: 20 MiB through the RR ServiceIP, FNV-1a hash compared end to end.

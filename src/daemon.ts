@@ -337,6 +337,7 @@ class Node implements NodeService {
         ingressAnyInSubnet: Deno.env.get("NETMANAGER_TEST_INGRESS_ANY") === "1",
         helloRefreshMs: Number(Deno.env.get("NETMANAGER_TEST_HELLO_REFRESH_MS")) || undefined,
         probeAllPeers: this.cfg.net.ProbePeers,
+        ...this.#reflectorCfg(),
       },
     });
     const crashLane = Deno.env.get("NETMANAGER_TEST_CRASH_WORKER");
@@ -445,7 +446,20 @@ class Node implements NodeService {
         ? { connected: this.control.connected, interests: this.control.interests() }
         : null,
       peers: this.dataPlane?.peers() ?? [],
+      // The tunnel endpoint the control plane's reflector saw (behind NAT: not the announced one).
+      ...(this.dataPlane?.observed
+        ? { observedEndpoint: `${this.dataPlane.observed.ip}:${this.dataPlane.observed.port}` }
+        : {}),
     };
+  }
+
+  /** Where the data plane asks for its observed endpoint (src/path/reflect_client.ts), if anywhere. */
+  #reflectorCfg(): { reflector?: { addr: string; port: number } } {
+    const port = Number(this.cfg.net.ReflectorPort);
+    if (!port) return {};
+    const cluster = (this.env.registration?.clusterAddress || this.cfg.net.ClusterUrl).split(",")[0];
+    const addr = this.cfg.net.ReflectorAddress || cluster.replace(/:\d+$/, "");
+    return addr !== "0.0.0.0" && tryParseIPv4(addr) !== undefined ? { reflector: { addr, port } } : {};
   }
 
   table(): unknown[] {

@@ -28,6 +28,7 @@ import type { ClusterState } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger, RateLimitedLog } from "../log.ts";
+import { ObservedEndpoints, Reflector } from "../path/reflector.ts";
 
 const log = logger("control");
 
@@ -90,6 +91,12 @@ export interface ControlOptions {
   etcd?: { endpoints: string[]; cluster: string; prefix?: string };
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
+  /**
+   * Endpoint reflector (src/path/reflector.ts): UDP port (the CLI's default 50104; 0 = any free
+   * port) and bind address (default 0.0.0.0). Off when `reflectorPort` is undefined.
+   */
+  reflectorPort?: number;
+  reflectorHost?: string;
 }
 
 /** A running control service. */
@@ -112,6 +119,9 @@ export interface ControlService {
   readonly state: ClusterState;
   /** Node reports dropped so far, by cause (live). */
   readonly reportsDropped: Readonly<Record<string, number>>;
+  /** Tunnel endpoints the reflector observed per node (live), and its port (undefined: off). */
+  readonly observed: ObservedEndpoints;
+  readonly reflectorPort: number | undefined;
   /** Ready: the service's broker connection is up and the last state save worked. */
   health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -279,7 +289,9 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   let broker: EmbeddedBroker | undefined;
   let client: mqtt.MqttClient | undefined;
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
+  let reflector: Reflector | undefined;
   const cleanup = async () => {
+    reflector?.stop();
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
     if (broker) await broker.stop().catch(() => {});
@@ -363,14 +375,36 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       void handleNodeMessage(core, msg);
     });
 
+    const observed = new ObservedEndpoints();
+    if (opts.reflectorPort !== undefined) {
+      try {
+        reflector = await Reflector.start({
+          port: checkPort("reflector port", opts.reflectorPort),
+          host: opts.reflectorHost ?? "0.0.0.0",
+          isNode: (w) => state.node(w) !== undefined,
+          observed,
+        });
+      } catch (e) {
+        throw new ControlError(
+          `cannot serve the reflector on UDP ${opts.reflectorPort}: ${(e as Error).message}`,
+        );
+      }
+    }
     const embedded = broker;
     const handler = createHttpHandler(core, {
+      tunnelObserved: (w) => observed.get(w),
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
       view: () => {
         reports.prune((w) => state.node(w) !== undefined);
-        return clusterView(state, reports, embedded ? (w) => embedded.connection(w) : undefined, Date.now());
+        return clusterView(
+          state,
+          reports,
+          embedded ? (w) => embedded.connection(w) : undefined,
+          Date.now(),
+          (w) => observed.get(w),
+        );
       },
     });
     try {
@@ -408,6 +442,8 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       credentialsPath: creds.path,
       state,
       reportsDropped: reports.refused,
+      observed,
+      reflectorPort: reflector?.port,
       health() {
         if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
         if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };
@@ -415,6 +451,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       },
       stop() {
         stopping ??= (async () => {
+          reflector?.stop();
           await server!.shutdown().catch(() => {});
           await mq.endAsync().catch(() => {});
           if (broker) await broker.stop();

@@ -279,6 +279,15 @@ export class DataPlane {
           l.stats = m.stats;
           this.#onStats();
           break;
+        case "observed":
+          if (this.observed?.ip !== m.ip || this.observed?.port !== m.port) {
+            log.info("tunnel endpoint observed by the control plane", {
+              endpoint: `${m.ip}:${m.port}`,
+              ...(this.observed ? { was: `${this.observed.ip}:${this.observed.port}` } : {}),
+            });
+          }
+          this.observed = { ip: m.ip, port: m.port, at: Date.now() };
+          break;
         case "flows": {
           const w = this.#flowWaiters.get(m.id);
           if (!w) break;
@@ -394,6 +403,9 @@ export class DataPlane {
   }
 
   /** Peers with their wire mode, RTT, last-seen age and drops (for `status` / `peers`). */
+  /** The tunnel's endpoint as the control plane's reflector last saw it (src/path/reflect_client.ts). */
+  observed: { ip: string; port: number; at: number } | undefined = undefined;
+
   peers(): PeerView[] {
     return this.#peerWatch.view(Date.now());
   }

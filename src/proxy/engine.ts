@@ -41,6 +41,8 @@
  * ```
  */
 import { PROBE_FLAG_PMTU } from "../path/pmtu.ts";
+import { ReflectClient } from "../path/reflect_client.ts";
+import { MSG_REFLECT_REPLY } from "../path/reflect.ts";
 import { inPrefix4, inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
 import { Balancer, seededRandom, SharedRotation } from "./balance.ts";
@@ -58,7 +60,7 @@ import {
   rewriteSrc4,
   rewriteSrc6,
 } from "./packet.ts";
-import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
+import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { type Peer, PeerTable } from "./peers.ts";
 import {
   CAP_FAST,
@@ -75,6 +77,7 @@ import {
   FAST_F_NEEDS_CSUM,
   FastHeader,
   HelloMessage,
+  isValidNodeId,
   ProbeMessage,
   probeToReplyInPlace,
   WireKind,
@@ -210,6 +213,11 @@ export interface EngineConfig {
   laneTag?: number;
   /** With several data-plane workers: the round-robin positions they share ({@link SharedRotation}). */
   rotation?: SharedArrayBuffer;
+  /**
+   * Endpoint discovery (src/path/reflect_client.ts): the control plane's reflector, IPv4 and port.
+   * Only the worker of lane 0 asks (replies of unknown types are steered to lane 0).
+   */
+  reflector?: { addr: string; port: number; intervalMs?: number };
 }
 
 /** Packet and byte counters. */
@@ -303,6 +311,9 @@ export class Engine {
   readonly misses: string[] = [];
   /** The local instance (`job#n`) whose packet caused a miss in {@link misses}, for the warning. */
   readonly missSources: Map<string, string> = new Map();
+  /** Endpoint discovery, when configured; {@link observedChanged} tells the loop to report it. */
+  readonly reflect: ReflectClient | undefined;
+  observedChanged = false;
   /** Peers: in-band state (capabilities, RTT for the closest policy), known-sender check. */
   readonly peers: PeerTable;
   /** Control datagrams to send; drained by the caller. */
@@ -348,6 +359,11 @@ export class Engine {
     this.cfg = cfg;
     this.table = table;
     this.flows = new FlowTable({ maxFlows: 65536 });
+    const rf = cfg.reflector;
+    const a4 = rf ? tryParseIPv4(rf.addr) : undefined;
+    this.reflect = rf && a4 !== undefined && (cfg.laneTag ?? 0) === 0 && isValidNodeId(cfg.nodeId ?? "")
+      ? new ReflectClient({ addr4: a4, port: rf.port, nodeId: cfg.nodeId ?? "", intervalMs: rf.intervalMs })
+      : undefined;
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
@@ -678,6 +694,10 @@ export class Engine {
     srcPort: number,
     now: number,
   ): Verdict {
+    if (buf[off] === MSG_REFLECT_REPLY && this.reflect !== undefined && family === 4) {
+      if (this.reflect.onReply(buf, off, len, src4, srcPort, now)) this.observedChanged = true;
+      return Verdict.DROP;
+    }
     const kind = classify(buf, off, len);
     let pOff = off;
     let pLen = len;
@@ -871,6 +891,16 @@ export class Engine {
       },
     });
     this.#probePaths(now, to);
+    const req = this.reflect?.due(now);
+    if (req !== undefined) {
+      this.control.push({
+        family: 4,
+        addr4: this.reflect!.addr4,
+        addr6: undefined,
+        port: this.reflect!.port,
+        bytes: req,
+      });
+    }
   }
 
   /** Path-MTU probes (src/path/pmtu.ts) to every peer that answers PROBEs. */

@@ -137,6 +137,11 @@ export class PacketLoop {
     }
     this.#sendControl();
     this.#reportMisses();
+    const e2 = this.engine;
+    if (e2.observedChanged && e2.reflect?.observedIp !== undefined) {
+      e2.observedChanged = false;
+      this.#post({ type: "observed", ip: e2.reflect.observedIp, port: e2.reflect.observedPort });
+    }
     return count;
   }
 

@@ -72,5 +72,7 @@ export type FromWorker =
   | { type: "stats"; stats: StatsData }
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
+  /** The tunnel's public endpoint as the control plane's reflector saw it (src/path/reflect_client.ts). */
+  | { type: "observed"; ip: string; port: number }
   /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */
   | { type: "error"; message: string; fatal: boolean };

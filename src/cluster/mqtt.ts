@@ -124,6 +124,8 @@ export interface ControlCore {
   change: ControlStore["change"];
   /** Publishes a JSON payload with QoS 1 (errors are logged, never thrown). */
   publish(topic: string, payload: unknown): void;
+  /** A node's tunnel endpoint as the reflector saw it (src/path/reflector.ts), for table results. */
+  tunnelObserved?: (worker: string) => { ip: string; port: number } | undefined;
 }
 
 /**
@@ -151,7 +153,7 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
       }
       case "tablequery": {
         const job = core.state.resolve(msg.key);
-        const result = tableQueryResult(msg.key, job);
+        const result = tableQueryResult(msg.key, job, core.tunnelObserved);
         core.publish(tableQueryResultTopic(msg.worker), result);
         log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
         if (job && !job.interested_nodes.includes(msg.worker)) {

@@ -24,7 +24,7 @@ import {
 import { createHttpHandler } from "./http.ts";
 import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.ts";
 import { clusterView } from "./view.ts";
-import type { ClusterState } from "./state.ts";
+import { type ClusterState, isDeployed } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { EtcdError, EtcdStore } from "./etcd_store.ts";
 import { logger, RateLimitedLog } from "../log.ts";
@@ -342,10 +342,12 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     store.onUpdate = (u, own) => {
       if (!shared || own !== false) publish(updatesTopic(u.job), { type: u.type });
     };
+    const observed = new ObservedEndpoints();
     const core: ControlCore = {
       state,
       change: (fn, updates) => store.change(fn, updates),
       publish,
+      tunnelObserved: (w) => observed.get(w),
     };
     // State from before Closest ServiceIPs: every service gets its pair now (others unchanged);
     // interested nodes are told to fetch the new entries. Replicas racing here agree through etcd.
@@ -375,7 +377,6 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       void handleNodeMessage(core, msg);
     });
 
-    const observed = new ObservedEndpoints();
     if (opts.reflectorPort !== undefined) {
       try {
         reflector = await Reflector.start({
@@ -383,6 +384,14 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
           host: opts.reflectorHost ?? "0.0.0.0",
           isNode: (w) => state.node(w) !== undefined,
           observed,
+          // Peers must dial the new endpoint: interested nodes re-fetch the jobs running there.
+          onChange: (w) => {
+            for (const job of state.jobs()) {
+              if (job.instance_list.some((i) => i.worker_id === w && isDeployed(i))) {
+                publish(updatesTopic(job.job_name), { type: "DEPLOYMENT" });
+              }
+            }
+          },
         });
       } catch (e) {
         throw new ControlError(

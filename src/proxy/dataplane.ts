@@ -287,6 +287,7 @@ export class DataPlane {
             });
           }
           this.observed = { ip: m.ip, port: m.port, at: Date.now() };
+          this.#broadcast({ type: "observedSelf", ip: m.ip, port: m.port });
           break;
         case "flows": {
           const w = this.#flowWaiters.get(m.id);

@@ -407,6 +407,19 @@ export class Engine {
     this.#rebuildRoutes(now);
   }
 
+  #observedSelf = "";
+
+  /**
+   * This node's tunnel endpoint as the control plane's reflector saw it (behind NAT: the router's):
+   * table entries naming it are this node's own, like those naming the announced address.
+   */
+  setObservedSelf(ip: string, port: number, now = 0): void {
+    const key = `${ip}:${port}`;
+    if (key === this.#observedSelf) return;
+    this.#observedSelf = key;
+    this.#rebuildRoutes(now);
+  }
+
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);
@@ -421,7 +434,8 @@ export class Engine {
     for (const key of this.table.nodes()) {
       const e = this.table.nodeEndpoint(key);
       if (!e) continue;
-      const local = e.ip === this.cfg.selfIp && e.port === this.cfg.selfPort;
+      const local = (e.ip === this.cfg.selfIp && e.port === this.cfg.selfPort) ||
+        (this.#observedSelf !== "" && `${e.ip}:${e.port}` === this.#observedSelf);
       const v6 = e.ip.includes(":") ? tryParseIPv6(e.ip) : undefined;
       const r: NodeRoute = {
         key,

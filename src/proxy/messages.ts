@@ -60,6 +60,8 @@ export type ToWorker =
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }
+  /** The tunnel's observed public endpoint: table entries naming it are this node's too (behind NAT). */
+  | { type: "observedSelf"; ip: string; port: number }
   | { type: "flows"; id: number; limit: number }
   /** Tests: end the packet loop with an error, as a crash would (the main isolate restarts the Worker). */
   | { type: "crash" }

@@ -529,6 +529,8 @@ Deno.test("counters and stats snapshot", () => {
     drops: 1,
     probesSent: 0,
     probesLost: 0,
+    mtu: 1500,
+    mtuProbed: false,
     lastSeen: 8,
   });
   assertEquals(s[1], {
@@ -544,6 +546,8 @@ Deno.test("counters and stats snapshot", () => {
     drops: 0,
     probesSent: 0,
     probesLost: 0,
+    mtu: 1500,
+    mtuProbed: false,
   });
 });
 

@@ -238,6 +238,7 @@ class Node implements NodeService {
       hostIp: () => this.publicAddress ?? "",
       hostPort: net.NodePublicPort,
       routeContext: () => this.routeContext(),
+      onPunch: (ip, port) => this.dataPlane?.punch(ip, port),
       trustResults: Deno.env.get("NETMANAGER_TEST_TRUST_RESULTS") === "1",
       // Oakestra's 10 s idle expiry of interests; the environment may shorten it (tests).
       interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
@@ -257,7 +258,9 @@ class Node implements NodeService {
       service4: this.cfg.serviceRange4,
       service6: this.cfg.serviceRange6,
       ...(subnet ? { subnet4: subnet.v4, subnet6: subnet.v6 } : {}),
-      selfIps: own ? [own] : [],
+      // Behind NAT the table names this node by its observed endpoint (src/path/reflector.ts).
+      selfIps: [...(own ? [own] : []), ...(this.dataPlane?.observed ? [this.dataPlane.observed.ip] : [])],
+      ...(this.dataPlane?.observed ? { observedPort: this.dataPlane.observed.port } : {}),
       selfPort: this.cfg.net.NodePublicPort,
       isOwnInstance: (job, instance, nsip4) =>
         this.env.instances().some((r) =>

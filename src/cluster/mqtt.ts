@@ -48,6 +48,15 @@ export function tableQueryResultTopic(worker: string): string {
 }
 
 /** Topic of the update notice of a job. */
+/** `nodes/<worker>/net/punch`: the control plane asks a node behind NAT to HELLO an endpoint (netmanager addition). */
+export function punchTopic(worker: string): string {
+  return `nodes/${worker}/net/punch`;
+}
+
+function endpointOf(ip: string, port: number): string {
+  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
 export function updatesTopic(job: string): string {
   return `jobs/${job}/updates_available`;
 }
@@ -155,6 +164,19 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
         const job = core.state.resolve(msg.key);
         const result = tableQueryResult(msg.key, job, core.tunnelObserved);
         core.publish(tableQueryResultTopic(msg.worker), result);
+        // Hole punching: a node behind NAT answers only endpoints it has sent to, so it is told to
+        // HELLO the asker's observed endpoint (the asker dials its observed one: both directions open).
+        const asker = core.tunnelObserved?.(msg.worker);
+        if (asker !== undefined) {
+          const told = new Set<string>();
+          for (const i of result.instance_list) {
+            if (i.announced_host_ip === undefined || i.worker_id === msg.worker || told.has(i.worker_id)) {
+              continue;
+            }
+            told.add(i.worker_id);
+            core.publish(punchTopic(i.worker_id), { endpoint: endpointOf(asker.ip, asker.port) });
+          }
+        }
         log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
         if (job && !job.interested_nodes.includes(msg.worker)) {
           const name = job.job_name;

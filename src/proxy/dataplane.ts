@@ -407,6 +407,11 @@ export class DataPlane {
   /** The tunnel's endpoint as the control plane's reflector last saw it (src/path/reflect_client.ts). */
   observed: { ip: string; port: number; at: number } | undefined = undefined;
 
+  /** Hole punching: every worker HELLOs `ip:port` (another node's observed endpoint) for a while. */
+  punch(ip: string, port: number): void {
+    this.#broadcast({ type: "punch", key: ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}` });
+  }
+
   peers(): PeerView[] {
     return this.#peerWatch.view(Date.now());
   }

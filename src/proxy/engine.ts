@@ -408,6 +408,36 @@ export class Engine {
   }
 
   #observedSelf = "";
+  /** Hole punching: endpoints (node keys) to keep HELLOing although no table entry names them, until when (ms). */
+  readonly #punch = new Map<string, { until: number; rx: number }>();
+
+  /**
+   * Hole punching (issue 12): a node behind NAT is told that `key` ("ip:port", another node's
+   * observed endpoint) wants to reach it; HELLOs to it open this side's NAT mapping and keep it
+   * open (the HELLO refresh) for `forMs`, and longer while the table names it.
+   */
+  punch(key: string, now: number, forMs = 300_000): void {
+    const had = this.#punch.get(key);
+    this.#punch.set(key, { until: now + forMs, rx: had?.rx ?? 0 });
+    if (!had) this.#rebuildRoutes(now);
+  }
+
+  /** Drops expired punch targets (from the 1 s housekeeping). */
+  #expirePunch(now: number): void {
+    let changed = false;
+    for (const [k, t] of this.#punch) {
+      // Data from it (beyond HELLO/PROBE answers, which come anyway) extends the keepalive.
+      const rx = this.peers.get(k)?.rxPackets ?? 0;
+      if (rx > t.rx) {
+        t.rx = rx;
+        t.until = Math.max(t.until, now + 120_000);
+      } else if (t.until < now) {
+        this.#punch.delete(k);
+        changed = true;
+      }
+    }
+    if (changed) this.#rebuildRoutes(now);
+  }
 
   /**
    * This node's tunnel endpoint as the control plane's reflector saw it (behind NAT: the router's):
@@ -463,6 +493,7 @@ export class Engine {
     }
     this.#local4 = local4;
     this.#local6 = local6;
+    for (const k of this.#punch.keys()) if (!remote.includes(k)) remote.push(k);
     this.peers.sync(remote, now);
     for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
     this.#closestNodes = [...closest];
@@ -1075,6 +1106,7 @@ export class Engine {
   /** Housekeeping: idle flows leave; parked packets older than `parkMs` are dropped. */
   tick(now: number, parkMs = 6000): void {
     this.flows.sweep(now, this.#idleMs);
+    if (this.#punch.size > 0) this.#expirePunch(now);
     for (const [key, p] of this.#strangers) {
       if (now - p.since > parkMs) {
         this.#strangers.delete(key);

@@ -177,6 +177,9 @@ export class PacketLoop {
       case "observedSelf":
         e.setObservedSelf(m.ip, m.port, performance.now());
         break;
+      case "punch":
+        e.punch(m.key, performance.now());
+        break;
       case "flows": {
         const out = [...e.flows.ids()].slice(0, m.limit).map((id) => e.flows.info(id));
         this.#post({ type: "flows", id: m.id, flows: out });

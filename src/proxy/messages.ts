@@ -62,6 +62,8 @@ export type ToWorker =
   | { type: "self"; ip: string }
   /** The tunnel's observed public endpoint: table entries naming it are this node's too (behind NAT). */
   | { type: "observedSelf"; ip: string; port: number }
+  /** Hole punching: HELLO this endpoint ("ip:port") to open and keep open our NAT mapping towards it. */
+  | { type: "punch"; key: string }
   | { type: "flows"; id: number; limit: number }
   /** Tests: end the packet loop with an error, as a crash would (the main isolate restarts the Worker). */
   | { type: "crash" }

@@ -15,6 +15,7 @@ import { ReflectClient } from "../../src/path/reflect_client.ts";
 import { ObservedEndpoints, Reflector } from "../../src/path/reflector.ts";
 import { WireError } from "../../src/proxy/wire.ts";
 import dgram from "node:dgram";
+import { parsePunch } from "../../src/control/client.ts";
 
 Deno.test("reflect wire: requests and replies round-trip; malformed input is refused", () => {
   const req = encodeReflect({ nonceHi: 0xdeadbeef, nonceLo: 7, nodeId: "worker-1" });
@@ -141,4 +142,24 @@ Deno.test("observed endpoints: change detection and expiry", () => {
   assert(o.set("w", "1.2.3.4", 6, 20));
   assertEquals(o.get("w", 500)?.port, 6);
   assertEquals(o.get("w", 2000), undefined);
+});
+
+Deno.test("punch requests: endpoints validated", () => {
+  assertEquals(parsePunch({ endpoint: "192.168.77.100:50103" }), { ip: "192.168.77.100", port: 50103 });
+  assertEquals(parsePunch({ endpoint: "[2001:db8::1]:9" }), { ip: "2001:db8::1", port: 9 });
+  for (
+    const bad of [
+      { endpoint: "1.2.3.4:0" },
+      { endpoint: "1.2.3.4:70000" },
+      { endpoint: "999.1.1.1:5" },
+      {
+        endpoint: "host:5",
+      },
+      { endpoint: 5 },
+      null,
+      "x",
+    ]
+  ) {
+    assertEquals(parsePunch(bad), undefined, JSON.stringify(bad));
+  }
 });

@@ -48,6 +48,9 @@ export function tableQueryResultTopic(worker: string): string {
 }
 
 /** Topic of the update notice of a job. */
+/** How long a table result waits after the punch requests it caused (see the tablequery case). */
+export const PUNCH_LEAD_MS = 150;
+
 /** `nodes/<worker>/net/punch`: the control plane asks a node behind NAT to HELLO an endpoint (netmanager addition). */
 export function punchTopic(worker: string): string {
   return `nodes/${worker}/net/punch`;
@@ -163,12 +166,14 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
       case "tablequery": {
         const job = core.state.resolve(msg.key);
         const result = tableQueryResult(msg.key, job, core.tunnelObserved);
-        core.publish(tableQueryResultTopic(msg.worker), result);
         // Hole punching: a node behind NAT answers only endpoints it has sent to, so it is told to
-        // HELLO the asker's observed endpoint (the asker dials its observed one: both directions open).
+        // HELLO the asker's observed endpoint (the asker dials its observed one: both directions open). Before the
+        // result, so the NAT'd side's packets leave first and the asker's find the mapping open: an
+        // asker's packet arriving first would leave a conntrack entry that makes the NAT map the
+        // punch to another port (measured: Linux MASQUERADE picks a random one on that clash).
         const asker = core.tunnelObserved?.(msg.worker);
+        const told = new Set<string>();
         if (asker !== undefined) {
-          const told = new Set<string>();
           for (const i of result.instance_list) {
             if (i.announced_host_ip === undefined || i.worker_id === msg.worker || told.has(i.worker_id)) {
               continue;
@@ -177,6 +182,8 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
             core.publish(punchTopic(i.worker_id), { endpoint: endpointOf(asker.ip, asker.port) });
           }
         }
+        if (told.size > 0) await new Promise((r) => setTimeout(r, PUNCH_LEAD_MS));
+        core.publish(tableQueryResultTopic(msg.worker), result);
         log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
         if (job && !job.interested_nodes.includes(msg.worker)) {
           const name = job.job_name;

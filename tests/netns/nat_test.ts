@@ -128,6 +128,11 @@ Deno.test(
       assert(peers.peers.some((p) => p.endpoint === st.observedEndpoint), JSON.stringify(peers.peers));
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 3000)));
+      const ct = await new Deno.Command("ip", {
+        args: ["netns", "exec", `${w.prefix}nat`, "cat", "/proc/net/nf_conntrack"],
+        stdout: "piped",
+      }).output();
+      console.error("--- NAT conntrack\n" + new TextDecoder().decode(ct.stdout));
       throw e;
     } finally {
       const left = await w.destroy();

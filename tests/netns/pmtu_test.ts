@@ -211,8 +211,12 @@ for (const [hop, mode, cfgExtra] of CASES) {
     async () => {
       await withRoutedPair(hop, cfgExtra, async (t) => {
         // A first exchange makes the nodes peers (HELLO), then each probes the other's path.
-        const first = await t.cli.exec([...TOOL, "udp-client", RR.v4, "8080", "hi"]);
-        assertEquals(first.stdout.trim(), "web:hi", first.stderr);
+        // (retried: the server in the web instance may still be starting)
+        await eventually(
+          async () => (await t.cli.exec([...TOOL, "udp-client", RR.v4, "8080", "hi"])).stdout.trim(),
+          (v) => v === "web:hi",
+          15000,
+        );
         if (BASELINE) await new Promise((r) => setTimeout(r, 1500)); // code without path-MTU handling
         else {
           for (const [node, ep] of [[t.nodes[0], `${IP2}:50103`], [t.nodes[1], `${IP1}:50103`]] as const) {

@@ -51,13 +51,27 @@ export interface PeerRow {
   txPackets?: number;
   rxPackets?: number;
   probesLost?: number;
+  path?: string;
+  mtu?: number;
 }
 
 /** The `peers` table: peer, endpoint, wire mode, RTT, last seen, packets, drops. */
 export function formatPeers(peers: readonly PeerRow[]): string {
   if (peers.length === 0) return "(no peers yet: a peer appears once traffic goes to or comes from it)";
   return columns(
-    ["PEER", "ENDPOINT", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST"],
+    [
+      "PEER",
+      "ENDPOINT",
+      "WIRE",
+      "RTT",
+      "LAST SEEN",
+      "TX PKTS",
+      "RX PKTS",
+      "DROPS",
+      "PROBES LOST",
+      "PATH",
+      "MTU",
+    ],
     peers.map((p) => [
       p.node ?? "-",
       p.endpoint,
@@ -68,6 +82,8 @@ export function formatPeers(peers: readonly PeerRow[]): string {
       String(p.rxPackets ?? "-"),
       String(p.drops),
       String(p.probesLost ?? "-"),
+      p.path ?? "-",
+      String(p.mtu ?? "-"),
     ]),
   );
 }

@@ -495,6 +495,10 @@ export class Engine {
     this.#local6 = local6;
     for (const k of this.#punch.keys()) if (!remote.includes(k)) remote.push(k);
     this.peers.sync(remote, now);
+    for (const k of this.#punch.keys()) {
+      const p = this.peers.get(k);
+      if (p) p.punched = true;
+    }
     for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
     this.#closestNodes = [...closest];
   }

@@ -74,6 +74,7 @@ function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
     probesLost: a.probesLost + b.probesLost,
     // Each worker probes for itself: the smaller measured value is the safe one.
     ...mergeMtu(a, b),
+    ...(a.punched || b.punched ? { punched: true } : {}),
     ...(lastSeen !== undefined ? { lastSeen } : {}),
   };
 }

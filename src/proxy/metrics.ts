@@ -64,6 +64,8 @@ export interface PeerMetrics {
   readonly probesSent: number;
   /** PROBEs lost. */
   readonly probesLost: number;
+  /** Outer path MTU in use towards it (src/path/pmtu.ts). */
+  readonly mtu?: number;
 }
 
 /** The data plane's figures, summed over workers. */
@@ -259,6 +261,13 @@ export class NodeMetrics {
       "RTT probes to a peer node that went unanswered.",
       PL,
       () => peers((p) => [[peerLabels(p), p.probesLost] as Sample]),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_path_mtu_bytes",
+      "Path MTU towards a peer node (outer IP packet bytes), probed in-band; 1500 until measured.",
+      PL,
+      () => peers((p) => p.mtu === undefined ? [] : [[peerLabels(p), p.mtu] as Sample]),
     );
 
     snapshotGauge(

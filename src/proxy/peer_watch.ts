@@ -52,6 +52,12 @@ export interface PeerView {
   /** RTT probes sent / lost. */
   probesSent: number;
   probesLost: number;
+  /**
+   * How it is reached (issue 12): `direct`, or `punched` (through a NAT mapping opened on the control
+   * plane's request); `relayed` is reserved for relays (not built yet, so `via` is never set).
+   */
+  path?: "direct" | "punched" | "relayed";
+  via?: string;
   /** Outer path MTU in use towards it, and whether an in-band probe measured it (src/path/pmtu.ts). */
   mtu?: number;
   mtuProbed?: boolean;
@@ -144,6 +150,7 @@ export class PeerWatch {
         rxPackets: p.rxPackets,
         probesSent: p.probesSent,
         probesLost: p.probesLost,
+        path: p.punched ? "punched" : "direct",
         ...(p.mtu !== undefined ? { mtu: p.mtu, mtuProbed: p.mtuProbed === true } : {}),
       };
     });

@@ -374,6 +374,8 @@ export class Peer {
   nextProbeAt: number = -Infinity;
   /** RTT is wanted until this time (ms); see {@link PeerTable.requestRtt}. */
   rttWantedUntil: number = -Infinity;
+  /** We HELLO it because the control plane asked (hole punching, src/path), not only for the table. */
+  punched = false;
   /** Its path MTU, probed in-band (src/path/pmtu.ts). */
   readonly path: PathMtu = new PathMtu();
 
@@ -529,6 +531,8 @@ export interface PeerStats {
   /** Outer path MTU in use towards it (bytes of an outer IP packet), and whether a probe measured it. */
   readonly mtu?: number;
   readonly mtuProbed?: boolean;
+  /** Reached through a punched NAT mapping (hole punching). */
+  readonly punched?: boolean;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
 }
@@ -1105,6 +1109,7 @@ export class PeerTable {
         probesLost: p.probesLost,
         mtu: p.path.mtu,
         mtuProbed: p.path.probed,
+        ...(p.punched ? { punched: true } : {}),
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
       });
     }

@@ -126,6 +126,15 @@ Deno.test(
       // The public node dials the hidden one at its observed endpoint (the table result carried it).
       const peers = (await pub.api.getJson("/status")) as { peers: Array<{ endpoint: string }> };
       assert(peers.peers.some((p) => p.endpoint === st.observedEndpoint), JSON.stringify(peers.peers));
+      // The hidden node reaches the public one through the mapping it punched on the control plane's request.
+      const back = (await hidden.api.getJson("/status")) as {
+        peers: Array<{ endpoint: string; path?: string }>;
+      };
+      assertEquals(
+        back.peers.find((p) => p.endpoint === `${PUB}:50103`)?.path,
+        "punched",
+        JSON.stringify(back.peers),
+      );
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 3000)));
       const ct = await new Deno.Command("ip", {

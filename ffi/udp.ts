@@ -71,6 +71,11 @@ const SO_RCVBUFFORCE = 33;
 const IPPROTO_IPV6 = 41;
 const IPV6_V6ONLY = 26;
 const SOL_UDP = 17;
+// Path-MTU discovery modes (linux/in.h, linux/in6.h): PROBE sets DF and ignores the cached PMTU.
+const PMTU_IPPROTO_IP = 0;
+const IP_MTU_DISCOVER = 10;
+const IPV6_MTU_DISCOVER = 23;
+const PMTUDISC_PROBE = 3;
 const UDP_SEGMENT = 103;
 const UDP_GRO = 104;
 const MSG_DONTWAIT = 0x40;
@@ -607,6 +612,13 @@ export interface UdpOptions {
   nonBlocking?: boolean;
   /** Set SO_REUSEPORT before bind (several sockets sharing one port). Default false. */
   reusePort?: boolean;
+  /**
+   * Send every datagram with don't-fragment and ignore the kernel's path-MTU cache
+   * (`IP_PMTUDISC_PROBE` / `IPV6_PMTUDISC_PROBE`): the caller measures the path itself (in-band
+   * probes), and a cached PMTU learnt from ICMP never makes GSO sends fail or fragments probes.
+   * Default false (the kernel's default, `IP_PMTUDISC_WANT`).
+   */
+  pmtuProbe?: boolean;
 }
 
 /** A UDP socket driven in batches. */
@@ -896,6 +908,14 @@ export function openUdp(opts: UdpOptions): UdpSocket {
         setInt(fd, SOL_SOCKET, SO_SNDBUF, opts.sndbuf) < 0
       ) {
         throw new SyscallError("setsockopt(SO_SNDBUF)", errno());
+      }
+    }
+    if (opts.pmtuProbe) {
+      const [level, name] = family === 4
+        ? [PMTU_IPPROTO_IP, IP_MTU_DISCOVER]
+        : [IPPROTO_IPV6, IPV6_MTU_DISCOVER];
+      if (setInt(fd, level, name, PMTUDISC_PROBE) < 0) {
+        throw new SyscallError("setsockopt(MTU_DISCOVER)", errno());
       }
     }
     const gso = (opts.gso ?? true) && getInt(fd, SOL_UDP, UDP_SEGMENT) !== undefined;

@@ -247,6 +247,7 @@ class Node implements NodeService {
       hostIp: () => this.publicAddress ?? "",
       hostPort: net.NodePublicPort,
       routeContext: () => this.routeContext(),
+      onPunch: (ip, port) => this.dataPlane?.punch(ip, port),
       trustResults: Deno.env.get("NETMANAGER_TEST_TRUST_RESULTS") === "1",
       // Oakestra's 10 s idle expiry of interests; the environment may shorten it (tests).
       interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
@@ -290,7 +291,9 @@ class Node implements NodeService {
       service4: this.cfg.serviceRange4,
       service6: this.cfg.serviceRange6,
       ...(subnet ? { subnet4: subnet.v4, subnet6: subnet.v6 } : {}),
-      selfIps: own ? [own] : [],
+      // Behind NAT the table names this node by its observed endpoint (src/path/reflector.ts).
+      selfIps: [...(own ? [own] : []), ...(this.dataPlane?.observed ? [this.dataPlane.observed.ip] : [])],
+      ...(this.dataPlane?.observed ? { observedPort: this.dataPlane.observed.port } : {}),
       selfPort: this.cfg.net.NodePublicPort,
       isOwnInstance: (job, instance, nsip4) =>
         this.env.instances().some((r) =>
@@ -371,6 +374,7 @@ class Node implements NodeService {
         helloRefreshMs: Number(Deno.env.get("NETMANAGER_TEST_HELLO_REFRESH_MS")) || undefined,
         probeAllPeers: this.cfg.net.ProbePeers,
         peerDownAfterMs: this.cfg.net.PeerDownAfterMs,
+        ...this.#reflectorCfg(),
       },
     });
     if (this.security) this.dataPlane.setSecurity(this.security.current());
@@ -522,7 +526,20 @@ class Node implements NodeService {
         }
         : null,
       services: this.dataPlane?.services() ?? [],
+      // The tunnel endpoint the control plane's reflector saw (behind NAT: not the announced one).
+      ...(this.dataPlane?.observed
+        ? { observedEndpoint: `${this.dataPlane.observed.ip}:${this.dataPlane.observed.port}` }
+        : {}),
     };
+  }
+
+  /** Where the data plane asks for its observed endpoint (src/path/reflect_client.ts), if anywhere. */
+  #reflectorCfg(): { reflector?: { addr: string; port: number } } {
+    const port = Number(this.cfg.net.ReflectorPort);
+    if (!port) return {};
+    const cluster = (this.env.registration?.clusterAddress || this.cfg.net.ClusterUrl).split(",")[0];
+    const addr = this.cfg.net.ReflectorAddress || cluster.replace(/:\d+$/, "");
+    return addr !== "0.0.0.0" && tryParseIPv4(addr) !== undefined ? { reflector: { addr, port } } : {};
   }
 
   table(): unknown[] {

@@ -33,6 +33,7 @@ import {
 import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
 import { fail, UsageError } from "./common.ts";
 import { columns } from "./inspect.ts";
+import { REFLECTOR_PORT } from "../path/reflect.ts";
 
 function portOf(name: string, text: string): number {
   if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535) {
@@ -69,6 +70,7 @@ async function runService(opts: {
   brokerCa?: string;
   httpHost: string;
   httpPort: string;
+  reflectorPort: string;
   httpTlsCert?: string;
   httpTlsKey?: string;
   logLevel: string;
@@ -127,6 +129,7 @@ async function runService(opts: {
     ...(opts.brokerCa !== undefined ? { brokerCa: opts.brokerCa } : {}),
     httpHost: opts.httpHost,
     httpPort: portOf("--http-port", opts.httpPort),
+    ...(opts.reflectorPort !== "0" ? { reflectorPort: portOf("--reflector-port", opts.reflectorPort) } : {}),
     ...(httpTls ? { httpTls: { cert: httpTls[0], key: httpTls[1] } } : {}),
   });
   let metrics;
@@ -358,8 +361,10 @@ function nodeCmd() {
           String(
             jobs.reduce((k, j) => k + j.instance_list.filter((i) => i.worker_id === n.worker_id).length, 0),
           ),
+          // The tunnel endpoint the reflector saw (src/path/reflector.ts), "-" before the first request.
+          (n as { tunnel_observed?: string }).tunnel_observed ?? "-",
         ]);
-        console.log(columns(["WORKER", "SUBNET", "SUBNET6", "INSTANCES"], rows));
+        console.log(columns(["WORKER", "SUBNET", "SUBNET6", "INSTANCES", "OBSERVED"], rows));
       } catch (e) {
         fail(e);
       }
@@ -487,6 +492,11 @@ export function controlCmd() {
     .option("--http-port <port>", "HTTP API port", String(DEFAULT_HTTP_PORT))
     .option("--http-tls-cert <file>", "HTTP API: TLS certificate (PEM)")
     .option("--http-tls-key <file>", "HTTP API: TLS private key (PEM)")
+    .option(
+      "--reflector-port <port>",
+      "UDP port of the endpoint reflector nodes learn their public ip:port from (0 = off)",
+      String(REFLECTOR_PORT),
+    )
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (e.g. 127.0.0.1:9465)")
     .option("--log-format <format>", "text | json (one object per line, for log shippers)", "text")

@@ -55,6 +55,8 @@ export interface PeerRow {
   health?: string;
   downCause?: string;
   downForS?: number;
+  path?: string;
+  mtu?: number;
 }
 
 /** The STATE column: `up`, `DOWN 5s (cause)`, `up?` (not probed: liveness unknown, used as up). */
@@ -71,7 +73,20 @@ export function formatHealth(p: Pick<PeerRow, "health" | "downCause" | "downForS
 export function formatPeers(peers: readonly PeerRow[]): string {
   if (peers.length === 0) return "(no peers yet: a peer appears once traffic goes to or comes from it)";
   return columns(
-    ["PEER", "ENDPOINT", "WIRE", "RTT", "LAST SEEN", "TX PKTS", "RX PKTS", "DROPS", "PROBES LOST", "STATE"],
+    [
+      "PEER",
+      "ENDPOINT",
+      "WIRE",
+      "RTT",
+      "LAST SEEN",
+      "TX PKTS",
+      "RX PKTS",
+      "DROPS",
+      "PROBES LOST",
+      "PATH",
+      "MTU",
+      "STATE",
+    ],
     peers.map((p) => [
       p.node ?? "-",
       p.endpoint,
@@ -82,6 +97,8 @@ export function formatPeers(peers: readonly PeerRow[]): string {
       String(p.rxPackets ?? "-"),
       String(p.drops),
       String(p.probesLost ?? "-"),
+      p.path ?? "-",
+      String(p.mtu ?? "-"),
       formatHealth(p),
     ]),
   );

@@ -198,7 +198,12 @@ export async function readApiToken(path: string): Promise<string> {
 }
 
 /** Result topics only the control plane publishes (a node publishing them would forge replies). */
-const RESULT_SUFFIXES = new Set(["net/subnetwork/result", "net/tablequery/result", "net/cert/result"]);
+const RESULT_SUFFIXES = new Set([
+  "net/subnetwork/result",
+  "net/tablequery/result",
+  "net/cert/result",
+  "net/punch",
+]);
 
 /**
  * True when node `worker` may publish on `topic`: below `nodes/<worker>/`, except the control

@@ -89,6 +89,8 @@ export interface HttpAuth {
   onCredentialIssued?: (worker: string) => Promise<void>;
   /** The picture of the cluster for `GET /api/net/cluster` (404 without). */
   view?: () => ClusterView;
+  /** A node's tunnel endpoint as the reflector saw it (src/path/reflector.ts), for the node listings. */
+  tunnelObserved?: (worker: string) => { ip: string; port: number } | undefined;
 }
 
 function bearerOf(req: Request): string | undefined {
@@ -154,6 +156,13 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       if (e instanceof StoreUnavailableError) throw new HttpError(503, e.message);
       throw new HttpError(500, `state not saved: ${(e as Error).message}`);
     }
+  };
+
+  /** Adds `tunnel_observed` ("ip:port", when the reflector saw the node) to a node record. */
+  const withObserved = <T extends { worker_id: string }>(n: T): T & { tunnel_observed?: string } => {
+    const o = auth.tunnelObserved?.(n.worker_id);
+    if (o === undefined) return n;
+    return { ...n, tunnel_observed: o.ip.includes(":") ? `[${o.ip}]:${o.port}` : `${o.ip}:${o.port}` };
   };
 
   const routes: Array<
@@ -236,7 +245,7 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
     {
       method: "GET",
       path: /^\/api\/net\/nodes$/,
-      run: () => Promise.resolve(json(200, core.state.nodes().map((n) => structuredClone(n)))),
+      run: () => Promise.resolve(json(200, core.state.nodes().map((n) => withObserved(structuredClone(n))))),
     },
     {
       method: "GET",
@@ -244,7 +253,7 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
       run: (m) => {
         const n = core.state.node(param(m[1]));
         if (!n) throw new HttpError(404, `no node with worker id "${param(m[1])}"`);
-        return Promise.resolve(json(200, structuredClone(n)));
+        return Promise.resolve(json(200, withObserved(structuredClone(n))));
       },
     },
     {

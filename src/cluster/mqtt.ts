@@ -48,6 +48,18 @@ export function tableQueryResultTopic(worker: string): string {
 }
 
 /** Topic of the update notice of a job. */
+/** How long a table result waits after the punch requests it caused (see the tablequery case). */
+export const PUNCH_LEAD_MS = 150;
+
+/** `nodes/<worker>/net/punch`: the control plane asks a node behind NAT to HELLO an endpoint (netmanager addition). */
+export function punchTopic(worker: string): string {
+  return `nodes/${worker}/net/punch`;
+}
+
+function endpointOf(ip: string, port: number): string {
+  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
 export function updatesTopic(job: string): string {
   return `jobs/${job}/updates_available`;
 }
@@ -124,6 +136,8 @@ export interface ControlCore {
   change: ControlStore["change"];
   /** Publishes a JSON payload with QoS 1 (errors are logged, never thrown). */
   publish(topic: string, payload: unknown): void;
+  /** A node's tunnel endpoint as the reflector saw it (src/path/reflector.ts), for table results. */
+  tunnelObserved?: (worker: string) => { ip: string; port: number } | undefined;
 }
 
 /**
@@ -151,7 +165,24 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
       }
       case "tablequery": {
         const job = core.state.resolve(msg.key);
-        const result = tableQueryResult(msg.key, job);
+        const result = tableQueryResult(msg.key, job, core.tunnelObserved);
+        // Hole punching: a node behind NAT answers only endpoints it has sent to, so it is told to
+        // HELLO the asker's observed endpoint (the asker dials its observed one: both directions open). Before the
+        // result, so the NAT'd side's packets leave first and the asker's find the mapping open: an
+        // asker's packet arriving first would leave a conntrack entry that makes the NAT map the
+        // punch to another port (measured: Linux MASQUERADE picks a random one on that clash).
+        const asker = core.tunnelObserved?.(msg.worker);
+        const told = new Set<string>();
+        if (asker !== undefined) {
+          for (const i of result.instance_list) {
+            if (i.announced_host_ip === undefined || i.worker_id === msg.worker || told.has(i.worker_id)) {
+              continue;
+            }
+            told.add(i.worker_id);
+            core.publish(punchTopic(i.worker_id), { endpoint: endpointOf(asker.ip, asker.port) });
+          }
+        }
+        if (told.size > 0) await new Promise((r) => setTimeout(r, PUNCH_LEAD_MS));
         core.publish(tableQueryResultTopic(msg.worker), result);
         log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
         if (job && !job.interested_nodes.includes(msg.worker)) {

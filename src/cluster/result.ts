@@ -37,6 +37,13 @@ export interface InstanceOut {
   worker_id: string;
   cluster_id?: string;
   service_ip: ServiceIpOut[];
+  /**
+   * netmanager addition: the node is behind NAT, so `host_ip`/`host_port` carry the endpoint the
+   * reflector observed (what every peer, an Oakestra Go node too, must dial) and these the one the
+   * node announced. Absent otherwise.
+   */
+  announced_host_ip?: string;
+  announced_host_port?: number;
 }
 
 /** The whole result. */
@@ -51,19 +58,26 @@ export interface TableQueryResult {
  * resolved job; an unresolved key gives `app_name: ""` and an empty list. Each instance's
  * `service_ip` is the job's service IP list (RR first) plus its own `instance_ip` entry.
  */
-export function tableQueryResult(queryKey: string, job: JobRecord | undefined): TableQueryResult {
+export function tableQueryResult(
+  queryKey: string,
+  job: JobRecord | undefined,
+  observedOf?: (worker: string) => { ip: string; port: number } | undefined,
+): TableQueryResult {
   if (!job) return { app_name: "", query_key: queryKey, instance_list: [] };
   const instance_list: InstanceOut[] = [];
   for (const i of job.instance_list) {
     if (!isDeployed(i)) continue;
+    // Behind NAT (the reflector saw another endpoint than the node announced): peers dial the observed one.
+    const seen = i.worker_id ? observedOf?.(i.worker_id) : undefined;
+    const nat = seen !== undefined && (seen.ip !== i.host_ip || seen.port !== i.host_port);
     instance_list.push({
       instance_number: i.instance_number,
       instance_ip: i.instance_ip,
       instance_ip_v6: i.instance_ip_v6,
       namespace_ip: i.namespace_ip!,
       namespace_ip_v6: i.namespace_ip_v6 ?? "",
-      host_ip: i.host_ip!,
-      host_port: i.host_port!,
+      host_ip: nat ? seen.ip : i.host_ip!,
+      host_port: nat ? seen.port : i.host_port!,
       worker_id: i.worker_id ?? "",
       ...(i.cluster_id ? { cluster_id: i.cluster_id } : {}),
       service_ip: [
@@ -74,6 +88,7 @@ export function tableQueryResult(queryKey: string, job: JobRecord | undefined): 
         })),
         { IpType: "instance_ip", Address: i.instance_ip, Address_v6: i.instance_ip_v6 },
       ],
+      ...(nat ? { announced_host_ip: i.host_ip!, announced_host_port: i.host_port! } : {}),
     });
   }
   return { app_name: job.job_name, query_key: queryKey, instance_list };

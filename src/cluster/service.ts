@@ -24,7 +24,7 @@ import {
 import { createHttpHandler } from "./http.ts";
 import { REPORT_TOPIC_FILTER, ReportStore, workerOfReportTopic } from "./report.ts";
 import { clusterView } from "./view.ts";
-import type { ClusterState } from "./state.ts";
+import { type ClusterState, isDeployed } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { defaultPrefix, EtcdError, EtcdStore } from "./etcd_store.ts";
 import { EtcdClient } from "./etcd.ts";
@@ -33,6 +33,7 @@ import { ClusterPki } from "./pki.ts";
 import { CertRequestSchema, certResultTopic } from "../secure/node_security.ts";
 import { WORKER_ID } from "./schemas.ts";
 import { REVOCATION_TOPIC } from "../secure/revocation.ts";
+import { ObservedEndpoints, Reflector } from "../path/reflector.ts";
 
 const log = logger("control");
 const CERT_REQUEST = /^nodes\/([^/]+)\/net\/cert\/request$/;
@@ -96,6 +97,12 @@ export interface ControlOptions {
   etcd?: { endpoints: string[]; cluster: string; prefix?: string };
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
+  /**
+   * Endpoint reflector (src/path/reflector.ts): UDP port (the CLI's default 50104; 0 = any free
+   * port) and bind address (default 0.0.0.0). Off when `reflectorPort` is undefined.
+   */
+  reflectorPort?: number;
+  reflectorHost?: string;
 }
 
 /** A running control service. */
@@ -118,6 +125,9 @@ export interface ControlService {
   readonly state: ClusterState;
   /** Node reports dropped so far, by cause (live). */
   readonly reportsDropped: Readonly<Record<string, number>>;
+  /** Tunnel endpoints the reflector observed per node (live), and its port (undefined: off). */
+  readonly observed: ObservedEndpoints;
+  readonly reflectorPort: number | undefined;
   /** Ready: the service's broker connection is up and the last state save worked. */
   health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -299,8 +309,10 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   let client: mqtt.MqttClient | undefined;
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
   let revocationTimer: ReturnType<typeof setInterval> | undefined;
+  let reflector: Reflector | undefined;
   const cleanup = async () => {
     clearInterval(revocationTimer);
+    reflector?.stop();
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
     if (broker) await broker.stop().catch(() => {});
@@ -386,10 +398,12 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     store.onUpdate = (u, own) => {
       if (!shared || own !== false) publish(updatesTopic(u.job), { type: u.type });
     };
+    const observed = new ObservedEndpoints();
     const core: ControlCore = {
       state,
       change: (fn, updates) => store.change(fn, updates),
       publish,
+      tunnelObserved: (w) => observed.get(w),
     };
     // State from before Closest ServiceIPs: every service gets its pair now (others unchanged);
     // interested nodes are told to fetch the new entries. Replicas racing here agree through etcd.
@@ -428,8 +442,31 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       void handleNodeMessage(core, msg);
     });
 
+    if (opts.reflectorPort !== undefined) {
+      try {
+        reflector = await Reflector.start({
+          port: checkPort("reflector port", opts.reflectorPort),
+          host: opts.reflectorHost ?? "0.0.0.0",
+          isNode: (w) => state.node(w) !== undefined,
+          observed,
+          // Peers must dial the new endpoint: interested nodes re-fetch the jobs running there.
+          onChange: (w) => {
+            for (const job of state.jobs()) {
+              if (job.instance_list.some((i) => i.worker_id === w && isDeployed(i))) {
+                publish(updatesTopic(job.job_name), { type: "DEPLOYMENT" });
+              }
+            }
+          },
+        });
+      } catch (e) {
+        throw new ControlError(
+          `cannot serve the reflector on UDP ${opts.reflectorPort}: ${(e as Error).message}`,
+        );
+      }
+    }
     const embedded = broker;
     const handler = createHttpHandler(core, {
+      tunnelObserved: (w) => observed.get(w),
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
@@ -440,7 +477,13 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       },
       view: () => {
         reports.prune((w) => state.node(w) !== undefined);
-        return clusterView(state, reports, embedded ? (w) => embedded.connection(w) : undefined, Date.now());
+        return clusterView(
+          state,
+          reports,
+          embedded ? (w) => embedded.connection(w) : undefined,
+          Date.now(),
+          (w) => observed.get(w),
+        );
       },
     });
     try {
@@ -478,6 +521,8 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       credentialsPath: creds.path,
       state,
       reportsDropped: reports.refused,
+      observed,
+      reflectorPort: reflector?.port,
       health() {
         if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
         if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };
@@ -486,6 +531,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       stop() {
         stopping ??= (async () => {
           clearInterval(revocationTimer);
+          reflector?.stop();
           await server!.shutdown().catch(() => {});
           await mq.endAsync().catch(() => {});
           if (broker) await broker.stop();

@@ -28,6 +28,10 @@ export interface ViewNode {
   endpoint: string | null;
   /** Address the broker sees its MQTT connection from (embedded broker only), or null. */
   observed: string | null;
+  /** Its tunnel endpoint as the reflector saw it (src/path/reflector.ts), or null. */
+  tunnel_observed?: string | null;
+  /** The reflector saw another endpoint than it announces: it is behind NAT (null: unknown). */
+  behind_nat?: boolean | null;
   /** Connected to the broker: the embedded broker knows; with an external one, a report in the last 3 periods. */
   connected: boolean;
   /** Version from its report, or null. */
@@ -113,6 +117,7 @@ export function clusterView(
   reports: ReportStore,
   connection: ConnectionOf | undefined,
   now: number,
+  tunnelObserved?: (worker: string) => { ip: string; port: number } | undefined,
 ): ClusterView {
   const endpointOwner = new Map<string, string>();
   const hostOf = new Map<string, string>();
@@ -141,6 +146,7 @@ export function clusterView(
       subnet_v6: n.subnet_v6,
       endpoint: r?.report.endpoint || hostOf.get(n.worker_id) || null,
       observed: conn?.remote ?? null,
+      ...tunnelFields(r?.report.endpoint || hostOf.get(n.worker_id) || null, tunnelObserved?.(n.worker_id)),
       connected: connection ? conn !== undefined : fresh,
       version: r?.report.version ?? null,
       instances: r?.report.instances ?? null,
@@ -236,6 +242,15 @@ export function clusterView(
 
 function zeroTraffic(): ViewTraffic {
   return { tx_packets: 0, tx_bytes: 0, rx_packets: 0, rx_bytes: 0 };
+}
+
+function tunnelFields(
+  announced: string | null,
+  seen: { ip: string; port: number } | undefined,
+): { tunnel_observed: string | null; behind_nat: boolean | null } {
+  if (seen === undefined) return { tunnel_observed: null, behind_nat: null };
+  const t = endpointText(seen.ip, seen.port);
+  return { tunnel_observed: t, behind_nat: announced === null ? null : announced !== t };
 }
 
 function endpointText(ip: string, port: number): string {

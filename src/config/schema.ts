@@ -138,6 +138,13 @@ export const NetCfgSchema = z.object({
    * that never answer probes (Oakestra Go nodes) are not judged (unknown, used as up).
    */
   PeerDownAfterMs: intLike("PeerDownAfterMs", 0, 600_000).default(3000),
+  /**
+   * netmanager additions, endpoint discovery (issue 12): the control plane's reflector, asked from the
+   * tunnel socket for this node's public ip:port. Address: IPv4 (default: the cluster address when
+   * it is an IPv4 literal); port 0 turns discovery off.
+   */
+  ReflectorAddress: z.union([z.literal(""), ipv4]).default(""),
+  ReflectorPort: z.union([z.literal(0), portLike("ReflectorPort")]).default(50104),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
   /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */

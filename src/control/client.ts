@@ -38,7 +38,7 @@
 // mqtt is loaded on the first connect: a standalone node never pays for it (~10 MB resident).
 import type { IClientOptions, MqttClient } from "mqtt";
 import type { Socket } from "node:net";
-import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
+import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { logger } from "../log.ts";
 import { Backoff } from "./backoff.ts";
 import type { NodeReport } from "../cluster/report.ts";
@@ -122,6 +122,8 @@ export interface ControlOptions {
    * Without it entries are applied unchecked (tests of the protocol only).
    */
   routeContext?: () => RouteContext;
+  /** Hole punching (issue 12): the control plane asks this node to HELLO another node's endpoint. */
+  onPunch?: (ip: string, port: number) => void;
   /**
    * Accept unsolicited results for followed jobs and skip route validation: the behaviour before
    * both existed. Tests only (they show the attacks the checks stop).
@@ -251,6 +253,7 @@ export class NodeControl {
   readonly rejections = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
   readonly #client: MqttClient;
   readonly #topics: NodeTopics;
+  readonly #onPunch: ((ip: string, port: number) => void) | undefined;
   readonly #opts: ControlOptions;
   readonly #queryTimeoutMs: number;
   readonly #idleMs: number;
@@ -275,6 +278,7 @@ export class NodeControl {
     this.#client = client;
     this.#opts = opts;
     this.#topics = nodeTopics(opts.workerId);
+    this.#onPunch = opts.onPunch;
     this.#queryTimeoutMs = opts.queryTimeoutMs ?? 5000;
     this.#idleMs = opts.interestIdleMs ?? 10000;
     this.#subnetTimeoutMs = opts.subnetTimeoutMs ?? 10000;
@@ -655,6 +659,7 @@ export class NodeControl {
       this.#topics.tableQueryResult,
       this.#topics.subnetResult,
       ...this.#extra.keys(),
+      ...(this.#onPunch ? [this.#topics.punch] : []),
       ...[...this.#interests.keys()].map(updatesTopic),
     ];
     await this.#subscribe(topics);
@@ -787,6 +792,14 @@ export class NodeControl {
         return;
       }
       if (topic === this.#topics.tableQueryResult) return this.#onQueryResult(body);
+      if (topic === this.#topics.punch) {
+        const ep = parsePunch(body);
+        if (ep === undefined) {
+          this.stats.malformed++;
+          log.warn("ignoring malformed punch request", { topic });
+        } else this.#onPunch?.(ep.ip, ep.port);
+        return;
+      }
       const extra = this.#extra.get(topic);
       if (extra) return extra(body);
       if (topic === this.#topics.subnetResult) {
@@ -1027,4 +1040,18 @@ export class NodeControl {
   whenSynced(): Promise<void> {
     return this.#resync;
   }
+}
+
+/** A punch request's `{"endpoint":"ip:port"}` (IPv6 as `[ip]:port`), validated; undefined when malformed. */
+export function parsePunch(body: unknown): { ip: string; port: number } | undefined {
+  if (typeof body !== "object" || body === null) return undefined;
+  const ep = (body as { endpoint?: unknown }).endpoint;
+  if (typeof ep !== "string" || ep.length > 64) return undefined;
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):([0-9]{1,5})$/.exec(ep);
+  if (!m) return undefined;
+  const ip = m[1] ?? m[2];
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return undefined;
+  if (m[1] !== undefined ? tryParseIPv6(ip) === undefined : tryParseIPv4(ip) === undefined) return undefined;
+  return { ip, port };
 }

@@ -32,6 +32,8 @@ export interface NodeTopics {
   readonly serviceDeployed: string;
   /** node → cluster: the node's public address changed. */
   readonly addressChanged: string;
+  /** cluster → node (netmanager addition): `{"endpoint":"ip:port"}` to HELLO (hole punching). */
+  readonly punch: string;
   /** node → cluster: `{"appname"}`. */
   readonly interestRemove: string;
 }
@@ -47,6 +49,7 @@ export function nodeTopics(workerId: string): NodeTopics {
     serviceDeployed: `${p}service/deployed`,
     addressChanged: `${p}service/address-changed`,
     interestRemove: `${p}interest/remove`,
+    punch: `${p}punch`,
   };
 }
 

@@ -75,6 +75,8 @@ export interface RouteContext {
   readonly selfIps: readonly string[];
   /** This node's tunnel port. */
   readonly selfPort: number;
+  /** Behind NAT: the port of its observed endpoint (whose address is in `selfIps`). */
+  readonly observedPort?: number;
   /** True when this node hosts instance `instance` of `job` with namespace IPv4 `nsip4`. */
   isOwnInstance(job: string, instance: number, nsip4: number): boolean;
   /** The job(s) the table binds ServiceIP `addr` to, if any. */
@@ -159,7 +161,9 @@ export function checkEntry(
   if (e.nsip6 && (!inPrefix6(ctx.overlay6, e.nsip6) || inPrefix6(ctx.service6, e.nsip6))) {
     return no("nsip_outside_overlay", `namespace_ip_v6 ${formatIPv6(e.nsip6)} outside the overlay`);
   }
-  if ((inOwn4 || inOwn6) && !(own && self && e.nodePort === ctx.selfPort)) {
+  if (
+    (inOwn4 || inOwn6) && !(own && self && (e.nodePort === ctx.selfPort || e.nodePort === ctx.observedPort))
+  ) {
     return no(
       "nsip_own_subnet",
       `namespace IP ${formatIPv4(e.nsip4)} is in this node's subnet but not one of its instances` +

@@ -269,9 +269,17 @@ export class World {
    * Starts a node in cluster mode: attached to the underlay at `ip`, its daemon registers with the
    * control plane at `clusterIp` (MQTT) and gets its subnet from there.
    */
-  async clusterNode(name: string, ip: string, clusterIp: string, workerId?: string): Promise<SimNode> {
+  async clusterNode(
+    name: string,
+    ip: string,
+    clusterIp: string,
+    workerId?: string,
+    /** Instead of attaching to the underlay at `ip`: wires the node's namespace (e.g. behind a NAT router). */
+    plumb?: (ns: string) => Promise<void>,
+  ): Promise<SimNode> {
     const ns = await this.namespace(name);
-    await this.attach(ns, name, ip);
+    if (plumb) await plumb(ns);
+    else await this.attach(ns, name, ip);
     const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-${name}-` });
     this.#dirs.push(dir);
     const cfg = JSON.parse(await Deno.readTextFile(`${ROOT_CONFIG}netcfg.json`));

@@ -56,6 +56,8 @@ import { JUMBO_MAX_CHUNKS } from "./wire.ts";
 import type { AssembledPacket, BindSeam, ScatterTarget, TunSeam } from "./seams.ts";
 import { putIov } from "./iov.ts";
 import type { SecureLayer } from "../secure/secure_layer.ts";
+import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
+import { outerOverhead } from "../path/pmtu.ts";
 
 /** The socket calls a bind needs (an FFI {@link UdpSocket}, or an in-memory one in tests). */
 export type DatagramSocket = Pick<UdpSocket, "fd" | "gso" | "sendBatch" | "recvBatch" | "waitWritable">;
@@ -252,10 +254,16 @@ export class UdpBind implements BindSeam, ScatterTarget {
       m.gsoSize = v.gsoSize;
       m.csumStart = v.csumStart;
       m.csumOffset = v.csumOffset;
-      const dsize = FAST_HEADER_LEN + this.#mtu;
+      // Chunks fill the peer's probed path (src/path/pmtu.ts), at most the configured MTU's size.
+      const full = FAST_HEADER_LEN + this.#mtu;
+      // A sealed datagram carries the secure envelope too (src/secure/secure_wire.ts).
+      const sec = this.secure;
+      const sealed = sec !== undefined && sec.active && sec.ring.has(peer.key) ? SECURE_OVERHEAD : 0;
+      const fits = peer.path.mtu - outerOverhead(peer.family) - sealed;
+      const dsize = fits < full ? fits : full;
       const at = slot * SEND_SLOT;
       const shared = pkt.buf.buffer === send.data.buffer;
-      const inPlace = pkt.scattered && shared && this.#scatterSlot === slot;
+      const inPlace = pkt.scattered && shared && this.#scatterSlot === slot && dsize === full;
       if (pkt.scattered && !inPlace) pkt.gather();
       let from = pkt.buf.byteOffset - send.data.byteOffset + pkt.off;
       if (!shared) {

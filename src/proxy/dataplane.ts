@@ -235,6 +235,7 @@ export class DataPlane {
           gso: true,
           gro: true,
           reusePort: n > 1,
+          pmtuProbe: true, // DF on, kernel PMTU cache off: src/path/pmtu.ts measures each peer's path
         }));
         if (i === 0 && n > 1) attachReuseportCbpf(udps[0].fd, reuseportProgram(n));
         wakes.push(new EventFd());
@@ -324,6 +325,16 @@ export class DataPlane {
         case "stats":
           l.stats = m.stats;
           this.#onStats();
+          break;
+        case "observed":
+          if (this.observed?.ip !== m.ip || this.observed?.port !== m.port) {
+            log.info("tunnel endpoint observed by the control plane", {
+              endpoint: `${m.ip}:${m.port}`,
+              ...(this.observed ? { was: `${this.observed.ip}:${this.observed.port}` } : {}),
+            });
+          }
+          this.observed = { ip: m.ip, port: m.port, at: Date.now() };
+          this.#broadcast({ type: "observedSelf", ip: m.ip, port: m.port });
           break;
         case "flows": {
           const w = this.#flowWaiters.get(m.id);
@@ -459,6 +470,14 @@ export class DataPlane {
   }
 
   /** Peers with their wire mode, RTT, last-seen age and drops (for `status` / `peers`). */
+  /** The tunnel's endpoint as the control plane's reflector last saw it (src/path/reflect_client.ts). */
+  observed: { ip: string; port: number; at: number } | undefined = undefined;
+
+  /** Hole punching: every worker HELLOs `ip:port` (another node's observed endpoint) for a while. */
+  punch(ip: string, port: number): void {
+    this.#broadcast({ type: "punch", key: ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}` });
+  }
+
   peers(): PeerView[] {
     return this.#peerWatch.view(Date.now());
   }

@@ -40,6 +40,9 @@
  * }
  * ```
  */
+import { PROBE_FLAG_PMTU } from "../path/pmtu.ts";
+import { ReflectClient } from "../path/reflect_client.ts";
+import { MSG_REFLECT_REPLY } from "../path/reflect.ts";
 import { inPrefix4, inPrefix6, type Prefix4, type Prefix6 } from "../addr/mod.ts";
 import type { TableDelta, TranslationTable } from "../table/table.ts";
 import type { TableReader } from "../table/shared_view.ts";
@@ -58,7 +61,7 @@ import {
   rewriteSrc4,
   rewriteSrc6,
 } from "./packet.ts";
-import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv6 } from "../addr/mod.ts";
+import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
 import { PeerHealthArea } from "./peer_health.ts";
 import { ServiceCounters, SVC_RX, SVC_TX } from "./service_counters.ts";
@@ -77,6 +80,7 @@ import {
   FAST_F_NEEDS_CSUM,
   FastHeader,
   HelloMessage,
+  isValidNodeId,
   MSG_HELLO,
   ProbeMessage,
   probeToReplyInPlace,
@@ -227,6 +231,11 @@ export interface EngineConfig {
    * smoothing a changed path moves the choice within ~2 s).
    */
   closestProbeIntervalMs?: number;
+  /**
+   * Endpoint discovery (src/path/reflect_client.ts): the control plane's reflector, IPv4 and port.
+   * Only the worker of lane 0 asks (replies of unknown types are steered to lane 0).
+   */
+  reflector?: { addr: string; port: number; intervalMs?: number };
 }
 
 /** HELLOs and PROBEs of nodes that are no peer yet answered per second (and burst). */
@@ -329,6 +338,9 @@ export class Engine {
   readonly misses: string[] = [];
   /** The local instance (`job#n`) whose packet caused a miss in {@link misses}, for the warning. */
   readonly missSources: Map<string, string> = new Map();
+  /** Endpoint discovery, when configured; {@link observedChanged} tells the loop to report it. */
+  readonly reflect: ReflectClient | undefined;
+  observedChanged = false;
   /** Peers: in-band state (capabilities, RTT for the closest policy), known-sender check. */
   readonly peers: PeerTable;
   /** Control datagrams to send; drained by the caller. */
@@ -390,6 +402,11 @@ export class Engine {
     this.flows = new FlowTable({ maxFlows: 65536 });
     this.#prober = cfg.laneTag === undefined || cfg.laneTag === 0;
     this.#health = cfg.health ? new PeerHealthArea(cfg.health) : undefined;
+    const rf = cfg.reflector;
+    const a4 = rf ? tryParseIPv4(rf.addr) : undefined;
+    this.reflect = rf && a4 !== undefined && (cfg.laneTag ?? 0) === 0 && isValidNodeId(cfg.nodeId ?? "")
+      ? new ReflectClient({ addr4: a4, port: rf.port, nodeId: cfg.nodeId ?? "", intervalMs: rf.intervalMs })
+      : undefined;
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
@@ -479,6 +496,49 @@ export class Engine {
     return p === undefined ? "unknown" : this.peers.healthOf(p);
   }
 
+  #observedSelf = "";
+  /** Hole punching: endpoints (node keys) to keep HELLOing although no table entry names them, until when (ms). */
+  readonly #punch = new Map<string, { until: number; rx: number }>();
+
+  /**
+   * Hole punching (issue 12): a node behind NAT is told that `key` ("ip:port", another node's
+   * observed endpoint) wants to reach it; HELLOs to it open this side's NAT mapping and keep it
+   * open (the HELLO refresh) for `forMs`, and longer while the table names it.
+   */
+  punch(key: string, now: number, forMs = 300_000): void {
+    const had = this.#punch.get(key);
+    this.#punch.set(key, { until: now + forMs, rx: had?.rx ?? 0 });
+    if (!had) this.#rebuildRoutes(now);
+  }
+
+  /** Drops expired punch targets (from the 1 s housekeeping). */
+  #expirePunch(now: number): void {
+    let changed = false;
+    for (const [k, t] of this.#punch) {
+      // Data from it (beyond HELLO/PROBE answers, which come anyway) extends the keepalive.
+      const rx = this.peers.get(k)?.rxPackets ?? 0;
+      if (rx > t.rx) {
+        t.rx = rx;
+        t.until = Math.max(t.until, now + 120_000);
+      } else if (t.until < now) {
+        this.#punch.delete(k);
+        changed = true;
+      }
+    }
+    if (changed) this.#rebuildRoutes(now);
+  }
+
+  /**
+   * This node's tunnel endpoint as the control plane's reflector saw it (behind NAT: the router's):
+   * table entries naming it are this node's own, like those naming the announced address.
+   */
+  setObservedSelf(ip: string, port: number, now = 0): void {
+    const key = `${ip}:${port}`;
+    if (key === this.#observedSelf) return;
+    this.#observedSelf = key;
+    this.#rebuildRoutes(now);
+  }
+
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);
@@ -493,9 +553,15 @@ export class Engine {
     } while (!t.readValid(v)); // a change overlapped: read again
     const remote: string[] = [];
     for (const r of this.#routes.values()) if (!r.local) remote.push(r.key);
+    // Hole punching: endpoints to keep HELLOing although no table entry names them yet.
+    for (const k of this.#punch.keys()) if (!remote.includes(k)) remote.push(k);
     const sync = this.peers.sync(remote, now);
     if (this.#prober && this.#health) {
       for (const p of sync.removed) this.#health.publish(p.key, "unknown", undefined);
+    }
+    for (const k of this.#punch.keys()) {
+      const p = this.peers.get(k);
+      if (p) p.punched = true;
     }
     for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
   }
@@ -509,7 +575,8 @@ export class Engine {
     for (const key of this.table.nodes()) {
       const e = this.table.nodeEndpoint(key);
       if (!e) continue;
-      const local = e.ip === this.cfg.selfIp && e.port === this.cfg.selfPort;
+      const local = (e.ip === this.cfg.selfIp && e.port === this.cfg.selfPort) ||
+        (this.#observedSelf !== "" && `${e.ip}:${e.port}` === this.#observedSelf);
       const v6 = e.ip.includes(":") ? tryParseIPv6(e.ip) : undefined;
       const r: NodeRoute = {
         key,
@@ -806,6 +873,10 @@ export class Engine {
     srcPort: number,
     now: number,
   ): Verdict {
+    if (buf[off] === MSG_REFLECT_REPLY && this.reflect !== undefined && family === 4) {
+      if (this.reflect.onReply(buf, off, len, src4, srcPort, now)) this.observedChanged = true;
+      return Verdict.DROP;
+    }
     const kind = classify(buf, off, len);
     if (kind === WireKind.HELLO || kind === WireKind.PROBE) {
       return this.#strangerControl(kind, buf, off, len, family, src4, src6, srcPort, now);
@@ -966,7 +1037,10 @@ export class Engine {
         return;
       }
       case WireKind.PROBE_REPLY:
-        if (decodeProbe(buf, off, len, this.#probe)) this.peers.onProbeReply(peer, this.#probe, now);
+        if (!decodeProbe(buf, off, len, this.#probe)) return;
+        // Padded path-MTU probes are judged by their size (src/path/pmtu.ts), not as RTT samples.
+        if ((buf[off + 1] & PROBE_FLAG_PMTU) !== 0) peer.path.onReply(this.#probe.seq, len, family, now);
+        else this.peers.onProbeReply(peer, this.#probe, now);
         return;
       default:
         this.#drop(Drop.NOT_OURS);
@@ -1053,6 +1127,32 @@ export class Engine {
       for (const p of this.peers.peers()) {
         health.publish(p.key, this.peers.healthOf(p), this.peers.rttOf(p, now));
       }
+    }
+    this.#probePaths(now, to);
+    const req = this.reflect?.due(now);
+    if (req !== undefined) {
+      this.control.push({
+        family: 4,
+        addr4: this.reflect!.addr4,
+        addr6: undefined,
+        port: this.reflect!.port,
+        bytes: req,
+      });
+    }
+  }
+
+  /** Path-MTU probes (src/path/pmtu.ts) to every peer that answers PROBEs. */
+  #probePaths(now: number, to: (p: Peer, bytes: Uint8Array) => void): void {
+    const lane = this.cfg.laneTag ?? 0;
+    for (const p of this.peers.peers()) {
+      if (!p.capsKnown || (p.remoteCaps & CAP_PROBE) === 0) continue;
+      p.path.noteLosses(p.probesLost + p.jumboLostTotal, now);
+      p.path.tick(now, p.family, lane, (seq, payload) => {
+        const out = new Uint8Array(payload); // zero padding after the 16-byte PROBE
+        encodeProbe(out, 0, seq, now * 1000);
+        out[1] = PROBE_FLAG_PMTU;
+        to(p, out);
+      });
     }
   }
 
@@ -1209,6 +1309,7 @@ export class Engine {
   /** Housekeeping: idle flows leave; parked packets older than `parkMs` are dropped. */
   tick(now: number, parkMs = 6000): void {
     this.flows.sweep(now, this.#idleMs);
+    if (this.#punch.size > 0) this.#expirePunch(now);
     for (const [key, p] of this.#strangers) {
       if (now - p.since > parkMs) {
         this.#strangers.delete(key);

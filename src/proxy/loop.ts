@@ -32,6 +32,7 @@ import { SECURE_HEADER_LEN } from "../secure/secure_wire.ts";
 import { CAP_SECURE } from "./wire.ts";
 import { nodeKey } from "../table/entry.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
+import { Fit, PathGuard } from "../path/guard.ts";
 
 /** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
 const TUN_DRAIN = 512;
@@ -52,14 +53,17 @@ export class PacketLoop {
   jumboRx = 0;
   /** The secure tunnel's layer (the same as the bind's), when `TunnelSecurity` is not off. */
   secure: SecureLayer | undefined = undefined;
+  /** Each peer's path MTU applied to the packets (src/path/guard.ts). */
+  readonly path: PathGuard;
   readonly #post: (m: FromWorker) => void;
   readonly #res = new PacketResult();
   #lastUsage = 0;
   #lastPeerTick = 0;
   #lastStats: number;
 
-  constructor(engine: Engine, tun: TunSeam, bind: BindSeam, post: (m: FromWorker) => void) {
+  constructor(engine: Engine, tun: TunSeam, bind: BindSeam, post: (m: FromWorker) => void, mtu = 1450) {
     this.engine = engine;
+    this.path = new PathGuard(mtu);
     this.tun = tun;
     this.bind = bind;
     this.#post = post;
@@ -85,9 +89,23 @@ export class PacketLoop {
     const res = this.#res;
     res.gather = tun.scattered ? tun : undefined;
     const partial = (tun.meta.flags & VNET_F_NEEDS_CSUM) !== 0;
+    const guard = this.path;
+    const size = PathGuard.wireSize(tun.buf, tun.off, len, tun.meta);
+    guard.before(tun.buf, tun.off, len, size);
     const v = this.engine.egress(tun.buf, tun.off, len, now, partial, tun.off, res);
-    if (v === Verdict.TO_PEER) this.bind.send(tun, len, res);
-    else if (v === Verdict.TO_TUN) tun.writeBack(len);
+    if (v === Verdict.TO_PEER) {
+      const peer = res.route!.peer;
+      const fit = guard.check(peer, size, tun.meta, now);
+      if (fit === Fit.SEND) {
+        if (res.info!.protocol === 6 && (res.info!.tcpFlags & 2) !== 0) {
+          guard.clamp(tun.buf, tun.off, len, peer, partial);
+        }
+        this.bind.send(tun, len, res);
+      } else {
+        if (tun.scattered) tun.gather();
+        if (fit === Fit.TOO_BIG_ICMP) tun.writeLocal?.(guard.error, 0, guard.errorLen);
+      }
+    } else if (v === Verdict.TO_TUN) tun.writeBack(len);
     else if (tun.scattered) tun.gather(); // reads go plain again until a JUMBO send
   }
 
@@ -127,6 +145,7 @@ export class PacketLoop {
         if (v === Verdict.JUMBO) {
           if (bind.reassemble(res.peer!, now) && tun.writeAssembled(bind.assembled)) this.jumboRx++;
         } else if (v === Verdict.TO_TUN) {
+          this.path.clamp(bind.buf, res.off, res.len, res.peer, res.csumStart >= 0);
           tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
         }
       }
@@ -135,6 +154,11 @@ export class PacketLoop {
     }
     this.#sendControl();
     this.#reportMisses();
+    const e2 = this.engine;
+    if (e2.observedChanged && e2.reflect?.observedIp !== undefined) {
+      e2.observedChanged = false;
+      this.#post({ type: "observed", ip: e2.reflect.observedIp, port: e2.reflect.observedPort });
+    }
     return count;
   }
 
@@ -149,6 +173,7 @@ export class PacketLoop {
     if (now - this.#lastPeerTick > PEER_TICK_MS) {
       this.secure?.tick(Date.now());
       this.engine.peerTick(now);
+      this.path.refresh(this.engine.peers.peers());
       this.#sendControl();
       this.#lastPeerTick = now;
     }
@@ -179,6 +204,12 @@ export class PacketLoop {
       case "deadLocal":
         e.setDeadLocal(m.nsip4s);
         break;
+      case "observedSelf":
+        e.setObservedSelf(m.ip, m.port, performance.now());
+        break;
+      case "punch":
+        e.punch(m.key, performance.now());
+        break;
       case "flows": {
         const out = [...e.flows.ids()].slice(0, m.limit).map((id) => e.flows.info(id));
         this.#post({ type: "flows", id: m.id, flows: out });
@@ -193,6 +224,7 @@ export class PacketLoop {
       }
       case "secure-keys":
         for (const k of m.keys) this.secure?.install(k);
+        this.path.refresh(e.peers.peers()); // sealed datagrams are longer: the smallest inner MTU shrinks
         break;
       case "secure-remove":
         for (const p of m.peers) this.secure?.remove(p, m.forget);
@@ -266,6 +298,9 @@ export class PacketLoop {
       if (v > 0) drops[DROP_NAMES[i]] = v;
     });
     this.bind.addDrops(drops);
+    // Too big for the peer's path without DF, or beyond the ICMP error rate (src/path/guard.ts).
+    const tooBig = this.path.tooBigDropped + this.path.limiter.refused;
+    if (tooBig > 0) drops.path_too_big = tooBig;
     this.tun.addDrops(drops);
     this.secure?.addDrops(drops);
     // Judged against each peer's window of message ids (made-up ids do not count).

@@ -43,6 +43,16 @@ function minDefined(a: number | undefined, b: number | undefined): number | unde
   return a === undefined ? b : b === undefined ? a : Math.min(a, b);
 }
 
+/** Each worker probes the path itself: the smaller measured MTU is the safe one. */
+function mergeMtu(a: PeerStats, b: PeerStats): { mtu?: number; mtuProbed?: boolean } {
+  if (a.mtu === undefined || b.mtu === undefined) {
+    const one = a.mtu === undefined ? b : a;
+    return one.mtu === undefined ? {} : { mtu: one.mtu, mtuProbed: one.mtuProbed === true };
+  }
+  const mtu = a.mtuProbed === b.mtuProbed ? Math.min(a.mtu, b.mtu) : a.mtuProbed ? a.mtu : b.mtu;
+  return { mtu, mtuProbed: a.mtuProbed === true || b.mtuProbed === true };
+}
+
 /** Two workers' views of one peer as one. */
 function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
   const node = a.node ?? b.node;
@@ -66,6 +76,9 @@ function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
     drops: a.drops + b.drops,
     probesSent: a.probesSent + b.probesSent,
     probesLost: a.probesLost + b.probesLost,
+    // Each worker probes for itself: the smaller measured value is the safe one.
+    ...mergeMtu(a, b),
+    ...(a.punched || b.punched ? { punched: true } : {}),
     ...(lastSeen !== undefined ? { lastSeen } : {}),
     // One worker probes and judges liveness; the others report unknown.
     ...mergeHealth(a, b),

@@ -93,6 +93,10 @@ export type ToWorker =
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
   | { type: "self"; ip: string }
+  /** The tunnel's observed public endpoint: table entries naming it are this node's too (behind NAT). */
+  | { type: "observedSelf"; ip: string; port: number }
+  /** Hole punching: HELLO this endpoint ("ip:port") to open and keep open our NAT mapping towards it. */
+  | { type: "punch"; key: string }
   | { type: "flows"; id: number; limit: number }
   /** Local instances whose namespace is gone (namespace IPv4s as uint32): skipped for new flows. */
   | { type: "deadLocal"; nsip4s: number[] }
@@ -108,5 +112,7 @@ export type FromWorker =
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
   | SecureUp
+  /** The tunnel's public endpoint as the control plane's reflector saw it (src/path/reflect_client.ts). */
+  | { type: "observed"; ip: string; port: number }
   /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */
   | { type: "error"; message: string; fatal: boolean };

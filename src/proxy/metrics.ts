@@ -78,6 +78,8 @@ export interface PeerMetrics {
   readonly health?: "up" | "down" | "unknown";
   /** Times marked down. */
   readonly downCount?: number;
+  /** Outer path MTU in use towards it (src/path/pmtu.ts). */
+  readonly mtu?: number;
 }
 
 /** The data plane's figures, summed over workers. */
@@ -399,6 +401,13 @@ export class NodeMetrics {
             return [{ service_ip, instance_ip }, n] as Sample;
           })
         ),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_path_mtu_bytes",
+      "Path MTU towards a peer node (outer IP packet bytes), probed in-band; 1500 until measured.",
+      PL,
+      () => peers((p) => p.mtu === undefined ? [] : [[peerLabels(p), p.mtu] as Sample]),
     );
 
     snapshotGauge(

@@ -63,6 +63,15 @@ export interface PeerView {
   /** While down: why, and for how many seconds. */
   downCause?: string;
   downForS?: number;
+  /**
+   * How it is reached (issue 12): `direct`, or `punched` (through a NAT mapping opened on the control
+   * plane's request); `relayed` is reserved for relays (not built yet, so `via` is never set).
+   */
+  path?: "direct" | "punched" | "relayed";
+  via?: string;
+  /** Outer path MTU in use towards it, and whether an in-band probe measured it (src/path/pmtu.ts). */
+  mtu?: number;
+  mtuProbed?: boolean;
 }
 
 interface Seen {
@@ -174,6 +183,8 @@ export class PeerWatch {
         ...(p.health === "down" && s?.downSince !== undefined
           ? { downForS: Math.max(0, Math.round((nowMs - s.downSince) / 1000)) }
           : {}),
+        path: p.punched ? "punched" : "direct",
+        ...(p.mtu !== undefined ? { mtu: p.mtu, mtuProbed: p.mtuProbed === true } : {}),
       };
     });
   }

@@ -66,6 +66,7 @@
  * @module
  */
 
+import { PathMtu } from "../path/pmtu.ts";
 import { formatIPv4, formatIPv6, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
 import { nodeKey } from "../table/entry.ts";
 import { ipv6Equal, ipv6Key } from "./packet.ts";
@@ -377,6 +378,10 @@ export class Peer {
   nextProbeAt: number = -Infinity;
   /** RTT is wanted until this time (ms); see {@link PeerTable.requestRtt}. */
   rttWantedUntil: number = -Infinity;
+  /** We HELLO it because the control plane asked (hole punching, src/path), not only for the table. */
+  punched = false;
+  /** Its path MTU, probed in-band (src/path/pmtu.ts). */
+  readonly path: PathMtu = new PathMtu();
 
   /** Last accepted PROBE_REPLY or HELLO_ACK (a round trip: both directions work); -Infinity when never. */
   lastAnswerAt: number = -Infinity;
@@ -558,6 +563,11 @@ export interface PeerStats {
   readonly probesSent: number;
   /** PROBEs lost. */
   readonly probesLost: number;
+  /** Outer path MTU in use towards it (bytes of an outer IP packet), and whether a probe measured it. */
+  readonly mtu?: number;
+  readonly mtuProbed?: boolean;
+  /** Reached through a punched NAT mapping (hole punching). */
+  readonly punched?: boolean;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
   /** Liveness: up/down while probed, unknown otherwise (Oakestra Go nodes never answer probes). */
@@ -1199,6 +1209,9 @@ export class PeerTable {
         drops: p.drops,
         probesSent: p.probesSent,
         probesLost: p.probesLost,
+        mtu: p.path.mtu,
+        mtuProbed: p.path.probed,
+        ...(p.punched ? { punched: true } : {}),
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
         health: this.healthOf(p),
         ...(p.down ? { downCause: p.downCause } : {}),

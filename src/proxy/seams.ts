@@ -96,6 +96,11 @@ export interface TunSeam extends Gatherable {
    * checksum has `csumStart` ≥ 0.
    */
   add(buf: Uint8Array, off: number, len: number, csumStart: number, csumOffset: number): void;
+  /**
+   * Writes a packet this node made for a local instance (an ICMP error, src/path) now, without the
+   * {@link Deliverer}'s checks (which admit tunnel traffic only). Optional: seams without it drop.
+   */
+  writeLocal?(buf: Uint8Array, off: number, len: number): void;
   /** Checks and writes one packet now, without coalescing. */
   writeOne(buf: Uint8Array, off: number, len: number, csumStart: number, csumOffset: number): void;
   /**

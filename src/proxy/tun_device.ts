@@ -179,6 +179,15 @@ export class VnetTun implements TunSeam {
     if (r === CoalesceResult.INVALID) this.writeOne(buf, off, len, csumStart, csumOffset);
   }
 
+  writeLocal(buf: Uint8Array, off: number, len: number): void {
+    const h = this.#plainHdr;
+    h.clear();
+    const out = this.#plainOut;
+    h.encode(out, 0);
+    out.set(buf.subarray(off, off + len), VNET_HDR_LEN);
+    this.#write(out, VNET_HDR_LEN + len);
+  }
+
   writeOne(buf: Uint8Array, off: number, len: number, csumStart: number, csumOffset: number): void {
     if (this.#deliverer.deliver(buf, off, len, csumStart >= 0) !== Verdict.TO_TUN) return;
     const h = this.#plainHdr;

@@ -19,6 +19,7 @@ import { VnetTun } from "./tun_device.ts";
 import { UdpBind } from "./bind.ts";
 import { SecureLayer } from "../secure/secure_layer.ts";
 import { CAP_SECURE } from "./wire.ts";
+import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
 
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
@@ -135,7 +136,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           readBuf: bind.readSlot,
           scatter: bind,
         });
-        const loop = new PacketLoop(engine, tun, bind, post);
+        const loop = new PacketLoop(engine, tun, bind, post, m.mtu);
         const secure = new SecureLayer({ lane: m.engine.laneTag ?? 0, post });
         if (m.secure) {
           secure.setMode(m.secure.mode);
@@ -145,6 +146,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         }
         bind.secure = secure;
         loop.secure = secure;
+        // Path MTU: a sealed datagram is SECURE_OVERHEAD bytes longer.
+        loop.path.overheadFor = (p) => secure.active && secure.ring.has(p.key) ? SECURE_OVERHEAD : 0;
         const d = {
           loop,
           wake: new EventFd(m.wakeFd),

@@ -31,6 +31,7 @@ Deno.test("control payloads: node topics are Oakestra's", () => {
     serviceDeployed: `nodes/${ID}/net/service/deployed`,
     addressChanged: `nodes/${ID}/net/service/address-changed`,
     interestRemove: `nodes/${ID}/net/interest/remove`,
+    punch: `nodes/${ID}/net/punch`, // netmanager addition (hole punching)
   });
   assertEquals(updatesTopic("app.ns.svc.ns"), "jobs/app.ns.svc.ns/updates_available");
   assertEquals(jobOfUpdatesTopic("jobs/app.ns.svc.ns/updates_available"), "app.ns.svc.ns");

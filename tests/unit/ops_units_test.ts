@@ -106,11 +106,11 @@ Deno.test("views: status is text, peers a table with ages", () => {
     },
   ]);
   const lines = t.split("\n");
-  assertMatch(lines[0], /^PEER\s+ENDPOINT\s+WIRE\s+RTT\s+LAST SEEN.*PROBES LOST\s+STATE$/);
+  assertMatch(lines[0], /^PEER\s+ENDPOINT\s+WIRE\s+RTT\s+LAST SEEN.*PROBES LOST\s+PATH\s+MTU\s+STATE$/);
   assertMatch(lines[1], /^w2\s+10\.0\.0\.2:50103\s+fast\s+0\.42 ms\s+3s ago.*\s+up\?$/);
   assertMatch(
     lines[2],
-    /^-\s+10\.0\.0\.3:50103\s+raw \(no HELLO answer\)\s+-\s+never\s+-\s+-\s+7\s+-\s+up\?$/,
+    /^-\s+10\.0\.0\.3:50103\s+raw \(no HELLO answer\)\s+-\s+never\s+-\s+-\s+7\s+-\s+-\s+-\s+up\?$/,
   );
   assertMatch(
     lines[3],

@@ -529,6 +529,8 @@ Deno.test("counters and stats snapshot", () => {
     drops: 1,
     probesSent: 0,
     probesLost: 0,
+    mtu: 1500,
+    mtuProbed: false,
     lastSeen: 8,
     health: "unknown",
     downCount: 0,
@@ -548,6 +550,8 @@ Deno.test("counters and stats snapshot", () => {
     probesLost: 0,
     health: "unknown",
     downCount: 0,
+    mtu: 1500,
+    mtuProbed: false,
   });
 });
 

@@ -1,0 +1,151 @@
+/**
+ * Nodes behind NAT (issue 12), in namespaces: an "internet" (the underlay bridge, 192.168.77.0/24,
+ * existing only in this test's namespaces) with `netmanager control` (reflector on UDP 50104) and a
+ * public node; a NAT router (iptables MASQUERADE) with a private LAN (10.99.0.0/24) and a node behind
+ * it whose only route out is the router. The hidden node learns its public endpoint from the
+ * reflector, the control plane lists announced vs observed, table results carry the observed
+ * endpoint, and RR ServiceIP and InstanceIP traffic (TCP and UDP) works both ways.
+ */
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { isRoot } from "../helpers/netns.ts";
+import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
+import { mustRun } from "../../src/sys/command.ts";
+import { TOOL } from "../helpers/node.ts";
+import { eventually } from "../helpers/setup.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const CTL = "192.168.77.254";
+const PUB = "192.168.77.1";
+const NAT_PUBLIC = "192.168.77.100";
+const A = "app.ns.nata.ns"; // runs on the public node
+const B = "app.ns.natb.ns"; // runs on the node behind NAT
+
+interface NodeRow {
+  worker_id: string;
+  tunnel_observed?: string;
+}
+
+/** A NAT router on the underlay at NAT_PUBLIC with LAN 10.99.0.1/24; `lan(ns)` wires a host behind it. */
+async function natRouter(w: World, mode: "eim" | "symmetric"): Promise<(ns: string) => Promise<void>> {
+  const r = await w.namespace("nat");
+  await w.attach(r, "nw", NAT_PUBLIC);
+  await mustRun("ip", ["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+  const wan = `${w.prefix}nw`;
+  await mustRun("ip", [
+    "netns",
+    "exec",
+    r,
+    "iptables",
+    "-t",
+    "nat",
+    "-A",
+    "POSTROUTING",
+    "-s",
+    "10.99.0.0/24",
+    "-o",
+    wan,
+    "-j",
+    "MASQUERADE",
+    ...(mode === "symmetric" ? ["--random-fully"] : []),
+  ]);
+  return async (ns: string) => {
+    const [a, b] = [`${w.prefix}la`, `${w.prefix}lb`];
+    await mustRun("ip", ["link", "add", a, "netns", r, "type", "veth", "peer", "name", b, "netns", ns]);
+    await mustRun("ip", ["-n", r, "addr", "add", "10.99.0.1/24", "dev", a]);
+    await mustRun("ip", ["-n", r, "link", "set", a, "up"]);
+    await mustRun("ip", ["-n", ns, "addr", "add", "10.99.0.2/24", "dev", b]);
+    await mustRun("ip", ["-n", ns, "link", "set", b, "up"]);
+    // Its only way out is the router (which itself has no route beyond the test's underlay).
+    await mustRun("ip", ["-n", ns, "route", "add", "default", "via", "10.99.0.1"]);
+  };
+}
+
+async function deploy(node: SimNode, pid: number, job: string): Promise<void> {
+  const r = await node.api.post("/container/deploy", {
+    pid,
+    serviceName: job,
+    instanceNumber: 0,
+    portMappings: "",
+  });
+  assertEquals(r.status, 200, r.body);
+}
+
+async function ask(w: World, from: SimInstance, proto: string, host: string): Promise<string> {
+  return (await w.execIn(from, [...TOOL, proto, host, "80", "q"])).split(":")[0];
+}
+
+Deno.test(
+  "nat: a node behind NAT learns its public endpoint; RR and InstanceIP traffic both ways",
+  opts,
+  async () => {
+    const w = new World();
+    try {
+      await w.control(CTL);
+      const pub = await w.clusterNode("n1", PUB, CTL);
+      const lan = await natRouter(w, "eim");
+      // Announces its private LAN address, as a node behind a home router would.
+      const hidden = await w.clusterNode("n2", "10.99.0.2", CTL, undefined, lan);
+
+      // Endpoint discovery: the node sees its public endpoint, the control plane lists it per node.
+      const st = await eventually(
+        () => hidden.api.getJson("/status") as Promise<{ observedEndpoint?: string }>,
+        (s) => s.observedEndpoint !== undefined,
+        10000,
+      );
+      assert(st.observedEndpoint!.startsWith(`${NAT_PUBLIC}:`), JSON.stringify(st));
+      const rows = await eventually(
+        async () => JSON.parse(await w.ctl(["node", "ls", "--json"])) as NodeRow[],
+        (r) => r.filter((n) => n.tunnel_observed !== undefined).length === 2,
+        10000,
+      );
+      const seen = new Map(rows.map((n) => [n.worker_id, n.tunnel_observed]));
+      assertEquals(seen.get(`${w.prefix}-n1`), `${PUB}:50103`);
+      assertEquals(seen.get(`${w.prefix}-n2`), st.observedEndpoint);
+      const table = await w.ctl(["node", "ls"]);
+      assert(table.includes("OBSERVED") && table.includes(st.observedEndpoint!), table);
+
+      // Services on both sides; each instance calls the other's RR ServiceIP and InstanceIP.
+      await w.ctl(["service", "add", A]);
+      await w.ctl(["service", "add", B]);
+      const iipA = (await w.ctl(["instance", "add", A, "0"])).split(" ").at(-2)!;
+      const iipB = (await w.ctl(["instance", "add", B, "0"])).split(" ").at(-2)!;
+      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
+        { job_name: string; service_ip_list: Array<{ Address: string }> }
+      >;
+      const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
+      const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
+      const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
+      await deploy(pub, a.pid, A);
+      await deploy(hidden, b.pid, B);
+      for (const proto of ["tcp-client", "udp-client"]) {
+        assertEquals(await eventually(() => ask(w, a, proto, rr(B)), (v) => v === "b0", 10000), "b0");
+        assertEquals(await eventually(() => ask(w, b, proto, rr(A)), (v) => v === "a0", 10000), "a0");
+        assertEquals(await ask(w, a, proto, iipB), "b0");
+        assertEquals(await ask(w, b, proto, iipA), "a0");
+      }
+      // The public node dials the hidden one at its observed endpoint (the table result carried it).
+      const peers = (await pub.api.getJson("/status")) as { peers: Array<{ endpoint: string }> };
+      assert(peers.peers.some((p) => p.endpoint === st.observedEndpoint), JSON.stringify(peers.peers));
+      // The hidden node reaches the public one through the mapping it punched on the control plane's request.
+      const back = (await hidden.api.getJson("/status")) as {
+        peers: Array<{ endpoint: string; path?: string }>;
+      };
+      assertEquals(
+        back.peers.find((p) => p.endpoint === `${PUB}:50103`)?.path,
+        "punched",
+        JSON.stringify(back.peers),
+      );
+    } catch (e) {
+      await w.diagnose((l) => console.error(l.slice(0, 3000)));
+      const ct = await new Deno.Command("ip", {
+        args: ["netns", "exec", `${w.prefix}nat`, "cat", "/proc/net/nf_conntrack"],
+        stdout: "piped",
+      }).output();
+      console.error("--- NAT conntrack\n" + new TextDecoder().decode(ct.stdout));
+      throw e;
+    } finally {
+      const left = await w.destroy();
+      assertEquals(left, []);
+    }
+  },
+);

@@ -58,14 +58,15 @@ class Proc {
   log = "";
   readonly child: Deno.ChildProcess;
   constructor(argv: string[]) {
-    this.child = new Deno.Command(argv[0], {
+    const child = new Deno.Command(argv[0], {
       args: argv.slice(1),
       stdout: "null",
       stderr: "piped",
       env: { NO_COLOR: "1" },
     }).spawn();
+    this.child = child;
     (async () => {
-      for await (const t of this.child.stderr.pipeThrough(new TextDecoderStream())) {
+      for await (const t of child.stderr.pipeThrough(new TextDecoderStream())) {
         this.log = (this.log + t).slice(-20_000);
       }
     })().catch(() => {});
@@ -341,12 +342,14 @@ async function queries(nodes: Node[], ips: string[]) {
     });
     const a = performance.now();
     n.c.publish(`nodes/${n.id}/net/tablequery/request`, JSON.stringify({ sname: "", sip: ip }), { qos: 1 });
-    pending.push(withLimit(got, "no answer").then((text) => {
-      lat.push(performance.now() - a);
-      if (!/"app_name":"bench\.ns\.s[0-9]+\.x"/.test(text)) wrong++;
-    }, () => {
-      errors++;
-    }));
+    pending.push(
+      withLimit(got, "no answer").then((text) => {
+        lat.push(performance.now() - a);
+        if (!/"app_name":"bench\.ns\.s[0-9]+\.x"/.test(text)) wrong++;
+      }, () => {
+        errors++;
+      }),
+    );
   }
   const sent = (performance.now() - t0) / 1000;
   await Promise.all(pending);
@@ -373,7 +376,9 @@ async function runMode(mode: "embedded" | "etcd") {
     await etcdHealthy(e.endpoints.split(",")[0], members);
     const prefix = `/nmbench-${crypto.randomUUID().slice(0, 8)}/`;
     replicas = [];
-    for (let i = 0; i < 2; i++) replicas.push(await startReplica(`${dir}/r${i}`, { endpoints: e.endpoints, prefix }));
+    for (let i = 0; i < 2; i++) {
+      replicas.push(await startReplica(`${dir}/r${i}`, { endpoints: e.endpoints, prefix }));
+    }
   } else {
     replicas = [await startReplica(`${dir}/r0`)];
   }
@@ -446,7 +451,17 @@ if (!INSIDE) {
     await run(["ip", "netns", "add", ns]);
     await run(["ip", "-n", ns, "link", "set", "lo", "up"]);
     child = new Deno.Command("ip", {
-      args: ["netns", "exec", ns, Deno.execPath(), "run", "-A", new URL(import.meta.url).pathname, ...Deno.args, "--inside"],
+      args: [
+        "netns",
+        "exec",
+        ns,
+        Deno.execPath(),
+        "run",
+        "-A",
+        new URL(import.meta.url).pathname,
+        ...Deno.args,
+        "--inside",
+      ],
     }).spawn();
     code = (await child.status).code;
   } finally {

@@ -334,6 +334,9 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       state,
       change: (fn, updates) => store.change(fn, updates),
       publish,
+      ...(store instanceof EtcdStore
+        ? { interest: (job: string, worker: string, on: boolean) => store.interest(job, worker, on) }
+        : {}),
     };
     // State from before Closest ServiceIPs: every service gets its pair now (others unchanged);
     // interested nodes are told to fetch the new entries. Replicas racing here agree through etcd.

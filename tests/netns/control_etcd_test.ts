@@ -5,6 +5,8 @@
  * - 200 service registrations, then 60 instance deploys, at once over both replicas → every
  *   address unique, both replicas agree;
  * - a change made through one replica is published by the other to its own nodes (watch);
+ * - a node's interest in a job lives on the lease of the replica it asked: it expires when that
+ *   replica is killed and is recorded again on the replica the node asks next;
  * - one member of three stopped: nothing visible; two: allocations refuse clearly (503), known
  *   entries still resolve over MQTT, and everything works again when they return;
  * - everything stopped and started again: the same subnets and addresses;
@@ -310,6 +312,72 @@ Deno.test({
       });
 
       await t.step(
+        "interests live on the replica's lease: gone when it is killed, recorded again on the next one",
+        async () => {
+          const P = "/netmanager/t1/";
+          const keys = async (sub: string) => {
+            const r = JSON.parse(
+              await sh([
+                "ip",
+                "netns",
+                "exec",
+                w.ns.r2,
+                "curl",
+                "-s",
+                `${MEMBERS[0]}:2379/v3/kv/range`,
+                "-d",
+                JSON.stringify({ key: btoa(`${P}${sub}`), range_end: btoa(`${P}${sub}\xff`) }),
+              ]),
+            ) as { kvs?: Array<{ key: string; value: string; lease?: string }> };
+            return (r.kvs ?? []).map((kv) => ({
+              key: atob(kv.key),
+              value: atob(kv.value),
+              lease: kv.lease ?? "0",
+            }));
+          };
+          const interestedIn5 = async (i: number) =>
+            (await services(w, i)).find((j) => j._id === "job5")!.interested_nodes;
+          const rr = (await services(w, 0)).find((j) => j._id === "job5")!.service_ip_list[0].Address;
+          const broker = `mqtt://127.0.0.1:${MQTT_PORT}`;
+          // A node asks replica 1: its interest is a key on replica 1's lease, not in the job's row.
+          const q = JSON.parse(await client(w.ns.r1, ["query", broker, "wi1", rr, "5000"]));
+          assertEquals(q.app_name, "app.ns.svc5.x");
+          const [key] = await eventually(() => keys("interest/"), (k) => k.length === 1, 5000);
+          assertEquals(key.key, `${P}interest/job5/wi1`);
+          const owner = (JSON.parse(key.value) as { replica: string }).replica;
+          const replicas = await keys("replicas/");
+          assertEquals(replicas.find((r) => r.key === `${P}replicas/${owner}`)?.lease, key.lease);
+          assert(key.lease !== "0", "the interest is on a lease");
+          const row = (await keys("rows/job/job5"))[0];
+          assertEquals(JSON.parse(row.value).interested_nodes, [], "the interest is not in the job row");
+          assertEquals(await interestedIn5(0), ["wi1"]);
+          await eventually(() => interestedIn5(1), (l) => l.length === 1 && l[0] === "wi1", 5000);
+          // Replica 1 dies: its lease expires (TTL 10 s), the interest with it, on replica 2 too.
+          w.replicas[0]!.kill("SIGKILL");
+          await w.replicas[0]!.done;
+          w.replicas[0] = undefined;
+          await eventually(() => interestedIn5(1), (l) => l.length === 0, 20000);
+          assertEquals(await keys("interest/"), []);
+          // The node fails over to replica 2 and asks again (as it does for every job it follows).
+          await client(w.ns.r2, ["query", broker, "wi1", rr, "5000"]);
+          assertEquals(await interestedIn5(1), ["wi1"]);
+          const [again] = await eventually(() => keys("interest/"), (k) => k.length === 1, 5000);
+          assert(again.lease !== "0" && again.lease !== key.lease, "on replica 2's lease");
+          // interest/remove drops it.
+          await client(w.ns.r2, [
+            "publish",
+            broker,
+            "nodes/wi1/net/interest/remove",
+            '{"appname":"app.ns.svc5.x"}',
+          ]);
+          await eventually(() => keys("interest/"), (k) => k.length === 0, 5000);
+          assertEquals(await interestedIn5(1), []);
+          w.replicas[0] = startReplica(w, 0);
+          await w.replicas[0].waitFor(/control plane started/);
+        },
+      );
+
+      await t.step(
         "one etcd member stopped: nothing visible; two: allocations refused, queries answered; back: works",
         async () => {
           await w.etcd[2]!.stop();
@@ -362,15 +430,19 @@ Deno.test({
       await t.step(
         "everything stopped and started again: the same services, subnets and addresses",
         async () => {
-          const before = JSON.stringify(await services(w, 0));
+          // Interests live on the replicas' leases and go with them (nodes ask again when they
+          // reconnect): everything else comes back.
+          const noInterests = (l: JobRecord[]) =>
+            JSON.stringify(l.map((j) => ({ ...j, interested_nodes: [] })));
+          const before = noInterests(await services(w, 0));
           const beforeNodes = JSON.stringify(await nodes(w, 0));
           for (const p of w.replicas) await p?.stop();
           for (const p of w.etcd) await p?.stop();
           for (let i = 0; i < 3; i++) w.etcd[i] = startMember(w, i);
           await etcdHealthy(w);
           await startReplicas(w);
-          assertEquals(JSON.stringify(await services(w, 0)), before);
-          assertEquals(JSON.stringify(await services(w, 1)), before);
+          assertEquals(noInterests(await services(w, 0)), before);
+          assertEquals(noInterests(await services(w, 1)), before);
           assertEquals(JSON.stringify(await nodes(w, 1)), beforeNodes);
         },
       );

@@ -17,6 +17,8 @@
  * | `P notice/<job>` | the last update notice of a job: every replica publishes it to its nodes |
  * | `P replicas/<id>`, `P alive/<worker>` | on the replica's lease: replicas up, nodes they serve |
  * | `P interest/<job id>/<worker>` | on the lease of the replica the node asked: its interest in the job |
+ * | `P secrets/api-token` | the HTTP API token of every replica (written by the first one) |
+ * | `P credentials/<worker>` | a node's MQTT credential (`{sha256, created}`), accepted by every replica |
  *
  * Interests are not part of the job rows here (a job row is written with `interested_nodes: []`);
  * each replica shows a job's interested nodes from the `interest/` keys it watches. When a replica
@@ -36,6 +38,7 @@ import type { ClusterState, ClusterStateOptions, UpdateNotice } from "./state.ts
 import { StateError } from "./state.ts";
 import { claimsOf, jobKey, parseRow, type Row, RowError, rowsOfStateFile, rowText } from "./rows.ts";
 import type { StateFile } from "./schemas.ts";
+import { type CredentialBackend, type CredentialRecord, CredentialRecordSchema } from "./auth.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");
@@ -97,6 +100,8 @@ export class EtcdStore implements ControlStore {
   readonly location: string;
   lastError: string | undefined;
   onUpdate: (u: UpdateNotice, own?: boolean) => void = () => {};
+  /** Called when a node's credential is revoked (through any replica): close its connections. */
+  onCredentialGone: (worker: string) => void = () => {};
   /** This replica's id (random). */
   readonly replicaId: string = crypto.randomUUID().slice(0, 12);
   readonly #etcd: EtcdClient;
@@ -119,6 +124,8 @@ export class EtcdStore implements ControlStore {
   readonly #interests = new Map<string, Set<string>>();
   /** Interest keys (relative) this replica put on its lease (put again on a new lease). */
   readonly #mine = new Set<string>();
+  /** Node credentials (shared by every replica), from the watch. */
+  readonly #credentials = new Map<string, CredentialRecord>();
   #closed = false;
   /** A change of this replica is between its in-memory step and etcd's answer. */
   #inflight = false;
@@ -157,6 +164,7 @@ export class EtcdStore implements ControlStore {
     store.#appliedRev = revision;
     try {
       await store.#loadInterests();
+      await store.#loadCredentials();
     } catch (e) {
       await store.close();
       throw e;
@@ -194,6 +202,68 @@ export class EtcdStore implements ControlStore {
     this.#interests.clear();
     for (const kv of kvs) this.#noteInterest(kv.key, true);
     for (const job of this.state.jobs()) this.#overlay(job._id);
+  }
+
+  async #loadCredentials(): Promise<void> {
+    const { kvs } = await this.#etcd.rangePrefix(`${this.#prefix}credentials/`);
+    this.#credentials.clear();
+    for (const kv of kvs) this.#noteCredential(kv.key, kv.value);
+  }
+
+  /** Records a `credentials/` key's event (a malformed value is logged and counts as absent). */
+  #noteCredential(key: string, value: string | undefined): void {
+    const worker = key.slice(this.#prefix.length + 12);
+    if (value === undefined) {
+      if (this.#credentials.delete(worker)) this.onCredentialGone(worker);
+      return;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(value);
+    } catch { /* reported below */ }
+    const r = CredentialRecordSchema.safeParse(parsed);
+    if (r.success) this.#credentials.set(worker, r.data);
+    else {
+      this.#credentials.delete(worker);
+      log.error("ignoring a node credential that is not ours in etcd", { key });
+    }
+  }
+
+  /**
+   * The node credentials kept in etcd, for {@link CredentialStore.shared}: every replica's broker
+   * accepts a credential issued through any replica (it learns it from the watch within moments;
+   * the replica that issued it at once).
+   */
+  credentialBackend(): CredentialBackend {
+    const key = (w: string) => `${this.#prefix}credentials/${w}`;
+    return {
+      location: `${this.location} credentials/`,
+      get: (w) => this.#credentials.get(w),
+      workers: () => [...this.#credentials.keys()],
+      put: async (w, rec) => {
+        await this.#etcd.txn([], [{ put: { key: key(w), value: JSON.stringify(rec) } }]);
+        this.#credentials.set(w, rec);
+      },
+      delete: async (w) => {
+        await this.#etcd.txn([], [{ del: { key: key(w) } }]);
+        if (this.#credentials.delete(w)) this.onCredentialGone(w);
+      },
+    };
+  }
+
+  /**
+   * The cluster's HTTP API token: the one in etcd, or `mine` when there is none yet (the first
+   * replica's token becomes everybody's). Throws EtcdError when etcd cannot be reached.
+   */
+  async sharedToken(mine: string): Promise<string> {
+    const key = `${this.#prefix}secrets/api-token`;
+    const r = await this.#etcd.txn([{ key, version: 0 }], [{ put: { key, value: mine } }], [{
+      get: { key },
+    }]);
+    if (r.succeeded) return mine;
+    const token = r.read[0]?.value ?? "";
+    if (token.length < 16) throw new StateFileError(`${key} in etcd holds no usable token; remove it`);
+    return token;
   }
 
   /** Records an `interest/` key's event; returns its job id (undefined for a key not ours). */
@@ -333,6 +403,8 @@ export class EtcdStore implements ControlStore {
         } catch (err) {
           log.error("ignoring a row that is not ours in etcd", { key: e.key, error: (err as Error).message });
         }
+      } else if (e.key.startsWith(`${this.#prefix}credentials/`)) {
+        this.#noteCredential(e.key, e.value);
       } else if (e.key.startsWith(interestPrefix)) {
         const job = this.#noteInterest(e.key, e.value !== undefined);
         if (job) interested.add(job);
@@ -371,6 +443,7 @@ export class EtcdStore implements ControlStore {
     this.#reloadRev = revision;
     if (revision > this.#appliedRev) this.#appliedRev = revision;
     await this.#loadInterests();
+    await this.#loadCredentials();
     log.info("state reloaded from etcd", { revision, jobs: this.state.jobs().length });
     const waiters = this.#waiters;
     this.#waiters = [];

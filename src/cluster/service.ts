@@ -13,7 +13,7 @@ import mqtt from "mqtt";
 import type { IClientOptions } from "mqtt";
 import type net from "node:net";
 import { type BrokerTls, type EmbeddedBroker, startBroker } from "./broker.ts";
-import { CredentialStore, loadOrCreateApiToken } from "./auth.ts";
+import { CredentialStore, loadOrCreateApiToken, writeApiToken } from "./auth.ts";
 import {
   type ControlCore,
   handleNodeMessage,
@@ -272,8 +272,27 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     });
   }
   const state = store.state;
-  const creds = await CredentialStore.open(opts.stateDir);
-  const apiToken = await loadOrCreateApiToken(opts.stateDir);
+  let creds: CredentialStore;
+  let apiToken: { token: string; path: string; created: boolean };
+  try {
+    apiToken = await loadOrCreateApiToken(opts.stateDir);
+    if (store instanceof EtcdStore) {
+      // One token and one set of node credentials for every replica, kept in etcd; this host's
+      // token file holds the cluster's token (so the CLI works here against any replica).
+      creds = await CredentialStore.shared(store.credentialBackend(), opts.stateDir);
+      const token = await store.sharedToken(apiToken.token);
+      if (token !== apiToken.token) {
+        apiToken = { token, path: await writeApiToken(opts.stateDir, token), created: false };
+        log.info("HTTP API token of the cluster written", { path: apiToken.path });
+      }
+    } else {
+      creds = await CredentialStore.open(opts.stateDir);
+    }
+  } catch (e) {
+    await store.close();
+    if (e instanceof EtcdError) throw new ControlError(`cannot use etcd: ${e.message}`);
+    throw e;
+  }
   if (apiToken.created) log.info("HTTP API token created", { path: apiToken.path });
 
   let broker: EmbeddedBroker | undefined;
@@ -367,6 +386,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     });
 
     const embedded = broker;
+    if (store instanceof EtcdStore) store.onCredentialGone = (w) => embedded?.disconnect(w);
     const handler = createHttpHandler(core, {
       token: apiToken.token,
       credentials: creds,

@@ -49,7 +49,8 @@ if (cmd === "http") {
 } else if (cmd === "query") {
   const [broker, worker, key, ms] = args;
   const c = await mqtt.connectAsync(broker, {
-    clientId: `q-${crypto.randomUUID().slice(0, 8)}`,
+    // with credentials in the URL the client id is the worker id (an authenticating broker wants it)
+    clientId: new URL(broker).username || `q-${crypto.randomUUID().slice(0, 8)}`,
     reconnectPeriod: 0,
   });
   await c.subscribeAsync(`nodes/${worker}/net/tablequery/result`, { qos: 1 });

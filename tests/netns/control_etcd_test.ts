@@ -5,6 +5,8 @@
  * - 200 service registrations, then 60 instance deploys, at once over both replicas → every
  *   address unique, both replicas agree;
  * - a change made through one replica is published by the other to its own nodes (watch);
+ * - one API token and one set of node credentials for every replica (kept in etcd): a credential
+ *   issued through one replica is accepted by another's broker, and refused there once revoked;
  * - a node's interest in a job lives on the lease of the replica it asked: it expires when that
  *   replica is killed and is recorded again on the replica the node asks next;
  * - one member of three stopped: nothing visible; two: allocations refuse clearly (503), known
@@ -310,6 +312,83 @@ Deno.test({
         assertEquals((await watcher.done).code, 0, watcher.log);
         assertMatch(watcher.log, /"topic":"jobs\/app\.ns\.svc7\.x\/updates_available".*UNDEPLOYMENT/);
       });
+
+      await t.step(
+        "one API token and one set of node credentials for every replica, kept in etcd",
+        async () => {
+          assertEquals(w.tokens[1], w.tokens[0], "both replicas' token files hold the cluster's token");
+          // A third replica that requires node credentials (no anonymous clients).
+          const p = new Proc(w.ns.r2, [
+            Deno.execPath(),
+            "run",
+            "-A",
+            "--config",
+            `${ROOT}deno.json`,
+            `${ROOT}main.ts`,
+            "control",
+            "--state-dir",
+            `${w.dir}/r3`,
+            "--etcd",
+            ENDPOINTS,
+            "--cluster-name",
+            "t1",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            "10006",
+            "--http-port",
+            "10103",
+          ]);
+          try {
+            await p.waitFor(/control plane started/);
+            assertEquals((await Deno.readTextFile(`${w.dir}/r3/api-token`)).trim(), w.tokens[0]);
+            const call = async (port: number, method: string, path: string) =>
+              (JSON.parse(
+                await client(
+                  w.ns.r2,
+                  ["http"],
+                  JSON.stringify([{ method, url: `http://127.0.0.1:${port}${path}`, token: w.tokens[0] }]),
+                ),
+              ) as Reply[])[0];
+            // The cluster's token works on the new replica (the CLI there reads the same file).
+            assertEquals((await call(10103, "GET", "/api/net/nodes")).status, 200);
+            // A credential issued through replica 1 ...
+            const issued = await http(w, 0, [{ method: "POST", path: "/api/net/node/wsec/credential" }]);
+            assertEquals(issued[0].status, 200, JSON.stringify(issued[0].body));
+            const pw = (issued[0].body as { password: string }).password;
+            const rr = (await services(w, 0)).find((j) => j._id === "job6")!.service_ip_list[0].Address;
+            // ... is accepted by replica 3's broker (it learns it from its watch within moments).
+            const q = await eventually(
+              () => client(w.ns.r2, ["query", `mqtt://wsec:${pw}@127.0.0.1:10006`, "wsec", rr, "3000"]),
+              (out) => out.includes("app.ns.svc6.x"),
+              10000,
+            );
+            assertMatch(q, /"app_name":"app\.ns\.svc6\.x"/);
+            // A wrong password is refused there.
+            const bad = await client(w.ns.r2, [
+              "query",
+              `mqtt://wsec:x${pw}@127.0.0.1:10006`,
+              "wsec",
+              rr,
+              "3000",
+            ])
+              .then(() => "accepted", (e) => String(e));
+            assertMatch(bad, /bad username or password|Not authorized|refused|exit/i);
+            // Revoked through replica 2: replica 3 refuses it too.
+            const revoked = await http(w, 1, [{ method: "DELETE", path: "/api/net/node/wsec/credential" }]);
+            assertEquals(revoked[0].status, 200, JSON.stringify(revoked[0].body));
+            await eventually(
+              () =>
+                client(w.ns.r2, ["query", `mqtt://wsec:${pw}@127.0.0.1:10006`, "wsec", rr, "3000"])
+                  .then(() => "accepted", () => "refused"),
+              (r) => r === "refused",
+              10000,
+            );
+          } finally {
+            await p.stop();
+          }
+        },
+      );
 
       await t.step(
         "interests live on the replica's lease: gone when it is killed, recorded again on the next one",

@@ -32,7 +32,7 @@
  * await store.close();
  * ```
  */
-import { type Compare, EtcdClient, EtcdError, type Op, type WatchEvent } from "./etcd.ts";
+import { type Compare, EtcdClient, EtcdError, type EtcdTls, type Op, type WatchEvent } from "./etcd.ts";
 import { type ControlStore, StateFileError, stateOfRows, StoreUnavailableError } from "./store.ts";
 import type { ClusterState, ClusterStateOptions, UpdateNotice } from "./state.ts";
 import { StateError } from "./state.ts";
@@ -65,6 +65,8 @@ export interface EtcdStoreOptions extends ClusterStateOptions {
   prefix?: string;
   /** Time limit of one etcd request (default 3000 ms). */
   timeoutMs?: number;
+  /** TLS toward etcd (PEM texts). */
+  tls?: EtcdTls;
 }
 
 interface Cached {
@@ -697,6 +699,7 @@ export class EtcdStore implements ControlStore {
     if (this.#keepalive !== undefined) clearInterval(this.#keepalive);
     await this.#watching.catch(() => {});
     if (this.#lease) await this.#etcd.leaseRevoke(this.#lease);
+    this.#etcd.close();
   }
 }
 
@@ -711,7 +714,10 @@ async function claimPrefix(opts: EtcdStoreOptions): Promise<{ etcd: EtcdClient; 
       `etcd prefix "${prefix}" must start and end with "/" (printable ASCII, no spaces)`,
     );
   }
-  const etcd = new EtcdClient(opts.endpoints, { timeoutMs: opts.timeoutMs });
+  const etcd = new EtcdClient(opts.endpoints, {
+    ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    ...(opts.tls ? { tls: opts.tls } : {}),
+  });
   const key = `${prefix}cluster`;
   const mine = JSON.stringify({ cluster: opts.cluster, format: ETCD_FORMAT });
   const r = await etcd.txn([{ key, version: 0 }], [{ put: { key, value: mine } }], [{ get: { key } }]);

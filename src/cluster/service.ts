@@ -87,7 +87,13 @@ export interface ControlOptions {
    * Replicated mode: the state lives in etcd under the cluster's prefix, shared with every other
    * replica (see etcd_store.ts); the state dir keeps only this replica's token and credentials.
    */
-  etcd?: { endpoints: string[]; cluster: string; prefix?: string };
+  etcd?: {
+    endpoints: string[];
+    cluster: string;
+    prefix?: string;
+    /** PEM file paths: CA of the members, client certificate and key (`https://` endpoints). */
+    tls?: { ca?: string; cert?: string; key?: string };
+  };
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
 }
@@ -261,7 +267,19 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     await Deno.mkdir(opts.stateDir, { recursive: true }).catch((e) => {
       throw new ControlError(`cannot create state directory ${opts.stateDir}: ${e.message}`);
     });
-    store = await EtcdStore.open({ ...opts.etcd, avoidSubnet4: opts.avoidSubnet4 }).catch((e) => {
+    const t = opts.etcd.tls;
+    const tls = t
+      ? {
+        ...(t.ca !== undefined ? { ca: await readPem("etcd CA", t.ca) } : {}),
+        ...(t.cert !== undefined ? { cert: await readPem("etcd client certificate", t.cert) } : {}),
+        ...(t.key !== undefined ? { key: await readPem("etcd client key", t.key) } : {}),
+      }
+      : undefined;
+    store = await EtcdStore.open({
+      ...opts.etcd,
+      ...(tls ? { tls } : {}),
+      avoidSubnet4: opts.avoidSubnet4,
+    }).catch((e) => {
       if (e instanceof EtcdError) throw new ControlError(`cannot use etcd: ${e.message}`);
       throw e;
     });

@@ -284,6 +284,23 @@ export class EtcdStore implements ControlStore {
     return job;
   }
 
+  /**
+   * Interests a change made in the state (a node deploying an instance follows its job; a removed
+   * node or job follows nothing) become or stop being `interest/` keys.
+   */
+  #syncInterests(id: string, want: readonly string[]): void {
+    const have = this.#interests.get(id) ?? new Set<string>();
+    const put = want.filter((w) => !have.has(w));
+    const drop = [...have].filter((w) => !want.includes(w));
+    for (const [ws, on] of [[put, true], [drop, false]] as const) {
+      for (const w of ws) {
+        this.interest(id, w, on).catch((e) =>
+          log.warn("interest not recorded", { job: id, worker: w, error: (e as Error).message })
+        );
+      }
+    }
+  }
+
   /** Shows job `id`'s interests (from the keys) on its in-memory record. */
   #overlay(id: string): void {
     this.state.setInterested(id, [...(this.#interests.get(id) ?? [])]);
@@ -613,6 +630,7 @@ export class EtcdStore implements ControlStore {
         // (the watch's copy of these events is then recognised as known and skipped).
         for (const row of rows) {
           this.#cache.set(row.key, { text: rowText(withoutInterests(row)), mod: r.revision });
+          if (row.kind === "job") this.#syncInterests(row.id, row.value?.interested_nodes ?? []);
         }
         await this.#settle(undefined);
         for (const d of done) d.q.resolve(d.result);

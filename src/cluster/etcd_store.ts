@@ -186,6 +186,12 @@ export class EtcdStore implements ControlStore {
   readonly #interests = new Map<string, Set<string>>();
   /** Interest keys (relative) this replica put on its lease (put again on a new lease). */
   readonly #mine = new Set<string>();
+  /** Interest writes waiting for the next transaction (the last per key), and whether one is sent. */
+  readonly #interestOps = new Map<
+    string,
+    { on: boolean; waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> }
+  >();
+  #interestWriting = false;
   /** Node credentials (shared by every replica), from the watch. */
   readonly #credentials = new Map<string, CredentialRecord>();
   #closed = false;
@@ -381,17 +387,53 @@ export class EtcdStore implements ControlStore {
     this.#noteInterest(key, on);
     this.#overlay(jobId);
     try {
-      await this.#etcd.txn([], [
-        on
-          ? { put: { key, value: JSON.stringify({ replica: this.replicaId }), lease: this.#lease } }
-          : { del: { key } },
-      ]);
+      await this.#writeInterest(key, on);
       if (on) this.#mine.add(rel);
       else this.#mine.delete(rel);
     } catch (e) {
       this.#noteInterest(key, had);
       this.#overlay(jobId);
       throw new StoreUnavailableError(`interest not recorded: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Queues an interest key's put (on this replica's lease) or deletion: the writes that arrive
+   * while one transaction is in flight go together in the next (a thousand nodes' first queries
+   * are a few etcd writes, not a thousand).
+   */
+  #writeInterest(key: string, on: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const queued = this.#interestOps.get(key);
+      if (queued) {
+        queued.on = on;
+        queued.waiters.push({ resolve, reject });
+      } else this.#interestOps.set(key, { on, waiters: [{ resolve, reject }] });
+      if (!this.#interestWriting) void this.#flushInterests();
+    });
+  }
+
+  async #flushInterests(): Promise<void> {
+    this.#interestWriting = true;
+    try {
+      while (this.#interestOps.size) {
+        const batch = [...this.#interestOps].slice(0, TXN_LIMIT);
+        for (const [key] of batch) this.#interestOps.delete(key);
+        const value = JSON.stringify({ replica: this.replicaId });
+        try {
+          await this.#etcd.txn(
+            [],
+            batch.map(([key, q]): Op =>
+              q.on ? { put: { key, value, lease: this.#lease! } } : { del: { key } }
+            ),
+          );
+          for (const [, q] of batch) for (const w of q.waiters) w.resolve();
+        } catch (e) {
+          for (const [, q] of batch) for (const w of q.waiters) w.reject(e);
+        }
+      }
+    } finally {
+      this.#interestWriting = false;
     }
   }
 

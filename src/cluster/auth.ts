@@ -86,9 +86,13 @@ export const CredentialRecordSchema: z.ZodType<CredentialRecord> = z.object({
 export interface CredentialBackend {
   /** Where (for logs). */
   readonly location: string;
+  /** The worker's record, if it has one. */
   get(worker: string): CredentialRecord | undefined;
+  /** Every worker with a record. */
   workers(): string[];
+  /** Stores (or replaces) the worker's record. */
   put(worker: string, record: CredentialRecord): Promise<void>;
+  /** Removes the worker's record. */
   delete(worker: string): Promise<void>;
 }
 

@@ -81,6 +81,27 @@ Deno.test("sqlite store: a refused change stores nothing and rejects with the re
     await store.close();
   }));
 
+Deno.test("sqlite store: changes of one event-loop turn share one commit; each resolves once on disk", () =>
+  withDir(async (dir) => {
+    const store = await SqliteStore.open(dir);
+    const db = new DatabaseSync(store.path);
+    const count = () => (db.prepare("SELECT count(*) AS n FROM rows").get() as { n: number }).n;
+    const before = count();
+    // 100 registrations issued at once (as a burst of MQTT requests is) plus one refused change.
+    const all = Array.from({ length: 100 }, (_, k) => store.change((s) => s.nodeSubnet(`w${k}`)));
+    const refused = store.change((s) => s.removeInstance("none", 0));
+    assertEquals(count(), before, "nothing is committed before the turn ends");
+    const nodes = await Promise.all(all);
+    await assertRejects(() => refused, Error, "no service");
+    assertEquals(new Set(nodes.map((n) => n.node.subnet)).size, 100);
+    assertEquals(count(), before + 100 + 2, "100 node rows and the two subnet pools");
+    db.close();
+    await store.close();
+    const again = await SqliteStore.open(dir);
+    assertEquals(again.state.nodes().length, 100);
+    await again.close();
+  }));
+
 Deno.test("sqlite store: control-state.json is imported once and kept as .imported", () =>
   withDir(async (dir) => {
     const s = new ClusterState();

@@ -691,6 +691,11 @@ export class EtcdStore implements ControlStore {
           continue;
         }
         const rows = this.state.takeChanges();
+        // Right after the change (before anything else can touch the interests): what it did to
+        // a job's interested nodes becomes interest keys.
+        for (const r of rows) {
+          if (r.kind === "job") this.#syncInterests(r.id, r.value?.interested_nodes ?? []);
+        }
         const mine = q.updates?.(result) ?? [];
         const grown = size.with(rows, mine);
         if (done.length && grown.total > TXN_LIMIT) {
@@ -728,7 +733,6 @@ export class EtcdStore implements ControlStore {
         // (the watch's copy of these events is then recognised as known and skipped).
         for (const row of rows) {
           this.#cache.set(row.key, { text: rowText(withoutInterests(row)), mod: r.revision });
-          if (row.kind === "job") this.#syncInterests(row.id, row.value?.interested_nodes ?? []);
         }
         await this.#settle(undefined);
         for (const d of done) d.q.resolve(d.result);

@@ -186,12 +186,12 @@ export class EtcdStore implements ControlStore {
   readonly #interests = new Map<string, Set<string>>();
   /** Interest keys (relative) this replica put on its lease (put again on a new lease). */
   readonly #mine = new Set<string>();
-  /** Interest writes waiting for the next transaction (the last per key), and whether one is sent. */
-  readonly #interestOps = new Map<
+  /** Lease-key writes waiting for the next transaction (the last per key), and whether one is sent. */
+  readonly #leaseOps = new Map<
     string,
     { on: boolean; waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> }
   >();
-  #interestWriting = false;
+  #leaseWriting = false;
   /** Node credentials (shared by every replica), from the watch. */
   readonly #credentials = new Map<string, CredentialRecord>();
   #closed = false;
@@ -387,7 +387,7 @@ export class EtcdStore implements ControlStore {
     this.#noteInterest(key, on);
     this.#overlay(jobId);
     try {
-      await this.#writeInterest(key, on);
+      await this.#writeLeaseKey(key, on);
       if (on) this.#mine.add(rel);
       else this.#mine.delete(rel);
     } catch (e) {
@@ -398,27 +398,27 @@ export class EtcdStore implements ControlStore {
   }
 
   /**
-   * Queues an interest key's put (on this replica's lease) or deletion: the writes that arrive
-   * while one transaction is in flight go together in the next (a thousand nodes' first queries
-   * are a few etcd writes, not a thousand).
+   * Queues a put (`{"replica": id}` on this replica's lease) or deletion of an `interest/` or
+   * `alive/` key: the writes that arrive while one transaction is in flight go together in the
+   * next (a thousand nodes' registrations or first queries are a few etcd writes, not a thousand).
    */
-  #writeInterest(key: string, on: boolean): Promise<void> {
+  #writeLeaseKey(key: string, on: boolean): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const queued = this.#interestOps.get(key);
+      const queued = this.#leaseOps.get(key);
       if (queued) {
         queued.on = on;
         queued.waiters.push({ resolve, reject });
-      } else this.#interestOps.set(key, { on, waiters: [{ resolve, reject }] });
-      if (!this.#interestWriting) void this.#flushInterests();
+      } else this.#leaseOps.set(key, { on, waiters: [{ resolve, reject }] });
+      if (!this.#leaseWriting) void this.#flushLeaseKeys();
     });
   }
 
-  async #flushInterests(): Promise<void> {
-    this.#interestWriting = true;
+  async #flushLeaseKeys(): Promise<void> {
+    this.#leaseWriting = true;
     try {
-      while (this.#interestOps.size) {
-        const batch = [...this.#interestOps].slice(0, TXN_LIMIT);
-        for (const [key] of batch) this.#interestOps.delete(key);
+      while (this.#leaseOps.size) {
+        const batch = [...this.#leaseOps].slice(0, TXN_LIMIT);
+        for (const [key] of batch) this.#leaseOps.delete(key);
         const value = JSON.stringify({ replica: this.replicaId });
         try {
           await this.#etcd.txn(
@@ -433,7 +433,7 @@ export class EtcdStore implements ControlStore {
         }
       }
     } finally {
-      this.#interestWriting = false;
+      this.#leaseWriting = false;
     }
   }
 
@@ -473,13 +473,7 @@ export class EtcdStore implements ControlStore {
   nodeSeen(worker: string): void {
     if (this.#announced.has(worker) || !this.#lease || this.#closed) return;
     this.#announced.add(worker);
-    this.#etcd.txn([], [{
-      put: {
-        key: `${this.#prefix}alive/${worker}`,
-        value: JSON.stringify({ replica: this.replicaId }),
-        lease: this.#lease,
-      },
-    }]).catch((e) => {
+    this.#writeLeaseKey(`${this.#prefix}alive/${worker}`, true).catch((e) => {
       this.#announced.delete(worker);
       log.warn("node liveness not recorded", { worker, error: (e as Error).message });
     });

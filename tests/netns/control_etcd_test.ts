@@ -7,8 +7,8 @@
  * - a change made through one replica is published by the other to its own nodes (watch);
  * - one API token and one set of node credentials for every replica (kept in etcd): a credential
  *   issued through one replica is accepted by another's broker, and refused there once revoked;
- * - a node's interest in a job lives on the lease of the replica it asked: it expires when that
- *   replica is killed and is recorded again on the replica the node asks next;
+ * - a node's interest in a job and its liveness live on the lease of the replica it asked: they
+ *   expire when that replica is killed and are recorded again on the replica the node asks next;
  * - one member of three stopped: nothing visible; two: allocations refuse clearly (503), known
  *   entries still resolve over MQTT, and everything works again when they return;
  * - everything stopped and started again: the same subnets and addresses;
@@ -391,7 +391,7 @@ Deno.test({
       );
 
       await t.step(
-        "interests live on the replica's lease: gone when it is killed, recorded again on the next one",
+        "interests and liveness live on the replica's lease: gone when it is killed, recorded again on the next one",
         async () => {
           const P = "/netmanager/t1/";
           const keys = async (sub: string) => {
@@ -421,12 +421,16 @@ Deno.test({
           // A node asks replica 1: its interest is a key on replica 1's lease, not in the job's row.
           const q = JSON.parse(await client(w.ns.r1, ["query", broker, "wi1", rr, "5000"]));
           assertEquals(q.app_name, "app.ns.svc5.x");
+          // ... and its liveness (it asks for its subnet) on the same lease.
+          await client(w.ns.r1, ["publish", broker, "nodes/wi1/net/subnet", '{"METHOD":"GET"}']);
           const [key] = await eventually(() => keys("interest/"), (k) => k.length === 1, 5000);
           assertEquals(key.key, `${P}interest/job5/wi1`);
           const owner = (JSON.parse(key.value) as { replica: string }).replica;
           const replicas = await keys("replicas/");
           assertEquals(replicas.find((r) => r.key === `${P}replicas/${owner}`)?.lease, key.lease);
           assert(key.lease !== "0", "the interest is on a lease");
+          const [alive] = await eventually(() => keys("alive/wi1"), (k) => k.length === 1, 5000);
+          assertEquals(alive.lease, key.lease, "liveness on the same lease");
           const row = (await keys("rows/job/job5"))[0];
           assertEquals(JSON.parse(row.value).interested_nodes, [], "the interest is not in the job row");
           assertEquals(await interestedIn5(0), ["wi1"]);
@@ -437,11 +441,15 @@ Deno.test({
           w.replicas[0] = undefined;
           await eventually(() => interestedIn5(1), (l) => l.length === 0, 20000);
           assertEquals(await keys("interest/"), []);
+          assertEquals(await keys("alive/wi1"), []);
           // The node fails over to replica 2 and asks again (as it does for every job it follows).
           await client(w.ns.r2, ["query", broker, "wi1", rr, "5000"]);
           assertEquals(await interestedIn5(1), ["wi1"]);
           const [again] = await eventually(() => keys("interest/"), (k) => k.length === 1, 5000);
           assert(again.lease !== "0" && again.lease !== key.lease, "on replica 2's lease");
+          await client(w.ns.r2, ["publish", broker, "nodes/wi1/net/subnet", '{"METHOD":"GET"}']);
+          const [alive2] = await eventually(() => keys("alive/wi1"), (k) => k.length === 1, 5000);
+          assertEquals(alive2.lease, again.lease);
           // interest/remove drops it.
           await client(w.ns.r2, [
             "publish",

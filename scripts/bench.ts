@@ -296,6 +296,16 @@ export const STEPS: StepDef[] = [
     argv: (o) => ts("bench_store.ts", ...(short(o) ? ["--quick"] : [])),
   },
   {
+    name: "scale",
+    kind: "control",
+    description:
+      "1,000 simulated nodes (MQTT) registering and querying: embedded vs etcd (3 members, 2 replicas)",
+    needsRoot: true,
+    limit: { full: 1200, quick: 600, smoke: 300 },
+    argv: (o) =>
+      ts("bench_scale.ts", ...(o.mode === "smoke" ? ["--smoke"] : o.mode === "quick" ? ["--quick"] : [])),
+  },
+  {
     name: "dns",
     kind: "control",
     description: "node DNS server (table hits) vs dnsmasq serving the same names, dnsperf",

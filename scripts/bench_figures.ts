@@ -196,6 +196,61 @@ const Store = z.object({
   rssMiB: z.object({ growth: z.number() }),
 });
 
+const ScaleMode = z.object({
+  registration: z.object({ allocationsPerSecond: num, errors: z.number() }),
+  tableQueries: z.object({
+    roundTripMs: z.object({ p50: num.nullable(), p99: num.nullable() }),
+    errors: z.number(),
+  }),
+  controlPlane: z.object({ cpuDuringQueries: z.object({ percentOfOneCore: num }), rssMiB: z.array(num) }),
+});
+/** bench_scale.ts */
+const Scale = z.object({
+  nodes: z.number().int(),
+  embedded: ScaleMode.optional(),
+  etcd: ScaleMode.optional(),
+  etcdP99ToEmbedded: num.nullable(),
+});
+
+function scale(d: z.infer<typeof Scale>): Figure[] {
+  const out: Figure[] = [];
+  for (const [mode, r] of [["embedded", d.embedded], ["etcd", d.etcd]] as const) {
+    if (!r) continue;
+    out.push(
+      {
+        name: `${mode}: ${d.nodes} nodes' subnet allocations`,
+        value: r.registration.allocationsPerSecond,
+        unit: "/s",
+      },
+      { name: `${mode}: table query p50`, value: r.tableQueries.roundTripMs.p50, unit: "ms" },
+      {
+        name: `${mode}: table query p99`,
+        value: r.tableQueries.roundTripMs.p99,
+        unit: "ms",
+        ...(mode === "etcd" && d.etcdP99ToEmbedded !== null
+          ? { ratio: d.etcdP99ToEmbedded, ratioTo: "embedded" }
+          : {}),
+      },
+      {
+        name: `${mode}: errors (registration + queries)`,
+        value: r.registration.errors + r.tableQueries.errors,
+        unit: "",
+      },
+      {
+        name: `${mode}: control CPU during queries`,
+        value: r.controlPlane.cpuDuringQueries.percentOfOneCore,
+        unit: "%",
+      },
+      {
+        name: `${mode}: control RSS (per replica, max)`,
+        value: Math.max(...r.controlPlane.rssMiB),
+        unit: "MiB",
+      },
+    );
+  }
+  return out;
+}
+
 /** Result of {@link figuresOf}. */
 export type FiguresResult = { ok: true; figures: Figure[] } | { ok: false; error: string };
 
@@ -223,6 +278,8 @@ export function figuresOf(name: string, output: unknown): FiguresResult {
         { name: "allocations per second", value: d.allocationsPerSecond, unit: "/s" },
         { name: "control RSS growth", value: d.rssMiB.growth, unit: "MiB" },
       ]);
+    case "scale":
+      return take(Scale, scale);
     case "deploy":
       return take(Deploy, (d) => [
         {

@@ -79,6 +79,9 @@ async function runService(opts: {
   stateSync: string;
   etcd?: string;
   etcdPrefix?: string;
+  etcdCacert?: string;
+  etcdCert?: string;
+  etcdKey?: string;
   clusterName: string;
 }): Promise<void> {
   if (opts.logFormat !== "text" && opts.logFormat !== "json") {
@@ -109,7 +112,7 @@ async function runService(opts: {
   const c = await startControl({
     stateDir: opts.stateDir,
     stateSync: opts.stateSync,
-    ...(opts.etcd !== undefined ? { etcd: etcdOf(opts.etcd, opts.clusterName, opts.etcdPrefix) } : {}),
+    ...(opts.etcd !== undefined ? { etcd: etcdOf(opts.etcd, opts.clusterName, opts.etcdPrefix, opts) } : {}),
     mqttHost: opts.mqttHost,
     mqttPort: portOf("--mqtt-port", opts.mqttPort),
     allowAnonymous: opts.mqttAllowAnonymous === true,
@@ -152,11 +155,49 @@ async function runService(opts: {
   await c.stop();
 }
 
-function etcdOf(urls: string, cluster: string, prefix: string | undefined) {
+function etcdOf(
+  urls: string,
+  cluster: string,
+  prefix: string | undefined,
+  tls: { etcdCacert?: string; etcdCert?: string; etcdKey?: string },
+) {
   const endpoints = urls.split(",").map((u) => u.trim()).filter((u) => u !== "");
   if (endpoints.length === 0) throw new UsageError(`--etcd "${urls}" names no endpoint`);
-  return { endpoints, cluster, ...(prefix !== undefined ? { prefix } : {}) };
+  if ((tls.etcdCert === undefined) !== (tls.etcdKey === undefined)) {
+    throw new UsageError("--etcd-cert and --etcd-key go together");
+  }
+  const t = {
+    ...(tls.etcdCacert !== undefined ? { ca: tls.etcdCacert } : {}),
+    ...(tls.etcdCert !== undefined ? { cert: tls.etcdCert } : {}),
+    ...(tls.etcdKey !== undefined ? { key: tls.etcdKey } : {}),
+  };
+  return {
+    endpoints,
+    cluster,
+    ...(prefix !== undefined ? { prefix } : {}),
+    ...(Object.keys(t).length ? { tls: t } : {}),
+  };
 }
+
+/** Reads the PEM files of etcd TLS options (migrate's client; the service reads its own). */
+async function etcdTlsPem(t: { ca?: string; cert?: string; key?: string } | undefined) {
+  if (!t) return undefined;
+  const read = (what: string, path: string) =>
+    Deno.readTextFile(path).catch((e) => {
+      throw new Error(`cannot read ${what} ${path}: ${e.message}`);
+    });
+  return {
+    ...(t.ca !== undefined ? { ca: await read("--etcd-cacert", t.ca) } : {}),
+    ...(t.cert !== undefined ? { cert: await read("--etcd-cert", t.cert) } : {}),
+    ...(t.key !== undefined ? { key: await read("--etcd-key", t.key) } : {}),
+  };
+}
+
+const ETCD_TLS_HELP = {
+  cacert: "CA file of the etcd members' certificates (https:// endpoints; default: the system's CAs)",
+  cert: "client certificate file for etcd members started with --client-cert-auth",
+  key: "key file of --etcd-cert",
+};
 
 function migrateCmd() {
   return new Command("migrate")
@@ -167,10 +208,15 @@ function migrateCmd() {
     .requiredOption("--to <urls>", "etcd endpoints, comma-separated (http://host:2379,…)")
     .option("--etcd-prefix <prefix>", "key prefix (default /netmanager/<cluster-name>/)")
     .option("--cluster-name <name>", "the cluster's name, recorded under the prefix", "default")
+    .option("--etcd-cacert <file>", ETCD_TLS_HELP.cacert)
+    .option("--etcd-cert <file>", ETCD_TLS_HELP.cert)
+    .option("--etcd-key <file>", ETCD_TLS_HELP.key)
     .action(async (opts) => {
       try {
         const file = await readEmbeddedState(opts.from);
-        const r = await migrateToEtcd(file, etcdOf(opts.to, opts.clusterName, opts.etcdPrefix));
+        const target = etcdOf(opts.to, opts.clusterName, opts.etcdPrefix, opts);
+        const tls = await etcdTlsPem(target.tls);
+        const r = await migrateToEtcd(file, { ...target, ...(tls ? { tls } : {}) });
         console.log(
           `migrated: ${file.jobs.length} service(s), ${file.nodes.length} node(s): ${r.written} row(s) written, ` +
             `${r.present} already there`,
@@ -459,6 +505,9 @@ export function controlCmd() {
       "replicated mode: keep the state in etcd (comma-separated http://host:2379 endpoints); any number of replicas",
     )
     .option("--etcd-prefix <prefix>", "etcd key prefix of this cluster (default /netmanager/<cluster-name>/)")
+    .option("--etcd-cacert <file>", ETCD_TLS_HELP.cacert)
+    .option("--etcd-cert <file>", ETCD_TLS_HELP.cert)
+    .option("--etcd-key <file>", ETCD_TLS_HELP.key)
     .option(
       "--cluster-name <name>",
       "replicated mode: the cluster's name; a prefix of another cluster is refused",

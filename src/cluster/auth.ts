@@ -3,6 +3,8 @@
  * - per-node MQTT credentials (`mqtt-credentials.json` in the state dir, 0600): the password is 32
  *   random bytes shown once; only its SHA-256 is stored (a random 256-bit secret needs no slow hash);
  * - the HTTP API bearer token (`api-token` in the state dir, 0600, created at first start);
+ * - in etcd mode both live in etcd instead ({@link CredentialBackend}; the token file then holds the
+ *   cluster's token), so every replica accepts every node and the CLI works against any replica;
  * - the ACL ({@link mayPublish}, {@link maySubscribe}, pure): a node publishes only below
  *   `nodes/<its id>/` (never the control plane's result topics) and subscribes only to
  *   `nodes/<its id>/net/…` and `jobs/<job>/updates_available`.
@@ -66,14 +68,59 @@ async function dirPath(dir: string, name: string): Promise<string> {
   return `${dir.replace(/\/+$/, "") || "/"}/${name}`;
 }
 
+/** A stored node credential: the SHA-256 (hex) of its password and when it was issued. */
+export interface CredentialRecord {
+  sha256: string;
+  created: string;
+}
+
+/** Schema of a {@link CredentialRecord} (as stored in etcd). */
+export const CredentialRecordSchema: z.ZodType<CredentialRecord> = z.object({
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  created: z.string(),
+}).strict();
+
+/**
+ * Where the credentials live when not in a file (etcd mode: shared by every replica). `get` and
+ * `workers` read a local copy kept current; `put` and `delete` resolve once stored.
+ */
+export interface CredentialBackend {
+  /** Where (for logs). */
+  readonly location: string;
+  /** The worker's record, if it has one. */
+  get(worker: string): CredentialRecord | undefined;
+  /** Every worker with a record. */
+  workers(): string[];
+  /** Stores (or replaces) the worker's record. */
+  put(worker: string, record: CredentialRecord): Promise<void>;
+  /** Removes the worker's record. */
+  delete(worker: string): Promise<void>;
+}
+
 /** The node credentials of the embedded broker (one per worker id). */
 export class CredentialStore {
-  /** Path of the credential file. */
+  /** Path of the credential file (etcd mode: where in etcd). */
   readonly path: string;
-  readonly #nodes = new Map<string, { sha256: string; created: string }>();
+  readonly #nodes = new Map<string, CredentialRecord>();
+  readonly #backend: CredentialBackend | undefined;
 
-  private constructor(path: string) {
+  private constructor(path: string, backend?: CredentialBackend) {
     this.path = path;
+    this.#backend = backend;
+  }
+
+  /**
+   * Credentials kept in `backend` (etcd mode). The records of the file in `importDir`, if any,
+   * are copied into it where it has none for that worker (a replica that ran embedded before).
+   */
+  static async shared(backend: CredentialBackend, importDir?: string): Promise<CredentialStore> {
+    if (importDir !== undefined) {
+      const file = await CredentialStore.open(importDir);
+      for (const [worker, rec] of file.#nodes) {
+        if (!backend.get(worker)) await backend.put(worker, rec);
+      }
+    }
+    return new CredentialStore(backend.location, backend);
   }
 
   /** Loads `<dir>/mqtt-credentials.json` (missing: none yet). Throws AuthError when unusable. */
@@ -101,12 +148,13 @@ export class CredentialStore {
 
   /** Worker ids that have a credential. */
   workers(): string[] {
+    if (this.#backend) return this.#backend.workers().sort();
     return [...this.#nodes.keys()].sort();
   }
 
   /** True when `worker` has a credential. */
   has(worker: string): boolean {
-    return this.#nodes.has(worker);
+    return this.#backend ? this.#backend.get(worker) !== undefined : this.#nodes.has(worker);
   }
 
   /**
@@ -116,6 +164,14 @@ export class CredentialStore {
   async issue(worker: string): Promise<{ username: string; password: string; replaced: boolean }> {
     if (!WORKER_ID.test(worker)) throw new AuthError(`bad worker id "${worker}" (no / + # or spaces)`);
     const password = newSecret();
+    if (this.#backend) {
+      const replaced = this.#backend.get(worker) !== undefined;
+      await this.#backend.put(worker, {
+        sha256: sha256(password).toString("hex"),
+        created: new Date().toISOString(),
+      });
+      return { username: worker, password, replaced };
+    }
     const replaced = this.#nodes.has(worker);
     const before = this.#nodes.get(worker);
     this.#nodes.set(worker, { sha256: sha256(password).toString("hex"), created: new Date().toISOString() });
@@ -131,6 +187,11 @@ export class CredentialStore {
 
   /** Removes the credential of `worker`; false when it had none. */
   async revoke(worker: string): Promise<boolean> {
+    if (this.#backend) {
+      if (!this.#backend.get(worker)) return false;
+      await this.#backend.delete(worker);
+      return true;
+    }
     const before = this.#nodes.get(worker);
     if (!before) return false;
     this.#nodes.delete(worker);
@@ -145,7 +206,7 @@ export class CredentialStore {
 
   /** True when `password` is the current credential of `worker` (constant time). */
   verify(worker: string, password: Uint8Array | string): boolean {
-    const n = this.#nodes.get(worker);
+    const n = this.#backend ? this.#backend.get(worker) : this.#nodes.get(worker);
     if (!n) return false;
     return timingSafeEqual(sha256(password), Buffer.from(n.sha256, "hex"));
   }
@@ -182,6 +243,17 @@ export async function loadOrCreateApiToken(
     throw new AuthError(`cannot write API token ${path}: ${(e as Error).message}`);
   }
   return { token, path, created: true };
+}
+
+/** Replaces the API token file of `dir` (0600) with `token` (etcd mode: the cluster's token). */
+export async function writeApiToken(dir: string, token: string): Promise<string> {
+  const path = await dirPath(dir, API_TOKEN_FILE_NAME);
+  try {
+    await writeAtomic(path, token + "\n");
+  } catch (e) {
+    throw new AuthError(`cannot write API token ${path}: ${(e as Error).message}`);
+  }
+  return path;
 }
 
 /** Reads an API token from a file (what the `control` CLI does); throws AuthError. */

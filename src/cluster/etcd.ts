@@ -136,10 +136,21 @@ function opJson(o: Op): unknown {
   return { request_range: { key: b64(o.get.key) } };
 }
 
+/** TLS toward etcd (PEM texts): the CA that signs the members' certificates, a client certificate. */
+export interface EtcdTls {
+  /** CA certificate(s) of the members (default: the system's CAs). */
+  ca?: string;
+  /** Client certificate and key, for members started with `--client-cert-auth`. */
+  cert?: string;
+  key?: string;
+}
+
 /** Options of an {@link EtcdClient}. */
 export interface EtcdClientOptions {
   /** Time limit of one request on one endpoint (default 3000 ms). */
   timeoutMs?: number;
+  /** TLS settings for `https://` endpoints. */
+  tls?: EtcdTls;
 }
 
 /** The client. */
@@ -147,6 +158,7 @@ export class EtcdClient {
   readonly endpoints: readonly string[];
   #current = 0;
   readonly #timeoutMs: number;
+  readonly #client: Deno.HttpClient | undefined;
 
   /** `endpoints`: base URLs (`http://host:2379`); throws EtcdError when one is not an http(s) URL. */
   constructor(endpoints: readonly string[], opts: EtcdClientOptions = {}) {
@@ -164,6 +176,25 @@ export class EtcdClient {
       return u.origin;
     });
     this.#timeoutMs = opts.timeoutMs ?? 3000;
+    const tls = opts.tls;
+    if (tls && (tls.cert === undefined) !== (tls.key === undefined)) {
+      throw new EtcdError("an etcd client certificate needs its key, and a key its certificate");
+    }
+    if (tls && (tls.ca !== undefined || tls.cert !== undefined)) {
+      try {
+        this.#client = Deno.createHttpClient({
+          ...(tls.ca !== undefined ? { caCerts: [tls.ca] } : {}),
+          ...(tls.cert !== undefined && tls.key !== undefined ? { cert: tls.cert, key: tls.key } : {}),
+        });
+      } catch (e) {
+        throw new EtcdError(`unusable etcd TLS certificate or key: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  /** Releases the TLS client (connections). */
+  close(): void {
+    this.#client?.close();
   }
 
   /** POSTs `body` to `path`, trying each endpoint once, starting with the last one that worked. */
@@ -177,6 +208,7 @@ export class EtcdClient {
           method: "POST",
           body: JSON.stringify(body),
           signal: AbortSignal.timeout(this.#timeoutMs),
+          ...(this.#client ? { client: this.#client } : {}),
         });
         const text = await r.text();
         let value: unknown;
@@ -288,6 +320,7 @@ export class EtcdClient {
     try {
       r = await fetch(`${base}/v3/watch`, {
         method: "POST",
+        ...(this.#client ? { client: this.#client } : {}),
         // etcd cancels the watch when this member loses its leader, so a partitioned member's
         // silence is never taken for "no changes" (gRPC metadata through the gateway).
         headers: { "Grpc-Metadata-hasleader": "true" },

@@ -16,6 +16,14 @@
  * | `P claims/name/<job>`, `P claims/ip/<addr>`, `P claims/subnet/<addr>` | the row key owning it |
  * | `P notice/<job>` | the last update notice of a job: every replica publishes it to its nodes |
  * | `P replicas/<id>`, `P alive/<worker>` | on the replica's lease: replicas up, nodes they serve |
+ * | `P interest/<job id>/<worker>` | on the lease of the replica the node asked: its interest in the job |
+ * | `P secrets/api-token` | the HTTP API token of every replica (written by the first one) |
+ * | `P credentials/<worker>` | a node's MQTT credential (`{sha256, created}`), accepted by every replica |
+ *
+ * Interests are not part of the job rows here (a job row is written with `interested_nodes: []`);
+ * each replica shows a job's interested nodes from the `interest/` keys it watches. When a replica
+ * dies its lease expires, and so do the interests of its nodes; they are recorded again on the
+ * replica a node fails over to, which it asks again for every job it follows.
  *
  * @example
  * ```ts
@@ -24,12 +32,13 @@
  * await store.close();
  * ```
  */
-import { type Compare, EtcdClient, EtcdError, type Op, type WatchEvent } from "./etcd.ts";
+import { type Compare, EtcdClient, EtcdError, type EtcdTls, type Op, type WatchEvent } from "./etcd.ts";
 import { type ControlStore, StateFileError, stateOfRows, StoreUnavailableError } from "./store.ts";
 import type { ClusterState, ClusterStateOptions, UpdateNotice } from "./state.ts";
 import { StateError } from "./state.ts";
 import { claimsOf, jobKey, parseRow, type Row, RowError, rowsOfStateFile, rowText } from "./rows.ts";
 import type { StateFile } from "./schemas.ts";
+import { type CredentialBackend, type CredentialRecord, CredentialRecordSchema } from "./auth.ts";
 import { logger } from "../log.ts";
 
 const log = logger("control");
@@ -56,6 +65,8 @@ export interface EtcdStoreOptions extends ClusterStateOptions {
   prefix?: string;
   /** Time limit of one etcd request (default 3000 ms). */
   timeoutMs?: number;
+  /** TLS toward etcd (PEM texts). */
+  tls?: EtcdTls;
 }
 
 interface Cached {
@@ -63,6 +74,85 @@ interface Cached {
   text: string | undefined;
   mod: number;
 }
+
+/** A change waiting to be written. */
+interface Queued {
+  fn: (s: ClusterState) => unknown;
+  updates?: (r: unknown) => readonly UpdateNotice[];
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** A job row as written to etcd: its interests live in `interest/` keys, not in the row. */
+function withoutInterests(row: Row): Row {
+  return row.kind === "job" && row.value && row.value.interested_nodes.length
+    ? { ...row, value: { ...row.value, interested_nodes: [] } }
+    : row;
+}
+
+/**
+ * An upper bound of the longest list (comparisons, operations, reads) of a batch's transaction,
+ * kept as changes join the batch (building the transaction after each one costs O(batch²) parses).
+ * A row counts 1 plus the claims it takes and gives up; an instance row 1 more for its job's
+ * comparison; a job's notice 1.
+ */
+class TxnSize {
+  total = 0;
+  readonly #rows = new Map<string, number>();
+  readonly #before = new Map<string, string[]>();
+  readonly #parents = new Set<string>();
+  readonly #jobs = new Set<string>();
+  constructor(private readonly cached: (key: string) => string | undefined) {}
+
+  #claimsBefore(key: string): string[] {
+    let c = this.#before.get(key);
+    if (!c) {
+      const text = this.cached(key);
+      c = text !== undefined ? claimsOf(parseRow(key, text)) : [];
+      this.#before.set(key, c);
+    }
+    return c;
+  }
+
+  /** The size with `rows` and `notices` added (not yet kept: see {@link commit}). */
+  with(rows: readonly Row[], notices: readonly UpdateNotice[]) {
+    let total = this.total;
+    const rowCost = new Map<string, number>();
+    const parents = new Set<string>();
+    const jobs = new Set<string>();
+    for (const r of rows) {
+      const before = this.#claimsBefore(r.key);
+      const after = claimsOf(r);
+      const cost = 1 + after.filter((c) => !before.includes(c)).length +
+        before.filter((c) => !after.includes(c)).length;
+      total += cost - (this.#rows.get(r.key) ?? 0);
+      rowCost.set(r.key, cost);
+      if (r.kind === "inst" && !this.#parents.has(r.id) && !parents.has(r.id)) {
+        parents.add(r.id);
+        total++;
+      }
+    }
+    for (const n of notices) {
+      if (!this.#jobs.has(n.job) && !jobs.has(n.job)) {
+        jobs.add(n.job);
+        total++;
+      }
+    }
+    return { total, rowCost, parents, jobs };
+  }
+
+  /** Keeps a size from {@link with}. */
+  commit(g: ReturnType<TxnSize["with"]>): void {
+    this.total = g.total;
+    for (const [k, c] of g.rowCost) this.#rows.set(k, c);
+    for (const p of g.parents) this.#parents.add(p);
+    for (const j of g.jobs) this.#jobs.add(j);
+  }
+}
+
+/** Most changes in one transaction, and most operations per list (etcd's default limit is 128). */
+const MAX_BATCH = 64;
+const TXN_LIMIT = 120;
 
 const NOTICE = /^\{"job":"[^"]+","type":"(DEPLOYMENT|UNDEPLOYMENT)","by":"([^"]*)"/;
 
@@ -72,6 +162,8 @@ export class EtcdStore implements ControlStore {
   readonly location: string;
   lastError: string | undefined;
   onUpdate: (u: UpdateNotice, own?: boolean) => void = () => {};
+  /** Called when a node's credential is revoked (through any replica): close its connections. */
+  onCredentialGone: (worker: string) => void = () => {};
   /** This replica's id (random). */
   readonly replicaId: string = crypto.randomUUID().slice(0, 12);
   readonly #etcd: EtcdClient;
@@ -81,12 +173,27 @@ export class EtcdStore implements ControlStore {
   #reloadRev = 0;
   #appliedRev = 0;
   #lock: Promise<unknown> = Promise.resolve();
+  /** Changes waiting for the next transaction, and whether one is being written. */
+  readonly #queue: Queued[] = [];
+  #draining = false;
   readonly #abort = new AbortController();
   #waiters: Array<() => void> = [];
   #watching: Promise<void> = Promise.resolve();
   #lease: string | undefined;
   #keepalive: ReturnType<typeof setInterval> | undefined;
   readonly #announced = new Set<string>();
+  /** Interested workers per job id (every replica's, from the watch). */
+  readonly #interests = new Map<string, Set<string>>();
+  /** Interest keys (relative) this replica put on its lease (put again on a new lease). */
+  readonly #mine = new Set<string>();
+  /** Lease-key writes waiting for the next transaction (the last per key), and whether one is sent. */
+  readonly #leaseOps = new Map<
+    string,
+    { on: boolean; waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> }
+  >();
+  #leaseWriting = false;
+  /** Node credentials (shared by every replica), from the watch. */
+  readonly #credentials = new Map<string, CredentialRecord>();
   #closed = false;
   /** A change of this replica is between its in-memory step and etcd's answer. */
   #inflight = false;
@@ -123,6 +230,13 @@ export class EtcdStore implements ControlStore {
     for (const kv of kvs) store.#cache.set(kv.key, { text: kv.value, mod: kv.mod });
     store.#reloadRev = revision;
     store.#appliedRev = revision;
+    try {
+      await store.#loadInterests();
+      await store.#loadCredentials();
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
     let created!: () => void;
     const ready = new Promise<void>((r) => created = r);
     store.#watching = store.#watchLoop(created);
@@ -150,6 +264,179 @@ export class EtcdStore implements ControlStore {
     return store;
   }
 
+  /** Reads every interest key (at least as new as the rows) and shows them on the jobs. */
+  async #loadInterests(): Promise<void> {
+    const { kvs } = await this.#etcd.rangePrefix(`${this.#prefix}interest/`);
+    this.#interests.clear();
+    for (const kv of kvs) this.#noteInterest(kv.key, true);
+    for (const job of this.state.jobs()) this.#overlay(job._id);
+  }
+
+  async #loadCredentials(): Promise<void> {
+    const { kvs } = await this.#etcd.rangePrefix(`${this.#prefix}credentials/`);
+    this.#credentials.clear();
+    for (const kv of kvs) this.#noteCredential(kv.key, kv.value);
+  }
+
+  /** Records a `credentials/` key's event (a malformed value is logged and counts as absent). */
+  #noteCredential(key: string, value: string | undefined): void {
+    const worker = key.slice(this.#prefix.length + 12);
+    if (value === undefined) {
+      if (this.#credentials.delete(worker)) this.onCredentialGone(worker);
+      return;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(value);
+    } catch { /* reported below */ }
+    const r = CredentialRecordSchema.safeParse(parsed);
+    if (r.success) this.#credentials.set(worker, r.data);
+    else {
+      this.#credentials.delete(worker);
+      log.error("ignoring a node credential that is not ours in etcd", { key });
+    }
+  }
+
+  /**
+   * The node credentials kept in etcd, for {@link CredentialStore.shared}: every replica's broker
+   * accepts a credential issued through any replica (it learns it from the watch within moments;
+   * the replica that issued it at once).
+   */
+  credentialBackend(): CredentialBackend {
+    const key = (w: string) => `${this.#prefix}credentials/${w}`;
+    return {
+      location: `${this.location} credentials/`,
+      get: (w) => this.#credentials.get(w),
+      workers: () => [...this.#credentials.keys()],
+      put: async (w, rec) => {
+        await this.#etcd.txn([], [{ put: { key: key(w), value: JSON.stringify(rec) } }]);
+        this.#credentials.set(w, rec);
+      },
+      delete: async (w) => {
+        await this.#etcd.txn([], [{ del: { key: key(w) } }]);
+        if (this.#credentials.delete(w)) this.onCredentialGone(w);
+      },
+    };
+  }
+
+  /**
+   * The cluster's HTTP API token: the one in etcd, or `mine` when there is none yet (the first
+   * replica's token becomes everybody's). Throws EtcdError when etcd cannot be reached.
+   */
+  async sharedToken(mine: string): Promise<string> {
+    const key = `${this.#prefix}secrets/api-token`;
+    const r = await this.#etcd.txn([{ key, version: 0 }], [{ put: { key, value: mine } }], [{
+      get: { key },
+    }]);
+    if (r.succeeded) return mine;
+    const token = r.read[0]?.value ?? "";
+    if (token.length < 16) throw new StateFileError(`${key} in etcd holds no usable token; remove it`);
+    return token;
+  }
+
+  /** Records an `interest/` key's event; returns its job id (undefined for a key not ours). */
+  #noteInterest(key: string, present: boolean): string | undefined {
+    const m = /^([A-Za-z0-9_-]{1,64})\/([^/+#\s]{1,128})$/.exec(key.slice(this.#prefix.length + 9));
+    if (!m) return undefined;
+    const [, job, worker] = m;
+    let set = this.#interests.get(job);
+    if (present) {
+      if (!set) this.#interests.set(job, set = new Set());
+      set.add(worker);
+    } else if (set) {
+      set.delete(worker);
+      if (!set.size) this.#interests.delete(job);
+    }
+    return job;
+  }
+
+  /**
+   * Interests a change made in the state (a node deploying an instance follows its job; a removed
+   * node or job follows nothing) become or stop being `interest/` keys.
+   */
+  #syncInterests(id: string, want: readonly string[]): void {
+    const have = this.#interests.get(id) ?? new Set<string>();
+    const put = want.filter((w) => !have.has(w));
+    const drop = [...have].filter((w) => !want.includes(w));
+    for (const [ws, on] of [[put, true], [drop, false]] as const) {
+      for (const w of ws) {
+        this.interest(id, w, on).catch((e) =>
+          log.warn("interest not recorded", { job: id, worker: w, error: (e as Error).message })
+        );
+      }
+    }
+  }
+
+  /** Shows job `id`'s interests (from the keys) on its in-memory record. */
+  #overlay(id: string): void {
+    this.state.setInterested(id, [...(this.#interests.get(id) ?? [])]);
+  }
+
+  /**
+   * Records (`on`) or drops `worker`'s interest in job `jobId` as a key on this replica's lease:
+   * it goes when the replica dies, and the node records it again on the replica it fails over to.
+   * Throws StoreUnavailableError when etcd does not take it (the state shows nothing new then).
+   */
+  async interest(jobId: string, worker: string, on: boolean): Promise<void> {
+    if (this.#closed || !this.#lease) throw new StoreUnavailableError("the etcd store is closed");
+    const rel = `${jobId}/${worker}`;
+    const key = `${this.#prefix}interest/${rel}`;
+    const had = this.#interests.get(jobId)?.has(worker) === true;
+    if (had === on) return;
+    // Shown at once (a second query of the node does not write again); undone when etcd refuses.
+    this.#noteInterest(key, on);
+    this.#overlay(jobId);
+    try {
+      await this.#writeLeaseKey(key, on);
+      if (on) this.#mine.add(rel);
+      else this.#mine.delete(rel);
+    } catch (e) {
+      this.#noteInterest(key, had);
+      this.#overlay(jobId);
+      throw new StoreUnavailableError(`interest not recorded: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Queues a put (`{"replica": id}` on this replica's lease) or deletion of an `interest/` or
+   * `alive/` key: the writes that arrive while one transaction is in flight go together in the
+   * next (a thousand nodes' registrations or first queries are a few etcd writes, not a thousand).
+   */
+  #writeLeaseKey(key: string, on: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const queued = this.#leaseOps.get(key);
+      if (queued) {
+        queued.on = on;
+        queued.waiters.push({ resolve, reject });
+      } else this.#leaseOps.set(key, { on, waiters: [{ resolve, reject }] });
+      if (!this.#leaseWriting) void this.#flushLeaseKeys();
+    });
+  }
+
+  async #flushLeaseKeys(): Promise<void> {
+    this.#leaseWriting = true;
+    try {
+      while (this.#leaseOps.size) {
+        const batch = [...this.#leaseOps].slice(0, TXN_LIMIT);
+        for (const [key] of batch) this.#leaseOps.delete(key);
+        const value = JSON.stringify({ replica: this.replicaId });
+        try {
+          await this.#etcd.txn(
+            [],
+            batch.map(([key, q]): Op =>
+              q.on ? { put: { key, value, lease: this.#lease! } } : { del: { key } }
+            ),
+          );
+          for (const [, q] of batch) for (const w of q.waiters) w.resolve();
+        } catch (e) {
+          for (const [, q] of batch) for (const w of q.waiters) w.reject(e);
+        }
+      }
+    } finally {
+      this.#leaseWriting = false;
+    }
+  }
+
   async #renew(): Promise<void> {
     if (!this.#lease || this.#closed) return;
     try {
@@ -160,6 +447,20 @@ export class EtcdStore implements ControlStore {
       await this.#etcd.txn([], [{
         put: { key: `${this.#prefix}replicas/${this.replicaId}`, value: "{}", lease: this.#lease },
       }]);
+      // The interests recorded here went with the old lease: put them on the new one.
+      const mine = [...this.#mine];
+      for (let i = 0; i < mine.length; i += TXN_LIMIT) {
+        await this.#etcd.txn(
+          [],
+          mine.slice(i, i + TXN_LIMIT).map((rel) => ({
+            put: {
+              key: `${this.#prefix}interest/${rel}`,
+              value: JSON.stringify({ replica: this.replicaId }),
+              lease: this.#lease!,
+            },
+          })),
+        );
+      }
     } catch (e) {
       log.warn("etcd lease not renewed", { error: (e as Error).message });
     }
@@ -172,13 +473,7 @@ export class EtcdStore implements ControlStore {
   nodeSeen(worker: string): void {
     if (this.#announced.has(worker) || !this.#lease || this.#closed) return;
     this.#announced.add(worker);
-    this.#etcd.txn([], [{
-      put: {
-        key: `${this.#prefix}alive/${worker}`,
-        value: JSON.stringify({ replica: this.replicaId }),
-        lease: this.#lease,
-      },
-    }]).catch((e) => {
+    this.#writeLeaseKey(`${this.#prefix}alive/${worker}`, true).catch((e) => {
       this.#announced.delete(worker);
       log.warn("node liveness not recorded", { worker, error: (e as Error).message });
     });
@@ -208,6 +503,8 @@ export class EtcdStore implements ControlStore {
     const notices: Array<UpdateNotice & { own: boolean }> = [];
     const rowsPrefix = `${this.#prefix}rows/`;
     const noticePrefix = `${this.#prefix}notice/`;
+    const interestPrefix = `${this.#prefix}interest/`;
+    const interested = new Set<string>();
     for (const e of events) {
       if (e.modRevision <= this.#reloadRev) continue;
       if (e.modRevision > this.#appliedRev) this.#appliedRev = e.modRevision;
@@ -221,6 +518,11 @@ export class EtcdStore implements ControlStore {
         } catch (err) {
           log.error("ignoring a row that is not ours in etcd", { key: e.key, error: (err as Error).message });
         }
+      } else if (e.key.startsWith(`${this.#prefix}credentials/`)) {
+        this.#noteCredential(e.key, e.value);
+      } else if (e.key.startsWith(interestPrefix)) {
+        const job = this.#noteInterest(e.key, e.value !== undefined);
+        if (job) interested.add(job);
       } else if (e.key.startsWith(noticePrefix) && e.value !== undefined) {
         const m = NOTICE.exec(e.value);
         if (m) {
@@ -239,6 +541,8 @@ export class EtcdStore implements ControlStore {
         void this.#reload().catch((e) => log.error("state reload failed", { error: (e as Error).message }));
       }
     }
+    for (const r of rows) if (r.kind === "job") interested.add(r.id);
+    for (const id of interested) this.#overlay(id);
     for (const n of notices) this.onUpdate({ job: n.job, type: n.type }, n.own);
     const waiters = this.#waiters;
     this.#waiters = [];
@@ -253,6 +557,8 @@ export class EtcdStore implements ControlStore {
     for (const kv of kvs) this.#cache.set(kv.key, { text: kv.value, mod: kv.mod });
     this.#reloadRev = revision;
     if (revision > this.#appliedRev) this.#appliedRev = revision;
+    await this.#loadInterests();
+    await this.#loadCredentials();
     log.info("state reloaded from etcd", { revision, jobs: this.state.jobs().length });
     const waiters = this.#waiters;
     this.#waiters = [];
@@ -280,6 +586,7 @@ export class EtcdStore implements ControlStore {
   async #rollback(rows: readonly Row[]): Promise<void> {
     try {
       this.state.applyRows(rows.map((r) => parseRow(r.key, this.#cache.get(r.key)?.text)));
+      for (const r of rows) if (r.kind === "job") this.#overlay(r.id);
     } catch (e) {
       if (!(e instanceof StateError || e instanceof RowError)) throw e;
       await this.#reload();
@@ -300,51 +607,138 @@ export class EtcdStore implements ControlStore {
   }
 
   change<T>(fn: (s: ClusterState) => T, updates?: (r: T) => readonly UpdateNotice[]): Promise<T> {
-    const run = this.#lock.then(() => this.#change(fn, updates));
-    this.#lock = run.catch(() => {});
-    return run;
+    if (this.#closed) return Promise.reject(new StoreUnavailableError("the etcd store is closed"));
+    return new Promise<T>((resolve, reject) => {
+      this.#queue.push({
+        fn,
+        updates: updates as Queued["updates"],
+        resolve: resolve as (v: unknown) => void,
+        reject,
+      });
+      if (!this.#draining) this.#lock = this.#drain();
+    });
   }
 
-  async #change<T>(fn: (s: ClusterState) => T, updates?: (r: T) => readonly UpdateNotice[]): Promise<T> {
-    if (this.#closed) throw new StoreUnavailableError("the etcd store is closed");
+  /**
+   * Writes the queued changes: the changes that arrive while a transaction is in flight go together
+   * in the next one (one etcd round trip for many allocations, within etcd's 128 operations).
+   */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.#queue.length) {
+        const batch = this.#queue.splice(0, MAX_BATCH);
+        if (this.#closed) {
+          for (const q of batch) q.reject(new StoreUnavailableError("the etcd store is closed"));
+          continue;
+        }
+        const later = await this.#batch(batch);
+        this.#queue.unshift(...later);
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /** Puts rows `changed` (taken after a refused step) back to what the batch or etcd had. */
+  #undo(changed: readonly Row[], batch: ReadonlyMap<string, Row>): void {
+    if (!changed.length) return;
+    try {
+      this.state.applyRows(
+        changed.map((r) => batch.get(r.key) ?? parseRow(r.key, this.#cache.get(r.key)?.text)),
+      );
+      for (const r of changed) if (r.kind === "job") this.#overlay(r.id);
+    } catch (e) {
+      if (!(e instanceof StateError || e instanceof RowError)) throw e;
+      throw new StoreUnavailableError(`local state inconsistent after a refused change: ${e.message}`);
+    }
+    this.state.discardChanges();
+  }
+
+  /**
+   * Runs a batch of changes as one transaction; returns the changes left for the next batch (the
+   * transaction was full). Each change's promise settles here.
+   */
+  async #batch(batch: Queued[]): Promise<Queued[]> {
     for (let attempt = 0;; attempt++) {
-      let result: T;
       this.#inflight = true;
-      try {
-        result = fn(this.state);
-      } catch (e) {
-        await this.#settle(this.state.takeChanges());
-        throw e;
+      const merged = new Map<string, Row>();
+      const notices = new Map<string, UpdateNotice>();
+      const size = new TxnSize((key) => this.#cache.get(key)?.text);
+      const done: Array<{ q: Queued; result: unknown }> = [];
+      let later: Queued[] = [];
+      for (let i = 0; i < batch.length; i++) {
+        const q = batch[i];
+        let result: unknown;
+        try {
+          result = q.fn(this.state);
+        } catch (e) {
+          try {
+            this.#undo(this.state.takeChanges(), merged);
+          } catch (u) {
+            await this.#settle([...merged.values()]).catch(() => {});
+            for (const d of batch) d.reject(u);
+            return [];
+          }
+          q.reject(e);
+          batch.splice(i--, 1);
+          continue;
+        }
+        const rows = this.state.takeChanges();
+        // Right after the change (before anything else can touch the interests): what it did to
+        // a job's interested nodes becomes interest keys.
+        for (const r of rows) {
+          if (r.kind === "job") this.#syncInterests(r.id, r.value?.interested_nodes ?? []);
+        }
+        const mine = q.updates?.(result) ?? [];
+        const grown = size.with(rows, mine);
+        if (done.length && grown.total > TXN_LIMIT) {
+          this.#undo(rows, merged);
+          later = batch.slice(i);
+          break;
+        }
+        size.commit(grown);
+        for (const r of rows) merged.set(r.key, r);
+        for (const n of mine) notices.set(n.job, n);
+        done.push({ q, result });
       }
-      const rows = this.state.takeChanges();
-      const notices = updates?.(result) ?? [];
-      if (rows.length === 0 && notices.length === 0) {
+      if (merged.size === 0 && notices.size === 0) {
         await this.#settle(undefined);
-        return result;
+        for (const d of done) d.q.resolve(d.result);
+        return later;
       }
-      const { compare, ops, reads } = this.#txnOf(rows, notices);
+      const rows = [...merged.values()];
+      const { compare, ops, reads } = this.#txnOf(rows, [...notices.values()]);
       let r;
       try {
         r = await this.#etcd.txn(compare, ops, reads);
       } catch (e) {
         await this.#settle(rows);
         this.lastError = (e as Error).message;
-        throw new StoreUnavailableError(`state store unavailable, nothing changed: ${(e as Error).message}`);
+        const err = new StoreUnavailableError(
+          `state store unavailable, nothing changed: ${(e as Error).message}`,
+        );
+        for (const d of done) d.q.reject(err);
+        return later;
       }
       this.lastError = undefined;
-      await this.#settle(r.succeeded ? undefined : rows);
       if (r.succeeded) {
-        const rev = r.revision;
-        // Read-your-writes: the next change starts from a state that includes this one.
-        if (!await this.#until(() => rows.every((x) => (this.#cache.get(x.key)?.mod ?? 0) >= rev), 5000)) {
-          await this.#reload().catch(() => {});
+        // Every row of the transaction has its revision: the next change compares on it at once
+        // (the watch's copy of these events is then recognised as known and skipped).
+        for (const row of rows) {
+          this.#cache.set(row.key, { text: rowText(withoutInterests(row)), mod: r.revision });
         }
-        return result;
+        await this.#settle(undefined);
+        for (const d of done) d.q.resolve(d.result);
+        return later;
       }
+      await this.#settle(rows);
       if (attempt >= 30) {
-        throw new StoreUnavailableError("too many concurrent changes from other replicas; try again");
+        const err = new StoreUnavailableError("too many concurrent changes from other replicas; try again");
+        for (const d of done) d.q.reject(err);
+        return later;
       }
-      // Wait until the watch shows what made the comparison fail, then run the change again.
+      // Wait until the watch shows what made the comparison fail, then run the changes again.
       const want = Math.max(0, ...r.read.map((kv) => kv.modRevision));
       const gone = rows.filter((x) => this.#cache.get(x.key)?.text !== undefined).map((x) => x.key)
         .filter((k) => !r.read.some((kv) => kv.key === `${this.#prefix}rows/${k}`));
@@ -352,20 +746,26 @@ export class EtcdStore implements ControlStore {
         () => this.#appliedRev >= want && gone.every((k) => this.#cache.get(k)?.text === undefined),
         3000,
       );
-      if (!ok) await this.#reload();
+      if (!ok) await this.#reload().catch(() => {});
+      batch = [...done.map((d) => d.q), ...later];
     }
   }
 
   #txnOf(
-    rows: readonly Row[],
+    rowsIn: readonly Row[],
     notices: readonly UpdateNotice[],
   ): { compare: Compare[]; ops: Op[]; reads: Op[] } {
     const P = this.#prefix;
+    const rows = rowsIn.map(withoutInterests);
     const compare: Compare[] = [];
     const ops: Op[] = [];
     const reads: Op[] = [];
     const keys = new Set(rows.map((r) => r.key));
     const parents = new Set<string>();
+    // Claims taken and given up by these rows: one given up by a row and taken by another in the
+    // same transaction (release and reuse) is one put, guarded by the old owner's comparison.
+    const taken = new Map<string, string>();
+    const released = new Set<string>();
     for (const row of rows) {
       const k = `${P}rows/${row.key}`;
       const c = this.#cache.get(row.key);
@@ -375,16 +775,19 @@ export class EtcdStore implements ControlStore {
       ops.push(text === undefined ? { del: { key: k } } : { put: { key: k, value: text } });
       const before = c?.text !== undefined ? claimsOf(parseRow(row.key, c.text)) : [];
       const after = claimsOf(row);
-      for (const cl of after) {
-        if (before.includes(cl)) continue;
-        compare.push({ key: `${P}claims/${cl}`, version: 0 });
-        reads.push({ get: { key: `${P}claims/${cl}` } });
-        ops.push({ put: { key: `${P}claims/${cl}`, value: row.key } });
-      }
-      for (const cl of before) if (!after.includes(cl)) ops.push({ del: { key: `${P}claims/${cl}` } });
+      for (const cl of after) if (!before.includes(cl)) taken.set(cl, row.key);
+      for (const cl of before) if (!after.includes(cl)) released.add(cl);
       // An instance is only written while its job is what this replica saw.
       if (row.kind === "inst" && !keys.has(jobKey(row.id))) parents.add(jobKey(row.id));
     }
+    for (const [cl, owner] of taken) {
+      if (!released.has(cl)) {
+        compare.push({ key: `${P}claims/${cl}`, version: 0 });
+        reads.push({ get: { key: `${P}claims/${cl}` } });
+      }
+      ops.push({ put: { key: `${P}claims/${cl}`, value: owner } });
+    }
+    for (const cl of released) if (!taken.has(cl)) ops.push({ del: { key: `${P}claims/${cl}` } });
     for (const p of parents) {
       const c = this.#cache.get(p);
       const k = `${P}rows/${p}`;
@@ -410,6 +813,7 @@ export class EtcdStore implements ControlStore {
     if (this.#keepalive !== undefined) clearInterval(this.#keepalive);
     await this.#watching.catch(() => {});
     if (this.#lease) await this.#etcd.leaseRevoke(this.#lease);
+    this.#etcd.close();
   }
 }
 
@@ -424,7 +828,10 @@ async function claimPrefix(opts: EtcdStoreOptions): Promise<{ etcd: EtcdClient; 
       `etcd prefix "${prefix}" must start and end with "/" (printable ASCII, no spaces)`,
     );
   }
-  const etcd = new EtcdClient(opts.endpoints, { timeoutMs: opts.timeoutMs });
+  const etcd = new EtcdClient(opts.endpoints, {
+    ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    ...(opts.tls ? { tls: opts.tls } : {}),
+  });
   const key = `${prefix}cluster`;
   const mine = JSON.stringify({ cluster: opts.cluster, format: ETCD_FORMAT });
   const r = await etcd.txn([{ key, version: 0 }], [{ put: { key, value: mine } }], [{ get: { key } }]);

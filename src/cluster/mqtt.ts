@@ -138,6 +138,11 @@ export interface ControlCore {
   publish(topic: string, payload: unknown): void;
   /** A node's tunnel endpoint as the reflector saw it (src/path/reflector.ts), for table results. */
   tunnelObserved?: (worker: string) => { ip: string; port: number } | undefined;
+  /**
+   * Records (`on`) or drops a node's interest in a job outside the job's row (etcd mode: on the
+   * replica's lease). Without it, interests are changes of the job row.
+   */
+  interest?: (jobId: string, worker: string, on: boolean) => Promise<void>;
 }
 
 /**
@@ -187,7 +192,8 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
         log.debug("table query", { worker: msg.worker, key: msg.key, job: result.app_name });
         if (job && !job.interested_nodes.includes(msg.worker)) {
           const name = job.job_name;
-          await core.change((s) => s.addInterestIn(name, msg.worker));
+          if (core.interest) await core.interest(job._id, msg.worker, true);
+          else await core.change((s) => s.addInterestIn(name, msg.worker));
         }
         return;
       }
@@ -214,8 +220,10 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
         return;
       }
       case "interest-remove": {
-        if (core.state.job(msg.key)?.interested_nodes.includes(msg.worker)) {
-          await core.change((s) => s.removeInterest(msg.key, msg.worker));
+        const job = core.state.job(msg.key);
+        if (job && job.job_name === msg.key && job.interested_nodes.includes(msg.worker)) {
+          if (core.interest) await core.interest(job._id, msg.worker, false);
+          else await core.change((s) => s.removeInterest(msg.key, msg.worker));
         }
         return;
       }

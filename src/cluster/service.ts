@@ -13,7 +13,7 @@ import mqtt from "mqtt";
 import type { IClientOptions } from "mqtt";
 import type net from "node:net";
 import { type BrokerTls, type EmbeddedBroker, startBroker } from "./broker.ts";
-import { CredentialStore, loadOrCreateApiToken } from "./auth.ts";
+import { CredentialStore, loadOrCreateApiToken, writeApiToken } from "./auth.ts";
 import {
   type ControlCore,
   handleNodeMessage,
@@ -27,7 +27,7 @@ import { clusterView } from "./view.ts";
 import { type ClusterState, isDeployed } from "./state.ts";
 import { type ControlStore, SqliteStore } from "./store.ts";
 import { defaultPrefix, EtcdError, EtcdStore } from "./etcd_store.ts";
-import { EtcdClient } from "./etcd.ts";
+import { EtcdClient, type EtcdTls } from "./etcd.ts";
 import { logger, RateLimitedLog } from "../log.ts";
 import { ClusterPki } from "./pki.ts";
 import { CertRequestSchema, certResultTopic } from "../secure/node_security.ts";
@@ -94,7 +94,13 @@ export interface ControlOptions {
    * Replicated mode: the state lives in etcd under the cluster's prefix, shared with every other
    * replica (see etcd_store.ts); the state dir keeps only this replica's token and credentials.
    */
-  etcd?: { endpoints: string[]; cluster: string; prefix?: string };
+  etcd?: {
+    endpoints: string[];
+    cluster: string;
+    prefix?: string;
+    /** PEM file paths: CA of the members, client certificate and key (`https://` endpoints). */
+    tls?: { ca?: string; cert?: string; key?: string };
+  };
   /** How long to wait for the first broker connection (default 10 000 ms). */
   brokerConnectTimeoutMs?: number;
   /**
@@ -273,11 +279,24 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   const brokerCa = opts.brokerCa ? await readPem("broker CA", opts.brokerCa) : undefined;
 
   let store: ControlStore;
+  let tls: EtcdTls | undefined;
   if (opts.etcd) {
     await Deno.mkdir(opts.stateDir, { recursive: true }).catch((e) => {
       throw new ControlError(`cannot create state directory ${opts.stateDir}: ${e.message}`);
     });
-    store = await EtcdStore.open({ ...opts.etcd, avoidSubnet4: opts.avoidSubnet4 }).catch((e) => {
+    const t = opts.etcd.tls;
+    tls = t
+      ? {
+        ...(t.ca !== undefined ? { ca: await readPem("etcd CA", t.ca) } : {}),
+        ...(t.cert !== undefined ? { cert: await readPem("etcd client certificate", t.cert) } : {}),
+        ...(t.key !== undefined ? { key: await readPem("etcd client key", t.key) } : {}),
+      }
+      : undefined;
+    store = await EtcdStore.open({
+      ...opts.etcd,
+      ...(tls ? { tls } : {}),
+      avoidSubnet4: opts.avoidSubnet4,
+    }).catch((e) => {
       if (e instanceof EtcdError) throw new ControlError(`cannot use etcd: ${e.message}`);
       throw e;
     });
@@ -288,14 +307,33 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     });
   }
   const state = store.state;
-  const creds = await CredentialStore.open(opts.stateDir);
-  const apiToken = await loadOrCreateApiToken(opts.stateDir);
+  let creds: CredentialStore;
+  let apiToken: { token: string; path: string; created: boolean };
+  try {
+    apiToken = await loadOrCreateApiToken(opts.stateDir);
+    if (store instanceof EtcdStore) {
+      // One token and one set of node credentials for every replica, kept in etcd; this host's
+      // token file holds the cluster's token (so the CLI works here against any replica).
+      creds = await CredentialStore.shared(store.credentialBackend(), opts.stateDir);
+      const token = await store.sharedToken(apiToken.token);
+      if (token !== apiToken.token) {
+        apiToken = { token, path: await writeApiToken(opts.stateDir, token), created: false };
+        log.info("HTTP API token of the cluster written", { path: apiToken.path });
+      }
+    } else {
+      creds = await CredentialStore.open(opts.stateDir);
+    }
+  } catch (e) {
+    await store.close();
+    if (e instanceof EtcdError) throw new ControlError(`cannot use etcd: ${e.message}`);
+    throw e;
+  }
   // The cluster CA: in the state dir, or in etcd (shared by every replica) under a prefix of its own.
   const pki = await ClusterPki.open(
     opts.stateDir,
     opts.etcd
       ? {
-        etcd: new EtcdClient(opts.etcd.endpoints),
+        etcd: new EtcdClient(opts.etcd.endpoints, tls ? { tls } : {}),
         etcdPrefix: `${(opts.etcd.prefix ?? defaultPrefix(opts.etcd.cluster)).replace(/\/$/, "")}-pki/`,
       }
       : {},
@@ -404,6 +442,9 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       change: (fn, updates) => store.change(fn, updates),
       publish,
       tunnelObserved: (w) => observed.get(w),
+      ...(store instanceof EtcdStore
+        ? { interest: (job: string, worker: string, on: boolean) => store.interest(job, worker, on) }
+        : {}),
     };
     // State from before Closest ServiceIPs: every service gets its pair now (others unchanged);
     // interested nodes are told to fetch the new entries. Replicas racing here agree through etcd.
@@ -465,6 +506,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       }
     }
     const embedded = broker;
+    if (store instanceof EtcdStore) store.onCredentialGone = (w) => embedded?.disconnect(w);
     const handler = createHttpHandler(core, {
       tunnelObserved: (w) => observed.get(w),
       token: apiToken.token,

@@ -786,6 +786,17 @@ export class ClusterState {
   }
 
   /**
+   * Sets the job's interested nodes as kept outside its row (etcd mode: interests live on the
+   * replicas' leases); not a change of any row. False when there is no job `id`.
+   */
+  setInterested(id: string, workers: readonly string[]): boolean {
+    const job = this.#jobs.get(id);
+    if (!job) return false;
+    job.interested_nodes = [...workers].sort();
+    return true;
+  }
+
+  /**
    * `interest/remove`: drops `workerId` from the interested nodes of the job named `key`; true when
    * something changed. A Service IP as key (the node's IP pseudo-interest, reference §2.5) matches
    * nothing, as in the reference: the node removes its job interest with the job name.

@@ -235,6 +235,9 @@ export class SqliteStore implements ControlStore {
   readonly #del: StatementSync;
   /** Rows whose last write failed: written again with the next change. */
   readonly #pending = new Set<string>();
+  /** Changes made in memory, waiting for the next group commit. */
+  readonly #waiting: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
 
   private constructor(path: string, db: DatabaseSync, state: ClusterState) {
@@ -382,13 +385,41 @@ export class SqliteStore implements ControlStore {
     let result: T;
     try {
       result = fn(this.state);
-    } finally {
+    } catch (e) {
       // Even a refused change is written when it marked rows: memory and disk stay equal.
-      if (this.state.dirty || this.#pending.size) this.#write();
+      if (this.state.dirty) this.#schedule();
+      return Promise.reject(e);
     }
-    if (this.lastError !== undefined) return Promise.reject(new Error(this.lastError));
-    for (const u of updates?.(result) ?? []) this.onUpdate(u);
-    return Promise.resolve(result);
+    this.#schedule();
+    return new Promise<T>((resolve, reject) => {
+      this.#waiting.push({
+        resolve: () => {
+          for (const u of updates?.(result) ?? []) this.onUpdate(u);
+          resolve(result);
+        },
+        reject,
+      });
+    });
+  }
+
+  /**
+   * Group commit: the changes made until the event loop turns are written in one transaction (one
+   * sync to disk for a burst of node registrations); each resolves once it is on disk.
+   */
+  #schedule(): void {
+    this.#timer ??= setTimeout(() => this.#flush(), 0);
+  }
+
+  #flush(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const waiting = this.#waiting.splice(0);
+    if (this.state.dirty || this.#pending.size) this.#write();
+    const error = this.lastError;
+    for (const w of waiting) {
+      if (error !== undefined) w.reject(new Error(error));
+      else w.resolve();
+    }
   }
 
   #write(): void {
@@ -418,6 +449,7 @@ export class SqliteStore implements ControlStore {
 
   close(): Promise<void> {
     if (!this.#closed) {
+      this.#flush();
       this.#closed = true;
       this.#db.close();
     }

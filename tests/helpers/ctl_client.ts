@@ -6,7 +6,8 @@
  * - `query <broker> <worker> <key> [timeoutMs]`: one table query over MQTT, prints the result
  *   payload (exit 1 on timeout);
  * - `watch <broker> <filter> <count> <timeoutMs>`: prints the first `count` messages on `filter` as
- *   JSON lines `{topic, payload}` (exit 1 on timeout).
+ *   JSON lines `{topic, payload}` (exit 1 on timeout);
+ * - `publish <broker> <topic> <payload>`: one QoS 1 message (exit once the broker acknowledged it).
  */
 import mqtt from "mqtt";
 
@@ -48,7 +49,8 @@ if (cmd === "http") {
 } else if (cmd === "query") {
   const [broker, worker, key, ms] = args;
   const c = await mqtt.connectAsync(broker, {
-    clientId: `q-${crypto.randomUUID().slice(0, 8)}`,
+    // with credentials in the URL the client id is the worker id (an authenticating broker wants it)
+    clientId: new URL(broker).username || `q-${crypto.randomUUID().slice(0, 8)}`,
     reconnectPeriod: 0,
   });
   await c.subscribeAsync(`nodes/${worker}/net/tablequery/result`, { qos: 1 });
@@ -88,7 +90,16 @@ if (cmd === "http") {
     console.error((e as Error).message);
     Deno.exit(1);
   }
+} else if (cmd === "publish") {
+  const [broker, topic, payload] = args;
+  const c = await mqtt.connectAsync(broker, {
+    clientId: `p-${crypto.randomUUID().slice(0, 8)}`,
+    reconnectPeriod: 0,
+  });
+  await c.publishAsync(topic, payload, { qos: 1 });
+  await c.endAsync();
+  Deno.exit(0);
 } else {
-  console.error("usage: ctl_client.ts http | query … | watch …");
+  console.error("usage: ctl_client.ts http | query … | watch … | publish …");
   Deno.exit(2);
 }

@@ -113,6 +113,7 @@ Deno.test({
           "deploy",
           "cluster",
           "store",
+          "scale",
           "dns",
           "overlay",
         ]

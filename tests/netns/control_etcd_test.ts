@@ -5,6 +5,10 @@
  * - 200 service registrations, then 60 instance deploys, at once over both replicas → every
  *   address unique, both replicas agree;
  * - a change made through one replica is published by the other to its own nodes (watch);
+ * - one API token and one set of node credentials for every replica (kept in etcd): a credential
+ *   issued through one replica is accepted by another's broker, and refused there once revoked;
+ * - a node's interest in a job and its liveness live on the lease of the replica it asked: they
+ *   expire when that replica is killed and are recorded again on the replica the node asks next;
  * - one member of three stopped: nothing visible; two: allocations refuse clearly (503), known
  *   entries still resolve over MQTT, and everything works again when they return;
  * - everything stopped and started again: the same subnets and addresses;
@@ -310,6 +314,157 @@ Deno.test({
       });
 
       await t.step(
+        "one API token and one set of node credentials for every replica, kept in etcd",
+        async () => {
+          assertEquals(w.tokens[1], w.tokens[0], "both replicas' token files hold the cluster's token");
+          // A third replica that requires node credentials (no anonymous clients).
+          const p = new Proc(w.ns.r2, [
+            Deno.execPath(),
+            "run",
+            "-A",
+            "--config",
+            `${ROOT}deno.json`,
+            `${ROOT}main.ts`,
+            "control",
+            "--state-dir",
+            `${w.dir}/r3`,
+            "--etcd",
+            ENDPOINTS,
+            "--cluster-name",
+            "t1",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            "10006",
+            "--http-port",
+            "10103",
+          ]);
+          try {
+            await p.waitFor(/control plane started/);
+            assertEquals((await Deno.readTextFile(`${w.dir}/r3/api-token`)).trim(), w.tokens[0]);
+            const call = async (port: number, method: string, path: string) =>
+              (JSON.parse(
+                await client(
+                  w.ns.r2,
+                  ["http"],
+                  JSON.stringify([{ method, url: `http://127.0.0.1:${port}${path}`, token: w.tokens[0] }]),
+                ),
+              ) as Reply[])[0];
+            // The cluster's token works on the new replica (the CLI there reads the same file).
+            assertEquals((await call(10103, "GET", "/api/net/nodes")).status, 200);
+            // A credential issued through replica 1 ...
+            const issued = await http(w, 0, [{ method: "POST", path: "/api/net/node/wsec/credential" }]);
+            assertEquals(issued[0].status, 200, JSON.stringify(issued[0].body));
+            const pw = (issued[0].body as { password: string }).password;
+            const rr = (await services(w, 0)).find((j) => j._id === "job6")!.service_ip_list[0].Address;
+            // ... is accepted by replica 3's broker (it learns it from its watch within moments).
+            const q = await eventually(
+              () => client(w.ns.r2, ["query", `mqtt://wsec:${pw}@127.0.0.1:10006`, "wsec", rr, "3000"]),
+              (out) => out.includes("app.ns.svc6.x"),
+              10000,
+            );
+            assertMatch(q, /"app_name":"app\.ns\.svc6\.x"/);
+            // A wrong password is refused there.
+            const bad = await client(w.ns.r2, [
+              "query",
+              `mqtt://wsec:x${pw}@127.0.0.1:10006`,
+              "wsec",
+              rr,
+              "3000",
+            ])
+              .then(() => "accepted", (e) => String(e));
+            assertMatch(bad, /bad username or password|Not authorized|refused|exit/i);
+            // Revoked through replica 2: replica 3 refuses it too.
+            const revoked = await http(w, 1, [{ method: "DELETE", path: "/api/net/node/wsec/credential" }]);
+            assertEquals(revoked[0].status, 200, JSON.stringify(revoked[0].body));
+            await eventually(
+              () =>
+                client(w.ns.r2, ["query", `mqtt://wsec:${pw}@127.0.0.1:10006`, "wsec", rr, "3000"])
+                  .then(() => "accepted", () => "refused"),
+              (r) => r === "refused",
+              10000,
+            );
+          } finally {
+            await p.stop();
+          }
+        },
+      );
+
+      await t.step(
+        "interests and liveness live on the replica's lease: gone when it is killed, recorded again on the next one",
+        async () => {
+          const P = "/netmanager/t1/";
+          const keys = async (sub: string) => {
+            const r = JSON.parse(
+              await sh([
+                "ip",
+                "netns",
+                "exec",
+                w.ns.r2,
+                "curl",
+                "-s",
+                `${MEMBERS[0]}:2379/v3/kv/range`,
+                "-d",
+                JSON.stringify({ key: btoa(`${P}${sub}`), range_end: btoa(`${P}${sub}\xff`) }),
+              ]),
+            ) as { kvs?: Array<{ key: string; value: string; lease?: string }> };
+            return (r.kvs ?? []).map((kv) => ({
+              key: atob(kv.key),
+              value: atob(kv.value),
+              lease: kv.lease ?? "0",
+            }));
+          };
+          const interestedIn5 = async (i: number) =>
+            (await services(w, i)).find((j) => j._id === "job5")!.interested_nodes;
+          const rr = (await services(w, 0)).find((j) => j._id === "job5")!.service_ip_list[0].Address;
+          const broker = `mqtt://127.0.0.1:${MQTT_PORT}`;
+          // A node asks replica 1: its interest is a key on replica 1's lease, not in the job's row.
+          const q = JSON.parse(await client(w.ns.r1, ["query", broker, "wi1", rr, "5000"]));
+          assertEquals(q.app_name, "app.ns.svc5.x");
+          // ... and its liveness (it asks for its subnet) on the same lease.
+          await client(w.ns.r1, ["publish", broker, "nodes/wi1/net/subnet", '{"METHOD":"GET"}']);
+          const [key] = await eventually(() => keys("interest/"), (k) => k.length === 1, 5000);
+          assertEquals(key.key, `${P}interest/job5/wi1`);
+          const owner = (JSON.parse(key.value) as { replica: string }).replica;
+          const replicas = await keys("replicas/");
+          assertEquals(replicas.find((r) => r.key === `${P}replicas/${owner}`)?.lease, key.lease);
+          assert(key.lease !== "0", "the interest is on a lease");
+          const [alive] = await eventually(() => keys("alive/wi1"), (k) => k.length === 1, 5000);
+          assertEquals(alive.lease, key.lease, "liveness on the same lease");
+          const row = (await keys("rows/job/job5"))[0];
+          assertEquals(JSON.parse(row.value).interested_nodes, [], "the interest is not in the job row");
+          assertEquals(await interestedIn5(0), ["wi1"]);
+          await eventually(() => interestedIn5(1), (l) => l.length === 1 && l[0] === "wi1", 5000);
+          // Replica 1 dies: its lease expires (TTL 10 s), the interest with it, on replica 2 too.
+          w.replicas[0]!.kill("SIGKILL");
+          await w.replicas[0]!.done;
+          w.replicas[0] = undefined;
+          await eventually(() => interestedIn5(1), (l) => l.length === 0, 20000);
+          assertEquals(await keys("interest/"), []);
+          assertEquals(await keys("alive/wi1"), []);
+          // The node fails over to replica 2 and asks again (as it does for every job it follows).
+          await client(w.ns.r2, ["query", broker, "wi1", rr, "5000"]);
+          assertEquals(await interestedIn5(1), ["wi1"]);
+          const [again] = await eventually(() => keys("interest/"), (k) => k.length === 1, 5000);
+          assert(again.lease !== "0" && again.lease !== key.lease, "on replica 2's lease");
+          await client(w.ns.r2, ["publish", broker, "nodes/wi1/net/subnet", '{"METHOD":"GET"}']);
+          const [alive2] = await eventually(() => keys("alive/wi1"), (k) => k.length === 1, 5000);
+          assertEquals(alive2.lease, again.lease);
+          // interest/remove drops it.
+          await client(w.ns.r2, [
+            "publish",
+            broker,
+            "nodes/wi1/net/interest/remove",
+            '{"appname":"app.ns.svc5.x"}',
+          ]);
+          await eventually(() => keys("interest/"), (k) => k.length === 0, 5000);
+          assertEquals(await interestedIn5(1), []);
+          w.replicas[0] = startReplica(w, 0);
+          await w.replicas[0].waitFor(/control plane started/);
+        },
+      );
+
+      await t.step(
         "one etcd member stopped: nothing visible; two: allocations refused, queries answered; back: works",
         async () => {
           await w.etcd[2]!.stop();
@@ -362,15 +517,19 @@ Deno.test({
       await t.step(
         "everything stopped and started again: the same services, subnets and addresses",
         async () => {
-          const before = JSON.stringify(await services(w, 0));
+          // Interests live on the replicas' leases and go with them (nodes ask again when they
+          // reconnect): everything else comes back.
+          const noInterests = (l: JobRecord[]) =>
+            JSON.stringify(l.map((j) => ({ ...j, interested_nodes: [] })));
+          const before = noInterests(await services(w, 0));
           const beforeNodes = JSON.stringify(await nodes(w, 0));
           for (const p of w.replicas) await p?.stop();
           for (const p of w.etcd) await p?.stop();
           for (let i = 0; i < 3; i++) w.etcd[i] = startMember(w, i);
           await etcdHealthy(w);
           await startReplicas(w);
-          assertEquals(JSON.stringify(await services(w, 0)), before);
-          assertEquals(JSON.stringify(await services(w, 1)), before);
+          assertEquals(noInterests(await services(w, 0)), before);
+          assertEquals(noInterests(await services(w, 1)), before);
           assertEquals(JSON.stringify(await nodes(w, 1)), beforeNodes);
         },
       );

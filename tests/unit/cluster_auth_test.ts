@@ -1,5 +1,12 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { CredentialStore, loadOrCreateApiToken, mayPublish, maySubscribe } from "../../src/cluster/auth.ts";
+import {
+  type CredentialBackend,
+  type CredentialRecord,
+  CredentialStore,
+  loadOrCreateApiToken,
+  mayPublish,
+  maySubscribe,
+} from "../../src/cluster/auth.ts";
 import { loadMqttCredential } from "../../src/config/mod.ts";
 
 Deno.test("auth ACL: a node publishes only its own requests, subscribes only its own results and job updates", () => {
@@ -93,6 +100,37 @@ Deno.test("node credential: netcfg keys, default file in StateDir, explicit file
       ),
       /must hold/,
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("auth store on a shared backend: a replica's file is imported once; issue/verify/revoke go through it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nm-auth-shared-" });
+  try {
+    const file = await CredentialStore.open(dir);
+    const old = await file.issue("w1");
+    const records = new Map<string, CredentialRecord>();
+    const backend: CredentialBackend = {
+      location: "memory",
+      get: (w) => records.get(w),
+      workers: () => [...records.keys()],
+      put: (w, r) => Promise.resolve(void records.set(w, r)),
+      delete: (w) => Promise.resolve(void records.delete(w)),
+    };
+    // Another replica already issued w2: kept; w1 comes from this replica's file.
+    records.set("w2", { sha256: "0".repeat(64), created: "x" });
+    const a = await CredentialStore.shared(backend, dir);
+    assertEquals(a.workers(), ["w1", "w2"]);
+    assert(a.verify("w1", old.password), "the file's credential is accepted");
+    // A second replica on the same backend sees what the first issues and revokes.
+    const b = await CredentialStore.shared(backend);
+    const c = await a.issue("w3");
+    assert(b.verify("w3", c.password));
+    assert(!b.verify("w3", c.password + "x"));
+    assert(await b.revoke("w3"));
+    assert(!a.verify("w3", c.password) && !a.has("w3"));
+    assertEquals(await a.revoke("w3"), false);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { DatabaseSync } from "node:sqlite";
 import {
   DB_FILE_NAME,
@@ -79,6 +79,27 @@ Deno.test("sqlite store: a refused change stores nothing and rejects with the re
     await assertRejects(() => store.change((s) => s.removeInstance("j", 3)), Error, "no instance 3");
     assertEquals(rowCount(store.path), n);
     await store.close();
+  }));
+
+Deno.test("sqlite store: changes of one event-loop turn share one commit; each resolves once on disk", () =>
+  withDir(async (dir) => {
+    const store = await SqliteStore.open(dir);
+    const db = new DatabaseSync(store.path);
+    const count = () => (db.prepare("SELECT count(*) AS n FROM rows").get() as { n: number }).n;
+    const before = count();
+    // 100 registrations issued at once (as a burst of MQTT requests is) plus one refused change.
+    const all = Array.from({ length: 100 }, (_, k) => store.change((s) => s.nodeSubnet(`w${k}`)));
+    const refused = store.change((s) => s.removeInstance("none", 0)).then(() => "stored", (e) => String(e));
+    assertEquals(count(), before, "nothing is committed before the turn ends");
+    const nodes = await Promise.all(all);
+    assertMatch(await refused, /no service with id or name "none"/);
+    assertEquals(new Set(nodes.map((n) => n.node.subnet)).size, 100);
+    assertEquals(count(), before + 100 + 2, "100 node rows and the two subnet pools");
+    db.close();
+    await store.close();
+    const again = await SqliteStore.open(dir);
+    assertEquals(again.state.nodes().length, 100);
+    await again.close();
   }));
 
 Deno.test("sqlite store: control-state.json is imported once and kept as .imported", () =>

@@ -76,6 +76,8 @@ const PMTU_IPPROTO_IP = 0;
 const IP_MTU_DISCOVER = 10;
 const IPV6_MTU_DISCOVER = 23;
 const PMTUDISC_PROBE = 3;
+// INTERFACE: no DF, the interface MTU, ICMP "fragmentation needed" ignored: routers may fragment.
+const PMTUDISC_INTERFACE = 4;
 const UDP_SEGMENT = 103;
 const UDP_GRO = 104;
 const MSG_DONTWAIT = 0x40;
@@ -649,6 +651,13 @@ export interface UdpSocket extends UdpInfo {
   waitWritable(timeoutMs: number): number;
   /** Switches O_NONBLOCK on or off (affects every thread using the fd). */
   setNonBlocking(on: boolean): void;
+  /**
+   * Switches the path-MTU mode of later sends: `true` = `IP_PMTUDISC_PROBE` (DF set, the kernel's
+   * PMTU cache ignored), `false` = `IP_PMTUDISC_INTERFACE` (no DF, so a narrower router fragments;
+   * still the interface MTU, so GSO sends never fail on a cached PMTU). Affects every thread using
+   * the fd. Returns 0 or a negative errno.
+   */
+  setDontFragment(df: boolean): number;
   /** Plain data describing this socket, for {@link udpFromInfo} in a Worker. */
   info(): UdpInfo;
   /** Closes the fd (idempotent). */
@@ -787,6 +796,13 @@ class Udp implements UdpSocket {
     const r = libc.poll(this.#pollBytes, 1n, timeoutMs);
     if (r < 0) return -errno();
     return r > 0 ? 1 : 0;
+  }
+
+  setDontFragment(df: boolean): number {
+    const [level, name] = this.family === 4
+      ? [PMTU_IPPROTO_IP, IP_MTU_DISCOVER]
+      : [IPPROTO_IPV6, IPV6_MTU_DISCOVER];
+    return setInt(this.fd, level, name, df ? PMTUDISC_PROBE : PMTUDISC_INTERFACE) < 0 ? -errno() : 0;
   }
 
   waitWritable(timeoutMs: number): number {

@@ -60,7 +60,9 @@ import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
 import { outerOverhead } from "../path/pmtu.ts";
 
 /** The socket calls a bind needs (an FFI {@link UdpSocket}, or an in-memory one in tests). */
-export type DatagramSocket = Pick<UdpSocket, "fd" | "gso" | "sendBatch" | "recvBatch" | "waitWritable">;
+export type DatagramSocket =
+  & Pick<UdpSocket, "fd" | "gso" | "sendBatch" | "recvBatch" | "waitWritable">
+  & Partial<Pick<UdpSocket, "setDontFragment">>;
 
 /** Bind options. */
 export interface UdpBindOptions {
@@ -124,6 +126,16 @@ export class UdpBind implements BindSeam, ScatterTarget {
   #key = 0;
   /** Node key of each queued send entry's destination (undefined: a control datagram). */
   readonly #peerKeys: (string | undefined)[];
+  /**
+   * Per queued entry: 1 = send with don't-fragment (control datagrams, peers whose path answered a
+   * PMTU probe), 0 = without (raw Oakestra peers and peers not yet probed: a narrower router then
+   * fragments the datagram, as the kernel's default did, instead of dropping it).
+   */
+  readonly #dfs: Uint8Array;
+  /** Entries queued without don't-fragment. */
+  #noDf = 0;
+  /** The socket's current mode (1 = DF), switched only around runs of entries without DF. */
+  #sockDf = 1;
   #sealed: SendBatch | undefined = undefined;
   // Scatter reads (see ScatterTarget): per send slot, iovecs of the JUMBO layout of a large packet.
   #scatterIovs: Uint8Array[] = [];
@@ -148,6 +160,8 @@ export class UdpBind implements BindSeam, ScatterTarget {
     this.#send = new SendBatch(batch + 1, SEND_SLOT);
     this.#keys = new Int32Array(batch + 1);
     this.#peerKeys = new Array<string | undefined>(batch + 1).fill(undefined);
+    this.#dfs = new Uint8Array(batch + 1).fill(1);
+    sock.setDontFragment?.(true); // a restarted lane's socket may have been left without DF
     this.readSlot = this.#send.bufs[batch];
     this.readAt = batch * SEND_SLOT;
     this.#recv = new RecvBatch(batch, RECV_SLOT, JUMBO_SENDERS * JUMBO_MAX_PACKET);
@@ -368,6 +382,9 @@ export class UdpBind implements BindSeam, ScatterTarget {
       send.segSizes[i] = to - from > dsize ? dsize : 0;
       this.#keys[i] = this.#key;
       this.#peerKeys[i] = route.key;
+      const df = route.peer?.path.probed === true ? 1 : 0;
+      this.#dfs[i] = df;
+      if (df === 0) this.#noDf++;
       if (route.family === 4) send.setDst4(i, route.addr4, route.port);
       else send.setDst6(i, route.addr6!, 0, route.port);
       this.#pending++;
@@ -390,6 +407,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
     send.sizes[i] = bytes.length;
     this.#keys[i] = -1;
     this.#peerKeys[i] = undefined;
+    this.#dfs[i] = 1; // PMTU probes must keep DF
     if (family === 4) send.setDst4(i, addr4, port);
     else send.setDst6(i, addr6!, 0, port);
     if (++this.#pending === this.batchSize) this.flush();
@@ -410,28 +428,54 @@ export class UdpBind implements BindSeam, ScatterTarget {
         wall,
       );
       this.#pending = 0;
+      this.#noDf = 0;
+      this.#setDf(1);
       this.#sendSealed(out, n);
       return;
     }
-    const send = this.#send;
-    let stalls = 0;
+    const dfs = this.#dfs;
+    const mixed = this.#noDf > 0 && this.#sock.setDontFragment !== undefined;
+    this.#noDf = 0;
     while (this.#pending > 0) {
-      const r = this.#sock.sendBatch(send, this.#pending);
+      // Runs of entries with the same DF state go out in turn, the socket switched between them.
+      let run = this.#pending;
+      if (mixed) {
+        const df = dfs[0];
+        run = 1;
+        while (run < this.#pending && dfs[run] === df) run++;
+        this.#setDf(df);
+      }
+      if (!this.#sendFront(run)) break;
+    }
+    if (mixed) this.#setDf(1);
+    this.#pending = 0;
+  }
+
+  /** Switches the socket's DF mode when it differs (see {@link DatagramSocket}). */
+  #setDf(df: number): void {
+    if (this.#sockDf === df) return;
+    this.#sock.setDontFragment?.(df === 1);
+    this.#sockDf = df;
+  }
+
+  /** Sends the first `run` queued entries and moves the rest to the front; false on a fatal error. */
+  #sendFront(run: number): boolean {
+    let stalls = 0;
+    let left = run;
+    while (left > 0) {
+      const r = this.#sock.sendBatch(this.#send, left);
       // 0: nothing went out (EAGAIN); wait for room a few times before giving the batch up.
       if (r < 0 || (r === 0 && ++stalls > 3)) {
         this.#counters.drops[Drop.SEND_ERROR] += this.#pending;
-        break;
+        return false;
       }
-      if (r < this.#pending) {
-        // Socket buffer full (non-blocking): wait for room, then send the rest from the front.
-        if (r > 0) this.#compact(r, this.#pending);
-        this.#pending -= r;
-        this.#sock.waitWritable(5);
-        continue;
-      }
-      break;
+      // Socket buffer full (non-blocking): wait for room, then send the rest from the front.
+      if (r > 0 && r < this.#pending) this.#compact(r, this.#pending);
+      this.#pending -= r;
+      left -= r;
+      if (left > 0) this.#sock.waitWritable(5);
     }
-    this.#pending = 0;
+    return true;
   }
 
   /** Sends `n` entries of the sealed batch, as {@link flush} does the plain one. */
@@ -478,6 +522,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
       send.dstPorts[j] = send.dstPorts[i];
       this.#keys[j] = this.#keys[i];
       this.#peerKeys[j] = this.#peerKeys[i];
+      this.#dfs[j] = this.#dfs[i];
     }
   }
 

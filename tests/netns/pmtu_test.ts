@@ -54,12 +54,16 @@ const TABLE: QueryResult[] = [
   },
 ];
 
-/** Sends N datagrams of SIZE payload bytes with DF to an echo server; prints `sent ok emsgsize lost mtu`. */
+/**
+ * Sends N datagrams of SIZE payload bytes with DF (a 5th argument `nodf`: without) to an echo
+ * server; prints `sent ok emsgsize lost mtu`.
+ */
 const DF_SENDER = `
 import errno, socket, sys
 host, port, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF, never fragment
+# IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF, never fragment; IP_PMTUDISC_DONT with nodf
+s.setsockopt(socket.IPPROTO_IP, 10, 0 if sys.argv[5:] == ["nodf"] else 2)
 s.connect((host, port))
 s.settimeout(1.0)
 sent = ok = emsg = lost = 0
@@ -106,7 +110,20 @@ async function up(ns: string, dev: string, cidr: string): Promise<void> {
 }
 
 /** Builds the routed underlay with a `hopMtu` link between the routers, both daemons and two instances. */
-async function build(hopMtu: number, t: Topology, cfgExtra: Record<string, unknown>): Promise<void> {
+/** iptables u32: the UDP payload's first byte is 0x1X (HELLO, PROBE and their answers). */
+const CONTROL_U32 = "0>>22&0x3C@8>>24&0xF0=0x10";
+
+/**
+ * Builds the routed underlay with a `hopMtu` link between the routers, both daemons and two
+ * instances. `rawNode2`: node 2 plays an Oakestra Go node on the wire (its in-band control is
+ * dropped both ways, as in health_test), so the nodes send each other raw IP packets, unprobed.
+ */
+async function build(
+  hopMtu: number,
+  t: Topology,
+  cfgExtra: Record<string, unknown>,
+  rawNode2 = false,
+): Promise<void> {
   const r1 = await createNs("r");
   t.routers.push(r1);
   const r2 = await createNs("r");
@@ -137,6 +154,16 @@ async function build(hopMtu: number, t: Topology, cfgExtra: Record<string, unkno
         await up(p.router, b, `${p.rip}/24`);
         // No default route: only the other node's network, through the router.
         await sh(["ip", "-n", ns, "route", "add", p.other, "via", p.rip]);
+        if (rawNode2 && i === 1) {
+          for (const [chain, dir] of [["INPUT", "--dport"], ["OUTPUT", "--sport"]]) {
+            await sh(
+              ["ip", "netns", "exec", ns, "iptables", "-I", chain, "-p", "udp", dir, "50103", "-m", "u32"]
+                .concat(
+                  ["--u32", CONTROL_U32, "-j", "DROP"],
+                ),
+            );
+          }
+        }
       },
     });
     t.nodes.push(node);
@@ -175,6 +202,7 @@ async function withRoutedPair(
   hopMtu: number,
   cfgExtra: Record<string, unknown>,
   fn: (t: Topology) => Promise<void>,
+  rawNode2 = false,
 ): Promise<void> {
   const t = {
     nodes: [],
@@ -182,7 +210,7 @@ async function withRoutedPair(
     dir: await Deno.makeTempDir({ prefix: "nmpmtu-" }),
   } as unknown as Topology;
   try {
-    await build(hopMtu, t, cfgExtra);
+    await build(hopMtu, t, cfgExtra, rawNode2);
     await fn(t);
   } catch (e) {
     for (const [i, n] of t.nodes.entries()) {
@@ -228,9 +256,10 @@ for (const [hop, mode, cfgExtra] of CASES) {
         // TCP: 20 MiB through the RR ServiceIP, FNV-1a hash compared end to end.
         const bulk = await t.cli.exec([...TOOL, "tcp-bulk", RR.v4, "8081", "20"]);
         assertEquals(bulk.code, 0, `tcp-bulk: ${bulk.stdout} ${bulk.stderr}`);
-        // UDP with DF: 1400-byte payloads cannot cross (inner MTU = hop − 28 outer − 8 FAST header).
+        // UDP with DF: 1380-byte payloads cannot cross (inner MTU = hop − 28 outer − 8 FAST header) but
+        // fit the instance's own link (TUN MTU 1418 with the default TunnelSecurity prefer).
         const inner = hop - 36;
-        const big = await t.cli.exec(["python3", "-c", DF_SENDER, RR.v4, "8080", "1400", "20"]);
+        const big = await t.cli.exec(["python3", "-c", DF_SENDER, RR.v4, "8080", "1380", "20"]);
         assertEquals(big.code, 0, big.stderr);
         const [sent, ok, emsg, lost, mtu] = big.stdout.trim().split(/\s+/).map(Number);
         assertEquals(lost, 0, `silently lost: ${big.stdout}`);
@@ -252,3 +281,28 @@ for (const [hop, mode, cfgExtra] of CASES) {
     },
   );
 }
+
+Deno.test(
+  "pmtu: a raw (Oakestra-style, unprobed) peer across a 1400-byte hop — oversized datagrams go without DF and arrive fragmented",
+  opts,
+  async () => {
+    await withRoutedPair(1400, { TunnelSecurity: "off" }, async (t) => {
+      await eventually(
+        async () => (await t.cli.exec([...TOOL, "udp-client", RR.v4, "8080", "hi"])).stdout.trim(),
+        (v) => v === "web:hi",
+        15000,
+      );
+      // Never probed (its control is dropped): raw mode, the assumed 1500.
+      const row = await peerMtu(t.nodes[0], `${IP2}:50103`);
+      assertEquals([row?.mode, row?.mtuProbed], ["raw", false], JSON.stringify(row));
+      // 1400-byte payloads: 1456-byte outer datagrams both ways, wider than the hop; the routers
+      // fragment them (the tunnel sends them without DF), none are lost.
+      const big = await t.cli.exec(["python3", "-c", DF_SENDER, RR.v4, "8080", "1400", "20", "nodf"]);
+      assertEquals(big.code, 0, big.stderr);
+      assertEquals(big.stdout.trim().split(/\s+/).slice(0, 4).map(Number), [20, 20, 0, 0], big.stdout);
+      // TCP through the raw peer (full-size segments, fragmented at the hop) arrives byte-exact.
+      const bulk = await t.cli.exec([...TOOL, "tcp-bulk", RR.v4, "8081", "5"]);
+      assertEquals(bulk.code, 0, `tcp-bulk: ${bulk.stdout} ${bulk.stderr}`);
+    }, true);
+  },
+);

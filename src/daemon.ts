@@ -534,12 +534,18 @@ class Node implements NodeService {
   }
 
   /** Where the data plane asks for its observed endpoint (src/path/reflect_client.ts), if anywhere. */
-  #reflectorCfg(): { reflector?: { addr: string; port: number } } {
+  #reflectorCfg(): {
+    reflector?: { addr: string; port: number; intervalMs: number };
+    natKeepaliveMs: number;
+  } {
+    const natKeepaliveMs = Number(this.cfg.net.NatKeepaliveSeconds) * 1000;
     const port = Number(this.cfg.net.ReflectorPort);
-    if (!port) return {};
+    if (!port) return { natKeepaliveMs };
     const cluster = (this.env.registration?.clusterAddress || this.cfg.net.ClusterUrl).split(",")[0];
     const addr = this.cfg.net.ReflectorAddress || cluster.replace(/:\d+$/, "");
-    return addr !== "0.0.0.0" && tryParseIPv4(addr) !== undefined ? { reflector: { addr, port } } : {};
+    return addr !== "0.0.0.0" && tryParseIPv4(addr) !== undefined
+      ? { reflector: { addr, port, intervalMs: natKeepaliveMs }, natKeepaliveMs }
+      : { natKeepaliveMs };
   }
 
   table(): unknown[] {

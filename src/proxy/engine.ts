@@ -211,6 +211,8 @@ export interface EngineConfig {
   seed?: number;
   /** HELLO refresh interval towards answering peers (30 000 ms; tests shorten it). */
   helloRefreshMs?: number;
+  /** HELLO refresh towards punched peers, and towards all while this node is behind NAT (25 000 ms). */
+  natKeepaliveMs?: number;
   /** Measure RTT to every peer that can answer PROBEs, not only while the closest policy asks (false). */
   probeAllPeers?: boolean;
   /** With several data-plane workers: this worker's index, echoed by control replies (see `lanes.ts`). */
@@ -410,6 +412,7 @@ export class Engine {
     this.peers = new PeerTable({
       localCaps: CAP_PROBE | (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
+      ...(cfg.natKeepaliveMs ? { natKeepaliveMs: cfg.natKeepaliveMs } : {}),
       probeAlways: cfg.probeAllPeers === true,
       ...(cfg.laneTag !== undefined ? { laneTag: cfg.laneTag, jumboGaps: false } : {}),
       probe: this.#prober || this.#health === undefined,
@@ -536,6 +539,8 @@ export class Engine {
     const key = `${ip}:${port}`;
     if (key === this.#observedSelf) return;
     this.#observedSelf = key;
+    // Behind NAT (observed ≠ announced): every peer's HELLO refresh keeps the mapping open.
+    this.peers.behindNat = ip !== this.cfg.selfIp || port !== this.cfg.selfPort;
     this.#rebuildRoutes(now);
   }
 

@@ -463,6 +463,8 @@ export interface PeerTableOptions {
   readonly helloMaxIntervalMs?: number;
   /** HELLO refresh interval once answered (default 30000). */
   readonly helloRefreshMs?: number;
+  /** HELLO refresh towards punched peers and while {@link PeerTable.behindNat} (default 25000, ≤ the refresh). */
+  readonly natKeepaliveMs?: number;
   /** Unanswered refreshes after which a peer's capabilities are forgotten (default 3). */
   readonly helloForgetAfter?: number;
   /** PROBE interval while RTT is wanted (default 1000). */
@@ -602,6 +604,9 @@ export class PeerTable {
   readonly #helloTimeout: number;
   readonly #helloMax: number;
   readonly #helloRefresh: number;
+  readonly #natKeepalive: number;
+  /** This node is behind NAT (its observed endpoint differs): refresh every peer at the NAT keepalive. */
+  behindNat = false;
   readonly #helloForget: number;
   readonly #probeInterval: number;
   readonly #probeLeased: number;
@@ -628,6 +633,10 @@ export class PeerTable {
     this.#helloTimeout = positive(opts.helloTimeoutMs, 1000, "helloTimeoutMs");
     this.#helloMax = positive(opts.helloMaxIntervalMs, 300_000, "helloMaxIntervalMs");
     this.#helloRefresh = positive(opts.helloRefreshMs, 30_000, "helloRefreshMs");
+    this.#natKeepalive = Math.min(
+      this.#helloRefresh,
+      positive(opts.natKeepaliveMs, 25_000, "natKeepaliveMs"),
+    );
     this.#helloForget = Math.max(1, positive(opts.helloForgetAfter, 3, "helloForgetAfter"));
     this.#probeInterval = positive(opts.probeIntervalMs, 1000, "probeIntervalMs");
     this.#probeLeased = positive(opts.leasedProbeIntervalMs, this.#probeInterval, "leasedProbeIntervalMs");
@@ -947,7 +956,7 @@ export class PeerTable {
       // It is alive and told us its caps: no need to chase it with retries or our own refresh
       // while it keeps refreshing (it learns ours from our ACK).
       peer.helloFailures = 0;
-      peer.nextHelloAt = now + this.#helloRefresh;
+      peer.nextHelloAt = now + this.#refreshOf(peer);
     }
     return true;
   }
@@ -966,7 +975,7 @@ export class PeerTable {
     }
     peer.helloOutstanding = false;
     peer.helloFailures = 0;
-    peer.nextHelloAt = now + this.#helloRefresh;
+    peer.nextHelloAt = now + this.#refreshOf(peer);
     this.#learn(peer, msg, now);
     peer.rtt.sample(now - peer.helloSentAt, now);
     this.#answered(peer, now);
@@ -1092,8 +1101,13 @@ export class PeerTable {
     return Math.min(Math.max(base, this.#probeMax), base * 2 ** exp);
   }
 
-  #helloGap(failures: number): number {
-    if (failures <= 0) return this.#helloRefresh;
+  /** HELLO refresh towards `peer`: the NAT keepalive through a punched mapping or from behind NAT. */
+  #refreshOf(peer: Peer): number {
+    return peer.punched || this.behindNat ? this.#natKeepalive : this.#helloRefresh;
+  }
+
+  #helloGap(failures: number, peer: Peer): number {
+    if (failures <= 0) return this.#refreshOf(peer);
     return Math.min(this.#helloMax, this.#helloRetry * 2 ** Math.min(30, failures - 1));
   }
 
@@ -1122,7 +1136,7 @@ export class PeerTable {
           p.remoteCaps = 0;
           this.#updateFast(p);
         }
-        p.nextHelloAt = p.helloSentAt + Math.max(this.#helloTimeout, this.#helloGap(p.helloFailures));
+        p.nextHelloAt = p.helloSentAt + Math.max(this.#helloTimeout, this.#helloGap(p.helloFailures, p));
       }
       if (p.jumboWithheld && now >= p.jumboRefusedUntil) {
         p.jumboWithheld = false; // the refusal is over: offer JUMBO again

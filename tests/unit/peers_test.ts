@@ -666,3 +666,22 @@ Deno.test("JUMBO ids: gaps in the window are loss; made-up ids far outside canno
   assertEquals(t.noteJumboId(q, 900_010, true, 3100), true, "a gap of 7 in the new window is loss");
   assertEquals(q.jumboRefusals, 1, "counted against the new window");
 });
+
+Deno.test("NAT keepalive: punched peers, and every peer from behind NAT, are refreshed at natKeepaliveMs", () => {
+  for (
+    const [punched, behind, want] of [[false, false, 30000], [true, false, 20000], [
+      false,
+      true,
+      20000,
+    ]] as const
+  ) {
+    const t = table({ natKeepaliveMs: 20000 });
+    t.behindNat = behind;
+    const p = t.addKey(A, 0);
+    p.punched = punched;
+    const rec = new Recorder();
+    t.onHello(p, helloMsg(MSG_HELLO, CAP_FAST | CAP_PROBE, "w2"), 0);
+    assertEquals(rec.tick(t, 1), want, `punched ${punched}, behind NAT ${behind}`);
+  }
+  assertThrows(() => table({ natKeepaliveMs: -1 }));
+});

@@ -135,6 +135,46 @@ Deno.test(
         "punched",
         JSON.stringify(back.peers),
       );
+
+      // The NAT router restarts: its WAN address goes away (conntrack drops every mapping of it) and
+      // comes back with a rule mapping to other ports, so the hidden node's public endpoint changes.
+      const nat = `${w.prefix}nat`;
+      const wan = `${w.prefix}nw`;
+      await mustRun("ip", ["-n", nat, "addr", "del", `${NAT_PUBLIC}/24`, "dev", wan]);
+      await mustRun("ip", ["netns", "exec", nat, "iptables", "-t", "nat", "-F", "POSTROUTING"]);
+      await mustRun(
+        "ip",
+        ["netns", "exec", nat, "iptables", "-t", "nat", "-A", "POSTROUTING"].concat(
+          ["-s", "10.99.0.0/24", "-o", wan, "-p", "udp", "-j", "MASQUERADE", "--to-ports", "40000-40999"],
+        ),
+      );
+      const masq = [
+        "netns",
+        "exec",
+        nat,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.99.0.0/24",
+        "-o",
+        wan,
+      ];
+      await mustRun("ip", [...masq, "-j", "MASQUERADE"]); // MQTT (TCP) as before
+      await mustRun("ip", ["-n", nat, "addr", "add", `${NAT_PUBLIC}/24`, "dev", wan]);
+      const t0 = Date.now();
+      // The public side asks first: only the hidden node's keepalive or re-announcement can repair it.
+      assertEquals(await eventually(() => ask(w, a, "udp-client", rr(B)), (v) => v === "b0", 30000), "b0");
+      const recovered = Date.now() - t0;
+      assertEquals(await ask(w, b, "udp-client", rr(A)), "a0");
+      assertEquals(await ask(w, a, "tcp-client", iipB), "b0");
+      const st2 = (await hidden.api.getJson("/status")) as { observedEndpoint?: string };
+      console.log(
+        `NAT restart: traffic back after ${recovered} ms; endpoint ${st.observedEndpoint} → ${st2.observedEndpoint}`,
+      );
+      assert(recovered <= 30000, `recovered after ${recovered} ms`);
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 3000)));
       const ct = await new Deno.Command("ip", {

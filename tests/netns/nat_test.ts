@@ -26,11 +26,17 @@ interface NodeRow {
 }
 
 /** A NAT router on the underlay at NAT_PUBLIC with LAN 10.99.0.1/24; `lan(ns)` wires a host behind it. */
-async function natRouter(w: World, mode: "eim" | "symmetric"): Promise<(ns: string) => Promise<void>> {
-  const r = await w.namespace("nat");
-  await w.attach(r, "nw", NAT_PUBLIC);
+async function natRouter(
+  w: World,
+  mode: "eim" | "symmetric",
+  tag = "",
+  pub = NAT_PUBLIC,
+  lanNet = "10.99.0",
+): Promise<(ns: string) => Promise<void>> {
+  const r = await w.namespace(`nat${tag}`);
+  await w.attach(r, `nw${tag}`, pub);
   await mustRun("ip", ["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-  const wan = `${w.prefix}nw`;
+  const wan = `${w.prefix}nw${tag}`;
   await mustRun("ip", [
     "netns",
     "exec",
@@ -41,7 +47,7 @@ async function natRouter(w: World, mode: "eim" | "symmetric"): Promise<(ns: stri
     "-A",
     "POSTROUTING",
     "-s",
-    "10.99.0.0/24",
+    `${lanNet}.0/24`,
     "-o",
     wan,
     "-j",
@@ -49,14 +55,14 @@ async function natRouter(w: World, mode: "eim" | "symmetric"): Promise<(ns: stri
     ...(mode === "symmetric" ? ["--random-fully"] : []),
   ]);
   return async (ns: string) => {
-    const [a, b] = [`${w.prefix}la`, `${w.prefix}lb`];
+    const [a, b] = [`${w.prefix}la${tag}`, `${w.prefix}lb${tag}`];
     await mustRun("ip", ["link", "add", a, "netns", r, "type", "veth", "peer", "name", b, "netns", ns]);
-    await mustRun("ip", ["-n", r, "addr", "add", "10.99.0.1/24", "dev", a]);
+    await mustRun("ip", ["-n", r, "addr", "add", `${lanNet}.1/24`, "dev", a]);
     await mustRun("ip", ["-n", r, "link", "set", a, "up"]);
-    await mustRun("ip", ["-n", ns, "addr", "add", "10.99.0.2/24", "dev", b]);
+    await mustRun("ip", ["-n", ns, "addr", "add", `${lanNet}.2/24`, "dev", b]);
     await mustRun("ip", ["-n", ns, "link", "set", b, "up"]);
     // Its only way out is the router (which itself has no route beyond the test's underlay).
-    await mustRun("ip", ["-n", ns, "route", "add", "default", "via", "10.99.0.1"]);
+    await mustRun("ip", ["-n", ns, "route", "add", "default", "via", `${lanNet}.1`]);
   };
 }
 
@@ -186,6 +192,74 @@ Deno.test(
     } finally {
       const left = await w.destroy();
       assertEquals(left, []);
+    }
+  },
+);
+
+Deno.test(
+  "nat: both nodes behind endpoint-independent NAT — a direct path after punching (the peer follows the punch's port), no relay",
+  opts,
+  async () => {
+    const w = new World();
+    try {
+      await w.control(CTL);
+      const n1 = await w.clusterNode(
+        "n1",
+        "10.98.0.2",
+        CTL,
+        undefined,
+        await natRouter(w, "eim", "1", "192.168.77.101", "10.98.0"),
+      );
+      const n2 = await w.clusterNode(
+        "n2",
+        "10.99.0.2",
+        CTL,
+        undefined,
+        await natRouter(w, "eim", "2", "192.168.77.102", "10.99.0"),
+      );
+      for (const n of [n1, n2]) {
+        await eventually(
+          () => n.api.getJson("/status") as Promise<{ observedEndpoint?: string }>,
+          (s) => s.observedEndpoint !== undefined,
+          10000,
+        );
+      }
+      await w.ctl(["service", "add", A]);
+      await w.ctl(["service", "add", B]);
+      const iipB = (await w.ctl(["instance", "add", B, "0"])).split(" ").at(-2)!;
+      await w.ctl(["instance", "add", A, "0"]);
+      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
+        { job_name: string; service_ip_list: Array<{ Address: string }> }
+      >;
+      const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
+      const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
+      const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
+      await deploy(n1, a.pid, A);
+      await deploy(n2, b.pid, B);
+      const t0 = Date.now();
+      assertEquals(await eventually(() => ask(w, a, "udp-client", rr(B)), (v) => v === "b0", 15000), "b0");
+      console.log(`two NATs: first answer after ${Date.now() - t0} ms`);
+      assertEquals(await eventually(() => ask(w, b, "udp-client", rr(A)), (v) => v === "a0", 10000), "a0");
+      assertEquals(await ask(w, a, "tcp-client", iipB), "b0");
+      // Both dial each other's NAT router directly (no relay exists in this test): every peer row is
+      // at the other router's public address.
+      for (const [n, other] of [[n1, "192.168.77.102:"], [n2, "192.168.77.101:"]] as const) {
+        const st = (await n.api.getJson("/status")) as { peers: Array<{ endpoint: string; path?: string }> };
+        const live = st.peers.filter((p) => p.endpoint.startsWith(other));
+        assert(live.length >= 1 && live.every((p) => p.path !== "relayed"), JSON.stringify(st.peers));
+      }
+    } catch (e) {
+      await w.diagnose((l) => console.error(l.slice(0, 3000)));
+      for (const r of ["nat1", "nat2"]) {
+        const ct = await new Deno.Command("ip", {
+          args: ["netns", "exec", `${w.prefix}${r}`, "cat", "/proc/net/nf_conntrack"],
+          stdout: "piped",
+        }).output();
+        console.error(`--- ${r} conntrack\n` + new TextDecoder().decode(ct.stdout));
+      }
+      throw e;
+    } finally {
+      assertEquals(await w.destroy(), []);
     }
   },
 );

@@ -54,6 +54,15 @@ async function natRouter(
     "MASQUERADE",
     ...(mode === "symmetric" ? ["--random-fully"] : []),
   ]);
+  // A home router's firewall: unsolicited packets to the router itself are dropped. (Accepted, such a
+  // packet — another node's punch arriving first — would leave a conntrack entry that makes the
+  // router map this side's own punch to a random port.)
+  await mustRun(
+    "ip",
+    ["netns", "exec", r, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack"].concat(
+      ["--ctstate", "NEW", "-j", "DROP"],
+    ),
+  );
   return async (ns: string) => {
     const [a, b] = [`${w.prefix}la${tag}`, `${w.prefix}lb${tag}`];
     await mustRun("ip", ["link", "add", a, "netns", r, "type", "veth", "peer", "name", b, "netns", ns]);

@@ -150,7 +150,7 @@ export const NetCfgSchema = z.object({
    * reflector request, and the HELLO refresh towards peers reached by a punch or from a node behind
    * NAT (otherwise 30 s). Below the NAT's UDP timeout (Linux: 30 s unreplied, 120 s once replied).
    */
-  NatKeepaliveSeconds: intLike("NatKeepaliveSeconds", 5, 3600).default(25),
+  NatKeepaliveSeconds: intLike("NatKeepaliveSeconds", 5, 100).default(25),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
   /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */

@@ -206,7 +206,7 @@ Deno.test(
 );
 
 Deno.test(
-  "nat: both nodes behind endpoint-independent NAT — a direct path after punching (the peer follows the punch's port), no relay",
+  "nat: both nodes behind endpoint-independent NAT — a direct path after punching, no relay",
   opts,
   async () => {
     const w = new World();

@@ -527,7 +527,10 @@ export class DataPlane {
 
   /** Per-peer secure-tunnel state (secure with certificate subject and expiry, or refused). */
   securePeers(): SecurePeerView[] {
-    return this.#secure.peers();
+    const drops = this.#stats?.securePeerDrops;
+    const views = this.#secure.peers();
+    if (!drops) return views;
+    return views.map((v) => (drops[v.endpoint] ? { ...v, drops: drops[v.endpoint] } : v));
   }
 
   /** Handshake drops by reason. */
@@ -562,6 +565,7 @@ export class DataPlane {
       udpTx: { packets: s.udpTx, bytes: s.udpTxBytes },
       drops: { ...s.drops, ...this.#secure.drops() },
       securePeers: this.#secure.metrics(),
+      ...(s.securePeerDrops ? { securePeerDrops: s.securePeerDrops } : {}),
       parkedPackets: s.parkedNow,
       flows: s.flows,
       tableEntries: this.table.size,

@@ -44,6 +44,8 @@ export interface SecurePeerView {
   lastHandshakeSecondsAgo?: number;
   rekeys?: number;
   refusedReason?: string;
+  /** Data-plane drops with this peer by reason (replayed, forged, plain data from it while secure). */
+  drops?: Record<string, number>;
 }
 
 /** Options of a {@link SecureDriver}. */

@@ -107,6 +107,8 @@ export interface DataPlaneOptions {
   onUsage?: (jobs: string[]) => void;
   /** Called after the TUN exists and before traffic flows: addresses, routes, MTU, up. */
   configureTun: (name: string) => void | Promise<void>;
+  /** Secure sessions' rekey interval (s; netcfg `TunnelRekeySeconds`, default 120). */
+  rekeySeconds?: number;
 }
 
 /** A row of `table show`. */
@@ -183,6 +185,7 @@ export class DataPlane {
     this.udp = lanes[0].udp;
     this.#steerFd = steerFd;
     this.#opts = opts;
+    if (opts.rekeySeconds !== undefined) this.#secure.rekeyMs = opts.rekeySeconds * 1000;
     this.#resolver = opts.resolver;
     this.#selfIp = opts.engine.selfIp;
   }

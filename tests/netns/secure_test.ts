@@ -90,6 +90,8 @@ async function offlinePki(dir: string, nodes: number): Promise<void> {
 async function withCluster(
   modes: string[],
   fn: (c: TestCluster) => Promise<void>,
+  extra: Record<string, unknown> = {},
+  beforeRegister?: (i: number, ns: string) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nmsecure-" });
   await offlinePki(dir, modes.length);
@@ -101,8 +103,9 @@ async function withCluster(
       TunnelSecurity: modes[i - 1],
       TunnelCertFile: `${dir}/node${i}.crt`,
       TunnelCaFile: `${dir}/ca/ca.json`,
+      ...extra,
     }),
-    undefined,
+    beforeRegister,
     (i) => ["--state-dir", `${dir}/state${i}`],
   );
   try {
@@ -227,7 +230,17 @@ const has = (d: TunnelDatagram[], text: string) => {
 
 interface Status {
   dataPlane: { drops: Record<string, number> };
-  security: { mode: string; peers: { endpoint: string; state: string; subject?: string; rekeys?: number }[] };
+  security: {
+    mode: string;
+    peers: {
+      endpoint: string;
+      state: string;
+      subject?: string;
+      rekeys?: number;
+      handshakeMs?: number;
+      drops?: Record<string, number>;
+    }[];
+  };
 }
 async function status(c: TestCluster, i: number): Promise<Status> {
   return await c.nodes[i - 1].node.api.getJson("/status") as Status;
@@ -398,6 +411,14 @@ for (const mode of ["off", "require"]) {
           (after.secure_replay ?? 0) + (after.secure_wrong_source ?? 0) >= fromN1.length,
           JSON.stringify(after),
         );
+        // Per peer too: node 2 names node 1 as the session the replays were refused on.
+        const p1 = (await status(c, 2)).security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
+        assert((p1?.drops?.secure_replay ?? 0) >= fromN1.length, JSON.stringify(p1));
+        const m = await c.nodes[1].node.api.request("GET", "/metrics");
+        assertMatch(
+          m.body,
+          /netmanager_peer_secure_drops_total\{endpoint="192\.168\.77\.1:50103",reason="secure_replay"\} [1-9]/,
+        );
       } finally {
         await Deno.remove(dir, { recursive: true }).catch(() => {});
       }
@@ -481,24 +502,25 @@ Deno.test({
   name: "secure: a 60 s transfer across rekeys (every 5 s) arrives byte-exact",
   ...opts,
 }, async () => {
-  Deno.env.set("NETMANAGER_REKEY_SECONDS", "5");
-  try {
-    await withCluster(["require", "require"], async (c) => {
-      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
-      const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
-      const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
-      assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
-      console.log(r.stdout.trim());
-      const s = await status(c, 1);
-      const p = s.security.peers.find((x) => x.subject === "node-2");
-      assert(
-        p && (p.rekeys ?? 0) >= Math.floor(seconds / 5) - 2,
-        `rekeys: ${JSON.stringify(s.security.peers)}`,
-      );
-    });
-  } finally {
-    Deno.env.delete("NETMANAGER_REKEY_SECONDS");
-  }
+  await withCluster(["require", "require"], async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
+    const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
+    assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
+    console.log(r.stdout.trim());
+    const s = await status(c, 1);
+    const p = s.security.peers.find((x) => x.subject === "node-2");
+    assert(
+      p && (p.rekeys ?? 0) >= Math.floor(seconds / 5) - 2,
+      `rekeys: ${JSON.stringify(s.security.peers)}`,
+    );
+    // Handshakes on this LAN (namespaces on a bridge): the issue's target is 5 ms; loose here (busy machine).
+    const times = (await Promise.all([status(c, 1), status(c, 2)])).flatMap((x) =>
+      x.security.peers.map((p) => p.handshakeMs).filter((v): v is number => v !== undefined)
+    );
+    console.log(`handshake durations (ms, last one each side initiated): ${times.join(", ")}`);
+    assert(times.length >= 1 && times.every((t) => t <= 200), `handshake durations: ${times}`);
+  }, { TunnelRekeySeconds: 5 });
 });
 
 Deno.test({
@@ -558,4 +580,125 @@ Deno.test({
     Deno.env.delete("TunnelSecurity");
     assertEquals(await w.destroy(), []);
   }
+});
+
+/** iptables in `ns`: drop arriving handshake datagrams (first UDP payload byte 0x16..0x18) to the tunnel port. */
+const STRIP_HS = [
+  "INPUT",
+  "-p",
+  "udp",
+  "--dport",
+  "50103",
+  "-m",
+  "u32",
+  "--u32",
+  "0>>22&0x3C@8>>24=0x16:0x18",
+  "-j",
+  "DROP",
+];
+const nsIptables = (ns: string, args: string[]) => sh(["ip", "netns", "exec", ns, "iptables", "-w", ...args]);
+
+Deno.test({
+  name:
+    "secure: downgrade in require — an attacker dropping every handshake datagram never yields plain delivery; traffic flows once it stops",
+  ...opts,
+}, async () => {
+  await withCluster(
+    ["require", "require"],
+    async (c) => {
+      const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+      try {
+        const cap = await capture(c, dir);
+        // Handshakes from both sides cross node 2's INPUT (INIT from 1, or RESP/FIN from 1): all stripped.
+        const tcp = await client(c, "tcp-client", "10.30.0.2", 80, `${MARKER}-d`).catch((e) =>
+          `failed: ${e}`
+        );
+        assert(tcp.startsWith("failed"), `delivered without a session: ${tcp}`);
+        const got = await received(c, async () => {
+          for (let i = 0; i < 5; i++) {
+            const text = new TextEncoder().encode(`${MARKER}-u${i}`);
+            await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+          }
+        });
+        assertEquals(got, [], "plain delivery while handshakes were stripped");
+        const d = await cap.stop();
+        const n12 = d.filter((x) => x.src === "192.168.77.1" && x.dst === "192.168.77.2");
+        assert(
+          n12.some((x) => x.payload[0] >= 0x16 && x.payload[0] <= 0x18),
+          "node 1 kept trying handshakes",
+        );
+        assertEquals(
+          n12.filter((x) => x.payload[0] >> 4 === 4 || x.payload[0] >> 4 === 6 || x.payload[0] === 0x14),
+          [],
+          "node 1 fell back to plain data",
+        );
+        assert(!has(d, MARKER), "the marker crossed the underlay");
+        const rule = await sh([
+          "ip",
+          "netns",
+          "exec",
+          c.nodes[1].node.ns,
+          "iptables",
+          "-w",
+          "-nvxL",
+          "INPUT",
+        ]);
+        assertMatch(rule, /^\s*[1-9]\d*\s+\d+\s+DROP/m, "the attacker's rule dropped handshakes");
+        await new Promise((r) => setTimeout(r, 1200));
+        const s1 = await status(c, 1);
+        assert((s1.dataPlane.drops.secure_no_session ?? 0) >= 1, JSON.stringify(s1.dataPlane.drops));
+        assertEquals(s1.security.peers.filter((p) => p.state === "secure"), []);
+        // The attacker stops: a session comes up (retry backoff ≤ 60 s; 1, 2, 4, 8 s here) and traffic flows sealed.
+        await nsIptables(c.nodes[1].node.ns, ["-D", ...STRIP_HS]);
+        assertEquals(
+          await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "back"), 30_000),
+          "web0:back",
+        );
+      } finally {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    },
+    {},
+    async (i, ns) => {
+      if (i === 2) await nsIptables(ns, ["-A", ...STRIP_HS]);
+    },
+  );
+});
+
+Deno.test({
+  name:
+    "secure: downgrade in prefer — raw datagrams from a peer that has a session are dropped, counted per peer and warned once",
+  ...opts,
+}, async () => {
+  await withCluster(["prefer", "prefer"], async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    await retry(async () => {
+      const s = await status(c, 2);
+      if (!s.security.peers.some((p) => p.state === "secure" && p.subject === "node-1")) {
+        throw new Error("no session");
+      }
+    });
+    const got = await received(c, async () => {
+      for (let i = 0; i < 5; i++) {
+        await sendFromNode1(c, spoofed(`down-raw-${i}`).raw);
+        await sendFromNode1(c, spoofed(`down-fast-${i}`).fast);
+      }
+    });
+    assertEquals(got, [], "raw datagrams from a secure peer's address were delivered");
+    await new Promise((r) => setTimeout(r, 1200));
+    const s2 = await status(c, 2);
+    const p1 = s2.security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
+    assertEquals(p1?.drops?.secure_plain_from_secure_peer, 10, JSON.stringify(p1));
+    const m = await c.nodes[1].node.api.request("GET", "/metrics");
+    assertMatch(
+      m.body,
+      /netmanager_peer_secure_drops_total\{endpoint="192\.168\.77\.1:50103",reason="secure_plain_from_secure_peer"\} 10/,
+    );
+    const warned = (await c.nodes[1].node.log()).split("\n").filter((l) =>
+      l.includes("tunnel datagrams refused") && l.includes("secure_plain_from_secure_peer")
+    );
+    assertEquals(warned.length, 1, `warnings: ${warned.join("\n")}`);
+    // The genuine peer is untouched.
+    assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, "still"), "web0:still");
+  });
 });

@@ -598,72 +598,84 @@ const STRIP_HS = [
 ];
 const nsIptables = (ns: string, args: string[]) => sh(["ip", "netns", "exec", ns, "iptables", "-w", ...args]);
 
-Deno.test({
-  name:
-    "secure: downgrade in require — an attacker dropping every handshake datagram never yields plain delivery; traffic flows once it stops",
-  ...opts,
-}, async () => {
-  await withCluster(
-    ["require", "require"],
-    async (c) => {
-      const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
-      try {
-        const cap = await capture(c, dir);
-        // Handshakes from both sides cross node 2's INPUT (INIT from 1, or RESP/FIN from 1): all stripped.
-        const tcp = await client(c, "tcp-client", "10.30.0.2", 80, `${MARKER}-d`).catch((e) =>
-          `failed: ${e}`
-        );
-        assert(tcp.startsWith("failed"), `delivered without a session: ${tcp}`);
-        const got = await received(c, async () => {
-          for (let i = 0; i < 5; i++) {
-            const text = new TextEncoder().encode(`${MARKER}-u${i}`);
-            await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+for (const mode of ["prefer", "require"]) {
+  Deno.test({
+    name: `secure: downgrade — an attacker dropping every handshake datagram ${
+      mode === "prefer"
+        ? "gets plain delivery in prefer (the attack works: why require exists)"
+        : "never yields plain delivery in require; traffic flows once it stops"
+    }`,
+    ...opts,
+  }, async () => {
+    await withCluster(
+      [mode, mode],
+      async (c) => {
+        const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+        try {
+          const cap = await capture(c, dir);
+          // Handshakes from both sides cross node 2's INPUT (INIT from 1, or RESP/FIN from 1): all stripped.
+          const tcp = await client(c, "tcp-client", "10.30.0.2", 80, `${MARKER}-d`).catch((e) =>
+            `failed: ${e}`
+          );
+          if (mode === "require") assert(tcp.startsWith("failed"), `delivered without a session: ${tcp}`);
+          const got = await received(c, async () => {
+            for (let i = 0; i < 5; i++) {
+              const text = new TextEncoder().encode(`${MARKER}-u${i}`);
+              await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+            }
+          });
+          if (mode === "require") assertEquals(got, [], "plain delivery while handshakes were stripped");
+          const d = await cap.stop();
+          const n12 = d.filter((x) => x.src === "192.168.77.1" && x.dst === "192.168.77.2");
+          assert(
+            n12.some((x) => x.payload[0] >= 0x16 && x.payload[0] <= 0x18),
+            "node 1 kept trying handshakes",
+          );
+          if (mode === "prefer") {
+            // Indistinguishable from a peer that never answers (an Oakestra Go node): raw, in clear.
+            assertEquals(tcp, `web0:${MARKER}-d`);
+            assert(got.length >= 1, "raw UDP delivered");
+            assert(has(d, MARKER), "the marker crossed in clear");
+            return;
           }
-        });
-        assertEquals(got, [], "plain delivery while handshakes were stripped");
-        const d = await cap.stop();
-        const n12 = d.filter((x) => x.src === "192.168.77.1" && x.dst === "192.168.77.2");
-        assert(
-          n12.some((x) => x.payload[0] >= 0x16 && x.payload[0] <= 0x18),
-          "node 1 kept trying handshakes",
-        );
-        assertEquals(
-          n12.filter((x) => x.payload[0] >> 4 === 4 || x.payload[0] >> 4 === 6 || x.payload[0] === 0x14),
-          [],
-          "node 1 fell back to plain data",
-        );
-        assert(!has(d, MARKER), "the marker crossed the underlay");
-        const rule = await sh([
-          "ip",
-          "netns",
-          "exec",
-          c.nodes[1].node.ns,
-          "iptables",
-          "-w",
-          "-nvxL",
-          "INPUT",
-        ]);
-        assertMatch(rule, /^\s*[1-9]\d*\s+\d+\s+DROP/m, "the attacker's rule dropped handshakes");
-        await new Promise((r) => setTimeout(r, 1200));
-        const s1 = await status(c, 1);
-        assert((s1.dataPlane.drops.secure_no_session ?? 0) >= 1, JSON.stringify(s1.dataPlane.drops));
-        assertEquals(s1.security.peers.filter((p) => p.state === "secure"), []);
-        // The attacker stops: a session comes up (retry backoff ≤ 60 s; 1, 2, 4, 8 s here) and traffic flows sealed.
-        await nsIptables(c.nodes[1].node.ns, ["-D", ...STRIP_HS]);
-        assertEquals(
-          await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "back"), 30_000),
-          "web0:back",
-        );
-      } finally {
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      }
-    },
-    {},
-    async (i, ns) => {
-      if (i === 2) await nsIptables(ns, ["-A", ...STRIP_HS]);
-    },
-  );
-});
+          assertEquals(
+            n12.filter((x) => x.payload[0] >> 4 === 4 || x.payload[0] >> 4 === 6 || x.payload[0] === 0x14),
+            [],
+            "node 1 fell back to plain data",
+          );
+          assert(!has(d, MARKER), "the marker crossed the underlay");
+          const rule = await sh([
+            "ip",
+            "netns",
+            "exec",
+            c.nodes[1].node.ns,
+            "iptables",
+            "-w",
+            "-nvxL",
+            "INPUT",
+          ]);
+          assertMatch(rule, /^\s*[1-9]\d*\s+\d+\s+DROP/m, "the attacker's rule dropped handshakes");
+          await new Promise((r) => setTimeout(r, 1200));
+          const s1 = await status(c, 1);
+          assert((s1.dataPlane.drops.secure_no_session ?? 0) >= 1, JSON.stringify(s1.dataPlane.drops));
+          assertEquals(s1.security.peers.filter((p) => p.state === "secure"), []);
+          // The attacker stops: a session comes up (retry backoff ≤ 60 s; 1, 2, 4, 8 s here) and traffic flows sealed.
+          await nsIptables(c.nodes[1].node.ns, ["-D", ...STRIP_HS]);
+          assertEquals(
+            await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "back"), 30_000),
+            "web0:back",
+          );
+        } finally {
+          await Deno.remove(dir, { recursive: true }).catch(() => {});
+        }
+      },
+      {},
+      async (i, ns) => {
+        if (i === 2) await nsIptables(ns, ["-A", ...STRIP_HS]);
+      },
+    );
+  });
+}
 
 Deno.test({
   name:

@@ -159,7 +159,7 @@ export class SecureDriver {
     switch (m.type) {
       case "secure-hs": {
         if (this.#blocked.has(m.peer)) return;
-        const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length);
+        const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length, m.known);
         if (out.reply) this.#send(m.peer, out.reply);
         if (out.established) this.#established(out.established);
         if (out.refused) this.#refuse(m.peer, out.refused);

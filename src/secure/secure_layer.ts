@@ -57,7 +57,7 @@ export const Inbound = {
 
 /** Worker → main messages of this layer. */
 export type SecureUp =
-  | { type: "secure-hs"; peer: string; bytes: Uint8Array }
+  | { type: "secure-hs"; peer: string; bytes: Uint8Array; known: boolean }
   | { type: "secure-want"; peer: string; lane: number }
   | { type: "secure-rekey"; peer: string };
 
@@ -121,7 +121,8 @@ export class SecureLayer {
    * (nothing is sent to them, their plain data is dropped).
    */
   readonly blocked: Set<string> = new Set();
-  #hsTokens = HS_FORWARD_PER_SECOND;
+  /** Forwarding budgets of handshake datagrams: [0] strangers, [1] the table's nodes (a flood of the one leaves the other). */
+  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
@@ -309,19 +310,21 @@ export class SecureLayer {
       return Inbound.OPENED;
     }
     if (isHandshakeType(t)) {
+      const tk = this.#hsTokens;
       if (nowMs > this.#hsAt) {
-        this.#hsTokens = Math.min(
-          HS_FORWARD_PER_SECOND,
-          this.#hsTokens + ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND,
-        );
+        const add = ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND;
+        tk[0] = Math.min(HS_FORWARD_PER_SECOND, tk[0] + add);
+        tk[1] = Math.min(HS_FORWARD_PER_SECOND, tk[1] + add);
         this.#hsAt = nowMs;
       }
-      if (this.#hsTokens < 1) {
+      const known = sourcePeer !== undefined;
+      const k = known ? 1 : 0;
+      if (tk[k] < 1) {
         this.#drops[D_HS_FLOOD]++;
         return Inbound.DONE;
       }
-      this.#hsTokens--;
-      this.#post({ type: "secure-hs", peer: sourceKey(), bytes: buf.slice(off, off + len) });
+      tk[k]--;
+      this.#post({ type: "secure-hs", peer: sourceKey(), bytes: buf.slice(off, off + len), known });
       return Inbound.DONE;
     }
     const hi = t >>> 4;

@@ -215,13 +215,14 @@ export class SecureDriver {
     this.#keys.set(k.peer, list);
     this.#attempts.delete(k.peer);
     this.#o.broadcast({ type: "secure-keys", keys: [k] });
-    const t0 = this.#hsStarted.get(k.peer);
+    const st = this.#hs?.peerState(k.peer);
+    // Only a session this node initiated ends its HS_INIT's handshake (the peer's own may cross it).
+    const t0 = st?.initiator ? this.#hsStarted.get(k.peer) : undefined;
     if (t0 !== undefined) {
       this.#hsStarted.delete(k.peer);
       if (this.#hsMs.size > 4096) this.#hsMs.clear();
       this.#hsMs.set(k.peer, performance.now() - t0);
     }
-    const st = this.#hs?.peerState(k.peer);
     if (first) log.info("secure session established", { peer: k.peer, subject: st?.cert?.subject });
     else log.debug("secure session rekeyed", { peer: k.peer, rekeys: st?.rekeys });
   }

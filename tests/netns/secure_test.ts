@@ -15,6 +15,9 @@ import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
 import { type SimNode, World } from "../../src/demo/world.ts";
 import { eventually } from "../helpers/setup.ts";
+import { encodeHandshake } from "../../src/secure/secure_wire.ts";
+import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
+import { createNs, uniqueName } from "../helpers/netns.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -509,7 +512,11 @@ Deno.test({
         x.security.peers.map((p) => p.handshakeMs).filter((v): v is number => v !== undefined)
       );
     // Handshakes on this LAN (namespaces on a bridge) on an idle link: the issue's target is 5 ms; loose
-    // here (a busy machine).
+    // here (a busy machine). The first rekey's, not the first handshake's (that one meets cold isolates).
+    await retry(async () => {
+      const p = (await status(c, 1)).security.peers.find((x) => x.subject === "node-2");
+      if ((p?.rekeys ?? 0) < 1) throw new Error("no rekey yet");
+    }, 15_000);
     const idle = await durations();
     console.log(
       `handshake durations on an idle link (ms, the last one each side initiated): ${idle.join(", ")}`,
@@ -720,4 +727,103 @@ Deno.test({
     // The genuine peer is untouched.
     assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, "still"), "web0:still");
   });
+});
+
+/** Raw-socket flood: `rate` HS_INITs a second for `seconds`, each from a random 192.168.77.10–250 source. */
+const FLOODER = `
+import socket, struct, random, sys, time
+dst, payloads, rate, secs = sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2].split(",")], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+d = socket.inet_aton(dst)
+n, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < secs:
+    p = payloads[n % len(payloads)]
+    src = socket.inet_aton("192.168.77.%d" % random.randint(10, 250))
+    udp = struct.pack("!HHHH", random.randint(1024, 65535), 50103, 8 + len(p), 0) + p
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n & 0xffff, 0, 64, 17, 0, src, d)
+    s.sendto(ip + udp, (dst, 0))
+    n += 1
+    ahead = n / rate - (time.monotonic() - t0)
+    if ahead > 0: time.sleep(ahead)
+print(n, flush=True)
+`;
+
+/** CPU seconds (user + system, all threads) of a process so far. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const f = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+Deno.test({
+  name:
+    "secure: a handshake flood from many spoofed strangers leaves the nodes' handshakes (rekeys) and traffic working",
+  ...opts,
+}, async () => {
+  await withCluster(["require", "require"], async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    // The attacker: a namespace on the underlay bridge sending from random addresses of the subnet.
+    const ns = await createNs("atk");
+    const a = uniqueName("aa"), b = uniqueName("ab");
+    await sh(["ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", c.underlay]);
+    await sh(["ip", "-n", ns, "addr", "add", "192.168.77.99/24", "dev", a]);
+    await sh(["ip", "-n", ns, "link", "set", a, "up"]);
+    await sh(["ip", "-n", c.underlay, "link", "set", b, "master", "br0", "up"]);
+    // Well-formed HS_INITs (a fresh 32-byte ephemeral each): each one the limits let through costs DH work.
+    const inits = Array.from(
+      { length: 64 },
+      (_, i) => hex(encodeHandshake(MSG_HS_INIT, i, i + 1, 0, crypto.getRandomValues(new Uint8Array(32)))),
+    ).join(",");
+    const rekeys = async () =>
+      (await status(c, 1)).security.peers.find((p) => p.subject === "node-2")?.rekeys ?? 0;
+    const pid = c.nodes[1].node.proc!.pid;
+    const before = await rekeys();
+    const cpu0 = await cpuSeconds(pid), t0 = performance.now();
+    const RATE = Number(Deno.env.get("NETMANAGER_TEST_FLOOD_RATE") ?? 3000), SECONDS = 16;
+    const flood = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        ns,
+        "python3",
+        "-c",
+        FLOODER,
+        "192.168.77.2",
+        inits,
+        String(RATE),
+        String(SECONDS),
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    let answered = 0, asked = 0;
+    const end = Date.now() + SECONDS * 1000;
+    while (Date.now() < end) {
+      asked++;
+      if ((await client(c, "tcp-client", "10.30.0.2", 80, "q").catch(() => "")) === "web0:q") answered++;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const out = await flood;
+    const cpu = (await cpuSeconds(pid)) - cpu0, wall = (performance.now() - t0) / 1000;
+    const sent = Number(new TextDecoder().decode(out.stdout).trim());
+    const after = await rekeys();
+    const s2 = await c.nodes[1].node.api.getJson("/status") as {
+      dataPlane: { drops: Record<string, number> };
+      security: { handshakeDrops: Record<string, number> };
+    };
+    console.log(
+      `flood: ${sent} HS_INITs in ${SECONDS} s from random sources; node 2 CPU ${
+        (cpu / wall * 100).toFixed(0)
+      }% of a core over ${wall.toFixed(1)} s; rekeys ${before} → ${after}; requests ${answered}/${asked}; ` +
+        `node 2 drops ${JSON.stringify(s2.dataPlane.drops)} handshake drops ${
+          JSON.stringify(s2.security.handshakeDrops)
+        }`,
+    );
+    assert(out.success && sent >= RATE * SECONDS * 0.5, `flooder: ${new TextDecoder().decode(out.stderr)}`);
+    const limited = (s2.dataPlane.drops.secure_hs_flood ?? 0) +
+      (s2.security.handshakeDrops.hs_rate_limited ?? 0) +
+      (s2.security.handshakeDrops.hs_pending_full ?? 0);
+    assert(limited > sent / 4, "the flood was limited");
+    assert(after - before >= 2, `rekeys during the flood: ${before} → ${after}`);
+    assertEquals(answered, asked, "requests during the flood");
+  }, { TunnelRekeySeconds: 5 });
 });

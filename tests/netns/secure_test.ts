@@ -4,7 +4,9 @@
  * `require`, a capture of the underlay that never carries the payload marker, spoofed raw and FAST
  * datagrams and replayed captured datagrams that deliver nothing (and the same spoof delivering in
  * `off`, so the test can fail), a `prefer` cluster with an `off` node (raw to it, sealed between the
- * others), and a transfer across several rekeys that arrives byte-exact.
+ * others), a transfer across several rekeys that arrives byte-exact (and the handshake time),
+ * downgrades (handshakes stripped by an attacker in require and prefer; raw datagrams from a secure
+ * peer in prefer) and a handshake flood from spoofed strangers.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, sh } from "../helpers/netns.ts";

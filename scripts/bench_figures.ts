@@ -32,6 +32,8 @@ const Overlay = z.object({
     }),
   ),
   harnessRun: z.object({ params: z.string() }).passthrough().optional(),
+  /** The secure slot's handshakes (HS_INIT sent → keys installed), as its nodes measured them. */
+  secureHandshakeMs: stat.optional(),
 });
 
 const samples = z.object({ samples: z.array(num).min(1), median: num });
@@ -136,6 +138,10 @@ function overlay(o: z.infer<typeof Overlay>): Figure[] {
         ...(ratio !== undefined ? { ratio, ratioTo: "kernel VXLAN" } : {}),
       });
     }
+  }
+  const hs = o.secureHandshakeMs;
+  if (hs) {
+    out.push({ name: "nm-secure handshake (LAN)", value: hs.median, unit: "ms", min: hs.min, max: hs.max });
   }
   return out;
 }

@@ -29,6 +29,16 @@ sock="$dir/nm.sock"
   curl -s -m 5 --unix-socket "$sock" -X POST http://localhost/register \
     -d "{\"client_id\":\"bench$OB_NODE\",\"cluster_address\":\"\"}" >/dev/null
   touch "$OB_READY_FILE"
+  # Secure slot: the handshake time this node measured (its HS_INIT sent → keys installed), once the
+  # session is up, appended to NM_HS_FILE (bench_overlay.sh reports it).
+  if [[ -n ${NM_HS_FILE:-} ]]; then
+    for _ in $(seq 300); do
+      ms=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null |
+        jq -c '[.security.peers[]? | select(.handshakeMs != null) | .handshakeMs] | select(length > 0)' 2>/dev/null || true)
+      if [[ -n $ms ]]; then echo "{\"node\":\"$OB_NODE\",\"handshakeMs\":$ms}" >>"$NM_HS_FILE"; break; fi
+      sleep 0.1
+    done
+  fi
 ) &
 export BridgeName=$OB_BRIDGE NodePublicAddress=$OB_UNDERLAY_IP
 if [[ -n ${NM_SECURE_CA:-} ]]; then

@@ -353,6 +353,7 @@ class Node implements NodeService {
       mtu: this.cfg.tun.MTUsize,
       busyPollUs: this.cfg.net.BusyPollMicros,
       workers: this.cfg.net.DataPlaneWorkers,
+      rekeySeconds: this.cfg.net.TunnelRekeySeconds,
       port: this.cfg.tun.TunnelPort,
       table,
       resolver,

@@ -179,6 +179,8 @@ export const NetCfgSchema = z.object({
    */
   TunnelSecurity: z.enum(["off", "prefer", "require"], { error: 'must be "off", "prefer" or "require"' })
     .default("prefer"),
+  /** Seconds between rekeys of a secure session (new handshake, new keys); 5 .. 3600, at most 120 is advised. */
+  TunnelRekeySeconds: intLike("TunnelRekeySeconds", 5, 3600).default(120),
   /**
    * Offline PKI (`netmanager cert`): this node's certificate (PEM) and the CA file (`ca.json`) it and its
    * peers trust. Empty: the certificate comes from `netmanager control` (cluster mode); a CA file alone

@@ -107,6 +107,8 @@ export interface DataPlaneOptions {
   onUsage?: (jobs: string[]) => void;
   /** Called after the TUN exists and before traffic flows: addresses, routes, MTU, up. */
   configureTun: (name: string) => void | Promise<void>;
+  /** Secure sessions' rekey interval (s; netcfg `TunnelRekeySeconds`, default 120). */
+  rekeySeconds?: number;
 }
 
 /** A row of `table show`. */
@@ -183,6 +185,7 @@ export class DataPlane {
     this.udp = lanes[0].udp;
     this.#steerFd = steerFd;
     this.#opts = opts;
+    if (opts.rekeySeconds !== undefined) this.#secure.rekeyMs = opts.rekeySeconds * 1000;
     this.#resolver = opts.resolver;
     this.#selfIp = opts.engine.selfIp;
   }
@@ -527,7 +530,10 @@ export class DataPlane {
 
   /** Per-peer secure-tunnel state (secure with certificate subject and expiry, or refused). */
   securePeers(): SecurePeerView[] {
-    return this.#secure.peers();
+    const drops = this.#stats?.securePeerDrops;
+    const views = this.#secure.peers();
+    if (!drops) return views;
+    return views.map((v) => (drops[v.endpoint] ? { ...v, drops: drops[v.endpoint] } : v));
   }
 
   /** Handshake drops by reason. */
@@ -562,6 +568,7 @@ export class DataPlane {
       udpTx: { packets: s.udpTx, bytes: s.udpTxBytes },
       drops: { ...s.drops, ...this.#secure.drops() },
       securePeers: this.#secure.metrics(),
+      ...(s.securePeerDrops ? { securePeerDrops: s.securePeerDrops } : {}),
       parkedPackets: s.parkedNow,
       flows: s.flows,
       tableEntries: this.table.size,

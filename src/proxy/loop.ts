@@ -309,6 +309,7 @@ export class PacketLoop {
     const jobs = e.usedJobs(this.#lastUsage);
     this.#lastUsage = now;
     const m = Deno.memoryUsage(); // heap fields are per isolate; rss is the process's
+    const securePeerDrops = this.secure?.peerDrops();
     return {
       tunRx: c.tunRx,
       tunRxBytes: c.tunRxBytes,
@@ -328,6 +329,7 @@ export class PacketLoop {
       flows: e.flows.size,
       drops,
       peers: e.peers.stats(now),
+      ...(securePeerDrops ? { securePeerDrops } : {}),
       services: e.services.report(),
       usedJobs: jobs,
       ...(e.choices.size > 0 ? { choices: Object.fromEntries(e.choices) } : {}),

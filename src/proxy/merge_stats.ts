@@ -18,7 +18,7 @@ import { mergeServiceTraffic } from "./service_counters.ts";
 
 type Summed = Exclude<
   keyof StatsData,
-  "drops" | "peers" | "usedJobs" | "heap" | "workers" | "choices" | "services"
+  "drops" | "peers" | "usedJobs" | "heap" | "workers" | "choices" | "services" | "securePeerDrops"
 >;
 const SUMMED: Summed[] = [
   "tunRx",
@@ -97,7 +97,7 @@ function mergeHealth(a: PeerStats, b: PeerStats): Pick<PeerStats, "health" | "do
 /** One report for all workers (the first report alone is returned as it is). */
 export function mergeStats(parts: readonly StatsData[]): StatsData {
   if (parts.length === 1) return parts[0];
-  const { choices: _c, ...first } = parts[0];
+  const { choices: _c, securePeerDrops: _s, ...first } = parts[0];
   const out: StatsData = {
     ...first,
     drops: {},
@@ -119,6 +119,13 @@ export function mergeStats(parts: readonly StatsData[]): StatsData {
     if (p.choices) {
       out.choices ??= {};
       for (const [k, n] of Object.entries(p.choices)) out.choices[k] = (out.choices[k] ?? 0) + n;
+    }
+    if (p.securePeerDrops) {
+      out.securePeerDrops ??= {};
+      for (const [peer, d] of Object.entries(p.securePeerDrops)) {
+        const o = out.securePeerDrops[peer] ??= {};
+        for (const [r, n] of Object.entries(d)) o[r] = (o[r] ?? 0) + n;
+      }
     }
     out.heap.used += p.heap.used;
     out.heap.total += p.heap.total;

@@ -44,6 +44,8 @@ export interface StatsData {
   drops: Record<string, number>;
   /** Peer nodes: in-band state, RTT, counters. */
   peers: PeerStats[];
+  /** Secure tunnel drops per peer (endpoint → reason → count): replayed, forged, plain from a secure peer. */
+  securePeerDrops?: Record<string, Record<string, number>>;
   /** Packets and bytes per ServiceIP / InstanceIP that carried traffic (by address). */
   services?: ServiceTraffic[];
   /** Jobs whose instances carried traffic since the previous report. */

@@ -14,7 +14,8 @@
  * (0 while marked down; 1 otherwise, also for a peer whose liveness is unknown — an Oakestra Go node
  * answers no probes — which `netmanager_peer_liveness_known` 0 tells apart), `netmanager_peer_down_total`, `netmanager_peer_secure`; secure
  * tunnel per peer {endpoint}: `netmanager_peer_cert_expiry_timestamp_seconds` {subject},
- * `netmanager_peer_handshake_age_seconds`, `netmanager_peer_rekeys_total`;
+ * `netmanager_peer_handshake_age_seconds`, `netmanager_peer_rekeys_total`, `netmanager_peer_handshake_duration_seconds`,
+ * `netmanager_peer_secure_drops_total` {reason};
  * `netmanager_service_choices_total` {service_ip, instance_ip}: new flows per ServiceIP by the chosen
  * instance's namespace IP (at most 4096 pairs per worker, then `other`);
  * per ServiceIP / InstanceIP
@@ -119,7 +120,11 @@ export interface DataPlaneMetrics {
     readonly certNotAfter?: number;
     readonly lastHandshakeAgeSeconds?: number;
     readonly rekeys?: number;
+    /** Duration of the last handshake this node initiated with the peer. */
+    readonly handshakeSeconds?: number;
   }[];
+  /** Secure-tunnel drops per peer endpoint and reason (replayed, forged, plain from a secure peer). */
+  readonly securePeerDrops?: Readonly<Record<string, Readonly<Record<string, number>>>>;
 }
 
 /** Where {@link NodeMetrics} reads the node's state at scrape time. */
@@ -317,6 +322,28 @@ export class NodeMetrics {
       "Handshakes completed with a peer node after the first.",
       ["endpoint"],
       () => secure((s) => s.rekeys !== undefined ? [[{ endpoint: s.endpoint }, s.rekeys] as Sample] : []),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_handshake_duration_seconds",
+      "Duration of the last handshake this node initiated with a peer node (first HS_INIT sent to keys installed).",
+      ["endpoint"],
+      () =>
+        secure((s) =>
+          s.handshakeSeconds !== undefined ? [[{ endpoint: s.endpoint }, s.handshakeSeconds] as Sample] : []
+        ),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_peer_secure_drops_total",
+      "Secure-tunnel datagrams from a peer node dropped, by reason (secure_replay, secure_auth, secure_expired, secure_plain_from_secure_peer).",
+      ["endpoint", "reason"],
+      () =>
+        each((m) =>
+          Object.entries(m.securePeerDrops ?? {}).flatMap(([endpoint, d]) =>
+            Object.entries(d).map(([reason, n]) => [{ endpoint, reason }, n] as Sample)
+          )
+        ),
     );
     snapshotGauge(
       reg,

@@ -7,10 +7,12 @@
  * peer just proved it holds. A completed handshake yields {@link SessionKeys} for every worker's
  * KeyRing (keys.ts), sent by message: one handshake per peer, whatever the number of workers.
  *
- * Cost bounds for strangers: the caller passes only datagrams from underlay addresses that are peers
- * in the table; an HS_INIT costs the responder two DH and is answered at most {@link INIT_BURST} times
- * per peer, refilled at {@link INIT_PER_SECOND} (and {@link GLOBAL_INIT_PER_SECOND} over all peers);
- * pending responder states are capped ({@link MAX_PENDING}) and expire after {@link PENDING_MS}.
+ * Cost bounds for strangers: an HS_INIT costs the responder two DH and is answered at most
+ * {@link INIT_BURST} times per source, refilled at {@link INIT_PER_SECOND}, and
+ * {@link GLOBAL_INIT_PER_SECOND} over all sources — one budget for the table's nodes (`known`), another
+ * for everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
+ * pending states are capped ({@link MAX_PENDING}; strangers may hold {@link STRANGER_PENDING} of them)
+ * and expire after {@link PENDING_MS}.
  * Everything malformed or unauthentic is counted by reason ({@link Handshaker.drops}) and changes
  * nothing else.
  *
@@ -66,6 +68,8 @@ export const INIT_PER_SECOND = 4;
 export const GLOBAL_INIT_PER_SECOND = 200;
 /** Most handshakes in progress (either role). */
 export const MAX_PENDING = 1024;
+/** Of {@link MAX_PENDING}, most that strangers' HS_INITs may hold (the rest stays for the table's nodes). */
+export const STRANGER_PENDING = 768;
 /** A handshake not completed within this is forgotten. */
 export const PENDING_MS = 5_000;
 /** An initiator waits this long before sending a new HS_INIT to the same peer. */
@@ -136,6 +140,8 @@ export class Handshaker {
   readonly #initiated = new Map<string, number>();
   readonly #buckets = new Map<string, Bucket>();
   readonly #global: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
+  /** The table's nodes' own global budget (strangers cannot drain it). */
+  readonly #globalKnown: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
   readonly #hdr = new HandshakeHeader();
 
   /** A handshaker proving `credential` and trusting `trust`. */
@@ -211,12 +217,13 @@ export class Handshaker {
     return encodeHandshake(MSG_HS_INIT, lane, localIndex, 0, state.writeMessage(new Uint8Array(0)));
   }
 
-  #takeToken(peer: string, now: number): boolean {
+  #takeToken(peer: string, now: number, known: boolean): boolean {
     const refill = (b: Bucket, rate: number, cap: number): void => {
       b.tokens = Math.min(cap, b.tokens + ((now - b.atMs) / 1000) * rate);
       b.atMs = now;
     };
-    refill(this.#global, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
+    const global = known ? this.#globalKnown : this.#global;
+    refill(global, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
     let b = this.#buckets.get(peer);
     if (!b) {
       if (this.#buckets.size >= 4096) this.#buckets.clear(); // peers only: bounded by the table anyway
@@ -224,9 +231,9 @@ export class Handshaker {
       this.#buckets.set(peer, b);
     }
     refill(b, INIT_PER_SECOND, INIT_BURST);
-    if (b.tokens < 1 || this.#global.tokens < 1) return false;
+    if (b.tokens < 1 || global.tokens < 1) return false;
     b.tokens--;
-    this.#global.tokens--;
+    global.tokens--;
     return true;
   }
 
@@ -277,10 +284,10 @@ export class Handshaker {
   }
 
   /**
-   * Handles a handshake datagram `buf[off .. off+len)` from `peer` (an underlay endpoint the caller
-   * knows as a peer). Never throws on datagram contents.
+   * Handles a handshake datagram `buf[off .. off+len)` from `peer` (an underlay endpoint; `known`:
+   * one of the table's nodes). Never throws on datagram contents.
    */
-  handle(peer: string, buf: Uint8Array, off: number, len: number): HandshakeOutcome {
+  handle(peer: string, buf: Uint8Array, off: number, len: number, known = false): HandshakeOutcome {
     const h = this.#hdr;
     if (!decodeHandshake(buf, off, len, h)) return this.#drop("hs_malformed");
     const now = this.#now();
@@ -288,8 +295,10 @@ export class Handshaker {
     const noise = buf.slice(h.noiseOffset, h.noiseOffset + h.noiseLength);
     if (h.type === MSG_HS_INIT) {
       if (noise.length !== HS_INIT_NOISE_LEN) return this.#drop("hs_malformed");
-      if (!this.#takeToken(peer, now)) return this.#drop("hs_rate_limited");
-      if (this.#pending.size >= MAX_PENDING) return this.#drop("hs_pending_full");
+      if (!this.#takeToken(peer, now, known)) return this.#drop("hs_rate_limited");
+      if (this.#pending.size >= (known ? MAX_PENDING : STRANGER_PENDING)) {
+        return this.#drop("hs_pending_full");
+      }
       const state = new HandshakeState({
         pattern: "XX",
         cipher: "AESGCM",

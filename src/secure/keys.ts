@@ -106,6 +106,8 @@ class DataSession {
 export class KeyRing {
   /** The peer of the last datagram {@link open} accepted. */
   peer = "";
+  /** The session's peer of the last datagram {@link open} refused as expired, replayed or forged ("" if none). */
+  refusedPeer = "";
   /** Peers whose current session passed {@link REKEY_AFTER_MESSAGES} here (the owner asks for a handshake). */
   readonly wantsRekey: Set<string> = new Set();
   readonly #byIndex = new Map<number, DataSession>();
@@ -220,7 +222,9 @@ export class KeyRing {
     const h = this.#header;
     if (!decodeSecureHeader(buf, off, len, h)) return OpenResult.MALFORMED;
     const s = this.#byIndex.get(h.receiver);
+    this.refusedPeer = "";
     if (!s) return OpenResult.NO_SESSION;
+    this.refusedPeer = s.keys.peer; // (cleared again when the datagram is accepted)
     if (nowMs >= s.keys.expiresMs) return OpenResult.EXPIRED;
     const lane = counterLane(h.counterHi);
     const n = counterValue(h.counterHi, h.counterLo);
@@ -236,6 +240,7 @@ export class KeyRing {
       return OpenResult.AUTH;
     }
     w.accept(n);
+    this.refusedPeer = "";
     this.peer = s.keys.peer;
     return inner;
   }

@@ -44,6 +44,10 @@ export interface SecurePeerView {
   lastHandshakeSecondsAgo?: number;
   rekeys?: number;
   refusedReason?: string;
+  /** Duration of the last handshake this node initiated with the peer (its HS_INIT sent → keys installed), ms. */
+  handshakeMs?: number;
+  /** Data-plane drops with this peer by reason (replayed, forged, plain data from it while secure). */
+  drops?: Record<string, number>;
 }
 
 /** Options of a {@link SecureDriver}. */
@@ -52,7 +56,7 @@ export interface SecureDriverOptions {
   broadcast: (m: ToWorker) => void;
   /** Posts to worker 0 (it sends the handshake datagrams). */
   toLane0: (m: ToWorker) => void;
-  /** Rekey interval (ms); default 120 s or `NETMANAGER_REKEY_SECONDS` (tests). */
+  /** Rekey interval (ms); default 120 s (netcfg `TunnelRekeySeconds`, see {@link SecureDriver.rekeyMs}). */
   rekeyMs?: number;
   /**
    * The other nodes of the table (node keys): sessions are set up with them before traffic needs
@@ -69,18 +73,25 @@ export class SecureDriver {
   #modeName: SecuritySettings["mode"] = "off";
   #hs: Handshaker | undefined;
   readonly #o: SecureDriverOptions;
-  readonly #rekeyMs: number;
+  /**
+   * Rekey interval (ms) of the sessions set up from the next {@link set} on; the environment's
+   * `NETMANAGER_REKEY_SECONDS`, when set, overrides it (tests).
+   */
+  rekeyMs: number;
   readonly #attempts = new Map<string, { n: number; nextAt: number }>();
   readonly #blocked = new Map<string, { until: number; reason: string }>();
   readonly #keys = new Map<string, SessionKeys[]>();
+  /** When this node sent the first HS_INIT of a handshake still open with the peer (performance.now()). */
+  readonly #hsStarted = new Map<string, number>();
+  /** Duration of the last handshake this node initiated per peer (ms). */
+  readonly #hsMs = new Map<string, number>();
   #timer: ReturnType<typeof setInterval> | undefined;
   #warnedNoCredential = false;
 
   /** A driver posting through `o` (mode off until {@link set}). */
   constructor(o: SecureDriverOptions) {
     this.#o = o;
-    const env = Number(Deno.env.get("NETMANAGER_REKEY_SECONDS"));
-    this.#rekeyMs = o.rekeyMs ?? (env > 0 ? env * 1000 : 120_000);
+    this.rekeyMs = o.rekeyMs ?? 120_000;
   }
 
   /** Applies settings (start, credential or trust updates). */
@@ -122,7 +133,9 @@ export class SecureDriver {
         this.#o.broadcast({ type: "secure-block", peers: cut, blocked: true });
       }
     } else {
-      this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs: this.#rekeyMs });
+      const env = Number(Deno.env.get("NETMANAGER_REKEY_SECONDS"));
+      const rekeyMs = env > 0 ? env * 1000 : this.rekeyMs;
+      this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs });
       queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
     }
     if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
@@ -146,7 +159,7 @@ export class SecureDriver {
     switch (m.type) {
       case "secure-hs": {
         if (this.#blocked.has(m.peer)) return;
-        const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length);
+        const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length, m.known);
         if (out.reply) this.#send(m.peer, out.reply);
         if (out.established) this.#established(out.established);
         if (out.refused) this.#refuse(m.peer, out.refused);
@@ -169,6 +182,8 @@ export class SecureDriver {
     if (!rekey && now < a.nextAt) return;
     const bytes = hs.initiate(peer, lane);
     if (!bytes) return;
+    if (this.#hsStarted.size > 4096) this.#hsStarted.clear();
+    this.#hsStarted.set(peer, performance.now()); // each HS_INIT starts a new handshake (new ephemeral key)
     a.n++;
     a.nextAt = now + Math.min(BACKOFF_MAX_MS, 1000 * 2 ** Math.min(a.n - 1, 6));
     this.#attempts.set(peer, a);
@@ -201,6 +216,13 @@ export class SecureDriver {
     this.#attempts.delete(k.peer);
     this.#o.broadcast({ type: "secure-keys", keys: [k] });
     const st = this.#hs?.peerState(k.peer);
+    // Only a session this node initiated ends its HS_INIT's handshake (the peer's own may cross it).
+    const t0 = st?.initiator ? this.#hsStarted.get(k.peer) : undefined;
+    if (t0 !== undefined) {
+      this.#hsStarted.delete(k.peer);
+      if (this.#hsMs.size > 4096) this.#hsMs.clear();
+      this.#hsMs.set(k.peer, performance.now() - t0);
+    }
     if (first) log.info("secure session established", { peer: k.peer, subject: st?.cert?.subject });
     else log.debug("secure session rekeyed", { peer: k.peer, rekeys: st?.rekeys });
   }
@@ -246,6 +268,9 @@ export class SecureDriver {
             : {}),
           lastHandshakeSecondsAgo: Math.round((now - s.lastHandshakeMs) / 1000),
           rekeys: s.rekeys,
+          ...(this.#hsMs.has(endpoint)
+            ? { handshakeMs: Math.round(this.#hsMs.get(endpoint)! * 100) / 100 }
+            : {}),
         });
       }
     }
@@ -263,6 +288,7 @@ export class SecureDriver {
     certNotAfter?: number;
     lastHandshakeAgeSeconds?: number;
     rekeys?: number;
+    handshakeSeconds?: number;
   }[] {
     const now = Date.now();
     const out = [];
@@ -274,6 +300,7 @@ export class SecureDriver {
           ...(s.cert ? { subject: s.cert.subject, certNotAfter: s.cert.notAfter } : {}),
           lastHandshakeAgeSeconds: (now - s.lastHandshakeMs) / 1000,
           rekeys: s.rekeys,
+          ...(this.#hsMs.has(endpoint) ? { handshakeSeconds: this.#hsMs.get(endpoint)! / 1000 } : {}),
         });
       }
     }

@@ -57,7 +57,7 @@ export const Inbound = {
 
 /** Worker → main messages of this layer. */
 export type SecureUp =
-  | { type: "secure-hs"; peer: string; bytes: Uint8Array }
+  | { type: "secure-hs"; peer: string; bytes: Uint8Array; known: boolean }
   | { type: "secure-want"; peer: string; lane: number }
   | { type: "secure-rekey"; peer: string };
 
@@ -90,6 +90,8 @@ const D_REQUIRED = 0,
   D_DOWNGRADE = 4,
   D_HS_FLOOD = 5;
 const D_REFUSED = 6;
+/** Peers with per-peer drop counts kept at most (known peers only; beyond that only node-wide counts). */
+const MAX_PEER_DROPS = 4096;
 
 /** One worker's secure layer (see the module). */
 export class SecureLayer {
@@ -103,6 +105,12 @@ export class SecureLayer {
   opened = 0;
   readonly #drops = new Float64Array(DROP_NAMES.length);
   readonly #openDrops = new Float64Array(OPEN_RESULT_NAMES.length);
+  /**
+   * Per peer (a session's peer, or a known peer's address): drops by reason — replayed, forged,
+   * expired sealed datagrams and plain data from a peer that has a session. Bounded by
+   * {@link MAX_PEER_DROPS} peers.
+   */
+  readonly #peerDrops = new Map<string, Record<string, number>>();
   readonly #post: (m: SecureUp) => void;
   readonly #lane: number;
   readonly #wanted = new Map<string, number>();
@@ -113,7 +121,8 @@ export class SecureLayer {
    * (nothing is sent to them, their plain data is dropped).
    */
   readonly blocked: Set<string> = new Set();
-  #hsTokens = HS_FORWARD_PER_SECOND;
+  /** Forwarding budgets of handshake datagrams: [0] strangers, [1] the table's nodes (a flood of the one leaves the other). */
+  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
@@ -286,6 +295,7 @@ export class SecureLayer {
       const r = this.ring.open(buf, off, len, nowMs);
       if (r < 0) {
         this.#openDrops[-r]++;
+        if (this.ring.refusedPeer !== "") this.#peerDrop(this.ring.refusedPeer, OPEN_RESULT_NAMES[-r]);
         return Inbound.DONE;
       }
       // The session must belong to the address it came from: a known peer's datagram re-sent from
@@ -300,19 +310,21 @@ export class SecureLayer {
       return Inbound.OPENED;
     }
     if (isHandshakeType(t)) {
+      const tk = this.#hsTokens;
       if (nowMs > this.#hsAt) {
-        this.#hsTokens = Math.min(
-          HS_FORWARD_PER_SECOND,
-          this.#hsTokens + ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND,
-        );
+        const add = ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND;
+        tk[0] = Math.min(HS_FORWARD_PER_SECOND, tk[0] + add);
+        tk[1] = Math.min(HS_FORWARD_PER_SECOND, tk[1] + add);
         this.#hsAt = nowMs;
       }
-      if (this.#hsTokens < 1) {
+      const known = sourcePeer !== undefined;
+      const k = known ? 1 : 0;
+      if (tk[k] < 1) {
         this.#drops[D_HS_FLOOD]++;
         return Inbound.DONE;
       }
-      this.#hsTokens--;
-      this.#post({ type: "secure-hs", peer: sourceKey(), bytes: buf.slice(off, off + len) });
+      tk[k]--;
+      this.#post({ type: "secure-hs", peer: sourceKey(), bytes: buf.slice(off, off + len), known });
       return Inbound.DONE;
     }
     const hi = t >>> 4;
@@ -329,6 +341,7 @@ export class SecureLayer {
     if (sourcePeer !== undefined && this.ring.has(sourcePeer)) {
       // prefer: a peer with a session sends sealed; plain data from its address is spoofed (or stale).
       this.#drops[D_PLAIN_SECURE]++;
+      this.#peerDrop(sourcePeer, DROP_NAMES[D_PLAIN_SECURE]);
       return Inbound.DONE;
     }
     return Inbound.PASS;
@@ -345,6 +358,24 @@ export class SecureLayer {
     this.#openDrops.forEach((v, i) => {
       if (v > 0 && i > 0) drops[OPEN_RESULT_NAMES[i]] = v;
     });
+  }
+
+  #peerDrop(peer: string, reason: string): void {
+    let d = this.#peerDrops.get(peer);
+    if (!d) {
+      if (this.#peerDrops.size >= MAX_PEER_DROPS) return;
+      d = {};
+      this.#peerDrops.set(peer, d);
+    }
+    d[reason] = (d[reason] ?? 0) + 1;
+  }
+
+  /** Per-peer drop counts by reason (peer key → reason → count), undefined when there are none. */
+  peerDrops(): Record<string, Record<string, number>> | undefined {
+    if (this.#peerDrops.size === 0) return undefined;
+    const out: Record<string, Record<string, number>> = {};
+    for (const [p, d] of this.#peerDrops) out[p] = { ...d };
+    return out;
   }
 
   /** The worker's lane. */

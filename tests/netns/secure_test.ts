@@ -4,7 +4,9 @@
  * `require`, a capture of the underlay that never carries the payload marker, spoofed raw and FAST
  * datagrams and replayed captured datagrams that deliver nothing (and the same spoof delivering in
  * `off`, so the test can fail), a `prefer` cluster with an `off` node (raw to it, sealed between the
- * others), and a transfer across several rekeys that arrives byte-exact.
+ * others), a transfer across several rekeys that arrives byte-exact (and the handshake time),
+ * downgrades (handshakes stripped by an attacker in require and prefer; raw datagrams from a secure
+ * peer in prefer) and a handshake flood from spoofed strangers.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, sh } from "../helpers/netns.ts";
@@ -15,6 +17,9 @@ import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
 import { type SimNode, World } from "../../src/demo/world.ts";
 import { eventually } from "../helpers/setup.ts";
+import { encodeHandshake } from "../../src/secure/secure_wire.ts";
+import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
+import { createNs, uniqueName } from "../helpers/netns.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -90,6 +95,8 @@ async function offlinePki(dir: string, nodes: number): Promise<void> {
 async function withCluster(
   modes: string[],
   fn: (c: TestCluster) => Promise<void>,
+  extra: Record<string, unknown> = {},
+  beforeRegister?: (i: number, ns: string) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nmsecure-" });
   await offlinePki(dir, modes.length);
@@ -101,8 +108,9 @@ async function withCluster(
       TunnelSecurity: modes[i - 1],
       TunnelCertFile: `${dir}/node${i}.crt`,
       TunnelCaFile: `${dir}/ca/ca.json`,
+      ...extra,
     }),
-    undefined,
+    beforeRegister,
     (i) => ["--state-dir", `${dir}/state${i}`],
   );
   try {
@@ -227,7 +235,17 @@ const has = (d: TunnelDatagram[], text: string) => {
 
 interface Status {
   dataPlane: { drops: Record<string, number> };
-  security: { mode: string; peers: { endpoint: string; state: string; subject?: string; rekeys?: number }[] };
+  security: {
+    mode: string;
+    peers: {
+      endpoint: string;
+      state: string;
+      subject?: string;
+      rekeys?: number;
+      handshakeMs?: number;
+      drops?: Record<string, number>;
+    }[];
+  };
 }
 async function status(c: TestCluster, i: number): Promise<Status> {
   return await c.nodes[i - 1].node.api.getJson("/status") as Status;
@@ -398,6 +416,14 @@ for (const mode of ["off", "require"]) {
           (after.secure_replay ?? 0) + (after.secure_wrong_source ?? 0) >= fromN1.length,
           JSON.stringify(after),
         );
+        // Per peer too: node 2 names node 1 as the session the replays were refused on.
+        const p1 = (await status(c, 2)).security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
+        assert((p1?.drops?.secure_replay ?? 0) >= fromN1.length, JSON.stringify(p1));
+        const m = await c.nodes[1].node.api.request("GET", "/metrics");
+        assertMatch(
+          m.body,
+          /netmanager_peer_secure_drops_total\{endpoint="192\.168\.77\.1:50103",reason="secure_replay"\} [1-9]/,
+        );
       } finally {
         await Deno.remove(dir, { recursive: true }).catch(() => {});
       }
@@ -481,24 +507,36 @@ Deno.test({
   name: "secure: a 60 s transfer across rekeys (every 5 s) arrives byte-exact",
   ...opts,
 }, async () => {
-  Deno.env.set("NETMANAGER_REKEY_SECONDS", "5");
-  try {
-    await withCluster(["require", "require"], async (c) => {
-      await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
-      const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
-      const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
-      assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
-      console.log(r.stdout.trim());
-      const s = await status(c, 1);
-      const p = s.security.peers.find((x) => x.subject === "node-2");
-      assert(
-        p && (p.rekeys ?? 0) >= Math.floor(seconds / 5) - 2,
-        `rekeys: ${JSON.stringify(s.security.peers)}`,
+  await withCluster(["require", "require"], async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    const durations = async () =>
+      (await Promise.all([status(c, 1), status(c, 2)])).flatMap((x) =>
+        x.security.peers.map((p) => p.handshakeMs).filter((v): v is number => v !== undefined)
       );
-    });
-  } finally {
-    Deno.env.delete("NETMANAGER_REKEY_SECONDS");
-  }
+    // Handshakes on this LAN (namespaces on a bridge) on an idle link: the issue's target is 5 ms; loose
+    // here (a busy machine). The first rekey's, not the first handshake's (that one meets cold isolates).
+    await retry(async () => {
+      const p = (await status(c, 1)).security.peers.find((x) => x.subject === "node-2");
+      if ((p?.rekeys ?? 0) < 1) throw new Error("no rekey yet");
+    }, 15_000);
+    const idle = await durations();
+    console.log(
+      `handshake durations on an idle link (ms, the last one each side initiated): ${idle.join(", ")}`,
+    );
+    assert(idle.length >= 1 && idle.every((t) => t <= 200), `handshake durations: ${idle}`);
+    const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
+    const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
+    assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
+    console.log(r.stdout.trim());
+    const s = await status(c, 1);
+    const p = s.security.peers.find((x) => x.subject === "node-2");
+    assert(
+      p && (p.rekeys ?? 0) >= Math.floor(seconds / 5) - 2,
+      `rekeys: ${JSON.stringify(s.security.peers)}`,
+    );
+    // Under a saturating transfer the workers serve the handshake messages between batches: reported only.
+    console.log(`handshake durations after the transfer (ms): ${(await durations()).join(", ")}`);
+  }, { TunnelRekeySeconds: 5 });
 });
 
 Deno.test({
@@ -558,4 +596,236 @@ Deno.test({
     Deno.env.delete("TunnelSecurity");
     assertEquals(await w.destroy(), []);
   }
+});
+
+/** iptables in `ns`: drop arriving handshake datagrams (first UDP payload byte 0x16..0x18) to the tunnel port. */
+const STRIP_HS = [
+  "INPUT",
+  "-p",
+  "udp",
+  "--dport",
+  "50103",
+  "-m",
+  "u32",
+  "--u32",
+  "0>>22&0x3C@8>>24=0x16:0x18",
+  "-j",
+  "DROP",
+];
+const nsIptables = (ns: string, args: string[]) => sh(["ip", "netns", "exec", ns, "iptables", "-w", ...args]);
+
+for (const mode of ["prefer", "require"]) {
+  Deno.test({
+    name: `secure: downgrade — an attacker dropping every handshake datagram ${
+      mode === "prefer"
+        ? "gets plain delivery in prefer (the attack works: why require exists)"
+        : "never yields plain delivery in require; traffic flows once it stops"
+    }`,
+    ...opts,
+  }, async () => {
+    await withCluster(
+      [mode, mode],
+      async (c) => {
+        const dir = await Deno.makeTempDir({ prefix: "nmcap-" });
+        try {
+          const cap = await capture(c, dir);
+          // Handshakes from both sides cross node 2's INPUT (INIT from 1, or RESP/FIN from 1): all stripped.
+          const tcp = await client(c, "tcp-client", "10.30.0.2", 80, `${MARKER}-d`).catch((e) =>
+            `failed: ${e}`
+          );
+          if (mode === "require") assert(tcp.startsWith("failed"), `delivered without a session: ${tcp}`);
+          const got = await received(c, async () => {
+            for (let i = 0; i < 5; i++) {
+              const text = new TextEncoder().encode(`${MARKER}-u${i}`);
+              await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+            }
+          });
+          if (mode === "require") assertEquals(got, [], "plain delivery while handshakes were stripped");
+          const d = await cap.stop();
+          const n12 = d.filter((x) => x.src === "192.168.77.1" && x.dst === "192.168.77.2");
+          assert(
+            n12.some((x) => x.payload[0] >= 0x16 && x.payload[0] <= 0x18),
+            "node 1 kept trying handshakes",
+          );
+          if (mode === "prefer") {
+            // Indistinguishable from a peer that never answers (an Oakestra Go node): raw, in clear.
+            assertEquals(tcp, `web0:${MARKER}-d`);
+            assert(got.length >= 1, "raw UDP delivered");
+            assert(has(d, MARKER), "the marker crossed in clear");
+            return;
+          }
+          assertEquals(
+            n12.filter((x) => x.payload[0] >> 4 === 4 || x.payload[0] >> 4 === 6 || x.payload[0] === 0x14),
+            [],
+            "node 1 fell back to plain data",
+          );
+          assert(!has(d, MARKER), "the marker crossed the underlay");
+          const rule = await sh([
+            "ip",
+            "netns",
+            "exec",
+            c.nodes[1].node.ns,
+            "iptables",
+            "-w",
+            "-nvxL",
+            "INPUT",
+          ]);
+          assertMatch(rule, /^\s*[1-9]\d*\s+\d+\s+DROP/m, "the attacker's rule dropped handshakes");
+          await new Promise((r) => setTimeout(r, 1200));
+          const s1 = await status(c, 1);
+          assert((s1.dataPlane.drops.secure_no_session ?? 0) >= 1, JSON.stringify(s1.dataPlane.drops));
+          assertEquals(s1.security.peers.filter((p) => p.state === "secure"), []);
+          // The attacker stops: a session comes up (retry backoff ≤ 60 s; 1, 2, 4, 8 s here) and traffic flows sealed.
+          await nsIptables(c.nodes[1].node.ns, ["-D", ...STRIP_HS]);
+          assertEquals(
+            await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "back"), 30_000),
+            "web0:back",
+          );
+        } finally {
+          await Deno.remove(dir, { recursive: true }).catch(() => {});
+        }
+      },
+      {},
+      async (i, ns) => {
+        if (i === 2) await nsIptables(ns, ["-A", ...STRIP_HS]);
+      },
+    );
+  });
+}
+
+Deno.test({
+  name:
+    "secure: downgrade in prefer — raw datagrams from a peer that has a session are dropped, counted per peer and warned once",
+  ...opts,
+}, async () => {
+  await withCluster(["prefer", "prefer"], async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    await retry(async () => {
+      const s = await status(c, 2);
+      if (!s.security.peers.some((p) => p.state === "secure" && p.subject === "node-1")) {
+        throw new Error("no session");
+      }
+    });
+    const got = await received(c, async () => {
+      for (let i = 0; i < 5; i++) {
+        await sendFromNode1(c, spoofed(`down-raw-${i}`).raw);
+        await sendFromNode1(c, spoofed(`down-fast-${i}`).fast);
+      }
+    });
+    assertEquals(got, [], "raw datagrams from a secure peer's address were delivered");
+    await new Promise((r) => setTimeout(r, 1200));
+    const s2 = await status(c, 2);
+    const p1 = s2.security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
+    assertEquals(p1?.drops?.secure_plain_from_secure_peer, 10, JSON.stringify(p1));
+    const m = await c.nodes[1].node.api.request("GET", "/metrics");
+    assertMatch(
+      m.body,
+      /netmanager_peer_secure_drops_total\{endpoint="192\.168\.77\.1:50103",reason="secure_plain_from_secure_peer"\} 10/,
+    );
+    const warned = (await c.nodes[1].node.log()).split("\n").filter((l) =>
+      l.includes("tunnel datagrams refused") && l.includes("secure_plain_from_secure_peer")
+    );
+    assertEquals(warned.length, 1, `warnings: ${warned.join("\n")}`);
+    // The genuine peer is untouched.
+    assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, "still"), "web0:still");
+  });
+});
+
+/** Raw-socket flood: `rate` HS_INITs a second for `seconds`, each from a random 192.168.77.10–250 source. */
+const FLOODER = `
+import socket, struct, random, sys, time
+dst, payloads, rate, secs = sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2].split(",")], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+d = socket.inet_aton(dst)
+n, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < secs:
+    p = payloads[n % len(payloads)]
+    src = socket.inet_aton("192.168.77.%d" % random.randint(10, 250))
+    udp = struct.pack("!HHHH", random.randint(1024, 65535), 50103, 8 + len(p), 0) + p
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n & 0xffff, 0, 64, 17, 0, src, d)
+    s.sendto(ip + udp, (dst, 0))
+    n += 1
+    ahead = n / rate - (time.monotonic() - t0)
+    if ahead > 0: time.sleep(ahead)
+print(n, flush=True)
+`;
+
+/** CPU seconds (user + system, all threads) of a process so far. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const f = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+Deno.test({
+  name:
+    "secure: a handshake flood from many spoofed strangers leaves the nodes' handshakes (rekeys) and traffic working",
+  ...opts,
+}, async () => {
+  await withCluster(["require", "require"], async (c) => {
+    await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+    // The attacker: a namespace on the underlay bridge sending from random addresses of the subnet.
+    const ns = await createNs("atk");
+    const a = uniqueName("aa"), b = uniqueName("ab");
+    await sh(["ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", c.underlay]);
+    await sh(["ip", "-n", ns, "addr", "add", "192.168.77.99/24", "dev", a]);
+    await sh(["ip", "-n", ns, "link", "set", a, "up"]);
+    await sh(["ip", "-n", c.underlay, "link", "set", b, "master", "br0", "up"]);
+    // Well-formed HS_INITs (a fresh 32-byte ephemeral each): each one the limits let through costs DH work.
+    const inits = Array.from(
+      { length: 64 },
+      (_, i) => hex(encodeHandshake(MSG_HS_INIT, i, i + 1, 0, crypto.getRandomValues(new Uint8Array(32)))),
+    ).join(",");
+    const rekeys = async () =>
+      (await status(c, 1)).security.peers.find((p) => p.subject === "node-2")?.rekeys ?? 0;
+    const pid = c.nodes[1].node.proc!.pid;
+    const before = await rekeys();
+    const cpu0 = await cpuSeconds(pid), t0 = performance.now();
+    const RATE = Number(Deno.env.get("NETMANAGER_TEST_FLOOD_RATE") ?? 10000), SECONDS = 21;
+    const flood = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        ns,
+        "python3",
+        "-c",
+        FLOODER,
+        "192.168.77.2",
+        inits,
+        String(RATE),
+        String(SECONDS),
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    let answered = 0, asked = 0;
+    const end = Date.now() + SECONDS * 1000;
+    while (Date.now() < end) {
+      asked++;
+      if ((await client(c, "tcp-client", "10.30.0.2", 80, "q").catch(() => "")) === "web0:q") answered++;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const out = await flood;
+    const cpu = (await cpuSeconds(pid)) - cpu0, wall = (performance.now() - t0) / 1000;
+    const sent = Number(new TextDecoder().decode(out.stdout).trim());
+    const after = await rekeys();
+    const s2 = await c.nodes[1].node.api.getJson("/status") as {
+      dataPlane: { drops: Record<string, number> };
+      security: { handshakeDrops: Record<string, number> };
+    };
+    console.log(
+      `flood: ${sent} HS_INITs in ${SECONDS} s from random sources; node 2 CPU ${
+        (cpu / wall * 100).toFixed(0)
+      }% of a core over ${wall.toFixed(1)} s; rekeys ${before} → ${after}; requests ${answered}/${asked}; ` +
+        `node 2 drops ${JSON.stringify(s2.dataPlane.drops)} handshake drops ${
+          JSON.stringify(s2.security.handshakeDrops)
+        }`,
+    );
+    assert(out.success && sent >= RATE * SECONDS * 0.5, `flooder: ${new TextDecoder().decode(out.stderr)}`);
+    const limited = (s2.dataPlane.drops.secure_hs_flood ?? 0) +
+      (s2.security.handshakeDrops.hs_rate_limited ?? 0) +
+      (s2.security.handshakeDrops.hs_pending_full ?? 0);
+    assert(limited > sent / 4, "the flood was limited");
+    assert(after - before >= 3, `rekeys during the flood: ${before} → ${after}`);
+    assertEquals(answered, asked, "requests during the flood");
+  }, { TunnelRekeySeconds: 5 });
 });

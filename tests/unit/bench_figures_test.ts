@@ -40,6 +40,11 @@ Deno.test("bench figures: overlay medians keep their range and ratio to kernel V
     0.75,
     "kernel VXLAN",
   ]);
+  assert(!f.figures.some((x) => x.name.includes("handshake")), "no handshake row without the secure slot");
+  const hs = figuresOf("overlay", { ...overlayOutput, secureHandshakeMs: stat(1.8, 1.2, 3.4) });
+  assert(hs.ok);
+  const row = hs.figures.find((x) => x.name === "nm-secure handshake (LAN)")!;
+  assertEquals([row.value, row.unit, row.min, row.max], [1.8, "ms", 1.2, 3.4]);
 });
 
 Deno.test("bench figures: malformed or missing numbers are an error naming the field", () => {

@@ -177,3 +177,18 @@ Deno.test("config: DataPlaneWorkers is 1, 2, 4 or 8 (default from the CPUs); oth
   const fromEnv = parseConfigObject("n", {}, NetCfgSchema, { env: { DataPlaneWorkers: "1" } });
   assertEquals(fromEnv.value.DataPlaneWorkers, 1);
 });
+
+Deno.test("config: TunnelRekeySeconds defaults to 120 and is bounded 5 .. 3600", () => {
+  assertEquals(parseConfigObject("n", {}, NetCfgSchema, { env: {} }).value.TunnelRekeySeconds, 120);
+  assertEquals(
+    parseConfigObject("n", { TunnelRekeySeconds: "5" }, NetCfgSchema, { env: {} }).value.TunnelRekeySeconds,
+    5,
+  );
+  for (const bad of [4, 3601, "soon"]) {
+    assertThrows(
+      () => parseConfigObject("n", { TunnelRekeySeconds: bad }, NetCfgSchema, { env: {} }),
+      ConfigError,
+      "TunnelRekeySeconds",
+    );
+  }
+});

@@ -1,10 +1,17 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { Handshaker, INIT_BURST, PENDING_MS } from "../../src/secure/handshake.ts";
+import {
+  GLOBAL_INIT_PER_SECOND,
+  Handshaker,
+  INIT_BURST,
+  PENDING_MS,
+  STRANGER_PENDING,
+} from "../../src/secure/handshake.ts";
 import { KeyRing } from "../../src/secure/keys.ts";
 import { type CaKey, generateCa, signCertificate } from "../../src/secure/cert.ts";
 import { generateIdentity, type NodeIdentity } from "../../src/secure/identity.ts";
 import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
-import { SECURE_HEADER_LEN, SECURE_OVERHEAD } from "../../src/secure/secure_wire.ts";
+import { encodeHandshake, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "../../src/secure/secure_wire.ts";
+import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
 
 const T0 = 1_800_000_000_000; // ms
 const sec = (ms: number) => Math.floor(ms / 1000);
@@ -178,4 +185,26 @@ Deno.test("handshake: rekey after the interval gives new keys; revocation cuts t
   assertEquals(cut, ["B"]);
   assertEquals(a.peerState("B"), undefined);
   assertEquals(run(a, b).a, undefined); // and B cannot come back
+});
+
+Deno.test("handshake: strangers that drain the global HS_INIT budget and the pending room leave the table's nodes theirs", () => {
+  const w = world();
+  const b = w.node(w.cred("b"));
+  let answered = 0;
+  for (let i = 0; i < 2000; i++) {
+    w.clock.now += 1;
+    const init = encodeHandshake(MSG_HS_INIT, 0, i + 1, 0, crypto.getRandomValues(new Uint8Array(32)));
+    if (b.handle(`10.9.${i >> 8}.${i & 255}:50103`, init, 0, init.length).reply) answered++;
+  }
+  // Bounded by the strangers' global budget (2 s of refill on top of a full bucket) and their pending room.
+  assert(answered <= Math.min(STRANGER_PENDING, GLOBAL_INIT_PER_SECOND * 3), `answered ${answered}`);
+  assert((b.drops["hs_rate_limited"] ?? 0) + (b.drops["hs_pending_full"] ?? 0) > 0);
+  const a = w.node(w.cred("a"));
+  const m1 = a.initiate("B", 0)!;
+  assert(!b.handle("A2", m1, 0, m1.length).reply, "a stranger's INIT now goes unanswered");
+  const r2 = b.handle("A", m1, 0, m1.length, true);
+  assert(r2.reply, "a table node's INIT is answered");
+  const r3 = a.handle("B", r2.reply, 0, r2.reply.length);
+  assert(r3.established && r3.reply);
+  assert(b.handle("A", r3.reply, 0, r3.reply.length, true).established);
 });

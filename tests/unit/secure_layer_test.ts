@@ -140,3 +140,38 @@ Deno.test("secure layer: a session's datagram arriving from another peer's addre
   raw[0] = 0x45;
   assertEquals(b.inbound(raw, 0, 40, "10.0.0.1:50103", () => "x", now), Inbound.DONE);
 });
+
+Deno.test("secure layer: replayed, forged and plain datagrams are counted per peer, accepted ones are not", () => {
+  const now = Date.now();
+  const [ka, kb] = keys(now);
+  const a = new SecureLayer({ lane: 0, post: () => {} });
+  const b = new SecureLayer({ lane: 0, post: () => {} });
+  a.setMode(SecureMode.PREFER);
+  b.setMode(SecureMode.PREFER);
+  a.install(ka);
+  b.install(kb);
+  const { src, peers, lanes } = batch(100, 1, 100);
+  const dst = new SendBatch(8, SLOT);
+  a.sealBatch(src, 1, peers, lanes, dst, MAX, now);
+  const d = dst.bufs[0].slice(0, dst.sizes[0]);
+  const A = "10.0.0.1:50103";
+  assertEquals(b.inbound(d.slice(), 0, d.length, A, () => A, now), Inbound.OPENED);
+  assertEquals(b.peerDrops(), undefined, "an accepted datagram counts nothing");
+  assertEquals(b.inbound(d.slice(), 0, d.length, A, () => A, now), Inbound.DONE); // replayed
+  assertEquals(b.inbound(d.slice(), 0, d.length, A, () => A, now), Inbound.DONE);
+  const forged = d.slice();
+  forged[forged.length - 1] ^= 1;
+  forged[12] ^= 0x40; // a fresh counter, so the window lets it through to the tag check
+  assertEquals(b.inbound(forged, 0, forged.length, A, () => A, now), Inbound.DONE);
+  const raw = new Uint8Array(40);
+  raw[0] = 0x45;
+  assertEquals(b.inbound(raw, 0, 40, A, () => A, now), Inbound.DONE);
+  assertEquals(b.peerDrops(), {
+    [A]: { secure_replay: 2, secure_auth: 1, secure_plain_from_secure_peer: 1 },
+  });
+  // A datagram for no session names no peer.
+  const stray = d.slice();
+  stray[4] ^= 0xff;
+  assertEquals(b.inbound(stray, 0, stray.length, undefined, () => "10.0.0.9:1", now), Inbound.DONE);
+  assertEquals(Object.keys(b.peerDrops() ?? {}), [A]);
+});

@@ -16,10 +16,18 @@ export NETMANAGER_SELF="$self"
 # The daemon runs without V8's code cache: the cache (an mmap'd SQLite file and bytecode compiled
 # eagerly from it) costs a long-running daemon ~3 MB resident; start-up was not measurably slower.
 # Short-lived commands keep it.
+# The daemon also runs as one minified module (scripts/package.sh bundles it): an isolate holding one
+# script instead of ~200 modules is 3-7 MB smaller. Other commands run the sources.
 nocache=
-case "${1:-}" in daemon | debug) nocache=--no-code-cache ;; esac
+main="$top/lib/app/main.ts"
+case "${1:-}" in
+  daemon | debug)
+    nocache=--no-code-cache
+    [ -f "$top/lib/app/src/proxy/main.bundle.js" ] && main="$top/lib/app/src/proxy/main.bundle.js"
+    ;;
+esac
 # shellcheck disable=SC2086 # $nocache is one word or none
 exec "$top/lib/deno" run --cached-only --frozen --no-prompt --node-modules-dir=manual $nocache \
   --config "$top/lib/app/deno.json" \
   --allow-read --allow-write --allow-net --allow-env --allow-run --allow-ffi --allow-sys \
-  "$top/lib/app/main.ts" "$@"
+  "$main" "$@"

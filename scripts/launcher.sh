@@ -16,14 +16,15 @@ export NETMANAGER_SELF="$self"
 # The daemon runs without V8's code cache: the cache (an mmap'd SQLite file and bytecode compiled
 # eagerly from it) costs a long-running daemon ~3 MB resident; start-up was not measurably slower.
 # Short-lived commands keep it.
-# The daemon also runs as one minified module (scripts/package.sh bundles it): an isolate holding one
-# script instead of ~200 modules is 3-7 MB smaller. Other commands run the sources.
+# The daemon runs the minified, chunked bundle (scripts/package.sh): it loads only the code it uses,
+# one script per chunk instead of ~200 modules, and is 5-10 MB smaller idle. Other commands run the
+# sources.
 nocache=
 main="$top/lib/app/main.ts"
 case "${1:-}" in
   daemon | debug)
     nocache=--no-code-cache
-    [ -f "$top/lib/app/src/proxy/main.bundle.js" ] && main="$top/lib/app/src/proxy/main.bundle.js"
+    [ -f "$top/lib/app/src/bundle/main.js" ] && main="$top/lib/app/src/bundle/main.js"
     ;;
 esac
 # shellcheck disable=SC2086 # $nocache is one word or none

@@ -66,7 +66,8 @@ export class TestNode {
         "-A",
         // As the release's launcher runs the daemon (scripts/launcher.sh): without V8's code cache.
         "--no-code-cache",
-        `${ROOT}main.ts`,
+        // NETMANAGER_TEST_MAIN: another entry (the memory test runs the packaged bundle).
+        Deno.env.get("NETMANAGER_TEST_MAIN") ?? `${ROOT}main.ts`,
         "daemon",
         ...(this.subnet ? ["--subnet", this.subnet] : []),
         "--socket",

@@ -70,7 +70,7 @@ async function runService(opts: {
   brokerCa?: string;
   httpHost: string;
   httpPort: string;
-  reflectorPort: string;
+  reflectorPort?: string;
   httpTlsCert?: string;
   httpTlsKey?: string;
   logLevel: string;
@@ -132,7 +132,12 @@ async function runService(opts: {
     ...(opts.brokerCa !== undefined ? { brokerCa: opts.brokerCa } : {}),
     httpHost: opts.httpHost,
     httpPort: portOf("--http-port", opts.httpPort),
-    ...(opts.reflectorPort !== "0" ? { reflectorPort: portOf("--reflector-port", opts.reflectorPort) } : {}),
+    // Not given: the default port, optional (another control plane on this host may hold it).
+    ...(opts.reflectorPort === undefined
+      ? { reflectorPort: REFLECTOR_PORT, reflectorOptional: true }
+      : opts.reflectorPort !== "0"
+      ? { reflectorPort: portOf("--reflector-port", opts.reflectorPort) }
+      : {}),
     ...(httpTls ? { httpTls: { cert: httpTls[0], key: httpTls[1] } } : {}),
   });
   let metrics;
@@ -543,8 +548,8 @@ export function controlCmd() {
     .option("--http-tls-key <file>", "HTTP API: TLS private key (PEM)")
     .option(
       "--reflector-port <port>",
-      "UDP port of the endpoint reflector nodes learn their public ip:port from (0 = off)",
-      String(REFLECTOR_PORT),
+      `UDP port of the endpoint reflector nodes learn their public ip:port from (default ${REFLECTOR_PORT}, ` +
+        "where a port in use only warns; 0 = off)",
     )
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (e.g. 127.0.0.1:9465)")

@@ -109,6 +109,8 @@ export interface ControlOptions {
    */
   reflectorPort?: number;
   reflectorHost?: string;
+  /** The reflector's port was not asked for explicitly: when it is in use, warn and run without it. */
+  reflectorOptional?: boolean;
 }
 
 /** A running control service. */
@@ -500,9 +502,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
           },
         });
       } catch (e) {
-        throw new ControlError(
-          `cannot serve the reflector on UDP ${opts.reflectorPort}: ${(e as Error).message}`,
-        );
+        const why = `cannot serve the reflector on UDP ${opts.reflectorPort}: ${(e as Error).message}`;
+        if (!opts.reflectorOptional) throw new ControlError(why);
+        log.warn(`${why}; running without it (nodes behind NAT cannot learn their endpoint here)`, {
+          hint: "give --reflector-port PORT (or 0 to turn it off)",
+        });
       }
     }
     const embedded = broker;

@@ -917,7 +917,7 @@ Deno.test({
       r = await cli(script, ["control", "service", "rm", WEB, ...api]);
       assertEquals([r.code, r.stdout.trim()], [0, `removed: ${WEB} id ${WEB_ID}`]);
       r = await cli(script, ["control", "node", "ls", ...api]);
-      assertEquals([r.code, r.stdout.trim()], [0, "WORKER  SUBNET  SUBNET6  INSTANCES"]);
+      assertEquals([r.code, r.stdout.trim()], [0, "WORKER  SUBNET  SUBNET6  INSTANCES  OBSERVED"]);
       Deno.kill(svc.pid, "SIGTERM");
       const status = await svc.status;
       assertEquals(status.code, 0, log);

@@ -12,13 +12,11 @@ import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
 import { runTool } from "../../src/sys/command.ts";
+import { addWebAndClient, CLI, deploy, threeNodes, WEB } from "../helpers/world.ts";
 import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
 const UPSTREAM = "192.168.77.53";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 interface Dig {
@@ -116,16 +114,6 @@ async function startDnsmasq(w: World): Promise<string> {
   return ns;
 }
 
-async function deploy(node: SimNode, job: string, n: number, pid: number): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: n,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
-
 Deno.test(
   { name: "dns: service names in a three-node cluster (dig from an instance)", ...opts },
   async () => {
@@ -134,13 +122,8 @@ Deno.test(
     Deno.env.set("DnsRateLimit", "100000");
     try {
       const upstreamNs = await startDnsmasq(w);
-      await w.control(CTL);
-      const nodes: SimNode[] = [];
-      for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-      await w.ctl(["service", "add", WEB]);
-      await w.ctl(["service", "add", CLI]);
-      for (const n of [0, 1]) await w.ctl(["instance", "add", WEB, String(n)]);
-      await w.ctl(["instance", "add", CLI, "0"]);
+      const { nodes } = await threeNodes(w);
+      await addWebAndClient(w);
       const web = await serviceOf(w, WEB);
       const s0 = await w.server("web0");
       const s1 = await w.server("web1");

@@ -6,8 +6,8 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { inNs, isRoot } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, type TestCluster } from "../helpers/cluster.ts";
-import { clientEntry, waitFor, webEntry, withCluster } from "../helpers/setup.ts";
+import { nodeSubnet, type QueryResult, type TestCluster } from "../helpers/cluster.ts";
+import { clientEntry, instanceOn, waitFor, webEntry, withCluster } from "../helpers/setup.ts";
 import { TestContainer, TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -21,14 +21,7 @@ const TABLE: QueryResult[] = [
   webEntry(WEB),
   {
     app_name: SRV,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.20",
-      instanceIp6: "fdff::20",
-      nsip: n1.first4(3),
-      nsip6: n1.first6(3),
-      hostIp: "192.168.77.1",
-    })],
+    instance_list: [instanceOn({ n: 0, node: 1, last: 20, slot: 3 })],
   },
 ];
 

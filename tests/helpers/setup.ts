@@ -6,12 +6,12 @@
  *
  * @example
  * ```ts
- * import { twoNodeTable, waitFor, WEB_RR, withCluster } from "./setup.ts";
+ * import { eventually, twoNodeTable, WEB_RR, withCluster } from "./setup.ts";
  * await withCluster(2, twoNodeTable("app.ns.cli.ns", "app.ns.web.ns"), async (c) => {
  *   const cli = await c.deploy(1, "app.ns.cli.ns", 0);
  *   await c.deploy(2, "app.ns.web.ns", 0);
- *   await waitFor("the RR ServiceIP answers", async () =>
- *     (await cli.c.exec(["ping", "-c", "1", "-W", "1", WEB_RR.v4])).code === 0);
+ *   await eventually(async () =>
+ *     (await cli.c.exec(["ping", "-c", "1", "-W", "1", WEB_RR.v4])).code === 0, Boolean);
  * });
  * ```
  */
@@ -134,26 +134,18 @@ export async function withCluster(
   }
 }
 
-/** Polls `check` every `stepMs` until it is true; throws "timed out waiting for <what>" after `ms`. */
-export async function waitFor(
-  what: string,
-  check: () => Promise<boolean>,
-  ms = 5000,
-  stepMs = 100,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 /**
- * Calls `fn` every 100 ms until `ok` accepts its value (errors count as "not yet"); returns that value,
- * or throws after `ms` with the last value and error.
+ * Calls `fn` every `stepMs` until `ok` accepts its value (errors count as "not yet"); returns that
+ * value, or throws "timed out waiting for <what>" after `ms` with the last value and error.
+ * For a plain condition pass `Boolean` as `ok`.
  */
-export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 8000): Promise<T> {
+export async function eventually<T>(
+  fn: () => Promise<T>,
+  ok: (v: T) => boolean,
+  ms = 8000,
+  what = "the condition",
+  stepMs = 100,
+): Promise<T> {
   const end = Date.now() + ms;
   let last: T | undefined;
   let err: unknown;
@@ -164,9 +156,9 @@ export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean,
     } catch (e) {
       err = e;
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, stepMs));
   }
-  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)} ${err ?? ""}`);
+  throw new Error(`timed out waiting for ${what} (${ms} ms); last ${JSON.stringify(last)} ${err ?? ""}`);
 }
 
 /** The options that point a command at `node`'s files: its configs, state dir and `socket`. */

@@ -11,6 +11,7 @@
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
+import { hasEtcd, startEtcd } from "../helpers/etcd.ts";
 import { World } from "../../src/demo/world.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
@@ -407,54 +408,21 @@ Deno.test({
   },
 });
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-const HAS_ETCD = (() => {
-  try {
-    return new Deno.Command("etcd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name:
     "PKI with etcd replicas: one CA for both, a node rm through one replica reaches the other's broker in ≤ 10 s",
-  ignore: !HAS_ETCD,
+  ignore: !hasEtcd(),
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
     const { startControl } = await import("../../src/cluster/mod.ts");
     const mqtt = (await import("mqtt")).default;
     const dir = await Deno.makeTempDir({ prefix: "nmpki-" });
-    const [client, peer] = [freePort(), freePort()];
-    const url = `http://127.0.0.1:${client}`;
-    const etcd = new Deno.Command("etcd", {
-      args: [
-        "--name=t",
-        `--data-dir=${dir}/etcd`,
-        `--listen-client-urls=${url}`,
-        `--advertise-client-urls=${url}`,
-        `--listen-peer-urls=http://127.0.0.1:${peer}`,
-        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
-        `--initial-cluster=t=http://127.0.0.1:${peer}`,
-      ],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
+    const etcd = await startEtcd(dir);
+    const url = etcd.url;
     const replicas: Array<Awaited<ReturnType<typeof startControl>>> = [];
     const clients: Array<import("mqtt").MqttClient> = [];
     try {
-      await until("etcd", 20000, async () => {
-        const h = await fetch(`${url}/health`).then((r) => r.json());
-        return (h as { health?: string }).health === "true" ? true : undefined;
-      });
       for (const i of [1, 2]) {
         replicas.push(
           await startControl({
@@ -515,10 +483,7 @@ Deno.test({
     } finally {
       for (const c of clients) await c.endAsync(true).catch(() => {});
       for (const r of replicas) await r.stop();
-      try {
-        etcd.kill("SIGTERM");
-      } catch { /* gone */ }
-      await etcd.status;
+      await etcd.stop();
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -59,3 +59,44 @@ export async function startEtcd(
   await stop();
   throw new Error("etcd did not start");
 }
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/**
+ * The command line of a control-plane replica on etcd: `netmanager control` with its state in
+ * `stateDir`, the etcd `endpoints`, `cluster` name, MQTT on 127.0.0.1:`mqttPort` (anonymous clients
+ * allowed unless `anonymous` is false), the API on `httpPort`, then `extra`.
+ */
+export function replicaArgv(o: {
+  stateDir: string;
+  endpoints: string;
+  cluster: string;
+  mqttPort: number;
+  httpPort: number;
+  anonymous?: boolean;
+  extra?: string[];
+}): string[] {
+  return [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    `${ROOT}deno.json`,
+    `${ROOT}main.ts`,
+    "control",
+    "--state-dir",
+    o.stateDir,
+    "--etcd",
+    o.endpoints,
+    "--cluster-name",
+    o.cluster,
+    "--mqtt-host",
+    "127.0.0.1",
+    "--mqtt-port",
+    String(o.mqttPort),
+    ...(o.anonymous === false ? [] : ["--mqtt-allow-anonymous"]),
+    "--http-port",
+    String(o.httpPort),
+    ...(o.extra ?? []),
+  ];
+}

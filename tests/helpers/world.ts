@@ -20,7 +20,7 @@
  * ```
  */
 import { assertEquals } from "./assert.ts";
-import type { SimInstance, SimNode, World } from "../../src/demo/world.ts";
+import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { TOOL } from "./node.ts";
 
 /** The control plane's underlay address. */
@@ -88,4 +88,20 @@ export async function runIn(inst: SimInstance, argv: string[]): Promise<string> 
 /** The instance name answering a conversation (`proto` of the test tool) to `host`:80 from `client`. */
 export async function ask(client: SimInstance, host: string, proto = "tcp-client"): Promise<string> {
   return (await runIn(client, [...TOOL, proto, host, "80", "q"])).split(":")[0];
+}
+
+/**
+ * Runs `fn` with a new {@link World}; prints the daemons' diagnostics (each cut to `cut` characters)
+ * when it throws; always destroys the world and asserts nothing was left behind.
+ */
+export async function withWorld(fn: (w: World) => Promise<void>, cut = 2000): Promise<void> {
+  const w = new World();
+  try {
+    await fn(w);
+  } catch (e) {
+    await w.diagnose((l) => console.error(l.slice(0, cut)));
+    throw e;
+  } finally {
+    assertEquals(await w.destroy(), []);
+  }
 }

@@ -7,12 +7,12 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { type SimInstance, World } from "../../src/demo/world.ts";
+import type { SimInstance } from "../../src/demo/world.ts";
 import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
-import { ask, CLI, deploy, runIn, threeNodes, WEB } from "../helpers/world.ts";
+import { ask, CLI, deploy, runIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const BARE = "app.ns.bare.ns";
@@ -42,8 +42,7 @@ Deno.test({
   name: "closest: Closest ServiceIPs from the control plane — ls, tables, dig closest.…, TCP",
   ...opts,
 }, async () => {
-  const w = new World();
-  try {
+  await withWorld(async (w) => {
     const { nodes } = await threeNodes(w);
     const added = await w.ctl(["service", "add", WEB]);
     assertMatch(added, /^added: app\.ns\.web\.ns id \w+ RR \S+ \S+ Closest 10\.30\.\d+\.\d+ fdff:1000::\S*$/);
@@ -114,10 +113,5 @@ Deno.test({
     const rr = new Set<string>();
     for (let k = 0; k < 6; k++) rr.add(await ask(client, web.RR_ip));
     assertEquals(rr.size, 3, `RR reaches every instance: ${[...rr]}`);
-  } catch (e) {
-    await w.diagnose((l) => console.error(l.slice(0, 2000)));
-    throw e;
-  } finally {
-    assertEquals(await w.destroy(), []);
-  }
+  });
 });

@@ -12,7 +12,7 @@ import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
 import { runTool } from "../../src/sys/command.ts";
-import { addWebAndClient, CLI, deploy, threeNodes, WEB } from "../helpers/world.ts";
+import { addWebAndClient, CLI, deploy, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -425,8 +425,7 @@ async function mdnsQuery(
 Deno.test(
   { name: "mdns: one-shot and QU questions answered by unicast; avahi-resolve (v4, v6)", ...opts },
   async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("md");
       const file = `${dir}/table.json`;
       await Deno.writeTextFile(
@@ -521,12 +520,6 @@ Deno.test(
         ]);
         assertEquals([av.code, av.stdout.trim()], [0, `${name}\t${want}`], av.stderr);
       }
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      const left = await w.destroy();
-      assertEquals(left, []);
-    }
+    });
   },
 );

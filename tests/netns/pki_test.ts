@@ -10,6 +10,7 @@
  */
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { withWorld } from "../helpers/world.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { hasEtcd, startEtcd } from "../helpers/etcd.ts";
 import { World } from "../../src/demo/world.ts";
@@ -62,8 +63,7 @@ Deno.test({
     "PKI via netmanager control: certificates for 2 nodes, keys 0600 and never logged, forged list ignored, node rm revokes in ≤ 10 s",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("pki");
       const cns = await w.namespace("ctl");
       await w.attach(cns, "c", CTL);
@@ -253,12 +253,7 @@ Deno.test({
       const left = [...Deno.readDirSync(`${n1.dir}/state`)].map((e) => e.name).sort();
       assert(!left.includes("tunnel-cert.pem") && !left.includes("tunnel-ca.json"), left.join());
       assert(left.includes("tunnel-identity.json"), left.join());
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    });
   },
 });
 
@@ -267,8 +262,7 @@ Deno.test({
     "PKI offline: cert ca → show → sign; the node loads the files; a foreign certificate stops the daemon",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("off");
       const cli = async (args: string[]) => {
         const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
@@ -331,12 +325,7 @@ Deno.test({
       assertMatch(bad.stderr, /is for another key/);
       const links = (await runTool("ip", ["-n", ns, "-o", "link"])).stdout;
       assert(!/goProxy/.test(links), `the refused daemon created links: ${links}`);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    });
   },
 });
 
@@ -345,8 +334,7 @@ Deno.test({
     "PKI behind mosquitto with passwords + config/mosquitto/acl: certificates flow, a node cannot publish a revocation list, node rm revokes",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       await w.control(CTL, { broker: "mosquitto" });
       const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
       await w.clusterNode("n2", "192.168.77.2", CTL);
@@ -399,12 +387,7 @@ Deno.test({
       );
       console.log(`mosquitto: node rm → revoked on n1 after ${Date.now() - t} ms`);
       assertMatch(await Deno.readTextFile(`${n1.dir}/daemon.log`), /revocation list applied/);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    });
   },
 });
 

@@ -9,7 +9,7 @@ import { isRoot } from "../helpers/netns.ts";
 import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
-import { addWebAndClient, ask, CLI, deploy, threeNodes, WEB } from "../helpers/world.ts";
+import { addWebAndClient, ask, CLI, deploy, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 
@@ -39,16 +39,10 @@ async function setup(w: World, broker: "embedded" | "mosquitto", env?: string): 
 }
 
 async function run(broker: "embedded" | "mosquitto", fn: (s: Setup) => Promise<void>, env?: string) {
-  const w = new World();
   try {
-    await fn(await setup(w, broker, env));
-  } catch (e) {
-    await w.diagnose((l) => console.error(l.slice(0, 2000)));
-    throw e;
+    await withWorld(async (w) => await fn(await setup(w, broker, env)));
   } finally {
     Deno.env.delete("NETMANAGER_INTEREST_IDLE_MS");
-    const left = await w.destroy();
-    assertEquals(left, []);
   }
 }
 

@@ -44,6 +44,30 @@ export function fmix32(h: number): number {
 /** Seed used by the table's keys (any constant; keys are never exchanged between processes). */
 export const KEY_SEED = 0x5eed1e55;
 
+/** Hash of an IPv6 address given as its four big-endian words (the home slot of V6Map and V6IndexMap). */
+export function hash4w(w0: number, w1: number, w2: number, w3: number): number {
+  let h = mix32(KEY_SEED, w0);
+  h = mix32(h, w1);
+  h = mix32(h, w2);
+  h = mix32(h, w3);
+  return fmix32(h ^ 16);
+}
+
+/** Slots (a power of two, ≥ 16) of an open-addressing map with room for `capacity` keys at load ≤ 1/2. */
+export function slotsFor(capacity: number): number {
+  let slots = 16;
+  while (slots < capacity * 2) slots *= 2;
+  return slots;
+}
+
+/**
+ * Backward-shift deletion: whether the key in slot `j`, whose home slot is `home`, stays where it is
+ * after slot `i` (earlier in the same probe run, wrapping around) was emptied; if not, it moves to `i`.
+ */
+export function staysAfterHole(i: number, j: number, home: number): boolean {
+  return i <= j ? home > i && home <= j : home > i || home <= j;
+}
+
 /**
  * 30-bit key of the 16-byte IPv6 address at `buf[off..off+16]`. Equal addresses give equal keys;
  * different addresses may collide, so confirm with a byte compare.

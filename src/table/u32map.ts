@@ -11,7 +11,7 @@
  * m.get(1); // -1
  * ```
  */
-import { fmix32 } from "./keys.ts";
+import { fmix32, slotsFor, staysAfterHole } from "./keys.ts";
 
 /** A typed array of `n` elements, in a SharedArrayBuffer when `shared` (readable from Workers). */
 export function allocU32(n: number, shared: boolean): Uint32Array {
@@ -55,8 +55,7 @@ export class U32Map {
    * arrays are in SharedArrayBuffers (see {@link arrays}).
    */
   constructor(capacity = 8, shared = false) {
-    let slots = 16;
-    while (slots < capacity * 2) slots *= 2;
+    const slots = slotsFor(capacity);
     this.#shared = shared;
     this.#keys = allocU32(slots, shared);
     this.#vals = allocI32(slots, shared).fill(-1);
@@ -129,8 +128,7 @@ export class U32Map {
     V[i] = -1;
     for (let j = (i + 1) & mask; V[j] >= 0; j = (j + 1) & mask) {
       const home = fmix32(K[j]) & mask;
-      const stays = i <= j ? home > i && home <= j : home > i || home <= j;
-      if (!stays) {
+      if (!staysAfterHole(i, j, home)) {
         K[i] = K[j];
         V[i] = V[j];
         V[j] = -1;

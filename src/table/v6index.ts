@@ -12,16 +12,8 @@
  * v6Lookup(keys, vals, parseIPv6("fdff::1"), 0); // 3
  * ```
  */
-import { fmix32, KEY_SEED, mix32, word } from "./keys.ts";
+import { hash4w, slotsFor, staysAfterHole, word } from "./keys.ts";
 import { allocI32, allocU32 } from "./u32map.ts";
-
-function hash4w(w0: number, w1: number, w2: number, w3: number): number {
-  let h = mix32(KEY_SEED, w0);
-  h = mix32(h, w1);
-  h = mix32(h, w2);
-  h = mix32(h, w3);
-  return fmix32(h ^ 16);
-}
 
 /**
  * Looks the address at `buf[off..off+16]` up in the arrays of a {@link V6IndexMap}: its value or -1.
@@ -52,8 +44,7 @@ export class V6IndexMap {
 
   /** An empty map with room for about `capacity` addresses; `shared`: arrays in SharedArrayBuffers. */
   constructor(capacity = 8, shared = false) {
-    let slots = 16;
-    while (slots < capacity * 2) slots *= 2;
+    const slots = slotsFor(capacity);
     this.#shared = shared;
     this.#keys = allocU32(slots * 4, shared);
     this.#vals = allocI32(slots, shared).fill(-1);
@@ -123,8 +114,7 @@ export class V6IndexMap {
     V[i] = -1;
     for (let j = (i + 1) & mask; V[j] >= 0; j = (j + 1) & mask) {
       const home = hash4w(K[j << 2], K[(j << 2) + 1], K[(j << 2) + 2], K[(j << 2) + 3]) & mask;
-      const stays = i <= j ? home > i && home <= j : home > i || home <= j;
-      if (!stays) {
+      if (!staysAfterHole(i, j, home)) {
         K.copyWithin(i << 2, j << 2, (j << 2) + 4);
         V[i] = V[j];
         V[j] = -1;

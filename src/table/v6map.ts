@@ -16,15 +16,7 @@
  * m.get(packet, 24); // "web"
  * ```
  */
-import { fmix32, KEY_SEED, mix32, word } from "./keys.ts";
-
-function hash4w(w0: number, w1: number, w2: number, w3: number): number {
-  let h = mix32(KEY_SEED, w0);
-  h = mix32(h, w1);
-  h = mix32(h, w2);
-  h = mix32(h, w3);
-  return fmix32(h ^ 16);
-}
+import { hash4w, slotsFor, staysAfterHole, word } from "./keys.ts";
 
 /** IPv6 address → value map; see the module documentation. Values must not be `undefined`. */
 export class V6Map<T> {
@@ -35,8 +27,7 @@ export class V6Map<T> {
 
   /** Creates an empty map with room for about `capacity` addresses before it grows. */
   constructor(capacity = 8) {
-    let slots = 16;
-    while (slots < capacity * 2) slots *= 2;
+    const slots = slotsFor(capacity);
     this.#keys = new Uint32Array(slots * 4);
     this.#vals = new Array<T | undefined>(slots).fill(undefined);
     this.#mask = slots - 1;
@@ -101,8 +92,7 @@ export class V6Map<T> {
     V[i] = undefined;
     for (let j = (i + 1) & mask; V[j] !== undefined; j = (j + 1) & mask) {
       const home = hash4w(K[j << 2], K[(j << 2) + 1], K[(j << 2) + 2], K[(j << 2) + 3]) & mask;
-      const stays = i <= j ? home > i && home <= j : home > i || home <= j;
-      if (!stays) {
+      if (!staysAfterHole(i, j, home)) {
         K.copyWithin(i << 2, j << 2, (j << 2) + 4);
         V[i] = V[j];
         V[j] = undefined;

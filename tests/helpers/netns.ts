@@ -117,3 +117,11 @@ export async function link(
   await sh(["ip", "-n", b, "link", "set", ifB, "up"]);
   return { ifA, ifB };
 }
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}

@@ -6,12 +6,12 @@
  *
  * @example
  * ```ts
- * import { twoNodeTable, waitFor, WEB_RR, withCluster } from "./setup.ts";
+ * import { eventually, twoNodeTable, WEB_RR, withCluster } from "./setup.ts";
  * await withCluster(2, twoNodeTable("app.ns.cli.ns", "app.ns.web.ns"), async (c) => {
  *   const cli = await c.deploy(1, "app.ns.cli.ns", 0);
  *   await c.deploy(2, "app.ns.web.ns", 0);
- *   await waitFor("the RR ServiceIP answers", async () =>
- *     (await cli.c.exec(["ping", "-c", "1", "-W", "1", WEB_RR.v4])).code === 0);
+ *   await eventually(async () =>
+ *     (await cli.c.exec(["ping", "-c", "1", "-W", "1", WEB_RR.v4])).code === 0, Boolean);
  * });
  * ```
  */
@@ -28,37 +28,34 @@ export const WEB_IP = { v4: "10.30.0.2", v6: "fdff::2" };
 /** The web job's round-robin ServiceIP. */
 export const WEB_RR = { v4: "10.30.0.1", v6: "fdff:2000::1" };
 
-/** The client job's table entry: instance 0 on node 1 at its first instance address. */
-export function clientEntry(job: string): QueryResult {
-  const n1 = nodeSubnet(1);
-  return {
-    app_name: job,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: CLIENT_IP.v4,
-      instanceIp6: CLIENT_IP.v6,
-      nsip: n1.first4(2),
-      nsip6: n1.first6(2),
-      hostIp: "192.168.77.1",
-    })],
-  };
+/**
+ * Instance `n` of a static table at InstanceIP 10.30.0.<last> / fdff::<last>, in slot `slot` (default 2,
+ * the first instance address) of node `node`'s subnet, on host 192.168.77.<node>, behind `rr` if given.
+ */
+export function instanceOn(
+  o: { n: number; node: number; last: number; slot?: number; rr?: { v4: string; v6: string } },
+): Record<string, unknown> {
+  const s = nodeSubnet(o.node);
+  const slot = o.slot ?? 2;
+  return tableInstance({
+    n: o.n,
+    instanceIp: `10.30.0.${o.last}`,
+    instanceIp6: `fdff::${o.last}`,
+    nsip: s.first4(slot),
+    nsip6: s.first6(slot),
+    hostIp: `192.168.77.${o.node}`,
+    rr: o.rr,
+  });
 }
 
-/** The web job's table entry: instance 0 on node 2 at its first instance address, behind {@link WEB_RR}. */
+/** The client job's table entry: instance 0 on node 1 at its first instance address ({@link CLIENT_IP}). */
+export function clientEntry(job: string): QueryResult {
+  return { app_name: job, instance_list: [instanceOn({ n: 0, node: 1, last: 10 })] };
+}
+
+/** The web job's table entry: instance 0 on node 2 at its first instance address ({@link WEB_IP}), behind {@link WEB_RR}. */
 export function webEntry(job: string): QueryResult {
-  const n2 = nodeSubnet(2);
-  return {
-    app_name: job,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: WEB_IP.v4,
-      instanceIp6: WEB_IP.v6,
-      nsip: n2.first4(2),
-      nsip6: n2.first6(2),
-      hostIp: "192.168.77.2",
-      rr: WEB_RR,
-    })],
-  };
+  return { app_name: job, instance_list: [instanceOn({ n: 0, node: 2, last: 2, rr: WEB_RR })] };
 }
 
 /**
@@ -137,26 +134,18 @@ export async function withCluster(
   }
 }
 
-/** Polls `check` every `stepMs` until it is true; throws "timed out waiting for <what>" after `ms`. */
-export async function waitFor(
-  what: string,
-  check: () => Promise<boolean>,
-  ms = 5000,
-  stepMs = 100,
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 /**
- * Calls `fn` every 100 ms until `ok` accepts its value (errors count as "not yet"); returns that value,
- * or throws after `ms` with the last value and error.
+ * Calls `fn` every `stepMs` until `ok` accepts its value (errors count as "not yet"); returns that
+ * value, or throws "timed out waiting for <what>" after `ms` with the last value and error.
+ * For a plain condition pass `Boolean` as `ok`.
  */
-export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 8000): Promise<T> {
+export async function eventually<T>(
+  fn: () => Promise<T>,
+  ok: (v: T) => boolean,
+  ms = 8000,
+  what = "the condition",
+  stepMs = 100,
+): Promise<T> {
   const end = Date.now() + ms;
   let last: T | undefined;
   let err: unknown;
@@ -167,9 +156,9 @@ export async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean,
     } catch (e) {
       err = e;
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, stepMs));
   }
-  throw new Error(`not reached in ${ms} ms; last ${JSON.stringify(last)} ${err ?? ""}`);
+  throw new Error(`timed out waiting for ${what} (${ms} ms); last ${JSON.stringify(last)} ${err ?? ""}`);
 }
 
 /** The options that point a command at `node`'s files: its configs, state dir and `socket`. */

@@ -7,30 +7,16 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
+import type { SimInstance } from "../../src/demo/world.ts";
 import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
-import { runTool } from "../../src/sys/command.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
+import { ask, CLI, deploy, runIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
 const BARE = "app.ns.bare.ns";
 const NAME = "web.ns.app.ns.local";
-
-async function runIn(inst: SimInstance, argv: string[]): Promise<string> {
-  const r = await runTool("nsenter", ["-t", String(inst.pid), "-n", ...argv]);
-  if (r.code !== 0) throw new Error(`${argv.join(" ")}: ${r.stderr.trim() || `exit ${r.code}`}`);
-  return r.stdout.trim();
-}
-
-/** The instance name answering a TCP conversation to `host`:80 from the client. */
-async function ask(client: SimInstance, host: string): Promise<string> {
-  return (await runIn(client, [...TOOL, "tcp-client", host, "80", "q"])).split(":")[0];
-}
 
 /** The A or AAAA answers of `dig` from inside the client against its node's bridge address. */
 async function digAnswers(
@@ -41,16 +27,6 @@ async function digAnswers(
 ): Promise<string[]> {
   const out = await runIn(client, ["dig", `@${server}`, "+tries=1", "+timeout=2", "+short", name, type]);
   return out.split("\n").filter((l) => l !== "").sort();
-}
-
-async function deploy(node: SimNode, job: string, n: number, pid: number): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: n,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
 }
 
 interface Job {
@@ -66,11 +42,8 @@ Deno.test({
   name: "closest: Closest ServiceIPs from the control plane — ls, tables, dig closest.…, TCP",
   ...opts,
 }, async () => {
-  const w = new World();
-  try {
-    await w.control(CTL);
-    const nodes: SimNode[] = [];
-    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
+  await withWorld(async (w) => {
+    const { nodes } = await threeNodes(w);
     const added = await w.ctl(["service", "add", WEB]);
     assertMatch(added, /^added: app\.ns\.web\.ns id \w+ RR \S+ \S+ Closest 10\.30\.\d+\.\d+ fdff:1000::\S*$/);
     await w.ctl(["service", "add", CLI]);
@@ -140,10 +113,5 @@ Deno.test({
     const rr = new Set<string>();
     for (let k = 0; k < 6; k++) rr.add(await ask(client, web.RR_ip));
     assertEquals(rr.size, 3, `RR reaches every instance: ${[...rr]}`);
-  } catch (e) {
-    await w.diagnose((l) => console.error(l.slice(0, 2000)));
-    throw e;
-  } finally {
-    assertEquals(await w.destroy(), []);
-  }
+  });
 });

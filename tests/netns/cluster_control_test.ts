@@ -7,6 +7,8 @@
 import mqtt from "mqtt";
 import type net from "node:net";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { freePort } from "../helpers/netns.ts";
+import { hasEtcd, startEtcd } from "../helpers/etcd.ts";
 import { SqliteStore, startControl } from "../../src/cluster/mod.ts";
 import { QueryResultSchema, toEntries } from "../../src/table/query_result.ts";
 
@@ -18,13 +20,6 @@ const WEB_ID = "6650f1c2a41b9e03d7000001";
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
 function hasMosquitto(): boolean {
   try {
     return Deno.statSync("/usr/sbin/mosquitto").isFile;
@@ -34,47 +29,6 @@ function hasMosquitto(): boolean {
 }
 
 /** A mosquitto child process on 127.0.0.1:<port> (default: a free one); stopped by PID. */
-function hasEtcd(): boolean {
-  try {
-    return new Deno.Command("etcd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-}
-
-/** One etcd member on loopback with free ports, its data in `dir`. */
-async function startEtcd(dir: string): Promise<{ url: string; stop: () => Promise<void> }> {
-  const [client, peer] = [freePort(), freePort()];
-  const url = `http://127.0.0.1:${client}`;
-  const child = new Deno.Command("etcd", {
-    args: [
-      "--name=t",
-      `--data-dir=${dir}/etcd`,
-      `--listen-client-urls=${url}`,
-      `--advertise-client-urls=${url}`,
-      `--listen-peer-urls=http://127.0.0.1:${peer}`,
-      `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
-      `--initial-cluster=t=http://127.0.0.1:${peer}`,
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const stop = async () => {
-    try {
-      Deno.kill(child.pid, "SIGTERM");
-    } catch { /* already gone */ }
-    await child.status;
-  };
-  for (let k = 0; k < 200; k++) {
-    const ok = await fetch(`${url}/health`).then((r) => r.json(), () => ({})).catch(() => ({}));
-    if ((ok as { health?: string }).health === "true") return { url, stop };
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  await stop();
-  throw new Error("etcd did not start");
-}
-
 async function startMosquitto(
   dir: string,
   port = freePort(),

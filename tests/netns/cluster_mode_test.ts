@@ -9,11 +9,9 @@ import { isRoot } from "../helpers/netns.ts";
 import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
+import { addWebAndClient, ask, CLI, deploy, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
 
 interface Setup {
   w: World;
@@ -26,61 +24,25 @@ interface Setup {
 async function setup(w: World, broker: "embedded" | "mosquitto", env?: string): Promise<Setup> {
   if (env) Deno.env.set("NETMANAGER_INTEREST_IDLE_MS", env);
   else Deno.env.delete("NETMANAGER_INTEREST_IDLE_MS");
-  await w.control(CTL, { broker });
-  const nodes: SimNode[] = [];
-  for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-  await w.ctl(["service", "add", WEB]);
-  await w.ctl(["service", "add", CLI]);
-  const iip: string[] = [];
-  for (const n of [0, 1]) iip.push((await w.ctl(["instance", "add", WEB, String(n)])).split(" ").at(-2)!);
-  await w.ctl(["instance", "add", CLI, "0"]);
+  const { nodes } = await threeNodes(w, { broker });
+  const iip = await addWebAndClient(w);
   const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
   const rr =
     ((svc.find((s) => s.job_name === WEB)!.service_ip_list) as Array<{ Address: string }>)[0].Address;
   const s1 = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
   const s2 = await w.instance("web1", [...TOOL, "servers", "80", "web1"]);
   const client = await w.instance("client");
-  for (
-    const [i, job, n, pid] of [[1, WEB, 0, s1.pid], [2, WEB, 1, s2.pid], [0, CLI, 0, client.pid]] as const
-  ) {
-    const r = await nodes[i].api.post("/container/deploy", {
-      pid,
-      serviceName: job,
-      instanceNumber: n,
-      portMappings: "",
-    });
-    assertEquals(r.status, 200, r.body);
-  }
+  await deploy(nodes[1], WEB, 0, s1.pid);
+  await deploy(nodes[2], WEB, 1, s2.pid);
+  await deploy(nodes[0], CLI, 0, client.pid);
   return { w, nodes, client, rr, iip };
 }
 
-async function ask(s: Setup, host: string, proto = "tcp-client"): Promise<string> {
-  const r = await runIn(s.client, [...TOOL, proto, host, "80", "q"]);
-  return r.split(":")[0];
-}
-
-async function runIn(inst: SimInstance, argv: string[]): Promise<string> {
-  const c = await new Deno.Command("nsenter", {
-    args: ["-t", String(inst.pid), "-n", ...argv],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output();
-  if (c.code !== 0) throw new Error(new TextDecoder().decode(c.stderr));
-  return new TextDecoder().decode(c.stdout).trim();
-}
-
 async function run(broker: "embedded" | "mosquitto", fn: (s: Setup) => Promise<void>, env?: string) {
-  const w = new World();
   try {
-    await fn(await setup(w, broker, env));
-  } catch (e) {
-    await w.diagnose((l) => console.error(l.slice(0, 2000)));
-    throw e;
+    await withWorld(async (w) => await fn(await setup(w, broker, env)));
   } finally {
     Deno.env.delete("NETMANAGER_INTEREST_IDLE_MS");
-    const left = await w.destroy();
-    assertEquals(left, []);
   }
 }
 
@@ -97,10 +59,12 @@ for (const broker of ["embedded", "mosquitto"] as const) {
       assertEquals(new Set(subnets).size, 3);
       for (const sub of subnets) assertMatch(sub, /^10\.18\.\d+\.\d+\/26,fc00:[0-9a-f:]*\/120$/);
       const seq: string[] = [];
-      for (let k = 0; k < 4; k++) seq.push(await eventually(() => ask(s, s.rr), (v) => v.startsWith("web")));
+      for (let k = 0; k < 4; k++) {
+        seq.push(await eventually(() => ask(s.client, s.rr), (v) => v.startsWith("web")));
+      }
       for (let k = 1; k < seq.length; k++) assert(seq[k] !== seq[k - 1], `round robin alternates: ${seq}`);
-      assertEquals(await ask(s, s.iip[1]), "web1");
-      assertEquals(await ask(s, s.iip[0], "udp-client"), "web0");
+      assertEquals(await ask(s.client, s.iip[1]), "web1");
+      assertEquals(await ask(s.client, s.iip[0], "udp-client"), "web0");
       // undeploy web0: the NodeEngine on n2 and the control plane; n1's table follows within 1 s
       const t0 = Date.now();
       await s.nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });
@@ -112,7 +76,7 @@ for (const broker of ["embedded", "mosquitto"] as const) {
         1000,
       );
       assert(Date.now() - t0 < 1500, `undeploy + CLI + propagation took ${Date.now() - t0} ms`);
-      for (let k = 0; k < 3; k++) assertEquals(await ask(s, s.rr), "web1");
+      for (let k = 0; k < 3; k++) assertEquals(await ask(s.client, s.rr), "web1");
     });
   });
 }
@@ -122,7 +86,7 @@ Deno.test({
   ...opts,
 }, async () => {
   await run("mosquitto", async (s) => {
-    await eventually(() => ask(s, s.rr), (v) => v.startsWith("web"));
+    await eventually(() => ask(s.client, s.rr), (v) => v.startsWith("web"));
     // what must survive a control-plane restart: jobs, ids and every address
     const addresses = async () =>
       (JSON.parse(await s.w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>).map((j) => ({
@@ -158,8 +122,8 @@ Deno.test({
     await s.w.startDaemon(s.nodes[0]);
     const st = (await s.nodes[0].api.getJson("/status")) as { registered: boolean; instances: number };
     assertEquals([st.registered, st.instances], [true, 1]);
-    await eventually(() => ask(s, s.iip[0]), (v) => v === "web0", 15000);
-    await eventually(() => ask(s, s.rr), (v) => v.startsWith("web"), 15000);
+    await eventually(() => ask(s.client, s.iip[0]), (v) => v === "web0", 15000);
+    await eventually(() => ask(s.client, s.rr), (v) => v.startsWith("web"), 15000);
   });
 });
 
@@ -168,7 +132,7 @@ Deno.test({
   ...opts,
 }, async () => {
   await run("embedded", async (s) => {
-    await eventually(() => ask(s, s.rr), (v) => v.startsWith("web"));
+    await eventually(() => ask(s.client, s.rr), (v) => v.startsWith("web"));
     const has = async (n: SimNode, job: string) =>
       ((await n.api.getJson("/table")) as Array<{ serviceName: string }>).some((r) => r.serviceName === job);
     assert(await has(s.nodes[0], WEB));
@@ -176,6 +140,6 @@ Deno.test({
     await eventually(() => has(s.nodes[0], WEB), (v) => v === false, 10000);
     assert(await has(s.nodes[0], CLI), "the hosted job stays");
     // and the next request resolves it again through a table query
-    assert((await eventually(() => ask(s, s.rr), (v) => v.startsWith("web"))).startsWith("web"));
+    assert((await eventually(() => ask(s.client, s.rr), (v) => v.startsWith("web"))).startsWith("web"));
   }, "1500");
 });

@@ -6,18 +6,12 @@
  */
 import mqtt from "mqtt";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { freePort } from "../helpers/netns.ts";
 import { ControlClient, type ControlService, newSecret, startControl } from "../../src/cluster/mod.ts";
 import { loadMqttCredential } from "../../src/config/mod.ts";
 import { NodeControl } from "../../src/control/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 const HAS_MOSQUITTO = (() => {
   try {

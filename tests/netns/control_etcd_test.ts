@@ -17,6 +17,7 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { eventually } from "../helpers/setup.ts";
+import { replicaArgv } from "../helpers/etcd.ts";
 import { cleanupAll, createNs, isRoot, sh } from "../helpers/netns.ts";
 import { SqliteStore } from "../../src/cluster/store.ts";
 import type { JobRecord, NodeRecord } from "../../src/cluster/schemas.ts";
@@ -120,29 +121,17 @@ function startMember(w: World, i: number): Proc {
 }
 
 function startReplica(w: World, i: number, extra: string[] = []): Proc {
-  return new Proc(w.ns[`r${i + 1}`], [
-    Deno.execPath(),
-    "run",
-    "-A",
-    "--config",
-    `${ROOT}deno.json`,
-    `${ROOT}main.ts`,
-    "control",
-    "--state-dir",
-    `${w.dir}/r${i + 1}`,
-    "--etcd",
-    ENDPOINTS,
-    "--cluster-name",
-    "t1",
-    "--mqtt-host",
-    "127.0.0.1",
-    "--mqtt-port",
-    String(MQTT_PORT),
-    "--mqtt-allow-anonymous",
-    "--http-port",
-    String(HTTP_PORT),
-    ...extra,
-  ]);
+  return new Proc(
+    w.ns[`r${i + 1}`],
+    replicaArgv({
+      stateDir: `${w.dir}/r${i + 1}`,
+      endpoints: ENDPOINTS,
+      cluster: "t1",
+      mqttPort: MQTT_PORT,
+      httpPort: HTTP_PORT,
+      extra,
+    }),
+  );
 }
 
 async function client(ns: string, args: string[], stdin?: string): Promise<string> {
@@ -318,27 +307,17 @@ Deno.test({
         async () => {
           assertEquals(w.tokens[1], w.tokens[0], "both replicas' token files hold the cluster's token");
           // A third replica that requires node credentials (no anonymous clients).
-          const p = new Proc(w.ns.r2, [
-            Deno.execPath(),
-            "run",
-            "-A",
-            "--config",
-            `${ROOT}deno.json`,
-            `${ROOT}main.ts`,
-            "control",
-            "--state-dir",
-            `${w.dir}/r3`,
-            "--etcd",
-            ENDPOINTS,
-            "--cluster-name",
-            "t1",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            "10006",
-            "--http-port",
-            "10103",
-          ]);
+          const p = new Proc(
+            w.ns.r2,
+            replicaArgv({
+              stateDir: `${w.dir}/r3`,
+              endpoints: ENDPOINTS,
+              cluster: "t1",
+              mqttPort: 10006,
+              httpPort: 10103,
+              anonymous: false,
+            }),
+          );
           try {
             await p.waitFor(/control plane started/);
             assertEquals((await Deno.readTextFile(`${w.dir}/r3/api-token`)).trim(), w.tokens[0]);
@@ -590,28 +569,16 @@ Deno.test({
           );
           assertMatch(await migrate("m"), /: 0 row\(s\) written, [0-9]+ already there/);
           // A replica of cluster m serves exactly the migrated state.
-          const p = new Proc(w.ns.r1, [
-            Deno.execPath(),
-            "run",
-            "-A",
-            "--config",
-            `${ROOT}deno.json`,
-            `${ROOT}main.ts`,
-            "control",
-            "--state-dir",
-            `${w.dir}/rm`,
-            "--etcd",
-            ENDPOINTS,
-            "--cluster-name",
-            "m",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            "10004",
-            "--mqtt-allow-anonymous",
-            "--http-port",
-            "10101",
-          ]);
+          const p = new Proc(
+            w.ns.r1,
+            replicaArgv({
+              stateDir: `${w.dir}/rm`,
+              endpoints: ENDPOINTS,
+              cluster: "m",
+              mqttPort: 10004,
+              httpPort: 10101,
+            }),
+          );
           try {
             await p.waitFor(/control plane started/);
             const token = (await Deno.readTextFile(`${w.dir}/rm/api-token`)).trim();

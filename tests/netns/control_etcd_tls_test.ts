@@ -7,9 +7,9 @@
  */
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, createNs, isRoot, sh } from "../helpers/netns.ts";
+import { replicaArgv } from "../helpers/etcd.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const ROOT = new URL("../../", import.meta.url).pathname;
 
 async function run(cmd: string, args: string[]): Promise<void> {
   const r = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
@@ -91,6 +91,26 @@ function start(ns: string, argv: string[], ms: number) {
   return { done, stop: () => kill("SIGTERM") };
 }
 
+/** curl (inside `ns`) to the etcd member at `path` over TLS with the test CA's client certificate. */
+function curlEtcd(ns: string, dir: string, path: string, ...extra: string[]): Promise<string> {
+  return sh([
+    "ip",
+    "netns",
+    "exec",
+    ns,
+    "curl",
+    "-s",
+    "--cacert",
+    `${dir}/ca.crt`,
+    "--cert",
+    `${dir}/client.crt`,
+    "--key",
+    `${dir}/client.key`,
+    `https://127.0.0.1:2379${path}`,
+    ...extra,
+  ]);
+}
+
 Deno.test({
   name:
     "control on etcd over TLS: client certificates given → starts and allocates; none or foreign → refused",
@@ -135,48 +155,20 @@ Deno.test({
       // healthy, through TLS with the client certificate
       const end = Date.now() + 30000;
       for (;;) {
-        const ok = await sh([
-          "ip",
-          "netns",
-          "exec",
-          ns,
-          "curl",
-          "-s",
-          "--cacert",
-          `${dir}/ca.crt`,
-          "--cert",
-          `${dir}/client.crt`,
-          "--key",
-          `${dir}/client.key`,
-          "https://127.0.0.1:2379/health",
-        ]).catch(() => "");
+        const ok = await curlEtcd(ns, dir, "/health").catch(() => "");
         if (ok.includes('"true"')) break;
         if (Date.now() > end) throw new Error("etcd over TLS never became healthy");
         await new Promise((r) => setTimeout(r, 200));
       }
-      const replica = (name: string, tls: string[]) => [
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--config",
-        `${ROOT}deno.json`,
-        `${ROOT}main.ts`,
-        "control",
-        "--state-dir",
-        `${dir}/${name}`,
-        "--etcd",
-        "https://127.0.0.1:2379",
-        "--cluster-name",
-        "tls",
-        "--mqtt-host",
-        "127.0.0.1",
-        "--mqtt-port",
-        "10003",
-        "--mqtt-allow-anonymous",
-        "--http-port",
-        "10100",
-        ...tls,
-      ];
+      const replica = (name: string, tls: string[]) =>
+        replicaArgv({
+          stateDir: `${dir}/${name}`,
+          endpoints: "https://127.0.0.1:2379",
+          cluster: "tls",
+          mqttPort: 10003,
+          httpPort: 10100,
+          extra: tls,
+        });
       const ca = ["--etcd-cacert", `${dir}/ca.crt`];
       // With the client certificate: starts, and an allocation is written to etcd.
       const probe = [
@@ -195,23 +187,13 @@ Deno.test({
       );
       const answer = await sh(["ip", "netns", "exec", ns, "timeout", "30", ...probe]);
       assertMatch(answer, /"RR_ip":"10\.30\./);
-      const raw = await sh([
-        "ip",
-        "netns",
-        "exec",
+      const raw = await curlEtcd(
         ns,
-        "curl",
-        "-s",
-        "--cacert",
-        `${dir}/ca.crt`,
-        "--cert",
-        `${dir}/client.crt`,
-        "--key",
-        `${dir}/client.key`,
-        "https://127.0.0.1:2379/v3/kv/range",
+        dir,
+        "/v3/kv/range",
         "-d",
         JSON.stringify({ key: btoa("/netmanager/tls/rows/job/j1") }),
-      ]);
+      );
       assertEquals((JSON.parse(raw) as { kvs?: unknown[] }).kvs?.length, 1, raw);
       started.stop();
       const first = await started.done;

@@ -7,8 +7,8 @@
  * stalls.
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { withWorld } from "../helpers/world.ts";
 import { isRoot, sh } from "../helpers/netns.ts";
-import { World } from "../../src/demo/world.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { TOOL } from "../helpers/node.ts";
 
@@ -45,8 +45,7 @@ Deno.test({
   name: "control replicas: SIGKILL of a node's replica → the node fails over within 5 s, flows never stall",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("ctl");
       const ens = await w.namespace("etcd");
       await w.attach(ens, "et", ETCD);
@@ -181,12 +180,6 @@ Deno.test({
       const text = new TextDecoder().decode(out.stdout);
       assertEquals(out.code, 0, `conversation stalled: ${new TextDecoder().decode(out.stderr)}`);
       assertEquals(text.trim().split("\n").length, 80, text);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      const left = await w.destroy();
-      assertEquals(left, []);
-    }
+    });
   },
 });

@@ -15,6 +15,7 @@ import type { RouteContext } from "../../src/control/route_check.ts";
 import { setLogLevel } from "../../src/log.ts";
 import { type TableEntry, TranslationTable } from "../../src/table/mod.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import { freePort } from "../helpers/netns.ts";
 
 setLogLevel("error");
 
@@ -39,13 +40,6 @@ async function until(cond: () => boolean, what: string, timeoutMs = 4000): Promi
     if (performance.now() > end) throw new Error(`timed out waiting for: ${what}`);
     await sleep(10);
   }
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 async function portOpen(port: number): Promise<boolean> {

@@ -9,9 +9,9 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { TOOL } from "../helpers/node.ts";
 import { laneHash } from "../../src/proxy/lanes.ts";
+import { addWebAndClient, CLI, deploy, execIn, runIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 
 /** The first source port ≥ `from` whose flow to port 80 is on `lane` of 2. */
 function portOnLane(lane: number, from: number): number {
@@ -19,26 +19,6 @@ function portOnLane(lane: number, from: number): number {
 }
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
-
-async function runIn(inst: SimInstance, argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const c = await new Deno.Command("nsenter", {
-    args: ["-t", String(inst.pid), "-n", ...argv],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: c.code, out: dec.decode(c.stdout).trim(), err: dec.decode(c.stderr).trim() };
-}
-
-async function ok(inst: SimInstance, argv: string[]): Promise<string> {
-  const r = await runIn(inst, argv);
-  if (r.code !== 0) throw new Error(`${argv.slice(-4).join(" ")}: ${r.out} ${r.err}`);
-  return r.out;
-}
-
 /** Counts datagrams `f i` per flow and those older than the newest seen; stops 2 s after the last. */
 const SINK = `
 import socket
@@ -92,112 +72,97 @@ Deno.test({
 }, async () => {
   Deno.env.set("DataPlaneWorkers", Deno.env.get("CORES_TEST_WORKERS") ?? "2");
   Deno.env.set("NETMANAGER_TEST_CRASH_WORKER", "1");
-  const w = new World();
   try {
-    await w.control(CTL, { broker: "embedded" });
-    const nodes: SimNode[] = [];
-    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-    await w.ctl(["service", "add", WEB]);
-    await w.ctl(["service", "add", CLI]);
-    const iip: string[] = [];
-    for (const n of [0, 1]) iip.push((await w.ctl(["instance", "add", WEB, String(n)])).split(" ").at(-2)!);
-    await w.ctl(["instance", "add", CLI, "0"]);
-    const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
-    const rr = ((svc.find((s) =>
-      s.job_name === WEB
-    )!.service_ip_list) as Array<{ Address: string }>)[0].Address;
-    const s1 = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
-    const s2 = await w.instance("web1", [...TOOL, "servers", "80", "web1"]);
-    const cli = await w.instance("client");
-    for (
-      const [i, job, n, pid] of [[1, WEB, 0, s1.pid], [2, WEB, 1, s2.pid], [0, CLI, 0, cli.pid]] as const
-    ) {
-      const r = await nodes[i].api.post("/container/deploy", {
-        pid,
-        serviceName: job,
-        instanceNumber: n,
-        portMappings: "",
-      });
-      assertEquals(r.status, 200, r.body);
-    }
-    let port = 40000;
-    let lane = 0;
-    // Each call without a port takes the next port on the other lane than the previous flow.
-    const next = () => {
-      port = portOnLane(lane, port) + 1;
-      lane ^= 1;
-      return port - 1;
-    };
-    const ask = async (lp = next()) =>
-      (await ok(cli, [...TOOL, "tcp-client-from", rr, "80", "q", String(lp)])).split(":")[0];
-    await eventually(() => ask(), (v) => v.startsWith("web"));
-    lane = 0; // the next flow starts on lane 0
+    await withWorld(async (w) => {
+      const { nodes } = await threeNodes(w, { broker: "embedded" });
+      const iip = await addWebAndClient(w);
+      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
+      const rr = ((svc.find((s) =>
+        s.job_name === WEB
+      )!.service_ip_list) as Array<{ Address: string }>)[0].Address;
+      const s1 = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
+      const s2 = await w.instance("web1", [...TOOL, "servers", "80", "web1"]);
+      const cli = await w.instance("client");
+      await deploy(nodes[1], WEB, 0, s1.pid);
+      await deploy(nodes[2], WEB, 1, s2.pid);
+      await deploy(nodes[0], CLI, 0, cli.pid);
+      let port = 40000;
+      let lane = 0;
+      // Each call without a port takes the next port on the other lane than the previous flow.
+      const next = () => {
+        port = portOnLane(lane, port) + 1;
+        lane ^= 1;
+        return port - 1;
+      };
+      const ask = async (lp = next()) =>
+        (await runIn(cli, [...TOOL, "tcp-client-from", rr, "80", "q", String(lp)])).split(":")[0];
+      await eventually(() => ask(), (v) => v.startsWith("web"));
+      lane = 0; // the next flow starts on lane 0
 
-    // Round robin: consecutive flows alternate lanes (workers) and must still alternate instances.
-    const seq: string[] = [];
-    for (let k = 0; k < 8; k++) seq.push(await ask());
-    for (let k = 1; k < seq.length; k++) assert(seq[k] !== seq[k - 1], `round robin across workers: ${seq}`);
+      // Round robin: consecutive flows alternate lanes (workers) and must still alternate instances.
+      const seq: string[] = [];
+      for (let k = 0; k < 8; k++) seq.push(await ask());
+      for (let k = 1; k < seq.length; k++) {
+        assert(seq[k] !== seq[k - 1], `round robin across workers: ${seq}`);
+      }
 
-    // 8 parallel TCP streams (4 MiB each, hash-checked by the sinks) and a UDP burst.
-    const streams = await Promise.all(
-      Array.from({ length: 8 }, () => runIn(cli, [...TOOL, "tcp-bulk", rr, "81", "4"])),
-    );
-    for (const r of streams) assertEquals(r.code, 0, `stream: ${r.out} ${r.err}`);
-    const burst = await runIn(cli, [...TOOL, "udp-burst", rr, "80", "200"]); // (sockets' default buffers)
-    assertEquals(burst.code, 0, `UDP burst: ${burst.out} ${burst.err}`);
+      // 8 parallel TCP streams (4 MiB each, hash-checked by the sinks) and a UDP burst.
+      const streams = await Promise.all(
+        Array.from({ length: 8 }, () => execIn(cli, [...TOOL, "tcp-bulk", rr, "81", "4"])),
+      );
+      for (const r of streams) assertEquals(r.code, 0, `stream: ${r.out} ${r.err}`);
+      const burst = await execIn(cli, [...TOOL, "udp-burst", rr, "80", "200"]); // (sockets' default buffers)
+      assertEquals(burst.code, 0, `UDP burst: ${burst.out} ${burst.err}`);
 
-    // Datagrams of 8 flows over both lanes, sent in order (a blocking socket), arrive in order. (An
-    // echo check would also see the endpoints' own reordering: Deno's dgram sends are asynchronous.)
-    const sink = runIn(s1, ["python3", "-c", SINK]);
-    await new Promise((r) => setTimeout(r, 500));
-    await ok(cli, ["python3", "-c", SENDER, iip[0]]);
-    const got = await sink;
-    assertEquals(got.code, 0, got.err);
-    const [received, reordered] = got.out.split(" ").map(Number);
-    assert(received >= 0.95 * 8 * 500, `received ${received} of 4000`);
-    assertEquals(reordered, 0, `reordered datagrams: ${got.out}`);
+      // Datagrams of 8 flows over both lanes, sent in order (a blocking socket), arrive in order. (An
+      // echo check would also see the endpoints' own reordering: Deno's dgram sends are asynchronous.)
+      const sink = execIn(s1, ["python3", "-c", SINK]);
+      await new Promise((r) => setTimeout(r, 500));
+      await runIn(cli, ["python3", "-c", SENDER, iip[0]]);
+      const got = await sink;
+      assertEquals(got.code, 0, got.err);
+      const [received, reordered] = got.out.split(" ").map(Number);
+      assert(received >= 0.95 * 8 * 500, `received ${received} of 4000`);
+      assertEquals(reordered, 0, `reordered datagrams: ${got.out}`);
 
-    const st = (await nodes[0].api.getJson("/status")) as Status;
-    const per = st.dataPlane.workers ?? [];
-    assertEquals(per.length, 2, JSON.stringify(st.dataPlane));
-    for (const p of per) {
-      assert(p.tunRx > 100 && p.udpRx > 100, `both workers carried traffic: ${JSON.stringify(per)}`);
-    }
+      const st = (await nodes[0].api.getJson("/status")) as Status;
+      const per = st.dataPlane.workers ?? [];
+      assertEquals(per.length, 2, JSON.stringify(st.dataPlane));
+      for (const p of per) {
+        assert(p.tunRx > 100 && p.udpRx > 100, `both workers carried traffic: ${JSON.stringify(per)}`);
+      }
 
-    // Worker 1 of the client's node dies; a flow on worker 0 keeps going, worker 1 comes back.
-    const chat = runIn(cli, [...TOOL, "tcp-chat", rr, "80", "40", "100", String(portOnLane(0, 41000))]);
-    await new Promise((r) => setTimeout(r, 800));
-    Deno.kill(nodes[0].daemon.pid, "SIGUSR2");
-    const c = await chat;
-    assertEquals(c.code, 0, `the flow on the other worker survived: ${c.err}`);
-    assertEquals(c.out.split("\n").length, 40);
-    const log = await Deno.readTextFile(`${nodes[0].dir}/daemon.log`);
-    assert(/data-plane worker failed.*"worker":1/.test(log), "worker 1 failed (on request)");
-    await eventually(() => ask(portOnLane(1, 41000)), (v) => v.startsWith("web"), 5000); // lane 1 again
-    await eventually(() => ask(portOnLane(1, 41500)), (v) => v.startsWith("web"), 5000);
+      // Worker 1 of the client's node dies; a flow on worker 0 keeps going, worker 1 comes back.
+      const chat = execIn(cli, [...TOOL, "tcp-chat", rr, "80", "40", "100", String(portOnLane(0, 41000))]);
+      await new Promise((r) => setTimeout(r, 800));
+      Deno.kill(nodes[0].daemon.pid, "SIGUSR2");
+      const c = await chat;
+      assertEquals(c.code, 0, `the flow on the other worker survived: ${c.err}`);
+      assertEquals(c.out.split("\n").length, 40);
+      const log = await Deno.readTextFile(`${nodes[0].dir}/daemon.log`);
+      assert(/data-plane worker failed.*"worker":1/.test(log), "worker 1 failed (on request)");
+      await eventually(() => ask(portOnLane(1, 41000)), (v) => v.startsWith("web"), 5000); // lane 1 again
+      await eventually(() => ask(portOnLane(1, 41500)), (v) => v.startsWith("web"), 5000);
 
-    // Undeploy web0 while both workers make new flows: within 1 s every worker sends only to web1.
-    const t0 = Date.now();
-    await nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });
-    await w.ctl(["instance", "rm", WEB, "0"]);
-    await eventually(
-      () => nodes[0].api.getJson("/table") as Promise<Array<{ serviceName: string; instanceNumber: number }>>,
-      (rows) => !rows.some((r) => r.serviceName === WEB && r.instanceNumber === 0),
-      1000,
-    );
-    assert(Date.now() - t0 < 1500, `undeploy + propagation took ${Date.now() - t0} ms`);
-    port = 43000;
-    lane = 0;
-    const after: string[] = [];
-    for (let k = 0; k < 6; k++) after.push(await ask());
-    assertEquals(after, Array(6).fill("web1"), "new flows on both workers go to web1");
-  } catch (e) {
-    await w.diagnose((l) => console.error(l.slice(0, 2000)));
-    throw e;
+      // Undeploy web0 while both workers make new flows: within 1 s every worker sends only to web1.
+      const t0 = Date.now();
+      await nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });
+      await w.ctl(["instance", "rm", WEB, "0"]);
+      await eventually(
+        () =>
+          nodes[0].api.getJson("/table") as Promise<Array<{ serviceName: string; instanceNumber: number }>>,
+        (rows) => !rows.some((r) => r.serviceName === WEB && r.instanceNumber === 0),
+        1000,
+      );
+      assert(Date.now() - t0 < 1500, `undeploy + propagation took ${Date.now() - t0} ms`);
+      port = 43000;
+      lane = 0;
+      const after: string[] = [];
+      for (let k = 0; k < 6; k++) after.push(await ask());
+      assertEquals(after, Array(6).fill("web1"), "new flows on both workers go to web1");
+    });
   } finally {
     Deno.env.delete("DataPlaneWorkers");
     Deno.env.delete("NETMANAGER_TEST_CRASH_WORKER");
-    const left = await w.destroy();
-    assertEquals(left, []);
   }
 });

@@ -6,7 +6,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, run } from "../helpers/netns.ts";
 import { deployBody, jobName, linkNames, ruleDump, TestContainer, TestNode, TOOL } from "../helpers/node.ts";
-import { nodeCli, nodeFileArgs, waitFor, withNode } from "../helpers/setup.ts";
+import { eventually, nodeCli, nodeFileArgs, withNode } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 
@@ -48,12 +48,14 @@ Deno.test({
     assertMatch(rules, /--dport 8080 -j DNAT --to-destination \[fc00::a:1200:4003\]:80/);
 
     // TCP from A to B over the bridge, IPv4 and IPv6.
-    await waitFor(
-      "B answers A over the bridge",
+    await eventually(
       async () =>
         (await a.exec([...TOOL, "tcp-client", "10.18.0.67", "80", "hi"])).stdout.includes(
           "B:hi",
         ),
+      Boolean,
+      5000,
+      "B answers A over the bridge",
     );
     const v6 = await a.exec([...TOOL, "tcp-client", "fc00::a:1200:4003", "80", "six"]);
     assertEquals(v6.stdout.trim(), "B:six", v6.stderr);
@@ -227,20 +229,25 @@ Deno.test({
     assertEquals(/--dport 7001 /.test(rules), false, "rules of the vanished instance are removed");
     assertEquals(rules.match(/-A PREROUTING -j OAKESTRA/g)?.length, 2, "one hook per family, no duplicates");
     // The survivor still works through its mapping.
-    await waitFor("the survivor answers through its mapping", async () => {
-      const r = await run([
-        "ip",
-        "netns",
-        "exec",
-        node.ns,
-        ...TOOL,
-        "tcp-client",
-        "10.18.0.65",
-        "7000",
-        "x",
-      ]);
-      return r.stdout.includes("A:x");
-    });
+    await eventually(
+      async () => {
+        const r = await run([
+          "ip",
+          "netns",
+          "exec",
+          node.ns,
+          ...TOOL,
+          "tcp-client",
+          "10.18.0.65",
+          "7000",
+          "x",
+        ]);
+        return r.stdout.includes("A:x");
+      },
+      Boolean,
+      5000,
+      "the survivor answers through its mapping",
+    );
     // The vanished instance's address is free again.
     const c = await TestContainer.start();
     cs.push(c);

@@ -12,13 +12,11 @@ import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { formatIPv4, formatIPv6 } from "../../src/addr/mod.ts";
 import { parseNodeSubnet } from "../../src/config/mod.ts";
 import { runTool } from "../../src/sys/command.ts";
+import { addWebAndClient, CLI, deploy, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 import { eventually } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
 const UPSTREAM = "192.168.77.53";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 interface Dig {
@@ -116,180 +114,161 @@ async function startDnsmasq(w: World): Promise<string> {
   return ns;
 }
 
-async function deploy(node: SimNode, job: string, n: number, pid: number): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: n,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
-
 Deno.test(
   { name: "dns: service names in a three-node cluster (dig from an instance)", ...opts },
   async () => {
-    const w = new World();
     Deno.env.set("DnsUpstream", UPSTREAM);
     Deno.env.set("DnsRateLimit", "100000");
     try {
-      const upstreamNs = await startDnsmasq(w);
-      await w.control(CTL);
-      const nodes: SimNode[] = [];
-      for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-      await w.ctl(["service", "add", WEB]);
-      await w.ctl(["service", "add", CLI]);
-      for (const n of [0, 1]) await w.ctl(["instance", "add", WEB, String(n)]);
-      await w.ctl(["instance", "add", CLI, "0"]);
-      const web = await serviceOf(w, WEB);
-      const s0 = await w.server("web0");
-      const s1 = await w.server("web1");
-      const client = await w.instance("client");
-      await deploy(nodes[1], WEB, 0, s0.pid);
-      await deploy(nodes[2], WEB, 1, s1.pid);
-      await deploy(nodes[0], CLI, 0, client.pid);
-      const br = await bridgeOf(nodes[0]);
-      const name = "web.ns.app.ns.local";
+      await withWorld(async (w) => {
+        const upstreamNs = await startDnsmasq(w);
+        const { nodes } = await threeNodes(w);
+        await addWebAndClient(w);
+        const web = await serviceOf(w, WEB);
+        const s0 = await w.server("web0");
+        const s1 = await w.server("web1");
+        const client = await w.instance("client");
+        await deploy(nodes[1], WEB, 0, s0.pid);
+        await deploy(nodes[2], WEB, 1, s1.pid);
+        await deploy(nodes[0], CLI, 0, client.pid);
+        const br = await bridgeOf(nodes[0]);
+        const name = "web.ns.app.ns.local";
 
-      // First query on n1 is a miss (n1 hosts no WEB instance): answered through the control plane.
-      const first = await dig(client, br.v4, [name, "A"]);
-      assertEquals([first.status, datas(first)], ["NOERROR", [web.rr4]]);
-      assertMatch(first.flags, /\baa\b/);
-      assertEquals(first.answers[0].ttl, 5);
-      // v6 transport and AAAA; case-insensitive; TCP.
-      assertEquals(datas(await dig(client, br.v6, [name, "AAAA"])), [web.rr6]);
-      assertEquals(datas(await dig(client, br.v4, ["WEB.Ns.APP.ns.LOCAL", "A"])), [web.rr4]);
-      assertEquals(datas(await dig(client, br.v6, ["+tcp", name, "AAAA"])), [web.rr6]);
-      // instance-N, v4 and v6.
-      for (const n of [0, 1]) {
-        assertEquals(datas(await dig(client, br.v4, [`instance-${n}.${name}`, "A"])), [web.inst[n].v4]);
-        assertEquals(datas(await dig(client, br.v6, [`instance-${n}.${name}`, "AAAA"])), [web.inst[n].v6]);
-      }
-      // PTR of the RR ServiceIP and of an Instance IP (v4 and v6).
-      assertEquals(datas(await dig(client, br.v4, ["-x", web.rr4])), [`${name}.`]);
-      assertEquals(datas(await dig(client, br.v4, ["-x", web.inst[1].v4])), [`instance-1.${name}.`]);
-      assertEquals(datas(await dig(client, br.v6, ["-x", web.inst[0].v6])), [`instance-0.${name}.`]);
-      // Unknown service → NXDOMAIN (through the control plane); malformed name → NXDOMAIN; existing
-      // name without the asked type → NOERROR, empty.
-      const nx = await dig(client, br.v4, ["nosuch.ns.app.ns.local", "A"]);
-      assertEquals([nx.status, nx.answers.length], ["NXDOMAIN", 0]);
-      assertEquals((await dig(client, br.v4, ["a.b.local", "A"])).status, "NXDOMAIN");
-      const nodata = await dig(client, br.v4, [name, "TXT"]);
-      assertEquals([nodata.status, nodata.answers.length], ["NOERROR", 0]);
-      // Other names: forwarded to the upstream (dnsmasq).
-      assertEquals(datas(await dig(client, br.v4, ["www.example.test", "A"])), ["192.0.2.7"]);
-      assertEquals(datas(await dig(client, br.v6, ["www.example.test", "AAAA"])), ["2001:db8::7"]);
-      assert(await metric(nodes[0], /netmanager_dns_upstream_forwarded_total (\d+)/) >= 1);
-
-      // An ordinary client (curl, through glibc's resolver) reaches the service by name over the overlay.
-      const rc = await Deno.makeTempFile({ prefix: `${w.prefix}-resolv-` });
-      try {
-        await Deno.writeTextFile(rc, `nameserver ${br.v4}\n`);
-        const got = new Set<string>();
-        for (let k = 0; k < 4; k++) {
-          const r = await runTool("nsenter", [
-            "-t",
-            String(client.pid),
-            "-n",
-            "unshare",
-            "-m",
-            "sh",
-            "-c",
-            `mount --bind ${rc} /etc/resolv.conf && curl -s -m 3 http://${name}/`,
-          ]);
-          assertEquals(r.code, 0, r.stderr);
-          got.add(r.stdout.trim());
+        // First query on n1 is a miss (n1 hosts no WEB instance): answered through the control plane.
+        const first = await dig(client, br.v4, [name, "A"]);
+        assertEquals([first.status, datas(first)], ["NOERROR", [web.rr4]]);
+        assertMatch(first.flags, /\baa\b/);
+        assertEquals(first.answers[0].ttl, 5);
+        // v6 transport and AAAA; case-insensitive; TCP.
+        assertEquals(datas(await dig(client, br.v6, [name, "AAAA"])), [web.rr6]);
+        assertEquals(datas(await dig(client, br.v4, ["WEB.Ns.APP.ns.LOCAL", "A"])), [web.rr4]);
+        assertEquals(datas(await dig(client, br.v6, ["+tcp", name, "AAAA"])), [web.rr6]);
+        // instance-N, v4 and v6.
+        for (const n of [0, 1]) {
+          assertEquals(datas(await dig(client, br.v4, [`instance-${n}.${name}`, "A"])), [web.inst[n].v4]);
+          assertEquals(datas(await dig(client, br.v6, [`instance-${n}.${name}`, "AAAA"])), [web.inst[n].v6]);
         }
-        assertEquals([...got].sort(), ["web0", "web1"]);
-      } finally {
-        await Deno.remove(rc);
-      }
+        // PTR of the RR ServiceIP and of an Instance IP (v4 and v6).
+        assertEquals(datas(await dig(client, br.v4, ["-x", web.rr4])), [`${name}.`]);
+        assertEquals(datas(await dig(client, br.v4, ["-x", web.inst[1].v4])), [`instance-1.${name}.`]);
+        assertEquals(datas(await dig(client, br.v6, ["-x", web.inst[0].v6])), [`instance-0.${name}.`]);
+        // Unknown service → NXDOMAIN (through the control plane); malformed name → NXDOMAIN; existing
+        // name without the asked type → NOERROR, empty.
+        const nx = await dig(client, br.v4, ["nosuch.ns.app.ns.local", "A"]);
+        assertEquals([nx.status, nx.answers.length], ["NXDOMAIN", 0]);
+        assertEquals((await dig(client, br.v4, ["a.b.local", "A"])).status, "NXDOMAIN");
+        const nodata = await dig(client, br.v4, [name, "TXT"]);
+        assertEquals([nodata.status, nodata.answers.length], ["NOERROR", 0]);
+        // Other names: forwarded to the upstream (dnsmasq).
+        assertEquals(datas(await dig(client, br.v4, ["www.example.test", "A"])), ["192.0.2.7"]);
+        assertEquals(datas(await dig(client, br.v6, ["www.example.test", "AAAA"])), ["2001:db8::7"]);
+        assert(await metric(nodes[0], /netmanager_dns_upstream_forwarded_total (\d+)/) >= 1);
 
-      // The daemon API says where an answer came from.
-      const lk = await w.cli(nodes[0], ["dns", "lookup", name, "--json"]);
-      assertEquals((JSON.parse(lk) as { source: string }).source, "table");
-      const lk2 = JSON.parse(await w.cli(nodes[0], ["dns", "lookup", "www.example.test", "--json"])) as {
-        source: string;
-        answers: { data: string }[];
-      };
-      assertEquals([lk2.source, lk2.answers[0]?.data], ["upstream-cache", "192.0.2.7"]);
+        // An ordinary client (curl, through glibc's resolver) reaches the service by name over the overlay.
+        const rc = await Deno.makeTempFile({ prefix: `${w.prefix}-resolv-` });
+        try {
+          await Deno.writeTextFile(rc, `nameserver ${br.v4}\n`);
+          const got = new Set<string>();
+          for (let k = 0; k < 4; k++) {
+            const r = await runTool("nsenter", [
+              "-t",
+              String(client.pid),
+              "-n",
+              "unshare",
+              "-m",
+              "sh",
+              "-c",
+              `mount --bind ${rc} /etc/resolv.conf && curl -s -m 3 http://${name}/`,
+            ]);
+            assertEquals(r.code, 0, r.stderr);
+            got.add(r.stdout.trim());
+          }
+          assertEquals([...got].sort(), ["web0", "web1"]);
+        } finally {
+          await Deno.remove(rc);
+        }
 
-      // A newly deployed service resolves on the first query (miss → control plane), fast.
-      const times: number[] = [];
-      for (const k of [1, 2, 3, 4, 5]) {
-        const job = `app.ns.new${k}.ns`;
-        await w.ctl(["service", "add", job]);
-        await w.ctl(["instance", "add", job, "0"]);
-        const inst = await w.instance(`new${k}`);
-        await deploy(nodes[2], job, 0, inst.pid);
-        const rr = (await serviceOf(w, job)).rr4;
-        const d = await dig(client, br.v4, [`new${k}.ns.app.ns.local`, "A"]);
-        assertEquals([d.status, datas(d)], ["NOERROR", [rr]]);
-        times.push(d.ms);
-      }
-      const hits: number[] = [];
-      for (let k = 0; k < 3; k++) hits.push((await dig(client, br.v4, [name, "A"])).ms);
-      console.log(
-        `dig query time (ms): misses via the control plane ${times.join(", ")}; hits ${hits.join(", ")}`,
-      );
-      // Target ≤ 20 ms (issue 13). A single miss is four processes and two MQTT hops, so under the full
-      // suite's load on 2 cores one of them can wait for a CPU: the median of five fresh names must
-      // hold 20 ms, every one of them 100 ms.
-      const sorted = [...times].sort((a, b) => a - b);
-      assert(sorted[2] <= 20 && sorted[4] <= 100, `miss latency (ms) ${times}: median ${sorted[2]}`);
+        // The daemon API says where an answer came from.
+        const lk = await w.cli(nodes[0], ["dns", "lookup", name, "--json"]);
+        assertEquals((JSON.parse(lk) as { source: string }).source, "table");
+        const lk2 = JSON.parse(await w.cli(nodes[0], ["dns", "lookup", "www.example.test", "--json"])) as {
+          source: string;
+          answers: { data: string }[];
+        };
+        assertEquals([lk2.source, lk2.answers[0]?.data], ["upstream-cache", "192.0.2.7"]);
 
-      // Undeploy instance 1: its name disappears within TTL + 1 s; the service name stays.
-      const t0 = Date.now();
-      await nodes[2].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 1 });
-      await w.ctl(["instance", "rm", WEB, "1"]);
-      await eventually(
-        () => dig(client, br.v4, [`instance-1.${name}`, "A"]),
-        (d) => d.status === "NXDOMAIN",
-        6000,
-      );
-      console.log(`undeployed instance gone from DNS after ${Date.now() - t0} ms`);
-      assertEquals(datas(await dig(client, br.v4, [name, "A"])), [web.rr4]);
+        // A newly deployed service resolves on the first query (miss → control plane), fast.
+        const times: number[] = [];
+        for (const k of [1, 2, 3, 4, 5]) {
+          const job = `app.ns.new${k}.ns`;
+          await w.ctl(["service", "add", job]);
+          await w.ctl(["instance", "add", job, "0"]);
+          const inst = await w.instance(`new${k}`);
+          await deploy(nodes[2], job, 0, inst.pid);
+          const rr = (await serviceOf(w, job)).rr4;
+          const d = await dig(client, br.v4, [`new${k}.ns.app.ns.local`, "A"]);
+          assertEquals([d.status, datas(d)], ["NOERROR", [rr]]);
+          times.push(d.ms);
+        }
+        const hits: number[] = [];
+        for (let k = 0; k < 3; k++) hits.push((await dig(client, br.v4, [name, "A"])).ms);
+        console.log(
+          `dig query time (ms): misses via the control plane ${times.join(", ")}; hits ${hits.join(", ")}`,
+        );
+        // Target ≤ 20 ms (issue 13). A single miss is four processes and two MQTT hops, so under the full
+        // suite's load on 2 cores one of them can wait for a CPU: the median of five fresh names must
+        // hold 20 ms, every one of them 100 ms.
+        const sorted = [...times].sort((a, b) => a - b);
+        assert(sorted[2] <= 20 && sorted[4] <= 100, `miss latency (ms) ${times}: median ${sorted[2]}`);
 
-      // From the underlay (dnsmasq's namespace, with a route to n1's subnet): no answer, though the
-      // packet reaches the server (its refusal counter moves).
-      await runTool("ip", ["-n", upstreamNs, "route", "add", `${br.v4}/32`, "via", "192.168.77.1"]);
-      const refusedBefore = await metric(nodes[0], /outcome="refused_client"} (\d+)/);
-      assertEquals((await dig(upstreamNs, br.v4, [name, "A"])).status, "TIMEOUT");
-      assert(
-        await metric(nodes[0], /outcome="refused_client"} (\d+)/) > refusedBefore,
-        "query reached the node",
-      );
+        // Undeploy instance 1: its name disappears within TTL + 1 s; the service name stays.
+        const t0 = Date.now();
+        await nodes[2].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 1 });
+        await w.ctl(["instance", "rm", WEB, "1"]);
+        await eventually(
+          () => dig(client, br.v4, [`instance-1.${name}`, "A"]),
+          (d) => d.status === "NXDOMAIN",
+          6000,
+        );
+        console.log(`undeployed instance gone from DNS after ${Date.now() - t0} ms`);
+        assertEquals(datas(await dig(client, br.v4, [name, "A"])), [web.rr4]);
 
-      // 10k fuzzed packets: the daemon survives, counts them, and still answers.
-      const fz = await runTool("nsenter", [
-        "-t",
-        String(client.pid),
-        "-n",
-        Deno.execPath(),
-        "run",
-        "-A",
-        `${ROOT}tests/helpers/dns_fuzz.ts`,
-        br.v4,
-        "53",
-        "10000",
-        "7",
-      ]);
-      assertEquals(fz.code, 0, fz.stderr);
-      assertEquals(fz.stdout.trim(), "10000");
-      assertEquals(datas(await dig(client, br.v4, [name, "A"])), [web.rr4]);
-      const malformed = await metric(nodes[0], /outcome="malformed"} (\d+)/);
-      console.log(`fuzz: 10000 sent, ${malformed} counted malformed`);
-      assert(malformed >= 100, `malformed ${malformed}`); // reached the parser (how many depends on socket drops)
-      const st = await nodes[0].api.request("GET", "/status");
-      assertEquals(st.status, 200);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
+        // From the underlay (dnsmasq's namespace, with a route to n1's subnet): no answer, though the
+        // packet reaches the server (its refusal counter moves).
+        await runTool("ip", ["-n", upstreamNs, "route", "add", `${br.v4}/32`, "via", "192.168.77.1"]);
+        const refusedBefore = await metric(nodes[0], /outcome="refused_client"} (\d+)/);
+        assertEquals((await dig(upstreamNs, br.v4, [name, "A"])).status, "TIMEOUT");
+        assert(
+          await metric(nodes[0], /outcome="refused_client"} (\d+)/) > refusedBefore,
+          "query reached the node",
+        );
+
+        // 10k fuzzed packets: the daemon survives, counts them, and still answers.
+        const fz = await runTool("nsenter", [
+          "-t",
+          String(client.pid),
+          "-n",
+          Deno.execPath(),
+          "run",
+          "-A",
+          `${ROOT}tests/helpers/dns_fuzz.ts`,
+          br.v4,
+          "53",
+          "10000",
+          "7",
+        ]);
+        assertEquals(fz.code, 0, fz.stderr);
+        assertEquals(fz.stdout.trim(), "10000");
+        assertEquals(datas(await dig(client, br.v4, [name, "A"])), [web.rr4]);
+        const malformed = await metric(nodes[0], /outcome="malformed"} (\d+)/);
+        console.log(`fuzz: 10000 sent, ${malformed} counted malformed`);
+        assert(malformed >= 100, `malformed ${malformed}`); // reached the parser (how many depends on socket drops)
+        const st = await nodes[0].api.request("GET", "/status");
+        assertEquals(st.status, 200);
+      });
     } finally {
       Deno.env.delete("DnsUpstream");
       Deno.env.delete("DnsRateLimit");
-      const left = await w.destroy();
-      assertEquals(left, []);
     }
   },
 );
@@ -297,117 +276,119 @@ Deno.test(
 Deno.test(
   { name: "dns: closest form, TC truncation, unikernel resolv.conf, rate limit (standalone node)", ...opts },
   async () => {
-    const w = new World();
     Deno.env.set("DnsRateLimit", "200");
     try {
-      const dir = await w.tempDir("st");
-      const file = `${dir}/table.json`;
-      const sips = [
-        { IpType: "RR", Address: "10.30.7.1", Address_v6: "fdff::7:1" },
-        { IpType: "Closest", Address: "10.30.7.2", Address_v6: "fdff::7:2" },
-      ];
-      // 60 instances: their RR answer is 1 record, but ANY on instance names is small; a big answer
-      // comes from many Closest... so use 40 distinct RR addresses over instances to overflow 512 bytes.
-      const list = [];
-      for (let k = 0; k < 40; k++) {
-        list.push({
-          instance_number: k,
-          instance_ip: `10.30.8.${k + 1}`,
-          instance_ip_v6: `fdff::8:${k + 1}`,
-          namespace_ip: `10.18.1.${k + 2}`,
-          namespace_ip_v6: `fc00::1:${k + 2}`,
-          host_ip: "192.168.77.9",
-          host_port: 50103,
-          service_ip: [
-            ...sips,
-            { IpType: "RR", Address: `10.30.9.${k + 1}`, Address_v6: `fdff::9:${k + 1}` },
-            { IpType: "instance_ip", Address: `10.30.8.${k + 1}`, Address_v6: `fdff::8:${k + 1}` },
-          ],
+      await withWorld(async (w) => {
+        const dir = await w.tempDir("st");
+        const file = `${dir}/table.json`;
+        const sips = [
+          { IpType: "RR", Address: "10.30.7.1", Address_v6: "fdff::7:1" },
+          { IpType: "Closest", Address: "10.30.7.2", Address_v6: "fdff::7:2" },
+        ];
+        // 60 instances: their RR answer is 1 record, but ANY on instance names is small; a big answer
+        // comes from many Closest... so use 40 distinct RR addresses over instances to overflow 512 bytes.
+        const list = [];
+        for (let k = 0; k < 40; k++) {
+          list.push({
+            instance_number: k,
+            instance_ip: `10.30.8.${k + 1}`,
+            instance_ip_v6: `fdff::8:${k + 1}`,
+            namespace_ip: `10.18.1.${k + 2}`,
+            namespace_ip_v6: `fc00::1:${k + 2}`,
+            host_ip: "192.168.77.9",
+            host_port: 50103,
+            service_ip: [
+              ...sips,
+              { IpType: "RR", Address: `10.30.9.${k + 1}`, Address_v6: `fdff::9:${k + 1}` },
+              { IpType: "instance_ip", Address: `10.30.8.${k + 1}`, Address_v6: `fdff::8:${k + 1}` },
+            ],
+          });
+        }
+        await Deno.writeTextFile(file, JSON.stringify([{ app_name: "big.ns.svc.ns", instance_list: list }]));
+        const node = await w.node("s1", "10.18.0.64/26", ["--static-table", file]);
+        const client = await w.instance("c");
+        await deploy(node, "big.ns.cli.ns", 0, client.pid);
+        const br = await bridgeOf(node);
+        const name = "svc.ns.big.ns.local";
+        assertEquals(datas(await dig(client, br.v4, [`closest.${name}`, "A"])), ["10.30.7.2"]);
+        assertEquals(datas(await dig(client, br.v6, [`closest.${name}`, "AAAA"])), ["fdff::7:2"]);
+        // 41 A records do not fit 512 bytes: without EDNS the UDP answer is truncated (TC), dig retries
+        // over TCP and gets all of them.
+        const plain = await dig(client, br.v4, ["+noedns", "+ignore", name, "A"]);
+        assertMatch(plain.flags, /\btc\b/);
+        assertEquals(plain.answers.length, 0);
+        const full = await dig(client, br.v4, ["+noedns", name, "A"]);
+        assertEquals(full.answers.length, 41);
+        assert(await metric(node, /outcome="truncated"} (\d+)/) >= 1);
+
+        // A unikernel's named namespace gets /etc/netns/<name>/resolv.conf: `ip netns exec` resolves
+        // service names with no server given; undeploy removes the file.
+        const uk = `${w.prefix}.ns.uk.ns`;
+        const r = await node.api.post("/unikernel/deploy", {
+          pid: 0,
+          serviceName: uk,
+          instanceNumber: 0,
+          portMappings: "",
         });
-      }
-      await Deno.writeTextFile(file, JSON.stringify([{ app_name: "big.ns.svc.ns", instance_list: list }]));
-      const node = await w.node("s1", "10.18.0.64/26", ["--static-table", file]);
-      const client = await w.instance("c");
-      await deploy(node, "big.ns.cli.ns", 0, client.pid);
-      const br = await bridgeOf(node);
-      const name = "svc.ns.big.ns.local";
-      assertEquals(datas(await dig(client, br.v4, [`closest.${name}`, "A"])), ["10.30.7.2"]);
-      assertEquals(datas(await dig(client, br.v6, [`closest.${name}`, "AAAA"])), ["fdff::7:2"]);
-      // 41 A records do not fit 512 bytes: without EDNS the UDP answer is truncated (TC), dig retries
-      // over TCP and gets all of them.
-      const plain = await dig(client, br.v4, ["+noedns", "+ignore", name, "A"]);
-      assertMatch(plain.flags, /\btc\b/);
-      assertEquals(plain.answers.length, 0);
-      const full = await dig(client, br.v4, ["+noedns", name, "A"]);
-      assertEquals(full.answers.length, 41);
-      assert(await metric(node, /outcome="truncated"} (\d+)/) >= 1);
+        assertEquals(r.status, 200, r.body);
+        const nsName = `${uk}.instance.0`;
+        const rcPath = `/etc/netns/${nsName}/resolv.conf`;
+        assertMatch(
+          await Deno.readTextFile(rcPath),
+          new RegExp(`nameserver ${br.v4.replaceAll(".", "\\.")}`),
+        );
+        const inUk = await runTool("ip", [
+          "netns",
+          "exec",
+          nsName,
+          "dig",
+          "+short",
+          "+tries=1",
+          `closest.${name}`,
+        ]);
+        assertEquals(inUk.stdout.trim(), "10.30.7.2", inUk.stderr);
+        assertEquals(
+          (await node.api.post("/unikernel/undeploy", { serviceName: uk, instanceNumber: 0 })).status,
+          200,
+        );
+        await eventually(
+          () => Deno.stat(`/etc/netns/${nsName}`).then(() => true, () => false),
+          (x) => !x,
+          3000,
+        );
 
-      // A unikernel's named namespace gets /etc/netns/<name>/resolv.conf: `ip netns exec` resolves
-      // service names with no server given; undeploy removes the file.
-      const uk = `${w.prefix}.ns.uk.ns`;
-      const r = await node.api.post("/unikernel/deploy", {
-        pid: 0,
-        serviceName: uk,
-        instanceNumber: 0,
-        portMappings: "",
+        // Per-client rate limit (DnsRateLimit=200 for this node): a burst of 3000 queries is mostly
+        // dropped (counted), and the client is answered again once its bucket refills. With the default
+        // limit (the cluster test, 100000) the same burst is answered (fuzz: thousands parsed).
+        const accepted0 = await metric(node, /outcome="query_udp"} (\d+)/);
+        const tb = Date.now();
+        const fz = await runTool("nsenter", [
+          "-t",
+          String(client.pid),
+          "-n",
+          Deno.execPath(),
+          "run",
+          "-A",
+          `${ROOT}tests/helpers/dns_fuzz.ts`,
+          br.v4,
+          "53",
+          "3000",
+          "3",
+        ]);
+        const burstS = (Date.now() - tb) / 1000; // an upper bound of the burst's duration
+        assertEquals(fz.code, 0, fz.stderr);
+        const limited = await metric(node, /outcome="rate_limited"} (\d+)/);
+        const accepted = (await metric(node, /outcome="query_udp"} (\d+)/)) - accepted0;
+        console.log(`rate limit 200/s: ${accepted} accepted, ${limited} dropped of 3000 in ≤ ${burstS} s`);
+        assert(
+          limited > 0 && accepted <= 200 + 200 * burstS + 50,
+          `accepted ${accepted}, limited ${limited}`,
+        );
+        await new Promise((r) => setTimeout(r, 1000));
+        assertEquals(datas(await dig(client, br.v4, [`closest.${name}`, "A"])), ["10.30.7.2"]);
       });
-      assertEquals(r.status, 200, r.body);
-      const nsName = `${uk}.instance.0`;
-      const rcPath = `/etc/netns/${nsName}/resolv.conf`;
-      assertMatch(await Deno.readTextFile(rcPath), new RegExp(`nameserver ${br.v4.replaceAll(".", "\\.")}`));
-      const inUk = await runTool("ip", [
-        "netns",
-        "exec",
-        nsName,
-        "dig",
-        "+short",
-        "+tries=1",
-        `closest.${name}`,
-      ]);
-      assertEquals(inUk.stdout.trim(), "10.30.7.2", inUk.stderr);
-      assertEquals(
-        (await node.api.post("/unikernel/undeploy", { serviceName: uk, instanceNumber: 0 })).status,
-        200,
-      );
-      await eventually(
-        () => Deno.stat(`/etc/netns/${nsName}`).then(() => true, () => false),
-        (x) => !x,
-        3000,
-      );
-
-      // Per-client rate limit (DnsRateLimit=200 for this node): a burst of 3000 queries is mostly
-      // dropped (counted), and the client is answered again once its bucket refills. With the default
-      // limit (the cluster test, 100000) the same burst is answered (fuzz: thousands parsed).
-      const accepted0 = await metric(node, /outcome="query_udp"} (\d+)/);
-      const tb = Date.now();
-      const fz = await runTool("nsenter", [
-        "-t",
-        String(client.pid),
-        "-n",
-        Deno.execPath(),
-        "run",
-        "-A",
-        `${ROOT}tests/helpers/dns_fuzz.ts`,
-        br.v4,
-        "53",
-        "3000",
-        "3",
-      ]);
-      const burstS = (Date.now() - tb) / 1000; // an upper bound of the burst's duration
-      assertEquals(fz.code, 0, fz.stderr);
-      const limited = await metric(node, /outcome="rate_limited"} (\d+)/);
-      const accepted = (await metric(node, /outcome="query_udp"} (\d+)/)) - accepted0;
-      console.log(`rate limit 200/s: ${accepted} accepted, ${limited} dropped of 3000 in ≤ ${burstS} s`);
-      assert(limited > 0 && accepted <= 200 + 200 * burstS + 50, `accepted ${accepted}, limited ${limited}`);
-      await new Promise((r) => setTimeout(r, 1000));
-      assertEquals(datas(await dig(client, br.v4, [`closest.${name}`, "A"])), ["10.30.7.2"]);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
     } finally {
       Deno.env.delete("DnsRateLimit");
-      const left = await w.destroy();
-      assertEquals(left, []);
     }
   },
 );
@@ -442,8 +423,7 @@ async function mdnsQuery(
 Deno.test(
   { name: "mdns: one-shot and QU questions answered by unicast; avahi-resolve (v4, v6)", ...opts },
   async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("md");
       const file = `${dir}/table.json`;
       await Deno.writeTextFile(
@@ -538,12 +518,6 @@ Deno.test(
         ]);
         assertEquals([av.code, av.stdout.trim()], [0, `${name}\t${want}`], av.stderr);
       }
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      const left = await w.destroy();
-      assertEquals(left, []);
-    }
+    });
   },
 );

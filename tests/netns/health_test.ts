@@ -14,14 +14,12 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot } from "../helpers/netns.ts";
 import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { runTool } from "../../src/sys/command.ts";
+import { addWebAndClient, ask, CLI, deploy, threeNodes, WEB } from "../helpers/world.ts";
 import { TOOL } from "../helpers/node.ts";
-import { eventually } from "../helpers/setup.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { clientEntry, eventually, instanceOn, WEB_RR } from "../helpers/setup.ts";
+import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
 const N2 = "192.168.77.2";
 const N3 = "192.168.77.3";
 const DELAY = new URL("../helpers/delay_tun.ts", import.meta.url).pathname;
@@ -31,12 +29,6 @@ async function must(cmd: string, args: string[]): Promise<string> {
   const r = await runTool(cmd, args);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr.trim() || `exit ${r.code}`}`);
   return r.stdout.trim();
-}
-
-/** The instance name answering a TCP conversation to `host`:80 from the client. */
-async function ask(client: SimInstance, host: string): Promise<string> {
-  const out = await must("nsenter", ["-t", String(client.pid), "-n", ...TOOL, "tcp-client", host, "80", "q"]);
-  return out.split(":")[0];
 }
 
 interface PeerRow {
@@ -108,16 +100,6 @@ async function delayPath(ns: string, dir: string) {
   };
 }
 
-async function deploy(node: SimNode, job: string, n: number, pid: number): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: n,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
-
 /** Asks `n` times; returns the answers. */
 async function askN(client: SimInstance, host: string, n: number): Promise<string[]> {
   const out: string[] = [];
@@ -158,13 +140,8 @@ Deno.test({
   const w = new World();
   let relay: Awaited<ReturnType<typeof delayPath>> | undefined;
   try {
-    await w.control(CTL);
-    const nodes: SimNode[] = [];
-    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-    await w.ctl(["service", "add", WEB]);
-    await w.ctl(["service", "add", CLI]);
-    for (const n of [0, 1]) await w.ctl(["instance", "add", WEB, String(n)]);
-    await w.ctl(["instance", "add", CLI, "0"]);
+    const { nodes } = await threeNodes(w);
+    await addWebAndClient(w);
     const jobs = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
       { job_name: string; RR_ip: string; Closest_ip: string; Closest_ip_v6: string }
     >;
@@ -285,58 +262,21 @@ Deno.test({
 // ---------------------------------------------------------------------------------------------
 // Static table, one Oakestra-style raw peer
 
-const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
-const n3 = nodeSubnet(3);
 const CLOSEST = { IpType: "Closest", Address: "10.30.0.20", Address_v6: "fdff:1000::20" };
 function withClosest(i: Record<string, unknown>): Record<string, unknown> {
   return { ...i, service_ip: [...(i.service_ip as unknown[]), CLOSEST] };
 }
 const TABLE: QueryResult[] = [
-  {
-    app_name: CLI,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.10",
-      instanceIp6: "fdff::10",
-      nsip: n1.first4(2),
-      nsip6: n1.first6(2),
-      hostIp: "192.168.77.1",
-    })],
-  },
+  clientEntry(CLI),
   {
     app_name: WEB,
     instance_list: [
-      withClosest(tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.2",
-        instanceIp6: "fdff::2",
-        nsip: n2.first4(2),
-        nsip6: n2.first6(2),
-        hostIp: N2,
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      })),
-      withClosest(tableInstance({
-        n: 1,
-        instanceIp: "10.30.0.3",
-        instanceIp6: "fdff::3",
-        nsip: n3.first4(2),
-        nsip6: n3.first6(2),
-        hostIp: N3,
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      })),
-      withClosest(tableInstance({
-        n: 2,
-        instanceIp: "10.30.0.4",
-        instanceIp6: "fdff::4",
-        nsip: n1.first4(3),
-        nsip6: n1.first6(3),
-        hostIp: "192.168.77.1",
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      })),
+      withClosest(instanceOn({ n: 0, node: 2, last: 2, rr: WEB_RR })),
+      withClosest(instanceOn({ n: 1, node: 3, last: 3, rr: WEB_RR })),
+      withClosest(instanceOn({ n: 2, node: 1, last: 4, slot: 3, rr: WEB_RR })),
     ],
   },
-] as QueryResult[];
+];
 
 /** iptables u32: the UDP payload's first byte is 0x1X (HELLO, PROBE and their answers). */
 const CONTROL_U32 = "0>>22&0x3C@8>>24&0xF0=0x10";

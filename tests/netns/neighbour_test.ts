@@ -6,8 +6,8 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { inNs, isRoot } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, type TestCluster } from "../helpers/cluster.ts";
-import { clientEntry, waitFor, webEntry, withCluster } from "../helpers/setup.ts";
+import { nodeSubnet, type QueryResult, type TestCluster } from "../helpers/cluster.ts";
+import { clientEntry, eventually, instanceOn, webEntry, withCluster } from "../helpers/setup.ts";
 import { TestContainer, TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -21,14 +21,7 @@ const TABLE: QueryResult[] = [
   webEntry(WEB),
   {
     app_name: SRV,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.20",
-      instanceIp6: "fdff::20",
-      nsip: n1.first4(3),
-      nsip6: n1.first6(3),
-      hostIp: "192.168.77.1",
-    })],
+    instance_list: [instanceOn({ n: 0, node: 1, last: 20, slot: 3 })],
   },
 ];
 
@@ -74,10 +67,11 @@ Deno.test({
     // The client talks to the remote ServiceIP before, during and after the undeploy.
     // The client resolves its gateway now, so it caches the bridge's current MAC.
     await cli.c.exec(["ip", "neigh", "flush", "all"]);
-    await waitFor(
-      "the RR ServiceIP answers",
+    await eventually(
       async () => (await cli.c.exec(["ping", "-c", "1", "-W", "1", "10.30.0.1"])).code === 0,
+      Boolean,
       8000,
+      "the RR ServiceIP answers",
     );
     assertMatch(
       (await cli.c.exec(["ip", "neigh", "show", "10.18.0.65"])).stdout,
@@ -127,25 +121,29 @@ Deno.test({
       return Number(out.trim());
     };
     // Both learn A's MAC (the node's neighbour entry for the address).
-    await waitFor(
-      "the node reaches A",
+    await eventually(
       async () => (await answered("node", 1, `${a.ipv4}:80`, "A")) === 1,
+      Boolean,
       8000,
+      "the node reaches A",
     );
-    await waitFor(
-      "A through its port mapping",
+    await eventually(
       async () => (await answered("remote", 1, `${c.nodes[0].ip}:8080`, "A")) === 1,
+      Boolean,
       8000,
+      "A through its port mapping",
     );
-    await waitFor(
-      "a neighbour reaches A",
+    await eventually(
       async () => (await answered("peer", 1, `${a.ipv4}:80`, "A")) === 1,
+      Boolean,
       8000,
+      "a neighbour reaches A",
     );
-    await waitFor(
-      "a neighbour reaches A (IPv6)",
+    await eventually(
       async () => (await answered("peer", 1, `[${a.ipv6}]:80`, "A")) === 1,
+      Boolean,
       8000,
+      "a neighbour reaches A (IPv6)",
     );
     assertMatch(await inNs(node1.ns, ["ip", "neigh", "show", a.ipv4]), /lladdr/);
     assertMatch((await peer.c.exec(["ip", "neigh", "show", a.ipv4])).stdout, /lladdr/);
@@ -165,7 +163,12 @@ Deno.test({
     assertEquals((r.json as { nsAddress: string }).nsAddress, a.ipv4, "the same address again");
     await a.c.stop();
     // The server in B needs a moment to listen; then every request is answered by B.
-    await waitFor("B listens", async () => (await b.exec(["ss", "-ltn"])).stdout.includes(":80 "), 8000);
+    await eventually(
+      async () => (await b.exec(["ss", "-ltn"])).stdout.includes(":80 "),
+      Boolean,
+      8000,
+      "B listens",
+    );
     assertEquals(await answered("node", 20, `${a.ipv4}:80`, "B"), 20, "from the node");
     assertEquals(await answered("remote", 20, `${c.nodes[0].ip}:8080`, "B"), 20, "from the remote node");
     assertEquals(await answered("peer", 20, `${a.ipv4}:80`, "B"), 20, "from a neighbour (IPv4)");

@@ -6,8 +6,8 @@
  * miss, a service name resolved through a table query by `sname` — and malformed payloads ignored.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
+import { withWorld } from "../helpers/world.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { World } from "../../src/demo/world.ts";
 import { TOOL } from "../helpers/node.ts";
 import { oakestraInstance } from "../helpers/setup.ts";
 
@@ -26,8 +26,7 @@ function instance(n: number, nsip: string, nsip6: string, host: string, iip: str
 Deno.test(
   { name: "oakestra: our node with an Oakestra-speaking cluster manager (exact payloads)", ...opts },
   async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const { dir } = await w.brokerOnly("192.168.77.254");
       const jobs = [
         {
@@ -149,11 +148,6 @@ Deno.test(
           true,
         );
       }
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 1500)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    }, 1500);
   },
 );

@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { waitFor, withNode } from "../helpers/setup.ts";
+import { eventually, withNode } from "../helpers/setup.ts";
 import { World } from "../../src/demo/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -51,7 +51,12 @@ Deno.test({
     const log = () => Deno.readTextFile(`${n.dir}/daemon.log`);
     await w.stopControl();
     const t0 = Date.now();
-    await waitFor("loss logged", async () => (await log()).includes("MQTT connection lost"), 10_000);
+    await eventually(
+      async () => (await log()).includes("MQTT connection lost"),
+      Boolean,
+      10_000,
+      "loss logged",
+    );
     await new Promise((r) => setTimeout(r, 10_000));
     const down = (await log()).split("\n").filter((l) => /MQTT/.test(l));
     const elapsed = (Date.now() - t0) / 1000;
@@ -67,10 +72,11 @@ Deno.test({
     const delays = backoff.map((l) => Number(/"nextRetryInMs":(\d+)/.exec(l)![1]));
     for (let i = 1; i < delays.length; i++) assert(delays[i] > delays[i - 1], `growing: ${delays}`);
     await w.startControl();
-    await waitFor(
-      "reconnect logged",
+    await eventually(
       async () => /reconnected to MQTT broker.*"downSeconds"/.test(await log()),
+      Boolean,
       30_000,
+      "reconnect logged",
     );
   } finally {
     await w.destroy();

@@ -7,7 +7,8 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { createNs, deleteNs, isRoot, run } from "../helpers/netns.ts";
 import { deployBody, jobName, TestContainer, TOOL } from "../helpers/node.ts";
-import { twoNodeTable, waitFor, withCluster, withNode } from "../helpers/setup.ts";
+import { eventually, twoNodeTable, withCluster, withNode } from "../helpers/setup.ts";
+import { promtool } from "../helpers/promtool.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -18,22 +19,6 @@ async function curlIn(ns: string, url: string): Promise<{ status: number; body: 
   const r = await run(["ip", "netns", "exec", ns, "curl", "-s", "-m", "5", "-w", "\n%{http_code}", url]);
   const i = r.stdout.lastIndexOf("\n");
   return { status: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i) };
-}
-
-/** `promtool check metrics` on `text`: exit code and what it printed. */
-async function promtool(text: string): Promise<{ code: number; out: string }> {
-  const p = new Deno.Command("promtool", {
-    args: ["check", "metrics"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(text));
-  await w.close();
-  const o = await p.output();
-  const dec = new TextDecoder();
-  return { code: o.code, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
 }
 
 /** Runs the CLI (`netmanager …`) and returns exit code and output. */
@@ -236,16 +221,21 @@ Deno.test({
       "--metrics-addr",
       "127.0.0.1:9466",
     ]);
-    await waitFor("ready", async () => (await health()).status === 200, 20_000);
+    await eventually(async () => (await health()).status === 200, Boolean, 20_000, "ready");
     await stop(broker);
     broker = undefined;
-    await waitFor("not ready while the broker is down", async () => (await health()).status === 503, 10_000);
+    await eventually(
+      async () => (await health()).status === 503,
+      Boolean,
+      10_000,
+      "not ready while the broker is down",
+    );
     const h = await health();
     assertMatch(h.body, /^not ready: not connected to the MQTT broker mqtt:\/\/127\.0\.0\.1:11883/);
     const m = await curlIn(ns, "http://127.0.0.1:9466/metrics");
     assertMatch(m.body, /^netmanager_control_ready 0$/m);
     broker = spawn(["mosquitto", "-c", `${dir}/mosquitto.conf`]);
-    await waitFor("ready again", async () => (await health()).status === 200, 20_000);
+    await eventually(async () => (await health()).status === 200, Boolean, 20_000, "ready again");
   } finally {
     await stop(control);
     await stop(broker);
@@ -269,35 +259,47 @@ Deno.test({
     const node2 = c.nodes[1].node;
     await c.deploy(1, CLI_JOB, 0);
     await c.deploy(2, WEB_JOB, 0, [...TOOL, "servers", "80", "web0"]);
-    await waitFor("traffic through the ServiceIP", async () => {
-      const r = await c.containers[0].exec([...TOOL, "tcp-client", "10.30.0.1", "80", "x"]);
-      return r.code === 0 && r.stdout.trim() === "web0:x";
-    }, 10_000);
-    await waitFor(
-      "wire mode logged",
+    await eventually(
+      async () => {
+        const r = await c.containers[0].exec([...TOOL, "tcp-client", "10.30.0.1", "80", "x"]);
+        return r.code === 0 && r.stdout.trim() === "web0:x";
+      },
+      Boolean,
+      10_000,
+      "traffic through the ServiceIP",
+    );
+    await eventually(
       async () => /wire mode changed.*"from":"raw"/.test(await node1.log()),
+      Boolean,
       5000,
+      "wire mode logged",
     );
 
     // Traffic to a ServiceIP nobody knows: one warning naming it (not one per packet).
     await c.containers[0].exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.30.99.99"]);
-    await waitFor(
-      "unknown ServiceIP warning",
+    await eventually(
       async () =>
         /unknown ServiceIP.*"serviceIp":"10\.30\.99\.99","fromInstance":"app\.ns\.opscli\.ns#0"/.test(
           await node1.log(),
         ),
+      Boolean,
       5000,
+      "unknown ServiceIP warning",
     );
     assertEquals((await node1.log()).split("\n").filter((l) => l.includes("unknown ServiceIP")).length, 1);
 
     // The peers table on node 1 names worker2, its mode, its RTT (measured for every peer, though the
     // policy is round robin) and a recent last-seen; the metrics carry the RTT too.
-    await waitFor("peer listed with its RTT", async () => {
-      const pe = await cli(["peers", "--socket", node1.socket]);
-      return /^worker2\s+192\.168\.77\.2:50103\s+(fast|jumbo)\s+\d+(\.\d+)? ms\s+(just now|\d+s ago)/m
-        .test(pe.stdout);
-    }, 8000);
+    await eventually(
+      async () => {
+        const pe = await cli(["peers", "--socket", node1.socket]);
+        return /^worker2\s+192\.168\.77\.2:50103\s+(fast|jumbo)\s+\d+(\.\d+)? ms\s+(just now|\d+s ago)/m
+          .test(pe.stdout);
+      },
+      Boolean,
+      8000,
+      "peer listed with its RTT",
+    );
     const m = await node1.api.request("GET", "/metrics");
     assertMatch(
       m.body,
@@ -346,10 +348,11 @@ Deno.test({
     for (const [chain, port] of block) {
       await node2.exec(["iptables", "-I", chain, "-p", "udp", port, "50103", "-j", "DROP"]);
     }
-    await waitFor(
-      "silent peer logged",
+    await eventually(
       async () => /peer stopped answering HELLOs.*"endpoint":"192\.168\.77\.2:50103"/.test(await node1.log()),
+      Boolean,
       30_000,
+      "silent peer logged",
     );
     const pe = await cli(["peers", "--socket", node1.socket]);
     assertMatch(pe.stdout, /^worker2\s+192\.168\.77\.2:50103\s+raw \(no HELLO answer\)/m);
@@ -361,10 +364,11 @@ Deno.test({
     for (const [chain, port] of block) {
       await node2.exec(["iptables", "-D", chain, "-p", "udp", port, "50103", "-j", "DROP"]);
     }
-    await waitFor(
-      "peer back logged",
+    await eventually(
       async () => /peer answering again.*"endpoint":"192\.168\.77\.2:50103"/.test(await node1.log()),
+      Boolean,
       40_000,
+      "peer back logged",
     );
     const silentLines = (await node1.log()).split("\n").filter((l) => l.includes("peer stopped answering"));
     assertEquals(silentLines.length, 1, "logged once, not per HELLO");

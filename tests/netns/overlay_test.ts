@@ -5,63 +5,28 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, inNs, isRoot, run, sh } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
 import { TOOL } from "../helpers/node.ts";
+import { clientEntry, instanceOn, WEB_RR } from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
 const CLI = "app.ns.cli.ns";
 const LOC = "app.ns.loc.ns";
-const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
-const n3 = nodeSubnet(3);
-
 const TABLE: QueryResult[] = [
-  {
-    app_name: CLI,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.10",
-      instanceIp6: "fdff::10",
-      nsip: n1.first4(2),
-      nsip6: n1.first6(2),
-      hostIp: "192.168.77.1",
-    })],
-  },
+  clientEntry(CLI),
   {
     app_name: WEB,
     instance_list: [
-      tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.2",
-        instanceIp6: "fdff::2",
-        nsip: n2.first4(2),
-        nsip6: n2.first6(2),
-        hostIp: "192.168.77.2",
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      }),
-      tableInstance({
-        n: 1,
-        instanceIp: "10.30.0.3",
-        instanceIp6: "fdff::3",
-        nsip: n3.first4(2),
-        nsip6: n3.first6(2),
-        hostIp: "192.168.77.3",
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      }),
+      instanceOn({ n: 0, node: 2, last: 2, rr: WEB_RR }),
+      instanceOn({ n: 1, node: 3, last: 3, rr: WEB_RR }),
     ],
   },
   {
     app_name: LOC,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.6",
-      instanceIp6: "fdff::6",
-      nsip: n1.first4(3),
-      nsip6: n1.first6(3),
-      hostIp: "192.168.77.1",
-      rr: { v4: "10.30.0.5", v6: "fdff:2000::5" },
-    })],
+    instance_list: [
+      instanceOn({ n: 0, node: 1, last: 6, slot: 3, rr: { v4: "10.30.0.5", v6: "fdff:2000::5" } }),
+    ],
   },
 ];
 

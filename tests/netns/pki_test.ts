@@ -10,7 +10,9 @@
  */
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { withWorld } from "../helpers/world.ts";
 import { isRoot } from "../helpers/netns.ts";
+import { hasEtcd, startEtcd } from "../helpers/etcd.ts";
 import { World } from "../../src/demo/world.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
@@ -61,8 +63,7 @@ Deno.test({
     "PKI via netmanager control: certificates for 2 nodes, keys 0600 and never logged, forged list ignored, node rm revokes in ≤ 10 s",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("pki");
       const cns = await w.namespace("ctl");
       await w.attach(cns, "c", CTL);
@@ -252,12 +253,7 @@ Deno.test({
       const left = [...Deno.readDirSync(`${n1.dir}/state`)].map((e) => e.name).sort();
       assert(!left.includes("tunnel-cert.pem") && !left.includes("tunnel-ca.json"), left.join());
       assert(left.includes("tunnel-identity.json"), left.join());
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    });
   },
 });
 
@@ -266,8 +262,7 @@ Deno.test({
     "PKI offline: cert ca → show → sign; the node loads the files; a foreign certificate stops the daemon",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       const dir = await w.tempDir("off");
       const cli = async (args: string[]) => {
         const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
@@ -330,12 +325,7 @@ Deno.test({
       assertMatch(bad.stderr, /is for another key/);
       const links = (await runTool("ip", ["-n", ns, "-o", "link"])).stdout;
       assert(!/goProxy/.test(links), `the refused daemon created links: ${links}`);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    });
   },
 });
 
@@ -344,8 +334,7 @@ Deno.test({
     "PKI behind mosquitto with passwords + config/mosquitto/acl: certificates flow, a node cannot publish a revocation list, node rm revokes",
   ...opts,
   fn: async () => {
-    const w = new World();
-    try {
+    await withWorld(async (w) => {
       await w.control(CTL, { broker: "mosquitto" });
       const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
       await w.clusterNode("n2", "192.168.77.2", CTL);
@@ -398,63 +387,25 @@ Deno.test({
       );
       console.log(`mosquitto: node rm → revoked on n1 after ${Date.now() - t} ms`);
       assertMatch(await Deno.readTextFile(`${n1.dir}/daemon.log`), /revocation list applied/);
-    } catch (e) {
-      await w.diagnose((l) => console.error(l.slice(0, 2000)));
-      throw e;
-    } finally {
-      assertEquals(await w.destroy(), []);
-    }
+    });
   },
 });
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-const HAS_ETCD = (() => {
-  try {
-    return new Deno.Command("etcd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
 
 Deno.test({
   name:
     "PKI with etcd replicas: one CA for both, a node rm through one replica reaches the other's broker in ≤ 10 s",
-  ignore: !HAS_ETCD,
+  ignore: !hasEtcd(),
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
     const { startControl } = await import("../../src/cluster/mod.ts");
     const mqtt = (await import("mqtt")).default;
     const dir = await Deno.makeTempDir({ prefix: "nmpki-" });
-    const [client, peer] = [freePort(), freePort()];
-    const url = `http://127.0.0.1:${client}`;
-    const etcd = new Deno.Command("etcd", {
-      args: [
-        "--name=t",
-        `--data-dir=${dir}/etcd`,
-        `--listen-client-urls=${url}`,
-        `--advertise-client-urls=${url}`,
-        `--listen-peer-urls=http://127.0.0.1:${peer}`,
-        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
-        `--initial-cluster=t=http://127.0.0.1:${peer}`,
-      ],
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
+    const etcd = await startEtcd(dir);
+    const url = etcd.url;
     const replicas: Array<Awaited<ReturnType<typeof startControl>>> = [];
     const clients: Array<import("mqtt").MqttClient> = [];
     try {
-      await until("etcd", 20000, async () => {
-        const h = await fetch(`${url}/health`).then((r) => r.json());
-        return (h as { health?: string }).health === "true" ? true : undefined;
-      });
       for (const i of [1, 2]) {
         replicas.push(
           await startControl({
@@ -515,10 +466,7 @@ Deno.test({
     } finally {
       for (const c of clients) await c.endAsync(true).catch(() => {});
       for (const r of replicas) await r.stop();
-      try {
-        etcd.kill("SIGTERM");
-      } catch { /* gone */ }
-      await etcd.status;
+      await etcd.stop();
       await Deno.remove(dir, { recursive: true });
     }
   },

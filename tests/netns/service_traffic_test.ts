@@ -8,7 +8,16 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot, run } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
-import { CLIENT_IP, nodeCli, twoNodeTable, waitFor, WEB_IP, WEB_RR, withCluster } from "../helpers/setup.ts";
+import { promtool } from "../helpers/promtool.ts";
+import {
+  CLIENT_IP,
+  eventually,
+  nodeCli,
+  twoNodeTable,
+  WEB_IP,
+  WEB_RR,
+  withCluster,
+} from "../helpers/setup.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ADDR = "127.0.0.1:9464";
@@ -18,21 +27,6 @@ const WEB_JOB = "app.ns.svcweb.ns";
 async function metricsIn(ns: string): Promise<string> {
   const r = await run(["ip", "netns", "exec", ns, "curl", "-s", "-m", "5", `http://${ADDR}/metrics`]);
   return r.stdout;
-}
-
-async function promtool(text: string): Promise<{ code: number; out: string }> {
-  const p = new Deno.Command("promtool", {
-    args: ["check", "metrics"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(text));
-  await w.close();
-  const o = await p.output();
-  const dec = new TextDecoder();
-  return { code: o.code, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
 }
 
 /** The value of `family{…labels…}` whose labels include all of `want` (0 when absent). */
@@ -73,13 +67,23 @@ Deno.test({
     await c.deploy(1, CLI_JOB, 0);
     await c.deploy(2, WEB_JOB, 0, [...TOOL, "servers", "80", "web0"]);
     const client = c.containers[0];
-    await waitFor("TCP through the ServiceIP", async () => {
-      const r = await client.exec([...TOOL, "tcp-client", WEB_RR.v4, "80", "x"]);
-      return r.code === 0 && r.stdout.trim() === "web0:x";
-    }, 10_000);
+    await eventually(
+      async () => {
+        const r = await client.exec([...TOOL, "tcp-client", WEB_RR.v4, "80", "x"]);
+        return r.code === 0 && r.stdout.trim() === "web0:x";
+      },
+      Boolean,
+      10_000,
+      "TCP through the ServiceIP",
+    );
     // Counters are reported about once a second: wait until the warm-up traffic shows, then measure.
     const rr = { service: WEB_JOB, address: WEB_RR.v4 };
-    await waitFor("warm-up counted", async () => counts(await metricsIn(n1.ns), rr).txP > 0, 5000);
+    await eventually(
+      async () => counts(await metricsIn(n1.ns), rr).txP > 0,
+      Boolean,
+      5000,
+      "warm-up counted",
+    );
     const before1 = counts(await metricsIn(n1.ns), rr);
     const cliOn2 = { service: CLI_JOB, address: CLIENT_IP.v4, service_instance: "0" };
     const before2 = counts(await metricsIn(n2.ns), cliOn2);
@@ -96,10 +100,15 @@ Deno.test({
     const minTx = MIB + UDP_N * UDP_LEN;
     const minRx = UDP_N * (UDP_LEN + "web0:".length);
     let after1 = before1;
-    await waitFor("client node: tx ≥ bytes sent, rx ≥ echoes", async () => {
-      after1 = counts(await metricsIn(n1.ns), rr);
-      return after1.txB - before1.txB >= minTx && after1.rxB - before1.rxB >= minRx;
-    }, 8000).catch((e) => {
+    await eventually(
+      async () => {
+        after1 = counts(await metricsIn(n1.ns), rr);
+        return after1.txB - before1.txB >= minTx && after1.rxB - before1.rxB >= minRx;
+      },
+      Boolean,
+      8000,
+      "client node: tx ≥ bytes sent, rx ≥ echoes",
+    ).catch((e) => {
       throw new Error(`${e.message}: before ${JSON.stringify(before1)} after ${JSON.stringify(after1)}`);
     });
     assert(after1.txP - before1.txP >= UDP_N + 1, `tx packets ${JSON.stringify([before1, after1])}`);
@@ -107,10 +116,15 @@ Deno.test({
 
     // The server's node sees the same traffic as coming from the client's InstanceIP.
     let after2 = before2;
-    await waitFor("server node: rx from the client's InstanceIP", async () => {
-      after2 = counts(await metricsIn(n2.ns), cliOn2);
-      return after2.rxB - before2.rxB >= minTx && after2.txB - before2.txB >= minRx;
-    }, 8000).catch((e) => {
+    await eventually(
+      async () => {
+        after2 = counts(await metricsIn(n2.ns), cliOn2);
+        return after2.rxB - before2.rxB >= minTx && after2.txB - before2.txB >= minRx;
+      },
+      Boolean,
+      8000,
+      "server node: rx from the client's InstanceIP",
+    ).catch((e) => {
       throw new Error(`${e.message}: before ${JSON.stringify(before2)} after ${JSON.stringify(after2)}`);
     });
 
@@ -122,10 +136,15 @@ Deno.test({
       const r = await client.exec([...TOOL, "tcp-client", WEB_IP.v4, "80", msg]);
       assertEquals(r.stdout.trim(), `web0:${msg}`);
     }
-    await waitFor("InstanceIP counted", async () => {
-      const i1 = counts(await metricsIn(n1.ns), inst);
-      return i1.txB - i0.txB >= 5 * 1000 && i1.rxB - i0.rxB >= 5 * 1005;
-    }, 8000);
+    await eventually(
+      async () => {
+        const i1 = counts(await metricsIn(n1.ns), inst);
+        return i1.txB - i0.txB >= 5 * 1000 && i1.rxB - i0.rxB >= 5 * 1005;
+      },
+      Boolean,
+      8000,
+      "InstanceIP counted",
+    );
     const rrNow = counts(await metricsIn(n1.ns), rr);
     assert(rrNow.txB - after1.txB < 5 * 1000, "InstanceIP traffic is not counted under the ServiceIP");
 
@@ -134,10 +153,15 @@ Deno.test({
     const v0 = counts(await metricsIn(n1.ns), r6);
     const b6 = await client.exec([...TOOL, "udp-burst", WEB_RR.v6, "80", "50"]);
     assertEquals(b6.code, 0, b6.stdout + b6.stderr);
-    await waitFor("IPv6 ServiceIP counted", async () => {
-      const v1 = counts(await metricsIn(n1.ns), r6);
-      return v1.txP - v0.txP >= 50 && v1.rxP - v0.rxP >= 50 && v1.txB - v0.txB >= 50 * (48 + 53);
-    }, 8000);
+    await eventually(
+      async () => {
+        const v1 = counts(await metricsIn(n1.ns), r6);
+        return v1.txP - v0.txP >= 50 && v1.rxP - v0.rxP >= 50 && v1.txB - v0.txB >= 50 * (48 + 53);
+      },
+      Boolean,
+      8000,
+      "IPv6 ServiceIP counted",
+    );
 
     const text = await metricsIn(n1.ns);
     const p = await promtool(text);

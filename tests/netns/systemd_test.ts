@@ -15,7 +15,7 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot, run, type RunResult } from "../helpers/netns.ts";
-import { waitFor } from "../helpers/setup.ts";
+import { eventually } from "../helpers/setup.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const NSPAWN = ["/usr/bin/systemd-nspawn", "/bin/systemd-nspawn"].find((p) => {
@@ -133,13 +133,14 @@ Deno.test({
     }).spawn();
     output = nspawn.output();
     let init: number | undefined;
-    await waitFor(
-      "systemd as the container's PID 1",
+    await eventually(
       async () => {
         init = await containerInit(nspawn!.pid);
         return init !== undefined;
       },
+      Boolean,
       20_000,
+      "systemd as the container's PID 1",
       200,
     );
     const inside = (cmd: string[]): Promise<RunResult> => run(["nsenter", "-t", String(init), "-a", ...cmd]);
@@ -150,26 +151,29 @@ Deno.test({
       (await inside(["systemctl", "show", "--value", "-p", p, u])).stdout.trim();
 
     // 1. Both units start; their logs are in the journal under their identifiers.
-    await waitFor(
-      "both units active",
+    await eventually(
       async () => {
         const a = await inside(["systemctl", "is-active", "netmanager", "netmanager-control"]);
         return a.stdout.trim() === "active\nactive";
       },
+      Boolean,
       60_000,
+      "both units active",
       500,
     );
-    await waitFor(
-      "node started (journal)",
+    await eventually(
       async () => / netmanager\[\d+\]: .*netmanager started/.test(await journal("netmanager")),
+      Boolean,
       60_000,
+      "node started (journal)",
       500,
     );
-    await waitFor(
-      "control plane started (journal)",
+    await eventually(
       async () =>
         / netmanager-control\[\d+\]: .*control plane started/.test(await journal("netmanager-control")),
+      Boolean,
       60_000,
+      "control plane started (journal)",
       500,
     );
     assertMatch(await status("netmanager"), /Active: active \(running\)/);
@@ -199,23 +203,25 @@ Deno.test({
       "http://localhost/register",
     ]);
     assertMatch(reg.stdout, /200$/, reg.stdout + reg.stderr);
-    await waitFor(
-      "the TUN is up",
+    await eventually(
       async () => /goProxyTun/.test((await inside(["ip", "-br", "link"])).stdout),
+      Boolean,
       20_000,
+      "the TUN is up",
       200,
     );
     assertMatch(await journal("netmanager"), /registered \{"workerId":"w1"/);
 
     // 3. Restart=on-failure: a killed daemon comes back (another PID), the journal says why.
     assertEquals((await inside(["kill", "-9", String(pid)])).code, 0);
-    await waitFor(
-      "restarted after SIGKILL",
+    await eventually(
       async () => {
         const now = Number(await show("netmanager", "MainPID"));
         return now > 0 && now !== pid && (await show("netmanager", "ActiveState")) === "active";
       },
+      Boolean,
       30_000,
+      "restarted after SIGKILL",
       300,
     );
     const j = await journal("netmanager");
@@ -232,13 +238,14 @@ Deno.test({
     );
     await inside(["systemctl", "reset-failed", "netmanager"]); // a fresh start-limit window
     await inside(["systemctl", "restart", "netmanager"]);
-    await waitFor(
-      "start limit hit",
+    await eventually(
       async () => {
         return (await show("netmanager", "ActiveState")) === "failed" &&
           /Start request repeated too quickly/.test(await journal("netmanager"));
       },
+      Boolean,
       90_000,
+      "start limit hit",
       1000,
     );
     const jb = await journal("netmanager");

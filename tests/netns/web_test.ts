@@ -10,15 +10,13 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { type SimNode, World } from "../../src/demo/world.ts";
+import { World } from "../../src/demo/world.ts";
 import { runTool } from "../../src/sys/command.ts";
+import { addWebAndClient, CLI, CTL, deploy, threeNodes, WEB } from "../helpers/world.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { Chromium, type Page } from "../helpers/chromium.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const CTL = "192.168.77.254";
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
 const HELPERS = new URL("../helpers/", import.meta.url).pathname;
 const GO_NODE = `go<b>1&"'`; // an MQTT worker id may hold markup characters
 const EVIL = "evil";
@@ -102,16 +100,6 @@ async function curlCtl(w: World, args: string[]): Promise<{ status: number; body
   return { status: Number(r.stdout.slice(i + 1)), body: r.stdout.slice(0, i), head: r.stderr };
 }
 
-async function deploy(node: SimNode, job: string, n: number, pid: number): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: n,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
-
 /** Starts an MQTT-only node next to the broker (credential from the control plane) sending `reports`. */
 async function mqttNode(w: World, id: string, reports: Array<{ payload: string; delayMs?: number }>) {
   const dir = await w.tempDir("mqttnode");
@@ -145,14 +133,9 @@ Deno.test({
   let stopTalking = false;
   let talking: Promise<void> | undefined;
   try {
-    const ctl = await w.control(CTL);
-    const nodes: SimNode[] = [];
-    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
+    const { control: ctl, nodes } = await threeNodes(w);
     const ids = nodes.map((n) => `${w.prefix}-${n.name}`);
-    await w.ctl(["service", "add", WEB]);
-    await w.ctl(["service", "add", CLI]);
-    for (const n of [0, 1]) await w.ctl(["instance", "add", WEB, String(n)]);
-    await w.ctl(["instance", "add", CLI, "0"]);
+    await addWebAndClient(w);
     const s0 = await w.server("web0");
     const s1 = await w.server("web1");
     const client = await w.instance("client");

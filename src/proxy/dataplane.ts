@@ -372,6 +372,7 @@ export class DataPlane {
     };
     Atomics.store(l.posted, 0, 0); // the new Worker counts from zero
     const many = this.#lanes.length > 1;
+    const secure = this.#secure.init(l.restarts.length > 0); // a restart: send-only keys, peers rekeyed
     this.#post(l, {
       type: "init",
       tun: l.tun.info(),
@@ -384,7 +385,7 @@ export class DataPlane {
         ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation, health: this.#health }
         : opts.engine,
       table: this.table.shareLayout(),
-      ...(this.#secure.init() ? { secure: this.#secure.init() } : {}),
+      ...(secure ? { secure } : {}),
     });
     if (this.#deadLocal.length > 0) this.#post(l, { type: "deadLocal", nsip4s: this.#deadLocal });
     await ready.promise;

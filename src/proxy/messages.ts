@@ -18,6 +18,8 @@ export interface SecureInit {
   mode: SecureMode;
   keys: SessionKeys[];
   blocked: string[];
+  /** A restarted Worker: `keys` may seal but not open (its replay windows are lost; peers are rekeyed). */
+  sendOnly?: boolean;
 }
 
 /** Counters as sent by the Worker. */

@@ -140,7 +140,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         const secure = new SecureLayer({ lane: m.engine.laneTag ?? 0, post });
         if (m.secure) {
           secure.setMode(m.secure.mode);
-          for (const k of m.secure.keys) secure.install(k);
+          for (const k of m.secure.keys) secure.install(k, m.secure.sendOnly === true);
           for (const p of m.secure.blocked) secure.blocked.add(p);
           engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
         }

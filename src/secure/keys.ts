@@ -61,6 +61,17 @@ export interface SessionKeys {
   createdMs: number;
   sendUntilMs: number;
   expiresMs: number;
+  /**
+   * Messages sent per lane ({@link MAX_LANES} float64 slots), shared by the main isolate with every
+   * worker: a restarted worker continues its lane's count, so it never repeats a nonce and the peer's
+   * replay window accepts it. Absent (tests): each ring counts on its own.
+   */
+  sendCounters?: SharedArrayBuffer;
+}
+
+/** A {@link SessionKeys.sendCounters} buffer. */
+export function newSendCounters(): SharedArrayBuffer {
+  return new SharedArrayBuffer(8 * MAX_LANES);
 }
 
 /** Why {@link KeyRing.open} refused a datagram (negative results). */
@@ -90,11 +101,24 @@ export const OPEN_RESULT_NAMES: readonly string[] = [
 class DataSession {
   readonly seal: EvpAead;
   readonly open: EvpAead;
-  sent = 0;
+  /** Messages sent by this lane (one slot of the shared counters, or a private one). */
+  readonly #sent: Float64Array;
+  readonly #lane: number;
   readonly windows: (ReplayWindow | undefined)[] = [];
-  constructor(readonly keys: SessionKeys) {
+  constructor(readonly keys: SessionKeys, lane: number, readonly sendOnly: boolean) {
     this.seal = new EvpAead("aes-256-gcm", keys.sendKey, true);
     this.open = new EvpAead("aes-256-gcm", keys.recvKey, false);
+    this.#sent = keys.sendCounters ? new Float64Array(keys.sendCounters) : new Float64Array(MAX_LANES);
+    this.#lane = lane;
+  }
+  get sent(): number {
+    return this.#sent[this.#lane];
+  }
+  /** The next message number of this lane (only this lane's worker writes its slot). */
+  next(): number {
+    const n = this.#sent[this.#lane];
+    this.#sent[this.#lane] = n + 1;
+    return n;
   }
   close(): void {
     this.seal.close();
@@ -122,10 +146,14 @@ export class KeyRing {
     }
   }
 
-  /** Installs a new session; it becomes the peer's sending session (the previous stays for receiving). */
-  install(keys: SessionKeys): void {
+  /**
+   * Installs a new session; it becomes the peer's sending session (the previous stays for receiving).
+   * `sendOnly`: a restarted worker's sessions from before its start — its replay windows are gone, so
+   * it refuses their datagrams (the main isolate rekeys every peer on a restart).
+   */
+  install(keys: SessionKeys, sendOnly = false): void {
     this.#byIndex.get(keys.localIndex)?.close();
-    const s = new DataSession(keys);
+    const s = new DataSession(keys, this.lane, sendOnly);
     this.#byIndex.set(keys.localIndex, s);
     const cur = this.#current.get(keys.peer);
     if (!cur || cur.keys.createdMs <= keys.createdMs) this.#current.set(keys.peer, s);
@@ -190,7 +218,7 @@ export class KeyRing {
   ): number {
     const s = this.#current.get(peer);
     if (!s || !this.canSend(peer, nowMs)) return -1;
-    const n = s.sent++;
+    const n = s.next();
     if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
     const hi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0;
     writeSecureHeader(dst, at, laneKey, s.keys.remoteIndex, hi, n >>> 0);
@@ -225,7 +253,7 @@ export class KeyRing {
     this.refusedPeer = "";
     if (!s) return OpenResult.NO_SESSION;
     this.refusedPeer = s.keys.peer; // (cleared again when the datagram is accepted)
-    if (nowMs >= s.keys.expiresMs) return OpenResult.EXPIRED;
+    if (nowMs >= s.keys.expiresMs || s.sendOnly) return OpenResult.EXPIRED;
     const lane = counterLane(h.counterHi);
     const n = counterValue(h.counterHi, h.counterLo);
     if (n >= REJECT_AFTER_MESSAGES) return OpenResult.REPLAY;

@@ -22,7 +22,7 @@
  * @module
  */
 import { Handshaker } from "./handshake.ts";
-import type { SessionKeys } from "./keys.ts";
+import { newSendCounters, type SessionKeys } from "./keys.ts";
 import { type SecureMode, secureModeOf, type SecureUp } from "./secure_layer.ts";
 import type { SecuritySettings } from "./node_security.ts";
 import type { SecureInit, ToWorker } from "../proxy/messages.ts";
@@ -142,13 +142,20 @@ export class SecureDriver {
     this.#timer ??= setInterval(() => this.tick(), 1000);
   }
 
-  /** What a (re)started worker begins with. */
-  init(): SecureInit | undefined {
+  /**
+   * What a (re)started worker begins with. A restarted one (`restart`) gets the keys to send with
+   * only (its replay windows are lost), and every peer is rekeyed at once so that it can receive again.
+   */
+  init(restart = false): SecureInit | undefined {
     if (this.#workerMode === 0) return undefined;
+    if (restart && this.#hs) {
+      for (const peer of this.#keys.keys()) this.#initiate(peer, 0, true);
+    }
     return {
       mode: this.#workerMode,
       keys: [...this.#keys.values()].flat(),
       blocked: [...this.#blocked.keys()],
+      ...(restart ? { sendOnly: true } : {}),
     };
   }
 
@@ -208,6 +215,7 @@ export class SecureDriver {
   }
 
   #established(k: SessionKeys): void {
+    k.sendCounters ??= newSendCounters(); // shared by the workers, kept across their restarts
     const first = !this.#keys.has(k.peer);
     // Keep the previous session for in-flight datagrams; older ones expire in the workers.
     const list = (this.#keys.get(k.peer) ?? []).filter((x) => x.expiresMs > Date.now()).slice(-1);

@@ -147,9 +147,9 @@ export class SecureLayer {
     }
   }
 
-  /** Installs a session's keys. */
-  install(keys: SessionKeys): void {
-    this.ring.install(keys);
+  /** Installs a session's keys (`sendOnly`: see KeyRing.install). */
+  install(keys: SessionKeys, sendOnly = false): void {
+    this.ring.install(keys, sendOnly);
     this.#everSecure.add(keys.peer);
   }
 

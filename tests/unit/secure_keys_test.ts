@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { KeyRing, OpenResult, type SessionKeys } from "../../src/secure/keys.ts";
+import { KeyRing, newSendCounters, OpenResult, type SessionKeys } from "../../src/secure/keys.ts";
 import { SECURE_HEADER_LEN, SECURE_OVERHEAD } from "../../src/secure/secure_wire.ts";
 
 const NOW = 1_000_000;
@@ -119,4 +119,39 @@ Deno.test("secure keys: rekey hand-over keeps the previous session for in-flight
   assertEquals(a.seal("C", fresh.buf, 0, 1, 0, NOW), -1);
   a.close();
   b.close();
+});
+
+Deno.test("secure keys: a restarted worker continues its lane's shared counter and opens nothing of the old session", () => {
+  const [ka, kb] = pairKeys();
+  ka.sendCounters = newSendCounters();
+  const a = new KeyRing(3), b = new KeyRing(0);
+  a.install(ka);
+  b.install(kb);
+  for (let i = 0; i < 5; i++) {
+    const d = datagram(`before ${i}`);
+    assertEquals(b.open(d.buf, 0, a.seal("B", d.buf, 0, d.len, 1, NOW), NOW), d.len);
+  }
+  // The worker of lane 3 restarts: a new ring gets the same keys (and counters), send-only.
+  const again = new KeyRing(3);
+  again.install(ka, true);
+  const d = datagram("after the restart");
+  assertEquals(
+    b.open(d.buf, 0, again.seal("B", d.buf, 0, d.len, 1, NOW), NOW),
+    d.len,
+    "not a replay at the peer",
+  );
+  // Without the shared counters the restarted ring would start at 0 again: the peer refuses that.
+  const [kc, kd] = pairKeys(33, 44);
+  const c = new KeyRing(3), e = new KeyRing(0);
+  c.install(kc);
+  e.install(kd);
+  const first = datagram("x");
+  e.open(first.buf, 0, c.seal("B", first.buf, 0, first.len, 1, NOW), NOW);
+  const fresh = new KeyRing(3);
+  fresh.install(kc);
+  const dup = datagram("y");
+  assertEquals(e.open(dup.buf, 0, fresh.seal("B", dup.buf, 0, dup.len, 1, NOW), NOW), OpenResult.REPLAY);
+  // The restarted ring opens nothing of the old session (its replay windows are gone).
+  const r = datagram("reply");
+  assertEquals(again.open(r.buf, 0, b.seal("A", r.buf, 0, r.len, 1, NOW), NOW), OpenResult.EXPIRED);
 });

@@ -293,7 +293,8 @@ Deno.test(
         15000,
       );
       // Never probed (its control is dropped): raw mode, the assumed 1500.
-      const row = await peerMtu(t.nodes[0], `${IP2}:50103`);
+      // (the status's peer rows follow the workers' stats, about once a second)
+      const row = await eventually(() => peerMtu(t.nodes[0], `${IP2}:50103`), (r) => r !== undefined, 5000);
       assertEquals([row?.mode, row?.mtuProbed], ["raw", false], JSON.stringify(row));
       // 1400-byte payloads: 1456-byte outer datagrams both ways, wider than the hop; the routers
       // fragment them (the tunnel sends them without DF), none are lost.

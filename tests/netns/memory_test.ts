@@ -155,7 +155,8 @@ Deno.test(
  */
 const PACKAGED_ONE_IDLE_MAX_MB = 78;
 const PACKAGED_TWO_IDLE_MAX_MB = 88;
-const BUNDLE_WORKER_IDLE_MAX_MB = 12;
+/** The second worker's own cost packaged: measured 8.1–12.1 MB (a fresh-clone run gave 12.1). */
+const BUNDLE_WORKER_IDLE_MAX_MB = 14;
 /** 10k entries with two workers: measured +22.5 MB from the sources, +23.4 MB packaged. */
 const PACKAGED_TWO_TABLE_MAX_MB = 27;
 

@@ -252,10 +252,15 @@ Deno.test(
       assertEquals(await ask(w, a, "tcp-client", iipB), "b0");
       // Both dial each other's NAT router directly (no relay exists in this test): every peer row is
       // at the other router's public address.
+      // (peer rows follow the workers' stats, about once a second)
       for (const [n, other] of [[n1, "192.168.77.102:"], [n2, "192.168.77.101:"]] as const) {
-        const st = (await n.api.getJson("/status")) as { peers: Array<{ endpoint: string; path?: string }> };
-        const live = st.peers.filter((p) => p.endpoint.startsWith(other));
-        assert(live.length >= 1 && live.every((p) => p.path !== "relayed"), JSON.stringify(st.peers));
+        type Row = { endpoint: string; path?: string };
+        const rows = () =>
+          (n.api.getJson("/status") as Promise<{ peers: Row[] }>).then((st) =>
+            st.peers.filter((p) => p.endpoint.startsWith(other))
+          );
+        const live = await eventually(rows, (l) => l.length >= 1, 5000);
+        assert(live.length >= 1 && live.every((p) => p.path !== "relayed"), JSON.stringify(live));
       }
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 3000)));

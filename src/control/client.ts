@@ -68,7 +68,7 @@ import {
   updatesTopic,
   workerIdProblem,
 } from "./payloads.ts";
-import { checkEntries, RateLimitedLog, type RouteContext } from "./route_check.ts";
+import { badHost4, badHost6, checkEntries, RateLimitedLog, type RouteContext } from "./route_check.ts";
 
 const log = logger("control");
 
@@ -1052,6 +1052,13 @@ export function parsePunch(body: unknown): { ip: string; port: number } | undefi
   const ip = m[1] ?? m[2];
   const port = Number(m[3]);
   if (port < 1 || port > 65535) return undefined;
-  if (m[1] !== undefined ? tryParseIPv6(ip) === undefined : tryParseIPv4(ip) === undefined) return undefined;
+  // Only a unicast underlay address (as for a table result's host_ip): never loopback, multicast, …
+  if (m[1] !== undefined) {
+    const a6 = tryParseIPv6(ip);
+    if (a6 === undefined || badHost6(a6) !== undefined) return undefined;
+  } else {
+    const a4 = tryParseIPv4(ip);
+    if (a4 === undefined || badHost4(a4) !== undefined) return undefined;
+  }
   return { ip, port };
 }

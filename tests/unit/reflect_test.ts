@@ -156,6 +156,14 @@ Deno.test("punch requests: endpoints validated", () => {
         endpoint: "host:5",
       },
       { endpoint: 5 },
+      // not a unicast underlay address: a hostile punch must not aim HELLOs there
+      { endpoint: "127.0.0.1:50103" },
+      { endpoint: "0.0.0.0:50103" },
+      { endpoint: "224.0.0.1:50103" },
+      { endpoint: "169.254.1.1:50103" },
+      { endpoint: "[::1]:50103" },
+      { endpoint: "[ff02::1]:50103" },
+      { endpoint: "[fe80::1]:50103" },
       null,
       "x",
     ]

@@ -33,6 +33,30 @@ interface SecurityStatus {
   stats: Record<string, number>;
 }
 
+/**
+ * From an attacker namespace on the underlay (192.168.77.66), publishes a revocation list signed by
+ * its own key under the cluster CA's id `keyId`, revoking `victim` (with broker credentials if given).
+ */
+async function publishForged(w: World, keyId: string, victim: string, credentials: string[] = []) {
+  const ans = await w.namespace("att");
+  await w.attach(ans, "a", "192.168.77.66");
+  return await runTool("ip", [
+    "netns",
+    "exec",
+    ans,
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    `${ROOT}deno.json`,
+    `${ROOT}tests/helpers/forge_revocations.ts`,
+    `mqtt://${CTL}:10003`,
+    keyId,
+    victim,
+    ...credentials,
+  ]);
+}
+
 async function security(w: World, i: number): Promise<SecurityStatus> {
   const s = await w.nodes[i].api.getJson("/status") as { security: SecurityStatus };
   return s.security;
@@ -124,22 +148,7 @@ Deno.test({
       assertEquals((await Deno.stat(`${dir}/ctl/tunnel-certs.json`)).mode! & 0o777, 0o600);
 
       // A forged list: its own key, the cluster CA's id, sequence 1e6, revoking n2.
-      const ans = await w.namespace("att");
-      await w.attach(ans, "a", "192.168.77.66");
-      const forged = await runTool("ip", [
-        "netns",
-        "exec",
-        ans,
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--config",
-        `${ROOT}deno.json`,
-        `${ROOT}tests/helpers/forge_revocations.ts`,
-        `mqtt://${CTL}:10003`,
-        ca.keyId,
-        ids[1],
-      ]);
+      const forged = await publishForged(w, ca.keyId, ids[1]);
       assertEquals(forged.stdout.trim(), "published", forged.stderr);
       await until(
         "forged list counted on n1",
@@ -354,24 +363,7 @@ Deno.test({
       const dir = await w.tempDir("att");
       await w.nodeCredential("attacker", dir);
       const cred = JSON.parse(await Deno.readTextFile(`${dir}/mqtt-credential.json`));
-      const ans = await w.namespace("att");
-      await w.attach(ans, "a", "192.168.77.66");
-      const forged = await runTool("ip", [
-        "netns",
-        "exec",
-        ans,
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--config",
-        `${ROOT}deno.json`,
-        `${ROOT}tests/helpers/forge_revocations.ts`,
-        `mqtt://${CTL}:10003`,
-        ca.keyId,
-        ids[1],
-        cred.username,
-        cred.password,
-      ]);
+      const forged = await publishForged(w, ca.keyId, ids[1], [cred.username, cred.password]);
       assertEquals(forged.code, 0, forged.stderr);
       await new Promise((r) => setTimeout(r, 1500));
       const s1 = await security(w, 0);

@@ -118,7 +118,8 @@ Deno.test("secure layer: require drops plain data and sends nothing without a se
   assertEquals(p.inbound(raw, 0, 40, "10.0.0.2:50103", () => "x", now), Inbound.DONE);
 });
 
-Deno.test("secure layer: a session's datagram arriving from another peer's address is refused", () => {
+/** Two layers in prefer with a session between them, and one datagram `a` sealed for `b`. */
+function sealedPair(): { now: number; b: SecureLayer; d: Uint8Array } {
   const now = Date.now();
   const [ka, kb] = keys(now);
   const a = new SecureLayer({ lane: 0, post: () => {} });
@@ -130,7 +131,11 @@ Deno.test("secure layer: a session's datagram arriving from another peer's addre
   const { src, peers, lanes } = batch(100, 1, 100);
   const dst = new SendBatch(8, SLOT);
   a.sealBatch(src, 1, peers, lanes, dst, MAX, now);
-  const d = dst.bufs[0].slice(0, dst.sizes[0]);
+  return { now, b, d: dst.bufs[0].slice(0, dst.sizes[0]) };
+}
+
+Deno.test("secure layer: a session's datagram arriving from another peer's address is refused", () => {
+  const { now, b, d } = sealedPair();
   assertEquals(b.inbound(d.slice(), 0, d.length, "10.0.0.9:50103", () => "x", now), Inbound.DONE);
   const drops: Record<string, number> = {};
   b.addDrops(drops);
@@ -142,18 +147,7 @@ Deno.test("secure layer: a session's datagram arriving from another peer's addre
 });
 
 Deno.test("secure layer: replayed, forged and plain datagrams are counted per peer, accepted ones are not", () => {
-  const now = Date.now();
-  const [ka, kb] = keys(now);
-  const a = new SecureLayer({ lane: 0, post: () => {} });
-  const b = new SecureLayer({ lane: 0, post: () => {} });
-  a.setMode(SecureMode.PREFER);
-  b.setMode(SecureMode.PREFER);
-  a.install(ka);
-  b.install(kb);
-  const { src, peers, lanes } = batch(100, 1, 100);
-  const dst = new SendBatch(8, SLOT);
-  a.sealBatch(src, 1, peers, lanes, dst, MAX, now);
-  const d = dst.bufs[0].slice(0, dst.sizes[0]);
+  const { now, b, d } = sealedPair();
   const A = "10.0.0.1:50103";
   assertEquals(b.inbound(d.slice(), 0, d.length, A, () => A, now), Inbound.OPENED);
   assertEquals(b.peerDrops(), undefined, "an accepted datagram counts nothing");

@@ -198,44 +198,21 @@ Deno.test("cert CLI offline flow: ca → show → sign → inspect → the node 
       ])).code,
       2,
     );
+    // The node refuses a trust setup that does not fit (error naming why), before touching anything.
+    const refused = (stateDir: string, certFile: string, caFile: string, why: string) =>
+      assertRejects(
+        () => NodeSecurity.load({ mode: "prefer", stateDir, certFile, caFile }),
+        SecurityConfigError,
+        why,
+      );
     assertEquals((await cli(["cert", "ca", "--out", `${dir}/ca`])).code, 1);
     assertEquals((await cli(["cert", "inspect", `${dir}/missing`])).code, 1);
     assertEquals((await cli(["cert", "bogus"])).code, 2);
     await cli(["cert", "ca", "--out", `${dir}/other`]);
     assertEquals((await cli(["cert", "inspect", `${dir}/n1.crt`, "--ca", `${dir}/other/ca.json`])).code, 1);
-    await assertRejects(
-      () =>
-        NodeSecurity.load({
-          mode: "prefer",
-          stateDir: `${dir}/state2`,
-          certFile: `${dir}/n1.crt`,
-          caFile: `${dir}/ca/ca.json`,
-        }),
-      SecurityConfigError,
-      "another key",
-    );
-    await assertRejects(
-      () =>
-        NodeSecurity.load({
-          mode: "prefer",
-          stateDir: `${dir}/state`,
-          certFile: `${dir}/n1.crt`,
-          caFile: `${dir}/other/ca.json`,
-        }),
-      SecurityConfigError,
-      "unknown-ca",
-    );
-    await assertRejects(
-      () =>
-        NodeSecurity.load({
-          mode: "prefer",
-          stateDir: `${dir}/state`,
-          certFile: `${dir}/n1.crt`,
-          caFile: "",
-        }),
-      SecurityConfigError,
-      "needs TunnelCaFile",
-    );
+    await refused(`${dir}/state2`, `${dir}/n1.crt`, `${dir}/ca/ca.json`, "another key");
+    await refused(`${dir}/state`, `${dir}/n1.crt`, `${dir}/other/ca.json`, "unknown-ca");
+    await refused(`${dir}/state`, `${dir}/n1.crt`, "", "needs TunnelCaFile");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

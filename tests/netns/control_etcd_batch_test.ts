@@ -1,11 +1,12 @@
 /**
- * The etcd store's batches against a real etcd member (in a namespace of its own): changes issued
+ * The etcd store's batches against a real etcd member (on loopback, free ports): changes issued
  * at once share transactions, refused ones among them leave nothing behind, an address released
  * and taken again in one batch is owned by its new row, and a second store reading the prefix
  * holds exactly what the first one holds (tests/helpers/etcd_batch_check.ts does the driving).
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { cleanupAll, createNs, isRoot, sh } from "../helpers/netns.ts";
+import { isRoot, sh } from "../helpers/netns.ts";
+import { startEtcd } from "../helpers/etcd.ts";
 import type { StateFile } from "../../src/cluster/schemas.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -17,44 +18,18 @@ Deno.test({
   ...opts,
   fn: async () => {
     const dir = await Deno.makeTempDir({ prefix: "nmctl-etcd-batch-" });
-    let etcd: Deno.ChildProcess | undefined;
+    let etcd: { url: string; stop: () => Promise<void> } | undefined;
     try {
-      const ns = await createNs("ebat");
-      etcd = new Deno.Command("ip", {
-        args: [
-          "netns",
-          "exec",
-          ns,
-          "etcd",
-          "--data-dir",
-          `${dir}/etcd`,
-          "--listen-peer-urls",
-          "http://127.0.0.1:2380",
-        ],
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      const end = Date.now() + 30000;
-      while (
-        !(await sh(["ip", "netns", "exec", ns, "curl", "-s", "127.0.0.1:2379/health"]).catch(() => ""))
-          .includes('"true"')
-      ) {
-        if (Date.now() > end) throw new Error("etcd never became healthy");
-        await new Promise((r) => setTimeout(r, 200));
-      }
+      etcd = await startEtcd(dir, 30000);
       const out = JSON.parse(
         await sh([
-          "ip",
-          "netns",
-          "exec",
-          ns,
           Deno.execPath(),
           "run",
           "-A",
           "--config",
           `${ROOT}deno.json`,
           `${ROOT}tests/helpers/etcd_batch_check.ts`,
-          "http://127.0.0.1:2379",
+          etcd.url,
         ]),
       ) as {
         refused: string[];
@@ -83,11 +58,7 @@ Deno.test({
         });
       assertEquals(sorted(out.b), sorted(out.a), "a second store reads the same state");
     } finally {
-      try {
-        etcd?.kill("SIGKILL");
-      } catch { /* exited */ }
-      await etcd?.status;
-      await cleanupAll();
+      await etcd?.stop();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },

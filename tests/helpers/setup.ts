@@ -135,6 +135,23 @@ export async function withCluster(
 }
 
 /**
+ * Calls `fn` until it resolves (every `stepMs`), returning its value; after `ms` the last error is
+ * thrown as it was. For readiness waits where any answer will do (see {@link eventually} to wait for a
+ * particular one).
+ */
+export async function retry<T>(fn: () => Promise<T>, ms = 10000, stepMs = 200): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, stepMs));
+    }
+  }
+}
+
+/**
  * Calls `fn` every `stepMs` until `ok` accepts its value (errors count as "not yet"); returns that
  * value, or throws "timed out waiting for <what>" after `ms` with the last value and error.
  * For a plain condition pass `Boolean` as `ok`.

@@ -7,7 +7,10 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, inNs, isRoot, run, sh } from "../helpers/netns.ts";
 import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
 import { TOOL } from "../helpers/node.ts";
-import { clientEntry, instanceOn, WEB_RR } from "../helpers/setup.ts";
+import { clientEntry, instanceOn, retry as retryFor, WEB_RR } from "../helpers/setup.ts";
+
+/** This file's readiness wait: 8 s, every 150 ms. */
+const retry = <T>(fn: () => Promise<T>): Promise<T> => retryFor(fn, 8000, 150);
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -61,18 +64,6 @@ async function withCluster(
   } finally {
     await c.stop();
     await cleanupAll();
-  }
-}
-
-async function retry<T>(fn: () => Promise<T>, ms = 8000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await new Promise((r) => setTimeout(r, 150));
-    }
   }
 }
 

@@ -16,7 +16,7 @@ import { buildIPv4Udp } from "../helpers/packets.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
 import { type SimNode, World } from "../../src/demo/world.ts";
-import { eventually } from "../helpers/setup.ts";
+import { eventually, retry } from "../helpers/setup.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
 import { createNs, uniqueName } from "../helpers/netns.ts";
@@ -138,18 +138,6 @@ async function client(
   const r = await c.containers[0].exec([...TOOL, cmd, host, String(port), text]);
   if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}`);
   return r.stdout.trim();
-}
-
-async function retry<T>(fn: () => Promise<T>, ms = 10000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
 }
 
 /** tcpdump of the tunnel port on the underlay bridge; `stop()` returns the tunnel datagrams' payloads. */

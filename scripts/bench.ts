@@ -228,6 +228,9 @@ interface StepDef {
 
 const ts = (script: string, ...args: string[]) => [DENO, "run", "-A", `${ROOT}/scripts/${script}`, ...args];
 const short = (o: Options) => o.mode !== "full";
+/** The size flags a step script understands: smoke is quick and smaller still. */
+const size = (o: Options) =>
+  o.mode === "smoke" ? ["--quick", "--smoke"] : o.mode === "quick" ? ["--quick"] : [];
 
 /** The benchmarks, in the order they run (cheap and independent ones first). */
 export const STEPS: StepDef[] = [
@@ -285,7 +288,7 @@ export const STEPS: StepDef[] = [
     description: "control plane in a simulated 2-node cluster",
     needsRoot: true,
     limit: { full: 600, quick: 240, smoke: 240 },
-    argv: (o) => ts("bench_cluster.ts", ...(short(o) ? ["--quick"] : [])),
+    argv: (o) => ts("bench_cluster.ts", ...size(o)),
   },
   {
     name: "store",
@@ -293,7 +296,7 @@ export const STEPS: StepDef[] = [
     description: "control-plane state store: allocations through the HTTP API (latency, RSS growth)",
     needsRoot: false,
     limit: { full: 900, quick: 120, smoke: 120 },
-    argv: (o) => ts("bench_store.ts", ...(short(o) ? ["--quick"] : [])),
+    argv: (o) => ts("bench_store.ts", ...size(o)),
   },
   {
     name: "scale",
@@ -303,7 +306,14 @@ export const STEPS: StepDef[] = [
     needsRoot: true,
     limit: { full: 1200, quick: 600, smoke: 300 },
     argv: (o) =>
-      ts("bench_scale.ts", ...(o.mode === "smoke" ? ["--smoke"] : o.mode === "quick" ? ["--quick"] : [])),
+      ts(
+        "bench_scale.ts",
+        ...(o.mode === "smoke"
+          ? ["--smoke", "--nodes", "30", "--seconds", "2"]
+          : o.mode === "quick"
+          ? ["--quick"]
+          : []),
+      ),
   },
   {
     name: "dns",
@@ -311,7 +321,7 @@ export const STEPS: StepDef[] = [
     description: "node DNS server (table hits) vs dnsmasq serving the same names, dnsperf",
     needsRoot: true,
     limit: { full: 300, quick: 120, smoke: 120 },
-    argv: (o) => ts("bench_dns.ts", ...(short(o) ? ["--quick"] : [])),
+    argv: (o) => ts("bench_dns.ts", ...size(o)),
   },
   {
     name: "aead",

@@ -18,7 +18,7 @@
 import { API_TOKEN_FILE_NAME } from "../src/cluster/auth.ts";
 import { World } from "../src/demo/world.ts";
 import { type Background, spawnBackground } from "../src/sys/process.ts";
-import { afterInterrupt, mustRunLimited, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
+import { afterInterrupt, mustRunLimited, namePrefix, onInterrupt, QUICK, SMOKE } from "./bench_common.ts";
 
 /** The demo world with the runner's namespace prefix, so its clean-up sweep finds leftovers. */
 class BenchWorld extends World {
@@ -27,7 +27,7 @@ class BenchWorld extends World {
 
 const ROUNDS = QUICK ? 1 : 5;
 const QUERY_ROUNDS = QUICK ? 1 : 3;
-const REGISTRATIONS = QUICK ? 50 : 1000;
+const REGISTRATIONS = SMOKE ? 10 : QUICK ? 50 : 1000;
 /** Limit for one tool run inside a namespace (the tools have their own, shorter limits). */
 const TOOL_LIMIT_MS = 30000;
 
@@ -145,7 +145,7 @@ try {
     if (dr.status !== 200) throw new Error(dr.body);
     await new Promise((r) => setTimeout(r, 500));
     // an established flow keeps going while this miss is resolved: its RTTs should not jump
-    const other = udpRtt(client.pid, [warmIp, "81", QUICK ? "1000" : "3000"]);
+    const other = udpRtt(client.pid, [warmIp, "81", SMOKE ? "300" : QUICK ? "1000" : "3000"]);
     other.catch(() => {}); // awaited below; a failure of the next request must not leave it unhandled
     await new Promise((r) => setTimeout(r, 100));
     const rtts = await udpRtt(client.pid, [iip, "80", "10", warmIp]);
@@ -213,7 +213,7 @@ try {
       "-A",
       `${ROOT}scripts/bench_table.ts`,
       "--iterations",
-      QUICK ? "50000" : "500000",
+      SMOKE ? "5000" : QUICK ? "50000" : "500000",
       "--runs",
       QUICK ? "1" : "3",
     ], 120000),

@@ -19,8 +19,11 @@
  */
 export const PREFIX_ENV = "NETMANAGER_BENCH_PREFIX";
 
-/** True when the runner asked for the quick (smoke) variant of a benchmark. */
-export const QUICK: boolean = Deno.args.includes("--quick");
+/** True when the runner asked for the smoke variant: the smallest run that shows a benchmark works. */
+export const SMOKE: boolean = Deno.args.includes("--smoke");
+
+/** True when the runner asked for the quick (or smoke) variant of a benchmark. */
+export const QUICK: boolean = SMOKE || Deno.args.includes("--quick");
 
 /** Prefix for this script's namespaces: the runner's (plus `tag`), else a fresh random one. */
 export function namePrefix(tag: string): string {

@@ -12,14 +12,14 @@
  */
 import { World } from "../src/demo/world.ts";
 import { runLimited } from "./bench_common.ts";
-import { afterInterrupt, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
+import { afterInterrupt, namePrefix, onInterrupt, QUICK, SMOKE } from "./bench_common.ts";
 
 /** The demo world with the runner's namespace prefix, so its clean-up sweep finds leftovers. */
 class BenchWorld extends World {
   override readonly prefix: string = namePrefix("d");
 }
 
-const seconds = Number(Deno.args.find((a) => /^\d+$/.test(a)) ?? (QUICK ? "2" : "10"));
+const seconds = Number(Deno.args.find((a) => /^\d+$/.test(a)) ?? (SMOKE ? "1" : QUICK ? "2" : "10"));
 const SERVICES = 50;
 /** dnsperf gets this much longer than it is asked to run. */
 const SLACK_MS = 20000;
@@ -51,7 +51,7 @@ async function measure(pid: number, server: string, port: number, file: string) 
   const out = await perf(pid, server, port, file, ["-l", String(seconds), "-c", "4", "-q", "64"], seconds);
   const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const lost = Number(/Queries lost:\s+(\d+)/.exec(out)?.[1] ?? NaN);
-  const latSecs = QUICK ? 2 : 5;
+  const latSecs = SMOKE ? 1 : QUICK ? 2 : 5;
   const verbose = await perf(pid, server, port, file, ["-l", String(latSecs), "-Q", "1000", "-v"], latSecs);
   const lat = [...verbose.matchAll(/^> NOERROR .* ([\d.]+)$/gm)].map((m) => Number(m[1]) * 1000).sort((
     a,

@@ -13,7 +13,7 @@
  * key prefix per run, removed afterwards).
  */
 import { API_TOKEN_FILE_NAME } from "../src/cluster/auth.ts";
-import { QUICK } from "./bench_common.ts";
+import { QUICK, SMOKE } from "./bench_common.ts";
 import { EtcdClient } from "../src/cluster/etcd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -21,7 +21,7 @@ const arg = (name: string) => {
   const k = Deno.args.indexOf(name);
   return k >= 0 ? Deno.args[k + 1] : undefined;
 };
-const TOTAL = Number(arg("--allocations") ?? (QUICK ? 5000 : 50000));
+const TOTAL = Number(arg("--allocations") ?? (SMOKE ? 500 : QUICK ? 5000 : 50000));
 const ETCD = arg("--etcd");
 const INSTANCES_PER_SERVICE = 4;
 

@@ -7,6 +7,7 @@
  * (`scripts/check.ts`); it counts as one test, so a broken example fails the suite.
  */
 import { typeCheck } from "./check.ts";
+import { TEST_CACHE_ENV } from "../tests/helpers/release.ts";
 
 const whole = Deno.args.length === 0;
 const args = whole ? ["tests/"] : Deno.args;
@@ -14,11 +15,13 @@ const checked = whole ? await typeCheck() : undefined;
 if (checked !== undefined) console.log(`type check (deno check --doc) ... ${checked ? "ok" : "FAILED"}`);
 const checkPassed = checked === true ? 1 : 0;
 const checkFailed = checked === false ? 1 : 0;
+// Things several test files build the same way (the release packages) are built once per run here.
+const cache = await Deno.makeTempDir({ prefix: "nmtest-cache-" });
 const child = new Deno.Command(Deno.execPath(), {
   args: ["test", "-A", "--no-prompt", ...args],
   stdout: "piped",
   stderr: "inherit",
-  env: { NO_COLOR: "1" },
+  env: { NO_COLOR: "1", [TEST_CACHE_ENV]: cache },
 }).spawn();
 
 let tail = "";
@@ -28,6 +31,7 @@ for await (const chunk of child.stdout) {
   tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4000);
 }
 const { code } = await child.status;
+await Deno.remove(cache, { recursive: true }).catch(() => {});
 
 // Closing line of deno test: "ok | 3 passed (2 steps) | 0 failed | 1 ignored (29ms)" or "FAILED | …".
 const m = [...tail.matchAll(/(?:ok|FAILED) \| (\d+) passed[^|]*\| (\d+) failed[^|\n]*(?:\| (\d+) ignored)?/g)]

@@ -1,5 +1,5 @@
 /**
- * Release packages, built once for this file with scripts/package.sh (x86_64 and aarch64, archives and
+ * Release packages, built once per suite run with scripts/package.sh (x86_64 and aarch64, archives and
  * .debs): the archive runs from an empty directory with no deno on PATH, offline and read-only, as a
  * node in a network namespace; the aarch64 one carries an aarch64 Deno and runs `version` and `config
  * check` under qemu user-mode emulation (skipped, saying why, without qemu-user); the .deb installs into a scratch
@@ -10,6 +10,7 @@
 import { ApiClient } from "../../src/api/client.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { createNs, deleteNs, isRoot, run, type RunResult } from "../helpers/netns.ts";
+import { releaseDir } from "../helpers/release.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -38,14 +39,10 @@ globalThis.addEventListener("unload", () => {
 });
 
 let building: Promise<Packages> | undefined;
-/** Builds every package once for this file (the npm downloads are cached in .cache/). */
+/** Every package, built once per suite run (tests/helpers/release.ts; npm downloads cached in .cache/). */
 function packages(): Promise<Packages> {
   building ??= (async () => {
-    const dir = await tempDir("nmpkg-");
-    const t0 = Date.now();
-    const r = await run(["bash", `${ROOT}scripts/package.sh`, "--arch", "all", "--out", dir]);
-    if (r.code !== 0) throw new Error(`package.sh failed (${r.code}): ${r.stderr}`);
-    console.error(`package.sh: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    const dir = await releaseDir();
     const files = [...Deno.readDirSync(dir)].map((e) => e.name);
     const pick = (re: RegExp) => {
       const f = files.filter((n) => re.test(n));

@@ -20,6 +20,8 @@
 import { errno, libc } from "../../ffi/libc.ts";
 
 const MADV_DONTNEED = 4;
+/** smaps fields that show a page whose content is not the file's. */
+const DIRTY = new Set(["Private_Dirty", "Anonymous", "Swap"]);
 
 /** One mapping of `/proc/<pid>/smaps` that may be released. */
 export interface CodeRange {
@@ -30,8 +32,8 @@ export interface CodeRange {
 }
 
 /**
- * The mappings of `exe` in `smaps` text that are safe to release: not writable, and with no private
- * dirty or anonymous page (only then is every page the file's content).
+ * The mappings of `exe` in `smaps` text that are safe to release: private, not writable, and with no
+ * private dirty, anonymous or swapped page (only then is every page the file's content).
  *
  * @example
  * ```ts
@@ -64,8 +66,9 @@ export function releasableRanges(smaps: string, exe: string): CodeRange[] {
     if (!field) continue;
     const kb = Number(field[2]);
     if (field[1] === "Rss") cur.rss = kb * 1024;
-    // A modified (copy-on-write) or anonymous page would lose its content: the mapping is kept.
-    else if ((field[1] === "Private_Dirty" || field[1] === "Anonymous") && kb !== 0) cur.ok = false;
+    // A modified (copy-on-write: anonymous, possibly swapped out) page would lose its content: the
+    // mapping is kept.
+    else if (DIRTY.has(field[1]) && kb !== 0) cur.ok = false;
   }
   finish();
   return out;

@@ -19,6 +19,7 @@ Deno.test("code pages: only the executable's clean read-only mappings are releas
     // relocated (RELRO): read-only now, but its pages were written — their content is not the file's
     map("9000-a000", "r--p", EXE, { Rss: 4, Private_Dirty: 4, Anonymous: 0 }),
     map("a000-b000", "rw-p", EXE, { Rss: 4, Private_Dirty: 0, Anonymous: 0 }), // writable
+    map("10000-11000", "r--p", EXE, { Rss: 4, Private_Dirty: 0, Anonymous: 0, Swap: 4 }), // a COW page swapped
     map("b000-c000", "r-xp", "/usr/lib/x86_64-linux-gnu/libc.so.6", { Rss: 4, Private_Dirty: 0 }),
     map("c000-d000", "r-xp", "", { Rss: 4, Private_Dirty: 0, Anonymous: 0 }), // anonymous code (JIT)
     map("d000-e000", "r-xp", EXE, { Rss: 0, Private_Dirty: 0, Anonymous: 0 }), // nothing resident

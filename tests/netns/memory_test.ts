@@ -14,7 +14,7 @@
  * run-to-run spread to the measured values. After start-up the daemon releases the deno binary's code
  * pages it no longer runs (src/sys/code_pages.ts; ~20 MB of the binary stay resident, faulted back by
  * what the idle daemon runs) and runs without a copy of V8's builtins per isolate: measured idle
- * 56.7–57.5 MB from the sources (before: 78–81; before the memory work: 89–97 MB), +15–17 MB for the
+ * 55.6–57.5 MB from the sources (before: 78–81; before the memory work: 89–97 MB), +15–17 MB for the
  * table (before the shared table: +15–21 MB; before the compact one: +122 MB).
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
@@ -24,7 +24,7 @@ import { bigTable } from "../helpers/big_table.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const MB = 1024 * 1024;
-// Measured idle 56.7–57.5 MB (load average 15); the bound is the run-to-run spread (up to ~9 MB
+// Measured idle 55.6–57.5 MB (load average 12–15); the bound is the run-to-run spread (up to ~9 MB
 // under load) above that, well under the 80 MB target: a daemon that keeps its start-up code pages
 // resident again (~73 MB) fails it.
 const IDLE_MAX_MB = 66;
@@ -69,12 +69,12 @@ async function measure(workers: number, tableFile?: string): Promise<Sample> {
 }
 
 /**
- * Each further data-plane worker: its isolate (measured +10.3 MB idle, +11.3–14.8 before the isolates
+ * Each further data-plane worker: its isolate (measured +10.3–12.4 MB idle, +11.3–14.8 before the isolates
  * shared V8's builtins; an empty Deno Worker alone is ~7 MB) and, with the 10k-entry table, its own routes and peer state for the table's 200 nodes
  * (+3.1–8.4 MB, ~2.7 MB of it the isolate's heap; ≈ 0 when the same 10k entries name one node; with a
  * copy of the table per worker it was +7.3–13 MB).
  */
-const WORKER_IDLE_MAX_MB = 14;
+const WORKER_IDLE_MAX_MB = 15;
 const WORKER_TABLE_MAX_MB = 10;
 
 Deno.test(
@@ -153,8 +153,8 @@ Deno.test(
  * The packaged daemon (scripts/package.sh, scripts/launcher.sh) runs its main program minified and
  * split into chunks (it loads only those it imports) and the Worker as one minified bundle next to
  * them: measured here with bundles made the same way. Measured (2-core machine at load average 15-18,
- * 5 s settle): one worker 46.8–48.7 MB, two 56.5–58.6 MB; ~19 MB of each are the deno binary's code
- * pages the idle daemon runs. Before the start-up code pages were released: 72.5–72.9 / 79.1–79.5;
+ * 5 s settle): one worker 46.8–50.4 MB, two 56.5–58.6 MB; ~19 MB of each are the deno binary's code
+ * pages the idle daemon runs. Before the start-up code pages were released: 71.3–72.9 / 79.1–81.8;
  * before the isolates shared V8's builtins, too: 71.7–74.9 / 82.6–84.6 (44–49 MB of code pages).
  */
 const PACKAGED_ONE_IDLE_MAX_MB = 57;

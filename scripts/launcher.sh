@@ -18,8 +18,8 @@ export NETMANAGER_SELF="$self"
 # Short-lived commands keep it.
 # V8 maps its builtins a second time next to each isolate's code (short builtin calls): ~2 MB resident
 # per isolate, i.e. the main one and every data-plane Worker. The daemon calls them through the
-# binary's single copy instead (--no-short-builtin-calls; what V8 does by itself on hosts with little memory): with
-# two Workers idle 79.5 instead of 84.6 MB.
+# binary's single copy instead (--no-short-builtin-calls, as V8 does by itself on hosts with little
+# memory): with two Workers idle 79.5 instead of 84.6 MB.
 # The daemon runs the minified, chunked bundle (scripts/package.sh): it loads only the code it uses,
 # one script per chunk instead of ~200 modules, and is 5-10 MB smaller idle. Other commands run the
 # sources.

@@ -60,6 +60,8 @@ const SYMBOLS = {
   flock: { parameters: ["i32", "i32"], result: "i32" },
   // bpf(2) has no glibc wrapper: syscall(SYS_bpf, cmd, attr, size).
   syscall_bpf: { name: "syscall", parameters: ["i64", "i64", "buffer", "u64"], result: "i64" },
+  /** madvise(2): the daemon releases its start-up code pages (src/sys/code_pages.ts). */
+  madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
   // glibc only (absent from musl): optional, so a libc without it still opens.
   malloc_trim: { parameters: ["usize"], result: "i32", optional: true },
 } as const satisfies Deno.ForeignLibraryInterface;

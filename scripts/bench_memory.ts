@@ -2,7 +2,13 @@
  * Memory of a real daemon (standalone mode, its own network namespace): VmRSS and its parts from
  * /proc/<pid>/status, idle and with a static table of N entries. Prints JSON. As root.
  *
- *   deno run -A scripts/bench_memory.ts [--entries 10000] [--settle 5] [--extra "--flag …"]
+ *   deno run -A scripts/bench_memory.ts [--entries 10000] [--settle 5] [--workers N] [--packaged]
+ *     [--extra "--flag …"]
+ *
+ * `--workers`: DataPlaneWorkers (default: one per CPU). `--packaged`: the daemon runs as the release's
+ * launcher runs it: the main program minified and split into chunks, the Worker as one minified bundle
+ * (built into a temporary directory as scripts/package.sh does). `VmRSS` is the figure of issue 9;
+ * `exeRssMB` is the part that is the deno binary's code pages.
  */
 import { TestNode } from "../tests/helpers/node.ts";
 import { bigTable } from "../tests/helpers/big_table.ts";
@@ -15,6 +21,28 @@ const opt = (name: string, dflt: string) => {
 const entries = Number(opt("--entries", "10000"));
 const settle = Number(opt("--settle", "5"));
 const extra = opt("--extra", "").split(" ").filter((s) => s);
+const workers = opt("--workers", "");
+if (workers) Deno.env.set("DataPlaneWorkers", workers); // (inherited by the daemon)
+let bundleDir: string | undefined;
+if (args.includes("--packaged")) {
+  bundleDir = await Deno.makeTempDir({ prefix: "nmmem-bundle-" });
+  const root = new URL("../", import.meta.url).pathname;
+  const run = async (...a: string[]) => {
+    const r = await new Deno.Command(Deno.execPath(), { args: a }).output();
+    if (r.code !== 0) throw new Error(`deno ${a.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+  };
+  await run("bundle", "--quiet", "--minify", "--code-splitting", "--outdir", bundleDir, `${root}main.ts`);
+  await run(
+    "bundle",
+    "--quiet",
+    "--minify",
+    "-o",
+    `${bundleDir}/worker.bundle.js`,
+    `${root}src/proxy/worker.ts`,
+  );
+  await run("cache", "--quiet", `${bundleDir}/main.js`); // as the launcher does
+  Deno.env.set("NETMANAGER_TEST_MAIN", `${bundleDir}/main.js`);
+}
 
 /** VmRSS, RssAnon, RssFile (kB) of a process. */
 async function rss(pid: number): Promise<Record<string, number>> {
@@ -24,6 +52,16 @@ async function rss(pid: number): Promise<Record<string, number>> {
     const m = text.match(new RegExp(`^${k}:\\s+(\\d+)`, "m"));
     if (m) out[k] = Number(m[1]);
   }
+  // The deno binary's resident code pages (all its mappings).
+  const exe = await Deno.readLink(`/proc/${pid}/exe`);
+  let kb = 0;
+  let ours = false;
+  for (const line of (await Deno.readTextFile(`/proc/${pid}/smaps`)).split("\n")) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) ours = head[1] === exe;
+    else if (ours && line.startsWith("Rss:")) kb += Number(/(\d+)/.exec(line)![1]);
+  }
+  out.exeRssMB = +(kb / 1024).toFixed(1);
   return out;
 }
 
@@ -58,9 +96,15 @@ async function measure(table: number): Promise<Record<string, number>> {
   }
 }
 
-const idle = await measure(0);
+const idle = await measure(0).catch(async (e) => {
+  if (bundleDir) await Deno.remove(bundleDir, { recursive: true });
+  throw e;
+});
 const full = entries > 0 ? await measure(entries) : undefined;
+if (bundleDir) await Deno.remove(bundleDir, { recursive: true });
 console.log(JSON.stringify({
+  workers: workers || "default",
+  packaged: bundleDir !== undefined,
   idle,
   full,
   deltaMB: full ? +((full.VmRSS - idle.VmRSS) / 1024).toFixed(1) : undefined,

@@ -1,7 +1,8 @@
 /**
- * Giving memory back after a burst: a full, compacting garbage collection of the calling isolate,
- * then glibc's `malloc_trim`, which returns what the runtime freed (compiler zones, typed arrays of
- * every isolate) from the malloc arenas to the system.
+ * Giving memory back after a burst: the pages of the deno binary's code the process no longer runs
+ * (`src/sys/code_pages.ts`: start-up touched ~40 MB, an idle daemon runs ~20), a full, compacting
+ * garbage collection of the calling isolate, then glibc's `malloc_trim`, which returns what the runtime
+ * freed (compiler zones, typed arrays of every isolate) from the malloc arenas to the system.
  *
  * V8 grows an isolate's young generation (up to 3 × 16 MB) while a burst allocates — loading a
  * 10k-entry static table, a large table-query result — and shrinks it again only when its memory
@@ -17,11 +18,14 @@
  */
 
 import { mallocTrim } from "../ffi/libc.ts";
+import { releaseCodePages } from "./sys/code_pages.ts";
 
 let gc: (() => void) | null | undefined;
 
 /** Runs a full garbage collection of this isolate and trims malloc; false when GC is not available. */
 export async function compactHeap(): Promise<boolean> {
+  // First: reading the mappings makes garbage, and the collection below runs again the code it needs.
+  releaseCodePages();
   if (gc === undefined) {
     try {
       const [{ default: v8 }, { default: vm }] = await Promise.all([import("node:v8"), import("node:vm")]);

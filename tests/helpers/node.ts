@@ -64,8 +64,10 @@ export class TestNode {
         Deno.execPath(),
         "run",
         "-A",
-        // As the release's launcher runs the daemon (scripts/launcher.sh): without V8's code cache.
+        // As the release's launcher runs the daemon (scripts/launcher.sh): without V8's code cache, and
+        // without a copy of V8's builtins per isolate.
         "--no-code-cache",
+        "--v8-flags=--no-short-builtin-calls",
         // NETMANAGER_TEST_MAIN: another entry (the memory test runs the packaged bundle).
         Deno.env.get("NETMANAGER_TEST_MAIN") ?? `${ROOT}main.ts`,
         "daemon",

@@ -391,6 +391,7 @@ async function runMode(mode: "embedded" | "etcd") {
     const registration = await register(nodes);
     const tq = performance.now();
     const mid = await Promise.all(replicas.map((r) => usage(r.proc.pid)));
+    const etcdMid = await Promise.all(members.map((m) => usage(m.pid)));
     const q = await queries(nodes, ips);
     const t1 = performance.now();
     const after = await Promise.all(replicas.map((r) => usage(r.proc.pid)));
@@ -417,6 +418,7 @@ async function runMode(mode: "embedded" | "etcd") {
           etcd: {
             members: members.length,
             cpu: cpu(etcdBefore, etcdAfter, (t1 - t0) / 1000),
+            cpuDuringQueries: cpu(etcdMid, etcdAfter, (t1 - tq) / 1000),
             rssMiB: etcdAfter.map((x) => x.rssMiB),
           },
         }

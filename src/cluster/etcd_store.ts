@@ -416,41 +416,44 @@ export class EtcdStore implements ControlStore {
         queued.on = on;
         queued.waiters.push({ resolve, reject });
       } else this.#leaseOps.set(key, { on, waiters: [{ resolve, reject }] });
-      if (!this.#leaseWriting) {
-        // A short window first: table queries bring a new interest each (200/s in the benchmark);
-        // one transaction per window instead of one per etcd round trip keeps the members' raft
-        // and fsync work (which competes with every replica for CPU) small. Nothing waits on
-        // these keys but the bookkeeping: a node's answer has gone out before its interest is put.
-        this.#leaseWriting = true;
-        this.#leaseTimer = setTimeout(() => {
-          this.#leaseTimer = undefined;
-          void this.#flushLeaseKeys();
-        }, LEASE_WRITE_WINDOW_MS);
-      }
+      // A window first: table queries bring a new interest each (200/s in the benchmark); one
+      // transaction per window instead of one per etcd round trip keeps the members' raft and
+      // fsync work (which competes with every replica for CPU) small. Nothing waits on these keys
+      // but the bookkeeping: a node's answer has gone out before its interest is put.
+      if (!this.#leaseWriting && this.#leaseTimer === undefined) this.#leaseFlushIn(LEASE_WRITE_WINDOW_MS);
     });
   }
 
+  #leaseFlushIn(ms: number): void {
+    this.#leaseTimer = setTimeout(() => {
+      this.#leaseTimer = undefined;
+      void this.#flushLeaseKeys();
+    }, ms);
+  }
+
+  /** Writes one transaction of waiting keys; more waiting keys go one window after it started. */
   async #flushLeaseKeys(): Promise<void> {
     this.#leaseWriting = true;
+    const started = Date.now();
+    const batch = [...this.#leaseOps].slice(0, TXN_LIMIT);
     try {
-      while (this.#leaseOps.size) {
-        const batch = [...this.#leaseOps].slice(0, TXN_LIMIT);
-        for (const [key] of batch) this.#leaseOps.delete(key);
-        const value = JSON.stringify({ replica: this.replicaId });
-        try {
-          await this.#etcd.txn(
-            [],
-            batch.map(([key, q]): Op =>
-              q.on ? { put: { key, value, lease: this.#lease! } } : { del: { key } }
-            ),
-          );
-          for (const [, q] of batch) for (const w of q.waiters) w.resolve();
-        } catch (e) {
-          for (const [, q] of batch) for (const w of q.waiters) w.reject(e);
-        }
-      }
+      for (const [key] of batch) this.#leaseOps.delete(key);
+      const value = JSON.stringify({ replica: this.replicaId });
+      await this.#etcd.txn(
+        [],
+        batch.map(([key, q]): Op => q.on ? { put: { key, value, lease: this.#lease! } } : { del: { key } }),
+      );
+      for (const [, q] of batch) for (const w of q.waiters) w.resolve();
+    } catch (e) {
+      for (const [, q] of batch) for (const w of q.waiters) w.reject(e);
     } finally {
       this.#leaseWriting = false;
+      if (this.#leaseOps.size && !this.#closed) {
+        // A full transaction left more: at once; else at most one transaction per window, also
+        // when etcd answers slower than that (a loaded machine), where it would run back to back.
+        const full = batch.length >= TXN_LIMIT;
+        this.#leaseFlushIn(full ? 0 : Math.max(0, started + LEASE_WRITE_WINDOW_MS - Date.now()));
+      }
     }
   }
 
@@ -828,15 +831,12 @@ export class EtcdStore implements ControlStore {
     await this.#lock;
     this.#abort.abort();
     if (this.#keepalive !== undefined) clearInterval(this.#keepalive);
-    if (this.#leaseTimer !== undefined) {
-      // The lease is revoked below: keys still waiting for their window would go with it at once,
-      // so they count as written and gone (no error logged for every node at shutdown).
-      clearTimeout(this.#leaseTimer);
-      this.#leaseTimer = undefined;
-      for (const [, q] of this.#leaseOps) for (const w of q.waiters) w.resolve();
-      this.#leaseOps.clear();
-      this.#leaseWriting = false;
-    }
+    // The lease is revoked below: keys still waiting for their window would go with it at once,
+    // so they count as written and gone (no error logged for every node at shutdown).
+    if (this.#leaseTimer !== undefined) clearTimeout(this.#leaseTimer);
+    this.#leaseTimer = undefined;
+    for (const [, q] of this.#leaseOps) for (const w of q.waiters) w.resolve();
+    this.#leaseOps.clear();
     await this.#watching.catch(() => {});
     if (this.#lease) await this.#etcd.leaseRevoke(this.#lease);
     this.#etcd.close();

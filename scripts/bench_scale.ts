@@ -370,9 +370,19 @@ async function runMode(mode: "embedded" | "etcd") {
   dirs.push(dir);
   let members: Proc[] = [];
   let replicas: Replica[];
+  /** etcd's revision (one more per write transaction), or undefined in embedded mode. */
+  let revision: () => Promise<number | undefined> = () => Promise.resolve(undefined);
   if (mode === "etcd") {
     const e = startEtcd(dir);
     members = e.members;
+    const first = e.endpoints.split(",")[0];
+    revision = async () => {
+      const r = await fetch(`${first}/v3/kv/range`, {
+        method: "POST",
+        body: JSON.stringify({ key: "AA==" }),
+      });
+      return Number(((await r.json()) as { header: { revision: string } }).header.revision);
+    };
     await etcdHealthy(e.endpoints.split(",")[0], members);
     const prefix = `/nmbench-${crypto.randomUUID().slice(0, 8)}/`;
     replicas = [];
@@ -387,14 +397,18 @@ async function runMode(mode: "embedded" | "etcd") {
   try {
     const before = await Promise.all(replicas.map((r) => usage(r.proc.pid)));
     const etcdBefore = await Promise.all(members.map((m) => usage(m.pid)));
+    const rev0 = await revision();
     const t0 = performance.now();
     const registration = await register(nodes);
     const tq = performance.now();
     const mid = await Promise.all(replicas.map((r) => usage(r.proc.pid)));
+    const etcdMid = await Promise.all(members.map((m) => usage(m.pid)));
+    const rev1 = await revision();
     const q = await queries(nodes, ips);
     const t1 = performance.now();
     const after = await Promise.all(replicas.map((r) => usage(r.proc.pid)));
     const etcdAfter = await Promise.all(members.map((m) => usage(m.pid)));
+    const rev2 = await revision();
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     const cpu = (a: { cpuS: number }[], b: { cpuS: number }[], s: number) => ({
       seconds: +sum(b.map((x, i) => x.cpuS - a[i].cpuS)).toFixed(2),
@@ -417,6 +431,10 @@ async function runMode(mode: "embedded" | "etcd") {
           etcd: {
             members: members.length,
             cpu: cpu(etcdBefore, etcdAfter, (t1 - t0) / 1000),
+            cpuDuringQueries: cpu(etcdMid, etcdAfter, (t1 - tq) / 1000),
+            // write transactions (etcd revisions), which cost every member a raft round and a sync
+            writesDuringRegistration: rev1! - rev0!,
+            writesDuringQueries: rev2! - rev1!,
             rssMiB: etcdAfter.map((x) => x.rssMiB),
           },
         }

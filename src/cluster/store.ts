@@ -217,13 +217,26 @@ export async function readEmbeddedState(dir: string): Promise<StateFile> {
 /** Options of {@link SqliteStore.open}. */
 export interface SqliteStoreOptions extends ClusterStateOptions {
   /**
-   * `PRAGMA synchronous`: "full" (default) syncs every commit to disk before a change resolves;
-   * "normal" survives a crash of the process but may lose the last changes on power loss.
+   * "full" (default): every change is on disk before it resolves; "normal" survives a crash of the
+   * process but may lose the last changes on power loss. Either way SQLite runs with
+   * `PRAGMA synchronous = NORMAL` (in WAL mode its commits then write but never sync); "full" syncs
+   * the write-ahead log itself, off the event loop (see {@link SqliteStore}).
    */
   synchronous?: "full" | "normal";
 }
 
-/** The embedded store: one SQLite database in the state directory. */
+/**
+ * The embedded store: one SQLite database in the state directory.
+ *
+ * Durability without blocking the event loop: `node:sqlite` is synchronous, and with
+ * `synchronous = FULL` every commit's fsync (milliseconds on a loaded disk) stalled every MQTT
+ * answer and HTTP request behind it. Here SQLite commits without syncing (WAL, NORMAL: a commit
+ * only writes its frames to the `-wal` file), and the store then syncs that file with Deno's
+ * asynchronous `syncData` (a thread of the runtime's pool): a change resolves once a sync that
+ * started after its commit has finished, so it is on disk as with FULL. Commits made while a sync
+ * runs share the next one (group commit). Checkpoints (SQLite's, every ~4 MB of log) still sync
+ * on the event loop.
+ */
 export class SqliteStore implements ControlStore {
   readonly state: ClusterState;
   /** Path of the database file. */
@@ -239,11 +252,19 @@ export class SqliteStore implements ControlStore {
   readonly #waiting: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  /** Whether changes resolve only once synced ("full"). */
+  readonly #durable: boolean;
+  /** Committed changes waiting for the next sync of the log, and the sync under way. */
+  #unsynced: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  #syncing: Promise<void> | undefined;
+  /** The `-wal` file, opened at the first sync (SQLite creates it on its first write). */
+  #wal: Deno.FsFile | undefined;
 
-  private constructor(path: string, db: DatabaseSync, state: ClusterState) {
+  private constructor(path: string, db: DatabaseSync, state: ClusterState, durable: boolean) {
     this.path = path;
     this.#db = db;
     this.state = state;
+    this.#durable = durable;
     this.#put = db.prepare(
       "INSERT INTO rows(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     );
@@ -281,7 +302,7 @@ export class SqliteStore implements ControlStore {
     try {
       if (!existed) await Deno.chmod(path, 0o600);
       const state = SqliteStore.#prepare(db, path, opts, imported, jsonText);
-      const store = new SqliteStore(path, db, state);
+      const store = new SqliteStore(path, db, state, opts.synchronous !== "normal");
       if (jsonText !== undefined) {
         const to = await importedName(jsonPath);
         await Deno.rename(jsonPath, to);
@@ -327,7 +348,8 @@ export class SqliteStore implements ControlStore {
       );
     }
     db.exec("PRAGMA journal_mode = WAL");
-    db.exec(`PRAGMA synchronous = ${opts.synchronous === "normal" ? "NORMAL" : "FULL"}`);
+    // Commits never sync on the event loop; "full" syncs the log asynchronously (class comment).
+    db.exec("PRAGMA synchronous = NORMAL");
     db.exec("PRAGMA busy_timeout = 5000");
     if (version === 0) {
       db.exec(`BEGIN IMMEDIATE;
@@ -416,10 +438,35 @@ export class SqliteStore implements ControlStore {
     const waiting = this.#waiting.splice(0);
     if (this.state.dirty || this.#pending.size) this.#write();
     const error = this.lastError;
-    for (const w of waiting) {
-      if (error !== undefined) w.reject(new Error(error));
-      else w.resolve();
+    if (error !== undefined || !this.#durable) {
+      for (const w of waiting) {
+        if (error !== undefined) w.reject(new Error(error));
+        else w.resolve();
+      }
+      return;
     }
+    this.#unsynced.push(...waiting);
+    this.#syncing ??= this.#syncLoop();
+  }
+
+  /** Syncs the log until no committed change waits for it; each sync settles the changes before it. */
+  async #syncLoop(): Promise<void> {
+    while (this.#unsynced.length) {
+      const batch = this.#unsynced;
+      this.#unsynced = [];
+      try {
+        this.#wal ??= await Deno.open(`${this.path}-wal`, { read: true });
+        await this.#wal.syncData();
+      } catch (e) {
+        // Committed but maybe not on disk: the caller hears of it (as when a FULL commit failed).
+        const message = `cannot sync ${this.path}-wal: ${(e as Error).message}`;
+        log.error("cannot save state", { path: this.path, error: message });
+        for (const w of batch) w.reject(new Error(message));
+        continue;
+      }
+      for (const w of batch) w.resolve();
+    }
+    this.#syncing = undefined;
   }
 
   #write(): void {
@@ -447,12 +494,13 @@ export class SqliteStore implements ControlStore {
     }
   }
 
-  close(): Promise<void> {
-    if (!this.#closed) {
-      this.#flush();
-      this.#closed = true;
-      this.#db.close();
-    }
-    return Promise.resolve();
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#flush();
+    await this.#syncing;
+    this.#wal?.close();
+    this.#wal = undefined;
+    this.#db.close();
   }
 }

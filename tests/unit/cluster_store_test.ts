@@ -295,3 +295,41 @@ Deno.test("rows: claims name a job's name and addresses, an instance's addresses
     "subnet/fc00::",
   ]);
 });
+
+Deno.test("sqlite store: a durable change syncs off the event loop; many at once all land; close waits", () =>
+  withDir(async (dir) => {
+    const store = await SqliteStore.open(dir);
+    await store.change((s) => s.nodeSubnet("w0")); // the log exists from here on
+    // Work queued behind the change runs while its sync is under way (with a synchronous FULL
+    // commit, the change resolved inside the event-loop turn that wrote it, before this timer).
+    const order: string[] = [];
+    const done = store.change((s) => s.nodeSubnet("w1")).then(() => order.push("change"));
+    setTimeout(() => order.push("timer"), 0);
+    await done;
+    assertEquals(order, ["timer", "change"]);
+    assertEquals(rowCount(store.path), 4, "nodes w0 and w1 and the subnet4 and subnet6 pools committed");
+    // 200 changes at once: each resolves, every one is in the database after close (which waits
+    // for the sync under way) and a reopen.
+    const all = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => store.change((s) => s.nodeSubnet(`n${i}`))),
+    );
+    assertEquals(new Set(all.map((r) => r.node.subnet)).size, 200);
+    const last = store.change((s) => s.nodeSubnet("late"));
+    await store.close();
+    await last;
+    const again = await SqliteStore.open(dir);
+    assertEquals(again.state.nodes().length, 203);
+    await again.close();
+  }));
+
+Deno.test("sqlite store: --state-sync normal resolves a change in the turn that commits it", () =>
+  withDir(async (dir) => {
+    const store = await SqliteStore.open(dir, { synchronous: "normal" });
+    const order: string[] = [];
+    const done = store.change((s) => s.nodeSubnet("w1")).then(() => order.push("change"));
+    setTimeout(() => order.push("timer"), 0);
+    await done;
+    await new Promise((r) => setTimeout(r, 5));
+    assertEquals(order, ["change", "timer"]);
+    await store.close();
+  }));

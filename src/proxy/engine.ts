@@ -512,6 +512,9 @@ export class Engine {
     const had = this.#punch.get(key);
     this.#punch.set(key, { until: now + forMs, rx: had?.rx ?? 0 });
     if (!had) this.#rebuildRoutes(now);
+    // Asked again (a relayed peer's own endpoint, src/path/relay_watch.ts): try now, not after a backoff.
+    const p = had ? this.peers.get(key) : undefined;
+    if (p && !p.helloOutstanding && p.nextHelloAt > now) p.nextHelloAt = now;
   }
 
   /** Drops expired punch targets (from the 1 s housekeeping). */

@@ -570,6 +570,11 @@ export interface PeerStats {
   readonly mtuProbed?: boolean;
   /** Reached through a punched NAT mapping (hole punching). */
   readonly punched?: boolean;
+  /** Set by the main isolate (relay_watch.ts): reached through the relay endpoint `via`; `relayFor` is the peer's own endpoint. */
+  readonly via?: string;
+  readonly relayFor?: string;
+  /** When (this worker's clock, ms) it last answered a HELLO or PROBE; absent when never (relay_watch.ts). */
+  readonly lastAnswer?: number;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
   /** Liveness: up/down while probed, unknown otherwise (Oakestra Go nodes never answer probes). */
@@ -1226,6 +1231,7 @@ export class PeerTable {
         mtu: p.path.mtu,
         mtuProbed: p.path.probed,
         ...(p.punched ? { punched: true } : {}),
+        ...(p.lastAnswerAt > -Infinity ? { lastAnswer: p.lastAnswerAt } : {}),
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
         health: this.healthOf(p),
         ...(p.down ? { downCause: p.downCause } : {}),

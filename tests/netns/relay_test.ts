@@ -167,6 +167,7 @@ Deno.test(
   opts,
   async () => {
     const w = new World();
+    Deno.env.set("TunnelSecurity", "off"); // plaintext, to show what the relay could read (next test: sealed)
     try {
       const s = await setup(w, "symmetric", "symmetric");
       const t0 = Date.now();
@@ -238,6 +239,7 @@ Deno.test(
       await dumpOnFailure(w);
       throw e;
     } finally {
+      Deno.env.delete("TunnelSecurity");
       assertEquals(await w.destroy(), []);
     }
   },
@@ -275,6 +277,12 @@ Deno.test(
         40000,
       );
       console.log(`direct again ${Date.now() - t0} ms after the router stopped blocking`);
+      const direct = await peersOf(s.n1);
+      console.log(JSON.stringify(direct.map((p) => [p.endpoint, p.path, p.via])));
+      assert(
+        direct.some((p) => p.endpoint.startsWith("192.168.77.102:") && p.via === undefined),
+        JSON.stringify(direct),
+      );
       assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 10000), "b0");
       assertEquals(await ask(w, s.b, "tcp-client", s.iipA), "a0");
     } catch (e) {

@@ -51,6 +51,7 @@ export interface RelayTotals {
   pairs: number;
   packets: number;
   bytes: number;
+  relocks: number;
   drops: Record<RelayDrop, number>;
 }
 
@@ -91,6 +92,7 @@ export class RelayServer {
     pairs: 0,
     packets: 0,
     bytes: 0,
+    relocks: 0,
     drops: { stranger: 0, not_locked: 0, peer_not_locked: 0, rate: 0 },
   };
   readonly #timer: ReturnType<typeof setInterval>;
@@ -144,7 +146,7 @@ export class RelayServer {
       });
     }
     this.#pairs.set(key, p);
-    log.info("relay allocation", { [a]: p.ports[0], [b]: p.ports[1] });
+    log.info("relay allocation", { nodes: `${a} ${b}`, ports: `${p.ports[0]} ${p.ports[1]}` });
     return p;
   }
 
@@ -192,6 +194,7 @@ export class RelayServer {
   #add(t: RelayTotals, c: RelayCounters): void {
     t.packets += c.packets;
     t.bytes += c.bytes;
+    t.relocks += c.relocks;
     for (const k of Object.keys(c.drops) as RelayDrop[]) t.drops[k] += c.drops[k];
   }
 

@@ -499,7 +499,9 @@ export class DataPlane {
    * own endpoint too (so a punch that works later is noticed).
    */
   relay(peer: string, via: string | undefined): void {
+    const old = this.relayWatch.viaOf(peer);
     this.relayWatch.setRelay(peer, via);
+    if (old !== undefined && old !== via) this.#broadcast({ type: "punch", key: old, stop: true });
     if (via !== undefined) this.#broadcast({ type: "punch", key: via });
     this.#broadcast({ type: "punch", key: peer });
   }

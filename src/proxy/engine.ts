@@ -517,6 +517,14 @@ export class Engine {
     if (p && !p.helloOutstanding && p.nextHelloAt > now) p.nextHelloAt = now;
   }
 
+  /** Stops HELLOing punch target `key` (a freed relay endpoint); the table may still name it. */
+  unpunch(key: string, now: number): void {
+    if (!this.#punch.delete(key)) return;
+    const p = this.peers.get(key);
+    if (p) p.punched = false;
+    this.#rebuildRoutes(now);
+  }
+
   /** Drops expired punch targets (from the 1 s housekeeping). */
   #expirePunch(now: number): void {
     let changed = false;

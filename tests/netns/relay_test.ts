@@ -99,9 +99,23 @@ async function markerCount(w: World): Promise<number> {
   return line ? Number(line.trim().split(/\s+/)[0]) : NaN;
 }
 
+/** One sample of the control plane's metrics (`name` without labels), NaN when absent. */
+async function ctlMetric(w: World, name: string): Promise<number> {
+  const out = await runTool("ip", [
+    "netns",
+    "exec",
+    `${w.prefix}ctl`,
+    "curl",
+    "-s",
+    "http://127.0.0.1:9465/metrics",
+  ]);
+  const line = out.stdout.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : NaN;
+}
+
 /** Both nodes behind routers, control with the relay, services A on n1 and B on n2 with instances. */
 async function setup(w: World, m1: Mode, m2: Mode) {
-  await w.control(CTL, { args: ["--relay", "--relay-address", CTL] });
+  await w.control(CTL, { args: ["--relay", "--relay-address", CTL, "--metrics-addr", "127.0.0.1:9465"] });
   await mustRun("ip", [
     "netns",
     "exec",
@@ -233,8 +247,14 @@ Deno.test(
       assertEquals(await eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 40000), "a0");
       const back = Date.now() - t1;
       assertEquals(await ask(w, s.a, "tcp-client", s.rrB), "b0");
-      console.log(`relayed pair: traffic back ${back} ms after router 1 restarted`);
+      const relocks = await ctlMetric(w, "netmanager_control_relay_relocks_total");
+      const packets = await ctlMetric(w, "netmanager_control_relay_packets_total");
+      console.log(
+        `relayed pair: traffic back ${back} ms after router 1 restarted (relay: ${packets} datagrams, ${relocks} re-locks)`,
+      );
       assert(back <= 40000);
+      assert(relocks >= 1, "router 1's new port was followed by moving its side's lock");
+      assertEquals(await ctlMetric(w, "netmanager_control_relay_allocations"), 1);
     } catch (e) {
       await dumpOnFailure(w);
       throw e;
@@ -285,6 +305,7 @@ Deno.test(
       );
       assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 10000), "b0");
       assertEquals(await ask(w, s.b, "tcp-client", s.iipA), "a0");
+      assertEquals(await ctlMetric(w, "netmanager_control_relay_allocations"), 0, "the relay was freed");
     } catch (e) {
       await dumpOnFailure(w);
       throw e;

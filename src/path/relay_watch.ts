@@ -1,8 +1,9 @@
 /**
  * The node's side of relaying (issue 12), pure: fed the data plane's peer snapshots (about once a
  * second), it decides when to ask the control plane for a relay — a peer we dial has not answered
- * (no HELLO_ACK / PROBE_REPLY, capabilities unknown) for {@link PUNCH_DEADLINE_MS} since it appeared
- * or last answered — and when to free one — the relayed peer's own endpoint, which we keep HELLOing,
+ * (no HELLO_ACK / PROBE_REPLY, capabilities unknown) for {@link PUNCH_DEADLINE_MS} since it was
+ * added (its `ageMs`) or last answered — snapshots come once a second, so the decision falls 2–3 s
+ * after the first datagram to it — and when to free one — the relayed peer's own endpoint, which we keep HELLOing,
  * answered (a later punch worked). It also keeps which peer endpoints are relayed through which relay
  * endpoints, for `status` (`path`, `via`, `endpoint`).
  *
@@ -18,7 +19,7 @@
  */
 
 /** How long a dialled peer may stay silent before a relay is asked for (ms). */
-export const PUNCH_DEADLINE_MS = 3000;
+export const PUNCH_DEADLINE_MS = 2000;
 /** A request for the same endpoint is repeated at most this often (ms). */
 export const REQUEST_EVERY_MS = 15_000;
 
@@ -28,6 +29,8 @@ export interface WatchedPeer {
   readonly capsKnown: boolean;
   /** When (worker clock) it last answered a HELLO or PROBE; absent when never. */
   readonly lastAnswer?: number;
+  /** Milliseconds since the data plane added it (first dialled it). */
+  readonly ageMs?: number;
 }
 
 /** What {@link RelayWatch.update} asks for. */
@@ -39,7 +42,9 @@ export interface RelayAsks {
 }
 
 interface Seen {
+  /** Since when (ms) it is judged: its first snapshot, or when it last answered. */
   since: number;
+  answeredEver: boolean;
   lastAnswer: number | undefined;
   askedAt: number;
 }
@@ -59,12 +64,17 @@ export class RelayWatch {
     for (const p of peers) {
       present.add(p.endpoint);
       let s = this.#seen.get(p.endpoint);
+      const fresh = s === undefined;
       if (s === undefined) {
-        s = { since: now, lastAnswer: p.lastAnswer, askedAt: -Infinity };
+        s = {
+          since: now,
+          answeredEver: p.lastAnswer !== undefined,
+          lastAnswer: p.lastAnswer,
+          askedAt: -Infinity,
+        };
         this.#seen.set(p.endpoint, s);
-        continue;
       }
-      const answered = p.lastAnswer !== undefined && p.lastAnswer !== s.lastAnswer;
+      const answered = !fresh && p.lastAnswer !== undefined && p.lastAnswer !== s.lastAnswer;
       s.lastAnswer = p.lastAnswer;
       if (this.#peerOf.has(p.endpoint)) continue; // a relay endpoint: answers come through the relay
       if (this.#via.has(p.endpoint)) {
@@ -77,9 +87,12 @@ export class RelayWatch {
       }
       if (answered || p.capsKnown) {
         s.since = now;
+        s.answeredEver = true;
         continue;
       }
-      if (now - s.since >= PUNCH_DEADLINE_MS && now - s.askedAt >= REQUEST_EVERY_MS) {
+      // Never answered: silent since it was added; else since its last answer was seen.
+      const silent = !s.answeredEver && p.ageMs !== undefined ? p.ageMs : now - s.since;
+      if (silent >= PUNCH_DEADLINE_MS && now - s.askedAt >= REQUEST_EVERY_MS) {
         s.askedAt = now;
         request.push(p.endpoint);
       }

@@ -380,6 +380,8 @@ export class Peer {
   rttWantedUntil: number = -Infinity;
   /** We HELLO it because the control plane asked (hole punching, src/path), not only for the table. */
   punched = false;
+  /** When it was added to the table (ms): how long a punch towards it has been tried (relay_watch.ts). */
+  addedAt = 0;
   /** Its path MTU, probed in-band (src/path/pmtu.ts). */
   readonly path: PathMtu = new PathMtu();
 
@@ -573,6 +575,8 @@ export interface PeerStats {
   /** Set by the main isolate (relay_watch.ts): reached through the relay endpoint `via`; `relayFor` is the peer's own endpoint. */
   readonly via?: string;
   readonly relayFor?: string;
+  /** Milliseconds since it was added (dialled first). */
+  readonly ageMs?: number;
   /** When (this worker's clock, ms) it last answered a HELLO or PROBE; absent when never (relay_watch.ts). */
   readonly lastAnswer?: number;
   /** Last time anything was received (ms), when ever. */
@@ -837,6 +841,7 @@ export class PeerTable {
     if (have !== undefined) return have;
     const p = new Peer(ep, this.#rttOpts);
     p.nextHelloAt = now;
+    p.addedAt = now;
     this.#byKey.set(p.key, p);
     const b = this.#buckets.get(p.bucketKey);
     if (b === undefined) this.#buckets.set(p.bucketKey, [p]);
@@ -1232,6 +1237,7 @@ export class PeerTable {
         mtuProbed: p.path.probed,
         ...(p.punched ? { punched: true } : {}),
         ...(p.lastAnswerAt > -Infinity ? { lastAnswer: p.lastAnswerAt } : {}),
+        ageMs: Math.max(0, now - p.addedAt),
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
         health: this.healthOf(p),
         ...(p.down ? { downCause: p.downCause } : {}),

@@ -20,41 +20,13 @@ import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
 import { mustRun, runTool } from "../../src/sys/command.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
+import { type NatMode, natRouter } from "../helpers/nat.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const CTL = "192.168.77.254";
 const A = "app.ns.rela.ns"; // runs on node 1
 const B = "app.ns.relb.ns"; // runs on node 2
 const MARKER = "RELAYMARKER7Q";
-
-type Mode = "eim" | "symmetric" | "block";
-
-/** A NAT router at `pub` on the underlay with LAN `${lan}.1/24`; returns how to wire a host behind it. */
-async function router(w: World, tag: string, mode: Mode, pub: string, lan: string) {
-  const r = await w.namespace(`nat${tag}`);
-  await w.attach(r, `nw${tag}`, pub);
-  const wan = `${w.prefix}nw${tag}`;
-  const ipt = (...a: string[]) => mustRun("ip", ["netns", "exec", r, "iptables", ...a]);
-  await mustRun("ip", ["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-  // Symmetric: a new random port per destination (--random-fully).
-  await ipt(
-    ...["-t", "nat", "-A", "POSTROUTING", "-s", `${lan}.0/24`, "-o", wan, "-j", "MASQUERADE"],
-    ...(mode === "symmetric" ? ["--random-fully"] : []),
-  );
-  // A home router's firewall: unsolicited packets to the router itself are dropped.
-  await ipt("-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP");
-  // UDP blocked: nothing UDP comes in from the internet except from the control plane's host.
-  if (mode === "block") await ipt("-A", "FORWARD", "-i", wan, "-p", "udp", "!", "-s", CTL, "-j", "DROP");
-  return async (ns: string) => {
-    const [a, b] = [`${w.prefix}la${tag}`, `${w.prefix}lb${tag}`];
-    await mustRun("ip", ["link", "add", a, "netns", r, "type", "veth", "peer", "name", b, "netns", ns]);
-    await mustRun("ip", ["-n", r, "addr", "add", `${lan}.1/24`, "dev", a]);
-    await mustRun("ip", ["-n", r, "link", "set", a, "up"]);
-    await mustRun("ip", ["-n", ns, "addr", "add", `${lan}.2/24`, "dev", b]);
-    await mustRun("ip", ["-n", ns, "link", "set", b, "up"]);
-    await mustRun("ip", ["-n", ns, "route", "add", "default", "via", `${lan}.1`]);
-  };
-}
 
 async function deploy(node: SimNode, pid: number, job: string): Promise<void> {
   const r = await node.api.post("/container/deploy", {
@@ -114,7 +86,7 @@ async function ctlMetric(w: World, name: string): Promise<number> {
 }
 
 /** Both nodes behind routers, control with the relay, services A on n1 and B on n2 with instances. */
-async function setup(w: World, m1: Mode, m2: Mode) {
+async function setup(w: World, m1: NatMode, m2: NatMode) {
   await w.control(CTL, { args: ["--relay", "--relay-address", CTL, "--metrics-addr", "127.0.0.1:9465"] });
   await mustRun("ip", [
     "netns",
@@ -137,14 +109,14 @@ async function setup(w: World, m1: Mode, m2: Mode) {
     "10.98.0.2",
     CTL,
     undefined,
-    await router(w, "1", m1, "192.168.77.101", "10.98.0"),
+    await natRouter(w, "1", m1, "192.168.77.101", "10.98.0", CTL),
   );
   const n2 = await w.clusterNode(
     "n2",
     "10.99.0.2",
     CTL,
     undefined,
-    await router(w, "2", m2, "192.168.77.102", "10.99.0"),
+    await natRouter(w, "2", m2, "192.168.77.102", "10.99.0", CTL),
   );
   for (const n of [n1, n2]) {
     await eventually(

@@ -97,7 +97,7 @@ Deno.test("relay server: forwards between two locked nodes over real UDP, opaque
   }
 });
 
-Deno.test("relay watch: asks after 3 s of silence, never for answering peers; frees when the direct path answers", () => {
+Deno.test("relay watch: asks once a dialled peer stayed silent 2 s (its age) or 2 s after its last answer, never for answering peers; frees when the direct path answers", () => {
   const w = new RelayWatch();
   const e = "203.0.113.7:40000";
   assertEquals(w.update([{ endpoint: e, capsKnown: false }], 0).request, []);
@@ -107,6 +107,13 @@ Deno.test("relay watch: asks after 3 s of silence, never for answering peers; fr
     w.update([{ endpoint: e, capsKnown: false }], PUNCH_DEADLINE_MS + 1000).request,
     [],
     "not again at once",
+  );
+  // A peer the data plane added long before its first snapshot is judged by its age at once.
+  assertEquals(
+    w.update([{ endpoint: "192.0.2.9:1", capsKnown: false, ageMs: PUNCH_DEADLINE_MS }], 5000).request,
+    [
+      "192.0.2.9:1",
+    ],
   );
   const ok = "198.51.100.1:50103";
   w.update([{ endpoint: ok, capsKnown: true, lastAnswer: 1 }], 0);

@@ -287,3 +287,58 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  "relay: roaming — a NAT router gets a new public address; a directly reached peer and a relayed one both follow",
+  opts,
+  async () => {
+    const w = new World();
+    try {
+      // n1 behind an endpoint-independent NAT, n2 behind a symmetric one (relayed), n3 public (direct).
+      const s = await setup(w, "eim", "symmetric");
+      const n3 = await w.clusterNode("n3", "192.168.77.3", CTL);
+      const C = "app.ns.relc.ns";
+      await w.ctl(["service", "add", C]);
+      await w.ctl(["instance", "add", C, "0"]);
+      const c = await w.instance("c0", [...TOOL, "servers", "80", "c0"]);
+      await deploy(n3, c.pid, C);
+      assertEquals(await eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 25000), "a0");
+      assertEquals(await eventually(() => ask(w, c, "udp-client", s.iipA), (v) => v === "a0", 15000), "a0");
+      const relayedRows = await eventually(
+        () => peersOf(s.n2),
+        (l) => l.some((p) => p.path === "relayed"),
+        5000,
+      );
+      assert(relayedRows.some((p) => p.endpoint.startsWith("192.168.77.101:")), JSON.stringify(relayedRows));
+
+      // Router 1 moves to another public address (its mappings go with the old one).
+      const nat = `${w.prefix}nat1`;
+      const wan = `${w.prefix}nw1`;
+      await mustRun("ip", ["-n", nat, "addr", "add", "192.168.77.105/24", "dev", wan]);
+      await mustRun("ip", ["-n", nat, "addr", "del", "192.168.77.101/24", "dev", wan]);
+      const t0 = Date.now();
+      const [relayed, direct] = await Promise.all([
+        eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 60000).then(() =>
+          Date.now() - t0
+        ),
+        eventually(() => ask(w, c, "udp-client", s.iipA), (v) => v === "a0", 60000).then(() =>
+          Date.now() - t0
+        ),
+      ]);
+      console.log(
+        `new public address: relayed peer back after ${relayed} ms, direct peer after ${direct} ms`,
+      );
+      const st = (await s.n1.api.getJson("/status")) as { observedEndpoint?: string };
+      assert(st.observedEndpoint?.startsWith("192.168.77.105:"), JSON.stringify(st.observedEndpoint));
+      const rows = await peersOf(n3);
+      assert(rows.some((p) => p.endpoint.startsWith("192.168.77.105:")), JSON.stringify(rows));
+      assertEquals(await ask(w, s.a, "tcp-client", s.iipB), "b0");
+      assert(relayed <= 60000 && direct <= 60000);
+    } catch (e) {
+      await dumpOnFailure(w);
+      throw e;
+    } finally {
+      assertEquals(await w.destroy(), []);
+    }
+  },
+);

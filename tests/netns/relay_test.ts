@@ -314,8 +314,9 @@ Deno.test(
       // Router 1 moves to another public address (its mappings go with the old one).
       const nat = `${w.prefix}nat1`;
       const wan = `${w.prefix}nw1`;
-      await mustRun("ip", ["-n", nat, "addr", "add", "192.168.77.105/24", "dev", wan]);
+      // (delete first: deleting a primary address also deletes the secondaries of its subnet)
       await mustRun("ip", ["-n", nat, "addr", "del", "192.168.77.101/24", "dev", wan]);
+      await mustRun("ip", ["-n", nat, "addr", "add", "192.168.77.105/24", "dev", wan]);
       const t0 = Date.now();
       const [relayed, direct] = await Promise.all([
         eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 60000).then(() =>

@@ -422,6 +422,7 @@ export class Engine {
       // A down peer is probed at least every 2 s, so it is seen up again quickly.
       probeMaxIntervalMs: 2000,
     });
+    if (rf && a4 !== undefined) this.peers.setNotPeer(a4, rf.port);
     const health = this.#health;
     const ownRtt = !this.#prober && health !== undefined
       ? (node: string) => health.rttMs(node)

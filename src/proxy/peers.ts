@@ -909,7 +909,20 @@ export class PeerTable {
     const b = this.#buckets.get(addr);
     if (b === undefined) return undefined;
     for (let i = 0; i < b.length; i++) if (b[i].port === port) return b[i];
+    // The reflector's answers come from the relay's address (same host): never a relay peer's.
+    if (port === this.#notPeerPort && addr === this.#notPeerAddr) return undefined;
     return this.#matchPort ? undefined : b[0];
+  }
+
+  #notPeerAddr = -1;
+  #notPeerPort = -1;
+  /**
+   * IPv4 `addr:port` is never a peer, even where `matchSourcePort` is off and peers share its
+   * address: the control plane's reflector, whose host may also be a relay (src/path/relay.ts).
+   */
+  setNotPeer(addr: number, port: number): void {
+    this.#notPeerAddr = addr >>> 0;
+    this.#notPeerPort = port;
   }
 
   /**

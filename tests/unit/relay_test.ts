@@ -11,6 +11,8 @@ import { PUNCH_DEADLINE_MS, type RelayRow, RelayWatch, showRelays } from "../../
 import { parseRelayNotice, parseRelayRequest } from "../../src/path/relay_msg.ts";
 import { CAP_FAST, encodeHello } from "../../src/proxy/wire.ts";
 import dgram from "node:dgram";
+import { PeerTable } from "../../src/proxy/peers.ts";
+import { parseIPv4 } from "../../src/addr/mod.ts";
 
 function hello(id: string): Uint8Array {
   const b = new Uint8Array(96);
@@ -144,4 +146,17 @@ Deno.test("relay messages: requests and notices are validated", () => {
     via: undefined,
   });
   assertEquals(parseRelayNotice({ peer: "203.0.113.7:1", via: "x" }), undefined);
+});
+
+Deno.test("relay peers: the reflector's answers are not taken for a relay peer's datagrams (same host)", () => {
+  const t = new PeerTable();
+  t.add("192.0.2.254", 41000, 0); // a relay endpoint on the control plane's host
+  const ctl = parseIPv4("192.0.2.254");
+  // Without the exclusion any port at a peer's address counts as that peer (Oakestra nodes' sources vary) …
+  assertEquals(t.lookup4(ctl, 50104)?.key, "192.0.2.254:41000");
+  // … so the reflector's endpoint is excluded: its REFLECT_REPLY reaches the reflect client.
+  t.setNotPeer(ctl, 50104);
+  assertEquals(t.lookup4(ctl, 50104), undefined);
+  assertEquals(t.lookup4(ctl, 41000)?.key, "192.0.2.254:41000");
+  assertEquals(t.lookup4(ctl, 41001)?.key, "192.0.2.254:41000");
 });

@@ -459,6 +459,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         address: opts.relay.address,
         host: opts.reflectorHost ?? "0.0.0.0",
         observedIp: (w) => observed.get(w)?.ip,
+        isNode: (w) => state.node(w) !== undefined,
         bytesPerSec: (opts.relay.mbitPerNode ?? 1000) * 125_000,
       });
     }
@@ -600,7 +601,10 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
-      onNodeRemoved: async (worker) => await publishRevocations(await pki.revoke(worker)),
+      onNodeRemoved: async (worker) => {
+        relay?.forget(worker); // no relaying for a removed node, not even until the next sweep
+        await publishRevocations(await pki.revoke(worker));
+      },
       onCredentialIssued: async (worker) => {
         const list = await pki.unrevoke(worker);
         if (list) await publishRevocations(list);

@@ -30,6 +30,8 @@ export interface RelayServerOptions {
   host?: string;
   /** A node's public address as the reflector saw it. */
   observedIp: (worker: string) => string | undefined;
+  /** Whether `worker` is still a registered node (a removed node's allocations are freed). */
+  isNode?: (worker: string) => boolean;
   /** Per-node rate in bytes per second (default 125 000 000 = 1 Gbit/s). */
   bytesPerSec?: number;
   /** An allocation without traffic this long is freed (default 600 000 ms). */
@@ -200,7 +202,23 @@ export class RelayServer {
 
   #expire(now: number): void {
     const idle = this.#opts.idleMs ?? 600_000;
-    for (const p of [...this.#pairs.values()]) if (now - p.state.lastUsed > idle) this.#free(p);
+    const isNode = this.#opts.isNode ?? (() => true);
+    for (const p of [...this.#pairs.values()]) {
+      const gone = !isNode(p.state.sides[0].worker) || !isNode(p.state.sides[1].worker);
+      if (gone || now - p.state.lastUsed > idle) this.#free(p);
+    }
+  }
+
+  /** Frees every allocation of `worker` (removed from the cluster); how many there were. */
+  forget(worker: string): number {
+    let n = 0;
+    for (const p of [...this.#pairs.values()]) {
+      if (p.state.sideOf(worker) !== -1) {
+        this.#free(p);
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Totals over all allocations, current and freed (`pairs`: current ones). */

@@ -93,6 +93,10 @@ Deno.test("relay server: forwards between two locked nodes over real UDP, opaque
     assert(r.drop("w1", "w2"));
     assertEquals(r.viaFor("w1", "w2"), undefined);
     assertEquals(r.totals().pairs, 0);
+    // A node removed from the cluster loses its allocations.
+    await r.pair("w1", "w3");
+    assertEquals(r.forget("w3"), 1);
+    assertEquals(r.viaFor("w1", "w3"), undefined);
   } finally {
     for (const s of socks) s.close();
     r.stop();

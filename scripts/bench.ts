@@ -324,6 +324,15 @@ export const STEPS: StepDef[] = [
     argv: (o) => ts("bench_dns.ts", ...size(o)),
   },
   {
+    name: "relay",
+    kind: "dataplane",
+    description:
+      "relay vs direct between NAT'd nodes (iperf3 TCP, ping RTT), punch time and time to decide on a relay",
+    needsRoot: true,
+    limit: { full: 300, quick: 180, smoke: 180 },
+    argv: (o) => ts("bench_relay.ts", ...(short(o) ? ["--quick"] : [])),
+  },
+  {
     name: "aead",
     kind: "micro",
     description: "secure tunnel AEAD per datagram: node:crypto vs libcrypto by FFI, 1400 B and 64 KB",

@@ -70,6 +70,17 @@ const Deploy = z.object({
 /** bench_dns.ts */
 const DnsSide = z.object({ qps: num, lost: num, samples: z.number().int().min(1), p50ms: num, p99ms: num });
 const Dns = z.object({ seconds: num, netmanager: DnsSide, dnsmasq: DnsSide, ratio: num });
+/** bench_relay.ts */
+const RelaySide = z.object({ gbit: num, rtt_avg_ms: num, rtt_max_ms: num });
+const Relay = z.object({
+  punch_ms: num,
+  relay_decide_ms: num,
+  relay_first_answer_ms: num,
+  relay: RelaySide,
+  direct: RelaySide,
+  added_rtt_ms: num,
+  throughput_ratio: num,
+});
 
 /** bench_netlink.ts */
 const Netlink = z.object({ instances: z.number().int(), p50_ms: num, p99_ms: num, min_ms: num, max_ms: num });
@@ -310,6 +321,21 @@ export function figuresOf(name: string, output: unknown): FiguresResult {
         { name: "dnsmasq, same names, max rate", value: d.dnsmasq.qps / 1000, unit: "kqps" },
         { name: "DNS p99 at 1000 qps", value: d.netmanager.p99ms, unit: "ms" },
         { name: "dnsmasq p99 at 1000 qps", value: d.dnsmasq.p99ms, unit: "ms" },
+      ]);
+    case "relay":
+      return take(Relay, (d) => [
+        {
+          name: "TCP through the relay",
+          value: d.relay.gbit,
+          unit: "Gbit/s",
+          ratio: d.throughput_ratio,
+          ratioTo: "direct (punched)",
+        },
+        { name: "TCP direct (punched)", value: d.direct.gbit, unit: "Gbit/s" },
+        { name: "RTT added by the relay", value: d.added_rtt_ms, unit: "ms" },
+        { name: "punch: cold start to first answer", value: d.punch_ms, unit: "ms" },
+        { name: "relay decided after", value: d.relay_decide_ms, unit: "ms" },
+        { name: "first answer through the relay", value: d.relay_first_answer_ms, unit: "ms" },
       ]);
     case "netlink":
       return take(Netlink, (d) => [

@@ -27,6 +27,8 @@ import type { NodeMetrics } from "./proxy/metrics.ts";
 import { OnDemand } from "./metrics/on_demand.ts";
 import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
 import { Backoff } from "./control/backoff.ts";
+import { endpointText, parseRelayNotice, relayNoticeTopic, relayRequestTopic } from "./path/relay_msg.ts";
+import type { RelayAsks } from "./path/relay_watch.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 // The MQTT client is loaded on the first connect: a standalone or static-table node never needs it.
 import type { NodeControl, TableSink } from "./control/client.ts";
@@ -253,6 +255,29 @@ class Node implements NodeService {
       interestIdleMs: Number(Deno.env.get("NETMANAGER_INTEREST_IDLE_MS")) || undefined,
     });
     await this.#wireCertificates(workerId);
+    await this.control.listen(relayNoticeTopic(workerId), (body) => {
+      const n = parseRelayNotice(body);
+      if (!n) return void log.warn("ignoring malformed relay notice", { topic: relayNoticeTopic(workerId) });
+      const peer = endpointText(n.peer.ip, n.peer.port);
+      const via = n.via ? endpointText(n.via.ip, n.via.port) : undefined;
+      log.info(via ? "peer relayed: punching failed" : "relay freed: direct path works", {
+        peer,
+        ...(via ? { via } : {}),
+      });
+      this.dataPlane?.relay(peer, via);
+    });
+  }
+
+  /** Relay requests (src/path/relay_watch.ts) to the control plane. */
+  #askRelay(asks: RelayAsks): void {
+    const id = this.workerId;
+    if (!this.control?.connected || id === undefined || !this.dataPlane?.observed) return;
+    for (const endpoint of asks.request) {
+      void this.control.publishJson(relayRequestTopic(id), { endpoint, direct: false });
+    }
+    for (const endpoint of asks.direct) {
+      void this.control.publishJson(relayRequestTopic(id), { endpoint, direct: true });
+    }
   }
 
   /** Cluster mode: certificate answers and revocation lists from the control plane; asks for a certificate. */
@@ -378,6 +403,7 @@ class Node implements NodeService {
         ...this.#reflectorCfg(),
       },
     });
+    this.dataPlane.onRelayAsk = (asks) => this.#askRelay(asks);
     if (this.security) this.dataPlane.setSecurity(this.security.current());
     const crashLane = Deno.env.get("NETMANAGER_TEST_CRASH_WORKER");
     if (crashLane !== undefined) {

@@ -34,6 +34,7 @@ import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
 import { fail, UsageError } from "./common.ts";
 import { columns } from "./inspect.ts";
 import { REFLECTOR_PORT } from "../path/reflect.ts";
+import { tryParseIPv4 } from "../addr/mod.ts";
 
 function portOf(name: string, text: string): number {
   if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535) {
@@ -49,6 +50,23 @@ function instanceNumberOf(text: string, allowAll = false): number {
     throw new Error(`instance number ${n} out of range ${allowAll ? "-1 (all)" : "0"}..2147483647`);
   }
   return n;
+}
+
+/** `--relay` options: the address nodes dial (given, or --mqtt-host when an IPv4 address) and the rate. */
+function relayOf(
+  opts: { relayAddress?: string; mqttHost: string; relayMbit?: string },
+): { address: string; mbitPerNode: number } {
+  const address = opts.relayAddress ?? opts.mqttHost;
+  if (tryParseIPv4(address) === undefined || address === "0.0.0.0") {
+    throw new UsageError(
+      `--relay needs --relay-address IP (the IPv4 address nodes reach this host at); got "${address}"`,
+    );
+  }
+  const mbit = Number(opts.relayMbit ?? "1000");
+  if (!Number.isFinite(mbit) || mbit < 1 || mbit > 100_000) {
+    throw new UsageError(`--relay-mbit "${opts.relayMbit}" is not a rate 1..100000`);
+  }
+  return { address, mbitPerNode: mbit };
 }
 
 function pair(a: string | undefined, b: string | undefined, names: string): [string, string] | undefined {
@@ -71,6 +89,9 @@ async function runService(opts: {
   httpHost: string;
   httpPort: string;
   reflectorPort?: string;
+  relay?: true;
+  relayAddress?: string;
+  relayMbit?: string;
   httpTlsCert?: string;
   httpTlsKey?: string;
   logLevel: string;
@@ -139,6 +160,7 @@ async function runService(opts: {
       ? { reflectorPort: portOf("--reflector-port", opts.reflectorPort) }
       : {}),
     ...(httpTls ? { httpTls: { cert: httpTls[0], key: httpTls[1] } } : {}),
+    ...(opts.relay ? { relay: relayOf(opts) } : {}),
   });
   let metrics;
   try {
@@ -551,6 +573,12 @@ export function controlCmd() {
       `UDP port of the endpoint reflector nodes learn their public ip:port from (default ${REFLECTOR_PORT}, ` +
         "where a port in use only warns; 0 = off)",
     )
+    .option("--relay", "relay traffic between nodes whose hole punching failed (needs --relay-address)")
+    .option(
+      "--relay-address <ip>",
+      "the relay's address as nodes reach it (default: --mqtt-host when an IPv4 address)",
+    )
+    .option("--relay-mbit <n>", "relay: per-node rate limit in Mbit/s", "1000")
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .option("--metrics-addr <host:port>", "serve /metrics and /healthz over TCP (e.g. 127.0.0.1:9465)")
     .option("--log-format <format>", "text | json (one object per line, for log shippers)", "text")

@@ -56,6 +56,8 @@ export interface PeerRow {
   downCause?: string;
   downForS?: number;
   path?: string;
+  /** With `path: relayed`: the relay endpoint dialled (`endpoint` is the peer's own). */
+  via?: string;
   mtu?: number;
 }
 
@@ -97,7 +99,7 @@ export function formatPeers(peers: readonly PeerRow[]): string {
       String(p.rxPackets ?? "-"),
       String(p.drops),
       String(p.probesLost ?? "-"),
-      p.path ?? "-",
+      p.path === "relayed" && p.via ? `relayed via ${p.via}` : p.path ?? "-",
       String(p.mtu ?? "-"),
       formatHealth(p),
     ]),

@@ -275,6 +275,7 @@ const RESULT_SUFFIXES = new Set([
   "net/tablequery/result",
   "net/cert/result",
   "net/punch",
+  "net/relay",
 ]);
 
 /**

@@ -20,7 +20,9 @@ import { isDeployed } from "./state.ts";
 
 /** The control plane's registry, read from `c` at scrape time. */
 export function controlRegistry(
-  c: Pick<ControlService, "state" | "health"> & Partial<Pick<ControlService, "reportsDropped">>,
+  c:
+    & Pick<ControlService, "state" | "health">
+    & Partial<Pick<ControlService, "reportsDropped" | "relayTotals">>,
 ): Registry {
   const reg = newRegistry("control");
   snapshotGauge(reg, "netmanager_control_nodes", "Nodes registered with the control plane.", [], () => [
@@ -57,12 +59,57 @@ export function controlRegistry(
     ["reason"],
     () => Object.entries(c.reportsDropped ?? {}).map(([reason, n]) => [{ reason }, n] as const),
   );
+  // The relay (`--relay`, src/path/relay.ts): absent without one.
+  const relay = () => c.relayTotals?.();
+  snapshotGauge(
+    reg,
+    "netmanager_control_relay_allocations",
+    "Relay allocations (node pairs relayed) now.",
+    [],
+    () => {
+      const t = relay();
+      return t ? [[{}, t.pairs]] : [];
+    },
+  );
+  snapshotCounter(reg, "netmanager_control_relay_packets_total", "Datagrams the relay forwarded.", [], () => {
+    const t = relay();
+    return t ? [[{}, t.packets]] : [];
+  });
+  snapshotCounter(
+    reg,
+    "netmanager_control_relay_bytes_total",
+    "UDP payload bytes the relay forwarded.",
+    [],
+    () => {
+      const t = relay();
+      return t ? [[{}, t.bytes]] : [];
+    },
+  );
+  snapshotCounter(
+    reg,
+    "netmanager_control_relay_relocks_total",
+    "Times a node's side of an allocation moved to a new source endpoint (NAT restart, roaming).",
+    [],
+    () => {
+      const t = relay();
+      return t ? [[{}, t.relocks]] : [];
+    },
+  );
+  snapshotCounter(
+    reg,
+    "netmanager_control_relay_drops_total",
+    "Datagrams the relay dropped: stranger (not the node's locked endpoint), not_locked, peer_not_locked, rate.",
+    ["reason"],
+    () => Object.entries(relay()?.drops ?? {}).map(([reason, n]) => [{ reason }, n] as const),
+  );
   return reg;
 }
 
 /** Serves the control plane's `/metrics` and `/healthz` on `address` (`host:port`). */
 export function startControlMetrics(
-  c: Pick<ControlService, "state" | "health"> & Partial<Pick<ControlService, "reportsDropped">>,
+  c:
+    & Pick<ControlService, "state" | "health">
+    & Partial<Pick<ControlService, "reportsDropped" | "relayTotals">>,
   address: string,
 ): Promise<MetricsServer> {
   return startMetricsServer({ address, registry: controlRegistry(c), health: () => c.health() });

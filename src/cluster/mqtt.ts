@@ -138,6 +138,8 @@ export interface ControlCore {
   publish(topic: string, payload: unknown): void;
   /** A node's tunnel endpoint as the reflector saw it (src/path/reflector.ts), for table results. */
   tunnelObserved?: (worker: string) => { ip: string; port: number } | undefined;
+  /** The relay endpoint `asker` dials to reach `target` when the pair is relayed (src/path/relay.ts). */
+  relayVia?: (asker: string, target: string) => { ip: string; port: number } | undefined;
   /**
    * Records (`on`) or drops a node's interest in a job outside the job's row (etcd mode: on the
    * replica's lease). Without it, interests are changes of the job row.
@@ -170,7 +172,9 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
       }
       case "tablequery": {
         const job = core.state.resolve(msg.key);
-        const result = tableQueryResult(msg.key, job, core.tunnelObserved);
+        // A relayed pair: the asker dials the target's relay port instead (the relay forwards).
+        const endpointFor = (w: string) => core.relayVia?.(msg.worker, w) ?? core.tunnelObserved?.(w);
+        const result = tableQueryResult(msg.key, job, endpointFor);
         // Hole punching: a node behind NAT answers only endpoints it has sent to, so it is told to
         // HELLO the asker's observed endpoint (the asker dials its observed one: both directions open). Before the
         // result, so the NAT'd side's packets leave first and the asker's find the mapping open: an
@@ -184,7 +188,8 @@ export async function handleNodeMessage(core: ControlCore, msg: NodeMessage): Pr
               continue;
             }
             told.add(i.worker_id);
-            core.publish(punchTopic(i.worker_id), { endpoint: endpointOf(asker.ip, asker.port) });
+            const via = core.relayVia?.(i.worker_id, msg.worker) ?? asker;
+            core.publish(punchTopic(i.worker_id), { endpoint: endpointOf(via.ip, via.port) });
           }
         }
         if (told.size > 0) await new Promise((r) => setTimeout(r, PUNCH_LEAD_MS));

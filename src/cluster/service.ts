@@ -19,6 +19,7 @@ import {
   handleNodeMessage,
   NODE_TOPIC_FILTER,
   parseNodeMessage,
+  PUNCH_LEAD_MS,
   updatesTopic,
 } from "./mqtt.ts";
 import { createHttpHandler } from "./http.ts";
@@ -34,6 +35,8 @@ import { CertRequestSchema, certResultTopic } from "../secure/node_security.ts";
 import { WORKER_ID } from "./schemas.ts";
 import { REVOCATION_TOPIC } from "../secure/revocation.ts";
 import { ObservedEndpoints, Reflector } from "../path/reflector.ts";
+import { RelayServer, type RelayTotals } from "../path/relay.ts";
+import { endpointText, parseRelayRequest, RELAY_REQUEST_TOPIC, relayNoticeTopic } from "../path/relay_msg.ts";
 
 const log = logger("control");
 const CERT_REQUEST = /^nodes\/([^/]+)\/net\/cert\/request$/;
@@ -111,6 +114,11 @@ export interface ControlOptions {
   reflectorHost?: string;
   /** The reflector's port was not asked for explicitly: when it is in use, warn and run without it. */
   reflectorOptional?: boolean;
+  /**
+   * Relay (src/path/relay.ts, needs the reflector): pairs of nodes whose punch failed are relayed
+   * through this host, which nodes dial at `address`; `mbitPerNode` caps each node (default 1000).
+   */
+  relay?: { address: string; mbitPerNode?: number };
 }
 
 /** A running control service. */
@@ -136,6 +144,8 @@ export interface ControlService {
   /** Tunnel endpoints the reflector observed per node (live), and its port (undefined: off). */
   readonly observed: ObservedEndpoints;
   readonly reflectorPort: number | undefined;
+  /** The relay's counters (undefined: no relay). */
+  relayTotals(): RelayTotals | undefined;
   /** Ready: the service's broker connection is up and the last state save worked. */
   health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -350,9 +360,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
   let revocationTimer: ReturnType<typeof setInterval> | undefined;
   let reflector: Reflector | undefined;
+  let relay: RelayServer | undefined;
   const cleanup = async () => {
     clearInterval(revocationTimer);
     reflector?.stop();
+    relay?.stop();
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
     if (broker) await broker.stop().catch(() => {});
@@ -439,11 +451,25 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       if (!shared || own !== false) publish(updatesTopic(u.job), { type: u.type });
     };
     const observed = new ObservedEndpoints();
+    if (opts.relay) {
+      if (opts.reflectorPort === undefined) {
+        throw new ControlError("the relay needs the reflector (--reflector-port)");
+      }
+      relay = new RelayServer({
+        address: opts.relay.address,
+        host: opts.reflectorHost ?? "0.0.0.0",
+        observedIp: (w) => observed.get(w)?.ip,
+        isNode: (w) => state.node(w) !== undefined,
+        bytesPerSec: (opts.relay.mbitPerNode ?? 1000) * 125_000,
+      });
+    }
+    const relays = relay;
     const core: ControlCore = {
       state,
       change: (fn, updates) => store.change(fn, updates),
       publish,
       tunnelObserved: (w) => observed.get(w),
+      ...(relays ? { relayVia: (asker: string, target: string) => relays.viaFor(asker, target) } : {}),
       ...(store instanceof EtcdStore
         ? { interest: (job: string, worker: string, on: boolean) => store.interest(job, worker, on) }
         : {}),
@@ -455,6 +481,62 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
     if (migrated.exhausted) {
       log.warn("Closest ServiceIPs not added to every service: pool exhausted", { pool: migrated.exhausted });
     }
+    // Jobs running on `w`: their interested nodes re-fetch (and get the endpoint meant for them).
+    const notifyJobsOn = (w: string) => {
+      for (const job of state.jobs()) {
+        if (job.instance_list.some((i) => i.worker_id === w && isDeployed(i))) {
+          publish(updatesTopic(job.job_name), { type: "DEPLOYMENT" });
+        }
+      }
+    };
+    // Which registered node dials from `ip:port` (its observed endpoint) or announced it.
+    const nodeAt = (ip: string, port: number): string | undefined => {
+      for (const n of state.nodes()) {
+        const o = observed.get(n.worker_id);
+        if (o && o.ip === ip && o.port === port) return n.worker_id;
+      }
+      return undefined;
+    };
+    // A node's punch towards `endpoint` failed (relay us) or works again (free the relay).
+    const relayRequest = async (r: RelayServer, worker: string, payload: Uint8Array) => {
+      let body: unknown;
+      try {
+        body = JSON.parse(new TextDecoder().decode(payload));
+      } catch {
+        body = undefined;
+      }
+      const req = parseRelayRequest(body);
+      const self = observed.get(worker);
+      if (!req || state.node(worker) === undefined || self === undefined) {
+        log.warn("ignoring relay request", {
+          worker,
+          reason: req ? "not a registered node seen by the reflector" : "malformed",
+        });
+        return;
+      }
+      const other = nodeAt(req.endpoint.ip, req.endpoint.port);
+      if (other === undefined || other === worker) return; // not a netmanager node seen by the reflector
+      const peerOf = (w: string) => {
+        const o = observed.get(w)!;
+        return endpointText(o.ip, o.port);
+      };
+      if (req.direct) {
+        if (!r.drop(worker, other)) return;
+        log.info("relay freed: direct path works", { nodes: `${worker} ${other}` });
+        publish(relayNoticeTopic(worker), { peer: peerOf(other), via: "" });
+        publish(relayNoticeTopic(other), { peer: peerOf(worker), via: "" });
+      } else {
+        const { ports, created } = await r.pair(worker, other);
+        if (created) log.info("relaying: punch failed", { nodes: `${worker} ${other}` });
+        publish(relayNoticeTopic(worker), { peer: peerOf(other), via: endpointText(r.address, ports[0]) });
+        publish(relayNoticeTopic(other), { peer: peerOf(worker), via: endpointText(r.address, ports[1]) });
+        if (!created) return;
+        // Give both a moment to HELLO their relay port (locking it) before they re-fetch.
+        await new Promise((res) => setTimeout(res, PUNCH_LEAD_MS));
+      }
+      notifyJobsOn(worker);
+      notifyJobsOn(other);
+    };
     const reports = new ReportStore();
     // A bad report is logged once per cause per 10 s (a node cannot flood the log).
     const refusedReports = new RateLimitedLog((msg, fields) => log.warn(msg, fields));
@@ -480,6 +562,15 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         }
         return;
       }
+      const rq = RELAY_REQUEST_TOPIC.exec(topic);
+      if (rq) {
+        if (relays) {
+          void relayRequest(relays, rq[1], payload).catch((e) =>
+            log.warn("relay request failed", { worker: rq[1], error: (e as Error).message })
+          );
+        }
+        return;
+      }
       const msg = parseNodeMessage(topic, payload);
       if (msg.kind === "subnet" && store instanceof EtcdStore) store.nodeSeen(msg.worker);
       void handleNodeMessage(core, msg);
@@ -493,13 +584,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
           isNode: (w) => state.node(w) !== undefined,
           observed,
           // Peers must dial the new endpoint: interested nodes re-fetch the jobs running there.
-          onChange: (w) => {
-            for (const job of state.jobs()) {
-              if (job.instance_list.some((i) => i.worker_id === w && isDeployed(i))) {
-                publish(updatesTopic(job.job_name), { type: "DEPLOYMENT" });
-              }
-            }
-          },
+          onChange: (w) => notifyJobsOn(w),
         });
       } catch (e) {
         const why = `cannot serve the reflector on UDP ${opts.reflectorPort}: ${(e as Error).message}`;
@@ -516,7 +601,10 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       token: apiToken.token,
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
-      onNodeRemoved: async (worker) => await publishRevocations(await pki.revoke(worker)),
+      onNodeRemoved: async (worker) => {
+        relay?.forget(worker); // no relaying for a removed node, not even until the next sweep
+        await publishRevocations(await pki.revoke(worker));
+      },
       onCredentialIssued: async (worker) => {
         const list = await pki.unrevoke(worker);
         if (list) await publishRevocations(list);
@@ -569,6 +657,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       reportsDropped: reports.refused,
       observed,
       reflectorPort: reflector?.port,
+      relayTotals: () => relay?.totals(),
       health() {
         if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
         if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };
@@ -578,6 +667,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         stopping ??= (async () => {
           clearInterval(revocationTimer);
           reflector?.stop();
+          relay?.stop();
           await server!.shutdown().catch(() => {});
           await mq.endAsync().catch(() => {});
           if (broker) await broker.stop();

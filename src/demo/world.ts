@@ -97,20 +97,29 @@ export class World {
 
   async control(
     ip: string,
-    opts: { broker?: "embedded" | "mosquitto" } = {},
+    opts: { broker?: "embedded" | "mosquitto"; args?: string[] } = {},
   ): Promise<{ ns: string; ip: string }> {
     const ns = await this.namespace("ctl");
     await this.attach(ns, "c", ip);
     const dir = await Deno.makeTempDir({ prefix: `${this.prefix}-ctl-` });
     this.#dirs.push(dir);
-    this.#ctl = { ns, dir, mosquitto: opts.broker === "mosquitto", ours: true };
+    this.#ctl = { ns, dir, mosquitto: opts.broker === "mosquitto", ours: true, args: opts.args ?? [] };
     if (this.#ctl.mosquitto) await this.startBroker();
     await this.startControl();
     return { ns, ip };
   }
 
   #ctl:
-    | { ns: string; dir: string; mosquitto: boolean; ours?: boolean; proc?: Background; broker?: Background }
+    | {
+      ns: string;
+      dir: string;
+      mosquitto: boolean;
+      ours?: boolean;
+      proc?: Background;
+      broker?: Background;
+      /** Extra `netmanager control` arguments (e.g. `--relay`). */
+      args?: string[];
+    }
     | undefined;
 
   /**
@@ -149,6 +158,7 @@ export class World {
       args.push("--broker", "mqtt://127.0.0.1:10003", "--broker-username", "netmanager-control");
       args.push("--broker-password-file", `${c.dir}/broker-password`);
     } else args.push("--mqtt-port", "10003");
+    args.push(...(c.args ?? []));
     c.proc = spawnBackground(args, { netns: c.ns, logFile: `${c.dir}/control.log` });
     this.#procs.push(c.proc);
     const deadline = Date.now() + 20000;

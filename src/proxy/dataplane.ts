@@ -38,6 +38,7 @@ import type { FlowInfo } from "./flows.ts";
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { DataPlaneMetrics } from "./metrics.ts";
 import { type PeerView, PeerWatch } from "./peer_watch.ts";
+import { type RelayAsks, relayStats, RelayWatch, showRelays } from "../path/relay_watch.ts";
 import type { SecuritySettings } from "../secure/node_security.ts";
 import { SecureDriver, type SecurePeerView } from "../secure/secure_driver.ts";
 
@@ -159,6 +160,11 @@ export class DataPlane {
   readonly #resolver: Resolver;
   #stats: StatsData | undefined;
   readonly #peerWatch = new PeerWatch();
+  /** Relaying (src/path/relay_watch.ts): when to ask the control plane, which peers go through a relay. */
+  readonly relayWatch = new RelayWatch();
+  /** Where relay requests go (set in cluster mode). */
+  onRelayAsk: ((asks: RelayAsks) => void) | undefined = undefined;
+  #relayPunchAt = 0;
   #flowReq = 0;
   readonly #flowWaiters = new Map<
     number,
@@ -398,7 +404,8 @@ export class DataPlane {
     const merged = mergeStats(parts);
     this.#noteRefusals(this.#stats?.drops, merged.drops);
     this.#notePeers(merged.peers);
-    this.#stats = merged;
+    this.#noteRelays(merged.peers);
+    this.#stats = { ...merged, peers: relayStats(merged.peers, this.relayWatch) };
     if (merged.usedJobs.length > 0) this.#opts.onUsage?.(merged.usedJobs);
     for (const l of this.#lanes) if (l.stats) l.stats = { ...l.stats, usedJobs: [] }; // reported once
   }
@@ -473,6 +480,32 @@ export class DataPlane {
     }
   }
 
+  /** Punch failures ask for a relay; relayed peers keep their relay port and own endpoint HELLOed. */
+  #noteRelays(peers: StatsData["peers"]): void {
+    const now = Date.now();
+    const asks = this.relayWatch.update(peers, now);
+    if (asks.request.length > 0 || asks.direct.length > 0) this.onRelayAsk?.(asks);
+    if (now - this.#relayPunchAt < 15_000) return;
+    this.#relayPunchAt = now;
+    for (const [peer, via] of this.relayWatch.relays()) {
+      this.#broadcast({ type: "punch", key: via });
+      this.#broadcast({ type: "punch", key: peer });
+    }
+  }
+
+  /**
+   * The control plane relays the peer at `peer` ("ip:port") through `via` (undefined: freed). The
+   * relay port is HELLOed at once (opening our NAT mapping and locking the relay's side), the peer's
+   * own endpoint too (so a punch that works later is noticed).
+   */
+  relay(peer: string, via: string | undefined): void {
+    const old = this.relayWatch.viaOf(peer);
+    this.relayWatch.setRelay(peer, via);
+    if (old !== undefined && old !== via) this.#broadcast({ type: "punch", key: old, stop: true });
+    if (via !== undefined) this.#broadcast({ type: "punch", key: via });
+    this.#broadcast({ type: "punch", key: peer });
+  }
+
   /** Peers with their wire mode, RTT, last-seen age and drops (for `status` / `peers`). */
   /** The tunnel's endpoint as the control plane's reflector last saw it (src/path/reflect_client.ts). */
   observed: { ip: string; port: number; at: number } | undefined = undefined;
@@ -483,7 +516,7 @@ export class DataPlane {
   }
 
   peers(): PeerView[] {
-    return this.#peerWatch.view(Date.now());
+    return showRelays(this.#peerWatch.view(Date.now()), this.relayWatch);
   }
 
   /** Logs refused tunnel traffic by reason, once per reason per 10 s (the counters are in the metrics). */

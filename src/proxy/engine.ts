@@ -422,6 +422,7 @@ export class Engine {
       // A down peer is probed at least every 2 s, so it is seen up again quickly.
       probeMaxIntervalMs: 2000,
     });
+    if (rf && a4 !== undefined) this.peers.setNotPeer(a4, rf.port);
     const health = this.#health;
     const ownRtt = !this.#prober && health !== undefined
       ? (node: string) => health.rttMs(node)
@@ -512,6 +513,17 @@ export class Engine {
     const had = this.#punch.get(key);
     this.#punch.set(key, { until: now + forMs, rx: had?.rx ?? 0 });
     if (!had) this.#rebuildRoutes(now);
+    // Asked again (a relayed peer's own endpoint, src/path/relay_watch.ts): try now, not after a backoff.
+    const p = had ? this.peers.get(key) : undefined;
+    if (p && !p.helloOutstanding && p.nextHelloAt > now) p.nextHelloAt = now;
+  }
+
+  /** Stops HELLOing punch target `key` (a freed relay endpoint); the table may still name it. */
+  unpunch(key: string, now: number): void {
+    if (!this.#punch.delete(key)) return;
+    const p = this.peers.get(key);
+    if (p) p.punched = false;
+    this.#rebuildRoutes(now);
   }
 
   /** Drops expired punch targets (from the 1 s housekeeping). */

@@ -208,7 +208,8 @@ export class PacketLoop {
         e.setObservedSelf(m.ip, m.port, performance.now());
         break;
       case "punch":
-        e.punch(m.key, performance.now());
+        if (m.stop) e.unpunch(m.key, performance.now());
+        else e.punch(m.key, performance.now());
         break;
       case "flows": {
         const out = [...e.flows.ids()].slice(0, m.limit).map((id) => e.flows.info(id));

@@ -79,6 +79,12 @@ function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
     // Each worker probes for itself: the smaller measured value is the safe one.
     ...mergeMtu(a, b),
     ...(a.punched || b.punched ? { punched: true } : {}),
+    ...(a.ageMs !== undefined || b.ageMs !== undefined
+      ? { ageMs: Math.max(a.ageMs ?? 0, b.ageMs ?? 0) }
+      : {}),
+    ...(a.lastAnswer !== undefined || b.lastAnswer !== undefined
+      ? { lastAnswer: Math.max(a.lastAnswer ?? -Infinity, b.lastAnswer ?? -Infinity) }
+      : {}),
     ...(lastSeen !== undefined ? { lastSeen } : {}),
     // One worker probes and judges liveness; the others report unknown.
     ...mergeHealth(a, b),

@@ -99,8 +99,11 @@ export type ToWorker =
   | { type: "self"; ip: string }
   /** The tunnel's observed public endpoint: table entries naming it are this node's too (behind NAT). */
   | { type: "observedSelf"; ip: string; port: number }
-  /** Hole punching: HELLO this endpoint ("ip:port") to open and keep open our NAT mapping towards it. */
-  | { type: "punch"; key: string }
+  /**
+   * Hole punching: HELLO this endpoint ("ip:port") to open and keep open our NAT mapping towards it;
+   * `stop`: no longer (a freed relay endpoint).
+   */
+  | { type: "punch"; key: string; stop?: boolean }
   | { type: "flows"; id: number; limit: number }
   /** Local instances whose namespace is gone (namespace IPv4s as uint32): skipped for new flows. */
   | { type: "deadLocal"; nsip4s: number[] }

@@ -77,6 +77,11 @@ export interface PeerMetrics {
   readonly probesLost: number;
   /** Liveness (`up` / `down` while probed, else `unknown`). */
   readonly health?: "up" | "down" | "unknown";
+  /** Reached through a punched NAT mapping. */
+  readonly punched?: boolean;
+  /** Dialled at this relay endpoint (`endpoint` is then the relay's), for the peer at `relayFor`. */
+  readonly via?: string;
+  readonly relayFor?: string;
   /** Times marked down. */
   readonly downCount?: number;
   /** Outer path MTU in use towards it (src/path/pmtu.ts). */
@@ -428,6 +433,19 @@ export class NodeMetrics {
             return [{ service_ip, instance_ip }, n] as Sample;
           })
         ),
+    );
+    snapshotGauge(
+      reg,
+      "netmanager_peer_path",
+      "1 per peer node and how it is reached: path direct | punched | relayed (via: the relay endpoint dialled).",
+      ["node", "endpoint", "path", "via"],
+      () =>
+        peers((p) => [[{
+          ...(p.node !== undefined ? { node: p.node } : {}),
+          endpoint: p.relayFor ?? p.endpoint,
+          path: p.via !== undefined ? "relayed" : p.punched ? "punched" : "direct",
+          via: p.via ?? "",
+        }, 1] as Sample]),
     );
     snapshotGauge(
       reg,

@@ -64,8 +64,9 @@ export interface PeerView {
   downCause?: string;
   downForS?: number;
   /**
-   * How it is reached (issue 12): `direct`, or `punched` (through a NAT mapping opened on the control
-   * plane's request); `relayed` is reserved for relays (not built yet, so `via` is never set).
+   * How it is reached (issue 12): `direct`, `punched` (through a NAT mapping opened on the control
+   * plane's request) or `relayed` (through the relay endpoint `via`; `endpoint` is then the peer's
+   * own, the row's dialled key is `via`).
    */
   path?: "direct" | "punched" | "relayed";
   via?: string;

@@ -380,6 +380,8 @@ export class Peer {
   rttWantedUntil: number = -Infinity;
   /** We HELLO it because the control plane asked (hole punching, src/path), not only for the table. */
   punched = false;
+  /** When it was added to the table (ms): how long a punch towards it has been tried (relay_watch.ts). */
+  addedAt = 0;
   /** Its path MTU, probed in-band (src/path/pmtu.ts). */
   readonly path: PathMtu = new PathMtu();
 
@@ -570,6 +572,13 @@ export interface PeerStats {
   readonly mtuProbed?: boolean;
   /** Reached through a punched NAT mapping (hole punching). */
   readonly punched?: boolean;
+  /** Set by the main isolate (relay_watch.ts): reached through the relay endpoint `via`; `relayFor` is the peer's own endpoint. */
+  readonly via?: string;
+  readonly relayFor?: string;
+  /** Milliseconds since it was added (dialled first). */
+  readonly ageMs?: number;
+  /** When (this worker's clock, ms) it last answered a HELLO or PROBE; absent when never (relay_watch.ts). */
+  readonly lastAnswer?: number;
   /** Last time anything was received (ms), when ever. */
   readonly lastSeen?: number;
   /** Liveness: up/down while probed, unknown otherwise (Oakestra Go nodes never answer probes). */
@@ -832,6 +841,7 @@ export class PeerTable {
     if (have !== undefined) return have;
     const p = new Peer(ep, this.#rttOpts);
     p.nextHelloAt = now;
+    p.addedAt = now;
     this.#byKey.set(p.key, p);
     const b = this.#buckets.get(p.bucketKey);
     if (b === undefined) this.#buckets.set(p.bucketKey, [p]);
@@ -899,7 +909,20 @@ export class PeerTable {
     const b = this.#buckets.get(addr);
     if (b === undefined) return undefined;
     for (let i = 0; i < b.length; i++) if (b[i].port === port) return b[i];
+    // The reflector's answers come from the relay's address (same host): never a relay peer's.
+    if (port === this.#notPeerPort && addr === this.#notPeerAddr) return undefined;
     return this.#matchPort ? undefined : b[0];
+  }
+
+  #notPeerAddr = -1;
+  #notPeerPort = -1;
+  /**
+   * IPv4 `addr:port` is never a peer, even where `matchSourcePort` is off and peers share its
+   * address: the control plane's reflector, whose host may also be a relay (src/path/relay.ts).
+   */
+  setNotPeer(addr: number, port: number): void {
+    this.#notPeerAddr = addr >>> 0;
+    this.#notPeerPort = port;
   }
 
   /**
@@ -1226,6 +1249,8 @@ export class PeerTable {
         mtu: p.path.mtu,
         mtuProbed: p.path.probed,
         ...(p.punched ? { punched: true } : {}),
+        ...(p.lastAnswerAt > -Infinity ? { lastAnswer: p.lastAnswerAt } : {}),
+        ageMs: Math.max(0, now - p.addedAt),
         ...(p.lastSeen > -Infinity ? { lastSeen: p.lastSeen } : {}),
         health: this.healthOf(p),
         ...(p.down ? { downCause: p.downCause } : {}),

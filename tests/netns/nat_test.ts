@@ -211,7 +211,7 @@ Deno.test(
   async () => {
     const w = new World();
     try {
-      await w.control(CTL);
+      await w.control(CTL, { args: ["--relay", "--relay-address", CTL, "--metrics-addr", "127.0.0.1:9465"] });
       const n1 = await w.clusterNode(
         "n1",
         "10.98.0.2",
@@ -250,7 +250,7 @@ Deno.test(
       console.log(`two NATs: first answer after ${Date.now() - t0} ms`);
       assertEquals(await eventually(() => ask(w, b, "udp-client", rr(A)), (v) => v === "a0", 10000), "a0");
       assertEquals(await ask(w, a, "tcp-client", iipB), "b0");
-      // Both dial each other's NAT router directly (no relay exists in this test): every peer row is
+      // Both dial each other's NAT router directly (the control plane could relay, but the punch works): every peer row is
       // at the other router's public address.
       // (peer rows follow the workers' stats, about once a second)
       for (const [n, other] of [[n1, "192.168.77.102:"], [n2, "192.168.77.101:"]] as const) {
@@ -262,6 +262,17 @@ Deno.test(
         const live = await eventually(rows, (l) => l.length >= 1, 5000);
         assert(live.length >= 1 && live.every((p) => p.path !== "relayed"), JSON.stringify(live));
       }
+      // … and the relay never allocated anything for them.
+      const m = await new Deno.Command("ip", {
+        args: ["netns", "exec", `${w.prefix}ctl`, "curl", "-s", "http://127.0.0.1:9465/metrics"],
+        stdout: "piped",
+      }).output();
+      const metrics = new TextDecoder().decode(m.stdout);
+      assert(/^netmanager_control_relay_allocations 0$/m.test(metrics), metrics.slice(0, 300));
+      assert(
+        /^netmanager_control_relay_packets_total 0$/m.test(metrics),
+        "no datagram went through the relay",
+      );
     } catch (e) {
       await w.diagnose((l) => console.error(l.slice(0, 3000)));
       for (const r of ["nat1", "nat2"]) {

@@ -531,6 +531,7 @@ Deno.test("counters and stats snapshot", () => {
     probesLost: 0,
     mtu: 1500,
     mtuProbed: false,
+    ageMs: 8,
     lastSeen: 8,
     health: "unknown",
     downCount: 0,
@@ -552,6 +553,7 @@ Deno.test("counters and stats snapshot", () => {
     downCount: 0,
     mtu: 1500,
     mtuProbed: false,
+    ageMs: 8,
   });
 });
 

@@ -1,0 +1,345 @@
+/**
+ * Relays (issue 12), in namespaces: an "internet" (the underlay bridge 192.168.77.0/24, only in this
+ * test's namespaces) with `netmanager control --relay` (reflector and relay at CTL), and two nodes
+ * each behind its own NAT router whose only route out is that router:
+ *
+ * - both routers symmetric (`MASQUERADE --random-fully`): punching cannot work (each side's mapping
+ *   towards the other differs from the one the reflector saw), so within seconds the pair is relayed;
+ *   RR ServiceIP and InstanceIP traffic, TCP and UDP, works both ways; `status` shows `path:
+ *   relayed` with `via` and the peer's `endpoint`, the metrics too; a plaintext marker in the traffic
+ *   crosses the relay readable (secure mode off) — what the next test shows the relay cannot see;
+ *   a router restart (mappings lost, new ports) is followed through the relay;
+ * - secure mode (`require`), one router dropping all inbound UDP except from CTL, the other
+ *   endpoint-independent: relayed, the relay's packet filter counts no plaintext marker although the
+ *   same exchange carries it; when the router stops dropping, a later punch succeeds and the pair
+ *   goes direct (relay freed), traffic still working.
+ */
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { isRoot } from "../helpers/netns.ts";
+import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
+import { mustRun, runTool } from "../../src/sys/command.ts";
+import { TOOL } from "../helpers/node.ts";
+import { eventually } from "../helpers/setup.ts";
+import { type NatMode, natRouter } from "../helpers/nat.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const CTL = "192.168.77.254";
+const A = "app.ns.rela.ns"; // runs on node 1
+const B = "app.ns.relb.ns"; // runs on node 2
+const MARKER = "RELAYMARKER7Q";
+
+async function deploy(node: SimNode, pid: number, job: string): Promise<void> {
+  const r = await node.api.post("/container/deploy", {
+    pid,
+    serviceName: job,
+    instanceNumber: 0,
+    portMappings: "",
+  });
+  assertEquals(r.status, 200, r.body);
+}
+
+async function ask(w: World, from: SimInstance, proto: string, host: string, msg = "q"): Promise<string> {
+  return (await w.execIn(from, [...TOOL, proto, host, "80", msg])).split(":")[0];
+}
+
+interface PeerRow {
+  endpoint: string;
+  node?: string;
+  path?: string;
+  via?: string;
+  mtu?: number;
+}
+
+async function peersOf(n: SimNode): Promise<PeerRow[]> {
+  return ((await n.api.getJson("/status")) as { peers: PeerRow[] }).peers;
+}
+
+/** Packets the control plane's host received carrying MARKER (an iptables string-match counter). */
+async function markerCount(w: World): Promise<number> {
+  const out = await runTool("ip", [
+    "netns",
+    "exec",
+    `${w.prefix}ctl`,
+    "iptables",
+    "-L",
+    "INPUT",
+    "-v",
+    "-x",
+    "-n",
+  ]);
+  const line = out.stdout.split("\n").find((l) => l.includes(MARKER));
+  return line ? Number(line.trim().split(/\s+/)[0]) : NaN;
+}
+
+/** One sample of the control plane's metrics (`name` without labels), NaN when absent. */
+async function ctlMetric(w: World, name: string): Promise<number> {
+  const out = await runTool("ip", [
+    "netns",
+    "exec",
+    `${w.prefix}ctl`,
+    "curl",
+    "-s",
+    "http://127.0.0.1:9465/metrics",
+  ]);
+  const line = out.stdout.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : NaN;
+}
+
+/** Both nodes behind routers, control with the relay, services A on n1 and B on n2 with instances. */
+async function setup(w: World, m1: NatMode, m2: NatMode) {
+  await w.control(CTL, { args: ["--relay", "--relay-address", CTL, "--metrics-addr", "127.0.0.1:9465"] });
+  await mustRun("ip", [
+    "netns",
+    "exec",
+    `${w.prefix}ctl`,
+    "iptables",
+    "-A",
+    "INPUT",
+    "-p",
+    "udp",
+    "-m",
+    "string",
+    "--string",
+    MARKER,
+    "--algo",
+    "bm",
+  ]);
+  const n1 = await w.clusterNode(
+    "n1",
+    "10.98.0.2",
+    CTL,
+    undefined,
+    await natRouter(w, "1", m1, "192.168.77.101", "10.98.0", CTL),
+  );
+  const n2 = await w.clusterNode(
+    "n2",
+    "10.99.0.2",
+    CTL,
+    undefined,
+    await natRouter(w, "2", m2, "192.168.77.102", "10.99.0", CTL),
+  );
+  for (const n of [n1, n2]) {
+    await eventually(
+      () => n.api.getJson("/status") as Promise<{ observedEndpoint?: string }>,
+      (s) => s.observedEndpoint !== undefined,
+      10000,
+    );
+  }
+  await w.ctl(["service", "add", A]);
+  await w.ctl(["service", "add", B]);
+  const iipA = (await w.ctl(["instance", "add", A, "0"])).split(" ").at(-2)!;
+  const iipB = (await w.ctl(["instance", "add", B, "0"])).split(" ").at(-2)!;
+  const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
+    { job_name: string; service_ip_list: Array<{ Address: string }> }
+  >;
+  const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
+  const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
+  const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
+  await deploy(n1, a.pid, A);
+  await deploy(n2, b.pid, B);
+  return { n1, n2, a, b, iipA, iipB, rrA: rr(A), rrB: rr(B) };
+}
+
+async function dumpOnFailure(w: World): Promise<void> {
+  await w.diagnose((l) => console.error(l.slice(0, 3000)));
+  for (const r of ["nat1", "nat2"]) {
+    const ct = await runTool("ip", ["netns", "exec", `${w.prefix}${r}`, "cat", "/proc/net/nf_conntrack"]);
+    console.error(`--- ${r} conntrack\n` + ct.stdout);
+  }
+}
+
+Deno.test(
+  "relay: both nodes behind symmetric NAT — relayed within seconds, traffic both ways, status and metrics show it, a router restart is followed",
+  opts,
+  async () => {
+    const w = new World();
+    Deno.env.set("TunnelSecurity", "off"); // plaintext, to show what the relay could read (next test: sealed)
+    try {
+      const s = await setup(w, "symmetric", "symmetric");
+      const t0 = Date.now();
+      assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 20000), "b0");
+      const first = Date.now() - t0;
+      console.log(`symmetric NATs: first answer (through the relay) after ${first} ms`);
+      for (const proto of ["udp-client", "tcp-client"]) {
+        assertEquals(await eventually(() => ask(w, s.b, proto, s.rrA), (v) => v === "a0", 10000), "a0");
+        assertEquals(await eventually(() => ask(w, s.a, proto, s.rrB), (v) => v === "b0", 10000), "b0");
+        assertEquals(await ask(w, s.a, proto, s.iipB), "b0");
+        assertEquals(await ask(w, s.b, proto, s.iipA), "a0");
+      }
+      // Each sees the other relayed: via the relay host, endpoint the other router's public address.
+      for (const [n, other] of [[s.n1, "192.168.77.102:"], [s.n2, "192.168.77.101:"]] as const) {
+        const rows = await eventually(() => peersOf(n), (l) => l.some((p) => p.path === "relayed"), 5000);
+        const r = rows.find((p) => p.path === "relayed")!;
+        assert(r.via?.startsWith(`${CTL}:`) && r.endpoint.startsWith(other), JSON.stringify(rows));
+        assert(typeof r.mtu === "number", JSON.stringify(r));
+        assert(!rows.some((p) => p.endpoint.startsWith(other) && p.path !== "relayed"), JSON.stringify(rows));
+      }
+      const metrics = (await s.n1.api.request("GET", "/metrics")).body;
+      assert(
+        /netmanager_peer_path\{[^}]*path="relayed"[^}]*via="192\.168\.77\.254:/.test(metrics),
+        metrics.slice(0, 400),
+      );
+      // Secure mode is off: the relay forwards readable datagrams (what secure mode prevents, below).
+      const before = await markerCount(w);
+      assertEquals(await ask(w, s.a, "tcp-client", s.iipB, MARKER), "b0");
+      assert((await markerCount(w)) > before, "the marker crossed the relay in plaintext");
+
+      // Router 1 restarts: WAN address gone (conntrack drops its mappings), back mapping to other ports.
+      const nat = `${w.prefix}nat1`;
+      const wan = `${w.prefix}nw1`;
+      await mustRun("ip", ["-n", nat, "addr", "del", "192.168.77.101/24", "dev", wan]);
+      await mustRun("ip", ["netns", "exec", nat, "iptables", "-t", "nat", "-F", "POSTROUTING"]);
+      const masq = [
+        "netns",
+        "exec",
+        nat,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.98.0.0/24",
+        "-o",
+        wan,
+      ];
+      await mustRun("ip", [
+        ...masq,
+        "-p",
+        "udp",
+        "-j",
+        "MASQUERADE",
+        "--to-ports",
+        "40000-40999",
+        "--random-fully",
+      ]);
+      await mustRun("ip", [...masq, "-j", "MASQUERADE"]);
+      await mustRun("ip", ["-n", nat, "addr", "add", "192.168.77.101/24", "dev", wan]);
+      const t1 = Date.now();
+      assertEquals(await eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 40000), "a0");
+      const back = Date.now() - t1;
+      assertEquals(await ask(w, s.a, "tcp-client", s.rrB), "b0");
+      const relocks = await ctlMetric(w, "netmanager_control_relay_relocks_total");
+      const packets = await ctlMetric(w, "netmanager_control_relay_packets_total");
+      console.log(
+        `relayed pair: traffic back ${back} ms after router 1 restarted (relay: ${packets} datagrams, ${relocks} re-locks)`,
+      );
+      assert(back <= 40000);
+      assert(relocks >= 1, "router 1's new port was followed by moving its side's lock");
+      assertEquals(await ctlMetric(w, "netmanager_control_relay_allocations"), 1);
+    } catch (e) {
+      await dumpOnFailure(w);
+      throw e;
+    } finally {
+      Deno.env.delete("TunnelSecurity");
+      assertEquals(await w.destroy(), []);
+    }
+  },
+);
+
+Deno.test(
+  "relay: secure mode stays end to end (no plaintext marker at the relay); UDP-blocking router relayed, direct once it stops blocking",
+  opts,
+  async () => {
+    const w = new World();
+    Deno.env.set("TunnelSecurity", "require"); // the node daemons read netcfg keys from the environment
+    try {
+      const s = await setup(w, "block", "eim");
+      assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 25000), "b0");
+      assertEquals(await eventually(() => ask(w, s.b, "tcp-client", s.rrA), (v) => v === "a0", 10000), "a0");
+      const rows = await eventually(() => peersOf(s.n1), (l) => l.some((p) => p.path === "relayed"), 5000);
+      assert(rows.some((p) => p.path === "relayed" && p.via?.startsWith(`${CTL}:`)), JSON.stringify(rows));
+      const st = (await s.n1.api.getJson("/status")) as { security: { peers: Array<{ state: string }> } };
+      assert(st.security.peers.some((p) => p.state === "secure"), JSON.stringify(st.security));
+      // The marker travels both ways (request and answer) through the relay, sealed.
+      const before = await markerCount(w);
+      for (const proto of ["tcp-client", "udp-client"]) {
+        assertEquals(await ask(w, s.a, proto, s.iipB, MARKER), "b0");
+        assertEquals(await ask(w, s.b, proto, s.iipA, MARKER), "a0");
+      }
+      assertEquals(await markerCount(w), before, "the relay saw the plaintext marker");
+
+      // Router 1 stops dropping UDP: the background punch succeeds, the pair goes direct.
+      await mustRun("ip", ["netns", "exec", `${w.prefix}nat1`, "iptables", "-F", "FORWARD"]);
+      const t0 = Date.now();
+      await eventually(
+        () => peersOf(s.n1),
+        (l) =>
+          l.some((p) => p.endpoint.startsWith("192.168.77.102:")) && !l.some((p) => p.path === "relayed"),
+        40000,
+      );
+      console.log(`direct again ${Date.now() - t0} ms after the router stopped blocking`);
+      const direct = await peersOf(s.n1);
+      console.log(JSON.stringify(direct.map((p) => [p.endpoint, p.path, p.via])));
+      assert(
+        direct.some((p) => p.endpoint.startsWith("192.168.77.102:") && p.via === undefined),
+        JSON.stringify(direct),
+      );
+      assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 10000), "b0");
+      assertEquals(await ask(w, s.b, "tcp-client", s.iipA), "a0");
+      assertEquals(await ctlMetric(w, "netmanager_control_relay_allocations"), 0, "the relay was freed");
+    } catch (e) {
+      await dumpOnFailure(w);
+      throw e;
+    } finally {
+      Deno.env.delete("TunnelSecurity");
+      assertEquals(await w.destroy(), []);
+    }
+  },
+);
+
+Deno.test(
+  "relay: roaming — a NAT router gets a new public address; a directly reached peer and a relayed one both follow",
+  opts,
+  async () => {
+    const w = new World();
+    try {
+      // n1 behind an endpoint-independent NAT, n2 behind a symmetric one (relayed), n3 public (direct).
+      const s = await setup(w, "eim", "symmetric");
+      const n3 = await w.clusterNode("n3", "192.168.77.3", CTL);
+      const C = "app.ns.relc.ns";
+      await w.ctl(["service", "add", C]);
+      await w.ctl(["instance", "add", C, "0"]);
+      const c = await w.instance("c0", [...TOOL, "servers", "80", "c0"]);
+      await deploy(n3, c.pid, C);
+      assertEquals(await eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 25000), "a0");
+      assertEquals(await eventually(() => ask(w, c, "udp-client", s.iipA), (v) => v === "a0", 15000), "a0");
+      const relayedRows = await eventually(
+        () => peersOf(s.n2),
+        (l) => l.some((p) => p.path === "relayed"),
+        5000,
+      );
+      assert(relayedRows.some((p) => p.endpoint.startsWith("192.168.77.101:")), JSON.stringify(relayedRows));
+
+      // Router 1 moves to another public address (its mappings go with the old one).
+      const nat = `${w.prefix}nat1`;
+      const wan = `${w.prefix}nw1`;
+      // (delete first: deleting a primary address also deletes the secondaries of its subnet)
+      await mustRun("ip", ["-n", nat, "addr", "del", "192.168.77.101/24", "dev", wan]);
+      await mustRun("ip", ["-n", nat, "addr", "add", "192.168.77.105/24", "dev", wan]);
+      const t0 = Date.now();
+      const [relayed, direct] = await Promise.all([
+        eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 60000).then(() =>
+          Date.now() - t0
+        ),
+        eventually(() => ask(w, c, "udp-client", s.iipA), (v) => v === "a0", 60000).then(() =>
+          Date.now() - t0
+        ),
+      ]);
+      console.log(
+        `new public address: relayed peer back after ${relayed} ms, direct peer after ${direct} ms`,
+      );
+      const st = (await s.n1.api.getJson("/status")) as { observedEndpoint?: string };
+      assert(st.observedEndpoint?.startsWith("192.168.77.105:"), JSON.stringify(st.observedEndpoint));
+      const rows = await peersOf(n3);
+      assert(rows.some((p) => p.endpoint.startsWith("192.168.77.105:")), JSON.stringify(rows));
+      assertEquals(await ask(w, s.a, "tcp-client", s.iipB), "b0");
+      assert(relayed <= 60000 && direct <= 60000);
+    } catch (e) {
+      await dumpOnFailure(w);
+      throw e;
+    } finally {
+      assertEquals(await w.destroy(), []);
+    }
+  },
+);

@@ -1,0 +1,166 @@
+/**
+ * Unit tests for relays (issue 12): the relay's decisions (lock by HELLO from the observed address,
+ * strangers refused although the same bytes from the locked endpoint pass, roaming re-lock, per-node
+ * rate), the relay server over real UDP sockets on loopback, the node's watch (when to ask, when to
+ * free, status rows) and the MQTT messages' validation.
+ */
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { RelayPairState } from "../../src/path/relay_core.ts";
+import { RelayServer } from "../../src/path/relay.ts";
+import { PUNCH_DEADLINE_MS, type RelayRow, RelayWatch, showRelays } from "../../src/path/relay_watch.ts";
+import { parseRelayNotice, parseRelayRequest } from "../../src/path/relay_msg.ts";
+import { CAP_FAST, encodeHello } from "../../src/proxy/wire.ts";
+import dgram from "node:dgram";
+import { PeerTable } from "../../src/proxy/peers.ts";
+import { parseIPv4 } from "../../src/addr/mod.ts";
+
+function hello(id: string): Uint8Array {
+  const b = new Uint8Array(96);
+  return b.slice(
+    0,
+    encodeHello(b, 0, { caps: CAP_FAST, nonceHi: 1, nonceLo: 2, hostPort: 50103, nodeId: id }),
+  );
+}
+
+const DATA = new Uint8Array([0x19, 0, 0, 1, 2, 3, 4, 5]); // a SECURE datagram: opaque to the relay
+
+Deno.test("relay core: a side locks only on its node's HELLO from the observed address; strangers are refused", () => {
+  const seen: Record<string, string> = { w1: "203.0.113.1", w2: "203.0.113.2" };
+  const p = new RelayPairState("w1", "w2", { observedIp: (w) => seen[w], bytesPerSec: 1e9 });
+  // Data before any lock, a HELLO with another id, a HELLO from another address: dropped.
+  assertEquals(p.decide(0, DATA, "203.0.113.1", 4000, 0).drop, "not_locked");
+  assertEquals(p.decide(0, hello("w2"), "203.0.113.1", 4000, 0).drop, "not_locked");
+  assertEquals(p.decide(0, hello("w1"), "198.51.100.9", 4000, 0).drop, "not_locked");
+  // w1's HELLO from its observed address locks side 0; w2 is not locked yet.
+  assertEquals(p.decide(0, hello("w1"), "203.0.113.1", 4000, 0).drop, "peer_not_locked");
+  assertEquals(p.decide(1, hello("w2"), "203.0.113.2", 5000, 0).forward, { ip: "203.0.113.1", port: 4000 });
+  assertEquals(p.decide(0, DATA, "203.0.113.1", 4000, 0).forward, { ip: "203.0.113.2", port: 5000 });
+  // The same bytes from a stranger (another port at that address too) are not forwarded.
+  assertEquals(p.decide(0, DATA, "198.51.100.9", 4000, 0).drop, "stranger");
+  assertEquals(p.decide(0, DATA, "203.0.113.1", 4001, 0).drop, "stranger");
+  // Roaming: w1's NAT restarted (new port): its HELLO moves the lock.
+  assertEquals(p.decide(0, hello("w1"), "203.0.113.1", 4001, 0).forward, { ip: "203.0.113.2", port: 5000 });
+  assertEquals(p.decide(0, DATA, "203.0.113.1", 4000, 0).drop, "stranger");
+  assertEquals(p.counters.relocks, 1);
+  assertEquals(p.counters.drops.stranger, 3);
+});
+
+Deno.test("relay core: each node's rate is bounded (token bucket in bytes per second)", () => {
+  const p = new RelayPairState("w1", "w2", { observedIp: () => "192.0.2.1", bytesPerSec: 1000 });
+  p.decide(0, hello("w1"), "192.0.2.1", 1, 0);
+  p.decide(1, hello("w2"), "192.0.2.1", 2, 0);
+  const big = new Uint8Array(400);
+  let ok = 0;
+  for (let i = 0; i < 10; i++) if (p.decide(0, big, "192.0.2.1", 1, 10).forward) ok++;
+  assert(ok >= 1 && ok <= 2, `forwarded ${ok} of 10 × 400 bytes within 1000 B/s`);
+  assert(p.counters.drops.rate >= 8);
+  assert(p.decide(0, big, "192.0.2.1", 1, 2000).forward !== undefined, "refilled after 2 s");
+});
+
+Deno.test("relay server: forwards between two locked nodes over real UDP, opaque; a stranger gets nothing", async () => {
+  const r = new RelayServer({ address: "127.0.0.1", host: "127.0.0.1", observedIp: () => "127.0.0.1" });
+  const socks: dgram.Socket[] = [];
+  const open = async (host = "127.0.0.1") => {
+    const s = dgram.createSocket("udp4");
+    socks.push(s);
+    await new Promise<void>((res) => s.bind(0, host, () => res()));
+    return s;
+  };
+  const recv = (s: dgram.Socket, ms = 500) =>
+    new Promise<Uint8Array | undefined>((res) => {
+      const t = setTimeout(() => res(undefined), ms);
+      s.once("message", (m) => {
+        clearTimeout(t);
+        res(new Uint8Array(m));
+      });
+    });
+  try {
+    const a = await open();
+    const b = await open();
+    const stranger = await open("127.0.0.2");
+    const { ports, created } = await r.pair("w1", "w2");
+    assert(created);
+    assertEquals((await r.pair("w2", "w1")).ports, [ports[1], ports[0]], "one allocation per pair");
+    assertEquals(r.viaFor("w1", "w2"), { ip: "127.0.0.1", port: ports[0] });
+    a.send(hello("w1"), ports[0], "127.0.0.1");
+    b.send(hello("w2"), ports[1], "127.0.0.1");
+    assertEquals((await recv(a))?.[0], 0x10, "w2's HELLO reached w1 from w1's relay port");
+    a.send(DATA, ports[0], "127.0.0.1");
+    assertEquals(await recv(b), DATA);
+    stranger.send(DATA, ports[0], "127.0.0.1");
+    assertEquals(await recv(b, 300), undefined, "a stranger's datagram is not relayed");
+    assert(r.totals().drops.stranger + r.totals().drops.not_locked >= 1);
+    assert(r.drop("w1", "w2"));
+    assertEquals(r.viaFor("w1", "w2"), undefined);
+    assertEquals(r.totals().pairs, 0);
+    // A node removed from the cluster loses its allocations.
+    await r.pair("w1", "w3");
+    assertEquals(r.forget("w3"), 1);
+    assertEquals(r.viaFor("w1", "w3"), undefined);
+  } finally {
+    for (const s of socks) s.close();
+    r.stop();
+  }
+});
+
+Deno.test("relay watch: asks once a dialled peer stayed silent 2 s (its age) or 2 s after its last answer, never for answering peers; frees when the direct path answers", () => {
+  const w = new RelayWatch();
+  const e = "203.0.113.7:40000";
+  assertEquals(w.update([{ endpoint: e, capsKnown: false }], 0).request, []);
+  assertEquals(w.update([{ endpoint: e, capsKnown: false }], PUNCH_DEADLINE_MS - 1).request, []);
+  assertEquals(w.update([{ endpoint: e, capsKnown: false }], PUNCH_DEADLINE_MS).request, [e]);
+  assertEquals(
+    w.update([{ endpoint: e, capsKnown: false }], PUNCH_DEADLINE_MS + 1000).request,
+    [],
+    "not again at once",
+  );
+  // A peer the data plane added long before its first snapshot is judged by its age at once.
+  assertEquals(
+    w.update([{ endpoint: "192.0.2.9:1", capsKnown: false, ageMs: PUNCH_DEADLINE_MS }], 5000).request,
+    [
+      "192.0.2.9:1",
+    ],
+  );
+  const ok = "198.51.100.1:50103";
+  w.update([{ endpoint: ok, capsKnown: true, lastAnswer: 1 }], 0);
+  assertEquals(w.update([{ endpoint: ok, capsKnown: true, lastAnswer: 2 }], 10_000).request, []);
+  // Relayed: the via row is never asked about; an answer at the peer's own endpoint frees the relay.
+  const via = "192.0.2.254:41000";
+  w.setRelay(e, via);
+  const rows = [{ endpoint: e, capsKnown: false }, { endpoint: via, capsKnown: false }];
+  assertEquals(w.update(rows, 30_000), { request: [], direct: [] });
+  assertEquals(w.update([{ endpoint: e, capsKnown: true, lastAnswer: 5 }, rows[1]], 31_000).direct, [e]);
+  const shown = showRelays<RelayRow>([{ endpoint: e, path: "punched" }, { endpoint: via }], w);
+  assertEquals(shown, [{ endpoint: e, path: "relayed", via }]);
+  w.setRelay(e, undefined);
+  assertEquals(w.viaOf(e), undefined);
+  assertEquals(w.peerBehind(via), undefined);
+});
+
+Deno.test("relay messages: requests and notices are validated", () => {
+  assertEquals(parseRelayRequest({ endpoint: "203.0.113.7:40000", direct: false })?.endpoint, {
+    ip: "203.0.113.7",
+    port: 40000,
+  });
+  assertEquals(parseRelayRequest({ endpoint: "203.0.113.7:0", direct: false }), undefined);
+  assertEquals(parseRelayRequest({ endpoint: "300.1.1.1:5", direct: false }), undefined);
+  assertEquals(parseRelayRequest({ endpoint: "203.0.113.7:5" }), undefined);
+  assertEquals(parseRelayNotice({ peer: "[2001:db8::1]:50103", via: "" }), {
+    peer: { ip: "2001:db8::1", port: 50103 },
+    via: undefined,
+  });
+  assertEquals(parseRelayNotice({ peer: "203.0.113.7:1", via: "x" }), undefined);
+});
+
+Deno.test("relay peers: the reflector's answers are not taken for a relay peer's datagrams (same host)", () => {
+  const t = new PeerTable();
+  t.add("192.0.2.254", 41000, 0); // a relay endpoint on the control plane's host
+  const ctl = parseIPv4("192.0.2.254");
+  // Without the exclusion any port at a peer's address counts as that peer (Oakestra nodes' sources vary) …
+  assertEquals(t.lookup4(ctl, 50104)?.key, "192.0.2.254:41000");
+  // … so the reflector's endpoint is excluded: its REFLECT_REPLY reaches the reflect client.
+  t.setNotPeer(ctl, 50104);
+  assertEquals(t.lookup4(ctl, 50104), undefined);
+  assertEquals(t.lookup4(ctl, 41000)?.key, "192.0.2.254:41000");
+  assertEquals(t.lookup4(ctl, 41001)?.key, "192.0.2.254:41000");
+});

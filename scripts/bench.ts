@@ -330,7 +330,7 @@ export const STEPS: StepDef[] = [
       "relay vs direct between NAT'd nodes (iperf3 TCP, ping RTT), punch time and time to decide on a relay",
     needsRoot: true,
     limit: { full: 300, quick: 180, smoke: 180 },
-    argv: (o) => ts("bench_relay.ts", ...(short(o) ? ["--quick"] : [])),
+    argv: (o) => ts("bench_relay.ts", ...size(o)),
   },
   {
     name: "aead",

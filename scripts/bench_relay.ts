@@ -22,7 +22,7 @@ import { type SimInstance, type SimNode, World } from "../src/demo/world.ts";
 import { mustRun } from "../src/sys/command.ts";
 import { TOOL } from "../tests/helpers/node.ts";
 import { natRouter } from "../tests/helpers/nat.ts";
-import { afterInterrupt, namePrefix, onInterrupt, QUICK } from "./bench_common.ts";
+import { afterInterrupt, namePrefix, onInterrupt, QUICK, SMOKE } from "./bench_common.ts";
 
 /** The demo world with the runner's namespace prefix, so its clean-up sweep finds leftovers. */
 class BenchWorld extends World {
@@ -30,7 +30,7 @@ class BenchWorld extends World {
 }
 
 const CTL = "192.168.77.254";
-const SECONDS = QUICK ? 3 : 10;
+const SECONDS = SMOKE ? 1 : QUICK ? 3 : 10;
 
 async function until<T>(f: () => Promise<T>, ok: (v: T) => boolean, ms: number, stepMs = 50): Promise<T> {
   const end = Date.now() + ms;
@@ -81,7 +81,7 @@ async function iperf(from: SimInstance, server: SimInstance, host: string): Prom
 async function ping(
   from: SimInstance,
   host: string,
-  n = QUICK ? 20 : 100,
+  n = SMOKE ? 5 : QUICK ? 20 : 100,
 ): Promise<{ avg: number; max: number }> {
   const out = await w.execIn(from, ["ping", "-c", String(n), "-i", "0.02", "-q", host]);
   const m = /= ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(out);

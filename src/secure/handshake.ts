@@ -406,3 +406,36 @@ export class Handshaker {
     return this.#pending.size;
   }
 }
+
+/**
+ * Runs one handshake of this node with itself (two throwaway {@link Handshaker}s, nothing sent) so
+ * that the first real handshake does not pay for compiling and loading its crypto paths (X25519,
+ * AES-GCM, BLAKE2s, the certificate check: ~30–50 ms cold on the first use, ~1 ms warm). Returns
+ * its duration (ms); never throws (a credential the trust refuses still warms the same paths).
+ *
+ * @example
+ * ```ts
+ * import { warmUp } from "./handshake.ts";
+ * import { generateCa, signCertificate } from "./cert.ts";
+ * import { generateIdentity } from "./identity.ts";
+ * const ca = generateCa("c");
+ * const identity = generateIdentity();
+ * const now = Math.floor(Date.now() / 1000);
+ * const certificate = signCertificate(ca, { nodeId: "a", publicKey: identity.publicKey, notBefore: now - 60, notAfter: now + 3600 });
+ * const ms = warmUp({ identity, certificate }, { caPublicKeys: [ca.publicKey], revokedSerials: [], revokedNodeIds: [], generation: 1 });
+ * console.log(ms >= 0); // true
+ * ```
+ */
+export function warmUp(credential: NodeCredential, trust: TrustSnapshot): number {
+  const t0 = performance.now();
+  try {
+    const a = new Handshaker({ credential, trust }), b = new Handshaker({ credential, trust });
+    const m1 = a.initiate("warm-up", 0);
+    const m2 = m1 && b.handle("warm-up", m1, 0, m1.length, true).reply;
+    const m3 = m2 && a.handle("warm-up", m2, 0, m2.length, true).reply;
+    if (m3) b.handle("warm-up", m3, 0, m3.length, true);
+  } catch {
+    // only a warm-up
+  }
+  return performance.now() - t0;
+}

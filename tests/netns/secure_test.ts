@@ -501,17 +501,35 @@ Deno.test({
       (await Promise.all([status(c, 1), status(c, 2)])).flatMap((x) =>
         x.security.peers.map((p) => p.handshakeMs).filter((v): v is number => v !== undefined)
       );
-    // Handshakes on this LAN (namespaces on a bridge) on an idle link: the issue's target is 5 ms; loose
-    // here (a busy machine). The first rekey's, not the first handshake's (that one meets cold isolates).
-    await retry(async () => {
-      const p = (await status(c, 1)).security.peers.find((x) => x.subject === "node-2");
-      if ((p?.rekeys ?? 0) < 1) throw new Error("no rekey yet");
-    }, 15_000);
-    const idle = await durations();
-    console.log(
-      `handshake durations on an idle link (ms, the last one each side initiated): ${idle.join(", ")}`,
+    // Handshakes on this LAN (namespaces on a bridge) on an idle link: the issue's target is 5 ms (the
+    // quiet bench); loose here (a busy machine). Each side's handshakes it initiated over three rekeys,
+    // not the first handshake's (that one meets cold isolates). Before the fixes (each handshake
+    // datagram posted to a Worker that could sleep 50 ms in poll before seeing it) the median was ~50 ms
+    // and above on a quiet machine.
+    const idle: number[] = [];
+    const seen = ["", ""];
+    await retry(
+      async () => {
+        for (const i of [1, 2]) {
+          const p = (await status(c, i)).security.peers[0];
+          const key = `${p?.rekeys}/${p?.handshakeMs}`;
+          if (p?.handshakeMs !== undefined && (p.rekeys ?? 0) >= 1 && key !== seen[i - 1]) {
+            idle.push(p.handshakeMs);
+            seen[i - 1] = key;
+          }
+        }
+        const p = (await status(c, 1)).security.peers.find((x) => x.subject === "node-2");
+        if ((p?.rekeys ?? 0) < 3) throw new Error("fewer than 3 rekeys yet");
+      },
+      45_000,
+      250,
     );
-    assert(idle.length >= 1 && idle.every((t) => t <= 200), `handshake durations: ${idle}`);
+    const sorted = [...idle].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    console.log(
+      `handshake durations on an idle link (ms, as each side measured its own): ${idle.join(", ")}`,
+    );
+    assert(idle.length >= 2 && median <= 40 && sorted.at(-1)! <= 200, `handshake durations: ${idle}`);
     const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
     const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
     assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);

@@ -140,7 +140,9 @@ export class SecureDriver {
     } else {
       const env = Number(Deno.env.get("NETMANAGER_REKEY_SECONDS"));
       const rekeyMs = env > 0 ? env * 1000 : this.rekeyMs;
-      this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs });
+      // NETMANAGER_HS_COOKIES=off (tests: what a flood does without them) answers no cookies.
+      const cookies = Deno.env.get("NETMANAGER_HS_COOKIES") !== "off";
+      this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs, cookies });
       // The first handshake with a peer should not pay for cold crypto paths (tens of ms).
       log.debug("handshake paths warmed up", { ms: Math.round(warmUp(s.credential, s.trust) * 10) / 10 });
       queueMicrotask(() => this.tick()); // sessions with the table's nodes right away

@@ -35,7 +35,7 @@
  * @module
  */
 import crypto from "node:crypto";
-import { MSG_HS_RESP } from "../proxy/wire.ts";
+import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 
 /** Length of each MAC. */
 export const MAC_LEN = 16;
@@ -109,6 +109,13 @@ export function checkMac1(
   const mac1 = buf.subarray(off + INIT_BODY_LEN, off + INIT_BODY_LEN + MAC_LEN);
   for (const k of keys) if (same(hmac16(k.mac1, body), mac1)) return k;
   return undefined;
+}
+
+/** True when `buf[off .. off+len)` is an HS_INIT with a (not yet checked) mac2. */
+export function hasMac2(buf: Uint8Array, off: number, len: number): boolean {
+  if (len !== INIT_WIRE_LEN || buf[off] !== MSG_HS_INIT) return false;
+  for (let i = off + INIT_WIRE_LEN - MAC_LEN; i < off + INIT_WIRE_LEN; i++) if (buf[i] !== 0) return true;
+  return false;
 }
 
 /** True when `buf[off]` starts a COOKIE reply (an HS_RESP type byte with {@link COOKIE_VERSION}). */

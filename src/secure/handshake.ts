@@ -81,8 +81,13 @@ export const INIT_BURST = 8;
 export const INIT_PER_SECOND = 4;
 /** HS_INITs answered per second over all peers. */
 export const GLOBAL_INIT_PER_SECOND = 200;
-/** COOKIE replies sent per second at most (each costs hashes and an AES-GCM seal, no DH). */
-export const COOKIE_REPLIES_PER_SECOND = 1000;
+/**
+ * COOKIE replies sent per second at most (each costs hashes and an AES-GCM seal, no DH): to the
+ * table's nodes' addresses, and to strangers' (fewer: spoofed strangers' addresses rarely answer ARP,
+ * and datagrams queued for them count against the tunnel socket's send buffer).
+ */
+export const COOKIE_REPLIES_PER_SECOND = 500;
+export const STRANGER_COOKIE_REPLIES_PER_SECOND = 50;
 /**
  * HS_INITs with a valid mac2 (the sender proved its address with our cookie) answered per source in a
  * burst and refilled per second, and over all sources per second: budgets spoofed datagrams cannot spend.
@@ -189,6 +194,7 @@ export class Handshaker {
   readonly #proven = new Map<string, Bucket>();
   readonly #globalProven: Bucket = { tokens: GLOBAL_PROVEN_PER_SECOND, atMs: 0 };
   readonly #cookieBudget: Bucket = { tokens: COOKIE_REPLIES_PER_SECOND, atMs: 0 };
+  readonly #strangerCookieBudget: Bucket = { tokens: STRANGER_COOKIE_REPLIES_PER_SECOND, atMs: 0 };
 
   /** A handshaker proving `credential` and trusting `trust`. */
   constructor(o: HandshakerOptions) {
@@ -406,9 +412,11 @@ export class Handshaker {
           if (!this.#takeProven(peer, now)) return this.#drop("hs_rate_limited");
           proven = true;
         } else {
-          refill(this.#cookieBudget, now, COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_PER_SECOND);
-          if (this.#cookieBudget.tokens < 1) return this.#drop("hs_rate_limited");
-          this.#cookieBudget.tokens--;
+          const rate = known ? COOKIE_REPLIES_PER_SECOND : STRANGER_COOKIE_REPLIES_PER_SECOND;
+          const budget = known ? this.#cookieBudget : this.#strangerCookieBudget;
+          refill(budget, now, rate, rate);
+          if (budget.tokens < 1) return this.#drop("hs_rate_limited");
+          budget.tokens--;
           this.#drop("hs_cookie_sent");
           return { reply: this.#jar.reply(buf, off, peer, h.lane, h.sender, macKeys!, now) };
         }

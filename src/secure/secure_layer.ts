@@ -31,6 +31,7 @@
  * @module
  */
 import type { SendBatch } from "../../ffi/udp.ts";
+import { hasMac2 } from "./cookie.ts";
 import { KeyRing, OPEN_RESULT_NAMES, type SessionKeys } from "./keys.ts";
 import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
 import { MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
@@ -122,7 +123,8 @@ export class SecureLayer {
    */
   readonly blocked: Set<string> = new Set();
   /** Forwarding budgets of handshake datagrams: [0] strangers, [1] the table's nodes (a flood of the one leaves the other). */
-  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
+  /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a cookie's mac2. */
+  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
@@ -315,10 +317,13 @@ export class SecureLayer {
         const add = ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND;
         tk[0] = Math.min(HS_FORWARD_PER_SECOND, tk[0] + add);
         tk[1] = Math.min(HS_FORWARD_PER_SECOND, tk[1] + add);
+        tk[2] = Math.min(HS_FORWARD_PER_SECOND, tk[2] + add);
         this.#hsAt = nowMs;
       }
       const known = sourcePeer !== undefined;
-      const k = known ? 1 : 0;
+      // A flood spoofing a node's address spends that class; the node's cookie-proven INITs
+      // (cookie.ts; the main isolate checks the mac2) have their own.
+      const k = hasMac2(buf, off, len) ? 2 : known ? 1 : 0;
       if (tk[k] < 1) {
         this.#drops[D_HS_FLOOD]++;
         return Inbound.DONE;

@@ -212,7 +212,7 @@ Deno.test("handshake: strangers that drain the global HS_INIT budget and the pen
   const a = w.node(w.cred("a"));
   const m1 = a.initiate("B", 0)!;
   const c = b.handle("A2", m1, 0, m1.length).reply;
-  assert(c && isCookieReply(c, 0, c.length), "a stranger's INIT now gets only a cookie");
+  assert(!c || isCookieReply(c, 0, c.length), "a stranger's INIT now gets a cookie at most");
   const r2 = b.handle("A", m1, 0, m1.length, true);
   assert(r2.reply, "a table node's INIT is answered");
   const r3 = a.handle("B", r2.reply, 0, r2.reply.length);

@@ -153,6 +153,10 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           for (const p of m.secure.blocked) secure.blocked.add(p);
           engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
         }
+        secure.secureCapable = (k) => {
+          const p = engine.peers.get(k);
+          return p !== undefined && p.capsKnown && (p.remoteCaps & CAP_SECURE) !== 0;
+        };
         bind.secure = secure;
         loop.secure = secure;
         // Path MTU: a sealed datagram is SECURE_OVERHEAD bytes longer.

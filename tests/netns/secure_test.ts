@@ -21,6 +21,7 @@ import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
 import { createNs, uniqueName } from "../helpers/netns.ts";
 import { addMacs, keysForCa } from "../../src/secure/cookie.ts";
+import { DOWNGRADE_GRACE_MS } from "../../src/secure/secure_layer.ts";
 import { loadCaPublic } from "../../src/secure/files.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -626,7 +627,7 @@ for (const mode of ["prefer", "require"]) {
   Deno.test({
     name: `secure: downgrade — an attacker dropping every handshake datagram ${
       mode === "prefer"
-        ? "gets plain delivery in prefer (the attack works: why require exists)"
+        ? "gets plain delivery in prefer (the attack works: why require exists), counted and warned as a downgrade"
         : "never yields plain delivery in require; traffic flows once it stops"
     }`,
     ...opts,
@@ -660,6 +661,20 @@ for (const mode of ["prefer", "require"]) {
             assertEquals(tcp, `web0:${MARKER}-d`);
             assert(got.length >= 1, "raw UDP delivered");
             assert(has(d, MARKER), "the marker crossed in clear");
+            // ... but visible: node 2 announced CAP_SECURE in its HELLOs, so once the grace for a
+            // handshake is over, plain data to it counts as a downgrade and is warned (rate-limited).
+            await new Promise((r) => setTimeout(r, DOWNGRADE_GRACE_MS + 500));
+            for (let i = 0; i < 3; i++) {
+              const text = new TextEncoder().encode(`${MARKER}-late${i}`);
+              await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+            }
+            await new Promise((r) => setTimeout(r, 1200));
+            const s1 = await status(c, 1);
+            assert((s1.dataPlane.drops.secure_downgrade ?? 0) >= 3, JSON.stringify(s1.dataPlane.drops));
+            const warned = (await c.nodes[0].node.log()).split("\n").filter((l) =>
+              l.includes("tunnel datagrams refused") && l.includes("secure_downgrade")
+            );
+            assert(warned.length >= 1, "no downgrade warning");
             return;
           }
           assertEquals(

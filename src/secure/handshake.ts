@@ -12,7 +12,10 @@
  * {@link GLOBAL_INIT_PER_SECOND} over all sources — one budget for the table's nodes (`known`), another
  * for everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
  * pending states are capped ({@link MAX_PENDING}; strangers may hold {@link STRANGER_PENDING} of them)
- * and expire after {@link PENDING_MS}.
+ * and expire after {@link PENDING_MS}. Over budget, an INIT is answered with a cookie instead of DH
+ * (cookie.ts): a sender that proves its address (mac2) is served from the proven budgets
+ * ({@link PROVEN_BURST}, {@link GLOBAL_PROVEN_PER_SECOND}), which spoofed datagrams cannot spend. INITs
+ * without the cluster's mac1 are dropped after one hash.
  * Everything malformed or unauthentic is counted by reason ({@link Handshaker.drops}) and changes
  * nothing else.
  *

@@ -23,6 +23,8 @@ import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
 
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
+/** Longest a posted message is waited for with short polls (then the idle poll again). */
+const BEHIND_MAX_MS = 1000;
 
 // deno-lint-ignore no-explicit-any
 const scope = self as any as {
@@ -71,12 +73,19 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
   let lastYield = performance.now();
   const spin = new SpinPolicy({ spinMs: d.spinMs });
   const c = loop.engine.counters;
+  let behindSince = 0;
   while (!stopping) {
     if (crash) throw new Error("data-plane worker crash requested");
     const t = performance.now();
     const spinning = spin.shouldSpin(t);
+    // A message posted but not yet delivered (the yield above returned first): look again within
+    // 1 ms instead of sleeping 50 ms in poll with the wake-up already consumed (a handshake reply
+    // waited here up to 100 ms). Bounded, so a miscount cannot keep the loop awake.
+    if (Atomics.load(posted, 0) > handled) behindSince ||= t;
+    else behindSince = 0;
+    const behind = behindSince > 0 && t - behindSince < BEHIND_MAX_MS;
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
-    const r = poller.wait(spinning ? 0 : IDLE_POLL_MS);
+    const r = poller.wait(spinning ? 0 : behind ? 1 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
     // end of the path may be waiting for exactly this CPU), then looks again.
     if (spinning && r === 0) libc.sched_yield();
@@ -144,6 +153,10 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           for (const p of m.secure.blocked) secure.blocked.add(p);
           engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
         }
+        secure.secureCapable = (k) => {
+          const p = engine.peers.get(k);
+          return p !== undefined && p.capsKnown && (p.remoteCaps & CAP_SECURE) !== 0;
+        };
         bind.secure = secure;
         loop.secure = secure;
         // Path MTU: a sealed datagram is SECURE_OVERHEAD bytes longer.

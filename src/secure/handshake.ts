@@ -12,7 +12,10 @@
  * {@link GLOBAL_INIT_PER_SECOND} over all sources — one budget for the table's nodes (`known`), another
  * for everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
  * pending states are capped ({@link MAX_PENDING}; strangers may hold {@link STRANGER_PENDING} of them)
- * and expire after {@link PENDING_MS}.
+ * and expire after {@link PENDING_MS}. Over budget, an INIT is answered with a cookie instead of DH
+ * (cookie.ts): a sender that proves its address (mac2) is served from the proven budgets
+ * ({@link PROVEN_BURST}, {@link GLOBAL_PROVEN_PER_SECOND}), which spoofed datagrams cannot spend. INITs
+ * without the cluster's mac1 are dropped after one hash.
  * Everything malformed or unauthentic is counted by reason ({@link Handshaker.drops}) and changes
  * nothing else.
  *
@@ -58,6 +61,21 @@ import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { SessionKeys } from "./keys.ts";
 import { type NodeCredential, type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
 import { CertError } from "./cert.ts";
+import {
+  addMacs,
+  type CaMacKeys,
+  checkMac1,
+  COOKIE_REPLY_LEN,
+  COOKIE_USE_MS,
+  CookieJar,
+  cookieReceiver,
+  INIT_BODY_LEN,
+  INIT_WIRE_LEN,
+  isCookieReply,
+  keysForCa,
+  MAC_LEN,
+  openCookieReply,
+} from "./cookie.ts";
 
 /** Default interval between rekeys (the issue: at least every 2 minutes). */
 export const DEFAULT_REKEY_MS = 120_000;
@@ -66,6 +84,20 @@ export const INIT_BURST = 8;
 export const INIT_PER_SECOND = 4;
 /** HS_INITs answered per second over all peers. */
 export const GLOBAL_INIT_PER_SECOND = 200;
+/**
+ * COOKIE replies sent per second at most (each costs hashes and an AES-GCM seal, no DH): to the
+ * table's nodes' addresses, and to strangers' (fewer: spoofed strangers' addresses rarely answer ARP,
+ * and datagrams queued for them count against the tunnel socket's send buffer).
+ */
+export const COOKIE_REPLIES_PER_SECOND = 500;
+export const STRANGER_COOKIE_REPLIES_PER_SECOND = 50;
+/**
+ * HS_INITs with a valid mac2 (the sender proved its address with our cookie) answered per source in a
+ * burst and refilled per second, and over all sources per second: budgets spoofed datagrams cannot spend.
+ */
+export const PROVEN_BURST = 8;
+export const PROVEN_PER_SECOND = 4;
+export const GLOBAL_PROVEN_PER_SECOND = 200;
 /** Most handshakes in progress (either role). */
 export const MAX_PENDING = 1024;
 /** Of {@link MAX_PENDING}, most that strangers' HS_INITs may hold (the rest stays for the table's nodes). */
@@ -109,6 +141,10 @@ interface Pending {
   remoteIndex: number;
   startedMs: number;
   initiator: boolean;
+  /** Initiator: the HS_INIT without MACs and its mac1 (to resend it with a cookie's mac2, once). */
+  body?: Uint8Array;
+  mac1?: Uint8Array;
+  cookied?: boolean;
 }
 
 interface Bucket {
@@ -124,6 +160,16 @@ export interface HandshakerOptions {
   rekeyMs?: number;
   /** Wall clock in ms (tests move it). */
   now?: () => number;
+  /**
+   * Cookies under load (cookie.ts), default true; false: an INIT over budget is only dropped (tests
+   * show what the flood does then).
+   */
+  cookies?: boolean;
+}
+
+function refill(b: Bucket, now: number, rate: number, cap: number): void {
+  b.tokens = Math.min(cap, b.tokens + ((now - b.atMs) / 1000) * rate);
+  b.atMs = now;
 }
 
 /** Runs a node's handshakes with all peers (see the module). */
@@ -143,6 +189,15 @@ export class Handshaker {
   /** The table's nodes' own global budget (strangers cannot drain it). */
   readonly #globalKnown: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
   readonly #hdr = new HandshakeHeader();
+  readonly #cookiesOn: boolean;
+  #caKeys: CaMacKeys[] = [];
+  readonly #jar = new CookieJar();
+  /** Cookies peers gave us (to put mac2 on our INITs to them). */
+  readonly #cookies = new Map<string, { cookie: Uint8Array; atMs: number }>();
+  readonly #proven = new Map<string, Bucket>();
+  readonly #globalProven: Bucket = { tokens: GLOBAL_PROVEN_PER_SECOND, atMs: 0 };
+  readonly #cookieBudget: Bucket = { tokens: COOKIE_REPLIES_PER_SECOND, atMs: 0 };
+  readonly #strangerCookieBudget: Bucket = { tokens: STRANGER_COOKIE_REPLIES_PER_SECOND, atMs: 0 };
 
   /** A handshaker proving `credential` and trusting `trust`. */
   constructor(o: HandshakerOptions) {
@@ -151,6 +206,21 @@ export class Handshaker {
     this.rekeyMs = o.rekeyMs ?? DEFAULT_REKEY_MS;
     if (!(this.rekeyMs >= 1000)) throw new RangeError("rekey interval must be at least 1 s");
     this.#now = o.now ?? Date.now;
+    this.#cookiesOn = o.cookies ?? true;
+    this.#caKeys = o.trust.caPublicKeys.map(keysForCa);
+  }
+
+  /** The MAC keys of our first CA (the cluster's), for our INITs. */
+  #ownKeys(): CaMacKeys {
+    return this.#caKeys[0] ?? keysForCa(new Uint8Array(32));
+  }
+
+  /** The wire HS_INIT of `body` to `peer`: mac1, and mac2 with the peer's cookie while it is fresh. */
+  #withMacs(peer: string, body: Uint8Array, now: number): Uint8Array {
+    const c = this.#cookies.get(peer);
+    const fresh = c !== undefined && now - c.atMs < COOKIE_USE_MS;
+    if (c && !fresh) this.#cookies.delete(peer);
+    return addMacs(body, this.#ownKeys().mac1, fresh ? c.cookie : undefined);
   }
 
   #drop(reason: string): HandshakeOutcome {
@@ -206,6 +276,8 @@ export class Handshaker {
       s: this.#cred.identity,
     });
     const localIndex = this.#newIndex();
+    const body = encodeHandshake(MSG_HS_INIT, lane, localIndex, 0, state.writeMessage(new Uint8Array(0)));
+    const wire = this.#withMacs(peer, body, now);
     this.#pending.set(localIndex, {
       peer,
       state,
@@ -213,24 +285,56 @@ export class Handshaker {
       remoteIndex: 0,
       startedMs: now,
       initiator: true,
+      body,
+      mac1: wire.slice(INIT_BODY_LEN, INIT_BODY_LEN + MAC_LEN),
     });
-    return encodeHandshake(MSG_HS_INIT, lane, localIndex, 0, state.writeMessage(new Uint8Array(0)));
+    return wire;
+  }
+
+  /** An HS_INIT with a valid mac2 from `peer`: a token from the proven budgets. */
+  #takeProven(peer: string, now: number): boolean {
+    refill(this.#globalProven, now, GLOBAL_PROVEN_PER_SECOND, GLOBAL_PROVEN_PER_SECOND);
+    let b = this.#proven.get(peer);
+    if (!b) {
+      if (this.#proven.size >= 4096) this.#proven.clear();
+      b = { tokens: PROVEN_BURST, atMs: now };
+      this.#proven.set(peer, b);
+    }
+    refill(b, now, PROVEN_PER_SECOND, PROVEN_BURST);
+    if (b.tokens < 1 || this.#globalProven.tokens < 1) return false;
+    b.tokens--;
+    this.#globalProven.tokens--;
+    return true;
+  }
+
+  /** A COOKIE reply we got for one of our INITs: its mac2'd resend (once per INIT). */
+  #onCookie(peer: string, buf: Uint8Array, off: number, len: number, now: number): HandshakeOutcome {
+    if (len !== COOKIE_REPLY_LEN) return this.#drop("hs_malformed");
+    const p = this.#pending.get(cookieReceiver(buf, off));
+    if (!p || !p.initiator || p.peer !== peer || !p.body || !p.mac1 || p.cookied) {
+      return this.#drop("hs_unknown_index");
+    }
+    for (const k of this.#caKeys) {
+      const r = openCookieReply(buf, off, len, k, p.mac1);
+      if (!r) continue;
+      p.cookied = true;
+      if (this.#cookies.size >= 4096) this.#cookies.clear();
+      this.#cookies.set(peer, { cookie: r.cookie, atMs: now });
+      return { reply: addMacs(p.body, k.mac1, r.cookie) };
+    }
+    return this.#drop("hs_cookie_invalid");
   }
 
   #takeToken(peer: string, now: number, known: boolean): boolean {
-    const refill = (b: Bucket, rate: number, cap: number): void => {
-      b.tokens = Math.min(cap, b.tokens + ((now - b.atMs) / 1000) * rate);
-      b.atMs = now;
-    };
     const global = known ? this.#globalKnown : this.#global;
-    refill(global, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
+    refill(global, now, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
     let b = this.#buckets.get(peer);
     if (!b) {
       if (this.#buckets.size >= 4096) this.#buckets.clear(); // peers only: bounded by the table anyway
       b = { tokens: INIT_BURST, atMs: now };
       this.#buckets.set(peer, b);
     }
-    refill(b, INIT_PER_SECOND, INIT_BURST);
+    refill(b, now, INIT_PER_SECOND, INIT_BURST);
     if (b.tokens < 1 || global.tokens < 1) return false;
     b.tokens--;
     global.tokens--;
@@ -289,14 +393,38 @@ export class Handshaker {
    */
   handle(peer: string, buf: Uint8Array, off: number, len: number, known = false): HandshakeOutcome {
     const h = this.#hdr;
-    if (!decodeHandshake(buf, off, len, h)) return this.#drop("hs_malformed");
     const now = this.#now();
+    if (isCookieReply(buf, off, len)) return this.#onCookie(peer, buf, off, len, now);
+    let macKeys: CaMacKeys | undefined;
+    if (len >= 1 && buf[off] === MSG_HS_INIT) {
+      // mac1 first: an INIT from outside the cluster costs one hash.
+      macKeys = checkMac1(buf, off, len, this.#caKeys);
+      if (!macKeys) return this.#drop(len === INIT_WIRE_LEN ? "hs_mac1" : "hs_malformed");
+      len = INIT_BODY_LEN;
+    }
+    if (!decodeHandshake(buf, off, len, h)) return this.#drop("hs_malformed");
     this.#expirePending(now);
     const noise = buf.slice(h.noiseOffset, h.noiseOffset + h.noiseLength);
     if (h.type === MSG_HS_INIT) {
       if (noise.length !== HS_INIT_NOISE_LEN) return this.#drop("hs_malformed");
-      if (!this.#takeToken(peer, now, known)) return this.#drop("hs_rate_limited");
-      if (this.#pending.size >= (known ? MAX_PENDING : STRANGER_PENDING)) {
+      let proven = false;
+      if (!this.#takeToken(peer, now, known)) {
+        // Under load: only senders that prove their address (our cookie's mac2) get DH work.
+        if (!this.#cookiesOn) return this.#drop("hs_rate_limited");
+        if (this.#jar.checkMac2(buf, off, peer, now)) {
+          if (!this.#takeProven(peer, now)) return this.#drop("hs_rate_limited");
+          proven = true;
+        } else {
+          const rate = known ? COOKIE_REPLIES_PER_SECOND : STRANGER_COOKIE_REPLIES_PER_SECOND;
+          const budget = known ? this.#cookieBudget : this.#strangerCookieBudget;
+          refill(budget, now, rate, rate);
+          if (budget.tokens < 1) return this.#drop("hs_rate_limited");
+          budget.tokens--;
+          this.#drop("hs_cookie_sent");
+          return { reply: this.#jar.reply(buf, off, peer, h.lane, h.sender, macKeys!, now) };
+        }
+      }
+      if (this.#pending.size >= (known || proven ? MAX_PENDING : STRANGER_PENDING)) {
         return this.#drop("hs_pending_full");
       }
       const state = new HandshakeState({
@@ -391,6 +519,7 @@ export class Handshaker {
    */
   setTrust(trust: TrustSnapshot, credential?: NodeCredential): string[] {
     this.#trust = new TrustStore(trust);
+    this.#caKeys = trust.caPublicKeys.map(keysForCa);
     if (credential) this.#cred = credential;
     const now = Math.floor(this.#now() / 1000);
     const cut: string[] = [];
@@ -405,4 +534,37 @@ export class Handshaker {
   get pending(): number {
     return this.#pending.size;
   }
+}
+
+/**
+ * Runs one handshake of this node with itself (two throwaway {@link Handshaker}s, nothing sent) so
+ * that the first real handshake does not pay for compiling and loading its crypto paths (X25519,
+ * AES-GCM, BLAKE2s, the certificate check: ~30–50 ms cold on the first use, ~1 ms warm). Returns
+ * its duration (ms); never throws (a credential the trust refuses still warms the same paths).
+ *
+ * @example
+ * ```ts
+ * import { warmUp } from "./handshake.ts";
+ * import { generateCa, signCertificate } from "./cert.ts";
+ * import { generateIdentity } from "./identity.ts";
+ * const ca = generateCa("c");
+ * const identity = generateIdentity();
+ * const now = Math.floor(Date.now() / 1000);
+ * const certificate = signCertificate(ca, { nodeId: "a", publicKey: identity.publicKey, notBefore: now - 60, notAfter: now + 3600 });
+ * const ms = warmUp({ identity, certificate }, { caPublicKeys: [ca.publicKey], revokedSerials: [], revokedNodeIds: [], generation: 1 });
+ * console.log(ms >= 0); // true
+ * ```
+ */
+export function warmUp(credential: NodeCredential, trust: TrustSnapshot): number {
+  const t0 = performance.now();
+  try {
+    const a = new Handshaker({ credential, trust }), b = new Handshaker({ credential, trust });
+    const m1 = a.initiate("warm-up", 0);
+    const m2 = m1 && b.handle("warm-up", m1, 0, m1.length, true).reply;
+    const m3 = m2 && a.handle("warm-up", m2, 0, m2.length, true).reply;
+    if (m3) b.handle("warm-up", m3, 0, m3.length, true);
+  } catch {
+    // only a warm-up
+  }
+  return performance.now() - t0;
 }

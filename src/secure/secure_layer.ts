@@ -31,6 +31,7 @@
  * @module
  */
 import type { SendBatch } from "../../ffi/udp.ts";
+import { hasMac2 } from "./cookie.ts";
 import { KeyRing, OPEN_RESULT_NAMES, type SessionKeys } from "./keys.ts";
 import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
 import { MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
@@ -92,6 +93,8 @@ const D_REQUIRED = 0,
 const D_REFUSED = 6;
 /** Peers with per-peer drop counts kept at most (known peers only; beyond that only node-wide counts). */
 const MAX_PEER_DROPS = 4096;
+/** How long a secure-capable peer may stay without a session (retries at 1, 2 s) before plain data to it is a downgrade. */
+export const DOWNGRADE_GRACE_MS = 3000;
 
 /** One worker's secure layer (see the module). */
 export class SecureLayer {
@@ -117,12 +120,20 @@ export class SecureLayer {
   /** Peers that had a session in this worker (plain datagrams to them later are downgrades). */
   readonly #everSecure = new Set<string>();
   /**
+   * Whether a peer announced it can do secure sessions (CAP_SECURE in its HELLO; the worker sets
+   * this from its peer table). In `prefer`, plain data to such a peer after {@link DOWNGRADE_GRACE_MS}
+   * of asking for a session counts as a downgrade (handshakes stripped on the way) and is warned.
+   */
+  secureCapable: (peer: string) => boolean = () => false;
+  /** When the worker first asked for a session with each peer that has none yet. */
+  readonly #firstWant = new Map<string, number>();
+  /**
    * Peers whose certificate was refused or revoked: no plain fallback with them in `prefer` either
    * (nothing is sent to them, their plain data is dropped).
    */
   readonly blocked: Set<string> = new Set();
-  /** Forwarding budgets of handshake datagrams: [0] strangers, [1] the table's nodes (a flood of the one leaves the other). */
-  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
+  /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a cookie's mac2. */
+  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
@@ -151,6 +162,7 @@ export class SecureLayer {
   install(keys: SessionKeys, sendOnly = false): void {
     this.ring.install(keys, sendOnly);
     this.#everSecure.add(keys.peer);
+    this.#firstWant.delete(keys.peer);
   }
 
   /** Removes a peer's keys (revoked, left); `forget` also forgets it was ever secure. */
@@ -164,6 +176,8 @@ export class SecureLayer {
     const last = this.#wanted.get(peer);
     if (last !== undefined && nowMs - last < WANT_EVERY_MS) return;
     if (this.#wanted.size > 4096) this.#wanted.clear();
+    if (this.#firstWant.size > 4096) this.#firstWant.clear();
+    if (!this.#firstWant.has(peer) && !this.ring.has(peer)) this.#firstWant.set(peer, nowMs);
     this.#wanted.set(peer, nowMs);
     this.#post({ type: "secure-want", peer, lane });
   }
@@ -187,6 +201,7 @@ export class SecureLayer {
       if (p === undefined) continue;
       if (ring.has(p) || this.blocked.has(p) || this.#everSecure.has(p)) return true;
       this.want(p, lanes[i], nowMs);
+      if (this.#downgraded(p, nowMs)) return true; // counted in sealBatch
     }
     return false;
   }
@@ -224,7 +239,10 @@ export class SecureLayer {
             this.#drops[D_NO_SESSION] += seg > 0 ? Math.ceil(size / seg) : 1;
             continue;
           }
-          if (this.#everSecure.has(peer)) this.#drops[D_DOWNGRADE]++;
+          if (this.#everSecure.has(peer) || this.#downgraded(peer, nowMs)) {
+            this.#drops[D_DOWNGRADE]++;
+            this.#peerDrop(peer, DROP_NAMES[D_DOWNGRADE]);
+          }
         }
         dst.data.set(src.data.subarray(from, from + size), out * dst.slotSize);
         this.#copyDst(src, i, dst, out);
@@ -267,6 +285,12 @@ export class SecureLayer {
       }
     }
     return out;
+  }
+
+  /** A secure-capable peer still without a session after the grace: its handshakes are being stripped. */
+  #downgraded(peer: string, nowMs: number): boolean {
+    const t = this.#firstWant.get(peer);
+    return t !== undefined && nowMs - t >= DOWNGRADE_GRACE_MS && this.secureCapable(peer);
   }
 
   #copyDst(src: SendBatch, i: number, dst: SendBatch, j: number): void {
@@ -315,10 +339,13 @@ export class SecureLayer {
         const add = ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND;
         tk[0] = Math.min(HS_FORWARD_PER_SECOND, tk[0] + add);
         tk[1] = Math.min(HS_FORWARD_PER_SECOND, tk[1] + add);
+        tk[2] = Math.min(HS_FORWARD_PER_SECOND, tk[2] + add);
         this.#hsAt = nowMs;
       }
       const known = sourcePeer !== undefined;
-      const k = known ? 1 : 0;
+      // A flood spoofing a node's address spends that class; the node's cookie-proven INITs
+      // (cookie.ts; the main isolate checks the mac2) have their own.
+      const k = hasMac2(buf, off, len) ? 2 : known ? 1 : 0;
       if (tk[k] < 1) {
         this.#drops[D_HS_FLOOD]++;
         return Inbound.DONE;

@@ -20,6 +20,9 @@ import { eventually, retry } from "../helpers/setup.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
 import { createNs, uniqueName } from "../helpers/netns.ts";
+import { addMacs, keysForCa } from "../../src/secure/cookie.ts";
+import { DOWNGRADE_GRACE_MS } from "../../src/secure/secure_layer.ts";
+import { loadCaPublic } from "../../src/secure/files.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -94,7 +97,7 @@ async function offlinePki(dir: string, nodes: number): Promise<void> {
 
 async function withCluster(
   modes: string[],
-  fn: (c: TestCluster) => Promise<void>,
+  fn: (c: TestCluster, dir: string) => Promise<void>,
   extra: Record<string, unknown> = {},
   beforeRegister?: (i: number, ns: string) => Promise<void>,
 ): Promise<void> {
@@ -117,7 +120,7 @@ async function withCluster(
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
     if (modes.length >= 3) await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);
-    await fn(c);
+    await fn(c, dir);
   } catch (e) {
     console.error(await c.logs());
     throw e;
@@ -501,17 +504,35 @@ Deno.test({
       (await Promise.all([status(c, 1), status(c, 2)])).flatMap((x) =>
         x.security.peers.map((p) => p.handshakeMs).filter((v): v is number => v !== undefined)
       );
-    // Handshakes on this LAN (namespaces on a bridge) on an idle link: the issue's target is 5 ms; loose
-    // here (a busy machine). The first rekey's, not the first handshake's (that one meets cold isolates).
-    await retry(async () => {
-      const p = (await status(c, 1)).security.peers.find((x) => x.subject === "node-2");
-      if ((p?.rekeys ?? 0) < 1) throw new Error("no rekey yet");
-    }, 15_000);
-    const idle = await durations();
-    console.log(
-      `handshake durations on an idle link (ms, the last one each side initiated): ${idle.join(", ")}`,
+    // Handshakes on this LAN (namespaces on a bridge) on an idle link: the issue's target is 5 ms (the
+    // quiet bench); loose here (a busy machine). Each side's handshakes it initiated over three rekeys,
+    // not the first handshake's (that one meets cold isolates). Before the fixes (each handshake
+    // datagram posted to a Worker that could sleep 50 ms in poll before seeing it) the median was ~50 ms
+    // and above on a quiet machine.
+    const idle: number[] = [];
+    const seen = ["", ""];
+    await retry(
+      async () => {
+        for (const i of [1, 2]) {
+          const p = (await status(c, i)).security.peers[0];
+          const key = `${p?.rekeys}/${p?.handshakeMs}`;
+          if (p?.handshakeMs !== undefined && (p.rekeys ?? 0) >= 1 && key !== seen[i - 1]) {
+            idle.push(p.handshakeMs);
+            seen[i - 1] = key;
+          }
+        }
+        const p = (await status(c, 1)).security.peers.find((x) => x.subject === "node-2");
+        if ((p?.rekeys ?? 0) < 3) throw new Error("fewer than 3 rekeys yet");
+      },
+      45_000,
+      250,
     );
-    assert(idle.length >= 1 && idle.every((t) => t <= 200), `handshake durations: ${idle}`);
+    const sorted = [...idle].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)];
+    console.log(
+      `handshake durations on an idle link (ms, as each side measured its own): ${idle.join(", ")}`,
+    );
+    assert(idle.length >= 2 && median <= 40 && sorted.at(-1)! <= 200, `handshake durations: ${idle}`);
     const seconds = Number(Deno.env.get("NETMANAGER_TEST_SECURE_SECONDS") ?? 60);
     const r = await c.containers[0].exec([...TOOL, "tcp-bulk-for", "10.30.0.2", "81", String(seconds)]);
     assertEquals(r.code, 0, `transfer: ${r.stdout} ${r.stderr}`);
@@ -606,7 +627,7 @@ for (const mode of ["prefer", "require"]) {
   Deno.test({
     name: `secure: downgrade — an attacker dropping every handshake datagram ${
       mode === "prefer"
-        ? "gets plain delivery in prefer (the attack works: why require exists)"
+        ? "gets plain delivery in prefer (the attack works: why require exists), counted and warned as a downgrade"
         : "never yields plain delivery in require; traffic flows once it stops"
     }`,
     ...opts,
@@ -640,6 +661,20 @@ for (const mode of ["prefer", "require"]) {
             assertEquals(tcp, `web0:${MARKER}-d`);
             assert(got.length >= 1, "raw UDP delivered");
             assert(has(d, MARKER), "the marker crossed in clear");
+            // ... but visible: node 2 announced CAP_SECURE in its HELLOs, so once the grace for a
+            // handshake is over, plain data to it counts as a downgrade and is warned (rate-limited).
+            await new Promise((r) => setTimeout(r, DOWNGRADE_GRACE_MS + 500));
+            for (let i = 0; i < 3; i++) {
+              const text = new TextEncoder().encode(`${MARKER}-late${i}`);
+              await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
+            }
+            await new Promise((r) => setTimeout(r, 1200));
+            const s1 = await status(c, 1);
+            assert((s1.dataPlane.drops.secure_downgrade ?? 0) >= 3, JSON.stringify(s1.dataPlane.drops));
+            const warned = (await c.nodes[0].node.log()).split("\n").filter((l) =>
+              l.includes("tunnel datagrams refused") && l.includes("secure_downgrade")
+            );
+            assert(warned.length >= 1, "no downgrade warning");
             return;
           }
           assertEquals(
@@ -738,9 +773,10 @@ while time.monotonic() - t0 < secs:
 print(n, flush=True)
 `;
 
-/** CPU seconds (user + system, all threads) of a process so far. */
-async function cpuSeconds(pid: number): Promise<number> {
-  const f = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");
+/** CPU seconds (user + system) of a process so far: all threads, or thread `tid` (the main isolate: the pid). */
+async function cpuSeconds(pid: number, tid?: number): Promise<number> {
+  const path = tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`;
+  const f = (await Deno.readTextFile(path)).split(") ")[1].split(" ");
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
@@ -749,25 +785,17 @@ Deno.test({
     "secure: a handshake flood from many spoofed strangers leaves the nodes' handshakes (rekeys) and traffic working",
   ...opts,
 }, async () => {
-  await withCluster(["require", "require"], async (c) => {
+  await withCluster(["require", "require"], async (c, dir) => {
     await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
-    // The attacker: a namespace on the underlay bridge sending from random addresses of the subnet.
-    const ns = await createNs("atk");
-    const a = uniqueName("aa"), b = uniqueName("ab");
-    await sh(["ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", c.underlay]);
-    await sh(["ip", "-n", ns, "addr", "add", "192.168.77.99/24", "dev", a]);
-    await sh(["ip", "-n", ns, "link", "set", a, "up"]);
-    await sh(["ip", "-n", c.underlay, "link", "set", b, "master", "br0", "up"]);
-    // Well-formed HS_INITs (a fresh 32-byte ephemeral each): each one the limits let through costs DH work.
-    const inits = Array.from(
-      { length: 64 },
-      (_, i) => hex(encodeHandshake(MSG_HS_INIT, i, i + 1, 0, crypto.getRandomValues(new Uint8Array(32)))),
-    ).join(",");
+    const ns = await attacker(c);
+    // Well-formed HS_INITs (a fresh 32-byte ephemeral each) with a valid mac1 (the attacker knows the
+    // cluster's CA public key): each one the limits let through costs DH work, the rest a cookie.
+    const inits = await validInits(dir, 64);
     const rekeys = async () =>
       (await status(c, 1)).security.peers.find((p) => p.subject === "node-2")?.rekeys ?? 0;
     const pid = c.nodes[1].node.proc!.pid;
     const before = await rekeys();
-    const cpu0 = await cpuSeconds(pid), t0 = performance.now();
+    const cpu0 = await cpuSeconds(pid), main0 = await cpuSeconds(pid, pid), t0 = performance.now();
     const RATE = Number(Deno.env.get("NETMANAGER_TEST_FLOOD_RATE") ?? 10000), SECONDS = 21;
     const flood = new Deno.Command("ip", {
       args: [
@@ -794,6 +822,7 @@ Deno.test({
     }
     const out = await flood;
     const cpu = (await cpuSeconds(pid)) - cpu0, wall = (performance.now() - t0) / 1000;
+    const main = (await cpuSeconds(pid, pid)) - main0;
     const sent = Number(new TextDecoder().decode(out.stdout).trim());
     const after = await rekeys();
     const s2 = await c.nodes[1].node.api.getJson("/status") as {
@@ -803,17 +832,140 @@ Deno.test({
     console.log(
       `flood: ${sent} HS_INITs in ${SECONDS} s from random sources; node 2 CPU ${
         (cpu / wall * 100).toFixed(0)
-      }% of a core over ${wall.toFixed(1)} s; rekeys ${before} → ${after}; requests ${answered}/${asked}; ` +
+      }% of a core over ${wall.toFixed(1)} s (main isolate ${
+        (main / wall * 100).toFixed(0)
+      }%); rekeys ${before} → ${after}; requests ${answered}/${asked}; ` +
         `node 2 drops ${JSON.stringify(s2.dataPlane.drops)} handshake drops ${
           JSON.stringify(s2.security.handshakeDrops)
         }`,
     );
-    assert(out.success && sent >= RATE * SECONDS * 0.5, `flooder: ${new TextDecoder().decode(out.stderr)}`);
+    // (A loaded machine slows the flooder down: a third of the rate still floods.)
+    assert(out.success && sent >= RATE * SECONDS * 0.3, `flooder: ${new TextDecoder().decode(out.stderr)}`);
     const limited = (s2.dataPlane.drops.secure_hs_flood ?? 0) +
       (s2.security.handshakeDrops.hs_rate_limited ?? 0) +
+      (s2.security.handshakeDrops.hs_cookie_sent ?? 0) +
       (s2.security.handshakeDrops.hs_pending_full ?? 0);
     assert(limited > sent / 4, "the flood was limited");
     assert(after - before >= 3, `rekeys during the flood: ${before} → ${after}`);
     assertEquals(answered, asked, "requests during the flood");
+    // The flood's cost in the main isolate (where handshakes run) stays bounded: hashes, not DH.
+    assert(main / wall < 0.5, `main isolate CPU ${(main / wall * 100).toFixed(0)}% of a core`);
   }, { TunnelRekeySeconds: 5 });
 });
+
+/** The attacker: a namespace on the underlay bridge (it sends from any address of the subnet). */
+async function attacker(c: TestCluster): Promise<string> {
+  const ns = await createNs("atk");
+  const a = uniqueName("aa"), b = uniqueName("ab");
+  await sh(["ip", "link", "add", a, "netns", ns, "type", "veth", "peer", "name", b, "netns", c.underlay]);
+  await sh(["ip", "-n", ns, "addr", "add", "192.168.77.99/24", "dev", a]);
+  await sh(["ip", "-n", ns, "link", "set", a, "up"]);
+  await sh(["ip", "-n", c.underlay, "link", "set", b, "master", "br0", "up"]);
+  return ns;
+}
+
+/** `n` hex HS_INITs, each with a fresh ephemeral and a valid mac1 for the cluster's CA in `dir`. */
+async function validInits(dir: string, n: number): Promise<string> {
+  const keys = keysForCa((await loadCaPublic(`${dir}/ca/ca.json`)).publicKey);
+  return Array.from({ length: n }, (_, i) =>
+    hex(addMacs(
+      encodeHandshake(MSG_HS_INIT, i, i + 1, 0, crypto.getRandomValues(new Uint8Array(32))),
+      keys.mac1,
+    ))).join(",");
+}
+
+/** Raw-socket flood spoofing the nodes themselves: `rate` HS_INITs a second to each `src>dst` pair, source port 50103. */
+const SPOOF_NODES = `
+import socket, struct, sys, time
+pairs = [p.split(">") for p in sys.argv[1].split(",")]
+payloads, rate, secs = [bytes.fromhex(h) for h in sys.argv[2].split(",")], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+n, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < secs:
+    for src, dst in pairs:
+        p = payloads[n % len(payloads)]
+        udp = struct.pack("!HHHH", 50103, 50103, 8 + len(p), 0) + p
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), n & 0xffff, 0, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+        s.sendto(ip + udp, (dst, 0))
+        n += 1
+    ahead = n / (rate * len(pairs)) - (time.monotonic() - t0)
+    if ahead > 0: time.sleep(ahead)
+print(n, flush=True)
+`;
+
+for (const cookies of [true, false]) {
+  Deno.test({
+    name: `secure: a flood spoofing the nodes' own addresses ${
+      cookies
+        ? "— they prove their addresses with cookies and keep rekeying"
+        : "starves their rekeys when cookies are off (the attack the cookies stop)"
+    }`,
+    ...opts,
+  }, async () => {
+    if (!cookies) Deno.env.set("NETMANAGER_HS_COOKIES", "off"); // the daemons inherit it
+    try {
+      await withCluster(["require", "require"], async (c, dir) => {
+        await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
+        const ns = await attacker(c);
+        const inits = await validInits(dir, 64);
+        const rekeys = async () => {
+          const s = await Promise.all([status(c, 1), status(c, 2)]);
+          return s.map((x) => x.security.peers.find((p) => p.subject)?.rekeys ?? 0);
+        };
+        const pids = [c.nodes[0].node.proc!.pid, c.nodes[1].node.proc!.pid];
+        // Both directions, so whichever node initiates the rekeys meets the flood.
+        const RATE = 300, SECONDS = 20;
+        const before = await rekeys();
+        const main0 = await Promise.all(pids.map((p) => cpuSeconds(p, p))), t0 = performance.now();
+        const out = await new Deno.Command("ip", {
+          args: [
+            "netns",
+            "exec",
+            ns,
+            "python3",
+            "-c",
+            SPOOF_NODES,
+            "192.168.77.1>192.168.77.2,192.168.77.2>192.168.77.1",
+            inits,
+            String(RATE),
+            String(SECONDS),
+          ],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const wall = (performance.now() - t0) / 1000;
+        const main = (await Promise.all(pids.map((p) => cpuSeconds(p, p)))).map((v, i) =>
+          (v - main0[i]) / wall
+        );
+        const after = await rekeys();
+        const sent = Number(new TextDecoder().decode(out.stdout).trim());
+        const s2 = await c.nodes[1].node.api.getJson("/status") as {
+          dataPlane: { drops: Record<string, number> };
+          security: { handshakeDrops: Record<string, number> };
+        };
+        const done = Math.max(after[0] - before[0], after[1] - before[1]);
+        console.log(
+          `spoofed-node flood (cookies ${
+            cookies ? "on" : "off"
+          }): ${sent} HS_INITs in ${SECONDS} s; rekeys ` +
+            `${before} → ${after}; main isolate CPU ${main.map((m) => (m * 100).toFixed(0) + "%")}; node 2 ` +
+            `handshake drops ${JSON.stringify(s2.security.handshakeDrops)} data-plane drops ${
+              JSON.stringify(s2.dataPlane.drops)
+            }`,
+        );
+        assert(out.success && sent >= RATE * 2 * SECONDS * 0.5, new TextDecoder().decode(out.stderr));
+        assert(main.every((m) => m < 0.5), `main isolate CPU ${main}`);
+        if (cookies) {
+          assert((s2.security.handshakeDrops.hs_cookie_sent ?? 0) > sent / 8, "cookies answered the flood");
+          assert(done >= 2, `rekeys during the flood: ${before} → ${after}`);
+        } else {
+          assertEquals(s2.security.handshakeDrops.hs_cookie_sent, undefined);
+          assert(done <= 1, `rekeys went on without cookies: ${before} → ${after}`);
+        }
+      }, { TunnelRekeySeconds: 5 });
+    } finally {
+      Deno.env.delete("NETMANAGER_HS_COOKIES");
+    }
+  });
+}

@@ -12,6 +12,7 @@ import { generateIdentity, type NodeIdentity } from "../../src/secure/identity.t
 import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
 import { encodeHandshake, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
+import { addMacs, COOKIE_REPLY_LEN, isCookieReply, keysForCa } from "../../src/secure/cookie.ts";
 
 const T0 = 1_800_000_000_000; // ms
 const sec = (ms: number) => Math.floor(ms / 1000);
@@ -148,17 +149,21 @@ Deno.test("handshake: malformed, tampered and unexpected datagrams only count", 
 Deno.test("handshake: HS_INIT floods are rate-limited per peer and stale pending states expire", () => {
   const w = world();
   const a = w.node(w.cred("a")), b = w.node(w.cred("b"));
-  let answered = 0;
+  let answered = 0, cookies = 0;
   for (let i = 0; i < 50; i++) {
     w.clock.now += 1; // initiate()'s retry spacing is the initiator's business; flood the responder
     const init = new Handshaker({ credential: w.cred("a"), trust: w.trust, now: () => w.clock.now }).initiate(
       "B",
       0,
     )!;
-    if (b.handle("A", init, 0, init.length).reply) answered++;
+    const r = b.handle("A", init, 0, init.length).reply;
+    if (r && isCookieReply(r, 0, r.length)) cookies++;
+    else if (r) answered++;
   }
+  // Over the budget the INITs get a cookie (hashes, no DH) instead of an answer.
   assertEquals(answered, INIT_BURST);
-  assertEquals(b.drops["hs_rate_limited"], 50 - INIT_BURST);
+  assertEquals(cookies, 50 - INIT_BURST);
+  assertEquals(b.drops["hs_cookie_sent"], 50 - INIT_BURST);
   assertEquals(b.pending, INIT_BURST);
   w.clock.now += PENDING_MS + 1000;
   const { a: ka, b: kb } = run(a, b); // tokens refilled; old pending states gone
@@ -193,18 +198,80 @@ Deno.test("handshake: strangers that drain the global HS_INIT budget and the pen
   let answered = 0;
   for (let i = 0; i < 2000; i++) {
     w.clock.now += 1;
-    const init = encodeHandshake(MSG_HS_INIT, 0, i + 1, 0, crypto.getRandomValues(new Uint8Array(32)));
-    if (b.handle(`10.9.${i >> 8}.${i & 255}:50103`, init, 0, init.length).reply) answered++;
+    // The attacker knows the cluster (mac1 is keyed by the CA's public key): the worst case.
+    const init = addMacs(
+      encodeHandshake(MSG_HS_INIT, 0, i + 1, 0, crypto.getRandomValues(new Uint8Array(32))),
+      keysForCa(w.trust.caPublicKeys[0]).mac1,
+    );
+    const r = b.handle(`10.9.${i >> 8}.${i & 255}:50103`, init, 0, init.length).reply;
+    if (r && !isCookieReply(r, 0, r.length)) answered++;
   }
   // Bounded by the strangers' global budget (2 s of refill on top of a full bucket) and their pending room.
   assert(answered <= Math.min(STRANGER_PENDING, GLOBAL_INIT_PER_SECOND * 3), `answered ${answered}`);
-  assert((b.drops["hs_rate_limited"] ?? 0) + (b.drops["hs_pending_full"] ?? 0) > 0);
+  assert((b.drops["hs_cookie_sent"] ?? 0) + (b.drops["hs_pending_full"] ?? 0) > 0);
   const a = w.node(w.cred("a"));
   const m1 = a.initiate("B", 0)!;
-  assert(!b.handle("A2", m1, 0, m1.length).reply, "a stranger's INIT now goes unanswered");
+  const c = b.handle("A2", m1, 0, m1.length).reply;
+  assert(!c || isCookieReply(c, 0, c.length), "a stranger's INIT now gets a cookie at most");
   const r2 = b.handle("A", m1, 0, m1.length, true);
   assert(r2.reply, "a table node's INIT is answered");
   const r3 = a.handle("B", r2.reply, 0, r2.reply.length);
   assert(r3.established && r3.reply);
   assert(b.handle("A", r3.reply, 0, r3.reply.length, true).established);
+});
+
+Deno.test("handshake: INITs without the cluster's mac1 cost one hash and change nothing", () => {
+  const w = world();
+  const b = w.node(w.cred("b"));
+  const other = keysForCa(generateCa("other").publicKey);
+  const body = encodeHandshake(MSG_HS_INIT, 0, 9, 0, crypto.getRandomValues(new Uint8Array(32)));
+  for (const init of [body, addMacs(body, other.mac1)]) {
+    assertEquals(b.handle("A", init, 0, init.length), {});
+  }
+  assertEquals(b.drops, { hs_malformed: 1, hs_mac1: 1 });
+  assertEquals(b.pending, 0);
+});
+
+Deno.test("handshake: a flood spoofing a node's address spends its budget; the node proves its address with the cookie and completes", () => {
+  for (const cookies of [true, false]) {
+    const w = world();
+    const ca = w.trust.caPublicKeys[0];
+    const b = new Handshaker({ credential: w.cred("b"), trust: w.trust, now: () => w.clock.now, cookies });
+    const a = w.node(w.cred("a"));
+    // 300 INITs with valid mac1 "from" A's address (the attacker cannot receive what is sent there).
+    let cookieReplies = 0;
+    for (let i = 0; i < 300; i++) {
+      const init = addMacs(
+        encodeHandshake(MSG_HS_INIT, 0, 1000 + i, 0, crypto.getRandomValues(new Uint8Array(32))),
+        keysForCa(ca).mac1,
+      );
+      const r = b.handle("A", init, 0, init.length, true).reply;
+      if (r && isCookieReply(r, 0, r.length)) {
+        cookieReplies++;
+        // Delivered to the real A: not for one of its INITs, dropped there.
+        assertEquals(a.handle("B", r, 0, r.length), {});
+      }
+    }
+    const m1 = a.initiate("B", 0)!;
+    const r1 = b.handle("A", m1, 0, m1.length, true).reply;
+    if (!cookies) {
+      assertEquals(cookieReplies, 0);
+      assertEquals(r1, undefined, "without cookies the real node is starved");
+      continue;
+    }
+    assert(cookieReplies > 250, `cookie replies ${cookieReplies}`);
+    assert(r1 && isCookieReply(r1, 0, r1.length) && r1.length === COOKIE_REPLY_LEN && r1.length < m1.length);
+    // A resends its INIT with mac2; B answers it from the proven budget.
+    const m1b = a.handle("B", r1, 0, r1.length).reply!;
+    assertEquals(a.handle("B", r1, 0, r1.length), {}, "a cookie reply is used once");
+    const r2 = b.handle("A", m1b, 0, m1b.length, true).reply!;
+    assert(!isCookieReply(r2, 0, r2.length));
+    const r3 = a.handle("B", r2, 0, r2.length);
+    assert(r3.established && r3.reply);
+    assert(b.handle("A", r3.reply, 0, r3.reply.length, true).established);
+    // Later INITs of A carry the cookie's mac2 at once.
+    w.clock.now += 2000;
+    const again = a.initiate("B", 0)!;
+    assert(again.subarray(56).some((x) => x !== 0), "mac2 set");
+  }
 });

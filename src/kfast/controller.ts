@@ -1,0 +1,135 @@
+/**
+ * Kernel fast path, the node's side: owns the {@link KernelFastPath} and re-plans it when the table
+ * changes or the set of capable peers changes (from the workers' merged peer view, every second).
+ * Re-planning is coalesced: at most one pass runs, and one more follows when something changed meanwhile.
+ *
+ * @example
+ * ```ts
+ * import { KfastController } from "./controller.ts";
+ * import { TranslationTable } from "../table/table.ts";
+ * const table = new TranslationTable();
+ * const k = await KfastController.start({
+ *   localIp: "192.168.1.1", localPort: 50103, bridge: "goProxyBridge", mtu: 1450, table: () => table,
+ * });
+ * k.onTableChange();
+ * await k.stop();
+ * ```
+ */
+import { logger } from "../log.ts";
+import type { TableEntry } from "../table/entry.ts";
+import type { TranslationTable } from "../table/table.ts";
+import type { PeerStats } from "../proxy/peers.ts";
+import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
+import { planKfast } from "./plan.ts";
+
+const log = logger("kfast");
+
+/** Options of {@link KfastController.start}. */
+export interface KfastControllerOptions {
+  /** This node's underlay IPv4 and tunnel port (entries naming them are local). */
+  localIp: string;
+  localPort: number;
+  bridge: string;
+  mtu: number;
+  /** VXLAN port (default 4789). */
+  port?: number;
+  /** The translation table (once the data plane runs). */
+  table: () => TranslationTable | undefined;
+}
+
+/** Every entry of a table (control path; entry objects built on demand). */
+function* entriesOf(t: TranslationTable): Generator<TableEntry> {
+  for (const job of t.jobs()) yield* t.job(job);
+}
+
+/** Keeps the kernel's fast path in line with the table and the peers. */
+export class KfastController {
+  readonly #k: KernelFastPath;
+  readonly #o: KfastControllerOptions;
+  #peers = new Set<string>();
+  #running = false;
+  #again = false;
+  #idle: Promise<void> = Promise.resolve();
+  #stopped = false;
+
+  private constructor(k: KernelFastPath, o: KfastControllerOptions) {
+    this.#k = k;
+    this.#o = o;
+  }
+
+  /** Sets the kernel up (throws `KernelFastPathError` when it cannot be). */
+  static async start(o: KfastControllerOptions): Promise<KfastController> {
+    const k = await KernelFastPath.start({
+      localIp: o.localIp,
+      bridge: o.bridge,
+      mtu: o.mtu,
+      ...(o.port !== undefined ? { port: o.port } : {}),
+    });
+    return new KfastController(k, o);
+  }
+
+  /** The workers' merged peer view: capable (both announced), IPv4, not down. */
+  onPeers(peers: readonly PeerStats[]): void {
+    const next = new Set<string>();
+    for (const p of peers) {
+      if (!p.kfast || p.health === "down") continue;
+      const ip = p.endpoint.slice(0, p.endpoint.lastIndexOf(":"));
+      if (/^\d+\.\d+\.\d+\.\d+$/.test(ip)) next.add(ip);
+    }
+    if (next.size === this.#peers.size && [...next].every((p) => this.#peers.has(p))) return;
+    this.#peers = next;
+    this.#schedule();
+  }
+
+  /** The table changed. */
+  onTableChange(): void {
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    this.#running = true;
+    this.#idle = (async () => {
+      let failures = 0;
+      do {
+        this.#again = false;
+        const t = this.#o.table();
+        if (!t) break;
+        const plan = planKfast({
+          entries: entriesOf(t),
+          isLocal: (e) => e.nodeIp === this.#o.localIp && e.nodePort === this.#o.localPort,
+          peers: this.#peers,
+        });
+        try {
+          await this.#k.apply(plan);
+        } catch (e) {
+          // Rebuilt from scratch by apply(); a few retries, then the next change tries again.
+          log.debug("kernel fast path: retrying after a failed step", { error: String(e) });
+          if (++failures < 5 && !this.#stopped) this.#again = true;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      } while (this.#again && !this.#stopped);
+      this.#running = false;
+    })();
+  }
+
+  /** Resolves when no re-planning is running (tests). */
+  settled(): Promise<void> {
+    return this.#idle;
+  }
+
+  /** What is programmed. */
+  status(): KernelFastPathStatus {
+    return this.#k.status();
+  }
+
+  /** Removes everything from the kernel. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#idle.catch(() => {});
+    await this.#k.stop();
+  }
+}

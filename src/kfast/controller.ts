@@ -24,6 +24,9 @@ import { planKfast } from "./plan.ts";
 
 const log = logger("kfast");
 
+/** How long a capable peer stays on the kernel path while the workers do not report it (ms). */
+const KEEP_MS = 5000;
+
 /** Options of {@link KfastController.start}. */
 export interface KfastControllerOptions {
   /** This node's underlay IPv4 and tunnel port (entries naming them are local). */
@@ -47,6 +50,8 @@ export class KfastController {
   readonly #k: KernelFastPath;
   readonly #o: KfastControllerOptions;
   #peers = new Set<string>();
+  /** When each peer was last reported capable (ms). */
+  #lastKfast = new Map<string, number>();
   #running = false;
   #again = false;
   #idle: Promise<void> = Promise.resolve();
@@ -69,12 +74,21 @@ export class KfastController {
   }
 
   /** The workers' merged peer view: capable (both announced), IPv4, not down. */
-  onPeers(peers: readonly PeerStats[]): void {
-    const next = new Set<string>();
+  onPeers(peers: readonly PeerStats[], now = Date.now()): void {
+    const seen = new Map<string, PeerStats>();
     for (const p of peers) {
-      if (!p.kfast || p.health === "down") continue;
       const ip = p.endpoint.slice(0, p.endpoint.lastIndexOf(":"));
-      if (/^\d+\.\d+\.\d+\.\d+$/.test(ip)) next.add(ip);
+      if (/^\d+\.\d+\.\d+\.\d+$/.test(ip)) seen.set(ip, p);
+      if (p.kfast && p.health !== "down") this.#lastKfast.set(ip, now);
+    }
+    const next = new Set<string>();
+    for (const [ip, at] of this.#lastKfast) {
+      const p = seen.get(ip);
+      // A table change re-creates a worker's peer (its capabilities unknown until the next HELLO):
+      // keep the kernel path for a while instead of flapping; a peer down or without the bit leaves at once.
+      const refused = p !== undefined && (p.health === "down" || (p.capsKnown && !p.kfast));
+      if (!refused && now - at < KEEP_MS) next.add(ip);
+      else if (now - at >= KEEP_MS || refused) this.#lastKfast.delete(ip);
     }
     if (next.size === this.#peers.size && [...next].every((p) => this.#peers.has(p))) return;
     this.#peers = next;

@@ -105,7 +105,16 @@ export class KernelFastPath {
         String(port),
         "nolearning",
       ]);
-      await mustRun("ip", ["link", "set", device, "address", macOfNode(o.localIp), "mtu", String(o.mtu), "up"]);
+      await mustRun("ip", [
+        "link",
+        "set",
+        device,
+        "address",
+        macOfNode(o.localIp),
+        "mtu",
+        String(o.mtu),
+        "up",
+      ]);
       // Flows arrive with sources (InstanceIPs) only reachable through the marks' tables.
       await Deno.writeTextFile(`/proc/sys/net/ipv4/conf/${device}/rp_filter`, "0");
       await mustRun("ip", [
@@ -181,7 +190,13 @@ export class KernelFastPath {
     );
     await runTool("nft", ["-f", "-"], { stdin: flush.join("\n") + "\n" });
     for (const a of this.#current.services.keys()) {
-      await runTool("nft", ["delete", "chain", "ip", KFAST_TABLE, `svc_${(a >>> 0).toString(16).padStart(8, "0")}`]);
+      await runTool("nft", [
+        "delete",
+        "chain",
+        "ip",
+        KFAST_TABLE,
+        `svc_${(a >>> 0).toString(16).padStart(8, "0")}`,
+      ]);
     }
     this.#current = emptyPlan();
   }
@@ -190,16 +205,64 @@ export class KernelFastPath {
     const mac = macOfNode(p);
     const mark = String(markOf(i));
     await mustRun("bridge", ["fdb", "replace", mac, "dev", this.device, "dst", p]);
-    await mustRun("ip", ["neigh", "replace", hopOf(i), "lladdr", mac, "dev", this.device, "nud", "permanent"]);
-    await mustRun("ip", ["route", "replace", "default", "via", hopOf(i), "dev", this.device, "onlink", "table", mark]);
-    await runTool("ip", ["rule", "del", "fwmark", mark, "lookup", mark, "pref", String(KFAST_RULE_PREF_PEER)]);
-    await mustRun("ip", ["rule", "add", "fwmark", mark, "lookup", mark, "pref", String(KFAST_RULE_PREF_PEER)]);
+    await mustRun("ip", [
+      "neigh",
+      "replace",
+      hopOf(i),
+      "lladdr",
+      mac,
+      "dev",
+      this.device,
+      "nud",
+      "permanent",
+    ]);
+    await mustRun("ip", [
+      "route",
+      "replace",
+      "default",
+      "via",
+      hopOf(i),
+      "dev",
+      this.device,
+      "onlink",
+      "table",
+      mark,
+    ]);
+    await runTool("ip", [
+      "rule",
+      "del",
+      "fwmark",
+      mark,
+      "lookup",
+      mark,
+      "pref",
+      String(KFAST_RULE_PREF_PEER),
+    ]);
+    await mustRun("ip", [
+      "rule",
+      "add",
+      "fwmark",
+      mark,
+      "lookup",
+      mark,
+      "pref",
+      String(KFAST_RULE_PREF_PEER),
+    ]);
     log.info("kernel fast path to peer", { peer: p, mark: `0x${markOf(i).toString(16)}` });
   }
 
   async #peerDown(p: string, i: number): Promise<void> {
     const mark = String(markOf(i));
-    await runTool("ip", ["rule", "del", "fwmark", mark, "lookup", mark, "pref", String(KFAST_RULE_PREF_PEER)]);
+    await runTool("ip", [
+      "rule",
+      "del",
+      "fwmark",
+      mark,
+      "lookup",
+      mark,
+      "pref",
+      String(KFAST_RULE_PREF_PEER),
+    ]);
     await runTool("ip", ["route", "flush", "table", mark]);
     await runTool("ip", ["neigh", "del", hopOf(i), "dev", this.device]);
     await runTool("bridge", ["fdb", "del", macOfNode(p), "dev", this.device, "dst", p]);
@@ -271,7 +334,9 @@ export async function cleanKernelFastPath(device = KFAST_DEVICE): Promise<KfastC
         const sel = rule.fwmask ? `${rule.fwmark}/${rule.fwmask}` : rule.fwmark ?? "";
         const del = await runTool("ip", ["rule", "del", "pref", String(rule.priority), "fwmark", sel]);
         if (del.code === 0) rules++;
-        if (rule.priority === KFAST_RULE_PREF_PEER) await runTool("ip", ["route", "flush", "table", String(mark)]);
+        if (rule.priority === KFAST_RULE_PREF_PEER) {
+          await runTool("ip", ["route", "flush", "table", String(mark)]);
+        }
       }
     }
   }

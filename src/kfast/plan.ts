@@ -167,5 +167,6 @@ export function diffPlans(a: KfastPlan, b: KfastPlan): PlanDiff {
 /** True when the diff changes nothing. */
 export function emptyDiff(d: PlanDiff): boolean {
   return d.servicesSet.length + d.servicesGone.length + d.snatSet.length + d.snatGone.length +
-      d.remoteSet.length + d.remoteGone.length + d.peersAdded.length + d.peersGone.length + d.cut.length === 0;
+      d.remoteSet.length + d.remoteGone.length + d.peersAdded.length + d.peersGone.length + d.cut.length ===
+    0;
 }

@@ -94,7 +94,9 @@ export function renderBase(s: BaseSettings): string {
     // A flow a peer's node sent us through the device: remember the peer, for its replies.
     `    iifname "${s.device}" ct state new ct mark set ether saddr map @mac_mark`,
     `    ct direction original ct status dnat meta mark set ip daddr map @peer_of`,
-    `    ct direction reply ct mark and ${hex(KFAST_MARK_MASK)} == ${hex(KFAST_MARK_BASE)} meta mark set ct mark`,
+    `    ct direction reply ct mark and ${hex(KFAST_MARK_MASK)} == ${
+      hex(KFAST_MARK_BASE)
+    } meta mark set ct mark`,
     `  }`,
     `  chain post_nat { type nat hook postrouting priority srcnat; policy accept;`,
     `    ct status dnat ct original ip daddr @svc_addrs ip saddr @snat4 snat to ip saddr map @snat4`,
@@ -118,7 +120,11 @@ export function renderDiffNft(d: PlanDiff, indexOf: (peer: string) => number): s
     const c = serviceChain(a);
     const map = targets.map((x, i) => `${i} : ${formatIPv4(x)}`).join(", ");
     out.push(`add chain ${t} ${c}`, `flush chain ${t} ${c}`);
-    out.push(`add rule ${t} ${c} ct mark set ${hex(KFAST_MARK_BASE)} dnat to numgen inc mod ${targets.length} map { ${map} }`);
+    out.push(
+      `add rule ${t} ${c} ct mark set ${
+        hex(KFAST_MARK_BASE)
+      } dnat to numgen inc mod ${targets.length} map { ${map} }`,
+    );
     out.push(`add element ${t} svc { ${ip} : jump ${c} }`, `add element ${t} svc_addrs { ${ip} }`);
   }
   for (const a of d.snatGone) out.push(`delete element ${t} snat4 { ${formatIPv4(a)} }`);

@@ -68,8 +68,8 @@ import { ServiceCounters, SVC_RX, SVC_TX } from "./service_counters.ts";
 import {
   CAP_FAST,
   CAP_JUMBO,
-  CAP_LANES,
   CAP_KFAST,
+  CAP_LANES,
   CAP_PROBE,
   classify,
   decodeFast,

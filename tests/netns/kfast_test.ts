@@ -8,7 +8,7 @@
  * 1 s; after SIGKILL the kernel keeps carrying flows, and `netmanager clean` removes the nft table,
  * the device and the policy rules.
  */
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";

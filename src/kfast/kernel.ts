@@ -64,6 +64,8 @@ export interface KernelFastPathStatus {
   services: string[];
   /** Commands that failed since start (the plan is retried from scratch after one). */
   errors: number;
+  /** Packets and bytes into (`tx`) and out of (`rx`) the device, as last read from the kernel. */
+  counters: { tx: { packets: number; bytes: number }; rx: { packets: number; bytes: number } };
 }
 
 /**
@@ -79,6 +81,8 @@ export class KernelFastPath {
   #queue: Promise<void> = Promise.resolve();
   #errors = 0;
   #stopped = false;
+  #counters = { tx: { packets: 0, bytes: 0 }, rx: { packets: 0, bytes: 0 } };
+  #countersAt = 0;
 
   private constructor(device: string, port: number) {
     this.device = device;
@@ -277,9 +281,32 @@ export class KernelFastPath {
     if (r.code !== 0 && r.code !== 1) throw new ToolError("conntrack -D", r);
   }
 
+  /** Reads the kernel's counters (at most once a second; `status` shows the last reading). */
+  async readCounters(now = Date.now()): Promise<void> {
+    if (now - this.#countersAt < 1000 || this.#stopped) return;
+    this.#countersAt = now;
+    const r = await runTool("nft", ["-j", "list", "counters", "table", "ip", KFAST_TABLE]);
+    if (r.code !== 0) return;
+    try {
+      const j = JSON.parse(r.stdout) as {
+        nftables?: Array<{ counter?: { name: string; packets: number; bytes: number } }>;
+      };
+      for (const o of j.nftables ?? []) {
+        const c = o.counter;
+        if (c && (c.name === "tx" || c.name === "rx")) {
+          this.#counters[c.name] = { packets: c.packets, bytes: c.bytes };
+        }
+      }
+    } catch {
+      // an unreadable answer keeps the last reading
+    }
+  }
+
   /** What is programmed. */
   status(): KernelFastPathStatus {
+    void this.readCounters();
     return {
+      counters: structuredClone(this.#counters),
       device: this.device,
       port: this.port,
       peers: [...this.#current.peers],

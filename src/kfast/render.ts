@@ -80,6 +80,13 @@ export function renderBase(s: BaseSettings): string {
     `  map snat4 { type ipv4_addr : ipv4_addr; }`,
     `  map peer_of { type ipv4_addr : mark; }`,
     `  map mac_mark { type ether_addr : mark; }`,
+    // Packets and bytes the kernel path carried (status → kernelFastPath.counters).
+    `  counter tx { }`,
+    `  counter rx { }`,
+    `  chain fwd_count { type filter hook forward priority filter; policy accept;`,
+    `    oifname "${s.device}" counter name tx`,
+    `    iifname "${s.device}" counter name rx`,
+    `  }`,
     // The VXLAN datagrams themselves need no connection tracking.
     `  chain raw_pre { type filter hook prerouting priority raw; policy accept;`,
     `    ip saddr @peer_ips udp dport ${s.port} notrack`,

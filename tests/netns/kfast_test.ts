@@ -20,7 +20,12 @@ const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const ROOT_CONFIG = new URL("../../config/", import.meta.url).pathname;
 
 interface KStatus {
-  kernelFastPath: { peers: string[]; services: string[]; device: string } | null;
+  kernelFastPath: {
+    peers: string[];
+    services: string[];
+    device: string;
+    counters: { tx: { packets: number; bytes: number } };
+  } | null;
   dataPlane: { udpTxBytes: number; tunRxBytes: number };
 }
 
@@ -125,6 +130,10 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 1200)); // the workers' counters come every second
       const grew = (await status(nodes[0])).dataPlane.udpTxBytes - before;
       assert(grew < 200_000, `the TUN path carried ${grew} bytes of a 4 MiB kernel transfer`);
+      await status(nodes[0]); // starts a reading of the kernel's counters
+      await new Promise((r) => setTimeout(r, 300));
+      const tx = (await status(nodes[0])).kernelFastPath?.counters.tx.bytes ?? 0;
+      assert(tx > 4 << 20, `the kernel path's counter saw the transfer: ${tx} bytes`);
 
       // The wire: VXLAN (port 4789, VNI 5010) with the client's InstanceIP → the chosen instance.
       const hex = await captureOne(

@@ -120,6 +120,7 @@ class Node implements NodeService {
         registered: () => this.workerId !== undefined,
         clusterConnected: () => this.control?.connected,
         instances: () => this.env.instances().length,
+        kernelPath: () => this.kfast?.status().counters,
       });
       registerDnsMetrics(m.registry, () => this.dns);
       return m;

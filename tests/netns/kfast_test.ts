@@ -134,6 +134,9 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 300));
       const tx = (await status(nodes[0])).kernelFastPath?.counters.tx.bytes ?? 0;
       assert(tx > 4 << 20, `the kernel path's counter saw the transfer: ${tx} bytes`);
+      const metrics = (await nodes[0].api.request("GET", "/metrics")).body;
+      const m = /netmanager_kernel_path_bytes_total\{direction="tx"\} (\d+)/.exec(metrics);
+      assert(m !== null && Number(m[1]) > 4 << 20, `kernel path bytes in /metrics: ${m?.[0]}`);
 
       // The wire: VXLAN (port 4789, VNI 5010) with the client's InstanceIP → the chosen instance.
       const hex = await captureOne(

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 16 spike, design (a): tc eBPF (clsact) translation + Oakestra raw IP-in-UDP encap/decap on
 # 50103, as a slot of shared/bench/harness.sh. Stateless, one ServiceIP (10.30.0.1 → peer workload).
+# A measurement, not product code: it compiles tc_ipudp.c when it starts and needs Debian's clang
+# (apt-get install -y clang); neither the tests nor bench_overlay.sh run it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 n=$OB_NODE

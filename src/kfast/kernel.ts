@@ -30,6 +30,7 @@ import {
   markOf,
   renderBase,
   renderDiffNft,
+  serviceChain,
 } from "./render.ts";
 
 const log = logger("kfast");

@@ -591,8 +591,12 @@ class Node implements NodeService {
     return this.dataPlane?.rows() ?? [];
   }
 
-  flows(): Promise<unknown[]> {
-    return this.dataPlane?.flows() ?? Promise.resolve([]);
+  async flows(): Promise<unknown[]> {
+    const [tun, kernel] = await Promise.all([
+      this.dataPlane?.flows() ?? Promise.resolve([]),
+      this.kfast?.flows() ?? Promise.resolve([]),
+    ]);
+    return [...tun, ...kernel];
   }
 
   async metrics(): Promise<{ body: string; contentType: string }> {

@@ -71,6 +71,8 @@ interface FlowRow {
   node: string;
   packets: number;
   bytes: number;
+  /** "kernel" for flows the kernel fast path carries (src/kfast/), else the TUN path. */
+  path?: string;
 }
 
 const PROTO_NAMES: Record<number, string> = { 1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6" };
@@ -97,13 +99,14 @@ export function tableCmd() {
         if (opts.flows) {
           const flows = ((data as { flows?: FlowRow[] }).flows ?? []) as FlowRow[];
           console.log(columns(
-            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PACKETS", "BYTES"],
+            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PATH", "PACKETS", "BYTES"],
             flows.map((f) => [
               PROTO_NAMES[f.proto] ?? String(f.proto),
               hostPort(f.src, f.sport),
               hostPort(f.dialled, f.dport),
               f.chosen,
               f.node,
+              f.path ?? "tun",
               String(f.packets),
               String(f.bytes),
             ]),

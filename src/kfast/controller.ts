@@ -21,6 +21,7 @@ import type { TranslationTable } from "../table/table.ts";
 import type { PeerStats } from "../proxy/peers.ts";
 import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
 import { planKfast } from "./plan.ts";
+import type { KernelFlow } from "./conntrack.ts";
 
 const log = logger("kfast");
 
@@ -133,6 +134,11 @@ export class KfastController {
   /** Resolves when no re-planning is running (tests). */
   settled(): Promise<void> {
     return this.#idle;
+  }
+
+  /** The flows the kernel carries for this node's instances (for `table show --flows`). */
+  flows(): Promise<KernelFlow[]> {
+    return this.#k.flows();
   }
 
   /** What is programmed. */

@@ -15,7 +15,8 @@
  */
 import { mustRun, runTool, ToolError } from "../sys/command.ts";
 import { logger } from "../log.ts";
-import { formatIPv4 } from "../addr/mod.ts";
+import { formatIPv4, tryParseIPv4 } from "../addr/mod.ts";
+import { type KernelFlow, parseKernelFlows } from "./conntrack.ts";
 import { diffPlans, emptyDiff, emptyPlan, type KfastPlan } from "./plan.ts";
 import {
   hopOf,
@@ -135,6 +136,8 @@ export class KernelFastPath {
         String(KFAST_RULE_PREF_LOCAL),
       ]);
       await mustRun("nft", ["-f", "-"], { stdin: renderBase({ device, bridge: o.bridge, port }) });
+      // Per-flow packet and byte counters in connection tracking (this namespace), for `--flows`.
+      await Deno.writeTextFile("/proc/sys/net/netfilter/nf_conntrack_acct", "1").catch(() => {});
     } catch (e) {
       await cleanKernelFastPath(device);
       throw new KernelFastPathError(`kernel fast path unavailable: ${e instanceof Error ? e.message : e}`);
@@ -280,6 +283,17 @@ export class KernelFastPath {
     const r = await runTool("conntrack", ["-D", "--reply-src", formatIPv4(nsip)]);
     // 1: nothing matched (fine); anything else is worth a warning.
     if (r.code !== 0 && r.code !== 1) throw new ToolError("conntrack -D", r);
+  }
+
+  /** The flows this node originated through the kernel path, from connection tracking. */
+  async flows(): Promise<KernelFlow[]> {
+    const r = await runTool("conntrack", ["-L", "-m", String(KFAST_MARK_BASE)]);
+    if (r.code !== 0) return [];
+    const remote = this.#current.remote;
+    return parseKernelFlows(r.stdout, (nsip) => {
+      const a = tryParseIPv4(nsip);
+      return a === undefined ? "" : remote.get(a) ?? "local";
+    });
   }
 
   /** Reads the kernel's counters (at most once a second; `status` shows the last reading). */

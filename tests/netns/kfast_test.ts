@@ -134,6 +134,12 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 300));
       const tx = (await status(nodes[0])).kernelFastPath?.counters.tx.bytes ?? 0;
       assert(tx > 4 << 20, `the kernel path's counter saw the transfer: ${tx} bytes`);
+      // `table show --flows`: the kernel's flows of this node, marked and counted (conntrack accounting).
+      const fl = (await nodes[0].api.getJson("/table?flows=1")) as {
+        flows: Array<{ path?: string; dialled: string; dport: number; bytes: number }>;
+      };
+      const kflows = fl.flows.filter((f) => f.path === "kernel" && f.dialled === rr);
+      assert(kflows.some((f) => f.dport === 81 && f.bytes > 4 << 20), JSON.stringify(kflows));
       const metrics = (await nodes[0].api.request("GET", "/metrics")).body;
       const m = /netmanager_kernel_path_bytes_total\{direction="tx"\} (\d+)/.exec(metrics);
       assert(m !== null && Number(m[1]) > 4 << 20, `kernel path bytes in /metrics: ${m?.[0]}`);

@@ -7,6 +7,7 @@ import { parseIPv4 } from "../../src/addr/mod.ts";
 import type { ServiceIpKind, TableEntry } from "../../src/table/entry.ts";
 import { diffPlans, emptyDiff, emptyPlan, planKfast } from "../../src/kfast/plan.ts";
 import { macOfNode, markOf, renderDiffNft, serviceChain } from "../../src/kfast/render.ts";
+import { parseKernelFlows } from "../../src/kfast/conntrack.ts";
 import { PeerTable } from "../../src/proxy/peers.ts";
 import { CAP_FAST, CAP_KFAST, CAP_PROBE, HelloMessage, MSG_HELLO } from "../../src/proxy/wire.ts";
 
@@ -106,4 +107,35 @@ Deno.test("kfast capability: a peer is kernel-fast only when both HELLOs carry C
     t.onHello(p, hello(CAP_FAST | CAP_PROBE | (theirs ? CAP_KFAST : 0)), 0);
     assertEquals(t.stats(0)[0].kfast === true, want, `ours ${ours}, theirs ${theirs}`);
   }
+});
+
+Deno.test("kfast flows: conntrack lines → this node's kernel flows (ours by the exact mark), counters both ways", () => {
+  const text = [
+    "tcp      6 431999 ESTABLISHED src=10.18.0.2 dst=10.30.0.1 sport=40000 dport=80 packets=3 bytes=180 " +
+    "src=10.18.0.66 dst=10.30.0.10 sport=80 dport=40000 packets=2 bytes=120 [ASSURED] mark=1313538048 use=1",
+    // a flow a peer sent us (its mark): not one of ours
+    "tcp      6 100 ESTABLISHED src=10.30.0.20 dst=10.18.0.3 sport=1 dport=80 src=10.18.0.3 dst=10.30.0.20 " +
+    "sport=80 dport=1 [ASSURED] mark=1313538049 use=1",
+    "icmp     1 29 src=10.18.0.2 dst=10.30.0.1 type=8 code=0 id=7 src=10.18.0.130 dst=10.30.0.10 type=0 code=0 " +
+    "id=7 mark=1313538048 use=1",
+    "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.",
+    "garbage mark=1313538048",
+  ].join("\n");
+  const flows = parseKernelFlows(text, (ip) => (ip === "10.18.0.66" ? "192.168.77.2" : "local"));
+  assertEquals(flows.length, 2);
+  assertEquals(flows[0], {
+    path: "kernel",
+    version: 4,
+    proto: 6,
+    src: "10.18.0.2",
+    sport: 40000,
+    dialled: "10.30.0.1",
+    dport: 80,
+    chosen: "10.18.0.66",
+    senderIp: "10.30.0.10",
+    node: "192.168.77.2",
+    packets: 5,
+    bytes: 300,
+  });
+  assertEquals([flows[1].proto, flows[1].chosen, flows[1].sport], [1, "10.18.0.130", 0]);
 });

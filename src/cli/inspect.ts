@@ -99,16 +99,16 @@ export function tableCmd() {
         if (opts.flows) {
           const flows = ((data as { flows?: FlowRow[] }).flows ?? []) as FlowRow[];
           console.log(columns(
-            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PATH", "PACKETS", "BYTES"],
+            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PACKETS", "BYTES", "PATH"],
             flows.map((f) => [
               PROTO_NAMES[f.proto] ?? String(f.proto),
               hostPort(f.src, f.sport),
               hostPort(f.dialled, f.dport),
               f.chosen,
               f.node,
-              f.path ?? "tun",
               String(f.packets),
               String(f.bytes),
+              f.path ?? "tun",
             ]),
           ));
           if (flows.length === 0) console.log("(no flows)");

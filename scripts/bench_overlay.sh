@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): netmanager's overlay against the kernel paths, in ONE run of the shared
 # harness (shared/bench/harness.sh): direct underlay veth, kernel VXLAN, and netmanager through a
-# round-robin ServiceIP in raw mode (Oakestra wire format), fast mode and secure mode (TunnelSecurity
+# round-robin ServiceIP in raw mode (Oakestra wire format), fast mode, the kernel fast path
+# (nm-kfast: KernelFastPath, issue 16) and secure mode (TunnelSecurity
 # require, certificates from a throw-away CA made here), and wireguard-go (the harness's slot, Debian
 # package, for an encrypted userspace tunnel to compare with). Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
@@ -50,7 +51,7 @@ done
 
 command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
 export OB_UDP_LEN=${OB_UDP_LEN:-64}
-paths=${NM_BENCH_PATHS:-underlay,vxlan,nm-raw,nm-fast,nm-secure,wireguard-go}
+paths=${NM_BENCH_PATHS:-underlay,vxlan,nm-raw,nm-fast,nm-kfast,nm-secure,wireguard-go}
 if [[ $smoke == 1 ]]; then
   # the smallest run that still exercises every metric once: for the test suite, not for figures
   export OB_REPS=1 OB_TCP_SECS=1 OB_UDP_MAX_SECS=1 OB_UDP_STEP_SECS=1 OB_UDP_STEPS=1 OB_PING_COUNT=10 \
@@ -72,6 +73,7 @@ status=0
 bash "$harness" "${args[@]}" \
   --slot nm-fast="TunnelSecurity=off bash $root/scripts/bench_slot.sh" \
   --slot nm-raw="TunnelSecurity=off FastMode=false bash $root/scripts/bench_slot.sh" \
+  --slot nm-kfast="TunnelSecurity=off KernelFastPath=true bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?

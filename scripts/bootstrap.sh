@@ -7,7 +7,8 @@
 # systemd-analyze for scripts/package.sh and its test; qemu-user with libc6-arm64-cross and
 # libgcc-s1-arm64-cross, ~13 MB download / ~110 MB installed, to run the aarch64 release under
 # emulation — without binfmt_misc registration, as --no-install-recommends leaves out qemu-user-binfmt;
-# systemd-container, ~0.5 MB, for systemd-nspawn: the units' test boots systemd in a container) and Deno from npm at a pinned version into .tools/
+# systemd-container, ~0.5 MB, for systemd-nspawn: the units' test boots systemd in a container; nftables and
+# conntrack for the kernel fast path, KernelFastPath) and Deno from npm at a pinned version into .tools/
 # (kept out of the repo root so no package.json sits beside the code).
 # Prints the path of the deno binary on its last line.
 set -euo pipefail
@@ -21,7 +22,8 @@ for pair in ip:iproute2 iptables:iptables ip6tables:iptables mosquitto:mosquitto
   openssl:openssl npm:npm dpkg-deb:dpkg file:file systemd-analyze:systemd \
   promtool:prometheus dig:dnsutils dnsmasq:dnsmasq-base dnsperf:dnsperf chromium:chromium \
   dbus-daemon:dbus-daemon avahi-daemon:avahi-daemon avahi-resolve:avahi-utils etcd:etcd-server etcdctl:etcd-client \
-  qemu-aarch64:qemu-user systemd-nspawn:systemd-container wireguard-go:wireguard-go wg:wireguard-tools; do
+  qemu-aarch64:qemu-user systemd-nspawn:systemd-container wireguard-go:wireguard-go wg:wireguard-tools \
+  nft:nftables conntrack:conntrack; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

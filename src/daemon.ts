@@ -30,6 +30,7 @@ import { Backoff } from "./control/backoff.ts";
 import { endpointText, parseRelayNotice, relayNoticeTopic, relayRequestTopic } from "./path/relay_msg.ts";
 import type { RelayAsks } from "./path/relay_watch.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
+import type { KfastController } from "./kfast/controller.ts";
 // The MQTT client is loaded on the first connect: a standalone or static-table node never needs it.
 import type { NodeControl, TableSink } from "./control/client.ts";
 import type { RouteContext } from "./control/route_check.ts";
@@ -86,6 +87,8 @@ class Node implements NodeService {
   workerId: string | undefined;
   publicAddress: string | undefined;
   dataPlane: DataPlane | undefined;
+  /** The kernel fast path (issue 16; netcfg `KernelFastPath`), when it runs. */
+  kfast: KfastController | undefined;
   /** The cluster connection (cluster mode). */
   control: NodeControl | undefined;
   /** The static table until the data plane takes it over. */
@@ -119,6 +122,7 @@ class Node implements NodeService {
         registered: () => this.workerId !== undefined,
         clusterConnected: () => this.control?.connected,
         instances: () => this.env.instances().length,
+        kernelPath: () => this.kfast?.status().counters,
       });
       registerDnsMetrics(m.registry, () => this.dns);
       return m;
@@ -373,6 +377,7 @@ class Node implements NodeService {
         return found;
       },
     };
+    this.kfast = await this.#startKfast();
     this.dataPlane = await DataPlane.start({
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
@@ -386,12 +391,15 @@ class Node implements NodeService {
       onUsage: (jobs) => {
         for (const j of jobs) this.control?.touch(j);
       },
+      onPeers: (peers) => this.kfast?.onPeers(peers),
+      onTableChange: () => this.kfast?.onTableChange(),
       engine: {
         selfIp: this.publicAddress ?? "",
         selfPort: this.cfg.net.NodePublicPort,
         nodeId,
         fast: this.cfg.net.FastMode,
         jumbo: this.cfg.net.JumboMode,
+        kernelFastPath: this.kfast !== undefined,
         service4: this.cfg.serviceRange4,
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,
@@ -404,6 +412,7 @@ class Node implements NodeService {
       },
     });
     this.dataPlane.onRelayAsk = (asks) => this.#askRelay(asks);
+    this.kfast?.onTableChange(); // a static table is already loaded
     if (this.security) this.dataPlane.setSecurity(this.security.current());
     const crashLane = Deno.env.get("NETMANAGER_TEST_CRASH_WORKER");
     if (crashLane !== undefined) {
@@ -423,6 +432,34 @@ class Node implements NodeService {
     this.#initialTable = undefined;
     // Start-up (the Workers' isolates, the static table) allocated in bursts: give back what that took.
     await compactHeap();
+  }
+
+  /** Starts the kernel fast path when configured (plain tunnels only); a failure only logs. */
+  async #startKfast(): Promise<KfastController | undefined> {
+    if (!this.cfg.net.KernelFastPath) return undefined;
+    if (this.cfg.net.TunnelSecurity !== "off") {
+      log.warn("KernelFastPath needs TunnelSecurity off (the kernel path is not encrypted): not started");
+      return undefined;
+    }
+    const ip = this.publicAddress ?? "";
+    if (!/^\d+\.\d+\.\d+\.\d+$/.test(ip)) {
+      log.warn("KernelFastPath needs an IPv4 public address: not started", { publicAddress: ip });
+      return undefined;
+    }
+    try {
+      // Loaded only when configured (the daemon's idle memory).
+      const { KfastController } = await import("./kfast/controller.ts");
+      return await KfastController.start({
+        localIp: ip,
+        localPort: this.cfg.net.NodePublicPort,
+        bridge: this.cfg.net.BridgeName,
+        mtu: this.cfg.tun.MTUsize,
+        table: () => this.dataPlane?.table,
+      });
+    } catch (e) {
+      log.warn("kernel fast path not started: flows stay on the TUN", { error: String(e) });
+      return undefined;
+    }
   }
 
   /** Namespace IPs of local instances last found gone (for the log: once per change). */
@@ -553,6 +590,7 @@ class Node implements NodeService {
         }
         : null,
       services: this.dataPlane?.services() ?? [],
+      kernelFastPath: this.kfast?.status() ?? null,
       // The tunnel endpoint the control plane's reflector saw (behind NAT: not the announced one).
       ...(this.dataPlane?.observed
         ? { observedEndpoint: `${this.dataPlane.observed.ip}:${this.dataPlane.observed.port}` }
@@ -579,8 +617,12 @@ class Node implements NodeService {
     return this.dataPlane?.rows() ?? [];
   }
 
-  flows(): Promise<unknown[]> {
-    return this.dataPlane?.flows() ?? Promise.resolve([]);
+  async flows(): Promise<unknown[]> {
+    const [tun, kernel] = await Promise.all([
+      this.dataPlane?.flows() ?? Promise.resolve([]),
+      this.kfast?.flows() ?? Promise.resolve([]),
+    ]);
+    return [...tun, ...kernel];
   }
 
   async metrics(): Promise<{ body: string; contentType: string }> {
@@ -700,6 +742,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     await node.dns?.close();
     await node.control?.close();
     await node.dataPlane?.stop();
+    await node.kfast?.stop();
     await env.shutdown();
   };
   try {
@@ -769,6 +812,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       await node.dns?.close();
       await node.control?.close();
       await node.dataPlane?.stop();
+      await node.kfast?.stop();
       await env.shutdown();
       if (handleSignals) {
         Deno.removeSignalListener("SIGTERM", stop);

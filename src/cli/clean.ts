@@ -36,8 +36,12 @@ export function cleanCmd() {
           ignoreBadState: true,
         });
         let report;
+        let kfast;
         try {
           report = await env.cleanNode();
+          // The kernel fast path's device, nft table, rules and routing tables (a killed daemon's too).
+          const { cleanKernelFastPath } = await import("../kfast/kernel.ts");
+          kfast = await cleanKernelFastPath();
           // The certificate the control plane sent is a cache (asked for again at start); the tunnel
           // identity stays, as the MQTT credential: certificates signed offline are bound to it.
           await removeClusterCertificate(cfg.net.StateDir);
@@ -45,12 +49,13 @@ export function cleanCmd() {
         } finally {
           lock?.release();
         }
-        if (opts.json) console.log(JSON.stringify(report));
+        if (opts.json) console.log(JSON.stringify({ ...report, kernelFastPath: kfast }));
         else {
           console.log(
             `removed ${report.instances} instance(s); links: ${report.links.join(", ") || "none"}; ` +
               `namespaces: ${report.netns.join(", ") || "none"}; rules: ${report.rules ? "yes" : "none"}; ` +
-              `state file: ${report.stateFile ? "yes" : "none"}`,
+              `state file: ${report.stateFile ? "yes" : "none"}; kernel fast path: ` +
+              (kfast && (kfast.table || kfast.device || kfast.rules > 0) ? "yes" : "none"),
           );
         }
       } catch (e) {

@@ -71,6 +71,8 @@ interface FlowRow {
   node: string;
   packets: number;
   bytes: number;
+  /** "kernel" for flows the kernel fast path carries (src/kfast/), else the TUN path. */
+  path?: string;
 }
 
 const PROTO_NAMES: Record<number, string> = { 1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6" };
@@ -97,7 +99,7 @@ export function tableCmd() {
         if (opts.flows) {
           const flows = ((data as { flows?: FlowRow[] }).flows ?? []) as FlowRow[];
           console.log(columns(
-            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PACKETS", "BYTES"],
+            ["PROTO", "SOURCE", "DESTINATION", "INSTANCE", "NODE", "PACKETS", "BYTES", "PATH"],
             flows.map((f) => [
               PROTO_NAMES[f.proto] ?? String(f.proto),
               hostPort(f.src, f.sport),
@@ -106,6 +108,7 @@ export function tableCmd() {
               f.node,
               String(f.packets),
               String(f.bytes),
+              f.path ?? "tun",
             ]),
           ));
           if (flows.length === 0) console.log("(no flows)");

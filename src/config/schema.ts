@@ -108,6 +108,12 @@ export const NetCfgSchema = z.object({
   FastMode: boolLike.default(true),
   JumboMode: boolLike.default(true),
   /**
+   * Kernel fast path (issue 16, src/kfast/): flows between two netmanager nodes that both run it go
+   * through a kernel VXLAN device with nftables translation instead of the TUN. Needs
+   * `TunnelSecurity: off`, nft, conntrack and an IPv4 underlay. false = the TUN path only.
+   */
+  KernelFastPath: boolLike.default(false),
+  /**
    * After traffic the data plane keeps polling without sleeping for this many microseconds (at most
    * half a core): request/response latency without a thread wake-up. 0 disables it.
    */

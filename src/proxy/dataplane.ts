@@ -110,6 +110,10 @@ export interface DataPlaneOptions {
   configureTun: (name: string) => void | Promise<void>;
   /** Secure sessions' rekey interval (s; netcfg `TunnelRekeySeconds`, default 120). */
   rekeySeconds?: number;
+  /** The workers' merged peer view, every second (the kernel fast path follows its capable peers). */
+  onPeers?: (peers: StatsData["peers"]) => void;
+  /** The table changed (after every applied delta). */
+  onTableChange?: () => void;
 }
 
 /** A row of `table show`. */
@@ -428,6 +432,7 @@ export class DataPlane {
     this.#noteRefusals(this.#stats?.drops, merged.drops);
     this.#notePeers(merged.peers);
     this.#noteRelays(merged.peers);
+    this.#opts.onPeers?.(merged.peers);
     this.#stats = { ...merged, peers: relayStats(merged.peers, this.relayWatch) };
     if (merged.usedJobs.length > 0) this.#opts.onUsage?.(merged.usedJobs);
     for (const l of this.#lanes) if (l.stats) l.stats = { ...l.stats, usedJobs: [] }; // reported once
@@ -451,6 +456,7 @@ export class DataPlane {
     // Written once, in the shared buffers every Worker reads; they only drop flows and re-route.
     const { gone } = this.table.apply(delta);
     this.#broadcast({ type: "table", gone: [...gone] });
+    this.#opts.onTableChange?.();
   }
 
   #onMiss(addr: string, from?: string): void {

@@ -67,6 +67,8 @@ function mergePeer(a: PeerStats, b: PeerStats): PeerStats {
     // A mode is on when every worker that knows the peer uses it (a refusal may reach one of them).
     fast: !a.capsKnown ? b.fast : !b.capsKnown ? a.fast : a.fast && b.fast,
     jumbo: !a.capsKnown ? b.jumbo : !b.capsKnown ? a.jumbo : a.jumbo && b.jumbo,
+    // The peer's announcement: any worker that heard it.
+    ...(a.kfast || b.kfast ? { kfast: true } : {}),
     jumboRefusals: a.jumboRefusals + b.jumboRefusals,
     capsKnown: a.capsKnown || b.capsKnown,
     txPackets: a.txPackets + b.txPackets,

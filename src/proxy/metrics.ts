@@ -142,6 +142,8 @@ export interface NodeMetricsSource {
   clusterConnected(): boolean | undefined;
   /** Instances deployed on this node. */
   instances(): number;
+  /** The kernel fast path's counters (src/kfast/), when it runs: into (tx) and out of (rx) its device. */
+  kernelPath?(): { tx: PacketCount; rx: PacketCount } | undefined;
 }
 
 function peerLabels(p: PeerMetrics, extra?: Record<string, string>): Record<string, string> {
@@ -188,6 +190,24 @@ export class NodeMetrics {
       "Bytes handled by the data plane, by direction.",
       ["direction"],
       () => each((m) => DIRECTIONS.map((d) => [{ direction: d }, pc(m, d).bytes] as Sample)),
+    );
+    const kp = (f: (c: PacketCount) => number): Sample[] => {
+      const k = src.kernelPath?.();
+      return k ? [[{ direction: "tx" }, f(k.tx)] as Sample, [{ direction: "rx" }, f(k.rx)] as Sample] : [];
+    };
+    snapshotCounter(
+      reg,
+      "netmanager_kernel_path_packets_total",
+      "Packets the kernel fast path carried (KernelFastPath), into (tx) and out of (rx) its device.",
+      ["direction"],
+      () => kp((c) => c.packets),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_kernel_path_bytes_total",
+      "Bytes the kernel fast path carried (KernelFastPath), into (tx) and out of (rx) its device.",
+      ["direction"],
+      () => kp((c) => c.bytes),
     );
     snapshotCounter(
       reg,

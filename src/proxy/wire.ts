@@ -123,6 +123,11 @@ export const CAP_JUMBO = 1 << 3;
  * gaps between ids as losses (it judges loss by incomplete messages only).
  */
 export const CAP_LANES = 1 << 4;
+/**
+ * Capability: runs the kernel fast path (issue 16, src/kfast/): flows between two nodes that both
+ * announce it may travel through their kernels (VXLAN device, nftables translation) instead of the TUN.
+ */
+export const CAP_KFAST = 1 << 5;
 
 /** Longest node id a HELLO carries, in bytes. */
 export const MAX_NODE_ID_LEN = 64;

@@ -1,0 +1,155 @@
+/**
+ * Kernel fast path, the node's side: owns the {@link KernelFastPath} and re-plans it when the table
+ * changes or the set of capable peers changes (from the workers' merged peer view, every second).
+ * Re-planning is coalesced: at most one pass runs, and one more follows when something changed meanwhile.
+ *
+ * @example
+ * ```ts
+ * import { KfastController } from "./controller.ts";
+ * import { TranslationTable } from "../table/table.ts";
+ * const table = new TranslationTable();
+ * const k = await KfastController.start({
+ *   localIp: "192.168.1.1", localPort: 50103, bridge: "goProxyBridge", mtu: 1450, table: () => table,
+ * });
+ * k.onTableChange();
+ * await k.stop();
+ * ```
+ */
+import { logger } from "../log.ts";
+import type { TableEntry } from "../table/entry.ts";
+import type { TranslationTable } from "../table/table.ts";
+import type { PeerStats } from "../proxy/peers.ts";
+import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
+import { planKfast } from "./plan.ts";
+import type { KernelFlow } from "./conntrack.ts";
+
+const log = logger("kfast");
+
+/** How long a capable peer stays on the kernel path while the workers do not report it (ms). */
+const KEEP_MS = 5000;
+
+/** Options of {@link KfastController.start}. */
+export interface KfastControllerOptions {
+  /** This node's underlay IPv4 and tunnel port (entries naming them are local). */
+  localIp: string;
+  localPort: number;
+  bridge: string;
+  mtu: number;
+  /** VXLAN port (default 4789). */
+  port?: number;
+  /** The translation table (once the data plane runs). */
+  table: () => TranslationTable | undefined;
+}
+
+/** Every entry of a table (control path; entry objects built on demand). */
+function* entriesOf(t: TranslationTable): Generator<TableEntry> {
+  for (const job of t.jobs()) yield* t.job(job);
+}
+
+/** Keeps the kernel's fast path in line with the table and the peers. */
+export class KfastController {
+  readonly #k: KernelFastPath;
+  readonly #o: KfastControllerOptions;
+  #peers = new Set<string>();
+  /** When each peer was last reported capable (ms). */
+  #lastKfast = new Map<string, number>();
+  #running = false;
+  #again = false;
+  #idle: Promise<void> = Promise.resolve();
+  #stopped = false;
+
+  private constructor(k: KernelFastPath, o: KfastControllerOptions) {
+    this.#k = k;
+    this.#o = o;
+  }
+
+  /** Sets the kernel up (throws `KernelFastPathError` when it cannot be). */
+  static async start(o: KfastControllerOptions): Promise<KfastController> {
+    const k = await KernelFastPath.start({
+      localIp: o.localIp,
+      bridge: o.bridge,
+      mtu: o.mtu,
+      ...(o.port !== undefined ? { port: o.port } : {}),
+    });
+    return new KfastController(k, o);
+  }
+
+  /** The workers' merged peer view: capable (both announced), IPv4, not down. */
+  onPeers(peers: readonly PeerStats[], now = Date.now()): void {
+    const seen = new Map<string, PeerStats>();
+    for (const p of peers) {
+      const ip = p.endpoint.slice(0, p.endpoint.lastIndexOf(":"));
+      if (/^\d+\.\d+\.\d+\.\d+$/.test(ip)) seen.set(ip, p);
+      if (p.kfast && p.health !== "down") this.#lastKfast.set(ip, now);
+    }
+    const next = new Set<string>();
+    for (const [ip, at] of this.#lastKfast) {
+      const p = seen.get(ip);
+      // A table change re-creates a worker's peer (its capabilities unknown until the next HELLO):
+      // keep the kernel path for a while instead of flapping; a peer down or without the bit leaves at once.
+      const refused = p !== undefined && (p.health === "down" || (p.capsKnown && !p.kfast));
+      if (!refused && now - at < KEEP_MS) next.add(ip);
+      else if (now - at >= KEEP_MS || refused) this.#lastKfast.delete(ip);
+    }
+    if (next.size === this.#peers.size && [...next].every((p) => this.#peers.has(p))) return;
+    this.#peers = next;
+    this.#schedule();
+  }
+
+  /** The table changed. */
+  onTableChange(): void {
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    this.#running = true;
+    this.#idle = (async () => {
+      let failures = 0;
+      do {
+        this.#again = false;
+        const t = this.#o.table();
+        if (!t) break;
+        const plan = planKfast({
+          entries: entriesOf(t),
+          isLocal: (e) => e.nodeIp === this.#o.localIp && e.nodePort === this.#o.localPort,
+          peers: this.#peers,
+        });
+        try {
+          await this.#k.apply(plan);
+        } catch (e) {
+          // Rebuilt from scratch by apply(); a few retries, then the next change tries again.
+          log.debug("kernel fast path: retrying after a failed step", { error: String(e) });
+          if (++failures < 5 && !this.#stopped) this.#again = true;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      } while (this.#again && !this.#stopped);
+      this.#running = false;
+    })();
+  }
+
+  /** Resolves when no re-planning is running (tests). */
+  settled(): Promise<void> {
+    return this.#idle;
+  }
+
+  /** The flows the kernel carries for this node's instances (for `table show --flows`). */
+  flows(): Promise<KernelFlow[]> {
+    return this.#k.flows();
+  }
+
+  /** What is programmed. */
+  status(): KernelFastPathStatus {
+    return this.#k.status();
+  }
+
+  /** Removes everything from the kernel. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#idle.catch(() => {});
+    await this.#k.stop();
+  }
+}

@@ -150,15 +150,11 @@ export class EvpAead {
    * place or not overlapping). Opened bytes are unauthenticated until {@link finishOpen} returns true.
    */
   update(src: Uint8Array, srcOff: number, len: number, dst: Uint8Array, dstOff: number): void {
-    if (
-      crypto().EVP_CipherUpdate(
-        this.ctx,
-        dst.subarray(dstOff, dstOff + len),
-        this.outl,
-        src.subarray(srcOff, srcOff + len),
-        len,
-      ) !== 1
-    ) throw new LibcryptoError("AEAD update failed");
+    const input = src.subarray(srcOff, srcOff + len);
+    const out = src === dst && srcOff === dstOff ? input : dst.subarray(dstOff, dstOff + len);
+    if (crypto().EVP_CipherUpdate(this.ctx, out, this.outl, input, len) !== 1) {
+      throw new LibcryptoError("AEAD update failed");
+    }
   }
 
   /** Ends a sealed message: writes the tag at `dst[tagOff, +16)`. */

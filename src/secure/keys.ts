@@ -193,10 +193,7 @@ export class KeyRing {
    */
   install(keys: SessionKeys, sendOnly = false): void {
     const old = this.#byIndex.get(keys.localIndex);
-    if (old !== undefined) {
-      old.close();
-      if (this.#streams.get(old.keys.peer)?.session === old) this.#streams.delete(old.keys.peer);
-    }
+    if (old !== undefined) this.#retire(old);
     const s = new DataSession(keys, this.lane, sendOnly);
     this.#byIndex.set(keys.localIndex, s);
     const cur = this.#current.get(keys.peer);
@@ -209,7 +206,7 @@ export class KeyRing {
     this.#streams.delete(peer);
     for (const [i, s] of this.#byIndex) {
       if (s.keys.peer === peer) {
-        s.close();
+        this.#retire(s);
         this.#byIndex.delete(i);
       }
     }
@@ -221,10 +218,9 @@ export class KeyRing {
   expire(nowMs: number): void {
     for (const [i, s] of this.#byIndex) {
       if (nowMs < s.keys.expiresMs) continue;
-      s.close();
+      this.#retire(s);
       this.#byIndex.delete(i);
       if (this.#current.get(s.keys.peer) === s) this.#current.delete(s.keys.peer);
-      if (this.#streams.get(s.keys.peer)?.session === s) this.#streams.delete(s.keys.peer);
     }
   }
 
@@ -301,7 +297,8 @@ export class KeyRing {
 
   /**
    * Seals part `index` of the message begun with {@link beginParts}: `src[srcOff .. +len)` into
-   * `dst[at ..]` (header, ciphertext, and on the last part the tag). Returns the datagram's length.
+   * `dst[at ..]` (header, ciphertext, and on the last part the tag). Returns the datagram's length, or
+   * -1 when there is no message in parts (its session was removed meanwhile).
    */
   sealPart(
     src: Uint8Array,
@@ -313,9 +310,7 @@ export class KeyRing {
     last: boolean,
   ): number {
     const s = this.#sealing;
-    if (s === undefined || index < 0 || index > SECURE_PART_INDEX) {
-      throw new RangeError("no message in parts");
-    }
+    if (s === undefined || index < 0 || index > SECURE_PART_INDEX) return -1; // (its session just ended)
     const flags = SECURE_F_PART | index | (last ? SECURE_F_LAST : 0);
     writeSecureHeader(dst, at, this.#sealLane, s.keys.remoteIndex, this.#sealHi, this.#sealLo, flags);
     if (index === 0) {
@@ -424,7 +419,15 @@ export class KeyRing {
   }
 
   /** Frees every context. */
+  /** Frees a session's contexts and forgets every use of them (a message in parts in either direction). */
+  #retire(s: DataSession): void {
+    s.close();
+    if (this.#streams.get(s.keys.peer)?.session === s) this.#streams.delete(s.keys.peer);
+    if (this.#sealing === s) this.#sealing = undefined;
+  }
+
   close(): void {
+    this.#sealing = undefined;
     for (const s of this.#byIndex.values()) s.close();
     this.#byIndex.clear();
     this.#current.clear();

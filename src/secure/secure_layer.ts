@@ -266,6 +266,11 @@ export class SecureLayer {
             last = idx === cnt - 1;
             this.#partNext = last ? -1 : idx + 1;
           } else this.#partNext = -1;
+          if (part < 0) {
+            // Never sealed on its own: a receiver refuses single JUMBO chunks (see inbound).
+            this.#openDrops[-OpenResult.PART]++;
+            continue;
+          }
         }
         const w = part >= 0 ? len + (last ? SECURE_OVERHEAD : SECURE_HEADER_LEN) : len + SECURE_OVERHEAD;
         if (
@@ -284,7 +289,10 @@ export class SecureLayer {
         const wrote = part >= 0
           ? ring.sealPart(data, p, len, dst.data, to, part, last)
           : ring.sealTo(peer, data, p, len, dst.data, to, lanes[i], nowMs);
-        if (wrote < 0) break; // (cannot happen: canSend held)
+        if (wrote < 0) { // (its session just ended)
+          this.#partNext = -1;
+          break;
+        }
         dst.sizes[out] += wrote;
         count++;
         if (wrote < entrySeg) short = true;
@@ -331,10 +339,12 @@ export class SecureLayer {
         return Inbound.DONE;
       }
       this.part = this.ring.opened;
+      const jumbo = buf[off + SECURE_HEADER_LEN] === MSG_JUMBO;
       if (
-        this.part === Opened.PART && (buf[off + SECURE_HEADER_LEN] !== MSG_JUMBO || sourcePeer === undefined)
+        this.part === Opened.PART ? !jumbo || sourcePeer === undefined : this.part === Opened.SINGLE && jumbo
       ) {
-        // Unauthenticated bytes go nowhere but a known peer's reassembly.
+        // Unauthenticated bytes go nowhere but a known peer's reassembly; and JUMBO chunks come only
+        // in parts, so an authentic single chunk can never complete a reassembly holding parts.
         this.#openDrops[-OpenResult.PART]++;
         return Inbound.DONE;
       }

@@ -87,10 +87,13 @@ async function measure(mode: string, seconds: number): Promise<Record<string, un
   try {
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, ["iperf3", "-s"]);
+    let retransmits = 0;
     const iperf = async (secs: number) => {
       const r = await c.containers[0].exec(["iperf3", "-c", "10.30.0.1", "-t", String(secs), "-J"]);
       if (r.code !== 0) throw new Error(`iperf3: ${r.stdout.slice(-500)} ${r.stderr}`);
-      return JSON.parse(r.stdout).end.sum_received.bits_per_second / 1e9;
+      const end = JSON.parse(r.stdout).end;
+      retransmits = end.sum_sent.retransmits ?? 0;
+      return end.sum_received.bits_per_second / 1e9;
     };
     await retry(() => iperf(1), 20_000); // warm: handshakes, HELLOs, JIT
     const pids = c.nodes.map((n) => n.node.proc!.pid);
@@ -99,12 +102,15 @@ async function measure(mode: string, seconds: number): Promise<Record<string, un
     const cpu1 = await Promise.all(pids.map(cpuSeconds));
     const cpuPct = cpu1.map((v, i) => (100 * (v - cpu0[i])) / seconds);
     const st = (await c.nodes[0].node.api.getJson("/status")) as Record<string, unknown>;
+    const rx = JSON.stringify(await c.nodes[1].node.api.getJson("/status"));
     return {
       mode,
       gbit: +gbit.toFixed(2),
       daemonsCpuPctCore: cpuPct.map((v) => Math.round(v)),
       pctCorePerGbit: +((cpuPct[0] + cpuPct[1]) / gbit).toFixed(1),
-      sender: JSON.stringify(st).match(/"jumbo[A-Za-z]*":\d+|"sealed":\d+/g)?.join(" "),
+      retransmits,
+      sender: JSON.stringify(st).match(/"jumbo[A-Za-z]*":\d+/g)?.join(" "),
+      receiverDrops: rx.match(/"(secure_[a-z_]+|jumbo_[a-z_]+|[a-z_]*lost[a-zA-Z_]*)":\d+/g)?.join(" "),
     };
   } catch (e) {
     console.error(await c.logs());

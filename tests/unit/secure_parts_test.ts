@@ -202,3 +202,27 @@ Deno.test("secure parts: bit-flipped parts can complete a reassembly, but never 
   assertEquals(rx.feed(g2[0]).r, Inbound.OPENED);
   assertEquals(rx.feed(g2[1]).r, Inbound.DONE, "not a JUMBO chunk: dropped before the engine");
 });
+
+Deno.test("secure parts: JUMBO chunks never travel sealed on their own, and such a chunk is refused", () => {
+  const { a, b, now } = pair();
+  const { src, entries } = message();
+  assert(entries >= 2);
+  // The message's tail without its start (not made by the bind): nothing of it is sent.
+  const dst = new SendBatch(8, SLOT);
+  const tail = new SendBatch(2, SLOT);
+  tail.bufs[0].set(src.bufs[entries - 1].subarray(0, src.sizes[entries - 1]));
+  tail.offsets[0] = 0;
+  tail.sizes[0] = src.sizes[entries - 1];
+  tail.segSizes[0] = src.segSizes[entries - 1];
+  tail.setDst4(0, 0x0a000002, 50103);
+  assertEquals(a.sealBatch(tail, 1, [B], Int32Array.of(1), dst, 65507, now), 0);
+  // A JUMBO chunk sealed on its own (authentic: the session's key) is not taken either.
+  const d = new Uint8Array(SECURE_HEADER_LEN + DSIZE + 16);
+  d.set(src.bufs[0].subarray(0, DSIZE), SECURE_HEADER_LEN);
+  const n = a.ring.seal(B, d, 0, DSIZE, 1, now);
+  assertEquals(b.inbound(d, 0, n, A, () => A, now), Inbound.DONE);
+  const drops: Record<string, number> = {};
+  b.addDrops(drops);
+  assertEquals(drops.secure_part_dropped, 1);
+  assertEquals(b.opened, 0);
+});

@@ -106,7 +106,12 @@ const layerResults: {
   gbitPerCore: number;
 }[] = [];
 const cases = [["per datagram", 1426], ["per message (parts)", 1426]] as const;
-for (const [mode, dsize] of cases) {
+/** One timing of a case: process CPU per message (µs) for seal and open, after a warm-up. */
+function layerCase(
+  mode: (typeof cases)[number][0],
+  dsize: number,
+  ms: number,
+): { seal: number; open: number; datagrams: number; total: number } {
   const now = Date.now();
   const k1 = new Uint8Array(crypto.randomBytes(32)), k2 = new Uint8Array(crypto.randomBytes(32));
   const t = { createdMs: now, sendUntilMs: now + 3_600_000, expiresMs: now + 3_600_000 };
@@ -129,7 +134,7 @@ for (const [mode, dsize] of cases) {
   let sealUs = 0, openUs = 0, msgs = 0, datagrams = 0;
   const WARM = 300; // messages before timing (the JIT)
   let t0 = performance.now();
-  while (msgs < WARM || performance.now() - t0 < MS) {
+  while (msgs < WARM || performance.now() - t0 < ms) {
     if (msgs === WARM) t0 = performance.now();
     const c0 = process.cpuUsage();
     const out = a.sealBatch(src, entries, peers, lanes, dst, 65507, now);
@@ -151,21 +156,34 @@ for (const [mode, dsize] of cases) {
     datagrams = d;
   }
   const n = msgs - WARM;
+  return { seal: sealUs / n, open: openUs / n, datagrams, total };
+}
+// Rounds alternate the cases (a busy machine's slow phases hit both); the best round of each counts.
+const ROUNDS = 3;
+const best = cases.map(() => ({ seal: Infinity, open: Infinity, datagrams: 0, total: 0 }));
+for (let round = 0; round < ROUNDS; round++) {
+  cases.forEach(([mode, dsize], i) => {
+    const r = layerCase(mode, dsize, MS / ROUNDS);
+    if (r.seal + r.open < best[i].seal + best[i].open) best[i] = r;
+  });
+}
+cases.forEach(([mode, dsize], i) => {
+  const { seal, open, datagrams, total } = best[i];
   const row = {
     label: `secure layer 64 KB JUMBO message, ${dsize}-byte chunks, sealed ${mode}`,
     datagrams,
-    sealCpuUsPerMsg: +(sealUs / n).toFixed(1),
-    openCpuUsPerMsg: +(openUs / n).toFixed(1),
-    gbitPerCore: +((total * 8) / ((sealUs + openUs) / n) / 1000).toFixed(2),
+    sealCpuUsPerMsg: +seal.toFixed(1),
+    openCpuUsPerMsg: +open.toFixed(1),
+    gbitPerCore: +((total * 8) / (seal + open) / 1000).toFixed(2),
   };
   layerResults.push(row);
   console.error(
     `${
       row.label.padEnd(78)
     } ${datagrams} datagrams  seal ${row.sealCpuUsPerMsg} µs  open ${row.openCpuUsPerMsg} µs  ` +
-      `${row.gbitPerCore} Gbit/s per core (seal+open)`,
+      `${row.gbitPerCore} Gbit/s per core (seal+open, best of ${ROUNDS})`,
   );
-}
+});
 
 /** A send batch holding one `total`-byte TCPv4 super-packet as a JUMBO message of `dsize`-byte chunks (as bind.ts queues it). */
 function jumboBatch(total: number, dsize: number): { src: SendBatch; entries: number; total: number } {

@@ -30,8 +30,12 @@
  */
 import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP, MSG_SECURE, WireError } from "../proxy/wire.ts";
 
-/** Version byte of the handshake messages. */
-export const SECURE_VERSION = 1;
+/**
+ * Version byte of the handshake messages. 2: SECURE data may come in parts (a JUMBO message sealed
+ * as one AEAD), which version 1 refuses — so mixed versions fail the handshake (raw in `prefer`,
+ * refused and counted in `require`) instead of losing every JUMBO message silently.
+ */
+export const SECURE_VERSION = 2;
 /** Header of HS_INIT. */
 export const HS_INIT_HEADER_LEN = 8;
 /** Header of HS_RESP and HS_FINISH. */

@@ -30,7 +30,7 @@
  * ```
  * @module
  */
-import type { SendBatch } from "../../ffi/udp.ts";
+import { type SendBatch, UDP_MAX_SEGMENTS } from "../../ffi/udp.ts";
 import { KeyRing, OPEN_RESULT_NAMES, Opened, OpenResult, type SessionKeys } from "./keys.ts";
 import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
 import { JUMBO_MAX_CHUNKS, JUMBO_TAG_LEN, MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
@@ -90,8 +90,6 @@ const D_REQUIRED = 0,
   D_DOWNGRADE = 4,
   D_HS_FLOOD = 5;
 const D_REFUSED = 6;
-/** Datagrams in one sealed GSO send at most (the kernel's UDP_MAX_SEGMENTS). */
-const MAX_RUN_SEGMENTS = 64;
 /** Peers with per-peer drop counts kept at most (known peers only; beyond that only node-wide counts). */
 const MAX_PEER_DROPS = 4096;
 
@@ -274,7 +272,7 @@ export class SecureLayer {
         }
         const w = part >= 0 ? len + (last ? SECURE_OVERHEAD : SECURE_HEADER_LEN) : len + SECURE_OVERHEAD;
         if (
-          !open || w > entrySeg || short || count >= MAX_RUN_SEGMENTS || dst.sizes[out] + w > maxPayload
+          !open || w > entrySeg || short || count >= UDP_MAX_SEGMENTS || dst.sizes[out] + w > maxPayload
         ) {
           if (open) dst.segSizes[out++] = count > 1 ? entrySeg : 0;
           this.#copyDst(src, i, dst, out);

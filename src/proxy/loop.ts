@@ -149,8 +149,9 @@ export class PacketLoop {
         );
         if (v === Verdict.JUMBO) {
           // Only an authenticated datagram may complete a message (secure_layer.ts: parts).
-          if (bind.reassemble(res.peer!, now) && !unverified && tun.writeAssembled(bind.assembled)) {
-            this.jumboRx++;
+          if (bind.reassemble(res.peer!, now)) {
+            if (unverified) sec!.refuseCompletion();
+            else if (tun.writeAssembled(bind.assembled)) this.jumboRx++;
           }
         } else if (unverified) {
           continue; // (the engine saw a JUMBO type byte; not expected)

@@ -389,6 +389,11 @@ export class SecureLayer {
     return Inbound.PASS;
   }
 
+  /** A reassembly completed by an unauthenticated part was dropped (counted as `secure_part_dropped`). */
+  refuseCompletion(): void {
+    this.#openDrops[-OpenResult.PART]++;
+  }
+
   /** Offset of the inner datagram after OPENED. */
   static readonly INNER_OFFSET: number = SECURE_HEADER_LEN;
 

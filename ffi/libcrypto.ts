@@ -61,6 +61,8 @@ export type EvpAeadName = "chacha20-poly1305" | "aes-256-gcm";
 export class EvpAead {
   private ctx: Deno.PointerValue;
   private readonly outl = new Int32Array(1);
+  /** Output of the final call (GCM writes nothing there). */
+  readonly #scratch = new Uint8Array(16);
 
   /** A context for `name` with the 32-byte `key`, sealing when `encrypt`, else opening. */
   constructor(name: EvpAeadName, key: Uint8Array, encrypt: boolean) {
@@ -127,6 +129,60 @@ export class EvpAead {
       c.EVP_CipherUpdate(ctx, body, this.outl, body, len) !== 1
     ) return false;
     return c.EVP_CipherFinal_ex(ctx, body, this.outl) === 1;
+  }
+
+  /**
+   * Starts a message sealed or opened in pieces (one AEAD over many datagrams, e.g. a JUMBO
+   * message): sets the nonce and the associated data. Then {@link update} per piece, in order, and
+   * {@link finishSeal} or {@link finishOpen}.
+   */
+  begin(nonce: Uint8Array, ad: Uint8Array, adOff: number, adLen: number): void {
+    const c = crypto();
+    const ctx = this.ctx;
+    if (
+      c.EVP_CipherInit_ex(ctx, null, null, null, nonce, -1) !== 1 ||
+      c.EVP_CipherUpdate(ctx, null, this.outl, ad.subarray(adOff, adOff + adLen), adLen) !== 1
+    ) throw new LibcryptoError("AEAD begin failed");
+  }
+
+  /**
+   * Encrypts (or decrypts) the next piece `src[srcOff, srcOff+len)` into `dst[dstOff ..]` (the same
+   * place or not overlapping). Opened bytes are unauthenticated until {@link finishOpen} returns true.
+   */
+  update(src: Uint8Array, srcOff: number, len: number, dst: Uint8Array, dstOff: number): void {
+    const input = src.subarray(srcOff, srcOff + len);
+    const out = src === dst && srcOff === dstOff ? input : dst.subarray(dstOff, dstOff + len);
+    if (crypto().EVP_CipherUpdate(this.ctx, out, this.outl, input, len) !== 1) {
+      throw new LibcryptoError("AEAD update failed");
+    }
+  }
+
+  /** Ends a sealed message: writes the tag at `dst[tagOff, +16)`. */
+  finishSeal(dst: Uint8Array, tagOff: number): void {
+    const c = crypto();
+    if (
+      c.EVP_CipherFinal_ex(this.ctx, this.#scratch, this.outl) !== 1 ||
+      c.EVP_CIPHER_CTX_ctrl(
+          this.ctx,
+          EVP_CTRL_AEAD_GET_TAG,
+          EVP_TAG_LEN,
+          dst.subarray(tagOff, tagOff + 16),
+        ) !== 1
+    ) throw new LibcryptoError("AEAD finish failed");
+  }
+
+  /** Ends an opened message: true when the tag at `buf[tagOff, +16)` verifies everything since {@link begin}. */
+  finishOpen(buf: Uint8Array, tagOff: number): boolean {
+    const c = crypto();
+    if (
+      c.EVP_CIPHER_CTX_ctrl(
+        this.ctx,
+        EVP_CTRL_AEAD_SET_TAG,
+        EVP_TAG_LEN,
+        buf.subarray(tagOff, tagOff + 16),
+      ) !== 1
+    ) return false;
+    return c.EVP_CipherFinal_ex(this.ctx, this.#scratch, this.outl) === 1;
   }
 
   /** Frees the context (the key schedule is wiped by OpenSSL). */

@@ -92,6 +92,15 @@ const Udp = z.object({
   ),
 });
 
+/** bench_aead.ts */
+const Aead = z.object({
+  results: z.array(z.object({ label: z.string(), bytes: num, nsPerOp: num, gbitPerS: num })).min(1),
+  layer: z.array(
+    z.object({ label: z.string(), sealCpuUsPerMsg: num, openCpuUsPerMsg: num, gbitPerCore: num }),
+  )
+    .optional(),
+});
+
 /** bench_packet.ts */
 const Packet = z.object({
   runs: z.number().int(),
@@ -354,6 +363,19 @@ export function figuresOf(name: string, output: unknown): FiguresResult {
           { name: `${r.mode} receive rate`, value: r.pps / 1000, unit: "kpps" },
           { name: `${r.mode} payload`, value: r.gbitPerSec, unit: "Gbit/s" },
         ]));
+    case "aead":
+      return take(
+        Aead,
+        (d) =>
+          d.results.map((r) => ({ name: `${r.label}, ${r.bytes} B`, value: r.nsPerOp, unit: "ns/op" }))
+            .concat(
+              (d.layer ?? []).map((l) => ({
+                name: `${l.label}: seal + open CPU`,
+                value: l.sealCpuUsPerMsg + l.openCpuUsPerMsg,
+                unit: "µs/message",
+              })),
+            ),
+      );
     case "packet":
       return take(Packet, (d) =>
         Object.entries(d.cases).map(([k, c]) => ({

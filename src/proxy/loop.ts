@@ -28,6 +28,7 @@ import { DROP_NAMES, type Engine, PacketResult, type ParkedDatagram, Verdict } f
 import type { FromWorker, StatsData, ToWorker } from "./messages.ts";
 import type { BindSeam, TunSeam } from "./seams.ts";
 import { Inbound, type SecureLayer } from "../secure/secure_layer.ts";
+import { Opened } from "../secure/keys.ts";
 import { SECURE_HEADER_LEN } from "../secure/secure_wire.ts";
 import { CAP_SECURE } from "./wire.ts";
 import { nodeKey } from "../table/entry.ts";
@@ -123,13 +124,17 @@ export class PacketLoop {
       if (c <= 0) break;
       while (bind.next()) {
         count++;
+        let unverified = false; // a sealed JUMBO part before its message's tag was checked
         if (sec !== undefined) {
           const src = bind.family === 4
             ? e.peers.lookup4(bind.addr4, bind.port)
             : e.peers.lookup6(bind.addr6!, 0, bind.port);
           const r = sec.inbound(bind.buf, bind.off, bind.len, src?.key, this.#sourceKey, wall);
           if (r === Inbound.DONE) continue;
-          if (r === Inbound.OPENED) bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
+          if (r === Inbound.OPENED) {
+            bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
+            unverified = sec.part === Opened.PART;
+          }
         }
         const v = e.receive(
           bind.buf,
@@ -143,7 +148,13 @@ export class PacketLoop {
           res,
         );
         if (v === Verdict.JUMBO) {
-          if (bind.reassemble(res.peer!, now) && tun.writeAssembled(bind.assembled)) this.jumboRx++;
+          // Only an authenticated datagram may complete a message (secure_layer.ts: parts).
+          if (bind.reassemble(res.peer!, now)) {
+            if (unverified) sec!.refuseCompletion();
+            else if (tun.writeAssembled(bind.assembled)) this.jumboRx++;
+          }
+        } else if (unverified) {
+          continue; // (the engine saw a JUMBO type byte; not expected)
         } else if (v === Verdict.TO_TUN) {
           this.path.clamp(bind.buf, res.off, res.len, res.peer, res.csumStart >= 0);
           tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);

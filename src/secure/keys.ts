@@ -35,8 +35,12 @@ import {
   counterLane,
   counterValue,
   decodeSecureHeader,
+  SECURE_F_LAST,
+  SECURE_F_PART,
   SECURE_HEADER_LEN,
   SECURE_OVERHEAD,
+  SECURE_PART_INDEX,
+  SECURE_TAG_LEN,
   SecureHeader,
   writeSecureHeader,
 } from "./secure_wire.ts";
@@ -86,6 +90,18 @@ export const OpenResult = {
   REPLAY: -4,
   /** The tag did not verify (forged, corrupted, or another key). */
   AUTH: -5,
+  /** A part of a message sealed as one that is not the next of the message in progress (lost, reordered, made up). */
+  PART: -6,
+} as const;
+
+/** What the last datagram {@link KeyRing.open} accepted was (see {@link KeyRing.opened}). */
+export const Opened = {
+  /** Sealed on its own: authenticated. */
+  SINGLE: 0,
+  /** A part of a message before its last: decrypted but NOT authenticated yet (only for reassembly). */
+  PART: 1,
+  /** The last part: the whole message authenticated. */
+  LAST: 2,
 } as const;
 
 /** Drop reason names of the {@link OpenResult} values, by `-result`. */
@@ -96,6 +112,7 @@ export const OPEN_RESULT_NAMES: readonly string[] = [
   "secure_expired",
   "secure_replay",
   "secure_auth",
+  "secure_part_dropped",
 ];
 
 class DataSession {
@@ -105,6 +122,8 @@ class DataSession {
   readonly #sent: Float64Array;
   readonly #lane: number;
   readonly windows: (ReplayWindow | undefined)[] = [];
+  /** Context for messages opened in parts (a second one: single datagrams may come in between). */
+  #openParts: EvpAead | undefined = undefined;
   constructor(readonly keys: SessionKeys, lane: number, readonly sendOnly: boolean) {
     this.seal = new EvpAead("aes-256-gcm", keys.sendKey, true);
     this.open = new EvpAead("aes-256-gcm", keys.recvKey, false);
@@ -120,10 +139,23 @@ class DataSession {
     this.#sent[this.#lane] = n + 1;
     return n;
   }
+  get openParts(): EvpAead {
+    return this.#openParts ??= new EvpAead("aes-256-gcm", this.keys.recvKey, false);
+  }
   close(): void {
     this.seal.close();
     this.open.close();
+    this.#openParts?.close();
   }
+}
+
+/** A message being opened in parts, one per peer at a time (its parts feed one reassembly). */
+interface PartStream {
+  session: DataSession;
+  counter: number;
+  lane: number;
+  /** Index of the next part; -1: none expected (ended or broken). */
+  next: number;
 }
 
 /** One worker's sessions (see the module). */
@@ -136,8 +168,16 @@ export class KeyRing {
   readonly wantsRekey: Set<string> = new Set();
   readonly #byIndex = new Map<number, DataSession>();
   readonly #current = new Map<string, DataSession>();
+  /** After {@link open} accepted a datagram: an {@link Opened} value. */
+  opened = 0;
   readonly #nonce = new Uint8Array(12);
   readonly #header = new SecureHeader();
+  readonly #streams = new Map<string, PartStream>();
+  // The message being sealed in parts (see beginParts).
+  #sealing: DataSession | undefined = undefined;
+  #sealHi = 0;
+  #sealLo = 0;
+  #sealLane = 0;
 
   /** A ring for the worker of `lane` (0..255). */
   constructor(readonly lane: number) {
@@ -152,7 +192,8 @@ export class KeyRing {
    * it refuses their datagrams (the main isolate rekeys every peer on a restart).
    */
   install(keys: SessionKeys, sendOnly = false): void {
-    this.#byIndex.get(keys.localIndex)?.close();
+    const old = this.#byIndex.get(keys.localIndex);
+    if (old !== undefined) this.#retire(old);
     const s = new DataSession(keys, this.lane, sendOnly);
     this.#byIndex.set(keys.localIndex, s);
     const cur = this.#current.get(keys.peer);
@@ -162,9 +203,10 @@ export class KeyRing {
 
   /** Removes every session of `peer` (revoked, or the peer left). */
   removePeer(peer: string): void {
+    this.#streams.delete(peer);
     for (const [i, s] of this.#byIndex) {
       if (s.keys.peer === peer) {
-        s.close();
+        this.#retire(s);
         this.#byIndex.delete(i);
       }
     }
@@ -176,7 +218,7 @@ export class KeyRing {
   expire(nowMs: number): void {
     for (const [i, s] of this.#byIndex) {
       if (nowMs < s.keys.expiresMs) continue;
-      s.close();
+      this.#retire(s);
       this.#byIndex.delete(i);
       if (this.#current.get(s.keys.peer) === s) this.#current.delete(s.keys.peer);
     }
@@ -236,6 +278,53 @@ export class KeyRing {
     return len + SECURE_OVERHEAD;
   }
 
+  /**
+   * Starts sealing a message of several datagrams as one AEAD for `peer` (one counter for all its
+   * parts; see secure_wire.ts): false when `peer` has no session that may send. Then
+   * {@link sealPart} for each part in order, the last with `last` set.
+   */
+  beginParts(peer: string, laneKey: number, nowMs: number): boolean {
+    const s = this.#current.get(peer);
+    if (!s || !this.canSend(peer, nowMs)) return false;
+    const n = s.next();
+    if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
+    this.#sealing = s;
+    this.#sealHi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0;
+    this.#sealLo = n >>> 0;
+    this.#sealLane = laneKey;
+    return true;
+  }
+
+  /**
+   * Seals part `index` of the message begun with {@link beginParts}: `src[srcOff .. +len)` into
+   * `dst[at ..]` (header, ciphertext, and on the last part the tag). Returns the datagram's length, or
+   * -1 when there is no message in parts (its session was removed meanwhile).
+   */
+  sealPart(
+    src: Uint8Array,
+    srcOff: number,
+    len: number,
+    dst: Uint8Array,
+    at: number,
+    index: number,
+    last: boolean,
+  ): number {
+    const s = this.#sealing;
+    if (s === undefined || index < 0 || index > SECURE_PART_INDEX) return -1; // (its session just ended)
+    const flags = SECURE_F_PART | index | (last ? SECURE_F_LAST : 0);
+    writeSecureHeader(dst, at, this.#sealLane, s.keys.remoteIndex, this.#sealHi, this.#sealLo, flags);
+    if (index === 0) {
+      const nonce = this.#nonce;
+      nonce.set(dst.subarray(at + 8, at + 16), 4);
+      s.seal.begin(nonce, dst, at, SECURE_HEADER_LEN);
+    }
+    s.seal.update(src, srcOff, len, dst, at + SECURE_HEADER_LEN);
+    if (!last) return SECURE_HEADER_LEN + len;
+    s.seal.finishSeal(dst, at + SECURE_HEADER_LEN + len);
+    this.#sealing = undefined;
+    return SECURE_OVERHEAD + len;
+  }
+
   /** True while `peer` has a session installed (sending or only receiving). */
   has(peer: string): boolean {
     return this.#current.has(peer);
@@ -258,6 +347,7 @@ export class KeyRing {
     const n = counterValue(h.counterHi, h.counterLo);
     if (n >= REJECT_AFTER_MESSAGES) return OpenResult.REPLAY;
     const w = s.windows[lane] ??= new ReplayWindow();
+    if (h.flags !== 0) return this.#openPart(s, w, h, n, lane, buf, off, len);
     if (!w.check(n)) return OpenResult.REPLAY;
     const nonce = this.#nonce;
     nonce.set(buf.subarray(off + 8, off + 16), 4);
@@ -270,13 +360,77 @@ export class KeyRing {
     w.accept(n);
     this.refusedPeer = "";
     this.peer = s.keys.peer;
+    this.opened = Opened.SINGLE;
+    return inner;
+  }
+
+  /**
+   * A part of a message sealed as one: decrypted in place as the next piece of its peer's message
+   * in progress (part 0 starts one, after the replay check); the last part's tag authenticates the
+   * whole message and only then moves the replay window. Parts before the last come back as
+   * {@link Opened.PART}: unauthenticated, their only use is the reassembly that the last completes.
+   */
+  #openPart(
+    s: DataSession,
+    w: ReplayWindow,
+    h: SecureHeader,
+    n: number,
+    lane: number,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+  ): number {
+    const index = h.flags & SECURE_PART_INDEX;
+    const last = (h.flags & SECURE_F_LAST) !== 0;
+    const peer = s.keys.peer;
+    let st = this.#streams.get(peer);
+    if (index === 0) {
+      if (!w.check(n)) return OpenResult.REPLAY;
+      if (st === undefined) {
+        st = { session: s, counter: n, lane, next: 0 };
+        this.#streams.set(peer, st);
+      }
+      st.session = s;
+      st.counter = n;
+      st.lane = lane;
+      const nonce = this.#nonce;
+      nonce.set(buf.subarray(off + 8, off + 16), 4);
+      s.openParts.begin(nonce, buf, off, SECURE_HEADER_LEN);
+    } else if (
+      st === undefined || st.next !== index || st.session !== s || st.counter !== n || st.lane !== lane
+    ) {
+      if (st !== undefined && st.session === s && st.counter === n) st.next = -1; // the message cannot complete
+      return OpenResult.PART;
+    }
+    const inner = len - SECURE_HEADER_LEN - (last ? SECURE_TAG_LEN : 0);
+    const at = off + SECURE_HEADER_LEN;
+    s.openParts.update(buf, at, inner, buf, at);
+    st.next = -1;
+    if (last) {
+      if (!s.openParts.finishOpen(buf, at + inner) || !w.accept(n)) return OpenResult.AUTH;
+      this.opened = Opened.LAST;
+    } else {
+      st.next = index + 1;
+      this.opened = Opened.PART;
+    }
+    this.refusedPeer = "";
+    this.peer = peer;
     return inner;
   }
 
   /** Frees every context. */
+  /** Frees a session's contexts and forgets every use of them (a message in parts in either direction). */
+  #retire(s: DataSession): void {
+    s.close();
+    if (this.#streams.get(s.keys.peer)?.session === s) this.#streams.delete(s.keys.peer);
+    if (this.#sealing === s) this.#sealing = undefined;
+  }
+
   close(): void {
+    this.#sealing = undefined;
     for (const s of this.#byIndex.values()) s.close();
     this.#byIndex.clear();
     this.#current.clear();
+    this.#streams.clear();
   }
 }

@@ -30,11 +30,11 @@
  * ```
  * @module
  */
-import type { SendBatch } from "../../ffi/udp.ts";
+import { type SendBatch, UDP_MAX_SEGMENTS } from "../../ffi/udp.ts";
 import { hasMac2 } from "./cookie.ts";
-import { KeyRing, OPEN_RESULT_NAMES, type SessionKeys } from "./keys.ts";
+import { KeyRing, OPEN_RESULT_NAMES, Opened, OpenResult, type SessionKeys } from "./keys.ts";
 import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
-import { MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
+import { JUMBO_MAX_CHUNKS, JUMBO_TAG_LEN, MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
 
 /** `TunnelSecurity` as a number for the hot path. */
 export const SecureMode = { OFF: 0, PREFER: 1, REQUIRE: 2 } as const;
@@ -135,6 +135,15 @@ export class SecureLayer {
   /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a cookie's mac2. */
   readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
+  /** Sealing: the next JUMBO chunk index of the message being sealed in parts (-1: none). */
+  #partNext = -1;
+  #partPeer = "";
+  /**
+   * After {@link inbound} returned OPENED: an `Opened` value (keys.ts) — `Opened.PART` is a
+   * JUMBO chunk not yet authenticated: it may only go to reassembly, and that reassembly may only
+   * complete on an authenticated last part (the loop checks).
+   */
+  part = 0;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
   constructor(o: SecureLayerOptions) {
@@ -252,37 +261,60 @@ export class SecureLayer {
         out++;
         continue;
       }
-      // Each datagram of the run sealed on its own; a run longer than one send allows splits.
+      // Each datagram of the run sealed on its own, or the chunks of a JUMBO message as one (parts);
+      // sealed datagrams go out in GSO runs again, split where a send is full or a size differs.
       const step = seg > 0 ? seg : size;
-      const outSeg = step + SECURE_OVERHEAD;
-      const perSend = Math.max(1, Math.floor(maxPayload / outSeg));
-      let k = 0;
+      const data = src.data;
+      let open = false, entrySeg = 0, count = 0, short = false;
       for (let at = 0; at < size; at += step) {
-        if (k === 0) {
+        const p = from + at;
+        const len = Math.min(step, size - at);
+        // A JUMBO chunk (tag: type, index, count): part of its message, begun at chunk 0.
+        let part = -1, last = false;
+        if (data[p] === MSG_JUMBO && len > JUMBO_TAG_LEN) {
+          const idx = data[p + 1], cnt = data[p + 2];
+          if (idx === 0 && cnt >= 2 && cnt <= JUMBO_MAX_CHUNKS && ring.beginParts(peer, lanes[i], nowMs)) {
+            this.#partNext = 1;
+            this.#partPeer = peer;
+            part = 0;
+          } else if (idx > 0 && idx === this.#partNext && idx < cnt && peer === this.#partPeer) {
+            part = idx;
+            last = idx === cnt - 1;
+            this.#partNext = last ? -1 : idx + 1;
+          } else this.#partNext = -1;
+          if (part < 0) {
+            // Never sealed on its own: a receiver refuses single JUMBO chunks (see inbound).
+            this.#openDrops[-OpenResult.PART]++;
+            continue;
+          }
+        }
+        const w = part >= 0 ? len + (last ? SECURE_OVERHEAD : SECURE_HEADER_LEN) : len + SECURE_OVERHEAD;
+        if (
+          !open || w > entrySeg || short || count >= UDP_MAX_SEGMENTS || dst.sizes[out] + w > maxPayload
+        ) {
+          if (open) dst.segSizes[out++] = count > 1 ? entrySeg : 0;
           this.#copyDst(src, i, dst, out);
           dst.offsets[out] = 0;
           dst.sizes[out] = 0;
+          open = true;
+          entrySeg = w;
+          count = 0;
+          short = false;
         }
-        const len = Math.min(step, size - at);
-        const w = ring.sealTo(
-          peer,
-          src.data,
-          from + at,
-          len,
-          dst.data,
-          out * dst.slotSize + dst.sizes[out],
-          lanes[i],
-          nowMs,
-        );
-        if (w < 0) break; // (cannot happen: canSend held) nothing partial is sent
-        dst.sizes[out] += w;
+        const to = out * dst.slotSize + dst.sizes[out];
+        const wrote = part >= 0
+          ? ring.sealPart(data, p, len, dst.data, to, part, last)
+          : ring.sealTo(peer, data, p, len, dst.data, to, lanes[i], nowMs);
+        if (wrote < 0) { // (its session just ended)
+          this.#partNext = -1;
+          break;
+        }
+        dst.sizes[out] += wrote;
+        count++;
+        if (wrote < entrySeg) short = true;
         this.sealed++;
-        if (++k === perSend || at + step >= size) {
-          dst.segSizes[out] = dst.sizes[out] > outSeg ? outSeg : 0;
-          out++;
-          k = 0;
-        }
       }
+      if (open) dst.segSizes[out++] = count > 1 ? entrySeg : 0;
     }
     return out;
   }
@@ -326,6 +358,16 @@ export class SecureLayer {
       // another peer's address is refused (strangers are checked by the engine's stranger path).
       if (sourcePeer !== undefined && sourcePeer !== this.ring.peer) {
         this.#drops[D_WRONG_SOURCE]++;
+        return Inbound.DONE;
+      }
+      this.part = this.ring.opened;
+      const jumbo = buf[off + SECURE_HEADER_LEN] === MSG_JUMBO;
+      if (
+        this.part === Opened.PART ? !jumbo || sourcePeer === undefined : this.part === Opened.SINGLE && jumbo
+      ) {
+        // Unauthenticated bytes go nowhere but a known peer's reassembly; and JUMBO chunks come only
+        // in parts, so an authentic single chunk can never complete a reassembly holding parts.
+        this.#openDrops[-OpenResult.PART]++;
         return Inbound.DONE;
       }
       this.opened++;
@@ -372,6 +414,11 @@ export class SecureLayer {
       return Inbound.DONE;
     }
     return Inbound.PASS;
+  }
+
+  /** A reassembly completed by an unauthenticated part was dropped (counted as `secure_part_dropped`). */
+  refuseCompletion(): void {
+    this.#openDrops[-OpenResult.PART]++;
   }
 
   /** Offset of the inner datagram after OPENED. */

@@ -12,6 +12,11 @@
  *   (Noise's AESGCM nonce). The counter's top byte is the sending worker's lane ({@link counterLane}):
  *   each worker counts in its own space, so nonces never repeat across workers, and the receiver keeps
  *   one replay window per sending lane.
+ * - SECURE message parts (flags {@link SECURE_F_PART} | index, {@link SECURE_F_LAST} on the last): one
+ *   AEAD over the datagrams of a JUMBO message (its chunks must all arrive anyway). Every part carries
+ *   the same header fields (one counter per message) with its index in the flags; the parts' bytes
+ *   are one ciphertext stream, the associated data is part 0's header and the tag follows the last
+ *   part only — 16 bytes per datagram, 32 on the last.
  *
  * @example
  * ```ts
@@ -25,8 +30,12 @@
  */
 import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP, MSG_SECURE, WireError } from "../proxy/wire.ts";
 
-/** Version byte of the handshake messages. */
-export const SECURE_VERSION = 1;
+/**
+ * Version byte of the handshake messages. 2: SECURE data may come in parts (a JUMBO message sealed
+ * as one AEAD), which version 1 refuses — so mixed versions fail the handshake (raw in `prefer`,
+ * refused and counted in `require`) instead of losing every JUMBO message silently.
+ */
+export const SECURE_VERSION = 2;
 /** Header of HS_INIT. */
 export const HS_INIT_HEADER_LEN = 8;
 /** Header of HS_RESP and HS_FINISH. */
@@ -43,6 +52,12 @@ export const SECURE_HEADER_LEN = 16;
 export const SECURE_TAG_LEN = 16;
 /** Bytes SECURE data adds to the datagram it seals. */
 export const SECURE_OVERHEAD: number = SECURE_HEADER_LEN + SECURE_TAG_LEN;
+/** SECURE flags: the datagram is part `flags & SECURE_PART_INDEX` of a message sealed as one. */
+export const SECURE_F_PART = 0x80;
+/** SECURE flags: the last part (the tag follows it). */
+export const SECURE_F_LAST = 0x40;
+/** SECURE flags: the part's index (0..63, as JUMBO chunks). */
+export const SECURE_PART_INDEX = 0x3f;
 
 /** A decoded handshake header; reuse one instance. */
 export class HandshakeHeader {
@@ -131,6 +146,8 @@ export function encodeHandshake(
 
 /** A decoded SECURE data header; reuse one instance. */
 export class SecureHeader {
+  /** 0 (a datagram sealed on its own) or {@link SECURE_F_PART} with the index and maybe {@link SECURE_F_LAST}. */
+  flags = 0;
   lane = 0;
   receiver = 0;
   /** Counter high 32 bits (top byte: the sending lane) and low 32 bits. */
@@ -150,11 +167,17 @@ export function counterValue(counterHi: number, counterLo: number): number {
 
 /**
  * Decodes a SECURE data header; false when the datagram is not SECURE data, has unknown flags, or is
- * too short to hold a header, a tag and at least one byte.
+ * too short to hold a header, at least one byte and a tag (a part that is not the last: no tag).
  */
 export function decodeSecureHeader(buf: Uint8Array, off: number, len: number, out: SecureHeader): boolean {
   if (!Number.isInteger(off) || !Number.isInteger(len) || off < 0 || off + len > buf.length) return false;
-  if (len < SECURE_OVERHEAD + 1 || buf[off] !== MSG_SECURE || buf[off + 1] !== 0) return false;
+  if (buf[off] !== MSG_SECURE) return false;
+  const f = buf[off + 1];
+  const min = (f & SECURE_F_PART) === 0 || (f & SECURE_F_LAST) !== 0
+    ? SECURE_OVERHEAD + 1
+    : SECURE_HEADER_LEN + 1;
+  if (len < min || (f !== 0 && (f & SECURE_F_PART) === 0)) return false;
+  out.flags = f;
   out.lane = (buf[off + 2] << 8) | buf[off + 3];
   out.receiver = rd32(buf, off + 4);
   out.counterHi = rd32(buf, off + 8);
@@ -170,12 +193,13 @@ export function writeSecureHeader(
   receiver: number,
   counterHi: number,
   counterLo: number,
+  flags = 0,
 ): void {
   if (!Number.isInteger(off) || off < 0 || off + SECURE_HEADER_LEN > buf.length) {
     throw new WireError(`SECURE header needs 16 bytes at ${off}, buffer has ${buf.length}`);
   }
   buf[off] = MSG_SECURE;
-  buf[off + 1] = 0;
+  buf[off + 1] = flags;
   buf[off + 2] = lane >>> 8;
   buf[off + 3] = lane;
   wr32(buf, off + 4, receiver);

@@ -1,0 +1,139 @@
+/**
+ * A/B measurement (not a timed test; runs only with `NETMANAGER_SECURE_AB=1`): TCP throughput of one
+ * iperf3 stream between two simulated nodes (static table, offline certificates) in FAST mode with
+ * `TunnelSecurity: off` and with `require`, in one run, with the daemons' CPU per Gbit/s and their
+ * JUMBO/seal counters. Prints one JSON line per mode and the secure/plain ratio. On a busy machine
+ * the absolute numbers move; the ratio of the same run is the figure to compare.
+ *
+ *   NETMANAGER_SECURE_AB=1 [NETMANAGER_SECURE_AB_SECONDS=5] bash scripts/test.sh tests/netns/secure_speed_test.ts
+ */
+import { assert } from "../helpers/assert.ts";
+import { cleanupAll, isRoot } from "../helpers/netns.ts";
+import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { selfCommand } from "../../src/sys/process.ts";
+import { runTool } from "../../src/sys/command.ts";
+import { retry } from "../helpers/setup.ts";
+
+const WEB = "app.ns.web.ns";
+const CLI = "app.ns.cli.ns";
+const n1 = nodeSubnet(1);
+const n2 = nodeSubnet(2);
+const TABLE: QueryResult[] = [
+  {
+    app_name: CLI,
+    instance_list: [
+      tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.10",
+        instanceIp6: "fdff::10",
+        nsip: n1.first4(2),
+        nsip6: n1.first6(2),
+        hostIp: "192.168.77.1",
+      }),
+    ],
+  },
+  {
+    app_name: WEB,
+    instance_list: [tableInstance({
+      n: 0,
+      instanceIp: "10.30.0.2",
+      instanceIp6: "fdff::2",
+      nsip: n2.first4(2),
+      nsip6: n2.first6(2),
+      hostIp: "192.168.77.2",
+      rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
+    })],
+  },
+];
+
+async function cli(args: string[]): Promise<string> {
+  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
+  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** utime + stime of a process (all threads), in seconds. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const f = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+async function measure(mode: string, seconds: number): Promise<Record<string, unknown>> {
+  const dir = await Deno.makeTempDir({ prefix: "nmsecab-" });
+  await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "ab"]);
+  for (let i = 1; i <= 2; i++) {
+    const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
+    await cli([
+      "cert",
+      "sign",
+      "--ca",
+      `${dir}/ca`,
+      "--node-id",
+      `node-${i}`,
+      "--public-key",
+      key,
+      "--out",
+      `${dir}/n${i}.crt`,
+    ]);
+  }
+  const c = await TestCluster.start(
+    2,
+    TABLE,
+    [],
+    (i) => ({ TunnelSecurity: mode, TunnelCertFile: `${dir}/n${i}.crt`, TunnelCaFile: `${dir}/ca/ca.json` }),
+    undefined,
+    (i) => ["--state-dir", `${dir}/state${i}`],
+  );
+  try {
+    await c.deploy(1, CLI, 0);
+    await c.deploy(2, WEB, 0, ["iperf3", "-s"]);
+    let retransmits = 0;
+    const iperf = async (secs: number) => {
+      const r = await c.containers[0].exec(["iperf3", "-c", "10.30.0.1", "-t", String(secs), "-J"]);
+      if (r.code !== 0) throw new Error(`iperf3: ${r.stdout.slice(-500)} ${r.stderr}`);
+      const end = JSON.parse(r.stdout).end;
+      retransmits = end.sum_sent.retransmits ?? 0;
+      return end.sum_received.bits_per_second / 1e9;
+    };
+    await retry(() => iperf(1), 20_000); // warm: handshakes, HELLOs, JIT
+    const pids = c.nodes.map((n) => n.node.proc!.pid);
+    const cpu0 = await Promise.all(pids.map(cpuSeconds));
+    const gbit = await iperf(seconds);
+    const cpu1 = await Promise.all(pids.map(cpuSeconds));
+    const cpuPct = cpu1.map((v, i) => (100 * (v - cpu0[i])) / seconds);
+    const st = (await c.nodes[0].node.api.getJson("/status")) as Record<string, unknown>;
+    const rx = JSON.stringify(await c.nodes[1].node.api.getJson("/status"));
+    return {
+      mode,
+      gbit: +gbit.toFixed(2),
+      daemonsCpuPctCore: cpuPct.map((v) => Math.round(v)),
+      pctCorePerGbit: +((cpuPct[0] + cpuPct[1]) / gbit).toFixed(1),
+      retransmits,
+      sender: JSON.stringify(st).match(/"jumbo[A-Za-z]*":\d+/g)?.join(" "),
+      receiverDrops: rx.match(/"(secure_[a-z_]+|jumbo_[a-z_]+|[a-z_]*lost[a-zA-Z_]*)":\d+/g)?.join(" "),
+    };
+  } catch (e) {
+    console.error(await c.logs());
+    throw e;
+  } finally {
+    await c.stop();
+    await cleanupAll();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test({
+  name: "secure speed A/B: one TCP stream, FAST plain vs require (measurement, opt-in)",
+  ignore: !isRoot || Deno.env.get("NETMANAGER_SECURE_AB") !== "1",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const seconds = Number(Deno.env.get("NETMANAGER_SECURE_AB_SECONDS") ?? 5);
+  const plain = await measure("off", seconds);
+  console.log(JSON.stringify(plain));
+  const secure = await measure("require", seconds);
+  console.log(JSON.stringify(secure));
+  const ratio = (secure.gbit as number) / (plain.gbit as number);
+  console.log(JSON.stringify({ secureOverPlain: +ratio.toFixed(2) }));
+  assert(ratio > 0);
+});

@@ -1,0 +1,175 @@
+/**
+ * The secure layer in the packet loop (no root): two nodes, each an engine + an in-memory TUN side +
+ * the real UDP bind over an in-memory wire, with secure layers in `require`. A TCP super-packet
+ * crosses as one JUMBO message sealed in parts and is written byte-exact; an on-path attacker who
+ * rewrites parts through the ciphertext so that the reassembly completes early gets nothing written
+ * (the completion came from an unauthenticated part: dropped and counted).
+ */
+import { assert, assertEquals } from "../helpers/assert.ts";
+import { buildIPv4Tcp, ip4 } from "../helpers/packets.ts";
+import { MemoryTun, MemoryWire } from "../helpers/memory_seams.ts";
+import { Engine, type EngineConfig } from "../../src/proxy/engine.ts";
+import { PacketLoop } from "../../src/proxy/loop.ts";
+import { UdpBind } from "../../src/proxy/bind.ts";
+import { parseQueryResult } from "../../src/table/query_result.ts";
+import { TranslationTable } from "../../src/table/table.ts";
+import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
+import { VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
+import { SecureLayer, SecureMode } from "../../src/secure/secure_layer.ts";
+import type { SessionKeys } from "../../src/secure/keys.ts";
+import { SECURE_F_PART, SECURE_HEADER_LEN } from "../../src/secure/secure_wire.ts";
+import { JUMBO_TAG_LEN, MSG_SECURE } from "../../src/proxy/wire.ts";
+
+const A = "192.0.2.1";
+const B = "192.0.2.2";
+const MTU = 1400;
+
+function inst(nsip: string, host: string, iip: string, rr?: string) {
+  const sips: Array<Record<string, string>> = [];
+  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
+  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: "fdff::" + iip.split(".")[3] });
+  return {
+    instance_number: 0,
+    instance_ip: iip,
+    instance_ip_v6: "fdff::" + iip.split(".")[3],
+    namespace_ip: nsip,
+    namespace_ip_v6: "fc00::" + nsip.split(".")[3],
+    host_ip: host,
+    host_port: 50103,
+    service_ip: sips,
+  };
+}
+
+const CLI = parseQueryResult({ app_name: "a.b.cli.d", instance_list: [inst("10.18.0.66", A, "10.30.0.10")] });
+const WEB = parseQueryResult({
+  app_name: "a.b.web.d",
+  instance_list: [inst("10.18.0.130", B, "10.30.0.2", "10.30.0.1")],
+});
+
+interface Node {
+  engine: Engine;
+  tun: MemoryTun;
+  wire: MemoryWire;
+  bind: UdpBind;
+  loop: PacketLoop;
+  secure: SecureLayer;
+}
+
+function node(self: string, subnet: string, wire: MemoryWire, keys: SessionKeys): Node {
+  const t = new TranslationTable();
+  for (const j of [CLI, WEB]) t.replaceJob(j.job, j.entries);
+  const cfg: EngineConfig = {
+    selfIp: self,
+    selfPort: 50103,
+    service4: parsePrefix4("10.30.0.0/16"),
+    service6: parsePrefix6("fdff::/16"),
+    subnet4: parsePrefix4(subnet),
+    subnet6: parsePrefix6("fc00::/64"),
+    seed: 1,
+    fast: true,
+    nodeId: self,
+  };
+  const engine = new Engine(cfg, t);
+  const tun = new MemoryTun(engine);
+  const bind = new UdpBind(wire, { mtu: MTU, counters: engine.counters, peers: engine.peers });
+  const loop = new PacketLoop(engine, tun, bind, () => {});
+  const secure = new SecureLayer({ lane: 0, post: () => {} });
+  secure.setMode(SecureMode.REQUIRE);
+  secure.install(keys);
+  bind.secure = secure;
+  loop.secure = secure;
+  return { engine, tun, wire, bind, loop, secure };
+}
+
+function pair(): [Node, Node] {
+  const now = Date.now();
+  const k1 = crypto.getRandomValues(new Uint8Array(32)), k2 = crypto.getRandomValues(new Uint8Array(32));
+  const t = { createdMs: now, sendUntilMs: now + 120_000, expiresMs: now + 180_000 };
+  const [wa, wb] = MemoryWire.pair(ip4(A), ip4(B));
+  const a = node(A, "10.18.0.64/26", wa, {
+    peer: `${B}:50103`,
+    localIndex: 1,
+    remoteIndex: 2,
+    sendKey: k1,
+    recvKey: k2,
+    ...t,
+  });
+  const b = node(B, "10.18.0.128/26", wb, {
+    peer: `${A}:50103`,
+    localIndex: 2,
+    remoteIndex: 1,
+    sendKey: k2,
+    recvKey: k1,
+    ...t,
+  });
+  // HELLOs (plain in require: they deliver nothing) agree on FAST and JUMBO.
+  for (let ms = 1000; ms < 3000; ms += 150) {
+    a.loop.tick(ms);
+    b.loop.tick(ms);
+    b.loop.drainBind(ms);
+    a.loop.drainBind(ms);
+  }
+  return [a, b];
+}
+
+const payload = new Uint8Array(20000).map((_, k) => (k * 7 + 3) & 0xff);
+function superPacket(a: Node): Uint8Array {
+  const pkt = buildIPv4Tcp({
+    src: "10.18.0.66",
+    dst: "10.30.0.1",
+    srcPort: 41000,
+    dstPort: 80,
+    payload,
+    partial: true,
+    tcpFlags: 0x18,
+  });
+  a.tun.push(pkt, {
+    flags: VNET_F_NEEDS_CSUM,
+    gsoType: VNET_GSO_TCPV4,
+    gsoSize: 1348,
+    csumStart: 20,
+    csumOffset: 16,
+  });
+  return pkt;
+}
+
+Deno.test("secure loop: a TCP super-packet crosses as one JUMBO message sealed in parts, written byte-exact", () => {
+  const [a, b] = pair();
+  assert(a.engine.route(`${B}:50103`)?.peer?.jumbo === true, "the peers agreed on JUMBO");
+  const pkt = superPacket(a);
+  a.loop.drainTun(4000);
+  assertEquals(a.bind.jumboTx, 1);
+  const grams = b.wire.inbox.map((d) => d.bytes);
+  assert(
+    grams.length > 2 && grams.every((d) => d[0] === MSG_SECURE && (d[1] & SECURE_F_PART) !== 0),
+    "parts",
+  );
+  b.loop.drainBind(4001);
+  assertEquals(b.loop.jumboRx, 1);
+  assertEquals(b.tun.written.length, 1);
+  assertEquals(b.tun.written[0].bytes.length, pkt.length);
+  assertEquals(b.tun.written[0].bytes.subarray(40), payload, "byte-exact");
+  assertEquals(b.loop.stats().drops, {});
+});
+
+Deno.test("secure loop: parts rewritten through the ciphertext complete a reassembly early, but nothing is written", () => {
+  const [a, b] = pair();
+  const pkt = superPacket(a);
+  a.loop.drainTun(4000);
+  const grams = b.wire.inbox.map((d) => d.bytes);
+  const count = grams.length;
+  assert(count > 3);
+  // CTR malleability: the (predictable) plaintext of the JUMBO tags and the IP length are rewritten
+  // so that the first 3 chunks make a whole message; the rest is withheld.
+  const H = SECURE_HEADER_LEN;
+  const dsize = grams[1].length - H;
+  const three = dsize - 16 + 2 * (dsize - JUMBO_TAG_LEN);
+  for (let k = 0; k < 3; k++) grams[k][H + 2] ^= count ^ 3;
+  grams[0][H + 16 + 2] ^= pkt[2] ^ (three >>> 8);
+  grams[0][H + 16 + 3] ^= pkt[3] ^ (three & 0xff);
+  b.wire.inbox.splice(3);
+  b.loop.drainBind(4001);
+  assertEquals(b.tun.written.length, 0, "forged bytes never reach the TUN");
+  assertEquals(b.loop.jumboRx, 0);
+  assertEquals(b.loop.stats().drops.secure_part_dropped, 1, "the early completion was refused and counted");
+});

@@ -10,7 +10,7 @@ import { udpFromInfo } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
-import { SpinPolicy } from "./spin.ts";
+import { ReadPolicy, SpinPolicy } from "./spin.ts";
 import { SharedTableView } from "../table/shared_view.ts";
 import { Engine } from "./engine.ts";
 import type { FromWorker, ToWorker } from "./messages.ts";
@@ -70,11 +70,14 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
   const poller = new Poller([loop.tun.fd, loop.bind.fd, wake.fd]);
   let lastYield = performance.now();
   const spin = new SpinPolicy({ spinMs: d.spinMs });
+  const spinOn = d.spinMs > 0;
+  const reads = new ReadPolicy();
   const c = loop.engine.counters;
   while (!stopping) {
     if (crash) throw new Error("data-plane worker crash requested");
-    const t = performance.now();
-    const spinning = spin.shouldSpin(t);
+    // Clock reads cost too (a few per wake-up): the spin policy's only when it is on.
+    const t = spinOn ? performance.now() : 0;
+    const spinning = spinOn && spin.shouldSpin(t);
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
     const r = poller.wait(spinning ? 0 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
@@ -83,10 +86,11 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
     const now = performance.now();
     let woken = false;
     if (r > 0) {
-      const before = c.tunRx + c.udpRx;
+      const before = spinOn ? c.tunRx + c.udpRx : 0;
       let busy = false;
       if (poller.readable(0)) {
-        loop.drainTun(now);
+        const max = reads.limit(now);
+        reads.done(now, loop.drainTun(now, max), max);
         busy = true;
       }
       if (poller.readable(1)) {
@@ -97,11 +101,11 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
         wake.drain();
         woken = true;
       }
-      if (busy) {
+      if (busy && spinOn) {
         const end = performance.now();
         spin.active(end, end - now, c.tunRx + c.udpRx - before);
       }
-    } else {
+    } else if (spinOn) {
       spin.idle(now - t);
     }
     loop.tick(now);

@@ -36,7 +36,7 @@ import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { Fit, PathGuard } from "../path/guard.ts";
 
 /** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
-const TUN_DRAIN = 512;
+export const TUN_DRAIN = 512;
 /** Receive batches one tunnel drain takes at most. */
 const BIND_DRAIN = 16;
 const STATS_EVERY_MS = 1000;
@@ -71,11 +71,16 @@ export class PacketLoop {
     this.#lastStats = performance.now();
   }
 
-  /** TUN → engine → bind (or back into the TUN: same node). Returns the packets read. */
-  drainTun(now: number): number {
+  /**
+   * TUN → engine → bind (or back into the TUN: same node). Reads until the TUN is empty or `max`
+   * packets (then sends them without the read that would find it empty; see ReadPolicy in spin.ts).
+   * Returns the packets read.
+   */
+  drainTun(now: number, max = TUN_DRAIN): number {
     const tun = this.tun;
+    const limit = Math.min(max, TUN_DRAIN);
     let k = 0;
-    for (; k < TUN_DRAIN; k++) {
+    for (; k < limit; k++) {
       const n = tun.read();
       if (n <= 0) break;
       this.#egress(n, now);

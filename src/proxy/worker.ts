@@ -10,7 +10,7 @@ import { udpFromInfo } from "../../ffi/udp.ts";
 import { Poller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
-import { SpinPolicy } from "./spin.ts";
+import { ReadPolicy, SpinPolicy } from "./spin.ts";
 import { SharedTableView } from "../table/shared_view.ts";
 import { Engine } from "./engine.ts";
 import type { FromWorker, ToWorker } from "./messages.ts";
@@ -72,16 +72,20 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
   const poller = new Poller([loop.tun.fd, loop.bind.fd, wake.fd]);
   let lastYield = performance.now();
   const spin = new SpinPolicy({ spinMs: d.spinMs });
+  const spinOn = d.spinMs > 0;
+  const reads = new ReadPolicy();
   const c = loop.engine.counters;
   let behindSince = 0;
   while (!stopping) {
     if (crash) throw new Error("data-plane worker crash requested");
-    const t = performance.now();
-    const spinning = spin.shouldSpin(t);
     // A message posted but not yet delivered (the yield above returned first): look again within
     // 1 ms instead of sleeping 50 ms in poll with the wake-up already consumed (a handshake reply
     // waited here up to 100 ms). Bounded, so a miscount cannot keep the loop awake.
-    if (Atomics.load(posted, 0) > handled) behindSince ||= t;
+    const lagging = Atomics.load(posted, 0) > handled;
+    // Clock reads cost too (a few per wake-up): only when the spin policy or a lag needs one.
+    const t = spinOn || lagging || behindSince > 0 ? performance.now() : 0;
+    const spinning = spinOn && spin.shouldSpin(t);
+    if (lagging) behindSince ||= t;
     else behindSince = 0;
     const behind = behindSince > 0 && t - behindSince < BEHIND_MAX_MS;
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
@@ -92,10 +96,11 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
     const now = performance.now();
     let woken = false;
     if (r > 0) {
-      const before = c.tunRx + c.udpRx;
+      const before = spinOn ? c.tunRx + c.udpRx : 0;
       let busy = false;
       if (poller.readable(0)) {
-        loop.drainTun(now);
+        const max = reads.limit(now);
+        reads.done(now, loop.drainTun(now, max), max);
         busy = true;
       }
       if (poller.readable(1)) {
@@ -106,11 +111,11 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
         wake.drain();
         woken = true;
       }
-      if (busy) {
+      if (busy && spinOn) {
         const end = performance.now();
         spin.active(end, end - now, c.tunRx + c.udpRx - before);
       }
-    } else {
+    } else if (spinOn) {
       spin.idle(now - t);
     }
     loop.tick(now);

@@ -31,6 +31,8 @@ export class MemoryTun implements TunSeam {
   readonly scattered = false;
   readonly inbox: Uint8Array[] = [];
   readonly written: Written[] = [];
+  /** read() calls, the empty ones included (each would be a syscall on a real TUN). */
+  reads = 0;
   #queued: { bytes: Uint8Array; csumStart: number; csumOffset: number }[] = [];
   deliverer: Deliverer;
 
@@ -48,6 +50,7 @@ export class MemoryTun implements TunSeam {
   }
 
   read(): number {
+    this.reads++;
     const b = this.inbox.shift();
     if (b === undefined) return 0;
     return this.replay(b);

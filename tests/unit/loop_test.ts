@@ -255,3 +255,21 @@ Deno.test("loop: runs on any implementation of the seams (in-memory TUN and bind
   assertEquals(nodes[1].tun.written.map((w) => parsed(w.bytes).dst4), Array(3).fill(ip4("10.18.0.130")));
   assertEquals(nodes[1].loop.stats().udpRx, 3);
 });
+
+Deno.test("loop: a one-packet drain sends at once without the read that finds the TUN empty", () => {
+  const [a, b] = pair();
+  const req = () =>
+    buildIPv4Udp({ src: "10.18.0.66", dst: "10.30.0.1", srcPort: 5000, dstPort: 7, payload: 64 });
+  a.tun.push(req());
+  assertEquals(a.loop.drainTun(1), 1);
+  assertEquals(a.tun.reads, 2, "a full drain ends with an empty read");
+  a.tun.push(req());
+  a.tun.push(req());
+  assertEquals(a.loop.drainTun(2, 1), 1, "at most one packet");
+  assertEquals(a.tun.reads, 3, "one read, no empty one");
+  assertEquals(a.wire.sends, 2, "the packet went out in its own sendmmsg, before any further read");
+  assertEquals(a.tun.inbox.length, 1, "the next packet waits for the next drain");
+  assertEquals(a.loop.drainTun(3), 1);
+  assertEquals(b.loop.drainBind(4), 3);
+  assertEquals(b.tun.written.length, 3);
+});

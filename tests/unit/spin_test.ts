@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { SpinPolicy } from "../../src/proxy/spin.ts";
+import { ReadPolicy, SpinPolicy } from "../../src/proxy/spin.ts";
 
 /** Drives the policy like the loop: one wake every `gapMs` handling `packets` in `workMs`. */
 function run(p: SpinPolicy, fromMs: number, toMs: number, gapMs: number, packets: number, workMs: number) {
@@ -48,4 +48,23 @@ Deno.test("spin: at most the budget of each window is spent spinning", () => {
     }
   }
   assert(spun <= 20.01 && spun >= 19.9, `spun ${spun} ms of 100`);
+});
+
+Deno.test("reads: one packet per wake-up (request/response) reads one packet per drain; bursts drain fully", () => {
+  const p = new ReadPolicy(512, 0.05);
+  const drain = (now: number, queued: number) => {
+    const max = p.limit(now);
+    const read = Math.min(max, queued);
+    p.done(now, read, max);
+    return max;
+  };
+  assertEquals(drain(0, 1), 512, "nothing known yet: a full drain (it found one packet)");
+  assertEquals(drain(1, 1), 1, "request/response: one read");
+  assertEquals(drain(2, 1), 1);
+  assertEquals(p.limit(2.01), 512, "a drain right after the last one: packets were queued");
+  assertEquals(drain(2.01, 5), 512);
+  assertEquals(drain(3, 5), 512, "a full drain found several: stays full");
+  assertEquals(drain(4, 1), 512, "and finds one");
+  p.done(5, 0, 1); // a spurious wake-up changes nothing
+  assertEquals(p.limit(6), 1);
 });

@@ -114,7 +114,8 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
       rtt_udp_p50_us: (.rtt_udp_p50_us | stat(0)), udp_lossfree_kpps: (.udp_lossfree_kpps | stat(0)),
       cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })),
     kernelFastPathPackets: ($kf | map(select(.node == 1 and .kernelTxPackets != null))
-      | def inc(k): [range(1; length) as $i | (.[$i][k] - .[$i - 1][k]) | select(. > 0)] | add // 0;
+      | def inc(k): . as $a | [range(1; length) as $i | select($a[$i][k] != null and $a[$i - 1][k] != null)
+        | ($a[$i][k] - $a[$i - 1][k]) | select(. > 0)] | add // 0;
       if length < 2 then null else {kernelTx: inc("kernelTxPackets"), kernelRx: inc("kernelRxPackets"),
         tunUdpTx: inc("tunUdpTxPackets"), tunUdpRx: inc("tunUdpRxPackets"), movedFlows: inc("moved")} end),
     secureHandshakeMs: ($hs | map(.handshakeMs[]) | if length == 0 then null

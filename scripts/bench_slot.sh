@@ -5,6 +5,9 @@
 # and pod subnet in standalone static-table mode; the client dials the round-robin ServiceIP
 # 10.30.0.1 whose only instance is the peer workload (so the path includes the full translation).
 # NM_FAST=0/1 and other daemon flags can be passed with NM_ARGS.
+# KernelFastPath=true: ready only once the kernel carries the path (at most NM_KFAST_WAIT_STEPS × 0.1 s,
+# default 150; 0 = ready at once), and with NM_KFAST_FILE the kernel's and the TUN's packet counters
+# are appended there every second.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 deno=${DENO:-$root/.tools/node_modules/.bin/deno}
@@ -34,7 +37,7 @@ sock="$dir/nm.sock"
     # kernel path. Datagrams from the workload to the other side (discarded) make the peers talk.
     dst=10.30.0.1
     [[ $OB_NODE == 1 ]] || dst=10.30.0.11
-    for _ in $(seq 150); do
+    for _ in $(seq ${NM_KFAST_WAIT_STEPS:-150}); do
       st=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null || true)
       jq -e --arg p "$OB_PEER_UNDERLAY_IP" --arg n "$OB_NODE" '.kernelFastPath != null
         and (.kernelFastPath.peers | index($p)) != null

@@ -158,6 +158,15 @@ Deno.test({
       assert(sline !== undefined, `the server's entry: ${sct.out} ${sct2.out}`);
       const smark = Number(/mark=(\d+)/.exec(sline)?.[1]);
       assertEquals((smark & 0xffff0000) >>> 0, 0x4e4b0000, `replies on the kernel path: ${sline}`);
+      // The flow's entry goes (as at the end of its TIME_WAIT): its pin goes too.
+      await inNode(nodes[0], ["conntrack", "-D", "-p", "tcp", "--dport", "82"]);
+      await eventually(
+        () => status(nodes[0]),
+        (s) => s.kernelFastPath?.pins === 0,
+        15000,
+        "the pin removed",
+        200,
+      );
 
       // 2. New flows: RR alternates, through the kernel.
       let port = 41000;

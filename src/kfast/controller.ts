@@ -28,6 +28,8 @@ const log = logger("kfast");
 
 /** How long a capable peer stays on the kernel path while the workers do not report it (ms). */
 const KEEP_MS = 5000;
+/** Running flows moved per look (one `conntrack -D` each, queued with the table's programming). */
+const MAX_MOVES = 256;
 
 /** Options of {@link KfastController.start}. */
 export interface KfastControllerOptions {
@@ -121,7 +123,8 @@ export class KfastController {
         const sel = selectMoves(await get(), services, this.#seen, this.#k.pinned());
         this.#seen = sel.seen;
         if (sel.moves.length > 0) {
-          const n = await this.#k.move(sel.moves, now);
+          // The rest stay active and unpinned: the next looks move them.
+          const n = await this.#k.move(sel.moves.slice(0, MAX_MOVES), now);
           if (n > 0) log.info("running TUN flows moved onto the kernel path", { flows: n });
         }
       }

@@ -8,7 +8,9 @@
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
 # and to the bare underlay (null when that path was not run),
 # the harness's machine header and the busiest CPU it saw before a path; secureHandshakeMs: the
-# secure slot's handshakes (HS_INIT sent → keys installed, as each node measured its own; target ≤ 5 ms).
+# secure slot's handshakes (HS_INIT sent → keys installed, as each node measured its own; target ≤ 5 ms);
+# kernelFastPathPackets: packets the nm-kfast slot's client node sent and received through the kernel
+# path vs through its userspace tunnel once ready (the slot waits until the kernel carries the path).
 #   bash scripts/bench_overlay.sh [--harness PATH] [--quick | --smoke] [--reps N] [--results DIR]
 #     (root; ~3 min per path and repetition, --quick ~1 min per path, --smoke ~10 s per path)
 # The harness is taken from --harness, else $NETMANAGER_BENCH_HARNESS (or $HARNESS), else the
@@ -73,7 +75,7 @@ status=0
 bash "$harness" "${args[@]}" \
   --slot nm-fast="TunnelSecurity=off bash $root/scripts/bench_slot.sh" \
   --slot nm-raw="TunnelSecurity=off FastMode=false bash $root/scripts/bench_slot.sh" \
-  --slot nm-kfast="TunnelSecurity=off KernelFastPath=true bash $root/scripts/bench_slot.sh" \
+  --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?
@@ -82,9 +84,9 @@ if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then
   tail -20 "$results/harness.err" >&2
   exit 1
 fi
-touch "$results/handshake.jsonl"
+touch "$results/handshake.jsonl" "$results/kfast.jsonl"
 jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run.json" \
-  --slurpfile hs "$results/handshake.jsonl" \
+  --slurpfile hs "$results/handshake.jsonl" --slurpfile kf "$results/kfast.jsonl" \
   --slurpfile s "$results/samples.jsonl" --slurpfile m "$results/summary.jsonl" '
   def stat(k): if . == null then null else
       {median: .value, min: ([.samples[] | select(. != null)] | min),
@@ -111,6 +113,11 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
       rr_udp_avg_us: (.rr_udp_avg_us | stat(0)), rr_udp_p99_us: (.rr_udp_p99_us | stat(0)),
       rtt_udp_p50_us: (.rtt_udp_p50_us | stat(0)), udp_lossfree_kpps: (.udp_lossfree_kpps | stat(0)),
       cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })),
+    kernelFastPathPackets: ($kf | map(select(.node == 1 and .kernelTxPackets != null))
+      | def inc(k): . as $a | [range(1; length) as $i | select($a[$i][k] != null and $a[$i - 1][k] != null)
+        | ($a[$i][k] - $a[$i - 1][k]) | select(. > 0)] | add // 0;
+      if length < 2 then null else {kernelTx: inc("kernelTxPackets"), kernelRx: inc("kernelRxPackets"),
+        tunUdpTx: inc("tunUdpTxPackets"), tunUdpRx: inc("tunUdpRxPackets"), movedFlows: inc("moved")} end),
     secureHandshakeMs: ($hs | map(.handshakeMs[]) | if length == 0 then null
       else {median: (sort | .[length / 2 | floor]), min: min, max: max, n: length} end),
     ratiosToVxlan: ratios("vxlan"),

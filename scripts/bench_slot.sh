@@ -5,6 +5,9 @@
 # and pod subnet in standalone static-table mode; the client dials the round-robin ServiceIP
 # 10.30.0.1 whose only instance is the peer workload (so the path includes the full translation).
 # NM_FAST=0/1 and other daemon flags can be passed with NM_ARGS.
+# KernelFastPath=true: ready only once the kernel carries the path (at most NM_KFAST_WAIT_STEPS × 0.1 s,
+# default 150; 0 = ready at once), and with NM_KFAST_FILE the kernel's and the TUN's packet counters
+# are appended there every second.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 deno=${DENO:-$root/.tools/node_modules/.bin/deno}
@@ -28,6 +31,35 @@ sock="$dir/nm.sock"
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   curl -s -m 5 --unix-socket "$sock" -X POST http://localhost/register \
     -d "{\"client_id\":\"bench$OB_NODE\",\"cluster_address\":\"\"}" >/dev/null
+  if [[ ${KernelFastPath:-} == true ]]; then
+    # Kernel fast path slot: ready only once the kernel carries the path (the peer announced the
+    # capability; on node 1 the ServiceIP is programmed), so that every measured flow starts on the
+    # kernel path. Datagrams from the workload to the other side (discarded) make the peers talk.
+    dst=10.30.0.1
+    [[ $OB_NODE == 1 ]] || dst=10.30.0.11
+    for _ in $(seq ${NM_KFAST_WAIT_STEPS:-150}); do
+      st=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null || true)
+      jq -e --arg p "$OB_PEER_UNDERLAY_IP" --arg n "$OB_NODE" '.kernelFastPath != null
+        and (.kernelFastPath.peers | index($p)) != null
+        and ($n != "1" or (.kernelFastPath.services | index("10.30.0.1")) != null)' <<<"$st" >/dev/null 2>&1 &&
+        break
+      ip netns exec "$OB_WORKLOAD_NS" bash -c "echo warm >/dev/udp/$dst/9" 2>/dev/null || true
+      sleep 0.1
+    done
+    # The kernel's and the TUN's counters every second (bench_overlay.sh reports what each carried).
+    if [[ -n ${NM_KFAST_FILE:-} ]]; then
+      (
+        fails=0
+        while ((fails < 3)); do
+          st=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null) || { fails=$((fails + 1)); sleep 1; continue; }
+          jq -c --arg n "$OB_NODE" '{node: ($n | tonumber), t: now, kernelTxPackets: .kernelFastPath.counters.tx.packets,
+            kernelRxPackets: .kernelFastPath.counters.rx.packets, tunUdpTxPackets: .dataPlane.udpTx,
+            tunUdpRxPackets: .dataPlane.udpRx, moved: .kernelFastPath.moved}' <<<"$st" >>"$NM_KFAST_FILE" 2>/dev/null || true
+          sleep 1
+        done
+      ) &
+    fi
+  fi
   touch "$OB_READY_FILE"
   # Secure slot: the handshake time this node measured (its HS_INIT sent → keys installed), once the
   # session is up, appended to NM_HS_FILE (bench_overlay.sh reports it).

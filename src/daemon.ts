@@ -455,6 +455,7 @@ class Node implements NodeService {
         bridge: this.cfg.net.BridgeName,
         mtu: this.cfg.tun.MTUsize,
         table: () => this.dataPlane?.table,
+        tunFlows: () => this.dataPlane?.flows(4096) ?? Promise.resolve([]),
       });
     } catch (e) {
       log.warn("kernel fast path not started: flows stay on the TUN", { error: String(e) });

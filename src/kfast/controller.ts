@@ -22,11 +22,14 @@ import type { PeerStats } from "../proxy/peers.ts";
 import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
 import { planKfast } from "./plan.ts";
 import type { KernelFlow } from "./conntrack.ts";
+import { selectMoves, type TunFlow } from "./move.ts";
 
 const log = logger("kfast");
 
 /** How long a capable peer stays on the kernel path while the workers do not report it (ms). */
 const KEEP_MS = 5000;
+/** Running flows moved per look (one `conntrack -D` each, queued with the table's programming). */
+const MAX_MOVES = 256;
 
 /** Options of {@link KfastController.start}. */
 export interface KfastControllerOptions {
@@ -39,6 +42,8 @@ export interface KfastControllerOptions {
   port?: number;
   /** The translation table (once the data plane runs). */
   table: () => TranslationTable | undefined;
+  /** The workers' live flows (the TUN path's): running flows move onto the kernel path. */
+  tunFlows?: () => Promise<readonly TunFlow[]>;
 }
 
 /** Every entry of a table (control path; entry objects built on demand). */
@@ -57,6 +62,9 @@ export class KfastController {
   #again = false;
   #idle: Promise<void> = Promise.resolve();
   #stopped = false;
+  #sweeping = false;
+  /** Packet counts of TUN flows to kernel-carried services at the last look. */
+  #seen = new Map<string, number>();
 
   private constructor(k: KernelFastPath, o: KfastControllerOptions) {
     this.#k = k;
@@ -76,6 +84,7 @@ export class KfastController {
 
   /** The workers' merged peer view: capable (both announced), IPv4, not down. */
   onPeers(peers: readonly PeerStats[], now = Date.now()): void {
+    void this.#sweep(now);
     const seen = new Map<string, PeerStats>();
     for (const p of peers) {
       const ip = p.endpoint.slice(0, p.endpoint.lastIndexOf(":"));
@@ -94,6 +103,37 @@ export class KfastController {
     if (next.size === this.#peers.size && [...next].every((p) => this.#peers.has(p))) return;
     this.#peers = next;
     this.#schedule();
+  }
+
+  /**
+   * Moves running TUN flows of kernel-carried services onto the kernel path (src/kfast/move.ts) and
+   * drops pins of ended flows; called with the workers' peer view, about once a second.
+   */
+  async #sweep(now: number): Promise<void> {
+    const get = this.#o.tunFlows;
+    if (!get || this.#sweeping || this.#stopped) return;
+    const services = this.#k.plan.services;
+    if (services.size === 0 && this.#k.status().pins === 0) {
+      this.#seen.clear();
+      return;
+    }
+    this.#sweeping = true;
+    try {
+      if (services.size > 0) {
+        const sel = selectMoves(await get(), services, this.#seen, this.#k.pinned());
+        this.#seen = sel.seen;
+        if (sel.moves.length > 0) {
+          // The rest stay active and unpinned: the next looks move them.
+          const n = await this.#k.move(sel.moves.slice(0, MAX_MOVES), now);
+          if (n > 0) log.info("running TUN flows moved onto the kernel path", { flows: n });
+        }
+      }
+      await this.#k.gcPins(now);
+    } catch (e) {
+      log.debug("kernel fast path: moving TUN flows failed (retried next time)", { error: String(e) });
+    } finally {
+      this.#sweeping = false;
+    }
   }
 
   /** The table changed. */

@@ -18,6 +18,7 @@ import { logger } from "../log.ts";
 import { formatIPv4, tryParseIPv4 } from "../addr/mod.ts";
 import { type KernelFlow, parseKernelFlows } from "./conntrack.ts";
 import { diffPlans, emptyDiff, emptyPlan, type KfastPlan } from "./plan.ts";
+import { type Pin, pinKey } from "./move.ts";
 import {
   hopOf,
   KFAST_DEVICE,
@@ -66,6 +67,9 @@ export interface KernelFastPathStatus {
   services: string[];
   /** Commands that failed since start (the plan is retried from scratch after one). */
   errors: number;
+  /** Running TUN flows moved onto the kernel path since start, and the pins in place now. */
+  moved: number;
+  pins: number;
   /** Packets and bytes into (`tx`) and out of (`rx`) the device, as last read from the kernel. */
   counters: { tx: { packets: number; bytes: number }; rx: { packets: number; bytes: number } };
 }
@@ -85,6 +89,9 @@ export class KernelFastPath {
   #stopped = false;
   #counters = { tx: { packets: 0, bytes: 0 }, rx: { packets: 0, bytes: 0 } };
   #countersAt = 0;
+  /** Pinned flows (key → pin and when it was made, ms). */
+  #pins = new Map<string, { pin: Pin; at: number }>();
+  #moved = 0;
 
   private constructor(device: string, port: number) {
     this.device = device;
@@ -162,8 +169,13 @@ export class KernelFastPath {
         if (!this.#index.has(p)) this.#index.set(p, this.#nextIndex++);
         await this.#peerUp(p, this.#index.get(p) ?? 0);
       }
-      const nft = renderDiffNft(d, (p) => this.#index.get(p) ?? 0);
+      // Pins to instances no longer among their service's kernel candidates go with the change.
+      const unpin = [...this.#pins].filter(([, { pin }]) => !next.services.get(pin.dst)?.includes(pin.chosen))
+        .map(([k]) => k);
+      const nft = renderDiffNft(d, (p) => this.#index.get(p) ?? 0) +
+        unpin.map((k) => `delete element ip ${KFAST_TABLE} pin4 { ${k} }\n`).join("");
       if (nft) await mustRun("nft", ["-f", "-"], { stdin: nft });
+      for (const k of unpin) this.#pins.delete(k);
       for (const p of d.peersGone) {
         await this.#peerDown(p, this.#index.get(p) ?? 0);
         this.#index.delete(p);
@@ -193,20 +205,97 @@ export class KernelFastPath {
     for (const [p, i] of this.#index) await this.#peerDown(p, i).catch(() => {});
     this.#index.clear();
     const t = `ip ${KFAST_TABLE}`;
-    const flush = ["svc", "svc_addrs", "snat4", "peer_of", "mac_mark", "peer_ips"].map((m) =>
+    this.#pins.clear();
+    const flush = ["svc", "svc_addrs", "snat4", "peer_of", "mac_mark", "peer_ips", "pin4"].map((m) =>
       `flush ${m === "svc_addrs" || m === "peer_ips" ? "set" : "map"} ${t} ${m}`
     );
     await runTool("nft", ["-f", "-"], { stdin: flush.join("\n") + "\n" });
     for (const a of this.#current.services.keys()) {
-      await runTool("nft", [
-        "delete",
-        "chain",
-        "ip",
-        KFAST_TABLE,
-        `svc_${(a >>> 0).toString(16).padStart(8, "0")}`,
-      ]);
+      await runTool("nft", ["delete", "chain", "ip", KFAST_TABLE, serviceChain(a)]);
     }
     this.#current = emptyPlan();
+  }
+
+  /**
+   * Moves running TUN flows onto the kernel path (serialized with {@link apply}): pins each to its
+   * instance, then deletes its un-NATed connection-tracking entry (only that one: reply source = the
+   * ServiceIP), so that its next packet opens a kernel entry the pin translates. Returns how many moved.
+   */
+  move(flows: readonly Pin[], now = Date.now()): Promise<number> {
+    const run = this.#queue.then(() => this.#move(flows, now));
+    this.#queue = run.then(() => {}, () => {});
+    return run;
+  }
+
+  async #move(flows: readonly Pin[], now: number): Promise<number> {
+    if (this.#stopped) return 0;
+    const todo = new Map<string, Pin>();
+    for (const p of flows) {
+      const k = pinKey(p);
+      if (!this.#pins.has(k) && this.#current.services.get(p.dst)?.includes(p.chosen)) todo.set(k, p);
+    }
+    if (todo.size === 0) return 0;
+    const t = `ip ${KFAST_TABLE}`;
+    const add = [...todo].map(([k, p]) => `add element ${t} pin4 { ${k} : ${formatIPv4(p.chosen)} }\n`);
+    await mustRun("nft", ["-f", "-"], { stdin: add.join("") });
+    for (const [k, p] of todo) this.#pins.set(k, { pin: p, at: now });
+    for (const p of todo.values()) {
+      const r = await runTool("conntrack", [
+        "-D",
+        "-p",
+        String(p.proto),
+        "-s",
+        formatIPv4(p.src),
+        "-d",
+        formatIPv4(p.dst),
+        "--sport",
+        String(p.sport),
+        "--dport",
+        String(p.dport),
+        "--reply-src",
+        formatIPv4(p.dst),
+      ]);
+      if (r.code !== 0 && r.code !== 1) log.debug("conntrack -D of a moved flow failed", { error: r.stderr });
+    }
+    this.#moved += todo.size;
+    log.debug("TUN flows moved onto the kernel path", { flows: todo.size });
+    return todo.size;
+  }
+
+  /**
+   * Removes pins whose flow ended: no connection-tracking entry of ours with that original tuple,
+   * and older than `graceMs` (a moved flow's next packet may still be on its way).
+   */
+  gcPins(now = Date.now(), graceMs = 10_000): Promise<number> {
+    const run = this.#queue.then(() => this.#gcPins(now, graceMs));
+    this.#queue = run.then(() => {}, () => {});
+    return run;
+  }
+
+  async #gcPins(now: number, graceMs: number): Promise<number> {
+    const old = [...this.#pins].filter(([, v]) => now - v.at >= graceMs);
+    if (old.length === 0 || this.#stopped) return 0;
+    const r = await runTool("conntrack", ["-L", "-m", String(KFAST_MARK_BASE)]);
+    if (r.code !== 0) return 0;
+    const live = new Set<string>();
+    for (const f of parseKernelFlows(r.stdout, () => "")) {
+      const src = tryParseIPv4(f.src);
+      const dst = tryParseIPv4(f.dialled);
+      if (src === undefined || dst === undefined) continue;
+      live.add(pinKey({ proto: f.proto, src, sport: f.sport, dst, dport: f.dport }));
+    }
+    const gone = old.filter(([k]) => !live.has(k)).map(([k]) => k);
+    if (gone.length === 0) return 0;
+    const t = `ip ${KFAST_TABLE}`;
+    const del = gone.map((k) => `delete element ${t} pin4 { ${k} }\n`).join("");
+    await mustRun("nft", ["-f", "-"], { stdin: del });
+    for (const k of gone) this.#pins.delete(k);
+    return gone.length;
+  }
+
+  /** Keys of the pinned flows. */
+  pinned(): ReadonlySet<string> {
+    return new Set(this.#pins.keys());
   }
 
   async #peerUp(p: string, i: number): Promise<void> {
@@ -327,6 +416,8 @@ export class KernelFastPath {
       peers: [...this.#current.peers],
       services: [...this.#current.services.keys()].map(formatIPv4),
       errors: this.#errors,
+      moved: this.#moved,
+      pins: this.#pins.size,
     };
   }
 

@@ -67,6 +67,10 @@ export function serviceChain(addr: number): string {
 
 const hex = (n: number) => `0x${(n >>> 0).toString(16)}`;
 
+/** A packet's pin key (protocol . source . port . destination . port), and its reply's. */
+const PIN_TUPLE = "meta l4proto . ip saddr . th sport . ip daddr . th dport";
+const PIN_REPLY_TUPLE = "meta l4proto . ip daddr . th dport . ip saddr . th sport";
+
 /** The whole table, empty of elements (nft -f text; replaces any earlier one atomically). */
 export function renderBase(s: BaseSettings): string {
   const t = KFAST_TABLE;
@@ -80,6 +84,8 @@ export function renderBase(s: BaseSettings): string {
     `  map snat4 { type ipv4_addr : ipv4_addr; }`,
     `  map peer_of { type ipv4_addr : mark; }`,
     `  map mac_mark { type ether_addr : mark; }`,
+    // Running TUN flows moved onto the kernel path: their instance, fixed (src/kfast/move.ts).
+    `  map pin4 { type inet_proto . ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr; }`,
     // Packets and bytes the kernel path carried (status → kernelFastPath.counters).
     `  counter tx { }`,
     `  counter rx { }`,
@@ -95,11 +101,20 @@ export function renderBase(s: BaseSettings): string {
     `    ip daddr @peer_ips udp dport ${s.port} notrack`,
     `  }`,
     `  chain pre_nat { type nat hook prerouting priority dstnat; policy accept;`,
+    `    iifname "${s.bridge}" ${PIN_TUPLE} @pin4 ct mark set ${
+      hex(KFAST_MARK_BASE)
+    } dnat to ${PIN_TUPLE} map @pin4`,
     `    iifname "${s.bridge}" ip daddr vmap @svc`,
     `  }`,
     `  chain pre_mark { type filter hook prerouting priority dstnat + 10; policy accept;`,
-    // A flow a peer's node sent us through the device: remember the peer, for its replies.
-    `    iifname "${s.device}" ct state new ct mark set ether saddr map @mac_mark`,
+    // A late reply of a moved flow (from the TUN) must not open an entry that clashes with the
+    // kernel's: dropped (TCP retransmits it on the kernel path).
+    `    iifname != "${s.bridge}" ct state new ${PIN_REPLY_TUPLE} @pin4 drop`,
+    // A flow a peer's node sent us through the device: remember the peer, for its replies. Also for
+    // an entry the TUN opened (a flow the peer moved onto the kernel path): its replies follow.
+    `    iifname "${s.device}" ct mark and ${hex(KFAST_MARK_MASK)} != ${
+      hex(KFAST_MARK_BASE)
+    } ct mark set ether saddr map @mac_mark`,
     `    ct direction original ct status dnat meta mark set ip daddr map @peer_of`,
     `    ct direction reply ct mark and ${hex(KFAST_MARK_MASK)} == ${
       hex(KFAST_MARK_BASE)

@@ -4,7 +4,10 @@
  * - `tcp-client HOST PORT TEXT`: sends TEXT, prints the answer, exits 0 (1 on error / 3 s timeout)
  * - `udp-echo-server PORT [NAME]` / `udp-client HOST PORT TEXT`: the same over UDP
  * - `http-server PORT NAME`: answers every HTTP request with NAME
- * - `servers PORT NAME`: TCP and UDP echo servers on the same port, and a TCP sink on PORT + 1
+ * - `servers PORT NAME`: TCP and UDP echo servers on the same port, a TCP sink on PORT + 1 and a
+ *   sha256 sink on PORT + 2 (answers `BYTES SHA256`)
+ * - `tcp-sha-send HOST PORT MB SECONDS`: MB MiB paced over about SECONDS to a sha256 sink; exits 0
+ *   only when the sink's count and sha256 match what was sent
  * - `udp-burst HOST PORT N`: sends N equal-size datagrams back to back to an echo server; exits 0
  *   when all N answers arrived with the right contents (prints the count), 1 otherwise (3 s limit)
  * - `tcp-sink PORT`: reads each connection to its end, then answers `BYTES HASH` (FNV-1a 32 of all)
@@ -19,6 +22,7 @@
  *   flow's answers came back out of order and at least 95 % came back (3 s after the last send)
  */
 import dgram from "node:dgram";
+import { createHash } from "node:crypto";
 import net from "node:net";
 
 const [cmd, ...args] = Deno.args;
@@ -77,6 +81,65 @@ async function tcpSink(port: number) {
       conn.close();
     })().catch(() => {});
   }
+}
+
+/** Answers each connection's bytes with `<count> <sha256 hex>` once the sender closes its side. */
+async function tcpShaSink(port: number) {
+  for await (const conn of Deno.listen({ hostname: "::", port })) {
+    (async () => {
+      let n = 0;
+      const h = createHash("sha256");
+      const buf = new Uint8Array(1 << 16);
+      for (;;) {
+        const r = await conn.read(buf);
+        if (r === null) break;
+        n += r;
+        h.update(buf.subarray(0, r));
+      }
+      await conn.write(enc.encode(`${n} ${h.digest("hex")}`));
+      conn.close();
+    })().catch(() => {});
+  }
+}
+
+/**
+ * Sends `mb` MiB of pseudo-random bytes paced over about `seconds`, then checks the sink's count and
+ * sha256; prints `port <local port>` first (to find the flow), then `sent … sink …`.
+ */
+async function tcpShaSend(host: string, port: number, mb: number, seconds: number) {
+  const timer = setTimeout(() => {
+    console.error("tcp-sha-send: timeout");
+    Deno.exit(1);
+  }, (seconds + 60) * 1000);
+  const conn = await Deno.connect({ hostname: host, port });
+  console.log(`port ${(conn.localAddr as Deno.NetAddr).port}`);
+  const chunk = new Uint8Array(1 << 20);
+  const h = createHash("sha256");
+  let x = 987654321;
+  const t0 = Date.now();
+  for (let m = 0; m < mb; m++) {
+    for (let i = 0; i < chunk.length; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      chunk[i] = x >>> 24;
+    }
+    h.update(chunk);
+    for (let o = 0; o < chunk.length;) o += await conn.write(chunk.subarray(o));
+    const ahead = t0 + ((m + 1) * seconds * 1000) / mb - Date.now();
+    if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+  }
+  await conn.closeWrite();
+  const buf = new Uint8Array(256);
+  let got = "";
+  for (;;) {
+    const r = await conn.read(buf);
+    if (r === null) break;
+    got += dec.decode(buf.subarray(0, r));
+  }
+  conn.close();
+  clearTimeout(timer);
+  const want = `${mb * chunk.length} ${h.digest("hex")}`;
+  console.log(`sent ${want} sink ${got} in ${Date.now() - t0} ms`);
+  if (got !== want) Deno.exit(1);
 }
 
 /** Like tcpBulk, but paced over `seconds` (1 MB chunks with pauses): a long transfer, checked byte-exact. */
@@ -269,6 +332,7 @@ try {
     case "servers":
       udpServer(Number(args[0]), args[1] ?? "echo");
       tcpSink(Number(args[0]) + 1);
+      tcpShaSink(Number(args[0]) + 2);
       await tcpServer(Number(args[0]), args[1] ?? "echo");
       break;
     case "udp-burst":
@@ -279,6 +343,9 @@ try {
       break;
     case "tcp-bulk":
       await tcpBulk(args[0], Number(args[1]), Number(args[2]));
+      break;
+    case "tcp-sha-send":
+      await tcpShaSend(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
       break;
     case "tcp-bulk-for":
       await tcpBulkFor(args[0], Number(args[1]), Number(args[2]));

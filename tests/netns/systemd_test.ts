@@ -18,7 +18,6 @@ import { isRoot, run, type RunResult } from "../helpers/netns.ts";
 import { eventually } from "../helpers/setup.ts";
 import { releaseDir } from "../helpers/release.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
 const NSPAWN = ["/usr/bin/systemd-nspawn", "/bin/systemd-nspawn"].find((p) => {
   try {
     Deno.statSync(p);

@@ -78,6 +78,7 @@ Deno.test("relay server: forwards between two locked nodes over real UDP, opaque
     const a = await open();
     const b = await open();
     const stranger = await open("127.0.0.2");
+    await r.ready(); // the forwarding Worker's start (type-checked under deno test: seconds)
     const { ports, created } = await r.pair("w1", "w2");
     assert(created);
     assertEquals((await r.pair("w2", "w1")).ports, [ports[1], ports[0]], "one allocation per pair");

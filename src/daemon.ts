@@ -27,7 +27,13 @@ import type { NodeMetrics } from "./proxy/metrics.ts";
 import { OnDemand } from "./metrics/on_demand.ts";
 import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
 import { Backoff } from "./control/backoff.ts";
-import { endpointText, parseRelayNotice, relayNoticeTopic, relayRequestTopic } from "./path/relay_msg.ts";
+import {
+  endpointText,
+  parseRelayNotice,
+  reflectNowTopic,
+  relayNoticeTopic,
+  relayRequestTopic,
+} from "./path/relay_msg.ts";
 import type { RelayAsks } from "./path/relay_watch.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 // The MQTT client is loaded on the first connect: a standalone or static-table node never needs it.
@@ -266,6 +272,8 @@ class Node implements NodeService {
       });
       this.dataPlane?.relay(peer, via);
     });
+    // A peer finds us silent at our observed endpoint: our NAT may have moved (roaming).
+    await this.control.listen(reflectNowTopic(workerId), () => this.dataPlane?.reflectNow());
   }
 
   /** Relay requests (src/path/relay_watch.ts) to the control plane. */

@@ -188,6 +188,11 @@ export class RelayServer {
     }
   }
 
+  /** The reflector saw a node at a new address: the Worker learns it now, not within 500 ms. */
+  observedChanged(): void {
+    this.#syncObserved();
+  }
+
   /** Tells the Worker the reflector's view of the nodes with allocations, when it changed. */
   #syncObserved(): void {
     if (this.#pairs.size === 0) return;

@@ -7,6 +7,8 @@
  * - cluster → node `nodes/<id>/net/relay`: `{"peer":"ip:port","via":"ip:port"}` — the node at `peer`
  *   is now reached at `via` on the relay (HELLO it to open the NAT mapping and lock the relay's
  *   side); `"via":""` — relay freed, back to `peer`.
+ * - cluster → node `nodes/<id>/net/reflect`: `{}` — a peer finds this node silent at its observed
+ *   endpoint: ask the reflector again now (its NAT may have moved: roaming), not after 25 s.
  *
  * @example
  * ```ts
@@ -27,6 +29,11 @@ export function relayRequestTopic(worker: string): string {
 /** `nodes/<worker>/net/relay` (cluster → node). */
 export function relayNoticeTopic(worker: string): string {
   return `nodes/${worker}/net/relay`;
+}
+
+/** `nodes/<worker>/net/reflect` (cluster → node): re-check the observed endpoint now. */
+export function reflectNowTopic(worker: string): string {
+  return `nodes/${worker}/net/reflect`;
 }
 
 /** Matches a relay request topic; group 1 is the worker id. */

@@ -506,6 +506,11 @@ export class DataPlane {
     this.#broadcast({ type: "punch", key: peer });
   }
 
+  /** Asks the reflector for this node's observed endpoint now (roaming: a peer finds us silent). */
+  reflectNow(): void {
+    this.#broadcast({ type: "reflectNow" });
+  }
+
   /** Peers with their wire mode, RTT, last-seen age and drops (for `status` / `peers`). */
   /** The tunnel's endpoint as the control plane's reflector last saw it (src/path/reflect_client.ts). */
   observed: { ip: string; port: number; at: number } | undefined = undefined;

@@ -286,6 +286,9 @@ class Node implements NodeService {
     for (const endpoint of asks.direct) {
       void this.control.publishJson(relayRequestTopic(id), { endpoint, direct: true });
     }
+    for (const endpoint of asks.silent) {
+      void this.control.publishJson(relayRequestTopic(id), { endpoint, direct: false, silent: true });
+    }
   }
 
   /** Cluster mode: certificate answers and revocation lists from the control plane; asks for a certificate. */

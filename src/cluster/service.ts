@@ -554,7 +554,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
             return;
           }
         }
-        if (!r) return;
+        if (!r || req.silent) return;
         const { ports, created } = await r.pair(worker, other);
         if (created) log.info("relaying: punch failed", { nodes: `${worker} ${other}` });
         publish(relayNoticeTopic(worker), { peer: peerOf(other), via: endpointText(r.address, ports[0]) });

@@ -3,7 +3,9 @@
  *
  * - node → cluster `nodes/<id>/net/relay/request`: `{"endpoint":"ip:port","direct":false}` — no answer
  *   from that peer endpoint within 3 s of dialling it (punch failed): relay us; `"direct":true` — a
- *   relayed peer now answers at its own endpoint: free the relay.
+ *   relayed peer now answers at its own endpoint: free the relay; `"silent":true` (with `direct`
+ *   false) — a peer that answered before sends nothing back for 2 s although we send: has it moved?
+ *   (the control plane has it re-check its observed endpoint; no relay).
  * - cluster → node `nodes/<id>/net/relay`: `{"peer":"ip:port","via":"ip:port"}` — the node at `peer`
  *   is now reached at `via` on the relay (HELLO it to open the NAT mapping and lock the relay's
  *   side); `"via":""` — relay freed, back to `peer`.
@@ -60,13 +62,19 @@ export function endpointText(ip: string, port: number): string {
   return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
-const RequestSchema = z.object({ endpoint: z.string().max(64), direct: z.boolean() });
+const RequestSchema = z.object({
+  endpoint: z.string().max(64),
+  direct: z.boolean(),
+  silent: z.boolean().optional(),
+});
 const NoticeSchema = z.object({ peer: z.string().max(64), via: z.string().max(64) });
 
 /** A validated relay request. */
 export interface RelayRequest {
   readonly endpoint: RelayEndpoint;
   readonly direct: boolean;
+  /** A peer that answered before fell silent (roaming check only, no relay). */
+  readonly silent: boolean;
 }
 
 /** A validated relay notice (`via` undefined: relay freed). */
@@ -80,7 +88,7 @@ export function parseRelayRequest(body: unknown): RelayRequest | undefined {
   const r = RequestSchema.safeParse(body);
   if (!r.success) return undefined;
   const endpoint = parseEndpointText(r.data.endpoint);
-  return endpoint ? { endpoint, direct: r.data.direct } : undefined;
+  return endpoint ? { endpoint, direct: r.data.direct, silent: r.data.silent === true } : undefined;
 }
 
 /** Validates a notice body; undefined when malformed. */

@@ -484,7 +484,7 @@ export class DataPlane {
   #noteRelays(peers: StatsData["peers"]): void {
     const now = Date.now();
     const asks = this.relayWatch.update(peers, now);
-    if (asks.request.length > 0 || asks.direct.length > 0) this.onRelayAsk?.(asks);
+    if (asks.request.length > 0 || asks.direct.length > 0 || asks.silent.length > 0) this.onRelayAsk?.(asks);
     if (now - this.#relayPunchAt < 15_000) return;
     this.#relayPunchAt = now;
     for (const [peer, via] of this.relayWatch.relays()) {

@@ -7,7 +7,13 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
 import { RelayServer } from "../../src/path/relay.ts";
-import { PUNCH_DEADLINE_MS, type RelayRow, RelayWatch, showRelays } from "../../src/path/relay_watch.ts";
+import {
+  PUNCH_DEADLINE_MS,
+  type RelayRow,
+  RelayWatch,
+  showRelays,
+  SILENT_MS,
+} from "../../src/path/relay_watch.ts";
 import { parseRelayNotice, parseRelayRequest } from "../../src/path/relay_msg.ts";
 import { CAP_FAST, encodeHello } from "../../src/proxy/wire.ts";
 import dgram from "node:dgram";
@@ -129,13 +135,38 @@ Deno.test("relay watch: asks once a dialled peer stayed silent 2 s (its age) or 
   const via = "192.0.2.254:41000";
   w.setRelay(e, via);
   const rows = [{ endpoint: e, capsKnown: false }, { endpoint: via, capsKnown: false }];
-  assertEquals(w.update(rows, 30_000), { request: [], direct: [] });
+  assertEquals(w.update(rows, 30_000), { request: [], direct: [], silent: [] });
   assertEquals(w.update([{ endpoint: e, capsKnown: true, lastAnswer: 5 }, rows[1]], 31_000).direct, [e]);
   const shown = showRelays<RelayRow>([{ endpoint: e, path: "punched" }, { endpoint: via }], w);
   assertEquals(shown, [{ endpoint: e, path: "relayed", via }]);
   w.setRelay(e, undefined);
   assertEquals(w.viaOf(e), undefined);
   assertEquals(w.peerBehind(via), undefined);
+});
+
+Deno.test("relay watch: an answering peer we keep sending to that sends nothing back for 2 s is reported silent (roaming), once per 15 s; a one-off send or an answer is not", () => {
+  const w = new RelayWatch();
+  const e = "203.0.113.7:40000";
+  const row = (tx: number, rx: number, lastAnswer = 1) => ({
+    endpoint: e,
+    capsKnown: true,
+    lastAnswer,
+    txPackets: tx,
+    rxPackets: rx,
+  });
+  assertEquals(w.update([row(10, 10)], 0).silent, []);
+  assertEquals(w.update([row(20, 20)], 1000).silent, [], "both ways: fine");
+  assertEquals(w.update([row(30, 20)], 2000).silent, [], "first send without an answer");
+  assertEquals(w.update([row(40, 20)], 2000 + SILENT_MS - 1).silent, []);
+  assertEquals(w.update([row(50, 20)], 2000 + SILENT_MS).silent, [e], "sent for 2 s, heard nothing");
+  assertEquals(w.update([row(60, 20)], 3000 + SILENT_MS).silent, [], "not again at once");
+  assertEquals(w.update([row(60, 20)], 3000 + SILENT_MS).request, [], "never a relay request");
+  // Heard again (data or a HELLO/PROBE answer): the clock restarts.
+  const v = new RelayWatch();
+  v.update([row(10, 10)], 0);
+  v.update([row(20, 10)], 1000);
+  assertEquals(v.update([row(30, 10, 2)], 2000).silent, [], "an answer");
+  assertEquals(v.update([row(30, 10, 2)], 9000).silent, [], "nothing sent since: not silent");
 });
 
 Deno.test("relay messages: requests and notices are validated", () => {

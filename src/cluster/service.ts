@@ -547,11 +547,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         if (!r?.viaFor(worker, other)) {
           // Roaming: `other` may have moved (its NAT got a new address or port) — it asks the
           // reflector again now instead of in up to 25 s; if it moved, the reflector's onChange makes
-          // its peers re-fetch the new endpoint and no relay is needed.
+          // its peers re-fetch the new endpoint. A peer that fell silent is only checked (no relay);
+          // a failed punch is relayed at once (waiting here would delay every relay decision).
           publish(reflectNowTopic(other), {});
-          if (await roamed(other, req.endpoint)) {
+          if (req.silent && await roamed(other, req.endpoint)) {
             log.info("peer moved: its new endpoint is followed", { worker: other, asker: worker });
-            return;
           }
         }
         if (!r || req.silent) return;

@@ -6,7 +6,7 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
-import { RelayServer } from "../../src/path/relay.ts";
+import { RelayServer, type RelayTotals } from "../../src/path/relay.ts";
 import {
   PUNCH_DEADLINE_MS,
   type RelayRow,
@@ -106,6 +106,53 @@ Deno.test("relay server: forwards between two locked nodes over real UDP, opaque
     assertEquals(r.viaFor("w1", "w3"), undefined);
   } finally {
     for (const s of socks) s.close();
+    r.stop();
+  }
+});
+
+Deno.test("relay server: a burst of 300 datagrams crosses the forwarding Worker whole, in order, counted one by one; the rate limit holds there", async () => {
+  const r = new RelayServer({
+    address: "127.0.0.1",
+    host: "127.0.0.1",
+    observedIp: () => "127.0.0.1",
+    bytesPerSec: 60_000, // 60 kB/s, a one-second burst: 300 × 1200 B = 360 kB cannot all pass in < 4 s
+  });
+  const a = dgram.createSocket({ type: "udp4", recvBufferSize: 4 << 20 });
+  const b = dgram.createSocket({ type: "udp4", recvBufferSize: 4 << 20 });
+  try {
+    await new Promise<void>((res) => a.bind(0, "127.0.0.1", () => res()));
+    await new Promise<void>((res) => b.bind(0, "127.0.0.1", () => res()));
+    await r.ready();
+    const { ports } = await r.pair("w1", "w2");
+    const got: number[] = [];
+    b.on("message", (m) => {
+      if (m.length === 1200) got.push(m.readUInt16BE(0));
+    });
+    b.send(hello("w2"), ports[1], "127.0.0.1");
+    await new Promise((res) => setTimeout(res, 100));
+    a.send(hello("w1"), ports[0], "127.0.0.1");
+    await new Promise((res) => setTimeout(res, 200));
+    // 30 datagrams every 20 ms: the receiver (JS, a small socket buffer) keeps up; the relay sees bursts.
+    for (let i = 0; i < 300; i++) {
+      const d = new Uint8Array(1200);
+      d[0] = i >> 8;
+      d[1] = i & 0xff;
+      a.send(d, ports[0], "127.0.0.1");
+      if (i % 30 === 29) await new Promise((res) => setTimeout(res, 20));
+    }
+    // Counters reach the main isolate within 100 ms of a change (a busy machine: allow 3 s).
+    const done = (t: RelayTotals) => t.packets - 1 + t.drops.rate >= 300;
+    for (let i = 0; i < 60 && !done(r.totals()); i++) await new Promise((res) => setTimeout(res, 50));
+    await new Promise((res) => setTimeout(res, 100));
+    const t = r.totals();
+    assert(got.length >= 40 && got.length < 300, `${got.length} of 300 forwarded within the rate`);
+    assertEquals(got, [...got].sort((x, y) => x - y), "in order");
+    // w2's HELLO came before w1 was locked (dropped: peer_not_locked), w1's was forwarded.
+    assertEquals(t.packets - 1, got.length, "each datagram counted once, none lost");
+    assertEquals(t.drops.rate, 300 - got.length, "the rest dropped for the rate");
+  } finally {
+    a.close();
+    b.close();
     r.stop();
   }
 });

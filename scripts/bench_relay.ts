@@ -77,16 +77,18 @@ async function iperf(from: SimInstance, server: SimInstance, host: string): Prom
   return j.end.sum_received.bits_per_second / 1e9;
 }
 
-/** ping RTT (ms): average and max over `n` echoes. */
+/** ping RTT (ms) over `n` echoes: average, max and median (the median resists a busy machine's outliers). */
 async function ping(
   from: SimInstance,
   host: string,
   n = SMOKE ? 5 : QUICK ? 20 : 100,
-): Promise<{ avg: number; max: number }> {
-  const out = await w.execIn(from, ["ping", "-c", String(n), "-i", "0.02", "-q", host]);
+): Promise<{ avg: number; max: number; median: number }> {
+  const out = await w.execIn(from, ["ping", "-n", "-c", String(n), "-i", "0.02", host]);
   const m = /= ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(out);
   if (!m) throw new Error(`ping: ${out}`);
-  return { avg: Number(m[2]), max: Number(m[3]) };
+  const times = [...out.matchAll(/time=([\d.]+) ms/g)].map((t) => Number(t[1])).sort((x, y) => x - y);
+  const median = times.length ? times[Math.floor(times.length / 2)] : Number(m[2]);
+  return { avg: Number(m[2]), max: Number(m[3]), median };
 }
 
 async function relayed(n: SimNode): Promise<boolean> {
@@ -171,9 +173,20 @@ try {
       relay_decide_ms: decideMs,
       relay_first_answer_ms: relayFirstMs,
       direct_again_ms: directAfterMs,
-      relay: { gbit: relayGbit, rtt_avg_ms: relayPing.avg, rtt_max_ms: relayPing.max },
-      direct: { gbit: directGbit, rtt_avg_ms: directPing.avg, rtt_max_ms: directPing.max },
+      relay: {
+        gbit: relayGbit,
+        rtt_avg_ms: relayPing.avg,
+        rtt_max_ms: relayPing.max,
+        rtt_median_ms: relayPing.median,
+      },
+      direct: {
+        gbit: directGbit,
+        rtt_avg_ms: directPing.avg,
+        rtt_max_ms: directPing.max,
+        rtt_median_ms: directPing.median,
+      },
       added_rtt_ms: relayPing.avg - directPing.avg,
+      added_rtt_median_ms: relayPing.median - directPing.median,
       throughput_ratio: relayGbit / directGbit,
     },
     null,

@@ -27,7 +27,13 @@ import type { NodeMetrics } from "./proxy/metrics.ts";
 import { OnDemand } from "./metrics/on_demand.ts";
 import { type Health, type MetricsServer, startMetricsServer } from "./metrics/http.ts";
 import { Backoff } from "./control/backoff.ts";
-import { endpointText, parseRelayNotice, relayNoticeTopic, relayRequestTopic } from "./path/relay_msg.ts";
+import {
+  endpointText,
+  parseRelayNotice,
+  reflectNowTopic,
+  relayNoticeTopic,
+  relayRequestTopic,
+} from "./path/relay_msg.ts";
 import type { RelayAsks } from "./path/relay_watch.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import type { KfastController } from "./kfast/controller.ts";
@@ -270,6 +276,8 @@ class Node implements NodeService {
       });
       this.dataPlane?.relay(peer, via);
     });
+    // A peer finds us silent at our observed endpoint: our NAT may have moved (roaming).
+    await this.control.listen(reflectNowTopic(workerId), () => this.dataPlane?.reflectNow());
   }
 
   /** Relay requests (src/path/relay_watch.ts) to the control plane. */
@@ -281,6 +289,9 @@ class Node implements NodeService {
     }
     for (const endpoint of asks.direct) {
       void this.control.publishJson(relayRequestTopic(id), { endpoint, direct: true });
+    }
+    for (const endpoint of asks.silent) {
+      void this.control.publishJson(relayRequestTopic(id), { endpoint, direct: false, silent: true });
     }
   }
 

@@ -36,10 +36,19 @@ import { WORKER_ID } from "./schemas.ts";
 import { REVOCATION_TOPIC } from "../secure/revocation.ts";
 import { ObservedEndpoints, Reflector } from "../path/reflector.ts";
 import { RelayServer, type RelayTotals } from "../path/relay.ts";
-import { endpointText, parseRelayRequest, RELAY_REQUEST_TOPIC, relayNoticeTopic } from "../path/relay_msg.ts";
+import {
+  endpointText,
+  parseRelayRequest,
+  reflectNowTopic,
+  RELAY_REQUEST_TOPIC,
+  relayNoticeTopic,
+} from "../path/relay_msg.ts";
 
 const log = logger("control");
 const CERT_REQUEST = /^nodes\/([^/]+)\/net\/cert\/request$/;
+
+/** How long a relay request waits for the target's re-checked observed endpoint (roaming). */
+const ROAM_WAIT_MS = 700;
 
 /** Default MQTT listener port (Oakestra's cluster broker). */
 export const DEFAULT_MQTT_PORT = 10003;
@@ -498,7 +507,16 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       return undefined;
     };
     // A node's punch towards `endpoint` failed (relay us) or works again (free the relay).
-    const relayRequest = async (r: RelayServer, worker: string, payload: Uint8Array) => {
+    // Whether `w`'s observed endpoint moves away from `from` within ROAM_WAIT_MS (after a re-check).
+    const roamed = async (w: string, from: { ip: string; port: number }) => {
+      for (const end = Date.now() + ROAM_WAIT_MS; Date.now() < end;) {
+        const o = observed.get(w);
+        if (o && (o.ip !== from.ip || o.port !== from.port)) return true;
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      return false;
+    };
+    const relayRequest = async (r: RelayServer | undefined, worker: string, payload: Uint8Array) => {
       let body: unknown;
       try {
         body = JSON.parse(new TextDecoder().decode(payload));
@@ -521,11 +539,22 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         return endpointText(o.ip, o.port);
       };
       if (req.direct) {
-        if (!r.drop(worker, other)) return;
+        if (!r?.drop(worker, other)) return;
         log.info("relay freed: direct path works", { nodes: `${worker} ${other}` });
         publish(relayNoticeTopic(worker), { peer: peerOf(other), via: "" });
         publish(relayNoticeTopic(other), { peer: peerOf(worker), via: "" });
       } else {
+        if (!r?.viaFor(worker, other)) {
+          // Roaming: `other` may have moved (its NAT got a new address or port) — it asks the
+          // reflector again now instead of in up to 25 s; if it moved, the reflector's onChange makes
+          // its peers re-fetch the new endpoint. A peer that fell silent is only checked (no relay);
+          // a failed punch is relayed at once (waiting here would delay every relay decision).
+          publish(reflectNowTopic(other), {});
+          if (req.silent && await roamed(other, req.endpoint)) {
+            log.info("peer moved: its new endpoint is followed", { worker: other, asker: worker });
+          }
+        }
+        if (!r || req.silent) return;
         const { ports, created } = await r.pair(worker, other);
         if (created) log.info("relaying: punch failed", { nodes: `${worker} ${other}` });
         publish(relayNoticeTopic(worker), { peer: peerOf(other), via: endpointText(r.address, ports[0]) });
@@ -564,7 +593,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       }
       const rq = RELAY_REQUEST_TOPIC.exec(topic);
       if (rq) {
-        if (relays) {
+        if (relays || reflector) {
           void relayRequest(relays, rq[1], payload).catch((e) =>
             log.warn("relay request failed", { worker: rq[1], error: (e as Error).message })
           );
@@ -583,8 +612,23 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
           host: opts.reflectorHost ?? "0.0.0.0",
           isNode: (w) => state.node(w) !== undefined,
           observed,
-          // Peers must dial the new endpoint: interested nodes re-fetch the jobs running there.
-          onChange: (w) => notifyJobsOn(w),
+          // Peers must dial the new endpoint: interested nodes re-fetch the jobs running there; a
+          // relayed node HELLOs its relay ports again at once (its side re-locks from the new address).
+          onChange: (w) => {
+            notifyJobsOn(w);
+            if (!relays) return;
+            relays.observedChanged();
+            for (const o of relays.partnersOf(w)) {
+              const via = relays.viaFor(w, o);
+              const po = observed.get(o);
+              if (via && po) {
+                publish(relayNoticeTopic(w), {
+                  peer: endpointText(po.ip, po.port),
+                  via: endpointText(via.ip, via.port),
+                });
+              }
+            }
+          },
         });
       } catch (e) {
         const why = `cannot serve the reflector on UDP ${opts.reflectorPort}: ${(e as Error).message}`;

@@ -16,9 +16,11 @@
  * ```
  * @module
  */
-import dgram from "node:dgram";
+import { EventFd } from "../../ffi/eventfd.ts";
+import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
 import { logger } from "../log.ts";
 import { type RelayCounters, type RelayDrop, RelayPairState } from "./relay_core.ts";
+import type { RelayFwdCommand, RelayFwdEvent } from "./relay_fwd.ts";
 
 const log = logger("relay");
 
@@ -40,12 +42,18 @@ export interface RelayServerOptions {
   maxPairs?: number;
 }
 
-/** One allocation: its state and its two sockets. */
+/**
+ * One allocation as the main isolate sees it: who is on which side (a {@link RelayPairState} kept
+ * for `sideOf`; the forwarding Worker holds the live one) and the counters it last reported.
+ */
 interface Pair {
   readonly key: string;
+  /** Unique id in the Worker (a pair freed and made again gets a new one). */
+  readonly id: string;
   readonly state: RelayPairState;
-  readonly socks: [dgram.Socket, dgram.Socket];
   readonly ports: [number, number];
+  counters: RelayCounters;
+  lastUsed: number;
 }
 
 /** Counters of the whole relay (for metrics and the log). */
@@ -70,16 +78,21 @@ function pairKey(a: string, b: string): string {
   return a < b ? `${a}\n${b}` : `${b}\n${a}`;
 }
 
-function bindSocket(host: string): Promise<dgram.Socket> {
-  const s = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
-  return new Promise((resolve, reject) => {
-    s.once("error", reject);
-    s.bind(0, host, () => {
-      s.off("error", reject);
-      s.on("error", (e) => log.warn("relay socket error", { error: String(e) }));
-      resolve(s);
-    });
-  });
+const EMPTY = (): RelayCounters => ({
+  packets: 0,
+  bytes: 0,
+  relocks: 0,
+  drops: { stranger: 0, not_locked: 0, peer_not_locked: 0, rate: 0 },
+});
+
+function bindSocket(host: string): UdpSocket {
+  // Non-blocking (the Worker polls them all), GRO on (bursts read as one slot, sent on with GSO).
+  return openUdp({ bindAddr: host, port: 0, nonBlocking: true, gro: true, rcvbuf: 4 << 20, sndbuf: 4 << 20 });
+}
+
+/** The forwarding Worker's module (a path that also holds from the packaged src/bundle/ chunks). */
+function workerModule(): URL {
+  return new URL("../path/relay_worker.ts", import.meta.url);
 }
 
 /** See the module. */
@@ -87,66 +100,157 @@ export class RelayServer {
   readonly address: string;
   readonly #opts: RelayServerOptions;
   readonly #pairs = new Map<string, Pair>();
-  readonly #pending = new Map<string, Promise<Pair>>();
-  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  /** Freed allocations whose final counters the Worker has not sent yet (id → last reported). */
+  readonly #freed = new Map<string, RelayCounters>();
   /** Counters of freed allocations (so totals only grow). */
-  readonly #gone: RelayTotals = {
-    pairs: 0,
-    packets: 0,
-    bytes: 0,
-    relocks: 0,
-    drops: { stranger: 0, not_locked: 0, peer_not_locked: 0, rate: 0 },
-  };
+  readonly #gone: RelayTotals = { ...EMPTY(), pairs: 0 };
   readonly #timer: ReturnType<typeof setInterval>;
+  #worker: Worker | undefined;
+  #wake: EventFd | undefined;
+  #seq = 0;
+  #ticks = 0;
+  #observedSent = "";
+  #ready = Promise.withResolvers<void>();
 
   constructor(opts: RelayServerOptions) {
     this.address = opts.address;
     this.#opts = opts;
-    this.#timer = setInterval(() => this.#expire(Date.now()), 10_000);
+    this.#timer = setInterval(() => {
+      this.#syncObserved();
+      if (++this.#ticks % 20 === 0) this.#expire(Date.now());
+    }, 500);
     Deno.unrefTimer(this.#timer as unknown as number);
+    this.#start(); // the Worker's start-up (module load) is not paid by the first allocation
+  }
+
+  #start(): Worker {
+    this.#wake = new EventFd();
+    const w = new Worker(workerModule(), { type: "module" });
+    w.onmessage = (ev: MessageEvent<RelayFwdEvent>) => this.#event(ev.data);
+    w.onerror = (ev) => {
+      ev.preventDefault();
+      log.error("relay forwarding worker failed", { message: ev.message });
+    };
+    w.postMessage({
+      type: "init",
+      wakeFd: this.#wake.fd,
+      bytesPerSec: this.#opts.bytesPerSec ?? 125_000_000,
+    });
+    this.#worker = w;
+    return w;
+  }
+
+  #post(c: RelayFwdCommand): void {
+    if (!this.#worker) {
+      this.#wake = new EventFd();
+      const w = new Worker(workerModule(), { type: "module" });
+      w.onmessage = (ev: MessageEvent<RelayFwdEvent>) => this.#event(ev.data);
+      w.onerror = (ev) => {
+        ev.preventDefault();
+        log.error("relay forwarding worker failed", { message: ev.message });
+      };
+      this.#worker = w;
+      w.postMessage({
+        type: "init",
+        wakeFd: this.#wake.fd,
+        bytesPerSec: this.#opts.bytesPerSec ?? 125_000_000,
+      });
+    }
+    this.#worker.postMessage(c);
+    this.#wake!.signal();
+  }
+
+  /** Resolves once the forwarding Worker runs (allocations made before are served from then on). */
+  ready(): Promise<void> {
+    return this.#ready.promise;
+  }
+
+  #event(e: RelayFwdEvent): void {
+    if (e.type === "ready") {
+      this.#ready.resolve();
+    } else if (e.type === "stats") {
+      for (const p of this.#pairs.values()) {
+        const s = e.pairs[p.id];
+        if (s) {
+          p.counters = s.counters;
+          p.lastUsed = s.lastUsed;
+        }
+      }
+    } else if (e.type === "removed") {
+      const last = this.#freed.get(e.key);
+      if (!last) return;
+      this.#freed.delete(e.key);
+      // Add what happened between the last report and the removal.
+      this.#add(this.#gone, e.counters);
+      this.#sub(this.#gone, last);
+    } else if (e.type === "error") {
+      log.error("relay forwarding worker", { message: e.message });
+    }
+  }
+
+  /** The reflector saw a node at a new address: the Worker learns it now, not within 500 ms. */
+  observedChanged(): void {
+    this.#syncObserved();
+  }
+
+  /** Tells the Worker the reflector's view of the nodes with allocations, when it changed. */
+  #syncObserved(): void {
+    if (this.#pairs.size === 0) return;
+    const observed: Record<string, string> = {};
+    for (const p of this.#pairs.values()) {
+      for (const s of p.state.sides) {
+        const ip = this.#opts.observedIp(s.worker);
+        if (ip !== undefined) observed[s.worker] = ip;
+      }
+    }
+    const text = JSON.stringify(observed);
+    if (text === this.#observedSent) return;
+    this.#observedSent = text;
+    this.#post({ type: "observed", observed });
   }
 
   /** The allocation between `a` and `b` (made when missing): `ports[0]` is `a`'s, `ports[1]` `b`'s. */
+  // deno-lint-ignore require-await
   async pair(a: string, b: string): Promise<{ ports: [number, number]; created: boolean }> {
     if (a === b) throw new RelayError(`cannot relay node ${a} to itself`);
     const key = pairKey(a, b);
-    const have = this.#pairs.get(key);
     const order = (p: Pair) =>
       p.state.sideOf(a) === 0 ? p.ports : [p.ports[1], p.ports[0]] as [number, number];
+    const have = this.#pairs.get(key);
     if (have) return { ports: order(have), created: false };
-    let pending = this.#pending.get(key);
-    if (!pending) {
-      if (this.#pairs.size >= (this.#opts.maxPairs ?? 1024)) {
-        throw new RelayError(`relay full (${this.#pairs.size} allocations)`);
-      }
-      pending = this.#open(key, a, b).finally(() => this.#pending.delete(key));
-      this.#pending.set(key, pending);
+    if (this.#pairs.size >= (this.#opts.maxPairs ?? 1024)) {
+      throw new RelayError(`relay full (${this.#pairs.size} allocations)`);
     }
-    return { ports: order(await pending), created: true };
+    return { ports: order(this.#open(key, a, b)), created: true };
   }
 
-  async #open(key: string, a: string, b: string): Promise<Pair> {
+  #open(key: string, a: string, b: string): Pair {
     const host = this.#opts.host ?? "0.0.0.0";
-    const s0 = await bindSocket(host);
-    const s1 = await bindSocket(host).catch((e) => {
+    const s0 = bindSocket(host);
+    let s1: UdpSocket;
+    try {
+      s1 = bindSocket(host);
+    } catch (e) {
       s0.close();
       throw e;
-    });
-    const state = new RelayPairState(a, b, {
-      observedIp: this.#opts.observedIp,
-      bytesPerSec: this.#opts.bytesPerSec ?? 125_000_000,
-      buckets: this.#buckets,
-    }, Date.now());
-    const socks: [dgram.Socket, dgram.Socket] = [s0, s1];
-    const p: Pair = { key, state, socks, ports: [s0.address().port, s1.address().port] };
-    for (const side of [0, 1] as const) {
-      const out = socks[1 - side];
-      socks[side].on("message", (msg, r) => {
-        const ip = r.address.startsWith("::ffff:") ? r.address.slice(7) : r.address;
-        const v = state.decide(side, msg, ip, r.port, Date.now());
-        if (v.forward) out.send(msg, v.forward.port, v.forward.ip);
-      });
     }
+    const state = new RelayPairState(a, b, { observedIp: () => undefined, bytesPerSec: 1 });
+    const id = `${key}\n${++this.#seq}`;
+    const p: Pair = {
+      key,
+      id,
+      state,
+      ports: [s0.localPort, s1.localPort],
+      counters: EMPTY(),
+      lastUsed: Date.now(),
+    };
+    const observed: Record<string, string> = {};
+    for (const w of [a, b]) {
+      const ip = this.#opts.observedIp(w);
+      if (ip !== undefined) observed[w] = ip;
+    }
+    // The Worker owns the sockets from here on (it closes them when the allocation is freed).
+    this.#post({ type: "add", key: id, a, b, socks: [s0.info(), s1.info()], observed });
     this.#pairs.set(key, p);
     log.info("relay allocation", { nodes: `${a} ${b}`, ports: `${p.ports[0]} ${p.ports[1]}` });
     return p;
@@ -180,16 +284,13 @@ export class RelayServer {
 
   #free(p: Pair): void {
     this.#pairs.delete(p.key);
-    this.#add(this.#gone, p.state.counters);
+    this.#add(this.#gone, p.counters);
     this.#gone.pairs++;
-    for (const s of p.socks) {
-      try {
-        s.close();
-      } catch { /* closed */ }
-    }
+    this.#freed.set(p.id, p.counters);
+    this.#post({ type: "remove", key: p.id });
     log.info("relay allocation freed", {
       nodes: `${p.state.sides[0].worker} ${p.state.sides[1].worker}`,
-      packets: p.state.counters.packets,
+      packets: p.counters.packets,
     });
   }
 
@@ -200,12 +301,19 @@ export class RelayServer {
     for (const k of Object.keys(c.drops) as RelayDrop[]) t.drops[k] += c.drops[k];
   }
 
+  #sub(t: RelayTotals, c: RelayCounters): void {
+    t.packets -= c.packets;
+    t.bytes -= c.bytes;
+    t.relocks -= c.relocks;
+    for (const k of Object.keys(c.drops) as RelayDrop[]) t.drops[k] -= c.drops[k];
+  }
+
   #expire(now: number): void {
     const idle = this.#opts.idleMs ?? 600_000;
     const isNode = this.#opts.isNode ?? (() => true);
     for (const p of [...this.#pairs.values()]) {
       const gone = !isNode(p.state.sides[0].worker) || !isNode(p.state.sides[1].worker);
-      if (gone || now - p.state.lastUsed > idle) this.#free(p);
+      if (gone || now - p.lastUsed > idle) this.#free(p);
     }
   }
 
@@ -221,16 +329,23 @@ export class RelayServer {
     return n;
   }
 
-  /** Totals over all allocations, current and freed (`pairs`: current ones). */
+  /**
+   * Totals over all allocations, current and freed (`pairs`: current ones). The forwarding Worker
+   * reports its counters every 100 ms while they change, so these lag by up to that.
+   */
   totals(): RelayTotals {
     const t: RelayTotals = { ...this.#gone, drops: { ...this.#gone.drops }, pairs: this.#pairs.size };
-    for (const p of this.#pairs.values()) this.#add(t, p.state.counters);
+    for (const p of this.#pairs.values()) this.#add(t, p.counters);
     return t;
   }
 
-  /** Closes every socket. */
+  /** Frees every allocation and stops the forwarding Worker (it closes the sockets). */
   stop(): void {
     clearInterval(this.#timer);
     for (const p of [...this.#pairs.values()]) this.#free(p);
+    if (this.#worker) {
+      this.#post({ type: "stop" });
+      this.#worker = undefined;
+    }
   }
 }

@@ -98,8 +98,20 @@ export class RelayPairState {
     return true;
   }
 
-  /** Decides about datagram `data` that arrived on side `side`'s port from `ip:port` at `now` (ms). */
-  decide(side: 0 | 1, data: Uint8Array, ip: string, port: number, now: number): RelayVerdict {
+  /**
+   * Decides about datagram `data` that arrived on side `side`'s port from `ip:port` at `now` (ms).
+   * A GRO-coalesced read passes its first datagram as `data`, all its bytes as `bytes` and the
+   * number of datagrams as `count` (the batch is one sender's, so one verdict covers it).
+   */
+  decide(
+    side: 0 | 1,
+    data: Uint8Array,
+    ip: string,
+    port: number,
+    now: number,
+    bytes: number = data.length,
+    count = 1,
+  ): RelayVerdict {
     const me = this.sides[side];
     const other = this.sides[1 - side];
     if (me.ip !== ip || me.port !== port) {
@@ -114,9 +126,9 @@ export class RelayPairState {
       me.port = port;
     }
     if (other.ip === undefined) return this.#drop("peer_not_locked");
-    if (!this.#take(me.worker, data.length, now)) return this.#drop("rate");
-    this.counters.packets++;
-    this.counters.bytes += data.length;
+    if (!this.#take(me.worker, bytes, now)) return this.#drop("rate");
+    this.counters.packets += count;
+    this.counters.bytes += bytes;
     this.lastUsed = now;
     return { forward: { ip: other.ip, port: other.port } };
   }

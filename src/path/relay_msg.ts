@@ -3,10 +3,14 @@
  *
  * - node → cluster `nodes/<id>/net/relay/request`: `{"endpoint":"ip:port","direct":false}` — no answer
  *   from that peer endpoint within 3 s of dialling it (punch failed): relay us; `"direct":true` — a
- *   relayed peer now answers at its own endpoint: free the relay.
+ *   relayed peer now answers at its own endpoint: free the relay; `"silent":true` (with `direct`
+ *   false) — a peer that answered before sends nothing back for 2 s although we send: has it moved?
+ *   (the control plane has it re-check its observed endpoint; no relay).
  * - cluster → node `nodes/<id>/net/relay`: `{"peer":"ip:port","via":"ip:port"}` — the node at `peer`
  *   is now reached at `via` on the relay (HELLO it to open the NAT mapping and lock the relay's
  *   side); `"via":""` — relay freed, back to `peer`.
+ * - cluster → node `nodes/<id>/net/reflect`: `{}` — a peer finds this node silent at its observed
+ *   endpoint: ask the reflector again now (its NAT may have moved: roaming), not after 25 s.
  *
  * @example
  * ```ts
@@ -27,6 +31,11 @@ export function relayRequestTopic(worker: string): string {
 /** `nodes/<worker>/net/relay` (cluster → node). */
 export function relayNoticeTopic(worker: string): string {
   return `nodes/${worker}/net/relay`;
+}
+
+/** `nodes/<worker>/net/reflect` (cluster → node): re-check the observed endpoint now. */
+export function reflectNowTopic(worker: string): string {
+  return `nodes/${worker}/net/reflect`;
 }
 
 /** Matches a relay request topic; group 1 is the worker id. */
@@ -53,13 +62,19 @@ export function endpointText(ip: string, port: number): string {
   return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
-const RequestSchema = z.object({ endpoint: z.string().max(64), direct: z.boolean() });
+const RequestSchema = z.object({
+  endpoint: z.string().max(64),
+  direct: z.boolean(),
+  silent: z.boolean().optional(),
+});
 const NoticeSchema = z.object({ peer: z.string().max(64), via: z.string().max(64) });
 
 /** A validated relay request. */
 export interface RelayRequest {
   readonly endpoint: RelayEndpoint;
   readonly direct: boolean;
+  /** A peer that answered before fell silent (roaming check only, no relay). */
+  readonly silent: boolean;
 }
 
 /** A validated relay notice (`via` undefined: relay freed). */
@@ -73,7 +88,7 @@ export function parseRelayRequest(body: unknown): RelayRequest | undefined {
   const r = RequestSchema.safeParse(body);
   if (!r.success) return undefined;
   const endpoint = parseEndpointText(r.data.endpoint);
-  return endpoint ? { endpoint, direct: r.data.direct } : undefined;
+  return endpoint ? { endpoint, direct: r.data.direct, silent: r.data.silent === true } : undefined;
 }
 
 /** Validates a notice body; undefined when malformed. */

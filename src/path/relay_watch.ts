@@ -20,6 +20,11 @@
 
 /** How long a dialled peer may stay silent before a relay is asked for (ms). */
 export const PUNCH_DEADLINE_MS = 2000;
+/**
+ * An answering peer we keep sending to that sends nothing back (no data, no HELLO/PROBE answer) for
+ * this long is reported silent (ms): it may have moved (roaming), the control plane has it re-check.
+ */
+export const SILENT_MS = 2000;
 /** A request for the same endpoint is repeated at most this often (ms). */
 export const REQUEST_EVERY_MS = 15_000;
 
@@ -31,6 +36,9 @@ export interface WatchedPeer {
   readonly lastAnswer?: number;
   /** Milliseconds since the data plane added it (first dialled it). */
   readonly ageMs?: number;
+  /** Datagrams sent to it / received from it (any kind), cumulative. */
+  readonly txPackets?: number;
+  readonly rxPackets?: number;
 }
 
 /** What {@link RelayWatch.update} asks for. */
@@ -39,6 +47,8 @@ export interface RelayAsks {
   readonly request: string[];
   /** Relayed peer endpoints that answered directly (free the relay). */
   readonly direct: string[];
+  /** Answering peers that fell silent while we kept sending (they may have moved: roaming). */
+  readonly silent: string[];
 }
 
 interface Seen {
@@ -47,6 +57,10 @@ interface Seen {
   answeredEver: boolean;
   lastAnswer: number | undefined;
   askedAt: number;
+  tx: number;
+  rx: number;
+  /** Since when we send to it without hearing anything back (undefined: we heard it since). */
+  unheardSince: number | undefined;
 }
 
 /** See the module. */
@@ -60,6 +74,7 @@ export class RelayWatch {
   update(peers: readonly WatchedPeer[], now: number): RelayAsks {
     const request: string[] = [];
     const direct: string[] = [];
+    const quiet: string[] = [];
     const present = new Set<string>();
     for (const p of peers) {
       present.add(p.endpoint);
@@ -71,11 +86,20 @@ export class RelayWatch {
           answeredEver: p.lastAnswer !== undefined,
           lastAnswer: p.lastAnswer,
           askedAt: -Infinity,
+          tx: p.txPackets ?? 0,
+          rx: p.rxPackets ?? 0,
+          unheardSince: undefined,
         };
         this.#seen.set(p.endpoint, s);
       }
       const answered = !fresh && p.lastAnswer !== undefined && p.lastAnswer !== s.lastAnswer;
       s.lastAnswer = p.lastAnswer;
+      const sent = (p.txPackets ?? 0) !== s.tx;
+      const heard = answered || (p.rxPackets ?? 0) !== s.rx;
+      s.tx = p.txPackets ?? 0;
+      s.rx = p.rxPackets ?? 0;
+      if (heard) s.unheardSince = undefined;
+      else if (sent && s.unheardSince === undefined) s.unheardSince = now;
       if (this.#peerOf.has(p.endpoint)) continue; // a relay endpoint: answers come through the relay
       if (this.#via.has(p.endpoint)) {
         // Relayed, and we keep HELLOing its own endpoint: an answer there means the direct path works.
@@ -88,6 +112,13 @@ export class RelayWatch {
       if (answered || p.capsKnown) {
         s.since = now;
         s.answeredEver = true;
+        if (
+          s.unheardSince !== undefined && now - s.unheardSince >= SILENT_MS &&
+          now - s.askedAt >= REQUEST_EVERY_MS
+        ) {
+          s.askedAt = now;
+          quiet.push(p.endpoint);
+        }
         continue;
       }
       // Never answered: silent since it was added; else since its last answer was seen.
@@ -98,7 +129,7 @@ export class RelayWatch {
       }
     }
     for (const k of this.#seen.keys()) if (!present.has(k)) this.#seen.delete(k);
-    return { request, direct };
+    return { request, direct, silent: quiet };
   }
 
   /** The control plane relays `peer` through `via` (undefined: relay freed, `peer` is dialled again). */

@@ -513,7 +513,7 @@ export class DataPlane {
   #noteRelays(peers: StatsData["peers"]): void {
     const now = Date.now();
     const asks = this.relayWatch.update(peers, now);
-    if (asks.request.length > 0 || asks.direct.length > 0) this.onRelayAsk?.(asks);
+    if (asks.request.length > 0 || asks.direct.length > 0 || asks.silent.length > 0) this.onRelayAsk?.(asks);
     if (now - this.#relayPunchAt < 15_000) return;
     this.#relayPunchAt = now;
     for (const [peer, via] of this.relayWatch.relays()) {
@@ -533,6 +533,11 @@ export class DataPlane {
     if (old !== undefined && old !== via) this.#broadcast({ type: "punch", key: old, stop: true });
     if (via !== undefined) this.#broadcast({ type: "punch", key: via });
     this.#broadcast({ type: "punch", key: peer });
+  }
+
+  /** Asks the reflector for this node's observed endpoint now (roaming: a peer finds us silent). */
+  reflectNow(): void {
+    this.#broadcast({ type: "reflectNow" });
   }
 
   /** Peers with their wire mode, RTT, last-seen age and drops (for `status` / `peers`). */

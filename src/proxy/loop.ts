@@ -223,6 +223,9 @@ export class PacketLoop {
       case "observedSelf":
         e.setObservedSelf(m.ip, m.port, performance.now());
         break;
+      case "reflectNow":
+        e.reflect?.refresh(performance.now());
+        break;
       case "punch":
         if (m.stop) e.unpunch(m.key, performance.now());
         else e.punch(m.key, performance.now());

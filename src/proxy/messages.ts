@@ -99,6 +99,8 @@ export type ToWorker =
   | { type: "self"; ip: string }
   /** The tunnel's observed public endpoint: table entries naming it are this node's too (behind NAT). */
   | { type: "observedSelf"; ip: string; port: number }
+  /** Ask the reflector for the observed endpoint now (a peer finds us silent: our NAT may have moved). */
+  | { type: "reflectNow" }
   /**
    * Hole punching: HELLO this endpoint ("ip:port") to open and keep open our NAT mapping towards it;
    * `stop`: no longer (a freed relay endpoint).

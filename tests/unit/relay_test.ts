@@ -6,8 +6,14 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
-import { RelayServer } from "../../src/path/relay.ts";
-import { PUNCH_DEADLINE_MS, type RelayRow, RelayWatch, showRelays } from "../../src/path/relay_watch.ts";
+import { RelayServer, type RelayTotals } from "../../src/path/relay.ts";
+import {
+  PUNCH_DEADLINE_MS,
+  type RelayRow,
+  RelayWatch,
+  showRelays,
+  SILENT_MS,
+} from "../../src/path/relay_watch.ts";
 import { parseRelayNotice, parseRelayRequest } from "../../src/path/relay_msg.ts";
 import { CAP_FAST, encodeHello } from "../../src/proxy/wire.ts";
 import dgram from "node:dgram";
@@ -78,6 +84,7 @@ Deno.test("relay server: forwards between two locked nodes over real UDP, opaque
     const a = await open();
     const b = await open();
     const stranger = await open("127.0.0.2");
+    await r.ready(); // the forwarding Worker's start (type-checked under deno test: seconds)
     const { ports, created } = await r.pair("w1", "w2");
     assert(created);
     assertEquals((await r.pair("w2", "w1")).ports, [ports[1], ports[0]], "one allocation per pair");
@@ -99,6 +106,53 @@ Deno.test("relay server: forwards between two locked nodes over real UDP, opaque
     assertEquals(r.viaFor("w1", "w3"), undefined);
   } finally {
     for (const s of socks) s.close();
+    r.stop();
+  }
+});
+
+Deno.test("relay server: a burst of 300 datagrams crosses the forwarding Worker whole, in order, counted one by one; the rate limit holds there", async () => {
+  const r = new RelayServer({
+    address: "127.0.0.1",
+    host: "127.0.0.1",
+    observedIp: () => "127.0.0.1",
+    bytesPerSec: 60_000, // 60 kB/s, a one-second burst: 300 × 1200 B = 360 kB cannot all pass in < 4 s
+  });
+  const a = dgram.createSocket({ type: "udp4", recvBufferSize: 4 << 20 });
+  const b = dgram.createSocket({ type: "udp4", recvBufferSize: 4 << 20 });
+  try {
+    await new Promise<void>((res) => a.bind(0, "127.0.0.1", () => res()));
+    await new Promise<void>((res) => b.bind(0, "127.0.0.1", () => res()));
+    await r.ready();
+    const { ports } = await r.pair("w1", "w2");
+    const got: number[] = [];
+    b.on("message", (m) => {
+      if (m.length === 1200) got.push(m.readUInt16BE(0));
+    });
+    b.send(hello("w2"), ports[1], "127.0.0.1");
+    await new Promise((res) => setTimeout(res, 100));
+    a.send(hello("w1"), ports[0], "127.0.0.1");
+    await new Promise((res) => setTimeout(res, 200));
+    // 30 datagrams every 20 ms: the receiver (JS, a small socket buffer) keeps up; the relay sees bursts.
+    for (let i = 0; i < 300; i++) {
+      const d = new Uint8Array(1200);
+      d[0] = i >> 8;
+      d[1] = i & 0xff;
+      a.send(d, ports[0], "127.0.0.1");
+      if (i % 30 === 29) await new Promise((res) => setTimeout(res, 20));
+    }
+    // Counters reach the main isolate within 100 ms of a change (a busy machine: allow 3 s).
+    const done = (t: RelayTotals) => t.packets - 1 + t.drops.rate >= 300;
+    for (let i = 0; i < 60 && !done(r.totals()); i++) await new Promise((res) => setTimeout(res, 50));
+    await new Promise((res) => setTimeout(res, 100));
+    const t = r.totals();
+    assert(got.length >= 40 && got.length < 300, `${got.length} of 300 forwarded within the rate`);
+    assertEquals(got, [...got].sort((x, y) => x - y), "in order");
+    // w2's HELLO came before w1 was locked (dropped: peer_not_locked), w1's was forwarded.
+    assertEquals(t.packets - 1, got.length, "each datagram counted once, none lost");
+    assertEquals(t.drops.rate, 300 - got.length, "the rest dropped for the rate");
+  } finally {
+    a.close();
+    b.close();
     r.stop();
   }
 });
@@ -128,13 +182,38 @@ Deno.test("relay watch: asks once a dialled peer stayed silent 2 s (its age) or 
   const via = "192.0.2.254:41000";
   w.setRelay(e, via);
   const rows = [{ endpoint: e, capsKnown: false }, { endpoint: via, capsKnown: false }];
-  assertEquals(w.update(rows, 30_000), { request: [], direct: [] });
+  assertEquals(w.update(rows, 30_000), { request: [], direct: [], silent: [] });
   assertEquals(w.update([{ endpoint: e, capsKnown: true, lastAnswer: 5 }, rows[1]], 31_000).direct, [e]);
   const shown = showRelays<RelayRow>([{ endpoint: e, path: "punched" }, { endpoint: via }], w);
   assertEquals(shown, [{ endpoint: e, path: "relayed", via }]);
   w.setRelay(e, undefined);
   assertEquals(w.viaOf(e), undefined);
   assertEquals(w.peerBehind(via), undefined);
+});
+
+Deno.test("relay watch: an answering peer we keep sending to that sends nothing back for 2 s is reported silent (roaming), once per 15 s; a one-off send or an answer is not", () => {
+  const w = new RelayWatch();
+  const e = "203.0.113.7:40000";
+  const row = (tx: number, rx: number, lastAnswer = 1) => ({
+    endpoint: e,
+    capsKnown: true,
+    lastAnswer,
+    txPackets: tx,
+    rxPackets: rx,
+  });
+  assertEquals(w.update([row(10, 10)], 0).silent, []);
+  assertEquals(w.update([row(20, 20)], 1000).silent, [], "both ways: fine");
+  assertEquals(w.update([row(30, 20)], 2000).silent, [], "first send without an answer");
+  assertEquals(w.update([row(40, 20)], 2000 + SILENT_MS - 1).silent, []);
+  assertEquals(w.update([row(50, 20)], 2000 + SILENT_MS).silent, [e], "sent for 2 s, heard nothing");
+  assertEquals(w.update([row(60, 20)], 3000 + SILENT_MS).silent, [], "not again at once");
+  assertEquals(w.update([row(60, 20)], 3000 + SILENT_MS).request, [], "never a relay request");
+  // Heard again (data or a HELLO/PROBE answer): the clock restarts.
+  const v = new RelayWatch();
+  v.update([row(10, 10)], 0);
+  v.update([row(20, 10)], 1000);
+  assertEquals(v.update([row(30, 10, 2)], 2000).silent, [], "an answer");
+  assertEquals(v.update([row(30, 10, 2)], 9000).silent, [], "nothing sent since: not silent");
 });
 
 Deno.test("relay messages: requests and notices are validated", () => {

@@ -35,14 +35,11 @@
  * @module
  */
 import crypto from "node:crypto";
-import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
+import { MSG_HS_RESP } from "../proxy/wire.ts";
+import { INIT_BODY_LEN, INIT_WIRE_LEN, MAC_LEN } from "./cookie_wire.ts";
 
-/** Length of each MAC. */
-export const MAC_LEN = 16;
-/** HS_INIT without its MACs (secure_wire.ts: header 8 + ephemeral key 32). */
-export const INIT_BODY_LEN = 40;
-/** HS_INIT on the wire: body, mac1, mac2. */
-export const INIT_WIRE_LEN: number = INIT_BODY_LEN + 2 * MAC_LEN;
+export { hasMac2, INIT_BODY_LEN, INIT_WIRE_LEN, MAC_LEN } from "./cookie_wire.ts";
+
 /** Version byte of a COOKIE reply (an HS_RESP type byte with the high bit set in the version). */
 export const COOKIE_VERSION = 0x81;
 /** A COOKIE reply's length. */
@@ -109,13 +106,6 @@ export function checkMac1(
   const mac1 = buf.subarray(off + INIT_BODY_LEN, off + INIT_BODY_LEN + MAC_LEN);
   for (const k of keys) if (same(hmac16(k.mac1, body), mac1)) return k;
   return undefined;
-}
-
-/** True when `buf[off .. off+len)` is an HS_INIT with a (not yet checked) mac2. */
-export function hasMac2(buf: Uint8Array, off: number, len: number): boolean {
-  if (len !== INIT_WIRE_LEN || buf[off] !== MSG_HS_INIT) return false;
-  for (let i = off + INIT_WIRE_LEN - MAC_LEN; i < off + INIT_WIRE_LEN; i++) if (buf[i] !== 0) return true;
-  return false;
 }
 
 /** True when `buf[off]` starts a COOKIE reply (an HS_RESP type byte with {@link COOKIE_VERSION}). */

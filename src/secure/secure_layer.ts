@@ -31,7 +31,7 @@
  * @module
  */
 import { type SendBatch, UDP_MAX_SEGMENTS } from "../../ffi/udp.ts";
-import { hasMac2 } from "./cookie.ts";
+import { hasMac2 } from "./cookie_wire.ts";
 import { KeyRing, OPEN_RESULT_NAMES, Opened, OpenResult, type SessionKeys } from "./keys.ts";
 import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
 import { JUMBO_MAX_CHUNKS, JUMBO_TAG_LEN, MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";

@@ -38,6 +38,11 @@ import {
 const log = logger("kfast");
 
 /** The kernel could not be set up for the fast path (tool missing, no VXLAN, no nf_tables). */
+/** `ip rule` arguments that send a peer's marked flows to its routing table (same number as the mark). */
+function peerRule(op: "add" | "del", mark: string): string[] {
+  return ["rule", op, "fwmark", mark, "lookup", mark, "pref", String(KFAST_RULE_PREF_PEER)];
+}
+
 export class KernelFastPathError extends Error {
   constructor(message: string) {
     super(message);
@@ -325,41 +330,14 @@ export class KernelFastPath {
       "table",
       mark,
     ]);
-    await runTool("ip", [
-      "rule",
-      "del",
-      "fwmark",
-      mark,
-      "lookup",
-      mark,
-      "pref",
-      String(KFAST_RULE_PREF_PEER),
-    ]);
-    await mustRun("ip", [
-      "rule",
-      "add",
-      "fwmark",
-      mark,
-      "lookup",
-      mark,
-      "pref",
-      String(KFAST_RULE_PREF_PEER),
-    ]);
+    await runTool("ip", peerRule("del", mark));
+    await mustRun("ip", peerRule("add", mark));
     log.info("kernel fast path to peer", { peer: p, mark: `0x${markOf(i).toString(16)}` });
   }
 
   async #peerDown(p: string, i: number): Promise<void> {
     const mark = String(markOf(i));
-    await runTool("ip", [
-      "rule",
-      "del",
-      "fwmark",
-      mark,
-      "lookup",
-      mark,
-      "pref",
-      String(KFAST_RULE_PREF_PEER),
-    ]);
+    await runTool("ip", peerRule("del", mark));
     await runTool("ip", ["route", "flush", "table", mark]);
     await runTool("ip", ["neigh", "del", hopOf(i), "dev", this.device]);
     await runTool("bridge", ["fdb", "del", macOfNode(p), "dev", this.device, "dst", p]);

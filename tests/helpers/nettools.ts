@@ -127,6 +127,15 @@ async function tcpShaSend(host: string, port: number, mb: number, seconds: numbe
     const ahead = t0 + ((m + 1) * seconds * 1000) / mb - Date.now();
     if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
   }
+  const got = await sinkReply(conn);
+  clearTimeout(timer);
+  const want = `${mb * chunk.length} ${h.digest("hex")}`;
+  console.log(`sent ${want} sink ${got} in ${Date.now() - t0} ms`);
+  if (got !== want) Deno.exit(1);
+}
+
+/** Ends the sending side and reads the sink's one-line verdict ("<bytes> <hash>") until it closes. */
+async function sinkReply(conn: Deno.Conn): Promise<string> {
   await conn.closeWrite();
   const buf = new Uint8Array(256);
   let got = "";
@@ -136,10 +145,7 @@ async function tcpShaSend(host: string, port: number, mb: number, seconds: numbe
     got += dec.decode(buf.subarray(0, r));
   }
   conn.close();
-  clearTimeout(timer);
-  const want = `${mb * chunk.length} ${h.digest("hex")}`;
-  console.log(`sent ${want} sink ${got} in ${Date.now() - t0} ms`);
-  if (got !== want) Deno.exit(1);
+  return got;
 }
 
 /** Like tcpBulk, but paced over `seconds` (1 MB chunks with pauses): a long transfer, checked byte-exact. */
@@ -164,15 +170,7 @@ async function tcpBulkFor(host: string, port: number, seconds: number) {
     sent += chunk.length;
     await new Promise((r) => setTimeout(r, 50));
   }
-  await conn.closeWrite();
-  const buf = new Uint8Array(256);
-  let got = "";
-  for (;;) {
-    const r = await conn.read(buf);
-    if (r === null) break;
-    got += dec.decode(buf.subarray(0, r));
-  }
-  conn.close();
+  const got = await sinkReply(conn);
   clearTimeout(timer);
   const want = `${sent} ${h.toString(16)}`;
   console.log(`sent ${want} sink ${got}`);
@@ -196,15 +194,7 @@ async function tcpBulk(host: string, port: number, mb: number) {
     h = fnv(h, chunk);
     for (let o = 0; o < chunk.length;) o += await conn.write(chunk.subarray(o));
   }
-  await conn.closeWrite();
-  const buf = new Uint8Array(256);
-  let got = "";
-  for (;;) {
-    const r = await conn.read(buf);
-    if (r === null) break;
-    got += dec.decode(buf.subarray(0, r));
-  }
-  conn.close();
+  const got = await sinkReply(conn);
   clearTimeout(timer);
   const want = `${mb * chunk.length} ${h.toString(16)}`;
   console.log(`sent ${want} sink ${got}`);

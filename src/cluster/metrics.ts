@@ -87,6 +87,16 @@ export function controlRegistry(
   );
   snapshotCounter(
     reg,
+    "netmanager_control_relay_worker_restarts_total",
+    "Times the relay's forwarding Worker failed and was restarted with the allocations.",
+    [],
+    () => {
+      const t = relay();
+      return t ? [[{}, t.restarts]] : [];
+    },
+  );
+  snapshotCounter(
+    reg,
     "netmanager_control_relay_relocks_total",
     "Times a node's side of an allocation moved to a new source endpoint (NAT restart, roaming).",
     [],

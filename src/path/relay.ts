@@ -17,10 +17,10 @@
  * @module
  */
 import { EventFd } from "../../ffi/eventfd.ts";
-import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
+import { openUdp, udpFromInfo, type UdpInfo, type UdpSocket } from "../../ffi/udp.ts";
 import { logger } from "../log.ts";
 import { type RelayCounters, type RelayDrop, RelayPairState } from "./relay_core.ts";
-import type { RelayFwdCommand, RelayFwdEvent } from "./relay_fwd.ts";
+import type { RelayFwdCommand, RelayFwdEvent, RelayLocks } from "./relay_fwd.ts";
 
 const log = logger("relay");
 
@@ -40,6 +40,8 @@ export interface RelayServerOptions {
   idleMs?: number;
   /** Most allocations at once (default 1024: 2048 sockets). */
   maxPairs?: number;
+  /** An allocation was freed by the relay itself (idle, or a node gone), not by {@link RelayServer.drop}. */
+  onFreed?: (a: string, b: string) => void;
 }
 
 /**
@@ -52,6 +54,12 @@ interface Pair {
   readonly id: string;
   readonly state: RelayPairState;
   readonly ports: [number, number];
+  /** Its sockets (owned by the Worker; handed to a new one after a failure). */
+  readonly socks: [UdpInfo, UdpInfo];
+  /** Each side's lock as last reported (for a restarted Worker). */
+  locks: RelayLocks;
+  /** Counters of Workers before the current one. */
+  base: RelayCounters;
   counters: RelayCounters;
   lastUsed: number;
 }
@@ -63,6 +71,8 @@ export interface RelayTotals {
   bytes: number;
   relocks: number;
   drops: Record<RelayDrop, number>;
+  /** Times the forwarding Worker failed and was restarted. */
+  restarts: number;
 }
 
 /** Thrown when an allocation cannot be made. */
@@ -85,6 +95,12 @@ const EMPTY = (): RelayCounters => ({
   drops: { stranger: 0, not_locked: 0, peer_not_locked: 0, rate: 0 },
 });
 
+function sumCounters(a: RelayCounters, b: RelayCounters): RelayCounters {
+  const drops = { ...a.drops };
+  for (const k of Object.keys(b.drops) as RelayDrop[]) drops[k] += b.drops[k];
+  return { packets: a.packets + b.packets, bytes: a.bytes + b.bytes, relocks: a.relocks + b.relocks, drops };
+}
+
 function bindSocket(host: string): UdpSocket {
   // Non-blocking (the Worker polls them all), GRO on (bursts read as one slot, sent on with GSO).
   return openUdp({ bindAddr: host, port: 0, nonBlocking: true, gro: true, rcvbuf: 4 << 20, sndbuf: 4 << 20 });
@@ -101,12 +117,18 @@ export class RelayServer {
   readonly #opts: RelayServerOptions;
   readonly #pairs = new Map<string, Pair>();
   /** Freed allocations whose final counters the Worker has not sent yet (id → last reported). */
-  readonly #freed = new Map<string, RelayCounters>();
+  readonly #freed = new Map<string, { last: RelayCounters; base: RelayCounters }>();
   /** Counters of freed allocations (so totals only grow). */
-  readonly #gone: RelayTotals = { ...EMPTY(), pairs: 0 };
+  readonly #gone: RelayTotals = { ...EMPTY(), pairs: 0, restarts: 0 };
   readonly #timer: ReturnType<typeof setInterval>;
   #worker: Worker | undefined;
   #wake: EventFd | undefined;
+  #crashHook: (() => void) | undefined;
+  #restartTimer: ReturnType<typeof setTimeout> | undefined;
+  #lastRestart = 0;
+  #stopped = false;
+  /** How often the forwarding Worker failed and was restarted. */
+  restarts = 0;
   #seq = 0;
   #ticks = 0;
   #observedSent = "";
@@ -121,41 +143,76 @@ export class RelayServer {
     }, 500);
     Deno.unrefTimer(this.#timer as unknown as number);
     this.#start(); // the Worker's start-up (module load) is not paid by the first allocation
+    if (Deno.env.get("NETMANAGER_TEST_RELAY_CRASH") === "1") {
+      // Test hook: SIGUSR2 makes the forwarding Worker throw (as a bug would); it is restarted.
+      this.#crashHook = () => this.#worker?.postMessage({ type: "crash" } satisfies RelayFwdCommand);
+      Deno.addSignalListener("SIGUSR2", this.#crashHook);
+    }
   }
 
-  #start(): Worker {
+  /** Starts the forwarding Worker and hands it every current allocation (a restart: with its locks). */
+  #start(): void {
     this.#wake = new EventFd();
     const w = new Worker(workerModule(), { type: "module" });
-    w.onmessage = (ev: MessageEvent<RelayFwdEvent>) => this.#event(ev.data);
+    w.onmessage = (ev: MessageEvent<RelayFwdEvent>) => {
+      if (this.#worker === w) this.#event(ev.data);
+    };
     w.onerror = (ev) => {
       ev.preventDefault();
-      log.error("relay forwarding worker failed", { message: ev.message });
+      if (this.#worker === w) this.#failed(w, ev.message);
     };
-    w.postMessage({
-      type: "init",
-      wakeFd: this.#wake.fd,
-      bytesPerSec: this.#opts.bytesPerSec ?? 125_000_000,
-    });
     this.#worker = w;
-    return w;
-  }
-
-  #post(c: RelayFwdCommand): void {
-    if (!this.#worker) {
-      this.#wake = new EventFd();
-      const w = new Worker(workerModule(), { type: "module" });
-      w.onmessage = (ev: MessageEvent<RelayFwdEvent>) => this.#event(ev.data);
-      w.onerror = (ev) => {
-        ev.preventDefault();
-        log.error("relay forwarding worker failed", { message: ev.message });
-      };
-      this.#worker = w;
-      w.postMessage({
+    w.postMessage(
+      {
         type: "init",
         wakeFd: this.#wake.fd,
         bytesPerSec: this.#opts.bytesPerSec ?? 125_000_000,
-      });
+      } satisfies RelayFwdCommand,
+    );
+    for (const p of this.#pairs.values()) {
+      p.base = p.counters; // the new Worker counts from zero
+      this.#post(this.#addCommand(p));
     }
+    this.#observedSent = "";
+    this.#syncObserved();
+  }
+
+  /**
+   * The Worker failed (an uncaught error): it is ended and a new one takes over the same sockets
+   * (the allocations' ports stay, so the nodes notice nothing but a short gap) with each side's
+   * last reported lock. At most one restart a second.
+   */
+  #failed(w: Worker, message: string): void {
+    log.error("relay forwarding worker failed; restarting it", { message, allocations: this.#pairs.size });
+    w.terminate();
+    const wake = this.#wake;
+    this.#worker = undefined;
+    this.#wake = undefined;
+    // Allocations being freed when it failed: their final counters will not come.
+    this.#freed.clear();
+    this.restarts++;
+    const wait = Math.max(0, this.#lastRestart + 1000 - Date.now());
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = undefined;
+      wake?.close();
+      if (this.#stopped) return;
+      this.#lastRestart = Date.now();
+      this.#start();
+    }, wait);
+  }
+
+  #addCommand(p: Pair): RelayFwdCommand {
+    const [a, b] = p.state.sides;
+    const observed: Record<string, string> = {};
+    for (const w of [a.worker, b.worker]) {
+      const ip = this.#opts.observedIp(w);
+      if (ip !== undefined) observed[w] = ip;
+    }
+    return { type: "add", key: p.id, a: a.worker, b: b.worker, socks: p.socks, observed, locks: p.locks };
+  }
+
+  #post(c: RelayFwdCommand): void {
+    if (!this.#worker) return; // restarting: #start hands over the current allocations
     this.#worker.postMessage(c);
     this.#wake!.signal();
   }
@@ -172,17 +229,18 @@ export class RelayServer {
       for (const p of this.#pairs.values()) {
         const s = e.pairs[p.id];
         if (s) {
-          p.counters = s.counters;
+          p.counters = sumCounters(p.base, s.counters);
           p.lastUsed = s.lastUsed;
+          p.locks = s.locks;
         }
       }
     } else if (e.type === "removed") {
-      const last = this.#freed.get(e.key);
-      if (!last) return;
+      const freed = this.#freed.get(e.key);
+      if (!freed) return;
       this.#freed.delete(e.key);
       // Add what happened between the last report and the removal.
-      this.#add(this.#gone, e.counters);
-      this.#sub(this.#gone, last);
+      this.#add(this.#gone, sumCounters(freed.base, e.counters));
+      this.#sub(this.#gone, freed.last);
     } else if (e.type === "error") {
       log.error("relay forwarding worker", { message: e.message });
     }
@@ -241,17 +299,15 @@ export class RelayServer {
       id,
       state,
       ports: [s0.localPort, s1.localPort],
+      socks: [s0.info(), s1.info()],
+      locks: [null, null],
+      base: EMPTY(),
       counters: EMPTY(),
       lastUsed: Date.now(),
     };
-    const observed: Record<string, string> = {};
-    for (const w of [a, b]) {
-      const ip = this.#opts.observedIp(w);
-      if (ip !== undefined) observed[w] = ip;
-    }
     // The Worker owns the sockets from here on (it closes them when the allocation is freed).
-    this.#post({ type: "add", key: id, a, b, socks: [s0.info(), s1.info()], observed });
     this.#pairs.set(key, p);
+    this.#post(this.#addCommand(p));
     log.info("relay allocation", { nodes: `${a} ${b}`, ports: `${p.ports[0]} ${p.ports[1]}` });
     return p;
   }
@@ -286,8 +342,13 @@ export class RelayServer {
     this.#pairs.delete(p.key);
     this.#add(this.#gone, p.counters);
     this.#gone.pairs++;
-    this.#freed.set(p.id, p.counters);
-    this.#post({ type: "remove", key: p.id });
+    if (this.#worker) {
+      this.#freed.set(p.id, { last: p.counters, base: p.base });
+      this.#post({ type: "remove", key: p.id });
+    } else {
+      // Restarting: no Worker owns its sockets now.
+      for (const i of p.socks) udpFromInfo(i).close();
+    }
     log.info("relay allocation freed", {
       nodes: `${p.state.sides[0].worker} ${p.state.sides[1].worker}`,
       packets: p.counters.packets,
@@ -313,7 +374,10 @@ export class RelayServer {
     const isNode = this.#opts.isNode ?? (() => true);
     for (const p of [...this.#pairs.values()]) {
       const gone = !isNode(p.state.sides[0].worker) || !isNode(p.state.sides[1].worker);
-      if (gone || now - p.lastUsed > idle) this.#free(p);
+      if (gone || now - p.lastUsed > idle) {
+        this.#free(p);
+        this.#opts.onFreed?.(p.state.sides[0].worker, p.state.sides[1].worker);
+      }
     }
   }
 
@@ -334,14 +398,22 @@ export class RelayServer {
    * reports its counters every 100 ms while they change, so these lag by up to that.
    */
   totals(): RelayTotals {
-    const t: RelayTotals = { ...this.#gone, drops: { ...this.#gone.drops }, pairs: this.#pairs.size };
+    const t: RelayTotals = {
+      ...this.#gone,
+      drops: { ...this.#gone.drops },
+      pairs: this.#pairs.size,
+      restarts: this.restarts,
+    };
     for (const p of this.#pairs.values()) this.#add(t, p.counters);
     return t;
   }
 
   /** Frees every allocation and stops the forwarding Worker (it closes the sockets). */
   stop(): void {
+    this.#stopped = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#restartTimer);
+    if (this.#crashHook) Deno.removeSignalListener("SIGUSR2", this.#crashHook);
     for (const p of [...this.#pairs.values()]) this.#free(p);
     if (this.#worker) {
       this.#post({ type: "stop" });

@@ -40,15 +40,24 @@ export type RelayFwdCommand =
     b: string;
     socks: [UdpInfo, UdpInfo];
     observed: Record<string, string>;
+    /** Where each side was locked (a restarted Worker takes over a crashed one's allocations). */
+    locks?: RelayLocks;
   }
   | { type: "remove"; key: string }
   | { type: "observed"; observed: Record<string, string> }
-  | { type: "stop" };
+  | { type: "stop" }
+  /** Test hook (`NETMANAGER_TEST_RELAY_CRASH=1`, relay.ts): the Worker throws, as a bug would. */
+  | { type: "crash" };
+
+/** Each side's locked source endpoint (`null`: not locked yet). */
+export type RelayLocks = [RelayLock, RelayLock];
+/** One side's lock. */
+export type RelayLock = { ip: string; port: number } | null;
 
 /** Forwarder → main isolate. */
 export type RelayFwdEvent =
   | { type: "ready" }
-  | { type: "stats"; pairs: Record<string, { counters: RelayCounters; lastUsed: number }> }
+  | { type: "stats"; pairs: Record<string, { counters: RelayCounters; lastUsed: number; locks: RelayLocks }> }
   | { type: "removed"; key: string; counters: RelayCounters }
   | { type: "error"; message: string };
 
@@ -103,6 +112,9 @@ export class RelayForwarder {
           bytesPerSec: this.#bytesPerSec,
           buckets: this.#buckets,
         }, Date.now());
+        c.locks?.forEach((l, i) => {
+          if (l) Object.assign(state.sides[i], { ip: l.ip, port: l.port });
+        });
         const socks: [UdpSocket, UdpSocket] = [udpFromInfo(c.socks[0]), udpFromInfo(c.socks[1])];
         this.#pairs.set(c.key, { key: c.key, state, socks });
         this.#rebuild();
@@ -183,9 +195,12 @@ export class RelayForwarder {
     if (total === this.#reported) return;
     this.#statsAt = now;
     this.#reported = total;
-    const pairs: Record<string, { counters: RelayCounters; lastUsed: number }> = {};
+    const pairs: Record<string, { counters: RelayCounters; lastUsed: number; locks: RelayLocks }> = {};
+    const lock = (s: { ip: string | undefined; port: number }): RelayLock =>
+      s.ip === undefined ? null : { ip: s.ip, port: s.port };
     for (const p of this.#pairs.values()) {
-      pairs[p.key] = { counters: p.state.counters, lastUsed: p.state.lastUsed };
+      const [a, b] = p.state.sides;
+      pairs[p.key] = { counters: p.state.counters, lastUsed: p.state.lastUsed, locks: [lock(a), lock(b)] };
     }
     this.#post({ type: "stats", pairs });
   }

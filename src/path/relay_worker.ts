@@ -1,5 +1,6 @@
 /**
- * Worker entry of the relay's forwarding loop (see relay_fwd.ts; started by relay.ts).
+ * Worker entry of the relay's forwarding loop (see relay_fwd.ts; started by relay.ts). An error it
+ * cannot handle is thrown out of the Worker (relay.ts then starts a new one with the allocations).
  * @module
  */
 /// <reference lib="deno.worker" />
@@ -8,6 +9,7 @@ import { RelayForwarder, type RelayFwdCommand, type RelayFwdEvent } from "./rela
 const fwd = new RelayForwarder((e: RelayFwdEvent) => self.postMessage(e));
 let running = false;
 self.onmessage = (ev: MessageEvent<RelayFwdCommand>) => {
+  if (ev.data.type === "crash") throw new Error("relay forwarding worker: crash requested (test hook)");
   try {
     fwd.command(ev.data);
   } catch (e) {
@@ -16,7 +18,12 @@ self.onmessage = (ev: MessageEvent<RelayFwdCommand>) => {
   }
   if (ev.data.type === "init" && !running) {
     running = true;
-    fwd.run().catch((e) => self.postMessage({ type: "error", message: String(e) } satisfies RelayFwdEvent));
+    // The loop failing is fatal: thrown uncaught, so the main isolate sees the Worker fail.
+    fwd.run().catch((e) =>
+      setTimeout(() => {
+        throw e;
+      })
+    );
   }
   if (ev.data.type === "stop") self.close();
 };

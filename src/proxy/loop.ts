@@ -34,6 +34,7 @@ import { CAP_SECURE } from "./wire.ts";
 import { nodeKey } from "../table/entry.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { Fit, PathGuard } from "../path/guard.ts";
+import { PUNCH_DEADLINE_MS } from "../path/relay_watch.ts";
 
 /** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
 export const TUN_DRAIN = 512;
@@ -191,6 +192,10 @@ export class PacketLoop {
       this.engine.peerTick(now);
       this.path.refresh(this.engine.peers.peers());
       this.#sendControl();
+      // A punch just failed: stats (and so the relay request) go out now, not within 1 s.
+      if (this.engine.peers.punchStalled(this.#lastPeerTick, now, PUNCH_DEADLINE_MS)) {
+        this.#lastStats = -Infinity;
+      }
       this.#lastPeerTick = now;
     }
     if (now - this.#lastStats > STATS_EVERY_MS) {

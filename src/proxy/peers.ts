@@ -814,6 +814,19 @@ export class PeerTable {
   }
 
   /**
+   * Whether a peer that never answered became `deadlineMs` old in (`since`, `now`]: its punch
+   * failed, the relay decision (src/path/relay_watch.ts) should not wait for the next 1 s stats.
+   */
+  punchStalled(since: number, now: number, deadlineMs: number): boolean {
+    for (const p of this.#byKey.values()) {
+      if (p.capsKnown || p.lastAnswerAt > -Infinity) continue;
+      const due = p.addedAt + deadlineMs;
+      if (due > since && due <= now) return true;
+    }
+    return false;
+  }
+
+  /**
    * Changes our capabilities (e.g. FAST off when offloads turned out unavailable): recomputes every
    * peer's FAST flag and makes a HELLO due at once so peers learn it.
    */

@@ -35,6 +35,7 @@ import {
   relayRequestTopic,
 } from "./path/relay_msg.ts";
 import type { RelayAsks } from "./path/relay_watch.ts";
+import { RelayHost } from "./path/relay_host.ts";
 import { DataPlane, type Resolver } from "./proxy/dataplane.ts";
 import type { KfastController } from "./kfast/controller.ts";
 // The MQTT client is loaded on the first connect: a standalone or static-table node never needs it.
@@ -97,6 +98,8 @@ class Node implements NodeService {
   kfast: KfastController | undefined;
   /** The cluster connection (cluster mode). */
   control: NodeControl | undefined;
+  /** This node relaying for others (netcfg `RelayCandidate`, src/path/relay_host.ts). */
+  relayHost: RelayHost | undefined;
   /** The static table until the data plane takes it over. */
   #initialTable: TranslationTable | undefined;
   /** The Prometheus registry, loaded on the first scrape (or at start with a metrics address). */
@@ -213,6 +216,7 @@ class Node implements NodeService {
     }
     this.workerId = clientId;
     this.env.recordRegistration(clientId, clusterAddress || undefined);
+    await this.#startRelayHost(clientId);
     log.info(
       `STARTUP_CONFIG: Node=${this.publicAddress ?? "unknown"}:${this.cfg.net.NodePublicPort} | ` +
         `Cluster=${cluster}:${this.cfg.net.ClusterMqttPort}`,
@@ -278,6 +282,34 @@ class Node implements NodeService {
     });
     // A peer finds us silent at our observed endpoint: our NAT may have moved (roaming).
     await this.control.listen(reflectNowTopic(workerId), () => this.dataPlane?.reflectNow());
+  }
+
+  /** Offers this node as a relay (netcfg `RelayCandidate`; needs an IPv4 public address). */
+  async #startRelayHost(workerId: string): Promise<void> {
+    const control = this.control;
+    if (!this.cfg.net.RelayCandidate || !control || this.relayHost) return;
+    const address = this.publicAddress ?? "";
+    if (!/^\d+\.\d+\.\d+\.\d+$/.test(address)) {
+      return void log.warn("RelayCandidate needs an IPv4 public address: not offered", {
+        publicAddress: address,
+      });
+    }
+    const host = new RelayHost({
+      worker: workerId,
+      address,
+      bytesPerSec: this.cfg.net.RelayMbit * 125_000,
+      publish: (topic, body) => control.connected && control.publishJson(topic, body),
+    });
+    this.relayHost = host;
+    await control.listen(host.topic, (body) => void host.handle(body));
+    log.info("offering this node as a relay", { address });
+  }
+
+  /** Withdraws the relay offer and frees its allocations. */
+  async stopRelayHost(): Promise<void> {
+    const h = this.relayHost;
+    this.relayHost = undefined;
+    await h?.stop();
   }
 
   /** Relay requests (src/path/relay_watch.ts) to the control plane. */
@@ -603,6 +635,7 @@ class Node implements NodeService {
         : null,
       services: this.dataPlane?.services() ?? [],
       kernelFastPath: this.kfast?.status() ?? null,
+      relayHost: this.relayHost?.totals() ?? null,
       // The tunnel endpoint the control plane's reflector saw (behind NAT: not the announced one).
       ...(this.dataPlane?.observed
         ? { observedEndpoint: `${this.dataPlane.observed.ip}:${this.dataPlane.observed.port}` }
@@ -752,6 +785,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
     stopped = true;
     if (retryTimer !== undefined) clearTimeout(retryTimer);
     await node.dns?.close();
+    await node.stopRelayHost();
     await node.control?.close();
     await node.dataPlane?.stop();
     await node.kfast?.stop();
@@ -822,6 +856,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
       await api.close();
       await metricsServer?.close();
       await node.dns?.close();
+      await node.stopRelayHost();
       await node.control?.close();
       await node.dataPlane?.stop();
       await node.kfast?.stop();

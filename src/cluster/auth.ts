@@ -276,6 +276,8 @@ const RESULT_SUFFIXES = new Set([
   "net/cert/result",
   "net/punch",
   "net/relay",
+  "net/relay/serve",
+  "net/reflect",
 ]);
 
 /**

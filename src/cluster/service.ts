@@ -36,12 +36,18 @@ import { WORKER_ID } from "./schemas.ts";
 import { REVOCATION_TOPIC } from "../secure/revocation.ts";
 import { ObservedEndpoints, Reflector } from "../path/reflector.ts";
 import { RelayServer, type RelayTotals } from "../path/relay.ts";
+import { RelaySet } from "../path/relay_set.ts";
 import {
   endpointText,
+  parseRelayOffer,
   parseRelayRequest,
+  parseRelayServed,
   reflectNowTopic,
+  RELAY_OFFER_TOPIC,
   RELAY_REQUEST_TOPIC,
+  RELAY_SERVED_TOPIC,
   relayNoticeTopic,
+  relayServeTopic,
 } from "../path/relay_msg.ts";
 
 const log = logger("control");
@@ -370,9 +376,11 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
   let revocationTimer: ReturnType<typeof setInterval> | undefined;
   let reflector: Reflector | undefined;
   let relay: RelayServer | undefined;
+  let relaySet: RelaySet | undefined;
   const cleanup = async () => {
     clearInterval(revocationTimer);
     reflector?.stop();
+    relaySet?.stop();
     relay?.stop();
     if (server) await server.shutdown().catch(() => {});
     if (client) await client.endAsync().catch(() => {});
@@ -470,15 +478,40 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         observedIp: (w) => observed.get(w)?.ip,
         isNode: (w) => state.node(w) !== undefined,
         bytesPerSec: (opts.relay.mbitPerNode ?? 1000) * 125_000,
+        onFreed: (a, b) => relaySet?.served("", { a, b, freed: true }),
       });
     }
-    const relays = relay;
+    // Relays: ours (when --relay) and the nodes that offer themselves (RelayCandidate).
+    const relays = new RelaySet({
+      ...(relay ? { own: relay } : {}),
+      observed: (w) => observed.get(w),
+      isNode: (w) => state.node(w) !== undefined,
+      send: (r, cmd) => publish(relayServeTopic(r), cmd),
+      onMoved: (a, b, via) => {
+        const pa = observed.get(a), pb = observed.get(b);
+        if (!pa || !pb) return;
+        log.info(via ? "relayed pair moved to another relay" : "relayed pair lost its relay", {
+          nodes: `${a} ${b}`,
+        });
+        publish(relayNoticeTopic(a), {
+          peer: endpointText(pb.ip, pb.port),
+          via: via ? endpointText(via[0].ip, via[0].port) : "",
+        });
+        publish(relayNoticeTopic(b), {
+          peer: endpointText(pa.ip, pa.port),
+          via: via ? endpointText(via[1].ip, via[1].port) : "",
+        });
+        notifyJobsOn(a);
+        notifyJobsOn(b);
+      },
+    });
+    relaySet = relays;
     const core: ControlCore = {
       state,
       change: (fn, updates) => store.change(fn, updates),
       publish,
       tunnelObserved: (w) => observed.get(w),
-      ...(relays ? { relayVia: (asker: string, target: string) => relays.viaFor(asker, target) } : {}),
+      relayVia: (asker: string, target: string) => relays.viaFor(asker, target),
       ...(store instanceof EtcdStore
         ? { interest: (job: string, worker: string, on: boolean) => store.interest(job, worker, on) }
         : {}),
@@ -516,7 +549,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       }
       return false;
     };
-    const relayRequest = async (r: RelayServer | undefined, worker: string, payload: Uint8Array) => {
+    const relayRequest = async (r: RelaySet, worker: string, payload: Uint8Array) => {
       let body: unknown;
       try {
         body = JSON.parse(new TextDecoder().decode(payload));
@@ -539,12 +572,12 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         return endpointText(o.ip, o.port);
       };
       if (req.direct) {
-        if (!r?.drop(worker, other)) return;
+        if (!r.drop(worker, other)) return;
         log.info("relay freed: direct path works", { nodes: `${worker} ${other}` });
         publish(relayNoticeTopic(worker), { peer: peerOf(other), via: "" });
         publish(relayNoticeTopic(other), { peer: peerOf(worker), via: "" });
       } else {
-        if (!r?.viaFor(worker, other)) {
+        if (!r.viaFor(worker, other)) {
           // Roaming: `other` may have moved (its NAT got a new address or port) — it asks the
           // reflector again now instead of in up to 25 s; if it moved, the reflector's onChange makes
           // its peers re-fetch the new endpoint. A peer that fell silent is only checked (no relay);
@@ -554,17 +587,24 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
             log.info("peer moved: its new endpoint is followed", { worker: other, asker: worker });
           }
         }
-        if (!r || req.silent) return;
-        const { ports, created } = await r.pair(worker, other);
+        if (!r.enabled || req.silent) return;
+        const { via, created } = await r.pair(worker, other);
         if (created) log.info("relaying: punch failed", { nodes: `${worker} ${other}` });
-        publish(relayNoticeTopic(worker), { peer: peerOf(other), via: endpointText(r.address, ports[0]) });
-        publish(relayNoticeTopic(other), { peer: peerOf(worker), via: endpointText(r.address, ports[1]) });
+        publish(relayNoticeTopic(worker), { peer: peerOf(other), via: endpointText(via[0].ip, via[0].port) });
+        publish(relayNoticeTopic(other), { peer: peerOf(worker), via: endpointText(via[1].ip, via[1].port) });
         if (!created) return;
         // Give both a moment to HELLO their relay port (locking it) before they re-fetch.
         await new Promise((res) => setTimeout(res, PUNCH_LEAD_MS));
       }
       notifyJobsOn(worker);
       notifyJobsOn(other);
+    };
+    const parseJson = (payload: Uint8Array): unknown => {
+      try {
+        return JSON.parse(new TextDecoder().decode(payload));
+      } catch {
+        return undefined;
+      }
     };
     const reports = new ReportStore();
     // A bad report is logged once per cause per 10 s (a node cannot flood the log).
@@ -591,9 +631,23 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         }
         return;
       }
+      const offer = RELAY_OFFER_TOPIC.exec(topic);
+      if (offer) {
+        const o = parseRelayOffer(parseJson(payload));
+        if (o) relays.offer(offer[1], o);
+        else log.warn("ignoring malformed relay offer", { worker: offer[1] });
+        return;
+      }
+      const served = RELAY_SERVED_TOPIC.exec(topic);
+      if (served) {
+        const r = parseRelayServed(parseJson(payload));
+        if (r) relays.served(served[1], r);
+        else log.warn("ignoring malformed relay answer", { worker: served[1] });
+        return;
+      }
       const rq = RELAY_REQUEST_TOPIC.exec(topic);
       if (rq) {
-        if (relays || reflector) {
+        if (relays.enabled || reflector) {
           void relayRequest(relays, rq[1], payload).catch((e) =>
             log.warn("relay request failed", { worker: rq[1], error: (e as Error).message })
           );
@@ -616,7 +670,6 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
           // relayed node HELLOs its relay ports again at once (its side re-locks from the new address).
           onChange: (w) => {
             notifyJobsOn(w);
-            if (!relays) return;
             relays.observedChanged();
             for (const o of relays.partnersOf(w)) {
               const via = relays.viaFor(w, o);
@@ -646,7 +699,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       credentials: creds,
       onRevoke: (worker) => embedded?.disconnect(worker),
       onNodeRemoved: async (worker) => {
-        relay?.forget(worker); // no relaying for a removed node, not even until the next sweep
+        relays.forget(worker); // no relaying for a removed node, not even until the next sweep
         await publishRevocations(await pki.revoke(worker));
       },
       onCredentialIssued: async (worker) => {
@@ -711,6 +764,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
         stopping ??= (async () => {
           clearInterval(revocationTimer);
           reflector?.stop();
+          relays.stop();
           relay?.stop();
           await server!.shutdown().catch(() => {});
           await mq.endAsync().catch(() => {});

@@ -157,6 +157,14 @@ export const NetCfgSchema = z.object({
    * NAT (otherwise 30 s). Below the NAT's UDP timeout (Linux: 30 s unreplied, 120 s once replied).
    */
   NatKeepaliveSeconds: intLike("NatKeepaliveSeconds", 5, 100).default(25),
+  /**
+   * netmanager additions (issue 12): offer this node to the control plane as a relay for pairs of
+   * other nodes whose hole punching failed (it needs a public address: the control plane uses it
+   * only while its reflector sees the node at `NodePublicAddress`, i.e. not behind NAT), and the
+   * per-node rate it relays at (Mbit/s). Used when the control plane runs without `--relay`.
+   */
+  RelayCandidate: boolLike.default(false),
+  RelayMbit: intLike("RelayMbit", 1, 100000).default(1000),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
   /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */

@@ -101,3 +101,93 @@ export function parseRelayNotice(body: unknown): RelayNotice | undefined {
   const via = parseEndpointText(r.data.via);
   return via ? { peer, via } : undefined;
 }
+
+// ---------------------------------------------------------------- relays on ordinary nodes
+
+/**
+ * `nodes/<worker>/net/relay/offer` (node → cluster, every {@link RELAY_OFFER_EVERY_MS} while
+ * `RelayCandidate` is on): `{"on":true,"address":"ip"}` — this node relays pairs of other nodes at
+ * `address` (its public address); `{"on":false}` — no more (it stops).
+ */
+export function relayOfferTopic(worker: string): string {
+  return `nodes/${worker}/net/relay/offer`;
+}
+
+/**
+ * `nodes/<worker>/net/relay/serve` (cluster → relay node): `{"op":"pair","a":…,"b":…,"observed":{…}}`
+ * — open an allocation between nodes `a` and `b` (their public addresses as the reflector saw them);
+ * `{"op":"drop","a":…,"b":…}` — free it; `{"op":"observed","observed":{…}}` — those nodes moved.
+ */
+export function relayServeTopic(worker: string): string {
+  return `nodes/${worker}/net/relay/serve`;
+}
+
+/**
+ * `nodes/<worker>/net/relay/served` (relay node → cluster): `{"a":…,"b":…,"ports":[pa,pb]}` — the
+ * allocation (`a` dials `pa`); `{"a":…,"b":…,"error":"…"}` — none; `{"a":…,"b":…,"freed":true}` —
+ * freed by the relay node itself (idle).
+ */
+export function relayServedTopic(worker: string): string {
+  return `nodes/${worker}/net/relay/served`;
+}
+
+/** A relay node offers itself again this often (ms); an offer older than 3× this is stale. */
+export const RELAY_OFFER_EVERY_MS = 10_000;
+
+/** Matches an offer topic; group 1 is the worker id. */
+export const RELAY_OFFER_TOPIC = /^nodes\/([^/+#]+)\/net\/relay\/offer$/;
+/** Matches a served topic; group 1 is the worker id. */
+export const RELAY_SERVED_TOPIC = /^nodes\/([^/+#]+)\/net\/relay\/served$/;
+
+const WorkerId = z.string().min(1).max(128).regex(/^[^/+#\s]+$/);
+const ObservedMap = z.record(WorkerId, z.string().max(45)).refine((m) => Object.keys(m).length <= 4096);
+
+const OfferSchema = z.union([
+  z.object({ on: z.literal(true), address: z.string().max(45) }),
+  z.object({ on: z.literal(false) }),
+]);
+
+/** A validated relay offer (`address` undefined: withdrawn). */
+export interface RelayOffer {
+  readonly on: boolean;
+  readonly address?: string;
+}
+
+/** Validates an offer body (the address must be an IPv4 literal); undefined when malformed. */
+export function parseRelayOffer(body: unknown): RelayOffer | undefined {
+  const r = OfferSchema.safeParse(body);
+  if (!r.success) return undefined;
+  if (!r.data.on) return { on: false };
+  return tryParseIPv4(r.data.address) === undefined ? undefined : { on: true, address: r.data.address };
+}
+
+const ServeSchema = z.discriminatedUnion("op", [
+  z.object({ op: z.literal("pair"), a: WorkerId, b: WorkerId, observed: ObservedMap }),
+  z.object({ op: z.literal("drop"), a: WorkerId, b: WorkerId }),
+  z.object({ op: z.literal("observed"), observed: ObservedMap }),
+]);
+
+/** A validated command to a relay node. */
+export type RelayServe = z.output<typeof ServeSchema>;
+
+/** Validates a serve command; undefined when malformed. */
+export function parseRelayServe(body: unknown): RelayServe | undefined {
+  const r = ServeSchema.safeParse(body);
+  return r.success && (!("a" in r.data) || r.data.a !== r.data.b) ? r.data : undefined;
+}
+
+const Port = z.number().int().min(1).max(65535);
+const ServedSchema = z.union([
+  z.object({ a: WorkerId, b: WorkerId, ports: z.tuple([Port, Port]) }),
+  z.object({ a: WorkerId, b: WorkerId, error: z.string().max(512) }),
+  z.object({ a: WorkerId, b: WorkerId, freed: z.literal(true) }),
+]);
+
+/** A validated answer of a relay node. */
+export type RelayServed = z.output<typeof ServedSchema>;
+
+/** Validates a served answer; undefined when malformed. */
+export function parseRelayServed(body: unknown): RelayServed | undefined {
+  const r = ServedSchema.safeParse(body);
+  return r.success ? r.data : undefined;
+}

@@ -54,12 +54,12 @@ async function peersOf(n: SimNode): Promise<PeerRow[]> {
   return ((await n.api.getJson("/status")) as { peers: PeerRow[] }).peers;
 }
 
-/** Packets the control plane's host received carrying MARKER (an iptables string-match counter). */
-async function markerCount(w: World): Promise<number> {
+/** Packets the control plane's host (or namespace `ns`) received carrying MARKER (an iptables string-match counter). */
+async function markerCount(w: World, ns = `${w.prefix}ctl`): Promise<number> {
   const out = await runTool("ip", [
     "netns",
     "exec",
-    `${w.prefix}ctl`,
+    ns,
     "iptables",
     "-L",
     "INPUT",
@@ -85,9 +85,14 @@ async function ctlMetric(w: World, name: string): Promise<number> {
   return line ? Number(line.split(" ")[1]) : NaN;
 }
 
-/** Both nodes behind routers, control with the relay, services A on n1 and B on n2 with instances. */
-async function setup(w: World, m1: NatMode, m2: NatMode) {
-  await w.control(CTL, { args: ["--relay", "--relay-address", CTL, "--metrics-addr", "127.0.0.1:9465"] });
+/**
+ * Both nodes behind routers, control with the relay (`ownRelay`), services A on n1 and B on n2 with
+ * instances; `beforeNodes` runs once the control plane is up (e.g. starts relay nodes).
+ */
+async function setup(w: World, m1: NatMode, m2: NatMode, ownRelay = true, beforeNodes?: () => Promise<void>) {
+  const relayArgs = ownRelay ? ["--relay", "--relay-address", CTL] : [];
+  await w.control(CTL, { args: [...relayArgs, "--metrics-addr", "127.0.0.1:9465"] });
+  await beforeNodes?.();
   await mustRun("ip", [
     "netns",
     "exec",
@@ -138,6 +143,25 @@ async function setup(w: World, m1: NatMode, m2: NatMode) {
   await deploy(n1, a.pid, A);
   await deploy(n2, b.pid, B);
   return { n1, n2, a, b, iipA, iipB, rrA: rr(A), rrB: rr(B) };
+}
+
+/** Counts UDP datagrams carrying MARKER that reach namespace `ns` (read by {@link markerCount}). */
+async function countMarker(ns: string): Promise<void> {
+  await mustRun("ip", [
+    ...["netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "udp"],
+    ...["-m", "string", "--string", MARKER, "--algo", "bm"],
+  ]);
+}
+
+interface RelayHostStatus {
+  pairs: number;
+  packets: number;
+  bytes: number;
+  restarts: number;
+}
+
+async function relayHostOf(n: SimNode): Promise<RelayHostStatus> {
+  return ((await n.api.getJson("/status")) as { relayHost: RelayHostStatus }).relayHost;
 }
 
 async function dumpOnFailure(w: World): Promise<void> {
@@ -341,6 +365,90 @@ Deno.test(
       await dumpOnFailure(w);
       throw e;
     } finally {
+      assertEquals(await w.destroy(), []);
+    }
+  },
+);
+
+Deno.test(
+  "relay: ordinary public nodes relay (control plane without --relay) — sealed, bytes counted there; its forwarding Worker killed: restarted, traffic resumes; it leaves: the pair moves to the other relay node",
+  opts,
+  async () => {
+    const w = new World();
+    Deno.env.set("TunnelSecurity", "require");
+    Deno.env.set("NETMANAGER_TEST_RELAY_CRASH", "1"); // SIGUSR2 makes a relay's forwarding Worker throw
+    const relays: SimNode[] = [];
+    try {
+      const s = await setup(w, "symmetric", "symmetric", false, async () => {
+        Deno.env.set("RelayCandidate", "true"); // netcfg keys from the environment
+        try {
+          relays.push(await w.clusterNode("r1", "192.168.77.3", CTL));
+          relays.push(await w.clusterNode("r2", "192.168.77.4", CTL));
+        } finally {
+          Deno.env.delete("RelayCandidate");
+        }
+        for (const r of relays) {
+          await countMarker(r.ns);
+          await eventually(
+            () => r.api.getJson("/status") as Promise<{ observedEndpoint?: string }>,
+            (st) => st.observedEndpoint !== undefined,
+            10000,
+          );
+          assert((await relayHostOf(r)) !== null, "a RelayCandidate node runs a relay");
+        }
+      });
+      const t0 = Date.now();
+      assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 25000), "b0");
+      console.log(`symmetric NATs, relay node: first answer after ${Date.now() - t0} ms`);
+      assertEquals(await eventually(() => ask(w, s.b, "tcp-client", s.rrA), (v) => v === "a0", 10000), "a0");
+      const relayIp = async () => {
+        const rows = await eventually(() => peersOf(s.n1), (l) => l.some((p) => p.path === "relayed"), 5000);
+        return rows.find((p) => p.path === "relayed")!.via!.split(":")[0];
+      };
+      const ip1 = await relayIp();
+      const used = relays.find((r) => ip1 === (r.name === "r1" ? "192.168.77.3" : "192.168.77.4"));
+      assert(used, `relayed through ${ip1}, not a relay node`);
+      const other = relays.find((r) => r !== used)!;
+      // The relay node forwards the pair's datagrams, sealed: the marker both ways never shows there.
+      const before = await relayHostOf(used);
+      for (const proto of ["tcp-client", "udp-client"]) {
+        assertEquals(await ask(w, s.a, proto, s.iipB, MARKER), "b0");
+        assertEquals(await ask(w, s.b, proto, s.iipA, MARKER), "a0");
+      }
+      const after = await eventually(() => relayHostOf(used), (h) => h.bytes > before.bytes, 3000);
+      assertEquals(after.pairs, 1, JSON.stringify(after));
+      assertEquals(await markerCount(w, used.ns), 0, "the relay node saw the plaintext marker");
+      console.log(`relay node ${used.name}: ${after.packets} datagrams, ${after.bytes} bytes relayed`);
+
+      // Its forwarding Worker fails: a new one takes over the allocation (same ports, same locks).
+      Deno.kill(used.daemon.pid, "SIGUSR2");
+      await eventually(() => relayHostOf(used), (h) => h.restarts >= 1, 5000);
+      const t1 = Date.now();
+      assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.iipB), (v) => v === "b0", 10000), "b0");
+      assertEquals(await ask(w, s.b, "tcp-client", s.iipA), "a0");
+      const resumed = await eventually(() => relayHostOf(used), (h) => h.bytes > after.bytes, 3000);
+      console.log(
+        `relay Worker restarted: traffic back after ${Date.now() - t1} ms (${resumed.bytes} bytes)`,
+      );
+      assertEquals(await relayIp(), ip1, "still the same relay node");
+
+      // The relay node leaves: the pair moves to the other one.
+      await w.stopDaemon(used);
+      const t2 = Date.now();
+      const ip2 = await eventually(relayIp, (ip) => ip !== ip1, 15000);
+      assertEquals(ip2, other.name === "r1" ? "192.168.77.3" : "192.168.77.4");
+      assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 15000), "b0");
+      assertEquals(await eventually(() => ask(w, s.b, "tcp-client", s.iipA), (v) => v === "a0", 10000), "a0");
+      console.log(`relay node left: pair moved to ${other.name}, traffic back after ${Date.now() - t2} ms`);
+      const moved = await eventually(() => relayHostOf(other), (h) => h.bytes > 0, 3000);
+      assertEquals(moved.pairs, 1, JSON.stringify(moved));
+      assertEquals(await markerCount(w, other.ns), 0, "the second relay node saw the plaintext marker");
+    } catch (e) {
+      await dumpOnFailure(w);
+      throw e;
+    } finally {
+      Deno.env.delete("TunnelSecurity");
+      Deno.env.delete("NETMANAGER_TEST_RELAY_CRASH");
       assertEquals(await w.destroy(), []);
     }
   },

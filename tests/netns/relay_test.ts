@@ -398,8 +398,20 @@ Deno.test(
         }
       });
       const t0 = Date.now();
+      const decided = eventually(
+        () => peersOf(s.n1),
+        (l) => l.some((p) => p.path === "relayed"),
+        25000,
+        "relayed",
+        50,
+      )
+        .then(() => Date.now() - t0);
       assertEquals(await eventually(() => ask(w, s.a, "udp-client", s.rrB), (v) => v === "b0", 25000), "b0");
-      console.log(`symmetric NATs, relay node: first answer after ${Date.now() - t0} ms`);
+      console.log(
+        `symmetric NATs, relay node: relayed after ${await decided} ms (from the first request), first answer after ${
+          Date.now() - t0
+        } ms`,
+      );
       assertEquals(await eventually(() => ask(w, s.b, "tcp-client", s.rrA), (v) => v === "a0", 10000), "a0");
       const relayIp = async () => {
         const rows = await eventually(() => peersOf(s.n1), (l) => l.some((p) => p.path === "relayed"), 5000);

@@ -4,9 +4,10 @@
  * rate), the relay server over real UDP sockets on loopback, the node's watch (when to ask, when to
  * free, status rows) and the MQTT messages' validation.
  */
-import { assert, assertEquals } from "../helpers/assert.ts";
+import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
-import { RelayServer, type RelayTotals } from "../../src/path/relay.ts";
+import { RelayError, RelayServer, type RelayTotals } from "../../src/path/relay.ts";
+import { RelaySet } from "../../src/path/relay_set.ts";
 import {
   PUNCH_DEADLINE_MS,
   type RelayRow,
@@ -14,7 +15,14 @@ import {
   showRelays,
   SILENT_MS,
 } from "../../src/path/relay_watch.ts";
-import { parseRelayNotice, parseRelayRequest } from "../../src/path/relay_msg.ts";
+import {
+  parseRelayNotice,
+  parseRelayOffer,
+  parseRelayRequest,
+  parseRelayServe,
+  parseRelayServed,
+  type RelayServe,
+} from "../../src/path/relay_msg.ts";
 import { CAP_FAST, encodeHello } from "../../src/proxy/wire.ts";
 import dgram from "node:dgram";
 import { PeerTable } from "../../src/proxy/peers.ts";
@@ -242,4 +250,156 @@ Deno.test("relay peers: the reflector's answers are not taken for a relay peer's
   assertEquals(t.lookup4(ctl, 50104), undefined);
   assertEquals(t.lookup4(ctl, 41000)?.key, "192.0.2.254:41000");
   assertEquals(t.lookup4(ctl, 41001)?.key, "192.0.2.254:41000");
+});
+
+Deno.test("relay server: its forwarding Worker fails (SIGUSR2 test hook) — a new one takes over the same ports and locks, no HELLO needed", async () => {
+  Deno.env.set("NETMANAGER_TEST_RELAY_CRASH", "1");
+  const r = new RelayServer({ address: "127.0.0.1", host: "127.0.0.1", observedIp: () => "127.0.0.1" });
+  Deno.env.delete("NETMANAGER_TEST_RELAY_CRASH");
+  const a = dgram.createSocket("udp4");
+  const b = dgram.createSocket("udp4");
+  const recv = (s: dgram.Socket, ms = 1000) =>
+    new Promise<Uint8Array | undefined>((res) => {
+      const t = setTimeout(() => res(undefined), ms);
+      s.once("message", (m) => {
+        clearTimeout(t);
+        res(new Uint8Array(m));
+      });
+    });
+  try {
+    await new Promise<void>((res) => a.bind(0, "127.0.0.1", () => res()));
+    await new Promise<void>((res) => b.bind(0, "127.0.0.1", () => res()));
+    await r.ready();
+    const { ports } = await r.pair("w1", "w2");
+    b.send(hello("w2"), ports[1], "127.0.0.1");
+    await new Promise((res) => setTimeout(res, 100));
+    a.send(hello("w1"), ports[0], "127.0.0.1");
+    await new Promise((res) => setTimeout(res, 100));
+    a.send(DATA, ports[0], "127.0.0.1");
+    assertEquals(await recv(b), DATA);
+    // Counters (with the locks) reach the main isolate within 100 ms.
+    for (let i = 0; i < 40 && r.totals().packets < 2; i++) await new Promise((res) => setTimeout(res, 50));
+    const before = r.totals();
+    Deno.kill(Deno.pid, "SIGUSR2");
+    for (let i = 0; i < 60 && r.restarts === 0; i++) await new Promise((res) => setTimeout(res, 50));
+    assertEquals(r.restarts, 1, "the failed Worker was restarted");
+    // Only data, no new HELLO: the locks were handed over. Retried while the new Worker starts.
+    let got: Uint8Array | undefined;
+    for (let i = 0; i < 20 && got === undefined; i++) {
+      b.send(DATA, ports[1], "127.0.0.1");
+      got = await recv(a, 300);
+    }
+    assertEquals(got, DATA, "forwarding resumed on the same ports with the same locks");
+    assertEquals(r.viaFor("w1", "w2"), { ip: "127.0.0.1", port: ports[0] });
+    for (let i = 0; i < 40 && r.totals().packets <= before.packets; i++) {
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    assert(r.totals().packets > before.packets, "counters continue from the old Worker's");
+    assertEquals(r.totals().restarts, 1);
+  } finally {
+    a.close();
+    b.close();
+    r.stop();
+  }
+});
+
+Deno.test("relay set: places a pair on a live public relay node (least loaded), never on one behind NAT or on a side; moves its pairs when it leaves", async () => {
+  const seen: Record<string, { ip: string; port: number }> = {
+    n1: { ip: "203.0.113.1", port: 40001 },
+    n2: { ip: "203.0.113.2", port: 40002 },
+    n5: { ip: "203.0.113.5", port: 40005 },
+    r1: { ip: "198.51.100.1", port: 50103 },
+    r2: { ip: "198.51.100.2", port: 50103 },
+    nat: { ip: "203.0.113.9", port: 41000 }, // offers 10.0.0.9: behind NAT
+  };
+  const sent: Array<[string, RelayServe]> = [];
+  const moved: string[] = [];
+  let next = 42000;
+  const s: RelaySet = new RelaySet({
+    observed: (w) => seen[w],
+    isNode: (w) => w !== "gone",
+    send: (relay, cmd) => {
+      sent.push([relay, cmd]);
+      if (cmd.op === "pair") {
+        queueMicrotask(() => s.served(relay, { a: cmd.a, b: cmd.b, ports: [next++, next++] }));
+      }
+    },
+    onMoved: (a, b, via) => moved.push(`${a} ${b} ${via ? `${via[0].ip}:${via[0].port}` : "direct"}`),
+  });
+  try {
+    assert(!s.enabled);
+    await assertRejects(() => s.pair("n1", "n2"), RelayError);
+    s.offer("nat", { on: true, address: "10.0.0.9" });
+    s.offer("gone", { on: true, address: "198.51.100.7" }); // not a registered node: ignored
+    await assertRejects(() => s.pair("n1", "n2"), RelayError, "no relay");
+    s.offer("r1", { on: true, address: "198.51.100.1" });
+    s.offer("r2", { on: true, address: "198.51.100.2" });
+    assertEquals(s.candidates().map((c) => c.worker).sort(), ["nat", "r1", "r2"]);
+    const p = await s.pair("n1", "n2");
+    assert(p.created);
+    const first = p.via[0].ip;
+    assert(first === "198.51.100.1" || first === "198.51.100.2", first);
+    assertEquals(sent[0][1], {
+      op: "pair",
+      a: "n1",
+      b: "n2",
+      observed: { n1: "203.0.113.1", n2: "203.0.113.2" },
+    });
+    assertEquals(s.viaFor("n2", "n1"), p.via[1]);
+    assertEquals((await s.pair("n2", "n1")).created, false);
+    // The next pair goes to the other (less loaded) relay node; a relay node never relays itself.
+    const q = await s.pair("n1", "n5");
+    assert(q.via[0].ip !== first, "least loaded first");
+    const r1pair = await s.pair("r1", "n5");
+    assertEquals(r1pair.via[0].ip, "198.51.100.2", "r1's own pair is not placed on r1");
+    // The first relay node withdraws: its pair moves to the other one.
+    const leaving = first === "198.51.100.1" ? "r1" : "r2";
+    s.offer(leaving, { on: false });
+    await new Promise((res) => setTimeout(res, 10));
+    assert(sent.some(([r, c]) => r === leaving && c.op === "drop"), "the leaving relay node frees it");
+    assert(moved.some((m) => m.startsWith("n1 n2 198.51.100.")), moved.join("; "));
+    assertEquals(s.viaFor("n1", "n2")?.ip !== first, true);
+    // The last one leaves: the pairs go back to direct.
+    s.offer(leaving === "r1" ? "r2" : "r1", { on: false });
+    await new Promise((res) => setTimeout(res, 10));
+    assert(moved.includes("n1 n2 direct"), moved.join("; "));
+    assertEquals(s.viaFor("n1", "n2"), undefined);
+    // A relay node's own idle expiry: the pair is freed, the nodes told.
+    s.offer("r1", { on: true, address: "198.51.100.1" });
+    await s.pair("n1", "n2");
+    s.served("r1", { a: "n1", b: "n2", freed: true });
+    assertEquals(s.viaFor("n1", "n2"), undefined);
+  } finally {
+    s.stop();
+  }
+});
+
+Deno.test("relay messages: offers, commands to relay nodes and their answers are validated", () => {
+  assertEquals(parseRelayOffer({ on: true, address: "198.51.100.1" }), { on: true, address: "198.51.100.1" });
+  assertEquals(parseRelayOffer({ on: false }), { on: false });
+  assertEquals(parseRelayOffer({ on: true, address: "not an ip" }), undefined);
+  assertEquals(parseRelayOffer({ on: true }), undefined);
+  assertEquals(
+    parseRelayServe({ op: "pair", a: "w1", b: "w2", observed: { w1: "203.0.113.1" } })?.op,
+    "pair",
+  );
+  assertEquals(
+    parseRelayServe({ op: "pair", a: "w1", b: "w1", observed: {} }),
+    undefined,
+    "a node to itself",
+  );
+  assertEquals(parseRelayServe({ op: "drop", a: "w1", b: "nodes/#" }), undefined, "not a worker id");
+  assertEquals(parseRelayServe({ op: "reboot" }), undefined);
+  assertEquals(parseRelayServed({ a: "w1", b: "w2", ports: [41000, 41001] })?.a, "w1");
+  assertEquals(parseRelayServed({ a: "w1", b: "w2", ports: [0, 41001] }), undefined);
+  assertEquals(parseRelayServed({ a: "w1", b: "w2", freed: true })?.b, "w2");
+});
+
+Deno.test("peer table: a peer that never answered is reported stalled once, in the tick where it crosses the punch deadline", () => {
+  const t = new PeerTable();
+  t.add("203.0.113.7", 50103, 1000);
+  const d = PUNCH_DEADLINE_MS;
+  assertEquals(t.punchStalled(1000, 1000 + d - 1, d), false);
+  assertEquals(t.punchStalled(1000 + d - 1, 1000 + d + 99, d), true);
+  assertEquals(t.punchStalled(1000 + d + 99, 1000 + d + 199, d), false, "once");
 });

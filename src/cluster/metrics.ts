@@ -22,7 +22,7 @@ import { isDeployed } from "./state.ts";
 export function controlRegistry(
   c:
     & Pick<ControlService, "state" | "health">
-    & Partial<Pick<ControlService, "reportsDropped" | "relayTotals">>,
+    & Partial<Pick<ControlService, "reportsDropped" | "relayTotals" | "relayNodes">>,
 ): Registry {
   const reg = newRegistry("control");
   snapshotGauge(reg, "netmanager_control_nodes", "Nodes registered with the control plane.", [], () => [
@@ -58,6 +58,14 @@ export function controlRegistry(
     "Node reports dropped by cause (too_large, not_json, invalid, unknown_node, too_often).",
     ["reason"],
     () => Object.entries(c.reportsDropped ?? {}).map(([reason, n]) => [{ reason }, n] as const),
+  );
+  // Relay nodes (`RelayCandidate`, src/path/relay_set.ts): one sample per offering node.
+  snapshotGauge(
+    reg,
+    "netmanager_control_relay_node_pairs",
+    "Pairs each node offering to relay (RelayCandidate) relays now.",
+    ["worker", "address"],
+    () => (c.relayNodes?.() ?? []).map((n) => [{ worker: n.worker, address: n.address }, n.pairs] as const),
   );
   // The relay (`--relay`, src/path/relay.ts): absent without one.
   const relay = () => c.relayTotals?.();
@@ -119,7 +127,7 @@ export function controlRegistry(
 export function startControlMetrics(
   c:
     & Pick<ControlService, "state" | "health">
-    & Partial<Pick<ControlService, "reportsDropped" | "relayTotals">>,
+    & Partial<Pick<ControlService, "reportsDropped" | "relayTotals" | "relayNodes">>,
   address: string,
 ): Promise<MetricsServer> {
   return startMetricsServer({ address, registry: controlRegistry(c), health: () => c.health() });

@@ -161,6 +161,8 @@ export interface ControlService {
   readonly reflectorPort: number | undefined;
   /** The relay's counters (undefined: no relay). */
   relayTotals(): RelayTotals | undefined;
+  /** Nodes offering to relay (`RelayCandidate`), their address and how many pairs each relays now. */
+  relayNodes(): Array<{ worker: string; address: string; pairs: number }>;
   /** Ready: the service's broker connection is up and the last state save worked. */
   health(): { ok: true } | { ok: false; reason: string };
   /** Stops HTTP, saves, disconnects from the broker, stops the embedded broker. Idempotent. */
@@ -755,6 +757,7 @@ export async function startControl(opts: ControlOptions): Promise<ControlService
       observed,
       reflectorPort: reflector?.port,
       relayTotals: () => relay?.totals(),
+      relayNodes: () => relays.candidates(),
       health() {
         if (!mq.connected) return { ok: false, reason: `not connected to the MQTT broker ${url}` };
         if (store.lastError) return { ok: false, reason: `cannot save state: ${store.lastError}` };

@@ -431,6 +431,15 @@ Deno.test(
       assertEquals(after.pairs, 1, JSON.stringify(after));
       assertEquals(await markerCount(w, used.ns), 0, "the relay node saw the plaintext marker");
       console.log(`relay node ${used.name}: ${after.packets} datagrams, ${after.bytes} bytes relayed`);
+      const metrics = (await runTool("ip", [
+        ...["netns", "exec", `${w.prefix}ctl`, "curl", "-s", "http://127.0.0.1:9465/metrics"],
+      ])).stdout;
+      assert(
+        new RegExp(`netmanager_control_relay_node_pairs\\{[^}]*worker="${w.prefix}-${used.name}"[^}]*\\} 1`)
+          .test(metrics),
+        metrics.split("\n").filter((l) => l.includes("relay")).join("\n"),
+      );
+      assert(Number.isNaN(await ctlMetric(w, "netmanager_control_relay_allocations")), "no relay of its own");
 
       // Its forwarding Worker fails: a new one takes over the allocation (same ports, same locks).
       Deno.kill(used.daemon.pid, "SIGUSR2");

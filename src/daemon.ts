@@ -29,6 +29,7 @@ import { type Health, type MetricsServer, startMetricsServer } from "./metrics/h
 import { Backoff } from "./control/backoff.ts";
 import {
   endpointText,
+  parsePortRange,
   parseRelayNotice,
   reflectNowTopic,
   relayNoticeTopic,
@@ -294,10 +295,12 @@ class Node implements NodeService {
         publicAddress: address,
       });
     }
+    const ports = parsePortRange(this.cfg.net.RelayPorts); // validated with the config
     const host = new RelayHost({
       worker: workerId,
       address,
       bytesPerSec: this.cfg.net.RelayMbit * 125_000,
+      ...(ports ? { ports } : {}),
       publish: (topic, body) => control.connected && control.publishJson(topic, body),
     });
     this.relayHost = host;

@@ -7,6 +7,7 @@ import { z } from "zod";
 import { isIPv4, isIPv6, tryParseIPv4 } from "../addr/mod.ts";
 import { parseListenAddress } from "../metrics/http.ts";
 import { parseUpstreams } from "../dns/upstream_list.ts";
+import { parsePortRange } from "../path/relay_msg.ts";
 
 /** Checks `v` with the parser its consumer uses, so a value the config accepts is one that works. */
 function parsedBy(parse: (v: string) => unknown, v: string, ctx: z.RefinementCtx, message: string): void {
@@ -165,6 +166,10 @@ export const NetCfgSchema = z.object({
    */
   RelayCandidate: boolLike.default(false),
   RelayMbit: intLike("RelayMbit", 1, 100000).default(1000),
+  /** With RelayCandidate: the UDP ports its allocations use, `lo-hi` (a firewall opens just those); "" = any. */
+  RelayPorts: z.string().superRefine((v, ctx) => {
+    parsedBy(parsePortRange, v, ctx, 'must be a port range lo-hi of at least 2 ports ("" = any free port)');
+  }).default(""),
   /** Log line format: `text` (people) or `json` (one object per line, for log shippers). */
   LogFormat: z.enum(["text", "json"], { error: 'must be "text" or "json"' }).default("text"),
   /** Serve service names on the bridge address (unicast DNS; mDNS too unless `Mdns` is false). */

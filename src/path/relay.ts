@@ -40,6 +40,8 @@ export interface RelayServerOptions {
   idleMs?: number;
   /** Most allocations at once (default 1024: 2048 sockets). */
   maxPairs?: number;
+  /** Allocation ports come from this range (inclusive; default: any free port). */
+  ports?: readonly [number, number];
   /** An allocation was freed by the relay itself (idle, or a node gone), not by {@link RelayServer.drop}. */
   onFreed?: (a: string, b: string) => void;
 }
@@ -101,9 +103,24 @@ function sumCounters(a: RelayCounters, b: RelayCounters): RelayCounters {
   return { packets: a.packets + b.packets, bytes: a.bytes + b.bytes, relocks: a.relocks + b.relocks, drops };
 }
 
-function bindSocket(host: string): UdpSocket {
+function bindSocket(host: string, range: readonly [number, number] | undefined): UdpSocket {
   // Non-blocking (the Worker polls them all), GRO on (bursts read as one slot, sent on with GSO).
-  return openUdp({ bindAddr: host, port: 0, nonBlocking: true, gro: true, rcvbuf: 4 << 20, sndbuf: 4 << 20 });
+  const open = (port: number) =>
+    openUdp({ bindAddr: host, port, nonBlocking: true, gro: true, rcvbuf: 4 << 20, sndbuf: 4 << 20 });
+  if (!range) return open(0);
+  // A port of the range (a firewall opens just those): from a random start, the first free one.
+  const [lo, hi] = range;
+  const n = hi - lo + 1;
+  const start = Math.floor(Math.random() * n);
+  let last: unknown;
+  for (let i = 0; i < n; i++) {
+    try {
+      return open(lo + (start + i) % n);
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw new RelayError(`no free UDP port in ${lo}-${hi}: ${(last as Error)?.message ?? "empty range"}`);
 }
 
 /** The forwarding Worker's module (a path that also holds from the packaged src/bundle/ chunks). */
@@ -284,10 +301,10 @@ export class RelayServer {
 
   #open(key: string, a: string, b: string): Pair {
     const host = this.#opts.host ?? "0.0.0.0";
-    const s0 = bindSocket(host);
+    const s0 = bindSocket(host, this.#opts.ports);
     let s1: UdpSocket;
     try {
-      s1 = bindSocket(host);
+      s1 = bindSocket(host, this.#opts.ports);
     } catch (e) {
       s0.close();
       throw e;

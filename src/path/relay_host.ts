@@ -37,6 +37,8 @@ export interface RelayHostOptions {
   host?: string;
   /** Per-node rate in bytes per second (default 125 000 000 = 1 Gbit/s). */
   bytesPerSec?: number;
+  /** Allocation ports come from this range (default: any free port). */
+  ports?: readonly [number, number];
   /** Publishes a JSON body to the control plane (false/rejected: not sent, e.g. disconnected). */
   publish: (topic: string, body: unknown) => unknown;
 }
@@ -56,6 +58,7 @@ export class RelayHost {
       host: opts.host ?? "0.0.0.0",
       observedIp: (w) => this.#observed.get(w),
       bytesPerSec: opts.bytesPerSec ?? 125_000_000,
+      ...(opts.ports ? { ports: opts.ports } : {}),
       onFreed: (a, b) => this.#opts.publish(relayServedTopic(opts.worker), { a, b, freed: true }),
     });
     this.offer();

@@ -191,3 +191,18 @@ export function parseRelayServed(body: unknown): RelayServed | undefined {
   const r = ServedSchema.safeParse(body);
   return r.success ? r.data : undefined;
 }
+
+/**
+ * Parses a port range `lo-hi` (netcfg `RelayPorts`; at least two ports, one allocation takes two);
+ * "" is no range (undefined). Throws a RangeError naming what is wrong.
+ */
+export function parsePortRange(s: string): [number, number] | undefined {
+  if (s === "") return undefined;
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(s.trim());
+  if (!m) throw new RangeError(`expected lo-hi, e.g. 40000-40999; got "${s}"`);
+  const lo = Number(m[1]), hi = Number(m[2]);
+  if (lo < 1 || hi > 65535 || hi - lo < 1) {
+    throw new RangeError(`"${s}" is not a range of at least 2 ports in 1..65535`);
+  }
+  return [lo, hi];
+}

@@ -381,11 +381,13 @@ Deno.test(
     try {
       const s = await setup(w, "symmetric", "symmetric", false, async () => {
         Deno.env.set("RelayCandidate", "true"); // netcfg keys from the environment
+        Deno.env.set("RelayPorts", "45000-45099");
         try {
           relays.push(await w.clusterNode("r1", "192.168.77.3", CTL));
           relays.push(await w.clusterNode("r2", "192.168.77.4", CTL));
         } finally {
           Deno.env.delete("RelayCandidate");
+          Deno.env.delete("RelayPorts");
         }
         for (const r of relays) {
           await countMarker(r.ns);
@@ -415,7 +417,9 @@ Deno.test(
       assertEquals(await eventually(() => ask(w, s.b, "tcp-client", s.rrA), (v) => v === "a0", 10000), "a0");
       const relayIp = async () => {
         const rows = await eventually(() => peersOf(s.n1), (l) => l.some((p) => p.path === "relayed"), 5000);
-        return rows.find((p) => p.path === "relayed")!.via!.split(":")[0];
+        const [ip, port] = rows.find((p) => p.path === "relayed")!.via!.split(":");
+        assert(Number(port) >= 45000 && Number(port) <= 45099, `relay port ${port} outside RelayPorts`);
+        return ip;
       };
       const ip1 = await relayIp();
       const used = relays.find((r) => ip1 === (r.name === "r1" ? "192.168.77.3" : "192.168.77.4"));

@@ -4,7 +4,7 @@
  * rate), the relay server over real UDP sockets on loopback, the node's watch (when to ask, when to
  * free, status rows) and the MQTT messages' validation.
  */
-import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../helpers/assert.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
 import { RelayError, RelayServer, type RelayTotals } from "../../src/path/relay.ts";
 import { RelaySet } from "../../src/path/relay_set.ts";
@@ -16,6 +16,7 @@ import {
   SILENT_MS,
 } from "../../src/path/relay_watch.ts";
 import {
+  parsePortRange,
   parseRelayNotice,
   parseRelayOffer,
   parseRelayRequest,
@@ -402,4 +403,27 @@ Deno.test("peer table: a peer that never answered is reported stalled once, in t
   assertEquals(t.punchStalled(1000, 1000 + d - 1, d), false);
   assertEquals(t.punchStalled(1000 + d - 1, 1000 + d + 99, d), true);
   assertEquals(t.punchStalled(1000 + d + 99, 1000 + d + 199, d), false, "once");
+});
+
+Deno.test("relay server: allocation ports come from the configured range (RelayPorts); a full range refuses with a clear error", async () => {
+  assertEquals(parsePortRange(""), undefined);
+  assertEquals(parsePortRange("45000-45001"), [45000, 45001]);
+  for (const bad of ["45000", "45000-45000", "0-10", "65000-70000", "a-b"]) {
+    assertThrows(() => parsePortRange(bad), RangeError);
+  }
+  const lo = 20000 + Math.floor(Math.random() * 20000);
+  const r = new RelayServer({
+    address: "127.0.0.1",
+    host: "127.0.0.1",
+    observedIp: () => "127.0.0.1",
+    ports: [lo, lo + 1],
+  });
+  try {
+    const { ports } = await r.pair("w1", "w2");
+    assertEquals([...ports].sort(), [lo, lo + 1]);
+    await assertRejects(() => r.pair("w1", "w3"), RelayError, `no free UDP port in ${lo}-${lo + 1}`);
+    assertEquals(r.totals().pairs, 1, "nothing half-made");
+  } finally {
+    r.stop();
+  }
 });

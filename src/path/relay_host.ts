@@ -50,6 +50,8 @@ export class RelayHost {
   /** Each relayed node's public address, as the control plane's reflector saw it. */
   readonly #observed = new Map<string, string>();
   readonly #timer: ReturnType<typeof setInterval>;
+  /** New each start: the control plane sees a restarted relay (without the old allocations). */
+  readonly #id = crypto.randomUUID();
 
   constructor(opts: RelayHostOptions) {
     this.#opts = opts;
@@ -73,7 +75,11 @@ export class RelayHost {
 
   /** Offers this node as a relay (again; also right after a reconnect). */
   offer(): void {
-    this.#opts.publish(relayOfferTopic(this.#opts.worker), { on: true, address: this.#opts.address });
+    this.#opts.publish(relayOfferTopic(this.#opts.worker), {
+      on: true,
+      address: this.#opts.address,
+      id: this.#id,
+    });
   }
 
   /** Applies one command of the control plane (malformed: logged, nothing changes). */

@@ -106,8 +106,9 @@ export function parseRelayNotice(body: unknown): RelayNotice | undefined {
 
 /**
  * `nodes/<worker>/net/relay/offer` (node → cluster, every {@link RELAY_OFFER_EVERY_MS} while
- * `RelayCandidate` is on): `{"on":true,"address":"ip"}` — this node relays pairs of other nodes at
- * `address` (its public address); `{"on":false}` — no more (it stops).
+ * `RelayCandidate` is on): `{"on":true,"address":"ip","id":"…"}` — this node relays pairs of other
+ * nodes at `address` (its public address; `id` is new each time its relay starts); `{"on":false}` —
+ * no more (it stops).
  */
 export function relayOfferTopic(worker: string): string {
   return `nodes/${worker}/net/relay/offer`;
@@ -143,7 +144,7 @@ const WorkerId = z.string().min(1).max(128).regex(/^[^/+#\s]+$/);
 const ObservedMap = z.record(WorkerId, z.string().max(45)).refine((m) => Object.keys(m).length <= 4096);
 
 const OfferSchema = z.union([
-  z.object({ on: z.literal(true), address: z.string().max(45) }),
+  z.object({ on: z.literal(true), address: z.string().max(45), id: z.string().min(1).max(64) }),
   z.object({ on: z.literal(false) }),
 ]);
 
@@ -151,6 +152,8 @@ const OfferSchema = z.union([
 export interface RelayOffer {
   readonly on: boolean;
   readonly address?: string;
+  /** Names the relay process: a new one (the node restarted) has none of the old allocations. */
+  readonly id?: string;
 }
 
 /** Validates an offer body (the address must be an IPv4 literal); undefined when malformed. */
@@ -158,7 +161,8 @@ export function parseRelayOffer(body: unknown): RelayOffer | undefined {
   const r = OfferSchema.safeParse(body);
   if (!r.success) return undefined;
   if (!r.data.on) return { on: false };
-  return tryParseIPv4(r.data.address) === undefined ? undefined : { on: true, address: r.data.address };
+  const { address, id } = r.data;
+  return tryParseIPv4(address) === undefined ? undefined : { on: true, address, id };
 }
 
 const ServeSchema = z.discriminatedUnion("op", [

@@ -17,7 +17,7 @@
  *   send: (relay, cmd) => console.log(relay, cmd),
  *   onMoved: () => {},
  * });
- * s.offer("w3", { on: true, address: "198.51.100.3" });
+ * s.offer("w3", { on: true, address: "198.51.100.3", id: "a" });
  * console.log(s.enabled); // true
  * s.stop();
  * ```
@@ -60,6 +60,7 @@ interface Placement {
 
 interface Candidate {
   address: string;
+  id: string | undefined;
   at: number;
   /** The observed addresses last sent to it (text), to send only changes. */
   observedSent: string;
@@ -113,12 +114,16 @@ export class RelaySet {
       return;
     }
     if (!this.#opts.isNode(worker)) return;
-    const c = this.#candidates.get(worker);
+    let c = this.#candidates.get(worker);
+    if (c && c.id !== o.id) {
+      this.#leave(worker, "restarted"); // its allocations are gone: its pairs are placed again
+      c = undefined;
+    }
     if (c) {
       c.at = now;
       c.address = o.address;
     } else {
-      this.#candidates.set(worker, { address: o.address, at: now, observedSent: "" });
+      this.#candidates.set(worker, { address: o.address, id: o.id, at: now, observedSent: "" });
       log.info("relay node offered", { worker, address: o.address });
     }
   }

@@ -330,11 +330,11 @@ Deno.test("relay set: places a pair on a live public relay node (least loaded), 
   try {
     assert(!s.enabled);
     await assertRejects(() => s.pair("n1", "n2"), RelayError);
-    s.offer("nat", { on: true, address: "10.0.0.9" });
-    s.offer("gone", { on: true, address: "198.51.100.7" }); // not a registered node: ignored
+    s.offer("nat", { on: true, address: "10.0.0.9", id: "nat" });
+    s.offer("gone", { on: true, address: "198.51.100.7", id: "gone" }); // not a registered node: ignored
     await assertRejects(() => s.pair("n1", "n2"), RelayError, "no relay");
-    s.offer("r1", { on: true, address: "198.51.100.1" });
-    s.offer("r2", { on: true, address: "198.51.100.2" });
+    s.offer("r1", { on: true, address: "198.51.100.1", id: "r1" });
+    s.offer("r2", { on: true, address: "198.51.100.2", id: "r2" });
     assertEquals(s.candidates().map((c) => c.worker).sort(), ["nat", "r1", "r2"]);
     const p = await s.pair("n1", "n2");
     assert(p.created);
@@ -365,8 +365,19 @@ Deno.test("relay set: places a pair on a live public relay node (least loaded), 
     await new Promise((res) => setTimeout(res, 10));
     assert(moved.includes("n1 n2 direct"), moved.join("; "));
     assertEquals(s.viaFor("n1", "n2"), undefined);
+    // A relay node restarts (a new id, its allocations gone): its pairs are placed again elsewhere.
+    s.offer("r1", { on: true, address: "198.51.100.1", id: "r1" });
+    s.offer("r2", { on: true, address: "198.51.100.2", id: "r2" });
+    const on = (await s.pair("n1", "n2")).via[0].ip;
+    const [same, again] = on === "198.51.100.1" ? ["r1", "r2"] : ["r2", "r1"];
+    s.offer(same, { on: true, address: on, id: same }); // unchanged id: nothing moves
+    assertEquals(s.viaFor("n1", "n2")?.ip, on);
+    s.offer(same, { on: true, address: on, id: "restarted" });
+    await new Promise((res) => setTimeout(res, 10));
+    assert(s.viaFor("n1", "n2")?.ip !== on, `moved off the restarted ${same} to ${again}`);
+    s.offer(again, { on: false });
+    await new Promise((res) => setTimeout(res, 10));
     // A relay node's own idle expiry: the pair is freed, the nodes told.
-    s.offer("r1", { on: true, address: "198.51.100.1" });
     await s.pair("n1", "n2");
     s.served("r1", { a: "n1", b: "n2", freed: true });
     assertEquals(s.viaFor("n1", "n2"), undefined);
@@ -376,9 +387,14 @@ Deno.test("relay set: places a pair on a live public relay node (least loaded), 
 });
 
 Deno.test("relay messages: offers, commands to relay nodes and their answers are validated", () => {
-  assertEquals(parseRelayOffer({ on: true, address: "198.51.100.1" }), { on: true, address: "198.51.100.1" });
+  assertEquals(parseRelayOffer({ on: true, address: "198.51.100.1", id: "x" }), {
+    on: true,
+    address: "198.51.100.1",
+    id: "x",
+  });
+  assertEquals(parseRelayOffer({ on: true, address: "198.51.100.1" }), undefined, "no id");
   assertEquals(parseRelayOffer({ on: false }), { on: false });
-  assertEquals(parseRelayOffer({ on: true, address: "not an ip" }), undefined);
+  assertEquals(parseRelayOffer({ on: true, address: "not an ip", id: "x" }), undefined);
   assertEquals(parseRelayOffer({ on: true }), undefined);
   assertEquals(
     parseRelayServe({ op: "pair", a: "w1", b: "w2", observed: { w1: "203.0.113.1" } })?.op,

@@ -217,7 +217,7 @@ class Node implements NodeService {
     }
     this.workerId = clientId;
     this.env.recordRegistration(clientId, clusterAddress || undefined);
-    await this.#startRelayHost(clientId);
+    await this.startRelayHost(clientId);
     log.info(
       `STARTUP_CONFIG: Node=${this.publicAddress ?? "unknown"}:${this.cfg.net.NodePublicPort} | ` +
         `Cluster=${cluster}:${this.cfg.net.ClusterMqttPort}`,
@@ -286,7 +286,7 @@ class Node implements NodeService {
   }
 
   /** Offers this node as a relay (netcfg `RelayCandidate`; needs an IPv4 public address). */
-  async #startRelayHost(workerId: string): Promise<void> {
+  async startRelayHost(workerId: string): Promise<void> {
     const control = this.control;
     if (!this.cfg.net.RelayCandidate || !control || this.relayHost) return;
     const address = this.publicAddress ?? "";
@@ -764,6 +764,7 @@ async function startLocked(opts: DaemonOptions): Promise<Daemon> {
         try {
           await node.connectControl(node.workerId!, cluster);
           node.reannounce();
+          await node.startRelayHost(node.workerId!);
           if (backoff.attempt > 0) log.info("cluster reachable again", { attempts: backoff.attempt });
         } catch (e) {
           const delay = backoff.next();

@@ -1,8 +1,9 @@
 /**
  * Unit tests for relays (issue 12): the relay's decisions (lock by HELLO from the observed address,
  * strangers refused although the same bytes from the locked endpoint pass, roaming re-lock, per-node
- * rate), the relay server over real UDP sockets on loopback, the node's watch (when to ask, when to
- * free, status rows) and the MQTT messages' validation.
+ * rate), the relay server over real UDP sockets on loopback (its Worker restarted after a failure, a
+ * port range), the node's watch (when to ask, when to free, status rows), the control plane's choice of
+ * relay node (relay_set.ts) and the MQTT messages' validation.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "../helpers/assert.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
@@ -166,7 +167,7 @@ Deno.test("relay server: a burst of 300 datagrams crosses the forwarding Worker 
   }
 });
 
-Deno.test("relay watch: asks once a dialled peer stayed silent 2 s (its age) or 2 s after its last answer, never for answering peers; frees when the direct path answers", () => {
+Deno.test("relay watch: asks once a dialled peer stayed silent 1.5 s (its age) or 1.5 s after its last answer, never for answering peers; frees when the direct path answers", () => {
   const w = new RelayWatch();
   const e = "203.0.113.7:40000";
   assertEquals(w.update([{ endpoint: e, capsKnown: false }], 0).request, []);

@@ -205,7 +205,8 @@ export class RelayServer {
     const wake = this.#wake;
     this.#worker = undefined;
     this.#wake = undefined;
-    // Allocations being freed when it failed: their final counters will not come.
+    // Allocations being freed when it failed: their final counters will not come (and whether it
+    // closed their sockets is unknown — they are left alone rather than risk closing a reused fd).
     this.#freed.clear();
     this.restarts++;
     const wait = Math.max(0, this.#lastRestart + 1000 - Date.now());

@@ -164,6 +164,19 @@ export function formatStatus(s: Record<string, unknown>): string {
       }${revoked ? `, ${revoked} node(s) revoked` : ""}`,
     ]);
   }
+  const rh = s.relayHost as
+    | { pairs?: unknown; packets?: unknown; bytes?: unknown; restarts?: unknown }
+    | null;
+  if (rh) {
+    // RelayCandidate: this node relays other nodes' pairs (src/path/relay_host.ts).
+    const restarts = num(rh.restarts) ?? 0;
+    rows.push([
+      "relay",
+      `${str(rh.pairs)} pair(s) relayed here, ${str(rh.packets)} datagrams ${str(rh.bytes)} B${
+        restarts ? `, forwarding restarted ${restarts}×` : ""
+      }`,
+    ]);
+  }
   rows.push(["uptime", formatDuration(num(s.uptimeSeconds) ?? NaN)]);
   const dp = s.dataPlane as Record<string, unknown> | null | undefined;
   if (!dp) rows.push(["data plane", registered ? "not running" : "not running (waiting for /register)"]);

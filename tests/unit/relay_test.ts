@@ -5,7 +5,10 @@
  * port range), the node's watch (when to ask, when to free, status rows), the control plane's choice of
  * relay node (relay_set.ts) and the MQTT messages' validation.
  */
-import { assert, assertEquals, assertRejects, assertThrows } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects, assertThrows } from "../helpers/assert.ts";
+import { ConfigError, NetCfgSchema } from "../../src/config/mod.ts";
+import { parseConfigObject } from "../../src/config/load.ts";
+import { formatStatus } from "../../src/cli/views.ts";
 import { RelayPairState } from "../../src/path/relay_core.ts";
 import { RelayError, RelayServer, type RelayTotals } from "../../src/path/relay.ts";
 import { RelaySet } from "../../src/path/relay_set.ts";
@@ -443,4 +446,28 @@ Deno.test("relay server: allocation ports come from the configured range (RelayP
   } finally {
     r.stop();
   }
+});
+
+Deno.test("relay node config and status: RelayCandidate/RelayMbit/RelayPorts validated; `status` shows what the node relays", () => {
+  const v = parseConfigObject("n", { RelayCandidate: "true", RelayPorts: "45000-45099" }, NetCfgSchema, {
+    env: {},
+  }).value;
+  assertEquals([v.RelayCandidate, v.RelayMbit, v.RelayPorts], [true, 1000, "45000-45099"]);
+  assertThrows(
+    () => parseConfigObject("netcfg.json", { RelayPorts: "45000" }, NetCfgSchema, { env: {} }),
+    ConfigError,
+    'key "RelayPorts"',
+  );
+  assertThrows(
+    () => parseConfigObject("n", { RelayMbit: 0 }, NetCfgSchema, { env: {} }),
+    ConfigError,
+    "RelayMbit",
+  );
+  const s = formatStatus({
+    mode: "cluster",
+    registered: true,
+    relayHost: { pairs: 2, packets: 10, bytes: 12000, restarts: 1 },
+  });
+  assertMatch(s, /^relay\s+2 pair\(s\) relayed here, 10 datagrams 12000 B, forwarding restarted 1×$/m);
+  assert(!/^relay/m.test(formatStatus({ mode: "cluster", registered: true, relayHost: null })));
 });

@@ -6,7 +6,8 @@
  * message sealed as one AEAD in parts (`layer`: process CPU per message, seal and open); between them
  * the library through the FFI at the tunnel's sizes (a 64 KB message in 46 updates, or one) and
  * `openssl speed -aead` at the same sizes (`openssl`, when the CLI is installed) for comparison.
- * CPU-bound and single-threaded: run it on a quiet machine for numbers worth quoting. Prints one
+ * Every row is process CPU time per operation (`openssl speed` counts CPU time too), so a busy machine
+ * moves the numbers less; still CPU-bound and single-threaded: quote a quiet run. Prints one
  * JSON object (a table on stderr).
  *
  *   deno run -A scripts/bench_aead.ts [--ms 1500]
@@ -30,17 +31,24 @@ const nv = new DataView(nonce.buffer);
 
 const results: { label: string; bytes: number; nsPerOp: number; gbitPerS: number }[] = [];
 
+/** Process CPU time in µs (steadier than wall time on a busy machine, as `openssl speed` counts). */
+function cpuUs(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
 function run(label: string, size: number, op: (n: number) => void): void {
   let n = 0;
   for (; n < 200; n++) op(n); // warm-up
   const t0 = performance.now();
+  const c0 = cpuUs();
   let t = t0;
   while (t - t0 < MS) {
     for (let i = 0; i < 64; i++) op(n++);
     t = performance.now();
   }
   const ops = n - 200;
-  const ns = ((t - t0) * 1e6) / ops;
+  const ns = ((cpuUs() - c0) * 1e3) / ops;
   const gbit = (size * 8) / ns;
   results.push({ label, bytes: size, nsPerOp: Math.round(ns), gbitPerS: +gbit.toFixed(2) });
   console.error(

@@ -40,9 +40,54 @@ const EVP_CTRL_AEAD_SET_TAG = 0x11;
 export const EVP_TAG_LEN = 16;
 
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+let sym: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] | undefined;
 function crypto(): Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] {
-  lib ??= Deno.dlopen("libcrypto.so.3", SYMBOLS);
-  return lib.symbols;
+  if (sym === undefined) {
+    lib ??= Deno.dlopen("libcrypto.so.3", SYMBOLS);
+    sym = lib.symbols;
+  }
+  return sym;
+}
+
+/** Memories (`ArrayBuffer`s) and views per memory {@link viewAt} keeps at most (then it starts over). */
+const MAX_MEMORIES = 16;
+const MAX_VIEWS = 4096;
+const memViews = new Map<ArrayBufferLike, Map<number, Uint8Array>>();
+let lastMem: ArrayBufferLike | undefined;
+let lastViews: Map<number, Uint8Array> | undefined;
+
+/**
+ * `buf` from `off` on, as a view made once and reused: an FFI `buffer` argument passes only its
+ * start address, and a fresh `subarray` per call (2–3 per datagram) cost about as much as the call
+ * itself. Views are keyed by the memory and the absolute offset (a batch's slots are views of one
+ * memory, and a batch layout repeats few offsets) and shared by every context of the isolate, so
+ * their number stays bounded however many sessions there are. Throws when `[off, off+len)` is not
+ * inside `buf` (a programming error; libcrypto would read or write past it).
+ */
+function viewAt(buf: Uint8Array, off: number, len: number): Uint8Array {
+  if (!(off >= 0 && len >= 0 && off + len <= buf.length)) {
+    throw new LibcryptoError(`range [${off}, +${len}) outside a ${buf.length}-byte buffer`);
+  }
+  const mem = buf.buffer;
+  let views = mem === lastMem ? lastViews : undefined;
+  if (views === undefined) {
+    views = memViews.get(mem);
+    if (views === undefined) {
+      if (memViews.size >= MAX_MEMORIES) memViews.clear();
+      views = new Map();
+      memViews.set(mem, views);
+    }
+    lastMem = mem;
+    lastViews = views;
+  }
+  const abs = buf.byteOffset + off;
+  let v = views.get(abs);
+  if (v === undefined) {
+    if (views.size >= MAX_VIEWS) views.clear();
+    v = new Uint8Array(mem, abs);
+    views.set(abs, v);
+  }
+  return v;
 }
 
 /** A libcrypto call failed (a programming error or a missing library, not a bad datagram). */
@@ -84,7 +129,7 @@ export class EvpAead {
 
   /**
    * Encrypts `src[srcOff, srcOff+len)` into `dst[dstOff, dstOff+len)` and writes the tag after it
-   * (the ranges may be the same, not otherwise overlapping).
+   * (the ranges may be the same, not otherwise overlapping). `ad` whole is the associated data.
    */
   sealTo(
     nonce: Uint8Array,
@@ -95,40 +140,75 @@ export class EvpAead {
     dst: Uint8Array,
     dstOff: number,
   ): void {
+    this.sealAdTo(nonce, ad, 0, ad.length, src, srcOff, len, dst, dstOff);
+  }
+
+  /**
+   * {@link sealTo} with the associated data `adBuf[adOff, +adLen)` (e.g. a header already written
+   * in `dst`): no view is made per datagram.
+   */
+  sealAdTo(
+    nonce: Uint8Array,
+    adBuf: Uint8Array,
+    adOff: number,
+    adLen: number,
+    src: Uint8Array,
+    srcOff: number,
+    len: number,
+    dst: Uint8Array,
+    dstOff: number,
+  ): void {
     const c = crypto();
     const ctx = this.ctx;
-    const input = src.subarray(srcOff, srcOff + len);
-    const out = dst.subarray(dstOff, dstOff + len + EVP_TAG_LEN);
+    const outl = this.outl;
+    const input = viewAt(src, srcOff, len);
+    const ad = viewAt(adBuf, adOff, adLen);
+    const out = viewAt(dst, dstOff, len + EVP_TAG_LEN);
     if (
       c.EVP_CipherInit_ex(ctx, null, null, null, nonce, 1) !== 1 ||
-      c.EVP_CipherUpdate(ctx, null, this.outl, ad, ad.length) !== 1 ||
-      c.EVP_CipherUpdate(ctx, out, this.outl, input, len) !== 1 ||
-      c.EVP_CipherFinal_ex(ctx, out, this.outl) !== 1 ||
-      c.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, EVP_TAG_LEN, out.subarray(len)) !== 1
+      c.EVP_CipherUpdate(ctx, null, outl, ad, adLen) !== 1 ||
+      c.EVP_CipherUpdate(ctx, out, outl, input, len) !== 1 ||
+      c.EVP_CipherFinal_ex(ctx, this.#scratch, outl) !== 1 ||
+      c.EVP_CIPHER_CTX_ctrl(
+          ctx,
+          EVP_CTRL_AEAD_GET_TAG,
+          EVP_TAG_LEN,
+          viewAt(dst, dstOff + len, EVP_TAG_LEN),
+        ) !== 1
     ) throw new LibcryptoError("seal failed");
   }
 
   /**
    * Checks the tag at `buf[off+len, +16)` and decrypts `buf[off, off+len)` in place; false (and the
-   * bytes are garbage) when the tag does not verify.
+   * bytes are garbage) when the tag does not verify. `ad` whole is the associated data.
    */
   open(nonce: Uint8Array, ad: Uint8Array, buf: Uint8Array, off: number, len: number): boolean {
+    return this.openAd(nonce, ad, 0, ad.length, buf, off, len);
+  }
+
+  /** {@link open} with the associated data `adBuf[adOff, +adLen)` (e.g. the header before the body in `buf`). */
+  openAd(
+    nonce: Uint8Array,
+    adBuf: Uint8Array,
+    adOff: number,
+    adLen: number,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+  ): boolean {
     const c = crypto();
     const ctx = this.ctx;
-    const body = buf.subarray(off, off + len);
+    const outl = this.outl;
+    const body = viewAt(buf, off, len + EVP_TAG_LEN);
+    const tag = viewAt(buf, off + len, EVP_TAG_LEN);
+    const ad = viewAt(adBuf, adOff, adLen);
     if (
       c.EVP_CipherInit_ex(ctx, null, null, null, nonce, 0) !== 1 ||
-      c.EVP_CIPHER_CTX_ctrl(
-          ctx,
-          EVP_CTRL_AEAD_SET_TAG,
-          EVP_TAG_LEN,
-          buf.subarray(off + len, off + len + 16),
-        ) !==
-        1 ||
-      c.EVP_CipherUpdate(ctx, null, this.outl, ad, ad.length) !== 1 ||
-      c.EVP_CipherUpdate(ctx, body, this.outl, body, len) !== 1
+      c.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, EVP_TAG_LEN, tag) !== 1 ||
+      c.EVP_CipherUpdate(ctx, null, outl, ad, adLen) !== 1 ||
+      c.EVP_CipherUpdate(ctx, body, outl, body, len) !== 1
     ) return false;
-    return c.EVP_CipherFinal_ex(ctx, body, this.outl) === 1;
+    return c.EVP_CipherFinal_ex(ctx, this.#scratch, outl) === 1;
   }
 
   /**
@@ -141,7 +221,7 @@ export class EvpAead {
     const ctx = this.ctx;
     if (
       c.EVP_CipherInit_ex(ctx, null, null, null, nonce, -1) !== 1 ||
-      c.EVP_CipherUpdate(ctx, null, this.outl, ad.subarray(adOff, adOff + adLen), adLen) !== 1
+      c.EVP_CipherUpdate(ctx, null, this.outl, viewAt(ad, adOff, adLen), adLen) !== 1
     ) throw new LibcryptoError("AEAD begin failed");
   }
 
@@ -150,8 +230,8 @@ export class EvpAead {
    * place or not overlapping). Opened bytes are unauthenticated until {@link finishOpen} returns true.
    */
   update(src: Uint8Array, srcOff: number, len: number, dst: Uint8Array, dstOff: number): void {
-    const input = src.subarray(srcOff, srcOff + len);
-    const out = src === dst && srcOff === dstOff ? input : dst.subarray(dstOff, dstOff + len);
+    const input = viewAt(src, srcOff, len);
+    const out = src === dst && srcOff === dstOff ? input : viewAt(dst, dstOff, len);
     if (crypto().EVP_CipherUpdate(this.ctx, out, this.outl, input, len) !== 1) {
       throw new LibcryptoError("AEAD update failed");
     }
@@ -166,8 +246,9 @@ export class EvpAead {
           this.ctx,
           EVP_CTRL_AEAD_GET_TAG,
           EVP_TAG_LEN,
-          dst.subarray(tagOff, tagOff + 16),
-        ) !== 1
+          viewAt(dst, tagOff, EVP_TAG_LEN),
+        ) !==
+        1
     ) throw new LibcryptoError("AEAD finish failed");
   }
 
@@ -179,7 +260,7 @@ export class EvpAead {
         this.ctx,
         EVP_CTRL_AEAD_SET_TAG,
         EVP_TAG_LEN,
-        buf.subarray(tagOff, tagOff + 16),
+        viewAt(buf, tagOff, EVP_TAG_LEN),
       ) !== 1
     ) return false;
     return c.EVP_CipherFinal_ex(this.ctx, this.#scratch, this.outl) === 1;

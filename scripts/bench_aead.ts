@@ -3,8 +3,11 @@
  * node's API requires for a new nonce) against libcrypto by FFI with one reused `EVP_CIPHER_CTX`
  * (ffi/libcrypto.ts), ChaCha20-Poly1305 and AES-256-GCM, on 1400-byte and 64 KB buffers, seal and open;
  * then the secure layer itself on one 64 KB JUMBO message, each chunk sealed on its own against the
- * message sealed as one AEAD in parts (`layer`: process CPU per message, seal and open).
- * CPU-bound and single-threaded: run it on a quiet machine for numbers worth quoting. Prints one
+ * message sealed as one AEAD in parts (`layer`: process CPU per message, seal and open); between them
+ * the library through the FFI at the tunnel's sizes (a 64 KB message in 46 updates, or one) and
+ * `openssl speed -aead` at the same sizes (`openssl`, when the CLI is installed) for comparison.
+ * Every row is process CPU time per operation (`openssl speed` counts CPU time too), so a busy machine
+ * moves the numbers less; still CPU-bound and single-threaded: quote a quiet run. Prints one
  * JSON object (a table on stderr).
  *
  *   deno run -A scripts/bench_aead.ts [--ms 1500]
@@ -28,17 +31,24 @@ const nv = new DataView(nonce.buffer);
 
 const results: { label: string; bytes: number; nsPerOp: number; gbitPerS: number }[] = [];
 
+/** Process CPU time in µs (steadier than wall time on a busy machine, as `openssl speed` counts). */
+function cpuUs(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
 function run(label: string, size: number, op: (n: number) => void): void {
   let n = 0;
   for (; n < 200; n++) op(n); // warm-up
   const t0 = performance.now();
+  const c0 = cpuUs();
   let t = t0;
   while (t - t0 < MS) {
     for (let i = 0; i < 64; i++) op(n++);
     t = performance.now();
   }
   const ops = n - 200;
-  const ns = ((t - t0) * 1e6) / ops;
+  const ns = ((cpuUs() - c0) * 1e3) / ops;
   const gbit = (size * 8) / ns;
   results.push({ label, bytes: size, nsPerOp: Math.round(ns), gbitPerS: +gbit.toFixed(2) });
   console.error(
@@ -92,6 +102,69 @@ for (const size of [1400, 65536]) {
     });
     seal.close();
     open.close();
+  }
+}
+// The library's own speed through this FFI, at the tunnel's sizes: a 64 KB JUMBO message as one AEAD
+// in 46 updates of 1426 bytes (how the layer seals it: begin, an update per datagram, finish) and as
+// one update; both with the buffers' views made once (the layer's Views), so the rows show what FFI
+// and partial blocks cost over the library. Then `openssl speed -aead` (its C loop, a new nonce per
+// message) at the same sizes, when the openssl CLI is there: the layer rows compare to these.
+{
+  const parts = 46, dsize = 1426, total = parts * dsize;
+  const seal = new EvpAead("aes-256-gcm", key, true);
+  const open = new EvpAead("aes-256-gcm", key, false);
+  const src = new Uint8Array(total), dst = new Uint8Array(parts * (dsize + 16) + 16);
+  const ct = new Uint8Array(total + 16);
+  run(`libcrypto FFI aes-256-gcm seal, ${parts} updates of ${dsize}`, total, (n) => {
+    nv.setUint32(4, n, true);
+    seal.begin(nonce, ad, 0, 16);
+    for (let p = 0; p < parts; p++) seal.update(src, p * dsize, dsize, dst, p * (dsize + 16) + 16);
+    seal.finishSeal(dst, parts * (dsize + 16));
+  });
+  run(`libcrypto FFI aes-256-gcm seal, one update`, total, (n) => {
+    nv.setUint32(4, n, true);
+    seal.begin(nonce, ad, 0, 16);
+    seal.update(src, 0, total, ct, 0);
+    seal.finishSeal(ct, total);
+  });
+  nv.setUint32(4, 11, true);
+  seal.begin(nonce, ad, 0, 16);
+  seal.update(src, 0, total, ct, 0);
+  seal.finishSeal(ct, total);
+  const work = new Uint8Array(total + 16);
+  run(`libcrypto FFI aes-256-gcm open, ${parts} updates of ${dsize}`, total, () => {
+    work.set(ct);
+    open.begin(nonce, ad, 0, 16);
+    for (let p = 0; p < parts; p++) open.update(work, p * dsize, dsize, work, p * dsize);
+    if (!open.finishOpen(work, total)) throw new Error("open failed");
+  });
+  seal.close();
+  open.close();
+}
+const opensslRows: { label: string; bytes: number; gbitPerS: number }[] = [];
+for (const bytes of [1426, 65536]) {
+  for (const dir of ["seal", "open"] as const) {
+    try {
+      const args = ["speed", "-aead", "-seconds", String(Math.max(1, Math.round(MS / 1000))), "-bytes"];
+      args.push(String(bytes), ...(dir === "open" ? ["-decrypt"] : []), "-evp", "aes-256-gcm");
+      const out = new Deno.Command("openssl", { args, stdout: "piped", stderr: "null" }).outputSync();
+      // The last line: "AES-256-GCM  1671952.09k" (thousands of bytes per second).
+      const m = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)?.match(/([\d.]+)k\s*$/);
+      if (!out.success || !m) continue;
+      const gbit = (Number(m[1]) * 1000 * 8) / 1e9;
+      opensslRows.push({
+        label: `openssl speed -aead aes-256-gcm ${dir}`,
+        bytes,
+        gbitPerS: +gbit.toFixed(2),
+      });
+      console.error(
+        `${`openssl speed -aead aes-256-gcm ${dir}`.padEnd(42)} ${String(bytes).padStart(6)} B  ${
+          ((bytes * 8) / gbit).toFixed(0).padStart(7)
+        } ns/op  ${gbit.toFixed(2)} Gbit/s`,
+      );
+    } catch {
+      break; // no openssl CLI
+    }
   }
 }
 // The secure layer as the tunnel uses it: one 64 KB TCP super-packet as a JUMBO message, sealed at
@@ -215,5 +288,11 @@ function jumboBatch(total: number, dsize: number): { src: SendBatch; entries: nu
 }
 
 console.log(
-  JSON.stringify({ bench: "aead per datagram (secure tunnel)", msPerCase: MS, results, layer: layerResults }),
+  JSON.stringify({
+    bench: "aead per datagram (secure tunnel)",
+    msPerCase: MS,
+    results,
+    openssl: opensslRows,
+    layer: layerResults,
+  }),
 );

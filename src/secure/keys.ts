@@ -264,11 +264,11 @@ export class KeyRing {
     if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
     const hi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0;
     writeSecureHeader(dst, at, laneKey, s.keys.remoteIndex, hi, n >>> 0);
-    const nonce = this.#nonce;
-    nonce.set(dst.subarray(at + 8, at + 16), 4);
-    s.seal.sealTo(
-      nonce,
-      dst.subarray(at, at + SECURE_HEADER_LEN),
+    s.seal.sealAdTo(
+      this.#nonceOf(dst, at),
+      dst,
+      at,
+      SECURE_HEADER_LEN,
       src,
       srcOff,
       len,
@@ -313,11 +313,7 @@ export class KeyRing {
     if (s === undefined || index < 0 || index > SECURE_PART_INDEX) return -1; // (its session just ended)
     const flags = SECURE_F_PART | index | (last ? SECURE_F_LAST : 0);
     writeSecureHeader(dst, at, this.#sealLane, s.keys.remoteIndex, this.#sealHi, this.#sealLo, flags);
-    if (index === 0) {
-      const nonce = this.#nonce;
-      nonce.set(dst.subarray(at + 8, at + 16), 4);
-      s.seal.begin(nonce, dst, at, SECURE_HEADER_LEN);
-    }
+    if (index === 0) s.seal.begin(this.#nonceOf(dst, at), dst, at, SECURE_HEADER_LEN);
     s.seal.update(src, srcOff, len, dst, at + SECURE_HEADER_LEN);
     if (!last) return SECURE_HEADER_LEN + len;
     s.seal.finishSeal(dst, at + SECURE_HEADER_LEN + len);
@@ -349,11 +345,17 @@ export class KeyRing {
     const w = s.windows[lane] ??= new ReplayWindow();
     if (h.flags !== 0) return this.#openPart(s, w, h, n, lane, buf, off, len);
     if (!w.check(n)) return OpenResult.REPLAY;
-    const nonce = this.#nonce;
-    nonce.set(buf.subarray(off + 8, off + 16), 4);
     const inner = len - SECURE_OVERHEAD;
     if (
-      !s.open.open(nonce, buf.subarray(off, off + SECURE_HEADER_LEN), buf, off + SECURE_HEADER_LEN, inner)
+      !s.open.openAd(
+        this.#nonceOf(buf, off),
+        buf,
+        off,
+        SECURE_HEADER_LEN,
+        buf,
+        off + SECURE_HEADER_LEN,
+        inner,
+      )
     ) {
       return OpenResult.AUTH;
     }
@@ -393,9 +395,7 @@ export class KeyRing {
       st.session = s;
       st.counter = n;
       st.lane = lane;
-      const nonce = this.#nonce;
-      nonce.set(buf.subarray(off + 8, off + 16), 4);
-      s.openParts.begin(nonce, buf, off, SECURE_HEADER_LEN);
+      s.openParts.begin(this.#nonceOf(buf, off), buf, off, SECURE_HEADER_LEN);
     } else if (
       st === undefined || st.next !== index || st.session !== s || st.counter !== n || st.lane !== lane
     ) {
@@ -418,7 +418,13 @@ export class KeyRing {
     return inner;
   }
 
-  /** Frees every context. */
+  /** The AEAD nonce of the SECURE header at `buf[at ..]`: 4 zero bytes and the counter (no view made). */
+  #nonceOf(buf: Uint8Array, at: number): Uint8Array {
+    const nonce = this.#nonce;
+    for (let i = 4; i < 12; i++) nonce[i] = buf[at + i + 4];
+    return nonce;
+  }
+
   /** Frees a session's contexts and forgets every use of them (a message in parts in either direction). */
   #retire(s: DataSession): void {
     s.close();
@@ -426,6 +432,7 @@ export class KeyRing {
     if (this.#sealing === s) this.#sealing = undefined;
   }
 
+  /** Frees every context. */
   close(): void {
     this.#sealing = undefined;
     for (const s of this.#byIndex.values()) s.close();

@@ -328,7 +328,8 @@ export class SecureLayer {
   #copyDst(src: SendBatch, i: number, dst: SendBatch, j: number): void {
     dst.dstFamilies[j] = src.dstFamilies[i];
     dst.dst4[j] = src.dst4[i];
-    dst.dst6.set(src.dst6.subarray(i * 16, i * 16 + 16), j * 16);
+    const s6 = src.dst6, d6 = dst.dst6;
+    for (let k = 0; k < 16; k++) d6[j * 16 + k] = s6[i * 16 + k]; // (no view per entry)
     dst.dstScopes[j] = src.dstScopes[i];
     dst.dstPorts[j] = src.dstPorts[i];
   }

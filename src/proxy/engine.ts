@@ -62,7 +62,7 @@ import {
   rewriteSrc6,
 } from "./packet.ts";
 import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
-import { type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
+import { type Endpoint, type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
 import { PeerHealthArea } from "./peer_health.ts";
 import { ServiceCounters, SVC_RX, SVC_TX } from "./service_counters.ts";
 import {
@@ -584,7 +584,30 @@ export class Engine {
       const p = this.peers.get(k);
       if (p) p.punched = true;
     }
-    for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
+    for (const r of this.#routes.values()) {
+      if (r.local) continue;
+      r.peer = this.peers.get(r.key);
+      if (r.peer !== undefined && r.peer.at.key !== r.key) this.#routeTo(r, r.peer.at);
+    }
+  }
+
+  /**
+   * `peer`'s secure session authenticated a datagram from `ep`, another endpoint than where it was
+   * reached (roaming, NAT rebinding): everything to it goes there from now on (see PeerTable.follow).
+   * Returns false when nothing changed (already there, or not a peer of this table).
+   */
+  follow(peer: Peer, ep: Endpoint): boolean {
+    if (!this.peers.follow(peer, ep)) return false;
+    const r = this.#routes.get(peer.key);
+    if (r !== undefined && !r.local) this.#routeTo(r, ep);
+    return true;
+  }
+
+  #routeTo(r: NodeRoute, ep: Endpoint): void {
+    r.family = ep.family;
+    r.addr4 = ep.ip4;
+    r.addr6 = ep.ip6;
+    r.port = ep.port;
   }
 
   /** The routes, closest nodes and local instance addresses as the table has them (no side effects). */
@@ -1125,7 +1148,7 @@ export class Engine {
       if (p) this.peers.requestRtt(p, now);
     }
     const to = (p: Peer, bytes: Uint8Array) =>
-      this.control.push({ family: p.family, addr4: p.ip4, addr6: p.ip6, port: p.port, bytes });
+      this.control.push({ family: p.at.family, addr4: p.at.ip4, addr6: p.at.ip6, port: p.at.port, bytes });
     const health = this.#prober ? this.#health : undefined;
     this.peers.tick(now, {
       hello: (p, hi, lo) => {

@@ -48,6 +48,10 @@ export interface SecurePeerView {
   handshakeMs?: number;
   /** Data-plane drops with this peer by reason (replayed, forged, plain data from it while secure). */
   drops?: Record<string, number>;
+  /** Where it is reached now, when its session followed it away from `endpoint` (roaming, NAT rebinding). */
+  at?: string;
+  /** Times its session followed it to another endpoint. */
+  endpointChanges?: number;
 }
 
 /** Options of a {@link SecureDriver}. */
@@ -92,6 +96,12 @@ export class SecureDriver {
   readonly #hsMs = new Map<string, number>();
   #timer: ReturnType<typeof setInterval> | undefined;
   #warnedNoCredential = false;
+  /** Peers followed to another endpoint (peer key → endpoint key): handshakes go there too. */
+  readonly #moved = new Map<string, string>();
+  /** Per peer: times it was followed to another endpoint. */
+  readonly #changes = new Map<string, number>();
+  /** Endpoint changes of all peers. */
+  endpointChanges = 0;
 
   /** A driver posting through `o` (mode off until {@link set}). */
   constructor(o: SecureDriverOptions) {
@@ -164,6 +174,7 @@ export class SecureDriver {
       mode: this.#workerMode,
       keys: [...this.#keys.values()].flat(),
       blocked: [...this.#blocked.keys()],
+      ...(this.#moved.size > 0 ? { moved: [...this.#moved] } : {}),
       ...(restart ? { sendOnly: true } : {}),
     };
   }
@@ -187,7 +198,32 @@ export class SecureDriver {
       case "secure-rekey":
         hs.wantRekey(m.peer);
         break;
+      case "secure-moved":
+        this.#follow(m.peer, m.endpoint);
+        break;
     }
+  }
+
+  /**
+   * A worker followed `peer` to `endpoint` (a datagram authenticated under its session came from
+   * there): every worker and this isolate's handshakes send there from now on. Reports of the same
+   * move from several workers count once.
+   */
+  #follow(peer: string, endpoint: string): void {
+    const was = this.#moved.get(peer) ?? peer;
+    if (was === endpoint) return;
+    if (!this.#keys.has(peer)) return; // (its session is gone: nothing to follow)
+    if (endpoint === peer) this.#moved.delete(peer);
+    else {
+      if (this.#moved.size >= 4096 && !this.#moved.has(peer)) return;
+      this.#moved.set(peer, endpoint);
+    }
+    if (this.#changes.size < 4096 || this.#changes.has(peer)) {
+      this.#changes.set(peer, (this.#changes.get(peer) ?? 0) + 1);
+    }
+    this.endpointChanges++;
+    log.info("peer moved: its secure session follows it", { peer, from: was, to: endpoint });
+    this.#o.broadcast({ type: "secure-moved", peer, endpoint });
   }
 
   #initiate(peer: string, lane: number, rekey: boolean): void {
@@ -209,7 +245,7 @@ export class SecureDriver {
   #send(peer: string, bytes: Uint8Array): void {
     let ep;
     try {
-      ep = parseEndpoint(peer);
+      ep = parseEndpoint(this.#moved.get(peer) ?? peer);
     } catch {
       return;
     }
@@ -290,6 +326,8 @@ export class SecureDriver {
           ...(this.#hsMs.has(endpoint)
             ? { handshakeMs: Math.round(this.#hsMs.get(endpoint)! * 100) / 100 }
             : {}),
+          ...(this.#moved.has(endpoint) ? { at: this.#moved.get(endpoint) } : {}),
+          ...(this.#changes.has(endpoint) ? { endpointChanges: this.#changes.get(endpoint) } : {}),
         });
       }
     }
@@ -308,6 +346,7 @@ export class SecureDriver {
     lastHandshakeAgeSeconds?: number;
     rekeys?: number;
     handshakeSeconds?: number;
+    endpointChanges?: number;
   }[] {
     const now = Date.now();
     const out = [];
@@ -320,6 +359,7 @@ export class SecureDriver {
           lastHandshakeAgeSeconds: (now - s.lastHandshakeMs) / 1000,
           rekeys: s.rekeys,
           ...(this.#hsMs.has(endpoint) ? { handshakeSeconds: this.#hsMs.get(endpoint)! / 1000 } : {}),
+          endpointChanges: this.#changes.get(endpoint) ?? 0,
         });
       }
     }

@@ -15,6 +15,8 @@ import { TOOL } from "../helpers/node.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { runTool } from "../../src/sys/command.ts";
 import { eventually, retry } from "../helpers/setup.ts";
+import { World } from "../../src/demo/world.ts";
+import { natRouter } from "../helpers/nat.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const WEB = "app.ns.web.ns";
@@ -139,14 +141,14 @@ interface ChatResult {
 
 /** Runs {@link CHAT} in the client container towards `host:80` while `during` runs (after it connected). */
 async function chat(
-  c: TestCluster,
+  c: TestCluster | number,
   host: string,
   secs: number,
   during: () => Promise<void>,
 ): Promise<ChatResult> {
   const p = new Deno.Command("nsenter", {
     args: [
-      `--net=/proc/${c.containers[0].pid}/ns/net`,
+      `--net=/proc/${typeof c === "number" ? c : c.containers[0].pid}/ns/net`,
       "python3",
       "-u",
       "-c",
@@ -388,3 +390,100 @@ for (const unauthenticated of [false, true]) {
     }
   });
 }
+
+const CTL = "192.168.77.254";
+const PUB = "192.168.77.1";
+const NAT_PUBLIC = "192.168.77.100";
+
+Deno.test({
+  name:
+    "rebind: the NAT router's mapping changes mid-session (conntrack flushed, new port range) — the session follows, TCP goes on within ~1 s",
+  ...opts,
+}, async () => {
+  const w = new World();
+  try {
+    await w.control(CTL);
+    // The reflector is asked rarely (100 s): only endpoint following can repair the path here.
+    const cfg = { TunnelSecurity: "require", NatKeepaliveSeconds: 100 };
+    const pub = await w.clusterNode("n1", PUB, CTL, undefined, undefined, cfg);
+    const lan = await natRouter(w, "", "eim", NAT_PUBLIC, "10.99.0", CTL);
+    const hidden = await w.clusterNode("n2", "10.99.0.2", CTL, undefined, lan, cfg);
+    const st = await eventually(
+      () => hidden.api.getJson("/status") as Promise<{ observedEndpoint?: string }>,
+      (s) => s.observedEndpoint !== undefined,
+      10000,
+    );
+    const A = "app.ns.ra.ns", B = "app.ns.rb.ns";
+    await w.ctl(["service", "add", A]);
+    await w.ctl(["service", "add", B]);
+    await w.ctl(["instance", "add", A, "0"]);
+    await w.ctl(["instance", "add", B, "0"]);
+    const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
+      { job_name: string; service_ip_list: Array<{ Address: string }> }
+    >;
+    const rrA = svc.find((s) => s.job_name === A)!.service_ip_list[0].Address;
+    const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
+    const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
+    for (const [n, inst, job] of [[pub, a, A], [hidden, b, B]] as const) {
+      const r = await n.api.post("/container/deploy", {
+        pid: inst.pid,
+        serviceName: job,
+        instanceNumber: 0,
+        portMappings: "",
+      });
+      assertEquals(r.status, 200, r.body);
+    }
+    const ask = async () => (await w.execIn(b, [...TOOL, "tcp-client", rrA, "80", "q"])).split(":")[0];
+    assertEquals(await eventually(ask, (v) => v === "a0", 15000), "a0");
+    const HID = st.observedEndpoint!;
+    type Peers = { security: { peers: SecPeer[] } };
+    const peer = async () =>
+      ((await pub.api.getJson("/status")) as Peers).security.peers.find((p) => p.endpoint === HID);
+    const before = await eventually(peer, (p) => p?.state === "secure", 10000);
+    const nat = `${w.prefix}nat`;
+    const r = await chat(b.pid, rrA, 6, async () => {
+      await new Promise((res) => setTimeout(res, 2000));
+      // The router rebinds: its UDP mappings are forgotten and new ones take ports 40000-40999.
+      await sh([
+        "ip",
+        "netns",
+        "exec",
+        nat,
+        "iptables",
+        "-t",
+        "nat",
+        "-I",
+        "POSTROUTING",
+        "1",
+        "-s",
+        "10.99.0.0/24",
+        "-p",
+        "udp",
+        "-o",
+        `${w.prefix}nw`,
+        "-j",
+        "MASQUERADE",
+        "--to-ports",
+        "40000-40999",
+      ]);
+      await sh(["ip", "netns", "exec", nat, "conntrack", "-D", "-p", "udp"]).catch(() => {});
+    });
+    const after = await peer();
+    console.log(
+      `NAT rebinding: ${r.rounds} rounds, longest round trip ${r.maxMs} ms (at ${r.slowAt} s); ${HID} → ${after?.at}`,
+    );
+    assertEquals(r.fails, 0, JSON.stringify(r));
+    assert(r.maxMs <= 1500, `the connection stalled ${r.maxMs} ms`);
+    assert(after?.at?.startsWith(`${NAT_PUBLIC}:40`), JSON.stringify(after));
+    assertEquals(after?.endpointChanges, 1, JSON.stringify(after));
+    assertEquals(after?.rekeys, before?.rekeys, "no new handshake");
+    // A new connection from the public side reaches the hidden node at its new mapping too.
+    const rrB = svc.find((s) => s.job_name === B)!.service_ip_list[0].Address;
+    assertEquals((await w.execIn(a, [...TOOL, "tcp-client", rrB, "80", "q"])).split(":")[0], "b0");
+  } catch (e) {
+    await w.diagnose((l) => console.error(l.slice(0, 3000)));
+    throw e;
+  } finally {
+    assertEquals(await w.destroy(), []);
+  }
+});

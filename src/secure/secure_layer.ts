@@ -58,7 +58,8 @@ export const Inbound = {
 
 /** Worker → main messages of this layer. */
 export type SecureUp =
-  | { type: "secure-hs"; peer: string; bytes: Uint8Array; known: boolean }
+  /** `at`: when the worker received it (performance.timeOrigin + now, ms: comparable across isolates). */
+  | { type: "secure-hs"; peer: string; bytes: Uint8Array; known: boolean; at?: number }
   | { type: "secure-want"; peer: string; lane: number }
   | { type: "secure-rekey"; peer: string }
   /** This worker followed `peer` to `endpoint` (an authenticated datagram came from there). */
@@ -427,7 +428,8 @@ export class SecureLayer {
       tk[k]--;
       // A peer followed to another endpoint keeps its key (its session's name) for the handshake.
       const peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
-      this.#post({ type: "secure-hs", peer, bytes: buf.slice(off, off + len), known });
+      const at = performance.timeOrigin + performance.now();
+      this.#post({ type: "secure-hs", peer, bytes: buf.slice(off, off + len), known, at });
       return Inbound.DONE;
     }
     const hi = t >>> 4;

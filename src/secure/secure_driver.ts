@@ -185,8 +185,9 @@ export class SecureDriver {
       const cookies = Deno.env.get("NETMANAGER_HS_COOKIES") !== "off";
       this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs, cookies });
       // The first handshake with a peer should not pay for cold crypto paths (tens of ms): one round
-      // now, more in the background, a turn of the event loop each (V8 optimizes after several runs:
-      // a first handshake's CPU ~3.7–8 ms after one round, ~2.7–3.6 ms after 20; scripts/bench_hs.ts).
+      // now, more in the background, a turn of the event loop each, until a handshake datagram arrives (V8
+      // optimizes after several runs: a first handshake's CPU ~5 ms after one round, ~2.5 ms after 20;
+      // scripts/bench_hs.ts).
       log.debug("handshake paths warmed up", { ms: Math.round(warmUp(s.credential, s.trust) * 10) / 10 });
       this.#warmMore(s, WARM_ROUNDS - 1);
       queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
@@ -223,10 +224,17 @@ export class SecureDriver {
     };
   }
 
+  /** A handshake datagram arrived: no warm-up round may delay its answer (they only matter before the first). */
+  #stopWarming(): void {
+    if (this.#warmTimer !== undefined) clearTimeout(this.#warmTimer);
+    this.#warmTimer = undefined;
+  }
+
   /** Handles a worker's message of the secure layer. */
   onWorker(m: SecureUp): void {
     const hs = this.#hs;
     if (!hs) return;
+    if (m.type === "secure-hs") this.#stopWarming();
     switch (m.type) {
       case "secure-hs": {
         if (this.#blocked.has(m.peer)) return;
@@ -455,7 +463,6 @@ export class SecureDriver {
   stop(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
-    if (this.#warmTimer !== undefined) clearTimeout(this.#warmTimer);
-    this.#warmTimer = undefined;
+    this.#stopWarming();
   }
 }

@@ -560,6 +560,9 @@ export class Engine {
     this.#rebuildRoutes(now);
   }
 
+  /** Peers followed to another endpoint (node key → where it is reached; see {@link follow}). */
+  readonly #moved = new Map<string, Endpoint>();
+
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);
@@ -577,6 +580,11 @@ export class Engine {
     // Hole punching: endpoints to keep HELLOing although no table entry names them yet.
     for (const k of this.#punch.keys()) if (!remote.includes(k)) remote.push(k);
     const sync = this.peers.sync(remote, now);
+    for (const p of sync.removed) this.#moved.delete(p.key);
+    for (const p of sync.added) {
+      const ep = this.#moved.get(p.key);
+      if (ep !== undefined) this.peers.follow(p, ep);
+    }
     if (this.#prober && this.#health) {
       for (const p of sync.removed) this.#health.publish(p.key, "unknown", undefined);
     }
@@ -597,10 +605,26 @@ export class Engine {
    * Returns false when nothing changed (already there, or not a peer of this table).
    */
   follow(peer: Peer, ep: Endpoint): boolean {
+    this.#noteMoved(peer.key, ep);
     if (!this.peers.follow(peer, ep)) return false;
     const r = this.#routes.get(peer.key);
     if (r !== undefined && !r.local) this.#routeTo(r, ep);
     return true;
+  }
+
+  /**
+   * The same by node key, also for a node that is no peer here yet (a restarted worker's first
+   * table): applied when the table makes it one.
+   */
+  followKey(key: string, ep: Endpoint): void {
+    const p = this.peers.get(key);
+    if (p !== undefined) this.follow(p, ep);
+    else this.#noteMoved(key, ep);
+  }
+
+  #noteMoved(key: string, ep: Endpoint): void {
+    if (ep.key === key) this.#moved.delete(key);
+    else if (this.#moved.size < 4096 || this.#moved.has(key)) this.#moved.set(key, ep);
   }
 
   #routeTo(r: NodeRoute, ep: Endpoint): void {

@@ -280,11 +280,9 @@ export class PacketLoop {
           else this.secure?.blocked.delete(p);
         }
         break;
-      case "secure-moved": {
-        const p = e.peers.get(m.peer);
-        if (p !== undefined) e.follow(p, parseEndpoint(m.endpoint));
+      case "secure-moved":
+        e.followKey(m.peer, parseEndpoint(m.endpoint));
         break;
-      }
       case "secure-send":
         this.bind.sendRaw(m.bytes, m.family, m.addr4, m.addr6, m.port);
         this.bind.flush();

@@ -157,10 +157,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           secure.setMode(m.secure.mode);
           for (const k of m.secure.keys) secure.install(k, m.secure.sendOnly === true);
           for (const p of m.secure.blocked) secure.blocked.add(p);
-          for (const [p, ep] of m.secure.moved ?? []) {
-            const peer = engine.peers.get(p);
-            if (peer !== undefined) engine.follow(peer, parseEndpoint(ep));
-          }
+          for (const [p, ep] of m.secure.moved ?? []) engine.followKey(p, parseEndpoint(ep));
           engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
         }
         secure.secureCapable = (k) => {

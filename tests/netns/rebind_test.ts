@@ -208,6 +208,7 @@ Deno.test({
     "rebind: node 1's address moves mid-session — the session follows it, TCP goes on within ~1 s, no new handshake",
   ...opts,
 }, async () => {
+  Deno.env.set("NETMANAGER_TEST_CRASH_WORKER", "0"); // SIGUSR2 crashes lane 0 (the daemons inherit it)
   await withPair(async (c) => {
     assertEquals(await retry(() => client(c, "10.30.0.1", "warm")), "web0:warm");
     const before = await eventually(() => peerOn(c, 2, P1), (p) => p?.state === "secure", 10000);
@@ -237,6 +238,13 @@ Deno.test({
       /netmanager_peer_endpoint_changes_total\{endpoint="192\.168\.77\.1:50103"\} 1/.test(m.body),
       m.body.split("\n").filter((l) => l.includes("endpoint_changes")).join("\n"),
     );
+    // A data-plane worker of node 2 crashes and restarts: it starts with the moved endpoint (the
+    // main isolate's list), and the rekey that follows a restart goes there too.
+    Deno.kill(c.nodes[1].node.proc!.pid, "SIGUSR2");
+    await new Promise((res) => setTimeout(res, 1500));
+    const again = await chat(c, "10.30.0.1", 2, async () => {});
+    assertEquals(again.fails, 0, JSON.stringify(again));
+    assertEquals(await client(c, "10.30.0.2", "after-restart"), "web0:after-restart");
     // And back: the peer is reached at its announced endpoint again.
     const back = await chat(c, "10.30.0.1", 3, async () => {
       await new Promise((res) => setTimeout(res, 1000));
@@ -246,7 +254,7 @@ Deno.test({
     const home = await peerOn(c, 2, P1);
     assertEquals(home?.at, undefined, JSON.stringify(home));
     assertEquals(home?.endpointChanges, 2);
-  });
+  }).finally(() => Deno.env.delete("NETMANAGER_TEST_CRASH_WORKER"));
 });
 
 async function client(c: TestCluster, host: string, text: string, cmd = "tcp-client"): Promise<string> {

@@ -245,6 +245,11 @@ Deno.test({
     const again = await chat(c, "10.30.0.1", 2, async () => {});
     assertEquals(again.fails, 0, JSON.stringify(again));
     assertEquals(await client(c, "10.30.0.2", "after-restart"), "web0:after-restart");
+    const restarts = (await c.nodes[1].node.log()).split("\n").filter((l) =>
+      /worker.*(fail|crash|restart)|restart/i.test(l)
+    );
+    assert(restarts.length >= 1, "node 2's worker did not restart");
+    console.log(restarts.slice(0, 3).join("\n"));
     // And back: the peer is reached at its announced endpoint again.
     const back = await chat(c, "10.30.0.1", 3, async () => {
       await new Promise((res) => setTimeout(res, 1000));

@@ -634,6 +634,7 @@ class Node implements NodeService {
           ...this.security.status(),
           peers: this.dataPlane?.securePeers() ?? [],
           handshakeDrops: this.dataPlane?.secureDrops() ?? {},
+          endpointChanges: this.dataPlane?.secureEndpointChanges() ?? 0,
         }
         : null,
       services: this.dataPlane?.services() ?? [],

@@ -286,6 +286,8 @@ export class World {
     workerId?: string,
     /** Instead of attaching to the underlay at `ip`: wires the node's namespace (e.g. behind a NAT router). */
     plumb?: (ns: string) => Promise<void>,
+    /** More netcfg.json settings (e.g. `TunnelSecurity`). */
+    cfgExtra: Record<string, unknown> = {},
   ): Promise<SimNode> {
     const ns = await this.namespace(name);
     if (plumb) await plumb(ns);
@@ -295,7 +297,7 @@ export class World {
     const cfg = JSON.parse(await Deno.readTextFile(`${ROOT_CONFIG}netcfg.json`));
     await Deno.writeTextFile(
       `${dir}/netcfg.json`,
-      JSON.stringify({ ...cfg, NodePublicAddress: ip, ClusterUrl: clusterIp }),
+      JSON.stringify({ ...cfg, NodePublicAddress: ip, ClusterUrl: clusterIp, ...cfgExtra }),
     );
     const id = workerId ?? `${this.prefix}-${name}`;
     if (this.#ctl?.ours) await this.nodeCredential(id, `${dir}/state`);

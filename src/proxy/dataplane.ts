@@ -388,6 +388,7 @@ export class DataPlane {
         case "secure-hs":
         case "secure-want":
         case "secure-rekey":
+        case "secure-moved":
           this.#secure.onWorker(m);
           break;
         case "error":
@@ -602,6 +603,11 @@ export class DataPlane {
     const views = this.#secure.peers();
     if (!drops) return views;
     return views.map((v) => (drops[v.endpoint] ? { ...v, drops: drops[v.endpoint] } : v));
+  }
+
+  /** Times a peer's secure session followed it to another endpoint (all peers). */
+  secureEndpointChanges(): number {
+    return this.#secure.endpointChanges;
   }
 
   /** Handshake drops by reason. */

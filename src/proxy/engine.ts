@@ -62,7 +62,7 @@ import {
   rewriteSrc6,
 } from "./packet.ts";
 import { formatIPv4, formatIPv6, parseIPv4, tryParseIPv4, tryParseIPv6 } from "../addr/mod.ts";
-import { type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
+import { type Endpoint, type Peer, type PeerHealthState, PeerTable } from "./peers.ts";
 import { PeerHealthArea } from "./peer_health.ts";
 import { ServiceCounters, SVC_RX, SVC_TX } from "./service_counters.ts";
 import {
@@ -560,6 +560,9 @@ export class Engine {
     this.#rebuildRoutes(now);
   }
 
+  /** Peers followed to another endpoint (node key → where it is reached; see {@link follow}). */
+  readonly #moved = new Map<string, Endpoint>();
+
   /** Route of a node key, if known. */
   route(key: string): NodeRoute | undefined {
     return this.#routes.get(key);
@@ -577,6 +580,11 @@ export class Engine {
     // Hole punching: endpoints to keep HELLOing although no table entry names them yet.
     for (const k of this.#punch.keys()) if (!remote.includes(k)) remote.push(k);
     const sync = this.peers.sync(remote, now);
+    for (const p of sync.removed) this.#moved.delete(p.key);
+    for (const p of sync.added) {
+      const ep = this.#moved.get(p.key);
+      if (ep !== undefined) this.peers.follow(p, ep);
+    }
     if (this.#prober && this.#health) {
       for (const p of sync.removed) this.#health.publish(p.key, "unknown", undefined);
     }
@@ -584,7 +592,46 @@ export class Engine {
       const p = this.peers.get(k);
       if (p) p.punched = true;
     }
-    for (const r of this.#routes.values()) if (!r.local) r.peer = this.peers.get(r.key);
+    for (const r of this.#routes.values()) {
+      if (r.local) continue;
+      r.peer = this.peers.get(r.key);
+      if (r.peer !== undefined && r.peer.at.key !== r.key) this.#routeTo(r, r.peer.at);
+    }
+  }
+
+  /**
+   * `peer`'s secure session authenticated a datagram from `ep`, another endpoint than where it was
+   * reached (roaming, NAT rebinding): everything to it goes there from now on (see PeerTable.follow).
+   * Returns false when nothing changed (already there, or not a peer of this table).
+   */
+  follow(peer: Peer, ep: Endpoint): boolean {
+    this.#noteMoved(peer.key, ep);
+    if (!this.peers.follow(peer, ep)) return false;
+    const r = this.#routes.get(peer.key);
+    if (r !== undefined && !r.local) this.#routeTo(r, ep);
+    return true;
+  }
+
+  /**
+   * The same by node key, also for a node that is no peer here yet (a restarted worker's first
+   * table): applied when the table makes it one.
+   */
+  followKey(key: string, ep: Endpoint): void {
+    const p = this.peers.get(key);
+    if (p !== undefined) this.follow(p, ep);
+    else this.#noteMoved(key, ep);
+  }
+
+  #noteMoved(key: string, ep: Endpoint): void {
+    if (ep.key === key) this.#moved.delete(key);
+    else if (this.#moved.size < 4096 || this.#moved.has(key)) this.#moved.set(key, ep);
+  }
+
+  #routeTo(r: NodeRoute, ep: Endpoint): void {
+    r.family = ep.family;
+    r.addr4 = ep.ip4;
+    r.addr6 = ep.ip6;
+    r.port = ep.port;
   }
 
   /** The routes, closest nodes and local instance addresses as the table has them (no side effects). */
@@ -1125,7 +1172,7 @@ export class Engine {
       if (p) this.peers.requestRtt(p, now);
     }
     const to = (p: Peer, bytes: Uint8Array) =>
-      this.control.push({ family: p.family, addr4: p.ip4, addr6: p.ip6, port: p.port, bytes });
+      this.control.push({ family: p.at.family, addr4: p.at.ip4, addr6: p.at.ip6, port: p.at.port, bytes });
     const health = this.#prober ? this.#health : undefined;
     this.peers.tick(now, {
       hello: (p, hi, lo) => {

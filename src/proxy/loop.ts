@@ -35,6 +35,7 @@ import { nodeKey } from "../table/entry.ts";
 import { formatIPv4, formatIPv6 } from "../addr/mod.ts";
 import { Fit, PathGuard } from "../path/guard.ts";
 import { PUNCH_DEADLINE_MS } from "../path/relay_watch.ts";
+import { type Endpoint, endpointOf, parseEndpoint } from "./peers.ts";
 
 /** Packets one TUN drain takes at most before the loop looks at the tunnel again. */
 export const TUN_DRAIN = 512;
@@ -135,7 +136,9 @@ export class PacketLoop {
           const src = bind.family === 4
             ? e.peers.lookup4(bind.addr4, bind.port)
             : e.peers.lookup6(bind.addr6!, 0, bind.port);
-          const r = sec.inbound(bind.buf, bind.off, bind.len, src?.key, this.#sourceKey, wall);
+          const exact = src !== undefined &&
+            (bind.family === 4 ? src.isAt4(bind.addr4, bind.port) : src.isAt6(bind.addr6!, 0, bind.port));
+          const r = sec.inbound(bind.buf, bind.off, bind.len, src?.key, this.#sourceKey, wall, exact);
           if (r === Inbound.DONE) continue;
           if (r === Inbound.OPENED) {
             bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
@@ -183,6 +186,28 @@ export class PacketLoop {
   readonly #sourceKey = (): string => {
     const b = this.bind;
     return nodeKey(b.family === 4 ? formatIPv4(b.addr4) : formatIPv6(b.addr6!), b.port);
+  };
+
+  /**
+   * Follows peer `key` to the source of the datagram the bind last stepped to (its secure session
+   * authenticated it there: roaming, NAT rebinding) and tells the main isolate, which tells the
+   * other workers. False when `key` is not a peer here (a stranger's session).
+   */
+  readonly follow = (key: string): boolean => {
+    const p = this.engine.peers.get(key);
+    if (p === undefined) return false;
+    const b = this.bind;
+    let ep: Endpoint;
+    if (b.family === 4) ep = endpointOf(formatIPv4(b.addr4), b.port);
+    else {
+      const a = b.addr6!;
+      const mapped = a.subarray(0, 10).every((x) => x === 0) && a[10] === 0xff && a[11] === 0xff;
+      ep = endpointOf(mapped ? `${a[12]}.${a[13]}.${a[14]}.${a[15]}` : formatIPv6(a), b.port);
+    }
+    if (this.engine.follow(p, ep)) {
+      this.#post({ type: "secure-moved", peer: key, endpoint: ep.key });
+    }
+    return true;
   };
 
   /** The engine's timers: peers' HELLO/PROBE schedule (every 100 ms), housekeeping and stats (1 s). */
@@ -259,6 +284,9 @@ export class PacketLoop {
           if (m.blocked) this.secure?.blocked.add(p);
           else this.secure?.blocked.delete(p);
         }
+        break;
+      case "secure-moved":
+        e.followKey(m.peer, parseEndpoint(m.endpoint));
         break;
       case "secure-send":
         this.bind.sendRaw(m.bytes, m.family, m.addr4, m.addr6, m.port);

@@ -20,6 +20,8 @@ export interface SecureInit {
   blocked: string[];
   /** A restarted Worker: `keys` may seal but not open (its replay windows are lost; peers are rekeyed). */
   sendOnly?: boolean;
+  /** Peers followed to another endpoint (peer key → endpoint key; see `secure-moved`). */
+  moved?: [string, string][];
 }
 
 /** Counters as sent by the Worker. */
@@ -91,6 +93,11 @@ export type ToWorker =
   | { type: "secure-remove"; peers: string[]; forget: boolean }
   /** Peers refused (certificate refused or revoked): nothing plain with them either while `blocked`. */
   | { type: "secure-block"; peers: string[]; blocked: boolean }
+  /**
+   * A peer's secure session authenticated a datagram from another endpoint (roaming, NAT
+   * rebinding; one worker saw it): send to it there from now on.
+   */
+  | { type: "secure-moved"; peer: string; endpoint: string }
   /** Send a handshake datagram (worker 0 sends the main isolate's). */
   | { type: "secure-send"; bytes: Uint8Array; family: 4 | 6; addr4: number; addr6?: Uint8Array; port: number }
   /** Tests (an engine owning its table in one isolate): apply a delta. */

@@ -14,7 +14,7 @@
  * (0 while marked down; 1 otherwise, also for a peer whose liveness is unknown — an Oakestra Go node
  * answers no probes — which `netmanager_peer_liveness_known` 0 tells apart), `netmanager_peer_down_total`, `netmanager_peer_secure`; secure
  * tunnel per peer {endpoint}: `netmanager_peer_cert_expiry_timestamp_seconds` {subject},
- * `netmanager_peer_handshake_age_seconds`, `netmanager_peer_rekeys_total`, `netmanager_peer_handshake_duration_seconds`,
+ * `netmanager_peer_handshake_age_seconds`, `netmanager_peer_rekeys_total`, `netmanager_peer_endpoint_changes_total`, `netmanager_peer_handshake_duration_seconds`,
  * `netmanager_peer_secure_drops_total` {reason};
  * `netmanager_service_choices_total` {service_ip, instance_ip}: new flows per ServiceIP by the chosen
  * instance's namespace IP (at most 4096 pairs per worker, then `other`);
@@ -127,6 +127,8 @@ export interface DataPlaneMetrics {
     readonly rekeys?: number;
     /** Duration of the last handshake this node initiated with the peer. */
     readonly handshakeSeconds?: number;
+    /** Times its session followed it to another endpoint (roaming, NAT rebinding). */
+    readonly endpointChanges?: number;
   }[];
   /** Secure-tunnel drops per peer endpoint and reason (replayed, forged, plain from a secure peer). */
   readonly securePeerDrops?: Readonly<Record<string, Readonly<Record<string, number>>>>;
@@ -356,6 +358,16 @@ export class NodeMetrics {
       () =>
         secure((s) =>
           s.handshakeSeconds !== undefined ? [[{ endpoint: s.endpoint }, s.handshakeSeconds] as Sample] : []
+        ),
+    );
+    snapshotCounter(
+      reg,
+      "netmanager_peer_endpoint_changes_total",
+      "Times a peer node's secure session followed it to another endpoint (a datagram that authenticated came from there: roaming, NAT rebinding).",
+      ["endpoint"],
+      () =>
+        secure((s) =>
+          s.endpointChanges !== undefined ? [[{ endpoint: s.endpoint }, s.endpointChanges] as Sample] : []
         ),
     );
     snapshotCounter(

@@ -399,6 +399,15 @@ export class Peer {
   /** Times it was marked down. */
   downCount = 0;
 
+  /**
+   * Where it is reached now: its advertised endpoint, or the source of the last datagram that
+   * authenticated under its secure session when that moved (roaming, NAT rebinding; see
+   * {@link PeerTable.follow}). Data, HELLOs and PROBEs go here.
+   */
+  at: Endpoint;
+  /** Times {@link at} moved. */
+  endpointChanges = 0;
+
   /** Creates a peer for `ep` (use {@link PeerTable.add}, which also indexes it). */
   constructor(ep: Endpoint, rtt: RttOptions | undefined) {
     this.key = ep.key;
@@ -408,6 +417,24 @@ export class Peer {
     this.port = ep.port;
     this.bucketKey = ep.family === 4 ? ep.ip4 : V6_KEY_BASE + ipv6Key(ep.ip6 as Uint8Array, 0);
     this.rtt = new RttEstimator(rtt);
+    this.at = ep;
+  }
+
+  /** True when IPv4 `addr:port` is where it is reached now ({@link at}). */
+  isAt4(addr: number, port: number): boolean {
+    const a = this.at;
+    return a.family === 4 && a.ip4 === addr >>> 0 && a.port === port;
+  }
+
+  /** True when the IPv6 address at `buf[off..off+16]`, port `port`, is where it is reached now. */
+  isAt6(buf: Uint8Array, off: number, port: number): boolean {
+    const a = this.at;
+    if (a.port !== port) return false;
+    if (isV4Mapped(buf, off)) {
+      const v4 = ((buf[off + 12] << 24) | (buf[off + 13] << 16) | (buf[off + 14] << 8) | buf[off + 15]) >>> 0;
+      return this.isAt4(v4, port);
+    }
+    return a.family === 6 && ipv6Equal(a.ip6!, 0, buf, off);
   }
 }
 
@@ -540,6 +567,10 @@ export interface PeerSyncResult {
 export interface PeerStats {
   /** Node key `"ip:port"`. */
   readonly endpoint: string;
+  /** Where it is reached now, when its secure session followed it elsewhere (roaming, NAT rebinding). */
+  readonly at?: string;
+  /** Times this worker followed it to another endpoint. */
+  readonly endpointChanges?: number;
   /** Node id, when known. */
   readonly node?: string;
   /** Smoothed RTT (ms) as {@link PeerTable.rttOf} reports it, when known and fresh. */
@@ -636,6 +667,10 @@ export class PeerTable {
   readonly #probe: boolean;
   readonly #downAfter: number;
   #now = -Infinity;
+  /** Peers reached at another endpoint than their key's ({@link follow}), by that endpoint's key. */
+  readonly #moved = new Map<string, Peer>();
+  /** The same for IPv4: `addr · 65536 + port` → peer (no allocation on the receive path). */
+  readonly #moved4 = new Map<number, Peer>();
 
   /** Creates an empty table; see {@link PeerTableOptions} for the defaults. */
   constructor(opts: PeerTableOptions = {}) {
@@ -869,6 +904,7 @@ export class PeerTable {
   remove(key: string): boolean {
     const p = this.get(key);
     if (p === undefined) return false;
+    this.#unfollow(p);
     this.#byKey.delete(p.key);
     const b = this.#buckets.get(p.bucketKey);
     if (b !== undefined) {
@@ -923,6 +959,10 @@ export class PeerTable {
    */
   lookup4(addr: number, port: number): Peer | undefined {
     const b = this.#buckets.get(addr);
+    if (this.#moved4.size > 0) {
+      const m = this.#moved4.get((addr >>> 0) * 65536 + port);
+      if (m !== undefined && (b === undefined || !b.some((p) => p.port === port))) return m;
+    }
     if (b === undefined) return undefined;
     for (let i = 0; i < b.length; i++) if (b[i].port === port) return b[i];
     // The reflector's answers come from the relay's address (same host): never a relay peer's.
@@ -953,6 +993,14 @@ export class PeerTable {
       );
     }
     const b = this.#buckets.get(V6_KEY_BASE + ipv6Key(buf, off));
+    if (this.#moved.size > this.#moved4.size) {
+      for (const m of this.#moved.values()) {
+        if (
+          m.at.family === 6 && m.isAt6(buf, off, port) &&
+          !b?.some((p) => p.port === port && p.ip6 !== undefined && ipv6Equal(p.ip6, 0, buf, off))
+        ) return m;
+      }
+    }
     if (b === undefined) return undefined;
     let sameAddr: Peer | undefined;
     for (let i = 0; i < b.length; i++) {
@@ -962,6 +1010,39 @@ export class PeerTable {
       sameAddr ??= p;
     }
     return this.#matchPort ? undefined : sameAddr;
+  }
+
+  /**
+   * `peer` is now reached at `ep` (its secure session authenticated a datagram from there: roaming,
+   * a NAT rebinding). Datagrams from `ep` are then the peer's, and everything to the peer goes
+   * there; `ep` equal to its key's endpoint moves it back. Returns false when nothing changed.
+   *
+   * @example
+   * ```ts
+   * import { parseEndpoint, PeerTable } from "./peers.ts";
+   * const t = new PeerTable();
+   * const p = t.addKey("10.0.0.1:50103", 0);
+   * t.follow(p, parseEndpoint("10.0.9.9:40001"));
+   * t.lookup4(0x0a000909, 40001) === p; // true
+   * ```
+   */
+  follow(peer: Peer, ep: Endpoint): boolean {
+    if (peer.at.key === ep.key || this.#byKey.get(peer.key) !== peer) return false;
+    this.#unfollow(peer);
+    peer.at = ep;
+    peer.endpointChanges++;
+    if (ep.key !== peer.key) {
+      this.#moved.set(ep.key, peer);
+      if (ep.family === 4) this.#moved4.set(ep.ip4 * 65536 + ep.port, peer);
+    }
+    return true;
+  }
+
+  #unfollow(p: Peer): void {
+    const a = p.at;
+    if (a.key === p.key || this.#moved.get(a.key) !== p) return;
+    this.#moved.delete(a.key);
+    if (a.family === 4) this.#moved4.delete(a.ip4 * 65536 + a.port);
   }
 
   /**
@@ -1248,6 +1329,8 @@ export class PeerTable {
       const rtt = this.rttOf(p, now);
       out.push({
         endpoint: p.key,
+        ...(p.at.key !== p.key ? { at: p.at.key } : {}),
+        ...(p.endpointChanges > 0 ? { endpointChanges: p.endpointChanges } : {}),
         ...(p.nodeId !== undefined ? { node: p.nodeId } : {}),
         ...(rtt !== undefined ? { rttMs: rtt } : {}),
         ...(p.rtt.samples > 0 ? { minRttMs: p.rtt.min } : {}),

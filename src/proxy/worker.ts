@@ -20,6 +20,7 @@ import { UdpBind } from "./bind.ts";
 import { SecureLayer } from "../secure/secure_layer.ts";
 import { CAP_SECURE } from "./wire.ts";
 import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
+import { parseEndpoint } from "./peers.ts";
 
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
@@ -156,12 +157,15 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           secure.setMode(m.secure.mode);
           for (const k of m.secure.keys) secure.install(k, m.secure.sendOnly === true);
           for (const p of m.secure.blocked) secure.blocked.add(p);
+          for (const [p, ep] of m.secure.moved ?? []) engine.followKey(p, parseEndpoint(ep));
           engine.peers.setLocalCaps(engine.peers.localCaps | CAP_SECURE, performance.now());
         }
         secure.secureCapable = (k) => {
           const p = engine.peers.get(k);
           return p !== undefined && p.capsKnown && (p.remoteCaps & CAP_SECURE) !== 0;
         };
+        secure.follow = loop.follow;
+        secure.followUnauthenticated = Deno.env.get("NETMANAGER_ROAM_UNAUTHENTICATED") === "1";
         bind.secure = secure;
         loop.secure = secure;
         // Path MTU: a sealed datagram is SECURE_OVERHEAD bytes longer.

@@ -321,6 +321,13 @@ export class KeyRing {
     return SECURE_OVERHEAD + len;
   }
 
+  /** The peer of the session a SECURE datagram's header names ("" if none); nothing is checked. */
+  peerOf(buf: Uint8Array, off: number, len: number): string {
+    const h = this.#header;
+    if (!decodeSecureHeader(buf, off, len, h)) return "";
+    return this.#byIndex.get(h.receiver)?.keys.peer ?? "";
+  }
+
   /** True while `peer` has a session installed (sending or only receiving). */
   has(peer: string): boolean {
     return this.#current.has(peer);

@@ -27,13 +27,32 @@ import { type SecureMode, secureModeOf, type SecureUp } from "./secure_layer.ts"
 import type { SecuritySettings } from "./node_security.ts";
 import type { SecureInit, ToWorker } from "../proxy/messages.ts";
 import { parseEndpoint } from "../proxy/peers.ts";
+import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
+import { isCookieReply } from "./cookie.ts";
 import { logger } from "../log.ts";
 
 const log = logger("secure");
 
+/** Warm-up handshakes run when a credential loads (see {@link SecureDriver.set}). */
+const WARM_ROUNDS = 20;
 /** How long a peer whose certificate was refused stays blocked before it may try again. */
 export const BLOCK_MS = 30_000;
 const BACKOFF_MAX_MS = 60_000;
+
+interface Phase {
+  hopMs: number;
+  cpuMs: number;
+}
+
+function phasesView(p: { resp?: Phase; answer?: Phase }): NonNullable<SecurePeerView["handshakePhases"]> {
+  const r = (x: number) => Math.round(x * 100) / 100;
+  const out: NonNullable<SecurePeerView["handshakePhases"]> = {};
+  if (p.resp && Number.isFinite(p.resp.hopMs)) out.hopMs = r(p.resp.hopMs);
+  if (p.resp) out.cpuMs = r(p.resp.cpuMs);
+  if (p.answer && Number.isFinite(p.answer.hopMs)) out.answerHopMs = r(p.answer.hopMs);
+  if (p.answer) out.answerCpuMs = r(p.answer.cpuMs);
+  return out;
+}
 
 /** Per-peer view for status. */
 export interface SecurePeerView {
@@ -48,6 +67,17 @@ export interface SecurePeerView {
   handshakeMs?: number;
   /** Data-plane drops with this peer by reason (replayed, forged, plain data from it while secure). */
   drops?: Record<string, number>;
+  /**
+   * Where the last handshakes' time went on this node (ms): `hopMs`/`cpuMs` of the HS_RESP of the
+   * last one it initiated (the hop from the worker to the main isolate, the crypto and FINAL's send),
+   * `answerHopMs`/`answerCpuMs` of the last HS_INIT it answered. `handshakeMs` minus these is the
+   * wire and the peer.
+   */
+  handshakePhases?: { hopMs?: number; cpuMs?: number; answerHopMs?: number; answerCpuMs?: number };
+  /** Where it is reached now, when its session followed it away from `endpoint` (roaming, NAT rebinding). */
+  at?: string;
+  /** Times its session followed it to another endpoint. */
+  endpointChanges?: number;
 }
 
 /** Options of a {@link SecureDriver}. */
@@ -90,8 +120,19 @@ export class SecureDriver {
   readonly #hsStarted = new Map<string, number>();
   /** Duration of the last handshake this node initiated per peer (ms). */
   readonly #hsMs = new Map<string, number>();
+  /** The last HS_RESP handled: its hop from the worker, and the time handling it (ms). */
+  #lastHs: Phase = { hopMs: NaN, cpuMs: NaN };
+  /** Per peer: the phases of the last handshake this node initiated (`resp`) and answered (`answer`). */
+  readonly #phases = new Map<string, { resp?: Phase; answer?: Phase }>();
   #timer: ReturnType<typeof setInterval> | undefined;
+  #warmTimer: ReturnType<typeof setTimeout> | undefined;
   #warnedNoCredential = false;
+  /** Peers followed to another endpoint (peer key → endpoint key): handshakes go there too. */
+  readonly #moved = new Map<string, string>();
+  /** Per peer: times it was followed to another endpoint. */
+  readonly #changes = new Map<string, number>();
+  /** Endpoint changes of all peers. */
+  endpointChanges = 0;
 
   /** A driver posting through `o` (mode off until {@link set}). */
   constructor(o: SecureDriverOptions) {
@@ -143,12 +184,26 @@ export class SecureDriver {
       // NETMANAGER_HS_COOKIES=off (tests: what a flood does without them) answers no cookies.
       const cookies = Deno.env.get("NETMANAGER_HS_COOKIES") !== "off";
       this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs, cookies });
-      // The first handshake with a peer should not pay for cold crypto paths (tens of ms).
+      // The first handshake with a peer should not pay for cold crypto paths (tens of ms): one round
+      // now, more in the background, a turn of the event loop each, until a handshake datagram arrives (V8
+      // optimizes after several runs: a first handshake's CPU ~5 ms after one round, ~2.5 ms after 20;
+      // scripts/bench_hs.ts).
       log.debug("handshake paths warmed up", { ms: Math.round(warmUp(s.credential, s.trust) * 10) / 10 });
+      this.#warmMore(s, WARM_ROUNDS - 1);
       queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
     }
     if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
     this.#timer ??= setInterval(() => this.tick(), 1000);
+  }
+
+  #warmMore(s: SecuritySettings, left: number): void {
+    if (left <= 0 || !s.credential) return;
+    this.#warmTimer = setTimeout(() => {
+      this.#warmTimer = undefined;
+      if (!this.#hs) return; // (turned off meanwhile)
+      warmUp(s.credential!, s.trust);
+      this.#warmMore(s, left - 1);
+    }, 0);
   }
 
   /**
@@ -164,19 +219,37 @@ export class SecureDriver {
       mode: this.#workerMode,
       keys: [...this.#keys.values()].flat(),
       blocked: [...this.#blocked.keys()],
+      ...(this.#moved.size > 0 ? { moved: [...this.#moved] } : {}),
       ...(restart ? { sendOnly: true } : {}),
     };
+  }
+
+  /** A handshake datagram arrived: no warm-up round may delay its answer (they only matter before the first). */
+  #stopWarming(): void {
+    if (this.#warmTimer !== undefined) clearTimeout(this.#warmTimer);
+    this.#warmTimer = undefined;
   }
 
   /** Handles a worker's message of the secure layer. */
   onWorker(m: SecureUp): void {
     const hs = this.#hs;
     if (!hs) return;
+    if (m.type === "secure-hs") this.#stopWarming();
     switch (m.type) {
       case "secure-hs": {
         if (this.#blocked.has(m.peer)) return;
+        const t = performance.timeOrigin + performance.now();
         const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length, m.known);
         if (out.reply) this.#send(m.peer, out.reply);
+        // Where a handshake's time goes on this node: the worker → main isolate hop, and the crypto
+        // (with the reply's send) here — for the INIT it answered, and the RESP of one it initiated.
+        const ph = {
+          hopMs: m.at !== undefined ? t - m.at : NaN,
+          cpuMs: performance.timeOrigin + performance.now() - t,
+        };
+        if (m.bytes[0] === MSG_HS_INIT && out.reply && !isCookieReply(out.reply, 0, out.reply.length)) {
+          this.#phase(m.peer).answer = ph;
+        } else if (m.bytes[0] === MSG_HS_RESP) this.#lastHs = ph;
         if (out.established) this.#established(out.established);
         if (out.refused) this.#refuse(m.peer, out.refused);
         break;
@@ -187,7 +260,32 @@ export class SecureDriver {
       case "secure-rekey":
         hs.wantRekey(m.peer);
         break;
+      case "secure-moved":
+        this.#follow(m.peer, m.endpoint);
+        break;
     }
+  }
+
+  /**
+   * A worker followed `peer` to `endpoint` (a datagram authenticated under its session came from
+   * there): every worker and this isolate's handshakes send there from now on. Reports of the same
+   * move from several workers count once.
+   */
+  #follow(peer: string, endpoint: string): void {
+    const was = this.#moved.get(peer) ?? peer;
+    if (was === endpoint) return;
+    if (!this.#keys.has(peer)) return; // (its session is gone: nothing to follow)
+    if (endpoint === peer) this.#moved.delete(peer);
+    else {
+      if (this.#moved.size >= 4096 && !this.#moved.has(peer)) return;
+      this.#moved.set(peer, endpoint);
+    }
+    if (this.#changes.size < 4096 || this.#changes.has(peer)) {
+      this.#changes.set(peer, (this.#changes.get(peer) ?? 0) + 1);
+    }
+    this.endpointChanges++;
+    log.info("peer moved: its secure session follows it", { peer, from: was, to: endpoint });
+    this.#o.broadcast({ type: "secure-moved", peer, endpoint });
   }
 
   #initiate(peer: string, lane: number, rekey: boolean): void {
@@ -209,7 +307,7 @@ export class SecureDriver {
   #send(peer: string, bytes: Uint8Array): void {
     let ep;
     try {
-      ep = parseEndpoint(peer);
+      ep = parseEndpoint(this.#moved.get(peer) ?? peer);
     } catch {
       return;
     }
@@ -240,7 +338,16 @@ export class SecureDriver {
     if (t0 !== undefined) {
       this.#hsStarted.delete(k.peer);
       if (this.#hsMs.size > 4096) this.#hsMs.clear();
-      this.#hsMs.set(k.peer, performance.now() - t0);
+      const ms = performance.now() - t0;
+      this.#hsMs.set(k.peer, ms);
+      const r = (x: number) => Math.round(x * 100) / 100;
+      this.#phase(k.peer).resp = this.#lastHs;
+      log.debug("handshake timed", {
+        peer: k.peer,
+        ms: r(ms),
+        hopMs: r(this.#lastHs.hopMs),
+        cpuMs: r(this.#lastHs.cpuMs),
+      });
     }
     if (first) log.info("secure session established", { peer: k.peer, subject: st?.cert?.subject });
     else log.debug("secure session rekeyed", { peer: k.peer, rekeys: st?.rekeys });
@@ -273,6 +380,16 @@ export class SecureDriver {
     }
   }
 
+  #phase(peer: string): { resp?: Phase; answer?: Phase } {
+    let p = this.#phases.get(peer);
+    if (p === undefined) {
+      if (this.#phases.size > 4096) this.#phases.clear();
+      p = {};
+      this.#phases.set(peer, p);
+    }
+    return p;
+  }
+
   /** Per-peer secure state for status. */
   peers(): SecurePeerView[] {
     const out: SecurePeerView[] = [];
@@ -290,6 +407,9 @@ export class SecureDriver {
           ...(this.#hsMs.has(endpoint)
             ? { handshakeMs: Math.round(this.#hsMs.get(endpoint)! * 100) / 100 }
             : {}),
+          ...(this.#phases.has(endpoint) ? { handshakePhases: phasesView(this.#phases.get(endpoint)!) } : {}),
+          ...(this.#moved.has(endpoint) ? { at: this.#moved.get(endpoint) } : {}),
+          ...(this.#changes.has(endpoint) ? { endpointChanges: this.#changes.get(endpoint) } : {}),
         });
       }
     }
@@ -308,6 +428,7 @@ export class SecureDriver {
     lastHandshakeAgeSeconds?: number;
     rekeys?: number;
     handshakeSeconds?: number;
+    endpointChanges?: number;
   }[] {
     const now = Date.now();
     const out = [];
@@ -320,6 +441,7 @@ export class SecureDriver {
           lastHandshakeAgeSeconds: (now - s.lastHandshakeMs) / 1000,
           rekeys: s.rekeys,
           ...(this.#hsMs.has(endpoint) ? { handshakeSeconds: this.#hsMs.get(endpoint)! / 1000 } : {}),
+          endpointChanges: this.#changes.get(endpoint) ?? 0,
         });
       }
     }
@@ -337,9 +459,10 @@ export class SecureDriver {
     return this.#modeName;
   }
 
-  /** Stops the timer. */
+  /** Stops the timers. */
   stop(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    this.#stopWarming();
   }
 }

@@ -58,9 +58,12 @@ export const Inbound = {
 
 /** Worker → main messages of this layer. */
 export type SecureUp =
-  | { type: "secure-hs"; peer: string; bytes: Uint8Array; known: boolean }
+  /** `at`: when the worker received it (performance.timeOrigin + now, ms: comparable across isolates). */
+  | { type: "secure-hs"; peer: string; bytes: Uint8Array; known: boolean; at?: number }
   | { type: "secure-want"; peer: string; lane: number }
-  | { type: "secure-rekey"; peer: string };
+  | { type: "secure-rekey"; peer: string }
+  /** This worker followed `peer` to `endpoint` (an authenticated datagram came from there). */
+  | { type: "secure-moved"; peer: string; endpoint: string };
 
 /** Options of a {@link SecureLayer}. */
 export interface SecureLayerOptions {
@@ -125,6 +128,19 @@ export class SecureLayer {
    * of asking for a session counts as a downgrade (handshakes stripped on the way) and is warned.
    */
   secureCapable: (peer: string) => boolean = () => false;
+  /**
+   * Endpoint following (WireGuard's roaming): called when a datagram that authenticated under
+   * `peer`'s session (tag and replay window checked) came from another source than where `peer` is
+   * reached now; the worker moves the peer there and returns true, or false when `peer` is not one
+   * of its peers (a stranger's session) and nothing moved.
+   */
+  follow: (peer: string) => boolean = () => false;
+  /**
+   * Test knob (`NETMANAGER_ROAM_UNAUTHENTICATED=1`): follow the session named in any SECURE header,
+   * before its tag and replay window are checked — what an implementation without the check would
+   * do; tests show that a replayed datagram then moves a peer. Never set in production.
+   */
+  followUnauthenticated = false;
   /** When the worker first asked for a session with each peer that has none yet. */
   readonly #firstWant = new Map<string, number>();
   /**
@@ -337,7 +353,8 @@ export class SecureLayer {
   /**
    * Looks at a received datagram `buf[off .. off+len)` from `peerKey()` (built only when needed):
    * returns an {@link Inbound} value. `sourcePeer` is the known peer at the source address (its key),
-   * if any.
+   * if any; `sourceExact`: the source is exactly where that peer is reached now (address and port),
+   * not only its address.
    */
   inbound(
     buf: Uint8Array,
@@ -346,22 +363,38 @@ export class SecureLayer {
     sourcePeer: string | undefined,
     sourceKey: () => string,
     nowMs: number,
+    sourceExact = true,
   ): number {
     const t = buf[off];
     if (t === MSG_SECURE) {
+      if (this.followUnauthenticated) {
+        const p = this.ring.peerOf(buf, off, len);
+        if (p !== "" && (p !== sourcePeer || !sourceExact)) this.follow(p);
+      }
       const r = this.ring.open(buf, off, len, nowMs);
       if (r < 0) {
         this.#openDrops[-r]++;
         if (this.ring.refusedPeer !== "") this.#peerDrop(this.ring.refusedPeer, OPEN_RESULT_NAMES[-r]);
         return Inbound.DONE;
       }
-      // The session must belong to the address it came from: a known peer's datagram re-sent from
-      // another peer's address is refused (strangers are checked by the engine's stranger path).
-      if (sourcePeer !== undefined && sourcePeer !== this.ring.peer) {
-        this.#drops[D_WRONG_SOURCE]++;
-        return Inbound.DONE;
-      }
+      const own = this.ring.peer;
       this.part = this.ring.opened;
+      if (sourcePeer !== own || !sourceExact) {
+        // Authenticated (a whole datagram or a message's last part) from elsewhere than where its
+        // peer is reached: the peer moved (roaming, NAT rebinding) and is followed there — unless
+        // the source is exactly another peer's endpoint (a datagram re-sent from there is refused).
+        // Strangers' sessions are checked by the engine's stranger path.
+        const otherPeer = sourcePeer !== undefined && sourcePeer !== own;
+        if (otherPeer && sourceExact) {
+          this.#drops[D_WRONG_SOURCE]++;
+          return Inbound.DONE;
+        }
+        if (this.part !== Opened.PART && this.follow(own)) sourcePeer = own;
+        else if (otherPeer) {
+          this.#drops[D_WRONG_SOURCE]++;
+          return Inbound.DONE;
+        }
+      }
       const jumbo = buf[off + SECURE_HEADER_LEN] === MSG_JUMBO;
       if (
         this.part === Opened.PART ? !jumbo || sourcePeer === undefined : this.part === Opened.SINGLE && jumbo
@@ -394,7 +427,10 @@ export class SecureLayer {
         return Inbound.DONE;
       }
       tk[k]--;
-      this.#post({ type: "secure-hs", peer: sourceKey(), bytes: buf.slice(off, off + len), known });
+      // A peer followed to another endpoint keeps its key (its session's name) for the handshake.
+      const peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+      const at = performance.timeOrigin + performance.now();
+      this.#post({ type: "secure-hs", peer, bytes: buf.slice(off, off + len), known, at });
       return Inbound.DONE;
     }
     const hi = t >>> 4;

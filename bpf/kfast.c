@@ -197,7 +197,7 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   __u32 len = skb->len - ETH_HLEN - OUTER;
   if (adjust_room(skb, -OUTER, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4)) {
     count(STAT_ERRORS, 1);
-    return TC_ACT_SHOT;
+    return TCX_NEXT; /* unchanged: the userspace tunnel decodes it */
   }
   if (v->new_saddr) rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, dst, k.proto);

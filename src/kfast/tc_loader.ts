@@ -30,6 +30,7 @@ import {
   tcxQuery,
 } from "../sys/bpf.ts";
 import { TC_OBJECT } from "./tc_prog.gen.ts";
+import { cstr, libc } from "../../ffi/libc.ts";
 import type { BpfEmbedded } from "./tc_types.ts";
 
 /** Program names (kernel object names, ≤ 15 bytes). */
@@ -210,13 +211,7 @@ function attachedOurs(ifindex: number): { id: number; name: string; fd: number }
  */
 export function cleanTcPrograms(): number {
   let n = 0;
-  for (const e of Deno.readDirSync("/sys/class/net")) {
-    let ifindex: number;
-    try {
-      ifindex = Number(Deno.readTextFileSync(`/sys/class/net/${e.name}/ifindex`).trim());
-    } catch {
-      continue;
-    }
+  for (const ifindex of deviceIndexes()) {
     for (const p of attachedOurs(ifindex)) {
       safeDetach(ifindex, p.fd);
       closeFd(p.fd);
@@ -224,4 +219,19 @@ export function cleanTcPrograms(): number {
     }
   }
   return n;
+}
+
+/**
+ * The ifindexes of the calling thread's network namespace (/proc/thread-self/net/dev and
+ * if_nametoindex both follow the thread's namespace; /sys/class/net follows the sysfs mount).
+ */
+export function deviceIndexes(): number[] {
+  const out: number[] = [];
+  for (const line of Deno.readTextFileSync("/proc/thread-self/net/dev").split("\n").slice(2)) {
+    const name = line.split(":")[0].trim();
+    if (!name) continue;
+    const i = libc.if_nametoindex(cstr(name));
+    if (i > 0) out.push(i);
+  }
+  return out;
 }

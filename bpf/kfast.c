@@ -8,7 +8,8 @@
 //   kernel) and sent to the underlay with bpf_redirect_neigh (route + neighbour of the outer dst).
 // nm_kf_in (tcx ingress of the underlay device): raw IP-in-UDP to our port from a peer in `peers`
 //   whose inner flow is in `ingress` is decapsulated, restored (e.g. src → the ServiceIP dialled) and
-//   redirected to the local instance's host veth (`locals`).
+//   redirected to the local instance's host veth (`locals`), or else through the bridge
+//   (bpf_redirect_neigh: its neighbour entry and forwarding database find the instance).
 // Anything else continues unchanged (TCX_NEXT): misses, ICMP, fragments, IP options, IPv6 reach the
 // TUN path / the userspace tunnel socket as before. Userspace (src/kfast/tc_*.ts) fills the maps.
 //
@@ -82,8 +83,12 @@ struct map_def SEC("maps") nm_kf_ingress = {BPF_MAP_TYPE_HASH, sizeof(struct flo
 struct map_def SEC("maps") nm_kf_locals = {BPF_MAP_TYPE_HASH, 4, sizeof(struct local_val), 4096, 0};
 /* Peer underlay IPv4 → the tunnel port we accept from it (host order in the low 16 bits). */
 struct map_def SEC("maps") nm_kf_peers = {BPF_MAP_TYPE_HASH, 4, 4, 4096, 0};
-/* [0] = this node's tunnel port (host order). */
-struct map_def SEC("maps") nm_kf_config = {BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0};
+/* [0]: this node's tunnel port and the instances' bridge (delivery when `locals` has no entry). */
+struct config {
+  __u32 port;    /* host order */
+  __u32 bridge;  /* ifindex; 0 = none */
+};
+struct map_def SEC("maps") nm_kf_config = {BPF_MAP_TYPE_ARRAY, 4, sizeof(struct config), 1, 0};
 struct map_def SEC("maps") nm_kf_stats = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, STAT_N, 0};
 
 INLINE void count(__u32 idx, __u64 n) {
@@ -183,8 +188,8 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   if ((void *)(udp + 1) > end || ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP) return TCX_NEXT;
   if (ip->frag_off & BE16(0x3fff)) return TCX_NEXT;
   __u32 zero = 0, peer = ip->saddr;
-  __u32 *port = map_lookup(&nm_kf_config, &zero);
-  if (!port || udp->dest != BE16((__u16)*port)) return TCX_NEXT;
+  struct config *cfg = map_lookup(&nm_kf_config, &zero);
+  if (!cfg || udp->dest != BE16((__u16)cfg->port)) return TCX_NEXT;
   __u32 *from = map_lookup(&nm_kf_peers, &peer);
   if (!from || udp->source != BE16((__u16)*from)) return TCX_NEXT;
   struct flow_key k = {};
@@ -193,7 +198,8 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   if (!v) return TCX_NEXT;
   __u32 dst = v->new_daddr ? v->new_daddr : k.daddr;
   struct local_val *l = map_lookup(&nm_kf_locals, &dst);
-  if (!l) return TCX_NEXT;
+  __u32 bridge = cfg->bridge;
+  if (!l && !bridge) return TCX_NEXT;
   __u32 len = skb->len - ETH_HLEN - OUTER;
   if (adjust_room(skb, -OUTER, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4)) {
     count(STAT_ERRORS, 1);
@@ -201,12 +207,13 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   }
   if (v->new_saddr) rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, dst, k.proto);
-  skb_store_bytes(skb, 0, l->mac, 6, 0);
-  skb_store_bytes(skb, 6, l->gw_mac, 6, 0);
   __sync_fetch_and_add(&v->packets, 1);
   __sync_fetch_and_add(&v->bytes, len);
   count(STAT_IN_PKTS, 1);
   count(STAT_IN_BYTES, len);
+  if (!l) return redirect_neigh(bridge, 0, 0, 0); /* the bridge's neighbour entry and FDB find it */
+  skb_store_bytes(skb, 0, l->mac, 6, 0);
+  skb_store_bytes(skb, 6, l->gw_mac, 6, 0);
   return redirect(l->ifindex, 0);
 }
 

@@ -156,3 +156,12 @@ export function u32(n: number): Uint8Array {
   new DataView(b.buffer).setUint32(0, n >>> 0, true);
   return b;
 }
+
+/** `struct config` (map nm_kf_config[0]): our tunnel port, the instances' bridge ifindex (0: none). */
+export function encodeConfig(port: number, bridgeIfindex: number): Uint8Array {
+  const b = new Uint8Array(8);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, port, true);
+  v.setUint32(4, bridgeIfindex, true);
+  return b;
+}

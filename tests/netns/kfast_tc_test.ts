@@ -7,7 +7,7 @@
  * through the programs. Proves: TCP and UDP across and back with the ServiceIP restored on replies; the
  * wire format is Oakestra's raw IP-in-UDP on 50103 (outer UDP, inner IPv4 with the client's InstanceIP);
  * a 64 MiB TCP transfer (GSO super-packets from the instance) arrives byte-exact with the kernel's
- * counters carrying it; a removed flow entry stops the traffic; detaching leaves no program behind.
+ * counters carrying it; delivery through the bridge when the instance's veth is not in the map; a removed flow entry stops the traffic; detaching leaves no program behind.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, createNs, inNs, isRoot, sh } from "../helpers/netns.ts";
@@ -16,6 +16,7 @@ import { closeFd, openNetnsByName, withNetns } from "../../ffi/netns.ts";
 import { cleanTcPrograms, TcPrograms } from "../../src/kfast/tc_loader.ts";
 import {
   decodeCounters,
+  encodeConfig,
   encodeEgress,
   encodeFlowKey,
   encodeIngress,
@@ -108,7 +109,7 @@ async function program(n: Node, peer: Node): Promise<{ p: TcPrograms; out: numbe
     return p;
   });
   closeFd(nsFd);
-  p.maps.config.update(u32(0), u32(PORT));
+  p.maps.config.update(u32(0), encodeConfig(PORT, 0));
   p.maps.peers.update(ipKey(peer.ulIp), u32(PORT));
   p.maps.locals.update(
     ipKey(n.nsip),
@@ -253,6 +254,14 @@ Deno.test(
       assert(total(b.p, "ingress").bytes >= 64 * 1024 * 1024, "server node decapsulated it");
       const stats = a.p.maps.stats.lookup(u32(0))!;
       assert(new DataView(stats.buffer).getBigUint64(0, true) > 0n, "per-CPU counters count");
+
+      // Without a `locals` entry the server node delivers through its bridge (neighbour + FDB).
+      b.p.maps.config.update(u32(0), encodeConfig(PORT, await ifindex(s.ns, s.br)));
+      assert(b.p.maps.locals.delete(ipKey(s.nsip)));
+      const viaBridge = total(b.p, "ingress").packets;
+      const tcp2 = await exec(c.inst, [...TOOL, "tcp-client", SIP, "80", "bridged"]);
+      assertEquals(tcp2.out.trim(), "web2:bridged", tcp2.out);
+      assert(total(b.p, "ingress").packets > viaBridge, "carried by the kernel path");
 
       // Removing the flows cuts them: nothing else connects the instances.
       for (const k of a.p.maps.egress.keys()) a.p.maps.egress.delete(k);

@@ -165,3 +165,26 @@ export function encodeConfig(port: number, bridgeIfindex: number): Uint8Array {
   v.setUint32(4, bridgeIfindex, true);
   return b;
 }
+
+/** Inverse of {@link encodeEgress} (counters apart). */
+export function decodeEgress(b: Uint8Array): TcEgress {
+  if (b.length !== EGRESS_BYTES) throw new RangeError("egress value size");
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  return {
+    newSaddr: readIp4(b, 0),
+    newDaddr: readIp4(b, 4),
+    localIp: readIp4(b, 8),
+    peerIp: readIp4(b, 12),
+    localPort: v.getUint16(16, true),
+    peerPort: v.getUint16(18, true),
+    ifindex: v.getUint32(20, true),
+  };
+}
+
+/** Sums a per-CPU array value (`valueBytes` = 8 × CPUs) into one u64 as a number. */
+export function sumPerCpu(b: Uint8Array): number {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  let n = 0n;
+  for (let at = 0; at + 8 <= b.length; at += 8) n += v.getBigUint64(at, true);
+  return Number(n);
+}

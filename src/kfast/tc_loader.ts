@@ -212,7 +212,15 @@ function attachedOurs(ifindex: number): { id: number; name: string; fd: number }
 export function cleanTcPrograms(): number {
   let n = 0;
   for (const ifindex of deviceIndexes()) {
-    for (const p of attachedOurs(ifindex)) {
+    let ours: { id: number; name: string; fd: number }[];
+    try {
+      ours = attachedOurs(ifindex);
+    } catch (e) {
+      // A kernel without tcx (< 6.6) or BPF refuses the query: nothing of ours can be there.
+      if (e instanceof BpfCallError && (e.errno === 22 || e.errno === 1 || e.errno === 95)) continue;
+      throw e;
+    }
+    for (const p of ours) {
       safeDetach(ifindex, p.fd);
       closeFd(p.fd);
       n++;

@@ -60,8 +60,14 @@ struct egress_val {
   __u32 local_ip, peer_ip;
   __u16 local_port, peer_port;
   __u32 ifindex;
+  __u32 flags; /* EGRESS_PEER_READY */
+  __u32 pad;
   __u64 packets, bytes;
 };
+/* The peer carries this flow in its kernel too (our ingress entry saw its packets). Until then GSO
+ * super-packets stay on the TUN: unsegmented (a veth underlay), only the peer's program could take
+ * them apart — its userspace socket would read one 64 KB datagram. */
+#define EGRESS_PEER_READY 1
 
 /* Receiving: rewrite (0 = keep) and deliver to the local instance new_daddr (or daddr). */
 struct ingress_val {
@@ -136,6 +142,7 @@ SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   if (flow_of(data + IP_OFF, end, &k)) return TCX_NEXT;
   struct egress_val *v = map_lookup(&nm_kf_egress, &k);
   if (!v) return TCX_NEXT;
+  if (skb->gso_size && !(v->flags & EGRESS_PEER_READY)) return TCX_NEXT;
   __u32 len = skb->len;
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, v->new_daddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);

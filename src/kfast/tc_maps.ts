@@ -31,6 +31,8 @@ export interface TcEgress {
   peerPort: number;
   /** Underlay device (bpf_redirect_neigh target). */
   ifindex: number;
+  /** {@link EGRESS_PEER_READY} or 0 (default). */
+  flags?: number;
 }
 
 /** Receiving a flow: rewrite source / destination (undefined: keep) and deliver locally. */
@@ -53,7 +55,9 @@ export interface TcCounters {
 }
 
 export const FLOW_KEY_BYTES = 16;
-export const EGRESS_BYTES = 40;
+export const EGRESS_BYTES = 48;
+/** `egress_val.flags`: the peer carries the flow in its kernel too (GSO super-packets may go). */
+export const EGRESS_PEER_READY = 1;
 export const INGRESS_BYTES = 24;
 export const LOCAL_BYTES = 16;
 
@@ -115,6 +119,7 @@ export function encodeEgress(e: TcEgress): Uint8Array {
   v.setUint16(16, port(e.localPort), true);
   v.setUint16(18, port(e.peerPort), true);
   v.setUint32(20, e.ifindex, true);
+  v.setUint32(24, e.flags ?? 0, true);
   return b;
 }
 
@@ -137,7 +142,7 @@ export function encodeLocal(l: TcLocal): Uint8Array {
 
 /** The counters of an egress (offset 24) or ingress (offset 8) value. */
 export function decodeCounters(b: Uint8Array): TcCounters {
-  const at = b.length === EGRESS_BYTES ? 24 : b.length === INGRESS_BYTES ? 8 : -1;
+  const at = b.length === EGRESS_BYTES ? 32 : b.length === INGRESS_BYTES ? 8 : -1;
   if (at < 0) throw new RangeError("not a flow value");
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   return { packets: Number(v.getBigUint64(at, true)), bytes: Number(v.getBigUint64(at + 8, true)) };
@@ -178,6 +183,7 @@ export function decodeEgress(b: Uint8Array): TcEgress {
     localPort: v.getUint16(16, true),
     peerPort: v.getUint16(18, true),
     ifindex: v.getUint32(20, true),
+    flags: v.getUint32(24, true),
   };
 }
 
@@ -187,4 +193,10 @@ export function sumPerCpu(b: Uint8Array): number {
   let n = 0n;
   for (let at = 0; at + 8 <= b.length; at += 8) n += v.getBigUint64(at, true);
   return Number(n);
+}
+
+/** Sets `flags` in an egress value in place (the counters stay). */
+export function setEgressFlags(b: Uint8Array, flags: number): void {
+  if (b.length !== EGRESS_BYTES) throw new RangeError("egress value size");
+  new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(24, flags >>> 0, true);
 }

@@ -32,11 +32,13 @@ import {
   decodeCounters,
   decodeEgress,
   decodeFlowKey,
+  EGRESS_PEER_READY,
   encodeConfig,
   encodeEgress,
   encodeFlowKey,
   encodeIngress,
   ipKey,
+  setEgressFlags,
   sumPerCpu,
   u32,
 } from "./tc_maps.ts";
@@ -64,6 +66,8 @@ interface PinState {
   changedAt: number;
   /** Read back from a previous daemon's maps: kept until a plan names its service. */
   adopted: boolean;
+  /** The peer carries the flow in its kernel too (`EGRESS_PEER_READY` set). */
+  ready: boolean;
 }
 
 function ifindexOf(dev: string): number {
@@ -168,6 +172,7 @@ export class TcFastPath {
         packets: decodeCounters(v).packets,
         changedAt: now,
         adopted: true,
+        ready: ((e.flags ?? 0) & EGRESS_PEER_READY) !== 0,
       });
     }
     return this.#pins.size;
@@ -257,7 +262,7 @@ export class TcFastPath {
         log.debug("tc fast path: a flow entry was refused", { error: String(err) });
         continue;
       }
-      this.#pins.set(k, { pin, e, packets: 0, changedAt: now, adopted: false });
+      this.#pins.set(k, { pin, e, packets: 0, changedAt: now, adopted: false, ready: false });
       n++;
     }
     this.#moved += n;
@@ -279,6 +284,7 @@ export class TcFastPath {
     const idle = this.#o.idleMs ?? 30_000;
     let n = 0;
     for (const [k, s] of this.#pins) {
+      if (!s.ready) this.#checkReady(s);
       const c = this.#packets(s).packets;
       if (c !== s.packets) {
         s.packets = c;
@@ -289,6 +295,22 @@ export class TcFastPath {
       }
     }
     return Promise.resolve(n);
+  }
+
+  /**
+   * Once the peer's kernel sends this flow to us (our ingress entry counts packets), it has both of
+   * its entries: our GSO super-packets may go through the kernel too (bpf/kfast.c EGRESS_PEER_READY).
+   */
+  #checkReady(s: PinState): void {
+    if (!s.e.ingress.flow.saddr) return;
+    const iv = this.#p.maps.ingress.lookup(encodeFlowKey(s.e.ingress.flow));
+    if (!iv || decodeCounters(iv).packets === 0) return;
+    const key = encodeFlowKey(s.e.egress.flow);
+    const ev = this.#p.maps.egress.lookup(key);
+    if (!ev) return;
+    setEgressFlags(ev, EGRESS_PEER_READY);
+    this.#p.maps.egress.update(key, ev);
+    s.ready = true;
   }
 
   /** Keys of the flows carried (src/kfast/move.ts `pinKey`). */

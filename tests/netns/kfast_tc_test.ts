@@ -16,6 +16,7 @@ import { closeFd, openNetnsByName, withNetns } from "../../ffi/netns.ts";
 import { cleanTcPrograms, TcPrograms } from "../../src/kfast/tc_loader.ts";
 import {
   decodeCounters,
+  EGRESS_PEER_READY,
   encodeConfig,
   encodeEgress,
   encodeFlowKey,
@@ -146,6 +147,7 @@ function flows(
             peerIp: s.ulIp,
             peerPort: PORT,
             ifindex: ulC,
+            flags: EGRESS_PEER_READY, // both sides installed at once
           }),
         );
         pc.maps.ingress.update(
@@ -167,6 +169,7 @@ function flows(
             peerIp: c.ulIp,
             peerPort: PORT,
             ifindex: ulS,
+            flags: EGRESS_PEER_READY,
           }),
         );
       }

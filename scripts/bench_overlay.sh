@@ -2,7 +2,7 @@
 # Benchmark (not a test): netmanager's overlay against the kernel paths, in ONE run of the shared
 # harness (shared/bench/harness.sh): direct underlay veth, kernel VXLAN, and netmanager through a
 # round-robin ServiceIP in raw mode (Oakestra wire format), fast mode, the kernel fast path
-# (nm-kfast: KernelFastPath, issue 16) and secure mode (TunnelSecurity
+# (nm-kfast: KernelFastPath, issue 16; nm-ktc: its tc eBPF mode, KernelFastPath=tc) and secure mode (TunnelSecurity
 # require, certificates from a throw-away CA made here), and wireguard-go (the harness's slot, Debian
 # package, for an encrypted userspace tunnel to compare with). Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
@@ -10,7 +10,8 @@
 # the harness's machine header and the busiest CPU it saw before a path; secureHandshakeMs: the
 # secure slot's handshakes (HS_INIT sent → keys installed, as each node measured its own; target ≤ 5 ms);
 # kernelFastPathPackets: packets the nm-kfast slot's client node sent and received through the kernel
-# path vs through its userspace tunnel once ready (the slot waits until the kernel carries the path).
+# path vs through its userspace tunnel once ready (the slot waits until the kernel carries the path);
+# kernelFastPathTcPackets: the same for nm-ktc (there each flow starts on the TUN and moves after ~1-2 s).
 #   bash scripts/bench_overlay.sh [--harness PATH] [--quick | --smoke] [--reps N] [--results DIR]
 #     (root; ~3 min per path and repetition, --quick ~1 min per path, --smoke ~10 s per path)
 # The harness is taken from --harness, else $NETMANAGER_BENCH_HARNESS (or $HARNESS), else the
@@ -53,7 +54,7 @@ done
 
 command -v jq >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
 export OB_UDP_LEN=${OB_UDP_LEN:-64}
-paths=${NM_BENCH_PATHS:-underlay,vxlan,nm-raw,nm-fast,nm-kfast,nm-secure,wireguard-go}
+paths=${NM_BENCH_PATHS:-underlay,vxlan,nm-raw,nm-fast,nm-kfast,nm-ktc,nm-secure,wireguard-go}
 if [[ $smoke == 1 ]]; then
   # the smallest run that still exercises every metric once: for the test suite, not for figures
   export OB_REPS=1 OB_TCP_SECS=1 OB_UDP_MAX_SECS=1 OB_UDP_STEP_SECS=1 OB_UDP_STEPS=1 OB_PING_COUNT=10 \
@@ -76,6 +77,7 @@ bash "$harness" "${args[@]}" \
   --slot nm-fast="TunnelSecurity=off bash $root/scripts/bench_slot.sh" \
   --slot nm-raw="TunnelSecurity=off FastMode=false bash $root/scripts/bench_slot.sh" \
   --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
+  --slot nm-ktc="TunnelSecurity=off KernelFastPath=tc NM_KFAST_FILE=$results/ktc.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?
@@ -84,9 +86,9 @@ if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then
   tail -20 "$results/harness.err" >&2
   exit 1
 fi
-touch "$results/handshake.jsonl" "$results/kfast.jsonl"
+touch "$results/handshake.jsonl" "$results/kfast.jsonl" "$results/ktc.jsonl"
 jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run.json" \
-  --slurpfile hs "$results/handshake.jsonl" --slurpfile kf "$results/kfast.jsonl" \
+  --slurpfile hs "$results/handshake.jsonl" --slurpfile kf "$results/kfast.jsonl" --slurpfile kt "$results/ktc.jsonl" \
   --slurpfile s "$results/samples.jsonl" --slurpfile m "$results/summary.jsonl" '
   def stat(k): if . == null then null else
       {median: .value, min: ([.samples[] | select(. != null)] | min),
@@ -99,6 +101,11 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
       tcp1: ratio(.; base; "tcp1"), tcp4: ratio(.; base; "tcp4"),
       rr_udp_latency: ratio(.; base; "rr_udp_avg_us"),
       udp_lossfree_rate: ratio(.; base; "udp_lossfree_kpps") }}) | from_entries;
+  def kpackets: map(select(.node == 1 and .kernelTxPackets != null))
+      | def inc(k): . as $a | [range(1; length) as $i | select($a[$i][k] != null and $a[$i - 1][k] != null)
+        | ($a[$i][k] - $a[$i - 1][k]) | select(. > 0)] | add // 0;
+      if length < 2 then null else {kernelTx: inc("kernelTxPackets"), kernelRx: inc("kernelRxPackets"),
+        tunUdpTx: inc("tunUdpTxPackets"), tunUdpRx: inc("tunUdpRxPackets"), movedFlows: inc("moved")} end;
   ($s | map(select(.type == "sample"))) as $samples
   | {
     bench: "overlay data plane vs kernel paths (shared harness, one run)",
@@ -113,11 +120,8 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
       rr_udp_avg_us: (.rr_udp_avg_us | stat(0)), rr_udp_p99_us: (.rr_udp_p99_us | stat(0)),
       rtt_udp_p50_us: (.rtt_udp_p50_us | stat(0)), udp_lossfree_kpps: (.udp_lossfree_kpps | stat(0)),
       cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })),
-    kernelFastPathPackets: ($kf | map(select(.node == 1 and .kernelTxPackets != null))
-      | def inc(k): . as $a | [range(1; length) as $i | select($a[$i][k] != null and $a[$i - 1][k] != null)
-        | ($a[$i][k] - $a[$i - 1][k]) | select(. > 0)] | add // 0;
-      if length < 2 then null else {kernelTx: inc("kernelTxPackets"), kernelRx: inc("kernelRxPackets"),
-        tunUdpTx: inc("tunUdpTxPackets"), tunUdpRx: inc("tunUdpRxPackets"), movedFlows: inc("moved")} end),
+    kernelFastPathPackets: ($kf | kpackets),
+    kernelFastPathTcPackets: ($kt | kpackets),
     secureHandshakeMs: ($hs | map(.handshakeMs[]) | if length == 0 then null
       else {median: (sort | .[length / 2 | floor]), min: min, max: max, n: length} end),
     ratiosToVxlan: ratios("vxlan"),

@@ -5,7 +5,7 @@
 # and pod subnet in standalone static-table mode; the client dials the round-robin ServiceIP
 # 10.30.0.1 whose only instance is the peer workload (so the path includes the full translation).
 # NM_FAST=0/1 and other daemon flags can be passed with NM_ARGS.
-# KernelFastPath=true: ready only once the kernel carries the path (at most NM_KFAST_WAIT_STEPS × 0.1 s,
+# KernelFastPath=true (or tc): ready only once the kernel carries the path (at most NM_KFAST_WAIT_STEPS × 0.1 s,
 # default 150; 0 = ready at once), and with NM_KFAST_FILE the kernel's and the TUN's packet counters
 # are appended there every second.
 set -euo pipefail
@@ -31,7 +31,7 @@ sock="$dir/nm.sock"
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   curl -s -m 5 --unix-socket "$sock" -X POST http://localhost/register \
     -d "{\"client_id\":\"bench$OB_NODE\",\"cluster_address\":\"\"}" >/dev/null
-  if [[ ${KernelFastPath:-} == true ]]; then
+  if [[ ${KernelFastPath:-} == true || ${KernelFastPath:-} == tc ]]; then
     # Kernel fast path slot: ready only once the kernel carries the path (the peer announced the
     # capability; on node 1 the ServiceIP is programmed), so that every measured flow starts on the
     # kernel path. Datagrams from the workload to the other side (discarded) make the peers talk.

@@ -445,7 +445,7 @@ class Node implements NodeService {
         nodeId,
         fast: this.cfg.net.FastMode,
         jumbo: this.cfg.net.JumboMode,
-        kernelFastPath: this.kfast !== undefined,
+        kernelFastPath: this.kfast === undefined ? false : this.kfast.mode === "tc" ? "tc" : true,
         service4: this.cfg.serviceRange4,
         service6: this.cfg.serviceRange6,
         subnet4: subnet.v4,
@@ -502,6 +502,7 @@ class Node implements NodeService {
         mtu: this.cfg.tun.MTUsize,
         table: () => this.dataPlane?.table,
         tunFlows: () => this.dataPlane?.flows(4096) ?? Promise.resolve([]),
+        mode: this.cfg.net.KernelFastPath === "tc" ? "tc" : "vxlan",
       });
     } catch (e) {
       log.warn("kernel fast path not started: flows stay on the TUN", { error: String(e) });

@@ -37,7 +37,11 @@ export function cleanCmd() {
         });
         let report;
         let kfast;
+        let tcPrograms = 0;
         try {
+          // The tc fast path's programs (their maps go with them), before the bridge they sit on.
+          const { cleanTcPrograms } = await import("../kfast/tc_loader.ts");
+          tcPrograms = cleanTcPrograms();
           report = await env.cleanNode();
           // The kernel fast path's device, nft table, rules and routing tables (a killed daemon's too).
           const { cleanKernelFastPath } = await import("../kfast/kernel.ts");
@@ -49,13 +53,16 @@ export function cleanCmd() {
         } finally {
           lock?.release();
         }
-        if (opts.json) console.log(JSON.stringify({ ...report, kernelFastPath: kfast }));
-        else {
+        if (opts.json) {
+          console.log(
+            JSON.stringify({ ...report, kernelFastPath: kfast, kernelFastPathTcPrograms: tcPrograms }),
+          );
+        } else {
           console.log(
             `removed ${report.instances} instance(s); links: ${report.links.join(", ") || "none"}; ` +
               `namespaces: ${report.netns.join(", ") || "none"}; rules: ${report.rules ? "yes" : "none"}; ` +
               `state file: ${report.stateFile ? "yes" : "none"}; kernel fast path: ` +
-              (kfast && (kfast.table || kfast.device || kfast.rules > 0) ? "yes" : "none"),
+              (kfast && (kfast.table || kfast.device || kfast.rules > 0) || tcPrograms > 0 ? "yes" : "none"),
           );
         }
       } catch (e) {

@@ -110,10 +110,15 @@ export const NetCfgSchema = z.object({
   JumboMode: boolLike.default(true),
   /**
    * Kernel fast path (issue 16, src/kfast/): flows between two netmanager nodes that both run it go
-   * through a kernel VXLAN device with nftables translation instead of the TUN. Needs
-   * `TunnelSecurity: off`, nft, conntrack and an IPv4 underlay. false = the TUN path only.
+   * through the kernels instead of the TUN. true (or "vxlan"): a kernel VXLAN device with nftables
+   * translation (needs nft, conntrack). "tc": eBPF programs at the bridge and the underlay translate
+   * and send Oakestra raw IP-in-UDP (no tools needed). Both need `TunnelSecurity: off` and an IPv4
+   * underlay. false = the TUN path only.
    */
-  KernelFastPath: boolLike.default(false),
+  KernelFastPath: z.union([
+    z.enum(["tc", "vxlan"]),
+    boolLike,
+  ]).transform((v) => v === "vxlan" ? true : v).default(false),
   /**
    * After traffic the data plane keeps polling without sleeping for this many microseconds (at most
    * half a core): request/response latency without a thread wake-up. 0 disables it.

@@ -20,9 +20,21 @@ import type { TableEntry } from "../table/entry.ts";
 import type { TranslationTable } from "../table/table.ts";
 import type { PeerStats } from "../proxy/peers.ts";
 import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
-import { planKfast } from "./plan.ts";
+import { type KfastPlan, planKfast } from "./plan.ts";
 import type { KernelFlow } from "./conntrack.ts";
-import { selectMoves, type TunFlow } from "./move.ts";
+import { type Pin, selectMoves, type TunFlow } from "./move.ts";
+
+/** What the controller drives: the VXLAN + nftables design (kernel.ts) or the tc programs (tc_path.ts). */
+interface KfastBackend {
+  readonly plan: KfastPlan;
+  apply(plan: KfastPlan): Promise<void>;
+  move(flows: readonly Pin[], now: number): Promise<number>;
+  gcPins(now: number): Promise<number>;
+  pinned(): ReadonlySet<string>;
+  flows(): Promise<KernelFlow[]>;
+  status(): KernelFastPathStatus;
+  stop(): Promise<void>;
+}
 
 const log = logger("kfast");
 
@@ -44,6 +56,10 @@ export interface KfastControllerOptions {
   table: () => TranslationTable | undefined;
   /** The workers' live flows (the TUN path's): running flows move onto the kernel path. */
   tunFlows?: () => Promise<readonly TunFlow[]>;
+  /** "vxlan" (default: kernel VXLAN + nftables) or "tc" (eBPF programs, Oakestra raw IP-in-UDP). */
+  mode?: "vxlan" | "tc";
+  /** tc mode: a flow's kernel entries go after this long without a packet (ms, default 30 s). */
+  idleMs?: number;
 }
 
 /** Every entry of a table (control path; entry objects built on demand). */
@@ -53,7 +69,7 @@ function* entriesOf(t: TranslationTable): Generator<TableEntry> {
 
 /** Keeps the kernel's fast path in line with the table and the peers. */
 export class KfastController {
-  readonly #k: KernelFastPath;
+  readonly #k: KfastBackend;
   readonly #o: KfastControllerOptions;
   #peers = new Set<string>();
   /** When each peer was last reported capable (ms). */
@@ -66,13 +82,30 @@ export class KfastController {
   /** Packet counts of TUN flows to kernel-carried services at the last look. */
   #seen = new Map<string, number>();
 
-  private constructor(k: KernelFastPath, o: KfastControllerOptions) {
+  /** Tunnel port of each peer (its endpoint in the workers' view; read by the tc mode). */
+  #portsFrom = new Map<string, number>();
+
+  private constructor(k: KfastBackend, o: KfastControllerOptions) {
     this.#k = k;
     this.#o = o;
   }
 
   /** Sets the kernel up (throws `KernelFastPathError` when it cannot be). */
   static async start(o: KfastControllerOptions): Promise<KfastController> {
+    if (o.mode === "tc") {
+      const ports = new Map<string, number>();
+      const { TcFastPath } = await import("./tc_path.ts");
+      const k = await TcFastPath.start({
+        localIp: o.localIp,
+        localPort: o.localPort,
+        bridge: o.bridge,
+        peerPort: (ip) => ports.get(ip),
+        ...(o.idleMs !== undefined ? { idleMs: o.idleMs } : {}),
+      });
+      const c = new KfastController(k, o);
+      c.#portsFrom = ports;
+      return c;
+    }
     const k = await KernelFastPath.start({
       localIp: o.localIp,
       bridge: o.bridge,
@@ -88,7 +121,11 @@ export class KfastController {
     const seen = new Map<string, PeerStats>();
     for (const p of peers) {
       const ip = p.endpoint.slice(0, p.endpoint.lastIndexOf(":"));
-      if (/^\d+\.\d+\.\d+\.\d+$/.test(ip)) seen.set(ip, p);
+      if (/^\d+\.\d+\.\d+\.\d+$/.test(ip)) {
+        seen.set(ip, p);
+        const port = Number(p.endpoint.slice(p.endpoint.lastIndexOf(":") + 1));
+        if (Number.isInteger(port) && port > 0 && port < 65536) this.#portsFrom.set(ip, port);
+      }
       if (p.kfast && p.health !== "down") this.#lastKfast.set(ip, now);
     }
     const next = new Set<string>();
@@ -134,6 +171,11 @@ export class KfastController {
     } finally {
       this.#sweeping = false;
     }
+  }
+
+  /** "tc" or "vxlan" (the design running). */
+  get mode(): "vxlan" | "tc" {
+    return this.#o.mode ?? "vxlan";
   }
 
   /** The table changed. */

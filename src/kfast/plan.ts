@@ -35,6 +35,13 @@ export interface KfastPlan {
   readonly remote: ReadonlyMap<number, string>;
   /** Kernel-fast peers (underlay IPv4 text), sorted. */
   readonly peers: readonly string[];
+  /** Candidate namespace IP → its InstanceIP (the tc mode restores replies from it). */
+  readonly instances: ReadonlyMap<number, number>;
+  /**
+   * Every remote instance of the table (namespace IP → node), carried or not: the tc mode keeps a
+   * running flow while its instance exists, also when its node stops answering (kernel state works).
+   */
+  readonly nodes: ReadonlyMap<number, string>;
 }
 
 /** Input of {@link planKfast}. */
@@ -49,7 +56,14 @@ export interface PlanInput {
 
 /** A plan that programs nothing. */
 export function emptyPlan(): KfastPlan {
-  return { services: new Map(), snat: new Map(), remote: new Map(), peers: [] };
+  return {
+    services: new Map(),
+    snat: new Map(),
+    remote: new Map(),
+    peers: [],
+    instances: new Map(),
+    nodes: new Map(),
+  };
 }
 
 const KERNEL_KINDS: ReadonlySet<ServiceIpKind> = new Set<ServiceIpKind>(["RoundRobin", "Instance"]);
@@ -58,8 +72,10 @@ const KERNEL_KINDS: ReadonlySet<ServiceIpKind> = new Set<ServiceIpKind>(["RoundR
 export function planKfast(input: PlanInput): KfastPlan {
   const groups = new Map<number, { kind: ServiceIpKind; rows: TableEntry[] }>();
   const snat = new Map<number, number>();
+  const nodes = new Map<number, string>();
   for (const e of input.entries) {
     const local = input.isLocal(e);
+    if (!local && e.nsip4 !== 0) nodes.set(e.nsip4 >>> 0, e.nodeIp);
     if (local && e.nsip4 !== 0) {
       const inst = instanceIp4Of(e);
       if (inst !== undefined) snat.set(e.nsip4 >>> 0, inst >>> 0);
@@ -74,6 +90,7 @@ export function planKfast(input: PlanInput): KfastPlan {
   }
   const services = new Map<number, number[]>();
   const remote = new Map<number, string>();
+  const instances = new Map<number, number>();
   for (const [addr, g] of groups) {
     if (!KERNEL_KINDS.has(g.kind) || g.rows.length === 0) continue;
     if (g.kind === "Instance" && g.rows.length !== 1) continue;
@@ -83,10 +100,14 @@ export function planKfast(input: PlanInput): KfastPlan {
     }
     if (!ok) continue;
     services.set(addr, g.rows.map((e) => e.nsip4 >>> 0));
-    for (const e of g.rows) if (!input.isLocal(e)) remote.set(e.nsip4 >>> 0, e.nodeIp);
+    for (const e of g.rows) {
+      if (!input.isLocal(e)) remote.set(e.nsip4 >>> 0, e.nodeIp);
+      const inst = instanceIp4Of(e);
+      if (inst !== undefined) instances.set(e.nsip4 >>> 0, inst >>> 0);
+    }
   }
   // Every capable peer, used or not: its flows to our instances come back through its own entry.
-  return { services, snat, remote, peers: [...input.peers].sort() };
+  return { services, snat, remote, peers: [...input.peers].sort(), instances, nodes };
 }
 
 /** What changed between two plans. */

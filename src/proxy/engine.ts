@@ -69,6 +69,7 @@ import {
   CAP_FAST,
   CAP_JUMBO,
   CAP_KFAST,
+  CAP_KTC,
   CAP_LANES,
   CAP_PROBE,
   classify,
@@ -181,8 +182,8 @@ export interface EngineConfig {
   fast?: boolean;
   /** With `fast`: announce and use JUMBO messages for TCP super-packets (default true). */
   jumbo?: boolean;
-  /** Announce the kernel fast path (CAP_KFAST): the main isolate has it running (src/kfast/). */
-  kernelFastPath?: boolean;
+  /** Announce the kernel fast path (CAP_KFAST, or CAP_KTC for "tc"): the main isolate runs it (src/kfast/). */
+  kernelFastPath?: boolean | "tc";
   /** ServiceIP ranges. */
   service4: Prefix4;
   service6: Prefix6;
@@ -413,7 +414,7 @@ export class Engine {
       ? new ReflectClient({ addr4: a4, port: rf.port, nodeId: cfg.nodeId ?? "", intervalMs: rf.intervalMs })
       : undefined;
     this.peers = new PeerTable({
-      localCaps: CAP_PROBE | (cfg.kernelFastPath ? CAP_KFAST : 0) |
+      localCaps: CAP_PROBE | (cfg.kernelFastPath === "tc" ? CAP_KTC : cfg.kernelFastPath ? CAP_KFAST : 0) |
         (cfg.fast ? CAP_FAST | (cfg.jumbo === false ? 0 : CAP_JUMBO | CAP_LANES) : 0),
       ...(cfg.helloRefreshMs ? { helloRefreshMs: cfg.helloRefreshMs } : {}),
       ...(cfg.natKeepaliveMs ? { natKeepaliveMs: cfg.natKeepaliveMs } : {}),

@@ -75,6 +75,7 @@ import {
   CAP_FAST,
   CAP_JUMBO,
   CAP_KFAST,
+  CAP_KTC,
   CAP_LANES,
   CAP_PROBE,
   type HelloMessage,
@@ -581,7 +582,7 @@ export interface PeerStats {
   readonly fast: boolean;
   /** JUMBO messages go to it (both announced CAP_JUMBO). */
   readonly jumbo: boolean;
-  /** Both sides announced {@link CAP_KFAST}: the kernel fast path may carry flows to it. */
+  /** Both sides announced {@link CAP_KFAST} (or both {@link CAP_KTC}): the kernel fast path may carry flows to it. */
   readonly kfast?: boolean;
   /** Times we refused its JUMBO messages because they were getting lost. */
   readonly jumboRefusals: number;
@@ -1336,7 +1337,9 @@ export class PeerTable {
         ...(p.rtt.samples > 0 ? { minRttMs: p.rtt.min } : {}),
         fast: p.fast,
         jumbo: p.jumbo,
-        ...(p.capsKnown && (this.#localCaps & p.remoteCaps & CAP_KFAST) !== 0 ? { kfast: true } : {}),
+        ...(p.capsKnown && (this.#localCaps & p.remoteCaps & (CAP_KFAST | CAP_KTC)) !== 0
+          ? { kfast: true }
+          : {}),
         jumboRefusals: p.jumboRefusals,
         capsKnown: p.capsKnown,
         txPackets: p.txPackets,

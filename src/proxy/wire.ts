@@ -128,6 +128,12 @@ export const CAP_LANES = 1 << 4;
  * announce it may travel through their kernels (VXLAN device, nftables translation) instead of the TUN.
  */
 export const CAP_KFAST = 1 << 5;
+/**
+ * Capability: runs the kernel fast path in tc mode (`KernelFastPath: "tc"`, eBPF programs that send
+ * Oakestra raw IP-in-UDP and take it back in the kernel). Separate from {@link CAP_KFAST}: the two
+ * designs do not carry each other's flows (a VXLAN node would send VXLAN to a node without the device).
+ */
+export const CAP_KTC = 1 << 6;
 
 /** Longest node id a HELLO carries, in bytes. */
 export const MAX_NODE_ID_LEN = 64;

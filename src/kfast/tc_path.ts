@@ -1,0 +1,384 @@
+/**
+ * Kernel fast path, tc mode (issue 16, design (a); `KernelFastPath: "tc"`), I/O part: loads the tc
+ * programs (src/kfast/tc_loader.ts) at the tcx ingress of the instances' bridge and of the underlay
+ * device, and programs their maps: peers that announced the capability, and per flow the two entries
+ * of src/kfast/tc_flows.ts once the workers decided the flow on the TUN (`move`, called by the
+ * controller's sweep). Entries of a flow go when its chosen instance stops being a candidate of the
+ * dialled address (undeploy: cut at once) or when their kernel counters stay still for `idleMs`.
+ * A killed daemon leaves the programs and maps working; the next start adopts them (its flows are
+ * read back from the egress map) or, when it cannot, removes them. `stop` removes everything.
+ *
+ * @example
+ * ```ts
+ * import { TcFastPath } from "./tc_path.ts";
+ * import { emptyPlan } from "./plan.ts";
+ * const k = await TcFastPath.start({ localIp: "192.168.1.1", localPort: 50103, bridge: "goProxyBridge",
+ *   peerPort: () => 50103 });
+ * await k.apply(emptyPlan());
+ * await k.stop();
+ * ```
+ */
+import { formatIPv4, tryParseIPv4 } from "../addr/mod.ts";
+import { cstr, libc } from "../../ffi/libc.ts";
+import { logger } from "../log.ts";
+import { runTool } from "../sys/command.ts";
+import type { KernelFlow } from "./conntrack.ts";
+import { KernelFastPathError, type KernelFastPathStatus } from "./kernel.ts";
+import { type Pin, pinKey } from "./move.ts";
+import { emptyPlan, type KfastPlan } from "./plan.ts";
+import { tcEntriesOf, type TcFlowEntries } from "./tc_flows.ts";
+import { cleanTcPrograms, type TcAttachments, TcPrograms } from "./tc_loader.ts";
+import {
+  decodeCounters,
+  decodeEgress,
+  decodeFlowKey,
+  EGRESS_PEER_READY,
+  encodeConfig,
+  encodeEgress,
+  encodeFlowKey,
+  encodeIngress,
+  ipKey,
+  setEgressFlags,
+  sumPerCpu,
+  u32,
+} from "./tc_maps.ts";
+
+const log = logger("kfast");
+
+/** Options of {@link TcFastPath.start}. */
+export interface TcFastPathOptions {
+  /** This node's underlay IPv4 and tunnel port (outer source of what the kernel sends). */
+  localIp: string;
+  localPort: number;
+  /** The instances' bridge (where their packets enter the node). */
+  bridge: string;
+  /** A peer's tunnel port, from the workers' peer view (undefined: not known yet). */
+  peerPort: (ip: string) => number | undefined;
+  /** A flow's entries go after this long without a packet either way (ms, default 30 s). */
+  idleMs?: number;
+}
+
+interface PinState {
+  pin: Pin;
+  e: TcFlowEntries;
+  /** Packets both ways at the last look, and when they last changed (ms). */
+  packets: number;
+  changedAt: number;
+  /** Read back from a previous daemon's maps: kept until a plan names its service. */
+  adopted: boolean;
+  /** The peer carries the flow in its kernel too (`EGRESS_PEER_READY` set). */
+  ready: boolean;
+}
+
+function ifindexOf(dev: string): number {
+  const i = libc.if_nametoindex(cstr(dev));
+  if (i <= 0) throw new KernelFastPathError(`device ${dev} not found`);
+  return i;
+}
+
+/** The device holding `ip` (the underlay). */
+async function deviceOf(ip: string): Promise<string> {
+  const r = await runTool("ip", ["-j", "-4", "addr", "show"]);
+  if (r.code !== 0) throw new KernelFastPathError(`ip addr: ${r.stderr.trim()}`);
+  const links = JSON.parse(r.stdout) as { ifname: string; addr_info?: { local?: string }[] }[];
+  const l = links.find((x) => x.addr_info?.some((a) => a.local === ip));
+  if (!l) throw new KernelFastPathError(`no device holds ${ip}`);
+  return l.ifname;
+}
+
+/** The tc fast path of one node. Map updates are synchronous syscalls; plan steps are serialized. */
+export class TcFastPath {
+  readonly #p: TcPrograms;
+  readonly #o: TcFastPathOptions;
+  readonly #at: TcAttachments;
+  readonly device: string;
+  #current: KfastPlan = emptyPlan();
+  #pins = new Map<string, PinState>();
+  /** Peers in the peers map, with the port given. */
+  #peers = new Map<string, number>();
+  /** Underlay ifindex towards each peer (route lookups, cached). */
+  #routes = new Map<string, number>();
+  #queue: Promise<void> = Promise.resolve();
+  #moved = 0;
+  #errors = 0;
+  #stopped = false;
+
+  private constructor(p: TcPrograms, o: TcFastPathOptions, at: TcAttachments, device: string) {
+    this.#p = p;
+    this.#o = o;
+    this.#at = at;
+    this.device = device;
+  }
+
+  /** Adopts a previous daemon's programs or loads and attaches new ones. Throws {@link KernelFastPathError}. */
+  static async start(o: TcFastPathOptions): Promise<TcFastPath> {
+    let ul: string;
+    let at: TcAttachments;
+    try {
+      ul = await deviceOf(o.localIp);
+      at = { out: [ifindexOf(o.bridge)], in: [ifindexOf(ul)] };
+    } catch (e) {
+      throw e instanceof KernelFastPathError ? e : new KernelFastPathError(String(e));
+    }
+    let p: TcPrograms | undefined;
+    let adopted = 0;
+    try {
+      p = TcPrograms.adopt(at);
+      if (!p) {
+        const left = cleanTcPrograms();
+        if (left > 0) log.info("tc fast path: removed programs a previous daemon left", { programs: left });
+        p = TcPrograms.load();
+        p.attach(at);
+      }
+    } catch (e) {
+      p?.close();
+      cleanTcPrograms();
+      throw new KernelFastPathError(`tc fast path unavailable: ${e instanceof Error ? e.message : e}`);
+    }
+    p.maps.config.update(u32(0), encodeConfig(o.localPort, at.out[0]));
+    const k = new TcFastPath(p, o, at, `tc:${o.bridge}+${ul}`);
+    adopted = k.#readBack();
+    log.info("tc fast path ready", { bridge: o.bridge, underlay: ul, adoptedFlows: adopted });
+    return k;
+  }
+
+  /** Rebuilds the pins of a previous daemon's flows from the egress map. */
+  #readBack(): number {
+    const now = Date.now();
+    // The ingress key needs the chosen instance's InstanceIP: index the entries answering each flow.
+    const answers = new Map<string, string>();
+    for (const ik of this.#p.maps.ingress.keys()) {
+      const g = decodeFlowKey(ik);
+      answers.set(`${g.proto} ${g.daddr} ${g.dport} ${g.sport}`, g.saddr);
+    }
+    for (const [k, v] of this.#p.maps.egress.entries()) {
+      const f = decodeFlowKey(k);
+      const e = decodeEgress(v);
+      const src = tryParseIPv4(f.saddr)!, dst = tryParseIPv4(f.daddr)!, chosen = tryParseIPv4(e.newDaddr)!;
+      const pin: Pin = { proto: f.proto, src, sport: f.sport, dst, dport: f.dport, chosen };
+      const ingress = {
+        flow: {
+          proto: f.proto,
+          saddr: answers.get(`${f.proto} ${f.saddr} ${f.sport} ${f.dport}`) ?? "",
+          sport: f.dport,
+          daddr: f.saddr,
+          dport: f.sport,
+        },
+        value: {},
+      };
+      this.#pins.set(pinKey(pin), {
+        pin,
+        e: { peer: e.peerIp, egress: { flow: f, value: e }, ingress },
+        packets: decodeCounters(v).packets,
+        changedAt: now,
+        adopted: true,
+        ready: ((e.flags ?? 0) & EGRESS_PEER_READY) !== 0,
+      });
+    }
+    return this.#pins.size;
+  }
+
+  /** Programs `plan` (peers; cuts flows whose instance left); serialized. */
+  apply(plan: KfastPlan): Promise<void> {
+    const run = this.#queue.then(() => this.#apply(plan));
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  async #apply(next: KfastPlan): Promise<void> {
+    if (this.#stopped) return;
+    try {
+      for (const peer of next.peers) {
+        const port = this.#o.peerPort(peer);
+        if (port !== undefined && this.#peers.get(peer) !== port) {
+          this.#p.maps.peers.update(ipKey(peer), u32(port));
+          this.#peers.set(peer, port);
+        }
+        if (!this.#routes.has(peer)) await this.#route(peer);
+      }
+      // A peer that left the capable set (down, restarting) stays while flows to it run in the kernel.
+      const keep = new Set(next.peers);
+      for (const s of this.#pins.values()) keep.add(s.e.peer);
+      for (const peer of this.#peers.keys()) {
+        if (keep.has(peer)) continue;
+        this.#p.maps.peers.delete(ipKey(peer));
+        this.#peers.delete(peer);
+        this.#routes.delete(peer);
+      }
+      let cut = 0;
+      for (const [k, s] of this.#pins) {
+        // Cut when the chosen instance left (undeploy) or moved; a node that stopped answering keeps
+        // its running flows (the kernel carries them; idle ones go by gcPins).
+        const exists = next.nodes.get(s.pin.chosen) === s.e.peer;
+        if (exists) s.adopted = false;
+        else if (!s.adopted) {
+          this.#unpin(k, s);
+          cut++;
+        }
+      }
+      if (cut > 0) log.debug("tc fast path: flows to instances that left were cut", { flows: cut });
+      this.#current = next;
+    } catch (e) {
+      this.#errors++;
+      throw e;
+    }
+  }
+
+  async #route(peer: string): Promise<void> {
+    const r = await runTool("ip", ["-j", "route", "get", peer]);
+    if (r.code !== 0) return;
+    const dev = (JSON.parse(r.stdout) as { dev?: string }[])[0]?.dev;
+    const i = dev ? libc.if_nametoindex(cstr(dev)) : 0;
+    if (i > 0) this.#routes.set(peer, i);
+  }
+
+  #unpin(k: string, s: PinState): void {
+    this.#p.maps.egress.delete(encodeFlowKey(s.e.egress.flow));
+    if (s.e.ingress.flow.saddr) this.#p.maps.ingress.delete(encodeFlowKey(s.e.ingress.flow));
+    this.#pins.delete(k);
+  }
+
+  /** Installs the entries of running TUN flows the controller chose (returns how many). */
+  move(flows: readonly Pin[], now = Date.now()): Promise<number> {
+    if (this.#stopped) return Promise.resolve(0);
+    let n = 0;
+    const node = {
+      localIp: this.#o.localIp,
+      localPort: this.#o.localPort,
+      peerPort: (ip: string) => this.#peers.get(ip),
+      ifindexTo: (ip: string) => this.#routes.get(ip),
+    };
+    for (const pin of flows) {
+      const k = pinKey(pin);
+      if (this.#pins.has(k) || !this.#current.services.get(pin.dst)?.includes(pin.chosen)) continue;
+      const e = tcEntriesOf(pin, this.#current, node);
+      if (!e) continue;
+      try {
+        // Answers first: once the egress entry exists, they may come back through the kernel.
+        this.#p.maps.ingress.update(encodeFlowKey(e.ingress.flow), encodeIngress(e.ingress.value));
+        this.#p.maps.egress.update(encodeFlowKey(e.egress.flow), encodeEgress(e.egress.value));
+      } catch (err) {
+        this.#errors++;
+        log.debug("tc fast path: a flow entry was refused", { error: String(err) });
+        continue;
+      }
+      this.#pins.set(k, { pin, e, packets: 0, changedAt: now, adopted: false, ready: false });
+      n++;
+    }
+    this.#moved += n;
+    return Promise.resolve(n);
+  }
+
+  #packets(s: PinState): { packets: number; bytes: number } {
+    const a = this.#p.maps.egress.lookup(encodeFlowKey(s.e.egress.flow));
+    const b = s.e.ingress.flow.saddr
+      ? this.#p.maps.ingress.lookup(encodeFlowKey(s.e.ingress.flow))
+      : undefined;
+    const ca = a ? decodeCounters(a) : { packets: 0, bytes: 0 };
+    const cb = b ? decodeCounters(b) : { packets: 0, bytes: 0 };
+    return { packets: ca.packets + cb.packets, bytes: ca.bytes + cb.bytes };
+  }
+
+  /** Removes the entries of flows idle for `idleMs` (returns how many). */
+  gcPins(now = Date.now()): Promise<number> {
+    const idle = this.#o.idleMs ?? 30_000;
+    let n = 0;
+    for (const [k, s] of this.#pins) {
+      if (!s.ready) this.#checkReady(s);
+      const c = this.#packets(s).packets;
+      if (c !== s.packets) {
+        s.packets = c;
+        s.changedAt = now;
+      } else if (now - s.changedAt >= idle) {
+        this.#unpin(k, s);
+        n++;
+      }
+    }
+    return Promise.resolve(n);
+  }
+
+  /**
+   * Once the peer's kernel sends this flow to us (our ingress entry counts packets), it has both of
+   * its entries: our GSO super-packets may go through the kernel too (bpf/kfast.c EGRESS_PEER_READY).
+   */
+  #checkReady(s: PinState): void {
+    if (!s.e.ingress.flow.saddr) return;
+    const iv = this.#p.maps.ingress.lookup(encodeFlowKey(s.e.ingress.flow));
+    if (!iv || decodeCounters(iv).packets === 0) return;
+    const key = encodeFlowKey(s.e.egress.flow);
+    const ev = this.#p.maps.egress.lookup(key);
+    if (!ev) return;
+    setEgressFlags(ev, EGRESS_PEER_READY);
+    this.#p.maps.egress.update(key, ev);
+    s.ready = true;
+  }
+
+  /** Keys of the flows carried (src/kfast/move.ts `pinKey`). */
+  pinned(): ReadonlySet<string> {
+    return new Set(this.#pins.keys());
+  }
+
+  /** The flows carried, with their kernel counters (`table show --flows`). */
+  flows(): Promise<KernelFlow[]> {
+    const out: KernelFlow[] = [];
+    for (const s of this.#pins.values()) {
+      const c = this.#packets(s);
+      out.push({
+        path: "kernel",
+        version: 4,
+        proto: s.pin.proto,
+        src: formatIPv4(s.pin.src),
+        sport: s.pin.sport,
+        dialled: formatIPv4(s.pin.dst),
+        dport: s.pin.dport,
+        chosen: formatIPv4(s.pin.chosen),
+        senderIp: s.e.egress.value.newSaddr,
+        node: `${s.e.peer}:${s.e.egress.value.peerPort}`,
+        packets: c.packets,
+        bytes: c.bytes,
+      });
+    }
+    return Promise.resolve(out);
+  }
+
+  /** What is programmed; counters are the programs' (sent: tx, received: rx). */
+  status(): KernelFastPathStatus {
+    const stat = (i: number) => {
+      try {
+        const v = this.#p.maps.stats.lookup(u32(i));
+        return v ? sumPerCpu(v) : 0;
+      } catch {
+        return 0;
+      }
+    };
+    return {
+      device: this.device,
+      port: this.#o.localPort,
+      peers: [...this.#current.peers],
+      services: [...this.#current.services.keys()].map(formatIPv4),
+      errors: this.#errors + stat(4),
+      moved: this.#moved,
+      pins: this.#pins.size,
+      counters: {
+        tx: { packets: stat(0), bytes: stat(1) },
+        rx: { packets: stat(2), bytes: stat(3) },
+      },
+    };
+  }
+
+  get plan(): KfastPlan {
+    return this.#current;
+  }
+
+  /** Detaches the programs and closes the maps (shutdown: nothing stays in the kernel). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    await this.#queue;
+    try {
+      this.#p.detach(this.#at);
+    } finally {
+      this.#p.close();
+      this.#pins.clear();
+    }
+  }
+}

@@ -467,6 +467,14 @@ class Node implements NodeService {
         mtu: this.cfg.tun.MTUsize,
         table: () => this.dataPlane?.table,
         tunFlows: () => this.dataPlane?.flows(4096) ?? Promise.resolve([]),
+        // Kernel-carried flows keep their jobs' interests alive, as the workers' usage does.
+        onKernelUse: (ips) => {
+          for (const ip of ips) {
+            const a = tryParseIPv4(ip);
+            if (a === undefined) continue;
+            for (const j of this.dataPlane?.table.serviceJobs4(a) ?? []) this.control?.touch(j);
+          }
+        },
       });
     } catch (e) {
       log.warn("kernel fast path not started: flows stay on the TUN", { error: String(e) });

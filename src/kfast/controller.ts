@@ -22,6 +22,7 @@ import type { PeerStats } from "../proxy/peers.ts";
 import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
 import { planKfast } from "./plan.ts";
 import type { KernelFlow } from "./conntrack.ts";
+import { kernelUse } from "./usage.ts";
 import { selectMoves, type TunFlow } from "./move.ts";
 
 const log = logger("kfast");
@@ -30,6 +31,8 @@ const log = logger("kfast");
 const KEEP_MS = 5000;
 /** Running flows moved per look (one `conntrack -D` each, queued with the table's programming). */
 const MAX_MOVES = 256;
+/** How often the kernel's flows are read for use (well under the interests' 10 s idle expiry). */
+export const USE_MS = 3000;
 
 /** Options of {@link KfastController.start}. */
 export interface KfastControllerOptions {
@@ -44,6 +47,11 @@ export interface KfastControllerOptions {
   table: () => TranslationTable | undefined;
   /** The workers' live flows (the TUN path's): running flows move onto the kernel path. */
   tunFlows?: () => Promise<readonly TunFlow[]>;
+  /**
+   * ServiceIPs (dotted) the kernel carried traffic to lately, every {@link USE_MS}: their jobs are in
+   * use (the workers never see these packets; src/kfast/usage.ts).
+   */
+  onKernelUse?: (serviceIps: readonly string[]) => void;
 }
 
 /** Every entry of a table (control path; entry objects built on demand). */
@@ -65,6 +73,9 @@ export class KfastController {
   #sweeping = false;
   /** Packet counts of TUN flows to kernel-carried services at the last look. */
   #seen = new Map<string, number>();
+  /** Byte counts of the kernel's flows at the last use reading, and when it was (ms). */
+  #useBytes = new Map<string, number>();
+  #useAt = 0;
 
   private constructor(k: KernelFastPath, o: KfastControllerOptions) {
     this.#k = k;
@@ -129,6 +140,12 @@ export class KfastController {
         }
       }
       await this.#k.gcPins(now);
+      if (this.#o.onKernelUse && services.size > 0 && now - this.#useAt >= USE_MS) {
+        this.#useAt = now;
+        const u = kernelUse(await this.#k.flows(), this.#useBytes);
+        this.#useBytes = u.bytes;
+        if (u.used.length > 0) this.#o.onKernelUse(u.used);
+      }
     } catch (e) {
       log.debug("kernel fast path: moving TUN flows failed (retried next time)", { error: String(e) });
     } finally {

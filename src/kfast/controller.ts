@@ -22,7 +22,9 @@ import type { PeerStats } from "../proxy/peers.ts";
 import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
 import { planKfast } from "./plan.ts";
 import type { KernelFlow } from "./conntrack.ts";
-import { kernelUse } from "./usage.ts";
+import { kernelUse, parseUseFlows } from "./usage.ts";
+import { KFAST_MARK_BASE, KFAST_MARK_MASK } from "./render.ts";
+import { runTool } from "../sys/command.ts";
 import { selectMoves, type TunFlow } from "./move.ts";
 
 const log = logger("kfast");
@@ -48,8 +50,9 @@ export interface KfastControllerOptions {
   /** The workers' live flows (the TUN path's): running flows move onto the kernel path. */
   tunFlows?: () => Promise<readonly TunFlow[]>;
   /**
-   * ServiceIPs (dotted) the kernel carried traffic to lately, every {@link USE_MS}: their jobs are in
-   * use (the workers never see these packets; src/kfast/usage.ts).
+   * Addresses (dotted) the kernel carried traffic for lately, every {@link USE_MS}: the ServiceIPs this
+   * node's flows dialled and the InstanceIPs of peers' senders; their jobs are in use (the workers
+   * never see these packets; src/kfast/usage.ts).
    */
   onKernelUse?: (serviceIps: readonly string[]) => void;
 }
@@ -124,7 +127,8 @@ export class KfastController {
     const get = this.#o.tunFlows;
     if (!get || this.#sweeping || this.#stopped) return;
     const services = this.#k.plan.services;
-    if (services.size === 0 && this.#k.status().pins === 0) {
+    const reading = this.#o.onKernelUse !== undefined && this.#peers.size > 0; // kernel use (below)
+    if (services.size === 0 && this.#k.status().pins === 0 && !reading) {
       this.#seen.clear();
       return;
     }
@@ -140,11 +144,14 @@ export class KfastController {
         }
       }
       await this.#k.gcPins(now);
-      if (this.#o.onKernelUse && services.size > 0 && now - this.#useAt >= USE_MS) {
+      if (reading && now - this.#useAt >= USE_MS) {
         this.#useAt = now;
-        const u = kernelUse(await this.#k.flows(), this.#useBytes);
-        this.#useBytes = u.bytes;
-        if (u.used.length > 0) this.#o.onKernelUse(u.used);
+        const r = await runTool("conntrack", ["-L", "-m", `${KFAST_MARK_BASE}/${KFAST_MARK_MASK}`]);
+        if (r.code === 0) {
+          const u = kernelUse(parseUseFlows(r.stdout), this.#useBytes);
+          this.#useBytes = u.bytes;
+          if (u.used.length > 0) this.#o.onKernelUse?.(u.used);
+        }
       }
     } catch (e) {
       log.debug("kernel fast path: moving TUN flows failed (retried next time)", { error: String(e) });

@@ -10,7 +10,7 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
-import { CLI, execIn, runIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
+import { CLI, deploy, execIn, runIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 import type { SimNode } from "../../src/demo/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -46,15 +46,8 @@ Deno.test({
         .Address;
       const server = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
       const cli = await w.instance("client");
-      for (const [n, job, pid] of [[nodes[1], WEB, server.pid], [nodes[0], CLI, cli.pid]] as const) {
-        const r = await n.api.post("/container/deploy", {
-          pid,
-          serviceName: job,
-          instanceNumber: 0,
-          portMappings: "",
-        });
-        assertEquals(r.status, 200, r.body);
-      }
+      await deploy(nodes[1], WEB, 0, server.pid);
+      await deploy(nodes[0], CLI, 0, cli.pid);
       // The first request brings WEB into the client node's table; the kernel path follows.
       assertEquals(
         await eventually(

@@ -35,7 +35,7 @@ export interface PlannedRun {
  * never a test.
  */
 export const WEIGHTS: Readonly<Record<string, number>> = {
-  "tests/netns/secure_test.ts": 180,
+  "tests/netns/secure_test.ts": 190,
   "tests/netns/bench_runner_test.ts": 100,
   "tests/netns/memory_test.ts": 75,
   "tests/netns/package_test.ts": 75,
@@ -53,6 +53,7 @@ export const WEIGHTS: Readonly<Record<string, number>> = {
   "tests/netns/web_test.ts": 25,
   "tests/netns/ops_test.ts": 23,
   "tests/netns/cores_test.ts": 22,
+  "tests/netns/kernel_interest_test.ts": 25,
   "tests/unit/": 30,
 };
 

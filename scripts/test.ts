@@ -1,48 +1,97 @@
 /**
  * Runs the whole test suite (`deno test -A` on tests/) and ends with the plain summary line
  * `N passed, M failed[, K skipped]` that CI readers understand; exits non-zero on any failure.
- * Extra arguments are passed to `deno test` (e.g. a file filter).
+ * Extra arguments are passed to one `deno test` (e.g. a file filter).
  *
  * The whole suite (no arguments) first runs the type check with every JSDoc example
- * (`scripts/check.ts`); it counts as one test, so a broken example fails the suite.
+ * (`scripts/check.ts`); it counts as one test, so a broken example fails the suite. Then each netns
+ * test file runs as its own `deno test --no-check` (the unit tests as one), `NETMANAGER_TEST_JOBS`
+ * (default 2) at a time, longest first, the timing-sensitive files alone at the end
+ * (`scripts/test_plan.ts`). Each file's output is printed in one piece when it ends.
  */
 import { typeCheck } from "./check.ts";
 import { TEST_CACHE_ENV } from "../tests/helpers/release.ts";
+import { addRun, closingLine, type PlannedRun, planRuns, type Summary, summaryOf } from "./test_plan.ts";
 
 const whole = Deno.args.length === 0;
-const args = whole ? ["tests/"] : Deno.args;
 const checked = whole ? await typeCheck() : undefined;
 if (checked !== undefined) console.log(`type check (deno check --doc) ... ${checked ? "ok" : "FAILED"}`);
-const checkPassed = checked === true ? 1 : 0;
-const checkFailed = checked === false ? 1 : 0;
 // Things several test files build the same way (the release packages) are built once per run here.
 const cache = await Deno.makeTempDir({ prefix: "nmtest-cache-" });
-const child = new Deno.Command(Deno.execPath(), {
-  args: ["test", "-A", "--no-prompt", ...args],
-  stdout: "piped",
-  stderr: "inherit",
-  env: { NO_COLOR: "1", [TEST_CACHE_ENV]: cache },
-}).spawn();
+const env = { NO_COLOR: "1", [TEST_CACHE_ENV]: cache };
+let total: Summary = {
+  passed: checked === true ? 1 : 0,
+  failed: checked === false ? 1 : 0,
+  ignored: 0,
+};
 
-let tail = "";
-const decoder = new TextDecoder();
-for await (const chunk of child.stdout) {
-  await Deno.stdout.write(chunk);
-  tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4000);
+/** One `deno test` streaming to our stdout (a filtered run: the old single-process behaviour). */
+async function streamed(args: string[]): Promise<void> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["test", "-A", "--no-prompt", ...args],
+    stdout: "piped",
+    stderr: "inherit",
+    env,
+  }).spawn();
+  let tail = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stdout) {
+    await Deno.stdout.write(chunk);
+    tail = (tail + decoder.decode(chunk, { stream: true })).slice(-4000);
+  }
+  const { code } = await child.status;
+  const s = summaryOf(tail);
+  if (!s) console.error(`test runner: deno test printed no summary (exit code ${code})`);
+  total = addRun(total, s, code);
 }
-const { code } = await child.status;
-await Deno.remove(cache, { recursive: true }).catch(() => {});
 
-// Closing line of deno test: "ok | 3 passed (2 steps) | 0 failed | 1 ignored (29ms)" or "FAILED | …".
-const m = [...tail.matchAll(/(?:ok|FAILED) \| (\d+) passed[^|]*\| (\d+) failed[^|\n]*(?:\| (\d+) ignored)?/g)]
-  .pop();
-if (!m) {
-  console.log(`${checkPassed} passed, ${1 + checkFailed} failed`);
-  console.error("test runner: deno test printed no summary (exit code " + code + ")");
-  Deno.exit(code === 0 ? 1 : code);
+/** One planned run, its whole output printed when it ends (files running at once never interleave). */
+async function buffered(run: PlannedRun): Promise<void> {
+  const t0 = Date.now();
+  // The whole-suite type check above covered every test file: no second check per process.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["test", "-A", "--no-prompt", "--no-check", ...run.files],
+    stdout: "piped",
+    stderr: "piped",
+    env,
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  await Deno.stdout.write(out.stdout);
+  await Deno.stderr.write(out.stderr);
+  const s = summaryOf(text);
+  if (!s) {
+    console.error(
+      `test runner: ${run.files.join(" ")}: deno test printed no summary (exit code ${out.code})`,
+    );
+  }
+  console.log(`(${run.files.join(" ")}: ${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  total = addRun(total, s, out.code);
 }
-const passed = Number(m[1]) + checkPassed;
-const failed = Number(m[2]) + (code !== 0 && Number(m[2]) === 0 ? 1 : 0) + checkFailed;
-const skipped = Number(m[3] ?? 0);
-console.log(`${passed} passed, ${failed} failed${skipped > 0 ? `, ${skipped} skipped` : ""}`);
-Deno.exit(failed > 0 ? 1 : 0);
+
+/** Netns test files (sorted), relative to the repository. */
+async function netnsFiles(): Promise<string[]> {
+  const files: string[] = [];
+  for await (const e of Deno.readDir("tests/netns")) {
+    if (e.isFile && e.name.endsWith("_test.ts")) files.push(`tests/netns/${e.name}`);
+  }
+  return files.sort();
+}
+
+try {
+  if (!whole) {
+    await streamed(Deno.args);
+  } else {
+    const jobs = Math.max(1, Number(Deno.env.get("NETMANAGER_TEST_JOBS") ?? 2) || 1);
+    const runs = planRuns(await netnsFiles());
+    const queue = runs.filter((r) => !r.solo);
+    const lane = async () => {
+      for (let r = queue.shift(); r; r = queue.shift()) await buffered(r);
+    };
+    await Promise.all(Array.from({ length: jobs }, lane));
+    for (const r of runs.filter((r) => r.solo)) await buffered(r);
+  }
+} finally {
+  await Deno.remove(cache, { recursive: true }).catch(() => {});
+}
+console.log(closingLine(total));
+Deno.exit(total.failed > 0 ? 1 : 0);

@@ -503,6 +503,14 @@ class Node implements NodeService {
         table: () => this.dataPlane?.table,
         tunFlows: () => this.dataPlane?.flows(4096) ?? Promise.resolve([]),
         mode: this.cfg.net.KernelFastPath === "tc" ? "tc" : "vxlan",
+        // Kernel-carried flows keep their jobs' interests alive, as the workers' usage does.
+        onKernelUse: (ips) => {
+          for (const ip of ips) {
+            const a = tryParseIPv4(ip);
+            if (a === undefined) continue;
+            for (const j of this.dataPlane?.table.serviceJobs4(a) ?? []) this.control?.touch(j);
+          }
+        },
       });
     } catch (e) {
       log.warn("kernel fast path not started: flows stay on the TUN", { error: String(e) });

@@ -23,6 +23,9 @@ import { KernelFastPath, type KernelFastPathStatus } from "./kernel.ts";
 import { type KfastPlan, planKfast } from "./plan.ts";
 import type { KernelFlow } from "./conntrack.ts";
 import { type Pin, selectMoves, type TunFlow } from "./move.ts";
+import { kernelUse, parseUseFlows, type UseFlow } from "./usage.ts";
+import { KFAST_MARK_BASE, KFAST_MARK_MASK } from "./render.ts";
+import { runTool } from "../sys/command.ts";
 
 /** What the controller drives: the VXLAN + nftables design (kernel.ts) or the tc programs (tc_path.ts). */
 interface KfastBackend {
@@ -42,6 +45,8 @@ const log = logger("kfast");
 const KEEP_MS = 5000;
 /** Running flows moved per look (one `conntrack -D` each, queued with the table's programming). */
 const MAX_MOVES = 256;
+/** How often the kernel's flows are read for use (well under the interests' 10 s idle expiry). */
+export const USE_MS = 3000;
 
 /** Options of {@link KfastController.start}. */
 export interface KfastControllerOptions {
@@ -60,6 +65,12 @@ export interface KfastControllerOptions {
   mode?: "vxlan" | "tc";
   /** tc mode: a flow's kernel entries go after this long without a packet (ms, default 30 s). */
   idleMs?: number;
+  /**
+   * Addresses (dotted) the kernel carried traffic for lately, every {@link USE_MS}: the ServiceIPs this
+   * node's flows dialled and the InstanceIPs of peers' senders; their jobs are in use (the workers
+   * never see these packets; src/kfast/usage.ts).
+   */
+  onKernelUse?: (serviceIps: readonly string[]) => void;
 }
 
 /** Every entry of a table (control path; entry objects built on demand). */
@@ -81,6 +92,9 @@ export class KfastController {
   #sweeping = false;
   /** Packet counts of TUN flows to kernel-carried services at the last look. */
   #seen = new Map<string, number>();
+  /** Byte counts of the kernel's flows at the last use reading, and when it was (ms). */
+  #useBytes = new Map<string, number>();
+  #useAt = 0;
 
   /** Tunnel port of each peer (its endpoint in the workers' view; read by the tc mode). */
   #portsFrom = new Map<string, number>();
@@ -150,7 +164,8 @@ export class KfastController {
     const get = this.#o.tunFlows;
     if (!get || this.#sweeping || this.#stopped) return;
     const services = this.#k.plan.services;
-    if (services.size === 0 && this.#k.status().pins === 0) {
+    const reading = this.#o.onKernelUse !== undefined && this.#peers.size > 0; // kernel use (below)
+    if (services.size === 0 && this.#k.status().pins === 0 && !reading) {
       this.#seen.clear();
       return;
     }
@@ -166,11 +181,38 @@ export class KfastController {
         }
       }
       await this.#k.gcPins(now);
+      if (reading && now - this.#useAt >= USE_MS) {
+        this.#useAt = now;
+        const flows = await this.#useFlows();
+        if (flows) {
+          const u = kernelUse(flows, this.#useBytes);
+          this.#useBytes = u.bytes;
+          if (u.used.length > 0) this.#o.onKernelUse?.(u.used);
+        }
+      }
     } catch (e) {
       log.debug("kernel fast path: moving TUN flows failed (retried next time)", { error: String(e) });
     } finally {
       this.#sweeping = false;
     }
+  }
+
+  /**
+   * The kernel's flows as far as use goes: VXLAN mode reads our marked conntrack entries; tc mode its
+   * flow entries' counters (both addresses of a flow: the dialled one and the sender's InstanceIP).
+   */
+  async #useFlows(): Promise<UseFlow[] | undefined> {
+    if (this.mode === "tc") {
+      return (await this.#k.flows()).flatMap((f) => {
+        const key = `${f.proto} ${f.src} ${f.sport} ${f.dialled} ${f.dport}`;
+        return [
+          { key: `${key} d`, addr: f.dialled, bytes: f.packets },
+          { key: `${key} s`, addr: f.senderIp, bytes: f.packets },
+        ];
+      });
+    }
+    const r = await runTool("conntrack", ["-L", "-m", `${KFAST_MARK_BASE}/${KFAST_MARK_MASK}`]);
+    return r.code === 0 ? parseUseFlows(r.stdout) : undefined;
   }
 
   /** "tc" or "vxlan" (the design running). */

@@ -5,87 +5,14 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { buildIPv4Tcp, buildIPv4Udp, ip4 } from "../helpers/packets.ts";
-import { MemoryBind, MemoryTun, MemoryWire } from "../helpers/memory_seams.ts";
-import { Engine, type EngineConfig } from "../../src/proxy/engine.ts";
+import { MemoryBind, MemoryTun } from "../helpers/memory_seams.ts";
+import { A, B, CLI, type LoopNode, loopPair as pair, MTU, tableOf, WEB } from "../helpers/loop_pair.ts";
+import { Engine } from "../../src/proxy/engine.ts";
 import { PacketLoop } from "../../src/proxy/loop.ts";
-import { UdpBind } from "../../src/proxy/bind.ts";
-import type { FromWorker } from "../../src/proxy/messages.ts";
 import { checksumsValid, PacketInfo, parsePacket } from "../../src/proxy/packet.ts";
 import { completeChecksum } from "../../src/proxy/checksum.ts";
-import { parseQueryResult } from "../../src/table/query_result.ts";
-import { TranslationTable } from "../../src/table/table.ts";
-import type { TableEntry } from "../../src/table/entry.ts";
 import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
 import { VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
-
-const A = "192.0.2.1";
-const B = "192.0.2.2";
-const MTU = 1400;
-
-function inst(nsip: string, host: string, iip: string, rr?: string) {
-  const sips: Array<Record<string, string>> = [];
-  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
-  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: "fdff::" + iip.split(".")[3] });
-  return {
-    instance_number: 0,
-    instance_ip: iip,
-    instance_ip_v6: "fdff::" + iip.split(".")[3],
-    namespace_ip: nsip,
-    namespace_ip_v6: "fc00::" + nsip.split(".")[3],
-    host_ip: host,
-    host_port: 50103,
-    service_ip: sips,
-  };
-}
-
-/** The client on A (10.18.0.66, InstanceIP 10.30.0.10); the server on B behind RR 10.30.0.1. */
-const CLI = parseQueryResult({ app_name: "a.b.cli.d", instance_list: [inst("10.18.0.66", A, "10.30.0.10")] });
-const WEB = parseQueryResult({
-  app_name: "a.b.web.d",
-  instance_list: [inst("10.18.0.130", B, "10.30.0.2", "10.30.0.1")],
-});
-
-function tableOf(jobs: { job: string; entries: TableEntry[] }[]): TranslationTable {
-  const t = new TranslationTable();
-  for (const j of jobs) t.replaceJob(j.job, j.entries);
-  return t;
-}
-
-interface Node {
-  engine: Engine;
-  tun: MemoryTun;
-  wire: MemoryWire;
-  bind: UdpBind;
-  loop: PacketLoop;
-  posted: FromWorker[];
-}
-
-function node(self: string, subnet: string, wire: MemoryWire, t: TranslationTable, fast = false): Node {
-  const cfg: EngineConfig = {
-    selfIp: self,
-    selfPort: 50103,
-    service4: parsePrefix4("10.30.0.0/16"),
-    service6: parsePrefix6("fdff::/16"),
-    subnet4: parsePrefix4(subnet),
-    subnet6: parsePrefix6("fc00::/64"),
-    seed: 1,
-    fast,
-    nodeId: self,
-  };
-  const engine = new Engine(cfg, t);
-  const tun = new MemoryTun(engine);
-  const bind = new UdpBind(wire, { mtu: MTU, counters: engine.counters, peers: engine.peers });
-  const posted: FromWorker[] = [];
-  return { engine, tun, wire, bind, loop: new PacketLoop(engine, tun, bind, (m) => posted.push(m)), posted };
-}
-
-function pair(fast = false, tableA = tableOf([CLI, WEB])): [Node, Node] {
-  const [wa, wb] = MemoryWire.pair(ip4(A), ip4(B));
-  return [
-    node(A, "10.18.0.64/26", wa, tableA, fast),
-    node(B, "10.18.0.128/26", wb, tableOf([CLI, WEB]), fast),
-  ];
-}
 
 const info = new PacketInfo();
 function parsed(p: Uint8Array): PacketInfo {
@@ -177,7 +104,7 @@ Deno.test("loop: a packet to an unknown ServiceIP is parked, reported, and sent 
 });
 
 /** Runs both loops' timers and drains until the peers agreed on FAST/JUMBO. */
-function handshake(a: Node, b: Node): void {
+function handshake(a: LoopNode, b: LoopNode): void {
   for (let t = 1000; t < 3000; t += 150) {
     a.loop.tick(t);
     b.loop.tick(t);

@@ -7,78 +7,26 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { buildIPv4Tcp, ip4 } from "../helpers/packets.ts";
-import { MemoryTun, MemoryWire } from "../helpers/memory_seams.ts";
-import { Engine, type EngineConfig } from "../../src/proxy/engine.ts";
-import { PacketLoop } from "../../src/proxy/loop.ts";
-import { UdpBind } from "../../src/proxy/bind.ts";
-import { parseQueryResult } from "../../src/table/query_result.ts";
-import { TranslationTable } from "../../src/table/table.ts";
-import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
+import { MemoryWire } from "../helpers/memory_seams.ts";
+import { A, B, type LoopNode, loopNode, tableOf } from "../helpers/loop_pair.ts";
 import { VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
 import { SecureLayer, SecureMode } from "../../src/secure/secure_layer.ts";
 import type { SessionKeys } from "../../src/secure/keys.ts";
 import { SECURE_F_PART, SECURE_HEADER_LEN } from "../../src/secure/secure_wire.ts";
 import { JUMBO_TAG_LEN, MSG_SECURE } from "../../src/proxy/wire.ts";
 
-const A = "192.0.2.1";
-const B = "192.0.2.2";
-const MTU = 1400;
-
-function inst(nsip: string, host: string, iip: string, rr?: string) {
-  const sips: Array<Record<string, string>> = [];
-  if (rr) sips.push({ IpType: "RR", Address: rr, Address_v6: "fdff:2000::1" });
-  sips.push({ IpType: "instance_ip", Address: iip, Address_v6: "fdff::" + iip.split(".")[3] });
-  return {
-    instance_number: 0,
-    instance_ip: iip,
-    instance_ip_v6: "fdff::" + iip.split(".")[3],
-    namespace_ip: nsip,
-    namespace_ip_v6: "fc00::" + nsip.split(".")[3],
-    host_ip: host,
-    host_port: 50103,
-    service_ip: sips,
-  };
-}
-
-const CLI = parseQueryResult({ app_name: "a.b.cli.d", instance_list: [inst("10.18.0.66", A, "10.30.0.10")] });
-const WEB = parseQueryResult({
-  app_name: "a.b.web.d",
-  instance_list: [inst("10.18.0.130", B, "10.30.0.2", "10.30.0.1")],
-});
-
-interface Node {
-  engine: Engine;
-  tun: MemoryTun;
-  wire: MemoryWire;
-  bind: UdpBind;
-  loop: PacketLoop;
+interface Node extends LoopNode {
   secure: SecureLayer;
 }
 
 function node(self: string, subnet: string, wire: MemoryWire, keys: SessionKeys): Node {
-  const t = new TranslationTable();
-  for (const j of [CLI, WEB]) t.replaceJob(j.job, j.entries);
-  const cfg: EngineConfig = {
-    selfIp: self,
-    selfPort: 50103,
-    service4: parsePrefix4("10.30.0.0/16"),
-    service6: parsePrefix6("fdff::/16"),
-    subnet4: parsePrefix4(subnet),
-    subnet6: parsePrefix6("fc00::/64"),
-    seed: 1,
-    fast: true,
-    nodeId: self,
-  };
-  const engine = new Engine(cfg, t);
-  const tun = new MemoryTun(engine);
-  const bind = new UdpBind(wire, { mtu: MTU, counters: engine.counters, peers: engine.peers });
-  const loop = new PacketLoop(engine, tun, bind, () => {});
+  const n = loopNode(self, subnet, wire, tableOf(), true);
   const secure = new SecureLayer({ lane: 0, post: () => {} });
   secure.setMode(SecureMode.REQUIRE);
   secure.install(keys);
-  bind.secure = secure;
-  loop.secure = secure;
-  return { engine, tun, wire, bind, loop, secure };
+  n.bind.secure = secure;
+  n.loop.secure = secure;
+  return { ...n, secure };
 }
 
 function pair(): [Node, Node] {

@@ -1,0 +1,38 @@
+import { assertEquals } from "../helpers/assert.ts";
+import { addRun, closingLine, planRuns, SOLO, summaryOf } from "../../scripts/test_plan.ts";
+
+Deno.test("suite plan: every file once, parallel part longest first, timing-sensitive files alone at the end", () => {
+  const files = [
+    "tests/netns/a_test.ts",
+    "tests/netns/kfast_test.ts",
+    "tests/netns/secure_test.ts",
+    "tests/netns/trust_test.ts",
+  ];
+  const runs = planRuns(files);
+  assertEquals(runs.flatMap((r) => r.files).sort(), [...files, "tests/unit/"].sort());
+  assertEquals(runs.map((r) => r.files[0]), [
+    "tests/netns/secure_test.ts",
+    "tests/netns/trust_test.ts",
+    "tests/unit/",
+    "tests/netns/a_test.ts",
+    "tests/netns/kfast_test.ts",
+  ]);
+  assertEquals(runs.map((r) => r.solo), [false, false, false, false, true]);
+  assertEquals(SOLO.has("tests/netns/kfast_test.ts"), true);
+});
+
+Deno.test("suite plan: closing lines add up; a run without one or with a bare non-zero exit is a failure", () => {
+  const none = { passed: 0, failed: 0, ignored: 0 };
+  const a = summaryOf("x\nok | 3 passed (2 steps) | 0 failed | 1 ignored (29ms)\n");
+  assertEquals(a, { passed: 3, failed: 0, ignored: 1 });
+  const b = summaryOf("FAILED | 4 passed | 2 failed (1m2s)");
+  assertEquals(b, { passed: 4, failed: 2, ignored: 0 });
+  assertEquals(summaryOf("error: Module not found"), undefined);
+  let t = addRun(none, a, 0);
+  t = addRun(t, b, 1);
+  assertEquals(t, { passed: 7, failed: 2, ignored: 1 });
+  assertEquals(addRun(t, undefined, 1).failed, 3);
+  assertEquals(addRun(t, { passed: 1, failed: 0, ignored: 0 }, 1).failed, 3);
+  assertEquals(closingLine(t), "7 passed, 2 failed, 1 skipped");
+  assertEquals(closingLine({ passed: 5, failed: 0, ignored: 0 }), "5 passed, 0 failed");
+});

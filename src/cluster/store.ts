@@ -471,12 +471,12 @@ export class SqliteStore implements ControlStore {
 
   #write(): void {
     const keys = new Set(this.#pending);
-    for (const r of this.state.takeChanges()) keys.add(r.key);
+    for (const k of this.state.takeChangedKeys()) keys.add(k);
     try {
       this.#db.exec("BEGIN IMMEDIATE");
       try {
         for (const k of keys) {
-          const text = rowText(this.state.row(k));
+          const text = this.state.rowText(k);
           if (text === undefined) this.#del.run(k);
           else this.#put.run(k, text);
         }

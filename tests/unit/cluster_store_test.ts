@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { DatabaseSync } from "node:sqlite";
 import {
+  CHECKPOINT_COMMITS,
   DB_FILE_NAME,
   SqliteStore,
   STATE_FILE_NAME,
@@ -371,3 +372,46 @@ Deno.test("state rows: rowText(key) is the text of row(key) for every kind; inst
   const rebuilt = stateOfRows(keys.map((k) => [k, s.rowText(k)!] as const), "test");
   assertEquals(rebuilt.toFile(), s.toFile());
 });
+
+Deno.test("sqlite store: checkpoints its log itself (off the event loop); changes made meanwhile land; the log is reused", () =>
+  withDir(async (dir) => {
+    for (const synchronous of ["full", "normal"] as const) {
+      const sub = `${dir}/${synchronous}`;
+      const store = await SqliteStore.open(sub, { synchronous });
+      const wal = `${store.path}-wal`;
+      // One commit per change (each awaited), past the first checkpoint.
+      for (let i = 0; i < CHECKPOINT_COMMITS + 20; i++) {
+        await store.change((s) => s.deployService({ _id: `j${i}`, ...SVC, microservice_name: `s${i}` }));
+      }
+      // The database file alone (without its log) holds what the checkpoint copied: SQLite no
+      // longer checkpoints by itself (wal_autocheckpoint = 0), so this is the store's checkpoint.
+      const copy = `${dir}/copy-${synchronous}.db`;
+      await Deno.copyFile(store.path, copy);
+      assert(rowCount(copy) >= CHECKPOINT_COMMITS, `${rowCount(copy)} rows checkpointed`);
+      // Changes arriving in bursts, across more checkpoints: all resolve, none is lost.
+      let n = 0;
+      for (let round = 0; round < 3 * CHECKPOINT_COMMITS; round += 10) {
+        await Promise.all(
+          Array.from({ length: 10 }, () => store.change((s) => s.nodeSubnet(`w${n++}`))),
+        );
+        await store.change((s) => s.deployInstance(`j${round % CHECKPOINT_COMMITS}`, round));
+      }
+      // The log is reused from its start after each checkpoint: it stays at about one
+      // checkpoint's worth of commits (each ≤ 4 pages) instead of growing with every commit.
+      const walBytes = (await Deno.stat(wal)).size;
+      assert(walBytes < CHECKPOINT_COMMITS * 5 * 4096, `log ${walBytes} bytes`);
+      // Jobs and nodes sorted (a reopened state lists rows in key order).
+      const canon = (s: ClusterState) => ({
+        jobs: s.jobs(),
+        nodes: s.nodes(),
+        pools: s.allocator.snapshot(),
+      });
+      const before = structuredClone(canon(store.state));
+      await store.close();
+      assertEquals(await Deno.stat(wal).then(() => "log kept", () => "log gone"), "log gone");
+      const again = await SqliteStore.open(sub);
+      assertEquals(canon(again.state), before);
+      assertEquals(again.state.nodes().length, n);
+      await again.close();
+    }
+  }));

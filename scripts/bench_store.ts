@@ -7,7 +7,7 @@
  * object: latency p50/p99/max per allocation, allocations per second, the service's RSS before and
  * after, the database size.
  *
- *   deno run -A scripts/bench_store.ts [--quick] [--allocations N] [--etcd URL]
+ *   deno run -A scripts/bench_store.ts [--quick] [--allocations N] [--etcd URL] [--control-v8-flags F]
  *
  * `--quick`: 5,000 allocations. `--etcd URL`: the replicated store on that etcd instead (a fresh
  * key prefix per run, removed afterwards).
@@ -24,6 +24,11 @@ const arg = (name: string) => {
 const TOTAL = Number(arg("--allocations") ?? (SMOKE ? 500 : QUICK ? 5000 : 50000));
 const ETCD = arg("--etcd");
 const INSTANCES_PER_SERVICE = 4;
+/**
+ * V8 flags the release's launcher (scripts/launcher.sh) runs `netmanager control` with: the
+ * control plane is measured as it runs. `--control-v8-flags ""` measures without.
+ */
+const CONTROL_V8_FLAGS = arg("--control-v8-flags") ?? "--max-semi-space-size=1";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -46,6 +51,7 @@ const svc = new Deno.Command(Deno.execPath(), {
   args: [
     "run",
     "-A",
+    ...(CONTROL_V8_FLAGS ? [`--v8-flags=${CONTROL_V8_FLAGS}`] : []),
     `${ROOT}main.ts`,
     "control",
     "--state-dir",
@@ -135,6 +141,7 @@ try {
   console.log(JSON.stringify({
     bench: `control-plane store: ${TOTAL} allocations through the HTTP API, one at a time`,
     store: ETCD ? `etcd ${ETCD}` : "sqlite",
+    controlV8Flags: CONTROL_V8_FLAGS,
     allocations: lat.length,
     latencyMs: {
       p50: +pct(lat, 0.5).toFixed(3),

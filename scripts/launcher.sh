@@ -23,12 +23,19 @@ export NETMANAGER_SELF="$self"
 # The daemon runs the minified, chunked bundle (scripts/package.sh): it loads only the code it uses,
 # one script per chunk instead of ~200 modules, and is 5-10 MB smaller idle. Other commands run the
 # sources.
+# The control plane keeps its state in memory and every allocation adds to it: V8 doubles its young
+# generation whenever as much as its size survived, up to 3 × 16 MB, which at 50k allocations was
+# ~13 MB resident for nothing (issue 14's RSS target); 1 MB semi-spaces keep each scavenge short too.
+# scripts/bench_store.ts starts the control plane with the same flag (CONTROL_V8_FLAGS).
 daemon_opts=
 main="$top/lib/app/main.ts"
 case "${1:-}" in
   daemon | debug)
     daemon_opts="--no-code-cache --v8-flags=--no-short-builtin-calls"
     [ -f "$top/lib/app/src/bundle/main.js" ] && main="$top/lib/app/src/bundle/main.js"
+    ;;
+  control)
+    daemon_opts="--v8-flags=--max-semi-space-size=1"
     ;;
 esac
 if [ "$main" != "$top/lib/app/main.ts" ]; then

@@ -72,6 +72,78 @@ export interface PoolState {
 }
 
 /**
+ * Ordinals below this are marked in use in a bitmap (one bit each, grown as needed: ≤ 512 KiB);
+ * addresses above, or outside the numbering, in a set of their text. A set of address strings
+ * cost ~27 bytes per address in hash table alone (issue 14: ~3 MB of the heap at 50k allocations).
+ */
+const BITMAP_ORDINALS = 1n << 22n;
+
+/**
+ * The addresses of a pool in use (canonical text): a bitmap by ordinal, a set for the rest.
+ */
+class UsedSet {
+  #bits = new Uint8Array(0);
+  #other = new Set<string>();
+  #size = 0;
+  constructor(readonly spec: PoolSpec) {}
+
+  get size(): number {
+    return this.#size;
+  }
+
+  #slot(addr: string): number | undefined {
+    const i = this.spec.ordinalOf(addr);
+    return i !== undefined && i < BITMAP_ORDINALS ? Number(i) : undefined;
+  }
+
+  #bit(k: number): boolean {
+    return (k >> 3) < this.#bits.length && (this.#bits[k >> 3] & (1 << (k & 7))) !== 0;
+  }
+
+  /** Whether ordinal `i` is in use (its address text is made only when it lies beyond the bitmap). */
+  hasOrdinal(i: bigint): boolean {
+    return i < BITMAP_ORDINALS ? this.#bit(Number(i)) : this.#other.has(this.spec.at(i));
+  }
+
+  has(addr: string): boolean {
+    const k = this.#slot(addr);
+    return k === undefined ? this.#other.has(addr) : this.#bit(k);
+  }
+
+  /** Marks `addr` used; false when it already was. */
+  add(addr: string): boolean {
+    const k = this.#slot(addr);
+    if (k === undefined) {
+      if (this.#other.has(addr)) return false;
+      this.#other.add(addr);
+    } else {
+      if (this.#bit(k)) return false;
+      if ((k >> 3) >= this.#bits.length) {
+        const grown = new Uint8Array(Math.max(1024, (k >> 3) + 1, this.#bits.length * 2));
+        grown.set(this.#bits);
+        this.#bits = grown;
+      }
+      this.#bits[k >> 3] |= 1 << (k & 7);
+    }
+    this.#size++;
+    return true;
+  }
+
+  /** Marks `addr` unused; false when it was not used. */
+  delete(addr: string): boolean {
+    const k = this.#slot(addr);
+    if (k === undefined) {
+      if (!this.#other.delete(addr)) return false;
+    } else {
+      if (!this.#bit(k)) return false;
+      this.#bits[k >> 3] &= ~(1 << (k & 7));
+    }
+    this.#size--;
+    return true;
+  }
+}
+
+/**
  * One address pool: counter + FIFO free list + the set of addresses in use.
  *
  * @example
@@ -86,10 +158,11 @@ export class AddressPool {
   readonly spec: PoolSpec;
   #next = 0n;
   #free: string[] = [];
-  #used = new Set<string>();
+  readonly #used: UsedSet;
 
   constructor(spec: PoolSpec) {
     this.spec = spec;
+    this.#used = new UsedSet(spec);
   }
 
   /** The counter: first ordinal never handed out. */
@@ -118,7 +191,7 @@ export class AddressPool {
     }
     for (let i = this.#next; i < this.spec.size; i++) {
       if (this.spec.skip?.(i)) continue;
-      if (!this.#used.has(this.spec.at(i))) return { ordinal: i };
+      if (!this.#used.hasOrdinal(i)) return { ordinal: i };
     }
     return undefined;
   }
@@ -141,7 +214,7 @@ export class AddressPool {
     }
     for (let i = this.#next; i < this.spec.size; i++) {
       if (this.spec.skip?.(i)) continue;
-      if (!this.#used.has(this.spec.at(i)) && ++found >= n) return true;
+      if (!this.#used.hasOrdinal(i) && ++found >= n) return true;
     }
     return false;
   }

@@ -98,14 +98,18 @@ function bearerOf(req: Request): string | undefined {
   return m ? m[1] : undefined;
 }
 
-/** The job as the API shows it: the stored document plus its RR and Closest addresses ("" when none). */
+/**
+ * The job as the API shows it: the stored document plus its RR and Closest addresses ("" when
+ * none). A shallow copy that shares the live record's lists: serialize it at once, never mutate
+ * it (a deep copy per reply was garbage the store's tail latency paid for, issue 14).
+ */
 export function jobView(
   job: JobRecord,
 ): JobRecord & { RR_ip: string; RR_ip_v6: string; Closest_ip: string; Closest_ip_v6: string } {
   const rr = rrAddresses(job);
   const c = closestAddresses(job);
   return {
-    ...structuredClone(job),
+    ...job,
     RR_ip: rr.rr_ip,
     RR_ip_v6: rr.rr_ip_v6,
     Closest_ip: c.closest_ip,
@@ -211,7 +215,7 @@ export function createHttpHandler(core: ControlCore, auth: HttpAuth): (req: Requ
           s.deployInstance(body._id, body.instance_number, body.cluster_id ?? undefined)
         );
         if (created) log.info("instance added", { job: job.job_name, instance: instance.instance_number });
-        return json(200, { _id: job._id, job_name: job.job_name, ...structuredClone(instance), created });
+        return json(200, { _id: job._id, job_name: job.job_name, ...instance, created });
       },
     },
     {

@@ -32,6 +32,11 @@ export const DB_FILE_NAME = "control-state.db";
 export const DB_SCHEMA_VERSION = 1;
 /** `PRAGMA application_id` of our databases ("NMCT"): anything else is foreign. */
 export const DB_APPLICATION_ID = 0x4e4d4354;
+/**
+ * The embedded store checkpoints its write-ahead log after this many commits (about as often as
+ * SQLite's default of 1000 log pages: a commit writes 2-4 pages).
+ */
+export const CHECKPOINT_COMMITS = 300;
 
 /** The stored state is unusable; the message names the file (or store) and the problem. */
 export class StateFileError extends Error {
@@ -168,6 +173,22 @@ async function importedName(path: string): Promise<string> {
   }
 }
 
+/** Syncs a file's data to disk (a missing file: nothing to sync). */
+async function syncFile(path: string): Promise<void> {
+  let f: Deno.FsFile;
+  try {
+    f = await Deno.open(path, { read: true });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  try {
+    await f.syncData();
+  } finally {
+    f.close();
+  }
+}
+
 function sha256Sync(text: string): string {
   return createHash("sha256").update(text).digest("hex");
 }
@@ -234,8 +255,20 @@ export interface SqliteStoreOptions extends ClusterStateOptions {
  * only writes its frames to the `-wal` file), and the store then syncs that file with Deno's
  * asynchronous `syncData` (a thread of the runtime's pool): a change resolves once a sync that
  * started after its commit has finished, so it is on disk as with FULL. Commits made while a sync
- * runs share the next one (group commit). Checkpoints (SQLite's, every ~4 MB of log) still sync
- * on the event loop.
+ * runs share the next one (group commit).
+ *
+ * Checkpoints the same way: SQLite's automatic checkpoint (every ~4 MB of log) synced the log and
+ * then the database file on the event loop, inside whichever commit crossed the mark: two syncs,
+ * tens of milliseconds on a busy disk, for every request in flight. Here SQLite runs with
+ * `synchronous = OFF` and `wal_autocheckpoint = 0`, and every {@link CHECKPOINT_COMMITS} commits
+ * the store checkpoints itself, doing what NORMAL would do in order, with the syncs off the event
+ * loop: writes pause (changes keep being made in memory and wait, as during a sync), the log is
+ * synced, its pages are copied into the database file (a passive checkpoint: writes to the OS,
+ * no sync), the database file is synced, writes resume. SQLite reuses the log from its start only
+ * at the next write after a complete checkpoint, so no log frame is overwritten before the
+ * database holds it on disk. If a sync fails the store falls back to SQLite's own synced
+ * checkpoints. Closing sets `synchronous = FULL` first: the checkpoint SQLite makes when the last
+ * connection closes (and then deletes the log) is synced.
  */
 export class SqliteStore implements ControlStore {
   readonly state: ClusterState;
@@ -259,6 +292,13 @@ export class SqliteStore implements ControlStore {
   #syncing: Promise<void> | undefined;
   /** The `-wal` file, opened at the first sync (SQLite creates it on its first write). */
   #wal: Deno.FsFile | undefined;
+  /** The database file, opened at the first checkpoint (for its sync). */
+  #file: Deno.FsFile | undefined;
+  /** Commits since the last checkpoint; the checkpoint under way (writes wait for it). */
+  #commits = 0;
+  #checkpointing: Promise<void> | undefined;
+  /** False after a failed checkpoint sync: SQLite checkpoints (and syncs) by itself again. */
+  #ownCheckpoints = true;
 
   private constructor(path: string, db: DatabaseSync, state: ClusterState, durable: boolean) {
     this.path = path;
@@ -304,6 +344,8 @@ export class SqliteStore implements ControlStore {
       const state = SqliteStore.#prepare(db, path, opts, imported, jsonText);
       const store = new SqliteStore(path, db, state, opts.synchronous !== "normal");
       if (jsonText !== undefined) {
+        // The imported rows on disk before the JSON file stops being the state (commits never sync).
+        await syncFile(`${path}-wal`);
         const to = await importedName(jsonPath);
         await Deno.rename(jsonPath, to);
         log.info("JSON state imported into the database", { from: jsonPath, kept_as: to, db: path });
@@ -348,8 +390,14 @@ export class SqliteStore implements ControlStore {
       );
     }
     db.exec("PRAGMA journal_mode = WAL");
-    // Commits never sync on the event loop; "full" syncs the log asynchronously (class comment).
-    db.exec("PRAGMA synchronous = NORMAL");
+    // Neither commits nor checkpoints sync on the event loop: "full" syncs the log asynchronously,
+    // and the store checkpoints itself with asynchronous syncs (class comment).
+    db.exec("PRAGMA synchronous = OFF");
+    db.exec("PRAGMA wal_autocheckpoint = 0");
+    // Writes touch a few pages (the last leaf of each key range, their parents, the pool rows'
+    // leaf); SQLite's default 2 MiB page cache fills with pages read once at start-up and stays
+    // resident. 512 KiB holds the pages a change touches many times over.
+    db.exec("PRAGMA cache_size = -512");
     db.exec("PRAGMA busy_timeout = 5000");
     if (version === 0) {
       db.exec(`BEGIN IMMEDIATE;
@@ -435,8 +483,15 @@ export class SqliteStore implements ControlStore {
   #flush(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    // A checkpoint is under way: its end flushes what waits (the log must not be written meanwhile).
+    if (this.#checkpointing) return;
     const waiting = this.#waiting.splice(0);
-    if (this.state.dirty || this.#pending.size) this.#write();
+    if (this.state.dirty || this.#pending.size) {
+      this.#write();
+      if (this.lastError === undefined && this.#ownCheckpoints && ++this.#commits >= CHECKPOINT_COMMITS) {
+        this.#checkpointing = this.#checkpoint();
+      }
+    }
     const error = this.lastError;
     if (error !== undefined || !this.#durable) {
       for (const w of waiting) {
@@ -469,14 +524,46 @@ export class SqliteStore implements ControlStore {
     this.#syncing = undefined;
   }
 
+  /**
+   * Checkpoints the log with the syncs NORMAL would make, off the event loop (class comment).
+   * Called with writes paused (`#checkpointing` set); resumes them at the end.
+   */
+  async #checkpoint(): Promise<void> {
+    this.#commits = 0;
+    try {
+      // Every committed frame on disk before any page of it is copied into the database file.
+      while (this.#syncing) await this.#syncing;
+      this.#wal ??= await Deno.open(`${this.path}-wal`, { read: true });
+      await this.#wal.syncData();
+      this.#db.prepare("PRAGMA wal_checkpoint(PASSIVE)").get();
+      // The database file on disk before the next write may start the log over.
+      this.#file ??= await Deno.open(this.path, { read: true });
+      await this.#file.syncData();
+    } catch (e) {
+      // Back to SQLite's own synced checkpoints (on the event loop, but safe).
+      this.#ownCheckpoints = false;
+      log.error("checkpoint failed; SQLite checkpoints by itself from now on", {
+        path: this.path,
+        error: (e as Error).message,
+      });
+      try {
+        this.#db.exec("PRAGMA synchronous = NORMAL");
+        this.#db.exec("PRAGMA wal_autocheckpoint = 1000");
+      } catch { /* closed */ }
+    } finally {
+      this.#checkpointing = undefined;
+      if (!this.#closed && (this.#waiting.length || this.state.dirty || this.#pending.size)) this.#schedule();
+    }
+  }
+
   #write(): void {
     const keys = new Set(this.#pending);
-    for (const r of this.state.takeChanges()) keys.add(r.key);
+    for (const k of this.state.takeChangedKeys()) keys.add(k);
     try {
       this.#db.exec("BEGIN IMMEDIATE");
       try {
         for (const k of keys) {
-          const text = rowText(this.state.row(k));
+          const text = this.state.rowText(k);
           if (text === undefined) this.#del.run(k);
           else this.#put.run(k, text);
         }
@@ -497,10 +584,17 @@ export class SqliteStore implements ControlStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#checkpointing;
     this.#flush();
     await this.#syncing;
     this.#wal?.close();
     this.#wal = undefined;
+    this.#file?.close();
+    this.#file = undefined;
+    // The checkpoint SQLite makes on closing the last connection (it then deletes the log) syncs.
+    try {
+      this.#db.exec("PRAGMA synchronous = FULL");
+    } catch { /* closing anyway */ }
     this.#db.close();
   }
 }

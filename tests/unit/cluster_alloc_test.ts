@@ -182,3 +182,39 @@ Deno.test("alloc: user-chosen RR addresses are validated and canonicalised", () 
   assertEquals(canonicalIp("10.30.0.1"), "10.30.0.1");
   assertEquals(canonicalIp("a.b.c.d"), undefined);
 });
+
+Deno.test("alloc: addresses in use are tracked alike in the bitmap, beyond it and outside the numbering", () => {
+  const p = new AddressPool(rr6Spec());
+  const near = "fdff:2000::5"; // ordinal 5: bitmap
+  const far = "fdff:2000::1:0:0"; // ordinal 2^32: beyond the bitmap
+  const outside = "fdff:2001::7"; // in fdff:2000::/21 but not numbered (user-chosen)
+  for (const a of [near, far, outside]) {
+    assert(!p.isUsed(a));
+    assert(p.reserve(a));
+    assert(!p.reserve(a), `${a} reserved twice`);
+    assert(p.isUsed(a));
+  }
+  assertEquals(p.used, 3);
+  // The counter skips the reserved ordinal 5.
+  assertEquals(Array.from({ length: 6 }, () => p.allocate()), [
+    "fdff:2000::",
+    "fdff:2000::1",
+    "fdff:2000::2",
+    "fdff:2000::3",
+    "fdff:2000::4",
+    "fdff:2000::6",
+  ]);
+  assertEquals(p.used, 9);
+  p.release(near);
+  p.release(far); // ahead of the counter: just unused
+  p.release(outside);
+  assertEquals(p.used, 6);
+  assert(!p.isUsed(near) && !p.isUsed(far) && !p.isUsed(outside));
+  assertEquals(p.freeList(), [near]);
+  assertEquals(p.allocate(), near);
+  // Growth of the bitmap far beyond its first kilobyte keeps earlier marks.
+  const big = new AddressPool(instance6Spec());
+  for (let i = 0; i < 20_000; i++) big.allocate();
+  assertEquals(big.used, 20_000);
+  assert(big.isUsed("fdff::") && big.isUsed("fdff::4e1f") && !big.isUsed("fdff::4e20"));
+});

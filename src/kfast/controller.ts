@@ -251,6 +251,11 @@ export class KfastController {
     return this.#o.mode ?? "vxlan";
   }
 
+  /** A worker saw new flows: look at them soon when some could move (flows of kernel-carried services). */
+  onNewFlows(): void {
+    if (this.#k.plan.services.size > 0 && this.#o.tunFlows) this.#fastLook();
+  }
+
   /** The table changed. */
   onTableChange(): void {
     this.#schedule();

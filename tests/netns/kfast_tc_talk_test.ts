@@ -76,6 +76,7 @@ Deno.test({
       }
       await new Promise((r) => setTimeout(r, 1000)); // the mirror listens
 
+      const t0 = Date.now();
       const talk = execIn(cli, [...TOOL, "tcp-talk", rr, "90", "60", "350", "6000"]);
       const bulk = execIn(cli, [...TOOL, "tcp-sha-send", rr, "82", "120", "10"]);
       await eventually(
@@ -92,8 +93,30 @@ Deno.test({
         "both moved (client)",
         100,
       );
+      console.log(`tc talk: both flows moved on both nodes ${Date.now() - t0} ms after they started`);
       const b = await bulk;
       assertEquals(b.code, 0, `bulk across the move: ${b.out} ${b.err}`);
+      // How soon a new flow moves once the kernel carries the service: from its first listing on the
+      // TUN to its kernel row (client node).
+      type Row = { path?: string; dport: number };
+      const rows = async () => ((await n1.api.getJson("/table?flows=1")) as { flows: Row[] }).flows;
+      const bulk2 = execIn(cli, [...TOOL, "tcp-bulk", rr, "81", "300"]);
+      let seenAt = 0;
+      await eventually(
+        rows,
+        (r) => {
+          if (seenAt === 0 && r.some((f) => f.dport === 81)) seenAt = Date.now();
+          return r.some((f) => f.dport === 81 && f.path === "kernel");
+        },
+        10000,
+        "new bulk moved (client)",
+        10,
+      );
+      console.log(
+        `tc talk: a new flow moved ${Date.now() - seenAt} ms after the TUN listed it (client node)`,
+      );
+      const b2 = await bulk2;
+      assertEquals(b2.code, 0, `second bulk: ${b2.out} ${b2.err}`);
       const t = await talk;
       assertEquals(t.code, 0, `the conversation: ${t.out} ${t.err}`);
       assertEquals(t.out.split("\n").at(-1), "talked 60");

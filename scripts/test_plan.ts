@@ -54,6 +54,7 @@ export const WEIGHTS: Readonly<Record<string, number>> = {
   "tests/netns/ops_test.ts": 23,
   "tests/netns/cores_test.ts": 22,
   "tests/netns/kernel_interest_test.ts": 25,
+  "tests/netns/kfast_tc_talk_test.ts": 60,
   "tests/unit/": 30,
 };
 

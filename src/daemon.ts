@@ -438,6 +438,7 @@ class Node implements NodeService {
         for (const j of jobs) this.control?.touch(j);
       },
       onPeers: (peers) => this.kfast?.onPeers(peers),
+      onNewFlows: () => this.kfast?.onNewFlows(),
       onTableChange: () => this.kfast?.onTableChange(),
       engine: {
         selfIp: this.publicAddress ?? "",

@@ -45,6 +45,13 @@ const log = logger("kfast");
 const KEEP_MS = 5000;
 /** Running flows moved per look (one `conntrack -D` each, queued with the table's programming). */
 const MAX_MOVES = 256;
+/**
+ * While TUN flows of kernel-carried services are not moved yet, the next look follows after this long
+ * (ms) instead of the workers' once-a-second report: a flow moves within ~2 looks of its first packets.
+ */
+export const FAST_SWEEP_MS = 100;
+/** After a look that found such a flow, quick looks go on this long (ms): new flows nearby move fast too. */
+export const FAST_KEEP_MS = 2000;
 /** How often the kernel's flows are read for use (well under the interests' 10 s idle expiry). */
 export const USE_MS = 3000;
 
@@ -90,6 +97,10 @@ export class KfastController {
   #idle: Promise<void> = Promise.resolve();
   #stopped = false;
   #sweeping = false;
+  /** The quick follow-up look (FAST_SWEEP_MS), while one is due. */
+  #fastTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Quick looks go on until then (ms). */
+  #fastUntil = 0;
   /** Packet counts of TUN flows to kernel-carried services at the last look. */
   #seen = new Map<string, number>();
   /** Byte counts of the kernel's flows at the last use reading, and when it was (ms). */
@@ -172,13 +183,24 @@ export class KfastController {
     this.#sweeping = true;
     try {
       if (services.size > 0) {
-        const sel = selectMoves(await get(), services, this.#seen, this.#k.pinned());
+        const before = this.#seen;
+        const sel = selectMoves(await get(), services, before, this.#k.pinned());
         this.#seen = sel.seen;
         if (sel.moves.length > 0) {
           // The rest stay active and unpinned: the next looks move them.
           const n = await this.#k.move(sel.moves.slice(0, MAX_MOVES), now);
           if (n > 0) log.info("running TUN flows moved onto the kernel path", { flows: n });
         }
+        // A candidate new since the last look or still active on the TUN: look again soon (an idle
+        // one waits for the workers' next report, so idle flows cost nothing).
+        const pinned = this.#k.pinned();
+        for (const [key, packets] of sel.seen) {
+          const was = before.get(key);
+          if (pinned.has(key) || (was !== undefined && packets <= was)) continue;
+          this.#fastUntil = now + FAST_KEEP_MS;
+          break;
+        }
+        if (now < this.#fastUntil) this.#fastLook();
       }
       await this.#k.gcPins(now);
       if (reading && now - this.#useAt >= USE_MS) {
@@ -195,6 +217,15 @@ export class KfastController {
     } finally {
       this.#sweeping = false;
     }
+  }
+
+  /** Schedules one sweep in {@link FAST_SWEEP_MS} (none when one is due already). */
+  #fastLook(): void {
+    if (this.#fastTimer !== undefined || this.#stopped) return;
+    this.#fastTimer = setTimeout(() => {
+      this.#fastTimer = undefined;
+      void this.#sweep(Date.now());
+    }, FAST_SWEEP_MS);
   }
 
   /**
@@ -218,6 +249,11 @@ export class KfastController {
   /** "tc" or "vxlan" (the design running). */
   get mode(): "vxlan" | "tc" {
     return this.#o.mode ?? "vxlan";
+  }
+
+  /** A worker saw new flows: look at them soon when some could move (flows of kernel-carried services). */
+  onNewFlows(): void {
+    if (this.#k.plan.services.size > 0 && this.#o.tunFlows) this.#fastLook();
   }
 
   /** The table changed. */
@@ -273,6 +309,7 @@ export class KfastController {
   /** Removes everything from the kernel. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#fastTimer);
     await this.#idle.catch(() => {});
     await this.#k.stop();
   }

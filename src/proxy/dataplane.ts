@@ -112,6 +112,8 @@ export interface DataPlaneOptions {
   rekeySeconds?: number;
   /** The workers' merged peer view, every second (the kernel fast path follows its capable peers). */
   onPeers?: (peers: StatsData["peers"]) => void;
+  /** A worker saw new flows (at most every 100 ms per worker; the kernel fast path moves them soon). */
+  onNewFlows?: () => void;
   /** The table changed (after every applied delta). */
   onTableChange?: () => void;
 }
@@ -361,6 +363,9 @@ export class DataPlane {
         case "stats":
           l.stats = m.stats;
           this.#onStats();
+          break;
+        case "newFlows":
+          this.#opts.onNewFlows?.();
           break;
         case "observed":
           if (this.observed?.ip !== m.ip || this.observed?.port !== m.port) {

@@ -48,6 +48,7 @@ import type { TableDelta, TranslationTable } from "../table/table.ts";
 import type { TableReader } from "../table/shared_view.ts";
 import { Balancer, seededRandom, SharedRotation } from "./balance.ts";
 import { FlowTable } from "./flows.ts";
+import { partialFieldOffset, rawPartialStart4 } from "./raw_partial.ts";
 import {
   ipv6Equal,
   ipv6Key,
@@ -913,8 +914,10 @@ export class Engine {
     } else if (kind === WireKind.RAW_V4 || kind === WireKind.RAW_V6) {
       res.off = off;
       res.len = len;
-      res.csumStart = -1;
-      res.csumOffset = 0;
+      // A peer's kernel fast path may send a partial checksum (src/proxy/raw_partial.ts).
+      const cs = kind === WireKind.RAW_V4 ? rawPartialStart4(buf, off, len) : -1;
+      res.csumStart = cs;
+      res.csumOffset = cs < 0 ? 0 : partialFieldOffset(buf[off + 9]);
     } else {
       this.#controlIn(kind, buf, off, len, peer, family, src4, src6, srcPort, now);
       return res.verdict = Verdict.DROP;

@@ -233,6 +233,8 @@ export class FlowTable {
   // instance identity → active flow count
   readonly #load = new Map<number, number>();
 
+  #added = 0;
+
   constructor(opts: FlowTableOptions = {}) {
     const max = opts.maxFlows ?? 65536;
     if (!Number.isInteger(max) || max < 1 || max > 1 << 24) {
@@ -241,6 +243,11 @@ export class FlowTable {
     this.#max = max;
     const init = Math.min(max, Math.max(1, opts.initialCapacity ?? 1024));
     this.#resize(init);
+  }
+
+  /** Flows added since the table was made (the kernel fast path looks for new flows when it grows). */
+  get added(): number {
+    return this.#added;
   }
 
   /** Number of live flows. */
@@ -653,6 +660,7 @@ export class FlowTable {
 
   /** Takes a free id, evicting the least recently used flow or growing first when needed. */
   #alloc(): number {
+    this.#added++;
     if (this.#size >= this.#max) {
       this.remove(this.#head);
       this.#evictions++;

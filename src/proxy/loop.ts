@@ -63,6 +63,8 @@ export class PacketLoop {
   #lastUsage = 0;
   #lastPeerTick = 0;
   #lastStats: number;
+  /** The flow table's `added` at the last peer tick. */
+  #lastAdded = 0;
 
   constructor(engine: Engine, tun: TunSeam, bind: BindSeam, post: (m: FromWorker) => void, mtu = 1450) {
     this.engine = engine;
@@ -222,6 +224,11 @@ export class PacketLoop {
         this.#lastStats = -Infinity;
       }
       this.#lastPeerTick = now;
+      // New flows: the kernel fast path may move them soon (one small message per tick at most).
+      if (this.engine.flows.added !== this.#lastAdded) {
+        this.#lastAdded = this.engine.flows.added;
+        this.#post({ type: "newFlows" });
+      }
     }
     if (now - this.#lastStats > STATS_EVERY_MS) {
       this.engine.tick(now);

@@ -125,6 +125,8 @@ export type FromWorker =
   | { type: "ready" }
   | { type: "miss"; addr: string; from?: string }
   | { type: "stats"; stats: StatsData }
+  /** The worker's flow table gained flows since its last peer tick (at most every 100 ms). */
+  | { type: "newFlows" }
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
   | SecureUp

@@ -20,6 +20,10 @@
  * - `udp-seq HOST PORT FLOWS N`: FLOWS sockets (source ports 42000 + f) each send N numbered
  *   datagrams to an echo server, interleaved; prints `received REORDERED` and exits 0 only when no
  *   flow's answers came back out of order and at least 95 % came back (3 s after the last send)
+ * - `tcp-mirror PORT`: echoes every connection's bytes back unchanged
+ * - `tcp-talk HOST PORT N INTERVAL_MS BIG`: one connection, N rounds of a random message (every
+ *   fourth one BIG bytes, else 40) read back whole from a `tcp-mirror`; exits 0 (prints `talked N`)
+ *   only when every echo is byte-exact, 1 when one differs, the connection ends or takes over 3 s
  */
 import dgram from "node:dgram";
 import { createHash } from "node:crypto";
@@ -355,6 +359,44 @@ try {
     case "udp-seq":
       udpSeq(args[0], Number(args[1]), Number(args[2]), Number(args[3]));
       break;
+    case "tcp-mirror": {
+      for await (const conn of Deno.listen({ hostname: "::", port: Number(args[0]) })) {
+        conn.readable.pipeTo(conn.writable).catch(() => {});
+      }
+      break;
+    }
+    case "tcp-talk": {
+      const conn = await Deno.connect({ hostname: args[0], port: Number(args[1]) });
+      const reader = conn.readable.getReader({ mode: "byob" });
+      for (let i = 0; i < Number(args[2]); i++) {
+        const msg = crypto.getRandomValues(new Uint8Array(i % 4 === 3 ? Number(args[4]) : 40));
+        await conn.write(msg);
+        const timer = setTimeout(() => {
+          console.error(`round ${i}: no whole echo within 3 s`);
+          Deno.exit(1);
+        }, 3000);
+        let got = new Uint8Array(msg.length);
+        let have = 0;
+        while (have < msg.length) {
+          const r = await reader.read(got.subarray(have));
+          if (r.done || !r.value) {
+            console.error(`round ${i}: the connection ended`);
+            Deno.exit(1);
+          }
+          have += r.value.length;
+          got = new Uint8Array(r.value.buffer);
+        }
+        clearTimeout(timer);
+        if (!got.every((b, j) => b === msg[j])) {
+          console.error(`round ${i}: the echo differs`);
+          Deno.exit(1);
+        }
+        await new Promise((r) => setTimeout(r, Number(args[3])));
+      }
+      console.log(`talked ${args[2]}`);
+      conn.close();
+      break;
+    }
     case "tcp-chat": {
       if (args[4] !== undefined) {
         const s = await connectFrom(args[0], Number(args[1]), Number(args[4]));

@@ -35,42 +35,58 @@ const SOL_SOCKET = 1;
 /** `SO_ATTACH_REUSEPORT_CBPF` (asm-generic/socket.h). */
 export const SO_ATTACH_REUSEPORT_CBPF = 51;
 const ATTR_SIZE = 128;
-const LOG_SIZE = 1 << 16;
+const LOG_SIZE = 1 << 20; // a refused tc program's verifier log is long (allocated only on failure)
 
 /** The bpf(2) syscall number of this architecture. */
-function sysBpf(): bigint {
+export function sysBpf(): bigint {
   assertLp64();
   return Deno.build.arch === "x86_64" ? 321n : 280n;
 }
 
-/** A BPF program the kernel refused; `log` is the verifier's explanation when it gave one. */
+/** A `bpf()` call failed; `log` is the verifier's explanation for a refused program when it gave one. */
 export class BpfError extends SyscallError {
   readonly log: string;
-  constructor(call: string, code: number, log: string) {
+  constructor(call: string, code: number, log = "") {
     super(call, code);
     this.name = "BpfError";
     this.log = log;
-    if (log) this.message += `: ${log.trim().split("\n").slice(-4).join(" | ")}`;
+    if (log) this.message += `: ${log.trim().split("\n").slice(-6).join(" | ")}`;
   }
 }
 
+/** A program to load: instructions (8 bytes each, map fds already patched in). */
+export interface BpfProgSpec {
+  /** Object name (≤ 15 bytes of [A-Za-z0-9_.]). */
+  name: string;
+  /** `BPF_PROG_TYPE_*`. */
+  type: number;
+  insns: Uint8Array;
+  license: string;
+  expectedAttachType?: number;
+}
+
 /**
- * Loads eBPF bytecode (`insns.length` a multiple of 8) as a socket-filter program; returns its fd.
- * A refused program is loaded again with the verifier log on, and its log ends the thrown error.
+ * `bpf(BPF_PROG_LOAD)`; returns the program's fd. A refused program is loaded again with the verifier
+ * log on, and its log ends the thrown {@link BpfError}. Layout: prog_type @0, insn_cnt @4, insns @8,
+ * license @16, log_level @24, log_size @28, log_buf @32, prog_name @48, expected_attach_type @68.
  */
-export function loadSocketFilter(insns: Uint8Array, name = "nm_lanes"): number {
-  if (insns.length === 0 || insns.length % 8 !== 0) {
+export function loadProgram(spec: BpfProgSpec): number {
+  if (spec.insns.length === 0 || spec.insns.length % 8 !== 0) {
     throw new RangeError("eBPF bytecode: 8 bytes per instruction");
   }
-  const code = new Uint8Array(insns); // an ArrayBuffer of its own, referenced until the call returns
-  const license = cstr("Dual MIT/GPL");
+  if (!/^[A-Za-z0-9_.]{0,15}$/.test(spec.name)) {
+    throw new RangeError(`bpf object name ${JSON.stringify(spec.name)}`);
+  }
+  const code = new Uint8Array(spec.insns); // an ArrayBuffer of its own, referenced until the call returns
+  const license = cstr(spec.license);
   const attr = new Uint8Array(ATTR_SIZE);
   const v = new DataView(attr.buffer);
-  v.setUint32(0, BPF_PROG_TYPE_SOCKET_FILTER, true);
+  v.setUint32(0, spec.type, true);
   v.setUint32(4, code.length / 8, true);
   v.setBigUint64(8, BigInt(bufferAddress(code)), true);
   v.setBigUint64(16, BigInt(bufferAddress(license)), true);
-  attr.set(new TextEncoder().encode(name).subarray(0, 15), 48); // prog_name[16]
+  attr.set(new TextEncoder().encode(spec.name), 48); // prog_name[16]
+  v.setUint32(68, spec.expectedAttachType ?? 0, true);
   const fd = Number(libc.syscall_bpf(sysBpf(), BPF_PROG_LOAD, attr, BigInt(ATTR_SIZE)));
   if (fd >= 0) return fd;
   const first = errno();
@@ -82,10 +98,15 @@ export function loadSocketFilter(insns: Uint8Array, name = "nm_lanes"): number {
   if (again >= 0) return again; // (a transient failure)
   const end = log.indexOf(0);
   throw new BpfError(
-    "bpf(BPF_PROG_LOAD)",
+    `bpf(BPF_PROG_LOAD ${spec.name})`,
     first,
     new TextDecoder().decode(log.subarray(0, end < 0 ? 0 : end)),
   );
+}
+
+/** Loads eBPF bytecode (`insns.length` a multiple of 8) as a socket-filter program; returns its fd. */
+export function loadSocketFilter(insns: Uint8Array, name = "nm_lanes"): number {
+  return loadProgram({ name, type: BPF_PROG_TYPE_SOCKET_FILTER, insns, license: "Dual MIT/GPL" });
 }
 
 /** Makes a multi-queue TUN choose each packet's queue with program `progFd` (-1 detaches it). */

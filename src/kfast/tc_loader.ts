@@ -17,18 +17,17 @@ import { Buffer } from "node:buffer";
 import {
   BPF_PROG_TYPE_SCHED_CLS,
   BPF_TCX_INGRESS,
-  BpfCallError,
   BpfMap,
   closeFd,
   mapFdById,
   mapInfo,
   progFdById,
   progInfo,
-  progLoad,
   tcxAttach,
   tcxDetach,
   tcxQuery,
 } from "../sys/bpf.ts";
+import { BpfError, loadProgram } from "../../ffi/bpf.ts";
 import { TC_OBJECT } from "./tc_prog.gen.ts";
 import { cstr, libc } from "../../ffi/libc.ts";
 import type { BpfEmbedded } from "./tc_types.ts";
@@ -57,7 +56,7 @@ export interface TcAttachments {
 function mapsOf(byName: Map<string, BpfMap>): TcMaps {
   const get = (n: string) => {
     const m = byName.get(`nm_kf_${n}`);
-    if (!m) throw new BpfCallError(`map nm_kf_${n} missing`, 2);
+    if (!m) throw new BpfError(`map nm_kf_${n} missing`, 2);
     return m;
   };
   return {
@@ -94,7 +93,7 @@ export class TcPrograms {
           const m = byName.get(r.map);
           const at = r.insn * 8;
           if (!m || at + 16 > insns.length || insns[at] !== 0x18) {
-            throw new BpfCallError(`relocation of ${p.name} at ${r.insn}`, 22);
+            throw new BpfError(`relocation of ${p.name} at ${r.insn}`, 22);
           }
           insns[at + 1] = (insns[at + 1] & 0x0f) | (1 << 4); // src_reg = BPF_PSEUDO_MAP_FD
           dv.setInt32(at + 4, m.fd, true);
@@ -102,7 +101,7 @@ export class TcPrograms {
         }
         progs.set(
           p.name,
-          progLoad({ name: p.name, type: BPF_PROG_TYPE_SCHED_CLS, insns, license: obj.license }),
+          loadProgram({ name: p.name, type: BPF_PROG_TYPE_SCHED_CLS, insns, license: obj.license }),
         );
       }
       return new TcPrograms(mapsOf(byName), progs);
@@ -187,7 +186,7 @@ function safeDetach(ifindex: number, fd: number): void {
   try {
     tcxDetach(ifindex, fd, BPF_TCX_INGRESS);
   } catch (e) {
-    if (!(e instanceof BpfCallError) || (e.errno !== 19 && e.errno !== 2)) throw e;
+    if (!(e instanceof BpfError) || (e.errno !== 19 && e.errno !== 2)) throw e;
   }
 }
 
@@ -217,7 +216,7 @@ export function cleanTcPrograms(): number {
       ours = attachedOurs(ifindex);
     } catch (e) {
       // A kernel without tcx (< 6.6) or BPF refuses the query: nothing of ours can be there.
-      if (e instanceof BpfCallError && (e.errno === 22 || e.errno === 1 || e.errno === 95)) continue;
+      if (e instanceof BpfError && (e.errno === 22 || e.errno === 1 || e.errno === 95)) continue;
       throw e;
     }
     for (const p of ours) {

@@ -3,7 +3,7 @@
  * lookup, update, delete, iterate), program load (with the verifier's log on refusal), tcx attach /
  * detach / query (`BPF_TCX_INGRESS`: no tc, no netlink; the attachment belongs to the device and
  * outlives the process), objects by id (adopting what a previous daemon left) and pinning.
- * Every buffer is checked against the sizes the caller declared; every failure is a {@link BpfCallError}.
+ * Every buffer is checked against the sizes the caller declared; every failure is a {@link BpfError} (ffi/bpf.ts, which also loads programs: `loadProgram`).
  *
  * Layouts of `union bpf_attr` are given per command below (LP64, little-endian).
  *
@@ -16,8 +16,8 @@
  * m.close();
  * ```
  */
-import { bufferAddress, cstr, errno, libc, SyscallError } from "../../ffi/libc.ts";
-import { assertLp64 } from "../../ffi/tun.ts";
+import { bufferAddress, cstr, errno, libc } from "../../ffi/libc.ts";
+import { BpfError, sysBpf } from "../../ffi/bpf.ts";
 
 const CMD = {
   MAP_CREATE: 0,
@@ -25,7 +25,6 @@ const CMD = {
   MAP_UPDATE_ELEM: 2,
   MAP_DELETE_ELEM: 3,
   MAP_GET_NEXT_KEY: 4,
-  PROG_LOAD: 5,
   OBJ_PIN: 6,
   OBJ_GET: 7,
   PROG_ATTACH: 8,
@@ -52,22 +51,6 @@ const ATTR = 128;
 const ENOENT = 2;
 const ENOSPC = 28;
 
-/** A `bpf()` call failed; `log` holds the verifier's explanation for a refused program. */
-export class BpfCallError extends SyscallError {
-  readonly log: string;
-  constructor(call: string, code: number, log = "") {
-    super(call, code);
-    this.name = "BpfCallError";
-    this.log = log;
-    if (log) this.message += `: ${log.trim().split("\n").slice(-6).join(" | ")}`;
-  }
-}
-
-function sysBpf(): bigint {
-  assertLp64();
-  return Deno.build.arch === "x86_64" ? 321n : 280n;
-}
-
 /** Runs `bpf(cmd, attr)`; returns the result (≥ 0) or -errno. */
 function call(cmd: number, attr: Uint8Array): number {
   const r = Number(libc.syscall_bpf(sysBpf(), BigInt(cmd), attr, BigInt(attr.length)));
@@ -76,7 +59,7 @@ function call(cmd: number, attr: Uint8Array): number {
 
 function mustCall(name: string, cmd: number, attr: Uint8Array): number {
   const r = call(cmd, attr);
-  if (r < 0) throw new BpfCallError(`bpf(${name})`, -r);
+  if (r < 0) throw new BpfError(`bpf(${name})`, -r);
   return r;
 }
 
@@ -149,7 +132,7 @@ export class BpfMap {
       info.maxEntries !== spec.maxEntries
     ) {
       libc.close(fd);
-      throw new BpfCallError(`adopt map ${spec.name}: different layout`, 22);
+      throw new BpfError(`adopt map ${spec.name}: different layout`, 22);
     }
     return new BpfMap(fd, spec);
   }
@@ -174,7 +157,7 @@ export class BpfMap {
     const out = new Uint8Array(this.valueBytes);
     const r = call(CMD.MAP_LOOKUP_ELEM, this.#elem(this.#key(key), out));
     if (r === -ENOENT) return undefined;
-    if (r < 0) throw new BpfCallError(`bpf(MAP_LOOKUP_ELEM ${this.spec.name})`, -r);
+    if (r < 0) throw new BpfError(`bpf(MAP_LOOKUP_ELEM ${this.spec.name})`, -r);
     return out;
   }
 
@@ -184,14 +167,14 @@ export class BpfMap {
       throw new RangeError(`${this.spec.name}: value of ${value.length} bytes (expected ${this.valueBytes})`);
     }
     const r = call(CMD.MAP_UPDATE_ELEM, this.#elem(this.#key(key), value, flags));
-    if (r < 0) throw new BpfCallError(`bpf(MAP_UPDATE_ELEM ${this.spec.name})`, -r === ENOSPC ? ENOSPC : -r);
+    if (r < 0) throw new BpfError(`bpf(MAP_UPDATE_ELEM ${this.spec.name})`, -r === ENOSPC ? ENOSPC : -r);
   }
 
   /** Deletes `key`; false when it was absent. */
   delete(key: Uint8Array): boolean {
     const r = call(CMD.MAP_DELETE_ELEM, this.#elem(this.#key(key), null));
     if (r === -ENOENT) return false;
-    if (r < 0) throw new BpfCallError(`bpf(MAP_DELETE_ELEM ${this.spec.name})`, -r);
+    if (r < 0) throw new BpfError(`bpf(MAP_DELETE_ELEM ${this.spec.name})`, -r);
     return true;
   }
 
@@ -207,7 +190,7 @@ export class BpfMap {
       v.setBigUint64(16, ptr(next), true);
       const r = call(CMD.MAP_GET_NEXT_KEY, a);
       if (r === -ENOENT) return out;
-      if (r < 0) throw new BpfCallError(`bpf(MAP_GET_NEXT_KEY ${this.spec.name})`, -r);
+      if (r < 0) throw new BpfError(`bpf(MAP_GET_NEXT_KEY ${this.spec.name})`, -r);
       out.push(next);
       prev = next;
     }
@@ -224,46 +207,6 @@ export class BpfMap {
   close(): void {
     libc.close(this.fd);
   }
-}
-
-/** A program to load: instructions (8 bytes each) with map fds already patched in. */
-export interface BpfProgSpec {
-  name: string;
-  type: number;
-  insns: Uint8Array;
-  license: string;
-  expectedAttachType?: number;
-}
-
-/**
- * `BPF_PROG_LOAD`: prog_type @0, insn_cnt @4, insns @8, license @16, log_level @24, log_size @28,
- * log_buf @32, prog_name @48, expected_attach_type @68. A refusal is retried with the log on.
- */
-export function progLoad(spec: BpfProgSpec): number {
-  if (spec.insns.length === 0 || spec.insns.length % 8 !== 0) throw new RangeError("8 bytes per instruction");
-  const code = new Uint8Array(spec.insns);
-  const license = cstr(spec.license);
-  const [a, v] = attr();
-  v.setUint32(0, spec.type, true);
-  v.setUint32(4, code.length / 8, true);
-  v.setBigUint64(8, ptr(code), true);
-  v.setBigUint64(16, ptr(license), true);
-  putName(a, 48, spec.name);
-  v.setUint32(68, spec.expectedAttachType ?? 0, true);
-  const fd = call(CMD.PROG_LOAD, a);
-  if (fd >= 0) return fd;
-  const log = new Uint8Array(1 << 20);
-  v.setUint32(24, 1, true);
-  v.setUint32(28, log.length, true);
-  v.setBigUint64(32, ptr(log), true);
-  const again = call(CMD.PROG_LOAD, a);
-  if (again >= 0) return again;
-  const end = log.indexOf(0);
-  throw new BpfCallError(
-    `bpf(PROG_LOAD ${spec.name})`,
-    -fd,
-    new TextDecoder().decode(log.subarray(0, Math.max(0, end))),
-  );
 }
 
 /** `BPF_PROG_ATTACH` / `DETACH` (tcx): target_ifindex @0, attach_bpf_fd @4, attach_type @8, flags @12. */
@@ -283,7 +226,7 @@ export function tcxDetach(ifindex: number, progFd: number, attachType = BPF_TCX_
   v.setUint32(8, attachType, true);
   const r = call(CMD.PROG_DETACH, a);
   if (r === -ENOENT) return false;
-  if (r < 0) throw new BpfCallError(`bpf(PROG_DETACH tcx ifindex ${ifindex})`, -r);
+  if (r < 0) throw new BpfError(`bpf(PROG_DETACH tcx ifindex ${ifindex})`, -r);
   return true;
 }
 
@@ -301,7 +244,7 @@ export function tcxQuery(ifindex: number, attachType = BPF_TCX_INGRESS): number[
   v.setUint32(24, ids.length, true);
   const r = call(CMD.PROG_QUERY, a);
   if (r === -ENOENT || r === -19 /* ENODEV */) return [];
-  if (r < 0) throw new BpfCallError(`bpf(PROG_QUERY ifindex ${ifindex})`, -r);
+  if (r < 0) throw new BpfError(`bpf(PROG_QUERY ifindex ${ifindex})`, -r);
   return [...ids.subarray(0, Math.min(ids.length, v.getUint32(24, true)))];
 }
 
@@ -310,7 +253,7 @@ function fdById(cmd: number, name: string, id: number): number | undefined {
   v.setUint32(0, id, true);
   const r = call(cmd, a);
   if (r === -ENOENT) return undefined;
-  if (r < 0) throw new BpfCallError(`bpf(${name} ${id})`, -r);
+  if (r < 0) throw new BpfError(`bpf(${name} ${id})`, -r);
   return r;
 }
 
@@ -388,7 +331,7 @@ export function objGet(path: string): number | undefined {
   v.setBigUint64(0, ptr(p), true);
   const r = call(CMD.OBJ_GET, a);
   if (r === -ENOENT) return undefined;
-  if (r < 0) throw new BpfCallError(`bpf(OBJ_GET ${path})`, -r);
+  if (r < 0) throw new BpfError(`bpf(OBJ_GET ${path})`, -r);
   return r;
 }
 

@@ -8,10 +8,11 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
+import { World } from "../../src/demo/world.ts";
 import { mustRun } from "../../src/sys/command.ts";
-import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
+import { askJob, twoJobs } from "../helpers/two_jobs.ts";
+import { natRouter } from "../helpers/nat.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 const CTL = "192.168.77.254";
@@ -25,70 +26,6 @@ interface NodeRow {
   tunnel_observed?: string;
 }
 
-/** A NAT router on the underlay at NAT_PUBLIC with LAN 10.99.0.1/24; `lan(ns)` wires a host behind it. */
-async function natRouter(
-  w: World,
-  mode: "eim" | "symmetric",
-  tag = "",
-  pub = NAT_PUBLIC,
-  lanNet = "10.99.0",
-): Promise<(ns: string) => Promise<void>> {
-  const r = await w.namespace(`nat${tag}`);
-  await w.attach(r, `nw${tag}`, pub);
-  await mustRun("ip", ["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-  const wan = `${w.prefix}nw${tag}`;
-  await mustRun("ip", [
-    "netns",
-    "exec",
-    r,
-    "iptables",
-    "-t",
-    "nat",
-    "-A",
-    "POSTROUTING",
-    "-s",
-    `${lanNet}.0/24`,
-    "-o",
-    wan,
-    "-j",
-    "MASQUERADE",
-    ...(mode === "symmetric" ? ["--random-fully"] : []),
-  ]);
-  // A home router's firewall: unsolicited packets to the router itself are dropped. (Accepted, such a
-  // packet — another node's punch arriving first — would leave a conntrack entry that makes the
-  // router map this side's own punch to a random port.)
-  await mustRun(
-    "ip",
-    ["netns", "exec", r, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack"].concat(
-      ["--ctstate", "NEW", "-j", "DROP"],
-    ),
-  );
-  return async (ns: string) => {
-    const [a, b] = [`${w.prefix}la${tag}`, `${w.prefix}lb${tag}`];
-    await mustRun("ip", ["link", "add", a, "netns", r, "type", "veth", "peer", "name", b, "netns", ns]);
-    await mustRun("ip", ["-n", r, "addr", "add", `${lanNet}.1/24`, "dev", a]);
-    await mustRun("ip", ["-n", r, "link", "set", a, "up"]);
-    await mustRun("ip", ["-n", ns, "addr", "add", `${lanNet}.2/24`, "dev", b]);
-    await mustRun("ip", ["-n", ns, "link", "set", b, "up"]);
-    // Its only way out is the router (which itself has no route beyond the test's underlay).
-    await mustRun("ip", ["-n", ns, "route", "add", "default", "via", `${lanNet}.1`]);
-  };
-}
-
-async function deploy(node: SimNode, pid: number, job: string): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: 0,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
-
-async function ask(w: World, from: SimInstance, proto: string, host: string): Promise<string> {
-  return (await w.execIn(from, [...TOOL, proto, host, "80", "q"])).split(":")[0];
-}
-
 Deno.test(
   "nat: a node behind NAT learns its public endpoint; RR and InstanceIP traffic both ways",
   opts,
@@ -97,7 +34,7 @@ Deno.test(
     try {
       await w.control(CTL);
       const pub = await w.clusterNode("n1", PUB, CTL);
-      const lan = await natRouter(w, "eim");
+      const lan = await natRouter(w, "", "eim", NAT_PUBLIC, "10.99.0", CTL);
       // Announces its private LAN address, as a node behind a home router would.
       const hidden = await w.clusterNode("n2", "10.99.0.2", CTL, undefined, lan);
 
@@ -120,23 +57,13 @@ Deno.test(
       assert(table.includes("OBSERVED") && table.includes(st.observedEndpoint!), table);
 
       // Services on both sides; each instance calls the other's RR ServiceIP and InstanceIP.
-      await w.ctl(["service", "add", A]);
-      await w.ctl(["service", "add", B]);
-      const iipA = (await w.ctl(["instance", "add", A, "0"])).split(" ").at(-2)!;
-      const iipB = (await w.ctl(["instance", "add", B, "0"])).split(" ").at(-2)!;
-      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
-        { job_name: string; service_ip_list: Array<{ Address: string }> }
-      >;
-      const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
-      const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
-      const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
-      await deploy(pub, a.pid, A);
-      await deploy(hidden, b.pid, B);
+      const { a, b, iipA, iipB, rrA, rrB } = await twoJobs(w, [pub, A], [hidden, B]);
+      const rr = (job: string) => job === A ? rrA : rrB;
       for (const proto of ["tcp-client", "udp-client"]) {
-        assertEquals(await eventually(() => ask(w, a, proto, rr(B)), (v) => v === "b0", 10000), "b0");
-        assertEquals(await eventually(() => ask(w, b, proto, rr(A)), (v) => v === "a0", 10000), "a0");
-        assertEquals(await ask(w, a, proto, iipB), "b0");
-        assertEquals(await ask(w, b, proto, iipA), "a0");
+        assertEquals(await eventually(() => askJob(w, a, proto, rr(B)), (v) => v === "b0", 10000), "b0");
+        assertEquals(await eventually(() => askJob(w, b, proto, rr(A)), (v) => v === "a0", 10000), "a0");
+        assertEquals(await askJob(w, a, proto, iipB), "b0");
+        assertEquals(await askJob(w, b, proto, iipA), "a0");
       }
       // The public node dials the hidden one at its observed endpoint (the table result carried it).
       const peers = (await pub.api.getJson("/status")) as { peers: Array<{ endpoint: string }> };
@@ -181,10 +108,10 @@ Deno.test(
       await mustRun("ip", ["-n", nat, "addr", "add", `${NAT_PUBLIC}/24`, "dev", wan]);
       const t0 = Date.now();
       // The public side asks first: only the hidden node's keepalive or re-announcement can repair it.
-      assertEquals(await eventually(() => ask(w, a, "udp-client", rr(B)), (v) => v === "b0", 30000), "b0");
+      assertEquals(await eventually(() => askJob(w, a, "udp-client", rr(B)), (v) => v === "b0", 30000), "b0");
       const recovered = Date.now() - t0;
-      assertEquals(await ask(w, b, "udp-client", rr(A)), "a0");
-      assertEquals(await ask(w, a, "tcp-client", iipB), "b0");
+      assertEquals(await askJob(w, b, "udp-client", rr(A)), "a0");
+      assertEquals(await askJob(w, a, "tcp-client", iipB), "b0");
       const st2 = (await hidden.api.getJson("/status")) as { observedEndpoint?: string };
       console.log(
         `NAT restart: traffic back after ${recovered} ms; endpoint ${st.observedEndpoint} → ${st2.observedEndpoint}`,
@@ -217,14 +144,14 @@ Deno.test(
         "10.98.0.2",
         CTL,
         undefined,
-        await natRouter(w, "eim", "1", "192.168.77.101", "10.98.0"),
+        await natRouter(w, "1", "eim", "192.168.77.101", "10.98.0", CTL),
       );
       const n2 = await w.clusterNode(
         "n2",
         "10.99.0.2",
         CTL,
         undefined,
-        await natRouter(w, "eim", "2", "192.168.77.102", "10.99.0"),
+        await natRouter(w, "2", "eim", "192.168.77.102", "10.99.0", CTL),
       );
       for (const n of [n1, n2]) {
         await eventually(
@@ -233,23 +160,13 @@ Deno.test(
           10000,
         );
       }
-      await w.ctl(["service", "add", A]);
-      await w.ctl(["service", "add", B]);
-      const iipB = (await w.ctl(["instance", "add", B, "0"])).split(" ").at(-2)!;
-      await w.ctl(["instance", "add", A, "0"]);
-      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
-        { job_name: string; service_ip_list: Array<{ Address: string }> }
-      >;
-      const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
-      const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
-      const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
-      await deploy(n1, a.pid, A);
-      await deploy(n2, b.pid, B);
+      const { a, b, iipB, rrA, rrB } = await twoJobs(w, [n1, A], [n2, B]);
+      const rr = (job: string) => job === A ? rrA : rrB;
       const t0 = Date.now();
-      assertEquals(await eventually(() => ask(w, a, "udp-client", rr(B)), (v) => v === "b0", 15000), "b0");
+      assertEquals(await eventually(() => askJob(w, a, "udp-client", rr(B)), (v) => v === "b0", 15000), "b0");
       console.log(`two NATs: first answer after ${Date.now() - t0} ms`);
-      assertEquals(await eventually(() => ask(w, b, "udp-client", rr(A)), (v) => v === "a0", 10000), "a0");
-      assertEquals(await ask(w, a, "tcp-client", iipB), "b0");
+      assertEquals(await eventually(() => askJob(w, b, "udp-client", rr(A)), (v) => v === "a0", 10000), "a0");
+      assertEquals(await askJob(w, a, "tcp-client", iipB), "b0");
       // Both dial each other's NAT router directly (the control plane could relay, but the punch works): every peer row is
       // at the other router's public address.
       // (peer rows follow the workers' stats, about once a second)

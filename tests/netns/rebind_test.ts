@@ -10,83 +10,38 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, createNs, isRoot, sh, uniqueName } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
+import {
+  offlinePki,
+  pkiNodeConfig,
+  pkiStateArgs,
+  SECURE_CLI,
+  SECURE_WEB,
+  secureTable,
+} from "../helpers/secure_pki.ts";
 import { TOOL } from "../helpers/node.ts";
-import { selfCommand } from "../../src/sys/process.ts";
-import { runTool } from "../../src/sys/command.ts";
 import { eventually, retry } from "../helpers/setup.ts";
 import { World } from "../../src/demo/world.ts";
 import { natRouter } from "../helpers/nat.ts";
+import { twoJobs } from "../helpers/two_jobs.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
-const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
+const WEB = SECURE_WEB;
+const CLI = SECURE_CLI;
 const P1 = "192.168.77.1:50103";
-
-const TABLE: QueryResult[] = [
-  {
-    app_name: CLI,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.10",
-      instanceIp6: "fdff::10",
-      nsip: n1.first4(2),
-      nsip6: n1.first6(2),
-      hostIp: "192.168.77.1",
-    })],
-  },
-  {
-    app_name: WEB,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.2",
-      instanceIp6: "fdff::2",
-      nsip: n2.first4(2),
-      nsip6: n2.first6(2),
-      hostIp: "192.168.77.2",
-      rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-    })],
-  },
-];
-
-async function cli(args: string[]): Promise<string> {
-  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
-  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
-  return r.stdout.trim();
-}
+const TABLE: QueryResult[] = secureTable(1);
 
 /** Two nodes in `require` with certificates from an offline CA: client on node 1, web0 on node 2. */
 async function withPair(fn: (c: TestCluster, dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nmrebind-" });
-  await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "lab"]);
-  for (let i = 1; i <= 2; i++) {
-    const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
-    await cli([
-      "cert",
-      "sign",
-      "--ca",
-      `${dir}/ca`,
-      "--node-id",
-      `node-${i}`,
-      "--public-key",
-      key,
-      "--out",
-      `${dir}/node${i}.crt`,
-    ]);
-  }
+  await offlinePki(dir, 2);
   const c = await TestCluster.start(
     2,
     TABLE,
     [],
-    (i) => ({
-      TunnelSecurity: "require",
-      TunnelCertFile: `${dir}/node${i}.crt`,
-      TunnelCaFile: `${dir}/ca/ca.json`,
-    }),
+    pkiNodeConfig(dir, () => "require"),
     undefined,
-    (i) => ["--state-dir", `${dir}/state${i}`],
+    pkiStateArgs(dir),
   );
   try {
     await c.deploy(1, CLI, 0);
@@ -427,25 +382,7 @@ Deno.test({
       10000,
     );
     const A = "app.ns.ra.ns", B = "app.ns.rb.ns";
-    await w.ctl(["service", "add", A]);
-    await w.ctl(["service", "add", B]);
-    await w.ctl(["instance", "add", A, "0"]);
-    await w.ctl(["instance", "add", B, "0"]);
-    const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
-      { job_name: string; service_ip_list: Array<{ Address: string }> }
-    >;
-    const rrA = svc.find((s) => s.job_name === A)!.service_ip_list[0].Address;
-    const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
-    const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
-    for (const [n, inst, job] of [[pub, a, A], [hidden, b, B]] as const) {
-      const r = await n.api.post("/container/deploy", {
-        pid: inst.pid,
-        serviceName: job,
-        instanceNumber: 0,
-        portMappings: "",
-      });
-      assertEquals(r.status, 200, r.body);
-    }
+    const { a, b, rrA, rrB } = await twoJobs(w, [pub, A], [hidden, B]);
     const ask = async () => (await w.execIn(b, [...TOOL, "tcp-client", rrA, "80", "q"])).split(":")[0];
     assertEquals(await eventually(ask, (v) => v === "a0", 15000), "a0");
     const HID = st.observedEndpoint!;
@@ -491,7 +428,6 @@ Deno.test({
     assertEquals(after?.endpointChanges, 1, JSON.stringify(after));
     assertEquals(after?.rekeys, before?.rekeys, "no new handshake");
     // A new connection from the public side reaches the hidden node at its new mapping too.
-    const rrB = svc.find((s) => s.job_name === B)!.service_ip_list[0].Address;
     assertEquals((await w.execIn(a, [...TOOL, "tcp-client", rrB, "80", "q"])).split(":")[0], "b0");
   } catch (e) {
     await w.diagnose((l) => console.error(l.slice(0, 3000)));

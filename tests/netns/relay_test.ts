@@ -16,10 +16,11 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
-import { type SimInstance, type SimNode, World } from "../../src/demo/world.ts";
+import { type SimNode, World } from "../../src/demo/world.ts";
 import { mustRun, runTool } from "../../src/sys/command.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
+import { askJob, deployJob, twoJobs } from "../helpers/two_jobs.ts";
 import { type NatMode, natRouter } from "../helpers/nat.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -28,19 +29,7 @@ const A = "app.ns.rela.ns"; // runs on node 1
 const B = "app.ns.relb.ns"; // runs on node 2
 const MARKER = "RELAYMARKER7Q";
 
-async function deploy(node: SimNode, pid: number, job: string): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: 0,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
-
-async function ask(w: World, from: SimInstance, proto: string, host: string, msg = "q"): Promise<string> {
-  return (await w.execIn(from, [...TOOL, proto, host, "80", msg])).split(":")[0];
-}
+const ask = askJob;
 
 interface PeerRow {
   endpoint: string;
@@ -130,19 +119,7 @@ async function setup(w: World, m1: NatMode, m2: NatMode, ownRelay = true, before
       10000,
     );
   }
-  await w.ctl(["service", "add", A]);
-  await w.ctl(["service", "add", B]);
-  const iipA = (await w.ctl(["instance", "add", A, "0"])).split(" ").at(-2)!;
-  const iipB = (await w.ctl(["instance", "add", B, "0"])).split(" ").at(-2)!;
-  const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
-    { job_name: string; service_ip_list: Array<{ Address: string }> }
-  >;
-  const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
-  const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
-  const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
-  await deploy(n1, a.pid, A);
-  await deploy(n2, b.pid, B);
-  return { n1, n2, a, b, iipA, iipB, rrA: rr(A), rrB: rr(B) };
+  return { n1, n2, ...(await twoJobs(w, [n1, A], [n2, B])) };
 }
 
 /** Counts UDP datagrams carrying MARKER that reach namespace `ns` (read by {@link markerCount}). */
@@ -325,7 +302,7 @@ Deno.test(
       await w.ctl(["service", "add", C]);
       await w.ctl(["instance", "add", C, "0"]);
       const c = await w.instance("c0", [...TOOL, "servers", "80", "c0"]);
-      await deploy(n3, c.pid, C);
+      await deployJob(n3, c.pid, C);
       assertEquals(await eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 25000), "a0");
       assertEquals(await eventually(() => ask(w, c, "udp-client", s.iipA), (v) => v === "a0", 15000), "a0");
       const relayedRows = await eventually(

@@ -13,48 +13,20 @@
  */
 import { assert } from "../helpers/assert.ts";
 import { cleanupAll, isRoot } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
-import { selfCommand } from "../../src/sys/process.ts";
-import { runTool } from "../../src/sys/command.ts";
+import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
+import {
+  offlinePki,
+  pkiNodeConfig,
+  pkiStateArgs,
+  SECURE_CLI,
+  SECURE_WEB,
+  secureTable,
+} from "../helpers/secure_pki.ts";
 import { retry } from "../helpers/setup.ts";
 
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
-const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
-const TABLE: QueryResult[] = [
-  {
-    app_name: CLI,
-    instance_list: [
-      tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.10",
-        instanceIp6: "fdff::10",
-        nsip: n1.first4(2),
-        nsip6: n1.first6(2),
-        hostIp: "192.168.77.1",
-      }),
-    ],
-  },
-  {
-    app_name: WEB,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.2",
-      instanceIp6: "fdff::2",
-      nsip: n2.first4(2),
-      nsip6: n2.first6(2),
-      hostIp: "192.168.77.2",
-      rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-    })],
-  },
-];
-
-async function cli(args: string[]): Promise<string> {
-  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
-  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
-  return r.stdout.trim();
-}
+const WEB = SECURE_WEB;
+const CLI = SECURE_CLI;
+const TABLE: QueryResult[] = secureTable(1);
 
 /** utime + stime of a process (all threads), in seconds. */
 async function cpuSeconds(pid: number): Promise<number> {
@@ -64,29 +36,14 @@ async function cpuSeconds(pid: number): Promise<number> {
 
 async function measure(mode: string, seconds: number): Promise<Record<string, unknown>> {
   const dir = await Deno.makeTempDir({ prefix: "nmsecab-" });
-  await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "ab"]);
-  for (let i = 1; i <= 2; i++) {
-    const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
-    await cli([
-      "cert",
-      "sign",
-      "--ca",
-      `${dir}/ca`,
-      "--node-id",
-      `node-${i}`,
-      "--public-key",
-      key,
-      "--out",
-      `${dir}/n${i}.crt`,
-    ]);
-  }
+  await offlinePki(dir, 2, "ab");
   const c = await TestCluster.start(
     2,
     TABLE,
     [],
-    (i) => ({ TunnelSecurity: mode, TunnelCertFile: `${dir}/n${i}.crt`, TunnelCaFile: `${dir}/ca/ca.json` }),
+    pkiNodeConfig(dir, () => mode),
     undefined,
-    (i) => ["--state-dir", `${dir}/state${i}`],
+    pkiStateArgs(dir),
   );
   try {
     await c.deploy(1, CLI, 0);

@@ -10,11 +10,17 @@
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, isRoot, sh } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { nodeSubnet, type QueryResult, TestCluster } from "../helpers/cluster.ts";
+import {
+  offlinePki,
+  pkiNodeConfig,
+  pkiStateArgs,
+  SECURE_CLI,
+  SECURE_WEB,
+  secureTable,
+} from "../helpers/secure_pki.ts";
 import { TOOL } from "../helpers/node.ts";
 import { buildIPv4Udp } from "../helpers/packets.ts";
-import { selfCommand } from "../../src/sys/process.ts";
-import { runTool } from "../../src/sys/command.ts";
 import { type SimNode, World } from "../../src/demo/world.ts";
 import { eventually, retry } from "../helpers/setup.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
@@ -25,75 +31,12 @@ import { DOWNGRADE_GRACE_MS } from "../../src/secure/secure_layer.ts";
 import { loadCaPublic } from "../../src/secure/files.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const WEB = "app.ns.web.ns";
-const CLI = "app.ns.cli.ns";
+const WEB = SECURE_WEB;
+const CLI = SECURE_CLI;
 const n1 = nodeSubnet(1);
 const n2 = nodeSubnet(2);
-const n3 = nodeSubnet(3);
 const MARKER = "SECRET-MARKER-7f3a";
-
-const TABLE: QueryResult[] = [
-  {
-    app_name: CLI,
-    instance_list: [tableInstance({
-      n: 0,
-      instanceIp: "10.30.0.10",
-      instanceIp6: "fdff::10",
-      nsip: n1.first4(2),
-      nsip6: n1.first6(2),
-      hostIp: "192.168.77.1",
-    })],
-  },
-  {
-    app_name: WEB,
-    instance_list: [
-      tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.2",
-        instanceIp6: "fdff::2",
-        nsip: n2.first4(2),
-        nsip6: n2.first6(2),
-        hostIp: "192.168.77.2",
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      }),
-      tableInstance({
-        n: 1,
-        instanceIp: "10.30.0.3",
-        instanceIp6: "fdff::3",
-        nsip: n3.first4(2),
-        nsip6: n3.first6(2),
-        hostIp: "192.168.77.3",
-        rr: { v4: "10.30.0.1", v6: "fdff:2000::1" },
-      }),
-    ],
-  },
-];
-
-async function cli(args: string[]): Promise<string> {
-  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
-  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
-/** A CA and, per node, a state dir whose identity the CA certified (the offline `cert` flow). */
-async function offlinePki(dir: string, nodes: number): Promise<void> {
-  await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "lab"]);
-  for (let i = 1; i <= nodes; i++) {
-    const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
-    await cli([
-      "cert",
-      "sign",
-      "--ca",
-      `${dir}/ca`,
-      "--node-id",
-      `node-${i}`,
-      "--public-key",
-      key,
-      "--out",
-      `${dir}/node${i}.crt`,
-    ]);
-  }
-}
+const TABLE: QueryResult[] = secureTable(2);
 
 async function withCluster(
   modes: string[],
@@ -107,14 +50,9 @@ async function withCluster(
     modes.length,
     TABLE,
     [],
-    (i) => ({
-      TunnelSecurity: modes[i - 1],
-      TunnelCertFile: `${dir}/node${i}.crt`,
-      TunnelCaFile: `${dir}/ca/ca.json`,
-      ...extra,
-    }),
+    pkiNodeConfig(dir, (i) => modes[i - 1], extra),
     beforeRegister,
-    (i) => ["--state-dir", `${dir}/state${i}`],
+    pkiStateArgs(dir),
   );
   try {
     await c.deploy(1, CLI, 0);

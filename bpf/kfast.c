@@ -165,22 +165,25 @@ INLINE void reverse(struct flow_key *r, const struct flow_key *k, __u32 saddr) {
 }
 
 /*
- * A packet of a flow without an egress entry: when it opens a flow (TCP SYN without ACK, or UDP),
- * comes from a local instance (nm_kf_snat) and dials a ServiceIP in nm_kf_svc, the next candidate in
- * the service's rotation is chosen and both entries of the flow are created here (the answers' entry
- * first). NULL: the TUN decides (a TCP packet mid-flow may belong to a flow the workers chose).
+ * A packet of a flow without an egress entry: when it comes from a local instance (nm_kf_snat), dials
+ * a ServiceIP in nm_kf_svc and opens a flow (UDP, TCP SYN without ACK, or any TCP packet when the
+ * service has one candidate), the next candidate in the service's rotation is chosen and both entries
+ * of the flow are created here (the answers' entry first). NULL: the TUN decides (a TCP packet
+ * mid-flow to a service with several candidates may belong to a flow the workers chose).
  */
 INLINE struct egress_val *decide(struct flow_key *k, struct iphdr *ip, void *end) {
-  if (k->proto == IPPROTO_TCP) {
-    __u8 *flags = (__u8 *)(ip + 1) + 13;
-    if ((void *)(flags + 1) > end || (*flags & 0x17) != 0x02) return 0; /* SYN, no ACK/FIN/RST */
-  }
   __u32 *own = map_lookup(&nm_kf_snat, &k->saddr);
   if (!own) return 0;
   struct svc_val *s = map_lookup(&nm_kf_svc, &k->daddr);
   if (!s) return 0;
   __u32 n = s->n;
   if (n == 0 || n > SVC_MAX) return 0;
+  if (k->proto == IPPROTO_TCP && n > 1) {
+    /* A choice among several: only a SYN opens a flow the TUN cannot have chosen already. With one
+     * candidate (an InstanceIP: e.g. the answers of a flow a peer opened) any packet decides alike. */
+    __u8 *flags = (__u8 *)(ip + 1) + 13;
+    if ((void *)(flags + 1) > end || (*flags & 0x17) != 0x02) return 0; /* SYN, no ACK/FIN/RST */
+  }
   /* Not atomic (an atomic fetch needs -mcpu=v3): two CPUs opening flows at once may choose alike. */
   __u32 rr = s->rr;
   s->rr = rr + 1;
@@ -192,7 +195,9 @@ INLINE struct egress_val *decide(struct flow_key *k, struct iphdr *ip, void *end
   if (c->iip != k->daddr) in.new_saddr = k->daddr; /* answers show the ServiceIP dialled */
   struct flow_key r = {};
   reverse(&r, k, c->iip);
-  if (map_update(&nm_kf_ingress, &r, &in, BPF_ANY)) return 0;
+  struct ingress_val *had = map_lookup(&nm_kf_ingress, &r); /* learnt by nm_kf_in: keep its counters */
+  if (!had || had->new_saddr != in.new_saddr || had->new_daddr)
+    if (map_update(&nm_kf_ingress, &r, &in, BPF_ANY)) return 0;
   struct egress_val e = {};
   e.new_saddr = *own;
   e.new_daddr = c->nsip;

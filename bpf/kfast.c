@@ -225,11 +225,17 @@ INLINE int peer_ready(struct egress_val *v, const struct flow_key *k) {
 }
 
 /*
- * A datagram from a peer to a local instance without an ingress entry: a flow the peer's kernel (or
- * TUN) chose; delivered unchanged (the sender's InstanceIP stays the source, as the TUN path does)
- * and remembered, so GSO super-packets of the flow are taken apart here too.
+ * A datagram from a peer to a local instance without an ingress entry: when it opens a TCP flow (SYN
+ * without ACK) the peer chose, it is delivered unchanged (the sender's InstanceIP stays the source, as
+ * the TUN path does) and the flow remembered, so its GSO super-packets are taken apart here too. Not
+ * anything else: an answer to a flow our TUN opened needs the workers' restore (src → the ServiceIP
+ * dialled), and a UDP datagram cannot tell (its first one crosses the TUN; our answer, decided by
+ * nm_kf_out, creates the entry).
  */
-INLINE struct ingress_val *learn_in(struct flow_key *k) {
+INLINE struct ingress_val *learn_in(struct flow_key *k, struct iphdr *ip, void *end) {
+  if (k->proto != IPPROTO_TCP) return 0;
+  __u8 *flags = (__u8 *)(ip + 1) + 13;
+  if ((void *)(flags + 1) > end || (*flags & 0x17) != 0x02) return 0;
   if (!map_lookup(&nm_kf_snat, &k->daddr)) return 0;
   struct ingress_val z = {};
   map_update(&nm_kf_ingress, k, &z, BPF_NOEXIST);
@@ -309,7 +315,7 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   struct flow_key k = {};
   if (flow_of((void *)(udp + 1), end, &k)) return TCX_NEXT;
   struct ingress_val *v = map_lookup(&nm_kf_ingress, &k);
-  if (!v) v = learn_in(&k);
+  if (!v) v = learn_in(&k, (void *)(udp + 1), end);
   if (!v) return TCX_NEXT;
   __u32 dst = v->new_daddr ? v->new_daddr : k.daddr;
   struct local_val *l = map_lookup(&nm_kf_locals, &dst);

@@ -112,6 +112,8 @@ export class TcFastPath {
   /** What nm_kf_svc / nm_kf_snat hold (first packets decided in the kernel, src/kfast/tc_services.ts). */
   #svc: MapEntries = new Map();
   #snat: MapEntries = new Map();
+  /** The programs' decided counter at the last {@link #learn}. */
+  #decidedSeen = -1;
   #stopped = false;
 
   private constructor(p: TcPrograms, o: TcFastPathOptions, at: TcAttachments, device: string) {
@@ -273,7 +275,10 @@ export class TcFastPath {
    * listed, counted, cut on undeploy and removed when idle like moved ones. O(flows in the map).
    */
   #learn(now: number): void {
-    if (this.#svc.size === 0 && this.#pins.size === 0) return;
+    // Only when the program decided something since the last look (one counter read, not a map walk).
+    const decided = this.#stat(STAT_DECIDED);
+    if (decided === this.#decidedSeen) return;
+    this.#decidedSeen = decided;
     for (const [k, v] of this.#p.maps.egress.entries()) {
       const f = decodeFlowKey(k);
       const src = tryParseIPv4(f.saddr)!, dst = tryParseIPv4(f.daddr)!;
@@ -421,16 +426,19 @@ export class TcFastPath {
     return Promise.resolve(out);
   }
 
+  /** A per-CPU counter of the programs, summed (0 when unreadable). */
+  #stat(i: number): number {
+    try {
+      const v = this.#p.maps.stats.lookup(u32(i));
+      return v ? sumPerCpu(v) : 0;
+    } catch {
+      return 0;
+    }
+  }
+
   /** What is programmed; counters are the programs' (sent: tx, received: rx). */
   status(): KernelFastPathStatus {
-    const stat = (i: number) => {
-      try {
-        const v = this.#p.maps.stats.lookup(u32(i));
-        return v ? sumPerCpu(v) : 0;
-      } catch {
-        return 0;
-      }
-    };
+    const stat = (i: number) => this.#stat(i);
     return {
       device: this.device,
       port: this.#o.localPort,

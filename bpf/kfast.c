@@ -166,10 +166,10 @@ INLINE void reverse(struct flow_key *r, const struct flow_key *k, __u32 saddr) {
 
 /*
  * A packet of a flow without an egress entry: when it comes from a local instance (nm_kf_snat), dials
- * a ServiceIP in nm_kf_svc and opens a flow (UDP, TCP SYN without ACK, or any TCP packet when the
- * service has one candidate), the next candidate in the service's rotation is chosen and both entries
- * of the flow are created here (the answers' entry first). NULL: the TUN decides (a TCP packet
- * mid-flow to a service with several candidates may belong to a flow the workers chose).
+ * a ServiceIP in nm_kf_svc and opens a flow (UDP, a TCP SYN without ACK, or any TCP packet answering
+ * a flow nm_kf_in accepted from a peer), the next candidate in the service's rotation is chosen and
+ * both entries of the flow are created here (the answers' entry first). NULL: the TUN decides (a TCP packet
+ * mid-flow may belong to a flow the workers chose).
  */
 INLINE struct egress_val *decide(struct flow_key *k, struct iphdr *ip, void *end) {
   __u32 *own = map_lookup(&nm_kf_snat, &k->saddr);
@@ -178,11 +178,18 @@ INLINE struct egress_val *decide(struct flow_key *k, struct iphdr *ip, void *end
   if (!s) return 0;
   __u32 n = s->n;
   if (n == 0 || n > SVC_MAX) return 0;
-  if (k->proto == IPPROTO_TCP && n > 1) {
-    /* A choice among several: only a SYN opens a flow the TUN cannot have chosen already. With one
-     * candidate (an InstanceIP: e.g. the answers of a flow a peer opened) any packet decides alike. */
+  if (k->proto == IPPROTO_TCP) {
+    /* Only a SYN opens a flow the TUN cannot have chosen already. Else: the answers of a flow a peer
+     * opened and nm_kf_in accepted (its entry exists; one candidate: an InstanceIP); the TUN's own
+     * flows move by the controller (their answers' restore and readiness are set up there). */
     __u8 *flags = (__u8 *)(ip + 1) + 13;
-    if ((void *)(flags + 1) > end || (*flags & 0x17) != 0x02) return 0; /* SYN, no ACK/FIN/RST */
+    if ((void *)(flags + 1) > end) return 0;
+    if ((*flags & 0x17) != 0x02) { /* not a SYN without ACK/FIN/RST */
+      if (n != 1) return 0;
+      struct flow_key a = {};
+      reverse(&a, k, s->inst[0].iip);
+      if (!map_lookup(&nm_kf_ingress, &a)) return 0;
+    }
   }
   /* Not atomic (an atomic fetch needs -mcpu=v3): two CPUs opening flows at once may choose alike. */
   __u32 rr = s->rr;

@@ -35,6 +35,7 @@ static long (*redirect_neigh)(__u32, void *, int, __u64) = (void *)BPF_FUNC_redi
 static long (*adjust_room)(void *, __s32, __u32, __u64) = (void *)BPF_FUNC_skb_adjust_room;
 static long (*pull_data)(void *, __u32) = (void *)BPF_FUNC_skb_pull_data;
 static void *(*map_lookup)(void *, const void *) = (void *)BPF_FUNC_map_lookup_elem;
+static long (*map_update)(void *, const void *, const void *, __u64) = (void *)BPF_FUNC_map_update_elem;
 
 #define BE16(x) __builtin_bswap16(x)
 #define IP_OFF ETH_HLEN
@@ -61,7 +62,7 @@ struct egress_val {
   __u16 local_port, peer_port;
   __u32 ifindex;
   __u32 flags; /* EGRESS_PEER_READY */
-  __u32 pad;
+  __u32 reply_saddr; /* the chosen instance's InstanceIP: the answers' source (0 = unknown) */
   __u64 packets, bytes;
 };
 /* The peer carries this flow in its kernel too (our ingress entry saw its packets). Until then GSO
@@ -83,9 +84,11 @@ struct local_val {
 
 /* Per-CPU counters (index): see STAT_* (read by `table show --flows` and /metrics). */
 enum { STAT_OUT_PKTS, STAT_OUT_BYTES, STAT_IN_PKTS, STAT_IN_BYTES, STAT_ERRORS, STAT_N = 8 };
+/* New flows the programs decided themselves (nm_kf_out: chosen from nm_kf_svc). */
+#define STAT_DECIDED 7
 
-struct map_def SEC("maps") nm_kf_egress = {BPF_MAP_TYPE_HASH, sizeof(struct flow_key), sizeof(struct egress_val), 65536, 0};
-struct map_def SEC("maps") nm_kf_ingress = {BPF_MAP_TYPE_HASH, sizeof(struct flow_key), sizeof(struct ingress_val), 65536, 0};
+struct map_def SEC("maps") nm_kf_egress = {BPF_MAP_TYPE_LRU_HASH, sizeof(struct flow_key), sizeof(struct egress_val), 65536, 0};
+struct map_def SEC("maps") nm_kf_ingress = {BPF_MAP_TYPE_LRU_HASH, sizeof(struct flow_key), sizeof(struct ingress_val), 65536, 0};
 struct map_def SEC("maps") nm_kf_locals = {BPF_MAP_TYPE_HASH, 4, sizeof(struct local_val), 4096, 0};
 /* Peer underlay IPv4 → the tunnel port we accept from it (host order in the low 16 bits). */
 struct map_def SEC("maps") nm_kf_peers = {BPF_MAP_TYPE_HASH, 4, 4, 4096, 0};
@@ -95,6 +98,28 @@ struct config {
   __u32 bridge;  /* ifindex; 0 = none */
 };
 struct map_def SEC("maps") nm_kf_config = {BPF_MAP_TYPE_ARRAY, 4, sizeof(struct config), 1, 0};
+/* First packets decided in the kernel: a ServiceIP (RoundRobin, or an InstanceIP with its one
+ * instance) whose candidates all live on capable peers → the candidates and an RR counter. */
+#define SVC_MAX 16
+struct svc_inst {
+  __u32 nsip;      /* namespace IP (the new destination) */
+  __u32 iip;       /* its InstanceIP (the answers' source) */
+  __u32 node_ip;   /* its node's underlay IPv4 */
+  __u16 node_port; /* host order */
+  __u16 pad;
+  __u32 ifindex;   /* underlay device towards the node */
+};
+struct svc_val {
+  __u32 n;         /* candidates in inst[] (1..SVC_MAX) */
+  __u32 rr;        /* next choice (incremented per new flow) */
+  __u32 local_ip;  /* this node's tunnel endpoint: the outer source */
+  __u16 local_port;
+  __u16 pad;
+  struct svc_inst inst[SVC_MAX];
+};
+struct map_def SEC("maps") nm_kf_svc = {BPF_MAP_TYPE_HASH, 4, sizeof(struct svc_val), 4096, 0};
+/* A local instance's namespace IP → its InstanceIP (the source of what the kernel sends for it). */
+struct map_def SEC("maps") nm_kf_snat = {BPF_MAP_TYPE_HASH, 4, 4, 4096, 0};
 struct map_def SEC("maps") nm_kf_stats = {BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, STAT_N, 0};
 
 INLINE void count(__u32 idx, __u64 n) {
@@ -130,6 +155,100 @@ INLINE int flow_of(struct iphdr *ip, void *end, struct flow_key *k) {
   return 0;
 }
 
+/* The reverse of flow `k` with source `saddr` (the answers' key in nm_kf_ingress). */
+INLINE void reverse(struct flow_key *r, const struct flow_key *k, __u32 saddr) {
+  r->saddr = saddr;
+  r->daddr = k->saddr;
+  r->sport = k->dport;
+  r->dport = k->sport;
+  r->proto = k->proto;
+}
+
+/*
+ * A packet of a flow without an egress entry: when it comes from a local instance (nm_kf_snat), dials
+ * a ServiceIP in nm_kf_svc and opens a flow (UDP, a TCP SYN without ACK, or any TCP packet answering
+ * a flow nm_kf_in accepted from a peer), the next candidate in the service's rotation is chosen and
+ * both entries of the flow are created here (the answers' entry first). NULL: the TUN decides (a TCP packet
+ * mid-flow may belong to a flow the workers chose).
+ */
+INLINE struct egress_val *decide(struct flow_key *k, struct iphdr *ip, void *end) {
+  __u32 *own = map_lookup(&nm_kf_snat, &k->saddr);
+  if (!own) return 0;
+  struct svc_val *s = map_lookup(&nm_kf_svc, &k->daddr);
+  if (!s) return 0;
+  __u32 n = s->n;
+  if (n == 0 || n > SVC_MAX) return 0;
+  if (k->proto == IPPROTO_TCP) {
+    /* Only a SYN opens a flow the TUN cannot have chosen already. Else: the answers of a flow a peer
+     * opened and nm_kf_in accepted (its entry exists; one candidate: an InstanceIP); the TUN's own
+     * flows move by the controller (their answers' restore and readiness are set up there). */
+    __u8 *flags = (__u8 *)(ip + 1) + 13;
+    if ((void *)(flags + 1) > end) return 0;
+    if ((*flags & 0x17) != 0x02) { /* not a SYN without ACK/FIN/RST */
+      if (n != 1) return 0;
+      struct flow_key a = {};
+      reverse(&a, k, s->inst[0].iip);
+      if (!map_lookup(&nm_kf_ingress, &a)) return 0;
+    }
+  }
+  /* Not atomic (an atomic fetch needs -mcpu=v3): two CPUs opening flows at once may choose alike. */
+  __u32 rr = s->rr;
+  s->rr = rr + 1;
+  __u32 i = rr % n;
+  asm volatile("" : "+r"(i)); /* keep the bound check below for the verifier (clang proves and drops it) */
+  if (i >= SVC_MAX) return 0;
+  struct svc_inst *c = &s->inst[i];
+  struct ingress_val in = {};
+  if (c->iip != k->daddr) in.new_saddr = k->daddr; /* answers show the ServiceIP dialled */
+  struct flow_key r = {};
+  reverse(&r, k, c->iip);
+  struct ingress_val *had = map_lookup(&nm_kf_ingress, &r); /* learnt by nm_kf_in: keep its counters */
+  if (!had || had->new_saddr != in.new_saddr || had->new_daddr)
+    if (map_update(&nm_kf_ingress, &r, &in, BPF_ANY)) return 0;
+  struct egress_val e = {};
+  e.new_saddr = *own;
+  e.new_daddr = c->nsip;
+  e.local_ip = s->local_ip;
+  e.peer_ip = c->node_ip;
+  e.local_port = s->local_port;
+  e.peer_port = c->node_port;
+  e.ifindex = c->ifindex;
+  e.reply_saddr = c->iip;
+  map_update(&nm_kf_egress, k, &e, BPF_NOEXIST); /* another CPU may have won: its choice stays */
+  count(STAT_DECIDED, 1);
+  return map_lookup(&nm_kf_egress, k);
+}
+
+/* GSO super-packets of a flow go once the peer answered it (our answers' entry counts packets). */
+INLINE int peer_ready(struct egress_val *v, const struct flow_key *k) {
+  if (v->flags & EGRESS_PEER_READY) return 1;
+  if (!v->reply_saddr) return 0;
+  struct flow_key r = {};
+  reverse(&r, k, v->reply_saddr);
+  struct ingress_val *iv = map_lookup(&nm_kf_ingress, &r);
+  if (!iv || !iv->packets) return 0;
+  v->flags |= EGRESS_PEER_READY;
+  return 1;
+}
+
+/*
+ * A datagram from a peer to a local instance without an ingress entry: when it opens a TCP flow (SYN
+ * without ACK) the peer chose, it is delivered unchanged (the sender's InstanceIP stays the source, as
+ * the TUN path does) and the flow remembered, so its GSO super-packets are taken apart here too. Not
+ * anything else: an answer to a flow our TUN opened needs the workers' restore (src → the ServiceIP
+ * dialled), and a UDP datagram cannot tell (its first one crosses the TUN; our answer, decided by
+ * nm_kf_out, creates the entry).
+ */
+INLINE struct ingress_val *learn_in(struct flow_key *k, struct iphdr *ip, void *end) {
+  if (k->proto != IPPROTO_TCP) return 0;
+  __u8 *flags = (__u8 *)(ip + 1) + 13;
+  if ((void *)(flags + 1) > end || (*flags & 0x17) != 0x02) return 0;
+  if (!map_lookup(&nm_kf_snat, &k->daddr)) return 0;
+  struct ingress_val z = {};
+  map_update(&nm_kf_ingress, k, &z, BPF_NOEXIST);
+  return map_lookup(&nm_kf_ingress, k);
+}
+
 SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   if (skb->protocol != BE16(ETH_P_IP)) return TCX_NEXT;
   void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -141,8 +260,9 @@ SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   struct flow_key k = {};
   if (flow_of(data + IP_OFF, end, &k)) return TCX_NEXT;
   struct egress_val *v = map_lookup(&nm_kf_egress, &k);
+  if (!v) v = decide(&k, data + IP_OFF, end);
   if (!v) return TCX_NEXT;
-  if (skb->gso_size && !(v->flags & EGRESS_PEER_READY)) return TCX_NEXT;
+  if (skb->gso_size && !peer_ready(v, &k)) return TCX_NEXT;
   __u32 len = skb->len;
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, v->new_daddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
@@ -202,6 +322,7 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   struct flow_key k = {};
   if (flow_of((void *)(udp + 1), end, &k)) return TCX_NEXT;
   struct ingress_val *v = map_lookup(&nm_kf_ingress, &k);
+  if (!v) v = learn_in(&k, (void *)(udp + 1), end);
   if (!v) return TCX_NEXT;
   __u32 dst = v->new_daddr ? v->new_daddr : k.daddr;
   struct local_val *l = map_lookup(&nm_kf_locals, &dst);

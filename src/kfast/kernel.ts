@@ -75,6 +75,8 @@ export interface KernelFastPathStatus {
   /** Running TUN flows moved onto the kernel path since start, and the pins in place now. */
   moved: number;
   pins: number;
+  /** tc mode: new flows the kernel decided itself (first packets never on the TUN) since the programs loaded. */
+  decided?: number;
   /** Packets and bytes into (`tx`) and out of (`rx`) the device, as last read from the kernel. */
   counters: { tx: { packets: number; bytes: number }; rx: { packets: number; bytes: number } };
 }

@@ -86,6 +86,7 @@ export function tcEntriesOf(pin: Pin, plan: TcPlanView, node: TcNodeView): TcFlo
         peerIp: peer,
         peerPort,
         ifindex,
+        replySaddr: formatIPv4(theirs),
       },
     },
     ingress: {

@@ -45,6 +45,10 @@ export interface TcMaps {
   peers: BpfMap;
   config: BpfMap;
   stats: BpfMap;
+  /** ServiceIP → candidates + RR counter (first packets decided in the kernel, src/kfast/tc_services.ts). */
+  svc: BpfMap;
+  /** Local namespace IP → its InstanceIP. */
+  snat: BpfMap;
 }
 
 /** Where the programs are attached: ifindexes (tcx ingress). */
@@ -66,6 +70,8 @@ function mapsOf(byName: Map<string, BpfMap>): TcMaps {
     peers: get("peers"),
     config: get("config"),
     stats: get("stats"),
+    svc: get("svc"),
+    snat: get("snat"),
   };
 }
 

@@ -33,6 +33,8 @@ export interface TcEgress {
   ifindex: number;
   /** {@link EGRESS_PEER_READY} or 0 (default). */
   flags?: number;
+  /** The chosen instance's InstanceIP, the answers' source (the program checks the peer's readiness). */
+  replySaddr?: string;
 }
 
 /** Receiving a flow: rewrite source / destination (undefined: keep) and deliver locally. */
@@ -120,6 +122,7 @@ export function encodeEgress(e: TcEgress): Uint8Array {
   v.setUint16(18, port(e.peerPort), true);
   v.setUint32(20, e.ifindex, true);
   v.setUint32(24, e.flags ?? 0, true);
+  ip4(b, 28, e.replySaddr);
   return b;
 }
 
@@ -184,6 +187,7 @@ export function decodeEgress(b: Uint8Array): TcEgress {
     peerPort: v.getUint16(18, true),
     ifindex: v.getUint32(20, true),
     flags: v.getUint32(24, true),
+    ...(v.getUint32(28) !== 0 ? { replySaddr: readIp4(b, 28) } : {}),
   };
 }
 

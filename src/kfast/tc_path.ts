@@ -26,7 +26,15 @@ import type { KernelFlow } from "./conntrack.ts";
 import { KernelFastPathError, type KernelFastPathStatus } from "./kernel.ts";
 import { type Pin, pinKey } from "./move.ts";
 import { emptyPlan, type KfastPlan } from "./plan.ts";
-import { tcEntriesOf, type TcFlowEntries } from "./tc_flows.ts";
+import { tcEntriesOf, type TcFlowEntries, type TcNodeView } from "./tc_flows.ts";
+import {
+  diffEntries,
+  type MapEntries,
+  readEntries,
+  snatEntriesOf,
+  STAT_DECIDED,
+  svcEntriesOf,
+} from "./tc_services.ts";
 import { cleanTcPrograms, type TcAttachments, TcPrograms } from "./tc_loader.ts";
 import {
   decodeCounters,
@@ -101,6 +109,11 @@ export class TcFastPath {
   #queue: Promise<void> = Promise.resolve();
   #moved = 0;
   #errors = 0;
+  /** What nm_kf_svc / nm_kf_snat hold (first packets decided in the kernel, src/kfast/tc_services.ts). */
+  #svc: MapEntries = new Map();
+  #snat: MapEntries = new Map();
+  /** The programs' decided counter at the last {@link #learn}. */
+  #decidedSeen = -1;
   #stopped = false;
 
   private constructor(p: TcPrograms, o: TcFastPathOptions, at: TcAttachments, device: string) {
@@ -138,6 +151,8 @@ export class TcFastPath {
     p.maps.config.update(u32(0), encodeConfig(o.localPort, at.out[0]));
     const k = new TcFastPath(p, o, at, `tc:${o.bridge}+${ul}`);
     adopted = k.#readBack();
+    k.#svc = readEntries(p.maps.svc);
+    k.#snat = readEntries(p.maps.snat);
     log.info("tc fast path ready", { bridge: o.bridge, underlay: ul, adoptedFlows: adopted });
     return k;
   }
@@ -205,6 +220,8 @@ export class TcFastPath {
         this.#peers.delete(peer);
         this.#routes.delete(peer);
       }
+      this.#program(next);
+      this.#learn(Date.now());
       let cut = 0;
       for (const [k, s] of this.#pins) {
         // Cut when the chosen instance left (undeploy) or moved; a node that stopped answering keeps
@@ -221,6 +238,77 @@ export class TcFastPath {
     } catch (e) {
       this.#errors++;
       throw e;
+    }
+  }
+
+  #node(): TcNodeView {
+    return {
+      localIp: this.#o.localIp,
+      localPort: this.#o.localPort,
+      peerPort: (ip: string) => this.#peers.get(ip),
+      ifindexTo: (ip: string) => this.#routes.get(ip),
+    };
+  }
+
+  /**
+   * Writes what changed in nm_kf_snat and nm_kf_svc. Order: senders first, then services; a service
+   * removed (or changed) goes before the cut of its flows, so no new flow picks a leaving instance.
+   */
+  #program(next: KfastPlan): void {
+    const snat = snatEntriesOf(next);
+    const ds = diffEntries(this.#snat, snat);
+    for (const e of ds.set) this.#p.maps.snat.update(e.key, e.value);
+    const svc = svcEntriesOf(next, this.#node());
+    const dv = diffEntries(this.#svc, svc);
+    for (const k of dv.gone) this.#p.maps.svc.delete(k);
+    for (const e of dv.set) this.#p.maps.svc.update(e.key, e.value);
+    for (const k of ds.gone) this.#p.maps.snat.delete(k);
+    this.#snat = snat;
+    this.#svc = svc;
+    if (dv.set.length + dv.gone.length > 0) {
+      log.debug("tc fast path: services decided in the kernel", { set: dv.set.length, gone: dv.gone.length });
+    }
+  }
+
+  /**
+   * Picks up the flows the program decided itself (egress entries without a pin): from now on they are
+   * listed, counted, cut on undeploy and removed when idle like moved ones. O(flows in the map).
+   */
+  #learn(now: number): void {
+    // Only when the program decided something since the last look (one counter read, not a map walk).
+    const decided = this.#stat(STAT_DECIDED);
+    if (decided === this.#decidedSeen) return;
+    this.#decidedSeen = decided;
+    for (const [k, v] of this.#p.maps.egress.entries()) {
+      const f = decodeFlowKey(k);
+      const src = tryParseIPv4(f.saddr)!, dst = tryParseIPv4(f.daddr)!;
+      const e = decodeEgress(v);
+      const pin: Pin = {
+        proto: f.proto,
+        src,
+        sport: f.sport,
+        dst,
+        dport: f.dport,
+        chosen: tryParseIPv4(e.newDaddr)!,
+      };
+      const key = pinKey(pin);
+      if (this.#pins.has(key)) continue;
+      const theirs = e.replySaddr ?? "";
+      this.#pins.set(key, {
+        pin,
+        e: {
+          peer: e.peerIp,
+          egress: { flow: f, value: e },
+          ingress: {
+            flow: { proto: f.proto, saddr: theirs, sport: f.dport, daddr: f.saddr, dport: f.sport },
+            value: theirs === f.daddr ? {} : { newSaddr: f.daddr },
+          },
+        },
+        packets: decodeCounters(v).packets,
+        changedAt: now,
+        adopted: false,
+        ready: ((e.flags ?? 0) & EGRESS_PEER_READY) !== 0,
+      });
     }
   }
 
@@ -242,12 +330,8 @@ export class TcFastPath {
   move(flows: readonly Pin[], now = Date.now()): Promise<number> {
     if (this.#stopped) return Promise.resolve(0);
     let n = 0;
-    const node = {
-      localIp: this.#o.localIp,
-      localPort: this.#o.localPort,
-      peerPort: (ip: string) => this.#peers.get(ip),
-      ifindexTo: (ip: string) => this.#routes.get(ip),
-    };
+    const node = this.#node();
+    if (flows.length > 0) this.#learn(now); // a flow the program decided is not moved over
     for (const pin of flows) {
       const k = pinKey(pin);
       if (this.#pins.has(k) || !this.#current.services.get(pin.dst)?.includes(pin.chosen)) continue;
@@ -283,6 +367,7 @@ export class TcFastPath {
   gcPins(now = Date.now()): Promise<number> {
     const idle = this.#o.idleMs ?? 30_000;
     let n = 0;
+    this.#learn(now);
     for (const [k, s] of this.#pins) {
       if (!s.ready) this.#checkReady(s);
       const c = this.#packets(s).packets;
@@ -341,16 +426,19 @@ export class TcFastPath {
     return Promise.resolve(out);
   }
 
+  /** A per-CPU counter of the programs, summed (0 when unreadable). */
+  #stat(i: number): number {
+    try {
+      const v = this.#p.maps.stats.lookup(u32(i));
+      return v ? sumPerCpu(v) : 0;
+    } catch {
+      return 0;
+    }
+  }
+
   /** What is programmed; counters are the programs' (sent: tx, received: rx). */
   status(): KernelFastPathStatus {
-    const stat = (i: number) => {
-      try {
-        const v = this.#p.maps.stats.lookup(u32(i));
-        return v ? sumPerCpu(v) : 0;
-      } catch {
-        return 0;
-      }
-    };
+    const stat = (i: number) => this.#stat(i);
     return {
       device: this.device,
       port: this.#o.localPort,
@@ -359,6 +447,7 @@ export class TcFastPath {
       errors: this.#errors + stat(4),
       moved: this.#moved,
       pins: this.#pins.size,
+      decided: stat(STAT_DECIDED),
       counters: {
         tx: { packets: stat(0), bytes: stat(1) },
         rx: { packets: stat(2), bytes: stat(3) },

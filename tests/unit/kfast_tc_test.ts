@@ -38,7 +38,7 @@ Deno.test("tc fast path: the committed programs were generated from bpf/kfast.c 
   const src = await Deno.readFile(new URL("bpf/kfast.c", root));
   assertEquals(TC_OBJECT.sourceSha256, await sha256Hex(src), "run scripts/build_bpf.sh");
   assertEquals(TC_OBJECT.programs.map((p) => p.name).sort(), ["nm_kf_in", "nm_kf_out"]);
-  assertEquals(TC_OBJECT.maps.length, 6);
+  assertEquals(TC_OBJECT.maps.length, 8);
 });
 
 Deno.test({

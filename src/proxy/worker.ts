@@ -7,7 +7,7 @@
  */
 import { tunFromInfo } from "../../ffi/tun.ts";
 import { udpFromInfo } from "../../ffi/udp.ts";
-import { Poller } from "../../ffi/poll.ts";
+import { EPoller } from "../../ffi/poll.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
 import { ReadPolicy, SpinPolicy } from "./spin.ts";
@@ -38,7 +38,7 @@ function post(m: FromWorker): void {
 }
 
 /** Set by init; the Worker handles one data plane. */
-let dp: { loop: PacketLoop; wake: EventFd; posted: Int32Array; spinMs: number } | undefined;
+let dp: { loop: PacketLoop; wake: EventFd; posted: Int32Array; spinMs: number; poller: EPoller } | undefined;
 /** The main isolate's table, read in place (a layout may arrive before init completes: none do). */
 let table: SharedTableView | undefined;
 let stopping = false;
@@ -69,8 +69,7 @@ async function yieldNow(posted: Int32Array): Promise<void> {
 }
 
 async function run(d: NonNullable<typeof dp>): Promise<void> {
-  const { loop, wake, posted } = d;
-  const poller = new Poller([loop.tun.fd, loop.bind.fd, wake.fd]);
+  const { loop, wake, posted, poller } = d;
   let lastYield = performance.now();
   const spin = new SpinPolicy({ spinMs: d.spinMs });
   const spinOn = d.spinMs > 0;
@@ -125,6 +124,7 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
       lastYield = performance.now();
     }
   }
+  poller.close();
   post({ type: "stats", stats: loop.stats() });
   post({ type: "stopped" });
   self.close();
@@ -170,15 +170,21 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         loop.secure = secure;
         // Path MTU: a sealed datagram is SECURE_OVERHEAD bytes longer.
         loop.path.overheadFor = (p) => secure.active && secure.ring.has(p.key) ? SECURE_OVERHEAD : 0;
+        const wake = new EventFd(m.wakeFd);
         const d = {
           loop,
-          wake: new EventFd(m.wakeFd),
+          wake,
           posted: new Int32Array(m.posted),
           spinMs: m.busyPollUs / 1000,
+          // epoll: the fds stay registered, so a wait sets up no wait queues (README: request/response).
+          poller: new EPoller([tun.fd, bind.fd, wake.fd]),
         };
         dp = d;
         post({ type: "ready" });
-        run(d).catch((e) => post({ type: "error", message: String(e?.stack ?? e), fatal: true }));
+        run(d).catch((e) => {
+          d.poller.close(); // an fd of the process, and a crashed worker is restarted
+          post({ type: "error", message: String(e?.stack ?? e), fatal: true });
+        });
         break;
       }
       case "stop":

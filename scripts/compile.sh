@@ -21,13 +21,19 @@ build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 cp -r deno.json deno.lock main.ts src ffi config "$build/"
 nm_bake "$build"
+# V8 flags baked into the binary. A compiled binary ignores DENO_V8_FLAGS and takes no --v8-flags when
+# run (deno's standalone runtime initialises V8 with the flags given here only), so the control plane's
+# memory limit (1 MB semi-spaces, as scripts/launcher.sh runs `control`; issue 14's RSS target) is set
+# here, for every command of the binary: the daemon's RSS did not change measurably with it (README,
+# Memory). tests/unit/control_v8_flags_test.ts checks it equals the launcher's.
+v8_flags=--max-semi-space-size=1
 mkdir -p dist
 failed=0
 for t in $targets; do
   out="$root/dist/netmanager-$t"
   echo "compile: $t → $out (version $version)" >&2
   log=$(mktemp)
-  if (cd "$build" && "$deno" compile --frozen -A --target "$t" --include config -o "$out" main.ts) >"$log" 2>&1; then
+  if (cd "$build" && "$deno" compile --frozen -A --v8-flags="$v8_flags" --target "$t" --include config -o "$out" main.ts) >"$log" 2>&1; then
     # A binary for this machine's architecture must actually run (a DENORT_BIN that is the deno CLI
     # instead of the denort runtime produces one that does not).
     if [ "$t" = "$(uname -m)-unknown-linux-gnu" ] && ! "$out" version >/dev/null 2>&1; then

@@ -194,6 +194,14 @@ export class EtcdStore implements ControlStore {
     { on: boolean; waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> }
   >();
   #leaseWriting = false;
+  /** Lease keys of the transaction in flight. */
+  readonly #leaseSending = new Set<string>();
+  /**
+   * Revision of this replica's last write of a lease key, until the watch has passed it: an older
+   * event of that key (the echo of a put the node took back since, arriving after the take-back)
+   * must not undo what this replica shows.
+   */
+  readonly #leaseWritten = new Map<string, number>();
   #leaseTimer: ReturnType<typeof setTimeout> | undefined;
   /** Node credentials (shared by every replica), from the watch. */
   readonly #credentials = new Map<string, CredentialRecord>();
@@ -437,16 +445,22 @@ export class EtcdStore implements ControlStore {
     const started = Date.now();
     const batch = [...this.#leaseOps].slice(0, TXN_LIMIT);
     try {
-      for (const [key] of batch) this.#leaseOps.delete(key);
+      for (const [key] of batch) {
+        this.#leaseOps.delete(key);
+        this.#leaseSending.add(key);
+      }
       const value = JSON.stringify({ replica: this.replicaId });
-      await this.#etcd.txn(
+      const { revision } = await this.#etcd.txn(
         [],
         batch.map(([key, q]): Op => q.on ? { put: { key, value, lease: this.#lease! } } : { del: { key } }),
       );
+      if (revision > this.#appliedRev) { for (const [key] of batch) this.#leaseWritten.set(key, revision); }
       for (const [, q] of batch) for (const w of q.waiters) w.resolve();
     } catch (e) {
       for (const [, q] of batch) for (const w of q.waiters) w.reject(e);
     } finally {
+      for (const [key] of batch) this.#leaseSending.delete(key);
+      if (this.#leaseWritten.size > 4096) this.#pruneLeaseWritten();
       this.#leaseWriting = false;
       if (this.#leaseOps.size && !this.#closed) {
         // A full transaction left more: at once; else at most one transaction per window, also
@@ -455,6 +469,25 @@ export class EtcdStore implements ControlStore {
         this.#leaseFlushIn(full ? 0 : Math.max(0, started + LEASE_WRITE_WINDOW_MS - Date.now()));
       }
     }
+  }
+
+  /** Forgets the write revisions the watch has passed (a deletion of an absent key has no event). */
+  #pruneLeaseWritten(): void {
+    for (const [key, rev] of this.#leaseWritten) if (rev <= this.#appliedRev) this.#leaseWritten.delete(key);
+  }
+
+  /**
+   * True when an `interest/` event is older than what this replica shows of that key: a write of
+   * the key is queued or in flight here (it is newer than any event the watch brings now), or the
+   * event's revision is not after this replica's last write of it (the race seen once in the
+   * control tests: a node's put echoed back after it took the interest back showed it again).
+   */
+  #staleLeaseEvent(key: string, modRevision: number): boolean {
+    if (this.#leaseOps.has(key) || this.#leaseSending.has(key)) return true;
+    const written = this.#leaseWritten.get(key);
+    if (written === undefined) return false;
+    if (modRevision >= written) this.#leaseWritten.delete(key); // the watch is past it now
+    return modRevision <= written;
   }
 
   async #renew(): Promise<void> {
@@ -541,6 +574,7 @@ export class EtcdStore implements ControlStore {
       } else if (e.key.startsWith(`${this.#prefix}credentials/`)) {
         this.#noteCredential(e.key, e.value);
       } else if (e.key.startsWith(interestPrefix)) {
+        if (this.#staleLeaseEvent(e.key, e.modRevision)) continue;
         const job = this.#noteInterest(e.key, e.value !== undefined);
         if (job) interested.add(job);
       } else if (e.key.startsWith(noticePrefix) && e.value !== undefined) {

@@ -69,6 +69,7 @@ import {
   COOKIE_USE_MS,
   CookieJar,
   cookieReceiver,
+  type CookieSecrets,
   INIT_BODY_LEN,
   INIT_WIRE_LEN,
   isCookieReply,
@@ -165,6 +166,8 @@ export interface HandshakerOptions {
    * show what the flood does then).
    */
   cookies?: boolean;
+  /** Cookie secrets shared with other handshakers of the node (see {@link Handshaker.setCookieSecrets}). */
+  cookieSecrets?: CookieSecrets;
 }
 
 function refill(b: Bucket, now: number, rate: number, cap: number): void {
@@ -208,6 +211,12 @@ export class Handshaker {
     this.#now = o.now ?? Date.now;
     this.#cookiesOn = o.cookies ?? true;
     this.#caKeys = o.trust.caPublicKeys.map(keysForCa);
+    if (o.cookieSecrets) this.#jar.setSecrets(o.cookieSecrets);
+  }
+
+  /** Checks mac2 and makes cookies with `s` (the node's secrets, rotated by their owner). */
+  setCookieSecrets(s: CookieSecrets): void {
+    this.#jar.setSecrets(s);
   }
 
   /** The MAC keys of our first CA (the cluster's), for our INITs. */

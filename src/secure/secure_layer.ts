@@ -160,6 +160,13 @@ export class SecureLayer {
    * complete on an authenticated last part (the loop checks).
    */
   part = 0;
+  /**
+   * Takes a handshake datagram in this worker (hs_host.ts queues it): true when taken; otherwise (or
+   * unset) it goes to the main isolate.
+   */
+  handshake:
+    | ((peer: string, buf: Uint8Array, off: number, len: number, known: boolean) => boolean)
+    | undefined = undefined;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
   constructor(o: SecureLayerOptions) {
@@ -429,6 +436,8 @@ export class SecureLayer {
       tk[k]--;
       // A peer followed to another endpoint keeps its key (its session's name) for the handshake.
       const peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+      // The worker runs the node's handshakes (hs_host.ts): no hop to the main isolate.
+      if (this.handshake?.(peer, buf, off, len, known)) return Inbound.DONE;
       const at = performance.timeOrigin + performance.now();
       this.#post({ type: "secure-hs", peer, bytes: buf.slice(off, off + len), known, at });
       return Inbound.DONE;

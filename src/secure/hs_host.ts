@@ -29,7 +29,7 @@
  * @module
  */
 import { Handshaker, warmUp } from "./handshake.ts";
-import { isCookieReply } from "./cookie.ts";
+import { hasMac2, isCookieReply } from "./cookie.ts";
 import { newSendCounters, type SessionKeys } from "./keys.ts";
 import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
@@ -78,6 +78,8 @@ export class HandshakeHost {
   /** The INIT each peer's handshake that this worker answered: its phase. */
   readonly #answers = new Map<string, HsPhase>();
   #warmLeft = 0;
+  /** Handshakes asked for while warming up (peer → lane). */
+  readonly #deferred = new Map<string, number>();
   #dropsSent = "";
   /** Handshake datagrams dropped because the queue was full. */
   #queueDrops = 0;
@@ -99,6 +101,7 @@ export class HandshakeHost {
       this.#hs = undefined;
       this.#queue = [];
       this.#warmLeft = 0;
+      this.#deferred.clear();
       return;
     }
     if (this.#hs) {
@@ -116,10 +119,30 @@ export class HandshakeHost {
       ...(this.#o.now ? { now: this.#o.now } : {}),
     });
     // The first handshake should not pay for cold crypto paths (tens of ms): one round now, the
-    // others one per tick (~100 ms; a datagram arriving meanwhile waits one round, ~1 ms).
+    // others between the worker's batches ({@link warmStep}).
     if (this.#o.warm === false) return;
     warmUp(s.credential, s.trust);
     this.#warmLeft = WARM_ROUNDS - 1;
+  }
+
+  /** True while warm-up rounds are left (the worker runs {@link warmStep} between its batches meanwhile). */
+  get warming(): boolean {
+    return this.#warmLeft > 0;
+  }
+
+  /**
+   * One warm-up round (~1–2 ms); after the last, the handshakes asked for meanwhile start — on warm
+   * paths, so that a node's first handshake is as fast as its rekeys (its HS_INIT is what the time
+   * counts from; a peer's INIT is answered between rounds, not after them).
+   */
+  warmStep(): void {
+    const s = this.#setup;
+    if (this.#warmLeft <= 0 || !s) return;
+    warmUp(s.credential, s.trust);
+    if (--this.#warmLeft > 0) return;
+    const asked = [...this.#deferred];
+    this.#deferred.clear();
+    for (const [peer, lane] of asked) this.initiate(peer, lane);
   }
 
   /** Handles a message of the main isolate. */
@@ -154,6 +177,10 @@ export class HandshakeHost {
   initiate(peer: string, lane: number): void {
     const hs = this.#hs;
     if (!hs || this.#o.blocked(peer)) return;
+    if (this.#warmLeft > 0) {
+      if (this.#deferred.size < MAX_PEERS) this.#deferred.set(peer, lane);
+      return;
+    }
     const bytes = hs.initiate(peer, lane);
     if (!bytes) return;
     if (this.#started.size >= MAX_PEERS) this.#started.clear();
@@ -167,7 +194,8 @@ export class HandshakeHost {
    */
   queue(peer: string, buf: Uint8Array, off: number, len: number, known: boolean): boolean {
     if (!this.#hs) return false;
-    if (this.#queue.length >= HS_QUEUE_MAX) {
+    // Strangers' datagrams (a flood's) fill half the queue at most: the table's nodes keep the rest.
+    if (this.#queue.length >= (known || hasMac2(buf, off, len) ? HS_QUEUE_MAX : HS_QUEUE_MAX / 2)) {
       this.#queueDrops++;
       return false;
     }
@@ -230,13 +258,8 @@ export class HandshakeHost {
     });
   }
 
-  /** Timers (about every 100 ms): a warm-up round while any are left, the drop counters when they changed. */
+  /** Timers (about every 100 ms): the drop counters, when they changed. */
   tick(): void {
-    const s = this.#setup;
-    if (this.#warmLeft > 0 && s && this.#queue.length === 0) {
-      this.#warmLeft--;
-      warmUp(s.credential, s.trust);
-    }
     const drops = this.drops();
     const json = JSON.stringify(drops);
     if (json !== this.#dropsSent) {

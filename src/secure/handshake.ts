@@ -9,8 +9,8 @@
  *
  * Cost bounds for strangers: an HS_INIT costs the responder two DH and is answered at most
  * {@link INIT_BURST} times per source, refilled at {@link INIT_PER_SECOND}, and
- * {@link GLOBAL_INIT_PER_SECOND} over all sources — one budget for the table's nodes (`known`), another
- * for everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
+ * {@link GLOBAL_INIT_PER_SECOND} over the table's nodes (`known`), {@link STRANGER_INIT_PER_SECOND} over
+ * everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
  * pending states are capped ({@link MAX_PENDING}; strangers may hold {@link STRANGER_PENDING} of them)
  * and expire after {@link PENDING_MS}. Over budget, an INIT is answered with a cookie instead of DH
  * (cookie.ts): a sender that proves its address (mac2) is served from the proven budgets
@@ -85,6 +85,11 @@ export const INIT_BURST = 8;
 export const INIT_PER_SECOND = 4;
 /** HS_INITs answered per second over all peers. */
 export const GLOBAL_INIT_PER_SECOND = 200;
+/**
+ * HS_INITs a second answered with DH from sources outside the table in total (without a cookie's
+ * proof): the handshakes run in the tunnel socket's worker, whose CPU the data path shares.
+ */
+export const STRANGER_INIT_PER_SECOND = 50;
 /**
  * COOKIE replies sent per second at most (each costs hashes and an AES-GCM seal, no DH): to the
  * table's nodes' addresses, and to strangers' (fewer: spoofed strangers' addresses rarely answer ARP,
@@ -188,7 +193,7 @@ export class Handshaker {
   /** Last HS_INIT we sent per peer (ms). */
   readonly #initiated = new Map<string, number>();
   readonly #buckets = new Map<string, Bucket>();
-  readonly #global: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
+  readonly #global: Bucket = { tokens: STRANGER_INIT_PER_SECOND, atMs: 0 };
   /** The table's nodes' own global budget (strangers cannot drain it). */
   readonly #globalKnown: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
   readonly #hdr = new HandshakeHeader();
@@ -336,7 +341,8 @@ export class Handshaker {
 
   #takeToken(peer: string, now: number, known: boolean): boolean {
     const global = known ? this.#globalKnown : this.#global;
-    refill(global, now, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
+    const rate = known ? GLOBAL_INIT_PER_SECOND : STRANGER_INIT_PER_SECOND;
+    refill(global, now, rate, rate);
     let b = this.#buckets.get(peer);
     if (!b) {
       if (this.#buckets.size >= 4096) this.#buckets.clear(); // peers only: bounded by the table anyway

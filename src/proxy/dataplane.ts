@@ -372,6 +372,7 @@ export class DataPlane {
         case "secure-hs-done":
         case "secure-hs-refused":
         case "secure-hs-drops":
+        case "secure-hs-ready":
         case "secure-want":
         case "secure-rekey":
         case "secure-moved":

@@ -141,8 +141,8 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
     else behindSince = 0;
     const behind = behindSince > 0 && t - behindSince < BEHIND_MAX_MS;
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
-    // (Warm-up rounds of the handshakes run between batches: no sleep meanwhile.)
-    const r = poller.wait(spinning || hs?.warming ? 0 : behind ? 1 : IDLE_POLL_MS);
+    // (Queued handshake datagrams and warm-up rounds run between batches: no sleep meanwhile.)
+    const r = poller.wait(spinning || hs?.busy ? 0 : behind ? 1 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
     // end of the path may be waiting for exactly this CPU), then looks again.
     if (spinning && r === 0) libc.sched_yield();
@@ -177,7 +177,10 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
       hsTickAt = now;
       hs.tick();
     }
-    if (hs?.warming) hs.warmStep();
+    if (hs?.busy) {
+      hs.drain(); // (what one drain after the batch left)
+      if (hs.warming) hs.warmStep();
+    }
     if (woken || Atomics.load(posted, 0) > handled || now - lastYield > YIELD_EVERY_MS) {
       await yieldNow(posted);
       lastYield = performance.now();

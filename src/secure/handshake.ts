@@ -70,6 +70,7 @@ import {
   CookieJar,
   cookieReceiver,
   type CookieSecrets,
+  hasMac2,
   INIT_BODY_LEN,
   INIT_WIRE_LEN,
   isCookieReply,
@@ -426,7 +427,8 @@ export class Handshaker {
       if (!this.#takeToken(peer, now, known)) {
         // Under load: only senders that prove their address (our cookie's mac2) get DH work.
         if (!this.#cookiesOn) return this.#drop("hs_rate_limited");
-        if (this.#jar.checkMac2(buf, off, peer, now)) {
+        // (A flood's INITs carry no mac2: no hash spent on checking zeros.)
+        if (hasMac2(buf, off, INIT_WIRE_LEN) && this.#jar.checkMac2(buf, off, peer, now)) {
           if (!this.#takeProven(peer, now)) return this.#drop("hs_rate_limited");
           proven = true;
         } else {

@@ -36,6 +36,8 @@ import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 
 /** Handshake datagrams queued in one receive batch at most (the layer's budget bounds them per second). */
 export const HS_QUEUE_MAX = 256;
+/** Handshake datagrams handled per {@link HandshakeHost.drain} at most (~0.1–1 ms each). */
+export const DRAIN_MAX = 16;
 /** Warm-up handshakes when a credential loads: V8 optimizes the crypto paths after several runs. */
 const WARM_ROUNDS = 20;
 const MAX_PEERS = 4096;
@@ -143,6 +145,7 @@ export class HandshakeHost {
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
+    this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
   }
 
   /** Handles a message of the main isolate. */
@@ -203,12 +206,21 @@ export class HandshakeHost {
     return true;
   }
 
-  /** Handles the queued handshake datagrams (after the bind's receive batch). */
+  /**
+   * Handles queued handshake datagrams (after the bind's receive batch): {@link DRAIN_MAX} at most, so
+   * that a flood's share of the worker comes in slices between its packet batches.
+   */
   drain(): void {
-    if (this.#queue.length === 0) return;
     const q = this.#queue;
-    this.#queue = [];
-    for (const d of q) this.#handle(d);
+    if (q.length === 0) return;
+    const n = Math.min(q.length, DRAIN_MAX);
+    for (let i = 0; i < n; i++) this.#handle(q[i]);
+    this.#queue = n === q.length ? [] : q.slice(n);
+  }
+
+  /** True while handshake work is waiting (queued datagrams, warm-up rounds): the worker must not sleep. */
+  get busy(): boolean {
+    return this.#queue.length > 0 || this.#warmLeft > 0;
   }
 
   #handle(d: Queued): void {

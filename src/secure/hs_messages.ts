@@ -63,5 +63,7 @@ export type HsUp =
   }
   /** A peer's certificate was refused (foreign CA, expired, revoked, not its key). */
   | { type: "secure-hs-refused"; peer: string; reason: string }
+  /** The worker's handshake paths are warm: handshakes asked for before (lost while it started) can go now. */
+  | { type: "secure-hs-ready"; lane: number }
   /** The worker's handshake drop counters (cumulative), when they changed. */
   | { type: "secure-hs-drops"; lane: number; drops: Record<string, number> };

@@ -256,6 +256,13 @@ export class SecureDriver {
       case "secure-moved":
         this.#follow(m.peer, m.endpoint);
         return;
+      case "secure-hs-ready":
+        // Worker 0 runs handshakes now: ask again for those posted before it was there (no backoff).
+        if (m.lane === 0 && this.#setup) {
+          this.#attempts.clear();
+          this.tick();
+        }
+        return;
     }
     if (!this.#setup) return;
     switch (m.type) {

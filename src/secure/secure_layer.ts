@@ -76,6 +76,8 @@ export interface SecureLayerOptions {
 const WANT_EVERY_MS = 1000;
 /** Handshake datagrams one worker forwards per second at most (strangers' floods stop here). */
 const HS_FORWARD_PER_SECOND = 500;
+/** Of them, from strangers (not a table node, no cookie's mac2): their handshakes run in this worker (hs_host.ts). */
+const HS_STRANGER_PER_SECOND = 100;
 
 /** Drop reasons counted here (beside the key ring's). */
 const DROP_NAMES = [
@@ -149,7 +151,7 @@ export class SecureLayer {
    */
   readonly blocked: Set<string> = new Set();
   /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a cookie's mac2. */
-  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
+  readonly #hsTokens = [HS_STRANGER_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
   /** Sealing: the next JUMBO chunk index of the message being sealed in parts (-1: none). */
   #partNext = -1;
@@ -420,7 +422,10 @@ export class SecureLayer {
       const tk = this.#hsTokens;
       if (nowMs > this.#hsAt) {
         const add = ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND;
-        tk[0] = Math.min(HS_FORWARD_PER_SECOND, tk[0] + add);
+        tk[0] = Math.min(
+          HS_STRANGER_PER_SECOND,
+          tk[0] + add / (HS_FORWARD_PER_SECOND / HS_STRANGER_PER_SECOND),
+        );
         tk[1] = Math.min(HS_FORWARD_PER_SECOND, tk[1] + add);
         tk[2] = Math.min(HS_FORWARD_PER_SECOND, tk[2] + add);
         this.#hsAt = nowMs;

@@ -1,8 +1,8 @@
 /**
  * The secure tunnel as a layer on one worker's tunnel bind (bind.ts) and packet loop (loop.ts).
  *
- * Design (issue 11): one handshake per peer, run by the main isolate (handshake.ts); its keys are
- * installed in every worker's {@link KeyRing} by message. Each worker seals with its own counter space
+ * Design (issue 11): one handshake per peer, run in the tunnel socket's worker (hs_host.ts); its keys are
+ * installed there at once and in the other workers' {@link KeyRing} by message. Each worker seals with its own counter space
  * (the counter's top byte is its lane), so workers never repeat a nonce and need no shared state; a
  * receiver keeps a replay window per (session, sending lane) in whichever worker the cleartext lane
  * key in the SECURE header steers the datagram to (the reuseport program reads it, lanes.ts).
@@ -15,7 +15,7 @@
  *   handshake is asked for).
  * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
  *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
- *   arrived plain; handshake datagrams go to the main isolate; in `require` plain data (raw, FAST,
+ *   arrived plain; handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
  *   JUMBO) is dropped before the engine sees it; HELLO/PROBE stay plain (capabilities and RTT; they
  *   deliver nothing to instances).
  *

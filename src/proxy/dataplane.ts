@@ -20,7 +20,7 @@
  * ```
  */
 import { openTun, type TunDevice } from "../../ffi/tun.ts";
-import { openUdp, SendBatch, type UdpSocket } from "../../ffi/udp.ts";
+import { openUdp, type UdpSocket } from "../../ffi/udp.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
 import { attachReuseportCbpf, loadSocketFilter, setTunSteering } from "../../ffi/bpf.ts";
@@ -181,36 +181,15 @@ export class DataPlane {
   readonly #secure = new SecureDriver({
     broadcast: (m) => this.#broadcast(m),
     toLane0: (m) => this.#post(this.#lanes[0], m),
-    sendNow: (m) => this.#sendHandshake(m),
+    toOthers: (m) => {
+      for (const l of this.#lanes) if (l.index !== 0) this.#post(l, m);
+    },
     knownPeers: () => {
       const self = nodeKey(this.#selfIp, this.#opts.engine.selfPort);
       return this.table.nodes().filter((k) => k !== self);
     },
   });
   #selfIp = "";
-  #hsBatch: SendBatch | undefined;
-
-  /**
-   * Sends a handshake datagram from this isolate through lane 0's socket, sparing the hop through its
-   * Worker (a message that can wait for the Worker's next turn); false when it could not (then the
-   * Worker sends it).
-   */
-  #sendHandshake(m: Extract<ToWorker, { type: "secure-send" }>): boolean {
-    const b = this.#hsBatch ??= new SendBatch(1, 2048);
-    if (m.bytes.length > b.slotSize) return false;
-    b.bufs[0].set(m.bytes);
-    b.offsets[0] = 0;
-    b.sizes[0] = m.bytes.length;
-    b.segSizes[0] = 0;
-    if (m.family === 4) b.setDst4(0, m.addr4, m.port);
-    else b.setDst6(0, m.addr6!, 0, m.port);
-    try {
-      return this.udp.sendBatch(b, 1) === 1;
-    } catch {
-      return false;
-    }
-  }
-
   private constructor(table: TranslationTable, lanes: Lane[], steerFd: number, opts: DataPlaneOptions) {
     this.table = table;
     // The table moved to new shared buffers (grew, cleared): every Worker reads from those now.
@@ -390,7 +369,10 @@ export class DataPlane {
         case "stopped":
           l.stopped.resolve();
           break;
-        case "secure-hs":
+        case "secure-hs-done":
+        case "secure-hs-refused":
+        case "secure-hs-drops":
+        case "secure-hs-ready":
         case "secure-want":
         case "secure-rekey":
         case "secure-moved":

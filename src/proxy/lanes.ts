@@ -27,7 +27,7 @@
  *   each worker puts its index: a reply returns to the worker that asked, and a peer's worker k talks
  *   to our worker k — with equal worker counts the one that carries the same flows (so a JUMBO
  *   refusal reaches the worker sending them). SECURE data (0x19) goes by the lane key its header
- *   carries in clear; handshakes (0x16..0x18) to worker 0, which hands them to the main isolate.
+ *   carries in clear; handshakes (0x16..0x18) to worker 0, which runs them (hs_host.ts).
  *
  * @example
  * ```ts

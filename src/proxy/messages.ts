@@ -12,6 +12,7 @@ import type { PeerStats } from "./peers.ts";
 import type { ServiceTraffic } from "./service_counters.ts";
 import type { SessionKeys } from "../secure/keys.ts";
 import type { SecureMode, SecureUp } from "../secure/secure_layer.ts";
+import type { HsDown, HsSetup, HsUp } from "../secure/hs_messages.ts";
 
 /** The secure tunnel's state a (re)started Worker begins with. */
 export interface SecureInit {
@@ -22,6 +23,8 @@ export interface SecureInit {
   sendOnly?: boolean;
   /** Peers followed to another endpoint (peer key → endpoint key; see `secure-moved`). */
   moved?: [string, string][];
+  /** The node's handshakes run in the worker (absent: none yet, no certificate). */
+  hs?: HsSetup;
 }
 
 /** Counters as sent by the Worker. */
@@ -100,6 +103,8 @@ export type ToWorker =
   | { type: "secure-moved"; peer: string; endpoint: string }
   /** Send a handshake datagram (worker 0 sends the main isolate's). */
   | { type: "secure-send"; bytes: Uint8Array; family: 4 | 6; addr4: number; addr6?: Uint8Array; port: number }
+  /** The node's handshakes (hs_host.ts). */
+  | HsDown
   /** Tests (an engine owning its table in one isolate): apply a delta. */
   | { type: "delta"; delta: TableDelta }
   | { type: "resolved"; addr: string; ok: boolean }
@@ -130,6 +135,7 @@ export type FromWorker =
   | { type: "flows"; id: number; flows: FlowInfo[] }
   | { type: "stopped" }
   | SecureUp
+  | HsUp
   /** The tunnel's public endpoint as the control plane's reflector saw it (src/path/reflect_client.ts). */
   | { type: "observed"; ip: string; port: number }
   /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */

@@ -21,6 +21,8 @@ import { SecureLayer } from "../secure/secure_layer.ts";
 import { CAP_SECURE } from "./wire.ts";
 import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
 import { parseEndpoint } from "./peers.ts";
+import type { HandshakeHost } from "../secure/hs_host.ts";
+import type { HsDown } from "../secure/hs_messages.ts";
 
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
@@ -38,7 +40,16 @@ function post(m: FromWorker): void {
 }
 
 /** Set by init; the Worker handles one data plane. */
-let dp: { loop: PacketLoop; wake: EventFd; posted: Int32Array; spinMs: number; poller: EPoller } | undefined;
+let dp:
+  | {
+    loop: PacketLoop;
+    secure: SecureLayer;
+    wake: EventFd;
+    posted: Int32Array;
+    spinMs: number;
+    poller: EPoller;
+  }
+  | undefined;
 /** The main isolate's table, read in place (a layout may arrive before init completes: none do). */
 let table: SharedTableView | undefined;
 let stopping = false;
@@ -46,6 +57,52 @@ let stopping = false;
 let crash = false;
 /** Messages handled since init (compared with the main isolate's `posted` counter). */
 let handled = 0;
+
+/**
+ * The node's handshakes in this worker (hs_host.ts), loaded when the main isolate hands a setup:
+ * node:crypto stays out of the workers of a node without tunnel security.
+ */
+let hs: HandshakeHost | undefined;
+let hsLoading = false;
+/** Messages for the handshakes while hs_host.ts loads. */
+const hsPending: HsDown[] = [];
+/** Peers followed elsewhere (given at init) for the handshakes' replies. */
+let hsMoved: [string, string][] = [];
+const HS_TICK_MS = 100;
+
+function hsMessage(m: HsDown): void {
+  if (hs) return hs.onMessage(m);
+  if (hsPending.length < 256) hsPending.push(m);
+  if (hsLoading || !dp) return;
+  hsLoading = true;
+  const d = dp;
+  import("../secure/hs_host.ts").then(({ HandshakeHost }) => {
+    const { secure, loop } = d;
+    const bind = loop.bind;
+    const lane = secure.lane;
+    const host = new HandshakeHost({
+      lane,
+      warm: lane === 0, // handshake datagrams are steered to worker 0 (lanes.ts)
+      send: (endpoint, bytes) => {
+        let ep;
+        try {
+          ep = parseEndpoint(endpoint);
+        } catch {
+          return;
+        }
+        bind.sendRaw(bytes, ep.family, ep.ip4, ep.ip6, ep.port);
+        bind.flush();
+      },
+      post,
+      install: (k) => secure.install(k),
+      blocked: (p) => secure.blocked.has(p),
+    });
+    for (const [p, ep] of hsMoved) host.moved(p, ep);
+    hs = host;
+    secure.handshake = (peer, buf, off, len, known) => host.queue(peer, buf, off, len, known);
+    for (const q of hsPending.splice(0)) host.onMessage(q);
+  }).catch((e) => post({ type: "error", message: `handshakes: ${e?.stack ?? e}`, fatal: false }));
+}
 
 /**
  * Returns to the event loop so queued messages run. A MessageChannel round trip takes ~20 µs in a
@@ -76,6 +133,7 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
   const reads = new ReadPolicy();
   const c = loop.engine.counters;
   let behindSince = 0;
+  let hsTickAt = 0;
   while (!stopping) {
     if (crash) throw new Error("data-plane worker crash requested");
     // A message posted but not yet delivered (the yield above returned first): look again within
@@ -89,7 +147,8 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
     else behindSince = 0;
     const behind = behindSince > 0 && t - behindSince < BEHIND_MAX_MS;
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
-    const r = poller.wait(spinning ? 0 : behind ? 1 : IDLE_POLL_MS);
+    // (Queued handshake datagrams and warm-up rounds run between batches: no sleep meanwhile.)
+    const r = poller.wait(spinning || hs?.busy ? 0 : behind ? 1 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
     // end of the path may be waiting for exactly this CPU), then looks again.
     if (spinning && r === 0) libc.sched_yield();
@@ -105,6 +164,7 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
       }
       if (poller.readable(1)) {
         loop.drainBind(now);
+        hs?.drain(); // handshake datagrams of that batch, answered at once
         busy = true;
       }
       if (poller.readable(2)) {
@@ -119,6 +179,14 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
       spin.idle(now - t);
     }
     loop.tick(now);
+    if (hs !== undefined && now - hsTickAt >= HS_TICK_MS) {
+      hsTickAt = now;
+      hs.tick();
+    }
+    if (hs?.busy) {
+      hs.drain(); // (what one drain after the batch left)
+      if (hs.warming) hs.warmStep();
+    }
     if (woken || Atomics.load(posted, 0) > handled || now - lastYield > YIELD_EVERY_MS) {
       await yieldNow(posted);
       lastYield = performance.now();
@@ -173,6 +241,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         const wake = new EventFd(m.wakeFd);
         const d = {
           loop,
+          secure,
           wake,
           posted: new Int32Array(m.posted),
           spinMs: m.busyPollUs / 1000,
@@ -180,6 +249,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           poller: new EPoller([tun.fd, bind.fd, wake.fd]),
         };
         dp = d;
+        hsMoved = m.secure?.moved ?? [];
+        if (m.secure?.hs) hsMessage({ type: "secure-hs-setup", setup: m.secure.hs });
         post({ type: "ready" });
         run(d).catch((e) => {
           d.poller.close(); // an fd of the process, and a crashed worker is restarted
@@ -196,7 +267,14 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
       case "layout":
         table?.attach(m.layout);
         break;
+      case "secure-hs-setup":
+      case "secure-hs-cookie":
+      case "secure-initiate":
+      case "secure-hs-forget":
+        hsMessage(m);
+        break;
       default:
+        if (m.type === "secure-moved") hs?.moved(m.peer, m.endpoint);
         if (dp) dp.loop.handle(m);
         else if (m.type === "flows") post({ type: "flows", id: m.id, flows: [] }); // before init: none
     }

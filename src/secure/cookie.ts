@@ -113,14 +113,39 @@ export function isCookieReply(buf: Uint8Array, off: number, len: number): boolea
   return len >= 2 && buf[off] === MSG_HS_RESP && buf[off + 1] === COOKIE_VERSION;
 }
 
+/**
+ * Cookie secrets handed to a {@link CookieJar} from outside: every data-plane worker checks mac2 with
+ * the same secrets (the main isolate rotates them and posts them to all), so a cookie one worker gave
+ * is good in any other.
+ */
+export interface CookieSecrets {
+  current: Uint8Array;
+  /** The one before (cookies given under it stay good until the next rotation). */
+  previous?: Uint8Array;
+}
+
+/** A fresh random cookie secret (32 bytes). */
+export function newCookieSecret(): Uint8Array {
+  return crypto.randomBytes(32);
+}
+
 /** The responder's side: its rotating secret, cookies and mac2 checks (see the module). */
 export class CookieJar {
-  #secret = crypto.randomBytes(32);
+  #secret: Uint8Array = crypto.randomBytes(32);
   #previous: Uint8Array | undefined;
   #atMs = -Infinity;
+  /** Secrets set from outside ({@link setSecrets}): their owner rotates them, not this jar. */
+  #external = false;
+
+  /** Uses `s` from now on (and stops rotating on its own). */
+  setSecrets(s: CookieSecrets): void {
+    this.#secret = s.current;
+    this.#previous = s.previous;
+    this.#external = true;
+  }
 
   #rotate(nowMs: number): void {
-    if (nowMs - this.#atMs < COOKIE_SECRET_MS) return;
+    if (this.#external || nowMs - this.#atMs < COOKIE_SECRET_MS) return;
     // A long gap: both secrets are stale.
     this.#previous = nowMs - this.#atMs < 2 * COOKIE_SECRET_MS ? this.#secret : undefined;
     this.#secret = crypto.randomBytes(32);

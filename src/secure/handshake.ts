@@ -9,8 +9,8 @@
  *
  * Cost bounds for strangers: an HS_INIT costs the responder two DH and is answered at most
  * {@link INIT_BURST} times per source, refilled at {@link INIT_PER_SECOND}, and
- * {@link GLOBAL_INIT_PER_SECOND} over all sources — one budget for the table's nodes (`known`), another
- * for everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
+ * {@link GLOBAL_INIT_PER_SECOND} over the table's nodes (`known`), {@link STRANGER_INIT_PER_SECOND} over
+ * everyone else, so a flood from many spoofed strangers does not starve the nodes' handshakes;
  * pending states are capped ({@link MAX_PENDING}; strangers may hold {@link STRANGER_PENDING} of them)
  * and expire after {@link PENDING_MS}. Over budget, an INIT is answered with a cookie instead of DH
  * (cookie.ts): a sender that proves its address (mac2) is served from the proven budgets
@@ -69,6 +69,8 @@ import {
   COOKIE_USE_MS,
   CookieJar,
   cookieReceiver,
+  type CookieSecrets,
+  hasMac2,
   INIT_BODY_LEN,
   INIT_WIRE_LEN,
   isCookieReply,
@@ -84,6 +86,11 @@ export const INIT_BURST = 8;
 export const INIT_PER_SECOND = 4;
 /** HS_INITs answered per second over all peers. */
 export const GLOBAL_INIT_PER_SECOND = 200;
+/**
+ * HS_INITs a second answered with DH from sources outside the table in total (without a cookie's
+ * proof): the handshakes run in the tunnel socket's worker, whose CPU the data path shares.
+ */
+export const STRANGER_INIT_PER_SECOND = 50;
 /**
  * COOKIE replies sent per second at most (each costs hashes and an AES-GCM seal, no DH): to the
  * table's nodes' addresses, and to strangers' (fewer: spoofed strangers' addresses rarely answer ARP,
@@ -165,6 +172,8 @@ export interface HandshakerOptions {
    * show what the flood does then).
    */
   cookies?: boolean;
+  /** Cookie secrets shared with other handshakers of the node (see {@link Handshaker.setCookieSecrets}). */
+  cookieSecrets?: CookieSecrets;
 }
 
 function refill(b: Bucket, now: number, rate: number, cap: number): void {
@@ -185,7 +194,7 @@ export class Handshaker {
   /** Last HS_INIT we sent per peer (ms). */
   readonly #initiated = new Map<string, number>();
   readonly #buckets = new Map<string, Bucket>();
-  readonly #global: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
+  readonly #global: Bucket = { tokens: STRANGER_INIT_PER_SECOND, atMs: 0 };
   /** The table's nodes' own global budget (strangers cannot drain it). */
   readonly #globalKnown: Bucket = { tokens: GLOBAL_INIT_PER_SECOND, atMs: 0 };
   readonly #hdr = new HandshakeHeader();
@@ -208,6 +217,12 @@ export class Handshaker {
     this.#now = o.now ?? Date.now;
     this.#cookiesOn = o.cookies ?? true;
     this.#caKeys = o.trust.caPublicKeys.map(keysForCa);
+    if (o.cookieSecrets) this.#jar.setSecrets(o.cookieSecrets);
+  }
+
+  /** Checks mac2 and makes cookies with `s` (the node's secrets, rotated by their owner). */
+  setCookieSecrets(s: CookieSecrets): void {
+    this.#jar.setSecrets(s);
   }
 
   /** The MAC keys of our first CA (the cluster's), for our INITs. */
@@ -327,7 +342,8 @@ export class Handshaker {
 
   #takeToken(peer: string, now: number, known: boolean): boolean {
     const global = known ? this.#globalKnown : this.#global;
-    refill(global, now, GLOBAL_INIT_PER_SECOND, GLOBAL_INIT_PER_SECOND);
+    const rate = known ? GLOBAL_INIT_PER_SECOND : STRANGER_INIT_PER_SECOND;
+    refill(global, now, rate, rate);
     let b = this.#buckets.get(peer);
     if (!b) {
       if (this.#buckets.size >= 4096) this.#buckets.clear(); // peers only: bounded by the table anyway
@@ -411,7 +427,8 @@ export class Handshaker {
       if (!this.#takeToken(peer, now, known)) {
         // Under load: only senders that prove their address (our cookie's mac2) get DH work.
         if (!this.#cookiesOn) return this.#drop("hs_rate_limited");
-        if (this.#jar.checkMac2(buf, off, peer, now)) {
+        // (A flood's INITs carry no mac2: no hash spent on checking zeros.)
+        if (hasMac2(buf, off, INIT_WIRE_LEN) && this.#jar.checkMac2(buf, off, peer, now)) {
           if (!this.#takeProven(peer, now)) return this.#drop("hs_rate_limited");
           proven = true;
         } else {

@@ -99,9 +99,21 @@ function cat(...parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/**
+ * Parsed private keys by their bytes' array: the node's static key and a handshake's ephemeral one are
+ * used in several DHs (parsing the DER each time cost ~30–70 µs of a handshake's ~1 ms). Weak: an
+ * entry lives as long as the key's array.
+ */
+const parsed = new WeakMap<Uint8Array, crypto.KeyObject>();
+
 function privateKeyObject(priv: Uint8Array): crypto.KeyObject {
   if (priv.length !== DHLEN) throw new NoiseError(`X25519 private key must be ${DHLEN} bytes`);
-  return crypto.createPrivateKey({ key: Buffer.from(cat(PKCS8_X25519, priv)), format: "der", type: "pkcs8" });
+  let k = parsed.get(priv);
+  if (k === undefined) {
+    k = crypto.createPrivateKey({ key: Buffer.from(cat(PKCS8_X25519, priv)), format: "der", type: "pkcs8" });
+    parsed.set(priv, k);
+  }
+  return k;
 }
 
 /** The X25519 public key of the raw private key `priv` (32 bytes). */

@@ -1,8 +1,11 @@
 /**
- * The secure tunnel in the main isolate: owns the node's {@link Handshaker}, answers the workers'
- * requests (a handshake datagram received, a peer that needs a session, a rekey) and hands every new
- * session's keys to all workers; sends its handshake datagrams through worker 0's socket. One
- * handshake per peer, whatever the number of workers (see secure_layer.ts for the worker side).
+ * The secure tunnel in the main isolate: the scheduler and the record of the node's handshakes, which
+ * run in the data-plane worker that owns the tunnel socket (hs_host.ts; handshake datagrams are
+ * steered to it, lanes.ts). It hands that worker — every worker, in fact — what a handshake needs
+ * (the node's credential, the trust snapshot, the cookie secrets it rotates: {@link HsSetup}), asks
+ * for handshakes (a worker needs a session, rekeys due, the table's nodes, a restarted worker), and
+ * learns each result asynchronously (`secure-hs-done`: peer, certificate, timing) to hand the keys to
+ * the other workers and show them in status. One handshake per peer, whatever the number of workers.
  *
  * - Peers that never answer (Oakestra's Go nodes, netmanager nodes with `TunnelSecurity: off`) are
  *   asked again with a backoff (1 s doubling to 60 s); in `prefer` they stay raw meanwhile.
@@ -21,28 +24,22 @@
  * ```
  * @module
  */
-import { Handshaker, warmUp } from "./handshake.ts";
-import { newSendCounters, type SessionKeys } from "./keys.ts";
+import type { SessionKeys } from "./keys.ts";
 import { type SecureMode, secureModeOf, type SecureUp } from "./secure_layer.ts";
 import type { SecuritySettings } from "./node_security.ts";
 import type { SecureInit, ToWorker } from "../proxy/messages.ts";
-import { parseEndpoint } from "../proxy/peers.ts";
-import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
-import { isCookieReply } from "./cookie.ts";
+import { COOKIE_SECRET_MS, type CookieSecrets, newCookieSecret } from "./cookie.ts";
+import type { HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
+import { type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
 import { logger } from "../log.ts";
 
 const log = logger("secure");
 
-/** Warm-up handshakes run when a credential loads (see {@link SecureDriver.set}). */
-const WARM_ROUNDS = 20;
 /** How long a peer whose certificate was refused stays blocked before it may try again. */
 export const BLOCK_MS = 30_000;
 const BACKOFF_MAX_MS = 60_000;
 
-interface Phase {
-  hopMs: number;
-  cpuMs: number;
-}
+type Phase = HsPhase;
 
 function phasesView(p: { resp?: Phase; answer?: Phase }): NonNullable<SecurePeerView["handshakePhases"]> {
   const r = (x: number) => Math.round(x * 100) / 100;
@@ -52,6 +49,19 @@ function phasesView(p: { resp?: Phase; answer?: Phase }): NonNullable<SecurePeer
   if (p.answer && Number.isFinite(p.answer.hopMs)) out.answerHopMs = r(p.answer.hopMs);
   if (p.answer) out.answerCpuMs = r(p.answer.cpuMs);
   return out;
+}
+
+/** A peer's completed handshakes as the worker reported them. */
+interface PeerRecord {
+  cert: VerifiedCert;
+  /** Wall-clock ms of the last completed handshake. */
+  lastHandshakeMs: number;
+  /** Handshakes completed after the first. */
+  rekeys: number;
+  /** Whether this node initiated the current session. */
+  initiator: boolean;
+  /** The current session's creation (-Infinity: a worker asked for a rekey). */
+  createdMs: number;
 }
 
 /** Per-peer view for status. */
@@ -68,10 +78,10 @@ export interface SecurePeerView {
   /** Data-plane drops with this peer by reason (replayed, forged, plain data from it while secure). */
   drops?: Record<string, number>;
   /**
-   * Where the last handshakes' time went on this node (ms): `hopMs`/`cpuMs` of the HS_RESP of the
-   * last one it initiated (the hop from the worker to the main isolate, the crypto and FINAL's send),
-   * `answerHopMs`/`answerCpuMs` of the last HS_INIT it answered. `handshakeMs` minus these is the
-   * wire and the peer.
+   * Where the last handshakes' time went on this node, in the worker that runs them (ms): `hopMs`/`cpuMs`
+   * of the HS_RESP of the last one it initiated (received → handled, and the crypto with the keys'
+   * install and FINAL's send), `answerHopMs`/`answerCpuMs` of the last HS_INIT it answered.
+   * `handshakeMs` minus these is the wire and the peer.
    */
   handshakePhases?: { hopMs?: number; cpuMs?: number; answerHopMs?: number; answerCpuMs?: number };
   /** Where it is reached now, when its session followed it away from `endpoint` (roaming, NAT rebinding). */
@@ -84,13 +94,10 @@ export interface SecurePeerView {
 export interface SecureDriverOptions {
   /** Posts to every worker. */
   broadcast: (m: ToWorker) => void;
-  /** Posts to worker 0 (it sends the handshake datagrams when {@link sendNow} cannot). */
+  /** Posts to worker 0 (the tunnel socket's worker: handshake datagrams are steered to it). */
   toLane0: (m: ToWorker) => void;
-  /**
-   * Sends a handshake datagram at once from this isolate (the tunnel socket); false: it could not.
-   * Spares a message hop per handshake datagram (the handshake's latency).
-   */
-  sendNow?: (m: Extract<ToWorker, { type: "secure-send" }>) => boolean;
+  /** Posts to every worker but worker 0 (keys worker 0 installed itself); default: {@link broadcast}. */
+  toOthers?: (m: ToWorker) => void;
   /** Rekey interval (ms); default 120 s (netcfg `TunnelRekeySeconds`, see {@link SecureDriver.rekeyMs}). */
   rekeyMs?: number;
   /**
@@ -106,26 +113,29 @@ export class SecureDriver {
   /** What the workers run: `prefer` without a certificate is off there (nothing can be sealed). */
   #workerMode: SecureMode = 0;
   #modeName: SecuritySettings["mode"] = "off";
-  #hs: Handshaker | undefined;
+  /** What the workers run handshakes with (undefined: none). */
+  #setup: HsSetup | undefined;
+  #trust: TrustStore | undefined;
   readonly #o: SecureDriverOptions;
   /**
    * Rekey interval (ms) of the sessions set up from the next {@link set} on; the environment's
    * `NETMANAGER_REKEY_SECONDS`, when set, overrides it (tests).
    */
   rekeyMs: number;
+  #effectiveRekeyMs = 120_000;
   readonly #attempts = new Map<string, { n: number; nextAt: number }>();
   readonly #blocked = new Map<string, { until: number; reason: string }>();
   readonly #keys = new Map<string, SessionKeys[]>();
-  /** When this node sent the first HS_INIT of a handshake still open with the peer (performance.now()). */
-  readonly #hsStarted = new Map<string, number>();
+  readonly #peers = new Map<string, PeerRecord>();
   /** Duration of the last handshake this node initiated per peer (ms). */
   readonly #hsMs = new Map<string, number>();
-  /** The last HS_RESP handled: its hop from the worker, and the time handling it (ms). */
-  #lastHs: Phase = { hopMs: NaN, cpuMs: NaN };
   /** Per peer: the phases of the last handshake this node initiated (`resp`) and answered (`answer`). */
   readonly #phases = new Map<string, { resp?: Phase; answer?: Phase }>();
+  /** Each worker's handshake drops (cumulative, by lane). */
+  readonly #hsDrops = new Map<number, Record<string, number>>();
+  #cookie: CookieSecrets = { current: newCookieSecret() };
+  #cookieAt = Date.now();
   #timer: ReturnType<typeof setInterval> | undefined;
-  #warmTimer: ReturnType<typeof setTimeout> | undefined;
   #warnedNoCredential = false;
   /** Peers followed to another endpoint (peer key → endpoint key): handshakes go there too. */
   readonly #moved = new Map<string, string>();
@@ -148,12 +158,16 @@ export class SecureDriver {
     const workerMode = !s.credential && mode === 1 ? 0 : mode;
     const modeChanged = workerMode !== this.#workerMode;
     this.#workerMode = workerMode;
+    const hadSetup = this.#setup !== undefined;
     if (mode === 0) {
-      this.#hs = undefined;
+      this.#setup = undefined;
+      this.#trust = undefined;
       this.#keys.clear();
+      this.#peers.clear();
       this.#blocked.clear();
       if (this.#timer !== undefined) clearInterval(this.#timer);
       this.#timer = undefined;
+      if (hadSetup) this.#o.broadcast({ type: "secure-hs-setup", setup: undefined });
       if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
       return;
     }
@@ -166,44 +180,48 @@ export class SecureDriver {
         });
         this.#warnedNoCredential = true;
       }
-      this.#hs = undefined;
-    } else if (this.#hs) {
-      const cut = this.#hs.setTrust(s.trust, s.credential);
-      if (cut.length > 0) {
-        log.warn("peers' certificates revoked: their sessions are closed", { peers: cut });
-        for (const p of cut) {
-          this.#keys.delete(p);
-          this.#blocked.set(p, { until: Date.now() + BLOCK_MS, reason: "revoked" });
-        }
-        this.#o.broadcast({ type: "secure-remove", peers: cut, forget: false });
-        this.#o.broadcast({ type: "secure-block", peers: cut, blocked: true });
-      }
+      this.#setup = undefined;
+      if (hadSetup) this.#o.broadcast({ type: "secure-hs-setup", setup: undefined });
     } else {
-      const env = Number(Deno.env.get("NETMANAGER_REKEY_SECONDS"));
-      const rekeyMs = env > 0 ? env * 1000 : this.rekeyMs;
-      // NETMANAGER_HS_COOKIES=off (tests: what a flood does without them) answers no cookies.
-      const cookies = Deno.env.get("NETMANAGER_HS_COOKIES") !== "off";
-      this.#hs = new Handshaker({ credential: s.credential, trust: s.trust, rekeyMs, cookies });
-      // The first handshake with a peer should not pay for cold crypto paths (tens of ms): one round
-      // now, more in the background, a turn of the event loop each, until a handshake datagram arrives (V8
-      // optimizes after several runs: a first handshake's CPU ~5 ms after one round, ~2.5 ms after 20;
-      // scripts/bench_hs.ts).
-      log.debug("handshake paths warmed up", { ms: Math.round(warmUp(s.credential, s.trust) * 10) / 10 });
-      this.#warmMore(s, WARM_ROUNDS - 1);
-      queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
+      if (hadSetup) this.#cut(s.trust);
+      else {
+        const env = Number(Deno.env.get("NETMANAGER_REKEY_SECONDS"));
+        this.#effectiveRekeyMs = env > 0 ? env * 1000 : this.rekeyMs;
+      }
+      this.#trust = new TrustStore(s.trust);
+      this.#setup = {
+        credential: s.credential,
+        trust: s.trust,
+        rekeyMs: this.#effectiveRekeyMs,
+        // NETMANAGER_HS_COOKIES=off (tests: what a flood does without them) answers no cookies.
+        cookies: Deno.env.get("NETMANAGER_HS_COOKIES") !== "off",
+        cookieSecrets: this.#cookie,
+      };
+      this.#o.broadcast({ type: "secure-hs-setup", setup: this.#setup });
+      if (!hadSetup) queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
     }
     if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
     this.#timer ??= setInterval(() => this.tick(), 1000);
   }
 
-  #warmMore(s: SecuritySettings, left: number): void {
-    if (left <= 0 || !s.credential) return;
-    this.#warmTimer = setTimeout(() => {
-      this.#warmTimer = undefined;
-      if (!this.#hs) return; // (turned off meanwhile)
-      warmUp(s.credential!, s.trust);
-      this.#warmMore(s, left - 1);
-    }, 0);
+  /** A new trust snapshot: cuts the sessions whose certificate it revokes or that expired. */
+  #cut(trust: TrustSnapshot): void {
+    const store = new TrustStore(trust);
+    const now = Math.floor(Date.now() / 1000);
+    const cut: string[] = [];
+    for (const [peer, r] of this.#peers) {
+      if (store.isRevoked(r.cert) || now >= r.cert.notAfter) cut.push(peer);
+    }
+    if (cut.length === 0) return;
+    log.warn("peers' certificates revoked: their sessions are closed", { peers: cut });
+    for (const p of cut) {
+      this.#keys.delete(p);
+      this.#peers.delete(p);
+      this.#blocked.set(p, { until: Date.now() + BLOCK_MS, reason: "revoked" });
+    }
+    this.#o.broadcast({ type: "secure-remove", peers: cut, forget: false });
+    this.#o.broadcast({ type: "secure-block", peers: cut, blocked: true });
+    this.#o.toLane0({ type: "secure-hs-forget", peers: cut });
   }
 
   /**
@@ -212,8 +230,12 @@ export class SecureDriver {
    */
   init(restart = false): SecureInit | undefined {
     if (this.#workerMode === 0) return undefined;
-    if (restart && this.#hs) {
-      for (const peer of this.#keys.keys()) this.#initiate(peer, 0, true);
+    if (restart && this.#setup) {
+      // After the new worker's init message (a restarted worker 0 runs them).
+      const peers = [...this.#keys.keys()];
+      setTimeout(() => {
+        for (const peer of peers) this.#initiate(peer, 0, true);
+      }, 0);
     }
     return {
       mode: this.#workerMode,
@@ -221,55 +243,50 @@ export class SecureDriver {
       blocked: [...this.#blocked.keys()],
       ...(this.#moved.size > 0 ? { moved: [...this.#moved] } : {}),
       ...(restart ? { sendOnly: true } : {}),
+      ...(this.#setup ? { hs: this.#setup } : {}),
     };
   }
 
-  /** A handshake datagram arrived: no warm-up round may delay its answer (they only matter before the first). */
-  #stopWarming(): void {
-    if (this.#warmTimer !== undefined) clearTimeout(this.#warmTimer);
-    this.#warmTimer = undefined;
-  }
-
-  /** Handles a worker's message of the secure layer. */
-  onWorker(m: SecureUp): void {
-    const hs = this.#hs;
-    if (!hs) return;
-    if (m.type === "secure-hs") this.#stopWarming();
+  /** Handles a worker's message of the secure layer or of its handshakes. */
+  onWorker(m: SecureUp | HsUp): void {
     switch (m.type) {
-      case "secure-hs": {
-        if (this.#blocked.has(m.peer)) return;
-        const t = performance.timeOrigin + performance.now();
-        const out = hs.handle(m.peer, m.bytes, 0, m.bytes.length, m.known);
-        if (out.reply) this.#send(m.peer, out.reply);
-        // Where a handshake's time goes on this node: the worker → main isolate hop, and the crypto
-        // (with the reply's send) here — for the INIT it answered, and the RESP of one it initiated.
-        const ph = {
-          hopMs: m.at !== undefined ? t - m.at : NaN,
-          cpuMs: performance.timeOrigin + performance.now() - t,
-        };
-        if (m.bytes[0] === MSG_HS_INIT && out.reply && !isCookieReply(out.reply, 0, out.reply.length)) {
-          this.#phase(m.peer).answer = ph;
-        } else if (m.bytes[0] === MSG_HS_RESP) this.#lastHs = ph;
-        if (out.established) this.#established(out.established);
-        if (out.refused) this.#refuse(m.peer, out.refused);
+      case "secure-hs-drops":
+        this.#hsDrops.set(m.lane, m.drops);
+        return;
+      case "secure-moved":
+        this.#follow(m.peer, m.endpoint);
+        return;
+      case "secure-hs-ready":
+        // Worker 0 runs handshakes now: ask again for those posted before it was there (no backoff).
+        if (m.lane === 0 && this.#setup) {
+          this.#attempts.clear();
+          this.tick();
+        }
+        return;
+    }
+    if (!this.#setup) return;
+    switch (m.type) {
+      case "secure-hs-done":
+        this.#established(m);
         break;
-      }
+      case "secure-hs-refused":
+        this.#refuse(m.peer, m.reason);
+        break;
       case "secure-want":
         this.#initiate(m.peer, m.lane, false);
         break;
-      case "secure-rekey":
-        hs.wantRekey(m.peer);
+      case "secure-rekey": {
+        const r = this.#peers.get(m.peer);
+        if (r) r.createdMs = -Infinity;
         break;
-      case "secure-moved":
-        this.#follow(m.peer, m.endpoint);
-        break;
+      }
     }
   }
 
   /**
    * A worker followed `peer` to `endpoint` (a datagram authenticated under its session came from
-   * there): every worker and this isolate's handshakes send there from now on. Reports of the same
-   * move from several workers count once.
+   * there): every worker sends there from now on (handshakes too). Reports of the same move from
+   * several workers count once.
    */
   #follow(peer: string, endpoint: string): void {
     const was = this.#moved.get(peer) ?? peer;
@@ -289,68 +306,55 @@ export class SecureDriver {
   }
 
   #initiate(peer: string, lane: number, rekey: boolean): void {
-    const hs = this.#hs;
-    if (!hs || this.#blocked.has(peer)) return;
+    if (!this.#setup || this.#blocked.has(peer)) return;
     const now = Date.now();
     const a = this.#attempts.get(peer) ?? { n: 0, nextAt: 0 };
     if (!rekey && now < a.nextAt) return;
-    const bytes = hs.initiate(peer, lane);
-    if (!bytes) return;
-    if (this.#hsStarted.size > 4096) this.#hsStarted.clear();
-    this.#hsStarted.set(peer, performance.now()); // each HS_INIT starts a new handshake (new ephemeral key)
     a.n++;
     a.nextAt = now + Math.min(BACKOFF_MAX_MS, 1000 * 2 ** Math.min(a.n - 1, 6));
+    if (this.#attempts.size >= 4096 && !this.#attempts.has(peer)) this.#attempts.clear();
     this.#attempts.set(peer, a);
-    this.#send(peer, bytes);
+    this.#o.toLane0({ type: "secure-initiate", peer, lane });
   }
 
-  #send(peer: string, bytes: Uint8Array): void {
-    let ep;
-    try {
-      ep = parseEndpoint(this.#moved.get(peer) ?? peer);
-    } catch {
+  #established(m: Extract<HsUp, { type: "secure-hs-done" }>): void {
+    const k = m.keys;
+    if (this.#blocked.has(k.peer) || this.#trust?.isRevoked(m.cert)) {
+      // Refused or revoked while its handshake ran: its keys leave the worker that made them.
+      this.#o.toLane0({ type: "secure-remove", peers: [k.peer], forget: false });
       return;
     }
-    const m = {
-      type: "secure-send" as const,
-      bytes,
-      family: ep.family,
-      addr4: ep.ip4,
-      ...(ep.ip6 ? { addr6: ep.ip6 } : {}),
-      port: ep.port,
-    };
-    if (this.#o.sendNow?.(m)) return;
-    this.#o.toLane0(m);
-  }
-
-  #established(k: SessionKeys): void {
-    k.sendCounters ??= newSendCounters(); // shared by the workers, kept across their restarts
     const first = !this.#keys.has(k.peer);
     // Keep the previous session for in-flight datagrams; older ones expire in the workers.
     const list = (this.#keys.get(k.peer) ?? []).filter((x) => x.expiresMs > Date.now()).slice(-1);
     list.push(k);
     this.#keys.set(k.peer, list);
     this.#attempts.delete(k.peer);
-    this.#o.broadcast({ type: "secure-keys", keys: [k] });
-    const st = this.#hs?.peerState(k.peer);
-    // Only a session this node initiated ends its HS_INIT's handshake (the peer's own may cross it).
-    const t0 = st?.initiator ? this.#hsStarted.get(k.peer) : undefined;
-    if (t0 !== undefined) {
-      this.#hsStarted.delete(k.peer);
+    (this.#o.toOthers ?? this.#o.broadcast)({ type: "secure-keys", keys: [k] });
+    const prev = this.#peers.get(k.peer);
+    if (this.#peers.size >= 4096 && !prev) return;
+    this.#peers.set(k.peer, {
+      cert: m.cert,
+      lastHandshakeMs: Date.now(),
+      rekeys: prev ? prev.rekeys + 1 : 0,
+      initiator: m.initiator,
+      createdMs: k.createdMs,
+    });
+    const r = (x: number) => Math.round(x * 100) / 100;
+    if (m.handshakeMs !== undefined) {
       if (this.#hsMs.size > 4096) this.#hsMs.clear();
-      const ms = performance.now() - t0;
-      this.#hsMs.set(k.peer, ms);
-      const r = (x: number) => Math.round(x * 100) / 100;
-      this.#phase(k.peer).resp = this.#lastHs;
+      this.#hsMs.set(k.peer, m.handshakeMs);
+      if (m.resp) this.#phase(k.peer).resp = m.resp;
       log.debug("handshake timed", {
         peer: k.peer,
-        ms: r(ms),
-        hopMs: r(this.#lastHs.hopMs),
-        cpuMs: r(this.#lastHs.cpuMs),
+        ms: r(m.handshakeMs),
+        hopMs: m.resp ? r(m.resp.hopMs) : undefined,
+        cpuMs: m.resp ? r(m.resp.cpuMs) : undefined,
       });
     }
-    if (first) log.info("secure session established", { peer: k.peer, subject: st?.cert?.subject });
-    else log.debug("secure session rekeyed", { peer: k.peer, rekeys: st?.rekeys });
+    if (m.answer) this.#phase(k.peer).answer = m.answer;
+    if (first) log.info("secure session established", { peer: k.peer, subject: m.cert.subject });
+    else log.debug("secure session rekeyed", { peer: k.peer, rekeys: prev?.rekeys });
   }
 
   #refuse(peer: string, reason: string): void {
@@ -359,13 +363,13 @@ export class SecureDriver {
     }
     this.#blocked.set(peer, { until: Date.now() + BLOCK_MS, reason });
     this.#keys.delete(peer);
+    this.#peers.delete(peer);
     this.#o.broadcast({ type: "secure-remove", peers: [peer], forget: false });
     this.#o.broadcast({ type: "secure-block", peers: [peer], blocked: true });
   }
 
-  /** Every second: rekeys due, blocks that ran out. */
+  /** Every second: rekeys due, blocks that ran out, the cookie secret's rotation. */
   tick(): void {
-    const hs = this.#hs;
     const now = Date.now();
     const lift: string[] = [];
     for (const [p, b] of this.#blocked) if (now >= b.until) lift.push(p);
@@ -373,10 +377,21 @@ export class SecureDriver {
       for (const p of lift) this.#blocked.delete(p);
       this.#o.broadcast({ type: "secure-block", peers: lift, blocked: false });
     }
-    if (!hs) return;
-    for (const peer of hs.due()) this.#initiate(peer, 0, true);
+    if (!this.#setup) return;
+    if (now - this.#cookieAt >= COOKIE_SECRET_MS) {
+      this.#cookie = { current: newCookieSecret(), previous: this.#cookie.current };
+      this.#cookieAt = now;
+      this.#setup = { ...this.#setup, cookieSecrets: this.#cookie };
+      this.#o.broadcast({ type: "secure-hs-cookie", secrets: this.#cookie });
+    }
+    for (const [peer, r] of this.#peers) {
+      // The responder waits 10 s longer: the initiator of the session rekeys it (no crossing handshakes).
+      if (now - r.createdMs >= this.#effectiveRekeyMs + (r.initiator ? 0 : 10_000)) {
+        this.#initiate(peer, 0, true);
+      }
+    }
     if (this.#o.knownPeers) {
-      for (const peer of this.#o.knownPeers()) if (!hs.peerState(peer)) this.#initiate(peer, 0, false);
+      for (const peer of this.#o.knownPeers()) if (!this.#peers.has(peer)) this.#initiate(peer, 0, false);
     }
   }
 
@@ -394,14 +409,13 @@ export class SecureDriver {
   peers(): SecurePeerView[] {
     const out: SecurePeerView[] = [];
     const now = Date.now();
-    if (this.#hs) {
-      for (const [endpoint, s] of this.#hs.peers()) {
+    if (this.#setup) {
+      for (const [endpoint, s] of this.#peers) {
         out.push({
           endpoint,
           state: "secure",
-          ...(s.cert
-            ? { subject: s.cert.subject, certExpires: new Date(s.cert.notAfter * 1000).toISOString() }
-            : {}),
+          subject: s.cert.subject,
+          certExpires: new Date(s.cert.notAfter * 1000).toISOString(),
           lastHandshakeSecondsAgo: Math.round((now - s.lastHandshakeMs) / 1000),
           rekeys: s.rekeys,
           ...(this.#hsMs.has(endpoint)
@@ -432,12 +446,13 @@ export class SecureDriver {
   }[] {
     const now = Date.now();
     const out = [];
-    if (this.#hs) {
-      for (const [endpoint, s] of this.#hs.peers()) {
+    if (this.#setup) {
+      for (const [endpoint, s] of this.#peers) {
         out.push({
           endpoint,
           state: "secure" as const,
-          ...(s.cert ? { subject: s.cert.subject, certNotAfter: s.cert.notAfter } : {}),
+          subject: s.cert.subject,
+          certNotAfter: s.cert.notAfter,
           lastHandshakeAgeSeconds: (now - s.lastHandshakeMs) / 1000,
           rekeys: s.rekeys,
           ...(this.#hsMs.has(endpoint) ? { handshakeSeconds: this.#hsMs.get(endpoint)! / 1000 } : {}),
@@ -449,9 +464,13 @@ export class SecureDriver {
     return out;
   }
 
-  /** Handshake drops by reason (for the metrics). */
+  /** Handshake drops by reason, summed over the workers that run handshakes (for the metrics). */
   drops(): Record<string, number> {
-    return { ...(this.#hs?.drops ?? {}) };
+    const out: Record<string, number> = {};
+    for (const d of this.#hsDrops.values()) {
+      for (const [k, v] of Object.entries(d)) out[k] = (out[k] ?? 0) + v;
+    }
+    return out;
   }
 
   /** The mode's name. */
@@ -463,6 +482,5 @@ export class SecureDriver {
   stop(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
-    this.#stopWarming();
   }
 }

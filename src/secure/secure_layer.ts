@@ -1,8 +1,8 @@
 /**
  * The secure tunnel as a layer on one worker's tunnel bind (bind.ts) and packet loop (loop.ts).
  *
- * Design (issue 11): one handshake per peer, run by the main isolate (handshake.ts); its keys are
- * installed in every worker's {@link KeyRing} by message. Each worker seals with its own counter space
+ * Design (issue 11): one handshake per peer, run in the tunnel socket's worker (hs_host.ts); its keys are
+ * installed there at once and in the other workers' {@link KeyRing} by message. Each worker seals with its own counter space
  * (the counter's top byte is its lane), so workers never repeat a nonce and need no shared state; a
  * receiver keeps a replay window per (session, sending lane) in whichever worker the cleartext lane
  * key in the SECURE header steers the datagram to (the reuseport program reads it, lanes.ts).
@@ -15,7 +15,7 @@
  *   handshake is asked for).
  * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
  *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
- *   arrived plain; handshake datagrams go to the main isolate; in `require` plain data (raw, FAST,
+ *   arrived plain; handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
  *   JUMBO) is dropped before the engine sees it; HELLO/PROBE stay plain (capabilities and RTT; they
  *   deliver nothing to instances).
  *
@@ -76,6 +76,8 @@ export interface SecureLayerOptions {
 const WANT_EVERY_MS = 1000;
 /** Handshake datagrams one worker forwards per second at most (strangers' floods stop here). */
 const HS_FORWARD_PER_SECOND = 500;
+/** Of them, from strangers (not a table node, no cookie's mac2): their handshakes run in this worker (hs_host.ts). */
+const HS_STRANGER_PER_SECOND = 100;
 
 /** Drop reasons counted here (beside the key ring's). */
 const DROP_NAMES = [
@@ -149,7 +151,7 @@ export class SecureLayer {
    */
   readonly blocked: Set<string> = new Set();
   /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a cookie's mac2. */
-  readonly #hsTokens = [HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
+  readonly #hsTokens = [HS_STRANGER_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
   /** Sealing: the next JUMBO chunk index of the message being sealed in parts (-1: none). */
   #partNext = -1;
@@ -160,6 +162,13 @@ export class SecureLayer {
    * complete on an authenticated last part (the loop checks).
    */
   part = 0;
+  /**
+   * Takes a handshake datagram in this worker (hs_host.ts queues it): true when taken; otherwise (or
+   * unset) it goes to the main isolate.
+   */
+  handshake:
+    | ((peer: string, buf: Uint8Array, off: number, len: number, known: boolean) => boolean)
+    | undefined = undefined;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
   constructor(o: SecureLayerOptions) {
@@ -413,7 +422,10 @@ export class SecureLayer {
       const tk = this.#hsTokens;
       if (nowMs > this.#hsAt) {
         const add = ((nowMs - this.#hsAt) / 1000) * HS_FORWARD_PER_SECOND;
-        tk[0] = Math.min(HS_FORWARD_PER_SECOND, tk[0] + add);
+        tk[0] = Math.min(
+          HS_STRANGER_PER_SECOND,
+          tk[0] + add / (HS_FORWARD_PER_SECOND / HS_STRANGER_PER_SECOND),
+        );
         tk[1] = Math.min(HS_FORWARD_PER_SECOND, tk[1] + add);
         tk[2] = Math.min(HS_FORWARD_PER_SECOND, tk[2] + add);
         this.#hsAt = nowMs;
@@ -429,6 +441,8 @@ export class SecureLayer {
       tk[k]--;
       // A peer followed to another endpoint keeps its key (its session's name) for the handshake.
       const peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+      // The worker runs the node's handshakes (hs_host.ts): no hop to the main isolate.
+      if (this.handshake?.(peer, buf, off, len, known)) return Inbound.DONE;
       const at = performance.timeOrigin + performance.now();
       this.#post({ type: "secure-hs", peer, bytes: buf.slice(off, off + len), known, at });
       return Inbound.DONE;

@@ -1,0 +1,289 @@
+/**
+ * The node's handshakes in the data-plane worker that owns the tunnel socket (issue 11: a handshake
+ * ≤ 5 ms). Handshake datagrams (0x16..0x18) are steered to that worker (lanes.ts); running the Noise
+ * handshake there, with the node's static key, the trust anchor and the cookie secrets the main
+ * isolate hands it ({@link HsSetup}), spares each handshake message the hop to the main isolate and
+ * back, and a busy main event loop. Keys are installed here at once; the main isolate learns the
+ * result ({@link HsUp}: peer, certificate, timing) asynchronously and hands the keys to the other
+ * workers. It stays the scheduler: it asks for handshakes (`secure-initiate`: backoff, rekeys,
+ * revocations) and rotates the cookie secrets.
+ *
+ * Handshake datagrams are queued by the secure layer while the bind drains ({@link queue}, bounded)
+ * and handled after it ({@link drain}), so replies never go out in the middle of a receive batch.
+ * Floods: the layer's forwarding budget, mac1 (one hash) and, under load, mac2 with the node's shared
+ * cookie secrets (handshake.ts) keep a stranger's INIT from costing DH work here.
+ *
+ * @example
+ * ```ts
+ * import { HandshakeHost } from "./hs_host.ts";
+ * const host = new HandshakeHost({
+ *   lane: 0,
+ *   send: (endpoint, bytes) => console.log("to", endpoint, bytes.length),
+ *   post: (m) => console.log(m.type),
+ *   install: () => {},
+ *   blocked: () => false,
+ * });
+ * host.initiate("192.168.1.2:50103", 0); // nothing: no setup yet
+ * console.log(host.ready); // false
+ * ```
+ * @module
+ */
+import { Handshaker, warmUp } from "./handshake.ts";
+import { hasMac2, isCookieReply } from "./cookie.ts";
+import { newSendCounters, type SessionKeys } from "./keys.ts";
+import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
+import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
+
+/** Handshake datagrams queued in one receive batch at most (the layer's budget bounds them per second). */
+export const HS_QUEUE_MAX = 256;
+/** Handshake datagrams handled per {@link HandshakeHost.drain} at most (~0.1–1 ms each). */
+export const DRAIN_MAX = 16;
+/** Warm-up handshakes when a credential loads: V8 optimizes the crypto paths after several runs. */
+const WARM_ROUNDS = 20;
+const MAX_PEERS = 4096;
+
+/** Options of a {@link HandshakeHost}. */
+export interface HandshakeHostOptions {
+  /** The worker's lane (named in its drop reports). */
+  lane: number;
+  /** Sends a handshake datagram to an endpoint key (`ip:port`) from the worker's socket. */
+  send: (endpoint: string, bytes: Uint8Array) => void;
+  /** Posts to the main isolate. */
+  post: (m: HsUp) => void;
+  /** Installs a session's keys in this worker. */
+  install: (keys: SessionKeys) => void;
+  /** Peers refused or revoked (no handshake with them meanwhile). */
+  blocked: (peer: string) => boolean;
+  /** Wall clock (ms) of the handshaker (tests). */
+  now?: () => number;
+  /** Warm the crypto paths up when a credential loads (default true; the worker that gets the handshakes). */
+  warm?: boolean;
+}
+
+interface Queued {
+  peer: string;
+  bytes: Uint8Array;
+  known: boolean;
+  /** performance.now() when it was received. */
+  at: number;
+}
+
+/** See the module. */
+export class HandshakeHost {
+  readonly #o: HandshakeHostOptions;
+  #hs: Handshaker | undefined;
+  #setup: HsSetup | undefined;
+  #queue: Queued[] = [];
+  readonly #moved = new Map<string, string>();
+  /** When this worker sent the HS_INIT of a handshake still open with each peer (performance.now()). */
+  readonly #started = new Map<string, number>();
+  /** The INIT each peer's handshake that this worker answered: its phase. */
+  readonly #answers = new Map<string, HsPhase>();
+  #warmLeft = 0;
+  /** Handshakes asked for while warming up (peer → lane). */
+  readonly #deferred = new Map<string, number>();
+  #dropsSent = "";
+  /** Handshake datagrams dropped because the queue was full. */
+  #queueDrops = 0;
+
+  /** A host with no setup (handshakes start with {@link setup}). */
+  constructor(o: HandshakeHostOptions) {
+    this.#o = o;
+  }
+
+  /** True when it runs handshakes (a setup with a credential). */
+  get ready(): boolean {
+    return this.#hs !== undefined;
+  }
+
+  /** Applies a setup: a first one builds the handshaker (and warms its paths), later ones replace trust and credential. */
+  setup(s: HsSetup | undefined): void {
+    this.#setup = s;
+    if (!s) {
+      this.#hs = undefined;
+      this.#queue = [];
+      this.#warmLeft = 0;
+      this.#deferred.clear();
+      return;
+    }
+    if (this.#hs) {
+      // Revoked or expired peers are cut here too; the main isolate removes their keys everywhere.
+      this.#hs.setTrust(s.trust, s.credential);
+      this.#hs.setCookieSecrets(s.cookieSecrets);
+      return;
+    }
+    this.#hs = new Handshaker({
+      credential: s.credential,
+      trust: s.trust,
+      rekeyMs: s.rekeyMs,
+      cookies: s.cookies,
+      cookieSecrets: s.cookieSecrets,
+      ...(this.#o.now ? { now: this.#o.now } : {}),
+    });
+    // The first handshake should not pay for cold crypto paths (tens of ms): one round now, the
+    // others between the worker's batches ({@link warmStep}).
+    if (this.#o.warm === false) return;
+    warmUp(s.credential, s.trust);
+    this.#warmLeft = WARM_ROUNDS - 1;
+  }
+
+  /** True while warm-up rounds are left (the worker runs {@link warmStep} between its batches meanwhile). */
+  get warming(): boolean {
+    return this.#warmLeft > 0;
+  }
+
+  /**
+   * One warm-up round (~1–2 ms); after the last, the handshakes asked for meanwhile start — on warm
+   * paths, so that a node's first handshake is as fast as its rekeys (its HS_INIT is what the time
+   * counts from; a peer's INIT is answered between rounds, not after them).
+   */
+  warmStep(): void {
+    const s = this.#setup;
+    if (this.#warmLeft <= 0 || !s) return;
+    warmUp(s.credential, s.trust);
+    if (--this.#warmLeft > 0) return;
+    const asked = [...this.#deferred];
+    this.#deferred.clear();
+    for (const [peer, lane] of asked) this.initiate(peer, lane);
+    this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
+  }
+
+  /** Handles a message of the main isolate. */
+  onMessage(m: HsDown): void {
+    switch (m.type) {
+      case "secure-hs-setup":
+        this.setup(m.setup);
+        break;
+      case "secure-hs-cookie":
+        if (this.#setup) this.#setup = { ...this.#setup, cookieSecrets: m.secrets };
+        this.#hs?.setCookieSecrets(m.secrets);
+        break;
+      case "secure-initiate":
+        this.initiate(m.peer, m.lane);
+        break;
+      case "secure-hs-forget":
+        for (const p of m.peers) {
+          this.#hs?.forget(p);
+          this.#started.delete(p);
+        }
+        break;
+    }
+  }
+
+  /** `peer` is reached at `endpoint` now (its session followed it): handshakes go there. */
+  moved(peer: string, endpoint: string): void {
+    if (endpoint === peer) this.#moved.delete(peer);
+    else if (this.#moved.size < MAX_PEERS || this.#moved.has(peer)) this.#moved.set(peer, endpoint);
+  }
+
+  /** Starts a handshake with `peer` (nothing when one went out less than a second ago, or none can). */
+  initiate(peer: string, lane: number): void {
+    const hs = this.#hs;
+    if (!hs || this.#o.blocked(peer)) return;
+    if (this.#warmLeft > 0) {
+      if (this.#deferred.size < MAX_PEERS) this.#deferred.set(peer, lane);
+      return;
+    }
+    const bytes = hs.initiate(peer, lane);
+    if (!bytes) return;
+    if (this.#started.size >= MAX_PEERS) this.#started.clear();
+    this.#started.set(peer, performance.now()); // each HS_INIT starts a new handshake (new ephemeral key)
+    this.#o.send(this.#moved.get(peer) ?? peer, bytes);
+  }
+
+  /**
+   * A handshake datagram `buf[off .. off+len)` from `peer` (`known`: one of the table's nodes),
+   * received now: copied and handled at {@link drain}. False: not taken (no setup, or the queue is full).
+   */
+  queue(peer: string, buf: Uint8Array, off: number, len: number, known: boolean): boolean {
+    if (!this.#hs) return false;
+    // Strangers' datagrams (a flood's) fill half the queue at most: the table's nodes keep the rest.
+    if (this.#queue.length >= (known || hasMac2(buf, off, len) ? HS_QUEUE_MAX : HS_QUEUE_MAX / 2)) {
+      this.#queueDrops++;
+      return false;
+    }
+    this.#queue.push({ peer, bytes: buf.slice(off, off + len), known, at: performance.now() });
+    return true;
+  }
+
+  /**
+   * Handles queued handshake datagrams (after the bind's receive batch): {@link DRAIN_MAX} at most, so
+   * that a flood's share of the worker comes in slices between its packet batches.
+   */
+  drain(): void {
+    const q = this.#queue;
+    if (q.length === 0) return;
+    const n = Math.min(q.length, DRAIN_MAX);
+    for (let i = 0; i < n; i++) this.#handle(q[i]);
+    this.#queue = n === q.length ? [] : q.slice(n);
+  }
+
+  /** True while handshake work is waiting (queued datagrams, warm-up rounds): the worker must not sleep. */
+  get busy(): boolean {
+    return this.#queue.length > 0 || this.#warmLeft > 0;
+  }
+
+  #handle(d: Queued): void {
+    const hs = this.#hs;
+    if (!hs || this.#o.blocked(d.peer)) return;
+    const t = performance.now();
+    const out = hs.handle(d.peer, d.bytes, 0, d.bytes.length, d.known);
+    const type = d.bytes[0];
+    if (type === MSG_HS_INIT && out.reply && !isCookieReply(out.reply, 0, out.reply.length)) {
+      // The INIT answered: its phase is reported with the session (FINISH).
+      const ph = { hopMs: t - d.at, cpuMs: 0 };
+      this.#o.send(this.#moved.get(d.peer) ?? d.peer, out.reply);
+      ph.cpuMs = performance.now() - t;
+      if (this.#answers.size >= MAX_PEERS) this.#answers.clear();
+      this.#answers.set(d.peer, ph);
+      return;
+    }
+    // Keys first: the peer may send data as soon as our FINISH reaches it.
+    if (out.established) {
+      const k = out.established;
+      k.sendCounters ??= newSendCounters(); // shared by the workers, kept across their restarts
+      this.#o.install(k);
+    }
+    if (out.reply) this.#o.send(this.#moved.get(d.peer) ?? d.peer, out.reply);
+    if (out.established) {
+      const resp = type === MSG_HS_RESP ? { hopMs: t - d.at, cpuMs: performance.now() - t } : undefined;
+      this.#report(out.established, resp);
+    }
+    if (out.refused) this.#o.post({ type: "secure-hs-refused", peer: d.peer, reason: out.refused });
+  }
+
+  #report(k: SessionKeys, resp: HsPhase | undefined): void {
+    const st = this.#hs?.peerState(k.peer);
+    if (!st?.cert) return;
+    const t0 = st.initiator ? this.#started.get(k.peer) : undefined;
+    if (t0 !== undefined) this.#started.delete(k.peer);
+    const answer = st.initiator ? undefined : this.#answers.get(k.peer);
+    this.#answers.delete(k.peer);
+    this.#o.post({
+      type: "secure-hs-done",
+      keys: k,
+      cert: st.cert,
+      initiator: st.initiator,
+      ...(t0 !== undefined ? { handshakeMs: performance.now() - t0 } : {}),
+      ...(resp ? { resp } : {}),
+      ...(answer ? { answer } : {}),
+    });
+  }
+
+  /** Timers (about every 100 ms): the drop counters, when they changed. */
+  tick(): void {
+    const drops = this.drops();
+    const json = JSON.stringify(drops);
+    if (json !== this.#dropsSent) {
+      this.#dropsSent = json;
+      this.#o.post({ type: "secure-hs-drops", lane: this.#o.lane, drops });
+    }
+  }
+
+  /** Handshake drops by reason, cumulative. */
+  drops(): Record<string, number> {
+    const d = { ...(this.#hs?.drops ?? {}) };
+    if (this.#queueDrops > 0) d.hs_queue_full = this.#queueDrops;
+    return d;
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * Handshake time between two simulated nodes in `require` (real namespaces, offline certificates):
+ * rekeys every second (the daemons' `NETMANAGER_REKEY_SECONDS` test override) give ≥ 20 handshakes;
+ * each side reports the last one it initiated (`handshakeMs`: its HS_INIT sent → keys installed) and
+ * where the time went (`handshakePhases`). Prints median and range; asserts only a generous bound
+ * (a busy machine) — the figure for the issue's 5 ms target comes from this print on a quiet one.
+ */
+import { assert } from "../helpers/assert.ts";
+import { cleanupAll, isRoot } from "../helpers/netns.ts";
+import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
+import { selfCommand } from "../../src/sys/process.ts";
+import { runTool } from "../../src/sys/command.ts";
+
+const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
+const n1 = nodeSubnet(1);
+const n2 = nodeSubnet(2);
+const TABLE: QueryResult[] = [
+  {
+    app_name: "app.ns.cli.ns",
+    instance_list: [
+      tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.10",
+        instanceIp6: "fdff::10",
+        nsip: n1.first4(2),
+        nsip6: n1.first6(2),
+        hostIp: "192.168.77.1",
+      }),
+    ],
+  },
+  {
+    app_name: "app.ns.web.ns",
+    instance_list: [
+      tableInstance({
+        n: 0,
+        instanceIp: "10.30.0.2",
+        instanceIp6: "fdff::2",
+        nsip: n2.first4(2),
+        nsip6: n2.first6(2),
+        hostIp: "192.168.77.2",
+      }),
+    ],
+  },
+];
+
+async function cli(args: string[]): Promise<string> {
+  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
+  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+interface PeerView {
+  subject?: string;
+  rekeys?: number;
+  handshakeMs?: number;
+  handshakePhases?: Record<string, number>;
+}
+
+Deno.test(
+  { name: "secure: handshake time over ≥ 20 rekeys (median and range printed)", ...opts },
+  async () => {
+    const WANT = Number(Deno.env.get("NETMANAGER_TEST_HANDSHAKES") ?? 24);
+    Deno.env.set("NETMANAGER_REKEY_SECONDS", "1");
+    const dir = await Deno.makeTempDir({ prefix: "nmhs-" });
+    let c: TestCluster | undefined;
+    try {
+      await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "lab"]);
+      for (const i of [1, 2]) {
+        const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
+        await cli([
+          "cert",
+          "sign",
+          "--ca",
+          `${dir}/ca`,
+          "--node-id",
+          `node-${i}`,
+          "--public-key",
+          key,
+          "--out",
+          `${dir}/node${i}.crt`,
+        ]);
+      }
+      c = await TestCluster.start(
+        2,
+        TABLE,
+        [],
+        (i) => ({
+          TunnelSecurity: "require",
+          TunnelCertFile: `${dir}/node${i}.crt`,
+          TunnelCaFile: `${dir}/ca/ca.json`,
+        }),
+        undefined,
+        (i) => ["--state-dir", `${dir}/state${i}`],
+      );
+      const cl = c;
+      const samples: { ms: number; phases?: Record<string, number> }[] = [];
+      const seen = ["", ""];
+      const deadline = Date.now() + 120_000;
+      while (samples.length < WANT && Date.now() < deadline) {
+        for (const i of [0, 1]) {
+          const s = await cl.nodes[i].node.api.getJson("/status") as { security: { peers: PeerView[] } };
+          const p = s.security.peers.find((x) => x.subject !== undefined);
+          // A new handshake this side initiated (the other side's rekeys leave its own figure unchanged).
+          const key = `${p?.handshakeMs}/${p?.handshakePhases?.cpuMs}`;
+          // The first value a side shows may be its first handshake (a peer still starting): skipped.
+          if (p?.handshakeMs !== undefined && key !== seen[i]) {
+            if (seen[i] !== "") samples.push({ ms: p.handshakeMs, phases: p.handshakePhases });
+            seen[i] = key;
+          }
+        }
+        await new Promise((r) => setTimeout(r, 150));
+      }
+      const ms = samples.map((x) => x.ms).sort((a, b) => a - b);
+      const median = ms[Math.floor(ms.length / 2)];
+      console.log(JSON.stringify({
+        handshakes: ms.length,
+        medianMs: median,
+        minMs: ms[0],
+        maxMs: ms.at(-1),
+        all: samples.map((x) => x.ms),
+        phases: samples.map((x) => x.phases),
+      }));
+      assert(ms.length >= 20, `handshakes seen: ${ms.length}`);
+      assert(median <= 40, `median handshake ${median} ms`);
+    } catch (e) {
+      if (c) console.error(await c.logs());
+      throw e;
+    } finally {
+      Deno.env.delete("NETMANAGER_REKEY_SECONDS");
+      await c?.stop();
+      await cleanupAll();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);

@@ -81,8 +81,19 @@ struct local_val {
   __u8 mac[6], gw_mac[6];
 };
 
-/* Per-CPU counters (index): see STAT_* (read by `table show --flows` and /metrics). */
-enum { STAT_OUT_PKTS, STAT_OUT_BYTES, STAT_IN_PKTS, STAT_IN_BYTES, STAT_ERRORS, STAT_N = 8 };
+/* Per-CPU counters (index): see STAT_* (read by `table show --flows` and /metrics). The STAT_IN_*
+ * reasons (8..) say why a tunnel datagram to our port went on to userspace, and how many of the
+ * unwrapped ones were GSO super-packets (issue 16: where the receiving node's data goes). */
+enum {
+  STAT_OUT_PKTS, STAT_OUT_BYTES, STAT_IN_PKTS, STAT_IN_BYTES, STAT_ERRORS,
+  STAT_IN_GSO = 8,   /* unwrapped: GSO super-packets (of STAT_IN_PKTS) */
+  STAT_IN_NOPEER,    /* to our port, not from a peer in `peers` (or its port differs) */
+  STAT_IN_NOFLOW,    /* inner packet not plain IPv4 TCP/UDP (fragment, options, ICMP, FAST header) */
+  STAT_IN_MISS,      /* inner flow not in `ingress` */
+  STAT_IN_MISS_GSO,  /* of STAT_IN_MISS: GSO super-packets */
+  STAT_IN_NODEV,     /* no `locals` entry and no bridge */
+  STAT_N = 16
+};
 
 struct map_def SEC("maps") nm_kf_egress = {BPF_MAP_TYPE_HASH, sizeof(struct flow_key), sizeof(struct egress_val), 65536, 0};
 struct map_def SEC("maps") nm_kf_ingress = {BPF_MAP_TYPE_HASH, sizeof(struct flow_key), sizeof(struct ingress_val), 65536, 0};
@@ -198,15 +209,29 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   struct config *cfg = map_lookup(&nm_kf_config, &zero);
   if (!cfg || udp->dest != BE16((__u16)cfg->port)) return TCX_NEXT;
   __u32 *from = map_lookup(&nm_kf_peers, &peer);
-  if (!from || udp->source != BE16((__u16)*from)) return TCX_NEXT;
+  if (!from || udp->source != BE16((__u16)*from)) {
+    count(STAT_IN_NOPEER, 1);
+    return TCX_NEXT;
+  }
   struct flow_key k = {};
-  if (flow_of((void *)(udp + 1), end, &k)) return TCX_NEXT;
+  if (flow_of((void *)(udp + 1), end, &k)) {
+    count(STAT_IN_NOFLOW, 1);
+    return TCX_NEXT;
+  }
   struct ingress_val *v = map_lookup(&nm_kf_ingress, &k);
-  if (!v) return TCX_NEXT;
+  if (!v) {
+    count(STAT_IN_MISS, 1);
+    if (skb->gso_size) count(STAT_IN_MISS_GSO, 1);
+    return TCX_NEXT;
+  }
   __u32 dst = v->new_daddr ? v->new_daddr : k.daddr;
   struct local_val *l = map_lookup(&nm_kf_locals, &dst);
   __u32 bridge = cfg->bridge;
-  if (!l && !bridge) return TCX_NEXT;
+  if (!l && !bridge) {
+    count(STAT_IN_NODEV, 1);
+    return TCX_NEXT;
+  }
+  if (skb->gso_size) count(STAT_IN_GSO, 1);
   __u32 len = skb->len - ETH_HLEN - OUTER;
   if (adjust_room(skb, -OUTER, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4)) {
     count(STAT_ERRORS, 1);

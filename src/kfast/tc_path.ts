@@ -363,6 +363,14 @@ export class TcFastPath {
         tx: { packets: stat(0), bytes: stat(1) },
         rx: { packets: stat(2), bytes: stat(3) },
       },
+      rxReasons: {
+        gso: stat(8),
+        noPeer: stat(9),
+        noFlow: stat(10),
+        miss: stat(11),
+        missGso: stat(12),
+        noDev: stat(13),
+      },
     };
   }
 

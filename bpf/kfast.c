@@ -10,6 +10,8 @@
 //   whose inner flow is in `ingress` is decapsulated, restored (e.g. src → the ServiceIP dialled) and
 //   redirected to the local instance's host veth (`locals`), or else through the bridge
 //   (bpf_redirect_neigh: its neighbour entry and forwarding database find the instance).
+// Both decrement the inner TTL, as the routing hop of the TUN path each replaces does (a packet whose
+//   TTL would expire takes that path: the kernel's forwarding answers ICMP time exceeded).
 // Anything else continues unchanged (TCX_NEXT): misses, ICMP, fragments, IP options, IPv6 reach the
 // TUN path / the userspace tunnel socket as before. Userspace (src/kfast/tc_*.ts) fills the maps.
 //
@@ -141,6 +143,20 @@ INLINE int flow_of(struct iphdr *ip, void *end, struct flow_key *k) {
   return 0;
 }
 
+/* Forwarding semantics of the paths it replaces (each node routes the packet once, TTL − 1): a
+ * packet whose TTL would expire stays on the kernel's own forwarding (its ICMP time exceeded). */
+INLINE int ttl_expires(struct iphdr *ip) {
+  return ip->ttl <= 1;
+}
+
+/* TTL − 1 of the IPv4 header at IP_OFF (the checksum over the ttl/protocol word). */
+INLINE void ttl_dec(struct __sk_buff *skb, __u8 ttl, __u8 proto) {
+  __u16 oldw = BE16(((__u16)ttl << 8) | proto), neww = BE16(((__u16)(ttl - 1) << 8) | proto);
+  __u8 t = ttl - 1;
+  l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), oldw, neww, 2);
+  skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, ttl), &t, 1, 0);
+}
+
 SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   if (skb->protocol != BE16(ETH_P_IP)) return TCX_NEXT;
   void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -154,7 +170,11 @@ SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   struct egress_val *v = map_lookup(&nm_kf_egress, &k);
   if (!v) return TCX_NEXT;
   if (skb->gso_size && !(v->flags & EGRESS_PEER_READY)) return TCX_NEXT;
+  struct iphdr *iph = data + IP_OFF;
+  if (ttl_expires(iph)) return TCX_NEXT;
+  __u8 ttl = iph->ttl;
   __u32 len = skb->len;
+  ttl_dec(skb, ttl, k.proto);
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, v->new_daddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
   __u16 inner = (__u16)(len - ETH_HLEN);
@@ -231,12 +251,16 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
     count(STAT_IN_NODEV, 1);
     return TCX_NEXT;
   }
+  struct iphdr *inner = (void *)(udp + 1);
+  if (ttl_expires(inner)) return TCX_NEXT; /* userspace → TUN → the kernel's forwarding answers */
+  __u8 ttl = inner->ttl;
   if (skb->gso_size) count(STAT_IN_GSO, 1);
   __u32 len = skb->len - ETH_HLEN - OUTER;
   if (adjust_room(skb, -OUTER, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4)) {
     count(STAT_ERRORS, 1);
     return TCX_NEXT; /* unchanged: the userspace tunnel decodes it */
   }
+  ttl_dec(skb, ttl, k.proto);
   if (v->new_saddr) rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, dst, k.proto);
   __sync_fetch_and_add(&v->packets, 1);

@@ -4,6 +4,8 @@
  * node unwraps its data in the kernel (`nm_kf_in`): of the tunnel bytes that node receives after the
  * move, at least 90 % are counted by the kernel program and at most 10 % still reach its userspace
  * tunnel socket. Prints the receive program's per-reason counters (why datagrams went on to userspace).
+ * The kernel path decrements the inner TTL like the TUN path's two routing hops: a UDP flow's datagrams
+ * arrive with TTL 62 before and after the move (without the decrement the kernel-carried ones had 64).
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
@@ -22,6 +24,41 @@ interface RxStatus {
   dataPlane: { udpRx: number; udpRxBytes: number };
 }
 
+// Prints the TTL of each datagram to UDP 5300 (IP_RECVTTL) and echoes it, until 2 s pass without one.
+const TTL_SERVER = `
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+s.bind(("0.0.0.0", 5300))
+s.settimeout(6)
+while True:
+    try:
+        data, anc, _, peer = s.recvmsg(2048, 64)
+    except socket.timeout:
+        break
+    s.settimeout(2)
+    s.sendto(data, peer)  # answers: a conversation, which both nodes move
+    for level, kind, data in anc:
+        if level == socket.IPPROTO_IP and kind == socket.IP_TTL:
+            print(struct.unpack("i", data)[0], flush=True)
+`;
+// One UDP flow (source port 45300) to argv[1]:5300, TTL 64, a datagram every 20 ms for 6 s.
+const TTL_CLIENT = `
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+s.bind(("0.0.0.0", 45300))
+for i in range(300):
+    s.sendto(b"ttl %d" % i, (sys.argv[1], 5300))
+    time.sleep(0.02)
+`;
+
+function count(xs: number[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const x of xs) out[x] = (out[x] ?? 0) + 1;
+  return out;
+}
+
 const status = (n: SimNode) => n.api.getJson("/status") as Promise<RxStatus>;
 
 /** Kernel-unwrapped and userspace-read tunnel bytes (and datagrams) of a node. */
@@ -36,7 +73,8 @@ async function rx(n: SimNode): Promise<{ kernel: number; user: number; kPkts: nu
 }
 
 Deno.test({
-  name: "kfast tc rx: a moved TCP bulk flow's data is unwrapped in the receiving node's kernel (≥ 90 %)",
+  name: "kfast tc rx: a moved TCP bulk flow's data is unwrapped in the receiving node's kernel (≥ 90 %); " +
+    "the inner TTL drops by the same 2 hops on the kernel path as on the TUN",
   ...opts,
 }, async () => {
   Deno.env.set("KernelFastPath", "tc");
@@ -84,7 +122,8 @@ Deno.test({
       const secs = (Date.now() - t0) / 1000;
       const p = await perf;
       assertEquals(p.code, 0, `iperf3: ${p.err} ${p.out.slice(-300)}`);
-      const received = (JSON.parse(p.out) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes;
+      const received =
+        (JSON.parse(p.out) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes;
       const kernel = b.kernel - a.kernel, user = b.user - a.user;
       const reasons = (await status(n2)).kernelFastPath!.rxReasons;
       console.log(
@@ -97,6 +136,22 @@ Deno.test({
         kernel >= 0.9 * (kernel + user),
         `the receiving kernel unwrapped ${(100 * kernel / (kernel + user)).toFixed(1)} % of the bytes`,
       );
+
+      // Inner TTL: the kernel path routes like the TUN path it replaces (each node TTL − 1), so the
+      // datagrams of one UDP flow arrive with the same TTL before and after it moved.
+      const got = execIn(web, ["/usr/bin/python3", "-c", TTL_SERVER]);
+      await new Promise((r) => setTimeout(r, 700));
+      const k0 = (await rx(n2)).kPkts;
+      const sent = await execIn(cli, ["/usr/bin/python3", "-c", TTL_CLIENT, rr]);
+      assertEquals(sent.code, 0, sent.err);
+      const g = await got;
+      assertEquals(g.code, 0, g.err);
+      const ttls = g.out.split("\n").filter((l) => l).map(Number);
+      const carried = (await rx(n2)).kPkts - k0;
+      console.log(`TTLs at the server: ${JSON.stringify(count(ttls))}; kernel-unwrapped ${carried}`);
+      assert(ttls.length >= 150, `datagrams arrived: ${ttls.length}`);
+      assert(carried >= 50, `the kernel carried part of the UDP flow: ${carried}`);
+      assertEquals(Object.keys(count(ttls)), ["62"], "TTL 64 − 2 hops on both paths");
     });
   } finally {
     Deno.env.delete("KernelFastPath");

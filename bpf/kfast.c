@@ -66,15 +66,18 @@ struct egress_val {
   __u32 pad;
   __u64 packets, bytes;
 };
-/* The peer carries this flow in its kernel too (our ingress entry saw its packets). Until then GSO
+/* The peer carries this flow in its kernel too (our ingress entry saw its program's packets). Until then GSO
  * super-packets stay on the TUN: unsegmented (a veth underlay), only the peer's program could take
  * them apart — its userspace socket would read one 64 KB datagram. */
 #define EGRESS_PEER_READY 1
 
-/* Receiving: rewrite (0 = keep) and deliver to the local instance new_daddr (or daddr). */
+/* Receiving: rewrite (0 = keep) and deliver to the local instance new_daddr (or daddr). `kpackets`:
+ * those the peer's program sent (outer UDP checksum 0: nm_kf_out leaves it so, a socket — the peer's
+ * userspace in raw mode, an Oakestra peer — always fills it), which alone make EGRESS_PEER_READY. */
 struct ingress_val {
   __u32 new_saddr, new_daddr;
   __u64 packets, bytes;
+  __u64 kpackets;
 };
 
 /* A local instance's namespace IP → its host-side veth and the MACs of a frame towards it. */
@@ -256,6 +259,7 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   __u8 ttl = inner->ttl;
   if (skb->gso_size) count(STAT_IN_GSO, 1);
   __u32 len = skb->len - ETH_HLEN - OUTER;
+  __u16 ocsum = udp->check;
   if (adjust_room(skb, -OUTER, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4)) {
     count(STAT_ERRORS, 1);
     return TCX_NEXT; /* unchanged: the userspace tunnel decodes it */
@@ -265,6 +269,7 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, dst, k.proto);
   __sync_fetch_and_add(&v->packets, 1);
   __sync_fetch_and_add(&v->bytes, len);
+  if (!ocsum) __sync_fetch_and_add(&v->kpackets, 1);
   count(STAT_IN_PKTS, 1);
   count(STAT_IN_BYTES, len);
   if (!l) return redirect_neigh(bridge, 0, 0, 0); /* the bridge's neighbour entry and FDB find it */

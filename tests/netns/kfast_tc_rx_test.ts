@@ -6,12 +6,27 @@
  * tunnel socket. Prints the receive program's per-reason counters (why datagrams went on to userspace).
  * The kernel path decrements the inner TTL like the TUN path's two routing hops: a UDP flow's datagrams
  * arrive with TTL 62 before and after the move (without the decrement the kernel-carried ones had 64).
+ * Programs alone: a peer's raw-mode datagram from its userspace socket (outer UDP checksum filled) is
+ * unwrapped but not counted as the peer's kernel carrying the flow; one with checksum 0 (as nm_kf_out
+ * sends) is — only those mark a flow ready for GSO super-packets.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { isRoot } from "../helpers/netns.ts";
+import { cleanupAll, createNs, inNs, isRoot, sh } from "../helpers/netns.ts";
 import { eventually } from "../helpers/setup.ts";
 import { CLI, execIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
 import type { SimNode } from "../../src/demo/world.ts";
+import { closeFd, openNetnsByName, withNetns } from "../../ffi/netns.ts";
+import { TcPrograms } from "../../src/kfast/tc_loader.ts";
+import {
+  decodeCounters,
+  decodeIngressKernelPackets,
+  encodeConfig,
+  encodeFlowKey,
+  encodeIngress,
+  encodeLocal,
+  ipKey,
+  u32,
+} from "../../src/kfast/tc_maps.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 
@@ -159,3 +174,147 @@ Deno.test({
     Deno.env.delete("DataPlaneWorkers");
   }
 });
+
+// Sends argv[2] (text) as the inner UDP payload 10.30.0.11:40000 → 10.19.2.2:5300 (TTL 64), wrapped
+// in raw IP-in-UDP from :50103 to argv[1]:50103; argv[3] = "nocheck": outer UDP checksum 0 (SO_NO_CHECK).
+const RAW_SEND = `
+import socket, struct, sys
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+data = sys.argv[2].encode()
+udp = struct.pack("!HHHH", 40000, 5300, 8 + len(data), 0) + data
+src, dst = socket.inet_aton("10.30.0.11"), socket.inet_aton("10.19.2.2")
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, src, dst)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if len(sys.argv) > 3:
+    s.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+s.bind(("0.0.0.0", 50103))
+s.sendto(ip + udp, (sys.argv[1], 50103))
+`;
+// Prints "TTL payload" of each datagram to UDP 5300 until 2 s pass without one.
+const RAW_RECV = `
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+s.bind(("0.0.0.0", 5300))
+s.settimeout(5)
+while True:
+    try:
+        data, anc, _, _ = s.recvmsg(2048, 64)
+    except socket.timeout:
+        break
+    s.settimeout(2)
+    ttl = [struct.unpack("i", d)[0] for (l, k, d) in anc if l == 0 and k == 2]
+    print(ttl[0] if ttl else -1, data.decode(), flush=True)
+`;
+
+Deno.test(
+  "kfast tc rx (programs): the peer's userspace raw datagrams are unwrapped but do not count as its kernel carrying the flow",
+  opts,
+  async () => {
+    let p: TcPrograms | undefined;
+    let recv: Promise<Deno.CommandOutput> | undefined;
+    try {
+      const n1 = await createNs("krx1");
+      const n2 = await createNs("krx2");
+      const inst = await createNs("krxi");
+      await sh([
+        "ip",
+        "link",
+        "add",
+        "krxu1",
+        "netns",
+        n1,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "krxu2",
+        "netns",
+        n2,
+      ]);
+      await sh([
+        "ip",
+        "link",
+        "add",
+        "krxh",
+        "netns",
+        n2,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        inst,
+      ]);
+      for (const [ns, dev, ip] of [[n1, "krxu1", "192.168.78.1/24"], [n2, "krxu2", "192.168.78.2/24"]]) {
+        await inNs(ns, ["ip", "addr", "add", ip, "dev", dev]);
+        await inNs(ns, ["ip", "link", "set", dev, "up"]);
+      }
+      await inNs(n2, ["ip", "link", "set", "krxh", "up"]);
+      await inNs(inst, ["ip", "addr", "add", "10.19.2.2/24", "dev", "eth0"]);
+      await inNs(inst, ["ip", "link", "set", "eth0", "up"]);
+      const ifOf = async (ns: string, dev: string) =>
+        Number(await inNs(ns, ["cat", `/sys/class/net/${dev}/ifindex`]));
+      const macOf = async (ns: string, dev: string) =>
+        (await inNs(ns, ["cat", `/sys/class/net/${dev}/address`])).trim();
+      const ul = await ifOf(n2, "krxu2");
+      const nsFd = openNetnsByName(n2);
+      p = withNetns(nsFd, () => {
+        const l = TcPrograms.load();
+        l.attach({ out: [], in: [ul] });
+        return l;
+      });
+      closeFd(nsFd);
+      p.maps.config.update(u32(0), encodeConfig(50103, 0));
+      p.maps.peers.update(ipKey("192.168.78.1"), u32(50103));
+      p.maps.locals.update(
+        ipKey("10.19.2.2"),
+        encodeLocal({
+          ifindex: await ifOf(n2, "krxh"),
+          mac: await macOf(inst, "eth0"),
+          gwMac: await macOf(n2, "krxh"),
+        }),
+      );
+      const key = encodeFlowKey({
+        proto: 17,
+        saddr: "10.30.0.11",
+        sport: 40000,
+        daddr: "10.19.2.2",
+        dport: 5300,
+      });
+      p.maps.ingress.update(key, encodeIngress({}));
+      recv = new Deno.Command("ip", {
+        args: ["netns", "exec", inst, "/usr/bin/python3", "-c", RAW_RECV],
+        stdout: "piped",
+      })
+        .output();
+      await new Promise((r) => setTimeout(r, 700));
+      const send = (...a: string[]) => inNs(n1, ["/usr/bin/python3", "-c", RAW_SEND, "192.168.78.2", ...a]);
+
+      await send("from-userspace");
+      await new Promise((r) => setTimeout(r, 200));
+      let v = p.maps.ingress.lookup(key)!;
+      assertEquals(decodeCounters(v).packets, 1, "unwrapped in the kernel");
+      assertEquals(decodeIngressKernelPackets(v), 0, "a socket's datagram is not the peer's kernel");
+
+      await send("from-kernel", "nocheck");
+      await new Promise((r) => setTimeout(r, 200));
+      v = p.maps.ingress.lookup(key)!;
+      assertEquals(decodeCounters(v).packets, 2);
+      assertEquals(decodeIngressKernelPackets(v), 1, "outer checksum 0: the peer's program sent it");
+
+      const lines = new TextDecoder().decode((await recv).stdout).trim().split("\n");
+      assertEquals(lines, ["63 from-userspace", "63 from-kernel"], "delivered, inner TTL − 1");
+    } finally {
+      p?.close(); // the attachment goes with the namespace's devices
+      await recv?.catch(() => {});
+      await cleanupAll();
+    }
+  },
+);

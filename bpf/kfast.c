@@ -97,6 +97,7 @@ enum {
   STAT_IN_MISS,      /* inner flow not in `ingress` */
   STAT_IN_MISS_GSO,  /* of STAT_IN_MISS: GSO super-packets */
   STAT_IN_NODEV,     /* no `locals` entry and no bridge */
+  STAT_IN_TRAIN,     /* several datagrams in one skb (a UDP-GSO send or UDP GRO): userspace splits them */
   STAT_N = 16
 };
 
@@ -241,6 +242,14 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
     count(STAT_IN_NOFLOW, 1);
     return TCX_NEXT;
   }
+  /* One inner packet fills the datagram (a tunnel GSO skb from a peer's nm_kf_out too: its inner
+   * length is the whole super-packet's); a train of datagrams (the peer's userspace sending with
+   * UDP_SEGMENT over a veth, or UDP GRO on a NIC) would lose all but the first when unwrapped. */
+  struct iphdr *inner = (void *)(udp + 1);
+  if (BE16(inner->tot_len) != skb->len - ETH_HLEN - OUTER) {
+    count(STAT_IN_TRAIN, 1);
+    return TCX_NEXT;
+  }
   struct ingress_val *v = map_lookup(&nm_kf_ingress, &k);
   if (!v) {
     count(STAT_IN_MISS, 1);
@@ -254,7 +263,6 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
     count(STAT_IN_NODEV, 1);
     return TCX_NEXT;
   }
-  struct iphdr *inner = (void *)(udp + 1);
   if (ttl_expires(inner)) return TCX_NEXT; /* userspace → TUN → the kernel's forwarding answers */
   __u8 ttl = inner->ttl;
   if (skb->gso_size) count(STAT_IN_GSO, 1);

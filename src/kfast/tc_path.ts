@@ -372,6 +372,7 @@ export class TcFastPath {
         miss: stat(11),
         missGso: stat(12),
         noDev: stat(13),
+        train: stat(14),
       },
     };
   }

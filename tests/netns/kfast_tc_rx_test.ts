@@ -8,7 +8,8 @@
  * arrive with TTL 62 before and after the move (without the decrement the kernel-carried ones had 64).
  * Programs alone: a peer's raw-mode datagram from its userspace socket (outer UDP checksum filled) is
  * unwrapped but not counted as the peer's kernel carrying the flow; one with checksum 0 (as nm_kf_out
- * sends) is — only those mark a flow ready for GSO super-packets.
+ * sends) is — only those mark a flow ready for GSO super-packets. A train of raw datagrams in one GSO
+ * skb (UDP_SEGMENT send over a veth) goes whole to the tunnel socket instead of being unwrapped as one.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, createNs, inNs, isRoot, sh } from "../helpers/netns.ts";
@@ -25,6 +26,7 @@ import {
   encodeIngress,
   encodeLocal,
   ipKey,
+  sumPerCpu,
   u32,
 } from "../../src/kfast/tc_maps.ts";
 
@@ -176,7 +178,8 @@ Deno.test({
 });
 
 // Sends argv[2] (text) as the inner UDP payload 10.30.0.11:40000 → 10.19.2.2:5300 (TTL 64), wrapped
-// in raw IP-in-UDP from :50103 to argv[1]:50103; argv[3] = "nocheck": outer UDP checksum 0 (SO_NO_CHECK).
+// in raw IP-in-UDP from :50103 to argv[1]:50103; argv[3] = "nocheck": outer UDP checksum 0 (SO_NO_CHECK);
+// "train": three such datagrams (payloads TEXT-1..3) sent as one UDP_SEGMENT train.
 const RAW_SEND = `
 import socket, struct, sys
 def csum(b):
@@ -184,16 +187,37 @@ def csum(b):
     s = (s & 0xffff) + (s >> 16)
     s = (s & 0xffff) + (s >> 16)
     return ~s & 0xffff
-data = sys.argv[2].encode()
-udp = struct.pack("!HHHH", 40000, 5300, 8 + len(data), 0) + data
-src, dst = socket.inet_aton("10.30.0.11"), socket.inet_aton("10.19.2.2")
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, src, dst)
-ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+def packet(text):
+    data = text.encode()
+    udp = struct.pack("!HHHH", 40000, 5300, 8 + len(data), 0) + data
+    src, dst = socket.inet_aton("10.30.0.11"), socket.inet_aton("10.19.2.2")
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, src, dst)
+    return ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + udp
+mode = sys.argv[3] if len(sys.argv) > 3 else ""
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-if len(sys.argv) > 3:
+if mode == "nocheck":
     s.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
 s.bind(("0.0.0.0", 50103))
-s.sendto(ip + udp, (sys.argv[1], 50103))
+if mode == "train":  # three datagrams in one UDP_SEGMENT send: one GSO skb across the veth
+    one = packet(sys.argv[2] + "-1")
+    s.setsockopt(17, 103, len(one))  # SOL_UDP, UDP_SEGMENT
+    s.sendto(one + packet(sys.argv[2] + "-2") + packet(sys.argv[2] + "-3"), (sys.argv[1], 50103))
+else:
+    s.sendto(packet(sys.argv[2]), (sys.argv[1], 50103))
+`;
+// The receiving node's "userspace tunnel socket": prints the length of each datagram to :50103.
+const TUNNEL_RECV = `
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 50103))
+s.settimeout(5)
+while True:
+    try:
+        data = s.recv(65535)
+    except socket.timeout:
+        break
+    s.settimeout(2)
+    print(len(data), flush=True)
 `;
 // Prints "TTL payload" of each datagram to UDP 5300 until 2 s pass without one.
 const RAW_RECV = `
@@ -213,7 +237,8 @@ while True:
 `;
 
 Deno.test(
-  "kfast tc rx (programs): the peer's userspace raw datagrams are unwrapped but do not count as its kernel carrying the flow",
+  "kfast tc rx (programs): the peer's userspace raw datagrams are unwrapped but do not count as its kernel " +
+    "carrying the flow; a UDP_SEGMENT train goes whole to the tunnel socket",
   opts,
   async () => {
     let p: TcPrograms | undefined;
@@ -309,8 +334,25 @@ Deno.test(
       assertEquals(decodeCounters(v).packets, 2);
       assertEquals(decodeIngressKernelPackets(v), 1, "outer checksum 0: the peer's program sent it");
 
+      // A train of three raw datagrams in one GSO skb (a peer's userspace sending with UDP_SEGMENT):
+      // left whole to the node's tunnel socket, not unwrapped as one packet (which kept only the first).
+      const tunnel = new Deno.Command("ip", {
+        args: ["netns", "exec", n2, "/usr/bin/python3", "-c", TUNNEL_RECV],
+        stdout: "piped",
+      }).output();
+      await new Promise((r) => setTimeout(r, 700));
+      await send("train", "train");
+      const got = new TextDecoder().decode((await tunnel).stdout).trim().split("\n");
+      assertEquals(got, ["35", "35", "35"], "the tunnel socket read the three datagrams");
+      assertEquals(decodeCounters(p.maps.ingress.lookup(key)!).packets, 2, "the kernel left the train alone");
+      assertEquals(sumPerCpu(p.maps.stats.lookup(u32(14))!), 1, "counted as a train (rxReasons.train)");
+
       const lines = new TextDecoder().decode((await recv).stdout).trim().split("\n");
-      assertEquals(lines, ["63 from-userspace", "63 from-kernel"], "delivered, inner TTL − 1");
+      assertEquals(
+        lines,
+        ["63 from-userspace", "63 from-kernel"],
+        "delivered, inner TTL − 1; no part of the train",
+      );
     } finally {
       p?.close(); // the attachment goes with the namespace's devices
       await recv?.catch(() => {});

@@ -131,7 +131,7 @@ Deno.test({
           100,
         );
       }
-      await new Promise((r) => setTimeout(r, 500)); // the sender's GSO readiness follows the first answers
+      await new Promise((r) => setTimeout(r, 1500)); // the sender's GSO readiness: its next look after the first answers
       const a = await rx(n2);
       const t0 = Date.now();
       await new Promise((r) => setTimeout(r, 4000));

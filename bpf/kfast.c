@@ -10,6 +10,8 @@
 //   whose inner flow is in `ingress` is decapsulated, restored (e.g. src → the ServiceIP dialled) and
 //   redirected to the local instance's host veth (`locals`), or else through the bridge
 //   (bpf_redirect_neigh: its neighbour entry and forwarding database find the instance).
+// Both decrement the inner TTL, as the routing hop of the TUN path each replaces does (a packet whose
+//   TTL would expire takes that path: the kernel's forwarding answers ICMP time exceeded).
 // Anything else continues unchanged (TCX_NEXT): misses, ICMP, fragments, IP options, IPv6 reach the
 // TUN path / the userspace tunnel socket as before. Userspace (src/kfast/tc_*.ts) fills the maps.
 //
@@ -65,15 +67,18 @@ struct egress_val {
   __u32 reply_saddr; /* the chosen instance's InstanceIP: the answers' source (0 = unknown) */
   __u64 packets, bytes;
 };
-/* The peer carries this flow in its kernel too (our ingress entry saw its packets). Until then GSO
+/* The peer carries this flow in its kernel too (our ingress entry saw its program's packets). Until then GSO
  * super-packets stay on the TUN: unsegmented (a veth underlay), only the peer's program could take
  * them apart — its userspace socket would read one 64 KB datagram. */
 #define EGRESS_PEER_READY 1
 
-/* Receiving: rewrite (0 = keep) and deliver to the local instance new_daddr (or daddr). */
+/* Receiving: rewrite (0 = keep) and deliver to the local instance new_daddr (or daddr). `kpackets`:
+ * those the peer's program sent (outer UDP checksum 0: nm_kf_out leaves it so, a socket — the peer's
+ * userspace in raw mode, an Oakestra peer — always fills it), which alone make EGRESS_PEER_READY. */
 struct ingress_val {
   __u32 new_saddr, new_daddr;
   __u64 packets, bytes;
+  __u64 kpackets;
 };
 
 /* A local instance's namespace IP → its host-side veth and the MACs of a frame towards it. */
@@ -82,10 +87,21 @@ struct local_val {
   __u8 mac[6], gw_mac[6];
 };
 
-/* Per-CPU counters (index): see STAT_* (read by `table show --flows` and /metrics). */
-enum { STAT_OUT_PKTS, STAT_OUT_BYTES, STAT_IN_PKTS, STAT_IN_BYTES, STAT_ERRORS, STAT_N = 8 };
-/* New flows the programs decided themselves (nm_kf_out: chosen from nm_kf_svc). */
-#define STAT_DECIDED 7
+/* Per-CPU counters (index): see STAT_* (read by `table show --flows` and /metrics). The STAT_IN_*
+ * reasons (8..) say why a tunnel datagram to our port went on to userspace, and how many of the
+ * unwrapped ones were GSO super-packets (issue 16: where the receiving node's data goes). */
+enum {
+  STAT_OUT_PKTS, STAT_OUT_BYTES, STAT_IN_PKTS, STAT_IN_BYTES, STAT_ERRORS,
+  STAT_DECIDED = 7,  /* new flows the programs decided themselves (nm_kf_out: chosen from nm_kf_svc) */
+  STAT_IN_GSO = 8,   /* unwrapped: GSO super-packets (of STAT_IN_PKTS) */
+  STAT_IN_NOPEER,    /* to our port, not from a peer in `peers` (or its port differs) */
+  STAT_IN_NOFLOW,    /* inner packet not plain IPv4 TCP/UDP (fragment, options, ICMP, FAST header) */
+  STAT_IN_MISS,      /* inner flow not in `ingress` */
+  STAT_IN_MISS_GSO,  /* of STAT_IN_MISS: GSO super-packets */
+  STAT_IN_NODEV,     /* no `locals` entry and no bridge */
+  STAT_IN_TRAIN,     /* several datagrams in one skb (a UDP-GSO send or UDP GRO): userspace splits them */
+  STAT_N = 16
+};
 
 struct map_def SEC("maps") nm_kf_egress = {BPF_MAP_TYPE_LRU_HASH, sizeof(struct flow_key), sizeof(struct egress_val), 65536, 0};
 struct map_def SEC("maps") nm_kf_ingress = {BPF_MAP_TYPE_LRU_HASH, sizeof(struct flow_key), sizeof(struct ingress_val), 65536, 0};
@@ -226,7 +242,7 @@ INLINE int peer_ready(struct egress_val *v, const struct flow_key *k) {
   struct flow_key r = {};
   reverse(&r, k, v->reply_saddr);
   struct ingress_val *iv = map_lookup(&nm_kf_ingress, &r);
-  if (!iv || !iv->packets) return 0;
+  if (!iv || !iv->kpackets) return 0; /* packets the peer's program sent (not its userspace) */
   v->flags |= EGRESS_PEER_READY;
   return 1;
 }
@@ -249,6 +265,20 @@ INLINE struct ingress_val *learn_in(struct flow_key *k, struct iphdr *ip, void *
   return map_lookup(&nm_kf_ingress, k);
 }
 
+/* Forwarding semantics of the paths it replaces (each node routes the packet once, TTL − 1): a
+ * packet whose TTL would expire stays on the kernel's own forwarding (its ICMP time exceeded). */
+INLINE int ttl_expires(struct iphdr *ip) {
+  return ip->ttl <= 1;
+}
+
+/* TTL − 1 of the IPv4 header at IP_OFF (the checksum over the ttl/protocol word). */
+INLINE void ttl_dec(struct __sk_buff *skb, __u8 ttl, __u8 proto) {
+  __u16 oldw = BE16(((__u16)ttl << 8) | proto), neww = BE16(((__u16)(ttl - 1) << 8) | proto);
+  __u8 t = ttl - 1;
+  l3_csum_replace(skb, IP_OFF + offsetof(struct iphdr, check), oldw, neww, 2);
+  skb_store_bytes(skb, IP_OFF + offsetof(struct iphdr, ttl), &t, 1, 0);
+}
+
 SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   if (skb->protocol != BE16(ETH_P_IP)) return TCX_NEXT;
   void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -263,7 +293,11 @@ SEC("tc/out") int nm_kf_out(struct __sk_buff *skb) {
   if (!v) v = decide(&k, data + IP_OFF, end);
   if (!v) return TCX_NEXT;
   if (skb->gso_size && !peer_ready(v, &k)) return TCX_NEXT;
+  struct iphdr *iph = data + IP_OFF;
+  if (ttl_expires(iph)) return TCX_NEXT;
+  __u8 ttl = iph->ttl;
   __u32 len = skb->len;
+  ttl_dec(skb, ttl, k.proto);
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, v->new_daddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
   __u16 inner = (__u16)(len - ETH_HLEN);
@@ -318,25 +352,52 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   struct config *cfg = map_lookup(&nm_kf_config, &zero);
   if (!cfg || udp->dest != BE16((__u16)cfg->port)) return TCX_NEXT;
   __u32 *from = map_lookup(&nm_kf_peers, &peer);
-  if (!from || udp->source != BE16((__u16)*from)) return TCX_NEXT;
+  if (!from || udp->source != BE16((__u16)*from)) {
+    count(STAT_IN_NOPEER, 1);
+    return TCX_NEXT;
+  }
   struct flow_key k = {};
-  if (flow_of((void *)(udp + 1), end, &k)) return TCX_NEXT;
+  if (flow_of((void *)(udp + 1), end, &k)) {
+    count(STAT_IN_NOFLOW, 1);
+    return TCX_NEXT;
+  }
+  /* One inner packet fills the datagram (a tunnel GSO skb from a peer's nm_kf_out too: its inner
+   * length is the whole super-packet's); a train of datagrams (the peer's userspace sending with
+   * UDP_SEGMENT over a veth, or UDP GRO on a NIC) would lose all but the first when unwrapped. */
+  struct iphdr *inner = (void *)(udp + 1);
+  if (BE16(inner->tot_len) != skb->len - ETH_HLEN - OUTER) {
+    count(STAT_IN_TRAIN, 1);
+    return TCX_NEXT;
+  }
   struct ingress_val *v = map_lookup(&nm_kf_ingress, &k);
   if (!v) v = learn_in(&k, (void *)(udp + 1), end);
-  if (!v) return TCX_NEXT;
+  if (!v) {
+    count(STAT_IN_MISS, 1);
+    if (skb->gso_size) count(STAT_IN_MISS_GSO, 1);
+    return TCX_NEXT;
+  }
   __u32 dst = v->new_daddr ? v->new_daddr : k.daddr;
   struct local_val *l = map_lookup(&nm_kf_locals, &dst);
   __u32 bridge = cfg->bridge;
-  if (!l && !bridge) return TCX_NEXT;
+  if (!l && !bridge) {
+    count(STAT_IN_NODEV, 1);
+    return TCX_NEXT;
+  }
+  if (ttl_expires(inner)) return TCX_NEXT; /* userspace → TUN → the kernel's forwarding answers */
+  __u8 ttl = inner->ttl;
+  if (skb->gso_size) count(STAT_IN_GSO, 1);
   __u32 len = skb->len - ETH_HLEN - OUTER;
+  __u16 ocsum = udp->check;
   if (adjust_room(skb, -OUTER, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO | ADJ_ROOM_DECAP_L3_IPV4)) {
     count(STAT_ERRORS, 1);
     return TCX_NEXT; /* unchanged: the userspace tunnel decodes it */
   }
+  ttl_dec(skb, ttl, k.proto);
   if (v->new_saddr) rewrite(skb, offsetof(struct iphdr, saddr), k.saddr, v->new_saddr, k.proto);
   rewrite(skb, offsetof(struct iphdr, daddr), k.daddr, dst, k.proto);
   __sync_fetch_and_add(&v->packets, 1);
   __sync_fetch_and_add(&v->bytes, len);
+  if (!ocsum) __sync_fetch_and_add(&v->kpackets, 1);
   count(STAT_IN_PKTS, 1);
   count(STAT_IN_BYTES, len);
   if (!l) return redirect_neigh(bridge, 0, 0, 0); /* the bridge's neighbour entry and FDB find it */

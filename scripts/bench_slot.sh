@@ -54,7 +54,9 @@ sock="$dir/nm.sock"
           st=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null) || { fails=$((fails + 1)); sleep 1; continue; }
           jq -c --arg n "$OB_NODE" '{node: ($n | tonumber), t: now, kernelTxPackets: .kernelFastPath.counters.tx.packets,
             kernelRxPackets: .kernelFastPath.counters.rx.packets, tunUdpTxPackets: .dataPlane.udpTx,
-            tunUdpRxPackets: .dataPlane.udpRx, moved: .kernelFastPath.moved}' <<<"$st" >>"$NM_KFAST_FILE" 2>/dev/null || true
+            tunUdpRxPackets: .dataPlane.udpRx, moved: .kernelFastPath.moved,
+            kernelRxBytes: .kernelFastPath.counters.rx.bytes, tunUdpRxBytes: .dataPlane.udpRxBytes,
+            rxReasons: .kernelFastPath.rxReasons}' <<<"$st" >>"$NM_KFAST_FILE" 2>/dev/null || true
           sleep 1
         done
       ) &

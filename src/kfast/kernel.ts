@@ -79,6 +79,21 @@ export interface KernelFastPathStatus {
   decided?: number;
   /** Packets and bytes into (`tx`) and out of (`rx`) the device, as last read from the kernel. */
   counters: { tx: { packets: number; bytes: number }; rx: { packets: number; bytes: number } };
+  /**
+   * tc mode only: what the receive program (`nm_kf_in`) did with tunnel datagrams to our port besides
+   * unwrapping them (bpf/kfast.c STAT_IN_*): `gso` of the unwrapped were GSO super-packets; the
+   * others went on to userspace — from no known peer, no plain inner TCP/UDP, flow not in the map
+   * (`missGso` of them GSO), no device to deliver to, several datagrams in one skb (`train`).
+   */
+  rxReasons?: {
+    gso: number;
+    noPeer: number;
+    noFlow: number;
+    miss: number;
+    missGso: number;
+    noDev: number;
+    train: number;
+  };
 }
 
 /**

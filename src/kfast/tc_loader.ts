@@ -165,6 +165,8 @@ export class TcPrograms {
       return new TcPrograms(mapsOf(byName), progs);
     } catch (e) {
       close();
+      // Programs of an older build (other map layouts): not adoptable, the caller cleans and loads.
+      if (e instanceof BpfError && e.message.includes("different layout")) return undefined;
       throw e;
     }
   }

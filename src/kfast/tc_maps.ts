@@ -60,7 +60,7 @@ export const FLOW_KEY_BYTES = 16;
 export const EGRESS_BYTES = 48;
 /** `egress_val.flags`: the peer carries the flow in its kernel too (GSO super-packets may go). */
 export const EGRESS_PEER_READY = 1;
-export const INGRESS_BYTES = 24;
+export const INGRESS_BYTES = 32;
 export const LOCAL_BYTES = 16;
 
 function port(p: number): number {
@@ -149,6 +149,15 @@ export function decodeCounters(b: Uint8Array): TcCounters {
   if (at < 0) throw new RangeError("not a flow value");
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   return { packets: Number(v.getBigUint64(at, true)), bytes: Number(v.getBigUint64(at + 8, true)) };
+}
+
+/**
+ * Of an ingress value's packets, those the peer's kernel program sent (outer UDP checksum 0; the
+ * peer's userspace always fills it): the peer carries the flow in its kernel.
+ */
+export function decodeIngressKernelPackets(b: Uint8Array): number {
+  if (b.length !== INGRESS_BYTES) throw new RangeError("ingress value size");
+  return Number(new DataView(b.buffer, b.byteOffset, b.byteLength).getBigUint64(24, true));
 }
 
 /** IPv4 address `ip` as the 4-byte key of the locals / peers maps. */

@@ -40,6 +40,7 @@ import {
   decodeCounters,
   decodeEgress,
   decodeFlowKey,
+  decodeIngressKernelPackets,
   EGRESS_PEER_READY,
   encodeConfig,
   encodeEgress,
@@ -383,13 +384,14 @@ export class TcFastPath {
   }
 
   /**
-   * Once the peer's kernel sends this flow to us (our ingress entry counts packets), it has both of
-   * its entries: our GSO super-packets may go through the kernel too (bpf/kfast.c EGRESS_PEER_READY).
+   * Once the peer's kernel sends this flow to us (our ingress entry counts its program's packets, not
+   * the raw-mode ones of its userspace), it has both of its entries: our GSO super-packets may go
+   * through the kernel too (bpf/kfast.c EGRESS_PEER_READY).
    */
   #checkReady(s: PinState): void {
     if (!s.e.ingress.flow.saddr) return;
     const iv = this.#p.maps.ingress.lookup(encodeFlowKey(s.e.ingress.flow));
-    if (!iv || decodeCounters(iv).packets === 0) return;
+    if (!iv || decodeIngressKernelPackets(iv) === 0) return;
     const key = encodeFlowKey(s.e.egress.flow);
     const ev = this.#p.maps.egress.lookup(key);
     if (!ev) return;
@@ -451,6 +453,15 @@ export class TcFastPath {
       counters: {
         tx: { packets: stat(0), bytes: stat(1) },
         rx: { packets: stat(2), bytes: stat(3) },
+      },
+      rxReasons: {
+        gso: stat(8),
+        noPeer: stat(9),
+        noFlow: stat(10),
+        miss: stat(11),
+        missGso: stat(12),
+        noDev: stat(13),
+        train: stat(14),
       },
     };
   }

@@ -384,6 +384,9 @@ export class SendBatch {
   readonly gathers: Int32Array<ArrayBuffer>;
   private gatherIov?: Uint32Array<ArrayBuffer>;
   private gatherAddr = 0;
+  /** The pieces as JS sees them (arena, offset, length), for {@link entryBytes}. */
+  private gatherFrom: (SendBatch | undefined)[] = [];
+  private gatherAt?: Int32Array<ArrayBuffer>;
   /** Lazily built arena for sending GSO entries segment by segment. */
   private split?: {
     hdrs: Uint8Array<ArrayBuffer>;
@@ -461,6 +464,8 @@ export class SendBatch {
       this.keep.push(ab);
       this.gatherIov = new Uint32Array(ab);
       this.gatherAddr = addressOf(ab);
+      this.gatherFrom = new Array<SendBatch | undefined>(this.slots * GATHER_MAX_IOV).fill(undefined);
+      this.gatherAt = new Int32Array(this.slots * GATHER_MAX_IOV * 2);
     }
     this.gathers[i] = count;
   }
@@ -478,10 +483,32 @@ export class SendBatch {
         `gather piece ${k} of entry ${i}: [${at}, +${len}) outside the arena or no gather set`,
       );
     }
-    const v = (i * GATHER_MAX_IOV + k) * 4;
+    const p = i * GATHER_MAX_IOV + k;
+    const v = p * 4;
     putPtr(iov, v, from.dataAddr + at);
     iov[v + 2] = len;
     iov[v + 3] = 0;
+    this.gatherFrom[p] = from;
+    this.gatherAt![2 * p] = at;
+    this.gatherAt![2 * p + 1] = len;
+  }
+
+  /** A copy of the bytes entry `i` sends (its slot's, or its gather pieces'): for in-memory sockets. */
+  entryBytes(i: number): Uint8Array<ArrayBuffer> {
+    const g = this.gathers[i];
+    if (g === 0) {
+      const o = i * this.slotSize + this.offsets[i];
+      return this.data.slice(o, o + this.sizes[i]);
+    }
+    const out = new Uint8Array(this.sizes[i]);
+    let d = 0;
+    for (let k = 0; k < g; k++) {
+      const p = i * GATHER_MAX_IOV + k;
+      const at = this.gatherAt![2 * p], len = this.gatherAt![2 * p + 1];
+      out.set(this.gatherFrom[p]!.data.subarray(at, at + len), d);
+      d += len;
+    }
+    return out;
   }
 
   /** Copies entry `i`'s gather pieces to entry `j` (moving entries after a partial send). */
@@ -489,6 +516,9 @@ export class SendBatch {
     const n = this.gathers[i];
     this.gathers[j] = n;
     if (n > 0) {
+      const a = i * GATHER_MAX_IOV, b = j * GATHER_MAX_IOV;
+      for (let k = 0; k < n; k++) this.gatherFrom[b + k] = this.gatherFrom[a + k];
+      this.gatherAt!.copyWithin(2 * b, 2 * a, 2 * (a + n));
       this.gatherIov!.copyWithin(
         j * GATHER_MAX_IOV * 4,
         i * GATHER_MAX_IOV * 4,

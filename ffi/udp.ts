@@ -493,14 +493,19 @@ export class SendBatch {
     this.gatherAt![2 * p + 1] = len;
   }
 
-  /** A copy of the bytes entry `i` sends (its slot's, or its gather pieces'): for in-memory sockets. */
-  entryBytes(i: number): Uint8Array<ArrayBuffer> {
+  /**
+   * A copy of the bytes entry `i` sends (its slot's, or its gather pieces'), for in-memory sockets
+   * and benchmarks; into `into` (from its start) when given.
+   */
+  entryBytes(i: number, into?: Uint8Array): Uint8Array {
     const g = this.gathers[i];
     if (g === 0) {
       const o = i * this.slotSize + this.offsets[i];
-      return this.data.slice(o, o + this.sizes[i]);
+      if (into === undefined) return this.data.slice(o, o + this.sizes[i]);
+      into.set(this.data.subarray(o, o + this.sizes[i]));
+      return into;
     }
-    const out = new Uint8Array(this.sizes[i]);
+    const out = into ?? new Uint8Array(this.sizes[i]);
     let d = 0;
     for (let k = 0; k < g; k++) {
       const p = i * GATHER_MAX_IOV + k;

@@ -12,7 +12,9 @@
  *   every datagram of a GSO run sealed on its own (16-byte header, 16-byte tag, so a run's segment size
  *   grows by 32 and a long run may take two sends) towards peers with a session, unchanged towards
  *   others (`prefer` with a raw peer, control datagrams), dropped in `require` (counted, and a
- *   handshake is asked for).
+ *   handshake is asked for). A JUMBO message the bind queued contiguously (its `messages` lengths) is
+ *   sealed with one AEAD call in place and sent as gather entries (header + ciphertext slice per
+ *   datagram; the same bytes as sealed in parts, see keys.ts `sealMessage`).
  * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
  *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
  *   arrived plain; handshake datagrams go to the main isolate; in `require` plain data (raw, FAST,

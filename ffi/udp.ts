@@ -56,6 +56,8 @@ export const CMSGHDR_SIZE = 16;
  * Also bounded by the 64 KiB IP packet: 46 × 1400-byte segments is the most for IPv4.
  */
 export const UDP_MAX_SEGMENTS = 64;
+/** Most pieces of one gather entry ({@link SendBatch.setGather}): a header and a body per segment. */
+export const GATHER_MAX_IOV = 2 * UDP_MAX_SEGMENTS;
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -373,12 +375,24 @@ export class SendBatch {
   private readonly d6w: Uint32Array<ArrayBuffer>;
   private readonly dataAddr: number;
   private readonly ctrlAddr: number;
+  private readonly iovAddr: number;
   private readonly keep: ArrayBuffer[];
+  /**
+   * Gather entries (see {@link setGather}): per slot, the number of iovecs (0: the slot's own bytes)
+   * and, built on first use, {@link GATHER_MAX_IOV} iovecs per slot.
+   */
+  readonly gathers: Int32Array<ArrayBuffer>;
+  private gatherIov?: Uint32Array<ArrayBuffer>;
+  private gatherAddr = 0;
+  /** The pieces as JS sees them (arena, offset, length), for {@link entryBytes}. */
+  private gatherFrom: (SendBatch | undefined)[] = [];
+  private gatherAt?: Int32Array<ArrayBuffer>;
   /** Lazily built arena for sending GSO entries segment by segment. */
   private split?: {
     hdrs: Uint8Array<ArrayBuffer>;
     h32: Uint32Array<ArrayBuffer>;
     iov32: Uint32Array<ArrayBuffer>;
+    iovAddr: number;
   };
 
   constructor(slots: number, slotSize: number) {
@@ -409,6 +423,7 @@ export class SendBatch {
     this.d6w = new Uint32Array(this.dst6.buffer);
     this.dstScopes = new Uint32Array(slots);
     this.dstPorts = new Uint16Array(slots);
+    this.gathers = new Int32Array(slots);
     this.hdrs = new Uint8Array(hdrAb);
     this.h32 = new Uint32Array(hdrAb);
     this.iov32 = new Uint32Array(iovAb);
@@ -417,7 +432,7 @@ export class SendBatch {
 
     this.dataAddr = addressOf(dataAb);
     this.ctrlAddr = addressOf(ctrlAb);
-    const iovAddr = addressOf(iovAb);
+    const iovAddr = this.iovAddr = addressOf(iovAb);
     const nameAddr = addressOf(nameAb);
     const c32 = new Uint32Array(ctrlAb);
     for (let i = 0; i < slots; i++) {
@@ -430,6 +445,90 @@ export class SendBatch {
       c32[c] = CMSGHDR_SIZE + 2;
       c32[c + 2] = SOL_UDP;
       c32[c + 3] = UDP_SEGMENT;
+    }
+  }
+
+  /**
+   * Makes entry `i` a gather entry: its datagram(s) are the concatenation of `count` pieces set with
+   * {@link setGatherPiece} instead of the slot's bytes (`offsets[i]` is ignored; `sizes[i]` must be
+   * the pieces' total). With GSO, every segment must be exactly pieces `2k` and `2k+1` (a header and
+   * a body), so a split send (GSO off or refused) sends each segment from its two pieces. A count of
+   * 0 makes it a plain entry again.
+   */
+  setGather(i: number, count: number): void {
+    if (!Number.isInteger(count) || count < 0 || count > GATHER_MAX_IOV) {
+      throw new UdpError(`gather of ${count} pieces (at most ${GATHER_MAX_IOV})`);
+    }
+    if (count > 0 && this.gatherIov === undefined) {
+      const ab = new ArrayBuffer(this.slots * GATHER_MAX_IOV * IOVEC_SIZE);
+      this.keep.push(ab);
+      this.gatherIov = new Uint32Array(ab);
+      this.gatherAddr = addressOf(ab);
+      this.gatherFrom = new Array<SendBatch | undefined>(this.slots * GATHER_MAX_IOV).fill(undefined);
+      this.gatherAt = new Int32Array(this.slots * GATHER_MAX_IOV * 2);
+    }
+    this.gathers[i] = count;
+  }
+
+  /**
+   * Piece `k` of gather entry `i`: `len` bytes at offset `at` of `from`'s data arena (`from` may be
+   * another batch: its arena must stay unchanged until the entry is sent).
+   */
+  setGatherPiece(i: number, k: number, from: SendBatch, at: number, len: number): void {
+    const iov = this.gatherIov;
+    if (
+      iov === undefined || k < 0 || k >= GATHER_MAX_IOV || at < 0 || len < 0 || at + len > from.data.length
+    ) {
+      throw new UdpError(
+        `gather piece ${k} of entry ${i}: [${at}, +${len}) outside the arena or no gather set`,
+      );
+    }
+    const p = i * GATHER_MAX_IOV + k;
+    const v = p * 4;
+    putPtr(iov, v, from.dataAddr + at);
+    iov[v + 2] = len;
+    iov[v + 3] = 0;
+    this.gatherFrom[p] = from;
+    this.gatherAt![2 * p] = at;
+    this.gatherAt![2 * p + 1] = len;
+  }
+
+  /**
+   * A copy of the bytes entry `i` sends (its slot's, or its gather pieces'), for in-memory sockets
+   * and benchmarks; into `into` (from its start) when given.
+   */
+  entryBytes(i: number, into?: Uint8Array): Uint8Array {
+    const g = this.gathers[i];
+    if (g === 0) {
+      const o = i * this.slotSize + this.offsets[i];
+      if (into === undefined) return this.data.slice(o, o + this.sizes[i]);
+      into.set(this.data.subarray(o, o + this.sizes[i]));
+      return into;
+    }
+    const out = into ?? new Uint8Array(this.sizes[i]);
+    let d = 0;
+    for (let k = 0; k < g; k++) {
+      const p = i * GATHER_MAX_IOV + k;
+      const at = this.gatherAt![2 * p], len = this.gatherAt![2 * p + 1];
+      out.set(this.gatherFrom[p]!.data.subarray(at, at + len), d);
+      d += len;
+    }
+    return out;
+  }
+
+  /** Copies entry `i`'s gather pieces to entry `j` (moving entries after a partial send). */
+  moveGather(i: number, j: number): void {
+    const n = this.gathers[i];
+    this.gathers[j] = n;
+    if (n > 0) {
+      const a = i * GATHER_MAX_IOV, b = j * GATHER_MAX_IOV;
+      for (let k = 0; k < n; k++) this.gatherFrom[b + k] = this.gatherFrom[a + k];
+      this.gatherAt!.copyWithin(2 * b, 2 * a, 2 * (a + n));
+      this.gatherIov!.copyWithin(
+        j * GATHER_MAX_IOV * 4,
+        i * GATHER_MAX_IOV * 4,
+        (i * GATHER_MAX_IOV + n) * 4,
+      );
     }
   }
 
@@ -468,17 +567,25 @@ export class SendBatch {
     let needSplit = false;
     for (let i = 0; i < n; i++) {
       const size = this.sizes[i], off = this.offsets[i];
-      if (size < 0 || off < 0 || off + size > slotSize) {
-        throw new UdpError(`SendBatch slot ${i}: offset ${off} + size ${size} outside 0..${slotSize}`);
-      }
       const fam = this.dstFamilies[i];
       if (fam !== 4 && fam !== 6) throw new UdpError(`SendBatch slot ${i}: destination not set`);
-      const v = i * 4;
-      putPtr(iov32, v, this.dataAddr + i * slotSize + off);
-      iov32[v + 2] = size;
-      iov32[v + 3] = 0;
-
       const h = i * HDR_WORDS;
+      const g = this.gathers[i];
+      if (g > 0) {
+        putPtr(h32, h + W_IOV, this.gatherAddr + i * GATHER_MAX_IOV * IOVEC_SIZE);
+        h32[h + W_IOVLEN] = g;
+      } else {
+        if (size < 0 || off < 0 || off + size > slotSize) {
+          throw new UdpError(`SendBatch slot ${i}: offset ${off} + size ${size} outside 0..${slotSize}`);
+        }
+        const v = i * 4;
+        putPtr(iov32, v, this.dataAddr + i * slotSize + off);
+        iov32[v + 2] = size;
+        iov32[v + 3] = 0;
+        putPtr(h32, h + W_IOV, this.iovAddr + i * IOVEC_SIZE);
+        h32[h + W_IOVLEN] = 1;
+      }
+
       const w = i * (NAME_STRIDE / 4);
       const port = this.dstPorts[i];
       const portWord = ((port >>> 8) << 16) | ((port & 0xff) << 24);
@@ -542,8 +649,13 @@ export class SendBatch {
       const hAb = new ArrayBuffer(UDP_MAX_SEGMENTS * MMSGHDR_SIZE);
       const vAb = new ArrayBuffer(UDP_MAX_SEGMENTS * IOVEC_SIZE);
       this.keep.push(hAb, vAb);
-      const split = { hdrs: new Uint8Array(hAb), h32: new Uint32Array(hAb), iov32: new Uint32Array(vAb) };
       const vAddr = addressOf(vAb);
+      const split = {
+        hdrs: new Uint8Array(hAb),
+        h32: new Uint32Array(hAb),
+        iov32: new Uint32Array(vAb),
+        iovAddr: vAddr,
+      };
       for (let k = 0; k < UDP_MAX_SEGMENTS; k++) {
         putPtr(split.h32, k * HDR_WORDS + W_IOV, vAddr + k * IOVEC_SIZE);
         split.h32[k * HDR_WORDS + W_IOVLEN] = 1;
@@ -554,14 +666,24 @@ export class SendBatch {
     const seg = this.segSizes[i], size = this.sizes[i];
     const h = i * HDR_WORDS;
     const base = this.dataAddr + i * this.slotSize + this.offsets[i];
+    const g = this.gathers[i];
     let k = 0;
     for (let pos = first * seg; pos < size && k < UDP_MAX_SEGMENTS; pos += seg, k++) {
       const sh = k * HDR_WORDS;
       sp.h32[sh + W_NAME] = this.h32[h + W_NAME];
       sp.h32[sh + W_NAME + 1] = this.h32[h + W_NAME + 1];
       sp.h32[sh + W_NAMELEN] = this.h32[h + W_NAMELEN];
-      putPtr(sp.iov32, k * 4, base + pos);
-      sp.iov32[k * 4 + 2] = Math.min(seg, size - pos);
+      if (g > 0) {
+        // Segment s of a gather entry is its pieces 2s and 2s+1 (see setGather).
+        const s2 = 2 * (first + k);
+        putPtr(sp.h32, sh + W_IOV, this.gatherAddr + (i * GATHER_MAX_IOV + s2) * IOVEC_SIZE);
+        sp.h32[sh + W_IOVLEN] = Math.min(2, g - s2);
+      } else {
+        putPtr(sp.h32, sh + W_IOV, sp.iovAddr + k * IOVEC_SIZE);
+        sp.h32[sh + W_IOVLEN] = 1;
+        putPtr(sp.iov32, k * 4, base + pos);
+        sp.iov32[k * 4 + 2] = Math.min(seg, size - pos);
+      }
     }
     return k;
   }

@@ -124,6 +124,12 @@ export class UdpBind implements BindSeam, ScatterTarget {
   /** Lane key (lanes.ts) of each queued send entry (-1: control), and of the packet being queued. */
   readonly #keys: Int32Array;
   #key = 0;
+  /**
+   * Per queued entry: > 0 when it begins a JUMBO message of that many bytes, contiguous in its slot
+   * (the secure layer then seals it as one AEAD, secure_layer.ts); -1 for the next entries of that
+   * message (copies of its tail); 0 otherwise.
+   */
+  readonly #message: Int32Array;
   /** Node key of each queued send entry's destination (undefined: a control datagram). */
   readonly #peerKeys: (string | undefined)[];
   /**
@@ -159,6 +165,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
     this.batchSize = batch;
     this.#send = new SendBatch(batch + 1, SEND_SLOT);
     this.#keys = new Int32Array(batch + 1);
+    this.#message = new Int32Array(batch + 1);
     this.#peerKeys = new Array<string | undefined>(batch + 1).fill(undefined);
     this.#dfs = new Uint8Array(batch + 1).fill(1);
     sock.setDontFragment?.(true); // a restarted lane's socket may have been left without DF
@@ -295,7 +302,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
         this.#scatterReads = this.#scatterIovs.length > 0;
         advanceJumboId(peer, key); // consecutive per stream: gaps show lost messages
         this.jumboTx++;
-        this.#queueRun(slot, 0, used, dsize, Math.ceil(used / dsize), res);
+        this.#queueRun(slot, 0, used, dsize, Math.ceil(used / dsize), res, used);
         return;
       }
     }
@@ -335,6 +342,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
    * nodes instead of one per packet; the datagrams on the wire are the same.
    */
   #append(p: number, from: number, size: number, res: PacketResult): boolean {
+    if (this.#message[p] !== 0) return false; // a JUMBO message's entry stays the message alone
     const send = this.#send;
     const route = res.route!;
     if (route.family === 4) {
@@ -366,7 +374,15 @@ export class UdpBind implements BindSeam, ScatterTarget {
    * datagram before segmentation), so a 64 KB super-packet's datagrams may need a second entry (a
    * copy of the tail into the next slot).
    */
-  #queueRun(slot: number, start: number, end: number, dsize: number, n: number, res: PacketResult): void {
+  #queueRun(
+    slot: number,
+    start: number,
+    end: number,
+    dsize: number,
+    n: number,
+    res: PacketResult,
+    message = 0,
+  ): void {
     const send = this.#send;
     const route = res.route!;
     const perSend = n > 1 ? Math.max(1, Math.floor(MAX_GSO_PAYLOAD / dsize)) : 1;
@@ -381,6 +397,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
       send.sizes[i] = to - from;
       send.segSizes[i] = to - from > dsize ? dsize : 0;
       this.#keys[i] = this.#key;
+      this.#message[i] = message > 0 ? (k === 0 && i === slot ? message : -1) : 0;
       this.#peerKeys[i] = route.key;
       const df = route.peer?.path.probed === true ? 1 : 0;
       this.#dfs[i] = df;
@@ -406,6 +423,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
     send.segSizes[i] = 0;
     send.sizes[i] = bytes.length;
     this.#keys[i] = -1;
+    this.#message[i] = 0;
     this.#peerKeys[i] = undefined;
     this.#dfs[i] = 1; // PMTU probes must keep DF
     if (family === 4) send.setDst4(i, addr4, port);
@@ -417,7 +435,8 @@ export class UdpBind implements BindSeam, ScatterTarget {
     const layer = this.secure;
     const wall = layer !== undefined && layer.active && this.#pending > 0 ? Date.now() : 0;
     if (wall > 0 && layer!.needsSealing(this.#pending, this.#peerKeys, this.#keys, wall)) {
-      const out = this.#sealed ??= new SendBatch(2 * (this.batchSize + 1), SEND_SLOT);
+      // 2 entries per queued one at most, and a last slot for the headers of messages sealed whole.
+      const out = this.#sealed ??= new SendBatch(2 * (this.batchSize + 1) + 1, SEND_SLOT);
       const n = layer!.sealBatch(
         this.#send,
         this.#pending,
@@ -426,6 +445,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
         out,
         MAX_GSO_PAYLOAD,
         wall,
+        this.#message,
       );
       this.#pending = 0;
       this.#noDf = 0;
@@ -500,6 +520,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
           out.dst6.copyWithin(j * 16, i * 16, i * 16 + 16);
           out.dstScopes[j] = out.dstScopes[i];
           out.dstPorts[j] = out.dstPorts[i];
+          out.moveGather(i, j);
         }
       }
       n -= r;
@@ -521,6 +542,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
       send.dst6.copyWithin(j * 16, i * 16, i * 16 + 16);
       send.dstPorts[j] = send.dstPorts[i];
       this.#keys[j] = this.#keys[i];
+      this.#message[j] = 0; // (only its own bytes moved: the secure layer seals it part by part)
       this.#peerKeys[j] = this.#peerKeys[i];
       this.#dfs[j] = this.#dfs[i];
     }

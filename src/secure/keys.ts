@@ -321,6 +321,46 @@ export class KeyRing {
     return SECURE_OVERHEAD + len;
   }
 
+  /**
+   * Seals a message of `count = ceil(len / dsize)` datagrams (2..64; a JUMBO message laid out
+   * contiguously at `buf[off .. off+len)`, datagram k being `dsize` bytes from `off + k·dsize`) for
+   * `peer` as ONE AEAD call, in place: the ciphertext replaces the plaintext and the tag goes to
+   * `buf[off+len .. +16)` (the caller leaves room). The `count` part headers (secure_wire.ts) go to
+   * `hdrs[hdrOff + 16k ..]`; the datagrams on the wire are header k then ciphertext bytes
+   * `[k·dsize, (k+1)·dsize)` (the last with the tag): byte for byte what {@link sealPart} makes part
+   * by part, so receivers open them as before. Returns `count`, or -1 when `peer` has no session that
+   * may send (nothing written) or the sizes do not make 2..64 parts.
+   */
+  sealMessage(
+    peer: string,
+    laneKey: number,
+    buf: Uint8Array,
+    off: number,
+    len: number,
+    dsize: number,
+    hdrs: Uint8Array,
+    hdrOff: number,
+    nowMs: number,
+  ): number {
+    const count = dsize > 0 ? Math.ceil(len / dsize) : 0;
+    if (count < 2 || count > SECURE_PART_INDEX + 1 || off < 0 || off + len + SECURE_TAG_LEN > buf.length) {
+      return -1;
+    }
+    if (hdrOff < 0 || hdrOff + count * SECURE_HEADER_LEN > hdrs.length) return -1;
+    const s = this.#current.get(peer);
+    if (!s || !this.canSend(peer, nowMs)) return -1;
+    const n = s.next();
+    if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
+    const hi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0, lo = n >>> 0;
+    const ri = s.keys.remoteIndex;
+    for (let k = 0; k < count; k++) {
+      const flags = SECURE_F_PART | k | (k === count - 1 ? SECURE_F_LAST : 0);
+      writeSecureHeader(hdrs, hdrOff + k * SECURE_HEADER_LEN, laneKey, ri, hi, lo, flags);
+    }
+    s.seal.sealAdTo(this.#nonceOf(hdrs, hdrOff), hdrs, hdrOff, SECURE_HEADER_LEN, buf, off, len, buf, off);
+    return count;
+  }
+
   /** The peer of the session a SECURE datagram's header names ("" if none); nothing is checked. */
   peerOf(buf: Uint8Array, off: number, len: number): string {
     const h = this.#header;

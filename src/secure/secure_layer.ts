@@ -12,7 +12,9 @@
  *   every datagram of a GSO run sealed on its own (16-byte header, 16-byte tag, so a run's segment size
  *   grows by 32 and a long run may take two sends) towards peers with a session, unchanged towards
  *   others (`prefer` with a raw peer, control datagrams), dropped in `require` (counted, and a
- *   handshake is asked for).
+ *   handshake is asked for). A JUMBO message the bind queued contiguously (its `messages` lengths) is
+ *   sealed with one AEAD call in place and sent as gather entries (header + ciphertext slice per
+ *   datagram; the same bytes as sealed in parts, see keys.ts `sealMessage`).
  * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
  *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
  *   arrived plain; handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
@@ -33,7 +35,7 @@
 import { type SendBatch, UDP_MAX_SEGMENTS } from "../../ffi/udp.ts";
 import { hasMac2 } from "./cookie_wire.ts";
 import { KeyRing, OPEN_RESULT_NAMES, Opened, OpenResult, type SessionKeys } from "./keys.ts";
-import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "./secure_wire.ts";
+import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD, SECURE_TAG_LEN } from "./secure_wire.ts";
 import { JUMBO_MAX_CHUNKS, JUMBO_TAG_LEN, MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
 
 /** `TunnelSecurity` as a number for the hot path. */
@@ -253,15 +255,43 @@ export class SecureLayer {
     dst: SendBatch,
     maxPayload: number,
     nowMs: number,
+    messages?: Int32Array,
   ): number {
     const ring = this.ring;
     let out = 0;
+    // Headers of messages sealed whole live in dst's last slot (gather entries point at them).
+    const hdrBase = (dst.slots - 1) * dst.slotSize;
+    let hdrUsed = 0;
+    let skipTail = false;
     for (let i = 0; i < n; i++) {
       const peer = peers[i];
       const from = i * src.slotSize + src.offsets[i];
       const size = src.sizes[i];
       const seg = src.segSizes[i];
       const sealing = peer !== undefined && ring.canSend(peer, nowMs);
+      const msg = messages === undefined ? 0 : messages[i];
+      if (msg < 0 && skipTail) continue; // the tail of a message sealed whole (below): already sent
+      skipTail = false;
+      if (sealing && msg > 0 && seg > 0 && src.data[from] === MSG_JUMBO) {
+        // A JUMBO message contiguous in this entry's slot: ONE AEAD call in place, and gather
+        // entries (a header, a ciphertext slice per datagram) so the kernel lays the datagrams out.
+        const count = Math.ceil(msg / seg);
+        if (
+          hdrUsed + count * SECURE_HEADER_LEN <= dst.slotSize &&
+          from + msg + SECURE_TAG_LEN <= (i + 1) * src.slotSize
+        ) {
+          const hdrAt = hdrBase + hdrUsed;
+          const c = ring.sealMessage(peer, lanes[i], src.data, from, msg, seg, dst.data, hdrAt, nowMs);
+          if (c > 0) {
+            hdrUsed += c * SECURE_HEADER_LEN;
+            out = this.#gatherEntries(src, i, from, msg, seg, c, dst, out, hdrAt, maxPayload);
+            this.sealed += c;
+            this.#partNext = -1;
+            skipTail = true;
+            continue;
+          }
+        }
+      }
       if (!sealing) {
         if (peer !== undefined) {
           this.want(peer, lanes[i], nowMs);
@@ -350,7 +380,52 @@ export class SecureLayer {
     return t !== undefined && nowMs - t >= DOWNGRADE_GRACE_MS && this.secureCapable(peer);
   }
 
+  /**
+   * Queues the `count` datagrams of a message sealed whole (see sealBatch) as gather entries of
+   * `dst` from `out` on: datagram k is header k (`dst.data[hdrAt + 16k ..]`) and ciphertext bytes
+   * `[k·dsize, (k+1)·dsize)` of `src.data[from ..]` (the last with the tag), in GSO runs of equal
+   * segments; the last datagram gets its own entry when it is longer than the others. Returns the
+   * next free entry.
+   */
+  #gatherEntries(
+    src: SendBatch,
+    i: number,
+    from: number,
+    len: number,
+    dsize: number,
+    count: number,
+    dst: SendBatch,
+    out: number,
+    hdrAt: number,
+    maxPayload: number,
+  ): number {
+    const w = SECURE_HEADER_LEN + dsize;
+    const lastBody = len - (count - 1) * dsize + SECURE_TAG_LEN;
+    const per = Math.max(1, Math.min(UDP_MAX_SEGMENTS, Math.floor(maxPayload / w)));
+    for (let k = 0; k < count;) {
+      let c = Math.min(per, count - k);
+      if (k + c === count && c > 1 && SECURE_HEADER_LEN + lastBody > w) c--;
+      const j = out++;
+      this.#copyDst(src, i, dst, j);
+      dst.setGather(j, 2 * c);
+      let size = 0;
+      for (let q = 0; q < c; q++) {
+        const d = k + q;
+        const body = d === count - 1 ? lastBody : dsize;
+        dst.setGatherPiece(j, 2 * q, dst, hdrAt + d * SECURE_HEADER_LEN, SECURE_HEADER_LEN);
+        dst.setGatherPiece(j, 2 * q + 1, src, from + d * dsize, body);
+        size += SECURE_HEADER_LEN + body;
+      }
+      dst.offsets[j] = 0;
+      dst.sizes[j] = size;
+      dst.segSizes[j] = c > 1 ? w : 0;
+      k += c;
+    }
+    return out;
+  }
+
   #copyDst(src: SendBatch, i: number, dst: SendBatch, j: number): void {
+    dst.gathers[j] = 0;
     dst.dstFamilies[j] = src.dstFamilies[i];
     dst.dst4[j] = src.dst4[i];
     const s6 = src.dst6, d6 = dst.dst6;

@@ -154,13 +154,13 @@ export class MemoryWire implements DatagramSocket {
   sendBatch(b: SendBatch, n: number): number {
     this.sends++;
     for (let i = 0; i < n; i++) {
-      const base = i * b.slotSize + b.offsets[i];
+      const entry = b.entryBytes(i); // (a gather entry's pieces, or the slot's bytes)
       const size = b.sizes[i];
       const seg = b.segSizes[i] > 0 ? b.segSizes[i] : size;
       if (b.segSizes[i] > 0) this.gsoEntries++;
       if (b.dstFamilies[i] !== 4) throw new Error("MemoryWire carries IPv4 only");
       for (let o = 0; o < size; o += seg) {
-        const bytes = b.data.slice(base + o, base + Math.min(size, o + seg));
+        const bytes = entry.slice(o, Math.min(size, o + seg));
         this.sent.push({ size: bytes.length, dst4: b.dst4[i], port: b.dstPorts[i] });
         if (this.peer && b.dst4[i] === this.peer.addr4) {
           this.peer.inbox.push({ bytes, src4: this.addr4, port: this.port });

@@ -1,7 +1,7 @@
 /**
  * Two services across two nodes of a {@link World} with a control plane (the NAT, relay and
  * rebinding tests): each service gets one instance (a `servers` process answering its name on
- * port 80) deployed on its node; the caller asks across with {@link askJob}.
+ * port 80) deployed on its node (`world.ts`'s `deploy`); the caller asks across with {@link askJob}.
  *
  * @example
  * ```ts
@@ -16,20 +16,9 @@
  * await w.destroy();
  * ```
  */
-import { assertEquals } from "./assert.ts";
 import { TOOL } from "./node.ts";
+import { deploy } from "./world.ts";
 import type { SimInstance, SimNode, World } from "../../src/demo/world.ts";
-
-/** Deploys the process `pid` as instance 0 of `job` on `node` (the unix-socket API); asserts 200. */
-export async function deployJob(node: SimNode, pid: number, job: string): Promise<void> {
-  const r = await node.api.post("/container/deploy", {
-    pid,
-    serviceName: job,
-    instanceNumber: 0,
-    portMappings: "",
-  });
-  assertEquals(r.status, 200, r.body);
-}
 
 /** Sends `msg` from `from` to `host`:80 with the test tool's `proto` client; the answering instance's name. */
 export async function askJob(
@@ -68,7 +57,7 @@ export async function twoJobs(
   const rr = (job: string) => svc.find((s) => s.job_name === job)!.service_ip_list[0].Address;
   const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
   const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
-  await deployJob(nodeA, a.pid, jobA);
-  await deployJob(nodeB, b.pid, jobB);
+  await deploy(nodeA, jobA, 0, a.pid);
+  await deploy(nodeB, jobB, 0, b.pid);
   return { a, b, iipA, iipB, rrA: rr(jobA), rrB: rr(jobB) };
 }

@@ -53,6 +53,43 @@ export async function addWebAndClient(w: World): Promise<string[]> {
   return iip;
 }
 
+/** What {@link webAndClient} set up. */
+export interface WebAndClient {
+  /** WEB's RR ServiceIP. */
+  rr: string;
+  /** CLI instance 0's InstanceIP. */
+  cliIip: string;
+  /** WEB instance 0 (`web0`), running `serverArgv`. */
+  web: SimInstance;
+  /** CLI instance 0 (`client`), idle. */
+  cli: SimInstance;
+}
+
+/**
+ * Adds {@link WEB} and {@link CLI} with instance 0 each, runs `serverArgv` as `web0` on `serverNode` and
+ * an idle `client` on `clientNode` (the two-node kernel fast path tests).
+ */
+export async function webAndClient(
+  w: World,
+  serverNode: SimNode,
+  clientNode: SimNode,
+  serverArgv: string[],
+): Promise<WebAndClient> {
+  await w.ctl(["service", "add", WEB]);
+  await w.ctl(["service", "add", CLI]);
+  await w.ctl(["instance", "add", WEB, "0"]);
+  const cliIip = (await w.ctl(["instance", "add", CLI, "0"])).split(" ").at(-2)!;
+  const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<
+    { job_name: string; service_ip_list: Array<{ Address: string }> }
+  >;
+  const rr = svc.find((s) => s.job_name === WEB)!.service_ip_list[0].Address;
+  const web = await w.instance("web0", serverArgv);
+  const cli = await w.instance("client");
+  await deploy(serverNode, WEB, 0, web.pid);
+  await deploy(clientNode, CLI, 0, cli.pid);
+  return { rr, cliIip, web, cli };
+}
+
 /** Deploys instance `n` of `job` (the process `pid`) on `node`; asserts the API accepts it. */
 export async function deploy(node: SimNode, job: string, n: number, pid: number): Promise<void> {
   const r = await node.api.post("/container/deploy", {

@@ -10,7 +10,7 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
-import { CLI, deploy, execIn, runIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
+import { execIn, runIn, threeNodes, WEB, webAndClient, withWorld } from "../helpers/world.ts";
 import type { SimNode } from "../../src/demo/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -37,17 +37,12 @@ Deno.test({
   try {
     await withWorld(async (w) => {
       const { nodes } = await threeNodes(w, { broker: "embedded", count: 2 });
-      await w.ctl(["service", "add", WEB]);
-      await w.ctl(["service", "add", CLI]);
-      await w.ctl(["instance", "add", WEB, "0"]);
-      await w.ctl(["instance", "add", CLI, "0"]);
-      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
-      const rr = ((svc.find((s) => s.job_name === WEB)!.service_ip_list) as Array<{ Address: string }>)[0]
-        .Address;
-      const server = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
-      const cli = await w.instance("client");
-      await deploy(nodes[1], WEB, 0, server.pid);
-      await deploy(nodes[0], CLI, 0, cli.pid);
+      const { rr, cli } = await webAndClient(w, nodes[1], nodes[0], [
+        ...TOOL,
+        "servers",
+        "80",
+        "web0",
+      ]);
       // The first request brings WEB into the client node's table; the kernel path follows.
       assertEquals(
         await eventually(

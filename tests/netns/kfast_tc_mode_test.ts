@@ -12,7 +12,7 @@ import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
-import { CLI, execIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
+import { execIn, threeNodes, WEB, webAndClient, withWorld } from "../helpers/world.ts";
 import type { SimNode } from "../../src/demo/world.ts";
 import { selfCommand } from "../../src/sys/process.ts";
 import { ApiClient } from "../../src/api/client.ts";
@@ -77,27 +77,7 @@ Deno.test({
     await withWorld(async (w) => {
       const { nodes } = await threeNodes(w, { broker: "embedded", count: 2 });
       const [n1, n2] = nodes;
-      await w.ctl(["service", "add", WEB]);
-      await w.ctl(["service", "add", CLI]);
-      await w.ctl(["instance", "add", WEB, "0"]);
-      const cliIip = (await w.ctl(["instance", "add", CLI, "0"])).split(" ").at(-2)!;
-      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
-      const rr = ((svc.find((s) =>
-        s.job_name === WEB
-      )!.service_ip_list) as Array<{ Address: string }>)[0].Address;
-      const web = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
-      const cli = await w.instance("client");
-      const dep = async (n: SimNode, job: string, pid: number) => {
-        const r = await n.api.post("/container/deploy", {
-          pid,
-          serviceName: job,
-          instanceNumber: 0,
-          portMappings: "",
-        });
-        assertEquals(r.status, 200, r.body);
-      };
-      await dep(n2, WEB, web.pid);
-      await dep(n1, CLI, cli.pid);
+      const { rr, cliIip, cli } = await webAndClient(w, n2, n1, [...TOOL, "servers", "80", "web0"]);
       const st = await status(n1);
       assert(st.kernelFastPath?.device.startsWith("tc:"), JSON.stringify(st.kernelFastPath));
 

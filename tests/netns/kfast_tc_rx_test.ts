@@ -14,7 +14,7 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, createNs, inNs, isRoot, sh } from "../helpers/netns.ts";
 import { eventually } from "../helpers/setup.ts";
-import { CLI, execIn, threeNodes, WEB, withWorld } from "../helpers/world.ts";
+import { execIn, threeNodes, webAndClient, withWorld } from "../helpers/world.ts";
 import type { SimNode } from "../../src/demo/world.ts";
 import { closeFd, openNetnsByName, withNetns } from "../../ffi/netns.ts";
 import { TcPrograms } from "../../src/kfast/tc_loader.ts";
@@ -101,24 +101,7 @@ Deno.test({
     await withWorld(async (w) => {
       const { nodes } = await threeNodes(w, { broker: "embedded", count: 2 });
       const [n1, n2] = nodes;
-      await w.ctl(["service", "add", WEB]);
-      await w.ctl(["service", "add", CLI]);
-      await w.ctl(["instance", "add", WEB, "0"]);
-      await w.ctl(["instance", "add", CLI, "0"]);
-      const svc = JSON.parse(await w.ctl(["service", "ls", "--json"])) as Array<Record<string, unknown>>;
-      const rr = ((svc.find((s) => s.job_name === WEB)!.service_ip_list) as Array<{ Address: string }>)[0]
-        .Address;
-      const web = await w.instance("web0", ["iperf3", "-s", "-p", "5201"]);
-      const cli = await w.instance("client");
-      for (const [n, job, pid] of [[n2, WEB, web.pid], [n1, CLI, cli.pid]] as const) {
-        const r = await n.api.post("/container/deploy", {
-          pid,
-          serviceName: job,
-          instanceNumber: 0,
-          portMappings: "",
-        });
-        assertEquals(r.status, 200, r.body);
-      }
+      const { rr, web, cli } = await webAndClient(w, n2, n1, ["iperf3", "-s", "-p", "5201"]);
 
       // One TCP stream client (node 1) → server (node 2); it starts on the TUN and moves.
       const perf = execIn(cli, ["iperf3", "-c", rr, "-p", "5201", "-t", "10", "-J"]);

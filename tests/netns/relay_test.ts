@@ -20,7 +20,8 @@ import { type SimNode, World } from "../../src/demo/world.ts";
 import { mustRun, runTool } from "../../src/sys/command.ts";
 import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
-import { askJob, deployJob, twoJobs } from "../helpers/two_jobs.ts";
+import { askJob, twoJobs } from "../helpers/two_jobs.ts";
+import { deploy } from "../helpers/world.ts";
 import { type NatMode, natRouter } from "../helpers/nat.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -302,7 +303,7 @@ Deno.test(
       await w.ctl(["service", "add", C]);
       await w.ctl(["instance", "add", C, "0"]);
       const c = await w.instance("c0", [...TOOL, "servers", "80", "c0"]);
-      await deployJob(n3, c.pid, C);
+      await deploy(n3, C, 0, c.pid);
       assertEquals(await eventually(() => ask(w, s.b, "udp-client", s.iipA), (v) => v === "a0", 25000), "a0");
       assertEquals(await eventually(() => ask(w, c, "udp-client", s.iipA), (v) => v === "a0", 15000), "a0");
       const relayedRows = await eventually(

@@ -7,47 +7,11 @@
  */
 import { assert } from "../helpers/assert.ts";
 import { cleanupAll, isRoot } from "../helpers/netns.ts";
-import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "../helpers/cluster.ts";
-import { selfCommand } from "../../src/sys/process.ts";
-import { runTool } from "../../src/sys/command.ts";
+import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
+import { offlinePki, pkiNodeConfig, pkiStateArgs, secureTable } from "../helpers/secure_pki.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
-const n1 = nodeSubnet(1);
-const n2 = nodeSubnet(2);
-const TABLE: QueryResult[] = [
-  {
-    app_name: "app.ns.cli.ns",
-    instance_list: [
-      tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.10",
-        instanceIp6: "fdff::10",
-        nsip: n1.first4(2),
-        nsip6: n1.first6(2),
-        hostIp: "192.168.77.1",
-      }),
-    ],
-  },
-  {
-    app_name: "app.ns.web.ns",
-    instance_list: [
-      tableInstance({
-        n: 0,
-        instanceIp: "10.30.0.2",
-        instanceIp6: "fdff::2",
-        nsip: n2.first4(2),
-        nsip6: n2.first6(2),
-        hostIp: "192.168.77.2",
-      }),
-    ],
-  },
-];
-
-async function cli(args: string[]): Promise<string> {
-  const r = await runTool(selfCommand()[0], [...selfCommand().slice(1), ...args]);
-  if (r.code !== 0) throw new Error(`netmanager ${args.join(" ")}: ${r.stderr}`);
-  return r.stdout.trim();
-}
+const TABLE: QueryResult[] = secureTable(1);
 
 interface PeerView {
   subject?: string;
@@ -64,33 +28,14 @@ Deno.test(
     const dir = await Deno.makeTempDir({ prefix: "nmhs-" });
     let c: TestCluster | undefined;
     try {
-      await cli(["cert", "ca", "--out", `${dir}/ca`, "--name", "lab"]);
-      for (const i of [1, 2]) {
-        const key = await cli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
-        await cli([
-          "cert",
-          "sign",
-          "--ca",
-          `${dir}/ca`,
-          "--node-id",
-          `node-${i}`,
-          "--public-key",
-          key,
-          "--out",
-          `${dir}/node${i}.crt`,
-        ]);
-      }
+      await offlinePki(dir, 2);
       c = await TestCluster.start(
         2,
         TABLE,
         [],
-        (i) => ({
-          TunnelSecurity: "require",
-          TunnelCertFile: `${dir}/node${i}.crt`,
-          TunnelCaFile: `${dir}/ca/ca.json`,
-        }),
+        pkiNodeConfig(dir, () => "require"),
         undefined,
-        (i) => ["--state-dir", `${dir}/state${i}`],
+        pkiStateArgs(dir),
       );
       const cl = c;
       const samples: { ms: number; phases?: Record<string, number> }[] = [];

@@ -497,6 +497,7 @@ export class TcFastPath {
         missGso: stat(12),
         noDev: stat(13),
         train: stat(14),
+        veth: stat(15),
       },
     };
   }

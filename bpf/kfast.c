@@ -100,6 +100,7 @@ enum {
   STAT_IN_MISS_GSO,  /* of STAT_IN_MISS: GSO super-packets */
   STAT_IN_NODEV,     /* no `locals` entry and no bridge */
   STAT_IN_TRAIN,     /* several datagrams in one skb (a UDP-GSO send or UDP GRO): userspace splits them */
+  STAT_IN_VETH,      /* unwrapped and handed straight to an instance's veth (`locals`; else through the bridge) */
   STAT_N = 16
 };
 
@@ -401,6 +402,7 @@ SEC("tc/in") int nm_kf_in(struct __sk_buff *skb) {
   count(STAT_IN_PKTS, 1);
   count(STAT_IN_BYTES, len);
   if (!l) return redirect_neigh(bridge, 0, 0, 0); /* the bridge's neighbour entry and FDB find it */
+  count(STAT_IN_VETH, 1);
   skb_store_bytes(skb, 0, l->mac, 6, 0);
   skb_store_bytes(skb, 6, l->gw_mac, 6, 0);
   return redirect(l->ifindex, 0);

@@ -84,6 +84,8 @@ export interface KernelFastPathStatus {
    * unwrapping them (bpf/kfast.c STAT_IN_*): `gso` of the unwrapped were GSO super-packets; the
    * others went on to userspace — from no known peer, no plain inner TCP/UDP, flow not in the map
    * (`missGso` of them GSO), no device to deliver to, several datagrams in one skb (`train`).
+   * `veth`: of the unwrapped, those handed straight to the instance's veth (`nm_kf_locals`, learnt from
+   * the bridge's neighbour and FDB tables); the rest crossed the bridge device (software GSO there).
    */
   rxReasons?: {
     gso: number;
@@ -93,6 +95,7 @@ export interface KernelFastPathStatus {
     missGso: number;
     noDev: number;
     train: number;
+    veth?: number;
   };
 }
 

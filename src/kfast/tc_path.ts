@@ -29,6 +29,7 @@ import { emptyPlan, type KfastPlan } from "./plan.ts";
 import { tcEntriesOf, type TcFlowEntries, type TcNodeView } from "./tc_flows.ts";
 import {
   diffEntries,
+  hexOf,
   type MapEntries,
   readEntries,
   snatEntriesOf,
@@ -36,6 +37,7 @@ import {
   svcEntriesOf,
 } from "./tc_services.ts";
 import { cleanTcPrograms, type TcAttachments, TcPrograms } from "./tc_loader.ts";
+import { resolveLocals } from "./tc_locals.ts";
 import {
   decodeCounters,
   decodeEgress,
@@ -46,6 +48,7 @@ import {
   encodeEgress,
   encodeFlowKey,
   encodeIngress,
+  encodeLocal,
   ipKey,
   setEgressFlags,
   sumPerCpu,
@@ -53,6 +56,8 @@ import {
 } from "./tc_maps.ts";
 
 const log = logger("kfast");
+/** How often the locals entries are looked up again (a new instance's neighbour entry, a moved MAC). */
+const LOCALS_MS = 1000;
 
 /** Options of {@link TcFastPath.start}. */
 export interface TcFastPathOptions {
@@ -113,6 +118,9 @@ export class TcFastPath {
   /** What nm_kf_svc / nm_kf_snat hold (first packets decided in the kernel, src/kfast/tc_services.ts). */
   #svc: MapEntries = new Map();
   #snat: MapEntries = new Map();
+  /** What nm_kf_locals holds (delivery straight to an instance's veth, src/kfast/tc_locals.ts). */
+  #locals: MapEntries = new Map();
+  #localsAt = 0;
   /** The programs' decided counter at the last {@link #learn}. */
   #decidedSeen = -1;
   #stopped = false;
@@ -365,9 +373,15 @@ export class TcFastPath {
   }
 
   /** Removes the entries of flows idle for `idleMs` (returns how many). */
-  gcPins(now = Date.now()): Promise<number> {
+  async gcPins(now = Date.now()): Promise<number> {
     const idle = this.#o.idleMs ?? 30_000;
     let n = 0;
+    if (now - this.#localsAt >= LOCALS_MS) {
+      this.#localsAt = now;
+      await this.#syncLocals().catch((e) =>
+        log.debug("tc fast path: locals not resolved", { error: String(e) })
+      );
+    }
     this.#learn(now);
     for (const [k, s] of this.#pins) {
       if (!s.ready) this.#checkReady(s);
@@ -380,7 +394,28 @@ export class TcFastPath {
         n++;
       }
     }
-    return Promise.resolve(n);
+    return n;
+  }
+
+  /**
+   * Points nm_kf_locals at the local instances' bridge ports (learnt from the bridge's neighbour and
+   * forwarding tables), so that nm_kf_in delivers to their veths and not through the bridge device
+   * (whose missing hw_enc_features make the kernel segment every received super-packet in software).
+   */
+  async #syncLocals(): Promise<void> {
+    if (this.#stopped) return;
+    const nsips = [...this.#current.snat.keys()].map((n) => formatIPv4(n));
+    const found = await resolveLocals(this.#o.bridge, nsips);
+    const want: MapEntries = new Map();
+    for (const [ip, l] of found) {
+      const key = ipKey(ip);
+      want.set(hexOf(key), { key, value: encodeLocal(l) });
+    }
+    const d = diffEntries(this.#locals, want);
+    if (this.#stopped) return;
+    for (const e of d.set) this.#p.maps.locals.update(e.key, e.value);
+    for (const k of d.gone) this.#p.maps.locals.delete(k);
+    this.#locals = want;
   }
 
   /**
@@ -462,6 +497,7 @@ export class TcFastPath {
         missGso: stat(12),
         noDev: stat(13),
         train: stat(14),
+        veth: stat(15),
       },
     };
   }

@@ -58,6 +58,15 @@ async function withCluster(
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
     if (modes.length >= 3) await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);
+    // The servers listen before any test's first connection (their start is slow under load; a client
+    // that came first was refused: a false result in the downgrade tests, which connect once).
+    for (const web of c.containers.slice(1)) {
+      await eventually(
+        async () => (await web.exec(["ss", "-ltnH", "sport", "=", ":80"])).stdout,
+        (out) => out.includes(":80"),
+        20_000,
+      );
+    }
     await fn(c, dir);
   } catch (e) {
     console.error(await c.logs());

@@ -65,8 +65,14 @@ export class Poller {
 const EPOLLIN = 0x1;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CLOEXEC = 0o2000000;
-/** `struct epoll_event` is packed on x86_64: u32 events, u64 data. */
-const EV = 12;
+/**
+ * `struct epoll_event` (u32 events, u64 data) is packed only on x86_64 (12 bytes, data at 4); elsewhere
+ * (aarch64) it has natural alignment (16 bytes, data at 8) — a 12-byte layout there would let the
+ * kernel write past the buffer.
+ */
+const PACKED = Deno.build.arch === "x86_64";
+const EV = PACKED ? 12 : 16;
+const EV_DATA = PACKED ? 4 : 8;
 
 /**
  * The same wait as {@link Poller} over `epoll(7)`: the fds are registered once, so a wait neither
@@ -106,7 +112,7 @@ export class EPoller {
     fds.forEach((fd, i) => {
       // Level-triggered: a drain that stops early (a read limit) finds the fd ready again.
       v.setUint32(0, EPOLLIN, true);
-      v.setUint32(4, i, true); // data: the fd's index
+      v.setUint32(EV_DATA, i, true); // data: the fd's index
       if (libc.epoll_ctl(ep, EPOLL_CTL_ADD, fd, ev) < 0) {
         const code = errno();
         libc.close(ep);
@@ -119,7 +125,7 @@ export class EPoller {
   wait(timeoutMs: number): number {
     const r = libc.epoll_wait(this.fd, this.#events, this.#n, timeoutMs);
     let ready = 0;
-    for (let k = 0; k < r; k++) ready |= 1 << this.#view.getUint32(k * EV + 4, true);
+    for (let k = 0; k < r; k++) ready |= 1 << this.#view.getUint32(k * EV + EV_DATA, true);
     this.#ready = ready;
     return r < 0 ? -errno() : r;
   }

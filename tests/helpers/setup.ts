@@ -204,3 +204,16 @@ export function nodeCli(node: TestNode, args: string[]): ReturnType<typeof run> 
     ...args,
   ]);
 }
+
+/**
+ * Runs `fn` with the environment variables `vars` set (the daemons a test starts read their
+ * configuration overrides from it) and deletes them afterwards, also when it throws.
+ */
+export async function withEnv<T>(vars: Record<string, string>, fn: () => Promise<T>): Promise<T> {
+  for (const [k, v] of Object.entries(vars)) Deno.env.set(k, v);
+  try {
+    return await fn();
+  } finally {
+    for (const k of Object.keys(vars)) Deno.env.delete(k);
+  }
+}

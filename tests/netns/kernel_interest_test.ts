@@ -9,7 +9,7 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
 import { TOOL } from "../helpers/node.ts";
-import { eventually } from "../helpers/setup.ts";
+import { eventually, withEnv } from "../helpers/setup.ts";
 import { execIn, runIn, threeNodes, WEB, webAndClient, withWorld } from "../helpers/world.ts";
 import type { SimNode } from "../../src/demo/world.ts";
 
@@ -33,9 +33,8 @@ Deno.test({
   name: "kfast interest: a 12 s transfer carried by the kernel keeps its job in the table (idle expiry 6 s)",
   ...opts,
 }, async () => {
-  for (const [k, v] of Object.entries(ENV)) Deno.env.set(k, v);
-  try {
-    await withWorld(async (w) => {
+  await withEnv(ENV, () =>
+    withWorld(async (w) => {
       const { nodes } = await threeNodes(w, { broker: "embedded", count: 2 });
       const { rr, cli } = await webAndClient(w, nodes[1], nodes[0], [
         ...TOOL,
@@ -70,8 +69,5 @@ Deno.test({
       );
       assert(await hasWeb(nodes[0]), "WEB is still in the client node's table");
       assertEquals(st.kernelFastPath?.services.includes(rr), true, "still carried by the kernel");
-    });
-  } finally {
-    for (const k of Object.keys(ENV)) Deno.env.delete(k);
-  }
+    }));
 });

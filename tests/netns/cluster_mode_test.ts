@@ -66,16 +66,18 @@ for (const broker of ["embedded", "mosquitto"] as const) {
       assertEquals(await ask(s.client, s.iip[1]), "web1");
       assertEquals(await ask(s.client, s.iip[0], "udp-client"), "web0");
       // undeploy web0: the NodeEngine on n2 and the control plane; n1's table follows within 1 s
-      const t0 = Date.now();
       await s.nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });
+      // The clock starts when the control plane has taken the removal (the CLI's own start-up, seconds on
+      // a loaded machine, is not the propagation this measures).
       await s.w.ctl(["instance", "rm", WEB, "0"]);
+      const t0 = Date.now();
       await eventually(
         () =>
           s.nodes[0].api.getJson("/table") as Promise<Array<{ serviceName: string; instanceNumber: number }>>,
         (rows) => !rows.some((r) => r.serviceName === WEB && r.instanceNumber === 0),
         1000,
       );
-      assert(Date.now() - t0 < 1500, `undeploy + CLI + propagation took ${Date.now() - t0} ms`);
+      assert(Date.now() - t0 < 1000, `propagation took ${Date.now() - t0} ms`);
       for (let k = 0; k < 3; k++) assertEquals(await ask(s.client, s.rr), "web1");
     });
   });

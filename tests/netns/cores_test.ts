@@ -145,16 +145,16 @@ Deno.test({
       await eventually(() => ask(portOnLane(1, 41500)), (v) => v.startsWith("web"), 5000);
 
       // Undeploy web0 while both workers make new flows: within 1 s every worker sends only to web1.
-      const t0 = Date.now();
       await nodes[1].api.post("/container/undeploy", { serviceName: WEB, instanceNumber: 0 });
       await w.ctl(["instance", "rm", WEB, "0"]);
+      const t0 = Date.now(); // from the control plane's removal (not the CLI's start-up)
       await eventually(
         () =>
           nodes[0].api.getJson("/table") as Promise<Array<{ serviceName: string; instanceNumber: number }>>,
         (rows) => !rows.some((r) => r.serviceName === WEB && r.instanceNumber === 0),
         1000,
       );
-      assert(Date.now() - t0 < 1500, `undeploy + propagation took ${Date.now() - t0} ms`);
+      assert(Date.now() - t0 < 1000, `propagation took ${Date.now() - t0} ms`);
       port = 43000;
       lane = 0;
       const after: string[] = [];

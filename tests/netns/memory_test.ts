@@ -87,10 +87,13 @@ async function rounds<T>(n: number, round: () => Promise<T>): Promise<T[]> {
 }
 
 /**
- * Each further data-plane worker: its isolate (measured +10.3–12.4 MB idle, +11.3–14.8 before the isolates
- * shared V8's builtins; an empty Deno Worker alone is ~7 MB) and, with the 10k-entry table, its own routes and peer state for the table's 200 nodes
- * (+3.1–8.4 MB, ~2.7 MB of it the isolate's heap; ≈ 0 when the same 10k entries name one node; with a
- * copy of the table per worker it was +7.3–13 MB).
+ * Each further data-plane worker: its isolate (measured +10.3–12.4 MB idle, +11.3–14.8 before the
+ * isolates shared V8's builtins; an empty Deno Worker alone is ~7 MB) and, with the 10k-entry table, its
+ * own routes and peer state for the table's 200 nodes (+3.1–8.9 MB, ~2.7 MB of it the isolate's heap;
+ * ≈ 0 when the same 10k entries name one node; with a copy of the table per worker it was +7.3–13 MB).
+ * Each figure is the median of three rounds of four daemons (one round alone once gave +12.0 MB for
+ * the table when one sample of four was ~3 MB low); last measured, load average 13: rounds +10.5–12.3
+ * idle, +7.3–8.9 for the table, medians +10.9 / +7.8.
  */
 const WORKER_IDLE_MAX_MB = 15;
 const WORKER_TABLE_MAX_MB = 10;

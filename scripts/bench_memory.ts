@@ -6,12 +6,13 @@
  *     [--extra "--flag …"]
  *
  * `--workers`: DataPlaneWorkers (default: one per CPU). `--packaged`: the daemon runs as the release's
- * launcher runs it: the main program minified and split into chunks, the Worker as one minified bundle
- * (built into a temporary directory as scripts/package.sh does). `VmRSS` is the figure of issue 9;
+ * launcher runs it: the main program and the Worker minified and split into chunks (built into a
+ * temporary directory as scripts/package.sh does). `VmRSS` is the figure of issue 9;
  * `exeRssMB` is the part that is the deno binary's code pages.
  */
 import { TestNode } from "../tests/helpers/node.ts";
 import { bigTable } from "../tests/helpers/big_table.ts";
+import { bundleWorker } from "./worker_bundle.ts";
 
 const args = Deno.args;
 const opt = (name: string, dflt: string) => {
@@ -32,14 +33,7 @@ if (args.includes("--packaged")) {
     if (r.code !== 0) throw new Error(`deno ${a.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
   };
   await run("bundle", "--quiet", "--minify", "--code-splitting", "--outdir", bundleDir, `${root}main.ts`);
-  await run(
-    "bundle",
-    "--quiet",
-    "--minify",
-    "-o",
-    `${bundleDir}/worker.bundle.js`,
-    `${root}src/proxy/worker.ts`,
-  );
+  await bundleWorker(Deno.execPath(), root, [bundleDir]);
   await run("cache", "--quiet", `${bundleDir}/main.js`); // as the launcher does
   Deno.env.set("NETMANAGER_TEST_MAIN", `${bundleDir}/main.js`);
 }

@@ -57,17 +57,18 @@ app="$work/app"
 mkdir -p "$app"
 cp -r deno.json deno.lock main.ts src ffi config "$app/"
 nm_bake "$app"
-# The data-plane Worker as one minified module (src/proxy/dataplane.ts loads it when present): each
-# worker isolate then holds ~4 MB less than with its ~30 TypeScript modules.
-"$deno" bundle --quiet --minify -o "$app/src/proxy/worker.bundle.js" "$app/src/proxy/worker.ts"
 # The daemon's main program minified and split into chunks (src/bundle/main.js; the launcher runs it
 # for daemon/debug): the daemon loads only the chunks it imports (not the CLI, the control plane, the
 # MQTT client until used) and one script per chunk instead of ~200 TypeScript modules — idle ~5-10 MB
 # less resident. src/bundle/ is at the depth of the sources, so that the paths the code forms from
-# import.meta.url (../../config/, ../../main.ts) name the same files; the worker bundle is copied next
-# to the chunks (dataplane.ts looks for ./worker.bundle.js).
+# import.meta.url (../../config/, ../../main.ts) name the same files.
 "$deno" bundle --quiet --minify --code-splitting --outdir "$app/src/bundle" "$app/main.ts"
-cp "$app/src/proxy/worker.bundle.js" "$app/src/bundle/worker.bundle.js"
+# The data-plane Worker minified (src/proxy/dataplane.ts loads ./worker.bundle.js when present): each
+# worker isolate then holds ~4 MB less than with its ~30 TypeScript modules. Split into chunks too, so
+# that what it loads on demand (the handshakes, with node:crypto: ~3-4 MB per isolate) stays out of
+# the workers of a node without tunnel security (scripts/worker_bundle.ts). Its files go next to the
+# sources and next to the main program's chunks (names carry their content's hash; a clash fails).
+"$deno" run -A "$root/scripts/worker_bundle.ts" "$app" "$app/src/proxy" "$app/src/bundle"
 
 # 2. Its npm dependencies, installed into lib/app/node_modules from the locked versions (downloads are
 # cached), then checked without network and with an empty DENO_DIR, as the launcher runs it (a root

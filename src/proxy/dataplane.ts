@@ -45,9 +45,9 @@ import { SecureDriver, type SecurePeerView } from "../secure/secure_driver.ts";
 const log = logger("proxy");
 
 /**
- * The Worker's module: the one-file, minified bundle of worker.ts when the package ships it
- * (`worker.bundle.js`, built by scripts/package.sh) — an isolate holding one small module instead of
- * ~30 TypeScript modules takes ~4 MB less — else worker.ts itself. `NETMANAGER_WORKER_MODULE` names
+ * The Worker's module: the minified bundle of worker.ts when the package ships it (`worker.bundle.js`
+ * and its chunks, scripts/worker_bundle.ts) — an isolate holding one small module (and one chunk)
+ * instead of ~30 TypeScript modules takes ~4 MB less — else worker.ts itself. `NETMANAGER_WORKER_MODULE` names
  * another module (tests measure a fresh bundle with it).
  */
 export function workerModule(): string {

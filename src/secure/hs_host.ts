@@ -41,6 +41,8 @@ export const DRAIN_MAX = 16;
 /** Warm-up handshakes when a credential loads: V8 optimizes the crypto paths after several runs. */
 const WARM_ROUNDS = 20;
 const MAX_PEERS = 4096;
+/** An open handshake attempt with a peer older than this counts as given up (its time starts anew). */
+const ATTEMPT_MAX_MS = 60_000;
 
 /** Options of a {@link HandshakeHost}. */
 export interface HandshakeHostOptions {
@@ -77,6 +79,11 @@ export class HandshakeHost {
   readonly #moved = new Map<string, string>();
   /** When this worker sent the HS_INIT of a handshake still open with each peer (performance.now()). */
   readonly #started = new Map<string, number>();
+  /**
+   * The first HS_INIT of the attempt still open with each peer (performance.now()) and the INITs sent
+   * in it: retries and cookie rounds included, what a rekey under a flood costs.
+   */
+  readonly #attempt = new Map<string, { at: number; inits: number }>();
   /** The INIT each peer's handshake that this worker answered: its phase. */
   readonly #answers = new Map<string, HsPhase>();
   #warmLeft = 0;
@@ -165,6 +172,7 @@ export class HandshakeHost {
         for (const p of m.peers) {
           this.#hs?.forget(p);
           this.#started.delete(p);
+          this.#attempt.delete(p);
         }
         break;
     }
@@ -187,8 +195,24 @@ export class HandshakeHost {
     const bytes = hs.initiate(peer, lane);
     if (!bytes) return;
     if (this.#started.size >= MAX_PEERS) this.#started.clear();
-    this.#started.set(peer, performance.now()); // each HS_INIT starts a new handshake (new ephemeral key)
+    const now = performance.now();
+    this.#started.set(peer, now); // each HS_INIT starts a new handshake (new ephemeral key)
+    const a = this.#attempt.get(peer);
+    // (An attempt older than this was given up — a peer that never answered — and a new one begins.)
+    if (a && now - a.at < ATTEMPT_MAX_MS) a.inits++;
+    else {
+      if (this.#attempt.size >= MAX_PEERS) this.#attempt.clear();
+      this.#attempt.set(peer, { at: now, inits: 1 });
+    }
     this.#o.send(this.#moved.get(peer) ?? peer, bytes);
+  }
+
+  /**
+   * False for a reply to no handshake of ours with `peer` (handshake.ts `expects`): the secure layer
+   * drops it before it spends the handshake forwarding budget (a flood's reflected cookie replies).
+   */
+  expects(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    return this.#hs === undefined || this.#hs.expects(peer, buf, off, len);
   }
 
   /**
@@ -257,6 +281,8 @@ export class HandshakeHost {
     if (!st?.cert) return;
     const t0 = st.initiator ? this.#started.get(k.peer) : undefined;
     if (t0 !== undefined) this.#started.delete(k.peer);
+    const a = st.initiator ? this.#attempt.get(k.peer) : undefined;
+    this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);
     this.#answers.delete(k.peer);
     this.#o.post({
@@ -265,6 +291,7 @@ export class HandshakeHost {
       cert: st.cert,
       initiator: st.initiator,
       ...(t0 !== undefined ? { handshakeMs: performance.now() - t0 } : {}),
+      ...(a !== undefined ? { attempt: { ms: performance.now() - a.at, inits: a.inits } } : {}),
       ...(resp ? { resp } : {}),
       ...(answer ? { answer } : {}),
     });

@@ -78,3 +78,72 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  { name: "secure: first handshake of freshly started daemon pairs (median and range printed)", ...opts },
+  async () => {
+    // As the bench's slot: both daemons start (and register) at once; each side's first handshake
+    // it initiated (HS_INIT sent → keys installed) is what it shows first. Repeated with the same
+    // two nodes (same keys and certificates), each daemon restarted.
+    const PAIRS = Number(Deno.env.get("NETMANAGER_TEST_FIRST_PAIRS") ?? 6);
+    const dir = await Deno.makeTempDir({ prefix: "nmhs1-" });
+    let c: TestCluster | undefined;
+    try {
+      await offlinePki(dir, 2);
+      c = await TestCluster.start(
+        2,
+        TABLE,
+        [],
+        pkiNodeConfig(dir, () => "require"),
+        undefined,
+        pkiStateArgs(dir),
+      );
+      const cl = c;
+      const first: { ms: number; phases?: Record<string, number> }[] = [];
+      const load: number[] = [];
+      for (let round = 0; round < PAIRS; round++) {
+        await Promise.all(cl.nodes.map((n) => n.node.signal("SIGTERM")));
+        load.push(Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]));
+        await Promise.all(cl.nodes.map(async (n, i) => {
+          await n.node.startDaemon();
+          const r = await n.node.register(`worker${i + 1}`);
+          if (r.status !== 200) throw new Error(`register node ${i + 1}: ${r.status}`);
+        }));
+        const got: (PeerView | undefined)[] = [undefined, undefined];
+        const deadline = Date.now() + 20_000;
+        while (got.some((g) => g === undefined) && Date.now() < deadline) {
+          for (const i of [0, 1]) {
+            if (got[i]) continue;
+            const s = await cl.nodes[i].node.api.getJson("/status") as { security: { peers: PeerView[] } };
+            const p = s.security.peers.find((x) => x.subject !== undefined && x.handshakeMs !== undefined);
+            if (p) got[i] = p;
+          }
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        for (const g of got) {
+          if (g?.handshakeMs !== undefined) first.push({ ms: g.handshakeMs, phases: g.handshakePhases });
+        }
+      }
+      const ms = first.map((x) => x.ms).sort((a, b) => a - b);
+      const median = ms[Math.floor(ms.length / 2)];
+      console.log(JSON.stringify({
+        firstHandshakes: ms.length,
+        medianMs: median,
+        minMs: ms[0],
+        maxMs: ms.at(-1),
+        all: first.map((x) => x.ms),
+        phases: first.map((x) => x.phases),
+        loadavg1: load,
+      }));
+      assert(ms.length >= PAIRS, `first handshakes seen: ${ms.length}`);
+      assert(median <= 40, `median first handshake ${median} ms`);
+    } catch (e) {
+      if (c) console.error(await c.logs());
+      throw e;
+    } finally {
+      await c?.stop();
+      await cleanupAll();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);

@@ -596,14 +596,19 @@ export class Handshaker {
  * console.log(ms >= 0); // true
  * ```
  */
-export function warmUp(credential: NodeCredential, trust: TrustSnapshot): number {
+export function warmUp(
+  credential: NodeCredential,
+  trust: TrustSnapshot,
+  onKeys?: (keys: SessionKeys) => void,
+): number {
   const t0 = performance.now();
   try {
     const a = new Handshaker({ credential, trust }), b = new Handshaker({ credential, trust });
     const m1 = a.initiate("warm-up", 0);
     const m2 = m1 && b.handle("warm-up", m1, 0, m1.length, true).reply;
-    const m3 = m2 && a.handle("warm-up", m2, 0, m2.length, true).reply;
-    if (m3) b.handle("warm-up", m3, 0, m3.length, true);
+    const r = m2 ? a.handle("warm-up", m2, 0, m2.length, true) : undefined;
+    if (r?.established) onKeys?.(r.established);
+    if (r?.reply) b.handle("warm-up", r.reply, 0, r.reply.length, true);
   } catch {
     // only a warm-up
   }

@@ -30,7 +30,7 @@
  */
 import { Handshaker, warmUp } from "./handshake.ts";
 import { hasMac2, isCookieReply } from "./cookie.ts";
-import { newSendCounters, type SessionKeys } from "./keys.ts";
+import { KeyRing, newSendCounters, type SessionKeys } from "./keys.ts";
 import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 
@@ -130,8 +130,20 @@ export class HandshakeHost {
     // The first handshake should not pay for cold crypto paths (tens of ms): one round now, the
     // others between the worker's batches ({@link warmStep}).
     if (this.#o.warm === false) return;
-    warmUp(s.credential, s.trust);
+    this.#warmRound(s);
     this.#warmLeft = WARM_ROUNDS - 1;
+  }
+
+  /**
+   * One warm-up handshake, its keys installed in a throwaway key ring and removed: the first real
+   * handshake's install (libcrypto loaded, AEAD contexts made: tens of ms cold) is warm too.
+   */
+  #warmRound(s: HsSetup): void {
+    warmUp(s.credential, s.trust, (k) => {
+      const ring = new KeyRing(this.#o.lane);
+      ring.install({ ...k, sendCounters: newSendCounters() });
+      ring.removePeer(k.peer);
+    });
   }
 
   /** True while warm-up rounds are left (the worker runs {@link warmStep} between its batches meanwhile). */
@@ -147,12 +159,20 @@ export class HandshakeHost {
   warmStep(): void {
     const s = this.#setup;
     if (this.#warmLeft <= 0 || !s) return;
-    warmUp(s.credential, s.trust);
+    this.#warmRound(s);
     if (--this.#warmLeft > 0) return;
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
     this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
+  }
+
+  /**
+   * Runs the warm-up rounds left at once (a worker that has not started its loop yet: nothing waits
+   * for it), then starts the handshakes asked for meanwhile.
+   */
+  warmNow(): void {
+    while (this.#warmLeft > 0) this.warmStep();
   }
 
   /** Handles a message of the main isolate. */

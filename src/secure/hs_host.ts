@@ -128,7 +128,8 @@ export class HandshakeHost {
       ...(this.#o.now ? { now: this.#o.now } : {}),
     });
     // The first handshake should not pay for cold crypto paths (tens of ms): one round now, the
-    // others between the worker's batches ({@link warmStep}).
+    // others between the worker's batches ({@link warmStep}) — or all at once before a starting
+    // worker's loop runs ({@link warmNow}).
     if (this.#o.warm === false) return;
     this.#warmRound(s);
     this.#warmLeft = WARM_ROUNDS - 1;

@@ -314,7 +314,8 @@ export class Handshaker {
    * False when the handshake datagram `buf[off .. off+len)` from `peer` is a reply (HS_RESP, HS_FINISH,
    * COOKIE) to no handshake of ours in progress with `peer` — what a flood's reflected cookie replies
    * are — so that the receive path drops it with a lookup (counted `hs_unknown_index`) before it
-   * spends a forwarding budget that the real peer's replies need. HS_INITs: always true.
+   * spends a forwarding budget that the real peer's replies need (malformed ones: `hs_malformed`). So
+   * what passes answers a handshake of ours: an off-path sender cannot forge that. HS_INITs: always true.
    */
   expects(peer: string, buf: Uint8Array, off: number, len: number): boolean {
     if (len < 1 || buf[off] === MSG_HS_INIT) return true;
@@ -325,7 +326,10 @@ export class Handshaker {
     } else if (len >= 12 && (buf[off] === MSG_HS_RESP || buf[off] === MSG_HS_FINISH)) {
       p = this.#pending.get(u32(buf, off + 8)); // (the receiver index: secure_wire.ts)
       if (p && p.peer === peer && p.initiator === (buf[off] === MSG_HS_RESP)) return true;
-    } else return true; // (malformed: handled, and counted, as before)
+    } else {
+      this.#drop("hs_malformed");
+      return false;
+    }
     this.#drop("hs_unknown_index");
     return false;
   }

@@ -29,13 +29,21 @@
  * @module
  */
 import { Handshaker, warmUp } from "./handshake.ts";
-import { hasMac2, isCookieReply } from "./cookie.ts";
+import { isCookieReply } from "./cookie.ts";
+import { hasMac2, isHsInit } from "./cookie_wire.ts";
 import { KeyRing, newSendCounters, type SessionKeys } from "./keys.ts";
 import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 
 /** Handshake datagrams queued in one receive batch at most (the layer's budget bounds them per second). */
 export const HS_QUEUE_MAX = 256;
+/**
+ * Replies to this worker's handshakes in progress queued at most (they passed {@link HandshakeHost.expects},
+ * so a flood cannot fill this): handled before the INITs.
+ */
+export const REPLY_QUEUE_MAX = 64;
+/** Room of the INIT queue only INITs with a mac2 (a cookie's proof) may take. */
+const MAC2_ROOM = 32;
 /** Handshake datagrams handled per {@link HandshakeHost.drain} at most (~0.1–1 ms each). */
 export const DRAIN_MAX = 16;
 /** Warm-up handshakes when a credential loads: V8 optimizes the crypto paths after several runs. */
@@ -76,6 +84,7 @@ export class HandshakeHost {
   #hs: Handshaker | undefined;
   #setup: HsSetup | undefined;
   #queue: Queued[] = [];
+  #replies: Queued[] = [];
   readonly #moved = new Map<string, string>();
   /** When this worker sent the HS_INIT of a handshake still open with each peer (performance.now()). */
   readonly #started = new Map<string, number>();
@@ -109,6 +118,7 @@ export class HandshakeHost {
     if (!s) {
       this.#hs = undefined;
       this.#queue = [];
+      this.#replies = [];
       this.#warmLeft = 0;
       this.#deferred.clear();
       return;
@@ -242,20 +252,39 @@ export class HandshakeHost {
    */
   queue(peer: string, buf: Uint8Array, off: number, len: number, known: boolean): boolean {
     if (!this.#hs) return false;
-    // Strangers' datagrams (a flood's) fill half the queue at most: the table's nodes keep the rest.
-    if (this.#queue.length >= (known || hasMac2(buf, off, len) ? HS_QUEUE_MAX : HS_QUEUE_MAX / 2)) {
+    const bytes = { peer, bytes: buf.slice(off, off + len), known, at: performance.now() };
+    if (!isHsInit(buf, off)) {
+      // A reply the layer let through answers one of our handshakes (expects): ahead of any INIT
+      // flood, so a loaded worker neither drops nor delays it behind the flood's INITs.
+      if (this.#replies.length >= REPLY_QUEUE_MAX) {
+        this.#queueDrops++;
+        return false;
+      }
+      this.#replies.push(bytes);
+      return true;
+    }
+    // Strangers' INITs (a flood's) fill half the queue at most: the table's nodes keep the rest, and
+    // the last MAC2_ROOM places are for INITs with a mac2 (a flood spoofing a node's address has none).
+    const max = hasMac2(buf, off, len) ? HS_QUEUE_MAX : known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2;
+    if (this.#queue.length >= max) {
       this.#queueDrops++;
       return false;
     }
-    this.#queue.push({ peer, bytes: buf.slice(off, off + len), known, at: performance.now() });
+    this.#queue.push(bytes);
     return true;
   }
 
   /**
-   * Handles queued handshake datagrams (after the bind's receive batch): {@link DRAIN_MAX} at most, so
-   * that a flood's share of the worker comes in slices between its packet batches.
+   * Handles queued handshake datagrams (after the bind's receive batch): the replies to our
+   * handshakes, then {@link DRAIN_MAX} INITs at most, so that a flood's share of the worker comes in
+   * slices between its packet batches.
    */
   drain(): void {
+    if (this.#replies.length > 0) {
+      const r = this.#replies;
+      this.#replies = [];
+      for (const d of r) this.#handle(d);
+    }
     const q = this.#queue;
     if (q.length === 0) return;
     const n = Math.min(q.length, DRAIN_MAX);
@@ -265,7 +294,7 @@ export class HandshakeHost {
 
   /** True while handshake work is waiting (queued datagrams, warm-up rounds): the worker must not sleep. */
   get busy(): boolean {
-    return this.#queue.length > 0 || this.#warmLeft > 0;
+    return this.#queue.length > 0 || this.#replies.length > 0 || this.#warmLeft > 0;
   }
 
   #handle(d: Queued): void {

@@ -6,6 +6,8 @@ import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../../src/proxy/wire.ts";
 import { addMacs, isCookieReply, keysForCa } from "../../src/secure/cookie.ts";
+import { HandshakeHost, HS_QUEUE_MAX } from "../../src/secure/hs_host.ts";
+import type { HsSetup, HsUp } from "../../src/secure/hs_messages.ts";
 
 const ca = generateCa("cluster");
 const trust: TrustSnapshot = {
@@ -48,7 +50,7 @@ Deno.test("handshake expects: replies to no handshake of ours are refused before
   }
   assert(reflected > 50, `cookie replies ${reflected}`);
   assertEquals(a.drops.hs_unknown_index, reflected);
-  // Forged RESP/FINISH with random receiver indexes: refused; an INIT (and anything malformed) is not its business.
+  // Forged RESP/FINISH with random receiver indexes and malformed replies: refused; an INIT is not its business.
   const noise = new Uint8Array(48);
   for (const t of [MSG_HS_RESP, MSG_HS_FINISH]) {
     const d = encodeHandshake(t, 0, 5, 0x12345678, noise);
@@ -56,7 +58,7 @@ Deno.test("handshake expects: replies to no handshake of ours are refused before
   }
   const init = spoofedInit(7);
   assert(a.expects("B", init, 0, init.length));
-  assert(a.expects("B", new Uint8Array([MSG_HS_RESP]), 0, 1));
+  assertEquals(a.expects("B", new Uint8Array([MSG_HS_RESP]), 0, 1), false, "malformed");
   // A's own handshake: the cookie reply B sends for it passes (once), as do the RESP and FINISH.
   const m1 = a.initiate("B", 0)!;
   const c1 = b.handle("A", m1, 0, m1.length, true).reply!;
@@ -73,4 +75,49 @@ Deno.test("handshake expects: replies to no handshake of ours are refused before
   assert(b.expects("A", r.reply, 0, r.reply.length));
   assert(b.handle("A", r.reply, 0, r.reply.length, true).established);
   assertEquals(a.expects("B", resp, 0, resp.length), false, "the handshake is over");
+});
+
+Deno.test("handshake host: a reply to our handshake is queued and handled ahead of a full INIT queue; mac2 INITs keep room", () => {
+  const secrets = { current: crypto.getRandomValues(new Uint8Array(32)) };
+  const setup = (c: NodeCredential): HsSetup => ({
+    credential: c,
+    trust,
+    rekeyMs: 120_000,
+    cookies: true,
+    cookieSecrets: secrets,
+  });
+  const sent: Uint8Array[] = [];
+  const posted: HsUp[] = [];
+  const host = (to: Uint8Array[], up: HsUp[]) =>
+    new HandshakeHost({
+      lane: 0,
+      warm: false,
+      send: (_e, b) => to.push(b),
+      post: (m) => up.push(m),
+      install: () => {},
+      blocked: () => false,
+    });
+  const a = host(sent, posted);
+  a.setup(setup(cred("a")));
+  const b = new Handshaker({ credential: cred("b"), trust });
+  a.initiate("B", 0);
+  const m1 = sent.pop()!;
+  const resp = b.handle("A", m1, 0, m1.length, true).reply!;
+  // A flood spoofing B fills A's INIT queue (no mac2: its share, not the mac2 room).
+  let taken = 0;
+  for (let i = 0; i < 300; i++) {
+    const init = spoofedInit(2000 + i);
+    if (a.queue("B", init, 0, init.length, true)) taken++;
+  }
+  assertEquals(taken, HS_QUEUE_MAX - 32);
+  const withMac2 = spoofedInit(9);
+  withMac2[withMac2.length - 1] = 1;
+  assert(a.queue("B", withMac2, 0, withMac2.length, true), "an INIT with a mac2 still finds room");
+  assert(a.expects("B", resp, 0, resp.length));
+  assert(a.queue("B", resp, 0, resp.length, true), "the reply is taken");
+  a.drain();
+  assert(
+    posted.some((m) => m.type === "secure-hs-done"),
+    "established in the first drain, before the flood's INITs",
+  );
 });

@@ -63,7 +63,8 @@ let handled = 0;
  * node:crypto stays out of the workers of a node without tunnel security.
  */
 let hs: HandshakeHost | undefined;
-let hsLoading = false;
+/** hs_host.ts loading (set once; resolves when the host runs, also after a failed load). */
+let hsLoading: Promise<void> | undefined;
 /** Messages for the handshakes while hs_host.ts loads. */
 const hsPending: HsDown[] = [];
 /** Peers followed elsewhere (given at init) for the handshakes' replies. */
@@ -74,9 +75,8 @@ function hsMessage(m: HsDown): void {
   if (hs) return hs.onMessage(m);
   if (hsPending.length < 256) hsPending.push(m);
   if (hsLoading || !dp) return;
-  hsLoading = true;
   const d = dp;
-  import("../secure/hs_host.ts").then(({ HandshakeHost }) => {
+  hsLoading = import("../secure/hs_host.ts").then(({ HandshakeHost }) => {
     const { secure, loop } = d;
     const bind = loop.bind;
     const lane = secure.lane;
@@ -100,6 +100,7 @@ function hsMessage(m: HsDown): void {
     for (const [p, ep] of hsMoved) host.moved(p, ep);
     hs = host;
     secure.handshake = (peer, buf, off, len, known) => host.queue(peer, buf, off, len, known);
+    secure.expects = (peer, buf, off, len) => host.expects(peer, buf, off, len);
     for (const q of hsPending.splice(0)) host.onMessage(q);
   }).catch((e) => post({ type: "error", message: `handshakes: ${e?.stack ?? e}`, fatal: false }));
 }
@@ -250,12 +251,20 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         };
         dp = d;
         hsMoved = m.secure?.moved ?? [];
-        if (m.secure?.hs) hsMessage({ type: "secure-hs-setup", setup: m.secure.hs });
-        post({ type: "ready" });
-        run(d).catch((e) => {
-          d.poller.close(); // an fd of the process, and a crashed worker is restarted
-          post({ type: "error", message: String(e?.stack ?? e), fatal: true });
-        });
+        const start = () => {
+          post({ type: "ready" });
+          run(d).catch((e) => {
+            d.poller.close(); // an fd of the process, and a crashed worker is restarted
+            post({ type: "error", message: String(e?.stack ?? e), fatal: true });
+          });
+        };
+        if (m.secure?.hs) {
+          hsMessage({ type: "secure-hs-setup", setup: m.secure.hs });
+          // The handshakes run warm before this worker reports ready and its loop starts (issue 11: a
+          // first handshake ≤ 5 ms): a peer's HS_INIT that comes meanwhile waits in the socket and is
+          // answered on warm paths — not lost to a worker without handshakes, nor answered cold.
+          hsLoading!.then(() => hs?.warmNow()).finally(start);
+        } else start();
         break;
       }
       case "stop":

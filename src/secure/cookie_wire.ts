@@ -25,3 +25,8 @@ export function hasMac2(buf: Uint8Array, off: number, len: number): boolean {
   for (let i = off + INIT_WIRE_LEN - MAC_LEN; i < off + INIT_WIRE_LEN; i++) if (buf[i] !== 0) return true;
   return false;
 }
+
+/** True when `buf[off]` starts an HS_INIT (the other handshake datagrams are replies). */
+export function isHsInit(buf: Uint8Array, off: number): boolean {
+  return buf[off] === MSG_HS_INIT;
+}

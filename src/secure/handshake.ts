@@ -176,6 +176,10 @@ export interface HandshakerOptions {
   cookieSecrets?: CookieSecrets;
 }
 
+function u32(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+}
+
 function refill(b: Bucket, now: number, rate: number, cap: number): void {
   b.tokens = Math.min(cap, b.tokens + ((now - b.atMs) / 1000) * rate);
   b.atMs = now;
@@ -304,6 +308,30 @@ export class Handshaker {
       mac1: wire.slice(INIT_BODY_LEN, INIT_BODY_LEN + MAC_LEN),
     });
     return wire;
+  }
+
+  /**
+   * False when the handshake datagram `buf[off .. off+len)` from `peer` is a reply (HS_RESP, HS_FINISH,
+   * COOKIE) to no handshake of ours in progress with `peer` — what a flood's reflected cookie replies
+   * are — so that the receive path drops it with a lookup (counted `hs_unknown_index`) before it
+   * spends a forwarding budget that the real peer's replies need (malformed ones: `hs_malformed`). So
+   * what passes answers a handshake of ours: an off-path sender cannot forge that. HS_INITs: always true.
+   */
+  expects(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    if (len < 1 || buf[off] === MSG_HS_INIT) return true;
+    let p: Pending | undefined;
+    if (isCookieReply(buf, off, len)) {
+      p = len === COOKIE_REPLY_LEN ? this.#pending.get(cookieReceiver(buf, off)) : undefined;
+      if (p?.initiator && p.peer === peer && !p.cookied) return true;
+    } else if (len >= 12 && (buf[off] === MSG_HS_RESP || buf[off] === MSG_HS_FINISH)) {
+      p = this.#pending.get(u32(buf, off + 8)); // (the receiver index: secure_wire.ts)
+      if (p && p.peer === peer && p.initiator === (buf[off] === MSG_HS_RESP)) return true;
+    } else {
+      this.#drop("hs_malformed");
+      return false;
+    }
+    this.#drop("hs_unknown_index");
+    return false;
   }
 
   /** An HS_INIT with a valid mac2 from `peer`: a token from the proven budgets. */
@@ -572,14 +600,19 @@ export class Handshaker {
  * console.log(ms >= 0); // true
  * ```
  */
-export function warmUp(credential: NodeCredential, trust: TrustSnapshot): number {
+export function warmUp(
+  credential: NodeCredential,
+  trust: TrustSnapshot,
+  onKeys?: (keys: SessionKeys) => void,
+): number {
   const t0 = performance.now();
   try {
     const a = new Handshaker({ credential, trust }), b = new Handshaker({ credential, trust });
     const m1 = a.initiate("warm-up", 0);
     const m2 = m1 && b.handle("warm-up", m1, 0, m1.length, true).reply;
-    const m3 = m2 && a.handle("warm-up", m2, 0, m2.length, true).reply;
-    if (m3) b.handle("warm-up", m3, 0, m3.length, true);
+    const r = m2 ? a.handle("warm-up", m2, 0, m2.length, true) : undefined;
+    if (r?.established) onKeys?.(r.established);
+    if (r?.reply) b.handle("warm-up", r.reply, 0, r.reply.length, true);
   } catch {
     // only a warm-up
   }

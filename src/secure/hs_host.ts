@@ -29,18 +29,28 @@
  * @module
  */
 import { Handshaker, warmUp } from "./handshake.ts";
-import { hasMac2, isCookieReply } from "./cookie.ts";
-import { newSendCounters, type SessionKeys } from "./keys.ts";
+import { isCookieReply } from "./cookie.ts";
+import { hasMac2, isHsInit } from "./cookie_wire.ts";
+import { KeyRing, newSendCounters, type SessionKeys } from "./keys.ts";
 import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 
 /** Handshake datagrams queued in one receive batch at most (the layer's budget bounds them per second). */
 export const HS_QUEUE_MAX = 256;
+/**
+ * Replies to this worker's handshakes in progress queued at most (they passed {@link HandshakeHost.expects},
+ * so a flood cannot fill this): handled before the INITs.
+ */
+export const REPLY_QUEUE_MAX = 64;
+/** Room of the INIT queue only INITs with a mac2 (a cookie's proof) may take. */
+const MAC2_ROOM = 32;
 /** Handshake datagrams handled per {@link HandshakeHost.drain} at most (~0.1–1 ms each). */
 export const DRAIN_MAX = 16;
 /** Warm-up handshakes when a credential loads: V8 optimizes the crypto paths after several runs. */
 const WARM_ROUNDS = 20;
 const MAX_PEERS = 4096;
+/** An open handshake attempt with a peer older than this counts as given up (its time starts anew). */
+const ATTEMPT_MAX_MS = 60_000;
 
 /** Options of a {@link HandshakeHost}. */
 export interface HandshakeHostOptions {
@@ -74,9 +84,15 @@ export class HandshakeHost {
   #hs: Handshaker | undefined;
   #setup: HsSetup | undefined;
   #queue: Queued[] = [];
+  #replies: Queued[] = [];
   readonly #moved = new Map<string, string>();
   /** When this worker sent the HS_INIT of a handshake still open with each peer (performance.now()). */
   readonly #started = new Map<string, number>();
+  /**
+   * The first HS_INIT of the attempt still open with each peer (performance.now()) and the INITs sent
+   * in it: retries and cookie rounds included, what a rekey under a flood costs.
+   */
+  readonly #attempt = new Map<string, { at: number; inits: number }>();
   /** The INIT each peer's handshake that this worker answered: its phase. */
   readonly #answers = new Map<string, HsPhase>();
   #warmLeft = 0;
@@ -102,6 +118,7 @@ export class HandshakeHost {
     if (!s) {
       this.#hs = undefined;
       this.#queue = [];
+      this.#replies = [];
       this.#warmLeft = 0;
       this.#deferred.clear();
       return;
@@ -121,10 +138,23 @@ export class HandshakeHost {
       ...(this.#o.now ? { now: this.#o.now } : {}),
     });
     // The first handshake should not pay for cold crypto paths (tens of ms): one round now, the
-    // others between the worker's batches ({@link warmStep}).
+    // others between the worker's batches ({@link warmStep}) — or all at once before a starting
+    // worker's loop runs ({@link warmNow}).
     if (this.#o.warm === false) return;
-    warmUp(s.credential, s.trust);
+    this.#warmRound(s);
     this.#warmLeft = WARM_ROUNDS - 1;
+  }
+
+  /**
+   * One warm-up handshake, its keys installed in a throwaway key ring and removed: the first real
+   * handshake's install (libcrypto loaded, AEAD contexts made: tens of ms cold) is warm too.
+   */
+  #warmRound(s: HsSetup): void {
+    warmUp(s.credential, s.trust, (k) => {
+      const ring = new KeyRing(this.#o.lane);
+      ring.install({ ...k, sendCounters: newSendCounters() });
+      ring.removePeer(k.peer);
+    });
   }
 
   /** True while warm-up rounds are left (the worker runs {@link warmStep} between its batches meanwhile). */
@@ -140,12 +170,20 @@ export class HandshakeHost {
   warmStep(): void {
     const s = this.#setup;
     if (this.#warmLeft <= 0 || !s) return;
-    warmUp(s.credential, s.trust);
+    this.#warmRound(s);
     if (--this.#warmLeft > 0) return;
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
     this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
+  }
+
+  /**
+   * Runs the warm-up rounds left at once (a worker that has not started its loop yet: nothing waits
+   * for it), then starts the handshakes asked for meanwhile.
+   */
+  warmNow(): void {
+    while (this.#warmLeft > 0) this.warmStep();
   }
 
   /** Handles a message of the main isolate. */
@@ -165,6 +203,7 @@ export class HandshakeHost {
         for (const p of m.peers) {
           this.#hs?.forget(p);
           this.#started.delete(p);
+          this.#attempt.delete(p);
         }
         break;
     }
@@ -187,8 +226,24 @@ export class HandshakeHost {
     const bytes = hs.initiate(peer, lane);
     if (!bytes) return;
     if (this.#started.size >= MAX_PEERS) this.#started.clear();
-    this.#started.set(peer, performance.now()); // each HS_INIT starts a new handshake (new ephemeral key)
+    const now = performance.now();
+    this.#started.set(peer, now); // each HS_INIT starts a new handshake (new ephemeral key)
+    const a = this.#attempt.get(peer);
+    // (An attempt older than this was given up — a peer that never answered — and a new one begins.)
+    if (a && now - a.at < ATTEMPT_MAX_MS) a.inits++;
+    else {
+      if (this.#attempt.size >= MAX_PEERS) this.#attempt.clear();
+      this.#attempt.set(peer, { at: now, inits: 1 });
+    }
     this.#o.send(this.#moved.get(peer) ?? peer, bytes);
+  }
+
+  /**
+   * False for a reply to no handshake of ours with `peer` (handshake.ts `expects`): the secure layer
+   * drops it before it spends the handshake forwarding budget (a flood's reflected cookie replies).
+   */
+  expects(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    return this.#hs === undefined || this.#hs.expects(peer, buf, off, len);
   }
 
   /**
@@ -197,20 +252,39 @@ export class HandshakeHost {
    */
   queue(peer: string, buf: Uint8Array, off: number, len: number, known: boolean): boolean {
     if (!this.#hs) return false;
-    // Strangers' datagrams (a flood's) fill half the queue at most: the table's nodes keep the rest.
-    if (this.#queue.length >= (known || hasMac2(buf, off, len) ? HS_QUEUE_MAX : HS_QUEUE_MAX / 2)) {
+    const bytes = { peer, bytes: buf.slice(off, off + len), known, at: performance.now() };
+    if (!isHsInit(buf, off)) {
+      // A reply the layer let through answers one of our handshakes (expects): ahead of any INIT
+      // flood, so a loaded worker neither drops nor delays it behind the flood's INITs.
+      if (this.#replies.length >= REPLY_QUEUE_MAX) {
+        this.#queueDrops++;
+        return false;
+      }
+      this.#replies.push(bytes);
+      return true;
+    }
+    // Strangers' INITs (a flood's) fill half the queue at most: the table's nodes keep the rest, and
+    // the last MAC2_ROOM places are for INITs with a mac2 (a flood spoofing a node's address has none).
+    const max = hasMac2(buf, off, len) ? HS_QUEUE_MAX : known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2;
+    if (this.#queue.length >= max) {
       this.#queueDrops++;
       return false;
     }
-    this.#queue.push({ peer, bytes: buf.slice(off, off + len), known, at: performance.now() });
+    this.#queue.push(bytes);
     return true;
   }
 
   /**
-   * Handles queued handshake datagrams (after the bind's receive batch): {@link DRAIN_MAX} at most, so
-   * that a flood's share of the worker comes in slices between its packet batches.
+   * Handles queued handshake datagrams (after the bind's receive batch): the replies to our
+   * handshakes, then {@link DRAIN_MAX} INITs at most, so that a flood's share of the worker comes in
+   * slices between its packet batches.
    */
   drain(): void {
+    if (this.#replies.length > 0) {
+      const r = this.#replies;
+      this.#replies = [];
+      for (const d of r) this.#handle(d);
+    }
     const q = this.#queue;
     if (q.length === 0) return;
     const n = Math.min(q.length, DRAIN_MAX);
@@ -220,7 +294,7 @@ export class HandshakeHost {
 
   /** True while handshake work is waiting (queued datagrams, warm-up rounds): the worker must not sleep. */
   get busy(): boolean {
-    return this.#queue.length > 0 || this.#warmLeft > 0;
+    return this.#queue.length > 0 || this.#replies.length > 0 || this.#warmLeft > 0;
   }
 
   #handle(d: Queued): void {
@@ -257,6 +331,8 @@ export class HandshakeHost {
     if (!st?.cert) return;
     const t0 = st.initiator ? this.#started.get(k.peer) : undefined;
     if (t0 !== undefined) this.#started.delete(k.peer);
+    const a = st.initiator ? this.#attempt.get(k.peer) : undefined;
+    this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);
     this.#answers.delete(k.peer);
     this.#o.post({
@@ -265,6 +341,7 @@ export class HandshakeHost {
       cert: st.cert,
       initiator: st.initiator,
       ...(t0 !== undefined ? { handshakeMs: performance.now() - t0 } : {}),
+      ...(a !== undefined ? { attempt: { ms: performance.now() - a.at, inits: a.inits } } : {}),
       ...(resp ? { resp } : {}),
       ...(answer ? { answer } : {}),
     });

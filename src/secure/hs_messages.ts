@@ -57,6 +57,8 @@ export type HsUp =
     initiator: boolean;
     /** Initiator: its HS_INIT sent → keys installed (ms). */
     handshakeMs?: number;
+    /** Initiator: the attempt's first HS_INIT sent → keys installed (ms), and the INITs it took (retries). */
+    attempt?: { ms: number; inits: number };
     /** The phases of the RESP this node handled (initiator) and of the INIT it answered (responder). */
     resp?: HsPhase;
     answer?: HsPhase;

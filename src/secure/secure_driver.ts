@@ -75,6 +75,12 @@ export interface SecurePeerView {
   refusedReason?: string;
   /** Duration of the last handshake this node initiated with the peer (its HS_INIT sent → keys installed), ms. */
   handshakeMs?: number;
+  /**
+   * The same handshake from the first HS_INIT of its attempt (ms): with the retries after lost
+   * datagrams and the cookie rounds under a flood (`handshakeAttemptInits`: the HS_INITs it took).
+   */
+  handshakeAttemptMs?: number;
+  handshakeAttemptInits?: number;
   /** Data-plane drops with this peer by reason (replayed, forged, plain data from it while secure). */
   drops?: Record<string, number>;
   /**
@@ -129,6 +135,8 @@ export class SecureDriver {
   readonly #peers = new Map<string, PeerRecord>();
   /** Duration of the last handshake this node initiated per peer (ms). */
   readonly #hsMs = new Map<string, number>();
+  /** Its attempt per peer: first HS_INIT → keys (ms), and the HS_INITs sent. */
+  readonly #attemptMs = new Map<string, { ms: number; inits: number }>();
   /** Per peer: the phases of the last handshake this node initiated (`resp`) and answered (`answer`). */
   readonly #phases = new Map<string, { resp?: Phase; answer?: Phase }>();
   /** Each worker's handshake drops (cumulative, by lane). */
@@ -344,6 +352,10 @@ export class SecureDriver {
     if (m.handshakeMs !== undefined) {
       if (this.#hsMs.size > 4096) this.#hsMs.clear();
       this.#hsMs.set(k.peer, m.handshakeMs);
+      if (m.attempt) {
+        if (this.#attemptMs.size > 4096) this.#attemptMs.clear();
+        this.#attemptMs.set(k.peer, m.attempt);
+      }
       if (m.resp) this.#phase(k.peer).resp = m.resp;
       log.debug("handshake timed", {
         peer: k.peer,
@@ -420,6 +432,12 @@ export class SecureDriver {
           rekeys: s.rekeys,
           ...(this.#hsMs.has(endpoint)
             ? { handshakeMs: Math.round(this.#hsMs.get(endpoint)! * 100) / 100 }
+            : {}),
+          ...(this.#attemptMs.has(endpoint)
+            ? {
+              handshakeAttemptMs: Math.round(this.#attemptMs.get(endpoint)!.ms * 100) / 100,
+              handshakeAttemptInits: this.#attemptMs.get(endpoint)!.inits,
+            }
             : {}),
           ...(this.#phases.has(endpoint) ? { handshakePhases: phasesView(this.#phases.get(endpoint)!) } : {}),
           ...(this.#moved.has(endpoint) ? { at: this.#moved.get(endpoint) } : {}),

@@ -33,7 +33,7 @@
  * @module
  */
 import { type SendBatch, UDP_MAX_SEGMENTS } from "../../ffi/udp.ts";
-import { hasMac2 } from "./cookie_wire.ts";
+import { hasMac2, isHsInit } from "./cookie_wire.ts";
 import { KeyRing, OPEN_RESULT_NAMES, Opened, OpenResult, type SessionKeys } from "./keys.ts";
 import { isHandshakeType, SECURE_HEADER_LEN, SECURE_OVERHEAD, SECURE_TAG_LEN } from "./secure_wire.ts";
 import { JUMBO_MAX_CHUNKS, JUMBO_TAG_LEN, MSG_FAST, MSG_JUMBO, MSG_SECURE } from "../proxy/wire.ts";
@@ -171,6 +171,11 @@ export class SecureLayer {
   handshake:
     | ((peer: string, buf: Uint8Array, off: number, len: number, known: boolean) => boolean)
     | undefined = undefined;
+  /**
+   * False for a handshake reply to no handshake of this worker's (hs_host.ts `expects`): dropped
+   * before the forwarding budget, which a flood's reflected cookie replies would otherwise spend.
+   */
+  expects: ((peer: string, buf: Uint8Array, off: number, len: number) => boolean) | undefined = undefined;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
   constructor(o: SecureLayerOptions) {
@@ -506,6 +511,12 @@ export class SecureLayer {
         this.#hsAt = nowMs;
       }
       const known = sourcePeer !== undefined;
+      // A peer followed to another endpoint keeps its key (its session's name) for the handshake.
+      let peer: string | undefined;
+      if (this.expects && !isHsInit(buf, off)) {
+        peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+        if (!this.expects(peer, buf, off, len)) return Inbound.DONE;
+      }
       // A flood spoofing a node's address spends that class; the node's cookie-proven INITs
       // (cookie.ts; the main isolate checks the mac2) have their own.
       const k = hasMac2(buf, off, len) ? 2 : known ? 1 : 0;
@@ -514,8 +525,7 @@ export class SecureLayer {
         return Inbound.DONE;
       }
       tk[k]--;
-      // A peer followed to another endpoint keeps its key (its session's name) for the handshake.
-      const peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+      peer ??= sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
       // The worker runs the node's handshakes (hs_host.ts): no hop to the main isolate.
       if (this.handshake?.(peer, buf, off, len, known)) return Inbound.DONE;
       const at = performance.timeOrigin + performance.now();

@@ -16,6 +16,7 @@ const TABLE: QueryResult[] = secureTable(1);
 interface PeerView {
   subject?: string;
   rekeys?: number;
+  lastHandshakeSecondsAgo?: number;
   handshakeMs?: number;
   handshakePhases?: Record<string, number>;
 }
@@ -72,6 +73,98 @@ Deno.test(
       throw e;
     } finally {
       Deno.env.delete("NETMANAGER_REKEY_SECONDS");
+      await c?.stop();
+      await cleanupAll();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
+Deno.test(
+  { name: "secure: first handshake of freshly started daemons (median and range printed)", ...opts },
+  async () => {
+    // Each round restarts daemons of the same two nodes (same keys and certificates) and reads the
+    // first handshake each restarted one initiated (HS_INIT sent → keys installed), as the bench's slot
+    // does: `pair` rounds start both at once (each one's INIT may reach the other while it still
+    // starts); `one` rounds restart one daemon while the other runs (its INIT goes to a ready peer).
+    const ROUNDS = Number(Deno.env.get("NETMANAGER_TEST_FIRST_ROUNDS") ?? 6);
+    const dir = await Deno.makeTempDir({ prefix: "nmhs1-" });
+    let c: TestCluster | undefined;
+    try {
+      await offlinePki(dir, 2);
+      c = await TestCluster.start(
+        2,
+        TABLE,
+        [],
+        pkiNodeConfig(dir, () => "require"),
+        undefined,
+        pkiStateArgs(dir),
+      );
+      const cl = c;
+      const res: Record<"pair" | "one", { ms: number; phases?: Record<string, number> }[]> = {
+        pair: [],
+        one: [],
+      };
+      const load: number[] = [];
+      const firstOf = async (i: number, since: number): Promise<PeerView | undefined> => {
+        const deadline = Date.now() + 20_000;
+        while (Date.now() < deadline) {
+          const s = await cl.nodes[i].node.api.getJson("/status") as { security: { peers: PeerView[] } };
+          const p = s.security.peers.find((x) =>
+            x.subject !== undefined && x.handshakeMs !== undefined &&
+            (x.lastHandshakeSecondsAgo ?? 0) <= since
+          );
+          if (p) return p;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        return undefined;
+      };
+      for (let round = 0; round < 2 * ROUNDS; round++) {
+        const kind = round % 2 === 0 ? "pair" : "one";
+        const which = kind === "pair" ? [0, 1] : [(round >> 1) % 2];
+        await Promise.all(which.map((i) => cl.nodes[i].node.signal("SIGTERM")));
+        load.push(Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]));
+        const t0 = Date.now();
+        await Promise.all(which.map(async (i) => {
+          await cl.nodes[i].node.startDaemon();
+          const r = await cl.nodes[i].node.register(`worker${i + 1}`);
+          if (r.status !== 200) throw new Error(`register node ${i + 1}: ${r.status}`);
+        }));
+        for (const i of which) {
+          const p = await firstOf(i, Math.ceil((Date.now() - t0) / 1000) + 1);
+          if (p?.handshakeMs !== undefined) res[kind].push({ ms: p.handshakeMs, phases: p.handshakePhases });
+        }
+      }
+      const stat = (xs: { ms: number }[]) => {
+        const ms = xs.map((x) => x.ms).sort((a, b) => a - b);
+        return { n: ms.length, medianMs: ms[Math.floor(ms.length / 2)], minMs: ms[0], maxMs: ms.at(-1) };
+      };
+      console.log(JSON.stringify({
+        bothStarted: {
+          ...stat(res.pair),
+          all: res.pair.map((x) => x.ms),
+          phases: res.pair.map((x) => x.phases),
+        },
+        oneRestarted: {
+          ...stat(res.one),
+          all: res.one.map((x) => x.ms),
+          phases: res.one.map((x) => x.phases),
+        },
+        loadavg1: load,
+      }));
+      assert(
+        res.one.length >= ROUNDS && res.pair.length >= ROUNDS,
+        `first handshakes seen: ${JSON.stringify(res)}`,
+      );
+      // A generous bound (a busy machine): the figures above are what the issue's 5 ms target reads.
+      assert(
+        stat(res.one).medianMs <= 40,
+        `median first handshake with a running peer ${stat(res.one).medianMs} ms`,
+      );
+    } catch (e) {
+      if (c) console.error(await c.logs());
+      throw e;
+    } finally {
       await c?.stop();
       await cleanupAll();
       await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -34,7 +34,7 @@ const INSTANCES_PER_SERVICE = 4;
  * V8 flags the release's launcher (scripts/launcher.sh) runs `netmanager control` with: the
  * control plane is measured as it runs. `--control-v8-flags ""` measures without.
  */
-const CONTROL_V8_FLAGS = arg("--control-v8-flags") ?? "--max-semi-space-size=1";
+const CONTROL_V8_FLAGS = arg("--control-v8-flags") ?? "--max-semi-space-size=1,--optimize-for-size";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });

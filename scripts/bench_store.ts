@@ -8,6 +8,7 @@
  * after, the database size.
  *
  *   deno run -A scripts/bench_store.ts [--quick] [--allocations N] [--etcd URL] [--control-v8-flags F]
+ *                                      [--breakdown]
  *
  * `--quick`: 5,000 allocations. `--etcd URL`: the replicated store on that etcd instead (a fresh
  * key prefix per run, removed afterwards).
@@ -23,12 +24,17 @@ const arg = (name: string) => {
 };
 const TOTAL = Number(arg("--allocations") ?? (SMOKE ? 500 : QUICK ? 5000 : 50000));
 const ETCD = arg("--etcd");
+/**
+ * `--breakdown`: the RSS growth split by kind (smaps_rollup: anonymous = V8 heap + malloc; V8's heap
+ * from the service's metrics listener, which this starts), to see where the memory goes.
+ */
+const BREAKDOWN = Deno.args.includes("--breakdown");
 const INSTANCES_PER_SERVICE = 4;
 /**
  * V8 flags the release's launcher (scripts/launcher.sh) runs `netmanager control` with: the
  * control plane is measured as it runs. `--control-v8-flags ""` measures without.
  */
-const CONTROL_V8_FLAGS = arg("--control-v8-flags") ?? "--max-semi-space-size=1";
+const CONTROL_V8_FLAGS = arg("--control-v8-flags") ?? "--max-semi-space-size=1,--optimize-for-size";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -42,10 +48,37 @@ async function rssKiB(pid: number): Promise<number> {
   return m ? Number(m[1]) : NaN;
 }
 
+/** Resident kB by kind from smaps_rollup (anonymous = V8 heap + malloc; file = code, mapped files). */
+async function smaps(pid: number): Promise<Record<string, number>> {
+  const t = await Deno.readTextFile(`/proc/${pid}/smaps_rollup`);
+  const out: Record<string, number> = {};
+  for (const k of ["Rss", "Anonymous", "Shared_Clean", "Private_Clean", "Private_Dirty"]) {
+    const m = new RegExp(`^${k}:\\s+([0-9]+) kB`, "m").exec(t);
+    if (m) out[k] = Number(m[1]);
+  }
+  return out;
+}
+
+/** V8 heap numbers of the service's metrics listener (prom-client's default metrics). */
+async function heapStats(port: number): Promise<Record<string, number>> {
+  const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text());
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^(nodejs_heap_size_\w+|nodejs_external_memory_bytes)\s+([0-9.e+]+)$/gm)) {
+    out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+/** Both of the above, for `--breakdown`. */
+async function memory(pid: number): Promise<Record<string, number>> {
+  return { ...await smaps(pid), ...await heapStats(metricsPort) };
+}
+
 const pct = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(xs.length * p))];
 
 const dir = await Deno.makeTempDir({ prefix: "nm-bench-store-" });
 const httpPort = freePort();
+const metricsPort = freePort();
 const prefix = `/nmbench-${crypto.randomUUID().slice(0, 8)}/`;
 const svc = new Deno.Command(Deno.execPath(), {
   args: [
@@ -64,6 +97,7 @@ const svc = new Deno.Command(Deno.execPath(), {
     String(httpPort),
     "--log-level",
     "warn",
+    ...(BREAKDOWN ? ["--metrics-addr", `127.0.0.1:${metricsPort}`] : []),
     ...(ETCD ? ["--etcd", ETCD, "--etcd-prefix", prefix, "--cluster-name", "bench"] : []),
   ],
   stdout: "null",
@@ -103,6 +137,7 @@ try {
   const warm = Math.min(500, TOTAL / 10);
   const lat: number[] = [];
   let rss0 = 0;
+  let mem0: Record<string, number> = {};
   let n = 0;
   let t0 = 0;
   for (let s = 0; n < TOTAL + warm; s++) {
@@ -125,6 +160,7 @@ try {
     for (const [path, body] of calls) {
       if (n === warm) {
         rss0 = await rssKiB(svc.pid);
+        if (BREAKDOWN) mem0 = await memory(svc.pid);
         t0 = performance.now();
       }
       const a = performance.now();
@@ -135,6 +171,14 @@ try {
   }
   const seconds = (performance.now() - t0) / 1000;
   const rss1 = await rssKiB(svc.pid);
+  const mem1 = BREAKDOWN ? await memory(svc.pid) : {};
+  // Growth per kind, MiB (smaps in kB, heap metrics in bytes).
+  const memoryGrowthMiB = Object.fromEntries(
+    Object.keys(mem1).map((k) => [
+      k,
+      +((mem1[k] - (mem0[k] ?? 0)) / (k.startsWith("nodejs") ? 2 ** 20 : 1024)).toFixed(1),
+    ]),
+  );
   lat.sort((a, b) => a - b);
   const dbBytes = ETCD ? undefined : (await Deno.stat(`${dir}/control-state.db`)).size +
     ((await Deno.stat(`${dir}/control-state.db-wal`).catch(() => ({ size: 0 }))).size);
@@ -154,6 +198,7 @@ try {
       after: +(rss1 / 1024).toFixed(1),
       growth: +((rss1 - rss0) / 1024).toFixed(1),
     },
+    ...(BREAKDOWN ? { memoryGrowthMiB } : {}),
     ...(dbBytes !== undefined ? { databaseMiB: +(dbBytes / 2 ** 20).toFixed(2) } : {}),
     targets: { p99Ms: 5, rssGrowthMiB: 30 },
   }));

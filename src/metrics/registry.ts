@@ -14,8 +14,26 @@
  * ```
  * @module
  */
-import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
+import { Counter, Gauge, Registry } from "prom-client";
+// prom-client's own collectors of the process metrics we publish, one by one (see newRegistry).
+import processCpuTotal from "prom-client/lib/metrics/processCpuTotal.js";
+import processStartTime from "prom-client/lib/metrics/processStartTime.js";
+import osMemoryHeap from "prom-client/lib/metrics/osMemoryHeap.js";
+import processOpenFileDescriptors from "prom-client/lib/metrics/processOpenFileDescriptors.js";
+import processMaxFileDescriptors from "prom-client/lib/metrics/processMaxFileDescriptors.js";
+import heapSizeAndUsed from "prom-client/lib/metrics/heapSizeAndUsed.js";
 import { VERSION } from "../version.ts";
+
+/** A prom-client collector module: registers its metrics in the registry given. */
+type Collector = (registry: Registry, config: Record<string, unknown>) => void;
+const PROCESS_COLLECTORS: readonly Collector[] = [
+  processCpuTotal,
+  processStartTime,
+  osMemoryHeap,
+  processOpenFileDescriptors,
+  processMaxFileDescriptors,
+  heapSizeAndUsed,
+];
 
 /** Default metrics of prom-client that hold under Deno (process CPU, memory, fds, V8 heap). */
 const PROCESS_METRIC = /^(process_|nodejs_heap_size_|nodejs_external_memory_bytes)/;
@@ -23,7 +41,10 @@ const PROCESS_METRIC = /^(process_|nodejs_heap_size_|nodejs_external_memory_byte
 /**
  * A fresh registry with `netmanager_build_info{version,deno,component}` (always 1) and the process
  * metrics. The event-loop lag and active-handle collectors of prom-client read Node internals that
- * Deno only stubs (lag `NaN`, handles 0), so they are left out rather than published wrong.
+ * Deno only stubs (lag `NaN`, handles 0), so they are left out rather than published wrong — and not
+ * started at all: `collectDefaultMetrics` starts every collector, and the event-loop lag one runs a
+ * `monitorEventLoopDelay` histogram (sampling every 10 ms for the process's life) whose native
+ * buckets grew to 12 MiB resident in the control plane under load (issue 14's RSS target).
  */
 export function newRegistry(component: "node" | "control"): Registry {
   const reg = new Registry();
@@ -35,7 +56,7 @@ export function newRegistry(component: "node" | "control"): Registry {
   });
   info.set({ version: VERSION, deno: Deno.version.deno, component }, 1);
   const defaults = new Registry();
-  collectDefaultMetrics({ register: defaults });
+  for (const c of PROCESS_COLLECTORS) c(defaults, {});
   for (const { name } of defaults.getMetricsAsArray()) {
     const m = defaults.getSingleMetric(name);
     if (m && PROCESS_METRIC.test(name)) reg.registerMetric(m);

@@ -17,7 +17,8 @@
  *   datagram; the same bytes as sealed in parts, see keys.ts `sealMessage`).
  * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
  *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
- *   arrived plain; handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
+ *   arrived plain; the next parts of a JUMBO message in the same GRO run are opened with the first
+ *   ({@link SecureLayer.openRun}: their ciphertexts moved together, one AEAD update); handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
  *   JUMBO) is dropped before the engine sees it; HELLO/PROBE stay plain (capabilities and RTT; they
  *   deliver nothing to instances).
  *

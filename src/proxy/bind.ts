@@ -580,6 +580,22 @@ export class UdpBind implements BindSeam, ScatterTarget {
     return true;
   }
 
+  /** Segment size of the receive entry last stepped into (its GRO segment size, or its length). */
+  get step(): number {
+    return this.#step;
+  }
+
+  /** Datagrams of a full {@link step} after the one last stepped to, in the same receive entry. */
+  runAfter(): number {
+    const rest = this.#end - this.#at - this.#step;
+    return rest >= this.#step && this.#step > 0 ? Math.floor(rest / this.#step) : 0;
+  }
+
+  /** Steps over the next `n` datagrams of the entry (the secure layer took them with the last one). */
+  skip(n: number): void {
+    if (n > 0) this.#at += n * this.#step;
+  }
+
   /** The datagram last stepped to is now `buf[off .. off+len)` (the secure layer opened it in place). */
   narrow(off: number, len: number): void {
     this.off = off;

@@ -124,7 +124,6 @@ export class PacketLoop {
     const e = this.engine;
     const bind = this.bind;
     const tun = this.tun;
-    const res = this.#res;
     let count = 0;
     const sec = this.secure !== undefined && this.secure.active ? this.secure : undefined;
     const wall = sec !== undefined ? Date.now() : 0;
@@ -134,6 +133,7 @@ export class PacketLoop {
       while (bind.next()) {
         count++;
         let unverified = false; // a sealed JUMBO part before its message's tag was checked
+        let run = 0; // further parts of the same message opened with this one (one AEAD update)
         if (sec !== undefined) {
           const src = bind.family === 4
             ? e.peers.lookup4(bind.addr4, bind.port)
@@ -143,32 +143,21 @@ export class PacketLoop {
           const r = sec.inbound(bind.buf, bind.off, bind.len, src?.key, this.#sourceKey, wall, exact);
           if (r === Inbound.DONE) continue;
           if (r === Inbound.OPENED) {
-            bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
             unverified = sec.part === Opened.PART;
+            // The rest of a GRO run from the same source: the message's next parts in one go.
+            const more = unverified ? bind.runAfter() : 0;
+            if (more > 0) run = sec.openRun(bind.buf, bind.off, bind.step, more);
+            bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
           }
         }
-        const v = e.receive(
-          bind.buf,
-          bind.off,
-          bind.len,
-          bind.family,
-          bind.addr4,
-          bind.addr6,
-          bind.port,
-          now,
-          res,
-        );
-        if (v === Verdict.JUMBO) {
-          // Only an authenticated datagram may complete a message (secure_layer.ts: parts).
-          if (bind.reassemble(res.peer!, now)) {
-            if (unverified) sec!.refuseCompletion();
-            else if (tun.writeAssembled(bind.assembled)) this.jumboRx++;
-          }
-        } else if (unverified) {
-          continue; // (the engine saw a JUMBO type byte; not expected)
-        } else if (v === Verdict.TO_TUN) {
-          this.path.clamp(bind.buf, res.off, res.len, res.peer, res.csumStart >= 0);
-          tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
+        for (let j = 0;; j++) {
+          this.#deliverFromBind(now, unverified);
+          if (j === run) break;
+          bind.narrow(bind.off + bind.len, bind.len); // part j+1's chunk, moved behind part j's
+        }
+        if (run > 0) {
+          bind.skip(run);
+          count += run;
         }
       }
       tun.flush(); // before the next receive reuses the buffers
@@ -182,6 +171,36 @@ export class PacketLoop {
       this.#post({ type: "observed", ip: e2.reflect.observedIp, port: e2.reflect.observedPort });
     }
     return count;
+  }
+
+  /** Engine → TUN or reassembly for the datagram at the bind's `buf[off .. off+len)` (drainBind). */
+  #deliverFromBind(now: number, unverified: boolean): void {
+    const bind = this.bind;
+    const tun = this.tun;
+    const res = this.#res;
+    const v = this.engine.receive(
+      bind.buf,
+      bind.off,
+      bind.len,
+      bind.family,
+      bind.addr4,
+      bind.addr6,
+      bind.port,
+      now,
+      res,
+    );
+    if (v === Verdict.JUMBO) {
+      // Only an authenticated datagram may complete a message (secure_layer.ts: parts).
+      if (bind.reassemble(res.peer!, now)) {
+        if (unverified) this.secure!.refuseCompletion();
+        else if (tun.writeAssembled(bind.assembled)) this.jumboRx++;
+      }
+    } else if (unverified) {
+      return; // (the engine saw a JUMBO type byte; not expected)
+    } else if (v === Verdict.TO_TUN) {
+      this.path.clamp(bind.buf, res.off, res.len, res.peer, res.csumStart >= 0);
+      tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
+    }
   }
 
   /** The endpoint key of the datagram the bind last stepped to (control path: builds a string). */

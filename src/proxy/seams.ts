@@ -147,6 +147,12 @@ export interface BindSeam {
    * and the inner datagram goes on (to the engine and {@link reassemble}).
    */
   narrow(off: number, len: number): void;
+  /** Segment size of the receive entry last stepped into (its GRO segment size, or its length). */
+  readonly step: number;
+  /** Datagrams of a full {@link step} after the one last stepped to, in the same receive entry (a GRO run). */
+  runAfter(): number;
+  /** Steps over the next `n` datagrams of the entry (the secure layer took them with the last one). */
+  skip(n: number): void;
   readonly family: 4 | 6;
   readonly addr4: number;
   readonly addr6: Uint8Array | undefined;

@@ -31,6 +31,7 @@
  */
 import { EvpAead } from "../../ffi/libcrypto.ts";
 import { ReplayWindow } from "./replay.ts";
+import { MSG_SECURE } from "../proxy/wire.ts";
 import {
   counterLane,
   counterValue,
@@ -173,6 +174,8 @@ export class KeyRing {
   readonly #nonce = new Uint8Array(12);
   readonly #header = new SecureHeader();
   readonly #streams = new Map<string, PartStream>();
+  /** The message whose part {@link open} just returned as {@link Opened.PART} (see {@link openRun}). */
+  #run: PartStream | undefined = undefined;
   // The message being sealed in parts (see beginParts).
   #sealing: DataSession | undefined = undefined;
   #sealHi = 0;
@@ -380,6 +383,7 @@ export class KeyRing {
    */
   open(buf: Uint8Array, off: number, len: number, nowMs: number): number {
     const h = this.#header;
+    this.#run = undefined;
     if (!decodeSecureHeader(buf, off, len, h)) return OpenResult.MALFORMED;
     const s = this.#byIndex.get(h.receiver);
     this.refusedPeer = "";
@@ -459,10 +463,50 @@ export class KeyRing {
     } else {
       st.next = index + 1;
       this.opened = Opened.PART;
+      this.#run = st;
     }
     this.refusedPeer = "";
     this.peer = peer;
     return inner;
+  }
+
+  /**
+   * After {@link open} returned a part (not the last) of a message for the datagram at
+   * `buf[off .. off+step)`: takes the following datagrams of the same receive run — up to `max`, each
+   * `step` bytes at `buf[off + k·step ..]` (a GRO run: one source, equal sizes) — that are the next
+   * parts of the SAME message (header byte for byte the first's: type, lane key, receiver index,
+   * counter; flags exactly "part, index i+k", never the last), stopping at the first that is not.
+   * Their ciphertexts are moved together behind the first datagram's (over the headers between
+   * them) and decrypted with ONE update of the message's AEAD: part k's bytes end up at
+   * `buf[off + 16 + k·(step − 16) ..]`, `step − 16` bytes each. Returns how many were taken (0:
+   * none; the caller opens the rest one by one). Like every part before the last, the bytes are
+   * NOT authenticated until the message's last part verifies (only for reassembly; Opened.PART).
+   */
+  openRun(buf: Uint8Array, off: number, step: number, max: number): number {
+    const st = this.#run;
+    this.#run = undefined;
+    const inner = step - SECURE_HEADER_LEN;
+    if (st === undefined || st.next <= 0 || this.opened !== Opened.PART || inner <= 0) return 0;
+    if (!Number.isInteger(off) || off < 0 || !Number.isInteger(max) || max <= 0) return 0;
+    let n = 0;
+    for (let idx = st.next; n < max && idx < SECURE_PART_INDEX; idx++) {
+      const h = off + (n + 1) * step;
+      if (h + step > buf.length || buf[h] !== MSG_SECURE || buf[h + 1] !== (SECURE_F_PART | idx)) break;
+      let b = 2;
+      while (b < SECURE_HEADER_LEN && buf[h + b] === buf[off + b]) b++;
+      if (b < SECURE_HEADER_LEN) break; // another message, session or lane: not this run's
+      n++;
+    }
+    if (n === 0) return 0;
+    // Part k's ciphertext moves 16·k bytes down (over the headers): one contiguous stream.
+    const to = off + step;
+    for (let k = 1; k <= n; k++) {
+      const from = off + k * step + SECURE_HEADER_LEN;
+      buf.copyWithin(off + SECURE_HEADER_LEN + k * inner, from, from + inner);
+    }
+    st.session.openParts.update(buf, to, n * inner, buf, to);
+    st.next += n;
+    return n;
   }
 
   /** The AEAD nonce of the SECURE header at `buf[at ..]`: 4 zero bytes and the counter (no view made). */
@@ -475,6 +519,7 @@ export class KeyRing {
   /** Frees a session's contexts and forgets every use of them (a message in parts in either direction). */
   #retire(s: DataSession): void {
     s.close();
+    if (this.#run?.session === s) this.#run = undefined;
     if (this.#streams.get(s.keys.peer)?.session === s) this.#streams.delete(s.keys.peer);
     if (this.#sealing === s) this.#sealing = undefined;
   }
@@ -482,6 +527,7 @@ export class KeyRing {
   /** Frees every context. */
   close(): void {
     this.#sealing = undefined;
+    this.#run = undefined;
     for (const s of this.#byIndex.values()) s.close();
     this.#byIndex.clear();
     this.#current.clear();

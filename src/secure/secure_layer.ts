@@ -17,7 +17,8 @@
  *   datagram; the same bytes as sealed in parts, see keys.ts `sealMessage`).
  * - **Ingress** ({@link SecureLayer.inbound}): SECURE datagrams are opened in place (replay window
  *   first, moved only after the tag verified) and the inner datagram goes on to the engine as if it had
- *   arrived plain; handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
+ *   arrived plain; the next parts of a JUMBO message in the same GRO run are opened with the first
+ *   ({@link SecureLayer.openRun}: their ciphertexts moved together, one AEAD update); handshake datagrams go to the worker's handshake host (hs_host.ts); in `require` plain data (raw, FAST,
  *   JUMBO) is dropped before the engine sees it; HELLO/PROBE stay plain (capabilities and RTT; they
  *   deliver nothing to instances).
  *
@@ -113,6 +114,8 @@ export class SecureLayer {
   /** Datagrams sealed and opened. */
   sealed = 0;
   opened = 0;
+  /** Of the opened: parts taken with the one before them in a receive run ({@link openRun}). */
+  openedInRuns = 0;
   readonly #drops = new Float64Array(DROP_NAMES.length);
   readonly #openDrops = new Float64Array(OPEN_RESULT_NAMES.length);
   /**
@@ -550,6 +553,22 @@ export class SecureLayer {
       return Inbound.DONE;
     }
     return Inbound.PASS;
+  }
+
+  /**
+   * After {@link inbound} returned OPENED with {@link part} `Opened.PART` for the datagram at
+   * `buf[off .. off+step)` of a receive run: takes the next datagrams of that run that are the next
+   * parts of the same message (up to `max`; keys.ts `openRun`: headers checked byte for byte, one
+   * AEAD update for all) and returns how many. Part k's inner bytes (a JUMBO chunk, unauthenticated
+   * until the message's last part verifies) are then at `buf[off + 16 + k·(step − 16) ..]`,
+   * `step − 16` bytes each.
+   */
+  openRun(buf: Uint8Array, off: number, step: number, max: number): number {
+    if (this.part !== Opened.PART) return 0;
+    const n = this.ring.openRun(buf, off, step, max);
+    this.opened += n;
+    this.openedInRuns += n;
+    return n;
   }
 
   /** A reassembly completed by an unauthenticated part was dropped (counted as `secure_part_dropped`). */

@@ -288,6 +288,17 @@ export class MemoryBind implements BindSeam {
     this.len = len;
   }
 
+  /** One datagram per receive entry here: no runs. */
+  get step(): number {
+    return this.len;
+  }
+
+  runAfter(): number {
+    return 0;
+  }
+
+  skip(_n: number): void {}
+
   reassemble(_peer: Peer, _now: number): boolean {
     return false;
   }

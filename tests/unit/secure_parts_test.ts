@@ -226,3 +226,67 @@ Deno.test("secure parts: JUMBO chunks never travel sealed on their own, and such
   assertEquals(drops.secure_part_dropped, 1);
   assertEquals(b.opened, 0);
 });
+
+/** The sealed datagrams `grams[from .. to)` back to back in one buffer, as a GRO receive entry holds them. */
+function groEntry(grams: Uint8Array[], from: number, to: number): Uint8Array {
+  const step = grams[from].length;
+  const buf = new Uint8Array((to - from) * step);
+  for (let k = from; k < to; k++) {
+    assertEquals(grams[k].length, step);
+    buf.set(grams[k], (k - from) * step);
+  }
+  return buf;
+}
+
+Deno.test("secure parts: openRun takes only the next parts of the same message, within max and the buffer", () => {
+  const { a, b, now } = pair();
+  const { src, entries, packet } = message();
+  const grams = seal(a, src, entries, now);
+  const count = grams.length, step = grams[0].length, inner = step - SECURE_HEADER_LEN;
+  assert(count > 10, "a message of many parts");
+  const rx = new Receiver(b, now);
+  // Entry 1: parts 0..9, but at most 3 taken with part 0 (max); nothing taken without a part opened.
+  const e1 = groEntry(grams, 0, 10);
+  assertEquals(b.openRun(e1, 0, step, 9), 0, "nothing opened yet");
+  assertEquals(b.inbound(e1, 0, step, A, () => A, now), Inbound.OPENED);
+  assertEquals(b.part, Opened.PART);
+  assertEquals(b.openRun(e1, 0, step, 3), 3);
+  assertEquals(b.openRun(e1, 0, step, 3), 0, "a run is taken once");
+  for (let k = 0; k <= 3; k++) {
+    assertEquals(rx.asm.add(rx.key, e1, SECURE_HEADER_LEN + k * inner, inner), JumboResult.PENDING);
+  }
+  // Parts 4..9 one at a time, then one more run over what is left of the buffer (its end bounds it).
+  assertEquals(b.inbound(e1, 4 * step, step, A, () => A, now), Inbound.OPENED);
+  assertEquals(b.openRun(e1, 4 * step, step, 100), 5, "up to the buffer's end");
+  for (let k = 0; k <= 5; k++) {
+    assertEquals(
+      rx.asm.add(rx.key, e1, 4 * step + SECURE_HEADER_LEN + k * inner, inner),
+      JumboResult.PENDING,
+    );
+  }
+  // Entry 2: parts 10.. with part 12 replaced by a copy of part 11 (a repeat): the run stops before it.
+  const e2 = groEntry(grams, 10, count - 1);
+  e2.set(grams[11], 2 * step);
+  assertEquals(b.inbound(e2, 0, step, A, () => A, now), Inbound.OPENED);
+  assertEquals(b.openRun(e2, 0, step, count), 1, "stops at a header that is not the next part's");
+  // The repeat is refused one by one, and the message can no longer complete.
+  assertEquals(b.inbound(e2, 2 * step, step, A, () => A, now), Inbound.DONE);
+  const last = grams[count - 1];
+  assert((last[1] & SECURE_F_LAST) !== 0 && (last[1] & SECURE_F_PART) !== 0);
+  assertEquals(b.inbound(last, 0, last.length, A, () => A, now), Inbound.DONE);
+
+  // A fresh message, received as GRO entries and runs all the way: byte-exact.
+  const m2 = message();
+  const g2 = seal(a, m2.src, m2.entries, now);
+  const rx2 = new Receiver(b, now);
+  const e3 = groEntry(g2, 0, g2.length - 1);
+  assertEquals(b.inbound(e3, 0, step, A, () => A, now), Inbound.OPENED);
+  assertEquals(b.openRun(e3, 0, step, g2.length), g2.length - 2);
+  for (let k = 0; k < g2.length - 1; k++) {
+    assertEquals(rx2.asm.add(rx2.key, e3, SECURE_HEADER_LEN + k * inner, inner), JumboResult.PENDING);
+  }
+  const r = rx2.feed(g2[g2.length - 1]);
+  assertEquals([r.r, r.part, r.j], [Inbound.OPENED, Opened.LAST, JumboResult.COMPLETE]);
+  assertEquals(rx2.packet(), m2.packet);
+  assert(packet.length === m2.packet.length);
+});

@@ -121,6 +121,8 @@ export class TcFastPath {
   /** What nm_kf_locals holds (delivery straight to an instance's veth, src/kfast/tc_locals.ts). */
   #locals: MapEntries = new Map();
   #localsAt = 0;
+  /** Instances' host veths with `nm_kf_out` attached too (their packets skip the bridge on send). */
+  #outVeths = new Set<number>();
   /** The programs' decided counter at the last {@link #learn}. */
   #decidedSeen = -1;
   #stopped = false;
@@ -416,6 +418,38 @@ export class TcFastPath {
     for (const e of d.set) this.#p.maps.locals.update(e.key, e.value);
     for (const k of d.gone) this.#p.maps.locals.delete(k);
     this.#locals = want;
+    this.#syncOutVeths(new Set([...found.values()].map((l) => l.ifindex)));
+  }
+
+  /**
+   * Attaches `nm_kf_out` at the ingress of each local instance's host veth as well (the bridge keeps
+   * its own for instances not learnt yet): a packet the kernel carries then leaves before the bridge —
+   * no FDB lookup, no br_netfilter hooks (bridge-nf-call-iptables: conntrack and iptables PREROUTING of
+   * every bridged frame), no pass up to the bridge device — as VXLAN's does not. A packet the program
+   * leaves (TCX_NEXT) goes on to the bridge, whose program sees it again and leaves it too.
+   */
+  #syncOutVeths(want: Set<number>): void {
+    for (const i of want) {
+      if (this.#outVeths.has(i)) continue;
+      try {
+        this.#p.attachOut(i);
+        this.#outVeths.add(i);
+      } catch (e) {
+        log.debug("tc fast path: nm_kf_out not attached to an instance's veth", {
+          ifindex: i,
+          error: String(e),
+        });
+      }
+    }
+    for (const i of this.#outVeths) {
+      if (want.has(i)) continue;
+      this.#outVeths.delete(i);
+      try {
+        this.#p.detachOut(i);
+      } catch (e) {
+        log.debug("tc fast path: nm_kf_out not detached from a veth", { ifindex: i, error: String(e) });
+      }
+    }
   }
 
   /**
@@ -512,6 +546,8 @@ export class TcFastPath {
     await this.#queue;
     try {
       this.#p.detach(this.#at);
+      for (const i of this.#outVeths) this.#p.detachOut(i);
+      this.#outVeths.clear();
     } finally {
       this.#p.close();
       this.#pins.clear();

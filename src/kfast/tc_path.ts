@@ -56,8 +56,10 @@ import {
 } from "./tc_maps.ts";
 
 const log = logger("kfast");
-/** How often the locals entries are looked up again (a new instance's neighbour entry, a moved MAC). */
+/** How often the locals entries are looked up while a local instance has none (its neighbour entry not there yet). */
 const LOCALS_MS = 1000;
+/** … and once every local instance has one (a MAC that moved to another port without a table change). */
+const LOCALS_IDLE_MS = 10_000;
 
 /** Options of {@link TcFastPath.start}. */
 export interface TcFastPathOptions {
@@ -121,6 +123,8 @@ export class TcFastPath {
   /** What nm_kf_locals holds (delivery straight to an instance's veth, src/kfast/tc_locals.ts). */
   #locals: MapEntries = new Map();
   #localsAt = 0;
+  /** The last look found every local instance (then the look waits LOCALS_IDLE_MS, or a change of them). */
+  #localsComplete = false;
   /** Instances' host veths with `nm_kf_out` attached too (their packets skip the bridge on send). */
   #outVeths = new Set<number>();
   /** The programs' decided counter at the last {@link #learn}. */
@@ -274,6 +278,10 @@ export class TcFastPath {
     for (const k of dv.gone) this.#p.maps.svc.delete(k);
     for (const e of dv.set) this.#p.maps.svc.update(e.key, e.value);
     for (const k of ds.gone) this.#p.maps.snat.delete(k);
+    if (ds.set.length + ds.gone.length > 0) {
+      this.#localsAt = 0; // local instances came or went: their locals entries at the next look
+      this.#localsComplete = false;
+    }
     this.#snat = snat;
     this.#svc = svc;
     if (dv.set.length + dv.gone.length > 0) {
@@ -378,7 +386,8 @@ export class TcFastPath {
   async gcPins(now = Date.now()): Promise<number> {
     const idle = this.#o.idleMs ?? 30_000;
     let n = 0;
-    if (now - this.#localsAt >= LOCALS_MS) {
+    // 4 ip/bridge commands per look: every second only while an instance is missing (or its set just changed)
+    if (now - this.#localsAt >= (this.#localsComplete ? LOCALS_IDLE_MS : LOCALS_MS)) {
       this.#localsAt = now;
       await this.#syncLocals().catch((e) =>
         log.debug("tc fast path: locals not resolved", { error: String(e) })
@@ -418,6 +427,7 @@ export class TcFastPath {
     for (const e of d.set) this.#p.maps.locals.update(e.key, e.value);
     for (const k of d.gone) this.#p.maps.locals.delete(k);
     this.#locals = want;
+    this.#localsComplete = found.size === nsips.length;
     this.#syncOutVeths(new Set([...found.values()].map((l) => l.ifindex)));
   }
 

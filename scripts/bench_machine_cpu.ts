@@ -4,10 +4,13 @@
  * The harness's own CPU column counts only the slot daemons' processes: a kernel path's packet work
  * (softirq, the iperf3 processes' system time) is not in it, nor is VXLAN's. Both simulated nodes live
  * on this machine, so the machine's busy time (user+nice+system+irq+softirq+steal from /proc/stat)
- * during a test is a fair cost of every path alike. bench_overlay.sh samples the `cpu` line of
- * /proc/stat with a timestamp every 0.2 s (`<epoch seconds> cpu …` per line); a test's window is
- * taken from its raw iperf3 JSON (file written when the client exits: end = mtime, start = end − the
- * test's seconds), and the samples just inside it give the busy share.
+ * during a test is a fair cost of every path alike — on a quiet machine. On a busy one the other work is
+ * in it too, so the same window also gives an attributed figure: the CPU ticks of the processes in the
+ * harness's namespaces (iperf3 both ends, the slot daemons) plus the machine's irq+softirq time (the packet
+ * work; other work's softirq is still in it). bench_overlay.sh samples every 0.25 s
+ * (`<epoch seconds> <those processes' ticks> cpu …` per line, the `cpu` line of /proc/stat); a test's
+ * window is taken from its raw iperf3 JSON (file written when the client exits: end = mtime, start = end −
+ * the test's seconds), and the samples just inside it give the busy share.
  *
  *   deno run -A scripts/bench_machine_cpu.ts RESULTS_DIR [CPUS]   (one JSON line per path and repetition;
  *   CPUS: the number of CPUs /proc/stat's `cpu` line sums, default: its cpuN lines)
@@ -15,8 +18,8 @@
  * @example
  * ```ts
  * import { busyOver, parseStatLog } from "./bench_machine_cpu.ts";
- * const s = parseStatLog("10.0 cpu 100 0 50 800 0 0 0 0\n11.0 cpu 200 0 100 850 0 0 0 0\n");
- * console.log(busyOver(s, 10, 11, 2)); // { pctCore: 150, seconds: 1 } (of 200 % on 2 CPUs)
+ * const s = parseStatLog("10.0 5 cpu 100 0 50 800 0 0 0 0\n11.0 65 cpu 200 0 100 850 0 0 0 0\n");
+ * console.log(busyOver(s, 10, 11, 2)); // { pctCore: 150, ownPctCore: 60, seconds: 1 } (of 200 % on 2 CPUs)
  * ```
  */
 import { z } from "zod";
@@ -27,22 +30,38 @@ export interface StatSample {
   t: number;
   busy: number;
   total: number;
+  /** irq + softirq ticks of the machine */
+  irq: number;
+  /** CPU ticks so far of the processes in the harness's namespaces (undefined in a log without them) */
+  own?: number;
 }
 
-/** Parses the sampler's log (`<epoch seconds> cpu user nice system idle iowait irq softirq steal …`). */
+/**
+ * Parses the sampler's log: `<epoch seconds> [<own ticks>] cpu user nice system idle iowait irq softirq
+ * steal …` per line (malformed lines are skipped).
+ */
 export function parseStatLog(text: string): StatSample[] {
   const out: StatSample[] = [];
   for (const line of text.split("\n")) {
     const f = line.trim().split(/\s+/);
-    if (f.length < 9 || f[1] !== "cpu") continue;
+    const at = f.indexOf("cpu");
+    if ((at !== 1 && at !== 2) || f.length < at + 8) continue;
     const t = Number(f[0]);
-    const v = f.slice(2, 10).map(Number);
-    if (!Number.isFinite(t) || v.some((x) => !Number.isFinite(x))) continue;
+    const own = at === 2 ? Number(f[1]) : undefined;
+    const v = f.slice(at + 1, at + 9).map((x) => Number(x ?? 0));
+    if (
+      !Number.isFinite(t) || v.some((x) => !Number.isFinite(x)) ||
+      (own !== undefined && !Number.isFinite(own))
+    ) {
+      continue;
+    }
     const [user, nice, system, idle, iowait, irq, softirq, steal = 0] = v;
     out.push({
       t,
       busy: user + nice + system + irq + softirq + steal,
       total: user + nice + system + idle + iowait + irq + softirq + steal,
+      irq: irq + softirq,
+      ...(own !== undefined ? { own } : {}),
     });
   }
   return out.sort((a, b) => a.t - b.t);
@@ -50,18 +69,28 @@ export function parseStatLog(text: string): StatSample[] {
 
 /**
  * Busy CPU in % of one core between the first sample at or after `t0` and the last at or before `t1`
- * (null when fewer than two samples fall inside, i.e. the window is shorter than the sampling step).
+ * (null when fewer than two samples fall inside, i.e. the window is shorter than the sampling step);
+ * `ownPctCore`: the harness's processes plus irq+softirq (null without their ticks in the log).
  */
 export function busyOver(
   samples: StatSample[],
   t0: number,
   t1: number,
   cpus: number,
-): { pctCore: number; seconds: number } | null {
+): { pctCore: number; ownPctCore: number | null; seconds: number } | null {
   const a = samples.find((s) => s.t >= t0);
   const b = samples.findLast((s) => s.t <= t1);
   if (!a || !b || b.t <= a.t || b.total <= a.total) return null;
-  return { pctCore: ((b.busy - a.busy) / (b.total - a.total)) * cpus * 100, seconds: b.t - a.t };
+  const share = (ticks: number) => (ticks / (b.total - a.total)) * cpus * 100;
+  // a process that exited inside the window takes its ticks along: never below the irq time alone
+  const own = a.own !== undefined && b.own !== undefined
+    ? Math.max(0, b.own - a.own) + (b.irq - a.irq)
+    : null;
+  return {
+    pctCore: share(b.busy - a.busy),
+    ownPctCore: own === null ? null : Math.min(share(own), share(b.busy - a.busy)),
+    seconds: b.t - a.t,
+  };
 }
 
 const Iperf = z.object({
@@ -77,6 +106,10 @@ export interface MachineCpu {
   pctCore: number;
   /** pctCore / gbit */
   pctCorePerGbit: number;
+  /** the harness's processes (iperf3, slot daemons) + the machine's irq/softirq, % of one core (null: not sampled) */
+  ownPctCore: number | null;
+  /** ownPctCore / gbit */
+  ownPctCorePerGbit: number | null;
   seconds: number;
 }
 
@@ -117,6 +150,8 @@ export async function machineCpuOf(dir: string, cpus: number): Promise<MachineCp
       gbit: round(gbit, 3),
       pctCore: round(w.pctCore, 1),
       pctCorePerGbit: round(w.pctCore / gbit, 2),
+      ownPctCore: w.ownPctCore === null ? null : round(w.ownPctCore, 1),
+      ownPctCorePerGbit: w.ownPctCore === null ? null : round(w.ownPctCore / gbit, 2),
       seconds: round(w.seconds, 2),
     });
   }

@@ -1,7 +1,8 @@
 /**
  * Kernel fast path, tc mode (issue 16, design (a); `KernelFastPath: "tc"`), I/O part: loads the tc
  * programs (src/kfast/tc_loader.ts) at the tcx ingress of the instances' bridge and of the underlay
- * device, and programs their maps: peers that announced the capability, and per flow the two entries
+ * device (`nm_kf_out` also at each local instance's host veth once learnt: sends skip the bridge), and
+ * programs their maps: peers that announced the capability, and per flow the two entries
  * of src/kfast/tc_flows.ts once the workers decided the flow on the TUN (`move`, called by the
  * controller's sweep). Entries of a flow go when its chosen instance stops being a candidate of the
  * dialled address (undeploy: cut at once) or when their kernel counters stay still for `idleMs`.

@@ -21,7 +21,9 @@ Deno.test("machine cpu: attributed = the harness's processes' ticks + irq/softir
   const s = parseStatLog(["50.0 1000 cpu 0 0 0 0 0 0 0 0", "51.0 1040 cpu 100 0 30 50 0 0 20 0"].join("\n"));
   assertEquals(busyOver(s, 50, 51, 2), { pctCore: 150, ownPctCore: 60, seconds: 1 });
   // a process that exited (its ticks gone from the sum): the irq time alone, not a negative figure
-  const gone = parseStatLog(["50.0 1000 cpu 0 0 0 0 0 0 0 0", "51.0 900 cpu 100 0 30 50 0 0 20 0"].join("\n"));
+  const gone = parseStatLog(
+    ["50.0 1000 cpu 0 0 0 0 0 0 0 0", "51.0 900 cpu 100 0 30 50 0 0 20 0"].join("\n"),
+  );
   assertEquals(busyOver(gone, 50, 51, 2)?.ownPctCore, 20);
 });
 

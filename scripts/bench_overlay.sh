@@ -77,6 +77,7 @@ ca=$results/secure-ca
 # each TCP 1 test's window from it (busy time incl. softirq, which the slot CPU column does not count).
 # Shell builtins only (no process per sample): `-ef` matches a process's network namespace.
 (
+  set +eu # a sample that fails (a process gone mid-read) must not end the sampler
   export LC_ALL=C
   nsf=(/run/netns/ob-h1 /run/netns/ob-h2 /run/netns/ob-w1 /run/netns/ob-w2)
   while :; do

@@ -6,8 +6,11 @@
  * on this machine, so the machine's busy time (user+nice+system+irq+softirq+steal from /proc/stat)
  * during a test is a fair cost of every path alike — on a quiet machine. On a busy one the other work is
  * in it too, so the same window also gives an attributed figure: the CPU ticks of the processes in the
- * harness's namespaces (iperf3 both ends, the slot daemons) plus the machine's irq+softirq time (the packet
- * work; other work's softirq is still in it). bench_overlay.sh samples every 0.25 s
+ * harness's namespaces (iperf3 both ends, the slot daemons) and of the ksoftirqd threads. With tick
+ * accounting (no CONFIG_IRQ_TIME_ACCOUNTING, as on this machine) softirq time is charged to the task it
+ * interrupted too, so the packet work run in those processes' context is in their ticks and the deferred
+ * part in ksoftirqd's (other work's softirq there too); softirq that interrupted the idle task is not in
+ * it. bench_overlay.sh samples every 0.25 s
  * (`<epoch seconds> <those processes' ticks> cpu …` per line, the `cpu` line of /proc/stat); a test's
  * window is taken from its raw iperf3 JSON (file written when the client exits: end = mtime, start = end −
  * the test's seconds), and the samples just inside it give the busy share.
@@ -70,7 +73,7 @@ export function parseStatLog(text: string): StatSample[] {
 /**
  * Busy CPU in % of one core between the first sample at or after `t0` and the last at or before `t1`
  * (null when fewer than two samples fall inside, i.e. the window is shorter than the sampling step);
- * `ownPctCore`: the harness's processes plus irq+softirq (null without their ticks in the log).
+ * `ownPctCore`: the sampled processes' ticks — the harness's and ksoftirqd (null without them in the log).
  */
 export function busyOver(
   samples: StatSample[],
@@ -82,10 +85,8 @@ export function busyOver(
   const b = samples.findLast((s) => s.t <= t1);
   if (!a || !b || b.t <= a.t || b.total <= a.total) return null;
   const share = (ticks: number) => (ticks / (b.total - a.total)) * cpus * 100;
-  // a process that exited inside the window takes its ticks along: never below the irq time alone
-  const own = a.own !== undefined && b.own !== undefined
-    ? Math.max(0, b.own - a.own) + (b.irq - a.irq)
-    : null;
+  // a process that exited inside the window takes its ticks along: never below 0
+  const own = a.own !== undefined && b.own !== undefined ? Math.max(0, b.own - a.own) : null;
   return {
     pctCore: share(b.busy - a.busy),
     ownPctCore: own === null ? null : Math.min(share(own), share(b.busy - a.busy)),
@@ -106,7 +107,7 @@ export interface MachineCpu {
   pctCore: number;
   /** pctCore / gbit */
   pctCorePerGbit: number;
-  /** the harness's processes (iperf3, slot daemons) + the machine's irq/softirq, % of one core (null: not sampled) */
+  /** the harness's processes (iperf3, slot daemons) and ksoftirqd, % of one core (null: not sampled) */
   ownPctCore: number | null;
   /** ownPctCore / gbit */
   ownPctCorePerGbit: number | null;

@@ -73,15 +73,22 @@ deno=${DENO:-$root/.tools/node_modules/.bin/deno}
 ca=$results/secure-ca
 [[ -f $ca/ca.json ]] || "$deno" run -A "$root/main.ts" cert ca --out "$ca" --name bench >/dev/null
 # The machine's CPU (/proc/stat `cpu` line) every 0.25 s with a timestamp and the CPU ticks so far of the
-# processes in the harness's namespaces (iperf3 both ends, the slot daemons): bench_machine_cpu.ts takes
-# each TCP 1 test's window from it (busy time incl. softirq, which the slot CPU column does not count).
-# Shell builtins only (no process per sample): `-ef` matches a process's network namespace.
+# processes in the harness's namespaces (iperf3 both ends, the slot daemons) and of the ksoftirqd threads
+# (tick accounting without IRQ_TIME_ACCOUNTING charges softirq to the task it interrupted as well, so these
+# hold the packet work): bench_machine_cpu.ts takes each TCP 1 test's window from it (busy time incl.
+# softirq, which the slot CPU column does not count). Shell builtins only (no process per sample): `-ef`
+# matches a process's network namespace.
 (
   set +eu # a sample that fails (a process gone mid-read) must not end the sampler
   export LC_ALL=C
   nsf=(/run/netns/ob-h1 /run/netns/ob-h2 /run/netns/ob-w1 /run/netns/ob-w2)
+  ksoft=()
+  for p in /proc/[0-9]*; do read -r c <"$p/comm" 2>/dev/null && [[ $c == ksoftirqd/* ]] && ksoft+=("$p"); done
   while :; do
     own=0
+    for p in "${ksoft[@]}"; do
+      read -r st <"$p/stat" 2>/dev/null && read -ra a <<<"${st##*) }" && ((own += a[11] + a[12]))
+    done
     for p in /proc/[0-9]*; do
       for f in "${nsf[@]}"; do
         [[ $p/ns/net -ef $f ]] || continue

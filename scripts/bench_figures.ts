@@ -20,7 +20,14 @@ const stat = z.object({ median: num.nullable(), min: num.nullable(), max: num.nu
 const Overlay = z.object({
   paths: z.record(
     z.string(),
-    z.object({ tcp1_gbit: stat, tcp4_gbit: stat, rr_udp_avg_us: stat, udp_lossfree_kpps: stat }),
+    z.object({
+      tcp1_gbit: stat,
+      tcp4_gbit: stat,
+      rr_udp_avg_us: stat,
+      udp_lossfree_kpps: stat,
+      /** the whole machine's busy CPU (incl. softirq) during TCP 1, % of a core per Gbit/s (bench_machine_cpu.ts) */
+      machine_cpu_tcp1_pct_core_per_gbit: stat.optional(),
+    }),
   ),
   ratiosToVxlan: z.record(
     z.string(),
@@ -29,6 +36,7 @@ const Overlay = z.object({
       tcp4: num.nullable(),
       rr_udp_latency: num.nullable(),
       udp_lossfree_rate: num.nullable(),
+      machine_cpu_per_gbit: num.nullable().optional(),
     }),
   ),
   harnessRun: z.object({ params: z.string() }).passthrough().optional(),
@@ -123,6 +131,7 @@ const OVERLAY_METRICS = [
   ["tcp4_gbit", "TCP 4 streams", "Gbit/s", "tcp4"],
   ["rr_udp_avg_us", "UDP req/resp", "µs", "rr_udp_latency"],
   ["udp_lossfree_kpps", "UDP loss-free rate", "kpps", "udp_lossfree_rate"],
+  ["machine_cpu_tcp1_pct_core_per_gbit", "machine CPU per Gbit/s (TCP 1)", "%core", "machine_cpu_per_gbit"],
 ] as const;
 
 const PATH_NAMES: Record<string, string> = {
@@ -148,6 +157,7 @@ function overlay(o: z.infer<typeof Overlay>): Figure[] {
   for (const [path, m] of pathsOf(o)) {
     for (const [key, label, unit, ratioKey] of OVERLAY_METRICS) {
       const s = m[key];
+      if (s === undefined) continue; // an output from before the column existed
       const ratio = o.ratiosToVxlan[path]?.[ratioKey];
       out.push({
         name: `${path} ${label}`,
@@ -430,8 +440,8 @@ export function overlayTable(output: unknown): string[] {
   const lines = [
     `Overlay data plane (shared harness; ${params}). Medians, range over repetitions in brackets, ratio to kernel VXLAN:`,
     "",
-    "| path | TCP 1 stream | TCP 4 streams | UDP req/resp | UDP loss-free rate |",
-    "| ---- | ------------ | ------------- | ------------ | ------------------ |",
+    "| path | TCP 1 stream | TCP 4 streams | UDP req/resp | UDP loss-free rate | machine CPU per Gbit/s (TCP 1) |",
+    "| ---- | ------------ | ------------- | ------------ | ------------------ | ------------------------------ |",
   ];
   for (const [path, m] of pathsOf(o)) {
     const cells = OVERLAY_METRICS.map(([key, , unit, ratioKey]) => {

@@ -72,6 +72,38 @@ mkdir -p "$results"
 deno=${DENO:-$root/.tools/node_modules/.bin/deno}
 ca=$results/secure-ca
 [[ -f $ca/ca.json ]] || "$deno" run -A "$root/main.ts" cert ca --out "$ca" --name bench >/dev/null
+# The machine's CPU (/proc/stat `cpu` line) every 0.25 s with a timestamp and the CPU ticks so far of the
+# processes in the harness's namespaces (iperf3 both ends, the slot daemons) and of the ksoftirqd threads
+# (tick accounting without IRQ_TIME_ACCOUNTING charges softirq to the task it interrupted as well, so these
+# hold the packet work): bench_machine_cpu.ts takes each TCP 1 test's window from it (busy time incl.
+# softirq, which the slot CPU column does not count). Shell builtins only (no process per sample): `-ef`
+# matches a process's network namespace.
+(
+  set +eu # a sample that fails (a process gone mid-read) must not end the sampler
+  export LC_ALL=C
+  nsf=(/run/netns/ob-h1 /run/netns/ob-h2 /run/netns/ob-w1 /run/netns/ob-w2)
+  ksoft=()
+  for p in /proc/[0-9]*; do read -r c <"$p/comm" 2>/dev/null && [[ $c == ksoftirqd/* ]] && ksoft+=("$p"); done
+  while :; do
+    own=0
+    for p in "${ksoft[@]}"; do
+      read -r st <"$p/stat" 2>/dev/null && read -ra a <<<"${st##*) }" && ((own += a[11] + a[12]))
+    done
+    for p in /proc/[0-9]*; do
+      for f in "${nsf[@]}"; do
+        [[ $p/ns/net -ef $f ]] || continue
+        # /proc/PID/stat after "comm) ": utime stime cutime cstime are the 12th to 15th fields
+        read -r st <"$p/stat" 2>/dev/null && read -ra a <<<"${st##*) }" && ((own += a[11] + a[12] + a[13] + a[14]))
+        break
+      done
+    done
+    read -r line </proc/stat
+    printf '%s %s %s\n' "$EPOCHREALTIME" "$own" "$line"
+    sleep 0.25
+  done
+) >"$results/procstat.log" 2>/dev/null &
+sampler=$!
+trap 'kill "$sampler" 2>/dev/null || true' EXIT
 status=0
 bash "$harness" "${args[@]}" \
   --slot nm-fast="TunnelSecurity=off bash $root/scripts/bench_slot.sh" \
@@ -86,21 +118,35 @@ if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then
   tail -20 "$results/harness.err" >&2
   exit 1
 fi
+kill "$sampler" 2>/dev/null || true
 touch "$results/handshake.jsonl" "$results/kfast.jsonl" "$results/ktc.jsonl"
+"$deno" run -A "$root/scripts/bench_machine_cpu.ts" "$results" >"$results/machine_cpu.jsonl" ||
+  : >"$results/machine_cpu.jsonl"
 jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run.json" \
   --slurpfile hs "$results/handshake.jsonl" --slurpfile kf "$results/kfast.jsonl" --slurpfile kt "$results/ktc.jsonl" \
-  --slurpfile s "$results/samples.jsonl" --slurpfile m "$results/summary.jsonl" '
+  --slurpfile mc "$results/machine_cpu.jsonl" --slurpfile s "$results/samples.jsonl" --slurpfile m "$results/summary.jsonl" '
   def stat(k): if . == null then null else
       {median: .value, min: ([.samples[] | select(. != null)] | min),
        max: ([.samples[] | select(. != null)] | max), n: .n} end;
   ($m | map(select(.type == "median")) | group_by(.path)
     | map({key: .[0].path, value: (map({key: .metric, value: .}) | from_entries)}) | from_entries) as $p
-  | def ratio(p; base; k): if ($p[p][k].value != null and $p[base][k].value != null and $p[base][k].value != 0)
+  # machine CPU at TCP 1 (bench_machine_cpu.ts) per path: median and range over the repetitions
+  | def mstat(k): map(.[k] | numbers) | sort | if length == 0 then null else
+      {median: (if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end),
+       min: min, max: max, n: length} end;
+  ($mc | group_by(.path) | map({key: .[0].path, value: {pct: mstat("pctCore"), perGbit: mstat("pctCorePerGbit"),
+      own: mstat("ownPctCore"), ownPerGbit: mstat("ownPctCorePerGbit")}})
+    | from_entries) as $mcpu
+  | def mratio(p; base; k): if ($mcpu[p][k].median != null and ($mcpu[base][k].median // 0) != 0)
+      then (($mcpu[p][k].median / $mcpu[base][k].median) * 100 | round / 100) else null end;
+  def ratio(p; base; k): if ($p[p][k].value != null and $p[base][k].value != null and $p[base][k].value != 0)
                  then (($p[p][k].value / $p[base][k].value) * 100 | round / 100) else null end;
   def ratios(base): $p | keys | map(select(startswith("nm-") or . == "wireguard-go")) | map({key: ., value: {
       tcp1: ratio(.; base; "tcp1"), tcp4: ratio(.; base; "tcp4"),
       rr_udp_latency: ratio(.; base; "rr_udp_avg_us"),
-      udp_lossfree_rate: ratio(.; base; "udp_lossfree_kpps") }}) | from_entries;
+      udp_lossfree_rate: ratio(.; base; "udp_lossfree_kpps"), machine_cpu_per_gbit: mratio(.; base; "perGbit"),
+      attributed_cpu_per_gbit: mratio(.; base; "ownPerGbit") }})
+      | from_entries;
   def kpackets: map(select(.node == 1 and .kernelTxPackets != null))
       | def inc(k): . as $a | [range(1; length) as $i | select($a[$i][k] != null and $a[$i - 1][k] != null)
         | ($a[$i][k] - $a[$i - 1][k]) | select(. > 0)] | add // 0;
@@ -119,7 +165,10 @@ jq -n --arg len "$OB_UDP_LEN" --arg dir "$results" --slurpfile run "$results/run
       tcp1_gbit: (.tcp1 | stat(0)), tcp4_gbit: (.tcp4 | stat(0)),
       rr_udp_avg_us: (.rr_udp_avg_us | stat(0)), rr_udp_p99_us: (.rr_udp_p99_us | stat(0)),
       rtt_udp_p50_us: (.rtt_udp_p50_us | stat(0)), udp_lossfree_kpps: (.udp_lossfree_kpps | stat(0)),
-      cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })),
+      cpu_tcp1_pct_core: (.slot_cpu_tcp1 | stat(0)) })
+      | with_entries(.key as $k | .value += {machine_cpu_tcp1_pct_core: $mcpu[$k].pct,
+          machine_cpu_tcp1_pct_core_per_gbit: $mcpu[$k].perGbit, attributed_cpu_tcp1_pct_core: $mcpu[$k].own,
+          attributed_cpu_tcp1_pct_core_per_gbit: $mcpu[$k].ownPerGbit})),
     kernelFastPathPackets: ($kf | kpackets),
     kernelFastPathTcPackets: ($kt | kpackets),
     secureHandshakeMs: ($hs | map(.handshakeMs[]) | if length == 0 then null

@@ -183,6 +183,27 @@ export class TcPrograms {
     for (const i of at.in) safeDetach(i, this.progs.get(TC_PROG_IN)!);
   }
 
+  /**
+   * Attaches `nm_kf_out` to one more device (an instance's host-side veth: its packets then skip the
+   * bridge). Already ours there: nothing; a previous load's `nm_kf_out` there is replaced.
+   */
+  attachOut(ifindex: number): void {
+    const fd = this.progs.get(TC_PROG_OUT)!;
+    const id = progInfo(fd).id;
+    let have = false;
+    for (const p of attachedOurs(ifindex)) {
+      if (p.name === TC_PROG_OUT && p.id === id) have = true;
+      else if (p.name === TC_PROG_OUT) safeDetach(ifindex, p.fd);
+      closeFd(p.fd);
+    }
+    if (!have) tcxAttach(ifindex, fd, BPF_TCX_INGRESS);
+  }
+
+  /** Detaches `nm_kf_out` from one device (gone or not attached: nothing). */
+  detachOut(ifindex: number): void {
+    safeDetach(ifindex, this.progs.get(TC_PROG_OUT)!);
+  }
+
   /** Closes the fds (attached programs keep running; their maps live while they do). */
   close(): void {
     for (const fd of this.progs.values()) closeFd(fd);

@@ -1,7 +1,8 @@
 /**
  * Kernel fast path, tc mode (issue 16, design (a); `KernelFastPath: "tc"`), I/O part: loads the tc
  * programs (src/kfast/tc_loader.ts) at the tcx ingress of the instances' bridge and of the underlay
- * device, and programs their maps: peers that announced the capability, and per flow the two entries
+ * device (`nm_kf_out` also at each local instance's host veth once learnt: sends skip the bridge), and
+ * programs their maps: peers that announced the capability, and per flow the two entries
  * of src/kfast/tc_flows.ts once the workers decided the flow on the TUN (`move`, called by the
  * controller's sweep). Entries of a flow go when its chosen instance stops being a candidate of the
  * dialled address (undeploy: cut at once) or when their kernel counters stay still for `idleMs`.
@@ -56,8 +57,10 @@ import {
 } from "./tc_maps.ts";
 
 const log = logger("kfast");
-/** How often the locals entries are looked up again (a new instance's neighbour entry, a moved MAC). */
+/** How often the locals entries are looked up while a local instance has none (its neighbour entry not there yet). */
 const LOCALS_MS = 1000;
+/** … and once every local instance has one (a MAC that moved to another port without a table change). */
+const LOCALS_IDLE_MS = 10_000;
 
 /** Options of {@link TcFastPath.start}. */
 export interface TcFastPathOptions {
@@ -121,6 +124,10 @@ export class TcFastPath {
   /** What nm_kf_locals holds (delivery straight to an instance's veth, src/kfast/tc_locals.ts). */
   #locals: MapEntries = new Map();
   #localsAt = 0;
+  /** The last look found every local instance (then the look waits LOCALS_IDLE_MS, or a change of them). */
+  #localsComplete = false;
+  /** Instances' host veths with `nm_kf_out` attached too (their packets skip the bridge on send). */
+  #outVeths = new Set<number>();
   /** The programs' decided counter at the last {@link #learn}. */
   #decidedSeen = -1;
   #stopped = false;
@@ -272,6 +279,10 @@ export class TcFastPath {
     for (const k of dv.gone) this.#p.maps.svc.delete(k);
     for (const e of dv.set) this.#p.maps.svc.update(e.key, e.value);
     for (const k of ds.gone) this.#p.maps.snat.delete(k);
+    if (ds.set.length + ds.gone.length > 0) {
+      this.#localsAt = 0; // local instances came or went: their locals entries at the next look
+      this.#localsComplete = false;
+    }
     this.#snat = snat;
     this.#svc = svc;
     if (dv.set.length + dv.gone.length > 0) {
@@ -376,7 +387,8 @@ export class TcFastPath {
   async gcPins(now = Date.now()): Promise<number> {
     const idle = this.#o.idleMs ?? 30_000;
     let n = 0;
-    if (now - this.#localsAt >= LOCALS_MS) {
+    // 4 ip/bridge commands per look: every second only while an instance is missing (or its set just changed)
+    if (now - this.#localsAt >= (this.#localsComplete ? LOCALS_IDLE_MS : LOCALS_MS)) {
       this.#localsAt = now;
       await this.#syncLocals().catch((e) =>
         log.debug("tc fast path: locals not resolved", { error: String(e) })
@@ -416,6 +428,39 @@ export class TcFastPath {
     for (const e of d.set) this.#p.maps.locals.update(e.key, e.value);
     for (const k of d.gone) this.#p.maps.locals.delete(k);
     this.#locals = want;
+    this.#localsComplete = found.size === nsips.length;
+    this.#syncOutVeths(new Set([...found.values()].map((l) => l.ifindex)));
+  }
+
+  /**
+   * Attaches `nm_kf_out` at the ingress of each local instance's host veth as well (the bridge keeps
+   * its own for instances not learnt yet): a packet the kernel carries then leaves before the bridge —
+   * no FDB lookup, no br_netfilter hooks (bridge-nf-call-iptables: conntrack and iptables PREROUTING of
+   * every bridged frame), no pass up to the bridge device — as VXLAN's does not. A packet the program
+   * leaves (TCX_NEXT) goes on to the bridge, whose program sees it again and leaves it too.
+   */
+  #syncOutVeths(want: Set<number>): void {
+    for (const i of want) {
+      if (this.#outVeths.has(i)) continue;
+      try {
+        this.#p.attachOut(i);
+        this.#outVeths.add(i);
+      } catch (e) {
+        log.debug("tc fast path: nm_kf_out not attached to an instance's veth", {
+          ifindex: i,
+          error: String(e),
+        });
+      }
+    }
+    for (const i of this.#outVeths) {
+      if (want.has(i)) continue;
+      this.#outVeths.delete(i);
+      try {
+        this.#p.detachOut(i);
+      } catch (e) {
+        log.debug("tc fast path: nm_kf_out not detached from a veth", { ifindex: i, error: String(e) });
+      }
+    }
   }
 
   /**
@@ -512,6 +557,8 @@ export class TcFastPath {
     await this.#queue;
     try {
       this.#p.detach(this.#at);
+      for (const i of this.#outVeths) this.#p.detachOut(i);
+      this.#outVeths.clear();
     } finally {
       this.#p.close();
       this.#pins.clear();

@@ -216,12 +216,14 @@ Deno.test({
         console.log(`tc mode: flows cut ${Date.now() - t0} ms after the table change was visible`);
         await chat2; // ends without answers (its instance is gone)
 
-        // 5. clean (daemon killed) detaches the programs; nothing is left for a second clean.
+        // 5. clean (daemon killed) detaches the programs — nm_kf_out at the bridge and at the client
+        // instance's veth (learnt with its locals entry), nm_kf_in at the underlay; nothing is left for a
+        // second clean.
         Deno.kill(n1.daemon.pid, "SIGKILL");
         await n1.daemon.status;
         const c1 = await clean(n1);
         assertEquals(c1.code, 0, c1.out);
-        assertEquals(JSON.parse(c1.out.trim().split("\n").at(-1)!).kernelFastPathTcPrograms, 2, c1.out);
+        assertEquals(JSON.parse(c1.out.trim().split("\n").at(-1)!).kernelFastPathTcPrograms, 3, c1.out);
         const c2 = await clean(n1);
         assertEquals(JSON.parse(c2.out.trim().split("\n").at(-1)!).kernelFastPathTcPrograms, 0, c2.out);
       }),

@@ -4,7 +4,8 @@
  * node unwraps its data in the kernel (`nm_kf_in`): of the tunnel bytes that node receives after the
  * move, at least 90 % are counted by the kernel program and at most 10 % still reach its userspace
  * tunnel socket. Prints the receive program's per-reason counters (why datagrams went on to userspace).
- * The kernel path decrements the inner TTL like the TUN path's two routing hops: a UDP flow's datagrams
+ * The sending node's kernel-carried packets leave at the client instance's veth, before the bridge (its
+ * device counts < 10 % of them). The kernel path decrements the inner TTL like the TUN path's two routing hops: a UDP flow's datagrams
  * arrive with TTL 62 before and after the move (without the decrement the kernel-carried ones had 64).
  * Programs alone: a peer's raw-mode datagram from its userspace socket (outer UDP checksum filled) is
  * unwrapped but not counted as the peer's kernel carrying the flow; one with checksum 0 (as nm_kf_out
@@ -78,6 +79,14 @@ function count(xs: number[]): Record<string, number> {
 
 const status = (n: SimNode) => n.api.getJson("/status") as Promise<RxStatus>;
 
+/** Frames the node's bridge devices received (passed up to them: what their tcx ingress sees). */
+async function bridgeRx(n: SimNode): Promise<number> {
+  const links = JSON.parse(await inNs(n.ns, ["ip", "-j", "-s", "link", "show", "type", "bridge"])) as {
+    stats64?: { rx?: { packets?: number } };
+  }[];
+  return links.reduce((sum, l) => sum + (l.stats64?.rx?.packets ?? 0), 0);
+}
+
 /** Kernel-unwrapped and userspace-read tunnel bytes (and datagrams) of a node. */
 async function rx(
   n: SimNode,
@@ -118,9 +127,11 @@ Deno.test({
         }
         await new Promise((r) => setTimeout(r, 1500)); // the sender's GSO readiness: its next look after the first answers
         const a = await rx(n2);
+        const [txA, brA] = [(await status(n1)).kernelFastPath!.counters.tx.packets, await bridgeRx(n1)];
         const t0 = Date.now();
         await new Promise((r) => setTimeout(r, 4000));
         const b = await rx(n2);
+        const [txB, brB] = [(await status(n1)).kernelFastPath!.counters.tx.packets, await bridgeRx(n1)];
         const secs = (Date.now() - t0) / 1000;
         const p = await perf;
         assertEquals(p.code, 0, `iperf3: ${p.err} ${p.out.slice(-300)}`);
@@ -146,6 +157,15 @@ Deno.test({
           veth >= 0.5 * (b.kPkts - a.kPkts),
           `unwrapped skbs handed to the veth: ${veth} of ${b.kPkts - a.kPkts}`,
         );
+
+        // Sending: nm_kf_out also sits at the client instance's host veth (learnt with the locals), so
+        // the kernel-carried packets leave before the bridge (no FDB, br_netfilter or pass-up to the
+        // bridge device, whose rx counter would count each of them).
+        console.log(
+          `tc tx on the client node: kernel ${txB - txA} skbs, bridge device rx ${brB - brA} frames`,
+        );
+        assert(txB - txA > 1000, `the client's kernel sent the flow: ${txB - txA} skbs`);
+        assert(brB - brA < 0.1 * (txB - txA), `frames through the bridge: ${brB - brA} of ${txB - txA} sent`);
 
         // Inner TTL: the kernel path routes like the TUN path it replaces (each node TTL − 1), so the
         // datagrams of one UDP flow arrive with the same TTL before and after it moved.

@@ -114,3 +114,22 @@ Deno.test("bench report: the markdown names the run, commit, machine and whether
   assertMatch(md, /\| netmanager, RR ServiceIP, FAST mode \| 28\.6 Gbit\/s \(23\.0–33\.1\) — 0\.75× \|/);
   assertMatch(md, /\| cluster \| timeout \| killed after 600 s \|/);
 });
+
+Deno.test("bench figures: the machine CPU per Gbit/s column (TCP 1) carries its ratio, and old outputs have no such row", () => {
+  const withCpu = {
+    ...overlayOutput,
+    paths: {
+      ...overlayOutput.paths,
+      vxlan: { ...overlayOutput.paths.vxlan, machine_cpu_tcp1_pct_core_per_gbit: stat(9.5, 9, 10) },
+      "nm-fast": { ...overlayOutput.paths["nm-fast"], machine_cpu_tcp1_pct_core_per_gbit: stat(19, 18, 20) },
+    },
+    ratiosToVxlan: { "nm-fast": { ...overlayOutput.ratiosToVxlan["nm-fast"], machine_cpu_per_gbit: 2 } },
+  };
+  const f = figuresOf("overlay", withCpu);
+  assert(f.ok);
+  const row = f.figures.find((x) => x.name === "nm-fast machine CPU per Gbit/s (TCP 1)")!;
+  assertEquals([row.value, row.unit, row.min, row.max, row.ratio], [19, "%core", 18, 20, 2]);
+  const old = figuresOf("overlay", overlayOutput);
+  assert(old.ok);
+  assert(!old.figures.some((x) => x.name.includes("machine CPU")));
+});

@@ -5,7 +5,8 @@
  * unchanged; the programs' `decided` counter counts their SYNs and the servers' SYN-ACKs) and alternate
  * web0/web1 per flow; `table show --flows` lists them with kernel counters; undeploying web1 moves new
  * flows to web0 within 1 s (its kernel flows cut); once a WEB instance lives on n4 (no capability) the
- * ServiceIP leaves the kernel's map and new flows work through the TUN.
+ * ServiceIP leaves the kernel's map and new flows work through the TUN. Beside it, what the kernel does
+ * not carry (IPv6, Closest ServiceIPs) works through the TUN.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot } from "../helpers/netns.ts";
@@ -78,11 +79,36 @@ Deno.test({
           200,
         );
 
+        // 0. What the kernel does not carry works beside it, through the TUN: the RR ServiceIP over IPv6
+        // (alternating per flow) and the Closest ServiceIP.
+        const ips = svc.find((s) => s.job_name === WEB)!.service_ip_list as Array<
+          { Address: string; Address_v6: string }
+        >;
+        const tunV6 = (await status(n1)).dataPlane.tunRx;
+        const v6: string[] = [], closest: string[] = [];
+        for (let i = 0; i < 4; i++) {
+          v6.push(await ask(cli, ips[0].Address_v6));
+          closest.push(await ask(cli, ips[1].Address));
+        }
+        console.log(`tc first: IPv6 RR ${v6.join(" ")}; Closest ${closest.join(" ")}`);
+        assertEquals(new Set(v6), new Set(["web0", "web1"]), `IPv6 RR: ${v6.join(" ")}`);
+        for (let i = 1; i < v6.length; i++) {
+          assert(v6[i] !== v6[i - 1], `IPv6 RR alternates: ${v6.join(" ")}`);
+        }
+        assert(closest.every((n) => n === "web0" || n === "web1"), `Closest: ${closest.join(" ")}`);
+        // (the workers post their counters once a second)
+        await eventually(
+          () => status(n1),
+          (s) => s.dataPlane.tunRx > tunV6,
+          3000,
+          "IPv6 and Closest through the TUN",
+        );
+
         // 1. New flows: decided in the kernel on every node, the TUNs untouched, RR per flow. (First the
-        // warm-up's last segments — its FIN/ACKs crossed the TUNs — settle: counters still for 0.5 s.)
+        // warm-up's last segments — its FIN/ACKs crossed the TUNs — settle: counters still for 1.2 s, longer than the workers post them.)
         let tun0 = await tun([n1, n2, n3]);
         for (let i = 0; i < 20; i++) {
-          await new Promise((r) => setTimeout(r, 500));
+          await new Promise((r) => setTimeout(r, 1200)); // longer than the workers' 1 s counter posts
           const now = await tun([n1, n2, n3]);
           if (now.join() === tun0.join()) break;
           tun0 = now;
@@ -145,7 +171,7 @@ Deno.test({
         const seen = new Set<string>();
         for (let i = 0; i < 6; i++) seen.add(await ask(cli, rr));
         assert(seen.has("web2"), `the peer without the capability is reached: ${[...seen]}`);
-        assert((await status(n1)).dataPlane.tunRx > tun2, "through the TUN");
+        await eventually(() => status(n1), (s) => s.dataPlane.tunRx > tun2, 3000, "through the TUN");
       }),
   );
 });

@@ -21,6 +21,19 @@ interface PeerView {
   handshakePhases?: Record<string, number>;
 }
 
+/** Two nodes in `require` mode with offline certificates made in `dir`. */
+async function securePair(dir: string): Promise<TestCluster> {
+  await offlinePki(dir, 2);
+  return await TestCluster.start(
+    2,
+    TABLE,
+    [],
+    pkiNodeConfig(dir, () => "require"),
+    undefined,
+    pkiStateArgs(dir),
+  );
+}
+
 Deno.test(
   { name: "secure: handshake time over ≥ 20 rekeys (median and range printed)", ...opts },
   async () => {
@@ -29,15 +42,7 @@ Deno.test(
     const dir = await Deno.makeTempDir({ prefix: "nmhs-" });
     let c: TestCluster | undefined;
     try {
-      await offlinePki(dir, 2);
-      c = await TestCluster.start(
-        2,
-        TABLE,
-        [],
-        pkiNodeConfig(dir, () => "require"),
-        undefined,
-        pkiStateArgs(dir),
-      );
+      c = await securePair(dir);
       const cl = c;
       const samples: { ms: number; phases?: Record<string, number> }[] = [];
       const seen = ["", ""];
@@ -91,15 +96,7 @@ Deno.test(
     const dir = await Deno.makeTempDir({ prefix: "nmhs1-" });
     let c: TestCluster | undefined;
     try {
-      await offlinePki(dir, 2);
-      c = await TestCluster.start(
-        2,
-        TABLE,
-        [],
-        pkiNodeConfig(dir, () => "require"),
-        undefined,
-        pkiStateArgs(dir),
-      );
+      c = await securePair(dir);
       const cl = c;
       const res: Record<"pair" | "one", { ms: number; phases?: Record<string, number> }[]> = {
         pair: [],

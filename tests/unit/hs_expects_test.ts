@@ -1,34 +1,14 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { Handshaker } from "../../src/secure/handshake.ts";
-import { generateCa, signCertificate } from "../../src/secure/cert.ts";
-import { generateIdentity } from "../../src/secure/identity.ts";
-import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
+import { unitCa } from "../helpers/secure_unit.ts";
+import type { NodeCredential } from "../../src/secure/trust.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../../src/proxy/wire.ts";
 import { addMacs, isCookieReply, keysForCa } from "../../src/secure/cookie.ts";
 import { HandshakeHost, HS_QUEUE_MAX } from "../../src/secure/hs_host.ts";
 import type { HsSetup, HsUp } from "../../src/secure/hs_messages.ts";
 
-const ca = generateCa("cluster");
-const trust: TrustSnapshot = {
-  caPublicKeys: [ca.publicKey],
-  revokedSerials: [],
-  revokedNodeIds: [],
-  generation: 1,
-};
-const now = Math.floor(Date.now() / 1000);
-const cred = (id: string): NodeCredential => {
-  const identity = generateIdentity();
-  return {
-    identity,
-    certificate: signCertificate(ca, {
-      nodeId: id,
-      publicKey: identity.publicKey,
-      notBefore: now - 60,
-      notAfter: now + 3600,
-    }),
-  };
-};
+const { ca, trust, cred } = unitCa();
 const spoofedInit = (sender: number) =>
   addMacs(
     encodeHandshake(MSG_HS_INIT, 0, sender, 0, crypto.getRandomValues(new Uint8Array(32))),

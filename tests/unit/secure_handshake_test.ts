@@ -9,7 +9,8 @@ import {
 import { KeyRing } from "../../src/secure/keys.ts";
 import { type CaKey, generateCa, signCertificate } from "../../src/secure/cert.ts";
 import { generateIdentity, type NodeIdentity } from "../../src/secure/identity.ts";
-import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
+import { unitCa } from "../helpers/secure_unit.ts";
+import type { NodeCredential } from "../../src/secure/trust.ts";
 import { encodeHandshake, SECURE_HEADER_LEN, SECURE_OVERHEAD } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
 import { addMacs, COOKIE_REPLY_LEN, isCookieReply, keysForCa } from "../../src/secure/cookie.ts";
@@ -18,13 +19,7 @@ const T0 = 1_800_000_000_000; // ms
 const sec = (ms: number) => Math.floor(ms / 1000);
 
 function world() {
-  const ca = generateCa("cluster");
-  const trust: TrustSnapshot = {
-    caPublicKeys: [ca.publicKey],
-    revokedSerials: [],
-    revokedNodeIds: [],
-    generation: 1,
-  };
+  const { ca, trust } = unitCa(T0);
   const clock = { now: T0 };
   const cred = (
     id: string,

@@ -10,34 +10,17 @@ import { Handshaker, INIT_BURST } from "../../src/secure/handshake.ts";
 import { HandshakeHost } from "../../src/secure/hs_host.ts";
 import type { HsSetup, HsUp } from "../../src/secure/hs_messages.ts";
 import { type CookieSecrets, isCookieReply, newCookieSecret } from "../../src/secure/cookie.ts";
-import { generateCa, signCertificate } from "../../src/secure/cert.ts";
-import { generateIdentity } from "../../src/secure/identity.ts";
+import { unitCa } from "../helpers/secure_unit.ts";
 import type { SessionKeys } from "../../src/secure/keys.ts";
-import type { NodeCredential, TrustSnapshot } from "../../src/secure/trust.ts";
+import type { NodeCredential } from "../../src/secure/trust.ts";
 import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../../src/proxy/wire.ts";
 
 const T0 = 1_800_000_000_000;
 const A = "192.168.77.1:50103", B = "192.168.77.2:50103";
 
 function world() {
-  const ca = generateCa("cluster");
-  const trust: TrustSnapshot = {
-    caPublicKeys: [ca.publicKey],
-    revokedSerials: [],
-    revokedNodeIds: [],
-    generation: 1,
-  };
+  const { trust, cred } = unitCa(T0);
   const clock = { now: T0 };
-  const cred = (id: string): NodeCredential => {
-    const identity = generateIdentity();
-    const certificate = signCertificate(ca, {
-      nodeId: id,
-      publicKey: identity.publicKey,
-      notBefore: Math.floor(T0 / 1000) - 60,
-      notAfter: Math.floor(T0 / 1000) + 86400,
-    });
-    return { identity, certificate };
-  };
   const setup = (c: NodeCredential, cookieSecrets: CookieSecrets): HsSetup => ({
     credential: c,
     trust,

@@ -66,12 +66,20 @@ Deno.test(
         assertEquals(await askJob(w, b, proto, iipA), "a0");
       }
       // The public node dials the hidden one at its observed endpoint (the table result carried it).
-      const peers = (await pub.api.getJson("/status")) as { peers: Array<{ endpoint: string }> };
+      // (peers come from the workers' counters, posted once a second)
+      const peers = await eventually(
+        () => pub.api.getJson("/status") as Promise<{ peers: Array<{ endpoint: string }> }>,
+        (s) => s.peers.some((p) => p.endpoint === st.observedEndpoint),
+        5000,
+      ).catch(() => pub.api.getJson("/status") as Promise<{ peers: Array<{ endpoint: string }> }>);
       assert(peers.peers.some((p) => p.endpoint === st.observedEndpoint), JSON.stringify(peers.peers));
       // The hidden node reaches the public one through the mapping it punched on the control plane's request.
-      const back = (await hidden.api.getJson("/status")) as {
-        peers: Array<{ endpoint: string; path?: string }>;
-      };
+      type Back = { peers: Array<{ endpoint: string; path?: string }> };
+      const back = await eventually(
+        () => hidden.api.getJson("/status") as Promise<Back>,
+        (s) => s.peers.find((p) => p.endpoint === `${PUB}:50103`)?.path === "punched",
+        5000,
+      ).catch(() => hidden.api.getJson("/status") as Promise<Back>);
       assertEquals(
         back.peers.find((p) => p.endpoint === `${PUB}:50103`)?.path,
         "punched",

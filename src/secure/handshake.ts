@@ -176,10 +176,6 @@ export interface HandshakerOptions {
   cookieSecrets?: CookieSecrets;
 }
 
-function u32(b: Uint8Array, o: number): number {
-  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
-}
-
 function refill(b: Bucket, now: number, rate: number, cap: number): void {
   b.tokens = Math.min(cap, b.tokens + ((now - b.atMs) / 1000) * rate);
   b.atMs = now;
@@ -323,9 +319,9 @@ export class Handshaker {
     if (isCookieReply(buf, off, len)) {
       p = len === COOKIE_REPLY_LEN ? this.#pending.get(cookieReceiver(buf, off)) : undefined;
       if (p?.initiator && p.peer === peer && !p.cookied) return true;
-    } else if (len >= 12 && (buf[off] === MSG_HS_RESP || buf[off] === MSG_HS_FINISH)) {
-      p = this.#pending.get(u32(buf, off + 8)); // (the receiver index: secure_wire.ts)
-      if (p && p.peer === peer && p.initiator === (buf[off] === MSG_HS_RESP)) return true;
+    } else if (decodeHandshake(buf, off, len, this.#hdr)) {
+      p = this.#pending.get(this.#hdr.receiver);
+      if (p && p.peer === peer && p.initiator === (this.#hdr.type === MSG_HS_RESP)) return true;
     } else {
       this.#drop("hs_malformed");
       return false;

@@ -49,18 +49,100 @@ async function measure(mode: string, seconds: number): Promise<Record<string, un
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, ["iperf3", "-s"]);
     let retransmits = 0;
+    let tcp: Record<string, number> = {};
     const iperf = async (secs: number) => {
-      const r = await c.containers[0].exec(["iperf3", "-c", "10.30.0.1", "-t", String(secs), "-J"]);
+      // NETMANAGER_SECURE_AB_RATE=2G: a fixed rate (iperf3 -b), so both modes are compared at equal batching.
+      const rate = Deno.env.get("NETMANAGER_SECURE_AB_RATE");
+      const r = await c.containers[0].exec([
+        "iperf3",
+        "-c",
+        "10.30.0.1",
+        "-t",
+        String(secs),
+        "-J",
+        ...(rate ? ["-b", rate] : []),
+      ]);
       if (r.code !== 0) throw new Error(`iperf3: ${r.stdout.slice(-500)} ${r.stderr}`);
       const end = JSON.parse(r.stdout).end;
       retransmits = end.sum_sent.retransmits ?? 0;
+      const snd = end.streams?.[0]?.sender ?? {};
+      tcp = {
+        maxCwndKB: Math.round((snd.max_snd_cwnd ?? 0) / 1024),
+        meanRttUs: snd.mean_rtt,
+        maxRttUs: snd.max_rtt,
+      };
       return end.sum_received.bits_per_second / 1e9;
     };
     await retry(() => iperf(1), 20_000); // warm: handshakes, HELLOs, JIT
     const pids = c.nodes.map((n) => n.node.proc!.pid);
+    // NETMANAGER_SECURE_AB_PERF=dir: a `perf record -a -g` of the timed transfer per mode (profiling).
+    const perfDir = Deno.env.get("NETMANAGER_SECURE_AB_PERF");
+    // NETMANAGER_SECURE_AB_STAT=1: system calls and switches of both daemons (`perf stat`), per mode.
+    const syscalls = ["sendmmsg", "recvmmsg", "writev", "readv", "write", "read", "epoll_wait"];
+    const stat = Deno.env.get("NETMANAGER_SECURE_AB_STAT") === "1";
+    const perf = perfDir || stat
+      ? new Deno.Command("perf", {
+        args: perfDir
+          ? [
+            "record",
+            "-a",
+            "-g",
+            "-o",
+            `${perfDir}/${mode}-${Date.now()}.data`,
+            "--",
+            "sleep",
+            String(seconds),
+          ]
+          : [
+            "stat",
+            "-x,",
+            "-e",
+            ["context-switches", ...syscalls.map((c) => `syscalls:sys_enter_${c}`)].join(","),
+            "-p",
+            pids.join(","),
+            "--",
+            "sleep",
+            String(seconds),
+          ],
+        stdout: "null",
+        stderr: "piped",
+      }).spawn()
+      : undefined;
     const cpu0 = await Promise.all(pids.map(cpuSeconds));
     const gbit = await iperf(seconds);
     const cpu1 = await Promise.all(pids.map(cpuSeconds));
+    const perfOut = perf ? new TextDecoder().decode((await perf.output()).stderr) : "";
+    const traceDir = Deno.env.get("NETMANAGER_SECURE_AB_TRACE");
+    if (traceDir) {
+      // NETMANAGER_SECURE_AB_TRACE=dir: `perf trace -s` (system calls per thread, errors) of each node, 2 s more.
+      const tr = pids.map((pid, i) =>
+        new Deno.Command("perf", {
+          args: [
+            "trace",
+            "-s",
+            "--errno-summary",
+            "-o",
+            `${traceDir}/${mode}-node${i + 1}.txt`,
+            "-p",
+            String(pid),
+            "--",
+            "sleep",
+            "2",
+          ],
+          stdout: "null",
+          stderr: "null",
+        }).spawn()
+      );
+      await iperf(2);
+      await Promise.all(tr.map((t) => t.status));
+    }
+    const gb = gbit * seconds;
+    const perGbit = stat
+      ? Object.fromEntries(
+        perfOut.split("\n").map((l) => l.split(",")).filter((f) => f.length > 3 && f[0] !== "")
+          .map((f) => [f[2].replace("syscalls:sys_enter_", ""), Math.round(Number(f[0]) / gb)]),
+      )
+      : undefined;
     const cpuPct = cpu1.map((v, i) => (100 * (v - cpu0[i])) / seconds);
     const st = (await c.nodes[0].node.api.getJson("/status")) as Record<string, unknown>;
     const rx = JSON.stringify(await c.nodes[1].node.api.getJson("/status"));
@@ -70,7 +152,10 @@ async function measure(mode: string, seconds: number): Promise<Record<string, un
       daemonsCpuPctCore: cpuPct.map((v) => Math.round(v)),
       pctCorePerGbit: +((cpuPct[0] + cpuPct[1]) / gbit).toFixed(1),
       retransmits,
-      sender: JSON.stringify(st).match(/"jumbo[A-Za-z]*":\d+/g)?.join(" "),
+      tcp,
+      ...(perGbit ? { perGbit } : {}),
+      sender: JSON.stringify(st).match(/"(jumbo[A-Za-z]*|udpTx|tunRx)":\d+/g)?.join(" "),
+      receiver: rx.match(/"(jumboRx|udpRx|tunTx)":\d+/g)?.join(" "),
       receiverDrops: rx.match(/"(secure_[a-z_]+|jumbo_[a-z_]+|[a-z_]*lost[a-zA-Z_]*)":\d+/g)?.join(" "),
     };
   } catch (e) {

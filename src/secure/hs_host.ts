@@ -34,6 +34,7 @@ import { hasMac2, isHsInit } from "./cookie_wire.ts";
 import { KeyRing, newSendCounters, type SessionKeys } from "./keys.ts";
 import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
+import { flushTrace, trace, traceAs, tracing } from "./hs_trace.ts";
 
 /** Handshake datagrams queued in one receive batch at most (the layer's budget bounds them per second). */
 export const HS_QUEUE_MAX = 256;
@@ -105,6 +106,7 @@ export class HandshakeHost {
   /** A host with no setup (handshakes start with {@link setup}). */
   constructor(o: HandshakeHostOptions) {
     this.#o = o;
+    if (tracing) traceAs(`w${o.lane}`);
   }
 
   /** True when it runs handshakes (a setup with a credential). */
@@ -141,6 +143,7 @@ export class HandshakeHost {
     // others between the worker's batches ({@link warmStep}) — or all at once before a starting
     // worker's loop runs ({@link warmNow}).
     if (this.#o.warm === false) return;
+    if (tracing) trace("warm-start");
     this.#warmRound(s);
     this.#warmLeft = WARM_ROUNDS - 1;
   }
@@ -172,6 +175,7 @@ export class HandshakeHost {
     if (this.#warmLeft <= 0 || !s) return;
     this.#warmRound(s);
     if (--this.#warmLeft > 0) return;
+    if (tracing) trace("warm-done", { deferred: this.#deferred.size });
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
@@ -223,6 +227,7 @@ export class HandshakeHost {
       if (this.#deferred.size < MAX_PEERS) this.#deferred.set(peer, lane);
       return;
     }
+    if (tracing) trace("init-ask", { peer });
     const bytes = hs.initiate(peer, lane);
     if (!bytes) return;
     if (this.#started.size >= MAX_PEERS) this.#started.clear();
@@ -236,6 +241,8 @@ export class HandshakeHost {
       this.#attempt.set(peer, { at: now, inits: 1 });
     }
     this.#o.send(this.#moved.get(peer) ?? peer, bytes);
+    if (tracing) trace("init-sent", { peer }, now);
+    if (tracing) trace("init-sent-end", { peer }), flushTrace();
   }
 
   /**
@@ -244,6 +251,15 @@ export class HandshakeHost {
    */
   expects(peer: string, buf: Uint8Array, off: number, len: number): boolean {
     return this.#hs === undefined || this.#hs.expects(peer, buf, off, len);
+  }
+
+  /**
+   * True for an HS_INIT from `peer` whose mac1 and mac2 verify (handshake.ts `provenInit`): asked
+   * only under load, before a cookie-holders' budget or queue room is granted — a stranger's garbage
+   * in mac2 buys nothing.
+   */
+  proven(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    return this.#hs !== undefined && this.#hs.provenInit(peer, buf, off, len);
   }
 
   /**
@@ -264,9 +280,13 @@ export class HandshakeHost {
       return true;
     }
     // Strangers' INITs (a flood's) fill half the queue at most: the table's nodes keep the rest, and
-    // the last MAC2_ROOM places are for INITs with a mac2 (a flood spoofing a node's address has none).
-    const max = hasMac2(buf, off, len) ? HS_QUEUE_MAX : known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2;
-    if (this.#queue.length >= max) {
+    // the last MAC2_ROOM places are for INITs whose mac2 verifies (checked only then: a flood
+    // spoofing a node's address has no cookie, and garbage in mac2 does not pass).
+    const n = this.#queue.length;
+    if (
+      n >= (known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2) &&
+      (n >= HS_QUEUE_MAX || !hasMac2(buf, off, len) || !this.proven(peer, buf, off, len))
+    ) {
       this.#queueDrops++;
       return false;
     }
@@ -301,13 +321,17 @@ export class HandshakeHost {
     const hs = this.#hs;
     if (!hs || this.#o.blocked(d.peer)) return;
     const t = performance.now();
+    if (tracing) trace("rx", { peer: d.peer, type: d.bytes[0], len: d.bytes.length }, d.at);
+    if (tracing) trace("handle", { peer: d.peer, type: d.bytes[0] }, t);
     const out = hs.handle(d.peer, d.bytes, 0, d.bytes.length, d.known);
     const type = d.bytes[0];
+    if (tracing) trace("handled", { peer: d.peer, type, reply: out.reply?.length, up: !!out.established });
     if (type === MSG_HS_INIT && out.reply && !isCookieReply(out.reply, 0, out.reply.length)) {
       // The INIT answered: its phase is reported with the session (FINISH).
       const ph = { hopMs: t - d.at, cpuMs: 0 };
       this.#o.send(this.#moved.get(d.peer) ?? d.peer, out.reply);
       ph.cpuMs = performance.now() - t;
+      if (tracing) trace("resp-sent", { peer: d.peer }), flushTrace();
       if (this.#answers.size >= MAX_PEERS) this.#answers.clear();
       this.#answers.set(d.peer, ph);
       return;
@@ -317,8 +341,11 @@ export class HandshakeHost {
       const k = out.established;
       k.sendCounters ??= newSendCounters(); // shared by the workers, kept across their restarts
       this.#o.install(k);
+      if (tracing) trace("installed", { peer: d.peer });
     }
     if (out.reply) this.#o.send(this.#moved.get(d.peer) ?? d.peer, out.reply);
+    if (tracing && out.reply) trace("reply-sent", { peer: d.peer, type });
+    if (tracing) flushTrace();
     if (out.established) {
       const resp = type === MSG_HS_RESP ? { hopMs: t - d.at, cpuMs: performance.now() - t } : undefined;
       this.#report(out.established, resp);
@@ -349,6 +376,7 @@ export class HandshakeHost {
 
   /** Timers (about every 100 ms): the drop counters, when they changed. */
   tick(): void {
+    flushTrace();
     const drops = this.drops();
     const json = JSON.stringify(drops);
     if (json !== this.#dropsSent) {

@@ -32,6 +32,7 @@ import { COOKIE_SECRET_MS, type CookieSecrets, newCookieSecret } from "./cookie.
 import type { HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 import { type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
 import { logger } from "../log.ts";
+import { flushTrace, trace, traceAs, tracing } from "./hs_trace.ts";
 
 const log = logger("secure");
 
@@ -156,6 +157,7 @@ export class SecureDriver {
   constructor(o: SecureDriverOptions) {
     this.#o = o;
     this.rekeyMs = o.rekeyMs ?? 120_000;
+    if (tracing) traceAs("main");
   }
 
   /** Applies settings (start, credential or trust updates). */
@@ -206,6 +208,7 @@ export class SecureDriver {
         cookieSecrets: this.#cookie,
       };
       this.#o.broadcast({ type: "secure-hs-setup", setup: this.#setup });
+      if (tracing) trace("setup", { first: !hadSetup });
       if (!hadSetup) queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
     }
     if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
@@ -267,6 +270,7 @@ export class SecureDriver {
       case "secure-hs-ready":
         // Worker 0 runs handshakes now: ask again for those posted before it was there (no backoff).
         if (m.lane === 0 && this.#setup) {
+          if (tracing) trace("hs-ready");
           this.#attempts.clear();
           this.tick();
         }
@@ -322,11 +326,16 @@ export class SecureDriver {
     a.nextAt = now + Math.min(BACKOFF_MAX_MS, 1000 * 2 ** Math.min(a.n - 1, 6));
     if (this.#attempts.size >= 4096 && !this.#attempts.has(peer)) this.#attempts.clear();
     this.#attempts.set(peer, a);
+    if (tracing) trace("ask", { peer, n: a.n, rekey });
     this.#o.toLane0({ type: "secure-initiate", peer, lane });
   }
 
   #established(m: Extract<HsUp, { type: "secure-hs-done" }>): void {
     const k = m.keys;
+    if (tracing) {
+      trace("done", { peer: k.peer, initiator: m.initiator, ms: m.handshakeMs, attempt: m.attempt });
+      flushTrace();
+    }
     if (this.#blocked.has(k.peer) || this.#trust?.isRevoked(m.cert)) {
       // Refused or revoked while its handshake ran: its keys leave the worker that made them.
       this.#o.toLane0({ type: "secure-remove", peers: [k.peer], forget: false });
@@ -382,6 +391,7 @@ export class SecureDriver {
 
   /** Every second: rekeys due, blocks that ran out, the cookie secret's rotation. */
   tick(): void {
+    flushTrace();
     const now = Date.now();
     const lift: string[] = [];
     for (const [p, b] of this.#blocked) if (now >= b.until) lift.push(p);

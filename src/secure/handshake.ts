@@ -111,8 +111,11 @@ export const MAX_PENDING = 1024;
 export const STRANGER_PENDING = 768;
 /** A handshake not completed within this is forgotten. */
 export const PENDING_MS = 5_000;
-/** An initiator waits this long before sending a new HS_INIT to the same peer. */
-export const RETRY_MS = 1_000;
+/**
+ * An initiator waits this long before sending a new HS_INIT to the same peer (the scheduler's first
+ * retry comes after 250 ms, secure_driver.ts).
+ */
+export const RETRY_MS = 200;
 
 const PROLOGUE = new TextEncoder().encode("netmanager secure tunnel v1");
 

@@ -87,8 +87,11 @@ export class HandshakeHost {
   #queue: Queued[] = [];
   #replies: Queued[] = [];
   readonly #moved = new Map<string, string>();
-  /** When this worker sent the HS_INIT of a handshake still open with each peer (performance.now()). */
-  readonly #started = new Map<string, number>();
+  /**
+   * When this worker sent each HS_INIT of its handshakes still open (performance.now()), by the
+   * INIT's sender index: a handshake is timed from its own INIT, also when a retry went out meanwhile.
+   */
+  readonly #started = new Map<number, { peer: string; at: number }>();
   /**
    * The first HS_INIT of the attempt still open with each peer (performance.now()) and the INITs sent
    * in it: retries and cookie rounds included, what a rekey under a flood costs.
@@ -206,7 +209,7 @@ export class HandshakeHost {
       case "secure-hs-forget":
         for (const p of m.peers) {
           this.#hs?.forget(p);
-          this.#started.delete(p);
+          for (const [i, s] of this.#started) if (s.peer === p) this.#started.delete(i);
           this.#attempt.delete(p);
         }
         break;
@@ -230,9 +233,17 @@ export class HandshakeHost {
     if (tracing) trace("init-ask", { peer });
     const bytes = hs.initiate(peer, lane);
     if (!bytes) return;
-    if (this.#started.size >= MAX_PEERS) this.#started.clear();
     const now = performance.now();
-    this.#started.set(peer, now); // each HS_INIT starts a new handshake (new ephemeral key)
+    if (this.#started.size >= 64) {
+      // (INITs never answered: a peer not up, an Oakestra node in prefer.)
+      for (const [i, x] of this.#started) if (now - x.at > ATTEMPT_MAX_MS) this.#started.delete(i);
+      if (this.#started.size >= MAX_PEERS) this.#started.clear();
+    }
+    // Each HS_INIT starts a new handshake (new ephemeral key, new index: bytes 4..8).
+    this.#started.set(((bytes[4] << 24) | (bytes[5] << 16) | (bytes[6] << 8) | bytes[7]) >>> 0, {
+      peer,
+      at: now,
+    });
     const a = this.#attempt.get(peer);
     // (An attempt older than this was given up — a peer that never answered — and a new one begins.)
     if (a && now - a.at < ATTEMPT_MAX_MS) a.inits++;
@@ -356,8 +367,8 @@ export class HandshakeHost {
   #report(k: SessionKeys, resp: HsPhase | undefined): void {
     const st = this.#hs?.peerState(k.peer);
     if (!st?.cert) return;
-    const t0 = st.initiator ? this.#started.get(k.peer) : undefined;
-    if (t0 !== undefined) this.#started.delete(k.peer);
+    const t0 = st.initiator ? this.#started.get(k.localIndex)?.at : undefined;
+    if (t0 !== undefined) this.#started.delete(k.localIndex);
     const a = st.initiator ? this.#attempt.get(k.peer) : undefined;
     this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);

@@ -8,7 +8,7 @@
  * the other workers and show them in status. One handshake per peer, whatever the number of workers.
  *
  * - Peers that never answer (Oakestra's Go nodes, netmanager nodes with `TunnelSecurity: off`) are
- *   asked again with a backoff (1 s doubling to 60 s); in `prefer` they stay raw meanwhile.
+ *   asked again with a backoff (250 ms doubling to 60 s); in `prefer` they stay raw meanwhile.
  * - A peer whose certificate is refused (foreign CA, expired, revoked, not its key) is blocked in
  *   every worker for {@link BLOCK_MS}: no raw fallback with it in `prefer` either.
  * - {@link SecureDriver.set} with a new trust snapshot cuts sessions whose certificate is now revoked
@@ -39,6 +39,12 @@ const log = logger("secure");
 /** How long a peer whose certificate was refused stays blocked before it may try again. */
 export const BLOCK_MS = 30_000;
 const BACKOFF_MAX_MS = 60_000;
+/**
+ * First wait before an unanswered peer is asked again, doubling to {@link BACKOFF_MAX_MS}: an INIT
+ * lost because the peer was not up yet costs 250 ms, not a second (the waits under 1 s have their
+ * own timer; the 1 s tick takes the longer ones).
+ */
+export const RETRY_FIRST_MS = 250;
 
 type Phase = HsPhase;
 
@@ -145,6 +151,8 @@ export class SecureDriver {
   #cookie: CookieSecrets = { current: newCookieSecret() };
   #cookieAt = Date.now();
   #timer: ReturnType<typeof setInterval> | undefined;
+  /** The short first retries' timers (see {@link RETRY_FIRST_MS}). */
+  readonly #retries = new Set<ReturnType<typeof setTimeout>>();
   #warnedNoCredential = false;
   /** Peers followed to another endpoint (peer key → endpoint key): handshakes go there too. */
   readonly #moved = new Map<string, string>();
@@ -323,9 +331,19 @@ export class SecureDriver {
     const a = this.#attempts.get(peer) ?? { n: 0, nextAt: 0 };
     if (!rekey && now < a.nextAt) return;
     a.n++;
-    a.nextAt = now + Math.min(BACKOFF_MAX_MS, 1000 * 2 ** Math.min(a.n - 1, 6));
+    const wait = Math.min(BACKOFF_MAX_MS, RETRY_FIRST_MS * 2 ** Math.min(a.n - 1, 8));
+    a.nextAt = now + wait;
     if (this.#attempts.size >= 4096 && !this.#attempts.has(peer)) this.#attempts.clear();
     this.#attempts.set(peer, a);
+    if (!rekey && wait < 1000 && this.#retries.size < 4096) {
+      const t = setTimeout(() => {
+        this.#retries.delete(t);
+        if (this.#setup && !this.#peers.has(peer) && this.#attempts.get(peer) === a) {
+          this.#initiate(peer, lane, false);
+        }
+      }, wait);
+      this.#retries.add(t);
+    }
     if (tracing) trace("ask", { peer, n: a.n, rekey });
     this.#o.toLane0({ type: "secure-initiate", peer, lane });
   }
@@ -510,5 +528,7 @@ export class SecureDriver {
   stop(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    for (const t of this.#retries) clearTimeout(t);
+    this.#retries.clear();
   }
 }

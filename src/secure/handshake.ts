@@ -111,11 +111,15 @@ export const MAX_PENDING = 1024;
 export const STRANGER_PENDING = 768;
 /** A handshake not completed within this is forgotten. */
 export const PENDING_MS = 5_000;
+/** An initiator waits this long before sending a new HS_INIT to the same peer... */
+export const RETRY_MS = 1_000;
 /**
- * An initiator waits this long before sending a new HS_INIT to the same peer (the scheduler's first
- * retry comes after 250 ms, secure_driver.ts).
+ * ...except for the scheduler's short first retries to a peer that never answered yet (250 and 500 ms,
+ * secure_driver.ts: its INIT was likely lost because the peer was not up yet). Rekeys keep
+ * {@link RETRY_MS}: under a flood spoofing the peer's address, every rekey INIT is a DH the flood
+ * can make the responder spend.
  */
-export const RETRY_MS = 200;
+export const SOON_RETRY_MS = 200;
 
 const PROLOGUE = new TextEncoder().encode("netmanager secure tunnel v1");
 
@@ -274,12 +278,12 @@ export class Handshaker {
 
   /**
    * Starts a handshake with `peer` (lane key `lane` of the datagram that needs it): the HS_INIT to
-   * send, or undefined when one went out less than {@link RETRY_MS} ago.
+   * send, or undefined when one went out less than `gapMs` ({@link RETRY_MS}) ago.
    */
-  initiate(peer: string, lane: number): Uint8Array | undefined {
+  initiate(peer: string, lane: number, gapMs: number = RETRY_MS): Uint8Array | undefined {
     const now = this.#now();
     const last = this.#initiated.get(peer);
-    if (last !== undefined && now - last < RETRY_MS) return undefined;
+    if (last !== undefined && now - last < gapMs) return undefined;
     this.#expirePending(now);
     if (this.#pending.size >= MAX_PENDING) {
       this.#drop("hs_pending_full");

@@ -28,7 +28,7 @@
  * ```
  * @module
  */
-import { Handshaker, warmUp } from "./handshake.ts";
+import { Handshaker, RETRY_MS, SOON_RETRY_MS, warmUp } from "./handshake.ts";
 import { isCookieReply } from "./cookie.ts";
 import { hasMac2, isHsInit } from "./cookie_wire.ts";
 import { KeyRing, newSendCounters, type SessionKeys } from "./keys.ts";
@@ -204,7 +204,7 @@ export class HandshakeHost {
         this.#hs?.setCookieSecrets(m.secrets);
         break;
       case "secure-initiate":
-        this.initiate(m.peer, m.lane);
+        this.initiate(m.peer, m.lane, m.soon === true);
         break;
       case "secure-hs-forget":
         for (const p of m.peers) {
@@ -223,7 +223,7 @@ export class HandshakeHost {
   }
 
   /** Starts a handshake with `peer` (nothing when one went out less than a second ago, or none can). */
-  initiate(peer: string, lane: number): void {
+  initiate(peer: string, lane: number, soon = false): void {
     const hs = this.#hs;
     if (!hs || this.#o.blocked(peer)) return;
     if (this.#warmLeft > 0) {
@@ -231,7 +231,7 @@ export class HandshakeHost {
       return;
     }
     if (tracing) trace("init-ask", { peer });
-    const bytes = hs.initiate(peer, lane);
+    const bytes = hs.initiate(peer, lane, soon ? SOON_RETRY_MS : RETRY_MS);
     if (!bytes) return;
     const now = performance.now();
     if (this.#started.size >= 64) {

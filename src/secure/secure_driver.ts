@@ -325,7 +325,7 @@ export class SecureDriver {
     this.#o.broadcast({ type: "secure-moved", peer, endpoint });
   }
 
-  #initiate(peer: string, lane: number, rekey: boolean): void {
+  #initiate(peer: string, lane: number, rekey: boolean, soon = false): void {
     if (!this.#setup || this.#blocked.has(peer)) return;
     const now = Date.now();
     const a = this.#attempts.get(peer) ?? { n: 0, nextAt: 0 };
@@ -339,13 +339,13 @@ export class SecureDriver {
       const t = setTimeout(() => {
         this.#retries.delete(t);
         if (this.#setup && !this.#peers.has(peer) && this.#attempts.get(peer) === a) {
-          this.#initiate(peer, lane, false);
+          this.#initiate(peer, lane, false, true);
         }
       }, wait);
       this.#retries.add(t);
     }
     if (tracing) trace("ask", { peer, n: a.n, rekey });
-    this.#o.toLane0({ type: "secure-initiate", peer, lane });
+    this.#o.toLane0({ type: "secure-initiate", peer, lane, ...(soon ? { soon } : {}) });
   }
 
   #established(m: Extract<HsUp, { type: "secure-hs-done" }>): void {

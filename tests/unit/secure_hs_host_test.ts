@@ -139,7 +139,7 @@ Deno.test("hs host: a handshake is timed from its own HS_INIT, also when a retry
   a.h.initiate(B, 0);
   const first = a.sent[0].bytes;
   await new Promise((r) => setTimeout(r, 40));
-  w.clock.now += 300; // past the retry gate: a second INIT (the first looked lost)
+  w.clock.now += 1100; // past the retry gate: a second INIT (the first looked lost)
   a.h.initiate(B, 0);
   assertEquals(a.sent.length, 2, "retry sent");
   // The first INIT was not lost after all: its RESP completes the handshake.

@@ -179,6 +179,7 @@ export class HandshakeHost {
     this.#warmRound(s);
     if (--this.#warmLeft > 0) return;
     if (tracing) trace("warm-done", { deferred: this.#deferred.size });
+    this.#hs?.prepare();
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
@@ -252,6 +253,7 @@ export class HandshakeHost {
       this.#attempt.set(peer, { at: now, inits: 1 });
     }
     this.#o.send(this.#moved.get(peer) ?? peer, bytes);
+    hs.prepare(); // the next handshake's ephemeral key, now that the INIT is out
     if (tracing) trace("init-sent", { peer }, now);
     if (tracing) trace("init-sent-end", { peer }), flushTrace();
   }
@@ -345,6 +347,7 @@ export class HandshakeHost {
       if (tracing) trace("resp-sent", { peer: d.peer }), flushTrace();
       if (this.#answers.size >= MAX_PEERS) this.#answers.clear();
       this.#answers.set(d.peer, ph);
+      hs.prepare(); // (after the RESP went out)
       return;
     }
     // Keys first: the peer may send data as soon as our FINISH reaches it.
@@ -362,6 +365,7 @@ export class HandshakeHost {
       this.#report(out.established, resp);
     }
     if (out.refused) this.#o.post({ type: "secure-hs-refused", peer: d.peer, reason: out.refused });
+    if (out.established) hs.prepare();
   }
 
   #report(k: SessionKeys, resp: HsPhase | undefined): void {

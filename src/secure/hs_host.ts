@@ -100,6 +100,8 @@ export class HandshakeHost {
   /** The INIT each peer's handshake that this worker answered: its phase. */
   readonly #answers = new Map<string, HsPhase>();
   #warmLeft = 0;
+  /** Warm now, with handshakes asked for while warming: they start at the next {@link drain}. */
+  #kick = false;
   /** Handshakes asked for while warming up (peer → lane). */
   readonly #deferred = new Map<string, number>();
   #dropsSent = "";
@@ -125,6 +127,7 @@ export class HandshakeHost {
       this.#queue = [];
       this.#replies = [];
       this.#warmLeft = 0;
+      this.#kick = false;
       this.#deferred.clear();
       return;
     }
@@ -169,7 +172,7 @@ export class HandshakeHost {
   }
 
   /**
-   * One warm-up round (~1–2 ms); after the last, the handshakes asked for meanwhile start — on warm
+   * One warm-up round (~1–2 ms); after the last, the handshakes asked for meanwhile start (next drain) — on warm
    * paths, so that a node's first handshake is as fast as its rekeys (its HS_INIT is what the time
    * counts from; a peer's INIT is answered between rounds, not after them).
    */
@@ -180,15 +183,22 @@ export class HandshakeHost {
     if (--this.#warmLeft > 0) return;
     if (tracing) trace("warm-done", { deferred: this.#deferred.size });
     this.#hs?.prepare();
+    // The handshakes asked for meanwhile start at the next drain: from the running loop, which reads
+    // their replies at once (from warmNow, before the loop, a RESP waited for the loop to start).
+    this.#kick = this.#deferred.size > 0;
+    this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
+  }
+
+  #startDeferred(): void {
+    this.#kick = false;
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
-    this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
   }
 
   /**
    * Runs the warm-up rounds left at once (a worker that has not started its loop yet: nothing waits
-   * for it), then starts the handshakes asked for meanwhile.
+   * for it); the handshakes asked for meanwhile start at the loop's first {@link drain}.
    */
   warmNow(): void {
     while (this.#warmLeft > 0) this.warmStep();
@@ -313,6 +323,7 @@ export class HandshakeHost {
    * slices between its packet batches.
    */
   drain(): void {
+    if (this.#kick) this.#startDeferred();
     if (this.#replies.length > 0) {
       const r = this.#replies;
       this.#replies = [];
@@ -327,7 +338,7 @@ export class HandshakeHost {
 
   /** True while handshake work is waiting (queued datagrams, warm-up rounds): the worker must not sleep. */
   get busy(): boolean {
-    return this.#queue.length > 0 || this.#replies.length > 0 || this.#warmLeft > 0;
+    return this.#queue.length > 0 || this.#replies.length > 0 || this.#warmLeft > 0 || this.#kick;
   }
 
   #handle(d: Queued): void {

@@ -40,8 +40,14 @@ const Overlay = z.object({
     }),
   ),
   harnessRun: z.object({ params: z.string() }).passthrough().optional(),
-  /** The secure slot's handshakes (HS_INIT sent → keys installed), as its nodes measured them. */
+  /**
+   * The secure slot's first handshakes right after both daemons started (HS_INIT sent → keys
+   * installed), as its nodes measured them; the same sessions from the first HS_INIT (retries, a peer
+   * still starting); later ones between the running nodes (rekeys).
+   */
   secureHandshakeMs: stat.optional(),
+  secureHandshakeAttemptMs: stat.optional(),
+  secureRekeyHandshakeMs: stat.optional(),
 });
 
 const samples = z.object({ samples: z.array(num).min(1), median: num });
@@ -169,9 +175,19 @@ function overlay(o: z.infer<typeof Overlay>): Figure[] {
       });
     }
   }
-  const hs = o.secureHandshakeMs;
-  if (hs) {
-    out.push({ name: "nm-secure handshake (LAN)", value: hs.median, unit: "ms", min: hs.min, max: hs.max });
+  // Cold start (both daemons just started: the INIT may wait for a peer still starting) and running
+  // peers (rekeys during the run) apart; the 5 ms target is the running-peer handshake.
+  for (
+    const [name, hs] of [
+      ["nm-secure handshake (LAN), both daemons just started", o.secureHandshakeMs],
+      [
+        "nm-secure first session from first INIT, both daemons just started (LAN)",
+        o.secureHandshakeAttemptMs,
+      ],
+      ["nm-secure handshake between running nodes (rekeys, LAN)", o.secureRekeyHandshakeMs],
+    ] as const
+  ) {
+    if (hs) out.push({ name, value: hs.median, unit: "ms", min: hs.min, max: hs.max });
   }
   return out;
 }

@@ -430,6 +430,7 @@ class Node implements NodeService {
       busyPollUs: this.cfg.net.BusyPollMicros,
       workers: this.cfg.net.DataPlaneWorkers,
       rekeySeconds: this.cfg.net.TunnelRekeySeconds,
+      ...(this.security ? { security: this.security.current() } : {}),
       port: this.cfg.tun.TunnelPort,
       table,
       resolver,

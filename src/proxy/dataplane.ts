@@ -110,6 +110,12 @@ export interface DataPlaneOptions {
   configureTun: (name: string) => void | Promise<void>;
   /** Secure sessions' rekey interval (s; netcfg `TunnelRekeySeconds`, default 120). */
   rekeySeconds?: number;
+  /**
+   * Tunnel security at start (as {@link DataPlane.setSecurity}): the Workers then load and warm their
+   * handshakes before they report ready, so a peer's first HS_INIT waits in the socket and is answered
+   * warm instead of being lost to a Worker without handshakes (issue 11: first handshake time).
+   */
+  security?: SecuritySettings;
   /** The workers' merged peer view, every second (the kernel fast path follows its capable peers). */
   onPeers?: (peers: StatsData["peers"]) => void;
   /** A worker saw new flows (at most every 100 ms per worker; the kernel fast path moves them soon). */
@@ -271,6 +277,7 @@ export class DataPlane {
       stopped: Promise.withResolvers<void>(),
     }));
     const dp = new DataPlane(opts.table, lanes, steerFd, opts);
+    if (opts.security) dp.setSecurity(opts.security);
     try {
       await Promise.all(lanes.map((l) => dp.#launch(l)));
     } catch (e) {

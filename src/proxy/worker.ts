@@ -23,6 +23,7 @@ import { SECURE_OVERHEAD } from "../secure/secure_wire.ts";
 import { parseEndpoint } from "./peers.ts";
 import type { HandshakeHost } from "../secure/hs_host.ts";
 import type { HsDown } from "../secure/hs_messages.ts";
+import { trace, tracing } from "../secure/hs_trace.ts";
 
 const YIELD_EVERY_MS = 5000;
 const IDLE_POLL_MS = 50;
@@ -101,6 +102,7 @@ function hsMessage(m: HsDown): void {
     hs = host;
     secure.handshake = (peer, buf, off, len, known) => host.queue(peer, buf, off, len, known);
     secure.expects = (peer, buf, off, len) => host.expects(peer, buf, off, len);
+    secure.proven = (peer, buf, off, len) => host.proven(peer, buf, off, len);
     for (const q of hsPending.splice(0)) host.onMessage(q);
   }).catch((e) => post({ type: "error", message: `handshakes: ${e?.stack ?? e}`, fatal: false }));
 }
@@ -252,6 +254,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         dp = d;
         hsMoved = m.secure?.moved ?? [];
         const start = () => {
+          if (tracing) trace("loop-start", { lane: secure.lane });
           post({ type: "ready" });
           run(d).catch((e) => {
             d.poller.close(); // an fd of the process, and a crashed worker is restarted

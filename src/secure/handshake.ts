@@ -49,7 +49,13 @@
  * @module
  */
 import crypto from "node:crypto";
-import { HandshakeState, type HandshakeState as NoiseState, NoiseError } from "./noise.ts";
+import {
+  generateKeyPair,
+  HandshakeState,
+  type HandshakeState as NoiseState,
+  type KeyPair,
+  NoiseError,
+} from "./noise.ts";
 import {
   decodeHandshake,
   encodeHandshake,
@@ -111,8 +117,15 @@ export const MAX_PENDING = 1024;
 export const STRANGER_PENDING = 768;
 /** A handshake not completed within this is forgotten. */
 export const PENDING_MS = 5_000;
-/** An initiator waits this long before sending a new HS_INIT to the same peer. */
+/** An initiator waits this long before sending a new HS_INIT to the same peer... */
 export const RETRY_MS = 1_000;
+/**
+ * ...except for the scheduler's short first retries to a peer that never answered yet (250 and 500 ms,
+ * secure_driver.ts: its INIT was likely lost because the peer was not up yet). Rekeys keep
+ * {@link RETRY_MS}: under a flood spoofing the peer's address, every rekey INIT is a DH the flood
+ * can make the responder spend.
+ */
+export const SOON_RETRY_MS = 200;
 
 const PROLOGUE = new TextEncoder().encode("netmanager secure tunnel v1");
 
@@ -183,7 +196,7 @@ function refill(b: Bucket, now: number, rate: number, cap: number): void {
 
 /** Runs a node's handshakes with all peers (see the module). */
 export class Handshaker {
-  /** Drops by reason (`hs_malformed`, `hs_rate_limited`, `hs_unknown_index`, `hs_noise`, `hs_cert_<reason>`, `hs_cert_key_mismatch`, `hs_pending_full`). */
+  /** Drops by reason (`hs_malformed`, `hs_rate_limited`, `hs_mac2_invalid`, `hs_unknown_index`, `hs_noise`, `hs_cert_<reason>`, `hs_cert_key_mismatch`, `hs_pending_full`). */
   readonly drops: Record<string, number> = {};
   readonly rekeyMs: number;
   #cred: NodeCredential;
@@ -207,6 +220,8 @@ export class Handshaker {
   readonly #globalProven: Bucket = { tokens: GLOBAL_PROVEN_PER_SECOND, atMs: 0 };
   readonly #cookieBudget: Bucket = { tokens: COOKIE_REPLIES_PER_SECOND, atMs: 0 };
   readonly #strangerCookieBudget: Bucket = { tokens: STRANGER_COOKIE_REPLIES_PER_SECOND, atMs: 0 };
+  /** The next handshake's ephemeral key pair, made ahead ({@link prepare}); used once, then gone. */
+  #spare: KeyPair | undefined;
 
   /** A handshaker proving `credential` and trusting `trust`. */
   constructor(o: HandshakerOptions) {
@@ -218,6 +233,21 @@ export class Handshaker {
     this.#cookiesOn = o.cookies ?? true;
     this.#caKeys = o.trust.caPublicKeys.map(keysForCa);
     if (o.cookieSecrets) this.#jar.setSecrets(o.cookieSecrets);
+  }
+
+  /**
+   * Makes the next handshake's ephemeral key pair now (~0.1 ms), off the critical path: the caller
+   * runs it after a handshake's datagram went out, so the next HS_INIT or HS_RESP does not wait for it.
+   */
+  prepare(): void {
+    this.#spare ??= generateKeyPair();
+  }
+
+  /** The prepared ephemeral key pair, taken (never used twice), or undefined (the state makes one). */
+  #ephemeral(): KeyPair | undefined {
+    const e = this.#spare;
+    this.#spare = undefined;
+    return e;
   }
 
   /** Checks mac2 and makes cookies with `s` (the node's secrets, rotated by their owner). */
@@ -271,12 +301,12 @@ export class Handshaker {
 
   /**
    * Starts a handshake with `peer` (lane key `lane` of the datagram that needs it): the HS_INIT to
-   * send, or undefined when one went out less than {@link RETRY_MS} ago.
+   * send, or undefined when one went out less than `gapMs` ({@link RETRY_MS}) ago.
    */
-  initiate(peer: string, lane: number): Uint8Array | undefined {
+  initiate(peer: string, lane: number, gapMs: number = RETRY_MS): Uint8Array | undefined {
     const now = this.#now();
     const last = this.#initiated.get(peer);
-    if (last !== undefined && now - last < RETRY_MS) return undefined;
+    if (last !== undefined && now - last < gapMs) return undefined;
     this.#expirePending(now);
     if (this.#pending.size >= MAX_PENDING) {
       this.#drop("hs_pending_full");
@@ -289,6 +319,7 @@ export class Handshaker {
       initiator: true,
       prologue: PROLOGUE,
       s: this.#cred.identity,
+      e: this.#ephemeral(),
     });
     const localIndex = this.#newIndex();
     const body = encodeHandshake(MSG_HS_INIT, lane, localIndex, 0, state.writeMessage(new Uint8Array(0)));
@@ -327,6 +358,19 @@ export class Handshaker {
       return false;
     }
     this.#drop("hs_unknown_index");
+    return false;
+  }
+
+  /**
+   * True when the HS_INIT `buf[off .. off+len)` from `peer` carries the cluster's mac1 and a mac2 under
+   * our current or previous cookie secret for `peer`: a sender that proved its address. Called only
+   * under load (the caller's budget for its class is spent), so the normal path pays no hash;
+   * a non-zero mac2 that does not verify counts as `hs_mac2_invalid`.
+   */
+  provenInit(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    if (!hasMac2(buf, off, len) || !checkMac1(buf, off, len, this.#caKeys)) return false;
+    if (this.#jar.checkMac2(buf, off, peer, this.#now())) return true;
+    this.#drop("hs_mac2_invalid");
     return false;
   }
 
@@ -474,6 +518,7 @@ export class Handshaker {
         initiator: false,
         prologue: PROLOGUE,
         s: this.#cred.identity,
+        e: this.#ephemeral(),
       });
       try {
         state.readMessage(noise);

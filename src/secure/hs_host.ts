@@ -28,12 +28,13 @@
  * ```
  * @module
  */
-import { Handshaker, warmUp } from "./handshake.ts";
+import { Handshaker, RETRY_MS, SOON_RETRY_MS, warmUp } from "./handshake.ts";
 import { isCookieReply } from "./cookie.ts";
 import { hasMac2, isHsInit } from "./cookie_wire.ts";
 import { KeyRing, newSendCounters, type SessionKeys } from "./keys.ts";
 import { MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { HsDown, HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
+import { flushTrace, trace, traceAs, tracing } from "./hs_trace.ts";
 
 /** Handshake datagrams queued in one receive batch at most (the layer's budget bounds them per second). */
 export const HS_QUEUE_MAX = 256;
@@ -86,8 +87,11 @@ export class HandshakeHost {
   #queue: Queued[] = [];
   #replies: Queued[] = [];
   readonly #moved = new Map<string, string>();
-  /** When this worker sent the HS_INIT of a handshake still open with each peer (performance.now()). */
-  readonly #started = new Map<string, number>();
+  /**
+   * When this worker sent each HS_INIT of its handshakes still open (performance.now()), by the
+   * INIT's sender index: a handshake is timed from its own INIT, also when a retry went out meanwhile.
+   */
+  readonly #started = new Map<number, { peer: string; at: number }>();
   /**
    * The first HS_INIT of the attempt still open with each peer (performance.now()) and the INITs sent
    * in it: retries and cookie rounds included, what a rekey under a flood costs.
@@ -96,6 +100,8 @@ export class HandshakeHost {
   /** The INIT each peer's handshake that this worker answered: its phase. */
   readonly #answers = new Map<string, HsPhase>();
   #warmLeft = 0;
+  /** Warm now, with handshakes asked for while warming: they start at the next {@link drain}. */
+  #kick = false;
   /** Handshakes asked for while warming up (peer → lane). */
   readonly #deferred = new Map<string, number>();
   #dropsSent = "";
@@ -105,6 +111,7 @@ export class HandshakeHost {
   /** A host with no setup (handshakes start with {@link setup}). */
   constructor(o: HandshakeHostOptions) {
     this.#o = o;
+    if (tracing) traceAs(`w${o.lane}`);
   }
 
   /** True when it runs handshakes (a setup with a credential). */
@@ -120,6 +127,7 @@ export class HandshakeHost {
       this.#queue = [];
       this.#replies = [];
       this.#warmLeft = 0;
+      this.#kick = false;
       this.#deferred.clear();
       return;
     }
@@ -141,6 +149,7 @@ export class HandshakeHost {
     // others between the worker's batches ({@link warmStep}) — or all at once before a starting
     // worker's loop runs ({@link warmNow}).
     if (this.#o.warm === false) return;
+    if (tracing) trace("warm-start");
     this.#warmRound(s);
     this.#warmLeft = WARM_ROUNDS - 1;
   }
@@ -163,7 +172,7 @@ export class HandshakeHost {
   }
 
   /**
-   * One warm-up round (~1–2 ms); after the last, the handshakes asked for meanwhile start — on warm
+   * One warm-up round (~1–2 ms); after the last, the handshakes asked for meanwhile start (next drain) — on warm
    * paths, so that a node's first handshake is as fast as its rekeys (its HS_INIT is what the time
    * counts from; a peer's INIT is answered between rounds, not after them).
    */
@@ -172,15 +181,24 @@ export class HandshakeHost {
     if (this.#warmLeft <= 0 || !s) return;
     this.#warmRound(s);
     if (--this.#warmLeft > 0) return;
+    if (tracing) trace("warm-done", { deferred: this.#deferred.size });
+    this.#hs?.prepare();
+    // The handshakes asked for meanwhile start at the next drain: from the running loop, which reads
+    // their replies at once (from warmNow, before the loop, a RESP waited for the loop to start).
+    this.#kick = this.#deferred.size > 0;
+    this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
+  }
+
+  #startDeferred(): void {
+    this.#kick = false;
     const asked = [...this.#deferred];
     this.#deferred.clear();
     for (const [peer, lane] of asked) this.initiate(peer, lane);
-    this.#o.post({ type: "secure-hs-ready", lane: this.#o.lane });
   }
 
   /**
    * Runs the warm-up rounds left at once (a worker that has not started its loop yet: nothing waits
-   * for it), then starts the handshakes asked for meanwhile.
+   * for it); the handshakes asked for meanwhile start at the loop's first {@link drain}.
    */
   warmNow(): void {
     while (this.#warmLeft > 0) this.warmStep();
@@ -197,12 +215,12 @@ export class HandshakeHost {
         this.#hs?.setCookieSecrets(m.secrets);
         break;
       case "secure-initiate":
-        this.initiate(m.peer, m.lane);
+        this.initiate(m.peer, m.lane, m.soon === true);
         break;
       case "secure-hs-forget":
         for (const p of m.peers) {
           this.#hs?.forget(p);
-          this.#started.delete(p);
+          for (const [i, s] of this.#started) if (s.peer === p) this.#started.delete(i);
           this.#attempt.delete(p);
         }
         break;
@@ -216,18 +234,27 @@ export class HandshakeHost {
   }
 
   /** Starts a handshake with `peer` (nothing when one went out less than a second ago, or none can). */
-  initiate(peer: string, lane: number): void {
+  initiate(peer: string, lane: number, soon = false): void {
     const hs = this.#hs;
     if (!hs || this.#o.blocked(peer)) return;
     if (this.#warmLeft > 0) {
       if (this.#deferred.size < MAX_PEERS) this.#deferred.set(peer, lane);
       return;
     }
-    const bytes = hs.initiate(peer, lane);
+    if (tracing) trace("init-ask", { peer });
+    const bytes = hs.initiate(peer, lane, soon ? SOON_RETRY_MS : RETRY_MS);
     if (!bytes) return;
-    if (this.#started.size >= MAX_PEERS) this.#started.clear();
     const now = performance.now();
-    this.#started.set(peer, now); // each HS_INIT starts a new handshake (new ephemeral key)
+    if (this.#started.size >= 64) {
+      // (INITs never answered: a peer not up, an Oakestra node in prefer.)
+      for (const [i, x] of this.#started) if (now - x.at > ATTEMPT_MAX_MS) this.#started.delete(i);
+      if (this.#started.size >= MAX_PEERS) this.#started.clear();
+    }
+    // Each HS_INIT starts a new handshake (new ephemeral key, new index: bytes 4..8).
+    this.#started.set(((bytes[4] << 24) | (bytes[5] << 16) | (bytes[6] << 8) | bytes[7]) >>> 0, {
+      peer,
+      at: now,
+    });
     const a = this.#attempt.get(peer);
     // (An attempt older than this was given up — a peer that never answered — and a new one begins.)
     if (a && now - a.at < ATTEMPT_MAX_MS) a.inits++;
@@ -236,6 +263,9 @@ export class HandshakeHost {
       this.#attempt.set(peer, { at: now, inits: 1 });
     }
     this.#o.send(this.#moved.get(peer) ?? peer, bytes);
+    hs.prepare(); // the next handshake's ephemeral key, now that the INIT is out
+    if (tracing) trace("init-sent", { peer }, now);
+    if (tracing) trace("init-sent-end", { peer }), flushTrace();
   }
 
   /**
@@ -244,6 +274,15 @@ export class HandshakeHost {
    */
   expects(peer: string, buf: Uint8Array, off: number, len: number): boolean {
     return this.#hs === undefined || this.#hs.expects(peer, buf, off, len);
+  }
+
+  /**
+   * True for an HS_INIT from `peer` whose mac1 and mac2 verify (handshake.ts `provenInit`): asked
+   * only under load, before a cookie-holders' budget or queue room is granted — a stranger's garbage
+   * in mac2 buys nothing.
+   */
+  proven(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    return this.#hs !== undefined && this.#hs.provenInit(peer, buf, off, len);
   }
 
   /**
@@ -264,9 +303,13 @@ export class HandshakeHost {
       return true;
     }
     // Strangers' INITs (a flood's) fill half the queue at most: the table's nodes keep the rest, and
-    // the last MAC2_ROOM places are for INITs with a mac2 (a flood spoofing a node's address has none).
-    const max = hasMac2(buf, off, len) ? HS_QUEUE_MAX : known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2;
-    if (this.#queue.length >= max) {
+    // the last MAC2_ROOM places are for INITs whose mac2 verifies (checked only then: a flood
+    // spoofing a node's address has no cookie, and garbage in mac2 does not pass).
+    const n = this.#queue.length;
+    if (
+      n >= (known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2) &&
+      (n >= HS_QUEUE_MAX || !hasMac2(buf, off, len) || !this.proven(peer, buf, off, len))
+    ) {
       this.#queueDrops++;
       return false;
     }
@@ -280,6 +323,7 @@ export class HandshakeHost {
    * slices between its packet batches.
    */
   drain(): void {
+    if (this.#kick) this.#startDeferred();
     if (this.#replies.length > 0) {
       const r = this.#replies;
       this.#replies = [];
@@ -294,22 +338,27 @@ export class HandshakeHost {
 
   /** True while handshake work is waiting (queued datagrams, warm-up rounds): the worker must not sleep. */
   get busy(): boolean {
-    return this.#queue.length > 0 || this.#replies.length > 0 || this.#warmLeft > 0;
+    return this.#queue.length > 0 || this.#replies.length > 0 || this.#warmLeft > 0 || this.#kick;
   }
 
   #handle(d: Queued): void {
     const hs = this.#hs;
     if (!hs || this.#o.blocked(d.peer)) return;
     const t = performance.now();
+    if (tracing) trace("rx", { peer: d.peer, type: d.bytes[0], len: d.bytes.length }, d.at);
+    if (tracing) trace("handle", { peer: d.peer, type: d.bytes[0] }, t);
     const out = hs.handle(d.peer, d.bytes, 0, d.bytes.length, d.known);
     const type = d.bytes[0];
+    if (tracing) trace("handled", { peer: d.peer, type, reply: out.reply?.length, up: !!out.established });
     if (type === MSG_HS_INIT && out.reply && !isCookieReply(out.reply, 0, out.reply.length)) {
       // The INIT answered: its phase is reported with the session (FINISH).
       const ph = { hopMs: t - d.at, cpuMs: 0 };
       this.#o.send(this.#moved.get(d.peer) ?? d.peer, out.reply);
       ph.cpuMs = performance.now() - t;
+      if (tracing) trace("resp-sent", { peer: d.peer }), flushTrace();
       if (this.#answers.size >= MAX_PEERS) this.#answers.clear();
       this.#answers.set(d.peer, ph);
+      hs.prepare(); // (after the RESP went out)
       return;
     }
     // Keys first: the peer may send data as soon as our FINISH reaches it.
@@ -317,20 +366,24 @@ export class HandshakeHost {
       const k = out.established;
       k.sendCounters ??= newSendCounters(); // shared by the workers, kept across their restarts
       this.#o.install(k);
+      if (tracing) trace("installed", { peer: d.peer });
     }
     if (out.reply) this.#o.send(this.#moved.get(d.peer) ?? d.peer, out.reply);
+    if (tracing && out.reply) trace("reply-sent", { peer: d.peer, type });
+    if (tracing) flushTrace();
     if (out.established) {
       const resp = type === MSG_HS_RESP ? { hopMs: t - d.at, cpuMs: performance.now() - t } : undefined;
       this.#report(out.established, resp);
     }
     if (out.refused) this.#o.post({ type: "secure-hs-refused", peer: d.peer, reason: out.refused });
+    if (out.established) hs.prepare();
   }
 
   #report(k: SessionKeys, resp: HsPhase | undefined): void {
     const st = this.#hs?.peerState(k.peer);
     if (!st?.cert) return;
-    const t0 = st.initiator ? this.#started.get(k.peer) : undefined;
-    if (t0 !== undefined) this.#started.delete(k.peer);
+    const t0 = st.initiator ? this.#started.get(k.localIndex)?.at : undefined;
+    if (t0 !== undefined) this.#started.delete(k.localIndex);
     const a = st.initiator ? this.#attempt.get(k.peer) : undefined;
     this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);
@@ -349,6 +402,7 @@ export class HandshakeHost {
 
   /** Timers (about every 100 ms): the drop counters, when they changed. */
   tick(): void {
+    flushTrace();
     const drops = this.drops();
     const json = JSON.stringify(drops);
     if (json !== this.#dropsSent) {

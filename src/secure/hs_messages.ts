@@ -39,8 +39,11 @@ export type HsDown =
   | { type: "secure-hs-setup"; setup: HsSetup | undefined }
   /** The node's cookie secrets rotated. */
   | { type: "secure-hs-cookie"; secrets: CookieSecrets }
-  /** Start a handshake with `peer` (lane key of the datagram that needs it). */
-  | { type: "secure-initiate"; peer: string; lane: number }
+  /**
+   * Start a handshake with `peer` (lane key of the datagram that needs it); `soon`: a short first
+   * retry to a peer that never answered yet (handshake.ts `SOON_RETRY_MS`).
+   */
+  | { type: "secure-initiate"; peer: string; lane: number; soon?: boolean }
   /** Forget these peers' handshake state (left the table, revoked). */
   | { type: "secure-hs-forget"; peers: string[] };
 

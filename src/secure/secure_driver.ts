@@ -8,7 +8,7 @@
  * the other workers and show them in status. One handshake per peer, whatever the number of workers.
  *
  * - Peers that never answer (Oakestra's Go nodes, netmanager nodes with `TunnelSecurity: off`) are
- *   asked again with a backoff (1 s doubling to 60 s); in `prefer` they stay raw meanwhile.
+ *   asked again with a backoff (250 ms doubling to 60 s); in `prefer` they stay raw meanwhile.
  * - A peer whose certificate is refused (foreign CA, expired, revoked, not its key) is blocked in
  *   every worker for {@link BLOCK_MS}: no raw fallback with it in `prefer` either.
  * - {@link SecureDriver.set} with a new trust snapshot cuts sessions whose certificate is now revoked
@@ -32,12 +32,19 @@ import { COOKIE_SECRET_MS, type CookieSecrets, newCookieSecret } from "./cookie.
 import type { HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 import { type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
 import { logger } from "../log.ts";
+import { flushTrace, trace, traceAs, tracing } from "./hs_trace.ts";
 
 const log = logger("secure");
 
 /** How long a peer whose certificate was refused stays blocked before it may try again. */
 export const BLOCK_MS = 30_000;
 const BACKOFF_MAX_MS = 60_000;
+/**
+ * First wait before an unanswered peer is asked again, doubling to {@link BACKOFF_MAX_MS}: an INIT
+ * lost because the peer was not up yet costs 250 ms, not a second (the waits under 1 s have their
+ * own timer; the 1 s tick takes the longer ones).
+ */
+export const RETRY_FIRST_MS = 250;
 
 type Phase = HsPhase;
 
@@ -144,6 +151,8 @@ export class SecureDriver {
   #cookie: CookieSecrets = { current: newCookieSecret() };
   #cookieAt = Date.now();
   #timer: ReturnType<typeof setInterval> | undefined;
+  /** The short first retries' timers (see {@link RETRY_FIRST_MS}). */
+  readonly #retries = new Set<ReturnType<typeof setTimeout>>();
   #warnedNoCredential = false;
   /** Peers followed to another endpoint (peer key → endpoint key): handshakes go there too. */
   readonly #moved = new Map<string, string>();
@@ -156,6 +165,7 @@ export class SecureDriver {
   constructor(o: SecureDriverOptions) {
     this.#o = o;
     this.rekeyMs = o.rekeyMs ?? 120_000;
+    if (tracing) traceAs("main");
   }
 
   /** Applies settings (start, credential or trust updates). */
@@ -206,6 +216,7 @@ export class SecureDriver {
         cookieSecrets: this.#cookie,
       };
       this.#o.broadcast({ type: "secure-hs-setup", setup: this.#setup });
+      if (tracing) trace("setup", { first: !hadSetup });
       if (!hadSetup) queueMicrotask(() => this.tick()); // sessions with the table's nodes right away
     }
     if (modeChanged) this.#o.broadcast({ type: "secure-mode", mode: workerMode });
@@ -267,6 +278,7 @@ export class SecureDriver {
       case "secure-hs-ready":
         // Worker 0 runs handshakes now: ask again for those posted before it was there (no backoff).
         if (m.lane === 0 && this.#setup) {
+          if (tracing) trace("hs-ready");
           this.#attempts.clear();
           this.tick();
         }
@@ -313,20 +325,35 @@ export class SecureDriver {
     this.#o.broadcast({ type: "secure-moved", peer, endpoint });
   }
 
-  #initiate(peer: string, lane: number, rekey: boolean): void {
+  #initiate(peer: string, lane: number, rekey: boolean, soon = false): void {
     if (!this.#setup || this.#blocked.has(peer)) return;
     const now = Date.now();
     const a = this.#attempts.get(peer) ?? { n: 0, nextAt: 0 };
     if (!rekey && now < a.nextAt) return;
     a.n++;
-    a.nextAt = now + Math.min(BACKOFF_MAX_MS, 1000 * 2 ** Math.min(a.n - 1, 6));
+    const wait = Math.min(BACKOFF_MAX_MS, RETRY_FIRST_MS * 2 ** Math.min(a.n - 1, 8));
+    a.nextAt = now + wait;
     if (this.#attempts.size >= 4096 && !this.#attempts.has(peer)) this.#attempts.clear();
     this.#attempts.set(peer, a);
-    this.#o.toLane0({ type: "secure-initiate", peer, lane });
+    if (!rekey && wait < 1000 && this.#retries.size < 4096) {
+      const t = setTimeout(() => {
+        this.#retries.delete(t);
+        if (this.#setup && !this.#peers.has(peer) && this.#attempts.get(peer) === a) {
+          this.#initiate(peer, lane, false, true);
+        }
+      }, wait);
+      this.#retries.add(t);
+    }
+    if (tracing) trace("ask", { peer, n: a.n, rekey });
+    this.#o.toLane0({ type: "secure-initiate", peer, lane, ...(soon ? { soon } : {}) });
   }
 
   #established(m: Extract<HsUp, { type: "secure-hs-done" }>): void {
     const k = m.keys;
+    if (tracing) {
+      trace("done", { peer: k.peer, initiator: m.initiator, ms: m.handshakeMs, attempt: m.attempt });
+      flushTrace();
+    }
     if (this.#blocked.has(k.peer) || this.#trust?.isRevoked(m.cert)) {
       // Refused or revoked while its handshake ran: its keys leave the worker that made them.
       this.#o.toLane0({ type: "secure-remove", peers: [k.peer], forget: false });
@@ -382,6 +409,7 @@ export class SecureDriver {
 
   /** Every second: rekeys due, blocks that ran out, the cookie secret's rotation. */
   tick(): void {
+    flushTrace();
     const now = Date.now();
     const lift: string[] = [];
     for (const [p, b] of this.#blocked) if (now >= b.until) lift.push(p);
@@ -500,5 +528,7 @@ export class SecureDriver {
   stop(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    for (const t of this.#retries) clearTimeout(t);
+    this.#retries.clear();
   }
 }

@@ -79,7 +79,7 @@ export interface SecureLayerOptions {
 const WANT_EVERY_MS = 1000;
 /** Handshake datagrams one worker forwards per second at most (strangers' floods stop here). */
 const HS_FORWARD_PER_SECOND = 500;
-/** Of them, from strangers (not a table node, no cookie's mac2): their handshakes run in this worker (hs_host.ts). */
+/** Of them, from strangers (not a table node, no verified mac2): their handshakes run in this worker (hs_host.ts). */
 const HS_STRANGER_PER_SECOND = 100;
 
 /** Drop reasons counted here (beside the key ring's). */
@@ -155,7 +155,7 @@ export class SecureLayer {
    * (nothing is sent to them, their plain data is dropped).
    */
   readonly blocked: Set<string> = new Set();
-  /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a cookie's mac2. */
+  /** Handshake datagrams forwarded: from strangers, from the table's nodes, INITs with a verified mac2 under load. */
   readonly #hsTokens = [HS_STRANGER_PER_SECOND, HS_FORWARD_PER_SECOND, HS_FORWARD_PER_SECOND];
   #hsAt = 0;
   /** Sealing: the next JUMBO chunk index of the message being sealed in parts (-1: none). */
@@ -179,6 +179,8 @@ export class SecureLayer {
    * before the forwarding budget, which a flood's reflected cookie replies would otherwise spend.
    */
   expects: ((peer: string, buf: Uint8Array, off: number, len: number) => boolean) | undefined = undefined;
+  /** True for an HS_INIT whose mac1 and mac2 verify (hs_host.ts `proven`); unset: none is proven here. */
+  proven: ((peer: string, buf: Uint8Array, off: number, len: number) => boolean) | undefined = undefined;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
   constructor(o: SecureLayerOptions) {
@@ -520,9 +522,13 @@ export class SecureLayer {
         peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
         if (!this.expects(peer, buf, off, len)) return Inbound.DONE;
       }
-      // A flood spoofing a node's address spends that class; the node's cookie-proven INITs
-      // (cookie.ts; the main isolate checks the mac2) have their own.
-      const k = hasMac2(buf, off, len) ? 2 : known ? 1 : 0;
+      // A flood spoofing a node's address spends that class; under load (class spent) an INIT whose
+      // mac2 verifies (hs_host.ts `proven`: mac1, then the cookie) has the cookie-holders' own.
+      let k = known ? 1 : 0;
+      if (tk[k] < 1 && this.proven && hasMac2(buf, off, len)) {
+        peer ??= sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+        if (this.proven(peer, buf, off, len)) k = 2;
+      }
       if (tk[k] < 1) {
         this.#drops[D_HS_FLOOD]++;
         return Inbound.DONE;

@@ -43,8 +43,25 @@ Deno.test("bench figures: overlay medians keep their range and ratio to kernel V
   assert(!f.figures.some((x) => x.name.includes("handshake")), "no handshake row without the secure slot");
   const hs = figuresOf("overlay", { ...overlayOutput, secureHandshakeMs: stat(1.8, 1.2, 3.4) });
   assert(hs.ok);
-  const row = hs.figures.find((x) => x.name === "nm-secure handshake (LAN)")!;
+  const row = hs.figures.find((x) => x.name === "nm-secure handshake (LAN), both daemons just started")!;
   assertEquals([row.value, row.unit, row.min, row.max], [1.8, "ms", 1.2, 3.4]);
+  // Cold start and running peers apart: each row only when its field is there.
+  const both = figuresOf("overlay", {
+    ...overlayOutput,
+    secureHandshakeMs: stat(30, 4, 90),
+    secureHandshakeAttemptMs: stat(31, 4, 300),
+    secureRekeyHandshakeMs: stat(3.1, 2.5, 6),
+  });
+  assert(both.ok);
+  const names = both.figures.filter((x) => x.unit === "ms" && x.name.startsWith("nm-secure")).map((x) => [
+    x.name,
+    x.value,
+  ]);
+  assertEquals(names, [
+    ["nm-secure handshake (LAN), both daemons just started", 30],
+    ["nm-secure first session from first INIT, both daemons just started (LAN)", 31],
+    ["nm-secure handshake between running nodes (rekeys, LAN)", 3.1],
+  ]);
 });
 
 Deno.test("bench figures: malformed or missing numbers are an error naming the field", () => {

@@ -4,7 +4,7 @@ import { unitCa } from "../helpers/secure_unit.ts";
 import type { NodeCredential } from "../../src/secure/trust.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../../src/proxy/wire.ts";
-import { addMacs, isCookieReply, keysForCa } from "../../src/secure/cookie.ts";
+import { addMacs, CookieJar, isCookieReply, keysForCa } from "../../src/secure/cookie.ts";
 import { HandshakeHost, HS_QUEUE_MAX } from "../../src/secure/hs_host.ts";
 import type { HsSetup, HsUp } from "../../src/secure/hs_messages.ts";
 
@@ -90,9 +90,15 @@ Deno.test("handshake host: a reply to our handshake is queued and handled ahead 
     if (a.queue("B", init, 0, init.length, true)) taken++;
   }
   assertEquals(taken, HS_QUEUE_MAX - 32);
-  const withMac2 = spoofedInit(9);
-  withMac2[withMac2.length - 1] = 1;
-  assert(a.queue("B", withMac2, 0, withMac2.length, true), "an INIT with a mac2 still finds room");
+  // B's own INIT with the cookie A gave it (hs_mac2_test: garbage in mac2 finds no room).
+  const jar = new CookieJar();
+  jar.setSecrets(secrets);
+  const withMac2 = addMacs(
+    spoofedInit(9).subarray(0, 40),
+    keysForCa(ca.publicKey).mac1,
+    jar.cookieFor("B", Date.now()),
+  );
+  assert(a.queue("B", withMac2, 0, withMac2.length, true), "an INIT with a valid mac2 still finds room");
   assert(a.expects("B", resp, 0, resp.length));
   assert(a.queue("B", resp, 0, resp.length, true), "the reply is taken");
   a.drain();

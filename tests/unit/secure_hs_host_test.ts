@@ -131,3 +131,23 @@ Deno.test("hs host: under load a cookie from one worker proves the source in ano
   const stale = w1.deliver(A, proven)!;
   assert(isCookieReply(stale, 0, stale.length), "a cookie of a secret rotated out is refused");
 });
+
+Deno.test("hs host: a handshake is timed from its own HS_INIT, also when a retry went out meanwhile (the RESP to the first one)", async () => {
+  const w = world();
+  const a = w.host(0, w.setup(w.cred("node-a"), { current: newCookieSecret() }));
+  const b = w.host(0, w.setup(w.cred("node-b"), { current: newCookieSecret() }));
+  a.h.initiate(B, 0);
+  const first = a.sent[0].bytes;
+  await new Promise((r) => setTimeout(r, 40));
+  w.clock.now += 1100; // past the retry gate: a second INIT (the first looked lost)
+  a.h.initiate(B, 0);
+  assertEquals(a.sent.length, 2, "retry sent");
+  // The first INIT was not lost after all: its RESP completes the handshake.
+  const resp = b.deliver(A, first)!;
+  a.deliver(B, resp);
+  const done = a.posted.find((m) => m.type === "secure-hs-done");
+  assert(done?.type === "secure-hs-done" && done.handshakeMs !== undefined, "timed");
+  // Measured from the first INIT (≥ 40 ms ago), not from the retry (before: keyed by peer, ~0 ms).
+  assert(done.handshakeMs >= 39, `handshakeMs ${done.handshakeMs}`);
+  assertEquals(done.attempt?.inits, 2);
+});

@@ -215,11 +215,14 @@ export class UringIo {
       // Readiness only: the Worker reads the counter (EventFd.drain) as with epoll.
       this.#wakeArmed = ring.prep(Op.POLL_ADD, this.#wakeFd, 0, 0, 0, POLLIN, Tag.WAKE) || this.#full();
     }
+    // The queued sends and writes mostly complete inside this call: their completions must not end
+    // the wait (a second enter per crossing), so wait for one completion more than they make.
+    const sends = this.#unsubmitted;
     this.#unsubmitted = 0;
     const have = this.#tunReady || this.#sockReady || ring.peek();
     const r = have || timeoutMs === 0
       ? ring.enter(ring.queued, 0, 0, this.#deferred)
-      : ring.enter(ring.queued, 1, timeoutMs);
+      : ring.enter(ring.queued, 1 + sends, timeoutMs);
     if (r < 0 && r !== -Errno.EAGAIN) throw new Error(`io_uring_enter: errno ${-r}`);
     this.#reap();
     let ready = 0, n = 0;

@@ -17,7 +17,9 @@ import { clientEntry, instanceOn } from "../tests/helpers/setup.ts";
 
 const STRACE = !Deno.args.includes("--no-strace");
 /** Also an iperf3 TCP stream (4 s, no strace): Gbit/s. */
-const TCP = Deno.args.includes("--tcp");
+const TCP = Deno.args.includes("--tcp") || Deno.args.includes("--tcp-strace");
+/** strace -c on the TCP sender's node during the iperf3 run (it slows it: for the call mix only). */
+const TCP_STRACE = Deno.args.includes("--tcp-strace");
 const ARGS = Deno.args.filter((a) => !a.startsWith("--"));
 const SECS = Number(ARGS[0] ?? 5);
 const MPS = Number(ARGS[1] ?? 1000);
@@ -40,6 +42,16 @@ const CALLS = [
   "sched_yield",
 ];
 
+/** CPU seconds (user + system, all threads) of the daemons so far. */
+async function cpu(c: TestCluster): Promise<number> {
+  let t = 0;
+  for (const n of c.nodes) {
+    const f = (await Deno.readTextFile(`/proc/${n.node.proc!.pid}/stat`)).split(") ")[1].split(" ");
+    t += (Number(f[11]) + Number(f[12])) / 100; // utime, stime (fields 14, 15) in clock ticks
+  }
+  return t;
+}
+
 async function measure(backend: "epoll" | "uring"): Promise<Record<string, number>> {
   const c = await TestCluster.start(2, TABLE, [], () => ({ IoBackend: backend, DataPlaneWorkers: 1 }));
   try {
@@ -61,6 +73,7 @@ async function measure(backend: "epoll" | "uring"): Promise<Record<string, numbe
       }).spawn()
       : undefined;
     await new Promise((r) => setTimeout(r, 700));
+    const cpu0 = await cpu(c);
     const r = await c.containers[0].exec([
       "sockperf",
       "ping-pong",
@@ -81,7 +94,13 @@ async function measure(backend: "epoll" | "uring"): Promise<Record<string, numbe
     await sp.status.catch(() => {});
     const sent = Number(/SentMessages=(\d+)/.exec(r.stdout)?.[1] ?? NaN);
     const lat = /avg-latency=([\d.]+)/.exec(r.stdout)?.[1];
-    const res: Record<string, number> = { exchanges: sent, avgLatencyUs: Number(lat) };
+    const rrCpu = await cpu(c) - cpu0;
+    const res: Record<string, number> = {
+      exchanges: sent,
+      avgLatencyUs: Number(lat),
+      // Both daemons' CPU per exchange (µs; with strace attached this includes its traps).
+      cpuUsPerExchange: Math.round(rrCpu * 1e6 / sent),
+    };
     if (TCP) {
       const ip = new Deno.Command("nsenter", {
         args: ["--net=/proc/" + srv.c.pid + "/ns/net", "iperf3", "-s", "-1", "-p", "5299"],
@@ -89,9 +108,29 @@ async function measure(backend: "epoll" | "uring"): Promise<Record<string, numbe
         stderr: "null",
       }).spawn();
       await new Promise((r) => setTimeout(r, 300));
+      const tout = `/tmp/uring-strace-tcp-${backend}-${Deno.pid}.txt`;
+      const ts = TCP_STRACE
+        ? new Deno.Command("strace", {
+          args: ["-c", "-f", "-o", tout, "-p", String(c.nodes[0].node.proc!.pid)],
+          stderr: "null",
+        }).spawn()
+        : undefined;
+      const c0 = await cpu(c);
       const t = await c.containers[0].exec(["iperf3", "-c", "10.30.0.2", "-p", "5299", "-t", "4", "-f", "g"]);
+      const used = await cpu(c) - c0;
       res.tcpGbit = Number(/([\d.]+) Gbits\/sec.*receiver/.exec(t.stdout)?.[1] ?? NaN);
+      // Both daemons' CPU (% of a core) per Gbit/s.
+      res.tcpCpuPctPerGbit = Math.round(used / 4 * 100 / res.tcpGbit);
       await ip.status.catch(() => {});
+      if (ts !== undefined) {
+        Deno.kill(ts.pid, "SIGINT");
+        await ts.status;
+        console.log(
+          backend,
+          "TCP sender node:\n" + (await Deno.readTextFile(tout)).split("\n").slice(0, 14).join("\n"),
+        );
+        await Deno.remove(tout);
+      }
     }
     if (st === undefined) return res;
     const table = await Deno.readTextFile(out);

@@ -59,6 +59,10 @@ const ECANCELED = 125;
 /** A completion of this size or with a GRO segment size: bulk traffic, drain the socket directly too. */
 const BULK_BYTES = 1600;
 
+/** Setup flags of {@link UringIo} (see its constructor). */
+export const DEFAULT_FLAGS = Setup.SUBMIT_ALL | Setup.COOP_TASKRUN | Setup.SINGLE_ISSUER |
+  Setup.DEFER_TASKRUN;
+
 /** What a completion was for: low byte of its user data (the slot is in the next byte). */
 export const Tag = { TUN: 1, SOCK: 2, WAKE: 3, SEND: 4, WRITE: 5, SOCK_POLL: 6, CANCEL: 7 } as const;
 
@@ -148,6 +152,13 @@ export class UringIo {
   // Armed reads and their completions.
   #tunArmed = false;
   #tunReady = false;
+  /** The TUN's armed op is a poll (bulk: the drain reads straight into place, no copy). */
+  #tunPolled = false;
+  /** Bulk traffic seen by the last drain of each side: arm a poll instead of the read/receive. */
+  #tunBulk = false;
+  #sockBulk = false;
+  #tunReads = 0;
+  #bigRead = false;
   #tunRes = 0;
   #sockArmed = false;
   #sockReady = false;
@@ -164,7 +175,13 @@ export class UringIo {
   /** DEFER_TASKRUN: completions appear only inside io_uring_enter (a look costs a call). */
   readonly #deferred: boolean;
 
-  constructor(dev: TunDevice, udp: UdpSocket, wakeFd: number, flags: number = Setup.SUBMIT_ALL) {
+  /**
+   * `flags`: io_uring setup flags. Default: completions' work runs only inside io_uring_enter
+   * (DEFER_TASKRUN, with SINGLE_ISSUER: the Worker's thread alone uses the ring) — no interrupt of
+   * a busy loop per completion (an IPI, which traps on this PVM guest); on a kernel without them
+   * (< 6.1) the ring is set up without flags.
+   */
+  constructor(dev: TunDevice, udp: UdpSocket, wakeFd: number, flags: number = DEFAULT_FLAGS) {
     this.ring = Ring.open(RING_ENTRIES, flags);
     this.#deferred = (this.ring.flags & Setup.DEFER_TASKRUN) !== 0;
     this.#dev = dev;
@@ -206,9 +223,18 @@ export class UringIo {
    */
   wait(timeoutMs: number): number {
     const ring = this.ring;
+    if (this.#tunReads > 0 || this.#bigRead) {
+      // Several packets in one drain, or a super-packet: bulk; one small packet: request/response.
+      this.#tunBulk = this.#tunReads > 1 || this.#bigRead;
+      this.#tunReads = 0;
+      this.#bigRead = false;
+    }
     if (!this.#tunArmed && !this.#tunReady) {
-      this.#tunArmed = ring.prep(Op.READ, this.#dev.fd, this.#tunAddr, TUN_BYTES, -1, 0, Tag.TUN) ||
-        this.#full();
+      // Bulk: readiness, then the drain's reads go straight into place (scatter reads, no copy).
+      this.#tunPolled = this.#tunBulk;
+      this.#tunArmed = (this.#tunBulk
+        ? ring.prep(Op.POLL_ADD, this.#dev.fd, 0, 0, 0, POLLIN, Tag.TUN)
+        : ring.prep(Op.READ, this.#dev.fd, this.#tunAddr, TUN_BYTES, -1, 0, Tag.TUN)) || this.#full();
     }
     if (!this.#sockArmed && !this.#sockReady) this.#armSock();
     if (!this.#wakeArmed) {
@@ -250,8 +276,9 @@ export class UringIo {
   #armSock(): void {
     const b = this.#batch;
     const ring = this.ring;
-    if (b === undefined) {
-      // The bind's receive batch is not known before its first receive: wait for readability once.
+    if (b === undefined || this.#sockBulk) {
+      // The bind's receive batch is not known before its first receive, or bulk traffic: readiness,
+      // then recvmmsg straight into the batch (no copy).
       this.#sockArmed = ring.prep(Op.POLL_ADD, this.#udp.fd, 0, 0, 0, POLLIN, Tag.SOCK_POLL) || this.#full();
       return;
     }
@@ -282,7 +309,8 @@ export class UringIo {
         case Tag.TUN:
           this.#tunArmed = false;
           if (res === -ECANCELED) break;
-          if (res > 0) {
+          if (this.#tunPolled) this.#tunReady = res > 0;
+          else if (res > 0) {
             this.#tunReady = true;
             this.#tunRes = res;
           } else if (res !== -Errno.EAGAIN) this.drops.uring_tun_read_error++;
@@ -339,14 +367,22 @@ export class UringIo {
     return {
       fd: dev.fd,
       read: (buf: Uint8Array): number => {
-        if (this.#tunReady) return this.#takeTun(buf, undefined, 0);
+        if (this.#tunReady && !this.#tunPolled) return this.#takeTun(buf, undefined, 0);
+        this.#tunReady = false;
         if (this.#tunArmed) return -Errno.EAGAIN; // the armed read gets the next packet
-        return dev.read(buf);
+        const n = dev.read(buf);
+        if (n > 0) this.#tunReads++;
+        if (n > BULK_BYTES) this.#bigRead = true;
+        return n;
       },
       readv: (iov: Uint8Array, count: number): number => {
-        if (this.#tunReady) return this.#takeTun(undefined, iov, count);
+        if (this.#tunReady && !this.#tunPolled) return this.#takeTun(undefined, iov, count);
+        this.#tunReady = false;
         if (this.#tunArmed) return -Errno.EAGAIN;
-        return dev.readv(iov, count);
+        const n = dev.readv(iov, count);
+        if (n > 0) this.#tunReads++;
+        if (n > BULK_BYTES) this.#bigRead = true;
+        return n;
       },
       write: (buf: Uint8Array, len: number): number => {
         if (len <= DEFER_WRITE_BYTES && len > 0 && len <= buf.length && !this.#closed) {
@@ -382,6 +418,8 @@ export class UringIo {
   #takeTun(buf: Uint8Array | undefined, iov: Uint8Array | undefined, count: number): number {
     this.#tunReady = false;
     const n = this.#tunRes;
+    if (n > BULK_BYTES) this.#bigRead = true;
+    this.#tunReads++;
     const src = this.#tunBuf;
     if (buf !== undefined) {
       if (n > buf.length) return -Errno.EINVAL;
@@ -391,7 +429,12 @@ export class UringIo {
     // Scatter reads point into the bind's send arena (its TUN read slot and JUMBO layout).
     const arena = this.#scatterArena;
     if (arena === undefined) return -Errno.EINVAL;
-    const v = new DataView(iov!.buffer, iov!.byteOffset, count * 16);
+    let v = this.#iovViews.get(iov!);
+    if (v === undefined) {
+      v = new DataView(iov!.buffer, iov!.byteOffset, iov!.byteLength);
+      this.#iovViews.set(iov!, v); // the bind's scatter iovecs: one fixed array per send slot
+    }
+    if (count * 16 > v.byteLength) return -Errno.EINVAL;
     let done = 0;
     for (let k = 0; k < count && done < n; k++) {
       const at = v.getUint32(k * 16, true) + v.getUint32(k * 16 + 4, true) * 4294967296 - this.#scatterAddr;
@@ -406,6 +449,7 @@ export class UringIo {
     return done;
   }
 
+  readonly #iovViews = new Map<Uint8Array, DataView>();
   #scatterArena: Uint8Array | undefined;
   #scatterAddr = 0;
 
@@ -477,6 +521,8 @@ export class UringIo {
 
   #recv(batch: RecvBatch, timeoutMs: number | undefined): number {
     if (this.#batch !== batch) this.#learn(batch);
+    // Sends queued by the TUN drain before this receive (TCP ACKs under load) go now, not after it.
+    this.#submitQueued();
     if (this.#sockReady && !this.#sockPolled) {
       this.#sockReady = false;
       const res = this.#sockRes;
@@ -494,13 +540,18 @@ export class UringIo {
       if ((res > BULK_BYTES || h[10] > 0) && batch.slots > 1) {
         const r = libc.recvmmsg(this.#udp.fd, this.#batchRest!, batch.slots - 1, MSG_DONTWAIT, null);
         if (r > 0) n += r;
+        this.#sockBulk = true;
       }
       batch.parse(n);
       return n;
     }
     if (this.#sockReady) this.#sockReady = this.#sockPolled = false; // readiness: receive directly
     else if (this.#sockArmed) return 0; // the armed receive gets the next datagram
-    return this.#udp.recvBatch(batch, timeoutMs);
+    const c = this.#udp.recvBatch(batch, timeoutMs);
+    // Back to armed receives when a drain finds single small datagrams (request/response).
+    if (c === 1) this.#sockBulk = batch.sizes[0] > BULK_BYTES || batch.gsoSizes[0] > 0;
+    else if (c > 1) this.#sockBulk = true;
+    return c;
   }
 
   #learn(batch: RecvBatch): void {

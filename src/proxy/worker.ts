@@ -225,7 +225,11 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         let uring: UringIo | undefined;
         if (m.ioBackend === "uring") {
           try {
-            uring = new UringIo(dev, sock, m.wakeFd);
+            // (Experiments: io_uring setup flags, e.g. 0x3180 = SUBMIT_ALL|COOP|SINGLE_ISSUER|DEFER_TASKRUN.)
+            const flags = Number(Deno.env.get("NETMANAGER_URING_FLAGS") ?? NaN);
+            uring = Number.isInteger(flags)
+              ? new UringIo(dev, sock, m.wakeFd, flags)
+              : new UringIo(dev, sock, m.wakeFd);
             post({ type: "io", backend: "uring" });
           } catch (e) {
             post({ type: "io", backend: "epoll", reason: String((e as Error)?.message ?? e) });

@@ -422,7 +422,10 @@ export class UringIo {
     this.#tunReads++;
     const src = this.#tunBuf;
     if (buf !== undefined) {
-      if (n > buf.length) return -Errno.EINVAL;
+      if (n > buf.length) {
+        this.drops.uring_tun_read_error++;
+        return -Errno.EINVAL;
+      }
       buf.set(src.subarray(0, n));
       return n;
     }

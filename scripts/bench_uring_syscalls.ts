@@ -20,6 +20,8 @@ const STRACE = !Deno.args.includes("--no-strace");
 const TCP = Deno.args.includes("--tcp") || Deno.args.includes("--tcp-strace");
 /** strace -c on the TCP sender's node during the iperf3 run (it slows it: for the call mix only). */
 const TCP_STRACE = Deno.args.includes("--tcp-strace");
+/** Also an iperf3 UDP flood of 64-byte datagrams (2 s): received share and the nodes' drops. */
+const UDP = Deno.args.includes("--udp");
 const ARGS = Deno.args.filter((a) => !a.startsWith("--"));
 const SECS = Number(ARGS[0] ?? 5);
 const MPS = Number(ARGS[1] ?? 1000);
@@ -130,6 +132,26 @@ async function measure(backend: "epoll" | "uring"): Promise<Record<string, numbe
           "TCP sender node:\n" + (await Deno.readTextFile(tout)).split("\n").slice(0, 14).join("\n"),
         );
         await Deno.remove(tout);
+      }
+    }
+    if (UDP) {
+      const ip = new Deno.Command("nsenter", {
+        args: ["--net=/proc/" + srv.c.pid + "/ns/net", "iperf3", "-s", "-1", "-p", "5298"],
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await new Promise((r) => setTimeout(r, 300));
+      const u = await c.containers[0].exec(
+        ["iperf3", "-c", "10.30.0.2", "-p", "5298", "-u", "-b", "0", "-l", "64", "-t", "2", "-J"],
+      );
+      await ip.status.catch(() => {});
+      const e = JSON.parse(u.stdout).end;
+      res.udpSent = e.sum_sent.packets;
+      res.udpReceived = e.sum_received.packets;
+      await new Promise((r) => setTimeout(r, 1200));
+      for (const [i, n] of c.nodes.entries()) {
+        const st = await n.node.api.getJson("/status") as { dataPlane: { drops: Record<string, number> } };
+        console.log(backend, `node ${i + 1} drops`, JSON.stringify(st.dataPlane.drops));
       }
     }
     if (st === undefined) return res;

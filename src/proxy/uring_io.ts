@@ -14,7 +14,9 @@
  *   submits them, re-arms what completed and waits — the single `io_uring_enter` of a crossing.
  * - Larger batches (TCP) keep the direct calls after the first completion (recvmmsg for the rest of
  *   a GRO batch, the TUN drain reads, sendmmsg of GSO runs), after whatever was queued is submitted
- *   (order on the wire and the TUN is kept; a DF switch submits first too).
+ *   (order on the wire and the TUN is kept; a DF switch submits first too). A side in bulk mode (its
+ *   last drain found several packets or a super-packet) arms a poll instead of a read, so its drain
+ *   reads straight into place, and what it feeds goes out directly, as with epoll.
  *
  * Buffers handed to the kernel are ArrayBuffers owned by the UringIo for its life; {@link close}
  * cancels what is armed, waits for the cancellations and then unmaps and closes the ring.
@@ -385,7 +387,9 @@ export class UringIo {
         return n;
       },
       write: (buf: Uint8Array, len: number): number => {
-        if (len <= DEFER_WRITE_BYTES && len > 0 && len <= buf.length && !this.#closed) {
+        // Queued only for request/response traffic: under a flood from the tunnel the writes go
+        // directly, as with epoll (the queue would only add copies and submits).
+        if (!this.#sockBulk && len <= DEFER_WRITE_BYTES && len > 0 && len <= buf.length && !this.#closed) {
           const s = this.#slot(this.#writeBusy);
           if (s >= 0 && this.ring.space > 0) {
             this.#writeData.set(buf.subarray(0, len), s * DEFER_WRITE_BYTES);
@@ -488,7 +492,8 @@ export class UringIo {
     if (n <= 0) return 0;
     let free = 0;
     for (let s = 0; s < SEND_SLOTS; s++) if ((this.#sendBusy & (1 << s)) === 0) free++;
-    let small = n <= free && n < this.ring.space && !this.#closed;
+    // Queued only when the TUN side is not in bulk mode (as for the TUN writes above).
+    let small = !this.#tunBulk && n <= free && n < this.ring.space && !this.#closed;
     for (let i = 0; small && i < n; i++) {
       if (b.sizes[i] > DEFER_BYTES || b.sizes[i] <= 0) small = false;
       else if (b.isGso(i) && !this.#udp.gso) small = false;

@@ -63,6 +63,15 @@ const SYMBOLS = {
   flock: { parameters: ["i32", "i32"], result: "i32" },
   // bpf(2) has no glibc wrapper: syscall(SYS_bpf, cmd, attr, size).
   syscall_bpf: { name: "syscall", parameters: ["i64", "i64", "buffer", "u64"], result: "i64" },
+  // io_uring (ffi/uring.ts): no glibc wrappers; syscall(nr, ...) with the numbers of ffi/uring.ts.
+  syscall_uring_setup: { name: "syscall", parameters: ["i64", "u32", "buffer"], result: "i32" },
+  syscall_uring_enter: {
+    name: "syscall",
+    parameters: ["i64", "i32", "u32", "u32", "u32", "buffer", "usize"],
+    result: "i32",
+  },
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
   /** madvise(2): the daemon releases its start-up code pages (src/sys/code_pages.ts). */
   madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
   // glibc only (absent from musl): optional, so a libc without it still opens.

@@ -144,6 +144,7 @@ const PATH_NAMES: Record<string, string> = {
   underlay: "underlay veth",
   vxlan: "kernel VXLAN",
   "nm-fast": "netmanager, RR ServiceIP, FAST mode",
+  "nm-uring": "netmanager, FAST mode, io_uring backend",
   "nm-raw": "netmanager, RR ServiceIP, raw mode",
   "nm-secure": "netmanager, RR ServiceIP, secure (require, FAST inside)",
   "wireguard-go": "wireguard-go (userspace WireGuard)",

@@ -4,7 +4,8 @@
 # Runs inside the harness's host namespace. The daemon adopts the harness bridge (BridgeName=ob-br)
 # and pod subnet in standalone static-table mode; the client dials the round-robin ServiceIP
 # 10.30.0.1 whose only instance is the peer workload (so the path includes the full translation).
-# NM_FAST=0/1 and other daemon flags can be passed with NM_ARGS.
+# NM_FAST=0/1 and other daemon flags can be passed with NM_ARGS; config keys come from the environment
+# (e.g. IoBackend=uring: the nm-uring slot of bench_overlay.sh).
 # KernelFastPath=true (or tc): ready only once the kernel carries the path (at most NM_KFAST_WAIT_STEPS × 0.1 s,
 # default 150; 0 = ready at once), and with NM_KFAST_FILE the kernel's and the TUN's packet counters
 # are appended there every second.

@@ -428,6 +428,7 @@ class Node implements NodeService {
       tunName: this.cfg.tun.HostTunnelDeviceName,
       mtu: this.cfg.tun.MTUsize,
       busyPollUs: this.cfg.net.BusyPollMicros,
+      ioBackend: this.cfg.net.IoBackend,
       workers: this.cfg.net.DataPlaneWorkers,
       rekeySeconds: this.cfg.net.TunnelRekeySeconds,
       ...(this.security ? { security: this.security.current() } : {}),

@@ -125,6 +125,13 @@ export const NetCfgSchema = z.object({
    */
   BusyPollMicros: intLike("BusyPollMicros", 0, 10000).default(0),
   /**
+   * How a data-plane Worker waits and moves packets (issue 10): "epoll" (a wait, then read/recvmmsg
+   * and sendmmsg/write calls) or "uring" (io_uring: reads stay armed, small sends and writes are
+   * queued, one io_uring_enter per crossing; src/proxy/uring_io.ts). A node where io_uring is
+   * unavailable (disabled, seccomp) logs it and uses epoll.
+   */
+  IoBackend: z.enum(["epoll", "uring"]).default("epoll"),
+  /**
    * Packet workers of the data plane, one per core: each has its own TUN queue and tunnel socket,
    * and a flow always meets the same worker (`src/proxy/lanes.ts`). 1, 2, 4 or 8. Default: the CPUs
    * this process may use, rounded down to one of those; 1 = a single worker.

@@ -98,6 +98,8 @@ export interface DataPlaneOptions {
   mtu: number;
   /** Busy-poll after traffic (µs; 0 = never), see the Worker. */
   busyPollUs?: number;
+  /** The Workers' I/O backend (config `IoBackend`; default epoll). */
+  ioBackend?: "epoll" | "uring";
   /** Packet workers, 1, 2, 4 or 8 (default 1): one TUN queue and one tunnel socket each (see `lanes.ts`). */
   workers?: number;
   port: number;
@@ -385,6 +387,14 @@ export class DataPlane {
         case "secure-moved":
           this.#secure.onWorker(m);
           break;
+        case "io":
+          if (m.reason !== undefined) {
+            log.warn("io_uring unavailable: the data plane uses epoll", {
+              worker: l.index,
+              reason: m.reason,
+            });
+          } else log.info("data-plane I/O backend", { worker: l.index, backend: m.backend });
+          break;
         case "error":
           if (m.fatal) died(m.message);
           else {log.warn("data-plane worker could not handle a message", {
@@ -409,6 +419,7 @@ export class DataPlane {
       posted: l.posted.buffer,
       mtu: opts.mtu,
       busyPollUs: opts.busyPollUs ?? 0,
+      ioBackend: opts.ioBackend ?? "epoll",
       engine: many
         ? { ...opts.engine, laneTag: l.index, rotation: this.#rotation, health: this.#health }
         : opts.engine,

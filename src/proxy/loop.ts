@@ -56,6 +56,8 @@ export class PacketLoop {
   jumboRx = 0;
   /** The secure tunnel's layer (the same as the bind's), when `TunnelSecurity` is not off. */
   secure: SecureLayer | undefined = undefined;
+  /** Drops counted below the seams (the io_uring backend's own operations), added to the stats. */
+  extraDrops: ((drops: Record<string, number>) => void) | undefined = undefined;
   /** Each peer's path MTU applied to the packets (src/path/guard.ts). */
   readonly path: PathGuard;
   readonly #post: (m: FromWorker) => void;
@@ -382,6 +384,7 @@ export class PacketLoop {
     if (tooBig > 0) drops.path_too_big = tooBig;
     this.tun.addDrops(drops);
     this.secure?.addDrops(drops);
+    this.extraDrops?.(drops);
     // Judged against each peer's window of message ids (made-up ids do not count).
     if (e.peers.jumboLost > 0) drops.jumbo_lost = e.peers.jumboLost;
     const now = performance.now();

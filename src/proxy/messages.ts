@@ -78,6 +78,8 @@ export type ToWorker =
     mtu: number;
     /** Busy-poll this long after traffic before sleeping in poll (0: never). */
     busyPollUs: number;
+    /** How the Worker waits and moves packets (config `IoBackend`). */
+    ioBackend?: "epoll" | "uring";
     engine: EngineConfig;
     /** The main isolate's table, shared (read in place, never copied). */
     table: SharedTableLayout;
@@ -138,5 +140,7 @@ export type FromWorker =
   | HsUp
   /** The tunnel's public endpoint as the control plane's reflector saw it (src/path/reflect_client.ts). */
   | { type: "observed"; ip: string; port: number }
+  /** The I/O backend the Worker runs (`reason`: why io_uring was not used). */
+  | { type: "io"; backend: "epoll" | "uring"; reason?: string }
   /** `fatal`: the packet loop has stopped (the main isolate starts a new Worker). */
   | { type: "error"; message: string; fatal: boolean };

@@ -8,6 +8,7 @@
 import { tunFromInfo } from "../../ffi/tun.ts";
 import { udpFromInfo } from "../../ffi/udp.ts";
 import { EPoller } from "../../ffi/poll.ts";
+import { UringIo } from "./uring_io.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
 import { ReadPolicy, SpinPolicy } from "./spin.ts";
@@ -40,6 +41,13 @@ function post(m: FromWorker): void {
   scope.postMessage(m);
 }
 
+/** What the loop waits on: an {@link EPoller}, or the io_uring backend ({@link UringIo}). */
+interface LoopPoller {
+  wait(timeoutMs: number): number;
+  readable(i: number): boolean;
+  close(): void;
+}
+
 /** Set by init; the Worker handles one data plane. */
 let dp:
   | {
@@ -48,7 +56,7 @@ let dp:
     wake: EventFd;
     posted: Int32Array;
     spinMs: number;
-    poller: EPoller;
+    poller: LoopPoller;
   }
   | undefined;
 /** The main isolate's table, read in place (a layout may arrive before init completes: none do). */
@@ -214,8 +222,28 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         const sock = udpFromInfo(m.udp);
         dev.setNonBlocking(true);
         sock.setNonBlocking(true);
-        const bind = new UdpBind(sock, { mtu: m.mtu, counters: engine.counters, peers: engine.peers });
-        const tun = new VnetTun(dev, {
+        // io_uring (IoBackend "uring"): under the seams, as their device and socket; epoll otherwise,
+        // also when the kernel refuses a ring (disabled, seccomp, too old): said once, in the log.
+        let uring: UringIo | undefined;
+        if (m.ioBackend === "uring") {
+          try {
+            // (Experiments: io_uring setup flags, e.g. 0x3180 = SUBMIT_ALL|COOP|SINGLE_ISSUER|DEFER_TASKRUN.)
+            const flags = Number(Deno.env.get("NETMANAGER_URING_FLAGS") ?? NaN);
+            uring = Number.isInteger(flags)
+              ? new UringIo(dev, sock, m.wakeFd, flags)
+              : new UringIo(dev, sock, m.wakeFd);
+            post({ type: "io", backend: "uring" });
+          } catch (e) {
+            post({ type: "io", backend: "epoll", reason: String((e as Error)?.message ?? e) });
+          }
+        }
+        const bind = new UdpBind(uring?.sock ?? sock, {
+          mtu: m.mtu,
+          counters: engine.counters,
+          peers: engine.peers,
+        });
+        uring?.setScatterArena(bind.sendArena);
+        const tun = new VnetTun(uring?.tun ?? dev, {
           mtu: m.mtu,
           counters: engine.counters,
           deliverer: engine,
@@ -223,6 +251,12 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           scatter: bind,
         });
         const loop = new PacketLoop(engine, tun, bind, post, m.mtu);
+        if (uring !== undefined) {
+          const u = uring;
+          loop.extraDrops = (drops) => {
+            for (const [k, v] of Object.entries(u.drops)) if (v > 0) drops[k] = v;
+          };
+        }
         const secure = new SecureLayer({ lane: m.engine.laneTag ?? 0, post });
         if (m.secure) {
           secure.setMode(m.secure.mode);
@@ -249,7 +283,7 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           posted: new Int32Array(m.posted),
           spinMs: m.busyPollUs / 1000,
           // epoll: the fds stay registered, so a wait sets up no wait queues (README: request/response).
-          poller: new EPoller([tun.fd, bind.fd, wake.fd]),
+          poller: uring ?? new EPoller([tun.fd, bind.fd, wake.fd]),
         };
         dp = d;
         hsMoved = m.secure?.moved ?? [];

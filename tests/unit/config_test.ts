@@ -192,3 +192,12 @@ Deno.test("config: TunnelRekeySeconds defaults to 120 and is bounded 5 .. 3600",
     );
   }
 });
+
+Deno.test("config: IoBackend is epoll (default) or uring, also from the environment; others are refused by name", () => {
+  const parse = (v: unknown, env: Record<string, string> = {}) =>
+    parseConfigObject("n", v === undefined ? {} : { IoBackend: v }, NetCfgSchema, { env }).value.IoBackend;
+  assertEquals(parse(undefined), "epoll");
+  assertEquals(parse("uring"), "uring");
+  assertEquals(parse(undefined, { IoBackend: "uring" }), "uring");
+  for (const bad of ["io_uring", "URING", 1, ""]) assertThrows(() => parse(bad), ConfigError, "IoBackend");
+});

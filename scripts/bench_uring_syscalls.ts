@@ -55,7 +55,12 @@ async function cpu(c: TestCluster): Promise<number> {
 }
 
 async function measure(backend: "epoll" | "uring"): Promise<Record<string, number>> {
-  const c = await TestCluster.start(2, TABLE, [], () => ({ IoBackend: backend, DataPlaneWorkers: Number(Deno.env.get("NM_WORKERS") ?? 1) }));
+  const c = await TestCluster.start(
+    2,
+    TABLE,
+    [],
+    () => ({ IoBackend: backend, DataPlaneWorkers: Number(Deno.env.get("NM_WORKERS") ?? 1) }),
+  );
   try {
     await c.deploy(1, CLI, 0);
     const srv = await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { DatabaseSync } from "node:sqlite";
+import { setImmediate } from "node:timers";
 import {
   CHECKPOINT_COMMITS,
   DB_FILE_NAME,
@@ -303,10 +304,11 @@ Deno.test("sqlite store: a durable change syncs off the event loop; many at once
     const store = await SqliteStore.open(dir);
     await store.change((s) => s.nodeSubnet("w0")); // the log exists from here on
     // Work queued behind the change runs while its sync is under way (with a synchronous FULL
-    // commit, the change resolved inside the event-loop turn that wrote it, before this timer).
+    // commit, the change resolved inside the event-loop turn that wrote it, before this immediate,
+    // queued after the store's group-commit immediate).
     const order: string[] = [];
     const done = store.change((s) => s.nodeSubnet("w1")).then(() => order.push("change"));
-    setTimeout(() => order.push("timer"), 0);
+    setImmediate(() => order.push("timer"));
     await done;
     assertEquals(order, ["timer", "change"]);
     assertEquals(rowCount(store.path), 4, "nodes w0 and w1 and the subnet4 and subnet6 pools committed");
@@ -324,12 +326,12 @@ Deno.test("sqlite store: a durable change syncs off the event loop; many at once
     await again.close();
   }));
 
-Deno.test("sqlite store: --state-sync normal resolves a change in the turn that commits it", () =>
+Deno.test("sqlite store: --state-sync normal resolves a change in the next event-loop turn (an immediate, not a 1-2 ms 0 ms timer)", () =>
   withDir(async (dir) => {
     const store = await SqliteStore.open(dir, { synchronous: "normal" });
     const order: string[] = [];
     const done = store.change((s) => s.nodeSubnet("w1")).then(() => order.push("change"));
-    setTimeout(() => order.push("timer"), 0);
+    setImmediate(() => order.push("timer"));
     await done;
     await new Promise((r) => setTimeout(r, 5));
     assertEquals(order, ["change", "timer"]);

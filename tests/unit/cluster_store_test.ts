@@ -10,7 +10,7 @@ import {
   stateOfRows,
   writeAtomic,
 } from "../../src/cluster/store.ts";
-import { ClusterState } from "../../src/cluster/state.ts";
+import { ClusterState, rrAddresses } from "../../src/cluster/state.ts";
 import { claimsOf, parseRow, rowsOfStateFile, rowText, stateFileOfRows } from "../../src/cluster/rows.ts";
 import { EtcdClient, EtcdError, prefixEnd } from "../../src/cluster/etcd.ts";
 
@@ -414,6 +414,63 @@ Deno.test("sqlite store: checkpoints its log itself (off the event loop); change
       const again = await SqliteStore.open(sub);
       assertEquals(canon(again.state), before);
       assertEquals(again.state.nodes().length, n);
+      await again.close();
+    }
+  }));
+
+Deno.test("sqlite store: a process killed (SIGKILL) right after its changes resolved keeps every one of them", () =>
+  withDir(async (dir) => {
+    // A separate process allocates in bursts of 8 (group commits, past checkpoints) and prints each
+    // job's RR IP once its change resolved, as the HTTP API answers 200 then; it is killed mid-run.
+    const store = new URL("../../src/cluster/store.ts", import.meta.url).href;
+    const state = new URL("../../src/cluster/state.ts", import.meta.url).href;
+    const code = `
+      import { SqliteStore } from "${store}";
+      import { rrAddresses } from "${state}";
+      const store = await SqliteStore.open(${JSON.stringify(dir)});
+      const out = (t) => Deno.stdout.writeSync(new TextEncoder().encode(t));
+      for (let i = 0; ; i += 8) {
+        await Promise.all(Array.from({ length: 8 }, async (_, k) => {
+          const id = "j" + (i + k);
+          const { job } = await store.change((s) => s.deployService({ _id: id, app_name: "a", app_ns: "b",
+            microservice_name: id, microservice_namespace: "d" }));
+          out(id + " " + rrAddresses(job).rr_ip + "\\n");
+        }));
+      }`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .spawn();
+    const acked = new Map<string, string>();
+    let text = "";
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      while (acked.size < CHECKPOINT_COMMITS * 8 + 100) {
+        const r = await reader.read();
+        if (r.done) break;
+        text += r.value;
+        const lines = text.split("\n");
+        text = lines.pop()!;
+        for (const l of lines) {
+          const [id, ip] = l.split(" ");
+          acked.set(id, ip);
+        }
+      }
+    } finally {
+      child.kill("SIGKILL");
+      await reader.cancel();
+      await child.stderr.cancel();
+      await child.status;
+    }
+    assert(acked.size >= CHECKPOINT_COMMITS * 8, `only ${acked.size} changes acknowledged before the kill`);
+    const again = await SqliteStore.open(dir);
+    try {
+      for (const [id, ip] of acked) {
+        assertEquals(rrAddresses(again.state.findJob(id)).rr_ip, ip, id);
+      }
+    } finally {
       await again.close();
     }
   }));

@@ -2,7 +2,6 @@ import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/ass
 import { DatabaseSync } from "node:sqlite";
 import { setImmediate } from "node:timers";
 import {
-  CHECKPOINT_COMMITS,
   DB_FILE_NAME,
   SqliteStore,
   STATE_FILE_NAME,
@@ -377,31 +376,33 @@ Deno.test("state rows: rowText(key) is the text of row(key) for every kind; inst
 
 Deno.test("sqlite store: checkpoints its log itself (off the event loop); changes made meanwhile land; the log is reused", () =>
   withDir(async (dir) => {
+    const EVERY = 300; // fewer than the default: the test runs 3 checkpoints per mode in ~2 s
+    await assertRejects(() => SqliteStore.open(`${dir}/bad`, { checkpointCommits: 0 }), RangeError);
     for (const synchronous of ["full", "normal"] as const) {
       const sub = `${dir}/${synchronous}`;
-      const store = await SqliteStore.open(sub, { synchronous });
+      const store = await SqliteStore.open(sub, { synchronous, checkpointCommits: EVERY });
       const wal = `${store.path}-wal`;
       // One commit per change (each awaited), past the first checkpoint.
-      for (let i = 0; i < CHECKPOINT_COMMITS + 20; i++) {
+      for (let i = 0; i < EVERY + 20; i++) {
         await store.change((s) => s.deployService({ _id: `j${i}`, ...SVC, microservice_name: `s${i}` }));
       }
       // The database file alone (without its log) holds what the checkpoint copied: SQLite no
       // longer checkpoints by itself (wal_autocheckpoint = 0), so this is the store's checkpoint.
       const copy = `${dir}/copy-${synchronous}.db`;
       await Deno.copyFile(store.path, copy);
-      assert(rowCount(copy) >= CHECKPOINT_COMMITS, `${rowCount(copy)} rows checkpointed`);
+      assert(rowCount(copy) >= EVERY, `${rowCount(copy)} rows checkpointed`);
       // Changes arriving in bursts, across more checkpoints: all resolve, none is lost.
       let n = 0;
-      for (let round = 0; round < 3 * CHECKPOINT_COMMITS; round += 10) {
+      for (let round = 0; round < 3 * EVERY; round += 10) {
         await Promise.all(
           Array.from({ length: 10 }, () => store.change((s) => s.nodeSubnet(`w${n++}`))),
         );
-        await store.change((s) => s.deployInstance(`j${round % CHECKPOINT_COMMITS}`, round));
+        await store.change((s) => s.deployInstance(`j${round % EVERY}`, round));
       }
       // The log is reused from its start after each checkpoint: it stays at about one
       // checkpoint's worth of commits (each ≤ 4 pages) instead of growing with every commit.
       const walBytes = (await Deno.stat(wal)).size;
-      assert(walBytes < CHECKPOINT_COMMITS * 5 * 4096, `log ${walBytes} bytes`);
+      assert(walBytes < EVERY * 5 * 4096, `log ${walBytes} bytes`);
       // Jobs and nodes sorted (a reopened state lists rows in key order).
       const canon = (s: ClusterState) => ({
         jobs: s.jobs(),
@@ -427,7 +428,7 @@ Deno.test("sqlite store: a process killed (SIGKILL) right after its changes reso
     const code = `
       import { SqliteStore } from "${store}";
       import { rrAddresses } from "${state}";
-      const store = await SqliteStore.open(${JSON.stringify(dir)});
+      const store = await SqliteStore.open(${JSON.stringify(dir)}, { checkpointCommits: 100 });
       const out = (t) => Deno.stdout.writeSync(new TextEncoder().encode(t));
       for (let i = 0; ; i += 8) {
         await Promise.all(Array.from({ length: 8 }, async (_, k) => {
@@ -447,7 +448,7 @@ Deno.test("sqlite store: a process killed (SIGKILL) right after its changes reso
     let text = "";
     const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
     try {
-      while (acked.size < CHECKPOINT_COMMITS * 8 + 100) {
+      while (acked.size < 100 * 8 + 100) {
         const r = await reader.read();
         if (r.done) break;
         text += r.value;
@@ -464,7 +465,7 @@ Deno.test("sqlite store: a process killed (SIGKILL) right after its changes reso
       await child.stderr.cancel();
       await child.status;
     }
-    assert(acked.size >= CHECKPOINT_COMMITS * 8, `only ${acked.size} changes acknowledged before the kill`);
+    assert(acked.size >= 100 * 8, `only ${acked.size} changes acknowledged before the kill`);
     const again = await SqliteStore.open(dir);
     try {
       for (const [id, ip] of acked) {

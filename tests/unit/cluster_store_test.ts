@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
 import { DatabaseSync } from "node:sqlite";
+import { setImmediate } from "node:timers";
 import {
-  CHECKPOINT_COMMITS,
   DB_FILE_NAME,
   SqliteStore,
   STATE_FILE_NAME,
@@ -9,7 +9,7 @@ import {
   stateOfRows,
   writeAtomic,
 } from "../../src/cluster/store.ts";
-import { ClusterState } from "../../src/cluster/state.ts";
+import { ClusterState, rrAddresses } from "../../src/cluster/state.ts";
 import { claimsOf, parseRow, rowsOfStateFile, rowText, stateFileOfRows } from "../../src/cluster/rows.ts";
 import { EtcdClient, EtcdError, prefixEnd } from "../../src/cluster/etcd.ts";
 
@@ -303,10 +303,11 @@ Deno.test("sqlite store: a durable change syncs off the event loop; many at once
     const store = await SqliteStore.open(dir);
     await store.change((s) => s.nodeSubnet("w0")); // the log exists from here on
     // Work queued behind the change runs while its sync is under way (with a synchronous FULL
-    // commit, the change resolved inside the event-loop turn that wrote it, before this timer).
+    // commit, the change resolved inside the event-loop turn that wrote it, before this immediate,
+    // queued after the store's group-commit immediate).
     const order: string[] = [];
     const done = store.change((s) => s.nodeSubnet("w1")).then(() => order.push("change"));
-    setTimeout(() => order.push("timer"), 0);
+    setImmediate(() => order.push("timer"));
     await done;
     assertEquals(order, ["timer", "change"]);
     assertEquals(rowCount(store.path), 4, "nodes w0 and w1 and the subnet4 and subnet6 pools committed");
@@ -324,12 +325,12 @@ Deno.test("sqlite store: a durable change syncs off the event loop; many at once
     await again.close();
   }));
 
-Deno.test("sqlite store: --state-sync normal resolves a change in the turn that commits it", () =>
+Deno.test("sqlite store: --state-sync normal resolves a change in the next event-loop turn (an immediate, not a 1-2 ms 0 ms timer)", () =>
   withDir(async (dir) => {
     const store = await SqliteStore.open(dir, { synchronous: "normal" });
     const order: string[] = [];
     const done = store.change((s) => s.nodeSubnet("w1")).then(() => order.push("change"));
-    setTimeout(() => order.push("timer"), 0);
+    setImmediate(() => order.push("timer"));
     await done;
     await new Promise((r) => setTimeout(r, 5));
     assertEquals(order, ["change", "timer"]);
@@ -375,31 +376,33 @@ Deno.test("state rows: rowText(key) is the text of row(key) for every kind; inst
 
 Deno.test("sqlite store: checkpoints its log itself (off the event loop); changes made meanwhile land; the log is reused", () =>
   withDir(async (dir) => {
+    const EVERY = 300; // fewer than the default: the test runs 3 checkpoints per mode in ~2 s
+    await assertRejects(() => SqliteStore.open(`${dir}/bad`, { checkpointCommits: 0 }), RangeError);
     for (const synchronous of ["full", "normal"] as const) {
       const sub = `${dir}/${synchronous}`;
-      const store = await SqliteStore.open(sub, { synchronous });
+      const store = await SqliteStore.open(sub, { synchronous, checkpointCommits: EVERY });
       const wal = `${store.path}-wal`;
       // One commit per change (each awaited), past the first checkpoint.
-      for (let i = 0; i < CHECKPOINT_COMMITS + 20; i++) {
+      for (let i = 0; i < EVERY + 20; i++) {
         await store.change((s) => s.deployService({ _id: `j${i}`, ...SVC, microservice_name: `s${i}` }));
       }
       // The database file alone (without its log) holds what the checkpoint copied: SQLite no
       // longer checkpoints by itself (wal_autocheckpoint = 0), so this is the store's checkpoint.
       const copy = `${dir}/copy-${synchronous}.db`;
       await Deno.copyFile(store.path, copy);
-      assert(rowCount(copy) >= CHECKPOINT_COMMITS, `${rowCount(copy)} rows checkpointed`);
+      assert(rowCount(copy) >= EVERY, `${rowCount(copy)} rows checkpointed`);
       // Changes arriving in bursts, across more checkpoints: all resolve, none is lost.
       let n = 0;
-      for (let round = 0; round < 3 * CHECKPOINT_COMMITS; round += 10) {
+      for (let round = 0; round < 3 * EVERY; round += 10) {
         await Promise.all(
           Array.from({ length: 10 }, () => store.change((s) => s.nodeSubnet(`w${n++}`))),
         );
-        await store.change((s) => s.deployInstance(`j${round % CHECKPOINT_COMMITS}`, round));
+        await store.change((s) => s.deployInstance(`j${round % EVERY}`, round));
       }
       // The log is reused from its start after each checkpoint: it stays at about one
       // checkpoint's worth of commits (each ≤ 4 pages) instead of growing with every commit.
       const walBytes = (await Deno.stat(wal)).size;
-      assert(walBytes < CHECKPOINT_COMMITS * 5 * 4096, `log ${walBytes} bytes`);
+      assert(walBytes < EVERY * 5 * 4096, `log ${walBytes} bytes`);
       // Jobs and nodes sorted (a reopened state lists rows in key order).
       const canon = (s: ClusterState) => ({
         jobs: s.jobs(),
@@ -412,6 +415,63 @@ Deno.test("sqlite store: checkpoints its log itself (off the event loop); change
       const again = await SqliteStore.open(sub);
       assertEquals(canon(again.state), before);
       assertEquals(again.state.nodes().length, n);
+      await again.close();
+    }
+  }));
+
+Deno.test("sqlite store: a process killed (SIGKILL) right after its changes resolved keeps every one of them", () =>
+  withDir(async (dir) => {
+    // A separate process allocates in bursts of 8 (group commits, past checkpoints) and prints each
+    // job's RR IP once its change resolved, as the HTTP API answers 200 then; it is killed mid-run.
+    const store = new URL("../../src/cluster/store.ts", import.meta.url).href;
+    const state = new URL("../../src/cluster/state.ts", import.meta.url).href;
+    const code = `
+      import { SqliteStore } from "${store}";
+      import { rrAddresses } from "${state}";
+      const store = await SqliteStore.open(${JSON.stringify(dir)}, { checkpointCommits: 100 });
+      const out = (t) => Deno.stdout.writeSync(new TextEncoder().encode(t));
+      for (let i = 0; ; i += 8) {
+        await Promise.all(Array.from({ length: 8 }, async (_, k) => {
+          const id = "j" + (i + k);
+          const { job } = await store.change((s) => s.deployService({ _id: id, app_name: "a", app_ns: "b",
+            microservice_name: id, microservice_namespace: "d" }));
+          out(id + " " + rrAddresses(job).rr_ip + "\\n");
+        }));
+      }`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .spawn();
+    const acked = new Map<string, string>();
+    let text = "";
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      while (acked.size < 100 * 8 + 100) {
+        const r = await reader.read();
+        if (r.done) break;
+        text += r.value;
+        const lines = text.split("\n");
+        text = lines.pop()!;
+        for (const l of lines) {
+          const [id, ip] = l.split(" ");
+          acked.set(id, ip);
+        }
+      }
+    } finally {
+      child.kill("SIGKILL");
+      await reader.cancel();
+      await child.stderr.cancel();
+      await child.status;
+    }
+    assert(acked.size >= 100 * 8, `only ${acked.size} changes acknowledged before the kill`);
+    const again = await SqliteStore.open(dir);
+    try {
+      for (const [id, ip] of acked) {
+        assertEquals(rrAddresses(again.state.findJob(id)).rr_ip, ip, id);
+      }
+    } finally {
       await again.close();
     }
   }));

@@ -10,7 +10,9 @@
  * per-node state: routes, peers), idle and with the 10k-entry table.
  *
  * Measurement: after /register (which starts the Worker with the table) the daemon settles for 5 s;
- * then VmRSS is read 5 times 400 ms apart and the median taken. The bounds asserted add the
+ * then VmRSS is read 5 times 400 ms apart and the median taken. The daemons a figure compares run side
+ * by side (each in its own namespace), after one warm-up daemon has filled the module cache. The bounds
+ * asserted add the
  * run-to-run spread to the measured values. After start-up the daemon releases the deno binary's code
  * pages it no longer runs (src/sys/code_pages.ts; ~20 MB of the binary stay resident, faulted back by
  * what the idle daemon runs) and runs without a copy of V8's builtins per isolate: measured idle

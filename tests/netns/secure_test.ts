@@ -191,25 +191,32 @@ async function status(c: TestCluster, i: number): Promise<Status> {
   return await c.nodes[i - 1].node.api.getJson("/status") as Status;
 }
 
+// Prints each datagram to UDP 7777; ends once stdin has said the sending is over and argv[1] seconds
+// pass without one (a send slower than that on a loaded machine is still waited for).
 const LISTENER = `
-import socket, sys
+import select, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 7777))
-s.settimeout(float(sys.argv[1]))
+quiet, sent = float(sys.argv[1]), False
 print("ready", flush=True)
 while True:
-    try:
-        d, a = s.recvfrom(2000)
-    except socket.timeout:
+    r, _, _ = select.select([s] + ([] if sent else [sys.stdin]), [], [], quiet if sent else None)
+    if not r:
         break
+    if sys.stdin in r:
+        sys.stdin.readline()
+        sent = True
+        continue
+    d, a = s.recvfrom(2000)
     print(d.decode(errors="replace"), flush=True)
 `;
 
-/** Listens on UDP 7777 inside web0's instance while `act` runs; returns what arrived. */
+/** Listens on UDP 7777 inside web0's instance while `act` runs and `quietSeconds` after; returns what arrived. */
 async function received(c: TestCluster, act: () => Promise<void>, quietSeconds = 2): Promise<string[]> {
   const web0 = c.containers[1];
   const p = new Deno.Command("nsenter", {
     args: [`--net=/proc/${web0.pid}/ns/net`, "python3", "-u", "-c", LISTENER, String(quietSeconds)],
+    stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -220,7 +227,15 @@ async function received(c: TestCluster, act: () => Promise<void>, quietSeconds =
     if (r.done) break;
     text += r.value;
   }
-  await act();
+  try {
+    await act();
+  } catch (e) {
+    p.kill();
+    throw e;
+  }
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode("sent\n"));
+  await w.close();
   for (;;) {
     const r = await rd.read();
     if (r.done) break;

@@ -3,27 +3,25 @@
  * `N passed, M failed[, K skipped]` that CI readers understand; exits non-zero on any failure.
  * Extra arguments are passed to one `deno test` (e.g. a file filter).
  *
- * The whole suite (no arguments) first runs the type check with every JSDoc example
- * (`scripts/check.ts`); it counts as one test, so a broken example fails the suite. Then each netns
- * test file runs as its own `deno test --no-check` (the unit tests as one), `NETMANAGER_TEST_JOBS`
+ * The whole suite (no arguments) runs the type check with every JSDoc example (`scripts/check.ts`);
+ * it counts as one test, so a broken example fails the suite. Each netns test file runs as its own
+ * `deno test --no-check` (the unit tests as one); these and the type check run `NETMANAGER_TEST_JOBS`
  * (default 2) at a time, longest first, the timing-sensitive files alone at the end
- * (`scripts/test_plan.ts`). Each file's output is printed in one piece when it ends.
+ * (`scripts/test_plan.ts`). Each file's output is printed in one piece when it ends, with its
+ * seconds; the last line before the summary is the suite's wall time.
  */
 import { typeCheck } from "./check.ts";
+import { findHarness } from "./bench.ts";
 import { TEST_CACHE_ENV } from "../tests/helpers/release.ts";
 import { addRun, closingLine, type PlannedRun, planRuns, type Summary, summaryOf } from "./test_plan.ts";
 
 const whole = Deno.args.length === 0;
-const checked = whole ? await typeCheck() : undefined;
-if (checked !== undefined) console.log(`type check (deno check --doc) ... ${checked ? "ok" : "FAILED"}`);
+const started = Date.now();
 // Things several test files build the same way (the release packages) are built once per run here.
 const cache = await Deno.makeTempDir({ prefix: "nmtest-cache-" });
 const env = { NO_COLOR: "1", [TEST_CACHE_ENV]: cache };
-let total: Summary = {
-  passed: checked === true ? 1 : 0,
-  failed: checked === false ? 1 : 0,
-  ignored: 0,
-};
+let total: Summary = { passed: 0, failed: 0, ignored: 0 };
+const seconds = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(0)} s`;
 
 /** One `deno test` streaming to our stdout (a filtered run: the old single-process behaviour). */
 async function streamed(args: string[]): Promise<void> {
@@ -45,10 +43,19 @@ async function streamed(args: string[]): Promise<void> {
   total = addRun(total, s, code);
 }
 
+/** The whole suite's type check (every file and JSDoc example): one test of the suite. */
+async function checkRun(): Promise<void> {
+  const t0 = Date.now();
+  const ok = await typeCheck();
+  console.log(`type check (deno check --doc) ... ${ok ? "ok" : "FAILED"} (${seconds(t0)})`);
+  total = { ...total, passed: total.passed + (ok ? 1 : 0), failed: total.failed + (ok ? 0 : 1) };
+}
+
 /** One planned run, its whole output printed when it ends (files running at once never interleave). */
 async function buffered(run: PlannedRun): Promise<void> {
+  if (run.typeCheck) return await checkRun();
   const t0 = Date.now();
-  // The whole-suite type check above covered every test file: no second check per process.
+  // The whole suite's type check (a job of its own) covers every test file: no second check per process.
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", "--no-prompt", "--no-check", ...run.files],
     stdout: "piped",
@@ -64,7 +71,7 @@ async function buffered(run: PlannedRun): Promise<void> {
       `test runner: ${run.files.join(" ")}: deno test printed no summary (exit code ${out.code})`,
     );
   }
-  console.log(`(${run.files.join(" ")}: ${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  console.log(`(${run.files.join(" ")}: ${seconds(t0)})`);
   total = addRun(total, s, out.code);
 }
 
@@ -82,7 +89,9 @@ try {
     await streamed(Deno.args);
   } else {
     const jobs = Math.max(1, Number(Deno.env.get("NETMANAGER_TEST_JOBS") ?? 2) || 1);
-    const runs = planRuns(await netnsFiles());
+    // The type check runs in a lane like a test file (the netns files run with --no-check).
+    const harness = findHarness().path !== null;
+    const runs = planRuns(await netnsFiles(), { typeCheck: true, harness });
     const queue = runs.filter((r) => !r.solo);
     const lane = async () => {
       for (let r = queue.shift(); r; r = queue.shift()) await buffered(r);
@@ -93,5 +102,6 @@ try {
 } finally {
   await Deno.remove(cache, { recursive: true }).catch(() => {});
 }
+if (whole) console.log(`(suite: ${seconds(started)})`);
 console.log(closingLine(total));
 Deno.exit(total.failed > 0 ? 1 : 0);

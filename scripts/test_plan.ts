@@ -5,7 +5,8 @@
  *
  * Each netns test file is its own `deno test` process (its own environment: several files set
  * `Deno.env` for the daemons they start) and the unit tests are one; up to `jobs` run at once, the
- * longest first. Files whose assertions are about time or load on a quiet machine run afterwards,
+ * longest first. The whole suite's type check is one more job among them (it held both lanes back
+ * when it ran first, alone). Files whose assertions are about time or load on a quiet machine run afterwards,
  * one at a time ({@link SOLO}). Parallel files do not share resources: every namespace and interface
  * carries a per-process prefix (tests/helpers/netns.ts), servers listen inside those namespaces, and
  * the release packages are built once under a lock (tests/helpers/release.ts).
@@ -19,10 +20,12 @@
  * ```
  */
 
-/** One `deno test` process of the suite. */
+/** One `deno test` process of the suite, or its type check. */
 export interface PlannedRun {
-  /** Files (or directories) given to `deno test`. */
+  /** Files (or directories) given to `deno test` (none for the type check). */
   files: string[];
+  /** The type check with every JSDoc example (`scripts/check.ts`), not a `deno test`. */
+  typeCheck?: boolean;
   /** Runs alone, after the parallel part. */
   solo: boolean;
   /** Expected seconds (for ordering). */
@@ -30,57 +33,102 @@ export interface PlannedRun {
 }
 
 /**
- * Seconds each slow file took in the last serial suite run (/work/coord/ci5.log, rounded; files not
- * listed count {@link DEFAULT_WEIGHT}). Only the order depends on it: a stale figure costs balance,
- * never a test.
+ * Seconds each slow file takes in a fresh-clone suite run on a quiet machine (ci15, 20261206; memory_test
+ * as it runs now: its daemons side by side; files not listed count {@link DEFAULT_WEIGHT}). A run at load
+ * ~10 took 2.2× these (median; 0.6–6.4× per file). Only the order depends on it: a stale figure costs
+ * balance, never a test.
  */
 export const WEIGHTS: Readonly<Record<string, number>> = {
-  "tests/netns/secure_test.ts": 190,
-  "tests/netns/bench_runner_test.ts": 100,
-  "tests/netns/memory_test.ts": 75,
-  "tests/netns/package_test.ts": 75,
-  "tests/netns/control_etcd_test.ts": 65,
+  "tests/netns/secure_test.ts": 214,
+  "tests/netns/bench_runner_test.ts": 106,
+  "tests/netns/package_test.ts": 97,
+  "tests/netns/memory_test.ts": 90,
+  "tests/netns/relay_test.ts": 80,
+  "tests/netns/secure_hs_time_test.ts": 73,
   "tests/netns/trust_test.ts": 65,
-  "tests/netns/relay_test.ts": 60,
-  "tests/netns/health_test.ts": 45,
-  "tests/netns/cluster_mode_test.ts": 42,
-  "tests/netns/overlay_test.ts": 40,
-  "tests/netns/lifecycle_test.ts": 33,
-  "tests/netns/dns_test.ts": 30,
-  "tests/netns/kfast_test.ts": 30,
-  "tests/netns/ops_logs_test.ts": 28,
-  "tests/netns/nat_test.ts": 25,
-  "tests/netns/web_test.ts": 25,
-  "tests/netns/ops_test.ts": 23,
-  "tests/netns/cores_test.ts": 22,
-  "tests/netns/kernel_interest_test.ts": 25,
-  "tests/netns/kfast_tc_talk_test.ts": 60,
-  "tests/unit/": 30,
+  "tests/netns/kfast_tc_talk_test.ts": 62,
+  "tests/netns/rebind_test.ts": 60,
+  "tests/netns/cluster_mode_test.ts": 59,
+  "tests/netns/overlay_test.ts": 59,
+  "tests/unit/": 57,
+  "tests/netns/health_test.ts": 55,
+  "tests/netns/lifecycle_test.ts": 43,
+  "tests/netns/control_etcd_test.ts": 37,
+  "tests/netns/dns_test.ts": 37,
+  "tests/netns/pmtu_test.ts": 35,
+  "tests/netns/kfast_tc_mode_test.ts": 34,
+  "tests/netns/kfast_test.ts": 33,
+  "tests/netns/ops_logs_test.ts": 31,
+  "tests/netns/kfast_tc_rx_test.ts": 31,
+  "tests/netns/pki_test.ts": 31,
+  "tests/netns/ops_test.ts": 30,
+  "tests/netns/web_test.ts": 29,
+  "tests/netns/kfast_tc_first_test.ts": 25,
+  "tests/netns/kernel_interest_test.ts": 23,
+  "tests/netns/daemon_test.ts": 22,
+  "tests/netns/systemd_test.ts": 21,
+  "tests/netns/cores_test.ts": 21,
+  "tests/netns/control_etcd_interest_test.ts": 20,
+  "tests/netns/control_mqtt_test.ts": 19,
+  "tests/netns/nat_test.ts": 17,
+  "tests/netns/policy_test.ts": 17,
+  "tests/netns/neighbour_test.ts": 16,
+  "tests/netns/cluster_control_test.ts": 15,
+  "tests/netns/closest_test.ts": 14,
+  "tests/netns/control_failover_test.ts": 13,
+  "tests/netns/control_auth_test.ts": 11,
 };
+
+/**
+ * Seconds the type check (`scripts/check.ts`, every file and JSDoc example) takes: 100 s in the run at
+ * load ~10, so ~45 s quiet.
+ */
+export const TYPE_CHECK_WEIGHT = 45;
 
 /** Seconds assumed for a file not in {@link WEIGHTS}. */
 export const DEFAULT_WEIGHT = 8;
 
 /**
- * Files run alone: they measure time or throughput against thresholds meant for a quiet machine
- * (every benchmark's smoke run within its time limit, a 200 MiB transfer that must move onto the
- * kernel path while it runs, an undeploy that must reach every worker within 1 s), and the memory test:
- * its daemons' RSS must not include the transpiler's work of a cold cache (it ran first, 90 MB idle).
+ * Files run alone: they measure time or throughput against thresholds meant for a quiet machine (a
+ * 200 MiB transfer that must move onto the kernel path while it runs, an undeploy that must reach every
+ * worker within 1 s). Not here: the memory test (RSS; its bounds were set at load 12–15, and it starts
+ * one daemon before it measures, so none of its daemons transpiles a cold cache) and the benchmark
+ * runner's smoke test (every step ends in ≤ 1/5 of its time limit, also at load 4) unless
+ * {@link SOLO_WITH_HARNESS}.
  */
 export const SOLO: ReadonlySet<string> = new Set([
-  "tests/netns/bench_runner_test.ts",
   "tests/netns/kfast_test.ts",
   "tests/netns/cores_test.ts",
-  "tests/netns/memory_test.ts",
 ]);
 
-/** The runs for these netns files plus the unit tests (`unitDir`, one run), longest first. */
-export function planRuns(netnsFiles: readonly string[], unitDir = "tests/unit/"): PlannedRun[] {
-  const runs: PlannedRun[] = [...netnsFiles, unitDir].map((f) => ({
+/**
+ * Also alone when the shared data-plane harness is found (a checkout beside `shared/`, not CI's fresh
+ * clone): the benchmark runner's smoke run then includes the overlay benchmark — throughput runs in
+ * the harness's fixed namespaces, which must be the only ones on the machine.
+ */
+export const SOLO_WITH_HARNESS: ReadonlySet<string> = new Set(["tests/netns/bench_runner_test.ts"]);
+
+/** What else {@link planRuns} plans for. */
+export interface PlanOptions {
+  /** The unit tests' directory (one run). */
+  unitDir?: string;
+  /** The whole suite's type check as one more run. */
+  typeCheck?: boolean;
+  /** The shared benchmark harness was found ({@link SOLO_WITH_HARNESS}). */
+  harness?: boolean;
+}
+
+/**
+ * The runs for these netns files plus the unit tests (one run) and, with `typeCheck`, the type check;
+ * the parallel part longest first, then the files run alone.
+ */
+export function planRuns(netnsFiles: readonly string[], opts: PlanOptions = {}): PlannedRun[] {
+  const runs: PlannedRun[] = [...netnsFiles, opts.unitDir ?? "tests/unit/"].map((f) => ({
     files: [f],
-    solo: SOLO.has(f),
+    solo: SOLO.has(f) || (opts.harness === true && SOLO_WITH_HARNESS.has(f)),
     weight: WEIGHTS[f] ?? DEFAULT_WEIGHT,
   }));
+  if (opts.typeCheck) runs.push({ files: [], typeCheck: true, solo: false, weight: TYPE_CHECK_WEIGHT });
   // Parallel part longest first (the last to start are the short ones: the lanes end together).
   return runs.sort((a, b) => Number(a.solo) - Number(b.solo) || b.weight - a.weight);
 }

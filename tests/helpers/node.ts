@@ -18,14 +18,22 @@ export class TestNode {
   proc: Deno.ChildProcess | undefined;
   logPath: string;
   readonly #extraArgs: string[];
+  readonly #env: Record<string, string>;
 
-  private constructor(ns: string, dir: string, subnet: string, extraArgs: string[]) {
+  private constructor(
+    ns: string,
+    dir: string,
+    subnet: string,
+    extraArgs: string[],
+    env: Record<string, string> = {},
+  ) {
     this.ns = ns;
     this.dir = dir;
     this.socket = `${dir}/nm.sock`;
     this.subnet = subnet;
     this.logPath = `${dir}/daemon.log`;
     this.#extraArgs = extraArgs;
+    this.#env = env;
     this.api = new ApiClient(this.socket);
   }
 
@@ -34,15 +42,19 @@ export class TestNode {
     return TestNode.startWith({ subnet, extraArgs });
   }
 
-  /** Like {@link start}, with a hook that runs in the new namespace before the daemon starts. */
+  /**
+   * Like {@link start}, with a hook that runs in the new namespace before the daemon starts, and
+   * variables added to the daemon's environment (`env`: per node, so daemons started at once may differ).
+   */
   static async startWith(opts: {
     subnet?: string;
     extraArgs?: string[];
+    env?: Record<string, string>;
     beforeDaemon?: (ns: string) => Promise<void>;
   }): Promise<TestNode> {
     const ns = await createNs("n");
     const dir = await Deno.makeTempDir({ prefix: "nmtest-" });
-    const node = new TestNode(ns, dir, opts.subnet ?? "10.18.0.64/26", opts.extraArgs ?? []);
+    const node = new TestNode(ns, dir, opts.subnet ?? "10.18.0.64/26", opts.extraArgs ?? [], opts.env);
     try {
       await opts.beforeDaemon?.(ns);
       await node.startDaemon();
@@ -82,6 +94,7 @@ export class TestNode {
         `${ROOT}config/tuncfg.json`,
         ...this.#extraArgs,
       ],
+      env: this.#env,
       stdout: "null",
       stderr: "piped",
       stdin: "null",

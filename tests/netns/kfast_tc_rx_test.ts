@@ -14,8 +14,9 @@
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, createNs, inNs, isRoot, sh } from "../helpers/netns.ts";
-import { eventually, withEnv } from "../helpers/setup.ts";
-import { execIn, threeNodes, webAndClient, withWorld } from "../helpers/world.ts";
+import { eventually } from "../helpers/setup.ts";
+import { execIn } from "../helpers/world.ts";
+import { withTcPair } from "../helpers/kfast_tc.ts";
 import type { SimNode } from "../../src/demo/world.ts";
 import { closeFd, openNetnsByName, withNetns } from "../../ffi/netns.ts";
 import { TcPrograms } from "../../src/kfast/tc_loader.ts";
@@ -106,83 +107,78 @@ Deno.test({
     "the inner TTL drops by the same 2 hops on the kernel path as on the TUN",
   ...opts,
 }, async () => {
-  await withEnv(
-    { KernelFastPath: "tc", TunnelSecurity: "off", DataPlaneWorkers: "1" },
-    () =>
-      withWorld(async (w) => {
-        const { nodes } = await threeNodes(w, { broker: "embedded", count: 2 });
-        const [n1, n2] = nodes;
-        const { rr, web, cli } = await webAndClient(w, n2, n1, ["iperf3", "-s", "-p", "5201"]);
+  await withTcPair(
+    { server: ["iperf3", "-s", "-p", "5201"] },
+    async ({ n1, n2, rr, web, cli }) => {
+      // One TCP stream client (node 1) → server (node 2); it starts on the TUN and moves.
+      const perf = execIn(cli, ["iperf3", "-c", rr, "-p", "5201", "-t", "10", "-J"]);
+      for (const n of [n1, n2]) {
+        await eventually(
+          () => status(n),
+          (s) => (s.kernelFastPath?.moved ?? 0) >= 1, // the busy data connection
+          10000,
+          `flows moved on ${n.ns}`,
+          100,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 1500)); // the sender's GSO readiness: its next look after the first answers
+      const a = await rx(n2);
+      const [txA, brA] = [(await status(n1)).kernelFastPath!.counters.tx.packets, await bridgeRx(n1)];
+      const t0 = Date.now();
+      await new Promise((r) => setTimeout(r, 4000));
+      const b = await rx(n2);
+      const [txB, brB] = [(await status(n1)).kernelFastPath!.counters.tx.packets, await bridgeRx(n1)];
+      const secs = (Date.now() - t0) / 1000;
+      const p = await perf;
+      assertEquals(p.code, 0, `iperf3: ${p.err} ${p.out.slice(-300)}`);
+      const received =
+        (JSON.parse(p.out) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes;
+      const kernel = b.kernel - a.kernel, user = b.user - a.user;
+      const reasons = (await status(n2)).kernelFastPath!.rxReasons;
+      console.log(
+        `tc rx on the server node over ${secs.toFixed(1)} s after the move: kernel ${kernel} B ` +
+          `(${b.kPkts - a.kPkts} skbs), userspace ${user} B (${b.uPkts - a.uPkts} reads); ` +
+          `iperf3 received ${received} B in all; reasons ${JSON.stringify(reasons)}`,
+      );
+      assert(kernel + user > 50 << 20, `the flow ran after the move: ${kernel + user} B`);
+      assert(
+        kernel >= 0.9 * (kernel + user),
+        `the receiving kernel unwrapped ${(100 * kernel / (kernel + user)).toFixed(1)} % of the bytes`,
+      );
+      // Delivered straight to the server's veth (nm_kf_locals, learnt from the bridge's neighbour and
+      // FDB tables), not through the bridge device: it has no hw_enc_features, so there the kernel
+      // segmented and checksummed every super-packet in software (TCP at 0.4-0.5x kernel VXLAN).
+      const veth = b.veth - a.veth;
+      assert(
+        veth >= 0.5 * (b.kPkts - a.kPkts),
+        `unwrapped skbs handed to the veth: ${veth} of ${b.kPkts - a.kPkts}`,
+      );
 
-        // One TCP stream client (node 1) → server (node 2); it starts on the TUN and moves.
-        const perf = execIn(cli, ["iperf3", "-c", rr, "-p", "5201", "-t", "10", "-J"]);
-        for (const n of [n1, n2]) {
-          await eventually(
-            () => status(n),
-            (s) => (s.kernelFastPath?.moved ?? 0) >= 1, // the busy data connection
-            10000,
-            `flows moved on ${n.ns}`,
-            100,
-          );
-        }
-        await new Promise((r) => setTimeout(r, 1500)); // the sender's GSO readiness: its next look after the first answers
-        const a = await rx(n2);
-        const [txA, brA] = [(await status(n1)).kernelFastPath!.counters.tx.packets, await bridgeRx(n1)];
-        const t0 = Date.now();
-        await new Promise((r) => setTimeout(r, 4000));
-        const b = await rx(n2);
-        const [txB, brB] = [(await status(n1)).kernelFastPath!.counters.tx.packets, await bridgeRx(n1)];
-        const secs = (Date.now() - t0) / 1000;
-        const p = await perf;
-        assertEquals(p.code, 0, `iperf3: ${p.err} ${p.out.slice(-300)}`);
-        const received =
-          (JSON.parse(p.out) as { end: { sum_received: { bytes: number } } }).end.sum_received.bytes;
-        const kernel = b.kernel - a.kernel, user = b.user - a.user;
-        const reasons = (await status(n2)).kernelFastPath!.rxReasons;
-        console.log(
-          `tc rx on the server node over ${secs.toFixed(1)} s after the move: kernel ${kernel} B ` +
-            `(${b.kPkts - a.kPkts} skbs), userspace ${user} B (${b.uPkts - a.uPkts} reads); ` +
-            `iperf3 received ${received} B in all; reasons ${JSON.stringify(reasons)}`,
-        );
-        assert(kernel + user > 50 << 20, `the flow ran after the move: ${kernel + user} B`);
-        assert(
-          kernel >= 0.9 * (kernel + user),
-          `the receiving kernel unwrapped ${(100 * kernel / (kernel + user)).toFixed(1)} % of the bytes`,
-        );
-        // Delivered straight to the server's veth (nm_kf_locals, learnt from the bridge's neighbour and
-        // FDB tables), not through the bridge device: it has no hw_enc_features, so there the kernel
-        // segmented and checksummed every super-packet in software (TCP at 0.4-0.5x kernel VXLAN).
-        const veth = b.veth - a.veth;
-        assert(
-          veth >= 0.5 * (b.kPkts - a.kPkts),
-          `unwrapped skbs handed to the veth: ${veth} of ${b.kPkts - a.kPkts}`,
-        );
+      // Sending: nm_kf_out also sits at the client instance's host veth (learnt with the locals), so
+      // the kernel-carried packets leave before the bridge (no FDB, br_netfilter or pass-up to the
+      // bridge device, whose rx counter would count each of them).
+      console.log(
+        `tc tx on the client node: kernel ${txB - txA} skbs, bridge device rx ${brB - brA} frames`,
+      );
+      assert(txB - txA > 1000, `the client's kernel sent the flow: ${txB - txA} skbs`);
+      assert(brB - brA < 0.1 * (txB - txA), `frames through the bridge: ${brB - brA} of ${txB - txA} sent`);
 
-        // Sending: nm_kf_out also sits at the client instance's host veth (learnt with the locals), so
-        // the kernel-carried packets leave before the bridge (no FDB, br_netfilter or pass-up to the
-        // bridge device, whose rx counter would count each of them).
-        console.log(
-          `tc tx on the client node: kernel ${txB - txA} skbs, bridge device rx ${brB - brA} frames`,
-        );
-        assert(txB - txA > 1000, `the client's kernel sent the flow: ${txB - txA} skbs`);
-        assert(brB - brA < 0.1 * (txB - txA), `frames through the bridge: ${brB - brA} of ${txB - txA} sent`);
-
-        // Inner TTL: the kernel path routes like the TUN path it replaces (each node TTL − 1), so the
-        // datagrams of one UDP flow arrive with the same TTL before and after it moved.
-        const got = execIn(web, ["/usr/bin/python3", "-c", TTL_SERVER]);
-        await new Promise((r) => setTimeout(r, 700));
-        const k0 = (await rx(n2)).kPkts;
-        const sent = await execIn(cli, ["/usr/bin/python3", "-c", TTL_CLIENT, rr]);
-        assertEquals(sent.code, 0, sent.err);
-        const g = await got;
-        assertEquals(g.code, 0, g.err);
-        const ttls = g.out.split("\n").filter((l) => l).map(Number);
-        const carried = (await rx(n2)).kPkts - k0;
-        console.log(`TTLs at the server: ${JSON.stringify(count(ttls))}; kernel-unwrapped ${carried}`);
-        assert(ttls.length >= 150, `datagrams arrived: ${ttls.length}`);
-        assert(carried >= 50, `the kernel carried part of the UDP flow: ${carried}`);
-        assertEquals(Object.keys(count(ttls)), ["62"], "TTL 64 − 2 hops on both paths");
-      }),
+      // Inner TTL: the kernel path routes like the TUN path it replaces (each node TTL − 1), so the
+      // datagrams of one UDP flow arrive with the same TTL before and after it moved.
+      const got = execIn(web, ["/usr/bin/python3", "-c", TTL_SERVER]);
+      await new Promise((r) => setTimeout(r, 700));
+      const k0 = (await rx(n2)).kPkts;
+      const sent = await execIn(cli, ["/usr/bin/python3", "-c", TTL_CLIENT, rr]);
+      assertEquals(sent.code, 0, sent.err);
+      const g = await got;
+      assertEquals(g.code, 0, g.err);
+      const ttls = g.out.split("\n").filter((l) => l).map(Number);
+      const carried = (await rx(n2)).kPkts - k0;
+      console.log(`TTLs at the server: ${JSON.stringify(count(ttls))}; kernel-unwrapped ${carried}`);
+      assert(ttls.length >= 150, `datagrams arrived: ${ttls.length}`);
+      assert(carried >= 50, `the kernel carried part of the UDP flow: ${carried}`);
+      assertEquals(Object.keys(count(ttls)), ["62"], "TTL 64 − 2 hops on both paths");
+    },
   );
 });
 

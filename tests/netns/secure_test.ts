@@ -191,25 +191,32 @@ async function status(c: TestCluster, i: number): Promise<Status> {
   return await c.nodes[i - 1].node.api.getJson("/status") as Status;
 }
 
+// Prints each datagram to UDP 7777; ends once stdin has said the sending is over and argv[1] seconds
+// pass without one (a send slower than that on a loaded machine is still waited for).
 const LISTENER = `
-import socket, sys
+import select, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 7777))
-s.settimeout(float(sys.argv[1]))
+quiet, sent = float(sys.argv[1]), False
 print("ready", flush=True)
 while True:
-    try:
-        d, a = s.recvfrom(2000)
-    except socket.timeout:
+    r, _, _ = select.select([s] + ([] if sent else [sys.stdin]), [], [], quiet if sent else None)
+    if not r:
         break
+    if sys.stdin in r:
+        sys.stdin.readline()
+        sent = True
+        continue
+    d, a = s.recvfrom(2000)
     print(d.decode(errors="replace"), flush=True)
 `;
 
-/** Listens on UDP 7777 inside web0's instance while `act` runs; returns what arrived. */
+/** Listens on UDP 7777 inside web0's instance while `act` runs and `quietSeconds` after; returns what arrived. */
 async function received(c: TestCluster, act: () => Promise<void>, quietSeconds = 2): Promise<string[]> {
   const web0 = c.containers[1];
   const p = new Deno.Command("nsenter", {
     args: [`--net=/proc/${web0.pid}/ns/net`, "python3", "-u", "-c", LISTENER, String(quietSeconds)],
+    stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -220,7 +227,15 @@ async function received(c: TestCluster, act: () => Promise<void>, quietSeconds =
     if (r.done) break;
     text += r.value;
   }
-  await act();
+  try {
+    await act();
+  } catch (e) {
+    p.kill();
+    throw e;
+  }
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode("sent\n"));
+  await w.close();
   for (;;) {
     const r = await rd.read();
     if (r.done) break;
@@ -328,9 +343,13 @@ for (const mode of ["off", "require"]) {
           return;
         }
         assertEquals(got, [], "spoofed datagrams reached the instance");
-        await new Promise((r) => setTimeout(r, 1200));
-        const drops = (await status(c, 2)).dataPlane.drops;
-        assert((drops.secure_required ?? 0) >= 2, JSON.stringify(drops));
+        // The workers post their counters about once a second (later on a loaded machine): awaited.
+        await eventually(
+          async () => (await status(c, 2)).dataPlane.drops,
+          (drops) => (drops.secure_required ?? 0) >= 2,
+          10000,
+          "secure_required drops ≥ 2",
+        );
 
         // Genuine datagrams, captured, then replayed from node 1's address: delivered once only.
         const cap = await capture(c, dir);
@@ -350,11 +369,11 @@ for (const mode of ["off", "require"]) {
           for (const x of fromN1) await sendFromNode1(c, x.payload);
         });
         assertEquals(again, [], "replayed datagrams were delivered");
-        await new Promise((r) => setTimeout(r, 1200));
-        const after = (await status(c, 2)).dataPlane.drops;
-        assert(
-          (after.secure_replay ?? 0) + (after.secure_wrong_source ?? 0) >= fromN1.length,
-          JSON.stringify(after),
+        await eventually(
+          async () => (await status(c, 2)).dataPlane.drops,
+          (after) => (after.secure_replay ?? 0) + (after.secure_wrong_source ?? 0) >= fromN1.length,
+          10000,
+          `replay / wrong-source drops ≥ ${fromN1.length}`,
         );
         // Per peer too: node 2 names node 1 as the session the replays were refused on.
         const p1 = (await status(c, 2)).security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
@@ -623,9 +642,13 @@ for (const mode of ["prefer", "require"]) {
               const text = new TextEncoder().encode(`${MARKER}-late${i}`);
               await c.containers[0].exec([...TOOL, "udp-send", "10.30.0.2", "7777", hex(text)]);
             }
-            await new Promise((r) => setTimeout(r, 1200));
-            const s1 = await status(c, 1);
-            assert((s1.dataPlane.drops.secure_downgrade ?? 0) >= 3, JSON.stringify(s1.dataPlane.drops));
+            // Counters come about once a second (later on a loaded machine: a fixed 1.2 s once read 1).
+            await eventually(
+              () => status(c, 1),
+              (s1) => (s1.dataPlane.drops.secure_downgrade ?? 0) >= 3,
+              10000,
+              "secure_downgrade drops ≥ 3",
+            );
             const warned = (await c.nodes[0].node.log()).split("\n").filter((l) =>
               l.includes("tunnel datagrams refused") && l.includes("secure_downgrade")
             );
@@ -649,9 +672,12 @@ for (const mode of ["prefer", "require"]) {
             "INPUT",
           ]);
           assertMatch(rule, /^\s*[1-9]\d*\s+\d+\s+DROP/m, "the attacker's rule dropped handshakes");
-          await new Promise((r) => setTimeout(r, 1200));
-          const s1 = await status(c, 1);
-          assert((s1.dataPlane.drops.secure_no_session ?? 0) >= 1, JSON.stringify(s1.dataPlane.drops));
+          const s1 = await eventually(
+            () => status(c, 1),
+            (s) => (s.dataPlane.drops.secure_no_session ?? 0) >= 1,
+            10000,
+            "secure_no_session drops ≥ 1",
+          );
           assertEquals(s1.security.peers.filter((p) => p.state === "secure"), []);
           // The attacker stops: a session comes up (retry backoff ≤ 60 s; 1, 2, 4, 8 s here) and traffic flows sealed.
           await nsIptables(c.nodes[1].node.ns, ["-D", ...STRIP_HS]);
@@ -684,6 +710,7 @@ Deno.test({
         throw new Error("no session");
       }
     });
+    const sent0 = Date.now();
     const got = await received(c, async () => {
       for (let i = 0; i < 5; i++) {
         await sendFromNode1(c, spoofed(`down-raw-${i}`).raw);
@@ -691,9 +718,16 @@ Deno.test({
       }
     });
     assertEquals(got, [], "raw datagrams from a secure peer's address were delivered");
-    await new Promise((r) => setTimeout(r, 1200));
-    const s2 = await status(c, 2);
-    const p1 = s2.security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
+    const peer1 = (s: Awaited<ReturnType<typeof status>>) =>
+      s.security.peers.find((p) => p.endpoint === "192.168.77.1:50103");
+    const s2 = await eventually(
+      () => status(c, 2),
+      (s) => (peer1(s)?.drops?.secure_plain_from_secure_peer ?? 0) >= 10,
+      10000,
+      "10 plain datagrams counted on node 1's peer row",
+    );
+    const counted = Date.now() - sent0;
+    const p1 = peer1(s2);
     assertEquals(p1?.drops?.secure_plain_from_secure_peer, 10, JSON.stringify(p1));
     const m = await c.nodes[1].node.api.request("GET", "/metrics");
     assertMatch(
@@ -703,7 +737,12 @@ Deno.test({
     const warned = (await c.nodes[1].node.log()).split("\n").filter((l) =>
       l.includes("tunnel datagrams refused") && l.includes("secure_plain_from_secure_peer")
     );
-    assertEquals(warned.length, 1, `warnings: ${warned.join("\n")}`);
+    // Once per reason per 10 s: one line, unless sending and counting took longer on a loaded machine
+    // (at load 12 one run logged two); one per datagram or per post would be many more.
+    assert(
+      warned.length >= 1 && warned.length <= 1 + Math.floor(counted / 10000),
+      `${warned.length} warnings in ${counted} ms: ${warned.join("\n")}`,
+    );
     // The genuine peer is untouched.
     assertEquals(await client(c, "tcp-client", "10.30.0.2", 80, "still"), "web0:still");
   });

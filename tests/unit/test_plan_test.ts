@@ -21,6 +21,20 @@ Deno.test("suite plan: every file once, parallel part longest first, timing-sens
   assertEquals(SOLO.has("tests/netns/kfast_test.ts"), true);
 });
 
+Deno.test("suite plan: the type check is one more parallel run; the bench runner is alone only beside the harness", () => {
+  const files = ["tests/netns/a_test.ts", "tests/netns/bench_runner_test.ts", "tests/netns/kfast_test.ts"];
+  const ci = planRuns(files, { typeCheck: true });
+  assertEquals(ci.filter((r) => r.typeCheck).map((r) => [r.files, r.solo]), [[[], false]]);
+  assertEquals(ci.filter((r) => r.solo).map((r) => r.files[0]), ["tests/netns/kfast_test.ts"]);
+  assertEquals(ci[0].files[0], "tests/netns/bench_runner_test.ts"); // the longest first
+  const beside = planRuns(files, { harness: true });
+  assertEquals(beside.filter((r) => r.typeCheck).length, 0);
+  assertEquals(
+    beside.filter((r) => r.solo).map((r) => r.files[0]).sort(),
+    ["tests/netns/bench_runner_test.ts", "tests/netns/kfast_test.ts"],
+  );
+});
+
 Deno.test("suite plan: closing lines add up; a run without one or with a bare non-zero exit is a failure", () => {
   const none = { passed: 0, failed: 0, ignored: 0 };
   const a = summaryOf("x\nok | 3 passed (2 steps) | 0 failed | 1 ignored (29ms)\n");

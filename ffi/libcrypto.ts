@@ -64,7 +64,7 @@ let lastViews: Map<number, Uint8Array> | undefined;
  * their number stays bounded however many sessions there are. Throws when `[off, off+len)` is not
  * inside `buf` (a programming error; libcrypto would read or write past it).
  */
-function viewAt(buf: Uint8Array, off: number, len: number): Uint8Array {
+export function viewAt(buf: Uint8Array, off: number, len: number): Uint8Array {
   if (!(off >= 0 && len >= 0 && off + len <= buf.length)) {
     throw new LibcryptoError(`range [${off}, +${len}) outside a ${buf.length}-byte buffer`);
   }

@@ -33,6 +33,11 @@ done
 # The secure tunnel's per-datagram AEAD runs in OpenSSL's libcrypto.so.3 by FFI (ffi/libcrypto.ts); the
 # openssl package depends on it (libssl3 / libssl3t64).
 ls /usr/lib/*/libcrypto.so.3 /lib/*/libcrypto.so.3 >/dev/null 2>&1 || need+=(openssl)
+# On x86_64 its AES-256-GCM runs in Intel's ipsec-mb when the CPU has VAES (ffi/ipsec_mb.ts); the tests
+# compare both libraries.
+if [ "$(uname -m)" = x86_64 ]; then
+  ls /usr/lib/*/libIPSec_MB.so.1 >/dev/null 2>&1 || need+=(libipsec-mb1)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -1,7 +1,8 @@
 /**
  * The secure tunnel's data keys in one data-plane worker: seal and open SECURE data datagrams
- * (secure_wire.ts) with AES-256-GCM through libcrypto (ffi/libcrypto.ts: one context per key and
- * direction, reused — measured 5–20× faster than node:crypto per datagram, `scripts/bench_aead.ts`).
+ * (secure_wire.ts) with AES-256-GCM through ipsec-mb or libcrypto (aead.ts chooses; one context per
+ * key and direction, reused — libcrypto measured 5–20× faster than node:crypto per datagram,
+ * ipsec-mb's VAES code 3–4× libcrypto on 64 KB messages, `scripts/bench_aead.ts`).
  *
  * Keys come from the handshake, which runs in one place (the main isolate, handshake.ts) and are
  * installed into every worker by message ({@link SessionKeys} is structured-cloneable). So that
@@ -29,7 +30,7 @@
  * ```
  * @module
  */
-import { EvpAead } from "../../ffi/libcrypto.ts";
+import { type AesGcm, newAesGcm } from "./aead.ts";
 import { ReplayWindow } from "./replay.ts";
 import { MSG_SECURE } from "../proxy/wire.ts";
 import {
@@ -117,17 +118,17 @@ export const OPEN_RESULT_NAMES: readonly string[] = [
 ];
 
 class DataSession {
-  readonly seal: EvpAead;
-  readonly open: EvpAead;
+  readonly seal: AesGcm;
+  readonly open: AesGcm;
   /** Messages sent by this lane (one slot of the shared counters, or a private one). */
   readonly #sent: Float64Array;
   readonly #lane: number;
   readonly windows: (ReplayWindow | undefined)[] = [];
   /** Context for messages opened in parts (a second one: single datagrams may come in between). */
-  #openParts: EvpAead | undefined = undefined;
+  #openParts: AesGcm | undefined = undefined;
   constructor(readonly keys: SessionKeys, lane: number, readonly sendOnly: boolean) {
-    this.seal = new EvpAead("aes-256-gcm", keys.sendKey, true);
-    this.open = new EvpAead("aes-256-gcm", keys.recvKey, false);
+    this.seal = newAesGcm(keys.sendKey, true);
+    this.open = newAesGcm(keys.recvKey, false);
     this.#sent = keys.sendCounters ? new Float64Array(keys.sendCounters) : new Float64Array(MAX_LANES);
     this.#lane = lane;
   }
@@ -140,8 +141,8 @@ class DataSession {
     this.#sent[this.#lane] = n + 1;
     return n;
   }
-  get openParts(): EvpAead {
-    return this.#openParts ??= new EvpAead("aes-256-gcm", this.keys.recvKey, false);
+  get openParts(): AesGcm {
+    return this.#openParts ??= newAesGcm(this.keys.recvKey, false);
   }
   close(): void {
     this.seal.close();

@@ -28,6 +28,7 @@ import { decodeKey, encodeKey, loadIdentity, loadOrCreateIdentity, type NodeIden
 import { verifyRevocationList } from "./revocation.ts";
 import type { NodeCredential, TrustSnapshot } from "./trust.ts";
 import { logger } from "../log.ts";
+import { aeadBackend, aeadFallbackReason } from "./aead.ts";
 
 const log = logger("trust");
 
@@ -220,6 +221,13 @@ export class NodeSecurity {
     if (opts.mode === "off") return new NodeSecurity(opts, undefined);
     if (opts.certFile !== "" && opts.caFile === "") {
       throw new SecurityConfigError("TunnelCertFile needs TunnelCaFile (the CA that signed it, ca.json)");
+    }
+    // The data plane's AES-GCM library (the workers choose the same way): a bad NETMANAGER_AEAD
+    // stops the start here, with its reason, instead of in a worker at the first session.
+    try {
+      aeadBackend();
+    } catch (e) {
+      throw new SecurityConfigError((e as Error).message);
     }
     let identity: NodeIdentity;
     try {
@@ -441,6 +449,9 @@ export class NodeSecurity {
     const h = this.#held;
     return {
       mode: this.mode,
+      // The library sealing and opening data (src/secure/aead.ts), and why not ipsec-mb.
+      aead: this.mode === "off" ? null : aeadBackend(),
+      ...(this.mode !== "off" && aeadFallbackReason() ? { aeadFallback: aeadFallbackReason() } : {}),
       publicKey: this.identity ? encodeKey(this.identity.publicKey) : null,
       certificate: h
         ? {

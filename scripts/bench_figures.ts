@@ -147,6 +147,7 @@ const PATH_NAMES: Record<string, string> = {
   "nm-uring": "netmanager, FAST mode, io_uring backend",
   "nm-raw": "netmanager, RR ServiceIP, raw mode",
   "nm-secure": "netmanager, RR ServiceIP, secure (require, FAST inside)",
+  "nm-secure-evp": "netmanager, secure, AES-GCM by libcrypto instead of ipsec-mb",
   "wireguard-go": "wireguard-go (userspace WireGuard)",
 };
 

@@ -115,6 +115,7 @@ bash "$harness" "${args[@]}" \
   --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-ktc="TunnelSecurity=off KernelFastPath=tc NM_KFAST_FILE=$results/ktc.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \
+  --slot nm-secure-evp="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-evp.jsonl NETMANAGER_AEAD=libcrypto bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?
 if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then

@@ -17,7 +17,7 @@
  */
 import { cleanupAll, run } from "./netns.ts";
 import { nodeSubnet, type QueryResult, tableInstance, TestCluster } from "./cluster.ts";
-import { TestContainer, TestNode } from "./node.ts";
+import { TestContainer, TestNode, TOOL } from "./node.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -132,6 +132,22 @@ export async function withCluster(
     await c.stop();
     await cleanupAll();
   }
+}
+
+/**
+ * Runs the test tool's `cmd` (e.g. `tcp-client`, `udp-client`) in the cluster's first container
+ * against `host:port` with `text`; its trimmed output, or an error with the tool's stderr.
+ */
+export async function firstClient(
+  c: TestCluster,
+  cmd: string,
+  host: string,
+  port: number,
+  text: string,
+): Promise<string> {
+  const r = await c.containers[0].exec([...TOOL, cmd, host, String(port), text]);
+  if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}`);
+  return r.stdout.trim();
 }
 
 /**

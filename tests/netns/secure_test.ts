@@ -22,7 +22,7 @@ import {
 import { TOOL } from "../helpers/node.ts";
 import { buildIPv4Udp } from "../helpers/packets.ts";
 import { type SimNode, World } from "../../src/demo/world.ts";
-import { eventually, retry } from "../helpers/setup.ts";
+import { eventually, firstClient, retry } from "../helpers/setup.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
 import { createNs, uniqueName } from "../helpers/netns.ts";
@@ -78,17 +78,7 @@ async function withCluster(
   }
 }
 
-async function client(
-  c: TestCluster,
-  cmd: string,
-  host: string,
-  port: number,
-  text: string,
-): Promise<string> {
-  const r = await c.containers[0].exec([...TOOL, cmd, host, String(port), text]);
-  if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}`);
-  return r.stdout.trim();
-}
+const client = firstClient;
 
 /** tcpdump of the tunnel port on the underlay bridge; `stop()` returns the tunnel datagrams' payloads. */
 async function capture(c: TestCluster, dir: string): Promise<{ stop: () => Promise<TunnelDatagram[]> }> {

@@ -5,10 +5,17 @@
  * daemon's fd count is back where it was after the restart).
  */
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { cleanupAll, isRoot } from "../helpers/netns.ts";
+import { isRoot } from "../helpers/netns.ts";
 import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
 import { TOOL } from "../helpers/node.ts";
-import { clientEntry, instanceOn, retry as retryFor, WEB_RR } from "../helpers/setup.ts";
+import {
+  clientEntry,
+  firstClient,
+  instanceOn,
+  retry as retryFor,
+  WEB_RR,
+  withCluster as withClusterOf,
+} from "../helpers/setup.ts";
 
 const retry = <T>(fn: () => Promise<T>): Promise<T> => retryFor(fn, 8000, 150);
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -26,17 +33,7 @@ const TABLE: QueryResult[] = [
 ];
 const WORKERS = 2;
 
-async function client(
-  c: TestCluster,
-  cmd: string,
-  host: string,
-  port: number,
-  text: string,
-): Promise<string> {
-  const r = await c.containers[0].exec([...TOOL, cmd, host, String(port), text]);
-  if (r.code !== 0) throw new Error(`${cmd} ${host}:${port} failed: ${r.stderr}`);
-  return r.stdout.trim();
-}
+const client = firstClient;
 
 /** The daemon's open fds: all of them, and its io_uring instances. */
 async function fds(pid: number): Promise<{ all: number; rings: number }> {
@@ -50,20 +47,13 @@ async function fds(pid: number): Promise<{ all: number; rings: number }> {
   return { all, rings };
 }
 
-async function withCluster(fn: (c: TestCluster) => Promise<void>): Promise<void> {
-  const c = await TestCluster.start(3, TABLE, [], () => ({ IoBackend: "uring", DataPlaneWorkers: WORKERS }));
-  try {
+function withCluster(fn: (c: TestCluster) => Promise<void>): Promise<void> {
+  return withClusterOf(3, TABLE, async (c) => {
     await c.deploy(1, CLI, 0);
     await c.deploy(2, WEB, 0, [...TOOL, "servers", "80", "web0"]);
     await c.deploy(3, WEB, 1, [...TOOL, "servers", "80", "web1"]);
     await fn(c);
-  } catch (e) {
-    console.error(await c.logs());
-    throw e;
-  } finally {
-    await c.stop();
-    await cleanupAll();
-  }
+  }, { cfgFor: () => ({ IoBackend: "uring", DataPlaneWorkers: WORKERS }) });
 }
 
 Deno.test({

@@ -447,11 +447,12 @@ export class NodeSecurity {
   /** For `status --json`: own certificate (never the private key), trusted CA, revocations, counters. */
   status(): Record<string, unknown> {
     const h = this.#held;
+    const fallback = this.mode === "off" ? undefined : aeadFallbackReason();
     return {
       mode: this.mode,
       // The library sealing and opening data (src/secure/aead.ts), and why not ipsec-mb.
       aead: this.mode === "off" ? null : aeadBackend(),
-      ...(this.mode !== "off" && aeadFallbackReason() ? { aeadFallback: aeadFallbackReason() } : {}),
+      ...(fallback ? { aeadFallback: fallback } : {}),
       publicKey: this.identity ? encodeKey(this.identity.publicKey) : null,
       certificate: h
         ? {

@@ -63,26 +63,63 @@ sock="$dir/nm.sock"
       ) &
     fi
   fi
-  touch "$OB_READY_FILE"
   # Secure slot: the handshake time this node measured (its HS_INIT sent → keys installed) and its
   # attempt (first HS_INIT → keys: retries and a peer still starting included), once the session is
-  # up right after both daemons started (cold), appended to NM_HS_FILE; then every later handshake it
-  # initiates while the slot runs (rekeys, every TunnelRekeySeconds: a running peer, under the
-  # benchmark's traffic) as rekeyHandshakeMs. bench_overlay.sh reports them apart.
+  # up right after both daemons started (cold), appended to NM_HS_FILE. Then, before the slot reports
+  # ready (no benchmark traffic yet), NM_HS_REKEYS (default 12) fresh handshakes between the two
+  # running nodes: node 1 asks for each with the API's rekey (`POST /secure/rekey`, what
+  # `netmanager peers rekey` does; 0.3 s apart, within the peer's INIT budget of 4/s) and records the
+  # time each took (runningHandshakeMs); node 2 records what it saw as the responder (its HS_INIT
+  # received → keys installed: runningResponderMs, from status `security.recentHandshakes`), each
+  # with the 1-minute load average. Later handshakes while the slot runs (rekeys every
+  # TunnelRekeySeconds, under the benchmark's traffic) are appended as rekeyHandshakeMs.
+  # bench_overlay.sh reports them apart.
+  last=""
   if [[ -n ${NM_HS_FILE:-} ]]; then
     hsq='[.security.peers[]? | select(.handshakeMs != null)]'
-    last=""
+    resq='[.security.recentHandshakes[]? | select(.role == "responder" and .ms != null)]'
+    base=0
     for _ in $(seq 300); do
       st=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null || true)
       ms=$(jq -c "$hsq | map(.handshakeMs) | select(length > 0)" <<<"$st" 2>/dev/null || true)
       if [[ -n $ms ]]; then
         at=$(jq -c "$hsq | map(.handshakeAttemptMs // empty)" <<<"$st" 2>/dev/null || echo '[]')
         echo "{\"node\":\"$OB_NODE\",\"handshakeMs\":$ms,\"attemptMs\":${at:-[]}}" >>"$NM_HS_FILE"
+        base=$(jq "$resq | length" <<<"$st" 2>/dev/null || echo 0)
         last=$ms
         break
       fi
       sleep 0.1
     done
+    n=${NM_HS_REKEYS:-12}
+    if [[ -n $last && $n -gt 0 ]]; then
+      sleep 2 # both cold sessions settled (a retry's, a crossing one)
+      if [[ $OB_NODE == 1 ]]; then
+        got=()
+        for _ in $(seq "$n"); do
+          r=$(curl -s -m 5 --unix-socket "$sock" -X POST http://localhost/secure/rekey -d '{}' 2>/dev/null || true)
+          x=$(jq -r '[.rekeys[]? | .handshakeMs // empty] | first // empty' <<<"$r" 2>/dev/null || true)
+          [[ -n $x ]] && got+=("$x")
+          sleep 0.3
+        done
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        echo "{\"node\":\"$OB_NODE\",\"runningHandshakeMs\":[$(IFS=,; echo "${got[*]}")],\"loadavg1\":$load}" >>"$NM_HS_FILE"
+      else
+        # The responder's side of node 1's rekeys: wait for them (at most 15 s).
+        for _ in $(seq 150); do
+          st=$(curl -s -m 2 --unix-socket "$sock" http://localhost/status 2>/dev/null || true)
+          c=$(jq "$resq | length" <<<"$st" 2>/dev/null || echo 0)
+          ((c >= base + n)) && break
+          sleep 0.1
+        done
+        ms=$(jq -c "$resq | .[$base:] | map(.ms)" <<<"$st" 2>/dev/null || echo '[]')
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        echo "{\"node\":\"$OB_NODE\",\"runningResponderMs\":${ms:-[]},\"loadavg1\":$load}" >>"$NM_HS_FILE"
+      fi
+    fi
+  fi
+  touch "$OB_READY_FILE"
+  if [[ -n ${NM_HS_FILE:-} ]]; then
     # (Handshakes still settling right after the start — a retry's, a crossing one — are not rekeys.)
     if [[ -n $last ]]; then
       sleep 10

@@ -647,6 +647,7 @@ class Node implements NodeService {
           peers: this.dataPlane?.securePeers() ?? [],
           handshakeDrops: this.dataPlane?.secureDrops() ?? {},
           endpointChanges: this.dataPlane?.secureEndpointChanges() ?? 0,
+          recentHandshakes: this.dataPlane?.secureRecent() ?? [],
         }
         : null,
       services: this.dataPlane?.services() ?? [],
@@ -689,6 +690,11 @@ class Node implements NodeService {
   async metrics(): Promise<{ body: string; contentType: string }> {
     const m = await this.metricsRegistry.get();
     return { body: await m.text(), contentType: m.contentType };
+  }
+
+  secureRekey(peer?: string): Promise<unknown[]> {
+    if (!this.dataPlane) throw new EnvError(409, "no data plane: node not set up");
+    return this.dataPlane.secureRekey(peer);
   }
 
   dnsLookup(name: string, type: string): Promise<unknown> {

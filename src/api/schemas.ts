@@ -40,6 +40,15 @@ export const UndeployBody = z.object({
   portMappings: z.string().optional(),
 });
 
+/** `POST /secure/rekey`: the peer (`ip:port`, as status names it) whose session to rekey; absent: every peer. */
+export const RekeyBody = z.object({
+  peer: z.string({ error: "peer must be a string" }).min(1, "peer must not be empty").max(
+    64,
+    "peer is too long",
+  )
+    .optional(),
+});
+
 /** Maps keys of `raw` onto the schema's spelling when they match case-insensitively. */
 export function normalizeKeys(raw: unknown, keys: readonly string[]): unknown {
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) return raw;

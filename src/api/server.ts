@@ -16,7 +16,7 @@
 import { z } from "zod";
 import { logger } from "../log.ts";
 import { type GateLimits, startGate } from "./gate.ts";
-import { DeployBody, normalizeKeys, RegisterBody, UndeployBody } from "./schemas.ts";
+import { DeployBody, normalizeKeys, RegisterBody, RekeyBody, UndeployBody } from "./schemas.ts";
 import type { NodeService } from "./service.ts";
 
 const log = logger("api");
@@ -177,6 +177,19 @@ const ROUTES: Record<string, { method: "GET" | "POST"; handler: Handler }> = {
       }
       if (!node.dnsLookup) return errorBody(404, "no DNS on this node");
       return json(200, await node.dnsLookup(name, type));
+    },
+  },
+  "/secure/rekey": {
+    method: "POST",
+    handler: async (req, node) => {
+      const body = await parseBody(req, RekeyBody);
+      if (body instanceof Response) return body;
+      if (!node.secureRekey) return errorBody(409, "no tunnel security on this node");
+      try {
+        return json(200, { rekeys: await node.secureRekey(body.peer) });
+      } catch (e) {
+        return errorBody(statusOf(e), e instanceof Error ? e.message : String(e));
+      }
     },
   },
   "/metrics": {

@@ -21,6 +21,12 @@ export interface NodeService {
   instances(): unknown[];
   /** Prometheus exposition text and its content type. */
   metrics?(): Promise<{ body: string; contentType: string }>;
+  /**
+   * Rekeys the secure sessions with `peer` (`ip:port`) or with every peer now and resolves with each
+   * handshake's time (`POST /secure/rekey`); throws with `status` 404 (no such session) or 409 (no
+   * tunnel security).
+   */
+  secureRekey?(peer?: string): Promise<unknown[]>;
   /** Resolves a name as the node's DNS server would, saying where the answer came from. */
   dnsLookup?(name: string, type: string): Promise<unknown>;
 }

@@ -33,9 +33,52 @@ export function statusCmd() {
     });
 }
 
-/** `netmanager peers`. */
+interface RekeyRow {
+  peer: string;
+  subject?: string;
+  handshakeMs?: number;
+  error?: string;
+}
+
+/** `netmanager peers rekey [PEER]`: fresh handshakes with running peers now, and what each took. */
+function rekeyCmd() {
+  return new Command("rekey")
+    .description(
+      "rekey the secure sessions with PEER (ip:port) or with every peer now; prints each handshake's time",
+    )
+    .argument("[peer]", "the peer's tunnel endpoint (ip:port, as `netmanager status` shows it)")
+    .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
+    .option("--json", "print JSON")
+    .action(async (peer, opts) => {
+      try {
+        const r = await withClient(opts.socket, (c) => c.post("/secure/rekey", peer ? { peer } : {}));
+        if (r.status !== 200) throw new Error(`POST /secure/rekey: HTTP ${r.status} ${r.body}`);
+        const rows = ((r.json as { rekeys?: RekeyRow[] })?.rekeys ?? []) as RekeyRow[];
+        if (opts.json) {
+          console.log(JSON.stringify(rows, null, 2));
+          return;
+        }
+        console.log(columns(
+          ["PEER", "SUBJECT", "HANDSHAKE"],
+          rows.map((x) => [
+            x.peer,
+            x.subject ?? "-",
+            x.handshakeMs !== undefined ? `${x.handshakeMs} ms` : (x.error ?? "-"),
+          ]),
+        ));
+        if (rows.length === 0) console.log("(no secure sessions)");
+        if (rows.some((x) => x.error !== undefined)) Deno.exitCode = 1;
+      } catch (e) {
+        fail(e);
+      }
+    });
+}
+
+/** `netmanager peers` (and `peers rekey`). */
 export function peersCmd() {
   return new Command("peers")
+    .enablePositionalOptions() // `peers rekey --socket` reaches rekey
+    .addCommand(rekeyCmd())
     .description("list peer nodes: wire mode, RTT, last seen, packets, drops")
     .option("--socket <path>", "unix socket of the API", DEFAULT_SOCKET)
     .option("--json", "print JSON")

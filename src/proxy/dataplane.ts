@@ -40,7 +40,12 @@ import type { DataPlaneMetrics } from "./metrics.ts";
 import { type PeerView, PeerWatch } from "./peer_watch.ts";
 import { type RelayAsks, relayStats, RelayWatch, showRelays } from "../path/relay_watch.ts";
 import type { SecuritySettings } from "../secure/node_security.ts";
-import { SecureDriver, type SecurePeerView } from "../secure/secure_driver.ts";
+import {
+  type HandshakeRecord,
+  type RekeyResult,
+  SecureDriver,
+  type SecurePeerView,
+} from "../secure/secure_driver.ts";
 
 const log = logger("proxy");
 
@@ -613,6 +618,16 @@ export class DataPlane {
   /** Times a peer's secure session followed it to another endpoint (all peers). */
   secureEndpointChanges(): number {
     return this.#secure.endpointChanges;
+  }
+
+  /** Rekeys the secure sessions with `peer` (or all) now; resolves with each handshake's time (see SecureDriver.rekey). */
+  secureRekey(peer?: string): Promise<RekeyResult[]> {
+    return this.#secure.rekey(peer);
+  }
+
+  /** The last handshakes completed, with each side's time (oldest first). */
+  secureRecent(): HandshakeRecord[] {
+    return this.#secure.recent();
   }
 
   /** Handshake drops by reason. */

@@ -97,8 +97,8 @@ export class HandshakeHost {
    * in it: retries and cookie rounds included, what a rekey under a flood costs.
    */
   readonly #attempt = new Map<string, { at: number; inits: number }>();
-  /** The INIT each peer's handshake that this worker answered: its phase. */
-  readonly #answers = new Map<string, HsPhase>();
+  /** The INIT of each peer's handshake that this worker answered: its phase, and when it was received. */
+  readonly #answers = new Map<string, { phase: HsPhase; at: number }>();
   #warmLeft = 0;
   /** Warm now, with handshakes asked for while warming: they start at the next {@link drain}. */
   #kick = false;
@@ -215,7 +215,7 @@ export class HandshakeHost {
         this.#hs?.setCookieSecrets(m.secrets);
         break;
       case "secure-initiate":
-        this.initiate(m.peer, m.lane, m.soon === true);
+        this.initiate(m.peer, m.lane, m.soon === true, m.force === true);
         break;
       case "secure-hs-forget":
         for (const p of m.peers) {
@@ -233,8 +233,11 @@ export class HandshakeHost {
     else if (this.#moved.size < MAX_PEERS || this.#moved.has(peer)) this.#moved.set(peer, endpoint);
   }
 
-  /** Starts a handshake with `peer` (nothing when one went out less than a second ago, or none can). */
-  initiate(peer: string, lane: number, soon = false): void {
+  /**
+   * Starts a handshake with `peer` (nothing when one went out less than a second ago — unless
+   * `force`: an operator's rekey — or none can).
+   */
+  initiate(peer: string, lane: number, soon = false, force = false): void {
     const hs = this.#hs;
     if (!hs || this.#o.blocked(peer)) return;
     if (this.#warmLeft > 0) {
@@ -242,7 +245,7 @@ export class HandshakeHost {
       return;
     }
     if (tracing) trace("init-ask", { peer });
-    const bytes = hs.initiate(peer, lane, soon ? SOON_RETRY_MS : RETRY_MS);
+    const bytes = hs.initiate(peer, lane, force ? 0 : soon ? SOON_RETRY_MS : RETRY_MS);
     if (!bytes) return;
     const now = performance.now();
     if (this.#started.size >= 64) {
@@ -348,7 +351,7 @@ export class HandshakeHost {
       ph.cpuMs = performance.now() - t;
       if (tracing) trace("resp-sent", { peer: d.peer }), flushTrace();
       if (this.#answers.size >= MAX_PEERS) this.#answers.clear();
-      this.#answers.set(d.peer, ph);
+      this.#answers.set(d.peer, { phase: ph, at: d.at });
       hs.prepare(); // (after the RESP went out)
       return;
     }
@@ -379,15 +382,16 @@ export class HandshakeHost {
     this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);
     this.#answers.delete(k.peer);
+    const t = performance.now();
     this.#o.post({
       type: "secure-hs-done",
       keys: k,
       cert: st.cert,
       initiator: st.initiator,
-      ...(t0 !== undefined ? { handshakeMs: performance.now() - t0 } : {}),
-      ...(a !== undefined ? { attempt: { ms: performance.now() - a.at, inits: a.inits } } : {}),
+      ...(t0 !== undefined ? { handshakeMs: t - t0 } : {}),
+      ...(a !== undefined ? { attempt: { ms: t - a.at, inits: a.inits } } : {}),
       ...(resp ? { resp } : {}),
-      ...(answer ? { answer } : {}),
+      ...(answer ? { answer: answer.phase, readyMs: t - answer.at } : {}),
     });
   }
 

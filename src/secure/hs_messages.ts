@@ -41,9 +41,10 @@ export type HsDown =
   | { type: "secure-hs-cookie"; secrets: CookieSecrets }
   /**
    * Start a handshake with `peer` (lane key of the datagram that needs it); `soon`: a short first
-   * retry to a peer that never answered yet (handshake.ts `SOON_RETRY_MS`).
+   * retry to a peer that never answered yet (handshake.ts `SOON_RETRY_MS`); `force`: an operator's rekey
+   * (`POST /secure/rekey`), sent even when an INIT went out less than `RETRY_MS` ago.
    */
-  | { type: "secure-initiate"; peer: string; lane: number; soon?: boolean }
+  | { type: "secure-initiate"; peer: string; lane: number; soon?: boolean; force?: boolean }
   /** Forget these peers' handshake state (left the table, revoked). */
   | { type: "secure-hs-forget"; peers: string[] };
 
@@ -65,6 +66,8 @@ export type HsUp =
     /** The phases of the RESP this node handled (initiator) and of the INIT it answered (responder). */
     resp?: HsPhase;
     answer?: HsPhase;
+    /** Responder: the peer's HS_INIT received → keys installed here (its HS_FINISH handled), ms. */
+    readyMs?: number;
   }
   /** A peer's certificate was refused (foreign CA, expired, revoked, not its key). */
   | { type: "secure-hs-refused"; peer: string; reason: string }

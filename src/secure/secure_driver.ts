@@ -103,6 +103,46 @@ export interface SecurePeerView {
   endpointChanges?: number;
 }
 
+/** One completed handshake in {@link SecureDriver.recent} (the last {@link RECENT_MAX}). */
+export interface HandshakeRecord {
+  peer: string;
+  /** This node's part: it sent the HS_INIT (`initiator`) or answered it (`responder`). */
+  role: "initiator" | "responder";
+  /**
+   * Initiator: its HS_INIT sent → keys installed (ms); responder: the HS_INIT received → keys
+   * installed (its HS_FINISH handled).
+   */
+  ms?: number;
+  /** Wall clock (ms since the epoch) when it completed. */
+  atMs: number;
+}
+
+/** Handshakes kept for {@link SecureDriver.recent}. */
+export const RECENT_MAX = 64;
+
+/** The outcome of one peer's rekey asked for with {@link SecureDriver.rekey}. */
+export interface RekeyResult {
+  peer: string;
+  subject?: string;
+  /** Its HS_INIT sent → keys installed (ms), as the worker that ran it measured. */
+  handshakeMs?: number;
+  /** Where the time went on this node (see {@link SecurePeerView.handshakePhases}). */
+  phases?: SecurePeerView["handshakePhases"];
+  /** Why there is no figure (`timeout`: no session within the wait; `refused`: certificate refused). */
+  error?: string;
+}
+
+/** A rekey asked for that cannot run (HTTP status for the API). */
+export class RekeyError extends Error {
+  /** 404: no session with the peer; 409: no handshakes on this node (security off, no certificate). */
+  readonly status: 404 | 409;
+  constructor(status: 404 | 409, message: string) {
+    super(message);
+    this.name = "RekeyError";
+    this.status = status;
+  }
+}
+
 /** Options of a {@link SecureDriver}. */
 export interface SecureDriverOptions {
   /** Posts to every worker. */
@@ -160,6 +200,10 @@ export class SecureDriver {
   readonly #changes = new Map<string, number>();
   /** Endpoint changes of all peers. */
   endpointChanges = 0;
+  /** The last handshakes completed (oldest first, {@link RECENT_MAX} at most). */
+  readonly #recent: HandshakeRecord[] = [];
+  /** Rekeys asked for ({@link rekey}) waiting for their session, by peer. */
+  readonly #waiters = new Map<string, ((r: RekeyResult) => void)[]>();
 
   /** A driver posting through `o` (mode off until {@link set}). */
   constructor(o: SecureDriverOptions) {
@@ -325,7 +369,54 @@ export class SecureDriver {
     this.#o.broadcast({ type: "secure-moved", peer, endpoint });
   }
 
-  #initiate(peer: string, lane: number, rekey: boolean, soon = false): void {
+  /**
+   * Rekeys the sessions with `peer` (or with every peer that has one) now: a fresh handshake from this
+   * node, as a scheduled rekey, sent even when one went out less than a second ago (the peer's INIT
+   * budget still applies: handshake.ts `INIT_PER_SECOND` a second, `INIT_BURST` at once). Resolves when each session is
+   * installed (or after `timeoutMs`) with the time it took — `netmanager peers rekey`.
+   */
+  rekey(peer?: string, timeoutMs = 3000): Promise<RekeyResult[]> {
+    if (!this.#setup) {
+      return Promise.reject(
+        new RekeyError(409, "no secure handshakes on this node (tunnel security off or no certificate)"),
+      );
+    }
+    if (peer !== undefined && !this.#peers.has(peer)) {
+      return Promise.reject(new RekeyError(404, `no secure session with ${peer}`));
+    }
+    const targets = peer !== undefined ? [peer] : [...this.#peers.keys()];
+    return Promise.all(targets.map((p) =>
+      new Promise<RekeyResult>((resolve) => {
+        const list = this.#waiters.get(p) ?? [];
+        const t = setTimeout(() => {
+          const i = list.indexOf(done);
+          if (i >= 0) list.splice(i, 1);
+          resolve({ peer: p, error: "timeout" });
+        }, timeoutMs);
+        const done = (r: RekeyResult) => {
+          clearTimeout(t);
+          resolve(r);
+        };
+        list.push(done);
+        this.#waiters.set(p, list);
+        this.#initiate(p, 0, true, false, true);
+      })
+    ));
+  }
+
+  #settle(peer: string, r: RekeyResult): void {
+    const list = this.#waiters.get(peer);
+    if (!list) return;
+    this.#waiters.delete(peer);
+    for (const f of list) f(r);
+  }
+
+  /** The last handshakes this node completed (oldest first): each side's time, for benchmarks and status. */
+  recent(): HandshakeRecord[] {
+    return [...this.#recent];
+  }
+
+  #initiate(peer: string, lane: number, rekey: boolean, soon = false, force = false): void {
     if (!this.#setup || this.#blocked.has(peer)) return;
     const now = Date.now();
     const a = this.#attempts.get(peer) ?? { n: 0, nextAt: 0 };
@@ -345,7 +436,13 @@ export class SecureDriver {
       this.#retries.add(t);
     }
     if (tracing) trace("ask", { peer, n: a.n, rekey });
-    this.#o.toLane0({ type: "secure-initiate", peer, lane, ...(soon ? { soon } : {}) });
+    this.#o.toLane0({
+      type: "secure-initiate",
+      peer,
+      lane,
+      ...(soon ? { soon } : {}),
+      ...(force ? { force } : {}),
+    });
   }
 
   #established(m: Extract<HsUp, { type: "secure-hs-done" }>): void {
@@ -357,8 +454,17 @@ export class SecureDriver {
     if (this.#blocked.has(k.peer) || this.#trust?.isRevoked(m.cert)) {
       // Refused or revoked while its handshake ran: its keys leave the worker that made them.
       this.#o.toLane0({ type: "secure-remove", peers: [k.peer], forget: false });
+      this.#settle(k.peer, { peer: k.peer, error: "refused" });
       return;
     }
+    const ms = m.initiator ? m.handshakeMs : m.readyMs;
+    if (this.#recent.length >= RECENT_MAX) this.#recent.shift();
+    this.#recent.push({
+      peer: k.peer,
+      role: m.initiator ? "initiator" : "responder",
+      ...(ms !== undefined ? { ms: Math.round(ms * 100) / 100 } : {}),
+      atMs: Date.now(),
+    });
     const first = !this.#keys.has(k.peer);
     // Keep the previous session for in-flight datagrams; older ones expire in the workers.
     const list = (this.#keys.get(k.peer) ?? []).filter((x) => x.expiresMs > Date.now()).slice(-1);
@@ -392,6 +498,14 @@ export class SecureDriver {
       });
     }
     if (m.answer) this.#phase(k.peer).answer = m.answer;
+    if (m.initiator) {
+      this.#settle(k.peer, {
+        peer: k.peer,
+        subject: m.cert.subject,
+        ...(m.handshakeMs !== undefined ? { handshakeMs: r(m.handshakeMs) } : {}),
+        ...(this.#phases.has(k.peer) ? { phases: phasesView(this.#phases.get(k.peer)!) } : {}),
+      });
+    }
     if (first) log.info("secure session established", { peer: k.peer, subject: m.cert.subject });
     else log.debug("secure session rekeyed", { peer: k.peer, rekeys: prev?.rekeys });
   }
@@ -401,6 +515,7 @@ export class SecureDriver {
       log.warn("peer's tunnel certificate refused: no traffic with it", { peer, reason });
     }
     this.#blocked.set(peer, { until: Date.now() + BLOCK_MS, reason });
+    this.#settle(peer, { peer, error: "refused" });
     this.#keys.delete(peer);
     this.#peers.delete(peer);
     this.#o.broadcast({ type: "secure-remove", peers: [peer], forget: false });
@@ -530,5 +645,6 @@ export class SecureDriver {
     this.#timer = undefined;
     for (const t of this.#retries) clearTimeout(t);
     this.#retries.clear();
+    for (const peer of [...this.#waiters.keys()]) this.#settle(peer, { peer, error: "stopped" });
   }
 }

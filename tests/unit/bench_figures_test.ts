@@ -43,7 +43,7 @@ Deno.test("bench figures: overlay medians keep their range and ratio to kernel V
   assert(!f.figures.some((x) => x.name.includes("handshake")), "no handshake row without the secure slot");
   const hs = figuresOf("overlay", { ...overlayOutput, secureHandshakeMs: stat(1.8, 1.2, 3.4) });
   assert(hs.ok);
-  const row = hs.figures.find((x) => x.name === "nm-secure handshake (LAN), both daemons just started")!;
+  const row = hs.figures.find((x) => x.name === "nm-secure cold handshake: both daemons just started (LAN)")!;
   assertEquals([row.value, row.unit, row.min, row.max], [1.8, "ms", 1.2, 3.4]);
   // Cold start and running peers apart: each row only when its field is there.
   const both = figuresOf("overlay", {
@@ -51,6 +51,9 @@ Deno.test("bench figures: overlay medians keep their range and ratio to kernel V
     secureHandshakeMs: stat(30, 4, 90),
     secureHandshakeAttemptMs: stat(31, 4, 300),
     secureRekeyHandshakeMs: stat(3.1, 2.5, 6),
+    secureRunningHandshakeMs: stat(2.4, 1.9, 4.8),
+    secureRunningResponderMs: stat(2.1, 1.5, 4),
+    secureRunningLoadavg1: stat(3.5, 3.4, 3.6),
   });
   assert(both.ok);
   const names = both.figures.filter((x) => x.unit === "ms" && x.name.startsWith("nm-secure")).map((x) => [
@@ -58,9 +61,14 @@ Deno.test("bench figures: overlay medians keep their range and ratio to kernel V
     x.value,
   ]);
   assertEquals(names, [
-    ["nm-secure handshake (LAN), both daemons just started", 30],
-    ["nm-secure first session from first INIT, both daemons just started (LAN)", 31],
-    ["nm-secure handshake between running nodes (rekeys, LAN)", 3.1],
+    [
+      "nm-secure handshake between running nodes, initiator: INIT sent → keys (rekey API, LAN, load 3.5)",
+      2.4,
+    ],
+    ["nm-secure handshake between running nodes, responder: INIT received → keys (rekey API, LAN)", 2.1],
+    ["nm-secure scheduled rekeys during the traffic (LAN)", 3.1],
+    ["nm-secure cold handshake: both daemons just started (LAN)", 30],
+    ["nm-secure cold first session from first INIT: both daemons just started (LAN)", 31],
   ]);
 });
 

@@ -2,7 +2,8 @@
  * The Noise Protocol Framework (revision 34) handshake state machine, for the tunnel's key exchange:
  * `Noise_XX_25519_ChaChaPoly_BLAKE2s` by default; the tunnel uses `Noise_XX_25519_AESGCM_BLAKE2s` (the patterns NN, XX and IK are implemented; SHA256 as
  * the other hash, AESGCM as the other cipher). Only the framework's composition is written here — the primitives all come from
- * `node:crypto`: X25519, ChaCha20-Poly1305, AES-256-GCM, BLAKE2s/SHA-256 and HMAC. The
+ * `node:crypto`: X25519, ChaCha20-Poly1305, AES-256-GCM, BLAKE2s/SHA-256 and HMAC (the hash and HMAC from
+ * libcrypto's one-shot calls by FFI when it loads: ffi/libcrypto_hmac.ts). The
  * composition is checked byte for byte against cacophony's published test vectors
  * (`tests/unit/noise_test.ts`, `tests/unit/fixtures/noise_cacophony.json`).
  *
@@ -29,6 +30,7 @@
  * @module
  */
 import crypto from "node:crypto";
+import { libcryptoMac, type MacDigest } from "../../ffi/libcrypto_hmac.ts";
 
 /** Bytes of an X25519 key and of a DH output. */
 export const DHLEN = 32;
@@ -204,22 +206,37 @@ export function aeadDecrypt(
   }
 }
 
-const HASH_ALGO: Record<NoiseHash, string> = { BLAKE2s: "blake2s256", SHA256: "sha256" };
+const HASH_ALGO: Record<NoiseHash, MacDigest> = { BLAKE2s: "blake2s256", SHA256: "sha256" };
+
+/**
+ * HMAC and hash by libcrypto's one-shot calls when it loads (ffi/libcrypto_hmac.ts: ~5× cheaper than
+ * `createHmac` here, 12 HMACs a handshake side); `NETMANAGER_NOISE_MAC=node` keeps `node:crypto`.
+ */
+const ffiMac = (() => {
+  try {
+    if (Deno.env.get("NETMANAGER_NOISE_MAC") === "node") return undefined;
+  } catch {
+    // (no env permission: the default)
+  }
+  return libcryptoMac();
+})();
 
 class Symmetric {
   ck: Uint8Array;
   h: Uint8Array;
   k: Uint8Array | undefined = undefined;
   n = 0n;
-  constructor(readonly algo: string, readonly cipher: NoiseCipher, protocolName: string) {
+  constructor(readonly algo: MacDigest, readonly cipher: NoiseCipher, protocolName: string) {
     const name = new TextEncoder().encode(protocolName);
     this.h = name.length <= HASHLEN ? cat(name, new Uint8Array(HASHLEN - name.length)) : this.hash(name);
     this.ck = this.h;
   }
   hash(data: Uint8Array): Uint8Array {
+    if (ffiMac) return ffiMac.hash(this.algo, data);
     return new Uint8Array(crypto.createHash(this.algo).update(data).digest());
   }
   hmac(key: Uint8Array, data: Uint8Array): Uint8Array {
+    if (ffiMac) return ffiMac.hmac(this.algo, key, data);
     return new Uint8Array(crypto.createHmac(this.algo, key).update(data).digest());
   }
   /** Noise HKDF with two outputs. */

@@ -66,7 +66,7 @@ sock="$dir/nm.sock"
   # Secure slot: the handshake time this node measured (its HS_INIT sent → keys installed) and its
   # attempt (first HS_INIT → keys: retries and a peer still starting included), once the session is
   # up right after both daemons started (cold), appended to NM_HS_FILE. Then, before the slot reports
-  # ready (no benchmark traffic yet), NM_HS_REKEYS (default 12) fresh handshakes between the two
+  # ready (no benchmark traffic yet) and NM_HS_SETTLE (7) s later, NM_HS_REKEYS (12) fresh handshakes between the two
   # running nodes: node 1 asks for each with the API's rekey (`POST /secure/rekey`, what
   # `netmanager peers rekey` does; 0.3 s apart, within the peer's INIT budget of 4/s) and records the
   # time each took (runningHandshakeMs); node 2 records what it saw as the responder (its HS_INIT
@@ -93,7 +93,9 @@ sock="$dir/nm.sock"
     done
     n=${NM_HS_REKEYS:-12}
     if [[ -n $last && $n -gt 0 ]]; then
-      sleep 2 # both cold sessions settled (a retry's, a crossing one)
+      # Both cold sessions settled (a retry's, a crossing one) and the workers' late warm-up rounds done
+      # (src/secure/hs_host.ts: 120 rounds, 2 per 100 ms): nodes that run, as a rekey meets them.
+      sleep "${NM_HS_SETTLE:-7}"
       if [[ $OB_NODE == 1 ]]; then
         got=()
         for _ in $(seq "$n"); do

@@ -50,13 +50,15 @@ export const DRAIN_MAX = 16;
 /** Warm-up handshakes when a credential loads: V8 optimizes the crypto paths after several runs. */
 const WARM_ROUNDS = 20;
 /**
- * Warm-up handshakes after those, one per {@link HandshakeHost.tick} (100 ms) while no handshake
- * waits: a handshake step after 20 rounds took ~0.7–0.8 ms, after 100 ~0.55, after 300 ~0.45 (in
- * process, 20 ms apart) — ~0.5 ms less on a rekey's path for ~1 ms of CPU a tick for 15 s. Two nodes
- * in namespaces, 16 API rekeys, 3 interleaved runs each at load 5–6: median 4.37/4.42/3.79 ms with
- * these rounds, 8.7/3.88/7.27 without (min 2.0–2.2 vs 2.7–4.3).
+ * Warm-up handshakes after those, {@link LATE_WARM_PER_TICK} per {@link HandshakeHost.tick} (100 ms)
+ * while no handshake waits: a handshake step after 20 rounds took ~0.7–0.8 ms, after 100 ~0.55, after
+ * 300 ~0.45 (in process, 20 ms apart) — ~0.5 ms less on a rekey's path for ~3 ms of CPU a tick for
+ * 6 s. Two nodes in namespaces, 16 API rekeys, 3 interleaved runs each at load 5–6 (150 rounds, one a
+ * tick): median 4.37/4.42/3.79 ms with these rounds, 8.7/3.88/7.27 without (min 2.0–2.2 vs 2.7–4.3).
  */
-export const LATE_WARM_ROUNDS = 150;
+export const LATE_WARM_ROUNDS = 120;
+/** Late warm-up rounds per tick (~1–1.5 ms each). */
+export const LATE_WARM_PER_TICK = 2;
 const MAX_PEERS = 4096;
 /** An open handshake attempt with a peer older than this counts as given up (its time starts anew). */
 const ATTEMPT_MAX_MS = 60_000;
@@ -413,7 +415,11 @@ export class HandshakeHost {
   /** Timers (about every 100 ms): the drop counters, when they changed; a late warm-up round. */
   tick(): void {
     flushTrace();
-    if (this.#lateLeft > 0 && this.#warmLeft === 0 && this.#setup && !this.busy) {
+    for (
+      let i = 0;
+      i < LATE_WARM_PER_TICK && this.#lateLeft > 0 && this.#warmLeft === 0 && this.#setup && !this.busy;
+      i++
+    ) {
       this.#lateLeft--;
       this.#warmRound(this.#setup);
     }

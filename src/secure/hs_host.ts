@@ -53,8 +53,9 @@ const WARM_ROUNDS = 20;
  * Warm-up handshakes after those, {@link LATE_WARM_PER_TICK} per {@link HandshakeHost.tick} (100 ms)
  * while no handshake waits: a handshake step after 20 rounds took ~0.7–0.8 ms, after 100 ~0.55, after
  * 300 ~0.45 (in process, 20 ms apart) — ~0.5 ms less on a rekey's path for ~3 ms of CPU a tick for
- * 6 s. Two nodes in namespaces, 16 API rekeys, 3 interleaved runs each at load 5–6 (150 rounds, one a
- * tick): median 4.37/4.42/3.79 ms with these rounds, 8.7/3.88/7.27 without (min 2.0–2.2 vs 2.7–4.3).
+ * 6 s. Two nodes in namespaces, 16 API rekeys 7 s after the sessions came up, 3 interleaved runs each
+ * at load 4–5.5: median 3.48/3.28/5.57 ms with these rounds, 6.52/6.07/6.19 without (min 1.9–2.5 vs
+ * 2.6–3.6); earlier, 150 rounds one a tick, rekeys 1.5 s after: 4.37/4.42/3.79 vs 8.7/3.88/7.27 ms.
  */
 export const LATE_WARM_ROUNDS = 120;
 /** Late warm-up rounds per tick (~1–1.5 ms each). */

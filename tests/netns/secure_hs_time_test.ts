@@ -135,6 +135,30 @@ Deno.test(
         x.role === "responder" && x.atMs >= t0 - 5 && x.ms !== undefined
       )
         .map((x) => x.ms!);
+      // The command as a user runs it: one row per peer with its time.
+      const cliOut = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../../main.ts", import.meta.url).pathname,
+          "peers",
+          "rekey",
+          "--socket",
+          cl.nodes[0].node.socket,
+          "--json",
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const rows = JSON.parse(new TextDecoder().decode(cliOut.stdout)) as {
+        peer: string;
+        handshakeMs?: number;
+      }[];
+      assert(
+        cliOut.code === 0 && rows.length === 1 && rows[0].peer === peer &&
+          typeof rows[0].handshakeMs === "number",
+        `peers rekey: ${new TextDecoder().decode(cliOut.stdout)} ${new TextDecoder().decode(cliOut.stderr)}`,
+      );
       // Errors: a peer with no session (404), a malformed body (400).
       const none = await cl.nodes[0].node.api.post("/secure/rekey", { peer: "10.254.0.1:50103" });
       assert(none.status === 404, `no session: HTTP ${none.status}`);

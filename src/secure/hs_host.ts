@@ -241,6 +241,9 @@ export class HandshakeHost {
       if (this.#deferred.size < MAX_PEERS) this.#deferred.set(peer, lane);
       return;
     }
+    // A short retry is for a peer that never answered (as the main isolate saw it): a session this
+    // worker completed meanwhile, its news on the way, makes it one handshake too many (a crossing one).
+    if (soon && hs.peerState(peer)?.current) return;
     if (tracing) trace("init-ask", { peer });
     const bytes = hs.initiate(peer, lane, soon ? SOON_RETRY_MS : RETRY_MS);
     if (!bytes) return;

@@ -459,10 +459,13 @@ export class Handshaker {
       indexes,
     });
     this.#initiated.delete(p.peer);
-    // Our other HS_INITs to this peer still open are superseded: its answers to them (a peer that
-    // read several queued INITs at its start, retries included, answers each) complete nothing more.
-    // (Safe: a responder installs keys only at the FINISH we will not send.)
-    for (const [i, q] of this.#pending) if (q.peer === p.peer && q.initiator) this.#pending.delete(i);
+    // Our other HS_INITs to this peer still open are superseded by the one answered: the peer's answers
+    // to them (a peer that read several queued INITs at its start, retries included, answers each)
+    // complete nothing more. (Safe: a responder installs keys only at the FINISH we will not send. A
+    // crossing handshake the peer initiated still completes: both sides count it.)
+    if (p.initiator) {
+      for (const [i, q] of this.#pending) if (q.peer === p.peer && q.initiator) this.#pending.delete(i);
+    }
     return keys;
   }
 

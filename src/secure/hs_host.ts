@@ -377,8 +377,10 @@ export class HandshakeHost {
     const st = this.#hs?.peerState(k.peer);
     if (!st?.cert) return;
     const t0 = st.initiator ? this.#started.get(k.localIndex)?.at : undefined;
-    // (The handshaker dropped our other INITs to this peer still open: superseded.)
-    for (const [i, s] of this.#started) if (s.peer === k.peer) this.#started.delete(i);
+    // (One of ours answered: the handshaker dropped our other INITs to this peer, superseded.)
+    if (st.initiator) {
+      for (const [i, s] of this.#started) if (s.peer === k.peer) this.#started.delete(i);
+    }
     const a = st.initiator ? this.#attempt.get(k.peer) : undefined;
     this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);

@@ -20,8 +20,11 @@
  * nothing else.
  *
  * Rekey: the side that initiated a session initiates again after `rekeyMs` (default 120 s;
- * `TunnelRekeySeconds`), the other side after `rekeyMs` + 10 s if the initiator did not; a worker that
- * passed 2^32 messages asks for one too ({@link Handshaker.wantRekey}). Sessions send until
+ * `TunnelRekeySeconds`), and so does the pair's fixed leader ({@link leadsRekey}: the lower static
+ * key) whichever side initiated; the other side after `rekeyMs` + 10 s if neither did. (Crossing
+ * handshakes — both sides initiating at once, as at start — leave each side with the other's session
+ * last; without the leader both then waited the extra 10 s.) A worker that passed 2^32 messages asks
+ * for one too ({@link Handshaker.wantRekey}). Sessions send until
  * `rekeyMs` + 60 s and are accepted until `rekeyMs` + 90 s, so the previous keys cover in-flight
  * datagrams. {@link Handshaker.setTrust} re-checks live sessions against a new trust snapshot and
  * returns the peers to cut off (revocation).
@@ -67,6 +70,7 @@ import { MSG_HS_FINISH, MSG_HS_INIT, MSG_HS_RESP } from "../proxy/wire.ts";
 import type { SessionKeys } from "./keys.ts";
 import { type NodeCredential, type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
 import { CertError } from "./cert.ts";
+import { leadsRekey, REKEY_FOLLOWER_GRACE_MS } from "./rekey.ts";
 import {
   addMacs,
   type CaMacKeys,
@@ -455,6 +459,13 @@ export class Handshaker {
       indexes,
     });
     this.#initiated.delete(p.peer);
+    // Our other HS_INITs to this peer still open are superseded by the one answered: the peer's answers
+    // to them (a peer that read several queued INITs at its start, retries included, answers each)
+    // complete nothing more. (Safe: a responder installs keys only at the FINISH we will not send. A
+    // crossing handshake the peer initiated still completes: both sides count it.)
+    if (p.initiator) {
+      for (const [i, q] of this.#pending) if (q.peer === p.peer && q.initiator) this.#pending.delete(i);
+    }
     return keys;
   }
 
@@ -567,7 +578,9 @@ export class Handshaker {
     for (const [peer, s] of this.#peers) {
       if (!s.current) continue;
       const age = now - s.current.createdMs;
-      if (age >= this.rekeyMs + (s.initiator ? 0 : 10_000)) out.push(peer);
+      const onTime = s.initiator ||
+        (s.cert !== undefined && leadsRekey(this.#cred.identity.publicKey, s.cert.publicKey));
+      if (age >= this.rekeyMs + (onTime ? 0 : REKEY_FOLLOWER_GRACE_MS)) out.push(peer);
     }
     return out;
   }

@@ -259,6 +259,9 @@ export class HandshakeHost {
       if (this.#deferred.size < MAX_PEERS) this.#deferred.set(peer, lane);
       return;
     }
+    // A short retry is for a peer that never answered (as the main isolate saw it): a session this
+    // worker completed meanwhile, its news on the way, makes it one handshake too many (a crossing one).
+    if (soon && hs.peerState(peer)?.current) return;
     if (tracing) trace("init-ask", { peer });
     const bytes = hs.initiate(peer, lane, force ? 0 : soon ? SOON_RETRY_MS : RETRY_MS);
     if (!bytes) return;
@@ -395,7 +398,10 @@ export class HandshakeHost {
     const st = this.#hs?.peerState(k.peer);
     if (!st?.cert) return;
     const t0 = st.initiator ? this.#started.get(k.localIndex)?.at : undefined;
-    if (t0 !== undefined) this.#started.delete(k.localIndex);
+    // (One of ours answered: the handshaker dropped our other INITs to this peer, superseded.)
+    if (st.initiator) {
+      for (const [i, s] of this.#started) if (s.peer === k.peer) this.#started.delete(i);
+    }
     const a = st.initiator ? this.#attempt.get(k.peer) : undefined;
     this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);

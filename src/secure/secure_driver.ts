@@ -33,6 +33,7 @@ import type { HsPhase, HsSetup, HsUp } from "./hs_messages.ts";
 import { type TrustSnapshot, TrustStore, type VerifiedCert } from "./trust.ts";
 import { logger } from "../log.ts";
 import { flushTrace, trace, traceAs, tracing } from "./hs_trace.ts";
+import { leadsRekey, REKEY_FOLLOWER_GRACE_MS } from "./rekey.ts";
 
 const log = logger("secure");
 
@@ -540,8 +541,12 @@ export class SecureDriver {
       this.#o.broadcast({ type: "secure-hs-cookie", secrets: this.#cookie });
     }
     for (const [peer, r] of this.#peers) {
-      // The responder waits 10 s longer: the initiator of the session rekeys it (no crossing handshakes).
-      if (now - r.createdMs >= this.#effectiveRekeyMs + (r.initiator ? 0 : 10_000)) {
+      // The initiator of the session rekeys it, and the pair's leader (the lower static key) whichever
+      // side did: after crossing handshakes each side's last session is the other's, and with the
+      // initiator alone both waited 10 s longer (rekeys every 15 s at a 5 s interval). The other side
+      // waits 10 s longer (no crossing handshakes).
+      const onTime = r.initiator || leadsRekey(this.#setup.credential.identity.publicKey, r.cert.publicKey);
+      if (now - r.createdMs >= this.#effectiveRekeyMs + (onTime ? 0 : REKEY_FOLLOWER_GRACE_MS)) {
         this.#initiate(peer, 0, true);
       }
     }

@@ -7,6 +7,7 @@ import {
   STRANGER_PENDING,
 } from "../../src/secure/handshake.ts";
 import { KeyRing } from "../../src/secure/keys.ts";
+import { leadsRekey, REKEY_FOLLOWER_GRACE_MS } from "../../src/secure/rekey.ts";
 import { type CaKey, generateCa, signCertificate } from "../../src/secure/cert.ts";
 import { generateIdentity, type NodeIdentity } from "../../src/secure/identity.ts";
 import { unitCa } from "../helpers/secure_unit.ts";
@@ -168,13 +169,15 @@ Deno.test("handshake: HS_INIT floods are rate-limited per peer and stale pending
 
 Deno.test("handshake: rekey after the interval gives new keys; revocation cuts the live session", () => {
   const w = world();
-  const a = w.node(w.cred("a"), 5_000), b = w.node(w.cred("node-b"), 5_000);
+  const ca = w.cred("a"), cb = w.cred("node-b");
+  const a = w.node(ca, 5_000), b = w.node(cb, 5_000);
   const first = run(a, b);
   assert(first.a && first.b);
   assertEquals(a.due(), []);
   w.clock.now += 5_000;
   assertEquals(a.due(), ["B"]); // the initiator first
-  assertEquals(b.due(), []);
+  // (and the pair's leader — the lower static key — whichever side initiated)
+  assertEquals(b.due(), leadsRekey(cb.identity.publicKey, ca.identity.publicKey) ? ["A"] : []);
   const second = run(a, b);
   assert(second.a && second.b);
   assert(second.a.sendKey.join() !== first.a.sendKey.join());
@@ -185,6 +188,53 @@ Deno.test("handshake: rekey after the interval gives new keys; revocation cuts t
   assertEquals(cut, ["B"]);
   assertEquals(a.peerState("B"), undefined);
   assertEquals(run(a, b).a, undefined); // and B cannot come back
+});
+
+Deno.test("handshake: crossing handshakes (both sides initiate at once) leave the pair's leader rekeying on time", () => {
+  const w = world();
+  const ca = w.cred("a"), cb = w.cred("node-b");
+  const a = w.node(ca, 5_000), b = w.node(cb, 5_000);
+  // Both INITs cross; each side answers the other's and completes its own first (RESP before FINISH).
+  const ia = a.initiate("B", 0)!, ib = b.initiate("A", 0)!;
+  const ra = b.handle("A", ia, 0, ia.length, true).reply!, rb = a.handle("B", ib, 0, ib.length, true).reply!;
+  const fa = a.handle("B", ra, 0, ra.length, true), fb = b.handle("A", rb, 0, rb.length, true);
+  assert(fa.established && fb.established && fa.reply && fb.reply);
+  assert(b.handle("A", fa.reply, 0, fa.reply.length, true).established);
+  assert(a.handle("B", fb.reply, 0, fb.reply.length, true).established);
+  // Each side's last session is the other's: neither is its initiator.
+  assertEquals([a.peerState("B")?.initiator, b.peerState("A")?.initiator], [false, false]);
+  assertEquals([a.peerState("B")?.rekeys, b.peerState("A")?.rekeys], [1, 1]);
+  w.clock.now += 5_000;
+  // On time, the leader (the lower static key) alone — before, neither until 10 s later (every 15 s).
+  const aLeads = leadsRekey(ca.identity.publicKey, cb.identity.publicKey);
+  assertEquals(aLeads, !leadsRekey(cb.identity.publicKey, ca.identity.publicKey));
+  assertEquals([a.due(), b.due()], aLeads ? [["B"], []] : [[], ["A"]]);
+  w.clock.now += REKEY_FOLLOWER_GRACE_MS;
+  assertEquals([a.due(), b.due()], [["B"], ["A"]]); // the other one if the leader did not
+});
+
+Deno.test("handshake: a peer that answers several of our INITs at once (queued while it started) makes one session", () => {
+  const w = world();
+  const a = w.node(w.cred("a")), b = w.node(w.cred("node-b"));
+  const inits: Uint8Array[] = [];
+  for (let i = 0; i < 3; i++) {
+    inits.push(a.initiate("B", 0, 200)!); // the first INIT and the short retries (a peer not up yet)
+    w.clock.now += 250;
+  }
+  assertEquals(a.pending, 3);
+  const resps = inits.map((m) => b.handle("A", m, 0, m.length, true).reply!);
+  const first = a.handle("B", resps[0], 0, resps[0].length, true);
+  assert(first.established && first.reply);
+  assertEquals(a.pending, 0, "the other INITs are superseded");
+  for (const r of resps.slice(1)) {
+    const out = a.handle("B", r, 0, r.length, true);
+    assertEquals([out.established, out.reply], [undefined, undefined]);
+    assert(!a.expects("B", r, 0, r.length), "refused before the layer's budget too");
+  }
+  assertEquals(a.peerState("B")?.rekeys, 0); // before: 2 (three sessions at once)
+  assert(b.handle("A", first.reply, 0, first.reply.length, true).established);
+  assertEquals(b.peerState("A")?.rekeys, 0);
+  assertEquals(b.pending, 2); // the unanswered ones expire (PENDING_MS); the responder never installed them
 });
 
 Deno.test("handshake: strangers that drain the global HS_INIT budget and the pending room leave the table's nodes theirs", () => {

@@ -151,3 +151,21 @@ Deno.test("hs host: a handshake is timed from its own HS_INIT, also when a retry
   assert(done.handshakeMs >= 39, `handshakeMs ${done.handshakeMs}`);
   assertEquals(done.attempt?.inits, 2);
 });
+
+Deno.test("hs host: a short retry asked for after the session completed here (the main isolate not told yet) sends nothing; a rekey does", () => {
+  const w = world();
+  const a = w.host(0, w.setup(w.cred("node-a"), { current: newCookieSecret() }));
+  const b = w.host(0, w.setup(w.cred("node-b"), { current: newCookieSecret() }));
+  a.h.initiate(B, 0, true);
+  const fin = a.deliver(B, b.deliver(A, a.sent[0].bytes)!)!;
+  b.deliver(A, fin);
+  assertEquals([a.installed.length, b.installed.length], [1, 1]);
+  w.clock.now += 250; // the main isolate's 250 ms retry, asked before it learned of the session
+  const n = a.sent.length;
+  a.h.initiate(B, 0, true);
+  assertEquals(a.sent.length, n, "no INIT: the session is there (before: a second handshake)");
+  w.clock.now += 5_000;
+  a.h.initiate(B, 0); // a rekey
+  assertEquals(a.sent.length, n + 1);
+  assertEquals(a.sent[n].bytes[0], MSG_HS_INIT);
+});

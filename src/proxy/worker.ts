@@ -28,9 +28,12 @@ import { trace, tracing } from "../secure/hs_trace.ts";
 
 const YIELD_EVERY_MS = 5000;
 /** io_uring spin mode: how long one watch of the ring lasts before the CPU is offered (ms). */
-const spinSliceMs = Number(Deno.env.get("NETMANAGER_SPIN_SLICE_US") ?? 50) / 1000;
-/** io_uring spin mode: offer the CPU after each slice (experiment; see README). */
-const spinYield = Deno.env.get("NETMANAGER_SPIN_YIELD") === "1";
+const spinSliceMs = Number(Deno.env.get("NETMANAGER_SPIN_SLICE_US") ?? 5) / 1000;
+/**
+ * io_uring spin mode: offer the CPU after each slice (`NETMANAGER_SPIN_YIELD=0`: never — on the shared
+ * 2-vCPU host a spinner that did not yield kept the workload and the other node off the CPU; README).
+ */
+const spinYield = Deno.env.get("NETMANAGER_SPIN_YIELD") !== "0";
 const IDLE_POLL_MS = 50;
 /** Longest a posted message is waited for with short polls (then the idle poll again). */
 const BEHIND_MAX_MS = 1000;
@@ -163,9 +166,8 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
     const behind = behindSince > 0 && t - behindSince < BEHIND_MAX_MS;
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
     // (Queued handshake datagrams and warm-up rounds run between batches: no sleep meanwhile.)
-    // io_uring spin mode: the ring is watched in memory for a slice (no system call per look), and
-    // the CPU is given up once per slice; with epoll each look is a call, and the CPU is given up
-    // after each.
+    // io_uring spin mode: the ring is watched in memory for a slice (no system call per look), then
+    // the CPU is offered; with epoll each look is a call, and the CPU is offered after each.
     const r = spinning && uring !== undefined && !hs?.busy
       ? uring.spin(Math.min(spinSliceMs, d.spinMs))
       : poller.wait(spinning || hs?.busy ? 0 : behind ? 1 : IDLE_POLL_MS);

@@ -191,10 +191,12 @@ Deno.test({
       });
       assertEquals(t, "talked 2000");
       // The Worker watched its ring instead of sleeping per crossing: node 1 makes two crossings per
-      // exchange, each a sleep (a wake-up) without spinning.
+      // exchange, each a sleep (a wake-up) without spinning (2.06 per exchange; 0.25-0.56 spinning).
       const perExchange = (s1 - s0) / sent;
       console.log(`spin ${SPIN_US} µs: ${sent} exchanges, ${perExchange.toFixed(2)} sleeps per exchange`);
-      if (SPIN_US > 0) assert(perExchange < 1, `${perExchange.toFixed(2)} sleeps per exchange: not spinning`);
+      if (SPIN_US > 0) {
+        assert(perExchange < 1.2, `${perExchange.toFixed(2)} sleeps per exchange: not spinning`);
+      }
       // Idle: back to sleeping in io_uring_enter (~0 CPU; a spinning Worker takes half a core).
       await new Promise((r) => setTimeout(r, 500));
       const c0 = await cpuSeconds(pid), w0 = performance.now();

@@ -118,6 +118,8 @@ bash "$harness" "${args[@]}" \
   --slot nm-fast="TunnelSecurity=off bash $root/scripts/bench_slot.sh" \
   --slot nm-raw="TunnelSecurity=off FastMode=false bash $root/scripts/bench_slot.sh" \
   --slot nm-uring="TunnelSecurity=off IoBackend=uring bash $root/scripts/bench_slot.sh" \
+  --slot nm-uring-spin="TunnelSecurity=off IoBackend=uring BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
+  --slot nm-fast-spin="TunnelSecurity=off BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
   --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-ktc="TunnelSecurity=off KernelFastPath=tc NM_KFAST_FILE=$results/ktc.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \

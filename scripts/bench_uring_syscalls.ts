@@ -4,7 +4,8 @@
  * their instances, and `strace -c -f` attached to node 1's daemon for the run. Node 1 makes one
  * out crossing (TUN → tunnel) and one in crossing (tunnel → TUN) per exchange.
  *
- *   flock /work/coord/harness.lock deno run -A scripts/bench_uring_syscalls.ts [seconds] [msgs/s]
+ *   flock /work/coord/harness.lock deno run -A scripts/bench_uring_syscalls.ts [seconds] [msgs/s] [rounds]
+ *     [--no-strace] [--variants=epoll,uring,uring-spin,...] [--spin US]
  *
  * Prints, per backend, the data-plane system calls per exchange and sockperf's average latency
  * (strace slows every call: compare the counts, not the latencies).
@@ -22,9 +23,9 @@ const TCP = Deno.args.includes("--tcp") || Deno.args.includes("--tcp-strace");
 const TCP_STRACE = Deno.args.includes("--tcp-strace");
 /** Also an iperf3 UDP flood of 64-byte datagrams (2 s): received share and the nodes' drops. */
 const UDP = Deno.args.includes("--udp");
-const ARGS = Deno.args.filter((a) => !a.startsWith("--"));
+const ARGS = Deno.args.filter((a, i) => !a.startsWith("--") && Deno.args[i - 1] !== "--spin");
 const SECS = Number(ARGS[0] ?? 5);
-const MPS = Number(ARGS[1] ?? 1000);
+const MPS = ARGS[1] ?? "1000"; // or "max": back to back (as the harness's RR)
 const ROUNDS = Number(ARGS[2] ?? 1);
 const WEB = "app.ns.web.ns";
 const CLI = "app.ns.cli.ns";
@@ -54,12 +55,40 @@ async function cpu(c: TestCluster): Promise<number> {
   return t;
 }
 
-async function measure(backend: "epoll" | "uring"): Promise<Record<string, number>> {
+/**
+ * The variants (`--variants a,b`, default epoll,uring): backend, BusyPollMicros (`--spin US`, default
+ * 200) and io_uring setup flags for the spin experiments of issue 10.
+ * - `uring-spin`: the ring watched in memory (TASKRUN_FLAG: deferred completion work flagged);
+ * - `uring-spin-ipi`: no COOP/DEFER_TASKRUN (completions posted by an interrupt of the spinning thread);
+ * - `uring-spin-sqpoll`: SQPOLL (a kernel thread submits and completes; 2 ms idle);
+ * - `epoll-spin`: BusyPollMicros with epoll (a call per look).
+ */
+const VARIANTS: Record<string, { backend: "epoll" | "uring"; spin: boolean; flags?: number }> = {
+  epoll: { backend: "epoll", spin: false },
+  uring: { backend: "uring", spin: false },
+  "epoll-spin": { backend: "epoll", spin: true },
+  "uring-spin": { backend: "uring", spin: true },
+  "uring-spin-ipi": { backend: "uring", spin: true, flags: 0x80 | 0x1000 },
+  "uring-spin-sqpoll": { backend: "uring", spin: true, flags: 0x2 | 0x80 | 0x1000 },
+};
+const SPIN_US = Number(Deno.args[Deno.args.indexOf("--spin") + 1] ?? 200);
+const PICKED = (Deno.args.find((a) => a.startsWith("--variants="))?.slice(11) ?? "epoll,uring").split(",");
+
+async function measure(variant: string): Promise<Record<string, number>> {
+  const v = VARIANTS[variant];
+  if (v === undefined) throw new Error(`variant ${variant}: one of ${Object.keys(VARIANTS)}`);
+  const backend = variant;
+  if (v.flags !== undefined) Deno.env.set("NETMANAGER_URING_FLAGS", String(v.flags));
+  else Deno.env.delete("NETMANAGER_URING_FLAGS");
   const c = await TestCluster.start(
     2,
     TABLE,
     [],
-    () => ({ IoBackend: backend, DataPlaneWorkers: Number(Deno.env.get("NM_WORKERS") ?? 1) }),
+    () => ({
+      IoBackend: v.backend,
+      DataPlaneWorkers: Number(Deno.env.get("NM_WORKERS") ?? 1),
+      BusyPollMicros: v.spin ? SPIN_US : 0,
+    }),
   );
   try {
     await c.deploy(1, CLI, 0);
@@ -91,7 +120,7 @@ async function measure(backend: "epoll" | "uring"): Promise<Record<string, numbe
       "-t",
       String(SECS),
       "--mps",
-      String(MPS),
+      MPS,
     ]);
     if (st !== undefined) {
       Deno.kill(st.pid, "SIGINT");
@@ -181,5 +210,5 @@ async function measure(backend: "epoll" | "uring"): Promise<Record<string, numbe
 }
 
 for (let r = 0; r < ROUNDS; r++) {
-  for (const b of ["epoll", "uring"] as const) console.log(b, JSON.stringify(await measure(b)));
+  for (const b of PICKED) console.log(b, JSON.stringify(await measure(b)));
 }

@@ -65,6 +65,12 @@ const BULK_BYTES = 1600;
 export const DEFAULT_FLAGS = Setup.SUBMIT_ALL | Setup.COOP_TASKRUN | Setup.SINGLE_ISSUER |
   Setup.DEFER_TASKRUN;
 
+/**
+ * Setup flags for spin mode (`BusyPollMicros` > 0): the default's, and the kernel flags completion
+ * work in the SQ ring's flags word, so that {@link UringIo.spin} watches memory instead of entering.
+ */
+export const SPIN_FLAGS = DEFAULT_FLAGS | Setup.TASKRUN_FLAG;
+
 /** What a completion was for: low byte of its user data (the slot is in the next byte). */
 export const Tag = { TUN: 1, SOCK: 2, WAKE: 3, SEND: 4, WRITE: 5, SOCK_POLL: 6, CANCEL: 7 } as const;
 
@@ -181,10 +187,11 @@ export class UringIo {
    * `flags`: io_uring setup flags. Default: completions' work runs only inside io_uring_enter
    * (DEFER_TASKRUN, with SINGLE_ISSUER: the Worker's thread alone uses the ring) — no interrupt of
    * a busy loop per completion (an IPI, which traps on this PVM guest); on a kernel without them
-   * (< 6.1) the ring is set up without flags.
+   * (< 6.1) the ring is set up without flags. {@link SPIN_FLAGS} for spin mode; `sqIdleMs`: the
+   * SQPOLL thread's idle time before it sleeps (with {@link Setup.SQPOLL} only, an experiment).
    */
-  constructor(dev: TunDevice, udp: UdpSocket, wakeFd: number, flags: number = DEFAULT_FLAGS) {
-    this.ring = Ring.open(RING_ENTRIES, flags);
+  constructor(dev: TunDevice, udp: UdpSocket, wakeFd: number, flags: number = DEFAULT_FLAGS, sqIdleMs = 2) {
+    this.ring = Ring.open(RING_ENTRIES, flags, sqIdleMs);
     this.#deferred = (this.ring.flags & Setup.DEFER_TASKRUN) !== 0;
     this.#dev = dev;
     this.#udp = udp;
@@ -248,8 +255,10 @@ export class UringIo {
     const sends = this.#unsubmitted;
     this.#unsubmitted = 0;
     const have = this.#tunReady || this.#sockReady || ring.peek();
+    // A look: a watchable ring (spin mode) needs a call only to submit or to run flagged completion
+    // work; the default ring (DEFER_TASKRUN, nothing flagged) always enters to run it.
     const r = have || timeoutMs === 0
-      ? ring.enter(ring.queued, 0, 0, this.#deferred)
+      ? ring.enter(ring.queued, 0, 0, this.#deferred && (!ring.watchable || ring.taskrun))
       : ring.enter(ring.queued, 1 + sends, timeoutMs);
     if (r < 0 && r !== -Errno.EAGAIN) throw new Error(`io_uring_enter: errno ${-r}`);
     this.#reap();
@@ -264,6 +273,36 @@ export class UringIo {
     this.#ready = ready;
     return n;
   }
+
+  /**
+   * Busy-polls up to `maxMs` (spin mode, issue 10): submits and re-arms as {@link wait}(0) does, then
+   * watches the mapped rings with plain loads — the CQ tail and the kernel's TASKRUN flag — and
+   * enters only when one moved (to run the flagged completion work, or to re-arm). Returns as
+   * {@link wait}: 0 when nothing came within `maxMs`. On a ring that is not {@link Ring.watchable}
+   * it is one {@link wait}(0).
+   */
+  spin(maxMs: number): number {
+    const n = this.wait(0);
+    const ring = this.ring;
+    if (n > 0 || !ring.watchable) return n;
+    this.spins++;
+    const end = performance.now() + maxMs;
+    for (let k = 1;; k++) {
+      if (ring.pending()) {
+        const m = this.wait(0);
+        if (m > 0) {
+          this.spinFound++;
+          return m;
+        }
+      }
+      // A clock read costs more than a look: every 256 looks (a few µs).
+      if ((k & 255) === 0 && performance.now() >= end) return 0;
+    }
+  }
+
+  /** Spin calls that watched the ring, and those that found a completion while watching (tests, bench). */
+  spins = 0;
+  spinFound = 0;
 
   /** True when fd `i` (0 TUN, 1 socket, 2 wake-up) has a completion after the last {@link wait}. */
   readable(i: number): boolean {

@@ -8,7 +8,7 @@
 import { tunFromInfo } from "../../ffi/tun.ts";
 import { udpFromInfo } from "../../ffi/udp.ts";
 import { EPoller } from "../../ffi/poll.ts";
-import { UringIo } from "./uring_io.ts";
+import { SPIN_FLAGS, UringIo } from "./uring_io.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { libc } from "../../ffi/libc.ts";
 import { ReadPolicy, SpinPolicy } from "./spin.ts";
@@ -27,6 +27,13 @@ import type { HsDown } from "../secure/hs_messages.ts";
 import { trace, tracing } from "../secure/hs_trace.ts";
 
 const YIELD_EVERY_MS = 5000;
+/** io_uring spin mode: how long one watch of the ring lasts before the CPU is offered (ms). */
+const spinSliceMs = Number(Deno.env.get("NETMANAGER_SPIN_SLICE_US") ?? 5) / 1000;
+/**
+ * io_uring spin mode: offer the CPU after each slice (`NETMANAGER_SPIN_YIELD=0`: never — on the shared
+ * 2-vCPU host a spinner that did not yield kept the workload and the other node off the CPU; README).
+ */
+const spinYield = Deno.env.get("NETMANAGER_SPIN_YIELD") !== "0";
 const IDLE_POLL_MS = 50;
 /** Longest a posted message is waited for with short polls (then the idle poll again). */
 const BEHIND_MAX_MS = 1000;
@@ -141,6 +148,7 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
   const spin = new SpinPolicy({ spinMs: d.spinMs });
   const spinOn = d.spinMs > 0;
   const reads = new ReadPolicy();
+  const uring = d.poller instanceof UringIo && d.poller.ring.watchable ? d.poller : undefined;
   const c = loop.engine.counters;
   let behindSince = 0;
   let hsTickAt = 0;
@@ -158,10 +166,14 @@ async function run(d: NonNullable<typeof dp>): Promise<void> {
     const behind = behindSince > 0 && t - behindSince < BEHIND_MAX_MS;
     // A blocking poll returns at once when something is ready: no extra zero-timeout poll after work.
     // (Queued handshake datagrams and warm-up rounds run between batches: no sleep meanwhile.)
-    const r = poller.wait(spinning || hs?.busy ? 0 : behind ? 1 : IDLE_POLL_MS);
+    // io_uring spin mode: the ring is watched in memory for a slice (no system call per look), then
+    // the CPU is offered; with epoll each look is a call, and the CPU is offered after each.
+    const r = spinning && uring !== undefined && !hs?.busy
+      ? uring.spin(Math.min(spinSliceMs, d.spinMs))
+      : poller.wait(spinning || hs?.busy ? 0 : behind ? 1 : IDLE_POLL_MS);
     // A spinning thread steps aside for any runnable thread on its CPU (the workload or the other
     // end of the path may be waiting for exactly this CPU), then looks again.
-    if (spinning && r === 0) libc.sched_yield();
+    if (spinning && r === 0 && (uring === undefined || spinYield)) libc.sched_yield();
     const now = performance.now();
     let woken = false;
     if (r > 0) {
@@ -227,9 +239,14 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
         if (m.ioBackend === "uring") {
           try {
             // (Experiments: io_uring setup flags, e.g. 0x3180 = SUBMIT_ALL|COOP|SINGLE_ISSUER|DEFER_TASKRUN.)
+            // Spin mode (BusyPollMicros > 0): the kernel flags waiting completion work in the ring
+            // (TASKRUN_FLAG), so the spinning loop watches memory instead of entering per look.
             const flags = Number(Deno.env.get("NETMANAGER_URING_FLAGS") ?? NaN);
+            const sqIdle = Number(Deno.env.get("NETMANAGER_URING_SQ_IDLE_MS") ?? 2);
             uring = Number.isInteger(flags)
-              ? new UringIo(dev, sock, m.wakeFd, flags)
+              ? new UringIo(dev, sock, m.wakeFd, flags, sqIdle)
+              : m.busyPollUs > 0
+              ? new UringIo(dev, sock, m.wakeFd, SPIN_FLAGS)
               : new UringIo(dev, sock, m.wakeFd);
             post({ type: "io", backend: "uring" });
           } catch (e) {

@@ -6,7 +6,8 @@
  */
 import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
 import { encodeSqe, Op, PARAMS_SIZE, parseParams, Ring, SQE_SIZE, UringError } from "../../ffi/uring.ts";
-import { putSockaddr, Tag, UringIo, userData } from "../../src/proxy/uring_io.ts";
+import { DEFAULT_FLAGS, putSockaddr, SPIN_FLAGS, Tag, UringIo, userData } from "../../src/proxy/uring_io.ts";
+import { bufferAddress } from "../../ffi/libc.ts";
 import { EventFd } from "../../ffi/eventfd.ts";
 import { openUdp, parseIPv4, RecvBatch, SendBatch } from "../../ffi/udp.ts";
 import { tunFromInfo } from "../../ffi/tun.ts";
@@ -176,4 +177,70 @@ Deno.test("uring: completions dispatched to the seams' calls; sends wait for the
     wake.close();
   }
   assertEquals(ringFds(), before, "ring closed after its armed reads were cancelled");
+});
+
+Deno.test("uring: TASKRUN_FLAG — deferred completion work shows in the ring's flags word, without a call", () => {
+  const ring = Ring.open(4, SPIN_FLAGS);
+  const ev = new EventFd();
+  const buf = new Uint8Array(8);
+  try {
+    assert(ring.watchable, "a TASKRUN_FLAG ring can be watched");
+    const plain = Ring.open(2, DEFAULT_FLAGS);
+    assert(!plain.watchable, "the default ring cannot");
+    plain.close();
+    assert(ring.prep(Op.READ, ev.fd, bufferAddress(buf), 8, -1, 0, 5));
+    assertEquals(ring.submit(), 1);
+    assert(!ring.pending(), "nothing yet");
+    ev.signal();
+    // The completion's work waits for an enter (DEFER_TASKRUN): flagged, not yet in the CQ.
+    assert(ring.pending() && ring.taskrun, "flagged in memory");
+    assert(!ring.peek(), "not posted before an enter");
+    ring.enter(0, 0, 0, true);
+    assert(!ring.taskrun, "the enter ran it and cleared the flag");
+    assert(ring.peek());
+    assertEquals([ring.cqeData, ring.cqeRes], [5, 8]);
+    ring.advance();
+    assert(!ring.pending());
+  } finally {
+    ring.close();
+    ev.close();
+  }
+});
+
+Deno.test("uring: spin watches the ring without a system call per look, and finds a datagram sent meanwhile", async () => {
+  const sock = openUdp({ family: 4, port: 0, bindAddr: "127.0.0.1" });
+  const fakeTunSock = openUdp({ family: 4, port: 0, bindAddr: "127.0.0.1" });
+  const wake = new EventFd();
+  sock.setNonBlocking(true);
+  fakeTunSock.setNonBlocking(true);
+  const dev = tunFromInfo({ fd: fakeTunSock.fd, name: "none", vnetHdr: true, offloadFlags: 0 });
+  const io = new UringIo(dev, sock, wake.fd, SPIN_FLAGS);
+  try {
+    const rb = new RecvBatch(4, 65535);
+    assertEquals(io.sock.recvBatch(rb, 0), 0, "the bind's batch is known: a RECVMSG gets armed");
+    io.wait(0);
+    // Idle: 30 ms of watching costs no enter at all.
+    const e0 = io.ring.enters;
+    const t = performance.now();
+    assertEquals(io.spin(30), 0);
+    assert(performance.now() - t >= 29, "it spun the whole slice");
+    assertEquals(io.ring.enters, e0, "no system call while nothing came");
+    // A datagram sent by another process while this thread spins (the event loop is blocked).
+    const child = new Deno.Command("bash", {
+      args: ["-c", `sleep 0.05; echo -n spun > /dev/udp/127.0.0.1/${sock.localPort}`],
+    }).spawn();
+    const e1 = io.ring.enters;
+    assertEquals(io.spin(3000), 1, "found within the slice");
+    assert(io.readable(1));
+    assertEquals(io.spinFound, 1);
+    assert(io.ring.enters - e1 <= 2, `enters while spinning: ${io.ring.enters - e1}`);
+    assertEquals(io.sock.recvBatch(rb, 0), 1);
+    assertEquals(new TextDecoder().decode(rb.bufs[0].subarray(0, rb.sizes[0])), "spun");
+    await child.status;
+  } finally {
+    io.close();
+    sock.close();
+    fakeTunSock.close();
+    wake.close();
+  }
 });

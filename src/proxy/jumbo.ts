@@ -39,6 +39,27 @@ export function jumboChunkCount(total: number, dsize: number): number {
   return n <= JUMBO_MAX_CHUNKS ? n : 0;
 }
 
+/** Largest UDP payload of one UDP_SEGMENT send: 65535 − IPv4 header − UDP header. */
+const MAX_GSO_PAYLOAD = 65507;
+
+/**
+ * The TSO segment count (`gso_max_segs`) for an instance's link of MTU `mtu` at which every TCP
+ * super-packet it sends makes a JUMBO message of full-MTU chunks that fits one UDP GSO send (one
+ * skb on both nodes' UDP paths, one GRO entry at the receiver): with the kernel's 64 KB default a
+ * message needs 45 datagrams at MTU 1450, one more than a send carries, so a second skb of one
+ * datagram followed each. Undefined when no cap below the 64 KB default does that.
+ */
+export function jumboTsoSegs(mtu: number): number | undefined {
+  if (!Number.isInteger(mtu) || mtu < 576 || mtu > 9000) return undefined;
+  const perSend = Math.floor(MAX_GSO_PAYLOAD / (mtu + JUMBO_TAG_LEN));
+  const room = perSend * mtu - JUMBO_META_LEN; // chunk 0 carries the offload fields too
+  // A TSO packet of n segments: its first segment ≤ mtu with the headers, each further one's
+  // payload (MSS) ≤ mtu − 40 (IPv4 and TCP headers at least).
+  const n = 1 + Math.floor((room - mtu) / (mtu - 40));
+  if (n < 2 || mtu + (n - 1) * (mtu - 40) >= JUMBO_MAX_PACKET) return undefined;
+  return n;
+}
+
 /** Offload fields of a super-packet (from its virtio header). */
 export interface JumboMeta {
   /** virtio `gso_type` (TCPV4 or TCPV6, optionally with the ECN bit). */

@@ -8,6 +8,7 @@ import {
   type JumboMeta,
   JumboResult,
   jumboSliceOffset,
+  jumboTsoSegs,
   placeJumbo,
   writeJumbo,
 } from "../../src/proxy/jumbo.ts";
@@ -385,4 +386,21 @@ Deno.test("JumboAssembler.addRun: a receive run of two messages completes each b
   assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, 3), 2);
   assertEquals(asm.runResult, JumboResult.DROPPED);
   assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, 1_000_000), 0, "a run beyond the buffer is refused");
+});
+
+Deno.test("jumboTsoSegs: a TSO packet of that many segments makes one message of one GSO send; one more does not", () => {
+  assertEquals(jumboTsoSegs(1450), 45);
+  for (const mtu of [1280, 1418, 1450, 1500, 4000, 9000]) {
+    const n = jumboTsoSegs(mtu)!;
+    const dsize = mtu + 8;
+    const perSend = Math.floor(65507 / dsize);
+    const largest = (segs: number) => mtu + (segs - 1) * (mtu - 40); // MSS mtu − 40, headers in the first
+    assert(jumboChunkCount(largest(n), dsize) <= perSend, `mtu ${mtu}: ${n} segments fit one send`);
+    assert(
+      largest(n + 1) > 65535 || jumboChunkCount(largest(n + 1), dsize) > perSend,
+      `mtu ${mtu}: ${n + 1} would not`,
+    );
+  }
+  assertEquals(jumboTsoSegs(9000), 7);
+  assertEquals(jumboTsoSegs(100), undefined);
 });

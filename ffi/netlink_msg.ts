@@ -73,6 +73,7 @@ export const IFLA = {
   NET_NS_PID: 19,
   NET_NS_FD: 28,
   EXT_MASK: 29,
+  GSO_MAX_SEGS: 40,
 } as const;
 
 /** IFLA_LINKINFO nested attributes. */
@@ -457,6 +458,8 @@ export interface LinkChange {
   txQueueLen?: number;
   /** Hardware (MAC) address, 6 bytes; a bridge given one keeps it whatever its ports are. */
   address?: Uint8Array;
+  /** Most segments of one TSO/GSO packet the link's senders build (`gso_max_segs`). */
+  gsoMaxSegs?: number;
 }
 
 const REQ_ACK = NLM_F.REQUEST | NLM_F.ACK;
@@ -569,6 +572,10 @@ export function buildSetLink(enc: NlEncoder, seq: number, index: number, change:
   if (change.address !== undefined) {
     checkMac(change.address);
     enc.attrBytes(IFLA.ADDRESS, change.address);
+  }
+  if (change.gsoMaxSegs !== undefined) {
+    checkU32("gsoMaxSegs", change.gsoMaxSegs);
+    enc.attrU32(IFLA.GSO_MAX_SEGS, change.gsoMaxSegs);
   }
   return enc.finish();
 }

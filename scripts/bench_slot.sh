@@ -142,6 +142,14 @@ sock="$dir/nm.sock"
   fi
 ) &
 export BridgeName=$OB_BRIDGE NodePublicAddress=$OB_UNDERLAY_IP
+# The harness made the workload's veth itself; the daemon caps the TSO segments of the instance veths it
+# makes (gso_max_segs = jumboTsoSegs(MTU), src/sys/links.ts): the same here, as a deployed instance has it.
+segs=$("$deno" eval "import { jumboTsoSegs } from '$root/src/proxy/jumbo.ts'; console.log(jumboTsoSegs($OB_OVERLAY_MTU) ?? '')" 2>/dev/null || true)
+if [[ -n $segs ]]; then
+  for l in $(ip -n "$OB_WORKLOAD_NS" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip -n "$OB_WORKLOAD_NS" link set dev "$l" gso_max_segs "$segs" || true
+  done
+fi
 if [[ -n ${NM_SECURE_CA:-} ]]; then
   # Secure slot: this node's key signed by the run's CA; raw and unauthenticated datagrams refused.
   key=$("$deno" run -A "$root/main.ts" cert show --state-dir "$dir/state" 2>/dev/null)

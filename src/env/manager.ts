@@ -62,6 +62,7 @@ import {
 import { writeSysctl } from "../sys/sysctl.ts";
 import { runTool } from "../sys/command.ts";
 import type { CidrBytes } from "../sys/links.ts";
+import { jumboTsoSegs } from "../proxy/jumbo.ts";
 import { parsePortMappings, type PortMapping, PortMappingError } from "./ports.ts";
 import {
   add,
@@ -753,6 +754,7 @@ export class EnvironmentManager {
         v6: addr6,
         gw4: ipv4Bytes(subnet.gateway4),
         gw6: subnet.gateway6,
+        gsoMaxSegs: jumboTsoSegs(this.#cfg.bridgeMtu),
       });
       if (announceError) log.warn("announcing the new address failed", { key, error: announceError });
       undo.push(() => void links.deleteByName(rec.hostVeth));

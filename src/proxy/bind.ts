@@ -102,6 +102,7 @@ export class UdpBind implements BindSeam, ScatterTarget {
   addr6: Uint8Array | undefined = undefined;
   port = 0;
   readonly assembled: AssembledPacket;
+  runCompleted = false;
   /**
    * The secure tunnel's layer (src/secure/secure_layer.ts), when `TunnelSecurity` is not off: each
    * flush then seals the batch into a second one (allocated on first use) and sends that.
@@ -607,6 +608,22 @@ export class UdpBind implements BindSeam, ScatterTarget {
     if (a.add(peer, this.buf, this.off, this.len) !== JumboResult.COMPLETE) return false;
     this.#peers.noteJumboId(peer, a.outId, true, now);
     return true;
+  }
+
+  reassembleRun(peer: Peer, now: number): number {
+    const more = this.runAfter();
+    if (more === 0) return 0;
+    const a = this.#assembler;
+    const n = a.addRun(peer, this.buf, this.#at + this.#step, this.#step, more);
+    if (n > 0) {
+      this.#at += n * this.#step;
+      this.off = this.#at;
+      this.len = this.#step;
+    }
+    const done = a.runResult === JumboResult.COMPLETE;
+    this.runCompleted = done;
+    if (done) this.#peers.noteJumboId(peer, a.outId, true, now);
+    return n;
   }
 
   addDrops(drops: Record<string, number>): void {

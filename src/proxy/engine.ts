@@ -929,6 +929,16 @@ export class Engine {
   }
 
   /**
+   * Counts `datagrams` JUMBO chunks (`bytes` in all) that the bind took from `peer` after one that
+   * {@link receive} classified (the rest of its receive run, see BindSeam.reassembleRun).
+   */
+  receivedRun(peer: Peer, datagrams: number, bytes: number, now: number): void {
+    this.counters.udpRx += datagrams;
+    this.counters.udpRxBytes += bytes;
+    this.peers.noteRx(peer, bytes, now, datagrams);
+  }
+
+  /**
    * A datagram from an underlay address that is not a known peer. A node learns its peers from the
    * table, and a node serving a new client has no entry of the client's job yet: so a packet whose
    * inner source is a ServiceIP (the sender's InstanceIP) is parked and that IP is resolved like a

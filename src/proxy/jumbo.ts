@@ -39,6 +39,27 @@ export function jumboChunkCount(total: number, dsize: number): number {
   return n <= JUMBO_MAX_CHUNKS ? n : 0;
 }
 
+/** Largest UDP payload of one UDP_SEGMENT send: 65535 − IPv4 header − UDP header. */
+const MAX_GSO_PAYLOAD = 65507;
+
+/**
+ * The TSO segment count (`gso_max_segs`) for an instance's link of MTU `mtu` at which every TCP
+ * super-packet it sends makes a JUMBO message of full-MTU chunks that fits one UDP GSO send (one
+ * skb on both nodes' UDP paths, one GRO entry at the receiver): with the kernel's 64 KB default a
+ * message needs 45 datagrams at MTU 1450, one more than a send carries, so a second skb of one
+ * datagram followed each. Undefined when no cap below the 64 KB default does that.
+ */
+export function jumboTsoSegs(mtu: number): number | undefined {
+  if (!Number.isInteger(mtu) || mtu < 576 || mtu > 9000) return undefined;
+  const perSend = Math.floor(MAX_GSO_PAYLOAD / (mtu + JUMBO_TAG_LEN));
+  const room = perSend * mtu - JUMBO_META_LEN; // chunk 0 carries the offload fields too
+  // A TSO packet of n segments: its first segment ≤ mtu with the headers, each further one's
+  // payload (MSS) ≤ mtu − 40 (IPv4 and TCP headers at least).
+  const n = 1 + Math.floor((room - mtu) / (mtu - 40));
+  if (n < 2 || mtu + (n - 1) * (mtu - 40) >= JUMBO_MAX_PACKET) return undefined;
+  return n;
+}
+
 /** Offload fields of a super-packet (from its virtio header). */
 export interface JumboMeta {
   /** virtio `gso_type` (TCPV4 or TCPV6, optionally with the ECN bit). */
@@ -173,6 +194,8 @@ export class JumboAssembler {
   outId = 0;
   /** Messages that had to be copied because they spanned receive batches. */
   spilled = 0;
+  /** Result of the last datagram {@link addRun} took (PENDING when none completed or was dropped). */
+  runResult: JumboResult = JumboResult.PENDING;
   /** Offset in the arena of the last completed packet's first part (its IP header). */
   outOffset = 0;
   /** Length of the last completed packet. */
@@ -317,6 +340,65 @@ export class JumboAssembler {
       this.#nparts[s] = 1;
       this.spilled++;
     }
+  }
+
+  /**
+   * Adds up to `n` datagrams of `step` bytes each at `buf[off + i * step]` from sender `key`: the
+   * rest of one receive run (a UDP GRO entry: one source, one datagram size), so the per-datagram
+   * work the caller would do (peer lookup, classification) is done once for the run. The middle
+   * chunks of the message in progress take a short path here (tag compared with the message's);
+   * anything else goes through {@link add}. Stops before the first datagram that is not a JUMBO
+   * chunk, and after one that completes a message or is dropped. Returns the datagrams taken;
+   * {@link runResult} is the result of the last one taken.
+   */
+  addRun(key: object, buf: Uint8Array, off: number, step: number, n: number): number {
+    let r: JumboResult = JumboResult.PENDING;
+    let taken = 0;
+    if (off < 0 || step < JUMBO_TAG_LEN + 1 || n <= 0 || off + n * step > buf.length) {
+      this.runResult = r;
+      return 0;
+    }
+    let s = -1;
+    // Chunks in the arena (the bind's receive entries) are recorded where they are.
+    const here = this.#whole && buf.buffer === this.#arena.buffer ? buf.byteOffset : -1;
+    const slice = step - JUMBO_TAG_LEN;
+    for (; taken < n; taken++) {
+      const o = off + taken * step;
+      if (buf[o] !== MSG_JUMBO) break;
+      if (s < 0) s = this.#slotOf(key);
+      const next = this.#next[s];
+      const idx = buf[o + 1];
+      const sid = this.#id[s];
+      if (
+        next !== 0 && idx === next && idx < this.#count[s] - 1 && buf[o + 2] === this.#count[s] &&
+        buf[o + 3] === JUMBO_F_NEEDS_CSUM && step === this.#dsize[s] &&
+        buf[o + 4] === sid >>> 24 && buf[o + 5] === ((sid >>> 16) & 0xff) &&
+        buf[o + 6] === ((sid >>> 8) & 0xff) && buf[o + 7] === (sid & 0xff) &&
+        this.#filled[s] + slice <= JUMBO_MAX_PACKET
+      ) {
+        // A middle chunk of the message in progress, in order and of its size.
+        this.#used[s] = ++this.#tick;
+        const np = this.#nparts[s];
+        if (here >= 0 && np > 0) {
+          const k = s * JUMBO_MAX_CHUNKS + np;
+          this.#pOff[k] = here + o + JUMBO_TAG_LEN;
+          this.#pLen[k] = slice;
+          this.#nparts[s] = np + 1;
+          this.#filled[s] += slice;
+        } else {
+          this.#part(s, buf, o + JUMBO_TAG_LEN, slice);
+        }
+        this.#next[s] = idx + 1;
+        continue;
+      }
+      r = this.add(key, buf, o, step);
+      if (r !== JumboResult.PENDING) {
+        taken++;
+        break;
+      }
+    }
+    this.runResult = r;
+    return taken;
   }
 
   /** Adds the JUMBO chunk `buf[off .. off + len)` from sender `key`. */

@@ -153,7 +153,7 @@ export class PacketLoop {
           }
         }
         for (let j = 0;; j++) {
-          this.#deliverFromBind(now, unverified);
+          count += this.#deliverFromBind(now, unverified, sec === undefined);
           if (j === run) break;
           bind.narrow(bind.off + bind.len, bind.len); // part j+1's chunk, moved behind part j's
         }
@@ -175,8 +175,12 @@ export class PacketLoop {
     return count;
   }
 
-  /** Engine → TUN or reassembly for the datagram at the bind's `buf[off .. off+len)` (drainBind). */
-  #deliverFromBind(now: number, unverified: boolean): void {
+  /**
+   * Engine → TUN or reassembly for the datagram at the bind's `buf[off .. off+len)` (drainBind).
+   * With `plain` (no secure layer), the JUMBO chunks after it in its receive run go to the
+   * reassembly in one call (BindSeam.reassembleRun); returns how many further datagrams it took.
+   */
+  #deliverFromBind(now: number, unverified: boolean, plain: boolean): number {
     const bind = this.bind;
     const tun = this.tun;
     const res = this.#res;
@@ -196,13 +200,27 @@ export class PacketLoop {
       if (bind.reassemble(res.peer!, now)) {
         if (unverified) this.secure!.refuseCompletion();
         else if (tun.writeAssembled(bind.assembled)) this.jumboRx++;
+      } else if (plain) {
+        // The rest of its GRO run: same source, so no engine call per chunk (one per run).
+        const peer = res.peer!;
+        let taken = 0;
+        for (;;) {
+          const n = bind.reassembleRun(peer, now);
+          if (n === 0) break;
+          taken += n;
+          this.engine.receivedRun(peer, n, n * bind.step, now);
+          if (!bind.runCompleted) break;
+          if (tun.writeAssembled(bind.assembled)) this.jumboRx++;
+        }
+        return taken;
       }
     } else if (unverified) {
-      return; // (the engine saw a JUMBO type byte; not expected)
+      return 0; // (the engine saw a JUMBO type byte; not expected)
     } else if (v === Verdict.TO_TUN) {
       this.path.clamp(bind.buf, res.off, res.len, res.peer, res.csumStart >= 0);
       tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
     }
+    return 0;
   }
 
   /** The endpoint key of the datagram the bind last stepped to (control path: builds a string). */

@@ -1140,8 +1140,8 @@ export class PeerTable {
   }
 
   /** Records that something (data or control) arrived from `peer`: `bytes` of UDP payload at `now`. */
-  noteRx(peer: Peer, bytes: number, now: number): void {
-    peer.rxPackets++;
+  noteRx(peer: Peer, bytes: number, now: number, datagrams = 1): void {
+    peer.rxPackets += datagrams;
     peer.rxBytes += bytes;
     if (now > peer.lastSeen) peer.lastSeen = now;
   }

@@ -159,6 +159,16 @@ export interface BindSeam {
   readonly port: number;
   /** Adds the JUMBO chunk just received from `peer`; true when it completed a packet, see {@link assembled}. */
   reassemble(peer: Peer, now: number): boolean;
+  /**
+   * After {@link reassemble} of a chunk that did not complete a packet: adds the JUMBO chunks that
+   * follow it in the same receive entry (a GRO run: same source, same size) from `peer` without a
+   * step and an engine call each, stopping before a datagram that is not a chunk and after one that
+   * completes a packet ({@link runCompleted}) or is dropped. Returns the datagrams taken (0: none;
+   * the caller counts them as received from `peer`); the bind then stands on the last one taken.
+   */
+  reassembleRun(peer: Peer, now: number): number;
+  /** The last {@link reassembleRun} ended with a completed packet ({@link assembled}). */
+  readonly runCompleted: boolean;
   readonly assembled: AssembledPacket;
   /** Adds its drop counts (by name) to `drops`. */
   addDrops(drops: Record<string, number>): void;

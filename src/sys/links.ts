@@ -38,6 +38,12 @@ export interface InstanceLinkSpec {
   v6: CidrBytes;
   gw4: Uint8Array;
   gw6: Uint8Array;
+  /**
+   * TSO segment cap of the instance's end (`gso_max_segs`), so its TCP super-packets make JUMBO
+   * messages of one UDP GSO send each (src/proxy/jumbo.ts `jumboTsoSegs`); a kernel that refuses
+   * it leaves the default.
+   */
+  gsoMaxSegs?: number;
 }
 
 /** Links in the daemon's (the node's) network namespace. */
@@ -172,6 +178,13 @@ export class Links {
         inner.addAddress(peer, s.v4);
         inner.addAddress(peer, s.v6, { noDad: true });
         inner.setLink(peer, { up: true });
+        if (s.gsoMaxSegs !== undefined) {
+          try {
+            inner.setLink(peer, { gsoMaxSegs: s.gsoMaxSegs });
+          } catch {
+            // (older kernels set it only when the link is made: the instance works with the default)
+          }
+        }
         const lo = inner.linkIndex("lo");
         if (lo !== undefined) inner.setLink(lo, { up: true });
         inner.addRoute({ family: 4, dstLen: 0, gateway: s.gw4, oif: peer }, { replace: true });

@@ -303,5 +303,11 @@ export class MemoryBind implements BindSeam {
     return false;
   }
 
+  readonly runCompleted = false;
+
+  reassembleRun(_peer: Peer, _now: number): number {
+    return 0;
+  }
+
   addDrops(_drops: Record<string, number>): void {}
 }

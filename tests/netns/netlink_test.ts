@@ -273,6 +273,7 @@ Deno.test({
           c.addAddress(idx, { family: 6, addr: V6(last), prefixLen: 120 }, { noDad: true });
           c.setLink(idx, { up: true });
           c.setLink(c.linkIndex("lo")!, { up: true });
+          if (last === 2) c.setLink(idx, { gsoMaxSegs: 45 }); // (the instance's TSO cap, jumboTsoSegs)
           c.addRoute({ family: 4, dstLen: 0, gateway: V4(1) });
           c.addRoute({ family: 6, dstLen: 0, gateway: V6(1) });
         }
@@ -332,6 +333,8 @@ Deno.test({
           const eth0 = links.find((l) => l.ifname === "eth0")!;
           strictEqual(eth0.mtu, 1450);
           ok(eth0.flags.includes("UP"));
+          const d = await ipJson<Array<IpLink & { gso_max_segs?: number }>>([...prefix], ["-d", "link"]);
+          strictEqual(d.find((l) => l.ifname === "eth0")!.gso_max_segs, last === 2 ? 45 : 65535);
           ok(links.find((l) => l.ifname === "lo")!.flags.includes("UP"));
           if (last === 3) strictEqual(eth0.ifindex, 2, "peerIndex honoured");
         }

@@ -8,6 +8,7 @@ import {
   type JumboMeta,
   JumboResult,
   jumboSliceOffset,
+  jumboTsoSegs,
   placeJumbo,
   writeJumbo,
 } from "../../src/proxy/jumbo.ts";
@@ -322,4 +323,84 @@ Deno.test("placeJumbo/gatherJumbo: a packet read scattered into the layout becom
     0,
     "too small for JUMBO",
   );
+});
+
+Deno.test("JumboAssembler.addRun: a receive run of two messages completes each byte-exact, as add does chunk by chunk", () => {
+  const a = superPacket(65535);
+  const b = superPacket(20_000);
+  const ea = encode(a, 11);
+  const eb = encode(b, 12);
+  // One ArrayBuffer: a receive run of full-size datagrams (message a's chunks but its last, which is
+  // shorter), then the assembly slots.
+  const recvBytes = 200_000;
+  const arena = new Uint8Array(recvBytes + 2 * (10 + JUMBO_MAX_PACKET));
+  let at = 0;
+  const put = (src: Uint8Array, [o, len]: number[]) => {
+    arena.set(src.subarray(o, o + len), at);
+    at += len;
+  };
+  for (const c of ea.chunks) put(ea.arena, c);
+  const asm = new JumboAssembler({ arena, base: recvBytes, slots: 2, prefix: 10 });
+  const key = {};
+  // The caller took chunk 0 with add (the engine classified it); the rest goes by runs.
+  assertEquals(asm.add(key, arena, 0, DSIZE), JumboResult.PENDING);
+  const full = ea.chunks.length - 2; // full-size datagrams after the first
+  assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, full), full);
+  assertEquals(asm.runResult, JumboResult.PENDING);
+  const lastLen = ea.chunks.at(-1)![1];
+  assertEquals(asm.add(key, arena, DSIZE * (full + 1), lastLen), JumboResult.COMPLETE);
+  assertEquals(partsOf(asm, arena), a);
+
+  // A run holding a message's last full chunks, a non-chunk datagram: it stops before that one.
+  at = 0;
+  for (const c of eb.chunks.slice(0, -1)) put(eb.arena, c);
+  arena.fill(0x45, at, at + DSIZE); // a raw IPv4 datagram of the same size
+  const n = eb.chunks.length - 1;
+  assertEquals(asm.add(key, arena, 0, DSIZE), JumboResult.PENDING);
+  assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, n), n - 1, "stops before the raw datagram");
+  assertEquals(asm.runResult, JumboResult.PENDING);
+
+  // A message whose chunks all have one size completes inside the run; the next one starts there.
+  const c = superPacket(1442 + 1450 * 3); // 4 full chunks exactly
+  const ec = encode(c, 13);
+  assertEquals(ec.chunks.map(([, l]) => l), [DSIZE, DSIZE, DSIZE, DSIZE]);
+  at = 0;
+  for (const ch of ec.chunks) put(ec.arena, ch);
+  const ec2 = encode(c, 14);
+  for (const ch of ec2.chunks) put(ec2.arena, ch);
+  const lostBefore = asm.lost;
+  assertEquals(asm.add(key, arena, 0, DSIZE), JumboResult.PENDING);
+  assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, 7), 3, "stops at the completing chunk");
+  assertEquals(asm.runResult, JumboResult.COMPLETE);
+  assertEquals(asm.outId, 13);
+  assertEquals(partsOf(asm, arena), c);
+  assertEquals(asm.lost - lostBefore, 1, "message b, left unfinished, was lost when c began");
+  assertEquals(asm.addRun(key, arena, 4 * DSIZE, DSIZE, 4), 4);
+  assertEquals([asm.runResult, asm.outId], [JumboResult.COMPLETE, 14]);
+  assertEquals(partsOf(asm, arena), c);
+
+  // A chunk out of order inside the run drops the message and ends the run there.
+  at = 0;
+  for (const ch of [ea.chunks[0], ea.chunks[1], ea.chunks[3], ea.chunks[4]]) put(ea.arena, ch);
+  assertEquals(asm.add(key, arena, 0, DSIZE), JumboResult.PENDING);
+  assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, 3), 2);
+  assertEquals(asm.runResult, JumboResult.DROPPED);
+  assertEquals(asm.addRun(key, arena, DSIZE, DSIZE, 1_000_000), 0, "a run beyond the buffer is refused");
+});
+
+Deno.test("jumboTsoSegs: a TSO packet of that many segments makes one message of one GSO send; one more does not", () => {
+  assertEquals(jumboTsoSegs(1450), 45);
+  for (const mtu of [1280, 1418, 1450, 1500, 4000, 9000]) {
+    const n = jumboTsoSegs(mtu)!;
+    const dsize = mtu + 8;
+    const perSend = Math.floor(65507 / dsize);
+    const largest = (segs: number) => mtu + (segs - 1) * (mtu - 40); // MSS mtu − 40, headers in the first
+    assert(jumboChunkCount(largest(n), dsize) <= perSend, `mtu ${mtu}: ${n} segments fit one send`);
+    assert(
+      largest(n + 1) > 65535 || jumboChunkCount(largest(n + 1), dsize) > perSend,
+      `mtu ${mtu}: ${n + 1} would not`,
+    );
+  }
+  assertEquals(jumboTsoSegs(9000), 7);
+  assertEquals(jumboTsoSegs(100), undefined);
 });

@@ -183,6 +183,9 @@ Deno.test("set link: up/down/unchanged flag masks, MTU, master 0 releases, renam
   strictEqual(a.get(IFLA.TXQLEN), undefined);
   const q = buildSetLink(enc, 1, 4, { txQueueLen: 10000 }).slice();
   strictEqual(attrU32(q, parseAttrs(q, 32, q.length).get(IFLA.TXQLEN)!), 10000);
+  const g = buildSetLink(enc, 1, 4, { gsoMaxSegs: 45 }).slice();
+  strictEqual(attrU32(g, parseAttrs(g, 32, g.length).get(IFLA.GSO_MAX_SEGS)!), 45);
+  strictEqual(a.get(IFLA.GSO_MAX_SEGS), undefined);
   const del = buildDelLink(enc, 3, 12).slice();
   strictEqual(dv(del).getUint16(4, true), RTM.DELLINK);
   strictEqual(dv(del).getInt32(20, true), 12);

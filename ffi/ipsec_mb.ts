@@ -174,6 +174,22 @@ export function ipsecMbUnavailable(): string | undefined {
   return unavailable;
 }
 
+// Tags go through the context's own 16 bytes (copied in JS): a view at each message's tag offset
+// (it moves with the message's length) would be a new view per message in viewAt's cache.
+
+/** Throws unless `buf[off, +16)` is inside `buf` (as viewAt would for a view there). */
+function checkTagRange(buf: Uint8Array, off: number): void {
+  if (!(off >= 0 && off + TAG_LEN <= buf.length)) {
+    throw new IpsecMbError(`tag range [${off}, +${TAG_LEN}) outside a ${buf.length}-byte buffer`);
+  }
+}
+
+/** Copies the 16-byte `tag` to `dst[off ..]` (range checked). */
+function putTag(tag: Uint8Array, dst: Uint8Array, off: number): void {
+  checkTagRange(dst, off);
+  for (let i = 0; i < TAG_LEN; i++) dst[off + i] = tag[i];
+}
+
 /** Compares two 16-byte tags without an early exit. */
 function tagsEqual(a: Uint8Array, b: Uint8Array, bOff: number): boolean {
   let diff = 0;
@@ -233,9 +249,10 @@ export class IpsecMbAead
       nonce,
       viewAt(adBuf, adOff, adLen),
       BigInt(adLen),
-      viewAt(dst, dstOff + len, TAG_LEN),
+      this.#tag,
       TAG_LEN_ARG,
     );
+    putTag(this.#tag, dst, dstOff + len);
   }
 
   /** Checks the tag at `buf[off+len, +16)` and decrypts `buf[off, +len)` in place; false when it does not verify. */
@@ -285,13 +302,15 @@ export class IpsecMbAead
   /** Ends a sealed message: writes the tag at `dst[tagOff, +16)`. */
   finishSeal(dst: Uint8Array, tagOff: number): void {
     this.#usable(true);
-    sym!.encFinal(this.#keyData, this.#ctx, viewAt(dst, tagOff, TAG_LEN), TAG_LEN_ARG);
+    checkTagRange(dst, tagOff);
+    sym!.encFinal(this.#keyData, this.#ctx, this.#tag, TAG_LEN_ARG);
+    putTag(this.#tag, dst, tagOff);
   }
 
   /** Ends an opened message: true when the tag at `buf[tagOff, +16)` verifies everything since {@link begin}. */
   finishOpen(buf: Uint8Array, tagOff: number): boolean {
     this.#usable(false);
-    viewAt(buf, tagOff, TAG_LEN);
+    checkTagRange(buf, tagOff);
     sym!.decFinal(this.#keyData, this.#ctx, this.#tag, TAG_LEN_ARG);
     return tagsEqual(this.#tag, buf, tagOff);
   }

@@ -74,6 +74,8 @@ const CTX_LEN = 88;
 const TAG_LEN = 16;
 /** The tag length as the library's `uint64_t` argument (bigint keeps V8's fast call path). */
 const TAG_LEN_ARG = 16n;
+/** The associated data the secure layer passes (its 16-byte header), as the `u64` argument (no BigInt per call). */
+const AD_LEN_16 = 16n;
 /** CPU features the VAES AVX-512 code needs (/proc/cpuinfo flag names). */
 const CPU_FLAGS = ["avx512f", "avx512bw", "avx512vl", "vaes", "vpclmulqdq"];
 
@@ -248,7 +250,7 @@ export class IpsecMbAead
       BigInt(len),
       nonce,
       viewAt(adBuf, adOff, adLen),
-      BigInt(adLen),
+      adLen === 16 ? AD_LEN_16 : BigInt(adLen),
       this.#tag,
       TAG_LEN_ARG,
     );
@@ -276,7 +278,7 @@ export class IpsecMbAead
       BigInt(len),
       nonce,
       viewAt(adBuf, adOff, adLen),
-      BigInt(adLen),
+      adLen === 16 ? AD_LEN_16 : BigInt(adLen),
       this.#tag,
       TAG_LEN_ARG,
     );
@@ -287,7 +289,13 @@ export class IpsecMbAead
   begin(nonce: Uint8Array, ad: Uint8Array, adOff: number, adLen: number): void {
     this.#usable(this.#encrypt);
     if (nonce.length !== 12) throw new IpsecMbError("nonce must be 12 bytes");
-    sym!.init(this.#keyData, this.#ctx, nonce, viewAt(ad, adOff, adLen), BigInt(adLen));
+    sym!.init(
+      this.#keyData,
+      this.#ctx,
+      nonce,
+      viewAt(ad, adOff, adLen),
+      adLen === 16 ? AD_LEN_16 : BigInt(adLen),
+    );
   }
 
   /** The next piece `src[srcOff, +len)` into `dst[dstOff ..]` (the same place or not overlapping). */

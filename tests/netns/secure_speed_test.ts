@@ -2,7 +2,8 @@
  * A/B measurement (not a timed test; runs only with `NETMANAGER_SECURE_AB=1`): TCP throughput of one
  * iperf3 stream between two simulated nodes (static table, offline certificates) in FAST mode with
  * `TunnelSecurity: off` and with `require`, in one run, with the daemons' CPU per Gbit/s and their
- * JUMBO/seal counters. Prints one JSON line per mode and the secure/plain ratio. On a busy machine
+ * JUMBO/seal counters, each daemon's busiest threads (`threads`: %core, % of the time runnable but
+ * waiting for a CPU, sleeps per ms; /proc/<pid>/task) and the machine's idle share. Prints one JSON line per mode and the secure/plain ratio. On a busy machine
  * the absolute numbers move; the ratio of the same run is the figure to compare.
  *
  *   NETMANAGER_SECURE_AB=1 [NETMANAGER_SECURE_AB_SECONDS=5] [NETMANAGER_SECURE_AB_ROUNDS=1] \

@@ -74,6 +74,8 @@ const CTX_LEN = 88;
 const TAG_LEN = 16;
 /** The tag length as the library's `uint64_t` argument (bigint keeps V8's fast call path). */
 const TAG_LEN_ARG = 16n;
+/** The associated data the secure layer passes (its 16-byte header), as the `u64` argument (no BigInt per call). */
+const AD_LEN_16 = 16n;
 /** CPU features the VAES AVX-512 code needs (/proc/cpuinfo flag names). */
 const CPU_FLAGS = ["avx512f", "avx512bw", "avx512vl", "vaes", "vpclmulqdq"];
 
@@ -174,6 +176,22 @@ export function ipsecMbUnavailable(): string | undefined {
   return unavailable;
 }
 
+// Tags go through the context's own 16 bytes (copied in JS): a view at each message's tag offset
+// (it moves with the message's length) would be a new view per message in viewAt's cache.
+
+/** Throws unless `buf[off, +16)` is inside `buf` (as viewAt would for a view there). */
+function checkTagRange(buf: Uint8Array, off: number): void {
+  if (!(off >= 0 && off + TAG_LEN <= buf.length)) {
+    throw new IpsecMbError(`tag range [${off}, +${TAG_LEN}) outside a ${buf.length}-byte buffer`);
+  }
+}
+
+/** Copies the 16-byte `tag` to `dst[off ..]` (range checked). */
+function putTag(tag: Uint8Array, dst: Uint8Array, off: number): void {
+  checkTagRange(dst, off);
+  for (let i = 0; i < TAG_LEN; i++) dst[off + i] = tag[i];
+}
+
 /** Compares two 16-byte tags without an early exit. */
 function tagsEqual(a: Uint8Array, b: Uint8Array, bOff: number): boolean {
   let diff = 0;
@@ -232,10 +250,11 @@ export class IpsecMbAead
       BigInt(len),
       nonce,
       viewAt(adBuf, adOff, adLen),
-      BigInt(adLen),
-      viewAt(dst, dstOff + len, TAG_LEN),
+      adLen === 16 ? AD_LEN_16 : BigInt(adLen),
+      this.#tag,
       TAG_LEN_ARG,
     );
+    putTag(this.#tag, dst, dstOff + len);
   }
 
   /** Checks the tag at `buf[off+len, +16)` and decrypts `buf[off, +len)` in place; false when it does not verify. */
@@ -259,7 +278,7 @@ export class IpsecMbAead
       BigInt(len),
       nonce,
       viewAt(adBuf, adOff, adLen),
-      BigInt(adLen),
+      adLen === 16 ? AD_LEN_16 : BigInt(adLen),
       this.#tag,
       TAG_LEN_ARG,
     );
@@ -270,7 +289,13 @@ export class IpsecMbAead
   begin(nonce: Uint8Array, ad: Uint8Array, adOff: number, adLen: number): void {
     this.#usable(this.#encrypt);
     if (nonce.length !== 12) throw new IpsecMbError("nonce must be 12 bytes");
-    sym!.init(this.#keyData, this.#ctx, nonce, viewAt(ad, adOff, adLen), BigInt(adLen));
+    sym!.init(
+      this.#keyData,
+      this.#ctx,
+      nonce,
+      viewAt(ad, adOff, adLen),
+      adLen === 16 ? AD_LEN_16 : BigInt(adLen),
+    );
   }
 
   /** The next piece `src[srcOff, +len)` into `dst[dstOff ..]` (the same place or not overlapping). */
@@ -285,13 +310,15 @@ export class IpsecMbAead
   /** Ends a sealed message: writes the tag at `dst[tagOff, +16)`. */
   finishSeal(dst: Uint8Array, tagOff: number): void {
     this.#usable(true);
-    sym!.encFinal(this.#keyData, this.#ctx, viewAt(dst, tagOff, TAG_LEN), TAG_LEN_ARG);
+    checkTagRange(dst, tagOff);
+    sym!.encFinal(this.#keyData, this.#ctx, this.#tag, TAG_LEN_ARG);
+    putTag(this.#tag, dst, tagOff);
   }
 
   /** Ends an opened message: true when the tag at `buf[tagOff, +16)` verifies everything since {@link begin}. */
   finishOpen(buf: Uint8Array, tagOff: number): boolean {
     this.#usable(false);
-    viewAt(buf, tagOff, TAG_LEN);
+    checkTagRange(buf, tagOff);
     sym!.decFinal(this.#keyData, this.#ctx, this.#tag, TAG_LEN_ARG);
     return tagsEqual(this.#tag, buf, tagOff);
   }

@@ -2,7 +2,8 @@
  * A/B measurement (not a timed test; runs only with `NETMANAGER_SECURE_AB=1`): TCP throughput of one
  * iperf3 stream between two simulated nodes (static table, offline certificates) in FAST mode with
  * `TunnelSecurity: off` and with `require`, in one run, with the daemons' CPU per Gbit/s and their
- * JUMBO/seal counters. Prints one JSON line per mode and the secure/plain ratio. On a busy machine
+ * JUMBO/seal counters, each daemon's busiest threads (`threads`: %core, % of the time runnable but
+ * waiting for a CPU, sleeps per ms; /proc/<pid>/task) and the machine's idle share. Prints one JSON line per mode and the secure/plain ratio. On a busy machine
  * the absolute numbers move; the ratio of the same run is the figure to compare.
  *
  *   NETMANAGER_SECURE_AB=1 [NETMANAGER_SECURE_AB_SECONDS=5] [NETMANAGER_SECURE_AB_ROUNDS=1] \
@@ -32,6 +33,29 @@ const TABLE: QueryResult[] = secureTable(1);
 async function cpuSeconds(pid: number): Promise<number> {
   const f = (await Deno.readTextFile(`/proc/${pid}/stat`)).split(") ")[1].split(" ");
   return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** utime + stime per thread of a process (tid → [name, seconds, runqueue wait s, voluntary switches]). */
+async function threadSeconds(pid: number): Promise<Map<number, [string, number, number, number]>> {
+  const out = new Map<number, [string, number, number, number]>();
+  for await (const e of Deno.readDir(`/proc/${pid}/task`)) {
+    try {
+      const raw = await Deno.readTextFile(`/proc/${pid}/task/${e.name}/stat`);
+      const name = raw.slice(raw.indexOf("(") + 1, raw.lastIndexOf(")"));
+      const f = raw.slice(raw.lastIndexOf(") ") + 2).split(" ");
+      const sched = (await Deno.readTextFile(`/proc/${pid}/task/${e.name}/schedstat`)).split(" ");
+      const status = await Deno.readTextFile(`/proc/${pid}/task/${e.name}/status`);
+      const vol = Number(status.match(/^voluntary_ctxt_switches:\s*(\d+)/m)?.[1] ?? 0);
+      out.set(Number(e.name), [name, (Number(f[11]) + Number(f[12])) / 100, Number(sched[1]) / 1e9, vol]);
+    } catch { /* the thread ended */ }
+  }
+  return out;
+}
+
+/** Idle CPU seconds of the whole machine (all CPUs; /proc/stat idle + iowait). */
+async function machineIdle(): Promise<number> {
+  const f = (await Deno.readTextFile("/proc/stat")).split("\n")[0].trim().split(/\s+/);
+  return (Number(f[4]) + Number(f[5])) / 100;
 }
 
 async function measure(mode: string, seconds: number): Promise<Record<string, unknown>> {
@@ -108,9 +132,28 @@ async function measure(mode: string, seconds: number): Promise<Record<string, un
         stderr: "piped",
       }).spawn()
       : undefined;
+    const idle0 = await machineIdle();
     const cpu0 = await Promise.all(pids.map(cpuSeconds));
+    const thr0 = await Promise.all(pids.map(threadSeconds));
     const gbit = await iperf(seconds);
     const cpu1 = await Promise.all(pids.map(cpuSeconds));
+    const thr1 = await Promise.all(pids.map(threadSeconds));
+    const idle1 = await machineIdle();
+    // Per node, the busiest threads: %core, % of the time runnable but waiting for a CPU, sleeps
+    // (voluntary switches) per ms — so sender and receiver workers can be compared.
+    const threads = thr1.map((t1, i) =>
+      [...t1].map(([tid, [name, s, w, v]]) => {
+        const t0 = thr0[i].get(tid);
+        return [
+          name,
+          (100 * (s - (t0?.[1] ?? 0))) / seconds,
+          (100 * (w - (t0?.[2] ?? 0))) / seconds,
+          (v - (t0?.[3] ?? 0)) / (seconds * 1000),
+        ] as const;
+      }).filter((x) => x[1] >= 1).sort((a, b) => b[1] - a[1])
+        .map((x) => `${x[0]}=${Math.round(x[1])}%/wait${Math.round(x[2])}%/sleeps${x[3].toFixed(1)}perMs`)
+        .join(" ")
+    );
     const perfOut = perf ? new TextDecoder().decode((await perf.output()).stderr) : "";
     const traceDir = Deno.env.get("NETMANAGER_SECURE_AB_TRACE");
     if (traceDir) {
@@ -153,6 +196,8 @@ async function measure(mode: string, seconds: number): Promise<Record<string, un
       pctCorePerGbit: +((cpuPct[0] + cpuPct[1]) / gbit).toFixed(1),
       retransmits,
       tcp,
+      threads,
+      machineIdlePct: Math.round((100 * (idle1 - idle0)) / seconds),
       ...(perGbit ? { perGbit } : {}),
       sender: JSON.stringify(st).match(/"(jumbo[A-Za-z]*|udpTx|tunRx)":\d+/g)?.join(" "),
       receiver: rx.match(/"(jumboRx|udpRx|tunTx)":\d+/g)?.join(" "),

@@ -151,10 +151,12 @@ const PATH_NAMES: Record<string, string> = {
   vxlan: "kernel VXLAN",
   "nm-fast": "netmanager, RR ServiceIP, FAST mode",
   "nm-uring": "netmanager, FAST mode, io_uring backend",
+  "nm-fast-nomaglev": "netmanager, FAST mode, V8 without Maglev (DENO_V8_FLAGS=--no-maglev)",
   "nm-uring-spin": "netmanager, FAST mode, io_uring backend, BusyPollMicros 200 (ring watched in memory)",
   "nm-fast-spin": "netmanager, FAST mode, BusyPollMicros 200 (epoll)",
   "nm-raw": "netmanager, RR ServiceIP, raw mode",
   "nm-secure": "netmanager, RR ServiceIP, secure (require, FAST inside)",
+  "nm-secure-nomaglev": "netmanager, secure, V8 without Maglev (DENO_V8_FLAGS=--no-maglev)",
   "nm-secure-evp": "netmanager, secure, AES-GCM by libcrypto instead of ipsec-mb",
   "wireguard-go": "wireguard-go (userspace WireGuard)",
 };

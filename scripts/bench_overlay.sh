@@ -119,10 +119,12 @@ bash "$harness" "${args[@]}" \
   --slot nm-raw="TunnelSecurity=off FastMode=false bash $root/scripts/bench_slot.sh" \
   --slot nm-uring="TunnelSecurity=off IoBackend=uring bash $root/scripts/bench_slot.sh" \
   --slot nm-uring-spin="TunnelSecurity=off IoBackend=uring BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
+  --slot nm-fast-nomaglev="TunnelSecurity=off DENO_V8_FLAGS=--no-maglev bash $root/scripts/bench_slot.sh" \
   --slot nm-fast-spin="TunnelSecurity=off BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
   --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-ktc="TunnelSecurity=off KernelFastPath=tc NM_KFAST_FILE=$results/ktc.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \
+  --slot nm-secure-nomaglev="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-nomaglev.jsonl DENO_V8_FLAGS=--no-maglev bash $root/scripts/bench_slot.sh" \
   --slot nm-secure-evp="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-evp.jsonl NETMANAGER_AEAD=libcrypto bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?

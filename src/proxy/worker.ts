@@ -117,6 +117,7 @@ function hsMessage(m: HsDown): void {
     hs = host;
     secure.handshake = (peer, buf, off, len, known) => host.queue(peer, buf, off, len, known);
     secure.expects = (peer, buf, off, len) => host.expects(peer, buf, off, len);
+    secure.proven = (peer, buf, off, len) => host.proven(peer, buf, off, len);
     for (const q of hsPending.splice(0)) host.onMessage(q);
   }).catch((e) => post({ type: "error", message: `handshakes: ${e?.stack ?? e}`, fatal: false }));
 }

@@ -200,7 +200,7 @@ function refill(b: Bucket, now: number, rate: number, cap: number): void {
 
 /** Runs a node's handshakes with all peers (see the module). */
 export class Handshaker {
-  /** Drops by reason (`hs_malformed`, `hs_rate_limited`, `hs_unknown_index`, `hs_noise`, `hs_cert_<reason>`, `hs_cert_key_mismatch`, `hs_pending_full`). */
+  /** Drops by reason (`hs_malformed`, `hs_rate_limited`, `hs_mac2_invalid`, `hs_unknown_index`, `hs_noise`, `hs_cert_<reason>`, `hs_cert_key_mismatch`, `hs_pending_full`). */
   readonly drops: Record<string, number> = {};
   readonly rekeyMs: number;
   #cred: NodeCredential;
@@ -362,6 +362,19 @@ export class Handshaker {
       return false;
     }
     this.#drop("hs_unknown_index");
+    return false;
+  }
+
+  /**
+   * True when the HS_INIT `buf[off .. off+len)` from `peer` carries the cluster's mac1 and a mac2 under
+   * our current or previous cookie secret for `peer`: a sender that proved its address. Called only
+   * under load (the caller's budget for its class is spent), so the normal path pays no hash;
+   * a non-zero mac2 that does not verify counts as `hs_mac2_invalid`.
+   */
+  provenInit(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    if (!hasMac2(buf, off, len) || !checkMac1(buf, off, len, this.#caKeys)) return false;
+    if (this.#jar.checkMac2(buf, off, peer, this.#now())) return true;
+    this.#drop("hs_mac2_invalid");
     return false;
   }
 

@@ -298,6 +298,15 @@ export class HandshakeHost {
   }
 
   /**
+   * True for an HS_INIT from `peer` whose mac1 and mac2 verify (handshake.ts `provenInit`): asked
+   * only under load, before a cookie-holders' budget or queue room is granted — a stranger's garbage
+   * in mac2 buys nothing.
+   */
+  proven(peer: string, buf: Uint8Array, off: number, len: number): boolean {
+    return this.#hs !== undefined && this.#hs.provenInit(peer, buf, off, len);
+  }
+
+  /**
    * A handshake datagram `buf[off .. off+len)` from `peer` (`known`: one of the table's nodes),
    * received now: copied and handled at {@link drain}. False: not taken (no setup, or the queue is full).
    */
@@ -315,12 +324,12 @@ export class HandshakeHost {
       return true;
     }
     // Strangers' INITs (a flood's) fill half the queue at most: the table's nodes keep the rest, and
-    // the last MAC2_ROOM places are for INITs with a mac2 (the handshaker verifies it: a flood
-    // spoofing a node's address has no cookie).
+    // the last MAC2_ROOM places are for INITs whose mac2 verifies (checked only then: a flood
+    // spoofing a node's address has no cookie, and garbage in mac2 does not pass).
     const n = this.#queue.length;
     if (
       n >= (known ? HS_QUEUE_MAX - MAC2_ROOM : HS_QUEUE_MAX / 2) &&
-      (n >= HS_QUEUE_MAX || !hasMac2(buf, off, len))
+      (n >= HS_QUEUE_MAX || !hasMac2(buf, off, len) || !this.proven(peer, buf, off, len))
     ) {
       this.#queueDrops++;
       return false;

@@ -179,6 +179,8 @@ export class SecureLayer {
    * before the forwarding budget, which a flood's reflected cookie replies would otherwise spend.
    */
   expects: ((peer: string, buf: Uint8Array, off: number, len: number) => boolean) | undefined = undefined;
+  /** True for an HS_INIT whose mac1 and mac2 verify (hs_host.ts `proven`); unset: none is proven here. */
+  proven: ((peer: string, buf: Uint8Array, off: number, len: number) => boolean) | undefined = undefined;
 
   /** A layer for worker `lane` (mode off until {@link setMode}). */
   constructor(o: SecureLayerOptions) {
@@ -520,12 +522,13 @@ export class SecureLayer {
         peer = sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
         if (!this.expects(peer, buf, off, len)) return Inbound.DONE;
       }
-      // A flood spoofing a node's address spends that class; under load (class spent) an INIT with a
-      // mac2 has the cookie-holders' own. (Verifying that mac2 here starved real
-      // nodes' rekeys under a spoofed flood — 1–2 instead of 3–4 in 20 s, cause not found — so the
-      // handshaker checks it, as before, and a forged mac2 only reaches its COOKIE reply.)
+      // A flood spoofing a node's address spends that class; under load (class spent) an INIT whose
+      // mac2 verifies (hs_host.ts `proven`: mac1, then the cookie) has the cookie-holders' own.
       let k = known ? 1 : 0;
-      if (tk[k] < 1 && hasMac2(buf, off, len)) k = 2;
+      if (tk[k] < 1 && this.proven && hasMac2(buf, off, len)) {
+        peer ??= sourcePeer !== undefined && sourceExact ? sourcePeer : sourceKey();
+        if (this.proven(peer, buf, off, len)) k = 2;
+      }
       if (tk[k] < 1) {
         this.#drops[D_HS_FLOOD]++;
         return Inbound.DONE;

@@ -142,20 +142,28 @@ sock="$dir/nm.sock"
   fi
 ) &
 export BridgeName=$OB_BRIDGE NodePublicAddress=$OB_UNDERLAY_IP
-# The harness made the workload's veth itself; the daemon caps the TSO segments of the instance veths it
-# makes (gso_max_segs = jumboTsoSegs(MTU), src/sys/links.ts): the same here, as a deployed instance has it.
-segs=$("$deno" eval "import { jumboTsoSegs } from '$root/src/proxy/jumbo.ts'; console.log(jumboTsoSegs($OB_OVERLAY_MTU) ?? '')" 2>/dev/null || true)
-if [[ -n $segs ]]; then
-  for l in $(ip -n "$OB_WORKLOAD_NS" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do
-    ip -n "$OB_WORKLOAD_NS" link set dev "$l" gso_max_segs "$segs" || true
-  done
-fi
 if [[ -n ${NM_SECURE_CA:-} ]]; then
   # Secure slot: this node's key signed by the run's CA; raw and unauthenticated datagrams refused.
   key=$("$deno" run -A "$root/main.ts" cert show --state-dir "$dir/state" 2>/dev/null)
   "$deno" run -A "$root/main.ts" cert sign --ca "$NM_SECURE_CA" --node-id "bench$OB_NODE" --public-key "$key" \
     --out "$dir/node.crt" >/dev/null
   export TunnelSecurity=require TunnelCertFile=$dir/node.crt TunnelCaFile=$NM_SECURE_CA/ca.json
+fi
+# The harness made the workload's veth itself; the daemon caps the TSO segments of the instance veths it
+# makes (src/env/manager.ts: gso_max_segs = jumboTsoSegs(bridge MTU, TUN MTU, sealed when TunnelSecurity is
+# not off), src/sys/links.ts): the same rule here, from the daemon's own configuration, as a deployed
+# instance has it.
+segs=$("$deno" eval "
+import { loadNodeConfig } from '$root/src/config/mod.ts';
+import { jumboTsoSegs } from '$root/src/proxy/jumbo.ts';
+const c = await loadNodeConfig({ netcfgPath: '$root/config/netcfg.json', tuncfgPath: '$root/config/tuncfg.json' });
+const secure = c.net.TunnelSecurity !== 'off';
+console.log(jumboTsoSegs($OB_OVERLAY_MTU, { tunMtu: c.tun.MTUsize, secure }) ?? '');
+" 2>/dev/null || true)
+if [[ -n $segs ]]; then
+  for l in $(ip -n "$OB_WORKLOAD_NS" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip -n "$OB_WORKLOAD_NS" link set dev "$l" gso_max_segs "$segs" || true
+  done
 fi
 exec "$deno" run -A "$root/main.ts" daemon --subnet "$OB_POD_CIDR" --socket "$sock" --state-dir "$dir/state" \
   --cfg "$root/config/netcfg.json" --tuncfg "$root/config/tuncfg.json" --static-table "$dir/table.json" ${NM_ARGS:-}

@@ -754,7 +754,11 @@ export class EnvironmentManager {
         v6: addr6,
         gw4: ipv4Bytes(subnet.gateway4),
         gw6: subnet.gateway6,
-        gsoMaxSegs: jumboTsoSegs(this.#cfg.bridgeMtu),
+        // Chunks of the TUN's MTU; sealed ones (TunnelSecurity not off) longer in their sends.
+        gsoMaxSegs: jumboTsoSegs(this.#cfg.bridgeMtu, {
+          tunMtu: this.#cfg.tun.MTUsize,
+          secure: this.#cfg.net.TunnelSecurity !== "off",
+        }),
       });
       if (announceError) log.warn("announcing the new address failed", { key, error: announceError });
       undo.push(() => void links.deleteByName(rec.hostVeth));

@@ -8,7 +8,15 @@
  * share one ArrayBuffer (the bind lays its arenas out that way, bind.ts), `set` otherwise.
  * @module
  */
-import { JUMBO_MAX_CHUNKS, JUMBO_META_LEN, JUMBO_TAG_LEN, MIN_IPV6_LEN, MSG_JUMBO } from "./wire.ts";
+import {
+  FAST_HEADER_LEN,
+  JUMBO_MAX_CHUNKS,
+  JUMBO_META_LEN,
+  JUMBO_TAG_LEN,
+  MIN_IPV6_LEN,
+  MSG_JUMBO,
+} from "./wire.ts";
+import { SECURE_HEADER_LEN } from "../secure/secure_wire.ts";
 import { VNET_GSO_ECN, VNET_GSO_TCPV4, VNET_GSO_TCPV6 } from "../../ffi/vnet.ts";
 
 /** Largest super-packet (IP length) a JUMBO message carries. */
@@ -42,17 +50,47 @@ export function jumboChunkCount(total: number, dsize: number): number {
 /** Largest UDP payload of one UDP_SEGMENT send: 65535 − IPv4 header − UDP header. */
 const MAX_GSO_PAYLOAD = 65507;
 
+/** Options of {@link jumboTsoSegs}. */
+export interface JumboTsoOptions {
+  /**
+   * MTU of the node's TUN, which sizes the chunks (FAST header + MTU per datagram, bind.ts); default
+   * the link's MTU (they differ only when `TUN_MTU_SIZE` sets the bridge's).
+   */
+  tunMtu?: number;
+  /**
+   * The messages may be sealed (`TunnelSecurity` not off): each datagram of a sealed message goes out
+   * {@link SECURE_HEADER_LEN} bytes longer in its GSO send (secure_layer.ts), so fewer fit one send. A
+   * cap for sealed messages also fits plain ones (a `prefer` node's raw peers).
+   */
+  secure?: boolean;
+}
+
 /**
  * The TSO segment count (`gso_max_segs`) for an instance's link of MTU `mtu` at which every TCP
  * super-packet it sends makes a JUMBO message of full-MTU chunks that fits one UDP GSO send (one
  * skb on both nodes' UDP paths, one GRO entry at the receiver): with the kernel's 64 KB default a
  * message needs 45 datagrams at MTU 1450, one more than a send carries, so a second skb of one
- * datagram followed each. Undefined when no cap below the 64 KB default does that.
+ * datagram followed each. With `secure` the count is that of a sealed message's send (at TUN MTU
+ * 1468, MTUsize 1500: 44 chunks, 43 sealed datagrams a send, so the plain cap 45 would cost a second
+ * send). Undefined when no cap below the 64 KB default does that.
+ *
+ * (A sealed message whose last chunk is within 16 bytes of a full one still takes a second send:
+ * the tag makes its last datagram longer than the others, secure_layer.ts; no cap avoids that.)
+ *
+ * @example
+ * ```ts
+ * import { jumboTsoSegs } from "./jumbo.ts";
+ * console.log(jumboTsoSegs(1450), jumboTsoSegs(1468), jumboTsoSegs(1468, { secure: true })); // 45 45 44
+ * ```
  */
-export function jumboTsoSegs(mtu: number): number | undefined {
-  if (!Number.isInteger(mtu) || mtu < 576 || mtu > 9000) return undefined;
-  const perSend = Math.floor(MAX_GSO_PAYLOAD / (mtu + JUMBO_TAG_LEN));
-  const room = perSend * mtu - JUMBO_META_LEN; // chunk 0 carries the offload fields too
+export function jumboTsoSegs(mtu: number, opts: JumboTsoOptions = {}): number | undefined {
+  const tun = opts.tunMtu ?? mtu;
+  const ok = (m: number) => Number.isInteger(m) && m >= 576 && m <= 9000;
+  if (!ok(mtu) || !ok(tun)) return undefined;
+  const dsize = FAST_HEADER_LEN + tun; // a chunk, tag included (bind.ts)
+  const sent = dsize + (opts.secure === true ? SECURE_HEADER_LEN : 0); // as it goes in the GSO send
+  const perSend = Math.min(JUMBO_MAX_CHUNKS, Math.floor(MAX_GSO_PAYLOAD / sent));
+  const room = perSend * (dsize - JUMBO_TAG_LEN) - JUMBO_META_LEN; // chunk 0 carries the offload fields too
   // A TSO packet of n segments: its first segment ≤ mtu with the headers, each further one's
   // payload (MSS) ≤ mtu − 40 (IPv4 and TCP headers at least).
   const n = 1 + Math.floor((room - mtu) / (mtu - 40));

@@ -36,53 +36,62 @@ async function securePair(dir: string): Promise<TestCluster> {
   );
 }
 
+/** Runs `body` on two `require` nodes made in a fresh directory: their logs on failure, then stopped and removed. */
+async function withSecurePair(prefix: string, body: (c: TestCluster) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  let c: TestCluster | undefined;
+  try {
+    c = await securePair(dir);
+    await body(c);
+  } catch (e) {
+    if (c) console.error(await c.logs());
+    throw e;
+  } finally {
+    await c?.stop();
+    await cleanupAll();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
 Deno.test(
   { name: "secure: handshake time over ≥ 10 scheduled rekeys (median and range printed)", ...opts },
   async () => {
     const WANT = Number(Deno.env.get("NETMANAGER_TEST_HANDSHAKES") ?? 10);
     Deno.env.set("NETMANAGER_REKEY_SECONDS", "1");
-    const dir = await Deno.makeTempDir({ prefix: "nmhs-" });
-    let c: TestCluster | undefined;
     try {
-      c = await securePair(dir);
-      const cl = c;
-      const samples: { ms: number; phases?: Record<string, number> }[] = [];
-      const seen = ["", ""];
-      const deadline = Date.now() + 120_000;
-      while (samples.length < WANT && Date.now() < deadline) {
-        for (const i of [0, 1]) {
-          const s = await cl.nodes[i].node.api.getJson("/status") as { security: { peers: PeerView[] } };
-          const p = s.security.peers.find((x) => x.subject !== undefined);
-          // A new handshake this side initiated (the other side's rekeys leave its own figure unchanged).
-          const key = `${p?.handshakeMs}/${p?.handshakePhases?.cpuMs}`;
-          // The first value a side shows may be its first handshake (a peer still starting): skipped.
-          if (p?.handshakeMs !== undefined && key !== seen[i]) {
-            if (seen[i] !== "") samples.push({ ms: p.handshakeMs, phases: p.handshakePhases });
-            seen[i] = key;
+      await withSecurePair("nmhs-", async (cl) => {
+        const samples: { ms: number; phases?: Record<string, number> }[] = [];
+        const seen = ["", ""];
+        const deadline = Date.now() + 120_000;
+        while (samples.length < WANT && Date.now() < deadline) {
+          for (const i of [0, 1]) {
+            const s = await cl.nodes[i].node.api.getJson("/status") as { security: { peers: PeerView[] } };
+            const p = s.security.peers.find((x) => x.subject !== undefined);
+            // A new handshake this side initiated (the other side's rekeys leave its own figure unchanged).
+            const key = `${p?.handshakeMs}/${p?.handshakePhases?.cpuMs}`;
+            // The first value a side shows may be its first handshake (a peer still starting): skipped.
+            if (p?.handshakeMs !== undefined && key !== seen[i]) {
+              if (seen[i] !== "") samples.push({ ms: p.handshakeMs, phases: p.handshakePhases });
+              seen[i] = key;
+            }
           }
+          await new Promise((r) => setTimeout(r, 150));
         }
-        await new Promise((r) => setTimeout(r, 150));
-      }
-      const ms = samples.map((x) => x.ms).sort((a, b) => a - b);
-      const median = ms[Math.floor(ms.length / 2)];
-      console.log(JSON.stringify({
-        handshakes: ms.length,
-        medianMs: median,
-        minMs: ms[0],
-        maxMs: ms.at(-1),
-        all: samples.map((x) => x.ms),
-        phases: samples.map((x) => x.phases),
-      }));
-      assert(ms.length >= Math.min(WANT, 10), `handshakes seen: ${ms.length}`);
-      assert(median <= 40, `median handshake ${median} ms`);
-    } catch (e) {
-      if (c) console.error(await c.logs());
-      throw e;
+        const ms = samples.map((x) => x.ms).sort((a, b) => a - b);
+        const median = ms[Math.floor(ms.length / 2)];
+        console.log(JSON.stringify({
+          handshakes: ms.length,
+          medianMs: median,
+          minMs: ms[0],
+          maxMs: ms.at(-1),
+          all: samples.map((x) => x.ms),
+          phases: samples.map((x) => x.phases),
+        }));
+        assert(ms.length >= Math.min(WANT, 10), `handshakes seen: ${ms.length}`);
+        assert(median <= 40, `median handshake ${median} ms`);
+      });
     } finally {
       Deno.env.delete("NETMANAGER_REKEY_SECONDS");
-      await c?.stop();
-      await cleanupAll();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
 );
@@ -98,11 +107,7 @@ Deno.test(
     // (the peer's INIT budget is 4/s); each answer carries the handshake's time on node 1 (HS_INIT
     // sent → keys installed), node 2's status the responder's (HS_INIT received → keys installed).
     const N = Number(Deno.env.get("NETMANAGER_TEST_REKEYS") ?? 16);
-    const dir = await Deno.makeTempDir({ prefix: "nmhsr-" });
-    let c: TestCluster | undefined;
-    try {
-      c = await securePair(dir);
-      const cl = c;
+    await withSecurePair("nmhsr-", async (cl) => {
       const secure = async (i: number) => {
         const s = await cl.nodes[i].node.api.getJson("/status") as { security: { peers: PeerView[] } };
         return s.security.peers.find((x) => x.subject !== undefined);
@@ -180,14 +185,7 @@ Deno.test(
       assert(resp.length >= N, `responder saw ${resp.length} of ${N}`);
       // A generous bound (a busy machine); the figure for the 5 ms target is the print.
       assert(st(ms).medianMs <= 40, `median running-peer handshake ${st(ms).medianMs} ms`);
-    } catch (e) {
-      if (c) console.error(await c.logs());
-      throw e;
-    } finally {
-      await c?.stop();
-      await cleanupAll();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    }
+    });
   },
 );
 
@@ -199,11 +197,7 @@ Deno.test(
     // does: `pair` rounds start both at once (each one's INIT may reach the other while it still
     // starts); `one` rounds restart one daemon while the other runs (its INIT goes to a ready peer).
     const ROUNDS = Number(Deno.env.get("NETMANAGER_TEST_FIRST_ROUNDS") ?? 6);
-    const dir = await Deno.makeTempDir({ prefix: "nmhs1-" });
-    let c: TestCluster | undefined;
-    try {
-      c = await securePair(dir);
-      const cl = c;
+    await withSecurePair("nmhs1-", async (cl) => {
       const res: Record<"pair" | "one", { ms: number; phases?: Record<string, number> }[]> = {
         pair: [],
         one: [],
@@ -283,13 +277,6 @@ Deno.test(
         stat(res.one).medianMs <= 100,
         `median first handshake with a running peer ${stat(res.one).medianMs} ms`,
       );
-    } catch (e) {
-      if (c) console.error(await c.logs());
-      throw e;
-    } finally {
-      await c?.stop();
-      await cleanupAll();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    }
+    });
   },
 );

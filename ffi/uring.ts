@@ -53,7 +53,6 @@ export const SqeFlag = { IO_LINK: 4, IO_HARDLINK: 8 } as const;
 
 /** Setup flags. */
 export const Setup = {
-  SQPOLL: 1 << 1,
   SUBMIT_ALL: 1 << 7,
   COOP_TASKRUN: 1 << 8,
   /** With COOP_TASKRUN or DEFER_TASKRUN: the kernel sets {@link SqFlag.TASKRUN} when completion work waits. */
@@ -64,15 +63,12 @@ export const Setup = {
 
 /** Bits of the SQ ring's flags word (written by the kernel, read in place). */
 export const SqFlag = {
-  /** SQPOLL: the kernel thread sleeps; an enter with ENTER_SQ_WAKEUP wakes it. */
-  NEED_WAKEUP: 1,
   CQ_OVERFLOW: 2,
   /** Completion work waits for an io_uring_enter (rings set up with TASKRUN_FLAG). */
   TASKRUN: 4,
 } as const;
 
 const ENTER_GETEVENTS = 1;
-const ENTER_SQ_WAKEUP = 2;
 const ENTER_EXT_ARG = 8;
 const FEAT_SINGLE_MMAP = 1;
 const FEAT_EXT_ARG = 1 << 8;
@@ -213,8 +209,6 @@ export class Ring {
    * kernel flags completion work that waits for an enter (TASKRUN_FLAG).
    */
   readonly watchable: boolean;
-  /** SQPOLL: a kernel thread takes the submissions (an enter only to wake it or to wait). */
-  readonly sqPoll: boolean;
 
   readonly #maps: Mapping[] = [];
   readonly #sqHead: Uint32Array;
@@ -243,7 +237,6 @@ export class Ring {
     this.#hasExtArg = (layout.features & FEAT_EXT_ARG) !== 0;
     this.watchable = (flags & Setup.TASKRUN_FLAG) !== 0 ||
       (flags & (Setup.COOP_TASKRUN | Setup.DEFER_TASKRUN)) === 0;
-    this.sqPoll = (flags & Setup.SQPOLL) !== 0;
     try {
       const single = (layout.features & FEAT_SINGLE_MMAP) !== 0;
       const sqBytes = single ? Math.max(layout.sqBytes, layout.cqBytes) : layout.sqBytes;
@@ -287,7 +280,7 @@ export class Ring {
    * kernel refuses the flags (EINVAL: older kernel) it retries without them. Throws a
    * {@link UringError} carrying the errno when io_uring is unavailable (ENOSYS, EPERM: disabled).
    */
-  static open(entries: number, flags: number = Setup.SUBMIT_ALL, sqIdleMs = 0): Ring {
+  static open(entries: number, flags: number = Setup.SUBMIT_ALL): Ring {
     if (!Number.isInteger(entries) || entries < 1 || entries > 4096 || (entries & (entries - 1)) !== 0) {
       throw new UringError(`ring entries ${entries}: a power of two, 1..4096`);
     }
@@ -295,7 +288,6 @@ export class Ring {
     for (;;) {
       const params = new Uint8Array(PARAMS_SIZE);
       new DataView(params.buffer).setUint32(8, f, true);
-      if ((f & Setup.SQPOLL) !== 0) new DataView(params.buffer).setUint32(16, sqIdleMs, true); // sq_thread_idle
       const fd = libc.syscall_uring_setup(BigInt(SYS_IO_URING_SETUP), entries, params);
       if (fd >= 0) return new Ring(fd, parseParams(params), f);
       const code = errno();
@@ -343,22 +335,15 @@ export class Ring {
    * Submits what {@link prep} queued and waits for `minComplete` completions, at most `timeoutMs`
    * (-1: no limit; ignored when `minComplete` is 0). Returns the SQEs submitted, 0 when the wait
    * timed out or was interrupted, or -errno. One system call — none when there is nothing to submit
-   * and nothing to wait for. With SQPOLL the kernel thread takes the submissions: a call only to wake
-   * it ({@link SqFlag.NEED_WAKEUP}) or to wait. `getEvents` with `minComplete` 0: only runs the completions' deferred
+   * and nothing to wait for. `getEvents` with `minComplete` 0: only runs the completions' deferred
    * work (a ring set up with DEFER_TASKRUN posts completions only inside io_uring_enter).
    */
   enter(toSubmit: number, minComplete: number, timeoutMs = -1, getEvents = minComplete > 0): number {
     if (this.#closed) throw new UringError("ring closed");
     if (toSubmit > this.#queued) toSubmit = this.#queued;
     Atomics.store(this.#sqTail, 0, this.#tail); // publish the SQEs (release)
+    if (toSubmit === 0 && !getEvents) return 0;
     let flags = getEvents ? ENTER_GETEVENTS : 0;
-    if (this.sqPoll && toSubmit > 0) {
-      this.#queued = 0; // the kernel thread takes what is published
-      if ((Atomics.load(this.#sqFlags, 0) & SqFlag.NEED_WAKEUP) !== 0) flags |= ENTER_SQ_WAKEUP;
-      else if (!getEvents) return toSubmit;
-      toSubmit = 0;
-    }
-    if (toSubmit === 0 && flags === 0) return 0;
     let arg: Uint8Array | null = null;
     let argSize = 0n;
     if (minComplete > 0) {
@@ -399,9 +384,7 @@ export class Ring {
    * plain loads of the mapped rings, no system call (see {@link watchable}).
    */
   pending(): boolean {
-    if (this.#closed) return false;
-    return this.#cqHead[0] !== Atomics.load(this.#cqTail, 0) ||
-      (Atomics.load(this.#sqFlags, 0) & SqFlag.TASKRUN) !== 0;
+    return !this.#closed && (this.#cqHead[0] !== Atomics.load(this.#cqTail, 0) || this.taskrun);
   }
 
   /** True when the kernel flagged completion work that waits for an enter (TASKRUN_FLAG rings). */

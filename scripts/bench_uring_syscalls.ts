@@ -60,7 +60,6 @@ async function cpu(c: TestCluster): Promise<number> {
  * 200) and io_uring setup flags for the spin experiments of issue 10.
  * - `uring-spin`: the ring watched in memory (TASKRUN_FLAG: deferred completion work flagged);
  * - `uring-spin-ipi`: no COOP/DEFER_TASKRUN (completions posted by an interrupt of the spinning thread);
- * - `uring-spin-sqpoll`: SQPOLL (a kernel thread submits and completes; 2 ms idle);
  * - `epoll-spin`: BusyPollMicros with epoll (a call per look).
  */
 const VARIANTS: Record<string, { backend: "epoll" | "uring"; spin: boolean; flags?: number }> = {
@@ -69,9 +68,10 @@ const VARIANTS: Record<string, { backend: "epoll" | "uring"; spin: boolean; flag
   "epoll-spin": { backend: "epoll", spin: true },
   "uring-spin": { backend: "uring", spin: true },
   "uring-spin-ipi": { backend: "uring", spin: true, flags: 0x80 | 0x1000 },
-  "uring-spin-sqpoll": { backend: "uring", spin: true, flags: 0x2 | 0x80 | 0x1000 },
 };
-const SPIN_US = Number(Deno.args[Deno.args.indexOf("--spin") + 1] ?? 200);
+const spinAt = Deno.args.indexOf("--spin");
+const SPIN_US = spinAt >= 0 ? Number(Deno.args[spinAt + 1]) : 200;
+if (!Number.isInteger(SPIN_US) || SPIN_US < 1) throw new Error("--spin US: a whole number of µs ≥ 1");
 const PICKED = (Deno.args.find((a) => a.startsWith("--variants="))?.slice(11) ?? "epoll,uring").split(",");
 
 async function measure(variant: string): Promise<Record<string, number>> {

@@ -187,11 +187,10 @@ export class UringIo {
    * `flags`: io_uring setup flags. Default: completions' work runs only inside io_uring_enter
    * (DEFER_TASKRUN, with SINGLE_ISSUER: the Worker's thread alone uses the ring) — no interrupt of
    * a busy loop per completion (an IPI, which traps on this PVM guest); on a kernel without them
-   * (< 6.1) the ring is set up without flags. {@link SPIN_FLAGS} for spin mode; `sqIdleMs`: the
-   * SQPOLL thread's idle time before it sleeps (with {@link Setup.SQPOLL} only, an experiment).
+   * (< 6.1) the ring is set up without flags. {@link SPIN_FLAGS} for spin mode.
    */
-  constructor(dev: TunDevice, udp: UdpSocket, wakeFd: number, flags: number = DEFAULT_FLAGS, sqIdleMs = 2) {
-    this.ring = Ring.open(RING_ENTRIES, flags, sqIdleMs);
+  constructor(dev: TunDevice, udp: UdpSocket, wakeFd: number, flags: number = DEFAULT_FLAGS) {
+    this.ring = Ring.open(RING_ENTRIES, flags);
     this.#deferred = (this.ring.flags & Setup.DEFER_TASKRUN) !== 0;
     this.#dev = dev;
     this.#udp = udp;

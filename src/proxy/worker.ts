@@ -27,8 +27,15 @@ import type { HsDown } from "../secure/hs_messages.ts";
 import { trace, tracing } from "../secure/hs_trace.ts";
 
 const YIELD_EVERY_MS = 5000;
-/** io_uring spin mode: how long one watch of the ring lasts before the CPU is offered (ms). */
-const spinSliceMs = Number(Deno.env.get("NETMANAGER_SPIN_SLICE_US") ?? 5) / 1000;
+/**
+ * io_uring spin mode: how long one watch of the ring lasts before the CPU is offered (ms;
+ * `NETMANAGER_SPIN_SLICE_US`, 1–100000, default 5 µs — anything else is the default: a NaN slice
+ * would never end).
+ */
+const spinSliceMs = (() => {
+  const us = Number(Deno.env.get("NETMANAGER_SPIN_SLICE_US") ?? 5);
+  return (Number.isFinite(us) && us >= 1 && us <= 100_000 ? us : 5) / 1000;
+})();
 /**
  * io_uring spin mode: offer the CPU after each slice (`NETMANAGER_SPIN_YIELD=0`: never — on the shared
  * 2-vCPU host a spinner that did not yield kept the workload and the other node off the CPU; README).
@@ -243,9 +250,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
             // Spin mode (BusyPollMicros > 0): the kernel flags waiting completion work in the ring
             // (TASKRUN_FLAG), so the spinning loop watches memory instead of entering per look.
             const flags = Number(Deno.env.get("NETMANAGER_URING_FLAGS") ?? NaN);
-            const sqIdle = Number(Deno.env.get("NETMANAGER_URING_SQ_IDLE_MS") ?? 2);
             uring = Number.isInteger(flags)
-              ? new UringIo(dev, sock, m.wakeFd, flags, sqIdle)
+              ? new UringIo(dev, sock, m.wakeFd, flags)
               : m.busyPollUs > 0
               ? new UringIo(dev, sock, m.wakeFd, SPIN_FLAGS)
               : new UringIo(dev, sock, m.wakeFd);

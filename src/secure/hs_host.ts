@@ -415,16 +415,15 @@ export class HandshakeHost {
     this.#attempt.delete(k.peer);
     const answer = st.initiator ? undefined : this.#answers.get(k.peer);
     this.#answers.delete(k.peer);
-    const t = readyAt;
     this.#o.post({
       type: "secure-hs-done",
       keys: k,
       cert: st.cert,
       initiator: st.initiator,
-      ...(t0 !== undefined ? { handshakeMs: t - t0 } : {}),
-      ...(a !== undefined ? { attempt: { ms: t - a.at, inits: a.inits } } : {}),
+      ...(t0 !== undefined ? { handshakeMs: readyAt - t0 } : {}),
+      ...(a !== undefined ? { attempt: { ms: readyAt - a.at, inits: a.inits } } : {}),
       ...(resp ? { resp } : {}),
-      ...(answer ? { answer: answer.phase, readyMs: t - answer.at } : {}),
+      ...(answer ? { answer: answer.phase, readyMs: readyAt - answer.at } : {}),
     });
   }
 

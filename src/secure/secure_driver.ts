@@ -392,6 +392,7 @@ export class SecureDriver {
         const t = setTimeout(() => {
           const i = list.indexOf(done);
           if (i >= 0) list.splice(i, 1);
+          if (list.length === 0 && this.#waiters.get(p) === list) this.#waiters.delete(p);
           resolve({ peer: p, error: "timeout" });
         }, timeoutMs);
         const done = (r: RekeyResult) => {

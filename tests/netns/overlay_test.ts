@@ -7,7 +7,7 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cleanupAll, inNs, isRoot, run, sh } from "../helpers/netns.ts";
 import { type QueryResult, TestCluster } from "../helpers/cluster.ts";
 import { TOOL } from "../helpers/node.ts";
-import { clientEntry, instanceOn, retry as retryFor, WEB_RR } from "../helpers/setup.ts";
+import { clientEntry, eventually, instanceOn, retry as retryFor, WEB_RR } from "../helpers/setup.ts";
 
 /** This file's readiness wait: 8 s, every 150 ms. */
 const retry = <T>(fn: () => Promise<T>): Promise<T> => retryFor(fn, 8000, 150);
@@ -109,11 +109,11 @@ Deno.test({
     };
     assertEquals(await retry(() => client(c, "tcp-client", "10.30.0.5", 80, "l")), "loc:l");
     assertEquals(await client(c, "tcp-client", "fdff:2000::5", 80, "l6"), "loc:l6");
-    // counters arrive about once a second
-    await new Promise((r) => setTimeout(r, 1300));
-    const after = await c.nodes[0].node.api.getJson("/status") as {
-      dataPlane: { udpTx: number; localHandoff: number };
-    };
+    // counters arrive about once a second: read until they show it, for as long as the 1.3 s wait was
+    type Handoff = { dataPlane: { udpTx: number; localHandoff: number } };
+    const status = () => c.nodes[0].node.api.getJson("/status") as Promise<Handoff>;
+    const handedOff = (s: Handoff) => s.dataPlane.localHandoff > before.dataPlane.localHandoff;
+    const after = await eventually(status, handedOff, 1300).catch(status);
     assert(after.dataPlane.localHandoff > before.dataPlane.localHandoff, JSON.stringify(after.dataPlane));
     const tun = await sh(["ip", "-n", c.nodes[0].node.ns, "link", "show", "goProxyTun"]);
     // MTUsize 1450 − 32 for the secure tunnel's header and tag (TunnelSecurity defaults to prefer).
@@ -313,10 +313,14 @@ Deno.test(
         "50103",
         pkt,
       ]);
-      await new Promise((r) => setTimeout(r, 1300));
-      const st = await c.nodes[0].node.api.getJson("/status") as {
-        dataPlane: { drops: Record<string, number> };
-      };
+      // counters arrive about once a second: read until they show both, for as long as the 1.3 s wait was
+      type Drops = { dataPlane: { drops: Record<string, number> } };
+      const status = () => c.nodes[0].node.api.getJson("/status") as Promise<Drops>;
+      const st = await eventually(
+        status,
+        (s) => (s.dataPlane.drops.not_ours ?? 0) >= 2 && (s.dataPlane.drops.unknown_peer ?? 0) >= 1,
+        1300,
+      ).catch(status);
       const d = st.dataPlane.drops;
       assert((d.not_ours ?? 0) >= 2, JSON.stringify(d)); // garbage and a 2-byte "IPv4 packet"
       assert((d.unknown_peer ?? 0) >= 1, JSON.stringify(d));

@@ -73,7 +73,9 @@ export class TestCluster {
       await Deno.writeTextFile(c.tableFile, JSON.stringify(table, null, 1));
       await sh(["ip", "-n", underlay, "link", "add", "br0", "type", "bridge"]);
       await sh(["ip", "-n", underlay, "link", "set", "br0", "up"]);
-      for (let i = 1; i <= n; i++) {
+      // The nodes start side by side (each: namespace, daemon, `beforeRegister`, register, in that
+      // order); all settle before a failure stops what did start.
+      const startNode = async (i: number) => {
         const ip = `192.168.77.${i}`;
         const cfg = `${dir}/netcfg${i}.json`;
         const base = JSON.parse(await Deno.readTextFile(`${ROOT}config/netcfg.json`));
@@ -103,13 +105,13 @@ export class TestCluster {
             await sh(["ip", "-n", ns, "addr", "add", `${ip}/24`, "dev", a]);
             await sh(["ip", "-n", ns, "link", "set", a, "up"]);
             await sh(["ip", "-n", underlay, "link", "set", b, "master", "br0", "up"]);
-            c.nodes.push({
+            c.nodes[i - 1] = {
               node: undefined as unknown as TestNode,
               ip,
               ifname: a,
               subnet4: s.v4,
               subnet6: s.first6(0),
-            });
+            };
           },
         });
         c.nodes[i - 1].node = node;
@@ -118,7 +120,10 @@ export class TestCluster {
         if (r.status !== 200) {
           throw new Error(`register node ${i}: ${r.status} ${(await node.log()).slice(-2000)}`);
         }
-      }
+      };
+      const started = await Promise.allSettled(Array.from({ length: n }, (_, k) => startNode(k + 1)));
+      const failed = started.find((r) => r.status === "rejected");
+      if (failed) throw failed.reason;
     } catch (e) {
       await c.stop();
       throw e;
@@ -151,17 +156,23 @@ export class TestCluster {
   async logs(): Promise<string> {
     let out = "";
     for (const [i, n] of this.nodes.entries()) {
-      out += `--- node ${i + 1}\n${(await n.node?.log())?.slice(-3000)}\n`;
+      out += `--- node ${i + 1}\n${(await n?.node?.log())?.slice(-3000)}\n`;
     }
     return out;
   }
 
   /** Stops everything this cluster made. */
   async stop(): Promise<void> {
-    for (const c of this.containers) await c.stop();
-    for (const n of this.nodes) await n.node?.stop();
+    // Each container and daemon stops on its own (its own namespace): side by side. (A node whose
+    // start failed early is a hole.)
+    const stopped = [
+      ...await Promise.allSettled(this.containers.map((c) => c.stop())),
+      ...await Promise.allSettled(this.nodes.map((n) => n?.node?.stop())),
+    ];
     await deleteNs(this.underlay);
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+    const failed = stopped.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
   }
 }
 

@@ -35,10 +35,14 @@ export async function netmanagerCli(args: string[]): Promise<string> {
  * certified as `node-<i>` in `<dir>/node<i>.crt` (the offline `cert` flow).
  */
 export async function offlinePki(dir: string, nodes: number, caName = "lab"): Promise<void> {
-  await netmanagerCli(["cert", "ca", "--out", `${dir}/ca`, "--name", caName]);
-  for (let i = 1; i <= nodes; i++) {
-    const key = await netmanagerCli(["cert", "show", "--state-dir", `${dir}/state${i}`]);
-    await netmanagerCli([
+  // Independent CLI runs side by side: the CA and every node's identity, then every signature.
+  const ids = Array.from({ length: nodes }, (_, k) => k + 1);
+  const [, ...keys] = await Promise.all([
+    netmanagerCli(["cert", "ca", "--out", `${dir}/ca`, "--name", caName]),
+    ...ids.map((i) => netmanagerCli(["cert", "show", "--state-dir", `${dir}/state${i}`])),
+  ]);
+  await Promise.all(ids.map((i) =>
+    netmanagerCli([
       "cert",
       "sign",
       "--ca",
@@ -46,11 +50,11 @@ export async function offlinePki(dir: string, nodes: number, caName = "lab"): Pr
       "--node-id",
       `node-${i}`,
       "--public-key",
-      key,
+      keys[i - 1],
       "--out",
       `${dir}/node${i}.crt`,
-    ]);
-  }
+    ])
+  ));
 }
 
 /** Node `i`'s netcfg fields for the certificates {@link offlinePki} wrote, in the mode `mode(i)`. */

@@ -10,7 +10,7 @@ import { TOOL } from "../helpers/node.ts";
 import { eventually } from "../helpers/setup.ts";
 import { execIn } from "../helpers/world.ts";
 import { carried, tcStatus, withTcPair } from "../helpers/kfast_tc.ts";
-import type { SimNode } from "../../src/demo/world.ts";
+import type { SimInstance, SimNode } from "../../src/demo/world.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
 
@@ -20,6 +20,17 @@ interface KStatus {
     | null;
 }
 const status = (n: SimNode) => tcStatus<KStatus>(n);
+
+/** Waits until a TCP socket listens on `port` in the instance's namespace (a server just spawned). */
+async function listening(inst: SimInstance, port: number): Promise<void> {
+  await eventually(
+    async () => (await execIn(inst, ["ss", "-ltnH", "sport", "=", `:${port}`])).out,
+    (out) => out.includes(`:${port}`),
+    10000,
+    `a listener on port ${port}`,
+    50,
+  );
+}
 
 Deno.test({
   name:
@@ -57,7 +68,7 @@ Deno.test({
             ]);
           }
         }
-        await new Promise((r) => setTimeout(r, 1000)); // the mirror listens
+        await listening(web, 90); // the mirror
 
         const t0 = Date.now();
         const talk = execIn(cli, [...TOOL, "tcp-talk", rr, "90", "60", "350", "6000"]);
@@ -106,7 +117,7 @@ Deno.test({
 
         // iperf3 as the benchmark runs it: its control connection idles while the data moves.
         spawn(["nsenter", "-t", String(web.pid), "-n", "iperf3", "-s", "-p", "5201"]);
-        await new Promise((r) => setTimeout(r, 500));
+        await listening(web, 5201);
         const runs = Number(Deno.env.get("KTC_IPERF_RUNS") ?? "4");
         for (let i = 0; i < runs; i++) {
           for (const extra of [[], ["-P", "4"], ["-u", "-b", "0", "-l", "64", "-t", "2"]]) {

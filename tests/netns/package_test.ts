@@ -237,23 +237,29 @@ Deno.test({
     arch: "aarch64",
     os: "linux",
   });
-  const ok = await emulated([
-    "config",
-    "check",
-    "--cfg",
-    `${tree}/config/netcfg.json`,
-    "--tuncfg",
-    `${tree}/config/tuncfg.json`,
+  const tVersion = Date.now() - t0;
+  // The two config checks (a good and a broken file) are independent runs: side by side (each is one
+  // emulated process; the version run before them filled the code cache they both read).
+  const bad = `${dir}/bad.json`;
+  await Deno.writeTextFile(bad, JSON.stringify({ NodePublicPort: "x" }));
+  const [ok, broken] = await Promise.all([
+    emulated([
+      "config",
+      "check",
+      "--cfg",
+      `${tree}/config/netcfg.json`,
+      "--tuncfg",
+      `${tree}/config/tuncfg.json`,
+    ]),
+    emulated(["config", "check", "--cfg", bad, "--tuncfg", `${tree}/config/tuncfg.json`]),
   ]);
   assertEquals(ok.code, 0, ok.stderr);
   assertMatch(ok.stdout, /^OK$/m);
-  const bad = `${dir}/bad.json`;
-  await Deno.writeTextFile(bad, JSON.stringify({ NodePublicPort: "x" }));
-  const broken = await emulated(["config", "check", "--cfg", bad, "--tuncfg", `${tree}/config/tuncfg.json`]);
   assertEquals(broken.code, 1, broken.stdout);
   assertMatch(broken.stderr, /key "NodePublicPort": NodePublicPort must be a port number/);
   console.error(
-    `aarch64 under qemu: version + 2 config checks in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+    `aarch64 under qemu: version in ${(tVersion / 1000).toFixed(1)} s, then 2 config checks side by side: ` +
+      `${((Date.now() - t0) / 1000).toFixed(1)} s in all`,
   );
 });
 

@@ -11,7 +11,7 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { isRoot, sh } from "../helpers/netns.ts";
 import { nodeSubnet, type TestCluster } from "../helpers/cluster.ts";
-import { clientEntry, oakestraInstance, twoNodeTable, withCluster } from "../helpers/setup.ts";
+import { clientEntry, eventually, oakestraInstance, twoNodeTable, withCluster } from "../helpers/setup.ts";
 import { TOOL } from "../helpers/node.ts";
 
 const opts = { ignore: !isRoot, sanitizeOps: false, sanitizeResources: false };
@@ -315,7 +315,14 @@ for (const protect of [false, true]) {
           ],
           `${dir}/fake.log`,
         );
-        await new Promise((r) => setTimeout(r, 1500));
+        // It is up once it says it connected to the broker (and subscribed); the nodes ask a second later.
+        await eventually(
+          () => Deno.readTextFile(`${dir}/fake.log`).catch(() => ""),
+          (log) => log.includes('"event":"connected"'),
+          10_000,
+          "the fake cluster connected",
+          50,
+        );
         if (!protect) Deno.env.set("NETMANAGER_TEST_TRUST_RESULTS", "1");
         const n1 = await w.clusterNode("n1", "192.168.77.1", "192.168.77.254", W1);
         Deno.env.delete("NETMANAGER_TEST_TRUST_RESULTS");

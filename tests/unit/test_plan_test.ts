@@ -1,5 +1,5 @@
 import { assertEquals } from "../helpers/assert.ts";
-import { addRun, closingLine, planRuns, SOLO, summaryOf } from "../../scripts/test_plan.ts";
+import { addRun, closingLine, planRuns, SOLO, summaryOf, WEIGHTS } from "../../scripts/test_plan.ts";
 
 Deno.test("suite plan: every file once, parallel part longest first, timing-sensitive files alone at the end", () => {
   const files = [
@@ -10,13 +10,15 @@ Deno.test("suite plan: every file once, parallel part longest first, timing-sens
   ];
   const runs = planRuns(files);
   assertEquals(runs.flatMap((r) => r.files).sort(), [...files, "tests/unit/"].sort());
+  // The parallel part by the recorded seconds (a file not listed last), then the solo file.
+  const parallel = ["tests/netns/secure_test.ts", "tests/netns/trust_test.ts", "tests/unit/"]
+    .sort((a, b) => WEIGHTS[b] - WEIGHTS[a]);
   assertEquals(runs.map((r) => r.files[0]), [
-    "tests/netns/secure_test.ts",
-    "tests/netns/trust_test.ts",
-    "tests/unit/",
+    ...parallel,
     "tests/netns/a_test.ts",
     "tests/netns/kfast_test.ts",
   ]);
+  assertEquals(runs.map((r) => r.weight).slice(0, 3), parallel.map((f) => WEIGHTS[f]));
   assertEquals(runs.map((r) => r.solo), [false, false, false, false, true]);
   assertEquals(SOLO.has("tests/netns/kfast_test.ts"), true);
 });

@@ -4,7 +4,9 @@
 # round-robin ServiceIP in raw mode (Oakestra wire format), fast mode, the kernel fast path
 # (nm-kfast: KernelFastPath, issue 16; nm-ktc: its tc eBPF mode, KernelFastPath=tc) and secure mode (TunnelSecurity
 # require, certificates from a throw-away CA made here), and wireguard-go (the harness's slot, Debian
-# package, for an encrypted userspace tunnel to compare with). Prints one JSON object
+# package, for an encrypted userspace tunnel to compare with). Only when named in NM_BENCH_PATHS: c-relay,
+# c-relay-gcm, c-relay-spin (scripts/ceiling/: a minimal C relay of the same I/O design, docs/bench/ceiling.md).
+# Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
 # and to the bare underlay (null when that path was not run),
 # the harness's machine header and the busiest CPU it saw before a path; secureHandshakeMs: the
@@ -127,6 +129,9 @@ bash "$harness" "${args[@]}" \
   --slot nm-secure-nomaglev="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-nomaglev.jsonl DENO_V8_FLAGS=--no-maglev bash $root/scripts/bench_slot.sh" \
   --slot nm-secure-evp="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-evp.jsonl NETMANAGER_AEAD=libcrypto bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
+  --slot c-relay="bash $root/scripts/ceiling/slot.sh" \
+  --slot c-relay-gcm="CEILING_AEAD=1 bash $root/scripts/ceiling/slot.sh" \
+  --slot c-relay-spin="CEILING_SPIN=1 bash $root/scripts/ceiling/slot.sh" \
   --paths "$paths" >"$results/harness.out" 2>"$results/harness.err" || status=$?
 if [[ $status != 0 || ! -s $results/summary.jsonl ]]; then
   echo "bench: harness failed (exit $status), see $results/harness.err" >&2

@@ -11,6 +11,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$OB_STATE_DIR
 bin=$dir/relay
+# The build needs gcc and libcrypto's headers (Debian: gcc, libssl-dev), as wireguard-go's slot installs its package.
+command -v gcc >/dev/null && [[ -f /usr/include/openssl/evp.h ]] ||
+  apt-get install -y -qq gcc libssl-dev >/dev/null
 [[ -x $bin && $bin -nt $here/relay.c ]] || gcc -O2 -Wall -Wextra -o "$bin" "$here/relay.c" -lcrypto
 dev=cr$OB_NODE
 opts=()

@@ -143,23 +143,28 @@ Deno.test(
     try {
       const file = `${dir}/table.json`;
       await Deno.writeTextFile(file, JSON.stringify(bigTable(ENTRIES)));
-      const [idle, full] = await measureAll([1], [1, file]);
-      const grow = full.rssMB - idle.rssMB;
+      // Three rounds, the median growth judged (one round alone once gave +21.3 MB at load 6 where
+      // the other rounds of this suite gave +19.1–20.1).
+      const all = await rounds(3, () => measureAll([1], [1, file]));
+      const grows = all.map(([i, f]) => f.rssMB - i.rssMB);
+      const grow = median(grows);
+      const [idle, full] = all[grows.indexOf(grow)];
       console.log(
         `idle ${idle.rssMB.toFixed(1)} MB; ${ENTRIES} entries ${full.rssMB.toFixed(1)} MB ` +
-          `(+${grow.toFixed(1)} MB, ${Math.round(grow * MB / ENTRIES)} B/entry); Worker external ` +
+          `(+${grow.toFixed(1)} MB, ${Math.round(grow * MB / ENTRIES)} B/entry; rounds ` +
+          `${grows.map((g) => `+${g.toFixed(1)}`).join(" ")}); Worker external ` +
           `${idle.workerExternalMB.toFixed(1)} → ${full.workerExternalMB.toFixed(1)} MB`,
       );
-      assertEquals(idle.entries, 0);
-      assertEquals(full.entries, ENTRIES, "the table is loaded");
-      // The Worker holds no copy: it reads the main isolate's shared buffers (a copy of 10k entries
-      // took 2.5–4 MB of the Worker's external memory).
-      assert(
-        full.workerExternalMB - idle.workerExternalMB < 1,
-        `the Worker's external memory grew by ${
-          (full.workerExternalMB - idle.workerExternalMB).toFixed(1)
-        } MB`,
-      );
+      for (const [i, f] of all) {
+        assertEquals(i.entries, 0);
+        assertEquals(f.entries, ENTRIES, "the table is loaded");
+        // The Worker holds no copy: it reads the main isolate's shared buffers (a copy of 10k entries
+        // took 2.5–4 MB of the Worker's external memory).
+        assert(
+          f.workerExternalMB - i.workerExternalMB < 1,
+          `the Worker's external memory grew by ${(f.workerExternalMB - i.workerExternalMB).toFixed(1)} MB`,
+        );
+      }
       assert(idle.rssMB <= IDLE_MAX_MB, `idle RSS ${idle.rssMB.toFixed(1)} MB > ${IDLE_MAX_MB} MB`);
       assert(grow <= TABLE_MAX_MB, `${ENTRIES} entries add ${grow.toFixed(1)} MB > ${TABLE_MAX_MB} MB`);
     } finally {

@@ -75,11 +75,8 @@ const out: Record<string, unknown> = {
 };
 try {
   await w.control(CTL);
-  // both nodes start side by side (nothing is measured before both are up)
-  const [n1, n2] = await Promise.all([
-    w.clusterNode("n1", "192.168.77.1", CTL),
-    w.clusterNode("n2", "192.168.77.2", CTL),
-  ]);
+  const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
+  const n2 = await w.clusterNode("n2", "192.168.77.2", CTL);
   await w.ctl(["service", "add", "b.b.cli.ns"]);
   await w.ctl(["instance", "add", "b.b.cli.ns", "0"]);
   const client = await w.instance("client");

@@ -98,38 +98,47 @@ async function relayed(n: SimNode): Promise<boolean> {
 
 try {
   await w.control(CTL, { args: ["--relay", "--relay-address", CTL] });
-  // the three NAT'd nodes (and below the services, instances and servers) are set up side by side:
-  // nothing is measured before all of them are up
-  const [n1, n2, n3] = await Promise.all([
-    ["1", "eim", "10.97.0"],
-    ["2", "block", "10.98.0"],
-    ["3", "eim", "10.99.0"],
-  ].map(async ([k, nat, net]) =>
-    w.clusterNode(
-      `n${k}`,
-      `${net}.2`,
-      CTL,
-      undefined,
-      await natRouter(w, k, nat as "eim" | "block", `192.168.77.10${k}`, net, CTL),
-    )
-  ));
-  await Promise.all([n1, n2, n3].map((n) =>
-    until(
+  const n1 = await w.clusterNode(
+    "n1",
+    "10.97.0.2",
+    CTL,
+    undefined,
+    await natRouter(w, "1", "eim", "192.168.77.101", "10.97.0", CTL),
+  );
+  const n2 = await w.clusterNode(
+    "n2",
+    "10.98.0.2",
+    CTL,
+    undefined,
+    await natRouter(w, "2", "block", "192.168.77.102", "10.98.0", CTL),
+  );
+  const n3 = await w.clusterNode(
+    "n3",
+    "10.99.0.2",
+    CTL,
+    undefined,
+    await natRouter(w, "3", "eim", "192.168.77.103", "10.99.0", CTL),
+  );
+  for (const n of [n1, n2, n3]) {
+    await until(
       () => n.api.getJson("/status") as Promise<{ observedEndpoint?: string }>,
       (s) => s.observedEndpoint !== undefined,
       15000,
       100,
-    )
-  ));
+    );
+  }
   const jobs = ["app.ns.bra.ns", "app.ns.brb.ns", "app.ns.brc.ns"];
-  const iips = await Promise.all(jobs.map(async (j) => {
+  const iips: string[] = [];
+  for (const j of jobs) {
     await w.ctl(["service", "add", j]);
-    return (await w.ctl(["instance", "add", j, "0"])).split(" ").at(-2)!;
-  }));
-  const [a, b, c] = await Promise.all(
-    ["a0", "b0", "c0"].map((name) => w.instance(name, [...TOOL, "servers", "80", name])),
-  );
-  await Promise.all([deploy(n1, a, jobs[0]), deploy(n2, b, jobs[1]), deploy(n3, c, jobs[2])]);
+    iips.push((await w.ctl(["instance", "add", j, "0"])).split(" ").at(-2)!);
+  }
+  const a = await w.instance("a0", [...TOOL, "servers", "80", "a0"]);
+  const b = await w.instance("b0", [...TOOL, "servers", "80", "b0"]);
+  const c = await w.instance("c0", [...TOOL, "servers", "80", "c0"]);
+  await deploy(n1, a, jobs[0]);
+  await deploy(n2, b, jobs[1]);
+  await deploy(n3, c, jobs[2]);
   await new Promise((r) => setTimeout(r, 1000));
   const load = () => Deno.readTextFile("/proc/loadavg").then((s) => s.split(" ").slice(0, 3).join(" "));
   const loadBefore = await load();

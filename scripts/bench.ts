@@ -248,7 +248,11 @@ export const STEPS: StepDef[] = [
     description: "translation and flow table lookups at 10 and 100k entries (ns/lookup)",
     needsRoot: false,
     limit: { full: 300, quick: 60, smoke: 60 },
-    argv: (o) => ts("bench_table.ts", ...(short(o) ? ["--iterations", "50000", "--runs", "1"] : [])),
+    argv: (o) =>
+      ts(
+        "bench_table.ts",
+        ...(short(o) ? ["--iterations", o.mode === "smoke" ? "5000" : "50000", "--runs", "1"] : []),
+      ),
   },
   {
     name: "offload",
@@ -309,7 +313,7 @@ export const STEPS: StepDef[] = [
       ts(
         "bench_scale.ts",
         ...(o.mode === "smoke"
-          ? ["--smoke", "--nodes", "30", "--seconds", "2"]
+          ? ["--smoke", "--nodes", "10", "--seconds", "1"]
           : o.mode === "quick"
           ? ["--quick"]
           : []),
@@ -338,7 +342,11 @@ export const STEPS: StepDef[] = [
     description: "secure tunnel AEAD per datagram: node:crypto vs libcrypto by FFI, 1400 B and 64 KB",
     needsRoot: false,
     limit: { full: 120, quick: 60, smoke: 60 },
-    argv: (o) => ts("bench_aead.ts", "--ms", short(o) ? "200" : "1500"),
+    argv: (o) =>
+      ts(
+        "bench_aead.ts",
+        ...(o.mode === "smoke" ? ["--ms", "10", "--smoke"] : ["--ms", short(o) ? "200" : "1500"]),
+      ),
   },
   {
     name: "overlay",
@@ -501,7 +509,7 @@ async function runStep(
       };
     }
   }
-  const busyBeforePct = (await loadSample(o.mode === "full" ? 1000 : 300)).busyPct;
+  const busyBeforePct = (await loadSample(o.mode === "full" ? 1000 : o.mode === "quick" ? 300 : 100)).busyPct;
   // no await from here to `current = …`: a signal either came before (nothing starts) or finds it
   if (interrupted) return { ...base, status: "not-run", reason: `runner got ${interrupted}` };
   const logPath = `${outDir}/${def.name}.log`;
@@ -679,7 +687,9 @@ async function main(): Promise<number> {
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
 
   console.error(`bench: run ${run} (${o.mode}), prefix ${o.prefix}, results in ${outDir}`);
-  const before = await loadSample(2000);
+  // the smoke run (the test suite's) samples for 0.5 s: its numbers are not figures
+  const quietMs = o.mode === "smoke" ? 500 : 2000;
+  const before = await loadSample(quietMs);
   const steps: StepResult[] = [];
   for (const def of defs) {
     if (interrupted) {
@@ -717,7 +727,7 @@ async function main(): Promise<number> {
     );
     steps.push(r);
   }
-  const after = interrupted ? null : await loadSample(2000);
+  const after = interrupted ? null : await loadSample(quietMs);
   const host = machine();
   const cores = host.cores;
   const count = (...st: StepStatus[]) => steps.filter((s) => st.includes(s.status)).length;
@@ -735,7 +745,10 @@ async function main(): Promise<number> {
       after,
       quiet: isQuiet(before) && before.loadAvg1 <= QUIET_LOAD_PER_CORE * cores &&
         (after === null || isQuiet(after)),
-      rule: `CPU busy ≤ ${QUIET_BUSY_PCT} % and steal ≤ ${QUIET_STEAL_PCT} % over 2 s before and after, ` +
+      rule:
+        `CPU busy ≤ ${QUIET_BUSY_PCT} % and steal ≤ ${QUIET_STEAL_PCT} % over ${
+          quietMs / 1000
+        } s before and after, ` +
         `and load average ≤ ${QUIET_LOAD_PER_CORE} per core before`,
     },
     harness,

@@ -48,7 +48,15 @@ done
 cache=${NETMANAGER_CACHE:-$root/.cache}
 mkdir -p "$cache" "$out"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+jobs_pids=()
+# on any exit: stop the architectures' builds still running (an error or a signal), then the work dir
+cleanup() {
+  local p
+  for p in "${jobs_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 # Reproducible archives: file times are the commit's.
 epoch=$(git log -1 --format=%ct 2>/dev/null || date +%s)
 
@@ -95,12 +103,17 @@ deno_runtime() { # <npm arch> <dest>
     echo "package: fetching $pkg@$DENO_VERSION from npm" >&2
     (cd "$cache" && npm pack --silent "$pkg@$DENO_VERSION" >/dev/null)
   fi
-  tar -xzf "$tgz" -C "$work" package/deno
-  mv "$work/package/deno" "$2"
+  mkdir "$work/rt-$1"
+  tar -xzf "$tgz" -C "$work/rt-$1" package/deno
+  mv "$work/rt-$1/package/deno" "$2"
   chmod 0755 "$2"
+  rm -rf "$work/rt-$1"
 }
 
-for arch in $archs; do
+# One architecture's archive and .deb. The architectures build side by side (each in its own
+# directories under $work; gzip is single-threaded): the same bytes as one after another.
+build_arch() { # <arch>
+  local arch=$1 npm_arch deb_arch name tree tar_opts deb_version d size recommends debfile u
   case $arch in
     x86_64) npm_arch=x64 deb_arch=amd64 ;;
     aarch64) npm_arch=arm64 deb_arch=arm64 ;;
@@ -167,4 +180,16 @@ EOF
     echo "package: $debfile ($(du -h "$debfile" | cut -f1))" >&2
   fi
   rm -rf "$tree" "$work/deb-$arch"
+}
+
+for arch in $archs; do
+  (set -euo pipefail; build_arch "$arch") &
+  jobs_pids+=($!)
 done
+failed=0
+for p in "${jobs_pids[@]}"; do wait "$p" || failed=1; done
+jobs_pids=()
+if [ "$failed" = 1 ]; then
+  echo "package: an architecture's build failed (see above)" >&2
+  exit 1
+fi

@@ -25,6 +25,7 @@ import { parseEndpoint } from "./peers.ts";
 import type { HandshakeHost } from "../secure/hs_host.ts";
 import type { HsDown } from "../secure/hs_messages.ts";
 import { trace, tracing } from "../secure/hs_trace.ts";
+import { compactIsolate } from "../heap.ts";
 
 const YIELD_EVERY_MS = 5000;
 /**
@@ -323,8 +324,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
           // The handshakes run warm before this worker reports ready and its loop starts (issue 11: a
           // first handshake ≤ 5 ms): a peer's HS_INIT that comes meanwhile waits in the socket and is
           // answered on warm paths — not lost to a worker without handshakes, nor answered cold.
-          hsLoading!.then(() => hs?.warmNow()).finally(start);
-        } else start();
+          hsLoading!.then(() => hs?.warmNow()).then(compactIsolate).finally(start);
+        } else compactIsolate().finally(start);
         break;
       }
       case "stop":

@@ -399,16 +399,39 @@ export function loadStaticTable(value: unknown, table: TranslationTable): number
   if (Array.isArray(value)) {
     let entries = 0;
     let sips = 0;
+    // Distinct address texts per family: an upper bound of the distinct addresses (one text each).
+    const a4 = new Set<unknown>();
+    const a6 = new Set<unknown>();
+    let largest = 0;
     for (const r of value) {
       const list = (r as { instance_list?: unknown } | null)?.instance_list;
       if (!Array.isArray(list)) continue;
       entries += list.length;
+      const before = sips;
       for (const i of list) {
         const s = (i as { service_ip?: unknown } | null)?.service_ip;
-        sips += Array.isArray(s) ? s.length : 1;
+        if (!Array.isArray(s)) {
+          sips++;
+          continue;
+        }
+        sips += s.length;
+        for (const x of s) {
+          const ip = x as { Address?: unknown; Address_v6?: unknown } | null;
+          a4.add(ip?.Address);
+          a6.add(ip?.Address_v6);
+        }
       }
+      largest = Math.max(largest, sips - before);
     }
-    table.reserve(Math.min(entries, 1 << 20), Math.min(sips, 1 << 22), Math.min(value.length, 1 << 20));
+    // Plus the largest result's: each change checks room for all of its ServiceIPs as new addresses
+    // (without it the last result of the test table doubled the indexes it fits in exactly).
+    const addresses = Math.min(Math.max(a4.size, a6.size) + largest, sips, 1 << 22);
+    table.reserve(
+      Math.min(entries, 1 << 20),
+      Math.min(sips, 1 << 22),
+      Math.min(value.length, 1 << 20),
+      addresses,
+    );
   }
   return forEachStaticResult(value, (job, entries) => {
     table.replaceJob(job, table.hasJob(job) ? [...table.job(job), ...entries] : entries);

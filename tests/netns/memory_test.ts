@@ -16,8 +16,10 @@
  * run-to-run spread to the measured values. After start-up the daemon releases the deno binary's code
  * pages it no longer runs (src/sys/code_pages.ts; ~20 MB of the binary stay resident, faulted back by
  * what the idle daemon runs) and runs without a copy of V8's builtins per isolate: measured idle
- * 55.6–57.5 MB from the sources (before: 78–81; before the memory work: 89–97 MB), +15–17 MB for the
- * table (before the shared table: +15–21 MB; before the compact one: +122 MB).
+ * 55.6–57.5 MB from the sources (before: 78–81; before the memory work: 89–97 MB), +14.4–15.5 MB for the
+ * table as the median of three rounds (before V8's memory-reducing GC after start-up, also in the Worker,
+ * and the ServiceIP indexes sized by distinct addresses: +19.0–19.8; before the shared table: +15–21 MB;
+ * before the compact one: +122 MB).
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { cleanupAll, isRoot } from "../helpers/netns.ts";

@@ -176,42 +176,14 @@ Deno.test({ name: "overlay: default configuration — one cluster for the steps"
     await step("overlay: garbage and datagrams from unknown hosts are dropped without harm", async () => {
       await retry(() => client(c, "tcp-client", "10.30.0.2", 80, "warm"));
       // garbage from a known peer (n2) and an IPv4 packet from an unknown host on the underlay
-      await sh([
-        "ip",
-        "netns",
-        "exec",
-        c.nodes[1].node.ns,
-        ...TOOL,
-        "udp-send",
-        "192.168.77.1",
-        "50103",
-        "0068656c6c6f",
-      ]);
-      await sh([
-        "ip",
-        "netns",
-        "exec",
-        c.nodes[1].node.ns,
-        ...TOOL,
-        "udp-send",
-        "192.168.77.1",
-        "50103",
-        "4500",
-      ]);
+      const udpSend = (ns: string, hex: string) =>
+        sh(["ip", "netns", "exec", ns, ...TOOL, "udp-send", "192.168.77.1", "50103", hex]);
+      await udpSend(c.nodes[1].node.ns, "0068656c6c6f");
+      await udpSend(c.nodes[1].node.ns, "4500");
       const stranger = c.underlay;
       await sh(["ip", "-n", stranger, "addr", "add", "192.168.77.99/24", "dev", "br0"]);
       const pkt = "450000200001000040110000" + "0a1e0063" + "0a120042" + "303930390008" + "0000" + "41424344";
-      await sh([
-        "ip",
-        "netns",
-        "exec",
-        stranger,
-        ...TOOL,
-        "udp-send",
-        "192.168.77.1",
-        "50103",
-        pkt,
-      ]);
+      await udpSend(stranger, pkt);
       // counters arrive about once a second: read until they show both, for as long as the 1.3 s wait was
       type Drops = { dataPlane: { drops: Record<string, number> } };
       const status = () => c.nodes[0].node.api.getJson("/status") as Promise<Drops>;

@@ -139,8 +139,26 @@ export function stateOfRows(
   }
 }
 
-/** Writes `text` to `path` atomically: `path.tmp`, fsync, rename over `path`. */
-export async function writeAtomic(path: string, text: string): Promise<void> {
+/** The last write queued per path: writes to one path run one after another, in call order. */
+const writesInFlight = new Map<string, Promise<void>>();
+
+/**
+ * Writes `text` to `path` atomically: `path.tmp`, fsync, rename over `path`. Concurrent calls for one
+ * path run in call order (two at once would share the temporary file, and an earlier snapshot could
+ * land last), so the file ends with the text of the last call.
+ */
+export function writeAtomic(path: string, text: string): Promise<void> {
+  const previous = writesInFlight.get(path) ?? Promise.resolve();
+  const mine = previous.catch(() => {}).then(() => writeAtomicNow(path, text));
+  writesInFlight.set(path, mine);
+  const forget = () => {
+    if (writesInFlight.get(path) === mine) writesInFlight.delete(path);
+  };
+  mine.then(forget, forget);
+  return mine;
+}
+
+async function writeAtomicNow(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp`;
   const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
   try {

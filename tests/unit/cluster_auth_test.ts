@@ -43,6 +43,19 @@ Deno.test("auth ACL: a node publishes only its own requests, subscribes only its
   }
 });
 
+Deno.test("auth store: credentials issued at once (concurrent 'control node add') all reach the file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const s = await CredentialStore.open(dir);
+    const issued = await Promise.all(["w1", "w2", "w3", "w4", "w5"].map((w) => s.issue(w)));
+    const again = await CredentialStore.open(dir);
+    for (const c of issued) assert(again.verify(c.username, c.password), c.username);
+    assertEquals(again.workers(), ["w1", "w2", "w3", "w4", "w5"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("auth store: issue, verify, rotate, revoke; 0600 files, no password on disk; token kept", async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -261,6 +261,14 @@ Deno.test("store: writeAtomic replaces the file whole", () =>
     assertEquals(await Deno.readTextFile(p), "short");
   }));
 
+Deno.test("store: concurrent writeAtomic calls for one path all succeed and the last one's text stays", () =>
+  withDir(async (dir) => {
+    const p = `${dir}/f.json`;
+    const texts = Array.from({ length: 20 }, (_, i) => `${i} `.repeat(5000 - i * 100));
+    await Promise.all(texts.map((t) => writeAtomic(p, t)));
+    assertEquals(await Deno.readTextFile(p), texts[texts.length - 1]);
+  }));
+
 Deno.test("etcd: prefixEnd is the first key after every key with the prefix; endpoints are checked", () => {
   assertEquals(prefixEnd("/netmanager/a/"), "/netmanager/a0");
   let threw = 0;

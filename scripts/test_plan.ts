@@ -28,6 +28,8 @@ export interface PlannedRun {
   typeCheck?: boolean;
   /** Runs alone, after the parallel part. */
   solo: boolean;
+  /** Mostly waits (see {@link LIGHT}): may also run in the extra light lane. */
+  light: boolean;
   /** Expected seconds (for ordering). */
   weight: number;
 }
@@ -109,6 +111,17 @@ export const SOLO: ReadonlySet<string> = new Set([
  */
 export const SOLO_WITH_HARNESS: ReadonlySet<string> = new Set(["tests/netns/bench_runner_test.ts"]);
 
+/**
+ * Files that mostly wait — timers, back-off and expiry windows, slow peers — and use a small share of a
+ * core while they run: alone at load ~2, CPU (user + system, daemons included) / wall time ≤ 0.35. Besides
+ * the `jobs` lanes that take any file, the suite runs one more lane that takes only these (the two
+ * vCPUs sat ~30 % idle with two lanes: ci25, 1233 CPU-s in 897 s), so they overlap the heavy files
+ * instead of queueing behind them.
+ */
+export const LIGHT: ReadonlySet<string> = new Set([
+  "tests/netns/ops_logs_test.ts",
+]);
+
 /** What else {@link planRuns} plans for. */
 export interface PlanOptions {
   /** The unit tests' directory (one run). */
@@ -127,11 +140,25 @@ export function planRuns(netnsFiles: readonly string[], opts: PlanOptions = {}):
   const runs: PlannedRun[] = [...netnsFiles, opts.unitDir ?? "tests/unit/"].map((f) => ({
     files: [f],
     solo: SOLO.has(f) || (opts.harness === true && SOLO_WITH_HARNESS.has(f)),
+    light: LIGHT.has(f),
     weight: WEIGHTS[f] ?? DEFAULT_WEIGHT,
   }));
-  if (opts.typeCheck) runs.push({ files: [], typeCheck: true, solo: false, weight: TYPE_CHECK_WEIGHT });
+  if (opts.typeCheck) {
+    runs.push({ files: [], typeCheck: true, solo: false, light: false, weight: TYPE_CHECK_WEIGHT });
+  }
   // Parallel part longest first (the last to start are the short ones: the lanes end together).
   return runs.sort((a, b) => Number(a.solo) - Number(b.solo) || b.weight - a.weight);
+}
+
+/**
+ * Takes the next run for a lane from `queue` (the parallel part, longest first) and removes it: a light
+ * lane only a {@link LIGHT} run, any other lane the first run that is not light, or a light one once
+ * none other is left (light files wait for the light lane while heavy work remains).
+ */
+export function takeRun(queue: PlannedRun[], lightLane: boolean): PlannedRun | undefined {
+  let i = queue.findIndex((r) => r.light === lightLane);
+  if (i < 0 && !lightLane && queue.length > 0) i = 0;
+  return i < 0 ? undefined : queue.splice(i, 1)[0];
 }
 
 /** Counts from one `deno test` closing line. */

@@ -6,9 +6,10 @@
  * The whole suite (no arguments) runs the type check with every JSDoc example (`scripts/check.ts`);
  * it counts as one test, so a broken example fails the suite. Each netns test file runs as its own
  * `deno test --no-check` (the unit tests as one); these and the type check run `NETMANAGER_TEST_JOBS`
- * (default 2) at a time, longest first, the timing-sensitive files alone at the end
- * (`scripts/test_plan.ts`). Each file's output is printed in one piece when it ends, with its
- * seconds; the last line before the summary is the suite's wall time.
+ * (default 2) at a time, longest first, plus `NETMANAGER_TEST_LIGHT_JOBS` (default 1) lanes for the
+ * files that mostly wait, the timing-sensitive files alone at the end (`scripts/test_plan.ts`). Each
+ * file's output is printed in one piece when it ends, with its seconds and CPU seconds; the last line
+ * before the summary is the suite's wall and CPU time.
  */
 import { typeCheck } from "./check.ts";
 import { findHarness } from "./bench.ts";
@@ -84,7 +85,7 @@ async function buffered(run: PlannedRun): Promise<void> {
   const t0 = Date.now();
   // The whole suite's type check (a job of its own) covers every test file: no second check per process.
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--no-prompt", "--no-check", ...run.files],
+    args: ["test", "-A", "--no-prompt", "--no-check", ...(run.flags ?? []), ...run.files],
     stdout: "piped",
     stderr: "piped",
     env,

@@ -6,14 +6,23 @@
  * The whole suite (no arguments) runs the type check with every JSDoc example (`scripts/check.ts`);
  * it counts as one test, so a broken example fails the suite. Each netns test file runs as its own
  * `deno test --no-check` (the unit tests as one); these and the type check run `NETMANAGER_TEST_JOBS`
- * (default 2) at a time, longest first, the timing-sensitive files alone at the end
- * (`scripts/test_plan.ts`). Each file's output is printed in one piece when it ends, with its
- * seconds; the last line before the summary is the suite's wall time.
+ * (default 2) at a time, longest first, plus `NETMANAGER_TEST_LIGHT_JOBS` (default 1) lanes for the
+ * files that mostly wait, the timing-sensitive files alone at the end (`scripts/test_plan.ts`). Each
+ * file's output is printed in one piece when it ends, with its seconds and CPU seconds; the last line
+ * before the summary is the suite's wall and CPU time.
  */
 import { typeCheck } from "./check.ts";
 import { findHarness } from "./bench.ts";
 import { TEST_CACHE_ENV } from "../tests/helpers/release.ts";
-import { addRun, closingLine, type PlannedRun, planRuns, type Summary, summaryOf } from "./test_plan.ts";
+import {
+  addRun,
+  closingLine,
+  type PlannedRun,
+  planRuns,
+  type Summary,
+  summaryOf,
+  takeRun,
+} from "./test_plan.ts";
 
 const whole = Deno.args.length === 0;
 const started = Date.now();
@@ -22,6 +31,25 @@ const cache = await Deno.makeTempDir({ prefix: "nmtest-cache-" });
 const env = { NO_COLOR: "1", [TEST_CACHE_ENV]: cache };
 let total: Summary = { passed: 0, failed: 0, ignored: 0 };
 const seconds = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(0)} s`;
+
+/**
+ * CPU seconds (user + system) of this runner's children reaped so far (/proc/self/stat cutime + cstime,
+ * in USER_HZ = 100 ticks): a child's share is the growth between its end and the previous end (a child
+ * is counted when it is reaped, with the children it reaped — the daemons of a test file).
+ */
+function childCpu(): number {
+  const stat = Deno.readTextFileSync("/proc/self/stat");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3 (state)
+  return (Number(f[13]) + Number(f[14])) / 100;
+}
+let cpuSeen = childCpu();
+/** CPU seconds of the children reaped since the last call (normally just the run that ended). */
+function cpuSince(): string {
+  const now = childCpu();
+  const d = now - cpuSeen;
+  cpuSeen = now;
+  return `CPU ${d.toFixed(0)} s`;
+}
 
 /** One `deno test` streaming to our stdout (a filtered run: the old single-process behaviour). */
 async function streamed(args: string[]): Promise<void> {
@@ -47,7 +75,7 @@ async function streamed(args: string[]): Promise<void> {
 async function checkRun(): Promise<void> {
   const t0 = Date.now();
   const ok = await typeCheck();
-  console.log(`type check (deno check --doc) ... ${ok ? "ok" : "FAILED"} (${seconds(t0)})`);
+  console.log(`type check (deno check --doc) ... ${ok ? "ok" : "FAILED"} (${seconds(t0)}, ${cpuSince()})`);
   total = { ...total, passed: total.passed + (ok ? 1 : 0), failed: total.failed + (ok ? 0 : 1) };
 }
 
@@ -57,7 +85,7 @@ async function buffered(run: PlannedRun): Promise<void> {
   const t0 = Date.now();
   // The whole suite's type check (a job of its own) covers every test file: no second check per process.
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--no-prompt", "--no-check", ...run.files],
+    args: ["test", "-A", "--no-prompt", "--no-check", ...(run.flags ?? []), ...run.files],
     stdout: "piped",
     stderr: "piped",
     env,
@@ -71,7 +99,7 @@ async function buffered(run: PlannedRun): Promise<void> {
       `test runner: ${run.files.join(" ")}: deno test printed no summary (exit code ${out.code})`,
     );
   }
-  console.log(`(${run.files.join(" ")}: ${seconds(t0)})`);
+  console.log(`(${run.files.join(" ")}: ${seconds(t0)}, ${cpuSince()})`);
   total = addRun(total, s, out.code);
 }
 
@@ -92,16 +120,21 @@ try {
     // The type check runs in a lane like a test file (the netns files run with --no-check).
     const harness = findHarness().path !== null;
     const runs = planRuns(await netnsFiles(), { typeCheck: true, harness });
+    // Plus NETMANAGER_TEST_LIGHT_JOBS (default 1) lanes that take only the files that mostly wait.
+    const lightJobs = Math.max(0, Number(Deno.env.get("NETMANAGER_TEST_LIGHT_JOBS") ?? 1) || 0);
     const queue = runs.filter((r) => !r.solo);
-    const lane = async () => {
-      for (let r = queue.shift(); r; r = queue.shift()) await buffered(r);
+    const lane = (light: boolean) => async () => {
+      for (let r = takeRun(queue, light); r; r = takeRun(queue, light)) await buffered(r);
     };
-    await Promise.all(Array.from({ length: jobs }, lane));
+    await Promise.all([
+      ...Array.from({ length: jobs }, lane(false)),
+      ...Array.from({ length: lightJobs }, lane(true)),
+    ]);
     for (const r of runs.filter((r) => r.solo)) await buffered(r);
   }
 } finally {
   await Deno.remove(cache, { recursive: true }).catch(() => {});
 }
-if (whole) console.log(`(suite: ${seconds(started)})`);
+if (whole) console.log(`(suite: ${seconds(started)}, CPU ${childCpu().toFixed(0)} s)`);
 console.log(closingLine(total));
 Deno.exit(total.failed > 0 ? 1 : 0);

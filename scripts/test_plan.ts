@@ -5,7 +5,7 @@
  *
  * Each netns test file is its own `deno test` process (its own environment: several files set
  * `Deno.env` for the daemons they start) and the unit tests are one; up to `jobs` run at once, the
- * longest first. The whole suite's type check is one more job among them (it held both lanes back
+ * longest first, and one more lane runs only the files that mostly wait ({@link LIGHT}, {@link takeRun}). The whole suite's type check is one more job among them (it held both lanes back
  * when it ran first, alone). Files whose assertions are about time or load on a quiet machine run afterwards,
  * one at a time ({@link SOLO}). Parallel files do not share resources: every namespace and interface
  * carries a per-process prefix (tests/helpers/netns.ts), servers listen inside those namespaces, and
@@ -24,59 +24,63 @@
 export interface PlannedRun {
   /** Files (or directories) given to `deno test` (none for the type check). */
   files: string[];
+  /** More `deno test` flags (the unit tests: `--parallel`). */
+  flags?: string[];
   /** The type check with every JSDoc example (`scripts/check.ts`), not a `deno test`. */
   typeCheck?: boolean;
   /** Runs alone, after the parallel part. */
   solo: boolean;
+  /** Mostly waits (see {@link LIGHT}): may also run in the extra light lane. */
+  light: boolean;
   /** Expected seconds (for ordering). */
   weight: number;
 }
 
 /**
- * Seconds each slow file (≥ 10 s) took in a fresh-clone suite run (ci21, 20261206, two lanes;
- * files not listed count {@link DEFAULT_WEIGHT}; uring_test, unlisted before, ran last at 26 s and held
- * the suite 22 s behind the other lane). A run at load ~10 took 2.2× the ci15 figures (median; 0.6–6.4×
- * per file). Only the order depends on it: a stale figure costs balance, never a test.
+ * Seconds each slow file (≥ 10 s) took in the last fresh-clone suite run (ci25, 20261207, two lanes, nothing
+ * beside it; files not listed count {@link DEFAULT_WEIGHT}); the unit tests as they run now (`--parallel`:
+ * 73 s in ci25 one file after another, about half that two at a time). A run at load ~10 took 2.2× the
+ * quiet figures (median; 0.6–6.4× per file). Only the order depends on it: a stale figure costs balance,
+ * never a test.
  */
 export const WEIGHTS: Readonly<Record<string, number>> = {
-  "tests/netns/secure_test.ts": 205,
-  "tests/netns/bench_runner_test.ts": 116,
-  "tests/netns/package_test.ts": 114,
-  "tests/netns/relay_test.ts": 93,
-  "tests/netns/memory_test.ts": 78,
-  "tests/unit/": 72,
-  "tests/netns/secure_hs_time_test.ts": 70,
-  "tests/netns/trust_test.ts": 66,
-  "tests/netns/rebind_test.ts": 65,
-  "tests/netns/kfast_tc_talk_test.ts": 64,
-  "tests/netns/health_test.ts": 60,
-  "tests/netns/overlay_test.ts": 59,
-  "tests/netns/cluster_mode_test.ts": 57,
-  "tests/netns/control_etcd_test.ts": 51,
-  "tests/netns/lifecycle_test.ts": 47,
+  "tests/netns/secure_test.ts": 209,
+  "tests/netns/bench_runner_test.ts": 103,
+  "tests/netns/package_test.ts": 100,
+  "tests/netns/memory_test.ts": 96,
+  "tests/netns/relay_test.ts": 91,
+  "tests/netns/secure_hs_time_test.ts": 67,
+  "tests/netns/rebind_test.ts": 63,
+  "tests/netns/trust_test.ts": 63,
+  "tests/netns/kfast_tc_talk_test.ts": 61,
+  "tests/netns/cluster_mode_test.ts": 59,
+  "tests/netns/health_test.ts": 50,
+  "tests/netns/lifecycle_test.ts": 46,
   "tests/netns/dns_test.ts": 43,
-  "tests/netns/kfast_tc_mode_test.ts": 34,
-  "tests/netns/kfast_tc_rx_test.ts": 33,
+  "tests/netns/control_etcd_test.ts": 40,
+  "tests/unit/": 40,
+  "tests/netns/web_test.ts": 35,
   "tests/netns/ops_logs_test.ts": 33,
-  "tests/netns/nat_test.ts": 31,
-  "tests/netns/kfast_test.ts": 30,
-  "tests/netns/web_test.ts": 29,
-  "tests/netns/kfast_tc_first_test.ts": 29,
-  "tests/netns/ops_test.ts": 26,
-  "tests/netns/daemon_test.ts": 26,
-  "tests/netns/uring_test.ts": 26,
+  "tests/netns/kfast_tc_mode_test.ts": 31,
+  "tests/netns/kfast_test.ts": 31,
+  "tests/netns/overlay_test.ts": 31,
+  "tests/netns/kfast_tc_rx_test.ts": 30,
+  "tests/netns/daemon_test.ts": 29,
+  "tests/netns/kfast_tc_first_test.ts": 28,
+  "tests/netns/ops_test.ts": 27,
+  "tests/netns/nat_test.ts": 25,
+  "tests/netns/uring_test.ts": 24,
   "tests/netns/kernel_interest_test.ts": 22,
-  "tests/netns/systemd_test.ts": 21,
   "tests/netns/control_etcd_interest_test.ts": 21,
-  "tests/netns/cores_test.ts": 21,
-  "tests/netns/pmtu_test.ts": 19,
+  "tests/netns/pki_test.ts": 21,
   "tests/netns/control_mqtt_test.ts": 19,
-  "tests/netns/pki_test.ts": 18,
   "tests/netns/closest_test.ts": 18,
-  "tests/netns/neighbour_test.ts": 17,
-  "tests/netns/cluster_control_test.ts": 17,
+  "tests/netns/systemd_test.ts": 18,
   "tests/netns/control_failover_test.ts": 16,
-  "tests/netns/policy_test.ts": 11,
+  "tests/netns/cores_test.ts": 16,
+  "tests/netns/pmtu_test.ts": 16,
+  "tests/netns/cluster_control_test.ts": 15,
+  "tests/netns/neighbour_test.ts": 13,
   "tests/netns/control_auth_test.ts": 11,
 };
 
@@ -109,6 +113,33 @@ export const SOLO: ReadonlySet<string> = new Set([
  */
 export const SOLO_WITH_HARNESS: ReadonlySet<string> = new Set(["tests/netns/bench_runner_test.ts"]);
 
+/**
+ * Files that mostly wait — timeouts, back-off and expiry windows, a broker's answers — and use a small
+ * share of a core while they run, with no bound on their own timing that load could break. Measured
+ * alone (CPU = user + system, daemons included, over wall time; 20261207, load 2-5): ops_logs 0.23,
+ * control_mqtt 0.12, control_etcd_interest 0.15, control_auth 0.34, ops 0.40, kernel_interest 0.52,
+ * cluster_control 0.55, oakestra_compat 0.53, memory 0.40 (settle windows; its package build included) —
+ * 0.37 of a core on average over their ~250 s. Besides the
+ * `jobs` lanes that take any file, the suite runs one more lane that takes only these: the two vCPUs sat
+ * a third idle with two lanes (ci25: 1233 CPU-s in 897 s) and a typical file uses 0.55-0.85 of a core, so
+ * these overlap the heavy files instead of queueing behind them. Not here though they wait much: files
+ * with a bound on time (relay's 15 s roaming, control_failover's 5 s, secure_hs_time's handshake
+ * medians, uring's sleeps per exchange) or near saturation (≥ 0.6).
+ */
+export const LIGHT: ReadonlySet<string> = new Set([
+  "tests/netns/ops_logs_test.ts",
+  "tests/netns/control_mqtt_test.ts",
+  "tests/netns/control_etcd_interest_test.ts",
+  "tests/netns/control_auth_test.ts",
+  "tests/netns/ops_test.ts",
+  "tests/netns/kernel_interest_test.ts",
+  "tests/netns/cluster_control_test.ts",
+  "tests/netns/oakestra_compat_test.ts",
+  // RSS, not time: its bounds were set at load 12-15 (it passed alone at load 4: idle 60.7 of 66 MB, table
+  // +15.3 of 20, second worker +11.7 of 15, packaged 49.4 of 56 / 59.7 of 64).
+  "tests/netns/memory_test.ts",
+]);
+
 /** What else {@link planRuns} plans for. */
 export interface PlanOptions {
   /** The unit tests' directory (one run). */
@@ -124,14 +155,34 @@ export interface PlanOptions {
  * the parallel part longest first, then the files run alone.
  */
 export function planRuns(netnsFiles: readonly string[], opts: PlanOptions = {}): PlannedRun[] {
-  const runs: PlannedRun[] = [...netnsFiles, opts.unitDir ?? "tests/unit/"].map((f) => ({
+  const unitDir = opts.unitDir ?? "tests/unit/";
+  const runs: PlannedRun[] = [...netnsFiles, unitDir].map((f) => ({
     files: [f],
+    // The unit files two at a time (`deno test --parallel`: a worker per core): most of their time is
+    // each file's start (a fresh runtime loading its modules), not the tests (ci25: 73 s for ~43 s of
+    // tests; alone 104.6 → 55.6 s, the same CPU). None of them changes what another one reads (the
+    // only environment variable set, NETMANAGER_TEST_RELAY_CRASH, is read by relay_test's own server).
+    ...(f === unitDir ? { flags: ["--parallel"] } : {}),
     solo: SOLO.has(f) || (opts.harness === true && SOLO_WITH_HARNESS.has(f)),
+    light: LIGHT.has(f),
     weight: WEIGHTS[f] ?? DEFAULT_WEIGHT,
   }));
-  if (opts.typeCheck) runs.push({ files: [], typeCheck: true, solo: false, weight: TYPE_CHECK_WEIGHT });
+  if (opts.typeCheck) {
+    runs.push({ files: [], typeCheck: true, solo: false, light: false, weight: TYPE_CHECK_WEIGHT });
+  }
   // Parallel part longest first (the last to start are the short ones: the lanes end together).
   return runs.sort((a, b) => Number(a.solo) - Number(b.solo) || b.weight - a.weight);
+}
+
+/**
+ * Takes the next run for a lane from `queue` (the parallel part, longest first) and removes it: a light
+ * lane only a {@link LIGHT} run, any other lane the first run that is not light, or a light one once
+ * none other is left (light files wait for the light lane while heavy work remains).
+ */
+export function takeRun(queue: PlannedRun[], lightLane: boolean): PlannedRun | undefined {
+  let i = queue.findIndex((r) => r.light === lightLane);
+  if (i < 0 && !lightLane && queue.length > 0) i = 0;
+  return i < 0 ? undefined : queue.splice(i, 1)[0];
 }
 
 /** Counts from one `deno test` closing line. */

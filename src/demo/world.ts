@@ -300,9 +300,17 @@ export class World {
       JSON.stringify({ ...cfg, NodePublicAddress: ip, ClusterUrl: clusterIp, ...cfgExtra }),
     );
     const id = workerId ?? `${this.prefix}-${name}`;
-    if (this.#ctl?.ours) await this.nodeCredential(id, `${dir}/state`);
+    if (this.#ctl?.ours) {
+      // One credential at a time (nodes started side by side): the control plane rewrites one file
+      // per credential, and with mosquitto each one's reload is awaited in its log.
+      const turn = this.#credentialTurn.then(() => this.nodeCredential(id, `${dir}/state`));
+      this.#credentialTurn = turn.catch(() => {});
+      await turn;
+    }
     return await this.#startNode(name, ns, dir, ["--cfg", `${dir}/netcfg.json`], clusterIp, id);
   }
+
+  #credentialTurn: Promise<void> = Promise.resolve();
 
   /** A temporary directory named after this world's prefix and `name`, removed by {@link World.destroy}. */
   async tempDir(name: string): Promise<string> {

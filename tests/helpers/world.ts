@@ -30,17 +30,24 @@ export const WEB = "app.ns.web.ns";
 /** The client service of the standard set-up. */
 export const CLI = "app.ns.cli.ns";
 
-/** Starts the control plane at {@link CTL} and nodes n1..n`count` at 192.168.77.<i>. */
+/**
+ * Starts the control plane at {@link CTL} and nodes n1..n`count` at 192.168.77.<i>, side by side (each
+ * its own namespace, daemon and registration; World makes their credentials one at a time; the subnets
+ * go out in the order the registrations arrive).
+ */
 export async function threeNodes(
   w: World,
   opts: { broker?: "embedded" | "mosquitto"; count?: number } = {},
 ): Promise<{ control: { ns: string; ip: string }; nodes: SimNode[] }> {
   const control = await w.control(CTL, opts.broker ? { broker: opts.broker } : {});
-  const nodes: SimNode[] = [];
-  for (let i = 1; i <= (opts.count ?? 3); i++) {
-    nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-  }
-  return { control, nodes };
+  const names = Array.from({ length: opts.count ?? 3 }, (_, k) => `n${k + 1}`);
+  // All settle before a failure is thrown: withWorld's destroy then finds every process started.
+  const started = await Promise.allSettled(
+    names.map((n, k) => w.clusterNode(n, `192.168.77.${k + 1}`, CTL)),
+  );
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
+  return { control, nodes: started.map((r) => (r as PromiseFulfilledResult<SimNode>).value) };
 }
 
 /** Adds the services {@link WEB} and {@link CLI}, instances 0 and 1 of WEB and 0 of CLI; returns WEB's instance IPs. */

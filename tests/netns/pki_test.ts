@@ -57,8 +57,11 @@ async function publishForged(w: World, keyId: string, victim: string, credential
   ]);
 }
 
+/** Node n`i + 1`'s security status (by name: nodes started side by side are in `w.nodes` as they came up). */
 async function security(w: World, i: number): Promise<SecurityStatus> {
-  const s = await w.nodes[i].api.getJson("/status") as { security: SecurityStatus };
+  const s = await w.nodes.find((n) => n.name === `n${i + 1}`)!.api.getJson("/status") as {
+    security: SecurityStatus;
+  };
   return s.security;
 }
 
@@ -108,8 +111,7 @@ Deno.test({
         async () =>
           /control plane started/.test(await Deno.readTextFile(`${dir}/control.log`)) ? true : undefined,
       );
-      const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
-      const n2 = await w.clusterNode("n2", "192.168.77.2", CTL);
+      const [n1, n2] = await Promise.all([1, 2].map((i) => w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL)));
       const ids = [`${w.prefix}-n1`, `${w.prefix}-n2`];
       const t0 = Date.now();
       const secs = await Promise.all([0, 1].map((i) =>
@@ -240,7 +242,7 @@ Deno.test({
         for (const form of spellings(s)) assert(!logs.includes(form), "a private key is in a log");
       }
       // Nor in status output.
-      const status = JSON.stringify(await w.nodes[0].api.getJson("/status"));
+      const status = JSON.stringify(await n1.api.getJson("/status"));
       for (const form of spellings(secrets[0])) assert(!status.includes(form));
 
       // `netmanager clean` drops the cached certificate, keeps the identity (offline certificates bind it).
@@ -345,8 +347,7 @@ Deno.test({
   fn: async () => {
     await withWorld(async (w) => {
       await w.control(CTL, { broker: "mosquitto" });
-      const n1 = await w.clusterNode("n1", "192.168.77.1", CTL);
-      await w.clusterNode("n2", "192.168.77.2", CTL);
+      const [n1] = await Promise.all([1, 2].map((i) => w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL)));
       const ids = [`${w.prefix}-n1`, `${w.prefix}-n2`];
       await Promise.all(
         [0, 1].map((i) =>

@@ -371,8 +371,9 @@ Deno.test(
         Deno.env.set("RelayCandidate", "true"); // netcfg keys from the environment
         Deno.env.set("RelayPorts", "45000-45099");
         try {
-          relays.push(await w.clusterNode("r1", "192.168.77.3", CTL));
-          relays.push(await w.clusterNode("r2", "192.168.77.4", CTL));
+          relays.push(
+            ...await Promise.all([3, 4].map((i) => w.clusterNode(`r${i - 2}`, `192.168.77.${i}`, CTL))),
+          );
         } finally {
           Deno.env.delete("RelayCandidate");
           Deno.env.delete("RelayPorts");

@@ -21,7 +21,8 @@ import {
 } from "../helpers/secure_pki.ts";
 import { TOOL } from "../helpers/node.ts";
 import { buildIPv4Udp } from "../helpers/packets.ts";
-import { type SimNode, World } from "../../src/demo/world.ts";
+import { World } from "../../src/demo/world.ts";
+import { addWebAndClient, threeNodes } from "../helpers/world.ts";
 import { eventually, firstClient, retry } from "../helpers/setup.ts";
 import { encodeHandshake } from "../../src/secure/secure_wire.ts";
 import { MSG_HS_INIT } from "../../src/proxy/wire.ts";
@@ -522,15 +523,8 @@ Deno.test({
   const w = new World();
   Deno.env.set("TunnelSecurity", "require"); // the node daemons read netcfg keys from the environment
   try {
-    const CTL = "192.168.77.254";
-    await w.control(CTL, { broker: "embedded" });
-    const nodes: SimNode[] = [];
-    for (let i = 1; i <= 3; i++) nodes.push(await w.clusterNode(`n${i}`, `192.168.77.${i}`, CTL));
-    await w.ctl(["service", "add", WEB]);
-    await w.ctl(["service", "add", CLI]);
-    const iip: string[] = [];
-    for (const n of [0, 1]) iip.push((await w.ctl(["instance", "add", WEB, String(n)])).split(" ").at(-2)!);
-    await w.ctl(["instance", "add", CLI, "0"]);
+    const { nodes } = await threeNodes(w, { broker: "embedded" }); // side by side
+    const iip = await addWebAndClient(w); // WEB and CLI are the standard set-up's services
     const s1 = await w.instance("web0", [...TOOL, "servers", "80", "web0"]);
     const s2 = await w.instance("web1", [...TOOL, "servers", "80", "web1"]);
     const cl = await w.instance("client");

@@ -1,5 +1,14 @@
 import { assertEquals } from "../helpers/assert.ts";
-import { addRun, closingLine, planRuns, SOLO, summaryOf, WEIGHTS } from "../../scripts/test_plan.ts";
+import {
+  addRun,
+  closingLine,
+  LIGHT,
+  planRuns,
+  SOLO,
+  summaryOf,
+  takeRun,
+  WEIGHTS,
+} from "../../scripts/test_plan.ts";
 
 Deno.test("suite plan: every file once, parallel part longest first, timing-sensitive files alone at the end", () => {
   const files = [
@@ -21,6 +30,9 @@ Deno.test("suite plan: every file once, parallel part longest first, timing-sens
   assertEquals(runs.map((r) => r.weight).slice(0, 3), parallel.map((f) => WEIGHTS[f]));
   assertEquals(runs.map((r) => r.solo), [false, false, false, false, true]);
   assertEquals(SOLO.has("tests/netns/kfast_test.ts"), true);
+  // The unit files two at a time; a netns file as it is.
+  assertEquals(runs.find((r) => r.files[0] === "tests/unit/")?.flags, ["--parallel"]);
+  assertEquals(runs.find((r) => r.files[0] === "tests/netns/secure_test.ts")?.flags, undefined);
 });
 
 Deno.test("suite plan: the type check is one more parallel run; the bench runner is alone only beside the harness", () => {
@@ -35,6 +47,26 @@ Deno.test("suite plan: the type check is one more parallel run; the bench runner
     beside.filter((r) => r.solo).map((r) => r.files[0]).sort(),
     ["tests/netns/bench_runner_test.ts", "tests/netns/kfast_test.ts"],
   );
+});
+
+Deno.test("suite plan: the light lane takes only files that mostly wait; the other lanes take those last", () => {
+  const light = [...LIGHT][0];
+  assertEquals(LIGHT.has("tests/netns/secure_test.ts"), false);
+  const files = ["tests/netns/a_test.ts", light, "tests/netns/secure_test.ts", "tests/netns/kfast_test.ts"];
+  const parallel = () => planRuns(files, { typeCheck: true }).filter((r) => !r.solo);
+  let queue = parallel();
+  assertEquals(takeRun(queue, true)?.files, [light]);
+  assertEquals(takeRun(queue, true), undefined, "nothing else for the light lane");
+  assertEquals(queue.length, 4);
+  // Another lane: the heavy ones longest first, the light file only when nothing else is left.
+  queue = parallel();
+  const order: string[] = [];
+  for (let r = takeRun(queue, false); r; r = takeRun(queue, false)) {
+    order.push(r.typeCheck ? "check" : r.files[0]);
+  }
+  assertEquals(order.at(-1), light);
+  assertEquals(order[0], "tests/netns/secure_test.ts");
+  assertEquals(order.length, 5);
 });
 
 Deno.test("suite plan: closing lines add up; a run without one or with a bare non-zero exit is a failure", () => {

@@ -357,10 +357,21 @@ export class KeyRing {
     const n = s.next();
     if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
     const hi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0, lo = n >>> 0;
-    const ri = s.keys.remoteIndex;
-    for (let k = 0; k < count; k++) {
-      const flags = SECURE_F_PART | k | (k === count - 1 ? SECURE_F_LAST : 0);
-      writeSecureHeader(hdrs, hdrOff + k * SECURE_HEADER_LEN, laneKey, ri, hi, lo, flags);
+    // Header 0 written field by field; the others are its copy with their flags (index, last):
+    // words through one DataView of the headers' memory.
+    writeSecureHeader(hdrs, hdrOff, laneKey, s.keys.remoteIndex, hi, lo, SECURE_F_PART);
+    const dv = this.#dataView(hdrs);
+    const h0 = hdrs.byteOffset + hdrOff;
+    const w0 = dv.getUint16(h0 + 2), w1 = dv.getUint32(h0 + 4), w2 = dv.getUint32(h0 + 8);
+    const w3 = dv.getUint32(h0 + 12);
+    for (let k = 1; k < count; k++) {
+      const a = h0 + k * SECURE_HEADER_LEN;
+      dv.setUint8(a, MSG_SECURE);
+      dv.setUint8(a + 1, SECURE_F_PART | k | (k === count - 1 ? SECURE_F_LAST : 0));
+      dv.setUint16(a + 2, w0);
+      dv.setUint32(a + 4, w1);
+      dv.setUint32(a + 8, w2);
+      dv.setUint32(a + 12, w3);
     }
     s.seal.sealAdTo(this.#nonceOf(hdrs, hdrOff), hdrs, hdrOff, SECURE_HEADER_LEN, buf, off, len, buf, off);
     return count;

@@ -25,66 +25,44 @@
  * @module
  */
 
-import type { EvpAead } from "./libcrypto.ts";
+import { type EvpAead, viewAt } from "./libcrypto.ts";
 
 const SUFFIX = "vaes_avx512";
 const SYMBOLS = {
   pre: { name: `aes_gcm_pre_256_${SUFFIX}`, parameters: ["buffer", "buffer"], result: "void" },
   init: {
     name: `aes_gcm_init_256_${SUFFIX}`,
-    parameters: ["pointer", "pointer", "pointer", "pointer", "u64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "u64"],
     result: "void",
   },
   encUpdate: {
     name: `aes_gcm_enc_256_update_${SUFFIX}`,
-    parameters: ["pointer", "pointer", "pointer", "pointer", "u64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "u64"],
     result: "void",
   },
   encFinal: {
     name: `aes_gcm_enc_256_finalize_${SUFFIX}`,
-    parameters: ["pointer", "pointer", "pointer", "u64"],
+    parameters: ["buffer", "buffer", "buffer", "u64"],
     result: "void",
   },
   decUpdate: {
     name: `aes_gcm_dec_256_update_${SUFFIX}`,
-    parameters: ["pointer", "pointer", "pointer", "pointer", "u64"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "u64"],
     result: "void",
   },
   decFinal: {
     name: `aes_gcm_dec_256_finalize_${SUFFIX}`,
-    parameters: ["pointer", "pointer", "pointer", "u64"],
+    parameters: ["buffer", "buffer", "buffer", "u64"],
     result: "void",
   },
   enc: {
     name: `aes_gcm_enc_256_${SUFFIX}`,
-    parameters: [
-      "pointer",
-      "pointer",
-      "pointer",
-      "pointer",
-      "u64",
-      "pointer",
-      "pointer",
-      "u64",
-      "pointer",
-      "u64",
-    ],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "u64", "buffer", "buffer", "u64", "buffer", "u64"],
     result: "void",
   },
   dec: {
     name: `aes_gcm_dec_256_${SUFFIX}`,
-    parameters: [
-      "pointer",
-      "pointer",
-      "pointer",
-      "pointer",
-      "u64",
-      "pointer",
-      "pointer",
-      "u64",
-      "pointer",
-      "u64",
-    ],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "u64", "buffer", "buffer", "u64", "buffer", "u64"],
     result: "void",
   },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -198,45 +176,10 @@ export function ipsecMbUnavailable(): string | undefined {
   return unavailable;
 }
 
-/**
- * Pointers into caller memory, made once per (memory, absolute offset) and kept in a direct-mapped
- * table (slot by a hash of the offset, checked by memory and offset; a miss makes a new one). The
- * library's arguments are `pointer`s, not `buffer`s: V8 passes a pointer object to the C function
- * as it is, while every `buffer` argument costs a typed-array check and a data-pointer lookup per
- * call (measured ~4× a pointer argument here). Every range is checked against the caller's view
- * first, as viewAt does, so a detached or too short buffer throws before the library runs; the
- * table keeps each memory it points into alive while the pointer is cached, and a call only runs
- * while its caller holds the view.
- */
-const PTR_SLOTS = 4096;
-const ptrMem: (ArrayBufferLike | undefined)[] = new Array<ArrayBufferLike | undefined>(PTR_SLOTS).fill(
-  undefined,
-);
-const ptrAbs = new Float64Array(PTR_SLOTS).fill(-1);
-const ptrVal: Deno.PointerValue[] = new Array<Deno.PointerValue>(PTR_SLOTS).fill(null);
+// Tags go through the context's own 16 bytes (copied in JS): a view at each message's tag offset
+// (it moves with the message's length) would be a new view per message in viewAt's cache.
 
-/** A pointer to `buf[off]` after checking that `[off, off+len)` is inside `buf` (see above). */
-export function ptrAt(buf: Uint8Array, off: number, len: number): Deno.PointerValue {
-  if (!(Number.isInteger(off) && off >= 0 && len >= 0 && off + len <= buf.length)) {
-    throw new IpsecMbError(`range [${off}, +${len}) outside a ${buf.length}-byte buffer`);
-  }
-  const mem = buf.buffer;
-  const abs = buf.byteOffset + off;
-  const h = Math.imul(abs, 0x9e3779b1) >>> 20; // 12 bits: PTR_SLOTS
-  if (ptrAbs[h] === abs && ptrMem[h] === mem) return ptrVal[h];
-  const start = Deno.UnsafePointer.of(buf);
-  if (start === null) return null; // an empty view: only ever passed with length 0
-  const p = off === 0 ? start : Deno.UnsafePointer.offset(start, off);
-  ptrMem[h] = mem;
-  ptrAbs[h] = abs;
-  ptrVal[h] = p;
-  return p;
-}
-
-// Tags go through the context's own 16 bytes (copied in JS): a pointer at each message's tag offset
-// (it moves with the message's length) would be a new pointer per message in ptrAt's table.
-
-/** Throws unless `buf[off, +16)` is inside `buf` (as ptrAt would for a pointer there). */
+/** Throws unless `buf[off, +16)` is inside `buf` (as viewAt would for a view there). */
 function checkTagRange(buf: Uint8Array, off: number): void {
   if (!(off >= 0 && off + TAG_LEN <= buf.length)) {
     throw new IpsecMbError(`tag range [${off}, +${TAG_LEN}) outside a ${buf.length}-byte buffer`);
@@ -258,20 +201,17 @@ function tagsEqual(a: Uint8Array, b: Uint8Array, bOff: number): boolean {
 
 /**
  * One direction's AES-256-GCM with its key expanded (see the module); the same methods, arguments
- * and in-place rules as {@link EvpAead}. Pointers into caller buffers come from {@link ptrAt} (made
- * once per memory and offset, every range checked); the key, state and tag are this object's own.
+ * and in-place rules as {@link EvpAead}. Views into caller buffers come from
+ * libcrypto.ts's `viewAt` (made once per memory and offset, every range checked).
  */
 export class IpsecMbAead
   implements
     Pick<EvpAead, "sealAdTo" | "openAd" | "begin" | "update" | "finishSeal" | "finishOpen" | "close"> {
-  /** Owns the expanded key, the message state and the tag (kept referenced: the library holds no copy). */
+  /** Owns the expanded key and the message state (kept referenced: the library holds no copy). */
   readonly #mem: ArrayBuffer;
   readonly #keyData: Uint8Array;
   readonly #ctx: Uint8Array;
-  readonly #tag: Uint8Array;
-  readonly #keyPtr: Deno.PointerObject;
-  readonly #ctxPtr: Deno.PointerObject;
-  readonly #tagPtr: Deno.PointerObject;
+  readonly #tag = new Uint8Array(TAG_LEN);
   readonly #encrypt: boolean;
   #closed = false;
 
@@ -279,15 +219,11 @@ export class IpsecMbAead
   constructor(key: Uint8Array, encrypt: boolean) {
     if (key.length !== 32) throw new IpsecMbError("key must be 32 bytes");
     const s = sym ?? symbols();
-    this.#mem = new ArrayBuffer(KEY_DATA_LEN + CTX_LEN + TAG_LEN + 64);
+    this.#mem = new ArrayBuffer(KEY_DATA_LEN + CTX_LEN + 64);
     const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(new Uint8Array(this.#mem)));
     const pad = (64 - Number(BigInt(base) % 64n)) % 64;
     this.#keyData = new Uint8Array(this.#mem, pad, KEY_DATA_LEN);
     this.#ctx = new Uint8Array(this.#mem, pad + KEY_DATA_LEN, CTX_LEN);
-    this.#tag = new Uint8Array(this.#mem, pad + KEY_DATA_LEN + CTX_LEN, TAG_LEN);
-    this.#keyPtr = Deno.UnsafePointer.of(this.#keyData)!;
-    this.#ctxPtr = Deno.UnsafePointer.of(this.#ctx)!;
-    this.#tagPtr = Deno.UnsafePointer.of(this.#tag)!;
     this.#encrypt = encrypt;
     s.pre(key, this.#keyData);
   }
@@ -306,17 +242,17 @@ export class IpsecMbAead
   ): void {
     this.#usable(true);
     if (nonce.length !== 12) throw new IpsecMbError("nonce must be 12 bytes");
-    const out = ptrAt(dst, dstOff, len + TAG_LEN);
+    const out = viewAt(dst, dstOff, len + TAG_LEN);
     sym!.enc(
-      this.#keyPtr,
-      this.#ctxPtr,
+      this.#keyData,
+      this.#ctx,
       out,
-      src === dst && srcOff === dstOff ? out : ptrAt(src, srcOff, len), // (in place: one lookup)
+      src === dst && srcOff === dstOff ? out : viewAt(src, srcOff, len), // (in place: one view)
       BigInt(len),
-      ptrAt(nonce, 0, 12),
-      ptrAt(adBuf, adOff, adLen),
+      nonce,
+      viewAt(adBuf, adOff, adLen),
       adLen === 16 ? AD_LEN_16 : BigInt(adLen),
-      this.#tagPtr,
+      this.#tag,
       TAG_LEN_ARG,
     );
     putTag(this.#tag, dst, dstOff + len);
@@ -334,17 +270,17 @@ export class IpsecMbAead
   ): boolean {
     this.#usable(false);
     if (nonce.length !== 12) throw new IpsecMbError("nonce must be 12 bytes");
-    const body = ptrAt(buf, off, len + TAG_LEN);
+    const body = viewAt(buf, off, len + TAG_LEN);
     sym!.dec(
-      this.#keyPtr,
-      this.#ctxPtr,
+      this.#keyData,
+      this.#ctx,
       body,
       body,
       BigInt(len),
-      ptrAt(nonce, 0, 12),
-      ptrAt(adBuf, adOff, adLen),
+      nonce,
+      viewAt(adBuf, adOff, adLen),
       adLen === 16 ? AD_LEN_16 : BigInt(adLen),
-      this.#tagPtr,
+      this.#tag,
       TAG_LEN_ARG,
     );
     return tagsEqual(this.#tag, buf, off + len);
@@ -355,10 +291,10 @@ export class IpsecMbAead
     this.#usable(this.#encrypt);
     if (nonce.length !== 12) throw new IpsecMbError("nonce must be 12 bytes");
     sym!.init(
-      this.#keyPtr,
-      this.#ctxPtr,
-      ptrAt(nonce, 0, 12),
-      ptrAt(ad, adOff, adLen),
+      this.#keyData,
+      this.#ctx,
+      nonce,
+      viewAt(ad, adOff, adLen),
       adLen === 16 ? AD_LEN_16 : BigInt(adLen),
     );
   }
@@ -366,17 +302,17 @@ export class IpsecMbAead
   /** The next piece `src[srcOff, +len)` into `dst[dstOff ..]` (the same place or not overlapping). */
   update(src: Uint8Array, srcOff: number, len: number, dst: Uint8Array, dstOff: number): void {
     this.#usable(this.#encrypt);
-    const input = ptrAt(src, srcOff, len);
-    const out = src === dst && srcOff === dstOff ? input : ptrAt(dst, dstOff, len);
-    if (this.#encrypt) sym!.encUpdate(this.#keyPtr, this.#ctxPtr, out, input, BigInt(len));
-    else sym!.decUpdate(this.#keyPtr, this.#ctxPtr, out, input, BigInt(len));
+    const input = viewAt(src, srcOff, len);
+    const out = src === dst && srcOff === dstOff ? input : viewAt(dst, dstOff, len);
+    if (this.#encrypt) sym!.encUpdate(this.#keyData, this.#ctx, out, input, BigInt(len));
+    else sym!.decUpdate(this.#keyData, this.#ctx, out, input, BigInt(len));
   }
 
   /** Ends a sealed message: writes the tag at `dst[tagOff, +16)`. */
   finishSeal(dst: Uint8Array, tagOff: number): void {
     this.#usable(true);
     checkTagRange(dst, tagOff);
-    sym!.encFinal(this.#keyPtr, this.#ctxPtr, this.#tagPtr, TAG_LEN_ARG);
+    sym!.encFinal(this.#keyData, this.#ctx, this.#tag, TAG_LEN_ARG);
     putTag(this.#tag, dst, tagOff);
   }
 
@@ -384,7 +320,7 @@ export class IpsecMbAead
   finishOpen(buf: Uint8Array, tagOff: number): boolean {
     this.#usable(false);
     checkTagRange(buf, tagOff);
-    sym!.decFinal(this.#keyPtr, this.#ctxPtr, this.#tagPtr, TAG_LEN_ARG);
+    sym!.decFinal(this.#keyData, this.#ctx, this.#tag, TAG_LEN_ARG);
     return tagsEqual(this.#tag, buf, tagOff);
   }
 

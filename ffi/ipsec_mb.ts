@@ -242,11 +242,12 @@ export class IpsecMbAead
   ): void {
     this.#usable(true);
     if (nonce.length !== 12) throw new IpsecMbError("nonce must be 12 bytes");
+    const out = viewAt(dst, dstOff, len + TAG_LEN);
     sym!.enc(
       this.#keyData,
       this.#ctx,
-      viewAt(dst, dstOff, len + TAG_LEN),
-      viewAt(src, srcOff, len),
+      out,
+      src === dst && srcOff === dstOff ? out : viewAt(src, srcOff, len), // (in place: one view)
       BigInt(len),
       nonce,
       viewAt(adBuf, adOff, adLen),

@@ -55,6 +55,17 @@ const MAX_VIEWS = 4096;
 const memViews = new Map<ArrayBufferLike, Map<number, Uint8Array>>();
 let lastMem: ArrayBufferLike | undefined;
 let lastViews: Map<number, Uint8Array> | undefined;
+/**
+ * A direct-mapped cache in front of the maps (slot by the absolute offset's bits, checked by memory
+ * and offset): the few offsets a data path repeats per message are found without a map lookup. It
+ * holds at most {@link FRONT} views (and so their memories) beyond the maps' bounds.
+ */
+const FRONT = 256;
+const frontMem: (ArrayBufferLike | undefined)[] = new Array<ArrayBufferLike | undefined>(FRONT).fill(
+  undefined,
+);
+const frontAbs = new Float64Array(FRONT).fill(-1);
+const frontView: (Uint8Array | undefined)[] = new Array<Uint8Array | undefined>(FRONT).fill(undefined);
 
 /**
  * `buf` from `off` on, as a view made once and reused: an FFI `buffer` argument passes only its
@@ -69,6 +80,9 @@ export function viewAt(buf: Uint8Array, off: number, len: number): Uint8Array {
     throw new LibcryptoError(`range [${off}, +${len}) outside a ${buf.length}-byte buffer`);
   }
   const mem = buf.buffer;
+  const abs = buf.byteOffset + off;
+  const h = (abs ^ (abs >>> 8) ^ (abs >>> 16)) & (FRONT - 1);
+  if (frontAbs[h] === abs && frontMem[h] === mem) return frontView[h]!;
   let views = mem === lastMem ? lastViews : undefined;
   if (views === undefined) {
     views = memViews.get(mem);
@@ -80,13 +94,15 @@ export function viewAt(buf: Uint8Array, off: number, len: number): Uint8Array {
     lastMem = mem;
     lastViews = views;
   }
-  const abs = buf.byteOffset + off;
   let v = views.get(abs);
   if (v === undefined) {
     if (views.size >= MAX_VIEWS) views.clear();
     v = new Uint8Array(mem, abs);
     views.set(abs, v);
   }
+  frontMem[h] = mem;
+  frontAbs[h] = abs;
+  frontView[h] = v;
   return v;
 }
 

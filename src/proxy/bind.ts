@@ -626,6 +626,15 @@ export class UdpBind implements BindSeam, ScatterTarget {
     return n;
   }
 
+  reassembleParts(peer: Peer, off: number, stride: number, n: number, now: number): number {
+    const a = this.#assembler;
+    const taken = a.addRun(peer, this.buf, off, stride, n);
+    const done = taken > 0 && a.runResult === JumboResult.COMPLETE;
+    this.runCompleted = done;
+    if (done) this.#peers.noteJumboId(peer, a.outId, true, now);
+    return taken;
+  }
+
   addDrops(drops: Record<string, number>): void {
     this.#gsoDrops.forEach((v, i) => {
       if (v > 0) drops[`gso_${GSO_ERROR_NAMES[i]}`] = v;

@@ -152,11 +152,8 @@ export class PacketLoop {
             bind.narrow(bind.off + SECURE_HEADER_LEN, sec.innerLen);
           }
         }
-        for (let j = 0;; j++) {
-          count += this.#deliverFromBind(now, unverified, sec === undefined);
-          if (j === run) break;
-          bind.narrow(bind.off + bind.len, bind.len); // part j+1's chunk, moved behind part j's
-        }
+        if (run > 0) this.#deliverParts(now, run);
+        else count += this.#deliverFromBind(now, unverified, sec === undefined);
         if (run > 0) {
           bind.skip(run);
           count += run;
@@ -221,6 +218,35 @@ export class PacketLoop {
       tun.add(bind.buf, res.off, res.len, res.csumStart, res.csumOffset);
     }
     return 0;
+  }
+
+  /**
+   * The first part of a sealed JUMBO message (at the bind's `off`, `len` bytes) and the `run` parts
+   * the secure layer opened with it, laid out back to back behind it with the same length
+   * (SecureLayer.openRun; none is authenticated yet): the first through the engine, the rest to the
+   * reassembly in one call where the bind can (BindSeam.reassembleParts, counted once as a plain GRO
+   * run's chunks are), one by one otherwise. A reassembly they complete is refused, never written.
+   */
+  #deliverParts(now: number, run: number): void {
+    const bind = this.bind;
+    const res = this.#res;
+    const at = bind.off, stride = bind.len;
+    this.#deliverFromBind(now, true, false);
+    for (let j = 0; j < run;) {
+      const peer = res.verdict === Verdict.JUMBO ? res.peer : undefined;
+      if (peer !== undefined && bind.reassembleParts !== undefined) {
+        const n = bind.reassembleParts(peer, at + (j + 1) * stride, stride, run - j, now);
+        if (n > 0) {
+          this.engine.receivedRun(peer, n, n * stride, now);
+          if (bind.runCompleted) this.secure!.refuseCompletion();
+          j += n;
+          continue;
+        }
+      }
+      bind.narrow(at + (j + 1) * stride, stride); // part j+1's chunk, moved behind part j's
+      this.#deliverFromBind(now, true, false);
+      j++;
+    }
   }
 
   /** The endpoint key of the datagram the bind last stepped to (control path: builds a string). */

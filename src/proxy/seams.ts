@@ -167,7 +167,14 @@ export interface BindSeam {
    * the caller counts them as received from `peer`); the bind then stands on the last one taken.
    */
   reassembleRun(peer: Peer, now: number): number;
-  /** The last {@link reassembleRun} ended with a completed packet ({@link assembled}). */
+  /**
+   * The same for `n` JUMBO chunks of `stride` bytes each at `buf[off + k·stride ..]` of the entry
+   * last stepped into — the parts of a sealed message that the secure layer opened together and
+   * laid out back to back (SecureLayer.openRun) — without moving the bind. Optional: without it the
+   * loop hands such parts over one by one.
+   */
+  reassembleParts?(peer: Peer, off: number, stride: number, n: number, now: number): number;
+  /** The last {@link reassembleRun} (or {@link reassembleParts}) ended with a completed packet ({@link assembled}). */
   readonly runCompleted: boolean;
   readonly assembled: AssembledPacket;
   /** Adds its drop counts (by name) to `drops`. */

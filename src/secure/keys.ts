@@ -173,6 +173,7 @@ export class KeyRing {
   /** After {@link open} accepted a datagram: an {@link Opened} value. */
   opened = 0;
   readonly #nonce = new Uint8Array(12);
+  #dv: DataView | undefined = undefined;
   readonly #header = new SecureHeader();
   readonly #streams = new Map<string, PartStream>();
   /** The message whose part {@link open} just returned as {@link Opened.PART} (see {@link openRun}). */
@@ -356,10 +357,21 @@ export class KeyRing {
     const n = s.next();
     if (n === REKEY_AFTER_MESSAGES || nowMs >= s.keys.sendUntilMs) this.wantsRekey.add(peer);
     const hi = ((this.lane << 24) | Math.floor(n / 0x100000000)) >>> 0, lo = n >>> 0;
-    const ri = s.keys.remoteIndex;
-    for (let k = 0; k < count; k++) {
-      const flags = SECURE_F_PART | k | (k === count - 1 ? SECURE_F_LAST : 0);
-      writeSecureHeader(hdrs, hdrOff + k * SECURE_HEADER_LEN, laneKey, ri, hi, lo, flags);
+    // Header 0 written field by field; the others are its copy with their flags (index, last):
+    // words through one DataView of the headers' memory.
+    writeSecureHeader(hdrs, hdrOff, laneKey, s.keys.remoteIndex, hi, lo, SECURE_F_PART);
+    const dv = this.#dataView(hdrs);
+    const h0 = hdrs.byteOffset + hdrOff;
+    const w0 = dv.getUint16(h0 + 2), w1 = dv.getUint32(h0 + 4), w2 = dv.getUint32(h0 + 8);
+    const w3 = dv.getUint32(h0 + 12);
+    for (let k = 1; k < count; k++) {
+      const a = h0 + k * SECURE_HEADER_LEN;
+      dv.setUint8(a, MSG_SECURE);
+      dv.setUint8(a + 1, SECURE_F_PART | k | (k === count - 1 ? SECURE_F_LAST : 0));
+      dv.setUint16(a + 2, w0);
+      dv.setUint32(a + 4, w1);
+      dv.setUint32(a + 8, w2);
+      dv.setUint32(a + 12, w3);
     }
     s.seal.sealAdTo(this.#nonceOf(hdrs, hdrOff), hdrs, hdrOff, SECURE_HEADER_LEN, buf, off, len, buf, off);
     return count;
@@ -489,13 +501,22 @@ export class KeyRing {
     const inner = step - SECURE_HEADER_LEN;
     if (st === undefined || st.next <= 0 || this.opened !== Opened.PART || inner <= 0) return 0;
     if (!Number.isInteger(off) || off < 0 || !Number.isInteger(max) || max <= 0) return 0;
+    if (off + step > buf.length) return 0;
+    // Bytes 2..15 of every header (lane key, receiver index, counter) must equal the first's: read
+    // as words through one DataView of the receive memory (no view per part).
+    const dv = this.#dataView(buf);
+    const o = buf.byteOffset + off;
+    const r0 = dv.getUint16(o + 2), r1 = dv.getUint32(o + 4), r2 = dv.getUint32(o + 8);
+    const r3 = dv.getUint32(o + 12);
     let n = 0;
     for (let idx = st.next; n < max && idx < SECURE_PART_INDEX; idx++) {
       const h = off + (n + 1) * step;
       if (h + step > buf.length || buf[h] !== MSG_SECURE || buf[h + 1] !== (SECURE_F_PART | idx)) break;
-      let b = 2;
-      while (b < SECURE_HEADER_LEN && buf[h + b] === buf[off + b]) b++;
-      if (b < SECURE_HEADER_LEN) break; // another message, session or lane: not this run's
+      const a = buf.byteOffset + h;
+      if (
+        dv.getUint16(a + 2) !== r0 || dv.getUint32(a + 4) !== r1 || dv.getUint32(a + 8) !== r2 ||
+        dv.getUint32(a + 12) !== r3
+      ) break; // another message, session or lane: not this run's
       n++;
     }
     if (n === 0) return 0;
@@ -508,6 +529,14 @@ export class KeyRing {
     st.session.openParts.update(buf, to, n * inner, buf, to);
     st.next += n;
     return n;
+  }
+
+  /** A DataView of `buf`'s whole memory (the last one made is kept: a receive arena's slots share one). */
+  #dataView(buf: Uint8Array): DataView {
+    const mem = buf.buffer;
+    let dv = this.#dv;
+    if (dv === undefined || dv.buffer !== mem) this.#dv = dv = new DataView(mem);
+    return dv;
   }
 
   /** The AEAD nonce of the SECURE header at `buf[at ..]`: 4 zero bytes and the counter (no view made). */

@@ -5,7 +5,8 @@
 # (nm-kfast: KernelFastPath, issue 16; nm-ktc: its tc eBPF mode, KernelFastPath=tc) and secure mode (TunnelSecurity
 # require, certificates from a throw-away CA made here), and wireguard-go (the harness's slot, Debian
 # package, for an encrypted userspace tunnel to compare with). Only when named in NM_BENCH_PATHS: c-relay,
-# c-relay-gcm, c-relay-spin (scripts/ceiling/: a minimal C relay of the same I/O design, docs/bench/ceiling.md).
+# c-relay-gcm, c-relay-spin (scripts/ceiling/: a minimal C relay of the same I/O design, docs/bench/ceiling.md),
+# nm-fast-1w (FAST mode with DataPlaneWorkers=1: one packet loop per node instead of one per CPU).
 # Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
 # and to the bare underlay (null when that path was not run),
@@ -123,6 +124,7 @@ bash "$harness" "${args[@]}" \
   --slot nm-uring-spin="TunnelSecurity=off IoBackend=uring BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
   --slot nm-fast-nomaglev="TunnelSecurity=off DENO_V8_FLAGS=--no-maglev bash $root/scripts/bench_slot.sh" \
   --slot nm-fast-spin="TunnelSecurity=off BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
+  --slot nm-fast-1w="TunnelSecurity=off DataPlaneWorkers=1 bash $root/scripts/bench_slot.sh" \
   --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-ktc="TunnelSecurity=off KernelFastPath=tc NM_KFAST_FILE=$results/ktc.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \

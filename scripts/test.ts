@@ -85,7 +85,7 @@ async function buffered(run: PlannedRun): Promise<void> {
   const t0 = Date.now();
   // The whole suite's type check (a job of its own) covers every test file: no second check per process.
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--no-prompt", "--no-check", ...(run.flags ?? []), ...run.files],
+    args: ["test", "-A", "--no-prompt", "--no-check", ...run.files],
     stdout: "piped",
     stderr: "piped",
     env,

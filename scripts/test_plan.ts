@@ -24,8 +24,6 @@
 export interface PlannedRun {
   /** Files (or directories) given to `deno test` (none for the type check). */
   files: string[];
-  /** More `deno test` flags (the unit tests: `--parallel`). */
-  flags?: string[];
   /** The type check with every JSDoc example (`scripts/check.ts`), not a `deno test`. */
   typeCheck?: boolean;
   /** Runs alone, after the parallel part. */
@@ -38,8 +36,7 @@ export interface PlannedRun {
 
 /**
  * Seconds each slow file (≥ 10 s) took in the last fresh-clone suite run (ci25, 20261207, two lanes, nothing
- * beside it; files not listed count {@link DEFAULT_WEIGHT}); the unit tests as they run now (`--parallel`:
- * 73 s in ci25 one file after another, about half that two at a time). A run at load ~10 took 2.2× the
+ * beside it; files not listed count {@link DEFAULT_WEIGHT}). A run at load ~10 took 2.2× the
  * quiet figures (median; 0.6–6.4× per file). Only the order depends on it: a stale figure costs balance,
  * never a test.
  */
@@ -58,7 +55,7 @@ export const WEIGHTS: Readonly<Record<string, number>> = {
   "tests/netns/lifecycle_test.ts": 46,
   "tests/netns/dns_test.ts": 43,
   "tests/netns/control_etcd_test.ts": 40,
-  "tests/unit/": 40,
+  "tests/unit/": 73,
   "tests/netns/web_test.ts": 35,
   "tests/netns/ops_logs_test.ts": 33,
   "tests/netns/kfast_tc_mode_test.ts": 31,
@@ -158,11 +155,8 @@ export function planRuns(netnsFiles: readonly string[], opts: PlanOptions = {}):
   const unitDir = opts.unitDir ?? "tests/unit/";
   const runs: PlannedRun[] = [...netnsFiles, unitDir].map((f) => ({
     files: [f],
-    // The unit files two at a time (`deno test --parallel`: a worker per core): most of their time is
-    // each file's start (a fresh runtime loading its modules), not the tests (ci25: 73 s for ~43 s of
-    // tests; alone 104.6 → 55.6 s, the same CPU). None of them changes what another one reads (the
-    // only environment variable set, NETMANAGER_TEST_RELAY_CRASH, is read by relay_test's own server).
-    ...(f === unitDir ? { flags: ["--parallel"] } : {}),
+    // Not `--parallel` for the unit files: its test modules share one process (file descriptors, the
+    // environment), and lock_test once failed beside another module (Dec 7).
     solo: SOLO.has(f) || (opts.harness === true && SOLO_WITH_HARNESS.has(f)),
     light: LIGHT.has(f),
     weight: WEIGHTS[f] ?? DEFAULT_WEIGHT,

@@ -13,7 +13,7 @@
  * b.loop.drainBind(2); // b.tun.written: the datagram, translated to the server's namespace IP
  * ```
  */
-import { ip4 } from "./packets.ts";
+import { buildIPv4Tcp, ip4 } from "./packets.ts";
 import { MemoryTun, MemoryWire } from "./memory_seams.ts";
 import { Engine, type EngineConfig } from "../../src/proxy/engine.ts";
 import { PacketLoop } from "../../src/proxy/loop.ts";
@@ -23,6 +23,7 @@ import { parseQueryResult } from "../../src/table/query_result.ts";
 import { TranslationTable } from "../../src/table/table.ts";
 import type { TableEntry } from "../../src/table/entry.ts";
 import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
+import { VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
 
 /** Node A's underlay address (the client's node). */
 export const A = "192.0.2.1";
@@ -107,4 +108,31 @@ export function loopNode(
 export function loopPair(fast = false, tableA: TranslationTable = tableOf()): [LoopNode, LoopNode] {
   const [wa, wb] = MemoryWire.pair(ip4(A), ip4(B));
   return [loopNode(A, "10.18.0.64/26", wa, tableA, fast), loopNode(B, "10.18.0.128/26", wb, tableOf(), fast)];
+}
+
+/** The payload of {@link pushSuperPacket}'s TCP super-packet (20000 bytes, a recognisable pattern). */
+export const SUPER_PAYLOAD: Uint8Array = new Uint8Array(20000).map((_, k) => (k * 7 + 3) & 0xff);
+
+/**
+ * Puts one TCP super-packet (10.18.0.66:41000 → 10.30.0.1:80, {@link SUPER_PAYLOAD}, TSO with segments of
+ * 1348 bytes and the checksum left to complete) on `tun`, as the kernel hands it over; returns its bytes.
+ */
+export function pushSuperPacket(tun: MemoryTun): Uint8Array {
+  const pkt = buildIPv4Tcp({
+    src: "10.18.0.66",
+    dst: "10.30.0.1",
+    srcPort: 41000,
+    dstPort: 80,
+    payload: SUPER_PAYLOAD,
+    partial: true,
+    tcpFlags: 0x18,
+  });
+  tun.push(pkt, {
+    flags: VNET_F_NEEDS_CSUM,
+    gsoType: VNET_GSO_TCPV4,
+    gsoSize: 1348,
+    csumStart: 20,
+    csumOffset: 16,
+  });
+  return pkt;
 }

@@ -6,7 +6,18 @@
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { buildIPv4Tcp, buildIPv4Udp, ip4 } from "../helpers/packets.ts";
 import { MemoryBind, MemoryTun } from "../helpers/memory_seams.ts";
-import { A, B, CLI, type LoopNode, loopPair as pair, MTU, tableOf, WEB } from "../helpers/loop_pair.ts";
+import {
+  A,
+  B,
+  CLI,
+  type LoopNode,
+  loopPair as pair,
+  MTU,
+  pushSuperPacket,
+  SUPER_PAYLOAD,
+  tableOf,
+  WEB,
+} from "../helpers/loop_pair.ts";
 import { Engine } from "../../src/proxy/engine.ts";
 import { PacketLoop } from "../../src/proxy/loop.ts";
 import { checksumsValid, PacketInfo, parsePacket } from "../../src/proxy/packet.ts";
@@ -118,23 +129,8 @@ Deno.test("loop: a TCP super-packet crosses as one JUMBO message and is written 
   handshake(a, b);
   const route = a.engine.route(`${B}:50103`);
   assert(route?.peer?.jumbo === true, "the peers agreed on JUMBO");
-  const payload = new Uint8Array(20000).map((_, k) => (k * 7 + 3) & 0xff);
-  const pkt = buildIPv4Tcp({
-    src: "10.18.0.66",
-    dst: "10.30.0.1",
-    srcPort: 41000,
-    dstPort: 80,
-    payload,
-    partial: true,
-    tcpFlags: 0x18,
-  });
-  a.tun.push(pkt, {
-    flags: VNET_F_NEEDS_CSUM,
-    gsoType: VNET_GSO_TCPV4,
-    gsoSize: 1348,
-    csumStart: 20,
-    csumOffset: 16,
-  });
+  const payload = SUPER_PAYLOAD;
+  const pkt = pushSuperPacket(a.tun);
   const sentBefore = a.wire.sent.length;
   a.loop.drainTun(4000);
   const chunks = a.wire.sent.length - sentBefore;

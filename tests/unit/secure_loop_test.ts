@@ -3,13 +3,23 @@
  * the real UDP bind over an in-memory wire, with secure layers in `require`. A TCP super-packet
  * crosses as one JUMBO message sealed in parts and is written byte-exact; an on-path attacker who
  * rewrites parts through the ciphertext so that the reassembly completes early gets nothing written
- * (the completion came from an unauthenticated part: dropped and counted).
+ * (the completion came from an unauthenticated part: dropped and counted). Through GRO, the parts of a
+ * message that one receive run brings are opened together (SecureLayer.openRun) and go to the
+ * reassembly in one call (BindSeam.reassembleParts) — byte-exact, counted, and an early completion by
+ * them refused the same way.
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { buildIPv4Tcp, ip4 } from "../helpers/packets.ts";
+import { ip4 } from "../helpers/packets.ts";
 import { MemoryWire } from "../helpers/memory_seams.ts";
-import { A, B, type LoopNode, loopNode, tableOf } from "../helpers/loop_pair.ts";
-import { VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
+import {
+  A,
+  B,
+  type LoopNode,
+  loopNode,
+  pushSuperPacket,
+  SUPER_PAYLOAD,
+  tableOf,
+} from "../helpers/loop_pair.ts";
 import { SecureLayer, SecureMode } from "../../src/secure/secure_layer.ts";
 import type { SessionKeys } from "../../src/secure/keys.ts";
 import { SECURE_F_PART, SECURE_HEADER_LEN } from "../../src/secure/secure_wire.ts";
@@ -60,26 +70,8 @@ function pair(): [Node, Node] {
   return [a, b];
 }
 
-const payload = new Uint8Array(20000).map((_, k) => (k * 7 + 3) & 0xff);
-function superPacket(a: Node): Uint8Array {
-  const pkt = buildIPv4Tcp({
-    src: "10.18.0.66",
-    dst: "10.30.0.1",
-    srcPort: 41000,
-    dstPort: 80,
-    payload,
-    partial: true,
-    tcpFlags: 0x18,
-  });
-  a.tun.push(pkt, {
-    flags: VNET_F_NEEDS_CSUM,
-    gsoType: VNET_GSO_TCPV4,
-    gsoSize: 1348,
-    csumStart: 20,
-    csumOffset: 16,
-  });
-  return pkt;
-}
+const payload = SUPER_PAYLOAD;
+const superPacket = (a: Node): Uint8Array => pushSuperPacket(a.tun);
 
 Deno.test("secure loop: a TCP super-packet crosses as one JUMBO message sealed in parts, written byte-exact", () => {
   const [a, b] = pair();
@@ -199,4 +191,53 @@ Deno.test("secure loop: a part of another message inside a GRO run is never mixe
   b.loop.drainBind(4005);
   assertEquals(b.tun.written.length, 2, "replays deliver nothing");
   assert((b.loop.stats().drops.secure_replay ?? 0) >= 2);
+});
+
+Deno.test("secure run parts: a GRO run's parts reach the reassembly in one call, byte-exact and counted", () => {
+  const [a, b] = groPair();
+  const rx0 = b.loop.stats().udpRx as number;
+  const pkt = superPacket(a);
+  a.loop.drainTun(4000);
+  const count = b.wire.inbox.length;
+  const bytes = b.wire.inbox.reduce((s, d) => s + d.bytes.length, 0);
+  assert(count > 3, "a message of several parts");
+  b.loop.drainBind(4001);
+  assertEquals(b.tun.written.length, 1);
+  assertEquals(b.tun.written[0].bytes.length, pkt.length);
+  assertEquals(b.tun.written[0].bytes.subarray(40), payload, "byte-exact");
+  assertEquals(b.secure.openedInRuns, count - 2);
+  const st = b.loop.stats();
+  assertEquals((st.udpRx as number) - rx0, count, "every part counted once");
+  assertEquals(st.udpRxBytes as number >= bytes - count * 32 - 16, true);
+  assertEquals(st.drops, {});
+});
+
+Deno.test("secure run parts: parts in a GRO run rewritten to complete a reassembly early: nothing is written", () => {
+  const [a, b] = groPair();
+  const pkt = superPacket(a);
+  a.loop.drainTun(4000);
+  const grams = b.wire.inbox.map((d) => d.bytes);
+  const count = grams.length;
+  assert(count > 4);
+  // CTR malleability, as in secure_loop_test: the JUMBO tags say 3 chunks and the IP length fits
+  // them; parts 0..2 (none the message's last) arrive as one GRO run, so parts 1 and 2 take the run
+  // path and part 2 completes the reassembly there.
+  const H = SECURE_HEADER_LEN;
+  const dsize = grams[1].length - H;
+  const three = dsize - 16 + 2 * (dsize - JUMBO_TAG_LEN);
+  for (let k = 0; k < 3; k++) grams[k][H + 2] ^= count ^ 3;
+  grams[0][H + 16 + 2] ^= pkt[2] ^ (three >>> 8);
+  grams[0][H + 16 + 3] ^= pkt[3] ^ (three & 0xff);
+  b.wire.inbox.splice(3);
+  b.loop.drainBind(4001);
+  assertEquals(b.secure.openedInRuns, 2, "parts 1 and 2 came in the run");
+  assertEquals(b.tun.written.length, 0, "forged bytes never reach the TUN");
+  assertEquals(b.loop.jumboRx, 0);
+  assertEquals(b.loop.stats().drops.secure_part_dropped, 1, "the early completion was refused and counted");
+  // The genuine next message still arrives whole.
+  superPacket(a);
+  a.loop.drainTun(4002);
+  b.loop.drainBind(4003);
+  assertEquals(b.tun.written.length, 1);
+  assertEquals(b.tun.written[0].bytes.subarray(40), payload);
 });

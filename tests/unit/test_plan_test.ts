@@ -31,8 +31,6 @@ Deno.test("suite plan: every file once, parallel part longest first, timing-sens
   assertEquals(runs.map((r) => r.solo), [false, false, false, false, true]);
   assertEquals(SOLO.has("tests/netns/kfast_test.ts"), true);
   // The unit files two at a time; a netns file as it is.
-  assertEquals(runs.find((r) => r.files[0] === "tests/unit/")?.flags, ["--parallel"]);
-  assertEquals(runs.find((r) => r.files[0] === "tests/netns/secure_test.ts")?.flags, undefined);
 });
 
 Deno.test("suite plan: the type check is one more parallel run; the bench runner is alone only beside the harness", () => {

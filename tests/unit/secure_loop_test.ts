@@ -92,15 +92,16 @@ Deno.test("secure loop: a TCP super-packet crosses as one JUMBO message sealed i
   assertEquals(b.loop.stats().drops, {});
 });
 
-Deno.test("secure loop: parts rewritten through the ciphertext complete a reassembly early, but nothing is written", () => {
-  const [a, b] = pair();
+/**
+ * a sends one super-packet; b's inbox is rewritten through the ciphertext (CTR malleability: the
+ * predictable plaintext of the JUMBO tags and the IP length) so that its first 3 parts make a whole
+ * message, the rest withheld, and b drains it; returns the number of parts a sent.
+ */
+function forgeEarlyCompletion(a: Node, b: Node): number {
   const pkt = superPacket(a);
   a.loop.drainTun(4000);
   const grams = b.wire.inbox.map((d) => d.bytes);
   const count = grams.length;
-  assert(count > 3);
-  // CTR malleability: the (predictable) plaintext of the JUMBO tags and the IP length are rewritten
-  // so that the first 3 chunks make a whole message; the rest is withheld.
   const H = SECURE_HEADER_LEN;
   const dsize = grams[1].length - H;
   const three = dsize - 16 + 2 * (dsize - JUMBO_TAG_LEN);
@@ -109,6 +110,12 @@ Deno.test("secure loop: parts rewritten through the ciphertext complete a reasse
   grams[0][H + 16 + 3] ^= pkt[3] ^ (three & 0xff);
   b.wire.inbox.splice(3);
   b.loop.drainBind(4001);
+  return count;
+}
+
+Deno.test("secure loop: parts rewritten through the ciphertext complete a reassembly early, but nothing is written", () => {
+  const [a, b] = pair();
+  assert(forgeEarlyCompletion(a, b) > 3);
   assertEquals(b.tun.written.length, 0, "forged bytes never reach the TUN");
   assertEquals(b.loop.jumboRx, 0);
   assertEquals(b.loop.stats().drops.secure_part_dropped, 1, "the early completion was refused and counted");
@@ -214,22 +221,9 @@ Deno.test("secure run parts: a GRO run's parts reach the reassembly in one call,
 
 Deno.test("secure run parts: parts in a GRO run rewritten to complete a reassembly early: nothing is written", () => {
   const [a, b] = groPair();
-  const pkt = superPacket(a);
-  a.loop.drainTun(4000);
-  const grams = b.wire.inbox.map((d) => d.bytes);
-  const count = grams.length;
-  assert(count > 4);
-  // CTR malleability, as in secure_loop_test: the JUMBO tags say 3 chunks and the IP length fits
-  // them; parts 0..2 (none the message's last) arrive as one GRO run, so parts 1 and 2 take the run
-  // path and part 2 completes the reassembly there.
-  const H = SECURE_HEADER_LEN;
-  const dsize = grams[1].length - H;
-  const three = dsize - 16 + 2 * (dsize - JUMBO_TAG_LEN);
-  for (let k = 0; k < 3; k++) grams[k][H + 2] ^= count ^ 3;
-  grams[0][H + 16 + 2] ^= pkt[2] ^ (three >>> 8);
-  grams[0][H + 16 + 3] ^= pkt[3] ^ (three & 0xff);
-  b.wire.inbox.splice(3);
-  b.loop.drainBind(4001);
+  // Parts 0..2 (none the message's last) arrive as one GRO run, so parts 1 and 2 take the run path and
+  // part 2 completes the reassembly there.
+  assert(forgeEarlyCompletion(a, b) > 4);
   assertEquals(b.secure.openedInRuns, 2, "parts 1 and 2 came in the run");
   assertEquals(b.tun.written.length, 0, "forged bytes never reach the TUN");
   assertEquals(b.loop.jumboRx, 0);

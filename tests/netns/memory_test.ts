@@ -151,8 +151,12 @@ Deno.test(
       const grows = all.map(([i, f]) => f.rssMB - i.rssMB);
       const grow = median(grows);
       const [idle, full] = all[grows.indexOf(grow)];
+      // Idle judged by its median over the rounds too (ci28: one round's idle 75.0 MB beside the heavy
+      // files, where this run's other idle daemons measured 59-61 MB).
+      const idleMB = median(all.map(([i]) => i.rssMB));
       console.log(
-        `idle ${idle.rssMB.toFixed(1)} MB; ${ENTRIES} entries ${full.rssMB.toFixed(1)} MB ` +
+        `idle ${idleMB.toFixed(1)} MB (rounds ${all.map(([i]) => i.rssMB.toFixed(1)).join(" ")}); ` +
+          `${ENTRIES} entries ${full.rssMB.toFixed(1)} MB ` +
           `(+${grow.toFixed(1)} MB, ${Math.round(grow * MB / ENTRIES)} B/entry; rounds ` +
           `${grows.map((g) => `+${g.toFixed(1)}`).join(" ")}); Worker external ` +
           `${idle.workerExternalMB.toFixed(1)} → ${full.workerExternalMB.toFixed(1)} MB`,
@@ -167,7 +171,10 @@ Deno.test(
           `the Worker's external memory grew by ${(f.workerExternalMB - i.workerExternalMB).toFixed(1)} MB`,
         );
       }
-      assert(idle.rssMB <= IDLE_MAX_MB, `idle RSS ${idle.rssMB.toFixed(1)} MB > ${IDLE_MAX_MB} MB`);
+      assert(
+        idleMB <= IDLE_MAX_MB,
+        `idle RSS ${idleMB.toFixed(1)} MB > ${IDLE_MAX_MB} MB (median of rounds)`,
+      );
       assert(grow <= TABLE_MAX_MB, `${ENTRIES} entries add ${grow.toFixed(1)} MB > ${TABLE_MAX_MB} MB`);
     } finally {
       await Deno.remove(dir, { recursive: true });

@@ -20,8 +20,13 @@
 import { errno, libc } from "../../ffi/libc.ts";
 
 const MADV_DONTNEED = 4;
-/** smaps fields that show a page whose content is not the file's. */
-const DIRTY = new Set(["Private_Dirty", "Anonymous", "Swap"]);
+/**
+ * smaps fields that show a page whose content is not the file's: a written page of a private mapping
+ * is a copy-on-write anonymous page (possibly swapped out). Not `Private_Dirty`: it also counts page-cache
+ * pages not yet written back — the whole binary for ~30 s after it was installed — which are the
+ * file's content (ci29 kept ~25 MB of them resident for that).
+ */
+const MODIFIED = new Set(["Anonymous", "Swap"]);
 
 /** One mapping of `/proc/<pid>/smaps` that may be released. */
 export interface CodeRange {
@@ -33,7 +38,7 @@ export interface CodeRange {
 
 /**
  * The mappings of `exe` in `smaps` text that are safe to release: private, not writable, and with no
- * private dirty, anonymous or swapped page (only then is every page the file's content).
+ * anonymous or swapped page (only then is every page the file's content; a dirty page-cache page is).
  *
  * @example
  * ```ts
@@ -68,7 +73,7 @@ export function releasableRanges(smaps: string, exe: string): CodeRange[] {
     if (field[1] === "Rss") cur.rss = kb * 1024;
     // A modified (copy-on-write: anonymous, possibly swapped out) page would lose its content: the
     // mapping is kept.
-    else if (DIRTY.has(field[1]) && kb !== 0) cur.ok = false;
+    else if (MODIFIED.has(field[1]) && kb !== 0) cur.ok = false;
   }
   finish();
   return out;

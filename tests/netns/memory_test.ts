@@ -38,6 +38,9 @@ const TABLE_MAX_MB = 20 + 1;
 
 interface Sample {
   rssMB: number;
+  /** Of it: anonymous memory (heaps) and file pages (the deno binary's code, libraries). */
+  anonMB: number;
+  fileMB: number;
   workerExternalMB: number;
   entries: number;
 }
@@ -56,17 +59,26 @@ async function measure(workers: number, tableFile?: string): Promise<Sample> {
   try {
     assertEquals((await node.register()).status, 200);
     await new Promise((r) => setTimeout(r, 5000));
-    const rss: number[] = [];
+    const rss: { all: number; anon: number; file: number }[] = [];
+    const mbOf = (status: string, field: string) =>
+      Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)![1]) / 1024;
     for (let i = 0; i < 5; i++) {
       const status = await Deno.readTextFile(`/proc/${node.proc!.pid}/status`);
-      rss.push(Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]) / 1024);
+      rss.push({ all: mbOf(status, "VmRSS"), anon: mbOf(status, "RssAnon"), file: mbOf(status, "RssFile") });
       await new Promise((r) => setTimeout(r, 400));
     }
-    rss.sort((a, b) => a - b);
+    rss.sort((a, b) => a.all - b.all);
     const st = (await node.api.getJson("/status")) as { dataPlane: { heap: { external: number } } };
     const metrics = (await node.api.request("GET", "/metrics")).body;
     const entries = Number(/^netmanager_table_entries (\d+)/m.exec(metrics)?.[1] ?? -1);
-    return { rssMB: rss[2], workerExternalMB: st.dataPlane.heap.external / MB, entries };
+    const { all, anon, file } = rss[2];
+    return {
+      rssMB: all,
+      anonMB: anon,
+      fileMB: file,
+      workerExternalMB: st.dataPlane.heap.external / MB,
+      entries,
+    };
   } catch (e) {
     console.error(await node.log());
     throw e;
@@ -155,7 +167,8 @@ Deno.test(
       // files, where this run's other idle daemons measured 59-61 MB).
       const idleMB = median(all.map(([i]) => i.rssMB));
       console.log(
-        `idle ${idleMB.toFixed(1)} MB (rounds ${all.map(([i]) => i.rssMB.toFixed(1)).join(" ")}); ` +
+        `idle ${idleMB.toFixed(1)} MB (rounds ${all.map(([i]) => i.rssMB.toFixed(1)).join(" ")}; ` +
+          `anon+file ${all.map(([i]) => `${i.anonMB.toFixed(1)}+${i.fileMB.toFixed(1)}`).join(" ")}); ` +
           `${ENTRIES} entries ${full.rssMB.toFixed(1)} MB ` +
           `(+${grow.toFixed(1)} MB, ${Math.round(grow * MB / ENTRIES)} B/entry; rounds ` +
           `${grows.map((g) => `+${g.toFixed(1)}`).join(" ")}); Worker external ` +

@@ -23,7 +23,7 @@ import { PacketLoop } from "../../src/proxy/loop.ts";
 import { checksumsValid, PacketInfo, parsePacket } from "../../src/proxy/packet.ts";
 import { completeChecksum } from "../../src/proxy/checksum.ts";
 import { parsePrefix4, parsePrefix6 } from "../../src/addr/mod.ts";
-import { VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
+import { VNET_GSO_TCPV4 } from "../../ffi/vnet.ts";
 
 const info = new PacketInfo();
 function parsed(p: Uint8Array): PacketInfo {

@@ -71,11 +71,31 @@ async function streamed(args: string[]): Promise<void> {
   total = addRun(total, s, code);
 }
 
-/** The whole suite's type check (every file and JSDoc example): one test of the suite. */
+/** The whole suite's type check (every file and JSDoc example), lint and format check: three tests of the suite. */
 async function checkRun(): Promise<void> {
   const t0 = Date.now();
   const ok = await typeCheck();
   console.log(`type check (deno check --doc) ... ${ok ? "ok" : "FAILED"} (${seconds(t0)}, ${cpuSince()})`);
+  count(ok);
+  for (const args of [["lint"], ["fmt", "--check"]]) {
+    const t1 = Date.now();
+    const root = new URL("..", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: root,
+      env,
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    if (!out.success) await Deno.stderr.write(out.stderr); // what is wrong, file and line
+    console.log(`deno ${args.join(" ")} ... ${out.success ? "ok" : "FAILED"} (${seconds(t1)})`);
+    count(out.success);
+  }
+}
+
+/** Adds one test's outcome to the suite's total. */
+function count(ok: boolean): void {
   total = { ...total, passed: total.passed + (ok ? 1 : 0), failed: total.failed + (ok ? 0 : 1) };
 }
 

@@ -158,6 +158,7 @@ const PATH_NAMES: Record<string, string> = {
   "nm-secure": "netmanager, RR ServiceIP, secure (require, FAST inside)",
   "nm-secure-nomaglev": "netmanager, secure, V8 without Maglev (DENO_V8_FLAGS=--no-maglev)",
   "nm-secure-evp": "netmanager, secure, AES-GCM by libcrypto instead of ipsec-mb",
+  "nm-secure-again": "netmanager, secure, the same slot once more (A/A: the place in the run)",
   "wireguard-go": "wireguard-go (userspace WireGuard)",
 };
 

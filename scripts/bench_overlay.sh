@@ -6,7 +6,8 @@
 # require, certificates from a throw-away CA made here), and wireguard-go (the harness's slot, Debian
 # package, for an encrypted userspace tunnel to compare with). Only when named in NM_BENCH_PATHS: c-relay,
 # c-relay-gcm, c-relay-spin (scripts/ceiling/: a minimal C relay of the same I/O design, docs/bench/ceiling.md),
-# nm-fast-1w (FAST mode with DataPlaneWorkers=1: one packet loop per node instead of one per CPU).
+# nm-fast-1w (FAST mode with DataPlaneWorkers=1: one packet loop per node instead of one per CPU),
+# nm-secure-again (nm-secure once more, unchanged: an A/A check of how much a slot's place in the run moves it).
 # Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
 # and to the bare underlay (null when that path was not run),
@@ -130,6 +131,7 @@ bash "$harness" "${args[@]}" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure-nomaglev="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-nomaglev.jsonl DENO_V8_FLAGS=--no-maglev bash $root/scripts/bench_slot.sh" \
   --slot nm-secure-evp="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-evp.jsonl NETMANAGER_AEAD=libcrypto bash $root/scripts/bench_slot.sh" \
+  --slot nm-secure-again="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake-again.jsonl bash $root/scripts/bench_slot.sh" \
   --slot wireguard-go="bash $(dirname "$harness")/slots/wireguard-go.sh" \
   --slot c-relay="bash $root/scripts/ceiling/slot.sh" \
   --slot c-relay-gcm="CEILING_AEAD=1 bash $root/scripts/ceiling/slot.sh" \

@@ -77,9 +77,9 @@ async function checkRun(): Promise<void> {
   const ok = await typeCheck();
   console.log(`type check (deno check --doc) ... ${ok ? "ok" : "FAILED"} (${seconds(t0)}, ${cpuSince()})`);
   count(ok);
+  const root = new URL("..", import.meta.url).pathname;
   for (const args of [["lint"], ["fmt", "--check"]]) {
     const t1 = Date.now();
-    const root = new URL("..", import.meta.url).pathname;
     const out = await new Deno.Command(Deno.execPath(), {
       args,
       cwd: root,

@@ -163,8 +163,7 @@ Deno.test(
       const grows = all.map(([i, f]) => f.rssMB - i.rssMB);
       const grow = median(grows);
       const [idle, full] = all[grows.indexOf(grow)];
-      // Idle judged by its median over the rounds too (ci28: one round's idle 75.0 MB beside the heavy
-      // files, where this run's other idle daemons measured 59-61 MB).
+      // Idle judged by its median over the rounds too, not by the one round the growth picked.
       const idleMB = median(all.map(([i]) => i.rssMB));
       console.log(
         `idle ${idleMB.toFixed(1)} MB (rounds ${all.map(([i]) => i.rssMB.toFixed(1)).join(" ")}; ` +

@@ -129,7 +129,6 @@ Deno.test("loop: a TCP super-packet crosses as one JUMBO message and is written 
   handshake(a, b);
   const route = a.engine.route(`${B}:50103`);
   assert(route?.peer?.jumbo === true, "the peers agreed on JUMBO");
-  const payload = SUPER_PAYLOAD;
   const pkt = pushSuperPacket(a.tun);
   const sentBefore = a.wire.sent.length;
   a.loop.drainTun(4000);
@@ -145,7 +144,7 @@ Deno.test("loop: a TCP super-packet crosses as one JUMBO message and is written 
   assertEquals(w.bytes.length, pkt.length);
   const i = parsed(w.bytes);
   assertEquals([i.src4, i.dst4], [ip4("10.30.0.10"), ip4("10.18.0.130")]);
-  assertEquals(w.bytes.subarray(40), payload, "the payload arrived byte-exact");
+  assertEquals(w.bytes.subarray(40), SUPER_PAYLOAD, "the payload arrived byte-exact");
   assert(completeChecksum(w.bytes, 0, w.bytes.length, 20, 16));
   assert(checksumsValid(w.bytes, parsed(w.bytes)), "the partial sum completes to a valid checksum");
   const s = b.loop.stats();

@@ -30,7 +30,6 @@ Deno.test("suite plan: every file once, parallel part longest first, timing-sens
   assertEquals(runs.map((r) => r.weight).slice(0, 3), parallel.map((f) => WEIGHTS[f]));
   assertEquals(runs.map((r) => r.solo), [false, false, false, false, true]);
   assertEquals(SOLO.has("tests/netns/kfast_test.ts"), true);
-  // The unit files two at a time; a netns file as it is.
 });
 
 Deno.test("suite plan: the type check is one more parallel run; the bench runner is alone only beside the harness", () => {

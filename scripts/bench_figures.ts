@@ -154,6 +154,8 @@ const PATH_NAMES: Record<string, string> = {
   "nm-fast-nomaglev": "netmanager, FAST mode, V8 without Maglev (DENO_V8_FLAGS=--no-maglev)",
   "nm-uring-spin": "netmanager, FAST mode, io_uring backend, BusyPollMicros 200 (ring watched in memory)",
   "nm-fast-spin": "netmanager, FAST mode, BusyPollMicros 200 (epoll)",
+  "nm-fast-aead-cpu":
+    "netmanager, FAST mode plus the AEAD's CPU per message (spin, no other secure overhead)",
   "nm-raw": "netmanager, RR ServiceIP, raw mode",
   "nm-secure": "netmanager, RR ServiceIP, secure (require, FAST inside)",
   "nm-secure-nomaglev": "netmanager, secure, V8 without Maglev (DENO_V8_FLAGS=--no-maglev)",

@@ -7,7 +7,9 @@
 # package, for an encrypted userspace tunnel to compare with). Only when named in NM_BENCH_PATHS: c-relay,
 # c-relay-gcm, c-relay-spin (scripts/ceiling/: a minimal C relay of the same I/O design, docs/bench/ceiling.md),
 # nm-fast-1w (FAST mode with DataPlaneWorkers=1: one packet loop per node instead of one per CPU),
-# nm-secure-again (nm-secure once more, unchanged: an A/A check of how much a slot's place in the run moves it).
+# nm-secure-again (nm-secure once more, unchanged: an A/A check of how much a slot's place in the run moves it),
+# nm-fast-aead-cpu (FAST mode whose workers spin NM_BENCH_BURN_US, default "5,4" µs, per message where a secure
+# node seals and opens: the secure path with the AEAD's CPU and no other overhead, docs/bench/secure-budget.md).
 # Prints one JSON object
 # with per path and metric the median and range over the repetitions, the ratios to kernel VXLAN
 # and to the bare underlay (null when that path was not run),
@@ -126,6 +128,7 @@ bash "$harness" "${args[@]}" \
   --slot nm-fast-nomaglev="TunnelSecurity=off DENO_V8_FLAGS=--no-maglev bash $root/scripts/bench_slot.sh" \
   --slot nm-fast-spin="TunnelSecurity=off BusyPollMicros=${NM_SPIN_US:-200} bash $root/scripts/bench_slot.sh" \
   --slot nm-fast-1w="TunnelSecurity=off DataPlaneWorkers=1 bash $root/scripts/bench_slot.sh" \
+  --slot nm-fast-aead-cpu="TunnelSecurity=off NETMANAGER_BENCH_BURN_US=${NM_BENCH_BURN_US:-5,4} bash $root/scripts/bench_slot.sh" \
   --slot nm-kfast="TunnelSecurity=off KernelFastPath=true NM_KFAST_FILE=$results/kfast.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-ktc="TunnelSecurity=off KernelFastPath=tc NM_KFAST_FILE=$results/ktc.jsonl bash $root/scripts/bench_slot.sh" \
   --slot nm-secure="NM_SECURE_CA=$ca NM_HS_FILE=$results/handshake.jsonl bash $root/scripts/bench_slot.sh" \

@@ -15,6 +15,7 @@ import { type LogLevel, setLogFormat, setLogLevel } from "../log.ts";
 import { configFromFlags, fail, UsageError } from "./common.ts";
 import type { DaemonFlags } from "./daemon_flags.ts";
 import type { TranslationTable } from "../table/table.ts";
+import { benchBurnFromEnv } from "../proxy/bench_burn.ts";
 
 /**
  * Reads a static table file straight into a (compact) table, result by result: a 10k-entry file
@@ -57,6 +58,7 @@ export async function runDaemon(flags: DaemonFlags, forceDebug: boolean): Promis
       throw new UsageError(`invalid --log-level "${level}" (debug | info | warn | error)`);
     }
     setLogLevel(level);
+    benchBurnFromEnv(); // a malformed benchmark knob stops the start, not each data-plane Worker in turn
     const d = await startDaemon({
       cfg,
       socketPath: flags.socket,

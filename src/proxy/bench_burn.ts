@@ -5,7 +5,9 @@
  * reassembled JUMBO packet's TUN write (where a secure receiver has opened it). Plain FAST plus the
  * AEAD's time and nothing else of the secure layer: what a secure path with no overhead besides the
  * cipher would carry. Unset (always, outside the bench slot `nm-fast-aead-cpu`), the worker uses
- * the plain {@link VnetTun} and nothing here runs.
+ * the plain VnetTun and nothing here runs; the daemon checks the value when it starts
+ * (src/cli/daemon_run.ts), so a bad one stops it with {@link BenchBurnError}. The TUN that
+ * spins: bench_burn_tun.ts.
  *
  * @example
  * ```ts
@@ -15,9 +17,6 @@
  * ```
  * @module
  */
-
-import type { AssembledPacket } from "./seams.ts";
-import { type TunFd, VnetTun, type VnetTunOptions } from "./tun_device.ts";
 
 /** The environment variable read by {@link benchBurnFromEnv}. */
 export const BENCH_BURN_ENV = "NETMANAGER_BENCH_BURN_US";
@@ -64,25 +63,4 @@ export function spin(us: number): void {
   if (us <= 0) return;
   const until = performance.now() + us / 1000;
   while (performance.now() < until) { /* busy */ }
-}
-
-/** A {@link VnetTun} that spins per message as {@link BenchBurn} says (see the module). */
-export class BurningTun extends VnetTun {
-  readonly #burn: BenchBurn;
-
-  constructor(burn: BenchBurn, dev: TunFd, opts: VnetTunOptions) {
-    super(dev, opts);
-    this.#burn = burn;
-  }
-
-  override read(): number {
-    const n = super.read();
-    if (n > BURN_MIN_READ) spin(this.#burn.txUs);
-    return n;
-  }
-
-  override writeAssembled(p: AssembledPacket): boolean {
-    spin(this.#burn.rxUs);
-    return super.writeAssembled(p);
-  }
 }

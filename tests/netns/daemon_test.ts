@@ -374,3 +374,25 @@ Deno.test({
     await cleanupAll();
   }
 });
+
+Deno.test({
+  name: "daemon: a malformed NETMANAGER_BENCH_BURN_US stops the start with a clear error; a valid one starts",
+  ...opts,
+}, async () => {
+  let err = "";
+  try {
+    const n = await TestNode.startWith({ env: { NETMANAGER_BENCH_BURN_US: "fast" } });
+    await n.stop(); // (not reached when the check holds)
+  } catch (e) {
+    err = String(e);
+  }
+  assertMatch(err, /daemon exited early/);
+  assertMatch(err, /NETMANAGER_BENCH_BURN_US must be "tx,rx" in microseconds .* not "fast"/);
+  const node = await TestNode.startWith({ env: { NETMANAGER_BENCH_BURN_US: "0,0" } });
+  try {
+    assertEquals((await node.register()).status, 200, "the data plane starts with a valid value");
+  } finally {
+    await node.stop();
+    await cleanupAll();
+  }
+});

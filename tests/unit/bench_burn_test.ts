@@ -3,10 +3,10 @@ import {
   BENCH_BURN_ENV,
   BenchBurnError,
   BURN_MIN_READ,
-  BurningTun,
   parseBenchBurn,
   spin,
 } from "../../src/proxy/bench_burn.ts";
+import { BurningTun } from "../../src/proxy/bench_burn_tun.ts";
 import type { TunFd } from "../../src/proxy/tun_device.ts";
 import { Counters, Verdict } from "../../src/proxy/engine.ts";
 import type { AssembledPacket } from "../../src/proxy/seams.ts";
